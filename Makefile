@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+
+.PHONY: run test setup lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Runtime + test + train extras; torch==2.13.0 is pinned so pip takes the CPU build.
+$(STAMP): $(BIN)/python pyproject.toml requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -e '.[test,train]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/phischer db upgrade
+	$(BIN)/phischer seed
+	$(BIN)/phischer serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_webhook.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""phischer: text a clone of a real person over SMS."""

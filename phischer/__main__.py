@@ -1,0 +1,5 @@
+"""`python -m phischer` runs the CLI."""
+
+from phischer.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""The `phischer` command line: a click group of thin commands that each call one service."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from sqlalchemy.orm import Session
+
+from phischer.config import ConfigError, Settings
+from phischer.db import Database
+
+
+class Context:
+    """Settings and database, created on first use so `--help` never touches the disk."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._db: Database | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """Settings from the environment; a bad value is one clear line and exit 1."""
+        if self._settings is None:
+            try:
+                self._settings = Settings.from_env()
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._settings
+
+    @property
+    def db(self) -> Database:
+        """The database, migrated to head on first use (cheap when it already is)."""
+        if self._db is None:
+            from phischer.migrate import upgrade
+
+            upgrade(self.settings.database_url)
+            self._db = Database(self.settings.database_url)
+        return self._db
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction whose domain errors become one-line CLI errors."""
+        with self.db.write() as session, friendly_errors():
+            yield session
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Turn our ValueError subclasses (bad input) into `Error: …` with exit code 1."""
+    try:
+        yield
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (may show phone numbers).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """phischer: text a clone of a real person over SMS."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Alembic narrates every migration check at INFO; keep the CLI quiet unless asked.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    ctx.ensure_object(Context)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(obj: Context) -> None:
+    """Migrate the database (DATABASE_URL) to the latest schema."""
+    from phischer.migrate import upgrade
+
+    upgrade(obj.settings.database_url)
+    click.echo("Database is up to date.")
+
+
+# Command groups that live in their own modules register here (one line each).
+_EXTENSIONS: list[str] = [
+    "phischer.cli_persona",
+    # "phischer.cli_serve",
+    # "phischer.cli_dataset",
+    # "phischer.cli_finetune",
+    # "phischer.cli_tunnel",
+]
+
+
+def _register(extensions: list[str]) -> None:
+    import importlib
+
+    for name in extensions:
+        module = importlib.import_module(name)
+        register: Callable[[click.Group], Any] = module.register
+        register(cli)
+
+
+_register(_EXTENSIONS)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="phischer")
+    except KeyboardInterrupt:
+        sys.exit(130)

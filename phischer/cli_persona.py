@@ -1,0 +1,106 @@
+"""`phischer persona add|list|show|remove|route`."""
+
+from __future__ import annotations
+
+import click
+
+from phischer import personas
+from phischer.cli import Context, friendly_errors, pass_ctx
+from phischer.models import Persona
+
+
+def describe(p: Persona) -> str:
+    """A persona on a few lines, as `persona show` prints it."""
+    rows = [
+        ("name", p.name),
+        ("keyword", f"#{p.keyword}"),
+        ("backend", p.backend),
+        ("model", p.model),
+        ("base url", p.base_url),
+        ("api key env", p.api_key_env),
+        ("dataset", p.dataset),
+        ("system", p.system_prompt),
+        ("greeting", p.greeting),
+        ("temperature", p.temperature),
+        ("max tokens", p.max_tokens),
+        ("default", "yes" if p.is_default else None),
+    ]
+    return "\n".join(f"{k:<12} {v}" for k, v in rows if v is not None)
+
+
+@click.group("persona")
+def persona_group() -> None:
+    """Manage personas (clones) and which number talks to which."""
+
+
+@persona_group.command("add")
+@click.argument("name")
+@click.option("--keyword", required=True, help="SMS keyword: texting #KEYWORD switches to it.")
+@click.option("--backend", type=click.Choice(personas.BACKENDS), default="retrieval",
+              show_default=True, help="openai: any OpenAI-compatible server; retrieval: offline.")
+@click.option("--model", help="Model id (e.g. ft:gpt-4.1-mini:…, or a vLLM/Ollama model name).")
+@click.option("--base-url", help="OpenAI-compatible base URL for this persona (overrides OPENAI_BASE_URL).")
+@click.option("--api-key-env", help="Name of the env variable holding this persona's API key.")
+@click.option("--dataset", type=click.Path(dir_okay=False),
+              help="Chat JSONL (from `phischer import`); the retrieval backend answers from it.")
+@click.option("--system", "system_prompt", help="System prompt (use the one the dataset was built with).")
+@click.option("--greeting", help="Reply sent when someone switches to this persona.")
+@click.option("--temperature", type=float, help="Sampling temperature (openai backend).")
+@click.option("--max-tokens", type=int, help="Reply length cap in tokens (openai backend).")
+@click.option("--default", "is_default", is_flag=True, help="Use for numbers that never chose one.")
+@pass_ctx
+def add(obj: Context, name: str, **options: object) -> None:
+    """Add a persona NAME."""
+    with obj.write() as session:
+        p = personas.add_persona(session, personas.PersonaSpec(name=name, **options))  # type: ignore[arg-type]
+        click.echo(f"Added persona {p.name} (#{p.keyword}, {p.backend}).")
+
+
+@persona_group.command("list")
+@pass_ctx
+def list_(obj: Context) -> None:
+    """List personas."""
+    with obj.db.read() as session:
+        found = personas.list_personas(session)
+        default = personas.default_persona(session, obj.settings.default_persona)
+    if not found:
+        click.echo("No personas yet: `phischer persona add NAME --keyword KW --dataset FILE`.")
+        return
+    for p in found:
+        mark = "*" if default is not None and p.id == default.id else " "
+        click.echo(f"{mark} {p.name:<20} #{p.keyword:<12} {p.backend:<10} {p.model or p.dataset or ''}")
+
+
+@persona_group.command("show")
+@click.argument("name")
+@pass_ctx
+def show(obj: Context, name: str) -> None:
+    """Show one persona (by name or keyword)."""
+    with obj.db.read() as session, friendly_errors():
+        click.echo(describe(personas.get_persona(session, name)))
+
+
+@persona_group.command("remove")
+@click.argument("name")
+@pass_ctx
+def remove(obj: Context, name: str) -> None:
+    """Remove a persona (its numbers fall back to the default persona)."""
+    with obj.write() as session:
+        p = personas.remove_persona(session, name)
+    click.echo(f"Removed persona {p.name}.")
+
+
+@persona_group.command("route")
+@click.argument("number")
+@click.argument("name")
+@pass_ctx
+def route(obj: Context, number: str, name: str) -> None:
+    """Route phone NUMBER to persona NAME (the number can still switch with #keyword)."""
+    with obj.write() as session:
+        contact = personas.route_number(session, number, name)
+        click.echo(f"{contact.phone} now talks to {name}.")
+
+
+def register(cli: click.Group) -> None:
+    """Attach the persona group to the main CLI."""
+    cli.add_command(persona_group)

@@ -1,0 +1,51 @@
+"""SMS keyword parsing: #persona, #list, #who, #reset, opt-out/opt-in words, HELP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Twilio's default opt-out / opt-in / help keywords (Advanced Opt-Out). Twilio still forwards
+# them to the webhook, so we record them ourselves and never let the model answer.
+OPT_OUT_WORDS = frozenset(
+    {"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout"}
+)
+OPT_IN_WORDS = frozenset({"start", "yes", "unstop"})
+HELP_WORDS = frozenset({"help", "info"})
+HASH_COMMANDS = frozenset({"list", "who", "reset"})
+RESERVED_WORDS = OPT_OUT_WORDS | OPT_IN_WORDS | HELP_WORDS | HASH_COMMANDS
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed SMS command.
+
+    action: optout, optin, help, list, who, reset, switch (keyword set), or chat (not a command).
+    """
+
+    action: str
+    keyword: str | None = None
+    text: str = ""
+
+
+def parse(body: str) -> Command:
+    """Classify an SMS body; a command must be the whole message (case-insensitive)."""
+    stripped = body.strip()
+    # Phones add trailing punctuation ("Stop.") and people add it too.
+    word = stripped.rstrip(".!").strip().lower()
+    if word in OPT_OUT_WORDS:
+        return Command("optout")
+    if word in OPT_IN_WORDS:
+        return Command("optin")
+    if word in HELP_WORDS:
+        return Command("help")
+    if stripped.startswith("#") and len(stripped) > 1:
+        head, _, rest = stripped[1:].partition(" ")
+        if "\n" in head:  # "#ada\nhello" is a keyword and text too
+            head, _, more = head.partition("\n")
+            rest = (more + " " + rest).strip()
+        keyword = head.strip().lower()
+        if keyword in HASH_COMMANDS and not rest.strip():
+            return Command(keyword)
+        if keyword:
+            return Command("switch", keyword=keyword, text=rest.strip())
+    return Command("chat", text=stripped)

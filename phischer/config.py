@@ -1,0 +1,207 @@
+"""Settings read once from the environment (and `.env`), validated in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+
+log = logging.getLogger(__name__)
+
+REPLY_MODES = ("inline", "async", "auto")
+# Twilio gives a webhook 15 s in all (error 11205); leave room for our own work.
+TWILIO_WEBHOOK_LIMIT_S = 15.0
+DEFAULT_FALLBACK_REPLY = "Sorry, I can't answer right now. Try again in a bit."
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message says how to fix it."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
+
+
+def _number(name: str, raw: str, kind: type, minimum: float) -> Any:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def normalize_number(raw: str) -> str:
+    """Return an E.164-looking phone number: digits with a leading +, spaces and dashes removed."""
+    cleaned = "".join(ch for ch in raw.strip() if ch.isdigit() or ch == "+")
+    if cleaned and not cleaned.startswith("+"):
+        cleaned = "+" + cleaned
+    return cleaned
+
+
+def mask_number(number: str | None) -> str:
+    """Phone numbers are personal data: logs above debug show only the last two digits."""
+    if not number:
+        return "<none>"
+    return "…" + number[-2:] if len(number) > 2 else "…"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of DESIGN §3, plus a few operational ones."""
+
+    database_url: str = ""
+    instance_path: Path = field(default_factory=lambda: Path("instance"))
+    twilio_auth_token: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_phone_number: str | None = None
+    twilio_api_base_url: str | None = None  # tests point the REST client at a loopback fake
+    twilio_validate_signature: bool = True
+    public_url: str | None = None
+    trust_proxy: bool = False
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    allowed_numbers: frozenset[str] = frozenset()
+    default_persona: str | None = None
+    reply_mode: str = "auto"
+    reply_timeout_s: float = 10.0
+    history_turns: int = 20
+    session_gap_hours: float = 6.0
+    max_reply_chars: int = 1600
+    daily_limit: int = 200
+    fallback_reply: str = DEFAULT_FALLBACK_REPLY
+    model_retries: int = 1
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(
+                self, "database_url", f"sqlite:///{(self.instance_path / 'phischer.db').resolve()}"
+            )
+        if self.reply_mode not in REPLY_MODES:
+            raise ConfigError(f"REPLY_MODE={self.reply_mode!r}: use one of {', '.join(REPLY_MODES)}")
+        if not 0 < self.reply_timeout_s < TWILIO_WEBHOOK_LIMIT_S:
+            raise ConfigError(
+                f"REPLY_TIMEOUT_S={self.reply_timeout_s} must be between 0 and "
+                f"{TWILIO_WEBHOOK_LIMIT_S:g} (Twilio drops webhooks after 15 s, error 11205)"
+            )
+        if self.max_reply_chars < 1 or self.max_reply_chars > 1600:
+            raise ConfigError("MAX_REPLY_CHARS must be between 1 and 1600 (Twilio's body limit)")
+        if self.public_url:
+            object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `env` (default: os.environ after loading `.env`)."""
+        if env is None:
+            load_dotenv(override=False)
+            env = dict(os.environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        kw: dict[str, Any] = {}
+        if (v := get("INSTANCE_PATH")) is not None:
+            kw["instance_path"] = Path(v)
+        text_vars = {
+            "DATABASE_URL": "database_url",
+            "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+            "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+            "TWILIO_API_BASE_URL": "twilio_api_base_url",
+            "PUBLIC_URL": "public_url",
+            "OPENAI_API_KEY": "openai_api_key",
+            "OPENAI_BASE_URL": "openai_base_url",
+            "DEFAULT_PERSONA": "default_persona",
+            "FALLBACK_REPLY": "fallback_reply",
+            "LOG_LEVEL": "log_level",
+        }
+        for var, attr in text_vars.items():
+            if (v := get(var)) is not None:
+                kw[attr] = v
+        if (v := get("TWILIO_PHONE_NUMBER")) is not None:
+            kw["twilio_phone_number"] = normalize_number(v)
+        if (v := get("REPLY_MODE")) is not None:
+            kw["reply_mode"] = v.strip().lower()
+        for var, attr in (("TWILIO_VALIDATE_SIGNATURE", "twilio_validate_signature"),
+                          ("TRUST_PROXY", "trust_proxy")):
+            if (v := get(var)) is not None:
+                kw[attr] = _bool(var, v)
+        numbers = {
+            "REPLY_TIMEOUT_S": ("reply_timeout_s", float, 0.001),
+            "HISTORY_TURNS": ("history_turns", int, 0),
+            "SESSION_GAP_HOURS": ("session_gap_hours", float, 0.0),
+            "MAX_REPLY_CHARS": ("max_reply_chars", int, 1),
+            "DAILY_LIMIT": ("daily_limit", int, 0),
+            "MODEL_RETRIES": ("model_retries", int, 0),
+        }
+        for var, (attr, kind, minimum) in numbers.items():
+            if (v := get(var)) is not None:
+                kw[attr] = _number(var, v, kind, minimum)
+        if (v := get("ALLOWED_NUMBERS")) is not None:
+            kw["allowed_numbers"] = frozenset(
+                normalize_number(n) for n in v.split(",") if n.strip()
+            )
+        kw.update(overrides)
+        return cls(**kw)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Return a copy with some fields replaced (validated again)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **overrides)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is SQLite (pragmas, file locks and batch migrations apply)."""
+        return self.database_url.startswith("sqlite")
+
+    def auth_token(self) -> str:
+        """The Twilio signature key: TWILIO_AUTH_TOKEN, else a local development token."""
+        return self.twilio_auth_token or dev_auth_token(self.instance_path)
+
+    def tunnel_public_url(self) -> str | None:
+        """PUBLIC_URL, else the URL a running `phischer tunnel`/`up` wrote to the instance folder."""
+        if self.public_url:
+            return self.public_url
+        path = self.instance_path / "public_url"
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            return None
+        return value.rstrip("/") or None
+
+
+def dev_auth_token(instance_path: Path) -> str:
+    """Read (or create once) the local development token shared by serve, text and chat."""
+    path = instance_path / "dev_auth_token"
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except OSError:
+        pass
+    instance_path.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    # Create exclusively so two processes starting together agree on one token.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    log.info("Generated a local development Twilio token in %s", path)
+    return token

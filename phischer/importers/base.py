@@ -1,0 +1,57 @@
+"""The shared shape every importer yields, the importer registry, and the import error type."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ImportErrorMessage(ValueError):
+    """An export cannot be read; str() is one line saying what is wrong and where."""
+
+
+@dataclass
+class Message:
+    """One text message from an export, already cleaned (text only, no media/system lines)."""
+
+    sender: str
+    text: str
+    timestamp: dt.datetime  # naive UTC
+    sender_id: str | None = None  # platform id (Discord author id, Telegram from_id, …)
+    # Alternate names that identify the same sender for --me (nickname, display name, …).
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass
+class Conversation:
+    """One thread (chat, DM, channel, or a self-thread of posts), messages in time order."""
+
+    id: str
+    title: str
+    participants: list[str]
+    messages: list[Message] = field(default_factory=list)
+    is_group: bool = False
+    # Counts of what the importer dropped and why ("media", "system", "unsent", …).
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count a message dropped for `reason`."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+# An importer takes the export's path (zip, folder or single file) and yields conversations
+# one at a time so memory stays bounded by the largest thread.
+Importer = Callable[[Path], Iterator[Conversation]]
+IMPORTERS: dict[str, Importer] = {}
+
+
+def register(name: str) -> Callable[[Importer], Importer]:
+    """Register an importer function under a format name (`phischer import NAME …`)."""
+
+    def decorator(fn: Importer) -> Importer:
+        IMPORTERS[name] = fn
+        return fn
+
+    return decorator

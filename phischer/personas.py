@@ -1,0 +1,171 @@
+"""Persona service: add, list, show, remove, route a number, and pick the persona for a contact."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from phischer.commands import RESERVED_WORDS
+from phischer.config import normalize_number
+from phischer.models import Contact, Persona
+
+BACKENDS = ("openai", "retrieval")
+KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
+
+
+class PersonaError(ValueError):
+    """A persona operation cannot be done; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class PersonaSpec:
+    """What `persona add` asks for."""
+
+    name: str
+    keyword: str
+    backend: str = "retrieval"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    dataset: str | None = None
+    system_prompt: str | None = None
+    greeting: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    is_default: bool = False
+
+
+def validate_keyword(keyword: str) -> str:
+    """Normalise a keyword (lower case, no leading #) and refuse reserved or malformed ones."""
+    kw = keyword.strip().lstrip("#").lower()
+    if not KEYWORD_RE.match(kw):
+        raise PersonaError(
+            f"keyword {keyword!r} must be letters, digits, '-' or '_' (at most 50), e.g. --keyword ada"
+        )
+    if kw in RESERVED_WORDS:
+        raise PersonaError(
+            f"keyword {kw!r} collides with the SMS command {kw.upper()}/#{kw}: choose another"
+        )
+    return kw
+
+
+def add_persona(session: Session, spec: PersonaSpec) -> Persona:
+    """Create a persona after checking its keyword, backend and dataset."""
+    keyword = validate_keyword(spec.keyword)
+    if spec.backend not in BACKENDS:
+        raise PersonaError(f"backend {spec.backend!r}: use one of {', '.join(BACKENDS)}")
+    if spec.backend == "openai" and not spec.model:
+        raise PersonaError("backend openai needs --model (e.g. gpt-4.1-mini or ft:...)")
+    if spec.backend == "retrieval" and not spec.dataset:
+        raise PersonaError("backend retrieval needs --dataset FILE (chat JSONL from `phischer import`)")
+    dataset = None
+    if spec.dataset:
+        path = Path(spec.dataset).expanduser()
+        if not path.is_file():
+            raise PersonaError(f"dataset {spec.dataset} does not exist")
+        dataset = str(path.resolve())
+    if session.scalar(sa.select(Persona.id).where(Persona.name == spec.name)):
+        raise PersonaError(f"persona {spec.name!r} already exists (remove it first)")
+    if session.scalar(sa.select(Persona.name).where(Persona.keyword == keyword)):
+        raise PersonaError(f"keyword {keyword!r} is already used by another persona")
+    if spec.is_default:
+        session.execute(sa.update(Persona).values(is_default=False))
+    persona = Persona(
+        name=spec.name,
+        keyword=keyword,
+        backend=spec.backend,
+        model=spec.model,
+        base_url=spec.base_url,
+        api_key_env=spec.api_key_env,
+        dataset=dataset,
+        system_prompt=spec.system_prompt,
+        greeting=spec.greeting,
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
+        is_default=spec.is_default,
+    )
+    session.add(persona)
+    session.flush()
+    return persona
+
+
+def get_persona(session: Session, name: str) -> Persona:
+    """Find a persona by name or keyword, or raise PersonaError listing the ones that exist."""
+    persona = session.scalar(
+        sa.select(Persona).where(
+            sa.or_(Persona.name == name, Persona.keyword == name.lstrip("#").lower())
+        )
+    )
+    if persona is None:
+        names = list_personas(session)
+        known = ", ".join(p.name for p in names) or "none yet: add one with `phischer persona add`"
+        raise PersonaError(f"no persona {name!r} (known: {known})")
+    return persona
+
+
+def list_personas(session: Session) -> list[Persona]:
+    """Every persona, oldest first."""
+    return list(session.scalars(sa.select(Persona).order_by(Persona.id)))
+
+
+def remove_persona(session: Session, name: str) -> Persona:
+    """Delete a persona; contacts on it fall back to the default persona."""
+    persona = get_persona(session, name)
+    session.execute(
+        sa.update(Contact).where(Contact.persona_id == persona.id).values(persona_id=None)
+    )
+    session.delete(persona)
+    session.flush()
+    return persona
+
+
+def route_number(session: Session, number: str, name: str) -> Contact:
+    """Pin a phone number to a persona (creating the contact if needed)."""
+    phone = normalize_number(number)
+    if len(phone) < 4:
+        raise PersonaError(f"{number!r} is not a phone number (use E.164, e.g. +15550100)")
+    persona = get_persona(session, name)
+    contact = session.scalar(sa.select(Contact).where(Contact.phone == phone))
+    if contact is None:
+        contact = Contact(phone=phone)
+        session.add(contact)
+    contact.persona_id = persona.id
+    session.flush()
+    return contact
+
+
+def set_model(
+    session: Session,
+    name: str,
+    model: str,
+    *,
+    backend: str = "openai",
+    base_url: str | None = None,
+) -> Persona:
+    """Point a persona at a (fine-tuned) model; used when a fine-tuning job succeeds."""
+    persona = get_persona(session, name)
+    persona.model = model
+    persona.backend = backend
+    if base_url is not None:
+        persona.base_url = base_url
+    session.flush()
+    return persona
+
+
+def default_persona(session: Session, preferred: str | None) -> Persona | None:
+    """DEFAULT_PERSONA if set and known, else the persona marked default, else the first."""
+    if preferred:
+        found = session.scalar(
+            sa.select(Persona).where(
+                sa.or_(Persona.name == preferred, Persona.keyword == preferred.lower())
+            )
+        )
+        if found is not None:
+            return found
+    return session.scalar(
+        sa.select(Persona).order_by(Persona.is_default.desc(), Persona.id).limit(1)
+    )
