@@ -1,1 +1,88 @@
 """phischer: text a clone of a real person over SMS."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from phischer.config import Settings
+
+log = logging.getLogger(__name__)
+__all__ = ["create_app"]
+
+
+@dataclass
+class Services:
+    """Everything a request needs, built once per app."""
+
+    settings: Settings
+    db: Any  # phischer.db.Database
+    sms: Any  # phischer.inbound.SmsService
+    signatures: Any  # phischer.security.SignatureChecker
+
+
+def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
+    """Flask app factory: settings read once, database and backends shared by requests."""
+    from phischer.backends import Backends
+    from phischer.backends.base import BackendError, PersonaView
+    from phischer.db import Database
+    from phischer.inbound import SmsService
+    from phischer.personas import list_personas
+    from phischer.replies import twiml
+    from phischer.security import SignatureChecker
+    from phischer.webhook import bp, xml
+
+    settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
+
+    app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # Twilio's form posts are a few KB
+    if settings.trust_proxy:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Only now may X-Forwarded-Proto/Host shape request.url (and so the signed URL).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
+    if not settings.twilio_validate_signature:
+        log.warning(
+            "TWILIO_VALIDATE_SIGNATURE=false: anyone who finds this URL can text as any "
+            "number. Use only for local experiments."
+        )
+
+    db = Database(settings.database_url)
+    backends = Backends(settings)
+    app.extensions["phischer"] = Services(
+        settings=settings,
+        db=db,
+        sms=SmsService(settings, db, backends),
+        signatures=SignatureChecker(settings),
+    )
+    app.register_blueprint(bp)
+
+    # Build retrieval indexes now: before gunicorn forks, so workers share them.
+    try:
+        with db.read() as session:
+            personas = [PersonaView.of(p) for p in list_personas(session)]
+        for persona in personas:
+            backends.get(persona.backend).warm(persona)
+    except BackendError as exc:
+        log.warning("Could not prepare a persona: %s", exc)
+    except Exception as exc:  # no tables yet: `phischer db upgrade` has not run
+        log.warning("Database not ready (%s): run `phischer db upgrade`", type(exc).__name__)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        # Twilio texts a text/plain body to the user, so errors are bare status codes.
+        return xml(twiml(), status=exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def crashed(exc: Exception) -> Response:
+        log.exception("Unhandled error on %s", request.path)
+        if request.path == "/sms":
+            # Never a 5xx to Twilio for a user's text: answer with the fallback instead.
+            return xml(twiml(settings.fallback_reply))
+        return xml(twiml(), status=500)
+
+    return app

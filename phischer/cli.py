@@ -94,8 +94,8 @@ def db_upgrade(obj: Context) -> None:
 _EXTENSIONS: list[str] = [
     "phischer.cli_persona",
     # "phischer.cli_serve",
-    # "phischer.cli_dataset",
-    # "phischer.cli_finetune",
+    "phischer.cli_dataset",
+    "phischer.cli_finetune",
     # "phischer.cli_tunnel",
 ]
 

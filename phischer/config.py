@@ -90,7 +90,9 @@ class Settings:
                 self, "database_url", f"sqlite:///{(self.instance_path / 'phischer.db').resolve()}"
             )
         if self.reply_mode not in REPLY_MODES:
-            raise ConfigError(f"REPLY_MODE={self.reply_mode!r}: use one of {', '.join(REPLY_MODES)}")
+            raise ConfigError(
+                f"REPLY_MODE={self.reply_mode!r}: use one of {', '.join(REPLY_MODES)}"
+            )
         if not 0 < self.reply_timeout_s < TWILIO_WEBHOOK_LIMIT_S:
             raise ConfigError(
                 f"REPLY_TIMEOUT_S={self.reply_timeout_s} must be between 0 and "
@@ -134,8 +136,10 @@ class Settings:
             kw["twilio_phone_number"] = normalize_number(v)
         if (v := get("REPLY_MODE")) is not None:
             kw["reply_mode"] = v.strip().lower()
-        for var, attr in (("TWILIO_VALIDATE_SIGNATURE", "twilio_validate_signature"),
-                          ("TRUST_PROXY", "trust_proxy")):
+        for var, attr in (
+            ("TWILIO_VALIDATE_SIGNATURE", "twilio_validate_signature"),
+            ("TRUST_PROXY", "trust_proxy"),
+        ):
             if (v := get(var)) is not None:
                 kw[attr] = _bool(var, v)
         numbers = {

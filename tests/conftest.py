@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
 
 import pytest
+from flask import Flask
+from twilio.request_validator import RequestValidator
 
+from phischer import create_app
 from phischer.config import Settings
 from phischer.db import Database
 from phischer.migrate import upgrade
+from phischer.personas import PersonaSpec, add_persona
+from tests.fake_openai import FakeOpenAI
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -17,11 +27,26 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep every test away from the developer's .env, instance folder and real services."""
     for var in (
-        "DATABASE_URL", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "TWILIO_PHONE_NUMBER",
-        "TWILIO_VALIDATE_SIGNATURE", "PUBLIC_URL", "TRUST_PROXY", "OPENAI_API_KEY",
-        "OPENAI_BASE_URL", "ALLOWED_NUMBERS", "DEFAULT_PERSONA", "REPLY_MODE",
-        "REPLY_TIMEOUT_S", "HISTORY_TURNS", "SESSION_GAP_HOURS", "MAX_REPLY_CHARS",
-        "DAILY_LIMIT", "NGROK_AUTHTOKEN", "FALLBACK_REPLY", "MODEL_RETRIES",
+        "DATABASE_URL",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_PHONE_NUMBER",
+        "TWILIO_VALIDATE_SIGNATURE",
+        "PUBLIC_URL",
+        "TRUST_PROXY",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ALLOWED_NUMBERS",
+        "DEFAULT_PERSONA",
+        "REPLY_MODE",
+        "REPLY_TIMEOUT_S",
+        "HISTORY_TURNS",
+        "SESSION_GAP_HOURS",
+        "MAX_REPLY_CHARS",
+        "DAILY_LIMIT",
+        "NGROK_AUTHTOKEN",
+        "FALLBACK_REPLY",
+        "MODEL_RETRIES",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "instance"))
@@ -44,3 +69,146 @@ def database(settings: Settings) -> Database:
     db = Database(settings.database_url)
     yield db
     db.dispose()
+
+
+# -- the SMS service ----------------------------------------------------------------------
+
+
+_sids = itertools.count(1)
+
+# A tiny persona dataset in the chat JSONL shape `phischer import` writes.
+ADA_PAIRS = [
+    ("hey how are you", "Splendid, thank you! Knitting a scarf for the cat."),
+    ("what do you do for work", "I compute Bernoulli numbers, mostly by candlelight."),
+    ("good night", "Sleep well, dear. Dream of engines."),
+    ("tell me a joke", "Why did the loom blush? It saw the punch cards."),
+    ("any plans for the weekend", "A long walk and a longer equation."),
+]
+BO_PAIRS = [
+    ("hey how are you", "yo. tired. u?"),
+    ("what do you do for work", "bike courier. legs of steel"),
+]
+
+
+def write_dataset(path: Path, pairs: list[tuple[str, str]], system: str = "You are Ada.") -> Path:
+    """Write pairs as chat fine-tuning examples."""
+    with path.open("w", encoding="utf-8") as fh:
+        for user, assistant in pairs:
+            messages = [
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": assistant},
+            ]
+            fh.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def sign(token: str, url: str, params: dict[str, str]) -> str:
+    """X-Twilio-Signature as Twilio computes it."""
+    return RequestValidator(token).compute_signature(url, params)
+
+
+def sms_params(body: str, from_: str = "+15550100", sid: str | None = None, **extra: str) -> dict:
+    """The form fields Twilio posts for an incoming SMS."""
+    params = {
+        "MessageSid": sid or f"SM{next(_sids):032x}",
+        "AccountSid": "AC" + "0" * 32,
+        "From": from_,
+        "To": "+15550199",
+        "Body": body,
+        "NumMedia": "0",
+    }
+    params.update(extra)
+    return params
+
+
+@pytest.fixture
+def fake_openai() -> FakeOpenAI:
+    """A running loopback fake of the OpenAI chat API."""
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def make_app(settings: Settings, tmp_path: Path) -> Callable[..., Flask]:
+    """Build a migrated app; keyword arguments override settings."""
+    apps: list[Flask] = []
+
+    def factory(**overrides: Any) -> Flask:
+        upgrade(settings.database_url)
+        app = create_app(settings.with_overrides(**overrides))
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        services = app.extensions["phischer"]
+        services.sms.shutdown()
+        services.db.dispose()
+
+
+@pytest.fixture
+def personas(database: Database, tmp_path: Path) -> dict[str, Path]:
+    """Two retrieval personas: Ada (#ada, default) and Bo (#bo)."""
+    ada = write_dataset(tmp_path / "ada.jsonl", ADA_PAIRS)
+    bo = write_dataset(tmp_path / "bo.jsonl", BO_PAIRS, system="You are Bo.")
+    with database.write() as session:
+        add_persona(
+            session,
+            PersonaSpec(
+                name="Ada",
+                keyword="ada",
+                dataset=str(ada),
+                system_prompt="You are Ada.",
+                greeting="Ada here!",
+                is_default=True,
+            ),
+        )
+        add_persona(
+            session,
+            PersonaSpec(name="Bo", keyword="bo", dataset=str(bo), system_prompt="You are Bo."),
+        )
+    return {"ada": ada, "bo": bo}
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask], personas: dict[str, Path]) -> Flask:
+    """The app with the two sample personas and default settings."""
+    return make_app()
+
+
+@pytest.fixture
+def twilio_post(app: Flask) -> Callable[..., Any]:
+    """POST a signed /sms like Twilio does; returns the response (with .replies parsed)."""
+    client = app.test_client()
+    token = app.extensions["phischer"].settings.auth_token()
+
+    def post(
+        body: str = "hi",
+        from_: str = "+15550100",
+        *,
+        sid: str | None = None,
+        url: str = "http://localhost/sms",
+        signature: str | None = None,
+        headers: dict[str, str] | None = None,
+        target: Flask | None = None,
+        **extra: str,
+    ) -> Any:
+        params = sms_params(body, from_, sid, **extra)
+        hdrs = {"X-Twilio-Signature": signature or sign(token, url, params)}
+        hdrs.update(headers or {})
+        c = target.test_client() if target is not None else client
+        response = c.post("/sms", data=params, headers=hdrs)
+        response.replies = twiml_bodies(response.data)
+        return response
+
+    return post
+
+
+def twiml_bodies(data: bytes) -> list[str]:
+    """The <Message> bodies of a TwiML document."""
+    if not data:
+        return []
+    root = ElementTree.fromstring(data)
+    assert root.tag == "Response"
+    return [m.text or "" for m in root.iter("Message")]

@@ -1,0 +1,48 @@
+"""Backend registry: one instance of each backend per app, created on first use."""
+
+from __future__ import annotations
+
+import threading
+
+from phischer.backends.base import Backend, BackendError
+from phischer.config import Settings
+
+# Model calls in auto/async mode may outlive the webhook: give them longer than
+# REPLY_TIMEOUT_S, since their reply goes out by REST anyway.
+ASYNC_MODEL_TIMEOUT_S = 60.0
+
+
+class Backends:
+    """Maps a persona's backend name to its (shared) backend object."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._made: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Backend:
+        """The backend called `name` (openai or retrieval)."""
+        backend = self._made.get(name)
+        if backend is None:
+            with self._lock:
+                backend = self._made.get(name) or self._make(name)
+                self._made[name] = backend
+        return backend
+
+    def _make(self, name: str) -> Backend:
+        if name == "retrieval":
+            from phischer.backends.retrieval import RetrievalBackend
+
+            return RetrievalBackend()
+        if name == "openai":
+            from phischer.backends.openai import OpenAIBackend
+
+            s = self.settings
+            timeout = s.reply_timeout_s if s.reply_mode == "inline" else ASYNC_MODEL_TIMEOUT_S
+            return OpenAIBackend(
+                api_key=s.openai_api_key,
+                base_url=s.openai_base_url,
+                timeout_s=timeout,
+                max_retries=s.model_retries,
+            )
+        raise BackendError(f"unknown backend {name!r}: use openai or retrieval")

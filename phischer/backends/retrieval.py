@@ -1,0 +1,141 @@
+"""The offline `retrieval` backend: BM25 over a persona's chat dataset.
+
+Each assistant turn of the dataset is a possible answer, keyed by the user turn before it.
+A text is answered with the reply whose key best matches it, skipping the persona's recent
+replies to this number so it does not repeat itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import bm25s
+import numpy as np
+
+from phischer.backends.base import BackendError, PersonaView, Reply
+
+TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+# Group-chat turns carry a "Name: " prefix (dataset rule); names are not what a text is about.
+SPEAKER_RE = re.compile(r"^[^\n:]{1,40}: ", re.MULTILINE)
+CANDIDATES = 10
+RECENT_REPLIES = 3
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word tokens; no stop-word removal, since 'how are you' is all stop words."""
+    return TOKEN_RE.findall(text.lower())
+
+
+@dataclass
+class Index:
+    """BM25 over the keys, and the answers they lead to."""
+
+    bm25: bm25s.BM25
+    answers: list[str]
+
+    def best(self, query: str, avoid: set[str], turn: int) -> str:
+        """The best answer for `query` that is not in `avoid`."""
+        tokens = tokenize(query)
+        scores = self.bm25.get_scores(tokens) if tokens else np.zeros(len(self.answers))
+        # Top-k over the non-zero entries only: most scores are zero and a full argpartition
+        # over them costs far more than the match itself (FIELD-NOTES).
+        nonzero = np.flatnonzero(scores)
+        if nonzero.size:
+            top = nonzero[np.argsort(-scores[nonzero], kind="stable")[:CANDIDATES]]
+            fresh = [int(i) for i in top if self.answers[i] not in avoid] or [int(top[0])]
+            best_score = scores[fresh[0]]
+            ties = [i for i in fresh if scores[i] >= best_score - 1e-6]
+            # Equal matches (many "hey"s) take turns so the clone does not sound canned.
+            return self.answers[ties[turn % len(ties)]]
+        # Nothing matches: still answer in the persona's voice, deterministically.
+        pick = zlib.crc32(query.encode()) % len(self.answers)
+        for offset in range(len(self.answers)):
+            answer = self.answers[(pick + offset) % len(self.answers)]
+            if answer not in avoid:
+                return answer
+        return self.answers[pick]
+
+
+def load_pairs(path: Path) -> tuple[list[str], list[str]]:
+    """(keys, answers) from a chat JSONL file: each assistant turn keyed by the user turn before it."""
+    keys: list[str] = []
+    answers: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                messages = json.loads(line).get("messages", [])
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            for prev, msg in zip(messages, messages[1:], strict=False):
+                if msg.get("role") != "assistant" or prev.get("role") != "user":
+                    continue
+                key = SPEAKER_RE.sub("", str(prev.get("content", ""))).strip()
+                answer = str(msg.get("content", "")).strip()
+                if key and answer and (key, answer) not in seen:
+                    seen.add((key, answer))
+                    keys.append(key)
+                    answers.append(answer)
+    return keys, answers
+
+
+class RetrievalBackend:
+    """BM25 answers from the persona's dataset; one index per dataset file per process."""
+
+    local = True  # answers in-process in well under a millisecond
+
+    def __init__(self) -> None:
+        self._indexes: dict[tuple[str, int, int], Index] = {}
+        self._lock = threading.Lock()
+
+    def index(self, persona: PersonaView) -> Index:
+        """The cached index of the persona's dataset (rebuilt only if the file changes)."""
+        if not persona.dataset:
+            raise BackendError(f"persona {persona.name} has no --dataset for the retrieval backend")
+        path = Path(persona.dataset)
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise BackendError(f"dataset {path} of persona {persona.name} is missing") from None
+        cache_key = (str(path), st.st_mtime_ns, st.st_size)
+        index = self._indexes.get(cache_key)
+        if index is not None:
+            return index
+        with self._lock:
+            index = self._indexes.get(cache_key)
+            if index is None:
+                index = self._build(path)
+                self._indexes = {k: v for k, v in self._indexes.items() if k[0] != str(path)} | {
+                    cache_key: index
+                }
+        return index
+
+    @staticmethod
+    def _build(path: Path) -> Index:
+        keys, answers = load_pairs(path)
+        if not answers:
+            raise BackendError(f"dataset {path} has no user→assistant pairs to answer from")
+        bm25 = bm25s.BM25()
+        bm25.index([tokenize(k) or [""] for k in keys], show_progress=False)
+        return Index(bm25=bm25, answers=answers)
+
+    def warm(self, persona: PersonaView) -> None:
+        """Build the index now (before gunicorn forks, so workers share it)."""
+        self.index(persona)
+
+    def reply(self, persona: PersonaView, messages: list[dict[str, str]]) -> Reply:
+        """Answer the last user turn from the dataset."""
+        index = self.index(persona)
+        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+        answer = index.best(query, set(assistant[-RECENT_REPLIES:]), turn=len(assistant))
+        return Reply(text=answer, model="retrieval")

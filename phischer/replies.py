@@ -1,0 +1,66 @@
+"""Reply delivery: SMS length rules, TwiML for inline replies, the Twilio REST sender for async."""
+
+from __future__ import annotations
+
+import logging
+
+from twilio.twiml.messaging_response import MessagingResponse
+
+from phischer.config import Settings, mask_number
+
+log = logging.getLogger(__name__)
+
+
+def fit_sms(text: str, limit: int) -> str:
+    """Cut text to at most `limit` characters at a word boundary, marking the cut with '…'."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = max(cut.rfind(" "), cut.rfind("\n"))
+    # Only back up to a word boundary when one is reasonably near; a single 1,600-char
+    # "word" (a URL, say) is cut hard instead of being dropped.
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+def twiml(*bodies: str) -> str:
+    """A TwiML document with one <Message> per non-empty body (none: no SMS is sent)."""
+    response = MessagingResponse()
+    for body in bodies:
+        if body:
+            response.message(body)
+    return str(response)
+
+
+class SendError(Exception):
+    """The REST send failed; the message row records why."""
+
+
+class RestSender:
+    """Sends an SMS through Twilio's REST API (used when the reply is too slow for TwiML)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = None
+
+    def send(self, to: str, body: str) -> str:
+        """Send `body` to `to`; return the Message SID or raise SendError."""
+        from phischer.twilio_client import make_twilio_client  # the twilio REST client is heavy
+
+        try:
+            if self._client is None:
+                self._client = make_twilio_client(self.settings)
+            message = self._client.messages.create(
+                to=to, from_=self.settings.twilio_phone_number, body=body
+            )
+        except Exception as exc:  # twilio raises TwilioRestException, requests raises its own
+            log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
+            raise SendError(_short(exc)) from None
+        return str(message.sid)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

@@ -1,0 +1,90 @@
+"""Twilio signature check against the URL Twilio actually called (public-URL aware)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Request
+from twilio.request_validator import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
+
+from phischer.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class PublicUrl:
+    """PUBLIC_URL, or the URL a running `phischer tunnel`/`up` wrote to the instance folder.
+
+    The file is re-read only when its mtime changes, so a tunnel started after the server
+    is picked up without a restart and without a file read per request.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._fixed = settings.public_url
+        self._path = settings.instance_path / "public_url"
+        self._stamp: float | None = None
+        self._value: str | None = None
+
+    def get(self) -> str | None:
+        """The current public base URL, or None when Twilio reaches us directly."""
+        if self._fixed:
+            return self._fixed
+        try:
+            stamp = os.stat(self._path).st_mtime_ns
+        except OSError:
+            self._stamp, self._value = None, None
+            return None
+        if stamp != self._stamp:
+            self._value = _read(self._path)
+            self._stamp = stamp
+        return self._value
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip().rstrip("/") or None
+    except OSError:
+        return None
+
+
+def signed_url(request: Request, public_url: str | None) -> str:
+    """The URL Twilio signed: public base + path + query, else the request's own URL.
+
+    Without a public URL, request.url is used; it reflects X-Forwarded-Proto/Host only when
+    the app was created with TRUST_PROXY=true (ProxyFix), so a client cannot forge them.
+    """
+    if not public_url:
+        return request.url
+    query = request.query_string.decode("latin-1")
+    return public_url + request.path + (f"?{query}" if query else "")
+
+
+class SignatureChecker:
+    """Validates X-Twilio-Signature with twilio's RequestValidator."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.twilio_validate_signature
+        self.validator = RequestValidator(settings.auth_token())
+        self.public_url = PublicUrl(settings)
+
+    def is_valid(self, request: Request) -> bool:
+        """True when the request carries a valid signature (or checking is switched off)."""
+        if not self.enabled:
+            return True
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if not signature:
+            return False
+        url = signed_url(request, self.public_url.get())
+        algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
+        ok = self.validator.validate(url, request.form, signature, algorithm)
+        if not ok:
+            # The URL is safe to log: it is our own endpoint, never a secret.
+            log.warning("Rejected a request with a bad Twilio signature for %s", url)
+        return ok

@@ -1,0 +1,52 @@
+"""Blueprint: POST /sms (Twilio's webhook) and GET /healthz."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+
+from phischer.inbound import Inbound
+from phischer.replies import twiml
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhook", __name__)
+
+
+def _services():  # type: ignore[no-untyped-def]
+    return current_app.extensions["phischer"]
+
+
+def xml(body: str, status: int = 200) -> Response:
+    """A TwiML response (never text/plain: Twilio would text that body to the user)."""
+    return Response(body, status=status, mimetype="text/xml")
+
+
+@bp.post("/sms")
+def sms() -> Response:
+    """Twilio's incoming-message webhook."""
+    services = _services()
+    if not services.signatures.is_valid(request):
+        abort(403)
+    form = request.form
+    phone = form.get("From", "").strip()
+    sid = form.get("MessageSid", "").strip() or form.get("SmsMessageSid", "").strip()
+    if not phone or not sid:
+        abort(400, "From and MessageSid are required")
+    try:
+        num_media = max(0, int(form.get("NumMedia", "0") or 0))
+    except ValueError:
+        num_media = 0
+    inbound = Inbound(phone=phone, sid=sid, body=form.get("Body", ""), num_media=num_media)
+    return xml(twiml(*services.sms.handle(inbound)))
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness and database check."""
+    try:
+        _services().db.ping()
+    except Exception as exc:
+        log.error("Health check failed: %s", type(exc).__name__)
+        return Response('{"status": "error"}', status=503, mimetype="application/json")
+    return jsonify(status="ok")

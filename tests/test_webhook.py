@@ -1,0 +1,209 @@
+"""The /sms webhook: signatures, storage, idempotency, TwiML, bad requests."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from phischer.models import Contact, Message
+from tests.conftest import sign, sms_params, twiml_bodies
+
+
+def rows(app, model=Message):
+    with app.extensions["phischer"].db.read() as session:
+        return list(session.scalars(sa.select(model).order_by(model.id)))
+
+
+def test_valid_signature_gets_twiml_reply(app, twilio_post):
+    r = twilio_post("what do you do for work")
+    assert r.status_code == 200
+    assert r.mimetype == "text/xml"
+    assert r.replies == ["I compute Bernoulli numbers, mostly by candlelight."]
+    inbound, outbound = rows(app)
+    assert (inbound.direction, inbound.status, inbound.kind) == ("in", "replied", "chat")
+    assert (outbound.direction, outbound.reply_to_id, outbound.model) == ("out", inbound.id, "retrieval")
+    assert outbound.latency_ms is not None
+
+
+def test_forged_signature_is_403_and_nothing_stored(app, twilio_post):
+    r = twilio_post("hi", signature="bm90LWEtc2lnbmF0dXJl")
+    assert r.status_code == 403
+    assert r.data == b"" or twiml_bodies(r.data) == []
+    assert rows(app) == []
+
+
+def test_missing_signature_is_403(app):
+    r = app.test_client().post("/sms", data=sms_params("hi"))
+    assert r.status_code == 403
+    assert rows(app) == []
+
+
+def test_signature_for_other_token_is_403(app, twilio_post):
+    params = sms_params("hi", sid="SMforged")
+    forged = sign("some-other-token", "http://localhost/sms", params)
+    r = app.test_client().post("/sms", data=params, headers={"X-Twilio-Signature": forged})
+    assert r.status_code == 403
+
+
+def test_tampered_body_is_403(app):
+    token = app.extensions["phischer"].settings.auth_token()
+    params = sms_params("hi")
+    signature = sign(token, "http://localhost/sms", params)
+    params["Body"] = "something else"
+    r = app.test_client().post("/sms", data=params, headers={"X-Twilio-Signature": signature})
+    assert r.status_code == 403
+
+
+def test_public_url_is_what_gets_signed(make_app, personas, twilio_post):
+    proxied = make_app(public_url="https://clone.example.ngrok.app/")
+    ok = twilio_post("hey how are you", url="https://clone.example.ngrok.app/sms", target=proxied)
+    assert ok.status_code == 200 and ok.replies
+    local = twilio_post("hey how are you", url="http://localhost/sms", target=proxied)
+    assert local.status_code == 403
+
+
+def test_public_url_keeps_the_query_string(make_app, personas):
+    app = make_app(public_url="https://clone.example.com")
+    token = app.extensions["phischer"].settings.auth_token()
+    params = sms_params("hi")
+    signature = sign(token, "https://clone.example.com/sms?tenant=7", params)
+    r = app.test_client().post(
+        "/sms?tenant=7", data=params, headers={"X-Twilio-Signature": signature}
+    )
+    assert r.status_code == 200
+
+
+def test_forwarded_headers_ignored_without_trust_proxy(app, twilio_post):
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "clone.example.com"}
+    r = twilio_post("hi", url="https://clone.example.com/sms", headers=forwarded)
+    assert r.status_code == 403
+
+
+def test_forwarded_headers_honoured_with_trust_proxy(make_app, personas, twilio_post):
+    app = make_app(trust_proxy=True)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "clone.example.com"}
+    r = twilio_post("hi", url="https://clone.example.com/sms", headers=forwarded, target=app)
+    assert r.status_code == 200
+
+
+def test_validation_can_be_switched_off(make_app, personas):
+    app = make_app(twilio_validate_signature=False)
+    r = app.test_client().post("/sms", data=sms_params("good night"))
+    assert r.status_code == 200
+    assert twiml_bodies(r.data) == ["Sleep well, dear. Dream of engines."]
+
+
+def test_tunnel_public_url_file_is_picked_up_without_restart(app, twilio_post):
+    settings = app.extensions["phischer"].settings
+    assert twilio_post("hi", url="https://t1.ngrok.app/sms").status_code == 403
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    (settings.instance_path / "public_url").write_text("https://t1.ngrok.app\n")
+    assert twilio_post("hi", url="https://t1.ngrok.app/sms").status_code == 200
+
+
+def test_missing_from_or_sid_is_400(app):
+    token = app.extensions["phischer"].settings.auth_token()
+    for missing in ("From", "MessageSid"):
+        params = sms_params("hi")
+        del params[missing]
+        signature = sign(token, "http://localhost/sms", params)
+        r = app.test_client().post("/sms", data=params, headers={"X-Twilio-Signature": signature})
+        assert r.status_code == 400
+        assert r.mimetype == "text/xml"
+    assert rows(app) == []
+
+
+def test_same_message_sid_twice_one_row_one_model_call(make_app, personas, fake_openai, database):
+    from phischer.personas import set_model
+
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    app = make_app()
+    token = app.extensions["phischer"].settings.auth_token()
+    params = sms_params("hello there", sid="SMdup0001")
+    headers = {"X-Twilio-Signature": sign(token, "http://localhost/sms", params)}
+    first = app.test_client().post("/sms", data=params, headers=headers)
+    second = app.test_client().post("/sms", data=params, headers=headers)
+    assert twiml_bodies(first.data) == ["echo: hello there"]
+    assert twiml_bodies(second.data) == ["echo: hello there"]
+    assert len(fake_openai.chat_calls) == 1
+    stored = [m for m in rows(app) if m.direction == "in"]
+    assert len(stored) == 1
+
+
+def test_retry_while_first_is_in_flight_gets_empty_twiml(app, twilio_post):
+    # Simulate the first delivery still being processed: inbound stored, no reply yet.
+    from phischer.inbound import Inbound
+
+    service = app.extensions["phischer"].sms
+    with service.db.write() as session:
+        contact = Contact(phone="+15550100")
+        session.add(contact)
+        session.flush()
+        session.add(Message(contact_id=contact.id, direction="in", body="hi",
+                            message_sid="SMinflight", status="processing"))
+    assert service.handle(Inbound(phone="+15550100", sid="SMinflight", body="hi")) == []
+    r = twilio_post("hi", sid="SMinflight")
+    assert r.status_code == 200 and r.replies == []
+
+
+def test_unicode_and_emoji_round_trip(app, twilio_post):
+    r = twilio_post("héllo 👋 how are you ☕")
+    assert r.replies == ["Splendid, thank you! Knitting a scarf for the cat."]
+    inbound = rows(app)[0]
+    assert inbound.body == "héllo 👋 how are you ☕"
+
+
+def test_mms_without_body_gets_text_only_reply_and_no_model_call(
+    make_app, personas, fake_openai, database, twilio_post
+):
+    from phischer.personas import set_model
+
+    with database.write() as session:
+        set_model(session, "Ada", "m", base_url=fake_openai.base_url)
+    app = make_app()
+    r = twilio_post("", NumMedia="1", MediaUrl0="https://api.twilio.com/x.jpg",
+                    MediaContentType0="image/jpeg", target=app)
+    assert r.replies == ["I can only read text messages for now."]
+    assert fake_openai.chat_calls == []
+    inbound = rows(app)[0]
+    assert (inbound.kind, inbound.num_media) == ("media", 1)
+
+
+def test_mms_with_caption_is_answered(app, twilio_post):
+    r = twilio_post("good night", NumMedia="1", MediaUrl0="https://api.twilio.com/x.jpg")
+    assert r.replies == ["Sleep well, dear. Dream of engines."]
+
+
+def test_empty_text_without_media_gets_no_reply(app, twilio_post):
+    r = twilio_post("   ")
+    assert r.status_code == 200 and r.replies == []
+
+
+def test_bad_requests_never_5xx(app, twilio_post):
+    client = app.test_client()
+    assert client.get("/sms").status_code == 405
+    assert client.post("/sms", data="not a form", content_type="text/plain").status_code == 403
+    assert client.post("/sms", data=b"\xff\xfe" * 10,
+                       content_type="application/x-www-form-urlencoded").status_code == 403
+    big = client.post("/sms", data={"Body": "x" * 100_000}, headers={"X-Twilio-Signature": "x"})
+    assert big.status_code == 413
+    weird = twilio_post("hi", NumMedia="lots")
+    assert weird.status_code == 200
+    nul = twilio_post("nul \x00 byte and \ud7ff")
+    assert nul.status_code == 200
+
+
+def test_healthz(app):
+    r = app.test_client().get("/healthz")
+    assert r.status_code == 200
+    assert r.get_json() == {"status": "ok"}
+
+
+def test_healthz_reports_a_broken_database(app):
+    app.extensions["phischer"].db.engine.dispose()
+    db_path = app.extensions["phischer"].settings.instance_path / "phischer.db"
+    app.extensions["phischer"].db.engine.url  # noqa: B018
+    db_path.unlink()
+    db_path.mkdir()  # a directory where the database file was: SQLite cannot open it
+    r = app.test_client().get("/healthz")
+    assert r.status_code == 503
