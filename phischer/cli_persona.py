@@ -36,14 +36,26 @@ def persona_group() -> None:
 @persona_group.command("add")
 @click.argument("name")
 @click.option("--keyword", required=True, help="SMS keyword: texting #KEYWORD switches to it.")
-@click.option("--backend", type=click.Choice(personas.BACKENDS), default="retrieval",
-              show_default=True, help="openai: any OpenAI-compatible server; retrieval: offline.")
+@click.option(
+    "--backend",
+    type=click.Choice(personas.BACKENDS),
+    default="retrieval",
+    show_default=True,
+    help="openai: any OpenAI-compatible server; retrieval: offline.",
+)
 @click.option("--model", help="Model id (e.g. ft:gpt-4.1-mini:…, or a vLLM/Ollama model name).")
-@click.option("--base-url", help="OpenAI-compatible base URL for this persona (overrides OPENAI_BASE_URL).")
+@click.option(
+    "--base-url", help="OpenAI-compatible base URL for this persona (overrides OPENAI_BASE_URL)."
+)
 @click.option("--api-key-env", help="Name of the env variable holding this persona's API key.")
-@click.option("--dataset", type=click.Path(dir_okay=False),
-              help="Chat JSONL (from `phischer import`); the retrieval backend answers from it.")
-@click.option("--system", "system_prompt", help="System prompt (use the one the dataset was built with).")
+@click.option(
+    "--dataset",
+    type=click.Path(dir_okay=False),
+    help="Chat JSONL (from `phischer import`); the retrieval backend answers from it.",
+)
+@click.option(
+    "--system", "system_prompt", help="System prompt (use the one the dataset was built with)."
+)
 @click.option("--greeting", help="Reply sent when someone switches to this persona.")
 @click.option("--temperature", type=float, help="Sampling temperature (openai backend).")
 @click.option("--max-tokens", type=int, help="Reply length cap in tokens (openai backend).")
@@ -68,7 +80,9 @@ def list_(obj: Context) -> None:
         return
     for p in found:
         mark = "*" if default is not None and p.id == default.id else " "
-        click.echo(f"{mark} {p.name:<20} #{p.keyword:<12} {p.backend:<10} {p.model or p.dataset or ''}")
+        click.echo(
+            f"{mark} {p.name:<20} #{p.keyword:<12} {p.backend:<10} {p.model or p.dataset or ''}"
+        )
 
 
 @persona_group.command("show")

@@ -74,9 +74,7 @@ class Message(Base):
     """One SMS in or out, with what it cost and how it went."""
 
     __tablename__ = "messages"
-    __table_args__ = (
-        sa.Index("ix_messages_contact_created", "contact_id", "created_at"),
-    )
+    __table_args__ = (sa.Index("ix_messages_contact_created", "contact_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"))

@@ -61,7 +61,9 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
     if spec.backend == "openai" and not spec.model:
         raise PersonaError("backend openai needs --model (e.g. gpt-4.1-mini or ft:...)")
     if spec.backend == "retrieval" and not spec.dataset:
-        raise PersonaError("backend retrieval needs --dataset FILE (chat JSONL from `phischer import`)")
+        raise PersonaError(
+            "backend retrieval needs --dataset FILE (chat JSONL from `phischer import`)"
+        )
     dataset = None
     if spec.dataset:
         path = Path(spec.dataset).expanduser()
