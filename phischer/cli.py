@@ -93,10 +93,11 @@ def db_upgrade(obj: Context) -> None:
 # Command groups that live in their own modules register here (one line each).
 _EXTENSIONS: list[str] = [
     "phischer.cli_persona",
-    # "phischer.cli_serve",
+    "phischer.cli_import",
+    "phischer.cli_serve",
     "phischer.cli_dataset",
     "phischer.cli_finetune",
-    # "phischer.cli_tunnel",
+    "phischer.cli_tunnel",
 ]
 
 

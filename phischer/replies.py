@@ -62,5 +62,8 @@ class RestSender:
 
 
 def _short(exc: Exception) -> str:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):  # TwilioRestException: the error code is what users look up
+        return f"Twilio error {code}: {getattr(exc, 'msg', '')}"[:300]
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]

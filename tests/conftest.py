@@ -178,10 +178,11 @@ def app(make_app: Callable[..., Flask], personas: dict[str, Path]) -> Flask:
 
 
 @pytest.fixture
-def twilio_post(app: Flask) -> Callable[..., Any]:
-    """POST a signed /sms like Twilio does; returns the response (with .replies parsed)."""
-    client = app.test_client()
-    token = app.extensions["phischer"].settings.auth_token()
+def twilio_post(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """POST a signed /sms like Twilio does; returns the response (with .replies parsed).
+
+    Posts to `target` when given, else to the `app` fixture (built on first use).
+    """
 
     def post(
         body: str = "hi",
@@ -194,10 +195,12 @@ def twilio_post(app: Flask) -> Callable[..., Any]:
         target: Flask | None = None,
         **extra: str,
     ) -> Any:
+        app = target or request.getfixturevalue("app")
+        token = app.extensions["phischer"].settings.auth_token()
         params = sms_params(body, from_, sid, **extra)
         hdrs = {"X-Twilio-Signature": signature or sign(token, url, params)}
         hdrs.update(headers or {})
-        c = target.test_client() if target is not None else client
+        c = app.test_client()
         response = c.post("/sms", data=params, headers=hdrs)
         response.replies = twiml_bodies(response.data)
         return response

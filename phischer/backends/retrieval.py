@@ -46,14 +46,15 @@ class Index:
         # Top-k over the non-zero entries only: most scores are zero and a full argpartition
         # over them costs far more than the match itself (FIELD-NOTES).
         nonzero = np.flatnonzero(scores)
-        if nonzero.size:
-            top = nonzero[np.argsort(-scores[nonzero], kind="stable")[:CANDIDATES]]
-            fresh = [int(i) for i in top if self.answers[i] not in avoid] or [int(top[0])]
+        top = nonzero[np.argsort(-scores[nonzero], kind="stable")[:CANDIDATES]]
+        fresh = [int(i) for i in top if self.answers[i] not in avoid]
+        if fresh:
             best_score = scores[fresh[0]]
             ties = [i for i in fresh if scores[i] >= best_score - 1e-6]
             # Equal matches (many "hey"s) take turns so the clone does not sound canned.
             return self.answers[ties[turn % len(ties)]]
-        # Nothing matches: still answer in the persona's voice, deterministically.
+        # Nothing matches (or only what was just said): still answer in the persona's
+        # voice, deterministically, without repeating itself.
         pick = zlib.crc32(query.encode()) % len(self.answers)
         for offset in range(len(self.answers)):
             answer = self.answers[(pick + offset) % len(self.answers)]

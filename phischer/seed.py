@@ -1,0 +1,62 @@
+"""Seed the bundled fictional sample personas (imported through the real Messenger importer)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from phischer.config import Settings
+from phischer.dataset import build_examples, write_jsonl
+from phischer.db import Database
+from phischer.importers import load
+from phischer.models import Persona
+from phischer.personas import PersonaSpec, add_persona
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """One sample persona that was added."""
+
+    name: str
+    keyword: str
+    examples: int
+
+
+def sample_specs() -> list[dict[str, str]]:
+    """The sample personas described in phischer/sample/personas.json."""
+    return json.loads((SAMPLE_DIR / "personas.json").read_text(encoding="utf-8"))
+
+
+def seed_samples(settings: Settings, db: Database) -> list[Seeded]:
+    """Import and add the sample personas when the database has no persona yet."""
+    with db.read() as session:
+        if session.scalar(sa.select(sa.func.count()).select_from(Persona)):
+            return []
+    out_dir = settings.instance_path / "samples"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seeded: list[Seeded] = []
+    for i, spec in enumerate(sample_specs()):
+        conversations = load("messenger", SAMPLE_DIR / spec["export"])
+        examples = build_examples(conversations, spec["me"], system=spec["system"])
+        path = out_dir / f"{spec['keyword']}.jsonl"
+        count = write_jsonl(examples, path)
+        with db.write() as session:
+            add_persona(
+                session,
+                PersonaSpec(
+                    name=spec["name"],
+                    keyword=spec["keyword"],
+                    backend="retrieval",
+                    dataset=str(path),
+                    system_prompt=spec["system"],
+                    greeting=spec.get("greeting"),
+                    is_default=i == 0,
+                ),
+            )
+        seeded.append(Seeded(spec["name"], spec["keyword"], count))
+    return seeded

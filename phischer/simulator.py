@@ -1,0 +1,95 @@
+"""A signed fake-Twilio client: `phischer text` and `phischer chat` try the clone without a phone."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
+
+import requests
+from twilio.request_validator import RequestValidator
+
+from phischer.config import Settings
+
+DEFAULT_URL = "http://127.0.0.1:5000/sms"
+DEFAULT_FROM = "+15550100"
+DEFAULT_TO = "+15550199"
+
+
+class SimulatorError(Exception):
+    """The server could not be reached or refused the request; the message says why."""
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """What the server answered."""
+
+    status: int
+    replies: list[str]
+
+
+def signed_for(url: str, public_url: str | None) -> str:
+    """The URL to sign: what the server validates against (its public URL, if it has one)."""
+    if not public_url:
+        return url
+    parts = urlsplit(url)
+    return public_url + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def send_text(
+    settings: Settings,
+    body: str,
+    *,
+    url: str = DEFAULT_URL,
+    from_: str = DEFAULT_FROM,
+    timeout_s: float = 20.0,
+    session: requests.Session | None = None,
+) -> SimResult:
+    """POST one signed SMS to the webhook like Twilio does and parse the TwiML answer."""
+    params = {
+        "MessageSid": "SM" + secrets.token_hex(16),
+        "SmsMessageSid": "",
+        "AccountSid": settings.twilio_account_sid or "AC" + "0" * 32,
+        "From": from_,
+        "To": settings.twilio_phone_number or DEFAULT_TO,
+        "Body": body,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "SmsStatus": "received",
+        "ApiVersion": "2010-04-01",
+    }
+    params["SmsMessageSid"] = params["MessageSid"]
+    signature = RequestValidator(settings.auth_token()).compute_signature(
+        signed_for(url, settings.tunnel_public_url()), params
+    )
+    http = session or requests
+    try:
+        response = http.post(
+            url, data=params, headers={"X-Twilio-Signature": signature}, timeout=timeout_s
+        )
+    except requests.ConnectionError:
+        raise SimulatorError(
+            f"nothing answers at {url}: start the server with `make run` or `phischer serve`"
+        ) from None
+    except requests.Timeout:
+        raise SimulatorError(f"{url} did not answer within {timeout_s:g} s") from None
+    if response.status_code == 403:
+        raise SimulatorError(
+            "the server rejected the signature (403): it uses a different TWILIO_AUTH_TOKEN "
+            "or PUBLIC_URL than this shell; run both from the same folder and .env"
+        )
+    if response.status_code != 200:
+        raise SimulatorError(f"the server answered HTTP {response.status_code}")
+    return SimResult(status=response.status_code, replies=parse_twiml(response.content))
+
+
+def parse_twiml(data: bytes) -> list[str]:
+    """The <Message> bodies of a TwiML response."""
+    if not data.strip():
+        return []
+    try:
+        root = ElementTree.fromstring(data)
+    except ElementTree.ParseError:
+        raise SimulatorError("the server answered something that is not TwiML") from None
+    return [m.text or "" for m in root.iter("Message")]

@@ -1,0 +1,304 @@
+"""`dataset check`: the cookbook's format checks with line numbers, stats, epochs, cost, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from phischer.cli import cli
+from phischer.dataset_check import (
+    PRICES,
+    PRICES_AS_OF,
+    Problem,
+    check_file,
+    default_epochs,
+    estimate_cost,
+    percentile,
+)
+from phischer.tokens import count_tokens
+
+DATA = Path(__file__).parent / "fixtures" / "datasets"
+
+ERRORS = [
+    (2, "invalid JSON: Expecting ',' delimiter at column 89 [invalid_json]"),
+    (3, "not a JSON object but an array [data_type]"),
+    (4, 'no "messages" list [missing_messages_list]'),
+    (5, '"messages" is empty [missing_messages_list]'),
+    (6, 'message 2: missing "content" [message_missing_key]'),
+    (7, 'message 1: unrecognized key "timestamp" [message_unrecognized_key]'),
+    (8, 'message 2: unrecognized role "bot" [unrecognized_role]'),
+    (9, "message 2: empty content [missing_content]"),
+    (10, "no assistant message [example_missing_assistant_message]"),
+    (11, "message 1: content is a number, not a string [missing_content]"),
+    (12, "message 2: weight must be 0 or 1 [invalid_weight]"),
+    (13, "message 2: not a JSON object but a string [data_type]"),
+    (13, "no assistant message [example_missing_assistant_message]"),
+    (17, "not a JSON object but a string [data_type]"),
+]
+WARNINGS = [
+    (6, "no system message [missing_system]"),
+    (7, "no system message [missing_system]"),
+    (8, "no system message [missing_system]"),
+    (9, "no system message [missing_system]"),
+    (11, "no system message [missing_system]"),
+    (12, "no system message [missing_system]"),
+    (13, "no system message [missing_system]"),
+    (14, "blank line, ignored (better removed) [blank_line]"),
+    (15, "no system message [missing_system]"),
+    (16, "no user message [missing_user]"),
+]
+
+
+def write(path: Path, examples: list[object]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+def chat(*turns: str, system: str | None = "You are Sam.") -> dict[str, object]:
+    messages = [{"role": "system", "content": system}] if system else []
+    roles = ("user", "assistant")
+    messages += [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
+    return {"messages": messages}
+
+
+def test_every_error_kind_with_its_line_number() -> None:
+    report = check_file(DATA / "errors.jsonl")
+    assert [(p.line, p.message) for p in report.errors] == ERRORS
+    assert [(p.line, p.message) for p in report.warnings] == WARNINGS
+    # 17 lines, one blank: 16 examples; lines 1, 15 (tool calls) and 16 are valid.
+    assert report.examples == 16
+    assert len(report.token_counts) == 3
+    assert report.messages_per_example == [3, 4, 2]
+
+
+def test_valid_tool_call_example_has_no_errors(tmp_path: Path) -> None:
+    line = (DATA / "errors.jsonl").read_text(encoding="utf-8").splitlines()[14]
+    path = tmp_path / "tools.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    report = check_file(path)
+    assert report.errors == []
+    assert [p.message for p in report.warnings] == [
+        "no system message [missing_system]",
+        "only 1 example: OpenAI requires at least 10 [too_few_examples]",
+    ]
+
+
+def test_problem_str() -> None:
+    assert str(Problem(3, "x [data_type]")) == "line 3: x [data_type]"
+    assert str(Problem(0, "no examples in the file [no_examples]")) == (
+        "file: no examples in the file [no_examples]"
+    )
+
+
+def test_stats_on_hand_computed_fixture() -> None:
+    # Each message is "hello world" (2 tokens) with a 1-token role: 3 + 1 + 2 = 6 tokens,
+    # plus 3 priming per example. Examples hold a system message and 1, 2, 3, 4 and 10
+    # user/assistant pairs: 3, 5, 7, 9, 21 messages -> 21, 33, 45, 57, 129 tokens.
+    report = check_file(DATA / "stats.jsonl")
+    assert report.errors == []
+    assert [str(p) for p in report.warnings] == [
+        "file: only 5 examples: OpenAI requires at least 10 [too_few_examples]"
+    ]
+    assert report.examples == 5
+    assert report.messages_per_example == [3, 5, 7, 9, 21]
+    assert report.token_counts == [21, 33, 45, 57, 129]
+    assert report.over_limit == 0
+    assert report.context_limit == 65_536
+    # 5 examples * 3 < 100 -> min(25, 100 // 5) = 20 epochs.
+    assert report.epochs == 20
+    assert report.tokens_per_epoch == 285
+    assert report.billed_tokens == 285 * 20
+    assert report.estimated_cost_usd == pytest.approx(5_700 * 5.00 / 1_000_000)
+    text = report.format()
+    assert "Messages per example: min 3, median 7, max 21" in text
+    # p95 interpolates like numpy: 57 + 0.8 * (129 - 57) = 114.6
+    assert "Tokens per example:   min 21, median 45, p95 114.6, max 129" in text
+    assert "Epochs: 20 (default rule for 5 examples)" in text
+    assert "Billed tokens: 5,700 (285 per epoch × 20)" in text
+    assert (
+        f"Estimated training cost: $0.03 ($5.00 per 1M tokens, prices as of {PRICES_AS_OF})" in text
+    )
+    assert text.endswith("OK: the file is ready for fine-tuning.")
+
+
+def test_epochs_override_and_other_base_model() -> None:
+    report = check_file(DATA / "stats.jsonl", base_model="gpt-4o-mini", epochs=2)
+    assert report.epochs == 2
+    assert report.billed_tokens == 570
+    assert report.estimated_cost_usd == pytest.approx(570 * 3.00 / 1_000_000)
+    assert "Epochs: 2 (--epochs)" in report.format()
+    # A fine-tuned id continues training at its base model's price.
+    ft = check_file(DATA / "stats.jsonl", base_model="ft:gpt-4.1-2025-04-14:acme:sam:abc123")
+    assert ft.price_per_million == 25.00
+    assert ft.estimated_cost_usd == pytest.approx(5_700 * 25.00 / 1_000_000)
+
+
+def test_unknown_model_has_no_cost_but_a_note() -> None:
+    report = check_file(DATA / "stats.jsonl", base_model="Qwen/Qwen2.5-0.5B-Instruct")
+    assert report.estimated_cost_usd is None
+    assert report.context_limit == 65_536
+    text = report.format()
+    assert "Estimated training cost: unknown" in text
+    assert "Note: no training price for Qwen/Qwen2.5-0.5B-Instruct" in text
+    assert "Note: no example limit known for Qwen/Qwen2.5-0.5B-Instruct" in text
+
+
+def test_over_limit_examples_are_billed_up_to_the_limit(tmp_path: Path) -> None:
+    long_text = "hello " * 5_000
+    long_tokens = 3 + 3 + 1 + count_tokens(long_text, "gpt-3.5-turbo") + 3 + 1 + 1
+    assert long_tokens > 4_096
+    path = write(
+        tmp_path / "long.jsonl",
+        [chat(long_text, "k", system=None)] * 2 + [chat("hi", "k", system=None)],
+    )
+    report = check_file(path, base_model="gpt-3.5-turbo-0613", epochs=1)
+    assert report.context_limit == 4_096
+    assert report.encoding == "cl100k_base"
+    assert report.over_limit == 2
+    assert report.token_counts[:2] == [long_tokens, long_tokens]
+    assert report.billed_tokens == 4_096 * 2 + report.token_counts[2]
+    assert report.estimated_cost_usd is None  # gpt-3.5 is not in the price table
+    over = [p for p in report.warnings if "over_token_limit" in p.message]
+    assert [str(p) for p in over] == [
+        f"line {n}: {long_tokens:,} tokens, over the 4,096-token limit: truncated in "
+        "training [over_token_limit]"
+        for n in (1, 2)
+    ]
+    assert report.errors == []
+
+
+@pytest.mark.parametrize(
+    ("n", "epochs"),
+    [
+        (1, 25),  # 100 // 1 = 100, capped at 25
+        (3, 25),  # 33 -> 25
+        (4, 25),
+        (5, 20),
+        (20, 5),
+        (33, 3),  # 99 < 100 -> 100 // 33 = 3
+        (34, 3),  # 102 >= 100 -> target 3
+        (50, 3),
+        (8_333, 3),  # 24,999 <= 25,000
+        (8_334, 2),  # 25,002 > 25,000 -> 25,000 // 8,334 = 2
+        (12_500, 2),
+        (12_501, 1),
+        (30_000, 1),  # 25,000 // 30,000 = 0 -> at least 1
+    ],
+)
+def test_default_epochs_rule(n: int, epochs: int) -> None:
+    assert default_epochs(n) == epochs
+
+
+def test_cost_arithmetic() -> None:
+    assert estimate_cost(1_000_000, "gpt-4.1-2025-04-14") == pytest.approx(25.00)
+    assert estimate_cost(1_000_000, "gpt-4.1") == pytest.approx(25.00)
+    assert estimate_cost(2_000_000, "gpt-4.1-mini") == pytest.approx(10.00)
+    assert estimate_cost(1_000_000, "gpt-4.1-nano-2025-04-14") == pytest.approx(1.50)
+    assert estimate_cost(3_000_000, "gpt-4o-2024-08-06") == pytest.approx(75.00)
+    assert estimate_cost(500_000, "gpt-4o-mini") == pytest.approx(1.50)
+    assert estimate_cost(1_000_000, "gpt-3.5-turbo") is None
+    assert set(PRICES) == {
+        "gpt-4.1-2025-04-14",
+        "gpt-4.1-mini-2025-04-14",
+        "gpt-4.1-nano-2025-04-14",
+        "gpt-4o-2024-08-06",
+        "gpt-4o-mini-2024-07-18",
+    }
+
+
+def test_percentile_matches_numpy_linear() -> None:
+    assert percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert percentile([10], 0.95) == 10
+    assert (
+        percentile(
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 100], 0.95
+        )
+        == 20
+    )
+
+
+def test_empty_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("", encoding="utf-8")
+    report = check_file(path)
+    assert [str(p) for p in report.errors] == ["file: no examples in the file [no_examples]"]
+    assert report.token_counts == []
+    assert report.format().endswith("FAILED: 1 error; fix them before fine-tuning.")
+
+
+def test_bad_bytes_and_bom(tmp_path: Path) -> None:
+    path = tmp_path / "bytes.jsonl"
+    good = json.dumps(chat("hey", "hi")).encode()
+    path.write_bytes(
+        b"\xef\xbb\xbf" + good + b"\n" + good[:20] + b"\xff" + good[20:] + b"\r\n" + good + b"\r\n"
+    )
+    report = check_file(path)
+    assert [str(p) for p in report.errors] == [
+        "line 1: starts with a byte-order mark: save as UTF-8 without BOM [bom]",
+        "line 2: not valid UTF-8 (byte 21) [invalid_utf8]",
+    ]
+    assert report.token_counts == [count_tokens_chat()]
+
+
+def count_tokens_chat() -> int:
+    # system "You are Sam." + user "hey" + assistant "hi"
+    return 3 + 3 * 4 + count_tokens("You are Sam.") + count_tokens("hey") + count_tokens("hi")
+
+
+def test_cli_check_ok_exit_0(tmp_path: Path) -> None:
+    path = write(tmp_path / "ok.jsonl", [chat(f"hey {i}", "hi") for i in range(12)])
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{path}: 12 examples, base model gpt-4.1-mini-2025-04-14")
+    assert "Errors" not in result.output
+    assert "Epochs: 8 (default rule for 12 examples)" in result.output
+    assert result.output.rstrip().endswith("OK: the file is ready for fine-tuning.")
+
+
+def test_cli_check_warnings_still_exit_0(tmp_path: Path) -> None:
+    path = write(tmp_path / "ok.jsonl", [chat(f"hey {i}", "hi", system=None) for i in range(3)])
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path), "--epochs", "4"])
+    assert result.exit_code == 0, result.output
+    assert "line 3: no system message [missing_system]" in result.output
+    assert "Epochs: 4 (--epochs)" in result.output
+
+
+def test_cli_check_errors_exit_1_naming_lines() -> None:
+    result = CliRunner().invoke(cli, ["dataset", "check", str(DATA / "errors.jsonl")])
+    assert result.exit_code == 1
+    for line, message in ERRORS:
+        assert f"  line {line}: {message}\n" in result.output
+    assert "Errors (14):" in result.output
+    assert result.output.rstrip().endswith("FAILED: 14 errors; fix them before fine-tuning.")
+
+
+def test_cli_caps_listed_problems(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(f"oops {i}\n" for i in range(25)), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path)])
+    assert result.exit_code == 1
+    assert "  line 20: invalid JSON: Expecting value at column 1 [invalid_json]\n" in result.output
+    assert "line 21:" not in result.output
+    assert "  … and 5 more (in all: invalid_json 25)\n" in result.output
+    shorter = CliRunner().invoke(cli, ["dataset", "check", str(path), "--max-shown", "2"])
+    assert "  … and 23 more (in all: invalid_json 25)\n" in shorter.output
+
+
+def test_cli_missing_file_is_one_line_exit_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["dataset", "check", "nope.jsonl"])
+    assert result.exit_code == 1
+    assert result.output == "Error: nope.jsonl: no such file\n"
+    folder = CliRunner().invoke(cli, ["dataset", "check", str(tmp_path)])
+    assert folder.exit_code == 1
+    assert folder.output == f"Error: {tmp_path}: is a folder, not a JSONL file\n"
+
+
+def test_cli_rejects_zero_epochs() -> None:
+    result = CliRunner().invoke(
+        cli, ["dataset", "check", str(DATA / "stats.jsonl"), "--epochs", "0"]
+    )
+    assert result.exit_code == 2
+    assert "--epochs" in result.output

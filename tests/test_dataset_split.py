@@ -1,0 +1,266 @@
+"""`dataset split`: by conversation, deterministic, no leakage, sensible proportions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from phischer.cli import cli
+from phischer.dataset_check import (
+    DatasetError,
+    choose_validation,
+    infer_conversations,
+    sidecar_path,
+    split_file,
+)
+
+DATA = Path(__file__).parent / "fixtures" / "datasets"
+
+
+def make_dataset(path: Path, sizes: dict[str, int], interleave: bool = True) -> list[str]:
+    """Write one example per (conversation, k) with a sidecar; return the ids in line order."""
+    ids = [cid for cid, n in sizes.items() for _ in range(n)]
+    if interleave:
+        ids = ids[::2] + ids[1::2]  # conversations need not be contiguous
+    with path.open("w", encoding="utf-8") as f:
+        for k, cid in enumerate(ids):
+            messages = [
+                {"role": "user", "content": f"{cid} question {k}"},
+                {"role": "assistant", "content": f"{cid} answer {k}"},
+            ]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    sidecar_path(path).write_text("".join(f"{cid}\n" for cid in ids), encoding="utf-8")
+    return ids
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """(conversation id from the content, conversation id from the sidecar) per line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    ids = sidecar_path(path).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(ids)
+    firsts = [
+        next(m for m in json.loads(line)["messages"] if m["role"] != "system") for line in lines
+    ]
+    content_ids = [m["content"].split()[0] for m in firsts]
+    return list(zip(content_ids, ids, strict=True))
+
+
+def test_split_with_sidecar_has_no_leakage(tmp_path: Path) -> None:
+    path = tmp_path / "sam.jsonl"
+    sizes = {f"c{i:02d}": i for i in range(1, 11)}  # 55 examples in 10 conversations
+    ids = make_dataset(path, sizes)
+    result = split_file(path, validation=0.2, seed=0)
+    assert result.train_path == tmp_path / "sam.train.jsonl"
+    assert result.validation_path == tmp_path / "sam.validation.jsonl"
+    assert result.from_sidecar
+    train = read_pairs(result.train_path)
+    val = read_pairs(result.validation_path)
+    # Every line keeps its own conversation id in the output sidecars.
+    assert all(a == b for a, b in train + val)
+    train_convs = {c for c, _ in train}
+    val_convs = {c for c, _ in val}
+    assert train_convs.isdisjoint(val_convs)
+    assert train_convs | val_convs == set(sizes)
+    assert result.train_examples == len(train)
+    assert result.validation_examples == len(val)
+    assert len(train) + len(val) == 55
+    assert result.train_conversations == len(train_convs)
+    assert result.validation_conversations == len(val_convs)
+    # First fit never exceeds the asked share (11 of 55) and gets close to it.
+    assert 8 <= result.validation_examples <= 11
+    # Lines keep their original order on each side.
+    original = path.read_text(encoding="utf-8").splitlines()
+    train_lines = result.train_path.read_text(encoding="utf-8").splitlines()
+    assert train_lines == [line for line, c in zip(original, ids, strict=True) if c in train_convs]
+
+
+def test_split_is_deterministic_per_seed(tmp_path: Path) -> None:
+    path = tmp_path / "sam.jsonl"
+    make_dataset(path, {f"c{i:02d}": 1 + i % 3 for i in range(30)})
+
+    def run(seed: int) -> tuple[bytes, bytes]:
+        r = split_file(path, validation=0.3, seed=seed)
+        return r.train_path.read_bytes(), r.validation_path.read_bytes()
+
+    first = run(0)
+    assert run(0) == first
+    assert run(7) == run(7)
+    assert any(run(seed) != first for seed in (1, 2, 3))
+
+
+def test_same_seed_same_split_whatever_the_line_order(tmp_path: Path) -> None:
+    # Conversation ids are sorted before shuffling, so file order does not matter.
+    sizes = {f"c{i:02d}": 2 for i in range(20)}
+    a = tmp_path / "a" / "x.jsonl"
+    b = tmp_path / "b" / "x.jsonl"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    make_dataset(a, sizes, interleave=False)
+    make_dataset(b, dict(reversed(sizes.items())), interleave=True)
+    va = {c for c, _ in read_pairs(split_file(a, seed=3).validation_path)}
+    vb = {c for c, _ in read_pairs(split_file(b, seed=3).validation_path)}
+    assert va == vb
+
+
+@pytest.mark.parametrize(("validation", "expected"), [(0.2, 20), (0.1, 10), (0.5, 50), (0.25, 25)])
+def test_proportions_with_one_example_per_conversation(
+    tmp_path: Path, validation: float, expected: int
+) -> None:
+    path = tmp_path / "x.jsonl"
+    make_dataset(path, {f"c{i:03d}": 1 for i in range(100)})
+    result = split_file(path, validation=validation, seed=0)
+    assert result.validation_examples == expected
+    assert result.validation_conversations == expected
+    assert result.train_examples == 100 - expected
+    assert result.train_conversations == 100 - expected
+
+
+def test_validation_gets_at_least_one_conversation() -> None:
+    # Both conversations are bigger than 10% of the examples: take the smaller one.
+    assert choose_validation({"big": 10, "small": 9}, 0.1, seed=0) == {"small"}
+    assert choose_validation({"a": 5, "b": 5}, 0.01, seed=0) in ({"a"}, {"b"})
+
+
+def test_two_conversations_split_one_each(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    make_dataset(path, {"a": 3, "b": 4})
+    result = split_file(path, validation=0.2)
+    assert (result.train_conversations, result.validation_conversations) == (1, 1)
+    assert result.validation_examples == 3
+    assert result.train_examples == 4
+
+
+def test_fixture_sidecar_split(tmp_path: Path) -> None:
+    # convs.jsonl: 10 lines, conversations t1 x4, t2 x3, t3 x2, t4 x1 (interleaved).
+    result = split_file(DATA / "convs.jsonl", validation=0.2, seed=0, out_dir=tmp_path)
+    val = read_pairs(result.validation_path)
+    train = read_pairs(result.train_path)
+    assert all(a == b for a, b in train + val)
+    assert {c for c, _ in val}.isdisjoint({c for c, _ in train})
+    assert {c for c, _ in val} | {c for c, _ in train} == {"t1", "t2", "t3", "t4"}
+    assert result.validation_examples <= 2
+    assert result.validation_examples + result.train_examples == 10
+
+
+def test_fallback_rule_groups_overlapping_windows() -> None:
+    ids = infer_conversations(DATA / "windows.jsonl")
+    # Lines: A sliding (2), B growing (2), C (1), D sliding (3), H (1), I (1: shares only
+    # an "ok" with H, not an overlap).
+    assert ids == [
+        "run-000001",
+        "run-000001",
+        "run-000002",
+        "run-000002",
+        "run-000003",
+        "run-000004",
+        "run-000004",
+        "run-000004",
+        "run-000005",
+        "run-000006",
+    ]
+
+
+def test_split_without_sidecar_uses_fallback(tmp_path: Path) -> None:
+    path = tmp_path / "windows.jsonl"
+    shutil.copy(DATA / "windows.jsonl", path)
+    result = split_file(path, validation=0.3, seed=0, out_dir=tmp_path / "out")
+    assert not result.from_sidecar
+    assert result.train_path == tmp_path / "out" / "windows.train.jsonl"
+    assert result.train_conversations + result.validation_conversations == 6
+    assert result.train_examples + result.validation_examples == 10
+    train_ids = set(sidecar_path(result.train_path).read_text().splitlines())
+    val_ids = set(sidecar_path(result.validation_path).read_text().splitlines())
+    assert train_ids.isdisjoint(val_ids)
+    # No message text of a validation example appears in a training example.
+    text = {
+        m["content"]
+        for line in result.train_path.read_text().splitlines()
+        for m in json.loads(line)["messages"]
+        if m["role"] != "system" and m["content"] != "ok"
+    }
+    for line in result.validation_path.read_text().splitlines():
+        for m in json.loads(line)["messages"]:
+            if m["role"] != "system" and m["content"] != "ok":
+                assert m["content"] not in text
+
+
+def test_one_conversation_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    make_dataset(path, {"only": 5})
+    with pytest.raises(DatasetError) as err:
+        split_file(path)
+    assert str(err.value) == (
+        f"{path}: all 5 examples come from one conversation; "
+        "a split by conversation needs at least 2"
+    )
+    assert not (tmp_path / "x.train.jsonl").exists()
+
+
+@pytest.mark.parametrize("validation", [0.0, 1.0, -0.1, 1.5])
+def test_validation_share_must_be_in_open_interval(tmp_path: Path, validation: float) -> None:
+    path = tmp_path / "x.jsonl"
+    make_dataset(path, {"a": 1, "b": 1})
+    with pytest.raises(DatasetError, match=r"--validation must be between 0 and 1"):
+        split_file(path, validation=validation)
+
+
+def test_sidecar_length_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    make_dataset(path, {"a": 2, "b": 2})
+    sidecar_path(path).write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        split_file(path)
+    assert str(err.value) == (
+        f"{sidecar_path(path)}: 2 conversation ids for 4 examples in x.jsonl; "
+        "re-run `phischer import` or delete the .conversations file"
+    )
+
+
+def test_fallback_needs_valid_json(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"messages": []}\nnot json\n', encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        split_file(path)
+    assert str(err.value) == (
+        f"{path}: line 2: invalid JSON: Expecting value at column 1 [invalid_json]; "
+        "run `phischer dataset check` first"
+    )
+
+
+def test_cli_split_reports_counts(tmp_path: Path) -> None:
+    path = tmp_path / "sam.jsonl"
+    make_dataset(path, {f"c{i}": 1 for i in range(10)})
+    result = CliRunner().invoke(cli, ["dataset", "split", str(path), "--validation", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "Split by conversation ids from the .conversations file:\n"
+        f"  train:      7 examples from 7 conversations -> {tmp_path / 'sam.train.jsonl'}\n"
+        f"  validation: 3 examples from 3 conversations -> {tmp_path / 'sam.validation.jsonl'}\n"
+    )
+    again = CliRunner().invoke(
+        cli, ["dataset", "split", str(path), "--seed", "5", "-o", str(tmp_path / "o")]
+    )
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "o" / "sam.validation.jsonl").exists()
+
+
+def test_cli_split_errors_exit_1(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    make_dataset(path, {"only": 2})
+    runner = CliRunner()
+    one = runner.invoke(cli, ["dataset", "split", str(path)])
+    assert one.exit_code == 1
+    assert one.output == (
+        f"Error: {path}: all 2 examples come from one conversation; "
+        "a split by conversation needs at least 2\n"
+    )
+    bad = runner.invoke(cli, ["dataset", "split", str(path), "--validation", "1"])
+    assert bad.exit_code == 1
+    assert bad.output == "Error: --validation must be between 0 and 1 (exclusive), got 1.0\n"
+    missing = runner.invoke(cli, ["dataset", "split", "nope.jsonl"])
+    assert missing.exit_code == 1
+    assert missing.output == "Error: nope.jsonl: no such file\n"

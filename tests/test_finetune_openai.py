@@ -1,0 +1,454 @@
+"""`phischer finetune` against a loopback fake of OpenAI's files and fine-tuning API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from phischer.cli import cli
+from phischer.db import Database
+from phischer.finetune import common
+from phischer.finetune import openai as ft
+from phischer.models import FineTuneJob, Persona
+from phischer.personas import PersonaSpec, add_persona
+from tests.fake_openai_ft import FakeOpenAI, Step
+
+FT_MODEL = "ft:gpt-4.1-mini-2025-04-14:org-fake:ada-lovelace:AbC123"
+
+
+def example(user: str, assistant: str) -> dict[str, Any]:
+    """One chat fine-tuning example."""
+    return {"messages": [
+        {"role": "system", "content": "You are Ada Lovelace."},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": assistant},
+    ]}
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    """Write rows (dicts or raw strings) one per line."""
+    lines = [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fake_ft(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """The fake, with OPENAI_BASE_URL pointing at it and polls that never sleep."""
+    fake = FakeOpenAI().start()
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    monkeypatch.setattr(common, "_today", lambda: dt.date(2026, 11, 22))
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Intervals `status --wait` asked to sleep (it does not actually sleep)."""
+    recorded: list[float] = []
+    monkeypatch.setattr(ft, "_sleep", recorded.append)
+    return recorded
+
+
+@pytest.fixture
+def ada(database: Database, tmp_path: Path) -> Path:
+    """A retrieval persona 'Ada Lovelace' (#ada) and its dataset."""
+    data = write_jsonl(tmp_path / "ada.jsonl", [example("hi", "Hello, dear.")])
+    with database.write() as session:
+        add_persona(session, PersonaSpec(name="Ada Lovelace", keyword="ada", dataset=str(data)))
+    return data
+
+
+@pytest.fixture
+def train(tmp_path: Path) -> Path:
+    """A valid training file of 12 examples (OpenAI wants at least 10)."""
+    return write_jsonl(tmp_path / "train.jsonl",
+                       [example(f"question {i}", f"Answer number {i}, dear.") for i in range(12)])
+
+
+@pytest.fixture
+def validation(tmp_path: Path) -> Path:
+    """A valid validation file."""
+    return write_jsonl(tmp_path / "val.jsonl",
+                       [example(f"other {i}", f"Reply {i}.") for i in range(3)])
+
+
+def run(*args: str) -> Result:
+    """Invoke the CLI."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def error_lines(result: Result) -> list[str]:
+    """The `Error: …` lines of a run."""
+    return [line for line in result.output.splitlines() if line.startswith("Error:")]
+
+
+def jobs_in(database: Database) -> list[FineTuneJob]:
+    """Every stored job."""
+    with database.read() as session:
+        return list(session.scalars(sa.select(FineTuneJob)))
+
+
+def persona(database: Database, name: str = "Ada Lovelace") -> Persona:
+    """A fresh copy of a persona row."""
+    with database.read() as session:
+        return session.scalar(sa.select(Persona).where(Persona.name == name))
+
+
+def start_job(train: Path, *extra: str) -> str:
+    """Run `finetune start` and return the job id it printed."""
+    result = run("finetune", "start", str(train), "--persona", "ada", *extra)
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("Started fine-tuning job"))
+    return line.split()[3]
+
+
+# -- start ---------------------------------------------------------------------------------
+
+
+def test_start_uploads_files_and_creates_supervised_job(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, validation: Path, database: Database
+) -> None:
+    result = run("finetune", "start", str(train), "--persona", "Ada Lovelace",
+                 "--validation", str(validation), "--epochs", "4")
+    assert result.exit_code == 0, result.output
+
+    uploads = fake_ft.calls("POST", "/v1/files")
+    assert len(uploads) == 2
+    stored = list(fake_ft.files.values())
+    assert [f["filename"] for f in stored] == ["train.jsonl", "val.jsonl"]
+    assert [f["purpose"] for f in stored] == ["fine-tune", "fine-tune"]
+    assert stored[0]["content"] == train.read_bytes()
+    assert stored[1]["content"] == validation.read_bytes()
+    train_id, val_id = list(fake_ft.files)
+
+    (create,) = fake_ft.calls("POST", "/v1/fine_tuning/jobs")
+    assert create.json() == {
+        "model": "gpt-4.1-mini-2025-04-14",
+        "training_file": train_id,
+        "validation_file": val_id,
+        "suffix": "ada-lovelace",
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4}}},
+    }
+    (job_id,) = fake_ft.jobs
+    assert f"Started fine-tuning job {job_id} (validating_files)." in result.output
+    assert f"phischer finetune status {job_id} --wait" in result.output
+    # 12 examples x 4 epochs, priced from the `dataset check` table.
+    assert "12 examples" in result.output and "(4 epochs on gpt-4.1-mini-2025-04-14)" in result.output
+    assert "estimated cost about $" in result.output
+    assert ("OpenAI stops accepting new fine-tuning jobs on 2027-01-06 and retires fine-tuned "
+            "gpt-4o/gpt-4.1 models on 2027-01-14") in result.output
+    assert "--provider local" in result.output
+
+    (row,) = jobs_in(database)
+    assert row.job_id == job_id and row.provider == "openai"
+    assert row.persona_id == persona(database).id
+    assert row.base_model == "gpt-4.1-mini-2025-04-14"
+    assert row.status == "validating_files"
+    assert (row.training_file_id, row.validation_file_id) == (train_id, val_id)
+    assert row.training_file == str(train.resolve())
+    assert row.suffix == "ada-lovelace"
+    assert json.loads(row.hyperparameters) == {"n_epochs": 4}
+
+
+def test_start_defaults_epochs_to_auto_and_takes_base_model_and_suffix(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    start_job(train, "--base-model", "gpt-4o-mini-2024-07-18", "--suffix", "Zoë: v2!")
+    (create,) = fake_ft.calls("POST", "/v1/fine_tuning/jobs")
+    body = create.json()
+    assert body["model"] == "gpt-4o-mini-2024-07-18"
+    assert body["suffix"] == "zoe-v2"
+    assert body["method"]["supervised"]["hyperparameters"] == {"n_epochs": "auto"}
+    assert "validation_file" not in body
+
+
+def test_format_errors_refuse_before_anything_is_sent(
+    fake_ft: FakeOpenAI, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    rows = [example(f"q{i}", f"a{i}") for i in range(11)]
+    rows.insert(3, "{not json")
+    rows.insert(6, {"messages": [{"role": "user", "content": "no answer"}]})
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    result = run("finetune", "start", str(bad), "--persona", "ada")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        f"Error: {bad}: 2 format error(s) (first on line 4): fix them before fine-tuning; "
+        "nothing was uploaded"
+    ]
+    assert "line 4" in result.output  # the check report names the lines
+    assert fake_ft.requests == []
+    assert jobs_in(database) == []
+
+
+def test_bad_validation_file_also_refuses(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, tmp_path: Path
+) -> None:
+    bad = write_jsonl(tmp_path / "val.jsonl", ["[]"])
+    result = run("finetune", "start", str(train), "--persona", "ada", "--validation", str(bad))
+    assert result.exit_code == 1
+    assert fake_ft.requests == []
+
+
+def test_missing_api_key_is_one_line(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    result = run("finetune", "start", str(train), "--persona", "ada")
+    assert result.exit_code == 1
+    assert error_lines(result) == ["Error: No OPENAI_API_KEY: set it in .env"]
+    assert fake_ft.requests == []
+
+
+def test_unknown_persona_is_refused_before_upload(fake_ft: FakeOpenAI, ada: Path,
+                                                  train: Path) -> None:
+    result = run("finetune", "start", str(train), "--persona", "nobody")
+    assert result.exit_code == 1
+    assert error_lines(result) == ["Error: no persona 'nobody' (known: Ada Lovelace)"]
+    assert fake_ft.requests == []
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (401, "OpenAI rejected the API key while uploading train.jsonl (401: bad key): "
+              "check OPENAI_API_KEY in .env"),
+        (400, "OpenAI answered 400 while uploading train.jsonl: bad key"),
+    ],
+)
+def test_upload_errors_leave_no_job(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, status: int, expected: str
+) -> None:
+    fake_ft.fail("POST", "/v1/files", status, "bad key")
+    result = run("finetune", "start", str(train), "--persona", "ada")
+    assert result.exit_code == 1
+    assert error_lines(result) == [f"Error: {expected}"]
+    assert "Traceback" not in result.output
+    assert fake_ft.calls("POST", "/v1/fine_tuning") == []
+    assert jobs_in(database) == []
+
+
+def test_deadline_notice_follows_the_date() -> None:
+    before = common.deadline_notice(dt.date(2027, 1, 5))
+    assert "stops accepting new fine-tuning jobs on 2027-01-06" in before
+    assert "retires fine-tuned gpt-4o/gpt-4.1 models on 2027-01-14" in before
+    between = common.deadline_notice(dt.date(2027, 1, 6))
+    assert "stopped new fine-tuning jobs on 2027-01-06" in between
+    assert "retires" in between and "--provider local" in between
+    after = common.deadline_notice(dt.date(2027, 2, 1))
+    assert "stopped new fine-tuning jobs" in after and "2027-01-14" not in after
+
+
+@pytest.mark.parametrize(
+    ("name", "suffix"),
+    [("Ada Lovelace", "ada-lovelace"), ("Zoë:Çelik", "zoe-celik"), ("bob_2", "bob_2"),
+     ("x" * 80, "x" * 64), ("  --Ünïcode--  ", "unicode")],
+)
+def test_sanitize_suffix(name: str, suffix: str) -> None:
+    assert common.sanitize_suffix(name) == suffix
+
+
+def test_sanitize_suffix_refuses_names_without_letters() -> None:
+    with pytest.raises(common.FineTuneError, match="pass --suffix"):
+        common.sanitize_suffix("李雷")
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+SUCCESS_SCRIPT = [
+    Step("running", ["Fine-tuning job started",
+                     {"message": "Step 1/3: training loss=2.10",
+                      "data": {"step": 1, "total_steps": 3, "train_loss": 2.1}}]),
+    Step("running", [{"message": "Step 3/3: training loss=0.90",
+                      "data": {"step": 3, "total_steps": 3, "train_loss": 0.9}}]),
+    Step("succeeded", ["New fine-tuned model created", "The job has successfully completed"],
+         fine_tuned_model=FT_MODEL, trained_tokens=4321),
+]
+
+
+def test_wait_polls_with_backoff_and_switches_the_persona(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 0, result.output
+
+    assert sleeps == [5.0, 7.5]  # three polls: backoff x1.5 between them
+    messages = [f"Created fine-tuning job: {job_id}", "Fine-tuning job started",
+                "Step 1/3: training loss=2.10", "Step 3/3: training loss=0.90",
+                "New fine-tuned model created", "The job has successfully completed"]
+    positions = [result.output.index(m) for m in messages]
+    assert positions == sorted(positions)
+    assert all(result.output.count(m) == 1 for m in messages)  # each event shown once
+    assert f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}" in result.output
+    assert f"Persona Ada Lovelace now answers with {FT_MODEL}." in result.output
+
+    p = persona(database)
+    assert (p.backend, p.model, p.base_url) == ("openai", FT_MODEL, None)
+    (row,) = jobs_in(database)
+    assert row.status == "succeeded" and row.fine_tuned_model == FT_MODEL
+    assert row.trained_tokens == 4321 and row.finished_at is not None
+    assert row.last_event_id == fake_ft.events[job_id][0]["id"]
+
+    # Asking again shows no old events and does not switch the persona a second time.
+    again = run("finetune", "status", job_id)
+    assert again.exit_code == 0
+    assert again.output.strip().splitlines() == [
+        f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}"
+    ]
+
+
+def test_status_without_wait_shows_new_events_once(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    job_id = start_job(train)
+    first = run("finetune", "status", job_id)
+    assert first.exit_code == 0
+    assert first.output.splitlines()[-1] == f"{job_id}: running"
+    assert "Fine-tuning job started" in first.output
+    second = run("finetune", "status", job_id)
+    assert "Fine-tuning job started" not in second.output
+    assert "Step 3/3: training loss=0.90" in second.output
+    assert jobs_in(database)[0].status == "running"
+    assert persona(database).backend == "retrieval"
+
+
+def test_failed_job_prints_the_error_and_changes_nothing(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    reason = "The job failed due to an invalid training file. Example 3 has no assistant message."
+    fake_ft.default_script = [
+        Step("running"),
+        Step("failed", [{"message": reason, "level": "error"}],
+             error={"code": "invalid_training_file", "message": reason, "param": "training_file"}),
+    ]
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 1
+    assert f"ERROR {reason}" in result.output
+    assert error_lines(result) == [f"Error: {job_id} failed: {reason} (persona unchanged)"]
+    p = persona(database)
+    assert (p.backend, p.model) == ("retrieval", None)
+    (row,) = jobs_in(database)
+    assert row.status == "failed" and row.error == reason and row.fine_tuned_model is None
+
+
+def test_cancel_then_wait_ends_cancelled(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    fake_ft.default_script = [Step("running")] * 5
+    job_id = start_job(train)
+    result = run("finetune", "cancel", job_id)
+    assert result.exit_code == 0
+    assert result.output.strip() == f"{job_id}: cancelled"
+    assert len(fake_ft.calls("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")) == 1
+    assert jobs_in(database)[0].status == "cancelled"
+    waited = run("finetune", "status", job_id, "--wait")
+    assert waited.exit_code == 0
+    assert "Fine-tuning job cancelled" in waited.output
+    assert sleeps == []
+    assert persona(database).backend == "retrieval"
+    # Cancelling a finished job is OpenAI's 400: one line, state kept.
+    again = run("finetune", "cancel", job_id)
+    assert again.exit_code == 1
+    assert error_lines(again) == [
+        f"Error: OpenAI answered 400 while cancelling {job_id}: Job {job_id} has already completed"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "times", "expected"),
+    [
+        (401, 1, "OpenAI rejected the API key while checking {job} (401: nope): "
+                  "check OPENAI_API_KEY in .env"),
+        # 429 and 5xx are retried by the SDK (MAX_RETRIES=2): three answers in all.
+        (429, 3, "OpenAI rate limit or quota hit while checking {job} (429: nope): "
+                 "wait a minute and retry, or check your plan's billing"),
+        (500, 3, "OpenAI answered 500 while checking {job}: nope"),
+        (404, 1, "OpenAI answered 404 while checking {job}: nope"),
+    ],
+)
+def test_api_errors_are_one_line_and_keep_the_job(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database,
+    status: int, times: int, expected: str,
+) -> None:
+    job_id = start_job(train)
+    before = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
+    fake_ft.fail("GET", f"/v1/fine_tuning/jobs/{job_id}", status, "nope", times=times)
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == ["Error: " + expected.format(job=job_id)]
+    assert len(fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}")) == times
+    after = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
+    assert after == before
+
+
+def test_retried_rate_limit_then_success(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    fake_ft.default_script = [Step("running", ["Fine-tuning job started"])]
+    job_id = start_job(train)
+    fake_ft.fail("GET", f"/v1/fine_tuning/jobs/{job_id}", 429, "slow down", times=2)
+    result = run("finetune", "status", job_id)
+    assert result.exit_code == 0
+    assert result.output.splitlines()[-1] == f"{job_id}: running"
+
+
+def test_connection_refused_is_one_line(
+    ada: Path, train: Path, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # conftest points OPENAI_BASE_URL at the discard port: nothing listens there.
+    monkeypatch.setattr(ft, "MAX_RETRIES", 0)
+    monkeypatch.setattr(common, "_today", lambda: dt.date(2026, 11, 22))
+    result = run("finetune", "start", str(train), "--persona", "ada")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        "Error: cannot reach http://127.0.0.1:9/v1/ while uploading train.jsonl "
+        "(Connection error.): check your network or OPENAI_BASE_URL"
+    ]
+    assert jobs_in(database) == []
+
+
+# -- list ----------------------------------------------------------------------------------
+
+
+def test_list_shows_stored_and_remote_jobs(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    job_id = start_job(train)
+    client = openai.OpenAI(api_key="sk-test-not-real", base_url=fake_ft.base_url)
+    other = client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=next(
+        iter(fake_ft.files)))
+    result = run("finetune", "list")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0].split() == [job_id, "openai", "validating_files", "Ada", "Lovelace",
+                                "gpt-4.1-mini-2025-04-14"]
+    assert lines[1] == "On the OpenAI account (not started here):"
+    assert lines[2].split() == [other.id, "openai", "validating_files", "-",
+                                "gpt-4o-mini-2024-07-18"]
+    assert len(lines) == 3
+
+
+def test_list_without_key_shows_only_stored_jobs(
+    fake_ft: FakeOpenAI, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    result = run("finetune", "list")
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        "No fine-tuning jobs yet: `phischer finetune start TRAIN.jsonl --persona NAME`.",
+        "(remote OpenAI jobs not listed: no OPENAI_API_KEY)",
+    ]
+    assert fake_ft.requests == []

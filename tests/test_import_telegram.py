@@ -1,0 +1,173 @@
+"""Telegram importer: single-chat and full JSON exports, text entity lists, drops, inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import zipfile
+from datetime import datetime as D
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from phischer.cli import cli
+from phischer.importers import IMPORTERS
+from phischer.importers.base import Conversation, ImportErrorMessage
+from phischer.importers.telegram import flatten_text, import_telegram
+
+FIX = Path(__file__).parent / "fixtures" / "telegram"
+SINGLE = FIX / "single" / "result.json"
+FULL = FIX / "full" / "result.json"
+PRIYA, LEO = "user4400112233", "user5500998877"
+
+PRIYA_CHAT = [
+    ("Priya Nair", "did the plant survive the weekend?", D(2024, 2, 10, 9, 5)),
+    (
+        "Leo Hart",
+        "barely. see https://example.org/fern — new leaves though",
+        D(2024, 2, 10, 9, 6, 30),
+    ),
+    ("Leo Hart", "before / after", D(2024, 2, 10, 9, 8, 10)),  # a photo's caption
+    ("Priya Nair", "@leohart told you\nthey like rain water", D(2024, 2, 10, 9, 12)),
+    # no date_unixtime (older exports): `date`, the exporting computer's local time
+    ("Priya Nair", "night!", D(2024, 2, 10, 22, 30)),
+]
+
+
+def rows(conv: Conversation) -> list[tuple[str, str, D]]:
+    """A conversation's messages as (sender, text, timestamp)."""
+    return [(m.sender, m.text, m.timestamp) for m in conv.messages]
+
+
+def test_registered() -> None:
+    assert IMPORTERS["telegram"] is import_telegram
+
+
+def test_single_chat_export() -> None:
+    (conv,) = import_telegram(SINGLE)
+    assert rows(conv) == PRIYA_CHAT
+    # service: a call and a pin; media: a photo without caption and a voice message
+    assert conv.dropped == {"service": 2, "sticker": 1, "media": 2, "forwarded": 1, "poll": 1}
+    assert (conv.id, conv.title, conv.is_group) == ("telegram:4400112233", "Priya Nair", False)
+    assert conv.participants == ["Priya Nair", "Leo Hart"]
+    assert [(m.sender_id, m.aliases) for m in conv.messages[:2]] == [
+        (PRIYA, ("4400112233",)),
+        (LEO, ("5500998877",)),
+    ]
+
+
+def test_single_chat_from_folder_and_zip(tmp_path: Path) -> None:
+    (from_folder,) = import_telegram(SINGLE.parent)
+    zpath = tmp_path / "telegram.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.write(SINGLE, "ChatExport_2024-02-11/result.json")
+        zf.writestr("ChatExport_2024-02-11/photos/photo_1@10-02-2024_10-08-10.jpg", b"\xff\xd8")
+    (from_zip,) = import_telegram(zpath)
+    assert rows(from_folder) == rows(from_zip) == PRIYA_CHAT
+
+
+def test_full_export_one_conversation_per_chat() -> None:
+    convs = list(import_telegram(FULL))
+    summary = [(c.id, c.title, c.is_group, c.dropped) for c in convs]
+    assert summary == [
+        ("telegram:4400112233", "Priya Nair", False, {}),
+        ("telegram:1700000001", "Climbing Crew", True, {"service": 1, "media": 1}),
+        ("telegram:3300000001", "WeatherBot", False, {"bot chat": 2}),
+        ("telegram:5500998877", "Saved Messages", False, {}),
+        ("telegram:1600000001", "Old Flat", True, {}),  # from left_chats
+    ]
+    assert [rows(c) for c in convs] == [
+        PRIYA_CHAT[:2],
+        [
+            ("Leo Hart", "bouldering thursday?", D(2024, 3, 1, 18, 1)),
+            ("Sofia Reyes", "in 🧗", D(2024, 3, 1, 18, 2)),
+            ("Deleted Account", "count me in", D(2024, 3, 1, 18, 3)),  # "from": null
+            ("Tomasz Wolny", "#thursday 7pm here", D(2024, 3, 1, 18, 5)),
+        ],
+        [],
+        [("Leo Hart", "buy chalk", D(2024, 3, 3, 12, 0))],
+        [
+            ("Mina Cho", "who took my oat milk", D(2023, 6, 1, 20, 0)),
+            ("Leo Hart", "not me 👀", D(2023, 6, 1, 20, 1)),
+        ],
+    ]
+
+
+def test_flatten_text_strings_and_entities() -> None:
+    assert flatten_text("plain") == "plain"
+    assert flatten_text(["a ", {"type": "bold", "text": "b"}, {"type": "text_link", "text": "c",
+                         "href": "https://example.org"}]) == "a bc"  # fmt: skip
+    assert flatten_text(None) == ""
+    assert flatten_text([{"type": "custom_emoji", "text": "🧗", "document_id": "1"}]) == "🧗"
+
+
+def test_truncated_json_names_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "result.json"
+    broken.write_bytes(FULL.read_bytes()[:-200])
+    with pytest.raises(ImportErrorMessage) as err:
+        list(import_telegram(tmp_path))
+    msg = str(err.value)
+    assert "\n" not in msg
+    # Cut mid-string, as an interrupted download is: the error names the file and the place.
+    pattern = r"(Truncated|Invalid) JSON in " + re.escape(str(broken)) + r": .* at line 305 column"
+    assert re.match(pattern, msg), msg
+
+
+def test_html_export_says_how_to_fix(tmp_path: Path) -> None:
+    (tmp_path / "messages.html").write_text("<html></html>")
+    with pytest.raises(ImportErrorMessage, match="Telegram's HTML export: export again with"):
+        list(import_telegram(tmp_path))
+
+
+def test_zip_without_result_json(tmp_path: Path) -> None:
+    zpath = tmp_path / "export.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("photos/photo_1.jpg", b"\xff")
+    with pytest.raises(ImportErrorMessage, match=r"^No result\.json in .*export\.zip"):
+        list(import_telegram(zpath))
+
+
+def test_json_that_is_not_telegram(tmp_path: Path) -> None:
+    other = tmp_path / "result.json"
+    other.write_text('{"guild": {}, "channel": {}}')
+    with pytest.raises(ImportErrorMessage, match=r"result\.json is not a Telegram Desktop export"):
+        list(import_telegram(other))
+
+
+def test_folder_with_several_chat_exports(tmp_path: Path) -> None:
+    shutil.copytree(SINGLE.parent, tmp_path / "ChatExport_2024-02-11")
+    shutil.copytree(FULL.parent, tmp_path / "DataExport_2024-03-05")
+    assert [c.title for c in import_telegram(tmp_path)] == [
+        "Priya Nair", "Priya Nair", "Climbing Crew", "WeatherBot", "Saved Messages", "Old Flat",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("me", ["Leo Hart", LEO, "5500998877"])
+def test_cli_end_to_end_me_by_name_or_from_id(tmp_path: Path, me: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["import", "telegram", str(FULL), "--me", me, "-o", "out.jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    examples = [json.loads(line)["messages"] for line in lines]
+    assert [ex[1:] for ex in examples] == [
+        [
+            {"role": "user", "content": "did the plant survive the weekend?"},
+            {
+                "role": "assistant",
+                "content": "barely. see https://example.org/fern — new leaves though",
+            },
+        ],
+        [
+            {"role": "user", "content": "Mina Cho: who took my oat milk"},  # a group: names
+            {"role": "assistant", "content": "not me 👀"},
+        ],
+    ]
+    assert all(ex[0]["role"] == "system" for ex in examples)
+    assert (tmp_path / "out.jsonl.conversations").read_text().splitlines() == [
+        "telegram:4400112233#0",
+        "telegram:1600000001#0",
+    ]
+    assert "Dropped: 4  (bot chat 2, service 1, media 1)" in result.output

@@ -1,0 +1,156 @@
+"""SMS commands: #keyword, #list, #who, #reset, opt-out/opt-in, HELP, allow-list, daily limit."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from phischer.commands import RESERVED_WORDS, parse
+from phischer.models import Contact, Message
+from phischer.personas import PersonaError, PersonaSpec, add_persona
+
+
+def contact(app, phone="+15550100") -> Contact:
+    with app.extensions["phischer"].db.read() as session:
+        return session.scalar(sa.select(Contact).where(Contact.phone == phone))
+
+
+def messages(app) -> list[Message]:
+    with app.extensions["phischer"].db.read() as session:
+        return list(session.scalars(sa.select(Message).order_by(Message.id)))
+
+
+@pytest.mark.parametrize(
+    ("body", "action", "keyword", "text"),
+    [
+        ("#ada", "switch", "ada", ""),
+        ("#ADA  hello there ", "switch", "ada", "hello there"),
+        ("#list", "list", None, ""),
+        ("#Who", "who", None, ""),
+        ("#reset", "reset", None, ""),
+        ("STOP", "optout", None, ""),
+        ("stop.", "optout", None, ""),
+        ("Unsubscribe", "optout", None, ""),
+        ("start", "optin", None, ""),
+        ("YES", "optin", None, ""),
+        ("help", "help", None, ""),
+        ("INFO", "help", None, ""),
+        ("please stop texting me", "chat", None, "please stop texting me"),
+        ("#", "chat", None, "#"),
+        ("#list everything", "switch", "list", "everything"),
+    ],
+)
+def test_parse(body, action, keyword, text):
+    command = parse(body)
+    assert (command.action, command.keyword, command.text) == (action, keyword, text)
+
+
+def test_switch_replies_with_greeting_and_sticks(app, twilio_post):
+    assert twilio_post("#ada").replies == ["Ada here!"]
+    assert twilio_post("#bo").replies == ["You're now texting Bo."]
+    assert twilio_post("hey how are you").replies == ["yo. tired. u?"]
+    assert twilio_post("#who").replies == ["You're texting Bo (#bo)."]
+    assert contact(app).persona_id is not None
+
+
+def test_switch_with_text_answers_as_new_persona(app, twilio_post):
+    assert twilio_post("#bo what do you do for work").replies == ["bike courier. legs of steel"]
+    assert twilio_post("#who").replies == ["You're texting Bo (#bo)."]
+
+
+def test_unknown_keyword_lists_keywords(app, twilio_post):
+    r = twilio_post("#nobody")
+    assert r.replies == ["No #nobody. Personas: #ada, #bo"]
+    assert twilio_post("#who").replies == ["You're texting Ada (#ada)."]
+
+
+def test_list_and_help(app, twilio_post):
+    assert twilio_post("#list").replies == ["Personas: #ada, #bo"]
+    help_text = twilio_post("HELP").replies[0]
+    assert "#list" in help_text and "STOP" in help_text
+
+
+def test_opt_out_silences_everything_until_opt_in(app, twilio_post, fake_openai):
+    assert twilio_post("STOP").replies == []
+    assert contact(app).opted_out is True
+    assert twilio_post("hey how are you").replies == []
+    assert twilio_post("#list").replies == []
+    assert twilio_post("START").replies[0].startswith("You're back in")
+    assert contact(app).opted_out is False
+    assert twilio_post("hey how are you").replies == [
+        "Splendid, thank you! Knitting a scarf for the cat."
+    ]
+    kinds = [(m.direction, m.kind, m.status) for m in messages(app)]
+    assert kinds[:4] == [
+        ("in", "command", "replied"),
+        ("in", "optout", "ignored"),
+        ("in", "optout", "ignored"),
+        ("in", "command", "replied"),
+    ]
+
+
+@pytest.mark.parametrize("word", ["STOPALL", "cancel", "End", "QUIT", "revoke", "OPTOUT"])
+def test_every_opt_out_word(app, twilio_post, word):
+    assert twilio_post(word).replies == []
+    assert contact(app).opted_out is True
+
+
+def test_opt_out_is_per_number(app, twilio_post):
+    twilio_post("STOP", from_="+15550101")
+    assert twilio_post("good night", from_="+15550102").replies == [
+        "Sleep well, dear. Dream of engines."
+    ]
+
+
+def test_allow_list_refuses_without_reply(make_app, personas, twilio_post):
+    app = make_app(allowed_numbers=frozenset({"+15550111"}))
+    assert twilio_post("good night", from_="+15550999", target=app).replies == []
+    refused = messages(app)
+    assert [(m.kind, m.status) for m in refused] == [("refused", "refused")]
+    ok = twilio_post("good night", from_="+15550111", target=app)
+    assert ok.replies == ["Sleep well, dear. Dream of engines."]
+
+
+def test_daily_limit_notices_once_then_silence(make_app, personas, twilio_post):
+    app = make_app(daily_limit=2)
+    assert twilio_post("hey how are you", target=app).replies
+    assert twilio_post("good night", target=app).replies
+    assert twilio_post("tell me a joke", target=app).replies == [
+        "That's all I can answer today. Talk tomorrow!"
+    ]
+    assert twilio_post("tell me a joke", target=app).replies == []
+    # Commands still work over the limit; other numbers are unaffected.
+    assert twilio_post("#who", target=app).replies == ["You're texting Ada (#ada)."]
+    assert twilio_post("good night", from_="+15550177", target=app).replies
+
+
+def test_daily_limit_resets_next_day(make_app, personas, twilio_post):
+    import datetime as dt
+
+    app = make_app(daily_limit=1)
+    twilio_post("hey how are you", target=app)
+    with app.extensions["phischer"].db.write() as session:
+        c = session.scalar(sa.select(Contact))
+        c.reply_day = c.reply_day - dt.timedelta(days=1)
+    assert twilio_post("good night", target=app).replies == ["Sleep well, dear. Dream of engines."]
+
+
+def test_reserved_keywords_refused(database, tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"messages": []}\n')
+    for word in sorted(RESERVED_WORDS):
+        with pytest.raises(PersonaError, match="collides"), database.write() as session:
+            add_persona(session, PersonaSpec(name=word, keyword=word, dataset=str(dataset)))
+
+
+def test_default_persona_setting(make_app, personas, twilio_post):
+    app = make_app(default_persona="bo")
+    assert twilio_post("#who", target=app).replies == ["You're texting Bo (#bo)."]
+
+
+def test_no_persona_yet(make_app, database, twilio_post):
+    app = make_app()
+    r = twilio_post("hello", target=app)
+    assert r.status_code == 200
+    assert r.replies == ["No clone is set up yet. Add one with `phischer persona add`."]
+    assert twilio_post("#list", target=app).replies == [r.replies[0]]

@@ -1,0 +1,278 @@
+"""The thread sent to the model, and every way the model can fail."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from phischer.models import Message, utcnow
+from phischer.personas import set_model
+
+
+@pytest.fixture
+def llm_app(make_app, personas, database, fake_openai):
+    """Ada on the fake OpenAI server; Bo stays on retrieval."""
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+
+    def build(**overrides):
+        return make_app(**overrides)
+
+    return build
+
+
+def stored(app):
+    with app.extensions["phischer"].db.read() as session:
+        return list(session.scalars(sa.select(Message).order_by(Message.id)))
+
+
+def test_thread_shape_history_and_system(llm_app, fake_openai, twilio_post):
+    app = llm_app()
+    twilio_post("hi", target=app)
+    twilio_post("how are you?", target=app)
+    sent = fake_openai.chat_calls[-1]["messages"]
+    assert sent == [
+        {"role": "system", "content": "You are Ada."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "echo: hi"},
+        {"role": "user", "content": "how are you?"},
+    ]
+    call = fake_openai.chat_calls[-1]
+    assert call["model"] == "ft:gpt-4.1-mini:ada"
+
+
+def test_consecutive_user_turns_merge(llm_app, fake_openai, twilio_post):
+    app = llm_app()
+    fake_openai.behaviour = "status"
+    fake_openai.status_code = 400
+    twilio_post("first", target=app)  # fails: no assistant turn stored for it
+    fake_openai.behaviour = "ok"
+    twilio_post("second", target=app)
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [
+        {"role": "user", "content": "first\nsecond"},
+    ]
+
+
+def test_history_isolated_between_numbers_and_personas(llm_app, fake_openai, twilio_post):
+    app = llm_app()
+    twilio_post("from one", from_="+15550001", target=app)
+    twilio_post("from two", from_="+15550002", target=app)
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [{"role": "user", "content": "from two"}]
+    # Number one talks to Bo (retrieval) and back: Bo's turns never reach Ada's thread.
+    twilio_post("#bo hey how are you", from_="+15550001", target=app)
+    twilio_post("#ada back again", from_="+15550001", target=app)
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [
+        {"role": "user", "content": "from one"},
+        {"role": "assistant", "content": "echo: from one"},
+        {"role": "user", "content": "back again"},
+    ]
+
+
+def test_reset_starts_a_fresh_thread(llm_app, fake_openai, twilio_post):
+    app = llm_app()
+    twilio_post("remember the password is swordfish", target=app)
+    assert twilio_post("#reset", target=app).replies == [
+        "Fresh start: I've forgotten this conversation."
+    ]
+    time.sleep(0.01)
+    twilio_post("what was it?", target=app)
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [
+        {"role": "user", "content": "what was it?"}
+    ]
+
+
+def test_session_gap_starts_a_new_thread(llm_app, fake_openai, twilio_post):
+    app = llm_app(session_gap_hours=6)
+    twilio_post("old news", target=app)
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(
+            sa.update(Message).values(created_at=utcnow() - dt.timedelta(hours=7))
+        )
+    twilio_post("new day", target=app)
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [{"role": "user", "content": "new day"}]
+
+
+def test_history_turns_cap_and_user_first(llm_app, fake_openai, twilio_post):
+    app = llm_app(history_turns=4)
+    for i in range(5):
+        twilio_post(f"m{i}", target=app)
+    sent = fake_openai.chat_calls[-1]["messages"]
+    assert sent[0]["role"] == "system"
+    # 4 turns ending with the new user text, and the thread never starts with the assistant.
+    assert [m["content"] for m in sent[1:]] == ["echo: m2", "m3", "echo: m3", "m4"][1:]
+
+
+def test_temperature_and_max_tokens_from_persona(llm_app, fake_openai, database, twilio_post):
+    from phischer.models import Persona
+
+    with database.write() as session:
+        ada = session.scalar(sa.select(Persona).where(Persona.name == "Ada"))
+        ada.temperature, ada.max_tokens = 0.3, 64
+    app = llm_app()
+    twilio_post("hi", target=app)
+    call = fake_openai.chat_calls[-1]
+    assert (call["temperature"], call["max_tokens"]) == (0.3, 64)
+
+
+def test_persona_api_key_env(llm_app, fake_openai, database, twilio_post, monkeypatch):
+    from phischer.models import Persona
+
+    with database.write() as session:
+        session.scalar(sa.select(Persona).where(Persona.name == "Ada")).api_key_env = "ADA_KEY"
+    app = llm_app()
+    r = twilio_post("hi", target=app)
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    assert "ADA_KEY is not set" in stored(app)[0].error
+    monkeypatch.setenv("ADA_KEY", "sk-ada")
+    twilio_post("hi", target=app)
+    assert fake_openai.requests[-1]["auth"] == "Bearer sk-ada"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "error_part"),
+    [
+        ("status", 429, "rate limited (429)"),
+        ("status", 500, "model server error 500"),
+        ("status", 503, "model server error 503"),
+        ("empty", 200, "empty reply"),
+        ("drop", 200, "cannot reach the model server"),
+    ],
+)
+def test_model_failures_store_error_and_send_fallback(
+    llm_app, fake_openai, twilio_post, behaviour, status, error_part
+):
+    app = llm_app(model_retries=0, fallback_reply="brb, phone died")
+    fake_openai.behaviour, fake_openai.status_code = behaviour, status
+    r = twilio_post("hello?", target=app)
+    assert r.status_code == 200
+    assert r.replies == ["brb, phone died"]
+    inbound, outbound = stored(app)
+    assert inbound.body == "hello?" and inbound.status == "failed"
+    assert error_part in inbound.error
+    assert (outbound.kind, outbound.body) == ("fallback", "brb, phone died")
+    # A fallback is not the persona talking: it never enters the thread.
+    fake_openai.behaviour = "ok"
+    twilio_post("again", target=app)
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [
+        {"role": "user", "content": "hello?\nagain"}
+    ]
+
+
+def test_retries_then_succeeds_once(llm_app, fake_openai, twilio_post):
+    app = llm_app(model_retries=1)
+    fake_openai.behaviour, fake_openai.status_code = "status", 500
+    twilio_post("hi", target=app)
+    assert len(fake_openai.chat_calls) == 2  # the SDK retried once
+
+
+def test_connection_refused(make_app, personas, database, twilio_post):
+    with database.write() as session:
+        set_model(session, "Ada", "m", base_url="http://127.0.0.1:9/v1")
+    app = make_app(model_retries=0)
+    r = twilio_post("hi", target=app)
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    assert "cannot reach the model server" in stored(app)[0].error
+
+
+def test_inline_timeout(llm_app, fake_openai, twilio_post):
+    app = llm_app(reply_mode="inline", reply_timeout_s=0.3, model_retries=0)
+    fake_openai.behaviour, fake_openai.delay = "slow", 1.0
+    r = twilio_post("hi", target=app)
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    assert "timed out" in stored(app)[0].error
+
+
+def test_auto_mode_without_twilio_answers_fallback_in_time(llm_app, fake_openai, twilio_post):
+    app = llm_app(reply_mode="auto", reply_timeout_s=0.3)
+    fake_openai.behaviour, fake_openai.delay = "slow", 1.0
+    start = time.perf_counter()
+    r = twilio_post("hi", target=app)
+    assert time.perf_counter() - start < 0.9  # did not wait for the model
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    assert "REPLY_TIMEOUT_S" in stored(app)[0].error
+
+
+def test_auto_mode_slow_reply_goes_out_by_rest(llm_app, fake_openai, twilio_post):
+    from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
+
+    with FakeTwilio() as twilio:
+        app = llm_app(
+            reply_mode="auto",
+            reply_timeout_s=0.2,
+            twilio_account_sid=ACCOUNT_SID,
+            twilio_auth_token=AUTH_TOKEN,
+            twilio_phone_number="+15550199",
+            twilio_api_base_url=twilio.url,
+        )
+        fake_openai.behaviour, fake_openai.delay = "slow", 0.6
+        r = twilio_post("hi", target=app)
+        assert r.status_code == 200 and r.replies == []
+        app.extensions["phischer"].sms.shutdown()  # wait for the background reply
+        sends = twilio.calls("POST", "/Messages.json")
+        assert [(c.form["To"], c.form["From"], c.form["Body"]) for c in sends] == [
+            ("+15550100", "+15550199", "echo: hi")
+        ]
+        outbound = stored(app)[1]
+        assert outbound.status == "sent" and outbound.message_sid.startswith("SM")
+
+
+def test_async_mode_records_a_failed_rest_send(llm_app, fake_openai, twilio_post):
+    from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
+
+    with FakeTwilio() as twilio:
+        twilio.fail_messages(400, 21610, "Attempt to send to unsubscribed recipient")
+        app = llm_app(
+            reply_mode="async",
+            twilio_account_sid=ACCOUNT_SID,
+            twilio_auth_token=AUTH_TOKEN,
+            twilio_phone_number="+15550199",
+            twilio_api_base_url=twilio.url,
+        )
+        assert twilio_post("hi", target=app).replies == []
+        app.extensions["phischer"].sms.shutdown()
+        inbound, outbound = stored(app)
+        assert inbound.status == "replied"
+        assert outbound.status == "send_failed" and "21610" in outbound.error
+
+
+def test_long_replies_cut_at_word_boundary(llm_app, fake_openai, twilio_post):
+    app = llm_app(max_reply_chars=50)
+    fake_openai.responder = lambda messages: "word " * 40
+    r = twilio_post("talk a lot", target=app)
+    (reply,) = r.replies
+    assert len(reply) <= 50 and reply.endswith("word…")
+
+
+def test_fit_sms_edges():
+    from phischer.replies import fit_sms
+
+    assert fit_sms("short", 10) == "short"
+    assert fit_sms("x" * 30, 10) == "x" * 9 + "…"
+    assert fit_sms("aaaa bbbb cccc", 12) == "aaaa bbbb…"
+    assert len(fit_sms("é" * 2000, 1600)) == 1600
+
+
+def test_retrieval_picks_the_right_reply_and_avoids_repeats(app, twilio_post):
+    assert twilio_post("so what do you do for work?").replies == [
+        "I compute Bernoulli numbers, mostly by candlelight."
+    ]
+    assert twilio_post("tell me a joke!").replies == [
+        "Why did the loom blush? It saw the punch cards."
+    ]
+    again = twilio_post("tell me a joke!").replies
+    assert again != ["Why did the loom blush? It saw the punch cards."]
+    assert twilio_post("qwertyuiop").replies  # no match still answers in voice
+
+
+def test_retrieval_index_built_once(app, twilio_post, monkeypatch):
+    from phischer.backends.retrieval import RetrievalBackend
+
+    calls = []
+    original = RetrievalBackend._build
+    monkeypatch.setattr(RetrievalBackend, "_build", staticmethod(lambda p: calls.append(p) or original(p)))
+    for _ in range(3):
+        twilio_post("good night")
+    assert calls == []  # warmed at create_app, reused per request

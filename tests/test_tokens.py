@@ -1,0 +1,177 @@
+"""Token counting: OpenAI's published ids and counts, offline, with the right encoding."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from phischer.tokens import (
+    count_messages_tokens,
+    count_tokens,
+    encoding_for,
+    encoding_name_for,
+)
+
+# The messages from OpenAI's cookbook "How to count tokens with tiktoken" (section 6); the
+# cookbook shows the API itself billing 124 prompt tokens for gpt-4o / gpt-4o-mini and 129
+# for gpt-4 / gpt-3.5-turbo, and num_tokens_from_messages agreeing.
+COOKBOOK_MESSAGES = [
+    {
+        "role": "system",
+        "content": "You are a helpful, pattern-following assistant that translates corporate "
+        "jargon into plain English.",
+    },
+    {
+        "role": "system",
+        "name": "example_user",
+        "content": "New synergies will help drive top-line growth.",
+    },
+    {
+        "role": "system",
+        "name": "example_assistant",
+        "content": "Things working well together will increase revenue.",
+    },
+    {
+        "role": "system",
+        "name": "example_user",
+        "content": "Let's circle back when we have more bandwidth to touch base on "
+        "opportunities for increased leverage.",
+    },
+    {
+        "role": "system",
+        "name": "example_assistant",
+        "content": "Let's talk later when we're less busy about how to do better.",
+    },
+    {
+        "role": "user",
+        "content": "This late pivot means we don't have time to boil the ocean for the "
+        "client deliverable.",
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "encoding"),
+    [
+        ("gpt-4o", "o200k_base"),
+        ("gpt-4o-mini-2024-07-18", "o200k_base"),
+        ("gpt-4.1-mini-2025-04-14", "o200k_base"),
+        ("gpt-4.1-nano", "o200k_base"),
+        ("ft:gpt-4o-mini-2024-07-18:acme::9abcDEF", "o200k_base"),
+        ("ft:gpt-4.1-2025-04-14:acme:sam:Xyz", "o200k_base"),
+        ("FT:GPT-4.1-MINI", "o200k_base"),
+        ("gpt-4", "cl100k_base"),
+        ("gpt-4-0613", "cl100k_base"),
+        ("gpt-4-turbo", "cl100k_base"),
+        ("ft:gpt-3.5-turbo-0125:acme::abc", "cl100k_base"),
+        ("gpt-3.5-turbo", "cl100k_base"),
+        ("Qwen/Qwen2.5-0.5B-Instruct", "o200k_base"),
+        (None, "o200k_base"),
+    ],
+)
+def test_encoding_name_for(model: str | None, encoding: str) -> None:
+    assert encoding_name_for(model) == encoding
+    assert encoding_for(model).name == encoding
+
+
+def test_hello_world_ids_match_tiktoken() -> None:
+    # Reference ids as published for tiktoken (README / cookbook).
+    assert encoding_for("gpt-4o").encode("hello world") == [24912, 2375]
+    assert encoding_for("gpt-4").encode("hello world") == [15339, 1917]
+    assert encoding_for("gpt-4o-mini").encode("tiktoken is great!") == [
+        83,
+        8251,
+        2488,
+        382,
+        2212,
+        0,
+    ]
+    assert encoding_for("gpt-3.5-turbo").encode("tiktoken is great!") == [
+        83,
+        1609,
+        5963,
+        374,
+        2294,
+        0,
+    ]
+    assert encoding_for("gpt-4o").decode([83, 8251, 2488, 382, 2212, 0]) == "tiktoken is great!"
+
+
+def test_count_tokens() -> None:
+    assert count_tokens("hello world") == 2
+    assert count_tokens("tiktoken is great!", "gpt-4.1") == 6
+    assert count_tokens("2 + 2 = 4", "gpt-4o") == 7
+    assert count_tokens("") == 0
+    # Special-token text in a chat is plain text, not an error.
+    assert count_tokens("<|endoftext|>") > 1
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("gpt-4o", 124),
+        ("gpt-4o-mini", 124),
+        ("gpt-4.1-mini-2025-04-14", 124),
+        ("ft:gpt-4o-mini-2024-07-18:acme::abc", 124),
+        ("gpt-4", 129),
+        ("gpt-3.5-turbo", 129),
+    ],
+)
+def test_count_messages_tokens_matches_openai_api(model: str, expected: int) -> None:
+    assert count_messages_tokens(COOKBOOK_MESSAGES, model) == expected
+
+
+def test_count_messages_tokens_rule() -> None:
+    # 3 priming + per message (3 + role + content) + 1 per name.
+    one = [{"role": "user", "content": "hello world"}]
+    assert count_messages_tokens(one) == 3 + 3 + 1 + 2
+    named = [{"role": "user", "name": "bob", "content": "hello world"}]
+    assert count_messages_tokens(named) == 3 + 3 + 1 + count_tokens("bob") + 1 + 2
+    # weight is a training flag and costs nothing.
+    weighted = [{"role": "assistant", "content": "hello world", "weight": 0}]
+    assert count_messages_tokens(weighted) == 3 + 3 + 1 + 2
+    assert count_messages_tokens([]) == 3
+
+
+def test_encoding_is_cached() -> None:
+    assert encoding_for("gpt-4o") is encoding_for("gpt-4.1-mini")
+    assert encoding_for("gpt-4o") is not encoding_for("gpt-4")
+
+
+def test_never_touches_network(tmp_path: Path) -> None:
+    """A fresh interpreter with sockets blocked and an empty tiktoken cache still counts."""
+    empty = tmp_path / "tiktoken-cache"
+    empty.mkdir()
+    code = textwrap.dedent(
+        """
+        import socket, sys
+
+        def refuse(*args, **kwargs):
+            raise OSError("network access attempted")
+
+        socket.socket.connect = refuse
+        socket.socket.connect_ex = refuse
+        socket.create_connection = refuse
+        socket.getaddrinfo = refuse
+
+        from phischer.tokens import count_messages_tokens, count_tokens
+        assert count_tokens("hello world", "gpt-4o") == 2
+        assert count_tokens("hello world", "gpt-4") == 2
+        msgs = [{"role": "user", "content": "hello world"}]
+        assert count_messages_tokens(msgs, "ft:gpt-4.1-mini-2025-04-14:acme::x") == 9
+        assert "tiktoken" not in sys.modules, "plain tiktoken was imported"
+        print("offline ok")
+        """
+    )
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(empty), "DATA_GYM_CACHE_DIR": str(empty)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "offline ok"
+    assert list(empty.iterdir()) == []

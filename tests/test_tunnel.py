@@ -1,0 +1,783 @@
+"""`phischer tunnel` / `phischer up`: tunnel, Twilio number registration and restore, offline.
+
+Twilio is the loopback fake in tests/fake_twilio.py reached through the real SDK; ngrok is an
+injected opener; "waiting for Ctrl-C" is an injected function that checks the live state and
+then raises KeyboardInterrupt like Ctrl-C would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+from twilio.base.exceptions import TwilioRestException
+
+from phischer import tunnel
+from phischer.cli import cli
+from phischer.config import Settings
+from phischer.twilio_client import (
+    TWILIO_HTTP_TIMEOUT_S,
+    RebasingHttpClient,
+    TwilioConfigError,
+    make_twilio_client,
+)
+from tests.conftest import ADA_PAIRS, sign, sms_params, twiml_bodies, write_dataset
+from tests.fake_twilio import FakeTwilio
+
+PHONE = "+15550001111"
+OLD_URL = "https://old.example.com/sms"
+TUNNEL_URL = "https://abc123.ngrok-free.app"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeNgrok:
+    """An injected tunnel opener: records the port it was asked for and whether it was closed."""
+
+    def __init__(self, url: str = TUNNEL_URL) -> None:
+        self.url = url
+        self.ports: list[int] = []
+        self.closed = 0
+
+    def __call__(self, port: int) -> tunnel.Tunnel:
+        self.ports.append(port)
+        return tunnel.Tunnel(public_url=self.url, close=self._close)
+
+    def _close(self) -> None:
+        self.closed += 1
+
+
+class Stop:
+    """An injected wait: runs `check(exposure)` while everything is live, then acts like Ctrl-C."""
+
+    def __init__(self, check: Callable[[tunnel.Exposure], None] | None = None) -> None:
+        self.check = check
+        self.exposure: tunnel.Exposure | None = None
+
+    def __call__(self, exposure: tunnel.Exposure) -> None:
+        self.exposure = exposure
+        if self.check is not None:
+            self.check(exposure)
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def fake_twilio() -> FakeTwilio:
+    """The fake Twilio account."""
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def number(fake_twilio: FakeTwilio) -> dict[str, Any]:
+    """Our Twilio number, currently pointing at some older webhook with GET."""
+    return fake_twilio.add_number(PHONE, sms_url=OLD_URL, sms_method="GET")
+
+
+@pytest.fixture
+def twilio_env(monkeypatch: pytest.MonkeyPatch, fake_twilio: FakeTwilio) -> None:
+    """Twilio credentials and the fake's URL in the environment, as a user's .env would."""
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", fake_twilio.account_sid)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", fake_twilio.auth_token)
+    monkeypatch.setenv("TWILIO_PHONE_NUMBER", PHONE)
+    monkeypatch.setenv("TWILIO_API_BASE_URL", fake_twilio.url)
+
+
+@pytest.fixture
+def ngrok(monkeypatch: pytest.MonkeyPatch) -> FakeNgrok:
+    """Replace the pyngrok opener used by the CLI."""
+    fake = FakeNgrok()
+    monkeypatch.setattr(tunnel, "open_ngrok", fake)
+    return fake
+
+
+@pytest.fixture
+def stop(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Stop]:
+    """Install an injected wait for the CLI commands; returns it for inspection."""
+
+    def install(check: Callable[[tunnel.Exposure], None] | None = None) -> Stop:
+        waiter = Stop(check)
+        monkeypatch.setattr(tunnel, "wait_for_shutdown", waiter)
+        return waiter
+
+    return install
+
+
+@pytest.fixture
+def serving() -> int:
+    """A port where something listens, standing in for `phischer serve`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
+def run(*args: str) -> Any:
+    """Invoke the CLI and return click's result."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def updates(fake: FakeTwilio, number: dict[str, Any]) -> list[dict[str, str]]:
+    """The forms POSTed to the number's resource, in order."""
+    return [r.form for r in fake.calls("POST", f"/IncomingPhoneNumbers/{number['sid']}.json")]
+
+
+def instance() -> Path:
+    return Path(os.environ["INSTANCE_PATH"])
+
+
+# -- phischer tunnel -----------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_registers_then_restores_previous_url_and_method(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    serving: int,
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def check(exposure: tunnel.Exposure) -> None:
+        seen["file"] = (instance() / "public_url").read_text().strip()
+        seen["live"] = (number["sms_url"], number["sms_method"])
+        seen["closed"] = ngrok.closed
+
+    stop(check)
+    result = run("tunnel", "--port", str(serving))
+
+    assert result.exit_code == 0, result.output
+    assert ngrok.ports == [serving]
+    assert seen == {
+        "file": TUNNEL_URL,
+        "live": (f"{TUNNEL_URL}/sms", "POST"),
+        "closed": 0,
+    }
+    assert updates(fake_twilio, number) == [
+        {"SmsUrl": f"{TUNNEL_URL}/sms", "SmsMethod": "POST"},
+        {"SmsUrl": OLD_URL, "SmsMethod": "GET"},
+    ]
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert ngrok.closed == 1
+    assert not (instance() / "public_url").exists()
+    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert f"Tunnel open: {TUNNEL_URL} → http://127.0.0.1:{serving}" in result.output
+    assert f"Twilio will POST texts to {PHONE} to {TUNNEL_URL}/sms" in result.output
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
+    assert "Warning" not in result.output
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_no_restore_leaves_our_url(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    stop()
+    result = run("tunnel", "--no-restore")
+
+    assert result.exit_code == 0, result.output
+    assert updates(fake_twilio, number) == [{"SmsUrl": f"{TUNNEL_URL}/sms", "SmsMethod": "POST"}]
+    assert number["sms_url"] == f"{TUNNEL_URL}/sms"
+    assert ngrok.ports == [5000]
+    assert ngrok.closed == 1
+    assert not (instance() / "public_url").exists()
+    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert "Restored" not in result.output
+    assert (
+        "Warning: nothing listens on 127.0.0.1:5000 yet: start `phischer serve --port 5000` "
+        "(or use `phischer up`), else Twilio logs error 11200"
+    ) in result.output.splitlines()
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_number_not_on_account_is_one_line_and_opens_no_tunnel(
+    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    fake_twilio.add_number("+15550009999")
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: TWILIO_PHONE_NUMBER={PHONE} is not a number of Twilio account "
+        f"{fake_twilio.account_sid}: use one listed under Phone Numbers → Active numbers, "
+        f"in E.164 (+15551234567)\n"
+    )
+    assert ngrok.ports == []
+    assert fake_twilio.calls("POST", ".json") == []
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_partial_pattern_matches_are_not_taken_for_the_number(
+    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    # Twilio's PhoneNumber filter is a pattern: +1 5550001111 0 contains our digits.
+    other = fake_twilio.add_number("+155500011110")
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert "(similar numbers there: +155500011110)" in result.output
+    assert updates(fake_twilio, other) == []
+    assert ngrok.ports == []
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_several_matches_is_an_error(
+    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    first = fake_twilio.add_number(PHONE)
+    second = fake_twilio.add_number(PHONE)
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: TWILIO_PHONE_NUMBER={PHONE} matches 2 numbers on account "
+        f"{fake_twilio.account_sid} ({first['sid']}, {second['sid']}): remove the duplicates "
+        f"so exactly one remains\n"
+    )
+    assert ngrok.ports == []
+    assert fake_twilio.calls("POST", ".json") == []
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_warns_when_a_messaging_service_handles_incoming_sms(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    serving: int,
+) -> None:
+    fake_twilio.add_service("Other", [fake_twilio.add_number("+15550002222")])
+    fake_twilio.add_service("Defers", [number], use_inbound_webhook_on_number=True)
+    service = fake_twilio.add_service(
+        "Clone service", [number], inbound_request_url="https://hooks.example.com/in"
+    )
+    stop()
+    result = run("tunnel", "--port", str(serving))
+
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning")]
+    assert warnings == [
+        f"Warning: {PHONE} belongs to Messaging Service 'Clone service' ({service['sid']}), "
+        f"whose incoming-message setting wins over the number's SMS URL "
+        f"(now: https://hooks.example.com/in): in the Twilio console open Messaging → "
+        f"Services → Clone service → Integration and choose 'Send a webhook' with "
+        f"{TUNNEL_URL}/sms (POST) or 'Defer to sender's webhook', or remove the number "
+        f"from the service"
+    ]
+    # The lookup went to messaging.twilio.com's paths, served by the fake.
+    assert len(fake_twilio.calls("GET", "/v1/Services")) == 1
+    assert len(fake_twilio.calls("GET", "/PhoneNumbers")) == 3
+    # Still registered and restored: the warning is advice, not a failure.
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [f"{TUNNEL_URL}/sms", OLD_URL]
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_warns_when_a_twiml_app_handles_incoming_sms(
+    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop], serving: int
+) -> None:
+    app_sid = "AP" + "1" * 32
+    number = fake_twilio.add_number(PHONE, sms_url=OLD_URL, sms_application_sid=app_sid)
+    stop()
+    result = run("tunnel", "--port", str(serving))
+
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning")]
+    assert warnings == [
+        f"Warning: {PHONE} sends incoming SMS to TwiML App {app_sid} (sms_application_sid), "
+        f"which ignores the number's SMS URL: in the Twilio console open Phone Numbers → "
+        f"Active numbers → {PHONE} → Messaging configuration and set 'A message comes in' to "
+        f"Webhook, or set that app's Messaging Request URL to {TUNNEL_URL}/sms (POST)"
+    ]
+    assert number["sms_url"] == OLD_URL  # restored
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_public_url_option_skips_ngrok(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    files: list[str] = []
+    stop(lambda exposure: files.append((instance() / "public_url").read_text().strip()))
+    result = run("tunnel", "--public-url", "https://sms.example.org/")
+
+    assert result.exit_code == 0, result.output
+    assert ngrok.ports == []
+    assert files == ["https://sms.example.org"]
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [
+        "https://sms.example.org/sms",
+        OLD_URL,
+    ]
+    assert "Using the public URL https://sms.example.org (no ngrok)." in result.output
+    assert not (instance() / "public_url").exists()
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_uses_public_url_from_environment_instead_of_ngrok(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+) -> None:
+    monkeypatch.setenv("PUBLIC_URL", "https://mine.example.net")
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 0, result.output
+    assert ngrok.ports == []
+    assert updates(fake_twilio, number)[0]["SmsUrl"] == "https://mine.example.net/sms"
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_rejects_a_relative_public_url(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    stop()
+    result = run("tunnel", "--public-url", "sms.example.org")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: --public-url='sms.example.org' must be an absolute base URL such as "
+        "https://sms.example.com\n"
+    )
+    assert fake_twilio.requests == []
+
+
+@pytest.mark.parametrize("command", ["tunnel", "up"])
+@pytest.mark.parametrize(
+    ("missing", "hint"),
+    [
+        ("TWILIO_ACCOUNT_SID", "the Account SID (AC…) from console.twilio.com → Account info"),
+        ("TWILIO_AUTH_TOKEN", "the Auth Token from console.twilio.com → Account info"),
+        (
+            "TWILIO_PHONE_NUMBER",
+            "your Twilio number in E.164, e.g. +15551234567 (Phone Numbers → Active numbers)",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("twilio_env")
+def test_missing_twilio_variable_is_named_before_any_tunnel(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_twilio: FakeTwilio,
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    command: str,
+    missing: str,
+    hint: str,
+) -> None:
+    monkeypatch.delenv(missing)
+    stop()
+    result = run(command)
+
+    assert result.exit_code == 1
+    assert result.output == f"Error: {missing} is not set: add {hint} to .env\n"
+    assert ngrok.ports == []
+    assert fake_twilio.requests == []
+    assert not (instance() / "phischer.db").exists()  # `up` stopped before migrating
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_wrong_credentials_are_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+) -> None:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "not-the-token")
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: Twilio refused to list your phone numbers (HTTP 401, error 20003: "
+        "Authenticate): check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN\n"
+    )
+    assert ngrok.ports == []
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_sigterm_restores_like_ctrl_c(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def terminated(exposure: tunnel.Exposure) -> None:
+        assert number["sms_url"] == f"{TUNNEL_URL}/sms"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this at once
+        raise AssertionError("SIGTERM did not stop the wait")
+
+    monkeypatch.setattr(tunnel, "wait_for_shutdown", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    result = run("tunnel")
+
+    assert result.exit_code == 0, result.output
+    assert number["sms_url"] == OLD_URL
+    assert ngrok.closed == 1
+    assert not (instance() / "public_url").exists()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_restore_leaves_a_url_someone_changed_meanwhile(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    stop(lambda exposure: number.update(sms_url="https://someone-else.example/sms"))
+    result = run("tunnel")
+
+    assert result.exit_code == 0, result.output
+    assert len(updates(fake_twilio, number)) == 1
+    assert number["sms_url"] == "https://someone-else.example/sms"
+    assert (
+        f"Left the SMS URL of {PHONE} as is: it was changed to "
+        "'https://someone-else.example/sms' meanwhile." in result.output
+    )
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_a_run_that_was_killed_is_repaired_by_the_next(
+    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    dead = "https://dead0000.ngrok-free.app/sms"
+    number = fake_twilio.add_number(PHONE, sms_url=dead, sms_method="POST")
+    instance().mkdir(parents=True, exist_ok=True)
+    (instance() / tunnel.STATE_FILE).write_text(
+        json.dumps(
+            {
+                "number_sid": number["sid"],
+                "phone_number": PHONE,
+                "sms_url": dead,
+                "previous_url": OLD_URL,
+                "previous_method": "GET",
+            }
+        )
+    )
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 0, result.output
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_tunnel_with_app_checks_signatures_against_the_tunnel_url(
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    make_app: Any,
+    personas: Any,
+) -> None:
+    """`phischer serve` in another process finds the tunnel URL through the instance folder."""
+    app = make_app()  # started before the tunnel, without PUBLIC_URL
+    client = app.test_client()
+    token = os.environ["TWILIO_AUTH_TOKEN"]
+    statuses: dict[str, int] = {}
+
+    def check(exposure: tunnel.Exposure) -> None:
+        for name, url in (("tunnel", f"{TUNNEL_URL}/sms"), ("local", "http://localhost/sms")):
+            params = sms_params("hey how are you")
+            response = client.post(
+                "/sms", data=params, headers={"X-Twilio-Signature": sign(token, url, params)}
+            )
+            statuses[name] = response.status_code
+
+    stop(check)
+    result = run("tunnel")
+
+    assert result.exit_code == 0, result.output
+    assert statuses == {"tunnel": 200, "local": 403}
+
+
+# -- phischer up ---------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_up_serves_tunnels_registers_and_checks_signatures_end_to_end(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    personas: Any,
+) -> None:
+    token = os.environ["TWILIO_AUTH_TOKEN"]
+    seen: dict[str, Any] = {}
+
+    def post(local: str, signed_for: str) -> requests.Response:
+        params = sms_params("hey how are you")
+        return requests.post(
+            f"{local}/sms",
+            data=params,
+            timeout=10,
+            headers={"X-Twilio-Signature": sign(token, signed_for, params)},
+        )
+
+    def check(exposure: tunnel.Exposure) -> None:
+        local = f"http://127.0.0.1:{exposure.port}"
+        good = post(local, f"{TUNNEL_URL}/sms")
+        seen["good"] = (good.status_code, good.headers["Content-Type"], twiml_bodies(good.content))
+        seen["bad"] = post(local, f"{local}/sms").status_code
+        seen["health"] = requests.get(f"{local}/healthz", timeout=10).status_code
+        seen["local"] = local
+
+    stop(check)
+    result = run("up", "--port", "0")
+
+    assert result.exit_code == 0, result.output
+    status, content_type, replies = seen["good"]
+    assert status == 200
+    assert content_type.startswith("text/xml")
+    assert replies == ["Splendid, thank you! Knitting a scarf for the cat."]
+    assert seen["bad"] == 403
+    assert seen["health"] == 200
+    port = int(seen["local"].rsplit(":", 1)[1])
+    assert ngrok.ports == [port] and port != 0
+    lines = result.output.splitlines()
+    assert f"Text {PHONE} now: you are talking to Ada (#ada)." in lines
+    assert "Keywords: #ada, #bo (switch persona), #list, #who, #reset, STOP to opt out." in lines
+    assert f"Twilio   {TUNNEL_URL}/sms  → SMS URL of {PHONE}" in lines
+    # Clean shutdown: number restored, tunnel closed, URL file gone, server stopped.
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [f"{TUNNEL_URL}/sms", OLD_URL]
+    assert number["sms_method"] == "GET"
+    assert ngrok.closed == 1
+    assert not (instance() / "public_url").exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{seen['local']}/healthz", timeout=2)
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_up_with_public_url_serves_against_that_url(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    personas: Any,
+) -> None:
+    token = os.environ["TWILIO_AUTH_TOKEN"]
+    statuses: list[int] = []
+
+    def check(exposure: tunnel.Exposure) -> None:
+        params = sms_params("hey how are you")
+        url = "https://sms.example.org/sms"
+        statuses.append(
+            requests.post(
+                f"http://127.0.0.1:{exposure.port}/sms",
+                data=params,
+                timeout=10,
+                headers={"X-Twilio-Signature": sign(token, url, params)},
+            ).status_code
+        )
+
+    stop(check)
+    result = run("up", "--port", "0", "--public-url", "https://sms.example.org")
+
+    assert result.exit_code == 0, result.output
+    assert statuses == [200]
+    assert ngrok.ports == []
+    assert number["sms_url"] == OLD_URL
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_up_without_personas_says_how_to_add_one_and_needs_no_restart(
+    number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop], tmp_path: Path
+) -> None:
+    token = os.environ["TWILIO_AUTH_TOKEN"]
+    replies: list[list[str]] = []
+
+    def check(exposure: tunnel.Exposure) -> None:
+        # What the user does in a second terminal while `up` runs.
+        dataset = write_dataset(tmp_path / "ada.jsonl", ADA_PAIRS)
+        added = run("persona", "add", "Ada", "--keyword", "ada", "--dataset", str(dataset))
+        assert added.exit_code == 0, added.output
+        params = sms_params("hey how are you")
+        response = requests.post(
+            f"http://127.0.0.1:{exposure.port}/sms",
+            data=params,
+            timeout=10,
+            headers={"X-Twilio-Signature": sign(token, f"{TUNNEL_URL}/sms", params)},
+        )
+        replies.append(twiml_bodies(response.content))
+
+    stop(check)
+    result = run("up", "--port", "0")
+
+    assert result.exit_code == 0, result.output
+    assert (
+        f"Text {PHONE} now — but there is no persona yet: add one with "
+        "`phischer persona add NAME --keyword KW --dataset FILE` (no restart needed)."
+    ) in result.output.splitlines()
+    assert replies == [["Splendid, thank you! Knitting a scarf for the cat."]]
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_up_on_a_busy_port_is_one_line_and_opens_no_tunnel(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        stop()
+        result = run("up", "--port", str(port))
+
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: Cannot listen on 127.0.0.1:{port} (Address already in use): stop the program "
+        f"using it or pass --port N\n"
+    )
+    assert ngrok.ports == []
+    assert updates(fake_twilio, number) == []
+
+
+# -- the ngrok edge ------------------------------------------------------------------------
+
+
+class _PyngrokTunnel:
+    def __init__(self, public_url: str) -> None:
+        self.public_url = public_url
+
+
+def test_open_ngrok_uses_installed_binary_and_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyngrok import ngrok
+
+    calls: list[tuple[str, Any]] = []
+
+    def connect(addr: str, proto: str, pyngrok_config: Any) -> _PyngrokTunnel:
+        calls.append(
+            ("connect", (addr, proto, pyngrok_config.ngrok_path, pyngrok_config.auth_token))
+        )
+        return _PyngrokTunnel("http://abc.ngrok.io")
+
+    monkeypatch.setattr(tunnel.shutil, "which", lambda name: f"/opt/bin/{name}")
+    monkeypatch.setenv("NGROK_AUTHTOKEN", "tok-123")
+    monkeypatch.setattr(ngrok, "connect", connect)
+    monkeypatch.setattr(
+        ngrok, "disconnect", lambda url, pyngrok_config: calls.append(("disconnect", url))
+    )
+    monkeypatch.setattr(ngrok, "kill", lambda pyngrok_config: calls.append(("kill", None)))
+
+    opened = tunnel.open_ngrok(5001)
+    assert opened.public_url == "https://abc.ngrok.io"
+    opened.close()
+    assert calls == [
+        ("connect", ("http://127.0.0.1:5001", "http", "/opt/bin/ngrok", "tok-123")),
+        ("disconnect", "http://abc.ngrok.io"),
+        ("kill", None),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["install", "agent"])
+@pytest.mark.usefixtures("twilio_env")
+def test_ngrok_failure_is_one_line_with_both_fixes(
+    monkeypatch: pytest.MonkeyPatch, number: dict[str, Any], stop: Callable[..., Stop], kind: str
+) -> None:
+    from pyngrok import ngrok
+    from pyngrok.exception import PyngrokNgrokError, PyngrokNgrokInstallError
+
+    def connect(*args: Any, **kwargs: Any) -> None:
+        if kind == "install":
+            raise PyngrokNgrokInstallError("An error occurred while downloading ngrok from …")
+        raise PyngrokNgrokError(
+            "The ngrok process errored on start: authentication failed.",
+            ngrok_error="authentication failed: Usage of ngrok requires a verified account "
+            "and authtoken.",
+        )
+
+    monkeypatch.setattr(ngrok, "connect", connect)
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1
+    first = {
+        "install": "Error: No ngrok binary, and it could not be downloaded: ",
+        "agent": "Error: Could not open an ngrok tunnel (authentication failed: Usage of ngrok "
+        "requires a verified account and authtoken.): ",
+    }[kind]
+    assert result.output == first + tunnel.NGROK_FIXES + "\n"
+    assert "NGROK_AUTHTOKEN" in tunnel.NGROK_FIXES and "--public-url" in tunnel.NGROK_FIXES
+    assert number["sms_url"] == OLD_URL
+    assert not (instance() / "public_url").exists()
+
+
+def test_script_wrapper_runs_the_same_command(fake_twilio: FakeTwilio, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "tunnel.py"), "--port", "5001"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: TWILIO_ACCOUNT_SID is not set: add the Account SID (AC…) from "
+        "console.twilio.com → Account info to .env"
+    ]
+
+
+# -- the Twilio client factory and the fake ------------------------------------------------
+
+
+def test_client_factory_sets_timeout_and_base_url(fake_twilio: FakeTwilio) -> None:
+    settings = Settings.from_env(
+        {
+            "TWILIO_ACCOUNT_SID": fake_twilio.account_sid,
+            "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
+            "TWILIO_PHONE_NUMBER": PHONE,
+            "TWILIO_API_BASE_URL": fake_twilio.url,
+        }
+    )
+    client = make_twilio_client(settings)
+    assert isinstance(client.http_client, RebasingHttpClient)
+    assert client.http_client.timeout == TWILIO_HTTP_TIMEOUT_S
+    assert client.api.base_url == fake_twilio.url
+
+    real = make_twilio_client(settings.with_overrides(twilio_api_base_url=None))
+    assert not isinstance(real.http_client, RebasingHttpClient)
+    assert real.http_client.timeout == TWILIO_HTTP_TIMEOUT_S
+    assert real.api.base_url == "https://api.twilio.com"
+
+
+def test_client_factory_error_is_a_value_error_naming_the_variable() -> None:
+    with pytest.raises(TwilioConfigError, match=r"^TWILIO_AUTH_TOKEN is not set: ") as info:
+        make_twilio_client(
+            Settings.from_env({"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_PHONE_NUMBER": PHONE})
+        )
+    assert isinstance(info.value, ValueError)
+
+
+def test_fake_sends_messages_and_scripted_failures(fake_twilio: FakeTwilio) -> None:
+    settings = Settings.from_env(
+        {
+            "TWILIO_ACCOUNT_SID": fake_twilio.account_sid,
+            "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
+            "TWILIO_PHONE_NUMBER": PHONE,
+            "TWILIO_API_BASE_URL": fake_twilio.url,
+        }
+    )
+    client = make_twilio_client(settings)
+    sent = client.messages.create(to="+15550100", from_=PHONE, body="hello")
+    assert sent.sid.startswith("SM") and sent.status == "queued"
+    fake_twilio.fail_messages(400, 21610, "Attempt to send to unsubscribed recipient")
+    with pytest.raises(TwilioRestException) as info:
+        client.messages.create(to="+15550100", from_=PHONE, body="again")
+    assert (info.value.status, info.value.code) == (400, 21610)
+    assert [m["body"] for m in fake_twilio.messages] == ["hello"]
+    assert [r.form["Body"] for r in fake_twilio.calls("POST", "/Messages.json")] == [
+        "hello",
+        "again",
+    ]
