@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from typing import Any
 
 from phischer.backends import Backends
 from phischer.backends.base import BackendError, PersonaView, Reply
 from phischer.commands import Command, parse
 from phischer.config import Settings, mask_number
 from phischer.db import Database
-from phischer.models import Contact, Message, Persona, utcnow
-from phischer.personas import default_persona
+from phischer.models import utcnow
+from phischer.personas import PersonaDirectory
 from phischer.replies import RestSender, SendError, fit_sms
-from phischer.thread import build_thread
+from phischer.store import ContactRow, Store
+from phischer.thread import SPOKEN, build_thread, rows_needed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +31,9 @@ MEDIA_TEXT = "I can only read text messages for now."
 LIMIT_TEXT = "That's all I can answer today. Talk tomorrow!"
 NO_PERSONA_TEXT = "No clone is set up yet. Add one with `phischer persona add`."
 OPT_IN_TEXT = "You're back in. Text HELP for commands, STOP to opt out."
+RESET_TEXT = "Fresh start: I've forgotten this conversation."
+
+Result = tuple[Reply | None, str | None, int]  # (reply, error, latency in ms)
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,13 @@ class Inbound:
 
 @dataclass
 class Decision:
-    """What the first transaction decided: an immediate reply, or a model call to make."""
+    """What the first transaction decided: immediate replies, or a persona to ask."""
 
     inbound_id: int
     contact_id: int
     replies: list[str] = field(default_factory=list)
     persona: PersonaView | None = None
-    reset_at: dt.datetime | None = None
+    reset_at: Any = None
 
 
 class SmsService:
@@ -61,18 +62,18 @@ class SmsService:
 
     def __init__(self, settings: Settings, db: Database, backends: Backends) -> None:
         self.settings = settings
-        self.db = db
+        self.store = Store(db)
+        self.personas = PersonaDirectory(db, settings.default_persona)
         self.backends = backends
         self.sender = RestSender(settings)
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="phischer-reply")
-
-    # -- entry point -----------------------------------------------------------------------
 
     def handle(self, msg: Inbound) -> list[str]:
         """Process a webhook call; return the bodies to answer with in TwiML (maybe none)."""
         decision = self._record(msg)
         if decision is None:  # a retry of a MessageSid we already have
-            return self._replies_for(msg.sid)
+            with self.store.read() as cur:
+                return self.store.replies_to(cur, msg.sid) or []
         if decision.persona is None:
             return decision.replies
         return self._answer(msg, decision)
@@ -81,109 +82,107 @@ class SmsService:
         """Let pending async replies finish."""
         self._executor.shutdown(wait=True)
 
-    # -- transaction 1: store the inbound text and apply commands -----------------------------
+    # -- transaction 1: store the inbound text and apply commands --------------------------
 
     def _record(self, msg: Inbound) -> Decision | None:
         for attempt in (1, 2):
             try:
-                with self.db.write() as session:
-                    return self._decide(session, msg)
-            except IntegrityError:
+                with self.store.write() as cur:
+                    return self._decide(cur, msg)
+            except self.store.IntegrityError:
                 # Either this MessageSid is stored already (a Twilio retry), or another
-                # request created the same contact first (then one more try succeeds).
-                if self._inbound_id(msg.sid) is not None:
-                    return None
+                # instance created the same contact first (then one more try succeeds).
+                with self.store.read() as cur:
+                    if self.store.replies_to(cur, msg.sid) is not None:
+                        return None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _decide(self, session: Session, msg: Inbound) -> Decision:
+    def _decide(self, cur: Any, msg: Inbound) -> Decision:
         now = utcnow()
-        contact = session.scalar(sa.select(Contact).where(Contact.phone == msg.phone))
-        if contact is None:
-            contact = Contact(phone=msg.phone)
-            session.add(contact)
-            session.flush()
-        inbound = Message(
+        store = self.store
+        before = store.contact(cur, msg.phone, now)
+        contact = dataclasses.replace(before)
+        command = parse(msg.body)
+        kind, status, text, persona = self._classify(msg, command, contact, now)
+        inbound_id = store.insert_message(
+            cur,
             contact_id=contact.id,
+            persona_id=persona.id if persona else None,
             direction="in",
+            kind=kind,
             body=msg.body,
             message_sid=msg.sid,
             num_media=msg.num_media,
-            kind="chat",
-            status="received",
+            status=status,
             created_at=now,
         )
-        session.add(inbound)
-        session.flush()  # raises IntegrityError on a duplicate MessageSid
-        decision = Decision(inbound_id=inbound.id, contact_id=contact.id)
+        decision = Decision(inbound_id=inbound_id, contact_id=contact.id)
+        if status == "processing":
+            decision.persona, decision.reset_at = persona, contact.thread_reset_at
+        elif text:
+            store.insert_message(
+                cur,
+                contact_id=contact.id,
+                persona_id=contact.persona_id,
+                direction="out",
+                kind=kind,
+                body=text,
+                reply_to_id=inbound_id,
+                status="replied",
+                created_at=now,
+            )
+            decision.replies.append(text)
+        store.save_contact(cur, before, contact)
+        return decision
 
-        def reply(kind: str, text: str, status: str = "replied") -> Decision:
-            inbound.kind, inbound.status = kind, status
-            if text:
-                session.add(
-                    Message(
-                        contact_id=contact.id,
-                        persona_id=contact.persona_id,
-                        direction="out",
-                        kind=kind,
-                        body=text,
-                        reply_to_id=inbound.id,
-                        status="replied",
-                        created_at=now,
-                    )
-                )
-                decision.replies.append(text)
-            return decision
+    def _classify(
+        self, msg: Inbound, command: Command, contact: ContactRow, now: Any
+    ) -> tuple[str, str, str, PersonaView | None]:
+        """Decide (kind, status, reply text, persona) for a text; may change `contact`.
 
+        status "processing" means: ask `persona` for the reply.
+        """
         allowed = self.settings.allowed_numbers
         if allowed and msg.phone not in allowed:
-            return reply("refused", "", status="refused")
-        command = parse(msg.body)
+            return "refused", "refused", "", None
         if contact.opted_out and command.action != "optin":
-            return reply("optout", "", status="ignored")
-        if command.action != "chat" and command.action != "switch":
-            return reply("command", self._command(session, contact, command, now))
+            return "optout", "ignored", "", None
+        if command.action not in ("chat", "switch"):
+            return "command", "replied", self._command(contact, command, now), None
 
-        persona = self._persona(session, contact)
+        persona = self.personas.for_contact(contact.persona_id)
         if command.action == "switch":
-            target = session.scalar(sa.select(Persona).where(Persona.keyword == command.keyword))
+            target = self.personas.by_keyword(command.keyword or "")
             if target is None:
-                return reply("command", f"No #{command.keyword}. {self._keywords(session)}")
-            contact.persona_id = target.id
-            persona = target
+                return "command", "replied", f"No #{command.keyword}. {self._keywords()}", None
+            contact.persona_id, persona = target.id, target
             if not command.text:
-                inbound.persona_id = target.id
-                return reply("command", target.greeting or f"You're now texting {target.name}.")
+                greeting = target.greeting or f"You're now texting {target.name}."
+                return "command", "replied", greeting, target
         if not command.text:
             if msg.num_media:
-                return reply("media", MEDIA_TEXT)
-            return reply("chat", "", status="ignored")
+                return "media", "replied", MEDIA_TEXT, None
+            return "chat", "ignored", "", None
         if persona is None:
-            return reply("fallback", NO_PERSONA_TEXT, status="failed")
+            return "fallback", "failed", NO_PERSONA_TEXT, None
 
         today = now.date()
         if contact.reply_day != today:
             contact.reply_day, contact.replies_today = today, 0
-        if contact.replies_today >= self.settings.daily_limit:
-            # The first text over the limit gets one notice; later ones get silence.
-            notice = LIMIT_TEXT if contact.replies_today == self.settings.daily_limit else ""
-            contact.replies_today += 1
-            inbound.persona_id = persona.id
-            return reply("refused", notice, status="limited")
+        limit = self.settings.daily_limit
         contact.replies_today += 1  # reserved now, so concurrent texts cannot overshoot
-        inbound.persona_id = persona.id
-        inbound.status = "processing"
-        decision.persona = PersonaView.of(persona)
-        decision.reset_at = contact.thread_reset_at
-        return decision
+        if contact.replies_today > limit:
+            # The first text over the limit gets one notice; later ones get silence.
+            notice = LIMIT_TEXT if contact.replies_today == limit + 1 else ""
+            return "refused", "limited", notice, persona
+        return "chat", "processing", "", persona
 
-    def _command(
-        self, session: Session, contact: Contact, command: Command, now: dt.datetime
-    ) -> str:
+    def _command(self, contact: ContactRow, command: Command, now: Any) -> str:
         if command.action == "optout":
             contact.opted_out, contact.opted_out_at = True, now
-            log.info("Opt-out recorded for %s", mask_number(contact.phone))
+            log.info("Opt-out recorded for contact %s", contact.id)
             return ""
         if command.action == "optin":
             contact.opted_out, contact.opted_out_at = False, None
@@ -191,32 +190,24 @@ class SmsService:
         if command.action == "help":
             return HELP_TEXT
         if command.action == "list":
-            return self._keywords(session)
+            return self._keywords()
         if command.action == "who":
-            persona = self._persona(session, contact)
+            persona = self.personas.for_contact(contact.persona_id)
             if persona is None:
                 return NO_PERSONA_TEXT
             return f"You're texting {persona.name} (#{persona.keyword})."
         if command.action == "reset":
             contact.thread_reset_at = now
-            return "Fresh start: I've forgotten this conversation."
+            return RESET_TEXT
         raise AssertionError(command.action)
 
-    def _persona(self, session: Session, contact: Contact) -> Persona | None:
-        if contact.persona_id is not None:
-            persona = session.get(Persona, contact.persona_id)
-            if persona is not None:
-                return persona
-        return default_persona(session, self.settings.default_persona)
-
-    @staticmethod
-    def _keywords(session: Session) -> str:
-        keywords = session.scalars(sa.select(Persona.keyword).order_by(Persona.id)).all()
+    def _keywords(self) -> str:
+        keywords = [p.keyword for p in self.personas.all()]
         if not keywords:
             return NO_PERSONA_TEXT
         return "Personas: " + ", ".join(f"#{k}" for k in keywords)
 
-    # -- the model call and transaction 2 -----------------------------------------------------
+    # -- the model call and transaction 2 --------------------------------------------------
 
     def _answer(self, msg: Inbound, decision: Decision) -> list[str]:
         persona = decision.persona
@@ -226,9 +217,7 @@ class SmsService:
         if getattr(backend, "local", False) or mode == "inline":
             # A local backend answers in well under a millisecond: no thread hop needed.
             return [self._store(decision, self._generate(decision), via_rest=False)[0]]
-        future: Future[tuple[Reply | None, str | None, int]] = self._executor.submit(
-            self._generate, decision
-        )
+        future: Future[Result] = self._executor.submit(self._generate, decision)
         if mode == "auto":
             try:
                 result = future.result(timeout=self.settings.reply_timeout_s)
@@ -247,22 +236,27 @@ class SmsService:
         future.add_done_callback(lambda f: self._deliver_later(msg.phone, decision, f.result()))
         return []
 
-    def _generate(self, decision: Decision) -> tuple[Reply | None, str | None, int]:
-        """Build the thread and ask the backend; returns (reply, error, latency_ms)."""
+    def _generate(self, decision: Decision) -> Result:
+        """Build the thread and ask the backend."""
         persona = decision.persona
         assert persona is not None
         start = time.perf_counter()
         try:
-            with self.db.read() as session:
-                messages = build_thread(
-                    session,
-                    contact_id=decision.contact_id,
-                    persona_id=persona.id,
-                    system_prompt=persona.system_prompt,
-                    reset_at=decision.reset_at,
-                    history_turns=self.settings.history_turns,
-                    gap_hours=self.settings.session_gap_hours,
+            with self.store.read() as cur:
+                rows = self.store.history(
+                    cur,
+                    decision.contact_id,
+                    persona.id,
+                    decision.reset_at,
+                    rows_needed(self.settings.history_turns),
+                    SPOKEN,
                 )
+            messages = build_thread(
+                rows,
+                system_prompt=persona.system_prompt,
+                history_turns=self.settings.history_turns,
+                gap_hours=self.settings.session_gap_hours,
+            )
             reply = self.backends.get(persona.backend).reply(persona, messages)
             return reply, None, _ms(start)
         except BackendError as exc:
@@ -273,26 +267,30 @@ class SmsService:
         log.warning("Persona %s failed to answer: %s", persona.name, error)
         return None, error, _ms(start)
 
-    def _store(
-        self, decision: Decision, result: tuple[Reply | None, str | None, int], *, via_rest: bool
-    ) -> tuple[str, int]:
+    def _store(self, decision: Decision, result: Result, *, via_rest: bool) -> tuple[str, int]:
         """Store the outbound message and the inbound's outcome; return (text, outbound id)."""
         reply, error, latency = result
         persona = decision.persona
         assert persona is not None
+        limit = self.settings.max_reply_chars
         if reply is not None:
-            text = fit_sms(reply.text, self.settings.max_reply_chars)
-            kind, model = "chat", reply.model or persona.model_label
+            text, kind = fit_sms(reply.text, limit), "chat"
+            model = reply.model or persona.model_label
         else:
-            text = fit_sms(self.settings.fallback_reply, self.settings.max_reply_chars)
-            kind, model = "fallback", persona.model_label
-        with self.db.write() as session:
-            session.execute(
-                sa.update(Message)
-                .where(Message.id == decision.inbound_id)
-                .values(status="replied" if reply else "failed", error=error, latency_ms=latency)
+            text, kind = fit_sms(self.settings.fallback_reply, limit), "fallback"
+            model = persona.model_label
+        now = utcnow()
+        with self.store.write() as cur:
+            self.store.update_message(
+                cur,
+                decision.inbound_id,
+                now,
+                status="replied" if reply else "failed",
+                error=error,
+                latency_ms=latency,
             )
-            out = Message(
+            out_id = self.store.insert_message(
+                cur,
                 contact_id=decision.contact_id,
                 persona_id=persona.id,
                 direction="out",
@@ -304,14 +302,11 @@ class SmsService:
                 latency_ms=latency,
                 prompt_tokens=reply.prompt_tokens if reply else None,
                 completion_tokens=reply.completion_tokens if reply else None,
+                created_at=now,
             )
-            session.add(out)
-            session.flush()
-        return text, out.id
+        return text, out_id
 
-    def _deliver_later(
-        self, phone: str, decision: Decision, result: tuple[Reply | None, str | None, int]
-    ) -> None:
+    def _deliver_later(self, phone: str, decision: Decision, result: Result) -> None:
         """Store a slow reply and send it through Twilio's REST API; record the outcome."""
         try:
             text, out_id = self._store(decision, result, via_rest=True)
@@ -320,27 +315,10 @@ class SmsService:
                 values: dict[str, object] = {"status": "sent", "message_sid": sid}
             except SendError as exc:
                 values = {"status": "send_failed", "error": str(exc)}
-            with self.db.write() as session:
-                session.execute(sa.update(Message).where(Message.id == out_id).values(**values))
+            with self.store.write() as cur:
+                self.store.update_message(cur, out_id, utcnow(), **values)
         except Exception:
             log.exception("Async delivery failed")
-
-    # -- retries of the same MessageSid ----------------------------------------------------
-
-    def _inbound_id(self, sid: str) -> int | None:
-        with self.db.read() as session:
-            return session.scalar(sa.select(Message.id).where(Message.message_sid == sid))
-
-    def _replies_for(self, sid: str) -> list[str]:
-        """The replies already given to this MessageSid (none while the first is in flight)."""
-        with self.db.read() as session:
-            inbound = sa.select(Message.id).where(Message.message_sid == sid).scalar_subquery()
-            bodies = session.scalars(
-                sa.select(Message.body)
-                .where(Message.reply_to_id == inbound, Message.status == "replied")
-                .order_by(Message.id)
-            ).all()
-        return list(bodies)
 
 
 def _ms(start: float) -> int:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from phischer.backends.base import PersonaView
 from phischer.commands import RESERVED_WORDS
 from phischer.config import normalize_number
+from phischer.db import Database
 from phischer.models import Contact, Persona
 
 BACKENDS = ("openai", "retrieval")
@@ -171,3 +175,59 @@ def default_persona(session: Session, preferred: str | None) -> Persona | None:
     return session.scalar(
         sa.select(Persona).order_by(Persona.is_default.desc(), Persona.id).limit(1)
     )
+
+
+class PersonaDirectory:
+    """Personas for the webhook, re-read at most once per `ttl_s` seconds.
+
+    Personas change rarely (CLI, fine-tuning) while every text needs one; a short cache
+    saves a query per text, and a change made elsewhere is seen within `ttl_s`.
+    """
+
+    def __init__(self, db: Database, preferred_default: str | None, ttl_s: float = 1.0) -> None:
+        self.db = db
+        self.preferred_default = preferred_default
+        self.ttl_s = ttl_s
+        self._loaded_at = -1e18
+        self._by_id: dict[int, PersonaView] = {}
+        self._by_keyword: dict[str, PersonaView] = {}
+        self._default: PersonaView | None = None
+        self._lock = threading.Lock()
+
+    def _fresh(self) -> None:
+        if time.monotonic() - self._loaded_at < self.ttl_s:
+            return
+        with self._lock:
+            if time.monotonic() - self._loaded_at < self.ttl_s:
+                return
+            with self.db.read() as session:
+                views = [PersonaView.of(p) for p in list_personas(session)]
+                default = default_persona(session, self.preferred_default)
+            self._by_id = {v.id: v for v in views}
+            self._by_keyword = {v.keyword: v for v in views}
+            self._default = self._by_id.get(default.id) if default else None
+            self._loaded_at = time.monotonic()
+
+    def invalidate(self) -> None:
+        """Forget the cache (the next lookup reads the database)."""
+        self._loaded_at = -1e18
+
+    def all(self) -> list[PersonaView]:
+        """Every persona, oldest first."""
+        self._fresh()
+        return list(self._by_id.values())
+
+    def by_id(self, persona_id: int | None) -> PersonaView | None:
+        """The persona with this id, or None."""
+        self._fresh()
+        return self._by_id.get(persona_id) if persona_id is not None else None
+
+    def by_keyword(self, keyword: str) -> PersonaView | None:
+        """The persona with this keyword, or None."""
+        self._fresh()
+        return self._by_keyword.get(keyword)
+
+    def for_contact(self, persona_id: int | None) -> PersonaView | None:
+        """The contact's chosen persona, else the default one."""
+        self._fresh()
+        return self._by_id.get(persona_id) if persona_id in self._by_id else self._default

@@ -34,7 +34,9 @@ class GunicornServer(BaseApplication):
 def _post_fork(_server: Any, worker: Any) -> None:
     # The app was built before the fork (preload) so workers share the retrieval indexes;
     # pooled database connections must not be shared across processes, though.
-    worker.app.application.extensions["phischer"].db.dispose()
+    services = worker.app.application.extensions.get("phischer")
+    if services is not None:
+        services.db.dispose()
 
 
 def gunicorn_options(host: str, port: int, workers: int = WORKERS, threads: int = THREADS) -> dict:
@@ -55,8 +57,15 @@ def gunicorn_options(host: str, port: int, workers: int = WORKERS, threads: int 
     }
 
 
-def serve(app: Flask, host: str, port: int, *, dev: bool = False, workers: int = WORKERS,
-          threads: int = THREADS) -> None:
+def serve(
+    app: Flask,
+    host: str,
+    port: int,
+    *,
+    dev: bool = False,
+    workers: int = WORKERS,
+    threads: int = THREADS,
+) -> None:
     """Serve until interrupted."""
     if dev:
         app.run(host=host, port=port, debug=True, use_reloader=True)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from collections.abc import Iterable
 
 from phischer.commands import parse
-from phischer.models import Message
 
 # Outbound statuses that mean the persona really said it (fallbacks are kind "fallback").
 SPOKEN = ("replied", "queued", "sent")
@@ -20,38 +17,25 @@ def chat_text(body: str) -> str:
     return command.text if command.action in ("chat", "switch") else ""
 
 
+def rows_needed(history_turns: int) -> int:
+    """How many newest rows to fetch: merging only shrinks the count, so a few extra suffice."""
+    return max(history_turns, 1) * 2 + 2
+
+
 def build_thread(
-    session: Session,
+    rows: Iterable[tuple[str, str, dt.datetime]],
     *,
-    contact_id: int,
-    persona_id: int,
     system_prompt: str | None,
-    reset_at: dt.datetime | None,
     history_turns: int,
     gap_hours: float,
 ) -> list[dict[str, str]]:
-    """System prompt, then this number's turns with this persona in the current session.
+    """System prompt, then the turns of the current session, oldest first.
 
-    The session is what follows the last #reset and the last silence longer than
-    SESSION_GAP_HOURS (the dataset builder's rule); consecutive same-role turns are merged
-    with newlines; at most `history_turns` turns are kept, starting with a user turn.
+    `rows` are (direction, body, created_at) of one number's chat with one persona since
+    its last #reset, newest first. The session ends at the first silence longer than
+    `gap_hours` (the dataset builder's rule); consecutive same-role turns are merged with
+    newlines; at most `history_turns` turns are kept, and the first one is a user turn.
     """
-    query = (
-        sa.select(Message.direction, Message.body, Message.created_at)
-        .where(
-            Message.contact_id == contact_id,
-            Message.persona_id == persona_id,
-            Message.kind == "chat",
-            sa.or_(Message.direction == "in", Message.status.in_(SPOKEN)),
-        )
-        .order_by(Message.id.desc())
-        # Merging can only shrink the count, so a few extra rows are enough.
-        .limit(max(history_turns, 1) * 2 + 2)
-    )
-    if reset_at is not None:
-        query = query.where(Message.created_at >= reset_at)
-    rows = session.execute(query).all()
-
     gap = dt.timedelta(hours=gap_hours)
     kept: list[tuple[str, str]] = []
     newer: dt.datetime | None = None

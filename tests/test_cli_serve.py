@@ -86,8 +86,18 @@ def test_chat_session(live):
 def test_persona_commands(tmp_path):
     dataset = tmp_path / "d.jsonl"
     dataset.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
-    ok = run("persona", "add", "Cleo", "--keyword", "Cleo", "--dataset", str(dataset),
-             "--greeting", "hi!", "--default")
+    ok = run(
+        "persona",
+        "add",
+        "Cleo",
+        "--keyword",
+        "Cleo",
+        "--dataset",
+        str(dataset),
+        "--greeting",
+        "hi!",
+        "--default",
+    )
     assert ok.exit_code == 0 and "Added persona Cleo (#cleo, retrieval)." in ok.output
     assert "* Cleo" in run("persona", "list").output
     shown = run("persona", "show", "cleo").output
@@ -119,8 +129,15 @@ def test_route_pins_a_number(app, twilio_post, database):
 
 def test_db_upgrade_and_help():
     assert run("db", "upgrade").output.strip() == "Database is up to date."
-    for command in (["serve"], ["text"], ["chat"], ["persona", "add"], ["persona", "route"],
-                    ["db", "upgrade"], ["seed"]):
+    for command in (
+        ["serve"],
+        ["text"],
+        ["chat"],
+        ["persona", "add"],
+        ["persona", "route"],
+        ["db", "upgrade"],
+        ["seed"],
+    ):
         result = run(*command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
 

@@ -29,7 +29,10 @@ def gunicorn(settings, personas, tmp_path):
     env = dict(os.environ, INSTANCE_PATH=str(settings.instance_path))
     proc = subprocess.Popen(
         [sys.executable, "-m", "phischer", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -57,8 +60,9 @@ def test_concurrent_texts_from_many_numbers(gunicorn, settings, database):
     def send(job):
         phone, body = job
         params = sms_params(body, phone)
-        r = session.post(url, data=params,
-                         headers={"X-Twilio-Signature": sign(token, url, params)}, timeout=30)
+        r = session.post(
+            url, data=params, headers={"X-Twilio-Signature": sign(token, url, params)}, timeout=30
+        )
         return r.status_code, twiml_bodies(r.content), params["MessageSid"]
 
     with ThreadPoolExecutor(16) as pool:

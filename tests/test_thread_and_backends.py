@@ -88,9 +88,7 @@ def test_session_gap_starts_a_new_thread(llm_app, fake_openai, twilio_post):
     app = llm_app(session_gap_hours=6)
     twilio_post("old news", target=app)
     with app.extensions["phischer"].db.write() as session:
-        session.execute(
-            sa.update(Message).values(created_at=utcnow() - dt.timedelta(hours=7))
-        )
+        session.execute(sa.update(Message).values(created_at=utcnow() - dt.timedelta(hours=7)))
     twilio_post("new day", target=app)
     assert fake_openai.chat_calls[-1]["messages"][1:] == [{"role": "user", "content": "new day"}]
 
@@ -272,7 +270,9 @@ def test_retrieval_index_built_once(app, twilio_post, monkeypatch):
 
     calls = []
     original = RetrievalBackend._build
-    monkeypatch.setattr(RetrievalBackend, "_build", staticmethod(lambda p: calls.append(p) or original(p)))
+    monkeypatch.setattr(
+        RetrievalBackend, "_build", staticmethod(lambda p: calls.append(p) or original(p))
+    )
     for _ in range(3):
         twilio_post("good night")
     assert calls == []  # warmed at create_app, reused per request

@@ -20,7 +20,11 @@ def test_valid_signature_gets_twiml_reply(app, twilio_post):
     assert r.replies == ["I compute Bernoulli numbers, mostly by candlelight."]
     inbound, outbound = rows(app)
     assert (inbound.direction, inbound.status, inbound.kind) == ("in", "replied", "chat")
-    assert (outbound.direction, outbound.reply_to_id, outbound.model) == ("out", inbound.id, "retrieval")
+    assert (outbound.direction, outbound.reply_to_id, outbound.model) == (
+        "out",
+        inbound.id,
+        "retrieval",
+    )
     assert outbound.latency_ms is not None
 
 
@@ -135,12 +139,19 @@ def test_retry_while_first_is_in_flight_gets_empty_twiml(app, twilio_post):
     from phischer.inbound import Inbound
 
     service = app.extensions["phischer"].sms
-    with service.db.write() as session:
+    with app.extensions["phischer"].db.write() as session:
         contact = Contact(phone="+15550100")
         session.add(contact)
         session.flush()
-        session.add(Message(contact_id=contact.id, direction="in", body="hi",
-                            message_sid="SMinflight", status="processing"))
+        session.add(
+            Message(
+                contact_id=contact.id,
+                direction="in",
+                body="hi",
+                message_sid="SMinflight",
+                status="processing",
+            )
+        )
     assert service.handle(Inbound(phone="+15550100", sid="SMinflight", body="hi")) == []
     r = twilio_post("hi", sid="SMinflight")
     assert r.status_code == 200 and r.replies == []
@@ -161,8 +172,13 @@ def test_mms_without_body_gets_text_only_reply_and_no_model_call(
     with database.write() as session:
         set_model(session, "Ada", "m", base_url=fake_openai.base_url)
     app = make_app()
-    r = twilio_post("", NumMedia="1", MediaUrl0="https://api.twilio.com/x.jpg",
-                    MediaContentType0="image/jpeg", target=app)
+    r = twilio_post(
+        "",
+        NumMedia="1",
+        MediaUrl0="https://api.twilio.com/x.jpg",
+        MediaContentType0="image/jpeg",
+        target=app,
+    )
     assert r.replies == ["I can only read text messages for now."]
     assert fake_openai.chat_calls == []
     inbound = rows(app)[0]
@@ -183,8 +199,12 @@ def test_bad_requests_never_5xx(app, twilio_post):
     client = app.test_client()
     assert client.get("/sms").status_code == 405
     assert client.post("/sms", data="not a form", content_type="text/plain").status_code == 403
-    assert client.post("/sms", data=b"\xff\xfe" * 10,
-                       content_type="application/x-www-form-urlencoded").status_code == 403
+    assert (
+        client.post(
+            "/sms", data=b"\xff\xfe" * 10, content_type="application/x-www-form-urlencoded"
+        ).status_code
+        == 403
+    )
     big = client.post("/sms", data={"Body": "x" * 100_000}, headers={"X-Twilio-Signature": "x"})
     assert big.status_code == 413
     weird = twilio_post("hi", NumMedia="lots")

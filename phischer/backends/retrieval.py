@@ -22,7 +22,8 @@ from phischer.backends.base import BackendError, PersonaView, Reply
 
 TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 # Group-chat turns carry a "Name: " prefix (dataset rule); names are not what a text is about.
-SPEAKER_RE = re.compile(r"^[^\n:]{1,40}: ", re.MULTILINE)
+# Only capitalised one-to-three-word names count, so "pineapple on pizza: yes?" stays whole.
+SPEAKER_RE = re.compile(r"^[A-Z][\w'.-]*(?: [A-Z][\w'.-]*){0,2}: ", re.MULTILINE)
 CANDIDATES = 10
 RECENT_REPLIES = 3
 
@@ -34,15 +35,32 @@ def tokenize(text: str) -> list[str]:
 
 @dataclass
 class Index:
-    """BM25 over the keys, and the answers they lead to."""
+    """BM25 over the keys (built by bm25s), and the answers they lead to."""
 
     bm25: bm25s.BM25
     answers: list[str]
 
+    def scores(self, tokens: list[str]) -> np.ndarray:
+        """BM25 score of every key for the query tokens (same values as bm25s.get_scores).
+
+        bm25s keeps one column of precomputed scores per token; summing the query's
+        columns directly costs a few microseconds, where get_scores spends ~0.3 ms of
+        generic bookkeeping on the same sum.
+        """
+        table = self.bm25.scores
+        data, docs, ptr = table["data"], table["indices"], table["indptr"]
+        out = np.zeros(len(self.answers), dtype=np.float32)
+        vocab = self.bm25.vocab_dict
+        for token in tokens:
+            t = vocab.get(token)
+            if t is not None:
+                # A token's column lists each document once, so fancy-index += is safe.
+                out[docs[ptr[t] : ptr[t + 1]]] += data[ptr[t] : ptr[t + 1]]
+        return out
+
     def best(self, query: str, avoid: set[str], turn: int) -> str:
         """The best answer for `query` that is not in `avoid`."""
-        tokens = tokenize(query)
-        scores = self.bm25.get_scores(tokens) if tokens else np.zeros(len(self.answers))
+        scores = self.scores(tokenize(query))
         # Top-k over the non-zero entries only: most scores are zero and a full argpartition
         # over them costs far more than the match itself (FIELD-NOTES).
         nonzero = np.flatnonzero(scores)
