@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,8 +67,9 @@ pass_ctx = click.make_pass_decorator(Context, ensure=True)
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """phischer: text a clone of a real person over SMS."""
+    level = "DEBUG" if verbose else os.environ.get("LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Alembic narrates every migration check at INFO; keep the CLI quiet unless asked.
