@@ -154,3 +154,29 @@ def test_no_persona_yet(make_app, database, twilio_post):
     assert r.status_code == 200
     assert r.replies == ["No clone is set up yet. Add one with `phischer persona add`."]
     assert twilio_post("#list", target=app).replies == [r.replies[0]]
+
+
+def test_persona_changes_are_seen_within_the_cache_ttl(app, twilio_post, database, tmp_path):
+    from tests.conftest import write_dataset
+
+    directory = app.extensions["phischer"].sms.personas
+    assert twilio_post("#list").replies == ["Personas: #ada, #bo"]
+    with database.write() as session:
+        add_persona(
+            session,
+            PersonaSpec(
+                name="Cy", keyword="cy", dataset=str(write_dataset(tmp_path / "c.jsonl", []))
+            ),
+        )
+    assert directory.ttl_s == 1.0
+    directory.invalidate()  # what the passing of ttl_s does
+    assert twilio_post("#list").replies == ["Personas: #ada, #bo, #cy"]
+
+
+def test_missing_dataset_gets_fallback_and_recorded_error(app, twilio_post, personas):
+    personas["ada"].unlink()
+    app.extensions["phischer"].sms.backends._made.clear()  # a fresh process
+    r = twilio_post("hello")
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    inbound = messages(app)[0]
+    assert inbound.status == "failed" and "is missing" in inbound.error
