@@ -13,6 +13,7 @@ from phischer.dataset_check import (
     PRICES,
     PRICES_AS_OF,
     Problem,
+    check_example,
     check_file,
     default_epochs,
     estimate_cost,
@@ -86,6 +87,22 @@ def test_valid_tool_call_example_has_no_errors(tmp_path: Path) -> None:
     ]
 
 
+def test_odd_values_are_reported_not_crashed_on() -> None:
+    odd = {
+        "messages": [{"role": ["user"], "content": "hi"}, {"role": "assistant", "content": None}]
+    }
+    assert check_example(odd) == [
+        ('message 1: unrecognized role ["user"] [unrecognized_role]', "error"),
+        ("message 2: content is null, not a string [missing_content]", "error"),
+        ("no system message [missing_system]", "warning"),
+        ("no user message [missing_user]", "warning"),
+    ]
+    assert check_example({"messages": "hi"}) == [
+        ('"messages" is a string, not a list [missing_messages_list]', "error")
+    ]
+    assert check_example(None) == [("not a JSON object but null [data_type]", "error")]
+
+
 def test_problem_str() -> None:
     assert str(Problem(3, "x [data_type]")) == "line 3: x [data_type]"
     assert str(Problem(0, "no examples in the file [no_examples]")) == (
@@ -121,7 +138,7 @@ def test_stats_on_hand_computed_fixture() -> None:
     assert (
         f"Estimated training cost: $0.03 ($5.00 per 1M tokens, prices as of {PRICES_AS_OF})" in text
     )
-    assert text.endswith("OK: the file is ready for fine-tuning.")
+    assert text.endswith("OK: no format errors (1 warning above).")
 
 
 def test_epochs_override_and_other_base_model() -> None:
@@ -255,7 +272,7 @@ def test_cli_check_ok_exit_0(tmp_path: Path) -> None:
     assert result.output.startswith(f"{path}: 12 examples, base model gpt-4.1-mini-2025-04-14")
     assert "Errors" not in result.output
     assert "Epochs: 8 (default rule for 12 examples)" in result.output
-    assert result.output.rstrip().endswith("OK: the file is ready for fine-tuning.")
+    assert result.output.rstrip().endswith("OK: no format errors; ready for fine-tuning.")
 
 
 def test_cli_check_warnings_still_exit_0(tmp_path: Path) -> None:
@@ -264,6 +281,7 @@ def test_cli_check_warnings_still_exit_0(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "line 3: no system message [missing_system]" in result.output
     assert "Epochs: 4 (--epochs)" in result.output
+    assert result.output.endswith("OK: no format errors (4 warnings above).\n")
 
 
 def test_cli_check_errors_exit_1_naming_lines() -> None:

@@ -8,22 +8,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-import sqlalchemy as sa
-from click.testing import CliRunner
+# Nothing here may reach the hub: every model and tokenizer is built from scratch. Set
+# before transformers is imported (huggingface_hub reads them once).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from phischer.cli import cli
-from phischer.db import Database
-from phischer.finetune import local
-from phischer.models import FineTuneJob, Persona
-from phischer.personas import PersonaSpec, add_persona
+import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
 
-# Nothing here may reach the hub: every model and tokenizer is built from scratch.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from phischer.cli import cli  # noqa: E402
+from phischer.db import Database  # noqa: E402
+from phischer.finetune import local  # noqa: E402
+from phischer.models import FineTuneJob, Persona  # noqa: E402
+from phischer.personas import PersonaSpec, add_persona  # noqa: E402
+from tests.conftest import sign, sms_params, twiml_bodies  # noqa: E402
+from tests.fake_openai_ft import FakeOpenAI  # noqa: E402
 
-torch = pytest.importorskip("torch")  # the train extra is installed in the project venv
-transformers = pytest.importorskip("transformers")
+# transformers' own Trainer still calls a helper it deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
 SYSTEM = "you are ada"
 PAIRS = [
@@ -44,22 +49,32 @@ SPECIALS = ["<pad>", "<s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", 
 
 def conversation(user: str, assistant: str) -> list[dict[str, str]]:
     """One training example's messages."""
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user},
-            {"role": "assistant", "content": assistant}]
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": assistant},
+    ]
 
 
 def build_tokenizer(path: Path) -> Any:
     """A word-level fast tokenizer over the fixture's words, with the chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = sorted({w for pair in PAIRS for text in pair for w in text.split()}
-                   | set(SYSTEM.split()) | {"extra", "words"})
+    words = sorted(
+        {w for pair in PAIRS for text in pair for w in text.split()}
+        | set(SYSTEM.split())
+        | {"extra", "words"}
+    )
     vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="<|end|>", pad_token="<pad>",
-        unk_token="<unk>", additional_special_tokens=SPECIALS[3:],
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="<|end|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIALS[3:],
     )
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(path))
@@ -73,9 +88,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = build_tokenizer(path)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        # Wide init: with the default 0.02 the frozen lm_head keeps logits near uniform.
+        initializer_range=0.5,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     transformers.LlamaForCausalLM(config).save_pretrained(str(path))
@@ -84,6 +107,382 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write_train(path: Path, pairs: list[tuple[str, str]] = PAIRS) -> Path:
     """A chat JSONL of the pairs."""
-    path.write_text("".join(json.dumps({"messages": conversation(u, a)}) + "\n"
-                            for u, a in pairs))
+    path.write_text("".join(json.dumps({"messages": conversation(u, a)}) + "\n" for u, a in pairs))
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    # A 32-wide model trains ~40x faster on one thread than on two busy cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+FAST = local.LoraSettings(
+    rank=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=2, max_steps=30, save_steps=10
+)
+
+
+def tokens(tok: Any, ids: list[int]) -> list[str]:
+    """Token strings for ids."""
+    return tok.convert_ids_to_tokens(ids)
+
+
+# -- the label mask ------------------------------------------------------------------------
+
+
+def test_labels_cover_only_assistant_turns_and_their_end_marker(tiny_model: Path) -> None:
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
+    messages = conversation("hi there", "hello dear friend") + [
+        {"role": "user", "content": "good night"},
+        {"role": "assistant", "content": "sleep well dear"},
+    ]
+    feature = local.encode_example(tok, messages, max_length=128)
+    assert feature is not None
+    learned = [
+        t if label != local.IGNORE else "_"
+        for t, label in zip(tokens(tok, feature["input_ids"]), feature["labels"], strict=True)
+    ]
+    assert learned == [
+        "_",
+        "_",
+        "_",
+        "_",
+        "_",
+        "_",  # <s> <|system|> you are ada <|end|>
+        "_",
+        "_",
+        "_",
+        "_",  # <|user|> hi there <|end|>
+        "_",
+        "hello",
+        "dear",
+        "friend",
+        "<|end|>",  # <|assistant|> is the prompt
+        "_",
+        "_",
+        "_",
+        "_",  # <|user|> good night <|end|>
+        "_",
+        "sleep",
+        "well",
+        "dear",
+        "<|end|>",
+    ]
+    assert [
+        i
+        for i, label in zip(feature["input_ids"], feature["labels"], strict=True)
+        if label != local.IGNORE
+    ] == tok.convert_tokens_to_ids(
+        ["hello", "dear", "friend", "<|end|>", "sleep", "well", "dear", "<|end|>"]
+    )
+
+
+def test_long_examples_keep_their_end_and_hopeless_ones_are_dropped(tiny_model: Path) -> None:
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
+    messages = conversation("hi there", "hello dear friend")
+    kept = local.encode_example(tok, messages, max_length=6)
+    assert tokens(tok, kept["input_ids"]) == [
+        "<|end|>",
+        "<|assistant|>",
+        "hello",
+        "dear",
+        "friend",
+        "<|end|>",
+    ]
+    assert kept["labels"][:2] == [local.IGNORE, local.IGNORE]
+    no_reply = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
+    assert local.encode_example(tok, no_reply, max_length=64) is None
+
+
+def test_template_that_rewrites_history_falls_back_to_the_reply_text(tiny_model: Path) -> None:
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
+    # The header counts the turns, so a shorter prefix is not a prefix of the full text.
+    tok.chat_template = "{{ messages|length }} " + CHAT_TEMPLATE
+    tok.add_tokens(["1", "2", "3", "4"])
+    messages = conversation("hi there", "hello dear friend")
+    full, spans = local.assistant_spans(tok, messages)
+    assert [full[a:b] for a, b in spans] == ["hello dear friend"]
+
+
+def test_padding_collator_masks_padding() -> None:
+    batch = local.PadCollator(pad_id=0)(
+        [
+            {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+            {"input_ids": [8], "labels": [8]},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def test_training_lowers_the_loss_and_the_adapter_reloads(tiny_model: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    train = write_train(tmp_path / "train.jsonl")
+    out = tmp_path / "adapter"
+    result = local.train_lora(
+        str(tiny_model), train, out, FAST, echo=lambda _: None, progress=False
+    )
+    assert result.global_step == 30 and result.steps_this_run == 30
+    assert result.resumed_from is None and result.examples == len(PAIRS)
+    assert len(result.losses) == 30 and all(math.isfinite(x) for x in result.losses)
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert last < first / 3, (first, last)
+    assert result.tokens_seen > 0
+    assert (out / "adapter_config.json").is_file()
+    assert (out / "adapter_model.safetensors").is_file()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (8, 16)
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    prompt = tok.apply_chat_template(
+        conversation("hi there", "")[:2], tokenize=False, add_generation_prompt=True
+    )
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        base_logits = base(**ids).logits
+        model = PeftModel.from_pretrained(base, str(out)).eval()
+        tuned_logits = model(**ids).logits
+        generated = model.generate(
+            **ids,
+            max_new_tokens=4,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    assert not torch.allclose(base_logits, tuned_logits)  # the adapter was loaded and applies
+    reply = tok.decode(generated[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert reply.split() == ["hello", "dear", "friend"]
+
+
+def test_rerun_resumes_from_the_last_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    out = tmp_path / "adapter"
+    quiet = {"echo": lambda _: None, "progress": False}
+    first = local.train_lora(
+        str(tiny_model),
+        train,
+        out,
+        local.LoraSettings(**{**FAST.__dict__, "max_steps": 6, "save_steps": 3}),
+        **quiet,
+    )
+    assert first.global_step == 6
+    assert (out / "checkpoints" / "checkpoint-6").is_dir()
+    said: list[str] = []
+    second = local.train_lora(
+        str(tiny_model),
+        train,
+        out,
+        local.LoraSettings(**{**FAST.__dict__, "max_steps": 12, "save_steps": 3}),
+        echo=said.append,
+        progress=False,
+    )
+    assert second.resumed_from is not None
+    assert Path(second.resumed_from).name == "checkpoint-6"
+    assert said[0] == f"Resuming from {second.resumed_from} (step 6)."
+    assert (second.global_step, second.steps_this_run) == (12, 6)
+    assert len(second.losses) == 6
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ada(database: Database, tmp_path: Path) -> Path:
+    """A retrieval persona 'Ada Lovelace' (#ada)."""
+    data = write_train(tmp_path / "ada.jsonl")
+    with database.write() as session:
+        add_persona(session, PersonaSpec(name="Ada Lovelace", keyword="ada", dataset=str(data)))
+    return data
+
+
+def run(*args: str) -> Any:
+    """Invoke the CLI."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def served() -> Any:
+    """A loopback OpenAI-compatible server standing in for vLLM serving the adapter."""
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    served: FakeOpenAI,
+    make_app: Any,
+) -> None:
+    train = write_train(tmp_path / "train.jsonl", PAIRS * 2)
+    out = tmp_path / "ada-adapter"
+    result = run(
+        "finetune",
+        "start",
+        str(train),
+        "--persona",
+        "ada",
+        "--provider",
+        "local",
+        "--base-model",
+        str(tiny_model),
+        "--max-steps",
+        "20",
+        "--lora-rank",
+        "8",
+        "--lora-alpha",
+        "16",
+        "--learning-rate",
+        "1e-2",
+        "--batch-size",
+        "2",
+        "--save-steps",
+        "10",
+        "--output-dir",
+        str(out),
+        "--serve-url",
+        served.base_url,
+        "--validation",
+        str(write_train(tmp_path / "val.jsonl", PAIRS[:2])),
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "adapter_model.safetensors").is_file()
+    serving = (out / "SERVING.md").read_text()
+    adapter = out.resolve()
+    assert (
+        f"vllm serve {tiny_model.resolve()} --enable-lora --lora-modules "
+        f"ada-lovelace={adapter} --max-lora-rank 8 --port 8000"
+    ) in serving
+    assert f"ollama create ada-lovelace -f {adapter / 'Modelfile'}" in serving
+    assert (
+        f"python convert_lora_to_gguf.py {adapter} --base {tiny_model.resolve()} "
+        f"--outfile {adapter / 'ada-lovelace-lora.gguf'}"
+    ) in serving
+    assert f"llama-server -m base.gguf --lora {adapter / 'ada-lovelace-lora.gguf'}" in serving
+    assert (out / "Modelfile").read_text() == f"FROM {tiny_model}\nADAPTER {adapter}\n"
+    assert "vllm serve" in result.output  # the commands are printed too
+    assert "Validation loss: " in result.output
+    assert f"Persona Ada Lovelace now uses model ada-lovelace at {served.base_url}" in result.output
+
+    with database.read() as session:
+        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
+        (job,) = session.scalars(sa.select(FineTuneJob))
+    assert (p.backend, p.model, p.base_url) == ("openai", "ada-lovelace", served.base_url)
+    assert job.job_id.startswith("local-") and job.provider == "local"
+    assert job.status == "succeeded" and job.finished_at is not None
+    assert job.output_dir == str(adapter) and job.fine_tuned_model == "ada-lovelace"
+    assert job.persona_id == p.id and job.base_model == str(tiny_model)
+    assert job.validation_file == str((tmp_path / "val.jsonl").resolve())
+    hyper = json.loads(job.hyperparameters)
+    assert (hyper["rank"], hyper["alpha"], hyper["max_steps"]) == (8, 16, 20)
+    listed = run("finetune", "list")
+    assert job.job_id in listed.output and "local" in listed.output
+    status = run("finetune", "status", job.job_id)
+    assert status.output.strip() == f"{job.job_id}: succeeded (local LoRA in {adapter})"
+
+    # A signed text now goes to the adapter's server under the LoRA module name.
+    app = make_app()
+    token = app.extensions["phischer"].settings.auth_token()
+    params = sms_params("hi there", "+15550123")
+    response = app.test_client().post(
+        "/sms",
+        data=params,
+        headers={"X-Twilio-Signature": sign(token, "http://localhost/sms", params)},
+    )
+    assert twiml_bodies(response.data) == ["hey it's ada-lovelace"]
+    (chat,) = served.calls("POST", "/v1/chat/completions")
+    assert chat.json()["model"] == "ada-lovelace"
+
+
+def test_cli_local_unloadable_base_model_fails_cleanly(
+    ada: Path, tmp_path: Path, database: Database
+) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    missing = tmp_path / "no-such-model"
+    result = run(
+        "finetune",
+        "start",
+        str(train),
+        "--persona",
+        "ada",
+        "--provider",
+        "local",
+        "--base-model",
+        str(missing),
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
+    assert result.exit_code == 1
+    errors = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: cannot load base model {missing}")
+    with database.read() as session:
+        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
+        (job,) = session.scalars(sa.select(FineTuneJob))
+    assert p.backend == "retrieval" and p.model is None
+    assert job.status == "failed" and job.error.startswith("cannot load base model")
+
+
+def test_cli_local_needs_a_base_model_and_a_clean_file(
+    ada: Path, tmp_path: Path, database: Database
+) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    result = run("finetune", "start", str(train), "--persona", "ada", "--provider", "local")
+    assert result.exit_code == 1
+    assert "Error: --provider local needs --base-model" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(train.read_text() + "{oops\n")
+    result = run(
+        "finetune",
+        "start",
+        str(bad),
+        "--persona",
+        "ada",
+        "--provider",
+        "local",
+        "--base-model",
+        "whatever",
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
+    assert result.exit_code == 1
+    assert f"Error: {bad}: 1 format error(s) (first on line {len(PAIRS) + 1})" in result.output
+    assert not (tmp_path / "out").exists()
+    with database.read() as session:
+        assert session.scalars(sa.select(FineTuneJob)).all() == []
+
+
+class _SlowTokenizer:
+    """The tiny tokenizer without offsets, as a slow (Python) tokenizer would be."""
+
+    is_fast = False
+
+    def __init__(self, fast: Any) -> None:
+        self._fast = fast
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": self._fast(text, add_special_tokens=add_special_tokens)["input_ids"]}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fast, name)
+
+
+def test_slow_tokenizers_get_the_same_labels_from_prefix_lengths(tiny_model: Path) -> None:
+    fast = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
+    messages = conversation("hi there", "hello dear friend") + [
+        {"role": "user", "content": "good night"},
+        {"role": "assistant", "content": "sleep well dear"},
+    ]
+    assert local.encode_example(_SlowTokenizer(fast), messages, 128) == local.encode_example(
+        fast, messages, 128
+    )

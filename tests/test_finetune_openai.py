@@ -26,11 +26,13 @@ FT_MODEL = "ft:gpt-4.1-mini-2025-04-14:org-fake:ada-lovelace:AbC123"
 
 def example(user: str, assistant: str) -> dict[str, Any]:
     """One chat fine-tuning example."""
-    return {"messages": [
-        {"role": "system", "content": "You are Ada Lovelace."},
-        {"role": "user", "content": user},
-        {"role": "assistant", "content": assistant},
-    ]}
+    return {
+        "messages": [
+            {"role": "system", "content": "You are Ada Lovelace."},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": assistant},
+        ]
+    }
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -70,15 +72,18 @@ def ada(database: Database, tmp_path: Path) -> Path:
 @pytest.fixture
 def train(tmp_path: Path) -> Path:
     """A valid training file of 12 examples (OpenAI wants at least 10)."""
-    return write_jsonl(tmp_path / "train.jsonl",
-                       [example(f"question {i}", f"Answer number {i}, dear.") for i in range(12)])
+    return write_jsonl(
+        tmp_path / "train.jsonl",
+        [example(f"question {i}", f"Answer number {i}, dear.") for i in range(12)],
+    )
 
 
 @pytest.fixture
 def validation(tmp_path: Path) -> Path:
     """A valid validation file."""
-    return write_jsonl(tmp_path / "val.jsonl",
-                       [example(f"other {i}", f"Reply {i}.") for i in range(3)])
+    return write_jsonl(
+        tmp_path / "val.jsonl", [example(f"other {i}", f"Reply {i}.") for i in range(3)]
+    )
 
 
 def run(*args: str) -> Result:
@@ -117,8 +122,17 @@ def start_job(train: Path, *extra: str) -> str:
 def test_start_uploads_files_and_creates_supervised_job(
     fake_ft: FakeOpenAI, ada: Path, train: Path, validation: Path, database: Database
 ) -> None:
-    result = run("finetune", "start", str(train), "--persona", "Ada Lovelace",
-                 "--validation", str(validation), "--epochs", "4")
+    result = run(
+        "finetune",
+        "start",
+        str(train),
+        "--persona",
+        "Ada Lovelace",
+        "--validation",
+        str(validation),
+        "--epochs",
+        "4",
+    )
     assert result.exit_code == 0, result.output
 
     uploads = fake_ft.calls("POST", "/v1/files")
@@ -142,10 +156,14 @@ def test_start_uploads_files_and_creates_supervised_job(
     assert f"Started fine-tuning job {job_id} (validating_files)." in result.output
     assert f"phischer finetune status {job_id} --wait" in result.output
     # 12 examples x 4 epochs, priced from the `dataset check` table.
-    assert "12 examples" in result.output and "(4 epochs on gpt-4.1-mini-2025-04-14)" in result.output
+    assert (
+        "12 examples" in result.output and "(4 epochs on gpt-4.1-mini-2025-04-14)" in result.output
+    )
     assert "estimated cost about $" in result.output
-    assert ("OpenAI stops accepting new fine-tuning jobs on 2027-01-06 and retires fine-tuned "
-            "gpt-4o/gpt-4.1 models on 2027-01-14") in result.output
+    assert (
+        "OpenAI stops accepting new fine-tuning jobs on 2027-01-06 and retires fine-tuned "
+        "gpt-4o/gpt-4.1 models on 2027-01-14"
+    ) in result.output
     assert "--provider local" in result.output
 
     (row,) = jobs_in(database)
@@ -208,8 +226,9 @@ def test_missing_api_key_is_one_line(
     assert fake_ft.requests == []
 
 
-def test_unknown_persona_is_refused_before_upload(fake_ft: FakeOpenAI, ada: Path,
-                                                  train: Path) -> None:
+def test_unknown_persona_is_refused_before_upload(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
     result = run("finetune", "start", str(train), "--persona", "nobody")
     assert result.exit_code == 1
     assert error_lines(result) == ["Error: no persona 'nobody' (known: Ada Lovelace)"]
@@ -219,8 +238,11 @@ def test_unknown_persona_is_refused_before_upload(fake_ft: FakeOpenAI, ada: Path
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        (401, "OpenAI rejected the API key while uploading train.jsonl (401: bad key): "
-              "check OPENAI_API_KEY in .env"),
+        (
+            401,
+            "OpenAI rejected the API key while uploading train.jsonl (401: bad key): "
+            "check OPENAI_API_KEY in .env",
+        ),
         (400, "OpenAI answered 400 while uploading train.jsonl: bad key"),
     ],
 )
@@ -236,6 +258,25 @@ def test_upload_errors_leave_no_job(
     assert jobs_in(database) == []
 
 
+def test_job_creation_error_is_one_line_and_records_nothing(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    fake_ft.fail(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        400,
+        "Model gpt-3 is not available for fine-tuning or does not exist.",
+    )
+    result = run("finetune", "start", str(train), "--persona", "ada", "--base-model", "gpt-3")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        "Error: OpenAI answered 400 while creating the fine-tuning job: Model gpt-3 is not "
+        "available for fine-tuning or does not exist."
+    ]
+    assert len(fake_ft.files) == 1  # the upload happened; the job did not
+    assert fake_ft.jobs == {} and jobs_in(database) == []
+
+
 def test_deadline_notice_follows_the_date() -> None:
     before = common.deadline_notice(dt.date(2027, 1, 5))
     assert "stops accepting new fine-tuning jobs on 2027-01-06" in before
@@ -249,8 +290,13 @@ def test_deadline_notice_follows_the_date() -> None:
 
 @pytest.mark.parametrize(
     ("name", "suffix"),
-    [("Ada Lovelace", "ada-lovelace"), ("Zoë:Çelik", "zoe-celik"), ("bob_2", "bob_2"),
-     ("x" * 80, "x" * 64), ("  --Ünïcode--  ", "unicode")],
+    [
+        ("Ada Lovelace", "ada-lovelace"),
+        ("Zoë:Çelik", "zoe-celik"),
+        ("bob_2", "bob_2"),
+        ("x" * 80, "x" * 64),
+        ("  --Ünïcode--  ", "unicode"),
+    ],
 )
 def test_sanitize_suffix(name: str, suffix: str) -> None:
     assert common.sanitize_suffix(name) == suffix
@@ -265,13 +311,31 @@ def test_sanitize_suffix_refuses_names_without_letters() -> None:
 
 
 SUCCESS_SCRIPT = [
-    Step("running", ["Fine-tuning job started",
-                     {"message": "Step 1/3: training loss=2.10",
-                      "data": {"step": 1, "total_steps": 3, "train_loss": 2.1}}]),
-    Step("running", [{"message": "Step 3/3: training loss=0.90",
-                      "data": {"step": 3, "total_steps": 3, "train_loss": 0.9}}]),
-    Step("succeeded", ["New fine-tuned model created", "The job has successfully completed"],
-         fine_tuned_model=FT_MODEL, trained_tokens=4321),
+    Step(
+        "running",
+        [
+            "Fine-tuning job started",
+            {
+                "message": "Step 1/3: training loss=2.10",
+                "data": {"step": 1, "total_steps": 3, "train_loss": 2.1},
+            },
+        ],
+    ),
+    Step(
+        "running",
+        [
+            {
+                "message": "Step 3/3: training loss=0.90",
+                "data": {"step": 3, "total_steps": 3, "train_loss": 0.9},
+            }
+        ],
+    ),
+    Step(
+        "succeeded",
+        ["New fine-tuned model created", "The job has successfully completed"],
+        fine_tuned_model=FT_MODEL,
+        trained_tokens=4321,
+    ),
 ]
 
 
@@ -284,9 +348,14 @@ def test_wait_polls_with_backoff_and_switches_the_persona(
     assert result.exit_code == 0, result.output
 
     assert sleeps == [5.0, 7.5]  # three polls: backoff x1.5 between them
-    messages = [f"Created fine-tuning job: {job_id}", "Fine-tuning job started",
-                "Step 1/3: training loss=2.10", "Step 3/3: training loss=0.90",
-                "New fine-tuned model created", "The job has successfully completed"]
+    messages = [
+        f"Created fine-tuning job: {job_id}",
+        "Fine-tuning job started",
+        "Step 1/3: training loss=2.10",
+        "Step 3/3: training loss=0.90",
+        "New fine-tuned model created",
+        "The job has successfully completed",
+    ]
     positions = [result.output.index(m) for m in messages]
     assert positions == sorted(positions)
     assert all(result.output.count(m) == 1 for m in messages)  # each event shown once
@@ -330,8 +399,11 @@ def test_failed_job_prints_the_error_and_changes_nothing(
     reason = "The job failed due to an invalid training file. Example 3 has no assistant message."
     fake_ft.default_script = [
         Step("running"),
-        Step("failed", [{"message": reason, "level": "error"}],
-             error={"code": "invalid_training_file", "message": reason, "param": "training_file"}),
+        Step(
+            "failed",
+            [{"message": reason, "level": "error"}],
+            error={"code": "invalid_training_file", "message": reason, "param": "training_file"},
+        ),
     ]
     job_id = start_job(train)
     result = run("finetune", "status", job_id, "--wait")
@@ -370,18 +442,31 @@ def test_cancel_then_wait_ends_cancelled(
 @pytest.mark.parametrize(
     ("status", "times", "expected"),
     [
-        (401, 1, "OpenAI rejected the API key while checking {job} (401: nope): "
-                  "check OPENAI_API_KEY in .env"),
+        (
+            401,
+            1,
+            "OpenAI rejected the API key while checking {job} (401: nope): "
+            "check OPENAI_API_KEY in .env",
+        ),
         # 429 and 5xx are retried by the SDK (MAX_RETRIES=2): three answers in all.
-        (429, 3, "OpenAI rate limit or quota hit while checking {job} (429: nope): "
-                 "wait a minute and retry, or check your plan's billing"),
+        (
+            429,
+            3,
+            "OpenAI rate limit or quota hit while checking {job} (429: nope): "
+            "wait a minute and retry, or check your plan's billing",
+        ),
         (500, 3, "OpenAI answered 500 while checking {job}: nope"),
         (404, 1, "OpenAI answered 404 while checking {job}: nope"),
     ],
 )
 def test_api_errors_are_one_line_and_keep_the_job(
-    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database,
-    status: int, times: int, expected: str,
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    status: int,
+    times: int,
+    expected: str,
 ) -> None:
     job_id = start_job(train)
     before = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
@@ -423,21 +508,31 @@ def test_connection_refused_is_one_line(
 # -- list ----------------------------------------------------------------------------------
 
 
-def test_list_shows_stored_and_remote_jobs(
-    fake_ft: FakeOpenAI, ada: Path, train: Path
-) -> None:
+def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train: Path) -> None:
     job_id = start_job(train)
     client = openai.OpenAI(api_key="sk-test-not-real", base_url=fake_ft.base_url)
-    other = client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=next(
-        iter(fake_ft.files)))
+    other = client.fine_tuning.jobs.create(
+        model="gpt-4o-mini-2024-07-18", training_file=next(iter(fake_ft.files))
+    )
     result = run("finetune", "list")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0].split() == [job_id, "openai", "validating_files", "Ada", "Lovelace",
-                                "gpt-4.1-mini-2025-04-14"]
+    assert lines[0].split() == [
+        job_id,
+        "openai",
+        "validating_files",
+        "Ada",
+        "Lovelace",
+        "gpt-4.1-mini-2025-04-14",
+    ]
     assert lines[1] == "On the OpenAI account (not started here):"
-    assert lines[2].split() == [other.id, "openai", "validating_files", "-",
-                                "gpt-4o-mini-2024-07-18"]
+    assert lines[2].split() == [
+        other.id,
+        "openai",
+        "validating_files",
+        "-",
+        "gpt-4o-mini-2024-07-18",
+    ]
     assert len(lines) == 3
 
 
@@ -452,3 +547,61 @@ def test_list_without_key_shows_only_stored_jobs(
         "(remote OpenAI jobs not listed: no OPENAI_API_KEY)",
     ]
     assert fake_ft.requests == []
+
+
+# -- end to end: the next text reaches the new model ---------------------------------------
+
+
+def test_signed_sms_reaches_the_fine_tuned_model(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    sleeps: list[float],
+    make_app: Any,
+) -> None:
+    from tests.conftest import sign, sms_params, twiml_bodies
+
+    app = make_app(openai_base_url=fake_ft.base_url)
+    client = app.test_client()
+    token = app.extensions["phischer"].settings.auth_token()
+
+    def text(body: str) -> list[str]:
+        params = sms_params(body, "+15550123")
+        signature = sign(token, "http://localhost/sms", params)
+        response = client.post("/sms", data=params, headers={"X-Twilio-Signature": signature})
+        assert response.status_code == 200
+        return twiml_bodies(response.data)
+
+    before = text("hi")  # the retrieval persona answers from its dataset
+    assert before == ["Hello, dear."]
+    assert fake_ft.calls("POST", "/v1/chat/completions") == []
+
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    job_id = start_job(train)
+    assert run("finetune", "status", job_id, "--wait").exit_code == 0
+
+    # Same running app, no restart. The webhook re-reads personas at most once a second;
+    # expire that cache instead of sleeping through it.
+    app.extensions["phischer"].sms.personas.invalidate()
+    after = text("how are you?")
+    assert after == [f"hey it's {FT_MODEL}"]
+    (chat,) = fake_ft.calls("POST", "/v1/chat/completions")
+    body = chat.json()
+    assert body["model"] == FT_MODEL
+    assert body["messages"][-1] == {"role": "user", "content": "how are you?"}
+
+
+def test_new_events_span_several_pages(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    # The events endpoint pages newest-first 50 at a time; 120 new events need three pages.
+    steps = [f"Step {i}/120: training loss=1.00" for i in range(1, 121)]
+    fake_ft.default_script = [Step("running", steps)]
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id)
+    assert result.exit_code == 0
+    shown = [line.split(" ", 4)[-1] for line in result.output.splitlines() if "Step " in line]
+    assert shown == steps
+    pages = fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}/events")
+    assert [p.query.get("after") is not None for p in pages] == [False, True, True]

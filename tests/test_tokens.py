@@ -107,6 +107,10 @@ def test_count_tokens() -> None:
     assert count_tokens("tiktoken is great!", "gpt-4.1") == 6
     assert count_tokens("2 + 2 = 4", "gpt-4o") == 7
     assert count_tokens("") == 0
+    # Long strings bypass the count cache and still count exactly.
+    long_text = "hello world, " * 400
+    assert count_tokens(long_text) == len(encoding_for(None).encode(long_text))
+    assert count_tokens(long_text) == count_tokens(long_text)
     # Special-token text in a chat is plain text, not an error.
     assert count_tokens("<|endoftext|>") > 1
 

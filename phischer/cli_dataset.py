@@ -1,0 +1,85 @@
+"""`phischer dataset check|split`: validate and split a chat fine-tuning JSONL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from phischer.cli import friendly_errors
+from phischer.dataset_check import DEFAULT_BASE_MODEL, check_file, split_file
+
+
+@click.group("dataset")
+def dataset_group() -> None:
+    """Check a fine-tuning JSONL, or split it into train and validation files."""
+
+
+@dataset_group.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--base-model",
+    default=DEFAULT_BASE_MODEL,
+    show_default=True,
+    help="Model to be fine-tuned: sets the tokenizer, example limit and price.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 50),
+    help="Epochs to estimate for (default: OpenAI's automatic rule).",
+)
+@click.option(
+    "--max-shown",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Errors and warnings listed before '… and N more'.",
+)
+def check(file: Path, base_model: str, epochs: int | None, max_shown: int) -> None:
+    """Check FILE: format errors by line, tokens, epochs and cost.
+
+    Runs the checks of OpenAI's chat fine-tuning data-prep guide; exits 1 on format errors.
+    """
+    with friendly_errors():
+        report = check_file(file, base_model, epochs, progress=True)
+    click.echo(report.format(max_problems=max_shown))
+    if report.errors:
+        raise SystemExit(1)
+
+
+@dataset_group.command("split")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--validation",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Share of examples held out (whole conversations only), in (0, 1).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Random seed: the same seed gives the same split.",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the output files (default: next to FILE).",
+)
+def split(file: Path, validation: float, seed: int, output_dir: Path | None) -> None:
+    """Split FILE into train and validation files by conversation.
+
+    Writes FILE.train.jsonl and FILE.validation.jsonl (with .conversations files); no
+    conversation ends up on both sides, and the same --seed gives the same split.
+    """
+    with friendly_errors():
+        result = split_file(file, validation=validation, seed=seed, out_dir=output_dir)
+    click.echo(result.format())
+
+
+def register(cli: click.Group) -> None:
+    """Add the `dataset` group to the CLI."""
+    cli.add_command(dataset_group)

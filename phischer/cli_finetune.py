@@ -1,0 +1,206 @@
+"""`phischer finetune start|status|list|cancel`: OpenAI jobs or a local LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from phischer.cli import Context, friendly_errors, pass_ctx
+from phischer.finetune import jobs
+from phischer.finetune.common import FineTuneError
+
+DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
+
+
+@click.group("finetune")
+def finetune_group() -> None:
+    """Train a clone: OpenAI fine-tuning jobs or a local LoRA adapter."""
+
+
+@finetune_group.command("start")
+@click.argument("train", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--persona", required=True, help="Persona that gets the trained model.")
+@click.option(
+    "--base-model",
+    help="openai: model id (default gpt-4.1-mini-2025-04-14); "
+    "local: a local model folder or hub id (required).",
+)
+@click.option(
+    "--validation",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Validation JSONL (from `phischer dataset split`).",
+)
+@click.option("--suffix", help="openai: model-name suffix (default: the persona name).")
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 50),
+    help="Passes over the data (openai default: auto; local default: 3).",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["openai", "local"]),
+    default="openai",
+    show_default=True,
+    help="Where to train.",
+)
+@click.option(
+    "--lora-rank", type=click.IntRange(1), default=16, show_default=True, help="local: LoRA rank r."
+)
+@click.option(
+    "--lora-alpha",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="local: LoRA alpha (scale = alpha / r).",
+)
+@click.option(
+    "--learning-rate",
+    type=float,
+    default=2e-4,
+    show_default=True,
+    help="local: peak learning rate.",
+)
+@click.option(
+    "--max-seq-length",
+    type=click.IntRange(16),
+    default=1024,
+    show_default=True,
+    help="local: tokens per example (longer ones keep their end).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="local: examples per step.",
+)
+@click.option(
+    "--max-steps", type=click.IntRange(1), help="local: stop after N steps (overrides --epochs)."
+)
+@click.option(
+    "--save-steps",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="local: checkpoint every N steps (a rerun resumes from the last one).",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="local: adapter folder (default instance/adapters/PERSONA).",
+)
+@click.option(
+    "--serve-url",
+    default=DEFAULT_SERVE_URL,
+    show_default=True,
+    help="local: OpenAI-compatible URL the adapter will be served at.",
+)
+@click.option(
+    "--lora-name", help="local: model name the server exposes (default: the persona name)."
+)
+@pass_ctx
+def start(obj: Context, train: Path, provider: str, **options: object) -> None:
+    """Fine-tune persona --persona on TRAIN.jsonl (checked first; nothing is sent on errors)."""
+    with friendly_errors():
+        if provider == "local":
+            from phischer.finetune import local
+
+            row = local.start_local(
+                obj.db,
+                obj.settings,
+                local.LocalRequest.from_options(train, **options),
+                echo=click.echo,
+            )
+            click.echo(f"Job {row.job_id} {row.status}: adapter in {row.output_dir}")
+            return
+        from phischer.finetune import openai as ft
+
+        request = ft.StartRequest(
+            train_path=train,
+            persona=str(options["persona"]),
+            base_model=options["base_model"],  # type: ignore[arg-type]
+            validation_path=options["validation"],  # type: ignore[arg-type]
+            suffix=options["suffix"],  # type: ignore[arg-type]
+            epochs=options["epochs"],  # type: ignore[arg-type]
+        )
+        row = ft.start_openai(obj.db, obj.settings, request, echo=click.echo)
+    click.echo(f"Started fine-tuning job {row.job_id} ({row.status}).")
+    click.echo(f"Follow it with: phischer finetune status {row.job_id} --wait")
+
+
+@finetune_group.command("status")
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Poll until the job succeeds, fails or is cancelled.")
+@pass_ctx
+def status(obj: Context, job_id: str, wait: bool) -> None:
+    """Show a job's status and new events; on success the persona switches to the new model."""
+    from phischer.finetune import openai as ft
+
+    with friendly_errors():
+        with obj.db.read() as session:
+            row = jobs.find_job(session, job_id)
+        if row is not None and row.provider == "local":
+            click.echo(f"{row.job_id}: {row.status} (local LoRA in {row.output_dir})")
+            if row.error:
+                raise FineTuneError(f"{row.job_id} failed: {row.error}")
+            return
+        client = ft.make_client(obj.settings)
+        if wait:
+            result = ft.wait_for(obj.db, client, job_id, echo=click.echo)
+        else:
+            result = ft.check_status(obj.db, client, job_id)
+            for line in ft.describe_status(result):
+                click.echo(line)
+        if result.status == "failed":
+            raise FineTuneError(
+                f"{job_id} failed: {result.error or 'no reason given'} (persona unchanged)"
+            )
+
+
+@finetune_group.command("list")
+@pass_ctx
+def list_(obj: Context) -> None:
+    """List jobs started here, then recent jobs on the OpenAI account."""
+    from phischer.finetune import openai as ft
+
+    with obj.db.read() as session:
+        rows = jobs.list_jobs(session)
+    known = {job.job_id for job, _ in rows}
+    if not rows:
+        click.echo("No fine-tuning jobs yet: `phischer finetune start TRAIN.jsonl --persona NAME`.")
+    for job, persona in rows:
+        result = job.fine_tuned_model or job.output_dir or ""
+        click.echo(
+            f"{job.job_id:<32} {job.provider:<7} {job.status:<16} {persona or '-':<16} "
+            f"{job.base_model}  {result}".rstrip()
+        )
+    if not obj.settings.openai_api_key:
+        click.echo("(remote OpenAI jobs not listed: no OPENAI_API_KEY)")
+        return
+    with friendly_errors():
+        remote = ft.list_remote(ft.make_client(obj.settings))
+    others = [j for j in remote if j.id not in known]
+    if others:
+        click.echo("On the OpenAI account (not started here):")
+    for j in others:
+        click.echo(
+            f"{j.id:<32} openai  {j.status:<16} {'-':<16} {j.model}  {j.fine_tuned_model or ''}".rstrip()
+        )
+
+
+@finetune_group.command("cancel")
+@click.argument("job_id")
+@pass_ctx
+def cancel(obj: Context, job_id: str) -> None:
+    """Cancel a running OpenAI job."""
+    from phischer.finetune import openai as ft
+
+    with friendly_errors():
+        new_status = ft.cancel(obj.db, ft.make_client(obj.settings), job_id)
+    click.echo(f"{job_id}: {new_status}")
+
+
+def register(cli: click.Group) -> None:
+    """Attach the finetune group to the main CLI."""
+    cli.add_command(finetune_group)

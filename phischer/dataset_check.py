@@ -1,0 +1,663 @@
+"""`dataset check` and `dataset split`: validate a chat fine-tuning JSONL and split it safely.
+
+The checks follow OpenAI's cookbook "Data preparation and analysis for chat model
+fine-tuning" (error keys in [brackets] are the cookbook's names) and add what it skips:
+invalid JSON lines, line numbers, the per-model example limit and a dated price table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from phischer.tokens import count_messages_tokens, encoding_name_for
+
+DEFAULT_BASE_MODEL = "gpt-4.1-mini-2025-04-14"
+
+# OpenAI fine-tuning training prices, USD per 1M training tokens (supervised), as listed
+# on https://openai.com/api/pricing on the date below. Prices change: check before a big job.
+PRICES_AS_OF = "2025-06-01"
+PRICES: dict[str, float] = {
+    "gpt-4.1-2025-04-14": 25.00,
+    "gpt-4.1-mini-2025-04-14": 5.00,
+    "gpt-4.1-nano-2025-04-14": 1.50,
+    "gpt-4o-2024-08-06": 25.00,
+    "gpt-4o-mini-2024-07-18": 3.00,
+}
+# Undated aliases OpenAI accepts for fine-tuning, pointing at the snapshot they train.
+ALIASES: dict[str, str] = {
+    "gpt-4.1": "gpt-4.1-2025-04-14",
+    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
+    "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
+    "gpt-4o": "gpt-4o-2024-08-06",
+    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+}
+# Longest training example (tokens) per base model, from OpenAI's fine-tuning guide on the
+# same date; longer examples are truncated to this length (and billed only up to it).
+CONTEXT_LIMITS: dict[str, int] = {
+    "gpt-4.1-2025-04-14": 65_536,
+    "gpt-4.1-mini-2025-04-14": 65_536,
+    "gpt-4.1-nano-2025-04-14": 65_536,
+    "gpt-4o-2024-08-06": 65_536,
+    "gpt-4o-mini-2024-07-18": 65_536,
+    "gpt-3.5-turbo-0125": 16_385,
+    "gpt-3.5-turbo-1106": 16_385,
+    "gpt-3.5-turbo-0613": 4_096,
+}
+DEFAULT_CONTEXT_LIMIT = 65_536
+
+# The cookbook's default-epochs rule (what OpenAI picks when n_epochs is "auto").
+TARGET_EPOCHS = 3
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+MIN_DEFAULT_EPOCHS = 1
+MAX_DEFAULT_EPOCHS = 25
+
+MIN_EXAMPLES = 10  # OpenAI rejects training files with fewer examples.
+
+# The cookbook allows role/content/name/function_call/weight; tool_calls and tool_call_id
+# (with the "tool" role) are the current function-calling format OpenAI also accepts.
+KNOWN_KEYS = ("role", "content", "name", "function_call", "weight", "tool_calls", "tool_call_id")
+ROLES = ("system", "user", "assistant", "function", "tool")
+
+Severity = Literal["error", "warning"]
+
+
+class DatasetError(ValueError):
+    """A dataset file cannot be checked or split; str() is one line saying why."""
+
+
+@dataclass
+class Problem:
+    """One finding about one line (line 0: the file as a whole)."""
+
+    line: int
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line else "file"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """What `dataset check` found: problems, token statistics, epochs and cost."""
+
+    path: Path
+    base_model: str
+    examples: int
+    problems: list[Problem]
+    token_counts: list[int]
+    messages_per_example: list[int]
+    over_limit: int
+    epochs: int
+    billed_tokens: int
+    estimated_cost_usd: float | None
+    context_limit: int = DEFAULT_CONTEXT_LIMIT
+    encoding: str = "o200k_base"
+    epochs_from_rule: bool = True
+    price_per_million: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        """Problems that make OpenAI reject the file."""
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """Problems worth a look that do not block training."""
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Billed tokens for one pass: each example counted up to the context limit."""
+        return sum(min(n, self.context_limit) for n in self.token_counts)
+
+    def format(self, max_problems: int = 20) -> str:
+        """The human report `dataset check` prints."""
+        out = [
+            f"{self.path}: {self.examples:,} examples, base model {self.base_model} "
+            f"({self.encoding})"
+        ]
+        for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
+            if not items:
+                continue
+            out.append(f"{title} ({len(items):,}):")
+            out.extend(f"  {p}" for p in items[:max_problems])
+            if len(items) > max_problems:
+                out.append(f"  … and {len(items) - max_problems:,} more ({_tally(items)})")
+        if self.token_counts:
+            valid = len(self.token_counts)
+            if valid != self.examples:
+                out.append(f"Statistics below cover the {valid:,} examples without errors.")
+            m = self.messages_per_example
+            out.append(
+                f"Messages per example: min {min(m)}, median {_num(statistics.median(m))}, "
+                f"max {max(m)}"
+            )
+            t = self.token_counts
+            out.append(
+                f"Tokens per example:   min {min(t):,}, median {_num(statistics.median(t))}, "
+                f"p95 {_num(percentile(t, 0.95))}, max {max(t):,}"
+            )
+            out.append(
+                f"Over the {self.context_limit:,}-token limit: {self.over_limit:,} examples"
+                + (" (truncated in training)" if self.over_limit else "")
+            )
+            how = f"default rule for {valid:,} examples" if self.epochs_from_rule else "--epochs"
+            out.append(f"Epochs: {self.epochs} ({how})")
+            out.append(
+                f"Billed tokens: {self.billed_tokens:,} "
+                f"({self.tokens_per_epoch:,} per epoch × {self.epochs})"
+            )
+            if self.estimated_cost_usd is not None:
+                out.append(
+                    f"Estimated training cost: {_usd(self.estimated_cost_usd)} "
+                    f"(${self.price_per_million:.2f} per 1M tokens, prices as of {PRICES_AS_OF})"
+                )
+            else:
+                out.append("Estimated training cost: unknown")
+        out.extend(f"Note: {n}" for n in self.notes)
+        if self.errors:
+            out.append(
+                f"FAILED: {_plural(len(self.errors), 'error')}; fix them before fine-tuning."
+            )
+        elif self.warnings:
+            out.append(f"OK: no format errors ({_plural(len(self.warnings), 'warning')} above).")
+        else:
+            out.append("OK: no format errors; ready for fine-tuning.")
+        return "\n".join(out)
+
+
+def _tally(problems: list[Problem]) -> str:
+    """'missing_system 120, data_type 3': counts by the [kind] that ends each message."""
+    counts: dict[str, int] = {}
+    for p in problems:
+        kind = p.message.rsplit("[", 1)[-1].rstrip("]")
+        counts[kind] = counts.get(kind, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "in all: " + ", ".join(f"{kind} {n:,}" for kind, n in ranked)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
+
+
+def percentile(values: Sequence[int], q: float) -> float:
+    """The q-quantile with linear interpolation (numpy's default, as the cookbook uses)."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def default_epochs(n_examples: int) -> int:
+    """Epochs OpenAI trains for by default: aim for 3 × n in [100, 25,000] example passes."""
+    if n_examples <= 0:
+        return TARGET_EPOCHS
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // n_examples)
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
+
+
+def canonical_model(model: str) -> str:
+    """The dated base model behind an alias or a fine-tuned id (`ft:BASE:org::id`)."""
+    name = model.strip()
+    if name.startswith("ft:"):
+        name = name[3:].split(":", 1)[0]
+    return ALIASES.get(name, name)
+
+
+def price_per_million(model: str) -> float | None:
+    """Training USD per 1M tokens for a base model, or None when not in the table."""
+    return PRICES.get(canonical_model(model))
+
+
+def context_limit(model: str) -> int | None:
+    """The longest training example for a base model, or None when not in the table."""
+    return CONTEXT_LIMITS.get(canonical_model(model))
+
+
+def estimate_cost(billed_tokens: int, model: str) -> float | None:
+    """Training cost in USD for tokens already multiplied by epochs (None: unknown model)."""
+    price = price_per_million(model)
+    return None if price is None else billed_tokens * price / 1_000_000
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def check_example(obj: Any) -> list[tuple[str, Severity]]:
+    """The cookbook's format checks (plus a few) on one parsed line: (message, severity)."""
+    if not isinstance(obj, dict):
+        return [(f"not a JSON object but {_kind(obj)} [data_type]", "error")]
+    messages = obj.get("messages")
+    if messages is None:
+        return [('no "messages" list [missing_messages_list]', "error")]
+    if not isinstance(messages, list):
+        return [(f'"messages" is {_kind(messages)}, not a list [missing_messages_list]', "error")]
+    if not messages:
+        return [('"messages" is empty [missing_messages_list]', "error")]
+    found: list[tuple[str, Severity]] = []
+    roles = set()
+    for i, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            found.append(
+                (f"message {i}: not a JSON object but {_kind(message)} [data_type]", "error")
+            )
+            continue
+        role = message.get("role")
+        if isinstance(role, str):
+            roles.add(role)
+        # An assistant turn that calls a function/tool may have no text content.
+        calls = message.get("function_call") or message.get("tool_calls")
+        missing = [k for k in ("role", "content") if k not in message]
+        if calls and "content" in missing:
+            missing.remove("content")
+        if missing:
+            keys = " and ".join(f'"{k}"' for k in missing)
+            found.append((f"message {i}: missing {keys} [message_missing_key]", "error"))
+        unknown = [k for k in message if k not in KNOWN_KEYS]
+        if unknown:
+            keys = ", ".join(f'"{k}"' for k in unknown)
+            plural = "s" if len(unknown) > 1 else ""
+            found.append(
+                (
+                    f"message {i}: unrecognized key{plural} {keys} [message_unrecognized_key]",
+                    "error",
+                )
+            )
+        if "role" in message and role not in ROLES:
+            shown = json.dumps(role, ensure_ascii=False)
+            found.append((f"message {i}: unrecognized role {shown} [unrecognized_role]", "error"))
+        if "content" in message:
+            content = message["content"]
+            if isinstance(content, str):
+                if not content.strip() and not calls:
+                    found.append((f"message {i}: empty content [missing_content]", "error"))
+            elif not (content is None and calls):
+                found.append(
+                    (
+                        f"message {i}: content is {_kind(content)}, not a string [missing_content]",
+                        "error",
+                    )
+                )
+        if "weight" in message and (
+            isinstance(message["weight"], bool) or message["weight"] not in (0, 1)
+        ):
+            found.append((f"message {i}: weight must be 0 or 1 [invalid_weight]", "error"))
+    if "assistant" not in roles:
+        found.append(("no assistant message [example_missing_assistant_message]", "error"))
+    if "system" not in roles:
+        found.append(("no system message [missing_system]", "warning"))
+    if "user" not in roles:
+        found.append(("no user message [missing_user]", "warning"))
+    return found
+
+
+def _lines(path: Path, progress: bool = False) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line without its newline), streamed with a progress bar."""
+    from tqdm import tqdm
+
+    size = path.stat().st_size
+    # Only worth a bar on big files; tqdm disables itself when stderr is not a terminal.
+    bar = tqdm(
+        total=size,
+        unit="B",
+        unit_scale=True,
+        desc=path.name,
+        file=sys.stderr,
+        disable=None if progress and size > 20_000_000 else True,
+    )
+    with path.open("rb") as f, bar:
+        for number, raw in enumerate(f, 1):
+            bar.update(len(raw))
+            yield number, raw.rstrip(b"\r\n")
+
+
+def _open_checked(path: Path) -> None:
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a folder, not a JSONL file")
+
+
+def _parse(number: int, raw: bytes) -> tuple[Any, Problem | None]:
+    """A line's JSON value, or the problem that stops it being one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, Problem(number, f"not valid UTF-8 (byte {exc.start + 1}) [invalid_utf8]")
+    if number == 1 and text.startswith("\ufeff"):
+        return None, Problem(
+            number, "starts with a byte-order mark: save as UTF-8 without BOM [bom]"
+        )
+    if not text.strip():
+        # Skipped by most JSONL readers, but strict ones reject it: worth removing.
+        return None, Problem(number, "blank line, ignored (better removed) [blank_line]", "warning")
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, Problem(
+            number, f"invalid JSON: {exc.msg} at column {exc.colno} [invalid_json]"
+        )
+
+
+def check_file(
+    path: Path,
+    base_model: str = DEFAULT_BASE_MODEL,
+    epochs: int | None = None,
+    *,
+    progress: bool = False,
+) -> CheckReport:
+    """Check every line of a chat JSONL and compute token, epoch and cost estimates."""
+    path = Path(path)
+    _open_checked(path)
+    known_limit = context_limit(base_model)
+    limit = known_limit or DEFAULT_CONTEXT_LIMIT
+    problems: list[Problem] = []
+    token_counts: list[int] = []
+    messages_per_example: list[int] = []
+    examples = 0
+    over = 0
+    for number, raw in _lines(path, progress):
+        obj, problem = _parse(number, raw)
+        if problem is not None:
+            problems.append(problem)
+            examples += problem.severity == "error"  # a blank line is no example
+            continue
+        examples += 1
+        found = check_example(obj)
+        problems.extend(Problem(number, message, severity) for message, severity in found)
+        if any(severity == "error" for _, severity in found):
+            continue
+        tokens = count_messages_tokens(obj["messages"], base_model)
+        token_counts.append(tokens)
+        messages_per_example.append(len(obj["messages"]))
+        if tokens > limit:
+            over += 1
+            problems.append(
+                Problem(
+                    number,
+                    f"{tokens:,} tokens, over the {limit:,}-token limit: "
+                    "truncated in training [over_token_limit]",
+                    "warning",
+                )
+            )
+    if examples == 0:
+        problems.append(Problem(0, "no examples in the file [no_examples]"))
+    elif examples < MIN_EXAMPLES:
+        problems.append(
+            Problem(
+                0,
+                f"only {_plural(examples, 'example')}: OpenAI requires at least {MIN_EXAMPLES} "
+                "[too_few_examples]",
+                "warning",
+            )
+        )
+    notes: list[str] = []
+    if known_limit is None:
+        notes.append(
+            f"no example limit known for {base_model}; assumed {DEFAULT_CONTEXT_LIMIT:,} tokens"
+        )
+    n_epochs = epochs if epochs is not None else default_epochs(len(token_counts))
+    billed = sum(min(n, limit) for n in token_counts) * n_epochs
+    price = price_per_million(base_model)
+    if price is None:
+        known = ", ".join(PRICES)
+        notes.append(f"no training price for {base_model} (known: {known}); cost not estimated")
+    return CheckReport(
+        path=path,
+        base_model=base_model,
+        examples=examples,
+        problems=problems,
+        token_counts=token_counts,
+        messages_per_example=messages_per_example,
+        over_limit=over,
+        epochs=n_epochs,
+        billed_tokens=billed,
+        estimated_cost_usd=estimate_cost(billed, base_model),
+        context_limit=limit,
+        encoding=encoding_name_for(base_model),
+        epochs_from_rule=epochs is None,
+        price_per_million=price,
+        notes=notes,
+    )
+
+
+# --- split ---------------------------------------------------------------------------
+
+
+@dataclass
+class SplitResult:
+    """Where `dataset split` wrote its two files and how many of what went where."""
+
+    train_path: Path
+    validation_path: Path
+    train_examples: int
+    validation_examples: int
+    train_conversations: int
+    validation_conversations: int
+    from_sidecar: bool = True
+
+    def format(self) -> str:
+        """The summary `dataset split` prints."""
+        how = (
+            "conversation ids from the .conversations file"
+            if self.from_sidecar
+            else "conversations inferred from overlapping examples (no .conversations file)"
+        )
+        lines = [
+            f"Split by {how}:",
+            f"  train:      {self.train_examples:,} examples from "
+            f"{self.train_conversations:,} conversations -> {self.train_path}",
+            f"  validation: {self.validation_examples:,} examples from "
+            f"{self.validation_conversations:,} conversations -> {self.validation_path}",
+        ]
+        if not self.from_sidecar:
+            lines.append(
+                "Note: windows of one chat that do not overlap cannot be linked without the "
+                ".conversations file `phischer import` writes; keep it next to the JSONL."
+            )
+        return "\n".join(lines)
+
+
+def sidecar_path(path: Path) -> Path:
+    """`OUT.jsonl.conversations`: one conversation id per example line."""
+    return path.with_name(path.name + ".conversations")
+
+
+def _turns(obj: Any) -> list[tuple[str, str]]:
+    messages = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(messages, list):
+        return []
+    return [
+        (str(m.get("role")), json.dumps(m.get("content"), ensure_ascii=False))
+        for m in messages
+        if isinstance(m, dict) and m.get("role") != "system"
+    ]
+
+
+def _continues(previous: list[tuple[str, str]], current: list[tuple[str, str]]) -> bool:
+    """Whether `current` is a window of the same conversation as `previous` (see infer_…)."""
+    if not previous or not current:
+        return False
+    if previous[0] == current[0]:
+        return True
+    n = len(previous)
+    return any(previous[j:] == current[: n - j] for j in range(n) if n - j <= len(current))
+
+
+def infer_conversations(path: Path) -> list[str]:
+    """Conversation ids for a JSONL with no sidecar, one per non-blank line.
+
+    Rule: an example continues the previous line's conversation when, ignoring system
+    messages, both start with the same message, or it starts with the tail of the previous
+    example (overlapping or growing windows of one thread). Anything else starts a new
+    conversation. Wrongly merging two threads only makes the split coarser; it never leaks.
+    """
+    ids: list[str] = []
+    previous: list[tuple[str, str]] = []
+    run = 0
+    for number, raw in _lines(path):
+        if not raw.strip():
+            continue
+        obj, problem = _parse(number, raw)
+        if problem is not None:
+            raise DatasetError(f"{path}: {problem}; run `phischer dataset check` first")
+        turns = _turns(obj)
+        if not _continues(previous, turns):
+            run += 1
+        ids.append(f"run-{run:06d}")
+        previous = turns
+    return ids
+
+
+def _read_ids(path: Path) -> tuple[list[str], bool]:
+    n_lines = sum(1 for _, raw in _lines(path) if raw.strip())
+    side = sidecar_path(path)
+    if not side.exists():
+        return infer_conversations(path), False
+    ids = [line.rstrip("\r\n") for line in side.read_text(encoding="utf-8").splitlines()]
+    if len(ids) != n_lines:
+        raise DatasetError(
+            f"{side}: {len(ids):,} conversation ids for {n_lines:,} examples in {path.name}; "
+            "re-run `phischer import` or delete the .conversations file"
+        )
+    return ids, True
+
+
+def choose_validation(sizes: dict[str, int], validation: float, seed: int) -> set[str]:
+    """Conversation ids for validation: seeded order, first fit up to the example share."""
+    order = sorted(sizes)
+    random.Random(seed).shuffle(order)
+    total = sum(sizes.values())
+    target = validation * total + 1e-9  # 0.2 * 100 must mean 20, not 19
+    chosen: list[str] = []
+    held = 0
+    for cid in order:
+        if held + sizes[cid] <= target:
+            chosen.append(cid)
+            held += sizes[cid]
+    if not chosen:
+        # Every conversation is bigger than the share asked for: take the smallest one so
+        # validation is never empty (train still keeps the others).
+        chosen.append(min(order, key=lambda cid: sizes[cid]))
+    return set(chosen)
+
+
+def _output_paths(path: Path, out_dir: Path | None) -> tuple[Path, Path]:
+    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+    folder = out_dir if out_dir is not None else path.parent
+    return folder / f"{stem}.train.jsonl", folder / f"{stem}.validation.jsonl"
+
+
+class _AtomicWriter:
+    """A binary file written to a temp name and renamed into place on success."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        self.tmp = Path(tmp)
+        self.file = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.target)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def split_file(
+    path: Path, validation: float = 0.2, seed: int = 0, out_dir: Path | None = None
+) -> SplitResult:
+    """Split a JSONL into train/validation by conversation: no thread on both sides."""
+    path = Path(path)
+    _open_checked(path)
+    if not 0 < validation < 1:
+        raise DatasetError(f"--validation must be between 0 and 1 (exclusive), got {validation}")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    ids, from_sidecar = _read_ids(path)
+    if not ids:
+        raise DatasetError(f"{path}: no examples to split")
+    sizes: dict[str, int] = {}
+    for cid in ids:
+        sizes[cid] = sizes.get(cid, 0) + 1
+    if len(sizes) < 2:
+        raise DatasetError(
+            f"{path}: all {len(ids):,} examples come from one conversation; "
+            "a split by conversation needs at least 2"
+        )
+    held_out = choose_validation(sizes, validation, seed)
+    train_path, validation_path = _output_paths(path, out_dir)
+    if path.resolve() in (train_path.resolve(), validation_path.resolve()):
+        raise DatasetError(f"{path}: output would overwrite the input; use -o DIR")
+    writers = [
+        _AtomicWriter(p)
+        for p in (
+            train_path,
+            validation_path,
+            sidecar_path(train_path),
+            sidecar_path(validation_path),
+        )
+    ]
+    train, val, train_ids, val_ids = writers
+    counts = {False: 0, True: 0}
+    try:
+        lines = (raw for _, raw in _lines(path) if raw.strip())
+        for raw, cid in zip(lines, ids, strict=True):
+            is_val = cid in held_out
+            (val if is_val else train).file.write(raw + b"\n")
+            (val_ids if is_val else train_ids).file.write(cid.encode("utf-8") + b"\n")
+            counts[is_val] += 1
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    for w in writers:
+        w.commit()
+    return SplitResult(
+        train_path=train_path,
+        validation_path=validation_path,
+        train_examples=counts[False],
+        validation_examples=counts[True],
+        train_conversations=len(sizes) - len(held_out),
+        validation_conversations=len(held_out),
+        from_sidecar=from_sidecar,
+    )

@@ -1,0 +1,60 @@
+"""What both providers share: the error type, OpenAI's shutdown notice, and name sanitising."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+
+# OpenAI is winding fine-tuning down (FIELD-NOTES): no new jobs from this day on...
+OPENAI_JOBS_END = dt.date(2027, 1, 6)
+# ...and fine-tuned gpt-4o / gpt-4o-mini / gpt-4.1 / gpt-4.1-mini models stop answering on this one.
+OPENAI_MODELS_END = dt.date(2027, 1, 14)
+SUFFIX_MAX = 64  # the API documents "a string of up to 64 characters"
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class FineTuneError(ValueError):
+    """A fine-tuning step cannot go on; the message says what is wrong and how to fix it."""
+
+
+def _today() -> dt.date:
+    # One seam for tests: the notice changes on the deadline days.
+    return dt.date.today()
+
+
+def deadline_notice(today: dt.date | None = None) -> str:
+    """The warning printed when a job is started; its wording follows today's date."""
+    today = today or _today()
+    if today < OPENAI_JOBS_END:
+        return (
+            f"Note: OpenAI stops accepting new fine-tuning jobs on {OPENAI_JOBS_END:%Y-%m-%d} and "
+            f"retires fine-tuned gpt-4o/gpt-4.1 models on {OPENAI_MODELS_END:%Y-%m-%d}: "
+            "train a LoRA you can keep serving with `--provider local`."
+        )
+    if today < OPENAI_MODELS_END:
+        return (
+            f"Note: OpenAI stopped new fine-tuning jobs on {OPENAI_JOBS_END:%Y-%m-%d} and retires "
+            f"fine-tuned gpt-4o/gpt-4.1 models on {OPENAI_MODELS_END:%Y-%m-%d}: "
+            "use `--provider local`."
+        )
+    return (
+        f"Note: OpenAI stopped new fine-tuning jobs on {OPENAI_JOBS_END:%Y-%m-%d}: "
+        "use `--provider local`."
+    )
+
+
+def sanitize_suffix(name: str) -> str:
+    """A model-name-safe suffix: ASCII letters, digits, '-' and '_', at most 64 characters.
+
+    The suffix ends up inside ``ft:<base>:<org>:<suffix>:<id>``, so a colon or space would
+    break the model id; accents are folded ("Zoë" -> "zoe") rather than dropped.
+    """
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    cleaned = re.sub(r"[^a-z0-9_-]+", "-", folded.lower()).strip("-_")
+    cleaned = re.sub(r"-{2,}", "-", cleaned)[:SUFFIX_MAX].strip("-_")
+    if not cleaned:
+        raise FineTuneError(
+            f"cannot make a model suffix from {name!r}: pass --suffix with letters or digits"
+        )
+    return cleaned

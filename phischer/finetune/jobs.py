@@ -1,0 +1,95 @@
+"""FineTuneJob rows: record a job, find it, and apply what the provider reports back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from phischer import personas
+from phischer.finetune.common import FINAL_STATES, FineTuneError
+from phischer.models import FineTuneJob, Persona, utcnow
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """What a status check learned about a job (None = unknown, keep the stored value)."""
+
+    status: str
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+    error: str | None = None
+    last_event_id: str | None = None
+
+
+def record_job(session: Session, **fields: Any) -> FineTuneJob:
+    """Insert a job row; `hyperparameters` may be a dict (stored as JSON)."""
+    hyper = fields.get("hyperparameters")
+    if isinstance(hyper, dict):
+        fields["hyperparameters"] = json.dumps(hyper, sort_keys=True)
+    job = FineTuneJob(**fields)
+    if job.status in FINAL_STATES:
+        job.finished_at = utcnow()
+    session.add(job)
+    session.flush()
+    return job
+
+
+def find_job(session: Session, job_id: str) -> FineTuneJob | None:
+    """The stored row for a job id, or None."""
+    return session.scalar(sa.select(FineTuneJob).where(FineTuneJob.job_id == job_id))
+
+
+def get_job(session: Session, job_id: str) -> FineTuneJob:
+    """The stored row for a job id, or a one-line error naming `finetune list`."""
+    job = find_job(session, job_id)
+    if job is None:
+        raise FineTuneError(f"no fine-tuning job {job_id!r} here (see `phischer finetune list`)")
+    return job
+
+
+def list_jobs(session: Session) -> list[tuple[FineTuneJob, str | None]]:
+    """Every stored job, newest first, with its persona's name."""
+    rows = session.execute(
+        sa.select(FineTuneJob, Persona.name)
+        .outerjoin(Persona, Persona.id == FineTuneJob.persona_id)
+        .order_by(FineTuneJob.created_at.desc(), FineTuneJob.id.desc())
+    )
+    return [(job, name) for job, name in rows]
+
+
+def persona_name(session: Session, job: FineTuneJob) -> str | None:
+    """The name of the persona a job trains, if it still exists."""
+    if job.persona_id is None:
+        return None
+    return session.scalar(sa.select(Persona.name).where(Persona.id == job.persona_id))
+
+
+def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Persona | None:
+    """Store a status update; on the first `succeeded`, point the persona at the new model.
+
+    Returns the persona that was switched, if any. A job that was already `succeeded` does
+    not switch the persona again, so a later `persona add/set` by hand is not overwritten
+    by a repeated `finetune status`.
+    """
+    was = job.status
+    job.status = update.status
+    for attr in ("fine_tuned_model", "trained_tokens", "error", "last_event_id"):
+        value = getattr(update, attr)
+        if value is not None:
+            setattr(job, attr, value)
+    if update.status in FINAL_STATES and job.finished_at is None:
+        job.finished_at = utcnow()
+    switched = None
+    if update.status == "succeeded" and was != "succeeded" and job.fine_tuned_model:
+        name = persona_name(session, job)
+        if name is not None:
+            switched = personas.set_model(session, name, job.fine_tuned_model, backend="openai")
+            # The model lives where the job ran (OPENAI_BASE_URL), not on a server the
+            # persona may have pointed at before (e.g. a local vLLM for an earlier LoRA).
+            switched.base_url = None
+    session.flush()
+    return switched

@@ -1,0 +1,490 @@
+"""Local LoRA fine-tuning with transformers + peft: chat template, assistant-only loss, resume.
+
+torch, transformers and peft are the optional `train` extra, so they are imported inside
+the functions that need them: the rest of phischer works without them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phischer import personas
+from phischer.config import Settings
+from phischer.db import Database
+from phischer.finetune import jobs
+from phischer.finetune.common import FineTuneError, sanitize_suffix
+from phischer.finetune.serving import modelfile, serving_guide
+from phischer.models import FineTuneJob, utcnow
+
+IGNORE = -100  # label value the loss skips (PyTorch's CrossEntropyLoss ignore_index)
+DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
+INSTALL_HINT = (
+    "--provider local needs the train extra: pip install -e '.[train]' "
+    "(pin torch==2.13.0 for the CPU build)"
+)
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Training knobs (the `finetune start --provider local` flags)."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    learning_rate: float = 2e-4
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 4
+    max_seq_length: int = 1024
+    save_steps: int = 50
+    seed: int = 0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass(frozen=True)
+class LocalRequest:
+    """What `finetune start --provider local` asks for."""
+
+    train_path: Path
+    persona: str
+    base_model: str
+    validation_path: Path | None = None
+    output_dir: Path | None = None
+    serve_url: str = DEFAULT_SERVE_URL
+    lora_name: str | None = None
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    @classmethod
+    def from_options(cls, train: Path, **o: Any) -> LocalRequest:
+        """Build from the click options of `finetune start`."""
+        if not o.get("base_model"):
+            raise FineTuneError(
+                "--provider local needs --base-model: a local model folder or a hub id "
+                "(e.g. Qwen/Qwen2.5-1.5B-Instruct)"
+            )
+        lora = LoraSettings(
+            rank=o["lora_rank"],
+            alpha=o["lora_alpha"],
+            learning_rate=o["learning_rate"],
+            epochs=o.get("epochs") or 3,
+            max_steps=o.get("max_steps"),
+            batch_size=o["batch_size"],
+            max_seq_length=o["max_seq_length"],
+            save_steps=o["save_steps"],
+        )
+        return cls(
+            train_path=train,
+            persona=o["persona"],
+            base_model=o["base_model"],
+            validation_path=o.get("validation"),
+            output_dir=o.get("output_dir"),
+            serve_url=o.get("serve_url") or DEFAULT_SERVE_URL,
+            lora_name=o.get("lora_name"),
+            lora=lora,
+        )
+
+
+# -- examples -> token ids and labels --------------------------------------------------------
+
+
+def read_examples(path: Path) -> list[list[dict[str, str]]]:
+    """The `messages` lists of a chat JSONL (already checked by `dataset check`)."""
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                out.append(json.loads(line)["messages"])
+    return out
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], prompt: bool = False) -> str:
+    if not messages:
+        return ""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+
+def assistant_spans(
+    tokenizer: Any, messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans the model must learn to write.
+
+    Each assistant turn spans from the end of the prompt rendered with the generation
+    header to the end of the conversation rendered through that turn, so the span holds the
+    reply and the template's end-of-turn marker (the model learns to stop). This works with
+    any template, with or without `{% generation %}`. Templates that rewrite earlier turns
+    (e.g. dropping reasoning) break the prefix property; then the reply text itself is found.
+    """
+    full = _render(tokenizer, messages)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], prompt=True)
+        through = _render(tokenizer, messages[: i + 1])
+        if (
+            len(through) > len(before) >= cursor
+            and full.startswith(through)
+            and through.startswith(before)
+        ):
+            spans.append((len(before), len(through)))
+        else:
+            start = full.find(message["content"], cursor)
+            if start < 0:
+                continue
+            spans.append((start, start + len(message["content"])))
+        cursor = spans[-1][1]
+    return full, spans
+
+
+def encode_example(
+    tokenizer: Any, messages: list[dict[str, str]], max_length: int
+) -> dict[str, list[int]] | None:
+    """input_ids and labels (IGNORE outside assistant turns), keeping the end when too long.
+
+    Returns None when no assistant token survives truncation (nothing to learn from).
+    """
+    full, spans = assistant_spans(tokenizer, messages)
+    if tokenizer.is_fast:
+        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        labels = [
+            tok if any(s < e_span and e > s_span for s_span, e_span in spans) else IGNORE
+            for tok, (s, e) in zip(ids, enc["offset_mapping"], strict=True)
+        ]
+    else:
+        # Slow tokenizers give no offsets: count the tokens of each prefix instead.
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        labels = [IGNORE] * len(ids)
+        for start, end in spans:
+            a = len(tokenizer(full[:start], add_special_tokens=False)["input_ids"])
+            b = len(tokenizer(full[:end], add_special_tokens=False)["input_ids"])
+            labels[a:b] = ids[a:b]
+    # Windows end with the reply being learned: cut from the front, not the end.
+    ids, labels = ids[-max_length:], labels[-max_length:]
+    if all(label == IGNORE for label in labels):
+        return None
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_file(tokenizer: Any, path: Path, max_length: int) -> tuple[list[dict], int]:
+    """Encode every example of a file; returns (features, examples dropped)."""
+    features, dropped = [], 0
+    for messages in read_examples(path):
+        feature = encode_example(tokenizer, messages, max_length)
+        if feature is None:
+            dropped += 1
+        else:
+            features.append(feature)
+    return features, dropped
+
+
+class PadCollator:
+    """Right-pads a batch: pad id for inputs, IGNORE for labels, 0 in the attention mask."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in batch)
+        ids, labels, mask = [], [], []
+        for f in batch:
+            pad = width - len(f["input_ids"])
+            ids.append(f["input_ids"] + [self.pad_id] * pad)
+            labels.append(f["labels"] + [IGNORE] * pad)
+            mask.append([1] * len(f["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What a training run did."""
+
+    adapter_dir: Path
+    losses: list[float]  # training loss per logged step of this run
+    global_step: int
+    steps_this_run: int
+    resumed_from: str | None
+    examples: int
+    dropped: int
+    tokens_seen: int
+    eval_loss: float | None = None
+
+
+def _load(base_model: str) -> tuple[Any, Any]:
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise FineTuneError(INSTALL_HINT) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        dtype = torch.float32
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FineTuneError(f"cannot load base model {base_model}: {first}") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise FineTuneError(
+            f"{base_model} has no chat template: use an instruct/chat model "
+            "(its tokenizer_config.json defines chat_template)"
+        )
+    return tokenizer, model
+
+
+def train_lora(
+    base_model: str,
+    train_path: Path,
+    output_dir: Path,
+    lora: LoraSettings,
+    *,
+    validation_path: Path | None = None,
+    echo: Echo = print,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) a LoRA adapter and save it to output_dir."""
+    tokenizer, model = _load(base_model)
+    try:
+        from peft import LoraConfig, get_peft_model
+        from transformers import Trainer, TrainerCallback, TrainingArguments
+        from transformers.trainer_utils import get_last_checkpoint
+    except ImportError:
+        raise FineTuneError(INSTALL_HINT) from None
+
+    features, dropped = encode_file(tokenizer, train_path, lora.max_seq_length)
+    if not features:
+        raise FineTuneError(f"{train_path}: no example has an assistant turn to learn from")
+    if dropped:
+        echo(f"Skipped {dropped} example(s) with no assistant tokens left after truncation.")
+    eval_features = None
+    if validation_path is not None:
+        eval_features, _ = encode_file(tokenizer, validation_path, lora.max_seq_length)
+
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    steps_per_epoch = math.ceil(len(features) / lora.batch_size)
+    total = lora.max_steps or steps_per_epoch * lora.epochs
+    checkpoints = output_dir / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=lora.batch_size,
+        per_device_eval_batch_size=lora.batch_size,
+        num_train_epochs=lora.epochs,
+        max_steps=lora.max_steps or -1,
+        learning_rate=lora.learning_rate,
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        # Per-step losses on short runs (tests, smoke runs); every 10 steps on real ones.
+        logging_steps=1 if total <= 100 else 10,
+        save_strategy="steps",
+        save_steps=lora.save_steps,
+        save_total_limit=2,
+        seed=lora.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen=True,
+        disable_tqdm=not progress,
+        use_cpu=not _cuda(),
+    )
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    start_step = 0
+    if last is not None:
+        state = json.loads((Path(last) / "trainer_state.json").read_text())
+        start_step = int(state.get("global_step", 0))
+        echo(f"Resuming from {last} (step {start_step}).")
+
+    counter = _step_counter(TrainerCallback)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=PadCollator(pad_id),
+        train_dataset=features,
+        eval_dataset=eval_features or None,
+        callbacks=[counter],
+    )
+    echo(
+        f"Training a rank-{lora.rank} LoRA on {base_model}: {len(features)} examples, "
+        f"{total} steps (batch {lora.batch_size}, lr {lora.learning_rate:g})."
+    )
+    trainer.train(resume_from_checkpoint=last)
+    model.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    losses = [
+        float(entry["loss"])
+        for entry in trainer.state.log_history
+        if "loss" in entry and entry.get("step", 0) > start_step
+    ]
+    result = TrainResult(
+        adapter_dir=output_dir,
+        losses=losses,
+        global_step=trainer.state.global_step,
+        steps_this_run=counter.steps,
+        resumed_from=last,
+        examples=len(features),
+        dropped=dropped,
+        tokens_seen=int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
+    )
+    if eval_features:
+        result.eval_loss = float(trainer.evaluate()["eval_loss"])
+    return result
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _step_counter(base: type) -> Any:
+    # Defined here because TrainerCallback is only importable with the train extra.
+    class StepCounter(base):  # type: ignore[misc, valid-type]
+        """Counts the optimizer steps this run made (a resumed run starts mid-way)."""
+
+        steps = 0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.steps += 1
+
+    return StepCounter()
+
+
+# -- the `finetune start --provider local` service ---------------------------------------------
+
+
+def _new_job_id(session: Any) -> str:
+    base = f"local-{utcnow():%Y%m%d-%H%M%S}"
+    job_id, n = base, 1
+    while jobs.find_job(session, job_id) is not None:
+        n += 1
+        job_id = f"{base}-{n}"
+    return job_id
+
+
+def start_local(
+    db: Database, settings: Settings, request: LocalRequest, *, echo: Echo
+) -> FineTuneJob:
+    """Check the data, train the adapter, write serving notes, and point the persona at it."""
+    from phischer.dataset_check import check_file
+
+    with db.read() as session:
+        persona = personas.get_persona(session, request.persona)
+        persona_id, persona_name = persona.id, persona.name
+    name = request.lora_name or sanitize_suffix(persona_name)
+    output_dir = request.output_dir or settings.instance_path / "adapters" / name
+    for path in filter(None, (request.train_path, request.validation_path)):
+        report = check_file(path)
+        if report.errors:
+            echo(report.format())
+            raise FineTuneError(
+                f"{path}: {len(report.errors)} format error(s) (first on line "
+                f"{report.errors[0].line}): fix them before fine-tuning"
+            )
+    with db.write() as session:
+        row = jobs.record_job(
+            session,
+            job_id=_new_job_id(session),
+            provider="local",
+            persona_id=persona_id,
+            base_model=request.base_model,
+            status="running",
+            training_file=str(request.train_path.resolve()),
+            validation_file=(
+                str(request.validation_path.resolve()) if request.validation_path else None
+            ),
+            suffix=name,
+            hyperparameters={k: v for k, v in asdict(request.lora).items() if v is not None},
+            output_dir=str(output_dir.resolve()),
+        )
+        job_id = row.job_id
+    try:
+        result = train_lora(
+            request.base_model,
+            request.train_path,
+            output_dir,
+            request.lora,
+            validation_path=request.validation_path,
+            echo=echo,
+        )
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        message = (
+            "interrupted: rerun the same command to resume from the last checkpoint"
+            if interrupted
+            else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        )
+        with db.write() as session:
+            jobs.apply_update(
+                session,
+                jobs.get_job(session, job_id),
+                jobs.JobUpdate(status="cancelled" if interrupted else "failed", error=message),
+            )
+        if isinstance(exc, FineTuneError | KeyboardInterrupt):
+            raise
+        raise FineTuneError(f"local training failed: {message}") from exc
+
+    guide = serving_guide(
+        base_model=request.base_model,
+        adapter_dir=output_dir,
+        name=name,
+        rank=request.lora.rank,
+        serve_url=request.serve_url,
+    )
+    (output_dir / "SERVING.md").write_text(guide, encoding="utf-8")
+    (output_dir / "Modelfile").write_text(
+        modelfile(request.base_model, output_dir.resolve()), encoding="utf-8"
+    )
+    if result.losses:
+        echo(
+            f"Loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
+            f"over {result.steps_this_run} steps."
+        )
+    if result.eval_loss is not None:
+        echo(f"Validation loss: {result.eval_loss:.3f}")
+    with db.write() as session:
+        stored = jobs.get_job(session, job_id)
+        jobs.apply_update(
+            session,
+            stored,
+            jobs.JobUpdate(status="succeeded", trained_tokens=result.tokens_seen or None),
+        )
+        stored.fine_tuned_model = name
+        personas.set_model(
+            session, persona_name, name, backend="openai", base_url=request.serve_url
+        )
+        row = stored
+    echo(guide)
+    echo(
+        f"Persona {persona_name} now uses model {name} at {request.serve_url} "
+        f"(serving notes: {output_dir / 'SERVING.md'})."
+    )
+    return row

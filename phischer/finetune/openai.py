@@ -1,0 +1,374 @@
+"""OpenAI fine-tuning: upload, create the job, follow it, and switch the persona on success."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+from tqdm import tqdm
+
+from phischer import personas
+from phischer.config import Settings
+from phischer.db import Database
+from phischer.finetune import jobs
+from phischer.finetune.common import (
+    FINAL_STATES,
+    FineTuneError,
+    deadline_notice,
+    sanitize_suffix,
+)
+from phischer.models import FineTuneJob
+
+OPENAI_URL = "https://api.openai.com/v1"
+# Explicit, not the SDK's 600 s / 2 retries: a stuck upload or poll should fail in a minute.
+TIMEOUT_S = 60.0
+MAX_RETRIES = 2
+# `status --wait` polls after 5 s, then backs off by 1.5x up to once a minute.
+POLL_FIRST_S = 5.0
+POLL_MAX_S = 60.0
+POLL_FACTOR = 1.5
+MAX_EVENTS = 200  # a first `status` of a long job would otherwise print every metrics step
+
+Echo = Callable[[str], None]
+_sleep = time.sleep  # tests replace this to poll without waiting
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """What `finetune start --provider openai` asks for."""
+
+    train_path: Path
+    persona: str
+    base_model: str | None = None
+    validation_path: Path | None = None
+    suffix: str | None = None
+    epochs: int | None = None
+
+
+def make_client(settings: Settings) -> openai.OpenAI:
+    """An SDK client on OPENAI_API_KEY / OPENAI_BASE_URL with explicit timeout and retries."""
+    if not settings.openai_api_key:
+        raise FineTuneError("No OPENAI_API_KEY: set it in .env")
+    return openai.OpenAI(
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url or OPENAI_URL,
+        timeout=TIMEOUT_S,
+        max_retries=MAX_RETRIES,
+    )
+
+
+def _api_message(exc: openai.APIStatusError) -> str:
+    # The SDK puts the body's "error" object in .body; its "message" is the useful part.
+    body = exc.body
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return exc.message
+
+
+@contextmanager
+def api_errors(client: openai.OpenAI, doing: str) -> Iterator[None]:
+    """Turn SDK errors into one-line FineTuneErrors that say what to do."""
+    try:
+        yield
+    except openai.AuthenticationError as exc:
+        raise FineTuneError(
+            f"OpenAI rejected the API key while {doing} (401: {_api_message(exc)}): "
+            "check OPENAI_API_KEY in .env"
+        ) from None
+    except openai.RateLimitError as exc:
+        raise FineTuneError(
+            f"OpenAI rate limit or quota hit while {doing} (429: {_api_message(exc)}): "
+            "wait a minute and retry, or check your plan's billing"
+        ) from None
+    except openai.APIConnectionError as exc:
+        raise FineTuneError(
+            f"cannot reach {client.base_url} while {doing} ({exc.message}): "
+            "check your network or OPENAI_BASE_URL"
+        ) from None
+    except openai.APIStatusError as exc:
+        raise FineTuneError(
+            f"OpenAI answered {exc.status_code} while {doing}: {_api_message(exc)}"
+        ) from None
+
+
+def _check(path: Path, base_model: str, epochs: int | None, echo: Echo) -> Any:
+    from phischer.dataset_check import check_file
+
+    report = check_file(path, base_model=base_model, epochs=epochs)
+    if report.errors:
+        echo(report.format())
+        raise FineTuneError(
+            f"{path}: {len(report.errors)} format error(s) (first on line "
+            f"{report.errors[0].line}): fix them before fine-tuning; nothing was uploaded"
+        )
+    return report
+
+
+def _cost_line(report: Any) -> str:
+    cost = report.estimated_cost_usd
+    price = f"about ${cost:,.2f}" if cost is not None else "unknown (no price for this model)"
+    return (
+        f"{report.examples} examples, {report.billed_tokens:,} billed tokens "
+        f"({report.epochs} epochs on {report.base_model}): estimated cost {price}"
+    )
+
+
+class _ProgressReader:
+    """A file whose reads move a tqdm bar (the HTTP client streams it in chunks)."""
+
+    def __init__(self, fh: Any, bar: tqdm) -> None:
+        self._fh = fh
+        self._bar = bar
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        self._bar.update(len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # A retry rewinds the file: rewind the bar with it.
+        pos = self._fh.seek(offset, whence)
+        self._bar.n = pos
+        self._bar.refresh()
+        return pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def _upload(client: openai.OpenAI, path: Path, echo: Echo) -> str:
+    size = path.stat().st_size
+    bar = tqdm(
+        total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", leave=False, disable=None
+    )
+    with api_errors(client, f"uploading {path.name}"), path.open("rb") as fh, bar:
+        reader = _ProgressReader(fh, bar)
+        uploaded = client.files.create(file=(path.name, reader), purpose="fine-tune")
+    echo(f"Uploaded {path.name} ({size:,} bytes) as {uploaded.id}")
+    return uploaded.id
+
+
+def start_openai(
+    db: Database,
+    settings: Settings,
+    request: StartRequest,
+    *,
+    echo: Echo,
+    today: dt.date | None = None,
+) -> FineTuneJob:
+    """Check, upload, create the job and record it; returns the stored row."""
+    from phischer.dataset_check import DEFAULT_BASE_MODEL
+
+    base_model = request.base_model or DEFAULT_BASE_MODEL
+    with db.read() as session:
+        persona = personas.get_persona(session, request.persona)
+        persona_id, persona_name = persona.id, persona.name
+    suffix = sanitize_suffix(request.suffix or persona_name)
+    report = _check(request.train_path, base_model, request.epochs, echo)
+    if request.validation_path is not None:
+        _check(request.validation_path, base_model, request.epochs, echo)
+    echo(_cost_line(report))
+    echo(deadline_notice(today))
+    client = make_client(settings)
+
+    training_file_id = _upload(client, request.train_path, echo)
+    validation_file_id = None
+    if request.validation_path is not None:
+        validation_file_id = _upload(client, request.validation_path, echo)
+    hyper = {"n_epochs": request.epochs if request.epochs is not None else "auto"}
+    extra: dict[str, Any] = {}
+    if validation_file_id:
+        extra["validation_file"] = validation_file_id
+    with api_errors(client, "creating the fine-tuning job"):
+        remote = client.fine_tuning.jobs.create(
+            model=base_model,
+            training_file=training_file_id,
+            suffix=suffix,
+            method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+            **extra,
+        )
+    with db.write() as session:
+        row = jobs.record_job(
+            session,
+            job_id=remote.id,
+            provider="openai",
+            persona_id=persona_id,
+            base_model=base_model,
+            status=remote.status,
+            training_file=str(request.train_path.resolve()),
+            validation_file=(
+                str(request.validation_path.resolve()) if request.validation_path else None
+            ),
+            training_file_id=training_file_id,
+            validation_file_id=validation_file_id,
+            suffix=suffix,
+            hyperparameters=hyper,
+        )
+    return row
+
+
+def _new_events(client: openai.OpenAI, job_id: str, last_event_id: str | None) -> list[Any]:
+    # The API lists events newest first and pages backwards (`after` = older than), so walk
+    # until the last event already shown, then flip to chronological order.
+    fresh = []
+    for event in client.fine_tuning.jobs.list_events(job_id, limit=50):
+        if event.id == last_event_id or len(fresh) >= MAX_EVENTS:
+            break
+        fresh.append(event)
+    fresh.reverse()
+    return fresh
+
+
+@dataclass
+class StatusResult:
+    """One status check: the job as OpenAI sees it, the events new since last time."""
+
+    job_id: str
+    status: str
+    events: list[Any]
+    trained_tokens: int | None
+    fine_tuned_model: str | None
+    error: str | None
+    persona_switched: str | None = None
+    tracked: bool = True
+
+
+def check_status(db: Database, client: openai.OpenAI, job_id: str) -> StatusResult:
+    """Fetch the job and its new events, store them, and switch the persona on success."""
+    with db.read() as session:
+        row = jobs.find_job(session, job_id)
+        last_event_id = row.last_event_id if row is not None else None
+    if row is not None and row.provider != "openai":
+        raise FineTuneError(f"{job_id} is a {row.provider} job: it has no remote status")
+    with api_errors(client, f"checking {job_id}"):
+        remote = client.fine_tuning.jobs.retrieve(job_id)
+        events = _new_events(client, job_id, last_event_id)
+    error = None
+    if remote.error is not None and remote.error.message:
+        error = remote.error.message
+    result = StatusResult(
+        job_id=job_id,
+        status=remote.status,
+        events=events,
+        trained_tokens=remote.trained_tokens,
+        fine_tuned_model=remote.fine_tuned_model,
+        error=error,
+        tracked=row is not None,
+    )
+    if row is None:
+        return result
+    update = jobs.JobUpdate(
+        status=remote.status,
+        fine_tuned_model=remote.fine_tuned_model,
+        trained_tokens=remote.trained_tokens,
+        error=error,
+        last_event_id=events[-1].id if events else None,
+    )
+    with db.write() as session:
+        stored = jobs.get_job(session, job_id)
+        switched = jobs.apply_update(session, stored, update)
+        if switched is not None:
+            result.persona_switched = switched.name
+    return result
+
+
+def describe_event(event: Any) -> str:
+    """One event as a log line: time, level (if not info) and message."""
+    when = dt.datetime.fromtimestamp(event.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    level = "" if event.level == "info" else f"{event.level.upper()} "
+    return f"  {when} {level}{event.message}"
+
+
+def describe_status(result: StatusResult) -> list[str]:
+    """The lines `finetune status` prints for one check."""
+    lines = [describe_event(e) for e in result.events]
+    head = f"{result.job_id}: {result.status}"
+    if result.trained_tokens:
+        head += f", {result.trained_tokens:,} trained tokens"
+    if result.fine_tuned_model:
+        head += f", model {result.fine_tuned_model}"
+    lines.append(head)
+    if not result.tracked:
+        lines.append("  (not started from here: no persona will be switched)")
+    if result.persona_switched:
+        lines.append(
+            f"Persona {result.persona_switched} now answers with {result.fine_tuned_model}."
+        )
+    return lines
+
+
+def _progress(bar: tqdm | None, events: list[Any]) -> tqdm | None:
+    # Metrics events carry {"step", "total_steps", "train_loss"}: enough for a real bar.
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else {}
+        if "step" not in data or "total_steps" not in data:
+            continue
+        if bar is None:
+            bar = tqdm(total=int(data["total_steps"]), desc="training", unit="step", disable=None)
+        bar.n = int(data["step"])
+        if "train_loss" in data:
+            bar.set_postfix(loss=f"{float(data['train_loss']):.3f}")
+        bar.refresh()
+    return bar
+
+
+def wait_for(
+    db: Database,
+    client: openai.OpenAI,
+    job_id: str,
+    *,
+    echo: Echo,
+    sleep: Callable[[float], None] | None = None,
+) -> StatusResult:
+    """Poll with backoff until the job succeeds, fails or is cancelled, printing as it goes."""
+    sleep = sleep or _sleep
+    interval = POLL_FIRST_S
+    bar = None
+    try:
+        while True:
+            result = check_status(db, client, job_id)
+            bar = _progress(bar, result.events)
+            for line in describe_status(result):
+                # tqdm.write keeps the bar below the log instead of tearing it.
+                (tqdm.write if bar is not None else echo)(line)
+            if result.status in FINAL_STATES:
+                return result
+            sleep(interval)
+            interval = min(POLL_MAX_S, interval * POLL_FACTOR)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cancel(db: Database, client: openai.OpenAI, job_id: str) -> str:
+    """Ask OpenAI to cancel a job and store the new status."""
+    with db.read() as session:
+        row = jobs.find_job(session, job_id)
+    if row is not None and row.provider != "openai":
+        raise FineTuneError(f"{job_id} is a {row.provider} job: stop it with Ctrl-C where it runs")
+    with api_errors(client, f"cancelling {job_id}"):
+        remote = client.fine_tuning.jobs.cancel(job_id)
+    if row is not None:
+        with db.write() as session:
+            jobs.apply_update(session, jobs.get_job(session, job_id), jobs.JobUpdate(remote.status))
+    return remote.status
+
+
+def list_remote(client: openai.OpenAI, limit: int = 20) -> list[Any]:
+    """The most recent jobs on the account (newest first)."""
+    with api_errors(client, "listing fine-tuning jobs"):
+        return list(client.fine_tuning.jobs.list(limit=limit).data)
+
+
+def hyperparameters_text(row: FineTuneJob) -> str:
+    """The stored hyperparameters as `k=v` pairs."""
+    if not row.hyperparameters:
+        return ""
+    return " ".join(f"{k}={v}" for k, v in json.loads(row.hyperparameters).items())

