@@ -172,9 +172,11 @@ def test_csv_with_wrong_header(tmp_path: Path) -> None:
 def test_csv_with_bad_date_names_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "x.csv"
     bad.write_text(
-        'AuthorID,Author,Date,Content,Attachments,Reactions\n"1","a","yesterday","hi","",""\n'
+        "AuthorID,Author,Date,Content,Attachments,Reactions\n"
+        '"1","a","2024-01-01 10:00","two\nlines","",""\n'
+        '"1","a","yesterday","hi","",""\n'
     )
-    with pytest.raises(ImportErrorMessage, match=r"x\.csv: line 2: unrecognised date 'yesterday'"):
+    with pytest.raises(ImportErrorMessage, match=r"x\.csv: line 4: unrecognised date 'yesterday'"):
         list(import_discord(bad))
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
-import re
 import shutil
+import tracemalloc
 import zipfile
+from collections.abc import Callable
 from datetime import datetime as D
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from click.testing import CliRunner
 from phischer.cli import cli
 from phischer.importers import IMPORTERS
 from phischer.importers.base import Conversation, ImportErrorMessage
-from phischer.importers.telegram import flatten_text, import_telegram
+from phischer.importers.telegram import flatten_text, import_telegram, stream_chats
 
 FIX = Path(__file__).parent / "fixtures" / "telegram"
 SINGLE = FIX / "single" / "result.json"
@@ -111,8 +113,7 @@ def test_truncated_json_names_the_file(tmp_path: Path) -> None:
     msg = str(err.value)
     assert "\n" not in msg
     # Cut mid-string, as an interrupted download is: the error names the file and the place.
-    pattern = r"(Truncated|Invalid) JSON in " + re.escape(str(broken)) + r": .* at line 305 column"
-    assert re.match(pattern, msg), msg
+    assert msg.startswith(f"Truncated JSON in {broken}: ") and "line 305" in msg
 
 
 def test_html_export_says_how_to_fix(tmp_path: Path) -> None:
@@ -171,3 +172,74 @@ def test_cli_end_to_end_me_by_name_or_from_id(tmp_path: Path, me: str) -> None:
         "telegram:1600000001#0",
     ]
     assert "Dropped: 4  (bot chat 2, service 1, media 1)" in result.output
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
+def test_streaming_reader_matches_json_load_at_any_chunk_size(chunk: int) -> None:
+    # Tiny chunks cut keys, numbers, literals and multi-byte characters (—, 🧗, 👀) in two.
+    for path in (FULL, SINGLE):
+        data = path.read_bytes()
+        ref = json.loads(data)
+        want = ref["chats"]["list"] + ref["left_chats"]["list"] if "chats" in ref else [ref]
+        assert list(stream_chats(io.BytesIO(data), "x", chunk)) == want
+
+
+def test_streaming_reader_reports_every_cut_as_truncated() -> None:
+    data = FULL.read_bytes()
+    for cut in range(0, len(data.rstrip()), 7):
+        for chunk in (5, 1 << 20):
+            with pytest.raises(ImportErrorMessage, match=r"^Truncated JSON in x: "):
+                list(stream_chats(io.BytesIO(data[:cut]), "x", chunk))
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"chats": {"list": [{"messages": []}]}} x',
+        b'{"a" 1}',
+        b'{\n  "messages": [\n  tru]}',
+        b'{"messages": [],\n "x": 1, "y": }',
+    ],
+)
+def test_streaming_reader_invalid_json_points_where_json_does(doc: bytes) -> None:
+    with pytest.raises(json.JSONDecodeError) as ref:
+        json.loads(doc)
+    where = f"(line {ref.value.lineno}, column {ref.value.colno})"
+    for chunk in (3, 100):
+        with pytest.raises(ImportErrorMessage) as err:
+            list(stream_chats(io.BytesIO(doc), "x", chunk))
+        assert str(err.value) == f"Invalid JSON in x: {ref.value.msg} {where}"
+
+
+def test_streaming_reader_keeps_memory_per_chat() -> None:
+    # 40 chats of ~50 KB each: streaming peaks at about one chat, json.loads at all of them.
+    chats = [
+        {"name": f"c{i}", "type": "personal_chat", "id": i, "messages": [
+            {"id": j, "type": "message", "date_unixtime": str(1_700_000_000 + j),
+             "from": "A", "from_id": "user1", "text": f"message {j} in chat {i}"}
+            for j in range(500)
+        ]}
+        for i in range(40)
+    ]  # fmt: skip
+    data = json.dumps({"chats": {"list": chats}}).encode()
+    del chats
+
+    def peak(fn: Callable[[], object]) -> int:
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole = peak(lambda: json.loads(data))
+    count = 0
+
+    def stream() -> None:
+        nonlocal count
+        for _chat in stream_chats(io.BytesIO(data), "x", 16384):
+            count += 1
+
+    streamed = peak(stream)
+    assert count == 40
+    assert streamed < whole / 8

@@ -1,0 +1,245 @@
+"""DiscordChatExporter exports (JSON or CSV, one file per channel), a zip or folder of them."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.files import Export, open_export
+from phischer.importers.whatsapp import date_order, to_datetime
+
+# Only people's own messages; every other DiscordChatExporter message type (GuildMemberJoin,
+# ChannelPinnedMessage, RecipientAdd, Call, ThreadCreated, GuildBoost, …) is a system notice.
+_KEPT_TYPES = {"Default", "Reply"}
+_CSV_COLUMNS = ("AuthorID", "Author", "Date", "Content", "Attachments", "Reactions")
+# `--partition` splits one channel into "NAME.json", "NAME [part 2].json", …
+_PART = re.compile(r" \[part (\d+)\]$")
+# Default output name: "Guild - Category - Channel [channel id]".
+_DEFAULT_NAME = re.compile(r"^(?P<guild>.+?) - (?P<category>.+) - (?P<channel>.+) \[(?P<id>\d+)\]$")
+# CSV has no message type column: system notices appear as DiscordChatExporter's fallback
+# sentences in Content (PlainTextMessageExtensions.GetFallbackContent).
+_CSV_SYSTEM = re.compile(
+    r"^(?:Joined the server\.|Pinned a message\.|Started a thread\.|Changed the channel icon\."
+    r"|Changed the channel name(?::.*|\.)|Started a call that lasted [\d,]+ minutes\."
+    r"|Added .+ to the group\.|Added a recipient\.|Removed .+ from the group\."
+    r"|Removed a recipient\.|Left the group\.|.+'s poll (?:.+ )?has closed\.|A poll has closed\.)$",
+    re.DOTALL,
+)
+# Old DiscordChatExporter CSV dates ("dd-MMM-yy hh:mm tt"); newer ones use the locale's
+# short date and time ("g": 8/27/2020 6:46 PM, 27/08/2020 18:46, 27.08.2020 18:46).
+_NAMED_MONTH = re.compile(r"^\d{1,2}-[A-Za-z]{3}-\d{2,4} \d{1,2}:\d{2}(?::\d{2})?(?: [AP]M)?$")
+_NUMERIC = re.compile(r"^(?P<date>\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4})[,T ]+(?P<time>.+)$")
+
+
+@register("discord")
+def import_discord(path: Path) -> Iterator[Conversation]:
+    """Yield one conversation per exported channel found at `path` (.json/.csv, zip or folder)."""
+    with open_export(path) as export:
+        for group in _channel_groups(_members(export)):
+            conv: Conversation | None = None
+            for member in group:
+                where = export.where(member)
+                if member.lower().endswith(".csv"):
+                    conv = _parse_csv(export.read_text(member), where, member, conv)
+                else:
+                    conv = _parse_json(export.load_json(member), where, member, conv)
+            if conv is not None:
+                conv.messages.sort(key=lambda m: m.timestamp)  # `--reverse` runs newest-first
+                conv.participants = list(dict.fromkeys(m.sender for m in conv.messages))
+                conv.is_group = conv.is_group or len(conv.participants) > 2
+                yield conv
+
+
+def _parse_json(data: Any, where: str, member: str, conv: Conversation | None) -> Conversation:
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise ImportErrorMessage(
+            f'{where}: not a DiscordChatExporter JSON export (no "messages" list)'
+        )
+    channel = data.get("channel") or {}
+    guild = data.get("guild") or {}
+    if conv is None:
+        name = channel.get("name") or _PART.sub("", PurePosixPath(member).stem)
+        direct = guild.get("name") == "Direct Messages" or channel.get("type", "").startswith(
+            "Direct"
+        )
+        conv = Conversation(
+            id=f"discord:{channel.get('id') or name}",
+            title=name if direct or not guild.get("name") else f"{guild['name']} / {name}",
+            participants=[],
+            # A server channel is a group even when only two people spoke in it.
+            is_group=channel.get("type", "DirectTextChat") != "DirectTextChat",
+        )
+    for i, m in enumerate(data["messages"]):
+        try:
+            _add_json_message(conv, m)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ImportErrorMessage(f"{where}: message {i + 1} is malformed ({exc})") from None
+    return conv
+
+
+def _add_json_message(conv: Conversation, m: dict[str, Any]) -> None:
+    author = m.get("author") or {}
+    content = (m.get("content") or "").strip()
+    if m.get("type", "Default") not in _KEPT_TYPES:
+        conv.drop("system")
+    elif author.get("isBot"):
+        conv.drop("bot")
+    elif content:
+        stamp = dt.datetime.fromisoformat(m["timestamp"])
+        if stamp.tzinfo is not None:
+            stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+        name = author.get("name") or author.get("nickname") or "Unknown"
+        nickname = author.get("nickname")
+        conv.messages.append(
+            Message(
+                sender=name,
+                text=content,
+                timestamp=stamp,
+                sender_id=str(author["id"]) if author.get("id") else None,
+                aliases=(nickname,) if nickname and nickname != name else (),
+            ),
+        )
+    elif m.get("attachments"):
+        conv.drop("attachment")
+    elif m.get("stickers"):
+        conv.drop("sticker")
+    elif m.get("forwardedMessage"):
+        conv.drop("forwarded")
+    else:
+        conv.drop("empty")  # embeds only (link previews) or nothing at all
+
+
+def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) -> Conversation:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None or tuple(header[: len(_CSV_COLUMNS)]) != _CSV_COLUMNS:
+        raise ImportErrorMessage(
+            f"{where}: not a DiscordChatExporter CSV export (expected the header "
+            f"{','.join(_CSV_COLUMNS)})"
+        )
+    rows: list[tuple[int, list[str]]] = []
+    line = reader.line_num + 1
+    for row in reader:  # quoted Content may span lines: number rows by their first line
+        if row:
+            rows.append((line, row))
+        line = reader.line_num + 1
+    for n, row in rows:
+        if len(row) < len(_CSV_COLUMNS):
+            raise ImportErrorMessage(f"{where}: line {n}: expected 6 columns, got {len(row)}")
+    # Dates are written in the exporting machine's locale: decide day/month order per file.
+    numeric = [m["date"] for _, row in rows if (m := _NUMERIC.match(_clean_date(row[2])))]
+    twelve = any(re.search(r"[AP]M$", _clean_date(row[2]), re.I) for _, row in rows[:50])
+    order = date_order(numeric, twelve_hour=twelve, where=where)
+    if conv is None:
+        stem = _PART.sub("", PurePosixPath(member).stem)
+        default = _DEFAULT_NAME.match(stem)
+        conv = Conversation(
+            id=f"discord:{default['id'] if default else stem}",
+            title=(
+                default["channel"]
+                if default and default["guild"] == "Direct Messages"
+                else f"{default['guild']} / {default['channel']}"
+                if default
+                else stem
+            ),
+            participants=[],
+            is_group=bool(default and default["guild"] != "Direct Messages"),
+        )
+    for n, (author_id, author, date, content, attachments, *_rest) in rows:
+        content = content.strip()
+        if _CSV_SYSTEM.match(content):
+            conv.drop("system")
+        elif content:
+            try:
+                stamp = _csv_datetime(date, order)
+            except ValueError:
+                raise ImportErrorMessage(f"{where}: line {n}: unrecognised date {date!r}") from None
+            # Before 2023 usernames carried a discriminator ("name#1234"); --me may use either.
+            name, _, discriminator = author.rpartition("#")
+            if not (name and discriminator.isdigit() and len(discriminator) == 4):
+                name = author
+            conv.messages.append(
+                Message(
+                    sender=name,
+                    text=content,
+                    timestamp=stamp,
+                    sender_id=author_id or None,
+                    aliases=(author,) if author != name else (),
+                ),
+            )
+        elif attachments.strip():
+            conv.drop("attachment")
+        else:
+            conv.drop("empty")  # stickers and embeds leave Content empty in CSV
+    return conv
+
+
+def _clean_date(value: str) -> str:
+    # .NET on ICU 72+ writes a narrow no-break space before AM/PM.
+    return value.replace("\u202f", " ").replace("\u00a0", " ").strip()
+
+
+def _csv_datetime(value: str, order: str) -> dt.datetime:
+    value = _clean_date(value)
+    if _NAMED_MONTH.match(value):
+        for fmt in ("%d-%b-%y %I:%M %p", "%d-%b-%y %H:%M", "%d-%b-%Y %I:%M %p", "%d-%b-%Y %H:%M"):
+            try:
+                return dt.datetime.strptime(value, fmt)
+            except ValueError:
+                continue
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+        if stamp.tzinfo is not None:
+            stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+        return stamp
+    except ValueError:
+        pass
+    m = _NUMERIC.match(value)
+    if m is None:
+        raise ValueError(value)
+    return to_datetime(m["date"], m["time"], order)
+
+
+def _channel_groups(members: list[str]) -> Iterator[list[str]]:
+    """Group partitioned files of one channel ("X.json", "X [part 2].json") in part order."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in members:
+        member = PurePosixPath(name)
+        m = _PART.search(member.stem)
+        key = str(member.parent / _PART.sub("", member.stem))
+        groups.setdefault(f"{key}\0{member.suffix.lower()}", []).append(
+            (int(m[1]) if m else 1, name)
+        )
+    for key in sorted(groups):
+        stem, ext = key.split("\0")
+        # The same channel exported as both JSON and CSV: JSON carries more, so it wins.
+        if ext == ".csv" and f"{stem}\0.json" in groups:
+            continue
+        yield [name for _, name in sorted(groups[key])]
+
+
+def _members(export: Export) -> list[str]:
+    """Every .json/.csv export in a folder or zip (or the single file given)."""
+    if export.kind == "file":
+        if export.path.suffix.lower() not in (".json", ".csv"):
+            raise ImportErrorMessage(
+                f"{export.path}: expected a DiscordChatExporter .json or .csv export, "
+                "a zip or a folder of them"
+            )
+        return export.names()
+    names = [
+        n
+        for n in export.names()
+        if n.lower().endswith((".json", ".csv"))
+        # Downloaded media sit in "<export>_Files" folders next to each export.
+        and not any(part.endswith("_Files") for part in n.split("/")[:-1])
+    ]
+    if not names:
+        raise ImportErrorMessage(f"No DiscordChatExporter .json or .csv file in {export.path}")
+    return names

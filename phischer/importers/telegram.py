@@ -1,0 +1,326 @@
+"""Telegram Desktop "Export chat history" / "Export Telegram data" in JSON (`result.json`)."""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.files import Export, open_export
+
+_WS = re.compile(r"[ \t\n\r]*")
+_PARTIAL = re.compile(r"[-+.\w]+")
+_EPOCH = dt.datetime(1970, 1, 1)  # naive UTC, like every Message.timestamp
+# Chat types whose messages come from many people (channels: posts, usually by admins).
+_GROUP_TYPES = {
+    "private_group",
+    "private_supergroup",
+    "public_supergroup",
+    "private_channel",
+    "public_channel",
+}
+# Keys that mean the message carries media; with no caption there are no words to learn from.
+_MEDIA_KEYS = (
+    "photo",
+    "file",
+    "media_type",
+    "contact_information",
+    "location_information",
+    "live_location_period_seconds",
+    "place_name",
+)
+
+
+@register("telegram")
+def import_telegram(path: Path) -> Iterator[Conversation]:
+    """Yield one conversation per chat in a Telegram Desktop JSON export (file, folder or zip)."""
+    with open_export(path) as export:
+        for name in _result_files(export):
+            where = export.where(name)
+            with _open_member(export, name) as fh:
+                for chat in stream_chats(fh, where):
+                    yield parse_chat(chat, where)
+
+
+@contextmanager
+def _open_member(export: Export, name: str) -> Iterator[BinaryIO]:
+    try:
+        if export.kind == "zip":
+            with zipfile.ZipFile(export.path) as zf, zf.open(name) as fh:
+                yield fh
+        else:
+            target = export.path / name if export.kind == "folder" else export.path
+            with target.open("rb") as fh:
+                yield fh
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ImportErrorMessage(f"Cannot read {export.where(name)}: {exc}") from None
+
+
+def _result_files(export: Export) -> list[str]:
+    if export.kind == "file":
+        return export.names()
+    names = export.members("result.json")
+    if names:
+        return names
+    if export.members("messages*.html"):
+        raise ImportErrorMessage(
+            f"{export.path} holds Telegram's HTML export: export again with "
+            "'Format: Machine-readable JSON' and import the result.json"
+        )
+    raise ImportErrorMessage(f"No result.json in {export.path} (a Telegram Desktop JSON export)")
+
+
+def stream_chats(fh: BinaryIO, where: str, chunk: int = 1 << 20) -> Iterator[dict[str, Any]]:
+    """The chat objects of a result.json, one at a time.
+
+    A full "Export Telegram data" is a single JSON file for the whole account, often hundreds
+    of MB; parsed at once it takes ~6x its size in memory. This walks the top-level object
+    and decodes each chat of `chats.list` / `left_chats.list` on its own, so memory stays
+    bounded by the largest chat. A single-chat export is one chat: it is decoded whole.
+    """
+    stream = _JsonStream(fh, where, chunk)
+    if stream.peek() != "{":
+        stream.value()  # an empty or cut file fails here as truncated JSON
+        stream.fail_not_telegram()
+    stream.advance()
+    top: dict[str, Any] = {}
+    full = False
+    for key in stream.members():
+        if key in ("chats", "left_chats") and stream.peek() == "{":
+            full = True
+            stream.advance()
+            for sub in stream.members():
+                if sub == "list" and stream.peek() == "[":
+                    stream.advance()
+                    for _ in stream.items():
+                        chat = stream.value()
+                        if isinstance(chat, dict):
+                            yield chat
+                else:
+                    stream.value()
+        else:
+            top[key] = stream.value()  # "about", "personal_information", … or one chat's keys
+    stream.end()
+    if not full:
+        if not isinstance(top.get("messages"), list):
+            stream.fail_not_telegram()
+        yield top
+
+
+class _JsonStream:
+    # Pulls text from a binary file as needed and decodes one JSON value at a time with the
+    # stdlib's C scanner (`raw_decode`); only navigation between values is done here.
+
+    def __init__(self, fh: BinaryIO, where: str, chunk: int) -> None:
+        self._fh = fh
+        self._where = where
+        self._chunk = chunk
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self._scanner = json.JSONDecoder()
+        self._buf = ""
+        self._pos = 0
+        self._eof = False
+        self._lines = 0  # newlines in text already dropped from the buffer
+        self._column = 0  # characters after the last of them
+
+    def _fill(self, size: int) -> bool:
+        if self._eof:
+            return False
+        if self._pos:
+            dropped = self._buf[: self._pos]
+            newlines = dropped.count("\n")
+            self._lines += newlines
+            last = dropped.rfind("\n")
+            self._column = self._column + len(dropped) if last < 0 else len(dropped) - last - 1
+            self._buf = self._buf[self._pos :]
+            self._pos = 0
+        data = self._fh.read(max(size, self._chunk))
+        try:
+            self._buf += self._decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            if not data and exc.reason == "unexpected end of data":
+                self._eof = True
+                self._fail("File ends inside a character", len(self._buf))
+            raise ImportErrorMessage(f"{self._where} is not UTF-8 JSON ({exc.reason})") from None
+        self._eof = not data
+        return True
+
+    def peek(self) -> str:
+        """The next non-space character ("" at the end of the file)."""
+        while True:
+            end = _WS.match(self._buf, self._pos).end()  # type: ignore[union-attr]
+            self._pos = end
+            if end < len(self._buf):
+                return self._buf[end]
+            if not self._fill(0):
+                return ""
+
+    def advance(self) -> None:
+        """Step over the character `peek` returned."""
+        self._pos += 1
+
+    def value(self) -> Any:
+        """Decode the next complete JSON value."""
+        self.peek()
+        while True:
+            try:
+                obj, end = self._scanner.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as exc:
+                # Ran off the end of the buffer (a value cut in two): read on, at least as
+                # much again as is buffered so a big chat is re-scanned only a few times.
+                cut = exc.pos >= len(self._buf) - 16 or exc.msg.startswith("Unterminated")
+                if cut and self._fill(len(self._buf) - self._pos):
+                    continue
+                self._fail(exc.msg, exc.pos)
+            # A number at the very end of the buffer may go on in the next chunk.
+            if end == len(self._buf) and not isinstance(obj, dict | list | str) and self._fill(0):
+                continue
+            self._pos = end
+            return obj
+
+    def members(self) -> Iterator[str]:
+        """After "{": yield each key; the caller reads its value before the next one."""
+        if self.peek() == "}":
+            self.advance()
+            return
+        while True:
+            key = self.value() if self.peek() == '"' else None
+            if not isinstance(key, str):
+                self._fail("Expecting property name enclosed in double quotes", self._pos)
+            self._expect(":")
+            yield key
+            self._close("}")
+            if self._buf[self._pos - 1] == "}":
+                return
+
+    def items(self) -> Iterator[None]:
+        """After "[": yield once per element; the caller reads it before the next one."""
+        if self.peek() == "]":
+            self.advance()
+            return
+        while True:
+            yield
+            self._close("]")
+            if self._buf[self._pos - 1] == "]":
+                return
+
+    def end(self) -> None:
+        """Check nothing but whitespace follows the document."""
+        if self.peek():
+            self._fail("Extra data", self._pos)
+
+    def _close(self, bracket: str) -> None:
+        c = self.peek()
+        if c not in (",", bracket):
+            self._fail(f"Expecting ',' delimiter or '{bracket}'", self._pos)
+        self.advance()
+
+    def _expect(self, char: str) -> None:
+        if self.peek() != char:
+            self._fail(f"Expecting '{char}' delimiter", self._pos)
+        self.advance()
+
+    def _fail(self, msg: str, pos: int) -> NoReturn:
+        # Same wording as files.parse_json, with line and column counted from the file's start.
+        line = self._lines + self._buf.count("\n", 0, pos) + 1
+        newline = self._buf.rfind("\n", 0, pos)
+        column = pos - newline if newline >= 0 else self._column + pos + 1
+        rest = self._buf[pos:].strip()
+        # Cut short: nothing after the error, or only a cut string, number or literal.
+        cut = not rest or msg.startswith("Unterminated") or _PARTIAL.fullmatch(rest)
+        what = "Truncated JSON" if self._eof and cut else "Invalid JSON"
+        raise ImportErrorMessage(f"{what} in {self._where}: {msg} (line {line}, column {column})")
+
+    def fail_not_telegram(self) -> NoReturn:
+        """Valid or not, this is not a Telegram export."""
+        raise ImportErrorMessage(
+            f'{self._where} is not a Telegram Desktop export (no "messages" or "chats" list)'
+        )
+
+
+def parse_chat(chat: dict[str, Any], where: str) -> Conversation:
+    """One chat object (`name`, `type`, `id`, `messages`) as a Conversation."""
+    kind = chat.get("type", "")
+    title = chat.get("name") or ("Saved Messages" if kind == "saved_messages" else "Telegram chat")
+    conv = Conversation(
+        id=f"telegram:{chat.get('id', title)}",
+        title=title,
+        participants=[],
+        is_group=kind in _GROUP_TYPES,
+    )
+    messages = chat.get("messages") or []
+    if kind == "bot_chat":
+        # A bot's side is not a person's voice, and the user's side is commands to it.
+        conv.drop("bot chat", len(messages))
+        return conv
+    for i, m in enumerate(messages):
+        try:
+            _add_message(conv, m)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ImportErrorMessage(
+                f"{where}: chat {title!r}, message {i + 1} is malformed ({exc})"
+            ) from None
+    conv.messages.sort(key=lambda msg: msg.timestamp)
+    conv.is_group = conv.is_group or len(conv.participants) > 2
+    return conv
+
+
+def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
+    text = flatten_text(m.get("text", "")).strip()
+    if m.get("type", "message") != "message":
+        conv.drop("service")  # joins, pins, calls, title/photo changes, …
+    elif m.get("media_type") == "sticker":
+        conv.drop("sticker")
+    elif m.get("forwarded_from") is not None:
+        conv.drop("forwarded")  # someone else's words
+    elif text:
+        sender = m.get("from") or "Deleted Account"
+        from_id = m.get("from_id")
+        # from_id is "user123456789" (or "channel…" for channel posts); --me may give the number.
+        aliases = (from_id[4:],) if isinstance(from_id, str) and from_id.startswith("user") else ()
+        if sender not in conv.participants:
+            conv.participants.append(sender)
+        conv.messages.append(
+            Message(
+                sender=sender,
+                text=text,
+                timestamp=_timestamp(m),
+                sender_id=str(from_id) if from_id is not None else None,
+                aliases=aliases,
+            )
+        )
+    elif "poll" in m:
+        conv.drop("poll")
+    elif any(key in m for key in _MEDIA_KEYS):
+        conv.drop("media")  # photo, voice note, video, file, location or contact, no caption
+    else:
+        conv.drop("empty")
+
+
+def flatten_text(text: Any) -> str:
+    """Telegram's `text`: a string, or a list of strings and entity objects {type, text}."""
+    if isinstance(text, str):
+        return text
+    if isinstance(text, list):
+        return "".join(
+            part if isinstance(part, str) else str(part.get("text", ""))
+            for part in text
+            if isinstance(part, str | dict)
+        )
+    return ""
+
+
+def _timestamp(m: dict[str, Any]) -> dt.datetime:
+    # `date_unixtime` (exports since 2022) is exact UTC; `date` is the exporting computer's
+    # local time without an offset, so it is only the fallback.
+    unix = m.get("date_unixtime")
+    if unix not in (None, ""):
+        return _EPOCH + dt.timedelta(seconds=int(unix))
+    return dt.datetime.fromisoformat(m["date"])

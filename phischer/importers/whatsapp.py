@@ -1,0 +1,271 @@
+"""WhatsApp "Export chat" (without media): a `.txt`, the zip holding it, or a folder of them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.files import open_export
+
+# Bidi marks WhatsApp sprinkles into exports: U+200E/U+200F before system and media lines,
+# U+202A…U+202E around phone numbers used as names, U+2066…U+2069 isolates.
+_BIDI = dict.fromkeys(
+    map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+)
+
+# A date is three numbers; which is day and which is month depends on the phone's locale, so it
+# is decided per file (see `date_order`). The time may carry seconds (iOS) and a 12-hour
+# marker, written "PM", "pm", "p.m." and since 2023 often after a narrow no-break space U+202F.
+_DATE = r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}"
+_TIME = r"\d{1,2}[:.]\d{2}(?:[:.]\d{2})?(?:[\s\u202f\u00a0]*[AaPp]\.?\s?[Mm]\.?)?"
+# Android: "12/31/23, 9:15 PM - Name: text"   (the comma is missing in some locales)
+_ANDROID = re.compile(rf"^(?P<date>{_DATE}),?\s(?P<time>{_TIME})\s[-\u2013]\s(?P<rest>.*)$")
+# iOS: "[31/12/2023, 21:15:02] Name: text"
+_IOS = re.compile(rf"^\[(?P<date>{_DATE}),?\s(?P<time>{_TIME})\]\s(?P<rest>.*)$")
+_DATE_PARTS = re.compile(r"^(\d{1,4})[/.\-](\d{1,2})[/.\-](\d{1,4})$")
+_TIME_PARTS = re.compile(
+    r"^(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(?:[\s\u202f\u00a0]*([AaPp])\.?\s?[Mm]\.?)?$"
+)
+
+# What WhatsApp writes in place of what "Export chat → Without media" left out.
+_MEDIA = re.compile(
+    r"^<[^<>]*omitted>$"  # Android: <Media omitted>, <View once message omitted>
+    r"|^<attached: [^<>]*>$"  # iOS, when exported with media
+    r"|^\S.*\.\w{2,5} \(file attached\)$"  # Android, when exported with media
+    r"|^(?:image|video|audio|sticker|GIF|Contact card|video note) omitted$"  # iOS
+    r"|^.+ document omitted$"  # iOS: "Report.pdf • 3 pages document omitted"
+    r"|^location: https?://\S+$",  # a shared location is a map link, not words
+    re.IGNORECASE,
+)
+_DELETED = re.compile(r"^(?:This message was deleted(?: by .+)?|You deleted this message)\.?$")
+_CALL = re.compile(r"^(?:Missed (?:voice|video) call|(?:Voice|Video) call)\b", re.IGNORECASE)
+_EDITED = re.compile(r"\s*<This message was edited>$")
+# The encryption notice and its relatives; on iOS they come as a message "from" the chat's name.
+_NOTICE = re.compile(
+    r"^(?:Messages and calls are end-to-end encrypted"
+    r"|Messages to this (?:group|chat) are now secured with end-to-end encryption"
+    r"|Your security code with .+ changed|.+'s security code changed"
+    r"|Disappearing messages were turned (?:on|off)"
+    r"|Waiting for this message\. (?:This may take a while|Check your phone)\.)"
+)
+# System lines that still look like "Name: text" because the event text contains ": " (a
+# quoted subject or description) — their would-be sender carries one of these phrases.
+_SYSTEM_PHRASE = re.compile(
+    r" (?:changed the (?:subject|group description|group name)|changed this group's"
+    r"|created group|added|removed|left|joined using|changed their phone number"
+    r"|pinned a message|deleted this group's)",
+)
+
+
+@dataclass
+class _Header:
+    date: str
+    time: str
+    rest: str
+    lineno: int
+    marked: bool  # the line or its body began with U+200E: WhatsApp's own (system/media) line
+
+
+@register("whatsapp")
+def import_whatsapp(path: Path) -> Iterator[Conversation]:
+    """Yield one conversation per WhatsApp chat export found at `path` (.txt, zip or folder)."""
+    for where, title, text in _chat_texts(path):
+        yield parse_chat(text, where=where, title=title)
+
+
+def parse_chat(text: str, *, where: str, title: str) -> Conversation:
+    """Parse the text of one exported chat; `where` names the file in error messages."""
+    conv = Conversation(id=f"whatsapp:{title}", title=title, participants=[])
+    entries: list[tuple[_Header, list[str]]] = []
+    for lineno, raw in enumerate(text.lstrip("\ufeff").split("\n"), start=1):
+        line = raw.rstrip("\r")
+        header = _match_header(line, lineno)
+        if header is not None:
+            entries.append((header, [header.rest]))
+        elif entries:
+            entries[-1][1].append(line)  # a multi-line message goes on
+        elif line.strip():
+            conv.drop("unrecognised")
+    if not entries:
+        raise ImportErrorMessage(
+            f"{where}: no WhatsApp message lines found (expected lines like "
+            "'31/12/2023, 21:15 - Name: text' or '[31/12/2023, 21:15:02] Name: text')"
+        )
+    order = date_order(
+        (h.date for h, _ in entries), twelve_hour=_is_twelve_hour(entries[0][0].time), where=where
+    )
+    for header, lines in entries:
+        try:
+            stamp = to_datetime(header.date, header.time, order)
+        except ValueError:
+            raise ImportErrorMessage(
+                f"{where}: line {header.lineno}: impossible date {header.date} {header.time}"
+            ) from None
+        _add_message(conv, header, "\n".join(lines), stamp)
+    conv.is_group = len(conv.participants) > 2
+    return conv
+
+
+def _match_header(line: str, lineno: int) -> _Header | None:
+    marked = line.startswith("\u200e")
+    stripped = line.lstrip("\u200e\u200f")
+    m = _IOS.match(stripped) or _ANDROID.match(stripped)
+    if m is None:
+        return None
+    return _Header(m["date"], m["time"], m["rest"], lineno, marked)
+
+
+def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datetime) -> None:
+    name, sep, text = body.partition(": ")
+    if not sep:
+        # Android system lines ("You created group …", the encryption notice) have no "Name:".
+        conv.drop("system")
+        return
+    sender = name.strip() if name.isascii() else name.translate(_BIDI).strip()
+    marked = header.marked or text.startswith("\u200e")
+    if not text.isascii():
+        text = text.translate(_BIDI)
+    if text.endswith(">"):
+        text = _EDITED.sub("", text)
+    text = text.strip()
+    if _SYSTEM_PHRASE.search(sender) or _NOTICE.match(text):
+        conv.drop("system")
+    elif text.startswith("POLL:\n") and "\nOPTION: " in text:
+        conv.drop("poll")
+    elif _MEDIA.match(text):
+        conv.drop("media")
+    elif _DELETED.match(text):
+        conv.drop("deleted")
+    elif _CALL.match(text):
+        conv.drop("call")
+    elif not text:
+        conv.drop("empty")
+    elif marked and "\n" not in text:
+        # iOS marks its own lines (member added, group renamed, …) with U+200E; a person's text
+        # never starts with one.
+        conv.drop("system")
+    else:
+        if sender not in conv.participants:
+            conv.participants.append(sender)
+        conv.messages.append(Message(sender=sender, text=text, timestamp=stamp))
+
+
+def _is_twelve_hour(time: str) -> bool:
+    return bool(re.search(r"[AaPp]\.?\s?[Mm]\.?$", time))
+
+
+def date_order(dates: Iterable[str], *, twelve_hour: bool, where: str) -> str:
+    """Decide "dmy", "mdy" or "ymd" for a file's numeric dates.
+
+    A first field above 12 means day-first, a second field above 12 means month-first, a
+    four-digit first field means year-first. When every date is ambiguous (all fields ≤ 12),
+    "." separators and 24-hour clocks mean day-first (Europe and most of the world), and a
+    12-hour clock means month-first (the US locale that writes AM/PM).
+    """
+    day_first = month_first = False
+    dotted = False
+    for date in set(dates):
+        m = _DATE_PARTS.match(date)
+        if m is None:
+            continue
+        if len(m[1]) == 4:
+            return "ymd"
+        a, b = int(m[1]), int(m[2])
+        day_first |= a > 12
+        month_first |= b > 12
+        dotted |= "." in date
+    if day_first and month_first:
+        raise ImportErrorMessage(
+            f"{where}: dates mix day-first and month-first orders; export the chat again "
+            "without editing the file"
+        )
+    if day_first:
+        return "dmy"
+    if month_first:
+        return "mdy"
+    return "mdy" if twelve_hour and not dotted else "dmy"
+
+
+def to_datetime(date: str, time: str, order: str) -> dt.datetime:
+    """Combine a numeric date in `order` ("dmy"/"mdy"/"ymd") and a 12/24-hour time."""
+    return dt.datetime(*_date_fields(date, order), *_time_fields(time))
+
+
+# Chats repeat the same dates and minutes many times: parse each string once.
+@functools.lru_cache(maxsize=4096)
+def _date_fields(date: str, order: str) -> tuple[int, int, int]:
+    m = _DATE_PARTS.match(date)
+    if m is None:
+        raise ValueError(f"unrecognised date: {date}")
+    f1, f2, f3 = int(m[1]), int(m[2]), int(m[3])
+    if order == "ymd":
+        year, month, day = f1, f2, f3
+    elif order == "mdy":
+        month, day, year = f1, f2, f3
+    else:
+        day, month, year = f1, f2, f3
+    if year < 100:
+        year += 2000
+    dt.date(year, month, day)  # ValueError for 31/02 here, where it is cached
+    return year, month, day
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_fields(time: str) -> tuple[int, int, int]:
+    t = _TIME_PARTS.match(time.strip())
+    if t is None:
+        raise ValueError(f"unrecognised time: {time}")
+    hour, minute, second = int(t[1]), int(t[2]), int(t[3] or 0)
+    if t[4]:
+        hour = hour % 12 + (12 if t[4].lower() == "p" else 0)
+    return hour, minute, second
+
+
+def _chat_texts(path: Path) -> Iterator[tuple[str, str, str]]:
+    """(where, title, text) for each chat at `path`: a .txt, a zip, or a folder of them."""
+    with open_export(path) as export:
+        if export.kind == "file":
+            name = export.names()[0]
+            yield export.where(name), _title(name, path.parent.name), export.read_text(name)
+        elif export.kind == "zip":
+            chats = _zip_chats(export.members("*.txt"))
+            if not chats:
+                raise ImportErrorMessage(
+                    f"No WhatsApp chat in {path} (expected _chat.txt or "
+                    "'WhatsApp Chat with NAME.txt' inside)"
+                )
+            for name in chats:
+                title = _title(PurePosixPath(name).name, path.stem)
+                yield export.where(name), title, export.read_text(name)
+        else:
+            texts, zips = export.members("*.txt"), export.members("*.zip")
+            if not texts and not zips:
+                raise ImportErrorMessage(f"No WhatsApp chat (.txt or .zip) in {path}")
+            for name in texts:
+                container = (path / PurePosixPath(name)).parent.name
+                title = _title(PurePosixPath(name).name, container)
+                yield export.where(name), title, export.read_text(name)
+            for name in zips:
+                yield from _chat_texts(path / PurePosixPath(name))
+
+
+def _zip_chats(names: list[str]) -> list[str]:
+    # iOS names the chat "_chat.txt", Android "WhatsApp Chat with X.txt" (localised: "mit",
+    # "con", …); the rest of the zip is media.
+    chats = [n for n in names if PurePosixPath(n).name == "_chat.txt"] or [
+        n for n in names if PurePosixPath(n).name.lower().startswith("whatsapp chat")
+    ]
+    return chats or (names if len(names) == 1 else [])
+
+
+def _title(file_name: str, container: str) -> str:
+    """The chat's name from "WhatsApp Chat with X.txt" / "WhatsApp Chat - X.zip"."""
+    stem = file_name.rsplit(".", 1)[0]
+    if stem == "_chat":
+        stem = container
+    return re.sub(r"^WhatsApp Chat(?: with| -| mit| con| avec)?\s+", "", stem).strip() or stem
