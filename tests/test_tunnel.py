@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +176,10 @@ def test_tunnel_registers_then_restores_previous_url_and_method(
     assert f"Tunnel open: {TUNNEL_URL} → http://127.0.0.1:{serving}" in result.output
     assert f"Twilio will POST texts to {PHONE} to {TUNNEL_URL}/sms" in result.output
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
+    assert (
+        f"Server found on 127.0.0.1:{serving}; it reads the public URL from "
+        f"{instance() / 'public_url'}."
+    ) in result.output.splitlines()
     assert "Warning" not in result.output
 
 
@@ -781,3 +786,79 @@ def test_fake_sends_messages_and_scripted_failures(fake_twilio: FakeTwilio) -> N
         "hello",
         "again",
     ]
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_up_in_a_real_process_restores_on_sigterm(
+    fake_twilio: FakeTwilio, number: dict[str, Any], tmp_path: Path
+) -> None:
+    """The whole command as a user runs it; SIGTERM (a supervisor, `kill`) shuts it down cleanly."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phischer", "up", "--port", "0", "--public-url", TUNNEL_URL],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    lines: list[str] = []
+    watchdog = threading.Timer(60, proc.kill)  # a hang fails the test instead of the suite
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Ctrl-C to stop"):
+                break
+        assert number["sms_url"] == f"{TUNNEL_URL}/sms", lines
+        assert (instance() / "public_url").read_text().strip() == TUNNEL_URL
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    lines += rest.splitlines()
+
+    assert proc.returncode == 0, "\n".join(lines)
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert not (instance() / "public_url").exists()
+
+
+@pytest.mark.usefixtures("twilio_env")
+def test_twilio_unreachable_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    monkeypatch.setenv("TWILIO_API_BASE_URL", "http://127.0.0.1:9")
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: Could not reach Twilio to list your phone numbers (ConnectionError): "
+        "check your network\n"
+    )
+    assert ngrok.ports == []
+
+
+def test_twilio_request_dumps_stay_at_debug(
+    fake_twilio: FakeTwilio, caplog: pytest.LogCaptureFixture
+) -> None:
+    """twilio logs numbers and bodies of every request at INFO; they are personal data."""
+    settings = Settings.from_env(
+        {
+            "TWILIO_ACCOUNT_SID": fake_twilio.account_sid,
+            "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
+            "TWILIO_PHONE_NUMBER": PHONE,
+            "TWILIO_API_BASE_URL": fake_twilio.url,
+        }
+    )
+    client = make_twilio_client(settings)
+    with caplog.at_level("INFO"):
+        client.messages.create(to="+15550100", from_=PHONE, body="secret words")
+    assert not [r for r in caplog.records if r.name.startswith("twilio")]
+    with caplog.at_level("DEBUG"):
+        client.messages.create(to="+15550100", from_=PHONE, body="secret words")
+    assert any(r.name == "twilio.http_client" for r in caplog.records)

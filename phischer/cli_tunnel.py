@@ -1,0 +1,58 @@
+"""`phischer tunnel` and `phischer up`: put the local webhook on a real Twilio number."""
+
+from __future__ import annotations
+
+import click
+
+from phischer import tunnel
+from phischer.cli import Context, friendly_errors, pass_ctx
+
+_port = click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=5000,
+    show_default=True,
+    help="Local port of the webhook.",
+)
+_public_url = click.option(
+    "--public-url",
+    metavar="URL",
+    help="Your own public base URL (domain or tunnel) instead of ngrok; Twilio calls URL/sms. "
+    "Default: PUBLIC_URL if set, else an ngrok tunnel.",
+)
+
+
+@click.command("tunnel")
+@_port
+@_public_url
+@click.option("--no-restore", is_flag=True, help="Leave the number on this URL when stopping.")
+@pass_ctx
+def tunnel_command(obj: Context, port: int, public_url: str | None, no_restore: bool) -> None:
+    """Open an https ngrok tunnel to PORT and point TWILIO_PHONE_NUMBER's SMS URL at it.
+
+    Run `phischer serve` alongside. On exit (Ctrl-C, SIGTERM) the number's previous SMS URL is
+    restored and the tunnel closed.
+    """
+    with friendly_errors():
+        tunnel.run_tunnel(
+            obj.settings, port=port, public_url=public_url, restore=not no_restore, echo=click.echo
+        )
+
+
+@click.command("up")
+@_port
+@_public_url
+@pass_ctx
+def up_command(obj: Context, port: int, public_url: str | None) -> None:
+    """Migrate, serve, tunnel and register in one process: then text your Twilio number.
+
+    Ctrl-C (or SIGTERM) restores the number's previous SMS URL and closes the tunnel.
+    """
+    with friendly_errors():
+        tunnel.run_up(obj.settings, port=port, public_url=public_url, echo=click.echo)
+
+
+def register(cli: click.Group) -> None:
+    """Attach `tunnel` and `up` to the main CLI."""
+    cli.add_command(tunnel_command)
+    cli.add_command(up_command)

@@ -1,0 +1,555 @@
+"""Expose the local webhook to Twilio: a tunnel, the number's SMS URL pointed at it, undone on exit.
+
+`phischer tunnel` and `phischer up` both go through `exposed()`. The public URL is shared with
+the running server through `<instance>/public_url` (Settings.tunnel_public_url() reads it when
+PUBLIC_URL is unset), so signatures are checked against the URL Twilio actually called.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.rest import Client
+
+from phischer.config import Settings, mask_number
+from phischer.twilio_client import make_twilio_client
+
+log = logging.getLogger(__name__)
+
+Echo = Callable[[str], None]
+
+NGROK_FIXES = (
+    "install ngrok (https://ngrok.com/download) and set NGROK_AUTHTOKEN "
+    "(dashboard.ngrok.com → Your Authtoken) on a machine with network access, "
+    "or pass --public-url https://… if you have your own domain or tunnel"
+)
+PUBLIC_URL_FILE = "public_url"
+STATE_FILE = "tunnel_state.json"
+STOP_HINT = "Ctrl-C to stop; the number's previous SMS URL is then restored."
+
+
+class TunnelError(ValueError):
+    """The tunnel or the webhook registration cannot be set up; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """An open tunnel: its public base URL and how to close it."""
+
+    public_url: str
+    close: Callable[[], None] = lambda: None
+
+
+TunnelOpener = Callable[[int], Tunnel]
+
+
+@dataclass
+class Registration:
+    """What we changed on the Twilio number, so that it can be put back."""
+
+    number_sid: str
+    phone_number: str
+    sms_url: str
+    previous_url: str
+    previous_method: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """A live exposure: the public base URL, the webhook URL Twilio calls, the registration."""
+
+    public_url: str
+    sms_url: str
+    port: int
+    registration: Registration
+
+
+# -- the tunnel ------------------------------------------------------------------------------
+
+
+def open_ngrok(port: int) -> Tunnel:
+    """Open an https ngrok tunnel to 127.0.0.1:PORT with pyngrok, or raise TunnelError (one line)."""
+    from pyngrok import conf, ngrok
+    from pyngrok.exception import PyngrokError, PyngrokNgrokInstallError
+
+    # An installed binary beats pyngrok's first-use download (which fails offline);
+    # the token goes to this process only instead of being written to ngrok.yml.
+    config = conf.PyngrokConfig(
+        ngrok_path=shutil.which("ngrok"),
+        auth_token=os.environ.get("NGROK_AUTHTOKEN") or None,
+    )
+    try:
+        # 127.0.0.1, not localhost: ngrok may resolve localhost to ::1 where nothing listens.
+        tunnel = ngrok.connect(f"http://127.0.0.1:{port}", "http", pyngrok_config=config)
+    except PyngrokNgrokInstallError:
+        raise TunnelError(
+            f"No ngrok binary, and it could not be downloaded: {NGROK_FIXES}"
+        ) from None
+    except (PyngrokError, OSError) as exc:
+        reason = " ".join(str(getattr(exc, "ngrok_error", None) or exc).split())[:160]
+        raise TunnelError(f"Could not open an ngrok tunnel ({reason}): {NGROK_FIXES}") from None
+    opened = str(tunnel.public_url)
+
+    def close() -> None:
+        ngrok.disconnect(opened, pyngrok_config=config)
+        ngrok.kill(pyngrok_config=config)
+
+    # ngrok serves the same host over https; Twilio should call the TLS one.
+    url = "https://" + opened[len("http://") :] if opened.startswith("http://") else opened
+    return Tunnel(public_url=url, close=close)
+
+
+def normalize_public_url(raw: str, source: str = "--public-url") -> str:
+    """Check and tidy a user-given public base URL (absolute http(s), no trailing slash)."""
+    url = raw.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise TunnelError(
+            f"{source}={raw!r} must be an absolute base URL such as https://sms.example.com"
+        )
+    return url
+
+
+def resolve_public_url(option: str | None, settings: Settings) -> str | None:
+    """The public URL to use instead of ngrok: --public-url, else PUBLIC_URL, else None."""
+    if option:
+        return normalize_public_url(option)
+    if settings.public_url:
+        return normalize_public_url(settings.public_url, "PUBLIC_URL")
+    return None
+
+
+# -- sharing the public URL with the server ---------------------------------------------------
+
+
+def write_public_url(instance_path: Path, url: str) -> Path:
+    """Write the public URL where Settings.tunnel_public_url() finds it (atomically)."""
+    instance_path.mkdir(parents=True, exist_ok=True)
+    path = instance_path / PUBLIC_URL_FILE
+    tmp = path.with_name(f".{PUBLIC_URL_FILE}.{os.getpid()}")
+    tmp.write_text(url + "\n")
+    # A request arriving mid-write must see the old or the new URL, never half of one.
+    os.replace(tmp, path)
+    return path
+
+
+def remove_public_url(instance_path: Path, url: str) -> None:
+    """Remove the public URL file if it still holds our URL (another tunnel may own it now)."""
+    path = instance_path / PUBLIC_URL_FILE
+    try:
+        if path.read_text().strip() == url:
+            path.unlink()
+    except OSError:
+        pass
+
+
+# -- Twilio -----------------------------------------------------------------------------------
+
+
+def _twilio_reason(exc: Exception) -> tuple[int | None, str]:
+    """(HTTP status, short reason) from the SDK's two exception shapes."""
+    if isinstance(exc, TwilioRestException):
+        return exc.status, f"error {exc.code}: {exc.msg}" if exc.code else str(exc.msg)
+    # List pages raise a bare TwilioException("Unable to fetch page", response).
+    response = exc.args[1] if len(exc.args) > 1 else None
+    status = getattr(response, "status_code", None)
+    try:
+        body = json.loads(getattr(response, "text", "") or "{}")
+        return status, f"error {body['code']}: {body['message']}"
+    except (ValueError, KeyError, TypeError):
+        return status, str(exc.args[0]) if exc.args else type(exc).__name__
+
+
+@contextmanager
+def twilio_errors(action: str) -> Iterator[None]:
+    """Turn Twilio SDK and network failures into one-line TunnelErrors."""
+    try:
+        yield
+    except TwilioException as exc:
+        status, reason = _twilio_reason(exc)
+        hint = {
+            401: ": check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
+            403: ": the credentials lack permission (use the account's own SID and token)",
+        }.get(status or 0, "")
+        raise TunnelError(f"Twilio refused to {action} (HTTP {status}, {reason}){hint}") from None
+    except requests.RequestException as exc:
+        raise TunnelError(
+            f"Could not reach Twilio to {action} ({type(exc).__name__}): check your network"
+        ) from None
+
+
+def find_number(client: Client, phone: str) -> Any:
+    """The account's IncomingPhoneNumber equal to `phone` (E.164), or TunnelError (none / several)."""
+    with twilio_errors("list your phone numbers"):
+        # PhoneNumber is a pattern for Twilio (partial numbers match), so compare exactly.
+        found = client.incoming_phone_numbers.list(phone_number=phone, limit=50)
+    exact = [n for n in found if n.phone_number == phone]
+    if not exact:
+        similar = ", ".join(sorted({n.phone_number for n in found})[:5])
+        also = f" (similar numbers there: {similar})" if similar else ""
+        raise TunnelError(
+            f"TWILIO_PHONE_NUMBER={phone} is not a number of Twilio account "
+            f"{client.account_sid}{also}: use one listed under Phone Numbers → Active numbers, "
+            f"in E.164 (+15551234567)"
+        )
+    if len(exact) > 1:
+        sids = ", ".join(n.sid for n in exact)
+        raise TunnelError(
+            f"TWILIO_PHONE_NUMBER={phone} matches {len(exact)} numbers on account "
+            f"{client.account_sid} ({sids}): remove the duplicates so exactly one remains"
+        )
+    return exact[0]
+
+
+def handled_elsewhere(client: Client, number: Any, sms_url: str) -> list[str]:
+    """Warnings for settings that make Twilio ignore the number's own SMS URL."""
+    phone = number.phone_number
+    warnings = []
+    if number.sms_application_sid:
+        warnings.append(
+            f"{phone} sends incoming SMS to TwiML App {number.sms_application_sid} "
+            f"(sms_application_sid), which ignores the number's SMS URL: in the Twilio console "
+            f"open Phone Numbers → Active numbers → {phone} → Messaging configuration and set "
+            f"'A message comes in' to Webhook, or set that app's Messaging Request URL to "
+            f"{sms_url} (POST)"
+        )
+    try:
+        with twilio_errors("list your Messaging Services"):
+            for service in client.messaging.v1.services.stream(page_size=50):
+                members = client.messaging.v1.services(service.sid).phone_numbers.stream(
+                    page_size=50
+                )
+                if not any(m.sid == number.sid or m.phone_number == phone for m in members):
+                    continue
+                if service.use_inbound_webhook_on_number:
+                    continue
+                inbound = service.inbound_request_url or "none (messages are dropped)"
+                warnings.append(
+                    f"{phone} belongs to Messaging Service '{service.friendly_name}' "
+                    f"({service.sid}), whose incoming-message setting wins over the number's "
+                    f"SMS URL (now: {inbound}): in the Twilio console open Messaging → Services → "
+                    f"{service.friendly_name} → Integration and choose 'Send a webhook' with "
+                    f"{sms_url} (POST) or 'Defer to sender's webhook', or remove the number "
+                    f"from the service"
+                )
+    except TunnelError as exc:
+        warnings.append(
+            f"could not check Messaging Services ({exc}); if {phone} is in one, its incoming "
+            f"settings may win over the number's SMS URL"
+        )
+    return warnings
+
+
+def _load_state(instance_path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((instance_path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _forget_state(instance_path: Path) -> None:
+    (instance_path / STATE_FILE).unlink(missing_ok=True)
+
+
+def register_webhook(
+    client: Client, number: Any, sms_url: str, instance_path: Path
+) -> Registration:
+    """Point the number's SMS URL at `sms_url` (POST), remembering the previous URL and method."""
+    phone = number.phone_number
+    warnings = handled_elsewhere(client, number, sms_url)
+    previous_url, previous_method = number.sms_url or "", number.sms_method or "POST"
+    # A run killed with SIGKILL could not restore; its record says what the URL was before it.
+    state = _load_state(instance_path)
+    if state.get("number_sid") == number.sid and state.get("sms_url") == previous_url:
+        previous_url, previous_method = state["previous_url"], state["previous_method"]
+        log.debug("Previous run of %s did not restore; using its saved URL", mask_number(phone))
+    with twilio_errors(f"update the SMS URL of {phone}"):
+        client.incoming_phone_numbers(number.sid).update(sms_url=sms_url, sms_method="POST")
+    registration = Registration(
+        number_sid=number.sid,
+        phone_number=phone,
+        sms_url=sms_url,
+        previous_url=previous_url,
+        previous_method=previous_method,
+        warnings=warnings,
+    )
+    instance_path.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in asdict(registration).items() if k != "warnings"}
+    (instance_path / STATE_FILE).write_text(json.dumps(state))
+    log.debug("Registered the SMS URL of %s", mask_number(phone))
+    return registration
+
+
+def restore_webhook(client: Client, registration: Registration, instance_path: Path) -> str:
+    """Put the previous SMS URL back (unless someone changed it meanwhile); say what happened."""
+    phone = registration.phone_number
+    with twilio_errors(f"read the SMS URL of {phone}"):
+        current = client.incoming_phone_numbers(registration.number_sid).fetch()
+    if (current.sms_url or "") != registration.sms_url:
+        _forget_state(instance_path)
+        return (
+            f"Left the SMS URL of {phone} as is: it was changed to {current.sms_url!r} meanwhile."
+        )
+    with twilio_errors(f"restore the SMS URL of {phone}"):
+        client.incoming_phone_numbers(registration.number_sid).update(
+            sms_url=registration.previous_url, sms_method=registration.previous_method
+        )
+    _forget_state(instance_path)
+    shown = registration.previous_url or "(empty)"
+    return f"Restored the SMS URL of {phone} to {shown} ({registration.previous_method})."
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM stop us like Ctrl-C, so `finally` blocks restore the number and close the tunnel."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        # A supervisor repeating TERM must not interrupt the restore it asked for.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _step(echo: Echo, what: str, fn: Callable[[], object]) -> None:
+    """Run one clean-up step; a failure is reported and the other steps still run."""
+    try:
+        result = fn()
+    except Exception as exc:  # clean-up must go on whatever one step does
+        echo(f"Warning: could not {what}: {exc}")
+        return
+    if isinstance(result, str):
+        echo(result)
+
+
+@contextmanager
+def exposed(
+    settings: Settings,
+    client: Client,
+    *,
+    port: int,
+    public_url: str | None = None,
+    opener: TunnelOpener | None = None,
+    restore: bool = True,
+    echo: Echo = print,
+) -> Iterator[Exposure]:
+    """Open the tunnel (unless `public_url`), share and register its URL; undo all on exit."""
+    assert settings.twilio_phone_number, "make_twilio_client() checks TWILIO_PHONE_NUMBER first"
+    instance = settings.instance_path
+    # Look the number up first: a wrong TWILIO_PHONE_NUMBER should not cost a tunnel.
+    number = find_number(client, settings.twilio_phone_number)
+    with ExitStack() as stack:
+        if public_url:
+            base = public_url
+            echo(f"Using the public URL {base} (no ngrok).")
+        else:
+            tunnel = (opener or open_ngrok)(port)
+            stack.callback(_step, echo, "close the tunnel", tunnel.close)
+            base = normalize_public_url(tunnel.public_url, "the tunnel URL")
+            echo(f"Tunnel open: {base} → http://127.0.0.1:{port}")
+        write_public_url(instance, base)
+        stack.callback(remove_public_url, instance, base)
+        registration = register_webhook(client, number, base + "/sms", instance)
+        for warning in registration.warnings:
+            echo(f"Warning: {warning}")
+        if restore:
+            previous = registration.previous_url or "(empty)"
+            stack.callback(
+                _step,
+                echo,
+                f"restore the SMS URL of {registration.phone_number} to {previous} (do it in the "
+                f"Twilio console, or run `phischer tunnel` again: it repairs it)",
+                lambda: restore_webhook(client, registration, instance),
+            )
+        else:
+            stack.callback(_forget_state, instance)
+        yield Exposure(public_url=base, sms_url=base + "/sms", port=port, registration=registration)
+
+
+def wait_for_shutdown(exposure: Exposure) -> None:
+    """Block until Ctrl-C or SIGTERM (both arrive as KeyboardInterrupt)."""
+    while True:
+        time.sleep(3600)
+
+
+def _wait(
+    wait: Callable[[Exposure], None] | None, exposure: Exposure, echo: Echo, last_line: str
+) -> None:
+    try:
+        # Printed inside the try: a signal right after the user sees it is a clean stop.
+        echo(last_line)
+        (wait or wait_for_shutdown)(exposure)
+    except KeyboardInterrupt:
+        echo("Shutting down…")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def run_tunnel(
+    settings: Settings,
+    *,
+    port: int = 5000,
+    public_url: str | None = None,
+    restore: bool = True,
+    opener: TunnelOpener | None = None,
+    wait: Callable[[Exposure], None] | None = None,
+    echo: Echo = print,
+) -> None:
+    """`phischer tunnel`: expose an already running server and register it until stopped."""
+    client = make_twilio_client(settings)
+    base = resolve_public_url(public_url, settings)
+    if settings.public_url and base and settings.public_url.rstrip("/") != base:
+        echo(
+            f"Warning: PUBLIC_URL={settings.public_url} differs from {base}; a server started with "
+            f"it checks signatures against PUBLIC_URL and will answer 403"
+        )
+    with (
+        sigterm_as_interrupt(),
+        exposed(
+            settings, client, port=port, public_url=base, opener=opener, restore=restore, echo=echo
+        ) as exposure,
+    ):
+        echo(f"Twilio will POST texts to {settings.twilio_phone_number} to {exposure.sms_url}")
+        shared = settings.instance_path / PUBLIC_URL_FILE
+        if _listening(port):
+            echo(f"Server found on 127.0.0.1:{port}; it reads the public URL from {shared}.")
+        else:
+            echo(
+                f"Warning: nothing listens on 127.0.0.1:{port} yet: start `phischer serve --port "
+                f"{port}` (or use `phischer up`), else Twilio logs error 11200"
+            )
+        hint = STOP_HINT if restore else "Ctrl-C to stop (--no-restore: the number keeps this URL)."
+        _wait(wait, exposure, echo, hint)
+
+
+# -- phischer up ------------------------------------------------------------------------------
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the server socket ourselves: werkzeug's make_server prints and exits on a busy port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise TunnelError(
+            f"Cannot listen on {host}:{port} ({exc.strerror}): stop the program using it "
+            f"or pass --port N"
+        ) from None
+    return sock
+
+
+def _stop_app(app: Any) -> None:
+    services = app.extensions.get("phischer")
+    for closer in ("sms.shutdown", "db.dispose"):
+        owner, name = closer.split(".")
+        fn = getattr(getattr(services, owner, None), name, None)
+        if callable(fn):
+            fn()
+
+
+def text_now_banner(settings: Settings, exposure: Exposure, local_url: str) -> list[str]:
+    """The lines `phischer up` prints once everything is live."""
+    from phischer.db import Database
+    from phischer.personas import default_persona, list_personas
+
+    db = Database(settings.database_url)
+    try:
+        with db.read() as session:
+            active = default_persona(session, settings.default_persona)
+            keywords = [f"#{p.keyword}" for p in list_personas(session)]
+            who = f"{active.name} (#{active.keyword})" if active is not None else None
+    finally:
+        db.dispose()
+    lines = [
+        f"Serving  {local_url}  (health: {local_url}/healthz)",
+        f"Twilio   {exposure.sms_url}  → SMS URL of {settings.twilio_phone_number}",
+    ]
+    if who is None:
+        lines.append(
+            f"Text {settings.twilio_phone_number} now — but there is no persona yet: add one with "
+            f"`phischer persona add NAME --keyword KW --dataset FILE` (no restart needed)."
+        )
+    else:
+        lines.append(f"Text {settings.twilio_phone_number} now: you are talking to {who}.")
+        lines.append(
+            f"Keywords: {', '.join(keywords)} (switch persona), #list, #who, #reset, "
+            f"STOP to opt out."
+        )
+    return lines
+
+
+def run_up(
+    settings: Settings,
+    *,
+    port: int = 5000,
+    public_url: str | None = None,
+    host: str = "127.0.0.1",
+    opener: TunnelOpener | None = None,
+    wait: Callable[[Exposure], None] | None = None,
+    echo: Echo = print,
+) -> None:
+    """`phischer up`: migrate, serve in-process, tunnel and register; undo everything on exit."""
+    from werkzeug.serving import make_server
+
+    from phischer import create_app
+    from phischer.migrate import upgrade
+
+    client = make_twilio_client(settings)  # names a missing variable before any tunnel opens
+    base = resolve_public_url(public_url, settings)
+    upgrade(settings.database_url)
+    # With a fixed URL the app gets it directly; with ngrok it reads <instance>/public_url,
+    # which exposed() writes before Twilio is told about the tunnel.
+    app_settings = settings.with_overrides(public_url=base) if base else settings
+    with sigterm_as_interrupt(), ExitStack() as stack:
+        sock = _listen(host, port)
+        stack.callback(sock.close)
+        app = create_app(app_settings)
+        stack.callback(_step, echo, "stop the app", lambda: _stop_app(app))
+        server = make_server(host, port, app, threaded=True, fd=sock.fileno())
+        thread = threading.Thread(target=server.serve_forever, name="phischer-http", daemon=True)
+        thread.start()
+        stack.callback(server.server_close)
+        stack.callback(server.shutdown)
+        bound = int(server.server_address[1])  # the real port when --port 0
+        local_url = f"http://{host}:{bound}"
+        with exposed(
+            settings, client, port=bound, public_url=base, opener=opener, echo=echo
+        ) as exposure:
+            for line in text_now_banner(settings, exposure, local_url):
+                echo(line)
+            _wait(wait, exposure, echo, STOP_HINT)

@@ -1,0 +1,97 @@
+"""One place that builds the Twilio REST client: credentials checked, timeout set, base URL hook."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from phischer.config import ConfigError, Settings
+
+# twilio's HTTP client waits forever by default; a webhook registration or a reply send
+# that hangs would hang `phischer up` or a reply worker with it.
+TWILIO_HTTP_TIMEOUT_S = 10.0
+
+_WHERE = {
+    "TWILIO_ACCOUNT_SID": "the Account SID (AC…) from console.twilio.com → Account info",
+    "TWILIO_AUTH_TOKEN": "the Auth Token from console.twilio.com → Account info",
+    "TWILIO_PHONE_NUMBER": "your Twilio number in E.164, e.g. +15551234567 (Phone Numbers → Active numbers)",
+}
+
+
+class _DebugOnly(logging.LoggerAdapter):
+    """twilio logs every request (numbers and bodies included) at INFO: keep that at DEBUG."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log at DEBUG instead."""
+        self.debug(msg, *args, **kwargs)
+
+
+_HTTP_LOG = _DebugOnly(logging.getLogger("twilio.http_client"), {})
+
+
+class TwilioConfigError(ConfigError):
+    """A Twilio variable needed for REST calls is missing; the message names it."""
+
+
+class RebasingHttpClient(TwilioHttpClient):
+    """A TwilioHttpClient that sends every *.twilio.com request to one base URL.
+
+    `client.api.base_url` only covers api.twilio.com; messaging.twilio.com and the absolute
+    `next_page_url` links in list replies would still go to the internet. Rewriting the host
+    here keeps a loopback fake (tests, a local mock) in charge of every domain.
+    """
+
+    def __init__(self, base_url: str, timeout: float = TWILIO_HTTP_TIMEOUT_S) -> None:
+        super().__init__(timeout=timeout, logger=_HTTP_LOG)  # type: ignore[arg-type]
+        parts = urlsplit(base_url.rstrip("/"))
+        self._scheme, self._netloc, self._prefix = parts.scheme, parts.netloc, parts.path
+
+    def request(self, method: str, url: str, *args: object, **kwargs: object) -> Response:  # type: ignore[override]
+        """Rewrite a twilio.com URL onto the base URL, then send it."""
+        parts = urlsplit(url)
+        if parts.hostname and (
+            parts.hostname == "twilio.com" or parts.hostname.endswith(".twilio.com")
+        ):
+            url = urlunsplit(
+                (self._scheme, self._netloc, self._prefix + parts.path, parts.query, parts.fragment)
+            )
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def require_twilio(settings: Settings, *, number: bool = True) -> None:
+    """Raise TwilioConfigError naming the first missing Twilio variable."""
+    needed = {
+        "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+        "TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+    }
+    if number:
+        needed["TWILIO_PHONE_NUMBER"] = settings.twilio_phone_number
+    for var, value in needed.items():
+        if not value:
+            raise TwilioConfigError(f"{var} is not set: add {_WHERE[var]} to .env")
+
+
+def make_twilio_client(settings: Settings) -> Client:
+    """A twilio REST Client from Settings, with a request timeout and the optional test base URL."""
+    require_twilio(settings)
+    base_url = settings.twilio_api_base_url
+    http_client = (
+        RebasingHttpClient(base_url)
+        if base_url
+        else TwilioHttpClient(timeout=TWILIO_HTTP_TIMEOUT_S, logger=_HTTP_LOG)  # type: ignore[arg-type]
+    )
+    client = Client(
+        settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client
+    )
+    if base_url:
+        client.api.base_url = base_url.rstrip("/")
+        client.messaging.base_url = base_url.rstrip("/")
+        # TWILIO_EDGE/TWILIO_REGION from the environment would rewrite the loopback host.
+        client.edge = None
+        client.region = None
+    return client

@@ -1,0 +1,314 @@
+"""A loopback fake of the Twilio REST endpoints phischer calls, reached through the real SDK.
+
+Point the SDK at it with TWILIO_API_BASE_URL=fake.url (see phischer.twilio_client): every
+*.twilio.com request lands here. It serves
+
+- api:       GET  /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers.json[?PhoneNumber=…]
+             GET  /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers/{PN}.json
+             POST /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers/{PN}.json  (SmsUrl, SmsMethod, …)
+             POST /2010-04-01/Accounts/{AC}/Messages.json                   (201 + SM sid)
+- messaging: GET  /v1/Services   and   GET /v1/Services/{MG}/PhoneNumbers
+
+and records every request (method, path, query, form) for assertions. Messages.json can be
+scripted to fail: `fake.fail_messages(400, 21610, "unsubscribed")` answers the next send so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ACCOUNT_SID = "AC" + "0" * 30
+AUTH_TOKEN = "fake-auth-token-0123456789abcdef"
+
+_API = re.compile(r"^/2010-04-01/Accounts/(?P<ac>AC\w+)/(?P<rest>.+)$")
+
+
+@dataclass
+class Recorded:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    form: dict[str, str]
+
+
+def incoming_number(
+    phone: str,
+    sid: str | None = None,
+    sms_url: str = "",
+    sms_method: str = "POST",
+    sms_application_sid: str | None = None,
+) -> dict[str, Any]:
+    """An IncomingPhoneNumber resource as Twilio returns it (the fields phischer reads)."""
+    sid = sid or "PN" + secrets.token_hex(16)
+    return {
+        "account_sid": ACCOUNT_SID,
+        "sid": sid,
+        "phone_number": phone,
+        "friendly_name": phone,
+        "sms_url": sms_url,
+        "sms_method": sms_method,
+        "sms_application_sid": sms_application_sid or "",
+        "sms_fallback_url": "",
+        "sms_fallback_method": "POST",
+        "voice_url": "",
+        "capabilities": {"sms": True, "voice": True, "mms": True},
+        "uri": f"/2010-04-01/Accounts/{ACCOUNT_SID}/IncomingPhoneNumbers/{sid}.json",
+    }
+
+
+@dataclass
+class FakeTwilio:
+    """State of the fake account; `start()` serves it on 127.0.0.1 and sets `url`."""
+
+    numbers: list[dict[str, Any]] = field(default_factory=list)
+    services: list[dict[str, Any]] = field(default_factory=list)
+    service_numbers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[Recorded] = field(default_factory=list)
+    account_sid: str = ACCOUNT_SID
+    auth_token: str = AUTH_TOKEN
+    url: str = ""
+    _failures: list[tuple[int, int, str]] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- scripting -----------------------------------------------------------------------
+    def add_number(self, phone: str, **kw: Any) -> dict[str, Any]:
+        """Add an IncomingPhoneNumber to the account and return it (a live dict)."""
+        number = incoming_number(phone, **kw)
+        self.numbers.append(number)
+        return number
+
+    def add_service(
+        self,
+        friendly_name: str,
+        numbers: list[dict[str, Any]] | None = None,
+        inbound_request_url: str | None = "https://example.com/inbound",
+        use_inbound_webhook_on_number: bool = False,
+    ) -> dict[str, Any]:
+        """Add a Messaging Service holding `numbers` (IncomingPhoneNumber dicts)."""
+        sid = "MG" + secrets.token_hex(16)
+        service = {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "friendly_name": friendly_name,
+            "inbound_request_url": inbound_request_url,
+            "inbound_method": "POST",
+            "use_inbound_webhook_on_number": use_inbound_webhook_on_number,
+            "url": f"https://messaging.twilio.com/v1/Services/{sid}",
+        }
+        self.services.append(service)
+        self.service_numbers[sid] = [
+            {
+                "sid": n["sid"],
+                "account_sid": self.account_sid,
+                "service_sid": sid,
+                "phone_number": n["phone_number"],
+                "country_code": "US",
+                "capabilities": ["SMS"],
+            }
+            for n in numbers or []
+        ]
+        return service
+
+    def fail_messages(self, status: int, code: int, message: str, times: int = 1) -> None:
+        """Make the next `times` POSTs to Messages.json fail with a Twilio error body."""
+        self._failures.extend([(status, code, message)] * times)
+
+    def calls(self, method: str, path_suffix: str) -> list[Recorded]:
+        """Recorded requests with this method whose path ends with `path_suffix`."""
+        return [r for r in self.requests if r.method == method and r.path.endswith(path_suffix)]
+
+    # -- serving -------------------------------------------------------------------------
+    def start(self) -> FakeTwilio:
+        """Serve on an ephemeral loopback port in a daemon thread."""
+        fake = self
+
+        class Handler(_Handler):
+            pass
+
+        Handler.fake = fake
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeTwilio:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- routing -------------------------------------------------------------------------
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        form: dict[str, str],
+        authorization: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Answer one request: (status, JSON body)."""
+        with self._lock:
+            self.requests.append(Recorded(method, path, query, form))
+            expected = (
+                "Basic "
+                + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+            )
+            if authorization != expected:
+                return _error(401, 20003, "Authenticate")
+            if path.startswith("/v1/Services"):
+                return self._messaging(method, path)
+            match = _API.match(path)
+            if not match or match["ac"] != self.account_sid:
+                return _error(404, 20404, f"The requested resource {path} was not found")
+            return self._api(method, match["rest"], query, form)
+
+    def _api(
+        self, method: str, rest: str, query: dict[str, str], form: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        if rest == "IncomingPhoneNumbers.json" and method == "GET":
+            # Twilio treats PhoneNumber as a pattern (partial numbers match), hence the
+            # exact-E.164 check on our side.
+            wanted = re.sub(r"\D", "", query.get("PhoneNumber", ""))
+            found = [n for n in self.numbers if wanted in re.sub(r"\D", "", n["phone_number"])]
+            return 200, _api_page("incoming_phone_numbers", found, self.account_sid)
+        m = re.fullmatch(r"IncomingPhoneNumbers/(PN\w+)\.json", rest)
+        if m:
+            number = next((n for n in self.numbers if n["sid"] == m[1]), None)
+            if number is None:
+                return _error(404, 20404, "The requested resource was not found")
+            if method == "POST":
+                fields = {
+                    "SmsUrl": "sms_url",
+                    "SmsMethod": "sms_method",
+                    "SmsApplicationSid": "sms_application_sid",
+                }
+                for key, attr in fields.items():
+                    if key in form:
+                        number[attr] = form[key]
+            return 200, dict(number)
+        if rest == "Messages.json" and method == "POST":
+            if self._failures:
+                status, code, message = self._failures.pop(0)
+                return _error(status, code, message)
+            if not form.get("To") or not (form.get("Body") or form.get("MediaUrl")):
+                return _error(400, 21602, "Message body is required.")
+            sid = "SM" + secrets.token_hex(16)
+            message = {
+                "sid": sid,
+                "account_sid": self.account_sid,
+                "to": form.get("To"),
+                "from": form.get("From"),
+                "messaging_service_sid": form.get("MessagingServiceSid"),
+                "body": form.get("Body"),
+                "status": "queued",
+                "num_segments": "1",
+                "direction": "outbound-api",
+                "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+            }
+            self.messages.append(message)
+            return 201, message
+        return _error(404, 20404, f"The requested resource {rest} was not found")
+
+    def _messaging(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+        if method != "GET":
+            return _error(405, 20004, "Method not allowed")
+        if path == "/v1/Services":
+            return 200, _v1_page("services", self.services, self.url + path)
+        m = re.fullmatch(r"/v1/Services/(MG\w+)/PhoneNumbers", path)
+        if m and m[1] in self.service_numbers:
+            return 200, _v1_page("phone_numbers", self.service_numbers[m[1]], self.url + path)
+        return _error(404, 20404, f"The requested resource {path} was not found")
+
+
+def _error(status: int, code: int, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+def _api_page(key: str, items: list[dict[str, Any]], account_sid: str) -> dict[str, Any]:
+    uri = f"/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers.json?PageSize=50&Page=0"
+    return {
+        key: items,
+        "start": 0,
+        "end": max(len(items) - 1, 0),
+        "page": 0,
+        "page_size": 50,
+        "uri": uri,
+        "first_page_uri": uri,
+        "next_page_uri": None,
+        "previous_page_uri": None,
+    }
+
+
+def _v1_page(key: str, items: list[dict[str, Any]], url: str) -> dict[str, Any]:
+    return {
+        key: items,
+        "meta": {
+            "key": key,
+            "page": 0,
+            "page_size": 50,
+            "first_page_url": url + "?PageSize=50&Page=0",
+            "previous_page_url": None,
+            "next_page_url": None,
+            "url": url + "?PageSize=50&Page=0",
+        },
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeTwilio
+    protocol_version = "HTTP/1.1"
+    # Without this the SDK's small POSTs wait on delayed ACKs (~40 ms each).
+    disable_nagle_algorithm = True
+
+    def _serve(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode() if length else ""
+        form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+        status, body = self.fake.handle(
+            method, parts.path, query, form, self.headers.get("Authorization")
+        )
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._serve("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._serve("DELETE")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
