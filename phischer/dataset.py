@@ -1,0 +1,290 @@
+"""Conversations -> OpenAI chat fine-tuning examples (DESIGN §7), and writing them as JSONL.
+
+Shape of every example: a system prompt, then strictly alternating user/assistant turns
+that start with a user turn and end with an assistant turn (the person being cloned is the
+assistant). The webhook builds its thread the same way, so the model is served exactly the
+shape it was trained on.
+
+Decisions where the contract is silent:
+- Sessions: a silence longer than `gap_hours` starts a new conversation. Sessions, not
+  threads, are the unit written to the `.conversations` sidecar (`<thread id>#<n>`), so
+  `dataset split` can split a single long chat (one WhatsApp export) by conversation.
+- Turns: consecutive messages by one sender merge with "\\n". In a group chat, consecutive
+  messages by *different* other people also form one user turn, each speaker's run
+  prefixed `Name: `; keeping user and assistant strictly alternating is what the serving
+  thread does too.
+- Windows: non-overlapping chunks of at most `max_turns` turns (an even number: user turns
+  pair with the reply after them). OpenAI trains on every assistant turn of an example, so
+  sliding windows would train the same reply several times and multiply the cost; chunks
+  train each reply once. A chunk never crosses a session boundary.
+- Your messages that open a session before anyone else wrote (nothing to answer) are not
+  in any example: an example must start with a user turn, as every served reply does. They
+  are counted as `openers` in the stats.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter, itemgetter
+from pathlib import Path
+
+from phischer.importers.base import Conversation, ImportErrorMessage, Message
+
+DEFAULT_SYSTEM = (
+    "You are {me}. Reply to text messages the way {me} would: same voice, same length, same habits."
+)
+
+
+@dataclass
+class Example:
+    """One training example: the conversation (session) it came from and its chat messages."""
+
+    conversation_id: str
+    messages: list[dict[str, str]]
+
+
+@dataclass
+class BuildStats:
+    """What the builder saw: filled in while `build_examples` is iterated."""
+
+    threads: int = 0
+    messages: int = 0  # kept by the importer
+    dropped: Counter[str] = field(default_factory=Counter)
+    senders: Counter[str] = field(default_factory=Counter)
+    me_messages: int = 0
+    me_name: str | None = None  # the sender name --me matched first (named in the prompt)
+    system: str | None = None  # the system prompt written into every example
+    sessions: int = 0
+    openers: int = 0  # your messages with nothing before them to answer
+    examples: int = 0
+
+
+def system_prompt(me: str, system: str | None = None) -> str:
+    """The system prompt for a dataset (and the persona serving it); `{me}` is filled in."""
+    return (system or DEFAULT_SYSTEM).replace("{me}", me)
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def match_me(message: Message, me: str) -> bool:
+    """True when `me` names this message's sender: name, alias or sender id (case-insensitive)."""
+    want = _norm(me)
+    if _norm(message.sender) == want or (message.sender_id and _norm(message.sender_id) == want):
+        return True
+    return any(_norm(a) == want for a in message.aliases)
+
+
+class _MeMatcher:
+    # Matching is per sender, not per message: decide once per distinct sender identity.
+    def __init__(self, me: str) -> None:
+        self.me = me
+        self._cache: dict[object, bool] = {}
+
+    def flags(self, messages: list[Message], senders: list[str]) -> list[bool]:
+        cache = self._cache
+        if any(m.sender_id is not None or m.aliases for m in messages):
+            keys: list = [(m.sender, m.sender_id, m.aliases) for m in messages]
+        else:  # names only (Messenger, WhatsApp): skip building a tuple per message
+            keys = senders
+        for key in set(keys).difference(cache):
+            name, sid, aliases = key if isinstance(key, tuple) else (key, None, ())
+            cache[key] = match_me(Message(name, "", _NO_TIME, sid, aliases), self.me)
+        return [cache[k] for k in keys]
+
+
+_NO_TIME = dt.datetime.min
+_by_time = attrgetter("timestamp")
+_by_sender = attrgetter("sender")
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
+_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"]+", re.I)
+# 7-15 digits, optionally with +country code and the usual separators; digits glued to
+# letters (order ids) are left alone, and dates (2024-01-02, 31.12.2023) are not numbers.
+_PHONE = re.compile(r"(?<![\w+(])[+(]?\d(?:[\s().-]{0,2}\d){6,14}(?!\w)")
+_DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4}")
+
+
+def _phone(m: re.Match[str]) -> str:
+    return m.group(0) if _DATE.fullmatch(m.group(0)) else "<PHONE>"
+
+
+def mask_pii(text: str) -> str:
+    """Replace emails, URLs and phone numbers with <EMAIL>, <URL>, <PHONE>."""
+    if "@" in text:
+        text = _EMAIL.sub("<EMAIL>", text)
+    if "www" in text or "://" in text:
+        text = _URL.sub("<URL>", text)
+    return _PHONE.sub(_phone, text)
+
+
+def _turns(
+    messages: list[Message], mine: list[bool], is_group: bool, mask: bool
+) -> tuple[list[dict[str, str]], int]:
+    # One session -> alternating turns starting with "user"; returns (turns, openers).
+    turns: list[dict[str, str]] = []
+    parts: list[str] = []
+    role = ""
+    speaker = None
+    openers = 0
+    i = 0
+    # Your messages before anyone else's have nothing to answer (see the module docstring).
+    while i < len(messages) and mine[i]:
+        openers += 1
+        i += 1
+    if not is_group and not mask:
+        # Fast path for 1:1 chats (most of a big export): runs of one role joined in C.
+        texts = [m.text for m in messages[i:]]
+        for me, run in groupby(zip(mine[i:], texts, strict=True), key=itemgetter(0)):
+            content = "\n".join(map(itemgetter(1), run))
+            turns.append({"role": "assistant" if me else "user", "content": content})
+        return turns, openers
+    for m, me in zip(messages[i:], mine[i:], strict=True):
+        text = mask_pii(m.text) if mask else m.text
+        r = "assistant" if me else "user"
+        if r != role:
+            if parts:
+                turns.append({"role": role, "content": "\n".join(parts)})
+            parts = []
+            role = r
+            speaker = None
+        if is_group and not me and m.sender != speaker:
+            text = f"{m.sender}: {text}"
+            speaker = m.sender
+        parts.append(text)
+    if parts:
+        turns.append({"role": role, "content": "\n".join(parts)})
+    return turns, openers
+
+
+def _session_bounds(messages: list[Message], gap_hours: float) -> list[tuple[int, int]]:
+    gap = dt.timedelta(hours=gap_hours)
+    bounds = []
+    start = 0
+    stamps = [m.timestamp for m in messages]
+    for i in range(1, len(stamps)):
+        if stamps[i] - stamps[i - 1] > gap:
+            bounds.append((start, i))
+            start = i
+    if stamps:
+        bounds.append((start, len(stamps)))
+    return bounds
+
+
+def build_examples(
+    conversations: Iterable[Conversation],
+    me: str,
+    *,
+    system: str | None = None,
+    gap_hours: float = 6,
+    max_turns: int = 12,
+    mask_pii: bool = False,
+    stats: BuildStats | None = None,
+) -> Iterator[Example]:
+    """Yield chat examples for `me`; raises ImportErrorMessage at the end if `me` never spoke."""
+    if max_turns < 2:
+        raise ImportErrorMessage("--max-turns must be at least 2 (one message and one reply)")
+    if gap_hours <= 0:
+        raise ImportErrorMessage("--gap-hours must be more than 0")
+    stats = stats if stats is not None else BuildStats()
+    matcher = _MeMatcher(me)
+    # The default prompt names the person as the export spells them ("Zoë Martín"), not as
+    # typed after --me ("zoe martin", "@zoemartin"): the first matching sender decides.
+    sys_msg: dict[str, str] | None = None
+    size = 2 * (max_turns // 2)
+    for conv in conversations:
+        stats.threads += 1
+        stats.dropped.update(conv.dropped)
+        # Importers yield time order and no empty texts; sorting sorted input is ~free, and an
+        # empty text would become an empty turn, which OpenAI rejects.
+        msgs = sorted([m for m in conv.messages if m.text], key=_by_time)
+        senders = list(map(_by_sender, msgs))
+        mine = matcher.flags(msgs, senders)
+        stats.messages += len(msgs)
+        stats.senders.update(senders)
+        stats.me_messages += mine.count(True)
+        if not any(mine):
+            stats.sessions += len(_session_bounds(msgs, gap_hours))
+            continue
+        for n, (a, b) in enumerate(_session_bounds(msgs, gap_hours)):
+            stats.sessions += 1
+            turns, openers = _turns(msgs[a:b], mine[a:b], conv.is_group, mask_pii)
+            stats.openers += openers
+            if turns and turns[-1]["role"] == "user":  # nobody answered: nothing to learn
+                turns.pop()
+            if not turns:
+                continue
+            if sys_msg is None:
+                stats.me_name = next(
+                    m.sender for m, me in zip(msgs[a:b], mine[a:b], strict=True) if me
+                )
+                stats.system = system_prompt(stats.me_name, system)
+                sys_msg = {"role": "system", "content": stats.system}
+            session_id = f"{conv.id}#{n}"
+            for i in range(0, len(turns), size):
+                stats.examples += 1
+                yield Example(session_id, [sys_msg, *turns[i : i + size]])
+    if stats.me_messages == 0:
+        raise ImportErrorMessage(_not_found(me, stats.senders))
+    if stats.examples == 0:
+        raise ImportErrorMessage(
+            f"No examples: {me} never replied to anyone within --gap-hours {gap_hours:g} "
+            "(every example ends with one of their replies)"
+        )
+
+
+def _not_found(me: str, senders: Counter[str]) -> str:
+    if not senders:
+        return f"--me {me!r}: the export has no text messages at all"
+    top = ", ".join(f"{name} ({n})" for name, n in senders.most_common(8) if name != "prompt")
+    return f"--me {me!r} matches no sender; most frequent senders: {top}"
+
+
+def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:
+    """Write OUT.jsonl and OUT.jsonl.conversations atomically; returns the number of examples.
+
+    Both files are written to temporary names and renamed at the end, so an error while
+    building (bad export, --me not found) leaves no partial output behind.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = out.with_name(out.name + ".conversations")
+    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp_side = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    count = 0
+    try:
+        with (
+            tmp_out.open("w", encoding="utf-8", newline="\n") as fh,
+            tmp_side.open("w", encoding="utf-8", newline="\n") as side,
+        ):
+            dumps = json.JSONEncoder(ensure_ascii=False).encode
+            lines: list[str] = []
+            ids: list[str] = []
+            for ex in examples:
+                lines.append(dumps({"messages": ex.messages}))
+                ids.append(ex.conversation_id.replace("\n", " "))
+                count += 1
+                if len(lines) == 1000:  # a few big writes instead of one per line
+                    fh.write("\n".join(lines) + "\n")
+                    side.write("\n".join(ids) + "\n")
+                    lines.clear()
+                    ids.clear()
+            if lines:
+                fh.write("\n".join(lines) + "\n")
+                side.write("\n".join(ids) + "\n")
+        os.replace(tmp_side, sidecar)
+        os.replace(tmp_out, out)
+    except BaseException:
+        for tmp in (tmp_out, tmp_side):
+            tmp.unlink(missing_ok=True)
+        raise
+    return count

@@ -1,0 +1,184 @@
+"""Read an export the same way whether it is a zip, an unpacked folder or a single file.
+
+Every export is seen as a set of *members* named by POSIX paths relative to its root
+("messages/inbox/jane_12/message_1.json"). Importers list members by pattern and read one at
+a time, so memory stays bounded by the largest member, not the export.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from phischer.importers.base import ImportErrorMessage
+
+# Finder and macOS's "Compress" add these; they are never part of an export.
+_JUNK_PARTS = ("__MACOSX", ".DS_Store")
+
+
+def _is_junk(name: str) -> bool:
+    parts = name.split("/")
+    return any(p in _JUNK_PARTS or p.startswith("._") for p in parts)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    # Like .gitignore: a pattern without "/" matches the file name at any depth,
+    # a pattern with "/" matches the whole relative path ("*" also crosses "/").
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], pattern)
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+class Export:
+    """A zip, folder or single file as members with relative POSIX names."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._zip: zipfile.ZipFile | None = None
+        if not self.path.exists():
+            raise ImportErrorMessage(f"No such file or folder: {self.path}")
+        if self.path.is_dir():
+            self.kind = "folder"
+        elif _looks_like_zip(self.path):
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise ImportErrorMessage(
+                    f"{self.path} is not a zip file or is damaged ({exc}): "
+                    "re-download the export, or unzip it and pass the folder"
+                ) from None
+            self.kind = "zip"
+        else:
+            self.kind = "file"
+        self._names: list[str] | None = None
+
+    def __enter__(self) -> Export:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the zip file, if any."""
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def names(self) -> list[str]:
+        """All member names, sorted (directories and macOS junk left out)."""
+        if self._names is None:
+            if self.kind == "zip":
+                assert self._zip is not None
+                names = [n for n in self._zip.namelist() if not n.endswith("/")]
+            elif self.kind == "folder":
+                names = []
+                for root, dirs, files in os.walk(self.path):
+                    dirs.sort()
+                    rel = Path(root).relative_to(self.path).as_posix()
+                    prefix = "" if rel == "." else rel + "/"
+                    names.extend(prefix + f for f in files)
+            else:
+                names = [self.path.name]
+            self._names = sorted(n for n in names if not _is_junk(n))
+        return self._names
+
+    def members(self, pattern: str = "*") -> list[str]:
+        """Member names matching a glob (no "/": file name at any depth; else the full path)."""
+        return [n for n in self.names() if _matches(n, pattern)]
+
+    def where(self, name: str) -> str:
+        """How to name a member in an error message: its path, and the zip it is in."""
+        if self.kind == "zip":
+            return f"{name} (in {self.path})"
+        if self.kind == "folder":
+            return str(self.path / name)
+        return str(self.path)
+
+    def read_bytes(self, name: str) -> bytes:
+        """The raw bytes of one member."""
+        try:
+            if self.kind == "zip":
+                assert self._zip is not None
+                return self._zip.read(name)
+            if self.kind == "folder":
+                return (self.path / PurePosixPath(name)).read_bytes()
+            return self.path.read_bytes()
+        except KeyError:
+            raise ImportErrorMessage(f"No {name} in {self.path}") from None
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
+
+    def read_head(self, name: str, size: int = 4096) -> bytes:
+        """The first `size` bytes of one member (to sniff its format without reading it all)."""
+        try:
+            if self.kind == "zip":
+                assert self._zip is not None
+                with self._zip.open(name) as fh:
+                    return fh.read(size)
+            target = self.path / PurePosixPath(name) if self.kind == "folder" else self.path
+            with target.open("rb") as fh:
+                return fh.read(size)
+        except KeyError:
+            raise ImportErrorMessage(f"No {name} in {self.path}") from None
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
+
+    def read_text(self, name: str) -> str:
+        """One member decoded as UTF-8 (a byte-order mark is ignored)."""
+        data = self.read_bytes(name)
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ImportErrorMessage(
+                f"{self.where(name)} is not UTF-8 text (byte {exc.start})"
+            ) from None
+
+    def load_json(self, name: str, text: str | bytes | None = None) -> Any:
+        """Parse one member (or `text` read from it) as JSON; a broken file is one clear line."""
+        if text is None:
+            text = self.read_bytes(name)
+        return parse_json(text, self.where(name))
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """json.loads with an error that names the file and says whether it looks cut short."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        # An interrupted download or unzip cuts a file short: the error is at its very end,
+        # or the file no longer ends the way every JSON document here does.
+        tail = text.rstrip()[-1:]
+        truncated = exc.pos >= len(text.rstrip()) - 1 or tail not in ("}", "]", b"}", b"]")
+        what = "Truncated JSON" if truncated else "Invalid JSON"
+        raise ImportErrorMessage(
+            f"{what} in {where}: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ImportErrorMessage(f"{where} is not UTF-8 JSON (byte {exc.start})") from None
+
+
+def _looks_like_zip(path: Path) -> bool:
+    if path.suffix.lower() == ".zip":
+        return True
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError as exc:
+        raise ImportErrorMessage(f"Cannot read {path}: {exc.strerror}") from None
+
+
+def open_export(path: Path | str) -> Export:
+    """Open a zip, folder or single file export (raises ImportErrorMessage if missing)."""
+    return Export(path)
+
+
+def iter_members(path: Path | str, pattern: str = "*") -> Iterator[tuple[Export, str]]:
+    """Yield (export, member name) for every member matching `pattern`, closing at the end."""
+    with open_export(path) as export:
+        for name in export.members(pattern):
+            yield export, name

@@ -1,0 +1,272 @@
+"""X / Twitter archive: `data/tweets.js` (+ `tweets-partN.js`; older archives: `tweet.js`).
+
+An archive holds only your own posts, so most have no conversation partner. To still train
+"write posts in my voice", each post (or self-thread) becomes a conversation that starts
+with a *topic prompt*: a user turn from the pseudo-sender `PROMPT_SENDER`, derived offline
+from the post itself (see `topic_prompt`), followed by the post(s) as your turn. The builder
+then makes ordinary (prompt -> post) examples from it, with no special case.
+
+Self-threads (your replies to your own posts) are one conversation, posts in order, so the
+builder merges them into one reply. Replies to other people keep their target in the prompt
+("Write a reply to @bob about …"): the post they answered is not in the archive.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.files import Export, open_export, parse_json
+
+PROMPT_SENDER = "prompt"
+# Used as the sender when the archive has no data/account.js to name its owner.
+FALLBACK_OWNER = "me"
+
+_TWEET_FILES = ("tweets.js", "tweets-part*.js", "tweet.js", "tweet-part*.js")
+_YTD_PREFIX = re.compile(r"^\s*window\.YTD\.[\w.]+\s*=\s*")
+_REPLY_PREFIX = re.compile(r"^(?:\.?@\w{1,50}[\s,:]+)+")
+_TRAILING_TCO = re.compile(r"(?:\s*https?://t\.co/\w+)+\s*$")
+# Quote posts link the quoted status; without its text the link is noise.
+_STATUS_URL = re.compile(r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/\w+/status(?:es)?/\d+\S*")
+_URL = re.compile(r"https?://\S+|www\.\S+")
+_HASHTAG = re.compile(r"(?<![\w&])#(\w+)")
+_MENTION = re.compile(r"(?<!\w)@(\w{1,50})")
+_WORD = re.compile(r"[^\W_](?:[\w'’-]*[^\W_])?")
+
+# Common English function words and fillers: they never name a topic.
+_STOPWORD_TEXT = """
+    a about above after again against all almost also am an and any are aren't as at be
+    because been before being below between both but by can can't cannot could couldn't did
+    didn't do does doesn't doing don't down during each even ever every few for from further
+    get gets getting got had hadn't has hasn't have haven't having he he'd he'll he's her here
+    here's hers herself him himself his how how's however i i'd i'll i'm i've if in into is
+    isn't it it's its itself just let's like lol maybe me more most much must mustn't my
+    myself need never no nor not now of off often oh ok okay on once one only or other ought
+    our ours ourselves out over own really same say says shan't she she'd she'll she's should
+    shouldn't so some still such than that that's the their theirs them themselves then there
+    there's these they they'd they'll they're they've thing things this those though through
+    to today too under until up upon us very was wasn't we we'd we'll we're we've well were
+    weren't what what's when when's where where's whether which while who who's whom why why's
+    will with won't would wouldn't yeah yes yet you you'd you'll you're you've your yours
+    yourself yourselves actually already another anyway back came come comes coming done
+    finally going gone gonna make made many new next pretty said see seen take took want wanna
+    went
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def key_phrases(text: str, limit: int = 2) -> list[str]:
+    """The `limit` longest runs of content words in `text`, in order of appearance."""
+    # RAKE, cut down: stopwords, short words and punctuation break the text into runs of
+    # content words; a longer run says more about the topic. Runs are capped at 3 words.
+    runs: list[list[str]] = []
+    current: list[str] = []
+    pos = 0
+    for match in _WORD.finditer(text):
+        word = match.group(0).lower()
+        gap = text[pos : match.start()]
+        pos = match.end()
+        if gap.strip() and current:  # punctuation between words ends a phrase
+            runs.append(current)
+            current = []
+        if word in _STOPWORDS or len(word) < 3 or word.isdigit():
+            if current:
+                runs.append(current)
+                current = []
+            continue
+        current.append(word)
+    if current:
+        runs.append(current)
+    ranked = sorted(
+        range(len(runs)), key=lambda i: (-min(len(runs[i]), 3), -len(" ".join(runs[i])), i)
+    )
+    chosen = sorted(ranked[:limit])
+    seen: list[str] = []
+    for i in chosen:
+        phrase = " ".join(runs[i][:3])
+        if phrase not in seen:
+            seen.append(phrase)
+    return seen
+
+
+def topic_prompt(text: str, *, reply_to: str | None = None, thread: bool = False) -> str:
+    """The user turn for a post with no partner: what it is about, derived from the post.
+
+    Rule: up to 2 key phrases (longest runs of non-stopwords, see `key_phrases`), then up to
+    3 hashtags, then up to 2 @mentions, all in order of appearance and deduplicated:
+    "Write a post about X, Y, #tag, @name." A self-thread says "a thread"; a reply to
+    someone else says "a reply to @name". A post with no topic words gets "Write a post."
+    """
+    hashtags = _dedupe("#" + h for h in _HASHTAG.findall(text))[:3]
+    mentions = _dedupe("@" + m for m in _MENTION.findall(text))[:2]
+    plain = _MENTION.sub(" ", _HASHTAG.sub(" ", _URL.sub(" ", text)))
+    topics = _dedupe(key_phrases(plain) + hashtags + mentions)
+    kind = "a thread" if thread else "a post"
+    if reply_to:
+        kind = f"a reply to @{reply_to}" if not thread else f"a thread replying to @{reply_to}"
+    if not topics:
+        return f"Write {kind}."
+    return f"Write {kind} about {', '.join(topics)}."
+
+
+def _dedupe(items: Any) -> list[str]:
+    seen: dict[str, str] = {}
+    for item in items:
+        seen.setdefault(item.lower(), item)
+    return list(seen.values())
+
+
+def _load_ytd(export: Export, name: str) -> list[Any]:
+    # The archive's data files are JavaScript for its offline viewer:
+    # `window.YTD.tweets.part0 = [ … ]`. Everything after the "=" is JSON.
+    text = export.read_text(name)
+    body = _YTD_PREFIX.sub("", text, count=1)
+    data = parse_json(body, export.where(name))
+    if not isinstance(data, list):
+        raise ImportErrorMessage(f"{export.where(name)} is not a Twitter data file (no list)")
+    return data
+
+
+def _owner(export: Export) -> Message:
+    names = export.members("account.js")
+    if export.kind == "file":  # tweets.js given alone: look beside it
+        sibling = export.path.parent / "account.js"
+        if sibling.is_file():
+            with open_export(sibling) as side:
+                return _owner_from(_load_ytd(side, side.names()[0]))
+    if names:
+        return _owner_from(_load_ytd(export, names[0]))
+    return Message(sender=FALLBACK_OWNER, text="", timestamp=dt.datetime.min)
+
+
+def _owner_from(data: list[Any]) -> Message:
+    account = data[0].get("account", data[0]) if data and isinstance(data[0], dict) else {}
+    username = account.get("username") or ""
+    display = account.get("accountDisplayName") or username or FALLBACK_OWNER
+    aliases = tuple(a for a in (username, f"@{username}" if username else "") if a)
+    return Message(
+        sender=display,
+        text="",
+        timestamp=dt.datetime.min,
+        sender_id=account.get("accountId"),
+        aliases=aliases,
+    )
+
+
+def _parse_time(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.strptime(value, "%a %b %d %H:%M:%S %z %Y")
+    except ValueError:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    return parsed
+
+
+def clean_text(tweet: dict[str, Any]) -> str:
+    """A post's text as written: links expanded, media/quote links and reply @-prefixes gone."""
+    text = tweet.get("full_text") or tweet.get("text") or ""
+    entities = tweet.get("entities") or {}
+    media = list(entities.get("media") or []) + list(
+        (tweet.get("extended_entities") or {}).get("media") or []
+    )
+    for item in media:
+        if item.get("url"):
+            text = text.replace(item["url"], " ")
+    for item in entities.get("urls") or []:
+        short, full = item.get("url"), item.get("expanded_url")
+        if short and full:
+            text = text.replace(short, " " if _STATUS_URL.fullmatch(full) else full)
+    # Media links without entity data (older archives) are the t.co links at the end.
+    text = _TRAILING_TCO.sub("", text)
+    if tweet.get("in_reply_to_status_id_str") or tweet.get("in_reply_to_screen_name"):
+        text = _REPLY_PREFIX.sub("", text.lstrip())
+    text = html.unescape(text)
+    # Replacing links left double spaces; keep the author's newlines.
+    return "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip() for line in text.split("\n")).strip()
+
+
+@register("twitter")
+def import_twitter(path: Path) -> Iterator[Conversation]:
+    """Yield one Conversation per standalone post or self-thread, each opened by a topic prompt."""
+    with open_export(path) as export:
+        files = [n for pattern in _TWEET_FILES for n in export.members(pattern)]
+        if not files:
+            raise ImportErrorMessage(
+                f"No tweets in {path}: expected data/tweets.js (or tweet.js) from the X/Twitter "
+                "archive"
+            )
+        owner = _owner(export)
+        dropped: dict[str, int] = {}
+        kept: dict[str, tuple[dt.datetime, str, dict[str, Any]]] = {}
+        for name in files:
+            for item in _load_ytd(export, name):
+                tweet = item.get("tweet", item) if isinstance(item, dict) else None
+                if not isinstance(tweet, dict):
+                    continue
+                raw = tweet.get("full_text") or tweet.get("text") or ""
+                if raw.startswith("RT @") or "retweeted_status" in tweet:
+                    dropped["retweet"] = dropped.get("retweet", 0) + 1
+                    continue
+                text = clean_text(tweet)
+                if not text:
+                    entities = tweet.get("entities") or {}
+                    reason = "media" if entities.get("media") or "t.co/" in raw else "empty"
+                    dropped[reason] = dropped.get(reason, 0) + 1
+                    continue
+                tid = str(tweet.get("id_str") or tweet.get("id"))
+                kept[tid] = (_parse_time(tweet["created_at"]), text, tweet)
+
+    # A self-thread is a chain of replies to your own kept posts; its root is the first
+    # post whose parent is not one of them.
+    def root_of(tid: str) -> str:
+        seen = set()
+        while tid not in seen:
+            seen.add(tid)
+            parent = kept[tid][2].get("in_reply_to_status_id_str")
+            if not parent or parent not in kept:
+                return tid
+            tid = str(parent)
+        return tid
+
+    threads: dict[str, list[str]] = {}
+    for tid in kept:
+        threads.setdefault(root_of(tid), []).append(tid)
+
+    first = True
+    for root in sorted(threads, key=lambda r: (kept[r][0], r)):
+        ids = sorted(threads[root], key=lambda t: (kept[t][0], t))
+        when, text, tweet = kept[root]
+        replying = tweet.get("in_reply_to_screen_name")
+        if replying and owner.aliases and replying.lower() == owner.aliases[0].lower():
+            replying = None
+        prompt = topic_prompt(text, reply_to=replying, thread=len(ids) > 1)
+        conv = Conversation(
+            id=f"twitter/{root}",
+            title=text[:60],
+            participants=[owner.sender],
+            messages=[Message(sender=PROMPT_SENDER, text=prompt, timestamp=when)],
+        )
+        for tid in ids:
+            conv.messages.append(
+                Message(
+                    sender=owner.sender,
+                    text=kept[tid][1],
+                    timestamp=kept[tid][0],
+                    sender_id=owner.sender_id,
+                    aliases=owner.aliases,
+                )
+            )
+        if first:  # export-wide drops (retweets…) are reported once, on the first thread
+            conv.dropped.update(dropped)
+            first = False
+        yield conv
+    if first and dropped:
+        yield Conversation(
+            id="twitter/dropped", title="", participants=[owner.sender], dropped=dropped
+        )

@@ -1,0 +1,158 @@
+"""`phischer import`: summary, options, one-line errors with exit 1 and no partial output."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from phischer.cli import cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MESSENGER = FIXTURES / "messenger"
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["import", *args])
+
+
+def examples(path: Path) -> list[list[dict[str, str]]]:
+    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_import_messenger_prints_a_summary(tmp_path: Path) -> None:
+    out = tmp_path / "zoe.jsonl"
+    result = run("messenger", str(MESSENGER), "--me", "Zoë Martín", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:5] == [
+        "Threads: 3  (4 conversations after splitting on silences)",
+        "Messages kept: 19  (yours: 8)",
+        "Dropped: 12  (media 4, system 3, sticker 1, reaction 1, link 1, unsent 1, call 1)",
+        "Not used: 1 of your messages that opened a conversation (no message before them to "
+        "reply to)",
+        "Examples: 3  (257 tokens, o200k_base)",
+    ]
+    assert lines[5] == f"Wrote {out} and zoe.jsonl.conversations"
+    assert lines[6].startswith("System prompt: You are Zoë Martín. Reply to text messages")
+    assert len(examples(out)) == 3
+    assert (tmp_path / "zoe.jsonl.conversations").read_text().splitlines() == [
+        "inbox/hikingcrew_2002#0",
+        "inbox/samrivera_1001#0",
+        "inbox/samrivera_1001#1",
+    ]
+
+
+def test_options_system_max_turns_gap_and_mask(tmp_path: Path) -> None:
+    out = tmp_path / "zoe.jsonl"
+    result = run(
+        "messenger",
+        str(MESSENGER),
+        "--me",
+        "zoë martín",
+        "-o",
+        str(out),
+        "--system",
+        "You are {me}, texting.",
+        "--max-turns",
+        "2",
+        "--gap-hours",
+        "24",
+        "--mask-pii",
+    )
+    assert result.exit_code == 0, result.output
+    got = examples(out)
+    system = {"role": "system", "content": "You are Zoë Martín, texting."}
+    # One day-long session for Sam's thread now, cut into (user, assistant) pairs.
+    assert got[-2:] == [
+        [
+            system,
+            {"role": "user", "content": "you still there?\ndinner thursday?"},
+            {"role": "assistant", "content": "yes!! 7pm at Luca's"},
+        ],
+        [
+            system,
+            {"role": "user", "content": "perfect, call me at <PHONE> if late"},
+            {"role": "assistant", "content": "will do. or email <EMAIL>"},
+        ],
+    ]
+    assert len(got) == 6  # group: 2 pairs, Sam: 4 pairs
+    assert all(len(e) == 3 for e in got)
+
+
+def test_import_from_zip_and_twitter(tmp_path: Path) -> None:
+    archive = tmp_path / "facebook.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(MESSENGER.rglob("*.json")):
+            zf.write(p, p.relative_to(MESSENGER).as_posix())
+    assert run("messenger", str(archive), "--me", "Zoë Martín", "-o", "a.jsonl").exit_code == 0
+    assert run("messenger", str(MESSENGER), "--me", "Zoë Martín", "-o", "b.jsonl").exit_code == 0
+    assert Path("a.jsonl").read_bytes() == Path("b.jsonl").read_bytes()
+    result = run("twitter", str(FIXTURES / "twitter"), "--me", "zoemartin", "-o", "t.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "Dropped: 2  (media 1, retweet 1)" in result.stdout
+    assert len(examples(Path("t.jsonl"))) == 5
+
+
+def assert_clean_failure(result, message: str, tmp_path: Path) -> None:
+    assert result.exit_code == 1
+    assert result.output == f"Error: {message}\n"
+    assert "Traceback" not in result.output
+    assert [p.name for p in tmp_path.iterdir() if "jsonl" in p.name] == []
+
+
+def test_me_not_found_lists_senders(tmp_path: Path) -> None:
+    result = run("messenger", str(MESSENGER), "--me", "Zoe", "-o", str(tmp_path / "x.jsonl"))
+    assert_clean_failure(
+        result,
+        "--me 'Zoe' matches no sender; most frequent senders: Sam Rivera (8), Zoë Martín (8), "
+        "Priya Nair (2), Crypto Guru (1)",
+        tmp_path,
+    )
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    result = run("messenger", "no/such/export.zip", "--me", "Zoë", "-o", str(tmp_path / "x.jsonl"))
+    assert_clean_failure(result, "No such file or folder: no/such/export.zip", tmp_path)
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    result = run("myspace", str(MESSENGER), "--me", "Zoë", "-o", str(tmp_path / "x.jsonl"))
+    assert_clean_failure(
+        result,
+        "Unknown format 'myspace': choose one of discord, messenger, telegram, twitter, whatsapp",
+        tmp_path,
+    )
+
+
+def test_wrong_format(tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    result = run("messenger", str(FIXTURES / "twitter"), "--me", "Zoë", "-o", str(out))
+    assert_clean_failure(
+        result,
+        f"No Messenger threads in {FIXTURES / 'twitter'}: expected "
+        "messages/inbox/<thread>/message_1.json (JSON format of 'Download your information') "
+        "or the end-to-end encrypted chats export",
+        tmp_path,
+    )
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_truncated_json_leaves_no_output(tmp_path: Path, where: str) -> None:
+    export = tmp_path / "export" / "messages" / "inbox"
+    for name in ("aaa_1", "zzz_2"):
+        src = MESSENGER / "your_facebook_activity/messages/inbox/samrivera_1001/message_1.json"
+        (export / name).mkdir(parents=True)
+        (export / name / "message_1.json").write_bytes(src.read_bytes())
+    broken = export / ("aaa_1" if where == "first" else "zzz_2") / "message_1.json"
+    broken.write_bytes(broken.read_bytes()[:-40])
+    out = tmp_path / "x.jsonl"
+    result = run("messenger", str(tmp_path / "export"), "--me", "Zoë Martín", "-o", str(out))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: Truncated JSON in {broken}: ")
+    assert result.output.count("\n") == 1
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]

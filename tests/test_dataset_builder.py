@@ -1,0 +1,292 @@
+"""The dataset builder: sessions, merged turns, group prefixes, windows, prompt, PII, JSONL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from phischer.dataset import (
+    DEFAULT_SYSTEM,
+    BuildStats,
+    Example,
+    build_examples,
+    mask_pii,
+    match_me,
+    write_jsonl,
+)
+from phischer.importers import ImportErrorMessage, load
+from phischer.importers.base import Conversation, Message
+
+T0 = dt.datetime(2024, 1, 1, 12, 0)
+SYSTEM_ANA = {"role": "system", "content": DEFAULT_SYSTEM.format(me="Ana")}
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def conv(*rows: tuple[float, str, str], group: bool = False, cid: str = "c1") -> Conversation:
+    """Rows of (minutes after T0, sender, text)."""
+    return Conversation(
+        id=cid,
+        title="t",
+        participants=sorted({r[1] for r in rows}),
+        is_group=group,
+        messages=[Message(s, t, T0 + dt.timedelta(minutes=m)) for m, s, t in rows],
+    )
+
+
+def turns(example: Example) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in example.messages[1:]]
+
+
+def test_merges_runs_and_alternates() -> None:
+    (ex,) = build_examples(
+        [
+            conv(
+                (0, "Bo", "hi"),
+                (1, "Bo", "you there?"),
+                (2, "Ana", "yes"),
+                (3, "Ana", "what's up"),
+                (4, "Bo", "lunch?"),
+                (5, "Ana", "sure"),
+            )
+        ],
+        "Ana",
+    )
+    assert ex.conversation_id == "c1#0"
+    assert ex.messages[0] == SYSTEM_ANA
+    assert turns(ex) == [
+        ("user", "hi\nyou there?"),
+        ("assistant", "yes\nwhat's up"),
+        ("user", "lunch?"),
+        ("assistant", "sure"),
+    ]
+
+
+def test_sessions_split_on_gap_and_openers_and_unanswered_turns_are_left_out() -> None:
+    stats = BuildStats()
+    c = conv(
+        (0, "Ana", "morning"),  # opens the session: nothing to answer
+        (1, "Bo", "hey"),
+        (2, "Ana", "hey you"),
+        (3, "Bo", "bye"),  # nobody answers before the silence
+        (3 + 6 * 60, "Bo", "exactly six hours later: same session"),
+        (4 + 6 * 60, "Ana", "ok"),
+        (5 + 12 * 60, "Bo", "new day"),
+        (6 + 12 * 60, "Ana", "hi again"),
+    )
+    examples = list(build_examples([c], "Ana", stats=stats))
+    assert [e.conversation_id for e in examples] == ["c1#0", "c1#1"]
+    assert turns(examples[0]) == [
+        ("user", "hey"),
+        ("assistant", "hey you"),
+        ("user", "bye\nexactly six hours later: same session"),
+        ("assistant", "ok"),
+    ]
+    assert turns(examples[1]) == [("user", "new day"), ("assistant", "hi again")]
+    assert (stats.sessions, stats.openers, stats.examples, stats.me_messages) == (2, 1, 2, 4)
+    assert [e.conversation_id for e in build_examples([c], "Ana", gap_hours=1)] == [
+        "c1#0",
+        "c1#1",
+        "c1#2",
+    ]
+
+
+def test_group_turns_are_prefixed_with_the_speaker() -> None:
+    (ex,) = build_examples(
+        [
+            conv(
+                (0, "Bo", "who's in?"),
+                (1, "Cy", "me"),
+                (2, "Cy", "if dry"),
+                (3, "Bo", "Ana?"),
+                (4, "Ana", "in"),
+                group=True,
+            )
+        ],
+        "Ana",
+    )
+    assert turns(ex) == [("user", "Bo: who's in?\nCy: me\nif dry\nBo: Ana?"), ("assistant", "in")]
+
+
+def test_windows_are_non_overlapping_chunks_ending_with_the_assistant() -> None:
+    rows = []
+    for i in range(5):
+        rows += [(2 * i, "Bo", f"q{i}"), (2 * i + 1, "Ana", f"a{i}")]
+    c = conv(*rows)
+    for max_turns in (4, 5):  # an odd limit rounds down: windows must end with a reply
+        examples = list(build_examples([c], "Ana", max_turns=max_turns))
+        assert [turns(e) for e in examples] == [
+            [("user", "q0"), ("assistant", "a0"), ("user", "q1"), ("assistant", "a1")],
+            [("user", "q2"), ("assistant", "a2"), ("user", "q3"), ("assistant", "a3")],
+            [("user", "q4"), ("assistant", "a4")],
+        ]
+        assert {e.conversation_id for e in examples} == {"c1#0"}
+    with pytest.raises(ImportErrorMessage, match="--max-turns must be at least 2"):
+        list(build_examples([c], "Ana", max_turns=1))
+
+
+def test_system_prompt_names_the_sender_as_spelled_in_the_export() -> None:
+    c = conv((0, "Bo", "hi"), (1, "Ana Lima", "hey"))
+    (ex,) = build_examples([c], "  ana   LIMA ")
+    assert ex.messages[0]["content"] == DEFAULT_SYSTEM.format(me="Ana Lima")
+    (ex,) = build_examples([c], "ana lima", system="Be {me}. Short texts.")
+    assert ex.messages[0] == {"role": "system", "content": "Be Ana Lima. Short texts."}
+
+
+def test_match_me_by_name_alias_or_id() -> None:
+    m = Message("Ana Lima", "x", T0, sender_id="user42", aliases=("ana_l", "Nana"))
+    assert match_me(m, "ana lima")
+    assert match_me(m, "USER42")
+    assert match_me(m, "nana")
+    assert not match_me(m, "Ana")
+
+
+def test_me_not_found_lists_the_most_frequent_senders() -> None:
+    c = conv(
+        (0, "Bo", "a"),
+        (1, "Cy", "b"),
+        (2, "Bo", "c"),
+        (3, "Bo", "d"),
+        (4, "Cy", "e"),
+        (5, "Di", "f"),
+    )
+    with pytest.raises(ImportErrorMessage) as info:
+        list(build_examples([c], "Ana"))
+    assert str(info.value) == (
+        "--me 'Ana' matches no sender; most frequent senders: Bo (3), Cy (2), Di (1)"
+    )
+
+
+def test_no_reply_at_all_is_an_error() -> None:
+    with pytest.raises(ImportErrorMessage, match="^No examples: Ana never replied"):
+        list(build_examples([conv((0, "Ana", "anyone?"), (1, "Bo", "no"))], "Ana"))
+
+
+def test_mask_pii() -> None:
+    assert mask_pii(
+        "mail ana.lima+x@mail.example.org or call +1 (555) 010-0199 / 0612345678, "
+        "see https://example.com/a?b=1 and www.example.net. Meet 2024-05-06 at 10:30, "
+        "order AB1234567, 3 pizzas"
+    ) == (
+        "mail <EMAIL> or call <PHONE> / <PHONE>, see <URL> and <URL> Meet 2024-05-06 at 10:30, "
+        "order AB1234567, 3 pizzas"
+    )
+
+
+def test_mask_pii_in_examples() -> None:
+    (ex,) = build_examples(
+        [conv((0, "Bo", "my number is 555 010 0199"), (1, "Ana", "mine: ana@example.com"))],
+        "Ana",
+        mask_pii=True,
+    )
+    assert turns(ex) == [("user", "my number is <PHONE>"), ("assistant", "mine: <EMAIL>")]
+
+
+def test_write_jsonl_and_sidecar(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "ana.jsonl"
+    examples = [
+        Example(
+            "t#0",
+            [
+                SYSTEM_ANA,
+                {"role": "user", "content": "olá"},
+                {"role": "assistant", "content": "oi 😀"},
+            ],
+        ),
+        Example(
+            "t#1",
+            [SYSTEM_ANA, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+        ),
+    ]
+    assert write_jsonl(examples, out) == 2
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == json.dumps({"messages": examples[0].messages}, ensure_ascii=False)
+    assert "olá" in lines[0]
+    assert [json.loads(line) for line in lines] == [{"messages": e.messages} for e in examples]
+    assert (tmp_path / "sub" / "ana.jsonl.conversations").read_text() == "t#0\nt#1\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ana.jsonl", "ana.jsonl.conversations"]
+
+
+def test_write_jsonl_leaves_nothing_behind_on_error(tmp_path: Path) -> None:
+    out = tmp_path / "ana.jsonl"
+
+    def failing() -> Iterator[Example]:
+        yield Example("t#0", [SYSTEM_ANA])
+        raise ImportErrorMessage("boom")
+
+    with pytest.raises(ImportErrorMessage):
+        write_jsonl(failing(), out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_jsonl_keeps_an_older_output_on_error(tmp_path: Path) -> None:
+    out = tmp_path / "ana.jsonl"
+    out.write_text("old\n")
+
+    def failing() -> Iterator[Example]:
+        raise ImportErrorMessage("boom")
+        yield  # pragma: no cover
+
+    with pytest.raises(ImportErrorMessage):
+        write_jsonl(failing(), out)
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ana.jsonl"]
+
+
+ZOE_SYSTEM = {
+    "role": "system",
+    "content": "You are Zoë Martín. Reply to text messages the way Zoë Martín would: same voice, "
+    "same length, same habits.",
+}
+
+
+def test_messenger_fixture_end_to_end() -> None:
+    stats = BuildStats()
+    examples = list(
+        build_examples(load("messenger", FIXTURES / "messenger"), "ZOË MARTÍN", stats=stats)
+    )
+    assert [e.conversation_id for e in examples] == [
+        "inbox/hikingcrew_2002#0",
+        "inbox/samrivera_1001#0",
+        "inbox/samrivera_1001#1",
+    ]
+    assert [e.messages for e in examples] == [
+        [
+            ZOE_SYSTEM,
+            {
+                "role": "user",
+                "content": "Priya Nair: who's in for saturday?\nSam Rivera: me!\n"
+                "if it doesn't rain",
+            },
+            {"role": "assistant", "content": "count me in 🙌"},
+            {"role": "user", "content": "Priya Nair: meet at 8 at the trailhead"},
+            {"role": "assistant", "content": "deal"},
+        ],
+        [
+            ZOE_SYSTEM,
+            {"role": "user", "content": "barely ☕\nlook at this view"},
+            {"role": "assistant", "content": "wow, jealous 😍\nwhere is that?"},
+            {"role": "user", "content": "Lake Tahoe, the café by the pier"},
+            {"role": "assistant", "content": "I'm going next summer, no excuses"},
+        ],
+        [
+            ZOE_SYSTEM,
+            {"role": "user", "content": "dinner thursday?"},
+            {"role": "assistant", "content": "yes!! 7pm at Luca's"},
+            {"role": "user", "content": "perfect, call me at +1 555 010 0199 if late"},
+            {"role": "assistant", "content": "will do. or email zoe@example.com"},
+        ],
+    ]
+    assert (stats.threads, stats.messages, stats.me_messages, stats.openers) == (3, 19, 8, 1)
+    assert dict(stats.dropped) == {
+        "media": 4,
+        "sticker": 1,
+        "reaction": 1,
+        "link": 1,
+        "unsent": 1,
+        "call": 1,
+        "system": 3,
+    }

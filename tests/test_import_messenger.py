@@ -1,0 +1,250 @@
+"""Messenger importer: legacy folder and zip, E2EE export, mojibake, drops, errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from phischer.importers import ImportErrorMessage, load
+from phischer.importers.messenger import fix_mojibake
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LEGACY = FIXTURES / "messenger"
+E2EE = FIXTURES / "messenger_e2ee"
+ZOE = "Zoë Martín"
+
+
+def _threads(path: Path) -> dict[str, object]:
+    return {c.id: c for c in load("messenger", path)}
+
+
+def _zip(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder).as_posix())
+    return target
+
+
+def test_legacy_thread_merges_files_in_time_order_and_fixes_mojibake() -> None:
+    threads = _threads(LEGACY)
+    assert sorted(threads) == [
+        "filtered_threads/cryptoguru_3003",
+        "inbox/hikingcrew_2002",
+        "inbox/samrivera_1001",
+    ]
+    sam = threads["inbox/samrivera_1001"]
+    assert sam.title == "Sam Rivera"
+    assert sam.participants == ["Sam Rivera", ZOE]
+    assert not sam.is_group
+    assert [(m.sender, m.text) for m in sam.messages] == [
+        (ZOE, "morning! you up?"),
+        ("Sam Rivera", "barely ☕"),
+        ("Sam Rivera", "look at this view"),
+        (ZOE, "wow, jealous 😍"),
+        (ZOE, "where is that?"),
+        ("Sam Rivera", "Lake Tahoe, the café by the pier"),
+        (ZOE, "I'm going next summer, no excuses"),
+        ("Sam Rivera", "you still there?"),
+        ("Sam Rivera", "dinner thursday?"),
+        (ZOE, "yes!! 7pm at Luca's"),
+        ("Sam Rivera", "perfect, call me at +1 555 010 0199 if late"),
+        (ZOE, "will do. or email zoe@example.com"),
+    ]
+    assert sam.messages[0].timestamp == dt.datetime(2024, 3, 1, 9, 0)
+    assert sam.messages[-1].timestamp == dt.datetime(2024, 3, 1, 20, 3)
+    assert sam.dropped == {
+        "media": 3,  # a photo, "You sent an attachment.", a voice message
+        "sticker": 1,
+        "reaction": 1,
+        "link": 1,
+        "unsent": 1,
+        "call": 1,
+    }
+
+
+def test_group_thread_drops_system_notices_and_keeps_senders() -> None:
+    group = _threads(LEGACY)["inbox/hikingcrew_2002"]
+    assert group.is_group
+    assert group.title == "Hiking Crew 🥾"
+    assert group.participants == [ZOE, "Sam Rivera", "Priya Nair"]
+    assert [(m.sender, m.text) for m in group.messages] == [
+        ("Priya Nair", "who's in for saturday?"),
+        ("Sam Rivera", "me!"),
+        ("Sam Rivera", "if it doesn't rain"),
+        (ZOE, "count me in 🙌"),
+        ("Priya Nair", "meet at 8 at the trailhead"),
+        (ZOE, "deal"),
+    ]
+    # "named the group", "left the group" (Unsubscribe), "set the nickname"; a GIF.
+    assert group.dropped == {"system": 3, "media": 1}
+
+
+def test_zip_reads_the_same_as_the_folder(tmp_path: Path) -> None:
+    archive = _zip(LEGACY, tmp_path / "facebook-zoe.zip")
+    from_zip = _threads(archive)
+    from_folder = _threads(LEGACY)
+    assert from_zip.keys() == from_folder.keys()
+    for key, conv in from_zip.items():
+        assert conv.messages == from_folder[key].messages
+        assert conv.dropped == from_folder[key].dropped
+
+
+def test_single_message_file(tmp_path: Path) -> None:
+    src = LEGACY / "your_facebook_activity/messages/inbox/hikingcrew_2002/message_1.json"
+    (conv,) = load("messenger", src)
+    assert conv.id == "hikingcrew_2002"
+    assert len(conv.messages) == 6
+
+
+def test_e2ee_export() -> None:
+    (conv,) = load("messenger", E2EE)
+    assert conv.id == "e2ee/Sam Rivera_40"
+    assert conv.title == "Sam Rivera"
+    assert conv.participants == [ZOE, "Sam Rivera"]
+    assert [(m.sender, m.text) for m in conv.messages] == [
+        ("Sam Rivera", "happy new year!! 🎉"),
+        (ZOE, "happy new year Sam! café soon?"),
+        (ZOE, "naïve question: is it open?"),
+    ]
+    assert conv.messages[0].timestamp == dt.datetime(2025, 1, 5, 10, 0)
+    assert conv.dropped == {"media": 1, "unsent": 2, "link": 1}
+
+
+def test_legacy_and_e2ee_in_one_folder(tmp_path: Path) -> None:
+    shutil.copytree(LEGACY, tmp_path / "export")
+    shutil.copy(E2EE / "Sam Rivera_40.json", tmp_path / "export" / "Sam Rivera_40.json")
+    assert len(_threads(tmp_path / "export")) == 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "fixed"),
+    [
+        ("Zo\u00c3\u00ab Mart\u00c3\u00adn", "Zoë Martín"),
+        ("\u00f0\u009f\u0098\u008d", "😍"),
+        ("plain ascii", "plain ascii"),
+        ("café", "café"),  # real UTF-8 latin-1 text does not decode as UTF-8 bytes: kept
+        ("naïve ☕", "naïve ☕"),  # beyond latin-1: cannot be mojibake, kept
+    ],
+)
+def test_fix_mojibake_only_where_it_round_trips(raw: str, fixed: str) -> None:
+    assert fix_mojibake(raw) == fixed
+
+
+def test_missing_path() -> None:
+    with pytest.raises(ImportErrorMessage, match=r"^No such file or folder: nowhere/export$"):
+        load("messenger", "nowhere/export")
+
+
+def test_folder_without_threads(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ImportErrorMessage, match="No Messenger threads in"):
+        list(load("messenger", tmp_path))
+
+
+def test_truncated_json_names_the_file(tmp_path: Path) -> None:
+    thread = tmp_path / "messages" / "inbox" / "bob_1"
+    thread.mkdir(parents=True)
+    good = LEGACY / "your_facebook_activity/messages/inbox/hikingcrew_2002/message_1.json"
+    (thread / "message_1.json").write_text(good.read_text()[:300])
+    with pytest.raises(ImportErrorMessage) as info:
+        list(load("messenger", tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"Truncated JSON in {thread / 'message_1.json'}: ")
+    assert "\n" not in message
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    fake = tmp_path / "export.zip"
+    fake.write_text("this is not a zip")
+    with pytest.raises(ImportErrorMessage, match=r"export.zip is not a zip file or is damaged"):
+        list(load("messenger", fake))
+
+
+def test_truncated_json_inside_zip(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "fb.zip", "w") as zf:
+        zf.writestr("messages/inbox/bob_1/message_1.json", '{"participants": [{"name": "B')
+    with pytest.raises(
+        ImportErrorMessage,
+        match=r"^Truncated JSON in messages/inbox/bob_1/message_1.json \(in .*fb.zip\): ",
+    ):
+        list(load("messenger", tmp_path / "fb.zip"))
+
+
+def test_thread_json_of_the_wrong_shape(tmp_path: Path) -> None:
+    thread = tmp_path / "messages" / "inbox" / "bob_1"
+    thread.mkdir(parents=True)
+    (thread / "message_1.json").write_text(json.dumps([1, 2, 3]))
+    with pytest.raises(
+        ImportErrorMessage, match='is not a Messenger thread \\(no "messages" list\\)'
+    ):
+        list(load("messenger", tmp_path))
+
+
+def test_threads_are_loaded_one_at_a_time() -> None:
+    # The importer is lazy: the first thread comes out before the next file is read.
+    conversations = load("messenger", LEGACY)
+    first = next(iter(conversations))
+    assert first.messages
+
+
+def test_parallel_parsing_gives_the_same_conversations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phischer.importers import messenger
+
+    serial = _threads(LEGACY)
+    monkeypatch.setattr(messenger, "PARALLEL_MIN_THREADS", 1)
+    monkeypatch.setattr(messenger, "_workers", lambda: 1)
+    archive = _zip(LEGACY, tmp_path / "fb.zip")
+    for path in (LEGACY, archive):
+        parallel = _threads(path)
+        assert list(parallel) == list(serial)
+        for key, conv in parallel.items():
+            assert conv == serial[key]
+
+
+def test_parallel_parsing_reports_a_broken_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phischer.importers import messenger
+
+    monkeypatch.setattr(messenger, "PARALLEL_MIN_THREADS", 1)
+    monkeypatch.setattr(messenger, "_workers", lambda: 1)
+    shutil.copytree(LEGACY, tmp_path / "export")
+    broken = next((tmp_path / "export").rglob("hikingcrew_2002/message_1.json"))
+    broken.write_text(broken.read_text()[:-30])
+    with pytest.raises(ImportErrorMessage, match=r"^Truncated JSON in .*hikingcrew_2002"):
+        list(load("messenger", tmp_path / "export"))
+
+
+@pytest.mark.parametrize(
+    ("text", "sender", "reason"),
+    [
+        ("Reacted 😂 to your message ", "Sam Rivera", "reaction"),
+        ("Sam Rivera reacted ❤ to your message", "Sam Rivera", "reaction"),
+        ("Priya Nair liked a message", "Priya Nair", "reaction"),
+        ("Sam Rivera called you.", "Sam Rivera", "call"),
+        ("You missed a call from Sam Rivera.", "Zoë Martín", "call"),
+        ("Sam Rivera sent a photo.", "Sam Rivera", "media"),
+        ("You sent 3 photos.", "Zoë Martín", "media"),
+        ("Sam Rivera unsent a message", "Sam Rivera", "unsent"),
+        ("You named the group Ski trip.", "Zoë Martín", "system"),
+        ("Priya Nair added Sam Rivera to the group.", "Priya Nair", "system"),
+        ("https://example.com/x", "Sam Rivera", "link"),
+        # typed by people: kept
+        ("lol he left the group", "Sam Rivera", None),
+        ("Sam Rivera sent a photo.", "Priya Nair", None),  # not her own notice
+        ("check https://example.com/x it's great", "Sam Rivera", None),
+        ("You are the best", "Sam Rivera", None),
+    ],
+)
+def test_notice_and_link_detection(text: str, sender: str, reason: str | None) -> None:
+    from phischer.importers.messenger import _text_reason
+
+    assert _text_reason(text.strip(), sender, shared=False) == reason

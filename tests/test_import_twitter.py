@@ -1,0 +1,160 @@
+"""X/Twitter importer: tweets.js + parts, retweets, entities, reply prefixes, self-threads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from phischer.dataset import build_examples
+from phischer.importers import ImportErrorMessage, load
+from phischer.importers.twitter import PROMPT_SENDER, key_phrases, topic_prompt
+
+ARCHIVE = Path(__file__).parent / "fixtures" / "twitter"
+ZOE = "Zoë Martín"
+
+
+def _convs(path: Path = ARCHIVE) -> list:
+    return list(load("twitter", path))
+
+
+def test_posts_become_prompted_conversations_in_time_order() -> None:
+    convs = _convs()
+    assert [c.id for c in convs] == [
+        "twitter/100",
+        "twitter/102",
+        "twitter/103",
+        "twitter/107",
+        "twitter/108",
+    ]
+    assert [[(m.sender, m.text) for m in c.messages] for c in convs] == [
+        [
+            (
+                PROMPT_SENDER,
+                "Write a post about sourdough starter guide, fermentation, #baking, #sourdough.",
+            ),
+            # &amp; unescaped, the trailing media link gone
+            (
+                ZOE,
+                "Finally finished the sourdough starter guide. Fermentation is wild & slow "
+                "#baking #sourdough",
+            ),
+        ],
+        [
+            # the post it answered is not in the archive: the prompt names whom it replies to
+            (PROMPT_SENDER, "Write a reply to @bakerbob about thanks, perfect."),
+            (ZOE, "thanks, the crumb came out perfect!"),  # "@bakerbob @flourpower " stripped
+        ],
+        [
+            (PROMPT_SENDER, "Write a thread about short thread, bagels failed."),
+            (ZOE, "A short thread on why my bagels failed 🧵"),
+            (ZOE, "1/ the water was too cold <sigh>"),
+            (ZOE, "2/ I skipped the boil. Never again https://example.com/bagels"),
+        ],
+        [
+            (PROMPT_SENDER, "Write a post about way."),
+            (ZOE, "This is the way"),  # the quoted post's link is gone
+        ],
+        [
+            (PROMPT_SENDER, "Write a post about shoutout, rye tips, #rye, @flourpower."),
+            (ZOE, "Shoutout to @flourpower for the rye tips #rye"),
+        ],
+    ]
+    thread = convs[2]
+    assert thread.messages[0].timestamp == thread.messages[1].timestamp
+    assert thread.messages[1].timestamp == dt.datetime(2023, 5, 3, 19, 0)
+    assert thread.messages[1].aliases == ("zoemartin", "@zoemartin")
+    assert thread.messages[1].sender_id == "4242"
+
+
+def test_drops_are_counted_once() -> None:
+    convs = _convs()
+    total: dict[str, int] = {}
+    for c in convs:
+        for k, v in c.dropped.items():
+            total[k] = total.get(k, 0) + v
+    assert total == {"retweet": 1, "media": 1}
+
+
+def test_builder_makes_prompt_to_post_examples() -> None:
+    examples = list(build_examples(_convs(), "@zoemartin"))
+    assert len(examples) == 5
+    assert examples[2].conversation_id == "twitter/103#0"
+    assert examples[2].messages == [
+        {
+            "role": "system",
+            "content": "You are Zoë Martín. Reply to text messages the way Zoë Martín would: "
+            "same voice, same length, same habits.",
+        },
+        {"role": "user", "content": "Write a thread about short thread, bagels failed."},
+        {
+            "role": "assistant",
+            "content": "A short thread on why my bagels failed 🧵\n1/ the water was too cold <sigh>"
+            "\n2/ I skipped the boil. Never again https://example.com/bagels",
+        },
+    ]
+
+
+def test_zip_and_single_file(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "twitter-2024.zip", "w") as zf:
+        for p in sorted(ARCHIVE.rglob("*.js")):
+            zf.write(p, p.relative_to(ARCHIVE).as_posix())
+    assert [c.messages for c in _convs(tmp_path / "twitter-2024.zip")] == [
+        c.messages for c in _convs()
+    ]
+    # tweets.js alone still finds account.js beside it
+    (first, *_rest) = _convs(ARCHIVE / "data" / "tweets.js")
+    assert first.messages[1].sender == ZOE
+    assert len(_rest) == 3  # no tweets-part1.js: the self-thread is not there
+
+
+def test_without_account_js_the_owner_is_me(tmp_path: Path) -> None:
+    shutil.copy(ARCHIVE / "data" / "tweets.js", tmp_path / "tweets.js")
+    convs = _convs(tmp_path / "tweets.js")
+    assert {m.sender for c in convs for m in c.messages} == {"me", PROMPT_SENDER}
+
+
+def test_older_tweet_js_without_wrapper(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tweet.js").write_text(
+        'window.YTD.tweet.part0 = [{"id_str": "1", "created_at": "Mon Jan 02 10:00:00 +0000 '
+        '2017", "full_text": "Snow day #winter"}]'
+    )
+    (conv,) = _convs(tmp_path)
+    assert [m.text for m in conv.messages] == [
+        "Write a post about snow day, #winter.",
+        "Snow day #winter",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "prompt"),
+    [
+        ("lol ok", {}, "Write a post."),
+        (
+            "New album out Friday!! #music @label",
+            {},
+            "Write a post about album, friday, #music, @label.",
+        ),
+        ("agreed", {"reply_to": "bob"}, "Write a reply to @bob about agreed."),
+        ("Why I left my job in tech", {"thread": True}, "Write a thread about left, tech."),
+    ],
+)
+def test_topic_prompt_rule(text: str, kwargs: dict, prompt: str) -> None:
+    assert topic_prompt(text, **kwargs) == prompt
+
+
+def test_key_phrases_prefer_longer_runs() -> None:
+    text = "My grandmother's secret tomato sauce recipe, finally written down"
+    assert key_phrases(text) == ["grandmother's secret tomato", "written"]
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(ImportErrorMessage, match="No tweets in"):
+        _convs(tmp_path)
+    (tmp_path / "tweets.js").write_text('window.YTD.tweets.part0 = [ {"tweet" : {"id_str"')
+    with pytest.raises(ImportErrorMessage, match=r"^Truncated JSON in .*tweets.js: "):
+        _convs(tmp_path)
