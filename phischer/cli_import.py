@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from phischer.cli import friendly_errors
 from phischer.dataset import BuildStats, Example, build_examples, system_prompt, write_jsonl
 from phischer.importers import load
 from phischer.importers.base import Conversation
@@ -200,11 +199,14 @@ def summary(result: ImportResult) -> str:
 @click.option("--mask-pii", is_flag=True, help="Replace emails, phone numbers and URLs.")
 def import_command(fmt: str, path: Path, me: str, out: Path, **options: object) -> None:
     """Turn a chat export (zip, folder or file) into a fine-tuning JSONL."""
-    with friendly_errors():
-        try:
-            result = run_import(fmt, path, me, out, **options)  # type: ignore[arg-type]
-        except OSError as exc:  # e.g. the output folder is not writable
-            raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or out}") from None
+    # Not phischer.cli.friendly_errors: importing phischer.cli from here would make
+    # `import phischer.cli_import` circular for callers that start with this module.
+    try:
+        result = run_import(fmt, path, me, out, **options)  # type: ignore[arg-type]
+    except ValueError as exc:  # ImportErrorMessage and other bad input: one line, exit 1
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. the output folder is not writable
+        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or out}") from None
     click.echo(summary(result))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from twilio.twiml.messaging_response import MessagingResponse
@@ -25,8 +26,13 @@ def fit_sms(text: str, limit: int) -> str:
     return cut.rstrip() + "…"
 
 
+@functools.lru_cache(maxsize=4096)
 def twiml(*bodies: str) -> str:
-    """A TwiML document with one <Message> per non-empty body (none: no SMS is sent)."""
+    """A TwiML document with one <Message> per non-empty body (none: no SMS is sent).
+
+    Cached: a persona's replies repeat (retrieval answers come from a fixed set), and
+    serialising the XML costs more than the rest of the response.
+    """
     response = MessagingResponse()
     for body in bodies:
         if body:

@@ -61,10 +61,14 @@ def signed_url(request: Request, public_url: str | None) -> str:
     Without a public URL, request.url is used; it reflects X-Forwarded-Proto/Host only when
     the app was created with TRUST_PROXY=true (ProxyFix), so a client cannot forge them.
     """
-    if not public_url:
-        return request.url
     query = request.query_string.decode("latin-1")
-    return public_url + request.path + (f"?{query}" if query else "")
+    tail = request.path + (f"?{query}" if query else "")
+    if public_url:
+        return public_url + tail
+    # request.url would re-encode the URL as an IRI: ~0.1 ms a request for the same string.
+    env = request.environ
+    host = env.get("HTTP_HOST") or f"{env['SERVER_NAME']}:{env['SERVER_PORT']}"
+    return f"{env['wsgi.url_scheme']}://{host}{request.root_path}{tail}"
 
 
 class SignatureChecker:

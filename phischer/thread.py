@@ -13,6 +13,8 @@ SPOKEN = ("replied", "queued", "sent")
 
 def chat_text(body: str) -> str:
     """The part of an inbound body the persona answers ("#ada hi" -> "hi")."""
+    if not body.lstrip().startswith("#"):
+        return body.strip()  # the common case, without a full parse per history row
     command = parse(body)
     return command.text if command.action in ("chat", "switch") else ""
 

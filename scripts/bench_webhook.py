@@ -30,6 +30,8 @@ from urllib.request import urlopen
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from phischer.server import THREADS, WORKERS  # noqa: E402
+
 TEXTS = [
     "hey how are you",
     "what are you up to",
@@ -71,7 +73,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise SystemExit(f"server at {url} did not become healthy")
 
 
-def serve_bare(port: int) -> None:
+def serve_bare(port: int, workers: int, threads: int) -> None:
     """The baseline: a Flask app answering constant TwiML, same gunicorn settings."""
     from flask import Flask, Response
 
@@ -88,7 +90,7 @@ def serve_bare(port: int) -> None:
     def healthz() -> Response:
         return Response('{"status": "ok"}', mimetype="application/json")
 
-    GunicornServer(app, gunicorn_options("127.0.0.1", port)).run()
+    GunicornServer(app, gunicorn_options("127.0.0.1", port, workers, threads)).run()
 
 
 def lua_script(path: Path, url: str, token: str, count: int, threads: int) -> None:
@@ -172,10 +174,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--requests", type=int, default=80_000, help="distinct signed requests")
+    parser.add_argument("--workers", type=int, default=WORKERS, help="gunicorn workers (both)")
+    parser.add_argument("--gthreads", type=int, default=THREADS, help="threads per worker (both)")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
-        serve_bare(args.serve_bare)
+        serve_bare(args.serve_bare, args.workers, args.gthreads)
         return
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -199,6 +203,12 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--serve-bare", str(port)]
         else:
             cmd = phischer + ["serve", "--port", str(port)]
+        cmd += [
+            "--workers",
+            str(args.workers),
+            f"--{'gthreads' if name == 'bare' else 'threads'}",
+            str(args.gthreads),
+        ]
         proc = subprocess.Popen(
             cmd, env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

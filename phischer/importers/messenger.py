@@ -251,7 +251,7 @@ def _legacy_columns(export: Export, folder: str, files: list[tuple[int, str]]) -
         raw = _messages(data, export.where(name))
         if not cols.participants:
             cols.participants = [
-                fix_mojibake(p["name"] if isinstance(p, dict) else str(p))
+                fix_mojibake(str(p.get("name") or "") if isinstance(p, dict) else str(p))
                 for p in data.get("participants") or []
                 if p
             ]
@@ -341,8 +341,9 @@ def import_messenger(path: Path) -> Iterator[Conversation]:
 
 
 # Parsing and cleaning is about half the work of an import, building and writing examples
-# the other half: on a big export a worker process does the first half, thread by thread,
-# while this process does the second.
+# the other half: on a big export worker processes do the first half, thread by thread,
+# while this process does the second. Small exports stay in one process (forking costs more
+# than it saves there).
 PARALLEL_MIN_THREADS = 100
 _WORKER_EXPORTS: dict[str, Export] = {}
 
@@ -351,8 +352,8 @@ def _workers() -> int:
     # fork: the worker starts at once with everything imported (spawn would re-import).
     if (os.cpu_count() or 1) < 2 or "fork" not in mp.get_all_start_methods():
         return 0
-    # Parsing and cleaning is the bigger half: two workers keep the builder busy even on two
-    # cores (measured: one worker left this process waiting on it for 45% of the import).
+    # Parsing and cleaning is the bigger half: with one worker this process spent ~45% of a
+    # 1M-message import waiting for it, so two, even on two cores.
     return min(2, os.cpu_count() or 2)
 
 
@@ -368,12 +369,13 @@ def _worker_columns(path: str, folder: str, files: list[tuple[int, str]]) -> _Co
 def _parallel_columns(
     path: Path, jobs: list[tuple[str, list[tuple[int, str]]]], workers: int
 ) -> Iterator[_Columns]:
-    # In order, with a bounded number of threads in flight, so memory stays bounded.
+    # In order, with at most 2 threads per worker in flight: memory stays bounded by a few
+    # threads, not the export.
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
     try:
         pending: deque[Future[_Columns]] = deque()
         todo = iter(jobs)
-        for folder, files in islice(todo, 4 * workers):
+        for folder, files in islice(todo, 2 * workers):
             pending.append(pool.submit(_worker_columns, str(path), folder, files))
         while pending:
             cols = pending.popleft().result()  # re-raises a worker's ImportErrorMessage

@@ -158,11 +158,16 @@ def _owner_from(data: list[Any]) -> Message:
     )
 
 
-def _parse_time(value: str) -> dt.datetime:
+def _parse_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
     try:
         parsed = dt.datetime.strptime(value, "%a %b %d %H:%M:%S %z %Y")
     except ValueError:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
     return parsed
@@ -220,7 +225,11 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
                     dropped[reason] = dropped.get(reason, 0) + 1
                     continue
                 tid = str(tweet.get("id_str") or tweet.get("id"))
-                kept[tid] = (_parse_time(tweet["created_at"]), text, tweet)
+                when = _parse_time(tweet.get("created_at"))
+                if when is None:
+                    dropped["no timestamp"] = dropped.get("no timestamp", 0) + 1
+                    continue
+                kept[tid] = (when, text, tweet)
 
     # A self-thread is a chain of replies to your own kept posts; its root is the first
     # post whose parent is not one of them.
