@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from pathlib import Path
 
 from flask import Request
 from twilio.request_validator import (
@@ -28,6 +27,7 @@ class PublicUrl:
     """
 
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._fixed = settings.public_url
         self._path = settings.instance_path / "public_url"
         self._stamp: float | None = None
@@ -43,16 +43,9 @@ class PublicUrl:
             self._stamp, self._value = None, None
             return None
         if stamp != self._stamp:
-            self._value = _read(self._path)
+            self._value = self._settings.tunnel_public_url()
             self._stamp = stamp
         return self._value
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip().rstrip("/") or None
-    except OSError:
-        return None
 
 
 def signed_url(request: Request, public_url: str | None) -> str:
