@@ -8,6 +8,7 @@ replies to this number so it does not repeat itself.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -19,6 +20,9 @@ import bm25s
 import numpy as np
 
 from phischer.backends.base import BackendError, PersonaView, Reply
+
+# bm25s sets its own logger to DEBUG on import; let it follow the app's level instead.
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 # Group-chat turns carry a "Name: " prefix (dataset rule); names are not what a text is about.
