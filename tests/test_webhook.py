@@ -227,3 +227,25 @@ def test_healthz_reports_a_broken_database(app):
     db_path.mkdir()  # a directory where the database file was: SQLite cannot open it
     r = app.test_client().get("/healthz")
     assert r.status_code == 503
+
+
+def test_logs_above_debug_hold_no_numbers_or_tokens(
+    make_app, personas, database, fake_openai, twilio_post, caplog
+):
+    import logging
+
+    from phischer.personas import set_model
+
+    with database.write() as session:
+        set_model(session, "Bo", "m", base_url=fake_openai.base_url)
+    app = make_app(model_retries=0)
+    token = app.extensions["phischer"].settings.auth_token()
+    fake_openai.behaviour, fake_openai.status_code = "status", 500
+    with caplog.at_level(logging.INFO):
+        twilio_post("STOP", from_="+15557654321", target=app)
+        twilio_post("#bo hi", from_="+15557654322", target=app)
+        twilio_post("hi", from_="+15557654323", signature="forged", target=app)
+    text = caplog.text
+    assert "Persona Bo failed to answer" in text  # the failure itself is logged
+    assert "765432" not in text
+    assert token not in text and "sk-test-not-real" not in text
