@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
+import requests
 from twilio.twiml.messaging_response import MessagingResponse
 
 from phischer.config import Settings, mask_number
@@ -47,24 +49,41 @@ class SendError(Exception):
 class RestSender:
     """Sends an SMS through Twilio's REST API (used when the reply is too slow for TwiML)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, retry_delays_s: tuple[float, ...] = (1.0, 4.0)) -> None:
         self.settings = settings
+        self.retry_delays_s = retry_delays_s
         self._client = None
 
     def send(self, to: str, body: str) -> str:
-        """Send `body` to `to`; return the Message SID or raise SendError."""
+        """Send `body` to `to`; return the Message SID or raise SendError.
+
+        Connection errors, 429 and 5xx are retried (Twilio creates no message then, so a
+        retry cannot double-send); any other refusal (21610 opted out, 21211 bad number, …)
+        is final.
+        """
         from phischer.twilio_client import make_twilio_client  # the twilio REST client is heavy
 
-        try:
-            if self._client is None:
-                self._client = make_twilio_client(self.settings)
-            message = self._client.messages.create(
-                to=to, from_=self.settings.twilio_phone_number, body=body
-            )
-        except Exception as exc:  # twilio raises TwilioRestException, requests raises its own
-            log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
-            raise SendError(_short(exc)) from None
-        return str(message.sid)
+        for delay in (*self.retry_delays_s, None):
+            try:
+                if self._client is None:
+                    self._client = make_twilio_client(self.settings)
+                message = self._client.messages.create(
+                    to=to, from_=self.settings.twilio_phone_number, body=body
+                )
+                return str(message.sid)
+            except Exception as exc:  # TwilioRestException, requests' errors, config errors
+                log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
+                if delay is None or not _transient(exc):
+                    raise SendError(_short(exc)) from None
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _transient(exc: Exception) -> bool:
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status == 429 or status >= 500
+    return isinstance(exc, requests.ConnectionError | requests.Timeout)
 
 
 def _short(exc: Exception) -> str:
