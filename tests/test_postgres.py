@@ -1,0 +1,141 @@
+"""The same webhook and migrations on a real PostgreSQL server (DESIGN §3: multi-instance).
+
+A throwaway cluster is created with the machine's PostgreSQL server binaries (Debian's
+`postgresql` package) in a temp folder, on a Unix socket, and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import sqlalchemy as sa
+from werkzeug.serving import make_server
+
+from phischer import create_app
+from phischer.migrate import upgrade
+from phischer.models import Contact, Message
+from tests.conftest import sign, sms_params, twiml_bodies, write_dataset
+
+BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+
+
+def _run(args: list[str], cwd: str) -> None:
+    # initdb refuses to run as root: use the postgres account the package created.
+    if os.geteuid() == 0:
+        args = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(args)]
+    subprocess.run(args, check=True, capture_output=True, cwd=cwd, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    if not BINARIES:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    bindir = os.path.dirname(BINARIES[-1])
+    # Not under pytest's tmp folder: it is private to root, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="phischer-pg-"))
+    data = root / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    _run([f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], str(root))
+    _run([f"{bindir}/pg_ctl", "-D", str(data), "-w", "-l", str(root / "log"),
+          "-o", f"'-p {port} -k {root} -c listen_addresses='''", "start"], str(root))  # fmt: skip
+    base = f"postgresql+psycopg2://postgres@/postgres?host={root}&port={port}"
+    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE DATABASE phischer")
+    engine.dispose()
+    yield f"postgresql+psycopg2://postgres@/phischer?host={root}&port={port}"
+    _run([f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], str(root))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_app(pg_url, settings, tmp_path):
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    engine.dispose()
+    upgrade(pg_url)
+    app = create_app(settings.with_overrides(database_url=pg_url))
+    from phischer.personas import PersonaSpec, add_persona
+    from tests.conftest import ADA_PAIRS
+
+    with app.extensions["phischer"].db.write() as session:
+        add_persona(session, PersonaSpec(name="Ada", keyword="ada", greeting="Ada here!",
+                                         dataset=str(write_dataset(tmp_path / "a.jsonl", ADA_PAIRS))))  # fmt: skip
+    yield app
+    app.extensions["phischer"].db.dispose()
+
+
+def test_migrations_match_models_on_postgres(pg_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from phischer.models import Base
+
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    upgrade(pg_url)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
+
+
+def test_webhook_on_postgres(pg_app, twilio_post):
+    post = lambda body, **kw: twilio_post(body, target=pg_app, **kw).replies  # noqa: E731
+    assert post("good night", sid="SMpg1") == ["Sleep well, dear. Dream of engines."]
+    assert post("good night", sid="SMpg1") == ["Sleep well, dear. Dream of engines."]
+    assert post("#ada") == ["Ada here!"]
+    assert post("#reset") == ["Fresh start: I've forgotten this conversation."]
+    assert post("STOP") == [] and post("hi") == []
+    assert post("START")[0].startswith("You're back in")
+    with pg_app.extensions["phischer"].db.read() as session:
+        inbound = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
+        contact = session.scalar(sa.select(Contact))
+    assert [m.kind for m in inbound] == ["chat", "command", "command", "command", "optout",
+                                         "command"]  # fmt: skip
+    assert contact.opted_out is False and contact.replies_today == 1
+    assert contact.thread_reset_at is not None
+
+
+def test_concurrent_texts_on_postgres(pg_app):
+    server = make_server("127.0.0.1", 0, pg_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/sms"
+    token = pg_app.extensions["phischer"].settings.auth_token()
+    try:
+
+        def send(i: int) -> list[str]:
+            params = sms_params("hey how are you", f"+1555030{i % 20:02d}")
+            r = requests.post(url, data=params, timeout=30,
+                              headers={"X-Twilio-Signature": sign(token, url, params)})  # fmt: skip
+            assert r.status_code == 200
+            return twiml_bodies(r.content)
+
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(send, range(120)))
+    finally:
+        server.shutdown()
+        thread.join()
+    assert all(len(r) == 1 for r in replies)
+    with pg_app.extensions["phischer"].db.read() as session:
+        count = session.scalar(sa.select(sa.func.count()).select_from(Message))
+        contacts = session.scalars(sa.select(Contact)).all()
+    assert count == 240
+    assert len(contacts) == 20 and sum(c.replies_today for c in contacts) == 120
