@@ -13,7 +13,7 @@ from typing import Any
 from phischer.backends import Backends
 from phischer.backends.base import BackendError, PersonaView, Reply
 from phischer.commands import Command, parse
-from phischer.config import Settings, mask_number
+from phischer.config import Settings, mask_number, normalize_number
 from phischer.db import Database
 from phischer.models import utcnow
 from phischer.personas import PersonaDirectory
@@ -71,9 +71,8 @@ class SmsService:
     def handle(self, msg: Inbound) -> list[str]:
         """Process a webhook call; return the bodies to answer with in TwiML (maybe none)."""
         decision = self._record(msg)
-        if decision is None:  # a retry of a MessageSid we already have
-            with self.store.read() as cur:
-                return self.store.replies_to(cur, msg.sid) or []
+        if isinstance(decision, list):  # a retry of a MessageSid we already have
+            return decision
         if decision.persona is None:
             return decision.replies
         return self._answer(msg, decision)
@@ -84,17 +83,20 @@ class SmsService:
 
     # -- transaction 1: store the inbound text and apply commands --------------------------
 
-    def _record(self, msg: Inbound) -> Decision | None:
+    def _record(self, msg: Inbound) -> Decision | list[str]:
+        """Store the text and decide; for a MessageSid already stored, its earlier replies."""
         for attempt in (1, 2):
             try:
                 with self.store.write() as cur:
                     return self._decide(cur, msg)
             except self.store.IntegrityError:
-                # Either this MessageSid is stored already (a Twilio retry), or another
-                # instance created the same contact first (then one more try succeeds).
+                # Either this MessageSid is stored already (a Twilio retry: same replies,
+                # none while the first is still being answered), or another instance
+                # created the same contact first (then one more try succeeds).
                 with self.store.read() as cur:
-                    if self.store.replies_to(cur, msg.sid) is not None:
-                        return None
+                    replies = self.store.replies_to(cur, msg.sid)
+                if replies is not None:
+                    return replies
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -145,7 +147,7 @@ class SmsService:
         status "processing" means: ask `persona` for the reply.
         """
         allowed = self.settings.allowed_numbers
-        if allowed and msg.phone not in allowed:
+        if allowed and normalize_number(msg.phone) not in allowed:
             return "refused", "refused", "", None
         if contact.opted_out and command.action != "optin":
             return "optout", "ignored", "", None

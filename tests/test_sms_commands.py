@@ -109,6 +109,8 @@ def test_allow_list_refuses_without_reply(make_app, personas, twilio_post):
     assert [(m.kind, m.status) for m in refused] == [("refused", "refused")]
     ok = twilio_post("good night", from_="+15550111", target=app)
     assert ok.replies == ["Sleep well, dear. Dream of engines."]
+    # Twilio's WhatsApp senders arrive as "whatsapp:+1…": the number is what is allowed.
+    assert twilio_post("good night", from_="whatsapp:+15550111", target=app).replies
 
 
 def test_daily_limit_notices_once_then_silence(make_app, personas, twilio_post):
