@@ -31,8 +31,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import attrgetter, itemgetter
+from itertools import compress, count, groupby, islice
+from operator import attrgetter, itemgetter, le, sub
 from pathlib import Path
 
 from phischer.importers.base import Conversation, ImportErrorMessage, Message
@@ -91,19 +91,27 @@ class _MeMatcher:
 
     def flags(self, messages: list[Message], senders: list[str]) -> list[bool]:
         cache = self._cache
-        if any(m.sender_id is not None or m.aliases for m in messages):
+        # An empty sender_id matches nothing (see match_me), so truthiness is enough here.
+        if any(map(_by_sender_id, messages)) or any(map(_by_aliases, messages)):
             keys: list = [(m.sender, m.sender_id, m.aliases) for m in messages]
         else:  # names only (Messenger, WhatsApp): skip building a tuple per message
             keys = senders
         for key in set(keys).difference(cache):
             name, sid, aliases = key if isinstance(key, tuple) else (key, None, ())
             cache[key] = match_me(Message(name, "", _NO_TIME, sid, aliases), self.me)
-        return [cache[k] for k in keys]
+        return list(map(cache.__getitem__, keys))
 
 
 _NO_TIME = dt.datetime.min
 _by_time = attrgetter("timestamp")
 _by_sender = attrgetter("sender")
+_by_text = attrgetter("text")
+_by_sender_id = attrgetter("sender_id")
+_by_aliases = attrgetter("aliases")
+
+
+def _is_sorted(values: list[dt.datetime]) -> bool:
+    return all(map(le, values, islice(values, 1, None)))
 
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
@@ -143,7 +151,7 @@ def _turns(
         i += 1
     if not is_group and not mask:
         # Fast path for 1:1 chats (most of a big export): runs of one role joined in C.
-        texts = [m.text for m in messages[i:]]
+        texts = list(map(_by_text, islice(messages, i, None)))
         for me, run in groupby(zip(mine[i:], texts, strict=True), key=itemgetter(0)):
             content = "\n".join(map(itemgetter(1), run))
             turns.append({"role": "assistant" if me else "user", "content": content})
@@ -166,18 +174,14 @@ def _turns(
     return turns, openers
 
 
-def _session_bounds(messages: list[Message], gap_hours: float) -> list[tuple[int, int]]:
+def _session_bounds(times: list[dt.datetime], gap_hours: float) -> list[tuple[int, int]]:
+    # (start, end) of each session: a new one wherever times[i] - times[i - 1] > gap. Built
+    # from C-level maps, not a Python loop: this looks at every message of the export.
+    if not times:
+        return []
     gap = dt.timedelta(hours=gap_hours)
-    bounds = []
-    start = 0
-    stamps = [m.timestamp for m in messages]
-    for i in range(1, len(stamps)):
-        if stamps[i] - stamps[i - 1] > gap:
-            bounds.append((start, i))
-            start = i
-    if stamps:
-        bounds.append((start, len(stamps)))
-    return bounds
+    cuts = list(compress(count(1), map(gap.__lt__, map(sub, islice(times, 1, None), times))))
+    return list(zip([0, *cuts], [*cuts, len(times)], strict=True))
 
 
 def build_examples(
@@ -204,18 +208,23 @@ def build_examples(
     for conv in conversations:
         stats.threads += 1
         stats.dropped.update(conv.dropped)
-        # Importers yield time order and no empty texts; sorting sorted input is ~free, and an
-        # empty text would become an empty turn, which OpenAI rejects.
-        msgs = sorted([m for m in conv.messages if m.text], key=_by_time)
+        # Importers yield time order and no empty texts, but an empty text would become an
+        # empty turn, which OpenAI rejects, and out-of-order messages would mix sessions.
+        msgs = list(filter(_by_text, conv.messages))
+        times = list(map(_by_time, msgs))
+        if not _is_sorted(times):
+            msgs.sort(key=_by_time)
+            times = list(map(_by_time, msgs))
         senders = list(map(_by_sender, msgs))
         mine = matcher.flags(msgs, senders)
         stats.messages += len(msgs)
         stats.senders.update(senders)
         stats.me_messages += mine.count(True)
+        bounds = _session_bounds(times, gap_hours)
         if not any(mine):
-            stats.sessions += len(_session_bounds(msgs, gap_hours))
+            stats.sessions += len(bounds)
             continue
-        for n, (a, b) in enumerate(_session_bounds(msgs, gap_hours)):
+        for n, (a, b) in enumerate(bounds):
             stats.sessions += 1
             turns, openers = _turns(msgs[a:b], mine[a:b], conv.is_group, mask_pii)
             stats.openers += openers
@@ -260,7 +269,7 @@ def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:
     sidecar = out.with_name(out.name + ".conversations")
     tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp_side = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    count = 0
+    written = 0
     try:
         with (
             tmp_out.open("w", encoding="utf-8", newline="\n") as fh,
@@ -272,7 +281,7 @@ def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:
             for ex in examples:
                 lines.append(dumps({"messages": ex.messages}))
                 ids.append(ex.conversation_id.replace("\n", " "))
-                count += 1
+                written += 1
                 if len(lines) == 1000:  # a few big writes instead of one per line
                     fh.write("\n".join(lines) + "\n")
                     side.write("\n".join(ids) + "\n")
@@ -287,4 +296,4 @@ def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:
         for tmp in (tmp_out, tmp_side):
             tmp.unlink(missing_ok=True)
         raise
-    return count
+    return written

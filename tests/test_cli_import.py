@@ -46,6 +46,32 @@ def test_import_messenger_prints_a_summary(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(("every", "approx"), [(2, "~"), (1, "")])
+def test_token_total_is_counted_in_a_helper_past_the_exact_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int, approx: str
+) -> None:
+    from phischer import cli_import
+    from phischer.tokens import count_messages_tokens
+
+    # Example 0 is counted exactly; past it the helper process counts every `every`-th
+    # example (one per job) and the skipped ones are estimated from those.
+    monkeypatch.setattr(cli_import, "EXACT_TOKEN_LIMIT", 1)
+    monkeypatch.setattr(cli_import, "TOKEN_SAMPLE_EVERY", every)
+    monkeypatch.setattr(cli_import, "_TOKEN_BATCH", 1)
+    out = tmp_path / "zoe.jsonl"
+    result = run("messenger", str(MESSENGER), "--me", "Zoë Martín", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    counts = [count_messages_tokens(ex) for ex in examples(out)]
+    assert len(counts) == 3
+    if every == 2:  # example 1 skipped, example 2 sampled and counted twice
+        total = counts[0] + 2 * counts[2]
+        tail = ", estimated from a sample)"
+    else:
+        total = sum(counts)
+        tail = ")"
+    assert f"Examples: 3  ({approx}{total:,} tokens, o200k_base{tail}" in result.stdout
+
+
 def test_options_system_max_turns_gap_and_mask(tmp_path: Path) -> None:
     out = tmp_path / "zoe.jsonl"
     result = run(

@@ -193,14 +193,19 @@ def test_threads_are_loaded_one_at_a_time() -> None:
     assert first.messages
 
 
+# (batch, ahead): one batch for the whole export; one file per batch, with the workers
+# kept just one batch ahead (a thread's files then arrive over several batches).
+@pytest.mark.parametrize(("batch_bytes", "ahead_bytes"), [(1 << 20, 32 << 20), (1, 1)])
 def test_parallel_parsing_gives_the_same_conversations(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_bytes: int, ahead_bytes: int
 ) -> None:
     from phischer.importers import messenger
 
     serial = _threads(LEGACY)
     monkeypatch.setattr(messenger, "PARALLEL_MIN_THREADS", 1)
     monkeypatch.setattr(messenger, "_workers", lambda: 1)
+    monkeypatch.setattr(messenger, "_BATCH_BYTES", batch_bytes)
+    monkeypatch.setattr(messenger, "_AHEAD_BYTES", ahead_bytes)
     archive = _zip(LEGACY, tmp_path / "fb.zip")
     for path in (LEGACY, archive):
         parallel = _threads(path)

@@ -113,6 +113,19 @@ class Export:
         except (zipfile.BadZipFile, EOFError, OSError) as exc:
             raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
 
+    def size(self, name: str) -> int:
+        """The size of one member in bytes (uncompressed)."""
+        try:
+            if self.kind == "zip":
+                assert self._zip is not None
+                return self._zip.getinfo(name).file_size
+            target = self.path / PurePosixPath(name) if self.kind == "folder" else self.path
+            return target.stat().st_size
+        except KeyError:
+            raise ImportErrorMessage(f"No {name} in {self.path}") from None
+        except OSError as exc:
+            raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
+
     def read_head(self, name: str, size: int = 4096) -> bytes:
         """The first `size` bytes of one member (to sniff its format without reading it all)."""
         try:

@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
-from operator import attrgetter
+from itertools import islice, repeat
+from operator import attrgetter, le, truediv
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +119,17 @@ if sys.version_info < (3, 12):
     def _naive_utc(ms: float) -> dt.datetime:
         return _utcfromtimestamp(ms / 1000)
 
+    def _naive_utcs(stamps: list[float]) -> list[dt.datetime]:
+        # _naive_utc over a whole column, without a Python call per message.
+        return list(map(_utcfromtimestamp, map(truediv, stamps, repeat(1000))))
+
 else:  # pragma: no cover - the project runs 3.11
 
     def _naive_utc(ms: float) -> dt.datetime:
         return _EPOCH + dt.timedelta(milliseconds=ms)
+
+    def _naive_utcs(stamps: list[float]) -> list[dt.datetime]:
+        return list(map(_naive_utc, stamps))
 
 
 # Keys that only non-text messages carry; plain text messages skip every per-kind check.
@@ -145,45 +152,54 @@ def _legacy_reason(m: dict[str, Any]) -> str | None:
     return None
 
 
-def _legacy_messages(raw: list[Any], cols: _Columns, names: dict[str, str]) -> None:
+# A text can only be a notice or a bare link (see _text_reason) when it starts with its
+# sender's name or one of these, ends like a reaction ("… reacted ❤ to your message"), or
+# comes with a share: one startswith/endswith each lets every other text skip the checks.
+_NOTICE_STARTS = ("You ", "The ", "Say hi", "http", "www.")
+_REACTION_ENDS = ("message", "message.")
+
+
+def _legacy_messages(raw: list[Any], part: _Part) -> None:
     # The hot loop of a big import (one pass per message): cheap checks first, and the
     # rare kinds of message decided in _legacy_reason. Appends to plain lists (cheap to
-    # send back from a worker process); Messages are made in _to_conversation.
-    senders, texts, stamps = cols.senders, cols.texts, cols.stamps
-    dropped = cols.dropped
+    # send back from a worker process); Messages are made in _legacy_thread.
+    senders, texts, stamps = part.senders, part.texts, part.stamps
+    dropped = part.dropped
     special = _LEGACY_SPECIAL
+    # raw sender name -> (its repaired name, the prefixes that make a text worth checking)
+    names: dict[Any, tuple[str, tuple[str, ...]]] = {}
     for m in reversed(raw):
         if type(m) is not dict:
             continue
+        shared = False
         if m.get("type") != "Generic" or not special.isdisjoint(m):
             reason = _legacy_reason(m)
             if reason:
                 dropped[reason] = dropped.get(reason, 0) + 1
                 continue
+            shared = "share" in m
         text = m.get("content")
         ts = m.get("timestamp_ms")
         if type(text) is not str or (type(ts) is not int and type(ts) is not float):
             dropped["empty"] = dropped.get("empty", 0) + 1
             continue
-        if not text.isascii():
-            text = fix_mojibake(text)
+        if not text.isascii():  # fix_mojibake, inlined: it runs for most texts
+            try:  # noqa: SIM105 - contextlib.suppress costs a context manager per text
+                text = text.encode("latin-1").decode("utf-8")
+            except (UnicodeEncodeError, UnicodeDecodeError):
+                pass
         text = text.strip()
         if not text:
             dropped["empty"] = dropped.get("empty", 0) + 1
             continue
         raw_sender = m.get("sender_name")
-        sender = names.get(raw_sender)
-        if sender is None:
-            sender = names[raw_sender] = fix_mojibake(raw_sender or "")
-        # Inline gate: only text that could be a notice or a bare link pays for the checks.
-        if (
-            text.startswith(sender)
-            or text[0] in "hwTYS"
-            or "eacted " in text
-            or "liked a message" in text
-            or "share" in m
-        ):
-            reason = _text_reason(text, sender, "share" in m)
+        known = names.get(raw_sender)
+        if known is None:
+            sender = fix_mojibake(raw_sender or "")
+            known = names[raw_sender] = (sender, (sender, *_NOTICE_STARTS))
+        sender, starts = known
+        if shared or text.startswith(starts) or text.endswith(_REACTION_ENDS):
+            reason = _text_reason(text, sender, shared)
             if reason:
                 dropped[reason] = dropped.get(reason, 0) + 1
                 continue
@@ -227,58 +243,74 @@ def _messages(data: Any, where: str) -> list[Any]:
 
 
 @dataclass
-class _Columns:
-    # One thread, parsed and cleaned, as plain lists: what a worker process sends back.
-    id: str
-    title: str = ""
-    participants: list[str] = field(default_factory=list)
-    is_group: bool = False
+class _Part:
+    # One message_N.json, parsed and cleaned, as plain lists: what a worker process sends
+    # back. The thread's details stay raw JSON: only the first file that names participants
+    # counts (see _legacy_thread).
+    participants: Any = None
+    title: Any = None
+    thread_type: Any = None
     dropped: dict[str, int] = field(default_factory=dict)
     senders: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     stamps: list[float] = field(default_factory=list)  # ms since the epoch, UTC
 
 
-def _legacy_columns(export: Export, folder: str, files: list[tuple[int, str]]) -> _Columns:
-    cols = _Columns(id=_ID_PREFIX.sub("", folder))
-    thread_type = ""
-    names: dict[str, str] = {}
+def _legacy_part(export: Export, name: str) -> _Part:
+    data = export.load_json(name)
+    raw = _messages(data, export.where(name))
+    part = _Part(data.get("participants"), data.get("title"), data.get("thread_type"))
+    _legacy_messages(raw, part)
+    return part
+
+
+def _oldest_first(files: list[tuple[int, str]]) -> list[str]:
     # message_1.json holds the newest messages and each file lists newest first: walking
     # files from the highest N down and each file backwards gives time order, and the
-    # stable sort in _to_conversation then only fixes what the export got wrong.
-    for _, name in sorted(files, reverse=True):
-        data = export.load_json(name)
-        raw = _messages(data, export.where(name))
-        if not cols.participants:
-            cols.participants = [
+    # stable sort in _legacy_thread then only fixes what the export got wrong.
+    return [name for _, name in sorted(files, reverse=True)]
+
+
+def _legacy_thread(folder: str, parts: list[_Part]) -> Conversation:
+    participants: list[str] = []
+    title = ""
+    thread_type = ""
+    dropped: dict[str, int] = {}
+    senders: list[str] = []
+    texts: list[str] = []
+    stamps: list[float] = []
+    for part in parts:
+        if not participants:
+            participants = [
                 fix_mojibake(str(p.get("name") or "") if isinstance(p, dict) else str(p))
-                for p in data.get("participants") or []
+                for p in part.participants or []
                 if p
             ]
-            cols.title = fix_mojibake(data.get("title") or "")
-            thread_type = data.get("thread_type") or ""
-        _legacy_messages(raw, cols, names)
-        del data, raw
-    cols.is_group = thread_type == "RegularGroup" or len(cols.participants) > 2
-    cols.title = cols.title or ", ".join(cols.participants)
-    return cols
-
-
-def _to_conversation(cols: _Columns) -> Conversation:
-    utc = _naive_utc
-    messages = [
-        Message(s, t, utc(ms))
-        for s, t, ms in zip(cols.senders, cols.texts, cols.stamps, strict=True)
-    ]
-    messages.sort(key=_by_time)
+            title = fix_mojibake(part.title or "")
+            thread_type = part.thread_type or ""
+        for reason, n in part.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        senders += part.senders
+        texts += part.texts
+        stamps += part.stamps
+    # One C-level pass per column instead of a Python call per message (a million
+    # messages make that show).
+    times = _naive_utcs(stamps)
+    messages = list(map(Message, senders, texts, times))
+    if not _is_sorted(times):  # checking is cheaper than sorting, and exports are in order
+        messages.sort(key=_by_time)
     return Conversation(
-        id=cols.id,
-        title=cols.title,
-        participants=cols.participants,
+        id=_ID_PREFIX.sub("", folder),
+        title=title or ", ".join(participants),
+        participants=participants,
         messages=messages,
-        is_group=cols.is_group,
-        dropped=cols.dropped,
+        is_group=thread_type == "RegularGroup" or len(participants) > 2,
+        dropped=dropped,
     )
+
+
+def _is_sorted(values: list[Any]) -> bool:
+    return all(map(le, values, islice(values, 1, None)))
 
 
 _by_time = attrgetter("timestamp")
@@ -328,11 +360,12 @@ def import_messenger(path: Path) -> Iterator[Conversation]:
             )
         workers = _workers()
         if workers and len(threads) >= PARALLEL_MIN_THREADS and export.kind != "file":
-            for cols in _parallel_columns(export.path, list(threads.items()), workers):
-                yield _to_conversation(cols)
+            yield from _parallel_threads(export, list(threads.items()), workers)
         else:
             for folder, files in threads.items():
-                yield _to_conversation(_legacy_columns(export, folder, files))
+                yield _legacy_thread(
+                    folder, [_legacy_part(export, n) for n in _oldest_first(files)]
+                )
         for name in e2ee:
             data = export.load_json(name)
             if not isinstance(data, dict):
@@ -341,10 +374,15 @@ def import_messenger(path: Path) -> Iterator[Conversation]:
 
 
 # Parsing and cleaning is about half the work of an import, building and writing examples
-# the other half: on a big export worker processes do the first half, thread by thread,
-# while this process does the second. Small exports stay in one process (forking costs more
-# than it saves there).
+# the other half: on a big export worker processes do the first half, file by file, while
+# this process does the second. Small exports stay in one process (forking costs more than
+# it saves there).
 PARALLEL_MIN_THREADS = 100
+# Files go to the workers in batches of about this much JSON (most threads are small, and
+# each task costs a round trip), and the workers stay at most _AHEAD_BYTES ahead of this
+# process: enough to keep them busy while it builds a big thread, and memory stays bounded.
+_BATCH_BYTES = 1 << 20
+_AHEAD_BYTES = 32 << 20
 _WORKER_EXPORTS: dict[str, Export] = {}
 
 
@@ -352,35 +390,61 @@ def _workers() -> int:
     # fork: the worker starts at once with everything imported (spawn would re-import).
     if (os.cpu_count() or 1) < 2 or "fork" not in mp.get_all_start_methods():
         return 0
-    # Parsing and cleaning is the bigger half: with one worker this process spent ~45% of a
-    # 1M-message import waiting for it, so two, even on two cores.
+    # Parsing and cleaning is the bigger half: on 2 cores a 1M-message import took ~8.3 s
+    # with one worker, ~5.5 s with two, ~6 s with three; so two, even on two cores.
     return min(2, os.cpu_count() or 2)
 
 
-def _worker_columns(path: str, folder: str, files: list[tuple[int, str]]) -> _Columns:
+def _worker_parts(path: str, names: list[str]) -> list[_Part]:
     # Each worker opens the export itself: a zip file object shared over fork would share
     # one file offset between processes.
     export = _WORKER_EXPORTS.get(path)
     if export is None:
         export = _WORKER_EXPORTS[path] = open_export(path)
-    return _legacy_columns(export, folder, files)
+    return [_legacy_part(export, name) for name in names]
 
 
-def _parallel_columns(
-    path: Path, jobs: list[tuple[str, list[tuple[int, str]]]], workers: int
-) -> Iterator[_Columns]:
-    # In order, with at most 2 threads per worker in flight: memory stays bounded by a few
-    # threads, not the export.
+def _batches(export: Export, names: list[str]) -> list[tuple[list[str], int]]:
+    # Consecutive files, about _BATCH_BYTES of JSON each: (member names, their bytes).
+    batches: list[tuple[list[str], int]] = []
+    batch: list[str] = []
+    size = 0
+    for name in names:
+        batch.append(name)
+        size += export.size(name)
+        if size >= _BATCH_BYTES:
+            batches.append((batch, size))
+            batch, size = [], 0
+    if batch:
+        batches.append((batch, size))
+    return batches
+
+
+def _parallel_threads(
+    export: Export, jobs: list[tuple[str, list[tuple[int, str]]]], workers: int
+) -> Iterator[Conversation]:
+    # Results come back in order; a thread is yielded as soon as all its files are in.
+    ordered = [(folder, _oldest_first(files)) for folder, files in jobs]
+    batches = iter(_batches(export, [name for _, names in ordered for name in names]))
+    path = str(export.path)
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
     try:
-        pending: deque[Future[_Columns]] = deque()
-        todo = iter(jobs)
-        for folder, files in islice(todo, 2 * workers):
-            pending.append(pool.submit(_worker_columns, str(path), folder, files))
-        while pending:
-            cols = pending.popleft().result()  # re-raises a worker's ImportErrorMessage
-            for folder, files in islice(todo, 1):
-                pending.append(pool.submit(_worker_columns, str(path), folder, files))
-            yield cols
+        pending: deque[tuple[Future[list[_Part]], int]] = deque()
+        ahead = 0
+        parts: deque[_Part] = deque()
+        for folder, names in ordered:
+            while len(parts) < len(names):
+                # Keep the workers busy: at least one batch per worker in flight, more while
+                # the parsed-ahead JSON stays under _AHEAD_BYTES.
+                while len(pending) < workers or ahead < _AHEAD_BYTES:
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    pending.append((pool.submit(_worker_parts, path, batch[0]), batch[1]))
+                    ahead += batch[1]
+                future, size = pending.popleft()
+                parts.extend(future.result())  # re-raises a worker's ImportErrorMessage
+                ahead -= size
+            yield _legacy_thread(folder, [parts.popleft() for _ in names])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
