@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
-
-from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from typing import TYPE_CHECKING, Any
 
 from phischer.config import Settings
+
+if TYPE_CHECKING:  # Flask is imported by create_app, not by every CLI command
+    from flask import Flask, Response
 
 log = logging.getLogger(__name__)
 __all__ = ["create_app"]
@@ -27,6 +27,9 @@ class Services:
 
 def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     """Flask app factory: settings read once, database and backends shared by requests."""
+    from flask import Flask, request
+    from werkzeug.exceptions import HTTPException
+
     from phischer.backends import Backends
     from phischer.backends.base import BackendError, PersonaView
     from phischer.db import Database

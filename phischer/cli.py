@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.orm import Session
 
 from phischer.config import ConfigError, Settings
-from phischer.db import Database
+
+if TYPE_CHECKING:  # SQLAlchemy is imported only by commands that use the database
+    from sqlalchemy.orm import Session
+
+    from phischer.db import Database
 
 
 class Context:
@@ -37,6 +41,7 @@ class Context:
     def db(self) -> Database:
         """The database, migrated to head on first use (cheap when it already is)."""
         if self._db is None:
+            from phischer.db import Database
             from phischer.migrate import upgrade
 
             upgrade(self.settings.database_url)
@@ -62,7 +67,40 @@ def friendly_errors() -> Iterator[None]:
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands that live in their own modules, by name. They are imported only when used
+# (or listed by --help): importing all of them costs ~0.5 s of SQLAlchemy, Flask,
+# twilio and openai that `phischer import` or `text` never need.
+_EXTENSIONS: dict[str, str] = {
+    "persona": "phischer.cli_persona",
+    "import": "phischer.cli_import",
+    "serve": "phischer.cli_serve",
+    "seed": "phischer.cli_serve",
+    "text": "phischer.cli_serve",
+    "chat": "phischer.cli_serve",
+    "dataset": "phischer.cli_dataset",
+    "finetune": "phischer.cli_finetune",
+    "tunnel": "phischer.cli_tunnel",
+    "up": "phischer.cli_tunnel",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose extension commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command name, without importing anything."""
+        return sorted(set(super().list_commands(ctx)) | set(_EXTENSIONS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """The command, importing (and registering) its module when needed."""
+        if name not in self.commands and name in _EXTENSIONS:
+            module = importlib.import_module(_EXTENSIONS[name])
+            register: Callable[[click.Group], Any] = module.register
+            register(self)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (may show phone numbers).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
@@ -90,29 +128,6 @@ def db_upgrade(obj: Context) -> None:
 
     upgrade(obj.settings.database_url)
     click.echo("Database is up to date.")
-
-
-# Command groups that live in their own modules register here (one line each).
-_EXTENSIONS: list[str] = [
-    "phischer.cli_persona",
-    "phischer.cli_import",
-    "phischer.cli_serve",
-    "phischer.cli_dataset",
-    "phischer.cli_finetune",
-    "phischer.cli_tunnel",
-]
-
-
-def _register(extensions: list[str]) -> None:
-    import importlib
-
-    for name in extensions:
-        module = importlib.import_module(name)
-        register: Callable[[click.Group], Any] = module.register
-        register(cli)
-
-
-_register(_EXTENSIONS)
 
 
 def main() -> None:
