@@ -168,11 +168,6 @@ class Settings:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return replace(self, **overrides)
 
-    @property
-    def is_sqlite(self) -> bool:
-        """True when the database is SQLite (pragmas, file locks and batch migrations apply)."""
-        return self.database_url.startswith("sqlite")
-
     def auth_token(self) -> str:
         """The Twilio signature key: TWILIO_AUTH_TOKEN, else a local development token."""
         return self.twilio_auth_token or dev_auth_token(self.instance_path)

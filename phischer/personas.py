@@ -217,11 +217,6 @@ class PersonaDirectory:
         self._fresh()
         return list(self._by_id.values())
 
-    def by_id(self, persona_id: int | None) -> PersonaView | None:
-        """The persona with this id, or None."""
-        self._fresh()
-        return self._by_id.get(persona_id) if persona_id is not None else None
-
     def by_keyword(self, keyword: str) -> PersonaView | None:
         """The persona with this keyword, or None."""
         self._fresh()
