@@ -158,3 +158,18 @@ def test_dev_token_is_generated_once_and_shared(tmp_path):
     token_file = tmp_path / "instance" / "dev_auth_token"
     assert token_file.read_text() == a
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_persona_add_openai_flags_are_stored():
+    result = run("persona", "add", "Vee", "--keyword", "vee", "--backend", "openai",
+                 "--model", "ft:gpt-4.1-mini:acme:vee:abc", "--base-url", "http://127.0.0.1:8000/v1",
+                 "--api-key-env", "VEE_KEY", "--system", "You are Vee.", "--temperature", "0.7",
+                 "--max-tokens", "120")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shown = run("persona", "show", "vee").output
+    for line in ("backend      openai", "model        ft:gpt-4.1-mini:acme:vee:abc",
+                 "base url     http://127.0.0.1:8000/v1", "api key env  VEE_KEY",
+                 "system       You are Vee.", "temperature  0.7", "max tokens   120"):  # fmt: skip
+        assert line in shown
+    bad = run("persona", "add", "W", "--keyword", "w", "--backend", "gpt")
+    assert bad.exit_code == 2 and "'gpt' is not one of 'openai', 'retrieval'" in bad.output
