@@ -19,6 +19,7 @@ from phischer.db import Database
 from phischer.migrate import upgrade
 from phischer.personas import PersonaSpec, add_persona
 from tests.fake_openai import FakeOpenAI
+from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -127,6 +128,24 @@ def fake_openai() -> FakeOpenAI:
     """A running loopback fake of the OpenAI chat API."""
     with FakeOpenAI() as fake:
         yield fake
+
+
+@pytest.fixture
+def fake_twilio() -> FakeTwilio:
+    """A running loopback fake of the Twilio REST API."""
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def twilio_rest(fake_twilio: FakeTwilio) -> dict[str, Any]:
+    """Settings overrides that send Twilio REST calls (as +15550199) to the fake."""
+    return {
+        "twilio_account_sid": ACCOUNT_SID,
+        "twilio_auth_token": AUTH_TOKEN,
+        "twilio_phone_number": "+15550199",
+        "twilio_api_base_url": fake_twilio.url,
+    }
 
 
 @pytest.fixture

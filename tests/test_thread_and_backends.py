@@ -99,8 +99,8 @@ def test_history_turns_cap_and_user_first(llm_app, fake_openai, twilio_post):
         twilio_post(f"m{i}", target=app)
     sent = fake_openai.chat_calls[-1]["messages"]
     assert sent[0]["role"] == "system"
-    # 4 turns ending with the new user text, and the thread never starts with the assistant.
-    assert [m["content"] for m in sent[1:]] == ["echo: m2", "m3", "echo: m3", "m4"][1:]
+    # The last 4 turns are "echo: m2", m3, "echo: m3", m4; the leading assistant turn goes.
+    assert [m["content"] for m in sent[1:]] == ["m3", "echo: m3", "m4"]
 
 
 def test_temperature_and_max_tokens_from_persona(llm_app, fake_openai, database, twilio_post):
@@ -193,47 +193,32 @@ def test_auto_mode_without_twilio_answers_fallback_in_time(llm_app, fake_openai,
     assert "REPLY_TIMEOUT_S" in stored(app)[0].error
 
 
-def test_auto_mode_slow_reply_goes_out_by_rest(llm_app, fake_openai, twilio_post):
-    from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
-
-    with FakeTwilio() as twilio:
-        app = llm_app(
-            reply_mode="auto",
-            reply_timeout_s=0.2,
-            twilio_account_sid=ACCOUNT_SID,
-            twilio_auth_token=AUTH_TOKEN,
-            twilio_phone_number="+15550199",
-            twilio_api_base_url=twilio.url,
-        )
-        fake_openai.behaviour, fake_openai.delay = "slow", 0.6
-        r = twilio_post("hi", target=app)
-        assert r.status_code == 200 and r.replies == []
-        app.extensions["phischer"].sms.shutdown()  # wait for the background reply
-        sends = twilio.calls("POST", "/Messages.json")
-        assert [(c.form["To"], c.form["From"], c.form["Body"]) for c in sends] == [
-            ("+15550100", "+15550199", "echo: hi")
-        ]
-        outbound = stored(app)[1]
-        assert outbound.status == "sent" and outbound.message_sid.startswith("SM")
+def test_auto_mode_slow_reply_goes_out_by_rest(
+    llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post
+):
+    app = llm_app(reply_mode="auto", reply_timeout_s=0.2, **twilio_rest)
+    fake_openai.behaviour, fake_openai.delay = "slow", 0.6
+    r = twilio_post("hi", target=app)
+    assert r.status_code == 200 and r.replies == []
+    app.extensions["phischer"].sms.shutdown()  # wait for the background reply
+    sends = fake_twilio.calls("POST", "/Messages.json")
+    assert [(c.form["To"], c.form["From"], c.form["Body"]) for c in sends] == [
+        ("+15550100", "+15550199", "echo: hi")
+    ]
+    outbound = stored(app)[1]
+    assert outbound.status == "sent" and outbound.message_sid.startswith("SM")
 
 
-def test_async_mode_records_a_failed_rest_send(llm_app, fake_openai, twilio_post):
-    from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
-
-    with FakeTwilio() as twilio:
-        twilio.fail_messages(400, 21610, "Attempt to send to unsubscribed recipient")
-        app = llm_app(
-            reply_mode="async",
-            twilio_account_sid=ACCOUNT_SID,
-            twilio_auth_token=AUTH_TOKEN,
-            twilio_phone_number="+15550199",
-            twilio_api_base_url=twilio.url,
-        )
-        assert twilio_post("hi", target=app).replies == []
-        app.extensions["phischer"].sms.shutdown()
-        inbound, outbound = stored(app)
-        assert inbound.status == "replied"
-        assert outbound.status == "send_failed" and "21610" in outbound.error
+def test_async_mode_records_a_failed_rest_send(
+    llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post
+):
+    fake_twilio.fail_messages(400, 21610, "Attempt to send to unsubscribed recipient")
+    app = llm_app(reply_mode="async", **twilio_rest)
+    assert twilio_post("hi", target=app).replies == []
+    app.extensions["phischer"].sms.shutdown()
+    inbound, outbound = stored(app)
+    assert inbound.status == "replied"
+    assert outbound.status == "send_failed" and "21610" in outbound.error
 
 
 def test_long_replies_cut_at_word_boundary(llm_app, fake_openai, twilio_post):

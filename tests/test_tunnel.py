@@ -73,13 +73,6 @@ class Stop:
 
 
 @pytest.fixture
-def fake_twilio() -> FakeTwilio:
-    """The fake Twilio account."""
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
 def number(fake_twilio: FakeTwilio) -> dict[str, Any]:
     """Our Twilio number, currently pointing at some older webhook with GET."""
     return fake_twilio.add_number(PHONE, sms_url=OLD_URL, sms_method="GET")

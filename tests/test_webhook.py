@@ -222,7 +222,6 @@ def test_healthz(app):
 def test_healthz_reports_a_broken_database(app):
     app.extensions["phischer"].db.engine.dispose()
     db_path = app.extensions["phischer"].settings.instance_path / "phischer.db"
-    app.extensions["phischer"].db.engine.url  # noqa: B018
     db_path.unlink()
     db_path.mkdir()  # a directory where the database file was: SQLite cannot open it
     r = app.test_client().get("/healthz")
