@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phischer.backends import Backends
-from phischer.backends.base import BackendError, PersonaView, Reply
+from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse
 from phischer.config import Settings, mask_number, normalize_number
 from phischer.db import Database
@@ -214,12 +214,15 @@ class SmsService:
     def _answer(self, msg: Inbound, decision: Decision) -> list[str]:
         persona = decision.persona
         assert persona is not None
-        backend = self.backends.get(persona.backend)
+        try:
+            backend = self.backends.get(persona.backend)
+        except BackendError as exc:  # a persona row with a backend name we do not know
+            return [self._store(decision, (None, str(exc), 0), via_rest=False)[0]]
         mode = self.settings.reply_mode
         if getattr(backend, "local", False) or mode == "inline":
             # A local backend answers in well under a millisecond: no thread hop needed.
-            return [self._store(decision, self._generate(decision), via_rest=False)[0]]
-        future: Future[Result] = self._executor.submit(self._generate, decision)
+            return [self._store(decision, self._generate(decision, backend), via_rest=False)[0]]
+        future: Future[Result] = self._executor.submit(self._generate, decision, backend)
         if mode == "auto":
             try:
                 result = future.result(timeout=self.settings.reply_timeout_s)
@@ -238,7 +241,7 @@ class SmsService:
         future.add_done_callback(lambda f: self._deliver_later(msg.phone, decision, f.result()))
         return []
 
-    def _generate(self, decision: Decision) -> Result:
+    def _generate(self, decision: Decision, backend: Backend) -> Result:
         """Build the thread and ask the backend."""
         persona = decision.persona
         assert persona is not None
@@ -259,7 +262,7 @@ class SmsService:
                 history_turns=self.settings.history_turns,
                 gap_hours=self.settings.session_gap_hours,
             )
-            reply = self.backends.get(persona.backend).reply(persona, messages)
+            reply = backend.reply(persona, messages)
             return reply, None, _ms(start)
         except BackendError as exc:
             error = str(exc)

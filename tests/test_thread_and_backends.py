@@ -261,3 +261,18 @@ def test_retrieval_index_built_once(app, twilio_post, monkeypatch):
     for _ in range(3):
         twilio_post("good night")
     assert calls == []  # warmed at create_app, reused per request
+
+
+def test_unknown_backend_name_gets_fallback_and_recorded_error(
+    make_app, personas, database, twilio_post
+):
+    from phischer.models import Persona
+
+    with database.write() as session:  # e.g. a row written by a newer version
+        session.scalar(sa.select(Persona).where(Persona.name == "Ada")).backend = "telepathy"
+    app = make_app()
+    assert twilio_post("hi", target=app).replies == [
+        "Sorry, I can't answer right now. Try again in a bit."
+    ]
+    inbound = stored(app)[0]
+    assert inbound.status == "failed" and "unknown backend 'telepathy'" in inbound.error
