@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from phischer.cli import friendly_errors
+from phischer.cli_options import base_model_option, epochs_option
 from phischer.dataset_check import DEFAULT_BASE_MODEL, check_file, split_file
 
 
@@ -17,17 +18,11 @@ def dataset_group() -> None:
 
 @dataset_group.command("check")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option(
-    "--base-model",
+@base_model_option(
+    "Model to be fine-tuned: sets the tokenizer, example limit and price.",
     default=DEFAULT_BASE_MODEL,
-    show_default=True,
-    help="Model to be fine-tuned: sets the tokenizer, example limit and price.",
 )
-@click.option(
-    "--epochs",
-    type=click.IntRange(1, 50),
-    help="Epochs to estimate for (default: OpenAI's automatic rule).",
-)
+@epochs_option("Epochs to estimate for (default: OpenAI's automatic rule).")
 @click.option(
     "--max-shown",
     type=click.IntRange(1),

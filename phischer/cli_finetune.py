@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from phischer.cli import Context, friendly_errors, pass_ctx
+from phischer.cli_options import Decorator, base_model_option, epochs_option
 from phischer.finetune import jobs
 from phischer.finetune.common import FineTuneError
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
+_POSITIVE = click.IntRange(1)
+
+
+def _local(name: str, help: str, **kwargs: Any) -> Decorator:
+    # Options only the local provider reads: their help says so, and shows any default.
+    return click.option(name, show_default=True, help=f"local: {help}", **kwargs)
 
 
 @click.group("finetune")
@@ -21,10 +29,9 @@ def finetune_group() -> None:
 @finetune_group.command("start")
 @click.argument("train", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--persona", required=True, help="Persona that gets the trained model.")
-@click.option(
-    "--base-model",
-    help="openai: model id (default gpt-4.1-mini-2025-04-14); "
-    "local: a local model folder or hub id (required).",
+@base_model_option(
+    "openai: model id (default gpt-4.1-mini-2025-04-14); "
+    "local: a local model folder or hub id (required)."
 )
 @click.option(
     "--validation",
@@ -32,11 +39,7 @@ def finetune_group() -> None:
     help="Validation JSONL (from `phischer dataset split`).",
 )
 @click.option("--suffix", help="openai: model-name suffix (default: the persona name).")
-@click.option(
-    "--epochs",
-    type=click.IntRange(1, 50),
-    help="Passes over the data (openai default: auto; local default: 3).",
-)
+@epochs_option("Passes over the data (openai default: auto; local default: 3).")
 @click.option(
     "--provider",
     type=click.Choice(["openai", "local"]),
@@ -44,61 +47,34 @@ def finetune_group() -> None:
     show_default=True,
     help="Where to train.",
 )
-@click.option(
-    "--lora-rank", type=click.IntRange(1), default=16, show_default=True, help="local: LoRA rank r."
-)
-@click.option(
-    "--lora-alpha",
-    type=click.IntRange(1),
-    default=32,
-    show_default=True,
-    help="local: LoRA alpha (scale = alpha / r).",
-)
-@click.option(
-    "--learning-rate",
-    type=float,
-    default=2e-4,
-    show_default=True,
-    help="local: peak learning rate.",
-)
-@click.option(
+@_local("--lora-rank", "LoRA rank r.", type=_POSITIVE, default=16)
+@_local("--lora-alpha", "LoRA alpha (scale = alpha / r).", type=_POSITIVE, default=32)
+@_local("--learning-rate", "peak learning rate.", type=float, default=2e-4)
+@_local(
     "--max-seq-length",
+    "tokens per example (longer ones keep their end).",
     type=click.IntRange(16),
     default=1024,
-    show_default=True,
-    help="local: tokens per example (longer ones keep their end).",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    default=4,
-    show_default=True,
-    help="local: examples per step.",
-)
-@click.option(
-    "--max-steps", type=click.IntRange(1), help="local: stop after N steps (overrides --epochs)."
-)
-@click.option(
+@_local("--batch-size", "examples per step.", type=_POSITIVE, default=4)
+@_local("--max-steps", "stop after N steps (overrides --epochs).", type=_POSITIVE)
+@_local(
     "--save-steps",
-    type=click.IntRange(1),
+    "checkpoint every N steps (a rerun resumes from the last one).",
+    type=_POSITIVE,
     default=50,
-    show_default=True,
-    help="local: checkpoint every N steps (a rerun resumes from the last one).",
 )
-@click.option(
+@_local(
     "--output-dir",
+    "adapter folder (default instance/adapters/PERSONA).",
     type=click.Path(file_okay=False, path_type=Path),
-    help="local: adapter folder (default instance/adapters/PERSONA).",
 )
-@click.option(
+@_local(
     "--serve-url",
+    "OpenAI-compatible URL the adapter will be served at.",
     default=DEFAULT_SERVE_URL,
-    show_default=True,
-    help="local: OpenAI-compatible URL the adapter will be served at.",
 )
-@click.option(
-    "--lora-name", help="local: model name the server exposes (default: the persona name)."
-)
+@_local("--lora-name", "model name the server exposes (default: the persona name).")
 @pass_ctx
 def start(obj: Context, train: Path, provider: str, **options: object) -> None:
     """Fine-tune persona --persona on TRAIN.jsonl (checked first; nothing is sent on errors)."""

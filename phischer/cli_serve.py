@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 
 from phischer.cli import Context, pass_ctx
-from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimulatorError, send_text
+from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimResult, SimulatorError, send_text
+
+_url = click.option("--url", default=DEFAULT_URL, show_default=True, help="The webhook to post to.")
+_from = click.option(
+    "--from", "from_", default=DEFAULT_FROM, show_default=True, help="Sender number."
+)
 
 
 @click.command("serve")
@@ -43,16 +48,13 @@ def seed(obj: Context) -> None:
 
 
 @click.command("text")
-@click.option("--url", default=DEFAULT_URL, show_default=True, help="The webhook to post to.")
-@click.option("--from", "from_", default=DEFAULT_FROM, show_default=True, help="Sender number.")
+@_url
+@_from
 @click.argument("message")
 @pass_ctx
 def text(obj: Context, url: str, from_: str, message: str) -> None:
     """Send MESSAGE to the clone, signed like Twilio, and print the reply."""
-    try:
-        result = send_text(obj.settings, message, url=url, from_=from_)
-    except SimulatorError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = _send(obj, message, url, from_)
     for reply in result.replies:
         click.echo(reply)
     if not result.replies:
@@ -60,8 +62,8 @@ def text(obj: Context, url: str, from_: str, message: str) -> None:
 
 
 @click.command("chat")
-@click.option("--url", default=DEFAULT_URL, show_default=True, help="The webhook to post to.")
-@click.option("--from", "from_", default=DEFAULT_FROM, show_default=True, help="Sender number.")
+@_url
+@_from
 @pass_ctx
 def chat(obj: Context, url: str, from_: str) -> None:
     """Chat with the clone interactively (Ctrl-D or /quit to leave)."""
@@ -74,12 +76,17 @@ def chat(obj: Context, url: str, from_: str) -> None:
             return
         if message.strip() in ("/quit", "/exit"):
             return
-        try:
-            result = send_text(obj.settings, message, url=url, from_=from_)
-        except SimulatorError as exc:
-            raise click.ClickException(str(exc)) from None
+        result = _send(obj, message, url, from_)
         for reply in result.replies or ["(no reply)"]:
             click.echo(f"clone> {reply}")
+
+
+def _send(obj: Context, message: str, url: str, from_: str) -> SimResult:
+    # A server that is down or refuses the signature is one line and exit 1.
+    try:
+        return send_text(obj.settings, message, url=url, from_=from_)
+    except SimulatorError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def register(cli: click.Group) -> None:

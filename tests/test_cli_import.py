@@ -50,14 +50,14 @@ def test_import_messenger_prints_a_summary(tmp_path: Path) -> None:
 def test_token_total_is_counted_in_a_helper_past_the_exact_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int, approx: str
 ) -> None:
-    from phischer import cli_import
+    from phischer import import_tokens
     from phischer.tokens import count_messages_tokens
 
     # Example 0 is counted exactly; past it the helper process counts every `every`-th
     # example (one per job) and the skipped ones are estimated from those.
-    monkeypatch.setattr(cli_import, "EXACT_TOKEN_LIMIT", 1)
-    monkeypatch.setattr(cli_import, "TOKEN_SAMPLE_EVERY", every)
-    monkeypatch.setattr(cli_import, "_TOKEN_BATCH", 1)
+    monkeypatch.setattr(import_tokens, "EXACT_TOKEN_LIMIT", 1)
+    monkeypatch.setattr(import_tokens, "TOKEN_SAMPLE_EVERY", every)
+    monkeypatch.setattr(import_tokens, "_TOKEN_BATCH", 1)
     out = tmp_path / "zoe.jsonl"
     result = run("messenger", str(MESSENGER), "--me", "Zoë Martín", "-o", str(out))
     assert result.exit_code == 0, result.output

@@ -309,6 +309,11 @@ def run(*args: str) -> Any:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+def start_local(train: Path, *options: str) -> Any:
+    """`phischer finetune start TRAIN --persona ada --provider local OPTIONS…`."""
+    return run("finetune", "start", str(train), "--persona", "ada", "--provider", "local", *options)
+
+
 @pytest.fixture
 def served() -> Any:
     """A loopback OpenAI-compatible server standing in for vLLM serving the adapter."""
@@ -327,14 +332,8 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
 ) -> None:
     train = write_train(tmp_path / "train.jsonl", PAIRS * 2)
     out = tmp_path / "ada-adapter"
-    result = run(
-        "finetune",
-        "start",
-        str(train),
-        "--persona",
-        "ada",
-        "--provider",
-        "local",
+    result = start_local(
+        train,
         "--base-model",
         str(tiny_model),
         "--max-steps",
@@ -410,14 +409,8 @@ def test_cli_local_unloadable_base_model_fails_cleanly(
 ) -> None:
     train = write_train(tmp_path / "train.jsonl")
     missing = tmp_path / "no-such-model"
-    result = run(
-        "finetune",
-        "start",
-        str(train),
-        "--persona",
-        "ada",
-        "--provider",
-        "local",
+    result = start_local(
+        train,
         "--base-model",
         str(missing),
         "--output-dir",
@@ -437,19 +430,13 @@ def test_cli_local_needs_a_base_model_and_a_clean_file(
     ada: Path, tmp_path: Path, database: Database
 ) -> None:
     train = write_train(tmp_path / "train.jsonl")
-    result = run("finetune", "start", str(train), "--persona", "ada", "--provider", "local")
+    result = start_local(train)
     assert result.exit_code == 1
     assert "Error: --provider local needs --base-model" in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text(train.read_text() + "{oops\n")
-    result = run(
-        "finetune",
-        "start",
-        str(bad),
-        "--persona",
-        "ada",
-        "--provider",
-        "local",
+    result = start_local(
+        bad,
         "--base-model",
         "whatever",
         "--output-dir",

@@ -41,6 +41,9 @@ OLD_URL = "https://old.example.com/sms"
 TUNNEL_URL = "https://abc123.ngrok-free.app"
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every test runs with the fake's Twilio credentials in the environment, as in a user's .env.
+pytestmark = pytest.mark.usefixtures("twilio_env")
+
 
 class FakeNgrok:
     """An injected tunnel opener: records the port it was asked for and whether it was closed."""
@@ -121,9 +124,68 @@ def run(*args: str) -> Any:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+@pytest.fixture
+def run_live(ngrok: FakeNgrok, stop: Callable[..., Stop]) -> Callable[..., Any]:
+    """Run `tunnel` or `up` (fake ngrok): `check(exposure)` runs while all is live, then Ctrl-C.
+
+    The command must exit 0; returns click's result.
+    """
+
+    def invoke(*args: str, check: Callable[[tunnel.Exposure], None] | None = None) -> Any:
+        stop(check)
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def refused(ngrok: FakeNgrok, stop: Callable[..., Stop]) -> Callable[..., str]:
+    """Run a command that must fail before any tunnel opens: exit 1; returns its output."""
+
+    def invoke(*args: str) -> str:
+        stop()
+        result = run(*args)
+        assert result.exit_code == 1
+        assert ngrok.ports == []
+        return result.output
+
+    return invoke
+
+
+def fake_settings(fake: FakeTwilio) -> Settings:
+    """Settings whose Twilio REST calls go to the fake, for our number."""
+    return Settings.from_env(
+        {
+            "TWILIO_ACCOUNT_SID": fake.account_sid,
+            "TWILIO_AUTH_TOKEN": fake.auth_token,
+            "TWILIO_PHONE_NUMBER": PHONE,
+            "TWILIO_API_BASE_URL": fake.url,
+        }
+    )
+
+
+def post_sms(port: int, signed_for: str) -> requests.Response:
+    """POST a text to the server on `port`, signed (like Twilio) for the URL `signed_for`."""
+    params = sms_params("hey how are you")
+    signature = sign(os.environ["TWILIO_AUTH_TOKEN"], signed_for, params)
+    return requests.post(
+        f"http://127.0.0.1:{port}/sms",
+        data=params,
+        timeout=10,
+        headers={"X-Twilio-Signature": signature},
+    )
+
+
 def updates(fake: FakeTwilio, number: dict[str, Any]) -> list[dict[str, str]]:
     """The forms POSTed to the number's resource, in order."""
     return [r.form for r in fake.calls("POST", f"/IncomingPhoneNumbers/{number['sid']}.json")]
+
+
+def warnings(output: str) -> list[str]:
+    """The warning lines of a command's output."""
+    return [line for line in output.splitlines() if line.startswith("Warning")]
 
 
 def instance() -> Path:
@@ -133,12 +195,11 @@ def instance() -> Path:
 # -- phischer tunnel -----------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_registers_then_restores_previous_url_and_method(
     fake_twilio: FakeTwilio,
     number: dict[str, Any],
     ngrok: FakeNgrok,
-    stop: Callable[..., Stop],
+    run_live: Callable[..., Any],
     serving: int,
 ) -> None:
     seen: dict[str, Any] = {}
@@ -148,10 +209,8 @@ def test_tunnel_registers_then_restores_previous_url_and_method(
         seen["live"] = (number["sms_url"], number["sms_method"])
         seen["closed"] = ngrok.closed
 
-    stop(check)
-    result = run("tunnel", "--port", str(serving))
+    result = run_live("tunnel", "--port", str(serving), check=check)
 
-    assert result.exit_code == 0, result.output
     assert ngrok.ports == [serving]
     assert seen == {
         "file": TUNNEL_URL,
@@ -176,14 +235,11 @@ def test_tunnel_registers_then_restores_previous_url_and_method(
     assert "Warning" not in result.output
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_no_restore_leaves_our_url(
-    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, run_live: Callable[..., Any]
 ) -> None:
-    stop()
-    result = run("tunnel", "--no-restore")
+    result = run_live("tunnel", "--no-restore")
 
-    assert result.exit_code == 0, result.output
     assert updates(fake_twilio, number) == [{"SmsUrl": f"{TUNNEL_URL}/sms", "SmsMethod": "POST"}]
     assert number["sms_url"] == f"{TUNNEL_URL}/sms"
     assert ngrok.ports == [5000]
@@ -197,64 +253,47 @@ def test_tunnel_no_restore_leaves_our_url(
     ) in result.output.splitlines()
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_number_not_on_account_is_one_line_and_opens_no_tunnel(
-    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, refused: Callable[..., str]
 ) -> None:
     fake_twilio.add_number("+15550009999")
-    stop()
-    result = run("tunnel")
 
-    assert result.exit_code == 1
-    assert result.output == (
+    assert refused("tunnel") == (
         f"Error: TWILIO_PHONE_NUMBER={PHONE} is not a number of Twilio account "
         f"{fake_twilio.account_sid}: use one listed under Phone Numbers → Active numbers, "
         f"in E.164 (+15551234567)\n"
     )
-    assert ngrok.ports == []
     assert fake_twilio.calls("POST", ".json") == []
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_partial_pattern_matches_are_not_taken_for_the_number(
-    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, refused: Callable[..., str]
 ) -> None:
     # Twilio's PhoneNumber filter is a pattern: +1 5550001111 0 contains our digits.
     other = fake_twilio.add_number("+155500011110")
-    stop()
-    result = run("tunnel")
 
-    assert result.exit_code == 1
-    assert "(similar numbers there: +155500011110)" in result.output
+    assert "(similar numbers there: +155500011110)" in refused("tunnel")
     assert updates(fake_twilio, other) == []
-    assert ngrok.ports == []
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_several_matches_is_an_error(
-    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, refused: Callable[..., str]
 ) -> None:
     first = fake_twilio.add_number(PHONE)
     second = fake_twilio.add_number(PHONE)
-    stop()
-    result = run("tunnel")
 
-    assert result.exit_code == 1
-    assert result.output == (
+    assert refused("tunnel") == (
         f"Error: TWILIO_PHONE_NUMBER={PHONE} matches 2 numbers on account "
         f"{fake_twilio.account_sid} ({first['sid']}, {second['sid']}): remove the duplicates "
         f"so exactly one remains\n"
     )
-    assert ngrok.ports == []
     assert fake_twilio.calls("POST", ".json") == []
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_warns_when_a_messaging_service_handles_incoming_sms(
     fake_twilio: FakeTwilio,
     number: dict[str, Any],
-    ngrok: FakeNgrok,
-    stop: Callable[..., Stop],
+    run_live: Callable[..., Any],
     serving: int,
 ) -> None:
     fake_twilio.add_service("Other", [fake_twilio.add_number("+15550002222")])
@@ -262,12 +301,9 @@ def test_tunnel_warns_when_a_messaging_service_handles_incoming_sms(
     service = fake_twilio.add_service(
         "Clone service", [number], inbound_request_url="https://hooks.example.com/in"
     )
-    stop()
-    result = run("tunnel", "--port", str(serving))
+    result = run_live("tunnel", "--port", str(serving))
 
-    assert result.exit_code == 0, result.output
-    warnings = [line for line in result.output.splitlines() if line.startswith("Warning")]
-    assert warnings == [
+    assert warnings(result.output) == [
         f"Warning: {PHONE} belongs to Messaging Service 'Clone service' ({service['sid']}), "
         f"whose incoming-message setting wins over the number's SMS URL "
         f"(now: https://hooks.example.com/in): in the Twilio console open Messaging → "
@@ -282,18 +318,14 @@ def test_tunnel_warns_when_a_messaging_service_handles_incoming_sms(
     assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [f"{TUNNEL_URL}/sms", OLD_URL]
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_warns_when_a_twiml_app_handles_incoming_sms(
-    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop], serving: int
+    fake_twilio: FakeTwilio, run_live: Callable[..., Any], serving: int
 ) -> None:
     app_sid = "AP" + "1" * 32
     number = fake_twilio.add_number(PHONE, sms_url=OLD_URL, sms_application_sid=app_sid)
-    stop()
-    result = run("tunnel", "--port", str(serving))
+    result = run_live("tunnel", "--port", str(serving))
 
-    assert result.exit_code == 0, result.output
-    warnings = [line for line in result.output.splitlines() if line.startswith("Warning")]
-    assert warnings == [
+    assert warnings(result.output) == [
         f"Warning: {PHONE} sends incoming SMS to TwiML App {app_sid} (sms_application_sid), "
         f"which ignores the number's SMS URL: in the Twilio console open Phone Numbers → "
         f"Active numbers → {PHONE} → Messaging configuration and set 'A message comes in' to "
@@ -302,15 +334,17 @@ def test_tunnel_warns_when_a_twiml_app_handles_incoming_sms(
     assert number["sms_url"] == OLD_URL  # restored
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_public_url_option_skips_ngrok(
-    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, run_live: Callable[..., Any]
 ) -> None:
     files: list[str] = []
-    stop(lambda exposure: files.append((instance() / "public_url").read_text().strip()))
-    result = run("tunnel", "--public-url", "https://sms.example.org/")
+    result = run_live(
+        "tunnel",
+        "--public-url",
+        "https://sms.example.org/",
+        check=lambda exposure: files.append((instance() / "public_url").read_text().strip()),
+    )
 
-    assert result.exit_code == 0, result.output
     assert ngrok.ports == []
     assert files == ["https://sms.example.org"]
     assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [
@@ -321,32 +355,24 @@ def test_tunnel_public_url_option_skips_ngrok(
     assert not (instance() / "public_url").exists()
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_uses_public_url_from_environment_instead_of_ngrok(
     monkeypatch: pytest.MonkeyPatch,
     fake_twilio: FakeTwilio,
     number: dict[str, Any],
     ngrok: FakeNgrok,
-    stop: Callable[..., Stop],
+    run_live: Callable[..., Any],
 ) -> None:
     monkeypatch.setenv("PUBLIC_URL", "https://mine.example.net")
-    stop()
-    result = run("tunnel")
+    run_live("tunnel")
 
-    assert result.exit_code == 0, result.output
     assert ngrok.ports == []
     assert updates(fake_twilio, number)[0]["SmsUrl"] == "https://mine.example.net/sms"
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_rejects_a_relative_public_url(
-    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, number: dict[str, Any], refused: Callable[..., str]
 ) -> None:
-    stop()
-    result = run("tunnel", "--public-url", "sms.example.org")
-
-    assert result.exit_code == 1
-    assert result.output == (
+    assert refused("tunnel", "--public-url", "sms.example.org") == (
         "Error: --public-url='sms.example.org' must be an absolute base URL such as "
         "https://sms.example.com\n"
     )
@@ -365,49 +391,33 @@ def test_tunnel_rejects_a_relative_public_url(
         ),
     ],
 )
-@pytest.mark.usefixtures("twilio_env")
 def test_missing_twilio_variable_is_named_before_any_tunnel(
     monkeypatch: pytest.MonkeyPatch,
     fake_twilio: FakeTwilio,
-    ngrok: FakeNgrok,
-    stop: Callable[..., Stop],
+    refused: Callable[..., str],
     command: str,
     missing: str,
     hint: str,
 ) -> None:
     monkeypatch.delenv(missing)
-    stop()
-    result = run(command)
 
-    assert result.exit_code == 1
-    assert result.output == f"Error: {missing} is not set: add {hint} to .env\n"
-    assert ngrok.ports == []
+    assert refused(command) == f"Error: {missing} is not set: add {hint} to .env\n"
     assert fake_twilio.requests == []
     assert not (instance() / "phischer.db").exists()  # `up` stopped before migrating
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_wrong_credentials_are_one_line(
-    monkeypatch: pytest.MonkeyPatch,
-    number: dict[str, Any],
-    ngrok: FakeNgrok,
-    stop: Callable[..., Stop],
+    monkeypatch: pytest.MonkeyPatch, number: dict[str, Any], refused: Callable[..., str]
 ) -> None:
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "not-the-token")
-    stop()
-    result = run("tunnel")
 
-    assert result.exit_code == 1
-    assert result.output == (
+    assert refused("tunnel") == (
         "Error: Twilio refused to list your phone numbers (HTTP 401, error 20003: "
         "Authenticate): check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN\n"
     )
-    assert ngrok.ports == []
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_sigterm_restores_like_ctrl_c(
-    fake_twilio: FakeTwilio,
     number: dict[str, Any],
     ngrok: FakeNgrok,
     monkeypatch: pytest.MonkeyPatch,
@@ -429,14 +439,13 @@ def test_sigterm_restores_like_ctrl_c(
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_restore_leaves_a_url_someone_changed_meanwhile(
-    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
 ) -> None:
-    stop(lambda exposure: number.update(sms_url="https://someone-else.example/sms"))
-    result = run("tunnel")
+    result = run_live(
+        "tunnel", check=lambda exposure: number.update(sms_url="https://someone-else.example/sms")
+    )
 
-    assert result.exit_code == 0, result.output
     assert len(updates(fake_twilio, number)) == 1
     assert number["sms_url"] == "https://someone-else.example/sms"
     assert (
@@ -445,9 +454,8 @@ def test_restore_leaves_a_url_someone_changed_meanwhile(
     )
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_a_run_that_was_killed_is_repaired_by_the_next(
-    fake_twilio: FakeTwilio, ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, run_live: Callable[..., Any]
 ) -> None:
     dead = "https://dead0000.ngrok-free.app/sms"
     number = fake_twilio.add_number(PHONE, sms_url=dead, sms_method="POST")
@@ -463,18 +471,14 @@ def test_a_run_that_was_killed_is_repaired_by_the_next(
             }
         )
     )
-    stop()
-    result = run("tunnel")
+    run_live("tunnel")
 
-    assert result.exit_code == 0, result.output
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_tunnel_with_app_checks_signatures_against_the_tunnel_url(
     number: dict[str, Any],
-    ngrok: FakeNgrok,
-    stop: Callable[..., Stop],
+    run_live: Callable[..., Any],
     make_app: Any,
     personas: Any,
 ) -> None:
@@ -492,48 +496,33 @@ def test_tunnel_with_app_checks_signatures_against_the_tunnel_url(
             )
             statuses[name] = response.status_code
 
-    stop(check)
-    result = run("tunnel")
+    run_live("tunnel", check=check)
 
-    assert result.exit_code == 0, result.output
     assert statuses == {"tunnel": 200, "local": 403}
 
 
 # -- phischer up ---------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_up_serves_tunnels_registers_and_checks_signatures_end_to_end(
     fake_twilio: FakeTwilio,
     number: dict[str, Any],
     ngrok: FakeNgrok,
-    stop: Callable[..., Stop],
+    run_live: Callable[..., Any],
     personas: Any,
 ) -> None:
-    token = os.environ["TWILIO_AUTH_TOKEN"]
     seen: dict[str, Any] = {}
-
-    def post(local: str, signed_for: str) -> requests.Response:
-        params = sms_params("hey how are you")
-        return requests.post(
-            f"{local}/sms",
-            data=params,
-            timeout=10,
-            headers={"X-Twilio-Signature": sign(token, signed_for, params)},
-        )
 
     def check(exposure: tunnel.Exposure) -> None:
         local = f"http://127.0.0.1:{exposure.port}"
-        good = post(local, f"{TUNNEL_URL}/sms")
+        good = post_sms(exposure.port, f"{TUNNEL_URL}/sms")
         seen["good"] = (good.status_code, good.headers["Content-Type"], twiml_bodies(good.content))
-        seen["bad"] = post(local, f"{local}/sms").status_code
+        seen["bad"] = post_sms(exposure.port, f"{local}/sms").status_code
         seen["health"] = requests.get(f"{local}/healthz", timeout=10).status_code
         seen["local"] = local
 
-    stop(check)
-    result = run("up", "--port", "0")
+    result = run_live("up", "--port", "0", check=check)
 
-    assert result.exit_code == 0, result.output
     status, content_type, replies = seen["good"]
     assert status == 200
     assert content_type.startswith("text/xml")
@@ -555,43 +544,27 @@ def test_up_serves_tunnels_registers_and_checks_signatures_end_to_end(
         requests.get(f"{seen['local']}/healthz", timeout=2)
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_up_with_public_url_serves_against_that_url(
-    fake_twilio: FakeTwilio,
     number: dict[str, Any],
     ngrok: FakeNgrok,
-    stop: Callable[..., Stop],
+    run_live: Callable[..., Any],
     personas: Any,
 ) -> None:
-    token = os.environ["TWILIO_AUTH_TOKEN"]
     statuses: list[int] = []
 
     def check(exposure: tunnel.Exposure) -> None:
-        params = sms_params("hey how are you")
-        url = "https://sms.example.org/sms"
-        statuses.append(
-            requests.post(
-                f"http://127.0.0.1:{exposure.port}/sms",
-                data=params,
-                timeout=10,
-                headers={"X-Twilio-Signature": sign(token, url, params)},
-            ).status_code
-        )
+        statuses.append(post_sms(exposure.port, "https://sms.example.org/sms").status_code)
 
-    stop(check)
-    result = run("up", "--port", "0", "--public-url", "https://sms.example.org")
+    run_live("up", "--port", "0", "--public-url", "https://sms.example.org", check=check)
 
-    assert result.exit_code == 0, result.output
     assert statuses == [200]
     assert ngrok.ports == []
     assert number["sms_url"] == OLD_URL
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_up_without_personas_says_how_to_add_one_and_needs_no_restart(
-    number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop], tmp_path: Path
+    number: dict[str, Any], run_live: Callable[..., Any], tmp_path: Path
 ) -> None:
-    token = os.environ["TWILIO_AUTH_TOKEN"]
     replies: list[list[str]] = []
 
     def check(exposure: tunnel.Exposure) -> None:
@@ -599,19 +572,11 @@ def test_up_without_personas_says_how_to_add_one_and_needs_no_restart(
         dataset = write_dataset(tmp_path / "ada.jsonl", ADA_PAIRS)
         added = run("persona", "add", "Ada", "--keyword", "ada", "--dataset", str(dataset))
         assert added.exit_code == 0, added.output
-        params = sms_params("hey how are you")
-        response = requests.post(
-            f"http://127.0.0.1:{exposure.port}/sms",
-            data=params,
-            timeout=10,
-            headers={"X-Twilio-Signature": sign(token, f"{TUNNEL_URL}/sms", params)},
-        )
+        response = post_sms(exposure.port, f"{TUNNEL_URL}/sms")
         replies.append(twiml_bodies(response.content))
 
-    stop(check)
-    result = run("up", "--port", "0")
+    result = run_live("up", "--port", "0", check=check)
 
-    assert result.exit_code == 0, result.output
     assert (
         f"Text {PHONE} now — but there is no persona yet: add one with "
         "`phischer persona add NAME --keyword KW --dataset FILE` (no restart needed)."
@@ -619,23 +584,19 @@ def test_up_without_personas_says_how_to_add_one_and_needs_no_restart(
     assert replies == [["Splendid, thank you! Knitting a scarf for the cat."]]
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_up_on_a_busy_port_is_one_line_and_opens_no_tunnel(
-    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+    fake_twilio: FakeTwilio, number: dict[str, Any], refused: Callable[..., str]
 ) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        stop()
-        result = run("up", "--port", str(port))
+        output = refused("up", "--port", str(port))
 
-    assert result.exit_code == 1
-    assert result.output == (
+    assert output == (
         f"Error: Cannot listen on 127.0.0.1:{port} (Address already in use): stop the program "
         f"using it or pass --port N\n"
     )
-    assert ngrok.ports == []
     assert updates(fake_twilio, number) == []
 
 
@@ -677,7 +638,6 @@ def test_open_ngrok_uses_installed_binary_and_token(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("kind", ["install", "agent"])
-@pytest.mark.usefixtures("twilio_env")
 def test_ngrok_failure_is_one_line_with_both_fixes(
     monkeypatch: pytest.MonkeyPatch, number: dict[str, Any], stop: Callable[..., Stop], kind: str
 ) -> None:
@@ -710,7 +670,7 @@ def test_ngrok_failure_is_one_line_with_both_fixes(
     assert not (instance() / "public_url").exists()
 
 
-def test_script_wrapper_runs_the_same_command(fake_twilio: FakeTwilio, tmp_path: Path) -> None:
+def test_script_wrapper_runs_the_same_command(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "tunnel.py"), "--port", "5001"],
@@ -731,14 +691,7 @@ def test_script_wrapper_runs_the_same_command(fake_twilio: FakeTwilio, tmp_path:
 
 
 def test_client_factory_sets_timeout_and_base_url(fake_twilio: FakeTwilio) -> None:
-    settings = Settings.from_env(
-        {
-            "TWILIO_ACCOUNT_SID": fake_twilio.account_sid,
-            "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
-            "TWILIO_PHONE_NUMBER": PHONE,
-            "TWILIO_API_BASE_URL": fake_twilio.url,
-        }
-    )
+    settings = fake_settings(fake_twilio)
     client = make_twilio_client(settings)
     assert isinstance(client.http_client, RebasingHttpClient)
     assert client.http_client.timeout == TWILIO_HTTP_TIMEOUT_S
@@ -759,14 +712,7 @@ def test_client_factory_error_is_a_value_error_naming_the_variable() -> None:
 
 
 def test_fake_sends_messages_and_scripted_failures(fake_twilio: FakeTwilio) -> None:
-    settings = Settings.from_env(
-        {
-            "TWILIO_ACCOUNT_SID": fake_twilio.account_sid,
-            "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
-            "TWILIO_PHONE_NUMBER": PHONE,
-            "TWILIO_API_BASE_URL": fake_twilio.url,
-        }
-    )
+    settings = fake_settings(fake_twilio)
     client = make_twilio_client(settings)
     sent = client.messages.create(to="+15550100", from_=PHONE, body="hello")
     assert sent.sid.startswith("SM") and sent.status == "queued"
@@ -781,10 +727,7 @@ def test_fake_sends_messages_and_scripted_failures(fake_twilio: FakeTwilio) -> N
     ]
 
 
-@pytest.mark.usefixtures("twilio_env")
-def test_up_in_a_real_process_restores_on_sigterm(
-    fake_twilio: FakeTwilio, number: dict[str, Any], tmp_path: Path
-) -> None:
+def test_up_in_a_real_process_restores_on_sigterm(number: dict[str, Any], tmp_path: Path) -> None:
     """The whole command as a user runs it; SIGTERM (a supervisor, `kill`) shuts it down cleanly."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -820,34 +763,22 @@ def test_up_in_a_real_process_restores_on_sigterm(
     assert not (instance() / "public_url").exists()
 
 
-@pytest.mark.usefixtures("twilio_env")
 def test_twilio_unreachable_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, ngrok: FakeNgrok, stop: Callable[..., Stop]
+    monkeypatch: pytest.MonkeyPatch, refused: Callable[..., str]
 ) -> None:
     monkeypatch.setenv("TWILIO_API_BASE_URL", "http://127.0.0.1:9")
-    stop()
-    result = run("tunnel")
 
-    assert result.exit_code == 1
-    assert result.output == (
+    assert refused("tunnel") == (
         "Error: Could not reach Twilio to list your phone numbers (ConnectionError): "
         "check your network\n"
     )
-    assert ngrok.ports == []
 
 
 def test_twilio_request_dumps_stay_at_debug(
     fake_twilio: FakeTwilio, caplog: pytest.LogCaptureFixture
 ) -> None:
     """twilio logs numbers and bodies of every request at INFO; they are personal data."""
-    settings = Settings.from_env(
-        {
-            "TWILIO_ACCOUNT_SID": fake_twilio.account_sid,
-            "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
-            "TWILIO_PHONE_NUMBER": PHONE,
-            "TWILIO_API_BASE_URL": fake_twilio.url,
-        }
-    )
+    settings = fake_settings(fake_twilio)
     client = make_twilio_client(settings)
     with caplog.at_level("INFO"):
         client.messages.create(to="+15550100", from_=PHONE, body="secret words")
