@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +16,11 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_EVERY_S = 1.0
+RESTART_FRAMES = 2000  # ~8 MB of WAL
+TRUNCATE_WAIT_S = 0.05
+
+log = logging.getLogger(__name__)
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -82,6 +89,86 @@ class WriteLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+class Checkpointer:
+    """Moves SQLite's WAL checkpoints off the webhook's commits, into one thread per process.
+
+    By default the commit that grows the WAL past 1,000 pages copies them into the database
+    and fsyncs it, inside the write lock: every ~150th text paid for that, and commits cost
+    3x their own work (scripts/bench_webhook.py). Hot-path connections switch automatic
+    checkpoints off (`disable_auto`); this thread runs a PASSIVE checkpoint every
+    CHECKPOINT_EVERY_S instead, which never waits for or blocks a writer. Under steady
+    writes the WAL is never fully copied at the moment a writer starts, so SQLite never
+    rewinds it: once it passes RESTART_FRAMES, the thread takes the write lock for one short
+    TRUNCATE checkpoint (only the frames written since the PASSIVE one are left to copy).
+    """
+
+    def __init__(self, db_path: Path, write_lock: WriteLock) -> None:
+        self._path = db_path
+        self._write_lock = write_lock
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def disable_auto(self, dbapi_conn: sqlite3.Connection) -> None:
+        """Turn off automatic checkpoints on a connection; this process's thread does them."""
+        dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+        self.start()
+
+    def start(self) -> None:
+        """Start this process's checkpoint thread (once; again in a forked child)."""
+        with self._lock:
+            if self._pid == os.getpid() and not self._stop.is_set():
+                return
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self.thread = threading.Thread(
+                target=self._run, args=(self._stop,), name="phischer-checkpoint", daemon=True
+            )
+            self.thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread after one last checkpoint (at shutdown)."""
+        with self._lock:
+            self._stop.set()
+            thread, self.thread = self.thread, None
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join(timeout=5)
+
+    def checkpoint(self, mode: str = "PASSIVE", timeout_s: float = 0.0) -> tuple[int, int, int]:
+        """One checkpoint: (blocked?, frames in the WAL, frames copied)."""
+        # mode=rw: a database deleted under us is an error, not a new empty file.
+        conn = sqlite3.connect(
+            f"{self._path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s
+        )
+        try:
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        finally:
+            conn.close()
+        return row[0], row[1], row[2]
+
+    def run_once(self) -> tuple[int, int, int]:
+        """A PASSIVE checkpoint, then a TRUNCATE under the write lock if the WAL is long."""
+        result = self.checkpoint()
+        if result[1] >= RESTART_FRAMES:
+            # Readers are short (one SELECT), so a brief wait for them is enough; if one is
+            # slower the WAL is rewound on a later round instead of stalling the writers.
+            with self._write_lock.hold():
+                result = self.checkpoint("TRUNCATE", timeout_s=TRUNCATE_WAIT_S)
+        return result
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(CHECKPOINT_EVERY_S):
+            self._checkpoint_quietly()
+        self._checkpoint_quietly()
+
+    def _checkpoint_quietly(self) -> None:
+        try:
+            self.run_once()
+        except sqlite3.Error as exc:  # a busy or missing database: try again later
+            log.debug("WAL checkpoint skipped: %s", exc)
+
+
 class Database:
     """One engine, a session factory, and the write lock that goes with them."""
 
@@ -89,7 +176,11 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.write_lock = WriteLock(_sqlite_path(url))
+        path = _sqlite_path(url)
+        self.write_lock = WriteLock(path)
+        # Only the webhook's own connections (Store) hand their checkpoints to this thread;
+        # CLI commands keep SQLite's automatic ones, so the WAL never grows without a server.
+        self.checkpointer = None if path is None else Checkpointer(path, self.write_lock)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -114,5 +205,7 @@ class Database:
             conn.execute(sa.text("SELECT 1"))
 
     def dispose(self) -> None:
-        """Close pooled connections (call after fork or at shutdown)."""
+        """Close pooled connections and stop this process's checkpoints (after fork, at shutdown)."""
         self.engine.dispose()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()

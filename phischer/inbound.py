@@ -70,7 +70,7 @@ class SmsService:
 
     def handle(self, msg: Inbound) -> list[str]:
         """Process a webhook call; return the bodies to answer with in TwiML (maybe none)."""
-        decision = self._record(msg)
+        decision = self._record(msg, parse(msg.body))
         if isinstance(decision, list):  # a retry of a MessageSid we already have
             return decision
         if decision.persona is None:
@@ -83,12 +83,12 @@ class SmsService:
 
     # -- transaction 1: store the inbound text and apply commands --------------------------
 
-    def _record(self, msg: Inbound) -> Decision | list[str]:
+    def _record(self, msg: Inbound, command: Command) -> Decision | list[str]:
         """Store the text and decide; for a MessageSid already stored, its earlier replies."""
         for attempt in (1, 2):
             try:
                 with self.store.write() as cur:
-                    return self._decide(cur, msg)
+                    return self._decide(cur, msg, command)
             except self.store.IntegrityError:
                 # Either this MessageSid is stored already (a Twilio retry: same replies,
                 # none while the first is still being answered), or another instance
@@ -101,12 +101,13 @@ class SmsService:
                     raise
         raise AssertionError("unreachable")
 
-    def _decide(self, cur: Any, msg: Inbound) -> Decision:
+    def _decide(self, cur: Any, msg: Inbound, command: Command) -> Decision:
+        # Runs under the database's write lock, which every text of every worker waits
+        # for: only the statements and the decision that needs the contact row go here.
         now = utcnow()
         store = self.store
         before = store.contact(cur, msg.phone, now)
         contact = dataclasses.replace(before)
-        command = parse(msg.body)
         kind, status, text, persona = self._classify(msg, command, contact, now)
         inbound_id = store.insert_message(
             cur,
@@ -246,20 +247,20 @@ class SmsService:
         persona = decision.persona
         assert persona is not None
         start = time.perf_counter()
+        turns = self.settings.history_turns
+        # A backend that reads only the last few turns (retrieval) says so: fewer rows to fetch.
+        cap = getattr(backend, "max_turns", None)
+        if cap is not None:
+            turns = min(turns, cap)
         try:
             with self.store.read() as cur:
                 rows = self.store.history(
-                    cur,
-                    decision.contact_id,
-                    persona.id,
-                    decision.reset_at,
-                    rows_needed(self.settings.history_turns),
-                    SPOKEN,
+                    cur, decision.contact_id, persona.id, decision.reset_at, rows_needed(turns), SPOKEN
                 )
             messages = build_thread(
                 rows,
                 system_prompt=persona.system_prompt,
-                history_turns=self.settings.history_turns,
+                history_turns=turns,
                 gap_hours=self.settings.session_gap_hours,
             )
             reply = backend.reply(persona, messages)

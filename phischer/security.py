@@ -5,6 +5,10 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import Request
 from twilio.request_validator import (
@@ -17,6 +21,24 @@ from twilio.request_validator import (
 from phischer.config import Settings
 
 log = logging.getLogger(__name__)
+
+RECHECK_S = 1.0
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def form_params(request: Request) -> Mapping[str, Any]:
+    """The posted parameters, parsed once for both the signature and the handler.
+
+    Twilio posts a flat urlencoded form with unique names; parsing it directly costs a
+    quarter of werkzeug's general form parser. Anything else (multipart, repeated names)
+    goes through request.form, whose MultiDict the validator also understands.
+    """
+    if request.mimetype == FORM_TYPE:
+        pairs = parse_qsl(request.get_data(as_text=True), keep_blank_values=True)
+        params = dict(pairs)
+        if len(params) == len(pairs):
+            return params
+    return request.form
 
 
 class PublicUrl:
@@ -32,11 +54,18 @@ class PublicUrl:
         self._path = settings.instance_path / "public_url"
         self._stamp: float | None = None
         self._value: str | None = None
+        self._next_check = 0.0
 
-    def get(self) -> str | None:
+    def get(self, force: bool = False) -> str | None:
         """The current public base URL, or None when Twilio reaches us directly."""
         if self._fixed:
             return self._fixed
+        # One stat a second, not one per text; a signature that fails against the cached
+        # URL asks again at once (force), so a new tunnel is never missed.
+        now = time.monotonic()
+        if now < self._next_check and not force:
+            return self._value
+        self._next_check = now + RECHECK_S
         try:
             stamp = os.stat(self._path).st_mtime_ns
         except OSError:
@@ -72,16 +101,29 @@ class SignatureChecker:
         self.validator = RequestValidator(settings.auth_token())
         self.public_url = PublicUrl(settings)
 
-    def is_valid(self, request: Request) -> bool:
+    def is_valid(self, request: Request, form: Mapping[str, Any]) -> bool:
         """True when the request carries a valid signature (or checking is switched off)."""
         if not self.enabled:
             return True
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
             return False
-        url = signed_url(request, self.public_url.get())
         algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
-        form = request.form
+        base = self.public_url.get()
+        url = signed_url(request, base)
+        ok = self._matches(url, form, signature, algorithm)
+        if not ok:
+            # A tunnel may have written a new public URL since the last look: look again.
+            fresh = self.public_url.get(force=True)
+            if fresh != base:
+                url = signed_url(request, fresh)
+                ok = self._matches(url, form, signature, algorithm)
+        if not ok:
+            # The URL is safe to log: it is our own endpoint, never a secret.
+            log.warning("Rejected a request with a bad Twilio signature for %s", url)
+        return ok
+
+    def _matches(self, url: str, form: Mapping[str, Any], signature: str, algorithm: Any) -> bool:
         try:
             expected = self.validator.compute_signature(url, form, algorithm)
         except ValueError:  # an algorithm twilio does not know
@@ -89,10 +131,6 @@ class SignatureChecker:
         # The exact URL matches almost always: one HMAC and a constant-time compare.
         # validate() also tries the URL with and without the default port (Twilio signs
         # either), at the cost of two more HMACs, so it only runs on a mismatch.
-        ok = hmac.compare_digest(expected, signature) or self.validator.validate(
+        return hmac.compare_digest(expected, signature) or self.validator.validate(
             url, form, signature, algorithm
         )
-        if not ok:
-            # The URL is safe to log: it is our own endpoint, never a secret.
-            log.warning("Rejected a request with a bad Twilio signature for %s", url)
-        return ok

@@ -58,8 +58,14 @@ class Store:
     def _conn(self) -> Any:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():  # never reuse a parent's connection
-            local.conn = self.db.engine.raw_connection()
+            pooled = self.db.engine.raw_connection()
+            # Kept by this thread for good, and set up differently: out of the pool, so a
+            # session never gets it.
+            local.conn = pooled.dbapi_connection
+            pooled.detach()
             local.pid = os.getpid()
+            if self.db.checkpointer is not None:
+                self.db.checkpointer.disable_auto(local.conn)
         return local.conn
 
     def sql(self, statement: str) -> str:
@@ -212,7 +218,10 @@ class Store:
         if since is not None:
             query += " AND created_at >= ?"
             params.append(self.ts(since))
-        query += " ORDER BY id DESC LIMIT ?"
+        # created_at then id: the walk goes backwards along ix_messages_contact_created (which
+        # ends in the rowid) and stops after `limit` rows; "ORDER BY id" alone made SQLite read
+        # and sort every message the number ever sent, slower the longer it texts.
+        query += " ORDER BY created_at DESC, id DESC LIMIT ?"
         params.append(limit)
         cur.execute(self.sql(query), params)
         return [(d, b, self.parse_ts(c)) for d, b, c in cur.fetchall()]

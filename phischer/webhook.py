@@ -8,6 +8,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from phischer.inbound import Inbound
 from phischer.replies import twiml
+from phischer.security import form_params
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
@@ -26,9 +27,9 @@ def xml(body: str, status: int = 200) -> Response:
 def sms() -> Response:
     """Twilio's incoming-message webhook."""
     services = _services()
-    if not services.signatures.is_valid(request):
+    form = form_params(request)
+    if not services.signatures.is_valid(request, form):
         abort(403)
-    form = request.form
     phone = form.get("From", "").strip()
     sid = form.get("MessageSid", "").strip() or form.get("SmsMessageSid", "").strip()
     if not phone or not sid:

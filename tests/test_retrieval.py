@@ -47,11 +47,38 @@ def test_scores_equal_bm25s(tmp_path):
         np.testing.assert_allclose(index.scores(tokens), expected, rtol=1e-6)
 
 
+def test_sparse_and_dense_scoring_agree(tmp_path, monkeypatch):
+    import phischer.backends.retrieval as retrieval
+    from tests.conftest import ADA_PAIRS, write_dataset
+
+    path = write_dataset(tmp_path / "a.jsonl", ADA_PAIRS)
+    dense = RetrievalBackend().index(persona(path))
+    monkeypatch.setattr(retrieval, "DENSE_CELLS", 0)  # a corpus too big for the dense table
+    sparse = RetrievalBackend().index(persona(path))
+    assert dense.dense is not None and sparse.dense is None
+    for query in ("hey how are you", "what do you do", "good good night", "zzz", ""):
+        tokens = tokenize(query)
+        np.testing.assert_allclose(dense.scores(tokens), sparse.scores(tokens), rtol=1e-6)
+        assert dense.best(query, set(), 0) == sparse.best(query, set(), 0)
+
+
+def test_dataset_file_is_looked_at_once_per_recheck_window(tmp_path):
+    from tests.conftest import ADA_PAIRS, BO_PAIRS, write_dataset
+
+    path = write_dataset(tmp_path / "a.jsonl", ADA_PAIRS)
+    backend = RetrievalBackend(recheck_s=3600)
+    first = backend.index(persona(path))
+    write_dataset(path, BO_PAIRS + [("extra line", "so the size changes")])
+    assert backend.index(persona(path)) is first  # within the window: no stat, no rebuild
+    path.unlink()
+    assert backend.index(persona(path)) is first
+
+
 def test_index_is_cached_and_rebuilt_when_the_file_changes(tmp_path):
     from tests.conftest import ADA_PAIRS, BO_PAIRS, write_dataset
 
     path = write_dataset(tmp_path / "a.jsonl", ADA_PAIRS)
-    backend = RetrievalBackend()
+    backend = RetrievalBackend(recheck_s=0)
     first = backend.index(persona(path))
     assert backend.index(persona(path)) is first
     write_dataset(path, BO_PAIRS + [("extra line", "so the size changes")])

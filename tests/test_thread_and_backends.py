@@ -263,6 +263,24 @@ def test_retrieval_index_built_once(app, twilio_post, monkeypatch):
     assert calls == []  # warmed at create_app, reused per request
 
 
+def test_retrieval_gets_only_the_turns_it_reads(app, twilio_post, monkeypatch):
+    from phischer.backends.retrieval import RECENT_REPLIES, RetrievalBackend
+
+    threads = []
+    original = RetrievalBackend.reply
+    monkeypatch.setattr(
+        RetrievalBackend, "reply", lambda self, p, m: threads.append(m) or original(self, p, m)
+    )
+    for i in range(12):
+        twilio_post(f"tell me a joke number {i}")
+    turns = [m for m in threads[-1] if m["role"] != "system"]
+    # The last text and the RECENT_REPLIES exchanges before it: all the backend looks at.
+    assert len(turns) == 2 * RECENT_REPLIES + 1
+    assert turns[-1] == {"role": "user", "content": "tell me a joke number 11"}
+    assert turns[0] == {"role": "user", "content": "tell me a joke number 8"}
+    assert len({m["content"] for m in turns if m["role"] == "assistant"}) == RECENT_REPLIES
+
+
 def test_unknown_backend_name_gets_fallback_and_recorded_error(
     make_app, personas, database, twilio_post
 ):

@@ -104,6 +104,18 @@ def test_tunnel_public_url_file_is_picked_up_without_restart(app, twilio_post):
     assert twilio_post("hi", url="https://t1.ngrok.app/sms").status_code == 200
 
 
+def test_a_new_tunnel_url_is_used_at_once(app, twilio_post):
+    # The URL file is looked at once a second; a signature that fails against the cached
+    # URL makes the server look again, so a restarted tunnel never costs a 403.
+    instance = app.extensions["phischer"].settings.instance_path
+    instance.mkdir(parents=True, exist_ok=True)
+    (instance / "public_url").write_text("https://t1.ngrok.app\n")
+    assert twilio_post("hi", url="https://t1.ngrok.app/sms").status_code == 200
+    (instance / "public_url").write_text("https://t2.ngrok.app\n")
+    assert twilio_post("hi", url="https://t2.ngrok.app/sms").status_code == 200
+    assert twilio_post("hi", url="https://t1.ngrok.app/sms").status_code == 403
+
+
 def test_missing_from_or_sid_is_400(app):
     token = app.extensions["phischer"].settings.auth_token()
     for missing in ("From", "MessageSid"):

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,17 @@ TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 SPEAKER_RE = re.compile(r"^[A-Z][\w'.-]*(?: [A-Z][\w'.-]*){0,2}: ", re.MULTILINE)
 CANDIDATES = 10
 RECENT_REPLIES = 3
+RECHECK_S = 1.0  # how often a dataset file is checked for changes
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-case word tokens; no stop-word removal, since 'how are you' is all stop words."""
     return TOKEN_RE.findall(text.lower())
+
+
+# Up to this many cells (keys x vocabulary), the index also keeps a dense score table: a
+# query is then one gather and one sum (~5 µs) instead of a scatter-add per token.
+DENSE_CELLS = 4_000_000
 
 
 @dataclass
@@ -43,6 +50,17 @@ class Index:
 
     bm25: bm25s.BM25
     answers: list[str]
+    dense: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        table = self.bm25.scores
+        data, docs, ptr = table["data"], table["indices"], table["indptr"]
+        columns = len(ptr) - 1  # token ids run up to this (the vocabulary may skip some)
+        if self.dense is None and len(self.answers) * (columns + 1) <= DENSE_CELLS:
+            dense = np.zeros((columns + 1, len(self.answers)), dtype=np.float32)
+            for t in range(columns):
+                dense[t, docs[ptr[t] : ptr[t + 1]]] = data[ptr[t] : ptr[t + 1]]
+            self.dense = dense  # the last row stays zero: where unknown tokens go
 
     def scores(self, tokens: list[str]) -> np.ndarray:
         """BM25 score of every key for the query tokens (same values as bm25s.get_scores).
@@ -51,10 +69,13 @@ class Index:
         columns directly costs a few microseconds, where get_scores spends ~0.3 ms of
         generic bookkeeping on the same sum.
         """
+        vocab = self.bm25.vocab_dict
+        if self.dense is not None:
+            unknown = len(self.dense) - 1
+            return self.dense[[vocab.get(token, unknown) for token in tokens]].sum(axis=0)
         table = self.bm25.scores
         data, docs, ptr = table["data"], table["indices"], table["indptr"]
         out = np.zeros(len(self.answers), dtype=np.float32)
-        vocab = self.bm25.vocab_dict
         for token in tokens:
             t = vocab.get(token)
             if t is not None:
@@ -68,11 +89,11 @@ class Index:
         # Top-k over the non-zero entries only: most scores are zero and a full argpartition
         # over them costs far more than the match itself (FIELD-NOTES).
         nonzero = np.flatnonzero(scores)
-        top = nonzero[np.argsort(-scores[nonzero], kind="stable")[:CANDIDATES]]
-        fresh = [int(i) for i in top if self.answers[i] not in avoid]
+        top = nonzero[np.argsort(-scores[nonzero], kind="stable")[:CANDIDATES]].tolist()
+        fresh = [i for i in top if self.answers[i] not in avoid]
         if fresh:
-            best_score = scores[fresh[0]]
-            ties = [i for i in fresh if scores[i] >= best_score - 1e-6]
+            ranked = scores[fresh].tolist()
+            ties = [i for i, score in zip(fresh, ranked, strict=True) if score >= ranked[0] - 1e-6]
             # Equal matches (many "hey"s) take turns so the clone does not sound canned.
             return self.answers[ties[turn % len(ties)]]
         # Nothing matches (or only what was just said): still answer in the persona's
@@ -115,15 +136,31 @@ class RetrievalBackend:
     """BM25 answers from the persona's dataset; one index per dataset file per process."""
 
     local = True  # answers in-process in well under a millisecond
+    # It reads the last user turn and the RECENT_REPLIES replies before it; the webhook
+    # fetches no more history than that.
+    max_turns = 2 * RECENT_REPLIES + 2
 
-    def __init__(self) -> None:
+    def __init__(self, recheck_s: float = RECHECK_S) -> None:
         self._indexes: dict[tuple[str, int, int], Index] = {}
         self._lock = threading.Lock()
+        self._recheck_s = recheck_s
+        self._checked: dict[str, tuple[float, Index]] = {}  # dataset -> (when, index)
 
     def index(self, persona: PersonaView) -> Index:
         """The cached index of the persona's dataset (rebuilt only if the file changes)."""
         if not persona.dataset:
             raise BackendError(f"persona {persona.name} has no --dataset for the retrieval backend")
+        # The file is looked at once every recheck_s, not on every text.
+        now = time.monotonic()
+        checked = self._checked.get(persona.dataset)
+        if checked is not None and now - checked[0] < self._recheck_s:
+            return checked[1]
+        index = self._current(persona)
+        self._checked[persona.dataset] = (now, index)
+        return index
+
+    def _current(self, persona: PersonaView) -> Index:
+        assert persona.dataset
         path = Path(persona.dataset)
         try:
             st = os.stat(path)

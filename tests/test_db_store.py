@@ -1,0 +1,95 @@
+"""The webhook's storage: WAL checkpoints off the hot path, history reads that do not grow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+
+import phischer.db as dbmod
+from phischer.db import RESTART_FRAMES
+from phischer.models import utcnow
+from phischer.store import Store
+from phischer.thread import SPOKEN
+
+
+def wal_bytes(database) -> int:
+    path = database.checkpointer._path.with_name(database.checkpointer._path.name + "-wal")
+    return path.stat().st_size if path.exists() else 0
+
+
+def add_contact(store: Store) -> int:
+    with store.write() as cur:
+        return store.contact(cur, "+15550100", utcnow()).id
+
+
+def add_messages(store: Store, contact_id: int, n: int, start: dt.datetime) -> None:
+    for i in range(n):
+        with store.write() as cur:  # one commit each, as the webhook does
+            store.insert_message(
+                cur, contact_id=contact_id, direction="in", kind="chat", body=f"text {i}",
+                message_sid=f"SM{start.timestamp():.0f}{i:08d}", status="replied",
+                created_at=start + dt.timedelta(seconds=i),
+            )  # fmt: skip
+
+
+def test_hot_path_connections_leave_checkpoints_to_the_thread(database):
+    store = Store(database)
+    add_contact(store)
+    conn = store._conn()
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    thread = database.checkpointer.thread
+    assert thread is not None and thread.is_alive()
+    Store(database)._conn()  # a second store of the same database: the same thread
+    assert database.checkpointer.thread is thread
+    # Connections outside the hot path (CLI, ORM sessions) keep SQLite's own checkpoints.
+    with database.engine.connect() as other:
+        value = other.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+    assert value == 1000
+    database.dispose()  # shutdown stops the thread
+    assert not thread.is_alive() and database.checkpointer.thread is None
+
+
+def test_checkpoint_copies_a_short_wal_and_truncates_a_long_one(database, monkeypatch):
+    monkeypatch.setattr(dbmod, "CHECKPOINT_EVERY_S", 3600)  # only our explicit calls run
+    store = Store(database)
+    contact_id = add_contact(store)
+    add_messages(store, contact_id, 20, dt.datetime(2026, 1, 1))
+    busy, frames, copied = database.checkpointer.run_once()
+    assert busy == 0 and 0 < frames < RESTART_FRAMES and copied == frames
+    assert wal_bytes(database) > 0  # short: copied but left for SQLite to rewind
+
+    monkeypatch.setattr(dbmod, "RESTART_FRAMES", 50)
+    add_messages(store, contact_id, 60, dt.datetime(2026, 1, 2))
+    assert database.checkpointer.run_once() == (0, 0, 0)
+    assert wal_bytes(database) == 0
+    # Nothing was lost on the way: a fresh connection reads every row from the database.
+    path = database.checkpointer._path
+    count = sqlite3.connect(path).execute("SELECT count(*) FROM messages").fetchone()[0]
+    assert count == 80
+
+
+def test_history_reads_the_newest_rows_without_sorting_everything(database, personas):
+    from phischer.personas import get_persona
+
+    with database.read() as session:
+        persona = get_persona(session, "Ada").id
+    store = Store(database)
+    contact_id = add_contact(store)
+    start = dt.datetime(2026, 1, 1)
+    add_messages(store, contact_id, 30, start)
+    with store.write() as cur:
+        cur.execute("UPDATE messages SET persona_id = ?", (persona,))
+    conn = store._conn()
+    executed: list[str] = []
+    conn.set_trace_callback(executed.append)  # the statements as run, values filled in
+    with store.read() as cur:
+        rows = store.history(cur, contact_id, persona, None, 5, SPOKEN)
+        since = store.history(cur, contact_id, persona, start + dt.timedelta(seconds=27), 5, SPOKEN)
+    conn.set_trace_callback(None)
+    assert [body for _, body, _ in rows] == [f"text {i}" for i in (29, 28, 27, 26, 25)]
+    assert [body for _, body, _ in since] == ["text 29", "text 28", "text 27"]
+    # The plan walks the (contact_id, created_at) index backwards and stops at the limit;
+    # a temp b-tree would mean reading and sorting every message of the number.
+    for statement in [s for s in executed if s.startswith("SELECT")]:
+        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
+        assert "ix_messages_contact_created" in plan and "TEMP B-TREE" not in plan, plan
