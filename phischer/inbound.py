@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -67,9 +68,13 @@ class SmsService:
         self.backends = backends
         self.sender = RestSender(settings)
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="phischer-reply")
+        self._sweeper: Any = None  # phischer.recovery.Sweeper, once this process serves
+        self._sweeper_pid: int | None = None
 
     def handle(self, msg: Inbound) -> list[str]:
         """Process a webhook call; return the bodies to answer with in TwiML (maybe none)."""
+        if self._sweeper_pid != os.getpid():
+            self._start_sweeper()
         decision = self._record(msg, parse(msg.body))
         if isinstance(decision, list):  # a retry of a MessageSid we already have
             return decision
@@ -78,8 +83,19 @@ class SmsService:
         return self._answer(msg, decision)
 
     def shutdown(self) -> None:
-        """Let pending async replies finish."""
+        """Let pending async replies finish; stop the recovery sweep."""
+        if self._sweeper is not None:
+            self._sweeper.stop()
         self._executor.shutdown(wait=True)
+
+    def _start_sweeper(self) -> None:
+        # Each serving process sweeps for texts a crash left unanswered, from its first
+        # text on (started here, not in create_app, so gunicorn never forks a thread).
+        from phischer.recovery import Sweeper
+
+        self._sweeper_pid = os.getpid()
+        self._sweeper = Sweeper(self)
+        self._sweeper.start()
 
     # -- transaction 1: store the inbound text and apply commands --------------------------
 
@@ -222,8 +238,8 @@ class SmsService:
         mode = self.settings.reply_mode
         if getattr(backend, "local", False) or mode == "inline":
             # A local backend answers in well under a millisecond: no thread hop needed.
-            return [self._store(decision, self._generate(decision, backend), via_rest=False)[0]]
-        future: Future[Result] = self._executor.submit(self._generate, decision, backend)
+            return [self._store(decision, self.generate(decision, backend), via_rest=False)[0]]
+        future: Future[Result] = self._executor.submit(self.generate, decision, backend)
         if mode == "auto":
             try:
                 result = future.result(timeout=self.settings.reply_timeout_s)
@@ -239,10 +255,10 @@ class SmsService:
                 log.info("Reply for %s is slow: sending it by REST", mask_number(msg.phone))
             else:
                 return [self._store(decision, result, via_rest=False)[0]]
-        future.add_done_callback(lambda f: self._deliver_later(msg.phone, decision, f.result()))
+        future.add_done_callback(lambda f: self.deliver_later(msg.phone, decision, f.result()))
         return []
 
-    def _generate(self, decision: Decision, backend: Backend) -> Result:
+    def generate(self, decision: Decision, backend: Backend) -> Result:
         """Build the thread and ask the backend."""
         persona = decision.persona
         assert persona is not None
@@ -255,7 +271,12 @@ class SmsService:
         try:
             with self.store.read() as cur:
                 rows = self.store.history(
-                    cur, decision.contact_id, persona.id, decision.reset_at, rows_needed(turns), SPOKEN
+                    cur,
+                    decision.contact_id,
+                    persona.id,
+                    decision.reset_at,
+                    rows_needed(turns),
+                    SPOKEN,
                 )
             messages = build_thread(
                 rows,
@@ -312,19 +333,23 @@ class SmsService:
             )
         return text, out_id
 
-    def _deliver_later(self, phone: str, decision: Decision, result: Result) -> None:
+    def deliver_later(self, phone: str, decision: Decision, result: Result) -> None:
         """Store a slow reply and send it through Twilio's REST API; record the outcome."""
         try:
             text, out_id = self._store(decision, result, via_rest=True)
-            try:
-                sid = self.sender.send(phone, text)
-                values: dict[str, object] = {"status": "sent", "message_sid": sid}
-            except SendError as exc:
-                values = {"status": "send_failed", "error": str(exc)}
-            with self.store.write() as cur:
-                self.store.update_message(cur, out_id, utcnow(), **values)
+            self.send_stored(phone, out_id, text)
         except Exception:
             log.exception("Async delivery failed")
+
+    def send_stored(self, phone: str, out_id: int, text: str) -> None:
+        """Send a stored ("queued") reply by REST and record sent or send_failed."""
+        try:
+            sid = self.sender.send(phone, text)
+            values: dict[str, object] = {"status": "sent", "message_sid": sid}
+        except SendError as exc:
+            values = {"status": "send_failed", "error": str(exc)}
+        with self.store.write() as cur:
+            self.store.update_message(cur, out_id, utcnow(), **values)
 
 
 def _ms(start: float) -> int:

@@ -21,6 +21,20 @@ from phischer.db import Database
 
 
 @dataclass
+class PendingRow:
+    """A message left "processing" (inbound) or "queued" (outbound) past its time."""
+
+    id: int
+    direction: str
+    contact_id: int
+    persona_id: int | None
+    body: str
+    created_at: dt.datetime
+    phone: str
+    thread_reset_at: dt.datetime | None
+
+
+@dataclass
 class ContactRow:
     """The contact columns the webhook reads and may change."""
 
@@ -239,3 +253,41 @@ class Store:
             (row[0],),
         )
         return [body for (body,) in cur.fetchall()]
+
+    def pending(self, cur: Any, idle_since: dt.datetime, limit: int = 100) -> list[PendingRow]:
+        """Messages still "processing" or "queued" with no change since `idle_since`."""
+        cur.execute(
+            self.sql(
+                "SELECT m.id, m.direction, m.contact_id, m.persona_id, m.body, m.created_at, "
+                "c.phone, c.thread_reset_at FROM messages m JOIN contacts c ON c.id = m.contact_id "
+                "WHERE m.status IN ('processing', 'queued') "
+                "AND COALESCE(m.updated_at, m.created_at) < ? ORDER BY m.id LIMIT ?"
+            ),
+            (self.ts(idle_since), limit),
+        )
+        return [
+            PendingRow(i, d, c, p, b, self.parse_ts(at), phone, self.parse_ts(reset))  # type: ignore[arg-type]
+            for i, d, c, p, b, at, phone, reset in cur.fetchall()
+        ]
+
+    def claim(self, cur: Any, message_id: int, idle_since: dt.datetime, now: dt.datetime) -> bool:
+        """Take a pending message for this process (False: someone else took or finished it)."""
+        cur.execute(
+            self.sql(
+                "UPDATE messages SET updated_at = ? WHERE id = ? "
+                "AND status IN ('processing', 'queued') AND COALESCE(updated_at, created_at) < ?"
+            ),
+            (self.ts(now), message_id, self.ts(idle_since)),
+        )
+        return cur.rowcount == 1
+
+    def newer_inbound(self, cur: Any, contact_id: int, message_id: int) -> bool:
+        """Whether this number sent a chat text after message `message_id`."""
+        cur.execute(
+            self.sql(
+                "SELECT 1 FROM messages WHERE contact_id = ? AND direction = 'in' "
+                "AND kind = 'chat' AND id > ? LIMIT 1"
+            ),
+            (contact_id, message_id),
+        )
+        return cur.fetchone() is not None

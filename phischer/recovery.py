@@ -1,0 +1,134 @@
+"""Texts a crash or restart left unanswered: answered late by REST, or recorded as failed.
+
+A text is "processing" while its reply is made and an outbound reply "queued" until the
+REST send returns. A process that dies in between leaves them so. Each serving process
+sweeps for rows idle longer than RECOVER_AFTER (no reply takes that long: inline replies
+give up at REPLY_TIMEOUT_S, async ones at 60 s) and claims each one with a conditional
+UPDATE, so two processes never answer the same text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from phischer.models import utcnow
+
+if TYPE_CHECKING:
+    from phischer.inbound import SmsService
+    from phischer.store import PendingRow
+
+log = logging.getLogger(__name__)
+
+RECOVER_AFTER = dt.timedelta(minutes=2)
+GIVE_UP_AFTER = dt.timedelta(hours=1)  # a reply this late would make no sense any more
+SWEEP_EVERY_S = 60.0
+
+NO_REST = "interrupted before the reply; set TWILIO_ACCOUNT_SID to answer such texts late"
+TOO_OLD = "interrupted before the reply; too old to answer late"
+SUPERSEDED = "interrupted before the reply; a newer text from this number came first"
+NO_PERSONA = "interrupted before the reply; no persona to answer with"
+SEND_INTERRUPTED = "interrupted before the REST send"
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did."""
+
+    answered: int = 0
+    resent: int = 0
+    failed: int = 0
+
+
+def sweep(service: SmsService, now: dt.datetime | None = None) -> SweepResult:
+    """Answer (or record as failed) every text left unanswered by an interrupted process."""
+    now = now or utcnow()
+    idle_since = now - RECOVER_AFTER
+    store = service.store
+    result = SweepResult()
+    with store.read() as cur:
+        rows = store.pending(cur, idle_since)
+    for row in rows:
+        with store.write() as cur:
+            if not store.claim(cur, row.id, idle_since, now):
+                continue  # another process took it, or it finished meanwhile
+            failure = _why_not(service, cur, row, now)
+            if failure:
+                status = "failed" if row.direction == "in" else "send_failed"
+                store.update_message(cur, row.id, now, status=status, error=failure)
+                result.failed += 1
+                continue
+        if row.direction == "out":
+            service.send_stored(row.phone, row.id, row.body)
+            result.resent += 1
+        else:
+            _answer_late(service, row)
+            result.answered += 1
+    if rows:
+        log.info(
+            "Recovered interrupted texts: %d answered late, %d re-sent, %d recorded as failed",
+            result.answered, result.resent, result.failed,
+        )  # fmt: skip
+    return result
+
+
+def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime) -> str | None:
+    """Why this row cannot be delivered late (None: it can)."""
+    if not service.settings.twilio_account_sid:
+        return NO_REST if row.direction == "in" else SEND_INTERRUPTED
+    if now - row.created_at > GIVE_UP_AFTER:
+        return TOO_OLD if row.direction == "in" else SEND_INTERRUPTED
+    if row.direction == "in":
+        if service.store.newer_inbound(cur, row.contact_id, row.id):
+            return SUPERSEDED
+        if service.personas.for_contact(row.persona_id) is None:
+            return NO_PERSONA
+    return None
+
+
+def _answer_late(service: SmsService, row: PendingRow) -> None:
+    from phischer.backends.base import BackendError
+    from phischer.inbound import Decision
+
+    persona = service.personas.for_contact(row.persona_id)
+    decision = Decision(
+        inbound_id=row.id, contact_id=row.contact_id, persona=persona, reset_at=row.thread_reset_at
+    )
+    try:
+        backend = service.backends.get(persona.backend)  # type: ignore[union-attr]
+    except BackendError as exc:
+        result = (None, str(exc), 0)
+    else:
+        result = service.generate(decision, backend)
+    service.deliver_later(row.phone, decision, result)
+
+
+class Sweeper:
+    """Runs `sweep` at once and then every SWEEP_EVERY_S in a daemon thread."""
+
+    def __init__(self, service: SmsService, every_s: float = SWEEP_EVERY_S) -> None:
+        self.service = service
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="phischer-recovery", daemon=True)
+
+    def start(self) -> None:
+        """Start sweeping."""
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current sweep."""
+        self._stop.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sweep(self.service)
+            except Exception:  # a sweep must never take the server down; try again later
+                log.exception("Recovery sweep failed")
+            self._stop.wait(self.every_s)

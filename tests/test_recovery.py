@@ -1,0 +1,121 @@
+"""Texts a crash left unanswered are answered late by REST, or recorded as failed."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+
+from phischer.commands import parse
+from phischer.inbound import Inbound
+from phischer.models import Message, utcnow
+from phischer.recovery import NO_REST, SEND_INTERRUPTED, SUPERSEDED, TOO_OLD, sweep
+
+
+def stored(app) -> list[Message]:
+    with app.extensions["phischer"].db.read() as session:
+        return list(session.scalars(sa.select(Message).order_by(Message.id)))
+
+
+def interrupted(app, body: str, sid: str, age: dt.timedelta, phone: str = "+15550100") -> int:
+    """Store a text exactly as the webhook does, then "crash" before the reply; age it."""
+    service = app.extensions["phischer"].sms
+    decision = service._record(Inbound(phone=phone, sid=sid, body=body), parse(body))
+    assert decision.persona is not None  # it was about to ask the persona
+    backdate(app, decision.inbound_id, age)
+    return decision.inbound_id
+
+
+def backdate(app, message_id: int, age: dt.timedelta) -> None:
+    with app.extensions["phischer"].db.write() as session:
+        # Both columns explicitly: an ORM attribute change would stamp updated_at with now.
+        session.execute(
+            sa.update(Message)
+            .where(Message.id == message_id)
+            .values(created_at=utcnow() - age, updated_at=None)
+        )
+
+
+def test_interrupted_text_is_answered_late_by_rest(make_app, personas, fake_twilio, twilio_rest):
+    app = make_app(**twilio_rest)
+    inbound_id = interrupted(
+        app, "so what do you do for work?", "SMcrash1", dt.timedelta(minutes=5)
+    )
+    result = sweep(app.extensions["phischer"].sms)
+    assert (result.answered, result.resent, result.failed) == (1, 0, 0)
+    sends = fake_twilio.calls("POST", "/Messages.json")
+    assert [(c.form["To"], c.form["Body"]) for c in sends] == [
+        ("+15550100", "I compute Bernoulli numbers, mostly by candlelight.")
+    ]
+    inbound, outbound = stored(app)
+    assert inbound.id == inbound_id and inbound.status == "replied"
+    assert outbound.reply_to_id == inbound_id and outbound.status == "sent"
+    # A second sweep finds nothing: the text is answered once.
+    assert sweep(app.extensions["phischer"].sms).answered == 0
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+
+
+def test_a_text_still_being_answered_is_left_alone(make_app, personas, fake_twilio, twilio_rest):
+    app = make_app(**twilio_rest)
+    interrupted(app, "tell me a joke!", "SMbusy1", dt.timedelta(seconds=30))
+    assert sweep(app.extensions["phischer"].sms).answered == 0
+    assert [m.status for m in stored(app)] == ["processing"]
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_without_rest_credentials_the_failure_is_recorded(make_app, personas):
+    app = make_app()
+    interrupted(app, "tell me a joke!", "SMcrash2", dt.timedelta(minutes=5))
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    (inbound,) = stored(app)
+    assert (inbound.status, inbound.error) == ("failed", NO_REST)
+
+
+def test_too_old_or_superseded_texts_are_not_answered(
+    make_app, personas, fake_twilio, twilio_rest, twilio_post
+):
+    app = make_app(**twilio_rest)
+    old = interrupted(app, "tell me a joke!", "SMold", dt.timedelta(hours=2), phone="+15550111")
+    first = interrupted(app, "tell me a joke!", "SMfirst", dt.timedelta(minutes=5))
+    assert twilio_post("are you there?", target=app).status_code == 200  # answered normally
+    assert sweep(app.extensions["phischer"].sms).failed == 2
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[old].status, by_id[old].error) == ("failed", TOO_OLD)
+    assert (by_id[first].status, by_id[first].error) == ("failed", SUPERSEDED)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_an_interrupted_rest_send_is_sent_again(
+    make_app, personas, fake_twilio, twilio_rest, twilio_post
+):
+    app = make_app(**twilio_rest)
+    twilio_post("good night", target=app)
+    inbound, outbound = stored(app)
+    with app.extensions["phischer"].db.write() as session:  # as if killed mid-send
+        session.get(Message, outbound.id).status = "queued"
+    backdate(app, outbound.id, dt.timedelta(minutes=3))
+    result = sweep(app.extensions["phischer"].sms)
+    assert (result.answered, result.resent, result.failed) == (0, 1, 0)
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [outbound.body]
+    assert stored(app)[1].status == "sent"
+
+    app2 = make_app()  # no REST credentials: recorded instead
+    twilio_post("good morning", target=app2)
+    last = stored(app2)[-1]
+    with app2.extensions["phischer"].db.write() as session:
+        session.get(Message, last.id).status = "queued"
+    backdate(app2, last.id, dt.timedelta(minutes=3))
+    assert sweep(app2.extensions["phischer"].sms).failed == 1
+    assert (stored(app2)[-1].status, stored(app2)[-1].error) == ("send_failed", SEND_INTERRUPTED)
+
+
+def test_each_serving_process_starts_one_sweeper(app, twilio_post):
+    service = app.extensions["phischer"].sms
+    assert service._sweeper is None  # nothing runs before the first text
+    twilio_post("hi")
+    sweeper = service._sweeper
+    assert sweeper is not None and sweeper.thread.is_alive()
+    twilio_post("hi again")
+    assert service._sweeper is sweeper
+    service.shutdown()
+    assert not sweeper.thread.is_alive()
