@@ -12,10 +12,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Runtime + test + train + postgres extras; torch==2.13.0 is pinned so pip takes the CPU build.
+# Runtime + test + train + postgres + plot extras; torch==2.13.0 is pinned so pip takes the CPU build.
 $(STAMP): $(BIN)/python pyproject.toml requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet -e '.[test,train,postgres]'
+	$(BIN)/pip install --quiet -e '.[test,train,postgres,plot]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -8,7 +8,8 @@ import click
 
 from phischer.cli import friendly_errors
 from phischer.cli_options import base_model_option, epochs_option
-from phischer.dataset_check import DEFAULT_BASE_MODEL, check_file, split_file
+from phischer.dataset_check import DEFAULT_BASE_MODEL, check_file, plot_tokens, split_file
+from phischer.plots import require_matplotlib
 
 
 @click.group("dataset")
@@ -30,14 +31,27 @@ def dataset_group() -> None:
     show_default=True,
     help="Errors and warnings listed before '… and N more'.",
 )
-def check(file: Path, base_model: str, epochs: int | None, max_shown: int) -> None:
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a histogram of tokens per example (limit, median, p95) to this PNG.",
+)
+def check(
+    file: Path, base_model: str, epochs: int | None, max_shown: int, plot: Path | None
+) -> None:
     """Check FILE: format errors by line, tokens, epochs and cost.
 
     Runs the checks of OpenAI's chat fine-tuning data-prep guide; exits 1 on format errors.
     """
     with friendly_errors():
+        if plot is not None:
+            # Before the check, not after: a big file takes minutes to count.
+            require_matplotlib()
         report = check_file(file, base_model, epochs, progress=True)
     click.echo(report.format(max_problems=max_shown))
+    if plot is not None:
+        with friendly_errors():
+            click.echo(plot_tokens(report, plot))
     if report.errors:
         raise SystemExit(1)
 

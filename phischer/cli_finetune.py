@@ -11,6 +11,7 @@ from phischer.cli import Context, friendly_errors, pass_ctx
 from phischer.cli_options import Decorator, base_model_option, epochs_option
 from phischer.finetune import jobs
 from phischer.finetune.common import FineTuneError
+from phischer.plots import require_matplotlib
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 _POSITIVE = click.IntRange(1)
@@ -108,8 +109,13 @@ def start(obj: Context, train: Path, provider: str, **options: object) -> None:
 @finetune_group.command("status")
 @click.argument("job_id")
 @click.option("--wait", is_flag=True, help="Poll until the job succeeds, fails or is cancelled.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Then write the loss curve (training and validation loss per step) to this PNG.",
+)
 @pass_ctx
-def status(obj: Context, job_id: str, wait: bool) -> None:
+def status(obj: Context, job_id: str, wait: bool, plot: Path | None) -> None:
     """Show a job's status and new events; on success the persona switches to the new model."""
     from phischer.finetune import openai as ft
 
@@ -118,9 +124,16 @@ def status(obj: Context, job_id: str, wait: bool) -> None:
             row = jobs.find_job(session, job_id)
         if row is not None and row.provider == "local":
             click.echo(f"{row.job_id}: {row.status} (local LoRA in {row.output_dir})")
+            if plot is not None:
+                from phischer.finetune.local import copy_loss_plot
+
+                click.echo(copy_loss_plot(row, plot))
             if row.error:
                 raise FineTuneError(f"{row.job_id} failed: {row.error}")
             return
+        if plot is not None:
+            # Before polling: a --wait can last an hour, and failing after it would waste it.
+            require_matplotlib()
         client = ft.make_client(obj.settings)
         if wait:
             result = ft.wait_for(obj.db, client, job_id, echo=click.echo)
@@ -128,6 +141,8 @@ def status(obj: Context, job_id: str, wait: bool) -> None:
             result = ft.check_status(obj.db, client, job_id)
             for line in ft.describe_status(result):
                 click.echo(line)
+        if plot is not None:
+            click.echo(ft.plot_loss(client, job_id, plot, f"{job_id} ({result.status})"))
         if result.status == "failed":
             raise FineTuneError(
                 f"{job_id} failed: {result.error or 'no reason given'} (persona unchanged)"

@@ -195,7 +195,9 @@ def _plural(n: int, word: str) -> str:
 
 
 def _num(x: float) -> str:
-    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
+    # Round first: an interpolated p95 of 310.99999999999955 reads "311", not "311.0".
+    x = round(float(x), 1)
+    return f"{x:,.0f}" if x.is_integer() else f"{x:,.1f}"
 
 
 def _usd(x: float) -> str:
@@ -455,6 +457,23 @@ def check_file(
         price_per_million=price,
         notes=notes,
     )
+
+
+def plot_tokens(report: CheckReport, path: Path) -> str:
+    """Write the tokens-per-example histogram of a checked file; returns the line to print."""
+    from phischer import plots
+
+    if not report.token_counts:
+        return (
+            f"No token histogram: no example without errors to count (nothing written to {path})."
+        )
+    plots.token_histogram(
+        report.token_counts,
+        report.context_limit,
+        path,
+        f"{report.path.name}: tokens per example ({report.base_model}, {report.encoding})",
+    )
+    return f"Token histogram: {path}"
 
 
 # --- split ---------------------------------------------------------------------------

@@ -31,6 +31,28 @@ class Step:
     error: dict[str, Any] | None = None
 
 
+def metrics_event(
+    step: int,
+    total_steps: int,
+    train_loss: float,
+    valid_loss: float | None = None,
+    accuracy: float = 0.5,
+) -> dict[str, Any]:
+    """A `metrics` event as OpenAI emits one per training step (validation every few)."""
+    message = f"Step {step}/{total_steps}: training loss={train_loss:.2f}"
+    data: dict[str, Any] = {
+        "step": step,
+        "train_loss": train_loss,
+        "total_steps": total_steps,
+        "train_mean_token_accuracy": accuracy,
+    }
+    if valid_loss is not None:
+        message += f", validation loss={valid_loss:.2f}"
+        data["valid_loss"] = valid_loss
+        data["valid_mean_token_accuracy"] = accuracy
+    return {"message": message, "type": "metrics", "data": data}
+
+
 @dataclass
 class Recorded:
     """A request as the fake saw it."""

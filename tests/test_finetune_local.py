@@ -26,6 +26,7 @@ from phischer.models import FineTuneJob, Persona  # noqa: E402
 from phischer.personas import PersonaSpec, add_persona  # noqa: E402
 from tests.conftest import sign, sms_params, twiml_bodies  # noqa: E402
 from tests.fake_openai_ft import FakeOpenAI  # noqa: E402
+from tests.plot_helpers import assert_png  # noqa: E402
 
 # transformers' own Trainer still calls a helper it deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -233,6 +234,9 @@ def test_training_lowers_the_loss_and_the_adapter_reloads(tiny_model: Path, tmp_
     assert result.global_step == 30 and result.steps_this_run == 30
     assert result.resumed_from is None and result.examples == len(PAIRS)
     assert len(result.losses) == 30 and all(math.isfinite(x) for x in result.losses)
+    # What loss.png is drawn from: every logged step, no validation without a file.
+    assert result.loss_history == list(zip(range(1, 31), result.losses, strict=True))
+    assert result.eval_history == []
     first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
     assert last < first / 3, (first, last)
     assert result.tokens_seen > 0
@@ -290,6 +294,9 @@ def test_rerun_resumes_from_the_last_checkpoint(tiny_model: Path, tmp_path: Path
     assert said[0] == f"Resuming from {second.resumed_from} (step 6)."
     assert (second.global_step, second.steps_this_run) == (12, 6)
     assert len(second.losses) == 6
+    # The loss curve keeps the first run's steps (restored from the checkpoint's history).
+    assert [step for step, _ in second.loss_history] == list(range(1, 13))
+    assert [loss for _, loss in second.loss_history[6:]] == second.losses
 
 
 # -- the CLI -------------------------------------------------------------------------------
@@ -372,6 +379,10 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
     assert (out / "Modelfile").read_text() == f"FROM {tiny_model}\nADAPTER {adapter}\n"
     assert "vllm serve" in result.output  # the commands are printed too
     assert "Validation loss: " in result.output
+    lines = result.output.splitlines()
+    validation = next(i for i, x in enumerate(lines) if x.startswith("Validation loss: "))
+    assert lines[validation + 1] == f"Loss curve: {out / 'loss.png'}"
+    assert_png(out / "loss.png")
     assert f"Persona Ada Lovelace now uses model ada-lovelace at {served.base_url}" in result.output
 
     with database.read() as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,17 @@ import openai
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
+from openai.types.fine_tuning import FineTuningJobEvent
 
+from phischer import plots
 from phischer.cli import cli
 from phischer.db import Database
 from phischer.finetune import common
 from phischer.finetune import openai as ft
 from phischer.models import FineTuneJob, Persona
 from phischer.personas import PersonaSpec, add_persona
-from tests.fake_openai_ft import FakeOpenAI, Step
+from tests.fake_openai_ft import FakeOpenAI, Step, metrics_event
+from tests.plot_helpers import assert_png
 
 FT_MODEL = "ft:gpt-4.1-mini-2025-04-14:org-fake:ada-lovelace:AbC123"
 
@@ -605,3 +609,157 @@ def test_new_events_span_several_pages(
     assert shown == steps
     pages = fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}/events")
     assert [p.query.get("after") is not None for p in pages] == [False, True, True]
+
+
+# -- status --plot ---------------------------------------------------------------------------
+
+
+METRICS_SCRIPT = [
+    Step(
+        "running",
+        [
+            "Fine-tuning job started",
+            metrics_event(1, 4, 2.5),
+            metrics_event(2, 4, 2.0, valid_loss=2.25),
+        ],
+    ),
+    Step(
+        "running",
+        [
+            metrics_event(3, 4, 1.5),
+            "Checkpoint created at step 3",
+            metrics_event(4, 4, 1.25, valid_loss=1.75),
+        ],
+    ),
+    Step(
+        "succeeded",
+        ["New fine-tuned model created", "The job has successfully completed"],
+        fine_tuned_model=FT_MODEL,
+        trained_tokens=4321,
+    ),
+]
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[Any, ...], plots.Plotted]]:
+    """Every loss curve drawn during the test: (arguments, what it drew)."""
+    calls: list[tuple[tuple[Any, ...], plots.Plotted]] = []
+    real = plots.loss_curve
+
+    def spy(*args: Any) -> plots.Plotted:
+        result = real(*args)
+        calls.append((args, result))
+        return result
+
+    monkeypatch.setattr(plots, "loss_curve", spy)
+    return calls
+
+
+def event(i: int, type_: str, data: dict[str, Any] | None = None) -> FineTuningJobEvent:
+    """An SDK event object, as list_events yields them."""
+    return FineTuningJobEvent(
+        id=f"ftevent-{i}",
+        object="fine_tuning.job.event",
+        created_at=1_700_000_000 + i,
+        level="info",
+        message=f"event {i}",
+        type=type_,
+        data=data,
+    )
+
+
+def test_loss_series_takes_steps_and_losses_from_metrics_events_only() -> None:
+    events = [
+        event(1, "message"),
+        event(2, "message", {"step": 99, "train_loss": 9.0}),  # not a metrics event
+        event(3, "metrics", {"step": 2, "train_loss": 1.5, "total_steps": 3}),
+        event(4, "metrics", {"step": 1, "train_loss": 2.0, "valid_loss": 2.5, "total_steps": 3}),
+        event(5, "metrics", {"step": 3, "train_loss": 1.0, "train_mean_token_accuracy": 0.7}),
+        event(6, "metrics", {"step": 3, "train_loss": 0.75, "valid_loss": 1.25}),  # last wins
+        event(7, "metrics", {"total_steps": 3}),  # no step: nothing to place
+    ]
+    assert ft.loss_series(events) == plots.LossSeries(
+        steps=[1, 2, 3], train_loss=[2.0, 1.5, 0.75], valid_loss=[2.5, None, 1.25]
+    )
+    no_validation = ft.loss_series(events[:3])
+    assert no_validation == plots.LossSeries(steps=[2], train_loss=[1.5], valid_loss=None)
+    assert ft.loss_series(events[:2]) == plots.LossSeries([], [], None)
+
+
+def test_status_plot_draws_every_metrics_event_of_the_job(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    sleeps: list[float],
+    drawn: list[Any],
+    tmp_path: Path,
+) -> None:
+    fake_ft.default_script = list(METRICS_SCRIPT)
+    job_id = start_job(train)
+    first = run("finetune", "status", job_id)  # shows steps 1-2 and remembers them as seen
+    assert "Step 2/4: training loss=2.00, validation loss=2.25" in first.output
+    out = tmp_path / "plots" / "loss.png"
+    result = run("finetune", "status", job_id, "--wait", "--plot", str(out))
+    assert result.exit_code == 0, result.output
+    assert "Step 2/4" not in result.output  # events already shown are not printed again...
+    lines = result.output.splitlines()
+    assert lines[-1] == f"Loss curve: {out}"
+    head = lines.index(f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}")
+    assert head < len(lines) - 1  # the plot comes after the final status
+    assert_png(out)
+    ((args, plotted),) = drawn  # ...but the curve has every step of the job
+    assert plotted.series == {
+        "training loss": ([1.0, 2.0, 3.0, 4.0], [2.5, 2.0, 1.5, 1.25]),
+        "validation loss": ([2.0, 4.0], [2.25, 1.75]),
+    }
+    assert args[3] == out and args[4] == f"{job_id} (succeeded)"
+
+
+def test_status_plot_without_metrics_events_writes_nothing(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, drawn: list[Any], tmp_path: Path
+) -> None:
+    job_id = start_job(train)  # the default script: running, no training step yet
+    out = tmp_path / "loss.png"
+    result = run("finetune", "status", job_id, "--plot", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2:] == [
+        f"{job_id}: running",
+        f"No loss curve: {job_id} has no metrics events yet (nothing written to {out}).",
+    ]
+    assert not out.exists() and drawn == []
+
+
+def test_status_plot_reads_every_page_of_events(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, drawn: list[Any], tmp_path: Path
+) -> None:
+    losses = [round(3.0 - i / 50, 2) for i in range(1, 121)]
+    fake_ft.default_script = [
+        Step("running", [metrics_event(i, 120, loss) for i, loss in enumerate(losses, 1)])
+    ]
+    job_id = start_job(train)
+    out = tmp_path / "loss.png"
+    result = run("finetune", "status", job_id, "--plot", str(out))
+    assert result.exit_code == 0, result.output
+    ((_, plotted),) = drawn
+    assert plotted.series == {"training loss": ([float(i) for i in range(1, 121)], losses)}
+    # Three pages for the new events shown, three more for the whole history plotted.
+    pages = fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}/events")
+    assert [p.query.get("after") is not None for p in pages] == [False, True, True] * 2
+    assert_png(out)
+
+
+def test_status_plot_without_matplotlib_fails_before_polling(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    job_id = start_job(train)
+    before = len(fake_ft.requests)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = run("finetune", "status", job_id, "--wait", "--plot", str(tmp_path / "l.png"))
+    assert result.exit_code == 1
+    assert result.output == "Error: plots need matplotlib: pip install -e '.[plot]'\n"
+    assert len(fake_ft.requests) == before  # nothing polled
+    assert not (tmp_path / "l.png").exists()

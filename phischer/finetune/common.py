@@ -12,6 +12,7 @@ OPENAI_JOBS_END = dt.date(2027, 1, 6)
 OPENAI_MODELS_END = dt.date(2027, 1, 14)
 SUFFIX_MAX = 64  # the API documents "a string of up to 64 characters"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+LOSS_PNG = "loss.png"  # the loss curve a local run writes next to its adapter
 
 
 class FineTuneError(ValueError):

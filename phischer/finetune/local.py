@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from phischer import personas
 from phischer.config import Settings
 from phischer.db import Database
 from phischer.finetune import jobs
-from phischer.finetune.common import FineTuneError, sanitize_suffix
+from phischer.finetune.common import LOSS_PNG, FineTuneError, sanitize_suffix
 from phischer.finetune.serving import modelfile, serving_guide
 from phischer.models import FineTuneJob, utcnow
 
@@ -225,6 +226,9 @@ class TrainResult:
     dropped: int
     tokens_seen: int
     eval_loss: float | None = None
+    # (step, loss) from the trainer's log history, earlier runs of a resumed job included.
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _load(base_model: str) -> tuple[Any, Any]:
@@ -356,6 +360,13 @@ def train_lora(
     )
     if eval_features:
         result.eval_loss = float(trainer.evaluate()["eval_loss"])
+    # Read after evaluate(): it appends its {"eval_loss", "step"} entry to the same history.
+    # The run's closing summary has "train_loss", not "loss", so it is not a step.
+    history = trainer.state.log_history
+    result.loss_history = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
+    result.eval_history = [
+        (int(e["step"]), float(e["eval_loss"])) for e in history if "eval_loss" in e
+    ]
     return result
 
 
@@ -376,6 +387,36 @@ def _step_counter(base: type) -> Any:
             self.steps += 1
 
     return StepCounter()
+
+
+def write_loss_plot(result: TrainResult, path: Path, title: str) -> str:
+    """Draw the run's loss curve to path; returns the summary line (it never fails the job)."""
+    from phischer import plots
+
+    train, valid = dict(result.loss_history), dict(result.eval_history)
+    steps = sorted(train.keys() | valid.keys())
+    try:
+        plots.loss_curve(
+            steps,
+            [train.get(s) for s in steps],
+            [valid.get(s) for s in steps] if valid else None,
+            path,
+            title,
+        )
+    except plots.PlotError as exc:
+        # The adapter is trained and saved by now: a missing plot is not worth failing for.
+        return f"No loss curve ({exc})."
+    return f"Loss curve: {path}"
+
+
+def copy_loss_plot(job: FineTuneJob, target: Path) -> str:
+    """`finetune status LOCAL_JOB --plot`: copy the run's loss.png; returns the line to print."""
+    source = Path(job.output_dir or ".") / LOSS_PNG
+    if not source.is_file():
+        return f"No loss curve: {job.job_id} wrote no {source} (nothing written to {target})."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return f"Loss curve: {target}"
 
 
 # -- the `finetune start --provider local` service ---------------------------------------------
@@ -470,6 +511,12 @@ def start_local(
         )
     if result.eval_loss is not None:
         echo(f"Validation loss: {result.eval_loss:.3f}")
+    base_name = Path(request.base_model).name or request.base_model
+    echo(
+        write_loss_plot(
+            result, output_dir / LOSS_PNG, f"{name}: rank-{request.lora.rank} LoRA on {base_name}"
+        )
+    )
     with db.write() as session:
         stored = jobs.get_job(session, job_id)
         jobs.apply_update(

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 from tqdm import tqdm
 
-from phischer import personas
+from phischer import personas, plots
 from phischer.config import Settings
 from phischer.db import Database
 from phischer.finetune import jobs
@@ -25,6 +25,7 @@ from phischer.finetune.common import (
     sanitize_suffix,
 )
 from phischer.models import FineTuneJob
+from phischer.plots import LossSeries
 
 OPENAI_URL = "https://api.openai.com/v1"
 # Explicit, not the SDK's 600 s / 2 retries: a stuck upload or poll should fail in a minute.
@@ -345,6 +346,56 @@ def wait_for(
     finally:
         if bar is not None:
             bar.close()
+
+
+def all_events(client: openai.OpenAI, job_id: str) -> list[Any]:
+    """Every event of a job, oldest first (pages through the whole list)."""
+    events = []
+    bar = tqdm(desc="reading events", unit="event", leave=False, disable=None)
+    with api_errors(client, f"reading the events of {job_id}"), bar:
+        # Newest first, paged backwards by the SDK's auto-pagination (see _new_events).
+        for event in client.fine_tuning.jobs.list_events(job_id, limit=50):
+            events.append(event)
+            bar.update()
+    events.reverse()
+    return events
+
+
+def _loss(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def loss_series(events: list[Any]) -> LossSeries:
+    """Training and validation loss per step from a job's `metrics` events.
+
+    OpenAI's metrics events carry `data` = {"step", "train_loss", "total_steps",
+    "train_mean_token_accuracy"} and, on the steps where it validates, "valid_loss" too.
+    A step reported twice keeps its last value.
+    """
+    by_step: dict[int, tuple[float | None, float | None]] = {}
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else None
+        if getattr(event, "type", None) != "metrics" or not data or "step" not in data:
+            continue
+        by_step[int(data["step"])] = (_loss(data.get("train_loss")), _loss(data.get("valid_loss")))
+    steps = sorted(by_step)
+    valid = [by_step[s][1] for s in steps]
+    return LossSeries(
+        steps=steps,
+        train_loss=[by_step[s][0] for s in steps],
+        valid_loss=valid if any(v is not None for v in valid) else None,
+    )
+
+
+def plot_loss(client: openai.OpenAI, job_id: str, path: Path, title: str) -> str:
+    """Write the job's loss curve from all its metrics events; returns the line to print."""
+    series = loss_series(all_events(client, job_id))
+    if not any(v is not None for v in series.train_loss + (series.valid_loss or [])):
+        return f"No loss curve: {job_id} has no metrics events yet (nothing written to {path})."
+    plots.loss_curve(series.steps, series.train_loss, series.valid_loss, path, title)
+    return f"Loss curve: {path}"
 
 
 def cancel(db: Database, client: openai.OpenAI, job_id: str) -> str:
