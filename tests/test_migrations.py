@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -42,3 +43,33 @@ def test_sqlite_pragmas(database):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_partial_indexes_keep_rows_and_still_reject_duplicate_sids(settings):
+    cfg = alembic_config(settings.database_url)
+    command.upgrade(cfg, "0002")
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO contacts (phone, opted_out, replies_today, created_at) "
+            "VALUES ('+15550100', 0, 0, '2026-01-01 00:00:00.000000')"
+        )
+        for sid in ("SMone", None, None):  # two replies with no sid: allowed before and after
+            conn.exec_driver_sql(
+                "INSERT INTO messages (contact_id, direction, kind, body, message_sid, status, "
+                "num_media, created_at) VALUES (1, 'in', 'chat', 'hi', ?, 'replied', 0, "
+                "'2026-01-01 00:00:00.000000')",
+                (sid,),
+            )
+    engine.dispose()
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM messages").scalar() == 3
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO messages (contact_id, direction, kind, body, message_sid, status, "
+            "num_media, created_at) VALUES (1, 'in', 'chat', 'again', 'SMone', 'replied', 0, "
+            "'2026-01-01 00:00:00.000000')"
+        )
+    engine.dispose()
