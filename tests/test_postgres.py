@@ -63,21 +63,35 @@ def pg_url():
 
 
 @pytest.fixture
-def pg_app(pg_url, settings, tmp_path):
-    engine = sa.create_engine(pg_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    engine.dispose()
-    upgrade(pg_url)
-    app = create_app(settings.with_overrides(database_url=pg_url))
-    from phischer.personas import PersonaSpec, add_persona
-    from tests.conftest import ADA_PAIRS
+def make_pg_app(pg_url, settings, tmp_path):
+    """A fresh schema on the PostgreSQL server and an app on it; keywords override settings."""
+    apps = []
 
-    with app.extensions["phischer"].db.write() as session:
-        add_persona(session, PersonaSpec(name="Ada", keyword="ada", greeting="Ada here!",
-                                         dataset=str(write_dataset(tmp_path / "a.jsonl", ADA_PAIRS))))  # fmt: skip
-    yield app
-    app.extensions["phischer"].db.dispose()
+    def factory(**overrides):
+        engine = sa.create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        engine.dispose()
+        upgrade(pg_url)
+        app = create_app(settings.with_overrides(database_url=pg_url, **overrides))
+        apps.append(app)
+        from phischer.personas import PersonaSpec, add_persona
+        from tests.conftest import ADA_PAIRS
+
+        with app.extensions["phischer"].db.write() as session:
+            add_persona(session, PersonaSpec(name="Ada", keyword="ada", greeting="Ada here!",
+                                             dataset=str(write_dataset(tmp_path / "a.jsonl", ADA_PAIRS))))  # fmt: skip
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["phischer"].sms.shutdown()
+        app.extensions["phischer"].db.dispose()
+
+
+@pytest.fixture
+def pg_app(make_pg_app):
+    return make_pg_app()
 
 
 def test_migrations_match_models_on_postgres(pg_url):
@@ -139,3 +153,21 @@ def test_concurrent_texts_on_postgres(pg_app):
         contacts = session.scalars(sa.select(Contact)).all()
     assert count == 240
     assert len(contacts) == 20 and sum(c.replies_today for c in contacts) == 120
+
+
+def test_recovery_sweep_on_postgres(make_pg_app, fake_twilio, twilio_rest):
+    import datetime as dt
+
+    from phischer.recovery import sweep
+    from tests.test_recovery import interrupted, stored
+
+    pg_app = make_pg_app(**twilio_rest)
+    service = pg_app.extensions["phischer"].sms
+    inbound_id = interrupted(pg_app, "good night", "SMpgcrash", dt.timedelta(minutes=5))
+    assert sweep(service).answered == 1
+    assert sweep(service).answered == 0  # claimed and answered once
+    sends = fake_twilio.calls("POST", "/Messages.json")
+    assert [c.form["Body"] for c in sends] == ["Sleep well, dear. Dream of engines."]
+    inbound, outbound = stored(pg_app)
+    assert (inbound.id, inbound.status) == (inbound_id, "replied")
+    assert (outbound.reply_to_id, outbound.status) == (inbound_id, "sent")
