@@ -70,24 +70,12 @@ class Contact(Base):
     persona: Mapped[Persona | None] = relationship(lazy="raise")
 
 
-PENDING = ("processing", "queued")
-PENDING_WHERE = "status IN ('processing', 'queued')"
-
-
 class Message(Base):
     """One SMS in or out, with what it cost and how it went."""
 
     __tablename__ = "messages"
     __table_args__ = (
         sa.Index("ix_messages_contact_created", "contact_id", "created_at"),
-        # The few texts still being answered or sent: what the recovery sweep looks for
-        # without scanning the whole table (partial: the other rows cost nothing).
-        sa.Index(
-            "ix_messages_pending",
-            "status",
-            sqlite_where=sa.text(PENDING_WHERE),
-            postgresql_where=sa.text(PENDING_WHERE),
-        ),
         # Partial: replies have no MessageSid until a REST send, texts answer nothing, so
         # NULL keys stay out of these indexes and each text writes two index pages fewer.
         sa.Index(

@@ -43,14 +43,14 @@ class SweepResult:
     failed: int = 0
 
 
-def sweep(service: SmsService, now: dt.datetime | None = None) -> SweepResult:
-    """Answer (or record as failed) every text left unanswered by an interrupted process."""
+def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0) -> SweepResult:
+    """Answer (or record as failed) every text after `after_id` an interrupted process left."""
     now = now or utcnow()
     idle_since = now - RECOVER_AFTER
     store = service.store
     result = SweepResult()
     with store.read() as cur:
-        rows = store.pending(cur, idle_since)
+        rows = store.pending(cur, idle_since, after_id)
     for row in rows:
         with store.write() as cur:
             if not store.claim(cur, row.id, idle_since, now):
@@ -107,11 +107,17 @@ def _answer_late(service: SmsService, row: PendingRow) -> None:
 
 
 class Sweeper:
-    """Runs `sweep` at once and then every SWEEP_EVERY_S in a daemon thread."""
+    """Runs `sweep` at once and then every SWEEP_EVERY_S in a daemon thread.
+
+    The first sweep reads every message; later ones only those after the last id seen at a
+    sweep older than GIVE_UP_AFTER plus a margin. Anything before that was already stale at
+    that sweep, so it was handled then; this keeps each sweep to about an hour of texts.
+    """
 
     def __init__(self, service: SmsService, every_s: float = SWEEP_EVERY_S) -> None:
         self.service = service
         self.every_s = every_s
+        self.marks: list[tuple[dt.datetime, int]] = []  # (sweep time, last id then)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="phischer-recovery", daemon=True)
 
@@ -125,10 +131,30 @@ class Sweeper:
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(timeout=5)
 
+    def run_once(self, now: dt.datetime | None = None) -> SweepResult:
+        """One sweep over the messages that may still need it."""
+        now = now or utcnow()
+        store = self.service.store
+        with store.read() as cur:
+            last_id = store.last_message_id(cur)
+        result = sweep(self.service, now, after_id=self.after_id(now))
+        self.marks.append((now, last_id))
+        return result
+
+    def after_id(self, now: dt.datetime) -> int:
+        """The id below which every message was already swept while stale (0: sweep all)."""
+        horizon = now - GIVE_UP_AFTER - 2 * RECOVER_AFTER
+        old = [i for t, i in self.marks if t <= horizon]
+        if old:
+            # Only the newest old mark matters from now on.
+            self.marks = [(t, i) for t, i in self.marks if t > horizon or i == old[-1]]
+            return old[-1]
+        return 0
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                sweep(self.service)
+                self.run_once()
             except Exception:  # a sweep must never take the server down; try again later
                 log.exception("Recovery sweep failed")
             self._stop.wait(self.every_s)

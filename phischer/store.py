@@ -257,16 +257,20 @@ class Store:
         )
         return [body for (body,) in cur.fetchall()]
 
-    def pending(self, cur: Any, idle_since: dt.datetime, limit: int = 100) -> list[PendingRow]:
-        """Messages still "processing" or "queued" with no change since `idle_since`."""
+    def pending(
+        self, cur: Any, idle_since: dt.datetime, after_id: int = 0, limit: int = 100
+    ) -> list[PendingRow]:
+        """Messages after `after_id` still "processing" or "queued", unchanged since `idle_since`."""
+        # No index on status: it would cost every text two more index pages (in, then out of
+        # the index). The id range keeps this scan to recent rows instead (see recovery).
         cur.execute(
             self.sql(
                 "SELECT m.id, m.direction, m.contact_id, m.persona_id, m.body, m.created_at, "
                 "c.phone, c.thread_reset_at FROM messages m JOIN contacts c ON c.id = m.contact_id "
-                "WHERE m.status IN ('processing', 'queued') "
+                "WHERE m.id > ? AND m.status IN ('processing', 'queued') "
                 "AND COALESCE(m.updated_at, m.created_at) < ? ORDER BY m.id LIMIT ?"
             ),
-            (self.ts(idle_since), limit),
+            (after_id, self.ts(idle_since), limit),
         )
         return [
             PendingRow(i, d, c, p, b, self.parse_ts(at), phone, self.parse_ts(reset))  # type: ignore[arg-type]
@@ -294,3 +298,8 @@ class Store:
             (contact_id, message_id),
         )
         return cur.fetchone() is not None
+
+    def last_message_id(self, cur: Any) -> int:
+        """The highest message id so far (0 for none)."""
+        cur.execute("SELECT max(id) FROM messages")
+        return cur.fetchone()[0] or 0

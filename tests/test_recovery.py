@@ -124,3 +124,26 @@ def test_each_serving_process_starts_one_sweeper(app, twilio_post):
     assert service._sweeper is sweeper
     service.shutdown()
     assert not sweeper.thread.is_alive()
+
+
+def test_later_sweeps_read_only_the_last_hour_or_so(make_app, personas):
+    from phischer.recovery import GIVE_UP_AFTER, Sweeper
+
+    app = make_app()
+    service = app.extensions["phischer"].sms
+    sweeper = Sweeper(service)  # not started: driven by hand with explicit times
+    t0 = utcnow()
+    early = interrupted(app, "tell me a joke!", "SMearly", dt.timedelta(minutes=5))
+    assert sweeper.after_id(t0) == 0  # no old sweep yet: everything is read
+    assert sweeper.run_once(t0).failed == 1  # (no REST credentials: recorded as failed)
+    assert sweeper.marks == [(t0, early)]
+    # An hour and a bit later, rows up to the id seen then are past; newer ones are read.
+    later = t0 + GIVE_UP_AFTER + dt.timedelta(minutes=5)
+    assert sweeper.after_id(later) == early
+    with service.store.read() as cur:
+        assert service.store.pending(cur, later, after_id=early) == []
+    # A row below the mark that is somehow still pending is no longer looked at.
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(sa.update(Message).where(Message.id == early).values(status="processing"))
+    assert sweep(service, later, after_id=early).failed == 0
+    assert sweep(service, later).failed == 1  # a full sweep still finds it
