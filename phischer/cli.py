@@ -105,13 +105,18 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """phischer: text a clone of a real person over SMS."""
+    from phischer.config import load_env_file
+
+    load_env_file()  # so a LOG_LEVEL in .env counts too
     level = "DEBUG" if verbose else os.environ.get("LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Alembic narrates every migration check at INFO; keep the CLI quiet unless asked.
-    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Alembic narrates every migration check at INFO, and the OpenAI SDK every retry;
+    # phischer reports the outcome in one line, so keep them quiet unless asked.
+    for noisy in ("alembic", "openai", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     ctx.ensure_object(Context)
 
 

@@ -112,7 +112,8 @@ def route(obj: Context, number: str, name: str) -> None:
     """Route phone NUMBER to persona NAME (the number can still switch with #keyword)."""
     with obj.write() as session:
         contact = personas.route_number(session, number, name)
-        click.echo(f"{contact.phone} now talks to {name}.")
+        persona = personas.get_persona(session, name)
+        click.echo(f"{contact.phone} now talks to {persona.name}.")
 
 
 def register(cli: click.Group) -> None:

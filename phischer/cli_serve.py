@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from phischer.cli import Context, pass_ctx
@@ -23,8 +25,16 @@ _from = click.option(
 def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: int) -> None:
     """Serve the webhook (POST /sms, GET /healthz) under gunicorn."""
     from phischer import create_app
+    from phischer.ports import PortBusyError, listen
     from phischer.server import serve as run
 
+    # A busy port is one line here, before gunicorn retries it for seconds. Not in the
+    # reloader's child (--dev): its parent already holds the port and hands it over.
+    if os.environ.get("WERKZEUG_RUN_MAIN") != "true":
+        try:
+            listen(host, port).close()
+        except PortBusyError as exc:
+            raise click.ClickException(str(exc)) from None
     obj.db  # noqa: B018  (migrates before the workers start)
     app = create_app(obj.settings)
     url = f"http://{host}:{port}"

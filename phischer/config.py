@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,15 @@ def mask_number(number: str | None) -> str:
     if not number:
         return "<none>"
     return "…" + number[-2:] if len(number) > 2 else "…"
+
+
+def load_env_file() -> None:
+    """Load `.env` from the current folder (or the nearest parent) without overriding the env.
+
+    usecwd: python-dotenv otherwise searches from this file's folder, so a project's `.env`
+    was only found when phischer ran from a source checkout next to it.
+    """
+    load_dotenv(find_dotenv(usecwd=True), override=False)
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from `env` (default: os.environ after loading `.env`)."""
         if env is None:
-            load_dotenv(override=False)
+            load_env_file()
             env = dict(os.environ)
 
         def get(name: str) -> str | None:

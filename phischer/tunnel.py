@@ -459,18 +459,12 @@ def run_tunnel(
 
 def _listen(host: str, port: int) -> socket.socket:
     """Bind the server socket ourselves: werkzeug's make_server prints and exits on a busy port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    from phischer.ports import PortBusyError, listen
+
     try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise TunnelError(
-            f"Cannot listen on {host}:{port} ({exc.strerror}): stop the program using it "
-            f"or pass --port N"
-        ) from None
-    return sock
+        return listen(host, port)
+    except PortBusyError as exc:
+        raise TunnelError(str(exc)) from None
 
 
 def _stop_app(app: Any) -> None:

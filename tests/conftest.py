@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -124,8 +124,8 @@ def sms_params(body: str, from_: str = "+15550100", sid: str | None = None, **ex
 
 
 @pytest.fixture
-def fake_openai() -> FakeOpenAI:
-    """A running loopback fake of the OpenAI chat API."""
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A running loopback fake of the OpenAI API (chat, files, fine-tuning); echoes chats."""
     with FakeOpenAI() as fake:
         yield fake
 

@@ -1,89 +1,143 @@
-"""A loopback fake of OpenAI's chat completions endpoint, reached through the real SDK."""
+"""A loopback fake of the OpenAI API (chat, files, fine-tuning), reached through the real SDK.
+
+Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
+
+- POST /v1/chat/completions                 reply = `responder(request body)`; `behaviour` scripts
+                                            failures: "status", "slow", "empty", "drop"
+- POST /v1/files                            multipart upload, kept in `files`
+- POST /v1/fine_tuning/jobs                 create (its progress script is `default_script`)
+- GET  /v1/fine_tuning/jobs[?limit=]        list, newest first
+- GET  /v1/fine_tuning/jobs/{id}            retrieve; each GET applies the job's next `Step`,
+                                            so a test decides how many polls a job takes
+- GET  /v1/fine_tuning/jobs/{id}/events     newest first, paged with after/limit
+- POST /v1/fine_tuning/jobs/{id}/cancel
+
+and records every request in `requests`. `fail()` answers the next matching requests with an
+OpenAI-style error; with `valid_key` set, any other API key gets a 401.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+VALID_KEY = "sk-test-not-real"
+CHAT_PATH = "/v1/chat/completions"
+FINISHED = ("succeeded", "failed", "cancelled")
+
+# (status, JSON body, extra headers); None drops the connection instead.
+Answer = tuple[int, Any, dict[str, str]]
+
+
+@dataclass
+class Step:
+    """One scripted poll: the status it reports, and events that appear with it."""
+
+    status: str
+    events: list[str | dict[str, Any]] = field(default_factory=list)
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+    error: dict[str, Any] | None = None
+
+
+def metrics_event(
+    step: int,
+    total_steps: int,
+    train_loss: float,
+    valid_loss: float | None = None,
+    accuracy: float = 0.5,
+) -> dict[str, Any]:
+    """A `metrics` event as OpenAI emits one per training step (validation every few)."""
+    message = f"Step {step}/{total_steps}: training loss={train_loss:.2f}"
+    data: dict[str, Any] = {
+        "step": step,
+        "train_loss": train_loss,
+        "total_steps": total_steps,
+        "train_mean_token_accuracy": accuracy,
+    }
+    if valid_loss is not None:
+        message += f", validation loss={valid_loss:.2f}"
+        data["valid_loss"] = valid_loss
+        data["valid_mean_token_accuracy"] = accuracy
+    return {"message": message, "type": "metrics", "data": data}
+
+
+def echo(body: dict[str, Any]) -> str:
+    """Chat responder: "echo: " and the last message."""
+    return "echo: " + body["messages"][-1]["content"]
+
+
+def greet_model(body: dict[str, Any]) -> str:
+    """Chat responder naming the model asked for, to show which model a text reached."""
+    return f"hey it's {body['model']}"
+
+
+def error_body(
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """An error payload shaped like OpenAI's."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+@dataclass
+class Recorded:
+    """A request as the fake saw it."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    auth: str | None
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
 
 
 class FakeOpenAI:
-    """POST /v1/chat/completions on 127.0.0.1; records requests; scripted behaviour.
-
-    behaviour: "ok" (reply = responder(messages)), "status" (answer `status_code`),
-    "slow" (sleep `delay` first), "empty" (empty content), "drop" (close the connection).
-    """
+    """State and scripts behind the loopback server; use it as a context manager."""
 
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[Recorded] = []
+        self.valid_key: str | None = None  # None: any key is accepted
+        # Chat: how the next completions are answered.
         self.behaviour = "ok"
         self.status_code = 500
         self.delay = 0.0
-        self.responder: Callable[[list[dict[str, str]]], str] = lambda messages: (
-            "echo: " + messages[-1]["content"]
-        )
+        self.responder: Callable[[dict[str, Any]], str] = echo
+        # Files and fine-tuning.
+        self.files: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}  # newest first, as the API lists
+        self.scripts: dict[str, list[Step]] = {}
+        self.default_script: list[Step] = [Step("running")]
+        # (method, path prefix, status, error body), each served once before normal answers.
+        self.errors: list[tuple[str, str, int, dict[str, Any]]] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True  # else each answer waits ~40 ms (FIELD-NOTES)
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                payload = json.loads(self.rfile.read(length) or b"{}")
-                fake.requests.append(
-                    {"path": self.path, "json": payload, "auth": self.headers.get("Authorization")}
-                )
-                if fake.behaviour == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                if fake.behaviour == "slow":
-                    time.sleep(fake.delay)
-                if fake.behaviour == "status":
-                    self._send(
-                        fake.status_code,
-                        {"error": {"message": f"fake {fake.status_code}", "type": "server_error"}},
-                    )
-                    return
-                content = "" if fake.behaviour == "empty" else fake.responder(payload["messages"])
-                self._send(
-                    200,
-                    {
-                        "id": "chatcmpl-fake",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": payload.get("model", "fake"),
-                        "choices": [
-                            {
-                                "index": 0,
-                                "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": content},
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-                    },
-                )
-
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(_Handler):
+            state = fake
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
 
     def __enter__(self) -> FakeOpenAI:
@@ -94,7 +148,265 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
+    # -- test helpers -------------------------------------------------------------------
+    def fail(
+        self,
+        method: str,
+        prefix: str,
+        status: int,
+        message: str = "boom",
+        times: int = 1,
+        code: str | None = None,
+    ) -> None:
+        """Answer the next `times` matching requests with an OpenAI-style error."""
+        for _ in range(times):
+            self.errors.append((method, prefix, status, error_body(message, code=code)))
+
+    def calls(self, method: str | None = None, prefix: str = "") -> list[Recorded]:
+        """Recorded requests, optionally filtered by method and path prefix."""
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method) and r.path.startswith(prefix)
+        ]
+
     @property
     def chat_calls(self) -> list[dict[str, Any]]:
-        """The chat completion requests received."""
-        return [r["json"] for r in self.requests if r["path"].endswith("/chat/completions")]
+        """The JSON bodies of the chat completion requests received."""
+        return [r.json() for r in self.calls("POST", CHAT_PATH)]
+
+    def new_id(self, prefix: str) -> str:
+        """A fresh object id."""
+        return f"{prefix}-{next(self._ids):04d}"
+
+    def add_event(self, job_id: str, spec: str | dict[str, Any]) -> None:
+        """Append an event (a message, or a dict with message/level/data/type)."""
+        spec = {"message": spec} if isinstance(spec, str) else spec
+        event = {
+            "id": self.new_id("ftevent"),
+            "object": "fine_tuning.job.event",
+            "created_at": int(time.time()),
+            "level": spec.get("level", "info"),
+            "message": spec["message"],
+            "type": spec.get("type", "metrics" if "data" in spec else "message"),
+            "data": spec.get("data"),
+        }
+        self.events[job_id].insert(0, event)
+
+    def advance(self, job_id: str) -> None:
+        """Apply the job's next scripted step; once the script is used up it stays put."""
+        script = self.scripts[job_id]
+        job = self.jobs[job_id]
+        if not script or job["status"] in FINISHED:
+            return
+        step = script.pop(0)
+        job["status"] = step.status
+        for spec in step.events:
+            self.add_event(job_id, spec)
+        if step.fine_tuned_model:
+            job["fine_tuned_model"] = step.fine_tuned_model
+        if step.trained_tokens is not None:
+            job["trained_tokens"] = step.trained_tokens
+        if step.error:
+            job["error"] = step.error
+        if step.status in FINISHED:
+            job["finished_at"] = int(time.time())
+
+    # -- endpoint logic -----------------------------------------------------------------
+    def answer(self, rec: Recorded) -> Answer | None:
+        """Record a request and work out its response (None: drop the connection)."""
+        with self._lock:
+            self.requests.append(rec)
+            if self.valid_key is not None and rec.auth != f"Bearer {self.valid_key}":
+                return 401, error_body("Incorrect API key provided", code="invalid_api_key"), {}
+            for i, (method, prefix, status, err) in enumerate(self.errors):
+                if method == rec.method and rec.path.startswith(prefix):
+                    del self.errors[i]
+                    # A 1 ms Retry-After keeps the SDK's own retries fast in tests.
+                    return status, err, {"retry-after-ms": "1"}
+            if not (rec.method == "POST" and rec.path == CHAT_PATH):
+                try:
+                    status, payload = self._fine_tuning(rec)
+                except KeyError:
+                    status, payload = 404, error_body(f"No such object: {rec.path}")
+                return status, payload, {}
+        # Outside the lock, so a "slow" reply does not hold up other requests.
+        return self._chat(rec)
+
+    def _chat(self, rec: Recorded) -> Answer | None:
+        if self.behaviour == "drop":
+            return None
+        if self.behaviour == "slow":
+            time.sleep(self.delay)
+        if self.behaviour == "status":
+            code = self.status_code
+            return code, error_body(f"fake {code}", "server_error"), {}
+        body = rec.json()
+        content = "" if self.behaviour == "empty" else self.responder(body)
+        completion = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", "fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": content},
+                }
+            ],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+        }
+        return 200, completion, {}
+
+    def _fine_tuning(self, rec: Recorded) -> tuple[int, Any]:
+        method, path = rec.method, rec.path
+        if method == "POST" and path == "/v1/files":
+            return 200, self._upload(rec)
+        parts = path.strip("/").split("/")  # v1, fine_tuning, jobs, ...
+        if parts[:3] != ["v1", "fine_tuning", "jobs"]:
+            raise KeyError(path)
+        rest = parts[3:]
+        if method == "POST" and not rest:
+            return self._create_job(rec.json())
+        if method == "GET" and not rest:
+            data = sorted(self.jobs.values(), key=lambda j: j["id"], reverse=True)
+            return 200, _page(data, rec.query)
+        job_id = rest[0]
+        job = self.jobs[job_id]
+        if method == "GET" and len(rest) == 1:
+            self.advance(job_id)
+            return 200, job
+        if method == "GET" and rest[1:] == ["events"]:
+            events = self.events[job_id]
+            after = rec.query.get("after", [None])[0]
+            if after is not None:
+                idx = next(i for i, e in enumerate(events) if e["id"] == after)
+                events = events[idx + 1 :]
+            return 200, _page(events, rec.query)
+        if method == "POST" and rest[1:] == ["cancel"]:
+            if job["status"] in FINISHED:
+                return 400, error_body(f"Job {job_id} has already completed")
+            job["status"] = "cancelled"
+            job["finished_at"] = int(time.time())
+            self.add_event(job_id, "Fine-tuning job cancelled")
+            return 200, job
+        raise KeyError(path)
+
+    def _create_job(self, req: dict[str, Any]) -> tuple[int, Any]:
+        for key in ("training_file", "validation_file"):
+            if req.get(key) and req[key] not in self.files:
+                return 400, error_body(f"invalid {key} {req[key]}", param=key)
+        job_id = self.new_id("ftjob")
+        self.jobs[job_id] = _job_object(job_id, req)
+        self.events[job_id] = []
+        self.scripts[job_id] = list(self.default_script)
+        self.add_event(job_id, f"Created fine-tuning job: {job_id}")
+        return 200, self.jobs[job_id]
+
+    def _upload(self, rec: Recorded) -> dict[str, Any]:
+        ctype = rec.headers.get("Content-Type") or rec.headers.get("content-type") or ""
+        msg = BytesParser(policy=email_policy).parsebytes(
+            f"Content-Type: {ctype}\r\n\r\n".encode() + rec.body
+        )
+        fields: dict[str, Any] = {}
+        filename = None
+        for part in msg.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if part.get_filename():
+                filename = part.get_filename()
+                fields[name] = part.get_payload(decode=True)
+            else:
+                fields[name] = part.get_content()
+        file_id = self.new_id("file")
+        content = fields["file"]
+        self.files[file_id] = {
+            "filename": filename,
+            "purpose": fields.get("purpose"),
+            "content": content,
+        }
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": fields.get("purpose"),
+            "status": "processed",
+        }
+
+
+def _page(data: list[dict[str, Any]], query: dict[str, list[str]]) -> dict[str, Any]:
+    limit = int(query.get("limit", ["20"])[0])
+    return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
+
+
+def _job_object(job_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    method = body.get("method") or {}
+    hyper = (method.get("supervised") or {}).get("hyperparameters") or {}
+    return {
+        "id": job_id,
+        "object": "fine_tuning.job",
+        "created_at": int(time.time()),
+        "error": None,
+        "fine_tuned_model": None,
+        "finished_at": None,
+        "hyperparameters": {
+            "n_epochs": hyper.get("n_epochs", "auto"),
+            "batch_size": "auto",
+            "learning_rate_multiplier": "auto",
+        },
+        "model": body["model"],
+        "organization_id": "org-fake",
+        "result_files": [],
+        "seed": 42,
+        "status": "validating_files",
+        "trained_tokens": None,
+        "training_file": body["training_file"],
+        "validation_file": body.get("validation_file"),
+        "method": method or None,
+        "suffix": body.get("suffix"),
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: FakeOpenAI
+    protocol_version = "HTTP/1.1"
+    # Without this each response waits ~40 ms for the client's delayed ACK (FIELD-NOTES).
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urlparse(self.path)
+        rec = Recorded(
+            method,
+            url.path,
+            parse_qs(url.query),
+            self.headers.get("Authorization"),
+            dict(self.headers.items()),
+            body,
+        )
+        answer = self.state.answer(rec)
+        if answer is None:
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        status, payload, headers = answer
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)

@@ -111,7 +111,9 @@ def test_persona_commands(tmp_path):
     missing = run("persona", "add", "Z", "--keyword", "z", "--dataset", "nope.jsonl")
     assert missing.exit_code == 1 and "does not exist" in missing.output
     routed = run("persona", "route", "+1 555 0100", "cleo")
-    assert routed.exit_code == 0 and "+15550100 now talks to cleo." in routed.output
+    assert (
+        routed.exit_code == 0 and "+15550100 now talks to Cleo." in routed.output
+    )  # the name as stored
     bad_route = run("persona", "route", "+15550100", "nobody")
     assert bad_route.exit_code == 1 and "no persona 'nobody' (known: Cleo)" in bad_route.output
     assert run("persona", "remove", "Cleo").exit_code == 0
@@ -173,3 +175,20 @@ def test_persona_add_openai_flags_are_stored():
         assert line in shown
     bad = run("persona", "add", "W", "--keyword", "w", "--backend", "gpt")
     assert bad.exit_code == 2 and "'gpt' is not one of 'openai', 'retrieval'" in bad.output
+
+
+def test_serve_on_a_busy_port_is_one_line(tmp_path):
+    import socket
+
+    from phischer.cli import cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--port", str(port)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: Cannot listen on 127.0.0.1:{port} (Address already in use): stop the program "
+        "using it or pass --port N"
+    ]

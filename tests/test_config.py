@@ -70,3 +70,37 @@ def test_phone_helpers():
     assert normalize_number(" +1 (555) 010-0 ") == "+15550100"
     assert mask_number("+15550100") == "…00"
     assert "5550" not in mask_number("+15550100")
+
+
+def test_dotenv_is_read_from_the_current_folder(tmp_path, monkeypatch):
+    # The autouse fixture already chdir'd into tmp_path; .env lives where the user runs.
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    monkeypatch.setenv("DAILY_LIMIT", "9")  # the environment wins over .env
+    (tmp_path / ".env").write_text("REPLY_TIMEOUT_S=7\nDAILY_LIMIT=3\nLOG_LEVEL=WARNING\n")
+    try:
+        settings = Settings.from_env()
+        assert settings.reply_timeout_s == 7 and settings.daily_limit == 9
+    finally:
+        for var in ("REPLY_TIMEOUT_S", "LOG_LEVEL"):  # load_dotenv wrote them to os.environ
+            monkeypatch.delenv(var, raising=False)
+
+
+def test_log_level_from_dotenv_quiets_the_cli(tmp_path, monkeypatch):
+    import logging
+
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    (tmp_path / ".env").write_text("LOG_LEVEL=WARNING\n")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # let basicConfig configure a fresh root
+    monkeypatch.setattr(root, "level", root.level)
+    try:
+        result = CliRunner().invoke(cli, ["persona", "list"])
+        assert result.exit_code == 0, result.output
+        assert root.level == logging.WARNING
+        assert logging.getLogger("openai").level == logging.WARNING
+    finally:
+        monkeypatch.delenv("LOG_LEVEL", raising=False)

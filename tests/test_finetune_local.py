@@ -25,7 +25,7 @@ from phischer.finetune import local  # noqa: E402
 from phischer.models import FineTuneJob, Persona  # noqa: E402
 from phischer.personas import PersonaSpec, add_persona  # noqa: E402
 from tests.conftest import sign, sms_params, twiml_bodies  # noqa: E402
-from tests.fake_openai_ft import FakeOpenAI  # noqa: E402
+from tests.fake_openai import VALID_KEY, FakeOpenAI, greet_model  # noqa: E402
 from tests.plot_helpers import assert_png  # noqa: E402
 
 # transformers' own Trainer still calls a helper it deprecated.
@@ -322,11 +322,11 @@ def start_local(train: Path, *options: str) -> Any:
 
 
 @pytest.fixture
-def served() -> Any:
+def served(fake_openai: FakeOpenAI) -> FakeOpenAI:
     """A loopback OpenAI-compatible server standing in for vLLM serving the adapter."""
-    fake = FakeOpenAI().start()
-    yield fake
-    fake.stop()
+    fake_openai.valid_key = VALID_KEY
+    fake_openai.responder = greet_model
+    return fake_openai
 
 
 def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from phischer.finetune import common
 from phischer.finetune import openai as ft
 from phischer.models import FineTuneJob, Persona
 from phischer.personas import PersonaSpec, add_persona
-from tests.fake_openai_ft import FakeOpenAI, Step, metrics_event
+from tests.fake_openai import VALID_KEY, FakeOpenAI, Step, greet_model, metrics_event
 from tests.plot_helpers import assert_png
 
 FT_MODEL = "ft:gpt-4.1-mini-2025-04-14:org-fake:ada-lovelace:AbC123"
@@ -47,13 +46,13 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 @pytest.fixture
-def fake_ft(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    """The fake, with OPENAI_BASE_URL pointing at it and polls that never sleep."""
-    fake = FakeOpenAI().start()
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+def fake_ft(fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAI:
+    """The fake as an OpenAI account behind OPENAI_BASE_URL (only VALID_KEY works); date pinned."""
+    fake_openai.valid_key = VALID_KEY
+    fake_openai.responder = greet_model
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
     monkeypatch.setattr(common, "_today", lambda: dt.date(2026, 11, 22))
-    yield fake
-    fake.stop()
+    return fake_openai
 
 
 @pytest.fixture

@@ -126,7 +126,7 @@ def test_persona_api_key_env(llm_app, fake_openai, database, twilio_post, monkey
     assert "ADA_KEY is not set" in stored(app)[0].error
     monkeypatch.setenv("ADA_KEY", "sk-ada")
     twilio_post("hi", target=app)
-    assert fake_openai.requests[-1]["auth"] == "Bearer sk-ada"
+    assert fake_openai.requests[-1].auth == "Bearer sk-ada"
 
 
 @pytest.mark.parametrize(
@@ -223,7 +223,7 @@ def test_async_mode_records_a_failed_rest_send(
 
 def test_long_replies_cut_at_word_boundary(llm_app, fake_openai, twilio_post):
     app = llm_app(max_reply_chars=50)
-    fake_openai.responder = lambda messages: "word " * 40
+    fake_openai.responder = lambda body: "word " * 40
     r = twilio_post("talk a lot", target=app)
     (reply,) = r.replies
     assert len(reply) <= 50 and reply.endswith("word…")
