@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -70,6 +71,7 @@ class SmsService:
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="phischer-reply")
         self._sweeper: Any = None  # phischer.recovery.Sweeper, once this process serves
         self._sweeper_pid: int | None = None
+        self._sweeper_lock = threading.Lock()
 
     def handle(self, msg: Inbound) -> list[str]:
         """Process a webhook call; return the bodies to answer with in TwiML (maybe none)."""
@@ -93,9 +95,12 @@ class SmsService:
         # text on (started here, not in create_app, so gunicorn never forks a thread).
         from phischer.recovery import Sweeper
 
-        self._sweeper_pid = os.getpid()
-        self._sweeper = Sweeper(self)
-        self._sweeper.start()
+        with self._sweeper_lock:  # the first texts of a process may arrive together
+            if self._sweeper_pid == os.getpid():
+                return
+            self._sweeper = Sweeper(self)
+            self._sweeper.start()
+            self._sweeper_pid = os.getpid()
 
     # -- transaction 1: store the inbound text and apply commands --------------------------
 
