@@ -56,7 +56,8 @@ MESSAGE_COLUMNS = (
 
 
 class Store:
-    """Runs the webhook's statements; one DB-API connection per thread, kept open."""
+    """Runs the webhook's statements on DB-API connections kept open (SQLite: one writer per
+    process, a reader per thread)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -66,6 +67,8 @@ class Store:
         # Statements are written with "?" (sqlite's style); pyformat drivers want "%s".
         self._placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
         self._local = threading.local()
+        self._writer_conn: Any = None
+        self._writer_pid: int | None = None
         self._insert_message = self.sql(
             f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})"
@@ -79,15 +82,30 @@ class Store:
     def _conn(self) -> Any:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():  # never reuse a parent's connection
-            pooled = self.db.engine.raw_connection()
-            # Kept by this thread for good, and set up differently: out of the pool, so a
-            # session never gets it.
-            local.conn = pooled.dbapi_connection
-            pooled.detach()
+            local.conn = self._new_conn()
             local.pid = os.getpid()
-            if self.db.checkpointer is not None:
-                self.db.checkpointer.disable_auto(local.conn)
         return local.conn
+
+    def _writer(self) -> Any:
+        # SQLite: one write connection per process, used under the write lock's thread lock.
+        # Each connection's page cache is dropped whenever another connection commits, so
+        # per-thread writers re-read their pages on nearly every transaction; a shared one
+        # only after the other process wrote. (Other databases: per-thread connections.)
+        if not self.sqlite:
+            return self._conn()
+        if self._writer_pid != os.getpid():
+            self._writer_conn = self._new_conn()
+            self._writer_pid = os.getpid()
+        return self._writer_conn
+
+    def _new_conn(self) -> Any:
+        pooled = self.db.engine.raw_connection()
+        # Kept for good and set up differently: out of the pool, so a session never gets it.
+        conn = pooled.dbapi_connection
+        pooled.detach()
+        if self.db.checkpointer is not None:
+            self.db.checkpointer.disable_auto(conn)
+        return conn
 
     def sql(self, statement: str) -> str:
         """The statement in the driver's parameter style."""
@@ -96,8 +114,8 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Any]:
         """A short write transaction under the database's write lock; yields a cursor."""
-        conn = self._conn()
         with self.db.write_lock.hold():
+            conn = self._writer()
             cur = conn.cursor()
             try:
                 yield cur

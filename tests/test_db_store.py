@@ -93,3 +93,29 @@ def test_history_reads_the_newest_rows_without_sorting_everything(database, pers
     for statement in [s for s in executed if s.startswith("SELECT")]:
         plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
         assert "ix_messages_contact_created" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_one_write_connection_per_process_many_threads(database):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store(database)
+    contact_id = add_contact(store)
+    used = []
+
+    def write(i: int) -> None:
+        with store.write() as cur:
+            used.append(cur.connection)  # the DB-API connection behind the cursor
+            store.insert_message(
+                cur, contact_id=contact_id, direction="in", kind="chat", body=f"t{i}",
+                message_sid=f"SMthread{i:04d}", status="replied", created_at=utcnow(),
+            )  # fmt: skip
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(64)))
+    # Every thread wrote through the same connection (its page cache stays warm), and the
+    # write lock kept their transactions apart: all 64 rows are there.
+    assert len({id(conn) for conn in used}) == 1
+    with store.read() as cur:
+        cur.execute("SELECT count(*) FROM messages WHERE message_sid LIKE 'SMthread%'")
+        assert cur.fetchone()[0] == 64
+        assert cur.connection is not used[0]  # reads keep their per-thread connections
