@@ -56,8 +56,7 @@ MESSAGE_COLUMNS = (
 
 
 class Store:
-    """Runs the webhook's statements on DB-API connections kept open (SQLite: one writer per
-    process, a reader per thread)."""
+    """The webhook's statements, on kept-open connections (SQLite: one writer per process)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
