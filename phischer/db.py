@@ -97,10 +97,10 @@ class Checkpointer:
     webhook's statements measured ~115 µs on average with it, ~35 µs without). Hot-path
     connections switch automatic checkpoints off (`disable_auto`); this thread runs a
     PASSIVE checkpoint every CHECKPOINT_EVERY_S instead, which never waits for or blocks a
-    writer. Under steady
-    writes the WAL is never fully copied at the moment a writer starts, so SQLite never
-    rewinds it: once it passes RESTART_FRAMES, the thread takes the write lock for one short
-    TRUNCATE checkpoint (only the frames written since the PASSIVE one are left to copy).
+    writer. Under steady writes the WAL is never fully copied at the moment a writer starts,
+    so SQLite never rewinds it: once it passes RESTART_FRAMES, the thread takes the write
+    lock for one short TRUNCATE checkpoint (only the frames written since the PASSIVE one
+    are left to copy).
     """
 
     def __init__(self, db_path: Path, write_lock: WriteLock) -> None:
