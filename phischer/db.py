@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from phischer.per_process import PerProcess
+
 BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_EVERY_S = 1.0
 RESTART_FRAMES = 2000  # ~8 MB of WAL
@@ -62,17 +64,9 @@ class WriteLock:
     def __init__(self, db_path: Path | None) -> None:
         self._thread_lock = threading.Lock()
         self._path = None if db_path is None else db_path.with_name(db_path.name + ".wlock")
-        self._fd: int | None = None
-        self._pid: int | None = None
-
-    def _file(self) -> int:
-        # A forked gunicorn worker must not share its parent's open file description,
-        # or flock would treat the two processes as one holder.
-        if self._fd is None or self._pid != os.getpid():
-            assert self._path is not None
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        return self._fd
+        # Per process: a worker sharing its parent's open file description would look like
+        # the same holder to flock.
+        self._fd = PerProcess(lambda: os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -81,7 +75,7 @@ class WriteLock:
             yield
             return
         with self._thread_lock:
-            fd = self._file()
+            fd = self._fd.get()
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield

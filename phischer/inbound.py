@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -18,6 +16,7 @@ from phischer.commands import Command, parse
 from phischer.config import Settings, mask_number, normalize_number
 from phischer.db import Database
 from phischer.models import utcnow
+from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
 from phischer.replies import RestSender, SendError, fit_sms
 from phischer.store import ContactRow, Store
@@ -69,14 +68,13 @@ class SmsService:
         self.backends = backends
         self.sender = RestSender(settings)
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="phischer-reply")
-        self._sweeper: Any = None  # phischer.recovery.Sweeper, once this process serves
-        self._sweeper_pid: int | None = None
-        self._sweeper_lock = threading.Lock()
+        # Each serving process sweeps for texts a crash left unanswered, from its first text
+        # on (made there, not in create_app, so gunicorn never forks a running thread).
+        self.sweeper = PerProcess(self._start_sweeper)
 
     def handle(self, msg: Inbound) -> list[str]:
         """Process a webhook call; return the bodies to answer with in TwiML (maybe none)."""
-        if self._sweeper_pid != os.getpid():
-            self._start_sweeper()
+        self.sweeper.get()
         decision = self._record(msg, parse(msg.body))
         if isinstance(decision, list):  # a retry of a MessageSid we already have
             return decision
@@ -86,21 +84,17 @@ class SmsService:
 
     def shutdown(self) -> None:
         """Let pending async replies finish; stop the recovery sweep."""
-        if self._sweeper is not None:
-            self._sweeper.stop()
+        sweeper = self.sweeper.peek()
+        if sweeper is not None:
+            sweeper.stop()
         self._executor.shutdown(wait=True)
 
-    def _start_sweeper(self) -> None:
-        # Each serving process sweeps for texts a crash left unanswered, from its first
-        # text on (started here, not in create_app, so gunicorn never forks a thread).
+    def _start_sweeper(self) -> Any:
         from phischer.recovery import Sweeper
 
-        with self._sweeper_lock:  # the first texts of a process may arrive together
-            if self._sweeper_pid == os.getpid():
-                return
-            self._sweeper = Sweeper(self)
-            self._sweeper.start()
-            self._sweeper_pid = os.getpid()
+        sweeper = Sweeper(self)
+        sweeper.start()
+        return sweeper
 
     # -- transaction 1: store the inbound text and apply commands --------------------------
 
@@ -146,16 +140,8 @@ class SmsService:
         if status == "processing":
             decision.persona, decision.reset_at = persona, contact.thread_reset_at
         elif text:
-            store.insert_message(
-                cur,
-                contact_id=contact.id,
-                persona_id=contact.persona_id,
-                direction="out",
-                kind=kind,
-                body=text,
-                reply_to_id=inbound_id,
-                status="replied",
-                created_at=now,
+            store.insert_reply(
+                cur, inbound_id, contact.id, contact.persona_id, kind, text, "replied", now
             )
             decision.replies.append(text)
         store.save_contact(cur, before, contact)
@@ -234,12 +220,10 @@ class SmsService:
     # -- the model call and transaction 2 --------------------------------------------------
 
     def _answer(self, msg: Inbound, decision: Decision) -> list[str]:
-        persona = decision.persona
-        assert persona is not None
-        try:
-            backend = self.backends.get(persona.backend)
-        except BackendError as exc:  # a persona row with a backend name we do not know
-            return [self._store(decision, (None, str(exc), 0), via_rest=False)[0]]
+        backend, failure = self._backend_for(decision)
+        if failure is not None:
+            return [self._store(decision, failure, via_rest=False)[0]]
+        assert backend is not None
         mode = self.settings.reply_mode
         if getattr(backend, "local", False) or mode == "inline":
             # A local backend answers in well under a millisecond: no thread hop needed.
@@ -262,6 +246,22 @@ class SmsService:
                 return [self._store(decision, result, via_rest=False)[0]]
         future.add_done_callback(lambda f: self.deliver_later(msg.phone, decision, f.result()))
         return []
+
+    def answer_late(self, phone: str, decision: Decision) -> None:
+        """Ask the persona now and send the reply by REST (a text an interrupted process left)."""
+        backend, result = self._backend_for(decision)  # result: the failure, if any
+        if result is None:
+            assert backend is not None
+            result = self.generate(decision, backend)
+        self.deliver_later(phone, decision, result)
+
+    def _backend_for(self, decision: Decision) -> tuple[Backend | None, Result | None]:
+        # A persona row may name a backend we do not know: that is a recorded failure.
+        assert decision.persona is not None
+        try:
+            return self.backends.get(decision.persona.backend), None
+        except BackendError as exc:
+            return None, (None, str(exc), 0)
 
     def generate(self, decision: Decision, backend: Backend) -> Result:
         """Build the thread and ask the backend."""
@@ -321,20 +321,19 @@ class SmsService:
                 error=error,
                 latency_ms=latency,
             )
-            out_id = self.store.insert_message(
+            out_id = self.store.insert_reply(
                 cur,
-                contact_id=decision.contact_id,
-                persona_id=persona.id,
-                direction="out",
-                kind=kind,
-                body=text,
-                reply_to_id=decision.inbound_id,
-                status="queued" if via_rest else "replied",
+                decision.inbound_id,
+                decision.contact_id,
+                persona.id,
+                kind,
+                text,
+                "queued" if via_rest else "replied",
+                now,
                 model=model,
                 latency_ms=latency,
                 prompt_tokens=reply.prompt_tokens if reply else None,
                 completion_tokens=reply.completion_tokens if reply else None,
-                created_at=now,
             )
         return text, out_id
 

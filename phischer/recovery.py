@@ -90,20 +90,13 @@ def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime
 
 
 def _answer_late(service: SmsService, row: PendingRow) -> None:
-    from phischer.backends.base import BackendError
     from phischer.inbound import Decision
 
     persona = service.personas.for_contact(row.persona_id)
     decision = Decision(
         inbound_id=row.id, contact_id=row.contact_id, persona=persona, reset_at=row.thread_reset_at
     )
-    try:
-        backend = service.backends.get(persona.backend)  # type: ignore[union-attr]
-    except BackendError as exc:
-        result = (None, str(exc), 0)
-    else:
-        result = service.generate(decision, backend)
-    service.deliver_later(row.phone, decision, result)
+    service.answer_late(row.phone, decision)
 
 
 class Sweeper:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from phischer.db import Database
+from phischer.per_process import PerProcess
 
 
 @dataclass
@@ -66,8 +67,11 @@ class Store:
         # Statements are written with "?" (sqlite's style); pyformat drivers want "%s".
         self._placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
         self._local = threading.local()
-        self._writer_conn: Any = None
-        self._writer_pid: int | None = None
+        # SQLite: one write connection per process, used under the write lock's thread lock.
+        # Each connection's page cache is dropped whenever another connection commits, so
+        # per-thread writers re-read their pages on nearly every transaction; a shared one
+        # only after the other process wrote. (Other databases: per-thread connections.)
+        self._writer = PerProcess(self._new_conn) if self.sqlite else None
         self._insert_message = self.sql(
             f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})"
@@ -84,18 +88,6 @@ class Store:
             local.conn = self._new_conn()
             local.pid = os.getpid()
         return local.conn
-
-    def _writer(self) -> Any:
-        # SQLite: one write connection per process, used under the write lock's thread lock.
-        # Each connection's page cache is dropped whenever another connection commits, so
-        # per-thread writers re-read their pages on nearly every transaction; a shared one
-        # only after the other process wrote. (Other databases: per-thread connections.)
-        if not self.sqlite:
-            return self._conn()
-        if self._writer_pid != os.getpid():
-            self._writer_conn = self._new_conn()
-            self._writer_pid = os.getpid()
-        return self._writer_conn
 
     def _new_conn(self) -> Any:
         pooled = self.db.engine.raw_connection()
@@ -114,7 +106,7 @@ class Store:
     def write(self) -> Iterator[Any]:
         """A short write transaction under the database's write lock; yields a cursor."""
         with self.db.write_lock.hold():
-            conn = self._writer()
+            conn = self._writer.get() if self._writer is not None else self._conn()
             cur = conn.cursor()
             try:
                 yield cur
@@ -222,6 +214,24 @@ class Store:
             return cur.lastrowid
         cur.execute(self._insert_message + " RETURNING id", row)
         return cur.fetchone()[0]
+
+    def insert_reply(
+        self,
+        cur: Any,
+        inbound_id: int,
+        contact_id: int,
+        persona_id: int | None,
+        kind: str,
+        body: str,
+        status: str,
+        created_at: dt.datetime,
+        **values: Any,
+    ) -> int:
+        """Insert an outbound message answering `inbound_id`; returns its id."""
+        return self.insert_message(
+            cur, contact_id=contact_id, persona_id=persona_id, direction="out", kind=kind,
+            body=body, reply_to_id=inbound_id, status=status, created_at=created_at, **values,
+        )  # fmt: skip
 
     def update_message(self, cur: Any, message_id: int, now: dt.datetime, **values: Any) -> None:
         """Set some columns of a message (and its updated_at)."""

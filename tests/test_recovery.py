@@ -81,9 +81,9 @@ def test_too_old_or_superseded_texts_are_not_answered(
     # finish, so the next one is a minute away and cannot race the rows made below.
     twilio_post("hello", target=app, from_="+15550999")
     deadline = time.monotonic() + 10
-    while not service._sweeper.marks and time.monotonic() < deadline:
+    while not service.sweeper.peek().marks and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert service._sweeper.marks
+    assert service.sweeper.peek().marks
     old = interrupted(app, "tell me a joke!", "SMold", dt.timedelta(hours=2), phone="+15550111")
     first = interrupted(app, "tell me a joke!", "SMfirst", dt.timedelta(minutes=5))
     assert twilio_post("are you there?", target=app).status_code == 200  # answered normally
@@ -122,12 +122,12 @@ def test_an_interrupted_rest_send_is_sent_again(
 
 def test_each_serving_process_starts_one_sweeper(app, twilio_post):
     service = app.extensions["phischer"].sms
-    assert service._sweeper is None  # nothing runs before the first text
+    assert service.sweeper.peek() is None  # nothing runs before the first text
     twilio_post("hi")
-    sweeper = service._sweeper
+    sweeper = service.sweeper.peek()
     assert sweeper is not None and sweeper.thread.is_alive()
     twilio_post("hi again")
-    assert service._sweeper is sweeper
+    assert service.sweeper.peek() is sweeper
     service.shutdown()
     assert not sweeper.thread.is_alive()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 from phischer.models import Persona
@@ -31,21 +31,8 @@ class PersonaView:
 
     @classmethod
     def of(cls, p: Persona) -> PersonaView:
-        """Snapshot an ORM persona."""
-        return cls(
-            id=p.id,
-            name=p.name,
-            keyword=p.keyword,
-            backend=p.backend,
-            model=p.model,
-            base_url=p.base_url,
-            api_key_env=p.api_key_env,
-            dataset=p.dataset,
-            system_prompt=p.system_prompt,
-            greeting=p.greeting,
-            temperature=p.temperature,
-            max_tokens=p.max_tokens,
-        )
+        """Snapshot an ORM persona (every field of the view is a column of the same name)."""
+        return cls(**{f.name: getattr(p, f.name) for f in fields(cls)})
 
     @property
     def model_label(self) -> str:
