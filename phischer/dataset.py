@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -35,6 +34,7 @@ from itertools import compress, count, groupby, islice
 from operator import attrgetter, itemgetter, le, sub
 from pathlib import Path
 
+from phischer.atomic import atomic_files
 from phischer.importers.base import Conversation, ImportErrorMessage, Message
 
 DEFAULT_SYSTEM = (
@@ -265,35 +265,23 @@ def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:
     building (bad export, --me not found) leaves no partial output behind.
     """
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     sidecar = out.with_name(out.name + ".conversations")
-    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp_side = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
     written = 0
-    try:
-        with (
-            tmp_out.open("w", encoding="utf-8", newline="\n") as fh,
-            tmp_side.open("w", encoding="utf-8", newline="\n") as side,
-        ):
-            dumps = json.JSONEncoder(ensure_ascii=False).encode
-            lines: list[str] = []
-            ids: list[str] = []
-            for ex in examples:
-                lines.append(dumps({"messages": ex.messages}))
-                ids.append(ex.conversation_id.replace("\n", " "))
-                written += 1
-                if len(lines) == 1000:  # a few big writes instead of one per line
-                    fh.write("\n".join(lines) + "\n")
-                    side.write("\n".join(ids) + "\n")
-                    lines.clear()
-                    ids.clear()
-            if lines:
+    # The sidecar first: a reader that finds OUT.jsonl also finds its conversations.
+    with atomic_files(sidecar, out) as (side, fh):
+        dumps = json.JSONEncoder(ensure_ascii=False).encode
+        lines: list[str] = []
+        ids: list[str] = []
+        for ex in examples:
+            lines.append(dumps({"messages": ex.messages}))
+            ids.append(ex.conversation_id.replace("\n", " "))
+            written += 1
+            if len(lines) == 1000:  # a few big writes instead of one per line
                 fh.write("\n".join(lines) + "\n")
                 side.write("\n".join(ids) + "\n")
-        os.replace(tmp_side, sidecar)
-        os.replace(tmp_out, out)
-    except BaseException:
-        for tmp in (tmp_out, tmp_side):
-            tmp.unlink(missing_ok=True)
-        raise
+                lines.clear()
+                ids.clear()
+        if lines:
+            fh.write("\n".join(lines) + "\n")
+            side.write("\n".join(ids) + "\n")
     return written

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import statistics
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from phischer.atomic import atomic_files
 from phischer.tokens import count_messages_tokens, encoding_name_for
 
 DEFAULT_BASE_MODEL = "gpt-4.1-mini-2025-04-14"
@@ -603,24 +602,6 @@ def _output_paths(path: Path, out_dir: Path | None) -> tuple[Path, Path]:
     return folder / f"{stem}.train.jsonl", folder / f"{stem}.validation.jsonl"
 
 
-class _AtomicWriter:
-    """A binary file written to a temp name and renamed into place on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        self.tmp = Path(tmp)
-        self.file = os.fdopen(fd, "wb")
-
-    def commit(self) -> None:
-        self.file.close()
-        os.replace(self.tmp, self.target)
-
-    def abort(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
-
-
 def split_file(
     path: Path, validation: float = 0.2, seed: int = 0, out_dir: Path | None = None
 ) -> SplitResult:
@@ -647,30 +628,15 @@ def split_file(
     train_path, validation_path = _output_paths(path, out_dir)
     if path.resolve() in (train_path.resolve(), validation_path.resolve()):
         raise DatasetError(f"{path}: output would overwrite the input; use -o DIR")
-    writers = [
-        _AtomicWriter(p)
-        for p in (
-            train_path,
-            validation_path,
-            sidecar_path(train_path),
-            sidecar_path(validation_path),
-        )
-    ]
-    train, val, train_ids, val_ids = writers
     counts = {False: 0, True: 0}
-    try:
+    targets = (train_path, validation_path, sidecar_path(train_path), sidecar_path(validation_path))
+    with atomic_files(*targets, mode="wb") as (train, val, train_ids, val_ids):
         lines = (raw for _, raw in _lines(path) if raw.strip())
         for raw, cid in zip(lines, ids, strict=True):
             is_val = cid in held_out
-            (val if is_val else train).file.write(raw + b"\n")
-            (val_ids if is_val else train_ids).file.write(cid.encode("utf-8") + b"\n")
+            (val if is_val else train).write(raw + b"\n")
+            (val_ids if is_val else train_ids).write(cid.encode("utf-8") + b"\n")
             counts[is_val] += 1
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    for w in writers:
-        w.commit()
     return SplitResult(
         train_path=train_path,
         validation_path=validation_path,

@@ -26,6 +26,7 @@ import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
+from phischer.atomic import atomic_files
 from phischer.config import Settings, mask_number
 from phischer.twilio_client import make_twilio_client
 
@@ -140,12 +141,10 @@ def resolve_public_url(option: str | None, settings: Settings) -> str | None:
 
 def write_public_url(instance_path: Path, url: str) -> Path:
     """Write the public URL where Settings.tunnel_public_url() finds it (atomically)."""
-    instance_path.mkdir(parents=True, exist_ok=True)
     path = instance_path / PUBLIC_URL_FILE
-    tmp = path.with_name(f".{PUBLIC_URL_FILE}.{os.getpid()}")
-    tmp.write_text(url + "\n")
     # A request arriving mid-write must see the old or the new URL, never half of one.
-    os.replace(tmp, path)
+    with atomic_files(path) as (fh,):
+        fh.write(url + "\n")
     return path
 
 

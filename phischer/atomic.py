@@ -1,0 +1,43 @@
+"""Files written whole or not at all: temp names in the target folder, renamed on success."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_files(*targets: Path, mode: str = "w") -> Iterator[list[IO[Any]]]:
+    """Open a temp file beside each target; rename them all into place if the block succeeds.
+
+    On an error (a bad export, Ctrl-C) every temp file is removed and no target is touched,
+    so a reader never sees a half-written file and a failed run leaves nothing behind. The
+    targets are renamed in order, so put the one readers look for first last.
+    """
+    binary = "b" in mode
+    temps: list[Path] = []
+    files: list[IO[Any]] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            # 0o666 and the umask, like any new file (mkstemp would make it private, 0o600).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            temps.append(tmp)
+            kwargs = {} if binary else {"encoding": "utf-8", "newline": "\n"}
+            files.append(os.fdopen(fd, mode, **kwargs))
+        yield files
+        for fh in files:
+            fh.close()
+        for tmp, target in zip(temps, targets, strict=True):
+            os.replace(tmp, target)
+    except BaseException:
+        for fh in files:
+            fh.close()
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
