@@ -75,6 +75,9 @@ class SmsService:
     def handle(self, msg: Inbound) -> list[str]:
         """Process a webhook call; return the bodies to answer with in TwiML (maybe none)."""
         self.sweeper.get()
+        # A persona refresh (once a second) is a query: not under the write lock, which
+        # every text of every worker waits for.
+        self.personas.fresh()
         decision = self._record(msg, parse(msg.body))
         if isinstance(decision, list):  # a retry of a MessageSid we already have
             return decision

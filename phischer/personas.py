@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,17 +165,16 @@ def set_model(
 
 def default_persona(session: Session, preferred: str | None) -> Persona | None:
     """DEFAULT_PERSONA if set and known, else the persona marked default, else the first."""
+    return pick_default(list_personas(session), preferred)
+
+
+def pick_default(personas: Sequence[Persona], preferred: str | None) -> Persona | None:
+    """The default among `personas` (oldest first), by the rule of `default_persona`."""
     if preferred:
-        found = session.scalar(
-            sa.select(Persona).where(
-                sa.or_(Persona.name == preferred, Persona.keyword == preferred.lower())
-            )
-        )
-        if found is not None:
-            return found
-    return session.scalar(
-        sa.select(Persona).order_by(Persona.is_default.desc(), Persona.id).limit(1)
-    )
+        for p in personas:
+            if p.name == preferred or p.keyword == preferred.lower():
+                return p
+    return next((p for p in personas if p.is_default), personas[0] if personas else None)
 
 
 class PersonaDirectory:
@@ -194,15 +194,17 @@ class PersonaDirectory:
         self._default: PersonaView | None = None
         self._lock = threading.Lock()
 
-    def _fresh(self) -> None:
+    def fresh(self) -> None:
+        """Re-read the personas if the cache is older than `ttl_s`."""
         if time.monotonic() - self._loaded_at < self.ttl_s:
             return
         with self._lock:
             if time.monotonic() - self._loaded_at < self.ttl_s:
                 return
-            with self.db.read() as session:
-                views = [PersonaView.of(p) for p in list_personas(session)]
-                default = default_persona(session, self.preferred_default)
+            with self.db.read() as session:  # one query: the default is one of them
+                rows = list_personas(session)
+                views = [PersonaView.of(p) for p in rows]
+                default = pick_default(rows, self.preferred_default)
             self._by_id = {v.id: v for v in views}
             self._by_keyword = {v.keyword: v for v in views}
             self._default = self._by_id.get(default.id) if default else None
@@ -214,15 +216,15 @@ class PersonaDirectory:
 
     def all(self) -> list[PersonaView]:
         """Every persona, oldest first."""
-        self._fresh()
+        self.fresh()
         return list(self._by_id.values())
 
     def by_keyword(self, keyword: str) -> PersonaView | None:
         """The persona with this keyword, or None."""
-        self._fresh()
+        self.fresh()
         return self._by_keyword.get(keyword)
 
     def for_contact(self, persona_id: int | None) -> PersonaView | None:
         """The contact's chosen persona, else the default one."""
-        self._fresh()
+        self.fresh()
         return self._by_id.get(persona_id) if persona_id in self._by_id else self._default

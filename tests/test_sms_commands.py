@@ -182,3 +182,19 @@ def test_missing_dataset_gets_fallback_and_recorded_error(app, twilio_post, pers
     assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
     inbound = messages(app)[0]
     assert inbound.status == "failed" and "is missing" in inbound.error
+
+
+def test_default_persona_rule():
+    from phischer.models import Persona
+    from phischer.personas import pick_default
+
+    ada = Persona(id=1, name="Ada", keyword="ada", is_default=False)
+    bo = Persona(id=2, name="Bo", keyword="bo", is_default=True)
+    cy = Persona(id=3, name="Cy", keyword="cy", is_default=False)
+    assert pick_default([ada, bo, cy], "Cy") is cy  # DEFAULT_PERSONA by name
+    assert pick_default([ada, bo, cy], "CY") is cy  # ... or by keyword, any case
+    assert pick_default([ada, bo, cy], "nobody") is bo  # unknown: the one marked default
+    assert pick_default([ada, bo, cy], None) is bo
+    bo.is_default = False
+    assert pick_default([ada, bo, cy], None) is ada  # none marked: the oldest
+    assert pick_default([], "Ada") is None
