@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from phischer.cli import Context, friendly_errors, pass_ctx
 from phischer.cli_options import Decorator, base_model_option, epochs_option
@@ -15,11 +16,32 @@ from phischer.plots import require_matplotlib
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 _POSITIVE = click.IntRange(1)
+_LOCAL_ONLY: list[str] = []  # filled by _local: the flags `--provider openai` refuses
+_OPENAI_ONLY = ["--suffix"]
 
 
 def _local(name: str, help: str, **kwargs: Any) -> Decorator:
     # Options only the local provider reads: their help says so, and shows any default.
+    _LOCAL_ONLY.append(name)
     return click.option(name, show_default=True, help=f"local: {help}", **kwargs)
+
+
+def _refuse_other_providers_flags(provider: str) -> None:
+    # A flag the chosen provider never reads would be silently ignored: say so instead.
+    ctx = click.get_current_context()
+    flags = _LOCAL_ONLY if provider == "openai" else _OPENAI_ONLY
+    given = [
+        f
+        for f in flags
+        if ctx.get_parameter_source(f.lstrip("-").replace("-", "_")) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        other = "local" if provider == "openai" else "openai"
+        hint = " (the local model name is --lora-name)" if given == ["--suffix"] else ""
+        verb = "applies" if len(given) == 1 else "apply"
+        raise FineTuneError(
+            f"{', '.join(given)} only {verb} to --provider {other}, not {provider}{hint}"
+        )
 
 
 @click.group("finetune")
@@ -80,6 +102,7 @@ def finetune_group() -> None:
 def start(obj: Context, train: Path, provider: str, **options: object) -> None:
     """Fine-tune persona --persona on TRAIN.jsonl (checked first; nothing is sent on errors)."""
     with friendly_errors():
+        _refuse_other_providers_flags(provider)
         if provider == "local":
             from phischer.finetune import local
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from phischer.cli import cli  # noqa: E402
 from phischer.db import Database  # noqa: E402
-from phischer.finetune import local  # noqa: E402
+from phischer.finetune import local, serving  # noqa: E402
 from phischer.models import FineTuneJob, Persona  # noqa: E402
 from phischer.personas import PersonaSpec, add_persona  # noqa: E402
 from tests.conftest import sign, sms_params, twiml_bodies  # noqa: E402
@@ -376,7 +377,7 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
         f"--outfile {adapter / 'ada-lovelace-lora.gguf'}"
     ) in serving
     assert f"llama-server -m base.gguf --lora {adapter / 'ada-lovelace-lora.gguf'}" in serving
-    assert (out / "Modelfile").read_text() == f"FROM {tiny_model}\nADAPTER {adapter}\n"
+    assert (out / "Modelfile").read_text() == f"FROM {tiny_model.resolve()}\nADAPTER {adapter}\n"
     assert "vllm serve" in result.output  # the commands are printed too
     assert "Validation loss: " in result.output
     lines = result.output.splitlines()
@@ -484,3 +485,118 @@ def test_slow_tokenizers_get_the_same_labels_from_prefix_lengths(tiny_model: Pat
     assert local.encode_example(_SlowTokenizer(fast), messages, 128) == local.encode_example(
         fast, messages, 128
     )
+
+
+# -- flags, names and serving notes (no training) --------------------------------------------
+
+
+def test_from_options_maps_every_flag(tmp_path: Path) -> None:
+    options: dict[str, Any] = {
+        "persona": "ada",
+        "base_model": "Qwen/Qwen2.5-1.5B-Instruct",
+        "validation": tmp_path / "val.jsonl",
+        "epochs": 5,
+        "lora_rank": 4,
+        "lora_alpha": 8,
+        "learning_rate": 1e-4,
+        "max_seq_length": 256,
+        "batch_size": 1,
+        "max_steps": None,
+        "save_steps": 7,
+        "output_dir": tmp_path / "out",
+        "serve_url": "http://127.0.0.1:11434/v1",
+        "lora_name": "ada-v2",
+        "suffix": None,
+    }
+    request = local.LocalRequest.from_options(tmp_path / "train.jsonl", **options)
+    assert request.lora == local.LoraSettings(
+        rank=4,
+        alpha=8,
+        learning_rate=1e-4,
+        epochs=5,
+        max_steps=None,
+        batch_size=1,
+        max_seq_length=256,
+        save_steps=7,
+    )
+    assert (request.base_model, request.validation_path) == (
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        tmp_path / "val.jsonl",
+    )
+    assert (request.output_dir, request.serve_url, request.lora_name) == (
+        tmp_path / "out",
+        "http://127.0.0.1:11434/v1",
+        "ada-v2",
+    )
+    # No --epochs: three passes, as --help says.
+    default = local.LocalRequest.from_options(tmp_path / "t.jsonl", **{**options, "epochs": None})
+    assert default.lora.epochs == 3
+
+
+@pytest.mark.parametrize(("rank", "max_rank"), [(1, 8), (8, 8), (12, 16), (64, 64), (300, 320)])
+def test_vllm_max_lora_rank_is_one_vllm_accepts(rank: int, max_rank: int) -> None:
+    assert serving.vllm_max_lora_rank(rank) == max_rank
+    guide = serving.serving_guide(
+        base_model="Qwen/Qwen2.5-1.5B-Instruct",
+        adapter_dir=Path("/adapters/ada"),
+        name="ada",
+        rank=rank,
+        serve_url=serving.VLLM_URL,
+    )
+    assert f"--max-lora-rank {max_rank} --port 8000" in guide
+
+
+def test_modelfile_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ollama reads a relative FROM against the Modelfile's folder, not the training folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    assert serving.modelfile("models/base", Path("adapters/ada")) == (
+        f"FROM {tmp_path.resolve() / 'models' / 'base'}\n"
+        f"ADAPTER {tmp_path.resolve() / 'adapters' / 'ada'}\n"
+    )
+    # A hub id or an Ollama tag is not a folder here: it stays as given.
+    assert serving.modelfile("qwen2.5:1.5b", Path("/a")) == "FROM qwen2.5:1.5b\nADAPTER /a\n"
+
+
+@pytest.mark.parametrize("name", ["ada lovelace", "ada=1", "../ada", "-ada", "x" * 65, ""])
+def test_cli_local_refuses_a_lora_name_that_breaks_commands(
+    ada: Path, tmp_path: Path, database: Database, name: str
+) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    result = start_local(
+        train, "--base-model", "whatever", "--lora-name", name, "--output-dir", str(tmp_path / "o")
+    )
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: --lora-name {name!r} must be 1-64 letters, digits, '.', '-' or '_' "
+        "(it becomes a model name and a folder name), e.g. --lora-name ada-v2"
+    ]
+    assert not (tmp_path / "o").exists()
+    with database.read() as session:
+        assert session.scalars(sa.select(FineTuneJob)).all() == []
+
+
+def test_cli_local_without_the_train_extra_is_one_line_and_records_nothing(
+    ada: Path, tmp_path: Path, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
+    result = start_local(train, "--base-model", "whatever", "--output-dir", str(tmp_path / "o"))
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [f"Error: {local.INSTALL_HINT}"]
+    with database.read() as session:
+        assert session.scalars(sa.select(FineTuneJob)).all() == []
+        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
+    assert p.backend == "retrieval"
+
+
+def test_cli_local_refuses_the_openai_suffix(ada: Path, tmp_path: Path, database: Database) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    result = start_local(train, "--base-model", "whatever", "--suffix", "v2")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: --suffix only applies to --provider openai, not local "
+        "(the local model name is --lora-name)"
+    ]
+    with database.read() as session:
+        assert session.scalars(sa.select(FineTuneJob)).all() == []

@@ -17,7 +17,7 @@ from openai.types.fine_tuning import FineTuningJobEvent
 from phischer import plots
 from phischer.cli import cli
 from phischer.db import Database
-from phischer.finetune import common
+from phischer.finetune import common, jobs
 from phischer.finetune import openai as ft
 from phischer.models import FineTuneJob, Persona
 from phischer.personas import PersonaSpec, add_persona
@@ -280,6 +280,29 @@ def test_job_creation_error_is_one_line_and_records_nothing(
     assert fake_ft.jobs == {} and jobs_in(database) == []
 
 
+def test_local_only_flags_are_refused_for_openai(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, tmp_path: Path
+) -> None:
+    result = run(
+        "finetune",
+        "start",
+        str(train),
+        "--persona",
+        "ada",
+        "--lora-rank",
+        "8",
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: --lora-rank, --output-dir only apply to --provider local, not openai"
+    ]
+    assert fake_ft.requests == [] and jobs_in(database) == []
+    # The same values left at their defaults are not "given": the job starts.
+    assert start_job(train, "--provider", "openai")
+
+
 def test_deadline_notice_follows_the_date() -> None:
     before = common.deadline_notice(dt.date(2027, 1, 5))
     assert "stops accepting new fine-tuning jobs on 2027-01-06" in before
@@ -440,6 +463,7 @@ def test_cancel_then_wait_ends_cancelled(
     assert error_lines(again) == [
         f"Error: OpenAI answered 400 while cancelling {job_id}: Job {job_id} has already completed"
     ]
+    assert jobs_in(database)[0].status == "cancelled"
 
 
 @pytest.mark.parametrize(
@@ -508,6 +532,120 @@ def test_connection_refused_is_one_line(
     assert jobs_in(database) == []
 
 
+def test_network_error_while_polling_is_one_line_and_keeps_the_job(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = start_job(train)
+    before = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
+    monkeypatch.setattr(ft, "MAX_RETRIES", 0)
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: cannot reach http://127.0.0.1:9/v1/ while checking {job_id} "
+        "(Connection error.): check your network or OPENAI_BASE_URL"
+    ]
+    after = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
+    assert after == before
+    assert persona(database).backend == "retrieval"
+
+
+def test_wait_backs_off_to_once_a_minute(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, sleeps: list[float]
+) -> None:
+    fake_ft.default_script = [Step("running")] * 9 + [Step("cancelled")]
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 0, result.output
+    # 5 s, x1.5 each time, never more than 60 s; no sleep after the final state.
+    assert sleeps == [5.0, 7.5, 11.25, 16.875, 25.3125, 37.96875, 56.953125, 60.0, 60.0]
+    assert result.output.splitlines()[-1] == f"{job_id}: cancelled"
+
+
+def test_progress_bar_follows_step_metrics() -> None:
+    bar = ft._progress(
+        None,
+        [
+            event(1, "message"),
+            event(2, "metrics", {"step": 1, "total_steps": 3, "train_loss": 2.1}),
+        ],
+    )
+    assert bar is not None
+    assert (bar.total, bar.n, bar.postfix) == (3, 1, "loss=2.100")
+    same = ft._progress(
+        bar, [event(3, "metrics", {"step": 3, "total_steps": 3, "train_loss": 0.9})]
+    )
+    assert same is bar and (bar.n, bar.postfix) == (3, "loss=0.900")
+    bar.close()
+    assert ft._progress(None, [event(4, "message")]) is None  # no steps yet: no bar
+
+
+def test_status_of_a_job_not_started_here_switches_nothing(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    client = openai.OpenAI(api_key=VALID_KEY, base_url=fake_ft.base_url)
+    uploaded = client.files.create(file=(train.name, train.read_bytes()), purpose="fine-tune")
+    other = client.fine_tuning.jobs.create(
+        model="gpt-4.1-mini-2025-04-14", training_file=uploaded.id
+    )
+    result = run("finetune", "status", other.id, "--wait")
+    assert result.exit_code == 0, result.output
+    assert f"{other.id}: succeeded, 4,321 trained tokens, model {FT_MODEL}" in result.output
+    assert "  (not started from here: no persona will be switched)" in result.output
+    assert "now answers with" not in result.output
+    assert jobs_in(database) == []
+    assert persona(database).backend == "retrieval"
+
+
+def test_success_moves_the_persona_off_its_previous_server(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    # Ada was served from a local LoRA server with its own key variable before.
+    with database.write() as session:
+        row = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
+        row.backend, row.model = "openai", "ada-lovelace"
+        row.base_url, row.api_key_env = "http://127.0.0.1:8000/v1", "VLLM_KEY"
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    job_id = start_job(train)
+    assert run("finetune", "status", job_id, "--wait").exit_code == 0
+    p = persona(database)
+    # The model lives on the account the job ran on: OPENAI_BASE_URL and OPENAI_API_KEY.
+    assert (p.backend, p.model, p.base_url, p.api_key_env) == ("openai", FT_MODEL, None, None)
+
+
+def test_local_jobs_are_never_sent_to_openai(
+    fake_ft: FakeOpenAI, ada: Path, database: Database, tmp_path: Path
+) -> None:
+    with database.write() as session:
+        jobs.record_job(
+            session,
+            job_id="local-20261122-101010",
+            provider="local",
+            persona_id=persona(database).id,
+            base_model="/models/tiny",
+            status="running",
+            training_file=str(tmp_path / "train.jsonl"),
+            output_dir=str(tmp_path / "adapter"),
+        )
+    status = run("finetune", "status", "local-20261122-101010")
+    assert status.exit_code == 0
+    assert status.output.splitlines() == [
+        f"local-20261122-101010: running (local LoRA in {tmp_path / 'adapter'})"
+    ]
+    cancel = run("finetune", "cancel", "local-20261122-101010")
+    assert cancel.exit_code == 1
+    assert cancel.output.splitlines() == [
+        "Error: local-20261122-101010 is a local job: stop it with Ctrl-C where it runs"
+    ]
+    assert fake_ft.requests == []
+    assert jobs_in(database)[0].status == "running"
+
+
 # -- list ----------------------------------------------------------------------------------
 
 
@@ -537,6 +675,21 @@ def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train
         "gpt-4o-mini-2024-07-18",
     ]
     assert len(lines) == 3
+
+
+def test_list_api_error_is_one_line_after_the_stored_jobs(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    job_id = start_job(train)
+    fake_ft.fail("GET", "/v1/fine_tuning/jobs", 401, "Incorrect API key provided")
+    result = run("finetune", "list")
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0].split()[0] == job_id
+    assert lines[1:] == [
+        "Error: OpenAI rejected the API key while listing fine-tuning jobs "
+        "(401: Incorrect API key provided): check OPENAI_API_KEY in .env"
+    ]
 
 
 def test_list_without_key_shows_only_stored_jobs(

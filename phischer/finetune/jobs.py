@@ -88,8 +88,10 @@ def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Perso
         name = persona_name(session, job)
         if name is not None:
             switched = personas.set_model(session, name, job.fine_tuned_model, backend="openai")
-            # The model lives where the job ran (OPENAI_BASE_URL), not on a server the
-            # persona may have pointed at before (e.g. a local vLLM for an earlier LoRA).
+            # The model lives where the job ran (OPENAI_BASE_URL, OPENAI_API_KEY's account),
+            # not on a server the persona may have pointed at before (e.g. a local vLLM for
+            # an earlier LoRA, with its own key variable).
             switched.base_url = None
+            switched.api_key_env = None
     session.flush()
     return switched

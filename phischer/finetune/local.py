@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,10 @@ INSTALL_HINT = (
     "--provider local needs the train extra: pip install -e '.[train]' "
     "(pin torch==2.13.0 for the CPU build)"
 )
+
+# The served model name goes into `--lora-modules NAME=PATH`, `ollama create NAME` and the
+# default output folder: letters, digits, '.', '-' and '_' only, like an Ollama model name.
+LORA_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 Echo = Callable[[str], None]
 
@@ -229,6 +234,28 @@ class TrainResult:
     # (step, loss) from the trainer's log history, earlier runs of a resumed job included.
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     eval_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def lora_name(persona_name: str, requested: str | None) -> str:
+    """The model name the server exposes: --lora-name as given, else from the persona name."""
+    if requested is None:
+        return sanitize_suffix(persona_name)
+    if not LORA_NAME_RE.fullmatch(requested):
+        raise FineTuneError(
+            f"--lora-name {requested!r} must be 1-64 letters, digits, '.', '-' or '_' "
+            "(it becomes a model name and a folder name), e.g. --lora-name ada-v2"
+        )
+    return requested
+
+
+def require_train_extra() -> None:
+    """Fail with the install hint unless torch, transformers and peft can be imported."""
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise FineTuneError(INSTALL_HINT) from None
 
 
 def _load(base_model: str) -> tuple[Any, Any]:
@@ -440,7 +467,7 @@ def start_local(
     with db.read() as session:
         persona = personas.get_persona(session, request.persona)
         persona_id, persona_name = persona.id, persona.name
-    name = request.lora_name or sanitize_suffix(persona_name)
+    name = lora_name(persona_name, request.lora_name)
     output_dir = request.output_dir or settings.instance_path / "adapters" / name
     for path in filter(None, (request.train_path, request.validation_path)):
         report = check_file(path)
@@ -450,6 +477,8 @@ def start_local(
                 f"{path}: {len(report.errors)} format error(s) (first on line "
                 f"{report.errors[0].line}): fix them before fine-tuning"
             )
+    # Before the job is recorded: a missing extra is not a failed training run.
+    require_train_extra()
     with db.write() as session:
         row = jobs.record_job(
             session,

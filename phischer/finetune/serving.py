@@ -8,11 +8,25 @@ from pathlib import Path
 VLLM_URL = "http://127.0.0.1:8000/v1"
 OLLAMA_URL = "http://127.0.0.1:11434/v1"
 LLAMA_CPP_URL = "http://127.0.0.1:8080/v1"
+# vLLM refuses any other --max-lora-rank ("max_lora_rank (12) must be one of (8, 16, ...)").
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that fits an adapter of this rank."""
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
+
+
+def _base(base_model: str) -> tuple[str, bool]:
+    # A local folder is written out absolute: Ollama reads a relative FROM against the
+    # Modelfile's folder, and the commands may be run from anywhere.
+    path = Path(base_model).expanduser()
+    return (str(path.resolve()), True) if path.is_dir() else (base_model, False)
 
 
 def modelfile(base_model: str, adapter_dir: Path) -> str:
     """An Ollama Modelfile: the base the adapter was trained on, plus the adapter folder."""
-    return f"FROM {base_model}\nADAPTER {adapter_dir}\n"
+    return f"FROM {_base(base_model)[0]}\nADAPTER {adapter_dir.resolve()}\n"
 
 
 def serving_guide(
@@ -21,8 +35,7 @@ def serving_guide(
     """SERVING.md: exact commands for each server, and what the persona now points at."""
     q = shlex.quote
     adapter = adapter_dir.resolve()
-    base_is_path = Path(base_model).expanduser().is_dir()
-    base = str(Path(base_model).expanduser().resolve()) if base_is_path else base_model
+    base, base_is_path = _base(base_model)
     gguf_base = q(base) if base_is_path else "BASE_MODEL_DIR"
     ollama_note = (
         ""
@@ -41,7 +54,7 @@ NAME --keyword KW --backend openai --model {name} --base-url URL`.
 
 ## vLLM ({VLLM_URL})
 
-    vllm serve {q(base)} --enable-lora --lora-modules {name}={q(str(adapter))} --max-lora-rank {max(rank, 8)} --port 8000
+    vllm serve {q(base)} --enable-lora --lora-modules {name}={q(str(adapter))} --max-lora-rank {vllm_max_lora_rank(rank)} --port 8000
 
 Check it: `curl {VLLM_URL}/models` lists `{name}`.
 
