@@ -38,7 +38,11 @@ from phischer.import_run import run_import
     show_default=True,
     help="At most this many user/assistant messages per example.",
 )
-@click.option("--mask-pii", is_flag=True, help="Replace emails, phone numbers and URLs.")
+@click.option(
+    "--mask-pii",
+    is_flag=True,
+    help="Replace emails, phone numbers and URLs (in texts and in names) with placeholders.",
+)
 def import_command(fmt: str, path: Path, me: str, out: Path, **options: object) -> None:
     """Turn a chat export (zip, folder or file) into a fine-tuning JSONL."""
     # ImportErrorMessage and other bad input are ValueErrors: friendly_errors makes them

@@ -8,7 +8,9 @@ shape it was trained on.
 Decisions where the contract is silent:
 - Sessions: a silence longer than `gap_hours` starts a new conversation. Sessions, not
   threads, are the unit written to the `.conversations` sidecar (`<thread id>#<n>`), so
-  `dataset split` can split a single long chat (one WhatsApp export) by conversation.
+  `dataset split` can split a single long chat (one WhatsApp export) by conversation. A
+  conversation marked `one_session` (an X self-thread: posts added days apart still answer
+  the one topic prompt) is never split.
 - Turns: consecutive messages by one sender merge with "\\n". In a group chat, consecutive
   messages by *different* other people also form one user turn, each speaker's run
   prefixed `Name: `; keeping user and assistant strictly alternating is what the serving
@@ -135,6 +137,9 @@ def mask_pii(text: str) -> str:
     return _PHONE.sub(_phone, text)
 
 
+_mask_pii = mask_pii  # build_examples' flag of the same name hides the function
+
+
 def _turns(
     messages: list[Message], mine: list[bool], is_group: bool, mask: bool
 ) -> tuple[list[dict[str, str]], int]:
@@ -166,7 +171,8 @@ def _turns(
             role = r
             speaker = None
         if is_group and not me and m.sender != speaker:
-            text = f"{m.sender}: {text}"
+            # A WhatsApp contact that was never saved is named by its phone number.
+            text = f"{mask_pii(m.sender) if mask else m.sender}: {text}"
             speaker = m.sender
         parts.append(text)
     if parts:
@@ -174,12 +180,21 @@ def _turns(
     return turns, openers
 
 
-def _session_bounds(times: list[dt.datetime], gap_hours: float) -> list[tuple[int, int]]:
+def _gap(gap_hours: float) -> dt.timedelta:
+    # NaN fails the comparison too; a gap too big for a timedelta (inf, 1e300) never splits.
+    if not gap_hours > 0:
+        raise ImportErrorMessage(f"--gap-hours must be more than 0, got {gap_hours:g}")
+    try:
+        return dt.timedelta(hours=gap_hours)
+    except OverflowError:
+        return dt.timedelta.max
+
+
+def _session_bounds(times: list[dt.datetime], gap: dt.timedelta) -> list[tuple[int, int]]:
     # (start, end) of each session: a new one wherever times[i] - times[i - 1] > gap. Built
     # from C-level maps, not a Python loop: this looks at every message of the export.
     if not times:
         return []
-    gap = dt.timedelta(hours=gap_hours)
     cuts = list(compress(count(1), map(gap.__lt__, map(sub, islice(times, 1, None), times))))
     return list(zip([0, *cuts], [*cuts, len(times)], strict=True))
 
@@ -197,8 +212,7 @@ def build_examples(
     """Yield chat examples for `me`; raises ImportErrorMessage at the end if `me` never spoke."""
     if max_turns < 2:
         raise ImportErrorMessage("--max-turns must be at least 2 (one message and one reply)")
-    if gap_hours <= 0:
-        raise ImportErrorMessage("--gap-hours must be more than 0")
+    gap = _gap(gap_hours)
     stats = stats if stats is not None else BuildStats()
     matcher = _MeMatcher(me)
     # The default prompt names the person as the export spells them ("Zoë Martín"), not as
@@ -220,7 +234,10 @@ def build_examples(
         stats.messages += len(msgs)
         stats.senders.update(senders)
         stats.me_messages += mine.count(True)
-        bounds = _session_bounds(times, gap_hours)
+        if conv.one_session:
+            bounds = [(0, len(msgs))] if msgs else []
+        else:
+            bounds = _session_bounds(times, gap)
         if not any(mine):
             stats.sessions += len(bounds)
             continue
@@ -236,7 +253,10 @@ def build_examples(
                 stats.me_name = next(
                     m.sender for m, me in zip(msgs[a:b], mine[a:b], strict=True) if me
                 )
-                stats.system = system_prompt(stats.me_name, system)
+                # The name goes into the prompt too: masked, a phone number used as a
+                # name does not leak through it.
+                name = _mask_pii(stats.me_name) if mask_pii else stats.me_name
+                stats.system = system_prompt(name, system)
                 sys_msg = {"role": "system", "content": stats.system}
             session_id = f"{conv.id}#{n}"
             for i in range(0, len(turns), size):

@@ -59,14 +59,18 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
+# Seconds before the progress bar appears: imports quicker than this print no bar at all.
+PROGRESS_DELAY_S = 1.0
+
+
 def _progress(conversations: Iterator[Conversation], label: str) -> Iterator[Conversation]:
-    # Per thread, on stderr; appears only when the import takes more than a second and
-    # stderr is a terminal, so small imports and pipes stay quiet.
+    # Per thread, on stderr; appears only when the import takes more than PROGRESS_DELAY_S
+    # and stderr is a terminal, so small imports and pipes stay quiet.
     with tqdm(
         conversations,
         desc=f"Importing {label}",
         unit=" threads",
-        delay=1,
+        delay=PROGRESS_DELAY_S,
         disable=None,
         leave=False,
     ) as bar:

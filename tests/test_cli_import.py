@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -182,3 +184,32 @@ def test_truncated_json_leaves_no_output(tmp_path: Path, where: str) -> None:
     assert result.output.count("\n") == 1
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, as tqdm checks before drawing a bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_only_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terminal: bool
+) -> None:
+    from phischer import import_run
+
+    # No waiting for the bar's one-second delay: it shows from the first thread.
+    monkeypatch.setattr(import_run, "PROGRESS_DELAY_S", 0)
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    result = import_run.run_import("messenger", MESSENGER, "Zoë Martín", tmp_path / "z.jsonl")
+    assert result.examples == 3
+    if terminal:
+        # A per-thread counter labelled with the format and the export's name, wiped at the
+        # end (leave=False) so the summary on stdout stands alone.
+        bar = err.getvalue()
+        assert bar.startswith("\rImporting messenger messenger: 0 threads [")
+        assert bar.endswith("\r")
+    else:
+        assert err.getvalue() == ""

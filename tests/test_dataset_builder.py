@@ -290,3 +290,58 @@ def test_messenger_fixture_end_to_end() -> None:
         "call": 1,
         "system": 3,
     }
+
+
+@pytest.mark.parametrize(("gap", "shown"), [(0, "0"), (-1, "-1"), (float("nan"), "nan")])
+def test_gap_hours_must_be_more_than_zero(gap: float, shown: str) -> None:
+    c = conv((0, "Bo", "hi"), (1, "Ana", "hey"))
+    with pytest.raises(ImportErrorMessage) as info:
+        list(build_examples([c], "Ana", gap_hours=gap))
+    assert str(info.value) == f"--gap-hours must be more than 0, got {shown}"
+
+
+@pytest.mark.parametrize("gap", [float("inf"), 1e300])
+def test_a_gap_too_long_for_a_timedelta_never_splits(gap: float) -> None:
+    year = 60 * 24 * 400  # minutes
+    c = conv((0, "Bo", "hi"), (1, "Ana", "hey"), (year, "Bo", "a year on"), (year + 1, "Ana", "ok"))
+    (ex,) = build_examples([c], "Ana", gap_hours=gap)
+    assert turns(ex) == [
+        ("user", "hi"),
+        ("assistant", "hey"),
+        ("user", "a year on"),
+        ("assistant", "ok"),
+    ]
+
+
+def test_one_session_conversation_is_never_split_on_silences() -> None:
+    c = conv((0, "Bo", "write a thread"), (1, "Ana", "post 1"), (60 * 48, "Ana", "post 2"))
+    stats = BuildStats()
+    assert [turns(e) for e in build_examples([c], "Ana", stats=stats)] == [
+        [("user", "write a thread"), ("assistant", "post 1")]
+    ]
+    assert (stats.sessions, stats.openers) == (2, 1)  # "post 2" opened a session of its own
+    c.one_session = True
+    stats = BuildStats()
+    (ex,) = build_examples([c], "Ana", stats=stats)
+    assert ex.conversation_id == "c1#0"
+    assert turns(ex) == [("user", "write a thread"), ("assistant", "post 1\npost 2")]
+    assert (stats.sessions, stats.openers) == (1, 0)
+
+
+def test_mask_pii_also_masks_names_in_group_prefixes_and_the_prompt() -> None:
+    # WhatsApp names a contact that was never saved by its phone number.
+    c = conv(
+        (0, "+44 7700 900123", "who's in?"),
+        (1, "Bo", "me, mail bo@example.com"),
+        (2, "+1 555 010 0199", "hi all"),
+        group=True,
+    )
+    (ex,) = build_examples([c], "+1 555 010 0199", mask_pii=True)
+    assert ex.messages[0]["content"] == DEFAULT_SYSTEM.format(me="<PHONE>")
+    assert turns(ex) == [
+        ("user", "<PHONE>: who's in?\nBo: me, mail <EMAIL>"),
+        ("assistant", "hi all"),
+    ]
+    (plain,) = build_examples([c], "+1 555 010 0199")
+    assert plain.messages[0]["content"] == DEFAULT_SYSTEM.format(me="+1 555 010 0199")
+    assert turns(plain)[0] == ("user", "+44 7700 900123: who's in?\nBo: me, mail bo@example.com")

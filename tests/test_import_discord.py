@@ -224,3 +224,25 @@ def test_cli_unknown_me_lists_senders(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "river.song (1), kai_m (1)" in result.output
     assert not (tmp_path / "out.jsonl").exists()
+
+
+MESSENGER_THREAD = (
+    FIX.parent / "messenger/your_facebook_activity/messages/inbox/samrivera_1001/message_1.json"
+)
+
+
+@pytest.mark.parametrize(
+    "other", [MESSENGER_THREAD, FIX.parent / "telegram" / "single" / "result.json"]
+)
+def test_another_apps_json_is_refused_not_imported_empty(tmp_path: Path, other: Path) -> None:
+    # Messenger and Telegram JSON have a "messages" list too; without the "channel" check
+    # every message was dropped as a system notice and the import blamed --me.
+    result = CliRunner().invoke(
+        cli, ["import", "discord", str(other), "--me", "Zoë Martín", "-o", "out.jsonl"]
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        f'Error: {other}: not a DiscordChatExporter JSON export (no "channel" object and '
+        '"messages" list)\n'
+    )
+    assert not (tmp_path / "out.jsonl").exists()

@@ -253,3 +253,13 @@ def test_notice_and_link_detection(text: str, sender: str, reason: str | None) -
     from phischer.importers.messenger import _text_reason
 
     assert _text_reason(text.strip(), sender, shared=False) == reason
+
+
+def test_messages_folder_at_the_root_as_older_exports_have_it(tmp_path: Path) -> None:
+    # Older exports put messages/ at the top; newer ones under your_facebook_activity/.
+    shutil.copytree(LEGACY / "your_facebook_activity" / "messages", tmp_path / "messages")
+    nested = _threads(LEGACY)
+    flat = _threads(tmp_path)
+    assert list(flat) == list(nested)
+    for key, conv in flat.items():
+        assert conv == nested[key]

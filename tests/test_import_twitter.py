@@ -158,3 +158,32 @@ def test_errors(tmp_path: Path) -> None:
     (tmp_path / "tweets.js").write_text('window.YTD.tweets.part0 = [ {"tweet" : {"id_str"')
     with pytest.raises(ImportErrorMessage, match=r"^Truncated JSON in .*tweets.js: "):
         _convs(tmp_path)
+
+
+def test_self_thread_posted_days_apart_is_still_one_example(tmp_path: Path) -> None:
+    # --gap-hours splits chats on silences; a self-thread answers one prompt however long
+    # after the first post the others were added, so it is never cut.
+    data = tmp_path / "data"
+    shutil.copytree(ARCHIVE / "data", data)
+    (data / "tweets-part2.js").write_text(
+        'window.YTD.tweets.part2 = [{"tweet": {"id_str": "200", "created_at": "Sat May 06 '
+        '19:00:00 +0000 2023", "full_text": "3/ three days later: I boiled them. Perfect.", '
+        '"in_reply_to_status_id_str": "105", "in_reply_to_screen_name": "zoemartin"}}]'
+    )
+    convs = _convs(tmp_path)
+    thread = next(c for c in convs if c.id == "twitter/103")
+    assert thread.one_session
+    examples = [
+        e for e in build_examples(convs, "zoemartin") if e.conversation_id == "twitter/103#0"
+    ]
+    assert [e.messages[1:] for e in examples] == [
+        [
+            {"role": "user", "content": "Write a thread about short thread, bagels failed."},
+            {
+                "role": "assistant",
+                "content": "A short thread on why my bagels failed 🧵\n1/ the water was too cold "
+                "<sigh>\n2/ I skipped the boil. Never again https://example.com/bagels\n"
+                "3/ three days later: I boiled them. Perfect.",
+            },
+        ]
+    ]

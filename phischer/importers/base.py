@@ -35,6 +35,9 @@ class Conversation:
     participants: list[str]
     messages: list[Message] = field(default_factory=list)
     is_group: bool = False
+    # Never split on silences (`--gap-hours`): an X self-thread answers one topic prompt
+    # however long after its first post the rest were added.
+    one_session: bool = False
     # Counts of what the importer dropped and why ("media", "system", "unsent", …).
     dropped: dict[str, int] = field(default_factory=dict)
 

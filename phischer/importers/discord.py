@@ -57,9 +57,17 @@ def import_discord(path: Path) -> Iterator[Conversation]:
 
 
 def _parse_json(data: Any, where: str, member: str, conv: Conversation | None) -> Conversation:
-    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+    # Other exports have a "messages" list too (Messenger, Telegram): only DiscordChatExporter
+    # writes a "channel" object beside it. Without that check their messages would all be
+    # dropped as system notices and the import would end in a misleading "--me" error.
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("messages"), list)
+        or not isinstance(data.get("channel"), dict)
+    ):
         raise ImportErrorMessage(
-            f'{where}: not a DiscordChatExporter JSON export (no "messages" list)'
+            f'{where}: not a DiscordChatExporter JSON export (no "channel" object and '
+            '"messages" list)'
         )
     channel = data.get("channel") or {}
     guild = data.get("guild") or {}

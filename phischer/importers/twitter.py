@@ -7,8 +7,9 @@ from the post itself (see `topic_prompt`), followed by the post(s) as your turn.
 then makes ordinary (prompt -> post) examples from it, with no special case.
 
 Self-threads (your replies to your own posts) are one conversation, posts in order, so the
-builder merges them into one reply. Replies to other people keep their target in the prompt
-("Write a reply to @bob about …"): the post they answered is not in the archive.
+builder merges them into one reply, however far apart they were posted (`one_session`).
+Replies to other people keep their target in the prompt ("Write a reply to @bob about …"):
+the post they answered is not in the archive.
 """
 
 from __future__ import annotations
@@ -260,6 +261,9 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
             title=text[:60],
             participants=[owner.sender],
             messages=[Message(sender=PROMPT_SENDER, text=prompt, timestamp=when)],
+            # The prompt asks for the whole thread: posts added hours or days later belong
+            # to it, so --gap-hours must not cut them off into a conversation of their own.
+            one_session=True,
         )
         for tid in ids:
             conv.messages.append(
