@@ -54,7 +54,9 @@ def persona_group() -> None:
     help="Chat JSONL (from `phischer import`); the retrieval backend answers from it.",
 )
 @click.option(
-    "--system", "system_prompt", help="System prompt (use the one the dataset was built with)."
+    "--system",
+    "system_prompt",
+    help="System prompt (default: the one --dataset was built with, from its first example).",
 )
 @click.option("--greeting", help="Reply sent when someone switches to this persona.")
 @click.option("--temperature", type=float, help="Sampling temperature (openai backend).")
@@ -66,6 +68,8 @@ def add(obj: Context, name: str, **options: object) -> None:
     with obj.write() as session:
         p = personas.add_persona(session, personas.PersonaSpec(name=name, **options))  # type: ignore[arg-type]
         click.echo(f"Added persona {p.name} (#{p.keyword}, {p.backend}).")
+        if p.system_prompt and options.get("system_prompt") is None:
+            click.echo(f"System prompt (from the dataset): {p.system_prompt}")
 
 
 @persona_group.command("list")

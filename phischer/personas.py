@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -58,6 +59,21 @@ def validate_keyword(keyword: str) -> str:
     return kw
 
 
+def dataset_system_prompt(path: Path) -> str | None:
+    """The system prompt a chat JSONL was built with (its first example's), if it has one."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), "")
+        messages = json.loads(first).get("messages") or []
+        head = messages[0]
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, IndexError, KeyError):
+        return None  # not our format: `dataset check` is where it gets explained
+    if isinstance(head, dict) and head.get("role") == "system":
+        content = head.get("content")
+        return content if isinstance(content, str) and content.strip() else None
+    return None
+
+
 def add_persona(session: Session, spec: PersonaSpec) -> Persona:
     """Create a persona after checking its keyword, backend and dataset."""
     keyword = validate_keyword(spec.keyword)
@@ -70,11 +86,15 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
             "backend retrieval needs --dataset FILE (chat JSONL from `phischer import`)"
         )
     dataset = None
+    system_prompt = spec.system_prompt
     if spec.dataset:
         path = Path(spec.dataset).expanduser()
         if not path.is_file():
             raise PersonaError(f"dataset {spec.dataset} does not exist")
         dataset = str(path.resolve())
+        # The clone answers best under the prompt its examples were built with (DESIGN §7).
+        if system_prompt is None:
+            system_prompt = dataset_system_prompt(path)
     if session.scalar(sa.select(Persona.id).where(Persona.name == spec.name)):
         raise PersonaError(f"persona {spec.name!r} already exists (remove it first)")
     if session.scalar(sa.select(Persona.name).where(Persona.keyword == keyword)):
@@ -89,7 +109,7 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
         base_url=spec.base_url,
         api_key_env=spec.api_key_env,
         dataset=dataset,
-        system_prompt=spec.system_prompt,
+        system_prompt=system_prompt,
         greeting=spec.greeting,
         temperature=spec.temperature,
         max_tokens=spec.max_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -118,6 +119,30 @@ def test_persona_commands(tmp_path):
     assert bad_route.exit_code == 1 and "no persona 'nobody' (known: Cleo)" in bad_route.output
     assert run("persona", "remove", "Cleo").exit_code == 0
     assert "No personas yet" in run("persona", "list").output
+
+
+def test_persona_takes_the_datasets_system_prompt(tmp_path):
+    built = tmp_path / "built.jsonl"
+    prompt = "You are Zoë Martín. Reply to text messages the way Zoë Martín would."
+    example = {
+        "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": "hi"}]
+    }
+    built.write_text("\n" + json.dumps(example) + "\n")
+    added = run("persona", "add", "Zoe", "--keyword", "zoe", "--dataset", str(built))
+    assert added.exit_code == 0 and f"System prompt (from the dataset): {prompt}" in added.output
+    assert f"system       {prompt}" in run("persona", "show", "zoe").output
+    # --system wins over the dataset's; a dataset without one leaves the prompt empty.
+    run("persona", "add", "Own", "--keyword", "own", "--dataset", str(built), "--system", "Mine.")
+    assert "system       Mine." in run("persona", "show", "own").output
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text('{"messages": [{"role": "user", "content": "a"}]}\nnot json\n')
+    plain = run("persona", "add", "Plain", "--keyword", "plain", "--dataset", str(bare))
+    assert plain.exit_code == 0 and "System prompt" not in plain.output
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json")
+    assert run("persona", "add", "B", "--keyword", "b", "--dataset", str(broken)).exit_code == 0
+    for name in ("plain", "b"):
+        assert "system " not in run("persona", "show", name).output
 
 
 def test_route_pins_a_number(app, twilio_post, database):
