@@ -22,7 +22,8 @@ _public_url = click.option(
 )
 
 
-@click.command("tunnel")
+# -h as well as --help also when scripts/tunnel.py runs this command without the group.
+@click.command("tunnel", context_settings={"help_option_names": ["-h", "--help"]})
 @_port
 @_public_url
 @click.option("--no-restore", is_flag=True, help="Leave the number on this URL when stopping.")

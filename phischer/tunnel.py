@@ -42,6 +42,10 @@ NGROK_FIXES = (
 PUBLIC_URL_FILE = "public_url"
 STATE_FILE = "tunnel_state.json"
 STOP_HINT = "Ctrl-C to stop; the number's previous SMS URL is then restored."
+# Signals handled like Ctrl-C (SIGHUP: the terminal was closed; not on Windows).
+STOP_SIGNALS = tuple(
+    sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
+)
 
 
 class TunnelError(ValueError):
@@ -69,6 +73,7 @@ class Registration:
     previous_url: str
     previous_method: str
     warnings: list[str] = field(default_factory=list)
+    refused: bool = False  # Twilio refused the change: there is nothing to restore
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,12 @@ def open_ngrok(port: int) -> Tunnel:
     opened = str(tunnel.public_url)
 
     def close() -> None:
-        ngrok.disconnect(opened, pyngrok_config=config)
-        ngrok.kill(pyngrok_config=config)
+        try:
+            ngrok.disconnect(opened, pyngrok_config=config)
+        finally:
+            # An agent that died first (a TERM to the whole process group) fails the
+            # disconnect; the kill must still run or a live agent outlives us.
+            ngrok.kill(pyngrok_config=config)
 
     # ngrok serves the same host over https; Twilio should call the TLS one.
     url = "https://" + opened[len("http://") :] if opened.startswith("http://") else opened
@@ -220,7 +229,10 @@ def handled_elsewhere(client: Client, number: Any, sms_url: str) -> list[str]:
     """Warnings for settings that make Twilio ignore the number's own SMS URL."""
     phone = number.phone_number
     warnings = []
-    if number.sms_application_sid:
+    # Twilio links a number to its Messaging Service through this field too (an MG… sid):
+    # that case is the service's, checked below, and harmless when it defers to the number.
+    app_sid = number.sms_application_sid or ""
+    if app_sid and not app_sid.startswith("MG"):
         warnings.append(
             f"{phone} sends incoming SMS to TwiML App {number.sms_application_sid} "
             f"(sms_application_sid), which ignores the number's SMS URL: in the Twilio console "
@@ -234,7 +246,9 @@ def handled_elsewhere(client: Client, number: Any, sms_url: str) -> list[str]:
                 members = client.messaging.v1.services(service.sid).phone_numbers.stream(
                     page_size=50
                 )
-                if not any(m.sid == number.sid or m.phone_number == phone for m in members):
+                if service.sid != app_sid and not any(
+                    m.sid == number.sid or m.phone_number == phone for m in members
+                ):
                     continue
                 if service.use_inbound_webhook_on_number:
                     continue
@@ -248,9 +262,10 @@ def handled_elsewhere(client: Client, number: Any, sms_url: str) -> list[str]:
                     f"from the service"
                 )
     except TunnelError as exc:
+        which = f"Messaging Service {app_sid}" if app_sid.startswith("MG") else "one"
         warnings.append(
-            f"could not check Messaging Services ({exc}); if {phone} is in one, its incoming "
-            f"settings may win over the number's SMS URL"
+            f"could not check Messaging Services ({exc}); if {phone} is in {which}, its "
+            f"incoming settings may win over the number's SMS URL"
         )
     return warnings
 
@@ -262,14 +277,20 @@ def _load_state(instance_path: Path) -> dict[str, Any]:
         return {}
 
 
+def _save_state(instance_path: Path, state: dict[str, Any]) -> None:
+    # Whole or not at all: a half-written record would lose the URL it exists to keep.
+    with atomic_files(instance_path / STATE_FILE) as (fh,):
+        fh.write(json.dumps(state))
+
+
 def _forget_state(instance_path: Path) -> None:
     (instance_path / STATE_FILE).unlink(missing_ok=True)
 
 
-def register_webhook(
+def plan_registration(
     client: Client, number: Any, sms_url: str, instance_path: Path
 ) -> Registration:
-    """Point the number's SMS URL at `sms_url` (POST), remembering the previous URL and method."""
+    """What `apply_registration` will change: the new URL, the previous URL and method, warnings."""
     phone = number.phone_number
     warnings = handled_elsewhere(client, number, sms_url)
     previous_url, previous_method = number.sms_url or "", number.sms_method or "POST"
@@ -278,9 +299,7 @@ def register_webhook(
     if state.get("number_sid") == number.sid and state.get("sms_url") == previous_url:
         previous_url, previous_method = state["previous_url"], state["previous_method"]
         log.debug("Previous run of %s did not restore; using its saved URL", mask_number(phone))
-    with twilio_errors(f"update the SMS URL of {phone}"):
-        client.incoming_phone_numbers(number.sid).update(sms_url=sms_url, sms_method="POST")
-    registration = Registration(
+    return Registration(
         number_sid=number.sid,
         phone_number=phone,
         sms_url=sms_url,
@@ -288,23 +307,47 @@ def register_webhook(
         previous_method=previous_method,
         warnings=warnings,
     )
-    instance_path.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in asdict(registration).items() if k != "warnings"}
-    (instance_path / STATE_FILE).write_text(json.dumps(state))
+
+
+def apply_registration(client: Client, registration: Registration, instance_path: Path) -> None:
+    """Point the number's SMS URL at `registration.sms_url` (POST), recorded in the state file first."""
+    phone = registration.phone_number
+    prior = _load_state(instance_path)
+    # Recorded before the request: a run killed or interrupted while Twilio applies it
+    # (the change may or may not have landed) still knows the URL to put back.
+    _save_state(
+        instance_path,
+        {k: v for k, v in asdict(registration).items() if k not in ("warnings", "refused")},
+    )
+    try:
+        with twilio_errors(f"update the SMS URL of {phone}"):
+            client.incoming_phone_numbers(registration.number_sid).update(
+                sms_url=registration.sms_url, sms_method="POST"
+            )
+    except TunnelError:
+        registration.refused = True
+        # Nothing changed: keep what an earlier, killed run recorded.
+        if prior:
+            _save_state(instance_path, prior)
+        else:
+            _forget_state(instance_path)
+        raise
     log.debug("Registered the SMS URL of %s", mask_number(phone))
-    return registration
 
 
-def restore_webhook(client: Client, registration: Registration, instance_path: Path) -> str:
+def restore_webhook(client: Client, registration: Registration, instance_path: Path) -> str | None:
     """Put the previous SMS URL back (unless someone changed it meanwhile); say what happened."""
+    if registration.refused:
+        return None
     phone = registration.phone_number
     with twilio_errors(f"read the SMS URL of {phone}"):
         current = client.incoming_phone_numbers(registration.number_sid).fetch()
-    if (current.sms_url or "") != registration.sms_url:
+    now = current.sms_url or ""
+    if now != registration.sms_url:
         _forget_state(instance_path)
-        return (
-            f"Left the SMS URL of {phone} as is: it was changed to {current.sms_url!r} meanwhile."
-        )
+        if now == registration.previous_url:  # interrupted before Twilio applied the change
+            return f"The SMS URL of {phone} was not changed ({now or '(empty)'})."
+        return f"Left the SMS URL of {phone} as is: it was changed to {now!r} meanwhile."
     with twilio_errors(f"restore the SMS URL of {phone}"):
         client.incoming_phone_numbers(registration.number_sid).update(
             sms_url=registration.previous_url, sms_method=registration.previous_method
@@ -319,21 +362,33 @@ def restore_webhook(client: Client, registration: Registration, instance_path: P
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Make SIGTERM stop us like Ctrl-C, so `finally` blocks restore the number and close the tunnel."""
+    """Make SIGTERM and SIGHUP stop us like Ctrl-C: `finally` blocks restore and close everything.
+
+    SIGHUP is what closing the terminal window sends; left at its default it would kill the
+    process with the number still pointing at a tunnel that is about to vanish.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
         # A supervisor repeating TERM must not interrupt the restore it asked for.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _forget_unless_refused(registration: Registration, instance_path: Path) -> None:
+    """--no-restore: drop the record, unless the change was refused (then it is an older run's)."""
+    if not registration.refused:
+        _forget_state(instance_path)
 
 
 def _step(echo: Echo, what: str, fn: Callable[[], object]) -> None:
@@ -374,9 +429,11 @@ def exposed(
             echo(f"Tunnel open: {base} → http://127.0.0.1:{port}")
         write_public_url(instance, base)
         stack.callback(remove_public_url, instance, base)
-        registration = register_webhook(client, number, base + "/sms", instance)
+        registration = plan_registration(client, number, base + "/sms", instance)
         for warning in registration.warnings:
             echo(f"Warning: {warning}")
+        # Undo steps go in before the change: a Ctrl-C or SIGTERM while Twilio applies it
+        # still restores (restore_webhook looks at the number first).
         if restore:
             previous = registration.previous_url or "(empty)"
             stack.callback(
@@ -387,7 +444,8 @@ def exposed(
                 lambda: restore_webhook(client, registration, instance),
             )
         else:
-            stack.callback(_forget_state, instance)
+            stack.callback(_forget_unless_refused, registration, instance)
+        apply_registration(client, registration, instance)
         yield Exposure(public_url=base, sms_url=base + "/sms", port=port, registration=registration)
 
 

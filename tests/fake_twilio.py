@@ -11,15 +11,20 @@ Point the SDK at it with TWILIO_API_BASE_URL=fake.url (see phischer.twilio_clien
 
 and records every request (method, path, query, form) for assertions. Messages.json can be
 scripted to fail: `fake.fail_messages(400, 21610, "unsubscribed")` answers the next send so.
+Any endpoint can be scripted too: `fake.fail_next("GET", "/v1/Services", 403, 20003, "…")`
+refuses the next such request, and `fake.after_next("POST", "/PN….json", fn)` calls `fn()` once
+that request has been applied, before it is answered (a Ctrl-C while the SDK waits).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +34,16 @@ ACCOUNT_SID = "AC" + "0" * 30
 AUTH_TOKEN = "fake-auth-token-0123456789abcdef"
 
 _API = re.compile(r"^/2010-04-01/Accounts/(?P<ac>AC\w+)/(?P<rest>.+)$")
+
+
+@dataclass
+class Scripted:
+    """A one-shot script for the next request matching `method` and `path_suffix`."""
+
+    method: str
+    path_suffix: str
+    error: tuple[int, int, str] | None = None
+    then: Callable[[], None] | None = None
 
 
 @dataclass
@@ -79,6 +94,7 @@ class FakeTwilio:
     auth_token: str = AUTH_TOKEN
     url: str = ""
     _failures: list[tuple[int, int, str]] = field(default_factory=list)
+    _scripts: list[Scripted] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -124,6 +140,16 @@ class FakeTwilio:
     def fail_messages(self, status: int, code: int, message: str, times: int = 1) -> None:
         """Make the next `times` POSTs to Messages.json fail with a Twilio error body."""
         self._failures.extend([(status, code, message)] * times)
+
+    def fail_next(
+        self, method: str, path_suffix: str, status: int, code: int, message: str
+    ) -> None:
+        """Refuse the next `method` request whose path ends with `path_suffix` (nothing applied)."""
+        self._scripts.append(Scripted(method, path_suffix, error=(status, code, message)))
+
+    def after_next(self, method: str, path_suffix: str, then: Callable[[], None]) -> None:
+        """Call `then()` once the next matching request is applied, before it is answered."""
+        self._scripts.append(Scripted(method, path_suffix, then=then))
 
     def calls(self, method: str, path_suffix: str) -> list[Recorded]:
         """Recorded requests with this method whose path ends with `path_suffix`."""
@@ -175,12 +201,28 @@ class FakeTwilio:
             )
             if authorization != expected:
                 return _error(401, 20003, "Authenticate")
-            if path.startswith("/v1/Services"):
-                return self._messaging(method, path)
-            match = _API.match(path)
-            if not match or match["ac"] != self.account_sid:
-                return _error(404, 20404, f"The requested resource {path} was not found")
-            return self._api(method, match["rest"], query, form)
+            script = next(
+                (s for s in self._scripts if s.method == method and path.endswith(s.path_suffix)),
+                None,
+            )
+            if script is not None:
+                self._scripts.remove(script)
+                if script.error is not None:
+                    return _error(*script.error)
+            answer = self._route(method, path, query, form)
+        if script is not None and script.then is not None:
+            script.then()  # outside the lock: it may make more requests
+        return answer
+
+    def _route(
+        self, method: str, path: str, query: dict[str, str], form: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        if path.startswith("/v1/Services"):
+            return self._messaging(method, path)
+        match = _API.match(path)
+        if not match or match["ac"] != self.account_sid:
+            return _error(404, 20404, f"The requested resource {path} was not found")
+        return self._api(method, match["rest"], query, form)
 
     def _api(
         self, method: str, rest: str, query: dict[str, str], form: dict[str, str]
@@ -284,6 +326,12 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Without this the SDK's small POSTs wait on delayed ACKs (~40 ms each).
     disable_nagle_algorithm = True
+
+    def handle(self) -> None:
+        """Serve the connection; a client that hangs up (an interrupted request) is no error."""
+        # What was applied stays applied, as on Twilio.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            super().handle()
 
     def _serve(self, method: str) -> None:
         parts = urlsplit(self.path)

@@ -334,6 +334,45 @@ def test_tunnel_warns_when_a_twiml_app_handles_incoming_sms(
     assert number["sms_url"] == OLD_URL  # restored
 
 
+@pytest.mark.parametrize("defers", [False, True])
+def test_a_service_sid_in_sms_application_sid_is_not_called_a_twiml_app(
+    fake_twilio: FakeTwilio, run_live: Callable[..., Any], serving: int, defers: bool
+) -> None:
+    """Twilio links a number to its Messaging Service through sms_application_sid (MG…)."""
+    number = fake_twilio.add_number(PHONE, sms_url=OLD_URL)
+    service = fake_twilio.add_service(
+        "Clone service", [number], inbound_request_url=None, use_inbound_webhook_on_number=defers
+    )
+    number["sms_application_sid"] = service["sid"]
+    result = run_live("tunnel", "--port", str(serving))
+
+    expected = [
+        f"Warning: {PHONE} belongs to Messaging Service 'Clone service' ({service['sid']}), "
+        f"whose incoming-message setting wins over the number's SMS URL "
+        f"(now: none (messages are dropped)): in the Twilio console open Messaging → "
+        f"Services → Clone service → Integration and choose 'Send a webhook' with "
+        f"{TUNNEL_URL}/sms (POST) or 'Defer to sender's webhook', or remove the number "
+        f"from the service"
+    ]
+    assert warnings(result.output) == ([] if defers else expected)
+    assert number["sms_url"] == OLD_URL
+
+
+def test_messaging_services_that_cannot_be_listed_are_a_warning_not_a_failure(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any], serving: int
+) -> None:
+    fake_twilio.fail_next("GET", "/v1/Services", 403, 20003, "Permission denied")
+    result = run_live("tunnel", "--port", str(serving))
+
+    assert warnings(result.output) == [
+        f"Warning: could not check Messaging Services (Twilio refused to list your Messaging "
+        f"Services (HTTP 403, error 20003: Permission denied): the credentials lack permission "
+        f"(use the account's own SID and token)); if {PHONE} is in one, its incoming settings "
+        f"may win over the number's SMS URL"
+    ]
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [f"{TUNNEL_URL}/sms", OLD_URL]
+
+
 def test_tunnel_public_url_option_skips_ngrok(
     fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, run_live: Callable[..., Any]
 ) -> None:
@@ -417,26 +456,103 @@ def test_wrong_credentials_are_one_line(
     )
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 def test_sigterm_restores_like_ctrl_c(
     number: dict[str, Any],
     ngrok: FakeNgrok,
     monkeypatch: pytest.MonkeyPatch,
+    signum: signal.Signals,
 ) -> None:
+    """SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal window closed) stop cleanly."""
+
     def terminated(exposure: tunnel.Exposure) -> None:
         assert number["sms_url"] == f"{TUNNEL_URL}/sms"
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
         time.sleep(30)  # the handler interrupts this at once
-        raise AssertionError("SIGTERM did not stop the wait")
+        raise AssertionError(f"{signum.name} did not stop the wait")
 
     monkeypatch.setattr(tunnel, "wait_for_shutdown", terminated)
-    before = signal.getsignal(signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     result = run("tunnel")
 
     assert result.exit_code == 0, result.output
+    assert "Shutting down…" in result.output
     assert number["sms_url"] == OLD_URL
     assert ngrok.closed == 1
     assert not (instance() / "public_url").exists()
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_ctrl_c_while_twilio_applies_the_change_still_restores(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    """SIGTERM lands while the SDK waits for Twilio's answer to the update it already applied."""
+    main = threading.main_thread().ident
+    assert main is not None
+    fake_twilio.after_next(
+        "POST",
+        f"/IncomingPhoneNumbers/{number['sid']}.json",
+        lambda: signal.pthread_kill(main, signal.SIGTERM),
+    )
+    waiter = stop()
+    result = run("tunnel")
+
+    assert waiter.exposure is None  # interrupted before the wait
+    assert result.exit_code == 1  # setup did not finish: click's "Aborted!", no traceback
+    assert [line for line in result.output.splitlines() if line] == [
+        f"Tunnel open: {TUNNEL_URL} → http://127.0.0.1:5000",
+        f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET).",
+        "Aborted!",
+    ]
+    assert updates(fake_twilio, number) == [
+        {"SmsUrl": f"{TUNNEL_URL}/sms", "SmsMethod": "POST"},
+        {"SmsUrl": OLD_URL, "SmsMethod": "GET"},
+    ]
+    assert ngrok.closed == 1
+    assert not (instance() / "public_url").exists()
+    assert not (instance() / tunnel.STATE_FILE).exists()
+
+
+def test_a_refused_update_is_one_line_and_undoes_the_tunnel(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    fake_twilio.fail_next("POST", path, 400, 21502, "Invalid SmsUrl")
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert result.output.splitlines()[1:] == [
+        f"Error: Twilio refused to update the SMS URL of {PHONE} (HTTP 400, error 21502: "
+        f"Unable to update record: Invalid SmsUrl)"
+    ]
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert [r.method for r in fake_twilio.calls("POST", path)] == ["POST"]  # no "restore"
+    assert fake_twilio.calls("GET", path) == []
+    assert ngrok.closed == 1
+    assert not (instance() / "public_url").exists()
+    assert not (instance() / tunnel.STATE_FILE).exists()
+
+
+def test_a_refused_restore_is_a_warning_and_the_next_run_repairs_it(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    result = run_live(
+        "tunnel",
+        check=lambda exposure: fake_twilio.fail_next("POST", path, 503, 20503, "Unavailable"),
+    )
+
+    assert [w for w in warnings(result.output) if "restore" in w] == [
+        f"Warning: could not restore the SMS URL of {PHONE} to {OLD_URL} (do it in the Twilio "
+        f"console, or run `phischer tunnel` again: it repairs it): Twilio refused to restore "
+        f"the SMS URL of {PHONE} (HTTP 503, error 20503: Unable to update record: Unavailable)"
+    ]
+    assert number["sms_url"] == f"{TUNNEL_URL}/sms"
+    assert (instance() / tunnel.STATE_FILE).exists()
+
+    run_live("tunnel")  # the next tunnel has another URL; it restores the original
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
 
 
 def test_restore_leaves_a_url_someone_changed_meanwhile(
@@ -637,6 +753,28 @@ def test_open_ngrok_uses_installed_binary_and_token(monkeypatch: pytest.MonkeyPa
     ]
 
 
+def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyngrok import ngrok
+    from pyngrok.exception import PyngrokNgrokError
+
+    killed: list[bool] = []
+
+    def disconnect(url: str, pyngrok_config: Any) -> None:
+        raise PyngrokNgrokError("ngrok client exception, URLError: Connection refused")
+
+    monkeypatch.setattr(ngrok, "connect", lambda *a, **kw: _PyngrokTunnel("https://abc.ngrok.io"))
+    monkeypatch.setattr(ngrok, "disconnect", disconnect)
+    monkeypatch.setattr(ngrok, "kill", lambda pyngrok_config: killed.append(True))
+
+    opened = tunnel.open_ngrok(5001)
+    assert opened.public_url == "https://abc.ngrok.io"
+    with pytest.raises(PyngrokNgrokError):
+        opened.close()
+    assert killed == [True]
+
+
 @pytest.mark.parametrize("kind", ["install", "agent"])
 def test_ngrok_failure_is_one_line_with_both_fixes(
     monkeypatch: pytest.MonkeyPatch, number: dict[str, Any], stop: Callable[..., Stop], kind: str
@@ -670,6 +808,21 @@ def test_ngrok_failure_is_one_line_with_both_fixes(
     assert not (instance() / "public_url").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("tunnel", ["--port", "--public-url URL", "--no-restore"]),
+        ("up", ["--port", "--public-url URL"]),
+    ],
+)
+def test_help_lists_the_design_options(command: str, options: list[str]) -> None:
+    """DESIGN §6: `tunnel [--port] [--public-url URL] [--no-restore]`, `up [--port] [--public-url URL]`."""
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert [o for o in options if o not in result.output] == []
+    assert ("--no-restore" in result.output) == (command == "tunnel")
+
+
 def test_script_wrapper_runs_the_same_command(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
     result = subprocess.run(
@@ -685,6 +838,17 @@ def test_script_wrapper_runs_the_same_command(tmp_path: Path) -> None:
         "Error: TWILIO_ACCOUNT_SID is not set: add the Account SID (AC…) from "
         "console.twilio.com → Account info to .env"
     ]
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "tunnel.py"), "-h"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("Usage: scripts/tunnel.py [OPTIONS]")
+    assert "--public-url URL" in shown.stdout and "--no-restore" in shown.stdout
 
 
 # -- the Twilio client factory and the fake ------------------------------------------------
