@@ -113,9 +113,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Alembic narrates every migration check at INFO, and the OpenAI SDK every retry;
+    # Alembic narrates every migration check at INFO, the OpenAI SDK every retry and
+    # pyngrok every line of the ngrok agent's log;
     # phischer reports the outcome in one line, so keep them quiet unless asked.
-    for noisy in ("alembic", "openai", "httpx"):
+    for noisy in ("alembic", "openai", "httpx", "pyngrok"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     ctx.ensure_object(Context)
 
