@@ -276,6 +276,17 @@ def test_tunnel_partial_pattern_matches_are_not_taken_for_the_number(
     assert updates(fake_twilio, other) == []
 
 
+def service_warning(service_sid: str, now: str) -> str:
+    """The warning for PHONE in Messaging Service 'Clone service' whose inbound setting is `now`."""
+    return (
+        f"Warning: {PHONE} belongs to Messaging Service 'Clone service' ({service_sid}), "
+        f"whose incoming-message setting wins over the number's SMS URL (now: {now}): in the "
+        f"Twilio console open Messaging → Services → Clone service → Integration and choose "
+        f"'Send a webhook' with {TUNNEL_URL}/sms (POST) or 'Defer to sender's webhook', or "
+        f"remove the number from the service"
+    )
+
+
 def test_tunnel_several_matches_is_an_error(
     fake_twilio: FakeTwilio, refused: Callable[..., str]
 ) -> None:
@@ -304,12 +315,7 @@ def test_tunnel_warns_when_a_messaging_service_handles_incoming_sms(
     result = run_live("tunnel", "--port", str(serving))
 
     assert warnings(result.output) == [
-        f"Warning: {PHONE} belongs to Messaging Service 'Clone service' ({service['sid']}), "
-        f"whose incoming-message setting wins over the number's SMS URL "
-        f"(now: https://hooks.example.com/in): in the Twilio console open Messaging → "
-        f"Services → Clone service → Integration and choose 'Send a webhook' with "
-        f"{TUNNEL_URL}/sms (POST) or 'Defer to sender's webhook', or remove the number "
-        f"from the service"
+        service_warning(service["sid"], now="https://hooks.example.com/in")
     ]
     # The lookup went to messaging.twilio.com's paths, served by the fake.
     assert len(fake_twilio.calls("GET", "/v1/Services")) == 1
@@ -346,14 +352,7 @@ def test_a_service_sid_in_sms_application_sid_is_not_called_a_twiml_app(
     number["sms_application_sid"] = service["sid"]
     result = run_live("tunnel", "--port", str(serving))
 
-    expected = [
-        f"Warning: {PHONE} belongs to Messaging Service 'Clone service' ({service['sid']}), "
-        f"whose incoming-message setting wins over the number's SMS URL "
-        f"(now: none (messages are dropped)): in the Twilio console open Messaging → "
-        f"Services → Clone service → Integration and choose 'Send a webhook' with "
-        f"{TUNNEL_URL}/sms (POST) or 'Defer to sender's webhook', or remove the number "
-        f"from the service"
-    ]
+    expected = [service_warning(service["sid"], now="none (messages are dropped)")]
     assert warnings(result.output) == ([] if defers else expected)
     assert number["sms_url"] == OLD_URL
 
