@@ -93,7 +93,6 @@ class FakeTwilio:
     account_sid: str = ACCOUNT_SID
     auth_token: str = AUTH_TOKEN
     url: str = ""
-    _failures: list[tuple[int, int, str]] = field(default_factory=list)
     _scripts: list[Scripted] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -139,7 +138,8 @@ class FakeTwilio:
 
     def fail_messages(self, status: int, code: int, message: str, times: int = 1) -> None:
         """Make the next `times` POSTs to Messages.json fail with a Twilio error body."""
-        self._failures.extend([(status, code, message)] * times)
+        for _ in range(times):
+            self.fail_next("POST", "/Messages.json", status, code, message)
 
     def fail_next(
         self, method: str, path_suffix: str, status: int, code: int, message: str
@@ -249,9 +249,6 @@ class FakeTwilio:
                         number[attr] = form[key]
             return 200, dict(number)
         if rest == "Messages.json" and method == "POST":
-            if self._failures:
-                status, code, message = self._failures.pop(0)
-                return _error(status, code, message)
             if not form.get("To") or not (form.get("Body") or form.get("MediaUrl")):
                 return _error(400, 21602, "Message body is required.")
             sid = "SM" + secrets.token_hex(16)
