@@ -54,7 +54,10 @@ def seed(obj: Context) -> None:
     if not added:
         click.echo("Personas already exist; nothing seeded.")
     for s in added:
-        click.echo(f"Seeded sample persona {s.name} (#{s.keyword}, {s.examples} examples).")
+        click.echo(
+            f"Seeded sample persona {s.name} (#{s.keyword}, {s.examples} examples, "
+            f"{s.exchanges} exchanges)."
+        )
 
 
 @click.command("text")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from phischer.backends.retrieval import load_pairs
 from phischer.config import Settings
 from phischer.dataset import build_examples, write_jsonl
 from phischer.db import Database
@@ -25,6 +26,7 @@ class Seeded:
     name: str
     keyword: str
     examples: int
+    exchanges: int  # distinct (text, reply) pairs the retrieval backend answers from
 
 
 def sample_specs() -> list[dict[str, str]]:
@@ -58,5 +60,6 @@ def seed_samples(settings: Settings, db: Database) -> list[Seeded]:
                     is_default=i == 0,
                 ),
             )
-        seeded.append(Seeded(spec["name"], spec["keyword"], count))
+        exchanges = len(load_pairs(path)[1])
+        seeded.append(Seeded(spec["name"], spec["keyword"], count, exchanges))
     return seeded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -217,3 +218,23 @@ def test_serve_on_a_busy_port_is_one_line(tmp_path):
         f"Error: Cannot listen on 127.0.0.1:{port} (Address already in use): stop the program "
         "using it or pass --port N"
     ]
+
+
+def test_seed_adds_the_samples_once_and_says_how_big_they_are():
+    assert run("db", "upgrade").exit_code == 0
+    first = run("seed")
+    assert first.exit_code == 0
+    seeded = re.findall(
+        r"Seeded sample persona (.+) \(#(\w+), (\d+) examples, (\d+) exchanges\)\.", first.output
+    )
+    assert [(name, kw) for name, kw, _, _ in seeded] == [
+        ("Marguerite Okafor", "marguerite"),
+        ("Dex Varga", "dex"),
+    ]
+    # The issue asks for at least 150 exchanges per sample persona.
+    assert all(int(exchanges) >= 150 for _, _, _, exchanges in seeded)
+    assert "* Marguerite Okafor" in run("persona", "list").output
+    again = run("seed")
+    assert (
+        again.exit_code == 0 and again.output.strip() == "Personas already exist; nothing seeded."
+    )
