@@ -600,3 +600,36 @@ def test_cli_local_refuses_the_openai_suffix(ada: Path, tmp_path: Path, database
     ]
     with database.read() as session:
         assert session.scalars(sa.select(FineTuneJob)).all() == []
+
+
+def test_rerun_closes_the_row_of_a_run_killed_hard(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    from phischer.finetune import jobs
+
+    out = tmp_path / "ada-adapter"
+    with database.write() as session:
+        # What a SIGKILLed run leaves: its row still "running", for this folder and another.
+        for job_id, folder in (("local-killed", out), ("local-elsewhere", tmp_path / "other")):
+            jobs.record_job(
+                session,
+                job_id=job_id,
+                provider="local",
+                base_model=str(tiny_model),
+                status="running",
+                output_dir=str(folder.resolve()),
+            )
+    train = write_train(tmp_path / "train.jsonl", PAIRS)
+    result = start_local(
+        train, "--base-model", str(tiny_model), "--max-steps", "2", "--output-dir", str(out)
+    )
+    assert result.exit_code == 0, result.output
+
+    with database.read() as session:
+        rows = {j.job_id: j for j in session.scalars(sa.select(FineTuneJob))}
+    (new,) = [j for j in rows if j.startswith("local-2")]
+    assert rows[new].status == "succeeded"
+    killed = rows["local-killed"]
+    assert (killed.status, killed.error) == ("cancelled", f"interrupted; resumed by {new}")
+    assert killed.finished_at is not None
+    assert rows["local-elsewhere"].status == "running"  # another folder: not this run's

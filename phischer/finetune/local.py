@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from phischer import personas
 from phischer.config import Settings
 from phischer.db import Database
@@ -480,9 +482,25 @@ def start_local(
     # Before the job is recorded: a missing extra is not a failed training run.
     require_train_extra()
     with db.write() as session:
+        job_id = _new_job_id(session)
+        # A run killed hard (SIGKILL, power loss) never recorded its end: this run resumes it
+        # from the same folder, so close its row instead of leaving it "running" for good.
+        stale = session.scalars(
+            sa.select(FineTuneJob).where(
+                FineTuneJob.provider == "local",
+                FineTuneJob.status == "running",
+                FineTuneJob.output_dir == str(output_dir.resolve()),
+            )
+        )
+        for old in stale:
+            jobs.apply_update(
+                session,
+                old,
+                jobs.JobUpdate(status="cancelled", error=f"interrupted; resumed by {job_id}"),
+            )
         row = jobs.record_job(
             session,
-            job_id=_new_job_id(session),
+            job_id=job_id,
             provider="local",
             persona_id=persona_id,
             base_model=request.base_model,
