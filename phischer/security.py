@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from flask import Request
 from twilio.request_validator import (
@@ -93,6 +93,13 @@ def signed_url(request: Request, public_url: str | None) -> str:
     return f"{env['wsgi.url_scheme']}://{host}{request.root_path}{tail}"
 
 
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 class SignatureChecker:
     """Validates X-Twilio-Signature with twilio's RequestValidator."""
 
@@ -106,7 +113,9 @@ class SignatureChecker:
         if not self.enabled:
             return True
         signature = request.headers.get(SIGNATURE_HEADER)
-        if not signature:
+        # A signature is base64: anything else (non-ASCII bytes included, which the constant-
+        # time compare refuses with a TypeError) is a forgery, not a server error.
+        if not signature or not signature.isascii():
             return False
         algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
         base = self.public_url.get()
@@ -119,8 +128,10 @@ class SignatureChecker:
                 url = signed_url(request, fresh)
                 ok = self._matches(url, form, signature, algorithm)
         if not ok:
-            # The URL is safe to log: it is our own endpoint, never a secret.
-            log.warning("Rejected a request with a bad Twilio signature for %s", url)
+            # Our own endpoint, minus any user:password a PUBLIC_URL might carry.
+            log.warning(
+                "Rejected a request with a bad Twilio signature for %s", _without_userinfo(url)
+            )
         return ok
 
     def _matches(self, url: str, form: Mapping[str, Any], signature: str, algorithm: Any) -> bool:

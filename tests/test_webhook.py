@@ -260,3 +260,23 @@ def test_logs_above_debug_hold_no_numbers_or_tokens(
     assert "Persona Bo failed to answer" in text  # the failure itself is logged
     assert "765432" not in text
     assert token not in text and "sk-test-not-real" not in text
+
+
+def test_non_ascii_signature_is_403_not_an_error(app, caplog):
+    for signature in ("é", "Ã©bm90", "\u00ff" * 28):
+        r = app.test_client().post(
+            "/sms", data=sms_params("hi"), headers={"X-Twilio-Signature": signature}
+        )
+        assert r.status_code == 403
+    assert rows(app) == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_rejected_signature_log_leaves_out_url_credentials(make_app, personas, caplog):
+    app = make_app(public_url="https://clone:s3cret@sms.example.com")
+    r = app.test_client().post(
+        "/sms", data=sms_params("hi"), headers={"X-Twilio-Signature": "bm90LWEtc2lnbmF0dXJl"}
+    )
+    assert r.status_code == 403
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "https://sms.example.com/sms" in logged and "s3cret" not in logged
