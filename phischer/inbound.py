@@ -162,6 +162,9 @@ class SmsService:
             return "refused", "refused", "", None
         if contact.opted_out and command.action != "optin":
             return "optout", "ignored", "", None
+        if command.action == "optin" and not contact.opted_out:
+            # "Yes" and "start" are ordinary answers from someone who never opted out.
+            command = Command("chat", text=msg.body.strip())
         if command.action not in ("chat", "switch"):
             return "command", "replied", self._command(contact, command, now), None
 

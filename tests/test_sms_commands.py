@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from phischer.commands import RESERVED_WORDS, parse
+from phischer.inbound import HELP_TEXT, OPT_IN_TEXT
 from phischer.models import Contact, Message
 from phischer.personas import PersonaError, PersonaSpec, add_persona
 
@@ -87,6 +88,22 @@ def test_opt_out_silences_everything_until_opt_in(app, twilio_post, fake_openai)
         ("in", "optout", "ignored"),
         ("in", "command", "replied"),
     ]
+
+
+@pytest.mark.parametrize("word", ["yes", "Start", "UNSTOP"])
+def test_opt_in_words_are_ordinary_texts_unless_opted_out(app, twilio_post, word):
+    # Someone who never texted STOP and answers "yes" is talking to the clone.
+    answer = twilio_post(word).replies
+    assert len(answer) == 1 and not answer[0].startswith("You're back in")
+    (inbound, _) = messages(app)
+    assert (inbound.kind, inbound.status) == ("chat", "replied")
+    assert twilio_post("STOP").replies == []
+    assert twilio_post(word).replies == [OPT_IN_TEXT]
+    assert contact(app).opted_out is False
+
+
+def test_info_is_help(app, twilio_post):
+    assert twilio_post("info").replies == [HELP_TEXT]
 
 
 @pytest.mark.parametrize("word", ["STOPALL", "cancel", "End", "QUIT", "revoke", "OPTOUT"])
