@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, fields, replace
@@ -37,6 +38,9 @@ def _number(name: str, raw: str, kind: type, minimum: float) -> Any:
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
+    # float() accepts "nan", "inf" and "1e999" (inf); none of them is a usable setting.
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number")
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value
@@ -48,6 +52,28 @@ def normalize_number(raw: str) -> str:
     if cleaned and not cleaned.startswith("+"):
         cleaned = "+" + cleaned
     return cleaned
+
+
+# An ALLOWED_NUMBERS entry with fewer digits is a typo, not a phone number.
+MIN_NUMBER_DIGITS = 4
+
+
+def _allowed_numbers(raw: str) -> frozenset[str]:
+    # Empty entries ("+15551230001,") are skipped; anything else must look like a number,
+    # or the allow-list would hold a number nobody has and silently refuse every text.
+    numbers = set()
+    for entry in raw.split(","):
+        if not entry.strip():
+            continue
+        number = normalize_number(entry)
+        digits = sum(ch.isdigit() for ch in number)
+        if digits < MIN_NUMBER_DIGITS or "+" in number[1:]:
+            raise ConfigError(
+                f"ALLOWED_NUMBERS entry {entry.strip()!r} is not a phone number: "
+                "use comma-separated E.164 numbers like +15551230001"
+            )
+        numbers.add(number)
+    return frozenset(numbers)
 
 
 def mask_number(number: str | None) -> str:
@@ -107,6 +133,12 @@ class Settings:
                 f"REPLY_TIMEOUT_S={self.reply_timeout_s} must be between 0 and "
                 f"{TWILIO_WEBHOOK_LIMIT_S:g} (Twilio drops webhooks after 15 s, error 11205)"
             )
+        # Also checked here for overrides: build_thread turns NaN into "never split" silently.
+        if not (math.isfinite(self.session_gap_hours) and self.session_gap_hours >= 0):
+            raise ConfigError(
+                f"SESSION_GAP_HOURS={self.session_gap_hours} must be a finite number of hours, "
+                "0 or more (0: never start a new thread)"
+            )
         if self.max_reply_chars < 1 or self.max_reply_chars > 1600:
             raise ConfigError("MAX_REPLY_CHARS must be between 1 and 1600 (Twilio's body limit)")
         if self.public_url:
@@ -163,9 +195,7 @@ class Settings:
             if (v := get(var)) is not None:
                 kw[attr] = _number(var, v, kind, minimum)
         if (v := get("ALLOWED_NUMBERS")) is not None:
-            kw["allowed_numbers"] = frozenset(
-                normalize_number(n) for n in v.split(",") if n.strip()
-            )
+            kw["allowed_numbers"] = _allowed_numbers(v)
         kw.update(overrides)
         return cls(**kw)
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from phischer.atomic import atomic_files
 from phischer.importers.base import Conversation, ImportErrorMessage, Message
+from phischer.thread import session_gap
 
 DEFAULT_SYSTEM = (
     "You are {me}. Reply to text messages the way {me} would: same voice, same length, same habits."
@@ -181,13 +182,11 @@ def _turns(
 
 
 def _gap(gap_hours: float) -> dt.timedelta:
-    # NaN fails the comparison too; a gap too big for a timedelta (inf, 1e300) never splits.
+    # NaN fails the comparison too; a gap too big for a timedelta (inf, 1e300) never splits,
+    # the serving side's rule (session_gap), which unlike this option also allows 0.
     if not gap_hours > 0:
         raise ImportErrorMessage(f"--gap-hours must be more than 0, got {gap_hours:g}")
-    try:
-        return dt.timedelta(hours=gap_hours)
-    except OverflowError:
-        return dt.timedelta.max
+    return session_gap(gap_hours) or dt.timedelta.max
 
 
 def _session_bounds(times: list[dt.datetime], gap: dt.timedelta) -> list[tuple[int, int]]:

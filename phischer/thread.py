@@ -24,6 +24,17 @@ def rows_needed(history_turns: int) -> int:
     return max(history_turns, 1) * 2 + 2
 
 
+def session_gap(gap_hours: float) -> dt.timedelta | None:
+    """The silence that ends a session, or None for "never split" (0, NaN, or too big)."""
+    # The dataset builder uses it too (dataset._gap), after refusing 0 for --gap-hours.
+    if not gap_hours > 0:
+        return None
+    try:
+        return dt.timedelta(hours=gap_hours)
+    except OverflowError:  # inf, 1e300: longer than any timedelta, so no silence is that long
+        return None
+
+
 def build_thread(
     rows: Iterable[tuple[str, str, dt.datetime]],
     *,
@@ -35,14 +46,15 @@ def build_thread(
 
     `rows` are (direction, body, created_at) of one number's chat with one persona since
     its last #reset, newest first. The session ends at the first silence longer than
-    `gap_hours` (the dataset builder's rule); consecutive same-role turns are merged with
-    newlines; at most `history_turns` turns are kept, and the first one is a user turn.
+    `gap_hours` (the dataset builder's rule; 0 never splits); consecutive same-role turns
+    are merged with newlines; at most `history_turns` turns are kept, and the first one is
+    a user turn.
     """
-    gap = dt.timedelta(hours=gap_hours)
+    gap = session_gap(gap_hours)
     kept: list[tuple[str, str]] = []
     newer: dt.datetime | None = None
     for direction, body, created_at in rows:
-        if newer is not None and gap_hours > 0 and newer - created_at > gap:
+        if newer is not None and gap is not None and newer - created_at > gap:
             break
         newer = created_at
         text = chat_text(body) if direction == "in" else body

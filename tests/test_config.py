@@ -58,12 +58,52 @@ def test_parsing():
         ({"MAX_REPLY_CHARS": "2000"}, "MAX_REPLY_CHARS must be between 1 and 1600"),
         ({"DAILY_LIMIT": "-1"}, "DAILY_LIMIT='-1' must be at least 0"),
         ({"TRUST_PROXY": "maybe"}, "TRUST_PROXY='maybe' is not a boolean"),
+        # float() takes these; build_thread then raised on every text (timedelta overflow).
+        ({"SESSION_GAP_HOURS": "nan"}, "SESSION_GAP_HOURS='nan' is not a finite number"),
+        ({"SESSION_GAP_HOURS": "inf"}, "SESSION_GAP_HOURS='inf' is not a finite number"),
+        ({"SESSION_GAP_HOURS": "1e999"}, "SESSION_GAP_HOURS='1e999' is not a finite number"),
+        ({"REPLY_TIMEOUT_S": "NaN"}, "REPLY_TIMEOUT_S='NaN' is not a finite number"),
+        ({"REPLY_TIMEOUT_S": "-inf"}, "REPLY_TIMEOUT_S='-inf' is not a finite number"),
+        ({"HISTORY_TURNS": "inf"}, "HISTORY_TURNS='inf' is not a number"),
     ],
 )
 def test_invalid_values_say_what_to_fix(env, message):
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
     assert message in str(err.value)
+
+
+def test_session_gap_overrides_are_checked_too(tmp_path):
+    base = Settings.from_env({}, instance_path=tmp_path)
+    assert base.with_overrides(session_gap_hours=0).session_gap_hours == 0  # 0: never split
+    assert base.with_overrides(session_gap_hours=1e300).session_gap_hours == 1e300
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ConfigError, match="SESSION_GAP_HOURS=.* must be a finite number"):
+            base.with_overrides(session_gap_hours=bad)
+
+
+@pytest.mark.parametrize(
+    ("raw", "bad"),
+    [
+        ("abc", "abc"),
+        ("+15559870002, 12", "12"),
+        ("+15559870002,+1-5", "+1-5"),
+        ("1+5559870002", "1+5559870002"),
+        ("+", "+"),
+    ],
+)
+def test_allowed_numbers_typo_names_the_bad_entry(raw, bad):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"ALLOWED_NUMBERS": raw})
+    message = str(err.value)
+    assert message.startswith(f"ALLOWED_NUMBERS entry {bad!r} is not a phone number")
+    assert "\n" not in message
+    assert "5559870002" not in message.replace(bad, "")  # valid entries are not echoed
+
+
+def test_allowed_numbers_skip_empty_entries():
+    s = Settings.from_env({"ALLOWED_NUMBERS": " ,+1555, ,+1 555 123 0001,"})
+    assert s.allowed_numbers == {"+1555", "+15551230001"}
 
 
 def test_phone_helpers():
