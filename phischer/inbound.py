@@ -240,7 +240,10 @@ class SmsService:
                 result = future.result(timeout=self.settings.reply_timeout_s)
             except FutureTimeout:
                 if not self.settings.twilio_account_sid:
-                    # Nobody could deliver a late reply: answer now with the fallback.
+                    # Nobody could deliver a late reply: answer now with the fallback, and
+                    # drop the model call if it is still queued behind others (no tokens
+                    # spent on an answer nobody would receive).
+                    future.cancel()
                     error = (
                         f"model slower than REPLY_TIMEOUT_S={self.settings.reply_timeout_s:g} "
                         "and no TWILIO_ACCOUNT_SID for a late REST reply"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import threading
 import time
+from contextlib import closing
 
 import pytest
 import sqlalchemy as sa
@@ -91,6 +94,33 @@ def test_session_gap_starts_a_new_thread(llm_app, fake_openai, twilio_post):
         session.execute(sa.update(Message).values(created_at=utcnow() - dt.timedelta(hours=7)))
     twilio_post("new day", target=app)
     assert fake_openai.chat_calls[-1]["messages"][1:] == [{"role": "user", "content": "new day"}]
+
+
+@pytest.mark.parametrize("gap_hours", [1e300, float("inf"), 0])
+def test_gap_too_big_for_a_timedelta_never_splits(gap_hours):
+    from phischer.thread import build_thread
+
+    now = utcnow()
+    rows = [  # newest first, decades apart
+        ("in", "still there?", now),
+        ("out", "hello", now - dt.timedelta(days=9000)),
+        ("in", "hi", now - dt.timedelta(days=18000)),
+    ]
+    thread = build_thread(rows, system_prompt="S", history_turns=20, gap_hours=gap_hours)
+    assert [m["content"] for m in thread] == ["S", "hi", "hello", "still there?"]
+
+
+def test_huge_session_gap_setting_keeps_old_history(llm_app, fake_openai, twilio_post):
+    app = llm_app(session_gap_hours=1e300)  # finite, so accepted; used to raise per text
+    twilio_post("old news", target=app)
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(sa.update(Message).values(created_at=utcnow() - dt.timedelta(days=900)))
+    assert twilio_post("still there?", target=app).replies == ["echo: still there?"]
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [
+        {"role": "user", "content": "old news"},
+        {"role": "assistant", "content": "echo: old news"},
+        {"role": "user", "content": "still there?"},
+    ]
 
 
 def test_history_turns_cap_and_user_first(llm_app, fake_openai, twilio_post):
@@ -191,6 +221,34 @@ def test_auto_mode_without_twilio_answers_fallback_in_time(llm_app, fake_openai,
     assert time.perf_counter() - start < 0.9  # did not wait for the model
     assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
     assert "REPLY_TIMEOUT_S" in stored(app)[0].error
+
+
+def test_auto_mode_without_twilio_stops_the_model_call_at_reply_timeout(
+    llm_app, fake_openai, twilio_post
+):
+    # The fallback already went out and no late reply can: the call must not run on.
+    app = llm_app(reply_mode="auto", reply_timeout_s=0.3, model_retries=0)
+    fake_openai.behaviour, fake_openai.delay = "slow", 3.0
+    start = time.perf_counter()
+    assert twilio_post("hi", target=app).replies == [
+        "Sorry, I can't answer right now. Try again in a bit."
+    ]
+    app.extensions["phischer"].sms.shutdown()  # waits for the background model call
+    assert time.perf_counter() - start < 2.0  # with the 60 s async timeout: 3 s
+
+
+def test_model_timeout_is_reply_timeout_unless_a_late_reply_can_go_out(settings):
+    from phischer.backends import ASYNC_MODEL_TIMEOUT_S, Backends
+
+    def timeout(**overrides):
+        backend = Backends(settings.with_overrides(reply_timeout_s=3.5, **overrides))
+        return backend.get("openai").timeout_s
+
+    assert ASYNC_MODEL_TIMEOUT_S > 3.5
+    assert timeout(reply_mode="auto") == 3.5
+    assert timeout(reply_mode="auto", twilio_account_sid="AC" + "0" * 32) == ASYNC_MODEL_TIMEOUT_S
+    assert timeout(reply_mode="inline", twilio_account_sid="AC" + "0" * 32) == 3.5
+    assert timeout(reply_mode="async") == ASYNC_MODEL_TIMEOUT_S
 
 
 def test_auto_mode_slow_reply_goes_out_by_rest(
@@ -294,3 +352,35 @@ def test_unknown_backend_name_gets_fallback_and_recorded_error(
     ]
     inbound = stored(app)[0]
     assert inbound.status == "failed" and "unknown backend 'telepathy'" in inbound.error
+
+
+def test_inbound_is_committed_before_the_model_is_called(llm_app, fake_openai, twilio_post):
+    app = llm_app()
+    db_path = app.extensions["phischer"].settings.instance_path / "phischer.db"
+    seen = []
+
+    def responder(body):
+        # Another connection, as a crash-recovery sweep would have: only committed rows show.
+        with closing(sqlite3.connect(db_path)) as conn:
+            seen.extend(conn.execute("SELECT direction, body, status FROM messages").fetchall())
+        return "ok"
+
+    fake_openai.responder = responder
+    assert twilio_post("are you there?", target=app).replies == ["ok"]
+    assert seen == [("in", "are you there?", "processing")]
+
+
+def test_fallback_in_auto_mode_drops_a_model_call_still_queued(llm_app, fake_openai, twilio_post):
+    app = llm_app(reply_mode="auto", reply_timeout_s=0.2, model_retries=0)
+    sms = app.extensions["phischer"].sms
+    fake_openai.behaviour, fake_openai.delay = "slow", 0.6
+    # Every reply thread busy: the next model call has to wait in the queue.
+    gate = threading.Event()
+    busy = [sms._executor.submit(gate.wait) for _ in range(sms._executor._max_workers)]
+    r = twilio_post("hi", target=app)
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    gate.set()
+    for f in busy:
+        f.result()
+    sms.shutdown()
+    assert fake_openai.chat_calls == []  # the queued call was cancelled, not run late

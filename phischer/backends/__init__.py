@@ -12,6 +12,16 @@ from phischer.config import Settings
 ASYNC_MODEL_TIMEOUT_S = 60.0
 
 
+def model_timeout_s(settings: Settings) -> float:
+    """Seconds a model call may take: longer than the webhook only if a late reply can go out."""
+    # auto without TWILIO_ACCOUNT_SID answers the fallback after REPLY_TIMEOUT_S (inbound.py):
+    # a call running past that would spend tokens on a reply nobody can send.
+    late_reply_possible = settings.reply_mode == "async" or (
+        settings.reply_mode == "auto" and bool(settings.twilio_account_sid)
+    )
+    return ASYNC_MODEL_TIMEOUT_S if late_reply_possible else settings.reply_timeout_s
+
+
 class Backends:
     """Maps a persona's backend name to its (shared) backend object."""
 
@@ -38,11 +48,10 @@ class Backends:
             from phischer.backends.openai import OpenAIBackend
 
             s = self.settings
-            timeout = s.reply_timeout_s if s.reply_mode == "inline" else ASYNC_MODEL_TIMEOUT_S
             return OpenAIBackend(
                 api_key=s.openai_api_key,
                 base_url=s.openai_base_url,
-                timeout_s=timeout,
+                timeout_s=model_timeout_s(s),
                 max_retries=s.model_retries,
             )
         raise BackendError(f"unknown backend {name!r}: use openai or retrieval")
