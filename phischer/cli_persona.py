@@ -45,7 +45,9 @@ def persona_group() -> None:
 )
 @click.option("--model", help="Model id (e.g. ft:gpt-4.1-mini:…, or a vLLM/Ollama model name).")
 @click.option(
-    "--base-url", help="OpenAI-compatible base URL for this persona (overrides OPENAI_BASE_URL)."
+    "--base-url",
+    help="OpenAI-compatible http(s) base URL for this persona (overrides OPENAI_BASE_URL), "
+    "e.g. http://127.0.0.1:8000/v1.",
 )
 @click.option("--api-key-env", help="Name of the env variable holding this persona's API key.")
 @click.option(
@@ -59,8 +61,16 @@ def persona_group() -> None:
     help="System prompt (default: the one --dataset was built with, from its first example).",
 )
 @click.option("--greeting", help="Reply sent when someone switches to this persona.")
-@click.option("--temperature", type=float, help="Sampling temperature (openai backend).")
-@click.option("--max-tokens", type=int, help="Reply length cap in tokens (openai backend).")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(personas.TEMPERATURE_MIN, personas.TEMPERATURE_MAX),
+    help="Sampling temperature (openai backend).",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=personas.MAX_TOKENS_MIN),
+    help="Reply length cap in tokens (openai backend).",
+)
 @click.option("--default", "is_default", is_flag=True, help="Use for numbers that never chose one.")
 @pass_ctx
 def add(obj: Context, name: str, **options: object) -> None:

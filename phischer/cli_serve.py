@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import sys
 
 import click
 
 from phischer.cli import Context, pass_ctx
 from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimResult, SimulatorError, send_text
+
+# Port 0 ("any free port") would leave the banner pointing nowhere, so serve wants a real one.
+PORT = click.IntRange(1, 65535)
+AT_LEAST_ONE = click.IntRange(min=1)
 
 _url = click.option("--url", default=DEFAULT_URL, show_default=True, help="The webhook to post to.")
 _from = click.option(
@@ -17,10 +24,14 @@ _from = click.option(
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=PORT)
 @click.option("--dev", is_flag=True, help="Flask's debug server with the reloader.")
-@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn workers.")
-@click.option("--threads", default=4, show_default=True, type=int, help="Threads per worker.")
+@click.option(
+    "--workers", default=2, show_default=True, type=AT_LEAST_ONE, help="gunicorn workers."
+)
+@click.option(
+    "--threads", default=4, show_default=True, type=AT_LEAST_ONE, help="Threads per worker."
+)
 @pass_ctx
 def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: int) -> None:
     """Serve the webhook (POST /sms, GET /healthz) under gunicorn."""
@@ -37,9 +48,9 @@ def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: 
             raise click.ClickException(str(exc)) from None
     obj.db  # noqa: B018  (migrates before the workers start)
     app = create_app(obj.settings)
-    url = f"http://{host}:{port}"
-    click.echo(f"phischer is answering texts at {url}/sms")
-    click.echo(f'Try it in another terminal:  phischer text --url {url}/sms "hey, how are you?"')
+    url = f"http://{host}:{port}/sms"
+    click.echo(f"phischer is answering texts at {url}")
+    click.echo(f'Try it in another terminal:  {text_hint(url)} "hey, how are you?"')
     click.echo("Text #list to see the personas, #<keyword> to switch. Ctrl-C stops.")
     run(app, host, port, dev=dev, workers=workers, threads=threads)
 
@@ -92,6 +103,54 @@ def chat(obj: Context, url: str, from_: str) -> None:
         result = _send(obj, message, url, from_)
         for reply in result.replies or ["(no reply)"]:
             click.echo(f"clone> {reply}")
+
+
+def text_hint(url: str) -> str:
+    """The `text` command the user can paste into another shell to reach the server at `url`.
+
+    `phischer` when that name on PATH is the script now running; else the script's path
+    (relative to the current directory when under it), as `make run` starts `.venv/bin/phischer`
+    without activating the venv; else `python -m phischer` with this interpreter (by name if
+    PATH finds this very interpreter, else by its path). `--url` is left out when it is the
+    default `text` posts to anyway.
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    on_path = shutil.which("phischer")
+    if argv0 and on_path and _same_file(on_path, argv0):
+        program = "phischer"
+    elif os.path.splitext(os.path.basename(argv0))[0] == "phischer":
+        program = shlex.quote(_shell_path(argv0))
+    else:
+        # By path, not realpath: a venv's python links to the system one but has the venv's
+        # packages, so only this very path (or the same path found on PATH) runs phischer.
+        python = os.path.basename(sys.executable)
+        found = shutil.which(python)
+        if found and os.path.abspath(found) == os.path.abspath(sys.executable):
+            program = f"{python} -m phischer"
+        else:
+            program = f"{shlex.quote(_shell_path(sys.executable))} -m phischer"
+    url_part = "" if url == DEFAULT_URL else f" --url {shlex.quote(url)}"
+    return f"{program} text{url_part}"
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _shell_path(path: str) -> str:
+    """`path` relative to the current directory if under it (./x for a file right here)."""
+    full = os.path.abspath(path)
+    cwd = os.getcwd()
+    try:
+        if os.path.commonpath([full, cwd]) != cwd:
+            return full
+    except ValueError:  # another drive (Windows)
+        return full
+    relative = os.path.relpath(full, cwd)
+    return relative if os.sep in relative else f".{os.sep}{relative}"
 
 
 def _send(obj: Context, message: str, url: str, from_: str) -> SimResult:

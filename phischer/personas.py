@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -21,6 +22,9 @@ from phischer.models import Contact, Persona
 
 BACKENDS = ("openai", "retrieval")
 KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
+# What the OpenAI chat API accepts; a value outside would make every text to the persona fail.
+TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0
+MAX_TOKENS_MIN = 1
 
 
 class PersonaError(ValueError):
@@ -74,8 +78,34 @@ def dataset_system_prompt(path: Path) -> str | None:
     return None
 
 
+def check_sampling(temperature: float | None, max_tokens: int | None) -> None:
+    """Refuse a temperature or reply-length cap the chat API would reject on every text."""
+    if temperature is not None and not TEMPERATURE_MIN <= temperature <= TEMPERATURE_MAX:
+        raise PersonaError(
+            f"--temperature {temperature:g} must be between {TEMPERATURE_MIN:g} and "
+            f"{TEMPERATURE_MAX:g}, e.g. --temperature 0.7"
+        )
+    if max_tokens is not None and max_tokens < MAX_TOKENS_MIN:
+        raise PersonaError(
+            f"--max-tokens {max_tokens} must be at least {MAX_TOKENS_MIN}, e.g. --max-tokens 200"
+        )
+
+
+def check_base_url(base_url: str) -> None:
+    """Refuse a base URL the OpenAI SDK cannot call (no http(s) scheme or no host)."""
+    try:
+        parts = urlsplit(base_url)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        ok = False
+    if not ok:
+        raise PersonaError(
+            f"--base-url {base_url!r} must be an http(s) URL, e.g. http://127.0.0.1:8000/v1"
+        )
+
+
 def add_persona(session: Session, spec: PersonaSpec) -> Persona:
-    """Create a persona after checking its keyword, backend and dataset."""
+    """Create a persona after checking its keyword, backend, sampling, base URL and dataset."""
     keyword = validate_keyword(spec.keyword)
     if spec.backend not in BACKENDS:
         raise PersonaError(f"backend {spec.backend!r}: use one of {', '.join(BACKENDS)}")
@@ -85,6 +115,9 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
         raise PersonaError(
             "backend retrieval needs --dataset FILE (chat JSONL from `phischer import`)"
         )
+    check_sampling(spec.temperature, spec.max_tokens)
+    if spec.base_url is not None:
+        check_base_url(spec.base_url)
     dataset = None
     system_prompt = spec.system_prompt
     if spec.dataset:

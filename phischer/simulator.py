@@ -60,9 +60,11 @@ def send_text(
         "ApiVersion": "2010-04-01",
     }
     params["SmsMessageSid"] = params["MessageSid"]
-    signature = RequestValidator(settings.auth_token()).compute_signature(
-        signed_for(url, settings.tunnel_public_url()), params
-    )
+    try:
+        signed_url = signed_for(url, settings.tunnel_public_url())
+    except ValueError as exc:  # urlsplit refuses e.g. http://[::1
+        raise SimulatorError(f"cannot post to {url}: {exc}") from None
+    signature = RequestValidator(settings.auth_token()).compute_signature(signed_url, params)
     http = session or requests
     try:
         response = http.post(
@@ -74,6 +76,8 @@ def send_text(
         ) from None
     except requests.Timeout:
         raise SimulatorError(f"{url} did not answer within {timeout_s:g} s") from None
+    except requests.RequestException as exc:  # not a URL (no scheme, bad host), bad answer
+        raise SimulatorError(f"cannot post to {url}: {' '.join(str(exc).split())}") from None
     if response.status_code == 403:
         raise SimulatorError(
             "the server rejected the signature (403): it uses a different TWILIO_AUTH_TOKEN "

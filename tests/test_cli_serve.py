@@ -238,3 +238,183 @@ def test_seed_adds_the_samples_once_and_says_how_big_they_are():
     assert (
         again.exit_code == 0 and again.output.strip() == "Personas already exist; nothing seeded."
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "Invalid value for '--port': 70000 is not in the range 1<=x<=65535."),
+        (["--port", "0"], "Invalid value for '--port': 0 is not in the range 1<=x<=65535."),
+        (["--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1."),
+        (["--threads", "0"], "Invalid value for '--threads': 0 is not in the range x>=1."),
+    ],
+)
+def test_serve_refuses_a_bad_port_or_pool_size(args, message):
+    result = run("serve", *args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == f"Error: {message}"
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("notaurl", "Invalid URL 'notaurl': No scheme supplied."),
+        ("http://[::1", "'[::1' is not a valid host or port"),
+        ("ftp://127.0.0.1/sms", "No connection adapters were found"),
+    ],
+)
+def test_text_to_a_bad_url_is_one_line_exit_1(url, reason):
+    result = run("text", "--url", url, "hi")
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: cannot post to {url}: ") and reason in line
+    assert "Traceback" not in result.output
+
+
+def test_text_to_a_bad_url_signed_for_a_public_url_is_one_line(monkeypatch):
+    # With PUBLIC_URL the URL is split to be signed before anything is posted.
+    monkeypatch.setenv("PUBLIC_URL", "https://clone.example.ngrok.app")
+    result = run("text", "--url", "http://[::1", "hi")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: cannot post to http://[::1: Invalid IPv6 URL"
+
+
+def test_chat_to_a_bad_url_is_one_line_exit_1():
+    result = run("chat", "--url", "notaurl", input="hi\n")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: cannot post to notaurl: ")
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "exit_code", "message"),
+    [
+        (["--temperature", "9"], 2, "'--temperature': 9.0 is not in the range 0.0<=x<=2.0"),
+        (["--temperature", "-0.1"], 2, "'--temperature': -0.1 is not in the range 0.0<=x<=2.0"),
+        (["--temperature", "nan"], 1, "--temperature nan must be between 0 and 2"),
+        (["--max-tokens", "-5"], 2, "'--max-tokens': -5 is not in the range x>=1"),
+        (["--max-tokens", "0"], 2, "'--max-tokens': 0 is not in the range x>=1"),
+        (["--base-url", "localhost:8000"], 1, "--base-url 'localhost:8000' must be an http(s) URL"),
+        (["--base-url", "http://"], 1, "--base-url 'http://' must be an http(s) URL"),
+        (["--base-url", "ftp://127.0.0.1/v1"], 1, "must be an http(s) URL, e.g. http://127.0.0.1"),
+    ],
+)
+def test_persona_add_refuses_values_every_text_would_fail_on(flags, exit_code, message):
+    result = run("persona", "add", "Vee", "--keyword", "vee", "--backend", "openai",
+                 "--model", "m", *flags)  # fmt: skip
+    assert result.exit_code == exit_code
+    assert message in result.output and "Traceback" not in result.output
+    assert "No personas yet" in run("persona", "list").output
+
+
+def test_persona_add_takes_sampling_and_base_url_at_their_limits():
+    for name, temperature, max_tokens in (("A", "0", "1"), ("B", "2", "200"), ("C", "0.7", "1")):
+        result = run("persona", "add", name, "--keyword", name, "--backend", "openai",
+                     "--model", "m", "--temperature", temperature, "--max-tokens", max_tokens,
+                     "--base-url", "http://127.0.0.1:8000/v1")  # fmt: skip
+        assert result.exit_code == 0, result.output
+    shown = run("persona", "show", "b").output
+    assert "temperature  2.0" in shown and "max tokens   200" in shown
+    assert "base url     http://127.0.0.1:8000/v1" in shown
+    https = run("persona", "add", "D", "--keyword", "d", "--backend", "openai", "--model", "m",
+                "--base-url", "HTTPS://api.example.com/v1")  # fmt: skip
+    assert https.exit_code == 0, https.output
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("temperature", 9.0, "--temperature 9 must be between 0 and 2, e.g. --temperature 0.7"),
+        ("max_tokens", 0, "--max-tokens 0 must be at least 1, e.g. --max-tokens 200"),
+        ("base_url", "localhost:8000", "--base-url 'localhost:8000' must be an http(s) URL, e.g."),
+        ("base_url", "http://[::1", "--base-url 'http://[::1' must be an http(s) URL"),
+    ],
+)
+def test_add_persona_checks_the_same_for_every_caller(database, field, value, message):
+    from phischer.personas import PersonaError, PersonaSpec, add_persona, list_personas
+
+    spec = PersonaSpec(name="Vee", keyword="vee", backend="openai", model="m", **{field: value})
+    with pytest.raises(PersonaError) as refused, database.write() as session:
+        add_persona(session, spec)
+    assert str(refused.value).startswith(message)
+    with database.read() as session:
+        assert list_personas(session) == []
+
+
+# -- the banner's "Try it in another terminal" command ------------------------------------
+
+
+@pytest.fixture
+def scripts(tmp_path, monkeypatch):
+    """Two phischer console scripts and a python under the working folder; nothing on PATH."""
+    made = {}
+    for name, rel in (("venv", ".venv/bin/phischer"), ("other", "other/bin/phischer"),
+                      ("python", ".venv/bin/python")):  # fmt: skip
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        made[name] = str(path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    return made
+
+
+def test_hint_says_phischer_when_path_finds_the_running_script(scripts, monkeypatch):
+    from phischer.cli_serve import text_hint
+
+    monkeypatch.setattr("sys.argv", [scripts["venv"], "serve"])
+    on_path = {"phischer": scripts["venv"]}
+    monkeypatch.setattr("shutil.which", on_path.get)
+    assert text_hint("http://127.0.0.1:5000/sms") == "phischer text"
+    # The same file reached by a relative argv[0] (as `make run` starts it) is the same script.
+    monkeypatch.setattr("sys.argv", [".venv/bin/phischer", "serve"])
+    assert text_hint("http://127.0.0.1:5000/sms") == "phischer text"
+
+
+def test_hint_gives_the_scripts_path_when_path_finds_another_or_none(scripts, monkeypatch):
+    from phischer.cli_serve import text_hint
+
+    monkeypatch.setattr("sys.argv", [scripts["venv"], "serve"])
+    assert text_hint("http://127.0.0.1:5000/sms") == ".venv/bin/phischer text"
+    on_path = {"phischer": scripts["other"]}  # another install's phischer comes first on PATH
+    monkeypatch.setattr("shutil.which", on_path.get)
+    assert text_hint("http://127.0.0.1:5000/sms") == ".venv/bin/phischer text"
+    # Run from elsewhere: the absolute path; from the script's own folder: ./phischer.
+    monkeypatch.chdir(scripts["other"].rsplit("/", 2)[0])
+    assert text_hint("http://127.0.0.1:5000/sms") == f"{scripts['venv']} text"
+    monkeypatch.chdir(scripts["venv"].rsplit("/", 1)[0])
+    assert text_hint("http://127.0.0.1:5000/sms") == "./phischer text"
+
+
+def test_hint_for_python_dash_m(scripts, monkeypatch, tmp_path):
+    from phischer.cli_serve import text_hint
+
+    main = str(tmp_path / "src" / "phischer" / "__main__.py")
+    monkeypatch.setattr("sys.argv", [main, "serve"])
+    monkeypatch.setattr("sys.executable", scripts["python"])
+    assert text_hint("http://127.0.0.1:5000/sms") == ".venv/bin/python -m phischer text"
+    # An activated venv: PATH finds this very interpreter.
+    monkeypatch.setattr("shutil.which", {"python": scripts["python"]}.get)
+    assert text_hint("http://127.0.0.1:5000/sms") == "python -m phischer text"
+    # A python outside the working folder, and a `python` on PATH that only links to it.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr("shutil.which", {"python": str(tmp_path / "usr" / "python")}.get)
+    assert text_hint("http://127.0.0.1:5000/sms") == f"{scripts['python']} -m phischer text"
+
+
+def test_hint_keeps_url_only_when_it_is_not_texts_default(scripts, monkeypatch):
+    from phischer.cli_serve import text_hint
+    from phischer.simulator import DEFAULT_URL
+
+    monkeypatch.setattr("sys.argv", [scripts["venv"], "serve"])
+    assert DEFAULT_URL == "http://127.0.0.1:5000/sms"
+    assert text_hint(DEFAULT_URL) == ".venv/bin/phischer text"
+    assert text_hint("http://127.0.0.1:5001/sms") == (
+        ".venv/bin/phischer text --url http://127.0.0.1:5001/sms"
+    )
+    assert text_hint("http://0.0.0.0:5000/sms") == (
+        ".venv/bin/phischer text --url http://0.0.0.0:5000/sms"
+    )
