@@ -38,12 +38,11 @@ def parse(body: str) -> Command:
         return Command("optin")
     if word in HELP_WORDS:
         return Command("help")
-    if stripped.startswith("#") and len(stripped) > 1:
-        head, _, rest = stripped[1:].partition(" ")
-        if "\n" in head:  # "#ada\nhello" is a keyword and text too
-            head, _, more = head.partition("\n")
-            rest = (more + " " + rest).strip()
-        keyword = head.strip().lower()
+    if stripped.startswith("#") and len(stripped) > 1 and not stripped[1].isspace():
+        # The keyword ends at any whitespace: "#ada hi", "#ada\nhi" and "#ada\thi" alike.
+        head, *tail = stripped[1:].split(None, 1)
+        rest = tail[0] if tail else ""
+        keyword = head.lower()
         if keyword in HASH_COMMANDS and not rest.strip():
             return Command(keyword)
         if keyword:

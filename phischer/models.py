@@ -13,6 +13,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+# Column sizes the webhook checks before storing (PostgreSQL enforces them; SQLite does not).
+PHONE_MAX = 32
+SID_MAX = 64
+
+
 class Base(DeclarativeBase):
     """Declarative base with a naming convention so Alembic names constraints the same way."""
 
@@ -55,7 +60,7 @@ class Contact(Base):
     __tablename__ = "contacts"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    phone: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    phone: Mapped[str] = mapped_column(sa.String(PHONE_MAX), unique=True)
     persona_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("personas.id", ondelete="SET NULL")
     )
@@ -105,7 +110,7 @@ class Message(Base):
     kind: Mapped[str] = mapped_column(sa.String(16), default="chat")
     body: Mapped[str] = mapped_column(sa.Text, default="")
     # Twilio's MessageSid (inbound) or the SID of a REST send (outbound).
-    message_sid: Mapped[str | None] = mapped_column(sa.String(64))
+    message_sid: Mapped[str | None] = mapped_column(sa.String(SID_MAX))
     # An outbound reply points at the inbound message it answers (idempotent retries).
     reply_to_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("messages.id", ondelete="SET NULL")

@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from phischer.inbound import Inbound
+from phischer.models import PHONE_MAX, SID_MAX
 from phischer.replies import twiml
 from phischer.security import form_params
 
@@ -34,11 +35,17 @@ def sms() -> Response:
     sid = form.get("MessageSid", "").strip() or form.get("SmsMessageSid", "").strip()
     if not phone or not sid:
         abort(400, "From and MessageSid are required")
+    # Twilio's are short (E.164, 34-character SIDs); anything longer or with NUL is not Twilio
+    # and would not fit the columns (PostgreSQL would refuse the row after the fact).
+    if len(phone) > PHONE_MAX or len(sid) > SID_MAX or "\x00" in phone + sid:
+        abort(400, "From or MessageSid is malformed")
     try:
         num_media = max(0, int(form.get("NumMedia", "0") or 0))
     except ValueError:
         num_media = 0
-    inbound = Inbound(phone=phone, sid=sid, body=form.get("Body", ""), num_media=num_media)
+    # PostgreSQL text cannot hold NUL; nobody types one, so it is dropped rather than refused.
+    body = form.get("Body", "").replace("\x00", "")
+    inbound = Inbound(phone=phone, sid=sid, body=body, num_media=num_media)
     return xml(twiml(*services.sms.handle(inbound)))
 
 

@@ -118,12 +118,14 @@ def test_webhook_on_postgres(pg_app, twilio_post):
     assert post("#reset") == ["Fresh start: I've forgotten this conversation."]
     assert post("STOP") == [] and post("hi") == []
     assert post("START")[0].startswith("You're back in")
+    assert twilio_post("nul\x00", target=pg_app).status_code == 200  # stored, not lost
     with pg_app.extensions["phischer"].db.read() as session:
         inbound = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
         contact = session.scalar(sa.select(Contact))
     assert [m.kind for m in inbound] == ["chat", "command", "command", "command", "optout",
-                                         "command"]  # fmt: skip
-    assert contact.opted_out is False and contact.replies_today == 1
+                                         "command", "chat"]  # fmt: skip
+    assert inbound[-1].body == "nul"
+    assert contact.opted_out is False and contact.replies_today == 2  # good night, nul
     assert contact.thread_reset_at is not None
 
 

@@ -39,6 +39,9 @@ def messages(app) -> list[Message]:
         ("please stop texting me", "chat", None, "please stop texting me"),
         ("#", "chat", None, "#"),
         ("#list everything", "switch", "list", "everything"),
+        ("#ada\thi there", "switch", "ada", "hi there"),
+        ("#ada\nhello\nagain", "switch", "ada", "hello\nagain"),
+        ("# ada", "chat", None, "# ada"),
     ],
 )
 def test_parse(body, action, keyword, text):

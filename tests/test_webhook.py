@@ -223,6 +223,11 @@ def test_bad_requests_never_5xx(app, twilio_post):
     assert weird.status_code == 200
     nul = twilio_post("nul \x00 byte and \ud7ff")
     assert nul.status_code == 200
+    assert rows(app)[-2].body == "nul  byte and \ud7ff"  # NUL dropped: PostgreSQL refuses it
+    before = len(rows(app))
+    for bad in ({"from_": "+1" + "5" * 40}, {"sid": "SM" + "0" * 70}, {"from_": "+1555\x000100"}):
+        assert twilio_post("hi", **bad).status_code == 400
+    assert len(rows(app)) == before
 
 
 def test_healthz(app):
