@@ -91,7 +91,7 @@ def check_sampling(temperature: float | None, max_tokens: int | None) -> None:
         )
 
 
-def check_base_url(base_url: str) -> None:
+def check_base_url(base_url: str, flag: str = "--base-url") -> None:
     """Refuse a base URL the OpenAI SDK cannot call (no http(s) scheme or no host)."""
     try:
         parts = urlsplit(base_url)
@@ -100,7 +100,7 @@ def check_base_url(base_url: str) -> None:
         ok = False
     if not ok:
         raise PersonaError(
-            f"--base-url {base_url!r} must be an http(s) URL, e.g. http://127.0.0.1:8000/v1"
+            f"{flag} {base_url!r} must be an http(s) URL, e.g. http://127.0.0.1:8000/v1"
         )
 
 

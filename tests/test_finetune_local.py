@@ -457,6 +457,15 @@ def test_cli_local_needs_a_base_model_and_a_clean_file(
     assert result.exit_code == 1
     assert f"Error: {bad}: 1 format error(s) (first on line {len(PAIRS) + 1})" in result.output
     assert not (tmp_path / "out").exists()
+    result = start_local(
+        train, "--base-model", "whatever", "--serve-url", "localhost:8000", "--output-dir",
+        str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert (
+        "Error: --serve-url 'localhost:8000' must be an http(s) URL, e.g. http://127.0.0.1:8000/v1"
+    ) in result.output
+    assert not (tmp_path / "out").exists()
     with database.read() as session:
         assert session.scalars(sa.select(FineTuneJob)).all() == []
 

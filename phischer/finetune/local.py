@@ -470,6 +470,8 @@ def start_local(
         persona = personas.get_persona(session, request.persona)
         persona_id, persona_name = persona.id, persona.name
     name = lora_name(persona_name, request.lora_name)
+    # The persona is pointed there after training: refuse a URL it could never call first.
+    personas.check_base_url(request.serve_url, "--serve-url")
     output_dir = request.output_dir or settings.instance_path / "adapters" / name
     for path in filter(None, (request.train_path, request.validation_path)):
         report = check_file(path)
