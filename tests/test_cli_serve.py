@@ -418,3 +418,21 @@ def test_hint_keeps_url_only_when_it_is_not_texts_default(scripts, monkeypatch):
     assert text_hint("http://0.0.0.0:5000/sms") == (
         ".venv/bin/phischer text --url http://0.0.0.0:5000/sms"
     )
+
+
+def test_show_or_remove_a_missing_persona_is_one_line_exit_1(tmp_path):
+    for command in ("show", "remove"):
+        result = run("persona", command, "nobody")
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            "Error: no persona 'nobody' (known: none yet: add one with `phischer persona add`)"
+        ]
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
+    added = run("persona", "add", "Cleo", "--keyword", "cleo", "--dataset", str(dataset))
+    assert added.exit_code == 0, added.output
+    for command in ("show", "remove"):
+        result = run("persona", command, "nobody")
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == ["Error: no persona 'nobody' (known: Cleo)"]
+    assert "Cleo" in run("persona", "list").output  # a failed remove removes nothing

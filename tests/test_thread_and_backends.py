@@ -384,3 +384,56 @@ def test_fallback_in_auto_mode_drops_a_model_call_still_queued(llm_app, fake_ope
         f.result()
     sms.shutdown()
     assert fake_openai.chat_calls == []  # the queued call was cancelled, not run late
+
+
+def test_persona_base_url_wins_over_openai_base_url(make_app, personas, database, twilio_post):
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as env_server, FakeOpenAI() as own_server:
+        env_server.responder = lambda body: "from OPENAI_BASE_URL"
+        own_server.responder = lambda body: "from the persona's URL"
+        with database.write() as session:
+            set_model(session, "Ada", "m-ada", base_url=own_server.base_url)
+            set_model(session, "Bo", "m-bo")  # no --base-url: OPENAI_BASE_URL applies
+        app = make_app(openai_base_url=env_server.base_url, model_retries=0)
+        assert twilio_post("hi", target=app).replies == ["from the persona's URL"]
+        assert [c["model"] for c in own_server.chat_calls] == ["m-ada"]
+        assert env_server.chat_calls == []
+        assert twilio_post("#bo hi", from_="+15550111", target=app).replies == [
+            "from OPENAI_BASE_URL"
+        ]
+        assert [c["model"] for c in env_server.chat_calls] == ["m-bo"]
+        assert len(own_server.chat_calls) == 1
+
+
+def test_no_api_key_on_openais_own_url_is_a_recorded_error(
+    make_app, personas, database, twilio_post, monkeypatch
+):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    # Should the key check ever go, the call fails here instead of reaching api.openai.com.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    with database.write() as session:
+        set_model(session, "Ada", "gpt-4.1-mini")  # no --base-url: api.openai.com
+    app = make_app(openai_api_key=None, openai_base_url=None)
+    r = twilio_post("hi", target=app)
+    assert r.status_code == 200
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    inbound, outbound = stored(app)
+    assert inbound.status == "failed" and inbound.error == "No OPENAI_API_KEY: set it in .env"
+    assert outbound.kind == "fallback"
+
+
+def test_no_api_key_with_a_local_base_url_sends_a_placeholder(
+    make_app, personas, database, fake_openai, twilio_post, monkeypatch
+):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with database.write() as session:
+        set_model(session, "Ada", "llama3", base_url=fake_openai.base_url)
+    app = make_app(openai_api_key=None, openai_base_url=None)
+    assert twilio_post("hi", target=app).replies == ["echo: hi"]
+    (call,) = fake_openai.calls("POST", "/v1/chat/completions")
+    assert call.auth == "Bearer not-needed"
+    inbound = stored(app)[0]
+    assert (inbound.status, inbound.error) == ("replied", None)

@@ -285,3 +285,36 @@ def test_rejected_signature_log_leaves_out_url_credentials(make_app, personas, c
     assert r.status_code == 403
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "https://sms.example.com/sms" in logged and "s3cret" not in logged
+
+
+def test_switching_validation_off_warns_loudly_at_creation(make_app, personas, caplog):
+    import logging
+
+    warning = (
+        "TWILIO_VALIDATE_SIGNATURE=false: anyone who finds this URL can text as any number. "
+        "Use only for local experiments."
+    )
+    with caplog.at_level(logging.WARNING, logger="phischer"):
+        make_app()
+    assert warning not in caplog.messages  # only said when checking is really off
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="phischer"):
+        app = make_app(twilio_validate_signature=False)
+    said = [r for r in caplog.records if r.getMessage() == warning]
+    assert [(r.name, r.levelname) for r in said] == [("phischer", "WARNING")]
+    r = app.test_client().post("/sms", data=sms_params("tell me a joke"))  # no signature
+    assert r.status_code == 200
+    assert twiml_bodies(r.data) == ["Why did the loom blush? It saw the punch cards."]
+
+
+def test_public_url_wins_over_forwarded_headers_with_trust_proxy(make_app, personas, twilio_post):
+    app = make_app(public_url="https://clone.example.com", trust_proxy=True)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "other.example.net"}
+    ok = twilio_post(
+        "good night", url="https://clone.example.com/sms", headers=forwarded, target=app
+    )
+    assert ok.status_code == 200
+    assert ok.replies == ["Sleep well, dear. Dream of engines."]
+    spoofed = twilio_post("hi", url="https://other.example.net/sms", headers=forwarded, target=app)
+    assert spoofed.status_code == 403
+    assert [m.body for m in rows(app)] == ["good night", "Sleep well, dear. Dream of engines."]
