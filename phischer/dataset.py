@@ -138,7 +138,9 @@ def mask_pii(text: str) -> str:
     return _PHONE.sub(_phone, text)
 
 
-_mask_pii = mask_pii  # build_examples' flag of the same name hides the function
+def _masked(text: str, mask: bool) -> str:
+    # One place for "masked if asked": build_examples' flag is named like the function.
+    return mask_pii(text) if mask else text
 
 
 def _turns(
@@ -163,7 +165,7 @@ def _turns(
             turns.append({"role": "assistant" if me else "user", "content": content})
         return turns, openers
     for m, me in zip(messages[i:], mine[i:], strict=True):
-        text = mask_pii(m.text) if mask else m.text
+        text = _masked(m.text, mask)
         r = "assistant" if me else "user"
         if r != role:
             if parts:
@@ -173,7 +175,7 @@ def _turns(
             speaker = None
         if is_group and not me and m.sender != speaker:
             # A WhatsApp contact that was never saved is named by its phone number.
-            text = f"{mask_pii(m.sender) if mask else m.sender}: {text}"
+            text = f"{_masked(m.sender, mask)}: {text}"
             speaker = m.sender
         parts.append(text)
     if parts:
@@ -254,7 +256,7 @@ def build_examples(
                 )
                 # The name goes into the prompt too: masked, a phone number used as a
                 # name does not leak through it.
-                name = _mask_pii(stats.me_name) if mask_pii else stats.me_name
+                name = _masked(stats.me_name, mask_pii)
                 stats.system = system_prompt(name, system)
                 sys_msg = {"role": "system", "content": stats.system}
             session_id = f"{conv.id}#{n}"
