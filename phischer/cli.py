@@ -42,9 +42,8 @@ class Context:
         """The database, migrated to head on first use (cheap when it already is)."""
         if self._db is None:
             from phischer.db import Database
-            from phischer.migrate import upgrade
 
-            upgrade(self.settings.database_url)
+            migrate_or_explain(self.settings.database_url)
             self._db = Database(self.settings.database_url)
         return self._db
 
@@ -53,6 +52,25 @@ class Context:
         """A write transaction whose domain errors become one-line CLI errors."""
         with self.db.write() as session, friendly_errors():
             yield session
+
+
+def migrate_or_explain(database_url: str) -> None:
+    """Migrate to head; a bad DATABASE_URL or a database that cannot be reached is one line."""
+    from sqlalchemy.exc import OperationalError
+
+    from phischer.db_url import normalize_database_url, shown
+    from phischer.migrate import upgrade
+
+    try:
+        upgrade(normalize_database_url(database_url))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OperationalError as exc:
+        from sqlalchemy.engine import make_url
+
+        reason = " ".join(str(exc.orig).split())[:200]
+        where = shown(make_url(normalize_database_url(database_url)))
+        raise click.ClickException(f"cannot reach the database {where}: {reason}") from None
 
 
 @contextmanager
@@ -130,9 +148,8 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(obj: Context) -> None:
     """Migrate the database (DATABASE_URL) to the latest schema."""
-    from phischer.migrate import upgrade
 
-    upgrade(obj.settings.database_url)
+    migrate_or_explain(obj.settings.database_url)
     click.echo("Database is up to date.")
 
 

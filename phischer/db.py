@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from phischer.db_url import normalize_database_url
 from phischer.per_process import PerProcess
 
 BUSY_TIMEOUT_MS = 5000
@@ -34,6 +35,7 @@ def _sqlite_path(url: str) -> Path | None:
 
 def make_engine(url: str) -> sa.Engine:
     """Create an engine; for SQLite, create the folder and set the pragmas on every connection."""
+    url = normalize_database_url(url)
     path = _sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +170,7 @@ class Database:
     """One engine, a session factory, and the write lock that goes with them."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = url = normalize_database_url(url)
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         path = _sqlite_path(url)

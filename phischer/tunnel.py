@@ -578,11 +578,11 @@ def run_up(
     from werkzeug.serving import make_server
 
     from phischer import create_app
-    from phischer.migrate import upgrade
+    from phischer.cli import migrate_or_explain
 
     client = make_twilio_client(settings)  # names a missing variable before any tunnel opens
     base = resolve_public_url(public_url, settings)
-    upgrade(settings.database_url)
+    migrate_or_explain(settings.database_url)
     # With a fixed URL the app gets it directly; with ngrok it reads <instance>/public_url,
     # which exposed() writes before Twilio is told about the tunnel.
     app_settings = settings.with_overrides(public_url=base) if base else settings

@@ -110,6 +110,18 @@ def test_migrations_match_models_on_postgres(pg_url):
     engine.dispose()
 
 
+def test_a_url_without_driver_works_like_hosts_write_it(pg_url, monkeypatch):
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    # What a host hands out: no +driver (SQLAlchemy alone would reach for psycopg 3).
+    monkeypatch.setenv("DATABASE_URL", pg_url.replace("postgresql+psycopg2://", "postgres://"))
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert (result.exit_code, result.output) == (0, "Database is up to date.\n")
+    assert CliRunner().invoke(cli, ["persona", "list"]).exit_code == 0
+
+
 def test_webhook_on_postgres(pg_app, twilio_post):
     post = lambda body, **kw: twilio_post(body, target=pg_app, **kw).replies  # noqa: E731
     assert post("good night", sid="SMpg1") == ["Sleep well, dear. Dream of engines."]

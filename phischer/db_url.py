@@ -1,0 +1,54 @@
+"""DATABASE_URL as users write it (and hosts hand it out) -> a URL SQLAlchemy can open."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from phischer.config import ConfigError
+
+# PostgreSQL drivers in order of preference: the `postgres` extra installs psycopg2, while
+# SQLAlchemy 2.1 picks psycopg (3) for a bare postgresql:// URL.
+PG_DRIVERS = (("psycopg2", "psycopg2"), ("psycopg", "psycopg"))
+POSTGRES_HINT = "pip install -e '.[postgres]'"
+
+
+def shown(url: URL) -> str:
+    """The URL with its password hidden, for messages."""
+    return url.render_as_string(hide_password=True)
+
+
+def normalize_database_url(raw: str) -> str:
+    """Parse DATABASE_URL; pick an installed PostgreSQL driver; raise ConfigError (one line)."""
+    # Heroku and others still hand out postgres://, which SQLAlchemy no longer accepts.
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw[len("postgres://") :]
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(
+            "DATABASE_URL is not a database URL: use e.g. sqlite:///instance/phischer.db "
+            "or postgresql://user:password@host/dbname"
+        ) from None
+    if url.drivername == "postgresql":
+        for driver, module in PG_DRIVERS:
+            if importlib.util.find_spec(module) is not None:
+                url = url.set(drivername=f"postgresql+{driver}")
+                break
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ConfigError(f"DATABASE_URL={shown(url)}: SQLAlchemy has no such database") from None
+    except ImportError as exc:
+        hint = (
+            POSTGRES_HINT
+            if url.get_backend_name() == "postgresql"
+            else "install it, or use SQLite or PostgreSQL (what phischer is tested on)"
+        )
+        raise ConfigError(
+            f"DATABASE_URL={shown(url)} needs the {exc.name or url.get_driver_name()} "
+            f"driver: {hint}"
+        ) from None
+    return url.render_as_string(hide_password=False)

@@ -1,0 +1,63 @@
+"""DATABASE_URL as users and hosts write it: normalised, or refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from phischer.cli import cli
+from phischer.config import ConfigError
+from phischer.db_url import normalize_database_url
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # Heroku's scheme, and a bare postgresql:// (SQLAlchemy 2.1 would pick psycopg 3,
+        # which the postgres extra does not install): both get the installed psycopg2.
+        ("postgres://u:pw@db.example.com/app", "postgresql+psycopg2://u:pw@db.example.com/app"),
+        (
+            "postgresql://u@db.example.com:5433/app",
+            "postgresql+psycopg2://u@db.example.com:5433/app",
+        ),
+        ("postgresql+psycopg2://u@h/app", "postgresql+psycopg2://u@h/app"),
+        ("sqlite:///instance/phischer.db", "sqlite:///instance/phischer.db"),
+        ("sqlite:////abs/path.db", "sqlite:////abs/path.db"),
+    ],
+)
+def test_urls_are_normalised(raw, expected):
+    assert normalize_database_url(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("notaurl", "DATABASE_URL is not a database URL: use e.g. sqlite:///"),
+        ("foo://x", "DATABASE_URL=foo://x: SQLAlchemy has no such database"),
+        ("mysql://u:hunter2@h/d", "DATABASE_URL=mysql://u:***@h/d needs the MySQLdb driver"),
+    ],
+)
+def test_unusable_urls_are_one_line(raw, message):
+    with pytest.raises(ConfigError) as caught:
+        normalize_database_url(raw)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_cli_names_an_unreachable_database_without_its_password(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgres://clone:hunter2@127.0.0.1:1/phischer")
+    result = CliRunner().invoke(cli, ["persona", "list"])
+    assert result.exit_code == 1
+    (line,) = result.output.splitlines()
+    assert line.startswith(
+        "Error: cannot reach the database postgresql+psycopg2://clone:***@127.0.0.1:1/phischer: "
+    )
+    assert "hunter2" not in result.output
+
+
+def test_cli_refuses_a_bad_url_before_doing_anything(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", "notaurl")
+    for command in (["db", "upgrade"], ["persona", "list"], ["seed"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1 and result.output.startswith("Error: DATABASE_URL is not")
+    assert not (tmp_path / "instance").exists()
