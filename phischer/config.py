@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import find_dotenv, load_dotenv
 
@@ -58,6 +59,10 @@ def normalize_number(raw: str) -> str:
 MIN_NUMBER_DIGITS = 4
 
 
+def _looks_like_a_number(number: str) -> bool:
+    return sum(ch.isdigit() for ch in number) >= MIN_NUMBER_DIGITS and "+" not in number[1:]
+
+
 def _allowed_numbers(raw: str) -> frozenset[str]:
     # Empty entries ("+15551230001,") are skipped; anything else must look like a number,
     # or the allow-list would hold a number nobody has and silently refuse every text.
@@ -66,14 +71,36 @@ def _allowed_numbers(raw: str) -> frozenset[str]:
         if not entry.strip():
             continue
         number = normalize_number(entry)
-        digits = sum(ch.isdigit() for ch in number)
-        if digits < MIN_NUMBER_DIGITS or "+" in number[1:]:
+        if not _looks_like_a_number(number):
             raise ConfigError(
                 f"ALLOWED_NUMBERS entry {entry.strip()!r} is not a phone number: "
                 "use comma-separated E.164 numbers like +15551230001"
             )
         numbers.add(number)
     return frozenset(numbers)
+
+
+def _phone_number(name: str, raw: str) -> str | None:
+    # Empty means unset (the commands that need it say so); anything else must be a number.
+    if not raw.strip():
+        return None
+    number = normalize_number(raw)
+    if not _looks_like_a_number(number):
+        raise ConfigError(
+            f"{name}={raw.strip()!r} is not a phone number: use E.164, e.g. +15551234567"
+        )
+    return number
+
+
+def public_base_url(raw: str, source: str = "PUBLIC_URL") -> str:
+    """An absolute http(s) base URL without a trailing slash, or ConfigError naming `source`."""
+    url = raw.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise ConfigError(
+            f"{source}={raw!r} must be an absolute base URL such as https://sms.example.com"
+        )
+    return url
 
 
 def mask_number(number: str | None) -> str:
@@ -142,7 +169,8 @@ class Settings:
         if self.max_reply_chars < 1 or self.max_reply_chars > 1600:
             raise ConfigError("MAX_REPLY_CHARS must be between 1 and 1600 (Twilio's body limit)")
         if self.public_url:
-            object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+            # Signatures are checked against it: a malformed one would 403 every text.
+            object.__setattr__(self, "public_url", public_base_url(self.public_url))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -174,7 +202,7 @@ class Settings:
             if (v := get(var)) is not None:
                 kw[attr] = v
         if (v := get("TWILIO_PHONE_NUMBER")) is not None:
-            kw["twilio_phone_number"] = normalize_number(v)
+            kw["twilio_phone_number"] = _phone_number("TWILIO_PHONE_NUMBER", v)
         if (v := get("REPLY_MODE")) is not None:
             kw["reply_mode"] = v.strip().lower()
         for var, attr in (
@@ -223,6 +251,17 @@ class Settings:
         return value.rstrip("/") or None
 
 
+def ensure_folder(folder: Path, what: str) -> None:
+    """Create `folder` (and parents), or raise ConfigError saying what needed it and how to fix it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {folder} for {what} ({exc.strerror}): set INSTANCE_PATH (or "
+            "DATABASE_URL) to a folder you can write"
+        ) from None
+
+
 def dev_auth_token(instance_path: Path) -> str:
     """Read (or create once) the local development token shared by serve, text and chat."""
     path = instance_path / "dev_auth_token"
@@ -232,13 +271,17 @@ def dev_auth_token(instance_path: Path) -> str:
             return token
     except OSError:
         pass
-    instance_path.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     # Create exclusively so two processes starting together agree on one token.
     try:
+        ensure_folder(instance_path, "the local development token")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path} ({exc.strerror}): set INSTANCE_PATH to a folder you can write"
+        ) from None
     with os.fdopen(fd, "w") as fh:
         fh.write(token)
     log.info("Generated a local development Twilio token in %s", path)

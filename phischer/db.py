@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from phischer.config import ensure_folder
 from phischer.db_url import normalize_database_url
 from phischer.per_process import PerProcess
 
@@ -38,7 +39,7 @@ def make_engine(url: str) -> sa.Engine:
     url = normalize_database_url(url)
     path = _sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent, "the SQLite database")
         engine = sa.create_engine(url, connect_args={"check_same_thread": False})
 
         @event.listens_for(engine, "connect")

@@ -20,14 +20,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
 from phischer.atomic import atomic_files
-from phischer.config import Settings, mask_number
+from phischer.config import ConfigError, Settings, mask_number, public_base_url
 from phischer.twilio_client import make_twilio_client
 
 log = logging.getLogger(__name__)
@@ -127,13 +126,10 @@ def open_ngrok(port: int) -> Tunnel:
 
 def normalize_public_url(raw: str, source: str = "--public-url") -> str:
     """Check and tidy a user-given public base URL (absolute http(s), no trailing slash)."""
-    url = raw.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-        raise TunnelError(
-            f"{source}={raw!r} must be an absolute base URL such as https://sms.example.com"
-        )
-    return url
+    try:
+        return public_base_url(raw, source)
+    except ConfigError as exc:
+        raise TunnelError(str(exc)) from None
 
 
 def resolve_public_url(option: str | None, settings: Settings) -> str | None:

@@ -65,6 +65,10 @@ def test_parsing():
         ({"REPLY_TIMEOUT_S": "NaN"}, "REPLY_TIMEOUT_S='NaN' is not a finite number"),
         ({"REPLY_TIMEOUT_S": "-inf"}, "REPLY_TIMEOUT_S='-inf' is not a finite number"),
         ({"HISTORY_TURNS": "inf"}, "HISTORY_TURNS='inf' is not a number"),
+        # Signatures are checked against PUBLIC_URL: a malformed one would 403 every text.
+        ({"PUBLIC_URL": "notaurl"}, "PUBLIC_URL='notaurl' must be an absolute base URL"),
+        ({"PUBLIC_URL": "https://x.example.com?a=1"}, "must be an absolute base URL"),
+        ({"TWILIO_PHONE_NUMBER": "abc"}, "TWILIO_PHONE_NUMBER='abc' is not a phone number"),
     ],
 )
 def test_invalid_values_say_what_to_fix(env, message):
@@ -144,3 +148,25 @@ def test_log_level_from_dotenv_quiets_the_cli(tmp_path, monkeypatch):
         assert logging.getLogger("openai").level == logging.WARNING
     finally:
         monkeypatch.delenv("LOG_LEVEL", raising=False)
+
+
+def test_empty_twilio_number_is_unset_and_a_number_is_normalised():
+    assert Settings.from_env(env={"TWILIO_PHONE_NUMBER": " "}).twilio_phone_number is None
+    number = Settings.from_env(env={"TWILIO_PHONE_NUMBER": "+1 (555) 123-4567"})
+    assert number.twilio_phone_number == "+15551234567"
+
+
+def test_an_instance_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("INSTANCE_PATH", str(blocker / "instance"))
+    for command in (["persona", "list"], ["text", "hi"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1, result.output
+        (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
+        assert f"cannot create {blocker / 'instance'} for the" in line
+        assert "set INSTANCE_PATH" in line and "Traceback" not in result.output
