@@ -104,6 +104,22 @@ def check_base_url(base_url: str, flag: str = "--base-url") -> None:
         )
 
 
+def _check_answerable(path: Path) -> None:
+    # The retrieval backend answers from the dataset's (text, reply) pairs: a file without
+    # any would make every text to the persona fail, so refuse it now, in one line.
+    from phischer.backends.retrieval import load_pairs
+
+    try:
+        _, answers = load_pairs(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PersonaError(f"dataset {path} cannot be read as a chat JSONL file ({exc})") from None
+    if not answers:
+        raise PersonaError(
+            f"dataset {path} has no user→assistant pairs to answer from: build it with "
+            "`phischer import` (and look at it with `phischer dataset check`)"
+        )
+
+
 def add_persona(session: Session, spec: PersonaSpec) -> Persona:
     """Create a persona after checking its keyword, backend, sampling, base URL and dataset."""
     keyword = validate_keyword(spec.keyword)
@@ -125,6 +141,8 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
         if not path.is_file():
             raise PersonaError(f"dataset {spec.dataset} does not exist")
         dataset = str(path.resolve())
+        if spec.backend == "retrieval":
+            _check_answerable(path)
         # The clone answers best under the prompt its examples were built with (DESIGN §7).
         if system_prompt is None:
             system_prompt = dataset_system_prompt(path)

@@ -12,6 +12,9 @@ from werkzeug.serving import make_server
 
 from phischer.cli import cli
 
+# The smallest dataset the retrieval backend can answer from.
+PAIR = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+
 
 @pytest.fixture
 def live(app):
@@ -87,7 +90,7 @@ def test_chat_session(live):
 
 def test_persona_commands(tmp_path):
     dataset = tmp_path / "d.jsonl"
-    dataset.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
+    dataset.write_text(PAIR)
     ok = run(
         "persona",
         "add",
@@ -126,7 +129,11 @@ def test_persona_takes_the_datasets_system_prompt(tmp_path):
     built = tmp_path / "built.jsonl"
     prompt = "You are Zoë Martín. Reply to text messages the way Zoë Martín would."
     example = {
-        "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": "hi"}]
+        "messages": [
+            {"role": "system", "content": prompt},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+        ]
     }
     built.write_text("\n" + json.dumps(example) + "\n")
     added = run("persona", "add", "Zoe", "--keyword", "zoe", "--dataset", str(built))
@@ -136,14 +143,33 @@ def test_persona_takes_the_datasets_system_prompt(tmp_path):
     run("persona", "add", "Own", "--keyword", "own", "--dataset", str(built), "--system", "Mine.")
     assert "system       Mine." in run("persona", "show", "own").output
     bare = tmp_path / "bare.jsonl"
-    bare.write_text('{"messages": [{"role": "user", "content": "a"}]}\nnot json\n')
+    bare.write_text(PAIR + "not json\n")
     plain = run("persona", "add", "Plain", "--keyword", "plain", "--dataset", str(bare))
     assert plain.exit_code == 0 and "System prompt" not in plain.output
+    # An openai persona may keep a dataset it was trained on, checked by `dataset check`.
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json")
-    assert run("persona", "add", "B", "--keyword", "b", "--dataset", str(broken)).exit_code == 0
+    openai = ["--backend", "openai", "--model", "m", "--dataset", str(broken)]
+    assert run("persona", "add", "B", "--keyword", "b", *openai).exit_code == 0
     for name in ("plain", "b"):
         assert "system " not in run("persona", "show", name).output
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"messages": [{"role": "user", "content": "a"}]}\n', "{not json", b"\xff\xfe\x00binary"],
+)
+def test_retrieval_persona_needs_a_dataset_it_can_answer_from(tmp_path, content):
+    dataset = tmp_path / "d.jsonl"
+    if isinstance(content, bytes):
+        dataset.write_bytes(content)
+    else:
+        dataset.write_text(content)
+    result = run("persona", "add", "X", "--keyword", "x", "--dataset", str(dataset))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: dataset {dataset} ")
+    assert "No personas yet" in run("persona", "list").output
 
 
 def test_route_pins_a_number(app, twilio_post, database):
@@ -428,7 +454,7 @@ def test_show_or_remove_a_missing_persona_is_one_line_exit_1(tmp_path):
             "Error: no persona 'nobody' (known: none yet: add one with `phischer persona add`)"
         ]
     dataset = tmp_path / "d.jsonl"
-    dataset.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
+    dataset.write_text(PAIR)
     added = run("persona", "add", "Cleo", "--keyword", "cleo", "--dataset", str(dataset))
     assert added.exit_code == 0, added.output
     for command in ("show", "remove"):

@@ -187,7 +187,9 @@ def test_persona_changes_are_seen_within_the_cache_ttl(app, twilio_post, databas
         add_persona(
             session,
             PersonaSpec(
-                name="Cy", keyword="cy", dataset=str(write_dataset(tmp_path / "c.jsonl", []))
+                name="Cy",
+                keyword="cy",
+                dataset=str(write_dataset(tmp_path / "c.jsonl", [("hi", "hey")])),
             ),
         )
     assert directory.ttl_s == 1.0
