@@ -123,6 +123,12 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """phischer: text a clone of a real person over SMS."""
+    configure_logging(verbose)
+    ctx.ensure_object(Context)
+
+
+def configure_logging(verbose: bool) -> None:
+    """LOG_LEVEL (from the environment or .env), or DEBUG with -v; libraries kept quiet."""
     from phischer.config import load_env_file
 
     load_env_file()  # so a LOG_LEVEL in .env counts too
@@ -132,11 +138,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Alembic narrates every migration check at INFO, the OpenAI SDK every retry and
-    # pyngrok every line of the ngrok agent's log;
-    # phischer reports the outcome in one line, so keep them quiet unless asked.
+    # pyngrok every line of the ngrok agent's log; phischer reports the outcome in one
+    # line, so keep them quiet unless asked.
     for noisy in ("alembic", "openai", "httpx", "pyngrok"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    ctx.ensure_object(Context)
 
 
 @cli.group()

@@ -848,6 +848,17 @@ def test_script_wrapper_runs_the_same_command(tmp_path: Path) -> None:
     assert shown.returncode == 0
     assert shown.stdout.startswith("Usage: scripts/tunnel.py [OPTIONS]")
     assert "--public-url URL" in shown.stdout and "--no-restore" in shown.stdout
+    # -v as for `phischer -v`: debug logging, and the same one-line error (not "no such option").
+    verbose = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "tunnel.py"), "-v", "--port", "5001"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert verbose.returncode == 1
+    assert verbose.stderr.strip().splitlines()[-1] == result.stderr.strip()
 
 
 # -- the Twilio client factory and the fake ------------------------------------------------
