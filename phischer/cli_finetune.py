@@ -89,7 +89,7 @@ def finetune_group() -> None:
 )
 @_local(
     "--output-dir",
-    "adapter folder (default instance/adapters/PERSONA).",
+    "adapter folder (default instance/adapters/LORA_NAME).",
     type=click.Path(file_okay=False, path_type=Path),
 )
 @_local(
