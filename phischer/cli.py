@@ -55,22 +55,18 @@ class Context:
 
 
 def migrate_or_explain(database_url: str) -> None:
-    """Migrate to head; a bad DATABASE_URL or a database that cannot be reached is one line."""
+    """Migrate to head; a database that cannot be reached is one line (a bad URL: ConfigError)."""
     from sqlalchemy.exc import OperationalError
 
     from phischer.db_url import normalize_database_url, shown
     from phischer.migrate import upgrade
 
+    url = normalize_database_url(database_url)
     try:
-        upgrade(normalize_database_url(database_url))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        upgrade(url)
     except OperationalError as exc:
-        from sqlalchemy.engine import make_url
-
         reason = " ".join(str(exc.orig).split())[:200]
-        where = shown(make_url(normalize_database_url(database_url)))
-        raise click.ClickException(f"cannot reach the database {where}: {reason}") from None
+        raise click.ClickException(f"cannot reach the database {shown(url)}: {reason}") from None
 
 
 @contextmanager
@@ -116,6 +112,15 @@ class LazyGroup(click.Group):
             register: Callable[[click.Group], Any] = module.register
             register(self)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a bad setting found on the way (ConfigError) is one line, exit 1."""
+        # Settings are read lazily, deep inside whichever command needs them (the database
+        # folder, the development token, …): one place turns them all into `Error: …`.
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

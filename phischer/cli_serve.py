@@ -10,7 +10,6 @@ import sys
 import click
 
 from phischer.cli import Context, pass_ctx
-from phischer.config import ConfigError
 from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimResult, SimulatorError, send_text
 
 # Port 0 ("any free port") would leave the banner pointing nowhere, so serve wants a real one.
@@ -48,10 +47,7 @@ def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: 
         except PortBusyError as exc:
             raise click.ClickException(str(exc)) from None
     obj.db  # noqa: B018  (migrates before the workers start)
-    try:
-        app = create_app(obj.settings)
-    except ConfigError as exc:  # e.g. no instance folder for the development token
-        raise click.ClickException(str(exc)) from None
+    app = create_app(obj.settings)
     url = f"http://{host}:{port}/sms"
     click.echo(f"phischer is answering texts at {url}")
     click.echo(f'Try it in another terminal:  {text_hint(url)} "hey, how are you?"')
@@ -161,7 +157,7 @@ def _send(obj: Context, message: str, url: str, from_: str) -> SimResult:
     # A server that is down or refuses the signature is one line and exit 1.
     try:
         return send_text(obj.settings, message, url=url, from_=from_)
-    except (SimulatorError, ConfigError) as exc:  # ConfigError: no instance folder for the token
+    except SimulatorError as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -92,11 +92,19 @@ def _phone_number(name: str, raw: str) -> str | None:
     return number
 
 
+def is_http_url(url: str) -> bool:
+    """True for an absolute http(s) URL with a host (what the SDKs and Twilio can call)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        return False
+
+
 def public_base_url(raw: str, source: str = "PUBLIC_URL") -> str:
     """An absolute http(s) base URL without a trailing slash, or ConfigError naming `source`."""
     url = raw.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+    if not is_http_url(url) or urlsplit(url).query:
         raise ConfigError(
             f"{source}={raw!r} must be an absolute base URL such as https://sms.example.com"
         )

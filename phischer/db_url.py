@@ -15,9 +15,9 @@ PG_DRIVERS = (("psycopg2", "psycopg2"), ("psycopg", "psycopg"))
 POSTGRES_HINT = "pip install -e '.[postgres]'"
 
 
-def shown(url: URL) -> str:
+def shown(url: URL | str) -> str:
     """The URL with its password hidden, for messages."""
-    return url.render_as_string(hide_password=True)
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def normalize_database_url(raw: str) -> str:

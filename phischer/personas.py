@@ -9,14 +9,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from phischer.backends.base import PersonaView
 from phischer.commands import RESERVED_WORDS
-from phischer.config import normalize_number
+from phischer.config import is_http_url, normalize_number
 from phischer.db import Database
 from phischer.models import Contact, Persona
 
@@ -93,12 +92,7 @@ def check_sampling(temperature: float | None, max_tokens: int | None) -> None:
 
 def check_base_url(base_url: str, flag: str = "--base-url") -> None:
     """Refuse a base URL the OpenAI SDK cannot call (no http(s) scheme or no host)."""
-    try:
-        parts = urlsplit(base_url)
-        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # e.g. an unclosed [IPv6 bracket
-        ok = False
-    if not ok:
+    if not is_http_url(base_url):
         raise PersonaError(
             f"{flag} {base_url!r} must be an http(s) URL, e.g. http://127.0.0.1:8000/v1"
         )
