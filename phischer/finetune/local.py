@@ -261,11 +261,9 @@ def require_train_extra() -> None:
 
 
 def _load(base_model: str) -> tuple[Any, Any]:
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise FineTuneError(INSTALL_HINT) from None
+    import torch  # train_lora checked the train extra first
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         dtype = torch.float32
@@ -294,13 +292,12 @@ def train_lora(
     progress: bool = True,
 ) -> TrainResult:
     """Train (or resume) a LoRA adapter and save it to output_dir."""
+    require_train_extra()
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
     tokenizer, model = _load(base_model)
-    try:
-        from peft import LoraConfig, get_peft_model
-        from transformers import Trainer, TrainerCallback, TrainingArguments
-        from transformers.trainer_utils import get_last_checkpoint
-    except ImportError:
-        raise FineTuneError(INSTALL_HINT) from None
 
     features, dropped = encode_file(tokenizer, train_path, lora.max_seq_length)
     if not features:
