@@ -13,10 +13,11 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,28 +89,63 @@ class Exposure:
 # -- the tunnel ------------------------------------------------------------------------------
 
 
+def _private_ngrok_config(directory: str, token: str) -> str:
+    """Write an ngrok agent config holding only the auth token, readable by this user alone."""
+    path = os.path.join(directory, "ngrok.yml")
+    # Config version 2 (a top-level authtoken; version 3 nests it under `agent:`) is read by
+    # every ngrok v3 agent and passes pyngrok's checks. A JSON string is valid YAML: no token
+    # can break the file.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f'version: "2"\nauthtoken: {json.dumps(token)}\n')
+    return path
+
+
 def open_ngrok(port: int) -> Tunnel:
     """Open an https ngrok tunnel to 127.0.0.1:PORT with pyngrok, or raise TunnelError (one line)."""
     from pyngrok import conf, ngrok
     from pyngrok.exception import PyngrokError, PyngrokNgrokInstallError
 
-    # An installed binary beats pyngrok's first-use download (which fails offline);
-    # the token goes to this process only instead of being written to ngrok.yml.
-    config = conf.PyngrokConfig(
-        ngrok_path=shutil.which("ngrok"),
-        auth_token=os.environ.get("NGROK_AUTHTOKEN") or None,
-    )
+    token = os.environ.get("NGROK_AUTHTOKEN") or None
+    # An installed binary beats pyngrok's first-use download (which fails offline). pyngrok
+    # would hand a token to the agent as `--authtoken TOKEN`, which every local user can read
+    # in `ps`; so NGROK_AUTHTOKEN reaches the agent through a private config file instead
+    # (0600 in a fresh 0700 dir, deleted when the tunnel closes or fails to open), and the
+    # user's ngrok.yml is never written. Without it the agent reads its own config, where
+    # `ngrok config add-authtoken` put the token.
+    config = conf.PyngrokConfig(ngrok_path=shutil.which("ngrok"))
+    config.auth_token = None  # PyngrokConfig falls back to $NGROK_AUTHTOKEN by itself
+    private_dir: str | None = None
+    ready = False
+
+    def discard_token() -> None:
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
+
     try:
+        if token:
+            private_dir = tempfile.mkdtemp(prefix="phischer-ngrok-")
+            config.config_path = _private_ngrok_config(private_dir, token)
         # 127.0.0.1, not localhost: ngrok may resolve localhost to ::1 where nothing listens.
         tunnel = ngrok.connect(f"http://127.0.0.1:{port}", "http", pyngrok_config=config)
+        opened = str(tunnel.public_url)
+        ready = True
     except PyngrokNgrokInstallError:
         raise TunnelError(
             f"No ngrok binary, and it could not be downloaded: {NGROK_FIXES}"
         ) from None
     except (PyngrokError, OSError) as exc:
-        reason = " ".join(str(getattr(exc, "ngrok_error", None) or exc).split())[:160]
+        text = str(getattr(exc, "ngrok_error", None) or exc)
+        if token:  # ngrok quotes a rejected token back ("Your authtoken: …")
+            text = text.replace(token, "<NGROK_AUTHTOKEN>")
+        reason = " ".join(text.split())[:160]
         raise TunnelError(f"Could not open an ngrok tunnel ({reason}): {NGROK_FIXES}") from None
-    opened = str(tunnel.public_url)
+    finally:
+        if not ready:  # failed, or interrupted (Ctrl-C) while the agent started
+            # An agent that started but could not open the tunnel would outlive us.
+            with suppress(PyngrokError, OSError):
+                ngrok.kill(pyngrok_config=config)
+            discard_token()
 
     def close() -> None:
         try:
@@ -117,7 +153,10 @@ def open_ngrok(port: int) -> Tunnel:
         finally:
             # An agent that died first (a TERM to the whole process group) fails the
             # disconnect; the kill must still run or a live agent outlives us.
-            ngrok.kill(pyngrok_config=config)
+            try:
+                ngrok.kill(pyngrok_config=config)
+            finally:
+                discard_token()
 
     # ngrok serves the same host over https; Twilio should call the TLS one.
     url = "https://" + opened[len("http://") :] if opened.startswith("http://") else opened

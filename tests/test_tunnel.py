@@ -1,26 +1,30 @@
 """`phischer tunnel` / `phischer up`: tunnel, Twilio number registration and restore, offline.
 
 Twilio is the loopback fake in tests/fake_twilio.py reached through the real SDK; ngrok is an
-injected opener; "waiting for Ctrl-C" is an injected function that checks the live state and
-then raises KeyboardInterrupt like Ctrl-C would.
+injected opener, except for `open_ngrok` itself, which drives pyngrok against the fake agent
+binary in tests/fake_ngrok.py; "waiting for Ctrl-C" is an injected function that checks the
+live state and then raises KeyboardInterrupt like Ctrl-C would.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import yaml
 from click.testing import CliRunner
 from twilio.base.exceptions import TwilioRestException
 
@@ -33,6 +37,7 @@ from phischer.twilio_client import (
     TwilioConfigError,
     make_twilio_client,
 )
+from tests import fake_ngrok
 from tests.conftest import ADA_PAIRS, sign, sms_params, twiml_bodies, write_dataset
 from tests.fake_twilio import FakeTwilio
 
@@ -723,33 +728,132 @@ class _PyngrokTunnel:
         self.public_url = public_url
 
 
-def test_open_ngrok_uses_installed_binary_and_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyngrok import ngrok
+# An auth token with characters YAML and logfmt care about, so quoting mistakes show.
+NGROK_TOKEN = '2fakeTok_9x: "y" #z'
 
-    calls: list[tuple[str, Any]] = []
 
-    def connect(addr: str, proto: str, pyngrok_config: Any) -> _PyngrokTunnel:
-        calls.append(
-            ("connect", (addr, proto, pyngrok_config.ngrok_path, pyngrok_config.auth_token))
-        )
-        return _PyngrokTunnel("http://abc.ngrok.io")
+@pytest.fixture
+def fake_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., fake_ngrok.FakeAgent]]:
+    """Install the fake ngrok agent first on PATH; every agent pyngrok started is killed after."""
+    from pyngrok import conf, installer, ngrok
 
-    monkeypatch.setattr(tunnel.shutil, "which", lambda name: f"/opt/bin/{name}")
-    monkeypatch.setenv("NGROK_AUTHTOKEN", "tok-123")
-    monkeypatch.setattr(ngrok, "connect", connect)
-    monkeypatch.setattr(
-        ngrok, "disconnect", lambda url, pyngrok_config: calls.append(("disconnect", url))
-    )
-    monkeypatch.setattr(ngrok, "kill", lambda pyngrok_config: calls.append(("kill", None)))
+    def no_download(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("pyngrok tried to download ngrok")
 
-    opened = tunnel.open_ngrok(5001)
-    assert opened.public_url == "https://abc.ngrok.io"
-    opened.close()
-    assert calls == [
-        ("connect", ("http://127.0.0.1:5001", "http", "/opt/bin/ngrok", "tok-123")),
-        ("disconnect", "http://abc.ngrok.io"),
-        ("kill", None),
-    ]
+    monkeypatch.setattr(installer, "install_ngrok", no_download)
+    # Without a config_path pyngrok writes a default one where ngrok keeps its own: not in ~.
+    monkeypatch.setattr(conf, "DEFAULT_NGROK_CONFIG_PATH", str(tmp_path / "home" / "ngrok.yml"))
+    # Private token files a failing test might leave behind stay in tmp_path, not /tmp.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    installed: list[fake_ngrok.FakeAgent] = []
+
+    def install(**kwargs: Any) -> fake_ngrok.FakeAgent:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        agent = fake_ngrok.install(bin_dir, **kwargs)
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        assert shutil.which("ngrok") == str(agent.path)
+        installed.append(agent)
+        return agent
+
+    yield install
+    for agent in installed:
+        ngrok.kill(pyngrok_config=conf.PyngrokConfig(ngrok_path=str(agent.path)))
+
+
+def gone(pid: int) -> bool:
+    """Whether process PID has exited and been reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_open_ngrok_gives_the_agent_its_token_in_a_private_file_not_argv(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    scheme: str,
+) -> None:
+    agent = fake_agent(scheme=scheme)
+    monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
+
+    with caplog.at_level("DEBUG"):
+        opened = tunnel.open_ngrok(5001)
+        try:
+            seen = agent.record()
+            # What `ps` shows to every local user: no token, no --authtoken.
+            assert [a for a in seen["argv"] if NGROK_TOKEN in a or a == "--authtoken"] == []
+            config = seen["config"]
+            assert config is not None, seen["argv"]
+            private = Path(config["path"])
+            assert seen["argv"] == ["start", "--none", "--log", "stdout", "--config", str(private)]
+            assert yaml.safe_load(config["text"]) == {"version": "2", "authtoken": NGROK_TOKEN}
+            assert (config["mode"], config["dir_mode"]) == (0o600, 0o700)
+            assert private.exists() and private.parent.parent == tmp_path
+            # ngrok serves the host over https too: Twilio gets that, whatever the agent said.
+            assert opened.public_url == f"https://{fake_ngrok.PUBLIC_HOST}"
+            posted = [r["body"] for r in seen["requests"] if r["method"] == "POST"]
+            assert len(posted) == 1
+            assert (posted[0].get("upstream") or {}).get("url", posted[0].get("addr")) == (
+                "http://127.0.0.1:5001"
+            )
+        finally:
+            opened.close()
+
+    assert gone(seen["pid"])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", seen["port"]), timeout=2).close()
+    assert [r["method"] for r in agent.record()["requests"]] == ["POST", "DELETE"]
+    assert not private.exists() and not private.parent.exists()
+    assert NGROK_TOKEN not in caplog.text
+
+
+def test_open_ngrok_without_a_token_leaves_the_agent_its_own_config(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = fake_agent()
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+
+    opened = tunnel.open_ngrok(5002)
+    try:
+        seen = agent.record()
+        assert seen["argv"] == ["start", "--none", "--log", "stdout"]
+        assert (seen["config"], seen["env_token"]) == (None, False)
+        assert opened.public_url == f"https://{fake_ngrok.PUBLIC_HOST}"
+    finally:
+        opened.close()
+    assert gone(seen["pid"])
+
+
+@pytest.mark.parametrize("fail", fake_ngrok.FAILURES)
+def test_open_ngrok_failure_leaves_no_agent_and_no_token(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent], monkeypatch: pytest.MonkeyPatch, fail: str
+) -> None:
+    agent = fake_agent(fail=fail)
+    monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
+
+    with pytest.raises(tunnel.TunnelError) as info:
+        tunnel.open_ngrok(5003)
+
+    message = str(info.value)
+    reason = {
+        # The real agent quotes a refused token back; it must not reach the terminal.
+        "auth": "authentication failed: The authtoken you specified does not look like a proper "
+        "ngrok tunnel authtoken. Your authtoken: <NGROK_AUTHTOKEN> ERR_NGROK_105",
+        "refuse": "ngrok client exception, API returned 502: ",
+    }[fail]
+    assert message.startswith(f"Could not open an ngrok tunnel ({reason}"), message
+    assert message.endswith(f"): {tunnel.NGROK_FIXES}") and "\n" not in message
+    assert NGROK_TOKEN not in message
+    seen = agent.record()
+    assert gone(seen["pid"])
+    assert not Path(seen["config"]["path"]).parent.exists()
 
 
 def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
@@ -759,19 +863,27 @@ def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
     from pyngrok.exception import PyngrokNgrokError
 
     killed: list[bool] = []
+    configs: list[Path] = []
+
+    def connect(*args: Any, pyngrok_config: Any) -> _PyngrokTunnel:
+        configs.append(Path(pyngrok_config.config_path))
+        return _PyngrokTunnel("https://abc.ngrok.io")
 
     def disconnect(url: str, pyngrok_config: Any) -> None:
         raise PyngrokNgrokError("ngrok client exception, URLError: Connection refused")
 
-    monkeypatch.setattr(ngrok, "connect", lambda *a, **kw: _PyngrokTunnel("https://abc.ngrok.io"))
+    monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
+    monkeypatch.setattr(ngrok, "connect", connect)
     monkeypatch.setattr(ngrok, "disconnect", disconnect)
     monkeypatch.setattr(ngrok, "kill", lambda pyngrok_config: killed.append(True))
 
     opened = tunnel.open_ngrok(5001)
     assert opened.public_url == "https://abc.ngrok.io"
+    assert [c.exists() for c in configs] == [True]
     with pytest.raises(PyngrokNgrokError):
         opened.close()
     assert killed == [True]
+    assert not configs[0].parent.exists()  # and the private token file went with it
 
 
 @pytest.mark.parametrize("kind", ["install", "agent"])
