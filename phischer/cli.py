@@ -137,16 +137,30 @@ def configure_logging(verbose: bool) -> None:
     from phischer.config import load_env_file
 
     load_env_file()  # so a LOG_LEVEL in .env counts too
-    level = "DEBUG" if verbose else os.environ.get("LOG_LEVEL", "INFO").upper()
+    level = "DEBUG" if verbose else log_level(os.environ.get("LOG_LEVEL", ""))
     logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
+        level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Alembic narrates every migration check at INFO, the OpenAI SDK every retry and
-    # pyngrok every line of the ngrok agent's log; phischer reports the outcome in one
-    # line, so keep them quiet unless asked.
-    for noisy in ("alembic", "openai", "httpx", "pyngrok"):
+    # Alembic narrates every migration check at INFO, the OpenAI SDK every retry and its
+    # HTTP client (httpx2 since openai 3.5, httpx before) every request, and pyngrok every
+    # line of the ngrok agent's log; phischer reports the outcome in one line, so keep them
+    # quiet unless asked.
+    for noisy in ("alembic", "openai", "httpx", "httpx2", "pyngrok"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(raw: str) -> str:
+    """LOG_LEVEL as a logging level name (INFO when unset), or ConfigError naming the choices."""
+    level = raw.strip().upper() or "INFO"
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={raw!r} must be one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 @cli.group()

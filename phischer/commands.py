@@ -42,8 +42,10 @@ def parse(body: str) -> Command:
         # The keyword ends at any whitespace: "#ada hi", "#ada\nhi" and "#ada\thi" alike.
         head, *tail = stripped[1:].split(None, 1)
         rest = tail[0] if tail else ""
-        keyword = head.lower()
-        if keyword in HASH_COMMANDS and not rest.strip():
+        # "#who?", "#dex!": punctuation after the keyword is the sentence's, not the name's.
+        keyword = head.rstrip(".!?,;:").lower()
+        if keyword in HASH_COMMANDS:
+            # "#list please", "#who is this": the command; the words after it ask nothing more.
             return Command(keyword)
         if keyword:
             return Command("switch", keyword=keyword, text=rest.strip())

@@ -108,6 +108,13 @@ def public_base_url(raw: str, source: str = "PUBLIC_URL") -> str:
         raise ConfigError(
             f"{source}={raw!r} must be an absolute base URL such as https://sms.example.com"
         )
+    # A path prefix is fine (a proxy that serves phischer under /clone), but the webhook
+    # path itself is a pasted webhook URL: phischer would register and check .../sms/sms.
+    if urlsplit(url).path.lower().endswith("/sms"):
+        raise ConfigError(
+            f"{source}={raw!r} is the webhook URL; give the base URL without /sms "
+            f"({url[: -len('/sms')]}): phischer adds /sms itself"
+        )
     return url
 
 

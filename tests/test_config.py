@@ -68,6 +68,13 @@ def test_parsing():
         # Signatures are checked against PUBLIC_URL: a malformed one would 403 every text.
         ({"PUBLIC_URL": "notaurl"}, "PUBLIC_URL='notaurl' must be an absolute base URL"),
         ({"PUBLIC_URL": "https://x.example.com?a=1"}, "must be an absolute base URL"),
+        # The pasted webhook URL: it would register and check .../sms/sms.
+        (
+            {"PUBLIC_URL": "https://x.example.com/sms/"},
+            "PUBLIC_URL='https://x.example.com/sms/' is the webhook URL; give the base URL "
+            "without /sms (https://x.example.com)",
+        ),
+        ({"PUBLIC_URL": "https://x.example.com/clone/SMS"}, "(https://x.example.com/clone)"),
         ({"TWILIO_PHONE_NUMBER": "abc"}, "TWILIO_PHONE_NUMBER='abc' is not a phone number"),
     ],
 )
@@ -75,6 +82,13 @@ def test_invalid_values_say_what_to_fix(env, message):
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
     assert message in str(err.value)
+
+
+def test_a_public_url_may_have_a_path_prefix():
+    # A proxy serving phischer under /clone: Twilio calls /clone/sms, Flask sees /sms.
+    s = Settings.from_env({"PUBLIC_URL": "https://x.example.com/clone/"})
+    assert s.public_url == "https://x.example.com/clone"
+    assert Settings.from_env({"PUBLIC_URL": "https://x.example.com/smsbot"}).public_url
 
 
 def test_session_gap_overrides_are_checked_too(tmp_path):
@@ -148,6 +162,49 @@ def test_log_level_from_dotenv_quiets_the_cli(tmp_path, monkeypatch):
         assert logging.getLogger("openai").level == logging.WARNING
     finally:
         monkeypatch.delenv("LOG_LEVEL", raising=False)
+
+
+@pytest.mark.parametrize("raw", ["LOUD", "verbose", "10"])
+def test_a_bad_log_level_is_one_line(tmp_path, monkeypatch, raw):
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    monkeypatch.setenv("LOG_LEVEL", raw)
+    result = CliRunner().invoke(cli, ["persona", "list"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: LOG_LEVEL={raw!r} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"), [(" debug ", "DEBUG"), ("warn", "WARNING"), ("", "INFO")]
+)
+def test_log_level_names_are_forgiving_about_case_and_warn(raw, level):
+    from phischer.cli import log_level
+
+    assert log_level(raw) == level
+
+
+def test_the_openai_sdks_http_client_does_not_log_each_request(tmp_path, monkeypatch):
+    import logging
+
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    result = CliRunner().invoke(cli, ["persona", "list"])
+    assert result.exit_code == 0, result.output
+    # openai 3.5x logs "HTTP Request: POST …" at INFO through httpx2: a CLI error that
+    # should be one line came out as two.
+    for name in ("httpx2", "httpx", "openai"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+    assert logging.getLogger("phischer").isEnabledFor(logging.INFO)
 
 
 def test_empty_twilio_number_is_unset_and_a_number_is_normalised():

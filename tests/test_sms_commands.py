@@ -38,7 +38,15 @@ def messages(app) -> list[Message]:
         ("INFO", "help", None, ""),
         ("please stop texting me", "chat", None, "please stop texting me"),
         ("#", "chat", None, "#"),
-        ("#list everything", "switch", "list", "everything"),
+        # The words after a command ask nothing more; punctuation belongs to the sentence.
+        ("#list everything", "list", None, ""),
+        ("#list please", "list", None, ""),
+        ("#who?", "who", None, ""),
+        ("#who is this", "who", None, ""),
+        ("#Reset!", "reset", None, ""),
+        ("#ada!", "switch", "ada", ""),
+        ("#ada, hi", "switch", "ada", "hi"),
+        ("#ada?!", "switch", "ada", ""),
         ("#ada\thi there", "switch", "ada", "hi there"),
         ("#ada\nhello\nagain", "switch", "ada", "hello\nagain"),
         ("# ada", "chat", None, "# ada"),
@@ -55,6 +63,13 @@ def test_switch_replies_with_greeting_and_sticks(app, twilio_post):
     assert twilio_post("hey how are you").replies == ["yo. tired. u?"]
     assert twilio_post("#who").replies == ["You're texting Bo (#bo)."]
     assert contact(app).persona_id is not None
+
+
+def test_commands_with_punctuation_or_extra_words_are_still_commands(app, twilio_post):
+    assert twilio_post("#bo!").replies == ["You're now texting Bo."]
+    assert twilio_post("#who?").replies == ["You're texting Bo (#bo)."]
+    assert twilio_post("#list please").replies == ["Personas: #ada, #bo"]
+    assert twilio_post("#nobody?").replies == ["No #nobody. Personas: #ada, #bo"]
 
 
 def test_switch_with_text_answers_as_new_persona(app, twilio_post):
