@@ -12,15 +12,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Runtime + test + train + postgres + plot extras; torch==2.13.0 is pinned so pip takes the CPU build.
-$(STAMP): $(BIN)/python pyproject.toml requirements.txt
+# `make run` needs only the runtime (a fast first start, no PyTorch); `make test` adds the
+# test + train + postgres + plot extras. torch==2.13.0 is pinned so pip takes the CPU build.
+RUN_STAMP := $(VENV)/.installed-run
+
+$(RUN_STAMP): $(BIN)/python pyproject.toml requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[test,train,postgres,plot]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/phischer db upgrade
 	$(BIN)/phischer seed
 	$(BIN)/phischer serve --host $(HOST) --port $(PORT)
