@@ -254,6 +254,14 @@ class Settings:
         """The Twilio signature key: TWILIO_AUTH_TOKEN, else a local development token."""
         return self.twilio_auth_token or dev_auth_token(self.instance_path)
 
+    def signing_token(self) -> str | None:
+        """The key a client signs with: TWILIO_AUTH_TOKEN, else an existing development token.
+
+        Never generates one: a token made here could only be refused by a server that runs
+        from another folder (and would leave a stray instance/ behind).
+        """
+        return self.twilio_auth_token or existing_dev_auth_token(self.instance_path)
+
     def tunnel_public_url(self) -> str | None:
         """PUBLIC_URL, else the URL a running `phischer tunnel`/`up` wrote to the instance folder."""
         if self.public_url:
@@ -277,15 +285,20 @@ def ensure_folder(folder: Path, what: str) -> None:
         ) from None
 
 
+def existing_dev_auth_token(instance_path: Path) -> str | None:
+    """The local development token if one was generated in `instance_path`, else None."""
+    try:
+        return (instance_path / "dev_auth_token").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def dev_auth_token(instance_path: Path) -> str:
     """Read (or create once) the local development token shared by serve, text and chat."""
     path = instance_path / "dev_auth_token"
-    try:
-        token = path.read_text().strip()
-        if token:
-            return token
-    except OSError:
-        pass
+    token = existing_dev_auth_token(instance_path)
+    if token:
+        return token
     token = secrets.token_hex(16)
     # Create exclusively so two processes starting together agree on one token.
     try:

@@ -64,7 +64,10 @@ def send_text(
         signed_url = signed_for(url, settings.tunnel_public_url())
     except ValueError as exc:  # urlsplit refuses e.g. http://[::1
         raise SimulatorError(f"cannot post to {url}: {exc}") from None
-    signature = RequestValidator(settings.auth_token()).compute_signature(signed_url, params)
+    token = settings.signing_token()
+    # Without a token the post still goes out (unsigned), so a server that is down says so
+    # first; a running one answers 403, explained below.
+    signature = RequestValidator(token).compute_signature(signed_url, params) if token else ""
     http = session or requests
     try:
         response = http.post(
@@ -78,6 +81,13 @@ def send_text(
         raise SimulatorError(f"{url} did not answer within {timeout_s:g} s") from None
     except requests.RequestException as exc:  # not a URL (no scheme, bad host), bad answer
         raise SimulatorError(f"cannot post to {url}: {' '.join(str(exc).split())}") from None
+    if response.status_code == 403 and token is None:
+        raise SimulatorError(
+            f"the server rejected the text (403): no TWILIO_AUTH_TOKEN is set and "
+            f"{settings.instance_path / 'dev_auth_token'} does not exist, so the server runs "
+            "from another folder: run this command there, or set the same TWILIO_AUTH_TOKEN "
+            "for both"
+        )
     if response.status_code == 403:
         raise SimulatorError(
             "the server rejected the signature (403): it uses a different TWILIO_AUTH_TOKEN "

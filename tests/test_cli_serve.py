@@ -65,6 +65,25 @@ def test_text_wrong_token_is_explained(live, monkeypatch):
     assert "rejected the signature (403)" in result.output
 
 
+def test_text_from_a_folder_without_the_servers_token_says_so(live, monkeypatch, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("INSTANCE_PATH", str(elsewhere / "instance"))
+    result = run("text", "--url", live, "hi")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: the server rejected the text (403): no TWILIO_AUTH_TOKEN is set and "
+        f"{elsewhere / 'instance' / 'dev_auth_token'} does not exist, so the server runs from "
+        "another folder: run this command there, or set the same TWILIO_AUTH_TOKEN for both\n"
+    )
+    assert not elsewhere.exists()  # no stray instance/ with a token nobody checks
+
+
+def test_text_with_no_token_and_no_server_says_nothing_answers(tmp_path):
+    result = run("text", "--url", "http://127.0.0.1:9/sms", "hi")
+    assert result.output.startswith("Error: nothing answers at http://127.0.0.1:9/sms")
+    assert not (tmp_path / "instance" / "dev_auth_token").exists()
+
+
 def test_text_signs_for_public_url(make_app, personas, monkeypatch):
     monkeypatch.setenv("PUBLIC_URL", "https://clone.example.ngrok.app")
     app = make_app(public_url="https://clone.example.ngrok.app")

@@ -221,7 +221,7 @@ def test_an_instance_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatc
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("INSTANCE_PATH", str(blocker / "instance"))
-    for command in (["persona", "list"], ["text", "hi"]):
+    for command in (["persona", "list"], ["db", "upgrade"]):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 1, result.output
         (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
