@@ -34,7 +34,7 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     from phischer.backends.base import BackendError, PersonaView
     from phischer.db import Database
     from phischer.inbound import SmsService
-    from phischer.personas import list_personas
+    from phischer.personas import list_personas, named, pick_default
     from phischer.replies import twiml
     from phischer.security import SignatureChecker
     from phischer.webhook import bp, xml
@@ -65,15 +65,26 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(bp)
 
     # Build retrieval indexes now: before gunicorn forks, so workers share them.
+    personas: list[PersonaView] = []
     try:
         with db.read() as session:
-            personas = [PersonaView.of(p) for p in list_personas(session)]
-        for persona in personas:
-            backends.get(persona.backend).warm(persona)
-    except BackendError as exc:
-        log.warning("Could not prepare a persona: %s", exc)
+            stored = list_personas(session)
+            personas = [PersonaView.of(p) for p in stored]
+            preferred = settings.default_persona
+            if stored and preferred and named(stored, preferred) is None:
+                log.warning(
+                    "DEFAULT_PERSONA=%r matches no persona name or keyword: numbers that never "
+                    "chose one get %s",
+                    preferred,
+                    pick_default(stored, None).name,
+                )
     except Exception as exc:  # no tables yet: `phischer db upgrade` has not run
         log.warning("Database not ready (%s): run `phischer db upgrade`", type(exc).__name__)
+    for persona in personas:
+        try:
+            backends.get(persona.backend).warm(persona)
+        except BackendError as exc:  # one broken persona must not leave the others cold
+            log.warning("Could not prepare persona %s: %s", persona.name, exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

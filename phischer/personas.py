@@ -65,12 +65,13 @@ def validate_keyword(keyword: str) -> str:
 def dataset_system_prompt(path: Path) -> str | None:
     """The system prompt a chat JSONL was built with (its first example's), if it has one."""
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:
             first = next((line for line in fh if line.strip()), "")
-        messages = json.loads(first).get("messages") or []
-        head = messages[0]
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, IndexError, KeyError):
+        example = json.loads(first)
+    except (OSError, ValueError, RecursionError):  # incl. UnicodeDecodeError, JSONDecodeError
         return None  # not our format: `dataset check` is where it gets explained
+    messages = example.get("messages") if isinstance(example, dict) else None
+    head = messages[0] if isinstance(messages, list) and messages else None
     if isinstance(head, dict) and head.get("role") == "system":
         content = head.get("content")
         return content if isinstance(content, str) and content.strip() else None
@@ -101,17 +102,20 @@ def check_base_url(base_url: str, flag: str = "--base-url") -> None:
 def _check_answerable(path: Path) -> None:
     # The retrieval backend answers from the dataset's (text, reply) pairs: a file without
     # any would make every text to the persona fail, so refuse it now, in one line.
-    from phischer.backends.retrieval import load_pairs
+    # Malformed lines are skipped (one warning), as the server does; only a file left with
+    # no pair at all is refused, and the refusal stays one line.
+    from phischer.backends.retrieval import read_pairs, warn_skipped
 
     try:
-        _, answers = load_pairs(path)
-    except (OSError, UnicodeDecodeError) as exc:
+        pairs = read_pairs(path)
+    except OSError as exc:
         raise PersonaError(f"dataset {path} cannot be read as a chat JSONL file ({exc})") from None
-    if not answers:
+    if not pairs.answers:
         raise PersonaError(
-            f"dataset {path} has no user→assistant pairs to answer from: build it with "
-            "`phischer import` (and look at it with `phischer dataset check`)"
+            f"dataset {path} has no user→assistant pairs to answer from{pairs.skipped_note()}: "
+            "build it with `phischer import` (and look at it with `phischer dataset check`)"
         )
+    warn_skipped(path, pairs)
 
 
 def add_persona(session: Session, spec: PersonaSpec) -> Persona:
@@ -233,12 +237,16 @@ def default_persona(session: Session, preferred: str | None) -> Persona | None:
     return pick_default(list_personas(session), preferred)
 
 
+def named(personas: Sequence[Persona], ref: str) -> Persona | None:
+    """The persona whose name is `ref` or whose keyword is `ref` in any case, if any."""
+    return next((p for p in personas if p.name == ref or p.keyword == ref.lower()), None)
+
+
 def pick_default(personas: Sequence[Persona], preferred: str | None) -> Persona | None:
     """The default among `personas` (oldest first), by the rule of `default_persona`."""
-    if preferred:
-        for p in personas:
-            if p.name == preferred or p.keyword == preferred.lower():
-                return p
+    chosen = named(personas, preferred) if preferred else None
+    if chosen is not None:
+        return chosen
     return next((p for p in personas if p.is_default), personas[0] if personas else None)
 
 

@@ -185,6 +185,22 @@ def test_default_persona_setting(make_app, personas, twilio_post):
     assert twilio_post("#who", target=app).replies == ["You're texting Bo (#bo)."]
 
 
+def test_unknown_default_persona_is_a_startup_warning_and_the_usual_default(
+    make_app, personas, twilio_post, caplog
+):
+    with caplog.at_level("WARNING", logger="phischer"):
+        app = make_app(default_persona="nobody")
+    assert [r.getMessage() for r in caplog.records if "DEFAULT_PERSONA" in r.getMessage()] == [
+        "DEFAULT_PERSONA='nobody' matches no persona name or keyword: numbers that never chose "
+        "one get Ada"
+    ]
+    assert twilio_post("#who", target=app).replies == ["You're texting Ada (#ada)."]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="phischer"):
+        make_app(default_persona="BO")  # a keyword in any case is known: no warning
+    assert not [r for r in caplog.records if "DEFAULT_PERSONA" in r.getMessage()]
+
+
 def test_no_persona_yet(make_app, database, twilio_post):
     app = make_app()
     r = twilio_post("hello", target=app)
