@@ -191,6 +191,59 @@ def test_retrieval_persona_needs_a_dataset_it_can_answer_from(tmp_path, content)
     assert "No personas yet" in run("persona", "list").output
 
 
+# Lines the retrieval backend cannot read: every shape a hand-edited or foreign file may hold.
+MALFORMED_LINES = [
+    "not json",
+    '["not", "an", "object"]',
+    '"messages"',
+    "null",
+    '{"prompt": "hey", "completion": "hi"}',
+    '{"messages": null}',
+    '{"messages": "hey"}',
+    '{"messages": 5}',
+    '{"messages": [{"role": "user", "content": "hey"}, "hi"]}',
+    '{"messages": [null, {"role": "assistant", "content": "hi"}]}',
+    '{"messages": [{"role": 1, "content": "hey"}, {"role": "assistant", "content": "hi"}]}',
+    '{"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "hi"}]}',
+    '{"messages": [{"role": "user", "content": "hey"}, {"role": "assistant", "content": [1]}]}',
+]
+
+
+@pytest.mark.parametrize("bad", MALFORMED_LINES)
+def test_persona_add_refuses_a_dataset_of_malformed_lines_in_one_line(tmp_path, bad):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(f"{bad}\n{bad}\n")
+    result = run("persona", "add", "Y", "--keyword", "yy", "--dataset", str(dataset))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line == (
+        f"Error: dataset {dataset} has no user→assistant pairs to answer from (2 malformed "
+        "lines skipped, first: line 1): build it with `phischer import` (and look at it with "
+        "`phischer dataset check`)"
+    )
+    assert "No personas yet" in run("persona", "list").output
+
+
+def test_persona_add_takes_a_dataset_with_some_malformed_lines(tmp_path, caplog):
+    # The walkthrough's file: good examples among every kind of broken line.
+    from pathlib import Path
+
+    errors = Path(__file__).parent / "fixtures" / "datasets" / "errors.jsonl"
+    with caplog.at_level("WARNING"):
+        result = run("persona", "add", "Y", "--keyword", "yy", "--dataset", str(errors))
+    assert result.exit_code == 0, result.output
+    assert "Added persona Y (#yy, retrieval)." in result.output
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"Dataset {errors}: skipped 6 malformed lines (first: line 2); "
+        "`phischer dataset check` says what is wrong with them"
+    ]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(MALFORMED_LINES) + "\n" + PAIR)
+    added = run("persona", "add", "M", "--keyword", "mm", "--dataset", str(mixed))
+    assert added.exit_code == 0, added.output
+
+
 def test_route_pins_a_number(app, twilio_post, database):
     from phischer.personas import route_number
 

@@ -24,6 +24,7 @@ from phischer.backends.base import BackendError, PersonaView, Reply
 
 # bm25s sets its own logger to DEBUG on import; let it follow the app's level instead.
 logging.getLogger("bm25s").setLevel(logging.NOTSET)
+log = logging.getLogger(__name__)
 
 TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 # Group-chat turns carry a "Name: " prefix (dataset rule); names are not what a text is about.
@@ -106,30 +107,100 @@ class Index:
         return self.answers[pick]
 
 
-def load_pairs(path: Path) -> tuple[list[str], list[str]]:
-    """(keys, answers) from a chat JSONL file: each assistant turn keyed by the user turn before it."""
-    keys: list[str] = []
-    answers: list[str] = []
+@dataclass
+class Pairs:
+    """The (text, reply) pairs of a chat JSONL file, and the malformed lines left out."""
+
+    keys: list[str]
+    answers: list[str]
+    skipped: int = 0  # lines that are not a chat example (see _turns)
+    first_skipped: int | None = None  # 1-based number of the first such line
+
+    def skipped_note(self) -> str:
+        """' (N malformed lines skipped, first: line L)', or '' when none were."""
+        if not self.skipped:
+            return ""
+        lines = "line" if self.skipped == 1 else "lines"
+        return f" ({self.skipped} malformed {lines} skipped, first: line {self.first_skipped})"
+
+
+def _turns(obj: object) -> list[tuple[str, str | None]] | None:
+    """(role, text) of each message of a parsed line, or None if it is not a chat example.
+
+    A chat example is an object whose "messages" is a list of objects with a string "role"
+    and a string or null "content" (null: a tool-call turn, which has no text to match).
+    """
+    messages = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(messages, list):
+        return None
+    turns: list[tuple[str, str | None]] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            return None
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not (content is None or isinstance(content, str)):
+            return None
+        turns.append((role, content))
+    return turns
+
+
+def read_pairs(path: Path) -> Pairs:
+    """Each assistant turn of a chat JSONL file keyed by the user turn before it.
+
+    Best effort: a line that is not a chat example (not UTF-8, not JSON, not an object,
+    no "messages" list, a message that is not an object with a string role and a string or
+    null content) is skipped and counted, never raised; `phischer dataset check` explains
+    it. Only OSError (the file cannot be read at all) escapes.
+    """
+    pairs = Pairs(keys=[], answers=[])
     seen: set[tuple[str, str]] = set()
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
             try:
-                messages = json.loads(line).get("messages", [])
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            for prev, msg in zip(messages, messages[1:], strict=False):
-                if msg.get("role") != "assistant" or prev.get("role") != "user":
+                # utf-8-sig on the first line: editors on Windows start files with a BOM.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+                if not line:
                     continue
-                key = SPEAKER_RE.sub("", str(prev.get("content", ""))).strip()
-                answer = str(msg.get("content", "")).strip()
+                # ValueError covers JSONDecodeError and over-long integer literals;
+                # RecursionError, arrays nested thousands deep.
+                turns = _turns(json.loads(line))
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                turns = None
+            if turns is None:
+                pairs.skipped += 1
+                if pairs.first_skipped is None:
+                    pairs.first_skipped = number
+                continue
+            for (prev_role, prev), (role, text) in zip(turns, turns[1:], strict=False):
+                if role != "assistant" or prev_role != "user" or prev is None or text is None:
+                    continue
+                key = SPEAKER_RE.sub("", prev).strip()
+                answer = text.strip()
                 if key and answer and (key, answer) not in seen:
                     seen.add((key, answer))
-                    keys.append(key)
-                    answers.append(answer)
-    return keys, answers
+                    pairs.keys.append(key)
+                    pairs.answers.append(answer)
+    return pairs
+
+
+def warn_skipped(path: Path, pairs: Pairs) -> None:
+    """Log one WARNING naming the file if malformed lines were skipped (never their content)."""
+    if pairs.skipped:
+        log.warning(
+            "Dataset %s: skipped %d malformed line%s (first: line %d); "
+            "`phischer dataset check` says what is wrong with them",
+            path,
+            pairs.skipped,
+            "" if pairs.skipped == 1 else "s",
+            pairs.first_skipped,
+        )
+
+
+def load_pairs(path: Path) -> tuple[list[str], list[str]]:
+    """(keys, answers) from a chat JSONL file (see read_pairs); warns once about skipped lines."""
+    pairs = read_pairs(path)
+    warn_skipped(path, pairs)
+    return pairs.keys, pairs.answers
 
 
 class RetrievalBackend:
@@ -181,12 +252,15 @@ class RetrievalBackend:
 
     @staticmethod
     def _build(path: Path) -> Index:
-        keys, answers = load_pairs(path)
-        if not answers:
-            raise BackendError(f"dataset {path} has no user→assistant pairs to answer from")
+        pairs = read_pairs(path)
+        if not pairs.answers:
+            raise BackendError(
+                f"dataset {path} has no user→assistant pairs to answer from{pairs.skipped_note()}"
+            )
+        warn_skipped(path, pairs)  # once per build: the index is cached until the file changes
         bm25 = bm25s.BM25()
-        bm25.index([tokenize(k) or [""] for k in keys], show_progress=False)
-        return Index(bm25=bm25, answers=answers)
+        bm25.index([tokenize(k) or [""] for k in pairs.keys], show_progress=False)
+        return Index(bm25=bm25, answers=pairs.answers)
 
     def warm(self, persona: PersonaView) -> None:
         """Build the index now (before gunicorn forks, so workers share it)."""
