@@ -37,12 +37,25 @@ from operator import attrgetter, itemgetter, le, sub
 from pathlib import Path
 
 from phischer.atomic import atomic_files
+from phischer.dataset_check import sidecar_path
 from phischer.importers.base import Conversation, ImportErrorMessage, Message
 from phischer.thread import session_gap
+
+# Why a thread with no text message left (all media, all service notices, …) is skipped.
+NO_TEXT = "no text"
 
 DEFAULT_SYSTEM = (
     "You are {me}. Reply to text messages the way {me} would: same voice, same length, same habits."
 )
+
+# The default when the export has no real name for the person (see `names_a_person`).
+NEUTRAL_SYSTEM = (
+    "Reply to text messages the way this person would: same voice, same length, same habits."
+)
+# Words an export (or a user following the README's `--me me`) uses instead of a name.
+_STAND_INS = frozenset({"", "me", "i", "myself", "you", "yourself"})
+_ID_LIKE = re.compile(r"[@+]?[\d\s().-]+")  # a numeric id or a phone number
+_PLACEHOLDERS = re.compile(r"(?:<(?:email|phone|url)>\s*)+")  # a name --mask-pii masked whole
 
 
 @dataclass
@@ -57,7 +70,9 @@ class Example:
 class BuildStats:
     """What the builder saw: filled in while `build_examples` is iterated."""
 
-    threads: int = 0
+    threads: int = 0  # with at least one text message kept (the rest are in `skipped`)
+    # Threads left out whole, by reason: the importer's ("bot chat") or NO_TEXT.
+    skipped: Counter[str] = field(default_factory=Counter)
     messages: int = 0  # kept by the importer
     dropped: Counter[str] = field(default_factory=Counter)
     senders: Counter[str] = field(default_factory=Counter)
@@ -71,7 +86,18 @@ class BuildStats:
 
 def system_prompt(me: str, system: str | None = None) -> str:
     """The system prompt for a dataset (and the persona serving it); `{me}` is filled in."""
-    return (system or DEFAULT_SYSTEM).replace("{me}", me)
+    if system:
+        return system.replace("{me}", me)
+    return DEFAULT_SYSTEM.replace("{me}", me) if names_a_person(me) else NEUTRAL_SYSTEM
+
+
+def names_a_person(name: str) -> bool:
+    """False for a stand-in ("me"), an id or phone number, or a masked placeholder."""
+    # The default prompt names the person as the export does; "You are me." or "You are
+    # 4242." says nothing, so those get NEUTRAL_SYSTEM (an X archive without account.js
+    # names its owner "me"; a WhatsApp contact never saved is its phone number).
+    word = _norm(name)
+    return not (word in _STAND_INS or _ID_LIKE.fullmatch(word) or _PLACEHOLDERS.fullmatch(word))
 
 
 def _norm(name: str) -> str:
@@ -221,11 +247,16 @@ def build_examples(
     sys_msg: dict[str, str] | None = None
     size = 2 * (max_turns // 2)
     for conv in conversations:
-        stats.threads += 1
         stats.dropped.update(conv.dropped)
         # Importers yield time order and no empty texts, but an empty text would become an
         # empty turn, which OpenAI rejects, and out-of-order messages would mix sessions.
         msgs = list(filter(_by_text, conv.messages))
+        if conv.skipped or not msgs:
+            # Not a thread of the dataset: counting it would report more threads than
+            # conversations. Its messages are already counted in `dropped`.
+            stats.skipped[conv.skipped or NO_TEXT] += 1
+            continue
+        stats.threads += 1
         times = list(map(_by_time, msgs))
         if not _is_sorted(times):
             msgs.sort(key=_by_time)
@@ -286,7 +317,7 @@ def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:
     building (bad export, --me not found) leaves no partial output behind.
     """
     out = Path(out_path)
-    sidecar = out.with_name(out.name + ".conversations")
+    sidecar = sidecar_path(out)
     written = 0
     # The sidecar first: a reader that finds OUT.jsonl also finds its conversations.
     with atomic_files(sidecar, out) as (side, fh):

@@ -142,13 +142,13 @@ class CheckReport:
                 out.append(f"Statistics below cover the {valid:,} examples without errors.")
             m = self.messages_per_example
             out.append(
-                f"Messages per example: min {min(m)}, median {_num(statistics.median(m))}, "
+                f"Messages per example: min {min(m)}, median {whole(statistics.median(m))}, "
                 f"max {max(m)}"
             )
             t = self.token_counts
             out.append(
-                f"Tokens per example:   min {min(t):,}, median {_num(statistics.median(t))}, "
-                f"p95 {_num(percentile(t, 0.95))}, max {max(t):,}"
+                f"Tokens per example:   min {min(t):,}, median {whole(statistics.median(t)):,}, "
+                f"p95 {whole(percentile(t, 0.95)):,}, max {max(t):,}"
             )
             out.append(
                 f"Over the {self.context_limit:,}-token limit: {self.over_limit:,} examples"
@@ -193,10 +193,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
-def _num(x: float) -> str:
-    # Round first: an interpolated p95 of 310.99999999999955 reads "311", not "311.0".
-    x = round(float(x), 1)
-    return f"{x:,.0f}" if x.is_integer() else f"{x:,.1f}"
+def whole(x: float) -> int:
+    """A median or percentile as a whole count like min and max, halves up (51.5 -> 52)."""
+    # Round to 6 places first: interpolation gives 310.99999999999955 for 311 and
+    # 51.49999999999999 for a half, which must round up like 51.5.
+    return math.floor(round(float(x), 6) + 0.5)
 
 
 def _usd(x: float) -> str:
@@ -374,6 +375,10 @@ def _parse(number: int, raw: bytes) -> tuple[Any, Problem | None]:
         return None, Problem(
             number, f"invalid JSON: {exc.msg} at column {exc.colno} [invalid_json]"
         )
+    except ValueError:  # valid JSON Python refuses: an integer over 4,300 digits
+        return None, Problem(number, "invalid JSON: a number with too many digits [invalid_json]")
+    except RecursionError:
+        return None, Problem(number, "invalid JSON: nested too deeply [invalid_json]")
 
 
 def check_file(

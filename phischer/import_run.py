@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from phischer.dataset import BuildStats, build_examples, system_prompt, write_jsonl
+from phischer.dataset_check import sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
 from phischer.importers.base import Conversation
@@ -30,13 +32,16 @@ class ImportResult:
     def format(self) -> str:
         """The summary `phischer import` prints."""
         s = self.stats
-        dropped = sum(s.dropped.values())
-        reasons = ", ".join(f"{reason} {n:,}" for reason, n in s.dropped.most_common())
         lines = [
             f"Threads: {s.threads:,}  ({_plural(s.sessions, 'conversation')} after splitting on "
             "silences)",
+        ]
+        if s.skipped:
+            # Left out whole (bot chats, threads with no text): not among the threads above.
+            lines.append(_counted("Threads skipped", s.skipped))
+        lines += [
             f"Messages kept: {s.messages:,}  (yours: {s.me_messages:,})",
-            f"Dropped: {dropped:,}" + (f"  ({reasons})" if reasons else ""),
+            _counted("Dropped", s.dropped),
         ]
         if s.openers:
             lines.append(
@@ -48,11 +53,17 @@ class ImportResult:
             f"Examples: {self.examples:,}  ({approx}{self.tokens:,} tokens, o200k_base"
             + (", estimated from a sample" if self.tokens_estimated else "")
             + ")",
-            f"Wrote {self.out} and {self.out.name}.conversations",
+            f"Wrote {self.out} and {sidecar_path(self.out)}",
             f"System prompt: {self.system}",
             f"Next: phischer dataset check {self.out}",
         ]
         return "\n".join(lines)
+
+
+def _counted(label: str, reasons: Counter[str]) -> str:
+    # "Dropped: 4  (bot chat 2, service 1, media 1)": a total, then each reason, most first.
+    detail = ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
+    return f"{label}: {sum(reasons.values()):,}" + (f"  ({detail})" if detail else "")
 
 
 def _plural(n: int, word: str) -> str:

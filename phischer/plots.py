@@ -80,17 +80,11 @@ def _legend(ax: Any) -> list[str]:
     return [text.get_text() for text in legend.get_texts()]
 
 
-def _num(x: float) -> str:
-    # Round first: an interpolated p95 of 310.99999999999955 reads "311", not "311.0".
-    x = round(float(x), 1)
-    return f"{x:,.0f}" if x.is_integer() else f"{x:,.1f}"
-
-
 def token_histogram(
     tokens_per_example: Sequence[int], limit: int, path: Path, title: str
 ) -> Plotted:
     """Histogram of tokens per example with the model's limit, median and p95 marked."""
-    from phischer.dataset_check import percentile
+    from phischer.dataset_check import percentile, whole
 
     values = [int(v) for v in tokens_per_example]
     if not values:
@@ -121,8 +115,8 @@ def token_histogram(
         "p95": float(p95),
         "limit": float(limit),
     }
-    ax.axvline(median, color="#55A868", linestyle="--", label=f"median {_num(median)}")
-    ax.axvline(p95, color="#DD8452", linestyle=":", linewidth=2, label=f"p95 {_num(p95)}")
+    ax.axvline(median, color="#55A868", linestyle="--", label=f"median {whole(median):,}")
+    ax.axvline(p95, color="#DD8452", linestyle=":", linewidth=2, label=f"p95 {whole(p95):,}")
     ax.axvline(
         limit,
         color="#C44E52",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_import_messenger_prints_a_summary(tmp_path: Path) -> None:
         "reply to)",
         "Examples: 3  (257 tokens, o200k_base)",
     ]
-    assert lines[5] == f"Wrote {out} and zoe.jsonl.conversations"
+    assert lines[5] == f"Wrote {out} and {out}.conversations"
     assert lines[6].startswith("System prompt: You are Zoë Martín. Reply to text messages")
     assert len(examples(out)) == 3
     assert (tmp_path / "zoe.jsonl.conversations").read_text().splitlines() == [
@@ -123,6 +124,84 @@ def test_import_from_zip_and_twitter(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Dropped: 2  (media 1, retweet 1)" in result.stdout
     assert len(examples(Path("t.jsonl"))) == 5
+    # data/tweets.js alone reads tweets-part1.js beside it: the same dataset.
+    tweets = FIXTURES / "twitter" / "data" / "tweets.js"
+    result = run("twitter", str(tweets), "--me", "zoemartin", "-o", "one.jsonl")
+    assert result.exit_code == 0, result.output
+    assert Path("one.jsonl").read_bytes() == Path("t.jsonl").read_bytes()
+
+
+def test_output_in_new_folders_prints_both_paths(tmp_path: Path) -> None:
+    result = run("messenger", str(MESSENGER), "--me", "Zoë Martín", "-o", "newdir/sub/z.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "Wrote newdir/sub/z.jsonl and newdir/sub/z.jsonl.conversations" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "newdir" / "sub").iterdir()) == [
+        "z.jsonl",
+        "z.jsonl.conversations",
+    ]
+
+
+def test_threads_with_no_text_are_skipped_not_counted(tmp_path: Path) -> None:
+    # A thread whose only message is a photo yields no conversation: counted among the
+    # threads, it would make "Threads: 4  (4 conversations …)" look like one was lost.
+    export = tmp_path / "export"
+    shutil.copytree(MESSENGER, export)
+    photo = export / "your_facebook_activity/messages/inbox/photos_4004"
+    photo.mkdir()
+    (photo / "message_1.json").write_text(
+        json.dumps(
+            {
+                "participants": [{"name": "Priya Nair"}, {"name": "Zoë Martín"}],
+                "messages": [
+                    {
+                        "sender_name": "Priya Nair",
+                        "timestamp_ms": 1706756400000,
+                        "photos": [{"uri": "photos/1.jpg"}],
+                        "type": "Generic",
+                    }
+                ],
+                "title": "Priya Nair",
+                "thread_path": "inbox/photos_4004",
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = run("messenger", str(export), "--me", "Zoë Martín", "-o", "z.jsonl")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[:4] == [
+        "Threads: 3  (4 conversations after splitting on silences)",
+        "Threads skipped: 1  (no text 1)",
+        "Messages kept: 19  (yours: 8)",
+        "Dropped: 13  (media 5, system 3, sticker 1, reaction 1, link 1, unsent 1, call 1)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("me_json", "me", "prompt"),
+    [
+        # No account.js: the README says --me me; "You are me." says nothing.
+        (None, "me", "Reply to text messages the way this person would: same voice, same "
+         "length, same habits."),
+        # account.js with a display name: the prompt names the person as the export does.
+        ("account", "@zoemartin", "You are Zoë Martín. Reply to text messages the way Zoë "
+         "Martín would: same voice, same length, same habits."),
+        # A --system of your own is used as given, stand-in name or not.
+        (None, "me", "Texting as {me}."),
+    ],
+)  # fmt: skip
+def test_system_prompt_without_a_real_name_is_neutral(
+    tmp_path: Path, me_json: str | None, me: str, prompt: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("tweets.js", "tweets-part1.js") + (("account.js",) if me_json else ()):
+        shutil.copy(FIXTURES / "twitter" / "data" / name, data / name)
+    extra = ["--system", prompt] if "{me}" in prompt else []
+    result = run("twitter", str(data / "tweets.js"), "--me", me, "-o", "t.jsonl", *extra)
+    assert result.exit_code == 0, result.output
+    want = prompt.replace("{me}", me)
+    assert f"System prompt: {want}" in result.stdout.splitlines()
+    assert {ex[0]["content"] for ex in examples(Path("t.jsonl"))} == {want}
 
 
 def assert_clean_failure(result, message: str, tmp_path: Path) -> None:

@@ -11,11 +11,14 @@ import pytest
 
 from phischer.dataset import (
     DEFAULT_SYSTEM,
+    NEUTRAL_SYSTEM,
     BuildStats,
     Example,
     build_examples,
     mask_pii,
     match_me,
+    names_a_person,
+    system_prompt,
     write_jsonl,
 )
 from phischer.importers import ImportErrorMessage, load
@@ -136,6 +139,36 @@ def test_system_prompt_names_the_sender_as_spelled_in_the_export() -> None:
     assert ex.messages[0] == {"role": "system", "content": "Be Ana Lima. Short texts."}
 
 
+@pytest.mark.parametrize(
+    ("name", "named"),
+    [
+        ("Ana Lima", True),
+        ("river.song", True),
+        ("@zoemartin", True),  # a handle still names someone
+        ("张伟", True),
+        ("me", False),  # an X archive without account.js, as the README's --me me
+        (" ME ", False),
+        ("You", False),
+        ("4242", False),  # a platform id
+        ("+1 (555) 010-0199", False),  # a WhatsApp contact never saved
+        ("<PHONE>", False),  # a name --mask-pii masked whole
+        ("", False),
+    ],
+)
+def test_default_prompt_is_neutral_without_a_real_name(name: str, named: bool) -> None:
+    assert names_a_person(name) is named
+    want = DEFAULT_SYSTEM.format(me=name) if named else NEUTRAL_SYSTEM
+    assert system_prompt(name) == want
+    # A --system of your own is filled in as written, whatever the name.
+    assert system_prompt(name, "Be {me}.") == f"Be {name}."
+
+
+def test_mask_pii_masks_a_name_in_the_prompt() -> None:
+    c = conv((0, "Bo", "hi"), (1, "Ana bo@example.com", "hey"))
+    (ex,) = build_examples([c], "Ana bo@example.com", mask_pii=True)
+    assert ex.messages[0]["content"] == DEFAULT_SYSTEM.format(me="Ana <EMAIL>")
+
+
 def test_match_me_by_name_alias_or_id() -> None:
     m = Message("Ana Lima", "x", T0, sender_id="user42", aliases=("ana_l", "Nana"))
     assert match_me(m, "ana lima")
@@ -243,6 +276,24 @@ ZOE_SYSTEM = {
 }
 
 
+def test_threads_left_out_whole_are_skipped_not_counted() -> None:
+    # Every counted thread has a conversation, so threads never outnumber conversations.
+    bot = conv((0, "Ana", "/weather"), cid="bot")
+    bot.messages.clear()
+    bot.drop("bot chat", 2)
+    bot.skipped = "bot chat"
+    photos = conv(cid="photos")
+    photos.drop("media", 3)
+    stats = BuildStats()
+    examples = list(
+        build_examples([bot, conv((0, "Bo", "hi"), (1, "Ana", "hey")), photos], "Ana", stats=stats)
+    )
+    assert len(examples) == 1
+    assert (stats.threads, stats.sessions) == (1, 1)
+    assert stats.skipped == {"bot chat": 1, "no text": 1}
+    assert stats.dropped == {"media": 3, "bot chat": 2}
+
+
 def test_messenger_fixture_end_to_end() -> None:
     stats = BuildStats()
     examples = list(
@@ -337,11 +388,12 @@ def test_mask_pii_also_masks_names_in_group_prefixes_and_the_prompt() -> None:
         group=True,
     )
     (ex,) = build_examples([c], "+1 555 010 0199", mask_pii=True)
-    assert ex.messages[0]["content"] == DEFAULT_SYSTEM.format(me="<PHONE>")
+    # A number is no name: the neutral prompt, so no number can leak into it either.
+    assert ex.messages[0]["content"] == NEUTRAL_SYSTEM
     assert turns(ex) == [
         ("user", "<PHONE>: who's in?\nBo: me, mail <EMAIL>"),
         ("assistant", "hi all"),
     ]
     (plain,) = build_examples([c], "+1 555 010 0199")
-    assert plain.messages[0]["content"] == DEFAULT_SYSTEM.format(me="+1 555 010 0199")
+    assert plain.messages[0]["content"] == NEUTRAL_SYSTEM
     assert turns(plain)[0] == ("user", "+44 7700 900123: who's in?\nBo: me, mail bo@example.com")

@@ -18,6 +18,7 @@ from phischer.dataset_check import (
     default_epochs,
     estimate_cost,
     percentile,
+    whole,
 )
 from phischer.tokens import count_tokens
 
@@ -131,8 +132,8 @@ def test_stats_on_hand_computed_fixture() -> None:
     assert report.estimated_cost_usd == pytest.approx(5_700 * 5.00 / 1_000_000)
     text = report.format()
     assert "Messages per example: min 3, median 7, max 21" in text
-    # p95 interpolates like numpy: 57 + 0.8 * (129 - 57) = 114.6
-    assert "Tokens per example:   min 21, median 45, p95 114.6, max 129" in text
+    # p95 interpolates like numpy: 57 + 0.8 * (129 - 57) = 114.6, shown whole like min/max
+    assert "Tokens per example:   min 21, median 45, p95 115, max 129" in text
     assert "Epochs: 20 (default rule for 5 examples)" in text
     assert "Billed tokens: 5,700 (285 per epoch × 20)" in text
     assert (
@@ -235,6 +236,29 @@ def test_percentile_matches_numpy_linear() -> None:
         )
         == 20
     )
+
+
+def test_whole_rounds_halves_up_and_absorbs_float_noise() -> None:
+    assert [whole(x) for x in (51.6, 51.5, 52.5, 51.4, 7, 7.0)] == [52, 52, 53, 51, 7, 7]
+    # Float noise from interpolation: still 311, and still a half that rounds up.
+    assert whole(310.99999999999955) == 311
+    assert whole(51.49999999999999) == 52
+
+
+def test_median_and_p95_print_as_whole_numbers(tmp_path: Path) -> None:
+    # "hello world" messages of 6 tokens (see above): examples of 3 and 4 messages have
+    # 21 and 27 tokens. Messages median 3.5 -> 4 (halves up); tokens p95
+    # 21 + 0.95 * (27 - 21) = 26.7 -> 27, whole like min and max.
+    msg = {"role": "user", "content": "hello world"}
+    reply = {"role": "assistant", "content": "hello world"}
+    lines = [[msg, msg, reply], [msg, msg, reply, reply]]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in lines), "utf-8")
+    report = check_file(path)
+    assert report.token_counts == [21, 27]
+    text = report.format()
+    assert "Messages per example: min 3, median 4, max 4" in text
+    assert "Tokens per example:   min 21, median 24, p95 27, max 27" in text
 
 
 def test_empty_file_is_an_error(tmp_path: Path) -> None:

@@ -80,6 +80,8 @@ def test_full_export_one_conversation_per_chat() -> None:
         ("telegram:5500998877", "Saved Messages", False, {}),
         ("telegram:1600000001", "Old Flat", True, {}),  # from left_chats
     ]
+    # Only the bot chat is left out whole; the summary reports it apart from the threads.
+    assert [c.skipped for c in convs] == [None, None, "bot chat", None, None]
     assert [rows(c) for c in convs] == [
         PRIYA_CHAT[:2],
         [
@@ -171,7 +173,13 @@ def test_cli_end_to_end_me_by_name_or_from_id(tmp_path: Path, me: str) -> None:
         "telegram:4400112233#0",
         "telegram:1600000001#0",
     ]
-    assert "Dropped: 4  (bot chat 2, service 1, media 1)" in result.output
+    # 4 chats with text, each at least one conversation; the bot chat is not one of them.
+    assert result.output.splitlines()[:4] == [
+        "Threads: 4  (4 conversations after splitting on silences)",
+        "Threads skipped: 1  (bot chat 1)",
+        "Messages kept: 9  (yours: 4)",
+        "Dropped: 4  (bot chat 2, service 1, media 1)",
+    ]
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])

@@ -108,7 +108,26 @@ def test_zip_and_single_file(tmp_path: Path) -> None:
     # tweets.js alone still finds account.js beside it
     (first, *_rest) = _convs(ARCHIVE / "data" / "tweets.js")
     assert first.messages[1].sender == ZOE
-    assert len(_rest) == 3  # no tweets-part1.js: the self-thread is not there
+
+
+@pytest.mark.parametrize("name", ["tweets.js", "tweets-part1.js"])
+def test_one_tweets_file_reads_its_sibling_parts(tmp_path: Path, name: str) -> None:
+    # The README: "Pass … data/tweets.js itself; tweets-part1.js, … are read too". The
+    # self-thread's replies are in tweets-part1.js: without it the thread is cut short.
+    folder = [(c.id, c.messages) for c in _convs()]
+    assert [(c.id, c.messages) for c in _convs(ARCHIVE / "data" / name)] == folder
+    assert len(folder) == 5
+    # Same folder and patterns as a folder import: files of another kind are not read.
+    data = tmp_path / "data"
+    shutil.copytree(ARCHIVE / "data", data)
+    (data / "deleted-tweets.js").write_text(
+        'window.YTD.deleted_tweets.part0 = [{"tweet": {"id_str": "900", "created_at": '
+        '"Mon Jan 02 10:00:00 +0000 2017", "full_text": "deleted post"}}]'
+    )
+    assert [(c.id, c.messages) for c in _convs(data / name)] == folder
+    # A file that is not a tweets file is refused, whatever is beside it.
+    with pytest.raises(ImportErrorMessage, match="No tweets in"):
+        _convs(data / "deleted-tweets.js")
 
 
 def test_without_account_js_the_owner_is_me(tmp_path: Path) -> None:

@@ -79,6 +79,14 @@ def test_token_histogram_uses_a_log_axis_when_the_limit_is_far_away(tmp_path: Pa
     assert sum(drawn.series["examples"][1]) == 5
 
 
+def test_token_histogram_labels_are_whole_like_the_report(tmp_path: Path) -> None:
+    # median (51 + 52) / 2 = 51.5, p95 51 + 0.95 = 51.95: the lines stand where the values
+    # are, the legend reads them rounded as `dataset check` prints them (halves up).
+    drawn = plots.token_histogram([51, 52], 65_536, tmp_path / "h.png", "t")
+    assert drawn.markers == pytest.approx({"median": 51.5, "p95": 51.95, "limit": 65_536.0})
+    assert drawn.legend[1:3] == ["median 52", "p95 52"]
+
+
 def test_token_histogram_of_one_value(tmp_path: Path) -> None:
     drawn = plots.token_histogram([7], 7, tmp_path / "one.png", "t")
     assert_png(tmp_path / "one.png")
@@ -156,7 +164,7 @@ def test_dataset_check_plot_draws_the_checked_token_counts(
     assert_png(out)
     # The counts `dataset check` printed (see test_dataset_check) are the ones drawn, and
     # every example was tokenized once: the plot reuses the check's counts.
-    assert "Tokens per example:   min 21, median 45, p95 114.6, max 129" in result.output
+    assert "Tokens per example:   min 21, median 45, p95 115, max 129" in result.output
     assert counted == [3, 5, 7, 9, 21]
     ((name, args, plotted),) = drawn
     assert name == "token_histogram"

@@ -40,6 +40,9 @@ class Conversation:
     one_session: bool = False
     # Counts of what the importer dropped and why ("media", "system", "unsent", …).
     dropped: dict[str, int] = field(default_factory=dict)
+    # Why the whole thread was left out ("bot chat"), if it was: the summary reports it as
+    # skipped instead of counting it among the threads.
+    skipped: str | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         """Count a message dropped for `reason`."""

@@ -259,6 +259,7 @@ def parse_chat(chat: dict[str, Any], where: str) -> Conversation:
     if kind == "bot_chat":
         # A bot's side is not a person's voice, and the user's side is commands to it.
         conv.drop("bot chat", len(messages))
+        conv.skipped = "bot chat"
         return conv
     for i, m in enumerate(messages):
         try:

@@ -15,7 +15,9 @@ the post they answered is not in the archive.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import html
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +135,34 @@ def _load_ytd(export: Export, name: str) -> list[Any]:
     return data
 
 
+def _tweet_files(path: Path) -> list[Path]:
+    """A tweets file given alone, with its sibling tweets files (the parts of one archive)."""
+    # The archive splits big histories over tweets.js, tweets-part1.js, …: a folder or zip
+    # import reads them all, so the path of one of them reads its siblings too (same
+    # folder, same patterns as a folder import, not recursive).
+    if not any(fnmatch.fnmatchcase(path.name, p) for p in _TWEET_FILES):
+        return []
+    try:
+        names = sorted(os.listdir(path.parent))
+    except OSError:
+        return [path]
+    siblings = [
+        path.parent / n
+        for pattern in _TWEET_FILES
+        for n in names
+        if fnmatch.fnmatchcase(n, pattern) and (path.parent / n).is_file()
+    ]
+    return siblings or [path]
+
+
+def _sources(export: Export) -> list[tuple[Export, str]]:
+    # (export, member) for every tweets file to read; a single file brings its siblings,
+    # each opened as a file of its own (a single file holds nothing open: no closing).
+    if export.kind != "file":
+        return [(export, n) for pattern in _TWEET_FILES for n in export.members(pattern)]
+    return [(open_export(p), p.name) for p in _tweet_files(export.path)]
+
+
 def _owner(export: Export) -> Message:
     names = export.members("account.js")
     if export.kind == "file":  # tweets.js given alone: look beside it
@@ -201,8 +231,8 @@ def clean_text(tweet: dict[str, Any]) -> str:
 def import_twitter(path: Path) -> Iterator[Conversation]:
     """Yield one Conversation per standalone post or self-thread, each opened by a topic prompt."""
     with open_export(path) as export:
-        files = [n for pattern in _TWEET_FILES for n in export.members(pattern)]
-        if not files:
+        sources = _sources(export)
+        if not sources:
             raise ImportErrorMessage(
                 f"No tweets in {path}: expected data/tweets.js (or tweet.js) from the X/Twitter "
                 "archive"
@@ -210,8 +240,8 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
         owner = _owner(export)
         dropped: dict[str, int] = {}
         kept: dict[str, tuple[dt.datetime, str, dict[str, Any]]] = {}
-        for name in files:
-            for item in _load_ytd(export, name):
+        for source, name in sources:
+            for item in _load_ytd(source, name):
                 tweet = item.get("tweet", item) if isinstance(item, dict) else None
                 if not isinstance(tweet, dict):
                     continue
