@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,6 @@ from phischer.personas import PersonaSpec, add_persona  # noqa: E402
 from tests.conftest import sign, sms_params, twiml_bodies  # noqa: E402
 from tests.fake_openai import VALID_KEY, FakeOpenAI, greet_model  # noqa: E402
 from tests.plot_helpers import assert_png  # noqa: E402
-
-# transformers' own Trainer still calls a helper it deprecated.
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
 SYSTEM = "you are ada"
 PAIRS = [
@@ -224,6 +223,9 @@ def test_padding_collator_masks_padding() -> None:
 # -- training ------------------------------------------------------------------------------
 
 
+# The test's own generate() below reads the property transformers deprecated (train_lora
+# filters it around training only).
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_training_lowers_the_loss_and_the_adapter_reloads(tiny_model: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
@@ -420,17 +422,19 @@ def test_cli_local_unloadable_base_model_fails_cleanly(
     ada: Path, tmp_path: Path, database: Database
 ) -> None:
     train = write_train(tmp_path / "train.jsonl")
-    missing = tmp_path / "no-such-model"
+    broken = tmp_path / "broken-model"  # a model folder whose files transformers cannot load
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
     result = start_local(
         train,
         "--base-model",
-        str(missing),
+        str(broken),
         "--output-dir",
         str(tmp_path / "out"),
     )
     assert result.exit_code == 1
     errors = [x for x in result.output.splitlines() if x.startswith("Error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"Error: cannot load base model {missing}")
+    assert len(errors) == 1 and errors[0].startswith(f"Error: cannot load base model {broken}")
     with database.read() as session:
         p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
         (job,) = session.scalars(sa.select(FineTuneJob))
@@ -642,3 +646,137 @@ def test_rerun_closes_the_row_of_a_run_killed_hard(
     assert (killed.status, killed.error) == ("cancelled", f"interrupted; resumed by {new}")
     assert killed.finished_at is not None
     assert rows["local-elsewhere"].status == "running"  # another folder: not this run's
+
+
+# -- what a local run prints, reruns of a finished run, --base-model folders ------------------
+
+
+def short_run(tiny_model: Path, tmp_path: Path, *options: str) -> Any:
+    """A 3-step local run of the CLI into tmp_path/out (1 s on the tiny model)."""
+    train = write_train(tmp_path / "train.jsonl")
+    return start_local(
+        train, "--base-model", str(tiny_model), "--max-steps", "3", "--batch-size", "2",
+        "--output-dir", str(tmp_path / "out"), *options,
+    )  # fmt: skip
+
+
+def test_cli_local_prints_our_bar_and_summary_not_the_trainers_logs(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    val = write_train(tmp_path / "val.jsonl", PAIRS[:2])  # evaluate() runs too
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # whatever pytest filters, every warning is seen
+        filters = list(warnings.filters)
+        result = short_run(tiny_model, tmp_path, "--validation", str(val))
+        assert warnings.filters == filters  # the training call's filters were its own
+    assert result.exit_code == 0, result.output
+    out = result.output
+    # The Trainer's log dicts ({'loss': '3.042', ...}, {'train_runtime': ...}), its
+    # deprecation warning and its weight-loading bar are gone...
+    assert not re.search(r"\{'\w+': ", out), out
+    assert "FutureWarning" not in out and "Loading weights" not in out
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [
+        str(w.message) for w in caught
+    ]
+    # ...and our bar (with the loss) and our summary remain.
+    assert re.search(r"Training: 100%\|[^\n\r]*\| 3/3 \[[^\n\r]*loss=\d+\.\d{3}\]", out), out
+    assert re.search(r"^Loss \d+\.\d{3} -> \d+\.\d{3} over 3 steps\.$", out, re.M), out
+    assert re.search(r"^Validation loss: \d+\.\d{3}$", out, re.M), out
+    # transformers' own settings are back as they were for the rest of the process.
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == (verbosity, bars)
+
+
+def test_cli_local_rerun_of_a_finished_run_trains_nothing(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    first = short_run(tiny_model, tmp_path)
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "out"
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    # Whatever changed since (the persona moved back, the notes deleted) is redone.
+    (out / "SERVING.md").unlink()
+    with database.write() as session:
+        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
+        p.backend, p.model, p.base_url = "retrieval", None, None
+
+    again = short_run(tiny_model, tmp_path)
+    assert again.exit_code == 0, again.output
+    lines = again.output.splitlines()
+    assert lines[0] == (
+        f"Already complete: checkpoint-3 reached step 3 (--max-steps 3); the adapter is in "
+        f"{out}. To train again, delete {out / 'checkpoints'} or pass another --output-dir."
+    )
+    assert not [x for x in lines if re.match(r"Resuming|Training|Loss \d", x)], lines
+    assert f"Loss curve: {out / 'loss.png'}" in lines
+    assert sorted(x.name for x in (out / "checkpoints").iterdir()) == ["checkpoint-3"]
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
+    assert (out / "SERVING.md").is_file()
+    with database.read() as session:
+        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
+        (job,) = session.scalars(sa.select(FineTuneJob))  # the finished run's, not a new one
+    assert (p.backend, p.model) == ("openai", "ada-lovelace")
+    assert job.status == "succeeded" and job.error is None
+    assert lines[-1] == f"Job {job.job_id} succeeded: adapter in {out.resolve()}"
+
+
+def test_finished_checkpoint_follows_max_steps_or_epochs(tmp_path: Path) -> None:
+    def checkpoint(step: int, epoch: float) -> None:
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        state = {"global_step": step, "epoch": epoch, "log_history": []}
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+
+    assert local.finished_checkpoint(tmp_path, local.LoraSettings(max_steps=1)) is None
+    checkpoint(9, 1.5)
+    checkpoint(12, 2.0)  # the highest step is the last one, not the last name in order
+    last = tmp_path / "checkpoints" / "checkpoint-12"
+    assert local.finished_checkpoint(tmp_path, local.LoraSettings(max_steps=12)) == (last, 12)
+    assert local.finished_checkpoint(tmp_path, local.LoraSettings(max_steps=10)) == (last, 12)
+    assert local.finished_checkpoint(tmp_path, local.LoraSettings(max_steps=13)) is None
+    assert local.finished_checkpoint(tmp_path, local.LoraSettings(epochs=2)) == (last, 12)
+    assert local.finished_checkpoint(tmp_path, local.LoraSettings(epochs=3)) is None
+
+
+NO_SUCH_FOLDER = (
+    "no such folder (give a local model folder holding config.json, "
+    "or a hub id like Qwen/Qwen2.5-1.5B-Instruct)"
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [
+        ("/tmp/nowhere/nomodel", NO_SUCH_FOLDER),
+        ("~/nomodel", NO_SUCH_FOLDER),  # the shell did not expand it: no such folder either
+        ("models/nomodel", NO_SUCH_FOLDER),  # models/ is here: a path, not a hub id
+        ("models", "that folder has no config.json"),
+        ("train.jsonl", "is a file"),
+    ],
+)
+def test_cli_local_refuses_a_base_model_that_is_no_model_folder(
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    given: str,
+    error: str,
+) -> None:
+    (tmp_path / "models").mkdir()  # the tests run in tmp_path
+    train = write_train(tmp_path / "train.jsonl")
+    # Refused before the train extra is even imported (as if peft were not installed).
+    monkeypatch.setitem(sys.modules, "peft", None)
+    result = start_local(train, "--base-model", given, "--output-dir", str(tmp_path / "o"))
+    assert result.exit_code == 1
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: --base-model {given}") and error in line, line
+    assert not (tmp_path / "o").exists()
+    with database.read() as session:
+        assert session.scalars(sa.select(FineTuneJob)).all() == []
+
+
+@pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-1.5B-Instruct", "gpt2", "org/model.v1_2-x"])
+def test_hub_ids_still_pass_the_base_model_check(hub_id: str) -> None:
+    local.check_base_model(hub_id)  # README: a local folder or a hub id

@@ -10,7 +10,10 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Callable
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,16 @@ INSTALL_HINT = (
 # The served model name goes into `--lora-modules NAME=PATH`, `ollama create NAME` and the
 # default output folder: letters, digits, '.', '-' and '_' only, like an Ollama model name.
 LORA_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A Hugging Face hub id: "name" or "org/name" (letters, digits, '-', '_', '.'), as the hub
+# itself allows them. Anything else given to --base-model can only be a local path.
+HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")  # the folders the Trainer saves
+# Warnings transformers raises about its own code while training (nothing the user can
+# change): filtered around the training call only, by message and category.
+LIBRARY_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # Trainer.train() still reads the property it deprecated (transformers 5.x).
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+)
 
 Echo = Callable[[str], None]
 
@@ -236,6 +249,7 @@ class TrainResult:
     # (step, loss) from the trainer's log history, earlier runs of a resumed job included.
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     eval_history: list[tuple[int, float]] = field(default_factory=list)
+    already_complete: bool = False  # the checkpoint had reached the plan: nothing was trained
 
 
 def lora_name(persona_name: str, requested: str | None) -> str:
@@ -258,6 +272,140 @@ def require_train_extra() -> None:
         import transformers  # noqa: F401
     except ImportError:
         raise FineTuneError(INSTALL_HINT) from None
+
+
+def check_base_model(base_model: str) -> None:
+    """Refuse a --base-model that is neither a local model folder nor a hub id, in one line.
+
+    Only looks at the disk (no heavy import): a folder must hold config.json; a name that
+    does not exist here must look like a hub id ("Qwen/Qwen2.5-1.5B-Instruct"), not a path.
+    """
+    path = Path(base_model)
+    hint = "a local model folder holding config.json, or a hub id like Qwen/Qwen2.5-1.5B-Instruct"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FineTuneError(
+                f"--base-model {base_model}: that folder has no config.json (give the folder "
+                "that holds the model's config.json, weights and tokenizer)"
+            )
+        return
+    if path.exists():
+        raise FineTuneError(f"--base-model {base_model} is a file: give {hint}")
+    parent = path.parent
+    looks_local = parent != Path(".") and parent.is_dir()  # e.g. models/typo with models/ here
+    if looks_local or not HUB_ID_RE.fullmatch(base_model) or ".." in base_model:
+        raise FineTuneError(f"--base-model {base_model}: no such folder (give {hint})")
+
+
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    """The highest-numbered checkpoint-N folder in checkpoints, as the Trainer resumes it."""
+    if not checkpoints.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in checkpoints.iterdir()
+        if (m := CHECKPOINT_RE.fullmatch(p.name)) and p.is_dir()
+    ]
+    return max(found)[1] if found else None
+
+
+def _checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # unreadable: the Trainer's resume reports it
+    return state if isinstance(state, dict) else {}
+
+
+def finished_checkpoint(output_dir: Path, lora: LoraSettings) -> tuple[Path, int] | None:
+    """The last checkpoint and its step, if it already reached this run's plan; else None.
+
+    The plan is --max-steps when given, else the epochs: a checkpoint's trainer_state.json
+    holds its step and (fractional) epoch, so nothing heavy is loaded to tell.
+    """
+    last = last_checkpoint(output_dir / "checkpoints")
+    if last is None:
+        return None
+    state = _checkpoint_state(last)
+    try:
+        step, epoch = int(state.get("global_step") or 0), float(state.get("epoch") or 0)
+    except (TypeError, ValueError):
+        return None
+    done = step >= lora.max_steps if lora.max_steps else epoch >= lora.epochs - 1e-6
+    return (last, step) if done and step > 0 else None
+
+
+def _plan(lora: LoraSettings) -> str:
+    if lora.max_steps:
+        return f"--max-steps {lora.max_steps}"
+    return f"{lora.epochs} epoch{'s' if lora.epochs != 1 else ''}"
+
+
+def _finished_result(
+    base_model: str, output_dir: Path, lora: LoraSettings, checkpoint: Path, step: int, echo: Echo
+) -> TrainResult:
+    # A rerun of a finished run: the Trainer would take one more step past the end, so say
+    # where the adapter is and hand back the checkpoint's history instead of training.
+    echo(
+        f"Already complete: {checkpoint.name} reached step {step} ({_plan(lora)}); the "
+        f"adapter is in {output_dir}. To train again, delete {output_dir / 'checkpoints'} "
+        "or pass another --output-dir."
+    )
+    if not (output_dir / "adapter_model.safetensors").is_file():
+        # Stopped between the last checkpoint and the final save: the checkpoint has it.
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(checkpoint / name, output_dir / name)
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(base_model).save_pretrained(str(output_dir))
+    history = _checkpoint_state(checkpoint).get("log_history") or []
+    return TrainResult(
+        adapter_dir=output_dir,
+        losses=[],
+        global_step=step,
+        steps_this_run=0,
+        resumed_from=str(checkpoint),
+        examples=0,
+        dropped=0,
+        tokens_seen=0,
+        loss_history=_history(history, "loss"),
+        eval_history=_history(history, "eval_loss"),
+        already_complete=True,
+    )
+
+
+def _history(log_history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    # (step, value) of a Trainer log history. The run's closing summary has "train_loss",
+    # not "loss", so it is not a step.
+    return [(int(e["step"]), float(e[key])) for e in log_history if key in e]
+
+
+@contextmanager
+def quiet_library(local_model: bool) -> Iterator[None]:
+    """Keep transformers' own console output out of a training call; restore it after.
+
+    Its info/warning log lines are raised to errors only, the FutureWarnings in
+    LIBRARY_WARNINGS are filtered, and for a local folder (nothing to download) its
+    "Loading weights" bars are hidden; a hub download keeps its progress bars.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        for message, category in LIBRARY_WARNINGS:
+            warnings.filterwarnings(
+                "ignore", message=message, category=category, module=r"transformers(\.|$)"
+            )
+        hf_logging.set_verbosity_error()
+        if local_model:
+            hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars and local_model:
+                hf_logging.enable_progress_bar()
 
 
 def _load(base_model: str) -> tuple[Any, Any]:
@@ -291,11 +439,32 @@ def train_lora(
     echo: Echo = print,
     progress: bool = True,
 ) -> TrainResult:
-    """Train (or resume) a LoRA adapter and save it to output_dir."""
+    """Train (or resume) a LoRA adapter and save it to output_dir.
+
+    A checkpoint that already reached the plan (--max-steps, else the epochs) is not
+    trained again: the result says `already_complete` and holds the checkpoint's history.
+    """
+    check_base_model(base_model)
     require_train_extra()
+    finished = finished_checkpoint(output_dir, lora)
+    with quiet_library(local_model=Path(base_model).is_dir()):
+        if finished is not None:
+            return _finished_result(base_model, output_dir, lora, *finished, echo)
+        return _train(base_model, train_path, output_dir, lora, validation_path, echo, progress)
+
+
+def _train(
+    base_model: str,
+    train_path: Path,
+    output_dir: Path,
+    lora: LoraSettings,
+    validation_path: Path | None,
+    echo: Echo,
+    progress: bool,
+) -> TrainResult:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     tokenizer, model = _load(base_model)
 
@@ -343,14 +512,15 @@ def train_lora(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         include_num_input_tokens_seen=True,
-        disable_tqdm=not progress,
+        # Our own bar (below) shows the progress and the loss; transformers' bars would not.
+        disable_tqdm=True,
         use_cpu=not _cuda(),
     )
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    checkpoint = last_checkpoint(checkpoints)
+    last = str(checkpoint) if checkpoint is not None else None
     start_step = 0
-    if last is not None:
-        state = json.loads((Path(last) / "trainer_state.json").read_text())
-        start_step = int(state.get("global_step", 0))
+    if checkpoint is not None:
+        start_step = int(_checkpoint_state(checkpoint).get("global_step") or 0)
         echo(f"Resuming from {last} (step {start_step}).")
 
     counter = _step_counter(TrainerCallback)
@@ -360,8 +530,11 @@ def train_lora(
         data_collator=PadCollator(pad_id),
         train_dataset=features,
         eval_dataset=eval_features or None,
-        callbacks=[counter],
+        callbacks=[counter, _progress_bar(TrainerCallback, show=progress)],
     )
+    # The Trainer prints every log dict ({'loss': '3.042', ...}) through one of these.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
     echo(
         f"Training a rank-{lora.rank} LoRA on {base_model}: {len(features)} examples, "
         f"{total} steps (batch {lora.batch_size}, lr {lora.learning_rate:g})."
@@ -387,12 +560,8 @@ def train_lora(
     if eval_features:
         result.eval_loss = float(trainer.evaluate()["eval_loss"])
     # Read after evaluate(): it appends its {"eval_loss", "step"} entry to the same history.
-    # The run's closing summary has "train_loss", not "loss", so it is not a step.
-    history = trainer.state.log_history
-    result.loss_history = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
-    result.eval_history = [
-        (int(e["step"]), float(e["eval_loss"])) for e in history if "eval_loss" in e
-    ]
+    result.loss_history = _history(trainer.state.log_history, "loss")
+    result.eval_history = _history(trainer.state.log_history, "eval_loss")
     return result
 
 
@@ -413,6 +582,47 @@ def _step_counter(base: type) -> Any:
             self.steps += 1
 
     return StepCounter()
+
+
+def _progress_bar(base: type, *, show: bool) -> Any:
+    # One bar for the whole run with the latest training loss; it starts at a resumed step.
+    class ProgressBar(base):  # type: ignore[misc, valid-type]
+        """A tqdm bar over the optimizer steps, with the last logged loss as its postfix."""
+
+        bar: Any = None
+        out: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            from tqdm import tqdm
+
+            self.out = sys.stderr
+            self.bar = tqdm(
+                file=self.out,
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="Training",
+                unit="step",
+                dynamic_ncols=True,
+                disable=not show,
+            )
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+                self.out.flush()  # its last newline before the summary on stdout
+
+    return ProgressBar()
 
 
 def write_loss_plot(result: TrainResult, path: Path, title: str) -> str:
@@ -457,6 +667,57 @@ def _new_job_id(session: Any) -> str:
     return job_id
 
 
+def _finished_job(session: Any, output_dir: Path, persona_id: int, name: str) -> FineTuneJob | None:
+    # The succeeded job that trained this folder for this persona and model name, if any.
+    return session.scalars(
+        sa.select(FineTuneJob)
+        .where(
+            FineTuneJob.provider == "local",
+            FineTuneJob.status == "succeeded",
+            FineTuneJob.output_dir == str(output_dir.resolve()),
+            FineTuneJob.persona_id == persona_id,
+            FineTuneJob.fine_tuned_model == name,
+        )
+        .order_by(FineTuneJob.id.desc())
+    ).first()
+
+
+def _record_local_job(
+    session: Any, request: LocalRequest, output_dir: Path, persona_id: int, name: str
+) -> FineTuneJob:
+    job_id = _new_job_id(session)
+    # A run killed hard (SIGKILL, power loss) never recorded its end: this run resumes it
+    # from the same folder, so close its row instead of leaving it "running" for good.
+    stale = session.scalars(
+        sa.select(FineTuneJob).where(
+            FineTuneJob.provider == "local",
+            FineTuneJob.status == "running",
+            FineTuneJob.output_dir == str(output_dir.resolve()),
+        )
+    )
+    for old in stale:
+        jobs.apply_update(
+            session,
+            old,
+            jobs.JobUpdate(status="cancelled", error=f"interrupted; resumed by {job_id}"),
+        )
+    return jobs.record_job(
+        session,
+        job_id=job_id,
+        provider="local",
+        persona_id=persona_id,
+        base_model=request.base_model,
+        status="running",
+        training_file=str(request.train_path.resolve()),
+        validation_file=(
+            str(request.validation_path.resolve()) if request.validation_path else None
+        ),
+        suffix=name,
+        hyperparameters={k: v for k, v in asdict(request.lora).items() if v is not None},
+        output_dir=str(output_dir.resolve()),
+    )
+
+
 def start_local(
     db: Database, settings: Settings, request: LocalRequest, *, echo: Echo
 ) -> FineTuneJob:
@@ -470,6 +731,8 @@ def start_local(
     # The persona is pointed there after training: refuse a URL it could never call first.
     personas.check_base_url(request.serve_url, "--serve-url")
     output_dir = request.output_dir or settings.instance_path / "adapters" / name
+    # Models come from a local folder (or the hub cache): a path that is not there is a typo.
+    check_base_model(request.base_model)
     for path in filter(None, (request.train_path, request.validation_path)):
         report = check_file(path)
         if report.errors:
@@ -480,38 +743,11 @@ def start_local(
             )
     # Before the job is recorded: a missing extra is not a failed training run.
     require_train_extra()
+    finished = finished_checkpoint(output_dir, request.lora) is not None
     with db.write() as session:
-        job_id = _new_job_id(session)
-        # A run killed hard (SIGKILL, power loss) never recorded its end: this run resumes it
-        # from the same folder, so close its row instead of leaving it "running" for good.
-        stale = session.scalars(
-            sa.select(FineTuneJob).where(
-                FineTuneJob.provider == "local",
-                FineTuneJob.status == "running",
-                FineTuneJob.output_dir == str(output_dir.resolve()),
-            )
-        )
-        for old in stale:
-            jobs.apply_update(
-                session,
-                old,
-                jobs.JobUpdate(status="cancelled", error=f"interrupted; resumed by {job_id}"),
-            )
-        row = jobs.record_job(
-            session,
-            job_id=job_id,
-            provider="local",
-            persona_id=persona_id,
-            base_model=request.base_model,
-            status="running",
-            training_file=str(request.train_path.resolve()),
-            validation_file=(
-                str(request.validation_path.resolve()) if request.validation_path else None
-            ),
-            suffix=name,
-            hyperparameters={k: v for k, v in asdict(request.lora).items() if v is not None},
-            output_dir=str(output_dir.resolve()),
-        )
+        # Rerunning a finished run trains nothing: it keeps that run's job, not a new one.
+        previous = _finished_job(session, output_dir, persona_id, name) if finished else None
+        row = previous or _record_local_job(session, request, output_dir, persona_id, name)
         job_id = row.job_id
     try:
         result = train_lora(
@@ -529,12 +765,13 @@ def start_local(
             if interrupted
             else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         )
-        with db.write() as session:
-            jobs.apply_update(
-                session,
-                jobs.get_job(session, job_id),
-                jobs.JobUpdate(status="cancelled" if interrupted else "failed", error=message),
-            )
+        if previous is None:  # a finished run's job keeps its success
+            with db.write() as session:
+                jobs.apply_update(
+                    session,
+                    jobs.get_job(session, job_id),
+                    jobs.JobUpdate(status="cancelled" if interrupted else "failed", error=message),
+                )
         if isinstance(exc, FineTuneError | KeyboardInterrupt):
             raise
         raise FineTuneError(f"local training failed: {message}") from exc
@@ -558,11 +795,12 @@ def start_local(
     if result.eval_loss is not None:
         echo(f"Validation loss: {result.eval_loss:.3f}")
     base_name = Path(request.base_model).name or request.base_model
-    echo(
-        write_loss_plot(
-            result, output_dir / LOSS_PNG, f"{name}: rank-{request.lora.rank} LoRA on {base_name}"
-        )
-    )
+    plot = output_dir / LOSS_PNG
+    if result.already_complete and plot.is_file():
+        echo(f"Loss curve: {plot}")  # drawn by the run that trained it (with validation)
+    else:
+        title = f"{name}: rank-{request.lora.rank} LoRA on {base_name}"
+        echo(write_loss_plot(result, plot, title))
     with db.write() as session:
         stored = jobs.get_job(session, job_id)
         jobs.apply_update(
