@@ -33,6 +33,7 @@ LIMIT_TEXT = "That's all I can answer today. Talk tomorrow!"
 NO_PERSONA_TEXT = "No clone is set up yet. Add one with `phischer persona add`."
 OPT_IN_TEXT = "You're back in. Text HELP for commands, STOP to opt out."
 RESET_TEXT = "Fresh start: I've forgotten this conversation."
+KEYWORD_SHOWN = 30  # characters of an unknown #keyword echoed in "No #…"
 
 Result = tuple[Reply | None, str | None, int]  # (reply, error, latency in ms)
 
@@ -143,6 +144,8 @@ class SmsService:
         if status == "processing":
             decision.persona, decision.reset_at = persona, contact.thread_reset_at
         elif text:
+            # A command's reply too must fit one Twilio message (a long persona list would not).
+            text = fit_sms(text, self.settings.max_reply_chars)
             store.insert_reply(
                 cur, inbound_id, contact.id, contact.persona_id, kind, text, "replied", now
             )
@@ -172,7 +175,10 @@ class SmsService:
         if command.action == "switch":
             target = self.personas.by_keyword(command.keyword or "")
             if target is None:
-                return "command", "replied", f"No #{command.keyword}. {self._keywords()}", None
+                shown = command.keyword or ""
+                if len(shown) > KEYWORD_SHOWN:  # "#" + 5,000 letters is not worth echoing
+                    shown = shown[:KEYWORD_SHOWN] + "…"
+                return "command", "replied", f"No #{shown}. {self._keywords()}", None
             contact.persona_id, persona = target.id, target
             if not command.text:
                 greeting = target.greeting or f"You're now texting {target.name}."

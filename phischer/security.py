@@ -17,6 +17,7 @@ from twilio.request_validator import (
     RequestValidator,
     get_signature_algorithm,
 )
+from werkzeug.datastructures import MultiDict
 
 from phischer.config import Settings
 
@@ -38,7 +39,10 @@ def form_params(request: Request) -> Mapping[str, Any]:
         params = dict(pairs)
         if len(params) == len(pairs):
             return params
-    return request.form
+    form = request.form
+    if None in form:  # a multipart part without a name: not Twilio's, and unsignable (None + str)
+        return MultiDict((k, v) for k, v in form.items(multi=True) if k is not None)
+    return form
 
 
 class PublicUrl:
@@ -94,7 +98,10 @@ def signed_url(request: Request, public_url: str | None) -> str:
 
 
 def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a Host header urlsplit refuses ("[::1"): the client's, not a secret
+        return url
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
@@ -142,6 +149,9 @@ class SignatureChecker:
         # The exact URL matches almost always: one HMAC and a constant-time compare.
         # validate() also tries the URL with and without the default port (Twilio signs
         # either), at the cost of two more HMACs, so it only runs on a mismatch.
-        return hmac.compare_digest(expected, signature) or self.validator.validate(
-            url, form, signature, algorithm
-        )
+        if hmac.compare_digest(expected, signature):
+            return True
+        try:
+            return self.validator.validate(url, form, signature, algorithm)
+        except ValueError:  # its urlparse refuses the Host header ("h:abc", "h:99999", "[::1")
+            return False

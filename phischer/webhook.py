@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
@@ -13,6 +14,11 @@ from phischer.security import form_params
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
+NUM_MEDIA_MAX = 2**31 - 1
+# XML 1.0 cannot carry most C0 controls, lone surrogates or U+FFFE/U+FFFF. A reply may hold
+# them ("No #<keyword>." echoes the text; a dataset answer may have any), and one such
+# character would make the whole TwiML unreadable to Twilio.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _services():  # type: ignore[no-untyped-def]
@@ -40,13 +46,14 @@ def sms() -> Response:
     if len(phone) > PHONE_MAX or len(sid) > SID_MAX or "\x00" in phone + sid:
         abort(400, "From or MessageSid is malformed")
     try:
-        num_media = max(0, int(form.get("NumMedia", "0") or 0))
+        # Twilio sends 0-10; the column is a 32-bit integer (SQLite refuses past 64 bits).
+        num_media = min(max(0, int(form.get("NumMedia", "0") or 0)), NUM_MEDIA_MAX)
     except ValueError:
         num_media = 0
     # PostgreSQL text cannot hold NUL; nobody types one, so it is dropped rather than refused.
     body = form.get("Body", "").replace("\x00", "")
     inbound = Inbound(phone=phone, sid=sid, body=body, num_media=num_media)
-    return xml(twiml(*services.sms.handle(inbound)))
+    return xml(twiml(*(NOT_XML.sub("", text) for text in services.sms.handle(inbound))))
 
 
 @bp.get("/healthz")

@@ -72,6 +72,14 @@ def test_commands_with_punctuation_or_extra_words_are_still_commands(app, twilio
     assert twilio_post("#nobody?").replies == ["No #nobody. Personas: #ada, #bo"]
 
 
+def test_command_replies_fit_one_sms(make_app, personas, twilio_post):
+    app = make_app(max_reply_chars=60)
+    (reply,) = twilio_post("#" + "a" * 5000, target=app).replies
+    assert reply.startswith("No #" + "a" * 30 + "…. Personas:")
+    assert len(reply) <= 60  # the persona list too is cut to MAX_REPLY_CHARS
+    assert twilio_post("#list", target=app).replies == ["Personas: #ada, #bo"]
+
+
 def test_switch_with_text_answers_as_new_persona(app, twilio_post):
     assert twilio_post("#bo what do you do for work").replies == ["bike courier. legs of steel"]
     assert twilio_post("#who").replies == ["You're texting Bo (#bo)."]
