@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from phischer.config import Settings
+from phischer.config import ConfigError, Settings
 
 if TYPE_CHECKING:  # Flask is imported by create_app, not by every CLI command
     from flask import Flask, Response
@@ -40,6 +40,13 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     from phischer.webhook import bp, xml
 
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
+    if settings.reply_mode == "async" and not settings.twilio_account_sid:
+        # Every reply would be stored as send_failed and nobody would ever be answered.
+        raise ConfigError(
+            "REPLY_MODE=async sends every reply through Twilio's REST API: set "
+            "TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER, or use "
+            "REPLY_MODE=auto"
+        )
 
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # Twilio's form posts are a few KB

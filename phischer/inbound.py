@@ -57,6 +57,9 @@ class Decision:
     replies: list[str] = field(default_factory=list)
     persona: PersonaView | None = None
     reset_at: Any = None
+    # Who may store the outcome: the process that stored the text (None: while the row's
+    # updated_at is still NULL), or a recovery sweep that claimed it at this time.
+    claimed_at: Any = None
 
 
 class SmsService:
@@ -234,12 +237,12 @@ class SmsService:
     def _answer(self, msg: Inbound, decision: Decision) -> list[str]:
         backend, failure = self._backend_for(decision)
         if failure is not None:
-            return [self._store(decision, failure, via_rest=False)[0]]
+            return self._reply_now(decision, failure)
         assert backend is not None
         mode = self.settings.reply_mode
         if getattr(backend, "local", False) or mode == "inline":
             # A local backend answers in well under a millisecond: no thread hop needed.
-            return [self._store(decision, self.generate(decision, backend), via_rest=False)[0]]
+            return self._reply_now(decision, self.generate(decision, backend))
         future: Future[Result] = self._executor.submit(self.generate, decision, backend)
         if mode == "auto":
             try:
@@ -255,10 +258,10 @@ class SmsService:
                         "and no TWILIO_ACCOUNT_SID for a late REST reply"
                     )
                     late = (None, error, int(self.settings.reply_timeout_s * 1000))
-                    return [self._store(decision, late, via_rest=False)[0]]
+                    return self._reply_now(decision, late)
                 log.info("Reply for %s is slow: sending it by REST", mask_number(msg.phone))
             else:
-                return [self._store(decision, result, via_rest=False)[0]]
+                return self._reply_now(decision, result)
         future.add_done_callback(lambda f: self.deliver_later(msg.phone, decision, f.result()))
         return []
 
@@ -314,8 +317,20 @@ class SmsService:
         log.warning("Persona %s failed to answer: %s", persona.name, error)
         return None, error, _ms(start)
 
-    def _store(self, decision: Decision, result: Result, *, via_rest: bool) -> tuple[str, int]:
-        """Store the outbound message and the inbound's outcome; return (text, outbound id)."""
+    def _reply_now(self, decision: Decision, result: Result) -> list[str]:
+        """Store an inline reply and return it for the TwiML (nothing if the text was taken)."""
+        stored = self._store(decision, result, via_rest=False)
+        return [stored[0]] if stored else []
+
+    def _store(
+        self, decision: Decision, result: Result, *, via_rest: bool
+    ) -> tuple[str, int] | None:
+        """Store the outbound message and the inbound's outcome; return (text, outbound id).
+
+        None when the text is no longer this caller's to answer: a recovery sweep took it
+        over (it looked abandoned) or already finished it. Answering anyway would send the
+        texter a second reply.
+        """
         reply, error, latency = result
         persona = decision.persona
         assert persona is not None
@@ -328,14 +343,21 @@ class SmsService:
             model = persona.model_label
         now = utcnow()
         with self.store.write() as cur:
-            self.store.update_message(
+            owned = self.store.finish_inbound(
                 cur,
                 decision.inbound_id,
                 now,
+                decision.claimed_at,
                 status="replied" if reply else "failed",
                 error=error,
                 latency_ms=latency,
             )
+            if not owned:
+                log.warning(
+                    "Text %d was taken over by the recovery sweep; this late result is dropped",
+                    decision.inbound_id,
+                )
+                return None
             out_id = self.store.insert_reply(
                 cur,
                 decision.inbound_id,
@@ -355,8 +377,9 @@ class SmsService:
     def deliver_later(self, phone: str, decision: Decision, result: Result) -> None:
         """Store a slow reply and send it through Twilio's REST API; record the outcome."""
         try:
-            text, out_id = self._store(decision, result, via_rest=True)
-            self.send_stored(phone, out_id, text)
+            stored = self._store(decision, result, via_rest=True)
+            if stored is not None:
+                self.send_stored(phone, stored[1], stored[0])
         except Exception:
             log.exception("Async delivery failed")
 

@@ -65,9 +65,9 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
             service.send_stored(row.phone, row.id, row.body)
             result.resent += 1
         else:
-            _answer_late(service, row)
+            _answer_late(service, row, claimed_at=now)
             result.answered += 1
-    if rows:
+    if result.answered or result.resent or result.failed:  # rows another process took: quiet
         log.info(
             "Recovered interrupted texts: %d answered late, %d re-sent, %d recorded as failed",
             result.answered, result.resent, result.failed,
@@ -89,12 +89,16 @@ def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime
     return None
 
 
-def _answer_late(service: SmsService, row: PendingRow) -> None:
+def _answer_late(service: SmsService, row: PendingRow, claimed_at: dt.datetime) -> None:
     from phischer.inbound import Decision
 
     persona = service.personas.for_contact(row.persona_id)
     decision = Decision(
-        inbound_id=row.id, contact_id=row.contact_id, persona=persona, reset_at=row.thread_reset_at
+        inbound_id=row.id,
+        contact_id=row.contact_id,
+        persona=persona,
+        reset_at=row.thread_reset_at,
+        claimed_at=claimed_at,
     )
     service.answer_late(row.phone, decision)
 

@@ -242,6 +242,29 @@ class Store:
             (*values.values(), message_id),
         )
 
+    def finish_inbound(
+        self, cur: Any, message_id: int, now: dt.datetime, claimed_at: Any, **values: Any
+    ) -> bool:
+        """Record a text's outcome if it is still the caller's to answer (see `claim`).
+
+        The process that stored the text owns it while its updated_at is NULL; a recovery
+        sweep that claimed it owns it with updated_at = the claim's time.
+        """
+        values["updated_at"] = self.ts(now)
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        owner = "updated_at IS NULL" if claimed_at is None else "updated_at = ?"
+        params = (*values.values(), message_id)
+        if claimed_at is not None:
+            params = (*params, self.ts(claimed_at))
+        cur.execute(
+            self.sql(
+                f"UPDATE messages SET {assignments} WHERE id = ? AND status = 'processing' "
+                f"AND {owner}"
+            ),
+            params,
+        )
+        return cur.rowcount == 1
+
     def history(
         self,
         cur: Any,

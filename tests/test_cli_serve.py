@@ -268,6 +268,18 @@ def test_db_upgrade_and_help():
         assert result.exit_code == 0 and "Usage:" in result.output
 
 
+def test_async_replies_without_twilio_credentials_are_refused_at_serve(monkeypatch):
+    monkeypatch.setenv("REPLY_MODE", "async")
+    result = run("serve", "--port", "5099")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: REPLY_MODE=async sends every reply through Twilio's REST API: set "
+        "TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER, or use "
+        "REPLY_MODE=auto\n"
+    )
+    assert run("persona", "list").exit_code == 0  # only serving needs them
+
+
 def test_bad_setting_is_one_line(monkeypatch):
     monkeypatch.setenv("REPLY_TIMEOUT_S", "30")
     result = run("persona", "list")

@@ -64,6 +64,39 @@ def test_a_text_still_being_answered_is_left_alone(make_app, personas, fake_twil
     assert fake_twilio.calls("POST", "/Messages.json") == []
 
 
+def test_a_sweep_that_took_over_a_slow_text_answers_it_once(
+    make_app, personas, fake_twilio, twilio_rest, caplog
+):
+    # The webhook's own model call outlived the sweep's patience: the sweep answers the
+    # text, and the original result, arriving later, must not become a second reply.
+    from phischer.backends.base import Reply
+
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    body = "so what do you do for work?"
+    decision = service._record(Inbound(phone="+15550100", sid="SMslow1", body=body), parse(body))
+    result = sweep(service, now=utcnow() + dt.timedelta(minutes=3))
+    assert result.answered == 1
+    service.deliver_later("+15550100", decision, (Reply(text="late original"), None, 190_000))
+    sends = fake_twilio.calls("POST", "/Messages.json")
+    assert [c.form["Body"] for c in sends] == [
+        "I compute Bernoulli numbers, mostly by candlelight."
+    ]
+    assert [(m.direction, m.status) for m in stored(app)] == [("in", "replied"), ("out", "sent")]
+    assert f"Text {decision.inbound_id} was taken over by the recovery sweep" in caplog.text
+
+
+def test_a_text_answered_in_time_is_not_taken_over(make_app, personas, fake_twilio, twilio_rest):
+    from phischer.backends.base import Reply
+
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    decision = service._record(Inbound(phone="+15550100", sid="SMok1", body="hi"), parse("hi"))
+    service.deliver_later("+15550100", decision, (Reply(text="on time"), None, 900))
+    assert sweep(service, now=utcnow() + dt.timedelta(minutes=3)).answered == 0
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == ["on time"]
+
+
 def test_without_rest_credentials_the_failure_is_recorded(make_app, personas):
     app = make_app()
     interrupted(app, "tell me a joke!", "SMcrash2", dt.timedelta(minutes=5))

@@ -196,6 +196,47 @@ def test_retries_then_succeeds_once(llm_app, fake_openai, twilio_post):
     assert len(fake_openai.chat_calls) == 2  # the SDK retried once
 
 
+def test_a_timed_out_call_is_not_retried_so_reply_timeout_bounds_the_webhook(
+    llm_app, fake_openai, twilio_post
+):
+    # The SDK's own retries gave each attempt the full timeout again: 2 x REPLY_TIMEOUT_S.
+    app = llm_app(reply_mode="inline", reply_timeout_s=0.4, model_retries=3)
+    fake_openai.behaviour, fake_openai.delay = "slow", 1.5
+    start = time.perf_counter()
+    r = twilio_post("hi", target=app)
+    assert time.perf_counter() - start < 1.0
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    assert len(fake_openai.chat_calls) == 1
+    assert stored(app)[0].error == "model timed out after 0.4 s"
+
+
+def test_retries_honour_retry_after_within_the_deadline(llm_app, fake_openai, twilio_post):
+    app = llm_app(reply_mode="inline", model_retries=2)
+    fake_openai.fail("POST", "/v1/chat/completions", 429, "slow down", times=2)
+    r = twilio_post("hi", target=app)
+    assert r.replies == ["echo: hi"]  # third attempt; each 429 asked for 1 ms
+    assert len(fake_openai.calls("POST", "/v1/chat/completions")) == 3
+
+
+def test_no_retry_that_cannot_finish_before_the_deadline(llm_app, fake_openai, twilio_post):
+    # A 500 without Retry-After waits 0.5 s before the retry: past a 0.6 s deadline, the
+    # error is recorded at once instead.
+    app = llm_app(reply_mode="inline", reply_timeout_s=0.6, model_retries=5)
+    fake_openai.behaviour, fake_openai.status_code = "status", 500
+    start = time.perf_counter()
+    twilio_post("hi", target=app)
+    assert time.perf_counter() - start < 0.5
+    assert len(fake_openai.chat_calls) == 1
+    assert stored(app)[0].error.startswith("model server error 500")
+
+
+def test_client_errors_are_not_retried(llm_app, fake_openai, twilio_post):
+    app = llm_app(model_retries=3)
+    fake_openai.behaviour, fake_openai.status_code = "status", 400
+    twilio_post("hi", target=app)
+    assert len(fake_openai.chat_calls) == 1
+
+
 def test_connection_refused(make_app, personas, database, twilio_post):
     with database.write() as session:
         set_model(session, "Ada", "m", base_url="http://127.0.0.1:9/v1")

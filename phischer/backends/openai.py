@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import openai
 
@@ -13,10 +14,20 @@ OPENAI_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, llama.cpp, vLLM without --api-key) accept any key, but the SDK
 # refuses to start without one.
 LOCAL_PLACEHOLDER_KEY = "not-needed"
+# Another attempt is only worth starting with at least this much of the deadline left.
+MIN_ATTEMPT_S = 0.5
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 class OpenAIBackend:
-    """Calls chat.completions with explicit timeout and retries; one client per endpoint."""
+    """Calls chat.completions within one deadline, retries included; one client per endpoint.
+
+    The SDK's own retries are off: each of them gets the full timeout again, so with
+    MODEL_RETRIES=1 a hanging model held the webhook for twice REPLY_TIMEOUT_S (past
+    Twilio's 15 s) and an async call ran past the recovery sweep's assumption, which then
+    answered the same text a second time. Here every attempt gets what is left of
+    `timeout_s`, and a timed-out call is not retried (nothing is left).
+    """
 
     def __init__(
         self,
@@ -58,7 +69,7 @@ class OpenAIBackend:
                     base_url=endpoint[0],
                     api_key=endpoint[1],
                     timeout=self.timeout_s,
-                    max_retries=self.max_retries,
+                    max_retries=0,  # retried in `reply`, within the deadline
                 )
                 self._clients[endpoint] = client
         return client
@@ -78,22 +89,25 @@ class OpenAIBackend:
             kwargs["temperature"] = persona.temperature
         if persona.max_tokens is not None:
             kwargs["max_tokens"] = persona.max_tokens
-        try:
-            completion = client.chat.completions.create(
-                model=persona.model,
-                messages=messages,
-                **kwargs,  # type: ignore[arg-type]
-            )
-        except openai.APITimeoutError:
-            raise BackendError(f"model timed out after {self.timeout_s:g} s") from None
-        except openai.APIConnectionError as exc:
-            raise BackendError(f"cannot reach the model server: {exc}") from None
-        except openai.RateLimitError as exc:
-            raise BackendError(f"rate limited (429): {_detail(exc)}") from None
-        except openai.APIStatusError as exc:
-            raise BackendError(f"model server error {exc.status_code}: {_detail(exc)}") from None
-        except openai.OpenAIError as exc:
-            raise BackendError(f"model call failed: {exc}") from None
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in range(self.max_retries + 1):
+            try:
+                completion = client.chat.completions.create(
+                    model=persona.model,
+                    messages=messages,
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                    **kwargs,  # type: ignore[arg-type]
+                )
+                break
+            except openai.APITimeoutError:  # before APIConnectionError: it is a subclass
+                raise BackendError(f"model timed out after {self.timeout_s:g} s") from None
+            except openai.OpenAIError as exc:
+                error = _describe(exc)
+                wait = _retry_wait(exc, attempt)
+                last = attempt == self.max_retries
+                if last or wait is None or time.monotonic() + wait + MIN_ATTEMPT_S > deadline:
+                    raise error from None
+                time.sleep(wait)
         choice = completion.choices[0] if completion.choices else None
         text = (choice.message.content or "").strip() if choice and choice.message else ""
         if not text:
@@ -105,6 +119,36 @@ class OpenAIBackend:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
         )
+
+
+def _describe(exc: openai.OpenAIError) -> BackendError:
+    """The one-line error recorded on the message for a failed call."""
+    if isinstance(exc, openai.APIConnectionError):
+        return BackendError(f"cannot reach the model server: {exc}")
+    if isinstance(exc, openai.RateLimitError):
+        return BackendError(f"rate limited (429): {_detail(exc)}")
+    if isinstance(exc, openai.APIStatusError):
+        return BackendError(f"model server error {exc.status_code}: {_detail(exc)}")
+    return BackendError(f"model call failed: {exc}")
+
+
+def _retry_wait(exc: openai.OpenAIError, attempt: int) -> float | None:
+    """Seconds to wait before retrying `exc` (None: not worth retrying), as the SDK would."""
+    if isinstance(exc, openai.APIConnectionError):
+        return min(0.5 * 2**attempt, 8.0)
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in RETRY_STATUSES:
+        return None
+    headers = exc.response.headers
+    if headers.get("x-should-retry") == "false":
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            value = float(headers.get(name, "")) * scale
+        except ValueError:
+            continue
+        if 0 <= value <= 60:
+            return value
+    return min(0.5 * 2**attempt, 8.0)
 
 
 def _detail(exc: openai.APIStatusError) -> str:
