@@ -32,7 +32,7 @@ def tunnel_command(obj: Context, port: int, public_url: str | None, no_restore: 
     """Open an https ngrok tunnel to PORT and point TWILIO_PHONE_NUMBER's SMS URL at it.
 
     Run `phischer serve` alongside. On exit (Ctrl-C, SIGTERM) the number's previous SMS URL is
-    restored and the tunnel closed.
+    restored and the tunnel closed. One `tunnel` or `up` at a time per instance folder.
     """
     with friendly_errors():
         tunnel.run_tunnel(
@@ -47,7 +47,8 @@ def tunnel_command(obj: Context, port: int, public_url: str | None, no_restore: 
 def up_command(obj: Context, port: int, public_url: str | None) -> None:
     """Migrate, serve, tunnel and register in one process: then text your Twilio number.
 
-    Ctrl-C (or SIGTERM) restores the number's previous SMS URL and closes the tunnel.
+    Ctrl-C (or SIGTERM) restores the number's previous SMS URL and closes the tunnel. One `up`
+    or `tunnel` at a time per instance folder.
     """
     with friendly_errors():
         tunnel.run_up(obj.settings, port=port, public_url=public_url, echo=click.echo)

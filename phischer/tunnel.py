@@ -3,16 +3,22 @@
 `phischer tunnel` and `phischer up` both go through `exposed()`. The public URL is shared with
 the running server through `<instance>/public_url` (Settings.tunnel_public_url() reads it when
 PUBLIC_URL is unset), so signatures are checked against the URL Twilio actually called.
+
+One instance folder, one run: `folder_lock()` refuses a second `up`/`tunnel` there while the
+first lives, since both would share `<instance>/tunnel_state.json` (the original SMS URL kept
+for a run killed with SIGKILL).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -41,11 +47,14 @@ NGROK_FIXES = (
 )
 PUBLIC_URL_FILE = "public_url"
 STATE_FILE = "tunnel_state.json"
+LOCK_FILE = "tunnel.lock"
 STOP_HINT = "Ctrl-C to stop; the number's previous SMS URL is then restored."
 # Signals handled like Ctrl-C (SIGHUP: the terminal was closed; not on Windows).
 STOP_SIGNALS = tuple(
     sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
 )
+# How often the wait looks for a stop whose KeyboardInterrupt a finalizer swallowed.
+STOP_POLL_S = 0.5
 
 
 class TunnelError(ValueError):
@@ -319,7 +328,9 @@ def _save_state(instance_path: Path, state: dict[str, Any]) -> None:
 
 
 def _forget_state(instance_path: Path) -> None:
-    (instance_path / STATE_FILE).unlink(missing_ok=True)
+    # Only our own record: one another run wrote is the only copy of the URL it must restore.
+    if _load_state(instance_path).get("pid") == os.getpid():
+        (instance_path / STATE_FILE).unlink(missing_ok=True)
 
 
 def plan_registration(
@@ -350,10 +361,8 @@ def apply_registration(client: Client, registration: Registration, instance_path
     prior = _load_state(instance_path)
     # Recorded before the request: a run killed or interrupted while Twilio applies it
     # (the change may or may not have landed) still knows the URL to put back.
-    _save_state(
-        instance_path,
-        {k: v for k, v in asdict(registration).items() if k not in ("warnings", "refused")},
-    )
+    record = {k: v for k, v in asdict(registration).items() if k not in ("warnings", "refused")}
+    _save_state(instance_path, {**record, "pid": os.getpid()})
     try:
         with twilio_errors(f"update the SMS URL of {phone}"):
             client.incoming_phone_numbers(registration.number_sid).update(
@@ -395,29 +404,122 @@ def restore_webhook(client: Client, registration: Registration, instance_path: P
 # -- lifecycle --------------------------------------------------------------------------------
 
 
+def _folder_owner(fd: int) -> str:
+    """Who holds the lock on `fd`, from what the holder wrote into the lock file."""
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0))
+        return f"`phischer {owner['command']}` (pid {int(owner['pid'])})"
+    except (OSError, ValueError, KeyError, TypeError):  # the holder is still writing it
+        return "`phischer up` or `phischer tunnel`"
+
+
+@contextmanager
+def folder_lock(instance_path: Path, command: str) -> Iterator[None]:
+    """Be the only `up`/`tunnel` of this instance folder while the block runs, else TunnelError.
+
+    The folder's one state file is what remembers the number's original SMS URL if a run is
+    killed with SIGKILL: a second run would take it over and the first delete it on exit. The
+    kernel drops the lock when its holder dies, even by SIGKILL, so a dead run never blocks the
+    next one (which restores what it left). The file stays: removing it would let two runs
+    each lock a file of their own.
+    """
+    path = instance_path / LOCK_FILE
+    try:
+        instance_path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise TunnelError(f"Cannot write to {instance_path} ({exc.strerror}): check it") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TunnelError(
+                f"another {_folder_owner(fd)} serves this number from this folder "
+                f"({instance_path}): stop it first"
+            ) from None
+        except OSError as exc:  # a file system without locks: run unguarded, as before
+            log.debug("Cannot lock %s (%s); not guarding against a second run", path, exc)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@dataclass
+class _StopState:
+    """What the stop-signal handler has seen, shared with the startup checkpoints."""
+
+    requested: bool = False  # a stop was asked for (SIGTERM, SIGHUP, a swallowed Ctrl-C)
+    raised: bool = False  # its KeyboardInterrupt is on its way: later stop signals are ignored
+
+
+_stop = _StopState()
+
+
+def stop_if_requested() -> None:
+    """Raise KeyboardInterrupt if a stop was asked for: one whose exception Python dropped.
+
+    A signal handler runs wherever the main thread is, also inside a finalizer or a garbage
+    collection callback, where an exception is printed as "Exception ignored in …" and dropped.
+    Startup calls this between its steps and the wait calls it while serving, so such a stop
+    still undoes everything.
+    """
+    if _stop.requested:
+        _stop.raised = True
+        raise KeyboardInterrupt
+
+
+def _on_stop_signal(signum: int, frame: object) -> None:
+    _stop.requested = True  # first: if the raise below is swallowed, the checkpoints stop us
+    if _stop.raised:
+        return  # a supervisor repeating TERM must not interrupt the restore it asked for
+    _stop.raised = True
+    raise KeyboardInterrupt
+
+
+def _stop_keeper(previous: Callable[[Any], object]) -> Callable[[Any], None]:
+    """An unraisable hook that turns a swallowed KeyboardInterrupt into a pending stop."""
+
+    def hook(unraisable: Any) -> None:
+        exc_type = unraisable.exc_type
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main and isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt):
+            _stop.requested = True
+            _stop.raised = False  # it never got anywhere: the next signal raises again
+            log.debug("A stop arrived inside %r; stopping at the next step", unraisable.object)
+            return
+        previous(unraisable)
+
+    return hook
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Make SIGTERM and SIGHUP stop us like Ctrl-C: `finally` blocks restore and close everything.
 
     SIGHUP is what closing the terminal window sends; left at its default it would kill the
-    process with the number still pointing at a tunnel that is about to vanish.
+    process with the number still pointing at a tunnel that is about to vanish. A stop is
+    never lost: the handler records it before raising, and a KeyboardInterrupt Python drops
+    (raised inside a finalizer) is caught by an unraisable hook; `stop_if_requested()` then
+    raises it again at the next startup step or while waiting.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: object) -> None:
-        # A supervisor repeating TERM must not interrupt the restore it asked for.
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    saved = (_stop.requested, _stop.raised)
+    _stop.requested = _stop.raised = False
+    hook = sys.unraisablehook
+    sys.unraisablehook = _stop_keeper(hook)
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        sys.unraisablehook = hook
+        _stop.requested, _stop.raised = saved
 
 
 def _forget_unless_refused(registration: Registration, instance_path: Path) -> None:
@@ -453,6 +555,7 @@ def exposed(
     instance = settings.instance_path
     # Look the number up first: a wrong TWILIO_PHONE_NUMBER should not cost a tunnel.
     number = find_number(client, settings.twilio_phone_number)
+    stop_if_requested()
     with ExitStack() as stack:
         if public_url:
             base = public_url
@@ -462,6 +565,7 @@ def exposed(
             stack.callback(_step, echo, "close the tunnel", tunnel.close)
             base = normalize_public_url(tunnel.public_url, "the tunnel URL")
             echo(f"Tunnel open: {base} → http://127.0.0.1:{port}")
+        stop_if_requested()
         write_public_url(instance, base)
         stack.callback(remove_public_url, instance, base)
         registration = plan_registration(client, number, base + "/sms", instance)
@@ -480,6 +584,7 @@ def exposed(
             )
         else:
             stack.callback(_forget_unless_refused, registration, instance)
+        stop_if_requested()
         apply_registration(client, registration, instance)
         yield Exposure(public_url=base, sms_url=base + "/sms", port=port, registration=registration)
 
@@ -487,17 +592,23 @@ def exposed(
 def wait_for_shutdown(exposure: Exposure) -> None:
     """Block until Ctrl-C or SIGTERM (both arrive as KeyboardInterrupt)."""
     while True:
-        time.sleep(3600)
+        # The signal's KeyboardInterrupt ends the sleep; a stop a finalizer swallowed ends here.
+        stop_if_requested()
+        time.sleep(STOP_POLL_S)
 
 
 def _wait(
     wait: Callable[[Exposure], None] | None, exposure: Exposure, echo: Echo, last_line: str
 ) -> None:
+    # A stop swallowed during startup: undo everything and leave with "Aborted!", as a stop
+    # before the last line always does.
+    stop_if_requested()
     try:
         # Printed inside the try: a signal right after the user sees it is a clean stop.
         echo(last_line)
         (wait or wait_for_shutdown)(exposure)
     except KeyboardInterrupt:
+        _stop.raised = True  # a TERM now (after Ctrl-C too) must not interrupt the restore
         echo("Shutting down…")
 
 
@@ -528,6 +639,7 @@ def run_tunnel(
             f"it checks signatures against PUBLIC_URL and will answer 403"
         )
     with (
+        folder_lock(settings.instance_path, "tunnel"),
         sigterm_as_interrupt(),
         exposed(
             settings, client, port=port, public_url=base, opener=opener, restore=restore, echo=echo
@@ -617,15 +729,18 @@ def run_up(
 
     client = make_twilio_client(settings)  # names a missing variable before any tunnel opens
     base = resolve_public_url(public_url, settings)
-    migrate_or_explain(settings.database_url)
-    # With a fixed URL the app gets it directly; with ngrok it reads <instance>/public_url,
-    # which exposed() writes before Twilio is told about the tunnel.
-    app_settings = settings.with_overrides(public_url=base) if base else settings
-    with sigterm_as_interrupt(), ExitStack() as stack:
+    # Locked first: a second `up` here is refused before it migrates, listens or calls Twilio.
+    with folder_lock(settings.instance_path, "up"), ExitStack() as stack:
+        migrate_or_explain(settings.database_url)
+        # With a fixed URL the app gets it directly; with ngrok it reads <instance>/public_url,
+        # which exposed() writes before Twilio is told about the tunnel.
+        app_settings = settings.with_overrides(public_url=base) if base else settings
+        stack.enter_context(sigterm_as_interrupt())
         sock = _listen(host, port)
         stack.callback(sock.close)
         app = create_app(app_settings)
         stack.callback(_step, echo, "stop the app", lambda: _stop_app(app))
+        stop_if_requested()
         server = make_server(host, port, app, threaded=True, fd=sock.fileno())
         thread = threading.Thread(target=server.serve_forever, name="phischer-http", daemon=True)
         thread.start()

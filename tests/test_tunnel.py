@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,47 @@ def warnings(output: str) -> list[str]:
 
 def instance() -> Path:
     return Path(os.environ["INSTANCE_PATH"])
+
+
+def dispositions() -> dict[int, Any]:
+    """The current handlers of SIGTERM and SIGHUP."""
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+class _SignalledWhenFreed:
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.signum)  # Python runs the handler before raise_signal returns
+
+
+def lose_a_signal(signum: int = signal.SIGTERM) -> None:
+    """Deliver `signum` inside a finalizer, where Python drops whatever the handler raises.
+
+    What SQLAlchemy's weakref callback `_collection_gced` did to `phischer up`: the handler's
+    KeyboardInterrupt became "Exception ignored in …" and startup went on.
+    """
+    _SignalledWhenFreed(signum)  # freed at once: __del__ runs here
+
+
+@contextmanager
+def watchdog(seconds: float = 30) -> Iterator[list[bool]]:
+    """Interrupt the main thread like Ctrl-C after `seconds`: a stop that was lost hangs no test."""
+    fired: list[bool] = []
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def bark() -> None:
+        fired.append(True)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    timer = threading.Timer(seconds, bark)
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
 
 
 # -- phischer tunnel -----------------------------------------------------------------------
@@ -487,6 +529,89 @@ def test_sigterm_restores_like_ctrl_c(
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
+def test_a_stop_signal_swallowed_by_a_finalizer_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The handler's exception can be dropped; the stop it stands for cannot."""
+    dropped: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    before = dispositions()
+
+    with tunnel.sigterm_as_interrupt():
+        tunnel.stop_if_requested()  # nothing asked yet: startup goes on
+        lose_a_signal()  # returns: the KeyboardInterrupt went nowhere
+        with pytest.raises(KeyboardInterrupt):
+            tunnel.stop_if_requested()  # the next startup step stops
+        signal.raise_signal(signal.SIGTERM)  # the stop is under way: a repeat must not cut it
+
+    with tunnel.sigterm_as_interrupt():
+        lose_a_signal(signal.SIGHUP)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)  # not ignored for good (it was SIG_IGN)
+        with pytest.raises(KeyboardInterrupt), watchdog() as barked:
+            tunnel.wait_for_shutdown(None)  # type: ignore[arg-type]  # the wait sees it too
+        assert not barked
+
+    assert dispositions() == before
+    assert sys.unraisablehook == dropped.append
+    assert dropped == []  # no "Exception ignored in …" on the terminal
+    tunnel.stop_if_requested()  # nothing pending outside
+
+
+@pytest.mark.parametrize(
+    ("command", "when"),
+    [
+        ("tunnel", "Tunnel open:"),  # tunnel open, number not changed yet
+        ("up", "Using the public URL"),  # serving, number not changed yet
+        ("up", "Text "),  # number changed, before the "Ctrl-C to stop" line
+        ("up", "Ctrl-C to stop"),  # live, waiting
+    ],
+)
+def test_a_stop_swallowed_during_startup_or_the_wait_still_stops_and_restores(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    when: str,
+) -> None:
+    dropped: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    opener = FakeNgrok()
+    lines: list[str] = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith(when) and "(signal lost)" not in lines:
+            lines.append("(signal lost)")
+            lose_a_signal()
+
+    before = dispositions()
+    aborted = False
+    with watchdog() as barked:
+        try:
+            if command == "tunnel":
+                tunnel.run_tunnel(Settings.from_env(), opener=opener, echo=echo)
+            else:
+                url = "https://walk.example.test"
+                tunnel.run_up(Settings.from_env(), port=0, public_url=url, echo=echo)
+        except KeyboardInterrupt:
+            aborted = True  # the CLI prints "Aborted!" and exits 1, as for Ctrl-C in startup
+
+    assert not barked, lines
+    assert "(signal lost)" in lines
+    live = when == "Ctrl-C to stop"
+    assert (aborted, "Shutting down…" in lines) == (not live, live), lines
+    changed = when in ("Text ", "Ctrl-C to stop")
+    assert len(updates(fake_twilio, number)) == (2 if changed else 0)
+    assert (f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines) == changed
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert opener.closed == len(opener.ports)
+    assert not (instance() / "public_url").exists()
+    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert dispositions() == before
+    assert dropped == []
+
+
 def test_ctrl_c_while_twilio_applies_the_change_still_restores(
     fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
 ) -> None:
@@ -594,6 +719,39 @@ def test_a_run_that_was_killed_is_repaired_by_the_next(
     run_live("tunnel")
 
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+
+
+def test_a_run_deletes_only_its_own_record(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    """Had another run taken the number over, its record is the only copy of the original URL."""
+    other_url = "https://walk2.example.test/sms"
+    other = {
+        "number_sid": number["sid"],
+        "phone_number": PHONE,
+        "sms_url": other_url,
+        "previous_url": OLD_URL,
+        "previous_method": "GET",
+        "pid": os.getppid(),  # alive, and not us
+    }
+    state = instance() / tunnel.STATE_FILE
+    ours: list[dict[str, Any]] = []
+
+    def check(exposure: tunnel.Exposure) -> None:
+        ours.append(json.loads(state.read_text()))
+        # What a second run does if the folder lock cannot stop it (a file system without
+        # locks, a deleted lock file): it re-points the number and records it.
+        state.write_text(json.dumps(other))
+        number["sms_url"] = other_url
+
+    result = run_live("tunnel", check=check)
+
+    assert ours[0]["pid"] == os.getpid()
+    assert (ours[0]["sms_url"], ours[0]["previous_url"]) == (f"{TUNNEL_URL}/sms", OLD_URL)
+    assert (
+        f"Left the SMS URL of {PHONE} as is: it was changed to '{other_url}' meanwhile."
+    ) in result.output.splitlines()
+    assert json.loads(state.read_text()) == other
 
 
 def test_tunnel_with_app_checks_signatures_against_the_tunnel_url(
@@ -1013,40 +1171,144 @@ def test_fake_sends_messages_and_scripted_failures(fake_twilio: FakeTwilio) -> N
     ]
 
 
-def test_up_in_a_real_process_restores_on_sigterm(number: dict[str, Any], tmp_path: Path) -> None:
-    """The whole command as a user runs it; SIGTERM (a supervisor, `kill`) shuts it down cleanly."""
+@contextmanager
+def real_up(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`phischer up --port 0 ARGS` as a user runs it; yields the process and its output lines."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "phischer", "up", "--port", "0", "--public-url", TUNNEL_URL],
+        [sys.executable, "-m", "phischer", "up", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
     )
-    lines: list[str] = []
     watchdog = threading.Timer(60, proc.kill)  # a hang fails the test instead of the suite
     watchdog.start()
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("Ctrl-C to stop"):
-                break
-        assert number["sms_url"] == f"{TUNNEL_URL}/sms", lines
-        assert (instance() / "public_url").read_text().strip() == TUNNEL_URL
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
+        yield proc, []
     finally:
         watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
-    lines += rest.splitlines()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
-    assert proc.returncode == 0, "\n".join(lines)
-    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines
+
+def read_until(proc: subprocess.Popen[str], lines: list[str], prefix: str) -> None:
+    """Read the process's output into `lines` up to the line starting with `prefix`."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"no line starting {prefix!r}:\n" + "\n".join(lines))
+
+
+def finish(proc: subprocess.Popen[str], lines: list[str]) -> int:
+    """Wait for the process to exit; its remaining output goes to `lines`; its exit code."""
+    rest, _ = proc.communicate(timeout=30)
+    lines += rest.splitlines()
+    return proc.returncode
+
+
+@pytest.mark.parametrize("when", ["find", "check", "update", "serving"])
+def test_up_in_a_real_process_stops_cleanly_on_sigterm_at_any_point(
+    fake_twilio: FakeTwilio, number: dict[str, Any], tmp_path: Path, when: str
+) -> None:
+    """SIGTERM (a supervisor, `kill`) while `up` looks the number up, checks its Messaging
+    Services (public URL written), changes it, or serves: always a clean stop that restores."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def terminate() -> None:
+        procs[0].send_signal(signal.SIGTERM)
+
+    # The fake sends it while `up` waits for Twilio's answer: no timing guesses.
+    hook = {
+        "find": ("GET", "/IncomingPhoneNumbers.json"),
+        "check": ("GET", "/v1/Services"),
+        "update": ("POST", f"/IncomingPhoneNumbers/{number['sid']}.json"),
+    }.get(when)
+    if hook is not None:
+        fake_twilio.after_next(*hook, terminate)
+    with real_up(tmp_path, "--public-url", TUNNEL_URL) as (proc, lines):
+        procs.append(proc)
+        if when == "serving":
+            read_until(proc, lines, "Ctrl-C to stop")
+            assert number["sms_url"] == f"{TUNNEL_URL}/sms", lines
+            assert (instance() / "public_url").read_text().strip() == TUNNEL_URL
+            proc.send_signal(signal.SIGTERM)
+        code = finish(proc, lines)
+
+    output = "\n".join(lines)
+    changed = when in ("update", "serving")
+    # Stopped before the "Ctrl-C to stop" line: everything undone, then "Aborted!" (README).
+    if when == "serving":
+        assert code == 0 and "Shutting down…" in lines, output
+    else:
+        assert (code, lines[-1]) == (1, "Aborted!"), output
+        assert "Ctrl-C to stop" not in output and "Shutting down…" not in lines
+    assert len(updates(fake_twilio, number)) == (2 if changed else 0), output
+    assert (f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines) == changed, output
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
     assert not (instance() / "public_url").exists()
+    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert "Traceback" not in output and "Exception ignored" not in output
+
+
+def test_a_second_run_from_the_same_folder_is_refused_while_the_first_lives(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    tmp_path: Path,
+    refused: Callable[..., str],
+    run_live: Callable[..., Any],
+) -> None:
+    """Both would share the folder's record of the original URL: the second must not start."""
+    first = "https://walk.example.test"
+    with real_up(tmp_path, "--public-url", first) as (proc, lines):
+        read_until(proc, lines, "Ctrl-C to stop")
+        state = (instance() / tunnel.STATE_FILE).read_text()
+        assert json.loads(state)["pid"] == proc.pid
+        seen = len(fake_twilio.requests)
+        busy = (
+            f"Error: another `phischer up` (pid {proc.pid}) serves this number from this "
+            f"folder ({instance()}): stop it first\n"
+        )
+
+        assert refused("up", "--port", "0", "--public-url", "https://walk2.example.test") == busy
+        assert refused("tunnel") == busy
+        # Nothing touched: no Twilio call, the number, the record and the public URL as they were.
+        assert len(fake_twilio.requests) == seen
+        assert number["sms_url"] == f"{first}/sms"
+        assert (instance() / tunnel.STATE_FILE).read_text() == state
+        assert (instance() / "public_url").read_text().strip() == first
+
+        proc.send_signal(signal.SIGTERM)
+        assert finish(proc, lines) == 0, lines
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines
+    assert not (instance() / tunnel.STATE_FILE).exists()
+
+    run_live("tunnel")  # the first is gone: its lock went with it
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+
+
+def test_the_record_of_a_run_killed_with_sigkill_is_restored_by_the_next(
+    fake_twilio: FakeTwilio, number: dict[str, Any], tmp_path: Path, run_live: Callable[..., Any]
+) -> None:
+    with real_up(tmp_path, "--public-url", "https://walk.example.test") as (proc, lines):
+        read_until(proc, lines, "Ctrl-C to stop")
+        proc.kill()  # kill -9: no clean-up at all
+        proc.wait(timeout=30)
+    state = json.loads((instance() / tunnel.STATE_FILE).read_text())
+    assert (state["pid"], state["previous_url"]) == (proc.pid, OLD_URL)
+    assert number["sms_url"] == "https://walk.example.test/sms"
+
+    result = run_live("tunnel")  # not refused: the kernel released the dead run's lock
+
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert not (instance() / tunnel.STATE_FILE).exists()
 
 
 def test_twilio_unreachable_is_one_line(
