@@ -119,7 +119,7 @@ def open_ngrok(port: int) -> Tunnel:
     # An installed binary beats pyngrok's first-use download (which fails offline). pyngrok
     # would hand a token to the agent as `--authtoken TOKEN`, which every local user can read
     # in `ps`; so NGROK_AUTHTOKEN reaches the agent through a private config file instead
-    # (0600 in a fresh 0700 dir, deleted when the tunnel closes or fails to open), and the
+    # (0600 in a fresh 0700 dir, deleted once the agent is up or failed to start), and the
     # user's ngrok.yml is never written. Without it the agent reads its own config, where
     # `ngrok config add-authtoken` put the token.
     config = conf.PyngrokConfig(ngrok_path=shutil.which("ngrok"))
@@ -139,6 +139,9 @@ def open_ngrok(port: int) -> Tunnel:
         tunnel = ngrok.connect(f"http://127.0.0.1:{port}", "http", pyngrok_config=config)
         opened = str(tunnel.public_url)
         ready = True
+        # The agent read its config when it started: the token need not wait on disk for
+        # the whole session (nor outlive a run killed with SIGKILL).
+        discard_token()
     except PyngrokNgrokInstallError:
         raise TunnelError(
             f"No ngrok binary, and it could not be downloaded: {NGROK_FIXES}"
