@@ -306,8 +306,16 @@ def build_examples(
 def _not_found(me: str, senders: Counter[str]) -> str:
     if not senders:
         return f"--me {me!r}: the export has no text messages at all"
-    top = ", ".join(f"{name} ({n})" for name, n in senders.most_common(8) if name != "prompt")
+    top = ", ".join(
+        f"{_shown(name)} ({n})" for name, n in senders.most_common(8) if name != "prompt"
+    )
     return f"--me {me!r} matches no sender; most frequent senders: {top}"
+
+
+def _shown(name: str, limit: int = 60) -> str:
+    # A sender name inside a one-line error: line breaks as spaces, and not endless.
+    flat = " ".join(name.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:

@@ -261,6 +261,12 @@ def _kind(value: Any) -> str:
     return "an object"
 
 
+def _quoted(value: Any) -> str:
+    # A key or role as JSON: one line whatever it holds, and printable (a lone surrogate from
+    # a "\\ud83d" escape stays an escape; stdout cannot encode it).
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
+
+
 def check_example(obj: Any) -> list[tuple[str, Severity]]:
     """The cookbook's format checks (plus a few) on one parsed line: (message, severity)."""
     if not isinstance(obj, dict):
@@ -293,7 +299,7 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
             found.append((f"message {i}: missing {keys} [message_missing_key]", "error"))
         unknown = [k for k in message if k not in KNOWN_KEYS]
         if unknown:
-            keys = ", ".join(f'"{k}"' for k in unknown)
+            keys = ", ".join(_quoted(k) for k in unknown)
             plural = "s" if len(unknown) > 1 else ""
             found.append(
                 (
@@ -302,7 +308,7 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
                 )
             )
         if "role" in message and role not in ROLES:
-            shown = json.dumps(role, ensure_ascii=False)
+            shown = _quoted(role)
             found.append((f"message {i}: unrecognized role {shown} [unrecognized_role]", "error"))
         if "content" in message:
             content = message["content"]
@@ -409,7 +415,17 @@ def check_file(
         problems.extend(Problem(number, message, severity) for message, severity in found)
         if any(severity == "error" for _, severity in found):
             continue
-        tokens = count_messages_tokens(obj["messages"], base_model)
+        try:
+            tokens = count_messages_tokens(obj["messages"], base_model)
+        except UnicodeEncodeError:  # text UTF-8 cannot hold
+            problems.append(
+                Problem(
+                    number,
+                    "a \\ud800-\\udfff escape without its pair: not valid Unicode text "
+                    "[invalid_utf8]",
+                )
+            )
+            continue
         token_counts.append(tokens)
         messages_per_example.append(len(obj["messages"]))
         if tokens > limit:
@@ -573,7 +589,18 @@ def _read_ids(path: Path) -> tuple[list[str], bool]:
     side = sidecar_path(path)
     if not side.exists():
         return infer_conversations(path), False
-    ids = [line.rstrip("\r\n") for line in side.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = side.read_bytes().decode("utf-8")  # not read_text: it turns "\r" into "\n"
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{side}: not UTF-8 text (byte {exc.start + 1}); re-run `phischer import` or delete "
+            "the .conversations file"
+        ) from None
+    # Lines end at "\n" only, as in the JSONL: an id may hold any other character (a "\r" or
+    # "\u2028" from a chat's name or id), which splitlines() would take for a line end.
+    ids = [line.rstrip("\r") for line in text.split("\n")]
+    if ids[-1] == "":
+        ids.pop()
     if len(ids) != n_lines:
         raise DatasetError(
             f"{side}: {len(ids):,} conversation ids for {n_lines:,} examples in {path.name}; "

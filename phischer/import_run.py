@@ -15,7 +15,7 @@ from phischer.dataset import BuildStats, build_examples, system_prompt, write_js
 from phischer.dataset_check import sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
-from phischer.importers.base import Conversation
+from phischer.importers.base import Conversation, ImportErrorMessage
 
 
 @dataclass
@@ -130,6 +130,14 @@ def run_import(
             )
             written = write_jsonl(counter.counted(examples), out)
             tokens = counter.finish()
+    except UnicodeEncodeError as exc:
+        # A JSON "\ud83d" escape without its pair (half of a cut emoji) parses to a lone
+        # surrogate, which UTF-8 cannot hold: writing fails, and nothing is left behind.
+        bad = ascii(exc.object[exc.start : exc.start + 1])
+        raise ImportErrorMessage(
+            f"{path}: a message holds text that is not valid Unicode (a lone surrogate {bad}, "
+            "e.g. half of an emoji); nothing was written"
+        ) from None
     finally:
         counter.close()
     return ImportResult(

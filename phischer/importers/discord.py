@@ -71,6 +71,11 @@ def _parse_json(data: Any, where: str, member: str, conv: Conversation | None) -
         )
     channel = data.get("channel") or {}
     guild = data.get("guild") or {}
+    if not isinstance(guild, dict) or not isinstance(channel.get("type", ""), str):
+        raise ImportErrorMessage(
+            f'{where}: not a DiscordChatExporter JSON export ("guild" is not an object or the '
+            'channel "type" not a string)'
+        )
     if conv is None:
         name = channel.get("name") or _PART.sub("", PurePosixPath(member).stem)
         direct = guild.get("name") == "Direct Messages" or channel.get("type", "").startswith(
@@ -86,7 +91,7 @@ def _parse_json(data: Any, where: str, member: str, conv: Conversation | None) -
     for i, m in enumerate(data["messages"]):
         try:
             _add_json_message(conv, m)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ImportErrorMessage(f"{where}: message {i + 1} is malformed ({exc})") from None
     return conv
 
@@ -104,6 +109,8 @@ def _add_json_message(conv: Conversation, m: dict[str, Any]) -> None:
             stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
         name = author.get("name") or author.get("nickname") or "Unknown"
         nickname = author.get("nickname")
+        if not isinstance(name, str) or not isinstance(nickname, str | None):
+            raise TypeError("the author's name is not a string")
         conv.messages.append(
             Message(
                 sender=name,
@@ -166,7 +173,7 @@ def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) ->
         elif content:
             try:
                 stamp = _csv_datetime(date, order)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ImportErrorMessage(f"{where}: line {n}: unrecognised date {date!r}") from None
             # Before 2023 usernames carried a discriminator ("name#1234"); --me may use either.
             name, _, discriminator = author.rpartition("#")

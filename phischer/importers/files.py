@@ -11,11 +11,17 @@ import fnmatch
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from phischer.importers.base import ImportErrorMessage
+
+# What reading a damaged zip raises: a bad header or CRC (BadZipFile), a bad deflate stream
+# (zlib.error), a member cut short (EOFError), a method or version zipfile lacks
+# (NotImplementedError), or the file itself (OSError).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError)
 
 # Finder and macOS's "Compress" add these; they are never part of an export.
 _JUNK_PARTS = ("__MACOSX", ".DS_Store")
@@ -47,7 +53,7 @@ class Export:
         elif _looks_like_zip(self.path):
             try:
                 self._zip = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError) as exc:
+            except ZIP_ERRORS as exc:
                 raise ImportErrorMessage(
                     f"{self.path} is not a zip file or is damaged ({exc}): "
                     "re-download the export, or unzip it and pass the folder"
@@ -110,7 +116,7 @@ class Export:
             return self.path.read_bytes()
         except KeyError:
             raise ImportErrorMessage(f"No {name} in {self.path}") from None
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        except ZIP_ERRORS as exc:
             raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
 
     def size(self, name: str) -> int:
@@ -138,7 +144,7 @@ class Export:
                 return fh.read(size)
         except KeyError:
             raise ImportErrorMessage(f"No {name} in {self.path}") from None
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        except ZIP_ERRORS as exc:
             raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
 
     def read_text(self, name: str) -> str:
@@ -173,6 +179,12 @@ def parse_json(text: str | bytes, where: str) -> Any:
         ) from None
     except UnicodeDecodeError as exc:
         raise ImportErrorMessage(f"{where} is not UTF-8 JSON (byte {exc.start})") from None
+    except ValueError:  # valid JSON Python refuses: an integer over 4,300 digits
+        raise ImportErrorMessage(
+            f"Invalid JSON in {where}: a number with too many digits"
+        ) from None
+    except RecursionError:
+        raise ImportErrorMessage(f"Invalid JSON in {where}: nested too deeply") from None
 
 
 def _looks_like_zip(path: Path) -> bool:

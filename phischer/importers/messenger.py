@@ -208,9 +208,9 @@ def _legacy_messages(raw: list[Any], part: _Part) -> None:
         stamps.append(ts)
 
 
-def _e2ee_messages(raw: list[Any], conv: Conversation) -> list[Message]:
+def _e2ee_messages(raw: list[Any], conv: Conversation, where: str) -> list[Message]:
     out: list[Message] = []
-    for m in raw:
+    for i, m in enumerate(raw, 1):
         if type(m) is not dict:
             continue
         kind = m.get("type")
@@ -226,13 +226,22 @@ def _e2ee_messages(raw: list[Any], conv: Conversation) -> list[Message]:
         if type(text) is not str or not text.strip() or not isinstance(ts, int | float):
             conv.drop("empty")
             continue
-        sender = fix_mojibake(m.get("senderName") or "")
+        sender = m.get("senderName") or ""
+        if not isinstance(sender, str):
+            raise ImportErrorMessage(f"{where}: message {i}: senderName is not a string")
+        try:
+            stamp = _naive_utc(ts)
+        except (ValueError, OverflowError, OSError):
+            raise ImportErrorMessage(
+                f"{where}: message {i}: timestamp {ts!r} is not a possible time"
+            ) from None
+        sender = fix_mojibake(sender)
         text = fix_mojibake(text).strip()
         reason = _text_reason(text, sender, kind == "link")
         if reason:
             conv.drop(reason)
             continue
-        out.append(Message(sender, text, _naive_utc(ts)))
+        out.append(Message(sender, text, stamp))
     return out
 
 
@@ -260,7 +269,10 @@ def _legacy_part(export: Export, name: str) -> _Part:
     data = export.load_json(name)
     raw = _messages(data, export.where(name))
     part = _Part(data.get("participants"), data.get("title"), data.get("thread_type"))
-    _legacy_messages(raw, part)
+    try:
+        _legacy_messages(raw, part)
+    except (TypeError, AttributeError) as exc:  # a sender_name that is not a string
+        raise ImportErrorMessage(f"{export.where(name)}: a message is malformed ({exc})") from None
     return part
 
 
@@ -271,7 +283,7 @@ def _oldest_first(files: list[tuple[int, str]]) -> list[str]:
     return [name for _, name in sorted(files, reverse=True)]
 
 
-def _legacy_thread(folder: str, parts: list[_Part]) -> Conversation:
+def _legacy_thread(folder: str, parts: list[_Part], where: str) -> Conversation:
     participants: list[str] = []
     title = ""
     thread_type = ""
@@ -281,6 +293,12 @@ def _legacy_thread(folder: str, parts: list[_Part]) -> Conversation:
     stamps: list[float] = []
     for part in parts:
         if not participants:
+            if not isinstance(part.participants, list | None) or not isinstance(
+                part.title, str | None
+            ):
+                raise ImportErrorMessage(
+                    f'{where}: "participants" is not a list or "title" not a string'
+                )
             participants = [
                 fix_mojibake(str(p.get("name") or "") if isinstance(p, dict) else str(p))
                 for p in part.participants or []
@@ -295,7 +313,10 @@ def _legacy_thread(folder: str, parts: list[_Part]) -> Conversation:
         stamps += part.stamps
     # One C-level pass per column instead of a Python call per message (a million
     # messages make that show).
-    times = _naive_utcs(stamps)
+    try:
+        times = _naive_utcs(stamps)
+    except (ValueError, OverflowError, OSError):
+        raise ImportErrorMessage(f"{where}: a timestamp_ms is not a possible time") from None
     messages = list(map(Message, senders, texts, times))
     if not _is_sorted(times):  # checking is cheaper than sorting, and exports are in order
         messages.sort(key=_by_time)
@@ -318,11 +339,18 @@ _by_time = attrgetter("timestamp")
 
 def _e2ee_thread(export: Export, name: str, data: dict[str, Any]) -> Conversation:
     stem = name.rsplit("/", 1)[-1].removesuffix(".json")
-    participants = [fix_mojibake(str(p)) for p in data.get("participants") or [] if p]
+    where = export.where(name)
+    participants = data.get("participants") or []
+    thread_name = data.get("threadName") or stem
+    if not isinstance(participants, list) or not isinstance(thread_name, str):
+        raise ImportErrorMessage(
+            f'{where}: "participants" is not a list or "threadName" not a string'
+        )
+    participants = [fix_mojibake(str(p)) for p in participants if p]
     # threadName is "<Name>_<n>"; the suffix only keeps file names unique.
-    title = re.sub(r"_\d+$", "", fix_mojibake(data.get("threadName") or stem))
+    title = re.sub(r"_\d+$", "", fix_mojibake(thread_name))
     conv = Conversation(id=f"e2ee/{stem}", title=title, participants=participants)
-    collected = _e2ee_messages(_messages(data, export.where(name)), conv)
+    collected = _e2ee_messages(_messages(data, where), conv, where)
     collected.sort(key=_by_time)
     conv.messages = collected
     conv.is_group = len(participants) > 2
@@ -364,7 +392,9 @@ def import_messenger(path: Path) -> Iterator[Conversation]:
         else:
             for folder, files in threads.items():
                 yield _legacy_thread(
-                    folder, [_legacy_part(export, n) for n in _oldest_first(files)]
+                    folder,
+                    [_legacy_part(export, n) for n in _oldest_first(files)],
+                    export.where(folder),
                 )
         for name in e2ee:
             data = export.load_json(name)
@@ -445,6 +475,6 @@ def _parallel_threads(
                 future, size = pending.popleft()
                 parts.extend(future.result())  # re-raises a worker's ImportErrorMessage
                 ahead -= size
-            yield _legacy_thread(folder, [parts.popleft() for _ in names])
+            yield _legacy_thread(folder, [parts.popleft() for _ in names], export.where(folder))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
-from phischer.importers.files import Export, open_export
+from phischer.importers.files import ZIP_ERRORS, Export, open_export
 
 _WS = re.compile(r"[ \t\n\r]*")
 _PARTIAL = re.compile(r"[-+.\w]+")
+_NUMBER_TAIL = re.compile(r"[-+.\deE]*")
 _EPOCH = dt.datetime(1970, 1, 1)  # naive UTC, like every Message.timestamp
 # Chat types whose messages come from many people (channels: posts, usually by admins).
 _GROUP_TYPES = {
@@ -59,7 +60,7 @@ def _open_member(export: Export, name: str) -> Iterator[BinaryIO]:
             target = export.path / name if export.kind == "folder" else export.path
             with target.open("rb") as fh:
                 yield fh
-    except (OSError, zipfile.BadZipFile) as exc:
+    except ZIP_ERRORS as exc:
         raise ImportErrorMessage(f"Cannot read {export.where(name)}: {exc}") from None
 
 
@@ -179,8 +180,17 @@ class _JsonStream:
                 if cut and self._fill(len(self._buf) - self._pos):
                     continue
                 self._fail(exc.msg, exc.pos)
-            # A number at the very end of the buffer may go on in the next chunk.
-            if end == len(self._buf) and not isinstance(obj, dict | list | str) and self._fill(0):
+            except RecursionError:
+                self._fail("nested too deeply", self._pos)
+            except ValueError:  # valid JSON Python refuses: an integer over 4,300 digits
+                self._fail("a number with too many digits", self._pos)
+            # A number at the very end of the buffer may go on in the next chunk: "52" of
+            # "52.5", or "52" of a buffer ending "52." (the scanner leaves a bare "." or "e").
+            if (
+                not isinstance(obj, dict | list | str)
+                and _NUMBER_TAIL.fullmatch(self._buf, end)
+                and self._fill(0)
+            ):
                 continue
             self._pos = end
             return obj
@@ -253,9 +263,11 @@ def parse_chat(chat: dict[str, Any], where: str) -> Conversation:
         id=f"telegram:{chat.get('id', title)}",
         title=title,
         participants=[],
-        is_group=kind in _GROUP_TYPES,
+        is_group=isinstance(kind, str) and kind in _GROUP_TYPES,
     )
     messages = chat.get("messages") or []
+    if not isinstance(messages, list):
+        raise ImportErrorMessage(f'{where}: chat {title!r} has no "messages" list')
     if kind == "bot_chat":
         # A bot's side is not a person's voice, and the user's side is commands to it.
         conv.drop("bot chat", len(messages))
@@ -264,7 +276,7 @@ def parse_chat(chat: dict[str, Any], where: str) -> Conversation:
     for i, m in enumerate(messages):
         try:
             _add_message(conv, m)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ImportErrorMessage(
                 f"{where}: chat {title!r}, message {i + 1} is malformed ({exc})"
             ) from None
@@ -283,6 +295,8 @@ def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
         conv.drop("forwarded")  # someone else's words
     elif text:
         sender = m.get("from") or "Deleted Account"
+        if not isinstance(sender, str):
+            raise TypeError(f'"from" is a {type(sender).__name__}, not a string')
         from_id = m.get("from_id")
         # from_id is "user123456789" (or "channel…" for channel posts); --me may give the number.
         aliases = (from_id[4:],) if isinstance(from_id, str) and from_id.startswith("user") else ()
@@ -324,4 +338,7 @@ def _timestamp(m: dict[str, Any]) -> dt.datetime:
     unix = m.get("date_unixtime")
     if unix not in (None, ""):
         return _EPOCH + dt.timedelta(seconds=int(unix))
-    return dt.datetime.fromisoformat(m["date"])
+    stamp = dt.datetime.fromisoformat(m["date"])
+    if stamp.tzinfo is not None:  # not written by Telegram, but naive UTC like the rest
+        stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+    return stamp

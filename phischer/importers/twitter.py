@@ -169,14 +169,23 @@ def _owner(export: Export) -> Message:
         sibling = export.path.parent / "account.js"
         if sibling.is_file():
             with open_export(sibling) as side:
-                return _owner_from(_load_ytd(side, side.names()[0]))
+                return _owner_from(side, side.names()[0])
     if names:
-        return _owner_from(_load_ytd(export, names[0]))
+        return _owner_from(export, names[0])
     return Message(sender=FALLBACK_OWNER, text="", timestamp=dt.datetime.min)
 
 
-def _owner_from(data: list[Any]) -> Message:
+def _owner_from(export: Export, name: str) -> Message:
+    data = _load_ytd(export, name)
     account = data[0].get("account", data[0]) if data and isinstance(data[0], dict) else {}
+    if not isinstance(account, dict) or not all(
+        isinstance(account.get(k), str | None)
+        for k in ("username", "accountDisplayName", "accountId")
+    ):
+        raise ImportErrorMessage(
+            f"{export.where(name)}: the account is malformed (username, accountDisplayName "
+            "and accountId must be strings)"
+        )
     username = account.get("username") or ""
     display = account.get("accountDisplayName") or username or FALLBACK_OWNER
     aliases = tuple(a for a in (username, f"@{username}" if username else "") if a)
@@ -200,7 +209,10 @@ def _parse_time(value: Any) -> dt.datetime | None:
         except ValueError:
             return None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:  # year 1 or 9999 moved past the calendar's end
+            return None
     return parsed
 
 
@@ -227,6 +239,36 @@ def clean_text(tweet: dict[str, Any]) -> str:
     return "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip() for line in text.split("\n")).strip()
 
 
+def _keep(
+    item: Any,
+    dropped: dict[str, int],
+    kept: dict[str, tuple[dt.datetime, str, dict[str, Any]]],
+) -> None:
+    # One item of a tweets file: kept as (time, text, tweet) under its id, or counted as dropped.
+    tweet = item.get("tweet", item) if isinstance(item, dict) else None
+    if not isinstance(tweet, dict):
+        return
+    for key in ("in_reply_to_status_id_str", "in_reply_to_screen_name"):
+        if not isinstance(tweet.get(key), str | None):
+            raise TypeError(f"{key} is not a string")
+    raw = tweet.get("full_text") or tweet.get("text") or ""
+    if raw.startswith("RT @") or "retweeted_status" in tweet:
+        dropped["retweet"] = dropped.get("retweet", 0) + 1
+        return
+    text = clean_text(tweet)
+    if not text:
+        entities = tweet.get("entities") or {}
+        reason = "media" if entities.get("media") or "t.co/" in raw else "empty"
+        dropped[reason] = dropped.get(reason, 0) + 1
+        return
+    tid = str(tweet.get("id_str") or tweet.get("id"))
+    when = _parse_time(tweet.get("created_at"))
+    if when is None:
+        dropped["no timestamp"] = dropped.get("no timestamp", 0) + 1
+        return
+    kept[tid] = (when, text, tweet)
+
+
 @register("twitter")
 def import_twitter(path: Path) -> Iterator[Conversation]:
     """Yield one Conversation per standalone post or self-thread, each opened by a topic prompt."""
@@ -241,26 +283,13 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
         dropped: dict[str, int] = {}
         kept: dict[str, tuple[dt.datetime, str, dict[str, Any]]] = {}
         for source, name in sources:
-            for item in _load_ytd(source, name):
-                tweet = item.get("tweet", item) if isinstance(item, dict) else None
-                if not isinstance(tweet, dict):
-                    continue
-                raw = tweet.get("full_text") or tweet.get("text") or ""
-                if raw.startswith("RT @") or "retweeted_status" in tweet:
-                    dropped["retweet"] = dropped.get("retweet", 0) + 1
-                    continue
-                text = clean_text(tweet)
-                if not text:
-                    entities = tweet.get("entities") or {}
-                    reason = "media" if entities.get("media") or "t.co/" in raw else "empty"
-                    dropped[reason] = dropped.get(reason, 0) + 1
-                    continue
-                tid = str(tweet.get("id_str") or tweet.get("id"))
-                when = _parse_time(tweet.get("created_at"))
-                if when is None:
-                    dropped["no timestamp"] = dropped.get("no timestamp", 0) + 1
-                    continue
-                kept[tid] = (when, text, tweet)
+            for i, item in enumerate(_load_ytd(source, name), 1):
+                try:
+                    _keep(item, dropped, kept)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise ImportErrorMessage(
+                        f"{source.where(name)}: post {i} is malformed ({exc})"
+                    ) from None
 
     # A self-thread is a chain of replies to your own kept posts; its root is the first
     # post whose parent is not one of them.
