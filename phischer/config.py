@@ -159,7 +159,6 @@ class Settings:
     daily_limit: int = 200
     fallback_reply: str = DEFAULT_FALLBACK_REPLY
     model_retries: int = 1
-    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -211,7 +210,6 @@ class Settings:
             "OPENAI_BASE_URL": "openai_base_url",
             "DEFAULT_PERSONA": "default_persona",
             "FALLBACK_REPLY": "fallback_reply",
-            "LOG_LEVEL": "log_level",
         }
         for var, attr in text_vars.items():
             if (v := get(var)) is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 
 import requests
@@ -28,15 +29,23 @@ def fit_sms(text: str, limit: int) -> str:
     return cut.rstrip() + "…"
 
 
+# XML 1.0 cannot carry most C0 controls, lone surrogates or U+FFFE/U+FFFF. A reply may hold
+# them ("No #<keyword>." echoes the text; a dataset answer or FALLBACK_REPLY may have any),
+# and one such character would make the whole TwiML unreadable to Twilio.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 @functools.lru_cache(maxsize=4096)
 def twiml(*bodies: str) -> str:
     """A TwiML document with one <Message> per non-empty body (none: no SMS is sent).
 
-    Cached: a persona's replies repeat (retrieval answers come from a fixed set), and
-    serialising the XML costs more than the rest of the response.
+    Characters XML cannot hold are dropped. Cached: a persona's replies repeat (retrieval
+    answers come from a fixed set), and serialising the XML costs more than the rest of
+    the response.
     """
     response = MessagingResponse()
     for body in bodies:
+        body = NOT_XML.sub("", body)
         if body:
             response.message(body)
     return str(response)

@@ -233,14 +233,24 @@ class Store:
             body=body, reply_to_id=inbound_id, status=status, created_at=created_at, **values,
         )  # fmt: skip
 
-    def update_message(self, cur: Any, message_id: int, now: dt.datetime, **values: Any) -> None:
-        """Set some columns of a message (and its updated_at)."""
+    def update_message(
+        self,
+        cur: Any,
+        message_id: int,
+        now: dt.datetime,
+        condition: str = "",
+        condition_params: tuple[Any, ...] = (),
+        **values: Any,
+    ) -> bool:
+        """Set some columns of a message (and its updated_at), if `condition` holds too."""
         values["updated_at"] = self.ts(now)
         assignments = ", ".join(f"{name} = ?" for name in values)
+        where = f"id = ? AND {condition}" if condition else "id = ?"
         cur.execute(
-            self.sql(f"UPDATE messages SET {assignments} WHERE id = ?"),
-            (*values.values(), message_id),
+            self.sql(f"UPDATE messages SET {assignments} WHERE {where}"),
+            (*values.values(), message_id, *condition_params),
         )
+        return cur.rowcount == 1
 
     def finish_inbound(
         self, cur: Any, message_id: int, now: dt.datetime, claimed_at: Any, **values: Any
@@ -250,20 +260,18 @@ class Store:
         The process that stored the text owns it while its updated_at is NULL; a recovery
         sweep that claimed it owns it with updated_at = the claim's time.
         """
-        values["updated_at"] = self.ts(now)
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        owner = "updated_at IS NULL" if claimed_at is None else "updated_at = ?"
-        params = (*values.values(), message_id)
-        if claimed_at is not None:
-            params = (*params, self.ts(claimed_at))
-        cur.execute(
-            self.sql(
-                f"UPDATE messages SET {assignments} WHERE id = ? AND status = 'processing' "
-                f"AND {owner}"
-            ),
-            params,
+        if claimed_at is None:
+            return self.update_message(
+                cur, message_id, now, "status = 'processing' AND updated_at IS NULL", **values
+            )
+        return self.update_message(
+            cur,
+            message_id,
+            now,
+            "status = 'processing' AND updated_at = ?",
+            (self.ts(claimed_at),),
+            **values,
         )
-        return cur.rowcount == 1
 
     def history(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
@@ -15,10 +14,6 @@ from phischer.security import form_params
 log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
 NUM_MEDIA_MAX = 2**31 - 1
-# XML 1.0 cannot carry most C0 controls, lone surrogates or U+FFFE/U+FFFF. A reply may hold
-# them ("No #<keyword>." echoes the text; a dataset answer may have any), and one such
-# character would make the whole TwiML unreadable to Twilio.
-NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _services():  # type: ignore[no-untyped-def]
@@ -53,7 +48,7 @@ def sms() -> Response:
     # PostgreSQL text cannot hold NUL; nobody types one, so it is dropped rather than refused.
     body = form.get("Body", "").replace("\x00", "")
     inbound = Inbound(phone=phone, sid=sid, body=body, num_media=num_media)
-    return xml(twiml(*(NOT_XML.sub("", text) for text in services.sms.handle(inbound))))
+    return xml(twiml(*services.sms.handle(inbound)))
 
 
 @bp.get("/healthz")
