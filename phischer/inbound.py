@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,7 @@ from phischer.db import Database
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
+from phischer.recovery import WILL_RETRY, retry_send
 from phischer.replies import RestSender, SendError, fit_sms
 from phischer.store import ContactRow, Store
 from phischer.thread import SPOKEN, build_thread, rows_needed
@@ -383,13 +385,23 @@ class SmsService:
         except Exception:
             log.exception("Async delivery failed")
 
-    def send_stored(self, phone: str, out_id: int, text: str) -> None:
-        """Send a stored ("queued") reply by REST and record sent or send_failed."""
+    def send_stored(
+        self, phone: str, out_id: int, text: str, created_at: dt.datetime | None = None
+    ) -> None:
+        """Send a stored ("queued") reply by REST; record sent, send_failed, or a later retry.
+
+        When Twilio could not be reached (or was busy) the row stays "queued" with the
+        reason in `error`, and the recovery sweep tries again every few minutes until the
+        reply is an hour old (`recovery.retry_send`).
+        """
         try:
             sid = self.sender.send(phone, text)
-            values: dict[str, object] = {"status": "sent", "message_sid": sid}
+            values: dict[str, object] = {"status": "sent", "message_sid": sid, "error": None}
         except SendError as exc:
-            values = {"status": "send_failed", "error": str(exc)}
+            if exc.transient and retry_send(created_at or utcnow(), utcnow()):
+                values = {"status": "queued", "error": f"{exc}{WILL_RETRY}"}
+            else:
+                values = {"status": "send_failed", "error": str(exc)}
         with self.store.write() as cur:
             self.store.update_message(cur, out_id, utcnow(), **values)
 

@@ -4,7 +4,8 @@ A text is "processing" while its reply is made and an outbound reply "queued" un
 REST send returns. A process that dies in between leaves them so. Each serving process
 sweeps for rows idle longer than RECOVER_AFTER (no reply takes that long: inline replies
 give up at REPLY_TIMEOUT_S, async ones at 60 s) and claims each one with a conditional
-UPDATE, so two processes never answer the same text.
+UPDATE, so two processes never answer the same text. A reply whose REST send failed
+because Twilio was unreachable or busy stays "queued" too, and is sent again the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ TOO_OLD = "interrupted before the reply; too old to answer late"
 SUPERSEDED = "interrupted before the reply; a newer text from this number came first"
 NO_PERSONA = "interrupted before the reply; no persona to answer with"
 SEND_INTERRUPTED = "interrupted before the REST send"
+SEND_SUPERSEDED = "not sent; a newer text from this number came first"
+SEND_GAVE_UP = "not sent within an hour; last try: "
+WILL_RETRY = "; will retry"  # ends the error of a reply still queued for another send
+
+
+def retry_send(created_at: dt.datetime, now: dt.datetime) -> bool:
+    """Whether a reply whose REST send just failed transiently may wait for another try.
+
+    The next try comes from a sweep at least RECOVER_AFTER from now; one that would find
+    the reply past GIVE_UP_AFTER is not worth waiting for.
+    """
+    return now + RECOVER_AFTER - created_at < GIVE_UP_AFTER
 
 
 @dataclass
@@ -62,7 +75,7 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
                 result.failed += 1
                 continue
         if row.direction == "out":
-            service.send_stored(row.phone, row.id, row.body)
+            service.send_stored(row.phone, row.id, row.body, row.created_at)
             result.resent += 1
         else:
             _answer_late(service, row, claimed_at=now)
@@ -77,15 +90,24 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
 
 def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime) -> str | None:
     """Why this row cannot be delivered late (None: it can)."""
+    newer = service.store.newer_inbound
+    if row.direction == "out":
+        # A reply queued for a retry carries the last failure; say that, not "interrupted".
+        last_try = row.error.removesuffix(WILL_RETRY) if row.error else None
+        if not service.settings.twilio_account_sid:
+            return SEND_INTERRUPTED
+        if now - row.created_at > GIVE_UP_AFTER:
+            return SEND_GAVE_UP + last_try if last_try else SEND_INTERRUPTED
+        # A late answer to a text the texter has since followed up would arrive out of order.
+        return SEND_SUPERSEDED if newer(cur, row.contact_id, row.id) else None
     if not service.settings.twilio_account_sid:
-        return NO_REST if row.direction == "in" else SEND_INTERRUPTED
+        return NO_REST
     if now - row.created_at > GIVE_UP_AFTER:
-        return TOO_OLD if row.direction == "in" else SEND_INTERRUPTED
-    if row.direction == "in":
-        if service.store.newer_inbound(cur, row.contact_id, row.id):
-            return SUPERSEDED
-        if service.personas.for_contact(row.persona_id) is None:
-            return NO_PERSONA
+        return TOO_OLD
+    if newer(cur, row.contact_id, row.id):
+        return SUPERSEDED
+    if service.personas.for_contact(row.persona_id) is None:
+        return NO_PERSONA
     return None
 
 
@@ -140,7 +162,9 @@ class Sweeper:
 
     def after_id(self, now: dt.datetime) -> int:
         """The id below which every message was already swept while stale (0: sweep all)."""
-        horizon = now - GIVE_UP_AFTER - 2 * RECOVER_AFTER
+        # The margin covers a reply whose last REST retry (see retry_send) failed just
+        # before GIVE_UP_AFTER: it turns idle RECOVER_AFTER later, and a sweep must see it.
+        horizon = now - GIVE_UP_AFTER - 3 * RECOVER_AFTER
         old = [i for t, i in self.marks if t <= horizon]
         if old:
             # Only the newest old mark matters from now on.

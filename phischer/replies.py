@@ -54,13 +54,25 @@ def twiml(*bodies: str) -> str:
 class SendError(Exception):
     """The REST send failed; the message row records why."""
 
+    def __init__(self, reason: str, transient: bool = False) -> None:
+        super().__init__(reason)
+        # Transient: Twilio was unreachable or busy and created no message, so the recovery
+        # sweep may try again later; otherwise (a refusal, missing credentials) it is final.
+        self.transient = transient
+
 
 class RestSender:
     """Sends an SMS through Twilio's REST API (used when the reply is too slow for TwiML)."""
 
-    def __init__(self, settings: Settings, retry_delays_s: tuple[float, ...] = (1.0, 4.0)) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        retry_delays_s: tuple[float, ...] = (1.0, 4.0),
+        timeout_s: float | None = None,  # per request; None: twilio_client's default
+    ) -> None:
         self.settings = settings
         self.retry_delays_s = retry_delays_s
+        self.timeout_s = timeout_s
         self._client = None
 
     def send(self, to: str, body: str) -> str:
@@ -68,22 +80,27 @@ class RestSender:
 
         Connection errors, 429 and 5xx are retried (Twilio creates no message then, so a
         retry cannot double-send); any other refusal (21610 opted out, 21211 bad number, …)
-        is final.
+        is final. So is a request Twilio received but did not answer in time: it may have
+        sent the SMS, and a retry could send it twice.
         """
-        from phischer.twilio_client import make_twilio_client  # the twilio REST client is heavy
+        # The twilio REST client is heavy: imported on the first send only.
+        from phischer.twilio_client import TWILIO_HTTP_TIMEOUT_S, make_twilio_client
 
         for delay in (*self.retry_delays_s, None):
             try:
                 if self._client is None:
-                    self._client = make_twilio_client(self.settings)
+                    self._client = make_twilio_client(
+                        self.settings, self.timeout_s or TWILIO_HTTP_TIMEOUT_S
+                    )
                 message = self._client.messages.create(
                     to=to, from_=self.settings.twilio_phone_number, body=body
                 )
                 return str(message.sid)
             except Exception as exc:  # TwilioRestException, requests' errors, config errors
                 log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
-                if delay is None or not _transient(exc):
-                    raise SendError(_short(exc)) from None
+                transient = _transient(exc)
+                if delay is None or not transient:
+                    raise SendError(_short(exc), transient) from None
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -92,10 +109,13 @@ def _transient(exc: Exception) -> bool:
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status == 429 or status >= 500
-    return isinstance(exc, requests.ConnectionError | requests.Timeout)
+    # ConnectTimeout is a ConnectionError; a ReadTimeout (sent, no answer) is not retried.
+    return isinstance(exc, requests.ConnectionError)
 
 
 def _short(exc: Exception) -> str:
+    if isinstance(exc, requests.ReadTimeout):
+        return "Twilio did not answer in time; the SMS may or may not have been sent"
     code = getattr(exc, "code", None)
     if isinstance(code, int):  # TwilioRestException: the error code is what users look up
         return f"Twilio error {code}: {getattr(exc, 'msg', '')}"[:300]

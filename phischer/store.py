@@ -33,6 +33,7 @@ class PendingRow:
     created_at: dt.datetime
     phone: str
     thread_reset_at: dt.datetime | None
+    error: str | None  # an outbound reply's last failed send, if any
 
 
 @dataclass
@@ -324,15 +325,16 @@ class Store:
         cur.execute(
             self.sql(
                 "SELECT m.id, m.direction, m.contact_id, m.persona_id, m.body, m.created_at, "
-                "c.phone, c.thread_reset_at FROM messages m JOIN contacts c ON c.id = m.contact_id "
+                "c.phone, c.thread_reset_at, m.error "
+                "FROM messages m JOIN contacts c ON c.id = m.contact_id "
                 "WHERE m.id > ? AND m.status IN ('processing', 'queued') "
                 "AND COALESCE(m.updated_at, m.created_at) < ? ORDER BY m.id LIMIT ?"
             ),
             (after_id, self.ts(idle_since), limit),
         )
         return [
-            PendingRow(i, d, c, p, b, self.parse_ts(at), phone, self.parse_ts(reset))  # type: ignore[arg-type]
-            for i, d, c, p, b, at, phone, reset in cur.fetchall()
+            PendingRow(i, d, c, p, b, self.parse_ts(at), phone, self.parse_ts(reset), err)  # type: ignore[arg-type]
+            for i, d, c, p, b, at, phone, reset, err in cur.fetchall()
         ]
 
     def claim(self, cur: Any, message_id: int, idle_since: dt.datetime, now: dt.datetime) -> bool:

@@ -76,14 +76,14 @@ def require_twilio(settings: Settings, *, number: bool = True) -> None:
             raise TwilioConfigError(f"{var} is not set: add {_WHERE[var]} to .env")
 
 
-def make_twilio_client(settings: Settings) -> Client:
+def make_twilio_client(settings: Settings, timeout_s: float = TWILIO_HTTP_TIMEOUT_S) -> Client:
     """A twilio REST Client from Settings, with a request timeout and the optional test base URL."""
     require_twilio(settings)
     base_url = settings.twilio_api_base_url
     http_client = (
-        RebasingHttpClient(base_url)
+        RebasingHttpClient(base_url, timeout_s)
         if base_url
-        else TwilioHttpClient(timeout=TWILIO_HTTP_TIMEOUT_S, logger=_HTTP_LOG)  # type: ignore[arg-type]
+        else TwilioHttpClient(timeout=timeout_s, logger=_HTTP_LOG)  # type: ignore[arg-type]
     )
     client = Client(
         settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client

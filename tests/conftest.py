@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,13 @@ def write_dataset(path: Path, pairs: list[tuple[str, str]], system: str = "You a
             ]
             fh.write(json.dumps({"messages": messages}) + "\n")
     return path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (a server may bind it right after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def sign(token: str, url: str, params: dict[str, str]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ import requests
 import sqlalchemy as sa
 
 from phischer.models import Contact, Message
-from tests.conftest import sign, sms_params, twiml_bodies
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, sign, sms_params, twiml_bodies
 
 
 @pytest.fixture

@@ -10,7 +10,18 @@ import sqlalchemy as sa
 from phischer.commands import parse
 from phischer.inbound import Inbound
 from phischer.models import Message, utcnow
-from phischer.recovery import NO_REST, SEND_INTERRUPTED, SUPERSEDED, TOO_OLD, sweep
+from phischer.recovery import (
+    GIVE_UP_AFTER,
+    NO_REST,
+    RECOVER_AFTER,
+    SEND_GAVE_UP,
+    SEND_INTERRUPTED,
+    SEND_SUPERSEDED,
+    SUPERSEDED,
+    TOO_OLD,
+    WILL_RETRY,
+    sweep,
+)
 
 
 def stored(app) -> list[Message]:
@@ -166,7 +177,7 @@ def test_each_serving_process_starts_one_sweeper(app, twilio_post):
 
 
 def test_later_sweeps_read_only_the_last_hour_or_so(make_app, personas):
-    from phischer.recovery import GIVE_UP_AFTER, Sweeper
+    from phischer.recovery import Sweeper
 
     app = make_app()
     service = app.extensions["phischer"].sms
@@ -177,7 +188,8 @@ def test_later_sweeps_read_only_the_last_hour_or_so(make_app, personas):
     assert sweeper.run_once(t0).failed == 1  # (no REST credentials: recorded as failed)
     assert sweeper.marks == [(t0, early)]
     # An hour and a bit later, rows up to the id seen then are past; newer ones are read.
-    later = t0 + GIVE_UP_AFTER + dt.timedelta(minutes=5)
+    assert sweeper.after_id(t0 + GIVE_UP_AFTER + 3 * RECOVER_AFTER - dt.timedelta(seconds=1)) == 0
+    later = t0 + GIVE_UP_AFTER + 3 * RECOVER_AFTER
     assert sweeper.after_id(later) == early
     with service.store.read() as cur:
         assert service.store.pending(cur, later, after_id=early) == []
@@ -186,3 +198,102 @@ def test_later_sweeps_read_only_the_last_hour_or_so(make_app, personas):
         session.execute(sa.update(Message).where(Message.id == early).values(status="processing"))
     assert sweep(service, later, after_id=early).failed == 0
     assert sweep(service, later).failed == 1  # a full sweep still finds it
+
+
+def test_a_reply_twilio_could_not_take_is_sent_by_a_later_sweep(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    from phischer.backends.base import Reply
+
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    service.sender.retry_delays_s = (0.01, 0.01)
+    decision = service._record(Inbound(phone="+15550100", sid="SMbusy", body="hi"), parse("hi"))
+    fake_twilio.fail_messages(503, 20503, "Service unavailable", times=3)
+    service.deliver_later("+15550100", decision, (Reply(text="see you soon"), None, 900))
+    outbound = stored(app)[1]
+    assert outbound.status == "queued"  # kept for a retry, the reason recorded
+    assert (
+        outbound.error
+        == f"Twilio error 20503: Unable to create record: Service unavailable{WILL_RETRY}"
+    )
+    # Too soon for the sweep: the failure is fresh.
+    assert sweep(service).resent == 0
+    assert sweep(service, now=utcnow() + RECOVER_AFTER).resent == 1
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")][-1] == (
+        "see you soon"
+    )
+    outbound = stored(app)[1]
+    assert (outbound.status, outbound.error) == ("sent", None)
+    assert outbound.message_sid.startswith("SM")
+
+
+def test_a_refused_reply_is_not_retried(make_app, personas, fake_twilio, twilio_rest):
+    from phischer.backends.base import Reply
+
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    decision = service._record(Inbound(phone="+15550100", sid="SMno", body="hi"), parse("hi"))
+    fake_twilio.fail_messages(400, 21211, "Invalid 'To' Phone Number")
+    service.deliver_later("+15550100", decision, (Reply(text="hello"), None, 900))
+    assert stored(app)[1].status == "send_failed"
+    assert sweep(service, now=utcnow() + RECOVER_AFTER).resent == 0
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+
+
+def test_reply_retries_stop_after_an_hour(make_app, personas, fake_twilio, twilio_rest):
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    service.sender.retry_delays_s = ()
+    out_id, _ = queued_reply(app, "SMhour")
+    # A failure whose next try would come after the hour is final at once.
+    fake_twilio.fail_messages(503, 20503, "Service unavailable")
+    late = utcnow() - GIVE_UP_AFTER + RECOVER_AFTER / 2
+    service.send_stored("+15550100", out_id, "hello", created_at=late)
+    assert (stored(app)[1].status, stored(app)[1].error) == (
+        "send_failed",
+        "Twilio error 20503: Unable to create record: Service unavailable",
+    )
+    # A reply still queued after failed tries, found past the hour: the last failure is kept.
+    out_id, _ = queued_reply(app, "SMhour2", error="Twilio error 20429: Too many{WR}")
+    backdate(app, out_id, GIVE_UP_AFTER + dt.timedelta(minutes=1))
+    sends = len(fake_twilio.calls("POST", "/Messages.json"))
+    assert sweep(service).failed == 1
+    last = stored(app)[-1]
+    assert (last.status, last.error) == (
+        "send_failed",
+        SEND_GAVE_UP + "Twilio error 20429: Too many",
+    )
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == sends
+
+
+def test_a_queued_reply_the_texter_has_moved_past_is_not_sent(
+    make_app, personas, fake_twilio, twilio_rest, twilio_post
+):
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMold1")
+    assert twilio_post("hello??", target=app).status_code == 200  # the texter moved on
+    service.shutdown()  # no background sweep from here on
+    backdate(app, out_id, dt.timedelta(minutes=5))
+    assert sweep(service).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[out_id].status, by_id[out_id].error) == ("send_failed", SEND_SUPERSEDED)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def queued_reply(app, sid: str, error: str | None = None) -> tuple[int, dt.datetime]:
+    """A text and its reply left "queued" for a REST send, as a failed send leaves them."""
+    from phischer.backends.base import Reply
+
+    service = app.extensions["phischer"].sms
+    decision = service._record(Inbound(phone="+15550100", sid=sid, body="hi"), parse("hi"))
+    text, out_id = service._store(decision, (Reply(text="hello"), None, 900), via_rest=True)
+    if error:
+        with app.extensions["phischer"].db.write() as session:
+            session.execute(
+                sa.update(Message)
+                .where(Message.id == out_id)
+                .values(error=error.replace("{WR}", WILL_RETRY))
+            )
+    return out_id, utcnow()

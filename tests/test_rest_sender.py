@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from phischer.replies import RestSender, SendError
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -46,3 +49,35 @@ def test_opted_out_recipient_is_not_retried(sender, fake_twilio):
 def test_missing_credentials_are_a_send_error(settings):
     with pytest.raises(SendError, match="TWILIO_ACCOUNT_SID is not set"):
         RestSender(settings, retry_delays_s=()).send("+15550100", "hello")
+
+
+def test_a_failure_says_whether_a_later_retry_may_pass(sender, fake_twilio):
+    fake_twilio.fail_messages(503, 20503, "Service unavailable", times=3)
+    with pytest.raises(SendError) as busy:
+        sender.send("+15550100", "hello")
+    assert busy.value.transient
+    fake_twilio.fail_messages(400, 21211, "Invalid 'To' Phone Number")
+    with pytest.raises(SendError, match="21211") as refused:
+        sender.send("+15550100", "hello")
+    assert not refused.value.transient
+
+
+def test_unreachable_twilio_is_transient(settings, twilio_rest):
+    overrides = {**twilio_rest, "twilio_api_base_url": f"http://127.0.0.1:{free_port()}"}
+    sender = RestSender(settings.with_overrides(**overrides), retry_delays_s=(0.01,))
+    with pytest.raises(SendError) as unreachable:
+        sender.send("+15550100", "hello")
+    assert unreachable.value.transient
+
+
+def test_an_unanswered_send_is_not_retried(settings, twilio_rest, fake_twilio):
+    # Twilio took the request (the message exists) but the answer never came in time: a
+    # retry could text the same reply twice, so the failure is final and says so.
+    fake_twilio.after_next("POST", "/Messages.json", lambda: time.sleep(1.0))
+    sender = RestSender(
+        settings.with_overrides(**twilio_rest), retry_delays_s=(0.01, 0.01), timeout_s=0.3
+    )
+    with pytest.raises(SendError, match="may or may not have been sent") as unanswered:
+        sender.send("+15550100", "hello")
+    assert not unanswered.value.transient
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1

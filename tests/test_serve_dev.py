@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,10 @@ import requests
 
 from phischer.config import Settings
 from phischer.simulator import send_text
+from tests.conftest import free_port
 
 # Generous: a loaded machine must not fail the test, and a hang still ends it.
 DEADLINE_S = 60
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (the server binds it right after)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:
