@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from itertools import compress, count, groupby, islice
 from operator import attrgetter, itemgetter, le, sub
 from pathlib import Path
+from typing import TextIO
 
 from phischer.atomic import atomic_files
 from phischer.dataset_check import sidecar_path
 from phischer.importers.base import Conversation, ImportErrorMessage, Message
+from phischer.surrogates import replace_lone_surrogates
 from phischer.thread import session_gap
 
 # Why a thread with no text message left (all media, all service notices, …) is skipped.
@@ -82,6 +84,7 @@ class BuildStats:
     sessions: int = 0
     openers: int = 0  # your messages with nothing before them to answer
     examples: int = 0
+    repaired: int = 0  # examples written with U+FFFD for half an emoji (see write_jsonl)
 
 
 def system_prompt(me: str, system: str | None = None) -> str:
@@ -318,15 +321,19 @@ def _shown(name: str, limit: int = 60) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:
+def write_jsonl(
+    examples: Iterable[Example], out_path: Path | str, stats: BuildStats | None = None
+) -> int:
     """Write OUT.jsonl and OUT.jsonl.conversations atomically; returns the number of examples.
 
     Both files are written to temporary names and renamed at the end, so an error while
-    building (bad export, --me not found) leaves no partial output behind.
+    building (bad export, --me not found) leaves no partial output behind. Half an emoji
+    (a lone surrogate, which UTF-8 cannot hold) is written as U+FFFD; `stats.repaired`
+    counts the examples that had one.
     """
     out = Path(out_path)
     sidecar = sidecar_path(out)
-    written = 0
+    written = repaired = 0
     # The sidecar first: a reader that finds OUT.jsonl also finds its conversations.
     with atomic_files(sidecar, out) as (side, fh):
         dumps = json.JSONEncoder(ensure_ascii=False).encode
@@ -337,11 +344,25 @@ def write_jsonl(examples: Iterable[Example], out_path: Path | str) -> int:
             ids.append(ex.conversation_id.replace("\n", " "))
             written += 1
             if len(lines) == 1000:  # a few big writes instead of one per line
-                fh.write("\n".join(lines) + "\n")
-                side.write("\n".join(ids) + "\n")
+                repaired += _write_lines(fh, lines)
+                _write_lines(side, ids)
                 lines.clear()
                 ids.clear()
         if lines:
-            fh.write("\n".join(lines) + "\n")
-            side.write("\n".join(ids) + "\n")
+            repaired += _write_lines(fh, lines)
+            _write_lines(side, ids)
+    if stats is not None:
+        stats.repaired += repaired
     return written
+
+
+def _write_lines(fh: TextIO, lines: list[str]) -> int:
+    # Encoding happens in write(), which writes nothing when it fails: only then are the
+    # lines searched, so clean data (nearly all) pays nothing. Returns the lines repaired.
+    try:
+        fh.write("\n".join(lines) + "\n")
+        return 0
+    except UnicodeEncodeError:
+        fixed = [replace_lone_surrogates(line) for line in lines]
+        fh.write("\n".join(fixed) + "\n")
+        return sum(a != b for a, b in zip(lines, fixed, strict=True))

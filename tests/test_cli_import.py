@@ -292,3 +292,30 @@ def test_progress_bar_only_on_a_terminal(
         assert bar.endswith("\r")
     else:
         assert err.getvalue() == ""
+
+
+def test_half_an_emoji_is_written_as_a_replacement_character(tmp_path: Path) -> None:
+    # Apps cut long texts mid-emoji and export the half as a lone "\ud83d" escape, which
+    # UTF-8 cannot hold. One such character must not cost the whole import.
+    doc = json.loads((FIXTURES / "telegram/single/result.json").read_text(encoding="utf-8"))
+    texts = [m for m in doc["messages"] if m.get("from") == "Leo Hart"]
+    texts[0]["text"] = "barely \ud83d"  # Leo's first text, in the first example only
+    export = tmp_path / "result.json"
+    export.write_text(json.dumps(doc), encoding="ascii")  # escapes, as the apps write them
+    out = tmp_path / "leo.jsonl"
+    result = run("telegram", str(export), "--me", "Leo Hart", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    data = out.read_text(encoding="utf-8")  # strict UTF-8: the file is valid
+    assert "barely \ufffd" in data and "\\ud83d" not in data
+    as_text = [json.dumps(ex, ensure_ascii=False) for ex in examples(out)]
+    assert sum("barely \ufffd" in ex for ex in as_text) == 1
+    assert (
+        "Repaired: 1 example had half an emoji (a lone surrogate in the export), written as U+FFFD"
+        in result.stdout
+    )
+
+
+def test_tokens_of_half_an_emoji_are_counted() -> None:
+    from phischer.tokens import count_tokens
+
+    assert count_tokens("barely \ud83d") == count_tokens("barely \ufffd")

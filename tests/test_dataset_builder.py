@@ -243,6 +243,28 @@ def test_write_jsonl_and_sidecar(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["ana.jsonl", "ana.jsonl.conversations"]
 
 
+def test_write_jsonl_writes_half_an_emoji_as_u_fffd(tmp_path: Path) -> None:
+    # 2,500 examples: three write batches, the broken ones in the second and the last.
+    def example(i: int) -> Example:
+        broken = i in (1500, 1501, 2400)
+        text = f"reply {i}" + (" \ud83d" if broken else " 😀")
+        chat = "chat \udc00" if i == 2400 else "chat"
+        msgs = [SYSTEM_ANA, {"role": "user", "content": "hi"}]
+        return Example(f"{chat}#{i}", [*msgs, {"role": "assistant", "content": text}])
+
+    out = tmp_path / "ana.jsonl"
+    stats = BuildStats()
+    assert write_jsonl(map(example, range(2500)), out, stats) == 2500
+    assert stats.repaired == 3
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2500
+    replies = [json.loads(line)["messages"][-1]["content"] for line in lines]
+    assert replies[1499:1502] == ["reply 1499 😀", "reply 1500 \ufffd", "reply 1501 \ufffd"]
+    assert replies[2400] == "reply 2400 \ufffd"
+    ids = (tmp_path / "ana.jsonl.conversations").read_text(encoding="utf-8").splitlines()
+    assert ids[2399:2401] == ["chat#2399", "chat \ufffd#2400"]
+
+
 def test_write_jsonl_leaves_nothing_behind_on_error(tmp_path: Path) -> None:
     out = tmp_path / "ana.jsonl"
 
