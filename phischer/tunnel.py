@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +46,22 @@ NGROK_FIXES = (
     "(dashboard.ngrok.com → Your Authtoken) on a machine with network access, "
     "or pass --public-url https://… if you have your own domain or tunnel"
 )
+# The agent's errors a user can fix on the spot, by ngrok error code: said instead of the
+# general NGROK_FIXES, which would send someone with a running ngrok to install it.
+NGROK_CODE_FIXES = {
+    "105": "that is not an ngrok authtoken: copy yours again from dashboard.ngrok.com → Your "
+    "Authtoken into NGROK_AUTHTOKEN",
+    "107": "that ngrok authtoken was reset or revoked: copy the current one from "
+    "dashboard.ngrok.com → Your Authtoken into NGROK_AUTHTOKEN",
+    "108": "this ngrok account already has an agent online (another `phischer up` or "
+    "`phischer tunnel`, or ngrok on another terminal or machine; dashboard.ngrok.com/agents "
+    "lists them): stop it, or pass --public-url with the https URL it serves",
+    "334": "this ngrok endpoint is already online through another agent: stop it, or pass "
+    "--public-url with the https URL it serves",
+    "4018": "ngrok needs a (free) account: set NGROK_AUTHTOKEN (dashboard.ngrok.com → Your "
+    "Authtoken), or pass --public-url https://… if you have your own domain or tunnel",
+}
+NGROK_CODE = re.compile(r"ERR_NGROK_(\d+)")
 PUBLIC_URL_FILE = "public_url"
 STATE_FILE = "tunnel_state.json"
 LOCK_FILE = "tunnel.lock"
@@ -150,8 +167,7 @@ def open_ngrok(port: int) -> Tunnel:
         text = str(getattr(exc, "ngrok_error", None) or exc)
         if token:  # ngrok quotes a rejected token back ("Your authtoken: …")
             text = text.replace(token, "<NGROK_AUTHTOKEN>")
-        reason = " ".join(text.split())[:160]
-        raise TunnelError(f"Could not open an ngrok tunnel ({reason}): {NGROK_FIXES}") from None
+        raise TunnelError(ngrok_failure(text)) from None
     finally:
         if not ready:  # failed, or interrupted (Ctrl-C) while the agent started
             # An agent that started but could not open the tunnel would outlive us.
@@ -173,6 +189,23 @@ def open_ngrok(port: int) -> Tunnel:
     # ngrok serves the same host over https; Twilio should call the TLS one.
     url = "https://" + opened[len("http://") :] if opened.startswith("http://") else opened
     return Tunnel(public_url=url, close=close)
+
+
+def ngrok_failure(text: str) -> str:
+    """One line for an agent error: the reason (with its ERR_NGROK code) and what to do."""
+    # The agent logs in logfmt, where a newline inside a value is written as "\n".
+    text = text.replace("\\n", "\n")
+    code = NGROK_CODE.search(text)
+    fix = NGROK_CODE_FIXES.get(code.group(1), NGROK_FIXES) if code else NGROK_FIXES
+    if code:
+        # ngrok's messages run to several lines of advice with the code at the end: the
+        # first sentence says what happened, and the code is what people search for.
+        lines = NGROK_CODE.sub("", text).strip().splitlines()
+        first = " ".join(lines[0].split()).split(". ")[0].rstrip(".") if lines else ""
+        reason = f"{code.group(0)}: {first[:120]}" if first else code.group(0)
+    else:
+        reason = " ".join(text.split())[:160]
+    return f"Could not open an ngrok tunnel ({reason}): {fix}"
 
 
 def normalize_public_url(raw: str, source: str = "--public-url") -> str:

@@ -26,7 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_HOST = "fake-agent.ngrok-free.app"
 # The agent exits by itself when pytest is gone or after this long, whatever happens.
 MAX_LIFETIME_S = 60
-FAILURES = ("auth", "refuse")
+FAILURES = ("auth", "sessions", "refuse")
+# The real agent's error when the account's one free agent session is taken (ngrok 3).
+SESSIONS_ERROR = (
+    "authentication failed: Your account is limited to 1 simultaneous ngrok agent sessions.\n"
+    "Run multiple endpoints at the same time from a single agent by defining them in your "
+    "agent configuration file and running `ngrok start --all`.\n"
+    "Read more about the agent configuration file: https://ngrok.com/docs/agent/config/\n"
+    "You can view your current agent sessions in the dashboard: "
+    "https://dashboard.ngrok.com/agents\n\nERR_NGROK_108\n"
+    "https://ngrok.com/docs/errors/err_ngrok_108\n"
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,8 @@ def install(directory: Path, scheme: str = "https", fail: str | None = None) -> 
     """Write an executable fake `ngrok` into DIRECTORY.
 
     SCHEME is that of the public URL it hands out; FAIL makes it fail like the real agent:
-    "auth" (the token is refused at startup, and quoted back) or "refuse" (the API refuses
-    to open the tunnel).
+    "auth" (the token is refused at startup, and quoted back), "sessions" (the account's
+    agent session is taken by another agent) or "refuse" (the API refuses to open the tunnel).
     """
     assert fail in (None, *FAILURES), fail
     path = directory / "ngrok"
@@ -241,6 +251,9 @@ def main(argv: list[str], settings: dict[str, Any]) -> int:
             err="authentication failed: The authtoken you specified does not look like a "
             f"proper ngrok tunnel authtoken. Your authtoken: {agent.token} ERR_NGROK_105",
         )
+        return 1
+    if agent.fail == "sessions":
+        _log("eror", "failed to reconnect session", obj="tunnels.session", err=SESSIONS_ERROR)
         return 1
     _log("info", "tunnel session started", obj="tunnels.session")
     _log("info", "client session established", obj="csess", id="fake0001")

@@ -1002,14 +1002,26 @@ def test_open_ngrok_failure_leaves_no_agent_and_no_token(
         tunnel.open_ngrok(5003)
 
     message = str(info.value)
-    reason = {
+    # The code, the first sentence, and what to do about that code in particular.
+    reason, fix = {
         # The real agent quotes a refused token back; it must not reach the terminal.
-        "auth": "authentication failed: The authtoken you specified does not look like a proper "
-        "ngrok tunnel authtoken. Your authtoken: <NGROK_AUTHTOKEN> ERR_NGROK_105",
-        "refuse": "ngrok client exception, API returned 502: ",
+        "auth": (
+            "ERR_NGROK_105: authentication failed: The authtoken you specified does not look "
+            "like a proper ngrok tunnel authtoken)",
+            tunnel.NGROK_CODE_FIXES["105"],
+        ),
+        "sessions": (
+            "ERR_NGROK_108: authentication failed: Your account is limited to 1 simultaneous "
+            "ngrok agent sessions)",
+            tunnel.NGROK_CODE_FIXES["108"],
+        ),
+        "refuse": (
+            'ngrok client exception, API returned 502: {"error_code": 103',
+            tunnel.NGROK_FIXES,
+        ),
     }[fail]
     assert message.startswith(f"Could not open an ngrok tunnel ({reason}"), message
-    assert message.endswith(f"): {tunnel.NGROK_FIXES}") and "\n" not in message
+    assert message.endswith(f"): {fix}") and "\n" not in message
     assert NGROK_TOKEN not in message
     seen = agent.record()
     assert gone(seen["pid"])
