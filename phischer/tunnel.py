@@ -28,6 +28,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -369,6 +370,18 @@ def _forget_state(instance_path: Path) -> None:
         (instance_path / STATE_FILE).unlink(missing_ok=True)
 
 
+# Where ngrok's agents get their public addresses (free, paid and legacy domains).
+NGROK_DOMAINS = ("ngrok-free.app", "ngrok-free.dev", "ngrok.app", "ngrok.dev", "ngrok.io")
+
+
+def _ngrok_host(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:  # whatever the console let someone type
+        return False
+    return any(host == d or host.endswith("." + d) for d in NGROK_DOMAINS)
+
+
 def plan_registration(
     client: Client, number: Any, sms_url: str, instance_path: Path
 ) -> Registration:
@@ -381,6 +394,15 @@ def plan_registration(
     if state.get("number_sid") == number.sid and state.get("sms_url") == previous_url:
         previous_url, previous_method = state["previous_url"], state["previous_method"]
         log.debug("Previous run of %s did not restore; using its saved URL", mask_number(phone))
+    if previous_url != sms_url and _ngrok_host(previous_url):
+        # ngrok addresses are a laptop's, for a session: most likely another phischer run
+        # (another folder or machine), live or long gone. Either way the user should know.
+        warnings.append(
+            f"{phone} pointed at {previous_url}, an ngrok tunnel: if another `phischer up` or "
+            f"`phischer tunnel` serves it, it gets no texts while this run lasts; if it is "
+            f"left from an earlier run, it is dead, and so is what this run puts back when "
+            f"it stops"
+        )
     return Registration(
         number_sid=number.sid,
         phone_number=phone,

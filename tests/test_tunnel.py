@@ -1348,3 +1348,33 @@ def test_twilio_request_dumps_stay_at_debug(
     with caplog.at_level("DEBUG"):
         client.messages.create(to="+15550100", from_=PHONE, body="secret words")
     assert any(r.name == "twilio.http_client" for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("before", "warned"),
+    [
+        ("https://f00d.ngrok-free.app/sms", True),  # another run's tunnel, live or dead
+        ("https://x1.eu.ngrok.io/sms", True),
+        ("https://ngrok-free.app.example.com/sms", False),  # only a look-alike name
+        ("https://hooks.example.com/in", False),
+        ("", False),
+    ],
+)
+def test_tunnel_warns_when_the_number_pointed_at_another_ngrok_tunnel(
+    fake_twilio: FakeTwilio,
+    run_live: Callable[..., Any],
+    serving: int,
+    before: str,
+    warned: bool,
+) -> None:
+    number = fake_twilio.add_number(PHONE, sms_url=before)
+    result = run_live("tunnel", "--port", str(serving))
+
+    expected = (
+        f"Warning: {PHONE} pointed at {before}, an ngrok tunnel: if another `phischer up` or "
+        f"`phischer tunnel` serves it, it gets no texts while this run lasts; if it is left "
+        f"from an earlier run, it is dead, and so is what this run puts back when it stops"
+    )
+    assert warnings(result.output) == ([expected] if warned else [])
+    # Registered, then put back as it was, warning or not.
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [f"{TUNNEL_URL}/sms", before]
