@@ -22,6 +22,7 @@ from phischer.personas import PersonaDirectory
 from phischer.recovery import WILL_RETRY, retry_send
 from phischer.replies import RestSender, SendError, fit_sms
 from phischer.store import ContactRow, Store
+from phischer.surrogates import replace_lone_surrogates
 from phischer.thread import SPOKEN, build_thread, rows_needed
 
 log = logging.getLogger(__name__)
@@ -338,11 +339,15 @@ class SmsService:
         assert persona is not None
         limit = self.settings.max_reply_chars
         if reply is not None:
-            text, kind = fit_sms(reply.text, limit), "chat"
+            text, kind = reply.text, "chat"
             model = reply.model or persona.model_label
         else:
-            text, kind = fit_sms(self.settings.fallback_reply, limit), "fallback"
+            text, kind = self.settings.fallback_reply, "fallback"
             model = persona.model_label
+        # A model or dataset can hand back half an emoji (and an environment variable an
+        # undecodable byte), which no database, UTF-8 or XML can hold: U+FFFD instead,
+        # here, once, for the row and the SMS alike.
+        text = fit_sms(replace_lone_surrogates(text), limit)
         now = utcnow()
         with self.store.write() as cur:
             owned = self.store.finish_inbound(

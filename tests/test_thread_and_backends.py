@@ -478,3 +478,16 @@ def test_no_api_key_with_a_local_base_url_sends_a_placeholder(
     assert call.auth == "Bearer not-needed"
     inbound = stored(app)[0]
     assert (inbound.status, inbound.error) == ("replied", None)
+
+
+def test_half_an_emoji_from_the_model_is_stored_and_sent_as_u_fffd(
+    llm_app, fake_openai, twilio_post
+):
+    # A server may answer with a lone "\ud83d" escape (a reply cut mid-emoji): UTF-8, the
+    # database and XML cannot hold it, and the text must still be answered.
+    app = llm_app()
+    fake_openai.responder = lambda body: "see you \ud83d"
+    r = twilio_post("bye", target=app)
+    assert r.status_code == 200
+    assert r.replies == ["see you \ufffd"]
+    assert stored(app)[1].body == "see you \ufffd"
