@@ -75,8 +75,9 @@ class SmsService:
         self.backends = backends
         self.sender = RestSender(settings)
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="phischer-reply")
-        # Each serving process sweeps for texts a crash left unanswered, from its first text
-        # on (made there, not in create_app, so gunicorn never forks a running thread).
+        # Each serving process sweeps for texts a crash left unanswered: gunicorn workers
+        # from their start (server._post_fork), other servers from their first text. Never
+        # in create_app, so gunicorn never forks a running thread.
         self.sweeper = PerProcess(self._start_sweeper)
 
     def handle(self, msg: Inbound) -> list[str]:

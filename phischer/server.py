@@ -37,6 +37,9 @@ def _post_fork(_server: Any, worker: Any) -> None:
     services = worker.app.application.extensions.get("phischer")
     if services is not None:
         services.db.dispose()
+        # Sweep for what a crash or restart left unanswered now, not at the first new text:
+        # on a quiet number that text would come hours later and supersede them all.
+        services.sms.sweeper.get()
 
 
 def gunicorn_options(host: str, port: int, workers: int = WORKERS, threads: int = THREADS) -> dict:

@@ -802,6 +802,8 @@ def run_up(
         server = make_server(host, port, app, threaded=True, fd=sock.fileno())
         thread = threading.Thread(target=server.serve_forever, name="phischer-http", daemon=True)
         thread.start()
+        # What a crash or restart left unanswered goes out now, not at the next text.
+        app.extensions["phischer"].sms.sweeper.get()
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
         bound = int(server.server_address[1])  # the real port when --port 0

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 import pytest
+import requests
 from flask import Flask
 from twilio.request_validator import RequestValidator
 
@@ -110,6 +116,35 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`phischer serve` (gunicorn) on a free port, healthy; yields its base URL, then stops it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phischer", "serve", "--port", str(port)],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("gunicorn did not start: " + proc.stdout.read().decode()[-2000:])
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def sign(token: str, url: str, params: dict[str, str]) -> str:

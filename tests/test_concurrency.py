@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,34 +9,13 @@ import requests
 import sqlalchemy as sa
 
 from phischer.models import Contact, Message
-from tests.conftest import free_port, sign, sms_params, twiml_bodies
+from tests.conftest import serving, sign, sms_params, twiml_bodies
 
 
 @pytest.fixture
 def gunicorn(settings, personas, tmp_path):
-    port = free_port()
-    env = dict(os.environ, INSTANCE_PATH=str(settings.instance_path))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "phischer", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("gunicorn did not start: " + proc.stdout.read().decode()[-2000:])
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving(tmp_path, {"INSTANCE_PATH": str(settings.instance_path)}) as base:
+        yield base
 
 
 def test_concurrent_texts_from_many_numbers(gunicorn, settings, database):

@@ -22,6 +22,7 @@ from phischer.recovery import (
     WILL_RETRY,
     sweep,
 )
+from tests.conftest import serving
 
 
 def stored(app) -> list[Message]:
@@ -297,3 +298,31 @@ def queued_reply(app, sid: str, error: str | None = None) -> tuple[int, dt.datet
                 .values(error=error.replace("{WR}", WILL_RETRY))
             )
     return out_id, utcnow()
+
+
+def test_a_restarted_server_answers_left_texts_before_any_new_text(
+    make_app, personas, fake_twilio, twilio_rest, settings, tmp_path
+):
+    # On a quiet number the next text may come hours later, and would supersede the left
+    # one: each gunicorn worker sweeps as soon as it starts.
+    app = make_app(**twilio_rest)
+    inbound_id = interrupted(app, "good night", "SMboot", dt.timedelta(minutes=5))
+    app.extensions["phischer"].sms.shutdown()
+    env = {
+        "INSTANCE_PATH": str(settings.instance_path),
+        "TWILIO_ACCOUNT_SID": twilio_rest["twilio_account_sid"],
+        "TWILIO_AUTH_TOKEN": twilio_rest["twilio_auth_token"],
+        "TWILIO_PHONE_NUMBER": twilio_rest["twilio_phone_number"],
+        "TWILIO_API_BASE_URL": twilio_rest["twilio_api_base_url"],
+    }
+    with serving(tmp_path, env):
+        deadline = time.monotonic() + 20
+        while not fake_twilio.calls("POST", "/Messages.json") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    sends = fake_twilio.calls("POST", "/Messages.json")
+    assert [(c.form["To"], c.form["Body"]) for c in sends] == [
+        ("+15550100", "Sleep well, dear. Dream of engines.")
+    ]
+    inbound, outbound = stored(app)
+    assert (inbound.id, inbound.status) == (inbound_id, "replied")
+    assert (outbound.reply_to_id, outbound.status) == (inbound_id, "sent")

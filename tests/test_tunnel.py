@@ -8,6 +8,7 @@ live state and then raises KeyboardInterrupt like Ctrl-C would.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -1378,3 +1379,36 @@ def test_tunnel_warns_when_the_number_pointed_at_another_ngrok_tunnel(
     assert warnings(result.output) == ([expected] if warned else [])
     # Registered, then put back as it was, warning or not.
     assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [f"{TUNNEL_URL}/sms", before]
+
+
+def test_up_answers_texts_a_crash_left_at_once(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    run_live: Callable[..., Any],
+    personas: Any,
+    make_app: Callable[..., Any],
+) -> None:
+    from tests.test_recovery import interrupted, stored
+
+    app = make_app(
+        twilio_account_sid=fake_twilio.account_sid,
+        twilio_auth_token=fake_twilio.auth_token,
+        twilio_phone_number=PHONE,
+        twilio_api_base_url=fake_twilio.url,
+    )
+    inbound_id = interrupted(app, "good night", "SMleft", dt.timedelta(minutes=5))
+    app.extensions["phischer"].sms.shutdown()
+    sent: list[tuple[str, str]] = []
+
+    def check(exposure: tunnel.Exposure) -> None:
+        deadline = time.monotonic() + 20
+        while not fake_twilio.calls("POST", "/Messages.json") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent.extend(
+            (c.form["To"], c.form["Body"]) for c in fake_twilio.calls("POST", "/Messages.json")
+        )
+
+    run_live("up", "--port", "0", check=check)
+
+    assert sent == [("+15550100", "Sleep well, dear. Dream of engines.")]
+    assert [(m.id, m.status) for m in stored(app)][0] == (inbound_id, "replied")
