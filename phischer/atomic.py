@@ -25,8 +25,11 @@ def atomic_files(*targets: Path, mode: str = "w") -> Iterator[list[IO[Any]]]:
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            # 0o666 and the umask, like any new file (mkstemp would make it private, 0o600).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                # 0o666 and the umask, like any new file (mkstemp would make it private).
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except OSError as exc:  # named after the file the user asked for, not our temp
+                raise OSError(exc.errno, exc.strerror, str(target)) from None
             temps.append(tmp)
             kwargs = {} if binary else {"encoding": "utf-8", "newline": "\n"}
             files.append(os.fdopen(fd, mode, **kwargs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,13 @@ def test_an_error_leaves_the_old_files_and_no_temps(tmp_path):
         raise KeyboardInterrupt
     assert a.read_bytes() == b"old" and not b.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_a_file_that_cannot_be_made_is_named_by_the_target(tmp_path):
+    # The temp file is ours; the error names the file the user asked for. (/proc refuses
+    # new files even to root, whom permissions would not stop.)
+    target = Path("/proc/phischer-out.jsonl")
+    with pytest.raises(OSError) as info, atomic_files(target):
+        pass
+    assert info.value.filename == str(target)
+    assert info.value.strerror
