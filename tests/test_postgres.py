@@ -185,3 +185,30 @@ def test_recovery_sweep_on_postgres(make_pg_app, fake_twilio, twilio_rest):
     inbound, outbound = stored(pg_app)
     assert (inbound.id, inbound.status) == (inbound_id, "replied")
     assert (outbound.reply_to_id, outbound.status) == (inbound_id, "sent")
+
+
+def test_a_reply_twilio_could_not_take_is_retried_on_postgres(
+    make_pg_app, fake_twilio, twilio_rest
+):
+    from phischer.backends.base import Reply
+    from phischer.commands import parse
+    from phischer.inbound import Inbound
+    from phischer.models import utcnow
+    from phischer.recovery import RECOVER_AFTER, WILL_RETRY, sweep
+    from tests.test_recovery import stored
+
+    pg_app = make_pg_app(**twilio_rest)
+    service = pg_app.extensions["phischer"].sms
+    service.sender.retry_delays_s = ()
+    decision = service._record(Inbound(phone="+15550100", sid="SMpgbusy", body="hi"), parse("hi"))
+    fake_twilio.fail_messages(503, 20503, "Service unavailable")
+    service.deliver_later("+15550100", decision, (Reply(text="later"), None, 900))
+    outbound = stored(pg_app)[1]
+    assert outbound.status == "queued" and outbound.error.endswith(WILL_RETRY)
+    assert sweep(service, now=utcnow() + RECOVER_AFTER).resent == 1
+    outbound = stored(pg_app)[1]
+    assert (outbound.status, outbound.error) == ("sent", None)
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
+        "later",
+        "later",
+    ]
