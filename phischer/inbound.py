@@ -19,7 +19,7 @@ from phischer.db import Database
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
-from phischer.recovery import WILL_RETRY, retry_send
+from phischer.recovery import retry_send
 from phischer.replies import RestSender, SendError, fit_sms
 from phischer.store import ContactRow, Store
 from phischer.surrogates import replace_lone_surrogates
@@ -396,7 +396,7 @@ class SmsService:
     ) -> None:
         """Send a stored ("queued") reply by REST; record sent, send_failed, or a later retry.
 
-        When Twilio could not be reached (or was busy) the row stays "queued" with the
+        When Twilio could not be reached (or was busy) the row becomes "send_retry" with the
         reason in `error`, and the recovery sweep tries again every few minutes until the
         reply is an hour old (`recovery.retry_send`).
         """
@@ -405,7 +405,7 @@ class SmsService:
             values: dict[str, object] = {"status": "sent", "message_sid": sid, "error": None}
         except SendError as exc:
             if exc.transient and retry_send(created_at or utcnow(), utcnow()):
-                values = {"status": "queued", "error": f"{exc}{WILL_RETRY}"}
+                values = {"status": "send_retry", "error": str(exc)}
             else:
                 values = {"status": "send_failed", "error": str(exc)}
         with self.store.write() as cur:

@@ -115,7 +115,7 @@ class Message(Base):
     reply_to_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("messages.id", ondelete="SET NULL")
     )
-    # received, refused, processing, replied, failed, queued, sent, send_failed.
+    # received, refused, processing, replied, failed, queued, sent, send_retry, send_failed.
     status: Mapped[str] = mapped_column(sa.String(16), default="received")
     error: Mapped[str | None] = mapped_column(sa.Text)
     model: Mapped[str | None] = mapped_column(sa.String(200))

@@ -5,7 +5,7 @@ REST send returns. A process that dies in between leaves them so. Each serving p
 sweeps for rows idle longer than RECOVER_AFTER (no reply takes that long: inline replies
 give up at REPLY_TIMEOUT_S, async ones at 60 s) and claims each one with a conditional
 UPDATE, so two processes never answer the same text. A reply whose REST send failed
-because Twilio was unreachable or busy stays "queued" too, and is sent again the same way.
+because Twilio was unreachable or busy is left "send_retry", and is sent again the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ NO_PERSONA = "interrupted before the reply; no persona to answer with"
 SEND_INTERRUPTED = "interrupted before the REST send"
 SEND_SUPERSEDED = "not sent; a newer text from this number came first"
 SEND_GAVE_UP = "not sent within an hour; last try: "
-WILL_RETRY = "; will retry"  # ends the error of a reply still queued for another send
 
 
 def retry_send(created_at: dt.datetime, now: dt.datetime) -> bool:
@@ -92,12 +91,11 @@ def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime
     """Why this row cannot be delivered late (None: it can)."""
     newer = service.store.newer_inbound
     if row.direction == "out":
-        # A reply queued for a retry carries the last failure; say that, not "interrupted".
-        last_try = row.error.removesuffix(WILL_RETRY) if row.error else None
         if not service.settings.twilio_account_sid:
             return SEND_INTERRUPTED
         if now - row.created_at > GIVE_UP_AFTER:
-            return SEND_GAVE_UP + last_try if last_try else SEND_INTERRUPTED
+            # A "send_retry" reply carries its last failure: say that, not "interrupted".
+            return SEND_GAVE_UP + row.error if row.error else SEND_INTERRUPTED
         # A late answer to a text the texter has since followed up would arrive out of order.
         return SEND_SUPERSEDED if newer(cur, row.contact_id, row.id) else None
     if not service.settings.twilio_account_sid:

@@ -20,10 +20,14 @@ from typing import Any
 from phischer.db import Database
 from phischer.per_process import PerProcess
 
+# Statuses of rows the recovery sweep picks up once idle: a text whose reply was being made,
+# a reply stored before its REST send, and one whose send Twilio could not take.
+PENDING = "('processing', 'queued', 'send_retry')"
+
 
 @dataclass
 class PendingRow:
-    """A message left "processing" (inbound) or "queued" (outbound) past its time."""
+    """A message left "processing" (inbound) or "queued"/"send_retry" (outbound) past its time."""
 
     id: int
     direction: str
@@ -33,7 +37,7 @@ class PendingRow:
     created_at: dt.datetime
     phone: str
     thread_reset_at: dt.datetime | None
-    error: str | None  # an outbound reply's last failed send, if any
+    error: str | None  # a "send_retry" reply's last failed send
 
 
 @dataclass
@@ -319,7 +323,7 @@ class Store:
     def pending(
         self, cur: Any, idle_since: dt.datetime, after_id: int = 0, limit: int = 100
     ) -> list[PendingRow]:
-        """Messages after `after_id` still "processing" or "queued", unchanged since `idle_since`."""
+        """Messages after `after_id` still waiting (PENDING), unchanged since `idle_since`."""
         # No index on status: it would cost every text two more index pages (in, then out of
         # the index). The id range keeps this scan to recent rows instead (see recovery).
         cur.execute(
@@ -327,7 +331,7 @@ class Store:
                 "SELECT m.id, m.direction, m.contact_id, m.persona_id, m.body, m.created_at, "
                 "c.phone, c.thread_reset_at, m.error "
                 "FROM messages m JOIN contacts c ON c.id = m.contact_id "
-                "WHERE m.id > ? AND m.status IN ('processing', 'queued') "
+                f"WHERE m.id > ? AND m.status IN {PENDING} "
                 "AND COALESCE(m.updated_at, m.created_at) < ? ORDER BY m.id LIMIT ?"
             ),
             (after_id, self.ts(idle_since), limit),
@@ -342,7 +346,7 @@ class Store:
         cur.execute(
             self.sql(
                 "UPDATE messages SET updated_at = ? WHERE id = ? "
-                "AND status IN ('processing', 'queued') AND COALESCE(updated_at, created_at) < ?"
+                f"AND status IN {PENDING} AND COALESCE(updated_at, created_at) < ?"
             ),
             (self.ts(now), message_id, self.ts(idle_since)),
         )

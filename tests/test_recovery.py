@@ -19,9 +19,9 @@ from phischer.recovery import (
     SEND_SUPERSEDED,
     SUPERSEDED,
     TOO_OLD,
-    WILL_RETRY,
     sweep,
 )
+from phischer.thread import SPOKEN
 from tests.conftest import serving
 
 
@@ -213,11 +213,16 @@ def test_a_reply_twilio_could_not_take_is_sent_by_a_later_sweep(
     fake_twilio.fail_messages(503, 20503, "Service unavailable", times=3)
     service.deliver_later("+15550100", decision, (Reply(text="see you soon"), None, 900))
     outbound = stored(app)[1]
-    assert outbound.status == "queued"  # kept for a retry, the reason recorded
-    assert (
-        outbound.error
-        == f"Twilio error 20503: Unable to create record: Service unavailable{WILL_RETRY}"
+    assert (outbound.status, outbound.error) == (  # kept for a retry, the reason recorded
+        "send_retry",
+        "Twilio error 20503: Unable to create record: Service unavailable",
     )
+    # Not something the persona has said (yet): the thread of a text now leaves it out.
+    with service.store.read() as cur:
+        history = service.store.history(
+            cur, decision.contact_id, decision.persona.id, None, 9, SPOKEN
+        )
+    assert [(d, b) for d, b, _ in history] == [("in", "hi")]
     # Too soon for the sweep: the failure is fresh.
     assert sweep(service).resent == 0
     assert sweep(service, now=utcnow() + RECOVER_AFTER).resent == 1
@@ -227,6 +232,11 @@ def test_a_reply_twilio_could_not_take_is_sent_by_a_later_sweep(
     outbound = stored(app)[1]
     assert (outbound.status, outbound.error) == ("sent", None)
     assert outbound.message_sid.startswith("SM")
+    with service.store.read() as cur:
+        history = service.store.history(
+            cur, decision.contact_id, decision.persona.id, None, 9, SPOKEN
+        )
+    assert [(d, b) for d, b, _ in history] == [("out", "see you soon"), ("in", "hi")]
 
 
 def test_a_refused_reply_is_not_retried(make_app, personas, fake_twilio, twilio_rest):
@@ -255,8 +265,8 @@ def test_reply_retries_stop_after_an_hour(make_app, personas, fake_twilio, twili
         "send_failed",
         "Twilio error 20503: Unable to create record: Service unavailable",
     )
-    # A reply still queued after failed tries, found past the hour: the last failure is kept.
-    out_id, _ = queued_reply(app, "SMhour2", error="Twilio error 20429: Too many{WR}")
+    # A reply still waiting after failed tries, found past the hour: the last failure is kept.
+    out_id, _ = queued_reply(app, "SMhour2", error="Twilio error 20429: Too many")
     backdate(app, out_id, GIVE_UP_AFTER + dt.timedelta(minutes=1))
     sends = len(fake_twilio.calls("POST", "/Messages.json"))
     assert sweep(service).failed == 1
@@ -284,7 +294,7 @@ def test_a_queued_reply_the_texter_has_moved_past_is_not_sent(
 
 
 def queued_reply(app, sid: str, error: str | None = None) -> tuple[int, dt.datetime]:
-    """A text and its reply left "queued" for a REST send, as a failed send leaves them."""
+    """A text and its reply stored for a REST send; with `error`, as a failed send left it."""
     from phischer.backends.base import Reply
 
     service = app.extensions["phischer"].sms
@@ -295,7 +305,7 @@ def queued_reply(app, sid: str, error: str | None = None) -> tuple[int, dt.datet
             session.execute(
                 sa.update(Message)
                 .where(Message.id == out_id)
-                .values(error=error.replace("{WR}", WILL_RETRY))
+                .values(status="send_retry", error=error)
             )
     return out_id, utcnow()
 
