@@ -393,12 +393,12 @@ class SmsService:
 
     def send_stored(
         self, phone: str, out_id: int, text: str, created_at: dt.datetime | None = None
-    ) -> None:
+    ) -> str:
         """Send a stored ("queued") reply by REST; record sent, send_failed, or a later retry.
 
         When Twilio could not be reached (or was busy) the row becomes "send_retry" with the
         reason in `error`, and the recovery sweep tries again every few minutes until the
-        reply is an hour old (`recovery.retry_send`).
+        reply is an hour old (`recovery.retry_send`). Returns the status recorded.
         """
         try:
             sid = self.sender.send(phone, text)
@@ -410,6 +410,7 @@ class SmsService:
                 values = {"status": "send_failed", "error": str(exc)}
         with self.store.write() as cur:
             self.store.update_message(cur, out_id, utcnow(), **values)
+        return str(values["status"])
 
 
 def _ms(start: float) -> int:

@@ -53,6 +53,7 @@ class SweepResult:
     answered: int = 0
     resent: int = 0
     failed: int = 0
+    retrying: int = 0  # replies Twilio still could not take (tried again at a later sweep)
 
 
 def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0) -> SweepResult:
@@ -73,16 +74,25 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
                 store.update_message(cur, row.id, now, status=status, error=failure)
                 result.failed += 1
                 continue
-        if row.direction == "out":
-            service.send_stored(row.phone, row.id, row.body, row.created_at)
-            result.resent += 1
-        else:
+        if row.direction == "in":
             _answer_late(service, row, claimed_at=now)
             result.answered += 1
-    if result.answered or result.resent or result.failed:  # rows another process took: quiet
+            continue
+        sent = service.send_stored(row.phone, row.id, row.body, row.created_at)
+        if sent == "sent":
+            result.resent += 1
+        elif sent == "send_failed":
+            result.failed += 1
+        else:
+            result.retrying += 1
+            # Twilio is still unreachable or failing: each further send would wait out the
+            # same retries (up to half a minute each). The rest wait for the next sweep.
+            break
+    if result.answered or result.resent or result.failed or result.retrying:
         log.info(
-            "Recovered interrupted texts: %d answered late, %d re-sent, %d recorded as failed",
-            result.answered, result.resent, result.failed,
+            "Recovered interrupted texts: %d answered late, %d re-sent, %d recorded as failed, "
+            "%d still waiting for Twilio",
+            result.answered, result.resent, result.failed, result.retrying,
         )  # fmt: skip
     return result
 

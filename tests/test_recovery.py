@@ -293,12 +293,14 @@ def test_a_queued_reply_the_texter_has_moved_past_is_not_sent(
     assert fake_twilio.calls("POST", "/Messages.json") == []
 
 
-def queued_reply(app, sid: str, error: str | None = None) -> tuple[int, dt.datetime]:
+def queued_reply(
+    app, sid: str, error: str | None = None, phone: str = "+15550100"
+) -> tuple[int, dt.datetime]:
     """A text and its reply stored for a REST send; with `error`, as a failed send left it."""
     from phischer.backends.base import Reply
 
     service = app.extensions["phischer"].sms
-    decision = service._record(Inbound(phone="+15550100", sid=sid, body="hi"), parse("hi"))
+    decision = service._record(Inbound(phone=phone, sid=sid, body="hi"), parse("hi"))
     text, out_id = service._store(decision, (Reply(text="hello"), None, 900), via_rest=True)
     if error:
         with app.extensions["phischer"].db.write() as session:
@@ -336,3 +338,29 @@ def test_a_restarted_server_answers_left_texts_before_any_new_text(
     inbound, outbound = stored(app)
     assert (inbound.id, inbound.status) == (inbound_id, "replied")
     assert (outbound.reply_to_id, outbound.status) == (inbound_id, "sent")
+
+
+def test_a_sweep_stops_resending_while_twilio_is_down(make_app, personas, fake_twilio, twilio_rest):
+    # Three replies wait for Twilio; it still fails at the first: the other two are not
+    # tried in this sweep (each would wait out the same retries), but in the next one.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    service.sender.retry_delays_s = ()
+    # Three numbers: a later text from the same number would supersede an earlier reply.
+    waiting = [
+        queued_reply(app, f"SMdown{i}", "Twilio error 20503: down", f"+1555010{i}")[0]
+        for i in range(3)
+    ]
+    for out_id in waiting:
+        backdate(app, out_id, dt.timedelta(minutes=5))
+    fake_twilio.fail_messages(503, 20503, "Service unavailable")
+    result = sweep(service)
+    assert (result.resent, result.retrying, result.failed) == (0, 1, 0)
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+    statuses = {m.id: m.status for m in stored(app)}
+    assert [statuses[i] for i in waiting] == ["send_retry"] * 3
+    # Twilio is back: the next sweep sends the two it skipped; the first waits its turn.
+    result = sweep(service)
+    assert (result.resent, result.retrying) == (2, 0)
+    assert sweep(service, now=utcnow() + RECOVER_AFTER).resent == 1
+    assert [m.status for m in stored(app) if m.id in waiting] == ["sent"] * 3
