@@ -74,8 +74,23 @@ def friendly_errors() -> Iterator[None]:
     """Turn our ValueError subclasses (bad input) into `Error: …` with exit code 1."""
     try:
         yield
+    except UnicodeEncodeError as exc:
+        raise click.ClickException(_not_utf8(exc)) from None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _not_utf8(exc: UnicodeEncodeError) -> str:
+    # Python hands bytes a terminal typed in another encoding (Latin-1 "é" is 0xE9) to the
+    # program as lone surrogates: the codec's own message would not say what to do.
+    bad = exc.object[exc.start : exc.end]
+    if isinstance(bad, str) and all("\udc80" <= c <= "\udcff" for c in bad):
+        raw = bad.encode("utf-8", "surrogateescape")
+        return (
+            f"some text given to phischer is not UTF-8 (bytes {raw!r}): set your terminal "
+            "to UTF-8 (e.g. export LANG=C.UTF-8) and type it again"
+        )
+    return str(exc)
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)

@@ -144,6 +144,22 @@ def test_persona_commands(tmp_path):
     assert "No personas yet" in run("persona", "list").output
 
 
+def test_text_typed_in_another_encoding_is_one_clear_line(tmp_path):
+    # A Latin-1 terminal sends "é" as the byte 0xE9, which Python passes on as "\udce9".
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    result = run(
+        "persona", "add", "Cleo", "--keyword", "cleo", "--dataset", str(dataset),
+        "--greeting", "ol\udce9!",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: some text given to phischer is not UTF-8 (bytes b'\\xe9'): set your terminal "
+        "to UTF-8 (e.g. export LANG=C.UTF-8) and type it again\n"
+    )
+    assert "No personas yet" in run("persona", "list").output
+
+
 def test_persona_takes_the_datasets_system_prompt(tmp_path):
     built = tmp_path / "built.jsonl"
     prompt = "You are Zoë Martín. Reply to text messages the way Zoë Martín would."
