@@ -74,8 +74,8 @@ def friendly_errors() -> Iterator[None]:
     """Turn our ValueError subclasses (bad input) into `Error: …` with exit code 1."""
     try:
         yield
-    except UnicodeEncodeError as exc:
-        raise click.ClickException(_not_utf8(exc)) from None
+    except UnicodeEncodeError:
+        raise  # LazyGroup.invoke says it for every command alike
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -129,13 +129,17 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; a bad setting found on the way (ConfigError) is one line, exit 1."""
+        """Run the command; a bad setting or non-UTF-8 typed text is one line, exit 1."""
         # Settings are read lazily, deep inside whichever command needs them (the database
         # folder, the development token, …): one place turns them all into `Error: …`.
+        # So is text typed in another encoding, which fails wherever it is first encoded
+        # (the database, an HTTP form, a file).
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        except UnicodeEncodeError as exc:
+            raise click.ClickException(_not_utf8(exc)) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

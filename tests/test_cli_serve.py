@@ -152,12 +152,15 @@ def test_text_typed_in_another_encoding_is_one_clear_line(tmp_path):
         "persona", "add", "Cleo", "--keyword", "cleo", "--dataset", str(dataset),
         "--greeting", "ol\udce9!",
     )  # fmt: skip
-    assert result.exit_code == 1
-    assert result.output == (
+    expected = (
         "Error: some text given to phischer is not UTF-8 (bytes b'\\xe9'): set your terminal "
         "to UTF-8 (e.g. export LANG=C.UTF-8) and type it again\n"
     )
+    assert (result.exit_code, result.output) == (1, expected)
     assert "No personas yet" in run("persona", "list").output
+    # The same wherever such text is first encoded: here, the form `phischer text` posts.
+    texted = run("text", "caf\udce9")
+    assert (texted.exit_code, texted.output) == (1, expected)
 
 
 def test_persona_takes_the_datasets_system_prompt(tmp_path):
