@@ -80,7 +80,8 @@ def friendly_errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
-def _not_utf8(exc: UnicodeEncodeError) -> str:
+def not_utf8(exc: UnicodeEncodeError) -> str:
+    """What to say about text that UTF-8 cannot encode (usually typed in another encoding)."""
     # Python hands bytes a terminal typed in another encoding (Latin-1 "é" is 0xE9) to the
     # program as lone surrogates: the codec's own message would not say what to do.
     bad = exc.object[exc.start : exc.end]
@@ -139,7 +140,7 @@ class LazyGroup(click.Group):
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         except UnicodeEncodeError as exc:
-            raise click.ClickException(_not_utf8(exc)) from None
+            raise click.ClickException(not_utf8(exc)) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from phischer.cli import Context, pass_ctx
+from phischer.cli import Context, not_utf8, pass_ctx
 from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimResult, SimulatorError, send_text
 
 # Port 0 ("any free port") would leave the banner pointing nowhere, so serve wants a real one.
@@ -100,7 +100,11 @@ def chat(obj: Context, url: str, from_: str) -> None:
             return
         if message.strip() in ("/quit", "/exit"):
             return
-        result = _send(obj, message, url, from_)
+        try:
+            result = _send(obj, message, url, from_)
+        except UnicodeEncodeError as exc:  # one line typed in another encoding: say so, go on
+            click.echo(f"Error: {not_utf8(exc)}", err=True)
+            continue
         for reply in result.replies or ["(no reply)"]:
             click.echo(f"clone> {reply}")
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -161,6 +164,20 @@ def test_text_typed_in_another_encoding_is_one_clear_line(tmp_path):
     # The same wherever such text is first encoded: here, the form `phischer text` posts.
     texted = run("text", "caf\udce9")
     assert (texted.exit_code, texted.output) == (1, expected)
+
+
+def test_chat_says_so_for_a_line_in_another_encoding_and_goes_on(live):
+    # A real process: the bytes reach it as a terminal in Latin-1 would send them.
+    result = subprocess.run(
+        [sys.executable, "-m", "phischer", "chat", "--url", live],
+        input=b"caf\xe9\ntell me a joke\n/quit\n",
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:surrogateescape"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"Error: some text given to phischer is not UTF-8 (bytes b'\\xe9')" in result.stderr
+    assert b"clone> Why did the loom blush? It saw the punch cards." in result.stdout
 
 
 def test_persona_takes_the_datasets_system_prompt(tmp_path):
