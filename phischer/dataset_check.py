@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from phischer.atomic import atomic_files
+from phischer.surrogates import LONE_SURROGATE
 from phischer.tokens import count_messages_tokens, encoding_name_for
 
 DEFAULT_BASE_MODEL = "gpt-4.1-mini-2025-04-14"
@@ -65,6 +66,7 @@ MIN_EXAMPLES = 10  # OpenAI rejects training files with fewer examples.
 
 # The cookbook allows role/content/name/function_call/weight; tool_calls and tool_call_id
 # (with the "tool" role) are the current function-calling format OpenAI also accepts.
+HALF_EMOJI = "a \\ud800-\\udfff escape without its pair: not valid Unicode text"
 KNOWN_KEYS = ("role", "content", "name", "function_call", "weight", "tool_calls", "tool_call_id")
 ROLES = ("system", "user", "assistant", "function", "tool")
 
@@ -315,6 +317,10 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
             if isinstance(content, str):
                 if not content.strip() and not calls:
                     found.append((f"message {i}: empty content [missing_content]", "error"))
+                elif LONE_SURROGATE.search(content):
+                    # Valid JSON ("\ud83d" without its pair: half an emoji), but not text:
+                    # UTF-8 cannot hold it. `phischer import` writes U+FFFD instead.
+                    found.append((f"message {i}: {HALF_EMOJI} [invalid_utf8]", "error"))
             elif not (content is None and calls):
                 found.append(
                     (
@@ -415,17 +421,7 @@ def check_file(
         problems.extend(Problem(number, message, severity) for message, severity in found)
         if any(severity == "error" for _, severity in found):
             continue
-        try:
-            tokens = count_messages_tokens(obj["messages"], base_model)
-        except UnicodeEncodeError:  # text UTF-8 cannot hold
-            problems.append(
-                Problem(
-                    number,
-                    "a \\ud800-\\udfff escape without its pair: not valid Unicode text "
-                    "[invalid_utf8]",
-                )
-            )
-            continue
+        tokens = count_messages_tokens(obj["messages"], base_model)
         token_counts.append(tokens)
         messages_per_example.append(len(obj["messages"]))
         if tokens > limit:

@@ -284,6 +284,19 @@ def test_bad_bytes_and_bom(tmp_path: Path) -> None:
     assert report.token_counts == [count_tokens_chat()]
 
 
+def test_half_an_emoji_is_an_error_at_its_message(tmp_path: Path) -> None:
+    # "\ud83d" without its pair is valid JSON but not text: the check says so, by message.
+    path = tmp_path / "half.jsonl"
+    good = json.dumps(chat("hey", "hi"))
+    path.write_text(good + "\n" + json.dumps(chat("hey", "hi \ud83d")) + "\n", encoding="ascii")
+    report = check_file(path)
+    assert [str(p) for p in report.errors] == [
+        "line 2: message 3: a \\ud800-\\udfff escape without its pair: not valid Unicode text "
+        "[invalid_utf8]"
+    ]
+    assert report.token_counts == [count_tokens_chat()]
+
+
 def count_tokens_chat() -> int:
     # system "You are Sam." + user "hey" + assistant "hi"
     return 3 + 3 * 4 + count_tokens("You are Sam.") + count_tokens("hey") + count_tokens("hi")
