@@ -112,8 +112,8 @@ def _check_answerable(path: Path) -> None:
         raise PersonaError(f"dataset {path} cannot be read as a chat JSONL file ({exc})") from None
     if not pairs.answers:
         raise PersonaError(
-            f"dataset {path} has no user→assistant pairs to answer from{pairs.skipped_note()}: "
-            "build it with `phischer import` (and look at it with `phischer dataset check`)"
+            f"{pairs.none_to_answer(path)}: build it with `phischer import` (and look at it "
+            "with `phischer dataset check`)"
         )
     warn_skipped(path, pairs)
 

@@ -116,12 +116,13 @@ class Pairs:
     skipped: int = 0  # lines that are not a chat example (see _turns)
     first_skipped: int | None = None  # 1-based number of the first such line
 
-    def skipped_note(self) -> str:
-        """' (N malformed lines skipped, first: line L)', or '' when none were."""
-        if not self.skipped:
-            return ""
-        lines = "line" if self.skipped == 1 else "lines"
-        return f" ({self.skipped} malformed {lines} skipped, first: line {self.first_skipped})"
+    def none_to_answer(self, path: Path) -> str:
+        """Why `path` cannot serve: no pairs (and how many malformed lines were left out)."""
+        note = ""
+        if self.skipped:
+            lines = "line" if self.skipped == 1 else "lines"
+            note = f" ({self.skipped} malformed {lines} skipped, first: line {self.first_skipped})"
+        return f"dataset {path} has no user→assistant pairs to answer from{note}"
 
 
 def _turns(obj: object) -> list[tuple[str, str | None]] | None:
@@ -254,9 +255,7 @@ class RetrievalBackend:
     def _build(path: Path) -> Index:
         pairs = read_pairs(path)
         if not pairs.answers:
-            raise BackendError(
-                f"dataset {path} has no user→assistant pairs to answer from{pairs.skipped_note()}"
-            )
+            raise BackendError(pairs.none_to_answer(path))
         warn_skipped(path, pairs)  # once per build: the index is cached until the file changes
         bm25 = bm25s.BM25()
         bm25.index([tokenize(k) or [""] for k in pairs.keys], show_progress=False)
