@@ -12,6 +12,12 @@ class ImportErrorMessage(ValueError):
     """An export cannot be read; str() is one line saying what is wrong and where."""
 
 
+# What reading one record of an edited or damaged export raises: a missing key, a field of
+# the wrong type, an impossible value (a date past year 9999 overflows). Importers turn
+# these into an ImportErrorMessage naming the record.
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
 # slots: a big import holds a whole thread of Messages (and makes a million of them); slots
 # make each one smaller and quicker to create.
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
 from phischer.importers.files import Export, open_export
 from phischer.importers.whatsapp import date_order, to_datetime
 
@@ -91,7 +91,7 @@ def _parse_json(data: Any, where: str, member: str, conv: Conversation | None) -
     for i, m in enumerate(data["messages"]):
         try:
             _add_json_message(conv, m)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        except MALFORMED as exc:
             raise ImportErrorMessage(f"{where}: message {i + 1} is malformed ({exc})") from None
     return conv
 

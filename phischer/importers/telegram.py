@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
 from phischer.importers.files import ZIP_ERRORS, Export, open_export
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -276,7 +276,7 @@ def parse_chat(chat: dict[str, Any], where: str) -> Conversation:
     for i, m in enumerate(messages):
         try:
             _add_message(conv, m)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        except MALFORMED as exc:
             raise ImportErrorMessage(
                 f"{where}: chat {title!r}, message {i + 1} is malformed ({exc})"
             ) from None

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
 from phischer.importers.files import Export, open_export, parse_json
 
 PROMPT_SENDER = "prompt"
@@ -286,7 +286,7 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
             for i, item in enumerate(_load_ytd(source, name), 1):
                 try:
                     _keep(item, dropped, kept)
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                except MALFORMED as exc:
                     raise ImportErrorMessage(
                         f"{source.where(name)}: post {i} is malformed ({exc})"
                     ) from None
