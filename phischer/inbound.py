@@ -404,7 +404,8 @@ class SmsService:
             sid = self.sender.send(phone, text)
             values: dict[str, object] = {"status": "sent", "message_sid": sid, "error": None}
         except SendError as exc:
-            if exc.transient and retry_send(created_at or utcnow(), utcnow()):
+            now = utcnow()
+            if exc.transient and retry_send(created_at or now, now):
                 values = {"status": "send_retry", "error": str(exc)}
             else:
                 values = {"status": "send_failed", "error": str(exc)}
