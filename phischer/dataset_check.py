@@ -128,7 +128,7 @@ class CheckReport:
     def format(self, max_problems: int = 20) -> str:
         """The human report `dataset check` prints."""
         out = [
-            f"{self.path}: {self.examples:,} examples, base model {self.base_model} "
+            f"{self.path}: {plural(self.examples, 'example')}, base model {self.base_model} "
             f"({self.encoding})"
         ]
         for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
@@ -153,10 +153,14 @@ class CheckReport:
                 f"p95 {whole(percentile(t, 0.95)):,}, max {max(t):,}"
             )
             out.append(
-                f"Over the {self.context_limit:,}-token limit: {self.over_limit:,} examples"
+                f"Over the {self.context_limit:,}-token limit: {plural(self.over_limit, 'example')}"
                 + (" (truncated in training)" if self.over_limit else "")
             )
-            how = f"default rule for {valid:,} examples" if self.epochs_from_rule else "--epochs"
+            how = (
+                f"default rule for {plural(valid, 'example')}"
+                if self.epochs_from_rule
+                else "--epochs"
+            )
             out.append(f"Epochs: {self.epochs} ({how})")
             out.append(
                 f"Billed tokens: {self.billed_tokens:,} "
@@ -171,11 +175,9 @@ class CheckReport:
                 out.append("Estimated training cost: unknown")
         out.extend(f"Note: {n}" for n in self.notes)
         if self.errors:
-            out.append(
-                f"FAILED: {_plural(len(self.errors), 'error')}; fix them before fine-tuning."
-            )
+            out.append(f"FAILED: {plural(len(self.errors), 'error')}; fix them before fine-tuning.")
         elif self.warnings:
-            out.append(f"OK: no format errors ({_plural(len(self.warnings), 'warning')} above).")
+            out.append(f"OK: no format errors ({plural(len(self.warnings), 'warning')} above).")
         else:
             out.append("OK: no format errors; ready for fine-tuning.")
         return "\n".join(out)
@@ -191,7 +193,8 @@ def _tally(problems: list[Problem]) -> str:
     return "in all: " + ", ".join(f"{kind} {n:,}" for kind, n in ranked)
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """`n word`, with an s unless n is 1 ("1 example", "2 examples")."""
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
@@ -440,7 +443,7 @@ def check_file(
         problems.append(
             Problem(
                 0,
-                f"only {_plural(examples, 'example')}: OpenAI requires at least {MIN_EXAMPLES} "
+                f"only {plural(examples, 'example')}: OpenAI requires at least {MIN_EXAMPLES} "
                 "[too_few_examples]",
                 "warning",
             )
@@ -648,9 +651,9 @@ def split_file(
     for cid in ids:
         sizes[cid] = sizes.get(cid, 0) + 1
     if len(sizes) < 2:
+        which = "the one example comes" if len(ids) == 1 else f"all {len(ids):,} examples come"
         raise DatasetError(
-            f"{path}: all {len(ids):,} examples come from one conversation; "
-            "a split by conversation needs at least 2"
+            f"{path}: {which} from one conversation; a split by conversation needs at least 2"
         )
     held_out = choose_validation(sizes, validation, seed)
     train_path, validation_path = _output_paths(path, out_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from phischer.dataset import BuildStats, build_examples, system_prompt, write_jsonl
-from phischer.dataset_check import sidecar_path
+from phischer.dataset_check import plural, sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
 from phischer.importers.base import Conversation
@@ -33,7 +33,7 @@ class ImportResult:
         """The summary `phischer import` prints."""
         s = self.stats
         lines = [
-            f"Threads: {s.threads:,}  ({_plural(s.sessions, 'conversation')} after splitting on "
+            f"Threads: {s.threads:,}  ({plural(s.sessions, 'conversation')} after splitting on "
             "silences)",
         ]
         if s.skipped:
@@ -45,7 +45,7 @@ class ImportResult:
         ]
         if s.repaired:
             lines.append(
-                f"Repaired: {_plural(s.repaired, 'example')} had half an emoji (a lone surrogate "
+                f"Repaired: {plural(s.repaired, 'example')} had half an emoji (a lone surrogate "
                 "in the export), written as U+FFFD"
             )
         if s.openers:
@@ -69,10 +69,6 @@ def _counted(label: str, reasons: Counter[str]) -> str:
     # "Dropped: 4  (bot chat 2, service 1, media 1)": a total, then each reason, most first.
     detail = ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
     return f"{label}: {sum(reasons.values()):,}" + (f"  ({detail})" if detail else "")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 # Seconds before the progress bar appears: imports quicker than this print no bar at all.

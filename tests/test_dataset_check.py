@@ -312,6 +312,16 @@ def test_cli_check_ok_exit_0(tmp_path: Path) -> None:
     assert result.output.rstrip().endswith("OK: no format errors; ready for fine-tuning.")
 
 
+def test_cli_check_one_example_reads_in_the_singular(tmp_path: Path) -> None:
+    path = write(tmp_path / "one.jsonl", [chat("hey", "hi")])
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{path}: 1 example, base model ")
+    assert "only 1 example: OpenAI requires at least 10" in result.output
+    assert "Over the 65,536-token limit: 0 examples" in result.output
+    assert "Epochs: 25 (default rule for 1 example)" in result.output
+
+
 def test_cli_check_warnings_still_exit_0(tmp_path: Path) -> None:
     path = write(tmp_path / "ok.jsonl", [chat(f"hey {i}", "hi", system=None) for i in range(3)])
     result = CliRunner().invoke(cli, ["dataset", "check", str(path), "--epochs", "4"])

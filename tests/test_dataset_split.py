@@ -188,6 +188,17 @@ def test_split_without_sidecar_uses_fallback(tmp_path: Path) -> None:
                 assert m["content"] not in text
 
 
+def test_one_example_is_an_error_in_the_singular(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    make_dataset(path, {"only": 1})
+    with pytest.raises(DatasetError) as err:
+        split_file(path)
+    assert str(err.value) == (
+        f"{path}: the one example comes from one conversation; "
+        "a split by conversation needs at least 2"
+    )
+
+
 def test_one_conversation_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     make_dataset(path, {"only": 5})

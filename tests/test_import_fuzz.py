@@ -821,7 +821,7 @@ def build_dataset(broken: BrokenDataset, work: Path) -> Path:
 
 
 CHECK_LINE = re.compile(
-    r".+: [\d,]+ examples, base model .+|(?:Errors|Warnings) \([\d,]+\):"
+    r".+: [\d,]+ examples?, base model .+|(?:Errors|Warnings) \([\d,]+\):"
     r"|  (?:line [\d,]+|file): .+ \[\w+\]|  … and [\d,]+ more \(in all: .+\)"
     r"|Statistics below .+|Messages per example: .+|Tokens per example: .+|Over the .+"
     r"|Epochs: .+|Billed tokens: .+|Estimated training cost: .+|Note: .+"
