@@ -210,6 +210,30 @@ def test_format_errors_refuse_before_anything_is_sent(
     assert jobs_in(database) == []
 
 
+def test_fewer_examples_than_openai_takes_refuse_before_upload(
+    fake_ft: FakeOpenAI, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    few = write_jsonl(tmp_path / "few.jsonl", [example(f"q{i}", f"a{i}") for i in range(9)])
+    result = run("finetune", "start", str(few), "--persona", "ada")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        f"Error: {few}: only 9 examples, and OpenAI fine-tunes on at least 10: import more "
+        "chats, or train with --provider local; nothing was uploaded"
+    ]
+    assert fake_ft.requests == []
+    assert jobs_in(database) == []
+
+
+def test_a_small_validation_file_is_fine(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, tmp_path: Path
+) -> None:
+    val = write_jsonl(tmp_path / "val.jsonl", [example("q", "a")])
+    result = run("finetune", "start", str(train), "--persona", "ada", "--validation", str(val))
+    assert result.exit_code == 0, result.output
+    (create,) = fake_ft.calls("POST", "/v1/fine_tuning/jobs")
+    assert create.json()["validation_file"]
+
+
 def test_bad_validation_file_also_refuses(
     fake_ft: FakeOpenAI, ada: Path, train: Path, tmp_path: Path
 ) -> None:

@@ -99,8 +99,10 @@ def api_errors(client: openai.OpenAI, doing: str) -> Iterator[None]:
         ) from None
 
 
-def _check(path: Path, base_model: str, epochs: int | None, echo: Echo) -> Any:
-    from phischer.dataset_check import check_file
+def _check(
+    path: Path, base_model: str, epochs: int | None, echo: Echo, *, training: bool = True
+) -> Any:
+    from phischer.dataset_check import MIN_EXAMPLES, check_file, plural
 
     report = check_file(path, base_model=base_model, epochs=epochs)
     if report.errors:
@@ -109,14 +111,24 @@ def _check(path: Path, base_model: str, epochs: int | None, echo: Echo) -> Any:
             f"{path}: {len(report.errors)} format error(s) (first on line "
             f"{report.errors[0].line}): fix them before fine-tuning; nothing was uploaded"
         )
+    if training and report.examples < MIN_EXAMPLES:
+        # Only a warning for `dataset check` (a LoRA trains on fewer), but OpenAI would take
+        # the upload and then fail the job: refuse before anything is sent.
+        raise FineTuneError(
+            f"{path}: only {plural(report.examples, 'example')}, and OpenAI fine-tunes on at "
+            f"least {MIN_EXAMPLES}: import more chats, or train with --provider local; "
+            "nothing was uploaded"
+        )
     return report
 
 
 def _cost_line(report: Any) -> str:
+    from phischer.dataset_check import plural
+
     cost = report.estimated_cost_usd
     price = f"about ${cost:,.2f}" if cost is not None else "unknown (no price for this model)"
     return (
-        f"{report.examples} examples, {report.billed_tokens:,} billed tokens "
+        f"{plural(report.examples, 'example')}, {report.billed_tokens:,} billed tokens "
         f"({report.epochs} epochs on {report.base_model}): estimated cost {price}"
     )
 
@@ -174,7 +186,7 @@ def start_openai(
     suffix = sanitize_suffix(request.suffix or persona_name)
     report = _check(request.train_path, base_model, request.epochs, echo)
     if request.validation_path is not None:
-        _check(request.validation_path, base_model, request.epochs, echo)
+        _check(request.validation_path, base_model, request.epochs, echo, training=False)
     echo(_cost_line(report))
     echo(deadline_notice(today))
     client = make_client(settings)
