@@ -563,7 +563,7 @@ def assert_usable_dataset(out: Path, runner: CliRunner) -> None:
     if split.exit_code != 0:
         # A small import may well hold a single conversation: that is the one refusal allowed.
         assert_one_line_error(split, str(out), None)
-        assert "come from one conversation" in split.output, split.output
+        assert "from one conversation; a split by conversation needs" in split.output, split.output
 
 
 def check_import(mutant: Mutant, ascii_only: bool = True) -> None:
