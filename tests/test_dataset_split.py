@@ -188,25 +188,17 @@ def test_split_without_sidecar_uses_fallback(tmp_path: Path) -> None:
                 assert m["content"] not in text
 
 
-def test_one_example_is_an_error_in_the_singular(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("examples", "which"),
+    [(5, "all 5 examples come"), (1, "the one example comes")],
+)
+def test_one_conversation_is_an_error(tmp_path: Path, examples: int, which: str) -> None:
     path = tmp_path / "x.jsonl"
-    make_dataset(path, {"only": 1})
+    make_dataset(path, {"only": examples})
     with pytest.raises(DatasetError) as err:
         split_file(path)
     assert str(err.value) == (
-        f"{path}: the one example comes from one conversation; "
-        "a split by conversation needs at least 2"
-    )
-
-
-def test_one_conversation_is_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "x.jsonl"
-    make_dataset(path, {"only": 5})
-    with pytest.raises(DatasetError) as err:
-        split_file(path)
-    assert str(err.value) == (
-        f"{path}: all 5 examples come from one conversation; "
-        "a split by conversation needs at least 2"
+        f"{path}: {which} from one conversation; a split by conversation needs at least 2"
     )
     assert not (tmp_path / "x.train.jsonl").exists()
 
