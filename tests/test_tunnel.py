@@ -1109,39 +1109,29 @@ def test_help_lists_the_design_options(command: str, options: list[str]) -> None
 
 def test_script_wrapper_runs_the_same_command(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "tunnel.py"), "--port", "5001"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "tunnel.py"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    result = script("--port", "5001")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "Error: TWILIO_ACCOUNT_SID is not set: add the Account SID (AC…) from "
         "console.twilio.com → Account info to .env"
     ]
-    shown = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "tunnel.py"), "-h"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    shown = script("-h")
     assert shown.returncode == 0
     assert shown.stdout.startswith("Usage: scripts/tunnel.py [OPTIONS]")
     assert "--public-url URL" in shown.stdout and "--no-restore" in shown.stdout
     # -v as for `phischer -v`: debug logging, and the same one-line error (not "no such option").
-    verbose = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "tunnel.py"), "-v", "--port", "5001"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    verbose = script("-v", "--port", "5001")
     assert verbose.returncode == 1
     assert verbose.stderr.strip().splitlines()[-1] == result.stderr.strip()
 
