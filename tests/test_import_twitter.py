@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -206,3 +207,120 @@ def test_self_thread_posted_days_apart_is_still_one_example(tmp_path: Path) -> N
             },
         ]
     ]
+
+
+# -- long posts: cut in tweets.js, whole in note-tweet.js --------------------------------------
+
+LONG = (
+    "Long post about proofing times, because people keep asking. Cold retard overnight in "
+    "the fridge gives the crumb a tang & a glossy crust; a warm kitchen halves the time but "
+    "you lose flavour. My rule: if the dough jiggles like a waterbed and springs back slowly "
+    "when poked, it is ready, whatever the clock says. Details here: https://t.co/link1 and "
+    "that is all."
+)
+
+
+def _long_post_archive(root: Path, notes: list[dict]) -> Path:
+    """An archive with cut long posts in tweets.js and `notes` as data/note-tweet.js."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    shutil.copy(ARCHIVE / "data" / "account.js", data / "account.js")
+    cut = LONG.replace("&", "&amp;")[:270] + "… https://t.co/more1"
+    tweets = [
+        {  # a long post: tweets.js holds 270 characters and a link to the rest
+            "id_str": "300",
+            "created_at": "Thu Jun 01 17:08:25 +0000 2023",
+            "full_text": cut,
+            "entities": {
+                "urls": [
+                    {
+                        "url": "https://t.co/more1",
+                        "expanded_url": "https://twitter.com/i/web/status/300",
+                    }
+                ]
+            },
+        },
+        {  # a long reply to someone else, its note written a second later
+            "id_str": "301",
+            "created_at": "Fri Jun 02 09:00:00 +0000 2023",
+            "full_text": "@bakerbob " + "rye is different: " * 14 + "… https://t.co/more2",
+            "in_reply_to_status_id_str": "9",
+            "in_reply_to_screen_name": "bakerbob",
+        },
+        {  # posted in the same second as a note it has nothing to do with
+            "id_str": "302",
+            "created_at": "Thu Jun 01 17:08:25 +0000 2023",
+            "full_text": "short and whole",
+        },
+        {  # cut, but the archive has no note for it: kept as it is
+            "id_str": "303",
+            "created_at": "Sat Jun 03 10:00:00 +0000 2023",
+            "full_text": "a long one with no note " * 11 + "… https://t.co/more3",
+        },
+    ]
+    (data / "tweets.js").write_text(
+        "window.YTD.tweets.part0 = " + json.dumps([{"tweet": t} for t in tweets])
+    )
+    (data / "note-tweet.js").write_text(
+        "window.YTD.note_tweet.part0 = " + json.dumps([{"noteTweet": n} for n in notes])
+    )
+    return data
+
+
+LONG_NOTE = {
+    "noteTweetId": "900",
+    "createdAt": "2023-06-01T17:08:25.000Z",
+    "core": {
+        "text": LONG,
+        "urls": [{"shortUrl": "https://t.co/link1", "expandedUrl": "https://example.com/proof"}],
+        "mentions": [],
+        "hashtags": [],
+    },
+}
+REPLY_NOTE = {
+    "noteTweetId": "901",
+    "createdAt": "2023-06-02T09:00:01.000Z",
+    "core": {"text": "@bakerbob " + "rye is different: " * 20 + "the end."},
+}
+
+
+def _post_texts(path: Path) -> dict[str, str]:
+    return {c.id: c.messages[1].text for c in _convs(path)}
+
+
+def test_long_posts_take_their_whole_text_from_note_tweet_js(tmp_path: Path) -> None:
+    _long_post_archive(tmp_path, [LONG_NOTE, REPLY_NOTE])
+    assert _post_texts(tmp_path) == {
+        # whole, its link expanded, the entity decoded once
+        "twitter/300": LONG.replace("https://t.co/link1", "https://example.com/proof"),
+        "twitter/302": "short and whole",
+        # the reply @-prefix stripped as for any reply
+        "twitter/301": ("rye is different: " * 20 + "the end.").strip(),
+        # no note: the cut text, its link to the rest gone
+        "twitter/303": "a long one with no note " * 11 + "…",
+    }
+
+
+def test_tweets_js_given_alone_reads_the_note_beside_it(tmp_path: Path) -> None:
+    data = _long_post_archive(tmp_path, [LONG_NOTE])
+    texts = _post_texts(data / "tweets.js")
+    assert texts["twitter/300"].endswith(
+        "when poked, it is ready, whatever the clock says. "
+        "Details here: https://example.com/proof and that is all."
+    )
+
+
+def test_a_note_that_does_not_continue_the_post_is_not_used(tmp_path: Path) -> None:
+    other = dict(LONG_NOTE, core={"text": "Something else entirely, " * 20})
+    _long_post_archive(tmp_path, [other])
+    assert _post_texts(tmp_path)["twitter/300"].endswith("…")
+
+
+def test_a_malformed_note_is_a_located_error(tmp_path: Path) -> None:
+    _long_post_archive(tmp_path, [LONG_NOTE, {"noteTweetId": "902", "core": {"text": "x"}}])
+    with pytest.raises(ImportErrorMessage) as err:
+        _convs(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'data' / 'note-tweet.js'}: long post 2 is malformed (it needs core.text "
+        "and createdAt)"
+    )

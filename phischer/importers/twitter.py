@@ -1,5 +1,9 @@
 """X / Twitter archive: `data/tweets.js` (+ `tweets-partN.js`; older archives: `tweet.js`).
 
+Posts longer than 280 characters ("long posts", since 2023) are cut short in tweets.js, their
+whole text kept in `data/note-tweet.js`: a cut post takes the note posted in the same second
+whose text it begins (see `_with_note`).
+
 An archive holds only your own posts, so most have no conversation partner. To still train
 "write posts in my voice", each post (or self-thread) becomes a conversation that starts
 with a *topic prompt*: a user turn from the pseudo-sender `PROMPT_SENDER`, derived offline
@@ -31,11 +35,15 @@ PROMPT_SENDER = "prompt"
 FALLBACK_OWNER = "me"
 
 _TWEET_FILES = ("tweets.js", "tweets-part*.js", "tweet.js", "tweet-part*.js")
+_NOTE_FILES = ("note-tweet.js", "note-tweet-part*.js")
 _YTD_PREFIX = re.compile(r"^\s*window\.YTD\.[\w.]+\s*=\s*")
 _REPLY_PREFIX = re.compile(r"^(?:\.?@\w{1,50}[\s,:]+)+")
 _TRAILING_TCO = re.compile(r"(?:\s*https?://t\.co/\w+)+\s*$")
-# Quote posts link the quoted status; without its text the link is noise.
-_STATUS_URL = re.compile(r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/\w+/status(?:es)?/\d+\S*")
+# Quote posts link the quoted status, and a cut long post links the rest of itself
+# (twitter.com/i/web/status/…): without the text they point to, the links are noise.
+_STATUS_URL = re.compile(
+    r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/(?:\w+|i/web)/status(?:es)?/\d+\S*"
+)
 _URL = re.compile(r"https?://\S+|www\.\S+")
 _HASHTAG = re.compile(r"(?<![\w&])#(\w+)")
 _MENTION = re.compile(r"(?<!\w)@(\w{1,50})")
@@ -198,6 +206,75 @@ def _owner_from(export: Export, name: str) -> Message:
     )
 
 
+Notes = dict[dt.datetime, list[dict[str, Any]]]
+
+
+def _notes(export: Export) -> Notes:
+    """The archive's long posts (`noteTweet` items), by the second they were posted."""
+    if export.kind == "file":  # tweets.js given alone: look beside it, as for account.js
+        try:
+            names = sorted(os.listdir(export.path.parent))
+        except OSError:
+            names = []
+        sources = [
+            (open_export(export.path.parent / n), n)
+            for pattern in _NOTE_FILES
+            for n in names
+            if fnmatch.fnmatchcase(n, pattern) and (export.path.parent / n).is_file()
+        ]
+    else:
+        sources = [(export, n) for pattern in _NOTE_FILES for n in export.members(pattern)]
+    notes: Notes = {}
+    for source, name in sources:
+        for i, item in enumerate(_load_ytd(source, name), 1):
+            note = item.get("noteTweet", item) if isinstance(item, dict) else None
+            core = note.get("core") if isinstance(note, dict) else None
+            text = core.get("text") if isinstance(core, dict) else None
+            when = _parse_time(note.get("createdAt")) if isinstance(note, dict) else None
+            if not isinstance(text, str) or when is None:
+                raise ImportErrorMessage(
+                    f"{source.where(name)}: long post {i} is malformed (it needs "
+                    "core.text and createdAt)"
+                )
+            notes.setdefault(when.replace(microsecond=0), []).append(core)
+    return notes
+
+
+def _comparable(text: str) -> str:
+    # What a cut post and its note share: no links (the cut post ends in one to the note),
+    # no reply @-prefix, no ellipsis, entities decoded, one space between words.
+    text = html.unescape(_URL.sub(" ", text)).strip().removesuffix("…").removesuffix("...")
+    return " ".join(_REPLY_PREFIX.sub("", text).split())
+
+
+# A cut post and its note must agree on this many characters (fewer if the post is shorter).
+NOTE_PREFIX_CHARS = 60
+
+
+def _with_note(tweet: dict[str, Any], when: dt.datetime, notes: Notes) -> dict[str, Any]:
+    """`tweet` with the whole text of its long post, when tweets.js holds it cut short."""
+    cut = _comparable(tweet.get("full_text") or tweet.get("text") or "")
+    if not cut:
+        return tweet
+    second = when.replace(microsecond=0)
+    # Same second, or the next or previous one: the two records are written a moment apart.
+    nearby = [second + dt.timedelta(seconds=d) for d in (0, -1, 1)]
+    for core in (core for t in nearby for core in notes.get(t, [])):
+        full = core["text"]
+        whole = _comparable(full)
+        if len(whole) > len(cut) and whole.startswith(cut[:NOTE_PREFIX_CHARS]):
+            links = core.get("urls")
+            urls = [
+                {"url": u.get("shortUrl"), "expanded_url": u.get("expandedUrl")}
+                for u in (links if isinstance(links, list) else [])
+                if isinstance(u, dict)
+            ]
+            # The note's own links; the post's media (its t.co links are in the note too).
+            entities = dict(tweet.get("entities") or {}, urls=urls)
+            return dict(tweet, full_text=full, text=full, entities=entities)
+    return tweet
+
+
 def _parse_time(value: Any) -> dt.datetime | None:
     if not isinstance(value, str):
         return None
@@ -243,6 +320,7 @@ def _keep(
     item: Any,
     dropped: dict[str, int],
     kept: dict[str, tuple[dt.datetime, str, dict[str, Any]]],
+    notes: Notes,
 ) -> None:
     # One item of a tweets file: kept as (time, text, tweet) under its id, or counted as dropped.
     tweet = item.get("tweet", item) if isinstance(item, dict) else None
@@ -255,6 +333,9 @@ def _keep(
     if raw.startswith("RT @") or "retweeted_status" in tweet:
         dropped["retweet"] = dropped.get("retweet", 0) + 1
         return
+    when = _parse_time(tweet.get("created_at"))
+    if when is not None and notes:
+        tweet = _with_note(tweet, when, notes)
     text = clean_text(tweet)
     if not text:
         entities = tweet.get("entities") or {}
@@ -262,7 +343,6 @@ def _keep(
         dropped[reason] = dropped.get(reason, 0) + 1
         return
     tid = str(tweet.get("id_str") or tweet.get("id"))
-    when = _parse_time(tweet.get("created_at"))
     if when is None:
         dropped["no timestamp"] = dropped.get("no timestamp", 0) + 1
         return
@@ -280,12 +360,13 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
                 "archive"
             )
         owner = _owner(export)
+        notes = _notes(export)
         dropped: dict[str, int] = {}
         kept: dict[str, tuple[dt.datetime, str, dict[str, Any]]] = {}
         for source, name in sources:
             for i, item in enumerate(_load_ytd(source, name), 1):
                 try:
-                    _keep(item, dropped, kept)
+                    _keep(item, dropped, kept, notes)
                 except MALFORMED as exc:
                     raise ImportErrorMessage(
                         f"{source.where(name)}: post {i} is malformed ({exc})"
