@@ -127,7 +127,7 @@ def test_one_tweets_file_reads_its_sibling_parts(tmp_path: Path, name: str) -> N
     )
     assert [(c.id, c.messages) for c in _convs(data / name)] == folder
     # A file that is not a tweets file is refused, whatever is beside it.
-    with pytest.raises(ImportErrorMessage, match="No tweets in"):
+    with pytest.raises(ImportErrorMessage, match="No tweets or direct messages in"):
         _convs(data / "deleted-tweets.js")
 
 
@@ -173,7 +173,7 @@ def test_key_phrases_prefer_longer_runs() -> None:
 
 
 def test_errors(tmp_path: Path) -> None:
-    with pytest.raises(ImportErrorMessage, match="No tweets in"):
+    with pytest.raises(ImportErrorMessage, match="No tweets or direct messages in"):
         _convs(tmp_path)
     (tmp_path / "tweets.js").write_text('window.YTD.tweets.part0 = [ {"tweet" : {"id_str"')
     with pytest.raises(ImportErrorMessage, match=r"^Truncated JSON in .*tweets.js: "):
@@ -323,4 +323,149 @@ def test_a_malformed_note_is_a_located_error(tmp_path: Path) -> None:
     assert str(err.value) == (
         f"{tmp_path / 'data' / 'note-tweet.js'}: long post 2 is malformed (it needs core.text "
         "and createdAt)"
+    )
+
+
+# -- direct messages: data/direct-messages.js (+ -group.js) ------------------------------------
+
+
+def _dm(mid: int, sender: str, text: str, at: str, **extra: object) -> dict:
+    create = {"id": str(mid), "senderId": sender, "text": text, "createdAt": at, **extra}
+    return {"messageCreate": create}
+
+
+def _dm_archive(root: Path, *, tweets: bool = True, account: bool = True) -> Path:
+    """An archive whose DMs are one chat with @bakerbob (55) and one group chat."""
+    data = root / "data"
+    if tweets:
+        shutil.copytree(ARCHIVE / "data", data)
+    else:
+        data.mkdir(parents=True)
+        shutil.copy(ARCHIVE / "data" / "account.js", data / "account.js")
+    if not account:
+        (data / "account.js").unlink()
+    chat = {
+        "conversationId": "55-4242",
+        "messages": [  # newest first, as the archive lists them
+            _dm(
+                1005,
+                "4242",
+                "https://t.co/pic1",
+                "2023-05-02T18:06:00.000Z",
+                mediaUrls=["https://ton.twitter.com/pic1.jpg"],
+            ),
+            _dm(
+                1004,
+                "4242",
+                "recipe is here https://t.co/abc",
+                "2023-05-02T18:05:00.000Z",
+                urls=[{"url": "https://t.co/abc", "expanded": "https://example.com/rye"}],
+            ),
+            _dm(1003, "4242", "rye &amp; caraway, obviously", "2023-05-02T18:05:00.000Z"),
+            _dm(1002, "55", "which bread for sunday?", "2023-05-02T18:00:00.000Z"),
+            _dm(1001, "55", "hey zoe", "2023-05-02T17:59:00.000Z"),
+        ],
+    }
+    group = {
+        "conversationId": "g-1",
+        "messages": [
+            _dm(2003, "4242", "count me in", "2023-05-03T09:02:00.000Z"),
+            _dm(2002, "999", "picnic saturday?", "2023-05-03T09:01:00.000Z"),
+            {"joinConversation": {"initiatingUserId": "999", "createdAt": "2023-05-03T09:00Z"}},
+        ],
+    }
+    (data / "direct-messages.js").write_text(
+        "window.YTD.direct_messages.part0 = " + json.dumps([{"dmConversation": chat}])
+    )
+    (data / "direct-messages-group.js").write_text(
+        "window.YTD.direct_messages_group.part0 = " + json.dumps([{"dmConversation": group}])
+    )
+    return data
+
+
+def test_direct_messages_are_conversations_with_the_people_in_them(tmp_path: Path) -> None:
+    _dm_archive(tmp_path)
+    convs = _convs(tmp_path)
+    # the posts first, as before; then each DM conversation, file by file
+    assert [c.id for c in convs] == [
+        "twitter/100",
+        "twitter/102",
+        "twitter/103",
+        "twitter/107",
+        "twitter/108",
+        "twitter/dm/55-4242",
+        "twitter/dm/g-1",
+    ]
+    chat, group = convs[-2:]
+    # 55 is @bakerbob: a post of Zoë's answered him, so the archive knows his handle
+    assert [(m.sender, m.text) for m in chat.messages] == [
+        ("@bakerbob", "hey zoe"),
+        ("@bakerbob", "which bread for sunday?"),
+        (ZOE, "rye & caraway, obviously"),  # same minute: the lower id first
+        (ZOE, "recipe is here https://example.com/rye"),
+    ]
+    assert chat.participants == [ZOE, "@bakerbob"]
+    assert chat.title == "DM with @bakerbob"
+    assert not chat.is_group
+    assert chat.dropped == {"media": 1}
+    # nobody's handle for 999: the account id stands in
+    assert [(m.sender, m.text) for m in group.messages] == [
+        ("999", "picnic saturday?"),
+        (ZOE, "count me in"),
+    ]
+    assert group.is_group
+    assert group.dropped == {"system": 1}
+
+
+def test_direct_messages_make_ordinary_chat_examples(tmp_path: Path) -> None:
+    _dm_archive(tmp_path)
+    examples = [
+        e.messages[1:]
+        for e in build_examples(_convs(tmp_path), "@zoemartin")
+        if e.conversation_id.startswith("twitter/dm/")
+    ]
+    assert examples == [
+        [
+            {"role": "user", "content": "hey zoe\nwhich bread for sunday?"},
+            {
+                "role": "assistant",
+                "content": "rye & caraway, obviously\nrecipe is here https://example.com/rye",
+            },
+        ],
+        [
+            {"role": "user", "content": "999: picnic saturday?"},
+            {"role": "assistant", "content": "count me in"},
+        ],
+    ]
+
+
+def test_an_archive_of_only_direct_messages_given_by_its_file(tmp_path: Path) -> None:
+    data = _dm_archive(tmp_path, tweets=False)
+    by_folder = [(c.id, c.messages) for c in _convs(tmp_path)]
+    assert [cid for cid, _ in by_folder] == ["twitter/dm/55-4242", "twitter/dm/g-1"]
+    # no posts: nothing to name 55 after
+    assert by_folder[0][1][0].sender == "55"
+    assert [(c.id, c.messages) for c in _convs(data / "direct-messages.js")] == by_folder
+
+
+def test_without_account_js_your_dms_are_under_your_account_id(tmp_path: Path) -> None:
+    _dm_archive(tmp_path, tweets=False, account=False)
+    convs = _convs(tmp_path)
+    assert {m.sender for c in convs for m in c.messages} == {"4242", "55", "999"}
+    examples = list(build_examples(convs, "4242"))
+    assert [e.messages[-1]["content"] for e in examples] == [
+        "rye & caraway, obviously\nrecipe is here https://example.com/rye",
+        "count me in",
+    ]
+
+
+def test_a_malformed_conversation_is_a_located_error(tmp_path: Path) -> None:
+    data = _dm_archive(tmp_path)
+    (data / "direct-messages-group.js").write_text(
+        'window.YTD.direct_messages_group.part0 = [{"dmConversation": {"conversationId": "g"}}]'
+    )
+    with pytest.raises(ImportErrorMessage) as err:
+        _convs(tmp_path)
+    assert str(err.value) == (
+        f"{data / 'direct-messages-group.js'}: conversation 1 is malformed ('messages')"
     )

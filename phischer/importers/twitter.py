@@ -1,5 +1,9 @@
 """X / Twitter archive: `data/tweets.js` (+ `tweets-partN.js`; older archives: `tweet.js`).
 
+Direct messages (`direct-messages.js`, `direct-messages-group.js`) are real conversations and
+become ordinary chats; people appear by account id, or by @handle when a post of yours
+mentioned or answered them (`_handles`).
+
 Posts longer than 280 characters ("long posts", since 2023) are cut short in tweets.js, their
 whole text kept in `data/note-tweet.js`: a cut post takes the note posted in the same second
 whose text it begins (see `_with_note`).
@@ -36,6 +40,12 @@ FALLBACK_OWNER = "me"
 
 _TWEET_FILES = ("tweets.js", "tweets-part*.js", "tweet.js", "tweet-part*.js")
 _NOTE_FILES = ("note-tweet.js", "note-tweet-part*.js")
+_DM_FILES = (
+    "direct-messages.js",
+    "direct-messages-part*.js",
+    "direct-messages-group.js",
+    "direct-messages-group-part*.js",
+)
 _YTD_PREFIX = re.compile(r"^\s*window\.YTD\.[\w.]+\s*=\s*")
 _REPLY_PREFIX = re.compile(r"^(?:\.?@\w{1,50}[\s,:]+)+")
 _TRAILING_TCO = re.compile(r"(?:\s*https?://t\.co/\w+)+\s*$")
@@ -143,32 +153,27 @@ def _load_ytd(export: Export, name: str) -> list[Any]:
     return data
 
 
-def _tweet_files(path: Path) -> list[Path]:
-    """A tweets file given alone, with its sibling tweets files (the parts of one archive)."""
-    # The archive splits big histories over tweets.js, tweets-part1.js, …: a folder or zip
-    # import reads them all, so the path of one of them reads its siblings too (same
-    # folder, same patterns as a folder import, not recursive).
-    if not any(fnmatch.fnmatchcase(path.name, p) for p in _TWEET_FILES):
+def _data_files(export: Export, patterns: tuple[str, ...]) -> list[tuple[Export, str]]:
+    """(export, member) for each of the archive's data files matching `patterns`."""
+    if export.kind != "file":
+        return [(export, n) for pattern in patterns for n in export.members(pattern)]
+    # A data file given alone stands for its archive: the archive splits big histories over
+    # tweets.js, tweets-part1.js, … and keeps DMs and long posts in files of their own, so
+    # the files beside it are read as a folder import would (same patterns, not recursive),
+    # each opened as a file of its own (a single file holds nothing open: no closing).
+    path = export.path
+    if not any(fnmatch.fnmatchcase(path.name, p) for p in _TWEET_FILES + _DM_FILES):
         return []
     try:
         names = sorted(os.listdir(path.parent))
     except OSError:
-        return [path]
-    siblings = [
-        path.parent / n
-        for pattern in _TWEET_FILES
+        names = [path.name]
+    return [
+        (open_export(path.parent / n), n)
+        for pattern in patterns
         for n in names
         if fnmatch.fnmatchcase(n, pattern) and (path.parent / n).is_file()
     ]
-    return siblings or [path]
-
-
-def _sources(export: Export) -> list[tuple[Export, str]]:
-    # (export, member) for every tweets file to read; a single file brings its siblings,
-    # each opened as a file of its own (a single file holds nothing open: no closing).
-    if export.kind != "file":
-        return [(export, n) for pattern in _TWEET_FILES for n in export.members(pattern)]
-    return [(open_export(p), p.name) for p in _tweet_files(export.path)]
 
 
 def _owner(export: Export) -> Message:
@@ -211,21 +216,8 @@ Notes = dict[dt.datetime, list[dict[str, Any]]]
 
 def _notes(export: Export) -> Notes:
     """The archive's long posts (`noteTweet` items), by the second they were posted."""
-    if export.kind == "file":  # tweets.js given alone: look beside it, as for account.js
-        try:
-            names = sorted(os.listdir(export.path.parent))
-        except OSError:
-            names = []
-        sources = [
-            (open_export(export.path.parent / n), n)
-            for pattern in _NOTE_FILES
-            for n in names
-            if fnmatch.fnmatchcase(n, pattern) and (export.path.parent / n).is_file()
-        ]
-    else:
-        sources = [(export, n) for pattern in _NOTE_FILES for n in export.members(pattern)]
     notes: Notes = {}
-    for source, name in sources:
+    for source, name in _data_files(export, _NOTE_FILES):
         for i, item in enumerate(_load_ytd(source, name), 1):
             note = item.get("noteTweet", item) if isinstance(item, dict) else None
             core = note.get("core") if isinstance(note, dict) else None
@@ -351,13 +343,14 @@ def _keep(
 
 @register("twitter")
 def import_twitter(path: Path) -> Iterator[Conversation]:
-    """Yield one Conversation per standalone post or self-thread, each opened by a topic prompt."""
+    """Yield a Conversation per post or self-thread (opened by a topic prompt), then per DM."""
     with open_export(path) as export:
-        sources = _sources(export)
-        if not sources:
+        sources = _data_files(export, _TWEET_FILES)
+        has_dms = bool(_data_files(export, _DM_FILES))
+        if not sources and not has_dms:
             raise ImportErrorMessage(
-                f"No tweets in {path}: expected data/tweets.js (or tweet.js) from the X/Twitter "
-                "archive"
+                f"No tweets or direct messages in {path}: expected data/tweets.js (or tweet.js) "
+                "or data/direct-messages.js from the X/Twitter archive"
             )
         owner = _owner(export)
         notes = _notes(export)
@@ -423,3 +416,88 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
         yield Conversation(
             id="twitter/dropped", title="", participants=[owner.sender], dropped=dropped
         )
+    if has_dms:
+        # Read again, file by file: only one DM file's conversations are held at a time.
+        handles = _handles(kept.values())
+        with open_export(path) as export:
+            for source, name in _data_files(export, _DM_FILES):
+                yield from _dm_file(source, name, owner, handles)
+
+
+def _handles(posts: Any) -> dict[str, str]:
+    """@handles by account id, from the mentions and reply targets of your posts."""
+    # DMs name people by account id only; someone you mentioned or answered has a handle.
+    handles: dict[str, str] = {}
+    for _when, _text, tweet in posts:
+        for mention in (tweet.get("entities") or {}).get("user_mentions") or []:
+            if isinstance(mention, dict) and mention.get("id_str") and mention.get("screen_name"):
+                handles[str(mention["id_str"])] = "@" + str(mention["screen_name"])
+        uid, name = tweet.get("in_reply_to_user_id_str"), tweet.get("in_reply_to_screen_name")
+        if uid and name:
+            handles[str(uid)] = "@" + str(name)
+    return handles
+
+
+def _dm_file(
+    source: Export, name: str, owner: Message, handles: dict[str, str]
+) -> Iterator[Conversation]:
+    """The conversations of one direct-messages file."""
+    group = fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], "direct-messages-group*.js")
+    for i, item in enumerate(_load_ytd(source, name), 1):
+        try:
+            conv = _dm_conversation(item, owner, handles, group)
+        except MALFORMED as exc:
+            raise ImportErrorMessage(
+                f"{source.where(name)}: conversation {i} is malformed ({exc})"
+            ) from None
+        yield conv
+
+
+def _dm_conversation(
+    item: dict[str, Any], owner: Message, handles: dict[str, str], group: bool
+) -> Conversation:
+    """One DM conversation: your messages under your name, the others' under their handle or id."""
+    dm = item["dmConversation"]
+    conv = Conversation(
+        id=f"twitter/dm/{dm['conversationId']}", title="", participants=[], is_group=group
+    )
+    rows: list[tuple[dt.datetime, int, Message]] = []
+    for entry in dm["messages"]:
+        create = entry.get("messageCreate")
+        if create is None:  # a group's joins, leaves and renames
+            conv.drop("system")
+            continue
+        links = create.get("urls") or []
+        text = clean_text(
+            {
+                "full_text": create.get("text") or "",
+                "entities": {
+                    "urls": [
+                        {"url": u.get("url"), "expanded_url": u.get("expanded")}
+                        for u in links
+                        if isinstance(u, dict)
+                    ]
+                },
+            }
+        )
+        if not text:
+            conv.drop("media" if create.get("mediaUrls") else "empty")
+            continue
+        when = _parse_time(create.get("createdAt"))
+        if when is None:
+            conv.drop("no timestamp")
+            continue
+        sender = str(create["senderId"])
+        if sender == owner.sender_id:
+            msg = Message(owner.sender, text, when, owner.sender_id, owner.aliases)
+        else:
+            msg = Message(handles.get(sender, sender), text, when, sender)
+        # The archive lists a conversation newest first; ids grow with time and break ties.
+        mid = str(create.get("id") or "")
+        rows.append((when, int(mid) if mid.isdigit() else 0, msg))
+    rows.sort(key=lambda row: row[:2])
+    conv.messages = [msg for _when, _mid, msg in rows]
+    others = sorted({m.sender for m in conv.messages if m.sender != owner.sender})
+    conv.participants = [owner.sender, *others]
+    conv.title = "DM with " + ", ".join(others) if others else "DM"
+    return conv
