@@ -16,6 +16,8 @@ from phischer.importers.twitter import PROMPT_SENDER, key_phrases, topic_prompt
 
 ARCHIVE = Path(__file__).parent / "fixtures" / "twitter"
 ZOE = "Zoë Martín"
+# The fixture archive's posts and self-threads, in time order.
+POSTS = ["twitter/100", "twitter/102", "twitter/103", "twitter/107", "twitter/108"]
 
 
 def _convs(path: Path = ARCHIVE) -> list:
@@ -24,13 +26,7 @@ def _convs(path: Path = ARCHIVE) -> list:
 
 def test_posts_become_prompted_conversations_in_time_order() -> None:
     convs = _convs()
-    assert [c.id for c in convs] == [
-        "twitter/100",
-        "twitter/102",
-        "twitter/103",
-        "twitter/107",
-        "twitter/108",
-    ]
+    assert [c.id for c in convs] == POSTS
     assert [[(m.sender, m.text) for m in c.messages] for c in convs] == [
         [
             (
@@ -387,15 +383,7 @@ def test_direct_messages_are_conversations_with_the_people_in_them(tmp_path: Pat
     _dm_archive(tmp_path)
     convs = _convs(tmp_path)
     # the posts first, as before; then each DM conversation, file by file
-    assert [c.id for c in convs] == [
-        "twitter/100",
-        "twitter/102",
-        "twitter/103",
-        "twitter/107",
-        "twitter/108",
-        "twitter/dm/55-4242",
-        "twitter/dm/g-1",
-    ]
+    assert [c.id for c in convs] == [*POSTS, "twitter/dm/55-4242", "twitter/dm/g-1"]
     chat, group = convs[-2:]
     # 55 is @bakerbob: a post of Zoë's answered him, so the archive knows his handle
     assert [(m.sender, m.text) for m in chat.messages] == [
