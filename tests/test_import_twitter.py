@@ -457,3 +457,27 @@ def test_a_malformed_conversation_is_a_located_error(tmp_path: Path) -> None:
     assert str(err.value) == (
         f"{data / 'direct-messages-group.js'}: conversation 1 is malformed ('messages')"
     )
+
+
+def test_odd_mentions_in_posts_name_nobody_and_break_nothing(tmp_path: Path) -> None:
+    data = _dm_archive(tmp_path)
+    (data / "tweets-part2.js").write_text(
+        "window.YTD.tweets.part2 = "
+        + json.dumps(
+            [
+                {
+                    "tweet": {
+                        "id_str": str(400 + i),
+                        "created_at": "Mon May 01 09:00:00 +0000 2023",
+                        "full_text": f"odd post {i}",
+                        "entities": {"user_mentions": mentions},
+                    }
+                }
+                for i, mentions in enumerate(
+                    [5, "x", [7, {"id_str": {}, "screen_name": "a"}], [{"id_str": "999"}]]
+                )
+            ]
+        )
+    )
+    group = _convs(tmp_path)[-1]
+    assert [m.sender for m in group.messages] == ["999", ZOE]

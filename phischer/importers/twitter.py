@@ -429,12 +429,17 @@ def _handles(posts: Any) -> dict[str, str]:
     # DMs name people by account id only; someone you mentioned or answered has a handle.
     handles: dict[str, str] = {}
     for _when, _text, tweet in posts:
-        for mention in (tweet.get("entities") or {}).get("user_mentions") or []:
-            if isinstance(mention, dict) and mention.get("id_str") and mention.get("screen_name"):
-                handles[str(mention["id_str"])] = "@" + str(mention["screen_name"])
-        uid, name = tweet.get("in_reply_to_user_id_str"), tweet.get("in_reply_to_screen_name")
-        if uid and name:
-            handles[str(uid)] = "@" + str(name)
+        mentions = (tweet.get("entities") or {}).get("user_mentions")
+        pairs = [
+            (m.get("id_str"), m.get("screen_name"))
+            for m in (mentions if isinstance(mentions, list) else [])
+            if isinstance(m, dict)
+        ]
+        pairs.append((tweet.get("in_reply_to_user_id_str"), tweet.get("in_reply_to_screen_name")))
+        for uid, name in pairs:
+            # An edited archive may hold anything here: only ids and names that are text.
+            if isinstance(uid, str | int) and uid != "" and isinstance(name, str) and name:
+                handles[str(uid)] = "@" + name
     return handles
 
 
