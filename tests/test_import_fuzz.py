@@ -71,6 +71,7 @@ SOURCES = {
     "messenger": Source("messenger", FIXTURES / "messenger", "Zoë Martín"),
     "messenger_e2ee": Source("messenger", FIXTURES / "messenger_e2ee", "Zoë Martín"),
     "twitter": Source("twitter", FIXTURES / "twitter", "zoemartin"),
+    "twitter_dms": Source("twitter", FIXTURES / "twitter_dms", "zoemartin"),
     "discord_json": Source("discord", FIXTURES / "discord" / "json", "River"),
     "discord_csv": Source("discord", FIXTURES / "discord" / "csv", "river.song"),
     "whatsapp_ios": Source("whatsapp", WHATSAPP / "ios_group", "ben okafor", "Book Club.zip"),
@@ -632,7 +633,7 @@ def test_messenger_import_contract(mutant: Mutant, ascii_only: bool) -> None:
 # year 1 before the calendar (OverflowError); a post id with "\x1e" (the .conversations
 # file then had more lines than the dataset for `dataset split`).
 @FUZZ
-@_fuzz_import("twitter")
+@_fuzz_import("twitter", "twitter_dms")
 @example(Mutant("twitter", "data/account.js", (("set", (0, "account"), None),)), True)
 @example(Mutant("twitter", "data/account.js", (("set", (0, "account", "accountId"), {}),)), True)
 @example(Mutant("twitter", "data/tweets.js", (("set", (0, "tweet", "full_text"), 5),)), True)
