@@ -499,7 +499,8 @@ def _dm_conversation(
             msg = Message(handles.get(sender, sender), text, when, sender)
         # The archive lists a conversation newest first; ids grow with time and break ties.
         mid = str(create.get("id") or "")
-        rows.append((when, int(mid) if mid.isdigit() else 0, msg))
+        order = int(mid) if mid.isascii() and mid.isdigit() and len(mid) < 40 else 0
+        rows.append((when, order, msg))
     rows.sort(key=lambda row: row[:2])
     conv.messages = [msg for _when, _mid, msg in rows]
     others = sorted({m.sender for m in conv.messages if m.sender != owner.sender})
