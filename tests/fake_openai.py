@@ -118,6 +118,9 @@ class FakeOpenAI:
         self.status_code = 500
         self.delay = 0.0
         self.responder: Callable[[dict[str, Any]], str] = echo
+        # Models that answer like OpenAI's reasoning models: a 400 naming `max_tokens`
+        # (they take max_completion_tokens) or a temperature other than 1.
+        self.reasoning_models: set[str] = set()
         # Files and fine-tuning.
         self.files: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -242,6 +245,10 @@ class FakeOpenAI:
             code = self.status_code
             return code, error_body(f"fake {code}", "server_error"), {}
         body = rec.json()
+        if body.get("model") in self.reasoning_models:
+            refused = _reasoning_refusal(body)
+            if refused is not None:
+                return 400, refused, {}
         content = "" if self.behaviour == "empty" else self.responder(body)
         completion = {
             "id": "chatcmpl-fake",
@@ -334,6 +341,25 @@ class FakeOpenAI:
             "purpose": fields.get("purpose"),
             "status": "processed",
         }
+
+
+def _reasoning_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's 400 for a parameter a reasoning model does not take (None: it takes them all)."""
+    if "max_tokens" in body:
+        return error_body(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            param="max_tokens",
+            code="unsupported_parameter",
+        )
+    if body.get("temperature", 1) != 1:
+        return error_body(
+            f"Unsupported value: 'temperature' does not support {body['temperature']} with "
+            "this model. Only the default (1) value is supported.",
+            param="temperature",
+            code="unsupported_value",
+        )
+    return None
 
 
 def _page(data: list[dict[str, Any]], query: dict[str, list[str]]) -> dict[str, Any]:

@@ -145,6 +145,46 @@ def test_temperature_and_max_tokens_from_persona(llm_app, fake_openai, database,
     assert (call["temperature"], call["max_tokens"]) == (0.3, 64)
 
 
+def test_a_reasoning_model_gets_the_parameters_it_takes(
+    llm_app, fake_openai, database, twilio_post
+):
+    from phischer.models import Persona
+
+    with database.write() as session:
+        ada = session.scalar(sa.select(Persona).where(Persona.name == "Ada"))
+        ada.model, ada.temperature, ada.max_tokens = "o4-mini", 0.3, 64
+    fake_openai.reasoning_models = {"o4-mini"}
+    app = llm_app()
+    assert twilio_post("hi", target=app).replies == ["echo: hi"]
+    # Each 400 names what the model refuses; the same text is sent again without it at once.
+    assert [
+        (c.get("max_tokens"), c.get("max_completion_tokens"), c.get("temperature"))
+        for c in fake_openai.chat_calls
+    ] == [(64, None, 0.3), (None, 64, 0.3), (None, 64, None)]
+    # Remembered: the next text goes out in the right shape the first time.
+    assert twilio_post("again", target=app).replies == ["echo: again"]
+    last = fake_openai.chat_calls[3:]
+    assert [(c.get("max_completion_tokens"), "temperature" in c) for c in last] == [(64, False)]
+    assert [m.error for m in stored(app) if m.direction == "in"] == [None, None]
+
+
+def test_a_400_for_anything_else_is_a_recorded_failure_not_a_loop(
+    llm_app, fake_openai, database, twilio_post
+):
+    from phischer.models import Persona
+
+    with database.write() as session:
+        ada = session.scalar(sa.select(Persona).where(Persona.name == "Ada"))
+        ada.model, ada.temperature = "o4-mini", 1.0
+    fake_openai.reasoning_models = {"o4-mini"}
+    fake_openai.fail("POST", "/v1/chat/completions", 400, "messages: too long")
+    app = llm_app()
+    twilio_post("hi", target=app)
+    assert len(fake_openai.chat_calls) == 1
+    inbound = [m for m in stored(app) if m.direction == "in"]
+    assert inbound[-1].error == "model server error 400: messages: too long"
+
+
 def test_persona_api_key_env(llm_app, fake_openai, database, twilio_post, monkeypatch):
     from phischer.models import Persona
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,11 @@ LOCAL_PLACEHOLDER_KEY = "not-needed"
 # Another attempt is only worth starting with at least this much of the deadline left.
 MIN_ATTEMPT_S = 0.5
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# What OpenAI's reasoning models (o-series, gpt-5…) refuse with a 400 naming the parameter,
+# and what the call does instead: the length cap has a new name, the temperature must go.
+ADAPTATIONS = {"max_tokens": "max_completion_tokens", "temperature": None}
+
+log = logging.getLogger(__name__)
 
 
 class OpenAIBackend:
@@ -43,6 +49,8 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self._clients: dict[tuple[str, str], openai.OpenAI] = {}
         self._lock = threading.Lock()
+        # Parameters a model refused, by (base URL, model): later calls adapt up front.
+        self._refused: dict[tuple[str, str], set[str]] = {}
 
     def _endpoint(self, persona: PersonaView) -> tuple[str, str]:
         base_url = persona.base_url or self.base_url or OPENAI_URL
@@ -84,13 +92,17 @@ class OpenAIBackend:
                 f"persona {persona.name} has no model: `phischer persona add --model`"
             )
         client = self.client(persona)
+        key = (str(client.base_url), persona.model)
         kwargs: dict[str, object] = {}
         if persona.temperature is not None:
             kwargs["temperature"] = persona.temperature
         if persona.max_tokens is not None:
             kwargs["max_tokens"] = persona.max_tokens
+        for param in self._refused.get(key, ()):
+            _adapt(kwargs, param)
         deadline = time.monotonic() + self.timeout_s
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             try:
                 completion = client.chat.completions.create(
                     model=persona.model,
@@ -101,6 +113,15 @@ class OpenAIBackend:
                 break
             except openai.APITimeoutError:  # before APIConnectionError: it is a subclass
                 raise BackendError(f"model timed out after {self.timeout_s:g} s") from None
+            except openai.BadRequestError as exc:
+                param = exc.param if isinstance(exc.param, str) else None
+                if param not in kwargs or param not in ADAPTATIONS:
+                    raise _describe(exc) from None
+                # Not a retry: the same request in the form this model takes, at once.
+                _adapt(kwargs, param)
+                with self._lock:
+                    self._refused.setdefault(key, set()).add(param)
+                log.info("Model %s refuses %s: %s", persona.model, param, _detail(exc))
             except openai.OpenAIError as exc:
                 error = _describe(exc)
                 wait = _retry_wait(exc, attempt)
@@ -108,6 +129,7 @@ class OpenAIBackend:
                 if last or wait is None or time.monotonic() + wait + MIN_ATTEMPT_S > deadline:
                     raise error from None
                 time.sleep(wait)
+                attempt += 1
         choice = completion.choices[0] if completion.choices else None
         text = (choice.message.content or "").strip() if choice and choice.message else ""
         if not text:
@@ -119,6 +141,14 @@ class OpenAIBackend:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
         )
+
+
+def _adapt(kwargs: dict[str, object], param: str) -> None:
+    """Rename or drop `param` in the call's arguments, as ADAPTATIONS says."""
+    value = kwargs.pop(param, None)
+    renamed = ADAPTATIONS.get(param)
+    if renamed is not None and value is not None:
+        kwargs[renamed] = value
 
 
 def _describe(exc: openai.OpenAIError) -> BackendError:
