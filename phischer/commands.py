@@ -25,6 +25,19 @@ class Command:
     action: str
     keyword: str | None = None
     text: str = ""
+    # Twilio answered it already (Advanced Opt-Out sends its own STOP/START/HELP replies).
+    answered: bool = False
+
+
+# Twilio's OptOutType webhook parameter (sent with Advanced Opt-Out, for its keywords in any
+# language) and the command each value means.
+OPT_OUT_TYPES = {"STOP": "optout", "START": "optin", "HELP": "help"}
+
+
+def twilio_keyword(body: str, opt_out_type: str) -> Command | None:
+    """The command Twilio recognised in this text (OptOutType), if it recognised one."""
+    action = OPT_OUT_TYPES.get(opt_out_type.strip().upper())
+    return Command(action, text=body.strip(), answered=True) if action else None
 
 
 def parse(body: str) -> Command:

@@ -13,7 +13,7 @@ from typing import Any
 
 from phischer.backends import Backends
 from phischer.backends.base import Backend, BackendError, PersonaView, Reply
-from phischer.commands import Command, parse
+from phischer.commands import Command, parse, twilio_keyword
 from phischer.config import Settings, mask_number, normalize_number
 from phischer.db import Database
 from phischer.models import utcnow
@@ -49,6 +49,7 @@ class Inbound:
     sid: str
     body: str
     num_media: int = 0
+    opt_out_type: str = ""  # Twilio's OptOutType: STOP, START or HELP (Advanced Opt-Out)
 
 
 @dataclass
@@ -86,7 +87,8 @@ class SmsService:
         # A persona refresh (once a second) is a query: not under the write lock, which
         # every text of every worker waits for.
         self.personas.fresh()
-        decision = self._record(msg, parse(msg.body))
+        command = twilio_keyword(msg.body, msg.opt_out_type) or parse(msg.body)
+        decision = self._record(msg, command)
         if isinstance(decision, list):  # a retry of a MessageSid we already have
             return decision
         if decision.persona is None:
@@ -176,7 +178,9 @@ class SmsService:
             # "Yes" and "start" are ordinary answers from someone who never opted out.
             command = Command("chat", text=msg.body.strip())
         if command.action not in ("chat", "switch"):
-            return "command", "replied", self._command(contact, command, now), None
+            text = self._command(contact, command, now)
+            # Twilio's own reply went out already: a second one would only repeat it.
+            return "command", "replied", "" if command.answered else text, None
 
         persona = self.personas.for_contact(contact.persona_id)
         if command.action == "switch":

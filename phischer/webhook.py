@@ -47,7 +47,13 @@ def sms() -> Response:
         num_media = 0
     # PostgreSQL text cannot hold NUL; nobody types one, so it is dropped rather than refused.
     body = form.get("Body", "").replace("\x00", "")
-    inbound = Inbound(phone=phone, sid=sid, body=body, num_media=num_media)
+    inbound = Inbound(
+        phone=phone,
+        sid=sid,
+        body=body,
+        num_media=num_media,
+        opt_out_type=form.get("OptOutType", ""),
+    )
     return xml(twiml(*services.sms.handle(inbound)))
 
 

@@ -138,6 +138,43 @@ def test_every_opt_out_word(app, twilio_post, word):
     assert contact(app).opted_out is True
 
 
+def test_twilio_advanced_opt_out_keywords_in_any_language(app, twilio_post):
+    # With Advanced Opt-Out Twilio names what it recognised (OptOutType) and sends its own
+    # confirmation; phischer records it and stays silent, whatever the word was.
+    assert twilio_post("ARRET", OptOutType="STOP").replies == []
+    assert contact(app).opted_out is True
+    assert twilio_post("hey how are you").replies == []
+    assert twilio_post("AIDE", OptOutType="HELP").replies == []
+    assert twilio_post("COMMENCER", OptOutType="START").replies == []
+    assert contact(app).opted_out is False
+    assert twilio_post("AIDE", OptOutType="HELP").replies == []
+    assert twilio_post("hey how are you").replies == [
+        "Splendid, thank you! Knitting a scarf for the cat."
+    ]
+    kinds = [(m.direction, m.kind, m.status, m.body) for m in messages(app)]
+    assert kinds[:6] == [
+        ("in", "command", "replied", "ARRET"),
+        ("in", "optout", "ignored", "hey how are you"),
+        ("in", "optout", "ignored", "AIDE"),  # opted out: even HELP is only stored
+        ("in", "command", "replied", "COMMENCER"),
+        ("in", "command", "replied", "AIDE"),
+        ("in", "chat", "replied", "hey how are you"),
+    ]
+
+
+def test_twilio_opt_in_from_someone_never_opted_out_is_a_text(app, twilio_post):
+    # "yes" is one of Twilio's opt-in words; from a number that never opted out it is an answer.
+    assert len(twilio_post("yes", OptOutType="START").replies) == 1
+    assert [(m.kind, m.status) for m in messages(app) if m.direction == "in"] == [
+        ("chat", "replied")
+    ]
+
+
+def test_an_unknown_opt_out_type_changes_nothing(app, twilio_post):
+    assert twilio_post("HELP", OptOutType="SOMETHING").replies == [HELP_TEXT]
+    assert twilio_post("hello there", OptOutType="SOMETHING").replies != []
+
+
 def test_opt_out_is_per_number(app, twilio_post):
     twilio_post("STOP", from_="+15550101")
     assert twilio_post("good night", from_="+15550102").replies == [
