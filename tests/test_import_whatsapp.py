@@ -241,3 +241,69 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         "whatsapp:Book Club#1",
     ]
     assert "Dropped: 10  (media 5, system 2, deleted 2, call 1)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("lines", "kept"),
+    [
+        (  # German
+            [
+                "Lena: bist du heute da?",
+                "Jo: <Medien ausgeschlossen>",
+                "Jo: IMG-20240105-WA0001.jpg (Datei angehängt)",
+                "Lena: Diese Nachricht wurde gelöscht",
+                "Jo: Du hast diese Nachricht gelöscht",
+                "Jo: Standort: https://maps.google.com/?q=52.5,13.4",
+                "Jo: ja, ab acht <Diese Nachricht wurde bearbeitet>",
+            ],
+            [("Lena", "bist du heute da?"), ("Jo", "ja, ab acht")],
+        ),
+        (  # Spanish
+            [
+                "Lena: ¿vienes hoy?",
+                "Jo: <Multimedia omitido>",
+                "Jo: Se eliminó este mensaje.",
+                "Lena: Eliminaste este mensaje.",
+                "Jo: ubicación: https://maps.google.com/?q=40.4,-3.7",
+                "Jo: sí, a las ocho",
+            ],
+            [("Lena", "¿vienes hoy?"), ("Jo", "sí, a las ocho")],
+        ),
+        (  # French, Portuguese, Italian, Dutch
+            [
+                "Lena: on y va ?",
+                "Jo: <Médias omis>",
+                "Jo: Ce message a été supprimé",
+                "Jo: <Arquivo de mídia oculto>",
+                "Jo: <Mídia oculta>",
+                "Jo: Esta mensagem foi apagada",
+                "Jo: <Media omessi>",
+                "Jo: Questo messaggio è stato eliminato",
+                "Jo: <Media weggelaten>",
+                "Jo: oui !",
+            ],
+            [("Lena", "on y va ?"), ("Jo", "oui !")],
+        ),
+    ],
+)
+def test_android_placeholders_in_other_languages_are_dropped(
+    tmp_path: Path, lines: list[str], kept: list[tuple[str, str]]
+) -> None:
+    chat = tmp_path / "chat.txt"
+    chat.write_text(
+        "".join(f"05.01.24, 20:{i:02d} - {line}\n" for i, line in enumerate(lines)),
+        encoding="utf-8",
+    )
+    (conv,) = import_whatsapp(chat)
+    assert [(m.sender, m.text) for m in conv.messages] == kept
+    assert sum(conv.dropped.values()) == len(lines) - len(kept)
+    assert set(conv.dropped) <= {"media", "deleted"}
+
+
+def test_the_edited_mark_goes_on_the_last_line_too(tmp_path: Path) -> None:
+    chat = tmp_path / "chat.txt"
+    chat.write_text(
+        "1/5/24, 8:00 PM - Sam: coming?\n1/5/24, 8:01 PM - Jo: yes <This message was edited>\n"
+    )
+    (conv,) = import_whatsapp(chat)
+    assert [m.text for m in conv.messages] == ["coming?", "yes"]

@@ -32,19 +32,32 @@ _TIME_PARTS = re.compile(
     r"^(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(?:[\s\u202f\u00a0]*([AaPp])\.?\s?[Mm]\.?)?$"
 )
 
-# What WhatsApp writes in place of what "Export chat → Without media" left out.
+# What WhatsApp writes in place of what "Export chat → Without media" left out. It writes in
+# the phone's language: iOS marks its own lines with U+200E (dropped whatever the language,
+# see `_add_message`), Android does not, so its placeholders are listed in the languages
+# most exports come in (English, Spanish, German, French, Portuguese, Italian, Dutch).
 _MEDIA = re.compile(
-    r"^<[^<>]*omitted>$"  # Android: <Media omitted>, <View once message omitted>
+    r"^<(?:[^<>]*omitted|Multimedia omitido|Medien ausgeschlossen|Médias omis"
+    r"|Arquivo de mídia oculto|Mídia oculta|Media omessi|Media weggelaten)>$"  # Android
     r"|^<attached: [^<>]*>$"  # iOS, when exported with media
-    r"|^\S.*\.\w{2,5} \(file attached\)$"  # Android, when exported with media
+    # Android, when exported with media: "IMG-….jpg (file attached)"
+    r"|^\S.*\.\w{2,5} \((?:file attached|Datei angehängt|fichier joint|archivo adjunto"
+    r"|arquivo anexado)\)$"
     r"|^(?:image|video|audio|sticker|GIF|Contact card|video note) omitted$"  # iOS
     r"|^.+ document omitted$"  # iOS: "Report.pdf • 3 pages document omitted"
-    r"|^location: https?://\S+$",  # a shared location is a map link, not words
+    r"|^(?:location|Standort|ubicación): https?://\S+$",  # a map link, not words
     re.IGNORECASE,
 )
-_DELETED = re.compile(r"^(?:This message was deleted(?: by .+)?|You deleted this message)\.?$")
+_DELETED = re.compile(
+    r"^(?:This message was deleted(?: by .+)?|You deleted this message"
+    r"|Se eliminó este mensaje|Eliminaste este mensaje|Este mensaje fue eliminado"
+    r"|Diese Nachricht wurde gelöscht|Du hast diese Nachricht gelöscht"
+    r"|Ce message a été supprimé|Vous avez supprimé ce message"
+    r"|Esta mensagem foi apagada|Você apagou esta mensagem|Mensagem apagada"
+    r"|Questo messaggio è stato eliminato|Hai eliminato questo messaggio)\.?$"
+)
 _CALL = re.compile(r"^(?:Missed (?:voice|video) call|(?:Voice|Video) call)\b", re.IGNORECASE)
-_EDITED = re.compile(r"\s*<This message was edited>$")
+_EDITED = re.compile(r"\s*<(?:This message was edited|Diese Nachricht wurde bearbeitet)>$")
 # The encryption notice and its relatives; on iOS they come as a message "from" the chat's name.
 _NOTICE = re.compile(
     r"^(?:Messages and calls are end-to-end encrypted"
@@ -130,9 +143,9 @@ def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datet
     marked = header.marked or text.startswith("\u200e")
     if not text.isascii():
         text = text.translate(_BIDI)
+    text = text.strip()  # first: the chat's last line ends in the file's newline
     if text.endswith(">"):
         text = _EDITED.sub("", text)
-    text = text.strip()
     if _SYSTEM_PHRASE.search(sender) or _NOTICE.match(text):
         conv.drop("system")
     elif text.startswith("POLL:\n") and "\nOPTION: " in text:
