@@ -39,6 +39,7 @@ RESET_TEXT = "Fresh start: I've forgotten this conversation."
 KEYWORD_SHOWN = 30  # characters of an unknown #keyword echoed in "No #…"
 
 Result = tuple[Reply | None, str | None, int]  # (reply, error, latency in ms)
+Answer = tuple[str, int]  # a reply for the TwiML: (text, id of its stored row)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Decision:
 
     inbound_id: int
     contact_id: int
-    replies: list[str] = field(default_factory=list)
+    replies: list[Answer] = field(default_factory=list)
     persona: PersonaView | None = None
     reset_at: Any = None
     # Who may store the outcome: the process that stored the text (None: while the row's
@@ -81,8 +82,8 @@ class SmsService:
         # in create_app, so gunicorn never forks a running thread.
         self.sweeper = PerProcess(self._start_sweeper)
 
-    def handle(self, msg: Inbound) -> list[str]:
-        """Process a webhook call; return the bodies to answer with in TwiML (maybe none)."""
+    def handle(self, msg: Inbound) -> list[Answer]:
+        """Process a webhook call; return the replies to answer with in TwiML (maybe none)."""
         self.sweeper.get()
         # A persona refresh (once a second) is a query: not under the write lock, which
         # every text of every worker waits for.
@@ -111,7 +112,7 @@ class SmsService:
 
     # -- transaction 1: store the inbound text and apply commands --------------------------
 
-    def _record(self, msg: Inbound, command: Command) -> Decision | list[str]:
+    def _record(self, msg: Inbound, command: Command) -> Decision | list[Answer]:
         """Store the text and decide; for a MessageSid already stored, its earlier replies."""
         for attempt in (1, 2):
             try:
@@ -155,10 +156,10 @@ class SmsService:
         elif text:
             # A command's reply too must fit one Twilio message (a long persona list would not).
             text = fit_sms(text, self.settings.max_reply_chars)
-            store.insert_reply(
+            reply_id = store.insert_reply(
                 cur, inbound_id, contact.id, contact.persona_id, kind, text, "replied", now
             )
-            decision.replies.append(text)
+            decision.replies.append((text, reply_id))
         store.save_contact(cur, before, contact)
         return decision
 
@@ -242,7 +243,7 @@ class SmsService:
 
     # -- the model call and transaction 2 --------------------------------------------------
 
-    def _answer(self, msg: Inbound, decision: Decision) -> list[str]:
+    def _answer(self, msg: Inbound, decision: Decision) -> list[Answer]:
         backend, failure = self._backend_for(decision)
         if failure is not None:
             return self._reply_now(decision, failure)
@@ -325,10 +326,10 @@ class SmsService:
         log.warning("Persona %s failed to answer: %s", persona.name, error)
         return None, error, _ms(start)
 
-    def _reply_now(self, decision: Decision, result: Result) -> list[str]:
+    def _reply_now(self, decision: Decision, result: Result) -> list[Answer]:
         """Store an inline reply and return it for the TwiML (nothing if the text was taken)."""
         stored = self._store(decision, result, via_rest=False)
-        return [stored[0]] if stored else []
+        return [stored] if stored else []
 
     def _store(
         self, decision: Decision, result: Result, *, via_rest: bool
@@ -405,7 +406,7 @@ class SmsService:
         reply is an hour old (`recovery.retry_send`). Returns the status recorded.
         """
         try:
-            sid = self.sender.send(phone, text)
+            sid = self.sender.send(phone, text, reply_id=out_id)
             values: dict[str, object] = {"status": "sent", "message_sid": sid, "error": None}
         except SendError as exc:
             now = utcnow()

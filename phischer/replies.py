@@ -6,6 +6,7 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Sequence
 
 import requests
 from twilio.twiml.messaging_response import MessagingResponse
@@ -51,6 +52,24 @@ def twiml(*bodies: str) -> str:
     return str(response)
 
 
+# Where Twilio reports what became of a reply (its status callback). Relative in the TwiML:
+# Twilio resolves it against the webhook's own URL, so it works behind any public URL.
+STATUS_PATH = "sms/status"
+
+
+def twiml_replies(replies: Sequence[tuple[str, int]]) -> str:
+    """TwiML for (text, reply id) pairs; each <Message> asks for status callbacks for its row."""
+    doc = twiml(*(text for text, _ in replies))
+    # The document is cached per texts; only the ids differ. A body cannot hold "<Message>"
+    # (it is escaped), so the tags split the document into one part per message kept.
+    ids = [rid for text, rid in replies if NOT_XML.sub("", text)]
+    head, *parts = doc.split("<Message>")
+    return head + "".join(
+        f'<Message action="{STATUS_PATH}?reply={rid}">{part}'
+        for rid, part in zip(ids, parts, strict=True)
+    )
+
+
 class SendError(Exception):
     """The REST send failed; the message row records why."""
 
@@ -70,12 +89,20 @@ class RestSender:
         retry_delays_s: tuple[float, ...] = (1.0, 4.0),
         timeout_s: float | None = None,  # per request; None: twilio_client's default
     ) -> None:
+        from phischer.security import PublicUrl
+
         self.settings = settings
         self.retry_delays_s = retry_delays_s
         self.timeout_s = timeout_s
+        self.public_url = PublicUrl(settings)
         self._client = None
 
-    def send(self, to: str, body: str) -> str:
+    def status_callback(self, reply_id: int) -> str | None:
+        """The absolute status-callback URL for a reply, when the server has a public URL."""
+        base = self.public_url.get()
+        return f"{base}/{STATUS_PATH}?reply={reply_id}" if base else None
+
+    def send(self, to: str, body: str, reply_id: int | None = None) -> str:
         """Send `body` to `to`; return the Message SID or raise SendError.
 
         Connection errors, 429 and 5xx are retried (Twilio creates no message then, so a
@@ -92,8 +119,12 @@ class RestSender:
                     self._client = make_twilio_client(
                         self.settings, self.timeout_s or TWILIO_HTTP_TIMEOUT_S
                     )
+                extra = {}
+                callback = self.status_callback(reply_id) if reply_id is not None else None
+                if callback:
+                    extra["status_callback"] = callback
                 message = self._client.messages.create(
-                    to=to, from_=self.settings.twilio_phone_number, body=body
+                    to=to, from_=self.settings.twilio_phone_number, body=body, **extra
                 )
                 return str(message.sid)
             except Exception as exc:  # TwilioRestException, requests' errors, config errors

@@ -306,19 +306,29 @@ class Store:
         cur.execute(self.sql(query), params)
         return [(d, b, self.parse_ts(c)) for d, b, c in cur.fetchall()]
 
-    def replies_to(self, cur: Any, sid: str) -> list[str] | None:
-        """Replies already stored for an inbound MessageSid (None: no such inbound)."""
+    def replies_to(self, cur: Any, sid: str) -> list[tuple[str, int]] | None:
+        """(body, id) of the replies already stored for an inbound MessageSid (None: no such
+        inbound)."""
         cur.execute(self.sql("SELECT id FROM messages WHERE message_sid = ?"), (sid,))
         row = cur.fetchone()
         if row is None:
             return None
         cur.execute(
             self.sql(
-                "SELECT body FROM messages WHERE reply_to_id = ? AND status = 'replied' ORDER BY id"
+                "SELECT body, id FROM messages WHERE reply_to_id = ? AND status = 'replied' "
+                "ORDER BY id"
             ),
             (row[0],),
         )
-        return [body for (body,) in cur.fetchall()]
+        return [(body, rid) for body, rid in cur.fetchall()]
+
+    def delivery_of(self, cur: Any, message_id: int) -> tuple[str | None] | None:
+        """(delivery,) of an outbound message, or None when there is no such reply."""
+        cur.execute(
+            self.sql("SELECT delivery FROM messages WHERE id = ? AND direction = 'out'"),
+            (message_id,),
+        )
+        return cur.fetchone()
 
     def pending(
         self, cur: Any, idle_since: dt.datetime, after_id: int = 0, limit: int = 100

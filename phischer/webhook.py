@@ -1,4 +1,4 @@
-"""Blueprint: POST /sms (Twilio's webhook) and GET /healthz."""
+"""Blueprint: POST /sms (Twilio's webhook), POST /sms/status (its status callbacks), GET /healthz."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import logging
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
+from phischer.delivery import record_status
 from phischer.inbound import Inbound
 from phischer.models import PHONE_MAX, SID_MAX
-from phischer.replies import twiml
+from phischer.replies import twiml, twiml_replies
 from phischer.security import form_params
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,22 @@ def sms() -> Response:
         num_media=num_media,
         opt_out_type=form.get("OptOutType", ""),
     )
-    return xml(twiml(*services.sms.handle(inbound)))
+    return xml(twiml_replies(services.sms.handle(inbound)))
+
+
+@bp.post("/sms/status")
+def sms_status() -> Response:
+    """Twilio's status callback for a reply (`action` of its <Message>, or a REST send's)."""
+    services = _services()
+    form = form_params(request)
+    if not services.signatures.is_valid(request, form):
+        abort(403)
+    reply = request.args.get("reply", "")
+    # Our own ids: digits, and small enough for a 64-bit column.
+    if not (reply.isascii() and reply.isdigit() and len(reply) < 19):
+        abort(400, "reply must be a message id")
+    record_status(services.sms.store, int(reply), form)
+    return xml(twiml())
 
 
 @bp.get("/healthz")

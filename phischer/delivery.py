@@ -1,0 +1,71 @@
+"""What became of a reply after Twilio took it: the status callback, recorded on the row."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from phischer.store import Store
+
+log = logging.getLogger(__name__)
+
+# Twilio's message statuses in the order a message goes through them. Callbacks can arrive
+# out of order ("sent" after "delivered"): a status never replaces a later one.
+STATUS_ORDER = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,
+    "delivered": 4,
+    "undelivered": 4,
+    "failed": 4,
+    "read": 5,
+}
+FAILED = ("undelivered", "failed")
+
+# The error codes a hobby setup meets most, and what to do about each.
+ERROR_HINTS = {
+    "30034": "the number is not registered for US A2P 10DLC: register it in the Twilio console",
+    "30032": "the toll-free number is not verified: verify it in the Twilio console",
+    "30007": "the carrier filtered the message as spam",
+    "30003": "the phone is off or out of reach",
+    "30005": "the number does not exist or is no longer in service",
+    "30006": "the number is a landline or its carrier cannot take SMS",
+    "30008": "the carrier reported an unknown error",
+    "21610": "the texter opted out (STOP)",
+    "21408": "SMS to that country is not enabled in the Twilio geo permissions",
+}
+
+
+def describe_failure(status: str, code: str) -> str:
+    """The error recorded on a reply Twilio could not deliver."""
+    if not code:
+        return f"Twilio: {status}"
+    hint = ERROR_HINTS.get(code)
+    return f"Twilio {code} ({status})" + (f": {hint}" if hint else "")
+
+
+def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
+    """Record a status callback on reply `reply_id`; False when it changes nothing."""
+    status = form.get("MessageStatus", form.get("SmsStatus", "")).strip().lower()
+    rank = STATUS_ORDER.get(status)
+    if rank is None:
+        return False
+    code = form.get("ErrorCode", "").strip()[:10]
+    with store.write() as cur:
+        row = store.delivery_of(cur, reply_id)
+        if row is None:
+            return False
+        if row[0] is not None and STATUS_ORDER.get(row[0], -1) > rank:
+            return False
+        values: dict[str, object] = {"delivery": status}
+        if status in FAILED:
+            values["error"] = describe_failure(status, code)
+            log.warning("Reply %d was not delivered: %s", reply_id, values["error"])
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        cur.execute(
+            store.sql(f"UPDATE messages SET {assignments} WHERE id = ?"),
+            (*values.values(), reply_id),
+        )
+    return True

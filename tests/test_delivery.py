@@ -1,0 +1,157 @@
+"""Status callbacks: each reply asks Twilio where it went, and the answer lands on its row."""
+
+from __future__ import annotations
+
+from xml.etree import ElementTree
+
+import pytest
+import sqlalchemy as sa
+
+from phischer.models import Message
+from phischer.personas import set_model
+from tests.conftest import sign
+
+STATUS_URL = "http://localhost/sms/status"
+
+
+def rows(app) -> list[Message]:
+    with app.extensions["phischer"].db.read() as session:
+        return list(session.scalars(sa.select(Message).order_by(Message.id)))
+
+
+def actions(data: bytes) -> list[str | None]:
+    return [m.get("action") for m in ElementTree.fromstring(data).iter("Message")]
+
+
+def callback(app, reply_id: int | str, status: str, code: str = "", *, signature=None):
+    """POST a status callback as Twilio does for the reply's <Message action>."""
+    params = {
+        "MessageSid": "SM" + "f" * 32,
+        "AccountSid": "AC" + "0" * 32,
+        "MessageStatus": status,
+        "To": "+15550100",
+        "From": "+15550199",
+    }
+    if code:
+        params["ErrorCode"] = code
+    url = f"{STATUS_URL}?reply={reply_id}"
+    token = app.extensions["phischer"].settings.auth_token()
+    headers = {"X-Twilio-Signature": signature or sign(token, url, params)}
+    return app.test_client().post(f"/sms/status?reply={reply_id}", data=params, headers=headers)
+
+
+def test_each_reply_asks_for_its_own_status_callback(app, twilio_post):
+    first = twilio_post("hey how are you")
+    second = twilio_post("#list")
+    out = [m for m in rows(app) if m.direction == "out"]
+    assert actions(first.data) == [f"sms/status?reply={out[0].id}"]
+    assert actions(second.data) == [f"sms/status?reply={out[1].id}"]
+    # the text Twilio sends is unchanged
+    assert first.replies == ["Splendid, thank you! Knitting a scarf for the cat."]
+
+
+def test_a_retried_text_gets_the_same_reply_and_callback(app, twilio_post):
+    first = twilio_post("hey how are you", sid="SMsame")
+    again = twilio_post("hey how are you", sid="SMsame")
+    assert actions(again.data) == actions(first.data) != []
+    assert again.replies == first.replies
+
+
+def test_delivery_is_recorded_and_never_goes_backwards(app, twilio_post):
+    twilio_post("hey how are you")
+    reply = [m for m in rows(app) if m.direction == "out"][0]
+    assert reply.delivery is None
+    for status in ("sent", "delivered", "sent"):  # the late "sent" arrives out of order
+        response = callback(app, reply.id, status)
+        assert response.status_code == 200
+        assert response.mimetype == "text/xml"
+    reply = [m for m in rows(app) if m.direction == "out"][0]
+    assert (reply.status, reply.delivery, reply.error) == ("replied", "delivered", None)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        (
+            "undelivered",
+            "30034",
+            "Twilio 30034 (undelivered): the number is not registered for US A2P 10DLC: "
+            "register it in the Twilio console",
+        ),
+        (
+            "failed",
+            "30005",
+            "Twilio 30005 (failed): the number does not exist or is no longer in service",
+        ),
+        ("undelivered", "39999", "Twilio 39999 (undelivered)"),
+        ("failed", "", "Twilio: failed"),
+    ],
+)
+def test_an_undelivered_reply_records_why(app, twilio_post, status, code, error):
+    twilio_post("hey how are you")
+    reply = [m for m in rows(app) if m.direction == "out"][0]
+    callback(app, reply.id, "sent")
+    callback(app, reply.id, status, code)
+    reply = [m for m in rows(app) if m.direction == "out"][0]
+    assert (reply.delivery, reply.error) == (status, error)
+
+
+def test_forged_callbacks_are_refused_and_change_nothing(app, twilio_post):
+    twilio_post("hey how are you")
+    reply = [m for m in rows(app) if m.direction == "out"][0]
+    assert callback(app, reply.id, "failed", "30005", signature="forged").status_code == 403
+    assert [m for m in rows(app) if m.direction == "out"][0].delivery is None
+
+
+@pytest.mark.parametrize("reply", ["", "abc", "-1", "1" * 19, "1e3"])
+def test_a_callback_without_a_usable_reply_id_is_a_400(app, reply):
+    assert callback(app, reply, "delivered").status_code == 400
+
+
+def test_callbacks_for_no_such_reply_or_unknown_statuses_change_nothing(app, twilio_post):
+    twilio_post("hey how are you")
+    inbound, reply = rows(app)
+    assert callback(app, 999_999, "delivered").status_code == 200
+    assert callback(app, inbound.id, "delivered").status_code == 200  # a text, not a reply
+    assert callback(app, reply.id, "teleported").status_code == 200
+    assert [m.delivery for m in rows(app)] == [None, None]
+
+
+@pytest.fixture
+def slow_app(make_app, personas, database, fake_openai, twilio_rest):
+    """Ada on the (fake) OpenAI backend, always answering by REST."""
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+
+    def build(**overrides):
+        return make_app(reply_mode="async", **twilio_rest, **overrides)
+
+    return build
+
+
+def test_a_rest_reply_asks_for_callbacks_at_the_public_url(slow_app, fake_twilio, twilio_post):
+    app = slow_app(public_url="https://clone.example.com")
+    response = twilio_post("hey how are you", url="https://clone.example.com/sms", target=app)
+    assert response.replies == []
+    app.extensions["phischer"].sms.shutdown()  # wait for the REST send
+    (send,) = fake_twilio.calls("POST", "/Messages.json")
+    reply = [m for m in rows(app) if m.direction == "out"][0]
+    assert reply.status == "sent"
+    assert send.form["StatusCallback"] == f"https://clone.example.com/sms/status?reply={reply.id}"
+    # and the callback Twilio then makes is taken like a TwiML reply's
+    params = {"MessageSid": reply.message_sid, "MessageStatus": "delivered"}
+    token = app.extensions["phischer"].settings.auth_token()
+    signature = sign(token, send.form["StatusCallback"], params)
+    posted = app.test_client().post(
+        f"/sms/status?reply={reply.id}", data=params, headers={"X-Twilio-Signature": signature}
+    )
+    assert posted.status_code == 200
+    assert [m.delivery for m in rows(app) if m.direction == "out"] == ["delivered"]
+
+
+def test_without_a_public_url_a_rest_reply_asks_for_no_callback(slow_app, fake_twilio, twilio_post):
+    app = slow_app()
+    twilio_post("hey how are you", target=app)
+    app.extensions["phischer"].sms.shutdown()
+    (send,) = fake_twilio.calls("POST", "/Messages.json")
+    assert "StatusCallback" not in send.form
