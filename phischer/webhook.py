@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
@@ -21,6 +23,15 @@ def _services():  # type: ignore[no-untyped-def]
     return current_app.extensions["phischer"]
 
 
+def _signed_form() -> tuple[Any, Mapping[str, Any]]:
+    """The app's services and the request's form, or 403 when Twilio did not sign it."""
+    services = _services()
+    form = form_params(request)
+    if not services.signatures.is_valid(request, form):
+        abort(403)
+    return services, form
+
+
 def xml(body: str, status: int = 200) -> Response:
     """A TwiML response (never text/plain: Twilio would text that body to the user)."""
     return Response(body, status=status, mimetype="text/xml")
@@ -29,10 +40,7 @@ def xml(body: str, status: int = 200) -> Response:
 @bp.post("/sms")
 def sms() -> Response:
     """Twilio's incoming-message webhook."""
-    services = _services()
-    form = form_params(request)
-    if not services.signatures.is_valid(request, form):
-        abort(403)
+    services, form = _signed_form()
     phone = form.get("From", "").strip()
     sid = form.get("MessageSid", "").strip() or form.get("SmsMessageSid", "").strip()
     if not phone or not sid:
@@ -61,10 +69,7 @@ def sms() -> Response:
 @bp.post("/sms/status")
 def sms_status() -> Response:
     """Twilio's status callback for a reply (`action` of its <Message>, or a REST send's)."""
-    services = _services()
-    form = form_params(request)
-    if not services.signatures.is_valid(request, form):
-        abort(403)
+    services, form = _signed_form()
     reply = request.args.get("reply", "")
     # Our own ids: digits, and small enough for a 64-bit column.
     if not (reply.isascii() and reply.isdigit() and len(reply) < 19):
