@@ -52,7 +52,9 @@ def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
     rank = STATUS_ORDER.get(status)
     if rank is None:
         return False
-    code = form.get("ErrorCode", "").strip()[:10]
+    code = form.get("ErrorCode", "").strip()
+    if not (code.isascii() and code.isdigit() and len(code) <= 10):
+        code = ""  # Twilio's codes are numbers; anything else is not worth recording
     with store.write() as cur:
         row = store.delivery_of(cur, reply_id)
         if row is None:

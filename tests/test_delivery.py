@@ -85,6 +85,7 @@ def test_delivery_is_recorded_and_never_goes_backwards(app, twilio_post):
         ),
         ("undelivered", "39999", "Twilio 39999 (undelivered)"),
         ("failed", "", "Twilio: failed"),
+        ("failed", "12\nforged log line", "Twilio: failed"),
     ],
 )
 def test_an_undelivered_reply_records_why(app, twilio_post, status, code, error):
