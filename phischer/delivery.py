@@ -61,13 +61,8 @@ def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
             return False
         if row[0] is not None and STATUS_ORDER.get(row[0], -1) > rank:
             return False
-        values: dict[str, object] = {"delivery": status}
-        if status in FAILED:
-            values["error"] = describe_failure(status, code)
-            log.warning("Reply %d was not delivered: %s", reply_id, values["error"])
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        cur.execute(
-            store.sql(f"UPDATE messages SET {assignments} WHERE id = ?"),
-            (*values.values(), reply_id),
-        )
+        error = describe_failure(status, code) if status in FAILED else None
+        if error is not None:
+            log.warning("Reply %d was not delivered: %s", reply_id, error)
+        store.set_delivery(cur, reply_id, status, error)
     return True

@@ -307,8 +307,7 @@ class Store:
         return [(d, b, self.parse_ts(c)) for d, b, c in cur.fetchall()]
 
     def replies_to(self, cur: Any, sid: str) -> list[tuple[str, int]] | None:
-        """(body, id) of the replies already stored for an inbound MessageSid (None: no such
-        inbound)."""
+        """(body, id) of the replies stored for an inbound MessageSid; None: no such text."""
         cur.execute(self.sql("SELECT id FROM messages WHERE message_sid = ?"), (sid,))
         row = cur.fetchone()
         if row is None:
@@ -329,6 +328,13 @@ class Store:
             (message_id,),
         )
         return cur.fetchone()
+
+    def set_delivery(self, cur: Any, message_id: int, delivery: str, error: str | None) -> None:
+        """Record Twilio's delivery status on a reply (and why it failed, if it did)."""
+        cur.execute(
+            self.sql("UPDATE messages SET delivery = ?, error = COALESCE(?, error) WHERE id = ?"),
+            (delivery, error, message_id),
+        )
 
     def pending(
         self, cur: Any, idle_since: dt.datetime, after_id: int = 0, limit: int = 100
