@@ -141,6 +141,18 @@ def test_webhook_on_postgres(pg_app, twilio_post):
     assert contact.thread_reset_at is not None
 
 
+def test_delivery_reports_on_postgres(pg_app, twilio_post):
+    from tests.test_delivery import callback, rows
+
+    twilio_post("good night", target=pg_app)
+    reply = [m for m in rows(pg_app) if m.direction == "out"][0]
+    assert callback(pg_app, reply.id, "delivered").status_code == 200
+    assert callback(pg_app, reply.id, "sent").status_code == 200  # late: changes nothing
+    assert [(m.delivery, m.error) for m in rows(pg_app) if m.direction == "out"] == [
+        ("delivered", None)
+    ]
+
+
 def test_concurrent_texts_on_postgres(pg_app):
     server = make_server("127.0.0.1", 0, pg_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
