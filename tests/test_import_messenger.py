@@ -263,3 +263,25 @@ def test_messages_folder_at_the_root_as_older_exports_have_it(tmp_path: Path) ->
     assert list(flat) == list(nested)
     for key, conv in flat.items():
         assert conv == nested[key]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Sam Rivera hat einen Link gesendet.", "link"),  # German
+        ("Sam Rivera envió un enlace.", "link"),  # Spanish
+        ("Sam Rivera sent a link.", "link"),
+        # what people write next to a link they share: kept
+        ("Sam Rivera here, read this before Friday, it explains the whole thing.", None),
+        ("look at this https://example.com/x", None),
+        ("Sam Rivera: https://example.com/x.", None),
+        ("this one.", None),
+        ("Sam Rivera thinks you should read this one today.", None),  # 8 words: written
+    ],
+)
+def test_a_share_whose_text_is_facebooks_notice_in_any_language(text: str, reason) -> None:
+    from phischer.importers.messenger import _text_reason
+
+    assert _text_reason(text, "Sam Rivera", shared=True) == reason
+    # without a share, none of these is a notice
+    assert _text_reason(text, "Sam Rivera", shared=False) is None

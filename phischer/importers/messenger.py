@@ -88,6 +88,21 @@ def fix_mojibake(s: str) -> str:
         return s
 
 
+# A share notice is the sender's name and a few words ("sent a link", "hat einen Link
+# gesendet", "envió un enlace"); anything longer next to a link is what someone wrote.
+SHARE_NOTICE_WORDS = 6
+
+
+def _is_share_notice(rest: str) -> bool:
+    words = rest.split()
+    return (
+        0 < len(words) <= SHARE_NOTICE_WORDS
+        and rest.endswith(".")
+        and "," not in rest
+        and "://" not in rest
+    )
+
+
 def _text_reason(text: str, sender: str, shared: bool) -> str | None:
     # Why a non-empty text is not something a person typed, or None when it is.
     kind = _CONSTANT_NOTICES.get(text)
@@ -104,6 +119,10 @@ def _text_reason(text: str, sender: str, shared: bool) -> str | None:
         m = _NOTICE.match(rest)
         if m:
             return m.lastgroup
+        if shared and _is_share_notice(rest):
+            # "Sam hat einen Link gesendet.": a share whose text is Facebook's notice in the
+            # export's language (the sender's name, then a few words, no link of its own).
+            return "link"
     if (shared or text[0] in "hw") and _LINK_ONLY.fullmatch(text):
         return "link"
     return None
