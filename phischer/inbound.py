@@ -331,9 +331,7 @@ class SmsService:
         stored = self._store(decision, result, via_rest=False)
         return [stored] if stored else []
 
-    def _store(
-        self, decision: Decision, result: Result, *, via_rest: bool
-    ) -> tuple[str, int] | None:
+    def _store(self, decision: Decision, result: Result, *, via_rest: bool) -> Answer | None:
         """Store the outbound message and the inbound's outcome; return (text, outbound id).
 
         None when the text is no longer this caller's to answer: a recovery sweep took it

@@ -45,11 +45,14 @@ def twiml(*bodies: str) -> str:
     the response.
     """
     response = MessagingResponse()
-    for body in bodies:
-        body = NOT_XML.sub("", body)
-        if body:
-            response.message(body)
+    for body in filter(None, map(_xml_text, bodies)):
+        response.message(body)
     return str(response)
+
+
+def _xml_text(body: str) -> str:
+    """`body` without the characters XML cannot hold (empty: no message is sent)."""
+    return NOT_XML.sub("", body)
 
 
 # Where Twilio reports what became of a reply (its status callback). Relative in the TwiML:
@@ -62,7 +65,7 @@ def twiml_replies(replies: Sequence[tuple[str, int]]) -> str:
     doc = twiml(*(text for text, _ in replies))
     # The document is cached per texts; only the ids differ. A body cannot hold "<Message>"
     # (it is escaped), so the tags split the document into one part per message kept.
-    ids = [rid for text, rid in replies if NOT_XML.sub("", text)]
+    ids = [rid for text, rid in replies if _xml_text(text)]
     head, *parts = doc.split("<Message>")
     return head + "".join(
         f'<Message action="{STATUS_PATH}?reply={rid}">{part}'

@@ -50,7 +50,8 @@ class OpenAIBackend:
         self._clients: dict[tuple[str, str], openai.OpenAI] = {}
         self._lock = threading.Lock()
         # Parameters a model refused, by (base URL, model): later calls adapt up front.
-        self._refused: dict[tuple[str, str], set[str]] = {}
+        # Frozen sets, replaced whole: a reply reads one while another thread adds to it.
+        self._refused: dict[tuple[str, str], frozenset[str]] = {}
 
     def _endpoint(self, persona: PersonaView) -> tuple[str, str]:
         base_url = persona.base_url or self.base_url or OPENAI_URL
@@ -120,7 +121,7 @@ class OpenAIBackend:
                 # Not a retry: the same request in the form this model takes, at once.
                 _adapt(kwargs, param)
                 with self._lock:
-                    self._refused.setdefault(key, set()).add(param)
+                    self._refused[key] = self._refused.get(key, frozenset()) | {param}
                 log.info("Model %s refuses %s: %s", persona.model, param, _detail(exc))
             except openai.OpenAIError as exc:
                 error = _describe(exc)

@@ -177,14 +177,9 @@ def _data_files(export: Export, patterns: tuple[str, ...]) -> list[tuple[Export,
 
 
 def _owner(export: Export) -> Message:
-    names = export.members("account.js")
-    if export.kind == "file":  # tweets.js given alone: look beside it
-        sibling = export.path.parent / "account.js"
-        if sibling.is_file():
-            with open_export(sibling) as side:
-                return _owner_from(side, side.names()[0])
-    if names:
-        return _owner_from(export, names[0])
+    found = _data_files(export, ("account.js",))
+    if found:
+        return _owner_from(*found[0])
     return Message(sender=FALLBACK_OWNER, text="", timestamp=dt.datetime.min)
 
 
