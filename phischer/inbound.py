@@ -405,16 +405,19 @@ class SmsService:
         """
         try:
             sid = self.sender.send(phone, text, reply_id=out_id)
-            values: dict[str, object] = {"status": "sent", "message_sid": sid, "error": None}
         except SendError as exc:
             now = utcnow()
-            if exc.transient and retry_send(created_at or now, now):
-                values = {"status": "send_retry", "error": str(exc)}
-            else:
-                values = {"status": "send_failed", "error": str(exc)}
+            status = (
+                "send_retry"
+                if exc.transient and retry_send(created_at or now, now)
+                else "send_failed"
+            )
+            with self.store.write() as cur:
+                self.store.update_message(cur, out_id, now, status=status, error=str(exc))
+            return status
         with self.store.write() as cur:
-            self.store.update_message(cur, out_id, utcnow(), **values)
-        return str(values["status"])
+            self.store.mark_sent(cur, out_id, sid, utcnow())
+        return "sent"
 
 
 def _ms(start: float) -> int:

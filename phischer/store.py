@@ -292,7 +292,10 @@ class Store:
         query = (
             "SELECT direction, body, created_at FROM messages "
             "WHERE contact_id = ? AND persona_id = ? AND kind = 'chat' "
-            f"AND (direction = 'in' OR status IN ({marks}))"
+            f"AND (direction = 'in' OR (status IN ({marks}) "
+            # a reply Twilio reported undelivered never reached the phone: the person
+            # did not read it, so the model should not think it was said
+            "AND (delivery IS NULL OR delivery NOT IN ('undelivered', 'failed'))))"
         )
         params: list[Any] = [contact_id, persona_id, *spoken]
         if since is not None:
@@ -328,6 +331,19 @@ class Store:
             (message_id,),
         )
         return cur.fetchone()
+
+    def mark_sent(self, cur: Any, message_id: int, sid: str, now: dt.datetime) -> None:
+        """Record that Twilio took a REST reply, keeping a failure its callback already told."""
+        # The status callback can beat this update (Twilio answers the send, then the phone
+        # network rejects at once); clearing `error` blindly would erase why it failed.
+        cur.execute(
+            self.sql(
+                "UPDATE messages SET status = 'sent', message_sid = ?, updated_at = ?, "
+                "error = CASE WHEN delivery IN ('undelivered', 'failed') THEN error END "
+                "WHERE id = ?"
+            ),
+            (sid, self.ts(now), message_id),
+        )
 
     def set_delivery(self, cur: Any, message_id: int, delivery: str, error: str | None) -> None:
         """Record Twilio's delivery status on a reply (and why it failed, if it did)."""

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from werkzeug.serving import make_server
 
 from phischer.cli import cli
+from tests.conftest import free_port
 
 # The smallest dataset the retrieval backend can answer from.
 PAIR = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
@@ -306,7 +307,7 @@ def test_db_upgrade_and_help():
 
 def test_async_replies_without_twilio_credentials_are_refused_at_serve(monkeypatch):
     monkeypatch.setenv("REPLY_MODE", "async")
-    result = run("serve", "--port", "5099")
+    result = run("serve", "--port", str(free_port()))
     assert result.exit_code == 1
     assert result.output == (
         "Error: REPLY_MODE=async sends every reply through Twilio's REST API: set "

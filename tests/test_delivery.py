@@ -23,7 +23,9 @@ def actions(data: bytes) -> list[str | None]:
     return [m.get("action") for m in ElementTree.fromstring(data).iter("Message")]
 
 
-def callback(app, reply_id: int | str, status: str, code: str = "", *, signature=None):
+def callback(
+    app, reply_id: int | str, status: str, code: str = "", *, signature=None, base=STATUS_URL
+):
     """POST a status callback as Twilio does for the reply's <Message action>."""
     params = {
         "MessageSid": "SM" + "f" * 32,
@@ -34,7 +36,7 @@ def callback(app, reply_id: int | str, status: str, code: str = "", *, signature
     }
     if code:
         params["ErrorCode"] = code
-    url = f"{STATUS_URL}?reply={reply_id}"
+    url = f"{base}?reply={reply_id}"
     token = app.extensions["phischer"].settings.auth_token()
     headers = {"X-Twilio-Signature": signature or sign(token, url, params)}
     return app.test_client().post(f"/sms/status?reply={reply_id}", data=params, headers=headers)
@@ -156,3 +158,52 @@ def test_without_a_public_url_a_rest_reply_asks_for_no_callback(slow_app, fake_t
     app.extensions["phischer"].sms.shutdown()
     (send,) = fake_twilio.calls("POST", "/Messages.json")
     assert "StatusCallback" not in send.form
+
+
+def test_a_failure_reported_before_the_send_returns_is_kept(slow_app, fake_twilio, twilio_post):
+    """Twilio can call back "failed" before its answer to the send reaches phischer."""
+    app = slow_app(public_url="https://clone.example.com")
+
+    def fail_at_once() -> None:
+        (reply,) = [m for m in rows(app) if m.direction == "out"]
+        assert (
+            callback(
+                app, reply.id, "failed", "30005", base="https://clone.example.com/sms/status"
+            ).status_code
+            == 200
+        )
+
+    fake_twilio.after_next("POST", "/Messages.json", fail_at_once)
+    twilio_post("hey how are you", url="https://clone.example.com/sms", target=app)
+    app.extensions["phischer"].sms.shutdown()
+    (reply,) = [m for m in rows(app) if m.direction == "out"]
+    assert (reply.status, reply.delivery) == ("sent", "failed")
+    assert reply.message_sid.startswith("SM")
+    assert reply.error == (
+        "Twilio 30005 (failed): the number does not exist or is no longer in service"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "kept"), [("undelivered", False), ("failed", False), ("delivered", True)]
+)
+def test_a_reply_the_phone_never_got_is_left_out_of_the_thread(
+    make_app, personas, database, fake_openai, twilio_post, status, kept
+):
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    app = make_app()
+    twilio_post("hi", target=app)
+    (reply,) = [m for m in rows(app) if m.direction == "out"]
+    callback(app, reply.id, status, "30003" if status != "delivered" else "")
+    twilio_post("you there?", target=app)
+    if kept:
+        assert fake_openai.chat_calls[-1]["messages"][1:] == [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "echo: hi"},
+            {"role": "user", "content": "you there?"},
+        ]
+    else:  # the person never read "echo: hi", so the thread is their two texts
+        assert fake_openai.chat_calls[-1]["messages"][1:] == [
+            {"role": "user", "content": "hi\nyou there?"},
+        ]
