@@ -85,6 +85,7 @@ class BuildStats:
     openers: int = 0  # your messages with nothing before them to answer
     examples: int = 0
     repaired: int = 0  # examples written with U+FFFD for half an emoji (see write_jsonl)
+    duplicates: int = 0  # examples left out because the same one was already written
 
 
 def system_prompt(me: str, system: str | None = None) -> str:
@@ -136,6 +137,7 @@ class _MeMatcher:
 
 _NO_TIME = dt.datetime.min
 _by_time = attrgetter("timestamp")
+_role_content = itemgetter("role", "content")
 _by_sender = attrgetter("sender")
 _by_text = attrgetter("text")
 _by_sender_id = attrgetter("sender_id")
@@ -249,6 +251,7 @@ def build_examples(
     # typed after --me ("zoe martin", "@zoemartin"): the first matching sender decides.
     sys_msg: dict[str, str] | None = None
     size = 2 * (max_turns // 2)
+    seen: set[int] = set()  # hashes of the examples written, to leave out repeats
     for conv in conversations:
         stats.dropped.update(conv.dropped)
         # Importers yield time order and no empty texts, but an empty text would become an
@@ -276,7 +279,7 @@ def build_examples(
         if not any(mine):
             stats.sessions += len(bounds)
             continue
-        for n, (a, b) in enumerate(bounds):
+        for a, b in bounds:
             stats.sessions += 1
             turns, openers = _turns(msgs[a:b], mine[a:b], conv.is_group, mask_pii)
             stats.openers += openers
@@ -293,10 +296,22 @@ def build_examples(
                 name = _masked(stats.me_name, mask_pii)
                 stats.system = system_prompt(name, system)
                 sys_msg = {"role": "system", "content": stats.system}
-            session_id = f"{conv.id}#{n}"
+            # Named by when it began, not by its place in the file: two exports of one chat
+            # covering different periods (WhatsApp keeps only the latest messages, so people
+            # export again later) then agree on the id, and `dataset split` keeps it whole.
+            session_id = f"{conv.id}#{times[a].isoformat(timespec='seconds')}"
             for i in range(0, len(turns), size):
+                chunk = turns[i : i + size]
+                # The same chat exported twice (or a .txt beside its zip): its examples come
+                # again with the same session id and words; training on them twice would
+                # only double their weight and cost.
+                key = hash((session_id, *map(_role_content, chunk)))
+                if key in seen:
+                    stats.duplicates += 1
+                    continue
+                seen.add(key)
                 stats.examples += 1
-                yield Example(session_id, [sys_msg, *turns[i : i + size]])
+                yield Example(session_id, [sys_msg, *chunk])
     if stats.me_messages == 0:
         raise ImportErrorMessage(_not_found(me, stats.senders))
     if stats.examples == 0:

@@ -48,6 +48,11 @@ class ImportResult:
                 f"Repaired: {plural(s.repaired, 'example')} had half an emoji (a lone surrogate "
                 "in the export), written as U+FFFD"
             )
+        if s.duplicates:
+            lines.append(
+                f"Duplicates: {plural(s.duplicates, 'example')} left out, already written from "
+                "another copy of the same chat in the export"
+            )
         if s.openers:
             lines.append(
                 f"Not used: {s.openers:,} of your messages that opened a conversation (no message "

@@ -43,9 +43,9 @@ def test_import_messenger_prints_a_summary(tmp_path: Path) -> None:
     assert lines[6].startswith("System prompt: You are Zoë Martín. Reply to text messages")
     assert len(examples(out)) == 3
     assert (tmp_path / "zoe.jsonl.conversations").read_text().splitlines() == [
-        "inbox/hikingcrew_2002#0",
-        "inbox/samrivera_1001#0",
-        "inbox/samrivera_1001#1",
+        "inbox/hikingcrew_2002#2024-04-10T18:01:00",
+        "inbox/samrivera_1001#2024-03-01T09:00:00",
+        "inbox/samrivera_1001#2024-03-01T20:00:00",
     ]
 
 
@@ -319,3 +319,41 @@ def test_tokens_of_half_an_emoji_are_counted() -> None:
     from phischer.tokens import count_tokens
 
     assert count_tokens("barely \ud83d") == count_tokens("barely \ufffd")
+
+
+def test_overlapping_exports_of_one_chat_split_cleanly(tmp_path: Path) -> None:
+    """WhatsApp keeps only recent messages, so people export again: the copies agree."""
+
+    def export(folder: str, days: range) -> None:
+        path = tmp_path / "chats" / folder / "WhatsApp Chat with Sam.txt"
+        path.parent.mkdir(parents=True)
+        lines = [
+            line
+            for d in days
+            for line in (
+                f"12/{d:02d}/23, 9:15 PM - Sam: question {d}",
+                f"12/{d:02d}/23, 9:16 PM - Alex: answer {d}",
+            )
+        ]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    export("old", range(1, 11))
+    export("new", range(6, 16))
+    out = tmp_path / "alex.jsonl"
+    result = run("whatsapp", str(tmp_path / "chats"), "--me", "Alex", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert (
+        "Duplicates: 5 examples left out, already written from another copy of the same chat in the export"
+        in result.output
+    )
+    assert sorted(ex[1]["content"] for ex in examples(out)) == sorted(
+        f"question {d}" for d in range(1, 16)
+    )
+    split = CliRunner().invoke(cli, ["dataset", "split", str(out), "--validation", "0.3"])
+    assert split.exit_code == 0, split.output
+    sides = [
+        {ex[1]["content"] for ex in examples(tmp_path / f"alex.{side}.jsonl")}
+        for side in ("train", "validation")
+    ]
+    assert not sides[0] & sides[1]
+    assert len(sides[0] | sides[1]) == 15

@@ -58,7 +58,7 @@ def test_merges_runs_and_alternates() -> None:
         ],
         "Ana",
     )
-    assert ex.conversation_id == "c1#0"
+    assert ex.conversation_id == "c1#2024-01-01T12:00:00"
     assert ex.messages[0] == SYSTEM_ANA
     assert turns(ex) == [
         ("user", "hi\nyou there?"),
@@ -81,7 +81,10 @@ def test_sessions_split_on_gap_and_openers_and_unanswered_turns_are_left_out() -
         (6 + 12 * 60, "Ana", "hi again"),
     )
     examples = list(build_examples([c], "Ana", stats=stats))
-    assert [e.conversation_id for e in examples] == ["c1#0", "c1#1"]
+    assert [e.conversation_id for e in examples] == [
+        "c1#2024-01-01T12:00:00",
+        "c1#2024-01-02T00:05:00",
+    ]
     assert turns(examples[0]) == [
         ("user", "hey"),
         ("assistant", "hey you"),
@@ -91,9 +94,9 @@ def test_sessions_split_on_gap_and_openers_and_unanswered_turns_are_left_out() -
     assert turns(examples[1]) == [("user", "new day"), ("assistant", "hi again")]
     assert (stats.sessions, stats.openers, stats.examples, stats.me_messages) == (2, 1, 2, 4)
     assert [e.conversation_id for e in build_examples([c], "Ana", gap_hours=1)] == [
-        "c1#0",
-        "c1#1",
-        "c1#2",
+        "c1#2024-01-01T12:00:00",
+        "c1#2024-01-01T18:03:00",
+        "c1#2024-01-02T00:05:00",
     ]
 
 
@@ -126,7 +129,7 @@ def test_windows_are_non_overlapping_chunks_ending_with_the_assistant() -> None:
             [("user", "q2"), ("assistant", "a2"), ("user", "q3"), ("assistant", "a3")],
             [("user", "q4"), ("assistant", "a4")],
         ]
-        assert {e.conversation_id for e in examples} == {"c1#0"}
+        assert {e.conversation_id for e in examples} == {"c1#2024-01-01T12:00:00"}
     with pytest.raises(ImportErrorMessage, match="--max-turns must be at least 2"):
         list(build_examples([c], "Ana", max_turns=1))
 
@@ -322,9 +325,9 @@ def test_messenger_fixture_end_to_end() -> None:
         build_examples(load("messenger", FIXTURES / "messenger"), "ZOË MARTÍN", stats=stats)
     )
     assert [e.conversation_id for e in examples] == [
-        "inbox/hikingcrew_2002#0",
-        "inbox/samrivera_1001#0",
-        "inbox/samrivera_1001#1",
+        "inbox/hikingcrew_2002#2024-04-10T18:01:00",
+        "inbox/samrivera_1001#2024-03-01T09:00:00",
+        "inbox/samrivera_1001#2024-03-01T20:00:00",
     ]
     assert [e.messages for e in examples] == [
         [
@@ -396,7 +399,7 @@ def test_one_session_conversation_is_never_split_on_silences() -> None:
     c.one_session = True
     stats = BuildStats()
     (ex,) = build_examples([c], "Ana", stats=stats)
-    assert ex.conversation_id == "c1#0"
+    assert ex.conversation_id == "c1#2024-01-01T12:00:00"
     assert turns(ex) == [("user", "write a thread"), ("assistant", "post 1\npost 2")]
     assert (stats.sessions, stats.openers) == (1, 0)
 
@@ -419,3 +422,24 @@ def test_mask_pii_also_masks_names_in_group_prefixes_and_the_prompt() -> None:
     (plain,) = build_examples([c], "+1 555 010 0199")
     assert plain.messages[0]["content"] == NEUTRAL_SYSTEM
     assert turns(plain)[0] == ("user", "+44 7700 900123: who's in?\nBo: me, mail bo@example.com")
+
+
+def test_a_chat_exported_twice_is_written_once_under_stable_ids() -> None:
+    """Two exports of one chat covering overlapping periods: same ids, no repeated examples."""
+    day = 24 * 60
+    older = conv(
+        *[r for d in range(0, 3) for r in ((d * day, "Bo", f"q{d}"), (d * day + 1, "Ana", f"a{d}"))]
+    )
+    newer = conv(
+        *[r for d in range(1, 5) for r in ((d * day, "Bo", f"q{d}"), (d * day + 1, "Ana", f"a{d}"))]
+    )
+    stats = BuildStats()
+    examples = list(build_examples([older, newer], "Ana", stats=stats))
+    assert [(e.conversation_id, turns(e)) for e in examples] == [
+        (f"c1#2024-01-0{d + 1}T12:00:00", [("user", f"q{d}"), ("assistant", f"a{d}")])
+        for d in range(5)
+    ]
+    assert (stats.examples, stats.duplicates) == (5, 2)
+    # the same words in another session (another day) are not a duplicate
+    again = conv((0, "Bo", "q"), (1, "Ana", "a"), (day, "Bo", "q"), (day + 1, "Ana", "a"))
+    assert len(list(build_examples([again], "Ana"))) == 2

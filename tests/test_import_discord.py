@@ -211,7 +211,9 @@ def test_cli_end_to_end_me_by_nickname_name_or_id(tmp_path: Path, me: str) -> No
         ]
     ]
     assert examples[0][0]["role"] == "system"
-    assert (tmp_path / "out.jsonl.conversations").read_text() == "discord:222000000000000001#0\n"
+    assert (
+        tmp_path / "out.jsonl.conversations"
+    ).read_text() == "discord:222000000000000001#2024-03-01T19:00:00\n"
     assert "Dropped: 9  (system 4, forwarded 1, bot 1, attachment 1, sticker 1, empty 1)" in (
         result.output
     )

@@ -170,8 +170,8 @@ def test_cli_end_to_end_me_by_name_or_from_id(tmp_path: Path, me: str) -> None:
     ]
     assert all(ex[0]["role"] == "system" for ex in examples)
     assert (tmp_path / "out.jsonl.conversations").read_text().splitlines() == [
-        "telegram:4400112233#0",
-        "telegram:1600000001#0",
+        "telegram:4400112233#2024-02-10T09:05:00",
+        "telegram:1600000001#2023-06-01T20:00:00",
     ]
     # 4 chats with text, each at least one conversation; the bot chat is not one of them.
     assert result.output.splitlines()[:4] == [

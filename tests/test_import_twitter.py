@@ -79,7 +79,7 @@ def test_drops_are_counted_once() -> None:
 def test_builder_makes_prompt_to_post_examples() -> None:
     examples = list(build_examples(_convs(), "@zoemartin"))
     assert len(examples) == 5
-    assert examples[2].conversation_id == "twitter/103#0"
+    assert examples[2].conversation_id == "twitter/103#2023-05-03T19:00:00"
     assert examples[2].messages == [
         {
             "role": "system",
@@ -190,7 +190,9 @@ def test_self_thread_posted_days_apart_is_still_one_example(tmp_path: Path) -> N
     thread = next(c for c in convs if c.id == "twitter/103")
     assert thread.one_session
     examples = [
-        e for e in build_examples(convs, "zoemartin") if e.conversation_id == "twitter/103#0"
+        e
+        for e in build_examples(convs, "zoemartin")
+        if e.conversation_id == "twitter/103#2023-05-03T19:00:00"
     ]
     assert [e.messages[1:] for e in examples] == [
         [

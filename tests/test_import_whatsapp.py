@@ -237,8 +237,8 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         },
     ]
     assert (tmp_path / "out.jsonl.conversations").read_text().splitlines() == [
-        "whatsapp:Book Club#0",
-        "whatsapp:Book Club#1",
+        "whatsapp:Book Club#2024-01-03T19:01:10",
+        "whatsapp:Book Club#2024-01-13T20:15:02",
     ]
     assert "Dropped: 10  (media 5, system 2, deleted 2, call 1)" in result.output
 
