@@ -285,3 +285,53 @@ def test_a_share_whose_text_is_facebooks_notice_in_any_language(text: str, reaso
     assert _text_reason(text, "Sam Rivera", shared=True) == reason
     # without a share, none of these is a notice
     assert _text_reason(text, "Sam Rivera", shared=False) is None
+
+
+def test_poll_notices_are_dropped_as_system() -> None:
+    (conv,) = load("messenger", FIXTURES / "messenger_polls")
+    assert conv.id == "inbox/dinnerplans_5005" and conv.is_group
+    assert [(m.sender, m.text, m.timestamp) for m in conv.messages] == [
+        ("Priya Nair", "dinner friday?", dt.datetime(2024, 6, 1, 17, 0)),
+        ("Sam Rivera", "I voted for pizza in the poll, obviously", dt.datetime(2024, 6, 1, 17, 6)),
+        (ZOE, "sushi it is 🍣", dt.datetime(2024, 6, 1, 17, 7)),
+        (
+            "Priya Nair",
+            "Priya Nair voted for the place by the pier, see you there",
+            dt.datetime(2024, 6, 1, 17, 9),
+        ),
+    ]
+    # a poll created (its question after ": "), three votes and a vote removed, each by the
+    # notice's sender, and "This poll is no longer available."
+    assert conv.dropped == {"system": 6}
+
+
+@pytest.mark.parametrize(
+    ("sender", "notice", "typed"),
+    [
+        (ZOE, "Zoë Martín created a poll: Where do we eat?", "Zoë Martín created a poll, vote!"),
+        (
+            "Sam Rivera",
+            'Sam Rivera voted for "Pizza" in the poll.',
+            'Sam Rivera voted for "Pizza" in the poll. Again.',
+        ),
+        (
+            "Sam Rivera",
+            'Sam Rivera changed their vote to "Sushi" in the poll.',
+            'I changed my vote to "Sushi" in the poll.',
+        ),
+        (
+            "Sam Rivera",
+            'Sam Rivera removed their vote for "Pizza" in the poll.',
+            'Sam Rivera removed their vote for "Pizza", sorry',
+        ),
+        (ZOE, 'You voted for "Pizza" and "Sushi" in the poll.', "You voted for pizza? why"),
+        ("Sam Rivera", "This poll is no longer available.", "This poll is rigged"),
+    ],
+)
+def test_poll_notice_detection(sender: str, notice: str, typed: str) -> None:
+    from phischer.importers.messenger import _text_reason
+
+    assert _text_reason(notice, sender, shared=False) == "system"
+    assert _text_reason(typed, sender, shared=False) is None
+    if notice.startswith(sender):  # the same words from someone else are not their notice
+        assert _text_reason(notice, "Priya Nair", shared=False) is None

@@ -307,3 +307,322 @@ def test_the_edited_mark_goes_on_the_last_line_too(tmp_path: Path) -> None:
     )
     (conv,) = import_whatsapp(chat)
     assert [m.text for m in conv.messages] == ["coming?", "yes"]
+
+
+def _chat(tmp_path: Path, lines: list[str], name: str = "chat.txt") -> Path:
+    """A chat file in `tmp_path` holding `lines`."""
+    path = tmp_path / name
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_a_text_that_starts_like_a_call_is_a_message(tmp_path: Path) -> None:
+    android = _chat(
+        tmp_path,
+        [
+            "12/30/23, 9:15 PM - Sam: are you free tonight?",
+            "12/30/23, 9:16 PM - Alex: video call at 8?",
+            "12/30/23, 9:17 PM - Sam: sure",
+            "12/30/23, 9:18 PM - Alex: Voice call is fine too",
+        ],
+    )
+    conv = one(android)
+    assert rows(conv) == [
+        ("Sam", "are you free tonight?", D(2023, 12, 30, 21, 15)),
+        ("Alex", "video call at 8?", D(2023, 12, 30, 21, 16)),
+        ("Sam", "sure", D(2023, 12, 30, 21, 17)),
+        ("Alex", "Voice call is fine too", D(2023, 12, 30, 21, 18)),
+    ]
+    assert conv.dropped == {}
+    # The notices as iOS writes them are the whole text.
+    ios = _chat(
+        tmp_path,
+        [
+            "[30/12/2023, 21:15:00] Sam: video call later?",
+            "\u200e[30/12/2023, 21:16:00] Alex: \u200eMissed video call, \u200eTap to call back",
+            "\u200e[30/12/2023, 21:17:00] Sam: \u200eVoice call, \u200e12 min",
+            "\u200e[30/12/2023, 21:18:00] Alex: \u200eVideo call, \u200e1 hr 5 min",
+            "\u200e[30/12/2023, 21:19:00] Sam: \u200eVoice call, \u200eNo answer",
+            "\u200e[30/12/2023, 21:20:00] Alex: \u200eMissed voice call",
+            "[30/12/2023, 21:21:00] Alex: Voice call, if you can",
+        ],
+        "_chat.txt",
+    )
+    conv = one(ios)
+    assert rows(conv) == [
+        ("Sam", "video call later?", D(2023, 12, 30, 21, 15)),
+        ("Alex", "Voice call, if you can", D(2023, 12, 30, 21, 21)),
+    ]
+    assert conv.dropped == {"call": 5}
+
+
+def test_cli_german_subject_holding_a_colon_is_a_notice(tmp_path: Path) -> None:
+    chat = _chat(
+        tmp_path,
+        [
+            "24.12.23, 10:00 - Mara hat die Gruppe „Seehaus“ erstellt.",
+            "24.12.23, 10:02 - Mara hat den Betreff von „Seehaus“ zu „Seehaus: Silvester“ geändert.",
+            "24.12.23, 10:05 - Mara: wer fährt am 31.?",
+            "24.12.23, 10:06 - Ines: ich, 3 Plätze frei <Diese Nachricht wurde bearbeitet>",
+            "24.12.23, 10:07 - Tom: Super",
+        ],
+    )
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(
+        cli, ["import", "whatsapp", str(chat), "--me", "Ines", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Dropped: 2  (system 2)" in result.output
+    assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == [
+        {
+            "messages": [
+                {
+                    "role": "system",
+                    "content": "You are Ines. Reply to text messages the way Ines would: "
+                    "same voice, same length, same habits.",
+                },
+                {"role": "user", "content": "Mara: wer fährt am 31.?"},
+                {"role": "assistant", "content": "ich, 3 Plätze frei"},
+            ]
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "notices",
+    [
+        [  # German; the name added holds ": " (a contact saved as "Tom: Fahrer")
+            "Mara hat die Gruppe „Seehaus: Silvester“ erstellt.",
+            "Du hast den Betreff von „Seehaus“ zu „Seehaus: 31.“ geändert.",
+            "Mara hat Tom: Fahrer hinzugefügt.",
+            "Mara hat Tom: Fahrer entfernt.",
+        ],
+        [  # Spanish
+            'Mara creó el grupo "Casa: Nochevieja"',
+            'Mara cambió el asunto de "Casa" a "Casa: Nochevieja"',
+            'Cambiaste el nombre del grupo de "Casa" a "Casa: 31"',
+            "Mara añadió a Tom: Conductor",
+            "Mara eliminó a Tom: Conductor",
+        ],
+        [  # French
+            "Mara a créé le groupe « Maison: Réveillon »",
+            "Vous avez modifié le sujet de « Maison » en « Maison: 31 »",
+            "Mara a changé le nom du groupe de « Maison » en « Maison: 31 »",
+            "Mara a ajouté Tom: Chauffeur",
+            "Mara a retiré Tom: Chauffeur",
+        ],
+        [  # Portuguese
+            'Mara criou o grupo "Casa: Réveillon"',
+            'Você mudou o assunto de "Casa" para "Casa: 31"',
+            "Mara adicionou Tom: Motorista",
+            "Mara removeu Tom: Motorista",
+        ],
+        [  # Italian
+            'Mara ha creato il gruppo "Casa: Capodanno"',
+            'Hai cambiato l\'oggetto da "Casa" a "Casa: 31"',
+            "Mara ha aggiunto Tom: Autista",
+            "Mara ha rimosso Tom: Autista",
+        ],
+        [  # Dutch
+            'Mara heeft groep "Huis: Oudjaar" gemaakt',
+            'Je hebt de groepsnaam gewijzigd van "Huis" naar "Huis: 31"',
+            "Mara heeft Tom: Chauffeur toegevoegd",
+            "Mara heeft Tom: Chauffeur verwijderd",
+        ],
+    ],
+)
+def test_android_group_notices_holding_a_colon_in_other_languages(
+    tmp_path: Path, notices: list[str]
+) -> None:
+    # The same words inside someone's message are the message.
+    said = f"Ines: {notices[1]}, lol"
+    lines = [*notices, "Mara: wer fährt am 31.?", said, "Tom: ich"]
+    chat = _chat(tmp_path, [f"24.12.23, 10:{i:02d} - {line}" for i, line in enumerate(lines)])
+    conv = one(chat)
+    assert [(m.sender, m.text) for m in conv.messages] == [
+        ("Mara", "wer fährt am 31.?"),
+        ("Ines", f"{notices[1]}, lol"),
+        ("Tom", "ich"),
+    ]
+    assert conv.dropped == {"system": len(notices)}
+    assert conv.participants == ["Mara", "Ines", "Tom"]
+
+
+def test_ios_edit_notice_is_cut_in_any_language(tmp_path: Path) -> None:
+    chat = _chat(
+        tmp_path,
+        [
+            "[31/12/2023, 21:15:02] Sam: ¿vienes?",
+            "[31/12/2023, 21:16:02] Alex: qué tal \u200e<Se editó este mensaje.>",
+            "[31/12/2023, 21:17:02] Sam: genial \u200e<Ce message a été modifié>",
+            "\u200e[31/12/2023, 21:18:00] Alex: \u200e<adjunto: 00000009-PHOTO-2023-12-31.jpg>",
+            "[31/12/2023, 21:19:02] Alex: dos líneas",
+            "y la segunda \u200e<Se editó este mensaje.>",
+        ],
+        "_chat.txt",
+    )
+    conv = one(chat)
+    assert rows(conv) == [
+        ("Sam", "¿vienes?", D(2023, 12, 31, 21, 15, 2)),
+        ("Alex", "qué tal", D(2023, 12, 31, 21, 16, 2)),
+        ("Sam", "genial", D(2023, 12, 31, 21, 17, 2)),
+        ("Alex", "dos líneas\ny la segunda", D(2023, 12, 31, 21, 19, 2)),
+    ]
+    assert conv.dropped == {"system": 1}  # the attachment line: marked, in Spanish
+
+
+@pytest.mark.parametrize(
+    "notice",
+    [
+        "<Se editó este mensaje.>",
+        "<Se editó este mensaje>",
+        "<Ce message a été modifié>",
+        "<Mensagem editada>",
+        "<Esta mensagem foi editada>",
+        "<Questo messaggio è stato modificato>",
+        "<Dit bericht is bewerkt>",
+    ],
+)
+def test_android_edit_notices_in_other_languages(tmp_path: Path, notice: str) -> None:
+    chat = _chat(
+        tmp_path,
+        ["05.01.24, 20:00 - Lena: ¿vienes?", f"05.01.24, 20:01 - Jo: sí, a las ocho {notice}"],
+    )
+    assert [m.text for m in one(chat).messages] == ["¿vienes?", "sí, a las ocho"]
+
+
+@pytest.mark.parametrize(
+    ("poll", "option"),
+    [
+        ("UMFRAGE", "OPTION"),  # German
+        ("ENCUESTA", "OPCIÓN"),  # Spanish
+        ("SONDAGE", "OPTION"),  # French
+        ("SONDAGGIO", "OPZIONE"),  # Italian
+        ("ENQUETE", "OPÇÃO"),  # Portuguese (Brazil)
+        ("SONDAGEM", "OPÇÃO"),  # Portuguese (Portugal)
+        ("PEILING", "OPTIE"),  # Dutch
+    ],
+)
+def test_android_polls_in_other_languages(tmp_path: Path, poll: str, option: str) -> None:
+    chat = _chat(
+        tmp_path,
+        [
+            "05.01.24, 20:00 - Lena: wann?",
+            f"05.01.24, 20:01 - Jo: {poll}:",
+            "wann fahren wir?",
+            f"{option}: 8 Uhr (2)",
+            f"{option}: 10 Uhr (1)",
+            f"05.01.24, 20:02 - Jo: {poll}:",  # a word and a colon, no options: typed
+            "wer fährt?",
+        ],
+    )
+    conv = one(chat)
+    assert [(m.sender, m.text) for m in conv.messages] == [
+        ("Lena", "wann?"),
+        ("Jo", f"{poll}:\nwer fährt?"),
+    ]
+    assert conv.dropped == {"poll": 1}
+
+
+def test_a_note_beside_the_chat_is_not_a_chat(tmp_path: Path) -> None:
+    folder = tmp_path / "wf"
+    folder.mkdir()
+    shutil.copy(FIX / "broken" / "notes.txt", folder / "shopping-list.txt")
+    # Alone, the note is what the folder holds: the error names it.
+    with pytest.raises(ImportErrorMessage, match=r"shopping-list\.txt: no WhatsApp message lines"):
+        list(import_whatsapp(folder))
+    shutil.copy(ANDROID_US, folder / "WhatsApp Chat with Sam Rivera.txt")
+    (conv,) = import_whatsapp(folder)
+    assert conv.title == "Sam Rivera" and rows(conv) == SAM_RIVERA
+    # In a zip, a .txt not named as WhatsApp names chats is read when it is the chat.
+    zpath = tmp_path / "export.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.write(ANDROID_US, "chat.txt")
+        zf.write(FIX / "broken" / "notes.txt", "lista.txt")
+    (conv,) = import_whatsapp(zpath)
+    assert conv.title == "chat" and rows(conv) == SAM_RIVERA
+
+
+def test_a_localised_chat_name_in_a_zip_with_a_note(tmp_path: Path) -> None:
+    zpath = tmp_path / "zs.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.write(ANDROID_US, "Chat de WhatsApp con Sam Rivera.txt")
+        zf.writestr("lista.txt", "- huevos\n- leche\n")
+        zf.writestr("IMG-20231230-WA0001.jpg", b"\xff\xd8\xff")
+    (conv,) = import_whatsapp(zpath)
+    assert (conv.id, conv.title) == ("whatsapp:Sam Rivera", "Sam Rivera")
+    assert rows(conv) == SAM_RIVERA
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "WhatsApp-Chat mit Sam Rivera.txt",  # German
+        "Chat de WhatsApp con Sam Rivera.txt",  # Spanish
+        "Discussion WhatsApp avec Sam Rivera.txt",  # French
+        "Conversa do WhatsApp com Sam Rivera.txt",  # Portuguese (Brazil)
+        "Conversa no WhatsApp com Sam Rivera.txt",  # Portuguese (Portugal)
+        "Chat WhatsApp con Sam Rivera.txt",  # Italian
+        "WhatsApp-chat met Sam Rivera.txt",  # Dutch
+    ],
+)
+def test_localised_chat_file_names_give_the_chat_name(tmp_path: Path, name: str) -> None:
+    shutil.copy(ANDROID_US, tmp_path / name)
+    assert one(tmp_path / name).title == "Sam Rivera"
+    zpath = tmp_path / "export.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.write(ANDROID_US, name)
+        zf.writestr("notes.txt", "not a chat")
+    assert one(zpath).title == "Sam Rivera"
+
+
+def test_a_zip_beside_the_chat_unzipped_from_it_is_not_read_again(tmp_path: Path) -> None:
+    shutil.copy(ANDROID_US, tmp_path / ANDROID_US.name)
+    with zipfile.ZipFile(tmp_path / "WhatsApp Chat with Sam Rivera.zip", "w") as zf:
+        zf.write(ANDROID_US, ANDROID_US.name)
+        zf.writestr("IMG-20231230-WA0001.jpg", b"\xff\xd8\xff")
+    with zipfile.ZipFile(tmp_path / "WhatsApp Chat - Book Club.zip", "w") as zf:
+        zf.write(IOS_GROUP, "_chat.txt")
+    convs = list(import_whatsapp(tmp_path))
+    assert [(c.title, rows(c)) for c in convs] == [
+        ("Sam Rivera", SAM_RIVERA),
+        ("Book Club", BOOK_CLUB),
+    ]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [  # iOS
+            "[12.3.2022 klo 14.08.18] Matti: moi",
+            "[12.3.2022 klo 14.09.02] Liisa: moi moi",
+            "[13.3.2022 klo 9.05.00] Matti: huomenta",
+        ],
+        [  # Android
+            "12.3.2022 klo 14.08 - Matti: moi",
+            "12.3.2022 klo 14.09 - Liisa: moi moi",
+            "13.3.2022 klo 9.05 - Matti: huomenta",
+        ],
+    ],
+)
+def test_finnish_dates_with_klo(tmp_path: Path, lines: list[str]) -> None:
+    seconds = 18 if lines[0].startswith("[") else 0
+    assert rows(one(_chat(tmp_path, lines))) == [
+        ("Matti", "moi", D(2022, 3, 12, 14, 8, seconds)),
+        ("Liisa", "moi moi", D(2022, 3, 12, 14, 9, 2 if seconds else 0)),
+        ("Matti", "huomenta", D(2022, 3, 13, 9, 5)),
+    ]
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_text_with_a_byte_order_mark(tmp_path: Path, codec: str) -> None:
+    # What Windows Notepad writes when a chat is saved as "Unicode" (or "Unicode big endian").
+    chat = tmp_path / "WhatsApp Chat with Sam Rivera.txt"
+    chat.write_bytes("\ufeff".encode(codec) + ANDROID_US.read_text(encoding="utf-8").encode(codec))
+    assert chat.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff")
+    assert rows(one(chat)) == SAM_RIVERA
+    # Other text that is not UTF-8 keeps its clear error.
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("05.01.24, 20:00 - Lena: café\n".encode("latin-1"))
+    with pytest.raises(ImportErrorMessage, match=r"latin1\.txt is not UTF-8 text \(byte 27\)$"):
+        list(import_whatsapp(latin1))

@@ -23,6 +23,9 @@ from phischer.importers.base import ImportErrorMessage
 # (NotImplementedError), or the file itself (OSError).
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError)
 
+# UTF-16's byte-order marks, little- and big-endian.
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
 # Finder and macOS's "Compress" add these; they are never part of an export.
 _JUNK_PARTS = ("__MACOSX", ".DS_Store")
 
@@ -148,13 +151,16 @@ class Export:
             raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
 
     def read_text(self, name: str) -> str:
-        """One member decoded as UTF-8 (a byte-order mark is ignored)."""
+        """One member decoded as UTF-8, or UTF-16 after its byte-order mark (BOMs dropped)."""
         data = self.read_bytes(name)
+        # Windows Notepad's "Unicode" save writes UTF-16 after a byte-order mark; UTF-8 text
+        # never starts with FF FE or FE FF (neither byte occurs in UTF-8).
+        codec, what = ("utf-16", "UTF-16") if data[:2] in _UTF16_BOMS else ("utf-8-sig", "UTF-8")
         try:
-            return data.decode("utf-8-sig")
+            return data.decode(codec)
         except UnicodeDecodeError as exc:
             raise ImportErrorMessage(
-                f"{self.where(name)} is not UTF-8 text (byte {exc.start})"
+                f"{self.where(name)} is not {what} text (byte {exc.start})"
             ) from None
 
     def load_json(self, name: str, text: str | bytes | None = None) -> Any:

@@ -54,7 +54,10 @@ _NOTICE = re.compile(
     r"nickname|cleared (?:the|your|his|her|their) nickname|changed the (?:chat )?theme|"
     r"(?:set|changed) the (?:quick reaction|emoji)|(?:pinned|unpinned) a message|"
     r"turned (?:on|off) disappearing messages|(?:started|updated) (?:a|the) plan|"
-    r"(?:is|are) now connected on Messenger)"
+    r"(?:is|are) now connected on Messenger|"
+    # polls: 'Sam created a poll: Where do we eat?', 'Sam voted for "Pizza" in the poll.'
+    r"created a poll(?=: )|(?:voted for|changed (?:their|your|his|her) vote to"
+    r"|removed (?:their|your|his|her) vote for) \".{1,300}\" in the poll(?=\.?$))"
     r")\b",
     re.S,
 )
@@ -64,6 +67,7 @@ _CONSTANT_NOTICES = {
     "The audio call ended.": "call",
     "You are now connected on Messenger.": "system",
     "Say hi to your new Facebook friend": "system",
+    "This poll is no longer available.": "system",
 }
 # "Alice reacted ❤ to your message" arrives as a message of its own in some exports.
 # Newer exports write it without the name, as the reactor's own message: "Reacted 😂 to your
@@ -174,7 +178,7 @@ def _legacy_reason(m: dict[str, Any]) -> str | None:
 # A text can only be a notice or a bare link (see _text_reason) when it starts with its
 # sender's name or one of these, ends like a reaction ("… reacted ❤ to your message"), or
 # comes with a share: one startswith/endswith each lets every other text skip the checks.
-_NOTICE_STARTS = ("You ", "The ", "Say hi", "http", "www.")
+_NOTICE_STARTS = ("You ", "The ", "This poll", "Say hi", "http", "www.")
 _REACTION_ENDS = ("message", "message.")
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
-from phischer.importers.files import open_export
+from phischer.importers.files import Export, open_export
 
 # Bidi marks WhatsApp sprinkles into exports: U+200E/U+200F before system and media lines,
 # U+202A…U+202E around phone numbers used as names, U+2066…U+2069 isolates.
@@ -23,10 +23,13 @@ _BIDI = dict.fromkeys(
 # marker, written "PM", "pm", "p.m." and since 2023 often after a narrow no-break space U+202F.
 _DATE = r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}"
 _TIME = r"\d{1,2}[:.]\d{2}(?:[:.]\d{2})?(?:[\s\u202f\u00a0]*[AaPp]\.?\s?[Mm]\.?)?"
-# Android: "12/31/23, 9:15 PM - Name: text"   (the comma is missing in some locales)
-_ANDROID = re.compile(rf"^(?P<date>{_DATE}),?\s(?P<time>{_TIME})\s[-\u2013]\s(?P<rest>.*)$")
+# Between date and time: a comma and a space (missing in some locales), or Finnish's "klo"
+# ("31.12.2023 klo 21.15"), which goes with dotted times.
+_AT = r"(?:,?\s|\sklo\s)"
+# Android: "12/31/23, 9:15 PM - Name: text"
+_ANDROID = re.compile(rf"^(?P<date>{_DATE}){_AT}(?P<time>{_TIME})\s[-\u2013]\s(?P<rest>.*)$")
 # iOS: "[31/12/2023, 21:15:02] Name: text"
-_IOS = re.compile(rf"^\[(?P<date>{_DATE}),?\s(?P<time>{_TIME})\]\s(?P<rest>.*)$")
+_IOS = re.compile(rf"^\[(?P<date>{_DATE}){_AT}(?P<time>{_TIME})\]\s(?P<rest>.*)$")
 _DATE_PARTS = re.compile(r"^(\d{1,4})[/.\-](\d{1,2})[/.\-](\d{1,4})$")
 _TIME_PARTS = re.compile(
     r"^(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(?:[\s\u202f\u00a0]*([AaPp])\.?\s?[Mm]\.?)?$"
@@ -56,8 +59,31 @@ _DELETED = re.compile(
     r"|Esta mensagem foi apagada|Você apagou esta mensagem|Mensagem apagada"
     r"|Questo messaggio è stato eliminato|Hai eliminato questo messaggio)\.?$"
 )
-_CALL = re.compile(r"^(?:Missed (?:voice|video) call|(?:Voice|Video) call)\b", re.IGNORECASE)
-_EDITED = re.compile(r"\s*<(?:This message was edited|Diese Nachricht wurde bearbeitet)>$")
+# A call is a notice only when it is the whole text, as WhatsApp writes it ("Missed voice call,
+# Tap to call back", "Video call, 1 hr 5 min", "Voice call, No answer"): "video call at 8?"
+# is someone asking.
+_CALL = re.compile(
+    r"(?:(?:Missed|Silenced) (?:group )?(?:voice |video )?call|(?:Group )?(?:Voice|Video) call)"
+    r"(?:, (?:Tap to call back|Click to call back|No answer|Answered on other device"
+    r"|\d+ (?:hrs?|hours?|mins?|secs?)(?: \d+ (?:mins?|secs?))*))?\.?"
+)
+# Android appends the edit notice in the phone's language (iOS: see _IOS_NOTE).
+_EDITED = re.compile(
+    r"\s*<(?:This message was edited|Diese Nachricht wurde bearbeitet|Se editó este mensaje\.?"
+    r"|Ce message a été modifié|Mensagem editada|Esta mensagem foi editada"
+    r"|Questo messaggio è stato modificato|Dit bericht is bewerkt)>$"
+)
+# iOS puts a U+200E mark before a notice it appends to a message ("qué tal \u200e<Se editó
+# este mensaje.>"), in any language: cut while the mark still shows where it starts. Only
+# after the text itself: a line that is nothing but "\u200e<attached: …>" stays media.
+_IOS_NOTE = re.compile(r"(?<=[^\s\u200e])\s*\u200e<[^<>\n]*>\s*$")
+# Android polls: the question under "POLL:", then "OPTION: … (2 votes)" lines, in the phone's
+# language (SONDAGEM is Portugal's word, ENQUETE Brazil's).
+_POLL = re.compile(
+    r"(?:POLL|UMFRAGE|ENCUESTA|SONDAGE|SONDAGGIO|ENQUETE|SONDAGEM|PEILING):\n"
+    r".*^(?:OPTION|OPCIÓN|OPZIONE|OPÇÃO|OPTIE): ",
+    re.MULTILINE | re.DOTALL,
+)
 # The encryption notice and its relatives; on iOS they come as a message "from" the chat's name.
 _NOTICE = re.compile(
     r"^(?:Messages and calls are end-to-end encrypted"
@@ -66,12 +92,54 @@ _NOTICE = re.compile(
     r"|Disappearing messages were turned (?:on|off)"
     r"|Waiting for this message\. (?:This may take a while|Check your phone)\.)"
 )
-# System lines that still look like "Name: text" because the event text contains ": " (a
-# quoted subject or description) — their would-be sender carries one of these phrases.
+# Android system lines that still look like "Name: text" because the event text contains
+# ": " (a group name or subject in quotes, a name) — their would-be sender, the part before
+# the first ": ", carries one of these phrases, which no contact's name does. Written in the
+# phone's language: the "you" forms ("Cambiaste …", "Hai …") start the line, the others
+# follow the name of whoever did it.
 _SYSTEM_PHRASE = re.compile(
+    # English: 'Mara changed the subject from "Lake" to "Lakehouse: NYE"'
     r" (?:changed the (?:subject|group description|group name)|changed this group's"
     r"|created group|added|removed|left|joined using|changed their phone number"
-    r"|pinned a message|deleted this group's)",
+    r"|pinned a message|deleted this group's)"
+    # Spanish: 'Mara creó el grupo "…"', 'Cambiaste el asunto de "…" a "…"', 'Mara añadió a …'
+    r"|(?:^| )(?:creó|[Cc]reaste) el grupo"
+    r"|(?:^| )(?:cambió|[Cc]ambiaste) (?:el (?:asunto|nombre del grupo|ícono|icono)"
+    r"|la (?:descripción|foto) del grupo)"
+    r"|(?:^| )(?:añadió|agregó|[Aa]ñadiste|[Aa]gregaste|eliminó|[Ee]liminaste) a "
+    r"| salió del grupo"
+    # German: 'Mara hat die Gruppe „…“ erstellt', 'Du hast den Betreff von „…“ zu „…“ geändert'
+    r"| ha(?:t|st) (?:die Gruppe (?:[„\"“]|verlassen)|den (?:Betreff|Gruppennamen) "
+    r"|das Gruppenbild|die Gruppenbeschreibung)"
+    # French: 'Mara a créé le groupe « … »', 'Vous avez modifié le sujet de « … » en « … »'
+    r"|(?: a|[Vv]ous avez) (?:créé le groupe|(?:modifié|changé|remplacé) (?:le sujet"
+    r"|le nom du groupe|l['’]icône|la photo du groupe|la description du groupe)|ajouté |retiré )"
+    r"| est parti"
+    # Portuguese: 'Mara criou o grupo "…"', 'Você mudou o assunto de "…" para "…"'
+    r"| criou o grupo| (?:mudou|alterou) (?:o (?:assunto|nome do grupo)"
+    r"|a (?:imagem|descrição) (?:deste|do) grupo)| (?:adicionou|removeu) | saiu"
+    # Italian: 'Mara ha creato il gruppo "…"', 'Hai cambiato l'oggetto da "…" a "…"'
+    r"|(?:^| )(?:ha|[Hh]ai) (?:creato il gruppo|(?:cambiato|modificato) (?:l['’]oggetto"
+    r"|il nome del gruppo|l['’]immagine|la descrizione del gruppo)|aggiunto |rimosso "
+    r"|abbandonato)"
+    r"| è uscit[oa]"
+    # Dutch: 'Mara heeft groep "…" gemaakt', 'Je hebt de groepsnaam gewijzigd van "…" naar "…"'
+    r"|(?: heeft|[Jj]e hebt) (?:groep [\"“]|het onderwerp |de groeps(?:naam|afbeelding|foto"
+    r"|beschrijving) |de groep verlaten)",
+)
+# German and Dutch put the verb last ("Mara hat Ines hinzugefügt", "Mara heeft Ines
+# toegevoegd"): when the name added or removed holds ": ", the would-be sender has the
+# auxiliary verb and the would-be text ends with the participle.
+_AUXILIARY = re.compile(r"(?:^| )(?:hat|hast|heeft|hebt) ")
+_ADDED_REMOVED = re.compile(r" (?:hinzugefügt|entfernt|toegevoegd|verwijderd)\.?$")
+# How WhatsApp names an export in the phone's language, before the chat's name: Android's
+# "WhatsApp Chat with Sam.txt" ("WhatsApp Chat mit", "Chat de WhatsApp con", "Discussion
+# WhatsApp avec", "Conversa do WhatsApp com", "Chat WhatsApp con", "WhatsApp-chat met"),
+# iOS's "WhatsApp Chat - Sam.zip".
+_CHAT_NAME = re.compile(
+    r"^(?:WhatsApp[- ]Chat(?: with| mit| met| con| avec| -)?|Chat (?:de |di )?WhatsApp con"
+    r"|Discussion WhatsApp avec|Conversa (?:do|no) WhatsApp com)\s+",
+    re.IGNORECASE,
 )
 
 
@@ -84,11 +152,22 @@ class _Header:
     marked: bool  # the line or its body began with U+200E: WhatsApp's own (system/media) line
 
 
+class _NoMessageLines(ImportErrorMessage):
+    """A .txt without a single message line: not a chat, e.g. a note shared beside one."""
+
+
 @register("whatsapp")
 def import_whatsapp(path: Path) -> Iterator[Conversation]:
     """Yield one conversation per WhatsApp chat export found at `path` (.txt, zip or folder)."""
-    for where, title, text in _chat_texts(path):
-        yield parse_chat(text, where=where, title=title)
+    with open_export(path) as export:
+        if export.kind == "file":
+            name = export.names()[0]
+            title = _title(name, path.parent.name)
+            yield parse_chat(export.read_text(name), where=export.where(name), title=title)
+        elif export.kind == "zip":
+            yield from _zip_conversations(export, path)
+        else:
+            yield from _folder_conversations(export, path)
 
 
 def parse_chat(text: str, *, where: str, title: str) -> Conversation:
@@ -105,7 +184,7 @@ def parse_chat(text: str, *, where: str, title: str) -> Conversation:
         elif line.strip():
             conv.drop("unrecognised")
     if not entries:
-        raise ImportErrorMessage(
+        raise _NoMessageLines(
             f"{where}: no WhatsApp message lines found (expected lines like "
             "'31/12/2023, 21:15 - Name: text' or '[31/12/2023, 21:15:02] Name: text')"
         )
@@ -142,19 +221,21 @@ def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datet
     sender = name.strip() if name.isascii() else name.translate(_BIDI).strip()
     marked = header.marked or text.startswith("\u200e")
     if not text.isascii():
+        if "\u200e<" in text:
+            text = _IOS_NOTE.sub("", text)
         text = text.translate(_BIDI)
     text = text.strip()  # first: the chat's last line ends in the file's newline
     if text.endswith(">"):
         text = _EDITED.sub("", text)
-    if _SYSTEM_PHRASE.search(sender) or _NOTICE.match(text):
+    if _is_system(sender, text):
         conv.drop("system")
-    elif text.startswith("POLL:\n") and "\nOPTION: " in text:
+    elif ":\n" in text and _POLL.match(text):
         conv.drop("poll")
     elif _MEDIA.match(text):
         conv.drop("media")
     elif _DELETED.match(text):
         conv.drop("deleted")
-    elif _CALL.match(text):
+    elif _CALL.fullmatch(text):
         conv.drop("call")
     elif not text:
         conv.drop("empty")
@@ -166,6 +247,23 @@ def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datet
         if sender not in conv.participants:
             conv.participants.append(sender)
         conv.messages.append(Message(sender=sender, text=text, timestamp=stamp))
+
+
+def _is_system(sender: str, text: str) -> bool:
+    """Whether a "Name: text" line is a notice (encryption, or a group event holding ": ")."""
+    kind = _sender_kind(sender)
+    if kind == "notice" or _NOTICE.match(text):
+        return True
+    return kind == "verb last" and _ADDED_REMOVED.search(text) is not None
+
+
+# A chat repeats a few senders on every line, and the phrases are many: test each sender once.
+@functools.lru_cache(maxsize=4096)
+def _sender_kind(sender: str) -> str:
+    """What a would-be sender holds: a notice's phrase, a verb-last auxiliary, or neither."""
+    if _SYSTEM_PHRASE.search(sender):
+        return "notice"
+    return "verb last" if _AUXILIARY.search(sender) else ""  # "": a person's name
 
 
 def _is_twelve_hour(time: str) -> bool:
@@ -239,46 +337,72 @@ def _time_fields(time: str) -> tuple[int, int, int]:
     return hour, minute, second
 
 
-def _chat_texts(path: Path) -> Iterator[tuple[str, str, str]]:
-    """(where, title, text) for each chat at `path`: a .txt, a zip, or a folder of them."""
-    with open_export(path) as export:
-        if export.kind == "file":
-            name = export.names()[0]
-            yield export.where(name), _title(name, path.parent.name), export.read_text(name)
-        elif export.kind == "zip":
-            chats = _zip_chats(export.members("*.txt"))
-            if not chats:
-                raise ImportErrorMessage(
-                    f"No WhatsApp chat in {path} (expected _chat.txt or "
-                    "'WhatsApp Chat with NAME.txt' inside)"
-                )
-            for name in chats:
-                title = _title(PurePosixPath(name).name, path.stem)
-                yield export.where(name), title, export.read_text(name)
-        else:
-            texts, zips = export.members("*.txt"), export.members("*.zip")
-            if not texts and not zips:
-                raise ImportErrorMessage(f"No WhatsApp chat (.txt or .zip) in {path}")
-            for name in texts:
-                container = (path / PurePosixPath(name)).parent.name
-                title = _title(PurePosixPath(name).name, container)
-                yield export.where(name), title, export.read_text(name)
-            for name in zips:
-                yield from _chat_texts(path / PurePosixPath(name))
+def _zip_conversations(export: Export, path: Path) -> Iterator[Conversation]:
+    texts = export.members("*.txt")
+    named = _named_chats(texts)
+    # No file named as WhatsApp names a chat: any .txt may be the chat (renamed), and when
+    # there are several, those without a message line are notes shared in the chat.
+    skip_notes = not named and len(texts) > 1
+    found = False
+    for name in named or texts:
+        title = _title(PurePosixPath(name).name, path.stem)
+        try:
+            conv = parse_chat(export.read_text(name), where=export.where(name), title=title)
+        except _NoMessageLines:
+            if not skip_notes:
+                raise
+            continue
+        found = True
+        yield conv
+    if not found:
+        raise ImportErrorMessage(
+            f"No WhatsApp chat in {path} (expected _chat.txt or "
+            "'WhatsApp Chat with NAME.txt' inside)"
+        )
 
 
-def _zip_chats(names: list[str]) -> list[str]:
-    # iOS names the chat "_chat.txt", Android "WhatsApp Chat with X.txt" (localised: "mit",
-    # "con", …); the rest of the zip is media.
-    chats = [n for n in names if PurePosixPath(n).name == "_chat.txt"] or [
-        n for n in names if PurePosixPath(n).name.lower().startswith("whatsapp chat")
+def _folder_conversations(export: Export, path: Path) -> Iterator[Conversation]:
+    texts, zips = export.members("*.txt"), export.members("*.zip")
+    if not texts and not zips:
+        raise ImportErrorMessage(f"No WhatsApp chat (.txt or .zip) in {path}")
+    # A .txt without a message line is a note shared in a chat and saved beside it; it is
+    # only an error when no file in the folder is a chat.
+    note: _NoMessageLines | None = None
+    found = False
+    chats: set[tuple[PurePosixPath, str]] = set()  # (folder, title) of each chat read
+    for name in texts:
+        member = PurePosixPath(name)
+        title = _title(member.name, (path / member).parent.name)
+        try:
+            conv = parse_chat(export.read_text(name), where=export.where(name), title=title)
+        except _NoMessageLines as exc:
+            note = note or exc
+            continue
+        chats.add((member.parent, title))
+        found = True
+        yield conv
+    for name in zips:
+        member = PurePosixPath(name)
+        if (member.parent, _title(member.name, member.stem)) in chats:
+            continue  # the zip the chat beside it was unzipped from: the same chat again
+        for conv in import_whatsapp(path / member):
+            found = True
+            yield conv
+    if not found and note is not None:
+        raise note
+
+
+def _named_chats(names: list[str]) -> list[str]:
+    # iOS names the chat "_chat.txt", Android "WhatsApp Chat with X.txt" in the phone's
+    # language; the rest of the zip is media and files shared in the chat.
+    return [n for n in names if PurePosixPath(n).name == "_chat.txt"] or [
+        n for n in names if _CHAT_NAME.match(PurePosixPath(n).name)
     ]
-    return chats or (names if len(names) == 1 else [])
 
 
 def _title(file_name: str, container: str) -> str:
-    """The chat's name from "WhatsApp Chat with X.txt" / "WhatsApp Chat - X.zip"."""
+    """The chat's name from "WhatsApp Chat with X.txt" / "WhatsApp Chat - X.zip" (any language)."""
     stem = file_name.rsplit(".", 1)[0]
     if stem == "_chat":
         stem = container
-    return re.sub(r"^WhatsApp Chat(?: with| -| mit| con| avec)?\s+", "", stem).strip() or stem
+    return _CHAT_NAME.sub("", stem, count=1).strip() or stem
