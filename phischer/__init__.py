@@ -40,7 +40,7 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     from phischer.webhook import bp, xml
 
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
-    if settings.reply_mode == "async" and not settings.twilio_account_sid:
+    if settings.reply_mode == "async" and not settings.can_send_sms:
         # Every reply would be stored as send_failed and nobody would ever be answered.
         raise ConfigError(
             "REPLY_MODE=async sends every reply through Twilio's REST API: set "

@@ -54,8 +54,8 @@ class Context:
             yield session
 
 
-def migrate_or_explain(database_url: str) -> None:
-    """Migrate to head; a database that cannot be reached is one line (a bad URL: ConfigError)."""
+def migrate_or_explain(database_url: str) -> tuple[str | None, str | None]:
+    """Migrate to head, returning the revision before and after; unreachable: one line."""
     from sqlalchemy.exc import OperationalError
 
     from phischer.db_url import normalize_database_url, shown
@@ -63,7 +63,7 @@ def migrate_or_explain(database_url: str) -> None:
 
     url = normalize_database_url(database_url)
     try:
-        upgrade(url)
+        return upgrade(url)
     except OperationalError as exc:
         reason = " ".join(str(exc.orig).split())[:200]
         raise click.ClickException(f"cannot reach the database {shown(url)}: {reason}") from None
@@ -193,8 +193,12 @@ def db() -> None:
 def db_upgrade(obj: Context) -> None:
     """Migrate the database (DATABASE_URL) to the latest schema."""
 
-    migrate_or_explain(obj.settings.database_url)
-    click.echo("Database is up to date.")
+    before, after = migrate_or_explain(obj.settings.database_url)
+    if before == after:
+        click.echo("Database is up to date.")
+    else:
+        start = f"revision {before}" if before else "an empty database"
+        click.echo(f"Database migrated from {start} to revision {after} (the latest).")
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -125,6 +126,17 @@ def mask_number(number: str | None) -> str:
     return "…" + number[-2:] if len(number) > 2 else "…"
 
 
+# A phone number inside free text (Twilio quotes it in some errors: "The 'To' number
+# +15553330001 is not a valid phone number"); not a run of digits inside a SID or a word,
+# and not a five-digit error code.
+_NUMBER_IN_TEXT = re.compile(r"(?<![\w+])\+?\d{6,}(?!\w)")
+
+
+def mask_numbers_in(text: str) -> str:
+    """`text` with every phone number in it masked as `mask_number` does, for a log line."""
+    return _NUMBER_IN_TEXT.sub(lambda m: mask_number(m.group()), text)
+
+
 def load_env_file() -> None:
     """Load `.env` from the current folder (or the nearest parent) without overriding the env.
 
@@ -194,8 +206,9 @@ class Settings:
             env = dict(os.environ)
 
         def get(name: str) -> str | None:
+            # Blank is unset: `FALLBACK_REPLY=" "` must not make the fallback an empty SMS.
             value = env.get(name)
-            return value if value not in (None, "") else None
+            return value if value is not None and value.strip() else None
 
         kw: dict[str, Any] = {}
         if (v := get("INSTANCE_PATH")) is not None:
@@ -247,6 +260,13 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return replace(self, **overrides)
+
+    @property
+    def can_send_sms(self) -> bool:
+        """Whether replies can go out by Twilio's REST API: SID, auth token and number set."""
+        # All three: with one missing every late reply would be stored as send_failed and
+        # the texter would get nothing, not even the fallback (which is sent in time).
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_phone_number)
 
     def auth_token(self) -> str:
         """The Twilio signature key: TWILIO_AUTH_TOKEN, else a local development token."""

@@ -14,15 +14,14 @@ from typing import Any
 from phischer.backends import Backends
 from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
-from phischer.config import Settings, mask_number, normalize_number
+from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, mask_number, normalize_number
 from phischer.db import Database
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
 from phischer.recovery import retry_send
-from phischer.replies import RestSender, SendError, fit_sms
+from phischer.replies import RestSender, SendError, sendable
 from phischer.store import ContactRow, Store
-from phischer.surrogates import replace_lone_surrogates
 from phischer.thread import SPOKEN, build_thread, rows_needed
 
 log = logging.getLogger(__name__)
@@ -155,7 +154,7 @@ class SmsService:
             decision.persona, decision.reset_at = persona, contact.thread_reset_at
         elif text:
             # A command's reply too must fit one Twilio message (a long persona list would not).
-            text = fit_sms(text, self.settings.max_reply_chars)
+            text = sendable(text, self.settings.max_reply_chars)
             reply_id = store.insert_reply(
                 cur, inbound_id, contact.id, contact.persona_id, kind, text, "replied", now
             )
@@ -193,7 +192,7 @@ class SmsService:
                 return "command", "replied", f"No #{shown}. {self._keywords()}", None
             contact.persona_id, persona = target.id, target
             if not command.text:
-                greeting = target.greeting or f"You're now texting {target.name}."
+                greeting = (target.greeting or "").strip() or f"You're now texting {target.name}."
                 return "command", "replied", greeting, target
         if not command.text:
             if msg.num_media:
@@ -257,14 +256,15 @@ class SmsService:
             try:
                 result = future.result(timeout=self.settings.reply_timeout_s)
             except FutureTimeout:
-                if not self.settings.twilio_account_sid:
+                if not self.settings.can_send_sms:
                     # Nobody could deliver a late reply: answer now with the fallback, and
                     # drop the model call if it is still queued behind others (no tokens
                     # spent on an answer nobody would receive).
                     future.cancel()
                     error = (
                         f"model slower than REPLY_TIMEOUT_S={self.settings.reply_timeout_s:g} "
-                        "and no TWILIO_ACCOUNT_SID for a late REST reply"
+                        "and no Twilio credentials for a late REST reply (TWILIO_ACCOUNT_SID, "
+                        "TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER)"
                     )
                     late = (None, error, int(self.settings.reply_timeout_s * 1000))
                     return self._reply_now(decision, late)
@@ -342,16 +342,17 @@ class SmsService:
         persona = decision.persona
         assert persona is not None
         limit = self.settings.max_reply_chars
-        if reply is not None:
-            text, kind = reply.text, "chat"
-            model = reply.model or persona.model_label
-        else:
-            text, kind = self.settings.fallback_reply, "fallback"
-            model = persona.model_label
         # A model or dataset can hand back half an emoji (and an environment variable an
-        # undecodable byte), which no database, UTF-8 or XML can hold: U+FFFD instead,
-        # here, once, for the row and the SMS alike.
-        text = fit_sms(replace_lone_surrogates(text), limit)
+        # undecodable byte), which no database, UTF-8 or XML can hold, or control
+        # characters XML cannot carry: cleaned here, once, for the row and the SMS alike.
+        text = sendable(reply.text, limit) if reply is not None else ""
+        if reply is not None and text:
+            kind, model = "chat", reply.model or persona.model_label
+        else:
+            if reply is not None:  # nothing left to send: a failure, answered like one
+                reply, error = None, "model reply has no characters an SMS can carry"
+            kind, model = "fallback", persona.model_label
+            text = sendable(self.settings.fallback_reply, limit) or DEFAULT_FALLBACK_REPLY
         now = utcnow()
         with self.store.write() as cur:
             owned = self.store.finish_inbound(

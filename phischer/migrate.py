@@ -45,6 +45,22 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database schema up to `revision`."""
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head") -> tuple[str | None, str | None]:
+    """Bring the database schema up to `revision`; returns its revision before and after."""
+    from alembic.runtime.migration import MigrationContext
+
+    from phischer.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        # One connection for the check and the migration (env.py takes it as given).
+        with engine.connect() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
+            conn.commit()  # end the read: the migration runs its own transaction
+            cfg = alembic_config(database_url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            after = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    return before, after

@@ -159,7 +159,7 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
         api_key_env=spec.api_key_env,
         dataset=dataset,
         system_prompt=system_prompt,
-        greeting=spec.greeting,
+        greeting=(spec.greeting or "").strip() or None,  # blank: the default confirmation
         temperature=spec.temperature,
         max_tokens=spec.max_tokens,
         is_default=spec.is_default,

@@ -28,7 +28,10 @@ RECOVER_AFTER = dt.timedelta(minutes=2)
 GIVE_UP_AFTER = dt.timedelta(hours=1)  # a reply this late would make no sense any more
 SWEEP_EVERY_S = 60.0
 
-NO_REST = "interrupted before the reply; set TWILIO_ACCOUNT_SID to answer such texts late"
+NO_REST = (
+    "interrupted before the reply; set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and "
+    "TWILIO_PHONE_NUMBER to answer such texts late"
+)
 TOO_OLD = "interrupted before the reply; too old to answer late"
 SUPERSEDED = "interrupted before the reply; a newer text from this number came first"
 NO_PERSONA = "interrupted before the reply; no persona to answer with"
@@ -101,14 +104,14 @@ def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime
     """Why this row cannot be delivered late (None: it can)."""
     newer = service.store.newer_inbound
     if row.direction == "out":
-        if not service.settings.twilio_account_sid:
+        if not service.settings.can_send_sms:
             return SEND_INTERRUPTED
         if now - row.created_at > GIVE_UP_AFTER:
             # A "send_retry" reply carries its last failure: say that, not "interrupted".
             return SEND_GAVE_UP + row.error if row.error else SEND_INTERRUPTED
         # A late answer to a text the texter has since followed up would arrive out of order.
         return SEND_SUPERSEDED if newer(cur, row.contact_id, row.id) else None
-    if not service.settings.twilio_account_sid:
+    if not service.settings.can_send_sms:
         return NO_REST
     if now - row.created_at > GIVE_UP_AFTER:
         return TOO_OLD

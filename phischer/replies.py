@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import requests
 from twilio.twiml.messaging_response import MessagingResponse
 
-from phischer.config import Settings, mask_number
+from phischer.config import Settings, mask_number, mask_numbers_in
+from phischer.surrogates import replace_lone_surrogates
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,13 @@ def twiml(*bodies: str) -> str:
 def _xml_text(body: str) -> str:
     """`body` without the characters XML cannot hold (empty: no message is sent)."""
     return NOT_XML.sub("", body)
+
+
+def sendable(text: str, limit: int) -> str:
+    """`text` as an SMS can carry it: no characters XML cannot hold, cut to `limit`."""
+    # Lone surrogates first become U+FFFD (shown, as any UTF-8 decoder would); the C0
+    # controls and U+FFFE/U+FFFF that remain are dropped, so the row says what was sent.
+    return fit_sms(_xml_text(replace_lone_surrogates(text)), limit)
 
 
 # Where Twilio reports what became of a reply (its status callback). Relative in the TwiML:
@@ -131,7 +139,9 @@ class RestSender:
                 )
                 return str(message.sid)
             except Exception as exc:  # TwilioRestException, requests' errors, config errors
-                log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
+                log.warning(
+                    "REST send to %s failed: %s", mask_number(to), mask_numbers_in(_short(exc))
+                )
                 transient = _transient(exc)
                 if delay is None or not transient:
                     raise SendError(_short(exc), transient) from None

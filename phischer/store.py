@@ -347,9 +347,14 @@ class Store:
 
     def set_delivery(self, cur: Any, message_id: int, delivery: str, error: str | None) -> None:
         """Record Twilio's delivery status on a reply (and why it failed, if it did)."""
+        # A failure's error goes when a later status says the reply arrived after all
+        # ("undelivered", then "delivered" for the same message); any other error stays.
         cur.execute(
-            self.sql("UPDATE messages SET delivery = ?, error = COALESCE(?, error) WHERE id = ?"),
-            (delivery, error, message_id),
+            self.sql(
+                "UPDATE messages SET error = CASE WHEN delivery IN ('undelivered', 'failed') "
+                "AND ? IS NULL THEN NULL ELSE COALESCE(?, error) END, delivery = ? WHERE id = ?"
+            ),
+            (error, error, delivery, message_id),
         )
 
     def pending(

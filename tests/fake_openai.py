@@ -249,6 +249,12 @@ class FakeOpenAI:
             refused = _reasoning_refusal(body)
             if refused is not None:
                 return 400, refused, {}
+        if self.behaviour == "html":  # 200, but a web page, not a completion
+            return 200, b"<html><body>Welcome to nginx!</body></html>", {}
+        if self.behaviour == "bad_json":  # 200, JSON by its header, cut off
+            return 200, b'{"id": "chatcmpl-1", "choices": [', {}
+        if self.behaviour == "not_completion":  # 200 and JSON, of another shape
+            return 200, {"status": "ok", "choices": "none"}, {}
         content = "" if self.behaviour == "empty" else self.responder(body)
         completion = {
             "id": "chatcmpl-fake",
@@ -428,9 +434,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)
             return
         status, payload, headers = answer
-        data = json.dumps(payload).encode()
+        # bytes: a raw body, as a misconfigured proxy or web server answers
+        raw = isinstance(payload, bytes)
+        data = payload if raw else json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        page = raw and payload.startswith(b"<")
+        self.send_header("Content-Type", "text/html" if page else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for name, value in headers.items():
             self.send_header(name, value)

@@ -290,8 +290,23 @@ def test_route_pins_a_number(app, twilio_post, database):
     assert twilio_post("#who", from_="+15550143").replies == ["You're texting Ada (#ada)."]
 
 
-def test_db_upgrade_and_help():
+def test_db_upgrade_and_help(tmp_path, monkeypatch):
+    from alembic.script import ScriptDirectory
+
+    from phischer.migrate import alembic_config, upgrade
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert run("db", "upgrade").output.strip() == (
+        f"Database migrated from an empty database to revision {head} (the latest)."
+    )
     assert run("db", "upgrade").output.strip() == "Database is up to date."
+    # a database some revisions behind says where it came from
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    assert upgrade(url, "0004") == (None, "0004")
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert run("db", "upgrade").output.strip() == (
+        f"Database migrated from revision 0004 to revision {head} (the latest)."
+    )
     for command in (
         ["serve"],
         ["text"],
@@ -305,8 +320,11 @@ def test_db_upgrade_and_help():
         assert result.exit_code == 0 and "Usage:" in result.output
 
 
-def test_async_replies_without_twilio_credentials_are_refused_at_serve(monkeypatch):
+@pytest.mark.parametrize("sid_only", [False, True])
+def test_async_replies_without_twilio_credentials_are_refused_at_serve(monkeypatch, sid_only):
     monkeypatch.setenv("REPLY_MODE", "async")
+    if sid_only:  # half the credentials is none: every reply would be send_failed
+        monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "0" * 32)
     result = run("serve", "--port", str(free_port()))
     assert result.exit_code == 1
     assert result.output == (

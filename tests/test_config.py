@@ -227,3 +227,16 @@ def test_an_instance_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatc
         (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
         assert f"cannot create {blocker / 'instance'} for the" in line
         assert "set INSTANCE_PATH" in line and "Traceback" not in result.output
+
+
+def test_a_blank_setting_is_an_unset_one(tmp_path):
+    """FALLBACK_REPLY=" " would send an empty SMS; blank values fall back to the defaults."""
+    from phischer.config import DEFAULT_FALLBACK_REPLY
+
+    s = Settings.from_env(
+        {"FALLBACK_REPLY": "   ", "TWILIO_AUTH_TOKEN": " \t", "DEFAULT_PERSONA": " "},
+        instance_path=tmp_path,
+    )
+    assert s.fallback_reply == DEFAULT_FALLBACK_REPLY
+    assert (s.twilio_auth_token, s.default_persona) == (None, None)
+    assert Settings.from_env({"FALLBACK_REPLY": "brb"}).fallback_reply == "brb"

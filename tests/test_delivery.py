@@ -207,3 +207,12 @@ def test_a_reply_the_phone_never_got_is_left_out_of_the_thread(
         assert fake_openai.chat_calls[-1]["messages"][1:] == [
             {"role": "user", "content": "hi\nyou there?"},
         ]
+
+
+def test_a_later_delivered_clears_the_failure(app, twilio_post):
+    twilio_post("hey how are you")
+    (reply,) = [m for m in rows(app) if m.direction == "out"]
+    callback(app, reply.id, "undelivered", "30003")
+    callback(app, reply.id, "delivered")
+    (reply,) = [m for m in rows(app) if m.direction == "out"]
+    assert (reply.delivery, reply.error) == ("delivered", None)

@@ -107,7 +107,7 @@ def test_db_upgrade_from_installed_wheel(site: Path, tmp_path: Path):
 
     result = _phischer(site, cwd, "-m", "phischer", "db", "upgrade", url=url)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Database is up to date." in result.stdout
+    assert "Database migrated from an empty database to revision" in result.stdout
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()

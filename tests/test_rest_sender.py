@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from phischer.config import mask_numbers_in
 from phischer.replies import RestSender, SendError
 from tests.conftest import free_port
 
@@ -81,3 +82,32 @@ def test_an_unanswered_send_is_not_retried(settings, twilio_rest, fake_twilio):
         sender.send("+15550100", "hello")
     assert not unanswered.value.transient
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+
+
+def test_a_number_twilio_quotes_in_its_error_is_masked_in_the_log(sender, fake_twilio, caplog):
+    fake_twilio.fail_messages(
+        400, 21211, "The 'To' number +15553330001 is not a valid phone number."
+    )
+    with caplog.at_level("DEBUG"), pytest.raises(SendError) as raised:
+        sender.send("+15553330001", "hello")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "phischer.replies"]
+    assert line == (
+        "REST send to …01 failed: Twilio error 21211: Unable to create record: "
+        "The 'To' number …01 is not a valid phone number."
+    )
+    # the reply's recorded error keeps the whole text: it is the user's own database
+    assert "+15553330001" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("number +15553330001 bad", "number …01 bad"),
+        ("to 4915112345678.", "to …78."),
+        ("Twilio error 21211 and 30034", "Twilio error 21211 and 30034"),
+        ("SM0123456789abcdef0123456789abcdef", "SM0123456789abcdef0123456789abcdef"),
+        ("id 12345", "id 12345"),
+    ],
+)
+def test_mask_numbers_in(text, masked):
+    assert mask_numbers_in(text) == masked

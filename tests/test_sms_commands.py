@@ -296,3 +296,13 @@ def test_default_persona_rule():
     bo.is_default = False
     assert pick_default([ada, bo, cy], None) is ada  # none marked: the oldest
     assert pick_default([], "Ada") is None
+
+
+def test_a_blank_greeting_is_no_greeting(make_app, personas, database, twilio_post):
+    with database.write() as session:
+        add_persona(
+            session,
+            PersonaSpec(name="Cy", keyword="cy", dataset=str(personas["bo"]), greeting="  \n "),
+        )
+    app = make_app()
+    assert twilio_post("#cy", target=app).replies == ["You're now texting Cy."]

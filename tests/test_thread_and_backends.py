@@ -207,10 +207,13 @@ def test_persona_api_key_env(llm_app, fake_openai, database, twilio_post, monkey
         ("status", 503, "model server error 503"),
         ("empty", 200, "empty reply"),
         ("drop", 200, "cannot reach the model server"),
+        ("html", 200, "model server answered something that is not a chat completion"),
+        ("not_completion", 200, "model server answered something that is not a chat completion"),
+        ("bad_json", 200, "model server answered something that is not a chat completion"),
     ],
 )
 def test_model_failures_store_error_and_send_fallback(
-    llm_app, fake_openai, twilio_post, behaviour, status, error_part
+    llm_app, fake_openai, twilio_post, behaviour, status, error_part, caplog
 ):
     app = llm_app(model_retries=0, fallback_reply="brb, phone died")
     fake_openai.behaviour, fake_openai.status_code = behaviour, status
@@ -221,6 +224,8 @@ def test_model_failures_store_error_and_send_fallback(
     assert inbound.body == "hello?" and inbound.status == "failed"
     assert error_part in inbound.error
     assert (outbound.kind, outbound.body) == ("fallback", "brb, phone died")
+    # a failure of the model server, not of phischer: a warning line, no traceback
+    assert not [r for r in caplog.records if r.exc_info]
     # A fallback is not the persona talking: it never enters the thread.
     fake_openai.behaviour = "ok"
     twilio_post("again", target=app)
@@ -304,6 +309,20 @@ def test_auto_mode_without_twilio_answers_fallback_in_time(llm_app, fake_openai,
     assert "REPLY_TIMEOUT_S" in stored(app)[0].error
 
 
+@pytest.mark.parametrize("missing", ["twilio_auth_token", "twilio_phone_number"])
+def test_auto_mode_with_half_the_twilio_settings_answers_fallback_in_time(
+    llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post, missing
+):
+    """A late reply needs SID, token and number: without one the texter gets the fallback."""
+    app = llm_app(reply_mode="auto", reply_timeout_s=0.3, **{**twilio_rest, missing: None})
+    fake_openai.behaviour, fake_openai.delay = "slow", 1.0
+    r = twilio_post("hi", target=app)
+    assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    app.extensions["phischer"].sms.shutdown()
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert "no Twilio credentials for a late REST reply" in stored(app)[0].error
+
+
 def test_auto_mode_without_twilio_stops_the_model_call_at_reply_timeout(
     llm_app, fake_openai, twilio_post
 ):
@@ -325,10 +344,18 @@ def test_model_timeout_is_reply_timeout_unless_a_late_reply_can_go_out(settings)
         backend = Backends(settings.with_overrides(reply_timeout_s=3.5, **overrides))
         return backend.get("openai").timeout_s
 
+    full = {
+        "twilio_account_sid": "AC" + "0" * 32,
+        "twilio_auth_token": "t" * 32,
+        "twilio_phone_number": "+15550199",
+    }
     assert ASYNC_MODEL_TIMEOUT_S > 3.5
     assert timeout(reply_mode="auto") == 3.5
-    assert timeout(reply_mode="auto", twilio_account_sid="AC" + "0" * 32) == ASYNC_MODEL_TIMEOUT_S
-    assert timeout(reply_mode="inline", twilio_account_sid="AC" + "0" * 32) == 3.5
+    assert timeout(reply_mode="auto", **full) == ASYNC_MODEL_TIMEOUT_S
+    # a late reply needs all three: with one missing it could never be sent
+    for missing in full:
+        assert timeout(reply_mode="auto", **{**full, missing: None}) == 3.5
+    assert timeout(reply_mode="inline", **full) == 3.5
     assert timeout(reply_mode="async") == ASYNC_MODEL_TIMEOUT_S
 
 
@@ -531,3 +558,23 @@ def test_half_an_emoji_from_the_model_is_stored_and_sent_as_u_fffd(
     assert r.status_code == 200
     assert r.replies == ["see you \ufffd"]
     assert stored(app)[1].body == "see you \ufffd"
+
+
+def test_a_reply_only_xml_cannot_carry_is_a_failure_not_an_empty_sms(
+    llm_app, fake_openai, twilio_post
+):
+    app = llm_app(fallback_reply="\x07\x08")  # a fallback made of nothing sendable too
+    fake_openai.responder = lambda body: "\x01\x02\x03"
+    assert twilio_post("hello?", target=app).replies == [
+        "Sorry, I can't answer right now. Try again in a bit."
+    ]
+    inbound, outbound = stored(app)
+    assert (inbound.status, inbound.error) == (
+        "failed",
+        "model reply has no characters an SMS can carry",
+    )
+    assert outbound.kind == "fallback"
+    # what can be sent is, and the row holds exactly that
+    fake_openai.responder = lambda body: "hi\x01 there"
+    assert twilio_post("again", target=app).replies == ["hi there"]
+    assert stored(app)[-1].body == "hi there"

@@ -14,10 +14,10 @@ ASYNC_MODEL_TIMEOUT_S = 60.0
 
 def model_timeout_s(settings: Settings) -> float:
     """Seconds a model call may take: longer than the webhook only if a late reply can go out."""
-    # auto without TWILIO_ACCOUNT_SID answers the fallback after REPLY_TIMEOUT_S (inbound.py):
+    # auto without Twilio credentials answers the fallback after REPLY_TIMEOUT_S (inbound.py):
     # a call running past that would spend tokens on a reply nobody can send.
     late_reply_possible = settings.reply_mode == "async" or (
-        settings.reply_mode == "auto" and bool(settings.twilio_account_sid)
+        settings.reply_mode == "auto" and settings.can_send_sms
     )
     return ASYNC_MODEL_TIMEOUT_S if late_reply_possible else settings.reply_timeout_s
 

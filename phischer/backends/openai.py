@@ -112,6 +112,8 @@ class OpenAIBackend:
                     **kwargs,  # type: ignore[arg-type]
                 )
                 break
+            except ValueError as exc:  # a 200 whose JSON does not parse (the SDK's json.loads)
+                raise _not_a_completion(exc) from None
             except openai.APITimeoutError:  # before APIConnectionError: it is a subclass
                 raise BackendError(f"model timed out after {self.timeout_s:g} s") from None
             except openai.BadRequestError as exc:
@@ -131,17 +133,27 @@ class OpenAIBackend:
                     raise error from None
                 time.sleep(wait)
                 attempt += 1
-        choice = completion.choices[0] if completion.choices else None
-        text = (choice.message.content or "").strip() if choice and choice.message else ""
+        try:
+            choice = completion.choices[0] if completion.choices else None
+            text = (choice.message.content or "").strip() if choice and choice.message else ""
+            usage = completion.usage
+            prompt, done = (usage.prompt_tokens, usage.completion_tokens) if usage else (None, None)
+            model = str(completion.model or persona.model)
+        except (AttributeError, TypeError, IndexError, KeyError) as exc:
+            # The SDK hands back a web page as a str and builds any JSON into a completion
+            # without checking it: a wrong URL or a proxy's page fails here, not in create().
+            raise _not_a_completion(exc) from None
         if not text:
             raise BackendError("model returned an empty reply")
-        usage = completion.usage
-        return Reply(
-            text=text,
-            model=completion.model or persona.model,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-        )
+        return Reply(text=text, model=model, prompt_tokens=prompt, completion_tokens=done)
+
+
+def _not_a_completion(exc: Exception) -> BackendError:
+    """The error for a 200 that is not a chat completion (a web page, other JSON)."""
+    return BackendError(
+        "model server answered something that is not a chat completion (is the persona's "
+        f"base URL an OpenAI-compatible /v1 endpoint?): {type(exc).__name__}"
+    )
 
 
 def _adapt(kwargs: dict[str, object], param: str) -> None:
