@@ -7,12 +7,21 @@ import click
 from phischer import tunnel
 from phischer.cli import Context, friendly_errors, pass_ctx
 
-_port = click.option(
+# `tunnel` points at a server already listening there; `up` listens itself, so 0 (any free
+# port, shown in its banner) makes sense only for `up`.
+_tunnel_port = click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5000,
+    show_default=True,
+    help="Local port of the webhook (where `phischer serve` listens).",
+)
+_up_port = click.option(
     "--port",
     type=click.IntRange(0, 65535),
     default=5000,
     show_default=True,
-    help="Local port of the webhook.",
+    help="Local port to serve the webhook on (0: any free port).",
 )
 _public_url = click.option(
     "--public-url",
@@ -24,7 +33,7 @@ _public_url = click.option(
 
 # -h as well as --help also when scripts/tunnel.py runs this command without the group.
 @click.command("tunnel", context_settings={"help_option_names": ["-h", "--help"]})
-@_port
+@_tunnel_port
 @_public_url
 @click.option("--no-restore", is_flag=True, help="Leave the number on this URL when stopping.")
 @pass_ctx
@@ -32,7 +41,8 @@ def tunnel_command(obj: Context, port: int, public_url: str | None, no_restore: 
     """Open an https ngrok tunnel to PORT and point TWILIO_PHONE_NUMBER's SMS URL at it.
 
     Run `phischer serve` alongside. On exit (Ctrl-C, SIGTERM) the number's previous SMS URL is
-    restored and the tunnel closed. One `tunnel` or `up` at a time per instance folder.
+    restored and the tunnel closed; exit code 1 if Twilio refused the restore. One `tunnel` or
+    `up` at a time per instance folder.
     """
     with friendly_errors():
         tunnel.run_tunnel(
@@ -41,14 +51,14 @@ def tunnel_command(obj: Context, port: int, public_url: str | None, no_restore: 
 
 
 @click.command("up")
-@_port
+@_up_port
 @_public_url
 @pass_ctx
 def up_command(obj: Context, port: int, public_url: str | None) -> None:
     """Migrate, serve, tunnel and register in one process: then text your Twilio number.
 
-    Ctrl-C (or SIGTERM) restores the number's previous SMS URL and closes the tunnel. One `up`
-    or `tunnel` at a time per instance folder.
+    Ctrl-C (or SIGTERM) restores the number's previous SMS URL and closes the tunnel (exit code
+    1 if Twilio refused the restore). One `up` or `tunnel` at a time per instance folder.
     """
     with friendly_errors():
         tunnel.run_up(obj.settings, port=port, public_url=public_url, echo=click.echo)

@@ -109,6 +109,23 @@ def public_base_url(raw: str, source: str = "PUBLIC_URL") -> str:
         raise ConfigError(
             f"{source}={raw!r} must be an absolute base URL such as https://sms.example.com"
         )
+    # phischer appends /sms to the whole string: after a #fragment that path never reaches
+    # the server (Twilio would call the bare host), so the fragment cannot stay.
+    if "#" in url:
+        raise ConfigError(
+            f"{source}={raw!r} has a #fragment, which would hide the /sms phischer adds from "
+            f"Twilio: give the base URL without it ({url.split('#', 1)[0].rstrip('/')})"
+        )
+    # urlsplit accepts any port text and checks it only when .port is read; 0 is no port
+    # Twilio could connect to either.
+    try:
+        bad_port = urlsplit(url).port == 0
+    except ValueError:  # out of range, or not a number
+        bad_port = True
+    if bad_port:
+        raise ConfigError(
+            f"{source}={raw!r} has an impossible port: use one from 1 to 65535, or leave it out"
+        )
     # A path prefix is fine (a proxy that serves phischer under /clone), but the webhook
     # path itself is a pasted webhook URL: phischer would register and check .../sms/sms.
     if urlsplit(url).path.lower().endswith("/sms"):

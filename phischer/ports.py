@@ -2,24 +2,73 @@
 
 from __future__ import annotations
 
+import errno
 import socket
+from typing import Any
 
 
 class PortBusyError(ValueError):
     """The port cannot be listened on (another program has it, or no permission)."""
 
 
+def bare_host(host: str) -> str:
+    """`host` without the brackets a URL puts around an IPv6 address ("[::1]" -> "::1")."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as URLs and gunicorn's --bind write it: an IPv6 address in brackets."""
+    bare = bare_host(host)
+    return f"[{bare}]:{port}" if ":" in bare and "[" not in bare else f"{bare}:{port}"
+
+
+def http_url(host: str, port: int) -> str:
+    """The http:// base URL of a server listening on host:port."""
+    return f"http://{host_port(host, port)}"
+
+
+def _not_here(host: str) -> str:
+    """The fix for a host this machine cannot listen on."""
+    return (
+        f"{bare_host(host)} is not an address of this machine: pass --host "
+        f"127.0.0.1 (or [::1] for IPv6)"
+    )
+
+
+def _address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    """The address family and socket address to bind host:port to, or PortBusyError."""
+    try:
+        found = socket.getaddrinfo(
+            bare_host(host) or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
+        raise PortBusyError(
+            f"Cannot listen on {host_port(host, port)} ({reason}): {_not_here(host)}"
+        ) from None
+    # A name with both kinds of address binds IPv4, as gunicorn does for names (and as
+    # "localhost" always did here): the check must hold the address the server will take.
+    family, _, _, _, address = next((a for a in found if a[0] == socket.AF_INET), found[0])
+    return family, address
+
+
 def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port, or PortBusyError saying what to do."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening TCP socket on host:port (IPv4 or IPv6), or PortBusyError saying what to do."""
+    family, address = _address(host, port)
+    shown = host_port(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise PortBusyError(
-            f"Cannot listen on {host}:{port} ({exc.strerror}): stop the program using it "
-            f"or pass --port N"
-        ) from None
+        # Only a busy port is another program's doing; anything else is this host or port.
+        if exc.errno == errno.EADDRINUSE:
+            fix = "stop the program using it or pass --port N"
+        elif exc.errno == errno.EACCES:
+            fix = "no permission for this port (below 1024 needs root): pass --port N"
+        else:
+            fix = _not_here(host)
+        raise PortBusyError(f"Cannot listen on {shown} ({exc.strerror}): {fix}") from None
     return sock

@@ -36,6 +36,7 @@ from twilio.rest import Client
 
 from phischer.atomic import atomic_files
 from phischer.config import ConfigError, Settings, mask_number, public_base_url
+from phischer.ports import PortBusyError, bare_host, http_url, listen
 from phischer.twilio_client import make_twilio_client
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ NGROK_CODE_FIXES = {
     "Authtoken), or pass --public-url https://… if you have your own domain or tunnel",
 }
 NGROK_CODE = re.compile(r"ERR_NGROK_(\d+)")
+# Bytes of a PATH hit read to tell pyngrok's `ngrok` script from the agent binary, and the
+# line that gives the script away (an import, not any mention: a folder may be named so).
+PYNGROK_SCRIPT_PEEK = 4096
+PYNGROK_IMPORT = re.compile(rb"^[ \t]*(?:from|import)[ \t]+pyngrok\b", re.MULTILINE)
 PUBLIC_URL_FILE = "public_url"
 STATE_FILE = "tunnel_state.json"
 LOCK_FILE = "tunnel.lock"
@@ -128,10 +133,40 @@ def _private_ngrok_config(directory: str, token: str) -> str:
     return path
 
 
+def _is_pyngrok_script(path: str) -> bool:
+    """Whether `path` is pyngrok's own `ngrok` command (a Python script), not the ngrok agent."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(PYNGROK_SCRIPT_PEEK)
+    except OSError:
+        return False
+    # pip and uv write console scripts as short text files: a shebang, then the entry point
+    # (`from pyngrok.ngrok import main`). The agent itself is a compiled binary.
+    return head.startswith(b"#!") and PYNGROK_IMPORT.search(head) is not None
+
+
+def find_ngrok() -> str | None:
+    """The first ngrok agent on PATH, skipping pyngrok's own `ngrok` script; None if there is none.
+
+    pyngrok installs a command named `ngrok` next to the venv's python: with the venv active
+    it comes first on PATH, and run as the agent it tries to download ngrok (a page of
+    traceback offline) instead of opening a tunnel.
+    """
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("ngrok", path=folder) if folder else None
+        if found is None:
+            continue
+        if not _is_pyngrok_script(found):
+            return found
+        log.debug("Skipping %s: pyngrok's ngrok command, not the ngrok agent", found)
+    return None
+
+
 def open_ngrok(port: int) -> Tunnel:
     """Open an https ngrok tunnel to 127.0.0.1:PORT with pyngrok, or raise TunnelError (one line)."""
     from pyngrok import conf, ngrok
     from pyngrok.exception import PyngrokError, PyngrokNgrokInstallError
+    from yaml import YAMLError  # pyngrok's own dependency, for ngrok.yml
 
     token = os.environ.get("NGROK_AUTHTOKEN") or None
     # An installed binary beats pyngrok's first-use download (which fails offline). pyngrok
@@ -140,7 +175,7 @@ def open_ngrok(port: int) -> Tunnel:
     # (0600 in a fresh 0700 dir, deleted once the agent is up or failed to start), and the
     # user's ngrok.yml is never written. Without it the agent reads its own config, where
     # `ngrok config add-authtoken` put the token.
-    config = conf.PyngrokConfig(ngrok_path=shutil.which("ngrok"))
+    config = conf.PyngrokConfig(ngrok_path=find_ngrok())
     config.auth_token = None  # PyngrokConfig falls back to $NGROK_AUTHTOKEN by itself
     private_dir: str | None = None
     ready = False
@@ -164,8 +199,21 @@ def open_ngrok(port: int) -> Tunnel:
         raise TunnelError(
             f"No ngrok binary, and it could not be downloaded: {NGROK_FIXES}"
         ) from None
-    except (PyngrokError, OSError) as exc:
+    except YAMLError as exc:  # pyngrok reads the user's ngrok.yml and lets its errors through
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise TunnelError(
+            f"Could not open an ngrok tunnel: {conf.get_config_path(config)} is not valid YAML "
+            f"({getattr(exc, 'problem', None) or type(exc).__name__}{where}): fix it, or set "
+            f"NGROK_AUTHTOKEN (phischer then gives ngrok a config of its own), or pass "
+            f"--public-url https://… if you have your own domain or tunnel"
+        ) from None
+    except Exception as exc:
+        # Anything else pyngrok raises is one line too, never a traceback; -v shows it whole.
+        log.debug("pyngrok failed", exc_info=True)
         text = str(getattr(exc, "ngrok_error", None) or exc)
+        if not isinstance(exc, (PyngrokError, OSError)):  # its message alone may not say what
+            text = f"{type(exc).__name__}: {text}"
         if token:  # ngrok quotes a rejected token back ("Your authtoken: …")
             text = text.replace(token, "<NGROK_AUTHTOKEN>")
         raise TunnelError(ngrok_failure(text)) from None
@@ -597,6 +645,75 @@ def _step(echo: Echo, what: str, fn: Callable[[], object]) -> None:
         echo(result)
 
 
+def restore_failure(registration: Registration, exc: Exception) -> str:
+    """One line for a restore that failed: why, and which URL to set back by hand."""
+    phone = registration.phone_number
+    previous = registration.previous_url
+    # A TunnelError already says what was tried ("Twilio refused to restore the SMS URL of …").
+    reason = (
+        str(exc)
+        if isinstance(exc, TunnelError)
+        else f"could not restore the SMS URL of {phone} ({type(exc).__name__}: {exc})"
+    )
+    back = f"set it back to {previous} ({registration.previous_method})" if previous else "clear it"
+    return (
+        f"{reason}: {back} in the Twilio console (Phone Numbers → Active numbers → {phone}), "
+        f"or run `phischer tunnel` again: it repairs it"
+    )
+
+
+def _restoring(
+    client: Client, registration: Registration, instance_path: Path, echo: Echo
+) -> Callable[..., bool]:
+    """The exit step that puts the number's previous SMS URL back.
+
+    A failure on a clean stop is raised once the other steps have run, so the command exits 1
+    and a supervisor can tell the number was left on a closed URL. When the block is already
+    failing (an error, a stop during startup: exit 1 either way) it is a warning, not to mask
+    that.
+    """
+
+    def restore(exc_type: type[BaseException] | None, *_: object) -> bool:
+        try:
+            result = restore_webhook(client, registration, instance_path)
+        except Exception as exc:  # the other clean-up steps must still run
+            line = restore_failure(registration, exc)
+            if exc_type is not None:
+                echo(f"Warning: {line}")
+                return False
+            raise TunnelError(line) from None
+        if result:
+            echo(result)
+        return False
+
+    return restore
+
+
+def _say_left_on(
+    echo: Echo, settings: Settings, registration: Registration, public_url: str | None
+) -> None:
+    """--no-restore, on exit: what the number is left on, and what that asks of the user."""
+    phone, sms_url = registration.phone_number, registration.sms_url
+    if not public_url:
+        echo(
+            f"Warning: the SMS URL of {phone} stays {sms_url} (--no-restore), which stops "
+            f"working as the tunnel closes: texts fail (Twilio error 11200) until you point the "
+            f"number elsewhere in the Twilio console or run `phischer up` or `tunnel` again"
+        )
+        return
+    shared = settings.instance_path / PUBLIC_URL_FILE
+    echo(
+        f"The SMS URL of {phone} stays {sms_url} (--no-restore); {shared} keeps {public_url} "
+        f"for the server's signature checks."
+    )
+    # The file lasts until another `up`/`tunnel` here replaces it; PUBLIC_URL lasts.
+    if settings.public_url != public_url:
+        echo(
+            f"Hint: set PUBLIC_URL={public_url} in .env so `phischer serve` keeps validating "
+            f"signatures for it."
+        )
+
+
 @contextmanager
 def exposed(
     settings: Settings,
@@ -625,25 +742,31 @@ def exposed(
             echo(f"Tunnel open: {base} → http://127.0.0.1:{port}")
         stop_if_requested()
         write_public_url(instance, base)
-        stack.callback(remove_public_url, instance, base)
+        # --no-restore on a URL that outlives us (--public-url, PUBLIC_URL) keeps the file:
+        # Twilio goes on calling it, and a running server must go on checking signatures
+        # against it.
+        keep_shared = False
+
+        def unshare() -> None:
+            if not keep_shared:
+                remove_public_url(instance, base)
+
+        stack.callback(unshare)
         registration = plan_registration(client, number, base + "/sms", instance)
         for warning in registration.warnings:
             echo(f"Warning: {warning}")
         # Undo steps go in before the change: a Ctrl-C or SIGTERM while Twilio applies it
         # still restores (restore_webhook looks at the number first).
         if restore:
-            previous = registration.previous_url or "(empty)"
-            stack.callback(
-                _step,
-                echo,
-                f"restore the SMS URL of {registration.phone_number} to {previous} (do it in the "
-                f"Twilio console, or run `phischer tunnel` again: it repairs it)",
-                lambda: restore_webhook(client, registration, instance),
-            )
+            stack.push(_restoring(client, registration, instance, echo))
         else:
             stack.callback(_forget_unless_refused, registration, instance)
         stop_if_requested()
         apply_registration(client, registration, instance)
+        if not restore:
+            # An ngrok URL dies with the tunnel: nothing to keep checking against.
+            keep_shared = bool(public_url)
+            stack.callback(_say_left_on, echo, settings, registration, public_url)
         yield Exposure(public_url=base, sms_url=base + "/sms", port=port, registration=registration)
 
 
@@ -721,8 +844,6 @@ def run_tunnel(
 
 def _listen(host: str, port: int) -> socket.socket:
     """Bind the server socket ourselves: werkzeug's make_server prints and exits on a busy port."""
-    from phischer.ports import PortBusyError, listen
-
     try:
         return listen(host, port)
     except PortBusyError as exc:
@@ -799,7 +920,8 @@ def run_up(
         app = create_app(app_settings)
         stack.callback(_step, echo, "stop the app", lambda: _stop_app(app))
         stop_if_requested()
-        server = make_server(host, port, app, threaded=True, fd=sock.fileno())
+        # werkzeug wants "::1", not the URL form "[::1]" that ports.listen also takes.
+        server = make_server(bare_host(host), port, app, threaded=True, fd=sock.fileno())
         thread = threading.Thread(target=server.serve_forever, name="phischer-http", daemon=True)
         thread.start()
         # What a crash or restart left unanswered goes out now, not at the next text.
@@ -807,7 +929,7 @@ def run_up(
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
         bound = int(server.server_address[1])  # the real port when --port 0
-        local_url = f"http://{host}:{bound}"
+        local_url = http_url(host, bound)
         with exposed(
             settings, client, port=bound, public_url=base, opener=opener, echo=echo
         ) as exposure:

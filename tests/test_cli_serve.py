@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 from werkzeug.serving import make_server
 
 from phischer.cli import cli
+from phischer.ports import PortBusyError, host_port, http_url, listen
 from tests.conftest import free_port
 
 # The smallest dataset the retrieval backend can answer from.
@@ -383,6 +386,77 @@ def test_serve_on_a_busy_port_is_one_line(tmp_path):
         f"Error: Cannot listen on 127.0.0.1:{port} (Address already in use): stop the program "
         "using it or pass --port N"
     ]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+@needs_ipv6
+def test_listen_takes_the_address_family_of_the_host():
+    # ::1 as typed, or as a URL writes it; a name with both kinds of address stays on IPv4,
+    # the one gunicorn binds for a name.
+    cases = [
+        ("::1", socket.AF_INET6, "::1"),
+        ("[::1]", socket.AF_INET6, "::1"),
+        ("127.0.0.1", socket.AF_INET, "127.0.0.1"),
+        ("localhost", socket.AF_INET, "127.0.0.1"),
+    ]
+    for host, family, address in cases:
+        with listen(host, 0) as sock:
+            assert (sock.family, sock.getsockname()[0]) == (family, address), host
+
+
+def test_host_port_puts_an_ipv6_address_in_brackets():
+    assert [host_port(h, 5085) for h in ("::1", "[::1]", "127.0.0.1", "localhost")] == [
+        "[::1]:5085",
+        "[::1]:5085",
+        "127.0.0.1:5085",
+        "localhost:5085",
+    ]
+    assert http_url("::1", 5000) == "http://[::1]:5000"
+
+
+@needs_ipv6
+def test_serve_on_a_busy_ipv6_port_is_one_line():
+    with socket.socket(socket.AF_INET6) as busy:
+        busy.bind(("::1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = run("serve", "--host", "::1", "--port", str(port))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: Cannot listen on [::1]:{port} ({os.strerror(errno.EADDRINUSE)}): stop the "
+        "program using it or pass --port N"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("192.0.2.1", "192.0.2.1"),  # TEST-NET-1: never this machine's
+        pytest.param("2001:db8::1", "[2001:db8::1]", marks=needs_ipv6),  # IPv6 documentation
+    ],
+)
+def test_a_host_that_is_not_this_machines_is_named_as_the_problem(host, shown):
+    """Not "stop the program using it": no program can free an address this machine lacks."""
+    port = free_port()
+    with pytest.raises(PortBusyError) as info:
+        listen(host, port)
+    assert str(info.value) == (
+        f"Cannot listen on {shown}:{port} ({os.strerror(errno.EADDRNOTAVAIL)}): {host} is not an "
+        f"address of this machine: pass --host 127.0.0.1 (or [::1] for IPv6)"
+    )
+    result = run("serve", "--host", host, "--port", str(port))
+    assert (result.exit_code, result.output.strip()) == (1, f"Error: {info.value}")
 
 
 def test_seed_adds_the_samples_once_and_says_how_big_they_are():

@@ -75,6 +75,21 @@ def test_parsing():
             "without /sms (https://x.example.com)",
         ),
         ({"PUBLIC_URL": "https://x.example.com/clone/SMS"}, "(https://x.example.com/clone)"),
+        # phischer would register https://sms.example.com#frag/sms: Twilio calls the bare host.
+        (
+            {"PUBLIC_URL": "https://sms.example.com/#frag"},
+            "PUBLIC_URL='https://sms.example.com/#frag' has a #fragment, which would hide the "
+            "/sms phischer adds from Twilio: give the base URL without it "
+            "(https://sms.example.com)",
+        ),
+        ({"PUBLIC_URL": "https://sms.example.com#"}, "has a #fragment"),
+        (
+            {"PUBLIC_URL": "https://x.example.com:99999"},
+            "PUBLIC_URL='https://x.example.com:99999' has an impossible port: use one from 1 to "
+            "65535, or leave it out",
+        ),
+        ({"PUBLIC_URL": "https://x.example.com:0"}, "has an impossible port"),
+        ({"PUBLIC_URL": "https://x.example.com:https/clone"}, "has an impossible port"),
         ({"TWILIO_PHONE_NUMBER": "abc"}, "TWILIO_PHONE_NUMBER='abc' is not a phone number"),
     ],
 )
@@ -89,6 +104,10 @@ def test_a_public_url_may_have_a_path_prefix():
     s = Settings.from_env({"PUBLIC_URL": "https://x.example.com/clone/"})
     assert s.public_url == "https://x.example.com/clone"
     assert Settings.from_env({"PUBLIC_URL": "https://x.example.com/smsbot"}).public_url
+    # A port of its own is fine too, and so is an IPv6 address.
+    assert Settings.from_env({"PUBLIC_URL": "https://[2001:db8::1]:8443/"}).public_url == (
+        "https://[2001:db8::1]:8443"
+    )
 
 
 def test_session_gap_overrides_are_checked_too(tmp_path):

@@ -299,6 +299,72 @@ def test_tunnel_no_restore_leaves_our_url(
         "Warning: nothing listens on 127.0.0.1:5000 yet: start `phischer serve --port 5000` "
         "(or use `phischer up`), else Twilio logs error 11200"
     ) in result.output.splitlines()
+    # The tunnel closes: the URL the number keeps is dead, and the user must hear it.
+    assert result.output.splitlines()[-1] == (
+        f"Warning: the SMS URL of {PHONE} stays {TUNNEL_URL}/sms (--no-restore), which stops "
+        f"working as the tunnel closes: texts fail (Twilio error 11200) until you point the "
+        f"number elsewhere in the Twilio console or run `phischer up` or `tunnel` again"
+    )
+
+
+@pytest.mark.parametrize("source", ["option", "PUBLIC_URL"])
+def test_tunnel_no_restore_on_a_public_url_keeps_the_server_checking_against_it(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    run_live: Callable[..., Any],
+    make_app: Any,
+    personas: Any,
+    source: str,
+) -> None:
+    """The number stays on the URL after the run: a server must still accept Twilio's texts."""
+    keep = "https://keep.example.com"
+    args = ["--public-url", keep] if source == "option" else []
+    if source == "PUBLIC_URL":
+        monkeypatch.setenv("PUBLIC_URL", keep)
+    app = make_app()  # `phischer serve`, started without PUBLIC_URL before the tunnel
+    client = app.test_client()
+    token = os.environ["TWILIO_AUTH_TOKEN"]
+
+    def text(url: str) -> int:
+        params = sms_params("hey how are you")
+        response = client.post(
+            "/sms", data=params, headers={"X-Twilio-Signature": sign(token, url, params)}
+        )
+        return response.status_code
+
+    during: list[int] = []
+    result = run_live(
+        "tunnel", "--no-restore", *args, check=lambda e: during.append(text(f"{keep}/sms"))
+    )
+
+    assert updates(fake_twilio, number) == [{"SmsUrl": f"{keep}/sms", "SmsMethod": "POST"}]
+    assert not (instance() / tunnel.STATE_FILE).exists()
+    # Twilio goes on calling the URL; the server goes on checking signatures against it, even
+    # one started before PUBLIC_URL was in .env.
+    assert (instance() / "public_url").read_text().strip() == keep
+    assert (during, text(f"{keep}/sms"), text("http://localhost/sms")) == ([200], 200, 403)
+    kept = (
+        f"The SMS URL of {PHONE} stays {keep}/sms (--no-restore); {instance() / 'public_url'} "
+        f"keeps {keep} for the server's signature checks."
+    )
+    hint = (
+        f"Hint: set PUBLIC_URL={keep} in .env so `phischer serve` keeps validating signatures "
+        f"for it."
+    )
+    expected = [kept, hint] if source == "option" else [kept]  # PUBLIC_URL is there already
+    assert result.output.splitlines()[-len(expected) :] == expected
+
+
+def test_tunnel_refuses_port_0(fake_twilio: FakeTwilio, ngrok: FakeNgrok) -> None:
+    """`up --port 0` picks a free port itself; `tunnel` must be told the server's real one."""
+    result = run("tunnel", "--port", "0")
+
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "Error: Invalid value for '--port': 0 is not in the range 1<=x<=65535."
+    )
+    assert (fake_twilio.requests, ngrok.ports) == ([], [])
 
 
 def test_tunnel_number_not_on_account_is_one_line_and_opens_no_tunnel(
@@ -455,14 +521,33 @@ def test_tunnel_uses_public_url_from_environment_instead_of_ngrok(
     assert updates(fake_twilio, number)[0]["SmsUrl"] == "https://mine.example.net/sms"
 
 
-def test_tunnel_rejects_a_relative_public_url(
-    fake_twilio: FakeTwilio, number: dict[str, Any], refused: Callable[..., str]
+@pytest.mark.parametrize("command", ["tunnel", "up"])
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("sms.example.org", "must be an absolute base URL such as https://sms.example.com"),
+        (
+            "https://sms.example.com#frag",
+            "has a #fragment, which would hide the /sms phischer adds from Twilio: give the base "
+            "URL without it (https://sms.example.com)",
+        ),
+        (
+            "https://x.example.com:99999",
+            "has an impossible port: use one from 1 to 65535, or leave it out",
+        ),
+    ],
+)
+def test_a_public_url_twilio_could_not_call_is_refused_in_one_line(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    refused: Callable[..., str],
+    command: str,
+    url: str,
+    error: str,
 ) -> None:
-    assert refused("tunnel", "--public-url", "sms.example.org") == (
-        "Error: --public-url='sms.example.org' must be an absolute base URL such as "
-        "https://sms.example.com\n"
-    )
+    assert refused(command, "--public-url", url) == f"Error: --public-url={url!r} {error}\n"
     assert fake_twilio.requests == []
+    assert number["sms_url"] == OLD_URL
 
 
 @pytest.mark.parametrize("command", ["tunnel", "up"])
@@ -664,25 +749,62 @@ def test_a_refused_update_is_one_line_and_undoes_the_tunnel(
     assert not (instance() / tunnel.STATE_FILE).exists()
 
 
-def test_a_refused_restore_is_a_warning_and_the_next_run_repairs_it(
-    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+def test_a_refused_restore_fails_the_command_after_closing_and_the_next_run_repairs_it(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    run_live: Callable[..., Any],
 ) -> None:
+    """Exit 1, so a supervisor sees the number was left on a closed tunnel; one line says why."""
     path = f"/IncomingPhoneNumbers/{number['sid']}.json"
-    result = run_live(
-        "tunnel",
-        check=lambda exposure: fake_twilio.fail_next("POST", path, 503, 20503, "Unavailable"),
-    )
+    stop(lambda exposure: fake_twilio.fail_next("POST", path, 503, 20503, "Unavailable"))
+    result = run("tunnel")
 
-    assert [w for w in warnings(result.output) if "restore" in w] == [
-        f"Warning: could not restore the SMS URL of {PHONE} to {OLD_URL} (do it in the Twilio "
-        f"console, or run `phischer tunnel` again: it repairs it): Twilio refused to restore "
-        f"the SMS URL of {PHONE} (HTTP 503, error 20503: Unable to update record: Unavailable)"
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2:] == [
+        "Shutting down…",
+        f"Error: Twilio refused to restore the SMS URL of {PHONE} (HTTP 503, error 20503: "
+        f"Unable to update record: Unavailable): set it back to {OLD_URL} (GET) in the Twilio "
+        f"console (Phone Numbers → Active numbers → {PHONE}), or run `phischer tunnel` again: "
+        f"it repairs it",
     ]
+    assert [w for w in warnings(result.output) if "restore" in w] == []  # said once, above
+    # Everything else was still closed.
+    assert ngrok.closed == 1
+    assert not (instance() / "public_url").exists()
     assert number["sms_url"] == f"{TUNNEL_URL}/sms"
     assert (instance() / tunnel.STATE_FILE).exists()
 
     run_live("tunnel")  # the next tunnel has another URL; it restores the original
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+
+
+def test_a_restore_failing_during_an_abort_is_a_warning_before_aborted(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    """A stop during startup already exits 1 with "Aborted!": the failure must not hide it."""
+    main = threading.main_thread().ident
+    assert main is not None
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+
+    def interrupt_then_refuse() -> None:
+        fake_twilio.fail_next("POST", path, 503, 20503, "Unavailable")
+        signal.pthread_kill(main, signal.SIGTERM)
+
+    fake_twilio.after_next("POST", path, interrupt_then_refuse)
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert [line for line in result.output.splitlines() if line][-2:] == [
+        f"Warning: Twilio refused to restore the SMS URL of {PHONE} (HTTP 503, error 20503: "
+        f"Unable to update record: Unavailable): set it back to {OLD_URL} (GET) in the Twilio "
+        f"console (Phone Numbers → Active numbers → {PHONE}), or run `phischer tunnel` again: "
+        f"it repairs it",
+        "Aborted!",
+    ]
+    assert ngrok.closed == 1
 
 
 def test_restore_leaves_a_url_someone_changed_meanwhile(
@@ -1059,7 +1181,7 @@ def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
     assert not configs[0].parent.exists()  # and the private token file went with it
 
 
-@pytest.mark.parametrize("kind", ["install", "agent"])
+@pytest.mark.parametrize("kind", ["install", "agent", "unexpected"])
 def test_ngrok_failure_is_one_line_with_both_fixes(
     monkeypatch: pytest.MonkeyPatch, number: dict[str, Any], stop: Callable[..., Stop], kind: str
 ) -> None:
@@ -1069,6 +1191,8 @@ def test_ngrok_failure_is_one_line_with_both_fixes(
     def connect(*args: Any, **kwargs: Any) -> None:
         if kind == "install":
             raise PyngrokNgrokInstallError("An error occurred while downloading ngrok from …")
+        if kind == "unexpected":  # not a PyngrokError: an agent API answer that is not JSON
+            raise json.JSONDecodeError("Expecting value", "<html>", 0)
         raise PyngrokNgrokError(
             "The ngrok process errored on start: authentication failed.",
             ngrok_error="authentication failed: Usage of ngrok requires a verified account "
@@ -1085,11 +1209,117 @@ def test_ngrok_failure_is_one_line_with_both_fixes(
         "install": "Error: No ngrok binary, and it could not be downloaded: ",
         "agent": "Error: Could not open an ngrok tunnel (authentication failed: Usage of ngrok "
         "requires a verified account and authtoken.): ",
+        "unexpected": "Error: Could not open an ngrok tunnel (JSONDecodeError: Expecting value: "
+        "line 1 column 1 (char 0)): ",
     }[kind]
     assert result.output == first + tunnel.NGROK_FIXES + "\n"
     assert "NGROK_AUTHTOKEN" in tunnel.NGROK_FIXES and "--public-url" in tunnel.NGROK_FIXES
     assert number["sms_url"] == OLD_URL
     assert not (instance() / "public_url").exists()
+
+
+def pyngrok_script(directory: Path) -> Path:
+    """Write into DIRECTORY what pip installs as pyngrok's `ngrok` command; returns its run marker.
+
+    The real one downloads ngrok when run and, offline, dies with a page of traceback; this one
+    dies the same way at once (nothing downloads) and leaves the marker when it ran.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / "pyngrok-script-ran"
+    script = directory / "ngrok"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"open({str(marker)!r}, 'w').close()\n"
+        "sys.stderr.write('Traceback (most recent call last):\\n  ...\\n"
+        "pyngrok.exception.PyngrokNgrokInstallError: An error occurred while downloading "
+        "ngrok\\n')\n"
+        "sys.exit(1)\n"
+        "from pyngrok.ngrok import main\n"
+        "if __name__ == '__main__':\n"
+        "    sys.argv[0] = sys.argv[0].removesuffix('.exe')\n"
+        "    sys.exit(main())\n"
+    )
+    script.chmod(0o755)
+    return marker
+
+
+def test_pyngrok_own_ngrok_command_is_skipped_for_the_agent_further_down_path(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """An active venv puts pyngrok's `ngrok` first on PATH; the real agent comes later."""
+    agent = fake_agent()
+    marker = pyngrok_script(tmp_path / "venv-bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'venv-bin'}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("ngrok") == str(tmp_path / "venv-bin" / "ngrok")
+
+    assert tunnel.find_ngrok() == str(agent.path)
+    opened = tunnel.open_ngrok(5004)
+    try:
+        assert opened.public_url == f"https://{fake_ngrok.PUBLIC_HOST}"
+    finally:
+        opened.close()
+    assert not marker.exists()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_with_only_pyngrok_own_ngrok_command_on_path_the_error_is_one_line(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    number: dict[str, Any],
+    stop: Callable[..., Stop],
+    tmp_path: Path,
+) -> None:
+    """No agent anywhere: pyngrok's own download is tried (and fails offline), not its script."""
+    from pyngrok import installer
+    from pyngrok.exception import PyngrokNgrokInstallError
+
+    def offline(*args: Any, **kwargs: Any) -> None:
+        raise PyngrokNgrokInstallError("An error occurred while downloading ngrok from …")
+
+    monkeypatch.setattr(installer, "install_ngrok", offline)
+    monkeypatch.setenv("PYNGROK_NGROK_PATH", str(tmp_path / "not-downloaded" / "ngrok"))
+    marker = pyngrok_script(tmp_path / "venv-bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "venv-bin"))
+    stop()
+    result = run("tunnel")
+
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: No ngrok binary, and it could not be downloaded: {tunnel.NGROK_FIXES}\n",
+    )
+    assert not marker.exists()
+    assert "Traceback" not in capfd.readouterr().err
+    assert number["sms_url"] == OLD_URL
+
+
+def test_a_malformed_ngrok_config_is_one_line(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    number: dict[str, Any],
+    stop: Callable[..., Stop],
+) -> None:
+    """pyngrok lets the YAML error of the user's own ngrok.yml through."""
+    from pyngrok import conf
+
+    fake_agent()
+    config = Path(conf.DEFAULT_NGROK_CONFIG_PATH)
+    config.parent.mkdir(parents=True)
+    config.write_text("version: 2\nauthtoken: [unclosed\n")
+    stop()
+    result = run("tunnel")
+
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: Could not open an ngrok tunnel: {config} is not valid YAML (expected ',' or "
+        f"']', but got '<stream end>', line 3): fix it, or set NGROK_AUTHTOKEN (phischer then "
+        f"gives ngrok a config of its own), or pass --public-url https://… if you have your own "
+        f"domain or tunnel\n",
+    )
+    assert number["sms_url"] == OLD_URL
 
 
 @pytest.mark.parametrize(
@@ -1120,6 +1350,12 @@ def test_script_wrapper_runs_the_same_command(tmp_path: Path) -> None:
             timeout=60,
         )
 
+    # `tunnel` points at a server already listening: port 0 (any free port) names none.
+    zero = script("--port", "0")
+    assert zero.returncode == 2
+    assert zero.stderr.strip().splitlines()[-1] == (
+        "Error: Invalid value for '--port': 0 is not in the range 1<=x<=65535."
+    )
     result = script("--port", "5001")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -1260,6 +1496,37 @@ def test_up_in_a_real_process_stops_cleanly_on_sigterm_at_any_point(
     assert not (instance() / "public_url").exists()
     assert not (instance() / tunnel.STATE_FILE).exists()
     assert "Traceback" not in output and "Exception ignored" not in output
+
+
+def test_up_in_a_real_process_exits_1_when_the_restore_fails_on_sigterm(
+    fake_twilio: FakeTwilio, number: dict[str, Any], tmp_path: Path
+) -> None:
+    """A supervisor's SIGTERM, Twilio down for the restore: all closed, one line, exit 1."""
+    public = "https://sms.example.com"
+    with real_up(tmp_path, "--public-url", public) as (proc, lines):
+        read_until(proc, lines, "Ctrl-C to stop")
+        local = next(line for line in lines if line.startswith("Serving")).split()[1]
+        fake_twilio.fail_next(
+            "POST", f"/IncomingPhoneNumbers/{number['sid']}.json", 503, 20503, "Unavailable"
+        )
+        proc.send_signal(signal.SIGTERM)
+        code = finish(proc, lines)
+
+    output = "\n".join(lines)
+    assert code == 1, output
+    assert lines[-2:] == [
+        "Shutting down…",
+        f"Error: Twilio refused to restore the SMS URL of {PHONE} (HTTP 503, error 20503: "
+        f"Unable to update record: Unavailable): set it back to {OLD_URL} (GET) in the Twilio "
+        f"console (Phone Numbers → Active numbers → {PHONE}), or run `phischer tunnel` again: "
+        f"it repairs it",
+    ], output
+    assert "Traceback" not in output
+    assert number["sms_url"] == f"{public}/sms"
+    assert not (instance() / "public_url").exists()
+    assert (instance() / tunnel.STATE_FILE).exists()  # the next run restores from it
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{local}/healthz", timeout=2)
 
 
 def test_a_second_run_from_the_same_folder_is_refused_while_the_first_lives(
