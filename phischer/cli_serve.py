@@ -36,7 +36,7 @@ _from = click.option(
 def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: int) -> None:
     """Serve the webhook (POST /sms, GET /healthz) under gunicorn."""
     from phischer import create_app
-    from phischer.ports import PortBusyError, listen
+    from phischer.ports import PortBusyError, http_url, listen
     from phischer.server import serve as run
 
     # A busy port is one line here, before gunicorn retries it for seconds. Not in the
@@ -48,7 +48,7 @@ def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: 
             raise click.ClickException(str(exc)) from None
     obj.db  # noqa: B018  (migrates before the workers start)
     app = create_app(obj.settings)
-    url = f"http://{host}:{port}/sms"
+    url = f"{http_url(host, port)}/sms"
     click.echo(f"phischer is answering texts at {url}")
     click.echo(f'Try it in another terminal:  {text_hint(url)} "hey, how are you?"')
     click.echo("Text #list to see the personas, #<keyword> to switch. Ctrl-C stops.")

@@ -8,6 +8,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from phischer.config import TWILIO_WEBHOOK_LIMIT_S
+from phischer.ports import bare_host, host_port
 
 WORKERS = 2
 THREADS = 4
@@ -45,7 +46,7 @@ def _post_fork(_server: Any, worker: Any) -> None:
 def gunicorn_options(host: str, port: int, workers: int = WORKERS, threads: int = THREADS) -> dict:
     """The settings `phischer serve` and the benchmark use."""
     return {
-        "bind": f"{host}:{port}",
+        "bind": host_port(host, port),  # gunicorn takes an IPv6 address only in brackets
         "workers": workers,
         "threads": threads,
         "worker_class": "gthread",
@@ -71,6 +72,6 @@ def serve(
 ) -> None:
     """Serve until interrupted."""
     if dev:
-        app.run(host=host, port=port, debug=True, use_reloader=True)
+        app.run(host=bare_host(host), port=port, debug=True, use_reloader=True)
         return
     GunicornServer(app, gunicorn_options(host, port, workers, threads)).run()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -437,6 +438,40 @@ def test_serve_on_a_busy_ipv6_port_is_one_line():
         f"Error: Cannot listen on [::1]:{port} ({os.strerror(errno.EADDRINUSE)}): stop the "
         "program using it or pass --port N"
     ]
+
+
+@needs_ipv6
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_serve_answers_on_ipv6_under_gunicorn(tmp_path, host):
+    """gunicorn binds an IPv6 address only in brackets; the banner's URL needs them too."""
+    import requests
+
+    port = free_port()
+    base = f"http://[::1]:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phischer", "serve", "--host", host, "--port", str(port)],
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                health = requests.get(f"{base}/healthz", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"serve --host {host} did not answer on {base}")
+        assert health.json() == {"status": "ok"}
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+    assert f"phischer is answering texts at {base}/sms" in output.splitlines(), output
+    assert f"--url '{base}/sms'" in output
 
 
 @pytest.mark.parametrize(
