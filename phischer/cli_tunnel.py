@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from phischer import tunnel
 from phischer.cli import Context, friendly_errors, pass_ctx
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _port(minimum: int, help_text: str) -> Callable[[F], F]:
+    """The --port option, from `minimum` up."""
+    return click.option(
+        "--port",
+        type=click.IntRange(minimum, 65535),
+        default=5000,
+        show_default=True,
+        help=help_text,
+    )
+
+
 # `tunnel` points at a server already listening there; `up` listens itself, so 0 (any free
 # port, shown in its banner) makes sense only for `up`.
-_tunnel_port = click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=5000,
-    show_default=True,
-    help="Local port of the webhook (where `phischer serve` listens).",
-)
-_up_port = click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=5000,
-    show_default=True,
-    help="Local port to serve the webhook on (0: any free port).",
-)
+_tunnel_port = _port(1, "Local port of the webhook (where `phischer serve` listens).")
+_up_port = _port(0, "Local port to serve the webhook on (0: any free port).")
 _public_url = click.option(
     "--public-url",
     metavar="URL",
