@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from phischer.cli import cli
+from phischer.dataset import build_examples
 from phischer.importers import IMPORTERS
 from phischer.importers.base import Conversation, ImportErrorMessage
 from phischer.importers.telegram import flatten_text, import_telegram, stream_chats
@@ -22,6 +23,7 @@ from phischer.importers.telegram import flatten_text, import_telegram, stream_ch
 FIX = Path(__file__).parent / "fixtures" / "telegram"
 SINGLE = FIX / "single" / "result.json"
 FULL = FIX / "full" / "result.json"
+FORUM = FIX / "forum" / "result.json"
 PRIYA, LEO = "user4400112233", "user5500998877"
 
 PRIYA_CHAT = [
@@ -87,7 +89,8 @@ def test_full_export_one_conversation_per_chat() -> None:
         [
             ("Leo Hart", "bouldering thursday?", D(2024, 3, 1, 18, 1)),
             ("Sofia Reyes", "in 🧗", D(2024, 3, 1, 18, 2)),
-            ("Deleted Account", "count me in", D(2024, 3, 1, 18, 3)),  # "from": null
+            # "from": null, a deleted account: named after its from_id
+            ("Deleted Account 7700112233", "count me in", D(2024, 3, 1, 18, 3)),
             ("Tomasz Wolny", "#thursday 7pm here", D(2024, 3, 1, 18, 5)),
         ],
         [],
@@ -251,3 +254,152 @@ def test_streaming_reader_keeps_memory_per_chat() -> None:
     streamed = peak(stream)
     assert count == 40
     assert streamed < whole / 8
+
+
+def _chat(tmp_path: Path, messages: list[dict], kind: str = "personal_chat") -> Path:
+    """A single-chat export holding `messages`, written as tmp_path/result.json."""
+    path = tmp_path / "result.json"
+    chat = {"name": "Mia Chen", "type": kind, "id": 5500000001, "messages": messages}
+    path.write_text(json.dumps(chat), encoding="utf-8")
+    return path
+
+
+def _msg(i: int, sender: str | None, from_id: str, text: str, **extra: object) -> dict:
+    """A Telegram Desktop message `i` seconds after 2024-03-01 20:00 UTC."""
+    return {"id": i, "type": "message", "date_unixtime": str(1709323200 + i), "from": sender,
+            "from_id": from_id, **extra, "text": text}  # fmt: skip
+
+
+def test_forward_from_a_deleted_account_is_dropped(tmp_path: Path) -> None:
+    # Telegram Desktop writes "forwarded_from": null when the original sender has no name
+    # any more (a deleted account): still a forward, someone else's words.
+    path = _chat(tmp_path, [
+        _msg(1, "Mia Chen", "user5500000001", "Breaking: the bridge is closed all weekend",
+             forwarded_from=None),
+        _msg(2, "Mia Chen", "user5500000001", "from the city's channel",
+             forwarded_from="City News", forwarded_from_id="channel1400000001"),
+        _msg(3, "Mia Chen", "user5500000001", "seen this?"),
+        _msg(4, "Leo Hart", LEO, "ugh, again?"),
+    ])  # fmt: skip
+    (conv,) = import_telegram(path)
+    assert rows(conv) == [
+        ("Mia Chen", "seen this?", D(2024, 3, 1, 20, 0, 3)),
+        ("Leo Hart", "ugh, again?", D(2024, 3, 1, 20, 0, 4)),
+    ]
+    assert conv.dropped == {"forwarded": 2}
+
+
+def test_deleted_accounts_are_told_apart_by_their_id(tmp_path: Path) -> None:
+    path = _chat(tmp_path, [
+        _msg(1, None, "user111", "I can drive"),
+        _msg(2, None, "user222", "I can't, my car is broken"),
+        _msg(3, "Leo Hart", LEO, "ok, first one takes me"),
+        _msg(4, None, "user222", "fine"),
+    ], kind="private_supergroup")  # fmt: skip
+    convs = list(import_telegram(path))
+    assert [(m.sender, m.sender_id, m.aliases) for m in convs[0].messages] == [
+        ("Deleted Account 111", "user111", ("111",)),
+        ("Deleted Account 222", "user222", ("222",)),
+        ("Leo Hart", LEO, ("5500998877",)),
+        ("Deleted Account 222", "user222", ("222",)),
+    ]
+    # Two people in the user turn; and a deleted account is still --me by its from_id.
+    (leo,) = build_examples(convs, "Leo Hart")
+    assert leo.messages[1:] == [
+        {"role": "user", "content": "Deleted Account 111: I can drive\n"
+         "Deleted Account 222: I can't, my car is broken"},
+        {"role": "assistant", "content": "ok, first one takes me"},
+    ]  # fmt: skip
+    (deleted,) = build_examples(convs, "user222")
+    assert deleted.messages[1:] == [
+        {"role": "user", "content": "Deleted Account 111: I can drive"},
+        {"role": "assistant", "content": "I can't, my car is broken"},
+        {"role": "user", "content": "Leo Hart: ok, first one takes me"},
+        {"role": "assistant", "content": "fine"},
+    ]
+
+
+def test_inline_bot_results_are_dropped_as_bot(tmp_path: Path) -> None:
+    path = _chat(tmp_path, [
+        _msg(1, "Mia Chen", "user5500000001", "Cat: The cat (Felis catus) is a domestic "
+             "species of small carnivorous mammal.", via_bot="@wiki"),
+        _msg(2, "Mia Chen", "user5500000001", "", via_bot="@gif",
+             file="(File not included.)", media_type="animation"),
+        _msg(3, "Mia Chen", "user5500000001", "look it up"),
+        _msg(4, "Leo Hart", LEO, "nerd"),
+    ])  # fmt: skip
+    (conv,) = import_telegram(path)
+    assert rows(conv) == [
+        ("Mia Chen", "look it up", D(2024, 3, 1, 20, 0, 3)),
+        ("Leo Hart", "nerd", D(2024, 3, 1, 20, 0, 4)),
+    ]
+    assert conv.dropped == {"bot": 2}
+
+
+def test_forum_topics_are_conversations_of_their_own() -> None:
+    convs = list(import_telegram(FORUM))
+    summary = [(c.id, c.title, c.is_group, c.dropped) for c in convs]
+    assert summary == [
+        # General keeps the chat's id; the pin (a service message, no reply_to) counts here
+        ("telegram:1900000001", "Dev Forum / General", True, {"service": 2}),
+        ("telegram:1900000001/3", "Dev Forum / Bugs", True, {"service": 1}),
+        ("telegram:1900000001/4", "Dev Forum / Lunch", True, {"service": 1}),
+    ]
+    at = D(2024, 3, 1, 11, 0)
+    assert [[(m.sender, m.text, (m.timestamp - at).seconds) for m in c.messages]
+            for c in convs] == [
+        [
+            ("Ann Lee", "welcome to the new forum", 60),
+            ("Ann Lee", "reminder: standup at 10", 700),
+            ("Leo Hart", "on my way", 710),
+            ("Bob Stone", "sorry, wrong thread", 720),  # replies to a deleted message
+        ],
+        [
+            ("Ann Lee", "the login page crashes on submit", 600),
+            ("Leo Hart", "looking into it, probably the CSRF token", 620),  # reply in Bugs
+        ],
+        [("Bob Stone", "who wants tacos today?", 610), ("Leo Hart", "me! 🌮", 630)],
+    ]  # fmt: skip
+
+
+def test_forum_topics_do_not_mix_in_examples(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["import", "telegram", str(FORUM), "--me", "Leo Hart", "-o", "out.jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["messages"][1:] for line in lines] == [
+        [
+            {"role": "user", "content": "Ann Lee: welcome to the new forum\n"
+             "reminder: standup at 10"},
+            {"role": "assistant", "content": "on my way"},
+        ],
+        [
+            {"role": "user", "content": "Ann Lee: the login page crashes on submit"},
+            {"role": "assistant", "content": "looking into it, probably the CSRF token"},
+        ],
+        [
+            {"role": "user", "content": "Bob Stone: who wants tacos today?"},
+            {"role": "assistant", "content": "me! 🌮"},
+        ],
+    ]  # fmt: skip
+    assert (tmp_path / "out.jsonl.conversations").read_text().splitlines() == [
+        "telegram:1900000001#2024-03-01T11:01:00",
+        "telegram:1900000001/3#2024-03-01T11:10:00",
+        "telegram:1900000001/4#2024-03-01T11:10:10",
+    ]
+
+
+def test_a_reply_loop_in_a_forum_goes_with_general(tmp_path: Path) -> None:
+    # An edited export may hold replies that lead in a circle: they reach no topic.
+    path = _chat(tmp_path, [
+        {"id": 1, "type": "service", "date_unixtime": "1709323200", "action": "topic_created",
+         "title": "Bugs"},
+        _msg(2, "Ann Lee", "user1", "loop a", reply_to_message_id=3),
+        _msg(3, "Ann Lee", "user1", "loop b", reply_to_message_id=2),
+        _msg(4, "Ann Lee", "user1", "in bugs", reply_to_message_id=1),
+    ], kind="private_supergroup")  # fmt: skip
+    assert [(c.id, [m.text for m in c.messages]) for c in import_telegram(path)] == [
+        ("telegram:5500000001/1", ["in bugs"]),
+        ("telegram:5500000001", ["loop a", "loop b"]),
+    ]

@@ -41,13 +41,13 @@ _MEDIA_KEYS = (
 
 @register("telegram")
 def import_telegram(path: Path) -> Iterator[Conversation]:
-    """Yield one conversation per chat in a Telegram Desktop JSON export (file, folder or zip)."""
+    """Yield one conversation per chat (per topic in a forum) of a Telegram Desktop JSON export."""
     with open_export(path) as export:
         for name in _result_files(export):
             where = export.where(name)
             with _open_member(export, name) as fh:
                 for chat in stream_chats(fh, where):
-                    yield parse_chat(chat, where)
+                    yield from parse_chat(chat, where)
 
 
 @contextmanager
@@ -255,34 +255,89 @@ class _JsonStream:
         )
 
 
-def parse_chat(chat: dict[str, Any], where: str) -> Conversation:
-    """One chat object (`name`, `type`, `id`, `messages`) as a Conversation."""
+def parse_chat(chat: dict[str, Any], where: str) -> list[Conversation]:
+    """A chat (`name`, `type`, `id`, `messages`) as its Conversation, or one per forum topic."""
     kind = chat.get("type", "")
     title = chat.get("name") or ("Saved Messages" if kind == "saved_messages" else "Telegram chat")
-    conv = Conversation(
-        id=f"telegram:{chat.get('id', title)}",
-        title=title,
-        participants=[],
-        is_group=isinstance(kind, str) and kind in _GROUP_TYPES,
-    )
+    chat_id = chat.get("id", title)
+    is_group = isinstance(kind, str) and kind in _GROUP_TYPES
     messages = chat.get("messages") or []
     if not isinstance(messages, list):
         raise ImportErrorMessage(f'{where}: chat {title!r} has no "messages" list')
     if kind == "bot_chat":
         # A bot's side is not a person's voice, and the user's side is commands to it.
+        conv = Conversation(id=f"telegram:{chat_id}", title=title, participants=[])
         conv.drop("bot chat", len(messages))
         conv.skipped = "bot chat"
-        return conv
+        return [conv]
+    try:
+        topics = _forum_topics(messages)
+    except MALFORMED as exc:
+        raise ImportErrorMessage(
+            f"{where}: chat {title!r} has a malformed message id ({exc})"
+        ) from None
+    # By topic; a chat without topics is one conversation, under None.
+    convs: dict[tuple[str, str] | None, Conversation] = {}
     for i, m in enumerate(messages):
         try:
+            topic = topics.get(m.get("id"), _GENERAL) if topics else None
+            conv = convs.get(topic)
+            if conv is None:
+                conv = convs[topic] = Conversation(
+                    id=f"telegram:{chat_id}{topic[0] if topic else ''}",
+                    title=f"{title} / {topic[1]}" if topic else title,
+                    participants=[],
+                    is_group=is_group,
+                )
             _add_message(conv, m)
         except MALFORMED as exc:
             raise ImportErrorMessage(
                 f"{where}: chat {title!r}, message {i + 1} is malformed ({exc})"
             ) from None
-    conv.messages.sort(key=lambda msg: msg.timestamp)
-    conv.is_group = conv.is_group or len(conv.participants) > 2
-    return conv
+    if not convs:  # no messages: still one thread, which the summary reports as without text
+        convs[None] = Conversation(
+            id=f"telegram:{chat_id}", title=title, participants=[], is_group=is_group
+        )
+    for conv in convs.values():
+        conv.messages.sort(key=lambda msg: msg.timestamp)
+        conv.is_group = conv.is_group or len(conv.participants) > 2
+    return list(convs.values())
+
+
+# A forum's topic as (conversation id suffix, title). "General" holds the messages that
+# reply to no topic; it keeps the chat's own id, so the chat's messages from before it
+# had topics are named as in an export made back then.
+_GENERAL = ("", "General")
+
+
+def _forum_topics(messages: list[Any]) -> dict[Any, tuple[str, str]]:
+    """The topic of each message id in a forum (a supergroup with topics); else empty."""
+    # Telegram Desktop writes no topic field. A message posted in a topic replies to the
+    # topic's "topic_created" service message, a reply in a topic replies to a message in
+    # it, and General's messages reply to nothing: a message is in the topic its chain of
+    # reply_to_message_id leads to. A chain ending at a message missing from the export
+    # (deleted) cannot be placed and goes with General. Service messages carry no
+    # reply_to_message_id, so pins and the like in a topic are counted under General.
+    found: dict[Any, tuple[str, str]] = {
+        m["id"]: (f"/{m['id']}", str(m.get("title") or f"Topic {m['id']}"))
+        for m in messages
+        if isinstance(m, dict) and m.get("action") == "topic_created" and "id" in m
+    }
+    if not found:
+        return {}
+    parent = {
+        m["id"]: m.get("reply_to_message_id") for m in messages if isinstance(m, dict) and "id" in m
+    }
+    for start in parent:
+        chain: dict[Any, None] = {}  # in order, and a loop (an edited file) ends the walk
+        mid = start
+        while mid not in found and mid in parent and mid not in chain:
+            chain[mid] = None
+            mid = parent[mid]
+        topic = found.get(mid, _GENERAL)
+        for link in chain:  # the whole chain is in that topic: later walks stop early
+            found[link] = topic
+    return found
 
 
 def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
@@ -291,13 +346,17 @@ def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
         conv.drop("service")  # joins, pins, calls, title/photo changes, …
     elif m.get("media_type") == "sticker":
         conv.drop("sticker")
-    elif m.get("forwarded_from") is not None:
-        conv.drop("forwarded")  # someone else's words
+    elif "forwarded_from" in m or "forwarded_from_id" in m:
+        # Someone else's words. The key is there even when its value is null: Telegram
+        # Desktop writes null for a forward from an account since deleted (it has no name).
+        conv.drop("forwarded")
+    elif "via_bot" in m:
+        conv.drop("bot")  # an inline bot's result (@gif, @wiki, …): the sender typed none of it
     elif text:
-        sender = m.get("from") or "Deleted Account"
+        from_id = m.get("from_id")
+        sender = m.get("from") or _deleted_account(from_id)
         if not isinstance(sender, str):
             raise TypeError(f'"from" is a {type(sender).__name__}, not a string')
-        from_id = m.get("from_id")
         # from_id is "user123456789" (or "channel…" for channel posts); --me may give the number.
         aliases = (from_id[4:],) if isinstance(from_id, str) and from_id.startswith("user") else ()
         if sender not in conv.participants:
@@ -317,6 +376,14 @@ def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
         conv.drop("media")  # photo, voice note, video, file, location or contact, no caption
     else:
         conv.drop("empty")
+
+
+def _deleted_account(from_id: Any) -> str:
+    # A deleted account has no name ("from": null) but keeps its id, and two of them in a
+    # group are two people: each is named after its id ("user111" -> "Deleted Account 111").
+    if isinstance(from_id, str) and from_id:
+        return f"Deleted Account {from_id.removeprefix('user')}"
+    return "Deleted Account"
 
 
 def flatten_text(text: Any) -> str:
