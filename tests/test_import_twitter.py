@@ -207,6 +207,133 @@ def test_self_thread_posted_days_apart_is_still_one_example(tmp_path: Path) -> N
     ]
 
 
+def _archive(root: Path, **files: list[dict]) -> Path:
+    """An archive with account.js and, per keyword (tweets_part1 -> tweets-part1.js), posts."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    shutil.copy(ARCHIVE / "data" / "account.js", data / "account.js")
+    for stem, tweets in files.items():
+        body = json.dumps([{"tweet": t} for t in tweets])
+        (data / f"{stem.replace('_', '-')}.js").write_text(
+            f"window.YTD.{stem.split('_part')[0]}.part0 = {body}", encoding="utf-8"
+        )
+    return data
+
+
+def _post(tid: str, text: str, **extra: object) -> dict:
+    """A post of tweets.js made at 12:00 on 4 March 2024 plus `tid` minutes."""
+    return {"id_str": tid, "created_at": f"Mon Mar 04 12:{int(tid) % 60:02d}:00 +0000 2024",
+            "full_text": text, **extra}  # fmt: skip
+
+
+BOB_CAROL = _post(
+    "1",
+    "@bob @carol you should both come to the bakery tour",
+    # X added "@bob " (the reply's target) and hides it; "@carol" was typed
+    display_text_range=["5", "51"],
+    in_reply_to_status_id_str="9",
+    in_reply_to_screen_name="bob",
+    entities={"user_mentions": [{"screen_name": "bob", "id_str": "50"},
+                                {"screen_name": "carol", "id_str": "60"}]},
+)  # fmt: skip
+
+
+def test_a_mention_typed_at_the_start_of_a_reply_is_kept(tmp_path: Path) -> None:
+    # The cut is where X starts showing the text, in code points: the emoji counts once.
+    emoji = _post("2", "@bob 🙂 @carol too", display_text_range=["5", "17"],
+                  in_reply_to_status_id_str="8", in_reply_to_screen_name="bob")  # fmt: skip
+    _archive(tmp_path, tweets=[BOB_CAROL, emoji])
+    assert [[m.text for m in c.messages] for c in _convs(tmp_path)] == [
+        [
+            "Write a reply to @bob about bakery tour, @carol.",
+            "@carol you should both come to the bakery tour",
+        ],
+        ["Write a reply to @bob about @carol.", "🙂 @carol too"],
+    ]
+
+
+def test_a_long_reply_keeps_a_typed_mention_too(tmp_path: Path) -> None:
+    words = " you should both come to the bakery tour, it starts at nine" * 6
+    cut = _post(
+        "1",
+        ("@bob @carol" + words)[:270] + "… https://t.co/more",
+        display_text_range=["5", "272"],
+        in_reply_to_status_id_str="9",
+        in_reply_to_screen_name="bob",
+        entities={"urls": [{"url": "https://t.co/more",
+                            "expanded_url": "https://twitter.com/i/web/status/1"}]},
+    )  # fmt: skip
+    other = dict(cut, id_str="2", created_at="Tue Mar 05 12:00:00 +0000 2024")
+    data = _archive(tmp_path, tweets=[cut, other])
+    notes = [
+        # the note begins with the same hidden "@bob ": the range still applies
+        {"createdAt": "2024-03-04T12:01:00.000Z", "core": {"text": "@bob @carol" + words}},
+        # a note without the @names: the range would cut its words, the pattern is used
+        {"createdAt": "2024-03-05T12:00:00.000Z", "core": {"text": "@carol" + words}},
+    ]
+    (data / "note-tweet.js").write_text(
+        "window.YTD.note_tweet.part0 = " + json.dumps([{"noteTweet": n} for n in notes])
+    )
+    assert [c.messages[1].text for c in _convs(tmp_path)] == [
+        "@carol" + words,
+        words.strip(),
+    ]
+
+
+def test_community_posts_are_read_like_tweets(tmp_path: Path) -> None:
+    # X Communities posts are in community-tweet.js, not tweets.js: an archive may hold
+    # nothing else.
+    data = _archive(
+        tmp_path,
+        community_tweet=[_post("1", "My favourite rye recipe uses caraway seeds")],
+        community_tweet_part1=[_post("2", "Rye needs a longer proof than wheat")],
+    )
+    expected = [
+        ("twitter/1", ["Write a post about favourite rye recipe.",
+                       "My favourite rye recipe uses caraway seeds"]),
+        ("twitter/2", ["Write a post about rye needs, longer proof.",
+                       "Rye needs a longer proof than wheat"]),
+    ]  # fmt: skip
+    for path in (tmp_path, data / "community-tweet.js"):
+        assert [(c.id, [m.text for m in c.messages]) for c in _convs(path)] == expected
+    assert [m.sender for m in _convs(tmp_path)[0].messages] == [PROMPT_SENDER, ZOE]
+
+
+def test_a_quote_without_comment_is_a_retweet_and_a_bare_link_is_dropped(
+    tmp_path: Path,
+) -> None:
+    def linked(tid: str, text: str, *urls: tuple[str, str]) -> dict:
+        links = [{"url": short, "expanded_url": full} for short, full in urls]
+        return _post(tid, text, entities={"urls": links, "user_mentions": []})
+
+    _archive(
+        tmp_path,
+        tweets=[
+            # someone else's post quoted, nothing added: their words, not yours
+            linked("1", "https://t.co/Q1", ("https://t.co/Q1", "https://x.com/alice/status/5")),
+            # a link shared, nothing written
+            linked("2", "https://t.co/L1", ("https://t.co/L1", "https://news.example/story")),
+            linked(
+                "3",
+                "https://t.co/L2 https://t.co/L3",
+                ("https://t.co/L2", "https://news.example/a"),
+                ("https://t.co/L3", "https://news.example/b"),
+            ),
+            # words with the link: kept
+            linked("4", "worth a read https://t.co/L4",
+                   ("https://t.co/L4", "https://news.example/c")),
+            linked("5", "so true https://t.co/Q2",
+                   ("https://t.co/Q2", "https://twitter.com/bob/status/6")),
+        ],
+    )  # fmt: skip
+    convs = _convs(tmp_path)
+    assert [[m.text for m in c.messages] for c in convs] == [
+        ["Write a post about worth, read.", "worth a read https://news.example/c"],
+        ["Write a post about true.", "so true"],
+    ]
+    assert convs[0].dropped == {"retweet": 1, "link": 2}
+
+
 # -- long posts: cut in tweets.js, whole in note-tweet.js --------------------------------------
 
 LONG = (

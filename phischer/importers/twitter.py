@@ -1,5 +1,8 @@
 """X / Twitter archive: `data/tweets.js` (+ `tweets-partN.js`; older archives: `tweet.js`).
 
+Posts made in X Communities are in `data/community-tweet.js` instead, written like tweets.js:
+they are read as posts like any other.
+
 Direct messages (`direct-messages.js`, `direct-messages-group.js`) are real conversations and
 become ordinary chats; people appear by account id, or by @handle when a post of yours
 mentioned or answered them (`_handles`).
@@ -38,7 +41,14 @@ PROMPT_SENDER = "prompt"
 # Used as the sender when the archive has no data/account.js to name its owner.
 FALLBACK_OWNER = "me"
 
-_TWEET_FILES = ("tweets.js", "tweets-part*.js", "tweet.js", "tweet-part*.js")
+_TWEET_FILES = (
+    "tweets.js",
+    "tweets-part*.js",
+    "tweet.js",
+    "tweet-part*.js",
+    "community-tweet.js",
+    "community-tweet-part*.js",
+)
 _NOTE_FILES = ("note-tweet.js", "note-tweet-part*.js")
 _DM_FILES = (
     "direct-messages.js",
@@ -258,7 +268,14 @@ def _with_note(tweet: dict[str, Any], when: dt.datetime, notes: Notes) -> dict[s
             ]
             # The note's own links; the post's media (its t.co links are in the note too).
             entities = dict(tweet.get("entities") or {}, urls=urls)
-            return dict(tweet, full_text=full, text=full, entities=entities)
+            noted = dict(tweet, full_text=full, text=full, entities=entities)
+            start = _display_start(tweet)
+            original = tweet.get("full_text") or tweet.get("text") or ""
+            if start and not full.startswith(original[:start]):
+                # The post's hidden reply @names do not begin the note: its range would cut
+                # the note's own words, so the reply prefix is found by its pattern instead.
+                del noted["display_text_range"]
+            return noted
     return tweet
 
 
@@ -280,9 +297,23 @@ def _parse_time(value: Any) -> dt.datetime | None:
     return parsed
 
 
+def _display_start(tweet: dict[str, Any]) -> int | None:
+    """Where the text shown on X begins (`display_text_range[0]`), if the post says."""
+    span = tweet.get("display_text_range")
+    if not isinstance(span, list) or not span:
+        return None
+    return max(int(span[0]), 0)  # written as a string ("5"); ValueError if it is not a number
+
+
 def clean_text(tweet: dict[str, Any]) -> str:
     """A post's text as written: links expanded, media/quote links and reply @-prefixes gone."""
     text = tweet.get("full_text") or tweet.get("text") or ""
+    start = _display_start(tweet)
+    if start is not None:
+        # X adds the @names of the people a reply goes to before the text and hides them:
+        # the shown text begins at display_text_range[0] (in code points, as Python counts).
+        # A mention typed first ("@bob @carol you should both come" to bob) is kept.
+        text = text[start:]
     entities = tweet.get("entities") or {}
     media = list(entities.get("media") or []) + list(
         (tweet.get("extended_entities") or {}).get("media") or []
@@ -296,7 +327,10 @@ def clean_text(tweet: dict[str, Any]) -> str:
             text = text.replace(short, " " if _STATUS_URL.fullmatch(full) else full)
     # Media links without entity data (older archives) are the t.co links at the end.
     text = _TRAILING_TCO.sub("", text)
-    if tweet.get("in_reply_to_status_id_str") or tweet.get("in_reply_to_screen_name"):
+    if start is None and (
+        tweet.get("in_reply_to_status_id_str") or tweet.get("in_reply_to_screen_name")
+    ):
+        # No range (long posts, edited archives): every leading @name is taken as added.
         text = _REPLY_PREFIX.sub("", text.lstrip())
     text = html.unescape(text)
     # Replacing links left double spaces; keep the author's newlines.
@@ -324,9 +358,8 @@ def _keep(
     if when is not None and notes:
         tweet = _with_note(tweet, when, notes)
     text = clean_text(tweet)
-    if not text:
-        entities = tweet.get("entities") or {}
-        reason = "media" if entities.get("media") or "t.co/" in raw else "empty"
+    reason = _no_words(tweet, raw, text)
+    if reason:
         dropped[reason] = dropped.get(reason, 0) + 1
         return
     tid = str(tweet.get("id_str") or tweet.get("id"))
@@ -334,6 +367,27 @@ def _keep(
         dropped["no timestamp"] = dropped.get("no timestamp", 0) + 1
         return
     kept[tid] = (when, text, tweet)
+
+
+def _no_words(tweet: dict[str, Any], raw: str, text: str) -> str | None:
+    """Why a post with no words of its own is dropped ("link", "media", …); None if it has any."""
+    if _URL.sub("", text).strip():
+        return None
+    if text:
+        return "link"  # only links: something shared, nothing written (as Messenger's rule)
+    entities = tweet.get("entities") or {}
+    if entities.get("media"):
+        return "media"
+    links = entities.get("urls")
+    quoted = (
+        _STATUS_URL.fullmatch(str(u.get("expanded_url") or ""))
+        for u in (links if isinstance(links, list) else [])
+        if isinstance(u, dict)
+    )
+    if any(quoted):
+        return "retweet"  # a quote with no comment: only the quoted post's words
+    # Older archives have no entity data: their bare t.co links are photos and videos.
+    return "media" if "t.co/" in raw else "empty"
 
 
 @register("twitter")
