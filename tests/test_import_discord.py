@@ -228,6 +228,143 @@ def test_cli_unknown_me_lists_senders(tmp_path: Path) -> None:
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def _csv(path: Path, *rows: tuple[str, str, str, str]) -> Path:
+    """A DiscordChatExporter CSV at `path` with rows of (author id, author, date, content)."""
+    lines = ["AuthorID,Author,Date,Content,Attachments,Reactions"]
+    lines += [",".join(f'"{v}"' for v in (*row, "", "")) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+AMY_RIVER = (("222", "amy.pond", "3/1/2024 8:00 PM", "hi river"),
+             ("111", "river.song", "3/1/2024 8:01 PM", "hello amy"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "conv_id", "title", "is_group"),
+    [
+        # a channel with no category: "Guild - Channel [id]"
+        ("Whovians - general [5].csv", "discord:5", "Whovians / general", True),
+        # a date range exported
+        ("Whovians - Text - general [5] (after 2024-01-01).csv", "discord:5",
+         "Whovians / general", True),
+        ("Whovians - Text - general [5] (2024-01-01 to 2024-06-30) [part 2].csv", "discord:5",
+         "Whovians / general", True),
+        ("Direct Messages - amy.pond [9] (before 2024-06-30).csv", "discord:9", "amy.pond", False),
+    ],
+)  # fmt: skip
+def test_csv_named_as_discord_chat_exporter_names_it(
+    tmp_path: Path, name: str, conv_id: str, title: str, is_group: bool
+) -> None:
+    (conv,) = import_discord(_csv(tmp_path / name, *AMY_RIVER))
+    assert (conv.id, conv.title, conv.is_group) == (conv_id, title, is_group)
+
+
+def test_two_copies_of_a_channel_are_one_conversation(tmp_path: Path) -> None:
+    # The same channel exported twice, the second time from a date on: one conversation id,
+    # so the second copy's examples are found to be duplicates; a server channel is a group
+    # (names before the turns) even without a category in its file name.
+    _csv(tmp_path / "Whovians - general [5].csv", *AMY_RIVER)
+    _csv(tmp_path / "Whovians - general [5] (after 2024-03-01).csv", *AMY_RIVER)
+    result = CliRunner().invoke(
+        cli, ["import", "discord", str(tmp_path), "--me", "river.song", "-o", "out.jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["messages"][1:] for line in lines] == [
+        [
+            {"role": "user", "content": "amy.pond: hi river"},
+            {"role": "assistant", "content": "hello amy"},
+        ]
+    ]
+    assert (tmp_path / "out.jsonl.conversations").read_text() == "discord:5#2024-03-01T20:00:00\n"
+    assert "Duplicates: 1 example left out" in result.output
+
+
+def test_csv_dates_in_each_locale_dotnet_writes(tmp_path: Path) -> None:
+    # DiscordChatExporter writes the exporting machine's short date and time ("g"): here
+    # 1 March 2024 20:00 and 14 March 2024 20:02 as each locale writes them.
+    locales = {
+        # year first, spaces and a last dot; AM/PM before the time
+        "ko-KR": ("2024. 3. 1. 오후 8:00", "2024. 3. 14. 오후 8:02"),
+        "hu-HU": ("2024. 03. 01. 20:00", "2024. 03. 14. 20:02"),
+        "zh-TW": ("2024/3/1 下午 08:00", "2024/3/14 下午 08:02"),
+        "ja-JP-ampm": ("2024/03/01 午後 8:00", "2024/03/14 午後 8:02"),
+        "ko-KR-morning": ("2024. 3. 1. 오전 8:00", "2024. 3. 14. 오전 8:02"),
+        "cs-CZ": ("1. 3. 2024 20:00", "14. 3. 2024 20:02"),
+        "fi-FI-klo": ("1.3.2024 klo 20.00", "14.3.2024 klo 20.02"),
+        # forms read before
+        "en-US": ("3/1/2024 8:00 PM", "3/14/2024 8:02 PM"),
+        "en-US-icu": ("3/1/2024 8:00\u202fPM", "3/14/2024 8:02\u202fPM"),
+        "en-GB": ("01/03/2024 20:00", "14/03/2024 20:02"),
+        "de-DE": ("01.03.2024 20:00", "14.03.2024 20:02"),
+        "da-DK": ("01.03.2024 20.00", "14.03.2024 20.02"),
+        "fi-FI": ("1.3.2024 20.00", "14.3.2024 20.02"),
+        "ja-JP": ("2024/03/01 20:00", "2024/03/14 20:02"),
+        "en-CA": ("2024-03-01 8:00 p.m.", "2024-03-14 8:02 p.m."),
+        "invariant": ("03/01/2024 20:00", "03/14/2024 20:02"),
+        "old": ("01-Mar-24 08:00 PM", "14-Mar-24 08:02 PM"),
+    }
+    read = {}
+    for locale, (first, second) in locales.items():
+        path = _csv(tmp_path / f"{locale}.csv", ("222", "amy.pond", first, "hi"),
+                    ("111", "river.song", second, "hey"))  # fmt: skip
+        (conv,) = import_discord(path)
+        read[locale] = [m.timestamp for m in conv.messages]
+    morning = [D(2024, 3, 1, 8, 0), D(2024, 3, 14, 8, 2)]
+    evening = [D(2024, 3, 1, 20, 0), D(2024, 3, 14, 20, 2)]
+    assert read == {k: morning if k == "ko-KR-morning" else evening for k in locales}
+
+
+def _json(path: Path, channel: dict, *messages: dict) -> Path:
+    """A DiscordChatExporter JSON export of `channel` at `path`."""
+    guild = {"id": "6", "name": "Whovians"}
+    path.write_text(json.dumps({"guild": guild, "channel": channel, "messages": messages}))
+    return path
+
+
+def _author(uid: str, name: str, nickname: str) -> dict:
+    """A message author (or a user in "mentions") as DiscordChatExporter writes one."""
+    return {"id": uid, "name": name, "discriminator": "0000", "nickname": nickname,
+            "isBot": False}  # fmt: skip
+
+
+def test_markup_of_an_export_without_markdown_is_rendered(tmp_path: Path) -> None:
+    # `--markdown false` leaves Discord's raw tokens in "content".
+    river, amy = _author("111", "river.song", "River"), _author("222", "amy.pond", "Amy")
+    general = {"id": "5", "type": "GuildTextChat", "name": "general"}
+    path = _json(
+        tmp_path / "Whovians - Text - general [5].json",
+        general,
+        {"id": "1", "type": "Default", "timestamp": "2024-03-01T20:00:00+00:00", "author": amy,
+         "content": "<@111> did you see <#777>? <:pepe_laugh:123456789012345678> "
+                    "<t:1709323200:R>", "mentions": [river]},
+        {"id": "2", "type": "Default", "timestamp": "2024-03-01T20:01:00+00:00",
+         "author": river, "content": "lol yes <a:dance:998877665544332211> <@&555> "
+         "<@!222> <@333> back in <#5> at <t:1709326800:t>, <t:1709326800:D>"},
+    )  # fmt: skip
+    (conv,) = import_discord(path)
+    assert [m.text for m in conv.messages] == [
+        # a user by their nickname; another channel and a role by what they are; a time in UTC
+        "@River did you see #channel? :pepe_laugh: 2024-03-01 20:00 UTC",
+        # not in "mentions": named as DiscordChatExporter names an unknown user
+        "lol yes :dance: @role @Unknown @Unknown back in #general at 21:00 UTC, 2024-03-01",
+    ]
+
+
+def test_markup_in_csv_names_people_after_their_rows(tmp_path: Path) -> None:
+    path = _csv(
+        tmp_path / "Whovians - Text - general [5].csv",
+        ("222", "amy.pond#0427", "3/1/2024 8:00 PM", "<@111> see <#5> <:pepe:123>"),
+        ("111", "river.song", "3/1/2024 8:01 PM", "<@!222> <@999> <#6> <t:1709323200:f>"),
+    )
+    (conv,) = import_discord(path)
+    assert [m.text for m in conv.messages] == [
+        "@river.song see #general :pepe:",
+        "@amy.pond @Unknown #channel 2024-03-01 20:00 UTC",
+    ]
+
+
 MESSENGER_THREAD = (
     FIX.parent / "messenger/your_facebook_activity/messages/inbox/samrivera_1001/message_1.json"
 )

@@ -20,8 +20,23 @@ _KEPT_TYPES = {"Default", "Reply"}
 _CSV_COLUMNS = ("AuthorID", "Author", "Date", "Content", "Attachments", "Reactions")
 # `--partition` splits one channel into "NAME.json", "NAME [part 2].json", …
 _PART = re.compile(r" \[part (\d+)\]$")
-# Default output name: "Guild - Category - Channel [channel id]".
-_DEFAULT_NAME = re.compile(r"^(?P<guild>.+?) - (?P<category>.+) - (?P<channel>.+) \[(?P<id>\d+)\]$")
+# The default output name (ExportRequest.GetDefaultOutputFileName): "Guild - Channel [id]",
+# with " - Category" (the channel's parent) after the guild when it has one, then
+# " (after 2024-01-01)", " (before …)" or " (… to …)" when a date range was exported (and
+# `--partition`'s " [part N]", cut off first). Every copy of a channel names its id.
+_DEFAULT_NAME = re.compile(
+    r"^(?P<guild>.+?)(?: - (?P<category>.+))? - (?P<channel>.+) \[(?P<id>\d+)\](?: \([^()]*\))?$"
+)
+# Discord's markup, left as typed when exported with `--markdown false`: mentions of a user
+# (<@id>, <@!id>), a channel (<#id>) or a role (<@&id>), custom emoji (<:name:id>,
+# animated <a:name:id>) and timestamps (<t:unix> or <t:unix:style>).
+_MARKUP = re.compile(
+    r"<(?:@!?(?P<user>\d+)|a?:(?P<emoji>\w+):\d+|#(?P<channel>\d+)|@&(?P<role>\d+)"
+    r"|t:(?P<unix>-?\d{1,12})(?::(?P<style>[tTdDfFR]))?)>"
+)
+_EPOCH = dt.datetime(1970, 1, 1)
+# How a <t:…> timestamp is written, by its style: date only, time only, else both.
+_STAMP_FORMATS = {"d": "%Y-%m-%d", "D": "%Y-%m-%d", "t": "%H:%M UTC", "T": "%H:%M:%S UTC"}
 # CSV has no message type column: system notices appear as DiscordChatExporter's fallback
 # sentences in Content (PlainTextMessageExtensions.GetFallbackContent).
 _CSV_SYSTEM = re.compile(
@@ -33,6 +48,12 @@ _CSV_SYSTEM = re.compile(
 )
 # Old DiscordChatExporter CSV dates ("dd-MMM-yy hh:mm tt"); newer ones use the locale's
 # short date and time ("g": 8/27/2020 6:46 PM, 27/08/2020 18:46, 27.08.2020 18:46).
+# Korean and Hungarian write "2024. 3. 1." (spaces, a last dot), Czech "1. 3. 2024": closed
+# up to "2024.3.1" and "1.3.2024" before they are read like the others.
+_SPACED_DATE = re.compile(r"^(\d{1,4})\.\s*(\d{1,2})\.\s*(\d{1,4})\.?(?=\s)")
+# Korean (오전/오후), Chinese (上午/下午) and Japanese (午前/午後) put AM/PM before the time.
+_AM_PM_FIRST = re.compile(r"(오전|오후|上午|下午|午前|午後)\s*(\d{1,2}:\d{2}(?::\d{2})?)")
+_PM_FIRST = ("오후", "下午", "午後")
 _NAMED_MONTH = re.compile(r"^\d{1,2}-[A-Za-z]{3}-\d{2,4} \d{1,2}:\d{2}(?::\d{2})?(?: [AP]M)?$")
 _NUMERIC = re.compile(r"^(?P<date>\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4})[,T ]+(?P<time>.+)$")
 
@@ -88,15 +109,16 @@ def _parse_json(data: Any, where: str, member: str, conv: Conversation | None) -
             # A server channel is a group even when only two people spoke in it.
             is_group=channel.get("type", "DirectTextChat") != "DirectTextChat",
         )
+    here = (str(channel.get("id") or ""), str(channel.get("name") or ""))
     for i, m in enumerate(data["messages"]):
         try:
-            _add_json_message(conv, m)
+            _add_json_message(conv, m, here)
         except MALFORMED as exc:
             raise ImportErrorMessage(f"{where}: message {i + 1} is malformed ({exc})") from None
     return conv
 
 
-def _add_json_message(conv: Conversation, m: dict[str, Any]) -> None:
+def _add_json_message(conv: Conversation, m: dict[str, Any], here: tuple[str, str]) -> None:
     author = m.get("author") or {}
     content = (m.get("content") or "").strip()
     if m.get("type", "Default") not in _KEPT_TYPES:
@@ -111,6 +133,16 @@ def _add_json_message(conv: Conversation, m: dict[str, Any]) -> None:
         nickname = author.get("nickname")
         if not isinstance(name, str) or not isinstance(nickname, str | None):
             raise TypeError("the author's name is not a string")
+        if "<" in content:
+            # The names of the users it mentions are in its "mentions": their nickname on
+            # the server first, as DiscordChatExporter shows them when it renders markdown.
+            mentions = m.get("mentions")
+            users = {
+                str(u.get("id")): u.get("nickname") or u.get("name")
+                for u in (mentions if isinstance(mentions, list) else [])
+                if isinstance(u, dict)
+            }
+            content = _render_markup(content, users, here)
         conv.messages.append(
             Message(
                 sender=name,
@@ -151,9 +183,9 @@ def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) ->
     numeric = [m["date"] for _, row in rows if (m := _NUMERIC.match(_clean_date(row[2])))]
     twelve = any(re.search(r"[AP]M$", _clean_date(row[2]), re.I) for _, row in rows[:50])
     order = date_order(numeric, twelve_hour=twelve, where=where)
+    stem = _PART.sub("", PurePosixPath(member).stem)
+    default = _DEFAULT_NAME.match(stem)
     if conv is None:
-        stem = _PART.sub("", PurePosixPath(member).stem)
-        default = _DEFAULT_NAME.match(stem)
         conv = Conversation(
             id=f"discord:{default['id'] if default else stem}",
             title=(
@@ -166,6 +198,8 @@ def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) ->
             participants=[],
             is_group=bool(default and default["guild"] != "Direct Messages"),
         )
+    here = (default["id"], default["channel"]) if default else ("", "")
+    users: dict[str, str] | None = None
     for n, (author_id, author, date, content, attachments, *_rest) in rows:
         content = content.strip()
         if _CSV_SYSTEM.match(content):
@@ -175,10 +209,12 @@ def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) ->
                 stamp = _csv_datetime(date, order)
             except (ValueError, OverflowError):
                 raise ImportErrorMessage(f"{where}: line {n}: unrecognised date {date!r}") from None
-            # Before 2023 usernames carried a discriminator ("name#1234"); --me may use either.
-            name, _, discriminator = author.rpartition("#")
-            if not (name and discriminator.isdigit() and len(discriminator) == 4):
-                name = author
+            name = _without_discriminator(author)
+            if "<" in content:
+                # CSV has no "mentions": a user mentioned is named as in their own rows.
+                if users is None:
+                    users = {row[0]: _without_discriminator(row[1]) for _, row in rows}
+                content = _render_markup(content, users, here)
             conv.messages.append(
                 Message(
                     sender=name,
@@ -195,9 +231,45 @@ def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) ->
     return conv
 
 
+def _without_discriminator(author: str) -> str:
+    # Before 2023 usernames carried a discriminator ("name#1234"); --me may use either.
+    name, _, discriminator = author.rpartition("#")
+    return name if name and discriminator.isdigit() and len(discriminator) == 4 else author
+
+
+def _render_markup(content: str, users: dict[str, Any], here: tuple[str, str]) -> str:
+    """Discord's raw markup as people read it: `<@id>` -> `@name`, `<:pepe:id>` -> `:pepe:`, …"""
+    # The way DiscordChatExporter writes it when it renders markdown (its default), so an
+    # export made with `--markdown false` reads the same. Only the export's own channel
+    # (`here`: id, name) and the mentioned users are known; other channels and roles are
+    # only "#channel" and "@role". A timestamp is written in UTC, whatever its style.
+
+    def token(m: re.Match[str]) -> str:
+        if m["user"]:
+            name = users.get(m["user"])
+            return f"@{name if isinstance(name, str) and name else 'Unknown'}"
+        if m["emoji"]:
+            return f":{m['emoji']}:"
+        if m["channel"]:
+            return f"#{here[1] if here[0] == m['channel'] and here[1] else 'channel'}"
+        if m["role"]:
+            return "@role"
+        try:
+            when = _EPOCH + dt.timedelta(seconds=int(m["unix"]))
+        except OverflowError:  # past year 9999: not a date, left as typed
+            return m[0]
+        # f, F and R (relative: "in 2 hours") as the date and time they stand for
+        return f"{when:{_STAMP_FORMATS.get(m['style'], '%Y-%m-%d %H:%M UTC')}}"
+
+    return _MARKUP.sub(token, content)
+
+
 def _clean_date(value: str) -> str:
     # .NET on ICU 72+ writes a narrow no-break space before AM/PM.
-    return value.replace("\u202f", " ").replace("\u00a0", " ").strip()
+    value = value.replace("\u202f", " ").replace("\u00a0", " ").strip()
+    # Finnish may put "klo" ("at") between date and time, as WhatsApp's exports do.
+    value = _SPACED_DATE.sub(r"\1.\2.\3", value.replace(" klo ", " "))
+    return _AM_PM_FIRST.sub(lambda m: f"{m[2]} {'PM' if m[1] in _PM_FIRST else 'AM'}", value)
 
 
 def _csv_datetime(value: str, order: str) -> dt.datetime:
