@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +14,38 @@ from click.core import ParameterSource
 from phischer.cli import Context, friendly_errors, pass_ctx
 from phischer.cli_options import Decorator, base_model_option, epochs_option
 from phischer.finetune import jobs
-from phischer.finetune.common import FineTuneError
+from phischer.finetune.common import FineTuneError, Interrupted
 from phischer.plots import require_matplotlib
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 _POSITIVE = click.IntRange(1)
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 _LOCAL_ONLY: list[str] = []  # filled by _local: the flags `--provider openai` refuses
 _OPENAI_ONLY = ["--suffix"]
+
+
+class _PositiveFloat(click.FloatRange):
+    """A number above 0: FloatRange alone lets 'nan' and 'inf' through."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The float, or click's usage error for a non-number, 0 or less, nan or inf."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+@contextmanager
+def interrupted() -> Iterator[None]:
+    """Ctrl-C: say what became of the job and how to go on, then exit 130 (not "Aborted!")."""
+    try:
+        yield
+    except Interrupted as exc:
+        click.echo(str(exc), err=True)
+        raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
 
 
 def _local(name: str, help: str, **kwargs: Any) -> Decorator:
@@ -72,10 +100,10 @@ def finetune_group() -> None:
 )
 @_local("--lora-rank", "LoRA rank r.", type=_POSITIVE, default=16)
 @_local("--lora-alpha", "LoRA alpha (scale = alpha / r).", type=_POSITIVE, default=32)
-@_local("--learning-rate", "peak learning rate.", type=float, default=2e-4)
+@_local("--learning-rate", "peak learning rate.", type=_PositiveFloat(), default=2e-4)
 @_local(
     "--max-seq-length",
-    "tokens per example (longer ones keep their end).",
+    "tokens per example, at most the model's context (longer ones keep their end).",
     type=click.IntRange(16),
     default=1024,
 )
@@ -101,7 +129,7 @@ def finetune_group() -> None:
 @pass_ctx
 def start(obj: Context, train: Path, provider: str, **options: object) -> None:
     """Fine-tune persona --persona on TRAIN.jsonl (checked first; nothing is sent on errors)."""
-    with friendly_errors():
+    with interrupted(), friendly_errors():
         _refuse_other_providers_flags(provider)
         if provider == "local":
             from phischer.finetune import local
@@ -142,24 +170,32 @@ def status(obj: Context, job_id: str, wait: bool, plot: Path | None) -> None:
     """Show a job's status and new events; on success the persona switches to the new model."""
     from phischer.finetune import openai as ft
 
-    with friendly_errors():
+    with interrupted(), friendly_errors():
         with obj.db.read() as session:
             row = jobs.find_job(session, job_id)
         if row is not None and row.provider == "local":
             click.echo(f"{row.job_id}: {row.status} (local LoRA in {row.output_dir})")
+            if row.status == "cancelled" and row.error:
+                click.echo(f"  {row.error}")  # interrupted: how to resume, as for OpenAI's
             if plot is not None:
                 from phischer.finetune.local import copy_loss_plot
 
                 click.echo(copy_loss_plot(row, plot))
-            if row.error:
-                raise FineTuneError(f"{row.job_id} failed: {row.error}")
+            if row.status == "failed":
+                raise FineTuneError(f"{row.job_id} failed: {row.error or 'no reason recorded'}")
             return
         if plot is not None:
             # Before polling: a --wait can last an hour, and failing after it would waste it.
             require_matplotlib()
         client = ft.make_client(obj.settings)
         if wait:
-            result = ft.wait_for(obj.db, client, job_id, echo=click.echo)
+            try:
+                result = ft.wait_for(obj.db, client, job_id, echo=click.echo)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"Stopped waiting: {job_id} keeps running on OpenAI (Ctrl-C does not cancel "
+                    f"it). Wait again with: phischer finetune status {job_id} --wait"
+                ) from None
         else:
             result = ft.check_status(obj.db, client, job_id)
             for line in ft.describe_status(result):
@@ -211,7 +247,7 @@ def cancel(obj: Context, job_id: str) -> None:
     from phischer.finetune import openai as ft
 
     with friendly_errors():
-        new_status = ft.cancel(obj.db, ft.make_client(obj.settings), job_id)
+        new_status = ft.cancel(obj.db, obj.settings, job_id)
     click.echo(f"{job_id}: {new_status}")
 
 

@@ -5,6 +5,7 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 - POST /v1/chat/completions                 reply = `responder(request body)`; `behaviour` scripts
                                             failures: "status", "slow", "empty", "drop"
 - POST /v1/files                            multipart upload, kept in `files`
+- DELETE /v1/files/{id}                     removes it from `files` (404 if unknown)
 - POST /v1/fine_tuning/jobs                 create (its progress script is `default_script`)
 - GET  /v1/fine_tuning/jobs[?limit=]        list, newest first
 - GET  /v1/fine_tuning/jobs/{id}            retrieve; each GET applies the job's next `Step`,
@@ -276,6 +277,10 @@ class FakeOpenAI:
         method, path = rec.method, rec.path
         if method == "POST" and path == "/v1/files":
             return 200, self._upload(rec)
+        if method == "DELETE" and path.startswith("/v1/files/"):
+            file_id = path.rsplit("/", 1)[1]
+            del self.files[file_id]  # KeyError: 404, as for any unknown object
+            return 200, {"id": file_id, "object": "file", "deleted": True}
         parts = path.strip("/").split("/")  # v1, fine_tuning, jobs, ...
         if parts[:3] != ["v1", "fine_tuning", "jobs"]:
             raise KeyError(path)
@@ -415,6 +420,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self._handle("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
 
     def _handle(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)

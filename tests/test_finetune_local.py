@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -95,7 +96,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=128,
+        # Room for the default --max-seq-length 1024 (RoPE: no weights per position); a
+        # shorter context is capped with a notice (the GPT-2 test below).
+        max_position_embeddings=1024,
         # Wide init: with the default 0.02 the frozen lm_head keeps logits near uniform.
         initializer_range=0.5,
         bos_token_id=tok.bos_token_id,
@@ -418,28 +421,27 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
     assert chat.json()["model"] == "ada-lovelace"
 
 
-def test_cli_local_unloadable_base_model_fails_cleanly(
-    ada: Path, tmp_path: Path, database: Database
+@pytest.mark.parametrize("hub", [False, True])
+def test_cli_local_unloadable_base_model_fails_cleanly_and_records_no_job(
+    ada: Path, tmp_path: Path, database: Database, hub: bool
 ) -> None:
     train = write_train(tmp_path / "train.jsonl")
-    broken = tmp_path / "broken-model"  # a model folder whose files transformers cannot load
-    broken.mkdir()
-    (broken / "config.json").write_text("{}")
-    result = start_local(
-        train,
-        "--base-model",
-        str(broken),
-        "--output-dir",
-        str(tmp_path / "out"),
-    )
+    if hub:
+        broken = "phischer-tests/no-such-model"  # a hub id, offline (HF_HUB_OFFLINE above)
+    else:
+        folder = tmp_path / "broken-model"  # a model folder transformers cannot load
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        broken = str(folder)
+    result = start_local(train, "--base-model", broken, "--output-dir", str(tmp_path / "out"))
     assert result.exit_code == 1
     errors = [x for x in result.output.splitlines() if x.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith(f"Error: cannot load base model {broken}")
     with database.read() as session:
         p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
-        (job,) = session.scalars(sa.select(FineTuneJob))
+        # Nothing was trained: no failed job in `finetune list` either.
+        assert session.scalars(sa.select(FineTuneJob)).all() == []
     assert p.backend == "retrieval" and p.model is None
-    assert job.status == "failed" and job.error.startswith("cannot load base model")
 
 
 def test_cli_local_needs_a_base_model_and_a_clean_file(
@@ -567,8 +569,13 @@ def test_modelfile_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.Monkey
         f"FROM {tmp_path.resolve() / 'models' / 'base'}\n"
         f"ADAPTER {tmp_path.resolve() / 'adapters' / 'ada'}\n"
     )
-    # A hub id or an Ollama tag is not a folder here: it stays as given.
-    assert serving.modelfile("qwen2.5:1.5b", Path("/a")) == "FROM qwen2.5:1.5b\nADAPTER /a\n"
+    # A hub id is not a folder here: it stays as given, with what Ollama needs instead.
+    assert serving.modelfile("meta-llama/Llama-3.2-1B-Instruct", Path("/a")) == (
+        "# Ollama cannot read a Hugging Face hub id: replace the FROM value with the Ollama "
+        "tag of exactly meta-llama/Llama-3.2-1B-Instruct, or a local safetensors folder or "
+        "GGUF file of those weights.\n"
+        "FROM meta-llama/Llama-3.2-1B-Instruct\nADAPTER /a\n"
+    )
 
 
 @pytest.mark.parametrize("name", ["ada lovelace", "ada=1", "../ada", "-ada", "x" * 65, ""])
@@ -681,8 +688,9 @@ def test_cli_local_prints_our_bar_and_summary_not_the_trainers_logs(
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], [
         str(w.message) for w in caught
     ]
-    # ...and our bar (with the loss) and our summary remain.
-    assert re.search(r"Training: 100%\|[^\n\r]*\| 3/3 \[[^\n\r]*loss=\d+\.\d{3}\]", out), out
+    # ...and our summary remains. Our bar is for a terminal only: this output is no
+    # terminal, so it holds no bar frames (\r) (the bar: test_the_bars_on_a_terminal).
+    assert "Training:" not in out and "Tokenizing" not in out and "\r" not in out, out
     assert re.search(r"^Loss \d+\.\d{3} -> \d+\.\d{3} over 3 steps\.$", out, re.M), out
     assert re.search(r"^Validation loss: \d+\.\d{3}$", out, re.M), out
     # transformers' own settings are back as they were for the rest of the process.
@@ -780,3 +788,398 @@ def test_cli_local_refuses_a_base_model_that_is_no_model_folder(
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-1.5B-Instruct", "gpt2", "org/model.v1_2-x"])
 def test_hub_ids_still_pass_the_base_model_check(hub_id: str) -> None:
     local.check_base_model(hub_id)  # README: a local folder or a hub id
+
+
+# -- settings a checkpoint was trained with, names, contexts, truncation ----------------------
+
+
+def test_cli_local_switches_the_persona_off_its_previous_key_variable(
+    tiny_model: Path, database: Database, tmp_path: Path, served: FakeOpenAI
+) -> None:
+    # Ada was served by another provider before, with that provider's key variable.
+    with database.write() as session:
+        spec = PersonaSpec(
+            name="Ada Lovelace",
+            keyword="ada",
+            backend="openai",
+            model="ada-on-together",
+            base_url="https://api.together.example/v1",
+            api_key_env="TOGETHER_API_KEY",
+        )
+        add_persona(session, spec)
+    result = short_run(tiny_model, tmp_path, "--serve-url", served.base_url)
+    assert result.exit_code == 0, result.output
+    with database.read() as session:
+        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
+    # The local server's key is OPENAI_API_KEY or a placeholder, never TOGETHER_API_KEY.
+    assert (p.model, p.base_url, p.api_key_env) == ("ada-lovelace", served.base_url, None)
+
+
+@pytest.mark.parametrize(
+    ("options", "trained_with"),
+    [
+        (["--lora-rank", "8"], "--lora-rank 16"),  # the finished run, rerun
+        (["--lora-rank", "8", "--max-steps", "6"], "--lora-rank 16"),  # extended
+        (["--lora-alpha", "16"], "--lora-alpha 32"),
+        (["--lora-rank", "4", "--lora-alpha", "8"], "--lora-rank 16 --lora-alpha 32"),
+    ],
+)
+def test_cli_local_refuses_checkpoints_of_other_lora_settings(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    options: list[str],
+    trained_with: str,
+) -> None:
+    first = short_run(tiny_model, tmp_path)  # --lora-rank 16 --lora-alpha 32, the defaults
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "out"
+    serving_md = (out / "SERVING.md").read_text()
+    again = start_local(
+        tmp_path / "train.jsonl", "--base-model", str(tiny_model), "--max-steps", "3",
+        "--batch-size", "2", "--output-dir", str(out), *options,
+    )  # fmt: skip
+    assert again.exit_code == 1
+    assert again.output.splitlines() == [
+        f"Error: {out / 'checkpoints'} was trained with {trained_with}: delete it or pass "
+        "another --output-dir"
+    ]
+    assert (out / "SERVING.md").read_text() == serving_md  # still the rank-16 commands
+    assert "--max-lora-rank 16" in serving_md
+    with database.read() as session:
+        (job,) = session.scalars(sa.select(FineTuneJob))  # no failed job for a refusal
+    assert job.status == "succeeded"
+
+
+def test_adapter_rank_is_the_saved_adapters_own(tmp_path: Path) -> None:
+    assert local.adapter_rank(tmp_path, 16) == 16  # nothing saved: the request's
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16}))
+    assert local.adapter_rank(tmp_path, 16) == 8
+
+
+def test_cli_local_names_lora_name_for_a_persona_name_without_letters(
+    database: Database, tmp_path: Path
+) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    with database.write() as session:
+        add_persona(session, PersonaSpec(name="李雷", keyword="lilei", dataset=str(train)))
+    result = run(
+        "finetune", "start", str(train), "--persona", "lilei", "--provider", "local",
+        "--base-model", "whatever", "--output-dir", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: cannot make a model name from '李雷': pass --lora-name with letters or digits"
+    ]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_cli_local_refuses_a_learning_rate_that_is_no_positive_number(
+    ada: Path, tmp_path: Path, database: Database, value: str
+) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    result = start_local(
+        train, "--base-model", "whatever", "--learning-rate", value, "--output-dir",
+        str(tmp_path / "o"),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    reason = f"{float(value)} is not in the range x>0" if value in ("-1", "0") else (
+        f"{value!r} is not a finite number"
+    )  # fmt: skip
+    assert result.output.splitlines()[-1] == (
+        f"Error: Invalid value for '--learning-rate': {reason}."
+    )
+    assert not (tmp_path / "o").exists()
+    with database.read() as session:
+        assert session.scalars(sa.select(FineTuneJob)).all() == []
+
+
+def test_cli_local_stores_a_relative_base_model_as_an_absolute_path(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    relative = os.path.relpath(tiny_model, tmp_path)  # the tests run in tmp_path
+    result = short_run(Path(relative), tmp_path)
+    assert result.exit_code == 0, result.output
+    with database.read() as session:
+        (job,) = session.scalars(sa.select(FineTuneJob))
+    assert job.base_model == str(tiny_model.resolve())
+    listed = run("finetune", "list")
+    assert str(tiny_model.resolve()) in listed.output
+
+
+def test_cli_local_warns_that_vllm_cannot_serve_a_rank_over_512(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    result = start_local(
+        write_train(tmp_path / "train.jsonl"), "--base-model", str(tiny_model), "--max-steps",
+        "1", "--lora-rank", "1024", "--lora-alpha", "1024", "--output-dir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warning = (
+        "vLLM serves LoRA adapters of rank up to 512 (--max-lora-rank), not 1024: retrain "
+        "with --lora-rank 512 or less to serve it with vLLM, or serve it with llama.cpp"
+    )
+    assert result.output.splitlines()[0] == f"Warning: {warning}."
+    serving_md = (tmp_path / "out" / "SERVING.md").read_text()
+    assert f"## vLLM ({serving.VLLM_URL})\n\nNot for this adapter: {warning}.\n" in serving_md
+    assert "vllm serve" not in serving_md and "--max-lora-rank 1024" not in result.output
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal: tqdm's bars (disable=None) draw only on one."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bars_on_a_terminal(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train = write_train(tmp_path / "train.jsonl")
+    settings = local.LoraSettings(**{**FAST.__dict__, "max_steps": 3})
+    local.train_lora(str(tiny_model), train, tmp_path / "out", settings, echo=lambda _: None)
+    drawn = terminal.getvalue()
+    # Tokenizing (cleared when done), then training (kept, with the loss, its line ended).
+    assert drawn.startswith("\rTokenizing train.jsonl:   0%|          | 0/6 "), drawn
+    assert re.search(r"\rTraining: 100%\|[^\n\r]*\| 3/3 \[[^\n\r]*loss=\d+\.\d{3}\] *\n$", drawn)
+
+
+def test_the_training_bar_ends_its_line_when_training_fails(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    batches = iter(range(100))
+    real = local.PadCollator.__call__
+
+    def third_batch_fails(self: local.PadCollator, batch: list[dict[str, list[int]]]) -> Any:
+        if next(batches) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return real(self, batch)
+
+    monkeypatch.setattr(local.PadCollator, "__call__", third_batch_fails)
+    train = write_train(tmp_path / "train.jsonl")
+    settings = local.LoraSettings(**{**FAST.__dict__, "max_steps": 5})
+    try:
+        local.train_lora(str(tiny_model), train, tmp_path / "out", settings, echo=lambda _: None)
+    except RuntimeError as exc:
+        # Read while the failed run is still referenced: once it is collected, tqdm closes
+        # the bar by itself, too late for the error printed right after.
+        drawn, error = terminal.getvalue(), str(exc)
+    assert error == "CUDA out of memory"
+    # The bar's last frame (short of 5/5) ends its line: the error prints on a line of its own.
+    assert re.search(r"\rTraining:  20%\|[^\n\r]*\| 1/5 [^\n\r]*\n$", drawn), repr(drawn)
+
+
+def test_cli_local_shows_progress_for_the_check_and_tokenizing(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from phischer import dataset_check
+
+    asked: dict[str, list[Any]] = {"check": [], "encode": []}
+    real_check, real_encode = dataset_check.check_file, local.encode_file
+
+    def check(path: Path, *args: Any, progress: bool = False, **kwargs: Any) -> Any:
+        asked["check"].append((path.name, progress))
+        return real_check(path, *args, progress=progress, **kwargs)
+
+    def encode(tok: Any, path: Path, max_length: int, progress: bool = False) -> Any:
+        asked["encode"].append((path.name, progress))
+        return real_encode(tok, path, max_length, progress)
+
+    monkeypatch.setattr(dataset_check, "check_file", check)
+    monkeypatch.setattr(local, "encode_file", encode)
+    val = write_train(tmp_path / "val.jsonl", PAIRS[:2])
+    result = short_run(tiny_model, tmp_path, "--validation", str(val))
+    assert result.exit_code == 0, result.output
+    # Both draw a bar on a terminal only (disable=None: see test_the_bars_on_a_terminal).
+    both = [("train.jsonl", True), ("val.jsonl", True)]
+    assert asked == {"check": both, "encode": both}
+
+
+def test_encode_file_counts_the_examples_it_cut_and_the_ones_it_emptied(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
+    rows = [
+        conversation("hi there", "hello dear friend"),  # 15 tokens: fits in 16
+        conversation("what is new " * 3, "the engine computes numbers"),  # 23: cut
+        # The reply, then 16 words of the other side: nothing to learn in the last 16 tokens.
+        conversation("hi", "hello dear friend") + [{"role": "user", "content": "hi " * 16}],
+    ]
+    path = tmp_path / "cut.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    encoded = local.encode_file(tok, path, 16)
+    assert (len(encoded.features), encoded.truncated, encoded.dropped) == (2, 1, 1)
+    assert [len(f["input_ids"]) for f in encoded.features] == [15, 16]
+    said: list[str] = []
+    local.report_cuts(path, encoded, 16, said.append)
+    assert said == [
+        "cut.jsonl: 1 example longer than --max-seq-length 16 was cut to its last 16 tokens "
+        "(its start, system prompt included, is not seen in training).",
+        "cut.jsonl: skipped 1 example with no assistant tokens in its last 16 tokens.",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer GPT-2 (Conv1D layers, learned positions) that reads at most 32 tokens."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = build_tokenizer(path)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=len(tok),
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(str(path))
+    return path
+
+
+def test_cli_local_caps_max_seq_length_at_the_models_context(
+    tiny_gpt2: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    long_user = "hi there how are you what is new " * 4  # 32 words: over 32 tokens in all
+    train = write_train(tmp_path / "train.jsonl", [(long_user, "hello dear friend")] * 4 + PAIRS)
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = start_local(
+            train, "--base-model", str(tiny_gpt2), "--max-steps", "2", "--batch-size", "2",
+            "--output-dir", str(out),
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output  # not "index out of range in self"
+    lines = result.output.splitlines()
+    assert lines[:2] == [
+        f"Note: {tiny_gpt2.name} reads at most 32 tokens: --max-seq-length 1024 lowered to 32.",
+        "train.jsonl: 4 examples longer than --max-seq-length 32 were cut to their last 32 "
+        "tokens (their start, system prompt included, is not seen in training).",
+    ]
+    # peft adapts GPT-2's Conv1D layers by itself: its notice about it is not shown.
+    assert not [w for w in caught if "fan_in_fan_out" in str(w.message)], [
+        str(w.message) for w in caught
+    ]
+    # Ollama cannot put a LoRA on a GPT-2 base: SERVING.md says so instead of a command.
+    serving_md = (out / "SERVING.md").read_text()
+    assert (
+        "Not for this adapter: Ollama converts safetensors LoRA adapters only for Llama-family "
+        "(llama, mistral, mixtral) and Gemma 2 (gemma2) base models, and "
+        f"`{tiny_gpt2.resolve()}` is a `gpt2` model (its config.json `model_type`), so no "
+        "Modelfile was written. Serve it with vLLM or llama.cpp.\n"
+    ) in serving_md
+    assert "ollama create" not in serving_md and not (out / "Modelfile").exists()
+
+
+def test_cli_local_ctrl_c_cancels_the_job_and_says_how_to_resume(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batches = iter(range(100))
+    real = local.PadCollator.__call__
+
+    def ctrl_c_at_step_5(self: local.PadCollator, batch: list[dict[str, list[int]]]) -> Any:
+        if next(batches) == 4:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(local.PadCollator, "__call__", ctrl_c_at_step_5)
+    out = tmp_path / "out"
+    options = ("--max-steps", "6", "--save-steps", "2", "--output-dir", str(out))
+    train = write_train(tmp_path / "train.jsonl")
+    result = start_local(train, "--base-model", str(tiny_model), *options)
+    assert result.exit_code == 130
+    with database.read() as session:
+        (job,) = session.scalars(sa.select(FineTuneJob))
+    hint = "rerun the same command to resume from checkpoint-4 (step 4)"
+    assert result.stderr == f"Interrupted: {job.job_id} is cancelled; {hint}.\n"
+    assert (job.status, job.error) == ("cancelled", f"interrupted: {hint}")
+
+    status = run("finetune", "status", job.job_id)
+    assert status.exit_code == 0  # cancelled, as an OpenAI job cancelled: no error
+    assert status.output.splitlines() == [
+        f"{job.job_id}: cancelled (local LoRA in {out.resolve()})",
+        f"  interrupted: {hint}",
+    ]
+
+    monkeypatch.setattr(local.PadCollator, "__call__", real)
+    again = start_local(train, "--base-model", str(tiny_model), *options)
+    assert again.exit_code == 0, again.output
+    assert f"Resuming from {out / 'checkpoints' / 'checkpoint-4'} (step 4)." in again.output
+
+
+def test_cli_local_ctrl_c_before_training_records_nothing(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def ctrl_c(base_model: str) -> Any:
+        raise KeyboardInterrupt  # while the model loads
+
+    monkeypatch.setattr(local, "_load", ctrl_c)
+    result = short_run(tiny_model, tmp_path)
+    assert result.exit_code == 130
+    assert result.stderr == "Interrupted before training started: nothing was trained.\n"
+    with database.read() as session:
+        assert session.scalars(sa.select(FineTuneJob)).all() == []
+
+
+# -- serving notes for each kind of base model ------------------------------------------------
+
+
+def test_base_model_type_reads_config_json_without_a_download(tiny_model: Path) -> None:
+    assert local.base_model_type(str(tiny_model)) == "llama"
+    assert local.base_model_type("phischer-tests/not-in-the-cache") is None
+
+
+def test_serving_guide_ollama_section_follows_the_base_model() -> None:
+    def ollama(base: str, model_type: str | None) -> str:
+        guide = serving.serving_guide(
+            base_model=base,
+            adapter_dir=Path("/adapters/ada"),
+            name="ada",
+            rank=16,
+            serve_url=serving.VLLM_URL,
+            model_type=model_type,
+        )
+        return guide.split("## Ollama (http://127.0.0.1:11434/v1)\n\n")[1].split("\n## ")[0]
+
+    families = "Llama-family (llama, mistral, mixtral) and Gemma 2 (gemma2) base models"
+    # README's example: a Qwen2.5 base, which Ollama cannot put a LoRA on.
+    assert ollama("Qwen/Qwen2.5-1.5B-Instruct", "qwen2") == (
+        f"Not for this adapter: Ollama converts safetensors LoRA adapters only for {families}, "
+        "and `Qwen/Qwen2.5-1.5B-Instruct` is a `qwen2` model (its config.json `model_type`), "
+        "so no Modelfile was written. Serve it with vLLM or llama.cpp.\n"
+    )
+    llama = ollama("meta-llama/Llama-3.2-1B-Instruct", "llama")
+    assert "ollama create ada -f /adapters/ada/Modelfile" in llama
+    # A hub id: what FROM must become, before `ollama create`.
+    assert (
+        "Ollama cannot read a Hugging Face hub id: replace the FROM value with the Ollama tag "
+        "of exactly meta-llama/Llama-3.2-1B-Instruct, or a local safetensors folder or GGUF "
+        "file of those weights. Then:\n"
+    ) in llama
+    unknown = ollama("meta-llama/Llama-3.2-1B-Instruct", None)
+    assert (
+        f"Ollama converts safetensors LoRA adapters only for {families}; the type of "
+        "`meta-llama/Llama-3.2-1B-Instruct` could not be read here: check that it is one of "
+        "them.\n"
+    ) in unknown
+    assert "ollama create ada" in unknown

@@ -162,7 +162,8 @@ def test_start_uploads_files_and_creates_supervised_job(
     assert (
         "12 examples" in result.output and "(4 epochs on gpt-4.1-mini-2025-04-14)" in result.output
     )
-    assert "estimated cost about $" in result.output
+    # 12 x ~30 tokens x 4 epochs at $5 per 1M tokens: not "about $0.00".
+    assert "estimated cost less than $0.01" in result.output
     assert (
         "OpenAI stops accepting new fine-tuning jobs on 2027-01-06 and retires fine-tuned "
         "gpt-4o/gpt-4.1 models on 2027-01-14"
@@ -208,6 +209,60 @@ def test_format_errors_refuse_before_anything_is_sent(
     assert "line 4" in result.output  # the check report names the lines
     assert fake_ft.requests == []
     assert jobs_in(database) == []
+
+
+def test_an_empty_file_is_refused_without_a_line_number(
+    fake_ft: FakeOpenAI, ada: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = run("finetune", "start", str(empty), "--persona", "ada")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        f"Error: {empty}: 1 format error(s) (no examples in the file [no_examples]): fix them "
+        "before fine-tuning; nothing was uploaded"
+    ]
+    assert fake_ft.requests == []
+
+
+def test_cost_line_wording(fake_ft: FakeOpenAI, ada: Path, train: Path) -> None:
+    for options, line in [
+        (
+            ["--epochs", "1"],
+            "12 examples, 384 billed tokens (1 epoch on gpt-4.1-mini-2025-04-14): "
+            "estimated cost less than $0.01",
+        ),
+        (
+            ["--epochs", "2", "--base-model", "gpt-4.1-2025-04-14"],
+            "12 examples, 768 billed tokens (2 epochs on gpt-4.1-2025-04-14): "
+            "estimated cost about $0.02",
+        ),
+    ]:
+        result = run("finetune", "start", str(train), "--persona", "ada", *options)
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[0] == line
+
+
+def test_the_check_before_upload_shows_progress_on_big_files(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    validation: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from phischer import dataset_check
+
+    asked: list[tuple[Path, bool]] = []
+    real = dataset_check.check_file
+
+    def spy(path: Path, *args: Any, progress: bool = False, **kwargs: Any) -> Any:
+        asked.append((path, progress))
+        return real(path, *args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(dataset_check, "check_file", spy)
+    start_job(train, "--validation", str(validation))
+    # check_file draws its bar only for big files, and only on a terminal (disable=None).
+    assert asked == [(train, True), (validation, True)]
 
 
 def test_fewer_examples_than_openai_takes_refuse_before_upload(
@@ -300,8 +355,84 @@ def test_job_creation_error_is_one_line_and_records_nothing(
         "Error: OpenAI answered 400 while creating the fine-tuning job: Model gpt-3 is not "
         "available for fine-tuning or does not exist."
     ]
-    assert len(fake_ft.files) == 1  # the upload happened; the job did not
     assert fake_ft.jobs == {} and jobs_in(database) == []
+    # The upload happened; with no job to read it, it is deleted again (and said so).
+    (upload,) = fake_ft.calls("POST", "/v1/files")
+    (delete,) = fake_ft.calls("DELETE", "/v1/files/")
+    assert delete.path == "/v1/files/file-0001" and fake_ft.files == {}
+    assert result.output.splitlines()[-2:] == [
+        "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account.",
+        "Error: OpenAI answered 400 while creating the fine-tuning job: Model gpt-3 is not "
+        "available for fine-tuning or does not exist.",
+    ]
+
+
+@pytest.mark.parametrize(("status", "times"), [(503, 3), (429, 3)])
+def test_every_upload_is_deleted_when_the_job_is_refused(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    validation: Path,
+    database: Database,
+    status: int,
+    times: int,
+) -> None:
+    fake_ft.fail("POST", "/v1/fine_tuning/jobs", status, "try later", times=times)
+    result = run(
+        "finetune", "start", str(train), "--persona", "ada", "--validation", str(validation)
+    )
+    assert result.exit_code == 1
+    assert [c.path for c in fake_ft.calls("DELETE")] == [
+        "/v1/files/file-0001",
+        "/v1/files/file-0002",
+    ]
+    assert fake_ft.files == {} and jobs_in(database) == []
+    assert (
+        "No job was created: deleted the uploaded file-0001 (train.jsonl), file-0002 (val.jsonl) "
+        "from the account."
+    ) in result.output.splitlines()
+
+
+def test_a_failed_validation_upload_deletes_the_training_upload(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    validation: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = ft._upload
+
+    def upload(client: openai.OpenAI, path: Path, echo: Any) -> str:
+        if path == validation:
+            raise common.FineTuneError(f"OpenAI answered 413 while uploading {path.name}: big")
+        return real(client, path, echo)
+
+    monkeypatch.setattr(ft, "_upload", upload)
+    result = run(
+        "finetune", "start", str(train), "--persona", "ada", "--validation", str(validation)
+    )
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2:] == [
+        "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account.",
+        "Error: OpenAI answered 413 while uploading val.jsonl: big",
+    ]
+    assert fake_ft.files == {} and fake_ft.calls("POST", "/v1/fine_tuning") == []
+
+
+def test_an_upload_that_cannot_be_deleted_is_named(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    fake_ft.fail("POST", "/v1/fine_tuning/jobs", 400, "no such model")
+    fake_ft.fail("DELETE", "/v1/files/", 500, "storage down", times=3)  # the SDK retries twice
+    result = run("finetune", "start", str(train), "--persona", "ada")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2:] == [
+        "Could not delete the uploaded file-0001 (train.jsonl) from the account (OpenAI "
+        "answered 500 while deleting it: storage down): delete it yourself.",
+        "Error: OpenAI answered 400 while creating the fine-tuning job: no such model",
+    ]
+    assert list(fake_ft.files) == ["file-0001"]
 
 
 def test_local_only_flags_are_refused_for_openai(
@@ -327,15 +458,68 @@ def test_local_only_flags_are_refused_for_openai(
     assert start_job(train, "--provider", "openai")
 
 
-def test_deadline_notice_follows_the_date() -> None:
-    before = common.deadline_notice(dt.date(2027, 1, 5))
-    assert "stops accepting new fine-tuning jobs on 2027-01-06" in before
-    assert "retires fine-tuned gpt-4o/gpt-4.1 models on 2027-01-14" in before
-    between = common.deadline_notice(dt.date(2027, 1, 6))
-    assert "stopped new fine-tuning jobs on 2027-01-06" in between
-    assert "retires" in between and "--provider local" in between
-    after = common.deadline_notice(dt.date(2027, 2, 1))
-    assert "stopped new fine-tuning jobs" in after and "2027-01-14" not in after
+@pytest.mark.parametrize(
+    ("today", "notice"),
+    [
+        (
+            dt.date(2027, 1, 5),
+            "Note: OpenAI stops accepting new fine-tuning jobs on 2027-01-06 and retires "
+            "fine-tuned gpt-4o/gpt-4.1 models on 2027-01-14: train a LoRA you can keep serving "
+            "with `--provider local`.",
+        ),
+        (
+            dt.date(2027, 1, 6),
+            "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and retires fine-tuned "
+            "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`.",
+        ),
+        (
+            dt.date(2027, 1, 13),
+            "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and retires fine-tuned "
+            "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`.",
+        ),
+        # The retirement is still news after the day: said in the past tense, not dropped.
+        (
+            dt.date(2027, 1, 14),
+            "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and retired fine-tuned "
+            "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`.",
+        ),
+        (
+            dt.date(2027, 2, 1),
+            "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and retired fine-tuned "
+            "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`.",
+        ),
+    ],
+)
+def test_deadline_notice_follows_the_date(today: dt.date, notice: str) -> None:
+    assert common.deadline_notice(today) == notice
+
+
+def test_start_refuses_before_uploading_from_the_day_openai_stops_jobs(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(common, "_today", lambda: dt.date(2027, 1, 5))
+    start_job(train)  # the last day OpenAI takes new jobs: uploaded and created
+    assert len(fake_ft.files) == 1 and len(fake_ft.jobs) == 1
+    requests, stored = len(fake_ft.requests), jobs_in(database)
+    for today, retirement in [
+        (dt.date(2027, 1, 6), "retires"),  # the first day without new jobs
+        (dt.date(2027, 1, 13), "retires"),
+        (dt.date(2027, 1, 14), "retired"),  # the models are gone too
+        (dt.date(2028, 3, 1), "retired"),
+    ]:
+        monkeypatch.setattr(common, "_today", lambda today=today: today)
+        result = run("finetune", "start", str(train), "--persona", "ada")
+        assert result.exit_code == 1
+        assert result.output.splitlines() == [
+            "Error: OpenAI stopped accepting new fine-tuning jobs on 2027-01-06 and "
+            f"{retirement} fine-tuned gpt-4o/gpt-4.1 models on 2027-01-14: train a LoRA you "
+            "keep with --provider local --base-model MODEL; nothing was uploaded"
+        ]
+    assert len(fake_ft.requests) == requests and len(jobs_in(database)) == len(stored)
 
 
 @pytest.mark.parametrize(
@@ -578,6 +762,31 @@ def test_network_error_while_polling_is_one_line_and_keeps_the_job(
     assert persona(database).backend == "retrieval"
 
 
+def test_ctrl_c_while_waiting_says_the_job_goes_on(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_ft.default_script = [Step("running", [metrics_event(1, 9, 2.0)])] * 5
+    job_id = start_job(train)
+
+    def ctrl_c(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_sleep", ctrl_c)  # Ctrl-C during the first wait between polls
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 130
+    assert result.stdout.splitlines()[-1] == f"{job_id}: running"
+    assert result.stderr == (
+        f"Stopped waiting: {job_id} keeps running on OpenAI (Ctrl-C does not cancel it). "
+        f"Wait again with: phischer finetune status {job_id} --wait\n"
+    )  # not click's bare "Aborted!"
+    assert fake_ft.calls("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel") == []
+    assert jobs_in(database)[0].status == "running"
+
+
 def test_wait_backs_off_to_once_a_minute(
     fake_ft: FakeOpenAI, ada: Path, train: Path, sleeps: list[float]
 ) -> None:
@@ -668,6 +877,60 @@ def test_local_jobs_are_never_sent_to_openai(
     ]
     assert fake_ft.requests == []
     assert jobs_in(database)[0].status == "running"
+
+
+def test_cancelling_a_local_job_needs_no_api_key(
+    ada: Path, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with database.write() as session:
+        jobs.record_job(
+            session,
+            job_id="local-20261122-101010",
+            provider="local",
+            base_model="/models/tiny",
+            status="running",
+            output_dir=str(tmp_path / "adapter"),
+        )
+    cancel = run("finetune", "cancel", "local-20261122-101010")
+    assert cancel.exit_code == 1
+    assert cancel.output.splitlines() == [
+        "Error: local-20261122-101010 is a local job: stop it with Ctrl-C where it runs"
+    ]
+
+
+def test_status_of_a_stopped_local_job(ada: Path, database: Database, tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    with database.write() as session:
+        for job_id, status, error in [
+            (
+                "local-20261122-101010",
+                "cancelled",
+                "interrupted: rerun the same command to resume from checkpoint-10 (step 10)",
+            ),
+            ("local-20261122-111111", "failed", "CUDA out of memory"),
+        ]:
+            jobs.record_job(
+                session,
+                job_id=job_id,
+                provider="local",
+                base_model="/models/tiny",
+                status=status,
+                error=error,
+                output_dir=str(adapter),
+            )
+    cancelled = run("finetune", "status", "local-20261122-101010")
+    assert cancelled.exit_code == 0  # as an OpenAI job cancelled: a state, not an error
+    assert cancelled.output.splitlines() == [
+        f"local-20261122-101010: cancelled (local LoRA in {adapter})",
+        "  interrupted: rerun the same command to resume from checkpoint-10 (step 10)",
+    ]
+    failed = run("finetune", "status", "local-20261122-111111")
+    assert failed.exit_code == 1
+    assert failed.output.splitlines() == [
+        f"local-20261122-111111: failed (local LoRA in {adapter})",
+        "Error: local-20261122-111111 failed: CUDA out of memory",
+    ]
 
 
 # -- list ----------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""What both providers share: the error type, OpenAI's shutdown notice, and name sanitising."""
+"""What both providers share: the error type, OpenAI's shutdown dates, and name sanitising."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
 import unicodedata
+from typing import Any
 
 # OpenAI is winding fine-tuning down (FIELD-NOTES): no new jobs from this day on...
 OPENAI_JOBS_END = dt.date(2027, 1, 6)
@@ -19,9 +20,18 @@ class FineTuneError(ValueError):
     """A fine-tuning step cannot go on; the message says what is wrong and how to fix it."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a fine-tuning command; str() says what became of the job and what next."""
+
+
 def _today() -> dt.date:
     # One seam for tests: the notice changes on the deadline days.
     return dt.date.today()
+
+
+def _retirement(today: dt.date) -> str:
+    verb = "retires" if today < OPENAI_MODELS_END else "retired"
+    return f"{verb} fine-tuned gpt-4o/gpt-4.1 models on {OPENAI_MODELS_END:%Y-%m-%d}"
 
 
 def deadline_notice(today: dt.date | None = None) -> str:
@@ -30,32 +40,48 @@ def deadline_notice(today: dt.date | None = None) -> str:
     if today < OPENAI_JOBS_END:
         return (
             f"Note: OpenAI stops accepting new fine-tuning jobs on {OPENAI_JOBS_END:%Y-%m-%d} and "
-            f"retires fine-tuned gpt-4o/gpt-4.1 models on {OPENAI_MODELS_END:%Y-%m-%d}: "
-            "train a LoRA you can keep serving with `--provider local`."
-        )
-    if today < OPENAI_MODELS_END:
-        return (
-            f"Note: OpenAI stopped new fine-tuning jobs on {OPENAI_JOBS_END:%Y-%m-%d} and retires "
-            f"fine-tuned gpt-4o/gpt-4.1 models on {OPENAI_MODELS_END:%Y-%m-%d}: "
-            "use `--provider local`."
+            f"{_retirement(today)}: train a LoRA you can keep serving with `--provider local`."
         )
     return (
-        f"Note: OpenAI stopped new fine-tuning jobs on {OPENAI_JOBS_END:%Y-%m-%d}: "
-        "use `--provider local`."
+        f"Note: OpenAI stopped new fine-tuning jobs on {OPENAI_JOBS_END:%Y-%m-%d} and "
+        f"{_retirement(today)}: use `--provider local`."
     )
 
 
-def sanitize_suffix(name: str) -> str:
+def refuse_after_jobs_end(today: dt.date | None = None) -> None:
+    """Refuse `--provider openai` once OpenAI takes no new jobs: it would upload for nothing."""
+    today = today or _today()
+    if today >= OPENAI_JOBS_END:
+        raise FineTuneError(
+            f"OpenAI stopped accepting new fine-tuning jobs on {OPENAI_JOBS_END:%Y-%m-%d} and "
+            f"{_retirement(today)}: train a LoRA you keep with --provider local --base-model "
+            "MODEL; nothing was uploaded"
+        )
+
+
+def format_errors_message(path: Any, report: Any, outcome: str) -> str:
+    """The one line that refuses a file `dataset check` found format errors in."""
+    first = report.errors[0]
+    # A problem of the file as a whole (line 0: no examples at all) has no line to point at.
+    where = f"first on line {first.line}" if first.line else first.message
+    return (
+        f"{path}: {len(report.errors)} format error(s) ({where}): fix them before "
+        f"fine-tuning; {outcome}"
+    )
+
+
+def sanitize_suffix(name: str, flag: str = "--suffix") -> str:
     """A model-name-safe suffix: ASCII letters, digits, '-' and '_', at most 64 characters.
 
     The suffix ends up inside ``ft:<base>:<org>:<suffix>:<id>``, so a colon or space would
-    break the model id; accents are folded ("Zoë" -> "zoe") rather than dropped.
+    break the model id; accents are folded ("Zoë" -> "zoe") rather than dropped. `flag` is
+    the option that names the model instead when nothing is left (--lora-name for a LoRA).
     """
     folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     cleaned = re.sub(r"[^a-z0-9_-]+", "-", folded.lower()).strip("-_")
     cleaned = re.sub(r"-{2,}", "-", cleaned)[:SUFFIX_MAX].strip("-_")
     if not cleaned:
         raise FineTuneError(
-            f"cannot make a model suffix from {name!r}: pass --suffix with letters or digits"
+            f"cannot make a model name from {name!r}: pass {flag} with letters or digits"
         )
     return cleaned

@@ -24,8 +24,20 @@ from phischer import personas
 from phischer.config import Settings
 from phischer.db import Database
 from phischer.finetune import jobs
-from phischer.finetune.common import LOSS_PNG, FineTuneError, sanitize_suffix
-from phischer.finetune.serving import modelfile, serving_guide
+from phischer.finetune.common import (
+    LOSS_PNG,
+    FineTuneError,
+    Interrupted,
+    format_errors_message,
+    sanitize_suffix,
+)
+from phischer.finetune.serving import (
+    modelfile,
+    ollama_can_convert,
+    resolve_base,
+    serving_guide,
+    vllm_rank_warning,
+)
 from phischer.models import FineTuneJob, utcnow
 
 IGNORE = -100  # label value the loss skips (PyTorch's CrossEntropyLoss ignore_index)
@@ -42,12 +54,17 @@ LORA_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # itself allows them. Anything else given to --base-model can only be a local path.
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")  # the folders the Trainer saves
-# Warnings transformers raises about its own code while training (nothing the user can
-# change): filtered around the training call only, by message and category.
-LIBRARY_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+# Warnings the libraries raise about their own code while training (nothing the user can
+# change): filtered around the training call only, by message, category and module.
+LIBRARY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     # Trainer.train() still reads the property it deprecated (transformers 5.x).
-    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers(\.|$)"),
+    # GPT-2-style models store linear layers as Conv1D: peft notices and adapts by itself.
+    (r"fan_in_fan_out is set to False", UserWarning, r"peft(\.|$)"),
 )
+# tokenizer.model_max_length when the tokenizer does not know it (transformers' placeholder
+# is 1e30): anything this large is no real context length.
+UNKNOWN_LENGTH = 10**9
 
 Echo = Callable[[str], None]
 
@@ -165,13 +182,8 @@ def assistant_spans(
     return full, spans
 
 
-def encode_example(
-    tokenizer: Any, messages: list[dict[str, str]], max_length: int
-) -> dict[str, list[int]] | None:
-    """input_ids and labels (IGNORE outside assistant turns), keeping the end when too long.
-
-    Returns None when no assistant token survives truncation (nothing to learn from).
-    """
+def _encode_whole(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    # input_ids and labels (IGNORE outside assistant turns) of the whole conversation.
     full, spans = assistant_spans(tokenizer, messages)
     if tokenizer.is_fast:
         enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -188,6 +200,10 @@ def encode_example(
             a = len(tokenizer(full[:start], add_special_tokens=False)["input_ids"])
             b = len(tokenizer(full[:end], add_special_tokens=False)["input_ids"])
             labels[a:b] = ids[a:b]
+    return ids, labels
+
+
+def _feature(ids: list[int], labels: list[int], max_length: int) -> dict[str, list[int]] | None:
     # Windows end with the reply being learned: cut from the front, not the end.
     ids, labels = ids[-max_length:], labels[-max_length:]
     if all(label == IGNORE for label in labels):
@@ -195,16 +211,70 @@ def encode_example(
     return {"input_ids": ids, "labels": labels}
 
 
-def encode_file(tokenizer: Any, path: Path, max_length: int) -> tuple[list[dict], int]:
-    """Encode every example of a file; returns (features, examples dropped)."""
-    features, dropped = [], 0
-    for messages in read_examples(path):
-        feature = encode_example(tokenizer, messages, max_length)
-        if feature is None:
-            dropped += 1
-        else:
-            features.append(feature)
-    return features, dropped
+def encode_example(
+    tokenizer: Any, messages: list[dict[str, str]], max_length: int
+) -> dict[str, list[int]] | None:
+    """input_ids and labels (IGNORE outside assistant turns), keeping the end when too long.
+
+    Returns None when no assistant token survives truncation (nothing to learn from).
+    """
+    return _feature(*_encode_whole(tokenizer, messages), max_length)
+
+
+@dataclass
+class Encoded:
+    """A file's training features and how many examples --max-seq-length cut or emptied."""
+
+    features: list[dict[str, list[int]]]
+    dropped: int = 0  # no assistant token left after the cut: not trained on
+    truncated: int = 0  # longer than max_length and kept: their start was cut off
+
+
+def encode_file(tokenizer: Any, path: Path, max_length: int, progress: bool = False) -> Encoded:
+    """Encode every example of a file, counting the ones too long for max_length."""
+    from tqdm import tqdm
+
+    encoded = Encoded(features=[])
+    examples = read_examples(path)
+    # Tens of thousands of examples take seconds: a bar on a terminal, quiet in a pipe.
+    bar = tqdm(
+        examples,
+        desc=f"Tokenizing {path.name}",
+        unit="example",
+        leave=False,
+        file=sys.stderr,
+        disable=None if progress else True,
+    )
+    with bar:
+        for messages in bar:
+            ids, labels = _encode_whole(tokenizer, messages)
+            feature = _feature(ids, labels, max_length)
+            if feature is None:
+                encoded.dropped += 1
+                continue
+            if len(ids) > max_length:
+                encoded.truncated += 1
+            encoded.features.append(feature)
+    return encoded
+
+
+def report_cuts(path: Path, encoded: Encoded, max_length: int, echo: Echo) -> None:
+    """Say how many examples of a file --max-seq-length cut, and how many it emptied."""
+    from phischer.dataset_check import plural
+
+    if encoded.truncated:
+        was, its = ("was", "its") if encoded.truncated == 1 else ("were", "their")
+        echo(
+            f"{path.name}: {plural(encoded.truncated, 'example')} longer than --max-seq-length "
+            f"{max_length} {was} cut to {its} last {max_length} tokens ({its} start, system "
+            "prompt included, is not seen in training)."
+        )
+    if encoded.dropped:
+        its = "its" if encoded.dropped == 1 else "their"
+        echo(
+            f"{path.name}: skipped {plural(encoded.dropped, 'example')} with no assistant "
+            f"tokens in {its} last {max_length} tokens."
+        )
 
 
 class PadCollator:
@@ -246,6 +316,7 @@ class TrainResult:
     dropped: int
     tokens_seen: int
     eval_loss: float | None = None
+    truncated: int = 0  # examples cut to --max-seq-length (their start lost)
     # (step, loss) from the trainer's log history, earlier runs of a resumed job included.
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     eval_history: list[tuple[int, float]] = field(default_factory=list)
@@ -255,7 +326,7 @@ class TrainResult:
 def lora_name(persona_name: str, requested: str | None) -> str:
     """The model name the server exposes: --lora-name as given, else from the persona name."""
     if requested is None:
-        return sanitize_suffix(persona_name)
+        return sanitize_suffix(persona_name, flag="--lora-name")
     if not LORA_NAME_RE.fullmatch(requested):
         raise FineTuneError(
             f"--lora-name {requested!r} must be 1-64 letters, digits, '.', '-' or '_' "
@@ -309,12 +380,73 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}  # unreadable: the Trainer's resume reports it
-    return state if isinstance(state, dict) else {}
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_checkpoint_settings(output_dir: Path, lora: LoraSettings) -> None:
+    """Refuse to resume or finish a checkpoint trained with another rank, alpha or targets.
+
+    Resuming would fail deep in load_state_dict, and a finished run would be served with
+    commands for a rank its adapter does not have: say so in one line before anything loads.
+    """
+    checkpoints = output_dir / "checkpoints"
+    last = last_checkpoint(checkpoints)
+    if last is None:
+        return
+    config = _read_json(last / "adapter_config.json")
+    differs = []
+    if config.get("r") not in (None, lora.rank):
+        differs.append(f"--lora-rank {config['r']}")
+    if config.get("lora_alpha") not in (None, lora.alpha):
+        differs.append(f"--lora-alpha {config['lora_alpha']}")
+    # peft records "all-linear" as the module names it found, so only a list given here
+    # can be compared with the one it recorded.
+    recorded = config.get("target_modules")
+    targets = lora.target_modules
+    if isinstance(targets, list) and isinstance(recorded, list) and set(recorded) != set(targets):
+        differs.append(f"target modules {', '.join(sorted(recorded))}")
+    if differs:
+        raise FineTuneError(
+            f"{checkpoints} was trained with {' '.join(differs)}: delete it or pass another "
+            "--output-dir"
+        )
+
+
+def adapter_rank(adapter_dir: Path, default: int) -> int:
+    """The LoRA rank r the saved adapter really has (its adapter_config.json), else default."""
+    rank = _read_json(adapter_dir / "adapter_config.json").get("r")
+    return rank if isinstance(rank, int) and rank > 0 else default
+
+
+def base_model_type(base_model: str) -> str | None:
+    """The base model's config.json model_type ("llama", "qwen2"…), read without a download.
+
+    A local folder's config.json, else the hub cache's copy (training put it there); None
+    when neither is readable.
+    """
+    path = Path(base_model).expanduser()
+    config_file: Path | None = path / "config.json"
+    if not path.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base_model, "config.json")
+        except (ImportError, ValueError):  # no train extra, or not a valid repo id
+            cached = None
+        config_file = Path(cached) if isinstance(cached, str) else None
+    if config_file is None:
+        return None
+    model_type = _read_json(config_file).get("model_type")
+    return model_type if isinstance(model_type, str) else None
+
+
+def _checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    return _read_json(checkpoint / "trainer_state.json")  # unreadable: {} (resume reports it)
 
 
 def finished_checkpoint(output_dir: Path, lora: LoraSettings) -> tuple[Path, int] | None:
@@ -384,7 +516,7 @@ def _history(log_history: list[dict[str, Any]], key: str) -> list[tuple[int, flo
 def quiet_library(local_model: bool) -> Iterator[None]:
     """Keep transformers' own console output out of a training call; restore it after.
 
-    Its info/warning log lines are raised to errors only, the FutureWarnings in
+    Its info/warning log lines are raised to errors only, the library warnings in
     LIBRARY_WARNINGS are filtered, and for a local folder (nothing to download) its
     "Loading weights" bars are hidden; a hub download keeps its progress bars.
     """
@@ -393,10 +525,8 @@ def quiet_library(local_model: bool) -> Iterator[None]:
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     with warnings.catch_warnings():
-        for message, category in LIBRARY_WARNINGS:
-            warnings.filterwarnings(
-                "ignore", message=message, category=category, module=r"transformers(\.|$)"
-            )
+        for message, category, module in LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
         hf_logging.set_verbosity_error()
         if local_model:
             hf_logging.disable_progress_bar()
@@ -429,6 +559,29 @@ def _load(base_model: str) -> tuple[Any, Any]:
     return tokenizer, model
 
 
+def context_length(model: Any, tokenizer: Any) -> int | None:
+    """The most tokens the model reads: its config's position limit or the tokenizer's, if known."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limits = [getattr(text, key, None) for key in ("max_position_embeddings", "n_positions")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    known = [n for n in limits if isinstance(n, int) and 0 < n < UNKNOWN_LENGTH]
+    return min(known) if known else None
+
+
+def _fit_context(base_model: str, model: Any, tokenizer: Any, requested: int, echo: Echo) -> int:
+    # Longer inputs than the model has positions for fail mid-training ("index out of range
+    # in self" for GPT-2's learned positions): cap them, and say so.
+    limit = context_length(model, tokenizer)
+    if limit is None or requested <= limit:
+        return requested
+    echo(
+        f"Note: {Path(base_model).name or base_model} reads at most {limit} tokens: "
+        f"--max-seq-length {requested} lowered to {limit}."
+    )
+    return limit
+
+
 def train_lora(
     base_model: str,
     train_path: Path,
@@ -438,19 +591,27 @@ def train_lora(
     validation_path: Path | None = None,
     echo: Echo = print,
     progress: bool = True,
+    on_start: Callable[[bool], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) a LoRA adapter and save it to output_dir.
 
     A checkpoint that already reached the plan (--max-steps, else the epochs) is not
     trained again: the result says `already_complete` and holds the checkpoint's history.
+    `on_start(already_complete)` runs once the model and data are loaded, just before
+    training (or before a finished run is handed back): nothing failed to load by then.
     """
     check_base_model(base_model)
     require_train_extra()
+    check_checkpoint_settings(output_dir, lora)
     finished = finished_checkpoint(output_dir, lora)
     with quiet_library(local_model=Path(base_model).is_dir()):
         if finished is not None:
+            if on_start is not None:
+                on_start(True)
             return _finished_result(base_model, output_dir, lora, *finished, echo)
-        return _train(base_model, train_path, output_dir, lora, validation_path, echo, progress)
+        return _train(
+            base_model, train_path, output_dir, lora, validation_path, echo, progress, on_start
+        )
 
 
 def _train(
@@ -461,21 +622,25 @@ def _train(
     validation_path: Path | None,
     echo: Echo,
     progress: bool,
+    on_start: Callable[[bool], None] | None,
 ) -> TrainResult:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     tokenizer, model = _load(base_model)
+    max_length = _fit_context(base_model, model, tokenizer, lora.max_seq_length, echo)
 
-    features, dropped = encode_file(tokenizer, train_path, lora.max_seq_length)
-    if not features:
+    encoded = encode_file(tokenizer, train_path, max_length, progress)
+    report_cuts(train_path, encoded, max_length, echo)
+    if not encoded.features:
         raise FineTuneError(f"{train_path}: no example has an assistant turn to learn from")
-    if dropped:
-        echo(f"Skipped {dropped} example(s) with no assistant tokens left after truncation.")
+    features = encoded.features
     eval_features = None
     if validation_path is not None:
-        eval_features, _ = encode_file(tokenizer, validation_path, lora.max_seq_length)
+        encoded_eval = encode_file(tokenizer, validation_path, max_length, progress)
+        report_cuts(validation_path, encoded_eval, max_length, echo)
+        eval_features = encoded_eval.features
 
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
@@ -524,22 +689,30 @@ def _train(
         echo(f"Resuming from {last} (step {start_step}).")
 
     counter = _step_counter(TrainerCallback)
+    bar = _progress_bar(TrainerCallback, show=progress)
     trainer = Trainer(
         model=model,
         args=args,
         data_collator=PadCollator(pad_id),
         train_dataset=features,
         eval_dataset=eval_features or None,
-        callbacks=[counter, _progress_bar(TrainerCallback, show=progress)],
+        callbacks=[counter, bar],
     )
     # The Trainer prints every log dict ({'loss': '3.042', ...}) through one of these.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    if on_start is not None:
+        on_start(False)
     echo(
         f"Training a rank-{lora.rank} LoRA on {base_model}: {len(features)} examples, "
         f"{total} steps (batch {lora.batch_size}, lr {lora.learning_rate:g})."
     )
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    finally:
+        # The Trainer skips on_train_end when training raises (or Ctrl-C): without this the
+        # error would be printed on the bar's line.
+        bar.close()
     model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     losses = [
@@ -554,8 +727,9 @@ def _train(
         steps_this_run=counter.steps,
         resumed_from=last,
         examples=len(features),
-        dropped=dropped,
+        dropped=encoded.dropped,
         tokens_seen=int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
+        truncated=encoded.truncated,
     )
     if eval_features:
         result.eval_loss = float(trainer.evaluate()["eval_loss"])
@@ -603,7 +777,9 @@ def _progress_bar(base: type, *, show: bool) -> Any:
                 desc="Training",
                 unit="step",
                 dynamic_ncols=True,
-                disable=not show,
+                # None: only on a terminal, as the OpenAI bars; a pipe or log file gets no
+                # \r frames.
+                disable=None if show else True,
             )
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -617,6 +793,10 @@ def _progress_bar(base: type, *, show: bool) -> Any:
                 self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.close()
+
+        def close(self) -> None:
+            """End the bar's line (once), so what is printed next starts on its own."""
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
@@ -706,7 +886,8 @@ def _record_local_job(
         job_id=job_id,
         provider="local",
         persona_id=persona_id,
-        base_model=request.base_model,
+        # A folder as an absolute path: `finetune list` may be run from anywhere.
+        base_model=resolve_base(request.base_model)[0],
         status="running",
         training_file=str(request.train_path.resolve()),
         validation_file=(
@@ -716,6 +897,75 @@ def _record_local_job(
         hyperparameters={k: v for k, v in asdict(request.lora).items() if v is not None},
         output_dir=str(output_dir.resolve()),
     )
+
+
+class _JobRecorder:
+    """Records a run's job when training starts: a model that fails to load records nothing."""
+
+    def __init__(
+        self, db: Database, request: LocalRequest, output_dir: Path, persona_id: int, name: str
+    ) -> None:
+        self.db, self.request, self.output_dir = db, request, output_dir
+        self.persona_id, self.name = persona_id, name
+        self.job_id: str | None = None
+        self.kept = False  # a finished run's job, reused: it keeps its success
+
+    def __call__(self, already_complete: bool) -> None:
+        """train_lora's on_start: record a new running job, or find the finished run's."""
+        with self.db.write() as session:
+            # Rerunning a finished run trains nothing: it keeps that run's job, not a new one.
+            previous = None
+            if already_complete:
+                previous = _finished_job(session, self.output_dir, self.persona_id, self.name)
+            row = previous or _record_local_job(
+                session, self.request, self.output_dir, self.persona_id, self.name
+            )
+            self.job_id, self.kept = row.job_id, previous is not None
+
+    def end(self, status: str, error: str) -> None:
+        """Store how a run that had started ended early (a reused job is left as it was)."""
+        if self.job_id is None or self.kept:
+            return
+        with self.db.write() as session:
+            job = jobs.get_job(session, self.job_id)
+            jobs.apply_update(session, job, jobs.JobUpdate(status=status, error=error))
+
+
+def _resume_hint(output_dir: Path) -> str:
+    # What a rerun of the same command will do, from what is on disk now.
+    last = last_checkpoint(output_dir / "checkpoints")
+    if last is None:
+        return "no checkpoint was saved yet: rerun the same command to start again"
+    step = _checkpoint_state(last).get("global_step") or "?"
+    return f"rerun the same command to resume from {last.name} (step {step})"
+
+
+def _interrupted(recorder: _JobRecorder, output_dir: Path) -> Interrupted:
+    if recorder.job_id is None or recorder.kept:
+        return Interrupted("Interrupted before training started: nothing was trained.")
+    hint = _resume_hint(output_dir)
+    recorder.end("cancelled", f"interrupted: {hint}")
+    return Interrupted(f"Interrupted: {recorder.job_id} is cancelled; {hint}.")
+
+
+def _write_serving_notes(request: LocalRequest, output_dir: Path, name: str, rank: int) -> str:
+    # SERVING.md always; the Modelfile only for a base Ollama can put the adapter on.
+    model_type = base_model_type(request.base_model)
+    guide = serving_guide(
+        base_model=request.base_model,
+        adapter_dir=output_dir,
+        name=name,
+        rank=rank,
+        serve_url=request.serve_url,
+        model_type=model_type,
+    )
+    (output_dir / "SERVING.md").write_text(guide, encoding="utf-8")
+    model_file = output_dir / "Modelfile"
+    if ollama_can_convert(model_type) is False:
+        model_file.unlink(missing_ok=True)  # an earlier version wrote one that cannot work
+    else:
+        model_file.write_text(modelfile(request.base_model, output_dir.resolve()), "utf-8")
+    return guide
 
 
 def start_local(
@@ -734,21 +984,16 @@ def start_local(
     # Models come from a local folder (or the hub cache): a path that is not there is a typo.
     check_base_model(request.base_model)
     for path in filter(None, (request.train_path, request.validation_path)):
-        report = check_file(path)
+        report = check_file(path, progress=True)
         if report.errors:
             echo(report.format())
-            raise FineTuneError(
-                f"{path}: {len(report.errors)} format error(s) (first on line "
-                f"{report.errors[0].line}): fix them before fine-tuning"
-            )
+            raise FineTuneError(format_errors_message(path, report, "nothing was trained"))
     # Before the job is recorded: a missing extra is not a failed training run.
     require_train_extra()
-    finished = finished_checkpoint(output_dir, request.lora) is not None
-    with db.write() as session:
-        # Rerunning a finished run trains nothing: it keeps that run's job, not a new one.
-        previous = _finished_job(session, output_dir, persona_id, name) if finished else None
-        row = previous or _record_local_job(session, request, output_dir, persona_id, name)
-        job_id = row.job_id
+    warning = vllm_rank_warning(request.lora.rank)
+    if warning is not None:
+        echo(f"Warning: {warning}.")
+    recorder = _JobRecorder(db, request, output_dir, persona_id, name)
     try:
         result = train_lora(
             request.base_model,
@@ -757,36 +1002,21 @@ def start_local(
             request.lora,
             validation_path=request.validation_path,
             echo=echo,
+            on_start=recorder,
         )
-    except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        message = (
-            "interrupted: rerun the same command to resume from the last checkpoint"
-            if interrupted
-            else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        )
-        if previous is None:  # a finished run's job keeps its success
-            with db.write() as session:
-                jobs.apply_update(
-                    session,
-                    jobs.get_job(session, job_id),
-                    jobs.JobUpdate(status="cancelled" if interrupted else "failed", error=message),
-                )
-        if isinstance(exc, FineTuneError | KeyboardInterrupt):
+    except KeyboardInterrupt:
+        raise _interrupted(recorder, output_dir) from None
+    except Exception as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        recorder.end("failed", message)
+        if isinstance(exc, FineTuneError):
             raise
         raise FineTuneError(f"local training failed: {message}") from exc
+    assert recorder.job_id is not None  # train_lora calls on_start before it returns
 
-    guide = serving_guide(
-        base_model=request.base_model,
-        adapter_dir=output_dir,
-        name=name,
-        rank=request.lora.rank,
-        serve_url=request.serve_url,
-    )
-    (output_dir / "SERVING.md").write_text(guide, encoding="utf-8")
-    (output_dir / "Modelfile").write_text(
-        modelfile(request.base_model, output_dir.resolve()), encoding="utf-8"
-    )
+    # The adapter's own rank: that is what the servers must be started for.
+    rank = adapter_rank(output_dir, request.lora.rank)
+    guide = _write_serving_notes(request, output_dir, name, rank)
     if result.losses:
         echo(
             f"Loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
@@ -799,19 +1029,22 @@ def start_local(
     if result.already_complete and plot.is_file():
         echo(f"Loss curve: {plot}")  # drawn by the run that trained it (with validation)
     else:
-        title = f"{name}: rank-{request.lora.rank} LoRA on {base_name}"
+        title = f"{name}: rank-{rank} LoRA on {base_name}"
         echo(write_loss_plot(result, plot, title))
     with db.write() as session:
-        stored = jobs.get_job(session, job_id)
+        stored = jobs.get_job(session, recorder.job_id)
         jobs.apply_update(
             session,
             stored,
             jobs.JobUpdate(status="succeeded", trained_tokens=result.tokens_seen or None),
         )
         stored.fine_tuned_model = name
-        personas.set_model(
+        switched = personas.set_model(
             session, persona_name, name, backend="openai", base_url=request.serve_url
         )
+        # A key variable the persona read for its previous server (e.g. TOGETHER_API_KEY)
+        # is not the local server's: unset, it would fail every text; set, it would leak.
+        switched.api_key_env = None
         row = stored
     echo(guide)
     echo(

@@ -22,6 +22,8 @@ from phischer.finetune.common import (
     FINAL_STATES,
     FineTuneError,
     deadline_notice,
+    format_errors_message,
+    refuse_after_jobs_end,
     sanitize_suffix,
 )
 from phischer.models import FineTuneJob
@@ -104,13 +106,11 @@ def _check(
 ) -> Any:
     from phischer.dataset_check import MIN_EXAMPLES, check_file, plural
 
-    report = check_file(path, base_model=base_model, epochs=epochs)
+    # A bar on big files (tens of MB take seconds to count), quiet when stderr is no terminal.
+    report = check_file(path, base_model=base_model, epochs=epochs, progress=True)
     if report.errors:
         echo(report.format())
-        raise FineTuneError(
-            f"{path}: {len(report.errors)} format error(s) (first on line "
-            f"{report.errors[0].line}): fix them before fine-tuning; nothing was uploaded"
-        )
+        raise FineTuneError(format_errors_message(path, report, "nothing was uploaded"))
     if training and report.examples < MIN_EXAMPLES:
         # Only a warning for `dataset check` (a LoRA trains on fewer), but OpenAI would take
         # the upload and then fail the job: refuse before anything is sent.
@@ -126,10 +126,15 @@ def _cost_line(report: Any) -> str:
     from phischer.dataset_check import plural
 
     cost = report.estimated_cost_usd
-    price = f"about ${cost:,.2f}" if cost is not None else "unknown (no price for this model)"
+    if cost is None:
+        price = "unknown (no price for this model)"
+    elif cost < 0.01:
+        price = "less than $0.01"  # "about $0.00" would read as free
+    else:
+        price = f"about ${cost:,.2f}"
     return (
         f"{plural(report.examples, 'example')}, {report.billed_tokens:,} billed tokens "
-        f"({report.epochs} epochs on {report.base_model}): estimated cost {price}"
+        f"({plural(report.epochs, 'epoch')} on {report.base_model}): estimated cost {price}"
     )
 
 
@@ -168,6 +173,23 @@ def _upload(client: openai.OpenAI, path: Path, echo: Echo) -> str:
     return uploaded.id
 
 
+def _delete_uploads(client: openai.OpenAI, uploaded: dict[str, str], echo: Echo) -> None:
+    # No job was created, so nothing reads these files: leaving them would only clutter the
+    # account's storage. Best-effort: the error that stopped the job is what matters.
+    deleted, kept = [], []
+    for file_id, name in uploaded.items():
+        try:
+            with api_errors(client, "deleting it"):
+                client.files.delete(file_id)
+            deleted.append(f"{file_id} ({name})")
+        except FineTuneError as exc:
+            kept.append(f"{file_id} ({name}) from the account ({exc})")
+    if deleted:
+        echo(f"No job was created: deleted the uploaded {', '.join(deleted)} from the account.")
+    for line in kept:
+        echo(f"Could not delete the uploaded {line}: delete it yourself.")
+
+
 def start_openai(
     db: Database,
     settings: Settings,
@@ -179,6 +201,7 @@ def start_openai(
     """Check, upload, create the job and record it; returns the stored row."""
     from phischer.dataset_check import DEFAULT_BASE_MODEL
 
+    refuse_after_jobs_end(today)
     base_model = request.base_model or DEFAULT_BASE_MODEL
     with db.read() as session:
         persona = personas.get_persona(session, request.persona)
@@ -192,21 +215,30 @@ def start_openai(
     client = make_client(settings)
 
     training_file_id = _upload(client, request.train_path, echo)
+    uploaded = {training_file_id: request.train_path.name}
     validation_file_id = None
-    if request.validation_path is not None:
-        validation_file_id = _upload(client, request.validation_path, echo)
     hyper = {"n_epochs": request.epochs if request.epochs is not None else "auto"}
-    extra: dict[str, Any] = {}
-    if validation_file_id:
-        extra["validation_file"] = validation_file_id
-    with api_errors(client, "creating the fine-tuning job"):
-        remote = client.fine_tuning.jobs.create(
-            model=base_model,
-            training_file=training_file_id,
-            suffix=suffix,
-            method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
-            **extra,
-        )
+    try:
+        if request.validation_path is not None:
+            validation_file_id = _upload(client, request.validation_path, echo)
+            uploaded[validation_file_id] = request.validation_path.name
+        extra: dict[str, Any] = {}
+        if validation_file_id:
+            extra["validation_file"] = validation_file_id
+        with api_errors(client, "creating the fine-tuning job"):
+            remote = client.fine_tuning.jobs.create(
+                model=base_model,
+                training_file=training_file_id,
+                suffix=suffix,
+                method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+                **extra,
+            )
+    except FineTuneError as exc:
+        # api_errors keeps the SDK error as the context: after a timeout the job may exist
+        # all the same, reading these files, so they stay.
+        if not isinstance(exc.__context__, openai.APITimeoutError):
+            _delete_uploads(client, uploaded, echo)
+        raise
     with db.write() as session:
         row = jobs.record_job(
             session,
@@ -410,12 +442,14 @@ def plot_loss(client: openai.OpenAI, job_id: str, path: Path, title: str) -> str
     return f"Loss curve: {path}"
 
 
-def cancel(db: Database, client: openai.OpenAI, job_id: str) -> str:
+def cancel(db: Database, settings: Settings, job_id: str) -> str:
     """Ask OpenAI to cancel a job and store the new status."""
     with db.read() as session:
         row = jobs.find_job(session, job_id)
+    # Before the API key is needed: a local job is not OpenAI's to cancel, key or no key.
     if row is not None and row.provider != "openai":
         raise FineTuneError(f"{job_id} is a {row.provider} job: stop it with Ctrl-C where it runs")
+    client = make_client(settings)
     with api_errors(client, f"cancelling {job_id}"):
         remote = client.fine_tuning.jobs.cancel(job_id)
     if row is not None:
