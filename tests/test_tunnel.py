@@ -40,7 +40,7 @@ from phischer.twilio_client import (
     make_twilio_client,
 )
 from tests import fake_ngrok
-from tests.conftest import ADA_PAIRS, sign, sms_params, twiml_bodies, write_dataset
+from tests.conftest import ADA_PAIRS, free_port, sign, sms_params, twiml_bodies, write_dataset
 from tests.fake_twilio import FakeTwilio
 
 PHONE = "+15550001111"
@@ -286,17 +286,18 @@ def test_tunnel_registers_then_restores_previous_url_and_method(
 def test_tunnel_no_restore_leaves_our_url(
     fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, run_live: Callable[..., Any]
 ) -> None:
-    result = run_live("tunnel", "--no-restore")
+    port = free_port()  # nothing listens there, whatever else runs on this machine
+    result = run_live("tunnel", "--no-restore", "--port", str(port))
 
     assert updates(fake_twilio, number) == [{"SmsUrl": f"{TUNNEL_URL}/sms", "SmsMethod": "POST"}]
     assert number["sms_url"] == f"{TUNNEL_URL}/sms"
-    assert ngrok.ports == [5000]
+    assert ngrok.ports == [port]
     assert ngrok.closed == 1
     assert not (instance() / "public_url").exists()
     assert not (instance() / tunnel.STATE_FILE).exists()
     assert "Restored" not in result.output
     assert (
-        "Warning: nothing listens on 127.0.0.1:5000 yet: start `phischer serve --port 5000` "
+        f"Warning: nothing listens on 127.0.0.1:{port} yet: start `phischer serve --port {port}` "
         "(or use `phischer up`), else Twilio logs error 11200"
     ) in result.output.splitlines()
     # The tunnel closes: the URL the number keeps is dead, and the user must hear it.
