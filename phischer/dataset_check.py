@@ -141,7 +141,7 @@ class CheckReport:
         if self.token_counts:
             valid = len(self.token_counts)
             if valid != self.examples:
-                out.append(f"Statistics below cover the {valid:,} examples without errors.")
+                out.append(f"Statistics below cover the {plural(valid, 'example')} without errors.")
             m = self.messages_per_example
             out.append(
                 f"Messages per example: min {min(m)}, median {whole(statistics.median(m))}, "

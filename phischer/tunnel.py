@@ -829,7 +829,10 @@ def run_tunnel(
         echo(f"Twilio will POST texts to {settings.twilio_phone_number} to {exposure.sms_url}")
         shared = settings.instance_path / PUBLIC_URL_FILE
         if _listening(port):
-            echo(f"Server found on 127.0.0.1:{port}; it reads the public URL from {shared}.")
+            echo(
+                f"Server found on 127.0.0.1:{port}; if it runs from this folder it reads the "
+                f"public URL from {shared} (else set PUBLIC_URL where it runs)."
+            )
         else:
             echo(
                 f"Warning: nothing listens on 127.0.0.1:{port} yet: start `phischer serve --port "

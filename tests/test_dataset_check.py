@@ -367,3 +367,13 @@ def test_cli_rejects_zero_epochs() -> None:
     )
     assert result.exit_code == 2
     assert "--epochs" in result.output
+
+
+def test_statistics_note_counts_the_examples_without_errors(tmp_path: Path) -> None:
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(good) + "\n" + '{"messages": []}\n', encoding="utf-8")
+    shown = check_file(path).format().splitlines()
+    assert "Statistics below cover the 1 example without errors." in shown
+    path.write_text((json.dumps(good) + "\n") * 2 + '{"messages": []}\n', encoding="utf-8")
+    assert "Statistics below cover the 2 examples without errors." in check_file(path).format()

@@ -626,3 +626,38 @@ def test_utf16_text_with_a_byte_order_mark(tmp_path: Path, codec: str) -> None:
     latin1.write_bytes("05.01.24, 20:00 - Lena: café\n".encode("latin-1"))
     with pytest.raises(ImportErrorMessage, match=r"latin1\.txt is not UTF-8 text \(byte 27\)$"):
         list(import_whatsapp(latin1))
+
+
+def test_an_iphone_chat_unzipped_in_place_is_read_once(tmp_path: Path) -> None:
+    """unzip "WhatsApp Chat - Book Club.zip" in its folder: _chat.txt beside the zip."""
+    shutil.copy(IOS_GROUP, tmp_path / "_chat.txt")
+    with zipfile.ZipFile(tmp_path / "WhatsApp Chat - Book Club.zip", "w") as zf:
+        zf.write(IOS_GROUP, "_chat.txt")
+    convs = list(import_whatsapp(tmp_path))
+    assert [(c.id, rows(c)) for c in convs] == [("whatsapp:Book Club", BOOK_CLUB)]
+
+
+def test_a_second_download_saved_as_copy_1_is_the_same_chat(tmp_path: Path) -> None:
+    shutil.copy(ANDROID_US, tmp_path / "WhatsApp Chat with Sam Rivera.txt")
+    shutil.copy(ANDROID_US, tmp_path / "WhatsApp Chat with Sam Rivera (1).txt")
+    with zipfile.ZipFile(tmp_path / "WhatsApp Chat - Book Club (2).zip", "w") as zf:
+        zf.write(IOS_GROUP, "_chat.txt")
+    convs = list(import_whatsapp(tmp_path))
+    assert [c.id for c in convs] == [
+        "whatsapp:Sam Rivera",
+        "whatsapp:Sam Rivera",
+        "whatsapp:Book Club",
+    ]
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(
+        cli, ["import", "whatsapp", str(tmp_path), "--me", "Sam Rivera", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Duplicates: " in result.output
+    single = tmp_path / "single.jsonl"
+    CliRunner().invoke(
+        cli, ["import", "whatsapp", str(ANDROID_US), "--me", "Sam Rivera", "-o", str(single)]
+    )
+    # the copy adds nothing: Sam's examples are those of the one chat
+    sam = [line for line in out.read_text().splitlines() if "Book Club" not in line]
+    assert sam == single.read_text().splitlines()

@@ -277,8 +277,8 @@ def test_tunnel_registers_then_restores_previous_url_and_method(
     assert f"Twilio will POST texts to {PHONE} to {TUNNEL_URL}/sms" in result.output
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
     assert (
-        f"Server found on 127.0.0.1:{serving}; it reads the public URL from "
-        f"{instance() / 'public_url'}."
+        f"Server found on 127.0.0.1:{serving}; if it runs from this folder it reads the "
+        f"public URL from {instance() / 'public_url'} (else set PUBLIC_URL where it runs)."
     ) in result.output.splitlines()
     assert "Warning" not in result.output
 

@@ -152,6 +152,10 @@ class _Header:
     marked: bool  # the line or its body began with U+200E: WhatsApp's own (system/media) line
 
 
+# What a browser or file manager appends to a file saved beside one of the same name.
+_COPY_NUMBER = re.compile(r" \(\d{1,3}\)$")
+
+
 class _NoMessageLines(ImportErrorMessage):
     """A .txt without a single message line: not a chat, e.g. a note shared beside one."""
 
@@ -372,7 +376,7 @@ def _folder_conversations(export: Export, path: Path) -> Iterator[Conversation]:
     chats: set[tuple[PurePosixPath, str]] = set()  # (folder, title) of each chat read
     for name in texts:
         member = PurePosixPath(name)
-        title = _title(member.name, (path / member).parent.name)
+        title = _title(member.name, _container(path, member, zips))
         try:
             conv = parse_chat(export.read_text(name), where=export.where(name), title=title)
         except _NoMessageLines as exc:
@@ -392,6 +396,21 @@ def _folder_conversations(export: Export, path: Path) -> Iterator[Conversation]:
         raise note
 
 
+def _container(path: Path, member: PurePosixPath, zips: list[str]) -> str:
+    """What names a folder's chat file: its folder, or the one iOS zip it was unzipped from."""
+    # iOS calls every chat "_chat.txt" and the zip "WhatsApp Chat - Sam.zip": unzipped in
+    # place, the chat is named after the zip beside it, so both are one chat (read once).
+    if member.name == "_chat.txt":
+        beside = [
+            z
+            for z in map(PurePosixPath, zips)
+            if z.parent == member.parent and _CHAT_NAME.match(z.name)
+        ]
+        if len(beside) == 1:
+            return beside[0].stem
+    return (path / member).parent.name
+
+
 def _named_chats(names: list[str]) -> list[str]:
     # iOS names the chat "_chat.txt", Android "WhatsApp Chat with X.txt" in the phone's
     # language; the rest of the zip is media and files shared in the chat.
@@ -405,4 +424,6 @@ def _title(file_name: str, container: str) -> str:
     stem = file_name.rsplit(".", 1)[0]
     if stem == "_chat":
         stem = container
+    # A second download of an export saved beside the first: "… Sam (1).txt" is still Sam.
+    stem = _COPY_NUMBER.sub("", stem)
     return _CHAT_NAME.sub("", stem, count=1).strip() or stem
