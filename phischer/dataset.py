@@ -151,20 +151,55 @@ def _is_sorted(values: list[dt.datetime]) -> bool:
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
 _URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"]+", re.I)
 # 7-15 digits, optionally with +country code and the usual separators; digits glued to
-# letters (order ids) are left alone, and dates (2024-01-02, 31.12.2023) are not numbers.
-_PHONE = re.compile(r"(?<![\w+(])[+(]?\d(?:[\s().-]{0,2}\d){6,14}(?!\w)")
-_DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4}")
+# letters or dots (order ids, v10.0.19041) are left alone. A candidate is then checked by
+# `_phone`: dates, times, years, amounts, IP addresses and ISBNs are numbers too.
+_PHONE = re.compile(r"(?<![\w+(.])[+(]?\d(?:[\s().-]{0,2}\d){6,14}(?![\w]|[.,]\d)")
+# A date is three groups, not part of a longer dotted run (06.12.34.56.78 is a French number).
+_DATE = re.compile(
+    r"(?<![\d./-])(?:\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4})"
+    r"(?![./-]?\d)"
+)
+# 10.30-11.45, 9:00 - 17:30: a range of times
+_TIME_RANGE = re.compile(r"\d{1,2}[.:]\d{2}\s?[-–]\s?\d{1,2}[.:]\d{2}")
+_COMPACT_DATE = re.compile(r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])")
+_YEAR = re.compile(r"(?:1[89]|20)\d\d")
+_IP = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)")
+_THOUSANDS = re.compile(r"\d{1,3}(?:[ .,]\d{3})+")
+_CURRENCY_BEFORE = re.compile(r"[$€£¥]\s?$")
+_CURRENCY_AFTER = re.compile(
+    r"^\s?(?:[$€£¥]|k\b|(?:euros?|dollars?|pounds?|yen|usd|eur|gbp|chf|sek|nok|dkk)\b)", re.I
+)
 
 
 def _phone(m: re.Match[str]) -> str:
-    return m.group(0) if _DATE.fullmatch(m.group(0)) else "<PHONE>"
+    return m.group(0) if _not_a_phone(m) else "<PHONE>"
+
+
+def _not_a_phone(m: re.Match[str]) -> bool:
+    """Whether a phone-shaped run of digits is some other number people write."""
+    text = m.group(0)
+    if _DATE.search(text) or _TIME_RANGE.fullmatch(text) or _IP.fullmatch(text):
+        return True  # "2024-01-02 10" of "2024-01-02 10:30", "10.30-11.45", 192.168.1.100
+    groups = re.findall(r"\d+", text)
+    if len(groups) == 1 and _COMPACT_DATE.fullmatch(text):
+        return True  # 20240102
+    if len(groups) > 1 and all(_YEAR.fullmatch(g) for g in groups):
+        return True  # "2024 2025 2026"
+    if text.replace("-", "").startswith(("978", "979")) and len(re.sub(r"\D", "", text)) == 13:
+        return True  # an ISBN
+    if _THOUSANDS.fullmatch(text):
+        # 1 000 000 is an amount, 612 345 678 a Spanish mobile: a currency says which.
+        whole = m.string
+        before, after = whole[: m.start()], whole[m.end() :]
+        return bool(_CURRENCY_BEFORE.search(before) or _CURRENCY_AFTER.match(after))
+    return False
 
 
 def mask_pii(text: str) -> str:
     """Replace emails, URLs and phone numbers with <EMAIL>, <URL>, <PHONE>."""
     if "@" in text:
         text = _EMAIL.sub("<EMAIL>", text)
-    if "www" in text or "://" in text:
+    if "://" in text or "www" in text.lower():  # URLs are matched in any case (WWW.Example.com)
         text = _URL.sub("<URL>", text)
     return _PHONE.sub(_phone, text)
 
@@ -244,6 +279,11 @@ def build_examples(
     """Yield chat examples for `me`; raises ImportErrorMessage at the end if `me` never spoke."""
     if max_turns < 2:
         raise ImportErrorMessage("--max-turns must be at least 2 (one message and one reply)")
+    if system is not None and not system.strip():
+        # Every example would carry an empty system message, which OpenAI refuses.
+        raise ImportErrorMessage(
+            "--system is blank: give the prompt, or leave --system out for the default"
+        )
     gap = _gap(gap_hours)
     stats = stats if stats is not None else BuildStats()
     matcher = _MeMatcher(me)
@@ -305,7 +345,9 @@ def build_examples(
                 # The same chat exported twice (or a .txt beside its zip): its examples come
                 # again with the same session id and words; training on them twice would
                 # only double their weight and cost.
-                key = hash((session_id, *map(_role_content, chunk)))
+                # The chunk's place is part of it: the same words twice in one session
+                # ("ok" / "ok") are two examples, in a copy they come at the same place.
+                key = hash((session_id, i, *map(_role_content, chunk)))
                 if key in seen:
                     stats.duplicates += 1
                     continue

@@ -443,3 +443,67 @@ def test_a_chat_exported_twice_is_written_once_under_stable_ids() -> None:
     # the same words in another session (another day) are not a duplicate
     again = conv((0, "Bo", "q"), (1, "Ana", "a"), (day, "Bo", "q"), (day + 1, "Ana", "a"))
     assert len(list(build_examples([again], "Ana"))) == 2
+
+
+def test_the_same_words_twice_in_one_session_are_two_examples() -> None:
+    stats = BuildStats()
+    c = conv(
+        (0, "Bo", "ok"),
+        (1, "Ana", "ok"),
+        (2, "Bo", "night"),
+        (3, "Ana", "night x"),
+        (4, "Bo", "ok"),
+        (5, "Ana", "ok"),
+    )
+    examples = list(build_examples([c], "Ana", max_turns=2, stats=stats))
+    assert [turns(e) for e in examples] == [
+        [("user", "ok"), ("assistant", "ok")],
+        [("user", "night"), ("assistant", "night x")],
+        [("user", "ok"), ("assistant", "ok")],
+    ]
+    assert stats.duplicates == 0
+
+
+@pytest.mark.parametrize("system", ["", "   "])
+def test_a_blank_system_prompt_is_refused(system: str) -> None:
+    with pytest.raises(ImportErrorMessage, match="--system is blank"):
+        list(build_examples([conv((0, "Bo", "hi"), (1, "Ana", "yo"))], "Ana", system=system))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "meet 2024-01-02 10:30",
+        "date 31.12.2023 21:15",
+        "on 12-25-2024 8 pm",
+        "10.30-11.45",
+        "20240102",
+        "call 2024 2025 2026",
+        "1 000 000 euros",
+        "costs $1 234 567",
+        "v10.0.19041.1234",
+        "ip 192.168.1.100",
+        "ISBN 978-3-16-148410-0",
+        "order AB1234567, 3 pizzas",
+    ],
+)
+def test_mask_pii_leaves_other_numbers(text: str) -> None:
+    assert mask_pii(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("555-123-4567", "<PHONE>"),
+        ("+44 7911 123456", "<PHONE>"),
+        ("06 12 34 56 78", "<PHONE>"),
+        ("06.12.34.56.78", "<PHONE>"),
+        ("mi número es 612 345 678.", "mi número es <PHONE>."),
+        ("(555) 123 4567", "<PHONE>"),
+        ("tel 555.123.4567", "tel <PHONE>"),
+        ("see WWW.Example.com now", "see <URL> now"),
+        ("Www.example.com", "<URL>"),
+    ],
+)
+def test_mask_pii_masks_numbers_and_urls_as_written(text: str, masked: str) -> None:
+    assert mask_pii(text) == masked
