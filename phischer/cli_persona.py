@@ -123,7 +123,7 @@ def remove(obj: Context, name: str) -> None:
 @click.argument("name")
 @pass_ctx
 def route(obj: Context, number: str, name: str) -> None:
-    """Route phone NUMBER to persona NAME (the number can still switch with #keyword)."""
+    """Route phone NUMBER (as +15550100114) to persona NAME (it can still switch by #keyword)."""
     with obj.write() as session:
         contact = personas.route_number(session, number, name)
         persona = personas.get_persona(session, name)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from phischer.atomic import atomic_files
 from phischer.surrogates import LONE_SURROGATE
-from phischer.tokens import count_messages_tokens, encoding_name_for
+from phischer.tokens import count_messages_tokens, count_tokens, encoding_name_for
 
 DEFAULT_BASE_MODEL = "gpt-4.1-mini-2025-04-14"
 
@@ -33,8 +33,10 @@ PRICES: dict[str, float] = {
     "gpt-4o-2024-08-06": 25.00,
     "gpt-4o-mini-2024-07-18": 3.00,
 }
-# Undated aliases OpenAI accepts for fine-tuning, pointing at the snapshot they train.
+# Undated aliases OpenAI accepts for fine-tuning, pointing at the snapshot they train
+# (gpt-3.5-turbo: its current snapshot, so its 16,385-token limit applies, not the default).
 ALIASES: dict[str, str] = {
+    "gpt-3.5-turbo": "gpt-3.5-turbo-0125",
     "gpt-4.1": "gpt-4.1-2025-04-14",
     "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
     "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
@@ -65,10 +67,23 @@ MAX_DEFAULT_EPOCHS = 25
 MIN_EXAMPLES = 10  # OpenAI rejects training files with fewer examples.
 
 # The cookbook allows role/content/name/function_call/weight; tool_calls and tool_call_id
-# (with the "tool" role) are the current function-calling format OpenAI also accepts.
+# (with the "tool" role) are the current function-calling format OpenAI also accepts, and
+# an assistant message may say what it refused ("refusal": a string or null).
 HALF_EMOJI = "a \\ud800-\\udfff escape without its pair: not valid Unicode text"
 KNOWN_KEYS = ("role", "content", "name", "function_call", "weight", "tool_calls", "tool_call_id")
+ASSISTANT_KEYS = ("refusal",)
 ROLES = ("system", "user", "assistant", "function", "tool")
+# What a "tool" or "function" message must name: the call it answers (OpenAI requires both).
+ANSWER_KEYS = {"tool": "tool_call_id", "function": "name"}
+# Content may also be a list of parts (OpenAI's chat format): the part types fine-tuning takes
+# and the roles each may appear in. Images come only from the user (vision fine-tuning);
+# a refusal part only from the assistant. A "function" message's content is a string only.
+PART_ROLES: dict[str, tuple[str, ...]] = {
+    "text": ("system", "user", "assistant", "tool"),
+    "image_url": ("user",),
+    "refusal": ("assistant",),
+}
+PART_HINT = 'use "text" parts, and "image_url" parts in user messages'
 
 Severity = Literal["error", "warning"]
 
@@ -230,7 +245,9 @@ def default_epochs(n_examples: int) -> int:
 
 def canonical_model(model: str) -> str:
     """The dated base model behind an alias or a fine-tuned id (`ft:BASE:org::id`)."""
-    name = model.strip()
+    # OpenAI's model ids are lower case; the tokenizer reads "GPT-4o-mini" as gpt-4o-mini,
+    # so the price and limit must too.
+    name = model.strip().lower()
     if name.startswith("ft:"):
         name = name[3:].split(":", 1)[0]
     return ALIASES.get(name, name)
@@ -272,6 +289,67 @@ def _quoted(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
 
 
+def _content_problems(i: int, role: Any, content: Any, calls: Any) -> list[str]:
+    """Errors in one message's content: a string, or a list of parts (not for "function")."""
+    if isinstance(content, str):
+        if not content.strip() and not calls:
+            return [f"message {i}: empty content [missing_content]"]
+        if LONE_SURROGATE.search(content):
+            # Valid JSON ("\ud83d" without its pair: half an emoji), but not text:
+            # UTF-8 cannot hold it. `phischer import` writes U+FFFD instead.
+            return [f"message {i}: {HALF_EMOJI} [invalid_utf8]"]
+        return []
+    if content is None and calls:
+        return []
+    if isinstance(content, list) and role != "function":
+        return _parts_problems(i, role, content, calls)
+    return [f"message {i}: content is {_kind(content)}, not a string [missing_content]"]
+
+
+def _parts_problems(i: int, role: Any, parts: list[Any], calls: Any) -> list[str]:
+    """Errors in a content list: each part a known type, in a role that may hold it."""
+    found: list[str] = []
+    has_content = False
+    for j, part in enumerate(parts, 1):
+        where = f"message {i}: content part {j}"
+        if not isinstance(part, dict):
+            found.append(f"{where}: not a JSON object but {_kind(part)} [invalid_content_part]")
+            continue
+        kind = part.get("type")
+        if not isinstance(kind, str) or kind not in PART_ROLES:
+            what = f"unknown type {_quoted(kind)}" if "type" in part else 'no "type"'
+            found.append(f"{where}: {what}: {PART_HINT} [invalid_content_part]")
+        elif role in ROLES and role not in PART_ROLES[kind]:  # an unknown role is reported
+            allowed = " or ".join(PART_ROLES[kind])
+            found.append(
+                f'{where}: "{kind}" parts go only in {allowed} messages [invalid_content_part]'
+            )
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else None
+            if isinstance(url, str) and url.strip():
+                has_content = True
+            else:
+                found.append(
+                    f'{where}: an image needs "image_url": {{"url": …}} [invalid_content_part]'
+                )
+        else:  # a text or refusal part holds its string under its own type's name
+            value = part.get(kind)
+            if kind not in part:
+                found.append(f'{where}: no "{kind}" string in the part [invalid_content_part]')
+            elif not isinstance(value, str):
+                found.append(
+                    f'{where}: "{kind}" is {_kind(value)}, not a string [invalid_content_part]'
+                )
+            elif LONE_SURROGATE.search(value):
+                found.append(f"{where}: {HALF_EMOJI} [invalid_utf8]")
+            elif value.strip():
+                has_content = True
+    if not found and not has_content and not calls:
+        found.append(f"message {i}: empty content [missing_content]")
+    return found
+
+
 def check_example(obj: Any) -> list[tuple[str, Severity]]:
     """The cookbook's format checks (plus a few) on one parsed line: (message, severity)."""
     if not isinstance(obj, dict):
@@ -299,10 +377,22 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
         missing = [k for k in ("role", "content") if k not in message]
         if calls and "content" in missing:
             missing.remove("content")
+        answers = ANSWER_KEYS.get(role) if isinstance(role, str) else None
+        if answers is not None and message.get(answers) is None:  # null says no more than absent
+            missing.append(answers)
         if missing:
             keys = " and ".join(f'"{k}"' for k in missing)
             found.append((f"message {i}: missing {keys} [message_missing_key]", "error"))
-        unknown = [k for k in message if k not in KNOWN_KEYS]
+        if answers is not None and answers not in missing and not isinstance(message[answers], str):
+            shown = _kind(message[answers])
+            found.append(
+                (f'message {i}: "{answers}" is {shown}, not a string [data_type]', "error")
+            )
+        unknown = [
+            k
+            for k in message
+            if k not in KNOWN_KEYS and not (k in ASSISTANT_KEYS and role == "assistant")
+        ]
         if unknown:
             keys = ", ".join(_quoted(k) for k in unknown)
             plural = "s" if len(unknown) > 1 else ""
@@ -315,26 +405,25 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
         if "role" in message and role not in ROLES:
             shown = _quoted(role)
             found.append((f"message {i}: unrecognized role {shown} [unrecognized_role]", "error"))
+        refusal = message.get("refusal") if role == "assistant" else None
+        if refusal is not None and not isinstance(refusal, str):
+            shown = _kind(refusal)
+            found.append((f"message {i}: refusal is {shown}, not a string [data_type]", "error"))
         if "content" in message:
-            content = message["content"]
-            if isinstance(content, str):
-                if not content.strip() and not calls:
-                    found.append((f"message {i}: empty content [missing_content]", "error"))
-                elif LONE_SURROGATE.search(content):
-                    # Valid JSON ("\ud83d" without its pair: half an emoji), but not text:
-                    # UTF-8 cannot hold it. `phischer import` writes U+FFFD instead.
-                    found.append((f"message {i}: {HALF_EMOJI} [invalid_utf8]", "error"))
-            elif not (content is None and calls):
+            problems = _content_problems(i, role, message["content"], calls)
+            found.extend((problem, "error") for problem in problems)
+        if "weight" in message:
+            # Only what the assistant says is trained on or not; OpenAI's format has no
+            # weight on other messages.
+            if role != "assistant":
                 found.append(
                     (
-                        f"message {i}: content is {_kind(content)}, not a string [missing_content]",
+                        f"message {i}: weight is only for assistant messages [invalid_weight]",
                         "error",
                     )
                 )
-        if "weight" in message and (
-            isinstance(message["weight"], bool) or message["weight"] not in (0, 1)
-        ):
-            found.append((f"message {i}: weight must be 0 or 1 [invalid_weight]", "error"))
+            elif isinstance(message["weight"], bool) or message["weight"] not in (0, 1):
+                found.append((f"message {i}: weight must be 0 or 1 [invalid_weight]", "error"))
     if "assistant" not in roles:
         found.append(("no assistant message [example_missing_assistant_message]", "error"))
     if "system" not in roles:
@@ -342,6 +431,26 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
     if "user" not in roles:
         found.append(("no user message [missing_user]", "warning"))
     return found
+
+
+def example_tokens(messages: list[dict[str, Any]], model: str) -> tuple[int, int]:
+    """(tokens, images) of a valid example: content lists count their text, not images."""
+    # Counted as plain messages, a list would be JSON text: its keys, and an image's URL
+    # (a base64 data URL is thousands of tokens) that the model never reads as text.
+    plain: list[dict[str, Any]] = []
+    part_tokens = 0
+    images = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            message = {**message, "content": None}
+            for part in content:
+                if part["type"] == "image_url":
+                    images += 1
+                else:
+                    part_tokens += count_tokens(part[part["type"]], model)
+        plain.append(message)
+    return count_messages_tokens(plain, model) + part_tokens, images
 
 
 def _lines(path: Path, progress: bool = False) -> Iterator[tuple[int, bytes]]:
@@ -413,6 +522,7 @@ def check_file(
     messages_per_example: list[int] = []
     examples = 0
     over = 0
+    images = 0
     for number, raw in _lines(path, progress):
         obj, problem = _parse(number, raw)
         if problem is not None:
@@ -424,7 +534,8 @@ def check_file(
         problems.extend(Problem(number, message, severity) for message, severity in found)
         if any(severity == "error" for _, severity in found):
             continue
-        tokens = count_messages_tokens(obj["messages"], base_model)
+        tokens, example_images = example_tokens(obj["messages"], base_model)
+        images += example_images
         token_counts.append(tokens)
         messages_per_example.append(len(obj["messages"]))
         if tokens > limit:
@@ -452,6 +563,13 @@ def check_file(
     if known_limit is None:
         notes.append(
             f"no example limit known for {base_model}; assumed {DEFAULT_CONTEXT_LIMIT:,} tokens"
+        )
+    if images:
+        # An image's tokens depend on its pixel size and detail, which only the image
+        # itself says; fetching or decoding every image is not worth an estimate.
+        notes.append(
+            f"{plural(images, 'image')} not counted: an image's tokens depend on its size "
+            "and detail; token counts, billed tokens and cost cover the text only"
         )
     n_epochs = epochs if epochs is not None else default_epochs(len(token_counts))
     billed = sum(min(n, limit) for n in token_counts) * n_epochs
@@ -519,10 +637,10 @@ class SplitResult:
         )
         lines = [
             f"Split by {how}:",
-            f"  train:      {self.train_examples:,} examples from "
-            f"{self.train_conversations:,} conversations -> {self.train_path}",
-            f"  validation: {self.validation_examples:,} examples from "
-            f"{self.validation_conversations:,} conversations -> {self.validation_path}",
+            f"  train:      {plural(self.train_examples, 'example')} from "
+            f"{plural(self.train_conversations, 'conversation')} -> {self.train_path}",
+            f"  validation: {plural(self.validation_examples, 'example')} from "
+            f"{plural(self.validation_conversations, 'conversation')} -> {self.validation_path}",
         ]
         if not self.from_sidecar:
             lines.append(
@@ -613,7 +731,10 @@ def choose_validation(sizes: dict[str, int], validation: float, seed: int) -> se
     order = sorted(sizes)
     random.Random(seed).shuffle(order)
     total = sum(sizes.values())
-    target = validation * total + 1e-9  # 0.2 * 100 must mean 20, not 19
+    # 0.2 * 100 must mean 20, not 19 (the 1e-9); and a share near 1 (0.9999999999) must
+    # still leave training a conversation: never the whole total, at most all but the
+    # smallest conversation.
+    target = min(validation * total + 1e-9, total - min(sizes.values()))
     chosen: list[str] = []
     held = 0
     for cid in order:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from phischer.backends.base import PersonaView
 from phischer.commands import RESERVED_WORDS
-from phischer.config import is_http_url, normalize_number
+from phischer.config import is_http_url
 from phischer.db import Database
 from phischer.models import Contact, Persona
 
@@ -24,6 +24,12 @@ KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 # What the OpenAI chat API accepts; a value outside would make every text to the persona fail.
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0
 MAX_TOKENS_MIN = 1
+# Twilio's From is E.164: "+", a country code that never starts with 0, at most 15 digits.
+# ASCII digits only ([0-9], not \d): a fullwidth "１" is never in a From. Seven digits at
+# least: shorter numbers are short codes or typos, and a route to one could never match.
+E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
+# What people type between digits: spaces, dashes (ASCII and typographic), dots, parentheses.
+NUMBER_SEPARATORS = re.compile(r"[\s\-.()\u2010-\u2015\u2212]")
 
 
 class PersonaError(ValueError):
@@ -53,13 +59,31 @@ def validate_keyword(keyword: str) -> str:
     kw = keyword.strip().lstrip("#").lower()
     if not KEYWORD_RE.match(kw):
         raise PersonaError(
-            f"keyword {keyword!r} must be letters, digits, '-' or '_' (at most 50), e.g. --keyword ada"
+            f"keyword {keyword!r} must be ASCII letters, digits, '-' or '_' (at most 50), "
+            "e.g. --keyword ada"
         )
     if kw in RESERVED_WORDS:
         raise PersonaError(
             f"keyword {kw!r} collides with the SMS command {kw.upper()}/#{kw}: choose another"
         )
     return kw
+
+
+def e164_number(raw: str) -> str:
+    """A phone number as Twilio sends it (E.164, e.g. +15550100114), or PersonaError."""
+    # "+44 (0)20 …": the (0) is the national trunk prefix, dialled only from inside the
+    # country and never part of the E.164 number.
+    number = NUMBER_SEPARATORS.sub("", raw.replace("(0)", ""))
+    if number.startswith("00"):  # the international prefix most of the world dials for "+"
+        number = "+" + number[2:]
+    # A number without "+" (07911 123456, 555 010 0114) is national: its country cannot be
+    # known, and guessing one would store a number no text ever comes from.
+    if not E164_RE.fullmatch(number):
+        raise PersonaError(
+            f"{raw.strip()!r} is not a phone number in international form: give it as "
+            "+<country code><number>, e.g. +15550100114"
+        )
+    return number
 
 
 def dataset_system_prompt(path: Path) -> str | None:
@@ -118,8 +142,27 @@ def _check_answerable(path: Path) -> None:
     warn_skipped(path, pairs)
 
 
+def check_name(session: Session, name: str) -> str:
+    """The name stripped, refused when empty or taken by a persona in any case."""
+    stripped = name.strip()
+    if not stripped:
+        raise PersonaError('a persona needs a name, e.g. phischer persona add "Ada Lovelace" …')
+    # Compared in Python, not with SQL lower(): SQLite lower-cases ASCII only ("ZOË").
+    for taken in session.scalars(sa.select(Persona.name)):
+        if taken == stripped:
+            raise PersonaError(f"persona {stripped!r} already exists (remove it first)")
+        if taken.casefold() == stripped.casefold():
+            # `persona show ada` and `persona show Ada` could not tell them apart.
+            raise PersonaError(
+                f"persona {stripped!r} already exists as {taken!r} (names differ in case "
+                "only): choose another name, or remove it first"
+            )
+    return stripped
+
+
 def add_persona(session: Session, spec: PersonaSpec) -> Persona:
-    """Create a persona after checking its keyword, backend, sampling, base URL and dataset."""
+    """Create a persona after checking its name, keyword, backend, sampling, URL and dataset."""
+    name = check_name(session, spec.name)
     keyword = validate_keyword(spec.keyword)
     if spec.backend not in BACKENDS:
         raise PersonaError(f"backend {spec.backend!r}: use one of {', '.join(BACKENDS)}")
@@ -144,14 +187,12 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
         # The clone answers best under the prompt its examples were built with (DESIGN §7).
         if system_prompt is None:
             system_prompt = dataset_system_prompt(path)
-    if session.scalar(sa.select(Persona.id).where(Persona.name == spec.name)):
-        raise PersonaError(f"persona {spec.name!r} already exists (remove it first)")
     if session.scalar(sa.select(Persona.name).where(Persona.keyword == keyword)):
         raise PersonaError(f"keyword {keyword!r} is already used by another persona")
     if spec.is_default:
         session.execute(sa.update(Persona).values(is_default=False))
     persona = Persona(
-        name=spec.name,
+        name=name,
         keyword=keyword,
         backend=spec.backend,
         model=spec.model,
@@ -201,9 +242,7 @@ def remove_persona(session: Session, name: str) -> Persona:
 
 def route_number(session: Session, number: str, name: str) -> Contact:
     """Pin a phone number to a persona (creating the contact if needed)."""
-    phone = normalize_number(number)
-    if len(phone) < 4:
-        raise PersonaError(f"{number!r} is not a phone number (use E.164, e.g. +15550100)")
+    phone = e164_number(number)
     persona = get_persona(session, name)
     contact = session.scalar(sa.select(Contact).where(Contact.phone == phone))
     if contact is None:

@@ -13,10 +13,12 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from werkzeug.serving import make_server
 
 from phischer.cli import cli
+from phischer.models import Contact
 from phischer.ports import PortBusyError, host_port, http_url, listen
 from tests.conftest import free_port
 
@@ -292,6 +294,90 @@ def test_route_pins_a_number(app, twilio_post, database):
         route_number(session, "+15550142", "bo")
     assert twilio_post("#who", from_="+15550142").replies == ["You're texting Bo (#bo)."]
     assert twilio_post("#who", from_="+15550143").replies == ["You're texting Ada (#ada)."]
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "+1 (555) 010-0142",
+        "+1.555.010.0142",
+        "001 555 010 0142",  # 00: the international prefix for +
+        "+1\u00a0555\u2013010\u20130142",  # a no-break space and en dashes, as pasted
+    ],
+)
+def test_route_stores_the_number_as_twilio_sends_it(app, twilio_post, typed):
+    routed = run("persona", "route", typed, "bo")
+    assert (routed.exit_code, routed.output) == (0, "+15550100142 now talks to Bo.\n")
+    assert twilio_post("#who", from_="+15550100142").replies == ["You're texting Bo (#bo)."]
+    uk = run("persona", "route", "+44 (0)7911 123456", "bo")  # the (0) is dialled at home only
+    assert uk.output == "+447911123456 now talks to Bo.\n"
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "(555) 010-0114",  # national: which country?
+        "07911 123456",
+        "0044 7911 12345678901234",  # over 15 digits
+        "12+34567",
+        "+1 555 CALL NOW",
+        "123",
+        "+123456",  # under 7 digits
+        "+0 555 010 0114",  # no country code starts with 0
+        "+\uff11\uff15\uff15\uff15\uff10\uff11\uff10\uff10\uff11\uff11\uff14",  # fullwidth digits
+        "",
+    ],
+)
+def test_route_refuses_a_number_no_text_could_come_from(personas, database, typed):
+    routed = run("persona", "route", typed, "bo")
+    assert routed.exit_code == 1
+    assert routed.output == (
+        f"Error: {typed!r} is not a phone number in international form: give it as "
+        "+<country code><number>, e.g. +15550100114\n"
+    )
+    with database.read() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Contact)) == 0
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t"])
+def test_persona_add_refuses_an_empty_name(tmp_path, name):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    result = run("persona", "add", name, "--keyword", "x", "--dataset", str(dataset))
+    assert (result.exit_code, result.output) == (
+        1,
+        'Error: a persona needs a name, e.g. phischer persona add "Ada Lovelace" …\n',
+    )
+    assert "No personas yet" in run("persona", "list").output
+
+
+def test_persona_names_are_stripped_and_unique_ignoring_case(tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    added = run("persona", "add", "  Zoë ", "--keyword", "zoe", "--dataset", str(dataset))
+    assert added.output.startswith("Added persona Zoë (#zoe, retrieval).")
+    for name in ("zoë", "ZOË", " Zoë"):
+        again = run("persona", "add", name, "--keyword", "other", "--dataset", str(dataset))
+        assert again.exit_code == 1
+        (line,) = again.output.splitlines()
+        if name.strip() == "Zoë":
+            assert line == "Error: persona 'Zoë' already exists (remove it first)"
+        else:
+            assert line == (
+                f"Error: persona {name!r} already exists as 'Zoë' (names differ in case only): "
+                "choose another name, or remove it first"
+            )
+    assert "name         Zoë" in run("persona", "show", "Zoë").output
+    assert len(run("persona", "list").output.splitlines()) == 1
+
+
+def test_keyword_must_be_ascii():
+    result = run("persona", "add", "Zoé", "--keyword", "zoé", "--backend", "openai", "--model", "m")
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: keyword 'zoé' must be ASCII letters, digits, '-' or '_' (at most 50), "
+        "e.g. --keyword ada\n",
+    )
 
 
 def test_db_upgrade_and_help(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -377,3 +378,206 @@ def test_statistics_note_counts_the_examples_without_errors(tmp_path: Path) -> N
     assert "Statistics below cover the 1 example without errors." in shown
     path.write_text((json.dumps(good) + "\n") * 2 + '{"messages": []}\n', encoding="utf-8")
     assert "Statistics below cover the 2 examples without errors." in check_file(path).format()
+
+
+def test_base_model_aliases_and_case() -> None:
+    # Undated gpt-3.5-turbo is its current snapshot: cl100k_base and 16,385 tokens, no note.
+    report = check_file(DATA / "stats.jsonl", base_model="gpt-3.5-turbo")
+    assert (report.context_limit, report.encoding) == (16_385, "cl100k_base")
+    assert "Over the 16,385-token limit: 0 examples" in report.format()
+    assert "no example limit known" not in report.format()
+    # OpenAI's ids are lower case: "GPT-4o-mini" is gpt-4o-mini, priced like it.
+    for model in ("GPT-4o-mini", " gpt-4O-MINI-2024-07-18 ", "FT:GPT-4o-mini-2024-07-18:acme::x"):
+        upper = check_file(DATA / "stats.jsonl", base_model=model)
+        assert upper.price_per_million == 3.00, model
+        assert upper.encoding == "o200k_base"
+        assert "unknown" not in upper.format() and "Note:" not in upper.format()
+
+
+def parts(*texts: str) -> list[dict[str, str]]:
+    return [{"type": "text", "text": t} for t in texts]
+
+
+def errors(example: object) -> list[str]:
+    return [message for message, severity in check_example(example) if severity == "error"]
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}}
+
+
+def test_content_as_a_list_of_text_parts_is_counted_like_its_text(tmp_path: Path) -> None:
+    listed = {
+        "messages": [
+            {"role": "system", "content": parts("You are Sam.")},
+            {"role": "user", "content": parts("hey", " there")},
+            {"role": "assistant", "content": parts("hi")},
+        ]
+    }
+    path = write(tmp_path / "parts.jsonl", [listed, chat("hey", "hi")])
+    report = check_file(path)
+    assert report.errors == []
+    # Each part's text, never the JSON around it.
+    assert report.token_counts == [
+        count_tokens_chat() + count_tokens(" there"),
+        count_tokens_chat(),
+    ]
+    assert "Note:" not in report.format()
+
+
+def test_images_in_user_messages_are_accepted_and_left_out_of_the_count(tmp_path: Path) -> None:
+    with_image: Any = chat("hey", "a cat")
+    with_image["messages"][1]["content"] = [{"type": "text", "text": "hey"}, IMAGE]
+    only_image: Any = chat("hey", "a cat")
+    only_image["messages"][1]["content"] = [IMAGE, IMAGE]
+    path = write(tmp_path / "vision.jsonl", [with_image, only_image])
+    report = check_file(path, base_model="gpt-4o-2024-08-06")
+    assert report.errors == []
+    plain = count_tokens_chat() - count_tokens("hi") + count_tokens("a cat")
+    assert report.token_counts == [plain, plain - count_tokens("hey")]
+    assert (
+        "Note: 3 images not counted: an image's tokens depend on its size and detail; token "
+        "counts, billed tokens and cost cover the text only"
+    ) in report.format()
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]},
+            'message 2: content part 1: unknown type "input_audio": use "text" parts, and '
+            '"image_url" parts in user messages [invalid_content_part]',
+        ),
+        (
+            {"role": "user", "content": [{"text": "hey"}]},
+            'message 2: content part 1: no "type": use "text" parts, and "image_url" parts in '
+            "user messages [invalid_content_part]",
+        ),
+        (
+            {"role": "user", "content": ["hey"]},
+            "message 2: content part 1: not a JSON object but a string [invalid_content_part]",
+        ),
+        (
+            {"role": "system", "content": [IMAGE]},
+            'message 2: content part 1: "image_url" parts go only in user messages '
+            "[invalid_content_part]",
+        ),
+        (
+            {"role": "user", "content": [{"type": "text", "text": 42}]},
+            'message 2: content part 1: "text" is a number, not a string [invalid_content_part]',
+        ),
+        (
+            {"role": "user", "content": [{"type": "text"}]},
+            'message 2: content part 1: no "text" string in the part [invalid_content_part]',
+        ),
+        (
+            {"role": "user", "content": [{"type": "image_url", "image_url": "https://x/a.png"}]},
+            'message 2: content part 1: an image needs "image_url": {"url": …} '
+            "[invalid_content_part]",
+        ),
+        ({"role": "user", "content": []}, "message 2: empty content [missing_content]"),
+        ({"role": "user", "content": parts(" ", "")}, "message 2: empty content [missing_content]"),
+        (
+            {"role": "user", "content": parts("hi \ud83d")},
+            "message 2: content part 1: a \\ud800-\\udfff escape without its pair: not valid "
+            "Unicode text [invalid_utf8]",
+        ),
+    ],
+)
+def test_content_parts_openai_does_not_take_are_errors(
+    message: dict[str, object], error: str
+) -> None:
+    example = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            message,
+            {"role": "assistant", "content": "k"},
+        ]
+    }
+    assert errors(example) == [error]
+
+
+def test_no_image_from_the_assistant_and_no_parts_in_a_function_answer() -> None:
+    example: Any = chat("hey", "hi")
+    example["messages"][2]["content"] = [IMAGE]
+    example["messages"].append({"role": "function", "name": "f", "content": parts("42")})
+    assert check_example(example) == [
+        (
+            'message 3: content part 1: "image_url" parts go only in user messages '
+            "[invalid_content_part]",
+            "error",
+        ),
+        ("message 4: content is an array, not a string [missing_content]", "error"),
+    ]
+
+
+def test_assistant_refusal_is_accepted_and_counted(tmp_path: Path) -> None:
+    refused: Any = chat("hey", "hi")
+    refused["messages"][2]["refusal"] = None
+    said: Any = chat("hey", "hi")
+    said["messages"][2]["refusal"] = "no"
+    as_part: Any = chat("hey", "hi")
+    as_part["messages"][2]["content"] = [{"type": "refusal", "refusal": "hi"}]
+    report = check_file(write(tmp_path / "refusal.jsonl", [refused, said, as_part]))
+    assert report.errors == []
+    assert report.token_counts == [
+        count_tokens_chat(),
+        count_tokens_chat() + count_tokens("no"),
+        count_tokens_chat(),
+    ]
+    # Only the assistant refuses, with a string.
+    wrong = {
+        "messages": [
+            {"role": "user", "content": "hey", "refusal": "no"},
+            {"role": "assistant", "content": "hi", "refusal": 1},
+        ]
+    }
+    assert errors(wrong) == [
+        'message 1: unrecognized key "refusal" [message_unrecognized_key]',
+        "message 2: refusal is a number, not a string [data_type]",
+    ]
+
+
+def test_weight_only_on_assistant_messages() -> None:
+    example: Any = chat("hey", "hi")
+    example["messages"][0]["weight"] = 0
+    example["messages"][1]["weight"] = 1
+    example["messages"][2]["weight"] = 0
+    assert check_example(example) == [
+        ("message 1: weight is only for assistant messages [invalid_weight]", "error"),
+        ("message 2: weight is only for assistant messages [invalid_weight]", "error"),
+    ]
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (
+            {"role": "tool", "content": "42"},
+            'message 3: missing "tool_call_id" [message_missing_key]',
+        ),
+        (
+            {"role": "tool", "content": "42", "tool_call_id": None},
+            'message 3: missing "tool_call_id" [message_missing_key]',
+        ),
+        (
+            {"role": "tool", "content": "42", "tool_call_id": 1},
+            'message 3: "tool_call_id" is a number, not a string [data_type]',
+        ),
+        ({"role": "function", "content": "42"}, 'message 3: missing "name" [message_missing_key]'),
+        ({"role": "tool"}, 'message 3: missing "content" and "tool_call_id" [message_missing_key]'),
+    ],
+)
+def test_tool_and_function_answers_name_their_call(answer: dict[str, object], error: str) -> None:
+    def example(answer: dict[str, object]) -> dict[str, object]:
+        calling = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+        last = {"role": "assistant", "content": "42"}
+        return {"messages": [{"role": "user", "content": "2 * 21?"}, calling, answer, last]}
+
+    assert errors(example(answer)) == [error]
+    # Named, the same answer passes.
+    key = "tool_call_id" if answer["role"] == "tool" else "name"
+    assert errors(example({"content": "42", **answer, key: "call_1"})) == []

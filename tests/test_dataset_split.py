@@ -267,3 +267,27 @@ def test_cli_split_errors_exit_1(tmp_path: Path) -> None:
     missing = runner.invoke(cli, ["dataset", "split", "nope.jsonl"])
     assert missing.exit_code == 1
     assert missing.output == "Error: nope.jsonl: no such file\n"
+
+
+def test_a_share_near_1_still_leaves_training_a_conversation(tmp_path: Path) -> None:
+    # 0.9999999999 * 10 (+ the rounding slack) reached 10: every conversation was held out.
+    path = tmp_path / "x.jsonl"
+    make_dataset(path, {f"c{i}": 1 for i in range(10)})
+    result = split_file(path, validation=0.9999999999, seed=0)
+    assert (result.train_conversations, result.validation_conversations) == (1, 9)
+    assert result.train_examples == 1
+    assert choose_validation({"a": 3, "b": 1, "c": 2}, 0.9999999999, seed=0) == {"a", "c"}
+
+
+def test_cli_split_summary_in_the_singular(tmp_path: Path) -> None:
+    path = tmp_path / "sam.jsonl"
+    make_dataset(path, {"a": 1, "b": 1, "c": 2})
+    result = CliRunner().invoke(
+        cli, ["dataset", "split", str(path), "--validation", "0.9999999999"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "Split by conversation ids from the .conversations file:\n"
+        f"  train:      1 example from 1 conversation -> {tmp_path / 'sam.train.jsonl'}\n"
+        f"  validation: 3 examples from 2 conversations -> {tmp_path / 'sam.validation.jsonl'}\n"
+    )
