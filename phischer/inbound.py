@@ -19,7 +19,7 @@ from phischer.db import Database
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
-from phischer.recovery import retry_send
+from phischer.recovery import OPTED_OUT, SEND_OPTED_OUT, SUPERSEDED, retry_send
 from phischer.replies import RestSender, SendError, sendable
 from phischer.store import ContactRow, Store
 from phischer.thread import SPOKEN, build_thread, rows_needed
@@ -336,7 +336,8 @@ class SmsService:
 
         None when the text is no longer this caller's to answer: a recovery sweep took it
         over (it looked abandoned) or already finished it. Answering anyway would send the
-        texter a second reply.
+        texter a second reply. None too when a REST reply must not go out: the number
+        opted out meanwhile, or (a sweep's late answer) a newer text was answered first.
         """
         reply, error, latency = result
         persona = decision.persona
@@ -354,14 +355,26 @@ class SmsService:
             kind, model = "fallback", persona.model_label
             text = sendable(self.settings.fallback_reply, limit) or DEFAULT_FALLBACK_REPLY
         now = utcnow()
-        with self.store.write() as cur:
-            owned = self.store.finish_inbound(
+        store = self.store
+        with store.write() as cur:
+            # Checked in the transaction that stores the reply, so a STOP (or a newer text)
+            # stored meanwhile is seen; only REST replies pay for it: an inline one answers
+            # the webhook call itself, which is how Twilio expects replies anyway.
+            opted_out = via_rest and store.opted_out(cur, decision.contact_id)
+            dropped = None  # why a sweep's late answer is no longer wanted
+            if decision.claimed_at is not None:
+                if opted_out:
+                    dropped = OPTED_OUT
+                elif store.newer_inbound(cur, decision.contact_id, decision.inbound_id):
+                    # Answered inline while the model made this one: it would arrive last.
+                    dropped = SUPERSEDED
+            owned = store.finish_inbound(
                 cur,
                 decision.inbound_id,
                 now,
                 decision.claimed_at,
-                status="replied" if reply else "failed",
-                error=error,
+                status="failed" if dropped or not reply else "replied",
+                error=dropped or error,
                 latency_ms=latency,
             )
             if not owned:
@@ -370,20 +383,27 @@ class SmsService:
                     decision.inbound_id,
                 )
                 return None
-            out_id = self.store.insert_reply(
+            if dropped:
+                log.info("Late reply to text %d not sent: %s", decision.inbound_id, dropped)
+                return None
+            out_id = store.insert_reply(
                 cur,
                 decision.inbound_id,
                 decision.contact_id,
                 persona.id,
                 kind,
                 text,
-                "queued" if via_rest else "replied",
+                "send_failed" if opted_out else "queued" if via_rest else "replied",
                 now,
+                error=SEND_OPTED_OUT if opted_out else None,
                 model=model,
                 latency_ms=latency,
                 prompt_tokens=reply.prompt_tokens if reply else None,
                 completion_tokens=reply.completion_tokens if reply else None,
             )
+        if opted_out:
+            log.info("Reply %d not sent: %s", out_id, SEND_OPTED_OUT)
+            return None
         return text, out_id
 
     def deliver_later(self, phone: str, decision: Decision, result: Result) -> None:

@@ -35,8 +35,10 @@ NO_REST = (
 TOO_OLD = "interrupted before the reply; too old to answer late"
 SUPERSEDED = "interrupted before the reply; a newer text from this number came first"
 NO_PERSONA = "interrupted before the reply; no persona to answer with"
+OPTED_OUT = "interrupted before the reply; the number opted out"
 SEND_INTERRUPTED = "interrupted before the REST send"
 SEND_SUPERSEDED = "not sent; a newer text from this number came first"
+SEND_OPTED_OUT = "not sent; the number opted out"
 SEND_GAVE_UP = "not sent within an hour; last try: "
 
 
@@ -71,6 +73,11 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
         with store.write() as cur:
             if not store.claim(cur, row.id, idle_since, now):
                 continue  # another process took it, or it finished meanwhile
+            if row.direction == "out" and row.delivery is not None:
+                # A status callback came for it: Twilio took the reply, and the process
+                # died before recording so. Sending it again would text it twice.
+                store.update_message(cur, row.id, now, status="sent")
+                continue
             failure = _why_not(service, cur, row, now)
             if failure:
                 status = "failed" if row.direction == "in" else "send_failed"
@@ -104,6 +111,8 @@ def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime
     """Why this row cannot be delivered late (None: it can)."""
     newer = service.store.newer_inbound
     if row.direction == "out":
+        if row.opted_out:  # STOP came after the reply was stored: the number wants nothing
+            return SEND_OPTED_OUT
         if not service.settings.can_send_sms:
             return SEND_INTERRUPTED
         if now - row.created_at > GIVE_UP_AFTER:
@@ -111,6 +120,8 @@ def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime
             return SEND_GAVE_UP + row.error if row.error else SEND_INTERRUPTED
         # A late answer to a text the texter has since followed up would arrive out of order.
         return SEND_SUPERSEDED if newer(cur, row.contact_id, row.id) else None
+    if row.opted_out:
+        return OPTED_OUT
     if not service.settings.can_send_sms:
         return NO_REST
     if now - row.created_at > GIVE_UP_AFTER:
@@ -126,11 +137,16 @@ def _answer_late(service: SmsService, row: PendingRow, claimed_at: dt.datetime) 
     from phischer.inbound import Decision
 
     persona = service.personas.for_contact(row.persona_id)
+    # The contact's current reset; one made after this text (a #reset that raced the
+    # sweep) would leave the text itself out of the thread and the model with nothing.
+    reset_at = row.thread_reset_at
+    if reset_at is not None and reset_at > row.created_at:
+        reset_at = None
     decision = Decision(
         inbound_id=row.id,
         contact_id=row.contact_id,
         persona=persona,
-        reset_at=row.thread_reset_at,
+        reset_at=reset_at,
         claimed_at=claimed_at,
     )
     service.answer_late(row.phone, decision)

@@ -38,6 +38,8 @@ class PendingRow:
     phone: str
     thread_reset_at: dt.datetime | None
     error: str | None  # a "send_retry" reply's last failed send
+    opted_out: bool = False  # the number has sent STOP since: nothing more may be sent
+    delivery: str | None = None  # a status callback's report: Twilio took this reply
 
 
 @dataclass
@@ -81,8 +83,13 @@ class Store:
             f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})"
         )
+        # PostgreSQL: the write lock is a no-op and READ COMMITTED lets two transactions read
+        # the same counter, so the row is locked until commit (each text's transaction is
+        # short). Otherwise concurrent texts from one number overshoot DAILY_LIMIT.
+        # SQLite: the write lock already serialises writers, and it has no FOR UPDATE.
         self._select_contact = self.sql(
             f"SELECT {', '.join(CONTACT_COLUMNS)} FROM contacts WHERE phone = ?"
+            + ("" if self.sqlite else " FOR UPDATE")
         )
 
     # -- connections and transactions --------------------------------------------------------
@@ -366,7 +373,7 @@ class Store:
         cur.execute(
             self.sql(
                 "SELECT m.id, m.direction, m.contact_id, m.persona_id, m.body, m.created_at, "
-                "c.phone, c.thread_reset_at, m.error "
+                "c.phone, c.thread_reset_at, m.error, c.opted_out, m.delivery "
                 "FROM messages m JOIN contacts c ON c.id = m.contact_id "
                 f"WHERE m.id > ? AND m.status IN {PENDING} "
                 "AND COALESCE(m.updated_at, m.created_at) < ? ORDER BY m.id LIMIT ?"
@@ -374,9 +381,12 @@ class Store:
             (after_id, self.ts(idle_since), limit),
         )
         return [
-            PendingRow(i, d, c, p, b, self.parse_ts(at), phone, self.parse_ts(reset), err)  # type: ignore[arg-type]
-            for i, d, c, p, b, at, phone, reset, err in cur.fetchall()
-        ]
+            PendingRow(
+                i, d, c, p, b, self.parse_ts(at), phone, self.parse_ts(reset), err,  # type: ignore[arg-type]
+                bool(out), delivery,
+            )
+            for i, d, c, p, b, at, phone, reset, err, out, delivery in cur.fetchall()
+        ]  # fmt: skip
 
     def claim(self, cur: Any, message_id: int, idle_since: dt.datetime, now: dt.datetime) -> bool:
         """Take a pending message for this process (False: someone else took or finished it)."""
@@ -390,15 +400,32 @@ class Store:
         return cur.rowcount == 1
 
     def newer_inbound(self, cur: Any, contact_id: int, message_id: int) -> bool:
-        """Whether this number sent a chat text after message `message_id`."""
+        """Whether this number sent a text after message `message_id` that was acted on."""
+        # Any text answered (or being answered) or that changed the number's state counts:
+        # a chat, and a command too (#reset, a persona switch, STOP), or a late reply would
+        # arrive after it. Texts that got nothing and changed nothing (ignored, refused) do not.
         cur.execute(
             self.sql(
                 "SELECT 1 FROM messages WHERE contact_id = ? AND direction = 'in' "
-                "AND kind = 'chat' AND id > ? LIMIT 1"
+                "AND id > ? AND status NOT IN ('ignored', 'refused') LIMIT 1"
             ),
             (contact_id, message_id),
         )
         return cur.fetchone() is not None
+
+    def opted_out(self, cur: Any, contact_id: int) -> bool:
+        """Whether this number has opted out (PostgreSQL: the row stays locked until commit)."""
+        # Locked like `contact` does, so a STOP being stored now either committed first or
+        # waits for this transaction.
+        cur.execute(
+            self.sql(
+                "SELECT opted_out FROM contacts WHERE id = ?"
+                + ("" if self.sqlite else " FOR UPDATE")
+            ),
+            (contact_id,),
+        )
+        row = cur.fetchone()
+        return row is not None and bool(row[0])
 
     def last_message_id(self, cur: Any) -> int:
         """The highest message id so far (0 for none)."""

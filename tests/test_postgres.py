@@ -181,6 +181,40 @@ def test_concurrent_texts_on_postgres(pg_app):
     assert len(contacts) == 20 and sum(c.replies_today for c in contacts) == 120
 
 
+def test_daily_limit_holds_for_concurrent_texts_from_one_number_on_postgres(make_pg_app):
+    # Each text's transaction reads the contact's counter and writes it back; without a row
+    # lock two texts read the same count (the write lock is SQLite's only), and the number
+    # got more replies than DAILY_LIMIT.
+    pg_app = make_pg_app(daily_limit=5)
+    server = make_server("127.0.0.1", 0, pg_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/sms"
+    token = pg_app.extensions["phischer"].settings.auth_token()
+    try:
+
+        def send(i: int) -> list[str]:
+            params = sms_params(f"hey how are you {i}", "+15550400")
+            r = requests.post(url, data=params, timeout=30,
+                              headers={"X-Twilio-Signature": sign(token, url, params)})  # fmt: skip
+            assert r.status_code == 200
+            return twiml_bodies(r.content)
+
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(send, range(40)))
+    finally:
+        server.shutdown()
+        thread.join()
+    notices = [r for r in replies if r == ["That's all I can answer today. Talk tomorrow!"]]
+    answers = [r for r in replies if r and r not in notices]
+    assert (len(answers), len(notices)) == (5, 1)
+    with pg_app.extensions["phischer"].db.read() as session:
+        contact = session.scalar(sa.select(Contact))
+        statuses = session.scalars(sa.select(Message.status).where(Message.direction == "in")).all()
+    assert contact.replies_today == 40
+    assert sorted(statuses) == ["limited"] * 35 + ["replied"] * 5
+
+
 def test_recovery_sweep_on_postgres(make_pg_app, fake_twilio, twilio_rest):
     import datetime as dt
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from phischer.commands import parse
@@ -13,9 +14,11 @@ from phischer.models import Message, utcnow
 from phischer.recovery import (
     GIVE_UP_AFTER,
     NO_REST,
+    OPTED_OUT,
     RECOVER_AFTER,
     SEND_GAVE_UP,
     SEND_INTERRUPTED,
+    SEND_OPTED_OUT,
     SEND_SUPERSEDED,
     SUPERSEDED,
     TOO_OLD,
@@ -364,3 +367,137 @@ def test_a_sweep_stops_resending_while_twilio_is_down(make_app, personas, fake_t
     assert (result.resent, result.retrying) == (2, 0)
     assert sweep(service, now=utcnow() + RECOVER_AFTER).resent == 1
     assert [m.status for m in stored(app) if m.id in waiting] == ["sent"] * 3
+
+
+def text_now(app, body: str, phone: str = "+15550100") -> None:
+    """A text handled as the webhook stores it, without starting the background sweep."""
+    from phischer.backends.base import Reply
+
+    service = app.extensions["phischer"].sms
+    decision = service._record(
+        Inbound(phone=phone, sid=f"SM{time.time_ns()}", body=body), parse(body)
+    )
+    if decision.persona is not None:  # answered inline, as a fast model would
+        service._reply_now(decision, (Reply(text=f"inline answer to {body}"), None, 5))
+
+
+def test_a_text_left_before_stop_is_not_answered_late(make_app, personas, fake_twilio, twilio_rest):
+    app = make_app(**twilio_rest)
+    inbound_id = interrupted(app, "tell me a joke!", "SMstop1", dt.timedelta(minutes=5))
+    text_now(app, "STOP")
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[inbound_id].status, by_id[inbound_id].error) == ("failed", OPTED_OUT)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_a_reply_waiting_for_twilio_is_not_sent_after_stop(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    app = make_app(**twilio_rest)
+    out_id, _ = queued_reply(app, "SMstop2", error="Twilio error 20503: down")
+    text_now(app, "STOP")
+    backdate(app, out_id, dt.timedelta(minutes=5))
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[out_id].status, by_id[out_id].error) == ("send_failed", SEND_OPTED_OUT)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_a_slow_reply_is_not_sent_after_stop(make_app, personas, fake_twilio, twilio_rest):
+    from phischer.backends.base import Reply
+
+    # REPLY_MODE=auto with a slow model: the number texts STOP while the reply is made.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    decision = service._record(Inbound(phone="+15550100", sid="SMslow2", body="hi"), parse("hi"))
+    text_now(app, "STOP")
+    service.deliver_later("+15550100", decision, (Reply(text="too late"), None, 20_000))
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+    inbound, _stop, outbound = stored(app)
+    assert inbound.status == "replied"
+    assert (outbound.body, outbound.status, outbound.error) == (
+        "too late",
+        "send_failed",
+        SEND_OPTED_OUT,
+    )
+
+
+@pytest.mark.parametrize("command", ["#reset", "#bo"])
+def test_a_command_since_the_crash_supersedes_the_late_answer(
+    make_app, personas, fake_twilio, twilio_rest, command
+):
+    # Ada's answer to a text left before "#bo" would arrive after "Bo here!".
+    app = make_app(**twilio_rest)
+    first = interrupted(app, "tell me a joke!", "SMcmd", dt.timedelta(minutes=5))
+    text_now(app, command)
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[first].status, by_id[first].error) == ("failed", SUPERSEDED)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_ignored_texts_since_the_crash_do_not_supersede(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    app = make_app(**twilio_rest)
+    interrupted(app, "so what do you do for work?", "SMign", dt.timedelta(minutes=5))
+    text_now(app, "   ")  # empty: stored as ignored, no reply
+    assert sweep(app.extensions["phischer"].sms).answered == 1
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
+        "I compute Bernoulli numbers, mostly by candlelight."
+    ]
+
+
+def test_a_late_answer_ignores_a_reset_made_after_its_text(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    from phischer.models import Contact
+
+    app = make_app(**twilio_rest)
+    interrupted(app, "so what do you do for work?", "SMreset", dt.timedelta(minutes=5))
+    # A reset newer than the text, with no newer text to supersede it (a #reset racing the
+    # sweep): the thread must still hold the text being answered.
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(sa.update(Contact).values(thread_reset_at=utcnow()))
+    assert sweep(app.extensions["phischer"].sms).answered == 1
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
+        "I compute Bernoulli numbers, mostly by candlelight."
+    ]
+
+
+@pytest.mark.parametrize(("newer", "reason"), [("are you there?", SUPERSEDED), ("STOP", OPTED_OUT)])
+def test_a_slow_late_answer_does_not_overtake_a_newer_text(
+    make_app, personas, fake_twilio, twilio_rest, monkeypatch, newer, reason
+):
+    # The sweep claimed the text; while its model call runs, a newer text is answered
+    # inline (or STOP arrives). The late answer would reach the phone after it.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    first = interrupted(app, "tell me a joke!", "SMrace", dt.timedelta(minutes=5))
+    generate = service.generate
+
+    def slow_generate(decision, backend):
+        result = generate(decision, backend)
+        text_now(app, newer)
+        return result
+
+    monkeypatch.setattr(service, "generate", slow_generate)
+    sweep(service)
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[first].status, by_id[first].error) == ("failed", reason)
+    assert [m for m in by_id.values() if m.reply_to_id == first] == []
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_a_reply_twilio_reported_on_is_not_sent_again(make_app, personas, fake_twilio, twilio_rest):
+    # Twilio took the reply and its status callback arrived, but the process died before
+    # recording the send: sending again would text it twice.
+    app = make_app(**twilio_rest)
+    out_id, _ = queued_reply(app, "SMcb")
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(sa.update(Message).where(Message.id == out_id).values(delivery="sent"))
+    backdate(app, out_id, dt.timedelta(minutes=5))
+    sweep(app.extensions["phischer"].sms)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert {m.id: m.status for m in stored(app)}[out_id] == "sent"
