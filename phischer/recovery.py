@@ -75,7 +75,7 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
                 continue  # another process took it, or it finished meanwhile
             if row.direction == "out" and row.delivery is not None:
                 # A status callback came for it: Twilio took the reply, and the process
-                # died before recording so. Sending it again would text it twice.
+                # died before it recorded the send. Sending it again would text it twice.
                 store.update_message(cur, row.id, now, status="sent")
                 continue
             failure = _why_not(service, cur, row, now)
@@ -111,7 +111,10 @@ def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime
     """Why this row cannot be delivered late (None: it can)."""
     newer = service.store.newer_inbound
     if row.direction == "out":
-        if row.opted_out:  # STOP came after the reply was stored: the number wants nothing
+        # STOP came after the reply was stored: the number wants nothing more. Read again
+        # here: the rows were listed before this sweep's earlier late answers and sends,
+        # which can take minutes. (A late answer checks when it is stored: inbound._store.)
+        if row.opted_out or service.store.opted_out(cur, row.contact_id):
             return SEND_OPTED_OUT
         if not service.settings.can_send_sms:
             return SEND_INTERRUPTED

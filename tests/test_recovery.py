@@ -404,6 +404,29 @@ def test_a_reply_waiting_for_twilio_is_not_sent_after_stop(
     assert fake_twilio.calls("POST", "/Messages.json") == []
 
 
+def test_a_stop_during_the_sweep_stops_a_reply_it_listed_before(
+    make_app, personas, fake_twilio, twilio_rest, monkeypatch
+):
+    # The sweep lists its rows first, then answers and sends them one by one, which can take
+    # minutes: a STOP in between must still stop the send.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMstop3", error="Twilio error 20503: down")
+    backdate(app, out_id, dt.timedelta(minutes=5))
+    pending = service.store.pending
+
+    def pending_then_stop(*args, **kwargs):
+        rows = pending(*args, **kwargs)
+        text_now(app, "STOP")
+        return rows
+
+    monkeypatch.setattr(service.store, "pending", pending_then_stop)
+    assert sweep(service).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[out_id].status, by_id[out_id].error) == ("send_failed", SEND_OPTED_OUT)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
 def test_a_slow_reply_is_not_sent_after_stop(make_app, personas, fake_twilio, twilio_rest):
     from phischer.backends.base import Reply
 
