@@ -56,6 +56,26 @@ def normalize_number(raw: str) -> str:
     return cleaned
 
 
+# Twilio's From is E.164: "+", a country code that never starts with 0, at most 15 digits.
+# ASCII digits only ([0-9], not \d): a fullwidth "１" is never in a From. Seven digits at
+# least: shorter numbers are short codes or typos, and a route to one could never match.
+E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
+# What people type between digits: spaces, dashes (ASCII and typographic), dots, parentheses.
+NUMBER_SEPARATORS = re.compile(r"[\s\-.()\u2010-\u2015\u2212]")
+
+
+def international_number(raw: str) -> str | None:
+    """`raw` as E.164 (+15550100114), or None when it is not a number in international form."""
+    # "+44 (0)20 …": the (0) is the national trunk prefix, dialled only from inside the
+    # country and never part of the E.164 number.
+    number = NUMBER_SEPARATORS.sub("", raw.replace("(0)", ""))
+    if number.startswith("00"):  # the international prefix most of the world dials for "+"
+        number = "+" + number[2:]
+    # A number without "+" (07911 123456, 555 010 0114) is national: its country cannot be
+    # known, and guessing one would store a number no text ever comes from.
+    return number if E164_RE.fullmatch(number) else None
+
+
 # An ALLOWED_NUMBERS entry with fewer digits is a typo, not a phone number.
 MIN_NUMBER_DIGITS = 4
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from phischer.backends.base import PersonaView
 from phischer.commands import RESERVED_WORDS
-from phischer.config import is_http_url
+from phischer.config import international_number, is_http_url
 from phischer.db import Database
 from phischer.models import Contact, Persona
 
@@ -24,12 +24,6 @@ KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 # What the OpenAI chat API accepts; a value outside would make every text to the persona fail.
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0
 MAX_TOKENS_MIN = 1
-# Twilio's From is E.164: "+", a country code that never starts with 0, at most 15 digits.
-# ASCII digits only ([0-9], not \d): a fullwidth "１" is never in a From. Seven digits at
-# least: shorter numbers are short codes or typos, and a route to one could never match.
-E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
-# What people type between digits: spaces, dashes (ASCII and typographic), dots, parentheses.
-NUMBER_SEPARATORS = re.compile(r"[\s\-.()\u2010-\u2015\u2212]")
 
 
 class PersonaError(ValueError):
@@ -71,14 +65,8 @@ def validate_keyword(keyword: str) -> str:
 
 def e164_number(raw: str) -> str:
     """A phone number as Twilio sends it (E.164, e.g. +15550100114), or PersonaError."""
-    # "+44 (0)20 …": the (0) is the national trunk prefix, dialled only from inside the
-    # country and never part of the E.164 number.
-    number = NUMBER_SEPARATORS.sub("", raw.replace("(0)", ""))
-    if number.startswith("00"):  # the international prefix most of the world dials for "+"
-        number = "+" + number[2:]
-    # A number without "+" (07911 123456, 555 010 0114) is national: its country cannot be
-    # known, and guessing one would store a number no text ever comes from.
-    if not E164_RE.fullmatch(number):
+    number = international_number(raw)
+    if number is None:
         raise PersonaError(
             f"{raw.strip()!r} is not a phone number in international form: give it as "
             "+<country code><number>, e.g. +15550100114"

@@ -87,9 +87,9 @@ class Store:
         # the same counter, so the row is locked until commit (each text's transaction is
         # short). Otherwise concurrent texts from one number overshoot DAILY_LIMIT.
         # SQLite: the write lock already serialises writers, and it has no FOR UPDATE.
+        self._for_update = "" if self.sqlite else " FOR UPDATE"
         self._select_contact = self.sql(
-            f"SELECT {', '.join(CONTACT_COLUMNS)} FROM contacts WHERE phone = ?"
-            + ("" if self.sqlite else " FOR UPDATE")
+            f"SELECT {', '.join(CONTACT_COLUMNS)} FROM contacts WHERE phone = ?{self._for_update}"
         )
 
     # -- connections and transactions --------------------------------------------------------
@@ -418,10 +418,7 @@ class Store:
         # Locked like `contact` does, so a STOP being stored now either committed first or
         # waits for this transaction.
         cur.execute(
-            self.sql(
-                "SELECT opted_out FROM contacts WHERE id = ?"
-                + ("" if self.sqlite else " FOR UPDATE")
-            ),
+            self.sql(f"SELECT opted_out FROM contacts WHERE id = ?{self._for_update}"),
             (contact_id,),
         )
         row = cur.fetchone()

@@ -153,26 +153,32 @@ def test_delivery_reports_on_postgres(pg_app, twilio_post):
     ]
 
 
-def test_concurrent_texts_on_postgres(pg_app):
-    server = make_server("127.0.0.1", 0, pg_app, threaded=True)
+def post_concurrently(app, texts: list[tuple[str, str]], workers: int) -> list[list[str]]:
+    """POST signed (body, From) texts at once through a threaded WSGI server; their replies."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}/sms"
-    token = pg_app.extensions["phischer"].settings.auth_token()
+    token = app.extensions["phischer"].settings.auth_token()
     try:
 
-        def send(i: int) -> list[str]:
-            params = sms_params("hey how are you", f"+1555030{i % 20:02d}")
+        def send(text: tuple[str, str]) -> list[str]:
+            params = sms_params(*text)
             r = requests.post(url, data=params, timeout=30,
                               headers={"X-Twilio-Signature": sign(token, url, params)})  # fmt: skip
             assert r.status_code == 200
             return twiml_bodies(r.content)
 
-        with ThreadPoolExecutor(8) as pool:
-            replies = list(pool.map(send, range(120)))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(send, texts))
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_concurrent_texts_on_postgres(pg_app):
+    texts = [("hey how are you", f"+1555030{i % 20:02d}") for i in range(120)]
+    replies = post_concurrently(pg_app, texts, workers=8)
     assert all(len(r) == 1 for r in replies)
     with pg_app.extensions["phischer"].db.read() as session:
         count = session.scalar(sa.select(sa.func.count()).select_from(Message))
@@ -186,25 +192,8 @@ def test_daily_limit_holds_for_concurrent_texts_from_one_number_on_postgres(make
     # lock two texts read the same count (the write lock is SQLite's only), and the number
     # got more replies than DAILY_LIMIT.
     pg_app = make_pg_app(daily_limit=5)
-    server = make_server("127.0.0.1", 0, pg_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}/sms"
-    token = pg_app.extensions["phischer"].settings.auth_token()
-    try:
-
-        def send(i: int) -> list[str]:
-            params = sms_params(f"hey how are you {i}", "+15550400")
-            r = requests.post(url, data=params, timeout=30,
-                              headers={"X-Twilio-Signature": sign(token, url, params)})  # fmt: skip
-            assert r.status_code == 200
-            return twiml_bodies(r.content)
-
-        with ThreadPoolExecutor(16) as pool:
-            replies = list(pool.map(send, range(40)))
-    finally:
-        server.shutdown()
-        thread.join()
+    texts = [(f"hey how are you {i}", "+15550400") for i in range(40)]
+    replies = post_concurrently(pg_app, texts, workers=16)
     notices = [r for r in replies if r == ["That's all I can answer today. Talk tomorrow!"]]
     answers = [r for r in replies if r and r not in notices]
     assert (len(answers), len(notices)) == (5, 1)
