@@ -48,20 +48,15 @@ def _number(name: str, raw: str, kind: type, minimum: float) -> Any:
     return value
 
 
-def normalize_number(raw: str) -> str:
-    """Return an E.164-looking phone number: digits with a leading +, spaces and dashes removed."""
-    cleaned = "".join(ch for ch in raw.strip() if ch.isdigit() or ch == "+")
-    if cleaned and not cleaned.startswith("+"):
-        cleaned = "+" + cleaned
-    return cleaned
-
-
 # Twilio's From is E.164: "+", a country code that never starts with 0, at most 15 digits.
 # ASCII digits only ([0-9], not \d): a fullwidth "１" is never in a From. Seven digits at
 # least: shorter numbers are short codes or typos, and a route to one could never match.
 E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
 # What people type between digits: spaces, dashes (ASCII and typographic), dots, parentheses.
 NUMBER_SEPARATORS = re.compile(r"[\s\-.()\u2010-\u2015\u2212]")
+# A Twilio short code (US, Canada, UK, …): 5 or 6 digits, no country code, never a leading 0.
+SHORT_CODE_RE = re.compile(r"[1-9][0-9]{4,5}")
+INTERNATIONAL_FORM = "+<country code><number>, e.g. +15551234567"
 
 
 def international_number(raw: str) -> str | None:
@@ -76,39 +71,49 @@ def international_number(raw: str) -> str | None:
     return number if E164_RE.fullmatch(number) else None
 
 
-# An ALLOWED_NUMBERS entry with fewer digits is a typo, not a phone number.
-MIN_NUMBER_DIGITS = 4
+def sender_number(raw: str) -> str | None:
+    """A Twilio sender as its API takes it: E.164 like international_number, or a short code."""
+    number = international_number(raw)
+    if number is None:
+        # A short code has no country code and no "+": Twilio wants it as bare digits.
+        code = NUMBER_SEPARATORS.sub("", raw)
+        number = code if SHORT_CODE_RE.fullmatch(code) else None
+    return number
 
 
-def _looks_like_a_number(number: str) -> bool:
-    return sum(ch.isdigit() for ch in number) >= MIN_NUMBER_DIGITS and "+" not in number[1:]
+def from_number(sender: str) -> str | None:
+    """The E.164 number in a Twilio From: "+15550100", or a channel's "whatsapp:+15550100"."""
+    return international_number(sender.rpartition(":")[2])
 
 
 def _allowed_numbers(raw: str) -> frozenset[str]:
-    # Empty entries ("+15551230001,") are skipped; anything else must look like a number,
-    # or the allow-list would hold a number nobody has and silently refuse every text.
+    # Empty entries ("+15551230001,") are skipped; anything else must be a number in the
+    # form Twilio's From has, or the allow-list would hold a number no text ever comes from
+    # ("07911 123456" has no country) and silently refuse the person it was meant to allow.
     numbers = set()
     for entry in raw.split(","):
         if not entry.strip():
             continue
-        number = normalize_number(entry)
-        if not _looks_like_a_number(number):
+        number = international_number(entry)
+        if number is None:
             raise ConfigError(
-                f"ALLOWED_NUMBERS entry {entry.strip()!r} is not a phone number: "
-                "use comma-separated E.164 numbers like +15551230001"
+                f"ALLOWED_NUMBERS entry {entry.strip()!r} is not a phone number in "
+                f"international form: give each as {INTERNATIONAL_FORM}, separated by commas"
             )
         numbers.add(number)
     return frozenset(numbers)
 
 
 def _phone_number(name: str, raw: str) -> str | None:
-    # Empty means unset (the commands that need it say so); anything else must be a number.
+    # Empty means unset (the commands that need it say so); anything else must be a sender
+    # Twilio takes as From, or every REST reply would fail (21212, invalid From number).
     if not raw.strip():
         return None
-    number = normalize_number(raw)
-    if not _looks_like_a_number(number):
+    number = sender_number(raw)
+    if number is None:
         raise ConfigError(
-            f"{name}={raw.strip()!r} is not a phone number: use E.164, e.g. +15551234567"
+            f"{name}={raw.strip()!r} is not a Twilio number: give it in international form, "
+            f"{INTERNATIONAL_FORM}, or as a 5-6 digit short code"
         )
     return number
 

@@ -14,7 +14,7 @@ from typing import Any
 from phischer.backends import Backends
 from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
-from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, mask_number, normalize_number
+from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number, mask_number
 from phischer.db import Database
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
@@ -170,7 +170,7 @@ class SmsService:
         status "processing" means: ask `persona` for the reply.
         """
         allowed = self.settings.allowed_numbers
-        if allowed and normalize_number(msg.phone) not in allowed:
+        if allowed and from_number(msg.phone) not in allowed:
             return "refused", "refused", "", None
         if contact.opted_out and command.action != "optin":
             return "optout", "ignored", "", None

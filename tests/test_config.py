@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from phischer.config import ConfigError, Settings, mask_number, normalize_number
+from phischer.config import ConfigError, Settings, from_number, mask_number, sender_number
 
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN_VARS = {
@@ -36,7 +36,7 @@ def test_defaults(tmp_path):
 
 def test_parsing():
     s = Settings.from_env({
-        "ALLOWED_NUMBERS": "+1 555 0100, 15550101,",
+        "ALLOWED_NUMBERS": "+1 555 0100, 0015550101,",
         "TWILIO_VALIDATE_SIGNATURE": "False",
         "TRUST_PROXY": "yes",
         "PUBLIC_URL": "https://x.ngrok.app/",
@@ -90,7 +90,7 @@ def test_parsing():
         ),
         ({"PUBLIC_URL": "https://x.example.com:0"}, "has an impossible port"),
         ({"PUBLIC_URL": "https://x.example.com:https/clone"}, "has an impossible port"),
-        ({"TWILIO_PHONE_NUMBER": "abc"}, "TWILIO_PHONE_NUMBER='abc' is not a phone number"),
+        ({"TWILIO_PHONE_NUMBER": "abc"}, "TWILIO_PHONE_NUMBER='abc' is not a Twilio number"),
     ],
 )
 def test_invalid_values_say_what_to_fix(env, message):
@@ -124,6 +124,11 @@ def test_session_gap_overrides_are_checked_too(tmp_path):
     [
         ("abc", "abc"),
         ("+15559870002, 12", "12"),
+        # National numbers: their country cannot be known, and "+07911123456" is no From.
+        ("+15559870002, 07911 123456", "07911 123456"),
+        ("5559870002", "5559870002"),
+        ("12345", "12345"),  # a short code never texts anyone
+        ("+1555", "+1555"),
         ("+15559870002,+1-5", "+1-5"),
         ("1+5559870002", "1+5559870002"),
         ("+", "+"),
@@ -133,18 +138,57 @@ def test_allowed_numbers_typo_names_the_bad_entry(raw, bad):
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"ALLOWED_NUMBERS": raw})
     message = str(err.value)
-    assert message.startswith(f"ALLOWED_NUMBERS entry {bad!r} is not a phone number")
-    assert "\n" not in message
+    assert message == (
+        f"ALLOWED_NUMBERS entry {bad!r} is not a phone number in international form: give "
+        "each as +<country code><number>, e.g. +15551234567, separated by commas"
+    )
     assert "5559870002" not in message.replace(bad, "")  # valid entries are not echoed
 
 
 def test_allowed_numbers_skip_empty_entries():
-    s = Settings.from_env({"ALLOWED_NUMBERS": " ,+1555, ,+1 555 123 0001,"})
-    assert s.allowed_numbers == {"+1555", "+15551230001"}
+    s = Settings.from_env({"ALLOWED_NUMBERS": " ,+1555 0100, ,+1 555 123 0001,"})
+    assert s.allowed_numbers == {"+15550100", "+15551230001"}
+
+
+def test_allowed_numbers_read_numbers_as_persona_route_does():
+    # Each of these was stored as a number no Twilio From ever equals ("+4402079460000",
+    # "+00442079460000"), so the allow-list silently refused the person it named.
+    s = Settings.from_env(
+        {"ALLOWED_NUMBERS": "+44 (0)20 7946 0000, 0044 20 7946 0001, +1 (555) 010-0114"}
+    )
+    assert s.allowed_numbers == {"+442079460000", "+442079460001", "+15550100114"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("+1 (555) 123-4567", "+15551234567"),
+        ("+44 (0)20 7946 0000", "+442079460000"),
+        ("0044 20 7946 0000", "+442079460000"),
+        ("12345", "12345"),  # short codes: bare digits, as Twilio's From takes them
+        ("123 456", "123456"),
+    ],
+)
+def test_twilio_phone_number_is_an_international_number_or_a_short_code(raw, stored):
+    assert Settings.from_env({"TWILIO_PHONE_NUMBER": raw}).twilio_phone_number == stored
+
+
+@pytest.mark.parametrize(
+    "raw", ["07911 123456", "5551234567", "1234", "1234567", "01234", "MG" + "0" * 32, "+1-5"]
+)
+def test_twilio_phone_number_refuses_what_twilio_would_refuse_as_from(raw):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"TWILIO_PHONE_NUMBER": raw})
+    assert str(err.value) == (
+        f"TWILIO_PHONE_NUMBER={raw!r} is not a Twilio number: give it in international form, "
+        "+<country code><number>, e.g. +15551234567, or as a 5-6 digit short code"
+    )
 
 
 def test_phone_helpers():
-    assert normalize_number(" +1 (555) 010-0 ") == "+15550100"
+    assert sender_number(" +1 (555) 010-0 ") == "+15550100"
+    assert from_number("+15550100") == from_number("whatsapp:+15550100") == "+15550100"
+    assert from_number("12345") is None
     assert mask_number("+15550100") == "…00"
     assert "5550" not in mask_number("+15550100")
 

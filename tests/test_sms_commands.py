@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from phischer.commands import RESERVED_WORDS, parse
+from phischer.config import Settings
 from phischer.inbound import HELP_TEXT, OPT_IN_TEXT
 from phischer.models import Contact, Message
 from phischer.personas import PersonaError, PersonaSpec, add_persona
@@ -191,6 +192,21 @@ def test_allow_list_refuses_without_reply(make_app, personas, twilio_post):
     assert ok.replies == ["Sleep well, dear. Dream of engines."]
     # Twilio's WhatsApp senders arrive as "whatsapp:+1…": the number is what is allowed.
     assert twilio_post("good night", from_="whatsapp:+15550111", target=app).replies
+
+
+@pytest.mark.parametrize("entry", ["+44 (0)20 7946 0000", "0044 20 7946 0000", "+44-20-7946-0000"])
+def test_an_allowed_number_written_as_people_write_it_is_answered(
+    make_app, personas, twilio_post, entry
+):
+    # Read as persona route reads it: "(0)" and "00" once made "+4402079460000" and
+    # "+00442079460000", which no From equals, and the one allowed number was refused.
+    allowed = Settings.from_env({"ALLOWED_NUMBERS": f"{entry}, +1 555 010 0111"}).allowed_numbers
+    app = make_app(allowed_numbers=allowed)
+    assert twilio_post("good night", from_="+442079460000", target=app).replies == [
+        "Sleep well, dear. Dream of engines."
+    ]
+    assert twilio_post("good night", from_="+15550100111", target=app).replies
+    assert twilio_post("good night", from_="+442079460001", target=app).replies == []
 
 
 def test_daily_limit_notices_once_then_silence(make_app, personas, twilio_post):
