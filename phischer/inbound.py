@@ -19,7 +19,13 @@ from phischer.db import Database
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
-from phischer.recovery import OPTED_OUT, SEND_OPTED_OUT, SUPERSEDED, retry_send
+from phischer.recovery import (
+    OPTED_OUT,
+    SEND_OPTED_OUT,
+    SEND_SUPERSEDED,
+    SUPERSEDED,
+    retry_send,
+)
 from phischer.replies import RestSender, SendError, sendable
 from phischer.store import ContactRow, Store
 from phischer.thread import SPOKEN, build_thread, rows_needed
@@ -337,7 +343,7 @@ class SmsService:
         None when the text is no longer this caller's to answer: a recovery sweep took it
         over (it looked abandoned) or already finished it. Answering anyway would send the
         texter a second reply. None too when a REST reply must not go out: the number
-        opted out meanwhile, or (a sweep's late answer) a newer text was answered first.
+        opted out meanwhile, or a newer text or command (#reset, #keyword) came first.
         """
         reply, error, latency = result
         persona = decision.persona
@@ -360,14 +366,11 @@ class SmsService:
             # Checked in the transaction that stores the reply, so a STOP (or a newer text)
             # stored meanwhile is seen; only REST replies pay for it: an inline one answers
             # the webhook call itself, which is how Twilio expects replies anyway.
-            opted_out = via_rest and store.opted_out(cur, decision.contact_id)
-            dropped = None  # why a sweep's late answer is no longer wanted
-            if decision.claimed_at is not None:
-                if opted_out:
-                    dropped = OPTED_OUT
-                elif store.newer_inbound(cur, decision.contact_id, decision.inbound_id):
-                    # Answered inline while the model made this one: it would arrive last.
-                    dropped = SUPERSEDED
+            unwanted = self._unwanted(cur, decision) if via_rest else None
+            # A sweep's late answer is dropped with the text's own error; a webhook's slow
+            # reply is stored, as not sent, with why (it is what the persona said).
+            dropped = unwanted[0] if unwanted and decision.claimed_at is not None else None
+            unsent = unwanted[1] if unwanted and dropped is None else None
             owned = store.finish_inbound(
                 cur,
                 decision.inbound_id,
@@ -393,18 +396,31 @@ class SmsService:
                 persona.id,
                 kind,
                 text,
-                "send_failed" if opted_out else "queued" if via_rest else "replied",
+                "send_failed" if unsent else "queued" if via_rest else "replied",
                 now,
-                error=SEND_OPTED_OUT if opted_out else None,
+                error=unsent,
                 model=model,
                 latency_ms=latency,
                 prompt_tokens=reply.prompt_tokens if reply else None,
                 completion_tokens=reply.completion_tokens if reply else None,
             )
-        if opted_out:
-            log.info("Reply %d not sent: %s", out_id, SEND_OPTED_OUT)
+        if unsent:
+            log.info("Reply %d not sent: %s", out_id, unsent)
             return None
         return text, out_id
+
+    def _unwanted(self, cur: Any, decision: Decision) -> tuple[str, str] | None:
+        """Why a REST reply to this text must not go out, as (text error, reply error), or None.
+
+        The recovery sweep's rule: the number opted out, or it sent a newer text or command
+        (#reset, #keyword, another question) that was acted on, after which this reply would
+        arrive out of order, from a thread the texter left, or from the wrong persona.
+        """
+        if self.store.opted_out(cur, decision.contact_id):
+            return OPTED_OUT, SEND_OPTED_OUT
+        if self.store.newer_inbound(cur, decision.contact_id, decision.inbound_id):
+            return SUPERSEDED, SEND_SUPERSEDED
+        return None
 
     def deliver_later(self, phone: str, decision: Decision, result: Result) -> None:
         """Store a slow reply and send it through Twilio's REST API; record the outcome."""

@@ -387,6 +387,73 @@ def test_async_mode_records_a_failed_rest_send(
     assert outbound.status == "send_failed" and "21610" in outbound.error
 
 
+def held_model(fake_openai):
+    """Make the fake model wait for `release` before answering; `asked` is set when it is asked."""
+    from tests.fake_openai import echo
+
+    asked, release = threading.Event(), threading.Event()
+
+    def answer(body):
+        asked.set()
+        release.wait(10)
+        return echo(body)
+
+    fake_openai.responder = answer
+    return asked, release
+
+
+@pytest.mark.parametrize(
+    ("newer", "reason"),
+    [
+        ("#reset", "not sent; a newer text from this number came first"),
+        ("#bo", "not sent; a newer text from this number came first"),
+        ("STOP", "not sent; the number opted out"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["async", "auto"])
+def test_a_slow_reply_is_not_sent_after_a_newer_command(
+    llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post, mode, newer, reason
+):
+    # The texter resets, switches persona or opts out while the model works: Ada's late
+    # answer would arrive after "Fresh start" (or "You're now texting Bo."), or after STOP.
+    app = llm_app(reply_mode=mode, reply_timeout_s=0.2, **twilio_rest)
+    asked, release = held_model(fake_openai)
+    assert twilio_post("tell me a joke", target=app).replies == []
+    assert asked.wait(10)
+    twilio_post(newer, target=app)
+    release.set()
+    app.extensions["phischer"].sms.shutdown()  # wait for the background reply
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+    first, *_, late = stored(app)
+    assert (first.body, first.status) == ("tell me a joke", "replied")
+    assert (late.reply_to_id, late.body) == (first.id, "echo: tell me a joke")
+    assert (late.status, late.error) == ("send_failed", reason)
+
+
+def test_a_slow_reply_overtaken_by_a_newer_text_gives_way_to_its_answer(
+    llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post
+):
+    # Two texts while the model is slow: the second one's thread holds both, so its answer
+    # is the one that goes out; the first would arrive after the second text, out of order.
+    app = llm_app(reply_mode="async", **twilio_rest)
+    asked, release = held_model(fake_openai)
+    twilio_post("tell me a joke", target=app)
+    assert asked.wait(10)
+    twilio_post("are you there?", target=app)
+    deadline = time.monotonic() + 10
+    while len(fake_openai.chat_calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    app.extensions["phischer"].sms.shutdown()
+    sends = [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")]
+    assert sends == ["echo: tell me a joke\nare you there?"]
+    replies = {m.body: (m.status, m.error) for m in stored(app) if m.direction == "out"}
+    assert replies["echo: tell me a joke"] == (
+        "send_failed",
+        "not sent; a newer text from this number came first",
+    )
+
+
 def test_long_replies_cut_at_word_boundary(llm_app, fake_openai, twilio_post):
     app = llm_app(max_reply_chars=50)
     fake_openai.responder = lambda body: "word " * 40
