@@ -70,6 +70,7 @@ class Decision:
     # Who may store the outcome: the process that stored the text (None: while the row's
     # updated_at is still NULL), or a recovery sweep that claimed it at this time.
     claimed_at: Any = None
+    outcome: str = ""  # what became of a text answered without the model, for the log line
 
 
 class SmsService:
@@ -89,6 +90,7 @@ class SmsService:
 
     def handle(self, msg: Inbound) -> list[Answer]:
         """Process a webhook call; return the replies to answer with in TwiML (maybe none)."""
+        start = time.perf_counter()
         self.sweeper.get()
         # A persona refresh (once a second) is a query: not under the write lock, which
         # every text of every worker waits for.
@@ -96,10 +98,15 @@ class SmsService:
         command = twilio_keyword(msg.body, msg.opt_out_type) or parse(msg.body)
         decision = self._record(msg, command)
         if isinstance(decision, list):  # a retry of a MessageSid we already have
-            return decision
-        if decision.persona is None:
-            return decision.replies
-        return self._answer(msg, decision)
+            answers, outcome = decision, "Twilio's retry of a stored text, answered as before"
+        elif decision.persona is None:
+            answers, outcome = decision.replies, decision.outcome
+        else:
+            answers, outcome = self._answer(msg, decision)
+        # One line per text, so `phischer serve` shows what it does. The number is masked
+        # (personal data) and the body never logged; no query, just what is already known.
+        log.info("text from %s → %s in %d ms", mask_number(msg.phone), outcome, _ms(start))
+        return answers
 
     def shutdown(self) -> None:
         """Let pending async replies finish; stop the recovery sweep."""
@@ -156,6 +163,7 @@ class SmsService:
             created_at=now,
         )
         decision = Decision(inbound_id=inbound_id, contact_id=contact.id)
+        decision.outcome = _outcome(kind, status, command, persona)
         if status == "processing":
             decision.persona, decision.reset_at = persona, contact.thread_reset_at
         elif text:
@@ -221,7 +229,6 @@ class SmsService:
     def _command(self, contact: ContactRow, command: Command, now: Any) -> str:
         if command.action == "optout":
             contact.opted_out, contact.opted_out_at = True, now
-            log.info("Opt-out recorded for contact %s", contact.id)
             return ""
         if command.action == "optin":
             contact.opted_out, contact.opted_out_at = False, None
@@ -248,15 +255,18 @@ class SmsService:
 
     # -- the model call and transaction 2 --------------------------------------------------
 
-    def _answer(self, msg: Inbound, decision: Decision) -> list[Answer]:
+    def _answer(self, msg: Inbound, decision: Decision) -> tuple[list[Answer], str]:
+        """Ask the persona; return the replies for the TwiML and what happened, for the log."""
+        assert decision.persona is not None
+        who = f"persona {decision.persona.name!r} ({decision.persona.backend})"
         backend, failure = self._backend_for(decision)
         if failure is not None:
-            return self._reply_now(decision, failure)
+            return self._answered(who, decision, failure)
         assert backend is not None
         mode = self.settings.reply_mode
         if getattr(backend, "local", False) or mode == "inline":
             # A local backend answers in well under a millisecond: no thread hop needed.
-            return self._reply_now(decision, self.generate(decision, backend))
+            return self._answered(who, decision, self.generate(decision, backend))
         future: Future[Result] = self._executor.submit(self.generate, decision, backend)
         if mode == "auto":
             try:
@@ -273,12 +283,20 @@ class SmsService:
                         "TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER)"
                     )
                     late = (None, error, int(self.settings.reply_timeout_s * 1000))
-                    return self._reply_now(decision, late)
-                log.info("Reply for %s is slow: sending it by REST", mask_number(msg.phone))
+                    return self._answered(who, decision, late)
             else:
-                return self._reply_now(decision, result)
+                return self._answered(who, decision, result)
         future.add_done_callback(lambda f: self.deliver_later(msg.phone, decision, f.result()))
-        return []
+        slow = " (slower than REPLY_TIMEOUT_S)" if mode == "auto" else ""
+        return [], f"{who} answers by REST{slow}"
+
+    def _answered(self, who: str, decision: Decision, result: Result) -> tuple[list[Answer], str]:
+        """Store an inline reply (or fallback); return it and what happened, for the log."""
+        answers = self._reply_now(decision, result)
+        if not answers:
+            return answers, f"{who} answered too late (the recovery sweep took the text over)"
+        what = "replied" if result[0] is not None else "failed, fallback sent"
+        return answers, f"{who} {what}"
 
     def answer_late(self, phone: str, decision: Decision) -> None:
         """Ask the persona now and send the reply by REST (a text an interrupted process left)."""
@@ -455,6 +473,35 @@ class SmsService:
         with self.store.write() as cur:
             self.store.mark_sent(cur, out_id, sid, utcnow())
         return "sent"
+
+
+# What the log line says for a text answered without the model, by (kind, status).
+OUTCOMES = {
+    ("refused", "refused"): "refused (not on ALLOWED_NUMBERS)",
+    ("refused", "limited"): "over DAILY_LIMIT",
+    ("optout", "ignored"): "ignored (the number opted out)",
+    ("chat", "ignored"): "ignored (empty)",
+    ("media", "replied"): "media only, not read",
+    ("fallback", "failed"): "no persona set up",
+}
+COMMAND_OUTCOMES = {
+    "optout": "opt-out recorded",
+    "optin": "opt-in recorded",
+    "help": "HELP",
+    "list": "#list",
+    "who": "#who",
+    "reset": "#reset",
+}
+
+
+def _outcome(kind: str, status: str, command: Command, persona: PersonaView | None) -> str:
+    """A few words on what became of a text that is not (or not yet) sent to the model."""
+    if kind != "command":
+        return OUTCOMES.get((kind, status), f"{kind} ({status})")
+    if command.action != "switch":
+        return COMMAND_OUTCOMES.get(command.action, command.action)
+    # The unknown keyword is the texter's own words: not worth a log line's room.
+    return f"switched to persona {persona.name!r}" if persona else "unknown #keyword"
 
 
 def _ms(start: float) -> int:

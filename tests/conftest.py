@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -119,8 +120,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`phischer serve` (gunicorn) on a free port, healthy; yields its base URL, then stops it."""
+def serving(
+    cwd: Path, env: dict[str, str] | None = None, output: list[str] | None = None
+) -> Iterator[str]:
+    """`phischer serve` (gunicorn) on a free port, healthy; yields its base URL, then stops it.
+
+    The server's output is read as it comes (a full pipe would block its log calls) and
+    appended, line by line, to `output` when given.
+    """
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "phischer", "serve", "--port", str(port)],
@@ -128,7 +135,16 @@ def serving(cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=cwd,
+        text=True,
     )
+    lines = output if output is not None else []
+
+    def drain() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -139,12 +155,14 @@ def serving(cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
             time.sleep(0.1)
     else:
         proc.kill()
-        pytest.fail("gunicorn did not start: " + proc.stdout.read().decode()[-2000:])
+        reader.join(timeout=5)
+        pytest.fail("gunicorn did not start: " + "".join(lines)[-2000:])
     try:
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        reader.join(timeout=5)
 
 
 def sign(token: str, url: str, params: dict[str, str]) -> str:

@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 from phischer.cli import cli
 from phischer.models import Contact
 from phischer.ports import PortBusyError, host_port, http_url, listen
-from tests.conftest import free_port
+from tests.conftest import free_port, serving, sign, sms_params
 
 # The smallest dataset the retrieval backend can answer from.
 PAIR = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
@@ -796,3 +796,25 @@ def test_show_or_remove_a_missing_persona_is_one_line_exit_1(tmp_path):
         assert result.exit_code == 1
         assert result.output.strip().splitlines() == ["Error: no persona 'nobody' (known: Cleo)"]
     assert "Cleo" in run("persona", "list").output  # a failed remove removes nothing
+
+
+def test_serve_prints_a_line_per_text_with_the_number_masked(settings, personas, tmp_path):
+    # What `phischer serve` shows under gunicorn: the CLI's logging reaches the workers.
+    import requests
+
+    output: list[str] = []
+    with serving(tmp_path, {"INSTANCE_PATH": str(settings.instance_path)}, output) as base:
+        url = base + "/sms"
+        params = sms_params("good night", "+15550100114")
+        signature = sign(settings.auth_token(), url, params)
+        posted = requests.post(url, data=params, headers={"X-Twilio-Signature": signature})
+        assert posted.status_code == 200
+        deadline = time.monotonic() + 10
+        while not any("text from" in line for line in output) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    (line,) = [line for line in output if "text from" in line]
+    assert re.search(
+        r" INFO phischer.inbound: text from …14 → persona 'Ada' \(retrieval\) replied in \d+ ms$",
+        line.rstrip("\n"),
+    ), line
+    assert not [line for line in output if "0100114" in line]

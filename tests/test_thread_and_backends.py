@@ -454,6 +454,25 @@ def test_a_slow_reply_overtaken_by_a_newer_text_gives_way_to_its_answer(
     )
 
 
+def test_the_log_line_says_how_the_model_answered(
+    llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post, caplog
+):
+    app = llm_app(reply_mode="auto", reply_timeout_s=0.3, model_retries=0, **twilio_rest)
+    with caplog.at_level("INFO", logger="phischer.inbound"):
+        twilio_post("hi", target=app)
+        fake_openai.behaviour, fake_openai.status_code = "status", 500
+        twilio_post("hi again", target=app)
+        fake_openai.behaviour, fake_openai.delay = "slow", 0.6
+        twilio_post("still there?", target=app)
+        app.extensions["phischer"].sms.shutdown()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("text from")]
+    assert [line.split(" in ")[0] for line in lines] == [
+        "text from …00 → persona 'Ada' (openai) replied",
+        "text from …00 → persona 'Ada' (openai) failed, fallback sent",
+        "text from …00 → persona 'Ada' (openai) answers by REST (slower than REPLY_TIMEOUT_S)",
+    ]
+
+
 def test_long_replies_cut_at_word_boundary(llm_app, fake_openai, twilio_post):
     app = llm_app(max_reply_chars=50)
     fake_openai.responder = lambda body: "word " * 40

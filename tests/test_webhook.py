@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 
 from phischer.models import Contact, Message
@@ -318,3 +320,54 @@ def test_public_url_wins_over_forwarded_headers_with_trust_proxy(make_app, perso
     spoofed = twilio_post("hi", url="https://other.example.net/sms", headers=forwarded, target=app)
     assert spoofed.status_code == 403
     assert [m.body for m in rows(app)] == ["good night", "Sleep well, dear. Dream of engines."]
+
+
+def text_lines(caplog) -> list[str]:
+    """The per-text INFO lines the SMS service logged."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "phischer.inbound" and r.getMessage().startswith("text from ")
+    ]
+
+
+def test_each_text_is_one_info_line_with_the_number_masked(app, twilio_post, caplog):
+    texts = [
+        ("good night", "persona 'Ada' (retrieval) replied"),
+        ("#bo", "switched to persona 'Bo'"),
+        ("#nobody-here", "unknown #keyword"),
+        ("#reset", "#reset"),
+        ("   ", "ignored (empty)"),
+        ("STOP", "opt-out recorded"),
+        ("hello?", "ignored (the number opted out)"),
+        ("START", "opt-in recorded"),
+    ]
+    with caplog.at_level("INFO", logger="phischer"):
+        for body, _ in texts:
+            twilio_post(body, from_="+15550100114")
+        twilio_post("good night", from_="+15550100114", sid="SMsame")
+        twilio_post("good night", from_="+15550100114", sid="SMsame")  # Twilio's retry
+    lines = text_lines(caplog)
+    expected = [outcome for _, outcome in texts] + [
+        "persona 'Bo' (retrieval) replied",
+        "Twilio's retry of a stored text, answered as before",
+    ]
+    assert len(lines) == len(expected)
+    for line, outcome in zip(lines, expected, strict=True):
+        assert re.fullmatch(rf"text from …14 → {re.escape(outcome)} in \d+ ms", line), line
+    # Phone numbers are personal data, and message bodies too: neither is in any INFO line.
+    assert "0100114" not in caplog.text
+    assert "nobody-here" not in caplog.text
+
+
+def test_refused_and_limited_texts_get_their_line_too(make_app, personas, twilio_post, caplog):
+    app = make_app(allowed_numbers=frozenset({"+15550100114"}), daily_limit=1)
+    with caplog.at_level("INFO", logger="phischer"):
+        twilio_post("good night", from_="+15550100999", target=app)
+        twilio_post("good night", from_="+15550100114", target=app)
+        twilio_post("good night", from_="+15550100114", target=app)
+    assert [line.split(" in ")[0] for line in text_lines(caplog)] == [
+        "text from …99 → refused (not on ALLOWED_NUMBERS)",
+        "text from …14 → persona 'Ada' (retrieval) replied",
+        "text from …14 → over DAILY_LIMIT",
+    ]
