@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from phischer.atomic import atomic_files
+from phischer.chat_format import PART_ROLES, content_texts
 from phischer.surrogates import LONE_SURROGATE
 from phischer.tokens import count_messages_tokens, count_tokens, encoding_name_for
 
@@ -75,14 +76,7 @@ ASSISTANT_KEYS = ("refusal",)
 ROLES = ("system", "user", "assistant", "function", "tool")
 # What a "tool" or "function" message must name: the call it answers (OpenAI requires both).
 ANSWER_KEYS = {"tool": "tool_call_id", "function": "name"}
-# Content may also be a list of parts (OpenAI's chat format): the part types fine-tuning takes
-# and the roles each may appear in. Images come only from the user (vision fine-tuning);
-# a refusal part only from the assistant. A "function" message's content is a string only.
-PART_ROLES: dict[str, tuple[str, ...]] = {
-    "text": ("system", "user", "assistant", "tool"),
-    "image_url": ("user",),
-    "refusal": ("assistant",),
-}
+# Content lists: the part types and roles are in chat_format.PART_ROLES.
 PART_HINT = 'use "text" parts, and "image_url" parts in user messages'
 
 Severity = Literal["error", "warning"]
@@ -444,11 +438,9 @@ def example_tokens(messages: list[dict[str, Any]], model: str) -> tuple[int, int
         content = message.get("content")
         if isinstance(content, list):
             message = {**message, "content": None}
-            for part in content:
-                if part["type"] == "image_url":
-                    images += 1
-                else:
-                    part_tokens += count_tokens(part[part["type"]], model)
+            # The same reading of the parts as the retrieval backend's (images hold no text).
+            part_tokens += sum(count_tokens(text, model) for text in content_texts(content) or ())
+            images += sum(part["type"] == "image_url" for part in content)
         plain.append(message)
     return count_messages_tokens(plain, model) + part_tokens, images
 

@@ -6,9 +6,17 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from phischer.backends.base import BackendError, PersonaView
-from phischer.backends.retrieval import RetrievalBackend, load_pairs, tokenize
+from phischer.backends.retrieval import (
+    RetrievalBackend,
+    _turns,
+    load_pairs,
+    read_pairs,
+    tokenize,
+)
 
 
 def persona(dataset) -> PersonaView:
@@ -248,3 +256,327 @@ def test_server_answers_from_a_dataset_with_malformed_lines(
     (warning,) = skip_warnings(caplog)
     assert "skipped 2 malformed lines (first: line 6)" in warning
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+# -- every line `dataset check` accepts is read ------------------------------------------
+
+ASK = {"role": "user", "content": "good night"}
+SLEEP = {"role": "assistant", "content": "Sleep well, dear."}
+CALL = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/moon.png"}}
+# Each valid shape (`dataset check` finds no error in it) and the (key, answer) pairs it gives.
+VALID_SHAPES = {
+    "text parts": (
+        [{"role": "user", "content": [{"type": "text", "text": "good night"}]},
+         {"role": "assistant", "content": [{"type": "text", "text": "Sleep well,"},
+                                           {"type": "text", "text": "dear."}]}],
+        [("good night", "Sleep well,\ndear.")],
+    ),
+    "an image beside the text": (
+        [{"role": "user", "content": [IMAGE, {"type": "text", "text": "look, the moon"}]},
+         {"role": "assistant", "content": "Lovely. Like a lamp."}],
+        [("look, the moon", "Lovely. Like a lamp.")],
+    ),
+    "an image only: nothing to key": (
+        [{"role": "user", "content": [IMAGE]}, {"role": "assistant", "content": "Lovely."}],
+        [],
+    ),
+    "a refusal part": (
+        [{"role": "user", "content": "your bank pin?"},
+         {"role": "assistant", "content": [{"type": "refusal", "refusal": "Not telling!"}]}],
+        [("your bank pin?", "Not telling!")],
+    ),
+    "a refusal field beside the content": (
+        [{"role": "user", "content": "your bank pin?"},
+         {"role": "assistant", "content": "Not telling!", "refusal": "Not telling!"}],
+        [("your bank pin?", "Not telling!")],
+    ),
+    "names": (
+        [{"role": "user", "name": "mo", "content": "good night"}, {**SLEEP, "name": "ada"}],
+        [("good night", "Sleep well, dear.")],
+    ),
+    "a tool call: the answer after it is keyed by the user's text": (
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "weather?"},
+         {"role": "assistant", "content": None, "tool_calls": [CALL]},
+         {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "sunny"}]},
+         {"role": "assistant", "content": "Sunny, take a hat."}],
+        [("weather?", "Sunny, take a hat.")],
+    ),
+    "a function call (the older form)": (
+        [{"role": "user", "content": "weather?"},
+         {"role": "assistant", "function_call": {"name": "weather", "arguments": "{}"}},
+         {"role": "function", "name": "weather", "content": "sunny"},
+         {"role": "assistant", "content": "Sunny, take a hat."}],
+        [("weather?", "Sunny, take a hat.")],
+    ),
+    "weight 0: context, not an answer": (
+        [ASK, {**SLEEP, "weight": 0}, {"role": "user", "content": "you too"},
+         {"role": "assistant", "content": "Thank you, love.", "weight": 1}],
+        [("you too", "Thank you, love.")],
+    ),
+    "two texts in a row, and a system message between turns": (
+        [{"role": "user", "content": "hey"}, {"role": "user", "content": "you up?"},
+         {"role": "assistant", "content": "Yes, dear."}, {"role": "system", "content": "S"},
+         ASK, SLEEP],
+        [("hey\nyou up?", "Yes, dear."), ("good night", "Sleep well, dear.")],
+    ),
+}  # fmt: skip
+
+
+def test_every_valid_shape_is_read_as_dataset_check_accepts_it(tmp_path, caplog):
+    from phischer.dataset_check import check_file
+
+    path = write(tmp_path / "d.jsonl", [m for m, _ in VALID_SHAPES.values()])
+    report = check_file(path)
+    assert report.errors == []
+    with caplog.at_level("WARNING"):
+        pairs = read_pairs(path)
+    assert pairs.skipped == 0 and skip_warnings(caplog) == []
+    expected = [pair for _, shape_pairs in VALID_SHAPES.values() for pair in shape_pairs]
+    assert list(zip(pairs.keys, pairs.answers, strict=True)) == list(dict.fromkeys(expected))
+
+
+def test_content_parts_answer_over_the_webhook(personas, make_app, twilio_post):
+    asked = [{"type": "text", "text": "what is your favourite"}, {"type": "text", "text": "engine"}]
+    said = [{"type": "text", "text": "The Analytical one."}]
+    parts = [{"role": "user", "content": [*asked, IMAGE]}, {"role": "assistant", "content": said}]
+    with personas["ada"].open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"messages": parts}) + "\n")
+    response = twilio_post("favourite engine?", target=make_app())
+    assert response.replies == ["The Analytical one."]
+
+
+def test_a_weight_0_answer_is_never_said(tmp_path):
+    path = write(tmp_path / "d.jsonl", [
+        [ASK, {"role": "assistant", "content": "ugh whatever", "weight": 0}],
+        [{"role": "user", "content": "hey how are you"}, SLEEP],
+    ])  # fmt: skip
+    backend = RetrievalBackend()
+    assert backend.index(persona(path)).answers == ["Sleep well, dear."]
+    assert backend.reply(persona(path), [ASK]).text == "Sleep well, dear."
+
+
+def chat_messages() -> st.SearchStrategy[list[dict]]:
+    """Chat JSONL messages of every role, content form and optional key, mostly valid."""
+    text = st.sampled_from(["hey", "good night", "Sleep well.", " "])
+
+    def parts(*kinds: str) -> st.SearchStrategy[list[dict]]:
+        part = st.one_of(
+            [st.builds(lambda t, k=k: {"type": k, k: t}, text) for k in kinds if k != "image_url"]
+            + ([st.just(IMAGE)] if "image_url" in kinds else [])
+        )
+        return st.lists(part, min_size=1, max_size=3)
+
+    def message(role: str, content: st.SearchStrategy, **optional: st.SearchStrategy):
+        return st.fixed_dictionaries({"role": st.just(role), "content": content}, optional=optional)
+
+    name = st.just("mo")
+    return st.lists(
+        st.one_of(
+            message("system", st.one_of(text, parts("text"))),
+            message("user", st.one_of(text, parts("text", "image_url")), name=name),
+            message(
+                "assistant",
+                st.one_of(text, parts("text", "refusal")),
+                name=name,
+                weight=st.sampled_from([0, 1]),
+                refusal=st.sampled_from(["no", None]),
+            ),
+            st.builds(
+                lambda m: {**m, "content": None, "tool_calls": [CALL]},
+                message("assistant", st.none(), weight=st.sampled_from([0, 1])),
+            ),
+            message("tool", st.one_of(text, parts("text")), tool_call_id=st.just("c1")),
+            message("function", text, name=st.just("weather")),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(messages=chat_messages())
+def test_no_line_dataset_check_accepts_is_skipped(messages):
+    from phischer.dataset_check import check_example
+
+    assume(not [m for m, severity in check_example({"messages": messages}) if severity == "error"])
+    assert _turns({"messages": messages}) is not None
+
+
+def test_dataset_check_and_retrieval_read_content_through_one_function():
+    import phischer.backends.retrieval as retrieval
+    import phischer.dataset_check as dataset_check
+    from phischer.chat_format import content_texts
+    from phischer.tokens import count_tokens
+
+    assert retrieval.content_texts is dataset_check.content_texts is content_texts
+    content = [{"type": "text", "text": "look at"}, IMAGE, {"type": "text", "text": "the moon"}]
+    model = "gpt-4o-mini"
+    text_tokens = count_tokens("look at", model) + count_tokens("the moon", model)
+    plain = dataset_check.example_tokens([{"role": "user", "content": None}], model)[0]
+    assert dataset_check.example_tokens([{"role": "user", "content": content}], model) == (
+        plain + text_tokens,
+        1,
+    )
+
+
+# -- tokens: scripts, normal forms, emoji and punctuation --------------------------------
+
+SAME_WORDS = {
+    "decomposed accent": ("café", "cafe\u0301"),
+    "full-width letters": ("hello", "ｈｅｌｌｏ"),
+    "German sharp s": ("strasse", "Straße"),
+    "Arabic vowel marks": ("مرحبا", "مَرْحَبًا"),
+    "Arabic stretching stroke": ("مرحبا", "مرحبــا"),
+    "Hebrew points": ("שלום", "שָׁלוֹם"),
+}
+
+
+@pytest.mark.parametrize("plain, written", SAME_WORDS.values(), ids=SAME_WORDS.keys())
+def test_one_word_written_two_ways_is_one_token(plain, written):
+    assert tokenize(written) == tokenize(plain) == [plain]
+
+
+@pytest.mark.parametrize(
+    "text, tokens",
+    [
+        ("नमस्ते, आप कैसे हैं?", ["नमस्ते", "आप", "कैसे", "हैं"]),  # vowel signs stay in the word
+        ("你吃饭了没有", ["你吃", "吃饭", "饭了", "了没", "没有"]),
+        ("今日は元気?", ["今日", "日は", "は元", "元気"]),
+        ("สวัสดีครับ", ["สวั", "วัส", "สดี", "ดีค", "ครั", "รับ"]),  # a letter keeps its marks
+        ("😂😂 ok", ["😂", "😂", "ok"]),
+        ("❤️ 👍🏽", ["❤", "👍"]),  # no U+FE0F, no skin tone
+        ("??", ["?", "?"]),
+        ("…", [".", ".", "."]),
+    ],
+)
+def test_tokens_of_other_scripts_emoji_and_punctuation(text, tokens):
+    assert tokenize(text) == tokens
+
+
+UNRELATED = [(f"question number {i}", f"answer number {i}") for i in range(40)]
+
+
+@pytest.mark.parametrize(
+    "key, text",
+    [
+        ("你今天吃饭了没有", "吃饭了吗"),
+        ("今日はお元気ですか", "元気?"),
+        ("مرحبا كيف حالك", "مَرْحَبًا"),
+        ("😂😂😂", "😂"),
+        ("👍", "👍🏽"),
+        ("?", "??"),
+    ],
+)
+def test_texts_without_latin_words_find_their_answer(tmp_path, key, text):
+    from tests.conftest import write_dataset
+
+    path = write_dataset(tmp_path / "d.jsonl", UNRELATED + [(key, "THE ANSWER")])
+    reply = RetrievalBackend().reply(persona(path), [{"role": "user", "content": text}])
+    assert reply.text == "THE ANSWER"
+
+
+# -- not repeating itself ----------------------------------------------------------------
+
+
+def test_recent_replies_are_struck_out_before_the_top_candidates(tmp_path):
+    from tests.conftest import write_dataset
+
+    # Twelve ways to write "lol", all answered "haha": more than the CANDIDATES considered.
+    lols = [(f"lol{'!' * i}", "haha") for i in range(12)]
+    path = write_dataset(tmp_path / "d.jsonl", lols + [("lol ok then", "ok ok")] + UNRELATED)
+    backend = RetrievalBackend()
+    thread = [{"role": "user", "content": "lol"}]
+    assert backend.reply(persona(path), thread).text == "haha"
+    thread += [{"role": "assistant", "content": "haha"}, {"role": "user", "content": "lol"}]
+    assert backend.reply(persona(path), thread).text == "ok ok"  # the next match, not a guess
+
+
+def test_a_dataset_with_one_answer_repeats_it_and_only_it(tmp_path):
+    from tests.conftest import write_dataset
+
+    path = write_dataset(tmp_path / "d.jsonl", [(f"text {i}", "k") for i in range(5_000)])
+    backend = RetrievalBackend()
+    index = backend.index(persona(path))
+    assert index.distinct == ["k"]  # the fallback walks distinct answers, not 5,000 keys
+    thread = [{"role": "user", "content": "🙂"}, {"role": "assistant", "content": "k"},
+              {"role": "user", "content": "text 7"}]  # fmt: skip
+    assert backend.reply(persona(path), thread).text == "k"
+
+
+def test_top_candidates_are_the_same_with_or_without_the_partition(tmp_path, monkeypatch):
+    import phischer.backends.retrieval as retrieval
+
+    rng = np.random.default_rng(0)
+    words = ["hey", "you", "good", "night", "work", "cat", "tea", "rain", "lol", "ok"]
+    pairs = [(" ".join(rng.choice(words, 4)), f"answer {i % 300}") for i in range(3000)]
+    from tests.conftest import write_dataset
+
+    index = RetrievalBackend().index(persona(write_dataset(tmp_path / "d.jsonl", pairs)))
+    queries = [" ".join(rng.choice(words, 3)) for _ in range(50)]
+    avoid = {"answer 1", "answer 2"}
+    monkeypatch.setattr(retrieval, "PARTITION_ABOVE", 10**9)
+    sorted_all = [index.best(q, avoid, turn) for turn, q in enumerate(queries)]
+    monkeypatch.setattr(retrieval, "PARTITION_ABOVE", 0)
+    assert [index.best(q, avoid, turn) for turn, q in enumerate(queries)] == sorted_all
+
+
+# -- the dataset changing while the server answers ---------------------------------------
+
+
+def test_a_file_rewritten_in_place_is_answered_from_meanwhile(tmp_path, caplog):
+    from tests.conftest import ADA_PAIRS, BO_PAIRS, write_dataset
+
+    path = write_dataset(tmp_path / "a.jsonl", ADA_PAIRS)
+    backend = RetrievalBackend(recheck_s=0)
+    hey = [{"role": "user", "content": "hey how are you"}]
+    assert backend.reply(persona(path), hey).text == ADA_PAIRS[0][1]
+    full = write_dataset(tmp_path / "b.jsonl", BO_PAIRS).read_bytes()
+    path.write_bytes(b"")  # open(..., "w") empties the file before writing it again
+    with caplog.at_level("WARNING"):
+        assert backend.reply(persona(path), hey).text == ADA_PAIRS[0][1]
+        assert backend.reply(persona(path), hey).text == ADA_PAIRS[0][1]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        "no user→assistant pairs" in warning and "answering from the copy loaded before" in warning
+    )
+    path.write_bytes(full[: full.index(b"\n") + 20])  # one line and part of the next
+    assert backend.reply(persona(path), hey).text == "yo. tired. u?"
+    path.write_bytes(full)
+    assert backend.index(persona(path)).answers == [a for _, a in BO_PAIRS]
+
+
+def test_a_file_saved_by_rename_is_answered_from_while_it_is_missing(tmp_path):
+    from tests.conftest import ADA_PAIRS, BO_PAIRS, write_dataset
+
+    path = write_dataset(tmp_path / "a.jsonl", ADA_PAIRS)
+    backend = RetrievalBackend(recheck_s=0)
+    first = backend.index(persona(path))
+    path.rename(tmp_path / "a.jsonl~")
+    assert backend.index(persona(path)) is first
+    write_dataset(tmp_path / "new.jsonl", BO_PAIRS).rename(path)
+    assert backend.index(persona(path)).answers == [a for _, a in BO_PAIRS]
+
+
+def test_texts_are_answered_from_the_old_index_while_a_new_one_builds(tmp_path):
+    import threading
+
+    from tests.conftest import ADA_PAIRS, BO_PAIRS, write_dataset
+
+    path = write_dataset(tmp_path / "a.jsonl", ADA_PAIRS)
+    backend = RetrievalBackend(recheck_s=0)
+    first = backend.index(persona(path))
+    write_dataset(path, BO_PAIRS)
+    got: list = []
+    with backend._lock:  # another request is building (seconds, for a big dataset)
+        reader = threading.Thread(target=lambda: got.append(backend.index(persona(path))))
+        reader.start()
+        reader.join(timeout=5)
+        assert got == [first]  # not queued behind the build
+    assert backend.index(persona(path)).answers == [a for _, a in BO_PAIRS]
+
+
+def test_a_dataset_that_is_a_folder_is_a_backend_error(tmp_path):
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(BackendError, match=r"cannot be read \(Is a directory\)"):
+        RetrievalBackend().index(persona(tmp_path / "d.jsonl"))
