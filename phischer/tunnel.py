@@ -64,6 +64,8 @@ NGROK_CODE_FIXES = {
     "Authtoken), or pass --public-url https://… if you have your own domain or tunnel",
 }
 NGROK_CODE = re.compile(r"ERR_NGROK_(\d+)")
+# How long closing the tunnel waits for an agent that is already stopping (a Ctrl-C it got too).
+AGENT_EXIT_WAIT_S = 3.0
 # Bytes of a PATH hit read to tell pyngrok's `ngrok` script from the agent binary, and the
 # line that gives the script away (an import, not any mention: a folder may be named so).
 PYNGROK_SCRIPT_PEEK = 4096
@@ -227,6 +229,13 @@ def open_ngrok(port: int) -> Tunnel:
     def close() -> None:
         try:
             ngrok.disconnect(opened, pyngrok_config=config)
+        except Exception:
+            # Ctrl-C in a terminal reaches the whole foreground process group: the agent got
+            # it too and is shutting down (its API gone first), which closes the tunnel all
+            # the same. Only an agent that stays up without closing it is worth a warning.
+            if not _agent_exits(config.ngrok_path):
+                raise
+            log.debug("ngrok agent stopped by itself; its tunnel closed with it", exc_info=True)
         finally:
             # An agent that died first (a TERM to the whole process group) fails the
             # disconnect; the kill must still run or a live agent outlives us.
@@ -238,6 +247,18 @@ def open_ngrok(port: int) -> Tunnel:
     # ngrok serves the same host over https; Twilio should call the TLS one.
     url = "https://" + opened[len("http://") :] if opened.startswith("http://") else opened
     return Tunnel(public_url=url, close=close)
+
+
+def _agent_exits(ngrok_path: str) -> bool:
+    """Whether the agent pyngrok started from NGROK_PATH is gone, or goes within AGENT_EXIT_WAIT_S."""
+    from pyngrok import process
+
+    deadline = time.monotonic() + AGENT_EXIT_WAIT_S
+    while process.is_process_running(ngrok_path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def ngrok_failure(text: str) -> str:

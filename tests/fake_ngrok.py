@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -27,6 +28,9 @@ PUBLIC_HOST = "fake-agent.ngrok-free.app"
 # The agent exits by itself when pytest is gone or after this long, whatever happens.
 MAX_LIFETIME_S = 60
 FAILURES = ("auth", "sessions", "refuse")
+# Like the real agent, a SIGINT/SIGTERM (a terminal's Ctrl-C reaches the whole process group)
+# stops the web API at once and the process this much later.
+STOP_LINGER_S = 1.0
 # The real agent's error when the account's one free agent session is taken (ngrok 3).
 SESSIONS_ERROR = (
     "authentication failed: Your account is limited to 1 simultaneous ngrok agent sessions.\n"
@@ -233,6 +237,9 @@ def main(argv: list[str], settings: dict[str, Any]) -> int:
         print(f"fake ngrok: unexpected command line {argv}", file=sys.stderr)
         return 2
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    stop_requests: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stop_requests.append(signum))
     agent = _Agent(argv, settings)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(agent))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -257,5 +264,10 @@ def main(argv: list[str], settings: dict[str, Any]) -> int:
         return 1
     _log("info", "tunnel session started", obj="tunnels.session")
     _log("info", "client session established", obj="csess", id="fake0001")
-    threading.Event().wait()  # until pyngrok kills us (or the watchdog does)
+    while not stop_requests:  # until pyngrok kills us (or the watchdog does), or a signal
+        time.sleep(0.02)
+    server.shutdown()
+    server.server_close()
+    _log("info", "received stop request", obj="app", stopReq="{}")
+    time.sleep(STOP_LINGER_S)
     return 0

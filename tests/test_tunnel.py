@@ -1155,7 +1155,7 @@ def test_open_ngrok_failure_leaves_no_agent_and_no_token(
 def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pyngrok import ngrok
+    from pyngrok import ngrok, process
     from pyngrok.exception import PyngrokNgrokError
 
     killed: list[bool] = []
@@ -1172,6 +1172,9 @@ def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
     monkeypatch.setattr(ngrok, "connect", connect)
     monkeypatch.setattr(ngrok, "disconnect", disconnect)
     monkeypatch.setattr(ngrok, "kill", lambda pyngrok_config: killed.append(True))
+    # The agent stays up with its tunnel open: that failure is worth the caller's warning.
+    monkeypatch.setattr(process, "is_process_running", lambda ngrok_path: True)
+    monkeypatch.setattr(tunnel, "AGENT_EXIT_WAIT_S", 0.1)
 
     opened = tunnel.open_ngrok(5001)
     assert opened.public_url == "https://abc.ngrok.io"
@@ -1180,6 +1183,33 @@ def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
         opened.close()
     assert killed == [True]
     assert not configs[0].parent.exists()  # and the private token file went with it
+
+
+def test_closing_after_the_agent_got_the_ctrl_c_too_is_quiet(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in a terminal reaches the agent too (one process group): no warning for that."""
+    agent = fake_agent()
+    monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
+    opened = tunnel.open_ngrok(5003)
+    seen = agent.record()
+
+    os.kill(seen["pid"], signal.SIGINT)
+    # Like the real agent it stops its API first and exits a moment later: close() comes
+    # in between, when the DELETE of the tunnel finds nobody listening.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", seen["port"]), timeout=1).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "the fake agent kept its API open after SIGINT"
+        time.sleep(0.01)
+
+    opened.close()  # the tunnel closed with the agent: nothing to report
+
+    assert gone(seen["pid"])
+    assert [r["method"] for r in agent.record()["requests"]] == ["POST"]
 
 
 @pytest.mark.parametrize("kind", ["install", "agent", "unexpected"])
