@@ -899,6 +899,28 @@ def test_cancelling_a_local_job_needs_no_api_key(
     ]
 
 
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_cancelling_a_finished_local_job_says_it_is_finished(
+    ada: Path, database: Database, tmp_path: Path, status: str
+) -> None:
+    with database.write() as session:
+        jobs.record_job(
+            session,
+            job_id="local-20261122-101010",
+            provider="local",
+            base_model="/models/tiny",
+            status=status,
+            output_dir=str(tmp_path / "adapter"),
+        )
+    cancel = run("finetune", "cancel", "local-20261122-101010")
+    assert cancel.exit_code == 1
+    # Not "stop it with Ctrl-C where it runs": it runs nowhere.
+    assert cancel.output.splitlines() == [
+        f"Error: local-20261122-101010 is a local job that already {status}"
+    ]
+    assert jobs_in(database)[0].status == status
+
+
 def test_status_of_a_stopped_local_job(ada: Path, database: Database, tmp_path: Path) -> None:
     adapter = tmp_path / "adapter"
     with database.write() as session:

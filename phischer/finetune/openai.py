@@ -448,6 +448,8 @@ def cancel(db: Database, settings: Settings, job_id: str) -> str:
         row = jobs.find_job(session, job_id)
     # Before the API key is needed: a local job is not OpenAI's to cancel, key or no key.
     if row is not None and row.provider != "openai":
+        if row.status in FINAL_STATES:  # not running anywhere: no Ctrl-C to press
+            raise FineTuneError(f"{job_id} is a {row.provider} job that already {row.status}")
         raise FineTuneError(f"{job_id} is a {row.provider} job: stop it with Ctrl-C where it runs")
     client = make_client(settings)
     with api_errors(client, f"cancelling {job_id}"):
