@@ -18,14 +18,27 @@ AT_LEAST_ONE = click.IntRange(min=1)
 
 _url = click.option("--url", default=DEFAULT_URL, show_default=True, help="The webhook to post to.")
 _from = click.option(
-    "--from", "from_", default=DEFAULT_FROM, show_default=True, help="Sender number."
+    "--from",
+    "from_",
+    default=DEFAULT_FROM,
+    show_default=True,
+    help="Sender phone number (each has its own memory, persona and opt-out).",
 )
 
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=PORT)
-@click.option("--dev", is_flag=True, help="Flask's debug server with the reloader.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (IPv6 too: ::1 or [::1]; 0.0.0.0 for every interface).",
+)
+@click.option("--port", default=5000, show_default=True, type=PORT, help="Port to listen on.")
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="Flask's debug server with the reloader (keep --host on 127.0.0.1).",
+)
 @click.option(
     "--workers", default=2, show_default=True, type=AT_LEAST_ONE, help="gunicorn workers."
 )
@@ -34,7 +47,7 @@ _from = click.option(
 )
 @pass_ctx
 def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: int) -> None:
-    """Serve the webhook (POST /sms, GET /healthz) under gunicorn."""
+    """Serve the webhook (POST /sms, POST /sms/status, GET /healthz) under gunicorn."""
     from phischer import create_app
     from phischer.ports import PortBusyError, http_url, listen
     from phischer.server import serve as run
