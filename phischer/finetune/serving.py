@@ -130,7 +130,8 @@ Adapter: `{adapter}` (LoRA r={rank} on `{base}`).
 The persona now uses backend `openai`, model `{name}`, base URL `{serve_url}`: start one of
 the servers below at that URL and text the persona; no code change is needed. To point the
 persona at another server later: `phischer persona remove NAME`, then `phischer persona add
-NAME --keyword KW --backend openai --model {name} --base-url URL`.
+NAME --keyword KW --backend openai --model {name} --base-url URL --dataset TRAIN.jsonl`
+(`--dataset`, or `--system`, keeps the system prompt the adapter was trained under).
 
 ## vLLM ({VLLM_URL})
 
