@@ -430,15 +430,32 @@ class SmsService:
     def _unwanted(self, cur: Any, decision: Decision) -> tuple[str, str] | None:
         """Why a REST reply to this text must not go out, as (text error, reply error), or None.
 
-        The recovery sweep's rule: the number opted out, or it sent a newer text or command
-        (#reset, #keyword, another question) that was acted on, after which this reply would
-        arrive out of order, from a thread the texter left, or from the wrong persona.
+        The recovery sweep's rule: the number opted out, or it moved on while the model
+        worked (`superseded`).
         """
         if self.store.opted_out(cur, decision.contact_id):
             return OPTED_OUT, SEND_OPTED_OUT
-        if self.store.newer_inbound(cur, decision.contact_id, decision.inbound_id):
+        assert decision.persona is not None
+        if self.superseded(cur, decision.contact_id, decision.inbound_id, decision.persona.id):
             return SUPERSEDED, SEND_SUPERSEDED
         return None
+
+    def superseded(
+        self, cur: Any, contact_id: int, message_id: int, persona_id: int | None
+    ) -> bool:
+        """Whether the number moved on since message `message_id`, so a late reply is unwanted.
+
+        It sent #reset, chose a persona other than `persona_id`, or sent a newer text the
+        model answers: the reply would arrive after "Fresh start", from the persona the
+        texter left, or out of order. #who, #list, HELP and the like leave it wanted.
+        """
+        reset, chosen = self.store.moved_on(cur, message_id)
+        if reset:
+            return True
+        current = self.personas.for_contact(chosen)
+        if persona_id is not None and current is not None and current.id != persona_id:
+            return True
+        return self.store.newer_inbound(cur, contact_id, message_id)
 
     def deliver_later(self, phone: str, decision: Decision, result: Result) -> None:
         """Store a slow reply and send it through Twilio's REST API; record the outcome."""

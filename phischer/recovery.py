@@ -109,7 +109,7 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
 
 def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime) -> str | None:
     """Why this row cannot be delivered late (None: it can)."""
-    newer = service.store.newer_inbound
+    newer = service.superseded
     if row.direction == "out":
         # STOP came after the reply was stored: the number wants nothing more. Read again
         # here: the rows were listed before this sweep's earlier late answers and sends,
@@ -122,14 +122,14 @@ def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime
             # A "send_retry" reply carries its last failure: say that, not "interrupted".
             return SEND_GAVE_UP + row.error if row.error else SEND_INTERRUPTED
         # A late answer to a text the texter has since followed up would arrive out of order.
-        return SEND_SUPERSEDED if newer(cur, row.contact_id, row.id) else None
+        return SEND_SUPERSEDED if newer(cur, row.contact_id, row.id, row.persona_id) else None
     if row.opted_out:
         return OPTED_OUT
     if not service.settings.can_send_sms:
         return NO_REST
     if now - row.created_at > GIVE_UP_AFTER:
         return TOO_OLD
-    if newer(cur, row.contact_id, row.id):
+    if newer(cur, row.contact_id, row.id, row.persona_id):
         return SUPERSEDED
     if service.personas.for_contact(row.persona_id) is None:
         return NO_PERSONA

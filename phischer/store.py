@@ -400,18 +400,34 @@ class Store:
         return cur.rowcount == 1
 
     def newer_inbound(self, cur: Any, contact_id: int, message_id: int) -> bool:
-        """Whether this number sent a text after message `message_id` that was acted on."""
-        # Any text answered (or being answered) or that changed the number's state counts:
-        # a chat, and a command too (#reset, a persona switch, STOP), or a late reply would
-        # arrive after it. Texts that got nothing and changed nothing (ignored, refused) do not.
+        """Whether this number sent a text after message `message_id` that the model answers."""
+        # Its answer comes from a thread that holds the older text too, so a late answer to
+        # that one would only arrive out of order. Texts that changed nothing about the
+        # conversation do not count: #who, #list, HELP, an unknown #word, a picture, a text
+        # over DAILY_LIMIT, ignored or refused ones (#reset and switches: `moved_on`).
         cur.execute(
             self.sql(
                 "SELECT 1 FROM messages WHERE contact_id = ? AND direction = 'in' "
-                "AND id > ? AND status NOT IN ('ignored', 'refused') LIMIT 1"
+                "AND id > ? AND kind = 'chat' AND status <> 'ignored' LIMIT 1"
             ),
             (contact_id, message_id),
         )
         return cur.fetchone() is not None
+
+    def moved_on(self, cur: Any, message_id: int) -> tuple[bool, int | None]:
+        """(whether its number sent #reset after message `message_id`, the persona it chose)."""
+        cur.execute(
+            self.sql(
+                "SELECT c.thread_reset_at, m.created_at, c.persona_id FROM messages m "
+                "JOIN contacts c ON c.id = m.contact_id WHERE m.id = ?"
+            ),
+            (message_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return False, None
+        reset_at, created_at = self.parse_ts(row[0]), self.parse_ts(row[1])
+        return reset_at is not None and reset_at > created_at, row[2]
 
     def opted_out(self, cur: Any, contact_id: int) -> bool:
         """Whether this number has opted out (PostgreSQL: the row stays locked until commit)."""

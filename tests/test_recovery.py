@@ -472,17 +472,51 @@ def test_ignored_texts_since_the_crash_do_not_supersede(
     ]
 
 
-def test_a_late_answer_ignores_a_reset_made_after_its_text(
+def test_a_reset_before_the_text_leaves_the_late_answer_wanted(
     make_app, personas, fake_twilio, twilio_rest
 ):
     from phischer.models import Contact
 
     app = make_app(**twilio_rest)
+    text_now(app, "#reset")  # the number's reset comes first, then the text
     interrupted(app, "so what do you do for work?", "SMreset", dt.timedelta(minutes=5))
-    # A reset newer than the text, with no newer text to supersede it (a #reset racing the
-    # sweep): the thread must still hold the text being answered.
+    with app.extensions["phischer"].db.write() as session:
+        # The crash was minutes ago; the reset a moment before the text.
+        session.execute(
+            sa.update(Contact).values(thread_reset_at=utcnow() - dt.timedelta(minutes=6))
+        )
+    assert sweep(app.extensions["phischer"].sms).answered == 1
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
+        "I compute Bernoulli numbers, mostly by candlelight."
+    ]
+
+
+def test_a_reset_stored_after_the_text_supersedes_its_late_answer(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    from phischer.models import Contact
+
+    # Read from the contact, not only from a newer #reset text: the sweep listed the text
+    # before the reset, and the thread the late answer would start from no longer exists.
+    app = make_app(**twilio_rest)
+    first = interrupted(app, "so what do you do for work?", "SMreset", dt.timedelta(minutes=5))
     with app.extensions["phischer"].db.write() as session:
         session.execute(sa.update(Contact).values(thread_reset_at=utcnow()))
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[first].status, by_id[first].error) == ("failed", SUPERSEDED)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+@pytest.mark.parametrize("command", ["#who", "#list", "HELP", "#nobody", "#ada"])
+def test_commands_that_change_nothing_leave_the_late_answer_wanted(
+    make_app, personas, fake_twilio, twilio_rest, command
+):
+    # Asking who is answering (or for help) while waiting is no reason to lose the answer;
+    # neither is choosing the persona that is already answering.
+    app = make_app(**twilio_rest)
+    interrupted(app, "so what do you do for work?", "SMwho", dt.timedelta(minutes=5))
+    text_now(app, command)
     assert sweep(app.extensions["phischer"].sms).answered == 1
     assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
         "I compute Bernoulli numbers, mostly by candlelight."

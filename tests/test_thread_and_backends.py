@@ -430,6 +430,23 @@ def test_a_slow_reply_is_not_sent_after_a_newer_command(
     assert (late.status, late.error) == ("send_failed", reason)
 
 
+@pytest.mark.parametrize("newer", ["#who", "#list", "HELP", "#nobody", "#ada"])
+def test_a_slow_reply_still_goes_out_after_a_command_that_changes_nothing(
+    llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post, newer
+):
+    # "#who" (or HELP) while waiting, or choosing the persona already answering: the texter
+    # still wants the answer, and nothing it was made from has changed.
+    app = llm_app(reply_mode="async", **twilio_rest)
+    asked, release = held_model(fake_openai)
+    twilio_post("tell me a joke", target=app)
+    assert asked.wait(10)
+    twilio_post(newer, target=app)
+    release.set()
+    app.extensions["phischer"].sms.shutdown()
+    sends = [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")]
+    assert sends == ["echo: tell me a joke"]
+
+
 def test_a_slow_reply_overtaken_by_a_newer_text_gives_way_to_its_answer(
     llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post
 ):
