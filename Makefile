@@ -16,13 +16,13 @@ $(BIN)/python:
 # test + train + postgres + plot extras. torch==2.13.0 is pinned so pip takes the CPU build.
 RUN_STAMP := $(VENV)/.installed-run
 
-$(RUN_STAMP): $(BIN)/python pyproject.toml requirements.txt
-	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet -e .
+$(RUN_STAMP): $(BIN)/python pyproject.toml requirements.txt constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP)
-	$(BIN)/pip install --quiet -e '.[test,train,postgres,plot]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,train,postgres,plot]'
 	touch $(STAMP)
 
 setup: $(STAMP)
