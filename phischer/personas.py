@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from phischer.backends.base import PersonaView
-from phischer.commands import RESERVED_WORDS
+from phischer.commands import HASH_COMMANDS, RESERVED_WORDS
 from phischer.config import international_number, is_http_url
 from phischer.db import Database
 from phischer.models import Contact, Persona
@@ -57,8 +57,11 @@ def validate_keyword(keyword: str) -> str:
             "e.g. --keyword ada"
         )
     if kw in RESERVED_WORDS:
+        # Name the command as it is texted: #list, #who and #reset take the '#'; STOP, HELP
+        # and the other opt-out/opt-in/help words are commands only without it.
+        command = f"#{kw}" if kw in HASH_COMMANDS else kw.upper()
         raise PersonaError(
-            f"keyword {kw!r} collides with the SMS command {kw.upper()}/#{kw}: choose another"
+            f"keyword {kw!r} collides with the SMS command {command}: choose another"
         )
     return kw
 

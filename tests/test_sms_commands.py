@@ -241,6 +241,19 @@ def test_reserved_keywords_refused(database, tmp_path):
             add_persona(session, PersonaSpec(name=word, keyword=word, dataset=str(dataset)))
 
 
+@pytest.mark.parametrize(
+    ("keyword", "command"),
+    [("list", "#list"), ("who", "#who"), ("reset", "#reset"), ("stop", "STOP"), ("info", "INFO")],
+)
+def test_reserved_keyword_error_names_the_command_as_texted(database, keyword, command):
+    # "#list" is a command and "LIST" is not; "STOP" is one and "#stop" is not.
+    with pytest.raises(PersonaError) as refused, database.write() as session:
+        add_persona(session, PersonaSpec(name="X", keyword=keyword.upper(), dataset="unused"))
+    assert str(refused.value) == (
+        f"keyword {keyword!r} collides with the SMS command {command}: choose another"
+    )
+
+
 def test_default_persona_setting(make_app, personas, twilio_post):
     app = make_app(default_persona="bo")
     assert twilio_post("#who", target=app).replies == ["You're texting Bo (#bo)."]
