@@ -302,9 +302,13 @@ def test_missing_api_key_is_one_line(
     fake_ft: FakeOpenAI, ada: Path, train: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
-    result = run("finetune", "start", str(train), "--persona", "ada")
+    result = run("finetune", "start", str(train), "--persona", "ada", "--epochs", "2")
     assert result.exit_code == 1
-    assert error_lines(result) == ["Error: No OPENAI_API_KEY: set it in .env"]
+    # Nothing before it: no cost estimate or deadline notice for a job that cannot start.
+    assert result.output == (
+        "Error: No OPENAI_API_KEY: set it in .env "
+        f"(`phischer dataset check {train} --epochs 2` estimates the cost without one)\n"
+    )
     assert fake_ft.requests == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,10 +56,10 @@ class StartRequest:
     epochs: int | None = None
 
 
-def make_client(settings: Settings) -> openai.OpenAI:
+def make_client(settings: Settings, no_key_hint: str = "") -> openai.OpenAI:
     """An SDK client on OPENAI_API_KEY / OPENAI_BASE_URL with explicit timeout and retries."""
     if not settings.openai_api_key:
-        raise FineTuneError("No OPENAI_API_KEY: set it in .env")
+        raise FineTuneError(f"No OPENAI_API_KEY: set it in .env{no_key_hint}")
     return openai.OpenAI(
         api_key=settings.openai_api_key,
         base_url=settings.openai_base_url or OPENAI_URL,
@@ -99,6 +100,16 @@ def api_errors(client: openai.OpenAI, doing: str) -> Iterator[None]:
         raise FineTuneError(
             f"OpenAI answered {exc.status_code} while {doing}: {_api_message(exc)}"
         ) from None
+
+
+def _check_command(request: StartRequest) -> str:
+    """The `dataset check` command that prints the estimate `finetune start` would."""
+    words = ["phischer", "dataset", "check", str(request.train_path)]
+    if request.base_model:
+        words += ["--base-model", request.base_model]
+    if request.epochs is not None:
+        words += ["--epochs", str(request.epochs)]
+    return shlex.join(words)
 
 
 def _check(
@@ -202,6 +213,9 @@ def start_openai(
     from phischer.dataset_check import DEFAULT_BASE_MODEL
 
     refuse_after_jobs_end(today)
+    # A missing key is known before any file is read: a cost estimate and the deadline notice
+    # printed only to end in this error would read as a job about to start.
+    client = make_client(settings, f" (`{_check_command(request)}` estimates the cost without one)")
     base_model = request.base_model or DEFAULT_BASE_MODEL
     with db.read() as session:
         persona = personas.get_persona(session, request.persona)
@@ -212,7 +226,6 @@ def start_openai(
         _check(request.validation_path, base_model, request.epochs, echo, training=False)
     echo(_cost_line(report))
     echo(deadline_notice(today))
-    client = make_client(settings)
 
     training_file_id = _upload(client, request.train_path, echo)
     uploaded = {training_file_id: request.train_path.name}
