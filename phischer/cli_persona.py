@@ -43,13 +43,18 @@ def persona_group() -> None:
     show_default=True,
     help="openai: any OpenAI-compatible server; retrieval: offline.",
 )
-@click.option("--model", help="Model id (e.g. ft:gpt-4.1-mini:…, or a vLLM/Ollama model name).")
+@click.option(
+    "--model",
+    help="openai backend: model id (e.g. ft:gpt-4.1-mini:…, or a vLLM/Ollama model name).",
+)
 @click.option(
     "--base-url",
-    help="OpenAI-compatible http(s) base URL for this persona (overrides OPENAI_BASE_URL), "
+    help="openai backend: OpenAI-compatible http(s) base URL (overrides OPENAI_BASE_URL), "
     "e.g. http://127.0.0.1:8000/v1.",
 )
-@click.option("--api-key-env", help="Name of the env variable holding this persona's API key.")
+@click.option(
+    "--api-key-env", help="openai backend: name of the env variable holding this persona's key."
+)
 @click.option(
     "--dataset",
     type=click.Path(dir_okay=False),
@@ -64,12 +69,13 @@ def persona_group() -> None:
 @click.option(
     "--temperature",
     type=click.FloatRange(personas.TEMPERATURE_MIN, personas.TEMPERATURE_MAX),
-    help="Sampling temperature (openai backend).",
+    help="Sampling temperature (openai backend; kept on a retrieval persona for its fine-tune).",
 )
 @click.option(
     "--max-tokens",
     type=click.IntRange(min=personas.MAX_TOKENS_MIN),
-    help="Reply length cap in tokens (openai backend).",
+    help="Reply length cap in tokens (openai backend; kept on a retrieval persona for its "
+    "fine-tune).",
 )
 @click.option("--default", "is_default", is_flag=True, help="Use for numbers that never chose one.")
 @pass_ctx
@@ -80,6 +86,16 @@ def add(obj: Context, name: str, **options: object) -> None:
         click.echo(f"Added persona {p.name} (#{p.keyword}, {p.backend}).")
         if p.system_prompt and options.get("system_prompt") is None:
             click.echo(f"System prompt (from the dataset): {p.system_prompt}")
+        sampling = {"--temperature": p.temperature, "--max-tokens": p.max_tokens}
+        kept = [flag for flag, value in sampling.items() if value is not None]
+        if p.backend == "retrieval" and kept:
+            # Not refused like --model: stored, and used once a fine-tune moves it to openai.
+            one = len(kept) == 1
+            click.echo(
+                f"{' and '.join(kept)} {'is' if one else 'are'} kept for when a fine-tune moves "
+                f"this persona to the openai backend: retrieval answers do not use "
+                f"{'it' if one else 'them'}."
+            )
 
 
 @persona_group.command("list")

@@ -133,6 +133,28 @@ def _check_answerable(path: Path) -> None:
     warn_skipped(path, pairs)
 
 
+def _refuse_model_flags(spec: PersonaSpec) -> None:
+    # The retrieval backend calls no model, and a fine-tune that later moves the persona to
+    # openai sets the model and drops the URL and key variable: these would never be read.
+    # (--temperature and --max-tokens are kept: they apply after such a fine-tune.)
+    given = [
+        flag
+        for flag, value in (
+            ("--model", spec.model),
+            ("--base-url", spec.base_url),
+            ("--api-key-env", spec.api_key_env),
+        )
+        if value is not None
+    ]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise PersonaError(
+            f"{', '.join(given)} only {verb} to --backend openai, not retrieval (it answers "
+            "from --dataset and calls no model): add --backend openai, or leave "
+            f"{'it' if len(given) == 1 else 'them'} out"
+        )
+
+
 def check_name(session: Session, name: str) -> str:
     """The name stripped, refused when empty or taken by a persona in any case."""
     stripped = name.strip()
@@ -159,10 +181,12 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
         raise PersonaError(f"backend {spec.backend!r}: use one of {', '.join(BACKENDS)}")
     if spec.backend == "openai" and not spec.model:
         raise PersonaError("backend openai needs --model (e.g. gpt-4.1-mini or ft:...)")
-    if spec.backend == "retrieval" and not spec.dataset:
-        raise PersonaError(
-            "backend retrieval needs --dataset FILE (chat JSONL from `phischer import`)"
-        )
+    if spec.backend == "retrieval":
+        _refuse_model_flags(spec)  # first: `--model M` alone most likely forgot --backend openai
+        if not spec.dataset:
+            raise PersonaError(
+                "backend retrieval needs --dataset FILE (chat JSONL from `phischer import`)"
+            )
     check_sampling(spec.temperature, spec.max_tokens)
     if spec.base_url is not None:
         check_base_url(spec.base_url)

@@ -683,6 +683,45 @@ def test_persona_add_takes_sampling_and_base_url_at_their_limits():
 
 
 @pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "gpt-4.1-mini"], "--model only applies to --backend openai, not retrieval "
+         "(it answers from --dataset and calls no model): add --backend openai, or leave it out"),
+        (["--base-url", "http://127.0.0.1:8000/v1", "--api-key-env", "VEE_KEY"],
+         "--base-url, --api-key-env only apply to --backend openai, not retrieval (it answers "
+         "from --dataset and calls no model): add --backend openai, or leave them out"),
+    ],
+)  # fmt: skip
+def test_retrieval_persona_refuses_the_model_flags_it_never_reads(tmp_path, flags, message):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    result = run("persona", "add", "Vee", "--keyword", "vee", "--dataset", str(dataset), *flags)
+    assert (result.exit_code, result.output) == (1, f"Error: {message}\n")
+    assert "No personas yet" in run("persona", "list").output
+
+
+def test_model_without_backend_openai_names_the_flag_not_the_missing_dataset():
+    # `--model` alone most likely forgot `--backend openai`: say that, not "needs --dataset".
+    result = run("persona", "add", "Vee", "--keyword", "vee", "--model", "m")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --model only applies to --backend openai")
+
+
+def test_retrieval_persona_keeps_sampling_for_its_fine_tune_and_says_so(tmp_path):
+    # A fine-tune switches the persona to openai and keeps these: they are not ignored.
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    result = run("persona", "add", "Vee", "--keyword", "vee", "--dataset", str(dataset),
+                 "--temperature", "0.7")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        "--temperature is kept for when a fine-tune moves this persona to the openai backend: "
+        "retrieval answers do not use it."
+    )
+    assert "temperature  0.7" in run("persona", "show", "vee").output
+
+
+@pytest.mark.parametrize(
     ("field", "value", "message"),
     [
         ("temperature", 9.0, "--temperature 9 must be between 0 and 2, e.g. --temperature 0.7"),
