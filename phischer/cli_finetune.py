@@ -219,11 +219,12 @@ def list_(obj: Context) -> None:
     known = {job.job_id for job, _ in rows}
     if not rows:
         click.echo("No fine-tuning jobs yet: `phischer finetune start TRAIN.jsonl --persona NAME`.")
+    else:
+        click.echo(JOB_HEADER)
     for job, persona in rows:
         result = job.fine_tuned_model or job.output_dir or ""
         click.echo(
-            f"{job.job_id:<32} {job.provider:<7} {job.status:<16} {persona or '-':<16} "
-            f"{job.base_model}  {result}".rstrip()
+            _job_line(job.job_id, job.provider, job.status, persona or "-", job.base_model, result)
         )
     if not obj.settings.openai_api_key:
         click.echo("(remote OpenAI jobs not listed: no OPENAI_API_KEY)")
@@ -233,10 +234,20 @@ def list_(obj: Context) -> None:
     others = [j for j in remote if j.id not in known]
     if others:
         click.echo("On the OpenAI account (not started here):")
+        if not rows:  # else the header above the stored jobs already names the columns
+            click.echo(JOB_HEADER)
     for j in others:
-        click.echo(
-            f"{j.id:<32} openai  {j.status:<16} {'-':<16} {j.model}  {j.fine_tuned_model or ''}".rstrip()
-        )
+        click.echo(_job_line(j.id, "openai", j.status, "-", j.model, j.fine_tuned_model or ""))
+
+
+def _job_line(
+    job_id: str, provider: str, status: str, persona: str, base_model: str, result: str
+) -> str:
+    """One line of `finetune list` (its header too), in fixed columns."""
+    return f"{job_id:<32} {provider:<8} {status:<16} {persona:<16} {base_model}  {result}".rstrip()
+
+
+JOB_HEADER = _job_line("JOB", "PROVIDER", "STATUS", "PERSONA", "BASE MODEL", "RESULT")
 
 
 @finetune_group.command("cancel")

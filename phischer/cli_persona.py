@@ -108,11 +108,24 @@ def list_(obj: Context) -> None:
     if not found:
         click.echo("No personas yet: `phischer persona add NAME --keyword KW --dataset FILE`.")
         return
+    click.echo(_list_line(" ", "NAME", "KEYWORD", "BACKEND", "ANSWERS FROM"))
     for p in found:
         mark = "*" if default is not None and p.id == default.id else " "
-        click.echo(
-            f"{mark} {p.name:<20} #{p.keyword:<12} {p.backend:<10} {p.model or p.dataset or ''}"
-        )
+        click.echo(_list_line(mark, p.name, f"#{p.keyword}", p.backend, answers_from(p)))
+
+
+def _list_line(mark: str, name: str, keyword: str, backend: str, source: str) -> str:
+    """One line of `persona list` (its header too), in fixed columns."""
+    return f"{mark} {name:<20} {keyword:<13} {backend:<10} {source}".rstrip()
+
+
+def answers_from(p: Persona) -> str:
+    """Where a persona's replies come from: its model (and server, if not the default), or dataset."""
+    if p.backend != "openai":
+        return p.dataset or ""
+    # Two personas on the same model name at different servers (OpenAI and a local vLLM)
+    # would look alike without it; no base URL means OPENAI_BASE_URL or OpenAI itself.
+    return f"{p.model} at {p.base_url}" if p.base_url else p.model or ""
 
 
 @persona_group.command("show")

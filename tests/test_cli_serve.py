@@ -368,7 +368,23 @@ def test_persona_names_are_stripped_and_unique_ignoring_case(tmp_path):
                 "choose another name, or remove it first"
             )
     assert "name         Zoë" in run("persona", "show", "Zoë").output
-    assert len(run("persona", "list").output.splitlines()) == 1
+    assert len(run("persona", "list").output.splitlines()) == 2  # the header and Zoë
+
+
+def test_persona_list_has_a_header_and_shows_where_each_answers_from(tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    run("persona", "add", "Ada Lovelace", "--keyword", "ada", "--dataset", str(dataset))
+    run("persona", "add", "Ada (local)", "--keyword", "adal", "--backend", "openai",
+        "--model", "ada-lora", "--base-url", "http://127.0.0.1:8000/v1")  # fmt: skip
+    run("persona", "add", "Ada (OpenAI)", "--keyword", "ada2", "--backend", "openai",
+        "--model", "ft:gpt-4.1-mini:acme:ada:AbC", "--dataset", str(dataset))  # fmt: skip
+    assert run("persona", "list").output.splitlines() == [
+        "  NAME                 KEYWORD       BACKEND    ANSWERS FROM",
+        f"* Ada Lovelace         #ada          retrieval  {dataset.resolve()}",
+        "  Ada (local)          #adal         openai     ada-lora at http://127.0.0.1:8000/v1",
+        "  Ada (OpenAI)         #ada2         openai     ft:gpt-4.1-mini:acme:ada:AbC",
+    ]
 
 
 def test_keyword_must_be_ascii():

@@ -971,7 +971,11 @@ def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train
     result = run("finetune", "list")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0].split() == [
+    # One header, in the columns of the rows under it (the account's jobs too).
+    assert lines[0] == (
+        f"{'JOB':<32} {'PROVIDER':<8} {'STATUS':<16} {'PERSONA':<16} BASE MODEL  RESULT"
+    )
+    assert lines[1].split() == [
         job_id,
         "openai",
         "validating_files",
@@ -979,15 +983,34 @@ def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train
         "Lovelace",
         "gpt-4.1-mini-2025-04-14",
     ]
-    assert lines[1] == "On the OpenAI account (not started here):"
-    assert lines[2].split() == [
+    for line in (lines[1], lines[3]):
+        assert [line.find(word) for word in ("openai", "validating_files")] == [
+            lines[0].find(word) for word in ("PROVIDER", "STATUS")
+        ]
+    assert lines[2] == "On the OpenAI account (not started here):"
+    assert lines[3].split() == [
         other.id,
         "openai",
         "validating_files",
         "-",
         "gpt-4o-mini-2024-07-18",
     ]
-    assert len(lines) == 3
+    assert len(lines) == 4
+
+
+def test_list_of_account_jobs_only_has_its_header(fake_ft: FakeOpenAI, train: Path) -> None:
+    client = openai.OpenAI(api_key="sk-test-not-real", base_url=fake_ft.base_url)
+    uploaded = client.files.create(file=train.open("rb"), purpose="fine-tune")
+    other = client.fine_tuning.jobs.create(
+        model="gpt-4o-mini-2024-07-18", training_file=uploaded.id
+    )
+    lines = run("finetune", "list").output.splitlines()
+    assert lines[:2] == [
+        "No fine-tuning jobs yet: `phischer finetune start TRAIN.jsonl --persona NAME`.",
+        "On the OpenAI account (not started here):",
+    ]
+    assert lines[2].split() == ["JOB", "PROVIDER", "STATUS", "PERSONA", "BASE", "MODEL", "RESULT"]
+    assert lines[3].split()[0] == other.id and len(lines) == 4
 
 
 def test_list_api_error_is_one_line_after_the_stored_jobs(
@@ -998,8 +1021,8 @@ def test_list_api_error_is_one_line_after_the_stored_jobs(
     result = run("finetune", "list")
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert lines[0].split()[0] == job_id
-    assert lines[1:] == [
+    assert lines[0].split()[0] == "JOB" and lines[1].split()[0] == job_id
+    assert lines[2:] == [
         "Error: OpenAI rejected the API key while listing fine-tuning jobs "
         "(401: Incorrect API key provided): check OPENAI_API_KEY in .env"
     ]
