@@ -95,7 +95,7 @@ def text(obj: Context, url: str, from_: str, message: str) -> None:
     for reply in result.replies:
         click.echo(reply)
     if not result.replies:
-        click.echo("(no reply)", err=True)
+        click.echo(result.silence(from_), err=True)
 
 
 @click.command("chat")
@@ -118,7 +118,7 @@ def chat(obj: Context, url: str, from_: str) -> None:
         except UnicodeEncodeError as exc:  # one line typed in another encoding: say so, go on
             click.echo(f"Error: {not_utf8(exc)}", err=True)
             continue
-        for reply in result.replies or ["(no reply)"]:
+        for reply in result.replies or [result.silence(from_)]:
             click.echo(f"clone> {reply}")
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+from phischer import no_reply
 from phischer.backends import Backends
 from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
@@ -48,6 +49,14 @@ Answer = tuple[str, int]  # a reply for the TwiML: (text, id of its stored row)
 
 
 @dataclass(frozen=True)
+class Handled:
+    """The replies for the TwiML and, when there are none, why (a `no_reply` word)."""
+
+    answers: list[Answer]
+    no_reply: str = ""
+
+
+@dataclass(frozen=True)
 class Inbound:
     """The fields of Twilio's webhook request we use."""
 
@@ -71,6 +80,7 @@ class Decision:
     # updated_at is still NULL), or a recovery sweep that claimed it at this time.
     claimed_at: Any = None
     outcome: str = ""  # what became of a text answered without the model, for the log line
+    silence: str = ""  # why such a text gets no reply, if it gets none (a `no_reply` word)
 
 
 class SmsService:
@@ -88,8 +98,8 @@ class SmsService:
         # in create_app, so gunicorn never forks a running thread.
         self.sweeper = PerProcess(self._start_sweeper)
 
-    def handle(self, msg: Inbound) -> list[Answer]:
-        """Process a webhook call; return the replies to answer with in TwiML (maybe none)."""
+    def handle(self, msg: Inbound) -> Handled:
+        """Process a webhook call; return the replies for the TwiML (maybe none, and why)."""
         start = time.perf_counter()
         self.sweeper.get()
         # A persona refresh (once a second) is a query: not under the write lock, which
@@ -99,14 +109,15 @@ class SmsService:
         decision = self._record(msg, command)
         if isinstance(decision, list):  # a retry of a MessageSid we already have
             answers, outcome = decision, "Twilio's retry of a stored text, answered as before"
+            silence = no_reply.RETRY
         elif decision.persona is None:
-            answers, outcome = decision.replies, decision.outcome
+            answers, outcome, silence = decision.replies, decision.outcome, decision.silence
         else:
-            answers, outcome = self._answer(msg, decision)
+            answers, outcome, silence = self._answer(msg, decision)
         # One line per text, so `phischer serve` shows what it does. The number is masked
         # (personal data) and the body never logged; no query, just what is already known.
         log.info("text from %s → %s in %d ms", mask_number(msg.phone), outcome, _ms(start))
-        return answers
+        return Handled(answers, "" if answers else silence)
 
     def shutdown(self) -> None:
         """Let pending async replies finish; stop the recovery sweep."""
@@ -164,6 +175,7 @@ class SmsService:
         )
         decision = Decision(inbound_id=inbound_id, contact_id=contact.id)
         decision.outcome = _outcome(kind, status, command, persona)
+        decision.silence = _silence(kind, status, command)
         if status == "processing":
             decision.persona, decision.reset_at = persona, contact.thread_reset_at
         elif text:
@@ -255,8 +267,8 @@ class SmsService:
 
     # -- the model call and transaction 2 --------------------------------------------------
 
-    def _answer(self, msg: Inbound, decision: Decision) -> tuple[list[Answer], str]:
-        """Ask the persona; return the replies for the TwiML and what happened, for the log."""
+    def _answer(self, msg: Inbound, decision: Decision) -> tuple[list[Answer], str, str]:
+        """Ask the persona; return the replies for the TwiML, what happened and why none."""
         assert decision.persona is not None
         who = f"persona {decision.persona.name!r} ({decision.persona.backend})"
         backend, failure = self._backend_for(decision)
@@ -287,16 +299,20 @@ class SmsService:
             else:
                 return self._answered(who, decision, result)
         future.add_done_callback(lambda f: self.deliver_later(msg.phone, decision, f.result()))
-        slow = " (slower than REPLY_TIMEOUT_S)" if mode == "auto" else ""
-        return [], f"{who} answers by REST{slow}"
+        if mode == "auto":
+            return [], f"{who} answers by REST (slower than REPLY_TIMEOUT_S)", no_reply.REST_SLOW
+        return [], f"{who} answers by REST", no_reply.REST_ASYNC
 
-    def _answered(self, who: str, decision: Decision, result: Result) -> tuple[list[Answer], str]:
-        """Store an inline reply (or fallback); return it and what happened, for the log."""
+    def _answered(
+        self, who: str, decision: Decision, result: Result
+    ) -> tuple[list[Answer], str, str]:
+        """Store an inline reply (or fallback); return it, what happened and why none."""
         answers = self._reply_now(decision, result)
         if not answers:
-            return answers, f"{who} answered too late (the recovery sweep took the text over)"
+            late = f"{who} answered too late (the recovery sweep took the text over)"
+            return answers, late, no_reply.REST_LATE
         what = "replied" if result[0] is not None else "failed, fallback sent"
-        return answers, f"{who} {what}"
+        return answers, f"{who} {what}", ""
 
     def answer_late(self, phone: str, decision: Decision) -> None:
         """Ask the persona now and send the reply by REST (a text an interrupted process left)."""
@@ -519,6 +535,24 @@ def _outcome(kind: str, status: str, command: Command, persona: PersonaView | No
         return COMMAND_OUTCOMES.get(command.action, command.action)
     # The unknown keyword is the texter's own words: not worth a log line's room.
     return f"switched to persona {persona.name!r}" if persona else "unknown #keyword"
+
+
+# Why a text answered without the model gets no reply, by (kind, status).
+SILENCES = {
+    ("refused", "refused"): no_reply.NOT_ALLOWED,
+    ("refused", "limited"): no_reply.DAILY_LIMIT,
+    ("optout", "ignored"): no_reply.OPTED_OUT,
+    ("chat", "ignored"): no_reply.EMPTY,
+}
+
+
+def _silence(kind: str, status: str, command: Command) -> str:
+    """The `no_reply` word for a text answered without the model, should it get no reply."""
+    if kind != "command":
+        return SILENCES.get((kind, status), "")
+    if command.action == "optout":
+        return no_reply.OPT_OUT
+    return no_reply.TWILIO_ANSWERED if command.answered else ""
 
 
 def _ms(start: float) -> int:

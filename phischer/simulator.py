@@ -10,6 +10,7 @@ from xml.etree import ElementTree
 import requests
 from twilio.request_validator import RequestValidator
 
+from phischer import no_reply
 from phischer.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:5000/sms"
@@ -27,6 +28,11 @@ class SimResult:
 
     status: int
     replies: list[str]
+    no_reply: str | None = None  # the server's word for why there is no reply, if it said
+
+    def silence(self, from_: str) -> str:
+        """What to print when the answer holds no reply: why, as far as the server said."""
+        return no_reply.explain(self.no_reply, from_)
 
 
 def signed_for(url: str, public_url: str | None) -> str:
@@ -95,7 +101,11 @@ def send_text(
         )
     if response.status_code != 200:
         raise SimulatorError(f"the server answered HTTP {response.status_code}")
-    return SimResult(status=response.status_code, replies=parse_twiml(response.content))
+    return SimResult(
+        status=response.status_code,
+        replies=parse_twiml(response.content),
+        no_reply=response.headers.get(no_reply.HEADER),
+    )
 
 
 def parse_twiml(data: bytes) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
+from phischer import no_reply
 from phischer.delivery import record_status
 from phischer.inbound import Inbound
 from phischer.models import PHONE_MAX, SID_MAX
@@ -63,7 +64,13 @@ def sms() -> Response:
         num_media=num_media,
         opt_out_type=form.get("OptOutType", ""),
     )
-    return xml(twiml_replies(services.sms.handle(inbound)))
+    handled = services.sms.handle(inbound)
+    response = xml(twiml_replies(handled.answers))
+    if handled.no_reply:
+        # For `phischer text`/`chat`, which see only this answer: why it holds no message
+        # (a reply by REST, an opt-out, …). Twilio ignores headers it does not know.
+        response.headers[no_reply.HEADER] = handled.no_reply
+    return response
 
 
 @bp.post("/sms/status")

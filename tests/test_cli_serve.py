@@ -55,10 +55,59 @@ def test_text_uses_from_and_keeps_memory_per_number(live):
     assert run("text", "--url", live, "#who").output.strip() == "You're texting Ada (#ada)."
 
 
-def test_text_no_reply_is_said(live):
+def test_text_no_reply_is_said_with_why(live):
     result = run("text", "--url", live, "STOP")
-    assert result.exit_code == 0
-    assert "(no reply)" in result.output
+    assert (result.exit_code, result.output) == (
+        0,
+        "(no reply in the webhook response: STOP opted +15550100 out; its later texts are "
+        "ignored until it sends START)\n",
+    )
+    chat = run("chat", "--url", live, "--from", "+15550100", input="hello?\n/quit\n")
+    assert "clone> (no reply in the webhook response: +15550100 opted out (STOP)" in chat.output
+
+
+def test_text_says_a_reply_by_rest_went_elsewhere(
+    make_app, personas, database, fake_openai, fake_twilio, twilio_rest, monkeypatch
+):
+    # REPLY_MODE=async: the TwiML is empty and the reply goes by REST (here to the fake
+    # Twilio), which `phischer text` cannot see; "(no reply)" alone would look like silence.
+    from phischer.personas import set_model
+    from tests.fake_twilio import AUTH_TOKEN
+
+    with database.write() as session:
+        set_model(session, "Ada", "m", base_url=fake_openai.base_url)
+    app = make_app(reply_mode="async", **twilio_rest)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)  # as the server's, to sign with
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/sms"
+        result = run("text", "--url", url, "--from", "+15550123", "hi")
+    finally:
+        server.shutdown()
+        thread.join()
+    assert (result.exit_code, result.output) == (
+        0,
+        "(no reply in the webhook response: REPLY_MODE=async: the reply goes separately, as "
+        "an SMS through Twilio's REST API to +15550123, which this simulator cannot receive "
+        "(the server's log says if the send failed))\n",
+    )
+    app.extensions["phischer"].sms.shutdown()  # the REST send, made in the background
+    sends = fake_twilio.calls("POST", "/Messages.json")
+    assert [(c.form["To"], c.form["Body"]) for c in sends] == [("+15550123", "echo: hi")]
+
+
+def test_no_reply_explanations():
+    from phischer import no_reply
+
+    words = [v for k, v in vars(no_reply).items() if k[0].isupper() and isinstance(v, str)]
+    words.remove(no_reply.HEADER)
+    assert sorted(words) == sorted(no_reply.EXPLAINED)  # every word the server sends is explained
+    assert no_reply.explain(None, "+1") == "(no reply in the webhook response)"
+    # A word from a newer server is shown; anything else from an unknown server is not.
+    assert no_reply.explain("later", "+1") == "(no reply in the webhook response: later)"
+    assert no_reply.explain("\x1b[31mred", "+1") == "(no reply in the webhook response)"
 
 
 def test_text_server_down_is_one_line_exit_1():

@@ -101,6 +101,21 @@ def test_a_sweep_that_took_over_a_slow_text_answers_it_once(
     assert f"Text {decision.inbound_id} was taken over by the recovery sweep" in caplog.text
 
 
+def test_an_inline_answer_the_sweep_took_over_tells_the_webhook_it_goes_by_rest(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    # The webhook's answer then holds no message: its header says the sweep answers by REST.
+    from phischer.backends.base import Reply
+
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    body = "so what do you do for work?"
+    decision = service._record(Inbound(phone="+15550100", sid="SMslow2", body=body), parse(body))
+    assert sweep(service, now=utcnow() + dt.timedelta(minutes=3)).answered == 1
+    answers, _, why = service._answered("Ada", decision, (Reply(text="late"), None, 190_000))
+    assert (answers, why) == ([], "rest-late")
+
+
 def test_a_text_answered_in_time_is_not_taken_over(make_app, personas, fake_twilio, twilio_rest):
     from phischer.backends.base import Reply
 

@@ -335,3 +335,29 @@ def test_a_blank_greeting_is_no_greeting(make_app, personas, database, twilio_po
         )
     app = make_app()
     assert twilio_post("#cy", target=app).replies == ["You're now texting Cy."]
+
+
+NO_REPLY = "X-Phischer-No-Reply"
+
+
+def test_a_text_without_a_reply_says_why_in_a_header_twilio_ignores(
+    make_app, personas, twilio_post
+):
+    # `phischer text` sees only the webhook's answer: the header tells it why it holds no
+    # message; the TwiML stays the empty <Response/> Twilio expects.
+    app = make_app(allowed_numbers=frozenset({"+15550100", "+15550101"}), daily_limit=1)
+    answered = twilio_post("good night", target=app)
+    assert answered.replies and NO_REPLY not in answered.headers
+    said = {
+        "not-allowed": twilio_post("hi", "+15550111", target=app),
+        "empty": twilio_post("   ", target=app),
+        "opt-out": twilio_post("STOP", target=app),
+        "opted-out": twilio_post("hello?", target=app),
+        "twilio-answered": twilio_post("AIDE", "+15550101", OptOutType="HELP", target=app),
+    }
+    twilio_post("one", "+15550101", target=app)
+    twilio_post("two", "+15550101", target=app)  # the one over-the-limit notice
+    said["daily-limit"] = twilio_post("three", "+15550101", target=app)
+    for reason, r in said.items():
+        assert (r.status_code, r.mimetype, r.headers.get(NO_REPLY)) == (200, "text/xml", reason)
+        assert r.data == b'<?xml version="1.0" encoding="UTF-8"?><Response />'

@@ -366,6 +366,7 @@ def test_auto_mode_slow_reply_goes_out_by_rest(
     fake_openai.behaviour, fake_openai.delay = "slow", 0.6
     r = twilio_post("hi", target=app)
     assert r.status_code == 200 and r.replies == []
+    assert r.headers["X-Phischer-No-Reply"] == "rest-slow"  # for `phischer text`
     app.extensions["phischer"].sms.shutdown()  # wait for the background reply
     sends = fake_twilio.calls("POST", "/Messages.json")
     assert [(c.form["To"], c.form["From"], c.form["Body"]) for c in sends] == [
@@ -380,7 +381,8 @@ def test_async_mode_records_a_failed_rest_send(
 ):
     fake_twilio.fail_messages(400, 21610, "Attempt to send to unsubscribed recipient")
     app = llm_app(reply_mode="async", **twilio_rest)
-    assert twilio_post("hi", target=app).replies == []
+    r = twilio_post("hi", target=app)
+    assert r.replies == [] and r.headers["X-Phischer-No-Reply"] == "rest-async"
     app.extensions["phischer"].sms.shutdown()
     inbound, outbound = stored(app)
     assert inbound.status == "replied"

@@ -166,9 +166,10 @@ def test_retry_while_first_is_in_flight_gets_empty_twiml(app, twilio_post):
                 status="processing",
             )
         )
-    assert service.handle(Inbound(phone="+15550100", sid="SMinflight", body="hi")) == []
+    assert service.handle(Inbound(phone="+15550100", sid="SMinflight", body="hi")).answers == []
     r = twilio_post("hi", sid="SMinflight")
     assert r.status_code == 200 and r.replies == []
+    assert r.headers["X-Phischer-No-Reply"] == "retry"
 
 
 def test_unicode_and_emoji_round_trip(app, twilio_post):
