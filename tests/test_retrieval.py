@@ -454,7 +454,47 @@ def test_tokens_of_other_scripts_emoji_and_punctuation(text, tokens):
     assert tokenize(text) == tokens
 
 
+APOSTROPHE_WORDS = {
+    "a contraction, joined": ("i don't know", ["i", "dont", "know"]),
+    "typographic apostrophes": ("don’t ‘cause I’m", ["dont", "cause", "im"]),
+    "the modifier letter apostrophe": ("donʼt", ["dont"]),
+    "'s also gives its stem": ("what's ada's", ["whats", "what", "adas", "ada"]),
+    "French elision also gives the word": (
+        "j’ai vu l'heure",
+        ["jai", "ai", "vu", "lheure", "heure"],
+    ),
+    "qu' and Italian ll'": ("qu'il dell'anno", ["quil", "il", "dellanno", "anno"]),
+    "no elision before a consonant": ("o'clock i'll", ["oclock", "ill"]),
+    "quotes are not apostrophes": ("'hey' goin'", ["hey", "goin"]),
+    "other scripts": ("м’ясо", ["мясо"]),
+}
+
+
+@pytest.mark.parametrize("text, tokens", APOSTROPHE_WORDS.values(), ids=APOSTROPHE_WORDS.keys())
+def test_apostrophes_join_the_word_as_texters_spell_it(text, tokens):
+    assert tokenize(text) == tokens
+
+
 UNRELATED = [(f"question number {i}", f"answer number {i}") for i in range(40)]
+
+
+@pytest.mark.parametrize(
+    "key, decoy, text",
+    [
+        ("i don't know", "i know", "i dont know"),
+        ("i dont know", "i know", "i don’t know"),
+        ("j'ai faim", "faim", "jai faim"),
+        ("ada's cat", "cat", "adas cat"),
+    ],
+)
+def test_a_text_without_apostrophes_finds_the_key_with_them(tmp_path, key, decoy, text):
+    from tests.conftest import write_dataset
+
+    # The decoy shares every other word and is shorter, so it wins unless the apostrophe
+    # word matches too.
+    path = write_dataset(tmp_path / "d.jsonl", UNRELATED + [(decoy, "DECOY"), (key, "THE ANSWER")])
+    reply = RetrievalBackend().reply(persona(path), [{"role": "user", "content": text}])
+    assert reply.text == "THE ANSWER"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ replies to this number so it does not repeat itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -67,12 +68,17 @@ def _char_class(category: str) -> str:
 
 
 _MARKS = _char_class("M")
+# Apostrophes other than ASCII's that keyboards type: the typographic ones autocorrect puts
+# in, and the modifier letter (a letter to Unicode, which kept "donʼt" one odd word).
+OTHER_APOSTROPHES = ("\u2019", "\u2018", "\u02bc")
 _WORD = f"[^\\W{UNSPACED}]"
+# A word keeps its combining marks: Python's \w leaves them out, which cut "कैसे" into "क"
+# and "स". Written as runs of letters between runs of marks, so a word without marks costs
+# one scan.
+_MARKED = f"{_WORD}+(?:[{_MARKS}]+{_WORD}*)*"
 TOKEN_RE = re.compile(
-    # A word keeps its combining marks: Python's \w leaves them out, which cut "कैसे" into
-    # "क" and "स". Written as runs of letters between runs of marks, so a word without marks
-    # costs one scan.
-    f"({_WORD}+(?:[{_MARKS}]+{_WORD}*)*)"
+    # An apostrophe between letters keeps the word whole ("don't", "l'heure"): see _contraction.
+    f"({_MARKED}(?:'{_MARKED})*)"
     f"|([{UNSPACED}]+)"
     # Each emoji or other symbol is a token of its own, so "😂" answers like "😂" did. Skin
     # tones (U+1F3FB-F) and the U+FE0F after a symbol are not, so 👍🏽 and ❤️ match 👍 and ❤.
@@ -80,6 +86,33 @@ TOKEN_RE = re.compile(
 )
 CLUSTER_RE = re.compile(f".[{_MARKS}]*", re.DOTALL)  # a letter with the marks on it
 ASCII_TOKEN_RE = re.compile(r"[a-z0-9_]+")  # what \w+ finds in ASCII, without the Unicode work
+ASCII_WORD_RE = re.compile(r"[a-z0-9_]+(?:'[a-z0-9_]+)*")  # the same, apostrophes kept
+# French, Italian and Catalan drop a short word's vowel before a vowel or h: l'heure, j'ai,
+# c'est, qu'il, dell'anno. The word after the apostrophe is what the text is about.
+ELISION_VOWELS = frozenset("aeiouyhàâäéèêëîïôöùûü")
+
+
+def _elided(head: str, rest: str) -> bool:
+    """Whether `head` + apostrophe reads as an elided article or pronoun before `rest`."""
+    return (len(head) == 1 or head.endswith(("qu", "ll"))) and rest[:1] in ELISION_VOWELS
+
+
+@functools.lru_cache(maxsize=1 << 14)  # contractions are few and frequent ("don't", "i'm")
+def _contraction(word: str) -> tuple[str, ...]:
+    """Tokens of a word with ' inside: as texters spell it ("dont"), and its main part.
+
+    Joined, because texts drop the apostrophe ("dont", "im", "jai", "cest") and a key with
+    it must still match. A possessive or 's also gives its stem ("ada's" is about ada, and
+    "what's" about what); an elided article or pronoun gives the word after it ("l'heure"
+    matches "heure"). No "t" or "s" token: those matched every contraction alike.
+    """
+    parts = word.split("'")
+    joined = "".join(parts)
+    if parts[-1] == "s":
+        return joined, "".join(parts[:-1])
+    if _elided(parts[0], parts[1]):
+        return joined, "".join(parts[1:])
+    return (joined,)
 
 
 def tokenize(text: str) -> list[str]:
@@ -91,9 +124,19 @@ def tokenize(text: str) -> list[str]:
     """
     if text.isascii():  # most texts: no normalising, marks, symbols or unspaced scripts
         text = text.lower()
-        tokens = ASCII_TOKEN_RE.findall(text)
+        if "'" not in text:
+            tokens = ASCII_TOKEN_RE.findall(text)
+        else:
+            tokens = []
+            for word in ASCII_WORD_RE.findall(text):
+                if "'" in word:
+                    tokens.extend(_contraction(word))
+                else:
+                    tokens.append(word)
     else:
         text = OPTIONAL_MARKS_RE.sub("", unicodedata.normalize("NFKC", text).casefold())
+        for apostrophe in OTHER_APOSTROPHES:  # str.replace: far cheaper than a regex pass
+            text = text.replace(apostrophe, "'")
         tokens = []
         for word, unspaced, symbol in TOKEN_RE.findall(text):
             if unspaced:
@@ -102,6 +145,8 @@ def tokenize(text: str) -> list[str]:
                     tokens.extend(a + b for a, b in zip(chars, chars[1:], strict=False))
                 else:
                     tokens.append(unspaced)
+            elif "'" in word:
+                tokens.extend(_contraction(word))
             else:
                 tokens.append(word or symbol)
     return tokens or [c for c in text if not c.isspace()]
