@@ -423,7 +423,15 @@ def test_dataset_check_and_retrieval_read_content_through_one_function():
 # -- tokens: scripts, normal forms, emoji and punctuation --------------------------------
 
 SAME_WORDS = {
-    "decomposed accent": ("café", "cafe\u0301"),
+    "decomposed accent": ("cafe", "cafe\u0301"),
+    "composed accent": ("cafe", "café"),
+    "two accents": ("resume", "Résumé"),
+    "diaeresis": ("naive", "naïve"),
+    "cedilla": ("ca", "ça"),
+    "Vietnamese stacked marks": ("duoc", "được"),
+    "Polish ł and acute": ("lodz", "Łódź"),
+    "French œ": ("coeur", "cœur"),
+    "a mark no precomposed letter holds": ("q", "q\u0303"),
     "full-width letters": ("hello", "ｈｅｌｌｏ"),
     "German sharp s": ("strasse", "Straße"),
     "Arabic vowel marks": ("مرحبا", "مَرْحَبًا"),
@@ -441,6 +449,8 @@ def test_one_word_written_two_ways_is_one_token(plain, written):
     "text, tokens",
     [
         ("नमस्ते, आप कैसे हैं?", ["नमस्ते", "आप", "कैसे", "हैं"]),  # vowel signs stay in the word
+        ("καλημέρα, мой ёж", ["καλημέρα", "мой", "ёж"]),  # only Latin letters lose their marks
+        ("l’été", ["lete", "ete"]),  # folded before the elision is looked for
         ("你吃饭了没有", ["你吃", "吃饭", "饭了", "了没", "没有"]),
         ("今日は元気?", ["今日", "日は", "は元", "元気"]),
         ("สวัสดีครับ", ["สวั", "วัส", "สดี", "ดีค", "ครั", "รับ"]),  # a letter keeps its marks
@@ -492,6 +502,22 @@ def test_a_text_without_apostrophes_finds_the_key_with_them(tmp_path, key, decoy
 
     # The decoy shares every other word and is shorter, so it wins unless the apostrophe
     # word matches too.
+    path = write_dataset(tmp_path / "d.jsonl", UNRELATED + [(decoy, "DECOY"), (key, "THE ANSWER")])
+    reply = RetrievalBackend().reply(persona(path), [{"role": "user", "content": text}])
+    assert reply.text == "THE ANSWER"
+
+
+@pytest.mark.parametrize(
+    "key, decoy, text",
+    [
+        ("café demain", "demain", "cafe demain"),
+        ("send your resume", "send your", "send your résumé"),
+        ("tu es naïve", "tu es", "tu es naive"),
+    ],
+)
+def test_a_text_without_accents_finds_the_key_with_them(tmp_path, key, decoy, text):
+    from tests.conftest import write_dataset
+
     path = write_dataset(tmp_path / "d.jsonl", UNRELATED + [(decoy, "DECOY"), (key, "THE ANSWER")])
     reply = RetrievalBackend().reply(persona(path), [{"role": "user", "content": text}])
     assert reply.text == "THE ANSWER"

@@ -88,8 +88,41 @@ CLUSTER_RE = re.compile(f".[{_MARKS}]*", re.DOTALL)  # a letter with the marks o
 ASCII_TOKEN_RE = re.compile(r"[a-z0-9_]+")  # what \w+ finds in ASCII, without the Unicode work
 ASCII_WORD_RE = re.compile(r"[a-z0-9_]+(?:'[a-z0-9_]+)*")  # the same, apostrophes kept
 # French, Italian and Catalan drop a short word's vowel before a vowel or h: l'heure, j'ai,
-# c'est, qu'il, dell'anno. The word after the apostrophe is what the text is about.
-ELISION_VOWELS = frozenset("aeiouyhàâäéèêëîïôöùûü")
+# c'est, qu'il, dell'anno. The word after the apostrophe is what the text is about. (Accents
+# are folded before this is asked: "l'été" reads "l'ete".)
+ELISION_VOWELS = frozenset("aeiouyh")
+
+
+def _latin_folds() -> dict[int, str]:
+    """str.translate table: each Latin letter with diacritics to the letters without (é: e)."""
+    # Texters drop accents ("cafe", "naive", "khong"). Latin letters only: other scripts'
+    # marks are kept or dropped on purpose above (Hindi vowel signs, Arabic vowel points), and
+    # in Cyrillic or Greek a mark can make another letter (й is not и).
+    folds: dict[int, str] = {}
+    for c in range(0x80, 0x10000):
+        if unicodedata.name(chr(c), "").startswith("LATIN "):
+            parts = unicodedata.normalize("NFKD", chr(c))
+            base = "".join(ch for ch in parts if not unicodedata.category(ch).startswith("M"))
+            if base and base != chr(c):
+                folds[c] = base
+    # Letters that Unicode does not decompose but texters spell without the stroke or
+    # ligature all the same: Polish ł, Vietnamese and Croatian đ, French œ (autocorrect's).
+    folds.update({ord("ł"): "l", ord("đ"): "d", ord("œ"): "oe"})
+    return folds
+
+
+LATIN_FOLDS = _latin_folds()
+# A mark left on an ASCII letter (no precomposed letter holds that pair, so NFKC kept it apart).
+LATIN_MARKS_RE = re.compile(f"(?<=[a-z])[{_MARKS}]+")
+
+
+# Cached: str.translate with a dict costs ~60 ns a character, and the words of a persona's
+# texts and dataset repeat (a hit costs about what an isascii() check does).
+@functools.lru_cache(maxsize=1 << 16)
+def _fold_latin(word: str) -> str:
+    """`word` with the diacritics of its Latin letters dropped ("résumé": "resume")."""
+    word = word.translate(LATIN_FOLDS)
+    return word if word.isascii() else LATIN_MARKS_RE.sub("", word)
 
 
 def _elided(head: str, rest: str) -> bool:
@@ -119,7 +152,7 @@ def tokenize(text: str) -> list[str]:
     """Word, character-pair and emoji tokens; no stop words dropped ('how are you' is all).
 
     NFKC and case folding first, so full-width letters, composed and decomposed accents and
-    ß/ss read alike. A text of punctuation only ("?", "...") is its characters, so it
+    ß/ss read alike; then Latin letters lose their accents (texters drop them). A text of punctuation only ("?", "...") is its characters, so it
     matches the same punctuation in the dataset rather than nothing.
     """
     if text.isascii():  # most texts: no normalising, marks, symbols or unspaced scripts
@@ -145,10 +178,15 @@ def tokenize(text: str) -> list[str]:
                     tokens.extend(a + b for a, b in zip(chars, chars[1:], strict=False))
                 else:
                     tokens.append(unspaced)
-            elif "'" in word:
-                tokens.extend(_contraction(word))
+            elif word:
+                if not word.isascii():
+                    word = _fold_latin(word)
+                if "'" in word:
+                    tokens.extend(_contraction(word))
+                else:
+                    tokens.append(word)
             else:
-                tokens.append(word or symbol)
+                tokens.append(symbol)
     return tokens or [c for c in text if not c.isspace()]
 
 
