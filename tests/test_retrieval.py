@@ -558,6 +558,73 @@ def test_recent_replies_are_struck_out_before_the_top_candidates(tmp_path):
     assert backend.reply(persona(path), thread).text == "ok ok"  # the next match, not a guess
 
 
+STORY = " ".join(["Once upon a time there was an engine that could compute anything at all."] * 3)
+# Answers the webhook cannot store as they are: cut at MAX_REPLY_CHARS (60 below), a control
+# character dropped, a lone surrogate (half an emoji) replaced. Each is the best match for
+# "tell me a story"; a second, weaker match is there to be said next.
+CHANGED_ON_THE_WAY_OUT = {
+    "longer than MAX_REPLY_CHARS": STORY,
+    "a control character": "Once upon a time\x07 there was an engine.",
+    "a lone surrogate": "Once upon a time \ud83d there was an engine.",
+}
+NEXT = "Another time, dear."
+
+
+@pytest.mark.parametrize(
+    "answer", CHANGED_ON_THE_WAY_OUT.values(), ids=CHANGED_ON_THE_WAY_OUT.keys()
+)
+def test_a_reply_changed_on_the_way_out_is_not_repeated(tmp_path, answer):
+    from functools import partial
+
+    from phischer.replies import sendable
+    from tests.conftest import write_dataset
+
+    pairs = [("tell me a story", answer), ("tell me a story, a long one please", NEXT)]
+    path = write_dataset(tmp_path / "d.jsonl", UNRELATED + pairs)
+    backend = RetrievalBackend(sent_as=partial(sendable, limit=60))
+    thread = [{"role": "user", "content": "tell me a story"}]
+    assert backend.reply(persona(path), thread).text == answer
+    stored = sendable(answer, 60)  # what the webhook stores, and the next thread holds
+    assert stored != answer
+    thread += [{"role": "assistant", "content": stored}, thread[0]]
+    assert backend.reply(persona(path), thread).text == NEXT
+
+
+def test_when_nothing_matches_a_reply_cut_on_the_way_out_is_not_repeated(tmp_path):
+    from functools import partial
+
+    from phischer.replies import sendable
+    from tests.conftest import write_dataset
+
+    path = write_dataset(tmp_path / "d.jsonl", [("tell me a story", STORY), ("bye", NEXT)])
+    backend = RetrievalBackend(sent_as=partial(sendable, limit=60))
+    thread = [{"role": "user", "content": "zzz"}]  # no key shares a word: the fallback answers
+    first = backend.reply(persona(path), thread).text
+    thread += [{"role": "assistant", "content": sendable(first, 60)}, thread[0]]
+    assert {first, backend.reply(persona(path), thread).text} == {STORY, NEXT}
+
+
+@pytest.mark.parametrize(
+    "answer", CHANGED_ON_THE_WAY_OUT.values(), ids=CHANGED_ON_THE_WAY_OUT.keys()
+)
+def test_the_webhook_does_not_repeat_a_reply_it_cut_or_cleaned(
+    personas, make_app, twilio_post, answer
+):
+    from phischer.replies import sendable
+
+    pairs = [("tell me a story", answer), ("tell me a story, a long one please", NEXT)]
+    with personas["ada"].open("a", encoding="utf-8") as fh:
+        for user, assistant in pairs:
+            messages = [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": assistant},
+            ]
+            fh.write(json.dumps({"messages": messages}) + "\n")
+    app = make_app(max_reply_chars=60)
+    assert twilio_post("tell me a story", target=app).replies == [sendable(answer, 60)]
+    assert twilio_post("tell me a story", target=app).replies == [NEXT]
+
+
 def test_a_dataset_with_one_answer_repeats_it_and_only_it(tmp_path):
     from tests.conftest import write_dataset
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from phischer.backends.base import Backend, BackendError
@@ -42,8 +43,12 @@ class Backends:
     def _make(self, name: str) -> Backend:
         if name == "retrieval":
             from phischer.backends.retrieval import RetrievalBackend
+            from phischer.replies import sendable
 
-            return RetrievalBackend()
+            # Replies are stored as sent (cut, cleaned), and it avoids repeating the stored
+            # ones: it must compare its answers in the same form, by the same function.
+            limit = self.settings.max_reply_chars
+            return RetrievalBackend(sent_as=functools.partial(sendable, limit=limit))
         if name == "openai":
             from phischer.backends.openai import OpenAIBackend
 

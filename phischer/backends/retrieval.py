@@ -16,6 +16,7 @@ import threading
 import time
 import unicodedata
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +196,11 @@ def tokenize(text: str) -> list[str]:
 DENSE_CELLS = 4_000_000
 
 
+def as_is(text: str) -> str:
+    """`text` unchanged: how an answer reads when nothing cuts or cleans it on the way out."""
+    return text
+
+
 @dataclass
 class Index:
     """BM25 over the keys (built by bm25s), and the answers they lead to."""
@@ -202,18 +208,23 @@ class Index:
     bm25: bm25s.BM25
     answers: list[str]
     dense: np.ndarray | None = None
-    # The keys leading to each answer: one (an int, no list to keep per answer) or several
-    # (many "lol"s answered "haha"); its keys are each answer once, in order.
+    # How an answer reads once sent (replies.sendable: cut to MAX_REPLY_CHARS, characters an
+    # SMS cannot carry cleaned). The recent replies to strike out come back from the
+    # database in that form, so answers are compared in it too.
+    sent_as: Callable[[str], str] = as_is
+    # The keys leading to each answer as sent: one (an int, no list to keep per answer) or
+    # several (many "lol"s answered "haha"); its keys are each answer once, in order.
     keys_of: dict[str, int | list[int]] = field(init=False, repr=False)
     distinct: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         keys_of: dict[str, int | list[int]] = {}
         for i, answer in enumerate(self.answers):
-            seen = keys_of.setdefault(answer, i)
+            sent = self.sent_as(answer)
+            seen = keys_of.setdefault(sent, i)
             if seen != i:
                 if isinstance(seen, int):
-                    keys_of[answer] = seen = [seen]
+                    keys_of[sent] = seen = [seen]
                 seen.append(i)
         self.keys_of = keys_of
         self.distinct = list(keys_of)
@@ -248,7 +259,7 @@ class Index:
         return out
 
     def best(self, query: str, avoid: set[str], turn: int) -> str:
-        """The best answer for `query` that is not in `avoid`."""
+        """The best answer for `query` whose sent form is not in `avoid`."""
         scores = self.scores(tokenize(query))
         # Recent replies are struck out before the top-k, not after it: when one answer fills
         # the first CANDIDATES places ("haha" to every "lol"), the next one still gets a turn.
@@ -278,10 +289,15 @@ class Index:
         distinct = self.distinct
         pick = zlib.crc32(query.encode("utf-8", "surrogatepass")) % len(distinct)
         for offset in range(len(distinct)):
-            answer = distinct[(pick + offset) % len(distinct)]
-            if answer not in avoid:
-                return answer
-        return distinct[pick]  # the dataset has nothing else to say
+            sent = distinct[(pick + offset) % len(distinct)]
+            if sent not in avoid:
+                return self.first_answer(sent)
+        return self.first_answer(distinct[pick])  # the dataset has nothing else to say
+
+    def first_answer(self, sent: str) -> str:
+        """The first answer of the dataset that is sent as `sent`."""
+        keys = self.keys_of[sent]
+        return self.answers[keys if isinstance(keys, int) else keys[0]]
 
 
 @dataclass
@@ -405,7 +421,9 @@ class RetrievalBackend:
     # fetches no more history than that.
     max_turns = 2 * RECENT_REPLIES + 2
 
-    def __init__(self, recheck_s: float = RECHECK_S) -> None:
+    def __init__(self, recheck_s: float = RECHECK_S, sent_as: Callable[[str], str] = as_is) -> None:
+        """`sent_as`: how a reply reads once stored and sent (see Index.sent_as)."""
+        self._sent_as = sent_as
         # dataset -> the (mtime_ns, size) it was built from and the index: the last good one.
         self._indexes: dict[str, tuple[tuple[int, int], Index]] = {}
         # dataset -> the (mtime_ns, size) that failed to build: not retried until it changes.
@@ -477,8 +495,7 @@ class RetrievalBackend:
         self._failed[name] = stamp
         return index
 
-    @staticmethod
-    def _build(path: Path) -> Index:
+    def _build(self, path: Path) -> Index:
         try:
             pairs = read_pairs(path)
         except OSError as exc:  # a folder, no permission: what the user can fix, in one line
@@ -488,7 +505,7 @@ class RetrievalBackend:
         warn_skipped(path, pairs)  # once per build: the index is cached until the file changes
         bm25 = bm25s.BM25()
         bm25.index([tokenize(k) for k in pairs.keys], show_progress=False)
-        return Index(bm25=bm25, answers=pairs.answers)
+        return Index(bm25=bm25, answers=pairs.answers, sent_as=self._sent_as)
 
     def warm(self, persona: PersonaView) -> None:
         """Build the index now (before gunicorn forks, so workers share it)."""
@@ -498,6 +515,7 @@ class RetrievalBackend:
         """Answer the last user turn from the dataset."""
         index = self.index(persona)
         query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        # The persona's replies as they were stored, i.e. sent: Index.best compares in that form.
         assistant = [m["content"] for m in messages if m["role"] == "assistant"]
         answer = index.best(query, set(assistant[-RECENT_REPLIES:]), turn=len(assistant))
         return Reply(text=answer, model="retrieval")
