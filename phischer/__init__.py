@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +26,13 @@ class Services:
     signatures: Any  # phischer.security.SignatureChecker
 
 
-def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
-    """Flask app factory: settings read once, database and backends shared by requests."""
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """Flask app factory: settings read once, database and backends shared by requests.
+
+    `config` is a Settings, or a mapping laid over the environment: the variables of
+    `.env.example` (`{"REPLY_MODE": "inline"}`), Settings fields (`reply_mode`), or Flask's
+    own configuration keys (`TESTING`), which go to `app.config` as in flaskr.
+    """
     from flask import Flask, request
     from werkzeug.exceptions import HTTPException
 
@@ -39,7 +45,13 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     from phischer.security import SignatureChecker
     from phischer.webhook import bp, xml
 
-    settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
+    flask_config: dict[str, Any] = {}
+    if isinstance(config, Settings):
+        settings = config
+    else:
+        ours = dict(config or {})
+        flask_config = {k: ours.pop(k) for k in list(ours) if k in Flask.default_config}
+        settings = Settings.from_config(ours)
     if settings.reply_mode == "async" and not settings.can_send_sms:
         # Every reply would be stored as send_failed and nobody would ever be answered.
         raise ConfigError(
@@ -50,6 +62,7 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # Twilio's form posts are a few KB
+    app.config.update(flask_config)
     if settings.trust_proxy:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

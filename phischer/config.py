@@ -7,6 +7,7 @@ import math
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,49 @@ def load_env_file() -> None:
     load_dotenv(find_dotenv(usecwd=True), override=False)
 
 
+# The environment variables Settings reads (DESIGN §3, .env.example) and the field each sets.
+_TEXT_VARS = {
+    "DATABASE_URL": "database_url",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_API_BASE_URL": "twilio_api_base_url",
+    "PUBLIC_URL": "public_url",
+    "OPENAI_API_KEY": "openai_api_key",
+    "OPENAI_BASE_URL": "openai_base_url",
+    "DEFAULT_PERSONA": "default_persona",
+    "FALLBACK_REPLY": "fallback_reply",
+}
+_BOOL_VARS = {
+    "TWILIO_VALIDATE_SIGNATURE": "twilio_validate_signature",
+    "TRUST_PROXY": "trust_proxy",
+}
+_NUMBER_VARS = {
+    "REPLY_TIMEOUT_S": ("reply_timeout_s", float, 0.001),
+    "HISTORY_TURNS": ("history_turns", int, 0),
+    "SESSION_GAP_HOURS": ("session_gap_hours", float, 0.0),
+    "MAX_REPLY_CHARS": ("max_reply_chars", int, 1),
+    "DAILY_LIMIT": ("daily_limit", int, 0),
+    "MODEL_RETRIES": ("model_retries", int, 0),
+}
+ENV_VARS = frozenset(
+    {"INSTANCE_PATH", "TWILIO_PHONE_NUMBER", "REPLY_MODE", "ALLOWED_NUMBERS"}
+    | _TEXT_VARS.keys()
+    | _BOOL_VARS.keys()
+    | _NUMBER_VARS.keys()
+)
+
+
+def _env_text(value: Any) -> str | None:
+    """A value given for an environment variable in code, as the text the variable would hold."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple | set | frozenset):  # ALLOWED_NUMBERS as a collection
+        return ",".join(map(str, value))
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of DESIGN §3, plus a few operational ones."""
@@ -255,45 +299,47 @@ class Settings:
         kw: dict[str, Any] = {}
         if (v := get("INSTANCE_PATH")) is not None:
             kw["instance_path"] = Path(v)
-        text_vars = {
-            "DATABASE_URL": "database_url",
-            "TWILIO_AUTH_TOKEN": "twilio_auth_token",
-            "TWILIO_ACCOUNT_SID": "twilio_account_sid",
-            "TWILIO_API_BASE_URL": "twilio_api_base_url",
-            "PUBLIC_URL": "public_url",
-            "OPENAI_API_KEY": "openai_api_key",
-            "OPENAI_BASE_URL": "openai_base_url",
-            "DEFAULT_PERSONA": "default_persona",
-            "FALLBACK_REPLY": "fallback_reply",
-        }
-        for var, attr in text_vars.items():
+        for var, attr in _TEXT_VARS.items():
             if (v := get(var)) is not None:
                 kw[attr] = v
         if (v := get("TWILIO_PHONE_NUMBER")) is not None:
             kw["twilio_phone_number"] = _phone_number("TWILIO_PHONE_NUMBER", v)
         if (v := get("REPLY_MODE")) is not None:
             kw["reply_mode"] = v.strip().lower()
-        for var, attr in (
-            ("TWILIO_VALIDATE_SIGNATURE", "twilio_validate_signature"),
-            ("TRUST_PROXY", "trust_proxy"),
-        ):
+        for var, attr in _BOOL_VARS.items():
             if (v := get(var)) is not None:
                 kw[attr] = _bool(var, v)
-        numbers = {
-            "REPLY_TIMEOUT_S": ("reply_timeout_s", float, 0.001),
-            "HISTORY_TURNS": ("history_turns", int, 0),
-            "SESSION_GAP_HOURS": ("session_gap_hours", float, 0.0),
-            "MAX_REPLY_CHARS": ("max_reply_chars", int, 1),
-            "DAILY_LIMIT": ("daily_limit", int, 0),
-            "MODEL_RETRIES": ("model_retries", int, 0),
-        }
-        for var, (attr, kind, minimum) in numbers.items():
+        for var, (attr, kind, minimum) in _NUMBER_VARS.items():
             if (v := get(var)) is not None:
                 kw[attr] = _number(var, v, kind, minimum)
         if (v := get("ALLOWED_NUMBERS")) is not None:
             kw["allowed_numbers"] = _allowed_numbers(v)
         kw.update(overrides)
         return cls(**kw)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """Settings from the environment with `config` on top (what create_app(dict) takes).
+
+        Keys are the environment variables (`REPLY_MODE`, read and checked as in `.env`) or
+        the fields (`reply_mode`, taken as they are); any other key is a ConfigError naming it.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in config if k not in ENV_VARS and k not in known)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s): {', '.join(unknown)}: use the variables of .env.example "
+                "(REPLY_MODE) or their lower-case field names (reply_mode)"
+            )
+        load_env_file()
+        env = dict(os.environ)
+        for var in ENV_VARS & config.keys():
+            text = _env_text(config[var])
+            if text is None:
+                env.pop(var, None)
+            else:
+                env[var] = text
+        return cls.from_env(env, **{k: v for k, v in config.items() if k in known})
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Return a copy with some fields replaced (validated again)."""

@@ -303,3 +303,43 @@ def test_a_blank_setting_is_an_unset_one(tmp_path):
     assert s.fallback_reply == DEFAULT_FALLBACK_REPLY
     assert (s.twilio_auth_token, s.default_persona) == (None, None)
     assert Settings.from_env({"FALLBACK_REPLY": "brb"}).fallback_reply == "brb"
+
+
+def test_create_app_takes_a_mapping_of_env_names_fields_and_flask_keys(tmp_path, monkeypatch):
+    """create_app(config): the §3 names as in .env, the field names, and Flask's own keys."""
+    from phischer import create_app
+
+    monkeypatch.setenv("HISTORY_TURNS", "7")  # the environment stays underneath
+    app = create_app(
+        {
+            "REPLY_MODE": "INLINE",  # read like the variable: any case
+            "DAILY_LIMIT": 5,  # a value, not only its text
+            "TWILIO_VALIDATE_SIGNATURE": False,
+            "ALLOWED_NUMBERS": ["+1 555 123 0001"],
+            "instance_path": tmp_path / "inst",
+            "TESTING": True,
+        }
+    )
+    s = app.extensions["phischer"].settings
+    assert (s.reply_mode, s.daily_limit, s.history_turns) == ("inline", 5, 7)
+    assert s.twilio_validate_signature is False
+    assert s.allowed_numbers == frozenset({"+15551230001"})
+    assert s.instance_path == tmp_path / "inst"
+    assert app.testing
+    app.extensions["phischer"].db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"REPLYMODE": "inline"}, "unknown setting(s): REPLYMODE: use the variables of"),
+        ({"REPLY_MODE": "fast"}, "REPLY_MODE='fast': use one of inline, async, auto"),
+        ({"DAILY_LIMIT": "lots"}, "DAILY_LIMIT='lots' is not a number"),
+    ],
+)
+def test_create_app_names_a_bad_key_or_value(tmp_path, config, message):
+    from phischer import create_app
+
+    with pytest.raises(ConfigError) as excinfo:
+        create_app({"instance_path": tmp_path, **config})
+    assert message in str(excinfo.value)
