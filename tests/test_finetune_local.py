@@ -29,7 +29,7 @@ from phischer.finetune import local, serving  # noqa: E402
 from phischer.models import FineTuneJob, Persona  # noqa: E402
 from phischer.personas import PersonaSpec, add_persona  # noqa: E402
 from tests.conftest import sign, sms_params, twiml_bodies  # noqa: E402
-from tests.fake_openai import VALID_KEY, FakeOpenAI, greet_model  # noqa: E402
+from tests.fake_openai import FakeOpenAI, greet_model  # noqa: E402
 from tests.plot_helpers import assert_png  # noqa: E402
 
 SYSTEM = "you are ada"
@@ -330,7 +330,6 @@ def start_local(train: Path, *options: str) -> Any:
 @pytest.fixture
 def served(fake_openai: FakeOpenAI) -> FakeOpenAI:
     """A loopback OpenAI-compatible server standing in for vLLM serving the adapter."""
-    fake_openai.valid_key = VALID_KEY
     fake_openai.responder = greet_model
     return fake_openai
 
@@ -419,6 +418,8 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
     assert twiml_bodies(response.data) == ["hey it's ada-lovelace"]
     (chat,) = served.calls("POST", "/v1/chat/completions")
     assert chat.json()["model"] == "ada-lovelace"
+    # The adapter's server is not OpenAI's: it never sees OPENAI_API_KEY.
+    assert chat.auth == "Bearer not-needed"
 
 
 @pytest.mark.parametrize("hub", [False, True])
@@ -811,7 +812,7 @@ def test_cli_local_switches_the_persona_off_its_previous_key_variable(
     assert result.exit_code == 0, result.output
     with database.read() as session:
         p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
-    # The local server's key is OPENAI_API_KEY or a placeholder, never TOGETHER_API_KEY.
+    # The local server gets a placeholder key, never TOGETHER_API_KEY (nor OPENAI_API_KEY).
     assert (p.model, p.base_url, p.api_key_env) == ("ada-lovelace", served.base_url, None)
 
 

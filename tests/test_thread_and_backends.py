@@ -652,6 +652,45 @@ def test_no_api_key_with_a_local_base_url_sends_a_placeholder(
     assert (inbound.status, inbound.error) == ("replied", None)
 
 
+def test_openai_api_key_goes_only_to_openai_base_urls_server(
+    make_app, personas, database, twilio_post
+):
+    from tests.fake_openai import FakeOpenAI
+
+    # Bo lives on OPENAI_BASE_URL's server (written with a slash); Ada on someone else's
+    # server, added without --api-key-env: that server must not be handed OPENAI_API_KEY.
+    with FakeOpenAI() as env_server, FakeOpenAI() as other_server:
+        with database.write() as session:
+            set_model(session, "Ada", "m-ada", base_url=other_server.base_url)
+            set_model(session, "Bo", "m-bo", base_url=env_server.base_url + "/")
+        app = make_app(
+            openai_api_key="sk-secret", openai_base_url=env_server.base_url, model_retries=0
+        )
+        assert twilio_post("hi", target=app).replies == ["echo: hi"]
+        assert twilio_post("#bo hi", from_="+15550111", target=app).replies == ["echo: hi"]
+        (to_other,) = other_server.calls("POST", "/v1/chat/completions")
+        (to_env,) = env_server.calls("POST", "/v1/chat/completions")
+        assert to_other.auth == "Bearer not-needed"
+        assert to_env.auth == "Bearer sk-secret"
+
+
+def test_a_server_that_wants_a_key_says_how_to_give_it_one(
+    make_app, personas, database, fake_openai, twilio_post
+):
+    fake_openai.valid_key = "vllm-key"  # vLLM started with --api-key
+    with database.write() as session:
+        set_model(session, "Ada", "llama3", base_url=fake_openai.base_url)
+    app = make_app(openai_api_key="sk-secret", openai_base_url=None, model_retries=0)
+    twilio_post("hi", target=app)
+    inbound = stored(app)[0]
+    assert inbound.status == "failed"
+    assert inbound.error.startswith("model server error 401: Incorrect API key provided")
+    assert inbound.error.endswith("add the persona again with --api-key-env VAR")
+    assert "sk-secret" not in inbound.error
+    (call,) = fake_openai.calls("POST", "/v1/chat/completions")
+    assert call.auth == "Bearer not-needed"
+
+
 def test_half_an_emoji_from_the_model_is_stored_and_sent_as_u_fffd(
     llm_app, fake_openai, twilio_post
 ):
@@ -683,3 +722,21 @@ def test_a_reply_only_xml_cannot_carry_is_a_failure_not_an_empty_sms(
     fake_openai.responder = lambda body: "hi\x01 there"
     assert twilio_post("again", target=app).replies == ["hi there"]
     assert stored(app)[-1].body == "hi there"
+
+
+@pytest.mark.parametrize(
+    ("url", "other", "same"),
+    [
+        ("https://api.openai.com/v1", "https://API.openai.com:443/v1/", True),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/openai/v1", True),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1", False),
+        ("http://api.openai.com/v1", "https://api.openai.com/v1", False),
+        ("https://api.openai.com.evil.example/v1", "https://api.openai.com/v1", False),
+        ("https://api.openai.com:99999/v1", "https://api.openai.com/v1", False),
+        ("http://127.0.0.1:8000/v1", None, False),
+    ],
+)
+def test_same_server_compares_scheme_host_and_port(url, other, same):
+    from phischer.backends.openai import same_server
+
+    assert same_server(url, other) is same

@@ -1201,8 +1201,8 @@ def test_closing_after_the_agent_got_the_ctrl_c_too_is_quiet(
     while True:
         try:
             socket.create_connection(("127.0.0.1", seen["port"]), timeout=1).close()
-        except ConnectionRefusedError:
-            break
+        except (ConnectionRefusedError, ConnectionResetError):
+            break  # reset: the API closed while this connection was in its backlog
         assert time.monotonic() < deadline, "the fake agent kept its API open after SIGINT"
         time.sleep(0.01)
 

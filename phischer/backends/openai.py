@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from urllib.parse import urlsplit
 
 import openai
 
@@ -15,6 +16,11 @@ OPENAI_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, llama.cpp, vLLM without --api-key) accept any key, but the SDK
 # refuses to start without one.
 LOCAL_PLACEHOLDER_KEY = "not-needed"
+# A 401 from a server that got the placeholder: it wants a key of its own.
+KEY_HINT = (
+    "this server wants an API key, which phischer sends only from the variable the persona "
+    "names: add the persona again with --api-key-env VAR"
+)
 # Another attempt is only worth starting with at least this much of the deadline left.
 MIN_ATTEMPT_S = 0.5
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -62,9 +68,13 @@ class OpenAIBackend:
                     f"{persona.api_key_env} is not set (persona {persona.name} reads its key there)"
                 )
             return base_url, key
-        if self.api_key:
+        # OPENAI_API_KEY goes only to OpenAI and to OPENAI_BASE_URL's server: a persona on
+        # another server (a local vLLM, a friend's, another provider) would otherwise hand
+        # the key to whoever runs it. Such a server gets its key from --api-key-env.
+        to_openai = same_server(base_url, OPENAI_URL)
+        if self.api_key and (to_openai or same_server(base_url, self.base_url)):
             return base_url, self.api_key
-        if base_url.rstrip("/") == OPENAI_URL:
+        if to_openai:
             raise BackendError("No OPENAI_API_KEY: set it in .env")
         return base_url, LOCAL_PLACEHOLDER_KEY
 
@@ -127,6 +137,10 @@ class OpenAIBackend:
                 log.info("Model %s refuses %s: %s", persona.model, param, _detail(exc))
             except openai.OpenAIError as exc:
                 error = _describe(exc)
+                if isinstance(exc, openai.AuthenticationError) and (
+                    client.api_key == LOCAL_PLACEHOLDER_KEY
+                ):
+                    error = BackendError(f"{error}; {KEY_HINT}")
                 wait = _retry_wait(exc, attempt)
                 last = attempt == self.max_retries
                 if last or wait is None or time.monotonic() + wait + MIN_ATTEMPT_S > deadline:
@@ -146,6 +160,23 @@ class OpenAIBackend:
         if not text:
             raise BackendError("model returned an empty reply")
         return Reply(text=text, model=model, prompt_tokens=prompt, completion_tokens=done)
+
+
+def same_server(url: str, other: str | None) -> bool:
+    """Whether two base URLs name the same server (scheme, host and port)."""
+    if not other:
+        return False
+    a, b = urlsplit(url.strip()), urlsplit(other.strip())
+    try:
+        ports = (a.port, b.port)
+    except ValueError:  # not a port number: no server to match
+        return False
+    defaults = {"http": 80, "https": 443}
+    return (a.scheme.lower(), a.hostname, ports[0] or defaults.get(a.scheme.lower())) == (
+        b.scheme.lower(),
+        b.hostname,
+        ports[1] or defaults.get(b.scheme.lower()),
+    )
 
 
 def _not_a_completion(exc: Exception) -> BackendError:
