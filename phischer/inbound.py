@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,12 +119,29 @@ class SmsService:
         log.info("text from %s → %s in %d ms", mask_number(msg.phone), outcome, _ms(start))
         return Handled(answers, "" if answers else silence)
 
-    def shutdown(self) -> None:
-        """Let pending async replies finish; stop the recovery sweep."""
+    def shutdown(self, timeout: float | None = None) -> int:
+        """Stop the recovery sweep; let async replies finish (within `timeout` s if given).
+
+        With a timeout, replies not started yet are dropped and those still running after
+        it are left to their threads (the process is about to exit): their texts stay
+        "processing", or their replies "queued", for the recovery sweep. Returns how many
+        were still running.
+        """
         sweeper = self.sweeper.peek()
         if sweeper is not None:
-            sweeper.stop()
-        self._executor.shutdown(wait=True)
+            # Its daemon thread may be in a late answer: a sweep claims each row it takes,
+            # so one cut off is taken again RECOVER_AFTER later.
+            sweeper.stop(timeout=5.0 if timeout is None else 0.0)
+        if timeout is None:
+            self._executor.shutdown(wait=True)
+            return 0
+        deadline = time.monotonic() + timeout
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        # A thread ends once its reply (model call, then storing and sending) is done.
+        threads = list(self._executor._threads)
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        return sum(thread.is_alive() for thread in threads)
 
     def _start_sweeper(self) -> Any:
         from phischer.recovery import Sweeper
@@ -279,10 +296,18 @@ class SmsService:
         if getattr(backend, "local", False) or mode == "inline":
             # A local backend answers in well under a millisecond: no thread hop needed.
             return self._answered(who, decision, self.generate(decision, backend))
-        future: Future[Result] = self._executor.submit(self.generate, decision, backend)
+        # The server is stopping (shutdown): no model call now, and no fallback either, as
+        # the text, still "processing", is answered by the recovery sweep after the restart.
+        stopping = [], f"{who} not asked: the server is stopping (the recovery sweep answers)"
+        try:
+            future: Future[Result] = self._executor.submit(self.generate, decision, backend)
+        except RuntimeError:  # cannot schedule new futures after shutdown
+            return stopping
         if mode == "auto":
             try:
                 result = future.result(timeout=self.settings.reply_timeout_s)
+            except CancelledError:
+                return stopping
             except FutureTimeout:
                 if not self.settings.can_send_sms:
                     # Nobody could deliver a late reply: answer now with the fallback, and
@@ -298,7 +323,10 @@ class SmsService:
                     return self._answered(who, decision, late)
             else:
                 return self._answered(who, decision, result)
-        future.add_done_callback(lambda f: self.deliver_later(msg.phone, decision, f.result()))
+        future.add_done_callback(
+            # Cancelled: dropped at shutdown before it started; the text stays "processing".
+            lambda f: f.cancelled() or self.deliver_later(msg.phone, decision, f.result())
+        )
         if mode == "auto":
             return [], f"{who} answers by REST (slower than REPLY_TIMEOUT_S)", no_reply.REST_SLOW
         return [], f"{who} answers by REST", no_reply.REST_ASYNC

@@ -174,11 +174,11 @@ class Sweeper:
         """Start sweeping."""
         self.thread.start()
 
-    def stop(self) -> None:
-        """Stop after the current sweep."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the current sweep (waiting for it at most `timeout` s)."""
         self._stop.set()
         if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout=5)
+            self.thread.join(timeout=timeout)
 
     def run_once(self, now: dt.datetime | None = None) -> SweepResult:
         """One sweep over the messages that may still need it."""

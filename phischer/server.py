@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from phischer.config import TWILIO_WEBHOOK_LIMIT_S
 from phischer.ports import bare_host, host_port
 
 WORKERS = 2
 THREADS = 4
+# After Ctrl-C, what a worker is doing (a webhook request, a slow reply's model call or REST
+# send) gets this long to finish; the rest is left to the recovery sweep (recovery.py).
+QUIT_GRACE_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class GunicornServer(BaseApplication):
@@ -32,6 +45,126 @@ class GunicornServer(BaseApplication):
         return self.application
 
 
+class Worker(ThreadWorker):
+    """gunicorn's gthread worker, made to stop in time whatever its threads are doing.
+
+    gthread stops gracefully on SIGTERM (in-flight requests get graceful_timeout) and at
+    once on SIGINT or SIGQUIT. Ctrl-C sends SIGINT to every process of the group, and the
+    arbiter then sends its workers SIGQUIT. Two things kept a worker alive until the arbiter
+    SIGKILLed it graceful_timeout later ("Worker was sent SIGKILL! Perhaps out of memory?"):
+
+    - gthread's SIGINT/SIGQUIT handler shuts its request pool down under the pool's lock,
+      which is not reentrant. Ctrl-C's SIGINT and the arbiter's SIGQUIT come within a
+      millisecond of each other: when the second one interrupted the first one's handler
+      inside that lock (or the main thread handing a connection to the pool), the handler
+      waited on its own thread for good. On a busy machine about one Ctrl-C in five did.
+    - Exiting, Python joins every ThreadPoolExecutor thread: gthread's (a request waiting
+      up to REPLY_TIMEOUT_S for the model, a client that has not sent its request yet) and
+      the slow replies' (a model call of up to 60 s, a REST send with its retries).
+
+    So this worker's handler takes no lock and acts once, and the worker ends with
+    os._exit once its work has had QUIT_GRACE_S (after SIGTERM: what is left of
+    graceful_timeout) to finish. A text is committed before its reply is made, so what
+    is cut off stays "processing" (or a reply "queued") and the recovery sweep answers
+    (or sends) it when the server runs again.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.quick = False  # Ctrl-C (SIGINT) or SIGQUIT: stop now, not gracefully
+        self.exiting = False
+        self.stop_started: float | None = None
+        self.requests = InFlight()
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGINT/SIGQUIT: stop now (gthread's handler would take the pool's lock)."""
+        # Ctrl-C's SIGINT and the arbiter's SIGQUIT both come: a second SystemExit, raised
+        # in the middle of run()'s exit, would skip it and the exit would wait on threads.
+        if self.exiting:
+            return
+        self.exiting = self.quick = True
+        self.alive = False
+        self.cfg.worker_int(self)
+        sys.exit(0)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: stop gracefully, by the arbiter's graceful_timeout from now."""
+        if self.stop_started is None:
+            self.stop_started = time.monotonic()
+        super().handle_exit(sig, frame)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        """Serve one request, counted so a quick stop can give it a moment to finish."""
+        with self.requests.one():
+            return super().handle_request(req, conn)
+
+    def run(self) -> None:
+        """gthread's loop, then an exit that does not wait for threads past the deadline."""
+        code = 0
+        try:
+            super().run()
+        except SystemExit as exc:  # handle_quit (stop now), or gunicorn's SIGABRT handler
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except Exception:
+            self.log.exception("Exception in worker process")
+            code = 1
+        self.exiting = True  # from here on a late Ctrl-C must not cut the exit short
+        deadline = self.exit_deadline()
+        requests = self.requests.wait_idle(deadline)
+        replies = 0
+        services = getattr(self.wsgi, "extensions", {}).get("phischer")
+        if services is not None:
+            replies = services.sms.shutdown(timeout=max(deadline - time.monotonic(), 0.0))
+        if requests or replies:
+            log.warning(
+                "Stopped with %d webhook request(s) and %d slow reply(ies) unfinished: the "
+                "recovery sweep takes over their stored texts when the server runs again",
+                requests,
+                replies,
+            )
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+
+    def exit_deadline(self) -> float:
+        """When this worker must be gone: soon after Ctrl-C, before the SIGKILL after SIGTERM."""
+        now = time.monotonic()
+        if self.quick or self.stop_started is None:
+            return now + QUIT_GRACE_S
+        # The arbiter SIGKILLs graceful_timeout after its SIGTERM; keep a second's margin.
+        return max(self.stop_started + self.cfg.graceful_timeout - 1.0, now)
+
+
+class InFlight:
+    """Counts work in progress; wait_idle() waits (until a deadline) for none to be left."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        """Count the block as one piece of work in progress."""
+        with self._idle:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._count -= 1
+                if not self._count:
+                    self._idle.notify_all()
+
+    def wait_idle(self, deadline: float) -> int:
+        """Wait until nothing is in progress or `deadline` (monotonic); how many are left."""
+        with self._idle:
+            self._idle.wait_for(
+                lambda: not self._count, timeout=max(deadline - time.monotonic(), 0.0)
+            )
+            return self._count
+
+
 def _post_fork(_server: Any, worker: Any) -> None:
     # The app was built before the fork (preload) so workers share the retrieval indexes;
     # pooled database connections must not be shared across processes, though.
@@ -49,7 +182,7 @@ def gunicorn_options(host: str, port: int, workers: int = WORKERS, threads: int 
         "bind": host_port(host, port),  # gunicorn takes an IPv6 address only in brackets
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": Worker,
         "preload_app": True,
         "post_fork": _post_fork,
         # A request may wait REPLY_TIMEOUT_S on the model; never kill it before Twilio gives up.

@@ -1,0 +1,148 @@
+"""Ctrl-C stops `phischer serve` within seconds, even with a reply in progress."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import sqlalchemy as sa
+from gunicorn.config import Config
+
+from phischer.models import Message
+from phischer.personas import set_model
+from phischer.server import Worker
+from tests.conftest import free_port, sign, sms_params
+from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN
+
+# A hung worker was SIGKILLed by the arbiter graceful_timeout (20 s) after Ctrl-C.
+STOPPED_WITHIN_S = 10
+
+
+def test_ctrl_c_with_a_slow_reply_in_progress_stops_at_once(
+    tmp_path: Path, personas, database, fake_openai, fake_twilio
+) -> None:
+    # The model takes a minute (async replies may): Python's exit joined the reply's thread.
+    fake_openai.behaviour, fake_openai.delay = "slow", 60.0
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    env = {
+        **os.environ,
+        "REPLY_MODE": "async",
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_PHONE_NUMBER": "+15550199",
+        "TWILIO_API_BASE_URL": fake_twilio.url,
+        "PYTHONUNBUFFERED": "1",
+    }
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phischer", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        url = f"http://127.0.0.1:{port}/sms"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url.replace("/sms", "/healthz"), timeout=1)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "".join(output)
+                time.sleep(0.1)
+        params = sms_params("hey how are you")
+        posted = requests.post(
+            url, data=params, headers={"X-Twilio-Signature": sign(AUTH_TOKEN, url, params)}
+        )
+        assert posted.status_code == 200
+        while not fake_openai.chat_calls:  # the model is now working on the reply
+            assert time.monotonic() < deadline, "".join(output)
+            time.sleep(0.05)
+
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: every process of the group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOPPED_WITHIN_S)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=5)
+    log = "".join(output)
+    assert took < STOPPED_WITHIN_S, f"still running {took:.0f} s after Ctrl-C:\n{log}"
+    assert "SIGKILL" not in log
+    assert "1 slow reply(ies) unfinished" in log
+    # The text stays stored, "processing": the recovery sweep answers it at the next start.
+    with database.read() as session:
+        texts = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
+    assert [(m.body, m.status) for m in texts] == [("hey how are you", "processing")]
+
+
+@pytest.fixture
+def worker():
+    """A gthread Worker as the arbiter builds it, with its request pool."""
+    made = Worker(1, os.getpid(), [], None, 30, Config(), None)
+    made.tpool = made.get_thread_pool()
+    yield made
+    made.tpool.shutdown()
+    made.tmp.close()
+
+
+def test_the_quit_signal_handler_takes_no_lock_the_main_thread_may_hold(worker) -> None:
+    # gthread's own handler shuts its pool down, under the lock the main thread holds while
+    # it hands a connection to the pool, or while it runs that same handler for Ctrl-C's
+    # SIGINT when the arbiter's SIGQUIT comes: the signal then deadlocked the worker.
+    exits: list[object] = []
+
+    def signalled() -> None:
+        try:
+            worker.handle_quit(signal.SIGINT, None)
+        except SystemExit as exc:
+            exits.append(exc.code)
+
+    with worker.tpool._shutdown_lock:  # what tpool.submit() holds
+        handler = threading.Thread(target=signalled, daemon=True)
+        handler.start()
+        handler.join(timeout=5)
+        assert exits == [0]
+    assert worker.quick and not worker.alive
+    # The second signal (the arbiter's SIGQUIT) must not cut the worker's exit short.
+    worker.handle_quit(signal.SIGQUIT, None)
+    assert exits == [0]
+
+
+def test_a_shutdown_with_a_timeout_leaves_slow_replies_to_the_recovery_sweep(
+    make_app, personas, database, fake_openai, twilio_rest, twilio_post
+) -> None:
+    fake_openai.behaviour, fake_openai.delay = "slow", 2.0
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    app = make_app(reply_timeout_s=0.2, **twilio_rest)
+    assert twilio_post("hey how are you", target=app).replies == []  # goes by REST later
+    started = time.monotonic()
+    assert app.extensions["phischer"].sms.shutdown(timeout=0.3) == 1  # still at the model
+    assert time.monotonic() - started < 1.5
+    # A text that comes in meanwhile is stored; the sweep answers it, not the fallback now.
+    assert twilio_post("are you there", target=app).replies == []
+    with database.read() as session:
+        texts = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
+    assert [(m.body, m.status) for m in texts] == [
+        ("hey how are you", "processing"),
+        ("are you there", "processing"),
+    ]
