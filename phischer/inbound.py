@@ -298,7 +298,11 @@ class SmsService:
             return self._answered(who, decision, self.generate(decision, backend))
         # The server is stopping (shutdown): no model call now, and no fallback either, as
         # the text, still "processing", is answered by the recovery sweep after the restart.
-        stopping = [], f"{who} not asked: the server is stopping (the recovery sweep answers)"
+        stopping = (
+            [],
+            f"{who} not asked: the server is stopping (the recovery sweep answers)",
+            no_reply.STOPPING,
+        )
         try:
             future: Future[Result] = self._executor.submit(self.generate, decision, backend)
         except RuntimeError:  # cannot schedule new futures after shutdown

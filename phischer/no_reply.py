@@ -22,6 +22,7 @@ DAILY_LIMIT = "daily-limit"  # over DAILY_LIMIT, its one notice already sent
 EMPTY = "empty"  # nothing to answer
 TWILIO_ANSWERED = "twilio-answered"  # Advanced Opt-Out sent its own START/HELP reply
 RETRY = "retry"  # a MessageSid stored before, with no inline reply (yet)
+STOPPING = "stopping"  # the server is stopping: the recovery sweep answers it after a restart
 WORD = re.compile(r"[a-z][a-z0-9-]{0,39}")
 
 _BY_REST = (
@@ -39,6 +40,7 @@ EXPLAINED = {
     EMPTY: "the text is empty",
     TWILIO_ANSWERED: "Twilio's Advanced Opt-Out answers this keyword itself",
     RETRY: "a text with this MessageSid was received before; its reply was not inline",
+    STOPPING: "the server is stopping; it answers this text by REST when it runs again",
 }
 
 

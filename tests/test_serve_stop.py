@@ -139,7 +139,9 @@ def test_a_shutdown_with_a_timeout_leaves_slow_replies_to_the_recovery_sweep(
     assert app.extensions["phischer"].sms.shutdown(timeout=0.3) == 1  # still at the model
     assert time.monotonic() - started < 1.5
     # A text that comes in meanwhile is stored; the sweep answers it, not the fallback now.
-    assert twilio_post("are you there", target=app).replies == []
+    meanwhile = twilio_post("are you there", target=app)
+    assert meanwhile.status_code == 200 and meanwhile.replies == []
+    assert meanwhile.headers["X-Phischer-No-Reply"] == "stopping"
     with database.read() as session:
         texts = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
     assert [(m.body, m.status) for m in texts] == [
