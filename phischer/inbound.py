@@ -214,6 +214,10 @@ class SmsService:
         """
         allowed = self.settings.allowed_numbers
         if allowed and from_number(msg.phone) not in allowed:
+            if command.action in ("optout", "optin"):
+                # STOP holds whatever the allow-list says: a number added to it later must
+                # not be texted by a clone it told to stop. Still no reply (not allowed).
+                self._command(contact, command, now)
             return "refused", "refused", "", None
         if contact.opted_out and command.action != "optin":
             return "optout", "ignored", "", None

@@ -194,6 +194,20 @@ def test_allow_list_refuses_without_reply(make_app, personas, twilio_post):
     assert twilio_post("good night", from_="whatsapp:+15550111", target=app).replies
 
 
+def test_stop_from_a_number_not_allowed_holds_once_it_is_allowed(make_app, personas, twilio_post):
+    app = make_app(allowed_numbers=frozenset({"+15550111"}))
+    assert twilio_post("STOP", from_="+15550999", target=app).replies == []
+    assert [(m.kind, m.status) for m in messages(app)] == [("refused", "refused")]
+    # The owner adds the number later: it said STOP, so the clone stays silent.
+    app = make_app(allowed_numbers=frozenset({"+15550111", "+15550999"}))
+    assert twilio_post("good night", from_="+15550999", target=app).replies == []
+    assert [(m.kind, m.status) for m in messages(app)][-1] == ("optout", "ignored")
+    assert twilio_post("START", from_="+15550999", target=app).replies
+    assert twilio_post("good night", from_="+15550999", target=app).replies == [
+        "Sleep well, dear. Dream of engines."
+    ]
+
+
 @pytest.mark.parametrize("entry", ["+44 (0)20 7946 0000", "0044 20 7946 0000", "+44-20-7946-0000"])
 def test_an_allowed_number_written_as_people_write_it_is_answered(
     make_app, personas, twilio_post, entry
