@@ -855,20 +855,33 @@ def test_success_moves_the_persona_off_its_previous_server(
     assert (p.backend, p.model, p.base_url, p.api_key_env) == ("openai", FT_MODEL, None, None)
 
 
-def test_local_jobs_are_never_sent_to_openai(
-    fake_ft: FakeOpenAI, ada: Path, database: Database, tmp_path: Path
-) -> None:
+LOCAL_JOB = "local-20261122-101010"
+
+
+def record_local_job(database: Database, adapter: Path, status: str, **extra: object) -> None:
+    """Record a local LoRA job as `finetune start --provider local` does."""
     with database.write() as session:
         jobs.record_job(
             session,
-            job_id="local-20261122-101010",
+            job_id=LOCAL_JOB,
             provider="local",
-            persona_id=persona(database).id,
             base_model="/models/tiny",
-            status="running",
-            training_file=str(tmp_path / "train.jsonl"),
-            output_dir=str(tmp_path / "adapter"),
+            status=status,
+            output_dir=str(adapter),
+            **extra,
         )
+
+
+def test_local_jobs_are_never_sent_to_openai(
+    fake_ft: FakeOpenAI, ada: Path, database: Database, tmp_path: Path
+) -> None:
+    record_local_job(
+        database,
+        tmp_path / "adapter",
+        "running",
+        persona_id=persona(database).id,
+        training_file=str(tmp_path / "train.jsonl"),
+    )
     status = run("finetune", "status", "local-20261122-101010")
     assert status.exit_code == 0
     assert status.output.splitlines() == [
@@ -887,15 +900,7 @@ def test_cancelling_a_local_job_needs_no_api_key(
     ada: Path, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
-    with database.write() as session:
-        jobs.record_job(
-            session,
-            job_id="local-20261122-101010",
-            provider="local",
-            base_model="/models/tiny",
-            status="running",
-            output_dir=str(tmp_path / "adapter"),
-        )
+    record_local_job(database, tmp_path / "adapter", "running")
     cancel = run("finetune", "cancel", "local-20261122-101010")
     assert cancel.exit_code == 1
     assert cancel.output.splitlines() == [
@@ -907,15 +912,7 @@ def test_cancelling_a_local_job_needs_no_api_key(
 def test_cancelling_a_finished_local_job_says_it_is_finished(
     ada: Path, database: Database, tmp_path: Path, status: str
 ) -> None:
-    with database.write() as session:
-        jobs.record_job(
-            session,
-            job_id="local-20261122-101010",
-            provider="local",
-            base_model="/models/tiny",
-            status=status,
-            output_dir=str(tmp_path / "adapter"),
-        )
+    record_local_job(database, tmp_path / "adapter", status)
     cancel = run("finetune", "cancel", "local-20261122-101010")
     assert cancel.exit_code == 1
     # Not "stop it with Ctrl-C where it runs": it runs nowhere.

@@ -52,6 +52,14 @@ def backdate(app, message_id: int, age: dt.timedelta) -> None:
         )
 
 
+def assert_answered_late(app, fake_twilio) -> None:
+    """A sweep answers the interrupted work question by REST, and nothing else is sent."""
+    assert sweep(app.extensions["phischer"].sms).answered == 1
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
+        "I compute Bernoulli numbers, mostly by candlelight."
+    ]
+
+
 def test_interrupted_text_is_answered_late_by_rest(make_app, personas, fake_twilio, twilio_rest):
     app = make_app(**twilio_rest)
     inbound_id = interrupted(
@@ -481,10 +489,7 @@ def test_ignored_texts_since_the_crash_do_not_supersede(
     app = make_app(**twilio_rest)
     interrupted(app, "so what do you do for work?", "SMign", dt.timedelta(minutes=5))
     text_now(app, "   ")  # empty: stored as ignored, no reply
-    assert sweep(app.extensions["phischer"].sms).answered == 1
-    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
-        "I compute Bernoulli numbers, mostly by candlelight."
-    ]
+    assert_answered_late(app, fake_twilio)
 
 
 def test_a_reset_before_the_text_leaves_the_late_answer_wanted(
@@ -500,10 +505,7 @@ def test_a_reset_before_the_text_leaves_the_late_answer_wanted(
         session.execute(
             sa.update(Contact).values(thread_reset_at=utcnow() - dt.timedelta(minutes=6))
         )
-    assert sweep(app.extensions["phischer"].sms).answered == 1
-    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
-        "I compute Bernoulli numbers, mostly by candlelight."
-    ]
+    assert_answered_late(app, fake_twilio)
 
 
 def test_a_reset_stored_after_the_text_supersedes_its_late_answer(
@@ -532,10 +534,7 @@ def test_commands_that_change_nothing_leave_the_late_answer_wanted(
     app = make_app(**twilio_rest)
     interrupted(app, "so what do you do for work?", "SMwho", dt.timedelta(minutes=5))
     text_now(app, command)
-    assert sweep(app.extensions["phischer"].sms).answered == 1
-    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == [
-        "I compute Bernoulli numbers, mostly by candlelight."
-    ]
+    assert_answered_late(app, fake_twilio)
 
 
 @pytest.mark.parametrize(("newer", "reason"), [("are you there?", SUPERSEDED), ("STOP", OPTED_OUT)])
