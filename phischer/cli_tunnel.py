@@ -63,7 +63,9 @@ def up_command(obj: Context, port: int, public_url: str | None) -> None:
     """Migrate, serve, tunnel and register in one process: then text your Twilio number.
 
     Ctrl-C (or SIGTERM) restores the number's previous SMS URL and closes the tunnel (exit code
-    1 if Twilio refused the restore). One `up` or `tunnel` at a time per instance folder.
+    1 if Twilio refused the restore). A reply still being made then gets a second; one cut
+    off is answered by the recovery sweep at the next start. One `up` or `tunnel` at a time
+    per instance folder.
     """
     with friendly_errors():
         tunnel.run_up(obj.settings, port=port, public_url=public_url, echo=click.echo)

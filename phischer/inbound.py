@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import thread as futures_thread
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,9 +126,9 @@ class SmsService:
         """Stop the recovery sweep; let async replies finish (within `timeout` s if given).
 
         With a timeout, replies not started yet are dropped and those still running after
-        it are left to their threads (the process is about to exit): their texts stay
-        "processing", or their replies "queued", for the recovery sweep. Returns how many
-        were still running.
+        it are left to their threads (the process is about to exit, and does not wait for
+        them): their texts stay "processing", or their replies "queued", for the recovery
+        sweep. Returns how many were still running.
         """
         sweeper = self.sweeper.peek()
         if sweeper is not None:
@@ -141,7 +144,9 @@ class SmsService:
         threads = list(self._executor._threads)
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
-        return sum(thread.is_alive() for thread in threads)
+        left = [thread for thread in threads if thread.is_alive()]
+        _leave_at_exit(left)
+        return len(left)
 
     def _start_sweeper(self) -> Any:
         from phischer.recovery import Sweeper
@@ -589,6 +594,19 @@ def _silence(kind: str, status: str, command: Command) -> str:
     if command.action == "optout":
         return no_reply.OPT_OUT
     return no_reply.TWILIO_ANSWERED if command.answered else ""
+
+
+def _leave_at_exit(threads: list[threading.Thread]) -> None:
+    """Let Python exit without waiting for these ThreadPoolExecutor threads to finish."""
+    # concurrent.futures joins every pool thread it started when the interpreter exits, so a
+    # model call cut off by shutdown(timeout) would still hold the exit of `phischer up` for
+    # up to a minute. (A gunicorn worker ends with os._exit and never gets there.)
+    registry = getattr(futures_thread, "_threads_queues", None)
+    if registry is None:  # another Python's internals: the exit waits, as it did before
+        return
+    with getattr(futures_thread, "_global_shutdown_lock", contextlib.nullcontext()):
+        for thread in threads:
+            registry.pop(thread, None)
 
 
 def _ms(start: float) -> int:

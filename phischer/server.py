@@ -109,19 +109,7 @@ class Worker(ThreadWorker):
             self.log.exception("Exception in worker process")
             code = 1
         self.exiting = True  # from here on a late Ctrl-C must not cut the exit short
-        deadline = self.exit_deadline()
-        requests = self.requests.wait_idle(deadline)
-        replies = 0
-        services = getattr(self.wsgi, "extensions", {}).get("phischer")
-        if services is not None:
-            replies = services.sms.shutdown(timeout=max(deadline - time.monotonic(), 0.0))
-        if requests or replies:
-            log.warning(
-                "Stopped with %d webhook request(s) and %d slow reply(ies) unfinished: the "
-                "recovery sweep takes over their stored texts when the server runs again",
-                requests,
-                replies,
-            )
+        finish_in_time(self.wsgi, self.requests, self.exit_deadline())
         for stream in (sys.stdout, sys.stderr):
             with suppress(OSError, ValueError):
                 stream.flush()
@@ -163,6 +151,28 @@ class InFlight:
                 lambda: not self._count, timeout=max(deadline - time.monotonic(), 0.0)
             )
             return self._count
+
+
+def finish_in_time(app: Any, requests: InFlight, deadline: float) -> None:
+    """Give webhook requests and slow replies in progress until `deadline` (monotonic) to finish.
+
+    What is still running then is left behind (the process is about to exit; its threads
+    do not hold the exit up): its text stays stored "processing", or its reply "queued",
+    and the recovery sweep answers or sends it when the server runs again. Used by the
+    gunicorn worker (`serve`) and by `up`.
+    """
+    left = requests.wait_idle(deadline)
+    replies = 0
+    services = getattr(app, "extensions", {}).get("phischer")
+    if services is not None:
+        replies = services.sms.shutdown(timeout=max(deadline - time.monotonic(), 0.0))
+    if left or replies:
+        log.warning(
+            "Stopped with %d webhook request(s) and %d slow reply(ies) unfinished: the "
+            "recovery sweep takes over their stored texts when the server runs again",
+            left,
+            replies,
+        )
 
 
 def _post_fork(_server: Any, worker: Any) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -38,6 +38,9 @@ from phischer.atomic import atomic_files
 from phischer.config import ConfigError, Settings, mask_number, public_base_url
 from phischer.ports import PortBusyError, bare_host, http_url, listen
 from phischer.twilio_client import make_twilio_client
+
+if TYPE_CHECKING:
+    from phischer.server import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -874,13 +877,18 @@ def _listen(host: str, port: int) -> socket.socket:
         raise TunnelError(str(exc)) from None
 
 
-def _stop_app(app: Any) -> None:
+def _stop_app(app: Any, in_flight: InFlight) -> None:
+    """Stop as `phischer serve` does on Ctrl-C: work in progress gets QUIT_GRACE_S to finish.
+
+    A slow reply still at the model (up to a minute) is not waited for: its text stays
+    stored "processing" and the recovery sweep answers it when the server runs again.
+    """
+    from phischer.server import QUIT_GRACE_S, finish_in_time
+
+    finish_in_time(app, in_flight, time.monotonic() + QUIT_GRACE_S)
     services = app.extensions.get("phischer")
-    for closer in ("sms.shutdown", "db.dispose"):
-        owner, name = closer.split(".")
-        fn = getattr(getattr(services, owner, None), name, None)
-        if callable(fn):
-            fn()
+    if services is not None:
+        services.db.dispose()
 
 
 def text_now_banner(settings: Settings, exposure: Exposure, local_url: str) -> list[str]:
@@ -929,6 +937,7 @@ def run_up(
 
     from phischer import create_app
     from phischer.cli import migrate_or_explain
+    from phischer.server import InFlight
 
     client = make_twilio_client(settings)  # names a missing variable before any tunnel opens
     base = resolve_public_url(public_url, settings)
@@ -942,10 +951,17 @@ def run_up(
         sock = _listen(host, port)
         stack.callback(sock.close)
         app = create_app(app_settings)
-        stack.callback(_step, echo, "stop the app", lambda: _stop_app(app))
+        in_flight = InFlight()
+        stack.callback(_step, echo, "stop the app", lambda: _stop_app(app, in_flight))
         stop_if_requested()
+
+        def counted(environ: Any, start_response: Any) -> Any:
+            # Counted, so that stopping gives a webhook request in progress its moment.
+            with in_flight.one():
+                return app(environ, start_response)
+
         # werkzeug wants "::1", not the URL form "[::1]" that ports.listen also takes.
-        server = make_server(bare_host(host), port, app, threaded=True, fd=sock.fileno())
+        server = make_server(bare_host(host), port, counted, threaded=True, fd=sock.fileno())
         thread = threading.Thread(target=server.serve_forever, name="phischer-http", daemon=True)
         thread.start()
         # What a crash or restart left unanswered goes out now, not at the next text.

@@ -8,6 +8,7 @@ live state and then raises KeyboardInterrupt like Ctrl-C would.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -1444,8 +1445,14 @@ def test_fake_sends_messages_and_scripted_failures(fake_twilio: FakeTwilio) -> N
 
 
 @contextmanager
-def real_up(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
-    """`phischer up --port 0 ARGS` as a user runs it; yields the process and its output lines."""
+def real_up(
+    cwd: Path, *args: str, group: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`phischer up --port 0 ARGS` as a user runs it; yields the process and its output lines.
+
+    `group`: in a process group of its own, as a terminal's foreground job (Ctrl-C is a
+    SIGINT to the whole group: `up` and the ngrok agent it started).
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "phischer", "up", "--port", "0", *args],
@@ -1454,6 +1461,7 @@ def real_up(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], list
         text=True,
         env=env,
         cwd=cwd,
+        start_new_session=group,
     )
     watchdog = threading.Timer(60, proc.kill)  # a hang fails the test instead of the suite
     watchdog.start()
@@ -1462,7 +1470,10 @@ def real_up(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], list
     finally:
         watchdog.cancel()
         if proc.poll() is None:
-            proc.kill()
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
@@ -1558,6 +1569,75 @@ def test_up_in_a_real_process_exits_1_when_the_restore_fails_on_sigterm(
     assert (instance() / tunnel.STATE_FILE).exists()  # the next run restores from it
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{local}/healthz", timeout=2)
+
+
+# `phischer serve` stops this soon too (test_serve_stop); `up` waited for the model's minute.
+STOPPED_WITHIN_S = 10
+
+
+def test_ctrl_c_stops_up_at_once_with_a_slow_reply_in_progress(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    fake_openai: Any,
+    personas: Any,
+    database: Any,
+) -> None:
+    """Ctrl-C with a slow model answering a text: `up` stops within seconds, not a minute;
+    the number is restored, the tunnel closed, and the text left to the recovery sweep."""
+    import sqlalchemy as sa
+
+    from phischer.models import Message
+    from phischer.personas import set_model
+
+    agent = fake_agent()
+    monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the agent's private config file
+    monkeypatch.setenv("REPLY_MODE", "async")  # the reply's model call runs in the background
+    fake_openai.behaviour, fake_openai.delay = "slow", 60.0
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    public = f"https://{fake_ngrok.PUBLIC_HOST}"
+
+    with real_up(tmp_path, group=True) as (proc, lines):
+        read_until(proc, lines, "Ctrl-C to stop")
+        assert number["sms_url"] == f"{public}/sms", lines
+        local = next(line for line in lines if line.startswith("Serving")).split()[1]
+        port = int(local.rsplit(":", 1)[1])
+        posted = post_sms(port, f"{public}/sms")
+        assert posted.status_code == 200 and twiml_bodies(posted.content) == []
+        deadline = time.monotonic() + 30
+        while not fake_openai.calls("POST", "/v1/chat/completions"):  # the model is at work
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            time.sleep(0.05)
+
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: `up` and its ngrok agent
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOPPED_WITHIN_S)
+        took = time.monotonic() - started
+        stopped = proc.poll() is not None
+        if not stopped:
+            os.killpg(proc.pid, signal.SIGKILL)
+        code = finish(proc, lines)
+
+    output = "\n".join(lines)
+    assert stopped, f"still running {took:.0f} s after Ctrl-C:\n{output}"
+    assert code == 0, output
+    assert "Shutting down…" in lines, output
+    assert "1 slow reply(ies) unfinished" in output
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines, output
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert gone(agent.record()["pid"])  # the tunnel closed with its agent
+    assert not (instance() / "public_url").exists()
+    assert "Traceback" not in output and "Warning" not in output, output
+    # The text stays stored, "processing": the recovery sweep answers it at the next start.
+    with database.read() as session:
+        texts = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
+    assert [(m.body, m.status) for m in texts] == [("hey how are you", "processing")]
+    assert fake_twilio.calls("POST", "/Messages.json") == []
 
 
 def test_a_second_run_from_the_same_folder_is_refused_while_the_first_lives(
