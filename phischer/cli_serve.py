@@ -10,6 +10,7 @@ import sys
 import click
 
 from phischer.cli import Context, not_utf8, pass_ctx
+from phischer.config import INTERNATIONAL_FORM, twilio_from
 from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimResult, SimulatorError, send_text
 
 # Port 0 ("any free port") would leave the banner pointing nowhere, so serve wants a real one.
@@ -17,12 +18,28 @@ PORT = click.IntRange(1, 65535)
 AT_LEAST_ONE = click.IntRange(min=1)
 
 _url = click.option("--url", default=DEFAULT_URL, show_default=True, help="The webhook to post to.")
+
+
+def _as_twilio_from(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--from as Twilio would post it: the server's rules (ALLOWED_NUMBERS, routes) read E.164."""
+    sender = twilio_from(value)
+    if sender is None:
+        raise click.BadParameter(
+            f"{value.strip()!r} is not a phone number in international form: give it as "
+            f"{INTERNATIONAL_FORM} (or whatsapp:+15551234567)"
+        )
+    return sender
+
+
 _from = click.option(
     "--from",
     "from_",
+    metavar="NUMBER",
     default=DEFAULT_FROM,
     show_default=True,
-    help="Sender phone number (each has its own memory, persona and opt-out).",
+    callback=_as_twilio_from,
+    help="Sender phone number in international form, as Twilio sends it (spaces, 00 and (0) "
+    "are fine; whatsapp:+… too). Each has its own memory, persona and opt-out.",
 )
 
 

@@ -87,6 +87,21 @@ def from_number(sender: str) -> str | None:
     return international_number(sender.rpartition(":")[2])
 
 
+# The channel before the number in a From that is not an SMS: "whatsapp:+15550100".
+CHANNEL_RE = re.compile(r"[a-z]+")
+
+
+def twilio_from(raw: str) -> str | None:
+    """`raw` as Twilio's From has it, or None: E.164 (as international_number reads it),
+    after a channel's name when it has one ("WhatsApp: +1 555 0100" → "whatsapp:+15550100")."""
+    channel, colon, number = raw.rpartition(":")
+    e164 = international_number(number)
+    if e164 is None or not colon:
+        return e164
+    channel = channel.strip().lower()
+    return f"{channel}:{e164}" if CHANNEL_RE.fullmatch(channel) else None
+
+
 def _allowed_numbers(raw: str) -> frozenset[str]:
     # Empty entries ("+15551230001,") are skipped; anything else must be a number in the
     # form Twilio's From has, or the allow-list would hold a number no text ever comes from

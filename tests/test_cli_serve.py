@@ -55,6 +55,87 @@ def test_text_uses_from_and_keeps_memory_per_number(live):
     assert run("text", "--url", live, "#who").output.strip() == "You're texting Ada (#ada)."
 
 
+def contacts(database) -> list[str]:
+    """The numbers the server has stored a contact for."""
+    with database.read() as session:
+        return sorted(session.scalars(sa.select(Contact.phone)))
+
+
+@pytest.mark.parametrize(
+    ("typed", "sent"),
+    [
+        ("+1 (555) 010-0142", "+15550100142"),
+        ("001 555 010 0142", "+15550100142"),  # 00: the international prefix for +
+        ("+1\u00a0555\u2013010\u20130142", "+15550100142"),  # as pasted
+        ("+44 (0)7911 123456", "+447911123456"),  # the (0) is dialled at home only
+    ],
+)
+def test_text_from_is_sent_as_twilio_sends_it(live, database, typed, sent):
+    """Twilio's From is E.164, and the server's rules (routes, ALLOWED_NUMBERS) read it so."""
+    routed = run("persona", "route", sent, "bo")
+    assert routed.exit_code == 0, routed.output
+
+    result = run("text", "--url", live, "--from", typed, "#who")
+    assert (result.exit_code, result.output) == (0, "You're texting Bo (#bo).\n")
+    chat = run("chat", "--url", live, "--from", typed, input="#who\n/quit\n")
+    assert "clone> You're texting Bo (#bo)." in chat.output
+    assert contacts(database) == [sent]
+
+
+def test_text_from_allowed_numbers_is_matched_in_international_form(make_app, personas, database):
+    app = make_app(allowed_numbers="+447911123456")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/sms"
+        result = run("text", "--url", url, "--from", "0044 (0)7911 123 456", "#who")
+    finally:
+        server.shutdown()
+        thread.join()
+    assert (result.exit_code, result.output) == (0, "You're texting Ada (#ada).\n")
+    assert contacts(database) == ["+447911123456"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "sent"),
+    [
+        ("whatsapp:+1 555 010 0142", "whatsapp:+15550100142"),
+        ("WhatsApp: 001 555 010 0142", "whatsapp:+15550100142"),
+    ],
+)
+def test_text_from_keeps_a_channel_prefix(live, database, typed, sent):
+    result = run("text", "--url", live, "--from", typed, "#who")
+    assert (result.exit_code, result.output) == (0, "You're texting Ada (#ada).\n")
+    assert contacts(database) == [sent]
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "5550100",  # national: which country?
+        "(555) 010-0114",
+        "07911 123456",
+        "+1 555 CALL NOW",
+        "+123456",  # under 7 digits
+        "12345",  # a short code never texts in
+        "whatsapp:5550100",
+        "what's app:+15550100",
+        "",
+    ],
+)
+@pytest.mark.parametrize("command", ["text", "chat"])
+def test_text_from_refuses_a_number_twilio_never_sends(live, database, command, typed):
+    args = ["--url", live, "--from", typed] + (["hi"] if command == "text" else [])
+    result = run(command, *args, input="hi\n/quit\n")
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1] == (
+        f"Error: Invalid value for '--from': {typed!r} is not a phone number in international "
+        "form: give it as +<country code><number>, e.g. +15551234567 (or whatsapp:+15551234567)"
+    )
+    assert contacts(database) == []  # nothing was posted
+
+
 def test_text_no_reply_is_said_with_why(live):
     result = run("text", "--url", live, "STOP")
     assert (result.exit_code, result.output) == (
