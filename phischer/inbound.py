@@ -600,7 +600,9 @@ def _leave_at_exit(threads: list[threading.Thread]) -> None:
     """Let Python exit without waiting for these ThreadPoolExecutor threads to finish."""
     # concurrent.futures joins every pool thread it started when the interpreter exits, so a
     # model call cut off by shutdown(timeout) would still hold the exit of `phischer up` for
-    # up to a minute. (A gunicorn worker ends with os._exit and never gets there.)
+    # up to a minute. That join is all there is to skip: `up` submits from werkzeug's request
+    # threads, which are daemon threads, and a pool thread inherits that, so threading's own
+    # exit does not wait for it. (A gunicorn worker ends with os._exit and never gets here.)
     registry = getattr(futures_thread, "_threads_queues", None)
     if registry is None:  # another Python's internals: the exit waits, as it did before
         return
