@@ -269,7 +269,9 @@ class SmsService:
             contact.opted_out, contact.opted_out_at = True, now
             return ""
         if command.action == "optin":
-            contact.opted_out, contact.opted_out_at = False, None
+            # opted_out_at stays: when the number last opted out. A reply to a text from
+            # before it must not go out late now (SmsService.superseded).
+            contact.opted_out = False
             return OPT_IN_TEXT
         if command.action == "help":
             return HELP_TEXT
@@ -502,12 +504,13 @@ class SmsService:
     ) -> bool:
         """Whether the number moved on since message `message_id`, so a late reply is unwanted.
 
-        It sent #reset, chose a persona other than `persona_id`, or sent a newer text the
-        model answers: the reply would arrive after "Fresh start", from the persona the
-        texter left, or out of order. #who, #list, HELP and the like leave it wanted.
+        It sent #reset or STOP (even if START came after), chose a persona other than
+        `persona_id`, or sent a newer text the model answers: the reply would arrive after
+        "Fresh start" or an opt-out, from the persona the texter left, or out of order.
+        #who, #list, HELP and the like leave it wanted.
         """
-        reset, chosen = self.store.moved_on(cur, message_id)
-        if reset:
+        ended, chosen = self.store.moved_on(cur, message_id)
+        if ended:
             return True
         current = self.personas.for_contact(chosen)
         if persona_id is not None and current is not None and current.id != persona_id:

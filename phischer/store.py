@@ -415,19 +415,21 @@ class Store:
         return cur.fetchone() is not None
 
     def moved_on(self, cur: Any, message_id: int) -> tuple[bool, int | None]:
-        """(whether its number sent #reset after message `message_id`, the persona it chose)."""
+        """(whether its number sent #reset or STOP after message `message_id`, its persona)."""
+        # opted_out_at is kept by START: a STOP since the message ended its conversation.
         cur.execute(
             self.sql(
-                "SELECT c.thread_reset_at, m.created_at, c.persona_id FROM messages m "
-                "JOIN contacts c ON c.id = m.contact_id WHERE m.id = ?"
+                "SELECT c.thread_reset_at, c.opted_out_at, m.created_at, c.persona_id "
+                "FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.id = ?"
             ),
             (message_id,),
         )
         row = cur.fetchone()
         if row is None:
             return False, None
-        reset_at, created_at = self.parse_ts(row[0]), self.parse_ts(row[1])
-        return reset_at is not None and reset_at > created_at, row[2]
+        created_at = self.parse_ts(row[2])
+        ended = [self.parse_ts(at) for at in row[:2] if at is not None]
+        return any(at > created_at for at in ended), row[3]
 
     def opted_out(self, cur: Any, contact_id: int) -> bool:
         """Whether this number has opted out (PostgreSQL: the row stays locked until commit)."""

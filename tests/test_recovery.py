@@ -414,6 +414,20 @@ def test_a_text_left_before_stop_is_not_answered_late(make_app, personas, fake_t
     assert fake_twilio.calls("POST", "/Messages.json") == []
 
 
+def test_a_text_left_before_stop_is_not_answered_after_start_either(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    # STOP ended that conversation; START lets new texts in, not the answer STOP cut off.
+    app = make_app(**twilio_rest)
+    inbound_id = interrupted(app, "tell me a joke!", "SMstop4", dt.timedelta(minutes=5))
+    text_now(app, "STOP")
+    text_now(app, "START")
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[inbound_id].status, by_id[inbound_id].error) == ("failed", SUPERSEDED)
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
 def test_a_reply_waiting_for_twilio_is_not_sent_after_stop(
     make_app, personas, fake_twilio, twilio_rest
 ):

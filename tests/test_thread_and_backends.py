@@ -11,6 +11,7 @@ from contextlib import closing
 import pytest
 import sqlalchemy as sa
 
+from phischer.inbound import OPT_IN_TEXT
 from phischer.models import Message, utcnow
 from phischer.personas import set_model
 
@@ -430,6 +431,23 @@ def test_a_slow_reply_is_not_sent_after_a_newer_command(
     assert (first.body, first.status) == ("tell me a joke", "replied")
     assert (late.reply_to_id, late.body) == (first.id, "echo: tell me a joke")
     assert (late.status, late.error) == ("send_failed", reason)
+
+
+def test_a_slow_reply_is_not_sent_after_stop_then_start(
+    llm_app, fake_openai, fake_twilio, twilio_rest, twilio_post
+):
+    # START lets the number's new texts in; the answer STOP cut off stays unsent.
+    app = llm_app(reply_mode="async", **twilio_rest)
+    asked, release = held_model(fake_openai)
+    twilio_post("tell me a joke", target=app)
+    assert asked.wait(10)
+    twilio_post("STOP", target=app)
+    assert twilio_post("START", target=app).replies == [OPT_IN_TEXT]
+    release.set()
+    app.extensions["phischer"].sms.shutdown()  # wait for the background reply
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+    late = stored(app)[-1]
+    assert (late.body, late.status) == ("echo: tell me a joke", "send_failed")
 
 
 @pytest.mark.parametrize("newer", ["#who", "#list", "HELP", "#nobody", "#ada"])
