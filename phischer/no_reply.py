@@ -40,7 +40,7 @@ EXPLAINED = {
     EMPTY: "the text is empty",
     TWILIO_ANSWERED: "Twilio's Advanced Opt-Out answers this keyword itself",
     RETRY: "a text with this MessageSid was received before; its reply was not inline",
-    STOPPING: "the server is stopping; it answers this text by REST when it runs again",
+    STOPPING: "the server is stopping; its recovery sweep takes this text up when it runs again",
 }
 
 
