@@ -340,6 +340,13 @@ class Settings:
         the fields (`reply_mode`, taken as they are); any other key is a ConfigError naming it.
         """
         known = {f.name for f in fields(cls)}
+        if "LOG_LEVEL" in config:
+            # .env.example lists it, but it is the `phischer` command's: an app leaves the
+            # logging of the program it runs in alone.
+            raise ConfigError(
+                "LOG_LEVEL is read by the phischer command, not create_app: set the level "
+                "in your own program (logging.basicConfig(level=...))"
+            )
         unknown = sorted(str(k) for k in config if k not in ENV_VARS and k not in known)
         if unknown:
             raise ConfigError(
