@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
+from phischer.config import from_number
 from phischer.db import Database
 from phischer.per_process import PerProcess
 
@@ -175,14 +176,15 @@ class Store:
         cur.execute(self._select_contact, (phone,))
         row = cur.fetchone()
         if row is None:
+            persona_id = self._routed_persona(cur, phone)
             cur.execute(
                 self.sql(
-                    "INSERT INTO contacts (phone, opted_out, replies_today, created_at) "
-                    "VALUES (?, ?, 0, ?) RETURNING id"
+                    "INSERT INTO contacts (phone, persona_id, opted_out, replies_today, "
+                    "created_at) VALUES (?, ?, ?, 0, ?) RETURNING id"
                 ),
-                (phone, False, self.ts(now)),
+                (phone, persona_id, False, self.ts(now)),
             )
-            return ContactRow(cur.fetchone()[0], None, False, None, None, None, 0)
+            return ContactRow(cur.fetchone()[0], persona_id, False, None, None, None, 0)
         cid, persona_id, opted_out, opted_out_at, reset_at, reply_day, replies = row
         return ContactRow(
             cid,
@@ -193,6 +195,17 @@ class Store:
             self.parse_day(reply_day),
             replies,
         )
+
+    def _routed_persona(self, cur: Any, phone: str) -> int | None:
+        """For a first text from another channel ("whatsapp:+1…"), its number's routed persona."""
+        # `persona route` pins the E.164 number; the channel's own contact (its own memory and
+        # opt-out, and replies go back on that channel) starts with the same persona.
+        number = from_number(phone) if ":" in phone else None
+        if number is None:
+            return None
+        cur.execute(self.sql("SELECT persona_id FROM contacts WHERE phone = ?"), (number,))
+        row = cur.fetchone()
+        return row[0] if row else None
 
     def save_contact(self, cur: Any, before: ContactRow, after: ContactRow) -> None:
         """Write the columns that changed."""

@@ -426,6 +426,18 @@ def test_route_pins_a_number(app, twilio_post, database):
     assert twilio_post("#who", from_="+15550143").replies == ["You're texting Ada (#ada)."]
 
 
+def test_a_route_holds_for_the_number_on_whatsapp_too(app, twilio_post, database):
+    from phischer.personas import route_number
+
+    with database.write() as session:
+        route_number(session, "+15550142", "bo")
+    # Its own contact (memory, opt-out, replies on WhatsApp), starting with the routed persona.
+    assert twilio_post("#who", from_="whatsapp:+15550142").replies == ["You're texting Bo (#bo)."]
+    assert twilio_post("#ada", from_="whatsapp:+15550142").replies == ["Ada here!"]
+    assert twilio_post("#who", from_="+15550142").replies == ["You're texting Bo (#bo)."]
+    assert twilio_post("#who", from_="whatsapp:+15550143").replies == ["You're texting Ada (#ada)."]
+
+
 @pytest.mark.parametrize(
     "typed",
     [
