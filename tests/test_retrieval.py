@@ -464,6 +464,21 @@ def test_tokens_of_other_scripts_emoji_and_punctuation(text, tokens):
     assert tokenize(text) == tokens
 
 
+@pytest.mark.parametrize("key", ["\u0640", "\u064b\u064b", "\u0640 \u0640", "\u05b8"])
+def test_a_key_of_optional_marks_only_is_those_marks(tmp_path, key):
+    from tests.conftest import write_dataset
+
+    # Dropping them left no token: bm25s failed (ValueError) on a dataset of such keys, so
+    # `phischer serve` could not start, and the text was answered by the error fallback.
+    path = write_dataset(tmp_path / "d.jsonl", [(key, "THE ANSWER")])
+    reply = RetrievalBackend().reply(persona(path), [{"role": "user", "content": "hello"}])
+    assert reply.text == "THE ANSWER"
+    assert tokenize(key) == [c for c in key if not c.isspace()]
+    path = write_dataset(tmp_path / "e.jsonl", UNRELATED + [(key, "THE ANSWER")])
+    reply = RetrievalBackend().reply(persona(path), [{"role": "user", "content": key}])
+    assert reply.text == "THE ANSWER"
+
+
 APOSTROPHE_WORDS = {
     "a contraction, joined": ("i don't know", ["i", "dont", "know"]),
     "typographic apostrophes": ("don’t ‘cause I’m", ["dont", "cause", "im"]),

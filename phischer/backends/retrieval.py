@@ -153,11 +153,12 @@ def tokenize(text: str) -> list[str]:
     """Word, character-pair and emoji tokens; no stop words dropped ('how are you' is all).
 
     NFKC and case folding first, so full-width letters, composed and decomposed accents and
-    ß/ss read alike; then Latin letters lose their accents (texters drop them). A text of punctuation only ("?", "...") is its characters, so it
-    matches the same punctuation in the dataset rather than nothing.
+    ß/ss read alike; then Latin letters lose their accents (texters drop them). A text of
+    punctuation only ("?", "...") is its characters, so it matches the same punctuation in
+    the dataset rather than nothing: only a blank text has no token.
     """
     if text.isascii():  # most texts: no normalising, marks, symbols or unspaced scripts
-        text = text.lower()
+        text = marked = text.lower()
         if "'" not in text:
             tokens = ASCII_TOKEN_RE.findall(text)
         else:
@@ -168,7 +169,8 @@ def tokenize(text: str) -> list[str]:
                 else:
                     tokens.append(word)
     else:
-        text = OPTIONAL_MARKS_RE.sub("", unicodedata.normalize("NFKC", text).casefold())
+        marked = unicodedata.normalize("NFKC", text).casefold()
+        text = OPTIONAL_MARKS_RE.sub("", marked)
         for apostrophe in OTHER_APOSTROPHES:  # str.replace: far cheaper than a regex pass
             text = text.replace(apostrophe, "'")
         tokens = []
@@ -188,7 +190,11 @@ def tokenize(text: str) -> list[str]:
                     tokens.append(word)
             else:
                 tokens.append(symbol)
-    return tokens or [c for c in text if not c.isspace()]
+    if tokens:
+        return tokens
+    # A text of optional marks only (a tatweel, a vowel point) is those marks: a key with no
+    # token cannot be indexed, and bm25s fails on a dataset whose keys all have none.
+    return [c for c in text if not c.isspace()] or [c for c in marked if not c.isspace()]
 
 
 # Up to this many cells (keys x vocabulary), the index also keeps a dense score table: a
