@@ -434,6 +434,9 @@ SAME_WORDS = {
     "a mark no precomposed letter holds": ("q", "q\u0303"),
     "full-width letters": ("hello", "ｈｅｌｌｏ"),
     "German sharp s": ("strasse", "Straße"),
+    # Case folding decomposes ΐ (ι and two marks) where its capital folds to ϊ and one mark.
+    "Greek capital with two accents": ("\u0390", "\u0399\u0308\u0301"),
+    "Greek capital, composed, with two accents": ("\u03b0", "\u03ab\u0301"),
     "Arabic vowel marks": ("مرحبا", "مَرْحَبًا"),
     "Arabic stretching stroke": ("مرحبا", "مرحبــا"),
     "Hebrew points": ("שלום", "שָׁלוֹם"),

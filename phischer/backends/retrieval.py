@@ -170,6 +170,10 @@ def tokenize(text: str) -> list[str]:
                     tokens.append(word)
     else:
         marked = unicodedata.normalize("NFKC", text).casefold()
+        # Case folding can undo NFKC: "ΐ" folds to ι and two marks, while its capital
+        # "Ϊ́" reads ϊ and one; composed again, both are ΐ (the check is the cheap part).
+        if not unicodedata.is_normalized("NFKC", marked):
+            marked = unicodedata.normalize("NFKC", marked)
         text = OPTIONAL_MARKS_RE.sub("", marked)
         for apostrophe in OTHER_APOSTROPHES:  # str.replace: far cheaper than a regex pass
             text = text.replace(apostrophe, "'")
