@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -26,15 +28,24 @@ from tests.conftest import free_port, serving, sign, sms_params
 PAIR = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
 
 
-@pytest.fixture
-def live(app):
-    """The app served over real HTTP on a loopback port."""
+@contextmanager
+def on_loopback(app) -> Iterator[str]:
+    """Serve `app` over real HTTP on a loopback port; yields its /sms URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/sms"
-    server.shutdown()
-    thread.join()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/sms"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture
+def live(app):
+    """The app served over real HTTP on a loopback port."""
+    with on_loopback(app) as url:
+        yield url
 
 
 def run(*args: str, input: str | None = None):
@@ -84,15 +95,8 @@ def test_text_from_is_sent_as_twilio_sends_it(live, database, typed, sent):
 
 def test_text_from_allowed_numbers_is_matched_in_international_form(make_app, personas, database):
     app = make_app(allowed_numbers="+447911123456")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/sms"
+    with on_loopback(app) as url:
         result = run("text", "--url", url, "--from", "0044 (0)7911 123 456", "#who")
-    finally:
-        server.shutdown()
-        thread.join()
     assert (result.exit_code, result.output) == (0, "You're texting Ada (#ada).\n")
     assert contacts(database) == ["+447911123456"]
 
@@ -159,15 +163,8 @@ def test_text_says_a_reply_by_rest_went_elsewhere(
         set_model(session, "Ada", "m", base_url=fake_openai.base_url)
     app = make_app(reply_mode="async", **twilio_rest)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)  # as the server's, to sign with
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/sms"
+    with on_loopback(app) as url:
         result = run("text", "--url", url, "--from", "+15550123", "hi")
-    finally:
-        server.shutdown()
-        thread.join()
     assert (result.exit_code, result.output) == (
         0,
         "(no reply in the webhook response: REPLY_MODE=async: the reply goes separately, as "
@@ -227,17 +224,10 @@ def test_text_with_no_token_and_no_server_says_nothing_answers(tmp_path):
 def test_text_signs_for_public_url(make_app, personas, monkeypatch):
     monkeypatch.setenv("PUBLIC_URL", "https://clone.example.ngrok.app")
     app = make_app(public_url="https://clone.example.ngrok.app")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/sms"
+    with on_loopback(app) as url:
         assert run("text", "--url", url, "good night").output.strip() == (
             "Sleep well, dear. Dream of engines."
         )
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 def test_chat_session(live):

@@ -52,6 +52,14 @@ def backdate(app, message_id: int, age: dt.timedelta) -> None:
         )
 
 
+def assert_given_up(app, service, fake_twilio, message_id: int, outcome: tuple) -> None:
+    """A sweep gives up on one row, stored with (status, error) `outcome`; nothing is sent."""
+    assert sweep(service).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[message_id].status, by_id[message_id].error) == outcome
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
 def assert_answered_late(app, fake_twilio) -> None:
     """A sweep answers the interrupted work question by REST, and nothing else is sent."""
     assert sweep(app.extensions["phischer"].sms).answered == 1
@@ -313,10 +321,7 @@ def test_a_queued_reply_the_texter_has_moved_past_is_not_sent(
     assert twilio_post("hello??", target=app).status_code == 200  # the texter moved on
     service.shutdown()  # no background sweep from here on
     backdate(app, out_id, dt.timedelta(minutes=5))
-    assert sweep(service).failed == 1
-    by_id = {m.id: m for m in stored(app)}
-    assert (by_id[out_id].status, by_id[out_id].error) == ("send_failed", SEND_SUPERSEDED)
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert_given_up(app, service, fake_twilio, out_id, ("send_failed", SEND_SUPERSEDED))
 
 
 def queued_reply(
@@ -408,10 +413,9 @@ def test_a_text_left_before_stop_is_not_answered_late(make_app, personas, fake_t
     app = make_app(**twilio_rest)
     inbound_id = interrupted(app, "tell me a joke!", "SMstop1", dt.timedelta(minutes=5))
     text_now(app, "STOP")
-    assert sweep(app.extensions["phischer"].sms).failed == 1
-    by_id = {m.id: m for m in stored(app)}
-    assert (by_id[inbound_id].status, by_id[inbound_id].error) == ("failed", OPTED_OUT)
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert_given_up(
+        app, app.extensions["phischer"].sms, fake_twilio, inbound_id, ("failed", OPTED_OUT)
+    )
 
 
 def test_a_text_left_before_stop_is_not_answered_after_start_either(
@@ -422,10 +426,9 @@ def test_a_text_left_before_stop_is_not_answered_after_start_either(
     inbound_id = interrupted(app, "tell me a joke!", "SMstop4", dt.timedelta(minutes=5))
     text_now(app, "STOP")
     text_now(app, "START")
-    assert sweep(app.extensions["phischer"].sms).failed == 1
-    by_id = {m.id: m for m in stored(app)}
-    assert (by_id[inbound_id].status, by_id[inbound_id].error) == ("failed", SUPERSEDED)
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert_given_up(
+        app, app.extensions["phischer"].sms, fake_twilio, inbound_id, ("failed", SUPERSEDED)
+    )
 
 
 def test_a_reply_waiting_for_twilio_is_not_sent_after_stop(
@@ -435,10 +438,9 @@ def test_a_reply_waiting_for_twilio_is_not_sent_after_stop(
     out_id, _ = queued_reply(app, "SMstop2", error="Twilio error 20503: down")
     text_now(app, "STOP")
     backdate(app, out_id, dt.timedelta(minutes=5))
-    assert sweep(app.extensions["phischer"].sms).failed == 1
-    by_id = {m.id: m for m in stored(app)}
-    assert (by_id[out_id].status, by_id[out_id].error) == ("send_failed", SEND_OPTED_OUT)
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert_given_up(
+        app, app.extensions["phischer"].sms, fake_twilio, out_id, ("send_failed", SEND_OPTED_OUT)
+    )
 
 
 def test_a_stop_during_the_sweep_stops_a_reply_it_listed_before(
@@ -458,10 +460,7 @@ def test_a_stop_during_the_sweep_stops_a_reply_it_listed_before(
         return rows
 
     monkeypatch.setattr(service.store, "pending", pending_then_stop)
-    assert sweep(service).failed == 1
-    by_id = {m.id: m for m in stored(app)}
-    assert (by_id[out_id].status, by_id[out_id].error) == ("send_failed", SEND_OPTED_OUT)
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert_given_up(app, service, fake_twilio, out_id, ("send_failed", SEND_OPTED_OUT))
 
 
 def test_a_slow_reply_is_not_sent_after_stop(make_app, personas, fake_twilio, twilio_rest):
@@ -491,10 +490,7 @@ def test_a_command_since_the_crash_supersedes_the_late_answer(
     app = make_app(**twilio_rest)
     first = interrupted(app, "tell me a joke!", "SMcmd", dt.timedelta(minutes=5))
     text_now(app, command)
-    assert sweep(app.extensions["phischer"].sms).failed == 1
-    by_id = {m.id: m for m in stored(app)}
-    assert (by_id[first].status, by_id[first].error) == ("failed", SUPERSEDED)
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert_given_up(app, app.extensions["phischer"].sms, fake_twilio, first, ("failed", SUPERSEDED))
 
 
 def test_ignored_texts_since_the_crash_do_not_supersede(
@@ -533,10 +529,7 @@ def test_a_reset_stored_after_the_text_supersedes_its_late_answer(
     first = interrupted(app, "so what do you do for work?", "SMreset", dt.timedelta(minutes=5))
     with app.extensions["phischer"].db.write() as session:
         session.execute(sa.update(Contact).values(thread_reset_at=utcnow()))
-    assert sweep(app.extensions["phischer"].sms).failed == 1
-    by_id = {m.id: m for m in stored(app)}
-    assert (by_id[first].status, by_id[first].error) == ("failed", SUPERSEDED)
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    assert_given_up(app, app.extensions["phischer"].sms, fake_twilio, first, ("failed", SUPERSEDED))
 
 
 @pytest.mark.parametrize("command", ["#who", "#list", "HELP", "#nobody", "#ada"])

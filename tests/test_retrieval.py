@@ -509,33 +509,22 @@ UNRELATED = [(f"question number {i}", f"answer number {i}") for i in range(40)]
 @pytest.mark.parametrize(
     "key, decoy, text",
     [
+        # Apostrophes: texters leave them out.
         ("i don't know", "i know", "i dont know"),
         ("i dont know", "i know", "i don’t know"),
         ("j'ai faim", "faim", "jai faim"),
         ("ada's cat", "cat", "adas cat"),
-    ],
-)
-def test_a_text_without_apostrophes_finds_the_key_with_them(tmp_path, key, decoy, text):
-    from tests.conftest import write_dataset
-
-    # The decoy shares every other word and is shorter, so it wins unless the apostrophe
-    # word matches too.
-    path = write_dataset(tmp_path / "d.jsonl", UNRELATED + [(decoy, "DECOY"), (key, "THE ANSWER")])
-    reply = RetrievalBackend().reply(persona(path), [{"role": "user", "content": text}])
-    assert reply.text == "THE ANSWER"
-
-
-@pytest.mark.parametrize(
-    "key, decoy, text",
-    [
+        # Accents: likewise.
         ("café demain", "demain", "cafe demain"),
         ("send your resume", "send your", "send your résumé"),
         ("tu es naïve", "tu es", "tu es naive"),
     ],
 )
-def test_a_text_without_accents_finds_the_key_with_them(tmp_path, key, decoy, text):
+def test_a_text_without_apostrophes_or_accents_finds_the_key_with_them(tmp_path, key, decoy, text):
     from tests.conftest import write_dataset
 
+    # The decoy shares every other word and is shorter, so it wins unless the word with
+    # the apostrophe or accent matches too.
     path = write_dataset(tmp_path / "d.jsonl", UNRELATED + [(decoy, "DECOY"), (key, "THE ANSWER")])
     reply = RetrievalBackend().reply(persona(path), [{"role": "user", "content": text}])
     assert reply.text == "THE ANSWER"

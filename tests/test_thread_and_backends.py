@@ -405,6 +405,24 @@ def held_model(fake_openai):
     return asked, release
 
 
+def joke_while_the_model_is_held(app, fake_openai, fake_twilio, twilio_post, *newer, asks=1):
+    """Text "tell me a joke" to a held model, send `newer` meanwhile, then let it answer.
+
+    `asks`: the model calls to wait for before releasing (a newer chat text asks too).
+    Returns the webhook's answers to `newer` and the bodies Twilio was asked to send.
+    """
+    asked, release = held_model(fake_openai)
+    assert twilio_post("tell me a joke", target=app).replies == []
+    assert asked.wait(10)
+    answers = [twilio_post(body, target=app) for body in newer]
+    deadline = time.monotonic() + 10
+    while len(fake_openai.chat_calls) < asks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    app.extensions["phischer"].sms.shutdown()  # wait for the background replies
+    return answers, [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")]
+
+
 @pytest.mark.parametrize(
     ("newer", "reason"),
     [
@@ -420,13 +438,8 @@ def test_a_slow_reply_is_not_sent_after_a_newer_command(
     # The texter resets, switches persona or opts out while the model works: Ada's late
     # answer would arrive after "Fresh start" (or "You're now texting Bo."), or after STOP.
     app = llm_app(reply_mode=mode, reply_timeout_s=0.2, **twilio_rest)
-    asked, release = held_model(fake_openai)
-    assert twilio_post("tell me a joke", target=app).replies == []
-    assert asked.wait(10)
-    twilio_post(newer, target=app)
-    release.set()
-    app.extensions["phischer"].sms.shutdown()  # wait for the background reply
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    _, sends = joke_while_the_model_is_held(app, fake_openai, fake_twilio, twilio_post, newer)
+    assert sends == []
     first, *_, late = stored(app)
     assert (first.body, first.status) == ("tell me a joke", "replied")
     assert (late.reply_to_id, late.body) == (first.id, "echo: tell me a joke")
@@ -438,14 +451,11 @@ def test_a_slow_reply_is_not_sent_after_stop_then_start(
 ):
     # START lets the number's new texts in; the answer STOP cut off stays unsent.
     app = llm_app(reply_mode="async", **twilio_rest)
-    asked, release = held_model(fake_openai)
-    twilio_post("tell me a joke", target=app)
-    assert asked.wait(10)
-    twilio_post("STOP", target=app)
-    assert twilio_post("START", target=app).replies == [OPT_IN_TEXT]
-    release.set()
-    app.extensions["phischer"].sms.shutdown()  # wait for the background reply
-    assert fake_twilio.calls("POST", "/Messages.json") == []
+    (_, start), sends = joke_while_the_model_is_held(
+        app, fake_openai, fake_twilio, twilio_post, "STOP", "START"
+    )
+    assert start.replies == [OPT_IN_TEXT]
+    assert sends == []
     late = stored(app)[-1]
     assert (late.body, late.status) == ("echo: tell me a joke", "send_failed")
 
@@ -457,13 +467,7 @@ def test_a_slow_reply_still_goes_out_after_a_command_that_changes_nothing(
     # "#who" (or HELP) while waiting, or choosing the persona already answering: the texter
     # still wants the answer, and nothing it was made from has changed.
     app = llm_app(reply_mode="async", **twilio_rest)
-    asked, release = held_model(fake_openai)
-    twilio_post("tell me a joke", target=app)
-    assert asked.wait(10)
-    twilio_post(newer, target=app)
-    release.set()
-    app.extensions["phischer"].sms.shutdown()
-    sends = [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")]
+    _, sends = joke_while_the_model_is_held(app, fake_openai, fake_twilio, twilio_post, newer)
     assert sends == ["echo: tell me a joke"]
 
 
@@ -473,16 +477,9 @@ def test_a_slow_reply_overtaken_by_a_newer_text_gives_way_to_its_answer(
     # Two texts while the model is slow: the second one's thread holds both, so its answer
     # is the one that goes out; the first would arrive after the second text, out of order.
     app = llm_app(reply_mode="async", **twilio_rest)
-    asked, release = held_model(fake_openai)
-    twilio_post("tell me a joke", target=app)
-    assert asked.wait(10)
-    twilio_post("are you there?", target=app)
-    deadline = time.monotonic() + 10
-    while len(fake_openai.chat_calls) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    release.set()
-    app.extensions["phischer"].sms.shutdown()
-    sends = [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")]
+    _, sends = joke_while_the_model_is_held(
+        app, fake_openai, fake_twilio, twilio_post, "are you there?", asks=2
+    )
     assert sends == ["echo: tell me a joke\nare you there?"]
     replies = {m.body: (m.status, m.error) for m in stored(app) if m.direction == "out"}
     assert replies["echo: tell me a joke"] == (
