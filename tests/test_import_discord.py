@@ -292,6 +292,9 @@ def test_csv_dates_in_each_locale_dotnet_writes(tmp_path: Path) -> None:
         "ja-JP-ampm": ("2024/03/01 午後 8:00", "2024/03/14 午後 8:02"),
         "ko-KR-morning": ("2024. 3. 1. 오전 8:00", "2024. 3. 14. 오전 8:02"),
         "cs-CZ": ("1. 3. 2024 20:00", "14. 3. 2024 20:02"),
+        # the locale's own digits, with RLM marks in Arabic
+        "ar-EG": ("١\u200f/٣\u200f/٢٠٢٤ ٨:٠٠ م", "١٤\u200f/٣\u200f/٢٠٢٤ ٨:٠٢ م"),
+        "bn-BD": ("১/৩/২০২৪ ৮:০০ PM", "১৪/৩/২০২৪ ৮:০২ PM"),
         "fi-FI-klo": ("1.3.2024 klo 20.00", "14.3.2024 klo 20.02"),
         # forms read before
         "en-US": ("3/1/2024 8:00 PM", "3/14/2024 8:02 PM"),

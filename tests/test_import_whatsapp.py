@@ -661,3 +661,99 @@ def test_a_second_download_saved_as_copy_1_is_the_same_chat(tmp_path: Path) -> N
     # the copy adds nothing: Sam's examples are those of the one chat
     sam = [line for line in out.read_text().splitlines() if "Book Club" not in line]
     assert sam == single.read_text().splitlines()
+
+
+# Exports from phones set to other languages, as public parsers' fixtures and bug reports show
+# them (digits in the locale's script, RLM marks, AM/PM words before or after the time).
+LOCALES = {
+    "arabic android": (  # mtln/chat-export tests/test_arabic_locale.py
+        [
+            "٢٤\u200f/٤\u200f/٢٠٢٢، ١١:٥٨ م - عمار: نلتقي الساعة ٩؟",
+            "٢٥\u200f/٤\u200f/٢٠٢٢، ١٢:٠٧ ص - Sam: 9 ok",
+        ],
+        [
+            ("عمار", "نلتقي الساعة ٩؟", D(2022, 4, 24, 23, 58)),  # the text keeps its digits
+            ("Sam", "9 ok", D(2022, 4, 25, 0, 7)),
+        ],
+    ),
+    "arabic ios": (  # whats_json test/data/chats_unique "Arabic_NoMedia"
+        [
+            "\u200f[١٨/٣/٢٠٢٢، ٢:٥٦:٠٠\u00a0م] Dmitry S: Hello World",
+            "[٣/٤/٢٠٢٢، ٩:٠١:٣٥\u00a0ص] عمار: صباح الخير",
+        ],
+        [
+            ("Dmitry S", "Hello World", D(2022, 3, 18, 14, 56)),
+            ("عمار", "صباح الخير", D(2022, 4, 3, 9, 1, 35)),
+        ],
+    ),
+    "arabic, every date ambiguous": (  # day-first: only a Latin AM/PM means the US order
+        ["٥\u200f/٤\u200f/٢٠٢٤، ٩:٠٠ م - Sam: hi", "٥\u200f/٤\u200f/٢٠٢٤، ٩:٠١ م - عمار: أهلا"],
+        [("Sam", "hi", D(2024, 4, 5, 21, 0)), ("عمار", "أهلا", D(2024, 4, 5, 21, 1))],
+    ),
+    "persian": (  # rwhatsapp issue #28; 12-hour with ب.ظ / ق.ظ
+        [
+            "۲۰۲۱/۵/۳۰، ۱۸:۴۴ - Sattar-b: سلام،خسته نباشید",
+            "۲۰۲۱/۵/۳۱، ۹:۰۵ ق.ظ - شطرنج: سلام",
+            "۲۰۲۱/۶/۱، ۷:۱۵ ب.ظ - Sattar-b: ۱۰ نفر",
+        ],
+        [
+            ("Sattar-b", "سلام،خسته نباشید", D(2021, 5, 30, 18, 44)),
+            ("شطرنج", "سلام", D(2021, 5, 31, 9, 5)),
+            ("Sattar-b", "۱۰ نفر", D(2021, 6, 1, 19, 15)),
+        ],
+    ),
+    "chinese": (  # ChatLab whatsapp-native-txt.ts: 上午/下午 before the time, year first
+        [
+            "2023/12/31 下午11:15 - 小明: 新年快乐",
+            "[2024/1/1 上午12:05:09] 小红: 你也是",
+        ],
+        [
+            ("小明", "新年快乐", D(2023, 12, 31, 23, 15)),
+            ("小红", "你也是", D(2024, 1, 1, 0, 5, 9)),
+        ],
+    ),
+    "japanese": (
+        ["[2024/01/05 午後9:15:02] 太郎: 今どこ？", "[2024/01/06 午前8:00:00] 花子: 駅"],
+        [
+            ("太郎", "今どこ？", D(2024, 1, 5, 21, 15, 2)),
+            ("花子", "駅", D(2024, 1, 6, 8, 0)),
+        ],
+    ),
+    "korean": (  # two-digit year first ("24. 1. 5."), 오전/오후 before the time
+        [
+            "24. 1. 5. 오후 9:15 - 민수: 어디야?",
+            "[2024. 1. 13. 오전 12:05:30] 지영: 집",
+        ],
+        [
+            ("민수", "어디야?", D(2024, 1, 5, 21, 15)),
+            ("지영", "집", D(2024, 1, 13, 0, 5, 30)),
+        ],
+    ),
+    "thai buddhist era": (  # whats_json test/data/calendars/Buddhist iOS.txt
+        ["[3/12/2566 21:15:02] สมชาย: สวัสดี", "[3/18/2565 BE, 14:56:01] Elon Musk: Hello"],
+        [
+            ("สมชาย", "สวัสดี", D(2023, 3, 12, 21, 15, 2)),
+            ("Elon Musk", "Hello", D(2022, 3, 18, 14, 56, 1)),
+        ],
+    ),
+    "spanish": (  # whatsapp-chat-parser issue #224: "p. m." with a no-break space
+        ["20/6/2017 8:28 p.\u00a0m. - Michelle: test", "[21/6/17 12:05:00 a. m.] Ana: hola"],
+        [
+            ("Michelle", "test", D(2017, 6, 20, 20, 28)),
+            ("Ana", "hola", D(2017, 6, 21, 0, 5)),
+        ],
+    ),
+    "hungarian and bengali digits": (
+        ["2024. 01. 05. 21:15 - Anna: szia", "২০২৪. ০১. ০৬. ৯:১৫ - রহিম: ১০টায়"],
+        [
+            ("Anna", "szia", D(2024, 1, 5, 21, 15)),
+            ("রহিম", "১০টায়", D(2024, 1, 6, 9, 15)),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_exports_in_other_languages(tmp_path: Path, locale: str) -> None:
+    lines, expected = LOCALES[locale]
+    assert rows(one(_chat(tmp_path, lines))) == expected

@@ -12,7 +12,13 @@ from typing import Any
 
 from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
 from phischer.importers.files import Export, open_export
-from phischer.importers.whatsapp import date_order, to_datetime
+from phischer.importers.localdates import (
+    DATE,
+    date_order,
+    latin_am_pm,
+    plain,
+    to_datetime,
+)
 
 # Only people's own messages; every other DiscordChatExporter message type (GuildMemberJoin,
 # ChannelPinnedMessage, RecipientAdd, Call, ThreadCreated, GuildBoost, …) is a system notice.
@@ -47,15 +53,11 @@ _CSV_SYSTEM = re.compile(
     re.DOTALL,
 )
 # Old DiscordChatExporter CSV dates ("dd-MMM-yy hh:mm tt"); newer ones use the locale's
-# short date and time ("g": 8/27/2020 6:46 PM, 27/08/2020 18:46, 27.08.2020 18:46).
-# Korean and Hungarian write "2024. 3. 1." (spaces, a last dot), Czech "1. 3. 2024": closed
-# up to "2024.3.1" and "1.3.2024" before they are read like the others.
-_SPACED_DATE = re.compile(r"^(\d{1,4})\.\s*(\d{1,2})\.\s*(\d{1,4})\.?(?=\s)")
-# Korean (오전/오후), Chinese (上午/下午) and Japanese (午前/午後) put AM/PM before the time.
-_AM_PM_FIRST = re.compile(r"(오전|오후|上午|下午|午前|午後)\s*(\d{1,2}:\d{2}(?::\d{2})?)")
-_PM_FIRST = ("오후", "下午", "午後")
+# short date and time ("g": 8/27/2020 6:46 PM, 27/08/2020 18:46, 27.08.2020 18:46, Korean
+# "2024. 3. 1. 오후 8:00", Czech "1. 3. 2024 20:00", Arabic "١‏/٣‏/٢٠٢٤ ٨:٠٠ م"), read by
+# `localdates` as WhatsApp's are.
 _NAMED_MONTH = re.compile(r"^\d{1,2}-[A-Za-z]{3}-\d{2,4} \d{1,2}:\d{2}(?::\d{2})?(?: [AP]M)?$")
-_NUMERIC = re.compile(r"^(?P<date>\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4})[,T ]+(?P<time>.+)$")
+_NUMERIC = re.compile(rf"^(?P<date>{DATE})[,\u060cT ]+(?P<time>.+)$")
 
 
 @register("discord")
@@ -181,7 +183,7 @@ def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) ->
             raise ImportErrorMessage(f"{where}: line {n}: expected 6 columns, got {len(row)}")
     # Dates are written in the exporting machine's locale: decide day/month order per file.
     numeric = [m["date"] for _, row in rows if (m := _NUMERIC.match(_clean_date(row[2])))]
-    twelve = any(re.search(r"[AP]M$", _clean_date(row[2]), re.I) for _, row in rows[:50])
+    twelve = any(latin_am_pm(_clean_date(row[2])) for _, row in rows[:50])
     order = date_order(numeric, twelve_hour=twelve, where=where)
     stem = _PART.sub("", PurePosixPath(member).stem)
     default = _DEFAULT_NAME.match(stem)
@@ -265,11 +267,11 @@ def _render_markup(content: str, users: dict[str, Any], here: tuple[str, str]) -
 
 
 def _clean_date(value: str) -> str:
-    # .NET on ICU 72+ writes a narrow no-break space before AM/PM.
-    value = value.replace("\u202f", " ").replace("\u00a0", " ").strip()
+    # .NET on ICU 72+ writes a narrow no-break space before AM/PM; Arabic locales write their
+    # own digits with bidi marks between them.
+    value = plain(value.replace("\u202f", " ").replace("\u00a0", " ").strip())
     # Finnish may put "klo" ("at") between date and time, as WhatsApp's exports do.
-    value = _SPACED_DATE.sub(r"\1.\2.\3", value.replace(" klo ", " "))
-    return _AM_PM_FIRST.sub(lambda m: f"{m[2]} {'PM' if m[1] in _PM_FIRST else 'AM'}", value)
+    return value.replace(" klo ", " ")
 
 
 def _csv_datetime(value: str, order: str) -> dt.datetime:

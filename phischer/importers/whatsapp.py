@@ -5,12 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
 from phischer.importers.files import Export, open_export
+from phischer.importers.localdates import (
+    DATE,
+    MARK,
+    TIME,
+    date_order,
+    latin_am_pm,
+    to_datetime,
+)
 
 # Bidi marks WhatsApp sprinkles into exports: U+200E/U+200F before system and media lines,
 # U+202A…U+202E around phone numbers used as names, U+2066…U+2069 isolates.
@@ -18,22 +26,14 @@ _BIDI = dict.fromkeys(
     map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 )
 
-# A date is three numbers; which is day and which is month depends on the phone's locale, so it
-# is decided per file (see `date_order`). The time may carry seconds (iOS) and a 12-hour
-# marker, written "PM", "pm", "p.m." and since 2023 often after a narrow no-break space U+202F.
-_DATE = r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}"
-_TIME = r"\d{1,2}[:.]\d{2}(?:[:.]\d{2})?(?:[\s\u202f\u00a0]*[AaPp]\.?\s?[Mm]\.?)?"
-# Between date and time: a comma and a space (missing in some locales), or Finnish's "klo"
-# ("31.12.2023 klo 21.15"), which goes with dotted times.
-_AT = r"(?:,?\s|\sklo\s)"
+# The date and time as the phone's locale writes them (see `localdates`), then Android's " - "
+# or iOS's brackets. Between date and time: a comma and a space (an Arabic comma in Arabic and
+# Persian, nothing in some locales), or Finnish's "klo" ("31.12.2023 klo 21.15").
+_AT = rf"(?:{MARK}[,\u060c]?\s{MARK}|\sklo\s)"
 # Android: "12/31/23, 9:15 PM - Name: text"
-_ANDROID = re.compile(rf"^(?P<date>{_DATE}){_AT}(?P<time>{_TIME})\s[-\u2013]\s(?P<rest>.*)$")
+_ANDROID = re.compile(rf"^(?P<date>{DATE}){_AT}(?P<time>{TIME}){MARK}\s[-\u2013]\s(?P<rest>.*)$")
 # iOS: "[31/12/2023, 21:15:02] Name: text"
-_IOS = re.compile(rf"^\[(?P<date>{_DATE}){_AT}(?P<time>{_TIME})\]\s(?P<rest>.*)$")
-_DATE_PARTS = re.compile(r"^(\d{1,4})[/.\-](\d{1,2})[/.\-](\d{1,4})$")
-_TIME_PARTS = re.compile(
-    r"^(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(?:[\s\u202f\u00a0]*([AaPp])\.?\s?[Mm]\.?)?$"
-)
+_IOS = re.compile(rf"^\[(?P<date>{DATE}){_AT}(?P<time>{TIME}){MARK}\]\s(?P<rest>.*)$")
 
 # What WhatsApp writes in place of what "Export chat → Without media" left out. It writes in
 # the phone's language: iOS marks its own lines with U+200E (dropped whatever the language,
@@ -193,7 +193,7 @@ def parse_chat(text: str, *, where: str, title: str) -> Conversation:
             "'31/12/2023, 21:15 - Name: text' or '[31/12/2023, 21:15:02] Name: text')"
         )
     order = date_order(
-        (h.date for h, _ in entries), twelve_hour=_is_twelve_hour(entries[0][0].time), where=where
+        (h.date for h, _ in entries), twelve_hour=latin_am_pm(entries[0][0].time), where=where
     )
     for header, lines in entries:
         try:
@@ -268,77 +268,6 @@ def _sender_kind(sender: str) -> str:
     if _SYSTEM_PHRASE.search(sender):
         return "notice"
     return "verb last" if _AUXILIARY.search(sender) else ""  # "": a person's name
-
-
-def _is_twelve_hour(time: str) -> bool:
-    return bool(re.search(r"[AaPp]\.?\s?[Mm]\.?$", time))
-
-
-def date_order(dates: Iterable[str], *, twelve_hour: bool, where: str) -> str:
-    """Decide "dmy", "mdy" or "ymd" for a file's numeric dates.
-
-    A first field above 12 means day-first, a second field above 12 means month-first, a
-    four-digit first field means year-first. When every date is ambiguous (all fields ≤ 12),
-    "." separators and 24-hour clocks mean day-first (Europe and most of the world), and a
-    12-hour clock means month-first (the US locale that writes AM/PM).
-    """
-    day_first = month_first = False
-    dotted = False
-    for date in set(dates):
-        m = _DATE_PARTS.match(date)
-        if m is None:
-            continue
-        if len(m[1]) == 4:
-            return "ymd"
-        a, b = int(m[1]), int(m[2])
-        day_first |= a > 12
-        month_first |= b > 12
-        dotted |= "." in date
-    if day_first and month_first:
-        raise ImportErrorMessage(
-            f"{where}: dates mix day-first and month-first orders; export the chat again "
-            "without editing the file"
-        )
-    if day_first:
-        return "dmy"
-    if month_first:
-        return "mdy"
-    return "mdy" if twelve_hour and not dotted else "dmy"
-
-
-def to_datetime(date: str, time: str, order: str) -> dt.datetime:
-    """Combine a numeric date in `order` ("dmy"/"mdy"/"ymd") and a 12/24-hour time."""
-    return dt.datetime(*_date_fields(date, order), *_time_fields(time))
-
-
-# Chats repeat the same dates and minutes many times: parse each string once.
-@functools.lru_cache(maxsize=4096)
-def _date_fields(date: str, order: str) -> tuple[int, int, int]:
-    m = _DATE_PARTS.match(date)
-    if m is None:
-        raise ValueError(f"unrecognised date: {date}")
-    f1, f2, f3 = int(m[1]), int(m[2]), int(m[3])
-    if order == "ymd":
-        year, month, day = f1, f2, f3
-    elif order == "mdy":
-        month, day, year = f1, f2, f3
-    else:
-        day, month, year = f1, f2, f3
-    if year < 100:
-        year += 2000
-    dt.date(year, month, day)  # ValueError for 31/02 here, where it is cached
-    return year, month, day
-
-
-@functools.lru_cache(maxsize=4096)
-def _time_fields(time: str) -> tuple[int, int, int]:
-    t = _TIME_PARTS.match(time.strip())
-    if t is None:
-        raise ValueError(f"unrecognised time: {time}")
-    hour, minute, second = int(t[1]), int(t[2]), int(t[3] or 0)
-    if t[4]:
-        hour = hour % 12 + (12 if t[4].lower() == "p" else 0)
-    return hour, minute, second
 
 
 def _zip_conversations(export: Export, path: Path) -> Iterator[Conversation]:
