@@ -319,6 +319,15 @@ def test_csv_dates_in_each_locale_dotnet_writes(tmp_path: Path) -> None:
     assert read == {k: morning if k == "ko-KR-morning" else evening for k in locales}
 
 
+def test_csv_dates_of_another_calendar_are_refused(tmp_path: Path) -> None:
+    # .NET's fa-IR writes Persian (solar) years: refused, not imported 621 years early.
+    path = _csv(tmp_path / "fa-IR.csv", ("222", "amy.pond", "۱۴۰۲/۱۲/۱۱ ۲۰:۰۰", "سلام"))
+    with pytest.raises(
+        ImportErrorMessage, match=r"fa-IR\.csv: line 2: year 1402 in .* is not a Gregorian year"
+    ):
+        list(import_discord(path))
+
+
 def _json(path: Path, channel: dict, *messages: dict) -> Path:
     """A DiscordChatExporter JSON export of `channel` at `path`."""
     guild = {"id": "6", "name": "Whovians"}

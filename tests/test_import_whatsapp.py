@@ -757,3 +757,29 @@ LOCALES = {
 def test_exports_in_other_languages(tmp_path: Path, locale: str) -> None:
     lines, expected = LOCALES[locale]
     assert rows(one(_chat(tmp_path, lines))) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        # iOS with the Japanese calendar (whats_json "Japanese iOS.txt"): not read
+        (
+            "[3/27/R4, 21:41:35] Dmitry S: Hello World",
+            "chat.txt: no WhatsApp message lines found: line 2 begins '[3/27/R4, 21:41:35]…'",
+        ),
+        # Persian solar year: refused rather than read as year 1402
+        (
+            "۱۴۰۲/۱۰/۱۰، ۲۱:۱۵ - Sattar-b: سلام",
+            "chat.txt: line 2: year 1402 in ۱۴۰۲/۱۰/۱۰ is not a Gregorian year",
+        ),
+    ],
+)
+def test_an_export_that_cannot_be_read_says_where(tmp_path: Path, line: str, says: str) -> None:
+    chat = _chat(tmp_path, ["", line])
+    result = CliRunner().invoke(cli, ["import", "whatsapp", str(chat), "--me", "x", "-o", "o"])
+    assert result.exit_code == 1 and result.exception is not None
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    (message,) = result.output.splitlines()
+    assert message.startswith("Error: ") and message.removeprefix("Error: ").startswith(
+        str(chat.parent / says)
+    )

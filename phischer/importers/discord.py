@@ -14,6 +14,7 @@ from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage,
 from phischer.importers.files import Export, open_export
 from phischer.importers.localdates import (
     DATE,
+    CalendarError,
     date_order,
     latin_am_pm,
     plain,
@@ -209,6 +210,8 @@ def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) ->
         elif content:
             try:
                 stamp = _csv_datetime(date, order)
+            except CalendarError as exc:
+                raise ImportErrorMessage(f"{where}: line {n}: {exc}") from None
             except (ValueError, OverflowError):
                 raise ImportErrorMessage(f"{where}: line {n}: unrecognised date {date!r}") from None
             name = _without_discriminator(author)

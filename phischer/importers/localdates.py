@@ -40,6 +40,10 @@ _TIME_PARTS = re.compile(
 _LATIN_MARKER = re.compile(rf"{_LATIN_AM_PM}$")
 
 
+class CalendarError(ValueError):
+    """A year from another calendar than the Gregorian (Persian 1402, Hijri 1445)."""
+
+
 def plain(text: str) -> str:
     """`text` with ASCII digits for any script's digits (٢, ۲, २, ২, ๒, ２…) and no bidi marks."""
     # Only for reading dates and times: a message's own text is never passed through this.
@@ -110,6 +114,13 @@ def _date_fields(date: str, order: str) -> tuple[int, int, int]:
         # Thai phones count years in the Buddhist era (2566 = 2023); no Gregorian year this far
         # ahead is in a chat.
         year -= 543
+    elif year < 1900:
+        # Read as Gregorian, a Persian or Hijri date would be centuries off, and its months
+        # would not even fit (1402/2/31): say so rather than import wrong times.
+        raise CalendarError(
+            f"year {year} in {date} is not a Gregorian year (a Persian or Hijri calendar?): "
+            "set the phone's calendar to Gregorian and export the chat again"
+        )
     dt.date(year, month, day)  # ValueError for 31/02 here, where it is cached
     return year, month, day
 

@@ -15,6 +15,7 @@ from phischer.importers.localdates import (
     DATE,
     MARK,
     TIME,
+    CalendarError,
     date_order,
     latin_am_pm,
     to_datetime,
@@ -156,6 +157,10 @@ class _Header:
 _COPY_NUMBER = re.compile(r" \(\d{1,3}\)$")
 
 
+# How a line that should be a message line begins: "[…]" (iOS) or what comes before " - ".
+_LEADING_STAMP = re.compile(r"\[[^\]]*\]|.*?(?= - )")
+
+
 class _NoMessageLines(ImportErrorMessage):
     """A .txt without a single message line: not a chat, e.g. a note shared beside one."""
 
@@ -188,16 +193,15 @@ def parse_chat(text: str, *, where: str, title: str) -> Conversation:
         elif line.strip():
             conv.drop("unrecognised")
     if not entries:
-        raise _NoMessageLines(
-            f"{where}: no WhatsApp message lines found (expected lines like "
-            "'31/12/2023, 21:15 - Name: text' or '[31/12/2023, 21:15:02] Name: text')"
-        )
+        raise _no_message_lines(text, where)
     order = date_order(
         (h.date for h, _ in entries), twelve_hour=latin_am_pm(entries[0][0].time), where=where
     )
     for header, lines in entries:
         try:
             stamp = to_datetime(header.date, header.time, order)
+        except CalendarError as exc:
+            raise ImportErrorMessage(f"{where}: line {header.lineno}: {exc}") from None
         except ValueError:
             raise ImportErrorMessage(
                 f"{where}: line {header.lineno}: impossible date {header.date} {header.time}"
@@ -205,6 +209,27 @@ def parse_chat(text: str, *, where: str, title: str) -> Conversation:
         _add_message(conv, header, "\n".join(lines), stamp)
     conv.is_group = len(conv.participants) > 2
     return conv
+
+
+def _no_message_lines(text: str, where: str) -> _NoMessageLines:
+    """The error for a text without a message line, quoting how its first line begins."""
+    lineno, first = next(
+        (
+            (n, line.strip())
+            for n, line in enumerate(text.lstrip("\ufeff").split("\n"), start=1)
+            if line.strip()
+        ),
+        (1, ""),
+    )
+    # Its date and time are what could not be read: quote them (repr shows the invisible
+    # marks), not the sender's name or number after them.
+    stamp = _LEADING_STAMP.match(first)
+    head = stamp[0] if stamp and len(stamp[0]) <= 40 else first[:30]
+    head += "…" if len(head) < len(first) else ""
+    return _NoMessageLines(
+        f"{where}: no WhatsApp message lines found: line {lineno} begins {head!r} (expected lines "
+        "like '31/12/2023, 21:15 - Name: text' or '[31/12/2023, 21:15:02] Name: text')"
+    )
 
 
 def _match_header(line: str, lineno: int) -> _Header | None:
