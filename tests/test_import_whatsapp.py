@@ -753,6 +753,22 @@ LOCALES = {
 }
 
 
+def test_a_member_not_in_contacts_keeps_their_name_without_the_tilde(tmp_path: Path) -> None:
+    # iOS and Android since 2023: "~ Name" (a narrow no-break space or a space) for a group
+    # member the phone has no contact for; "~Name" without a space is someone's own name.
+    chat = _chat(
+        tmp_path,
+        [
+            "[05/01/2024, 21:15:02] ~\u202fCleo Diaz: who's in?",
+            "[05/01/2024, 21:16:00] Ana Lima: me",
+            "[05/01/2024, 21:17:00] ~ Cleo Diaz: great",
+            "[05/01/2024, 21:18:00] ~Tilde: hi",
+        ],
+    )
+    senders = [m.sender for m in one(chat).messages]
+    assert senders == ["Cleo Diaz", "Ana Lima", "Cleo Diaz", "~Tilde"]
+
+
 @pytest.mark.parametrize("locale", LOCALES)
 def test_exports_in_other_languages(tmp_path: Path, locale: str) -> None:
     lines, expected = LOCALES[locale]

@@ -157,6 +157,8 @@ class _Header:
 _COPY_NUMBER = re.compile(r" \(\d{1,3}\)$")
 
 
+_NOT_A_CONTACT = re.compile(r"^~\s+")
+
 # How a line that should be a message line begins: "[…]" (iOS) or what comes before " - ".
 _LEADING_STAMP = re.compile(r"\[[^\]]*\]|.*?(?= - )")
 
@@ -248,6 +250,10 @@ def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datet
         conv.drop("system")
         return
     sender = name.strip() if name.isascii() else name.translate(_BIDI).strip()
+    # Since 2023 a group member who is not in the phone's contacts is written "~ Name"
+    # (often "~\u202fName"): the same person as "Name" once saved, so the mark goes.
+    if sender.startswith("~"):
+        sender = _NOT_A_CONTACT.sub("", sender, count=1) or sender
     marked = header.marked or text.startswith("\u200e")
     if not text.isascii():
         if "\u200e<" in text:
