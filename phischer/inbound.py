@@ -12,7 +12,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import thread as futures_thread
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from phischer import no_reply
 from phischer.backends import Backends
@@ -49,6 +49,14 @@ KEYWORD_SHOWN = 30  # characters of an unknown #keyword echoed in "No #…"
 
 Result = tuple[Reply | None, str | None, int]  # (reply, error, latency in ms)
 Answer = tuple[str, int]  # a reply for the TwiML: (text, id of its stored row)
+
+
+class Stored(NamedTuple):
+    """A reply `_store` stored: its text, row id and kind ("chat", or "fallback")."""
+
+    text: str
+    id: int
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -350,12 +358,17 @@ class SmsService:
         self, who: str, decision: Decision, result: Result
     ) -> tuple[list[Answer], str, str]:
         """Store an inline reply (or fallback); return it, what happened and why none."""
-        answers = self._reply_now(decision, result)
-        if not answers:
+        stored = self._store(decision, result, via_rest=False)
+        if stored is None:
             late = f"{who} answered too late (the recovery sweep took the text over)"
-            return answers, late, no_reply.REST_LATE
-        what = "replied" if result[0] is not None else "failed, fallback sent"
-        return answers, f"{who} {what}", ""
+            return [], late, no_reply.REST_LATE
+        if stored.kind != "fallback":
+            what = "replied"
+        elif result[0] is None:
+            what = "failed, fallback sent"
+        else:  # the model answered, with nothing an SMS can carry
+            what = "reply unsendable, fallback sent"
+        return [(stored.text, stored.id)], f"{who} {what}", ""
 
     def answer_late(self, phone: str, decision: Decision) -> None:
         """Ask the persona now and send the reply by REST (a text an interrupted process left)."""
@@ -409,13 +422,8 @@ class SmsService:
         log.warning("Persona %s failed to answer: %s", persona.name, error)
         return None, error, _ms(start)
 
-    def _reply_now(self, decision: Decision, result: Result) -> list[Answer]:
-        """Store an inline reply and return it for the TwiML (nothing if the text was taken)."""
-        stored = self._store(decision, result, via_rest=False)
-        return [stored] if stored else []
-
-    def _store(self, decision: Decision, result: Result, *, via_rest: bool) -> Answer | None:
-        """Store the outbound message and the inbound's outcome; return (text, outbound id).
+    def _store(self, decision: Decision, result: Result, *, via_rest: bool) -> Stored | None:
+        """Store the outbound message and the inbound's outcome; return what was stored.
 
         None when the text is no longer this caller's to answer: a recovery sweep took it
         over (it looked abandoned) or already finished it. Answering anyway would send the
@@ -484,7 +492,7 @@ class SmsService:
         if unsent:
             log.info("Reply %d not sent: %s", out_id, unsent)
             return None
-        return text, out_id
+        return Stored(text, out_id, kind)
 
     def _unwanted(self, cur: Any, decision: Decision) -> tuple[str, str] | None:
         """Why a REST reply to this text must not go out, as (text error, reply error), or None.
@@ -522,7 +530,7 @@ class SmsService:
         try:
             stored = self._store(decision, result, via_rest=True)
             if stored is not None:
-                self.send_stored(phone, stored[1], stored[0])
+                self.send_stored(phone, stored.id, stored.text)
         except Exception:
             log.exception("Async delivery failed")
 

@@ -332,7 +332,7 @@ def queued_reply(
 
     service = app.extensions["phischer"].sms
     decision = service._record(Inbound(phone=phone, sid=sid, body="hi"), parse("hi"))
-    text, out_id = service._store(decision, (Reply(text="hello"), None, 900), via_rest=True)
+    out_id = service._store(decision, (Reply(text="hello"), None, 900), via_rest=True).id
     if error:
         with app.extensions["phischer"].db.write() as session:
             session.execute(
@@ -406,7 +406,7 @@ def text_now(app, body: str, phone: str = "+15550100") -> None:
         Inbound(phone=phone, sid=f"SM{time.time_ns()}", body=body), parse(body)
     )
     if decision.persona is not None:  # answered inline, as a fast model would
-        service._reply_now(decision, (Reply(text=f"inline answer to {body}"), None, 5))
+        service._store(decision, (Reply(text=f"inline answer to {body}"), None, 5), via_rest=False)
 
 
 def test_a_text_left_before_stop_is_not_answered_late(make_app, personas, fake_twilio, twilio_rest):

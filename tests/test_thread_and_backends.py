@@ -496,6 +496,8 @@ def test_the_log_line_says_how_the_model_answered(
         twilio_post("hi", target=app)
         fake_openai.behaviour, fake_openai.status_code = "status", 500
         twilio_post("hi again", target=app)
+        fake_openai.behaviour, fake_openai.responder = "ok", lambda body: "\x01\x02"
+        twilio_post("say nothing", target=app)  # an answer, but no SMS can carry it
         fake_openai.behaviour, fake_openai.delay = "slow", 0.6
         twilio_post("still there?", target=app)
         app.extensions["phischer"].sms.shutdown()
@@ -503,6 +505,7 @@ def test_the_log_line_says_how_the_model_answered(
     assert [line.split(" in ")[0] for line in lines] == [
         "text from …00 → persona 'Ada' (openai) replied",
         "text from …00 → persona 'Ada' (openai) failed, fallback sent",
+        "text from …00 → persona 'Ada' (openai) reply unsendable, fallback sent",
         "text from …00 → persona 'Ada' (openai) answers by REST (slower than REPLY_TIMEOUT_S)",
     ]
 
