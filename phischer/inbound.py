@@ -118,9 +118,12 @@ class SmsService:
         self.personas.fresh()
         command = twilio_keyword(msg.body, msg.opt_out_type) or parse(msg.body)
         decision = self._record(msg, command)
-        if isinstance(decision, list):  # a retry of a MessageSid we already have
-            answers, outcome = decision, "Twilio's retry of a stored text, answered as before"
-            silence = no_reply.RETRY
+        if isinstance(decision, tuple):  # a retry of a MessageSid we already have
+            kind, status, answers = decision
+            outcome = "Twilio's retry of a stored text, answered as before"
+            # No reply for the reason the first answer gave (it is the same text), else
+            # because its reply goes by REST or is still being made.
+            silence = _silence(kind, status, command) or no_reply.RETRY
         elif decision.persona is None:
             answers, outcome, silence = decision.replies, decision.outcome, decision.silence
         else:
@@ -165,8 +168,8 @@ class SmsService:
 
     # -- transaction 1: store the inbound text and apply commands --------------------------
 
-    def _record(self, msg: Inbound, command: Command) -> Decision | list[Answer]:
-        """Store the text and decide; for a MessageSid already stored, its earlier replies."""
+    def _record(self, msg: Inbound, command: Command) -> Decision | tuple[str, str, list[Answer]]:
+        """Store the text and decide; for a MessageSid already stored, its kind, status, replies."""
         for attempt in (1, 2):
             try:
                 with self.store.write() as cur:
@@ -176,9 +179,9 @@ class SmsService:
                 # none while the first is still being answered), or another instance
                 # created the same contact first (then one more try succeeds).
                 with self.store.read() as cur:
-                    replies = self.store.replies_to(cur, msg.sid)
-                if replies is not None:
-                    return replies
+                    stored = self.store.replies_to(cur, msg.sid)
+                if stored is not None:
+                    return stored
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

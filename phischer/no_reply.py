@@ -21,7 +21,7 @@ NOT_ALLOWED = "not-allowed"  # not on ALLOWED_NUMBERS
 DAILY_LIMIT = "daily-limit"  # over DAILY_LIMIT, its one notice already sent
 EMPTY = "empty"  # nothing to answer
 TWILIO_ANSWERED = "twilio-answered"  # Advanced Opt-Out sent its own START/HELP reply
-RETRY = "retry"  # a MessageSid stored before, with no inline reply (yet)
+RETRY = "retry"  # a MessageSid stored before, its reply by REST or still being made
 STOPPING = "stopping"  # the server is stopping: the recovery sweep answers it after a restart
 WORD = re.compile(r"[a-z][a-z0-9-]{0,39}")
 

@@ -329,9 +329,9 @@ class Store:
         cur.execute(self.sql(query), params)
         return [(d, b, self.parse_ts(c)) for d, b, c in cur.fetchall()]
 
-    def replies_to(self, cur: Any, sid: str) -> list[tuple[str, int]] | None:
-        """(body, id) of the replies stored for an inbound MessageSid; None: no such text."""
-        cur.execute(self.sql("SELECT id FROM messages WHERE message_sid = ?"), (sid,))
+    def replies_to(self, cur: Any, sid: str) -> tuple[str, str, list[tuple[str, int]]] | None:
+        """(kind, status, inline replies as (body, id)) of an inbound MessageSid; None: none."""
+        cur.execute(self.sql("SELECT id, kind, status FROM messages WHERE message_sid = ?"), (sid,))
         row = cur.fetchone()
         if row is None:
             return None
@@ -342,7 +342,7 @@ class Store:
             ),
             (row[0],),
         )
-        return [(body, rid) for body, rid in cur.fetchall()]
+        return row[1], row[2], [(body, rid) for body, rid in cur.fetchall()]
 
     def delivery_of(self, cur: Any, message_id: int) -> tuple[str | None] | None:
         """(delivery,) of an outbound message, or None when there is no such reply."""

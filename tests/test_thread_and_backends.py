@@ -365,10 +365,12 @@ def test_auto_mode_slow_reply_goes_out_by_rest(
 ):
     app = llm_app(reply_mode="auto", reply_timeout_s=0.2, **twilio_rest)
     fake_openai.behaviour, fake_openai.delay = "slow", 0.6
-    r = twilio_post("hi", target=app)
+    r = twilio_post("hi", sid="SMslow1", target=app)
     assert r.status_code == 200 and r.replies == []
     assert r.headers["X-Phischer-No-Reply"] == "rest-slow"  # for `phischer text`
     app.extensions["phischer"].sms.shutdown()  # wait for the background reply
+    # Twilio's retry of it: still no inline reply, as the reply went by REST.
+    assert twilio_post("hi", sid="SMslow1", target=app).headers["X-Phischer-No-Reply"] == "retry"
     sends = fake_twilio.calls("POST", "/Messages.json")
     assert [(c.form["To"], c.form["From"], c.form["Body"]) for c in sends] == [
         ("+15550100", "+15550199", "echo: hi")
