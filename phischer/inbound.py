@@ -318,35 +318,24 @@ class SmsService:
         if getattr(backend, "local", False) or mode == "inline":
             # A local backend answers in well under a millisecond: no thread hop needed.
             return self._answered(who, decision, self.generate(decision, backend))
-        # The server is stopping (shutdown): no model call now, and no fallback either, as
-        # the text, still "processing", is answered by the recovery sweep after the restart.
-        stopping = (
-            [],
-            f"{who} not asked: the server is stopping (the recovery sweep answers)",
-            no_reply.STOPPING,
-        )
         try:
             future: Future[Result] = self._executor.submit(self.generate, decision, backend)
         except RuntimeError:  # cannot schedule new futures after shutdown
-            return stopping
+            return self._stopping(who, decision)
         if mode == "auto":
             try:
                 result = future.result(timeout=self.settings.reply_timeout_s)
-            except CancelledError:
-                return stopping
+            except CancelledError:  # dropped by shutdown(timeout) before it started
+                return self._stopping(who, decision)
             except FutureTimeout:
                 if not self.settings.can_send_sms:
                     # Nobody could deliver a late reply: answer now with the fallback, and
                     # drop the model call if it is still queued behind others (no tokens
                     # spent on an answer nobody would receive).
                     future.cancel()
-                    error = (
-                        f"model slower than REPLY_TIMEOUT_S={self.settings.reply_timeout_s:g} "
-                        "and no Twilio credentials for a late REST reply (TWILIO_ACCOUNT_SID, "
-                        "TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER)"
-                    )
-                    late = (None, error, int(self.settings.reply_timeout_s * 1000))
-                    return self._answered(who, decision, late)
+                    timeout = self.settings.reply_timeout_s
+                    error = _no_rest(f"model slower than REPLY_TIMEOUT_S={timeout:g}")
+                    return self._answered(who, decision, (None, error, int(timeout * 1000)))
             else:
                 return self._answered(who, decision, result)
         future.add_done_callback(
@@ -356,6 +345,17 @@ class SmsService:
         if mode == "auto":
             return [], f"{who} answers by REST (slower than REPLY_TIMEOUT_S)", no_reply.REST_SLOW
         return [], f"{who} answers by REST", no_reply.REST_ASYNC
+
+    def _stopping(self, who: str, decision: Decision) -> tuple[list[Answer], str, str]:
+        """The answer to a text the stopping server no longer asks the model about."""
+        if self.settings.can_send_sms:
+            # No fallback: the text, still "processing", is answered by the recovery sweep
+            # by REST when the server runs again.
+            why = f"{who} not asked: the server is stopping (the recovery sweep answers)"
+            return [], why, no_reply.STOPPING
+        # Without Twilio credentials the sweep cannot send a late reply (it would only record
+        # the text failed), so the fallback now is the one answer the texter can still get.
+        return self._answered(who, decision, (None, _no_rest("server stopping"), 0))
 
     def _answered(
         self, who: str, decision: Decision, result: Result
@@ -608,6 +608,14 @@ def _silence(kind: str, status: str, command: Command) -> str:
     if command.action == "optout":
         return no_reply.OPT_OUT
     return no_reply.TWILIO_ANSWERED if command.answered else ""
+
+
+def _no_rest(why: str) -> str:
+    """A text's error when it got the fallback as no late REST reply could go out."""
+    return (
+        f"{why} and no Twilio credentials for a late REST reply (TWILIO_ACCOUNT_SID, "
+        "TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER)"
+    )
 
 
 def _leave_at_exit(threads: list[threading.Thread]) -> None:

@@ -16,6 +16,7 @@ import requests
 import sqlalchemy as sa
 from gunicorn.config import Config
 
+from phischer.config import DEFAULT_FALLBACK_REPLY
 from phischer.models import Message
 from phischer.personas import set_model
 from phischer.server import Worker
@@ -148,3 +149,22 @@ def test_a_shutdown_with_a_timeout_leaves_slow_replies_to_the_recovery_sweep(
         ("hey how are you", "processing"),
         ("are you there", "processing"),
     ]
+
+
+def test_without_twilio_credentials_a_text_while_stopping_gets_the_fallback_now(
+    make_app, personas, database, fake_openai, twilio_post
+) -> None:
+    # The recovery sweep could not text a late reply (it would record the text failed), so
+    # the fallback now is better than nothing ever.
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    app = make_app()  # REPLY_MODE=auto, no Twilio credentials
+    assert app.extensions["phischer"].sms.shutdown(timeout=0.3) == 0
+    meanwhile = twilio_post("are you there", target=app)
+    assert meanwhile.replies == [DEFAULT_FALLBACK_REPLY]
+    assert "X-Phischer-No-Reply" not in meanwhile.headers
+    assert fake_openai.chat_calls == []  # not asked: the process is about to exit
+    with database.read() as session:
+        text = session.scalars(sa.select(Message).where(Message.direction == "in")).one()
+    assert text.status == "failed"
+    assert text.error.startswith("server stopping and no Twilio credentials for a late REST")
