@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import threading
 import time
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures import thread as futures_thread
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -19,6 +16,7 @@ from phischer.backends import Backends
 from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
 from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number, mask_number
+from phischer.daemon_pool import DaemonPool
 from phischer.db import Database
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
@@ -103,7 +101,8 @@ class SmsService:
         self.personas = PersonaDirectory(db, settings.default_persona)
         self.backends = backends
         self.sender = RestSender(settings)
-        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="phischer-reply")
+        # Daemon threads: one still at the model when the process stops must not hold its exit.
+        self._executor = DaemonPool(max_workers=8, name="phischer-reply")
         # Each serving process sweeps for texts a crash left unanswered: gunicorn workers
         # from their start (server._post_fork), other servers from their first text. Never
         # in create_app, so gunicorn never forks a running thread.
@@ -137,27 +136,17 @@ class SmsService:
         """Stop the recovery sweep; let async replies finish (within `timeout` s if given).
 
         With a timeout, replies not started yet are dropped and those still running after
-        it are left to their threads (the process is about to exit, and does not wait for
-        them): their texts stay "processing", or their replies "queued", for the recovery
-        sweep. Returns how many were still running.
+        it are left to their daemon threads (the process is about to exit, and does not wait
+        for them): their texts stay "processing", or their replies "queued", for the
+        recovery sweep. Returns how many were still running.
         """
         sweeper = self.sweeper.peek()
         if sweeper is not None:
             # Its daemon thread may be in a late answer: a sweep claims each row it takes,
             # so one cut off is taken again RECOVER_AFTER later.
             sweeper.stop(timeout=5.0 if timeout is None else 0.0)
-        if timeout is None:
-            self._executor.shutdown(wait=True)
-            return 0
-        deadline = time.monotonic() + timeout
-        self._executor.shutdown(wait=False, cancel_futures=True)
         # A thread ends once its reply (model call, then storing and sending) is done.
-        threads = list(self._executor._threads)
-        for thread in threads:
-            thread.join(max(deadline - time.monotonic(), 0.0))
-        left = [thread for thread in threads if thread.is_alive()]
-        _leave_at_exit(left)
-        return len(left)
+        return self._executor.shutdown(timeout)
 
     def _start_sweeper(self) -> Any:
         from phischer.recovery import Sweeper
@@ -616,21 +605,6 @@ def _no_rest(why: str) -> str:
         f"{why} and no Twilio credentials for a late REST reply (TWILIO_ACCOUNT_SID, "
         "TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER)"
     )
-
-
-def _leave_at_exit(threads: list[threading.Thread]) -> None:
-    """Let Python exit without waiting for these ThreadPoolExecutor threads to finish."""
-    # concurrent.futures joins every pool thread it started when the interpreter exits, so a
-    # model call cut off by shutdown(timeout) would still hold the exit of `phischer up` for
-    # up to a minute. That join is all there is to skip: `up` submits from werkzeug's request
-    # threads, which are daemon threads, and a pool thread inherits that, so threading's own
-    # exit does not wait for it. (A gunicorn worker ends with os._exit and never gets here.)
-    registry = getattr(futures_thread, "_threads_queues", None)
-    if registry is None:  # another Python's internals: the exit waits, as it did before
-        return
-    with getattr(futures_thread, "_global_shutdown_lock", contextlib.nullcontext()):
-        for thread in threads:
-            registry.pop(thread, None)
 
 
 def _ms(start: float) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from gunicorn.config import Config
 
 from phischer.config import DEFAULT_FALLBACK_REPLY
+from phischer.daemon_pool import DaemonPool
 from phischer.models import Message
 from phischer.personas import set_model
 from phischer.server import Worker
@@ -34,19 +36,10 @@ def test_ctrl_c_with_a_slow_reply_in_progress_stops_at_once(
     fake_openai.behaviour, fake_openai.delay = "slow", 60.0
     with database.write() as session:
         set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
-    env = {
-        **os.environ,
-        "REPLY_MODE": "async",
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_PHONE_NUMBER": "+15550199",
-        "TWILIO_API_BASE_URL": fake_twilio.url,
-        "PYTHONUNBUFFERED": "1",
-    }
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "phischer", "serve", "--port", str(port)],
-        env=env,
+        env=async_env(fake_twilio),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -93,6 +86,66 @@ def test_ctrl_c_with_a_slow_reply_in_progress_stops_at_once(
     with database.read() as session:
         texts = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
     assert [(m.body, m.status) for m in texts] == [("hey how are you", "processing")]
+
+
+def async_env(fake_twilio) -> dict[str, str]:
+    """The environment of a server that sends every reply by REST (to the fake Twilio)."""
+    return {
+        **os.environ,
+        "REPLY_MODE": "async",
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_PHONE_NUMBER": "+15550199",
+        "TWILIO_API_BASE_URL": fake_twilio.url,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+# A text posted from the main thread (as a program embedding the app might), and once the
+# test says the model is at work (a line on stdin), a stop with a timeout.
+SUBMIT_AND_STOP = """
+import json, sys
+from phischer import create_app
+params, signature = json.loads(sys.argv[1])
+app = create_app()
+app.test_client().post("/sms", data=params, headers={"X-Twilio-Signature": signature})
+sys.stdin.readline()
+print(app.extensions["phischer"].sms.shutdown(timeout=0.2))
+"""
+
+
+def test_a_reply_cut_off_by_shutdown_does_not_hold_the_process_exit(
+    personas, database, fake_openai, fake_twilio
+) -> None:
+    # Python's exit joined the reply's thread: concurrent.futures joins its pool threads,
+    # and one started from the main thread is no daemon. The model takes a minute.
+    fake_openai.behaviour, fake_openai.delay = "slow", 60.0
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    params = sms_params("hey how are you")
+    signed = [params, sign(AUTH_TOKEN, "http://localhost/sms", params)]
+    repo = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SUBMIT_AND_STOP, json.dumps(signed)],
+        env={**async_env(fake_twilio), "PYTHONPATH": repo},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not fake_openai.chat_calls:  # the model is now working on the reply
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        out, err = proc.communicate("stop\n", timeout=STOPPED_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {STOPPED_WITHIN_S} s after shutdown(timeout=0.2)")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out) == (0, "1\n"), err  # one reply left at the model
 
 
 @pytest.fixture
@@ -168,3 +221,24 @@ def test_without_twilio_credentials_a_text_while_stopping_gets_the_fallback_now(
         text = session.scalars(sa.select(Message).where(Message.direction == "in")).one()
     assert text.status == "failed"
     assert text.error.startswith("server stopping and no Twilio credentials for a late REST")
+
+
+def test_the_reply_pool_drops_queued_calls_and_leaves_running_ones_at_a_timed_shutdown() -> None:
+    pool = DaemonPool(max_workers=2, name="test-pool")
+    release = threading.Event()
+    running = [pool.submit(release.wait, 10) for _ in range(2)]
+    queued = pool.submit(lambda: "never")
+    seen: list[bool] = []
+    queued.add_done_callback(lambda f: seen.append(f.cancelled()))
+    while not all(f.running() for f in running):
+        time.sleep(0.01)
+    assert len({t.name for t in threading.enumerate() if t.name.startswith("test-pool")}) == 2
+    started = time.monotonic()
+    assert pool.shutdown(timeout=0.2) == 2  # both still running, left to their threads
+    assert time.monotonic() - started < 1.0
+    assert seen == [True]
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+    release.set()
+    assert [f.result(timeout=5) for f in running] == [True, True]
+    assert pool.shutdown() == 0

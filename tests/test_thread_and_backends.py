@@ -609,7 +609,7 @@ def test_fallback_in_auto_mode_drops_a_model_call_still_queued(llm_app, fake_ope
     fake_openai.behaviour, fake_openai.delay = "slow", 0.6
     # Every reply thread busy: the next model call has to wait in the queue.
     gate = threading.Event()
-    busy = [sms._executor.submit(gate.wait) for _ in range(sms._executor._max_workers)]
+    busy = [sms._executor.submit(gate.wait) for _ in range(sms._executor.max_workers)]
     r = twilio_post("hi", target=app)
     assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
     gate.set()
