@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -18,13 +19,18 @@ from xml.etree import ElementTree
 
 import pytest
 import requests
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
 from flask import Flask
 from twilio.request_validator import RequestValidator
 
 from phischer import create_app
+from phischer.cli import cli
 from phischer.config import Settings
 from phischer.db import Database
+from phischer.finetune import jobs
 from phischer.migrate import upgrade
+from phischer.models import FineTuneJob, Persona
 from phischer.personas import PersonaSpec, add_persona
 from tests.fake_openai import FakeOpenAI
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
@@ -78,6 +84,65 @@ def database(settings: Settings) -> Database:
     db = Database(settings.database_url)
     yield db
     db.dispose()
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, as tqdm checks before drawing a bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def stderr_to(monkeypatch: pytest.MonkeyPatch, terminal: bool = True) -> io.StringIO:
+    """Send sys.stderr to a buffer (a terminal, or not) that keeps what was drawn.
+
+    Call it in the test itself: pytest's capture puts its own stderr back between a
+    fixture's setup and the test's call.
+    """
+    buffer = Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    return buffer
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    """Invoke the CLI (exceptions propagate: a traceback is a failure, not an exit code)."""
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+# -- fine-tuning jobs and the personas they switch ------------------------------------------
+
+
+def jobs_in(database: Database) -> list[FineTuneJob]:
+    """Every stored fine-tuning job."""
+    with database.read() as session:
+        return list(session.scalars(sa.select(FineTuneJob)))
+
+
+def persona_row(database: Database, keyword: str = "ada") -> Persona:
+    """A fresh copy of the persona row with this keyword."""
+    with database.read() as session:
+        return session.scalar(sa.select(Persona).where(Persona.keyword == keyword))
+
+
+def record_local_job(
+    database: Database,
+    job_id: str,
+    output_dir: Path,
+    status: str = "running",
+    base_model: str = "/models/tiny",
+    **extra: Any,
+) -> None:
+    """Record a local LoRA job as `finetune start --provider local` does."""
+    with database.write() as session:
+        jobs.record_job(
+            session,
+            job_id=job_id,
+            provider="local",
+            base_model=base_model,
+            status=status,
+            output_dir=str(output_dir),
+            **extra,
+        )
 
 
 # -- the SMS service ----------------------------------------------------------------------

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from phischer.cli import cli
+from tests.conftest import stderr_to
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MESSENGER = FIXTURES / "messenger"
@@ -265,13 +264,6 @@ def test_truncated_json_leaves_no_output(tmp_path: Path, where: str) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
 
 
-class _Terminal(io.StringIO):
-    """A stderr that says it is a terminal, as tqdm checks before drawing a bar."""
-
-    def isatty(self) -> bool:
-        return True
-
-
 @pytest.mark.parametrize("terminal", [True, False])
 def test_progress_bar_only_on_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terminal: bool
@@ -280,8 +272,7 @@ def test_progress_bar_only_on_a_terminal(
 
     # No waiting for the bar's one-second delay: it shows from the first thread.
     monkeypatch.setattr(import_run, "PROGRESS_DELAY_S", 0)
-    err = _Terminal() if terminal else io.StringIO()
-    monkeypatch.setattr(sys, "stderr", err)
+    err = stderr_to(monkeypatch, terminal)
     result = import_run.run_import("messenger", MESSENGER, "Zoë Martín", tmp_path / "z.jsonl")
     assert result.examples == 3
     if terminal:

@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 from phischer.cli import cli
 from phischer.models import Contact
 from phischer.ports import PortBusyError, host_port, http_url, listen
-from tests.conftest import free_port, serving, sign, sms_params
+from tests.conftest import free_port, run, serving, sign, sms_params
 
 # The smallest dataset the retrieval backend can answer from.
 PAIR = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
@@ -46,10 +46,6 @@ def live(app):
     """The app served over real HTTP on a loopback port."""
     with on_loopback(app) as url:
         yield url
-
-
-def run(*args: str, input: str | None = None):
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
 
 def test_text_prints_the_reply(live):
@@ -608,8 +604,6 @@ def test_persona_add_openai_flags_are_stored():
 
 def test_serve_on_a_busy_port_is_one_line(tmp_path):
     import socket
-
-    from phischer.cli import cli
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,12 @@ import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
 
-from phischer.cli import cli  # noqa: E402
 from phischer.db import Database  # noqa: E402
 from phischer.finetune import local, serving  # noqa: E402
-from phischer.models import FineTuneJob, Persona  # noqa: E402
+from phischer.models import Persona  # noqa: E402
 from phischer.personas import PersonaSpec, add_persona  # noqa: E402
-from tests.conftest import sign, sms_params, twiml_bodies  # noqa: E402
+from tests.conftest import jobs_in, persona_row, record_local_job, run, stderr_to  # noqa: E402
 from tests.fake_openai import FakeOpenAI, greet_model  # noqa: E402
 from tests.plot_helpers import assert_png  # noqa: E402
 
@@ -83,14 +82,28 @@ def build_tokenizer(path: Path) -> Any:
     return tok
 
 
+def save_tiny_model(path: Path, config_class: Any, model_class: Any, **config: Any) -> Path:
+    """The fixture's tokenizer and a model of `config`, seeded random weights, saved to path."""
+    tok = build_tokenizer(path)
+    torch.manual_seed(0)
+    model_config = config_class(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **config,
+    )
+    model_class(model_config).save_pretrained(str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide Llama and its tokenizer saved to a folder (built once per module)."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = build_tokenizer(path)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tok),
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny-llama"),
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -101,12 +114,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=1024,
         # Wide init: with the default 0.02 the frozen lm_head keeps logits near uniform.
         initializer_range=0.5,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    transformers.LlamaForCausalLM(config).save_pretrained(str(path))
-    return path
 
 
 def write_train(path: Path, pairs: list[tuple[str, str]] = PAIRS) -> Path:
@@ -134,16 +142,20 @@ def tokens(tok: Any, ids: list[int]) -> list[str]:
     return tok.convert_ids_to_tokens(ids)
 
 
+def two_exchanges() -> list[dict[str, str]]:
+    """A conversation with two assistant turns (labels come from both)."""
+    return conversation("hi there", "hello dear friend") + [
+        {"role": "user", "content": "good night"},
+        {"role": "assistant", "content": "sleep well dear"},
+    ]
+
+
 # -- the label mask ------------------------------------------------------------------------
 
 
 def test_labels_cover_only_assistant_turns_and_their_end_marker(tiny_model: Path) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
-    messages = conversation("hi there", "hello dear friend") + [
-        {"role": "user", "content": "good night"},
-        {"role": "assistant", "content": "sleep well dear"},
-    ]
-    feature = local.encode_example(tok, messages, max_length=128)
+    feature = local.encode_example(tok, two_exchanges(), max_length=128)
     assert feature is not None
     learned = [
         t if label != local.IGNORE else "_"
@@ -281,7 +293,7 @@ def test_rerun_resumes_from_the_last_checkpoint(tiny_model: Path, tmp_path: Path
         str(tiny_model),
         train,
         out,
-        local.LoraSettings(**{**FAST.__dict__, "max_steps": 6, "save_steps": 3}),
+        replace(FAST, max_steps=6, save_steps=3),
         **quiet,
     )
     assert first.global_step == 6
@@ -291,7 +303,7 @@ def test_rerun_resumes_from_the_last_checkpoint(tiny_model: Path, tmp_path: Path
         str(tiny_model),
         train,
         out,
-        local.LoraSettings(**{**FAST.__dict__, "max_steps": 12, "save_steps": 3}),
+        replace(FAST, max_steps=12, save_steps=3),
         echo=said.append,
         progress=False,
     )
@@ -317,11 +329,6 @@ def ada(database: Database, tmp_path: Path) -> Path:
     return data
 
 
-def run(*args: str) -> Any:
-    """Invoke the CLI."""
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
 def start_local(train: Path, *options: str) -> Any:
     """`phischer finetune start TRAIN --persona ada --provider local OPTIONS…`."""
     return run("finetune", "start", str(train), "--persona", "ada", "--provider", "local", *options)
@@ -341,6 +348,7 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
     database: Database,
     served: FakeOpenAI,
     make_app: Any,
+    twilio_post: Any,
 ) -> None:
     train = write_train(tmp_path / "train.jsonl", PAIRS * 2)
     out = tmp_path / "ada-adapter"
@@ -390,9 +398,8 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
     assert_png(out / "loss.png")
     assert f"Persona Ada Lovelace now uses model ada-lovelace at {served.base_url}" in result.output
 
-    with database.read() as session:
-        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
-        (job,) = session.scalars(sa.select(FineTuneJob))
+    p = persona_row(database)
+    (job,) = jobs_in(database)
     assert (p.backend, p.model, p.base_url) == ("openai", "ada-lovelace", served.base_url)
     assert job.job_id.startswith("local-") and job.provider == "local"
     assert job.status == "succeeded" and job.finished_at is not None
@@ -407,15 +414,8 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
     assert status.output.strip() == f"{job.job_id}: succeeded (local LoRA in {adapter})"
 
     # A signed text now goes to the adapter's server under the LoRA module name.
-    app = make_app()
-    token = app.extensions["phischer"].settings.auth_token()
-    params = sms_params("hi there", "+15550123")
-    response = app.test_client().post(
-        "/sms",
-        data=params,
-        headers={"X-Twilio-Signature": sign(token, "http://localhost/sms", params)},
-    )
-    assert twiml_bodies(response.data) == ["hey it's ada-lovelace"]
+    response = twilio_post("hi there", "+15550123", target=make_app())
+    assert response.replies == ["hey it's ada-lovelace"]
     (chat,) = served.calls("POST", "/v1/chat/completions")
     assert chat.json()["model"] == "ada-lovelace"
     # The adapter's server is not OpenAI's: it never sees OPENAI_API_KEY.
@@ -438,10 +438,9 @@ def test_cli_local_unloadable_base_model_fails_cleanly_and_records_no_job(
     assert result.exit_code == 1
     errors = [x for x in result.output.splitlines() if x.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith(f"Error: cannot load base model {broken}")
-    with database.read() as session:
-        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
-        # Nothing was trained: no failed job in `finetune list` either.
-        assert session.scalars(sa.select(FineTuneJob)).all() == []
+    p = persona_row(database)
+    # Nothing was trained: no failed job in `finetune list` either.
+    assert jobs_in(database) == []
     assert p.backend == "retrieval" and p.model is None
 
 
@@ -473,8 +472,7 @@ def test_cli_local_needs_a_base_model_and_a_clean_file(
         "Error: --serve-url 'localhost:8000' must be an http(s) URL, e.g. http://127.0.0.1:8000/v1"
     ) in result.output
     assert not (tmp_path / "out").exists()
-    with database.read() as session:
-        assert session.scalars(sa.select(FineTuneJob)).all() == []
+    assert jobs_in(database) == []
 
 
 class _SlowTokenizer:
@@ -494,10 +492,7 @@ class _SlowTokenizer:
 
 def test_slow_tokenizers_get_the_same_labels_from_prefix_lengths(tiny_model: Path) -> None:
     fast = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
-    messages = conversation("hi there", "hello dear friend") + [
-        {"role": "user", "content": "good night"},
-        {"role": "assistant", "content": "sleep well dear"},
-    ]
+    messages = two_exchanges()
     assert local.encode_example(_SlowTokenizer(fast), messages, 128) == local.encode_example(
         fast, messages, 128
     )
@@ -593,8 +588,7 @@ def test_cli_local_refuses_a_lora_name_that_breaks_commands(
         "(it becomes a model name and a folder name), e.g. --lora-name ada-v2"
     ]
     assert not (tmp_path / "o").exists()
-    with database.read() as session:
-        assert session.scalars(sa.select(FineTuneJob)).all() == []
+    assert jobs_in(database) == []
 
 
 def test_cli_local_without_the_train_extra_is_one_line_and_records_nothing(
@@ -605,10 +599,8 @@ def test_cli_local_without_the_train_extra_is_one_line_and_records_nothing(
     result = start_local(train, "--base-model", "whatever", "--output-dir", str(tmp_path / "o"))
     assert result.exit_code == 1
     assert result.output.splitlines() == [f"Error: {local.INSTALL_HINT}"]
-    with database.read() as session:
-        assert session.scalars(sa.select(FineTuneJob)).all() == []
-        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
-    assert p.backend == "retrieval"
+    assert jobs_in(database) == []
+    assert persona_row(database).backend == "retrieval"
 
 
 def test_cli_local_refuses_the_openai_suffix(ada: Path, tmp_path: Path, database: Database) -> None:
@@ -619,35 +611,23 @@ def test_cli_local_refuses_the_openai_suffix(ada: Path, tmp_path: Path, database
         "Error: --suffix only applies to --provider openai, not local "
         "(the local model name is --lora-name)"
     ]
-    with database.read() as session:
-        assert session.scalars(sa.select(FineTuneJob)).all() == []
+    assert jobs_in(database) == []
 
 
 def test_rerun_closes_the_row_of_a_run_killed_hard(
     tiny_model: Path, ada: Path, tmp_path: Path, database: Database
 ) -> None:
-    from phischer.finetune import jobs
-
     out = tmp_path / "ada-adapter"
-    with database.write() as session:
-        # What a SIGKILLed run leaves: its row still "running", for this folder and another.
-        for job_id, folder in (("local-killed", out), ("local-elsewhere", tmp_path / "other")):
-            jobs.record_job(
-                session,
-                job_id=job_id,
-                provider="local",
-                base_model=str(tiny_model),
-                status="running",
-                output_dir=str(folder.resolve()),
-            )
+    # What a SIGKILLed run leaves: its row still "running", for this folder and another.
+    for job_id, folder in (("local-killed", out), ("local-elsewhere", tmp_path / "other")):
+        record_local_job(database, job_id, folder.resolve(), base_model=str(tiny_model))
     train = write_train(tmp_path / "train.jsonl", PAIRS)
     result = start_local(
         train, "--base-model", str(tiny_model), "--max-steps", "2", "--output-dir", str(out)
     )
     assert result.exit_code == 0, result.output
 
-    with database.read() as session:
-        rows = {j.job_id: j for j in session.scalars(sa.select(FineTuneJob))}
+    rows = {j.job_id: j for j in jobs_in(database)}
     (new,) = [j for j in rows if j.startswith("local-2")]
     assert rows[new].status == "succeeded"
     killed = rows["local-killed"]
@@ -723,9 +703,8 @@ def test_cli_local_rerun_of_a_finished_run_trains_nothing(
     assert sorted(x.name for x in (out / "checkpoints").iterdir()) == ["checkpoint-3"]
     assert (out / "adapter_model.safetensors").read_bytes() == adapter
     assert (out / "SERVING.md").is_file()
-    with database.read() as session:
-        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
-        (job,) = session.scalars(sa.select(FineTuneJob))  # the finished run's, not a new one
+    p = persona_row(database)
+    (job,) = jobs_in(database)  # the finished run's, not a new one
     assert (p.backend, p.model) == ("openai", "ada-lovelace")
     assert job.status == "succeeded" and job.error is None
     assert lines[-1] == f"Job {job.job_id} succeeded: adapter in {out.resolve()}"
@@ -782,8 +761,7 @@ def test_cli_local_refuses_a_base_model_that_is_no_model_folder(
     (line,) = result.output.splitlines()
     assert line.startswith(f"Error: --base-model {given}") and error in line, line
     assert not (tmp_path / "o").exists()
-    with database.read() as session:
-        assert session.scalars(sa.select(FineTuneJob)).all() == []
+    assert jobs_in(database) == []
 
 
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-1.5B-Instruct", "gpt2", "org/model.v1_2-x"])
@@ -810,8 +788,7 @@ def test_cli_local_switches_the_persona_off_its_previous_key_variable(
         add_persona(session, spec)
     result = short_run(tiny_model, tmp_path, "--serve-url", served.base_url)
     assert result.exit_code == 0, result.output
-    with database.read() as session:
-        p = session.scalar(sa.select(Persona).where(Persona.keyword == "ada"))
+    p = persona_row(database)
     # The local server gets a placeholder key, never TOGETHER_API_KEY (nor OPENAI_API_KEY).
     assert (p.model, p.base_url, p.api_key_env) == ("ada-lovelace", served.base_url, None)
 
@@ -837,10 +814,7 @@ def test_cli_local_refuses_checkpoints_of_other_lora_settings(
     assert first.exit_code == 0, first.output
     out = tmp_path / "out"
     serving_md = (out / "SERVING.md").read_text()
-    again = start_local(
-        tmp_path / "train.jsonl", "--base-model", str(tiny_model), "--max-steps", "3",
-        "--batch-size", "2", "--output-dir", str(out), *options,
-    )  # fmt: skip
+    again = short_run(tiny_model, tmp_path, *options)
     assert again.exit_code == 1
     assert again.output.splitlines() == [
         f"Error: {out / 'checkpoints'} was trained with {trained_with}: delete it or pass "
@@ -848,8 +822,7 @@ def test_cli_local_refuses_checkpoints_of_other_lora_settings(
     ]
     assert (out / "SERVING.md").read_text() == serving_md  # still the rank-16 commands
     assert "--max-lora-rank 16" in serving_md
-    with database.read() as session:
-        (job,) = session.scalars(sa.select(FineTuneJob))  # no failed job for a refusal
+    (job,) = jobs_in(database)  # no failed job for a refusal
     assert job.status == "succeeded"
 
 
@@ -893,8 +866,7 @@ def test_cli_local_refuses_a_learning_rate_that_is_no_positive_number(
         f"Error: Invalid value for '--learning-rate': {reason}."
     )
     assert not (tmp_path / "o").exists()
-    with database.read() as session:
-        assert session.scalars(sa.select(FineTuneJob)).all() == []
+    assert jobs_in(database) == []
 
 
 def test_cli_local_stores_a_relative_base_model_as_an_absolute_path(
@@ -903,8 +875,7 @@ def test_cli_local_stores_a_relative_base_model_as_an_absolute_path(
     relative = os.path.relpath(tiny_model, tmp_path)  # the tests run in tmp_path
     result = short_run(Path(relative), tmp_path)
     assert result.exit_code == 0, result.output
-    with database.read() as session:
-        (job,) = session.scalars(sa.select(FineTuneJob))
+    (job,) = jobs_in(database)
     assert job.base_model == str(tiny_model.resolve())
     listed = run("finetune", "list")
     assert str(tiny_model.resolve()) in listed.output
@@ -928,20 +899,28 @@ def test_cli_local_warns_that_vllm_cannot_serve_a_rank_over_512(
     assert "vllm serve" not in serving_md and "--max-lora-rank 1024" not in result.output
 
 
-class _Terminal(io.StringIO):
-    """stderr as a terminal: tqdm's bars (disable=None) draw only on one."""
+def fail_at_batch(
+    monkeypatch: pytest.MonkeyPatch, index: int, error: BaseException
+) -> Callable[..., Any]:
+    """Make the collator raise `error` on batch `index` (from 0); returns the real collator."""
+    batches = iter(range(100))
+    real = local.PadCollator.__call__
 
-    def isatty(self) -> bool:
-        return True
+    def failing(self: local.PadCollator, batch: list[dict[str, list[int]]]) -> Any:
+        if next(batches) == index:
+            raise error
+        return real(self, batch)
+
+    monkeypatch.setattr(local.PadCollator, "__call__", failing)
+    return real
 
 
 def test_the_bars_on_a_terminal(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    terminal = _Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
+    terminal = stderr_to(monkeypatch)  # tqdm's bars (disable=None) draw only on a terminal
     train = write_train(tmp_path / "train.jsonl")
-    settings = local.LoraSettings(**{**FAST.__dict__, "max_steps": 3})
+    settings = replace(FAST, max_steps=3)
     local.train_lora(str(tiny_model), train, tmp_path / "out", settings, echo=lambda _: None)
     drawn = terminal.getvalue()
     # Tokenizing (cleared when done), then training (kept, with the loss, its line ended).
@@ -952,19 +931,10 @@ def test_the_bars_on_a_terminal(
 def test_the_training_bar_ends_its_line_when_training_fails(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    terminal = _Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    batches = iter(range(100))
-    real = local.PadCollator.__call__
-
-    def third_batch_fails(self: local.PadCollator, batch: list[dict[str, list[int]]]) -> Any:
-        if next(batches) == 2:
-            raise RuntimeError("CUDA out of memory")
-        return real(self, batch)
-
-    monkeypatch.setattr(local.PadCollator, "__call__", third_batch_fails)
+    terminal = stderr_to(monkeypatch)  # tqdm's bars (disable=None) draw only on a terminal
+    fail_at_batch(monkeypatch, 2, RuntimeError("CUDA out of memory"))  # the third batch
     train = write_train(tmp_path / "train.jsonl")
-    settings = local.LoraSettings(**{**FAST.__dict__, "max_steps": 5})
+    settings = replace(FAST, max_steps=5)
     try:
         local.train_lora(str(tiny_model), train, tmp_path / "out", settings, echo=lambda _: None)
     except RuntimeError as exc:
@@ -1033,21 +1003,15 @@ def test_encode_file_counts_the_examples_it_cut_and_the_ones_it_emptied(
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer GPT-2 (Conv1D layers, learned positions) that reads at most 32 tokens."""
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    tok = build_tokenizer(path)
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(tok),
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny-gpt2"),
+        transformers.GPT2Config,
+        transformers.GPT2LMHeadModel,
         n_positions=32,
         n_embd=32,
         n_layer=2,
         n_head=4,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    transformers.GPT2LMHeadModel(config).save_pretrained(str(path))
-    return path
 
 
 def test_cli_local_caps_max_seq_length_at_the_models_context(
@@ -1091,22 +1055,13 @@ def test_cli_local_ctrl_c_cancels_the_job_and_says_how_to_resume(
     database: Database,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    batches = iter(range(100))
-    real = local.PadCollator.__call__
-
-    def ctrl_c_at_step_5(self: local.PadCollator, batch: list[dict[str, list[int]]]) -> Any:
-        if next(batches) == 4:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(local.PadCollator, "__call__", ctrl_c_at_step_5)
+    real = fail_at_batch(monkeypatch, 4, KeyboardInterrupt())  # Ctrl-C at step 5
     out = tmp_path / "out"
     options = ("--max-steps", "6", "--save-steps", "2", "--output-dir", str(out))
     train = write_train(tmp_path / "train.jsonl")
     result = start_local(train, "--base-model", str(tiny_model), *options)
     assert result.exit_code == 130
-    with database.read() as session:
-        (job,) = session.scalars(sa.select(FineTuneJob))
+    (job,) = jobs_in(database)
     hint = "rerun the same command to resume from checkpoint-4 (step 4)"
     assert result.stderr == f"Interrupted: {job.job_id} is cancelled; {hint}.\n"
     assert (job.status, job.error) == ("cancelled", f"interrupted: {hint}")
@@ -1138,8 +1093,7 @@ def test_cli_local_ctrl_c_before_training_records_nothing(
     result = short_run(tiny_model, tmp_path)
     assert result.exit_code == 130
     assert result.stderr == "Interrupted before training started: nothing was trained.\n"
-    with database.read() as session:
-        assert session.scalars(sa.select(FineTuneJob)).all() == []
+    assert jobs_in(database) == []
 
 
 # -- serving notes for each kind of base model ------------------------------------------------

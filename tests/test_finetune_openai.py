@@ -11,16 +11,16 @@ from typing import Any
 import openai
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
+from click.testing import Result
 from openai.types.fine_tuning import FineTuningJobEvent
 
 from phischer import plots
-from phischer.cli import cli
 from phischer.db import Database
-from phischer.finetune import common, jobs
+from phischer.finetune import common
 from phischer.finetune import openai as ft
 from phischer.models import FineTuneJob, Persona
 from phischer.personas import PersonaSpec, add_persona
+from tests.conftest import jobs_in, persona_row, record_local_job, run
 from tests.fake_openai import VALID_KEY, FakeOpenAI, Step, greet_model, metrics_event
 from tests.plot_helpers import assert_png
 
@@ -89,31 +89,35 @@ def validation(tmp_path: Path) -> Path:
     )
 
 
-def run(*args: str) -> Result:
-    """Invoke the CLI."""
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
 def error_lines(result: Result) -> list[str]:
     """The `Error: …` lines of a run."""
     return [line for line in result.output.splitlines() if line.startswith("Error:")]
 
 
-def jobs_in(database: Database) -> list[FineTuneJob]:
-    """Every stored job."""
-    with database.read() as session:
-        return list(session.scalars(sa.select(FineTuneJob)))
+def stored_job(database: Database) -> dict[str, Any]:
+    """Every column of the one stored job."""
+    (job,) = jobs_in(database)
+    return {c.name: getattr(job, c.name) for c in FineTuneJob.__table__.c}
 
 
-def persona(database: Database, name: str = "Ada Lovelace") -> Persona:
-    """A fresh copy of a persona row."""
-    with database.read() as session:
-        return session.scalar(sa.select(Persona).where(Persona.name == name))
+def start(train: Path, *options: str, persona: str = "ada") -> Result:
+    """Run `finetune start TRAIN --persona PERSONA OPTIONS…`."""
+    return run("finetune", "start", str(train), "--persona", persona, *options)
+
+
+def refused_before_upload(
+    fake: FakeOpenAI, database: Database, train: Path, *options: str, persona: str = "ada"
+) -> Result:
+    """`start` refused: nothing sent to OpenAI, no job stored."""
+    result = start(train, *options, persona=persona)
+    assert result.exit_code == 1
+    assert fake.requests == [] and jobs_in(database) == []
+    return result
 
 
 def start_job(train: Path, *extra: str) -> str:
     """Run `finetune start` and return the job id it printed."""
-    result = run("finetune", "start", str(train), "--persona", "ada", *extra)
+    result = start(train, *extra)
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("Started fine-tuning job"))
     return line.split()[3]
@@ -125,17 +129,7 @@ def start_job(train: Path, *extra: str) -> str:
 def test_start_uploads_files_and_creates_supervised_job(
     fake_ft: FakeOpenAI, ada: Path, train: Path, validation: Path, database: Database
 ) -> None:
-    result = run(
-        "finetune",
-        "start",
-        str(train),
-        "--persona",
-        "Ada Lovelace",
-        "--validation",
-        str(validation),
-        "--epochs",
-        "4",
-    )
+    result = start(train, "--validation", str(validation), "--epochs", "4", persona="Ada Lovelace")
     assert result.exit_code == 0, result.output
 
     uploads = fake_ft.calls("POST", "/v1/files")
@@ -172,7 +166,7 @@ def test_start_uploads_files_and_creates_supervised_job(
 
     (row,) = jobs_in(database)
     assert row.job_id == job_id and row.provider == "openai"
-    assert row.persona_id == persona(database).id
+    assert row.persona_id == persona_row(database).id
     assert row.base_model == "gpt-4.1-mini-2025-04-14"
     assert row.status == "validating_files"
     assert (row.training_file_id, row.validation_file_id) == (train_id, val_id)
@@ -200,29 +194,23 @@ def test_format_errors_refuse_before_anything_is_sent(
     rows.insert(3, "{not json")
     rows.insert(6, {"messages": [{"role": "user", "content": "no answer"}]})
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
-    result = run("finetune", "start", str(bad), "--persona", "ada")
-    assert result.exit_code == 1
+    result = refused_before_upload(fake_ft, database, bad)
     assert error_lines(result) == [
         f"Error: {bad}: 2 format error(s) (first on line 4): fix them before fine-tuning; "
         "nothing was uploaded"
     ]
     assert "line 4" in result.output  # the check report names the lines
-    assert fake_ft.requests == []
-    assert jobs_in(database) == []
 
 
 def test_an_empty_file_is_refused_without_a_line_number(
-    fake_ft: FakeOpenAI, ada: Path, tmp_path: Path
+    fake_ft: FakeOpenAI, ada: Path, tmp_path: Path, database: Database
 ) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    result = run("finetune", "start", str(empty), "--persona", "ada")
-    assert result.exit_code == 1
-    assert error_lines(result) == [
+    assert error_lines(refused_before_upload(fake_ft, database, empty)) == [
         f"Error: {empty}: 1 format error(s) (no examples in the file [no_examples]): fix them "
         "before fine-tuning; nothing was uploaded"
     ]
-    assert fake_ft.requests == []
 
 
 def test_cost_line_wording(fake_ft: FakeOpenAI, ada: Path, train: Path) -> None:
@@ -238,7 +226,7 @@ def test_cost_line_wording(fake_ft: FakeOpenAI, ada: Path, train: Path) -> None:
             "estimated cost about $0.02",
         ),
     ]:
-        result = run("finetune", "start", str(train), "--persona", "ada", *options)
+        result = start(train, *options)
         assert result.exit_code == 0, result.output
         assert result.output.splitlines()[0] == line
 
@@ -269,56 +257,50 @@ def test_fewer_examples_than_openai_takes_refuse_before_upload(
     fake_ft: FakeOpenAI, ada: Path, tmp_path: Path, database: Database
 ) -> None:
     few = write_jsonl(tmp_path / "few.jsonl", [example(f"q{i}", f"a{i}") for i in range(9)])
-    result = run("finetune", "start", str(few), "--persona", "ada")
-    assert result.exit_code == 1
-    assert error_lines(result) == [
+    assert error_lines(refused_before_upload(fake_ft, database, few)) == [
         f"Error: {few}: only 9 examples, and OpenAI fine-tunes on at least 10: import more "
         "chats, or train with --provider local; nothing was uploaded"
     ]
-    assert fake_ft.requests == []
-    assert jobs_in(database) == []
 
 
 def test_a_small_validation_file_is_fine(
     fake_ft: FakeOpenAI, ada: Path, train: Path, tmp_path: Path
 ) -> None:
     val = write_jsonl(tmp_path / "val.jsonl", [example("q", "a")])
-    result = run("finetune", "start", str(train), "--persona", "ada", "--validation", str(val))
+    result = start(train, "--validation", str(val))
     assert result.exit_code == 0, result.output
     (create,) = fake_ft.calls("POST", "/v1/fine_tuning/jobs")
     assert create.json()["validation_file"]
 
 
 def test_bad_validation_file_also_refuses(
-    fake_ft: FakeOpenAI, ada: Path, train: Path, tmp_path: Path
+    fake_ft: FakeOpenAI, ada: Path, train: Path, tmp_path: Path, database: Database
 ) -> None:
     bad = write_jsonl(tmp_path / "val.jsonl", ["[]"])
-    result = run("finetune", "start", str(train), "--persona", "ada", "--validation", str(bad))
-    assert result.exit_code == 1
-    assert fake_ft.requests == []
+    refused_before_upload(fake_ft, database, train, "--validation", str(bad))
 
 
 def test_missing_api_key_is_one_line(
-    fake_ft: FakeOpenAI, ada: Path, train: Path, monkeypatch: pytest.MonkeyPatch
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
-    result = run("finetune", "start", str(train), "--persona", "ada", "--epochs", "2")
-    assert result.exit_code == 1
+    result = refused_before_upload(fake_ft, database, train, "--epochs", "2")
     # Nothing before it: no cost estimate or deadline notice for a job that cannot start.
     assert result.output == (
         "Error: No OPENAI_API_KEY: set it in .env "
         f"(`phischer dataset check {train} --epochs 2` estimates the cost without one)\n"
     )
-    assert fake_ft.requests == []
 
 
 def test_unknown_persona_is_refused_before_upload(
-    fake_ft: FakeOpenAI, ada: Path, train: Path
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
 ) -> None:
-    result = run("finetune", "start", str(train), "--persona", "nobody")
-    assert result.exit_code == 1
+    result = refused_before_upload(fake_ft, database, train, persona="nobody")
     assert error_lines(result) == ["Error: no persona 'nobody' (known: Ada Lovelace)"]
-    assert fake_ft.requests == []
 
 
 @pytest.mark.parametrize(
@@ -336,7 +318,7 @@ def test_upload_errors_leave_no_job(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, status: int, expected: str
 ) -> None:
     fake_ft.fail("POST", "/v1/files", status, "bad key")
-    result = run("finetune", "start", str(train), "--persona", "ada")
+    result = start(train)
     assert result.exit_code == 1
     assert error_lines(result) == [f"Error: {expected}"]
     assert "Traceback" not in result.output
@@ -353,7 +335,7 @@ def test_job_creation_error_is_one_line_and_records_nothing(
         400,
         "Model gpt-3 is not available for fine-tuning or does not exist.",
     )
-    result = run("finetune", "start", str(train), "--persona", "ada", "--base-model", "gpt-3")
+    result = start(train, "--base-model", "gpt-3")
     assert result.exit_code == 1
     assert error_lines(result) == [
         "Error: OpenAI answered 400 while creating the fine-tuning job: Model gpt-3 is not "
@@ -382,9 +364,7 @@ def test_every_upload_is_deleted_when_the_job_is_refused(
     times: int,
 ) -> None:
     fake_ft.fail("POST", "/v1/fine_tuning/jobs", status, "try later", times=times)
-    result = run(
-        "finetune", "start", str(train), "--persona", "ada", "--validation", str(validation)
-    )
+    result = start(train, "--validation", str(validation))
     assert result.exit_code == 1
     assert [c.path for c in fake_ft.calls("DELETE")] == [
         "/v1/files/file-0001",
@@ -413,9 +393,7 @@ def test_a_failed_validation_upload_deletes_the_training_upload(
         return real(client, path, echo)
 
     monkeypatch.setattr(ft, "_upload", upload)
-    result = run(
-        "finetune", "start", str(train), "--persona", "ada", "--validation", str(validation)
-    )
+    result = start(train, "--validation", str(validation))
     assert result.exit_code == 1
     assert result.output.splitlines()[-2:] == [
         "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account.",
@@ -429,7 +407,7 @@ def test_an_upload_that_cannot_be_deleted_is_named(
 ) -> None:
     fake_ft.fail("POST", "/v1/fine_tuning/jobs", 400, "no such model")
     fake_ft.fail("DELETE", "/v1/files/", 500, "storage down", times=3)  # the SDK retries twice
-    result = run("finetune", "start", str(train), "--persona", "ada")
+    result = start(train)
     assert result.exit_code == 1
     assert result.output.splitlines()[-2:] == [
         "Could not delete the uploaded file-0001 (train.jsonl) from the account (OpenAI "
@@ -442,24 +420,20 @@ def test_an_upload_that_cannot_be_deleted_is_named(
 def test_local_only_flags_are_refused_for_openai(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, tmp_path: Path
 ) -> None:
-    result = run(
-        "finetune",
-        "start",
-        str(train),
-        "--persona",
-        "ada",
-        "--lora-rank",
-        "8",
-        "--output-dir",
-        str(tmp_path / "out"),
-    )
-    assert result.exit_code == 1
+    options = ("--lora-rank", "8", "--output-dir", str(tmp_path / "out"))
+    result = refused_before_upload(fake_ft, database, train, *options)
     assert result.output.splitlines() == [
         "Error: --lora-rank, --output-dir only apply to --provider local, not openai"
     ]
-    assert fake_ft.requests == [] and jobs_in(database) == []
     # The same values left at their defaults are not "given": the job starts.
     assert start_job(train, "--provider", "openai")
+
+
+# The notice once new jobs are refused: "retires" the models, or "retired" from that day.
+STOPPED_NOTICE = (
+    "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and {} fine-tuned "
+    "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`."
+)
 
 
 @pytest.mark.parametrize(
@@ -471,27 +445,11 @@ def test_local_only_flags_are_refused_for_openai(
             "fine-tuned gpt-4o/gpt-4.1 models on 2027-01-14: train a LoRA you can keep serving "
             "with `--provider local`.",
         ),
-        (
-            dt.date(2027, 1, 6),
-            "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and retires fine-tuned "
-            "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`.",
-        ),
-        (
-            dt.date(2027, 1, 13),
-            "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and retires fine-tuned "
-            "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`.",
-        ),
+        (dt.date(2027, 1, 6), STOPPED_NOTICE.format("retires")),
+        (dt.date(2027, 1, 13), STOPPED_NOTICE.format("retires")),
         # The retirement is still news after the day: said in the past tense, not dropped.
-        (
-            dt.date(2027, 1, 14),
-            "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and retired fine-tuned "
-            "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`.",
-        ),
-        (
-            dt.date(2027, 2, 1),
-            "Note: OpenAI stopped new fine-tuning jobs on 2027-01-06 and retired fine-tuned "
-            "gpt-4o/gpt-4.1 models on 2027-01-14: use `--provider local`.",
-        ),
+        (dt.date(2027, 1, 14), STOPPED_NOTICE.format("retired")),
+        (dt.date(2027, 2, 1), STOPPED_NOTICE.format("retired")),
     ],
 )
 def test_deadline_notice_follows_the_date(today: dt.date, notice: str) -> None:
@@ -516,7 +474,7 @@ def test_start_refuses_before_uploading_from_the_day_openai_stops_jobs(
         (dt.date(2028, 3, 1), "retired"),
     ]:
         monkeypatch.setattr(common, "_today", lambda today=today: today)
-        result = run("finetune", "start", str(train), "--persona", "ada")
+        result = start(train)
         assert result.exit_code == 1
         assert result.output.splitlines() == [
             "Error: OpenAI stopped accepting new fine-tuning jobs on 2027-01-06 and "
@@ -600,7 +558,7 @@ def test_wait_polls_with_backoff_and_switches_the_persona(
     assert f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}" in result.output
     assert f"Persona Ada Lovelace now answers with {FT_MODEL}." in result.output
 
-    p = persona(database)
+    p = persona_row(database)
     assert (p.backend, p.model, p.base_url) == ("openai", FT_MODEL, None)
     (row,) = jobs_in(database)
     assert row.status == "succeeded" and row.fine_tuned_model == FT_MODEL
@@ -628,7 +586,7 @@ def test_status_without_wait_shows_new_events_once(
     assert "Fine-tuning job started" not in second.output
     assert "Step 3/3: training loss=0.90" in second.output
     assert jobs_in(database)[0].status == "running"
-    assert persona(database).backend == "retrieval"
+    assert persona_row(database).backend == "retrieval"
 
 
 def test_failed_job_prints_the_error_and_changes_nothing(
@@ -648,7 +606,7 @@ def test_failed_job_prints_the_error_and_changes_nothing(
     assert result.exit_code == 1
     assert f"ERROR {reason}" in result.output
     assert error_lines(result) == [f"Error: {job_id} failed: {reason} (persona unchanged)"]
-    p = persona(database)
+    p = persona_row(database)
     assert (p.backend, p.model) == ("retrieval", None)
     (row,) = jobs_in(database)
     assert row.status == "failed" and row.error == reason and row.fine_tuned_model is None
@@ -668,7 +626,7 @@ def test_cancel_then_wait_ends_cancelled(
     assert waited.exit_code == 0
     assert "Fine-tuning job cancelled" in waited.output
     assert sleeps == []
-    assert persona(database).backend == "retrieval"
+    assert persona_row(database).backend == "retrieval"
     # Cancelling a finished job is OpenAI's 400: one line, state kept.
     again = run("finetune", "cancel", job_id)
     assert again.exit_code == 1
@@ -708,14 +666,13 @@ def test_api_errors_are_one_line_and_keep_the_job(
     expected: str,
 ) -> None:
     job_id = start_job(train)
-    before = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
+    before = stored_job(database)
     fake_ft.fail("GET", f"/v1/fine_tuning/jobs/{job_id}", status, "nope", times=times)
     result = run("finetune", "status", job_id, "--wait")
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == ["Error: " + expected.format(job=job_id)]
     assert len(fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}")) == times
-    after = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
-    assert after == before
+    assert stored_job(database) == before
 
 
 def test_retried_rate_limit_then_success(
@@ -735,7 +692,7 @@ def test_connection_refused_is_one_line(
     # conftest points OPENAI_BASE_URL at the discard port: nothing listens there.
     monkeypatch.setattr(ft, "MAX_RETRIES", 0)
     monkeypatch.setattr(common, "_today", lambda: dt.date(2026, 11, 22))
-    result = run("finetune", "start", str(train), "--persona", "ada")
+    result = start(train)
     assert result.exit_code == 1
     assert error_lines(result) == [
         "Error: cannot reach http://127.0.0.1:9/v1/ while uploading train.jsonl "
@@ -752,7 +709,7 @@ def test_network_error_while_polling_is_one_line_and_keeps_the_job(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job_id = start_job(train)
-    before = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
+    before = stored_job(database)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
     monkeypatch.setattr(ft, "MAX_RETRIES", 0)
     result = run("finetune", "status", job_id, "--wait")
@@ -761,9 +718,8 @@ def test_network_error_while_polling_is_one_line_and_keeps_the_job(
         f"Error: cannot reach http://127.0.0.1:9/v1/ while checking {job_id} "
         "(Connection error.): check your network or OPENAI_BASE_URL"
     ]
-    after = {c.name: getattr(jobs_in(database)[0], c.name) for c in FineTuneJob.__table__.c}
-    assert after == before
-    assert persona(database).backend == "retrieval"
+    assert stored_job(database) == before
+    assert persona_row(database).backend == "retrieval"
 
 
 def test_ctrl_c_while_waiting_says_the_job_goes_on(
@@ -821,22 +777,25 @@ def test_progress_bar_follows_step_metrics() -> None:
     assert ft._progress(None, [event(4, "message")]) is None  # no steps yet: no bar
 
 
+def job_on_account(fake: FakeOpenAI, train: Path, model: str) -> str:
+    """A job created on the account directly, not by phischer (its own upload); its id."""
+    client = openai.OpenAI(api_key=VALID_KEY, base_url=fake.base_url)
+    uploaded = client.files.create(file=(train.name, train.read_bytes()), purpose="fine-tune")
+    return client.fine_tuning.jobs.create(model=model, training_file=uploaded.id).id
+
+
 def test_status_of_a_job_not_started_here_switches_nothing(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
 ) -> None:
     fake_ft.default_script = list(SUCCESS_SCRIPT)
-    client = openai.OpenAI(api_key=VALID_KEY, base_url=fake_ft.base_url)
-    uploaded = client.files.create(file=(train.name, train.read_bytes()), purpose="fine-tune")
-    other = client.fine_tuning.jobs.create(
-        model="gpt-4.1-mini-2025-04-14", training_file=uploaded.id
-    )
-    result = run("finetune", "status", other.id, "--wait")
+    other = job_on_account(fake_ft, train, "gpt-4.1-mini-2025-04-14")
+    result = run("finetune", "status", other, "--wait")
     assert result.exit_code == 0, result.output
-    assert f"{other.id}: succeeded, 4,321 trained tokens, model {FT_MODEL}" in result.output
+    assert f"{other}: succeeded, 4,321 trained tokens, model {FT_MODEL}" in result.output
     assert "  (not started from here: no persona will be switched)" in result.output
     assert "now answers with" not in result.output
     assert jobs_in(database) == []
-    assert persona(database).backend == "retrieval"
+    assert persona_row(database).backend == "retrieval"
 
 
 def test_success_moves_the_persona_off_its_previous_server(
@@ -850,7 +809,7 @@ def test_success_moves_the_persona_off_its_previous_server(
     fake_ft.default_script = list(SUCCESS_SCRIPT)
     job_id = start_job(train)
     assert run("finetune", "status", job_id, "--wait").exit_code == 0
-    p = persona(database)
+    p = persona_row(database)
     # The model lives on the account the job ran on: OPENAI_BASE_URL and OPENAI_API_KEY.
     assert (p.backend, p.model, p.base_url, p.api_key_env) == ("openai", FT_MODEL, None, None)
 
@@ -858,28 +817,15 @@ def test_success_moves_the_persona_off_its_previous_server(
 LOCAL_JOB = "local-20261122-101010"
 
 
-def record_local_job(database: Database, adapter: Path, status: str, **extra: object) -> None:
-    """Record a local LoRA job as `finetune start --provider local` does."""
-    with database.write() as session:
-        jobs.record_job(
-            session,
-            job_id=LOCAL_JOB,
-            provider="local",
-            base_model="/models/tiny",
-            status=status,
-            output_dir=str(adapter),
-            **extra,
-        )
-
-
 def test_local_jobs_are_never_sent_to_openai(
     fake_ft: FakeOpenAI, ada: Path, database: Database, tmp_path: Path
 ) -> None:
     record_local_job(
         database,
+        LOCAL_JOB,
         tmp_path / "adapter",
         "running",
-        persona_id=persona(database).id,
+        persona_id=persona_row(database).id,
         training_file=str(tmp_path / "train.jsonl"),
     )
     status = run("finetune", "status", "local-20261122-101010")
@@ -900,7 +846,7 @@ def test_cancelling_a_local_job_needs_no_api_key(
     ada: Path, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
-    record_local_job(database, tmp_path / "adapter", "running")
+    record_local_job(database, LOCAL_JOB, tmp_path / "adapter", "running")
     cancel = run("finetune", "cancel", "local-20261122-101010")
     assert cancel.exit_code == 1
     assert cancel.output.splitlines() == [
@@ -912,7 +858,7 @@ def test_cancelling_a_local_job_needs_no_api_key(
 def test_cancelling_a_finished_local_job_says_it_is_finished(
     ada: Path, database: Database, tmp_path: Path, status: str
 ) -> None:
-    record_local_job(database, tmp_path / "adapter", status)
+    record_local_job(database, LOCAL_JOB, tmp_path / "adapter", status)
     cancel = run("finetune", "cancel", "local-20261122-101010")
     assert cancel.exit_code == 1
     # Not "stop it with Ctrl-C where it runs": it runs nowhere.
@@ -924,24 +870,15 @@ def test_cancelling_a_finished_local_job_says_it_is_finished(
 
 def test_status_of_a_stopped_local_job(ada: Path, database: Database, tmp_path: Path) -> None:
     adapter = tmp_path / "adapter"
-    with database.write() as session:
-        for job_id, status, error in [
-            (
-                "local-20261122-101010",
-                "cancelled",
-                "interrupted: rerun the same command to resume from checkpoint-10 (step 10)",
-            ),
-            ("local-20261122-111111", "failed", "CUDA out of memory"),
-        ]:
-            jobs.record_job(
-                session,
-                job_id=job_id,
-                provider="local",
-                base_model="/models/tiny",
-                status=status,
-                error=error,
-                output_dir=str(adapter),
-            )
+    for job_id, status, error in [
+        (
+            "local-20261122-101010",
+            "cancelled",
+            "interrupted: rerun the same command to resume from checkpoint-10 (step 10)",
+        ),
+        ("local-20261122-111111", "failed", "CUDA out of memory"),
+    ]:
+        record_local_job(database, job_id, adapter, status, error=error)
     cancelled = run("finetune", "status", "local-20261122-101010")
     assert cancelled.exit_code == 0  # as an OpenAI job cancelled: a state, not an error
     assert cancelled.output.splitlines() == [
@@ -961,10 +898,7 @@ def test_status_of_a_stopped_local_job(ada: Path, database: Database, tmp_path: 
 
 def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train: Path) -> None:
     job_id = start_job(train)
-    client = openai.OpenAI(api_key="sk-test-not-real", base_url=fake_ft.base_url)
-    other = client.fine_tuning.jobs.create(
-        model="gpt-4o-mini-2024-07-18", training_file=next(iter(fake_ft.files))
-    )
+    other = job_on_account(fake_ft, train, "gpt-4o-mini-2024-07-18")
     result = run("finetune", "list")
     assert result.exit_code == 0
     lines = result.output.splitlines()
@@ -986,7 +920,7 @@ def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train
         ]
     assert lines[2] == "On the OpenAI account (not started here):"
     assert lines[3].split() == [
-        other.id,
+        other,
         "openai",
         "validating_files",
         "-",
@@ -996,18 +930,14 @@ def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train
 
 
 def test_list_of_account_jobs_only_has_its_header(fake_ft: FakeOpenAI, train: Path) -> None:
-    client = openai.OpenAI(api_key="sk-test-not-real", base_url=fake_ft.base_url)
-    uploaded = client.files.create(file=train.open("rb"), purpose="fine-tune")
-    other = client.fine_tuning.jobs.create(
-        model="gpt-4o-mini-2024-07-18", training_file=uploaded.id
-    )
+    other = job_on_account(fake_ft, train, "gpt-4o-mini-2024-07-18")
     lines = run("finetune", "list").output.splitlines()
     assert lines[:2] == [
         "No fine-tuning jobs yet: `phischer finetune start TRAIN.jsonl --persona NAME`.",
         "On the OpenAI account (not started here):",
     ]
     assert lines[2].split() == ["JOB", "PROVIDER", "STATUS", "PERSONA", "BASE", "MODEL", "RESULT"]
-    assert lines[3].split()[0] == other.id and len(lines) == 4
+    assert lines[3].split()[0] == other and len(lines) == 4
 
 
 def test_list_api_error_is_one_line_after_the_stored_jobs(
@@ -1048,19 +978,14 @@ def test_signed_sms_reaches_the_fine_tuned_model(
     database: Database,
     sleeps: list[float],
     make_app: Any,
+    twilio_post: Any,
 ) -> None:
-    from tests.conftest import sign, sms_params, twiml_bodies
-
     app = make_app(openai_base_url=fake_ft.base_url)
-    client = app.test_client()
-    token = app.extensions["phischer"].settings.auth_token()
 
     def text(body: str) -> list[str]:
-        params = sms_params(body, "+15550123")
-        signature = sign(token, "http://localhost/sms", params)
-        response = client.post("/sms", data=params, headers={"X-Twilio-Signature": signature})
+        response = twilio_post(body, "+15550123", target=app)
         assert response.status_code == 200
-        return twiml_bodies(response.data)
+        return response.replies
 
     before = text("hi")  # the retrieval persona answers from its dataset
     assert before == ["Hello, dear."]

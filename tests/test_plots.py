@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from phischer import dataset_check, plots
-from phischer.cli import cli
 from phischer.db import Database
 from phischer.finetune import jobs
 from phischer.finetune.local import TrainResult, copy_loss_plot, write_loss_plot
+from tests.conftest import record_local_job, run
 from tests.plot_helpers import assert_png
 
 DATA = Path(__file__).parent / "fixtures" / "datasets"
@@ -41,11 +40,6 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...], p
 
         monkeypatch.setattr(plots, name, spy)
     return calls
-
-
-def run(*args: str) -> Any:
-    """Invoke the CLI."""
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 # -- the plot functions --------------------------------------------------------------------
@@ -279,18 +273,17 @@ def test_local_loss_plot_with_no_logged_step(tmp_path: Path) -> None:
 def test_status_plot_of_a_local_job_copies_its_loss_png(tmp_path: Path, database: Database) -> None:
     adapter = tmp_path / "adapter"
     plots.loss_curve([1, 2], [2.0, 1.0], None, adapter / "loss.png", "t")
-    with database.write() as session:
-        for job_id, folder in (("local-a", adapter), ("local-b", tmp_path / "empty")):
-            jobs.record_job(
-                session,
-                job_id=job_id,
-                provider="local",
-                base_model="tiny",
-                status="succeeded",
-                training_file="train.jsonl",
-                hyperparameters=json.dumps({}),
-                output_dir=str(folder),
-            )
+    for job_id, folder in (("local-a", adapter), ("local-b", tmp_path / "empty")):
+        record_local_job(
+            database,
+            job_id,
+            folder,
+            "succeeded",
+            base_model="tiny",
+            training_file="train.jsonl",
+            hyperparameters=json.dumps({}),
+        )
+    with database.read() as session:
         row = jobs.get_job(session, "local-b")
         assert copy_loss_plot(row, tmp_path / "x.png").startswith("No loss curve")
     out = tmp_path / "copied" / "loss.png"

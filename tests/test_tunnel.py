@@ -28,11 +28,9 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from click.testing import CliRunner
 from twilio.base.exceptions import TwilioRestException
 
 from phischer import tunnel
-from phischer.cli import cli
 from phischer.config import Settings
 from phischer.twilio_client import (
     TWILIO_HTTP_TIMEOUT_S,
@@ -41,7 +39,15 @@ from phischer.twilio_client import (
     make_twilio_client,
 )
 from tests import fake_ngrok
-from tests.conftest import ADA_PAIRS, free_port, sign, sms_params, twiml_bodies, write_dataset
+from tests.conftest import (
+    ADA_PAIRS,
+    free_port,
+    run,
+    sign,
+    sms_params,
+    twiml_bodies,
+    write_dataset,
+)
 from tests.fake_twilio import FakeTwilio
 
 PHONE = "+15550001111"
@@ -125,11 +131,6 @@ def serving() -> int:
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
         yield sock.getsockname()[1]
-
-
-def run(*args: str) -> Any:
-    """Invoke the CLI and return click's result."""
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 @pytest.fixture
