@@ -10,7 +10,7 @@ import sys
 import click
 
 from phischer.cli import Context, not_utf8, pass_ctx
-from phischer.config import INTERNATIONAL_FORM, twilio_from
+from phischer.config import not_international, twilio_from
 from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimResult, SimulatorError, send_text
 
 # Port 0 ("any free port") would leave the banner pointing nowhere, so serve wants a real one.
@@ -24,10 +24,7 @@ def _as_twilio_from(ctx: click.Context, param: click.Parameter, value: str) -> s
     """--from as Twilio would post it: the server's rules (ALLOWED_NUMBERS, routes) read E.164."""
     sender = twilio_from(value)
     if sender is None:
-        raise click.BadParameter(
-            f"{value.strip()!r} is not a phone number in international form: give it as "
-            f"{INTERNATIONAL_FORM} (or whatsapp:+15551234567)"
-        )
+        raise click.BadParameter(f"{not_international(value)} (or whatsapp:+15551234567)")
     return sender
 
 

@@ -60,6 +60,14 @@ SHORT_CODE_RE = re.compile(r"[1-9][0-9]{4,5}")
 INTERNATIONAL_FORM = "+<country code><number>, e.g. +15551234567"
 
 
+def not_international(raw: str) -> str:
+    """Why `raw` was refused where international_number read None, and how to give it."""
+    return (
+        f"{raw.strip()!r} is not a phone number in international form: give it as "
+        f"{INTERNATIONAL_FORM}"
+    )
+
+
 def international_number(raw: str) -> str | None:
     """`raw` as E.164 (+15550100114), or None when it is not a number in international form."""
     # "+44 (0)20 …": the (0) is the national trunk prefix, dialled only from inside the

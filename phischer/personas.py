@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from phischer.backends.base import PersonaView
 from phischer.commands import HASH_COMMANDS, RESERVED_WORDS
-from phischer.config import international_number, is_http_url
+from phischer.config import international_number, is_http_url, not_international
 from phischer.db import Database
 from phischer.models import Contact, Persona
 
@@ -70,10 +70,7 @@ def e164_number(raw: str) -> str:
     """A phone number as Twilio sends it (E.164, e.g. +15550100114), or PersonaError."""
     number = international_number(raw)
     if number is None:
-        raise PersonaError(
-            f"{raw.strip()!r} is not a phone number in international form: give it as "
-            "+<country code><number>, e.g. +15550100114"
-        )
+        raise PersonaError(not_international(raw))
     return number
 
 

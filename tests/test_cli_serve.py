@@ -461,7 +461,7 @@ def test_route_refuses_a_number_no_text_could_come_from(personas, database, type
     assert routed.exit_code == 1
     assert routed.output == (
         f"Error: {typed!r} is not a phone number in international form: give it as "
-        "+<country code><number>, e.g. +15550100114\n"
+        "+<country code><number>, e.g. +15551234567\n"
     )
     with database.read() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Contact)) == 0
