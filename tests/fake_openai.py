@@ -27,9 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default as email_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.fake_http import FakeApiHandler
 
 VALID_KEY = "sk-test-not-real"
 CHAT_PATH = "/v1/chat/completions"
@@ -406,27 +408,11 @@ def _job_object(job_id: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeApiHandler):
     state: FakeOpenAI
-    protocol_version = "HTTP/1.1"
-    # Without this each response waits ~40 ms for the client's delayed ACK (FIELD-NOTES).
-    disable_nagle_algorithm = True
 
-    def log_message(self, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._handle("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle("POST")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._handle("DELETE")
-
-    def _handle(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+    def serve(self, method: str) -> None:
+        body = self.request_body()
         url = urlparse(self.path)
         rec = Recorded(
             method,
@@ -445,11 +431,5 @@ class _Handler(BaseHTTPRequestHandler):
         # bytes: a raw body, as a misconfigured proxy or web server answers
         raw = isinstance(payload, bytes)
         data = payload if raw else json.dumps(payload).encode()
-        self.send_response(status)
         page = raw and payload.startswith(b"<")
-        self.send_header("Content-Type", "text/html" if page else "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+        self.respond(status, data, "text/html" if page else "application/json", headers)

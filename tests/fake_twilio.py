@@ -26,9 +26,11 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fake_http import FakeApiHandler
 
 ACCOUNT_SID = "AC" + "0" * 30
 AUTH_TOKEN = "fake-auth-token-0123456789abcdef"
@@ -318,11 +320,8 @@ def _v1_page(key: str, items: list[dict[str, Any]], url: str) -> dict[str, Any]:
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeApiHandler):
     fake: FakeTwilio
-    protocol_version = "HTTP/1.1"
-    # Without this the SDK's small POSTs wait on delayed ACKs (~40 ms each).
-    disable_nagle_algorithm = True
 
     def handle(self) -> None:
         """Serve the connection; a client that hangs up (an interrupted request) is no error."""
@@ -330,30 +329,12 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             super().handle()
 
-    def _serve(self, method: str) -> None:
+    def serve(self, method: str) -> None:
         parts = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length).decode() if length else ""
+        raw = self.request_body().decode()
         form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
         status, body = self.fake.handle(
             method, parts.path, query, form, self.headers.get("Authorization")
         )
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._serve("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._serve("POST")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._serve("DELETE")
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
+        self.respond(status, json.dumps(body).encode())
