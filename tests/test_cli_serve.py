@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 from phischer.cli import cli
 from phischer.models import Contact
 from phischer.ports import PortBusyError, host_port, http_url, listen
-from tests.conftest import free_port, run, serving, sign, sms_params
+from tests.conftest import free_port, post_signed, run, serving, sms_params
 
 # The smallest dataset the retrieval backend can answer from.
 PAIR = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
@@ -981,14 +981,11 @@ def test_show_or_remove_a_missing_persona_is_one_line_exit_1(tmp_path):
 
 def test_serve_prints_a_line_per_text_with_the_number_masked(settings, personas, tmp_path):
     # What `phischer serve` shows under gunicorn: the CLI's logging reaches the workers.
-    import requests
 
     output: list[str] = []
     with serving(tmp_path, {"INSTANCE_PATH": str(settings.instance_path)}, output) as base:
         url = base + "/sms"
-        params = sms_params("good night", "+15550100114")
-        signature = sign(settings.auth_token(), url, params)
-        posted = requests.post(url, data=params, headers={"X-Twilio-Signature": signature})
+        posted = post_signed(url, settings.auth_token(), sms_params("good night", "+15550100114"))
         assert posted.status_code == 200
         deadline = time.monotonic() + 10
         while not any("text from" in line for line in output) and time.monotonic() < deadline:

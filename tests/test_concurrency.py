@@ -9,7 +9,7 @@ import requests
 import sqlalchemy as sa
 
 from phischer.models import Contact, Message
-from tests.conftest import serving, sign, sms_params, twiml_bodies
+from tests.conftest import post_signed, serving, sms_params, twiml_bodies
 
 
 @pytest.fixture
@@ -28,9 +28,7 @@ def test_concurrent_texts_from_many_numbers(gunicorn, settings, database):
     def send(job):
         phone, body = job
         params = sms_params(body, phone)
-        r = session.post(
-            url, data=params, headers={"X-Twilio-Signature": sign(token, url, params)}, timeout=30
-        )
+        r = post_signed(url, token, params, client=session)
         return r.status_code, twiml_bodies(r.content), params["MessageSid"]
 
     with ThreadPoolExecutor(16) as pool:

@@ -17,14 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import requests
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 
 from phischer import create_app
 from phischer.migrate import upgrade
 from phischer.models import Contact, Message
-from tests.conftest import sign, sms_params, twiml_bodies, write_dataset
+from tests.conftest import post_signed, sms_params, twiml_bodies, write_dataset
 
 BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
@@ -163,9 +162,7 @@ def post_concurrently(app, texts: list[tuple[str, str]], workers: int) -> list[l
     try:
 
         def send(text: tuple[str, str]) -> list[str]:
-            params = sms_params(*text)
-            r = requests.post(url, data=params, timeout=30,
-                              headers={"X-Twilio-Signature": sign(token, url, params)})  # fmt: skip
+            r = post_signed(url, token, sms_params(*text))
             assert r.status_code == 200
             return twiml_bodies(r.content)
 

@@ -22,7 +22,7 @@ from phischer.daemon_pool import DaemonPool
 from phischer.models import Message
 from phischer.personas import set_model
 from phischer.server import Worker
-from tests.conftest import free_port, sign, sms_params
+from tests.conftest import free_port, post_signed, sms_params
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN
 
 # A hung worker was SIGKILLed by the arbiter graceful_timeout (20 s) after Ctrl-C.
@@ -59,10 +59,7 @@ def test_ctrl_c_with_a_slow_reply_in_progress_stops_at_once(
             except requests.ConnectionError:
                 assert proc.poll() is None and time.monotonic() < deadline, "".join(output)
                 time.sleep(0.1)
-        params = sms_params("hey how are you")
-        posted = requests.post(
-            url, data=params, headers={"X-Twilio-Signature": sign(AUTH_TOKEN, url, params)}
-        )
+        posted = post_signed(url, AUTH_TOKEN, sms_params("hey how are you"))
         assert posted.status_code == 200
         while not fake_openai.chat_calls:  # the model is now working on the reply
             assert time.monotonic() < deadline, "".join(output)

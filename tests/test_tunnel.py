@@ -42,6 +42,7 @@ from tests import fake_ngrok
 from tests.conftest import (
     ADA_PAIRS,
     free_port,
+    post_signed,
     run,
     sign,
     sms_params,
@@ -177,13 +178,11 @@ def fake_settings(fake: FakeTwilio) -> Settings:
 
 def post_sms(port: int, signed_for: str) -> requests.Response:
     """POST a text to the server on `port`, signed (like Twilio) for the URL `signed_for`."""
-    params = sms_params("hey how are you")
-    signature = sign(os.environ["TWILIO_AUTH_TOKEN"], signed_for, params)
-    return requests.post(
+    return post_signed(
         f"http://127.0.0.1:{port}/sms",
-        data=params,
-        timeout=10,
-        headers={"X-Twilio-Signature": signature},
+        os.environ["TWILIO_AUTH_TOKEN"],
+        sms_params("hey how are you"),
+        signed_for=signed_for,
     )
 
 
