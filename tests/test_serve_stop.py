@@ -22,7 +22,7 @@ from phischer.daemon_pool import DaemonPool
 from phischer.models import Message
 from phischer.personas import set_model
 from phischer.server import Worker
-from tests.conftest import free_port, post_signed, sms_params
+from tests.conftest import free_port, post_signed, sign, sms_params
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN
 
 # A hung worker was SIGKILLed by the arbiter graceful_timeout (20 s) after Ctrl-C.
