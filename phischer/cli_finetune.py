@@ -222,7 +222,9 @@ def list_(obj: Context) -> None:
     else:
         click.echo(JOB_HEADER)
     for job, persona in rows:
-        result = job.fine_tuned_model or job.output_dir or ""
+        # A local job's result is its adapter folder (what a server loads, where SERVING.md
+        # is), whatever its status; its fine_tuned_model is only the name it is served under.
+        result = (job.output_dir if job.provider == "local" else job.fine_tuned_model) or ""
         click.echo(
             _job_line(job.job_id, job.provider, job.status, persona or "-", job.base_model, result)
         )

@@ -409,7 +409,9 @@ def test_cli_local_trains_writes_serving_notes_and_switches_the_persona(
     hyper = json.loads(job.hyperparameters)
     assert (hyper["rank"], hyper["alpha"], hyper["max_steps"]) == (8, 16, 20)
     listed = run("finetune", "list")
-    assert job.job_id in listed.output and "local" in listed.output
+    (line,) = [x for x in listed.output.splitlines() if x.startswith(job.job_id)]
+    # Its result is the adapter folder (as README says), not the name it is served under.
+    assert " local " in line and line.endswith(f"  {adapter}")
     status = run("finetune", "status", job.job_id)
     assert status.output.strip() == f"{job.job_id}: succeeded (local LoRA in {adapter})"
 
