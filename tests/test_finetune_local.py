@@ -440,6 +440,10 @@ def test_cli_local_unloadable_base_model_fails_cleanly_and_records_no_job(
     assert result.exit_code == 1
     errors = [x for x in result.output.splitlines() if x.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith(f"Error: cannot load base model {broken}")
+    # The whole reason, not a first line ending in "from one of:" with the list cut off.
+    assert not errors[0].rstrip().endswith(":")
+    if not hub:
+        assert "tokenizer" in errors[0] and "(1)" in errors[0]
     p = persona_row(database)
     # Nothing was trained: no failed job in `finetune list` either.
     assert jobs_in(database) == []

@@ -538,6 +538,14 @@ def quiet_library(local_model: bool) -> Iterator[None]:
                 hf_logging.enable_progress_bar()
 
 
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """The whole message of `exc` on one line, cut at `limit` characters."""
+    # Not just its first line: transformers' "Couldn't instantiate the backend tokenizer
+    # from one of:" puts what is missing on the lines after it.
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _load(base_model: str) -> tuple[Any, Any]:
     import torch  # train_lora checked the train extra first
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -549,8 +557,7 @@ def _load(base_model: str) -> tuple[Any, Any]:
             dtype = torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FineTuneError(f"cannot load base model {base_model}: {first}") from None
+        raise FineTuneError(f"cannot load base model {base_model}: {_one_line(exc)}") from None
     if not getattr(tokenizer, "chat_template", None):
         raise FineTuneError(
             f"{base_model} has no chat template: use an instruct/chat model "
