@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import requests
+import urllib3
 from twilio.request_validator import RequestValidator
 
 from phischer import no_reply
@@ -79,10 +80,8 @@ def send_text(
         response = http.post(
             url, data=params, headers={"X-Twilio-Signature": signature}, timeout=timeout_s
         )
-    except requests.ConnectionError:
-        raise SimulatorError(
-            f"nothing answers at {url}: start the server with `make run` or `phischer serve`"
-        ) from None
+    except requests.ConnectionError as exc:
+        raise SimulatorError(_connection_error(url, exc)) from None
     except requests.Timeout:
         raise SimulatorError(f"{url} did not answer within {timeout_s:g} s") from None
     except requests.RequestException as exc:  # not a URL (no scheme, bad host), bad answer
@@ -106,6 +105,20 @@ def send_text(
         replies=parse_twiml(response.content),
         no_reply=response.headers.get(no_reply.HEADER),
     )
+
+
+def _connection_error(url: str, exc: requests.ConnectionError) -> str:
+    """Why the post got no answer: no server at all, or one that dropped the request."""
+    # requests wraps a refused connection in MaxRetryError, and a connection the server
+    # accepted and then closed (Ctrl-C or a crash mid-text) in ProtocolError: the text may
+    # be stored, so "start the server" would send someone to a server that is running.
+    if isinstance(exc.args[0] if exc.args else None, urllib3.exceptions.ProtocolError):
+        return (
+            f"the server at {url} closed the connection without answering (it stopped or "
+            "crashed while handling the text); a text it stored is taken up by its recovery "
+            "sweep when it runs again"
+        )
+    return f"nothing answers at {url}: start the server with `make run` or `phischer serve`"
 
 
 def parse_twiml(data: bytes) -> list[str]:

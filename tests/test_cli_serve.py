@@ -191,6 +191,27 @@ def test_text_server_down_is_one_line_exit_1():
     assert "Traceback" not in result.output
 
 
+def test_text_to_a_server_that_drops_the_request_does_not_say_nothing_answers():
+    # A server stopped (Ctrl-C) or crashed while handling the text: it accepted the
+    # connection and closed it without an answer, so "start the server" would mislead.
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)) as server:
+
+        def drop_one() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+
+        threading.Thread(target=drop_one, daemon=True).start()
+        result = run("text", "--url", f"http://127.0.0.1:{port}/sms", "hi")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: the server at http://127.0.0.1:{port}/sms closed the connection without "
+        "answering (it stopped or crashed while handling the text); a text it stored is taken "
+        "up by its recovery sweep when it runs again\n"
+    )
+
+
 def test_text_wrong_token_is_explained(live, monkeypatch):
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "not-the-servers-token")
     result = run("text", "--url", live, "hi")
