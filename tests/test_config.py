@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from phischer.cli import log_level
 from phischer.config import ConfigError, Settings, from_number, mask_number, sender_number
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +24,29 @@ def test_env_example_lists_every_variable():
     read = set(re.findall(r'"([A-Z][A-Z_]+)"', (ROOT / "phischer" / "config.py").read_text()))
     assert listed >= DESIGN_VARS
     assert read - {"INFO"} <= listed
+
+
+def _readme_config_defaults() -> dict[str, str]:
+    """README's Configuration table: each variable and its default column."""
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| (`[A-Z_]+`(?:, `[A-Z_]+`)*) \| ([^|]+) \|", section, re.M)
+    return {
+        var: default.strip() for names, default in rows for var in re.findall(r"[A-Z_]+", names)
+    }
+
+
+def test_readme_env_example_and_settings_agree_on_variables_and_defaults():
+    example = dict(re.findall(r"^# ([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
+    readme = _readme_config_defaults()
+    assert set(readme) == set(example) >= DESIGN_VARS
+    # Where README gives one literal default (`10`), .env.example shows the same value ...
+    literal = {v: d.strip("`") for v, d in readme.items() if re.fullmatch(r"`[^`]+`", d)}
+    assert literal == {v: example[v] for v in literal}
+    assert readme["FALLBACK_REPLY"] == f'"{example["FALLBACK_REPLY"]}"'
+    # ... and that value is what phischer uses when the variable is unset.
+    assert log_level("") == literal.pop("LOG_LEVEL")
+    env = literal | {"FALLBACK_REPLY": example["FALLBACK_REPLY"]}
+    assert Settings.from_env(env) == Settings.from_env({})
 
 
 def test_defaults(tmp_path):
