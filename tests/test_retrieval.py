@@ -434,9 +434,20 @@ SAME_WORDS = {
     "a mark no precomposed letter holds": ("q", "q\u0303"),
     "full-width letters": ("hello", "ｈｅｌｌｏ"),
     "German sharp s": ("strasse", "Straße"),
+    "Danish and Norwegian ø and æ": ("aero", "Ærø"),
+    "Danish and Norwegian å beside æ": ("blabaer", "blåbær"),
+    "Icelandic þ and ð": ("thad", "það"),
+    "Turkish dotless and dotted i": ("istanbul", "ıstanbul"),
+    "Turkish capital dotted I": ("istanbul", "İstanbul"),
+    "a stroke or ligature under an accent": ("ae", "ǽ"),
+    "Greek tonos": ("καλημερα", "καλημέρα"),
+    "Greek capitals, tonos on the capital": ("καλημερα", "ΚΑΛΗΜΈΡΑ"),
+    "Greek dialytika": ("ευρωπαικη", "Ευρωπαϊκή"),
+    "a mark no precomposed Greek letter holds": ("α", "α\u0308"),
     # Case folding decomposes ΐ (ι and two marks) where its capital folds to ϊ and one mark.
-    "Greek capital with two accents": ("\u0390", "\u0399\u0308\u0301"),
-    "Greek capital, composed, with two accents": ("\u03b0", "\u03ab\u0301"),
+    "Greek capital with two accents": ("ι", "\u0399\u0308\u0301"),
+    "Greek, composed, with two accents": ("ι", "\u0390"),
+    "Greek capital, composed, with two accents": ("υ", "\u03ab\u0301"),
     "Arabic vowel marks": ("مرحبا", "مَرْحَبًا"),
     "Arabic stretching stroke": ("مرحبا", "مرحبــا"),
     "Hebrew points": ("שלום", "שָׁלוֹם"),
@@ -452,7 +463,7 @@ def test_one_word_written_two_ways_is_one_token(plain, written):
     "text, tokens",
     [
         ("नमस्ते, आप कैसे हैं?", ["नमस्ते", "आप", "कैसे", "हैं"]),  # vowel signs stay in the word
-        ("καλημέρα, мой ёж", ["καλημέρα", "мой", "ёж"]),  # only Latin letters lose their marks
+        ("καλημέρα, мой ёж", ["καλημερα", "мой", "ёж"]),  # Cyrillic letters keep their marks
         ("l’été", ["lete", "ete"]),  # folded before the elision is looked for
         ("你吃饭了没有", ["你吃", "吃饭", "饭了", "了没", "没有"]),
         ("今日は元気?", ["今日", "日は", "は元", "元気"]),
@@ -486,6 +497,10 @@ APOSTROPHE_WORDS = {
     "a contraction, joined": ("i don't know", ["i", "dont", "know"]),
     "typographic apostrophes": ("don’t ‘cause I’m", ["dont", "cause", "im"]),
     "the modifier letter apostrophe": ("donʼt", ["dont"]),
+    "grave and acute accents typed for it": ("don`t don´t", ["dont", "dont"]),
+    "accents for it, with the Unicode path's tokens": ("don`t don´t ça", ["dont", "dont", "ca"]),
+    "an acute accent after a space is a quote": ("don ´t", ["don", "t"]),
+    "the Greek tonos typed for it": ("j΄ai", ["jai", "ai"]),
     "'s also gives its stem": ("what's ada's", ["whats", "what", "adas", "ada"]),
     "French elision also gives the word": (
         "j’ai vu l'heure",
@@ -518,6 +533,9 @@ UNRELATED = [(f"question number {i}", f"answer number {i}") for i in range(40)]
         ("café demain", "demain", "cafe demain"),
         ("send your resume", "send your", "send your résumé"),
         ("tu es naïve", "tu es", "tu es naive"),
+        ("καλημέρα φίλε", "φίλε", "καλημερα φιλε"),
+        ("vi ses i København", "vi ses i", "vi ses i Kobenhavn"),
+        ("i don't know", "i know", "i don´t know"),
     ],
 )
 def test_a_text_without_apostrophes_or_accents_finds_the_key_with_them(tmp_path, key, decoy, text):

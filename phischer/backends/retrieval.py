@@ -70,8 +70,11 @@ def _char_class(category: str) -> str:
 
 _MARKS = _char_class("M")
 # Apostrophes other than ASCII's that keyboards type: the typographic ones autocorrect puts
-# in, and the modifier letter (a letter to Unicode, which kept "donʼt" one odd word).
-OTHER_APOSTROPHES = ("\u2019", "\u2018", "\u02bc")
+# in, the modifier letter (a letter to Unicode, which kept "donʼt" one odd word), and the
+# grave and acute accents, which keyboards whose apostrophe key is hard to find get typed
+# instead ("don`t", "don´t"). NFKC has made ´ (and the Greek tonos ΄, its twin) a space
+# and a combining acute by the time these are replaced, so that pair is what stands for it.
+OTHER_APOSTROPHES = ("\u2019", "\u2018", "\u02bc", "`", " \u0301")
 _WORD = f"[^\\W{UNSPACED}]"
 # A word keeps its combining marks: Python's \w leaves them out, which cut "कैसे" into "क"
 # and "स". Written as runs of letters between runs of marks, so a word without marks costs
@@ -94,36 +97,49 @@ ASCII_WORD_RE = re.compile(r"[a-z0-9_]+(?:'[a-z0-9_]+)*")  # the same, apostroph
 ELISION_VOWELS = frozenset("aeiouyh")
 
 
-def _latin_folds() -> dict[int, str]:
-    """str.translate table: each Latin letter with diacritics to the letters without (é: e)."""
-    # Texters drop accents ("cafe", "naive", "khong"). Latin letters only: other scripts'
-    # marks are kept or dropped on purpose above (Hindi vowel signs, Arabic vowel points), and
-    # in Cyrillic or Greek a mark can make another letter (й is not и).
+# Letters Unicode does not decompose that texters write without the stroke or ligature all
+# the same, on keyboards that lack them: Polish ł, Vietnamese and Croatian đ, French œ
+# (autocorrect's), Danish and Norwegian ø and æ (typed "o" and "ae" abroad: "Kobenhavn";
+# their å decomposes, so it reads "a" like the "a" they type for it), Icelandic þ and ð
+# ("th", "d") and Turkish dotless ı ("i", as its capital I and dotted İ read already).
+# Not ß: case folding has made it "ss" before this is asked.
+UNDECOMPOSED = str.maketrans(
+    {"ł": "l", "đ": "d", "œ": "oe", "ø": "o", "æ": "ae", "þ": "th", "ð": "d", "ı": "i"}
+)
+
+
+def _accent_folds() -> dict[int, str]:
+    """str.translate table: each Latin or Greek letter with diacritics to the letters without."""
+    # Texters drop accents ("cafe", "naive", "khong"); Greeks type "καλημερα" for
+    # "καλημέρα" (tonos and dialytika left out, and capitals never had them). Latin and
+    # Greek letters only: other scripts' marks are kept or dropped on purpose above (Hindi
+    # vowel signs, Arabic vowel points), and in Cyrillic a mark can make another letter (й
+    # is not и). Letters, so Greek punctuation (ano teleia: "·") is not touched.
     folds: dict[int, str] = {}
     for c in range(0x80, 0x10000):
-        if unicodedata.name(chr(c), "").startswith("LATIN "):
-            parts = unicodedata.normalize("NFKD", chr(c))
+        char = chr(c)
+        if unicodedata.name(char, "").startswith(("LATIN ", "GREEK ")) and char.isalpha():
+            parts = unicodedata.normalize("NFKD", char)
             base = "".join(ch for ch in parts if not unicodedata.category(ch).startswith("M"))
-            if base and base != chr(c):
+            base = base.translate(UNDECOMPOSED)  # ǿ: ø, then o
+            if base and base != char:
                 folds[c] = base
-    # Letters that Unicode does not decompose but texters spell without the stroke or
-    # ligature all the same: Polish ł, Vietnamese and Croatian đ, French œ (autocorrect's).
-    folds.update({ord("ł"): "l", ord("đ"): "d", ord("œ"): "oe"})
     return folds
 
 
-LATIN_FOLDS = _latin_folds()
-# A mark left on an ASCII letter (no precomposed letter holds that pair, so NFKC kept it apart).
-LATIN_MARKS_RE = re.compile(f"(?<=[a-z])[{_MARKS}]+")
+ACCENT_FOLDS = _accent_folds()
+# A mark left on an ASCII or Greek letter (no precomposed letter holds that pair, so NFKC
+# kept it apart): "q\u0303", "α\u0308".
+LOOSE_MARKS_RE = re.compile(f"(?<=[a-z\u03b1-\u03c9])[{_MARKS}]+")
 
 
 # Cached: str.translate with a dict costs ~60 ns a character, and the words of a persona's
 # texts and dataset repeat (a hit costs about what an isascii() check does).
 @functools.lru_cache(maxsize=1 << 16)
-def _fold_latin(word: str) -> str:
-    """`word` with the diacritics of its Latin letters dropped ("résumé": "resume")."""
-    word = word.translate(LATIN_FOLDS)
-    return word if word.isascii() else LATIN_MARKS_RE.sub("", word)
+def _fold_accents(word: str) -> str:
+    """`word` with the diacritics of its Latin and Greek letters dropped ("résumé": "resume")."""
+    word = word.translate(ACCENT_FOLDS)
+    return word if word.isascii() else LOOSE_MARKS_RE.sub("", word)
 
 
 def _elided(head: str, rest: str) -> bool:
@@ -153,12 +169,14 @@ def tokenize(text: str) -> list[str]:
     """Word, character-pair and emoji tokens; no stop words dropped ('how are you' is all).
 
     NFKC and case folding first, so full-width letters, composed and decomposed accents and
-    ß/ss read alike; then Latin letters lose their accents (texters drop them). A text of
-    punctuation only ("?", "...") is its characters, so it matches the same punctuation in
-    the dataset rather than nothing: only a blank text has no token.
+    ß/ss read alike; then Latin and Greek letters lose their accents (texters drop them). A
+    text of punctuation only ("?", "...") is its characters, so it matches the same
+    punctuation in the dataset rather than nothing: only a blank text has no token.
     """
     if text.isascii():  # most texts: no normalising, marks, symbols or unspaced scripts
         text = marked = text.lower()
+        if "`" in text:  # typed for an apostrophe (OTHER_APOSTROPHES)
+            text = text.replace("`", "'")
         if "'" not in text:
             tokens = ASCII_TOKEN_RE.findall(text)
         else:
@@ -187,7 +205,7 @@ def tokenize(text: str) -> list[str]:
                     tokens.append(unspaced)
             elif word:
                 if not word.isascii():
-                    word = _fold_latin(word)
+                    word = _fold_accents(word)
                 if "'" in word:
                     tokens.extend(_contraction(word))
                 else:
