@@ -41,7 +41,7 @@ from phischer.atomic import atomic_files
 from phischer.dataset_check import sidecar_path
 from phischer.importers.base import Conversation, ImportErrorMessage, Message
 from phischer.surrogates import replace_lone_surrogates
-from phischer.thread import session_gap
+from phischer.thread import join_texts, session_gap
 
 # Why a thread with no text message left (all media, all service notices, …) is skipped.
 NO_TEXT = "no text"
@@ -227,7 +227,7 @@ def _turns(
         # Fast path for 1:1 chats (most of a big export): runs of one role joined in C.
         texts = list(map(_by_text, islice(messages, i, None)))
         for me, run in groupby(zip(mine[i:], texts, strict=True), key=itemgetter(0)):
-            content = "\n".join(map(itemgetter(1), run))
+            content = join_texts(map(itemgetter(1), run))
             turns.append({"role": "assistant" if me else "user", "content": content})
         return turns, openers
     for m, me in zip(messages[i:], mine[i:], strict=True):
@@ -235,7 +235,7 @@ def _turns(
         r = "assistant" if me else "user"
         if r != role:
             if parts:
-                turns.append({"role": role, "content": "\n".join(parts)})
+                turns.append({"role": role, "content": join_texts(parts)})
             parts = []
             role = r
             speaker = None
@@ -245,7 +245,7 @@ def _turns(
             speaker = m.sender
         parts.append(text)
     if parts:
-        turns.append({"role": role, "content": "\n".join(parts)})
+        turns.append({"role": role, "content": join_texts(parts)})
     return turns, openers
 
 

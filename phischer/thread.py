@@ -9,6 +9,20 @@ from phischer.commands import parse
 
 # Outbound statuses that mean the persona really said it (fallbacks are kind "fallback").
 SPOKEN = ("replied", "queued", "sent")
+# Texts one side sent in a row are one turn, joined by this (the dataset builder's rule too).
+TURN_JOINER = "\n"
+
+
+def join_texts(texts: Iterable[str]) -> str:
+    """One turn of texts sent in a row, as the thread and the dataset hold it."""
+    return TURN_JOINER.join(texts)
+
+
+def split_turn(turn: str) -> list[str]:
+    """The lines of a turn: each text join_texts put into it is a run of one or more of them."""
+    # A text with a newline of its own is several lines: which runs were texts is not
+    # written anywhere, so a reader matches runs against the texts it knows (retrieval).
+    return turn.split(TURN_JOINER)
 
 
 def chat_text(body: str) -> str:
@@ -47,7 +61,7 @@ def build_thread(
     `rows` are (direction, body, created_at) of one number's chat with one persona since
     its last #reset, newest first. The session ends at the first silence longer than
     `gap_hours` (the dataset builder's rule; 0 never splits); consecutive same-role turns
-    are merged with newlines; at most `history_turns` turns are kept, and the first one is
+    are merged (join_texts); at most `history_turns` turns are kept, and the first one is
     a user turn.
     """
     gap = session_gap(gap_hours)
@@ -65,7 +79,7 @@ def build_thread(
     turns: list[dict[str, str]] = []
     for role, text in kept:
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += "\n" + text
+            turns[-1]["content"] = join_texts((turns[-1]["content"], text))
         else:
             turns.append({"role": role, "content": text})
     turns = turns[-history_turns:] if history_turns > 0 else turns[-1:]

@@ -583,6 +583,41 @@ def test_recent_replies_are_struck_out_before_the_top_candidates(tmp_path):
     assert backend.reply(persona(path), thread).text == "ok ok"  # the next match, not a guess
 
 
+GOOD_NIGHT = "Sleep well, dear."
+HELLO = "Hello!\nHow are you?"  # an answer of two lines
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        [HELLO, GOOD_NIGHT],
+        [GOOD_NIGHT, HELLO],
+        [HELLO, "Sleep well,\ndear.", "ok"],  # the answer has a newline of its own
+    ],
+    ids=["said last", "said first", "of two lines, in the middle"],
+)
+def test_each_reply_of_a_merged_turn_is_not_repeated(tmp_path, sent):
+    import datetime as dt
+
+    from phischer.thread import build_thread
+    from tests.conftest import write_dataset
+
+    good_night = sent[1] if len(sent) > 2 else GOOD_NIGHT
+    pairs = [("good night", good_night), ("good night then", "Night night!"), ("hey", HELLO)]
+    pairs += [("ok", "ok")]
+    path = write_dataset(tmp_path / "d.jsonl", UNRELATED + pairs)
+    backend = RetrievalBackend()
+    # Two texts answered before the next came in: their replies are stored one after the
+    # other, and the thread merges them into one assistant turn.
+    t = dt.datetime(2025, 1, 1)
+    rows = [("in", "hey", t), ("in", "good night", t)]
+    rows += [("out", reply, t + dt.timedelta(seconds=i + 1)) for i, reply in enumerate(sent)]
+    rows.append(("in", "good night", t + dt.timedelta(minutes=1)))
+    thread = build_thread(rows[::-1], system_prompt=None, history_turns=8, gap_hours=6)
+    assert [m["role"] for m in thread] == ["user", "assistant", "user"]
+    assert backend.reply(persona(path), thread).text == "Night night!"
+
+
 STORY = " ".join(["Once upon a time there was an engine that could compute anything at all."] * 3)
 # Answers the webhook cannot store as they are: cut at MAX_REPLY_CHARS (60 below), a control
 # character dropped, a lone surrogate (half an emoji) replaced. Each is the best match for

@@ -25,6 +25,7 @@ import numpy as np
 
 from phischer.backends.base import BackendError, PersonaView, Reply
 from phischer.chat_format import content_texts
+from phischer.thread import join_texts, split_turn
 
 # bm25s sets its own logger to DEBUG on import; let it follow the app's level instead.
 logging.getLogger("bm25s").setLevel(logging.NOTSET)
@@ -244,6 +245,9 @@ class Index:
     # several (many "lol"s answered "haha"); its keys are each answer once, in order.
     keys_of: dict[str, int | list[int]] = field(init=False, repr=False)
     distinct: list[str] = field(init=False, repr=False)
+    # Answers (as sent) of several lines: their first line -> how many lines they have, so
+    # `said` looks for them in a turn without trying every run of its lines.
+    longer: dict[str, tuple[int, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         keys_of: dict[str, int | list[int]] = {}
@@ -256,6 +260,12 @@ class Index:
                 seen.append(i)
         self.keys_of = keys_of
         self.distinct = list(keys_of)
+        longer: dict[str, tuple[int, ...]] = {}
+        for sent in self.distinct:
+            lines = split_turn(sent)
+            if len(lines) > 1 and len(lines) not in longer.get(lines[0], ()):
+                longer[lines[0]] = (*longer.get(lines[0], ()), len(lines))
+        self.longer = longer
         table = self.bm25.scores
         data, docs, ptr = table["data"], table["indices"], table["indptr"]
         columns = len(ptr) - 1  # token ids run up to this (the vocabulary may skip some)
@@ -285,6 +295,27 @@ class Index:
                 # A token's column lists each document once, so fancy-index += is safe.
                 out[docs[ptr[t] : ptr[t + 1]]] += data[ptr[t] : ptr[t + 1]]
         return out
+
+    def said(self, turns: list[str]) -> set[str]:
+        """The answers (as sent) that the persona's `turns` hold, each reply of a merged turn too.
+
+        Replies sent in a row are one turn of the thread, joined (thread.join_texts): each of
+        them is a run of the turn's lines, so every run that is an answer counts. A line of
+        a longer reply that is an answer of its own counts too: the persona just said it.
+        """
+        keys_of, longer = self.keys_of, self.longer
+        found: set[str] = set()
+        for turn in turns:
+            lines = split_turn(turn)
+            for i, line in enumerate(lines):
+                if line in keys_of:
+                    found.add(line)
+                for count in longer.get(line, ()):
+                    if i + count <= len(lines):
+                        run = join_texts(lines[i : i + count])
+                        if run in keys_of:
+                            found.add(run)
+        return found
 
     def best(self, query: str, avoid: set[str], turn: int) -> str:
         """The best answer for `query` whose sent form is not in `avoid`."""
@@ -411,7 +442,7 @@ def read_pairs(path: Path) -> Pairs:
                     if text.strip():
                         asked.append(text)
                 elif role == "assistant" and text.strip():
-                    key = SPEAKER_RE.sub("", "\n".join(asked)).strip()
+                    key = SPEAKER_RE.sub("", join_texts(asked)).strip()
                     answer = text.strip()
                     if trained and key and (key, answer) not in seen:
                         seen.add((key, answer))
@@ -543,7 +574,10 @@ class RetrievalBackend:
         """Answer the last user turn from the dataset."""
         index = self.index(persona)
         query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        # The persona's replies as they were stored, i.e. sent: Index.best compares in that form.
+        # The persona's replies as they were stored, i.e. sent: Index.best compares in that
+        # form. A turn holds every reply sent in a row (two texts answered before the next
+        # came in): Index.said finds each of them.
         assistant = [m["content"] for m in messages if m["role"] == "assistant"]
-        answer = index.best(query, set(assistant[-RECENT_REPLIES:]), turn=len(assistant))
+        recent = index.said(assistant[-RECENT_REPLIES:])
+        answer = index.best(query, recent, turn=len(assistant))
         return Reply(text=answer, model="retrieval")
