@@ -110,7 +110,7 @@ UNDECOMPOSED = str.maketrans(
 
 
 def _accent_folds() -> dict[int, str]:
-    """str.translate table: each Latin or Greek letter with diacritics to the letters without."""
+    """str.translate table: each Latin or Greek letter with diacritics (and ё) to the letters without."""
     # Texters drop accents ("cafe", "naive", "khong"); Greeks type "καλημερα" for
     # "καλημέρα" (tonos and dialytika left out, and capitals never had them). Latin and
     # Greek letters only: other scripts' marks are kept or dropped on purpose above (Hindi
@@ -125,6 +125,9 @@ def _accent_folds() -> dict[int, str]:
             base = base.translate(UNDECOMPOSED)  # ǿ: ø, then o
             if base and base != char:
                 folds[c] = base
+    # The one Cyrillic letter texters write without its mark: Russian ё is typed е nearly
+    # always (search engines fold it too), while й, ї, ў are letters of their own.
+    folds[ord("ё")] = "е"
     return folds
 
 
