@@ -216,7 +216,8 @@ def list_(obj: Context) -> None:
 
     with obj.db.read() as session:
         rows = jobs.list_jobs(session)
-    known = {job.job_id for job, _ in rows}
+    client = ft.make_client(obj.settings) if obj.settings.openai_api_key else None
+    here = ft.server_of(client) if client is not None else None
     if not rows:
         click.echo("No fine-tuning jobs yet: `phischer finetune start TRAIN.jsonl --persona NAME`.")
     else:
@@ -225,14 +226,19 @@ def list_(obj: Context) -> None:
         # A local job's result is its adapter folder (what a server loads, where SERVING.md
         # is), whatever its status; its fine_tuned_model is only the name it is served under.
         result = (job.output_dir if job.provider == "local" else job.fine_tuned_model) or ""
+        if job.server not in (None, here):
+            # Two servers can number their jobs alike: name the one this job lives on when
+            # OPENAI_BASE_URL points elsewhere (where `finetune status` would not find it).
+            result = f"{result} at {job.server}".lstrip()
         click.echo(
             _job_line(job.job_id, job.provider, job.status, persona or "-", job.base_model, result)
         )
-    if not obj.settings.openai_api_key:
+    if client is None:
         click.echo("(remote OpenAI jobs not listed: no OPENAI_API_KEY)")
         return
     with friendly_errors():
-        remote = ft.list_remote(ft.make_client(obj.settings))
+        remote = ft.list_remote(client)
+    known = {job.job_id for job, _ in rows if job.server in (None, here)}
     others = [j for j in remote if j.id not in known]
     if others:
         click.echo("On the OpenAI account (not started here):")

@@ -136,8 +136,13 @@ class FineTuneJob(Base):
     __tablename__ = "finetune_jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    job_id: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    # Not unique: two OpenAI-compatible servers, or one restarted, can hand out the same id;
+    # a job is its id on its server, and a reused id on the same server is the newer job.
+    job_id: Mapped[str] = mapped_column(sa.String(100), index=True)
     provider: Mapped[str] = mapped_column(sa.String(20), default="openai")
+    # The base URL an openai job lives on; NULL for a local job (and for openai jobs stored
+    # before the server was recorded, revision 0006).
+    server: Mapped[str | None] = mapped_column(sa.String(500))
     persona_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("personas.id", ondelete="SET NULL")
     )

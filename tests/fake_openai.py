@@ -14,7 +14,8 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 - POST /v1/fine_tuning/jobs/{id}/cancel
 
 and records every request in `requests`. `fail()` answers the next matching requests with an
-OpenAI-style error; with `valid_key` set, any other API key gets a 401.
+OpenAI-style error; with `valid_key` set, any other API key gets a 401; `restart()` forgets
+every file and job, as a server without storage that was restarted.
 """
 
 from __future__ import annotations
@@ -180,6 +181,13 @@ class FakeOpenAI:
     def chat_calls(self) -> list[dict[str, Any]]:
         """The JSON bodies of the chat completion requests received."""
         return [r.json() for r in self.calls("POST", CHAT_PATH)]
+
+    def restart(self) -> None:
+        """Forget every file and job and number from 1 again, as a server without storage."""
+        with self._lock:
+            for kept in (self.files, self.jobs, self.events, self.scripts):
+                kept.clear()
+            self._ids = itertools.count(1)
 
     def new_id(self, prefix: str) -> str:
         """A fresh object id."""

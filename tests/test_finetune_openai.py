@@ -814,6 +814,66 @@ def test_success_moves_the_persona_off_its_previous_server(
     assert (p.backend, p.model, p.base_url, p.api_key_env) == ("openai", FT_MODEL, None, None)
 
 
+def test_two_servers_numbering_their_jobs_alike_keep_both(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    sleeps: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = start_job(train)
+    with FakeOpenAI() as other:
+        other.valid_key, other.default_script = VALID_KEY, list(SUCCESS_SCRIPT)
+        monkeypatch.setenv("OPENAI_BASE_URL", other.base_url)
+        result = start(train)
+        assert result.exit_code == 0, result.output
+        assert "earlier one" not in result.output  # another server: nothing is shadowed
+        assert list(other.jobs) == [first]  # the second server numbered its job alike
+        stored = {(r.job_id, r.server, r.status) for r in jobs_in(database)}
+        assert stored == {
+            (first, fake_ft.base_url, "validating_files"),
+            (first, other.base_url, "validating_files"),
+        }
+        # Status and cancel reach the job on the server OPENAI_BASE_URL names, and its row.
+        assert run("finetune", "status", first, "--wait").exit_code == 0
+        statuses = {r.server: r.status for r in jobs_in(database)}
+        assert statuses == {fake_ft.base_url: "validating_files", other.base_url: "succeeded"}
+        assert persona_row(database).model == FT_MODEL
+        listed = run("finetune", "list").output.splitlines()
+    # Newest first; the job on the other server says where it lives.
+    assert listed[1].split()[0] == first and listed[1].endswith(FT_MODEL)
+    assert listed[2].split()[0] == first and listed[2].endswith(f"  at {fake_ft.base_url}")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_ft.base_url)
+    assert run("finetune", "cancel", first).exit_code == 0
+    statuses = {r.server: r.status for r in jobs_in(database)}
+    assert statuses == {fake_ft.base_url: "cancelled", other.base_url: "succeeded"}
+
+
+def test_a_restarted_server_reusing_a_job_id_keeps_both_and_follows_the_new_job(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    first = start_job(train)
+    fake_ft.restart()
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    result = start(train)
+    assert result.exit_code == 0, result.output
+    assert list(fake_ft.jobs) == [first]
+    (note,) = [line for line in result.output.splitlines() if line.startswith("Note: http")]
+    assert note.startswith(
+        f"Note: {fake_ft.base_url} gave this job the id of an earlier one stored here "
+        "(validating_files, started "
+    )
+    assert note.endswith(
+        f"`finetune status {first}` follows the new one; `finetune list` shows both."
+    )
+    assert f"Started fine-tuning job {first} (validating_files)." in result.output
+    assert run("finetune", "status", first, "--wait").exit_code == 0
+    older, newer = sorted(jobs_in(database), key=lambda r: r.id)
+    assert (older.status, newer.status) == ("validating_files", "succeeded")
+    assert persona_row(database).model == FT_MODEL
+
+
 LOCAL_JOB = "local-20261122-101010"
 
 

@@ -9,7 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from phischer.db import make_engine
+from phischer.db import Database, make_engine
+from phischer.finetune import jobs
 from phischer.migrate import alembic_config, upgrade
 from phischer.models import Base
 
@@ -73,3 +74,28 @@ def test_partial_indexes_keep_rows_and_still_reject_duplicate_sids(settings):
             "'2026-01-01 00:00:00.000000')"
         )
     engine.dispose()
+
+
+def test_jobs_stored_before_0006_are_kept_and_found_on_any_server(settings):
+    cfg = alembic_config(settings.database_url)
+    command.upgrade(cfg, "0005")
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO finetune_jobs (job_id, provider, base_model, status, created_at, "
+            "updated_at) VALUES ('ftjob-1', 'openai', 'gpt-4.1-mini', 'running', "
+            "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')"
+        )
+    engine.dispose()
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    with db.write() as session:
+        old = jobs.find_job(session, "ftjob-1", "http://127.0.0.1:8000/v1")
+        assert (old.job_id, old.server, old.status) == ("ftjob-1", None, "running")
+        # The same id from a server now recorded with it: both kept, this server's first.
+        jobs.record_job(
+            session, job_id="ftjob-1", server="http://127.0.0.1:8000/v1", base_model="m"
+        )
+        assert jobs.find_job(session, "ftjob-1", "http://127.0.0.1:8000/v1").server is not None
+        assert jobs.find_job(session, "ftjob-1", "https://api.openai.com/v1").id == old.id
+    db.dispose()

@@ -38,14 +38,26 @@ def record_job(session: Session, **fields: Any) -> FineTuneJob:
     return job
 
 
-def find_job(session: Session, job_id: str) -> FineTuneJob | None:
-    """The stored row for a job id, or None."""
-    return session.scalar(sa.select(FineTuneJob).where(FineTuneJob.job_id == job_id))
+def find_job(session: Session, job_id: str, server: str | None = None) -> FineTuneJob | None:
+    """The stored row for a job id on `server`, else one stored with no server, or None.
+
+    No server is a local job, or an openai one stored before servers were recorded. Two
+    servers can number their jobs alike, and a restarted one reuses its ids: the id on this
+    server comes first, and of two such rows the newer one (the job the server knows now).
+    """
+    same = FineTuneJob.server.is_(None)
+    if server is not None:
+        same = sa.or_(same, FineTuneJob.server == server)
+    return session.scalars(
+        sa.select(FineTuneJob)
+        .where(FineTuneJob.job_id == job_id, same)
+        .order_by(FineTuneJob.server.is_(None), FineTuneJob.id.desc())
+    ).first()
 
 
-def get_job(session: Session, job_id: str) -> FineTuneJob:
-    """The stored row for a job id, or a one-line error naming `finetune list`."""
-    job = find_job(session, job_id)
+def get_job(session: Session, job_id: str, server: str | None = None) -> FineTuneJob:
+    """The stored row for a job id (as `find_job`), or a one-line error naming `finetune list`."""
+    job = find_job(session, job_id, server)
     if job is None:
         raise FineTuneError(f"no fine-tuning job {job_id!r} here (see `phischer finetune list`)")
     return job

@@ -68,6 +68,11 @@ def make_client(settings: Settings, no_key_hint: str = "") -> openai.OpenAI:
     )
 
 
+def server_of(client: openai.OpenAI) -> str:
+    """The base URL a client's jobs live on, as stored with them (no trailing slash)."""
+    return str(client.base_url).rstrip("/")
+
+
 def _api_message(exc: openai.APIStatusError) -> str:
     # The SDK puts the body's "error" object in .body; its "message" is the useful part.
     body = exc.body
@@ -252,11 +257,22 @@ def start_openai(
         if not isinstance(exc.__context__, openai.APITimeoutError):
             _delete_uploads(client, uploaded, echo)
         raise
+    server = server_of(client)
     with db.write() as session:
+        # A server restarted (or a second one once at this URL) can reuse an id: both rows
+        # stay, and `status` follows the newer one, the job the server knows now.
+        earlier = jobs.find_job(session, remote.id, server)
+        if earlier is not None:
+            echo(
+                f"Note: {server} gave this job the id of an earlier one stored here "
+                f"({earlier.status}, started {earlier.created_at:%Y-%m-%d %H:%M} UTC): "
+                f"`finetune status {remote.id}` follows the new one; `finetune list` shows both."
+            )
         row = jobs.record_job(
             session,
             job_id=remote.id,
             provider="openai",
+            server=server,
             persona_id=persona_id,
             base_model=base_model,
             status=remote.status,
@@ -300,8 +316,9 @@ class StatusResult:
 
 def check_status(db: Database, client: openai.OpenAI, job_id: str) -> StatusResult:
     """Fetch the job and its new events, store them, and switch the persona on success."""
+    server = server_of(client)
     with db.read() as session:
-        row = jobs.find_job(session, job_id)
+        row = jobs.find_job(session, job_id, server)
         last_event_id = row.last_event_id if row is not None else None
     if row is not None and row.provider != "openai":
         raise FineTuneError(f"{job_id} is a {row.provider} job: it has no remote status")
@@ -330,7 +347,7 @@ def check_status(db: Database, client: openai.OpenAI, job_id: str) -> StatusResu
         last_event_id=events[-1].id if events else None,
     )
     with db.write() as session:
-        stored = jobs.get_job(session, job_id)
+        stored = jobs.get_job(session, job_id, server)
         switched = jobs.apply_update(session, stored, update)
         if switched is not None:
             result.persona_switched = switched.name
@@ -467,9 +484,10 @@ def cancel(db: Database, settings: Settings, job_id: str) -> str:
     client = make_client(settings)
     with api_errors(client, f"cancelling {job_id}"):
         remote = client.fine_tuning.jobs.cancel(job_id)
-    if row is not None:
-        with db.write() as session:
-            jobs.apply_update(session, jobs.get_job(session, job_id), jobs.JobUpdate(remote.status))
+    with db.write() as session:
+        stored = jobs.find_job(session, job_id, server_of(client))
+        if stored is not None:
+            jobs.apply_update(session, stored, jobs.JobUpdate(remote.status))
     return remote.status
 
 
