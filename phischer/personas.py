@@ -199,8 +199,7 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
         # The clone answers best under the prompt its examples were built with (DESIGN §7).
         if system_prompt is None:
             system_prompt = dataset_system_prompt(path)
-    if session.scalar(sa.select(Persona.name).where(Persona.keyword == keyword)):
-        raise PersonaError(f"keyword {keyword!r} is already used by another persona")
+    check_unambiguous(list_personas(session), name, keyword)
     if spec.is_default:
         session.execute(sa.update(Persona).values(is_default=False))
     persona = Persona(
@@ -224,14 +223,10 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
 
 def get_persona(session: Session, name: str) -> Persona:
     """Find a persona by name or keyword, or raise PersonaError listing the ones that exist."""
-    persona = session.scalar(
-        sa.select(Persona).where(
-            sa.or_(Persona.name == name, Persona.keyword == name.lstrip("#").lower())
-        )
-    )
+    found = list_personas(session)
+    persona = named(found, name)
     if persona is None:
-        names = list_personas(session)
-        known = ", ".join(p.name for p in names) or "none yet: add one with `phischer persona add`"
+        known = ", ".join(p.name for p in found) or "none yet: add one with `phischer persona add`"
         raise PersonaError(f"no persona {name!r} (known: {known})")
     return persona
 
@@ -288,9 +283,42 @@ def default_persona(session: Session, preferred: str | None) -> Persona | None:
     return pick_default(list_personas(session), preferred)
 
 
+def as_keyword(word: str) -> str:
+    """The keyword a NAME argument names (`#ADA` and `Ada` name the persona keyed `ada`)."""
+    return word.lstrip("#").lower()
+
+
 def named(personas: Sequence[Persona], ref: str) -> Persona | None:
-    """The persona whose name is `ref` or whose keyword is `ref` in any case, if any."""
-    return next((p for p in personas if p.name == ref or p.keyword == ref.lower()), None)
+    """The persona whose name is `ref`, else whose keyword `ref` names (see `as_keyword`)."""
+    # Name first: a database from before `check_unambiguous` may hold a name that is another
+    # persona's keyword, and the same word must then mean the same persona every time.
+    by_name = next((p for p in personas if p.name == ref), None)
+    return by_name or next((p for p in personas if p.keyword == as_keyword(ref)), None)
+
+
+def check_unambiguous(personas: Sequence[Persona], name: str, keyword: str) -> None:
+    """Refuse a name or keyword that a NAME argument would take for one of `personas`."""
+    # `persona show/route/remove` and `finetune start --persona` find a persona by its name
+    # or its keyword: a word meaning two personas would pick one of them silently.
+    for other in personas:
+        clash = _clash(other, name, keyword)
+        if clash is not None:
+            word, flag, why = clash
+            raise PersonaError(
+                f"persona {other.name!r} already answers to {word!r} ({why}): choose another "
+                f"{flag}, or `persona show {word}` could not tell the two apart"
+            )
+
+
+def _clash(other: Persona, name: str, keyword: str) -> tuple[str, str, str] | None:
+    # (the word both would answer to, which of ours it is, why `other` answers to it)
+    if other.keyword == keyword:
+        return keyword, "keyword", f"its keyword #{other.keyword}"
+    if other.keyword == as_keyword(name):
+        return name, "name", f"its keyword #{other.keyword}"
+    if as_keyword(other.name) == keyword:
+        return keyword, "keyword", "its name"
+    return None
 
 
 def pick_default(personas: Sequence[Persona], preferred: str | None) -> Persona | None:

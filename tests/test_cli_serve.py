@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from werkzeug.serving import make_server
 
 from phischer.cli import cli
-from phischer.models import Contact
+from phischer.models import Contact, Persona
 from phischer.ports import PortBusyError, host_port, http_url, listen
 from tests.conftest import free_port, post_signed, run, serving, sms_params
 
@@ -518,6 +518,49 @@ def test_persona_names_are_stripped_and_unique_ignoring_case(tmp_path):
             )
     assert "name         Zoë" in run("persona", "show", "Zoë").output
     assert len(run("persona", "list").output.splitlines()) == 2  # the header and Zoë
+
+
+@pytest.mark.parametrize(
+    ("name", "keyword", "message"),
+    [
+        ("ada", "lovelace", "persona 'Ada Lovelace' already answers to 'ada' (its keyword "
+         "#ada): choose another name, or `persona show ada` could not tell the two apart"),
+        ("#ADA", "lovelace", "persona 'Ada Lovelace' already answers to '#ADA' (its keyword "
+         "#ada): choose another name, or `persona show #ADA` could not tell the two apart"),
+        ("Grace", "bo", "persona 'Bo' already answers to 'bo' (its name): choose another "
+         "keyword, or `persona show bo` could not tell the two apart"),
+        ("Grace", "ada", "persona 'Ada Lovelace' already answers to 'ada' (its keyword #ada): "
+         "choose another keyword, or `persona show ada` could not tell the two apart"),
+    ],
+)  # fmt: skip
+def test_persona_add_refuses_a_word_another_persona_answers_to(tmp_path, name, keyword, message):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    for existing, kw in (("Ada Lovelace", "ada"), ("Bo", "bo2")):
+        assert (
+            run("persona", "add", existing, "--keyword", kw, "--dataset", str(dataset)).exit_code
+            == 0
+        )
+    result = run("persona", "add", name, "--keyword", keyword, "--dataset", str(dataset))
+    assert (result.exit_code, result.output) == (1, f"Error: {message}\n")
+    assert len(run("persona", "list").output.splitlines()) == 3  # the header, Ada and Bo
+    assert "name         Ada Lovelace" in run("persona", "show", "ada").output
+
+
+def test_a_word_two_stored_personas_answer_to_means_the_named_one(database, monkeypatch):
+    # Stored before `persona add` refused it: "ada" is one persona's keyword, another's name.
+    # Every NAME (DEFAULT_PERSONA too) means the same one: the persona of that name.
+    monkeypatch.setenv("DEFAULT_PERSONA", "ada")
+    with database.write() as session:
+        session.add(Persona(name="Ada Lovelace", keyword="ada", backend="retrieval"))
+        session.flush()  # the older row: a query by name or keyword would meet it first
+        session.add(Persona(name="ada", keyword="other", backend="retrieval"))
+    assert run("persona", "show", "ada").output.startswith("name         ada\n")
+    routed = run("persona", "route", "+15550100114", "ada")
+    assert routed.output == "+15550100114 now talks to ada.\n"
+    assert run("persona", "show", "#ada").output.startswith("name         Ada Lovelace\n")
+    marked = [line for line in run("persona", "list").output.splitlines() if line[0] == "*"]
+    assert marked[0].split()[:2] == ["*", "ada"]
 
 
 def test_persona_list_has_a_header_and_shows_where_each_answers_from(tmp_path):
