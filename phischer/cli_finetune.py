@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,30 +11,17 @@ import click
 from click.core import ParameterSource
 
 from phischer.cli import Context, friendly_errors, pass_ctx
-from phischer.cli_options import Decorator, base_model_option, epochs_option
+from phischer.cli_options import Decorator, FiniteFloatRange, base_model_option, epochs_option
 from phischer.finetune import jobs
 from phischer.finetune.common import FineTuneError, Interrupted
 from phischer.plots import require_matplotlib
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 _POSITIVE = click.IntRange(1)
+_POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 _LOCAL_ONLY: list[str] = []  # filled by _local: the flags `--provider openai` refuses
 _OPENAI_ONLY = ["--suffix"]
-
-
-class _PositiveFloat(click.FloatRange):
-    """A number above 0: FloatRange alone lets 'nan' and 'inf' through."""
-
-    def __init__(self) -> None:
-        super().__init__(min=0, min_open=True)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        """The float, or click's usage error for a non-number, 0 or less, nan or inf."""
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
 
 
 @contextmanager
@@ -100,7 +86,7 @@ def finetune_group() -> None:
 )
 @_local("--lora-rank", "LoRA rank r.", type=_POSITIVE, default=16)
 @_local("--lora-alpha", "LoRA alpha (scale = alpha / r).", type=_POSITIVE, default=32)
-@_local("--learning-rate", "peak learning rate.", type=_PositiveFloat(), default=2e-4)
+@_local("--learning-rate", "peak learning rate.", type=_POSITIVE_FLOAT, default=2e-4)
 @_local(
     "--max-seq-length",
     "tokens per example, at most the model's context (longer ones keep their end).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,17 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # OpenAI accepts 1 to 50 epochs; the local trainer takes the same range.
 EPOCHS = click.IntRange(1, 50)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that refuses 'nan' too (it passes every bound) like any out-of-range value."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The float, or click's usage error for a non-number, one out of range, nan or inf."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def base_model_option(help: str, default: str | None = None) -> Decorator:

@@ -6,6 +6,7 @@ import click
 
 from phischer import personas
 from phischer.cli import Context, friendly_errors, pass_ctx
+from phischer.cli_options import FiniteFloatRange
 from phischer.models import Persona
 
 
@@ -68,7 +69,7 @@ def persona_group() -> None:
 @click.option("--greeting", help="Reply sent when someone switches to this persona.")
 @click.option(
     "--temperature",
-    type=click.FloatRange(personas.TEMPERATURE_MIN, personas.TEMPERATURE_MAX),
+    type=FiniteFloatRange(personas.TEMPERATURE_MIN, personas.TEMPERATURE_MAX),
     help="Sampling temperature (openai backend; kept on a retrieval persona for its fine-tune).",
 )
 @click.option(

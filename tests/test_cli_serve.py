@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -858,7 +859,7 @@ def test_chat_to_a_bad_url_is_one_line_exit_1():
     [
         (["--temperature", "9"], 2, "'--temperature': 9.0 is not in the range 0.0<=x<=2.0"),
         (["--temperature", "-0.1"], 2, "'--temperature': -0.1 is not in the range 0.0<=x<=2.0"),
-        (["--temperature", "nan"], 1, "--temperature nan must be between 0 and 2"),
+        (["--temperature", "nan"], 2, "'--temperature': 'nan' is not a finite number."),
         (["--max-tokens", "-5"], 2, "'--max-tokens': -5 is not in the range x>=1"),
         (["--max-tokens", "0"], 2, "'--max-tokens': 0 is not in the range x>=1"),
         (["--base-url", "localhost:8000"], 1, "--base-url 'localhost:8000' must be an http(s) URL"),
@@ -872,6 +873,28 @@ def test_persona_add_refuses_values_every_text_would_fail_on(flags, exit_code, m
     assert result.exit_code == exit_code
     assert message in result.output and "Traceback" not in result.output
     assert "No personas yet" in run("persona", "list").output
+
+
+def test_readme_shows_persona_adds_refusal_of_a_temperature_as_printed():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Personas\n")[1].split("\n## ")[0]
+    paragraph = next(p for p in section.split("\n\n") if "`--temperature` takes 0 to 2" in p)
+    said = " ".join(paragraph.split())
+    error = re.search(r"`(Error: Invalid value for '--temperature': [^`]+)`", said).group(1)
+    hint = re.search(r"`(Try 'phischer persona add [^`]+)`", said).group(1)
+    result = CliRunner().invoke(
+        cli,
+        ["persona", "add", "Vee", "--keyword", "vee", "--backend", "openai", "--model", "m",
+         "--temperature", "3"],
+        prog_name="phischer",
+    )  # fmt: skip
+    assert f"exit code {result.exit_code}" in said and result.exit_code == 2
+    assert result.output.splitlines() == [
+        "Usage: phischer persona add [OPTIONS] NAME",
+        hint,
+        "",
+        error,
+    ]
 
 
 def test_persona_add_takes_sampling_and_base_url_at_their_limits():
