@@ -11,6 +11,7 @@ import click
 
 from phischer.cli import Context, not_utf8, pass_ctx
 from phischer.config import not_international, twilio_from
+from phischer.printing import plural
 from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimResult, SimulatorError, send_text
 
 # Port 0 ("any free port") would leave the banner pointing nowhere, so serve wants a real one.
@@ -93,8 +94,8 @@ def seed(obj: Context) -> None:
         click.echo("Personas already exist; nothing seeded.")
     for s in added:
         click.echo(
-            f"Seeded sample persona {s.name} (#{s.keyword}, {s.examples} examples, "
-            f"{s.exchanges} exchanges)."
+            f"Seeded sample persona {s.name} (#{s.keyword}, {plural(s.examples, 'example')}, "
+            f"{plural(s.exchanges, 'exchange')})."
         )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from phischer.atomic import atomic_files
 from phischer.chat_format import PART_ROLES, content_texts
+from phischer.printing import plural
 from phischer.surrogates import LONE_SURROGATE
 from phischer.tokens import count_messages_tokens, count_tokens, encoding_name_for
 
@@ -200,11 +201,6 @@ def _tally(problems: list[Problem]) -> str:
         counts[kind] = counts.get(kind, 0) + 1
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return "in all: " + ", ".join(f"{kind} {n:,}" for kind, n in ranked)
-
-
-def plural(n: int, word: str) -> str:
-    """`n word`, with an s unless n is 1 ("1 example", "2 examples")."""
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def whole(x: float) -> int:

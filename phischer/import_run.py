@@ -12,10 +12,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from phischer.dataset import BuildStats, build_examples, system_prompt, write_jsonl
-from phischer.dataset_check import plural, sidecar_path
+from phischer.dataset_check import sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
 from phischer.importers.base import Conversation
+from phischer.printing import plural
 
 
 @dataclass

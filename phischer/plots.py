@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from phischer.printing import plural
+
 INSTALL_HINT = "plots need matplotlib: pip install -e '.[plot]'"
 # 800 x 450 pixels: readable in a terminal image viewer and in a README.
 WIDTH_IN, HEIGHT_IN, DPI = 8.0, 4.5, 100
@@ -105,9 +107,7 @@ def token_histogram(
     else:
         edges = np.histogram_bin_edges(values, bins="auto" if hi > lo else 1)
     n = len(values)
-    counts, bin_edges, _ = ax.hist(
-        values, bins=edges, color="#4C72B0", label=f"{n:,} example{'s' * (n != 1)}"
-    )
+    counts, bin_edges, _ = ax.hist(values, bins=edges, color="#4C72B0", label=plural(n, "example"))
     median, p95 = statistics.median(values), percentile(values, 0.95)
     over = sum(v > limit for v in values)
     markers = {
@@ -121,7 +121,7 @@ def token_histogram(
         limit,
         color="#C44E52",
         linewidth=2,
-        label=f"limit {limit:,} tokens: {over:,} example{'s' * (over != 1)} over",
+        label=f"limit {limit:,} tokens: {plural(over, 'example')} over",
     )
     if log:
         ax.set_xlim(lo / 1.5, max(limit, hi) * 1.5)

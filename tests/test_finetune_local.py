@@ -467,7 +467,7 @@ def test_cli_local_needs_a_base_model_and_a_clean_file(
         str(tmp_path / "out"),
     )
     assert result.exit_code == 1
-    assert f"Error: {bad}: 1 format error(s) (first on line {len(PAIRS) + 1})" in result.output
+    assert f"Error: {bad}: 1 format error (first on line {len(PAIRS) + 1})" in result.output
     assert not (tmp_path / "out").exists()
     result = start_local(
         train, "--base-model", "whatever", "--serve-url", "localhost:8000", "--output-dir",
@@ -682,6 +682,20 @@ def test_cli_local_prints_our_bar_and_summary_not_the_trainers_logs(
     assert re.search(r"^Validation loss: \d+\.\d{3}$", out, re.M), out
     # transformers' own settings are back as they were for the rest of the process.
     assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == (verbosity, bars)
+
+
+def test_cli_local_counts_one_example_and_one_step_in_the_singular(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    train = write_train(tmp_path / "train.jsonl", PAIRS[:1])
+    out = tmp_path / "out"
+    options = ("--base-model", str(tiny_model), "--max-steps", "1", "--output-dir", str(out))
+    result = start_local(train, *options)
+    assert result.exit_code == 0, result.output
+    assert re.search(
+        r"^Training a rank-16 LoRA on .+: 1 example, 1 step \(batch 4, ", result.output, re.M
+    )
+    assert re.search(r"^Loss \d+\.\d{3} -> \d+\.\d{3} over 1 step\.$", result.output, re.M)
 
 
 def test_cli_local_rerun_of_a_finished_run_trains_nothing(

@@ -196,7 +196,7 @@ def test_format_errors_refuse_before_anything_is_sent(
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
     result = refused_before_upload(fake_ft, database, bad)
     assert error_lines(result) == [
-        f"Error: {bad}: 2 format error(s) (first on line 4): fix them before fine-tuning; "
+        f"Error: {bad}: 2 format errors (first on line 4): fix them before fine-tuning; "
         "nothing was uploaded"
     ]
     assert "line 4" in result.output  # the check report names the lines
@@ -208,7 +208,7 @@ def test_an_empty_file_is_refused_without_a_line_number(
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert error_lines(refused_before_upload(fake_ft, database, empty)) == [
-        f"Error: {empty}: 1 format error(s) (no examples in the file [no_examples]): fix them "
+        f"Error: {empty}: 1 format error (no examples in the file [no_examples]): fix them "
         "before fine-tuning; nothing was uploaded"
     ]
 

@@ -7,6 +7,8 @@ import re
 import unicodedata
 from typing import Any
 
+from phischer.printing import plural
+
 # OpenAI is winding fine-tuning down (FIELD-NOTES): no new jobs from this day on...
 OPENAI_JOBS_END = dt.date(2027, 1, 6)
 # ...and fine-tuned gpt-4o / gpt-4o-mini / gpt-4.1 / gpt-4.1-mini models stop answering on this one.
@@ -65,7 +67,7 @@ def format_errors_message(path: Any, report: Any, outcome: str) -> str:
     # A problem of the file as a whole (line 0: no examples at all) has no line to point at.
     where = f"first on line {first.line}" if first.line else first.message
     return (
-        f"{path}: {len(report.errors)} format error(s) ({where}): fix them before "
+        f"{path}: {plural(len(report.errors), 'format error')} ({where}): fix them before "
         f"fine-tuning; {outcome}"
     )
 

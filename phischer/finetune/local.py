@@ -39,6 +39,7 @@ from phischer.finetune.serving import (
     vllm_rank_warning,
 )
 from phischer.models import FineTuneJob, utcnow
+from phischer.printing import plural
 
 IGNORE = -100  # label value the loss skips (PyTorch's CrossEntropyLoss ignore_index)
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
@@ -260,8 +261,6 @@ def encode_file(tokenizer: Any, path: Path, max_length: int, progress: bool = Fa
 
 def report_cuts(path: Path, encoded: Encoded, max_length: int, echo: Echo) -> None:
     """Say how many examples of a file --max-seq-length cut, and how many it emptied."""
-    from phischer.dataset_check import plural
-
     if encoded.truncated:
         was, its = ("was", "its") if encoded.truncated == 1 else ("were", "their")
         echo(
@@ -470,7 +469,7 @@ def finished_checkpoint(output_dir: Path, lora: LoraSettings) -> tuple[Path, int
 def _plan(lora: LoraSettings) -> str:
     if lora.max_steps:
         return f"--max-steps {lora.max_steps}"
-    return f"{lora.epochs} epoch{'s' if lora.epochs != 1 else ''}"
+    return plural(lora.epochs, "epoch")
 
 
 def _finished_result(
@@ -711,8 +710,8 @@ def _train(
     if on_start is not None:
         on_start(False)
     echo(
-        f"Training a rank-{lora.rank} LoRA on {base_model}: {len(features)} examples, "
-        f"{total} steps (batch {lora.batch_size}, lr {lora.learning_rate:g})."
+        f"Training a rank-{lora.rank} LoRA on {base_model}: {plural(len(features), 'example')}, "
+        f"{plural(total, 'step')} (batch {lora.batch_size}, lr {lora.learning_rate:g})."
     )
     try:
         trainer.train(resume_from_checkpoint=last)
@@ -1027,7 +1026,7 @@ def start_local(
     if result.losses:
         echo(
             f"Loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
-            f"over {result.steps_this_run} steps."
+            f"over {plural(result.steps_this_run, 'step')}."
         )
     if result.eval_loss is not None:
         echo(f"Validation loss: {result.eval_loss:.3f}")

@@ -29,6 +29,7 @@ from phischer.finetune.common import (
 )
 from phischer.models import FineTuneJob
 from phischer.plots import LossSeries
+from phischer.printing import plural
 
 OPENAI_URL = "https://api.openai.com/v1"
 # Explicit, not the SDK's 600 s / 2 retries: a stuck upload or poll should fail in a minute.
@@ -120,7 +121,7 @@ def _check_command(request: StartRequest) -> str:
 def _check(
     path: Path, base_model: str, epochs: int | None, echo: Echo, *, training: bool = True
 ) -> Any:
-    from phischer.dataset_check import MIN_EXAMPLES, check_file, plural
+    from phischer.dataset_check import MIN_EXAMPLES, check_file
 
     # A bar on big files (tens of MB take seconds to count), quiet when stderr is no terminal.
     report = check_file(path, base_model=base_model, epochs=epochs, progress=True)
@@ -139,8 +140,6 @@ def _check(
 
 
 def _cost_line(report: Any) -> str:
-    from phischer.dataset_check import plural
-
     cost = report.estimated_cost_usd
     if cost is None:
         price = "unknown (no price for this model)"
