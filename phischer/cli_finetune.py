@@ -15,6 +15,7 @@ from phischer.cli_options import Decorator, FiniteFloatRange, base_model_option,
 from phischer.finetune import jobs
 from phischer.finetune.common import FineTuneError, Interrupted
 from phischer.plots import require_matplotlib
+from phischer.printing import pad
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 _POSITIVE = click.IntRange(1)
@@ -238,7 +239,8 @@ def _job_line(
     job_id: str, provider: str, status: str, persona: str, base_model: str, result: str
 ) -> str:
     """One line of `finetune list` (its header too), in fixed columns."""
-    return f"{job_id:<32} {provider:<8} {status:<16} {persona:<16} {base_model}  {result}".rstrip()
+    columns = (pad(job_id, 32), pad(provider, 8), pad(status, 16), pad(persona, 16))
+    return f"{' '.join(columns)} {base_model}  {result}".rstrip()
 
 
 JOB_HEADER = _job_line("JOB", "PROVIDER", "STATUS", "PERSONA", "BASE MODEL", "RESULT")

@@ -8,6 +8,7 @@ from phischer import personas
 from phischer.cli import Context, friendly_errors, pass_ctx
 from phischer.cli_options import FiniteFloatRange
 from phischer.models import Persona
+from phischer.printing import pad
 
 
 def describe(p: Persona) -> str:
@@ -26,7 +27,7 @@ def describe(p: Persona) -> str:
         ("max tokens", p.max_tokens),
         ("default", "yes" if p.is_default else None),
     ]
-    return "\n".join(f"{k:<12} {v}" for k, v in rows if v is not None)
+    return "\n".join(f"{pad(k, 12)} {v}" for k, v in rows if v is not None)
 
 
 @click.group("persona")
@@ -117,7 +118,7 @@ def list_(obj: Context) -> None:
 
 def _list_line(mark: str, name: str, keyword: str, backend: str, source: str) -> str:
     """One line of `persona list` (its header too), in fixed columns."""
-    return f"{mark} {name:<20} {keyword:<13} {backend:<10} {source}".rstrip()
+    return f"{mark} {pad(name, 20)} {pad(keyword, 13)} {pad(backend, 10)} {source}".rstrip()
 
 
 def answers_from(p: Persona) -> str:

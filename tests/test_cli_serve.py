@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 from phischer.cli import cli
 from phischer.models import Contact, Persona
 from phischer.ports import PortBusyError, host_port, http_url, listen
+from phischer.printing import display_width
 from tests.conftest import free_port, post_signed, run, serving, sms_params
 
 # The smallest dataset the retrieval backend can answer from.
@@ -578,6 +579,20 @@ def test_persona_list_has_a_header_and_shows_where_each_answers_from(tmp_path):
         "  Ada (local)          #adal         openai     ada-lora at http://127.0.0.1:8000/v1",
         "  Ada (OpenAI)         #ada2         openai     ft:gpt-4.1-mini:acme:ada:AbC",
     ]
+
+
+def test_persona_list_lines_up_cjk_and_accented_names_by_terminal_columns(tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    for name, keyword in (("李小龍", "bruce"), ("Zoe\u0308 Çelik", "zoe"), ("Ada", "ada")):
+        added = run("persona", "add", name, "--keyword", keyword, "--dataset", str(dataset))
+        assert added.exit_code == 0, added.output
+    header, *rows = run("persona", "list").output.splitlines()
+    assert len(rows) == 3
+    for line in rows:
+        keyword = line[line.index("#") :].split()[0]
+        assert display_width(line[: line.index(keyword)]) == header.index("KEYWORD")
+        assert display_width(line[: line.index("retrieval")]) == header.index("BACKEND")
 
 
 def test_keyword_must_be_ascii():

@@ -20,6 +20,7 @@ from phischer.finetune import common
 from phischer.finetune import openai as ft
 from phischer.models import FineTuneJob, Persona
 from phischer.personas import PersonaSpec, add_persona
+from phischer.printing import display_width
 from tests.conftest import jobs_in, persona_row, record_local_job, run
 from tests.fake_openai import VALID_KEY, FakeOpenAI, Step, greet_model, metrics_event
 from tests.plot_helpers import assert_png
@@ -1026,6 +1027,22 @@ def test_list_without_key_shows_only_stored_jobs(
         "(remote OpenAI jobs not listed: no OPENAI_API_KEY)",
     ]
     assert fake_ft.requests == []
+
+
+def test_list_lines_up_jobs_of_cjk_and_accented_personas_by_terminal_columns(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    data = write_jsonl(tmp_path / "d.jsonl", [example("hi", "Hello, dear.")])
+    for i, name in enumerate(("李小龍", "Zoe\u0308 Çelik", "Ada")):
+        with database.write() as session:
+            added = add_persona(session, PersonaSpec(name=name, keyword=f"p{i}", dataset=str(data)))
+            persona_id = added.id
+        record_local_job(database, f"local-{i}", tmp_path / f"a{i}", persona_id=persona_id)
+    header, *rows, _no_key = run("finetune", "list").output.splitlines()
+    assert len(rows) == 3
+    for line in rows:
+        assert display_width(line[: line.index("/models/tiny")]) == header.index("BASE MODEL")
 
 
 # -- end to end: the next text reaches the new model ---------------------------------------
