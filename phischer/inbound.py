@@ -18,6 +18,7 @@ from phischer.commands import Command, parse, twilio_keyword
 from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number, mask_number
 from phischer.daemon_pool import DaemonPool
 from phischer.db import Database
+from phischer.in_flight import InFlight
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
@@ -103,6 +104,8 @@ class SmsService:
         self.sender = RestSender(settings)
         # Daemon threads: one still at the model when the process stops must not hold its exit.
         self._executor = DaemonPool(max_workers=8, name="phischer-reply")
+        # Texts being stored: a stopping server waits for them (server.finish_in_time).
+        self.recording = InFlight()
         # Each serving process sweeps for texts a crash left unanswered: gunicorn workers
         # from their start (server._post_fork), other servers from their first text. Never
         # in create_app, so gunicorn never forks a running thread.
@@ -116,7 +119,8 @@ class SmsService:
         # every text of every worker waits for.
         self.personas.fresh()
         command = twilio_keyword(msg.body, msg.opt_out_type) or parse(msg.body)
-        decision = self._record(msg, command)
+        with self.recording.one():
+            decision = self._record(msg, command)
         if isinstance(decision, tuple):  # a retry of a MessageSid we already have
             kind, status, answers = decision
             outcome = "Twilio's retry of a stored text, answered as before"

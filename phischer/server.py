@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 from flask import Flask
@@ -16,6 +14,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from phischer.config import TWILIO_WEBHOOK_LIMIT_S
+from phischer.db import BUSY_TIMEOUT_MS
+from phischer.in_flight import InFlight
 from phischer.ports import bare_host, host_port
 
 WORKERS = 2
@@ -23,6 +23,9 @@ THREADS = 4
 # After Ctrl-C, what a worker is doing (a webhook request, a slow reply's model call or REST
 # send) gets this long to finish; the rest is left to the recovery sweep (recovery.py).
 QUIT_GRACE_S = 1.0
+# A text not stored yet (waiting for the write lock) is not cut off at QUIT_GRACE_S: it would
+# be lost, as Twilio does not retry a failed webhook. It gets as long as SQLite would wait.
+RECORD_GRACE_S = BUSY_TIMEOUT_MS / 1000
 
 log = logging.getLogger(__name__)
 
@@ -124,46 +127,26 @@ class Worker(ThreadWorker):
         return max(self.stop_started + self.cfg.graceful_timeout - 1.0, now)
 
 
-class InFlight:
-    """Counts work in progress; wait_idle() waits (until a deadline) for none to be left."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._idle = threading.Condition()
-
-    @contextmanager
-    def one(self) -> Iterator[None]:
-        """Count the block as one piece of work in progress."""
-        with self._idle:
-            self._count += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._count -= 1
-                if not self._count:
-                    self._idle.notify_all()
-
-    def wait_idle(self, deadline: float) -> int:
-        """Wait until nothing is in progress or `deadline` (monotonic); how many are left."""
-        with self._idle:
-            self._idle.wait_for(
-                lambda: not self._count, timeout=max(deadline - time.monotonic(), 0.0)
-            )
-            return self._count
-
-
 def finish_in_time(app: Any, requests: InFlight, deadline: float) -> None:
     """Give webhook requests and slow replies in progress until `deadline` (monotonic) to finish.
+
+    A text still waiting to be stored gets until it is (at most RECORD_GRACE_S), and its
+    request the same grace again from then.
 
     What is still running then is left behind (the process is about to exit; its threads
     do not hold the exit up): its text stays stored "processing", or its reply "queued",
     and the recovery sweep answers or sends it when the server runs again. Used by the
     gunicorn worker (`serve`) and by `up`.
     """
+    started = time.monotonic()
     left = requests.wait_idle(deadline)
-    replies = 0
     services = getattr(app, "extensions", {}).get("phischer")
+    if left and services is not None and services.sms.recording.count:
+        # Texts not stored yet get until they are (the recovery sweep cannot answer a text
+        # that is not in the database), then the grace every request had.
+        services.sms.recording.wait_idle(time.monotonic() + RECORD_GRACE_S)
+        left = requests.wait_idle(time.monotonic() + (deadline - started))
+    replies = 0
     if services is not None:
         replies = services.sms.shutdown(timeout=max(deadline - time.monotonic(), 0.0))
     if left or replies:

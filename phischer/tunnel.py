@@ -40,7 +40,7 @@ from phischer.ports import PortBusyError, bare_host, http_url, listen
 from phischer.twilio_client import make_twilio_client
 
 if TYPE_CHECKING:
-    from phischer.server import InFlight
+    from phischer.in_flight import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -937,7 +937,7 @@ def run_up(
 
     from phischer import create_app
     from phischer.cli import migrate_or_explain
-    from phischer.server import InFlight
+    from phischer.in_flight import InFlight
 
     client = make_twilio_client(settings)  # names a missing variable before any tunnel opens
     base = resolve_public_url(public_url, settings)

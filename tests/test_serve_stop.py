@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from phischer.config import DEFAULT_FALLBACK_REPLY
 from phischer.daemon_pool import DaemonPool
 from phischer.models import Message
 from phischer.personas import set_model
-from phischer.server import Worker
+from phischer.server import QUIT_GRACE_S, Worker
 from tests.conftest import free_port, post_signed, sign, sms_params
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN
 
@@ -29,17 +31,30 @@ from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN
 STOPPED_WITHIN_S = 10
 
 
-def test_ctrl_c_with_a_slow_reply_in_progress_stops_at_once(
-    tmp_path: Path, personas, database, fake_openai, fake_twilio
-) -> None:
-    # The model takes a minute (async replies may): Python's exit joined the reply's thread.
-    fake_openai.behaviour, fake_openai.delay = "slow", 60.0
-    with database.write() as session:
-        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+@dataclass
+class Serving:
+    """A `phischer serve` process in its own process group, and what it has printed."""
+
+    proc: subprocess.Popen
+    url: str
+    output: list[str]
+
+    def ctrl_c(self) -> float:
+        """Interrupt it as Ctrl-C in its terminal does; how many seconds it took to stop."""
+        started = time.monotonic()
+        os.killpg(self.proc.pid, signal.SIGINT)  # every process of the group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=STOPPED_WITHIN_S)
+        return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[Serving]:
+    """`phischer serve` on a free port, once it answers; killed if the test left it running."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "phischer", "serve", "--port", str(port)],
-        env=async_env(fake_twilio),
+        env={**env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -59,30 +74,71 @@ def test_ctrl_c_with_a_slow_reply_in_progress_stops_at_once(
             except requests.ConnectionError:
                 assert proc.poll() is None and time.monotonic() < deadline, "".join(output)
                 time.sleep(0.1)
-        posted = post_signed(url, AUTH_TOKEN, sms_params("hey how are you"))
-        assert posted.status_code == 200
-        while not fake_openai.chat_calls:  # the model is now working on the reply
-            assert time.monotonic() < deadline, "".join(output)
-            time.sleep(0.05)
-
-        started = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: every process of the group
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOPPED_WITHIN_S)
-        took = time.monotonic() - started
+        yield Serving(proc, url, output)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         reader.join(timeout=5)
-    log = "".join(output)
+
+
+def inbound_texts(database) -> list[tuple[str, str]]:
+    """(body, status) of every stored inbound text."""
+    with database.read() as session:
+        texts = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
+    return [(m.body, m.status) for m in texts]
+
+
+def test_ctrl_c_with_a_slow_reply_in_progress_stops_at_once(
+    tmp_path: Path, personas, database, fake_openai, fake_twilio
+) -> None:
+    # The model takes a minute (async replies may): Python's exit joined the reply's thread.
+    fake_openai.behaviour, fake_openai.delay = "slow", 60.0
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    with serving(tmp_path, async_env(fake_twilio)) as server:
+        posted = post_signed(server.url, AUTH_TOKEN, sms_params("hey how are you"))
+        assert posted.status_code == 200
+        deadline = time.monotonic() + 30
+        while not fake_openai.chat_calls:  # the model is now working on the reply
+            assert time.monotonic() < deadline, "".join(server.output)
+            time.sleep(0.05)
+        took = server.ctrl_c()
+    log = "".join(server.output)
     assert took < STOPPED_WITHIN_S, f"still running {took:.0f} s after Ctrl-C:\n{log}"
     assert "SIGKILL" not in log
     assert "1 slow reply(ies) unfinished" in log
     # The text stays stored, "processing": the recovery sweep answers it at the next start.
-    with database.read() as session:
-        texts = session.scalars(sa.select(Message).where(Message.direction == "in")).all()
-    assert [(m.body, m.status) for m in texts] == [("hey how are you", "processing")]
+    assert inbound_texts(database) == [("hey how are you", "processing")]
+
+
+def test_ctrl_c_stores_a_text_still_waiting_for_the_write_lock(
+    tmp_path: Path, personas, database
+) -> None:
+    # Cut off at QUIT_GRACE_S before its commit, the text was lost: the recovery sweep
+    # answers only stored texts, and Twilio does not retry a webhook that failed.
+    answered: list[requests.Response] = []
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+    with serving(tmp_path, env) as server:
+        text = sms_params("still there?")
+        with database.write_lock.hold():  # another process's writer, slow to commit
+            poster = threading.Thread(
+                target=lambda: answered.append(post_signed(server.url, AUTH_TOKEN, text))
+            )
+            poster.start()
+            time.sleep(0.5)  # the text is at the lock
+            started = time.monotonic()
+            os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C
+            time.sleep(QUIT_GRACE_S + 0.5)  # longer than any request's grace
+        server.proc.wait(timeout=STOPPED_WITHIN_S)
+        took = time.monotonic() - started
+        poster.join(timeout=10)
+    log = "".join(server.output)
+    assert took < STOPPED_WITHIN_S and "SIGKILL" not in log, log
+    assert [body for body, _ in inbound_texts(database)] == ["still there?"]
+    # Stored, it was answered as usual (the retrieval persona replies at once).
+    assert [r.status_code for r in answered] == [200]
+    assert "Splendid, thank you!" in answered[0].text  # the reply the dataset gives
 
 
 def async_env(fake_twilio) -> dict[str, str]:
