@@ -142,6 +142,24 @@ def test_json_that_is_not_telegram(tmp_path: Path) -> None:
         list(import_telegram(other))
 
 
+@pytest.mark.parametrize(
+    "other",
+    [
+        # DiscordChatExporter's JSON and a Messenger thread also hold a "messages" list.
+        "discord/json/Direct Messages - Private - kai_m [444000000000000001].json",
+        "messenger/your_facebook_activity/messages/inbox/samrivera_1001/message_1.json",
+    ],
+)
+def test_another_apps_chat_is_not_telegram(tmp_path: Path, other: str) -> None:
+    # Read as a chat without text, it said "the export has no text messages at all".
+    out = tmp_path / "o.jsonl"
+    args = ["import", "telegram", str(FIX.parent / other), "--me", "x", "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "is not a Telegram Desktop export" in result.output
+    assert "use the format name that matches the export" in result.output
+
+
 def test_folder_with_several_chat_exports(tmp_path: Path) -> None:
     shutil.copytree(SINGLE.parent, tmp_path / "ChatExport_2024-02-11")
     shutil.copytree(FULL.parent, tmp_path / "DataExport_2024-03-05")

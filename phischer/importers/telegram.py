@@ -110,7 +110,9 @@ def stream_chats(fh: BinaryIO, where: str, chunk: int = 1 << 20) -> Iterator[dic
             top[key] = stream.value()  # "about", "personal_information", … or one chat's keys
     stream.end()
     if not full:
-        if not isinstance(top.get("messages"), list):
+        # A DiscordChatExporter file or a Messenger thread holds a "messages" list too; only
+        # Telegram's chat says its "type" (personal_chat, private_group, saved_messages, …).
+        if not isinstance(top.get("messages"), list) or "type" not in top:
             stream.fail_not_telegram()
         yield top
 
@@ -251,7 +253,8 @@ class _JsonStream:
     def fail_not_telegram(self) -> NoReturn:
         """Valid or not, this is not a Telegram export."""
         raise ImportErrorMessage(
-            f'{self._where} is not a Telegram Desktop export (no "messages" or "chats" list)'
+            f'{self._where} is not a Telegram Desktop export (no "chats" list, nor one chat\'s '
+            '"type" and "messages"): use the format name that matches the export'
         )
 
 
