@@ -111,6 +111,8 @@ class Registration:
     previous_method: str
     warnings: list[str] = field(default_factory=list)
     refused: bool = False  # Twilio refused the change: there is nothing to restore
+    # The URL is the ngrok tunnel this run opened: it stops working when the run stops.
+    dies_with_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -455,7 +457,7 @@ def _ngrok_host(url: str) -> bool:
 
 
 def plan_registration(
-    client: Client, number: Any, sms_url: str, instance_path: Path
+    client: Client, number: Any, sms_url: str, instance_path: Path, *, dies_with_run: bool = False
 ) -> Registration:
     """What `apply_registration` will change: the new URL, the previous URL and method, warnings."""
     phone = number.phone_number
@@ -475,6 +477,13 @@ def plan_registration(
             f"left from an earlier run, it is dead, and so is what this run puts back when "
             f"it stops"
         )
+    elif previous_url == sms_url and dies_with_run:
+        # ngrok gives a free account the same address on every run, so an earlier
+        # `--no-restore` run left the number on this very tunnel: "back" is a closed tunnel.
+        warnings.append(
+            f"{phone} already pointed at {sms_url}, this tunnel's address, left by an earlier "
+            f"run (--no-restore, or one that never restored): it stays there when this run stops"
+        )
     return Registration(
         number_sid=number.sid,
         phone_number=phone,
@@ -482,6 +491,7 @@ def plan_registration(
         previous_url=previous_url,
         previous_method=previous_method,
         warnings=warnings,
+        dies_with_run=dies_with_run,
     )
 
 
@@ -491,7 +501,8 @@ def apply_registration(client: Client, registration: Registration, instance_path
     prior = _load_state(instance_path)
     # Recorded before the request: a run killed or interrupted while Twilio applies it
     # (the change may or may not have landed) still knows the URL to put back.
-    record = {k: v for k, v in asdict(registration).items() if k not in ("warnings", "refused")}
+    transient = ("warnings", "refused", "dies_with_run")
+    record = {k: v for k, v in asdict(registration).items() if k not in transient}
     _save_state(instance_path, {**record, "pid": os.getpid()})
     try:
         with twilio_errors(f"update the SMS URL of {phone}"):
@@ -527,6 +538,8 @@ def restore_webhook(client: Client, registration: Registration, instance_path: P
             sms_url=registration.previous_url, sms_method=registration.previous_method
         )
     _forget_state(instance_path)
+    if registration.dies_with_run and registration.previous_url == registration.sms_url:
+        return f"Warning: {_stays_dead(phone, now, ', as before this run')}"
     shown = registration.previous_url or "(empty)"
     return f"Restored the SMS URL of {phone} to {shown} ({registration.previous_method})."
 
@@ -713,17 +726,22 @@ def _restoring(
     return restore
 
 
+def _stays_dead(phone: str, sms_url: str, why: str) -> str:
+    """The number is left on this run's ngrok URL, which closes with it: what that means."""
+    return (
+        f"the SMS URL of {phone} stays {sms_url}{why}, which stops working as the tunnel "
+        f"closes: texts fail (Twilio error 11200) until you point the number elsewhere in the "
+        f"Twilio console or run `phischer up` or `tunnel` again"
+    )
+
+
 def _say_left_on(
     echo: Echo, settings: Settings, registration: Registration, public_url: str | None
 ) -> None:
     """--no-restore, on exit: what the number is left on, and what that asks of the user."""
     phone, sms_url = registration.phone_number, registration.sms_url
     if not public_url:
-        echo(
-            f"Warning: the SMS URL of {phone} stays {sms_url} (--no-restore), which stops "
-            f"working as the tunnel closes: texts fail (Twilio error 11200) until you point the "
-            f"number elsewhere in the Twilio console or run `phischer up` or `tunnel` again"
-        )
+        echo(f"Warning: {_stays_dead(phone, sms_url, ' (--no-restore)')}")
         return
     shared = settings.instance_path / PUBLIC_URL_FILE
     echo(
@@ -776,7 +794,9 @@ def exposed(
                 remove_public_url(instance, base)
 
         stack.callback(unshare)
-        registration = plan_registration(client, number, base + "/sms", instance)
+        registration = plan_registration(
+            client, number, base + "/sms", instance, dies_with_run=not public_url
+        )
         for warning in registration.warnings:
             echo(f"Warning: {warning}")
         # Undo steps go in before the change: a Ctrl-C or SIGTERM while Twilio applies it

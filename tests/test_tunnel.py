@@ -1780,3 +1780,39 @@ def test_up_answers_texts_a_crash_left_at_once(
 
     assert sent == [("+15550100", "Sleep well, dear. Dream of engines.")]
     assert [(m.id, m.status) for m in stored(app)][0] == (inbound_id, "replied")
+
+
+@pytest.mark.parametrize("command", ["tunnel", "up"])
+def test_a_number_left_on_this_tunnels_own_address_is_said_to_stay_dead(
+    fake_twilio: FakeTwilio, run_live: Callable[..., Any], serving: int, command: str
+) -> None:
+    # ngrok gives a free account one address for every run: an earlier `--no-restore` run
+    # left the number on the very URL this run opens. Putting it "back" leaves it on a
+    # closed tunnel, which must not read as a restore.
+    number = fake_twilio.add_number(PHONE, sms_url=f"{TUNNEL_URL}/sms")
+    port = str(serving) if command == "tunnel" else "0"
+    result = run_live(command, "--port", port)
+
+    assert warnings(result.output) == [
+        f"Warning: {PHONE} already pointed at {TUNNEL_URL}/sms, this tunnel's address, left by "
+        f"an earlier run (--no-restore, or one that never restored): it stays there when this "
+        f"run stops",
+        f"Warning: the SMS URL of {PHONE} stays {TUNNEL_URL}/sms, as before this run, which "
+        f"stops working as the tunnel closes: texts fail (Twilio error 11200) until you point "
+        f"the number elsewhere in the Twilio console or run `phischer up` or `tunnel` again",
+    ]
+    assert "Restored" not in result.output
+    assert number["sms_url"] == f"{TUNNEL_URL}/sms"
+
+
+def test_a_public_url_the_number_already_had_is_restored_without_a_warning(
+    fake_twilio: FakeTwilio, run_live: Callable[..., Any]
+) -> None:
+    # Your own domain outlives the run: the number on it before and after is as it should be.
+    fake_twilio.add_number(PHONE, sms_url="https://sms.example.org/sms")
+    result = run_live("tunnel", "--public-url", "https://sms.example.org")
+
+    assert warnings(result.output) == []
+    assert result.output.splitlines()[-1] == (
+        f"Restored the SMS URL of {PHONE} to https://sms.example.org/sms (POST)."
+    )
