@@ -1627,7 +1627,7 @@ def test_ctrl_c_stops_up_at_once_with_a_slow_reply_in_progress(
     assert stopped, f"still running {took:.0f} s after Ctrl-C:\n{output}"
     assert code == 0, output
     assert "Shutting down…" in lines, output
-    assert "1 slow reply(ies) unfinished" in output
+    assert "0 webhook requests and 1 slow reply unfinished" in output
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines, output
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
     assert gone(agent.record()["pid"])  # the tunnel closed with its agent
@@ -1806,11 +1806,11 @@ def test_a_number_left_on_this_tunnels_own_address_is_said_to_stay_dead(
 
 
 def test_a_public_url_the_number_already_had_is_restored_without_a_warning(
-    fake_twilio: FakeTwilio, run_live: Callable[..., Any]
+    fake_twilio: FakeTwilio, run_live: Callable[..., Any], serving: int
 ) -> None:
     # Your own domain outlives the run: the number on it before and after is as it should be.
     fake_twilio.add_number(PHONE, sms_url="https://sms.example.org/sms")
-    result = run_live("tunnel", "--public-url", "https://sms.example.org")
+    result = run_live("tunnel", "--public-url", "https://sms.example.org", "--port", str(serving))
 
     assert warnings(result.output) == []
     assert result.output.splitlines()[-1] == (
