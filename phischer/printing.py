@@ -9,9 +9,9 @@ import unicodedata
 _ZERO_WIDTH = ("Mn", "Me", "Cf")
 
 
-def plural(n: int, word: str) -> str:
-    """`n word`, with an s unless n is 1 ("1 example", "2 examples")."""
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """`n word`, with an s (or as `words`) unless n is 1 ("1 example", "2 examples")."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
 
 
 def display_width(text: str) -> int:

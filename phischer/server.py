@@ -17,6 +17,7 @@ from phischer.config import TWILIO_WEBHOOK_LIMIT_S
 from phischer.db import BUSY_TIMEOUT_MS
 from phischer.in_flight import InFlight
 from phischer.ports import bare_host, host_port
+from phischer.printing import plural
 
 WORKERS = 2
 THREADS = 4
@@ -151,10 +152,10 @@ def finish_in_time(app: Any, requests: InFlight, deadline: float) -> None:
         replies = services.sms.shutdown(timeout=max(deadline - time.monotonic(), 0.0))
     if left or replies:
         log.warning(
-            "Stopped with %d webhook request(s) and %d slow reply(ies) unfinished: the "
-            "recovery sweep takes over their stored texts when the server runs again",
-            left,
-            replies,
+            "Stopped with %s and %s unfinished: the recovery sweep takes over their stored "
+            "texts when the server runs again",
+            plural(left, "webhook request"),
+            plural(replies, "slow reply", "slow replies"),
         )
 
 

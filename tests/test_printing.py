@@ -34,3 +34,4 @@ def test_plural() -> None:
     assert [plural(n, "step") for n in (0, 1, 2, 1000)] == [
         "0 steps", "1 step", "2 steps", "1,000 steps"
     ]  # fmt: skip
+    assert [plural(n, "reply", "replies") for n in (1, 2)] == ["1 reply", "2 replies"]

@@ -107,7 +107,7 @@ def test_ctrl_c_with_a_slow_reply_in_progress_stops_at_once(
     log = "".join(server.output)
     assert took < STOPPED_WITHIN_S, f"still running {took:.0f} s after Ctrl-C:\n{log}"
     assert "SIGKILL" not in log
-    assert "1 slow reply(ies) unfinished" in log
+    assert "0 webhook requests and 1 slow reply unfinished" in log
     # The text stays stored, "processing": the recovery sweep answers it at the next start.
     assert inbound_texts(database) == [("hey how are you", "processing")]
 
