@@ -264,6 +264,65 @@ def test_truncated_json_leaves_no_output(tmp_path: Path, where: str) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
 
 
+# A file of each JSON format holding something else: text (a note saved under the export's
+# name) or binary (an image). Twitter's prefix comes first, as in a real data file.
+NOT_JSON = [
+    ("discord", "general.json", ""),
+    ("telegram", "result.json", ""),
+    ("messenger", "messages/inbox/sam_1/message_1.json", ""),
+    ("twitter", "data/tweets.js", "window.YTD.tweets.part0 = "),
+]
+
+
+@pytest.mark.parametrize(("fmt", "member", "prefix"), NOT_JSON)
+def test_a_file_that_is_not_json_is_not_called_truncated(
+    tmp_path: Path, fmt: str, member: str, prefix: str
+) -> None:
+    export = tmp_path / "export"
+    target = export / member
+    target.parent.mkdir(parents=True)
+    target.write_text(prefix + "\n  shopping list: eggs, milk\nbread\n", encoding="utf-8")
+    result = run(fmt, str(export), "--me", "x", "-o", str(tmp_path / "x.jsonl"))
+    assert result.exit_code == 1
+    assert (
+        result.output == f"Error: {target} is not JSON: line 2 begins 'shopping list: eggs, milk'\n"
+    )
+
+
+@pytest.mark.parametrize(("fmt", "member", "prefix"), NOT_JSON[:3])
+def test_a_binary_file_is_not_json_by_its_first_bytes(
+    tmp_path: Path, fmt: str, member: str, prefix: str
+) -> None:
+    export = tmp_path / "export"
+    target = export / member
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8" * 10)
+    result = run(fmt, str(export), "--me", "x", "-o", str(tmp_path / "x.jsonl"))
+    assert result.exit_code == 1
+    assert (
+        result.output
+        == f"Error: {target} is not JSON: it begins with bytes 89 50 4e 47 0d 0a 1a 0a\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"messages": [{"a": "cut her', "Truncated JSON"),  # ends inside a string
+        ('{"messages": [{"a": tr', "Truncated JSON"),  # ends inside a literal
+        ('{"messages": [{"a": 1},', "Truncated JSON"),  # ends between values
+        ('{"messages": [{"a": 1} {"b": 2}]}', "Invalid JSON"),  # damaged in the middle
+        ("[Section]\nkey=value\n", "Invalid JSON"),  # begins like JSON, then is not
+    ],
+)
+def test_truncated_only_when_the_json_really_ends_early(text: str, said: str) -> None:
+    from phischer.importers.base import ImportErrorMessage
+    from phischer.importers.files import parse_json
+
+    with pytest.raises(ImportErrorMessage, match=f"^{said} in x: "):
+        parse_json(text, "x")
+
+
 @pytest.mark.parametrize("terminal", [True, False])
 def test_progress_bar_only_on_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terminal: bool

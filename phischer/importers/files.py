@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -175,15 +176,13 @@ def parse_json(text: str | bytes, where: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        # An interrupted download or unzip cuts a file short: the error is at its very end,
-        # or the file no longer ends the way every JSON document here does.
-        tail = text.rstrip()[-1:]
-        truncated = exc.pos >= len(text.rstrip()) - 1 or tail not in ("}", "]", b"}", b"]")
-        what = "Truncated JSON" if truncated else "Invalid JSON"
-        raise ImportErrorMessage(
-            f"{what} in {where}: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        doc = exc.doc
+        raise json_error(
+            where, exc.msg, doc[exc.pos :], exc.lineno, exc.colno, first=not doc[: exc.pos].strip()
         ) from None
     except UnicodeDecodeError as exc:
+        if not looks_like_json(text):  # an image or other binary file named .json
+            raise not_json(where, text) from None
         raise ImportErrorMessage(f"{where} is not UTF-8 JSON (byte {exc.start})") from None
     except ValueError:  # valid JSON Python refuses: an integer over 4,300 digits
         raise ImportErrorMessage(
@@ -191,6 +190,46 @@ def parse_json(text: str | bytes, where: str) -> Any:
         ) from None
     except RecursionError:
         raise ImportErrorMessage(f"Invalid JSON in {where}: nested too deeply") from None
+
+
+# What is left after the error when a file was cut inside a key, number or literal ("tru").
+_PARTIAL = re.compile(r"[-+.\w]+")
+# How every JSON value begins (after spaces and a byte-order mark).
+_JSON_START = re.compile(rb"[ \t\r\n]*(?:\xef\xbb\xbf)?[ \t\r\n]*(?:$|[-{\[\"0-9tfn])")
+
+
+def json_error(
+    where: str, msg: str, rest: str, line: int, column: int, *, first: bool, eof: bool = True
+) -> ImportErrorMessage:
+    """The one-line error for JSON that fails at `rest`: not JSON at all, cut short, or invalid."""
+    rest = rest.strip()
+    if first and rest and msg == "Expecting value":
+        # The document does not even begin like JSON: another kind of file, not a damaged one.
+        return not_json(where, rest, line)
+    # An interrupted download or unzip cuts a file short: nothing after the error, or only
+    # a string, number or literal cut in two.
+    cut = not rest or msg.startswith("Unterminated") or _PARTIAL.fullmatch(rest)
+    what = "Truncated JSON" if eof and cut else "Invalid JSON"
+    return ImportErrorMessage(f"{what} in {where}: {msg} (line {line}, column {column})")
+
+
+def looks_like_json(data: str | bytes) -> bool:
+    """Whether `data` begins the way a JSON value does (or is empty): to tell other files."""
+    head = data[:64] if isinstance(data, bytes) else data[:64].encode("utf-8", "replace")
+    return _JSON_START.match(head) is not None
+
+
+def not_json(where: str, text: str | bytes, line: int = 1) -> ImportErrorMessage:
+    """The error for a file that is not JSON at all, quoting how it begins."""
+    if isinstance(text, bytes):
+        raw, text = text, text[:200].decode("utf-8", "replace")
+        if "\ufffd" in text[:100]:  # binary: its first bytes say more than garbled text
+            return ImportErrorMessage(
+                f"{where} is not JSON: it begins with bytes {raw[:8].hex(' ')}"
+            )
+    head = text.strip().split("\n", 1)[0]
+    shown = head[:40] + ("…" if len(head) > 40 else "")
+    return ImportErrorMessage(f"{where} is not JSON: line {line} begins {shown!r}")
 
 
 def _looks_like_zip(path: Path) -> bool:

@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
-from phischer.importers.files import ZIP_ERRORS, Export, open_export
+from phischer.importers.files import (
+    ZIP_ERRORS,
+    Export,
+    json_error,
+    looks_like_json,
+    not_json,
+    open_export,
+)
 
 _WS = re.compile(r"[ \t\n\r]*")
-_PARTIAL = re.compile(r"[-+.\w]+")
 _NUMBER_TAIL = re.compile(r"[-+.\deE]*")
 _EPOCH = dt.datetime(1970, 1, 1)  # naive UTC, like every Message.timestamp
 # Chat types whose messages come from many people (channels: posts, usually by admins).
@@ -132,6 +138,7 @@ class _JsonStream:
         self._eof = False
         self._lines = 0  # newlines in text already dropped from the buffer
         self._column = 0  # characters after the last of them
+        self._started = False  # past the document's first character
 
     def _fill(self, size: int) -> bool:
         if self._eof:
@@ -148,6 +155,8 @@ class _JsonStream:
         try:
             self._buf += self._decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:
+            if not self._started and not self._buf and not looks_like_json(data):
+                raise not_json(self._where, data) from None  # an image or other binary file
             if not data and exc.reason == "unexpected end of data":
                 self._eof = True
                 self._fail("File ends inside a character", len(self._buf))
@@ -168,6 +177,7 @@ class _JsonStream:
     def advance(self) -> None:
         """Step over the character `peek` returned."""
         self._pos += 1
+        self._started = True
 
     def value(self) -> Any:
         """Decode the next complete JSON value."""
@@ -195,6 +205,7 @@ class _JsonStream:
             ):
                 continue
             self._pos = end
+            self._started = True
             return obj
 
     def members(self) -> Iterator[str]:
@@ -244,11 +255,10 @@ class _JsonStream:
         line = self._lines + self._buf.count("\n", 0, pos) + 1
         newline = self._buf.rfind("\n", 0, pos)
         column = pos - newline if newline >= 0 else self._column + pos + 1
-        rest = self._buf[pos:].strip()
-        # Cut short: nothing after the error, or only a cut string, number or literal.
-        cut = not rest or msg.startswith("Unterminated") or _PARTIAL.fullmatch(rest)
-        what = "Truncated JSON" if self._eof and cut else "Invalid JSON"
-        raise ImportErrorMessage(f"{what} in {self._where}: {msg} (line {line}, column {column})")
+        first = not self._started and not self._buf[:pos].strip()
+        raise json_error(
+            self._where, msg, self._buf[pos:], line, column, first=first, eof=self._eof
+        )
 
     def fail_not_telegram(self) -> NoReturn:
         """Valid or not, this is not a Telegram export."""

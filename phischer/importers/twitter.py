@@ -156,7 +156,8 @@ def _load_ytd(export: Export, name: str) -> list[Any]:
     # The archive's data files are JavaScript for its offline viewer:
     # `window.YTD.tweets.part0 = [ … ]`. Everything after the "=" is JSON.
     text = export.read_text(name)
-    body = _YTD_PREFIX.sub("", text, count=1)
+    # The prefix's line breaks stay, so an error's line number is the file's.
+    body = _YTD_PREFIX.sub(lambda m: "\n" * m[0].count("\n"), text, count=1)
     data = parse_json(body, export.where(name))
     if not isinstance(data, list):
         raise ImportErrorMessage(f"{export.where(name)} is not a Twitter data file (no list)")
