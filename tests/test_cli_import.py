@@ -140,6 +140,16 @@ def test_output_in_new_folders_prints_both_paths(tmp_path: Path) -> None:
     ]
 
 
+def test_output_naming_a_folder_is_a_usage_error(tmp_path: Path) -> None:
+    # README: an option value click refuses is its usage error naming the option, exit 2.
+    result = run("messenger", str(MESSENGER), "--me", "Zoë Martín", "-o", str(tmp_path))
+    assert result.exit_code == 2
+    assert f"Error: Invalid value for '-o' / '--out': File '{tmp_path}' is a directory." in (
+        result.output
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_threads_with_no_text_are_skipped_not_counted(tmp_path: Path) -> None:
     # A thread whose only message is a photo yields no conversation: counted among the
     # threads, it would make "Threads: 4  (4 conversations …)" look like one was lost.
