@@ -16,6 +16,7 @@ from phischer.dataset_check import sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
 from phischer.importers.base import Conversation
+from phischer.importers.senders import one_name_per_sender
 from phischer.printing import plural
 
 
@@ -81,12 +82,15 @@ def _counted(label: str, reasons: Counter[str]) -> str:
 PROGRESS_DELAY_S = 1.0
 
 
-def _progress(conversations: Iterator[Conversation], label: str) -> Iterator[Conversation]:
+def _progress(
+    conversations: Iterator[Conversation], label: str, total: int | None = None
+) -> Iterator[Conversation]:
     # Per thread, on stderr; appears only when the import takes more than PROGRESS_DELAY_S
     # and stderr is a terminal, so small imports and pipes stay quiet.
     with tqdm(
         conversations,
-        desc=f"Importing {label}",
+        desc=label,
+        total=total,
         unit=" threads",
         delay=PROGRESS_DELAY_S,
         disable=None,
@@ -125,7 +129,13 @@ def run_import(
     counter = TokenCounter()
     try:
         with _no_cyclic_gc():
-            conversations = _progress(load(fmt, path), f"{fmt} {path.name}")
+            label = f"{fmt} {path.name}"
+            # An export with sender ids is read whole before its examples are built (see
+            # senders): a second bar, with the total known, follows that part.
+            conversations = one_name_per_sender(
+                _progress(load(fmt, path), f"Importing {label}"),
+                replay=lambda convs, n: _progress(convs, f"Building examples from {label}", n),
+            )
             examples = build_examples(
                 conversations,
                 me,

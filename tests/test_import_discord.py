@@ -397,3 +397,71 @@ def test_another_apps_json_is_refused_not_imported_empty(tmp_path: Path, other: 
         '"messages" list)\n'
     )
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def _one_person_export(folder: Path) -> Path:
+    """River (id 111) and Amy (222) under other names in each channel of one export."""
+    folder.mkdir()
+    server = {"id": "5", "type": "GuildTextChat", "name": "general"}
+    # An older export of a server channel: River's nickname there is "Professor Song".
+    _json(
+        folder / "Whovians - Text - general [5].json",
+        server,
+        _message("222", "amy.pond", "Amy", "2024-03-01T20:00:00+00:00", "anyone seen the doctor?"),
+        _message("111", "river.song", "Professor Song", "2024-03-01T20:01:00+00:00", "spoilers"),
+        _message("333", "rory", "Rory", "2024-03-01T20:02:00+00:00", "not again"),
+        _message("111", "river.song", "Professor Song", "2024-03-01T20:03:00+00:00", "sweetie"),
+    )
+    # A DM exported since: both changed usernames (no nickname in DMs but the display name).
+    dm = {"id": "9", "type": "DirectTextChat", "name": "amelia"}
+    _json(
+        folder / "Direct Messages - amelia [9].json",
+        dm,
+        _message("222", "amelia", "Amelia", "2024-06-01T18:00:00+00:00", "dinner friday?"),
+        _message("111", "riversong_", "River", "2024-06-01T18:05:00+00:00", "yes!"),
+    )
+    # An old CSV export, from before usernames lost their discriminator.
+    _csv(
+        folder / "Whovians - Text - old [7].csv",
+        ("222", "amy.pond#0001", "3/1/2023 8:00 PM", "old times"),
+        ("111", "river.song#1987", "3/1/2023 8:01 PM", "hello sweetie"),
+    )
+    return folder
+
+
+def _message(uid: str, name: str, nickname: str, when: str, content: str) -> dict:
+    return {"id": when, "type": "Default", "timestamp": when, "content": content,
+            "author": _author(uid, name, nickname)}  # fmt: skip
+
+
+@pytest.mark.parametrize("held", [None, 0])
+@pytest.mark.parametrize("me", ["Professor Song", "river.song#1987", "riversong_", "111"])
+def test_me_is_every_message_of_the_same_author_id_in_every_channel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, me: str, held: int | None
+) -> None:
+    from phischer.importers import senders
+
+    if held is not None:  # spooled to a file instead of held in memory: the same dataset
+        monkeypatch.setattr(senders, "HELD_MESSAGES", held)
+    export = _one_person_export(tmp_path / "export")
+    result = CliRunner().invoke(
+        cli, ["import", "discord", str(export), "--me", me, "-o", "o.jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()
+    examples = [json.loads(line)["messages"] for line in lines]
+    # Each of River's names matches all of River's messages, and the others keep one name
+    # in the group chats: the one on their latest message ("amelia", not "amy.pond").
+    assert [[(t["role"], t["content"]) for t in ex[1:]] for ex in examples] == [
+        [("user", "dinner friday?"), ("assistant", "yes!")],
+        [
+            ("user", "amelia: anyone seen the doctor?"),
+            ("assistant", "spoilers"),
+            ("user", "rory: not again"),
+            ("assistant", "sweetie"),
+        ],
+        [("user", "amelia: old times"), ("assistant", "hello sweetie")],
+    ]
+    assert "Messages kept: 8  (yours: 4)" in result.output
+    # The prompt names River as now called, whichever name --me gave.
+    assert examples[0][0]["content"].startswith("You are riversong_. ")

@@ -421,3 +421,42 @@ def test_a_reply_loop_in_a_forum_goes_with_general(tmp_path: Path) -> None:
         ("telegram:5500000001/1", ["in bugs"]),
         ("telegram:5500000001", ["loop a", "loop b"]),
     ]
+
+
+def _said(mid: int, when: int, name: str, uid: str, text: str) -> dict:
+    return {"id": mid, "type": "message", "date_unixtime": str(when), "from": name,
+            "from_id": uid, "text": text}  # fmt: skip
+
+
+@pytest.mark.parametrize("me", ["Leo Hart", "Leo H.", "user55", "55"])
+def test_a_renamed_person_is_one_person_in_every_chat(tmp_path: Path, me: str) -> None:
+    # Leo (user55) was "Leo Hart" in the old group and renamed himself "Leo H." since; Mia
+    # (user66) went from "Mia" to "Mia Stone". Telegram writes each message's name as it was.
+    group = {"name": "Climbing", "type": "private_group", "id": 1, "messages": [
+        _said(1, 1_700_000_000, "Mia", "user66", "who's in for saturday?"),
+        _said(2, 1_700_000_060, "Leo Hart", "user55", "me!"),
+        _said(3, 1_700_000_120, "Ana", "user77", "me too"),
+        _said(4, 1_700_000_180, "Leo Hart", "user55", "bring the rope"),
+    ]}  # fmt: skip
+    chat = {"name": "Mia Stone", "type": "personal_chat", "id": 2, "messages": [
+        _said(5, 1_710_000_000, "Mia Stone", "user66", "coffee?"),
+        _said(6, 1_710_000_060, "Leo H.", "user55", "always"),
+    ]}  # fmt: skip
+    export = tmp_path / "result.json"
+    export.write_text(json.dumps({"chats": {"list": [group, chat]}}), encoding="utf-8")
+    result = CliRunner().invoke(
+        cli, ["import", "telegram", str(export), "--me", me, "-o", "o.jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()
+    examples = [[(t["role"], t["content"]) for t in json.loads(line)["messages"][1:]]
+                for line in lines]  # fmt: skip
+    assert examples == [
+        [
+            ("user", "Mia Stone: who's in for saturday?"),
+            ("assistant", "me!"),
+            ("user", "Ana: me too"),
+            ("assistant", "bring the rope"),
+        ],
+        [("user", "coffee?"), ("assistant", "always")],
+    ]
