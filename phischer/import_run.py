@@ -16,6 +16,7 @@ from phischer.dataset_check import sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
 from phischer.importers.base import Conversation
+from phischer.importers.progress import PROGRESS_DELAY_S
 from phischer.importers.senders import one_name_per_sender
 from phischer.printing import plural
 
@@ -76,10 +77,6 @@ def _counted(label: str, reasons: Counter[str]) -> str:
     # "Dropped: 4  (bot chat 2, service 1, media 1)": a total, then each reason, most first.
     detail = ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
     return f"{label}: {sum(reasons.values()):,}" + (f"  ({detail})" if detail else "")
-
-
-# Seconds before the progress bar appears: imports quicker than this print no bar at all.
-PROGRESS_DELAY_S = 1.0
 
 
 def _progress(

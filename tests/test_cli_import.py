@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -352,6 +354,77 @@ def test_progress_bar_only_on_a_terminal(
         assert bar.endswith("\r")
     else:
         assert err.getvalue() == ""
+
+
+# One big file of each format that reads one, and who writes in it.
+ONE_FILE = [
+    ("whatsapp", FIXTURES / "whatsapp/android_us/WhatsApp Chat with Sam Rivera.txt", "Sam Rivera"),
+    (
+        "discord",
+        FIXTURES / "discord/json/Direct Messages - Private - kai_m [444000000000000001].json",
+        "kai_m",
+    ),
+    ("telegram", FIXTURES / "telegram/full/result.json", "Leo Hart"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "path", "me"), ONE_FILE)
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_big_file_shows_how_far_reading_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, path: Path, me: str, terminal: bool
+) -> None:
+    from phischer import import_run
+    from phischer.importers import progress, telegram
+
+    # The fixtures count as big, and the bar shows from the start: no one-second delay.
+    monkeypatch.setattr(progress, "PROGRESS_DELAY_S", 0)
+    monkeypatch.setattr(progress, "BIG_FILE_BYTES", 1)
+    monkeypatch.setattr(progress, "STEP", 1)  # moves after every line or message…
+    monkeypatch.setattr(telegram, "READ_CHUNK", 512)  # …or piece of result.json read
+    # Drawn at every move, not ten times a second: the test takes milliseconds.
+    monkeypatch.setattr(progress, "tqdm", partial(progress.tqdm, mininterval=0, miniters=1))
+    err = stderr_to(monkeypatch, terminal)
+    assert import_run.run_import(fmt, path, me, tmp_path / "x.jsonl").examples
+    if not terminal:
+        assert err.getvalue() == ""
+        return
+    # A bar of the file's bytes, from part of it to all of it, wiped at the end like the
+    # thread bar (leave=False) so the summary stands alone.
+    size = path.stat().st_size
+    drawn = err.getvalue()
+    assert f"Reading {path.name}: 100%|" in drawn
+    assert f"/{size:.0f}" in drawn or f"/{size / 1024:.2f}k" in drawn
+    # …and in between, as it goes through the file.
+    assert re.search(rf"Reading {re.escape(path.name)}: +[1-9]\d?%", drawn)
+    # Last drawn: blanks over it (the cursor then back up to the thread bar's line).
+    assert drawn.rsplit("\r", 1)[1].replace("\x1b[A", "").strip() == ""
+
+
+def test_a_small_file_costs_no_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from phischer import import_run
+    from phischer.importers import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_DELAY_S", 0)
+    err = stderr_to(monkeypatch)
+    fmt, path, me = ONE_FILE[0]
+    assert import_run.run_import(fmt, path, me, tmp_path / "x.jsonl").examples
+    assert "Reading" not in err.getvalue()  # under BIG_FILE_BYTES
+
+
+def test_an_export_with_ids_shows_building_after_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phischer import import_run
+
+    # Read whole before building (see senders): a second bar, with the total known.
+    monkeypatch.setattr(import_run, "PROGRESS_DELAY_S", 0)
+    err = stderr_to(monkeypatch)
+    export = FIXTURES / "discord" / "json"
+    assert import_run.run_import("discord", export, "River", tmp_path / "x.jsonl").examples
+    drawn = err.getvalue()
+    assert "Importing discord json: 0 threads [" in drawn
+    assert "Building examples from discord json:   0%|" in drawn
+    assert "| 0/2 [" in drawn  # out of the 2 channels read
 
 
 def test_half_an_emoji_is_written_as_a_replacement_character(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from phischer.importers.localdates import (
     plain,
     to_datetime,
 )
+from phischer.importers.progress import FileProgress
 
 # Only people's own messages; every other DiscordChatExporter message type (GuildMemberJoin,
 # ChannelPinnedMessage, RecipientAdd, Call, ThreadCreated, GuildBoost, …) is a system notice.
@@ -69,10 +70,13 @@ def import_discord(path: Path) -> Iterator[Conversation]:
             conv: Conversation | None = None
             for member in group:
                 where = export.where(member)
-                if member.lower().endswith(".csv"):
-                    conv = _parse_csv(export.read_text(member), where, member, conv)
-                else:
-                    conv = _parse_json(export.load_json(member), where, member, conv)
+                with export.progress(member) as progress:
+                    if member.lower().endswith(".csv"):
+                        text = export.read_text(member)
+                        conv = _parse_csv(text, where, member, conv, progress)
+                    else:
+                        data = export.load_json(member)
+                        conv = _parse_json(data, where, member, conv, progress)
             if conv is not None:
                 conv.messages.sort(key=lambda m: m.timestamp)  # `--reverse` runs newest-first
                 conv.participants = list(dict.fromkeys(m.sender for m in conv.messages))
@@ -80,7 +84,9 @@ def import_discord(path: Path) -> Iterator[Conversation]:
                 yield conv
 
 
-def _parse_json(data: Any, where: str, member: str, conv: Conversation | None) -> Conversation:
+def _parse_json(
+    data: Any, where: str, member: str, conv: Conversation | None, progress: FileProgress
+) -> Conversation:
     # Other exports have a "messages" list too (Messenger, Telegram): only DiscordChatExporter
     # writes a "channel" object beside it. Without that check their messages would all be
     # dropped as system notices and the import would end in a misleading "--me" error.
@@ -113,7 +119,7 @@ def _parse_json(data: Any, where: str, member: str, conv: Conversation | None) -
             is_group=channel.get("type", "DirectTextChat") != "DirectTextChat",
         )
     here = (str(channel.get("id") or ""), str(channel.get("name") or ""))
-    for i, m in enumerate(data["messages"]):
+    for i, m in enumerate(progress.through(data["messages"])):
         try:
             _add_json_message(conv, m, here)
         except MALFORMED as exc:
@@ -165,7 +171,9 @@ def _add_json_message(conv: Conversation, m: dict[str, Any], here: tuple[str, st
         conv.drop("empty")  # embeds only (link previews) or nothing at all
 
 
-def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) -> Conversation:
+def _parse_csv(
+    text: str, where: str, member: str, conv: Conversation | None, progress: FileProgress
+) -> Conversation:
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None or tuple(header[: len(_CSV_COLUMNS)]) != _CSV_COLUMNS:
@@ -203,7 +211,7 @@ def _parse_csv(text: str, where: str, member: str, conv: Conversation | None) ->
         )
     here = (default["id"], default["channel"]) if default else ("", "")
     users: dict[str, str] | None = None
-    for n, (author_id, author, date, content, attachments, *_rest) in rows:
+    for n, (author_id, author, date, content, attachments, *_rest) in progress.through(rows):
         content = content.strip()
         if _CSV_SYSTEM.match(content):
             conv.drop("system")

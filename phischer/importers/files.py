@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from phischer.importers.base import ImportErrorMessage
+from phischer.importers.progress import FileProgress
 
 # What reading a damaged zip raises: a bad header or CRC (BadZipFile), a bad deflate stream
 # (zlib.error), a member cut short (EOFError), a method or version zipfile lacks
@@ -135,6 +136,10 @@ class Export:
             raise ImportErrorMessage(f"No {name} in {self.path}") from None
         except OSError as exc:
             raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
+
+    def progress(self, name: str) -> FileProgress:
+        """A bar of one member's bytes for its importer to move (drawn only for a big one)."""
+        return FileProgress(PurePosixPath(name).name, self.size(name))
 
     def read_head(self, name: str, size: int = 4096) -> bytes:
         """The first `size` bytes of one member (to sniff its format without reading it all)."""

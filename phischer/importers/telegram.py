@@ -21,7 +21,10 @@ from phischer.importers.files import (
     not_json,
     open_export,
 )
+from phischer.importers.progress import NO_PROGRESS, FileProgress
 
+# Bytes read from result.json at a time (more when one value is bigger).
+READ_CHUNK = 1 << 20
 _WS = re.compile(r"[ \t\n\r]*")
 _NUMBER_TAIL = re.compile(r"[-+.\deE]*")
 _EPOCH = dt.datetime(1970, 1, 1)  # naive UTC, like every Message.timestamp
@@ -51,8 +54,8 @@ def import_telegram(path: Path) -> Iterator[Conversation]:
     with open_export(path) as export:
         for name in _result_files(export):
             where = export.where(name)
-            with _open_member(export, name) as fh:
-                for chat in stream_chats(fh, where):
+            with _open_member(export, name) as fh, export.progress(name) as progress:
+                for chat in stream_chats(fh, where, READ_CHUNK, progress=progress):
                     yield from parse_chat(chat, where)
 
 
@@ -84,7 +87,9 @@ def _result_files(export: Export) -> list[str]:
     raise ImportErrorMessage(f"No result.json in {export.path} (a Telegram Desktop JSON export)")
 
 
-def stream_chats(fh: BinaryIO, where: str, chunk: int = 1 << 20) -> Iterator[dict[str, Any]]:
+def stream_chats(
+    fh: BinaryIO, where: str, chunk: int = 1 << 20, *, progress: FileProgress = NO_PROGRESS
+) -> Iterator[dict[str, Any]]:
     """The chat objects of a result.json, one at a time.
 
     A full "Export Telegram data" is a single JSON file for the whole account, often hundreds
@@ -92,7 +97,7 @@ def stream_chats(fh: BinaryIO, where: str, chunk: int = 1 << 20) -> Iterator[dic
     and decodes each chat of `chats.list` / `left_chats.list` on its own, so memory stays
     bounded by the largest chat. A single-chat export is one chat: it is decoded whole.
     """
-    stream = _JsonStream(fh, where, chunk)
+    stream = _JsonStream(fh, where, chunk, progress)
     if stream.peek() != "{":
         stream.value()  # an empty or cut file fails here as truncated JSON
         stream.fail_not_telegram()
@@ -127,8 +132,10 @@ class _JsonStream:
     # Pulls text from a binary file as needed and decodes one JSON value at a time with the
     # stdlib's C scanner (`raw_decode`); only navigation between values is done here.
 
-    def __init__(self, fh: BinaryIO, where: str, chunk: int) -> None:
+    def __init__(self, fh: BinaryIO, where: str, chunk: int, progress: FileProgress) -> None:
         self._fh = fh
+        self._progress = progress
+        self._read = 0  # bytes read from the file, for the progress bar
         self._where = where
         self._chunk = chunk
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
@@ -152,6 +159,8 @@ class _JsonStream:
             self._buf = self._buf[self._pos :]
             self._pos = 0
         data = self._fh.read(max(size, self._chunk))
+        self._read += len(data)
+        self._progress.to(self._read)
         try:
             self._buf += self._decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:
