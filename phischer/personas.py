@@ -289,11 +289,17 @@ def as_keyword(word: str) -> str:
 
 
 def named(personas: Sequence[Persona], ref: str) -> Persona | None:
-    """The persona whose name is `ref`, else whose keyword `ref` names (see `as_keyword`)."""
+    """The persona named `ref` (in any case), else whose keyword `ref` names (`as_keyword`)."""
     # Name first: a database from before `check_unambiguous` may hold a name that is another
-    # persona's keyword, and the same word must then mean the same persona every time.
-    by_name = next((p for p in personas if p.name == ref), None)
-    return by_name or next((p for p in personas if p.keyword == as_keyword(ref)), None)
+    # persona's keyword, and the same word must then mean the same persona every time. Any
+    # case, as `check_name` refuses names that differ only in case ("ada" finds "Ada"); the
+    # exact spelling first, for a database from before that.
+    folded = ref.casefold()
+    return (
+        next((p for p in personas if p.name == ref), None)
+        or next((p for p in personas if p.name.casefold() == folded), None)
+        or next((p for p in personas if p.keyword == as_keyword(ref)), None)
+    )
 
 
 def check_unambiguous(personas: Sequence[Persona], name: str, keyword: str) -> None:

@@ -565,6 +565,21 @@ def test_a_word_two_stored_personas_answer_to_means_the_named_one(database, monk
     assert marked[0].split()[:2] == ["*", "ada"]
 
 
+def test_a_persona_name_is_found_in_any_case(tmp_path):
+    # `persona add` refuses a name that differs from another only in case, so a name in
+    # any case means the one persona ("bo" is also what the clash message calls Bo).
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    for name, keyword in (("Ada Lovelace", "ada"), ("Bo", "bo2")):
+        assert (
+            run("persona", "add", name, "--keyword", keyword, "--dataset", str(dataset)).exit_code
+            == 0
+        )
+    assert run("persona", "show", "ada lovelace").output.startswith("name         Ada Lovelace\n")
+    assert run("persona", "show", "bo").output.startswith("name         Bo\n")
+    assert run("persona", "route", "+15550100114", "BO").output == "+15550100114 now talks to Bo.\n"
+
+
 def test_persona_list_has_a_header_and_shows_where_each_answers_from(tmp_path):
     dataset = tmp_path / "d.jsonl"
     dataset.write_text(PAIR)
