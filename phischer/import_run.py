@@ -132,6 +132,7 @@ def run_import(
             conversations = one_name_per_sender(
                 _progress(load(fmt, path), f"Importing {label}"),
                 replay=lambda convs, n: _progress(convs, f"Building examples from {label}", n),
+                me=me,
             )
             examples = build_examples(
                 conversations,

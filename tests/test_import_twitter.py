@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from phischer.dataset import build_examples
+from phischer.import_run import run_import
 from phischer.importers import ImportErrorMessage, load
+from phischer.importers.senders import one_name_per_sender
 from phischer.importers.twitter import PROMPT_SENDER, key_phrases, topic_prompt
 
 ARCHIVE = Path(__file__).parent / "fixtures" / "twitter"
@@ -574,6 +576,92 @@ def test_without_account_js_your_dms_are_under_your_account_id(tmp_path: Path) -
         "rye & caraway, obviously\nrecipe is here https://example.com/rye",
         "count me in",
     ]
+
+
+def _without_account(root: Path, *, tweets: bool) -> Path:
+    """The DM archive without account.js, with a second one-to-one chat (77-4242)."""
+    data = _dm_archive(root, tweets=tweets, account=False)
+    chats = json.loads((data / "direct-messages.js").read_text().split("= ", 1)[1])
+    chats.append(
+        {
+            "dmConversation": {
+                "conversationId": "4242-77",
+                "messages": [
+                    _dm(3002, "4242", "thanks, will do", "2023-05-04T10:01:00.000Z"),
+                    _dm(3001, "77", "try more water", "2023-05-04T10:00:00.000Z"),
+                ],
+            }
+        }
+    )
+    (data / "direct-messages.js").write_text(
+        "window.YTD.direct_messages.part0 = " + json.dumps(chats)
+    )
+    return data
+
+
+def _replies(out: Path) -> list[tuple[str, str]]:
+    """(system prompt, last assistant turn) of each example written to `out`."""
+    lines = [json.loads(line)["messages"] for line in out.read_text().splitlines()]
+    return [(m[0]["content"], m[-1]["content"]) for m in lines]
+
+
+OWNER_REPLIES = [  # file by file: the one-to-one chats, then the group
+    "rye & caraway, obviously\nrecipe is here https://example.com/rye",
+    "thanks, will do",
+    "count me in",
+]
+
+
+def test_without_account_js_the_owner_is_found_and_named_by_me(tmp_path: Path) -> None:
+    # The one id in every one-to-one conversation (55-4242, 4242-77) is the owner's: a name
+    # the export has for nobody else names them, and their DMs are the answers.
+    _without_account(tmp_path, tweets=False)
+    out = tmp_path / "zoe.jsonl"
+    result = run_import("twitter", tmp_path, "Zoë", out)
+    assert result.stats.me_name == "Zoë"
+    assert _replies(out) == [(result.system, reply) for reply in OWNER_REPLIES]
+    assert result.system.startswith("You are Zoë.")
+    # the id still names them, as before
+    run_import("twitter", tmp_path, "4242", tmp_path / "id.jsonl")
+    assert [r for _s, r in _replies(tmp_path / "id.jsonl")] == OWNER_REPLIES
+
+
+def test_without_account_js_me_naming_someone_else_is_them(tmp_path: Path) -> None:
+    # --me 55 is @bakerbob's id: the owner does not take it, their DMs stay theirs.
+    _without_account(tmp_path, tweets=False)
+    convs = list(one_name_per_sender(_convs(tmp_path), me="55"))
+    assert [[m.sender for m in c.messages] for c in convs] == [
+        ["55", "55", "me", "me"],
+        ["77", "me"],
+        ["999", "me"],
+    ]
+    assert {m.sender_id for c in convs for m in c.messages if m.sender == "me"} == {"4242"}
+
+
+def test_without_account_js_a_self_reply_gives_the_handle(tmp_path: Path) -> None:
+    # The self-thread's replies answer 4242, @zoemartin: --me @zoemartin is the owner, in
+    # posts and DMs alike, under that handle's name.
+    _without_account(tmp_path, tweets=True)
+    out = tmp_path / "zoe.jsonl"
+    result = run_import("twitter", tmp_path, "@zoemartin", out)
+    assert result.stats.me_messages == 7 + 4  # 7 posts, 4 DMs
+    assert [r for _s, r in _replies(out)][-3:] == OWNER_REPLIES
+    assert [c.id for c in _convs(tmp_path)][:5] == POSTS
+
+
+def test_without_account_js_one_dm_conversation_is_ambiguous(tmp_path: Path) -> None:
+    # 55-4242 alone: either could be the owner; a name that is nobody's is not a guess.
+    _dm_archive(tmp_path, tweets=False, account=False)
+    with pytest.raises(ImportErrorMessage) as err:
+        run_import("twitter", tmp_path, "Zoë", tmp_path / "zoe.jsonl")
+    assert str(err.value) == (
+        "--me 'Zoë' matches no sender, and this X archive has no data/account.js to say "
+        "which of 4242 and 55 is you (its only DM conversation is between them): include "
+        "data/account.js from the archive, or pass your account id as --me"
+    )
+    assert not (tmp_path / "zoe.jsonl").exists()
+    # the id still says it
+    assert run_import("twitter", tmp_path, "4242", tmp_path / "zoe.jsonl").examples == 2
 
 
 def test_a_malformed_conversation_is_a_located_error(tmp_path: Path) -> None:

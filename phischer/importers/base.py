@@ -18,6 +18,13 @@ class ImportErrorMessage(ValueError):
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 
+# An alias for a sender who may be the export's owner although the export gives no name
+# for them (an X archive without data/account.js): no typed --me equals it (it begins with
+# a NUL), and senders.one_name_per_sender names that sender after --me when --me names
+# nobody else in the export.
+UNNAMED_OWNER = "\0unnamed owner"
+
+
 # slots: a big import holds a whole thread of Messages (and makes a million of them); slots
 # make each one smaller and quicker to create.
 @dataclass(slots=True)

@@ -30,7 +30,8 @@ from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from typing import IO
 
-from phischer.importers.base import Conversation, Message
+from phischer.dataset import match_me
+from phischer.importers.base import UNNAMED_OWNER, Conversation, ImportErrorMessage, Message
 
 # What the replay's conversations pass through (a progress bar), told how many there are.
 Replay = Callable[[Iterator[Conversation], int], Iterator[Conversation]]
@@ -87,18 +88,48 @@ class _Names:
 
 
 def one_name_per_sender(
-    conversations: Iterable[Conversation], replay: Replay | None = None
+    conversations: Iterable[Conversation], replay: Replay | None = None, me: str | None = None
 ) -> Iterator[Conversation]:
-    """The conversations, each sender id's messages under its latest name with all the others."""
+    """The conversations, each sender id's messages under its latest name with all the others.
+
+    Given `me` (--me), an owner the export leaves unnamed (`UNNAMED_OWNER`) is named `me`
+    when `me` names nobody else.
+    """
     stream = iter(conversations)
     for conv in stream:
         if any(map(_by_sender_id, conv.messages)):
-            yield from _held(chain([conv], stream), replay)
+            yield from _held(chain([conv], stream), replay, me)
             return
         yield conv  # no ids yet: nothing to rename, and nothing to wait for
 
 
-def _held(conversations: Iterator[Conversation], replay: Replay | None) -> Iterator[Conversation]:
+def _name_owner(me: str, every: Identities, changed: Identities) -> None:
+    # Here and not in the importer: only once the whole export is read is it known that
+    # --me names nobody in it, and only then can it be the owner's own name.
+    if any(
+        match_me(Message(name, "", dt.datetime.min, sid, aliases), me)
+        for sid, (name, aliases) in every.items()
+    ):
+        return
+    owners = sorted(sid for sid, (_name, aliases) in every.items() if UNNAMED_OWNER in aliases)
+    if len(owners) > 1:
+        # Only an X archive leaves its owner unnamed, and two candidates are the two
+        # people of its only DM conversation: guessing would train on the other's words.
+        raise ImportErrorMessage(
+            f"--me {me!r} matches no sender, and this X archive has no data/account.js to "
+            f"say which of {' and '.join(owners)} is you (its only DM conversation is "
+            "between them): include data/account.js from the archive, or pass your account "
+            "id as --me"
+        )
+    if owners:
+        name, aliases = every[owners[0]]
+        kept = tuple(a for a in dict.fromkeys((name, *aliases)) if a != UNNAMED_OWNER)
+        every[owners[0]] = changed[owners[0]] = (me, kept)
+
+
+def _held(
+    conversations: Iterator[Conversation], replay: Replay | None, me: str | None = None
+) -> Iterator[Conversation]:
     # Read them all (names are known only at the end), held in memory or spooled, then
     # replay them renamed.
     names = _Names()
@@ -121,6 +152,8 @@ def _held(conversations: Iterator[Conversation], replay: Replay | None) -> Itera
                 held.clear()
                 spooled = True
         every, changed = names.identities()
+        if me is not None:
+            _name_owner(me, every, changed)
         if spooled:
             spool.seek(0)
             out = (_load(spool, every) for _ in range(count))

@@ -34,7 +34,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
+from phischer.importers.base import (
+    MALFORMED,
+    UNNAMED_OWNER,
+    Conversation,
+    ImportErrorMessage,
+    Message,
+    register,
+)
 from phischer.importers.files import Export, open_export, parse_json
 
 PROMPT_SENDER = "prompt"
@@ -187,11 +194,56 @@ def _data_files(export: Export, patterns: tuple[str, ...]) -> list[tuple[Export,
     ]
 
 
-def _owner(export: Export) -> Message:
+def _owner(export: Export) -> Message | None:
+    """The archive's owner as data/account.js names them; None without it."""
     found = _data_files(export, ("account.js",))
-    if found:
-        return _owner_from(*found[0])
-    return Message(sender=FALLBACK_OWNER, text="", timestamp=dt.datetime.min)
+    return _owner_from(*found[0]) if found else None
+
+
+def _inferred_owner(export: Export, posts: Any) -> tuple[Message, frozenset[str]]:
+    """The owner of an archive without account.js, and the ids that may be theirs if unsure."""
+    # A partial copy of the archive: the owner's id is inferred, their name is left to --me
+    # (UNNAMED_OWNER, see senders), their handle is known if a self-reply names it.
+    ids, handles = _self_replies(posts)
+    candidates = _dm_pairs(export)
+    if candidates is None or (len(candidates) > 1 and ids & candidates):
+        candidates = ids if candidates is None else ids & candidates
+    if len(candidates) != 1:
+        return Message(FALLBACK_OWNER, "", dt.datetime.min), frozenset(candidates)
+    (uid,) = candidates
+    handle = handles.get(uid)
+    aliases = (handle, f"@{handle}", UNNAMED_OWNER) if handle else (UNNAMED_OWNER,)
+    return Message(FALLBACK_OWNER, "", dt.datetime.min, uid, aliases), frozenset()
+
+
+def _self_replies(posts: Any) -> tuple[set[str], dict[str, str]]:
+    """The user ids (and their handles) that your posts answered in your own self-threads."""
+    kept = {str(t.get("id_str") or t.get("id")) for _when, _text, t in posts}
+    ids: set[str] = set()
+    handles: dict[str, str] = {}
+    for _when, _text, tweet in posts:
+        uid = tweet.get("in_reply_to_user_id_str")
+        if tweet.get("in_reply_to_status_id_str") in kept and isinstance(uid, str) and uid:
+            ids.add(uid)  # a reply to a post of the archive is a reply to its owner
+            name = tweet.get("in_reply_to_screen_name")
+            if isinstance(name, str) and name:
+                handles[uid] = name
+    return ids, handles
+
+
+def _dm_pairs(export: Export) -> set[str] | None:
+    """The ids in every one-to-one DM conversation ("<id>-<id>"); None if there is none."""
+    common: set[str] | None = None
+    for source, name in _data_files(export, _DM_FILES):
+        if fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], "direct-messages-group*.js"):
+            continue
+        for item in _load_ytd(source, name):
+            dm = item.get("dmConversation") if isinstance(item, dict) else None
+            cid = dm.get("conversationId") if isinstance(dm, dict) else None
+            pair = set(cid.split("-")) if isinstance(cid, str) else set()
+            if len(pair) == 2 and all(p.isdigit() for p in pair):  # malformed: said later
+                common = pair if common is None else common & pair
+    return common
 
 
 def _owner_from(export: Export, name: str) -> Message:
@@ -414,6 +466,9 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
                     raise ImportErrorMessage(
                         f"{source.where(name)}: post {i} is malformed ({exc})"
                     ) from None
+        maybe_owner: frozenset[str] = frozenset()
+        if owner is None:
+            owner, maybe_owner = _inferred_owner(export, kept.values())
 
     # A self-thread is a chain of replies to your own kept posts; its root is the first
     # post whose parent is not one of them.
@@ -471,7 +526,7 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
         handles = _handles(kept.values())
         with open_export(path) as export:
             for source, name in _data_files(export, _DM_FILES):
-                yield from _dm_file(source, name, owner, handles)
+                yield from _dm_file(source, name, owner, handles, maybe_owner)
 
 
 def _handles(posts: Any) -> dict[str, str]:
@@ -494,13 +549,17 @@ def _handles(posts: Any) -> dict[str, str]:
 
 
 def _dm_file(
-    source: Export, name: str, owner: Message, handles: dict[str, str]
+    source: Export,
+    name: str,
+    owner: Message,
+    handles: dict[str, str],
+    maybe_owner: frozenset[str] = frozenset(),
 ) -> Iterator[Conversation]:
     """The conversations of one direct-messages file."""
     group = fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], "direct-messages-group*.js")
     for i, item in enumerate(_load_ytd(source, name), 1):
         try:
-            conv = _dm_conversation(item, owner, handles, group)
+            conv = _dm_conversation(item, owner, handles, group, maybe_owner)
         except MALFORMED as exc:
             raise ImportErrorMessage(
                 f"{source.where(name)}: conversation {i} is malformed ({exc})"
@@ -509,7 +568,11 @@ def _dm_file(
 
 
 def _dm_conversation(
-    item: dict[str, Any], owner: Message, handles: dict[str, str], group: bool
+    item: dict[str, Any],
+    owner: Message,
+    handles: dict[str, str],
+    group: bool,
+    maybe_owner: frozenset[str] = frozenset(),
 ) -> Conversation:
     """One DM conversation: your messages under your name, the others' under their handle or id."""
     dm = item["dmConversation"]
@@ -546,7 +609,9 @@ def _dm_conversation(
         if sender == owner.sender_id:
             msg = Message(owner.sender, text, when, owner.sender_id, owner.aliases)
         else:
-            msg = Message(handles.get(sender, sender), text, when, sender)
+            # Either of the two may be the owner: --me naming neither is then an error.
+            maybe = (UNNAMED_OWNER,) if sender in maybe_owner else ()
+            msg = Message(handles.get(sender, sender), text, when, sender, maybe)
         # The archive lists a conversation newest first; ids grow with time and break ties.
         mid = str(create.get("id") or "")
         order = int(mid) if mid.isascii() and mid.isdigit() and len(mid) < 40 else 0
