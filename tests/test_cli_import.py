@@ -374,13 +374,13 @@ def test_a_big_file_shows_how_far_reading_it_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, path: Path, me: str, terminal: bool
 ) -> None:
     from phischer import import_run
-    from phischer.importers import progress, telegram
+    from phischer.importers import json_stream, progress
 
     # The fixtures count as big, and the bar shows from the start: no one-second delay.
     monkeypatch.setattr(progress, "PROGRESS_DELAY_S", 0)
     monkeypatch.setattr(progress, "BIG_FILE_BYTES", 1)
     monkeypatch.setattr(progress, "STEP", 1)  # moves after every line or message…
-    monkeypatch.setattr(telegram, "READ_CHUNK", 512)  # …or piece of result.json read
+    monkeypatch.setattr(json_stream, "READ_CHUNK", 512)  # …or piece of a .json file read
     # Drawn at every move, not ten times a second: the test takes milliseconds.
     monkeypatch.setattr(progress, "tqdm", partial(progress.tqdm, mininterval=0, miniters=1))
     err = stderr_to(monkeypatch, terminal)

@@ -14,8 +14,9 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from phischer.importers.base import ImportErrorMessage
 from phischer.importers.progress import FileProgress
@@ -140,6 +141,20 @@ class Export:
     def progress(self, name: str) -> FileProgress:
         """A bar of one member's bytes for its importer to move (drawn only for a big one)."""
         return FileProgress(PurePosixPath(name).name, self.size(name))
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[BinaryIO]:
+        """One member as a binary file, to read as a stream; a damaged zip is one clear line."""
+        try:
+            if self.kind == "zip":
+                with zipfile.ZipFile(self.path) as zf, zf.open(name) as fh:
+                    yield fh
+            else:
+                target = self.path / PurePosixPath(name) if self.kind == "folder" else self.path
+                with target.open("rb") as fh:
+                    yield fh
+        except ZIP_ERRORS as exc:  # also what reading it raises: a bad CRC, a cut member
+            raise ImportErrorMessage(f"Cannot read {self.where(name)}: {exc}") from None
 
     def read_head(self, name: str, size: int = 4096) -> bytes:
         """The first `size` bytes of one member (to sniff its format without reading it all)."""

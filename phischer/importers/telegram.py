@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import codecs
 import datetime as dt
-import json
-import re
-import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
-from phischer.importers.files import (
-    ZIP_ERRORS,
-    Export,
-    json_error,
-    looks_like_json,
-    not_json,
-    open_export,
-)
+from phischer.importers.files import Export, open_export
+from phischer.importers.json_stream import JsonStream
 from phischer.importers.progress import NO_PROGRESS, FileProgress
 
-# Bytes read from result.json at a time (more when one value is bigger).
-READ_CHUNK = 1 << 20
-_WS = re.compile(r"[ \t\n\r]*")
-_NUMBER_TAIL = re.compile(r"[-+.\deE]*")
 _EPOCH = dt.datetime(1970, 1, 1)  # naive UTC, like every Message.timestamp
 # Chat types whose messages come from many people (channels: posts, usually by admins).
 _GROUP_TYPES = {
@@ -54,23 +39,9 @@ def import_telegram(path: Path) -> Iterator[Conversation]:
     with open_export(path) as export:
         for name in _result_files(export):
             where = export.where(name)
-            with _open_member(export, name) as fh, export.progress(name) as progress:
-                for chat in stream_chats(fh, where, READ_CHUNK, progress=progress):
+            with export.open(name) as fh, export.progress(name) as progress:
+                for chat in stream_chats(fh, where, progress=progress):
                     yield from parse_chat(chat, where)
-
-
-@contextmanager
-def _open_member(export: Export, name: str) -> Iterator[BinaryIO]:
-    try:
-        if export.kind == "zip":
-            with zipfile.ZipFile(export.path) as zf, zf.open(name) as fh:
-                yield fh
-        else:
-            target = export.path / name if export.kind == "folder" else export.path
-            with target.open("rb") as fh:
-                yield fh
-    except ZIP_ERRORS as exc:
-        raise ImportErrorMessage(f"Cannot read {export.where(name)}: {exc}") from None
 
 
 def _result_files(export: Export) -> list[str]:
@@ -88,7 +59,7 @@ def _result_files(export: Export) -> list[str]:
 
 
 def stream_chats(
-    fh: BinaryIO, where: str, chunk: int = 1 << 20, *, progress: FileProgress = NO_PROGRESS
+    fh: BinaryIO, where: str, chunk: int | None = None, *, progress: FileProgress = NO_PROGRESS
 ) -> Iterator[dict[str, Any]]:
     """The chat objects of a result.json, one at a time.
 
@@ -97,11 +68,9 @@ def stream_chats(
     and decodes each chat of `chats.list` / `left_chats.list` on its own, so memory stays
     bounded by the largest chat. A single-chat export is one chat: it is decoded whole.
     """
-    stream = _JsonStream(fh, where, chunk, progress)
-    if stream.peek() != "{":
-        stream.value()  # an empty or cut file fails here as truncated JSON
-        stream.fail_not_telegram()
-    stream.advance()
+    stream = JsonStream(fh, where, chunk, progress)
+    if not stream.enter_object():
+        _not_telegram(where)
     top: dict[str, Any] = {}
     full = False
     for key in stream.members():
@@ -124,157 +93,16 @@ def stream_chats(
         # A DiscordChatExporter file or a Messenger thread holds a "messages" list too; only
         # Telegram's chat says its "type" (personal_chat, private_group, saved_messages, …).
         if not isinstance(top.get("messages"), list) or "type" not in top:
-            stream.fail_not_telegram()
+            _not_telegram(where)
         yield top
 
 
-class _JsonStream:
-    # Pulls text from a binary file as needed and decodes one JSON value at a time with the
-    # stdlib's C scanner (`raw_decode`); only navigation between values is done here.
-
-    def __init__(self, fh: BinaryIO, where: str, chunk: int, progress: FileProgress) -> None:
-        self._fh = fh
-        self._progress = progress
-        self._read = 0  # bytes read from the file, for the progress bar
-        self._where = where
-        self._chunk = chunk
-        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
-        self._scanner = json.JSONDecoder()
-        self._buf = ""
-        self._pos = 0
-        self._eof = False
-        self._lines = 0  # newlines in text already dropped from the buffer
-        self._column = 0  # characters after the last of them
-        self._started = False  # past the document's first character
-
-    def _fill(self, size: int) -> bool:
-        if self._eof:
-            return False
-        if self._pos:
-            dropped = self._buf[: self._pos]
-            newlines = dropped.count("\n")
-            self._lines += newlines
-            last = dropped.rfind("\n")
-            self._column = self._column + len(dropped) if last < 0 else len(dropped) - last - 1
-            self._buf = self._buf[self._pos :]
-            self._pos = 0
-        data = self._fh.read(max(size, self._chunk))
-        self._read += len(data)
-        self._progress.to(self._read)
-        try:
-            self._buf += self._decoder.decode(data, final=not data)
-        except UnicodeDecodeError as exc:
-            if not self._started and not self._buf and not looks_like_json(data):
-                raise not_json(self._where, data) from None  # an image or other binary file
-            if not data and exc.reason == "unexpected end of data":
-                self._eof = True
-                self._fail("File ends inside a character", len(self._buf))
-            raise ImportErrorMessage(f"{self._where} is not UTF-8 JSON ({exc.reason})") from None
-        self._eof = not data
-        return True
-
-    def peek(self) -> str:
-        """The next non-space character ("" at the end of the file)."""
-        while True:
-            end = _WS.match(self._buf, self._pos).end()  # type: ignore[union-attr]
-            self._pos = end
-            if end < len(self._buf):
-                return self._buf[end]
-            if not self._fill(0):
-                return ""
-
-    def advance(self) -> None:
-        """Step over the character `peek` returned."""
-        self._pos += 1
-        self._started = True
-
-    def value(self) -> Any:
-        """Decode the next complete JSON value."""
-        self.peek()
-        while True:
-            try:
-                obj, end = self._scanner.raw_decode(self._buf, self._pos)
-            except json.JSONDecodeError as exc:
-                # Ran off the end of the buffer (a value cut in two): read on, at least as
-                # much again as is buffered so a big chat is re-scanned only a few times.
-                cut = exc.pos >= len(self._buf) - 16 or exc.msg.startswith("Unterminated")
-                if cut and self._fill(len(self._buf) - self._pos):
-                    continue
-                self._fail(exc.msg, exc.pos)
-            except RecursionError:
-                self._fail("nested too deeply", self._pos)
-            except ValueError:  # valid JSON Python refuses: an integer over 4,300 digits
-                self._fail("a number with too many digits", self._pos)
-            # A number at the very end of the buffer may go on in the next chunk: "52" of
-            # "52.5", or "52" of a buffer ending "52." (the scanner leaves a bare "." or "e").
-            if (
-                not isinstance(obj, dict | list | str)
-                and _NUMBER_TAIL.fullmatch(self._buf, end)
-                and self._fill(0)
-            ):
-                continue
-            self._pos = end
-            self._started = True
-            return obj
-
-    def members(self) -> Iterator[str]:
-        """After "{": yield each key; the caller reads its value before the next one."""
-        if self.peek() == "}":
-            self.advance()
-            return
-        while True:
-            key = self.value() if self.peek() == '"' else None
-            if not isinstance(key, str):
-                self._fail("Expecting property name enclosed in double quotes", self._pos)
-            self._expect(":")
-            yield key
-            self._close("}")
-            if self._buf[self._pos - 1] == "}":
-                return
-
-    def items(self) -> Iterator[None]:
-        """After "[": yield once per element; the caller reads it before the next one."""
-        if self.peek() == "]":
-            self.advance()
-            return
-        while True:
-            yield
-            self._close("]")
-            if self._buf[self._pos - 1] == "]":
-                return
-
-    def end(self) -> None:
-        """Check nothing but whitespace follows the document."""
-        if self.peek():
-            self._fail("Extra data", self._pos)
-
-    def _close(self, bracket: str) -> None:
-        c = self.peek()
-        if c not in (",", bracket):
-            self._fail(f"Expecting ',' delimiter or '{bracket}'", self._pos)
-        self.advance()
-
-    def _expect(self, char: str) -> None:
-        if self.peek() != char:
-            self._fail(f"Expecting '{char}' delimiter", self._pos)
-        self.advance()
-
-    def _fail(self, msg: str, pos: int) -> NoReturn:
-        # Same wording as files.parse_json, with line and column counted from the file's start.
-        line = self._lines + self._buf.count("\n", 0, pos) + 1
-        newline = self._buf.rfind("\n", 0, pos)
-        column = pos - newline if newline >= 0 else self._column + pos + 1
-        first = not self._started and not self._buf[:pos].strip()
-        raise json_error(
-            self._where, msg, self._buf[pos:], line, column, first=first, eof=self._eof
-        )
-
-    def fail_not_telegram(self) -> NoReturn:
-        """Valid or not, this is not a Telegram export."""
-        raise ImportErrorMessage(
-            f'{self._where} is not a Telegram Desktop export (no "chats" list, nor one chat\'s '
-            '"type" and "messages"): use the format name that matches the export'
-        )
+def _not_telegram(where: str) -> NoReturn:
+    # Valid or not, this is not a Telegram export.
+    raise ImportErrorMessage(
+        f'{where} is not a Telegram Desktop export (no "chats" list, nor one chat\'s '
+        '"type" and "messages"): use the format name that matches the export'
+    )
 
 
 def parse_chat(chat: dict[str, Any], where: str) -> list[Conversation]:
