@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from collections.abc import Callable
 from datetime import datetime as D
 from pathlib import Path
 
@@ -465,3 +466,108 @@ def test_me_is_every_message_of_the_same_author_id_in_every_channel(
     assert "Messages kept: 8  (yours: 4)" in result.output
     # The prompt names River as now called, whichever name --me gave.
     assert examples[0][0]["content"].startswith("You are riversong_. ")
+
+
+def _reordered(path: Path, order: list[str]) -> Path:
+    """GENERAL's channel written at `path` with its top-level keys in `order` (the rest after)."""
+    data = json.loads(GENERAL.read_bytes())
+    keys = order + [k for k in data if k not in order]
+    path.write_text(json.dumps({k: data[k] for k in keys}, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        [],  # as DiscordChatExporter writes it: guild, channel, …, messages, messageCount
+        ["messages"],  # messages first: held until the channel is known
+        ["guild", "messages"],  # channel after messages
+        ["exportedAt", "messageCount", "dateRange", "guild", "channel"],  # messages last
+    ],
+)
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_json_keys_in_any_order_read_in_any_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: list[str], chunk: int
+) -> None:
+    from phischer.importers import json_stream
+
+    # Tiny chunks cut keys, timestamps and multi-byte characters (👀) in two.
+    monkeypatch.setattr(json_stream, "READ_CHUNK", chunk)
+    (conv,) = import_discord(_reordered(tmp_path / "general.json", order))
+    assert rows(conv) == GENERAL_ROWS[:4]
+    assert conv.dropped == {"system": 3, "bot": 1, "attachment": 1, "sticker": 1, "empty": 1}
+    assert (conv.id, conv.title) == ("discord:222000000000000001", "Fictional Guild / general")
+
+
+def test_every_cut_of_a_channel_is_truncated_json_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phischer.importers import json_stream
+
+    data = GENERAL.read_bytes()
+    broken = tmp_path / "general.json"
+    for chunk in (5, 1 << 20):
+        monkeypatch.setattr(json_stream, "READ_CHUNK", chunk)
+        for cut in range(0, len(data.rstrip()), 37):
+            broken.write_bytes(data[:cut])
+            with pytest.raises(ImportErrorMessage) as err:
+                list(import_discord(broken))
+            msg = str(err.value)
+            assert msg.startswith(f"Truncated JSON in {broken}: "), (cut, msg)
+            assert "\n" not in msg and msg.endswith(")")
+
+
+def test_broken_message_points_where_json_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phischer.importers import json_stream
+
+    # A message half-way through the channel lost a comma: line and column from the file's
+    # start, however much of it was read and dropped before.
+    text = GENERAL.read_text(encoding="utf-8")
+    at = text.index('"content": "can I join?')
+    doc = text[:at] + text[at:].replace('",', '"', 1)
+    with pytest.raises(json.JSONDecodeError) as ref:
+        json.loads(doc)
+    broken = tmp_path / "general.json"
+    broken.write_text(doc, encoding="utf-8")
+    for chunk in (3, 100, 1 << 20):
+        monkeypatch.setattr(json_stream, "READ_CHUNK", chunk)
+        with pytest.raises(ImportErrorMessage) as err:
+            list(import_discord(broken))
+        assert str(err.value) == (
+            f"Invalid JSON in {broken}: {ref.value.msg} "
+            f"(line {ref.value.lineno}, column {ref.value.colno})"
+        )
+
+
+def test_a_big_channel_is_read_a_message_at_a_time(tmp_path: Path) -> None:
+    import tracemalloc
+
+    # 4,000 messages of ~1.7 KB, each with reactions and an embed as a real channel's have.
+    # Decoded whole they take several times the file; streamed, only the Messages kept stay.
+    data = json.loads(GENERAL.read_bytes())
+    template = data["messages"][1]  # river.song's "anyone up for ranked tonight?"
+    people = [_author(str(i), f"user{i}", f"User {i}") for i in range(20)]
+    template["reactions"] = [{"emoji": {"id": "", "name": "👍", "code": "thumbsup"},
+                              "count": 2, "users": people[:5]}]  # fmt: skip
+    template["embeds"] = [{"title": "a link", "url": "https://example.com/page",
+                           "description": "a preview of the page " * 10}]  # fmt: skip
+    data["messages"] = [{**template, "id": str(i)} for i in range(4000)]
+    path = tmp_path / "general.json"
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    del data, template
+
+    def peak(fn: Callable[[], object]) -> int:
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole = peak(lambda: json.loads(path.read_bytes()))
+    convs: list[Conversation] = []
+    streamed = peak(lambda: convs.extend(import_discord(path)))
+    assert len(convs[0].messages) == 4000
+    assert streamed < whole / 4, (streamed, whole)

@@ -6,12 +6,13 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
 from phischer.importers.files import Export, open_export
+from phischer.importers.json_stream import JsonStream
 from phischer.importers.localdates import (
     DATE,
     CalendarError,
@@ -75,8 +76,9 @@ def import_discord(path: Path) -> Iterator[Conversation]:
                         text = export.read_text(member)
                         conv = _parse_csv(text, where, member, conv, progress)
                     else:
-                        data = export.load_json(member)
-                        conv = _parse_json(data, where, member, conv, progress)
+                        with export.open(member) as fh:
+                            stream = JsonStream(fh, where, progress=progress)
+                            conv = _parse_json(stream, member, conv)
             if conv is not None:
                 conv.messages.sort(key=lambda m: m.timestamp)  # `--reverse` runs newest-first
                 conv.participants = list(dict.fromkeys(m.sender for m in conv.messages))
@@ -84,23 +86,47 @@ def import_discord(path: Path) -> Iterator[Conversation]:
                 yield conv
 
 
-def _parse_json(
-    data: Any, where: str, member: str, conv: Conversation | None, progress: FileProgress
-) -> Conversation:
+def _parse_json(stream: JsonStream, member: str, conv: Conversation | None) -> Conversation:
+    """Read one channel's .json, its messages one at a time, into `conv` (or a new one)."""
+    where = stream.where
+    if not stream.enter_object():
+        _not_an_export(where)
+    top: dict[str, Any] = {}
+    for key in stream.members():
+        # DiscordChatExporter writes "guild" and "channel" before "messages" (and only
+        # "messageCount" after): each message is then decoded and kept on its own, so a
+        # 250 MB channel never sits in memory whole. In any other order the keys are held
+        # until the end, as json.loads would hold them.
+        if key == "messages" and "guild" in top and "channel" in top and stream.peek() == "[":
+            top["messages"] = []  # a list: read one message at a time just below
+            conv = _conversation(top, where, member, conv)
+            stream.advance()
+            _add_json_messages(conv, (stream.value() for _ in stream.items()), top, where)
+        else:
+            top[key] = stream.value()
+    stream.end()
+    conv = _conversation(top, where, member, conv)
+    _add_json_messages(conv, top["messages"], top, where)
+    return conv
+
+
+def _not_an_export(where: str) -> NoReturn:
     # Other exports have a "messages" list too (Messenger, Telegram): only DiscordChatExporter
     # writes a "channel" object beside it. Without that check their messages would all be
     # dropped as system notices and the import would end in a misleading "--me" error.
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("messages"), list)
-        or not isinstance(data.get("channel"), dict)
-    ):
-        raise ImportErrorMessage(
-            f'{where}: not a DiscordChatExporter JSON export (no "channel" object and '
-            '"messages" list)'
-        )
-    channel = data.get("channel") or {}
-    guild = data.get("guild") or {}
+    raise ImportErrorMessage(
+        f'{where}: not a DiscordChatExporter JSON export (no "channel" object and "messages" list)'
+    )
+
+
+def _conversation(
+    top: dict[str, Any], where: str, member: str, conv: Conversation | None
+) -> Conversation:
+    """The channel's conversation (`conv` if a part before made it), once its keys check out."""
+    if not isinstance(top.get("messages"), list) or not isinstance(top.get("channel"), dict):
+        _not_an_export(where)
+    channel = top["channel"]
+    guild = top.get("guild") or {}
     if not isinstance(guild, dict) or not isinstance(channel.get("type", ""), str):
         raise ImportErrorMessage(
             f'{where}: not a DiscordChatExporter JSON export ("guild" is not an object or the '
@@ -118,13 +144,21 @@ def _parse_json(
             # A server channel is a group even when only two people spoke in it.
             is_group=channel.get("type", "DirectTextChat") != "DirectTextChat",
         )
+    return conv
+
+
+def _add_json_messages(
+    conv: Conversation, messages: Iterable[Any], top: dict[str, Any], where: str
+) -> None:
+    channel = top["channel"]
     here = (str(channel.get("id") or ""), str(channel.get("name") or ""))
-    for i, m in enumerate(progress.through(data["messages"])):
+    # A message is decoded by `messages` itself, outside the try: a broken file is its own
+    # error (ImportErrorMessage is a ValueError, which MALFORMED would catch).
+    for i, m in enumerate(messages):
         try:
             _add_json_message(conv, m, here)
         except MALFORMED as exc:
             raise ImportErrorMessage(f"{where}: message {i + 1} is malformed ({exc})") from None
-    return conv
 
 
 def _add_json_message(conv: Conversation, m: dict[str, Any], here: tuple[str, str]) -> None:
