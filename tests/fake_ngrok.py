@@ -18,10 +18,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
+
+from tests.fake_http import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_HOST = "fake-agent.ngrok-free.app"
@@ -241,7 +243,7 @@ def main(argv: list[str], settings: dict[str, Any]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: stop_requests.append(signum))
     agent = _Agent(argv, settings)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(agent))
+    server = FakeServer(("127.0.0.1", 0), _handler(agent))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     addr = f"127.0.0.1:{server.server_address[1]}"
     agent.record["port"] = server.server_address[1]

@@ -28,11 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default as email_policy
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from tests.fake_http import FakeApiHandler
+from tests.fake_http import FakeApiHandler, FakeServer
 
 VALID_KEY = "sk-test-not-real"
 CHAT_PATH = "/v1/chat/completions"
@@ -140,7 +139,7 @@ class FakeOpenAI:
         class Handler(_Handler):
             state = fake
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = FakeServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(

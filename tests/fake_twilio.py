@@ -26,11 +26,10 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fake_http import FakeApiHandler
+from tests.fake_http import FakeApiHandler, FakeServer
 
 ACCOUNT_SID = "AC" + "0" * 30
 AUTH_TOKEN = "fake-auth-token-0123456789abcdef"
@@ -96,7 +95,7 @@ class FakeTwilio:
     auth_token: str = AUTH_TOKEN
     url: str = ""
     _scripts: list[Scripted] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
+    _server: FakeServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- scripting -----------------------------------------------------------------------
@@ -166,7 +165,7 @@ class FakeTwilio:
             pass
 
         Handler.fake = fake
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = FakeServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
