@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -374,3 +375,13 @@ def twiml_bodies(data: bytes) -> list[str]:
     root = ElementTree.fromstring(data)
     assert root.tag == "Response"
     return [m.text or "" for m in root.iter("Message")]
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """The most memory Python allocated at once while `fn` ran, in bytes (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

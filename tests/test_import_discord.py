@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from collections.abc import Callable
 from datetime import datetime as D
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from phischer.cli import cli
 from phischer.importers import IMPORTERS
 from phischer.importers.base import Conversation, ImportErrorMessage
 from phischer.importers.discord import import_discord
+from tests.conftest import peak_memory
 
 FIX = Path(__file__).parent / "fixtures" / "discord"
 GENERAL = FIX / "json" / "Fictional Guild - Text Channels - general [222000000000000001].json"
@@ -542,8 +542,6 @@ def test_broken_message_points_where_json_does(
 
 
 def test_a_big_channel_is_read_a_message_at_a_time(tmp_path: Path) -> None:
-    import tracemalloc
-
     # 4,000 messages of ~1.7 KB, each with reactions and an embed as a real channel's have.
     # Decoded whole they take several times the file; streamed, only the Messages kept stay.
     data = json.loads(GENERAL.read_bytes())
@@ -558,16 +556,8 @@ def test_a_big_channel_is_read_a_message_at_a_time(tmp_path: Path) -> None:
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
     del data, template
 
-    def peak(fn: Callable[[], object]) -> int:
-        tracemalloc.start()
-        try:
-            fn()
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
-    whole = peak(lambda: json.loads(path.read_bytes()))
+    whole = peak_memory(lambda: json.loads(path.read_bytes()))
     convs: list[Conversation] = []
-    streamed = peak(lambda: convs.extend(import_discord(path)))
+    streamed = peak_memory(lambda: convs.extend(import_discord(path)))
     assert len(convs[0].messages) == 4000
     assert streamed < whole / 4, (streamed, whole)

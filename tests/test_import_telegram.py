@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tracemalloc
 import zipfile
-from collections.abc import Callable
 from datetime import datetime as D
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from phischer.dataset import build_examples
 from phischer.importers import IMPORTERS
 from phischer.importers.base import Conversation, ImportErrorMessage
 from phischer.importers.telegram import flatten_text, import_telegram, stream_chats
+from tests.conftest import peak_memory
 
 FIX = Path(__file__).parent / "fixtures" / "telegram"
 SINGLE = FIX / "single" / "result.json"
@@ -253,15 +252,7 @@ def test_streaming_reader_keeps_memory_per_chat() -> None:
     data = json.dumps({"chats": {"list": chats}}).encode()
     del chats
 
-    def peak(fn: Callable[[], object]) -> int:
-        tracemalloc.start()
-        try:
-            fn()
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
-    whole = peak(lambda: json.loads(data))
+    whole = peak_memory(lambda: json.loads(data))
     count = 0
 
     def stream() -> None:
@@ -269,7 +260,7 @@ def test_streaming_reader_keeps_memory_per_chat() -> None:
         for _chat in stream_chats(io.BytesIO(data), "x", 16384):
             count += 1
 
-    streamed = peak(stream)
+    streamed = peak_memory(stream)
     assert count == 40
     assert streamed < whole / 8
 
