@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from phischer.cli import cli
 from tests.conftest import stderr_to
@@ -286,15 +286,22 @@ NOT_JSON = [
 ]
 
 
+def import_one_file(tmp_path: Path, fmt: str, member: str, data: bytes) -> tuple[Path, Result]:
+    """Import an export folder holding only `member` with `data`; (that file, the result)."""
+    export = tmp_path / "export"
+    target = export / member
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)
+    return target, run(fmt, str(export), "--me", "x", "-o", str(tmp_path / "x.jsonl"))
+
+
 @pytest.mark.parametrize(("fmt", "member", "prefix"), NOT_JSON)
 def test_a_file_that_is_not_json_is_not_called_truncated(
     tmp_path: Path, fmt: str, member: str, prefix: str
 ) -> None:
-    export = tmp_path / "export"
-    target = export / member
-    target.parent.mkdir(parents=True)
-    target.write_text(prefix + "\n  shopping list: eggs, milk\nbread\n", encoding="utf-8")
-    result = run(fmt, str(export), "--me", "x", "-o", str(tmp_path / "x.jsonl"))
+    target, result = import_one_file(
+        tmp_path, fmt, member, (prefix + "\n  shopping list: eggs, milk\nbread\n").encode()
+    )
     assert result.exit_code == 1
     assert (
         result.output == f"Error: {target} is not JSON: line 2 begins 'shopping list: eggs, milk'\n"
@@ -305,11 +312,9 @@ def test_a_file_that_is_not_json_is_not_called_truncated(
 def test_a_binary_file_is_not_json_by_its_first_bytes(
     tmp_path: Path, fmt: str, member: str, prefix: str
 ) -> None:
-    export = tmp_path / "export"
-    target = export / member
-    target.parent.mkdir(parents=True)
-    target.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8" * 10)
-    result = run(fmt, str(export), "--me", "x", "-o", str(tmp_path / "x.jsonl"))
+    target, result = import_one_file(
+        tmp_path, fmt, member, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8" * 10
+    )
     assert result.exit_code == 1
     assert (
         result.output

@@ -522,6 +522,16 @@ def test_persona_names_are_stripped_and_unique_ignoring_case(tmp_path):
     assert len(run("persona", "list").output.splitlines()) == 2  # the header and Zoë
 
 
+def add_ada_and_bo(tmp_path: Path) -> Path:
+    """Add Ada Lovelace (#ada) and Bo (#bo2) over one dataset; return the dataset."""
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(PAIR)
+    for name, keyword in (("Ada Lovelace", "ada"), ("Bo", "bo2")):
+        added = run("persona", "add", name, "--keyword", keyword, "--dataset", str(dataset))
+        assert added.exit_code == 0, added.output
+    return dataset
+
+
 @pytest.mark.parametrize(
     ("name", "keyword", "message"),
     [
@@ -536,13 +546,7 @@ def test_persona_names_are_stripped_and_unique_ignoring_case(tmp_path):
     ],
 )  # fmt: skip
 def test_persona_add_refuses_a_word_another_persona_answers_to(tmp_path, name, keyword, message):
-    dataset = tmp_path / "d.jsonl"
-    dataset.write_text(PAIR)
-    for existing, kw in (("Ada Lovelace", "ada"), ("Bo", "bo2")):
-        assert (
-            run("persona", "add", existing, "--keyword", kw, "--dataset", str(dataset)).exit_code
-            == 0
-        )
+    dataset = add_ada_and_bo(tmp_path)
     result = run("persona", "add", name, "--keyword", keyword, "--dataset", str(dataset))
     assert (result.exit_code, result.output) == (1, f"Error: {message}\n")
     assert len(run("persona", "list").output.splitlines()) == 3  # the header, Ada and Bo
@@ -568,13 +572,7 @@ def test_a_word_two_stored_personas_answer_to_means_the_named_one(database, monk
 def test_a_persona_name_is_found_in_any_case(tmp_path):
     # `persona add` refuses a name that differs from another only in case, so a name in
     # any case means the one persona ("bo" is also what the clash message calls Bo).
-    dataset = tmp_path / "d.jsonl"
-    dataset.write_text(PAIR)
-    for name, keyword in (("Ada Lovelace", "ada"), ("Bo", "bo2")):
-        assert (
-            run("persona", "add", name, "--keyword", keyword, "--dataset", str(dataset)).exit_code
-            == 0
-        )
+    add_ada_and_bo(tmp_path)
     assert run("persona", "show", "ada lovelace").output.startswith("name         Ada Lovelace\n")
     assert run("persona", "show", "bo").output.startswith("name         Bo\n")
     assert run("persona", "route", "+15550100114", "BO").output == "+15550100114 now talks to Bo.\n"

@@ -46,24 +46,31 @@ def test_sqlite_pragmas(database):
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
-def test_partial_indexes_keep_rows_and_still_reject_duplicate_sids(settings):
-    cfg = alembic_config(settings.database_url)
-    command.upgrade(cfg, "0002")
+def upgraded_from(settings, revision: str, *rows: tuple[str, tuple]) -> None:
+    """Migrate to `revision`, run the `rows` statements there, then upgrade to head."""
+    command.upgrade(alembic_config(settings.database_url), revision)
     engine = make_engine(settings.database_url)
     with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO contacts (phone, opted_out, replies_today, created_at) "
-            "VALUES ('+15550100', 0, 0, '2026-01-01 00:00:00.000000')"
-        )
-        for sid in ("SMone", None, None):  # two replies with no sid: allowed before and after
-            conn.exec_driver_sql(
-                "INSERT INTO messages (contact_id, direction, kind, body, message_sid, status, "
-                "num_media, created_at) VALUES (1, 'in', 'chat', 'hi', ?, 'replied', 0, "
-                "'2026-01-01 00:00:00.000000')",
-                (sid,),
-            )
+        for statement, params in rows:
+            conn.exec_driver_sql(statement, params)
     engine.dispose()
     upgrade(settings.database_url)
+
+
+def test_partial_indexes_keep_rows_and_still_reject_duplicate_sids(settings):
+    message = (
+        "INSERT INTO messages (contact_id, direction, kind, body, message_sid, status, "
+        "num_media, created_at) VALUES (1, 'in', 'chat', 'hi', ?, 'replied', 0, "
+        "'2026-01-01 00:00:00.000000')"
+    )
+    upgraded_from(
+        settings,
+        "0002",
+        ("INSERT INTO contacts (phone, opted_out, replies_today, created_at) "
+         "VALUES ('+15550100', 0, 0, '2026-01-01 00:00:00.000000')", ()),
+        # two replies with no sid: allowed before and after
+        *((message, (sid,)) for sid in ("SMone", None, None)),
+    )  # fmt: skip
     engine = make_engine(settings.database_url)
     with engine.begin() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM messages").scalar() == 3
@@ -77,17 +84,13 @@ def test_partial_indexes_keep_rows_and_still_reject_duplicate_sids(settings):
 
 
 def test_jobs_stored_before_0006_are_kept_and_found_on_any_server(settings):
-    cfg = alembic_config(settings.database_url)
-    command.upgrade(cfg, "0005")
-    engine = make_engine(settings.database_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO finetune_jobs (job_id, provider, base_model, status, created_at, "
-            "updated_at) VALUES ('ftjob-1', 'openai', 'gpt-4.1-mini', 'running', "
-            "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')"
-        )
-    engine.dispose()
-    upgrade(settings.database_url)
+    upgraded_from(
+        settings,
+        "0005",
+        ("INSERT INTO finetune_jobs (job_id, provider, base_model, status, created_at, "
+         "updated_at) VALUES ('ftjob-1', 'openai', 'gpt-4.1-mini', 'running', "
+         "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')", ()),
+    )  # fmt: skip
     db = Database(settings.database_url)
     with db.write() as session:
         old = jobs.find_job(session, "ftjob-1", "http://127.0.0.1:8000/v1")
