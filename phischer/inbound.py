@@ -115,10 +115,8 @@ class SmsService:
         """Process a webhook call; return the replies for the TwiML (maybe none, and why)."""
         start = time.perf_counter()
         self.sweeper.get()
-        # A persona refresh (once a second) is a query: not under the write lock, which
-        # every text of every worker waits for.
-        self.personas.fresh()
         command = twilio_keyword(msg.body, msg.opt_out_type) or parse(msg.body)
+        self._refresh_personas(command)
         with self.recording.one():
             decision = self._record(msg, command)
         if isinstance(decision, tuple):  # a retry of a MessageSid we already have
@@ -135,6 +133,18 @@ class SmsService:
         # (personal data) and the body never logged; no query, just what is already known.
         log.info("text from %s → %s in %d ms", mask_number(msg.phone), outcome, _ms(start))
         return Handled(answers, "" if answers else silence)
+
+    def _refresh_personas(self, command: Command) -> None:
+        """Re-read the personas once a second, and at once for #list or an unknown #keyword."""
+        # A refresh is a query: here, not under the write lock, which every text of every
+        # worker waits for. `persona add Cy` then `#cy` or `#list` must not get "No #cy" or
+        # a list without Cy for the rest of the cache's second (in each worker).
+        personas = self.personas
+        personas.fresh()
+        if command.action == "list" or (
+            command.action == "switch" and personas.by_keyword(command.keyword or "") is None
+        ):
+            personas.reload()
 
     def shutdown(self, timeout: float | None = None) -> int:
         """Stop the recovery sweep; let async replies finish (within `timeout` s if given).

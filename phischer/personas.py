@@ -24,6 +24,9 @@ KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 # What the OpenAI chat API accepts; a value outside would make every text to the persona fail.
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0
 MAX_TOKENS_MIN = 1
+# How long the webhook's persona cache is trusted: a change from the CLI (or a finished
+# fine-tune) reaches every worker within this, without a restart.
+PERSONA_TTL_S = 1.0
 
 
 class PersonaError(ValueError):
@@ -339,10 +342,13 @@ class PersonaDirectory:
     """Personas for the webhook, re-read at most once per `ttl_s` seconds.
 
     Personas change rarely (CLI, fine-tuning) while every text needs one; a short cache
-    saves a query per text, and a change made elsewhere is seen within `ttl_s`.
+    saves a query per text, and a change made elsewhere is seen within `ttl_s`. A persona
+    the cache does not know yet is looked up at once (`reload`, `for_contact`).
     """
 
-    def __init__(self, db: Database, preferred_default: str | None, ttl_s: float = 1.0) -> None:
+    def __init__(
+        self, db: Database, preferred_default: str | None, ttl_s: float = PERSONA_TTL_S
+    ) -> None:
         self.db = db
         self.preferred_default = preferred_default
         self.ttl_s = ttl_s
@@ -372,6 +378,11 @@ class PersonaDirectory:
         """Forget the cache (the next lookup reads the database)."""
         self._loaded_at = -1e18
 
+    def reload(self) -> None:
+        """Re-read the personas now: what a text asks for may have been added a moment ago."""
+        self.invalidate()
+        self.fresh()
+
     def all(self) -> list[PersonaView]:
         """Every persona, oldest first."""
         self.fresh()
@@ -385,4 +396,10 @@ class PersonaDirectory:
     def for_contact(self, persona_id: int | None) -> PersonaView | None:
         """The contact's chosen persona, else the default one."""
         self.fresh()
+        if persona_id is not None and persona_id not in self._by_id:
+            # Routed (`persona route`) or switched in another worker to a persona added
+            # after this cache was read: the row exists (a removal sets the id to NULL), so
+            # read again rather than answer from the default until the second is up. Under
+            # the webhook's write lock, but once per new persona and process.
+            self.reload()
         return self._by_id.get(persona_id) if persona_id in self._by_id else self._default
