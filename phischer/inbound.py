@@ -179,14 +179,17 @@ class SmsService:
                     return self._decide(cur, msg, command)
             except self.store.IntegrityError:
                 # Either this MessageSid is stored already (a Twilio retry: same replies,
-                # none while the first is still being answered), or another instance
-                # created the same contact first (then one more try succeeds).
+                # none while the first is still being answered), or one more try succeeds:
+                # another instance created the same contact first, or a persona still in
+                # this process's cache was removed (`persona remove` in another terminal),
+                # so the personas are read again for it.
                 with self.store.read() as cur:
                     stored = self.store.replies_to(cur, msg.sid)
                 if stored is not None:
                     return stored
                 if attempt == 2:
                     raise
+                self.personas.reload()
         raise AssertionError("unreachable")
 
     def _decide(self, cur: Any, msg: Inbound, command: Command) -> Decision:
@@ -451,6 +454,27 @@ class SmsService:
                 reply, error = None, "model reply has no characters an SMS can carry"
             kind, model = "fallback", persona.model_label
             text = sendable(self.settings.fallback_reply, limit) or DEFAULT_FALLBACK_REPLY
+        result, out = (reply, error, latency), (kind, text, model)
+        try:
+            return self._store_reply(decision, result, out, persona.id, via_rest)
+        except self.store.IntegrityError:
+            # The persona was removed while it answered (`persona remove` in another
+            # terminal): the reply still goes out, stored without a persona, as the removal
+            # leaves the replies it made before.
+            log.info("Persona %s was removed while it answered", persona.name)
+            return self._store_reply(decision, result, out, None, via_rest)
+
+    def _store_reply(
+        self,
+        decision: Decision,
+        result: Result,
+        out: tuple[str, str, str],
+        persona_id: int | None,
+        via_rest: bool,
+    ) -> Stored | None:
+        """`_store`'s transaction: the text's outcome and the reply `out` (kind, text, model)."""
+        reply, error, latency = result
+        kind, text, model = out
         now = utcnow()
         store = self.store
         with store.write() as cur:
@@ -484,7 +508,7 @@ class SmsService:
                 cur,
                 decision.inbound_id,
                 decision.contact_id,
-                persona.id,
+                persona_id,
                 kind,
                 text,
                 "send_failed" if unsent else "queued" if via_rest else "replied",

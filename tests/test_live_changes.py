@@ -9,11 +9,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
+from phischer.db import Database
+from phischer.models import Message
+from phischer.personas import PersonaSpec, add_persona, remove_persona
 from tests.conftest import run, write_dataset
+
+ADA_HI = "Splendid, thank you! Knitting a scarf for the cat."  # Ada to "hey how are you"
+BO_HI = "yo. tired. u?"
 
 
 @pytest.fixture
@@ -30,6 +38,13 @@ def add_cy(tmp_path: Path, *flags: str) -> None:
     cy = write_dataset(tmp_path / "cy.jsonl", [("hey how are you", "cy here, all good")])
     result = run("persona", "add", "Cy", "--keyword", "cy", "--dataset", str(cy), *flags)
     assert result.exit_code == 0, result.output
+
+
+def inbound(database: Database) -> list[Message]:
+    """Every stored text, oldest first."""
+    with database.read() as session:
+        query = sa.select(Message).where(Message.direction == "in").order_by(Message.id)
+        return list(session.scalars(query))
 
 
 def test_a_persona_added_while_serving_answers_its_keyword_at_once(workers, twilio_post, tmp_path):
@@ -50,6 +65,54 @@ def test_a_number_routed_to_a_new_persona_talks_to_it_on_its_next_text(
     for app in workers:
         r = twilio_post("hey how are you", "+15550111", target=app)
         assert r.replies == ["cy here, all good"]
+
+
+def test_removing_a_routed_persona_hands_its_numbers_to_the_default(workers, twilio_post, database):
+    numbers = ["+15550110", "+15550111"]  # one for each worker
+    for number in numbers:
+        assert run("persona", "route", number, "Bo").exit_code == 0
+        assert twilio_post("hey how are you", number, target=workers[0]).replies == [BO_HI]
+    assert run("persona", "remove", "Bo").exit_code == 0
+    for app, number in zip(workers, numbers, strict=True):  # both still hold Bo in their cache
+        r = twilio_post("hey how are you", number, target=app)
+        assert (r.status_code, r.replies) == (200, [ADA_HI])
+        assert twilio_post("#bo", number, target=app).replies == ["No #bo. Personas: #ada"]
+    assert {m.status for m in inbound(database)[-4:]} == {"replied"}
+
+
+def test_removing_the_default_persona_hands_its_numbers_to_the_next(workers, twilio_post, database):
+    assert run("persona", "remove", "Ada").exit_code == 0
+    for i, app in enumerate(workers):  # both still hold Ada as the default in their cache
+        r = twilio_post("hey how are you", f"+1555011{i}", target=app)
+        assert (r.status_code, r.replies) == (200, [BO_HI])
+        assert twilio_post("#who", f"+1555011{i}", target=app).replies == [
+            "You're texting Bo (#bo)."
+        ]
+    assert {m.status for m in inbound(database)[-4:]} == {"replied"}
+
+
+def test_a_persona_removed_while_it_answers_still_gets_its_reply_out(
+    make_app, database, twilio_post, fake_openai
+):
+    with database.write() as session:
+        add_persona(
+            session, PersonaSpec(name="Oz", keyword="oz", backend="openai", model="gpt-test")
+        )
+    app = make_app(openai_base_url=fake_openai.base_url)
+
+    def remove_then_answer(body: dict[str, Any]) -> str:
+        with database.write() as session:  # `persona remove Oz` while the model works
+            remove_persona(session, "Oz")
+        return "still here"
+
+    fake_openai.responder = remove_then_answer
+    r = twilio_post("hello", target=app)
+    assert (r.status_code, r.replies) == (200, ["still here"])
+    (text,) = inbound(database)
+    assert (text.status, text.error) == ("replied", None)  # not left for the recovery sweep
+    with database.read() as session:
+        reply = session.scalar(sa.select(Message).where(Message.direction == "out"))
+    assert (reply.body, reply.persona_id, reply.model) == ("still here", None, "gpt-test")
 
 
 def test_a_default_moved_while_serving_applies_within_a_second(workers, twilio_post, tmp_path):
