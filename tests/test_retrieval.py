@@ -754,6 +754,22 @@ def test_a_file_saved_by_rename_is_answered_from_while_it_is_missing(tmp_path):
     assert backend.index(persona(path)).answers == [a for _, a in BO_PAIRS]
 
 
+def test_a_copy_that_keeps_the_old_mtime_and_size_is_still_a_change(tmp_path):
+    import os
+
+    from tests.conftest import write_dataset
+
+    path = write_dataset(tmp_path / "a.jsonl", [("hey how are you", "splendid")])
+    backend = RetrievalBackend(recheck_s=0)
+    assert backend.index(persona(path)).answers == ["splendid"]
+    before = path.stat()
+    # `cp -p old.jsonl a.jsonl` (or rsync -a, a backup restored): same length, old mtime.
+    write_dataset(path, [("hey how are you", "fabulous")])
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert backend.index(persona(path)).answers == ["fabulous"]
+
+
 def test_texts_are_answered_from_the_old_index_while_a_new_one_builds(tmp_path):
     import threading
 

@@ -40,6 +40,9 @@ CANDIDATES = 10
 PARTITION_ABOVE = 500
 RECENT_REPLIES = 3
 RECHECK_S = 1.0  # how often a dataset file is checked for changes
+# What says a dataset file changed: (mtime_ns, ctime_ns, size). The ctime too, since copies
+# that keep the old mtime (`cp -p`, `rsync -a`, a backup restored) do not keep it.
+Stamp = tuple[int, int, int]
 
 # Scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): a run
 # of them is a phrase, not a word, so it is cut into overlapping pairs of characters (what
@@ -486,10 +489,10 @@ class RetrievalBackend:
     def __init__(self, recheck_s: float = RECHECK_S, sent_as: Callable[[str], str] = as_is) -> None:
         """`sent_as`: how a reply reads once stored and sent (see Index.sent_as)."""
         self._sent_as = sent_as
-        # dataset -> the (mtime_ns, size) it was built from and the index: the last good one.
-        self._indexes: dict[str, tuple[tuple[int, int], Index]] = {}
-        # dataset -> the (mtime_ns, size) that failed to build: not retried until it changes.
-        self._failed: dict[str, tuple[int, int] | None] = {}
+        # dataset -> the Stamp it was built from and the index: the last good one.
+        self._indexes: dict[str, tuple[Stamp, Index]] = {}
+        # dataset -> the Stamp that failed to build: not retried until it changes.
+        self._failed: dict[str, Stamp | None] = {}
         self._lock = threading.Lock()
         self._recheck_s = recheck_s
         self._checked: dict[str, tuple[float, Index]] = {}  # dataset -> (when, index)
@@ -523,7 +526,7 @@ class RetrievalBackend:
             if built is None:
                 raise BackendError(f"dataset {path} of persona {persona.name} is missing") from None
             return self._stale(name, None, built[1], f"dataset {path} is missing")
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         if built is not None and built[0] == stamp:
             self._failed.pop(name, None)  # back as it was (a save by rename undone)
             return built[1]
@@ -550,7 +553,7 @@ class RetrievalBackend:
         finally:
             self._lock.release()
 
-    def _stale(self, name: str, stamp: tuple[int, int] | None, index: Index, why: str) -> Index:
+    def _stale(self, name: str, stamp: Stamp | None, index: Index, why: str) -> Index:
         """The last good index, with one warning per version of the file that fails to load."""
         if name not in self._failed or self._failed[name] != stamp:
             log.warning("%s; answering from the copy loaded before until it is fixed", why)
