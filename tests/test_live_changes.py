@@ -1,7 +1,7 @@
 """Persona changes made from the CLI while the server runs reach every worker without a restart.
 
 Two apps on one SQLite file stand for two gunicorn workers (each has its own persona cache
-and retrieval indexes).
+and retrieval indexes); the last test runs the real server.
 """
 
 from __future__ import annotations
@@ -15,10 +15,24 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from phischer.backends.retrieval import RECHECK_S
 from phischer.db import Database
 from phischer.models import Message
-from phischer.personas import PersonaSpec, add_persona, remove_persona
-from tests.conftest import run, write_dataset
+from phischer.personas import (
+    PERSONA_TTL_S,
+    PersonaSpec,
+    add_persona,
+    remove_persona,
+    set_model,
+)
+from tests.conftest import (
+    post_signed,
+    run,
+    serving,
+    sms_params,
+    twiml_bodies,
+    write_dataset,
+)
 
 ADA_HI = "Splendid, thank you! Knitting a scarf for the cat."  # Ada to "hey how are you"
 BO_HI = "yo. tired. u?"
@@ -123,3 +137,43 @@ def test_a_default_moved_while_serving_applies_within_a_second(workers, twilio_p
     for i, app in enumerate(workers):
         r = twilio_post("hey how are you", f"+1555012{i}", target=app)
         assert r.replies == ["cy here, all good"]
+
+
+def test_changes_made_while_gunicorn_serves(settings, personas, database, tmp_path, fake_openai):
+    # The real server: two workers forked from a preloaded app, each with its own caches.
+    # Every text goes on a new connection, so both workers get some of them.
+    env = {"INSTANCE_PATH": str(settings.instance_path), "OPENAI_BASE_URL": fake_openai.base_url}
+    with serving(tmp_path, env) as base:
+
+        def text(body: str, number: str) -> list[str]:
+            r = post_signed(base + "/sms", settings.auth_token(), sms_params(body, number))
+            assert r.status_code == 200
+            return twiml_bodies(r.content)
+
+        numbers = [f"+155503{i:02d}" for i in range(8)]
+        for number in numbers:  # every worker has read the personas
+            assert text("#list", number) == ["Personas: #ada, #bo"]
+        add_cy(tmp_path)
+        for number in numbers:
+            assert text("#cy", number) == ["You're now texting Cy."]
+            assert text("#list", number) == ["Personas: #ada, #bo, #cy"]
+
+        # Chats imported again: `phischer import` writes a new file and renames it over.
+        write_dataset(tmp_path / "cy.new", [("hey how are you", "cy 2.0 here")]).rename(
+            tmp_path / "cy.jsonl"
+        )
+        time.sleep(RECHECK_S + 0.2)
+        for number in numbers:
+            assert text("hey how are you", number) == ["cy 2.0 here"]
+
+        with database.write() as session:  # what a fine-tune does once its model is ready
+            set_model(session, "Cy", "ft:cy")
+        time.sleep(PERSONA_TTL_S + 0.2)
+        for number in numbers:
+            assert text("hey how are you", number) == ["echo: hey how are you"]
+        assert {call["model"] for call in fake_openai.chat_calls} == {"ft:cy"}
+
+        assert run("persona", "remove", "Cy").exit_code == 0
+        for number in numbers:  # at once: no worker answers from a persona that is gone
+            assert text("hey how are you", number) == [ADA_HI]
+    assert {m.status for m in inbound(database)} == {"replied"}
