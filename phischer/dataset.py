@@ -30,7 +30,7 @@ import datetime as dt
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import compress, count, groupby, islice
 from operator import attrgetter, itemgetter, le, sub
@@ -41,7 +41,7 @@ from phischer.atomic import atomic_files
 from phischer.dataset_check import sidecar_path
 from phischer.importers.base import Conversation, ImportErrorMessage, Message
 from phischer.surrogates import replace_lone_surrogates
-from phischer.thread import join_texts, session_gap
+from phischer.thread import ends_session, join_texts
 
 # Why a thread with no text message left (all media, all service notices, …) is skipped.
 NO_TEXT = "no text"
@@ -249,20 +249,22 @@ def _turns(
     return turns, openers
 
 
-def _gap(gap_hours: float) -> dt.timedelta:
+def _ends_session(gap_hours: float) -> Callable[[dt.timedelta], bool]:
     # NaN fails the comparison too; a gap too big for a timedelta (inf, 1e300) never splits,
-    # the serving side's rule (session_gap), which unlike this option also allows 0.
+    # the serving side's rule (ends_session), which unlike this option also allows 0.
     if not gap_hours > 0:
         raise ImportErrorMessage(f"--gap-hours must be more than 0, got {gap_hours:g}")
-    return session_gap(gap_hours) or dt.timedelta.max
+    return ends_session(gap_hours)
 
 
-def _session_bounds(times: list[dt.datetime], gap: dt.timedelta) -> list[tuple[int, int]]:
-    # (start, end) of each session: a new one wherever times[i] - times[i - 1] > gap. Built
+def _session_bounds(
+    times: list[dt.datetime], ends: Callable[[dt.timedelta], bool]
+) -> list[tuple[int, int]]:
+    # (start, end) of each session: a new one wherever ends(times[i] - times[i - 1]). Built
     # from C-level maps, not a Python loop: this looks at every message of the export.
     if not times:
         return []
-    cuts = list(compress(count(1), map(gap.__lt__, map(sub, islice(times, 1, None), times))))
+    cuts = list(compress(count(1), map(ends, map(sub, islice(times, 1, None), times))))
     return list(zip([0, *cuts], [*cuts, len(times)], strict=True))
 
 
@@ -284,7 +286,7 @@ def build_examples(
         raise ImportErrorMessage(
             "--system is blank: give the prompt, or leave --system out for the default"
         )
-    gap = _gap(gap_hours)
+    ends = _ends_session(gap_hours)
     stats = stats if stats is not None else BuildStats()
     matcher = _MeMatcher(me)
     # The default prompt names the person as the export spells them ("Zoë Martín"), not as
@@ -315,7 +317,7 @@ def build_examples(
         if conv.one_session:
             bounds = [(0, len(msgs))] if msgs else []
         else:
-            bounds = _session_bounds(times, gap)
+            bounds = _session_bounds(times, ends)
         if not any(mine):
             stats.sessions += len(bounds)
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from phischer.commands import parse
 
@@ -38,15 +38,21 @@ def rows_needed(history_turns: int) -> int:
     return max(history_turns, 1) * 2 + 2
 
 
-def session_gap(gap_hours: float) -> dt.timedelta | None:
-    """The silence that ends a session, or None for "never split" (0, NaN, or too big)."""
-    # The dataset builder uses it too (dataset._gap), after refusing 0 for --gap-hours.
+def session_gap(gap_hours: float) -> dt.timedelta:
+    """The longest silence a session holds (timedelta.max: never split, for 0, NaN or too big)."""
     if not gap_hours > 0:
-        return None
+        return dt.timedelta.max
     try:
         return dt.timedelta(hours=gap_hours)
     except OverflowError:  # inf, 1e300: longer than any timedelta, so no silence is that long
-        return None
+        return dt.timedelta.max
+
+
+def ends_session(gap_hours: float) -> Callable[[dt.timedelta], bool]:
+    """Whether a silence starts a new session: longer than the gap (exactly the gap does not)."""
+    # The one rule for the serving thread and the dataset builder (DESIGN §7), which refuses
+    # 0 for --gap-hours first. A bound method, so the builder can map it in C over every gap.
+    return session_gap(gap_hours).__lt__
 
 
 def build_thread(
@@ -64,11 +70,11 @@ def build_thread(
     are merged (join_texts); at most `history_turns` turns are kept, and the first one is
     a user turn.
     """
-    gap = session_gap(gap_hours)
+    ends = ends_session(gap_hours)
     kept: list[tuple[str, str]] = []
     newer: dt.datetime | None = None
     for direction, body, created_at in rows:
-        if newer is not None and gap is not None and newer - created_at > gap:
+        if newer is not None and ends(newer - created_at):
             break
         newer = created_at
         text = chat_text(body) if direction == "in" else body
