@@ -8,6 +8,8 @@ real clock) never finds these texts idle.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +17,8 @@ import sqlalchemy as sa
 from phischer.dataset import build_examples
 from phischer.importers.base import Conversation
 from phischer.importers.base import Message as ChatMessage
-from phischer.models import Message, utcnow
+from phischer.inbound import LIMIT_TEXT
+from phischer.models import Contact, Message, utcnow
 from phischer.personas import set_model
 from phischer.thread import build_thread
 
@@ -94,3 +97,49 @@ def test_session_gap_boundary_through_the_webhook(
             ("assistant", "echo: old news"),
             ("user", "new day"),
         ]
+
+
+# -- DAILY_LIMIT: the count starts again at midnight UTC ----------------------------------
+
+
+def test_daily_limit_starts_again_at_utc_midnight(make_app, personas, twilio_post, clock):
+    app = make_app(daily_limit=1)
+    midnight = dt.datetime.combine(clock.at.date() + dt.timedelta(days=1), dt.time())
+    answered = []
+    for at in (midnight - SECOND, midnight - TICK, midnight, midnight + SECOND):
+        clock.at = at
+        answered.append(twilio_post("good night", target=app).replies != [LIMIT_TEXT])
+    assert answered == [True, False, True, False]
+    assert [m.status for m in stored(app) if m.direction == "in"] == [
+        "replied", "limited", "replied", "limited"
+    ]  # fmt: skip
+
+
+# -- the server's time zone -----------------------------------------------------------------
+
+
+@pytest.fixture(params=["America/New_York", "Asia/Kolkata"])
+def server_tz(request):
+    """The process's local time zone set to another one (daylight saving included)."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    assert time.localtime().tm_gmtoff != 0
+    yield request.param
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+def test_the_server_time_zone_changes_nothing(make_app, personas, twilio_post, server_tz):
+    # The real clock: stored times and the daily limit's day are UTC, whatever TZ says.
+    app = make_app(daily_limit=1)
+    start = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    twilio_post("good night", target=app)
+    end = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert all(start <= m.created_at <= end for m in stored(app))
+    with app.extensions["phischer"].db.read() as session:
+        contact = session.scalar(sa.select(Contact))
+    assert contact.reply_day in (start.date(), end.date())
