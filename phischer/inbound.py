@@ -30,7 +30,7 @@ from phischer.recovery import (
     retry_send,
 )
 from phischer.replies import RestSender, SendError, sendable
-from phischer.store import ContactRow, Store
+from phischer.store import ContactRow, Store, stamp
 from phischer.thread import SPOKEN, build_thread, rows_needed
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Decision:
     replies: list[Answer] = field(default_factory=list)
     persona: PersonaView | None = None
     reset_at: Any = None
+    at: dt.datetime | None = None  # when the text was stored: its reply is stored after it
     # Who may store the outcome: the process that stored the text (None: while the row's
     # updated_at is still NULL), or a recovery sweep that claimed it at this time.
     claimed_at: Any = None
@@ -195,11 +196,14 @@ class SmsService:
     def _decide(self, cur: Any, msg: Inbound, command: Command) -> Decision:
         # Runs under the database's write lock, which every text of every worker waits
         # for: only the statements and the decision that needs the contact row go here.
-        now = utcnow()
+        clock = utcnow()
         store = self.store
-        before = store.contact(cur, msg.phone, now)
+        before = store.contact(cur, msg.phone, clock)
         contact = dataclasses.replace(before)
-        kind, status, text, persona = self._classify(msg, command, contact, now)
+        now = stamp(clock, before.latest_at)
+        # The day by the clock, not by `now`: a number whose messages a clock once set far
+        # ahead stamped would otherwise keep that day's count until the clock got there.
+        kind, status, text, persona = self._classify(msg, command, contact, now, clock.date())
         inbound_id = store.insert_message(
             cur,
             contact_id=contact.id,
@@ -212,7 +216,7 @@ class SmsService:
             status=status,
             created_at=now,
         )
-        decision = Decision(inbound_id=inbound_id, contact_id=contact.id)
+        decision = Decision(inbound_id=inbound_id, contact_id=contact.id, at=now)
         decision.outcome = _outcome(kind, status, command, persona)
         decision.silence = _silence(kind, status, command)
         if status == "processing":
@@ -228,7 +232,7 @@ class SmsService:
         return decision
 
     def _classify(
-        self, msg: Inbound, command: Command, contact: ContactRow, now: Any
+        self, msg: Inbound, command: Command, contact: ContactRow, now: Any, today: dt.date
     ) -> tuple[str, str, str, PersonaView | None]:
         """Decide (kind, status, reply text, persona) for a text; may change `contact`.
 
@@ -270,7 +274,6 @@ class SmsService:
         if persona is None:
             return "fallback", "failed", NO_PERSONA_TEXT, None
 
-        today = now.date()
         if contact.reply_day != today:
             contact.reply_day, contact.replies_today = today, 0
         limit = self.settings.daily_limit
@@ -475,7 +478,7 @@ class SmsService:
         """`_store`'s transaction: the text's outcome and the reply `out` (kind, text, model)."""
         reply, error, latency = result
         kind, text, model = out
-        now = utcnow()
+        now = stamp(utcnow(), decision.at)
         store = self.store
         with store.write() as cur:
             # Checked in the transaction that stores the reply, so a STOP (or a newer text)

@@ -150,6 +150,7 @@ def _answer_late(service: SmsService, row: PendingRow, claimed_at: dt.datetime) 
         contact_id=row.contact_id,
         persona=persona,
         reset_at=reset_at,
+        at=row.created_at,
         claimed_at=claimed_at,
     )
     service.answer_late(row.phone, decision)

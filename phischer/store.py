@@ -24,6 +24,17 @@ from phischer.per_process import PerProcess
 # Statuses of rows the recovery sweep picks up once idle: a text whose reply was being made,
 # a reply stored before its REST send, and one whose send Twilio could not take.
 PENDING = "('processing', 'queued', 'send_retry')"
+# The finest step a stored timestamp keeps (SQLite's text and PostgreSQL's timestamp alike).
+TICK = dt.timedelta(microseconds=1)
+
+
+def stamp(now: dt.datetime, latest: dt.datetime | None) -> dt.datetime:
+    """The time to store a number's next message at: `now`, or just after its latest message."""
+    # Threads are read newest first by created_at, so a clock set back (an NTP step, a VM
+    # resumed) must not stamp a text before the ones already stored: it would leave the
+    # thread out of order, or the new text behind a #reset made "later". One tick after
+    # also orders two messages stored within the same clock tick.
+    return now if latest is None or now > latest else latest + TICK
 
 
 @dataclass
@@ -54,9 +65,11 @@ class ContactRow:
     thread_reset_at: dt.datetime | None
     reply_day: dt.date | None
     replies_today: int
+    # Not a column: when this number's latest message was stored (see `stamp`).
+    latest_at: dt.datetime | None = None
 
 
-CONTACT_COLUMNS = [f.name for f in fields(ContactRow)]
+CONTACT_COLUMNS = [f.name for f in fields(ContactRow) if f.name != "latest_at"]
 MESSAGE_COLUMNS = (
     "contact_id", "persona_id", "direction", "kind", "body", "message_sid", "reply_to_id",
     "status", "error", "model", "latency_ms", "prompt_tokens", "completion_tokens", "num_media",
@@ -89,8 +102,12 @@ class Store:
         # short). Otherwise concurrent texts from one number overshoot DAILY_LIMIT.
         # SQLite: the write lock already serialises writers, and it has no FOR UPDATE.
         self._for_update = "" if self.sqlite else " FOR UPDATE"
+        # The latest message's time in the same statement: one more seek in
+        # ix_messages_contact_created, no extra round trip under the write lock.
         self._select_contact = self.sql(
-            f"SELECT {', '.join(CONTACT_COLUMNS)} FROM contacts WHERE phone = ?{self._for_update}"
+            f"SELECT {', '.join(CONTACT_COLUMNS)}, (SELECT max(created_at) FROM messages "
+            "WHERE contact_id = contacts.id) "
+            f"FROM contacts WHERE phone = ?{self._for_update}"
         )
 
     # -- connections and transactions --------------------------------------------------------
@@ -172,7 +189,7 @@ class Store:
     # -- statements ------------------------------------------------------------------------
 
     def contact(self, cur: Any, phone: str, now: dt.datetime) -> ContactRow:
-        """This number's contact row, created on first contact."""
+        """This number's contact row (and its latest message's time), created on first contact."""
         cur.execute(self._select_contact, (phone,))
         row = cur.fetchone()
         if row is None:
@@ -185,7 +202,7 @@ class Store:
                 (phone, persona_id, False, self.ts(now)),
             )
             return ContactRow(cur.fetchone()[0], persona_id, False, None, None, None, 0)
-        cid, persona_id, opted_out, opted_out_at, reset_at, reply_day, replies = row
+        cid, persona_id, opted_out, opted_out_at, reset_at, reply_day, replies, latest = row
         return ContactRow(
             cid,
             persona_id,
@@ -194,6 +211,7 @@ class Store:
             self.parse_ts(reset_at),
             self.parse_day(reply_day),
             replies,
+            self.parse_ts(latest),
         )
 
     def _routed_persona(self, cur: Any, phone: str) -> int | None:

@@ -21,6 +21,7 @@ from phischer.inbound import LIMIT_TEXT
 from phischer.models import Contact, Message, utcnow
 from phischer.personas import set_model
 from phischer.thread import build_thread
+from tests.fake_openai import echo
 
 SECOND = dt.timedelta(seconds=1)
 HOUR = dt.timedelta(hours=1)
@@ -143,3 +144,96 @@ def test_the_server_time_zone_changes_nothing(make_app, personas, twilio_post, s
     with app.extensions["phischer"].db.read() as session:
         contact = session.scalar(sa.select(Contact))
     assert contact.reply_day in (start.date(), end.date())
+
+
+# -- the clock set back (NTP) between two texts -------------------------------------------
+
+
+def test_a_clock_set_back_keeps_the_thread_in_order(llm_app, fake_openai, twilio_post, clock):
+    app = llm_app()
+    twilio_post("first", target=app)
+    clock.at -= dt.timedelta(minutes=1)
+    assert twilio_post("second", target=app).replies == ["echo: second"]
+    assert thread(fake_openai) == [
+        ("user", "first"),
+        ("assistant", "echo: first"),
+        ("user", "second"),
+    ]
+    # Stored in the order they happened, so every later thread is in order too.
+    times = [m.created_at for m in stored(app)]
+    assert times == sorted(times) and len(set(times)) == len(times)
+
+
+def test_a_clock_set_back_while_the_model_answers_keeps_the_reply_after_its_text(
+    llm_app, fake_openai, twilio_post, clock
+):
+    app = llm_app()
+
+    def set_back_then_echo(body):
+        clock.at -= dt.timedelta(minutes=1)
+        return echo(body)
+
+    fake_openai.responder = set_back_then_echo
+    twilio_post("first", target=app)
+    twilio_post("second", target=app)
+    assert thread(fake_openai) == [
+        ("user", "first"),
+        ("assistant", "echo: first"),
+        ("user", "second"),
+    ]
+
+
+def test_a_clock_set_back_after_reset_keeps_the_new_text(llm_app, fake_openai, twilio_post, clock):
+    app = llm_app()
+    twilio_post("the password is swordfish", target=app)
+    clock.at += SECOND
+    twilio_post("#reset", target=app)
+    clock.at -= dt.timedelta(hours=1)
+    assert twilio_post("what was it?", target=app).replies == ["echo: what was it?"]
+    assert thread(fake_openai) == [("user", "what was it?")]
+
+
+def test_a_reset_in_the_same_clock_tick_as_the_text_before_it_still_forgets_it(
+    llm_app, fake_openai, twilio_post, clock
+):
+    # The clock does not move between these texts (a coarse clock, or a very fast texter).
+    app = llm_app()
+    twilio_post("the password is swordfish", target=app)
+    twilio_post("#reset", target=app)
+    twilio_post("what was it?", target=app)
+    assert thread(fake_openai) == [("user", "what was it?")]
+
+
+def test_a_twilio_retry_after_a_later_text_changes_nothing(
+    llm_app, fake_openai, twilio_post, clock
+):
+    app = llm_app()
+    twilio_post("first", sid="SM" + "1" * 32, target=app)
+    clock.at += SECOND
+    twilio_post("second", sid="SM" + "2" * 32, target=app)
+    clock.at += SECOND
+    rows = len(stored(app))
+    # Twilio's retry of the first text, late: the same reply, nothing stored again.
+    assert twilio_post("first", sid="SM" + "1" * 32, target=app).replies == ["echo: first"]
+    assert len(stored(app)) == rows
+    twilio_post("third", target=app)
+    assert thread(fake_openai) == [
+        ("user", "first"),
+        ("assistant", "echo: first"),
+        ("user", "second"),
+        ("assistant", "echo: second"),
+        ("user", "third"),
+    ]
+
+
+def test_a_clock_once_a_year_ahead_does_not_hold_the_daily_count(
+    make_app, personas, twilio_post, clock
+):
+    # The clock was wrong, then set right: the number's messages stay in order (stamped
+    # after the one from "next year"), but its count is by the clock's day.
+    app = make_app(daily_limit=1)
+    today = clock.at
+    clock.at = today + dt.timedelta(days=365)
+    assert twilio_post("good night", target=app).replies != [LIMIT_TEXT]
+    clock.at = today
+    assert twilio_post("good night", target=app).replies != [LIMIT_TEXT]
