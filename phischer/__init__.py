@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from phischer import redact
 from phischer.config import ConfigError, Settings
+
+# Here, not in create_app or the CLI: every process that runs phischer code imports this
+# package first (gunicorn's workers, the CLI, a test), so no log record escapes it.
+redact.install()
 
 if TYPE_CHECKING:  # Flask is imported by create_app, not by every CLI command
     from flask import Flask, Response

@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from dotenv import find_dotenv, load_dotenv
+
+from phischer.redact import add_secret
 
 log = logging.getLogger(__name__)
 
@@ -185,22 +187,13 @@ def public_base_url(raw: str, source: str = "PUBLIC_URL") -> str:
     return url
 
 
-def mask_number(number: str | None) -> str:
-    """Phone numbers are personal data: logs above debug show only the last two digits."""
-    if not number:
-        return "<none>"
-    return "…" + number[-2:] if len(number) > 2 else "…"
-
-
-# A phone number inside free text (Twilio quotes it in some errors: "The 'To' number
-# +15553330001 is not a valid phone number"); not a run of digits inside a SID or a word,
-# and not a five-digit error code.
-_NUMBER_IN_TEXT = re.compile(r"(?<![\w+])\+?\d{6,}(?!\w)")
-
-
-def mask_numbers_in(text: str) -> str:
-    """`text` with every phone number in it masked as `mask_number` does, for a log line."""
-    return _NUMBER_IN_TEXT.sub(lambda m: mask_number(m.group()), text)
+def database_password(url: str) -> str | None:
+    """The password in a database URL, decoded (None without one)."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # not a URL: DATABASE_URL's own check says so
+        return None
+    return unquote(password) if password else None
 
 
 def load_env_file() -> None:
@@ -286,6 +279,10 @@ class Settings:
             object.__setattr__(
                 self, "database_url", f"sqlite:///{(self.instance_path / 'phischer.db').resolve()}"
             )
+        # Whatever these are handed to may quote them back in an error: logs never show them.
+        add_secret(self.twilio_auth_token, "TWILIO_AUTH_TOKEN")
+        add_secret(self.openai_api_key, "OPENAI_API_KEY")
+        add_secret(database_password(self.database_url), "DATABASE_URL password")
         if self.reply_mode not in REPLY_MODES:
             raise ConfigError(
                 f"REPLY_MODE={self.reply_mode!r}: use one of {', '.join(REPLY_MODES)}"

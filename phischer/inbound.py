@@ -15,7 +15,7 @@ from phischer import no_reply
 from phischer.backends import Backends
 from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
-from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number, mask_number
+from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number
 from phischer.daemon_pool import DaemonPool
 from phischer.db import Database
 from phischer.in_flight import InFlight
@@ -29,6 +29,7 @@ from phischer.recovery import (
     SUPERSEDED,
     retry_send,
 )
+from phischer.redact import mask_number
 from phischer.replies import RestSender, SendError, sendable
 from phischer.store import ContactRow, Store, stamp
 from phischer.thread import SPOKEN, build_thread, rows_needed

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import requests
 from twilio.twiml.messaging_response import MessagingResponse
 
-from phischer.config import Settings, mask_number, mask_numbers_in
+from phischer.config import Settings
+from phischer.redact import mask_number
 from phischer.surrogates import replace_lone_surrogates
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,7 @@ class RestSender:
                 )
                 return str(message.sid)
             except Exception as exc:  # TwilioRestException, requests' errors, config errors
-                log.warning(
-                    "REST send to %s failed: %s", mask_number(to), mask_numbers_in(_short(exc))
-                )
+                log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
                 transient = _transient(exc)
                 if delay is None or not transient:
                     raise SendError(_short(exc), transient) from None

@@ -35,8 +35,9 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
 from phischer.atomic import atomic_files
-from phischer.config import ConfigError, Settings, mask_number, public_base_url
+from phischer.config import ConfigError, Settings, public_base_url
 from phischer.ports import PortBusyError, bare_host, http_url, listen
+from phischer.redact import add_secret, mask_number, redact
 from phischer.twilio_client import make_twilio_client
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ def open_ngrok(port: int) -> Tunnel:
     from yaml import YAMLError  # pyngrok's own dependency, for ngrok.yml
 
     token = os.environ.get("NGROK_AUTHTOKEN") or None
+    add_secret(token, "NGROK_AUTHTOKEN")  # the agent's log lines quote a refused one
     # An installed binary beats pyngrok's first-use download (which fails offline). pyngrok
     # would hand a token to the agent as `--authtoken TOKEN`, which every local user can read
     # in `ps`; so NGROK_AUTHTOKEN reaches the agent through a private config file instead
@@ -221,9 +223,9 @@ def open_ngrok(port: int) -> Tunnel:
         text = str(getattr(exc, "ngrok_error", None) or exc)
         if not isinstance(exc, (PyngrokError, OSError)):  # its message alone may not say what
             text = f"{type(exc).__name__}: {text}"
-        if token:  # ngrok quotes a rejected token back ("Your authtoken: …")
-            text = text.replace(token, "<NGROK_AUTHTOKEN>")
-        raise TunnelError(ngrok_failure(text)) from None
+        # ngrok quotes a rejected token back ("Your authtoken: …"), the one in its own
+        # config included.
+        raise TunnelError(ngrok_failure(redact(text, numbers=False))) from None
     finally:
         if not ready:  # failed, or interrupted (Ctrl-C) while the agent started
             # An agent that started but could not open the tunnel would outlive us.

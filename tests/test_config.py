@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from phischer.cli import log_level
-from phischer.config import ConfigError, Settings, from_number, mask_number, sender_number
+from phischer.config import ConfigError, Settings, from_number, sender_number
+from phischer.redact import mask_number
 
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN_VARS = {

@@ -140,6 +140,21 @@ def test_webhook_on_postgres(pg_app, twilio_post):
     assert contact.thread_reset_at is not None
 
 
+def test_a_database_error_quoting_the_row_logs_no_whole_number(pg_app, pg_url, twilio_post, caplog):
+    """PostgreSQL's DETAIL quotes the row it refused, number and all, into the traceback."""
+    number = "+15553330001"
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:  # a constraint only this number fails: a real refusal
+        conn.exec_driver_sql(f"ALTER TABLE contacts ADD CHECK (phone <> '{number}')")
+    engine.dispose()
+    with caplog.at_level("INFO"):
+        response = twilio_post("hi", from_=number, target=pg_app)
+    assert response.replies == ["Sorry, I can't answer right now. Try again in a bit."]
+    (detail,) = [line for line in caplog.text.splitlines() if line.startswith("DETAIL:")]
+    assert detail.startswith("DETAIL:  Failing row contains (") and ", …01, null, f," in detail
+    assert number not in caplog.text
+
+
 def test_delivery_reports_on_postgres(pg_app, twilio_post):
     from tests.test_delivery import callback, rows
 

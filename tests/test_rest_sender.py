@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from phischer.config import mask_numbers_in
+from phischer.redact import mask_numbers_in
 from phischer.replies import RestSender, SendError
 from tests.conftest import free_port
 

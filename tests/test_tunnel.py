@@ -1153,6 +1153,24 @@ def test_open_ngrok_failure_leaves_no_agent_and_no_token(
     assert not Path(seen["config"]["path"]).parent.exists()
 
 
+def test_a_refused_token_the_agent_quotes_in_its_log_is_not_shown(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pyngrok logs the agent's error lines at ERROR, past the CLI's WARNING for pyngrok."""
+    fake_agent(fail="auth")
+    token = "2bRealLooking_Token0123456789abcdef"  # ngrok tokens: letters, digits, _
+    monkeypatch.setenv("NGROK_AUTHTOKEN", token)
+
+    with caplog.at_level("INFO"), pytest.raises(tunnel.TunnelError) as info:
+        tunnel.open_ngrok(5003)
+
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "Your authtoken: <NGROK_AUTHTOKEN> ERR_NGROK_105" in line
+    assert token not in caplog.text and token not in str(info.value)
+
+
 def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

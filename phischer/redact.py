@@ -1,0 +1,117 @@
+"""What logs and error lines must not show: secrets never, phone numbers only masked.
+
+phischer passes other programs' words along: an SDK's exception (Twilio quotes the 'To'
+number, an OpenAI-compatible server may quote the key it refused), the ngrok agent's log
+lines (which quote a refused authtoken), a database's error (PostgreSQL's DETAIL quotes the
+row, numbers included). `redact` cleans such text, and `install` puts every log record
+through it, traceback included, whichever logger (ours, gunicorn's, pyngrok's) made it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from urllib.parse import quote
+
+# Shorter values are not worth hiding (and would mangle unrelated text): real tokens and
+# keys are 32 characters or more, a database password rarely under 8.
+MIN_SECRET_CHARS = 8
+
+# Secrets phischer hands to a third party, each with its variable's name, longest first so
+# a secret inside another is not half replaced. Replaced whole, never extended in place:
+# a log line reads it while another thread adds a secret.
+_secrets: tuple[tuple[str, str], ...] = ()
+_lock = threading.Lock()
+_installed = False
+
+# A phone number inside free text (Twilio quotes it: "The 'To' number +15553330001 is not a
+# valid phone number"; a URL carries it %2B-encoded); not a run of digits inside a SID or a
+# word, nor a fraction (a timestamp's microseconds), nor a five-digit error code.
+_NUMBER_IN_TEXT = re.compile(r"(?<![\w+%.])(?:\+|%2[Bb])?\d{6,}(?!\w)")
+
+# Secrets phischer never held but text can still carry, by their shape. None matches a
+# "<NAME>" a known secret was already replaced with.
+_SECRET_SHAPES = (
+    # A password in a URL (DATABASE_URL, a proxy): scheme://user:password@host.
+    (re.compile(r"(\w://[^\s/:@]*:)(?!<)[^\s/]+@"), r"\1***@"),
+    # An Authorization header a server or an SDK's debug output echoes.
+    (re.compile(r"\bBearer [\w.~+/=-]{8,}"), "Bearer ***"),
+    # ngrok quotes a refused token ("Your authtoken: …"); ngrok.yml holds "authtoken: …".
+    (re.compile(r"(?i)(authtoken[\"']?\s*[:=]\s*[\"']?)(?!<)[^\s\"',]+"), r"\1***"),
+    # An OpenAI-style key from somewhere else than phischer's settings.
+    (re.compile(r"\bsk-[\w-]{8,}"), "sk-***"),
+)
+
+
+def mask_number(number: str | None) -> str:
+    """Phone numbers are personal data: logs above debug show only the last two digits."""
+    if not number:
+        return "<none>"
+    return "…" + number[-2:] if len(number) > 2 else "…"
+
+
+def mask_numbers_in(text: str) -> str:
+    """`text` with every phone number in it masked as `mask_number` does."""
+    return _NUMBER_IN_TEXT.sub(lambda m: mask_number(m.group()), text)
+
+
+def add_secret(value: str | None, name: str) -> None:
+    """Never show `value` (the secret in variable `name`): `redact` writes <name> instead."""
+    global _secrets
+    if not value or len(value) < MIN_SECRET_CHARS:
+        return
+    # As it was given, and as a URL or a JSON string (ngrok's log lines) would quote it.
+    forms = {value, quote(value, safe=""), json.dumps(value)[1:-1]}
+    with _lock:
+        known = dict(_secrets)
+        for form in forms:
+            known.setdefault(form, name)
+        _secrets = tuple(sorted(known.items(), key=lambda item: -len(item[0])))
+
+
+def redact(text: str, *, numbers: bool = True) -> str:
+    """`text` without secrets (known ones named, others by shape); phone numbers masked too."""
+    for value, name in _secrets:
+        if value in text:
+            text = text.replace(value, f"<{name}>")
+    for shape, replacement in _SECRET_SHAPES:
+        text = shape.sub(replacement, text)
+    return mask_numbers_in(text) if numbers else text
+
+
+def install() -> None:
+    """Put every log record made from now on through `redact` (numbers kept at DEBUG)."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        make = logging.getLogRecordFactory()
+
+        def redacted_record(*args: object, **kwargs: object) -> logging.LogRecord:
+            record = make(*args, **kwargs)
+            redact_record(record)
+            return record
+
+        # A record factory, not a Filter: a filter on a logger misses its children's records
+        # and one on a handler misses other handlers (gunicorn's error log, pytest's).
+        logging.setLogRecordFactory(redacted_record)
+        _installed = True
+
+
+def redact_record(record: logging.LogRecord) -> None:
+    """Redact a record's message and traceback in place (-v's DEBUG lines keep numbers)."""
+    numbers = record.levelno > logging.DEBUG
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: logging reports it when the record is emitted
+        return
+    clean = redact(message, numbers=numbers)
+    if clean != message:
+        record.msg, record.args = clean, ()
+    if record.exc_info and record.exc_info[1] is not None:
+        # A traceback shows no local variables, but it does show the exception's text.
+        # Formatted now, as a handler would, so every handler prints this redacted copy.
+        trace = logging.Formatter().formatException(record.exc_info)
+        record.exc_text = redact(trace, numbers=numbers)

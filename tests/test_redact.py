@@ -1,0 +1,83 @@
+"""Logs and error lines show no secret and, above DEBUG, no whole phone number."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from phischer.config import Settings
+from phischer.redact import add_secret, redact
+
+log = logging.getLogger("phischer.test_redact")
+
+NUMBER = "+15553330001"
+TOKEN = "b7e3c0ffee0123456789abcdef012345"
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        # A number as Twilio quotes it, and %2B-encoded in a URL's query (a requests error).
+        (f"The 'To' number {NUMBER} is not valid", "The 'To' number …01 is not valid"),
+        (
+            "url: /IncomingPhoneNumbers.json?PhoneNumber=%2B15553330001 (Caused by",
+            "url: /IncomingPhoneNumbers.json?PhoneNumber=…01 (Caused by",
+        ),  # fmt: skip
+        ("Key (phone)=(+15553330001) already exists.", "Key (phone)=(…01) already exists."),
+        # Secrets phischer never held, by their shape.
+        ("postgresql://bob:hunter22@db.example.com/x", "postgresql://bob:***@db.example.com/x"),
+        ("Your authtoken: 2abcDEF_ghiJKL123", "Your authtoken: ***"),
+        ("Authorization: Bearer abcdefgh12345678", "Authorization: Bearer ***"),
+        ("Incorrect API key provided: sk-proj-abcdefgh1234", "Incorrect API key provided: sk-***"),
+        # What is neither stays.
+        ("Twilio error 21211 for SM0123456789abcdef", "Twilio error 21211 for SM0123456789abcdef"),
+        ("basic authentication failed", "basic authentication failed"),
+        ("at 2026-11-30 08:03:09.123481", "at 2026-11-30 08:03:09.123481"),
+    ],
+)
+def test_redact(text: str, clean: str) -> None:
+    assert redact(text) == clean
+
+
+def test_a_secret_phischer_holds_is_named_wherever_and_however_it_is_quoted() -> None:
+    Settings(twilio_auth_token=TOKEN, database_url="postgresql://bob:p%40ss%2Fw0rd@h/db")
+    assert redact(f"token {TOKEN}!") == "token <TWILIO_AUTH_TOKEN>!"
+    assert redact("password 'p@ss/w0rd' and p%40ss%2Fw0rd") == (
+        "password '<DATABASE_URL password>' and <DATABASE_URL password>"
+    )
+    add_secret('ab"cd efgh', "NGROK_AUTHTOKEN")  # as a logfmt line quotes it
+    assert redact('err="token ab\\"cd efgh"') == 'err="token <NGROK_AUTHTOKEN>"'
+    add_secret("short", "X")  # too short to tell from ordinary words
+    assert redact("a short one") == "a short one"
+
+
+def test_numbers_stay_when_asked_secrets_never() -> None:
+    add_secret(TOKEN, "TWILIO_AUTH_TOKEN")
+    assert redact(f"{NUMBER} {TOKEN}", numbers=False) == f"{NUMBER} <TWILIO_AUTH_TOKEN>"
+
+
+def test_every_log_record_is_redacted_traceback_included(caplog: pytest.LogCaptureFixture) -> None:
+    add_secret(TOKEN, "TWILIO_AUTH_TOKEN")
+    with caplog.at_level(logging.DEBUG):
+        try:
+            raise RuntimeError(f"refused {NUMBER} with key {TOKEN}")
+        except RuntimeError:
+            log.exception("Recovery sweep failed for %s", NUMBER)
+            log.debug("debug keeps %s but not %s", NUMBER, TOKEN)
+    error, debug = caplog.records
+    assert error.getMessage() == "Recovery sweep failed for …01"
+    assert "RuntimeError: refused …01 with key <TWILIO_AUTH_TOKEN>" in caplog.text
+    assert debug.getMessage() == f"debug keeps {NUMBER} but not <TWILIO_AUTH_TOKEN>"
+    # Only the -v DEBUG line shows the number whole.
+    assert caplog.text.count(NUMBER) == 1
+
+
+def test_a_third_party_logger_is_redacted_too(caplog: pytest.LogCaptureFixture) -> None:
+    """gunicorn's error log (a request that raised) and pyngrok's agent lines are not ours."""
+    with caplog.at_level(logging.INFO):
+        try:
+            raise ValueError(f"Failing row contains (1, {NUMBER}, f)")
+        except ValueError:
+            logging.getLogger("gunicorn.error").exception("Error handling request /sms")
+    assert NUMBER not in caplog.text and "Failing row contains (1, …01, f)" in caplog.text
