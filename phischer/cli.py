@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from phischer.config import ConfigError, Settings
+from phischer.redact import redact
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only by commands that use the database
     from sqlalchemy.orm import Session
@@ -136,11 +137,18 @@ class LazyGroup(click.Group):
         # So is text typed in another encoding, which fails wherever it is first encoded
         # (the database, an HTTP form, a file).
         try:
-            return super().invoke(ctx)
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
-        except UnicodeEncodeError as exc:
-            raise click.ClickException(not_utf8(exc)) from None
+            try:
+                return super().invoke(ctx)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+            except UnicodeEncodeError as exc:
+                raise click.ClickException(not_utf8(exc)) from None
+        except click.ClickException as exc:
+            # Every `Error: …` line passes here, with what an SDK or server said inside it
+            # (a 401 that quotes the key it refused). Numbers stay: at the terminal they
+            # are the user's own, typed or configured.
+            exc.message = redact(exc.message, numbers=False)
+            raise
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,8 +14,9 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 - POST /v1/fine_tuning/jobs/{id}/cancel
 
 and records every request in `requests`. `fail()` answers the next matching requests with an
-OpenAI-style error; with `valid_key` set, any other API key gets a 401; `restart()` forgets
-every file and job, as a server without storage that was restarted.
+OpenAI-style error; with `valid_key` set, any other API key gets a 401 (quoting it with
+`echo_key`); `restart()` forgets every file and job, as a server without storage that was
+restarted.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.valid_key: str | None = None  # None: any key is accepted
+        # A 401 quotes the key it got, as some OpenAI-compatible servers (and OpenAI once) do.
+        self.echo_key = False
         # Chat: how the next completions are answered.
         self.behaviour = "ok"
         self.status_code = 500
@@ -231,7 +234,9 @@ class FakeOpenAI:
         with self._lock:
             self.requests.append(rec)
             if self.valid_key is not None and rec.auth != f"Bearer {self.valid_key}":
-                return 401, error_body("Incorrect API key provided", code="invalid_api_key"), {}
+                given = (rec.auth or "").removeprefix("Bearer ") if self.echo_key else ""
+                message = f"Incorrect API key provided: {given}".rstrip(": ")
+                return 401, error_body(message, code="invalid_api_key"), {}
             for i, (method, prefix, status, err) in enumerate(self.errors):
                 if method == rec.method and rec.path.startswith(prefix):
                     del self.errors[i]

@@ -1016,6 +1016,20 @@ def test_list_api_error_is_one_line_after_the_stored_jobs(
     ]
 
 
+def test_a_key_the_server_quotes_back_is_not_printed(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "sk-proj-wrongKey0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    fake_ft.echo_key = True
+    result = start(train)
+    assert error_lines(result) == [
+        "Error: OpenAI rejected the API key while uploading train.jsonl (401: Incorrect API "
+        "key provided: <OPENAI_API_KEY>): check OPENAI_API_KEY in .env"
+    ]
+    assert key not in result.output
+
+
 def test_list_without_key_shows_only_stored_jobs(
     fake_ft: FakeOpenAI, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

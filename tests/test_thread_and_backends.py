@@ -200,6 +200,26 @@ def test_persona_api_key_env(llm_app, fake_openai, database, twilio_post, monkey
     assert fake_openai.requests[-1].auth == "Bearer sk-ada"
 
 
+def test_a_key_the_model_server_quotes_back_is_neither_logged_nor_stored(
+    llm_app, fake_openai, database, twilio_post, monkeypatch, caplog
+):
+    from phischer.models import Persona
+
+    key = "sk-ada-0123456789abcdefghij"
+    with database.write() as session:
+        session.scalar(sa.select(Persona).where(Persona.name == "Ada")).api_key_env = "ADA_KEY"
+    monkeypatch.setenv("ADA_KEY", key)
+    fake_openai.valid_key, fake_openai.echo_key = "the-server-wants-another", True
+    app = llm_app()
+    with caplog.at_level("INFO"):
+        twilio_post("hi", target=app)
+    assert fake_openai.requests[-1].auth == f"Bearer {key}"  # it was sent, and quoted back
+    assert "Persona Ada failed to answer: model server error 401: Incorrect API key " \
+        "provided: <ADA_KEY>" in caplog.messages  # fmt: skip
+    assert stored(app)[0].error == "model server error 401: Incorrect API key provided: <ADA_KEY>"
+    assert key not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("behaviour", "status", "error_part"),
     [

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import openai
 
 from phischer.backends.base import BackendError, PersonaView, Reply
+from phischer.redact import add_secret, redact
 
 OPENAI_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, llama.cpp, vLLM without --api-key) accept any key, but the SDK
@@ -67,6 +68,7 @@ class OpenAIBackend:
                 raise BackendError(
                     f"{persona.api_key_env} is not set (persona {persona.name} reads its key there)"
                 )
+            add_secret(key, persona.api_key_env)
             return base_url, key
         # OPENAI_API_KEY goes only to OpenAI and to OPENAI_BASE_URL's server: a persona on
         # another server (a local vLLM, a friend's, another provider) would otherwise hand
@@ -196,14 +198,18 @@ def _adapt(kwargs: dict[str, object], param: str) -> None:
 
 
 def _describe(exc: openai.OpenAIError) -> BackendError:
-    """The one-line error recorded on the message for a failed call."""
+    """The one-line error recorded on the message for a failed call (secrets redacted)."""
+    return BackendError(redact(_said(exc)))
+
+
+def _said(exc: openai.OpenAIError) -> str:
     if isinstance(exc, openai.APIConnectionError):
-        return BackendError(f"cannot reach the model server: {exc}")
+        return f"cannot reach the model server: {exc}"
     if isinstance(exc, openai.RateLimitError):
-        return BackendError(f"rate limited (429): {_detail(exc)}")
+        return f"rate limited (429): {_detail(exc)}"
     if isinstance(exc, openai.APIStatusError):
-        return BackendError(f"model server error {exc.status_code}: {_detail(exc)}")
-    return BackendError(f"model call failed: {exc}")
+        return f"model server error {exc.status_code}: {_detail(exc)}"
+    return f"model call failed: {exc}"
 
 
 def _retry_wait(exc: openai.OpenAIError, attempt: int) -> float | None:
