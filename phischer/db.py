@@ -35,12 +35,18 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 def make_engine(url: str) -> sa.Engine:
-    """Create an engine; for SQLite, create the folder and set the pragmas on every connection."""
+    """Create an engine; for SQLite, create the folder and set the pragmas on every connection.
+
+    hide_parameters: SQLAlchemy appends a failed statement's parameters to its error, and
+    they hold phone numbers and message bodies that a log or a traceback must not show.
+    """
     url = normalize_database_url(url)
     path = _sqlite_path(url)
     if path is not None:
         ensure_folder(path.parent, "the SQLite database")
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False}, hide_parameters=True
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -52,7 +58,7 @@ def make_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 class WriteLock:

@@ -293,6 +293,22 @@ def test_persona_commands(tmp_path):
     assert "No personas yet" in run("persona", "list").output
 
 
+def test_a_failed_statement_does_not_print_its_parameters(personas, settings):
+    """SQLAlchemy appends a failed statement's parameters (numbers, bodies) to its error."""
+    import sqlite3
+    import traceback
+
+    path = settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:  # the database refuses the row: a real failure
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON contacts BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    with pytest.raises(sa.exc.IntegrityError) as raised:
+        run("persona", "route", "+15553330001", "bo")
+    printed = "".join(traceback.format_exception_only(raised.value))  # a traceback's last lines
+    assert "INSERT INTO contacts" in printed and "5553330001" not in printed
+
+
 def test_text_typed_in_another_encoding_is_one_clear_line(tmp_path):
     # A Latin-1 terminal sends "é" as the byte 0xE9, which Python passes on as "\udce9".
     dataset = tmp_path / "d.jsonl"
