@@ -18,18 +18,25 @@ from urllib.parse import quote
 # Shorter values are not worth hiding (and would mangle unrelated text): real tokens and
 # keys are 32 characters or more, a database password rarely under 8.
 MIN_SECRET_CHARS = 8
+# A secret shorter than this is hidden only where it stands alone, not inside a longer run
+# of letters and digits: a development password "postgres" must not turn every
+# "postgresql://" into "<DATABASE_URL password>ql://". Longer ones are hidden anywhere.
+WORD_SECRET_CHARS = 16
 
 # Secrets phischer hands to a third party, each with its variable's name, longest first so
 # a secret inside another is not half replaced. Replaced whole, never extended in place:
 # a log line reads it while another thread adds a secret.
 _secrets: tuple[tuple[str, str], ...] = ()
+_secret_re: re.Pattern[str] | None = None  # every form of every secret, longest first
 _lock = threading.Lock()
 _installed = False
 
 # A phone number inside free text (Twilio quotes it: "The 'To' number +15553330001 is not a
 # valid phone number"; a URL carries it %2B-encoded); not a run of digits inside a SID or a
-# word, nor a fraction (a timestamp's microseconds), nor a five-digit error code.
-_NUMBER_IN_TEXT = re.compile(r"(?<![\w+%.])(?:\+|%2[Bb])?\d{6,}(?!\w)")
+# word, nor a fraction (a timestamp's microseconds), nor a five-digit error code. Without
+# its + a number has 10 digits or more: shorter runs are our own ids and counts ("Reply
+# 1234567 not sent"), which every log line now passes through.
+_NUMBER_IN_TEXT = re.compile(r"(?<![\w+%.])(?:(?:\+|%2[Bb])\d{6,}|\d{10,})(?!\w)")
 
 # Secrets phischer never held but text can still carry, by their shape. None matches a
 # "<NAME>" a known secret was already replaced with.
@@ -59,7 +66,7 @@ def mask_numbers_in(text: str) -> str:
 
 def add_secret(value: str | None, name: str) -> None:
     """Never show `value` (the secret in variable `name`): `redact` writes <name> instead."""
-    global _secrets
+    global _secrets, _secret_re
     if not value or len(value) < MIN_SECRET_CHARS:
         return
     # As it was given, and as a URL or a JSON string (ngrok's log lines) would quote it.
@@ -69,13 +76,22 @@ def add_secret(value: str | None, name: str) -> None:
         for form in forms:
             known.setdefault(form, name)
         _secrets = tuple(sorted(known.items(), key=lambda item: -len(item[0])))
+        _secret_re = re.compile("|".join(_secret_pattern(form) for form, _ in _secrets))
+
+
+def _secret_pattern(form: str) -> str:
+    """A regex for one form of a secret: anywhere, or alone if it is short (see above)."""
+    if len(form) >= WORD_SECRET_CHARS:
+        return re.escape(form)
+    return rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])"
 
 
 def redact(text: str, *, numbers: bool = True) -> str:
     """`text` without secrets (known ones named, others by shape); phone numbers masked too."""
-    for value, name in _secrets:
-        if value in text:
-            text = text.replace(value, f"<{name}>")
+    secrets, pattern = _secrets, _secret_re  # one consistent pair (see _secrets)
+    if pattern is not None:
+        names = dict(secrets)
+        text = pattern.sub(lambda m: f"<{names[m.group()]}>", text)
     for shape, replacement in _SECRET_SHAPES:
         text = shape.sub(replacement, text)
     return mask_numbers_in(text) if numbers else text

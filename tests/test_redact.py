@@ -81,3 +81,15 @@ def test_a_third_party_logger_is_redacted_too(caplog: pytest.LogCaptureFixture) 
         except ValueError:
             logging.getLogger("gunicorn.error").exception("Error handling request /sms")
     assert NUMBER not in caplog.text and "Failing row contains (1, …01, f)" in caplog.text
+
+
+def test_a_short_secret_is_hidden_only_where_it_stands_alone() -> None:
+    # A development DATABASE_URL's password "postgres" must not mangle the word it is in.
+    Settings(database_url="postgresql://postgres:postgres@127.0.0.1/db")
+    assert redact("could not reach postgresql://host") == "could not reach postgresql://host"
+    assert redact("password 'postgres' refused") == "password '<DATABASE_URL password>' refused"
+
+
+def test_our_own_ids_are_not_taken_for_numbers() -> None:
+    assert redact("Reply 1234567 not sent") == "Reply 1234567 not sent"
+    assert redact("call 5553330001 back") == "call …01 back"
