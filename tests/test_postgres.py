@@ -13,11 +13,15 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
+from requests import Response
 from werkzeug.serving import make_server
 
 from phischer import create_app
@@ -25,6 +29,7 @@ from phischer.migrate import upgrade
 from phischer.models import Contact, Message
 from tests.conftest import post_signed, sms_params, twiml_bodies, write_dataset
 
+T = TypeVar("T")
 BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
 
@@ -66,7 +71,12 @@ def make_pg_app(pg_url, settings, tmp_path):
     """A fresh schema on the PostgreSQL server and an app on it; keywords override settings."""
     apps = []
 
-    def factory(**overrides):
+    def factory(*, fresh: bool = True, **overrides):
+        # fresh=False: one more instance on the database as it is (multi-instance tests).
+        if not fresh:
+            app = create_app(settings.with_overrides(database_url=pg_url, **overrides))
+            apps.append(app)
+            return app
         engine = sa.create_engine(pg_url)
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
@@ -167,25 +177,36 @@ def test_delivery_reports_on_postgres(pg_app, twilio_post):
     ]
 
 
+@contextmanager
+def served(*apps) -> Iterator[list[str]]:
+    """Each app behind its own threaded WSGI server, as instances behind a load balancer."""
+    servers = [make_server("127.0.0.1", 0, app, threaded=True) for app in apps]
+    threads = [
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        for server in servers
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield [f"http://127.0.0.1:{server.server_port}/sms" for server in servers]
+    finally:
+        for server, thread in zip(servers, threads, strict=True):
+            server.shutdown()
+            thread.join()
+
+
+def post_to_instances(apps, texts: list[tuple[int, dict]], workers: int) -> list[Response]:
+    """POST signed (instance index, form) texts at once, each to its instance; the responses."""
+    token = apps[0].extensions["phischer"].settings.auth_token()
+    with served(*apps) as urls, ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda text: post_signed(urls[text[0]], token, text[1]), texts))
+
+
 def post_concurrently(app, texts: list[tuple[str, str]], workers: int) -> list[list[str]]:
     """POST signed (body, From) texts at once through a threaded WSGI server; their replies."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}/sms"
-    token = app.extensions["phischer"].settings.auth_token()
-    try:
-
-        def send(text: tuple[str, str]) -> list[str]:
-            r = post_signed(url, token, sms_params(*text))
-            assert r.status_code == 200
-            return twiml_bodies(r.content)
-
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(send, texts))
-    finally:
-        server.shutdown()
-        thread.join()
+    responses = post_to_instances([app], [(0, sms_params(*text)) for text in texts], workers)
+    assert all(r.status_code == 200 for r in responses)
+    return [twiml_bodies(r.content) for r in responses]
 
 
 def test_concurrent_texts_on_postgres(pg_app):
@@ -259,3 +280,155 @@ def test_a_reply_twilio_could_not_take_is_retried_on_postgres(
         "later",
         "later",
     ]
+
+
+# -- several instances on one database (DESIGN §3) ------------------------------------------
+# Each `make_pg_app(fresh=False)` is another instance: its own engine, connections, persona
+# cache and recovery sweep, sharing only the database, as separate processes would.
+
+
+def instances(make_pg_app, count: int = 2, **overrides) -> list:
+    """`count` instances of phischer on one fresh database."""
+    first = make_pg_app(**overrides)
+    return [first] + [make_pg_app(fresh=False, **overrides) for _ in range(count - 1)]
+
+
+def on_model(app, base_url: str, name: str = "Ada") -> None:
+    """Point a persona at an OpenAI-compatible server (the loopback fake)."""
+    from phischer.personas import set_model
+
+    with app.extensions["phischer"].db.write() as session:
+        set_model(session, name, "m", base_url=base_url)
+
+
+def inbound_rows(app) -> list[Message]:
+    with app.extensions["phischer"].db.read() as session:
+        query = sa.select(Message).where(Message.direction == "in").order_by(Message.id)
+        return list(session.scalars(query))
+
+
+def at_once(fn: Callable[..., T], calls: list[tuple]) -> list[T]:
+    """fn(*args) for each args in `calls`, each in its own thread, all started together."""
+    start = threading.Barrier(len(calls), timeout=10)
+
+    def run(args: tuple) -> T:
+        start.wait()
+        return fn(*args)
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def post_twice_at_once(apps, params: dict) -> list[Response]:
+    """POST the same signed text to the first two instances at the same moment."""
+    token = apps[0].extensions["phischer"].settings.auth_token()
+    with served(*apps[:2]) as urls:
+        return at_once(post_signed, [(url, token, params) for url in urls])
+
+
+def test_a_retry_landing_on_another_instance_is_stored_and_answered_once(make_pg_app, fake_openai):
+    # Twilio's retry of a MessageSid reaches the other instance while the first is still
+    # at the model: for new numbers (both instances create the contact) and a known one.
+    apps = instances(make_pg_app)
+    on_model(apps[0], fake_openai.base_url)
+    fake_openai.behaviour, fake_openai.delay = "slow", 0.3
+    texts = [sms_params(f"hello {i}", f"+1555060{i:02d}", f"SMtwice{i}") for i in range(4)]
+    texts.append(sms_params("hello again", texts[0]["From"], "SMtwice-known"))
+    for text in texts:
+        responses = post_twice_at_once(apps, text)
+        assert [r.status_code for r in responses] == [200, 200]
+        assert [r.headers["Content-Type"].split(";")[0] for r in responses] == ["text/xml"] * 2
+        # One copy is answered; the other gets nothing while the first is at the model.
+        replies = sorted((twiml_bodies(r.content) for r in responses), key=len)
+        assert replies == [[], [f"echo: {text['Body']}"]]
+    assert len(fake_openai.chat_calls) == len(texts)
+    assert [m.message_sid for m in inbound_rows(apps[1])] == [t["MessageSid"] for t in texts]
+    # A later retry on either instance gets the stored reply, without the model.
+    again = post_to_instances(apps, [(1, texts[0]), (0, texts[1])], workers=2)
+    assert [twiml_bodies(r.content) for r in again] == [["echo: hello 0"], ["echo: hello 1"]]
+    assert len(fake_openai.chat_calls) == len(texts)
+
+
+def sweep_at_once(apps) -> list:
+    """Each instance's recovery sweep, all started at the same moment; their results."""
+    from phischer.recovery import sweep
+
+    return at_once(sweep, [(app.extensions["phischer"].sms,) for app in apps])
+
+
+def test_sweeps_of_two_instances_answer_and_send_each_left_text_once(
+    make_pg_app, fake_twilio, twilio_rest, fake_openai
+):
+    import datetime as dt
+
+    from tests.test_recovery import backdate, interrupted, queued_reply
+
+    apps = instances(make_pg_app, **twilio_rest)
+    on_model(apps[0], fake_openai.base_url)
+    fake_openai.behaviour, fake_openai.delay = "slow", 0.02  # a model call takes a moment
+    left = [
+        interrupted(apps[0], f"text {i}", f"SMleft{i}", dt.timedelta(minutes=5), f"+1555070{i:02d}")
+        for i in range(12)
+    ]  # fmt: skip
+    for i in range(12):
+        out_id, _ = queued_reply(apps[1], f"SMqueued{i}", phone=f"+1555071{i:02d}")
+        backdate(apps[1], out_id, dt.timedelta(minutes=5))
+    results = sweep_at_once(apps)
+    assert sum(r.answered for r in results) == 12 and sum(r.resent for r in results) == 12
+    assert sum(r.failed + r.retrying for r in results) == 0
+    sends = sorted(
+        (c.form["To"], c.form["Body"]) for c in fake_twilio.calls("POST", "/Messages.json")
+    )
+    assert sends == sorted(
+        [(f"+1555070{i:02d}", f"echo: text {i}") for i in range(12)]
+        + [(f"+1555071{i:02d}", "hello") for i in range(12)]
+    )
+    assert len(fake_openai.chat_calls) == 12
+    assert [m.status for m in inbound_rows(apps[0]) if m.id in left] == ["replied"] * 12
+    assert [r.answered + r.resent for r in sweep_at_once(apps)] == [0, 0]
+
+
+def test_daily_limit_and_stop_hold_across_instances(make_pg_app, fake_openai, twilio_post):
+    apps = instances(make_pg_app, daily_limit=5)
+    on_model(apps[0], fake_openai.base_url)
+    # Explicit MessageSids: twilio_post numbers its own from another counter.
+    jobs = [(i % 2, sms_params(f"hey {i}", "+15550800", f"SMlimit{i}")) for i in range(20)]
+    replies = [twiml_bodies(r.content) for r in post_to_instances(apps, jobs, workers=8)]
+    assert sorted(map(len, replies)) == [0] * 14 + [1] * 6
+    assert sum(r == ["That's all I can answer today. Talk tomorrow!"] for r in replies) == 1
+    assert len(fake_openai.chat_calls) == 5
+    # STOP on one instance; the other answers nothing more, and asks no model.
+    post = lambda app, body: twilio_post(body, "+15550801", target=app).replies  # noqa: E731
+    assert post(apps[1], "hi") == ["echo: hi"]
+    assert post(apps[0], "STOP") == []
+    assert post(apps[1], "still there?") == []
+    assert len(fake_openai.chat_calls) == 6
+    assert post(apps[1], "START")[0].startswith("You're back in")
+    assert post(apps[0], "back") == ["echo: back"]
+
+
+def test_persona_switch_and_reset_are_seen_by_the_other_instance_at_once(
+    make_pg_app, fake_openai, twilio_post, tmp_path
+):
+    from phischer.personas import PersonaSpec, add_persona
+    from tests.conftest import BO_PAIRS
+
+    apps = instances(make_pg_app)
+    on_model(apps[0], fake_openai.base_url)
+    with apps[0].extensions["phischer"].db.write() as session:
+        bo = str(write_dataset(tmp_path / "bo.jsonl", BO_PAIRS, system="You are Bo."))
+        add_persona(session, PersonaSpec(name="Bo", keyword="bo", dataset=bo))
+    a, b = (lambda body, app=app: twilio_post(body, target=app).replies for app in apps)
+    user_turns = lambda: [m["content"] for m in fake_openai.chat_calls[-1]["messages"][1:]]  # noqa: E731
+    assert a("hello") == ["echo: hello"]
+    assert b("how are you") == ["echo: how are you"]
+    assert user_turns() == ["hello", "echo: hello", "how are you"]
+    assert a("#reset") == ["Fresh start: I've forgotten this conversation."]
+    assert b("after the reset") == ["echo: after the reset"]
+    assert user_turns() == ["after the reset"]  # the reset made on the other instance holds
+    assert b("#bo") == ["You're now texting Bo."]
+    assert a("hey how are you") == ["yo. tired. u?"]  # Bo, chosen on the other instance
+    assert a("#ada") == ["Ada here!"]
+    assert b("#who") == ["You're texting Ada (#ada)."]
+    assert b("and now?") == ["echo: and now?"]
+    assert user_turns() == ["after the reset", "echo: after the reset", "and now?"]
