@@ -363,9 +363,15 @@ class Store:
         return row[1], row[2], [(body, rid) for body, rid in cur.fetchall()]
 
     def delivery_of(self, cur: Any, message_id: int) -> tuple[str | None] | None:
-        """(delivery,) of an outbound message, or None when there is no such reply."""
+        """(delivery,) of an outbound message, or None (PostgreSQL: locked until commit)."""
+        # Callbacks for one reply can reach two workers or instances at once ("undelivered"
+        # and a late "sent"); unlocked, both read the old status and the later commit won,
+        # so "sent" could erase the failure. Locked, the second reads what the first wrote.
         cur.execute(
-            self.sql("SELECT delivery FROM messages WHERE id = ? AND direction = 'out'"),
+            self.sql(
+                "SELECT delivery FROM messages WHERE id = ? AND direction = 'out'"
+                + self._for_update
+            ),
             (message_id,),
         )
         return cur.fetchone()

@@ -432,3 +432,20 @@ def test_persona_switch_and_reset_are_seen_by_the_other_instance_at_once(
     assert b("#who") == ["You're texting Ada (#ada)."]
     assert b("and now?") == ["echo: and now?"]
     assert user_turns() == ["after the reset", "echo: after the reset", "and now?"]
+
+
+def test_status_callbacks_racing_on_two_instances_keep_the_latest_status(make_pg_app, twilio_post):
+    # Twilio's callbacks for one reply come in any order and can reach two instances at
+    # once: a late "sent" must never replace "undelivered" (nor erase why it failed).
+    from tests.test_delivery import callback, rows
+
+    apps = instances(make_pg_app)
+    for i in range(30):
+        twilio_post("good night", f"+1555090{i:02d}", sid=f"SMcallback{i}", target=apps[0])
+    for reply in [m.id for m in rows(apps[0]) if m.direction == "out"]:
+        calls = [(apps[0], reply, "undelivered", "30003"), (apps[1], reply, "sent", "")]
+        assert [r.status_code for r in at_once(callback, calls)] == [200, 200]
+    error = "Twilio 30003 (undelivered): the phone is off or out of reach"
+    assert [(m.delivery, m.error) for m in rows(apps[1]) if m.direction == "out"] == [
+        ("undelivered", error)
+    ] * 30
