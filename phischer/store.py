@@ -10,7 +10,9 @@ storage formats SQLAlchemy itself uses, so the ORM reads them back unchanged.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
+import select
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +22,8 @@ from typing import Any
 from phischer.config import from_number
 from phischer.db import Database
 from phischer.per_process import PerProcess
+
+log = logging.getLogger(__name__)
 
 # Statuses of rows the recovery sweep picks up once idle: a text whose reply was being made,
 # a reply stored before its REST send, and one whose send Twilio could not take.
@@ -117,6 +121,13 @@ class Store:
         if getattr(local, "pid", None) != os.getpid():  # never reuse a parent's connection
             local.conn = self._new_conn()
             local.pid = os.getpid()
+        elif not self.sqlite and _lost(local.conn):
+            # PostgreSQL restarted or failed over, or a proxy closed the idle connection.
+            # Kept out of the pool, nothing else would replace it: every text on this
+            # thread would get the fallback, unstored, until the server was restarted.
+            log.warning("Lost a database connection; opening a new one")
+            _close_quietly(local.conn)
+            local.conn = self._new_conn()
         return local.conn
 
     def _new_conn(self) -> Any:
@@ -142,7 +153,7 @@ class Store:
                 yield cur
                 conn.commit()
             except BaseException:
-                conn.rollback()
+                self._rollback(conn)
                 raise
             finally:
                 cur.close()
@@ -156,6 +167,12 @@ class Store:
             yield cur
         finally:
             cur.close()
+            self._rollback(conn)
+
+    def _rollback(self, conn: Any) -> None:
+        # A connection the server dropped mid-statement is closed: rolling it back would
+        # raise again and hide why the statement failed (the next use replaces it).
+        if self.sqlite or not getattr(conn, "closed", False):
             conn.rollback()
 
     # -- value formats (what SQLAlchemy stores for DateTime/Date on each backend) --------------
@@ -483,3 +500,22 @@ class Store:
         """The highest message id so far (0 for none)."""
         cur.execute("SELECT max(id) FROM messages")
         return cur.fetchone()[0] or 0
+
+
+def _lost(conn: Any) -> bool:
+    """Whether a kept-open PostgreSQL connection is closed, or its server hung up meanwhile."""
+    if getattr(conn, "closed", False):  # a statement on it already failed
+        return True
+    # Between transactions the server sends nothing unasked, except when it ends the session
+    # (restart, failover, an idle timeout: a FATAL notice, then EOF). One poll, no round trip.
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _close_quietly(conn: Any) -> None:
+    """Close a connection that may already be broken."""
+    try:
+        conn.close()
+    except Exception:  # already broken: nothing left to release
+        log.debug("Closing a lost database connection failed", exc_info=True)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -449,3 +450,74 @@ def test_status_callbacks_racing_on_two_instances_keep_the_latest_status(make_pg
     assert [(m.delivery, m.error) for m in rows(apps[1]) if m.direction == "out"] == [
         ("undelivered", error)
     ] * 30
+
+
+def until(done: Callable[[], object], timeout_s: float = 10.0) -> None:
+    """Wait until done() is true (fail after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still waiting after {timeout_s:g} s")
+        time.sleep(0.01)
+
+
+def drop_connections(pg_url: str) -> None:
+    """End every other session on the database, as a PostgreSQL restart or failover does."""
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) {others}")
+        # pg_terminate_backend only signals them: wait until they are gone.
+        until(lambda: not conn.exec_driver_sql(f"SELECT count(*) {others}").scalar())
+    engine.dispose()
+
+
+def test_an_instance_goes_on_after_the_database_dropped_its_connections(
+    make_pg_app, twilio_post, pg_url, fake_twilio, twilio_rest
+):
+    from phischer.recovery import sweep
+    from tests.test_delivery import callback, rows
+
+    app = make_pg_app(**twilio_rest)
+    answer = ["Sleep well, dear. Dream of engines."]
+    assert twilio_post("good night", sid="SMbefore", target=app).replies == answer
+    drop_connections(pg_url)
+    # Each text stored and answered, not the fallback for every text until a restart.
+    for sid, phone in (("SMafter1", "+15550901"), ("SMafter2", "+15550902")):
+        assert twilio_post("good night", phone, sid=sid, target=app).replies == answer
+    assert callback(app, rows(app)[-1].id, "delivered").status_code == 200
+    drop_connections(pg_url)
+    assert sweep(app.extensions["phischer"].sms).answered == 0  # the sweep's reads too
+    assert [m.message_sid for m in rows(app) if m.direction == "in"] == [
+        "SMbefore", "SMafter1", "SMafter2"
+    ]  # fmt: skip
+    assert rows(app)[-1].delivery == "delivered"
+
+
+def test_a_connection_dropped_mid_text_costs_that_text_only(
+    make_pg_app, twilio_post, pg_url, caplog
+):
+    app = make_pg_app()
+    assert twilio_post("good night", "+15550910", target=app).status_code == 200
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as locker, ThreadPoolExecutor(1) as pool:
+        # The text waits on the contact's row lock; then its session ends under it.
+        locker.exec_driver_sql("SELECT 1 FROM contacts FOR UPDATE")
+        waiting = pool.submit(twilio_post, "hello", "+15550910", target=app)
+        until(
+            lambda: locker.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).scalar()
+        )
+        assert waiting.result(timeout=10).replies == [
+            "Sorry, I can't answer right now. Try again in a bit."
+        ]
+    engine.dispose()
+    # The log says why (not "connection already closed" from rolling back a dead one) ...
+    assert "server closed the connection" in caplog.text
+    assert "already closed" not in caplog.text
+    # ... and the next text on that thread has a connection again.
+    assert twilio_post("hey how are you", "+15550911", target=app).replies == [
+        "Splendid, thank you! Knitting a scarf for the cat."
+    ]
