@@ -521,3 +521,44 @@ def test_a_connection_dropped_mid_text_costs_that_text_only(
     assert twilio_post("hey how are you", "+15550911", target=app).replies == [
         "Splendid, thank you! Knitting a scarf for the cat."
     ]
+
+
+def test_two_servers_sweep_and_take_a_retry_as_one(
+    make_pg_app, pg_url, fake_openai, fake_twilio, twilio_rest, settings, tmp_path
+):
+    # The same as above with real processes: two `phischer serve` (two gunicorn workers
+    # each), all four sweeping for left texts as they start.
+    import datetime as dt
+    from contextlib import ExitStack
+
+    from tests.conftest import serving
+    from tests.test_recovery import backdate, interrupted, queued_reply
+
+    app = make_pg_app(**twilio_rest)
+    on_model(app, fake_openai.base_url)
+    fake_openai.behaviour, fake_openai.delay = "slow", 0.3  # sweeps last while others start
+    for i in range(8):
+        interrupted(app, f"text {i}", f"SMleft{i}", dt.timedelta(minutes=5), f"+1555070{i:02d}")
+        out_id, _ = queued_reply(app, f"SMqueued{i}", phone=f"+1555071{i:02d}")
+        backdate(app, out_id, dt.timedelta(minutes=5))
+    app.extensions["phischer"].sms.shutdown()
+    env = {"DATABASE_URL": pg_url, "INSTANCE_PATH": str(settings.instance_path)}
+    env.update({name.upper(): value for name, value in twilio_rest.items()})
+    sends = lambda: fake_twilio.calls("POST", "/Messages.json")  # noqa: E731
+    with ExitStack() as stack:
+        bases = [stack.enter_context(serving(tmp_path, env)) for _ in range(2)]
+        until(lambda: len(sends()) >= 16, timeout_s=30)
+        token = twilio_rest["twilio_auth_token"]
+        text = sms_params("one more", "+15550700", "SMtwice-servers")
+        responses = at_once(post_signed, [(f"{base}/sms", token, text) for base in bases])
+        time.sleep(1)  # room for a second sweep's duplicate sends, were there any
+    assert sorted((c.form["To"], c.form["Body"]) for c in sends()) == sorted(
+        [(f"+1555070{i:02d}", f"echo: text {i}") for i in range(8)]
+        + [(f"+1555071{i:02d}", "hello") for i in range(8)]
+    )
+    assert [r.status_code for r in responses] == [200, 200]
+    assert sorted((twiml_bodies(r.content) for r in responses), key=len) == [
+        [], ["echo: one more"]
+    ]  # fmt: skip
+    assert len(fake_openai.chat_calls) == 8 + 1
+    assert [m.message_sid for m in inbound_rows(app)].count("SMtwice-servers") == 1
