@@ -32,6 +32,13 @@ def normalize_database_url(raw: str) -> str:
             "DATABASE_URL is not a database URL: use e.g. sqlite:///instance/phischer.db "
             "or postgresql://user:password@host/dbname"
         ) from None
+    if url.host and "@" in url.host:
+        # A password with a bare @ ends at the first one: the rest would be taken for the
+        # host, and error messages (which hide only the password) would show it.
+        raise ConfigError(
+            "DATABASE_URL has an @ in its password or user name: write it as %40 "
+            "(postgresql://user:p%40ss@host/dbname)"
+        )
     if url.drivername == "postgresql":
         for driver, module in PG_DRIVERS:
             if importlib.util.find_spec(module) is not None:
