@@ -536,6 +536,52 @@ def test_direct_messages_are_conversations_with_the_people_in_them(tmp_path: Pat
     assert group.dropped == {"system": 1}
 
 
+def test_a_photo_sent_in_a_dm_is_media_and_its_caption_is_kept(tmp_path: Path) -> None:
+    # The archive writes a DM's photo, video or GIF as a t.co link in the text whose `urls`
+    # entry expands to the DM media page (twitter.com/messages/media/<id>, x.com in newer
+    # archives), with the file itself in mediaUrls: a caption is the sender's words, the
+    # link is not.
+    data = _dm_archive(tmp_path, tweets=False)
+    media = [
+        _dm(
+            3002,
+            "4242",
+            "mine came out flat https://t.co/Pc1",
+            "2023-05-04T10:01:00.000Z",
+            mediaUrls=["https://ton.twitter.com/dm/3002/1/a.jpg"],
+            urls=[
+                {
+                    "url": "https://t.co/Pc1",
+                    "expanded": "https://twitter.com/messages/media/3002",
+                    "display": "pic.twitter.com/Pc1",
+                }
+            ],
+        ),
+        _dm(
+            3001,
+            "55",
+            " https://t.co/Pc2",
+            "2023-05-04T10:00:00.000Z",
+            mediaUrls=["https://video.twimg.com/dm_video/3001/vid/a.mp4"],
+            urls=[
+                {
+                    "url": "https://t.co/Pc2",
+                    "expanded": "https://x.com/messages/media/3001",
+                    "display": "pic.x.com/Pc2",
+                }
+            ],
+        ),
+    ]
+    chats = json.loads((data / "direct-messages.js").read_text().split("= ", 1)[1])
+    chats[0]["dmConversation"]["messages"][:0] = media
+    (data / "direct-messages.js").write_text(
+        "window.YTD.direct_messages.part0 = " + json.dumps(chats)
+    )
+    chat = _convs(tmp_path)[0]
+    assert [(m.sender, m.text) for m in chat.messages][-1] == (ZOE, "mine came out flat")
+    assert chat.dropped == {"media": 2}  # pic1 (no urls entry) and 55's video
+
+
 def test_direct_messages_make_ordinary_chat_examples(tmp_path: Path) -> None:
     _dm_archive(tmp_path)
     examples = [

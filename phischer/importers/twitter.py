@@ -72,6 +72,10 @@ _STATUS_URL = re.compile(
     r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/(?:\w+|i/web)/status(?:es)?/\d+\S*"
 )
 _URL = re.compile(r"https?://\S+|www\.\S+")
+# A photo, video or GIF sent in a DM is a t.co link in the message's text whose `urls` entry
+# expands to the DM media page, twitter.com/messages/media/<id> (x.com in newer archives):
+# the attachment itself, not a link anyone typed.
+_DM_MEDIA_URL = re.compile(r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/messages/media/\d+")
 _HASHTAG = re.compile(r"(?<![\w&])#(\w+)")
 _MENTION = re.compile(r"(?<!\w)@(\w{1,50})")
 _WORD = re.compile(r"[^\W_](?:[\w'’-]*[^\W_])?")
@@ -585,21 +589,24 @@ def _dm_conversation(
         if create is None:  # a group's joins, leaves and renames
             conv.drop("system")
             continue
-        links = create.get("urls") or []
+        links = [u for u in create.get("urls") or [] if isinstance(u, dict)]
+        media = [u for u in links if _DM_MEDIA_URL.fullmatch(str(u.get("expanded") or ""))]
         text = clean_text(
             {
                 "full_text": create.get("text") or "",
                 "entities": {
+                    # The attachment's link goes like a post's photo link; a caption stays.
+                    "media": [{"url": u.get("url")} for u in media],
                     "urls": [
                         {"url": u.get("url"), "expanded_url": u.get("expanded")}
                         for u in links
-                        if isinstance(u, dict)
-                    ]
+                        if u not in media
+                    ],
                 },
             }
         )
         if not text:
-            conv.drop("media" if create.get("mediaUrls") else "empty")
+            conv.drop("media" if create.get("mediaUrls") or media else "empty")
             continue
         when = _parse_time(create.get("createdAt"))
         if when is None:
