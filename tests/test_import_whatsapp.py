@@ -356,6 +356,56 @@ def test_a_text_that_starts_like_a_call_is_a_message(tmp_path: Path) -> None:
     assert conv.dropped == {"call": 5}
 
 
+def test_a_caption_under_a_media_placeholder_is_the_message(tmp_path: Path) -> None:
+    # Android writes a photo sent with a caption as the placeholder line ("… (file
+    # attached)" exported with media, "<Media omitted>" without), then the caption below it.
+    android = _chat(
+        tmp_path,
+        [
+            "12/30/23, 9:15\u202fPM - Sam: where are you?",
+            "12/30/23, 9:16\u202fPM - Alex: IMG-20231230-WA0007.jpg (file attached)",
+            "the view from the top",
+            "worth the climb",
+            "12/30/23, 9:17\u202fPM - Sam: <Media omitted>",
+            "jealous <This message was edited>",
+            "12/30/23, 9:18\u202fPM - Alex: <Media omitted>",
+        ],
+    )
+    conv = one(android)
+    assert rows(conv) == [
+        ("Sam", "where are you?", D(2023, 12, 30, 21, 15)),
+        ("Alex", "the view from the top\nworth the climb", D(2023, 12, 30, 21, 16)),
+        ("Sam", "jealous", D(2023, 12, 30, 21, 17)),
+    ]
+    assert conv.dropped == {"media": 1}  # only the photo with nothing under it
+    # iOS marks its placeholder line with U+200E: the caption under it is still a message.
+    ios = _chat(
+        tmp_path,
+        [
+            "[30/12/2023, 21:15:00] Sam: where are you?",
+            "\u200e[30/12/2023, 21:16:00] Alex: \u200e<attached: 00000007-PHOTO.jpg>",
+            "the view from the top",
+        ],
+        "_chat.txt",
+    )
+    assert rows(one(ios))[-1] == ("Alex", "the view from the top", D(2023, 12, 30, 21, 16))
+
+
+def test_null_is_what_android_writes_for_view_once_media(tmp_path: Path) -> None:
+    chat = _chat(
+        tmp_path,
+        [
+            "12/30/23, 9:15 PM - Sam: look quick",
+            "12/30/23, 9:15 PM - Sam: null",
+            "12/30/23, 9:16 PM - Alex: Null and void, that deal",
+            "12/30/23, 9:17 PM - Alex: NULL",
+        ],
+    )
+    conv = one(chat)
+    assert [m.text for m in conv.messages] == ["look quick", "Null and void, that deal", "NULL"]
+    assert conv.dropped == {"media": 1}
+
+
 def test_cli_german_subject_holding_a_colon_is_a_notice(tmp_path: Path) -> None:
     chat = _chat(
         tmp_path,

@@ -50,7 +50,10 @@ _MEDIA = re.compile(
     r"|arquivo anexado)\)$"
     r"|^(?:image|video|audio|sticker|GIF|Contact card|video note) omitted$"  # iOS
     r"|^.+ document omitted$"  # iOS: "Report.pdf • 3 pages document omitted"
-    r"|^(?:location|Standort|ubicación): https?://\S+$",  # a map link, not words
+    r"|^(?:location|Standort|ubicación): https?://\S+$"  # a map link, not words
+    # Android writes "null" for what it cannot export: a view-once photo, video or voice
+    # message (only that word, in lower case, in any language).
+    r"|^(?-i:null)$",
     re.IGNORECASE,
 )
 _DELETED = re.compile(
@@ -275,6 +278,11 @@ def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datet
     text = text.strip()  # first: the chat's last line ends in the file's newline
     if text.endswith(">"):
         text = _EDITED.sub("", text)
+    if "\n" in text:
+        caption = _caption(text)
+        if caption is not None:
+            # The caption is the sender's own words, whoever's mark was on the placeholder.
+            text, marked = caption, False
     if _is_system(sender, text):
         conv.drop("system")
     elif ":\n" in text and _POLL.match(text):
@@ -295,6 +303,16 @@ def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datet
         if sender not in conv.participants:
             conv.participants.append(sender)
         conv.messages.append(Message(sender=sender, text=text, timestamp=stamp))
+
+
+def _caption(text: str) -> str | None:
+    """The caption under a media placeholder ("IMG-….jpg (file attached)" then the caption)."""
+    # A photo or video sent with a caption is exported as its placeholder line, then the
+    # caption on the lines below it (Android; "<Media omitted>" when exported without
+    # media). Only the placeholder is media: the caption is what the sender wrote.
+    first, _, rest = text.partition("\n")
+    rest = rest.strip()
+    return rest if rest and _MEDIA.match(first.strip()) else None
 
 
 def _is_system(sender: str, text: str) -> bool:
