@@ -242,7 +242,20 @@ def test_parallel_parsing_reports_a_broken_file(
         ("You named the group Ski trip.", "Zoë Martín", "system"),
         ("Priya Nair added Sam Rivera to the group.", "Priya Nair", "system"),
         ("https://example.com/x", "Sam Rivera", "link"),
+        # a new connection's first line, waves, admins
+        (
+            "You can now message and call each other and see info like Active Status and "
+            "when you've read messages.",
+            "Sam Rivera",
+            "system",
+        ),
+        ("Sam Rivera waved at you!", "Sam Rivera", "system"),
+        ("You waved at Sam.", "Zoë Martín", "system"),
+        ("Priya Nair added Sam Rivera as a group admin.", "Priya Nair", "system"),
+        ("You removed Sam Rivera as a group admin.", "Zoë Martín", "system"),
         # typed by people: kept
+        ("we can now message and call each other, finally", "Sam Rivera", None),
+        ("Priya waved at you from the bus lol", "Sam Rivera", None),
         ("lol he left the group", "Sam Rivera", None),
         ("Sam Rivera sent a photo.", "Priya Nair", None),  # not her own notice
         ("check https://example.com/x it's great", "Sam Rivera", None),

@@ -55,6 +55,10 @@ _NOTICE = re.compile(
     r"(?:set|changed) the (?:quick reaction|emoji)|(?:pinned|unpinned) a message|"
     r"turned (?:on|off) disappearing messages|(?:started|updated) (?:a|the) plan|"
     r"(?:is|are) now connected on Messenger|"
+    # a new connection: "You can now message and call each other and see info like Active
+    # Status and when you've read messages."; waves: "You waved at Sam.", "Sam waved at you!"
+    r"can now message and call each other|waved at (?:you|\S.{0,300})|"
+    r"(?:added|removed) .{1,300} as (?:a )?group admin|"
     # polls: 'Sam created a poll: Where do we eat?', 'Sam voted for "Pizza" in the poll.'
     r"created a poll(?=: )|(?:voted for|changed (?:their|your|his|her) vote to"
     r"|removed (?:their|your|his|her) vote for) \".{1,300}\" in the poll(?=\.?$))"
