@@ -256,6 +256,8 @@ def test_parallel_parsing_reports_a_broken_file(
         # typed by people: kept
         ("we can now message and call each other, finally", "Sam Rivera", None),
         ("Priya waved at you from the bus lol", "Sam Rivera", None),
+        ("You waved at the bus driver lol", "Sam Rivera", None),
+        ("Sam Rivera waved at you! see you soon", "Sam Rivera", None),
         ("lol he left the group", "Sam Rivera", None),
         ("Sam Rivera sent a photo.", "Priya Nair", None),  # not her own notice
         ("check https://example.com/x it's great", "Sam Rivera", None),

@@ -56,8 +56,9 @@ _NOTICE = re.compile(
     r"turned (?:on|off) disappearing messages|(?:started|updated) (?:a|the) plan|"
     r"(?:is|are) now connected on Messenger|"
     # a new connection: "You can now message and call each other and see info like Active
-    # Status and when you've read messages."; waves: "You waved at Sam.", "Sam waved at you!"
-    r"can now message and call each other|waved at (?:you|\S.{0,300})|"
+    # Status and when you've read messages."; waves, the whole line: "You waved at Sam.",
+    # "Sam waved at you!" (not "You waved at the bus driver lol", typed by a friend)
+    r"can now message and call each other|waved at (?:you|[^\n.!?]{1,100})(?=[.!]$)|"
     r"(?:added|removed) .{1,300} as (?:a )?group admin|"
     # polls: 'Sam created a poll: Where do we eat?', 'Sam voted for "Pizza" in the poll.'
     r"created a poll(?=: )|(?:voted for|changed (?:their|your|his|her) vote to"
