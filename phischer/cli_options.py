@@ -35,3 +35,24 @@ def base_model_option(help: str, default: str | None = None) -> Decorator:
 def epochs_option(help: str) -> Decorator:
     """`--epochs`: passes over the training data, 1 to 50; unset means the provider's rule."""
     return click.option("--epochs", type=EPOCHS, help=help)
+
+
+class OrBlank(click.ParamType):
+    """`inner`'s values, or a blank value as '' (what `persona edit` reads as "clear it")."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """'' for a blank value, else what `inner` makes of it (its usage error included)."""
+        if isinstance(value, str) and not value.strip():
+            return ""
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        """The metavar `inner` shows in --help."""
+        return self.inner.get_metavar(param, ctx)
+
+    def __repr__(self) -> str:
+        return f"OrBlank({self.inner!r})"

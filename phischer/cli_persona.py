@@ -1,33 +1,57 @@
-"""`phischer persona add|list|show|remove|route`."""
+"""`phischer persona add|edit|list|show|remove|route`."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from phischer import personas
 from phischer.cli import Context, friendly_errors, pass_ctx
-from phischer.cli_options import FiniteFloatRange
+from phischer.cli_options import Decorator, FiniteFloatRange, OrBlank
 from phischer.models import Persona
 from phischer.printing import pad
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+# Each field as `persona show` and `persona edit` label it.
+LABELS = {
+    "name": "name",
+    "keyword": "keyword",
+    "backend": "backend",
+    "model": "model",
+    "base_url": "base url",
+    "api_key_env": "api key env",
+    "dataset": "dataset",
+    "system_prompt": "system",
+    "greeting": "greeting",
+    "temperature": "temperature",
+    "max_tokens": "max tokens",
+    "is_default": "default",
+}
+
+
+def shown(field: str, value: object) -> str | None:
+    """A field's value as `persona show` prints it (None: not printed)."""
+    if value is None or value is False:
+        return None
+    if field == "keyword":
+        return f"#{value}"
+    return "yes" if value is True else str(value)
 
 
 def describe(p: Persona) -> str:
     """A persona on a few lines, as `persona show` prints it."""
-    rows = [
-        ("name", p.name),
-        ("keyword", f"#{p.keyword}"),
-        ("backend", p.backend),
-        ("model", p.model),
-        ("base url", p.base_url),
-        ("api key env", p.api_key_env),
-        ("dataset", p.dataset),
-        ("system", p.system_prompt),
-        ("greeting", p.greeting),
-        ("temperature", p.temperature),
-        ("max tokens", p.max_tokens),
-        ("default", "yes" if p.is_default else None),
-    ]
+    rows = ((label, shown(field, getattr(p, field))) for field, label in LABELS.items())
     return "\n".join(f"{pad(k, 12)} {v}" for k, v in rows if v is not None)
+
+
+def describe_change(field: str, old: object, new: object) -> str:
+    """One line of `persona edit`: the field, its old value and its new one."""
+    unset = "no" if field == "is_default" else "(none)"
+    return f"{pad(LABELS[field], 12)} {shown(field, old) or unset} → {shown(field, new) or unset}"
 
 
 @click.group("persona")
@@ -35,51 +59,81 @@ def persona_group() -> None:
     """Manage personas (clones) and which number talks to which."""
 
 
+def persona_options(edit: bool) -> Decorator:
+    """The options of `persona add`; for `persona edit`, none required and blank clears one."""
+    # edit: None is "not given", so only what is given changes.
+    numbers = OrBlank if edit else (lambda t: t)
+    options = [
+        click.option(
+            "--keyword",
+            required=not edit,
+            help="SMS keyword: texting #KEYWORD switches to it.",
+        ),
+        click.option(
+            "--backend",
+            type=click.Choice(personas.BACKENDS),
+            default=None if edit else "retrieval",
+            show_default=not edit,
+            help="openai: any OpenAI-compatible server; retrieval: offline.",
+        ),
+        click.option(
+            "--model",
+            help="openai backend: model id (e.g. ft:gpt-4.1-mini:…, or a vLLM/Ollama model name).",
+        ),
+        click.option(
+            "--base-url",
+            help="openai backend: OpenAI-compatible http(s) base URL (overrides OPENAI_BASE_URL), "
+            "e.g. http://127.0.0.1:8000/v1.",
+        ),
+        click.option(
+            "--api-key-env",
+            help="openai backend: name of the env variable holding this persona's key.",
+        ),
+        click.option(
+            "--dataset",
+            type=click.Path(dir_okay=False),
+            help="Chat JSONL (from `phischer import`); the retrieval backend answers from it.",
+        ),
+        click.option(
+            "--system",
+            "system_prompt",
+            help="System prompt (default: the one --dataset was built with, from its first "
+            "example).",
+        ),
+        click.option("--greeting", help="Reply sent when someone switches to this persona."),
+        click.option(
+            "--temperature",
+            type=numbers(FiniteFloatRange(personas.TEMPERATURE_MIN, personas.TEMPERATURE_MAX)),
+            help="Sampling temperature (openai backend; kept on a retrieval persona for its "
+            "fine-tune).",
+        ),
+        click.option(
+            "--max-tokens",
+            type=numbers(click.IntRange(min=personas.MAX_TOKENS_MIN)),
+            help="Reply length cap in tokens (openai backend; kept on a retrieval persona for "
+            "its fine-tune).",
+        ),
+        click.option(
+            "--default/--no-default" if edit else "--default",
+            "is_default",
+            is_flag=True,
+            default=None if edit else False,
+            help="Use for numbers that never chose one"
+            + (" (--no-default: no longer)." if edit else "."),
+        ),
+    ]
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 @persona_group.command("add")
 @click.argument("name")
-@click.option("--keyword", required=True, help="SMS keyword: texting #KEYWORD switches to it.")
-@click.option(
-    "--backend",
-    type=click.Choice(personas.BACKENDS),
-    default="retrieval",
-    show_default=True,
-    help="openai: any OpenAI-compatible server; retrieval: offline.",
-)
-@click.option(
-    "--model",
-    help="openai backend: model id (e.g. ft:gpt-4.1-mini:…, or a vLLM/Ollama model name).",
-)
-@click.option(
-    "--base-url",
-    help="openai backend: OpenAI-compatible http(s) base URL (overrides OPENAI_BASE_URL), "
-    "e.g. http://127.0.0.1:8000/v1.",
-)
-@click.option(
-    "--api-key-env", help="openai backend: name of the env variable holding this persona's key."
-)
-@click.option(
-    "--dataset",
-    type=click.Path(dir_okay=False),
-    help="Chat JSONL (from `phischer import`); the retrieval backend answers from it.",
-)
-@click.option(
-    "--system",
-    "system_prompt",
-    help="System prompt (default: the one --dataset was built with, from its first example).",
-)
-@click.option("--greeting", help="Reply sent when someone switches to this persona.")
-@click.option(
-    "--temperature",
-    type=FiniteFloatRange(personas.TEMPERATURE_MIN, personas.TEMPERATURE_MAX),
-    help="Sampling temperature (openai backend; kept on a retrieval persona for its fine-tune).",
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(min=personas.MAX_TOKENS_MIN),
-    help="Reply length cap in tokens (openai backend; kept on a retrieval persona for its "
-    "fine-tune).",
-)
-@click.option("--default", "is_default", is_flag=True, help="Use for numbers that never chose one.")
+@persona_options(edit=False)
 @pass_ctx
 def add(obj: Context, name: str, **options: object) -> None:
     """Add a persona NAME."""
@@ -88,16 +142,59 @@ def add(obj: Context, name: str, **options: object) -> None:
         click.echo(f"Added persona {p.name} (#{p.keyword}, {p.backend}).")
         if p.system_prompt and options.get("system_prompt") is None:
             click.echo(f"System prompt (from the dataset): {p.system_prompt}")
-        sampling = {"--temperature": p.temperature, "--max-tokens": p.max_tokens}
-        kept = [flag for flag, value in sampling.items() if value is not None]
-        if p.backend == "retrieval" and kept:
-            # Not refused like --model: stored, and used once a fine-tune moves it to openai.
-            one = len(kept) == 1
+        note_kept_sampling(p)
+
+
+@persona_group.command("edit")
+@click.argument("name")
+@click.option("--name", "new_name", help="Rename it (its numbers and history stay with it).")
+@persona_options(edit=True)
+@pass_ctx
+def edit(obj: Context, name: str, new_name: str | None, **options: object) -> None:
+    """Change persona NAME (by name or keyword): only the options given; '' clears one.
+
+    It keeps its numbers (routes, #keyword choices) and its conversations.
+    """
+    changes = {field: value for field, value in options.items() if value is not None}
+    if new_name is not None:
+        changes["name"] = new_name
+    preferred = obj.settings.default_persona
+    with obj.write() as session:
+        was_preferred = _named_by(session, preferred)
+        p, changed = personas.edit_persona(session, name, changes)
+        if not changed:
+            click.echo(f"Persona {p.name} unchanged: it already has these values.")
+            return
+        click.echo(f"Edited persona {p.name} (#{p.keyword}):")
+        for field, (old, new) in changed.items():
+            click.echo(describe_change(field, old, new))
+        if changed.keys() & {"backend", "temperature", "max_tokens"}:
+            note_kept_sampling(p)
+        if was_preferred is p and _named_by(session, preferred) is not p:
+            # Renamed or re-keyed: numbers that never chose would get another persona.
             click.echo(
-                f"{' and '.join(kept)} {'is' if one else 'are'} kept for when a fine-tune moves "
-                f"this persona to the openai backend: retrieval answers do not use "
-                f"{'it' if one else 'them'}."
+                f"DEFAULT_PERSONA={preferred} no longer names this persona: set it to "
+                f"{p.keyword} (in .env) and restart the server."
             )
+
+
+def _named_by(session: Session, word: str | None) -> Persona | None:
+    # The persona a NAME argument or setting (DEFAULT_PERSONA) names now.
+    return personas.named(personas.list_personas(session), word) if word else None
+
+
+def note_kept_sampling(p: Persona) -> None:
+    """Say that a retrieval persona's --temperature/--max-tokens wait for its fine-tune."""
+    # Not refused like --model: stored, and used once a fine-tune moves it to openai.
+    sampling = {"--temperature": p.temperature, "--max-tokens": p.max_tokens}
+    kept = [flag for flag, value in sampling.items() if value is not None]
+    if p.backend == "retrieval" and kept:
+        one = len(kept) == 1
+        click.echo(
+            f"{' and '.join(kept)} {'is' if one else 'are'} kept for when a fine-tune moves "
+            f"this persona to the openai backend: retrieval answers do not use "
+            f"{'it' if one else 'them'}."
+        )
 
 
 @persona_group.command("list")

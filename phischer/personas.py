@@ -1,4 +1,4 @@
-"""Persona service: add, list, show, remove, route a number, and pick the persona for a contact."""
+"""Persona service: add, edit, list, show, remove, route a number; pick a contact's persona."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 import re
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -49,6 +50,20 @@ class PersonaSpec:
     temperature: float | None = None
     max_tokens: int | None = None
     is_default: bool = False
+
+
+SPEC_FIELDS = tuple(f.name for f in fields(PersonaSpec))
+# What points an openai persona at its server: never read by a retrieval persona.
+MODEL_FIELDS = ("model", "base_url", "api_key_env")
+# What a blank value clears in `persona edit` (name, keyword and backend are required; a
+# blank system prompt is kept blank until stored, so the dataset's does not replace it).
+OPTIONAL_FIELDS = frozenset(SPEC_FIELDS) - {
+    "name",
+    "keyword",
+    "backend",
+    "is_default",
+    "system_prompt",
+}
 
 
 def validate_keyword(keyword: str) -> str:
@@ -155,28 +170,86 @@ def _refuse_model_flags(spec: PersonaSpec) -> None:
         )
 
 
-def check_name(session: Session, name: str) -> str:
-    """The name stripped, refused when empty or taken by a persona in any case."""
+def check_name(personas: Sequence[Persona], name: str) -> str:
+    """The name stripped, refused when empty or taken by one of `personas` in any case."""
     stripped = name.strip()
     if not stripped:
         raise PersonaError('a persona needs a name, e.g. phischer persona add "Ada Lovelace" …')
     # Compared in Python, not with SQL lower(): SQLite lower-cases ASCII only ("ZOË").
-    for taken in session.scalars(sa.select(Persona.name)):
+    for taken in (p.name for p in personas):
         if taken == stripped:
-            raise PersonaError(f"persona {stripped!r} already exists (remove it first)")
+            raise PersonaError(
+                f"persona {stripped!r} already exists: choose another name (`phischer persona "
+                "edit` changes a persona)"
+            )
         if taken.casefold() == stripped.casefold():
             # `persona show ada` and `persona show Ada` could not tell them apart.
             raise PersonaError(
                 f"persona {stripped!r} already exists as {taken!r} (names differ in case "
-                "only): choose another name, or remove it first"
+                "only): choose another name (`phischer persona edit` changes a persona)"
             )
     return stripped
 
 
 def add_persona(session: Session, spec: PersonaSpec) -> Persona:
     """Create a persona after checking its name, keyword, backend, sampling, URL and dataset."""
-    name = check_name(session, spec.name)
-    keyword = validate_keyword(spec.keyword)
+    values = _checked(spec, list_personas(session), SPEC_FIELDS)
+    if spec.is_default:
+        session.execute(sa.update(Persona).values(is_default=False))
+    persona = Persona(**values)
+    session.add(persona)
+    session.flush()
+    return persona
+
+
+def edit_persona(
+    session: Session, name: str, changes: Mapping[str, Any]
+) -> tuple[Persona, dict[str, tuple[Any, Any]]]:
+    """Change persona `name` as `changes` says, checked as add does; return it and (old, new)s."""
+    # `changes` has PersonaSpec's field names; a blank value clears an optional field. The
+    # persona keeps its id: its routes, the numbers that chose it and its history stay.
+    if not changes:
+        raise PersonaError(
+            "nothing to change: give what to change, e.g. --base-url URL (`phischer persona "
+            "edit --help` lists them)"
+        )
+    persona = get_persona(session, name)
+    others = [p for p in list_personas(session) if p.id != persona.id]
+    current = {f: getattr(persona, f) for f in SPEC_FIELDS}
+    given = {f: _cleared(f, v) for f, v in changes.items()}
+    merged = {**current, **given}
+    if merged["backend"] == "retrieval":
+        # It calls no model: where the old one was served is dropped (as a fine-tune drops
+        # the old server the other way), and given anyway it is refused as `persona add` does.
+        merged.update({f: given.get(f) for f in MODEL_FIELDS})
+    if given.get("dataset") and "system_prompt" not in given:
+        merged["system_prompt"] = None  # taken from the new dataset, as `persona add` does
+    checked = set(given)
+    if merged["backend"] == "retrieval" and persona.backend != "retrieval":
+        checked.add("dataset")  # now what it answers from: it must answer, as on add
+    values = _checked(PersonaSpec(**merged), others, checked)
+    changed = {f: (current[f], v) for f, v in values.items() if v != current[f]}
+    if changed.get("is_default") == (False, True):
+        session.execute(sa.update(Persona).values(is_default=False))
+    for field, (_, new) in changed.items():
+        setattr(persona, field, new)
+    session.flush()
+    return persona, changed
+
+
+def _cleared(field: str, value: Any) -> Any:
+    # A blank value clears an optional field; a required one (name, keyword) is passed on
+    # to be refused by its own check, and a model or dataset by what the backend needs.
+    blank = isinstance(value, str) and not value.strip()
+    return None if blank and field in OPTIONAL_FIELDS else value
+
+
+def _checked(spec: PersonaSpec, others: Sequence[Persona], given: Collection[str]) -> dict:
+    """The columns `spec` stores: the fields in `given` checked, and what its backend needs."""
+    # Only what is given: an edit of the greeting must not fail on a dataset being written
+    # again, or on a name clash in a database from before that was checked.
+    name = check_name(others, spec.name) if "name" in given else spec.name
+    keyword = validate_keyword(spec.keyword) if "keyword" in given else spec.keyword
     if spec.backend not in BACKENDS:
         raise PersonaError(f"backend {spec.backend!r}: use one of {', '.join(BACKENDS)}")
     if spec.backend == "openai" and not spec.model:
@@ -190,9 +263,9 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
     check_sampling(spec.temperature, spec.max_tokens)
     if spec.base_url is not None:
         check_base_url(spec.base_url)
-    dataset = None
+    dataset = spec.dataset or None
     system_prompt = spec.system_prompt
-    if spec.dataset:
+    if spec.dataset and "dataset" in given:
         path = Path(spec.dataset).expanduser()
         if not path.is_file():
             raise PersonaError(f"dataset {spec.dataset} does not exist")
@@ -202,26 +275,22 @@ def add_persona(session: Session, spec: PersonaSpec) -> Persona:
         # The clone answers best under the prompt its examples were built with (DESIGN §7).
         if system_prompt is None:
             system_prompt = dataset_system_prompt(path)
-    check_unambiguous(list_personas(session), name, keyword)
-    if spec.is_default:
-        session.execute(sa.update(Persona).values(is_default=False))
-    persona = Persona(
-        name=name,
-        keyword=keyword,
-        backend=spec.backend,
-        model=spec.model,
-        base_url=spec.base_url,
-        api_key_env=spec.api_key_env,
-        dataset=dataset,
-        system_prompt=system_prompt,
-        greeting=(spec.greeting or "").strip() or None,  # blank: the default confirmation
-        temperature=spec.temperature,
-        max_tokens=spec.max_tokens,
-        is_default=spec.is_default,
-    )
-    session.add(persona)
-    session.flush()
-    return persona
+    if {"name", "keyword"} & set(given):
+        check_unambiguous(others, name, keyword)
+    return {
+        "name": name,
+        "keyword": keyword,
+        "backend": spec.backend,
+        "model": spec.model,
+        "base_url": spec.base_url,
+        "api_key_env": spec.api_key_env,
+        "dataset": dataset,
+        "system_prompt": system_prompt if system_prompt and system_prompt.strip() else None,
+        "greeting": (spec.greeting or "").strip() or None,  # blank: the default confirmation
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+        "is_default": spec.is_default,
+    }
 
 
 def get_persona(session: Session, name: str) -> Persona:

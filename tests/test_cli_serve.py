@@ -528,11 +528,14 @@ def test_persona_names_are_stripped_and_unique_ignoring_case(tmp_path):
         assert again.exit_code == 1
         (line,) = again.output.splitlines()
         if name.strip() == "Zoë":
-            assert line == "Error: persona 'Zoë' already exists (remove it first)"
+            assert line == (
+                "Error: persona 'Zoë' already exists: choose another name (`phischer persona "
+                "edit` changes a persona)"
+            )
         else:
             assert line == (
                 f"Error: persona {name!r} already exists as 'Zoë' (names differ in case only): "
-                "choose another name, or remove it first"
+                "choose another name (`phischer persona edit` changes a persona)"
             )
     assert "name         Zoë" in run("persona", "show", "Zoë").output
     assert len(run("persona", "list").output.splitlines()) == 2  # the header and Zoë
