@@ -725,7 +725,7 @@ def test_a_server_that_wants_a_key_says_how_to_give_it_one(
     inbound = stored(app)[0]
     assert inbound.status == "failed"
     assert inbound.error.startswith("model server error 401: Incorrect API key provided")
-    assert inbound.error.endswith("add the persona again with --api-key-env VAR")
+    assert inbound.error.endswith("give it one with `phischer persona edit ada --api-key-env VAR`")
     assert "sk-secret" not in inbound.error
     (call,) = fake_openai.calls("POST", "/v1/chat/completions")
     assert call.auth == "Bearer not-needed"

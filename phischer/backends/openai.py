@@ -20,7 +20,7 @@ LOCAL_PLACEHOLDER_KEY = "not-needed"
 # A 401 from a server that got the placeholder: it wants a key of its own.
 KEY_HINT = (
     "this server wants an API key, which phischer sends only from the variable the persona "
-    "names: add the persona again with --api-key-env VAR"
+    "names: give it one with `phischer persona edit {keyword} --api-key-env VAR`"
 )
 # Another attempt is only worth starting with at least this much of the deadline left.
 MIN_ATTEMPT_S = 0.5
@@ -142,7 +142,7 @@ class OpenAIBackend:
                 if isinstance(exc, openai.AuthenticationError) and (
                     client.api_key == LOCAL_PLACEHOLDER_KEY
                 ):
-                    error = BackendError(f"{error}; {KEY_HINT}")
+                    error = BackendError(f"{error}; {KEY_HINT.format(keyword=persona.keyword)}")
                 wait = _retry_wait(exc, attempt)
                 last = attempt == self.max_retries
                 if last or wait is None or time.monotonic() + wait + MIN_ATTEMPT_S > deadline:

@@ -84,7 +84,7 @@ def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Perso
     """Store a status update; on the first `succeeded`, point the persona at the new model.
 
     Returns the persona that was switched, if any. A job that was already `succeeded` does
-    not switch the persona again, so a later `persona add/set` by hand is not overwritten
+    not switch the persona again, so a later `persona edit` by hand is not overwritten
     by a repeated `finetune status`.
     """
     was = job.status

@@ -101,7 +101,7 @@ def _ollama_section(
     ollama serve &    # unless the Ollama service already runs
     ollama create {name} -f {q(str(adapter / "Modelfile"))}
 
-Train with `--serve-url {OLLAMA_URL}` (or re-add the persona with that `--base-url`).
+Train with `--serve-url {OLLAMA_URL}` (or `phischer persona edit NAME --base-url {OLLAMA_URL}`).
 """
 
 
@@ -129,9 +129,8 @@ def serving_guide(
 Adapter: `{adapter}` (LoRA r={rank} on `{base}`).
 The persona now uses backend `openai`, model `{name}`, base URL `{serve_url}`: start one of
 the servers below at that URL and text the persona; no code change is needed. To point the
-persona at another server later: `phischer persona remove NAME`, then `phischer persona add
-NAME --keyword KW --backend openai --model {name} --base-url URL --dataset TRAIN.jsonl`
-(`--dataset`, or `--system`, keeps the system prompt the adapter was trained under).
+persona at another server later: `phischer persona edit NAME --base-url URL` (its numbers
+and conversations stay; `--api-key-env VAR` if that server wants a key).
 
 ## vLLM ({VLLM_URL})
 
