@@ -160,6 +160,9 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.ensure_object(Context)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def configure_logging(verbose: bool) -> None:
     """LOG_LEVEL (from the environment or .env), or DEBUG with -v; libraries kept quiet."""
     from phischer.config import load_env_file
@@ -168,7 +171,7 @@ def configure_logging(verbose: bool) -> None:
     level = "DEBUG" if verbose else log_level(os.environ.get("LOG_LEVEL", ""))
     logging.basicConfig(
         level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     # Alembic narrates every migration check at INFO, the OpenAI SDK every retry and its
     # HTTP client (httpx2 since openai 3.5, httpx before) every request, and pyngrok every

@@ -9,13 +9,15 @@ bundled sample personas, exactly like the end-to-end benchmark.
     python scripts/bench_webhook_phases.py [--requests 2000] [--repeat 3]
 
 Prints CPU microseconds per request (thread CPU time, best of --repeat rounds) for the bare
-endpoint, the whole phischer request, and its phases.
+endpoint, the whole phischer request, and its phases. Logging is set up as `phischer serve`
+sets it up (INFO, the same format; written to /dev/null), so the per-text log line counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import random
 import shutil
@@ -124,7 +126,12 @@ def main() -> None:
     from flask import Flask, Response
 
     from phischer import create_app
+    from phischer.cli import LOG_FORMAT
     from phischer.config import dev_auth_token
+
+    # As `phischer serve` logs (cli.configure_logging), to a sink instead of the terminal.
+    sink = open(os.devnull, "w")  # noqa: SIM115 (open for the whole run)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sink)
 
     app = create_app()
     bare = Flask("bare")
@@ -143,6 +150,7 @@ def main() -> None:
 
     timed(phases, "form parsing", phischer.webhook, "form_params")
     timed(phases, "thread building", phischer.inbound, "build_thread")
+    timed(phases, "per-text log line", phischer.inbound.log, "info")
 
     token = dev_auth_token(work / "instance")
     rng = random.Random(0)
