@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import threading
+from typing import NamedTuple
 from urllib.parse import quote
 
 # Shorter values are not worth hiding (and would mangle unrelated text): real tokens and
@@ -22,14 +23,6 @@ MIN_SECRET_CHARS = 8
 # of letters and digits: a development password "postgres" must not turn every
 # "postgresql://" into "<DATABASE_URL password>ql://". Longer ones are hidden anywhere.
 WORD_SECRET_CHARS = 16
-
-# Secrets phischer hands to a third party, each with its variable's name, longest first so
-# a secret inside another is not half replaced. Replaced whole, never extended in place:
-# a log line reads it while another thread adds a secret.
-_secrets: tuple[tuple[str, str], ...] = ()
-_secret_re: re.Pattern[str] | None = None  # every form of every secret, longest first
-_lock = threading.Lock()
-_installed = False
 
 # A phone number inside free text (Twilio quotes it: "The 'To' number +15553330001 is not a
 # valid phone number"; a URL carries it %2B-encoded); not a run of digits inside a SID or a
@@ -51,6 +44,26 @@ _SECRET_SHAPES = (
     (re.compile(r"\bsk-[\w-]{8,}"), "sk-***"),
 )
 
+# What every pattern above must contain: 6 digits (a number), or the fixed part of a secret's
+# shape. Every log record is redacted, and most hold none of these (nor a known secret): one
+# search then clears the text instead of a substitution per pattern.
+_CANDIDATES = r"\d{6}|://|Bearer |sk-|(?i:authtoken)"
+
+
+class _Secrets(NamedTuple):
+    """The secrets phischer hands to a third party, with what finds them."""
+
+    names: dict[str, str]  # each form of each secret: its variable's name
+    pattern: re.Pattern[str] | None  # every form, longest first (none half replaced)
+    candidate: re.Pattern[str]  # every form and _CANDIDATES: a text without it stays as is
+
+
+# Replaced whole, never changed in place: a log line reads it while another thread adds a
+# secret, and must see names and patterns that go together.
+_known = _Secrets({}, None, re.compile(_CANDIDATES))
+_lock = threading.Lock()
+_installed = False
+
 
 def mask_number(number: str | None) -> str:
     """Phone numbers are personal data: logs above debug show only the last two digits."""
@@ -66,17 +79,18 @@ def mask_numbers_in(text: str) -> str:
 
 def add_secret(value: str | None, name: str) -> None:
     """Never show `value` (the secret in variable `name`): `redact` writes <name> instead."""
-    global _secrets, _secret_re
+    global _known
     if not value or len(value) < MIN_SECRET_CHARS:
         return
     # As it was given, and as a URL or a JSON string (ngrok's log lines) would quote it.
     forms = {value, quote(value, safe=""), json.dumps(value)[1:-1]}
     with _lock:
-        known = dict(_secrets)
+        names = dict(_known.names)
         for form in forms:
-            known.setdefault(form, name)
-        _secrets = tuple(sorted(known.items(), key=lambda item: -len(item[0])))
-        _secret_re = re.compile("|".join(_secret_pattern(form) for form, _ in _secrets))
+            names.setdefault(form, name)
+        longest_first = sorted(names, key=len, reverse=True)
+        pattern = "|".join(_secret_pattern(form) for form in longest_first)
+        _known = _Secrets(names, re.compile(pattern), re.compile(f"{pattern}|{_CANDIDATES}"))
 
 
 def _secret_pattern(form: str) -> str:
@@ -88,10 +102,17 @@ def _secret_pattern(form: str) -> str:
 
 def redact(text: str, *, numbers: bool = True) -> str:
     """`text` without secrets (known ones named, others by shape); phone numbers masked too."""
-    secrets, pattern = _secrets, _secret_re  # one consistent pair (see _secrets)
-    if pattern is not None:
-        names = dict(secrets)
-        text = pattern.sub(lambda m: f"<{names[m.group()]}>", text)
+    known = _known  # one consistent set (see _known)
+    if known.candidate.search(text) is None:
+        return text  # nothing any pattern could replace
+    return _redact_all(text, numbers, known)
+
+
+def _redact_all(text: str, numbers: bool, known: _Secrets) -> str:
+    """`redact` without the shortcut: every pattern substituted in turn."""
+    if known.pattern is not None:
+        names = known.names
+        text = known.pattern.sub(lambda m: f"<{names[m.group()]}>", text)
     for shape, replacement in _SECRET_SHAPES:
         text = shape.sub(replacement, text)
     return mask_numbers_in(text) if numbers else text
