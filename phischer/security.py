@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from flask import Request
 from twilio.request_validator import (
@@ -40,7 +40,7 @@ def form_params(request: Request) -> Mapping[str, Any]:
     goes through request.form, whose MultiDict the validator also understands.
     """
     if request.mimetype == FORM_TYPE:
-        pairs = parse_qsl(request.get_data(as_text=True), keep_blank_values=True)
+        pairs = parse_form(request.get_data(as_text=True))
         params = dict(pairs)
         if len(params) == len(pairs):
             return params
@@ -48,6 +48,24 @@ def form_params(request: Request) -> Mapping[str, Any]:
     if None in form:  # a multipart part without a name: not Twilio's, and unsignable (None + str)
         return MultiDict((k, v) for k, v in form.items(multi=True) if k is not None)
     return form
+
+
+def parse_form(body: str) -> list[tuple[str, str]]:
+    """An urlencoded body's (name, value) pairs, as parse_qsl(body, keep_blank_values=True)."""
+    pairs = []
+    for field in body.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        # Most names and values need no decoding: parse_qsl still makes two calls with
+        # keywords per field (8 µs for the benchmark's 6 fields, 18 for Twilio's 21; this
+        # loop 5 and 8).
+        if "%" in name or "+" in name:
+            name = unquote(name.replace("+", " "))
+        if "%" in value or "+" in value:
+            value = unquote(value.replace("+", " "))
+        pairs.append((name, value))
+    return pairs
 
 
 class PublicUrl:

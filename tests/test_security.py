@@ -1,13 +1,16 @@
-"""The Twilio signature check's own computation agrees with Twilio's SDK."""
+"""The Twilio signature check's own computations agree with Twilio's SDK and the stdlib."""
 
 from __future__ import annotations
+
+import random
+from urllib.parse import parse_qsl
 
 import pytest
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from phischer.config import Settings
-from phischer.security import SignatureChecker
+from phischer.security import SignatureChecker, parse_form
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 URL = "https://clone.example.com/sms?reply=12"
@@ -36,3 +39,11 @@ def test_an_algorithm_twilio_does_not_know_is_refused(tmp_path) -> None:
     checker = SignatureChecker(Settings(instance_path=tmp_path, twilio_auth_token=TOKEN))
     with pytest.raises(ValueError):
         checker.signature(URL, TWILIO_FORM, "HMAC_MD5")
+
+
+def test_a_form_is_read_as_parse_qsl_reads_it() -> None:
+    pieces = ["&", "&&", "=", "==", "+", "%", "%2", "%41", "%2B", "%C3%A9", "%FF", "%zz", "a", "é"]
+    rng = random.Random(0)
+    for _ in range(20_000):
+        body = "".join(rng.choices(pieces, k=rng.randrange(0, 12)))
+        assert parse_form(body) == parse_qsl(body, keep_blank_values=True), body
