@@ -27,8 +27,10 @@ def _services():  # type: ignore[no-untyped-def]
 def _signed_form() -> tuple[Any, Mapping[str, Any]]:
     """The app's services and the request's form, or 403 when Twilio did not sign it."""
     services = _services()
-    form = form_params(request)
-    if not services.signatures.is_valid(request, form):
+    # The request itself, not the proxy: the form and the signature read it a dozen times.
+    this = request._get_current_object()  # type: ignore[attr-defined]
+    form = form_params(this)
+    if not services.signatures.is_valid(this, form):
         abort(403)
     return services, form
 
