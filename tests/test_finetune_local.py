@@ -1116,6 +1116,63 @@ def test_cli_local_ctrl_c_before_training_records_nothing(
     assert jobs_in(database) == []
 
 
+def on_first_batch(monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> None:
+    """Run `action` (another command, as from a second shell) while the first batch is made."""
+    real = local.PadCollator.__call__
+    pending = [action]
+
+    def acting(self: local.PadCollator, batch: list[dict[str, list[int]]]) -> Any:
+        while pending:
+            pending.pop()()
+        return real(self, batch)
+
+    monkeypatch.setattr(local.PadCollator, "__call__", acting)
+
+
+def test_cli_local_switches_a_persona_renamed_while_it_trains(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    edits: list[Any] = []
+    on_first_batch(
+        monkeypatch, lambda: edits.append(run("persona", "edit", "ada", "--name", "Ada King"))
+    )
+    result = short_run(tiny_model, tmp_path)
+    assert edits[0].exit_code == 0, edits[0].output
+    assert result.exit_code == 0, result.output
+    p = persona_row(database)
+    (job,) = jobs_in(database)
+    assert (p.name, p.backend, p.model) == ("Ada King", "openai", "ada-lovelace")
+    assert job.status == "succeeded" and job.persona_id == p.id
+    assert "Persona Ada King now uses model ada-lovelace at " in result.output
+
+
+def test_cli_local_says_in_one_line_that_the_persona_was_removed_while_it_trained(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    on_first_batch(monkeypatch, lambda: run("persona", "remove", "ada"))
+    result = short_run(tiny_model, tmp_path)
+    assert result.exit_code == 1
+    (job,) = jobs_in(database)
+    out = tmp_path / "out"
+    assert result.stderr == (
+        f"Error: persona 'Ada Lovelace' was removed while {job.job_id} trained: the adapter is "
+        f"in {out} (serving notes: {out / 'SERVING.md'}); point a persona at it with "
+        "`phischer persona edit NAME --backend openai --model ada-lovelace --base-url "
+        "http://127.0.0.1:8000/v1`\n"
+    )
+    # The training itself succeeded: the job says so, and the adapter is there to serve.
+    assert job.status == "succeeded" and job.persona_id is None
+    assert (out / "adapter_model.safetensors").is_file()
+
+
 # -- serving notes for each kind of base model ------------------------------------------------
 
 

@@ -9,7 +9,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from phischer import personas
 from phischer.finetune.common import FINAL_STATES, FineTuneError
 from phischer.models import FineTuneJob, Persona, utcnow
 
@@ -73,11 +72,19 @@ def list_jobs(session: Session) -> list[tuple[FineTuneJob, str | None]]:
     return [(job, name) for job, name in rows]
 
 
-def persona_name(session: Session, job: FineTuneJob) -> str | None:
-    """The name of the persona a job trains, if it still exists."""
-    if job.persona_id is None:
+def switch_persona(session: Session, job: FineTuneJob, base_url: str | None) -> Persona | None:
+    """Point the job's persona at its model served at `base_url`; None if it was removed."""
+    # By id, not by name: `persona edit --name` while the job trains keeps the id (a removal
+    # sets persona_id to NULL, so the id never names a persona added since).
+    persona = session.get(Persona, job.persona_id) if job.persona_id is not None else None
+    if persona is None:
         return None
-    return session.scalar(sa.select(Persona.name).where(Persona.id == job.persona_id))
+    persona.backend, persona.model, persona.base_url = "openai", job.fine_tuned_model, base_url
+    # A key variable the persona read for its previous server (e.g. TOGETHER_API_KEY) is not
+    # this one's: unset, it would fail every text; set, it would leak to another server.
+    persona.api_key_env = None
+    session.flush()
+    return persona
 
 
 def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Persona | None:
@@ -97,13 +104,9 @@ def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Perso
         job.finished_at = utcnow()
     switched = None
     if update.status == "succeeded" and was != "succeeded" and job.fine_tuned_model:
-        name = persona_name(session, job)
-        if name is not None:
-            switched = personas.set_model(session, name, job.fine_tuned_model, backend="openai")
-            # The model lives where the job ran (OPENAI_BASE_URL, OPENAI_API_KEY's account),
-            # not on a server the persona may have pointed at before (e.g. a local vLLM for
-            # an earlier LoRA, with its own key variable).
-            switched.base_url = None
-            switched.api_key_env = None
+        # The model lives where the job ran (OPENAI_BASE_URL, OPENAI_API_KEY's account),
+        # not on a server the persona may have pointed at before (e.g. a local vLLM for an
+        # earlier LoRA, with its own key variable).
+        switched = switch_persona(session, job, base_url=None)
     session.flush()
     return switched

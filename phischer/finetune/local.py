@@ -1045,16 +1045,18 @@ def start_local(
             jobs.JobUpdate(status="succeeded", trained_tokens=result.tokens_seen or None),
         )
         stored.fine_tuned_model = name
-        switched = personas.set_model(
-            session, persona_name, name, backend="openai", base_url=request.serve_url
-        )
-        # A key variable the persona read for its previous server (e.g. TOGETHER_API_KEY)
-        # is not the local server's: unset, it would fail every text; set, it would leak.
-        switched.api_key_env = None
-        row = stored
+        switched = jobs.switch_persona(session, stored, request.serve_url)
+        switched_name, row = switched.name if switched else None, stored
     echo(guide)
+    notes = output_dir / "SERVING.md"
+    if switched_name is None:
+        raise FineTuneError(
+            f"persona {persona_name!r} was removed while {recorder.job_id} trained: the adapter is "
+            f"in {output_dir} (serving notes: {notes}); point a persona at it with `phischer "
+            f"persona edit NAME --backend openai --model {name} --base-url {request.serve_url}`"
+        )
     echo(
-        f"Persona {persona_name} now uses model {name} at {request.serve_url} "
-        f"(serving notes: {output_dir / 'SERVING.md'})."
+        f"Persona {switched_name} now uses model {name} at {request.serve_url} "
+        f"(serving notes: {notes})."
     )
     return row
