@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -143,6 +144,7 @@ def add(obj: Context, name: str, **options: object) -> None:
         if p.system_prompt and options.get("system_prompt") is None:
             click.echo(f"System prompt (from the dataset): {p.system_prompt}")
         note_kept_sampling(p)
+        note_unset_key(p)
 
 
 @persona_group.command("edit")
@@ -170,6 +172,8 @@ def edit(obj: Context, name: str, new_name: str | None, **options: object) -> No
             click.echo(describe_change(field, old, new))
         if changed.keys() & {"backend", "temperature", "max_tokens"}:
             note_kept_sampling(p)
+        if "api_key_env" in changed:
+            note_unset_key(p)
         if was_preferred is p and _named_by(session, preferred) is not p:
             # Renamed or re-keyed: numbers that never chose would get another persona.
             click.echo(
@@ -181,6 +185,16 @@ def edit(obj: Context, name: str, new_name: str | None, **options: object) -> No
 def _named_by(session: Session, word: str | None) -> Persona | None:
     # The persona a NAME argument or setting (DEFAULT_PERSONA) names now.
     return personas.named(personas.list_personas(session), word) if word else None
+
+
+def note_unset_key(p: Persona) -> None:
+    """Say that the persona's key variable is not set here (stored anyway: the server's may be)."""
+    # The CLI loaded .env at start, as the server does; an empty value is no key either.
+    if p.api_key_env and not os.environ.get(p.api_key_env):
+        click.echo(
+            f"Note: {p.api_key_env} is not set in this shell or .env: texts to {p.name} fail "
+            "until it is set where the server runs."
+        )
 
 
 def note_kept_sampling(p: Persona) -> None:

@@ -22,6 +22,7 @@ from phischer.models import Contact, Persona
 
 BACKENDS = ("openai", "retrieval")
 KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What the OpenAI chat API accepts; a value outside would make every text to the persona fail.
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0
 MAX_TOKENS_MIN = 1
@@ -126,6 +127,16 @@ def check_base_url(base_url: str, flag: str = "--base-url") -> None:
     if not is_http_url(base_url):
         raise PersonaError(
             f"{flag} {base_url!r} must be an http(s) URL, e.g. http://127.0.0.1:8000/v1"
+        )
+
+
+def check_env_name(name: str) -> None:
+    """Refuse an --api-key-env that no shell or .env could set (a value pasted for the name)."""
+    if not ENV_NAME_RE.fullmatch(name):
+        # Never echo it: a key pasted where its variable's name goes would end up on screen.
+        raise PersonaError(
+            "--api-key-env takes the name of an environment variable (letters, digits and _, "
+            "not starting with a digit), not its value, e.g. --api-key-env GPU_KEY"
         )
 
 
@@ -263,6 +274,8 @@ def _checked(spec: PersonaSpec, others: Sequence[Persona], given: Collection[str
     check_sampling(spec.temperature, spec.max_tokens)
     if spec.base_url is not None:
         check_base_url(spec.base_url)
+    if spec.api_key_env is not None and "api_key_env" in given:
+        check_env_name(spec.api_key_env)
     dataset = spec.dataset or None
     system_prompt = spec.system_prompt
     if spec.dataset and "dataset" in given:

@@ -95,7 +95,8 @@ def test_each_option_changes_its_field_and_nothing_else(vee, database, flags, ch
     assert "sk-gpu-secret" not in result.output  # the variable's name only, never its key
 
 
-def test_a_change_prints_old_and_new(vee):
+def test_a_change_prints_old_and_new(vee, monkeypatch):
+    monkeypatch.setenv("GPU_KEY", "sk-gpu-secret")  # set: no note that it is not
     result = run("persona", "edit", "Vee", "--base-url", "http://10.0.0.7:8000/v1",
                  "--api-key-env", "GPU_KEY", "--temperature", "", "--name", "Vera")  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -220,6 +221,9 @@ def write_text(path: Path, text: str) -> str:
          "applies to --backend openai, not retrieval (it answers from --dataset and calls no "
          "model): add --backend openai, or leave it out"),
         ("vee", ["--dataset", "nope.jsonl"], "dataset nope.jsonl does not exist"),
+        ("vee", ["--api-key-env", "sk-pasted-key"], "--api-key-env takes the name of an "
+         "environment variable (letters, digits and _, not starting with a digit), not its "
+         "value, e.g. --api-key-env GPU_KEY"),
         ("bo", ["--model", "m"], "--model only applies to --backend openai, not retrieval (it "
          "answers from --dataset and calls no model): add --backend openai, or leave it out"),
         ("bo", ["--base-url", "http://127.0.0.1:8000/v1", "--api-key-env", "K"], "--base-url, "
@@ -350,3 +354,36 @@ def test_readme_shows_persona_edit_as_printed(tmp_path):
     assert added.exit_code == 0, added.output
     edited = run(*shlex.split(lines[start])[2:])
     assert edited.output.splitlines() == shown
+
+
+@pytest.mark.parametrize("value", ["sk-abc123", "1KEY", "GPU KEY", "$GPU_KEY", "GPU_KEY=x", ""])
+def test_add_refuses_an_api_key_env_that_is_no_variable_name(database, value):
+    result = run("persona", "add", "Vee", "--keyword", "vee", "--backend", "openai",
+                 "--model", "m", "--api-key-env", value)  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: --api-key-env takes the name of an environment variable (letters, digits and "
+        "_, not starting with a digit), not its value, e.g. --api-key-env GPU_KEY\n"
+    )
+    assert rows(database) == {}
+
+
+def test_an_api_key_env_that_is_not_set_is_stored_with_a_note(database, vee, monkeypatch):
+    monkeypatch.setenv("SET_KEY", "sk-set-secret")
+    monkeypatch.setenv("EMPTY_KEY", "")  # no key either: the backend refuses it as unset
+    note = "Note: {} is not set in this shell or .env: texts to {} fail until it is set where "
+    note += "the server runs."
+    added = run("persona", "add", "Wu", "--keyword", "wu", "--backend", "openai", "--model", "m",
+                "--api-key-env", "_wu_key9")  # fmt: skip
+    assert added.output.splitlines() == [
+        "Added persona Wu (#wu, openai).",
+        note.format("_wu_key9", "Wu"),
+    ]
+    edited = run("persona", "edit", "vee", "--api-key-env", "EMPTY_KEY")
+    assert edited.output.splitlines()[-1] == note.format("EMPTY_KEY", "Vee")
+    assert rows(database)["vee"]["api_key_env"] == "EMPTY_KEY"
+    # Not given (its unset EMPTY_KEY is not news), or set: no note.
+    for flags in (["--greeting", "hi"], ["--api-key-env", "SET_KEY"]):
+        result = run("persona", "edit", "vee", *flags)
+        assert result.exit_code == 0 and "Note:" not in result.output
+        assert "sk-set-secret" not in result.output
