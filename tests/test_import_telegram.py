@@ -451,3 +451,23 @@ def test_a_renamed_person_is_one_person_in_every_chat(tmp_path: Path, me: str) -
         ],
         [("user", "coffee?"), ("assistant", "always")],
     ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "title"),
+    [
+        ("replies", "Replies"),
+        ("saved_messages", "Saved Messages"),
+        ("private_channel", "Telegram chat"),
+    ],
+)
+def test_a_chat_without_a_name_is_titled_as_telegram_desktop_lists_it(
+    tmp_path: Path, kind: str, title: str
+) -> None:
+    # Telegram Desktop writes no "name" for its Replies and Saved Messages service chats.
+    path = _chat(tmp_path, [_msg(1, "Leo Hart", LEO, "noted")], kind)
+    chat = json.loads(path.read_text(encoding="utf-8"))
+    del chat["name"]
+    path.write_text(json.dumps(chat), encoding="utf-8")
+    (conv,) = import_telegram(path)
+    assert conv.title == title

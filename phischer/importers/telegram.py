@@ -105,10 +105,14 @@ def _not_telegram(where: str) -> NoReturn:
     )
 
 
+# Chats Telegram Desktop writes without a "name": titled as its chat list shows them.
+_UNNAMED = {"saved_messages": "Saved Messages", "replies": "Replies"}
+
+
 def parse_chat(chat: dict[str, Any], where: str) -> list[Conversation]:
     """A chat (`name`, `type`, `id`, `messages`) as its Conversation, or one per forum topic."""
     kind = chat.get("type", "")
-    title = chat.get("name") or ("Saved Messages" if kind == "saved_messages" else "Telegram chat")
+    title = chat.get("name") or (isinstance(kind, str) and _UNNAMED.get(kind)) or "Telegram chat"
     chat_id = chat.get("id", title)
     is_group = isinstance(kind, str) and kind in _GROUP_TYPES
     messages = chat.get("messages") or []
