@@ -744,3 +744,26 @@ def test_odd_mentions_in_posts_name_nobody_and_break_nothing(tmp_path: Path) -> 
     )
     group = _convs(tmp_path)[-1]
     assert [m.sender for m in group.messages] == ["999", ZOE]
+
+
+@pytest.mark.parametrize(
+    "expanded",
+    [
+        "https://twitter.com/bakerbob/status/1650000000000000001",
+        "https://x.com/bakerbob/status/1650000000000000001?s=20",
+    ],
+)
+def test_a_dm_that_only_shares_a_post_is_dropped_as_a_link(tmp_path: Path, expanded: str) -> None:
+    # The archive writes a shared post as a t.co link whose `urls` entry expands to its status.
+    data = _dm_archive(tmp_path, tweets=False)
+    shared = _dm(3003, "55", "https://t.co/St1", "2023-05-04T10:02:00.000Z",
+                 urls=[{"url": "https://t.co/St1", "expanded": expanded, "display": "x.com/…"}])  # fmt: skip
+    empty = _dm(3004, "55", " ", "2023-05-04T10:03:00.000Z")  # nothing at all: still empty
+    chats = json.loads((data / "direct-messages.js").read_text().split("= ", 1)[1])
+    chats[0]["dmConversation"]["messages"][:0] = [empty, shared]
+    (data / "direct-messages.js").write_text(
+        "window.YTD.direct_messages.part0 = " + json.dumps(chats)
+    )
+    chat = _convs(tmp_path)[0]
+    assert chat.dropped == {"link": 1, "empty": 1, "media": 1}  # media: the archive's pic1
+    assert all("t.co" not in m.text and "status" not in m.text for m in chat.messages)

@@ -447,6 +447,15 @@ def _no_words(tweet: dict[str, Any], raw: str, text: str) -> str | None:
     return "media" if "t.co/" in raw else "empty"
 
 
+def _empty_dm_reason(create: dict[str, Any], media: list[dict], links: list[dict]) -> str:
+    """Why a DM with nothing left once cleaned is dropped: "media", "link" or "empty"."""
+    if create.get("mediaUrls") or media:
+        return "media"
+    # A shared post: its status link goes as a quoted post's does, and sharing is not
+    # writing (as a post of only links is "link").
+    return "link" if links else "empty"
+
+
 @register("twitter")
 def import_twitter(path: Path) -> Iterator[Conversation]:
     """Yield a Conversation per post or self-thread (opened by a topic prompt), then per DM."""
@@ -606,7 +615,7 @@ def _dm_conversation(
             }
         )
         if not text:
-            conv.drop("media" if create.get("mediaUrls") or media else "empty")
+            conv.drop(_empty_dm_reason(create, media, links))
             continue
         when = _parse_time(create.get("createdAt"))
         if when is None:
