@@ -345,24 +345,6 @@ def route_number(session: Session, number: str, name: str) -> Contact:
     return contact
 
 
-def set_model(
-    session: Session,
-    name: str,
-    model: str,
-    *,
-    backend: str = "openai",
-    base_url: str | None = None,
-) -> Persona:
-    """Point a persona at a (fine-tuned) model; used when a fine-tuning job succeeds."""
-    persona = get_persona(session, name)
-    persona.model = model
-    persona.backend = backend
-    if base_url is not None:
-        persona.base_url = base_url
-    session.flush()
-    return persona
-
-
 def default_persona(session: Session, preferred: str | None) -> Persona | None:
     """DEFAULT_PERSONA if set and known, else the persona marked default, else the first."""
     return pick_default(list_personas(session), preferred)

@@ -23,6 +23,7 @@ import requests
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from flask import Flask
+from sqlalchemy.orm import Session
 from twilio.request_validator import RequestValidator
 
 from phischer import create_app
@@ -32,7 +33,7 @@ from phischer.db import Database
 from phischer.finetune import jobs
 from phischer.migrate import upgrade
 from phischer.models import FineTuneJob, Persona
-from phischer.personas import PersonaSpec, add_persona
+from phischer.personas import PersonaSpec, add_persona, edit_persona
 from tests.fake_openai import FakeOpenAI
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
@@ -123,6 +124,14 @@ def persona_row(database: Database, keyword: str = "ada") -> Persona:
     """A fresh copy of the persona row with this keyword."""
     with database.read() as session:
         return session.scalar(sa.select(Persona).where(Persona.keyword == keyword))
+
+
+def set_model(session: Session, name: str, model: str, *, base_url: str | None = None) -> Persona:
+    """Serve persona `name` from `model` (at `base_url`), as a finished fine-tune does."""
+    changes = {"backend": "openai", "model": model}
+    if base_url is not None:
+        changes["base_url"] = base_url
+    return edit_persona(session, name, changes)[0]
 
 
 def record_local_job(

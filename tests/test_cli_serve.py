@@ -154,7 +154,7 @@ def test_text_says_a_reply_by_rest_went_elsewhere(
 ):
     # REPLY_MODE=async: the TwiML is empty and the reply goes by REST (here to the fake
     # Twilio), which `phischer text` cannot see; "(no reply)" alone would look like silence.
-    from phischer.personas import set_model
+    from tests.conftest import set_model
     from tests.fake_twilio import AUTH_TOKEN
 
     with database.write() as session:

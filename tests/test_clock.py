@@ -19,8 +19,8 @@ from phischer.importers.base import Conversation
 from phischer.importers.base import Message as ChatMessage
 from phischer.inbound import LIMIT_TEXT
 from phischer.models import Contact, Message, utcnow
-from phischer.personas import set_model
 from phischer.thread import build_thread
+from tests.conftest import set_model
 from tests.fake_openai import echo
 
 SECOND = dt.timedelta(seconds=1)

@@ -8,8 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from phischer.models import Message
-from phischer.personas import set_model
-from tests.conftest import sign
+from tests.conftest import set_model, sign
 
 STATUS_URL = "http://localhost/sms/status"
 

@@ -23,12 +23,12 @@ from phischer.personas import (
     PersonaSpec,
     add_persona,
     remove_persona,
-    set_model,
 )
 from tests.conftest import (
     post_signed,
     run,
     serving,
+    set_model,
     sms_params,
     twiml_bodies,
     write_dataset,

@@ -296,7 +296,7 @@ def instances(make_pg_app, count: int = 2, **overrides) -> list:
 
 def on_model(app, base_url: str, name: str = "Ada") -> None:
     """Point a persona at an OpenAI-compatible server (the loopback fake)."""
-    from phischer.personas import set_model
+    from tests.conftest import set_model
 
     with app.extensions["phischer"].db.write() as session:
         set_model(session, name, "m", base_url=base_url)

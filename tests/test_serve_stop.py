@@ -22,9 +22,8 @@ from gunicorn.config import Config
 from phischer.config import DEFAULT_FALLBACK_REPLY
 from phischer.daemon_pool import DaemonPool
 from phischer.models import Message
-from phischer.personas import set_model
 from phischer.server import QUIT_GRACE_S, Worker
-from tests.conftest import free_port, post_signed, sign, sms_params
+from tests.conftest import free_port, post_signed, set_model, sign, sms_params
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN
 
 # A hung worker was SIGKILLed by the arbiter graceful_timeout (20 s) after Ctrl-C.

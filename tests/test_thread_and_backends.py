@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from phischer.inbound import OPT_IN_TEXT
 from phischer.models import Message, utcnow
-from phischer.personas import set_model
+from tests.conftest import set_model
 
 
 @pytest.fixture

@@ -1608,7 +1608,7 @@ def test_ctrl_c_stops_up_at_once_with_a_slow_reply_in_progress(
     import sqlalchemy as sa
 
     from phischer.models import Message
-    from phischer.personas import set_model
+    from tests.conftest import set_model
 
     agent = fake_agent()
     monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)

@@ -131,7 +131,7 @@ def test_missing_from_or_sid_is_400(app):
 
 
 def test_same_message_sid_twice_one_row_one_model_call(make_app, personas, fake_openai, database):
-    from phischer.personas import set_model
+    from tests.conftest import set_model
 
     with database.write() as session:
         set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
@@ -182,7 +182,7 @@ def test_unicode_and_emoji_round_trip(app, twilio_post):
 def test_mms_without_body_gets_text_only_reply_and_no_model_call(
     make_app, personas, fake_openai, database, twilio_post
 ):
-    from phischer.personas import set_model
+    from tests.conftest import set_model
 
     with database.write() as session:
         set_model(session, "Ada", "m", base_url=fake_openai.base_url)
@@ -253,7 +253,7 @@ def test_logs_above_debug_hold_no_numbers_or_tokens(
 ):
     import logging
 
-    from phischer.personas import set_model
+    from tests.conftest import set_model
 
     with database.write() as session:
         set_model(session, "Bo", "m", base_url=fake_openai.base_url)
