@@ -71,15 +71,20 @@ STATUS_PATH = "sms/status"
 
 def twiml_replies(replies: Sequence[tuple[str, int]]) -> str:
     """TwiML for (text, reply id) pairs; each <Message> asks for status callbacks for its row."""
-    doc = twiml(*(text for text, _ in replies))
-    # The document is cached per texts; only the ids differ. A body cannot hold "<Message>"
-    # (it is escaped), so the tags split the document into one part per message kept.
-    ids = [rid for text, rid in replies if _xml_text(text)]
-    head, *parts = doc.split("<Message>")
+    head, parts = _twiml_parts(tuple(text for text, _ in replies))
     return head + "".join(
-        f'<Message action="{STATUS_PATH}?reply={rid}">{part}'
-        for rid, part in zip(ids, parts, strict=True)
+        f'<Message action="{STATUS_PATH}?reply={replies[i][1]}">{part}' for i, part in parts
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _twiml_parts(texts: tuple[str, ...]) -> tuple[str, tuple[tuple[int, str], ...]]:
+    """twiml(*texts) cut before each <Message>: the head, and (index in texts, rest) per message."""
+    # Cached per texts, as twiml is: only the ids differ between texts. A body cannot hold
+    # "<Message>" (it is escaped), so the tags split the document into one part per text kept.
+    head, *parts = twiml(*texts).split("<Message>")
+    kept = [i for i, text in enumerate(texts) if _xml_text(text)]
+    return head, tuple(zip(kept, parts, strict=True))
 
 
 class SendError(Exception):

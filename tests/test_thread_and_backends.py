@@ -549,6 +549,32 @@ def test_fit_sms_edges():
     assert len(fit_sms("é" * 2000, 1600)) == 1600
 
 
+@pytest.mark.parametrize(
+    "texts",
+    [
+        [],
+        [""],
+        ["plain reply"],
+        ["<Message> & \"quotes\" 'apos' </Response> ]]> &amp;"],
+        ["emoji 😀👍🏽 and ñ, 中文"],
+        ["first", "second", "third"],
+        ["", "kept", "\x00\x07", "also kept\x0b"],
+        ["line\nbreak\ttab\r"],
+    ],
+)
+def test_twiml_replies_is_the_sdks_twiml_with_a_status_action_per_message(texts):
+    from twilio.twiml.messaging_response import MessagingResponse
+
+    from phischer.replies import NOT_XML, twiml_replies
+
+    for ids in ([7, 12, 345, 6][: len(texts)], [999, 2, 31, 40][: len(texts)]):  # cached texts
+        expected = MessagingResponse()
+        for text, rid in zip(texts, ids, strict=True):
+            if NOT_XML.sub("", text):
+                expected.message(NOT_XML.sub("", text), action=f"sms/status?reply={rid}")
+        assert twiml_replies(list(zip(texts, ids, strict=True))) == str(expected)
+
+
 def test_retrieval_picks_the_right_reply_and_avoids_repeats(app, twilio_post):
     assert twilio_post("so what do you do for work?").replies == [
         "I compute Bernoulli numbers, mostly by candlelight."
