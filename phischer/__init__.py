@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     from werkzeug.exceptions import HTTPException
 
     from phischer.backends import Backends
-    from phischer.backends.base import BackendError, PersonaView
+    from phischer.backends.base import BackendError
     from phischer.db import Database
     from phischer.inbound import SmsService
     from phischer.personas import list_personas, named, pick_default
@@ -89,12 +90,15 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     )
     app.register_blueprint(bp)
 
-    # Build retrieval indexes now: before gunicorn forks, so workers share them.
-    personas: list[PersonaView] = []
+    # Retrieval indexes are not built here, before gunicorn forks: each serving process
+    # builds them in a thread of its own (SmsService.prepare), so the server starts at once.
+    # The backends are made here, though: their modules (openai, bm25s and the tokenizer's
+    # tables) are then loaded once, shared by the workers, not in each after its fork.
+    used: set[str] = set()  # the backends the personas use
     try:
         with db.read() as session:
             stored = list_personas(session)
-            personas = [PersonaView.of(p) for p in stored]
+            used = {p.backend for p in stored}
             preferred = settings.default_persona
             if stored and preferred and named(stored, preferred) is None:
                 log.warning(
@@ -105,11 +109,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
                 )
     except Exception as exc:  # no tables yet: `phischer db upgrade` has not run
         log.warning("Database not ready (%s): run `phischer db upgrade`", type(exc).__name__)
-    for persona in personas:
-        try:
-            backends.get(persona.backend).warm(persona)
-        except BackendError as exc:  # one broken persona must not leave the others cold
-            log.warning("Could not prepare persona %s: %s", persona.name, exc)
+    for name in used:
+        with suppress(BackendError):  # an unknown one: its texts say so
+            backends.get(name)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

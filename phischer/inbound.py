@@ -101,8 +101,10 @@ class SmsService:
     def __init__(self, settings: Settings, db: Database, backends: Backends) -> None:
         self.settings = settings
         self.store = Store(db)
-        self.personas = PersonaDirectory(db, settings.default_persona)
         self.backends = backends
+        # Each persona the cache finds new gets its backend prepared (a retrieval index
+        # built) in the background, so its first text does not wait for it.
+        self.personas = PersonaDirectory(db, settings.default_persona, on_new=self._warm)
         self.sender = RestSender(settings)
         # Daemon threads: one still at the model when the process stops must not hold its exit.
         self._executor = DaemonPool(max_workers=8, name="phischer-reply")
@@ -163,6 +165,24 @@ class SmsService:
             sweeper.stop(timeout=5.0 if timeout is None else 0.0)
         # A thread ends once its reply (model call, then storing and sending) is done.
         return self._executor.shutdown(timeout)
+
+    def prepare(self) -> None:
+        """Read the personas now, starting what their backends build in the background."""
+        # Once per serving process (a gunicorn worker after its fork), never in create_app:
+        # a build thread running in the arbiter would not exist in its workers.
+        try:
+            self.personas.reload()
+            # The first text reads them again, as it would have: a persona added a moment
+            # after the start (`up` with none yet) must answer it, not wait for the TTL.
+            self.personas.invalidate()
+        except Exception as exc:  # no tables yet: create_app has said to run `db upgrade`
+            log.debug("Personas not read ahead (%s)", type(exc).__name__)
+
+    def _warm(self, persona: PersonaView) -> None:
+        try:
+            self.backends.get(persona.backend).warm(persona)
+        except BackendError as exc:  # an unknown backend: its texts say so, each logged
+            log.warning("Could not prepare persona %s: %s", persona.name, exc)
 
     def _start_sweeper(self) -> Any:
         from phischer.recovery import Sweeper

@@ -6,7 +6,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -407,13 +407,20 @@ class PersonaDirectory:
 
     Personas change rarely (CLI, fine-tuning) while every text needs one; a short cache
     saves a query per text, and a change made elsewhere is seen within `ttl_s`. A persona
-    the cache does not know yet is looked up at once (`reload`, `for_contact`).
+    the cache does not know yet is looked up at once (`reload`, `for_contact`). `on_new` is
+    called with each persona a read finds new or changed (every one, on the first read), so
+    what it needs can be prepared before its first text.
     """
 
     def __init__(
-        self, db: Database, preferred_default: str | None, ttl_s: float = PERSONA_TTL_S
+        self,
+        db: Database,
+        preferred_default: str | None,
+        ttl_s: float = PERSONA_TTL_S,
+        on_new: Callable[[PersonaView], None] | None = None,
     ) -> None:
         self.db = db
+        self.on_new = on_new
         self.preferred_default = preferred_default
         self.ttl_s = ttl_s
         self._loaded_at = -1e18
@@ -433,6 +440,10 @@ class PersonaDirectory:
                 rows = list_personas(session)
                 views = [PersonaView.of(p) for p in rows]
                 default = pick_default(rows, self.preferred_default)
+            if self.on_new is not None:
+                for view in views:  # a few personas, once per ttl_s at most
+                    if self._by_id.get(view.id) != view:
+                        self.on_new(view)
             self._by_id = {v.id: v for v in views}
             self._by_keyword = {v.keyword: v for v in views}
             self._default = self._by_id.get(default.id) if default else None

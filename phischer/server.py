@@ -160,11 +160,14 @@ def finish_in_time(app: Any, requests: InFlight, deadline: float) -> None:
 
 
 def _post_fork(_server: Any, worker: Any) -> None:
-    # The app was built before the fork (preload) so workers share the retrieval indexes;
-    # pooled database connections must not be shared across processes, though.
+    # The app was built before the fork (preload); pooled database connections must not be
+    # shared across processes, though.
     services = worker.app.application.extensions.get("phischer")
     if services is not None:
         services.db.dispose()
+        # Each worker builds its personas' retrieval indexes in a thread of its own, while
+        # it already serves: a thread started before the fork would not run in the worker.
+        services.sms.prepare()
         # Sweep for what a crash or restart left unanswered now, not at the first new text:
         # on a quiet number that text would come hours later and supersede them all.
         services.sms.sweeper.get()

@@ -988,6 +988,7 @@ def run_up(
         thread.start()
         # What a crash or restart left unanswered goes out now, not at the next text.
         app.extensions["phischer"].sms.sweeper.get()
+        app.extensions["phischer"].sms.prepare()  # retrieval indexes, built in the background
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
         bound = int(server.server_address[1])  # the real port when --port 0

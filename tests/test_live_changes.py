@@ -6,16 +6,19 @@ and retrieval indexes); the last test runs the real server.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from phischer.backends.retrieval import RECHECK_S
+from phischer.backends.base import PersonaView
+from phischer.backends.retrieval import RECHECK_S, RetrievalBackend
 from phischer.db import Database
 from phischer.models import Message
 from phischer.personas import (
@@ -24,6 +27,7 @@ from phischer.personas import (
     add_persona,
     remove_persona,
 )
+from phischer.server import _post_fork
 from tests.conftest import (
     post_signed,
     run,
@@ -177,3 +181,85 @@ def test_changes_made_while_gunicorn_serves(settings, personas, database, tmp_pa
         for number in numbers:  # at once: no worker answers from a persona that is gone
             assert text("hey how are you", number) == [ADA_HI]
     assert {m.status for m in inbound(database)} == {"replied"}
+
+
+def retrieval_of(app: Flask) -> RetrievalBackend:
+    """The app's retrieval backend (each worker has its own indexes)."""
+    return app.extensions["phischer"].sms.backends.get("retrieval")
+
+
+def view_of(app: Flask, keyword: str) -> PersonaView:
+    """The persona with `keyword`, once the app's cache has read the personas again."""
+    directory = app.extensions["phischer"].sms.personas
+    directory.reload()  # what its next text does within PERSONA_TTL_S
+    view = directory.by_keyword(keyword)
+    assert view is not None
+    return view
+
+
+def built_within(backend: RetrievalBackend, persona: PersonaView, timeout_s: float = 10.0) -> bool:
+    """Whether the persona's index gets built within `timeout_s`, nothing asking for it."""
+    deadline = time.monotonic() + timeout_s
+    while not backend.built(persona):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_persona_added_while_serving_gets_its_index_built_before_its_first_text(
+    workers, twilio_post, tmp_path
+):
+    add_cy(tmp_path)
+    for app in workers:
+        assert built_within(retrieval_of(app), view_of(app, "cy"))  # no text to Cy asked for it
+
+
+def test_a_text_during_the_build_ahead_waits_for_it_and_gets_cy(
+    make_app, personas, twilio_post, tmp_path, monkeypatch
+):
+    started, release = threading.Event(), threading.Event()
+    builds: list[Path] = []
+    real_build = RetrievalBackend._build
+
+    def slow_build(self: RetrievalBackend, path: Path) -> Any:
+        builds.append(path)
+        started.set()
+        release.wait(10)  # a 100k-example dataset, as seen by a text arriving meanwhile
+        return real_build(self, path)
+
+    app = make_app()
+    assert twilio_post("#list", "+15550999", target=app).replies == ["Personas: #ada, #bo"]
+    for keyword in ("ada", "bo"):  # their builds ahead, started by that text, are done
+        assert built_within(retrieval_of(app), view_of(app, keyword))
+    monkeypatch.setattr(RetrievalBackend, "_build", slow_build)
+    add_cy(tmp_path)
+    assert run("persona", "route", "+15550111", "cy").exit_code == 0
+    view_of(app, "cy")  # the worker sees Cy: its index starts building
+    assert started.wait(10)
+    answers: list[list[str]] = []
+    text = threading.Thread(
+        target=lambda: answers.append(
+            twilio_post("hey how are you", "+15550111", target=app).replies
+        )
+    )
+    text.start()
+    text.join(0.3)
+    assert text.is_alive()  # waiting for the build under way, not starting one of its own
+    release.set()
+    text.join(10)
+    assert answers == [["cy here, all good"]]
+    assert [p.name for p in builds] == ["cy.jsonl"]  # built once
+
+
+def test_each_gunicorn_worker_builds_the_indexes_after_its_fork(make_app, personas):
+    app = make_app()
+    backend = retrieval_of(app)
+    ada = view_of(app, "ada")
+    assert built_within(backend, ada)  # in a process that never forked: from its first read
+    fresh = make_app()  # a preloaded app, as the arbiter holds it before forking
+    backend = retrieval_of(fresh)
+    assert not backend.built(ada)  # nothing built (nor any thread started) before the fork
+    _post_fork(None, SimpleNamespace(app=SimpleNamespace(application=fresh)))
+    assert built_within(backend, ada)
+    assert built_within(backend, view_of(fresh, "bo"))

@@ -593,11 +593,12 @@ def test_retrieval_index_built_once(app, twilio_post, monkeypatch):
     calls = []
     original = RetrievalBackend._build
     monkeypatch.setattr(
-        RetrievalBackend, "_build", staticmethod(lambda p: calls.append(p) or original(p))
+        RetrievalBackend, "_build", lambda self, p: calls.append(p) or original(self, p)
     )
     for _ in range(3):
         twilio_post("good night")
-    assert calls == []  # warmed at create_app, reused per request
+    # Built once (ahead of the first text, which waits for it), then reused by every text.
+    assert [p.name for p in calls].count("ada.jsonl") == 1
 
 
 def test_retrieval_gets_only_the_turns_it_reads(app, twilio_post, monkeypatch):

@@ -60,5 +60,5 @@ class Backend(Protocol):
         ...
 
     def warm(self, persona: PersonaView) -> None:
-        """Prepare anything expensive ahead of the first request (may do nothing)."""
+        """Start preparing anything expensive ahead of the first request; never blocks."""
         ...

@@ -25,6 +25,8 @@ import numpy as np
 
 from phischer.backends.base import BackendError, PersonaView, Reply
 from phischer.chat_format import content_texts
+from phischer.daemon_pool import DaemonPool
+from phischer.per_process import PerProcess
 from phischer.thread import join_texts, split_turn
 
 # bm25s sets its own logger to DEBUG on import; let it follow the app's level instead.
@@ -496,6 +498,9 @@ class RetrievalBackend:
         self._lock = threading.Lock()
         self._recheck_s = recheck_s
         self._checked: dict[str, tuple[float, Index]] = {}  # dataset -> (when, index)
+        # Builds ahead of the first text (`warm`): one thread, made in each process, since a
+        # thread does not survive gunicorn's fork (nor may a build hold _lock across it).
+        self._builder = PerProcess(lambda: DaemonPool(max_workers=1, name="phischer-index"))
 
     def index(self, persona: PersonaView) -> Index:
         """The cached index of the persona's dataset (rebuilt only if the file changes)."""
@@ -573,8 +578,21 @@ class RetrievalBackend:
         return Index(bm25=bm25, answers=pairs.answers, sent_as=self._sent_as)
 
     def warm(self, persona: PersonaView) -> None:
-        """Build the index now (before gunicorn forks, so workers share it)."""
-        self.index(persona)
+        """Start building the persona's index in a daemon thread, unless it is built; return at once."""
+        # A text arriving meanwhile waits for this same build on _lock (see _current), then
+        # finds it done: the index is never built twice.
+        if persona.dataset and persona.dataset not in self._indexes:
+            self._builder.get().submit(self._build_ahead, persona)
+
+    def built(self, persona: PersonaView) -> bool:
+        """Whether an index of the persona's dataset is built (a text needs not wait for one)."""
+        return persona.dataset is not None and persona.dataset in self._indexes
+
+    def _build_ahead(self, persona: PersonaView) -> None:
+        try:
+            self.index(persona)
+        except BackendError as exc:  # its texts fail with the same reason, each logged
+            log.warning("Could not prepare persona %s: %s", persona.name, exc)
 
     def reply(self, persona: PersonaView, messages: list[dict[str, str]]) -> Reply:
         """Answer the last user turn from the dataset."""
