@@ -1166,7 +1166,8 @@ def test_cli_local_says_in_one_line_that_the_persona_was_removed_while_it_traine
         f"Error: persona 'Ada Lovelace' was removed while {job.job_id} trained: the adapter is "
         f"in {out} (serving notes: {out / 'SERVING.md'}); point a persona at it with "
         "`phischer persona edit NAME --backend openai --model ada-lovelace --base-url "
-        "http://127.0.0.1:8000/v1`\n"
+        "http://127.0.0.1:8000/v1` (or a new one: `phischer persona add NAME --keyword WORD "
+        "--backend openai --model ada-lovelace --base-url http://127.0.0.1:8000/v1`)\n"
     )
     # The training itself succeeded: the job says so, and the adapter is there to serve.
     assert job.status == "succeeded" and job.persona_id is None

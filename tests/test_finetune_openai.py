@@ -574,6 +574,28 @@ def test_wait_polls_with_backoff_and_switches_the_persona(
     ]
 
 
+def test_status_of_a_job_whose_persona_was_removed_says_how_to_serve_its_model(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    job_id = start_job(train)
+    assert run("persona", "remove", "ada").exit_code == 0
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 0, result.output  # the job succeeded: only the persona is gone
+    assert result.output.splitlines()[-1] == (
+        f"Its persona was removed while {job_id} trained: {FT_MODEL} is not served; point a "
+        f"persona at it with `phischer persona edit NAME --backend openai --model {FT_MODEL}` "
+        "(or a new one: `phischer persona add NAME --keyword WORD --backend openai --model "
+        f"{FT_MODEL}`)"
+    )
+    (row,) = jobs_in(database)
+    assert row.status == "succeeded" and row.persona_id is None
+    again = run("finetune", "status", job_id)  # said once, as a switch is made once
+    assert again.output.strip().splitlines() == [
+        f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}"
+    ]
+
+
 def test_status_without_wait_shows_new_events_once(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
 ) -> None:

@@ -72,6 +72,16 @@ def list_jobs(session: Session) -> list[tuple[FineTuneJob, str | None]]:
     return [(job, name) for job, name in rows]
 
 
+def removed_while_trained(persona: str, job_id: str, where: str, flags: str) -> str:
+    """Why a trained model serves no persona (removed meanwhile), and how to serve it."""
+    # One wording for the local and the OpenAI path; `flags` are what serve the model.
+    return (
+        f"{persona} was removed while {job_id} trained: {where}; point a persona at it with "
+        f"`phischer persona edit NAME --backend openai {flags}` (or a new one: `phischer "
+        f"persona add NAME --keyword WORD --backend openai {flags}`)"
+    )
+
+
 def switch_persona(session: Session, job: FineTuneJob, base_url: str | None) -> Persona | None:
     """Point the job's persona at its model served at `base_url`; None if it was removed."""
     # By id, not by name: `persona edit --name` while the job trains keeps the id (a removal

@@ -1051,9 +1051,12 @@ def start_local(
     notes = output_dir / "SERVING.md"
     if switched_name is None:
         raise FineTuneError(
-            f"persona {persona_name!r} was removed while {recorder.job_id} trained: the adapter is "
-            f"in {output_dir} (serving notes: {notes}); point a persona at it with `phischer "
-            f"persona edit NAME --backend openai --model {name} --base-url {request.serve_url}`"
+            jobs.removed_while_trained(
+                f"persona {persona_name!r}",
+                recorder.job_id,
+                f"the adapter is in {output_dir} (serving notes: {notes})",
+                f"--model {name} --base-url {request.serve_url}",
+            )
         )
     echo(
         f"Persona {switched_name} now uses model {name} at {request.serve_url} "

@@ -310,6 +310,7 @@ class StatusResult:
     fine_tuned_model: str | None
     error: str | None
     persona_switched: str | None = None
+    persona_removed: bool = False  # it succeeded just now, and its persona is gone
     tracked: bool = True
 
 
@@ -347,9 +348,12 @@ def check_status(db: Database, client: openai.OpenAI, job_id: str) -> StatusResu
     )
     with db.write() as session:
         stored = jobs.get_job(session, job_id, server)
+        succeeds_now = remote.status == "succeeded" and stored.status != "succeeded"
         switched = jobs.apply_update(session, stored, update)
         if switched is not None:
             result.persona_switched = switched.name
+        elif succeeds_now and stored.fine_tuned_model:  # no persona left to switch
+            result.persona_removed = True
     return result
 
 
@@ -374,6 +378,13 @@ def describe_status(result: StatusResult) -> list[str]:
     if result.persona_switched:
         lines.append(
             f"Persona {result.persona_switched} now answers with {result.fine_tuned_model}."
+        )
+    if result.persona_removed:
+        model = result.fine_tuned_model
+        lines.append(
+            jobs.removed_while_trained(
+                "Its persona", result.job_id, f"{model} is not served", f"--model {model}"
+            )
         )
     return lines
 
