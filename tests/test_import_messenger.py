@@ -242,6 +242,7 @@ def test_parallel_parsing_reports_a_broken_file(
         ("You named the group Ski trip.", "Zoë Martín", "system"),
         ("Priya Nair added Sam Rivera to the group.", "Priya Nair", "system"),
         ("https://example.com/x", "Sam Rivera", "link"),
+        ("https://example.com/x www.example.org", "Sam Rivera", "link"),  # as X's rule
         # a new connection's first line, waves, admins
         (
             "You can now message and call each other and see info like Active Status and "

@@ -767,3 +767,22 @@ def test_a_dm_that_only_shares_a_post_is_dropped_as_a_link(tmp_path: Path, expan
     chat = _convs(tmp_path)[0]
     assert chat.dropped == {"link": 1, "empty": 1, "media": 1}  # media: the archive's pic1
     assert all("t.co" not in m.text and "status" not in m.text for m in chat.messages)
+
+
+def test_a_dm_of_only_a_link_to_another_site_is_dropped_as_a_link(tmp_path: Path) -> None:
+    # As a post of only links is, and a Messenger message: shared, not written.
+    data = _dm_archive(tmp_path, tweets=False)
+    site = [{"url": "https://t.co/Ex1", "expanded": "https://example.com/recipes/sourdough"}]
+    bare = _dm(3003, "55", "https://t.co/Ex1", "2023-05-04T10:02:00.000Z", urls=site)
+    two = _dm(3004, "55", "www.example.com https://example.org/a", "2023-05-04T10:02:30.000Z")
+    said = _dm(3005, "55", "try this https://t.co/Ex1", "2023-05-04T10:03:00.000Z", urls=site)
+    chats = json.loads((data / "direct-messages.js").read_text().split("= ", 1)[1])
+    chats[0]["dmConversation"]["messages"][:0] = [said, two, bare]
+    (data / "direct-messages.js").write_text(
+        "window.YTD.direct_messages.part0 = " + json.dumps(chats)
+    )
+    chat = _convs(tmp_path)[0]
+    assert chat.dropped == {"link": 2, "media": 1}  # media: the archive's pic1
+    texts = [m.text for m in chat.messages]
+    assert "try this https://example.com/recipes/sourdough" in texts  # words with it: kept
+    assert not any(t.startswith(("https://", "www.")) for t in texts)

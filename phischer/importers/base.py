@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,16 @@ class ImportErrorMessage(ValueError):
 # the wrong type, an impossible value (a date past year 9999 overflows). Importers turn
 # these into an ImportErrorMessage naming the record.
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+# A link as chat texts hold one (with or without its scheme).
+LINK = re.compile(r"(?:https?://|www\.)\S+")
+
+
+def only_links(text: str) -> bool:
+    """Whether `text` is links and nothing else: shared, not written, so dropped as "link"."""
+    # One rule for every importer that drops such messages (Messenger, X posts and DMs).
+    return LINK.search(text) is not None and not LINK.sub("", text).strip()
 
 
 # An alias for a sender who may be the export's owner although the export gives no name

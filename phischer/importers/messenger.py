@@ -28,14 +28,19 @@ from operator import attrgetter, le, truediv
 from pathlib import Path
 from typing import Any
 
-from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.base import (
+    Conversation,
+    ImportErrorMessage,
+    Message,
+    only_links,
+    register,
+)
 from phischer.importers.files import Export, open_export
 
 _LEGACY_FILE = re.compile(r"(?:^|/)message_(\d+)\.json$")
 # The folders between the export root and the box ("inbox/…") carry no meaning for ids.
 _ID_PREFIX = re.compile(r"^(?:.*/)?messages/")
 _MEDIA_KEYS = ("photos", "videos", "audio_files", "gifs", "files")
-_LINK_ONLY = re.compile(r"(?:https?://|www\.)\S+")
 
 # Facebook writes its notices as ordinary messages from the person who caused them
 # ("Alice sent a photo.", "You named the group Ski trip."), in the export's language;
@@ -132,7 +137,7 @@ def _text_reason(text: str, sender: str, shared: bool) -> str | None:
             # "Sam hat einen Link gesendet.": a share whose text is Facebook's notice in the
             # export's language (the sender's name, then a few words, no link of its own).
             return "link"
-    if (shared or text[0] in "hw") and _LINK_ONLY.fullmatch(text):
+    if (shared or text[0] in "hw") and only_links(text):
         return "link"
     return None
 

@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from phischer.importers.base import (
+    LINK,
     MALFORMED,
     UNNAMED_OWNER,
     Conversation,
     ImportErrorMessage,
     Message,
+    only_links,
     register,
 )
 from phischer.importers.files import Export, open_export, parse_json
@@ -71,7 +73,6 @@ _TRAILING_TCO = re.compile(r"(?:\s*https?://t\.co/\w+)+\s*$")
 _STATUS_URL = re.compile(
     r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/(?:\w+|i/web)/status(?:es)?/\d+\S*"
 )
-_URL = re.compile(r"https?://\S+|www\.\S+")
 # A photo, video or GIF sent in a DM is a t.co link in the message's text whose `urls` entry
 # expands to the DM media page, twitter.com/messages/media/<id> (x.com in newer archives):
 # the attachment itself, not a link anyone typed.
@@ -146,7 +147,7 @@ def topic_prompt(text: str, *, reply_to: str | None = None, thread: bool = False
     """
     hashtags = _dedupe("#" + h for h in _HASHTAG.findall(text))[:3]
     mentions = _dedupe("@" + m for m in _MENTION.findall(text))[:2]
-    plain = _MENTION.sub(" ", _HASHTAG.sub(" ", _URL.sub(" ", text)))
+    plain = _MENTION.sub(" ", _HASHTAG.sub(" ", LINK.sub(" ", text)))
     topics = _dedupe(key_phrases(plain) + hashtags + mentions)
     kind = "a thread" if thread else "a post"
     if reply_to:
@@ -297,7 +298,7 @@ def _notes(export: Export) -> Notes:
 def _comparable(text: str) -> str:
     # What a cut post and its note share: no links (the cut post ends in one to the note),
     # no reply @-prefix, no ellipsis, entities decoded, one space between words.
-    text = html.unescape(_URL.sub(" ", text)).strip().removesuffix("…").removesuffix("...")
+    text = html.unescape(LINK.sub(" ", text)).strip().removesuffix("…").removesuffix("...")
     return " ".join(_REPLY_PREFIX.sub("", text).split())
 
 
@@ -428,10 +429,10 @@ def _keep(
 
 def _no_words(tweet: dict[str, Any], raw: str, text: str) -> str | None:
     """Why a post with no words of its own is dropped ("link", "media", …); None if it has any."""
-    if _URL.sub("", text).strip():
-        return None
+    if only_links(text):
+        return "link"  # something shared, nothing written (as Messenger's and DMs' rule)
     if text:
-        return "link"  # only links: something shared, nothing written (as Messenger's rule)
+        return None
     entities = tweet.get("entities") or {}
     if entities.get("media"):
         return "media"
@@ -616,6 +617,9 @@ def _dm_conversation(
         )
         if not text:
             conv.drop(_empty_dm_reason(create, media, links))
+            continue
+        if only_links(text):  # a link to another site, shared: as posts' and Messenger's rule
+            conv.drop("link")
             continue
         when = _parse_time(create.get("createdAt"))
         if when is None:
