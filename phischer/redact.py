@@ -82,6 +82,10 @@ def add_secret(value: str | None, name: str) -> None:
     global _known
     if not value or len(value) < MIN_SECRET_CHARS:
         return
+    if value in _known.names:
+        # Known already: a persona's --api-key-env key is added on every model call, which
+        # must not re-sort and re-join every secret's pattern under the lock each time.
+        return
     # As it was given, and as a URL or a JSON string (ngrok's log lines) would quote it.
     forms = {value, quote(value, safe=""), json.dumps(value)[1:-1]}
     with _lock:

@@ -116,3 +116,14 @@ def test_a_text_redact_clears_at_once_has_nothing_to_redact(numbers: bool) -> No
         text = "".join(rng.choices(PIECES, k=rng.randrange(1, 10)))
         full = redaction._redact_all(text, numbers, redaction._known)
         assert redact(text, numbers=numbers) == full, text
+
+
+def test_a_secret_added_again_changes_nothing() -> None:
+    # The openai backend adds a persona's key on every model call (the hot path).
+    from phischer import redact as redaction
+
+    add_secret("f00dfeed-known-key-0123456789", "GPU_KEY")
+    known = redaction._known
+    add_secret("f00dfeed-known-key-0123456789", "GPU_KEY")
+    assert redaction._known is known
+    assert redact("key f00dfeed-known-key-0123456789") == "key <GPU_KEY>"
