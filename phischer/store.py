@@ -167,7 +167,10 @@ class Store:
             yield cur
         finally:
             cur.close()
-            self._rollback(conn)
+            if not self.sqlite:
+                # psycopg opened a transaction for the SELECTs: end it, or the connection
+                # sits idle in it. sqlite3 opens none for reads (nothing to end per text).
+                self._rollback(conn)
 
     def _rollback(self, conn: Any) -> None:
         # A connection the server dropped mid-statement is closed: rolling it back would
