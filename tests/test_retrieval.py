@@ -115,6 +115,25 @@ def test_unusable_dataset_is_a_backend_error(tmp_path, content):
         RetrievalBackend().index(persona(path))
 
 
+def test_a_dataset_that_failed_to_build_is_not_read_again_until_it_changes(tmp_path, monkeypatch):
+    import phischer.backends.retrieval as retrieval
+    from tests.conftest import write_dataset
+
+    reads: list = []
+    real = retrieval.read_pairs
+    monkeypatch.setattr(retrieval, "read_pairs", lambda path: reads.append(path) or real(path))
+    path = tmp_path / "bad.jsonl"
+    path.write_text("not json\n" * 1000)
+    backend = RetrievalBackend(recheck_s=0)
+    for _ in range(3):  # every text to the persona: the same reason, the file read once
+        with pytest.raises(BackendError, match="no user→assistant pairs"):
+            backend.index(persona(path))
+    assert reads == [path]
+    write_dataset(path, [("hey how are you", "splendid")])  # fixed: built at the next text
+    assert backend.index(persona(path)).answers == ["splendid"]
+    assert reads == [path, path]
+
+
 def test_missing_dataset_is_a_backend_error(tmp_path):
     with pytest.raises(BackendError, match="is missing"):
         RetrievalBackend().index(persona(tmp_path / "gone.jsonl"))

@@ -495,6 +495,9 @@ class RetrievalBackend:
         self._indexes: dict[str, tuple[Stamp, Index]] = {}
         # dataset -> the Stamp that failed to build: not retried until it changes.
         self._failed: dict[str, Stamp | None] = {}
+        # dataset never built -> the Stamp that failed and why: every text to the persona
+        # fails with that reason until the file changes, without reading it again.
+        self._broken: dict[str, tuple[Stamp, str]] = {}
         self._lock = threading.Lock()
         self._recheck_s = recheck_s
         self._checked: dict[str, tuple[float, Index]] = {}  # dataset -> (when, index)
@@ -537,6 +540,9 @@ class RetrievalBackend:
             return built[1]
         if built is not None and self._failed.get(name, ()) == stamp:
             return built[1]  # this version already failed (and said so)
+        broken = self._broken.get(name)
+        if built is None and broken is not None and broken[0] == stamp:
+            raise BackendError(broken[1])
         # While another request builds (seconds, for 100k examples), answer from the old index
         # rather than queue every text behind it; with no old index there is nothing else.
         if not self._lock.acquire(blocking=built is None):
@@ -550,10 +556,12 @@ class RetrievalBackend:
                 index = self._build(path)
             except BackendError as exc:
                 if built is None:
+                    self._broken[name] = (stamp, str(exc))
                     raise
                 return self._stale(name, stamp, built[1], str(exc))
             self._indexes[name] = (stamp, index)
             self._failed.pop(name, None)
+            self._broken.pop(name, None)
             return index
         finally:
             self._lock.release()
