@@ -786,3 +786,61 @@ def test_a_dm_of_only_a_link_to_another_site_is_dropped_as_a_link(tmp_path: Path
     texts = [m.text for m in chat.messages]
     assert "try this https://example.com/recipes/sourdough" in texts  # words with it: kept
     assert not any(t.startswith(("https://", "www.")) for t in texts)
+
+
+def _edited(tid: str, text: str, chain: list[str], **extra: object) -> dict:
+    """A version of an edited post, with edit_info as X writes it on that version."""
+    if tid == chain[0]:
+        info: dict = {"initial": {"editTweetIds": chain, "editsRemaining": "4"}}
+    else:
+        info = {"edit": {"initialTweetId": chain[0],
+                         "editControlInitial": {"editTweetIds": chain}}}  # fmt: skip
+    return _post(tid, text, edit_info=info, **extra)
+
+
+def test_an_edited_post_is_kept_once_as_its_last_version(tmp_path: Path) -> None:
+    # X writes every version of an edited post into tweets.js as a post of its own: the
+    # typo and its fix. Only the fix is what she meant; the first version is dropped.
+    chain = ["10", "12"]
+    _archive(
+        tmp_path,
+        tweets=[
+            _edited("10", "Rye bread needs a lnger proof", chain),
+            _post("11", "Sourdough discard crackers, never edited"),
+            _edited("12", "Rye bread needs a longer proof", chain),
+        ],
+    )
+    convs = _convs(tmp_path)
+    # in the order first posted: the edited post went up before the other one
+    assert [(c.id, [m.text for m in c.messages]) for c in convs] == [
+        ("twitter/12", ["Write a post about rye bread needs, longer proof.",
+                        "Rye bread needs a longer proof"]),
+        ("twitter/11", ["Write a post about sourdough discard crackers, edited.",
+                        "Sourdough discard crackers, never edited"]),
+    ]  # fmt: skip
+    assert [c.dropped for c in convs] == [{"edited": 1}, {}]
+
+
+def test_a_self_thread_whose_first_post_was_edited_stays_one_thread(tmp_path: Path) -> None:
+    # The reply answers the first version's id, and was posted before the edit: it still
+    # follows the last version, which keeps the time the post first went up.
+    chain = ["10", "13", "14"]
+    _archive(
+        tmp_path,
+        tweets=[
+            _edited("10", "Bagel thread, take one", chain),
+            _post("12", "1/ boil them first", in_reply_to_status_id_str="10",
+                  in_reply_to_screen_name="zoemartin"),
+            _edited("13", "Bagel thread, take two", chain),
+            _edited("14", "Bagel thread: what I learned", chain),
+        ],
+    )  # fmt: skip
+    (thread,) = _convs(tmp_path)
+    assert thread.id == "twitter/14"
+    assert [m.text for m in thread.messages] == [
+        "Write a thread about bagel thread, learned.",
+        "Bagel thread: what I learned",
+        "1/ boil them first",
+    ]
+    assert thread.messages[1].timestamp == dt.datetime(2024, 3, 4, 12, 10)
+    assert thread.dropped == {"edited": 2}

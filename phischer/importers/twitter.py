@@ -395,12 +395,12 @@ def clean_text(tweet: dict[str, Any]) -> str:
     return "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip() for line in text.split("\n")).strip()
 
 
-def _keep(
-    item: Any,
-    dropped: dict[str, int],
-    kept: dict[str, tuple[dt.datetime, str, dict[str, Any]]],
-    notes: Notes,
-) -> None:
+Kept = dict[str, tuple[dt.datetime, str, dict[str, Any]]]
+# The versions of each edited post found in the archive, by the id of its first version.
+Edits = dict[str, dict[str, dt.datetime | None]]
+
+
+def _keep(item: Any, dropped: dict[str, int], kept: Kept, notes: Notes, edits: Edits) -> None:
     # One item of a tweets file: kept as (time, text, tweet) under its id, or counted as dropped.
     tweet = item.get("tweet", item) if isinstance(item, dict) else None
     if not isinstance(tweet, dict):
@@ -413,6 +413,9 @@ def _keep(
         dropped["retweet"] = dropped.get("retweet", 0) + 1
         return
     when = _parse_time(tweet.get("created_at"))
+    chain = _edit_chain(tweet)
+    if chain:  # a version, kept or not: a later one replaces the earlier ones (_latest_edits)
+        edits.setdefault(chain[0], {})[str(tweet.get("id_str") or tweet.get("id"))] = when
     if when is not None and notes:
         tweet = _with_note(tweet, when, notes)
     text = clean_text(tweet)
@@ -425,6 +428,47 @@ def _keep(
         dropped["no timestamp"] = dropped.get("no timestamp", 0) + 1
         return
     kept[tid] = (when, text, tweet)
+
+
+def _edit_chain(tweet: dict[str, Any]) -> list[str]:
+    """The ids of every version of an edited post, first version first; [] if never edited."""
+    # X writes each version of an edited post as a post of its own, with the chain of ids in
+    # edit_info: "initial" on the first version, "edit" (with the chain's editControlInitial)
+    # on the later ones. A post never edited lists only its own id.
+    info = tweet.get("edit_info")
+    if not isinstance(info, dict):
+        return []
+    edit = info.get("edit")
+    control = edit.get("editControlInitial") if isinstance(edit, dict) else info.get("initial")
+    ids = control.get("editTweetIds") if isinstance(control, dict) else None
+    first = edit.get("initialTweetId") if isinstance(edit, dict) else None
+    chain = [str(i) for i in ids] if isinstance(ids, list) else []
+    if isinstance(first, str | int) and str(first) not in chain:
+        chain.insert(0, str(first))  # a chain cut short still names the first version
+    return chain if len(chain) > 1 else []
+
+
+def _latest_edits(kept: Kept, edits: Edits, dropped: dict[str, int]) -> dict[str, str]:
+    """Keep only the last version of each edited post; returns {earlier version: last one}."""
+    # Every version is in the archive, a typo and its fix as two posts: only the last is what
+    # the person meant to say. It keeps the time the post first went up, so a self-thread
+    # whose first post was edited later stays in order, and replies to an earlier version
+    # (a self-thread goes on from the id it answered) join the last one's thread.
+    replaced: dict[str, str] = {}
+    for first, found in edits.items():
+        versions = {**({first: kept[first][0]} if first in kept else {}), **found}
+        if len(versions) < 2:
+            continue
+        last = max(versions, key=lambda v: (len(v), v))  # ids grow with time
+        posted = min((w for w in versions.values() if w is not None), default=None)
+        for version in versions:
+            if version != last and version in kept:
+                del kept[version]
+                dropped["edited"] = dropped.get("edited", 0) + 1
+                replaced[version] = last
+        if last in kept and posted is not None:
+            kept[last] = (posted, *kept[last][1:])
+    return replaced
 
 
 def _no_words(tweet: dict[str, Any], raw: str, text: str) -> str | None:
@@ -471,11 +515,12 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
         owner = _owner(export)
         notes = _notes(export)
         dropped: dict[str, int] = {}
-        kept: dict[str, tuple[dt.datetime, str, dict[str, Any]]] = {}
+        kept: Kept = {}
+        edits: Edits = {}
         for source, name in sources:
             for i, item in enumerate(_load_ytd(source, name), 1):
                 try:
-                    _keep(item, dropped, kept, notes)
+                    _keep(item, dropped, kept, notes, edits)
                 except MALFORMED as exc:
                     raise ImportErrorMessage(
                         f"{source.where(name)}: post {i} is malformed ({exc})"
@@ -483,6 +528,7 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
         maybe_owner: frozenset[str] = frozenset()
         if owner is None:
             owner, maybe_owner = _inferred_owner(export, kept.values())
+        replaced = _latest_edits(kept, edits, dropped)
 
     # A self-thread is a chain of replies to your own kept posts; its root is the first
     # post whose parent is not one of them.
@@ -491,6 +537,7 @@ def import_twitter(path: Path) -> Iterator[Conversation]:
         while tid not in seen:
             seen.add(tid)
             parent = kept[tid][2].get("in_reply_to_status_id_str")
+            parent = replaced.get(parent, parent) if parent else parent
             if not parent or parent not in kept:
                 return tid
             tid = str(parent)
