@@ -561,3 +561,36 @@ def test_a_big_channel_is_read_a_message_at_a_time(tmp_path: Path) -> None:
     streamed = peak_memory(lambda: convs.extend(import_discord(path)))
     assert len(convs[0].messages) == 4000
     assert streamed < whole / 4, (streamed, whole)
+
+
+def test_a_message_of_only_a_link_is_dropped_as_a_link(tmp_path: Path) -> None:
+    # A GIF from Discord's picker is its tenor.com link as the content: a clone trained on
+    # it would answer with made-up links. A link with words around it is what she wrote.
+    dm = {"id": "9", "type": "DirectTextChat", "name": "amy.pond"}
+    path = _json(
+        tmp_path / "Direct Messages - amy.pond [9].json",
+        dm,
+        _message("222", "amy.pond", "Amy", "2024-03-01T20:00:00+00:00", "we won the raid!!"),
+        _message("111", "river.song", "River", "2024-03-01T20:01:00+00:00",
+                 "https://tenor.com/view/dancing-cat-gif-1234567"),
+        _message("111", "river.song", "River", "2024-03-01T20:01:30+00:00",
+                 " https://youtu.be/abc123\nhttps://example.com/clip "),
+        _message("111", "river.song", "River", "2024-03-01T20:02:00+00:00",
+                 "finally, the replay: https://youtu.be/abc123"),
+    )  # fmt: skip
+    (conv,) = import_discord(path)
+    assert [(m.sender, m.text) for m in conv.messages] == [
+        ("amy.pond", "we won the raid!!"),
+        ("river.song", "finally, the replay: https://youtu.be/abc123"),
+    ]
+    assert conv.dropped == {"link": 2}
+    # CSV alike
+    (conv,) = import_discord(
+        _csv(
+            tmp_path / "Whovians - Text - general [5].csv",
+            *AMY_RIVER,
+            ("111", "river.song", "3/1/2024 8:02 PM", "https://tenor.com/view/wave-gif-99"),
+        )
+    )
+    assert [m.text for m in conv.messages] == ["hi river", "hello amy"]
+    assert conv.dropped == {"link": 1}

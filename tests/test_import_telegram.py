@@ -273,7 +273,7 @@ def _chat(tmp_path: Path, messages: list[dict], kind: str = "personal_chat") -> 
     return path
 
 
-def _msg(i: int, sender: str | None, from_id: str, text: str, **extra: object) -> dict:
+def _msg(i: int, sender: str | None, from_id: str, text: str | list, **extra: object) -> dict:
     """A Telegram Desktop message `i` seconds after 2024-03-01 20:00 UTC."""
     return {"id": i, "type": "message", "date_unixtime": str(1709323200 + i), "from": sender,
             "from_id": from_id, **extra, "text": text}  # fmt: skip
@@ -471,3 +471,25 @@ def test_a_chat_without_a_name_is_titled_as_telegram_desktop_lists_it(
     path.write_text(json.dumps(chat), encoding="utf-8")
     (conv,) = import_telegram(path)
     assert conv.title == title
+
+
+def test_a_message_of_only_a_link_is_dropped_as_a_link(tmp_path: Path) -> None:
+    # A link shared alone (its text an entity list, as Telegram Desktop writes links) is not
+    # written; with words around it, or as a link's text, it is a message.
+    path = _chat(tmp_path, [
+        _msg(1, "Mia Chen", "user5500000001", "what's that song?"),
+        _msg(2, "Leo Hart", LEO, [{"type": "link", "text": "https://youtu.be/abc123"}]),
+        _msg(3, "Leo Hart", LEO, "https://example.com/a https://example.com/b",
+             photo="(File not included.)"),
+        _msg(4, "Leo Hart", LEO, ["this one: ", {"type": "link",
+                                                 "text": "https://youtu.be/abc123"}]),
+        _msg(5, "Leo Hart", LEO, [{"type": "text_link", "text": "the live take",
+                                   "href": "https://youtu.be/live"}]),
+    ])  # fmt: skip
+    (leo,) = build_examples(list(import_telegram(path)), "Leo Hart")
+    assert leo.messages[1:] == [
+        {"role": "user", "content": "what's that song?"},
+        {"role": "assistant", "content": "this one: https://youtu.be/abc123\nthe live take"},
+    ]
+    (conv,) = import_telegram(path)
+    assert conv.dropped == {"link": 2}

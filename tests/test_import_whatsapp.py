@@ -849,3 +849,26 @@ def test_an_export_that_cannot_be_read_says_where(tmp_path: Path, line: str, say
     assert message.startswith("Error: ") and message.removeprefix("Error: ").startswith(
         str(chat.parent / says)
     )
+
+
+def test_a_message_of_only_a_link_is_dropped_as_a_link(tmp_path: Path) -> None:
+    # A video or post shared to the chat is its link alone: not written, and a clone trained
+    # on it answers with made-up links. With words around it, it is a message.
+    chat = _chat(
+        tmp_path,
+        [
+            "12/30/23, 9:15 PM - Sam: what are you watching?",
+            "12/30/23, 9:16 PM - Alex: https://youtu.be/dQw4w9WgXcQ",
+            "12/30/23, 9:16 PM - Alex: www.example.com/recipe",
+            "https://example.com/recipe?page=2",
+            "12/30/23, 9:17 PM - Alex: this one https://youtu.be/dQw4w9WgXcQ",
+            "12/30/23, 9:18 PM - Sam: <Media omitted>",
+            "https://example.com/trail",
+        ],
+    )
+    conv = one(chat)
+    assert rows(conv) == [
+        ("Sam", "what are you watching?", D(2023, 12, 30, 21, 15)),
+        ("Alex", "this one https://youtu.be/dQw4w9WgXcQ", D(2023, 12, 30, 21, 17)),
+    ]
+    assert conv.dropped == {"link": 3}

@@ -10,7 +10,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
-from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
+from phischer.importers.base import (
+    MALFORMED,
+    Conversation,
+    ImportErrorMessage,
+    Message,
+    only_links,
+    register,
+)
 from phischer.importers.files import Export, open_export
 from phischer.importers.json_stream import JsonStream
 from phischer.importers.localdates import (
@@ -168,6 +175,8 @@ def _add_json_message(conv: Conversation, m: dict[str, Any], here: tuple[str, st
         conv.drop("system")
     elif author.get("isBot"):
         conv.drop("bot")
+    elif only_links(content):
+        conv.drop("link")  # a GIF from the picker (tenor.com) or a shared link: not written
     elif content:
         stamp = dt.datetime.fromisoformat(m["timestamp"])
         if stamp.tzinfo is not None:
@@ -249,6 +258,8 @@ def _parse_csv(
         content = content.strip()
         if _CSV_SYSTEM.match(content):
             conv.drop("system")
+        elif only_links(content):
+            conv.drop("link")
         elif content:
             try:
                 stamp = _csv_datetime(date, order)

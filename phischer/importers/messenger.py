@@ -137,7 +137,7 @@ def _text_reason(text: str, sender: str, shared: bool) -> str | None:
             # "Sam hat einen Link gesendet.": a share whose text is Facebook's notice in the
             # export's language (the sender's name, then a few words, no link of its own).
             return "link"
-    if (shared or text[0] in "hw") and only_links(text):
+    if only_links(text):
         return "link"
     return None
 

@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from phischer.importers.base import MALFORMED, Conversation, ImportErrorMessage, Message, register
+from phischer.importers.base import (
+    MALFORMED,
+    Conversation,
+    ImportErrorMessage,
+    Message,
+    only_links,
+    register,
+)
 from phischer.importers.files import Export, open_export
 from phischer.importers.json_stream import JsonStream
 from phischer.importers.progress import NO_PROGRESS, FileProgress
@@ -206,6 +213,8 @@ def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
         conv.drop("forwarded")
     elif "via_bot" in m:
         conv.drop("bot")  # an inline bot's result (@gif, @wiki, …): the sender typed none of it
+    elif only_links(text):
+        conv.drop("link")
     elif text:
         from_id = m.get("from_id")
         sender = m.get("from") or _deleted_account(from_id)

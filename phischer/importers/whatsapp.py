@@ -9,7 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from phischer.importers.base import Conversation, ImportErrorMessage, Message, register
+from phischer.importers.base import (
+    Conversation,
+    ImportErrorMessage,
+    Message,
+    only_links,
+    register,
+)
 from phischer.importers.files import Export, open_export
 from phischer.importers.localdates import (
     DATE,
@@ -293,6 +299,8 @@ def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datet
         conv.drop("deleted")
     elif _CALL.fullmatch(text):
         conv.drop("call")
+    elif only_links(text):
+        conv.drop("link")
     elif not text:
         conv.drop("empty")
     elif marked and "\n" not in text:
