@@ -5,24 +5,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from phischer.store import Store
+from phischer.store import NOT_DELIVERED, Store
 
 log = logging.getLogger(__name__)
 
 # Twilio's message statuses in the order a message goes through them. Callbacks can arrive
-# out of order ("sent" after "delivered"): a status never replaces a later one.
+# out of order ("sent" after "delivered"): a status never replaces a later one. The phone's
+# own word outranks the network's: "delivered" (or "read") after "undelivered" means it got
+# there after all, while "undelivered" after "delivered" is a late or contradictory report.
+# "canceled" (a scheduled send called off) never reached the phone, as the failures did not;
+# "partially_delivered" (part of it arrived) did, in part.
 STATUS_ORDER = {
     "accepted": 0,
     "scheduled": 0,
     "queued": 1,
     "sending": 2,
     "sent": 3,
-    "delivered": 4,
     "undelivered": 4,
     "failed": 4,
-    "read": 5,
+    "canceled": 4,
+    "partially_delivered": 5,
+    "delivered": 6,
+    "read": 7,
 }
-FAILED = ("undelivered", "failed")
 
 # The error codes a hobby setup meets most, and what to do about each.
 ERROR_HINTS = {
@@ -61,7 +66,7 @@ def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
             return False
         if row[0] is not None and STATUS_ORDER.get(row[0], -1) > rank:
             return False
-        error = describe_failure(status, code) if status in FAILED else None
+        error = describe_failure(status, code) if status in NOT_DELIVERED else None
         if error is not None:
             log.warning("Reply %d was not delivered: %s", reply_id, error)
         store.set_delivery(cur, reply_id, status, error)

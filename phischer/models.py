@@ -118,8 +118,8 @@ class Message(Base):
     # received, refused, processing, replied, failed, queued, sent, send_retry, send_failed.
     status: Mapped[str] = mapped_column(sa.String(16), default="received")
     # Outbound: the last delivery status Twilio reported (sent, delivered, undelivered,
-    # failed, …) through the status callback; NULL until one arrives.
-    delivery: Mapped[str | None] = mapped_column(sa.String(16))
+    # failed, partially_delivered, …) through the status callback; NULL until one arrives.
+    delivery: Mapped[str | None] = mapped_column(sa.String(32))
     error: Mapped[str | None] = mapped_column(sa.Text)
     model: Mapped[str | None] = mapped_column(sa.String(200))
     latency_ms: Mapped[int | None] = mapped_column(sa.Integer)

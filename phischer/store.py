@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 # Statuses of rows the recovery sweep picks up once idle: a text whose reply was being made,
 # a reply stored before its REST send, and one whose send Twilio could not take.
 PENDING = "('processing', 'queued', 'send_retry')"
+# Delivery statuses of a reply that never reached the phone (a scheduled send can be
+# canceled too): left out of the thread, and the reply's error says why.
+NOT_DELIVERED = ("undelivered", "failed", "canceled")
+_NOT_DELIVERED_SQL = "(" + ", ".join(f"'{status}'" for status in NOT_DELIVERED) + ")"
 # The finest step a stored timestamp keeps (SQLite's text and PostgreSQL's timestamp alike).
 TICK = dt.timedelta(microseconds=1)
 
@@ -353,7 +357,7 @@ class Store:
             f"AND (direction = 'in' OR (status IN ({marks}) "
             # a reply Twilio reported undelivered never reached the phone: the person
             # did not read it, so the model should not think it was said
-            "AND (delivery IS NULL OR delivery NOT IN ('undelivered', 'failed'))))"
+            f"AND (delivery IS NULL OR delivery NOT IN {_NOT_DELIVERED_SQL})))"
         )
         params: list[Any] = [contact_id, persona_id, *spoken]
         if since is not None:
@@ -403,7 +407,7 @@ class Store:
         cur.execute(
             self.sql(
                 "UPDATE messages SET status = 'sent', message_sid = ?, updated_at = ?, "
-                "error = CASE WHEN delivery IN ('undelivered', 'failed') THEN error END "
+                f"error = CASE WHEN delivery IN {_NOT_DELIVERED_SQL} THEN error END "
                 "WHERE id = ?"
             ),
             (sid, self.ts(now), message_id),
@@ -415,7 +419,7 @@ class Store:
         # ("undelivered", then "delivered" for the same message); any other error stays.
         cur.execute(
             self.sql(
-                "UPDATE messages SET error = CASE WHEN delivery IN ('undelivered', 'failed') "
+                f"UPDATE messages SET error = CASE WHEN delivery IN {_NOT_DELIVERED_SQL} "
                 "AND ? IS NULL THEN NULL ELSE COALESCE(?, error) END, delivery = ? WHERE id = ?"
             ),
             (error, error, delivery, message_id),

@@ -184,7 +184,14 @@ def test_a_failure_reported_before_the_send_returns_is_kept(slow_app, fake_twili
 
 
 @pytest.mark.parametrize(
-    ("status", "kept"), [("undelivered", False), ("failed", False), ("delivered", True)]
+    ("status", "kept"),
+    [
+        ("undelivered", False),
+        ("failed", False),
+        ("canceled", False),
+        ("delivered", True),
+        ("partially_delivered", True),
+    ],
 )
 def test_a_reply_the_phone_never_got_is_left_out_of_the_thread(
     make_app, personas, database, fake_openai, twilio_post, status, kept
@@ -194,7 +201,7 @@ def test_a_reply_the_phone_never_got_is_left_out_of_the_thread(
     app = make_app()
     twilio_post("hi", target=app)
     (reply,) = [m for m in rows(app) if m.direction == "out"]
-    callback(app, reply.id, status, "30003" if status != "delivered" else "")
+    callback(app, reply.id, status, "" if kept else "30003")
     twilio_post("you there?", target=app)
     if kept:
         assert fake_openai.chat_calls[-1]["messages"][1:] == [
@@ -215,3 +222,29 @@ def test_a_later_delivered_clears_the_failure(app, twilio_post):
     callback(app, reply.id, "delivered")
     (reply,) = [m for m in rows(app) if m.direction == "out"]
     assert (reply.delivery, reply.error) == ("delivered", None)
+
+
+@pytest.mark.parametrize(
+    ("sequence", "delivery", "error"),
+    [
+        # the phone's receipt outranks a failure reported after it (late or contradictory)
+        (["delivered", "undelivered"], "delivered", None),
+        (["read", "failed", "delivered", "sent"], "read", None),
+        (["undelivered", "read"], "read", None),
+        # a scheduled send called off never reached the phone
+        (["sent", "canceled"], "canceled", "Twilio: canceled"),
+        (["canceled", "queued"], "canceled", "Twilio: canceled"),
+        # part of it arrived: more than a failure, less than the whole
+        (["undelivered", "partially_delivered", "sent"], "partially_delivered", None),
+        (["partially_delivered", "failed", "delivered"], "delivered", None),
+        # statuses of incoming messages, and Twilio's words in any case
+        (["received", "receiving", " SENT "], "sent", None),
+    ],
+)
+def test_every_twilio_status_is_ordered(app, twilio_post, sequence, delivery, error):
+    twilio_post("hey how are you")
+    (reply,) = [m for m in rows(app) if m.direction == "out"]
+    for status in sequence:
+        assert callback(app, reply.id, status).status_code == 200
+    (reply,) = [m for m in rows(app) if m.direction == "out"]
+    assert (reply.delivery, reply.error) == (delivery, error)

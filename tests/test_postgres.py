@@ -178,6 +178,19 @@ def test_delivery_reports_on_postgres(pg_app, twilio_post):
     ]
 
 
+def test_every_twilio_status_fits_the_delivery_column_on_postgres(pg_app, twilio_post):
+    """PostgreSQL refuses a string longer than its column; "partially_delivered" is 19."""
+    from phischer.delivery import STATUS_ORDER
+    from tests.test_delivery import callback, rows
+
+    twilio_post("good night", target=pg_app)
+    reply = [m for m in rows(pg_app) if m.direction == "out"][0]
+    for status in sorted(STATUS_ORDER, key=STATUS_ORDER.get):
+        assert callback(pg_app, reply.id, status).status_code == 200, status
+    assert [m.delivery for m in rows(pg_app) if m.direction == "out"] == ["read"]
+    assert callback(pg_app, reply.id, "partially_delivered").status_code == 200  # late
+
+
 @contextmanager
 def served(*apps) -> Iterator[list[str]]:
     """Each app behind its own threaded WSGI server, as instances behind a load balancer."""
