@@ -76,6 +76,7 @@ class Inbound:
     body: str
     num_media: int = 0
     opt_out_type: str = ""  # Twilio's OptOutType: STOP, START or HELP (Advanced Opt-Out)
+    attachment: bool = False  # it carries more than text: media, or a shared location
 
 
 @dataclass
@@ -289,7 +290,7 @@ class SmsService:
                 greeting = (target.greeting or "").strip() or f"You're now texting {target.name}."
                 return "command", "replied", greeting, target
         if not command.text:
-            if msg.num_media:
+            if msg.attachment or msg.num_media:
                 return "media", "replied", MEDIA_TEXT, None
             return "chat", "ignored", "", None
         if persona is None:

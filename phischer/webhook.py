@@ -57,14 +57,19 @@ def sms() -> Response:
         num_media = min(max(0, int(form.get("NumMedia", "0") or 0)), NUM_MEDIA_MAX)
     except ValueError:
         num_media = 0
-    # PostgreSQL text cannot hold NUL; nobody types one, so it is dropped rather than refused.
-    body = form.get("Body", "").replace("\x00", "")
+    body = form.get("Body", "")
+    if not body.strip():
+        # A WhatsApp quick-reply button tapped: its label is what the texter "said".
+        body = form.get("ButtonText", "")
     inbound = Inbound(
         phone=phone,
         sid=sid,
-        body=body,
+        # PostgreSQL text cannot hold NUL; nobody types one, so it is dropped, not refused.
+        body=body.replace("\x00", ""),
         num_media=num_media,
         opt_out_type=form.get("OptOutType", ""),
+        # A WhatsApp location, or media whose NumMedia was lost: not text either.
+        attachment=bool(num_media or "Latitude" in form or "MediaUrl0" in form),
     )
     handled = services.sms.handle(inbound)
     response = xml(twiml_replies(handled.answers))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import sqlalchemy as sa
 
 from phischer.models import Contact, Message
@@ -203,6 +204,61 @@ def test_mms_without_body_gets_text_only_reply_and_no_model_call(
 def test_mms_with_caption_is_answered(app, twilio_post):
     r = twilio_post("good night", NumMedia="1", MediaUrl0="https://api.twilio.com/x.jpg")
     assert r.replies == ["Sleep well, dear. Dream of engines."]
+
+
+# WhatsApp's extra fields, as Twilio posts them for a WhatsApp sender.
+WHATSAPP = {"ProfileName": "Al", "WaId": "15550102", "To": "whatsapp:+15550199"}
+
+
+def test_a_whatsapp_text_is_answered_like_an_sms(app, twilio_post):
+    r = twilio_post("good night", from_="whatsapp:+15550102", MessageType="text", **WHATSAPP)
+    assert r.replies == ["Sleep well, dear. Dream of engines."]
+    assert rows(app, Contact)[0].phone == "whatsapp:+15550102"
+
+
+def test_a_shared_location_gets_the_text_only_reply(app, twilio_post):
+    """A WhatsApp location has no Body, only coordinates: not silence, and no model call."""
+    r = twilio_post(
+        "",
+        from_="whatsapp:+15550102",
+        MessageType="location",
+        Latitude="51.5072",
+        Longitude="-0.1276",
+        Address="London",
+        Label="Home",
+        **WHATSAPP,
+    )
+    assert r.replies == ["I can only read text messages for now."]
+    inbound = rows(app)[0]
+    assert (inbound.kind, inbound.status, inbound.body) == ("media", "replied", "")
+
+
+def test_a_location_with_words_is_answered(app, twilio_post):
+    r = twilio_post("good night", Latitude="51.5", Longitude="-0.1", **WHATSAPP)
+    assert r.replies == ["Sleep well, dear. Dream of engines."]
+
+
+def test_a_tapped_button_is_its_label(app, twilio_post):
+    """A quick-reply button posts its label as ButtonText: what the texter said."""
+    r = twilio_post(
+        "", ButtonText="what do you do for work", ButtonPayload="job", MessageType="button"
+    )
+    assert r.replies == ["I compute Bernoulli numbers, mostly by candlelight."]
+    assert rows(app)[0].body == "what do you do for work"
+    # with a Body too, the Body is the text
+    again = twilio_post("good night", ButtonText="what do you do for work", ButtonPayload="job")
+    assert again.replies == ["Sleep well, dear. Dream of engines."]
+
+
+def test_a_button_labelled_stop_opts_out(app, twilio_post):
+    assert twilio_post("", ButtonText="Stop", ButtonPayload="unsubscribe").replies == []
+    assert twilio_post("good night").replies == []
+
+
+@pytest.mark.parametrize("count", ["", "lots", "0"])
+def test_media_without_a_usable_num_media_is_still_media(app, twilio_post, count):
+    r = twilio_post("", NumMedia=count, MediaUrl0="https://api.twilio.com/x.jpg")
+    assert r.replies == ["I can only read text messages for now."]
 
 
 def test_empty_text_without_media_gets_no_reply(app, twilio_post):
