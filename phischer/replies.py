@@ -141,7 +141,10 @@ class RestSender:
                 if callback:
                     extra["status_callback"] = callback
                 message = self._client.messages.create(
-                    to=to, from_=self.settings.twilio_phone_number, body=body, **extra
+                    to=to,
+                    from_=reply_from(to, self.settings.twilio_phone_number),
+                    body=body,
+                    **extra,
                 )
                 return str(message.sid)
             except Exception as exc:  # TwilioRestException, requests' errors, config errors
@@ -151,6 +154,14 @@ class RestSender:
                     raise SendError(_short(exc), transient) from None
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def reply_from(to: str, number: str | None) -> str | None:
+    """Our sender for a reply to `to`: `number` on the texter's channel ("whatsapp:+1…")."""
+    channel, colon, _ = to.rpartition(":")
+    # Twilio refuses a From and To on different channels (21910): a WhatsApp texter is
+    # answered from the WhatsApp sender of the same number.
+    return f"{channel}:{number}" if colon and number else number
 
 
 def _transient(exc: Exception) -> bool:

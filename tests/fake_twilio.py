@@ -252,6 +252,12 @@ class FakeTwilio:
         if rest == "Messages.json" and method == "POST":
             if not form.get("To") or not (form.get("Body") or form.get("MediaUrl")):
                 return _error(400, 21602, "Message body is required.")
+            if _channel(form.get("From", "")) != _channel(form["To"]):
+                return _error(
+                    400,
+                    21910,
+                    "Invalid From and To pair. From and To should be of the same channel",
+                )
             sid = "SM" + secrets.token_hex(16)
             message = {
                 "sid": sid,
@@ -278,6 +284,11 @@ class FakeTwilio:
         if m and m[1] in self.service_numbers:
             return 200, _v1_page("phone_numbers", self.service_numbers[m[1]], self.url + path)
         return _error(404, 20404, f"The requested resource {path} was not found")
+
+
+def _channel(address: str) -> str:
+    """The channel of a Twilio address: "whatsapp" for "whatsapp:+1…", "" for a phone number."""
+    return address.rpartition(":")[0]
 
 
 def _error(status: int, code: int, message: str) -> tuple[int, dict[str, Any]]:

@@ -151,6 +151,15 @@ def test_a_rest_reply_asks_for_callbacks_at_the_public_url(slow_app, fake_twilio
     assert [m.delivery for m in rows(app) if m.direction == "out"] == ["delivered"]
 
 
+def test_a_slow_reply_to_a_whatsapp_texter_goes_out_on_whatsapp(slow_app, fake_twilio, twilio_post):
+    app = slow_app()
+    assert twilio_post("hey how are you", from_="whatsapp:+15550102", target=app).replies == []
+    app.extensions["phischer"].sms.shutdown()  # wait for the REST send
+    (send,) = fake_twilio.calls("POST", "/Messages.json")
+    assert (send.form["To"], send.form["From"]) == ("whatsapp:+15550102", "whatsapp:+15550199")
+    assert [(m.status, m.error) for m in rows(app) if m.direction == "out"] == [("sent", None)]
+
+
 def test_without_a_public_url_a_rest_reply_asks_for_no_callback(slow_app, fake_twilio, twilio_post):
     app = slow_app()
     twilio_post("hey how are you", target=app)

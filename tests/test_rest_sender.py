@@ -27,6 +27,13 @@ def test_sends_and_returns_the_sid(sender, fake_twilio):
     assert sid.startswith("SM")
 
 
+def test_a_whatsapp_texter_is_answered_on_whatsapp(sender, fake_twilio):
+    """Twilio refuses a From and To on different channels (21910)."""
+    assert sender.send("whatsapp:+15550102", "hello").startswith("SM")
+    (call,) = fake_twilio.calls("POST", "/Messages.json")
+    assert (call.form["To"], call.form["From"]) == ("whatsapp:+15550102", "whatsapp:+15550199")
+
+
 def test_server_errors_are_retried(sender, fake_twilio):
     fake_twilio.fail_messages(503, 20503, "Service unavailable", times=2)
     assert sender.send("+15550100", "hello").startswith("SM")
