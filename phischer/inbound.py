@@ -77,6 +77,7 @@ class Inbound:
     num_media: int = 0
     opt_out_type: str = ""  # Twilio's OptOutType: STOP, START or HELP (Advanced Opt-Out)
     attachment: bool = False  # it carries more than text: media, or a shared location
+    to: str | None = None  # the number or sender it was sent to (replies.our_address)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Decision:
     claimed_at: Any = None
     outcome: str = ""  # what became of a text answered without the model, for the log line
     silence: str = ""  # why such a text gets no reply, if it gets none (a `no_reply` word)
+    our_address: str | None = None  # where its replies go out from (None: the default)
 
 
 class SmsService:
@@ -236,9 +238,12 @@ class SmsService:
             message_sid=msg.sid,
             num_media=msg.num_media,
             status=status,
+            our_address=msg.to,
             created_at=now,
         )
-        decision = Decision(inbound_id=inbound_id, contact_id=contact.id, at=now)
+        decision = Decision(
+            inbound_id=inbound_id, contact_id=contact.id, at=now, our_address=msg.to
+        )
         decision.outcome = _outcome(kind, status, command, persona)
         decision.silence = _silence(kind, status, command)
         if status == "processing":
@@ -247,8 +252,9 @@ class SmsService:
             # A command's reply too must fit one Twilio message (a long persona list would not).
             text = sendable(text, self.settings.max_reply_chars)
             reply_id = store.insert_reply(
-                cur, inbound_id, contact.id, contact.persona_id, kind, text, "replied", now
-            )
+                cur, inbound_id, contact.id, contact.persona_id, kind, text, "replied", now,
+                our_address=msg.to,
+            )  # fmt: skip
             decision.replies.append((text, reply_id))
         store.save_contact(cur, before, contact)
         return decision
@@ -543,6 +549,7 @@ class SmsService:
                 latency_ms=latency,
                 prompt_tokens=reply.prompt_tokens if reply else None,
                 completion_tokens=reply.completion_tokens if reply else None,
+                our_address=decision.our_address,
             )
         if unsent:
             log.info("Reply %d not sent: %s", out_id, unsent)
@@ -585,21 +592,29 @@ class SmsService:
         try:
             stored = self._store(decision, result, via_rest=True)
             if stored is not None:
-                self.send_stored(phone, stored.id, stored.text)
+                self.send_stored(phone, stored.id, stored.text, sender=decision.our_address)
         except Exception:
             log.exception("Async delivery failed")
 
     def send_stored(
-        self, phone: str, out_id: int, text: str, created_at: dt.datetime | None = None
+        self,
+        phone: str,
+        out_id: int,
+        text: str,
+        created_at: dt.datetime | None = None,
+        sender: str | None = None,
     ) -> str:
         """Send a stored ("queued") reply by REST; record sent, send_failed, or a later retry.
+
+        It goes out from `sender`, the number or sender the text was sent to (None, when
+        that is not known: TWILIO_PHONE_NUMBER on the texter's channel).
 
         When Twilio could not be reached (or was busy) the row becomes "send_retry" with the
         reason in `error`, and the recovery sweep tries again every few minutes until the
         reply is an hour old (`recovery.retry_send`). Returns the status recorded.
         """
         try:
-            sid = self.sender.send(phone, text, reply_id=out_id)
+            sid = self.sender.send(phone, text, reply_id=out_id, from_=sender)
         except SendError as exc:
             now = utcnow()
             status = (

@@ -16,6 +16,8 @@ def utcnow() -> dt.datetime:
 # Column sizes the webhook checks before storing (PostgreSQL enforces them; SQLite does not).
 PHONE_MAX = 32
 SID_MAX = 64
+# A sender of ours: a number, or a channel's sender ("whatsapp:+1…", "rcs:…", "messenger:…").
+ADDRESS_MAX = 64
 
 
 class Base(DeclarativeBase):
@@ -126,6 +128,10 @@ class Message(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(sa.Integer)
     completion_tokens: Mapped[int | None] = mapped_column(sa.Integer)
     num_media: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # Our end of the conversation: the number or sender the text was sent to (Twilio's
+    # `To`), and on a reply the one it goes out from. NULL when unknown (stored before
+    # revision 0008, or posted without a `To`): REST replies then use TWILIO_PHONE_NUMBER.
+    our_address: Mapped[str | None] = mapped_column(sa.String(ADDRESS_MAX))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(onupdate=utcnow)
 

@@ -88,7 +88,7 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
             _answer_late(service, row, claimed_at=now)
             result.answered += 1
             continue
-        sent = service.send_stored(row.phone, row.id, row.body, row.created_at)
+        sent = service.send_stored(row.phone, row.id, row.body, row.created_at, row.our_address)
         if sent == "sent":
             result.resent += 1
         elif sent == "send_failed":
@@ -152,6 +152,7 @@ def _answer_late(service: SmsService, row: PendingRow, claimed_at: dt.datetime) 
         reset_at=reset_at,
         at=row.created_at,
         claimed_at=claimed_at,
+        our_address=row.our_address,
     )
     service.answer_late(row.phone, decision)
 

@@ -12,6 +12,7 @@ import requests
 from twilio.twiml.messaging_response import MessagingResponse
 
 from phischer.config import Settings
+from phischer.models import ADDRESS_MAX
 from phischer.redact import mask_number
 from phischer.surrogates import replace_lone_surrogates
 
@@ -119,8 +120,13 @@ class RestSender:
         base = self.public_url.get()
         return f"{base}/{STATUS_PATH}?reply={reply_id}" if base else None
 
-    def send(self, to: str, body: str, reply_id: int | None = None) -> str:
-        """Send `body` to `to`; return the Message SID or raise SendError.
+    def send(
+        self, to: str, body: str, reply_id: int | None = None, from_: str | None = None
+    ) -> str:
+        """Send `body` to `to` from `from_`; return the Message SID or raise SendError.
+
+        `from_` is the number or sender the texter wrote to (see `our_address`); None:
+        TWILIO_PHONE_NUMBER on the texter's channel.
 
         Connection errors, 429 and 5xx are retried (Twilio creates no message then, so a
         retry cannot double-send); any other refusal (21610 opted out, 21211 bad number, …)
@@ -130,6 +136,7 @@ class RestSender:
         # The twilio REST client is heavy: imported on the first send only.
         from phischer.twilio_client import TWILIO_HTTP_TIMEOUT_S, make_twilio_client
 
+        from_ = from_ or reply_from(to, self.settings.twilio_phone_number)
         for delay in (*self.retry_delays_s, None):
             try:
                 if self._client is None:
@@ -142,7 +149,7 @@ class RestSender:
                     extra["status_callback"] = callback
                 message = self._client.messages.create(
                     to=to,
-                    from_=reply_from(to, self.settings.twilio_phone_number),
+                    from_=from_,
                     body=body,
                     **extra,
                 )
@@ -158,10 +165,39 @@ class RestSender:
 
 def reply_from(to: str, number: str | None) -> str | None:
     """Our sender for a reply to `to`: `number` on the texter's channel ("whatsapp:+1…")."""
-    channel, colon, _ = to.rpartition(":")
+    channel = _channel(to)
     # Twilio refuses a From and To on different channels (21910): a WhatsApp texter is
     # answered from the WhatsApp sender of the same number.
-    return f"{channel}:{number}" if colon and number else number
+    return f"{channel}:{number}" if channel and number else number
+
+
+# What Twilio posts as `To`: a number or short code ("+15550199", "12345"), or a channel's
+# sender ("whatsapp:+1…", "rcs:acme_agent", "messenger:1234…"). No spaces or controls.
+_ADDRESS = re.compile(r"(?:[a-z]+:)?[\w+.@-]+", re.ASCII)
+
+
+def our_address(to: str, phone: str) -> str | None:
+    """The sender to answer `phone` from: Twilio's `To` of its text, or None if it is not one.
+
+    Twilio sends a reply in the TwiML from the number or sender that was texted; a REST
+    reply must name it. Not checked against the account's numbers: the signature shows
+    Twilio posted it, and Twilio refuses a From the account does not own anyway.
+    """
+    to = to.strip()
+    if not to:
+        return None
+    # Too long for the column, not an address, or on another channel than the texter's
+    # (Twilio would refuse the pair, 21910): not a sender a reply can go out from.
+    if len(to) > ADDRESS_MAX or not _ADDRESS.fullmatch(to) or _channel(to) != _channel(phone):
+        # The post is Twilio's (signed), so the text is still answered, from the default.
+        log.debug("Ignoring To %r of a text from %s", to, phone)
+        return None
+    return to
+
+
+def _channel(address: str) -> str:
+    """The channel of a Twilio address: "whatsapp" for "whatsapp:+1…", "" for a number."""
+    return address.rpartition(":")[0]
 
 
 def _transient(exc: Exception) -> bool:

@@ -60,6 +60,7 @@ class PendingRow:
     error: str | None  # a "send_retry" reply's last failed send
     opted_out: bool = False  # the number has sent STOP since: nothing more may be sent
     delivery: str | None = None  # a status callback's report: Twilio took this reply
+    our_address: str | None = None  # the sender the text was sent to / its reply goes from
 
 
 @dataclass
@@ -81,7 +82,7 @@ CONTACT_COLUMNS = [f.name for f in fields(ContactRow) if f.name != "latest_at"]
 MESSAGE_COLUMNS = (
     "contact_id", "persona_id", "direction", "kind", "body", "message_sid", "reply_to_id",
     "status", "error", "model", "latency_ms", "prompt_tokens", "completion_tokens", "num_media",
-    "created_at",
+    "our_address", "created_at",
 )  # fmt: skip
 
 
@@ -434,7 +435,7 @@ class Store:
         cur.execute(
             self.sql(
                 "SELECT m.id, m.direction, m.contact_id, m.persona_id, m.body, m.created_at, "
-                "c.phone, c.thread_reset_at, m.error, c.opted_out, m.delivery "
+                "c.phone, c.thread_reset_at, m.error, c.opted_out, m.delivery, m.our_address "
                 "FROM messages m JOIN contacts c ON c.id = m.contact_id "
                 f"WHERE m.id > ? AND m.status IN {PENDING} "
                 "AND COALESCE(m.updated_at, m.created_at) < ? ORDER BY m.id LIMIT ?"
@@ -444,9 +445,9 @@ class Store:
         return [
             PendingRow(
                 i, d, c, p, b, self.parse_ts(at), phone, self.parse_ts(reset), err,  # type: ignore[arg-type]
-                bool(out), delivery,
+                bool(out), delivery, ours,
             )
-            for i, d, c, p, b, at, phone, reset, err, out, delivery in cur.fetchall()
+            for i, d, c, p, b, at, phone, reset, err, out, delivery, ours in cur.fetchall()
         ]  # fmt: skip
 
     def claim(self, cur: Any, message_id: int, idle_since: dt.datetime, now: dt.datetime) -> bool:

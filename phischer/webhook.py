@@ -12,7 +12,7 @@ from phischer import no_reply
 from phischer.delivery import record_status
 from phischer.inbound import Inbound
 from phischer.models import PHONE_MAX, SID_MAX
-from phischer.replies import twiml, twiml_replies
+from phischer.replies import our_address, twiml, twiml_replies
 from phischer.security import form_params
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ def sms() -> Response:
         opt_out_type=form.get("OptOutType", ""),
         # A WhatsApp location, or media whose NumMedia was lost: not text either.
         attachment=bool(num_media or "Latitude" in form or "MediaUrl0" in form),
+        # The number or sender texted: REST replies must come from it, as TwiML ones do.
+        to=our_address(form.get("To", ""), phone),
     )
     handled = services.sms.handle(inbound)
     response = xml(twiml_replies(handled.answers))

@@ -260,7 +260,7 @@ def post_signed(
 
 
 def sms_params(body: str, from_: str = "+15550100", sid: str | None = None, **extra: str) -> dict:
-    """The form fields Twilio posts for an incoming SMS."""
+    """The form fields Twilio posts for an incoming SMS (an `extra` field None: left out)."""
     params = {
         "MessageSid": sid or f"SM{next(_sids):032x}",
         "AccountSid": "AC" + "0" * 32,
@@ -270,7 +270,7 @@ def sms_params(body: str, from_: str = "+15550100", sid: str | None = None, **ex
         "NumMedia": "0",
     }
     params.update(extra)
-    return params
+    return {name: value for name, value in params.items() if value is not None}
 
 
 @pytest.fixture

@@ -269,6 +269,22 @@ def test_recovery_sweep_on_postgres(make_pg_app, fake_twilio, twilio_rest):
     assert (outbound.reply_to_id, outbound.status) == (inbound_id, "sent")
 
 
+def test_a_late_reply_goes_out_from_the_number_texted_on_postgres(
+    make_pg_app, fake_twilio, twilio_rest
+):
+    import datetime as dt
+
+    from phischer.recovery import sweep
+    from tests.test_recovery import interrupted, stored
+
+    pg_app = make_pg_app(**twilio_rest)
+    interrupted(pg_app, "good night", "SMpgto", dt.timedelta(minutes=5), to="+15550288")
+    assert sweep(pg_app.extensions["phischer"].sms).answered == 1
+    (send,) = fake_twilio.calls("POST", "/Messages.json")
+    assert (send.form["To"], send.form["From"]) == ("+15550100", "+15550288")
+    assert [m.our_address for m in stored(pg_app)] == ["+15550288", "+15550288"]
+
+
 def test_a_reply_twilio_could_not_take_is_retried_on_postgres(
     make_pg_app, fake_twilio, twilio_rest
 ):

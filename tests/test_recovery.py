@@ -33,10 +33,13 @@ def stored(app) -> list[Message]:
         return list(session.scalars(sa.select(Message).order_by(Message.id)))
 
 
-def interrupted(app, body: str, sid: str, age: dt.timedelta, phone: str = "+15550100") -> int:
-    """Store a text exactly as the webhook does, then "crash" before the reply; age it."""
+def interrupted(
+    app, body: str, sid: str, age: dt.timedelta, phone: str = "+15550100", to: str | None = None
+) -> int:
+    """Store a text (sent to `to`) exactly as the webhook does, then "crash" before the reply;
+    age it."""
     service = app.extensions["phischer"].sms
-    decision = service._record(Inbound(phone=phone, sid=sid, body=body), parse(body))
+    decision = service._record(Inbound(phone=phone, sid=sid, body=body, to=to), parse(body))
     assert decision.persona is not None  # it was about to ask the persona
     backdate(app, decision.inbound_id, age)
     return decision.inbound_id
