@@ -438,7 +438,7 @@ class SmsService:
             turns = min(turns, cap)
         try:
             with self.store.read() as cur:
-                rows = self.store.history(
+                rows = self.store.history_pages(
                     cur,
                     decision.contact_id,
                     persona.id,
@@ -446,12 +446,12 @@ class SmsService:
                     rows_needed(turns),
                     SPOKEN,
                 )
-            messages = build_thread(
-                rows,
-                system_prompt=persona.system_prompt,
-                history_turns=turns,
-                gap_hours=self.settings.session_gap_hours,
-            )
+                messages = build_thread(
+                    rows,
+                    system_prompt=persona.system_prompt,
+                    history_turns=turns,
+                    gap_hours=self.settings.session_gap_hours,
+                )
             reply = backend.reply(persona, messages)
             return reply, None, _ms(start)
         except BackendError as exc:

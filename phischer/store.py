@@ -349,6 +349,7 @@ class Store:
         since: dt.datetime | None,
         limit: int,
         spoken: Sequence[str],
+        offset: int = 0,
     ) -> list[tuple[str, str, dt.datetime]]:
         """Newest-first (direction, body, created_at) of the chat turns with this persona."""
         marks = ", ".join("?" * len(spoken))
@@ -367,10 +368,30 @@ class Store:
         # created_at then id: the walk goes backwards along ix_messages_contact_created (which
         # ends in the rowid) and stops after `limit` rows; "ORDER BY id" alone made SQLite read
         # and sort every message the number ever sent, slower the longer it texts.
-        query += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(limit)
+        query += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        params += [limit, offset]
         cur.execute(self.sql(query), params)
         return [(d, b, self.parse_ts(c)) for d, b, c in cur.fetchall()]
+
+    def history_pages(
+        self,
+        cur: Any,
+        contact_id: int,
+        persona_id: int,
+        since: dt.datetime | None,
+        page: int,
+        spoken: Sequence[str],
+    ) -> Iterator[tuple[str, str, dt.datetime]]:
+        """`history`, newest first, `page` rows a query, for as long as the caller reads on."""
+        # Nearly every thread fits the first page; a long run of texts (replies that failed)
+        # reads the next ones, so the thread never holds a turn cut in the middle.
+        offset = 0
+        while True:
+            rows = self.history(cur, contact_id, persona_id, since, page, spoken, offset)
+            yield from rows
+            if len(rows) < page:
+                return
+            offset += page
 
     def replies_to(self, cur: Any, sid: str) -> tuple[str, str, list[tuple[str, int]]] | None:
         """(kind, status, inline replies as (body, id)) of an inbound MessageSid; None: none."""

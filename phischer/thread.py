@@ -34,7 +34,9 @@ def chat_text(body: str) -> str:
 
 
 def rows_needed(history_turns: int) -> int:
-    """How many newest rows to fetch: merging only shrinks the count, so a few extra suffice."""
+    """How many newest rows to fetch first: enough when each side sends one text a turn."""
+    # Runs of texts (replies that failed or never arrived) need more: build_thread reads on
+    # from a lazy source until the window's oldest turn is whole (Store.history_pages).
     return max(history_turns, 1) * 2 + 2
 
 
@@ -65,32 +67,36 @@ def build_thread(
     """System prompt, then the turns of the current session, oldest first.
 
     `rows` are (direction, body, created_at) of one number's chat with one persona since
-    its last #reset, newest first. The session ends at the first silence longer than
-    `gap_hours` (the dataset builder's rule; 0 never splits); consecutive same-role turns
-    are merged (join_texts); at most `history_turns` turns are kept, and the first one is
-    a user turn.
+    its last #reset, newest first, read only as far as needed. The session ends at the
+    first silence longer than `gap_hours` (the dataset builder's rule; 0 never splits);
+    consecutive same-role turns are merged (join_texts); at most `history_turns` whole
+    turns are kept, and the first one is a user turn.
     """
     ends = ends_session(gap_hours)
-    kept: list[tuple[str, str]] = []
+    wanted = max(history_turns, 1)
+    # Newest first, each turn's texts newest first. Reading stops at the session's start or
+    # once a turn older than the window begins: only then is the window's oldest turn whole
+    # (a run of texts longer than the rows fetched so far is not cut in the middle).
+    turns: list[tuple[str, list[str]]] = []
     newer: dt.datetime | None = None
     for direction, body, created_at in rows:
         if newer is not None and ends(newer - created_at):
             break
         newer = created_at
         text = chat_text(body) if direction == "in" else body
-        if text:
-            kept.append(("user" if direction == "in" else "assistant", text))
-    kept.reverse()
-
-    turns: list[dict[str, str]] = []
-    for role, text in kept:
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] = join_texts((turns[-1]["content"], text))
+        if not text:
+            continue
+        role = "user" if direction == "in" else "assistant"
+        if turns and turns[-1][0] == role:
+            turns[-1][1].append(text)
+        elif len(turns) == wanted:
+            break
         else:
-            turns.append({"role": role, "content": text})
-    turns = turns[-history_turns:] if history_turns > 0 else turns[-1:]
-    while turns and turns[0]["role"] != "user":
-        turns.pop(0)
+            turns.append((role, [text]))
+    while turns and turns[-1][0] != "user":  # the oldest turn kept is a user's
+        turns.pop()
 
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + turns
+    return system + [
+        {"role": role, "content": join_texts(reversed(texts))} for role, texts in reversed(turns)
+    ]
