@@ -18,7 +18,9 @@ Decisions where the contract is silent:
 - Windows: non-overlapping chunks of at most `max_turns` turns (an even number: user turns
   pair with the reply after them). OpenAI trains on every assistant turn of an example, so
   sliding windows would train the same reply several times and multiply the cost; chunks
-  train each reply once. A chunk never crosses a session boundary.
+  train each reply once. A chunk never crosses a session boundary. The webhook's thread is
+  instead the last HISTORY_TURNS turns before each reply, so with HISTORY_TURNS = max_turns
+  every example's context is the end of a thread served for that reply (and never longer).
 - Your messages that open a session before anyone else wrote (nothing to answer) are not
   in any example: an example must start with a user turn, as every served reply does. They
   are counted as `openers` in the stats.
