@@ -11,6 +11,10 @@ from phischer.commands import parse
 SPOKEN = ("replied", "queued", "sent")
 # Texts one side sent in a row are one turn, joined by this (the dataset builder's rule too).
 TURN_JOINER = "\n"
+# The most texts one thread reads: a run of thousands left unanswered (a model down for days
+# while a script keeps texting) would otherwise all go into one prompt. Past it, the oldest
+# turn (which may be cut) is left out, or, when it is the only one, keeps its newest texts.
+MAX_THREAD_TEXTS = 500
 
 
 def join_texts(texts: Iterable[str]) -> str:
@@ -79,9 +83,15 @@ def build_thread(
     # (a run of texts longer than the rows fetched so far is not cut in the middle).
     turns: list[tuple[str, list[str]]] = []
     newer: dt.datetime | None = None
+    read = 0
     for direction, body, created_at in rows:
         if newer is not None and ends(newer - created_at):
             break
+        if read == MAX_THREAD_TEXTS:
+            if len(turns) > 1:
+                turns.pop()  # its older texts are not read: not a turn any example has
+            break
+        read += 1
         newer = created_at
         text = chat_text(body) if direction == "in" else body
         if not text:

@@ -316,3 +316,21 @@ def test_the_thread_reads_the_history_only_as_far_as_its_window():
     thread = build_thread(rows(), system_prompt=None, history_turns=4, gap_hours=6)
     assert [m["content"] for m in thread] == ["text 2", "text 1", "text 0"]
     assert len(read) == 5  # four turns, and the first text of the one before them
+
+
+def test_a_run_of_texts_past_the_thread_bound_keeps_only_whole_turns(monkeypatch):
+    import phischer.thread as thread_module
+
+    monkeypatch.setattr(thread_module, "MAX_THREAD_TEXTS", 10)
+    at = dt.datetime(2024, 3, 13, 9)
+    # Newest first: 3 texts, a reply, then a run of 50 texts left unanswered before it.
+    rows = [("in", f"new {i}", at - i * SECOND) for i in range(3)]
+    rows.append(("out", "reply", at - 3 * SECOND))
+    rows += [("in", f"old {i}", at - (4 + i) * SECOND) for i in range(50)]
+    thread = build_thread(iter(rows), system_prompt=None, history_turns=20, gap_hours=6)
+    # The run is cut by the bound, so it is left out, and with it the reply it got.
+    assert thread == [{"role": "user", "content": "new 2\nnew 1\nnew 0"}]
+    # A run that is the only turn keeps its newest texts.
+    only = [("in", f"t {i}", at - i * SECOND) for i in range(50)]
+    thread = build_thread(iter(only), system_prompt=None, history_turns=20, gap_hours=6)
+    assert thread == [{"role": "user", "content": "\n".join(f"t {i}" for i in range(9, -1, -1))}]
