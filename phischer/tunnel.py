@@ -78,9 +78,19 @@ PUBLIC_URL_FILE = "public_url"
 STATE_FILE = "tunnel_state.json"
 LOCK_FILE = "tunnel.lock"
 STOP_HINT = "Ctrl-C to stop; the number's previous SMS URL is then restored."
-# Signals handled like Ctrl-C (SIGHUP: the terminal was closed; not on Windows).
+# The stop signals (SIGHUP: the terminal was closed; not on Windows). Ctrl-C is among them so
+# that a second press while the number is being restored does not cut the restore short.
 STOP_SIGNALS = tuple(
-    sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
+    sig
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
+    if sig is not None
+)
+# Ctrl-C presses during the shutdown that are only answered with STILL_STOPPING: the one
+# after them quits at once, for a shutdown that hangs (Twilio's 10 s timeout, twice).
+PATIENT_PRESSES = 1
+STILL_STOPPING = (
+    b"Still shutting down (restoring the number's SMS URL, closing the tunnel); press Ctrl-C "
+    b"again to quit at once and leave the SMS URL as it is.\n"
 )
 # How often the wait looks for a stop whose KeyboardInterrupt a finalizer swallowed.
 STOP_POLL_S = 0.5
@@ -598,6 +608,7 @@ class _StopState:
 
     requested: bool = False  # a stop was asked for (SIGTERM, SIGHUP, a swallowed Ctrl-C)
     raised: bool = False  # its KeyboardInterrupt is on its way: later stop signals are ignored
+    presses: int = 0  # Ctrl-C presses since then (more than PATIENT_PRESSES: quit at once)
 
 
 _stop = _StopState()
@@ -619,7 +630,16 @@ def stop_if_requested() -> None:
 def _on_stop_signal(signum: int, frame: object) -> None:
     _stop.requested = True  # first: if the raise below is swallowed, the checkpoints stop us
     if _stop.raised:
-        return  # a supervisor repeating TERM must not interrupt the restore it asked for
+        # A supervisor repeating TERM must not interrupt the restore it asked for; nor must
+        # an impatient second Ctrl-C, but someone pressing on means it.
+        if signum == signal.SIGINT:
+            _stop.presses += 1
+            if _stop.presses > PATIENT_PRESSES:
+                raise KeyboardInterrupt
+            # Straight to stderr's descriptor: the main thread may be inside a print.
+            with suppress(OSError):
+                os.write(2, STILL_STOPPING)
+        return
     _stop.raised = True
     raise KeyboardInterrupt
 
@@ -645,7 +665,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """Make SIGTERM and SIGHUP stop us like Ctrl-C: `finally` blocks restore and close everything.
 
     SIGHUP is what closing the terminal window sends; left at its default it would kill the
-    process with the number still pointing at a tunnel that is about to vanish. A stop is
+    process with the number still pointing at a tunnel that is about to vanish. Once stopping,
+    repeated signals are ignored, except a Ctrl-C pressed again after STILL_STOPPING. A stop is
     never lost: the handler records it before raising, and a KeyboardInterrupt Python drops
     (raised inside a finalizer) is caught by an unraisable hook; `stop_if_requested()` then
     raises it again at the next startup step or while waiting.
@@ -653,18 +674,25 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = (_stop.requested, _stop.raised)
+    saved = (_stop.requested, _stop.raised, _stop.presses)
     _stop.requested = _stop.raised = False
+    _stop.presses = 0
     hook = sys.unraisablehook
     sys.unraisablehook = _stop_keeper(hook)
-    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS}
+    # A signal ignored when we started stays ignored: `nohup phischer up &` asked to outlive
+    # the terminal, and a background job of a script is not meant to get Ctrl-C.
+    previous = {
+        sig: signal.signal(sig, _on_stop_signal)
+        for sig in STOP_SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
         sys.unraisablehook = hook
-        _stop.requested, _stop.raised = saved
+        _stop.requested, _stop.raised, _stop.presses = saved
 
 
 def _forget_unless_refused(registration: Registration, instance_path: Path) -> None:
@@ -684,16 +712,17 @@ def _step(echo: Echo, what: str, fn: Callable[[], object]) -> None:
         echo(result)
 
 
-def restore_failure(registration: Registration, exc: Exception) -> str:
-    """One line for a restore that failed: why, and which URL to set back by hand."""
+def restore_failure(registration: Registration, exc: Exception | None) -> str:
+    """One line for a restore that failed (None: was cut short): why, and what to set by hand."""
     phone = registration.phone_number
     previous = registration.previous_url
     # A TunnelError already says what was tried ("Twilio refused to restore the SMS URL of …").
-    reason = (
-        str(exc)
-        if isinstance(exc, TunnelError)
-        else f"could not restore the SMS URL of {phone} ({type(exc).__name__}: {exc})"
-    )
+    if exc is None:
+        reason = f"quit before the SMS URL of {phone} was restored"
+    elif isinstance(exc, TunnelError):
+        reason = str(exc)
+    else:
+        reason = f"could not restore the SMS URL of {phone} ({type(exc).__name__}: {exc})"
     back = f"set it back to {previous} ({registration.previous_method})" if previous else "clear it"
     return (
         f"{reason}: {back} in the Twilio console (Phone Numbers → Active numbers → {phone}), "
@@ -715,6 +744,9 @@ def _restoring(
     def restore(exc_type: type[BaseException] | None, *_: object) -> bool:
         try:
             result = restore_webhook(client, registration, instance_path)
+        except KeyboardInterrupt:  # Ctrl-C pressed on to quit at once: what is left to do
+            echo(f"Warning: {restore_failure(registration, None)}")
+            raise
         except Exception as exc:  # the other clean-up steps must still run
             line = restore_failure(registration, exc)
             if exc_type is not None:

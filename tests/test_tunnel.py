@@ -606,15 +606,113 @@ def test_sigterm_restores_like_ctrl_c(
         raise AssertionError(f"{signum.name} did not stop the wait")
 
     monkeypatch.setattr(tunnel, "wait_for_shutdown", terminated)
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    result = run("tunnel")
+    with disposition(signum, signal.SIG_DFL):  # not ignored, as under nohup (tested below)
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        result = run("tunnel")
+        after = {sig: signal.getsignal(sig) for sig in before}
 
     assert result.exit_code == 0, result.output
     assert "Shutting down…" in result.output
     assert number["sms_url"] == OLD_URL
     assert ngrok.closed == 1
     assert not (instance() / "public_url").exists()
-    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert after == before
+
+
+@contextmanager
+def disposition(signum: int, handler: Any) -> Iterator[None]:
+    """Run the block with `handler` for `signum`, as a parent process (nohup, a shell) set it."""
+    old = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, old)
+
+
+def test_a_hangup_that_nohup_ignores_does_not_stop_the_run(
+    number: dict[str, Any], ngrok: FakeNgrok, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nohup phischer up &`: closing the terminal must not stop the run nohup was asked to keep."""
+    survived: list[bool] = []
+
+    def hung_up(exposure: tunnel.Exposure) -> None:
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.3)  # a handler raising KeyboardInterrupt would cut this short
+        survived.append(number["sms_url"] == f"{TUNNEL_URL}/sms")
+        raise KeyboardInterrupt  # the Ctrl-C (or SIGTERM) that does stop it, later
+
+    monkeypatch.setattr(tunnel, "wait_for_shutdown", hung_up)
+    with disposition(signal.SIGHUP, signal.SIG_IGN):
+        result = run("tunnel")
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+    assert result.exit_code == 0, result.output
+    assert survived == [True]
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+
+
+def press_ctrl_c_while_restoring(fake: FakeTwilio, number: dict[str, Any], presses: int) -> None:
+    """Press Ctrl-C `presses` times more while the restore waits for Twilio's answer."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def press() -> None:
+        for seen in range(presses):
+            signal.pthread_kill(main, signal.SIGINT)
+            deadline = time.monotonic() + 10
+            # One at a time: two pending SIGINTs would reach the handler as one.
+            while tunnel._stop.presses == seen and seen + 1 < presses:
+                assert time.monotonic() < deadline, "the handler never ran"
+                time.sleep(0.01)
+
+    # The restore reads the number before changing it back: the presses land there.
+    fake.after_next("GET", f"/IncomingPhoneNumbers/{number['sid']}.json", press)
+
+
+def test_a_second_ctrl_c_while_restoring_does_not_cut_the_restore_short(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """People press Ctrl-C twice: the number must still get its URL back, and they hear why."""
+    stop()
+    press_ctrl_c_while_restoring(fake_twilio, number, presses=1)
+    with watchdog():
+        result = run("tunnel")
+
+    assert result.exit_code == 0, result.output
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert ngrok.closed == 1
+    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert capfd.readouterr().err == tunnel.STILL_STOPPING.decode()
+
+
+def test_ctrl_c_pressed_on_quits_at_once_saying_what_to_set_by_hand(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+) -> None:
+    """A third Ctrl-C (a shutdown that hangs) quits; the number's fix is printed and remembered."""
+    stop()
+    press_ctrl_c_while_restoring(fake_twilio, number, presses=2)
+    with watchdog():
+        result = run("tunnel")
+
+    assert result.exit_code == 1, result.output  # click's "Aborted!"
+    assert [line for line in result.output.splitlines() if line][-2:] == [
+        f"Warning: quit before the SMS URL of {PHONE} was restored: set it back to {OLD_URL} "
+        f"(GET) in the Twilio console (Phone Numbers → Active numbers → {PHONE}), or run "
+        f"`phischer tunnel` again: it repairs it",
+        "Aborted!",
+    ]
+    assert number["sms_url"] == f"{TUNNEL_URL}/sms"
+    assert ngrok.closed == 1  # the rest of the shutdown still ran
+    assert not (instance() / "public_url").exists()
+    assert (instance() / tunnel.STATE_FILE).exists()  # the next run restores from it
 
 
 def test_a_stop_signal_swallowed_by_a_finalizer_is_not_lost(
