@@ -67,7 +67,16 @@ NGROK_CODE_FIXES = {
     "4018": "ngrok needs a (free) account: set NGROK_AUTHTOKEN (dashboard.ngrok.com → Your "
     "Authtoken), or pass --public-url https://… if you have your own domain or tunnel",
 }
+# The agent on PATH (or pyngrok's copy) is older than ngrok's service accepts: no longer
+# supported (120), or older than the account's minimum version (121).
+NGROK_CODE_FIXES["120"] = NGROK_CODE_FIXES["121"] = (
+    "this ngrok agent is too old: update it (`ngrok update`, or the current one from "
+    "https://ngrok.com/download), or pass --public-url https://… if you have your own domain "
+    "or tunnel"
+)
 NGROK_CODE = re.compile(r"ERR_NGROK_(\d+)")
+# Line breaks as the agent's logfmt escapes them; its errors end in CRLFs.
+LOGFMT_NEWLINE = re.compile(r"\\r\\n|\\n|\\r")
 # How long closing the tunnel waits for an agent that is already stopping (a Ctrl-C it got too).
 AGENT_EXIT_WAIT_S = 3.0
 # Bytes of a PATH hit read to tell pyngrok's `ngrok` script from the agent binary, and the
@@ -180,13 +189,23 @@ def find_ngrok() -> str | None:
     return None
 
 
+def ngrok_token() -> str | None:
+    """NGROK_AUTHTOKEN without the blanks and quotes an env file can leave around it; None if unset."""
+    # Tokens are letters, digits and "_": a space, CR or quote at either end is a pasting
+    # or env-file artefact (docker --env-file keeps quotes) that ngrok refuses as ERR_NGROK_105.
+    token = os.environ.get("NGROK_AUTHTOKEN", "").strip()
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "\"'":
+        token = token[1:-1].strip()
+    return token or None
+
+
 def open_ngrok(port: int) -> Tunnel:
     """Open an https ngrok tunnel to 127.0.0.1:PORT with pyngrok, or raise TunnelError (one line)."""
     from pyngrok import conf, ngrok
     from pyngrok.exception import PyngrokError, PyngrokNgrokInstallError
     from yaml import YAMLError  # pyngrok's own dependency, for ngrok.yml
 
-    token = os.environ.get("NGROK_AUTHTOKEN") or None
+    token = ngrok_token()
     add_secret(token, "NGROK_AUTHTOKEN")  # the agent's log lines quote a refused one
     # An installed binary beats pyngrok's first-use download (which fails offline). pyngrok
     # would hand a token to the agent as `--authtoken TOKEN`, which every local user can read
@@ -230,7 +249,7 @@ def open_ngrok(port: int) -> Tunnel:
     except Exception as exc:
         # Anything else pyngrok raises is one line too, never a traceback; -v shows it whole.
         log.debug("pyngrok failed", exc_info=True)
-        text = str(getattr(exc, "ngrok_error", None) or exc)
+        text = _agent_says(exc)
         if not isinstance(exc, (PyngrokError, OSError)):  # its message alone may not say what
             text = f"{type(exc).__name__}: {text}"
         # ngrok quotes a rejected token back ("Your authtoken: …"), the one in its own
@@ -278,10 +297,22 @@ def _agent_exits(ngrok_path: str) -> bool:
     return True
 
 
+def _agent_says(exc: Exception) -> str:
+    """What the agent said: its error line, or the reason in its API's answer (else `exc`)."""
+    text = getattr(exc, "ngrok_error", None)
+    body = getattr(exc, "body", None)  # PyngrokNgrokHTTPError: the agent API's JSON answer
+    if not text and body:
+        # {"msg": "failed to start tunnel", "details": {"err": "…ERR_NGROK_334…"}}
+        with suppress(ValueError, TypeError, AttributeError):
+            answer = json.loads(body)
+            text = (answer.get("details") or {}).get("err") or answer.get("msg")
+    return str(text or exc)
+
+
 def ngrok_failure(text: str) -> str:
     """One line for an agent error: the reason (with its ERR_NGROK code) and what to do."""
-    # The agent logs in logfmt, where a newline inside a value is written as "\n".
-    text = text.replace("\\n", "\n")
+    # The agent logs in logfmt, where a line break inside a value is written as "\r\n" or "\n".
+    text = LOGFMT_NEWLINE.sub("\n", text)
     code = NGROK_CODE.search(text)
     fix = NGROK_CODE_FIXES.get(code.group(1), NGROK_FIXES) if code else NGROK_FIXES
     if code:

@@ -29,7 +29,25 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_HOST = "fake-agent.ngrok-free.app"
 # The agent exits by itself when pytest is gone or after this long, whatever happens.
 MAX_LIFETIME_S = 60
-FAILURES = ("auth", "sessions", "refuse")
+FAILURES = ("auth", "sessions", "account", "outdated", "refuse")
+# The real agent's own errors end with the code after CRLFs (escaped in its logfmt lines).
+ACCOUNT_ERROR = (
+    "authentication failed: Usage of ngrok requires a verified account and authtoken."
+    "\r\n\r\nERR_NGROK_4018\r\n"
+)
+OUTDATED_ERROR = (
+    'authentication failed: Your ngrok agent version "2.3.41" is no longer supported. Only the '
+    "most recent version of the ngrok agent is supported without an account. Update to a newer "
+    "version with ngrok update or by downloading from https://ngrok.com/download.\r\n\r\n"
+    "ERR_NGROK_120\r\n"
+)
+# What its API answers when the endpoint (a free account's one static domain) is online
+# through another agent.
+ONLINE_ELSEWHERE_ERROR = (
+    f"failed to start tunnel: The endpoint 'https://{PUBLIC_HOST}' is already online. Either\n"
+    "1. stop your existing endpoint first, or\n2. start both endpoints with "
+    "`--pooling-enabled` to load balance between them.\r\n\r\nERR_NGROK_334\r\n"
+)
 # Like the real agent, a SIGINT/SIGTERM (a terminal's Ctrl-C reaches the whole process group)
 # stops the web API at once and the process this much later.
 STOP_LINGER_S = 1.0
@@ -62,7 +80,9 @@ def install(directory: Path, scheme: str = "https", fail: str | None = None) -> 
 
     SCHEME is that of the public URL it hands out; FAIL makes it fail like the real agent:
     "auth" (the token is refused at startup, and quoted back), "sessions" (the account's
-    agent session is taken by another agent) or "refuse" (the API refuses to open the tunnel).
+    agent session is taken by another agent), "account" (no token), "outdated" (an agent too
+    old for ngrok's service) or "refuse" (the API refuses to open the tunnel: its endpoint
+    is online elsewhere).
     """
     assert fail in (None, *FAILURES), fail
     path = directory / "ngrok"
@@ -205,7 +225,7 @@ def _handler(agent: _Agent) -> type[BaseHTTPRequestHandler]:
                         "error_code": 103,
                         "status_code": 502,
                         "msg": "failed to start tunnel",
-                        "details": {"err": "Your account may not run more than 3 endpoints."},
+                        "details": {"err": ONLINE_ELSEWHERE_ERROR},
                     },
                 )
                 return
@@ -261,8 +281,14 @@ def main(argv: list[str], settings: dict[str, Any]) -> int:
             f"proper ngrok tunnel authtoken. Your authtoken: {agent.token} ERR_NGROK_105",
         )
         return 1
-    if agent.fail == "sessions":
-        _log("eror", "failed to reconnect session", obj="tunnels.session", err=SESSIONS_ERROR)
+    startup_errors = {
+        "sessions": SESSIONS_ERROR,
+        "account": ACCOUNT_ERROR,
+        "outdated": OUTDATED_ERROR,
+    }
+    if agent.fail in startup_errors:
+        error = startup_errors[agent.fail]
+        _log("eror", "failed to reconnect session", obj="tunnels.session", err=error)
         return 1
     _log("info", "tunnel session started", obj="tunnels.session")
     _log("info", "client session established", obj="csess", id="fake0001")

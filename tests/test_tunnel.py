@@ -1197,6 +1197,33 @@ def test_open_ngrok_gives_the_agent_its_token_in_a_private_file_not_argv(
     assert NGROK_TOKEN not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("raw", "token"),
+    [
+        ("  2fakeTok_9x\r", "2fakeTok_9x"),  # a CRLF env file, a pasted space
+        ('"2fakeTok_9x"', "2fakeTok_9x"),  # docker --env-file keeps the quotes
+        (" '2fakeTok_9x ' ", "2fakeTok_9x"),
+        ("  ", None),  # blank is unset: the agent's own config, not an empty token
+    ],
+)
+def test_the_ngrok_token_reaches_the_agent_without_blanks_or_quotes_around_it(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    monkeypatch: pytest.MonkeyPatch,
+    raw: str,
+    token: str | None,
+) -> None:
+    agent = fake_agent()
+    monkeypatch.setenv("NGROK_AUTHTOKEN", raw)
+
+    opened = tunnel.open_ngrok(5004)
+    try:
+        config = agent.record()["config"]
+        given = None if config is None else yaml.safe_load(config["text"])["authtoken"]
+        assert given == token
+    finally:
+        opened.close()
+
+
 def test_open_ngrok_without_a_token_leaves_the_agent_its_own_config(
     fake_agent: Callable[..., fake_ngrok.FakeAgent], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1238,9 +1265,22 @@ def test_open_ngrok_failure_leaves_no_agent_and_no_token(
             "ngrok agent sessions)",
             tunnel.NGROK_CODE_FIXES["108"],
         ),
+        # One sentence, then the code after CRLFs: no "\\r" of the agent's escapes is left.
+        "account": (
+            "ERR_NGROK_4018: authentication failed: Usage of ngrok requires a verified account "
+            "and authtoken)",
+            tunnel.NGROK_CODE_FIXES["4018"],
+        ),
+        "outdated": (
+            'ERR_NGROK_120: authentication failed: Your ngrok agent version "2.3.41" is no '
+            "longer supported)",
+            tunnel.NGROK_CODE_FIXES["120"],
+        ),
+        # The agent's reason from its API's answer, not the JSON around it.
         "refuse": (
-            'ngrok client exception, API returned 502: {"error_code": 103',
-            tunnel.NGROK_FIXES,
+            f"ERR_NGROK_334: failed to start tunnel: The endpoint 'https://"
+            f"{fake_ngrok.PUBLIC_HOST}' is already online)",
+            tunnel.NGROK_CODE_FIXES["334"],
         ),
     }[fail]
     assert message.startswith(f"Could not open an ngrok tunnel ({reason}"), message
