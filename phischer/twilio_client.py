@@ -74,6 +74,15 @@ def require_twilio(settings: Settings, *, number: bool = True) -> None:
     for var, value in needed.items():
         if not value:
             raise TwilioConfigError(f"{var} is not set: add {_WHERE[var]} to .env")
+    sid = str(settings.twilio_account_sid)
+    if not sid.startswith("AC"):
+        # An API key (SK…) would authenticate, then every call 404s on /Accounts/SK…; and
+        # Twilio signs webhooks with the account's Auth Token, never with a key's secret.
+        raise TwilioConfigError(
+            f"TWILIO_ACCOUNT_SID={sid[:2]}… is not an Account SID (an API key's SID starts with "
+            f"SK, and phischer cannot use API keys): set {_WHERE['TWILIO_ACCOUNT_SID']}, and "
+            f"TWILIO_AUTH_TOKEN to that account's Auth Token"
+        )
 
 
 def make_twilio_client(settings: Settings, timeout_s: float = TWILIO_HTTP_TIMEOUT_S) -> Client:

@@ -579,6 +579,23 @@ def test_missing_twilio_variable_is_named_before_any_tunnel(
     assert not (instance() / "phischer.db").exists()  # `up` stopped before migrating
 
 
+@pytest.mark.parametrize("command", ["tunnel", "up"])
+def test_an_api_key_sid_is_refused_in_one_line_before_any_call(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_twilio: FakeTwilio,
+    refused: Callable[..., str],
+    command: str,
+) -> None:
+    """An API key (SK…) and its secret: Twilio answers 404, and webhooks are not signed so."""
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "SK" + "1" * 32)
+    assert refused(command) == (
+        "Error: TWILIO_ACCOUNT_SID=SK… is not an Account SID (an API key's SID starts with SK, "
+        "and phischer cannot use API keys): set the Account SID (AC…) from console.twilio.com "
+        "→ Account info, and TWILIO_AUTH_TOKEN to that account's Auth Token\n"
+    )
+    assert fake_twilio.requests == []
+
+
 def test_wrong_credentials_are_one_line(
     monkeypatch: pytest.MonkeyPatch, number: dict[str, Any], refused: Callable[..., str]
 ) -> None:
