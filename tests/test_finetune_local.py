@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -844,6 +845,37 @@ def test_cli_local_refuses_checkpoints_of_other_lora_settings(
     assert "--max-lora-rank 16" in serving_md
     (job,) = jobs_in(database)  # no failed job for a refusal
     assert job.status == "succeeded"
+
+
+def test_cli_local_refuses_checkpoints_of_another_base_model(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    first = short_run(tiny_model, tmp_path)
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "out"
+    serving_md = (out / "SERVING.md").read_text()
+    # The same shapes, so nothing would fail: the rerun would call A's adapter B's, unasked.
+    other = shutil.copytree(tiny_model, tmp_path / "other-model")
+    again = short_run(tiny_model, tmp_path, "--base-model", str(other))
+    assert again.exit_code == 1
+    assert again.output.splitlines() == [
+        f"Error: {out / 'checkpoints'} was trained with --base-model {tiny_model}: delete it "
+        "or pass another --output-dir"
+    ]
+    assert (out / "SERVING.md").read_text() == serving_md
+    (job,) = jobs_in(database)
+    assert job.status == "succeeded"
+
+
+def test_same_base_model_by_folder_or_by_name(tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / "qwen", tmp_path / "b" / "qwen"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    assert local.same_base_model(str(a), str(a / ".." / "qwen"))
+    assert not local.same_base_model(str(a), str(b))  # two folders there: two models
+    assert local.same_base_model(str(tmp_path / "moved" / "qwen"), str(b))  # gone: by its name
+    assert local.same_base_model("Qwen/Qwen2.5-1.5B-Instruct", "/models/Qwen2.5-1.5B-Instruct")
+    assert not local.same_base_model("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B")
 
 
 def test_adapter_rank_is_the_saved_adapters_own(tmp_path: Path) -> None:

@@ -387,11 +387,25 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def check_checkpoint_settings(output_dir: Path, lora: LoraSettings) -> None:
-    """Refuse to resume or finish a checkpoint trained with another rank, alpha or targets.
+def same_base_model(recorded: str, requested: str) -> bool:
+    """Whether an adapter's recorded base model is the one asked for (a folder or a hub id)."""
+    if recorded == requested:
+        return True
+    was, now = Path(recorded).expanduser(), Path(requested).expanduser()
+    if was.is_dir() and now.is_dir():
+        return was.resolve() == now.resolve()
+    # A folder since moved, named relative to another directory, or the hub id it was
+    # downloaded as: its name is all there is to compare.
+    return was.name == now.name
 
-    Resuming would fail deep in load_state_dict, and a finished run would be served with
-    commands for a rank its adapter does not have: say so in one line before anything loads.
+
+def check_checkpoint_settings(output_dir: Path, lora: LoraSettings, base_model: str) -> None:
+    """Refuse to resume or finish a checkpoint of another base model, rank, alpha or targets.
+
+    Resuming would fail deep in load_state_dict (or, on a base of the same shape, go on
+    training weights learnt on another model), and a finished run would be served with
+    commands for a base or rank its adapter does not have: say so in one line before
+    anything loads.
     """
     checkpoints = output_dir / "checkpoints"
     last = last_checkpoint(checkpoints)
@@ -399,6 +413,9 @@ def check_checkpoint_settings(output_dir: Path, lora: LoraSettings) -> None:
         return
     config = _read_json(last / "adapter_config.json")
     differs = []
+    recorded_base = config.get("base_model_name_or_path")
+    if isinstance(recorded_base, str) and not same_base_model(recorded_base, base_model):
+        differs.append(f"--base-model {recorded_base}")
     if config.get("r") not in (None, lora.rank):
         differs.append(f"--lora-rank {config['r']}")
     if config.get("lora_alpha") not in (None, lora.alpha):
@@ -608,7 +625,7 @@ def train_lora(
     """
     check_base_model(base_model)
     require_train_extra()
-    check_checkpoint_settings(output_dir, lora)
+    check_checkpoint_settings(output_dir, lora, base_model)
     finished = finished_checkpoint(output_dir, lora)
     with quiet_library(local_model=Path(base_model).is_dir()):
         if finished is not None:
