@@ -223,8 +223,12 @@ def list_(obj: Context) -> None:
     if client is None:
         click.echo("(remote OpenAI jobs not listed: no OPENAI_API_KEY)")
         return
-    with friendly_errors():
+    try:
         remote = ft.list_remote(client)
+    except FineTuneError as exc:
+        # The jobs stored here are what `list` is for: an account it cannot reach is a note.
+        click.echo(f"(remote OpenAI jobs not listed: {exc})")
+        return
     known = {job.job_id for job, _ in rows if job.server in (None, here)}
     others = [j for j in remote if j.id not in known]
     if others:

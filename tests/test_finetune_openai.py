@@ -1023,19 +1023,35 @@ def test_list_of_account_jobs_only_has_its_header(fake_ft: FakeOpenAI, train: Pa
     assert lines[3].split()[0] == other and len(lines) == 4
 
 
-def test_list_api_error_is_one_line_after_the_stored_jobs(
+def test_list_api_error_is_a_note_after_the_stored_jobs(
     fake_ft: FakeOpenAI, ada: Path, train: Path
 ) -> None:
     job_id = start_job(train)
     fake_ft.fail("GET", "/v1/fine_tuning/jobs", 401, "Incorrect API key provided")
     result = run("finetune", "list")
-    assert result.exit_code == 1
+    assert result.exit_code == 0  # the jobs stored here were listed
     lines = result.output.splitlines()
     assert lines[0].split()[0] == "JOB" and lines[1].split()[0] == job_id
     assert lines[2:] == [
-        "Error: OpenAI rejected the API key while listing fine-tuning jobs "
-        "(401: Incorrect API key provided): check OPENAI_API_KEY in .env"
+        "(remote OpenAI jobs not listed: OpenAI rejected the API key while listing fine-tuning "
+        "jobs (401: Incorrect API key provided): check OPENAI_API_KEY in .env)"
     ]
+
+
+def test_list_with_the_account_unreachable_still_shows_the_stored_jobs(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = start_job(train)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
+    monkeypatch.setattr(ft, "MAX_RETRIES", 0)
+    result = run("finetune", "list")
+    assert result.exit_code == 0
+    header, stored, note = result.output.splitlines()
+    assert header.split()[0] == "JOB" and stored.split()[0] == job_id
+    assert note == (
+        "(remote OpenAI jobs not listed: cannot reach http://127.0.0.1:9/v1/ while listing "
+        "fine-tuning jobs (Connection error.): check your network or OPENAI_BASE_URL)"
+    )
 
 
 def test_a_key_the_server_quotes_back_is_not_printed(
