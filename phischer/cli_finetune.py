@@ -146,7 +146,11 @@ def start(obj: Context, train: Path, provider: str, **options: object) -> None:
 
 @finetune_group.command("status")
 @click.argument("job_id")
-@click.option("--wait", is_flag=True, help="Poll until the job succeeds, fails or is cancelled.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Poll until the job succeeds, fails, is cancelled or paused (network blips are retried).",
+)
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),

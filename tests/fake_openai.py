@@ -14,9 +14,9 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 - POST /v1/fine_tuning/jobs/{id}/cancel
 
 and records every request in `requests`. `fail()` answers the next matching requests with an
-OpenAI-style error; with `valid_key` set, any other API key gets a 401 (quoting it with
-`echo_key`); `restart()` forgets every file and job, as a server without storage that was
-restarted.
+OpenAI-style error, `drop()` closes their connection without an answer; with `valid_key` set,
+any other API key gets a 401 (quoting it with `echo_key`); `restart()` forgets every file and
+job, as a server without storage that was restarted.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Step:
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
     error: dict[str, Any] | None = None
+    estimated_finish: int | None = None
 
 
 def metrics_event(
@@ -133,8 +134,9 @@ class FakeOpenAI:
         self.events: dict[str, list[dict[str, Any]]] = {}  # newest first, as the API lists
         self.scripts: dict[str, list[Step]] = {}
         self.default_script: list[Step] = [Step("running")]
-        # (method, path prefix, status, error body), each served once before normal answers.
-        self.errors: list[tuple[str, str, int, dict[str, Any]]] = []
+        # (method, path prefix, status, error body), each served once before normal answers;
+        # a None body drops the connection instead.
+        self.errors: list[tuple[str, str, int, dict[str, Any] | None]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         fake = self
@@ -170,6 +172,10 @@ class FakeOpenAI:
         """Answer the next `times` matching requests with an OpenAI-style error."""
         for _ in range(times):
             self.errors.append((method, prefix, status, error_body(message, code=code)))
+
+    def drop(self, method: str, prefix: str, times: int = 1) -> None:
+        """Drop the connection of the next `times` matching requests, answering nothing."""
+        self.errors.extend([(method, prefix, 0, None)] * times)
 
     def calls(self, method: str | None = None, prefix: str = "") -> list[Recorded]:
         """Recorded requests, optionally filtered by method and path prefix."""
@@ -225,6 +231,8 @@ class FakeOpenAI:
             job["trained_tokens"] = step.trained_tokens
         if step.error:
             job["error"] = step.error
+        if step.estimated_finish is not None:
+            job["estimated_finish"] = step.estimated_finish
         if step.status in FINISHED:
             job["finished_at"] = int(time.time())
 
@@ -240,6 +248,8 @@ class FakeOpenAI:
             for i, (method, prefix, status, err) in enumerate(self.errors):
                 if method == rec.method and rec.path.startswith(prefix):
                     del self.errors[i]
+                    if err is None:
+                        return None
                     # A 1 ms Retry-After keeps the SDK's own retries fast in tests.
                     return status, err, {"retry-after-ms": "1"}
             if not (rec.method == "POST" and rec.path == CHAT_PATH):

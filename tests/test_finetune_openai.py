@@ -691,7 +691,7 @@ def test_api_errors_are_one_line_and_keep_the_job(
     job_id = start_job(train)
     before = stored_job(database)
     fake_ft.fail("GET", f"/v1/fine_tuning/jobs/{job_id}", status, "nope", times=times)
-    result = run("finetune", "status", job_id, "--wait")
+    result = run("finetune", "status", job_id)
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == ["Error: " + expected.format(job=job_id)]
     assert len(fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}")) == times
@@ -724,12 +724,13 @@ def test_connection_refused_is_one_line(
     assert jobs_in(database) == []
 
 
-def test_network_error_while_polling_is_one_line_and_keeps_the_job(
+def test_network_down_while_waiting_gives_up_after_ten_checks_and_keeps_the_job(
     fake_ft: FakeOpenAI,
     ada: Path,
     train: Path,
     database: Database,
     monkeypatch: pytest.MonkeyPatch,
+    sleeps: list[float],
 ) -> None:
     job_id = start_job(train)
     before = stored_job(database)
@@ -737,12 +738,116 @@ def test_network_error_while_polling_is_one_line_and_keeps_the_job(
     monkeypatch.setattr(ft, "MAX_RETRIES", 0)
     result = run("finetune", "status", job_id, "--wait")
     assert result.exit_code == 1
-    assert result.output.splitlines() == [
-        f"Error: cannot reach http://127.0.0.1:9/v1/ while checking {job_id} "
+    unreachable = (
+        f"cannot reach http://127.0.0.1:9/v1/ while checking {job_id} "
         "(Connection error.): check your network or OPENAI_BASE_URL"
-    ]
+    )
+    *warnings, error = result.output.splitlines()
+    assert warnings == [
+        f"Warning: {unreachable}; checking again in {s:g} s" for s in sleeps
+    ]  # said each time, on the usual backoff
+    assert len(sleeps) == 9 and sleeps[-1] == 60.0
+    assert error == (
+        f"Error: {unreachable} (10 checks in a row failed: stopped waiting; {job_id} goes on "
+        f"at OpenAI, wait again with: phischer finetune status {job_id} --wait)"
+    )
     assert stored_job(database) == before
     assert persona_row(database).backend == "retrieval"
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [(429, "OpenAI rate limit or quota hit"), (503, "OpenAI answered 503"), (None, "cannot reach")],
+)
+def test_wait_rides_out_a_blip_and_still_switches_the_persona(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    sleeps: list[float],
+    status: int | None,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ft, "MAX_RETRIES", 0)  # one failed check is one failed request
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    job_id = start_job(train)
+    first = run("finetune", "status", job_id)  # the first step's events are seen
+    assert first.exit_code == 0
+    polls = f"/v1/fine_tuning/jobs/{job_id}"
+    if status is None:  # the connection drops
+        fake_ft.drop("GET", polls)
+    else:
+        fake_ft.fail("GET", polls, status, "try later")
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"Warning: {said}") and "checking again in 5 s" in lines[0]
+    assert sum(line.startswith("Warning:") for line in lines) == 1
+    assert sleeps == [5.0, 7.5]  # the backoff goes on through the failed check
+    assert result.output.count("Step 3/3: training loss=0.90") == 1
+    assert "Fine-tuning job started" not in result.output  # shown by the first status
+    assert f"Persona Ada Lovelace now answers with {FT_MODEL}." in result.output
+    assert persona_row(database).model == FT_MODEL
+
+
+def test_wait_stops_at_once_on_an_exhausted_quota(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, sleeps: list[float]
+) -> None:
+    job_id = start_job(train)
+    fake_ft.fail(
+        "GET", f"/v1/fine_tuning/jobs/{job_id}", 429, "You exceeded your current quota",
+        times=3, code="insufficient_quota",
+    )  # fmt: skip
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        f"Error: OpenAI rate limit or quota hit while checking {job_id} (429: You exceeded "
+        "your current quota): wait a minute and retry, or check your plan's billing"
+    ]
+    assert sleeps == [] and "Warning" not in result.output  # waiting would not pay the bill
+
+
+@pytest.mark.parametrize("pause", ["paused", "pausing"])
+def test_wait_follows_a_status_it_does_not_know_and_stops_on_paused(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    sleeps: list[float],
+    pause: str,
+) -> None:
+    fake_ft.default_script = [Step("running"), Step(pause), Step("cancelled")]
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 0, result.output
+    statuses = [line for line in result.output.splitlines() if line.startswith(job_id)]
+    if pause == "paused":  # nothing happens until someone resumes it: say so and stop
+        assert statuses == [f"{job_id}: running", f"{job_id}: paused"]
+        assert result.output.splitlines()[-1] == (
+            "  It trains again once resumed on OpenAI (its fine-tuning dashboard, or the API's "
+            f"resume); then follow it with: phischer finetune status {job_id} --wait"
+        )
+        assert jobs_in(database)[0].status == "paused"
+        assert jobs_in(database)[0].finished_at is None
+    else:  # unknown: polled on as running, never taken for an end
+        assert statuses == [f"{job_id}: running", f"{job_id}: {pause}", f"{job_id}: cancelled"]
+        assert sleeps == [5.0, 7.5]
+
+
+def test_status_shows_when_openai_expects_the_job_to_finish(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    when = int(dt.datetime(2026, 11, 22, 15, 40, tzinfo=dt.UTC).timestamp())
+    fake_ft.default_script = [Step("running", estimated_finish=when), *SUCCESS_SCRIPT[2:]]
+    job_id = start_job(train)
+    running = run("finetune", "status", job_id)
+    assert running.output.splitlines()[-1] == (
+        f"{job_id}: running, estimated to finish 2026-11-22 15:40 UTC"
+    )
+    done = run("finetune", "status", job_id)  # a finished job has no estimate to give
+    assert f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}\n" in done.output
+    assert "estimated" not in done.output
 
 
 def test_ctrl_c_while_waiting_says_the_job_goes_on(
@@ -816,6 +921,9 @@ def test_status_of_a_job_not_started_here_switches_nothing(
     assert result.exit_code == 0, result.output
     assert f"{other}: succeeded, 4,321 trained tokens, model {FT_MODEL}" in result.output
     assert "  (not started from here: no persona will be switched)" in result.output
+    # Nothing stored keeps its last event: each poll still shows only the new ones.
+    for message in ("Fine-tuning job started", "Step 1/3", "New fine-tuned model created"):
+        assert result.output.count(message) == 1
     assert "now answers with" not in result.output
     assert jobs_in(database) == []
     assert persona_row(database).backend == "retrieval"
@@ -1148,6 +1256,19 @@ def test_new_events_span_several_pages(
     assert shown == steps
     pages = fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}/events")
     assert [p.query.get("after") is not None for p in pages] == [False, True, True]
+
+
+def test_more_new_events_than_shown_says_the_older_ones_were_cut(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    steps = [f"Step {i}/250: training loss=1.00" for i in range(1, 251)]
+    fake_ft.default_script = [Step("running", steps), Step("running", ["Checkpoint created"])]
+    job_id = start_job(train)
+    first = run("finetune", "status", job_id).output.splitlines()
+    assert first[0] == "  (older events not shown, the latest 200 follow: --plot reads all)"
+    assert [line.split(" ", 4)[-1] for line in first[1:-1]] == steps[-200:]
+    second = run("finetune", "status", job_id).output.splitlines()
+    assert second[0].endswith(" Checkpoint created") and len(second) == 2  # no note: all new
 
 
 # -- status --plot ---------------------------------------------------------------------------

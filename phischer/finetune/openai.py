@@ -40,6 +40,10 @@ POLL_FIRST_S = 5.0
 POLL_MAX_S = 60.0
 POLL_FACTOR = 1.5
 MAX_EVENTS = 200  # a first `status` of a long job would otherwise print every metrics step
+# `status --wait` rides out this many failed checks in a row (network, 429, 5xx, each after
+# the SDK's own retries) before it gives up: on the backoff above, 6 minutes or more.
+MAX_POLL_FAILURES = 10
+PAUSED = "paused"  # paused on OpenAI's side: it trains again only once someone resumes it
 
 Echo = Callable[[str], None]
 _sleep = time.sleep  # tests replace this to poll without waiting
@@ -82,30 +86,49 @@ def _api_message(exc: openai.APIStatusError) -> str:
     return exc.message
 
 
-@contextmanager
-def api_errors(client: openai.OpenAI, doing: str) -> Iterator[None]:
-    """Turn SDK errors into one-line FineTuneErrors that say what to do."""
-    try:
-        yield
-    except openai.AuthenticationError as exc:
-        raise FineTuneError(
+class TransientApiError(FineTuneError):
+    """An API error that may pass by itself: no network, a rate limit, a server error."""
+
+
+def _is_transient(exc: openai.APIError) -> bool:
+    # A 429 for an exhausted quota stays until someone pays: waiting does not help.
+    if isinstance(exc, openai.RateLimitError):
+        return exc.code != "insufficient_quota"
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError)  # timeouts too
+
+
+def _api_error_message(client: openai.OpenAI, exc: openai.APIError, doing: str) -> str:
+    if isinstance(exc, openai.AuthenticationError):
+        return (
             f"OpenAI rejected the API key while {doing} (401: {_api_message(exc)}): "
             "check OPENAI_API_KEY in .env"
-        ) from None
-    except openai.RateLimitError as exc:
-        raise FineTuneError(
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return (
             f"OpenAI rate limit or quota hit while {doing} (429: {_api_message(exc)}): "
             "wait a minute and retry, or check your plan's billing"
-        ) from None
-    except openai.APIConnectionError as exc:
-        raise FineTuneError(
-            f"cannot reach {client.base_url} while {doing} ({exc.message}): "
-            "check your network or OPENAI_BASE_URL"
-        ) from None
-    except openai.APIStatusError as exc:
-        raise FineTuneError(
-            f"OpenAI answered {exc.status_code} while {doing}: {_api_message(exc)}"
-        ) from None
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return f"OpenAI answered {exc.status_code} while {doing}: {_api_message(exc)}"
+    return (
+        f"cannot reach {client.base_url} while {doing} ({exc.message}): "
+        "check your network or OPENAI_BASE_URL"
+    )
+
+
+@contextmanager
+def api_errors(client: openai.OpenAI, doing: str) -> Iterator[None]:
+    """Turn SDK errors into one-line FineTuneErrors that say what to do.
+
+    Errors that may pass by themselves are TransientApiErrors, which `status --wait` rides out.
+    """
+    try:
+        yield
+    except (openai.APIStatusError, openai.APIConnectionError) as exc:
+        kind = TransientApiError if _is_transient(exc) else FineTuneError
+        raise kind(_api_error_message(client, exc, doing)) from None
 
 
 def _check_command(request: StartRequest) -> str:
@@ -287,16 +310,20 @@ def start_openai(
     return row
 
 
-def _new_events(client: openai.OpenAI, job_id: str, last_event_id: str | None) -> list[Any]:
+def _new_events(
+    client: openai.OpenAI, job_id: str, last_event_id: str | None
+) -> tuple[list[Any], bool]:
+    """The events after the last one shown, oldest first, and whether older new ones were cut."""
     # The API lists events newest first and pages backwards (`after` = older than), so walk
     # until the last event already shown, then flip to chronological order.
-    fresh = []
+    fresh: list[Any] = []
     for event in client.fine_tuning.jobs.list_events(job_id, limit=50):
-        if event.id == last_event_id or len(fresh) >= MAX_EVENTS:
+        if event.id == last_event_id:
             break
+        if len(fresh) >= MAX_EVENTS:
+            return fresh[::-1], True
         fresh.append(event)
-    fresh.reverse()
-    return fresh
+    return fresh[::-1], False
 
 
 @dataclass
@@ -309,22 +336,29 @@ class StatusResult:
     trained_tokens: int | None
     fine_tuned_model: str | None
     error: str | None
+    estimated_finish: int | None = None  # Unix time, while OpenAI can tell
+    older_events_cut: bool = False  # more new events than MAX_EVENTS: only the latest shown
     persona_switched: str | None = None
     persona_removed: bool = False  # it succeeded just now, and its persona is gone
     tracked: bool = True
 
 
-def check_status(db: Database, client: openai.OpenAI, job_id: str) -> StatusResult:
-    """Fetch the job and its new events, store them, and switch the persona on success."""
+def check_status(
+    db: Database, client: openai.OpenAI, job_id: str, seen: str | None = None
+) -> StatusResult:
+    """Fetch the job and its new events, store them, and switch the persona on success.
+
+    `seen` is the last event shown of a job not stored here (a stored job keeps its own).
+    """
     server = server_of(client)
     with db.read() as session:
         row = jobs.find_job(session, job_id, server)
-        last_event_id = row.last_event_id if row is not None else None
+        last_event_id = row.last_event_id if row is not None else seen
     if row is not None and row.provider != "openai":
         raise FineTuneError(f"{job_id} is a {row.provider} job: it has no remote status")
     with api_errors(client, f"checking {job_id}"):
         remote = client.fine_tuning.jobs.retrieve(job_id)
-        events = _new_events(client, job_id, last_event_id)
+        events, cut = _new_events(client, job_id, last_event_id)
     error = None
     if remote.error is not None and remote.error.message:
         error = remote.error.message
@@ -335,6 +369,8 @@ def check_status(db: Database, client: openai.OpenAI, job_id: str) -> StatusResu
         trained_tokens=remote.trained_tokens,
         fine_tuned_model=remote.fine_tuned_model,
         error=error,
+        estimated_finish=getattr(remote, "estimated_finish", None),
+        older_events_cut=cut,
         tracked=row is not None,
     )
     if row is None:
@@ -366,13 +402,26 @@ def describe_event(event: Any) -> str:
 
 def describe_status(result: StatusResult) -> list[str]:
     """The lines `finetune status` prints for one check."""
-    lines = [describe_event(e) for e in result.events]
+    lines = []
+    if result.older_events_cut:
+        lines.append(
+            f"  (older events not shown, the latest {MAX_EVENTS} follow: --plot reads all)"
+        )
+    lines += [describe_event(e) for e in result.events]
     head = f"{result.job_id}: {result.status}"
     if result.trained_tokens:
         head += f", {result.trained_tokens:,} trained tokens"
     if result.fine_tuned_model:
         head += f", model {result.fine_tuned_model}"
+    if result.estimated_finish and result.status not in FINAL_STATES:
+        finish = dt.datetime.fromtimestamp(result.estimated_finish, dt.UTC)
+        head += f", estimated to finish {finish:%Y-%m-%d %H:%M} UTC"
     lines.append(head)
+    if result.status == PAUSED:
+        lines.append(
+            f"  It trains again once resumed on OpenAI (its fine-tuning dashboard, or the API's "
+            f"resume); then follow it with: phischer finetune status {result.job_id} --wait"
+        )
     if not result.tracked:
         lines.append("  (not started from here: no persona will be switched)")
     if result.persona_switched:
@@ -412,24 +461,48 @@ def wait_for(
     echo: Echo,
     sleep: Callable[[float], None] | None = None,
 ) -> StatusResult:
-    """Poll with backoff until the job succeeds, fails or is cancelled, printing as it goes."""
+    """Poll with backoff until the job succeeds, fails, is cancelled or paused, printing as it goes.
+
+    A status it does not know (one OpenAI adds later) is polled on like `running`. A check
+    that fails for a reason that may pass (network, 429, 5xx) is said and retried on the same
+    backoff; MAX_POLL_FAILURES in a row end the wait with the last error.
+    """
     sleep = sleep or _sleep
     interval = POLL_FIRST_S
     bar = None
+    seen: str | None = None  # a job not stored here keeps its last event only in memory
+    failures = 0
     try:
         while True:
-            result = check_status(db, client, job_id)
-            bar = _progress(bar, result.events)
-            for line in describe_status(result):
-                # tqdm.write keeps the bar below the log instead of tearing it.
-                (tqdm.write if bar is not None else echo)(line)
-            if result.status in FINAL_STATES:
-                return result
+            # tqdm.write keeps the bar below the log instead of tearing it.
+            write = tqdm.write if bar is not None else echo
+            try:
+                result = check_status(db, client, job_id, seen)
+            except TransientApiError as exc:
+                failures += 1
+                if failures >= MAX_POLL_FAILURES:
+                    raise TransientApiError(_gave_up(exc, job_id, failures)) from None
+                write(f"Warning: {exc}; checking again in {interval:g} s")
+            else:
+                failures = 0
+                seen = result.events[-1].id if result.events else seen
+                bar = _progress(bar, result.events)
+                for line in describe_status(result):
+                    (tqdm.write if bar is not None else echo)(line)
+                if result.status in FINAL_STATES or result.status == PAUSED:
+                    return result
             sleep(interval)
             interval = min(POLL_MAX_S, interval * POLL_FACTOR)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _gave_up(exc: FineTuneError, job_id: str, failures: int) -> str:
+    return (
+        f"{exc} ({failures} checks in a row failed: stopped waiting; {job_id} goes on at "
+        f"OpenAI, wait again with: phischer finetune status {job_id} --wait)"
+    )
 
 
 def all_events(client: openai.OpenAI, job_id: str) -> list[Any]:
