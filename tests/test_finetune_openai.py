@@ -281,6 +281,22 @@ def test_bad_validation_file_also_refuses(
     refused_before_upload(fake_ft, database, train, "--validation", str(bad))
 
 
+@pytest.mark.parametrize("which", ["training", "validation"])
+def test_a_file_over_openais_upload_limit_refuses_before_reading_it(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, tmp_path: Path, database: Database, which: str
+) -> None:
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as fh:  # sparse: 513 MB on paper, nothing on disk
+        fh.truncate(513 * 2**20)
+    files = (big,) if which == "training" else (train, "--validation", str(big))
+    result = refused_before_upload(fake_ft, database, *files)
+    # One line, and no format errors: the file is refused by its size before any is counted.
+    assert result.output.splitlines() == [
+        f"Error: {big}: 513 MB, and OpenAI takes files of up to 512 MB: train on fewer "
+        "examples, or with --provider local; nothing was uploaded"
+    ]
+
+
 def test_missing_api_key_is_one_line(
     fake_ft: FakeOpenAI,
     ada: Path,

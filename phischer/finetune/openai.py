@@ -43,6 +43,8 @@ MAX_EVENTS = 200  # a first `status` of a long job would otherwise print every m
 # `status --wait` rides out this many failed checks in a row (network, 429, 5xx, each after
 # the SDK's own retries) before it gives up: on the backoff above, 6 minutes or more.
 MAX_POLL_FAILURES = 10
+# OpenAI's files API takes files of up to 512 MB: a bigger one would upload for minutes, then fail.
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 PAUSED = "paused"  # paused on OpenAI's side: it trains again only once someone resumes it
 
 Echo = Callable[[str], None]
@@ -146,6 +148,7 @@ def _check(
 ) -> Any:
     from phischer.dataset_check import MIN_EXAMPLES, check_file
 
+    _refuse_too_big(path)
     # A bar on big files (tens of MB take seconds to count), quiet when stderr is no terminal.
     report = check_file(path, base_model=base_model, epochs=epochs, progress=True)
     if report.errors:
@@ -160,6 +163,17 @@ def _check(
             "nothing was uploaded"
         )
     return report
+
+
+def _refuse_too_big(path: Path) -> None:
+    # Before the check: counting the tokens of a file this size takes minutes, for nothing.
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise FineTuneError(
+            f"{path}: {size / 2**20:,.0f} MB, and OpenAI takes files of up to "
+            f"{MAX_UPLOAD_BYTES // 2**20} MB: train on fewer examples, or with --provider "
+            "local; nothing was uploaded"
+        )
 
 
 def _cost_line(report: Any) -> str:
