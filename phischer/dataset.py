@@ -151,11 +151,29 @@ def _is_sorted(values: list[dt.datetime]) -> bool:
 
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
-_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"]+", re.I)
-# 7-15 digits, optionally with +country code and the usual separators; digits glued to
-# letters or dots (order ids, v10.0.19041) are left alone. A candidate is then checked by
-# `_phone`: dates, times, years, amounts, IP addresses and ISBNs are numbers too.
-_PHONE = re.compile(r"(?<![\w+(.])[+(]?\d(?:[\s().-]{0,2}\d){6,14}(?![\w]|[.,]\d)")
+# A URL ends before the punctuation of the sentence around it ("see x.com/a." keeps its ".").
+_URL_TAIL = r"(?:[^\s<>\"]*[^\s<>\".,;:!?)\]}'’])?"
+_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"]" + _URL_TAIL, re.I)
+# Without a scheme: a host with a path (example.com/x, bit.ly/3xYz). A bare "node.js" or
+# "example.com" stays: too many words and file names look like one.
+_BARE_URL = re.compile(
+    r"(?<![\w@./-])(?:[a-z\d](?:[a-z\d-]*[a-z\d])?\.)+[a-z]{2,24}/" + _URL_TAIL, re.I
+)
+# 7-15 digits, optionally with +country code and the usual separators, and an extension
+# ("ext. 42", "x123"); digits glued to letters, dots or "#" (order ids, v10.0.19041, #1234567)
+# or hyphenated into a longer run (112-4567890-1234567) are left alone. A candidate is then
+# checked by `_phone`: dates, times, years, amounts, IP addresses and ISBNs are numbers too.
+_PHONE = re.compile(
+    r"(?<![\w+(.#])(?<!\d-)(?P<number>[+(]?\d(?:[\s().-]{0,2}\d){6,14})"
+    r"(?:\s?(?i:ext\.?|extension|x)\s?\d{1,6})?(?![\w]|[.,-]\d)"
+)
+# A number named as something else just before it: "order 1234567", "Order ID: 112-…". Not
+# "ID" or "case" alone: "caller ID 0612345678", "in case: 0612345678" are phone numbers.
+_NAMED_NUMBER = re.compile(
+    r"\b(?:order|invoice|ref|reference|ticket|tracking|confirmation|booking|receipt"
+    r"|transaction|version|build|serial)\b\W{0,3}(?:(?:no|nr|number|num|id|code)\b\W{0,3})?$",
+    re.I,
+)
 # A date is three groups, not part of a longer dotted run (06.12.34.56.78 is a French number).
 _DATE = re.compile(
     r"(?<![\d./-])(?:\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4})"
@@ -179,7 +197,10 @@ def _phone(m: re.Match[str]) -> str:
 
 def _not_a_phone(m: re.Match[str]) -> bool:
     """Whether a phone-shaped run of digits is some other number people write."""
-    text = m.group(0)
+    text = m.group("number")
+    before = m.string[max(0, m.start() - 40) : m.start()]
+    if _NAMED_NUMBER.search(before):
+        return True
     if _DATE.search(text) or _TIME_RANGE.fullmatch(text) or _IP.fullmatch(text):
         return True  # "2024-01-02 10" of "2024-01-02 10:30", "10.30-11.45", 192.168.1.100
     groups = re.findall(r"\d+", text)
@@ -191,8 +212,7 @@ def _not_a_phone(m: re.Match[str]) -> bool:
         return True  # an ISBN
     if _THOUSANDS.fullmatch(text):
         # 1 000 000 is an amount, 612 345 678 a Spanish mobile: a currency says which.
-        whole = m.string
-        before, after = whole[: m.start()], whole[m.end() :]
+        after = m.string[m.end("number") :]
         return bool(_CURRENCY_BEFORE.search(before) or _CURRENCY_AFTER.match(after))
     return False
 
@@ -203,6 +223,8 @@ def mask_pii(text: str) -> str:
         text = _EMAIL.sub("<EMAIL>", text)
     if "://" in text or "www" in text.lower():  # URLs are matched in any case (WWW.Example.com)
         text = _URL.sub("<URL>", text)
+    if "/" in text:
+        text = _BARE_URL.sub("<URL>", text)
     return _PHONE.sub(_phone, text)
 
 

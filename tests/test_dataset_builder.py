@@ -207,7 +207,7 @@ def test_mask_pii() -> None:
         "see https://example.com/a?b=1 and www.example.net. Meet 2024-05-06 at 10:30, "
         "order AB1234567, 3 pizzas"
     ) == (
-        "mail <EMAIL> or call <PHONE> / <PHONE>, see <URL> and <URL> Meet 2024-05-06 at 10:30, "
+        "mail <EMAIL> or call <PHONE> / <PHONE>, see <URL> and <URL>. Meet 2024-05-06 at 10:30, "
         "order AB1234567, 3 pizzas"
     )
 
@@ -485,6 +485,14 @@ def test_a_blank_system_prompt_is_refused(system: str) -> None:
         "ip 192.168.1.100",
         "ISBN 978-3-16-148410-0",
         "order AB1234567, 3 pizzas",
+        "order 1234567 is late",
+        "order #123456789",
+        "Order ID: 112-4567890-1234567",
+        "tracking number: 1234 5678 90",
+        "ref 20240313, invoice no. 1234-567-890",
+        "version 10.0.19041",
+        "paid $1,299.99 on 2024-03-13 at 12:30",
+        "node.js and example.com, and/or 1.5/2 km/h",
     ],
 )
 def test_mask_pii_leaves_other_numbers(text: str) -> None:
@@ -503,6 +511,14 @@ def test_mask_pii_leaves_other_numbers(text: str) -> None:
         ("tel 555.123.4567", "tel <PHONE>"),
         ("see WWW.Example.com now", "see <URL> now"),
         ("Www.example.com", "<URL>"),
+        ("(415) 555-2671 ext. 42, or 415.555.2671x7", "<PHONE>, or <PHONE>"),
+        ("+1 415 555 2671 Extension 9", "<PHONE>"),
+        ("+49 (0)30 1234567 or 0044 20 7946 0958", "<PHONE> or <PHONE>"),
+        ("caller ID 0612345678, in case: 555 010 0199", "caller ID <PHONE>, in case: <PHONE>"),
+        ("mail a.b+tag@mail.sub.example.co.uk.", "mail <EMAIL>."),
+        ("see example.com/x, bit.ly/3xYz!", "see <URL>, <URL>!"),
+        ("(see https://example.com/a?b=1).", "(see <URL>)."),
+        ("go to sub.example.co.uk/a/b?c=d#e and www.example.net.", "go to <URL> and <URL>."),
     ],
 )
 def test_mask_pii_masks_numbers_and_urls_as_written(text: str, masked: str) -> None:
