@@ -461,6 +461,13 @@ def _lines(path: Path, progress: bool = False) -> Iterator[tuple[int, bytes]]:
             yield number, raw.rstrip(b"\r\n")
 
 
+def _blank(raw: bytes) -> bool:
+    """Whether a line holds only JSON whitespace: what `check` skips is what `split` skips."""
+    # Not str.strip(): a line of U+00A0 or U+2028 is no JSON at all, and one rule for both
+    # commands keeps a file that passes `check` from being refused by `split`.
+    return not raw.strip(b" \t\r")
+
+
 def _open_checked(path: Path) -> None:
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
@@ -478,7 +485,7 @@ def _parse(number: int, raw: bytes) -> tuple[Any, Problem | None]:
         return None, Problem(
             number, "starts with a byte-order mark: save as UTF-8 without BOM [bom]"
         )
-    if not text.strip():
+    if _blank(raw):
         # Skipped by most JSONL readers, but strict ones reject it: worth removing.
         return None, Problem(number, "blank line, ignored (better removed) [blank_line]", "warning")
     try:
@@ -676,7 +683,7 @@ def infer_conversations(path: Path) -> list[str]:
     previous: list[tuple[str, str]] = []
     run = 0
     for number, raw in _lines(path):
-        if not raw.strip():
+        if _blank(raw):
             continue
         obj, problem = _parse(number, raw)
         if problem is not None:
@@ -690,7 +697,7 @@ def infer_conversations(path: Path) -> list[str]:
 
 
 def _read_ids(path: Path) -> tuple[list[str], bool]:
-    n_lines = sum(1 for _, raw in _lines(path) if raw.strip())
+    n_lines = sum(1 for _, raw in _lines(path) if not _blank(raw))
     side = sidecar_path(path)
     if not side.exists():
         return infer_conversations(path), False
@@ -771,7 +778,7 @@ def split_file(
     counts = {False: 0, True: 0}
     targets = (train_path, validation_path, sidecar_path(train_path), sidecar_path(validation_path))
     with atomic_files(*targets, mode="wb") as (train, val, train_ids, val_ids):
-        lines = (raw for _, raw in _lines(path) if raw.strip())
+        lines = (raw for _, raw in _lines(path) if not _blank(raw))
         for raw, cid in zip(lines, ids, strict=True):
             is_val = cid in held_out
             (val if is_val else train).write(raw + b"\n")

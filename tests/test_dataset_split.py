@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from phischer.cli import cli
 from phischer.dataset_check import (
     DatasetError,
+    check_file,
     choose_validation,
     infer_conversations,
     sidecar_path,
@@ -290,4 +291,30 @@ def test_cli_split_summary_in_the_singular(tmp_path: Path) -> None:
         "Split by conversation ids from the .conversations file:\n"
         f"  train:      1 example from 1 conversation -> {tmp_path / 'sam.train.jsonl'}\n"
         f"  validation: 3 examples from 2 conversations -> {tmp_path / 'sam.validation.jsonl'}\n"
+    )
+
+
+def test_a_line_of_unicode_blanks_is_not_skipped_as_blank(tmp_path: Path) -> None:
+    # `check` once took a line of U+00A0 for a blank line (a warning), while `split` refused
+    # the same line as invalid JSON: the file passed the check and then failed to split.
+    path = tmp_path / "x.jsonl"
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+    ]
+    line = json.dumps({"messages": messages})
+    path.write_text(f"{line}\n\u00a0\r\n\r\n{line}\n \t\n", encoding="utf-8")
+    report = check_file(path)
+    assert [str(p) for p in report.problems] == [
+        "line 2: invalid JSON: Expecting value at column 1 [invalid_json]",
+        "line 3: blank line, ignored (better removed) [blank_line]",
+        "line 5: blank line, ignored (better removed) [blank_line]",
+        "file: only 3 examples: OpenAI requires at least 10 [too_few_examples]",
+    ]
+    with pytest.raises(DatasetError) as err:
+        split_file(path)
+    assert str(err.value) == (
+        f"{path}: line 2: invalid JSON: Expecting value at column 1 [invalid_json]; "
+        "run `phischer dataset check` first"
     )
