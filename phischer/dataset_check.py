@@ -677,11 +677,14 @@ def infer_conversations(path: Path) -> list[str]:
     Rule: an example continues the previous line's conversation when, ignoring system
     messages, both start with the same message, or it starts with the tail of the previous
     example (overlapping or growing windows of one thread). Anything else starts a new
-    conversation. Wrongly merging two threads only makes the split coarser; it never leaks.
+    conversation, except that an example written twice, anywhere in the file, joins the
+    two conversations: apart, one copy could train and the other validate. Wrongly merging
+    two threads only makes the split coarser; it never leaks.
     """
-    ids: list[str] = []
+    runs: list[int] = []  # per line, the run of lines it was read in
+    parent: list[int] = []  # per run, a run it is joined to (itself when none)
+    first_run: dict[int, int] = {}  # an example's turns (hashed) -> the run it came in first
     previous: list[tuple[str, str]] = []
-    run = 0
     for number, raw in _lines(path):
         if _blank(raw):
             continue
@@ -690,10 +693,28 @@ def infer_conversations(path: Path) -> list[str]:
             raise DatasetError(f"{path}: {problem}; run `phischer dataset check` first")
         turns = _turns(obj)
         if not _continues(previous, turns):
-            run += 1
-        ids.append(f"run-{run:06d}")
+            parent.append(len(parent))
+        run = len(parent) - 1
+        if turns:
+            # A hash, not the text: memory per line stays a few numbers. A collision only
+            # joins two runs, which never leaks.
+            _join(parent, first_run.setdefault(hash(tuple(turns)), run), run)
+        runs.append(run)
         previous = turns
-    return ids
+    names: dict[int, str] = {}  # numbered by first line, as before any join
+    return [names.setdefault(_root(parent, r), f"run-{len(names) + 1:06d}") for r in runs]
+
+
+def _root(parent: list[int], run: int) -> int:
+    while parent[run] != run:
+        parent[run] = parent[parent[run]]  # halve the path: later look-ups stay short
+        run = parent[run]
+    return run
+
+
+def _join(parent: list[int], a: int, b: int) -> None:
+    ra, rb = _root(parent, a), _root(parent, b)
+    parent[max(ra, rb)] = min(ra, rb)
 
 
 def _read_ids(path: Path) -> tuple[list[str], bool]:

@@ -294,6 +294,23 @@ def test_cli_split_summary_in_the_singular(tmp_path: Path) -> None:
     )
 
 
+def test_fallback_joins_an_example_written_twice_anywhere(tmp_path: Path) -> None:
+    # A hand-written file: 10 one-off questions, then line 1 and line 4 again further down.
+    path = tmp_path / "faq.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(10)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[0], rows[3]]))
+    ids = infer_conversations(path)
+    assert ids == [f"run-{i:06d}" for i in range(1, 11)] + ["run-000001", "run-000004"]
+    for seed in range(6):  # without the join, seeds 1, 2, 4 and 5 put a copy on each side
+        result = split_file(path, validation=0.2, seed=seed, out_dir=tmp_path / str(seed))
+        train = set(result.train_path.read_text().splitlines())
+        assert train.isdisjoint(result.validation_path.read_text().splitlines())
+        assert (result.train_examples, result.validation_examples) == (10, 2)
+
+
 def test_a_line_of_unicode_blanks_is_not_skipped_as_blank(tmp_path: Path) -> None:
     # `check` once took a line of U+00A0 for a blank line (a warning), while `split` refused
     # the same line as invalid JSON: the file passed the check and then failed to split.
