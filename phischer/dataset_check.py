@@ -77,6 +77,13 @@ ASSISTANT_KEYS = ("refusal",)
 ROLES = ("system", "user", "assistant", "function", "tool")
 # What a "tool" or "function" message must name: the call it answers (OpenAI requires both).
 ANSWER_KEYS = {"tool": "tool_call_id", "function": "name"}
+# Keys whose value OpenAI takes in one JSON type only (null: as if absent).
+TYPED_KEYS: dict[str, tuple[type, str]] = {
+    "name": (str, "a string"),
+    "tool_call_id": (str, "a string"),
+    "tool_calls": (list, "an array"),
+    "function_call": (dict, "an object"),
+}
 # Content lists: the part types and roles are in chat_format.PART_ROLES.
 PART_HINT = 'use "text" parts, and "image_url" parts in user messages'
 
@@ -373,11 +380,12 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
         if missing:
             keys = " and ".join(f'"{k}"' for k in missing)
             found.append((f"message {i}: missing {keys} [message_missing_key]", "error"))
-        if answers is not None and answers not in missing and not isinstance(message[answers], str):
-            shown = _kind(message[answers])
-            found.append(
-                (f'message {i}: "{answers}" is {shown}, not a string [data_type]', "error")
-            )
+        for key, (kind, wanted) in TYPED_KEYS.items():
+            value = message.get(key)
+            if value is not None and not isinstance(value, kind):
+                found.append(
+                    (f'message {i}: "{key}" is {_kind(value)}, not {wanted} [data_type]', "error")
+                )
         unknown = [
             k
             for k in message

@@ -581,3 +581,22 @@ def test_tool_and_function_answers_name_their_call(answer: dict[str, object], er
     # Named, the same answer passes.
     key = "tool_call_id" if answer["role"] == "tool" else "name"
     assert errors(example({"content": "42", **answer, key: "call_1"})) == []
+
+
+def test_names_and_calls_of_the_wrong_json_type() -> None:
+    # OpenAI takes a name only as a string, tool_calls only as a list, function_call only as
+    # an object; null stands for absent.
+    example = {
+        "messages": [
+            {"role": "user", "content": "hey", "name": 5},
+            {"role": "user", "content": "hey", "name": None},
+            {"role": "assistant", "content": "hi", "tool_calls": "call_1"},
+            {"role": "assistant", "content": "hi", "function_call": ["f"]},
+            {"role": "assistant", "content": "hi", "tool_calls": None, "name": "Sam"},
+        ]
+    }
+    assert errors(example) == [
+        'message 1: "name" is a number, not a string [data_type]',
+        'message 3: "tool_calls" is a string, not an array [data_type]',
+        'message 4: "function_call" is an array, not an object [data_type]',
+    ]
