@@ -24,12 +24,20 @@ MIN_SECRET_CHARS = 8
 # "postgresql://" into "<DATABASE_URL password>ql://". Longer ones are hidden anywhere.
 WORD_SECRET_CHARS = 16
 
+# What people (and WhatsApp's export, with its no-break spaces and hyphens) put between a
+# number's digits: spaces, dots, dashes and the parentheses around an area code.
+_SEPARATOR = r"[ \t\u00a0().\-\u2010-\u2015]"
 # A phone number inside free text (Twilio quotes it: "The 'To' number +15553330001 is not a
-# valid phone number"; a URL carries it %2B-encoded); not a run of digits inside a SID or a
-# word, nor a fraction (a timestamp's microseconds), nor a five-digit error code. Without
-# its + a number has 10 digits or more: shorter runs are our own ids and counts ("Reply
-# 1234567 not sent"), which every log line now passes through.
-_NUMBER_IN_TEXT = re.compile(r"(?<![\w+%.])(?:(?:\+|%2[Bb])\d{6,}|\d{10,})(?!\w)")
+# valid phone number"; a URL carries it %2B-encoded; an export's sender column writes it
+# "+1 (555) 010-0199"); not a run of digits inside a SID or a word, nor a fraction (a
+# timestamp's microseconds), nor a five-digit error code. Without its + a number has 10
+# digits or more, run together or grouped as North America writes them (555-010-0199):
+# shorter runs are our own ids and counts ("Reply 1234567 not sent"), which every log line
+# now passes through, and other groupings are dates and times (2026-11-30 10).
+_NUMBER_IN_TEXT = re.compile(
+    rf"(?<![\w+%.])(?:(?:\+|%2[Bb])\d(?:{_SEPARATOR}{{0,2}}\d){{6,14}}|\d{{10,}}"
+    rf"|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}})(?!\w)"
+)
 
 # Secrets phischer never held but text can still carry, by their shape. None matches a
 # "<NAME>" a known secret was already replaced with.
@@ -44,10 +52,11 @@ _SECRET_SHAPES = (
     (re.compile(r"\bsk-[\w-]{8,}"), "sk-***"),
 )
 
-# What every pattern above must contain: 6 digits (a number), or the fixed part of a secret's
-# shape. Every log record is redacted, and most hold none of these (nor a known secret): one
-# search then clears the text instead of a substitution per pattern.
-_CANDIDATES = r"\d{6}|://|Bearer |sk-|(?i:authtoken)"
+# What every pattern above must contain: 6 digits, a + before a digit or 3 and 4 digits
+# apart (a number), or the fixed part of a secret's shape. Every log record is redacted,
+# and most hold none of these (nor a known secret): one search then clears the text
+# instead of a substitution per pattern.
+_CANDIDATES = rf"\d{{6}}|\+\d|%2[Bb]\d|\d{{3}}{_SEPARATOR}\d{{4}}|://|Bearer |sk-|(?i:authtoken)"
 
 
 class _Secrets(NamedTuple):
