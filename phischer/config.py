@@ -23,6 +23,11 @@ REPLY_MODES = ("inline", "async", "auto")
 # Twilio gives a webhook 15 s in all (error 11205); leave room for our own work.
 TWILIO_WEBHOOK_LIMIT_S = 15.0
 DEFAULT_FALLBACK_REPLY = "Sorry, I can't answer right now. Try again in a bit."
+# What phischer creates in the instance folder (the database, the development token, the
+# tunnel's state) is this user's alone, whatever the umask: the database holds everyone's
+# texts and numbers. The mode is only the most a file gets; the umask can only narrow it.
+PRIVATE_FOLDER = 0o700
+PRIVATE_FILE = 0o600
 
 
 class ConfigError(ValueError):
@@ -408,9 +413,10 @@ class Settings:
 
 
 def ensure_folder(folder: Path, what: str) -> None:
-    """Create `folder` (and parents), or raise ConfigError saying what needed it and how to fix it."""
+    """Create `folder` (private, and parents), or raise ConfigError saying what needed it and why not."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        # An existing folder is left as it is: its owner may have opened it on purpose.
+        folder.mkdir(PRIVATE_FOLDER, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
             f"cannot create {folder} for {what} ({exc.strerror}): set INSTANCE_PATH (or "
@@ -436,7 +442,7 @@ def dev_auth_token(instance_path: Path) -> str:
     # Create exclusively so two processes starting together agree on one token.
     try:
         ensure_folder(instance_path, "the local development token")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     except FileExistsError:
         return path.read_text().strip()
     except OSError as exc:

@@ -8,14 +8,14 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from phischer.config import ensure_folder
+from phischer.config import PRIVATE_FILE, ensure_folder
 from phischer.db_url import normalize_database_url
 from phischer.per_process import PerProcess
 
@@ -44,6 +44,7 @@ def make_engine(url: str) -> sa.Engine:
     path = _sqlite_path(url)
     if path is not None:
         ensure_folder(path.parent, "the SQLite database")
+        _create_private(path)
         engine = sa.create_engine(
             url, connect_args={"check_same_thread": False}, hide_parameters=True
         )
@@ -61,6 +62,17 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
+def _create_private(path: Path) -> None:
+    """Create a missing SQLite database file readable by this user alone (it holds every text).
+
+    SQLite would create it 0644 less the umask, and gives its -wal and -shm files the
+    database's mode, so all three are private from here on. An empty file is an empty
+    database. One that exists keeps its mode; one that cannot be made is SQLite's to report.
+    """
+    with suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+
+
 class WriteLock:
     """Serialises SQLite writers across threads and processes.
 
@@ -75,7 +87,7 @@ class WriteLock:
         self._path = None if db_path is None else db_path.with_name(db_path.name + ".wlock")
         # Per process: a worker sharing its parent's open file description would look like
         # the same holder to flock.
-        self._fd = PerProcess(lambda: os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._fd = PerProcess(lambda: os.open(self._path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
 
     @contextmanager
     def hold(self) -> Iterator[None]:

@@ -35,7 +35,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
 from phischer.atomic import atomic_files
-from phischer.config import ConfigError, Settings, public_base_url
+from phischer.config import PRIVATE_FILE, PRIVATE_FOLDER, ConfigError, Settings, public_base_url
 from phischer.ports import PortBusyError, bare_host, http_url, listen
 from phischer.redact import add_secret, mask_number, redact
 from phischer.twilio_client import make_twilio_client
@@ -350,7 +350,7 @@ def write_public_url(instance_path: Path, url: str) -> Path:
     """Write the public URL where Settings.tunnel_public_url() finds it (atomically)."""
     path = instance_path / PUBLIC_URL_FILE
     # A request arriving mid-write must see the old or the new URL, never half of one.
-    with atomic_files(path) as (fh,):
+    with atomic_files(path, private=True) as (fh,):
         fh.write(url + "\n")
     return path
 
@@ -477,7 +477,7 @@ def _load_state(instance_path: Path) -> dict[str, Any]:
 
 def _save_state(instance_path: Path, state: dict[str, Any]) -> None:
     # Whole or not at all: a half-written record would lose the URL it exists to keep.
-    with atomic_files(instance_path / STATE_FILE) as (fh,):
+    with atomic_files(instance_path / STATE_FILE, private=True) as (fh,):
         fh.write(json.dumps(state))
 
 
@@ -611,8 +611,8 @@ def folder_lock(instance_path: Path, command: str) -> Iterator[None]:
     """
     path = instance_path / LOCK_FILE
     try:
-        instance_path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        instance_path.mkdir(PRIVATE_FOLDER, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
     except OSError as exc:
         raise TunnelError(f"Cannot write to {instance_path} ({exc.strerror}): check it") from None
     try:

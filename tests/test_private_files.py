@@ -1,0 +1,69 @@
+"""What phischer creates in the instance folder is its user's alone, whatever the umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from phischer import tunnel
+from phischer.config import Settings
+from phischer.db import Database
+from phischer.migrate import upgrade
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """umask 0: every file gets the mode it was created with, nothing narrows it."""
+    before = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def mode(path: Path) -> int:
+    """The permission bits of `path`."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_the_database_token_and_tunnel_files_are_private(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    settings = Settings.from_env(instance_path=instance)
+    settings.auth_token()  # the development token
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        with db.write() as session:  # the write lock, and a WAL while a connection is open
+            session.execute(sa.text("CREATE TABLE t (x)"))
+        database = instance / "phischer.db"
+        journals = [database.with_name(f"phischer.db{end}") for end in ("-wal", "-shm")]
+        assert all(p.exists() for p in journals)
+        for path in [database, *journals, database.with_name("phischer.db.wlock")]:
+            assert mode(path) == 0o600, path
+    finally:
+        db.dispose()
+    with tunnel.folder_lock(instance, "up"):
+        tunnel.write_public_url(instance, "https://x.ngrok.app")
+        tunnel._save_state(instance, {"pid": os.getpid()})
+        made = {p.name: mode(p) for p in instance.iterdir()}
+    names = ["dev_auth_token", "phischer.db", "phischer.db.wlock", "public_url", "tunnel.lock"]
+    assert made == dict.fromkeys([*names, "tunnel_state.json"], 0o600)
+    assert mode(instance) == 0o700
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_a_database_folder_is_made_private_and_one_that_exists_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(0o755)  # its owner's choice
+    Database(f"sqlite:///{shared / 'a.db'}").dispose()
+    Database(f"sqlite:///{tmp_path / 'new' / 'b.db'}").dispose()
+    assert (mode(shared), mode(tmp_path / "new")) == (0o755, 0o700)
+    assert mode(shared / "a.db") == mode(tmp_path / "new" / "b.db") == 0o600
