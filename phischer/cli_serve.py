@@ -52,7 +52,8 @@ _from = click.option(
 @click.option(
     "--dev",
     is_flag=True,
-    help="Flask's debug server with the reloader (keep --host on 127.0.0.1).",
+    help="Flask's debug server with the reloader, without its interactive debugger (keep "
+    "--host on 127.0.0.1).",
 )
 @click.option(
     "--workers", default=2, show_default=True, type=AT_LEAST_ONE, help="gunicorn workers."

@@ -202,6 +202,9 @@ def serve(
 ) -> None:
     """Serve until interrupted."""
     if dev:
-        app.run(host=bare_host(host), port=port, debug=True, use_reloader=True)
+        # Without Werkzeug's interactive debugger: Twilio never sees its pages (every error is
+        # TwiML), while its /console runs Python for whoever has the PIN it logs, on a port a
+        # tunnel may expose. Debug mode and the reloader stay.
+        app.run(host=bare_host(host), port=port, debug=True, use_reloader=True, use_debugger=False)
         return
     GunicornServer(app, gunicorn_options(host, port, workers, threads)).run()

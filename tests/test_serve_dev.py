@@ -82,6 +82,8 @@ def test_serve_dev_runs_the_app_under_the_reloader(
         )
     try:
         wait_until(lambda: healthy(url), "GET /healthz did not answer 200", log)
+        # No interactive debugger: its console runs Python for whoever has the PIN.
+        assert requests.get(f"{url}/console", timeout=10).status_code == 404
         # The reloader is the process we started; the app is served by the child it runs.
         (first,) = wait_until(lambda: children(proc.pid), "no reloader child", log)
         assert proc.poll() is None
@@ -112,6 +114,7 @@ def test_serve_dev_runs_the_app_under_the_reloader(
     output = log.read_text()
     assert " * Debug mode: on" in output
     assert " * Restarting with stat" in output
+    assert "Debugger" not in output  # neither "is active!" nor its PIN
     assert f" * Detected change in '{watched}', reloading" in output
     assert f"phischer is answering texts at {url}/sms" in output
     assert "Traceback" not in output
