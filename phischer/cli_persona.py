@@ -13,6 +13,7 @@ from phischer.cli import Context, friendly_errors, pass_ctx
 from phischer.cli_options import Decorator, FiniteFloatRange, OrBlank
 from phischer.models import Persona
 from phischer.printing import pad
+from phischer.redact import redact
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -40,6 +41,9 @@ def shown(field: str, value: object) -> str | None:
         return None
     if field == "keyword":
         return f"#{value}"
+    if field == "base_url":
+        # A server behind basic auth (https://user:password@host/v1): the password is not shown.
+        return redact(str(value), numbers=False)
     return "yes" if value is True else str(value)
 
 
@@ -238,7 +242,7 @@ def answers_from(p: Persona) -> str:
         return p.dataset or ""
     # Two personas on the same model name at different servers (OpenAI and a local vLLM)
     # would look alike without it; no base URL means OPENAI_BASE_URL or OpenAI itself.
-    return f"{p.model} at {p.base_url}" if p.base_url else p.model or ""
+    return f"{p.model} at {shown('base_url', p.base_url)}" if p.base_url else p.model or ""
 
 
 @persona_group.command("show")

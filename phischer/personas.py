@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -19,6 +20,7 @@ from phischer.commands import HASH_COMMANDS, RESERVED_WORDS
 from phischer.config import international_number, is_http_url, not_international
 from phischer.db import Database
 from phischer.models import Contact, Persona
+from phischer.redact import MIN_SECRET_CHARS
 
 BACKENDS = ("openai", "retrieval")
 KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
@@ -138,6 +140,15 @@ def check_env_name(name: str) -> None:
             "--api-key-env takes the name of an environment variable (letters, digits and _, "
             "not starting with a digit), not its value, e.g. --api-key-env GPU_KEY"
         )
+    if name not in os.environ and len(name) >= MIN_SECRET_CHARS:
+        # `--api-key-env $GPU_KEY`: the shell put the key there, and many keys (gsk_…, hf_…,
+        # hex) are valid names; stored, `persona show` would print it.
+        holder = next((var for var, value in os.environ.items() if value == name), None)
+        if holder is not None:
+            raise PersonaError(
+                f"--api-key-env takes a variable's name, and this is the value of {holder}: "
+                f"give --api-key-env {holder} (without a $, which puts the value there)"
+            )
 
 
 def _check_answerable(path: Path) -> None:

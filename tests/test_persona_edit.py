@@ -387,3 +387,30 @@ def test_an_api_key_env_that_is_not_set_is_stored_with_a_note(database, vee, mon
         result = run("persona", "edit", "vee", *flags)
         assert result.exit_code == 0 and "Note:" not in result.output
         assert "sk-set-secret" not in result.output
+
+
+def test_a_key_the_shell_put_for_its_name_is_refused_and_never_shown(vee, database, monkeypatch):
+    # `--api-key-env $GPU_KEY`: the shell expands it, and a Groq-style key is a valid name.
+    key = "gsk_0123456789abcdefghijklmnopqrstuvwxyz"
+    monkeypatch.setenv("GPU_KEY", key)
+    for command in (["add", "Gus", "--keyword", "gus", "--backend", "openai", "--model", "m"],
+                    ["edit", "vee"]):  # fmt: skip
+        result = run("persona", *command, "--api-key-env", key)
+        assert result.exit_code == 1
+        assert result.output == (
+            "Error: --api-key-env takes a variable's name, and this is the value of GPU_KEY: "
+            "give --api-key-env GPU_KEY (without a $, which puts the value there)\n"
+        )
+    assert rows(database) == vee
+    assert run("persona", "edit", "vee", "--api-key-env", "GPU_KEY").exit_code == 0
+
+
+def test_show_and_list_hide_a_password_in_the_base_url(vee):
+    url = "https://clone:hunter2-basic-auth@gpu.example.com/v1"
+    assert run("persona", "edit", "vee", "--base-url", url).exit_code == 0
+    shown = "https://clone:***@gpu.example.com/v1"
+    for command in (["show", "vee"], ["list"]):
+        output = run("persona", *command).output
+        assert shown in output and "hunter2" not in output
+    edited = run("persona", "edit", "vee", "--base-url", "http://127.0.0.1:8000/v1").output
+    assert f"base url     {shown} → http://127.0.0.1:8000/v1" in edited
