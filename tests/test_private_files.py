@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +68,18 @@ def test_a_database_folder_is_made_private_and_one_that_exists_is_left_alone(
     Database(f"sqlite:///{tmp_path / 'new' / 'b.db'}").dispose()
     assert (mode(shared), mode(tmp_path / "new")) == (0o755, 0o700)
     assert mode(shared / "a.db") == mode(tmp_path / "new" / "b.db") == 0o600
+
+
+def test_git_ignores_secrets_and_personal_data_but_not_the_example(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / ".gitignore").write_text((root / ".gitignore").read_text())
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    private = [".env", ".env.local", "instance/phischer.db", "phischer.db", "phischer.db-wal",
+               "phischer.db-shm", "phischer.db.wlock", "chats.jsonl", "export.zip"]  # fmt: skip
+    names = [*private, ".env.example", "phischer/sample/personas.json"]
+    checked = subprocess.run(
+        ["git", "-C", str(tmp_path), "check-ignore", "--no-index", *names],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.stdout.splitlines() == private
