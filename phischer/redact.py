@@ -48,8 +48,9 @@ _SECRET_SHAPES = (
     (re.compile(r"\bBearer [\w.~+/=-]{8,}"), "Bearer ***"),
     # ngrok quotes a refused token ("Your authtoken: …"); ngrok.yml holds "authtoken: …".
     (re.compile(r"(?i)(authtoken[\"']?\s*[:=]\s*[\"']?)(?!<)[^\s\"',]+"), r"\1***"),
-    # An OpenAI-style key from somewhere else than phischer's settings.
-    (re.compile(r"\bsk-[\w-]{8,}"), "sk-***"),
+    # An OpenAI-style key from somewhere else than phischer's settings, or as OpenAI's 401
+    # quotes one it refused: its first characters and last four around asterisks.
+    (re.compile(r"\bsk-[\w*-]{8,}"), "sk-***"),
 )
 
 # What every pattern above must contain: 6 digits, a + before a digit or 3 and 4 digits

@@ -38,6 +38,10 @@ TOKEN = "b7e3c0ffee0123456789abcdef012345"
         ("Your authtoken: 2abcDEF_ghiJKL123", "Your authtoken: ***"),
         ("Authorization: Bearer abcdefgh12345678", "Authorization: Bearer ***"),
         ("Incorrect API key provided: sk-proj-abcdefgh1234", "Incorrect API key provided: sk-***"),
+        (
+            "Incorrect API key provided: sk-proj-****************wxyz. You can find",
+            "Incorrect API key provided: sk-***. You can find",
+        ),
         # What is neither stays.
         ("Twilio error 21211 for SM0123456789abcdef", "Twilio error 21211 for SM0123456789abcdef"),
         ("basic authentication failed", "basic authentication failed"),
@@ -108,7 +112,7 @@ def test_our_own_ids_are_not_taken_for_numbers() -> None:
 # Pieces of what the patterns look for, and of what they must not take, to shuffle together.
 PIECES = (
     "+", "%2B", "%2b", "1234567890", "555", "0199", "\u0663" * 6, "(", ")", "-", "\u2011", "x://", "bob:", "pw@", "Bearer ",
-    "sk-", "AuthToken", "authtoken", ": ", "=", "'", '"', "abcdefgh", " ", ".", "/", "<", "x",
+    "sk-", "****", "AuthToken", "authtoken", ": ", "=", "'", '"', "abcdefgh", " ", ".", "/", "<", "x",
     TOKEN, TOKEN[:20], "postgres", "p%40ss%2Fw0rd",
 )  # fmt: skip
 
