@@ -201,6 +201,17 @@ def database_password(url: str) -> str | None:
     return unquote(password) if password else None
 
 
+def env_unquoted(raw: str) -> str:
+    """`raw` without the blanks, and one pair of matching quotes, an env file can leave around it."""
+    # Tokens, SIDs and numbers never hold a quote or end in a blank: those are artefacts of
+    # pasting or of the file (a CRLF line; docker --env-file keeps quotes), and a token
+    # that keeps them fails every signature check with a 403 that is hard to trace.
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1].strip()
+    return value
+
+
 def load_env_file() -> None:
     """Load `.env` from the current folder (or the nearest parent) without overriding the env.
 
@@ -234,6 +245,8 @@ _NUMBER_VARS = {
     "DAILY_LIMIT": ("daily_limit", int, 0),
     "MODEL_RETRIES": ("model_retries", int, 0),
 }
+# Credentials and the number: read without the quotes and blanks around them (env_unquoted).
+_UNQUOTED_VARS = frozenset({"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_PHONE_NUMBER"})
 ENV_VARS = frozenset(
     {"INSTANCE_PATH", "TWILIO_PHONE_NUMBER", "REPLY_MODE", "ALLOWED_NUMBERS"}
     | _TEXT_VARS.keys()
@@ -319,6 +332,8 @@ class Settings:
         def get(name: str) -> str | None:
             # Blank is unset: `FALLBACK_REPLY=" "` must not make the fallback an empty SMS.
             value = env.get(name)
+            if value is not None and name in _UNQUOTED_VARS:
+                value = env_unquoted(value)
             return value if value is not None and value.strip() else None
 
         kw: dict[str, Any] = {}

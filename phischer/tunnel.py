@@ -35,7 +35,14 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
 from phischer.atomic import atomic_files
-from phischer.config import PRIVATE_FILE, PRIVATE_FOLDER, ConfigError, Settings, public_base_url
+from phischer.config import (
+    PRIVATE_FILE,
+    PRIVATE_FOLDER,
+    ConfigError,
+    Settings,
+    env_unquoted,
+    public_base_url,
+)
 from phischer.ports import PortBusyError, bare_host, http_url, listen
 from phischer.redact import add_secret, mask_number, redact
 from phischer.twilio_client import make_twilio_client
@@ -191,12 +198,8 @@ def find_ngrok() -> str | None:
 
 def ngrok_token() -> str | None:
     """NGROK_AUTHTOKEN without the blanks and quotes an env file can leave around it; None if unset."""
-    # Tokens are letters, digits and "_": a space, CR or quote at either end is a pasting
-    # or env-file artefact (docker --env-file keeps quotes) that ngrok refuses as ERR_NGROK_105.
-    token = os.environ.get("NGROK_AUTHTOKEN", "").strip()
-    if len(token) >= 2 and token[0] == token[-1] and token[0] in "\"'":
-        token = token[1:-1].strip()
-    return token or None
+    # ngrok refuses a token with them as ERR_NGROK_105.
+    return env_unquoted(os.environ.get("NGROK_AUTHTOKEN", "")) or None
 
 
 def open_ngrok(port: int) -> Tunnel:

@@ -301,6 +301,39 @@ def test_empty_twilio_number_is_unset_and_a_number_is_normalised():
     assert number.twilio_phone_number == "+15551234567"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '"{}"',  # docker --env-file keeps the quotes
+        " '{}' ",
+        "{}\r",  # a CRLF .env
+        '  " {} "  ',
+    ],
+)
+def test_twilio_credentials_and_number_lose_the_quotes_and_blanks_an_env_file_left(tmp_path, raw):
+    """A token with a stray quote or space would fail every signature check with a 403."""
+    sid, token = "AC" + "1" * 32, "0123456789abcdef0123456789abcdef"
+    s = Settings.from_env(
+        {
+            "TWILIO_ACCOUNT_SID": raw.format(sid),
+            "TWILIO_AUTH_TOKEN": raw.format(token),
+            "TWILIO_PHONE_NUMBER": raw.format("+1 555 123 4567"),
+        },
+        instance_path=tmp_path,
+    )
+    assert (s.twilio_account_sid, s.auth_token()) == (sid, token)
+    assert s.twilio_phone_number == "+15551234567"
+
+
+def test_quotes_around_nothing_are_unset_and_inner_quotes_stay(tmp_path):
+    s = Settings.from_env(
+        {"TWILIO_AUTH_TOKEN": '""', "FALLBACK_REPLY": '"brb"'}, instance_path=tmp_path
+    )
+    assert s.twilio_auth_token is None
+    # Only credentials and the number: a reply text may well be quoted on purpose.
+    assert s.fallback_reply == '"brb"'
+
+
 def test_an_instance_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

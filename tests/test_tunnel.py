@@ -607,6 +607,35 @@ def test_wrong_credentials_are_one_line(
     )
 
 
+def test_quotes_and_blanks_around_the_twilio_variables_are_not_part_of_them(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    run_live: Callable[..., Any],
+    personas: Any,
+) -> None:
+    """As docker --env-file or a CRLF .env hands them over: Twilio and the signatures agree."""
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", f'"{fake_twilio.account_sid}"')
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", f" '{fake_twilio.auth_token}'\r")
+    monkeypatch.setenv("TWILIO_PHONE_NUMBER", f'"{PHONE}" ')
+    statuses: list[int] = []
+
+    def check(exposure: tunnel.Exposure) -> None:
+        # Signed as Twilio signs, with the token itself.
+        response = post_signed(
+            f"http://127.0.0.1:{exposure.port}/sms",
+            fake_twilio.auth_token,
+            sms_params("hey how are you"),
+            signed_for=f"{TUNNEL_URL}/sms",
+        )
+        statuses.append(response.status_code)
+
+    run_live("up", "--port", "0", check=check)
+
+    assert statuses == [200]
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [f"{TUNNEL_URL}/sms", OLD_URL]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 def test_sigterm_restores_like_ctrl_c(
     number: dict[str, Any],
