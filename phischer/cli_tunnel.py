@@ -46,8 +46,9 @@ def tunnel_command(obj: Context, port: int, public_url: str | None, no_restore: 
     """Open an https ngrok tunnel to PORT and point TWILIO_PHONE_NUMBER's SMS URL at it.
 
     Run `phischer serve` alongside. On exit (Ctrl-C, SIGTERM) the number's previous SMS URL is
-    restored and the tunnel closed; exit code 1 if Twilio refused the restore. One `tunnel` or
-    `up` at a time per instance folder.
+    restored and the tunnel closed; exit code 1 if Twilio refused the restore. The same, with
+    exit code 1, if the ngrok agent stops meanwhile. One `tunnel` or `up` at a time per
+    instance folder.
     """
     with friendly_errors():
         tunnel.run_tunnel(
@@ -64,8 +65,9 @@ def up_command(obj: Context, port: int, public_url: str | None) -> None:
 
     Ctrl-C (or SIGTERM) restores the number's previous SMS URL and closes the tunnel (exit code
     1 if Twilio refused the restore). A reply still being made then gets a second; one cut
-    off is answered by the recovery sweep at the next start. One `up` or `tunnel` at a time
-    per instance folder.
+    off is answered by the recovery sweep at the next start. The same, with exit code 1, if
+    the web server or the ngrok agent stops meanwhile. One `up` or `tunnel` at a time per
+    instance folder.
     """
     with friendly_errors():
         tunnel.run_up(obj.settings, port=port, public_url=public_url, echo=click.echo)

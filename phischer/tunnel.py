@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -116,12 +116,21 @@ class TunnelError(ValueError):
     """The tunnel or the webhook registration cannot be set up; the message says how to fix it."""
 
 
+class StoppedServing(TunnelError):
+    """The server or the tunnel stopped while serving; the message says which and what to do."""
+
+
+# A liveness check polled while serving: None while all is well, else what stopped and why.
+Check = Callable[[], "str | None"]
+
+
 @dataclass(frozen=True)
 class Tunnel:
-    """An open tunnel: its public base URL and how to close it."""
+    """An open tunnel: its public base URL, how to close it, and how to tell it stopped."""
 
     public_url: str
     close: Callable[[], None] = lambda: None
+    check: Check = lambda: None
 
 
 TunnelOpener = Callable[[int], Tunnel]
@@ -150,6 +159,7 @@ class Exposure:
     sms_url: str
     port: int
     registration: Registration
+    watch: tuple[Check, ...] = ()  # what wait_for_shutdown polls (the tunnel, the server)
 
 
 # -- the tunnel ------------------------------------------------------------------------------
@@ -204,7 +214,7 @@ def ngrok_token() -> str | None:
 
 def open_ngrok(port: int) -> Tunnel:
     """Open an https ngrok tunnel to 127.0.0.1:PORT with pyngrok, or raise TunnelError (one line)."""
-    from pyngrok import conf, ngrok
+    from pyngrok import conf, ngrok, process
     from pyngrok.exception import PyngrokError, PyngrokNgrokInstallError
     from yaml import YAMLError  # pyngrok's own dependency, for ngrok.yml
 
@@ -218,6 +228,8 @@ def open_ngrok(port: int) -> Tunnel:
     # `ngrok config add-authtoken` put the token.
     config = conf.PyngrokConfig(ngrok_path=find_ngrok())
     config.auth_token = None  # PyngrokConfig falls back to $NGROK_AUTHTOKEN by itself
+    session = _AgentSession()
+    config.log_event_callback = session.saw  # pyngrok's monitor thread hands it every line
     private_dir: str | None = None
     ready = False
 
@@ -283,9 +295,45 @@ def open_ngrok(port: int) -> Tunnel:
             finally:
                 discard_token()
 
+    def check() -> str | None:
+        # pyngrok's own test, a waitpid: get_ngrok_process() would start a new agent instead.
+        return session.check(running=process.is_process_running(config.ngrok_path))
+
     # ngrok serves the same host over https; Twilio should call the TLS one.
     url = "https://" + opened[len("http://") :] if opened.startswith("http://") else opened
-    return Tunnel(public_url=url, close=close)
+    return Tunnel(public_url=url, close=close, check=check)
+
+
+class _AgentSession:
+    """The agent's link to ngrok's service, as its log lines tell it: refused back, or not."""
+
+    def __init__(self) -> None:
+        self.refused: str | None = None  # the agent's error, while ngrok refuses the session
+
+    def saw(self, line: Any) -> None:
+        """Note one pyngrok NgrokLog line (called from pyngrok's monitor thread)."""
+        message = line.msg or ""
+        if message in ("client session established", "tunnel session started"):
+            self.refused = None
+        elif line.lvl == "ERROR" and "session" in message and NGROK_CODE.search(line.err or ""):
+            # A lost session the agent retries by itself: a network error heals, and the
+            # tunnel comes back at its URL. One that ngrok refuses with an ERR_NGROK code
+            # (another agent took the account's session, the token was revoked) never does.
+            self.refused = line.err
+
+    def check(self, *, running: bool) -> str | None:
+        """What stopped the tunnel, given whether the agent still runs; None if nothing did."""
+        if self.refused is not None:
+            reason, fix = _ngrok_problem(redact(self.refused, numbers=False))
+            return f"ngrok closed this run's tunnel ({reason}), so the run stopped: {fix}"
+        if running:
+            return None
+        # Not reopened here: what stopped the agent (a kill, a crash, the laptop's network
+        # manager) may stop a new one too, and a new tunnel may get another URL.
+        return (
+            "The ngrok agent stopped, closing the tunnel Twilio posts to, so the run stopped "
+            "too: start it again (phischer opens no new tunnel by itself)"
+        )
 
 
 def _agent_exits(ngrok_path: str) -> bool:
@@ -314,6 +362,12 @@ def _agent_says(exc: Exception) -> str:
 
 def ngrok_failure(text: str) -> str:
     """One line for an agent error: the reason (with its ERR_NGROK code) and what to do."""
+    reason, fix = _ngrok_problem(text)
+    return f"Could not open an ngrok tunnel ({reason}): {fix}"
+
+
+def _ngrok_problem(text: str) -> tuple[str, str]:
+    """(reason, what to do) for an agent error: its ERR_NGROK code and first sentence, the fix."""
     # The agent logs in logfmt, where a line break inside a value is written as "\r\n" or "\n".
     text = LOGFMT_NEWLINE.sub("\n", text)
     code = NGROK_CODE.search(text)
@@ -326,7 +380,7 @@ def ngrok_failure(text: str) -> str:
         reason = f"{code.group(0)}: {first[:120]}" if first else code.group(0)
     else:
         reason = " ".join(text.split())[:160]
-    return f"Could not open an ngrok tunnel ({reason}): {fix}"
+    return reason, fix
 
 
 def normalize_public_url(raw: str, source: str = "--public-url") -> str:
@@ -842,11 +896,13 @@ def exposed(
     number = find_number(client, settings.twilio_phone_number)
     stop_if_requested()
     with ExitStack() as stack:
+        watch: tuple[Check, ...] = ()  # a URL of the user's own: nothing here to watch
         if public_url:
             base = public_url
             echo(f"Using the public URL {base} (no ngrok).")
         else:
             tunnel = (opener or open_ngrok)(port)
+            watch = (tunnel.check,)
             stack.callback(_step, echo, "close the tunnel", tunnel.close)
             base = normalize_public_url(tunnel.public_url, "the tunnel URL")
             echo(f"Tunnel open: {base} → http://127.0.0.1:{port}")
@@ -879,14 +935,26 @@ def exposed(
             # An ngrok URL dies with the tunnel: nothing to keep checking against.
             keep_shared = bool(public_url)
             stack.callback(_say_left_on, echo, settings, registration, public_url)
-        yield Exposure(public_url=base, sms_url=base + "/sms", port=port, registration=registration)
+        yield Exposure(
+            public_url=base,
+            sms_url=base + "/sms",
+            port=port,
+            registration=registration,
+            watch=watch,
+        )
 
 
 def wait_for_shutdown(exposure: Exposure) -> None:
-    """Block until Ctrl-C or SIGTERM (both arrive as KeyboardInterrupt)."""
+    """Block until Ctrl-C or SIGTERM (KeyboardInterrupt), or until what serves stops (StoppedServing)."""
     while True:
         # The signal's KeyboardInterrupt ends the sleep; a stop a finalizer swallowed ends here.
         stop_if_requested()
+        # A dead server or tunnel would leave Twilio failing every text (11200) while the
+        # terminal still says "Text … now": each check is a flag or a waitpid, cheap at 2 Hz.
+        for check in exposure.watch:
+            problem = check()
+            if problem:
+                raise StoppedServing(problem)
         time.sleep(STOP_POLL_S)
 
 
@@ -900,9 +968,11 @@ def _wait(
         # Printed inside the try: a signal right after the user sees it is a clean stop.
         echo(last_line)
         (wait or wait_for_shutdown)(exposure)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StoppedServing) as exc:
         _stop.raised = True  # a TERM now (after Ctrl-C too) must not interrupt the restore
         echo("Shutting down…")
+        if isinstance(exc, StoppedServing):
+            raise  # restored and closed as on Ctrl-C, then said last, with exit code 1
 
 
 def _listening(port: int) -> bool:
@@ -963,6 +1033,33 @@ def _listen(host: str, port: int) -> socket.socket:
         return listen(host, port)
     except PortBusyError as exc:
         raise TunnelError(str(exc)) from None
+
+
+class _ServerThread(threading.Thread):
+    """The thread `up` serves the webhook in, which remembers what ended it early."""
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(name="phischer-http", daemon=True)
+        self.server = server
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        """Serve until shut down; an exception ends serving, and check() then says so."""
+        try:
+            self.server.serve_forever()
+        except BaseException as exc:  # whatever it is, the webhook no longer answers
+            self.failure = exc
+            log.debug("The web server's thread failed", exc_info=True)
+
+    def check(self) -> str | None:
+        """None while serving, else what stopped the server (a Check for wait_for_shutdown)."""
+        if self.is_alive():
+            return None
+        why = f"{type(self.failure).__name__}: {self.failure}" if self.failure else "it returned"
+        return (
+            f"The web server of this run stopped ({why}), so the run stopped too: start it "
+            f"again (`phischer -v up` logs the error in full)"
+        )
 
 
 def _stop_app(app: Any, in_flight: InFlight) -> None:
@@ -1050,7 +1147,7 @@ def run_up(
 
         # werkzeug wants "::1", not the URL form "[::1]" that ports.listen also takes.
         server = make_server(bare_host(host), port, counted, threaded=True, fd=sock.fileno())
-        thread = threading.Thread(target=server.serve_forever, name="phischer-http", daemon=True)
+        thread = _ServerThread(server)
         thread.start()
         # What a crash or restart left unanswered goes out now, not at the next text.
         app.extensions["phischer"].sms.sweeper.get()
@@ -1064,4 +1161,5 @@ def run_up(
         ) as exposure:
             for line in text_now_banner(settings, exposure, local_url):
                 echo(line)
-            _wait(wait, exposure, echo, STOP_HINT)
+            watched = replace(exposure, watch=(*exposure.watch, thread.check))
+            _wait(wait, watched, echo, STOP_HINT)

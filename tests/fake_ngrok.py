@@ -3,9 +3,11 @@
 `install(directory)` writes an executable `ngrok` there (a `#!python` shim running `main()`
 below), so `shutil.which("ngrok")` finds it once the directory is first on PATH. Like the real
 agent under `ngrok start --none --log stdout`, it serves the local agent API on 127.0.0.1 and
-prints the startup lines pyngrok waits for. It records what a local user could see of it (its
-argv, its environment, the --config file with its mode) and the API calls it got into a JSON
-file next to itself. Only the standard library: the agent should start in a few milliseconds.
+prints the startup lines pyngrok waits for; sent LOSE_SESSION, it logs a lost session that
+ngrok refuses back, as the real agent does once another one took the account's. It records
+what a local user could see of it (its argv, its environment, the --config file with its
+mode) and the API calls it got into a JSON file next to itself. Only the standard library:
+the agent should start in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from tests.fake_http import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_HOST = "fake-agent.ngrok-free.app"
+# Sent to a running agent, it loses its session to another agent (ERR_NGROK_108) and stays up.
+LOSE_SESSION = signal.SIGUSR1
 # The agent exits by itself when pytest is gone or after this long, whatever happens.
 MAX_LIFETIME_S = 60
 FAILURES = ("auth", "sessions", "account", "outdated", "refuse")
@@ -245,6 +249,16 @@ def _handler(agent: _Agent) -> type[BaseHTTPRequestHandler]:
     return Api
 
 
+def _lose_session() -> None:
+    """Log what the real agent logs when its session drops and ngrok will not take it back.
+
+    The process lives on (the real agent retries every few seconds, forever); what ended the
+    session is the account's one agent session, taken meanwhile by an agent elsewhere.
+    """
+    _log("eror", "session closed, starting reconnect loop", obj="tunnels.session", err="EOF")
+    _log("eror", "failed to reconnect session", obj="tunnels.session", err=SESSIONS_ERROR)
+
+
 def _watch_parent(parent: int) -> None:
     """Exit when whoever started us (pytest) is gone, or after MAX_LIFETIME_S: never linger."""
     deadline = time.monotonic() + MAX_LIFETIME_S
@@ -262,6 +276,8 @@ def main(argv: list[str], settings: dict[str, Any]) -> int:
     stop_requests: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: stop_requests.append(signum))
+    losses: list[int] = []
+    signal.signal(LOSE_SESSION, lambda signum, frame: losses.append(signum))
     agent = _Agent(argv, settings)
     server = FakeServer(("127.0.0.1", 0), _handler(agent))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -293,6 +309,9 @@ def main(argv: list[str], settings: dict[str, Any]) -> int:
     _log("info", "tunnel session started", obj="tunnels.session")
     _log("info", "client session established", obj="csess", id="fake0001")
     while not stop_requests:  # until pyngrok kills us (or the watchdog does), or a signal
+        if losses:
+            losses.clear()
+            _lose_session()
         time.sleep(0.02)
     server.shutdown()
     server.server_close()

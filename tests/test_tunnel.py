@@ -2018,3 +2018,142 @@ def test_a_public_url_the_number_already_had_is_restored_without_a_warning(
     assert result.output.splitlines()[-1] == (
         f"Restored the SMS URL of {PHONE} to https://sms.example.org/sms (POST)."
     )
+
+
+# -- while serving: the server and the tunnel are watched ------------------------------------
+
+
+def registration_then(fake: FakeTwilio, number: dict[str, Any], then: Callable[[], None]) -> None:
+    """Call `then()` once Twilio has applied the registration (the run is about to serve)."""
+    fake.after_next("POST", f"/IncomingPhoneNumbers/{number['sid']}.json", then)
+
+
+def run_until_it_stops(*args: str) -> Any:
+    """Run a command with the real wait: it must stop by itself, well before the watchdog."""
+    started = time.monotonic()
+    with watchdog(20) as fired:
+        result = run(*args)
+    assert not fired, "the run went on serving: nothing noticed what stopped"
+    assert time.monotonic() - started < 15
+    return result
+
+
+def test_up_stops_and_restores_when_the_ngrok_agent_dies(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    personas: Any,
+) -> None:
+    agent = fake_agent()
+    registration_then(fake_twilio, number, lambda: os.kill(agent.record()["pid"], signal.SIGKILL))
+
+    result = run_until_it_stops("up", "--port", "0")
+
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[-1] == (
+        "Error: The ngrok agent stopped, closing the tunnel Twilio posts to, so the run stopped "
+        "too: start it again (phischer opens no new tunnel by itself)"
+    )
+    # Stopped as on Ctrl-C: the number is back on its old URL, the shared URL file gone.
+    assert "Shutting down…" in lines
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [
+        f"https://{fake_ngrok.PUBLIC_HOST}/sms",
+        OLD_URL,
+    ]
+    assert not (instance() / "public_url").exists()
+    assert warnings(result.output) == []
+
+
+def test_tunnel_stops_when_ngrok_refuses_the_agent_its_session_back(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    serving: int,
+) -> None:
+    """ERR_NGROK_108: the agent lives on, retrying, but its tunnel is gone for good."""
+    agent = fake_agent()
+    registration_then(
+        fake_twilio, number, lambda: os.kill(agent.record()["pid"], fake_ngrok.LOSE_SESSION)
+    )
+
+    result = run_until_it_stops("tunnel", "--port", str(serving))
+
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[-1] == (
+        "Error: ngrok closed this run's tunnel (ERR_NGROK_108: authentication failed: Your "
+        "account is limited to 1 simultaneous ngrok agent sessions), so the run stopped: "
+        f"{tunnel.NGROK_CODE_FIXES['108']}"
+    )
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines
+    assert number["sms_url"] == OLD_URL
+    # The agent that stayed up is stopped with the run.
+    assert gone(agent.record()["pid"])
+
+
+def test_a_session_the_agent_gets_back_by_itself_is_no_reason_to_stop() -> None:
+    """A network error is retried by the agent and heals; the tunnel keeps its URL."""
+    from pyngrok.log import NgrokLog
+
+    session = tunnel._AgentSession()
+    lost = [  # the real agent's lines (ngrok 3) for a dropped Wi-Fi, then its recovery
+        't=2024-10-31T17:34:53-0400 lvl=eror msg="session closed, starting reconnect loop" '
+        'obj=tunnels.session err="read EOF from remote peer"',
+        't=2024-10-31T17:34:54-0400 lvl=eror msg="failed to reconnect session" '
+        'obj=tunnels.session err="failed to dial ngrok server with address '
+        '\\"connect.ngrok-agent.com:443\\": dial tcp: i/o timeout"',
+    ]
+    for line in lost:
+        session.saw(NgrokLog(line))
+    assert session.check(running=True) is None
+
+    refused = (
+        't=2023-11-18T09:56:08-0600 lvl=eror msg="failed to reconnect session" '
+        "obj=tunnels.session err=\"The tunnel 'tcp://0.tcp.ngrok.io:18899' is already bound to "
+        'another tunnel session\\r\\n\\r\\nERR_NGROK_334\\r\\n"'
+    )
+    session.saw(NgrokLog(refused))
+    assert session.check(running=True) == (
+        "ngrok closed this run's tunnel (ERR_NGROK_334: The tunnel 'tcp://0.tcp.ngrok.io:18899' "
+        "is already bound to another tunnel session), so the run stopped: "
+        f"{tunnel.NGROK_CODE_FIXES['334']}"
+    )
+    # The refusal can pass (the other agent stopped): the agent is back on its own.
+    session.saw(NgrokLog('lvl=info msg="client session established" obj=csess id=1c907e548f56'))
+    assert session.check(running=True) is None
+
+
+def test_up_stops_and_restores_when_its_web_server_dies(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    personas: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from werkzeug.serving import ThreadedWSGIServer
+
+    # A fault inside the server's own loop, which ends serve_forever (a request's error
+    # would not: each has a thread of its own).
+    armed = threading.Event()
+
+    def service_actions(self: Any) -> None:
+        if armed.is_set():
+            raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(ThreadedWSGIServer, "service_actions", service_actions)
+    registration_then(fake_twilio, number, armed.set)
+
+    result = run_until_it_stops("up", "--port", "0")
+
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[-1] == (
+        "Error: The web server of this run stopped (OSError: [Errno 24] Too many open files), "
+        "so the run stopped too: start it again (`phischer -v up` logs the error in full)"
+    )
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines
+    assert number["sms_url"] == OLD_URL
+    assert ngrok.closed == 1
+    assert "Traceback" not in result.output
