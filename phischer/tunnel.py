@@ -120,6 +120,35 @@ class StoppedServing(TunnelError):
     """The server or the tunnel stopped while serving; the message says which and what to do."""
 
 
+# Twilio's WhatsApp sandbox: one number shared by every account, on none of them.
+WHATSAPP_SANDBOX = "+14155238886"
+
+
+class WhatsAppSender(TunnelError):
+    """TWILIO_PHONE_NUMBER is a WhatsApp sender (or the sandbox), whose webhook only the Console sets."""
+
+    def __init__(self, phone: str) -> None:
+        self.phone = phone
+        super().__init__(self.instruction("<public URL>/sms"))
+
+    def instruction(self, sms_url: str) -> str:
+        """What to paste where in the Twilio Console, for the webhook URL `sms_url`."""
+        # Twilio's API sets a phone number's SMS URL; a WhatsApp sender has no such resource
+        # on the account, and the sandbox's settings are the Console's alone.
+        if self.phone == WHATSAPP_SANDBOX:
+            return (
+                f"{self.phone} is Twilio's WhatsApp sandbox, whose webhook only the Twilio "
+                f"Console sets: open Messaging → Try it out → Send a WhatsApp message → Sandbox "
+                f"settings, set 'When a message comes in' to {sms_url} (POST) and save"
+            )
+        return (
+            f"{self.phone} is a WhatsApp sender, not a phone number of the account, and its "
+            f"webhook is set in the Twilio Console: open Messaging → Senders → WhatsApp "
+            f"senders → {self.phone}, set the webhook URL for incoming messages to {sms_url} "
+            f"(POST) and save"
+        )
+
+
 # A liveness check polled while serving: None while all is well, else what stopped and why.
 Check = Callable[[], "str | None"]
 
@@ -158,7 +187,7 @@ class Exposure:
     public_url: str
     sms_url: str
     port: int
-    registration: Registration
+    registration: Registration | None  # None: a WhatsApp sender, whose webhook is set by hand
     watch: tuple[Check, ...] = ()  # what wait_for_shutdown polls (the tunnel, the server)
 
 
@@ -463,6 +492,8 @@ def find_number(client: Client, phone: str) -> Any:
         # PhoneNumber is a pattern for Twilio (partial numbers match), so compare exactly.
         found = client.incoming_phone_numbers.list(phone_number=phone, limit=50)
     exact = [n for n in found if n.phone_number == phone]
+    if not exact and _is_whatsapp_sender(client, phone):
+        raise WhatsAppSender(phone)
     if not exact:
         similar = ", ".join(sorted({n.phone_number for n in found})[:5])
         also = f" (similar numbers there: {similar})" if similar else ""
@@ -478,6 +509,19 @@ def find_number(client: Client, phone: str) -> Any:
             f"{client.account_sid} ({sids}): remove the duplicates so exactly one remains"
         )
     return exact[0]
+
+
+def _is_whatsapp_sender(client: Client, phone: str) -> bool:
+    """Whether `phone` is the WhatsApp sandbox or one of the account's WhatsApp senders."""
+    if phone == WHATSAPP_SANDBOX:
+        return True
+    try:
+        with twilio_errors("list your WhatsApp senders"):
+            senders = client.messaging.v2.channels_senders.stream(channel="whatsapp", page_size=50)
+            return any(s.sender_id == f"whatsapp:{phone}" for s in senders)
+    except TunnelError as exc:  # credentials that may not read senders: the usual error then
+        log.debug("Could not check WhatsApp senders: %s", exc)
+        return False
 
 
 def handled_elsewhere(client: Client, number: Any, sms_url: str) -> list[str]:
@@ -893,7 +937,11 @@ def exposed(
     assert settings.twilio_phone_number, "make_twilio_client() checks TWILIO_PHONE_NUMBER first"
     instance = settings.instance_path
     # Look the number up first: a wrong TWILIO_PHONE_NUMBER should not cost a tunnel.
-    number = find_number(client, settings.twilio_phone_number)
+    try:
+        number, whatsapp = find_number(client, settings.twilio_phone_number), None
+    except WhatsAppSender as exc:
+        # Serving is still of use: the user pastes the URL in the Console (said below).
+        number, whatsapp = None, exc
     stop_if_requested()
     with ExitStack() as stack:
         watch: tuple[Check, ...] = ()  # a URL of the user's own: nothing here to watch
@@ -918,6 +966,12 @@ def exposed(
                 remove_public_url(instance, base)
 
         stack.callback(unshare)
+        if whatsapp is not None:
+            echo(f"WhatsApp: {whatsapp.instruction(base + '/sms')}.")
+            if not public_url:
+                stack.callback(echo, _whatsapp_left_on(whatsapp.phone, base + "/sms"))
+            yield Exposure(base, base + "/sms", port, registration=None, watch=watch)
+            return
         registration = plan_registration(
             client, number, base + "/sms", instance, dies_with_run=not public_url
         )
@@ -942,6 +996,15 @@ def exposed(
             registration=registration,
             watch=watch,
         )
+
+
+def _whatsapp_left_on(phone: str, sms_url: str) -> str:
+    """On exit: the WhatsApp webhook pasted by hand stays on this run's ngrok URL."""
+    return (
+        f"WhatsApp: {phone}'s webhook stays {sms_url}, which stops working as the tunnel "
+        f"closes: paste the next run's URL in the Twilio Console (texts fail with error 11200 "
+        f"until then)"
+    )
 
 
 def wait_for_shutdown(exposure: Exposure) -> None:
@@ -1008,7 +1071,8 @@ def run_tunnel(
             settings, client, port=port, public_url=base, opener=opener, restore=restore, echo=echo
         ) as exposure,
     ):
-        echo(f"Twilio will POST texts to {settings.twilio_phone_number} to {exposure.sms_url}")
+        if exposure.registration is not None:
+            echo(f"Twilio will POST texts to {settings.twilio_phone_number} to {exposure.sms_url}")
         shared = settings.instance_path / PUBLIC_URL_FILE
         if _listening(port):
             echo(
@@ -1021,6 +1085,8 @@ def run_tunnel(
                 f"{port}` (or use `phischer up`), else Twilio logs error 11200"
             )
         hint = STOP_HINT if restore else "Ctrl-C to stop (--no-restore: the number keeps this URL)."
+        if exposure.registration is None:
+            hint = "Ctrl-C to stop."  # a WhatsApp webhook: nothing was changed to put back
         _wait(wait, exposure, echo, hint)
 
 
@@ -1089,17 +1155,23 @@ def text_now_banner(settings: Settings, exposure: Exposure, local_url: str) -> l
             who = f"{active.name} (#{active.keyword})" if active is not None else None
     finally:
         db.dispose()
+    phone = settings.twilio_phone_number
+    if exposure.registration is not None:
+        target, text = f"SMS URL of {phone}", f"Text {phone} now"
+    else:  # a WhatsApp sender: the user pastes the URL (the line above the banner says where)
+        target = f"paste as the WhatsApp webhook of {phone}"
+        text = f"Message {phone} on WhatsApp once it is pasted"
     lines = [
         f"Serving  {local_url}  (health: {local_url}/healthz)",
-        f"Twilio   {exposure.sms_url}  → SMS URL of {settings.twilio_phone_number}",
+        f"Twilio   {exposure.sms_url}  → {target}",
     ]
     if who is None:
         lines.append(
-            f"Text {settings.twilio_phone_number} now — but there is no persona yet: add one with "
+            f"{text} — but there is no persona yet: add one with "
             f"`phischer persona add NAME --keyword KW --dataset FILE` (no restart needed)."
         )
     else:
-        lines.append(f"Text {settings.twilio_phone_number} now: you are talking to {who}.")
+        lines.append(f"{text}: you are talking to {who}.")
         lines.append(
             f"Keywords: {', '.join(keywords)} (switch persona), #list, #who, #reset, "
             f"STOP to opt out."
@@ -1162,4 +1234,5 @@ def run_up(
             for line in text_now_banner(settings, exposure, local_url):
                 echo(line)
             watched = replace(exposure, watch=(*exposure.watch, thread.check))
-            _wait(wait, watched, echo, STOP_HINT)
+            hint = STOP_HINT if exposure.registration is not None else "Ctrl-C to stop."
+            _wait(wait, watched, echo, hint)

@@ -8,6 +8,7 @@ Point the SDK at it with TWILIO_API_BASE_URL=fake.url (see phischer.twilio_clien
              POST /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers/{PN}.json  (SmsUrl, SmsMethod, …)
              POST /2010-04-01/Accounts/{AC}/Messages.json                   (201 + SM sid)
 - messaging: GET  /v1/Services   and   GET /v1/Services/{MG}/PhoneNumbers
+             GET  /v2/Channels/Senders?Channel=whatsapp                    (WhatsApp senders)
 
 and records every request (method, path, query, form) for assertions. Messages.json can be
 scripted to fail: `fake.fail_messages(400, 21610, "unsubscribed")` answers the next send so.
@@ -90,6 +91,7 @@ class FakeTwilio:
     services: list[dict[str, Any]] = field(default_factory=list)
     service_numbers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    senders: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list)
     account_sid: str = ACCOUNT_SID
     auth_token: str = AUTH_TOKEN
@@ -136,6 +138,19 @@ class FakeTwilio:
             for n in numbers or []
         ]
         return service
+
+    def add_whatsapp_sender(self, phone: str) -> dict[str, Any]:
+        """Register `phone` as a WhatsApp sender of the account (Senders API, not a number)."""
+        sid = "XE" + secrets.token_hex(16)
+        sender = {
+            "sid": sid,
+            "status": "ONLINE",
+            "sender_id": f"whatsapp:{phone}",
+            "webhook": {"callback_url": None, "callback_method": "POST"},
+            "url": f"https://messaging.twilio.com/v2/Channels/Senders/{sid}",
+        }
+        self.senders.append(sender)
+        return sender
 
     def fail_messages(self, status: int, code: int, message: str, times: int = 1) -> None:
         """Make the next `times` POSTs to Messages.json fail with a Twilio error body."""
@@ -220,6 +235,10 @@ class FakeTwilio:
     ) -> tuple[int, dict[str, Any]]:
         if path.startswith("/v1/Services"):
             return self._messaging(method, path)
+        if path == "/v2/Channels/Senders" and method == "GET":
+            channel = query.get("Channel", "").lower()
+            found = [s for s in self.senders if s["sender_id"].startswith(f"{channel}:")]
+            return 200, _v1_page("senders", found, self.url + path)
         match = _API.match(path)
         if not match or match["ac"] != self.account_sid:
             return _error(404, 20404, f"The requested resource {path} was not found")

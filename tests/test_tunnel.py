@@ -382,6 +382,93 @@ def test_tunnel_number_not_on_account_is_one_line_and_opens_no_tunnel(
     assert fake_twilio.calls("POST", ".json") == []
 
 
+def test_up_on_the_whatsapp_sandbox_serves_and_says_where_to_paste_the_url(
+    fake_twilio: FakeTwilio,
+    ngrok: FakeNgrok,
+    monkeypatch: pytest.MonkeyPatch,
+    run_live: Callable[..., Any],
+    personas: Any,
+) -> None:
+    """Twilio's API cannot point the sandbox anywhere: serve, and say what to set by hand."""
+    monkeypatch.setenv("TWILIO_PHONE_NUMBER", tunnel.WHATSAPP_SANDBOX)
+    sandbox = tunnel.WHATSAPP_SANDBOX
+    replies: list[list[str]] = []
+
+    def check(exposure: tunnel.Exposure) -> None:
+        params = sms_params("hey how are you", from_="whatsapp:+15550100", To=f"whatsapp:{sandbox}")
+        response = post_signed(
+            f"http://127.0.0.1:{exposure.port}/sms",
+            fake_twilio.auth_token,
+            params,
+            signed_for=f"{TUNNEL_URL}/sms",
+        )
+        replies.append(twiml_bodies(response.content))
+
+    result = run_live("up", "--port", "0", check=check)
+
+    assert replies == [["Splendid, thank you! Knitting a scarf for the cat."]]
+    lines = result.output.splitlines()
+    assert (
+        f"WhatsApp: {sandbox} is Twilio's WhatsApp sandbox, whose webhook only the Twilio "
+        "Console sets: open Messaging → Try it out → Send a WhatsApp message → Sandbox settings, "
+        f"set 'When a message comes in' to {TUNNEL_URL}/sms (POST) and save."
+    ) in lines
+    assert f"Twilio   {TUNNEL_URL}/sms  → paste as the WhatsApp webhook of {sandbox}" in lines
+    assert (
+        f"Message {sandbox} on WhatsApp once it is pasted: you are talking to Ada (#ada)."
+    ) in lines
+    assert "Ctrl-C to stop." in lines
+    # On stop: nothing to restore, but the pasted URL dies with the tunnel.
+    assert lines[-1] == (
+        f"WhatsApp: {sandbox}'s webhook stays {TUNNEL_URL}/sms, which stops working as the "
+        "tunnel closes: paste the next run's URL in the Twilio Console (texts fail with error "
+        "11200 until then)"
+    )
+    assert fake_twilio.calls("POST", ".json") == []
+    assert ngrok.closed == 1
+    assert not (instance() / "public_url").exists()
+
+
+def test_tunnel_for_a_whatsapp_sender_says_where_its_webhook_is_set(
+    fake_twilio: FakeTwilio,
+    monkeypatch: pytest.MonkeyPatch,
+    run_live: Callable[..., Any],
+    serving: int,
+) -> None:
+    """A WhatsApp sender (a number not hosted on Twilio) has no SMS URL to register."""
+    fake_twilio.add_number("+15550009999")
+    fake_twilio.add_whatsapp_sender(PHONE)
+
+    result = run_live("tunnel", "--port", str(serving), "--public-url", "https://sms.example.org")
+
+    lines = result.output.splitlines()
+    assert (
+        f"WhatsApp: {PHONE} is a WhatsApp sender, not a phone number of the account, and its "
+        "webhook is set in the Twilio Console: open Messaging → Senders → WhatsApp senders → "
+        f"{PHONE}, set the webhook URL for incoming messages to https://sms.example.org/sms "
+        "(POST) and save."
+    ) in lines
+    assert not any("Twilio will POST" in line or "Error" in line for line in lines)
+    assert lines[-2:] == ["Ctrl-C to stop.", "Shutting down…"]  # a URL of the user's: it lasts
+    assert fake_twilio.calls("POST", ".json") == []
+
+
+def test_a_number_that_is_no_whatsapp_sender_either_gets_the_usual_error(
+    fake_twilio: FakeTwilio, refused: Callable[..., str]
+) -> None:
+    fake_twilio.add_whatsapp_sender("+15550002222")
+    # Credentials that may not read senders: no guess, the usual line.
+    fake_twilio.fail_next("GET", "/v2/Channels/Senders", 403, 20003, "Permission denied")
+
+    assert refused("tunnel").startswith(
+        f"Error: TWILIO_PHONE_NUMBER={PHONE} is not a number of Twilio account"
+    )
+    assert refused("tunnel").startswith(
+        f"Error: TWILIO_PHONE_NUMBER={PHONE} is not a number of Twilio account"
+    )
+    assert len(fake_twilio.calls("GET", "/v2/Channels/Senders")) == 2
+
+
 def test_tunnel_partial_pattern_matches_are_not_taken_for_the_number(
     fake_twilio: FakeTwilio, refused: Callable[..., str]
 ) -> None:
