@@ -168,10 +168,12 @@ class FakeOpenAI:
         message: str = "boom",
         times: int = 1,
         code: str | None = None,
+        param: str | None = None,
     ) -> None:
         """Answer the next `times` matching requests with an OpenAI-style error."""
         for _ in range(times):
-            self.errors.append((method, prefix, status, error_body(message, code=code)))
+            err = error_body(message, param=param, code=code)
+            self.errors.append((method, prefix, status, err))
 
     def drop(self, method: str, prefix: str, times: int = 1) -> None:
         """Drop the connection of the next `times` matching requests, answering nothing."""

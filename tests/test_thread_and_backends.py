@@ -807,3 +807,32 @@ def test_same_server_compares_scheme_host_and_port(url, other, same):
     from phischer.backends.openai import same_server
 
     assert same_server(url, other) is same
+
+
+def set_sampling(database, **changes):
+    """Change Ada's columns (max_tokens, temperature, …) as `persona edit` would."""
+    from phischer.models import Persona
+
+    with database.write() as session:
+        ada = session.scalar(sa.select(Persona).where(Persona.name == "Ada"))
+        for name, value in changes.items():
+            setattr(ada, name, value)
+
+
+def test_a_max_tokens_the_model_cannot_give_is_an_error_not_a_renamed_retry(
+    llm_app, fake_openai, database, twilio_post
+):
+    # OpenAI names max_tokens for a value too large too (code null): renamed, a server that
+    # ignores max_completion_tokens would answer with no cap, and every later text too.
+    set_sampling(database, max_tokens=100000)
+    app = llm_app()
+    message = (
+        "max_tokens is too large: 100000. This model supports at most 16384 completion "
+        "tokens, whereas you provided 100000."
+    )
+    fake_openai.fail("POST", "/v1/chat/completions", 400, message, param="max_tokens")
+    twilio_post("hi", target=app)
+    assert stored(app)[0].error == f"model server error 400: {message}"
+    twilio_post("again", target=app)
+    assert [c.get("max_tokens") for c in fake_openai.chat_calls] == [100000, 100000]
+    assert not any("max_completion_tokens" in c for c in fake_openai.chat_calls)

@@ -28,6 +28,10 @@ RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 # What OpenAI's reasoning models (o-series, gpt-5…) refuse with a 400 naming the parameter,
 # and what the call does instead: the length cap has a new name, the temperature must go.
 ADAPTATIONS = {"max_tokens": "max_completion_tokens", "temperature": None}
+# The codes of those 400s. A 400 naming the same parameter for its value ("max_tokens is too
+# large", code null) is the persona's setting at fault: renamed, it would be retried, and a
+# server that ignores max_completion_tokens would then answer with no cap at all.
+UNSUPPORTED_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +133,8 @@ class OpenAIBackend:
             except openai.APITimeoutError:  # before APIConnectionError: it is a subclass
                 raise BackendError(f"model timed out after {self.timeout_s:g} s") from None
             except openai.BadRequestError as exc:
-                param = exc.param if isinstance(exc.param, str) else None
-                if param not in kwargs or param not in ADAPTATIONS:
+                param = _unsupported(exc)
+                if param not in kwargs:
                     raise _describe(exc) from None
                 # Not a retry: the same request in the form this model takes, at once.
                 _adapt(kwargs, param)
@@ -187,6 +191,17 @@ def _not_a_completion(exc: Exception) -> BackendError:
         "model server answered something that is not a chat completion (is the persona's "
         f"base URL an OpenAI-compatible /v1 endpoint?): {type(exc).__name__}"
     )
+
+
+def _unsupported(exc: openai.BadRequestError) -> str | None:
+    """The parameter of ADAPTATIONS a 400 says this model does not take (None: another 400)."""
+    param = exc.param if isinstance(exc.param, str) else None
+    if param not in ADAPTATIONS:
+        return None
+    # Servers that mirror OpenAI's message without its code still say "Unsupported …".
+    if exc.code in UNSUPPORTED_CODES or _detail(exc).lower().startswith("unsupported"):
+        return param
+    return None
 
 
 def _adapt(kwargs: dict[str, object], param: str) -> None:
