@@ -3,7 +3,8 @@
 Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 
 - POST /v1/chat/completions                 reply = `responder(request body)`; `behaviour` scripts
-                                            failures: "status", "slow", "empty", "drop"
+                                            failures: "status", "slow", "empty", "drop", …;
+                                            `finish_reason` and `refusal` shape it
 - POST /v1/files                            multipart upload, kept in `files`
 - DELETE /v1/files/{id}                     removes it from `files` (404 if unknown)
 - POST /v1/fine_tuning/jobs                 create (its progress script is `default_script`)
@@ -124,7 +125,10 @@ class FakeOpenAI:
         self.behaviour = "ok"
         self.status_code = 500
         self.delay = 0.0
-        self.responder: Callable[[dict[str, Any]], str] = echo
+        # The message's content: a string, or what else a server sends (None, a list of parts).
+        self.responder: Callable[[dict[str, Any]], Any] = echo
+        self.finish_reason = "stop"
+        self.refusal: str | None = None
         # Models that answer like OpenAI's reasoning models: a 400 naming `max_tokens`
         # (they take max_completion_tokens) or a temperature other than 1.
         self.reasoning_models: set[str] = set()
@@ -283,18 +287,15 @@ class FakeOpenAI:
         if self.behaviour == "not_completion":  # 200 and JSON, of another shape
             return 200, {"status": "ok", "choices": "none"}, {}
         content = "" if self.behaviour == "empty" else self.responder(body)
+        message = {"role": "assistant", "content": content, "refusal": self.refusal}
+        choice = {"index": 0, "finish_reason": self.finish_reason, "message": message}
         completion = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "fake"),
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": content},
-                }
-            ],
+            # "no_choices": a 200 with an empty list, as a proxy or a filtered answer may give
+            "choices": [] if self.behaviour == "no_choices" else [choice],
             "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
         }
         return 200, completion, {}

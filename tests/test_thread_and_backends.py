@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from phischer.inbound import OPT_IN_TEXT
 from phischer.models import Message, utcnow
 from tests.conftest import set_model
+from tests.fake_openai import echo
 
 
 @pytest.fixture
@@ -817,6 +818,103 @@ def set_sampling(database, **changes):
         ada = session.scalar(sa.select(Persona).where(Persona.name == "Ada"))
         for name, value in changes.items():
             setattr(ada, name, value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "<think>\nThey say hi. Keep it short.\n</think>\n\nhey you!",  # Qwen3, raw R1
+        "They say hi. Keep it short.\n</think>\n\nhey you!",  # R1's template opens <think>
+        "<think>\n\n</think>\n\nhey you!",  # Qwen3 with thinking off
+    ],
+)
+def test_a_think_block_is_never_texted_nor_remembered(llm_app, fake_openai, twilio_post, content):
+    app = llm_app()
+    fake_openai.responder = lambda body: content
+    assert twilio_post("hi", target=app).replies == ["hey you!"]
+    assert stored(app)[1].body == "hey you!"
+    fake_openai.responder = echo
+    twilio_post("and?", target=app)
+    assert fake_openai.chat_calls[-1]["messages"][2] == {
+        "role": "assistant",
+        "content": "hey you!",
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "finish", "refusal", "behaviour", "error"),
+    [
+        # A reasoning model that thought through all of its max_tokens: nothing left to say.
+        (
+            "",
+            "length",
+            None,
+            "ok",
+            "model used all of --max-tokens 64 before writing a reply (finish_reason length; "
+            "a reasoning model spends them thinking first): raise it with `phischer persona "
+            "edit ada --max-tokens N`",
+        ),
+        ("<think>\nSo they want", "length", None, "ok", "model used all of --max-tokens 64"),
+        (
+            "<think>hmm</think>",
+            "stop",
+            None,
+            "ok",
+            "model returned only its reasoning (a <think> block), no reply",
+        ),
+        (
+            None,
+            "stop",
+            "I'm sorry, I can't help with that.",
+            "ok",
+            "model refused to answer: I'm sorry, I can't help with that.",
+        ),
+        (
+            "I can tell you th",
+            "content_filter",
+            None,
+            "ok",
+            "the model server's content filter stopped the reply",
+        ),
+        ("hi", "stop", None, "no_choices", "model server answered with no choices"),
+    ],
+)
+def test_a_completion_without_a_reply_says_why(
+    llm_app, fake_openai, database, twilio_post, content, finish, refusal, behaviour, error
+):
+    set_sampling(database, max_tokens=64)
+    app = llm_app(model_retries=0)
+    fake_openai.responder = lambda body: content
+    fake_openai.finish_reason, fake_openai.refusal = finish, refusal
+    fake_openai.behaviour = behaviour
+    assert twilio_post("hi", target=app).replies == [
+        "Sorry, I can't answer right now. Try again in a bit."
+    ]
+    inbound, outbound = stored(app)
+    assert inbound.status == "failed" and inbound.error.startswith(error)
+    assert outbound.kind == "fallback"
+
+
+def test_a_reasoning_models_cut_answer_is_sent_without_its_thinking(
+    llm_app, fake_openai, twilio_post
+):
+    app = llm_app()
+    fake_openai.responder = lambda body: "<think>short</think>sure, see you at"
+    fake_openai.finish_reason = "length"
+    assert twilio_post("hi", target=app).replies == ["sure, see you at"]
+
+
+def test_content_given_as_parts_is_read_without_the_thinking_part(
+    llm_app, fake_openai, twilio_post
+):
+    # Mistral's Magistral answers with a list of parts, its thinking in one of them.
+    app = llm_app()
+    fake_openai.responder = lambda body: [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "They greet me."}]},
+        {"type": "text", "text": "hey! "},
+        {"type": "text", "text": "what's up"},
+    ]
+    assert twilio_post("hi", target=app).replies == ["hey! what's up"]
 
 
 def test_a_max_tokens_the_model_cannot_give_is_an_error_not_a_renamed_retry(

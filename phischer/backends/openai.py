@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import openai
@@ -32,6 +33,7 @@ ADAPTATIONS = {"max_tokens": "max_completion_tokens", "temperature": None}
 # large", code null) is the persona's setting at fault: renamed, it would be retried, and a
 # server that ignores max_completion_tokens would then answer with no cap at all.
 UNSUPPORTED_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +156,85 @@ class OpenAIBackend:
                 time.sleep(wait)
                 attempt += 1
         try:
-            choice = completion.choices[0] if completion.choices else None
-            text = (choice.message.content or "").strip() if choice and choice.message else ""
-            usage = completion.usage
-            prompt, done = (usage.prompt_tokens, usage.completion_tokens) if usage else (None, None)
-            model = str(completion.model or persona.model)
+            return _reply_of(completion, persona)
         except (AttributeError, TypeError, IndexError, KeyError) as exc:
             # The SDK hands back a web page as a str and builds any JSON into a completion
             # without checking it: a wrong URL or a proxy's page fails here, not in create().
             raise _not_a_completion(exc) from None
-        if not text:
-            raise BackendError("model returned an empty reply")
-        return Reply(text=text, model=model, prompt_tokens=prompt, completion_tokens=done)
+
+
+def _reply_of(completion: Any, persona: PersonaView) -> Reply:
+    """The text to send from a completion, or the BackendError saying why there is none."""
+    if not completion.choices:
+        raise BackendError("model server answered with no choices (no reply in it)")
+    choice = completion.choices[0]
+    message = choice.message
+    content = _content_text(message.content if message else None)
+    text = strip_reasoning(content)
+    finish = choice.finish_reason
+    if finish == "content_filter":
+        # What got past the filter is cut short at best: not sent as the persona's words.
+        raise BackendError("the model server's content filter stopped the reply")
+    if not text:
+        raise BackendError(_no_text(message, finish, bool(content.strip()), persona))
+    usage = completion.usage
+    return Reply(
+        text=text,
+        model=str(completion.model or persona.model),
+        prompt_tokens=getattr(usage, "prompt_tokens", None),
+        completion_tokens=getattr(usage, "completion_tokens", None),
+    )
+
+
+def _no_text(message: Any, finish: object, reasoned: bool, persona: PersonaView) -> str:
+    """Why a completion holds nothing to text, as precisely as it shows."""
+    refusal = getattr(message, "refusal", None)
+    if isinstance(refusal, str) and refusal.strip():
+        return f"model refused to answer: {refusal.strip()[:200]}"
+    if finish == "length":
+        cap = f"--max-tokens {persona.max_tokens}" if persona.max_tokens else "its length cap"
+        return (
+            f"model used all of {cap} before writing a reply (finish_reason length; a "
+            "reasoning model spends them thinking first): raise it with `phischer persona "
+            f"edit {persona.keyword} --max-tokens N`"
+        )
+    if reasoned:
+        return "model returned only its reasoning (a <think> block), no reply"
+    return "model returned an empty reply"
+
+
+def _content_text(content: object) -> str:
+    """A message's content as text: a string, or the text parts of a list of parts."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        # Mistral's Magistral answers [{"type": "thinking", …}, {"type": "text", "text": …}]:
+        # only the text parts are the reply.
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    if not isinstance(content, str):
+        raise TypeError(f"content is {type(content).__name__}")
+    return content
+
+
+def strip_reasoning(text: str) -> str:
+    """`text` without the <think>…</think> block a reasoning model may open its answer with."""
+    # DeepSeek-R1 and Qwen3 served raw (vLLM without a reasoning parser, llama.cpp with
+    # --reasoning-format none, older Ollama) put their thinking in the content. R1's own
+    # chat template already opens the <think> in the prompt, so the answer often holds only
+    # the closing tag: everything before it is thinking too. An unclosed <think> was cut
+    # off mid-thought (finish_reason length): there is no reply in it at all.
+    text = text.strip()
+    opened = text.startswith(THINK_OPEN)
+    end = text.find(THINK_CLOSE)
+    if end >= 0 and (opened or THINK_OPEN not in text[:end]):
+        return text[end + len(THINK_CLOSE) :].strip()
+    return "" if opened else text
 
 
 def same_server(url: str, other: str | None) -> bool:
