@@ -142,11 +142,25 @@ def _phone_number(name: str, raw: str) -> str | None:
         return None
     number = sender_number(raw)
     if number is None:
+        _refuse_channel_address(name, raw)
         raise ConfigError(
             f"{name}={raw.strip()!r} is not a Twilio number: give it in international form, "
             f"{INTERNATIONAL_FORM}, or as a 5-6 digit short code"
         )
     return number
+
+
+def _refuse_channel_address(name: str, raw: str) -> None:
+    """Refuse a sender address copied with its channel ("whatsapp:+1…"), naming the bare number."""
+    address = twilio_from(raw)
+    channel, _, number = (address or "").rpartition(":")
+    if channel:
+        # REST replies already go out on the texter's channel (replies.reply_from): the
+        # setting is the number alone, whatever channels it serves.
+        raise ConfigError(
+            f"{name}={raw.strip()!r} is a sender address: set the bare number {number}; "
+            f"texters on {channel} are answered from {address} automatically"
+        )
 
 
 def is_http_url(url: str) -> bool:

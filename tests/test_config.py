@@ -402,3 +402,14 @@ def test_create_app_names_a_bad_key_or_value(tmp_path, config, message):
     with pytest.raises(ConfigError) as excinfo:
         create_app({"instance_path": tmp_path, **config})
     assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize("raw", ["whatsapp:+14155550100", " WhatsApp: +1 415 555 0100"])
+def test_twilio_phone_number_copied_as_a_whatsapp_address_names_the_bare_number(raw):
+    # The Console shows a WhatsApp sender as whatsapp:+1…; the setting is the number alone.
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"TWILIO_PHONE_NUMBER": raw})
+    assert str(err.value) == (
+        f"TWILIO_PHONE_NUMBER={raw.strip()!r} is a sender address: set the bare number "
+        "+14155550100; texters on whatsapp are answered from whatsapp:+14155550100 automatically"
+    )
