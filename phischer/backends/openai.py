@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -92,10 +93,10 @@ class OpenAIBackend:
         with self._lock:
             client = self._clients.get(endpoint)
             if client is None:
-                client = openai.OpenAI(
-                    base_url=endpoint[0],
-                    api_key=endpoint[1],
-                    timeout=self.timeout_s,
+                client = sdk_client(
+                    endpoint[0],
+                    endpoint[1],
+                    timeout_s=self.timeout_s,
                     max_retries=0,  # retried in `reply`, within the deadline
                 )
                 self._clients[endpoint] = client
@@ -235,6 +236,42 @@ def strip_reasoning(text: str) -> str:
     if end >= 0 and (opened or THINK_OPEN not in text[:end]):
         return text[end + len(THINK_CLOSE) :].strip()
     return "" if opened else text
+
+
+def sdk_client(base_url: str, api_key: str, *, timeout_s: float, max_retries: int) -> openai.OpenAI:
+    """An SDK client on `base_url` that reaches a server on this machine or network directly."""
+    host = urlsplit(base_url.strip()).hostname
+    http_client = None
+    if host and is_local_host(host):
+        # The SDK's HTTP client sends every http:// URL through HTTP_PROXY / ALL_PROXY unless
+        # NO_PROXY names the host, loopback included: a corporate proxy cannot reach the
+        # Ollama or vLLM on this machine (or the LAN), and would answer every text with a 502.
+        # A mount of None makes the host's requests skip the environment's proxy.
+        http_client = openai.DefaultHttpxClient(mounts={f"all://{_url_host(host)}": None})
+    return openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        timeout=timeout_s,
+        max_retries=max_retries,
+        http_client=http_client,
+    )
+
+
+def is_local_host(host: str) -> bool:
+    """Whether a URL's host is this machine or a private network: localhost or such an IP."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # a name: only DNS knows where it is, and the proxy may be the way there
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+def _url_host(host: str) -> str:
+    """`host` as written in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def same_server(url: str, other: str | None) -> bool:

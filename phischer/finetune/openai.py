@@ -16,6 +16,7 @@ import openai
 from tqdm import tqdm
 
 from phischer import personas, plots
+from phischer.backends.openai import sdk_client
 from phischer.config import Settings
 from phischer.db import Database
 from phischer.finetune import jobs
@@ -67,10 +68,10 @@ def make_client(settings: Settings, no_key_hint: str = "") -> openai.OpenAI:
     """An SDK client on OPENAI_API_KEY / OPENAI_BASE_URL with explicit timeout and retries."""
     if not settings.openai_api_key:
         raise FineTuneError(f"No OPENAI_API_KEY: set it in .env{no_key_hint}")
-    return openai.OpenAI(
-        api_key=settings.openai_api_key,
-        base_url=settings.openai_base_url or OPENAI_URL,
-        timeout=TIMEOUT_S,
+    return sdk_client(
+        settings.openai_base_url or OPENAI_URL,
+        settings.openai_api_key,
+        timeout_s=TIMEOUT_S,
         max_retries=MAX_RETRIES,
     )
 
