@@ -67,6 +67,9 @@ MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 
 MIN_EXAMPLES = 10  # OpenAI rejects training files with fewer examples.
+# Problems kept (with their line) per kind; the rest are only counted. More than --max-shown
+# lists by default, and memory stays bounded by the number of kinds, not of lines.
+KEPT_PER_KIND = 100
 
 # The cookbook allows role/content/name/function_call/weight; tool_calls and tool_call_id
 # (with the "tool" role) are the current function-calling format OpenAI also accepts, and
@@ -106,6 +109,29 @@ class Problem:
         where = f"line {self.line}" if self.line else "file"
         return f"{where}: {self.message}"
 
+    @property
+    def kind(self) -> str:
+        """The [kind] that ends the message: "missing_system"."""
+        return self.message.rsplit("[", 1)[-1].rstrip("]")
+
+
+@dataclass
+class Findings:
+    """Problems as found: the first KEPT_PER_KIND of each kind, and how many of each in all."""
+
+    kept: list[Problem] = field(default_factory=list)
+    counts: dict[tuple[Severity, str], int] = field(default_factory=dict)
+
+    def add(self, problem: Problem) -> None:
+        """Count `problem`, and keep it while its kind has fewer than KEPT_PER_KIND kept."""
+        # A 200 MB file with the same warning on every line held every Problem (~140 bytes
+        # each, hundreds of MB); the report lists only the first few, and counts the rest.
+        key = (problem.severity, problem.kind)
+        seen = self.counts.get(key, 0)
+        self.counts[key] = seen + 1
+        if seen < KEPT_PER_KIND:
+            self.kept.append(problem)
+
 
 @dataclass
 class CheckReport:
@@ -114,7 +140,9 @@ class CheckReport:
     path: Path
     base_model: str
     examples: int
+    # The first KEPT_PER_KIND problems of each kind, in line order; `problem_counts` has all.
     problems: list[Problem]
+    problem_counts: dict[tuple[Severity, str], int]
     token_counts: list[int]
     messages_per_example: list[int]
     over_limit: int
@@ -129,13 +157,26 @@ class CheckReport:
 
     @property
     def errors(self) -> list[Problem]:
-        """Problems that make OpenAI reject the file."""
+        """Problems that make OpenAI reject the file (the kept ones: see error_count)."""
         return [p for p in self.problems if p.severity == "error"]
 
     @property
     def warnings(self) -> list[Problem]:
-        """Problems worth a look that do not block training."""
+        """Problems worth a look that do not block training (the kept ones)."""
         return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def error_count(self) -> int:
+        """How many errors were found, kept or not."""
+        return self._count("error")
+
+    @property
+    def warning_count(self) -> int:
+        """How many warnings were found, kept or not."""
+        return self._count("warning")
+
+    def _count(self, severity: Severity) -> int:
+        return sum(n for (sev, _), n in self.problem_counts.items() if sev == severity)
 
     @property
     def tokens_per_epoch(self) -> int:
@@ -148,13 +189,8 @@ class CheckReport:
             f"{self.path}: {plural(self.examples, 'example')}, base model {self.base_model} "
             f"({self.encoding})"
         ]
-        for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
-            if not items:
-                continue
-            out.append(f"{title} ({len(items):,}):")
-            out.extend(f"  {p}" for p in items[:max_problems])
-            if len(items) > max_problems:
-                out.append(f"  … and {len(items) - max_problems:,} more ({_tally(items)})")
+        for title, severity in (("Errors", "error"), ("Warnings", "warning")):
+            out.extend(self._listed(title, severity, max_problems))
         if self.token_counts:
             valid = len(self.token_counts)
             if valid != self.examples:
@@ -191,21 +227,29 @@ class CheckReport:
             else:
                 out.append("Estimated training cost: unknown")
         out.extend(f"Note: {n}" for n in self.notes)
-        if self.errors:
-            out.append(f"FAILED: {plural(len(self.errors), 'error')}; fix them before fine-tuning.")
-        elif self.warnings:
-            out.append(f"OK: no format errors ({plural(len(self.warnings), 'warning')} above).")
+        if self.error_count:
+            out.append(f"FAILED: {plural(self.error_count, 'error')}; fix them before fine-tuning.")
+        elif self.warning_count:
+            out.append(f"OK: no format errors ({plural(self.warning_count, 'warning')} above).")
         else:
             out.append("OK: no format errors; ready for fine-tuning.")
         return "\n".join(out)
 
+    def _listed(self, title: str, severity: Severity, max_problems: int) -> list[str]:
+        """The report's lines for one severity: a count, the first problems, then the rest."""
+        total = self._count(severity)
+        if not total:
+            return []
+        shown = [p for p in self.problems if p.severity == severity][:max_problems]
+        out = [f"{title} ({total:,}):", *(f"  {p}" for p in shown)]
+        if total > len(shown):
+            counts = {k: n for (sev, k), n in self.problem_counts.items() if sev == severity}
+            out.append(f"  … and {total - len(shown):,} more ({_tally(counts)})")
+        return out
 
-def _tally(problems: list[Problem]) -> str:
-    """'missing_system 120, data_type 3': counts by the [kind] that ends each message."""
-    counts: dict[str, int] = {}
-    for p in problems:
-        kind = p.message.rsplit("[", 1)[-1].rstrip("]")
-        counts[kind] = counts.get(kind, 0) + 1
+
+def _tally(counts: dict[str, int]) -> str:
+    """'in all: missing_system 120, data_type 3': counts by kind, most first."""
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return "in all: " + ", ".join(f"{kind} {n:,}" for kind, n in ranked)
 
@@ -520,7 +564,7 @@ def check_file(
     _open_checked(path)
     known_limit = context_limit(base_model)
     limit = known_limit or DEFAULT_CONTEXT_LIMIT
-    problems: list[Problem] = []
+    findings = Findings()
     token_counts: list[int] = []
     messages_per_example: list[int] = []
     examples = 0
@@ -529,12 +573,13 @@ def check_file(
     for number, raw in _lines(path, progress):
         obj, problem = _parse(number, raw)
         if problem is not None:
-            problems.append(problem)
+            findings.add(problem)
             examples += problem.severity == "error"  # a blank line is no example
             continue
         examples += 1
         found = check_example(obj)
-        problems.extend(Problem(number, message, severity) for message, severity in found)
+        for message, severity in found:
+            findings.add(Problem(number, message, severity))
         if any(severity == "error" for _, severity in found):
             continue
         tokens, example_images = example_tokens(obj["messages"], base_model)
@@ -543,7 +588,7 @@ def check_file(
         messages_per_example.append(len(obj["messages"]))
         if tokens > limit:
             over += 1
-            problems.append(
+            findings.add(
                 Problem(
                     number,
                     f"{tokens:,} tokens, over the {limit:,}-token limit: "
@@ -552,9 +597,9 @@ def check_file(
                 )
             )
     if examples == 0:
-        problems.append(Problem(0, "no examples in the file [no_examples]"))
+        findings.add(Problem(0, "no examples in the file [no_examples]"))
     elif examples < MIN_EXAMPLES:
-        problems.append(
+        findings.add(
             Problem(
                 0,
                 f"only {plural(examples, 'example')}: OpenAI requires at least {MIN_EXAMPLES} "
@@ -584,7 +629,8 @@ def check_file(
         path=path,
         base_model=base_model,
         examples=examples,
-        problems=problems,
+        problems=findings.kept,
+        problem_counts=findings.counts,
         token_counts=token_counts,
         messages_per_example=messages_per_example,
         over_limit=over,

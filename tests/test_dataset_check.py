@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from phischer.cli import cli
 from phischer.dataset_check import (
+    KEPT_PER_KIND,
     PRICES,
     PRICES_AS_OF,
     Problem,
@@ -21,7 +22,9 @@ from phischer.dataset_check import (
     percentile,
     whole,
 )
+from phischer.finetune.common import format_errors_message
 from phischer.tokens import count_tokens
+from tests.conftest import peak_memory
 
 DATA = Path(__file__).parent / "fixtures" / "datasets"
 
@@ -600,3 +603,36 @@ def test_names_and_calls_of_the_wrong_json_type() -> None:
         'message 3: "tool_calls" is a string, not an array [data_type]',
         'message 4: "function_call" is an array, not an object [data_type]',
     ]
+
+
+def test_the_same_problem_on_every_line_is_counted_not_kept(tmp_path: Path) -> None:
+    # A big file with one warning per line held every Problem (~140 bytes each): hundreds
+    # of MB for 200 MB of JSONL. The first KEPT_PER_KIND of a kind are kept, the rest counted.
+    line = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
+    path = tmp_path / "no_system.jsonl"
+    path.write_text((line + "\n") * 50_000 + "oops\n" * 150, encoding="utf-8")
+    report = check_file(path)
+    assert report.problem_counts == {
+        ("warning", "missing_system"): 50_000,
+        ("error", "invalid_json"): 150,
+    }
+    assert (report.warning_count, report.error_count) == (50_000, 150)
+    assert len(report.warnings) == len(report.errors) == KEPT_PER_KIND
+    assert [p.line for p in report.warnings] == list(range(1, KEPT_PER_KIND + 1))
+    assert report.errors[0].line == 50_001
+    shown = report.format(max_problems=KEPT_PER_KIND + 50).splitlines()
+    assert "Warnings (50,000):" in shown
+    assert f"  line {KEPT_PER_KIND}: no system message [missing_system]" in shown
+    assert f"  … and {50_000 - KEPT_PER_KIND:,} more (in all: missing_system 50,000)" in shown
+    assert "Errors (150):" in shown
+    assert f"  … and {150 - KEPT_PER_KIND} more (in all: invalid_json 150)" in shown
+    assert shown[-1] == "FAILED: 150 errors; fix them before fine-tuning."
+    assert format_errors_message(path, report, "nothing was uploaded") == (
+        f"{path}: 150 format errors (first on line 50001): fix them before fine-tuning; "
+        "nothing was uploaded"
+    )
+    # Kept whole, 50,000 problems took 7.5 MB here; what is left is the per-example
+    # token and message counts the statistics need (16 bytes an example).
+    assert peak_memory(lambda: check_file(path)) < 2_000_000

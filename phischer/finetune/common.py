@@ -63,11 +63,11 @@ def refuse_after_jobs_end(today: dt.date | None = None) -> None:
 
 def format_errors_message(path: Any, report: Any, outcome: str) -> str:
     """The one line that refuses a file `dataset check` found format errors in."""
-    first = report.errors[0]
+    first = report.errors[0]  # errors keeps the first of each kind: this one is the first
     # A problem of the file as a whole (line 0: no examples at all) has no line to point at.
     where = f"first on line {first.line}" if first.line else first.message
     return (
-        f"{path}: {plural(len(report.errors), 'format error')} ({where}): fix them before "
+        f"{path}: {plural(report.error_count, 'format error')} ({where}): fix them before "
         f"fine-tuning; {outcome}"
     )
 
