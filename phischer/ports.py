@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from typing import Any
 
@@ -16,10 +17,15 @@ def bare_host(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets."""
+    bare = bare_host(host)
+    return f"[{bare}]" if ":" in bare and "[" not in bare else bare
+
+
 def host_port(host: str, port: int) -> str:
     """HOST:PORT as URLs and gunicorn's --bind write it: an IPv6 address in brackets."""
-    bare = bare_host(host)
-    return f"[{bare}]:{port}" if ":" in bare and "[" not in bare else f"{bare}:{port}"
+    return f"{url_host(host)}:{port}"
 
 
 def http_url(host: str, port: int) -> str:
@@ -72,3 +78,17 @@ def listen(host: str, port: int) -> socket.socket:
             fix = _not_here(host)
         raise PortBusyError(f"Cannot listen on {shown} ({exc.strerror}): {fix}") from None
     return sock
+
+
+def is_local_host(host: str) -> bool:
+    """Whether a URL's host is this machine or a private network: localhost or such an IP."""
+    # Such a host is reached directly, never through HTTP_PROXY / ALL_PROXY: a corporate
+    # proxy cannot reach the Ollama or the phischer server on this machine (or the LAN).
+    host = bare_host(host).lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # a name: only DNS knows where it is, and the proxy may be the way there
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local

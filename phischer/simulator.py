@@ -13,6 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from phischer import no_reply
 from phischer.config import Settings
+from phischer.ports import is_local_host
 
 DEFAULT_URL = "http://127.0.0.1:5000/sms"
 DEFAULT_FROM = "+15550100"
@@ -78,7 +79,11 @@ def send_text(
     http = session or requests
     try:
         response = http.post(
-            url, data=params, headers={"X-Twilio-Signature": signature}, timeout=timeout_s
+            url,
+            data=params,
+            headers={"X-Twilio-Signature": signature},
+            timeout=timeout_s,
+            proxies=_direct_if_local(url),
         )
     except requests.ConnectionError as exc:
         raise SimulatorError(_connection_error(url, exc)) from None
@@ -105,6 +110,16 @@ def send_text(
         replies=parse_twiml(response.content),
         no_reply=response.headers.get(no_reply.HEADER),
     )
+
+
+def _direct_if_local(url: str) -> dict[str, str | None] | None:
+    """requests' proxies for `url`: none for a server on this machine or network (is_local_host)."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:  # not a URL: requests says so in the post's own error
+        return None
+    # A None per scheme drops the environment's HTTP_PROXY / ALL_PROXY for this request.
+    return dict.fromkeys(("http", "https", "all")) if host and is_local_host(host) else None
 
 
 def _connection_error(url: str, exc: requests.ConnectionError) -> str:

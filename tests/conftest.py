@@ -34,6 +34,7 @@ from phischer.finetune import jobs
 from phischer.migrate import upgrade
 from phischer.models import FineTuneJob, Persona
 from phischer.personas import PersonaSpec, add_persona, edit_persona
+from tests.fake_http import FakeApiHandler, FakeServer
 from tests.fake_openai import FakeOpenAI
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
@@ -394,3 +395,35 @@ def peak_memory(fn: Callable[[], object]) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+class _RecordingProxy(FakeApiHandler):
+    """A forward proxy that forwards nothing: it records each request and answers 502."""
+
+    seen: list[tuple[str, str]]
+
+    def serve(self, method: str) -> None:
+        self.seen.append((method, self.path))
+        self.respond(502, b"")
+
+    def do_CONNECT(self) -> None:  # noqa: N802 (http.server's naming)
+        self.serve("CONNECT")
+
+
+@pytest.fixture
+def proxy_env(monkeypatch) -> Iterator[list[tuple[str, str]]]:
+    """HTTP_PROXY, HTTPS_PROXY and ALL_PROXY on a loopback recording proxy, no NO_PROXY."""
+    seen: list[tuple[str, str]] = []
+    handler = type("Proxy", (_RecordingProxy,), {"seen": seen})
+    server = FakeServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        # The lower-case names win where both are set: none may be left from the caller.
+        monkeypatch.delenv(var.lower(), raising=False)
+        monkeypatch.delenv(var, raising=False)
+        if var != "NO_PROXY":
+            monkeypatch.setenv(var, url)
+    yield seen
+    server.shutdown()
+    server.server_close()

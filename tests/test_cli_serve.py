@@ -56,6 +56,15 @@ def test_text_prints_the_reply(live):
     assert result.output.strip() == "I compute Bernoulli numbers, mostly by candlelight."
 
 
+def test_text_reaches_a_server_on_this_machine_around_the_proxy(live, proxy_env):
+    # HTTP_PROXY without NO_PROXY (a corporate laptop): requests sent the post for
+    # 127.0.0.1 to the proxy, which answered 502, so `text` said the server answered 502.
+    result = run("text", "--url", live, "what do you do for work?")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "I compute Bernoulli numbers, mostly by candlelight."
+    assert proxy_env == []
+
+
 def test_text_uses_from_and_keeps_memory_per_number(live):
     run("text", "--url", live, "--from", "+15550123", "#bo")
     assert run("text", "--url", live, "--from", "+15550123", "#who").output.strip() == (

@@ -6,17 +6,15 @@ import datetime as dt
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
 import sqlalchemy as sa
 
-from phischer.backends.openai import is_local_host
 from phischer.inbound import OPT_IN_TEXT
 from phischer.models import Message, utcnow
-from tests.conftest import free_port, set_model
-from tests.fake_http import FakeApiHandler, FakeServer
+from phischer.ports import is_local_host
+from tests.conftest import set_model
 from tests.fake_openai import echo
 
 
@@ -937,38 +935,6 @@ def test_a_max_tokens_the_model_cannot_give_is_an_error_not_a_renamed_retry(
     twilio_post("again", target=app)
     assert [c.get("max_tokens") for c in fake_openai.chat_calls] == [100000, 100000]
     assert not any("max_completion_tokens" in c for c in fake_openai.chat_calls)
-
-
-class _RecordingProxy(FakeApiHandler):
-    """A forward proxy that forwards nothing: it records each request and answers 502."""
-
-    seen: list[tuple[str, str]]
-
-    def serve(self, method: str) -> None:
-        self.seen.append((method, self.path))
-        self.respond(502, b"")
-
-    def do_CONNECT(self) -> None:  # noqa: N802 (http.server's naming)
-        self.serve("CONNECT")
-
-
-@pytest.fixture
-def proxy_env(monkeypatch) -> Iterator[list[tuple[str, str]]]:
-    """HTTP_PROXY, HTTPS_PROXY and ALL_PROXY on a loopback recording proxy, no NO_PROXY."""
-    seen: list[tuple[str, str]] = []
-    handler = type("Proxy", (_RecordingProxy,), {"seen": seen})
-    server = FakeServer(("127.0.0.1", free_port()), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        # The lower-case names win where both are set: none may be left from the caller.
-        monkeypatch.delenv(var.lower(), raising=False)
-        monkeypatch.delenv(var, raising=False)
-        if var != "NO_PROXY":
-            monkeypatch.setenv(var, url)
-    yield seen
-    server.shutdown()
-    server.server_close()
 
 
 def test_a_model_server_on_loopback_is_reached_around_the_proxy(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 import openai
 
 from phischer.backends.base import BackendError, PersonaView, Reply
+from phischer.ports import is_local_host, url_host
 from phischer.redact import add_secret, redact
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -247,7 +247,7 @@ def sdk_client(base_url: str, api_key: str, *, timeout_s: float, max_retries: in
         # NO_PROXY names the host, loopback included: a corporate proxy cannot reach the
         # Ollama or vLLM on this machine (or the LAN), and would answer every text with a 502.
         # A mount of None makes the host's requests skip the environment's proxy.
-        http_client = openai.DefaultHttpxClient(mounts={f"all://{_url_host(host)}": None})
+        http_client = openai.DefaultHttpxClient(mounts={f"all://{url_host(host)}": None})
     return openai.OpenAI(
         base_url=base_url,
         api_key=api_key,
@@ -255,23 +255,6 @@ def sdk_client(base_url: str, api_key: str, *, timeout_s: float, max_retries: in
         max_retries=max_retries,
         http_client=http_client,
     )
-
-
-def is_local_host(host: str) -> bool:
-    """Whether a URL's host is this machine or a private network: localhost or such an IP."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:  # a name: only DNS knows where it is, and the proxy may be the way there
-        return False
-    return ip.is_loopback or ip.is_private or ip.is_link_local
-
-
-def _url_host(host: str) -> str:
-    """`host` as written in a URL: an IPv6 address in brackets."""
-    return f"[{host}]" if ":" in host else host
 
 
 def same_server(url: str, other: str | None) -> bool:
