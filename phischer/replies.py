@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import requests
 from twilio.twiml.messaging_response import MessagingResponse
+from urllib3.exceptions import ConnectTimeoutError
 
 from phischer.config import Settings
 from phischer.models import ADDRESS_MAX
@@ -130,8 +131,9 @@ class RestSender:
 
         Connection errors, 429 and 5xx are retried (Twilio creates no message then, so a
         retry cannot double-send); any other refusal (21610 opted out, 21211 bad number, …)
-        is final. So is a request Twilio received but did not answer in time: it may have
-        sent the SMS, and a retry could send it twice.
+        is final. So is a request Twilio may have received but did not answer (in time, or
+        at all: the connection dropped): it may have sent the SMS, and a retry could send it
+        twice.
         """
         # The twilio REST client is heavy: imported on the first send only.
         from phischer.twilio_client import TWILIO_HTTP_TIMEOUT_S, make_twilio_client
@@ -204,13 +206,30 @@ def _transient(exc: Exception) -> bool:
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status == 429 or status >= 500
-    # ConnectTimeout is a ConnectionError; a ReadTimeout (sent, no answer) is not retried.
-    return isinstance(exc, requests.ConnectionError)
+    return isinstance(exc, requests.ConnectionError) and not _maybe_sent(exc)
+
+
+def _maybe_sent(exc: Exception) -> bool:
+    """Whether the request may have reached Twilio: it failed after the connection was made."""
+    if isinstance(exc, requests.ReadTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    # A connection refused, unresolved or timed out before it was made (urllib3 wraps those
+    # in a MaxRetryError whose reason is a ConnectTimeoutError, NewConnectionError included)
+    # carried nothing. Anything else (a reset or an end of stream instead of the answer)
+    # may have come after Twilio created the message: a retry could text it twice.
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return not isinstance(reason, ConnectTimeoutError)
 
 
 def _short(exc: Exception) -> str:
     if isinstance(exc, requests.ReadTimeout):
         return "Twilio did not answer in time; the SMS may or may not have been sent"
+    if _maybe_sent(exc):
+        return (
+            "Twilio closed the connection before answering; the SMS may or may not have been sent"
+        )
     code = getattr(exc, "code", None)
     if isinstance(code, int):  # TwilioRestException: the error code is what users look up
         return f"Twilio error {code}: {getattr(exc, 'msg', '')}"[:300]

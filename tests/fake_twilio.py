@@ -14,7 +14,9 @@ and records every request (method, path, query, form) for assertions. Messages.j
 scripted to fail: `fake.fail_messages(400, 21610, "unsubscribed")` answers the next send so.
 Any endpoint can be scripted too: `fake.fail_next("GET", "/v1/Services", 403, 20003, "…")`
 refuses the next such request, and `fake.after_next("POST", "/PN….json", fn)` calls `fn()` once
-that request has been applied, before it is answered (a Ctrl-C while the SDK waits).
+that request has been applied, before it is answered (a Ctrl-C while the SDK waits), and
+`fake.hang_up_next("POST", "/Messages.json")` applies the next such request, then closes the
+connection without an answer (a reset after Twilio created the message).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Scripted:
     path_suffix: str
     error: tuple[int, int, str] | None = None
     then: Callable[[], None] | None = None
+    hang_up: bool = False  # apply it, then close the connection without an answer
 
 
 @dataclass
@@ -167,6 +170,10 @@ class FakeTwilio:
         """Call `then()` once the next matching request is applied, before it is answered."""
         self._scripts.append(Scripted(method, path_suffix, then=then))
 
+    def hang_up_next(self, method: str, path_suffix: str) -> None:
+        """Apply the next matching request, then close its connection without answering."""
+        self._scripts.append(Scripted(method, path_suffix, hang_up=True))
+
     def calls(self, method: str, path_suffix: str) -> list[Recorded]:
         """Recorded requests with this method whose path ends with `path_suffix`."""
         return [r for r in self.requests if r.method == method and r.path.endswith(path_suffix)]
@@ -207,8 +214,8 @@ class FakeTwilio:
         query: dict[str, str],
         form: dict[str, str],
         authorization: str | None,
-    ) -> tuple[int, dict[str, Any]]:
-        """Answer one request: (status, JSON body)."""
+    ) -> tuple[int, dict[str, Any]] | None:
+        """Answer one request: (status, JSON body), or None to hang up without an answer."""
         with self._lock:
             self.requests.append(Recorded(method, path, query, form))
             expected = (
@@ -228,7 +235,7 @@ class FakeTwilio:
             answer = self._route(method, path, query, form)
         if script is not None and script.then is not None:
             script.then()  # outside the lock: it may make more requests
-        return answer
+        return None if script is not None and script.hang_up else answer
 
     def _route(
         self, method: str, path: str, query: dict[str, str], form: dict[str, str]
@@ -363,7 +370,11 @@ class _Handler(FakeApiHandler):
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         raw = self.request_body().decode()
         form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-        status, body = self.fake.handle(
+        answer = self.fake.handle(
             method, parts.path, query, form, self.headers.get("Authorization")
         )
+        if answer is None:
+            self.close_connection = True  # the client reads an end of stream, no status line
+            return
+        status, body = answer
         self.respond(status, json.dumps(body).encode())

@@ -91,6 +91,16 @@ def test_an_unanswered_send_is_not_retried(settings, twilio_rest, fake_twilio):
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
 
 
+def test_a_send_cut_off_after_twilio_took_it_is_not_retried(sender, fake_twilio):
+    # Twilio created the message, then the connection dropped before its answer (a reset,
+    # a proxy closing): like an answer that came too late, a retry could text it twice.
+    fake_twilio.hang_up_next("POST", "/Messages.json")
+    with pytest.raises(SendError, match="may or may not have been sent") as cut_off:
+        sender.send("+15550100", "hello")
+    assert not cut_off.value.transient
+    assert len(fake_twilio.messages) == 1
+
+
 def test_a_number_twilio_quotes_in_its_error_is_masked_in_the_log(sender, fake_twilio, caplog):
     fake_twilio.fail_messages(
         400, 21211, "The 'To' number +15553330001 is not a valid phone number."
