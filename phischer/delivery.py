@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
+from phischer.models import utcnow
 from phischer.store import NOT_DELIVERED, Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,20 @@ ERROR_HINTS = {
 }
 
 
+# Twilio's refusal to text a number that opted out (STOP to this sender, which Twilio keeps
+# whether or not phischer saw that STOP): every later reply would be refused the same way.
+OPTED_OUT_CODE = 21610
+
+
+def record_refusal(store: Store, cur: Any, reply_id: int, code: int | None) -> None:
+    """Take Twilio's 21610 refusal of reply `reply_id` as its number's opt-out."""
+    # A STOP phischer never stored (sent while the server was down and Twilio gave up, or
+    # to another app on this number): the texter asked for no more texts, so no more model
+    # calls either. START (which Twilio forwards) opts back in, as after any STOP.
+    if code == OPTED_OUT_CODE and store.opt_out_recipient(cur, reply_id, utcnow()):
+        log.info("Reply %d: Twilio says its number opted out (21610); recorded", reply_id)
+
+
 def describe_failure(status: str, code: str) -> str:
     """The error recorded on a reply Twilio could not deliver."""
     if not code:
@@ -67,7 +83,8 @@ def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
         if row[0] is not None and STATUS_ORDER.get(row[0], -1) > rank:
             return False
         error = describe_failure(status, code) if status in NOT_DELIVERED else None
+        store.set_delivery(cur, reply_id, status, error)
         if error is not None:
             log.warning("Reply %d was not delivered: %s", reply_id, error)
-        store.set_delivery(cur, reply_id, status, error)
+            record_refusal(store, cur, reply_id, int(code) if code else None)
     return True

@@ -18,6 +18,7 @@ from phischer.commands import Command, parse, twilio_keyword
 from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number
 from phischer.daemon_pool import DaemonPool
 from phischer.db import Database
+from phischer.delivery import record_refusal
 from phischer.in_flight import InFlight
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
@@ -624,6 +625,7 @@ class SmsService:
             )
             with self.store.write() as cur:
                 self.store.update_message(cur, out_id, now, status=status, error=str(exc))
+                record_refusal(self.store, cur, out_id, exc.code)
             return status
         with self.store.write() as cur:
             self.store.mark_sent(cur, out_id, sid, utcnow())

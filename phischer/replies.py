@@ -92,11 +92,12 @@ def _twiml_parts(texts: tuple[str, ...]) -> tuple[str, tuple[tuple[int, str], ..
 class SendError(Exception):
     """The REST send failed; the message row records why."""
 
-    def __init__(self, reason: str, transient: bool = False) -> None:
+    def __init__(self, reason: str, transient: bool = False, code: int | None = None) -> None:
         super().__init__(reason)
         # Transient: Twilio was unreachable or busy and created no message, so the recovery
         # sweep may try again later; otherwise (a refusal, missing credentials) it is final.
         self.transient = transient
+        self.code = code  # Twilio's error code of a refusal (21610: the number opted out)
 
 
 class RestSender:
@@ -160,7 +161,7 @@ class RestSender:
                 log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
                 transient = _transient(exc)
                 if delay is None or not transient:
-                    raise SendError(_short(exc), transient) from None
+                    raise SendError(_short(exc), transient, _code(exc)) from None
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -223,6 +224,12 @@ def _maybe_sent(exc: Exception) -> bool:
     return not isinstance(reason, ConnectTimeoutError)
 
 
+def _code(exc: Exception) -> int | None:
+    """Twilio's error code of a refusal (a TwilioRestException's), if any."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
+
+
 def _short(exc: Exception) -> str:
     if isinstance(exc, requests.ReadTimeout):
         return "Twilio did not answer in time; the SMS may or may not have been sent"
@@ -230,8 +237,8 @@ def _short(exc: Exception) -> str:
         return (
             "Twilio closed the connection before answering; the SMS may or may not have been sent"
         )
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):  # TwilioRestException: the error code is what users look up
+    code = _code(exc)
+    if code is not None:  # TwilioRestException: the error code is what users look up
         return f"Twilio error {code}: {getattr(exc, 'msg', '')}"[:300]
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]

@@ -514,6 +514,23 @@ class Store:
         ended = [self.parse_ts(at) for at in row[:2] if at is not None]
         return any(at > created_at for at in ended), row[3]
 
+    def opt_out_recipient(self, cur: Any, message_id: int, now: dt.datetime) -> bool:
+        """Record the number reply `message_id` went to as opted out (False: it changed nothing).
+
+        Not when the number has texted since: its own words (START, say) are newer than a
+        report on an older reply, which a status callback can be.
+        """
+        cur.execute(
+            self.sql(
+                "UPDATE contacts SET opted_out = ?, opted_out_at = ? WHERE opted_out = ? "
+                "AND id = (SELECT contact_id FROM messages WHERE id = ?) AND NOT EXISTS "
+                "(SELECT 1 FROM messages WHERE contact_id = contacts.id AND direction = 'in' "
+                "AND id > ?)"
+            ),
+            (True, self.ts(now), False, message_id, message_id),
+        )
+        return cur.rowcount == 1
+
     def opted_out(self, cur: Any, contact_id: int) -> bool:
         """Whether this number has opted out (PostgreSQL: the row stays locked until commit)."""
         # Locked like `contact` does, so a STOP being stored now either committed first or

@@ -7,7 +7,7 @@ from xml.etree import ElementTree
 import pytest
 import sqlalchemy as sa
 
-from phischer.models import Message
+from phischer.models import Contact, Message
 from tests.conftest import set_model, sign
 
 STATUS_URL = "http://localhost/sms/status"
@@ -96,6 +96,34 @@ def test_an_undelivered_reply_records_why(app, twilio_post, status, code, error)
     callback(app, reply.id, status, code)
     reply = [m for m in rows(app) if m.direction == "out"][0]
     assert (reply.delivery, reply.error) == (status, error)
+
+
+def test_a_reply_refused_as_opted_out_opts_the_number_out(app, twilio_post):
+    # The number texted STOP that phischer never saw (the server was down): Twilio refuses
+    # every reply (21610), so the clone stops answering, and START opts back in as usual.
+    twilio_post("hey how are you")
+    reply = [m for m in rows(app) if m.direction == "out"][0]
+    callback(app, reply.id, "failed", "21610")
+    with app.extensions["phischer"].db.read() as session:
+        assert session.scalar(sa.select(Contact.opted_out)) is True
+    assert twilio_post("what do you do for work").replies == []
+    assert rows(app)[-1].status == "ignored"
+    assert twilio_post("START").replies == [
+        "You're back in. Text HELP for commands, STOP to opt out."
+    ]
+    assert twilio_post("what do you do for work").replies != []
+
+
+def test_other_failures_or_a_text_since_leave_the_number_opted_in(app, twilio_post):
+    twilio_post("hey how are you")
+    reply = [m for m in rows(app) if m.direction == "out"][0]
+    callback(app, reply.id, "undelivered", "30003")
+    assert twilio_post("what do you do for work").replies != []
+    # A late report on a reply sent before STOP and START: the START is the newer word.
+    twilio_post("STOP")
+    twilio_post("START")
+    callback(app, reply.id, "failed", "21610")
+    assert twilio_post("what do you do for work").replies != []
 
 
 def test_forged_callbacks_are_refused_and_change_nothing(app, twilio_post):

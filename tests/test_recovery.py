@@ -8,6 +8,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from phischer import no_reply
 from phischer.commands import parse
 from phischer.inbound import Inbound
 from phischer.models import Message, utcnow
@@ -286,6 +287,33 @@ def test_a_refused_reply_is_not_retried(make_app, personas, fake_twilio, twilio_
     service.deliver_later("+15550100", decision, (Reply(text="hello"), None, 900))
     assert stored(app)[1].status == "send_failed"
     assert sweep(service, now=utcnow() + RECOVER_AFTER).resent == 0
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+
+
+def test_a_reply_refused_as_opted_out_opts_the_number_out(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    from phischer.backends.base import Reply
+
+    # A STOP Twilio has and phischer does not (sent while the server was down): the REST
+    # reply is refused (21610) and the number recorded as opted out, so its next text gets
+    # no model call, and a reply left waiting for it is not sent.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    decision = service._record(Inbound(phone="+15550100", sid="SMo1", body="hi"), parse("hi"))
+    left = service.store
+    fake_twilio.fail_messages(400, 21610, "Attempt to send to unsubscribed recipient")
+    service.deliver_later("+15550100", decision, (Reply(text="hello"), None, 900))
+    with left.write() as cur:
+        queued = left.insert_reply(
+            cur, decision.inbound_id, decision.contact_id, None, "chat", "and also", "queued",
+            utcnow() - dt.timedelta(minutes=5),
+        )  # fmt: skip
+    later = service._record(Inbound(phone="+15550100", sid="SMo2", body="yo"), parse("yo"))
+    assert later.persona is None and later.silence == no_reply.OPTED_OUT
+    assert sweep(service).failed == 1
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[queued].status, by_id[queued].error) == ("send_failed", SEND_OPTED_OUT)
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
 
 
