@@ -53,11 +53,12 @@ Answer = tuple[str, int]  # a reply for the TwiML: (text, id of its stored row)
 
 
 class Stored(NamedTuple):
-    """A reply `_store` stored: its text, row id and kind ("chat", or "fallback")."""
+    """A reply `_store` stored: its text, row id, kind ("chat", or "fallback"), why not sent."""
 
     text: str
     id: int
     kind: str
+    unsent: str = ""  # stored "send_failed" with this error: it must not go out
 
 
 @dataclass(frozen=True)
@@ -403,6 +404,8 @@ class SmsService:
         if stored is None:
             late = f"{who} answered too late (the recovery sweep took the text over)"
             return [], late, no_reply.REST_LATE
+        if stored.unsent:
+            return [], f"{who} replied after STOP (not sent)", no_reply.OPTED_OUT
         if stored.kind != "fallback":
             what = "replied"
         elif result[0] is None:
@@ -468,8 +471,9 @@ class SmsService:
 
         None when the text is no longer this caller's to answer: a recovery sweep took it
         over (it looked abandoned) or already finished it. Answering anyway would send the
-        texter a second reply. None too when a REST reply must not go out: the number
-        opted out meanwhile, or a newer text or command (#reset, #keyword) came first.
+        texter a second reply. A reply that must not go out (the number opted out meanwhile,
+        or for a REST reply a newer text or command, #reset or #keyword, came first) is
+        stored as not sent, with why in `unsent`.
         """
         reply, error, latency = result
         persona = decision.persona
@@ -511,9 +515,10 @@ class SmsService:
         store = self.store
         with store.write() as cur:
             # Checked in the transaction that stores the reply, so a STOP (or a newer text)
-            # stored meanwhile is seen; only REST replies pay for it: an inline one answers
-            # the webhook call itself, which is how Twilio expects replies anyway.
-            unwanted = self._unwanted(cur, decision) if via_rest else None
+            # stored meanwhile is seen. An inline reply answers the webhook call itself, in
+            # order, so only a STOP stops it: Twilio would block it on SMS, but not on
+            # WhatsApp or where Twilio does not manage opt-outs.
+            unwanted = self._unwanted(cur, decision, moved_on=via_rest)
             # A sweep's late answer is dropped with the text's own error; a webhook's slow
             # reply is stored, as not sent, with why (it is what the persona said).
             dropped = unwanted[0] if unwanted and decision.claimed_at is not None else None
@@ -554,19 +559,22 @@ class SmsService:
             )
         if unsent:
             log.info("Reply %d not sent: %s", out_id, unsent)
-            return None
-        return Stored(text, out_id, kind)
+        return Stored(text, out_id, kind, unsent or "")
 
-    def _unwanted(self, cur: Any, decision: Decision) -> tuple[str, str] | None:
-        """Why a REST reply to this text must not go out, as (text error, reply error), or None.
+    def _unwanted(
+        self, cur: Any, decision: Decision, moved_on: bool = True
+    ) -> tuple[str, str] | None:
+        """Why a reply to this text must not go out, as (text error, reply error), or None.
 
-        The recovery sweep's rule: the number opted out, or it moved on while the model
-        worked (`superseded`).
+        The recovery sweep's rule: the number opted out, or (`moved_on`) it moved on while
+        the model worked (`superseded`).
         """
         if self.store.opted_out(cur, decision.contact_id):
             return OPTED_OUT, SEND_OPTED_OUT
         assert decision.persona is not None
-        if self.superseded(cur, decision.contact_id, decision.inbound_id, decision.persona.id):
+        if moved_on and self.superseded(
+            cur, decision.contact_id, decision.inbound_id, decision.persona.id
+        ):
             return SUPERSEDED, SEND_SUPERSEDED
         return None
 
@@ -592,7 +600,7 @@ class SmsService:
         """Store a slow reply and send it through Twilio's REST API; record the outcome."""
         try:
             stored = self._store(decision, result, via_rest=True)
-            if stored is not None:
+            if stored is not None and not stored.unsent:
                 self.send_stored(phone, stored.id, stored.text, sender=decision.our_address)
         except Exception:
             log.exception("Async delivery failed")

@@ -513,6 +513,33 @@ def test_a_slow_reply_is_not_sent_after_stop(make_app, personas, fake_twilio, tw
     )
 
 
+@pytest.mark.parametrize("mode", ["inline", "auto"])
+def test_an_inline_reply_is_not_sent_after_stop(
+    make_app, personas, database, fake_openai, twilio_post, mode
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import set_model
+
+    # The model answers within REPLY_TIMEOUT_S, in the webhook's TwiML; the number texted
+    # STOP while it worked. Twilio blocks it on SMS, but not on WhatsApp: phischer must not.
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    fake_openai.behaviour, fake_openai.delay = "slow", 1.5
+    app = make_app(reply_mode=mode, reply_timeout_s=8)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(twilio_post, "hey how are you", "whatsapp:+15550100", target=app)
+        deadline = time.monotonic() + 5
+        while not fake_openai.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert twilio_post("STOP", "whatsapp:+15550100", target=app).replies == []
+        answered = first.result(timeout=10)
+    assert answered.replies == []
+    assert answered.headers[no_reply.HEADER] == no_reply.OPTED_OUT
+    reply = stored(app)[-1]
+    assert (reply.direction, reply.status, reply.error) == ("out", "send_failed", SEND_OPTED_OUT)
+
+
 @pytest.mark.parametrize("command", ["#reset", "#bo"])
 def test_a_command_since_the_crash_supersedes_the_late_answer(
     make_app, personas, fake_twilio, twilio_rest, command
