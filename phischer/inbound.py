@@ -404,8 +404,10 @@ class SmsService:
         if stored is None:
             late = f"{who} answered too late (the recovery sweep took the text over)"
             return [], late, no_reply.REST_LATE
-        if stored.unsent:
+        if stored.unsent == SEND_OPTED_OUT:
             return [], f"{who} replied after STOP (not sent)", no_reply.OPTED_OUT
+        if stored.unsent:
+            return [], f"{who} replied after #reset or a switch (not sent)", no_reply.SUPERSEDED
         if stored.kind != "fallback":
             what = "replied"
         elif result[0] is None:
@@ -515,10 +517,11 @@ class SmsService:
         store = self.store
         with store.write() as cur:
             # Checked in the transaction that stores the reply, so a STOP (or a newer text)
-            # stored meanwhile is seen. An inline reply answers the webhook call itself, in
-            # order, so only a STOP stops it: Twilio would block it on SMS, but not on
-            # WhatsApp or where Twilio does not manage opt-outs.
-            unwanted = self._unwanted(cur, decision, moved_on=via_rest)
+            # stored meanwhile is seen. An inline reply answers the webhook call itself, so
+            # it arrives in order and a newer text leaves it wanted; but not after STOP
+            # (Twilio blocks that on SMS, not on WhatsApp) or "Fresh start", in a thread
+            # that would begin with it.
+            unwanted = self._unwanted(cur, decision, newer=via_rest)
             # A sweep's late answer is dropped with the text's own error; a webhook's slow
             # reply is stored, as not sent, with why (it is what the persona said).
             dropped = unwanted[0] if unwanted and decision.claimed_at is not None else None
@@ -561,32 +564,35 @@ class SmsService:
             log.info("Reply %d not sent: %s", out_id, unsent)
         return Stored(text, out_id, kind, unsent or "")
 
-    def _unwanted(
-        self, cur: Any, decision: Decision, moved_on: bool = True
-    ) -> tuple[str, str] | None:
+    def _unwanted(self, cur: Any, decision: Decision, newer: bool = True) -> tuple[str, str] | None:
         """Why a reply to this text must not go out, as (text error, reply error), or None.
 
-        The recovery sweep's rule: the number opted out, or (`moved_on`) it moved on while
-        the model worked (`superseded`).
+        The recovery sweep's rule: the number opted out, or it moved on while the model
+        worked (`superseded`; by a newer text too only if `newer`).
         """
         if self.store.opted_out(cur, decision.contact_id):
             return OPTED_OUT, SEND_OPTED_OUT
         assert decision.persona is not None
-        if moved_on and self.superseded(
-            cur, decision.contact_id, decision.inbound_id, decision.persona.id
+        if self.superseded(
+            cur, decision.contact_id, decision.inbound_id, decision.persona.id, newer
         ):
             return SUPERSEDED, SEND_SUPERSEDED
         return None
 
     def superseded(
-        self, cur: Any, contact_id: int, message_id: int, persona_id: int | None
+        self,
+        cur: Any,
+        contact_id: int,
+        message_id: int,
+        persona_id: int | None,
+        newer: bool = True,
     ) -> bool:
         """Whether the number moved on since message `message_id`, so a late reply is unwanted.
 
         It sent #reset or STOP (even if START came after), chose a persona other than
-        `persona_id`, or sent a newer text the model answers: the reply would arrive after
-        "Fresh start" or an opt-out, from the persona the texter left, or out of order.
-        #who, #list, HELP and the like leave it wanted.
+        `persona_id`, or (if `newer`) sent a newer text the model answers: the reply would
+        arrive after "Fresh start" or an opt-out, from the persona the texter left, or out
+        of order. #who, #list, HELP and the like leave it wanted.
         """
         ended, chosen = self.store.moved_on(cur, message_id)
         if ended:
@@ -594,7 +600,7 @@ class SmsService:
         current = self.personas.for_contact(chosen)
         if persona_id is not None and current is not None and current.id != persona_id:
             return True
-        return self.store.newer_inbound(cur, contact_id, message_id)
+        return newer and self.store.newer_inbound(cur, contact_id, message_id)
 
     def deliver_later(self, phone: str, decision: Decision, result: Result) -> None:
         """Store a slow reply and send it through Twilio's REST API; record the outcome."""

@@ -23,6 +23,7 @@ EMPTY = "empty"  # nothing to answer
 TWILIO_ANSWERED = "twilio-answered"  # Advanced Opt-Out sent its own START/HELP reply
 RETRY = "retry"  # a MessageSid stored before, its reply by REST or still being made
 STOPPING = "stopping"  # the server is stopping: the recovery sweep answers it after a restart
+SUPERSEDED = "superseded"  # #reset or another persona chosen while the model answered it
 WORD = re.compile(r"[a-z][a-z0-9-]{0,39}")
 
 _BY_REST = (
@@ -41,6 +42,8 @@ EXPLAINED = {
     TWILIO_ANSWERED: "Twilio's Advanced Opt-Out answers this keyword itself",
     RETRY: "a text with this MessageSid was received before; its reply was not inline",
     STOPPING: "the server is stopping; its recovery sweep takes this text up when it runs again",
+    SUPERSEDED: "a #reset or persona switch came while the model answered this text, so its "
+    "reply was not sent",
 }
 
 

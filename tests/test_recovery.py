@@ -513,31 +513,63 @@ def test_a_slow_reply_is_not_sent_after_stop(make_app, personas, fake_twilio, tw
     )
 
 
-@pytest.mark.parametrize("mode", ["inline", "auto"])
-def test_an_inline_reply_is_not_sent_after_stop(
-    make_app, personas, database, fake_openai, twilio_post, mode
-):
+def inline_reply_after(app, fake_openai, twilio_post, command: str, phone: str):
+    """Text the slow model, send `command` while it works; the text's webhook response."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.conftest import set_model
-
-    # The model answers within REPLY_TIMEOUT_S, in the webhook's TwiML; the number texted
-    # STOP while it worked. Twilio blocks it on SMS, but not on WhatsApp: phischer must not.
-    with database.write() as session:
-        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
-    fake_openai.behaviour, fake_openai.delay = "slow", 1.5
-    app = make_app(reply_mode=mode, reply_timeout_s=8)
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(twilio_post, "hey how are you", "whatsapp:+15550100", target=app)
+        first = pool.submit(twilio_post, "hey how are you", phone, target=app)
         deadline = time.monotonic() + 5
         while not fake_openai.requests and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert twilio_post("STOP", "whatsapp:+15550100", target=app).replies == []
-        answered = first.result(timeout=10)
+        twilio_post(command, phone, target=app)
+        return first.result(timeout=10)
+
+
+@pytest.fixture
+def slow_inline(make_app, personas, database, fake_openai):
+    """Build an app whose Ada (fake OpenAI) takes 1.5 s, within REPLY_TIMEOUT_S."""
+    from tests.conftest import set_model
+
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    fake_openai.behaviour, fake_openai.delay = "slow", 1.5
+    return lambda mode: make_app(reply_mode=mode, reply_timeout_s=8)
+
+
+@pytest.mark.parametrize("mode", ["inline", "auto"])
+def test_an_inline_reply_is_not_sent_after_stop(slow_inline, fake_openai, twilio_post, mode):
+    # The model answers within REPLY_TIMEOUT_S, in the webhook's TwiML; the number texted
+    # STOP while it worked. Twilio blocks it on SMS, but not on WhatsApp: phischer must not.
+    app = slow_inline(mode)
+    answered = inline_reply_after(app, fake_openai, twilio_post, "STOP", "whatsapp:+15550100")
     assert answered.replies == []
     assert answered.headers[no_reply.HEADER] == no_reply.OPTED_OUT
     reply = stored(app)[-1]
     assert (reply.direction, reply.status, reply.error) == ("out", "send_failed", SEND_OPTED_OUT)
+
+
+def test_an_inline_reply_made_across_a_reset_stays_out_of_the_new_thread(
+    slow_inline, fake_openai, twilio_post
+):
+    # It would arrive after "Fresh start", and be the first turn of the thread that follows.
+    app = slow_inline("inline")
+    answered = inline_reply_after(app, fake_openai, twilio_post, "#reset", "+15550100")
+    assert answered.replies == []
+    assert answered.headers[no_reply.HEADER] == no_reply.SUPERSEDED
+    reply = stored(app)[-1]
+    assert (reply.direction, reply.status, reply.error) == ("out", "send_failed", SEND_SUPERSEDED)
+    fake_openai.behaviour = "ok"
+    twilio_post("what do you do for work", target=app)
+    thread = fake_openai.requests[-1].json()["messages"]
+    assert [m["role"] for m in thread] == ["system", "user"]
+
+
+def test_an_inline_reply_to_an_earlier_text_is_still_sent(slow_inline, fake_openai, twilio_post):
+    # Texts answered in the TwiML arrive in order: a newer text does not stop the older reply.
+    app = slow_inline("inline")
+    answered = inline_reply_after(app, fake_openai, twilio_post, "and you?", "+15550100")
+    assert answered.replies == ["echo: hey how are you"]
 
 
 @pytest.mark.parametrize("command", ["#reset", "#bo"])
