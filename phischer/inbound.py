@@ -47,6 +47,7 @@ NO_PERSONA_TEXT = "No clone is set up yet. Add one with `phischer persona add`."
 OPT_IN_TEXT = "You're back in. Text HELP for commands, STOP to opt out."
 RESET_TEXT = "Fresh start: I've forgotten this conversation."
 KEYWORD_SHOWN = 30  # characters of an unknown #keyword echoed in "No #…"
+QUICK_MS = 1000  # an inline reply made faster than this is not checked for a STOP since
 
 Result = tuple[Reply | None, str | None, int]  # (reply, error, latency in ms)
 Answer = tuple[str, int]  # a reply for the TwiML: (text, id of its stored row)
@@ -520,8 +521,10 @@ class SmsService:
             # stored meanwhile is seen. An inline reply answers the webhook call itself, so
             # it arrives in order and a newer text leaves it wanted; but not after STOP
             # (Twilio blocks that on SMS, not on WhatsApp) or "Fresh start", in a thread
-            # that would begin with it.
-            unwanted = self._unwanted(cur, decision, newer=via_rest)
+            # that would begin with it. One made within QUICK_MS leaves no time for another
+            # text from the phone: the hot path (a local backend) skips the queries.
+            checked = via_rest or latency >= QUICK_MS
+            unwanted = self._unwanted(cur, decision, newer=via_rest) if checked else None
             # A sweep's late answer is dropped with the text's own error; a webhook's slow
             # reply is stored, as not sent, with why (it is what the persona said).
             dropped = unwanted[0] if unwanted and decision.claimed_at is not None else None
