@@ -33,11 +33,13 @@ NO_REST = (
     "TWILIO_PHONE_NUMBER to answer such texts late"
 )
 TOO_OLD = "interrupted before the reply; too old to answer late"
-SUPERSEDED = "interrupted before the reply; a newer text from this number came first"
+# #reset, STOP (then START), another persona chosen, or a newer text (see SmsService.superseded).
+MOVED_ON = "the number moved on first (#reset, STOP, another persona or a newer text)"
+SUPERSEDED = f"interrupted before the reply; {MOVED_ON}"
 NO_PERSONA = "interrupted before the reply; no persona to answer with"
 OPTED_OUT = "interrupted before the reply; the number opted out"
 SEND_INTERRUPTED = "interrupted before the REST send"
-SEND_SUPERSEDED = "not sent; a newer text from this number came first"
+SEND_SUPERSEDED = f"not sent; {MOVED_ON}"
 SEND_OPTED_OUT = "not sent; the number opted out"
 SEND_GAVE_UP = "not sent within an hour; last try: "
 

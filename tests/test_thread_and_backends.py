@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from phischer.inbound import OPT_IN_TEXT
 from phischer.models import Message, utcnow
 from phischer.ports import is_local_host
+from phischer.recovery import SEND_SUPERSEDED
 from tests.conftest import set_model
 from tests.fake_openai import echo
 
@@ -450,8 +451,8 @@ def joke_while_the_model_is_held(app, fake_openai, fake_twilio, twilio_post, *ne
 @pytest.mark.parametrize(
     ("newer", "reason"),
     [
-        ("#reset", "not sent; a newer text from this number came first"),
-        ("#bo", "not sent; a newer text from this number came first"),
+        ("#reset", SEND_SUPERSEDED),
+        ("#bo", SEND_SUPERSEDED),
         ("STOP", "not sent; the number opted out"),
     ],
 )
@@ -508,7 +509,7 @@ def test_a_slow_reply_overtaken_by_a_newer_text_gives_way_to_its_answer(
     replies = {m.body: (m.status, m.error) for m in stored(app) if m.direction == "out"}
     assert replies["echo: tell me a joke"] == (
         "send_failed",
-        "not sent; a newer text from this number came first",
+        SEND_SUPERSEDED,
     )
 
 
