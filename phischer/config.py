@@ -23,6 +23,8 @@ REPLY_MODES = ("inline", "async", "auto")
 # Twilio gives a webhook 15 s in all (error 11205); leave room for our own work.
 TWILIO_WEBHOOK_LIMIT_S = 15.0
 DEFAULT_FALLBACK_REPLY = "Sorry, I can't answer right now. Try again in a bit."
+# How long a text or reply a crash left stays idle before the recovery sweep takes it over.
+DEFAULT_RECOVER_AFTER_S = 120.0
 # What phischer creates in the instance folder (the database, the development token, the
 # tunnel's state) is this user's alone, whatever the umask: the database holds everyone's
 # texts and numbers. The mode is only the most a file gets; the umask can only narrow it.
@@ -258,6 +260,7 @@ _NUMBER_VARS = {
     "MAX_REPLY_CHARS": ("max_reply_chars", int, 1),
     "DAILY_LIMIT": ("daily_limit", int, 0),
     "MODEL_RETRIES": ("model_retries", int, 0),
+    "RECOVER_AFTER_S": ("recover_after_s", float, 0.001),
 }
 # Credentials and the number: read without the quotes and blanks around them (env_unquoted).
 _UNQUOTED_VARS = frozenset({"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_PHONE_NUMBER"})
@@ -305,6 +308,7 @@ class Settings:
     daily_limit: int = 200
     fallback_reply: str = DEFAULT_FALLBACK_REPLY
     model_retries: int = 1
+    recover_after_s: float = DEFAULT_RECOVER_AFTER_S
 
     def __post_init__(self) -> None:
         if not self.database_url:

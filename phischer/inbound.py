@@ -637,7 +637,7 @@ class SmsService:
             now = utcnow()
             status = (
                 "send_retry"
-                if exc.transient and retry_send(created_at or now, now)
+                if exc.transient and retry_send(created_at or now, now, self.settings)
                 else "send_failed"
             )
             with self.store.write() as cur:

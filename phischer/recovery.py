@@ -2,8 +2,8 @@
 
 A text is "processing" while its reply is made and an outbound reply "queued" until the
 REST send returns. A process that dies in between leaves them so. Each serving process
-sweeps for rows idle longer than RECOVER_AFTER (no reply takes that long: inline replies
-give up at REPLY_TIMEOUT_S, async ones at 60 s) and claims each one with a conditional
+sweeps for rows idle longer than RECOVER_AFTER_S (two minutes: no reply takes that long, inline
+replies give up at REPLY_TIMEOUT_S, async ones at 60 s) and claims each one with a conditional
 UPDATE, so two processes never answer the same text. A reply whose REST send failed
 because Twilio was unreachable or busy is left "send_retry", and is sent again the same way.
 """
@@ -16,15 +16,17 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from phischer.config import DEFAULT_RECOVER_AFTER_S
 from phischer.models import utcnow
 
 if TYPE_CHECKING:
+    from phischer.config import Settings
     from phischer.inbound import SmsService
     from phischer.store import PendingRow
 
 log = logging.getLogger(__name__)
 
-RECOVER_AFTER = dt.timedelta(minutes=2)
+RECOVER_AFTER = dt.timedelta(seconds=DEFAULT_RECOVER_AFTER_S)
 GIVE_UP_AFTER = dt.timedelta(hours=1)  # a reply this late would make no sense any more
 SWEEP_EVERY_S = 60.0
 
@@ -44,13 +46,18 @@ SEND_OPTED_OUT = "not sent; the number opted out"
 SEND_GAVE_UP = "not sent within an hour; last try: "
 
 
-def retry_send(created_at: dt.datetime, now: dt.datetime) -> bool:
+def recover_after(settings: Settings) -> dt.timedelta:
+    """How long a row stays idle before a sweep takes it over (RECOVER_AFTER_S)."""
+    return dt.timedelta(seconds=settings.recover_after_s)
+
+
+def retry_send(created_at: dt.datetime, now: dt.datetime, settings: Settings) -> bool:
     """Whether a reply whose REST send just failed transiently may wait for another try.
 
-    The next try comes from a sweep at least RECOVER_AFTER from now; one that would find
+    The next try comes from a sweep at least RECOVER_AFTER_S from now; one that would find
     the reply past GIVE_UP_AFTER is not worth waiting for.
     """
-    return now + RECOVER_AFTER - created_at < GIVE_UP_AFTER
+    return now + recover_after(settings) - created_at < GIVE_UP_AFTER
 
 
 @dataclass
@@ -66,7 +73,7 @@ class SweepResult:
 def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0) -> SweepResult:
     """Answer (or record as failed) every text after `after_id` an interrupted process left."""
     now = now or utcnow()
-    idle_since = now - RECOVER_AFTER
+    idle_since = now - recover_after(service.settings)
     store = service.store
     result = SweepResult()
     with store.read() as cur:
@@ -197,8 +204,8 @@ class Sweeper:
     def after_id(self, now: dt.datetime) -> int:
         """The id below which every message was already swept while stale (0: sweep all)."""
         # The margin covers a reply whose last REST retry (see retry_send) failed just
-        # before GIVE_UP_AFTER: it turns idle RECOVER_AFTER later, and a sweep must see it.
-        horizon = now - GIVE_UP_AFTER - 3 * RECOVER_AFTER
+        # before GIVE_UP_AFTER: it turns idle RECOVER_AFTER_S later, and a sweep must see it.
+        horizon = now - GIVE_UP_AFTER - 3 * recover_after(self.service.settings)
         old = [i for t, i in self.marks if t <= horizon]
         if old:
             # Only the newest old mark matters from now on.

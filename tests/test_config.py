@@ -82,6 +82,7 @@ def test_parsing():
         ({"REPLY_TIMEOUT_S": "soon"}, "REPLY_TIMEOUT_S='soon' is not a number"),
         ({"MAX_REPLY_CHARS": "2000"}, "MAX_REPLY_CHARS must be between 1 and 1600"),
         ({"DAILY_LIMIT": "-1"}, "DAILY_LIMIT='-1' must be at least 0"),
+        ({"RECOVER_AFTER_S": "0"}, "RECOVER_AFTER_S='0' must be at least 0.001"),
         ({"TRUST_PROXY": "maybe"}, "TRUST_PROXY='maybe' is not a boolean"),
         # float() takes these; build_thread then raised on every text (timedelta overflow).
         ({"SESSION_GAP_HOURS": "nan"}, "SESSION_GAP_HOURS='nan' is not a finite number"),
