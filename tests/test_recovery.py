@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -26,7 +29,11 @@ from phischer.recovery import (
     sweep,
 )
 from phischer.thread import SPOKEN
-from tests.conftest import serving
+from tests.conftest import post_signed, serving, set_model, sms_params
+from tests.fake_openai import echo
+from tests.fake_twilio import AUTH_TOKEN
+from tests.test_serve_stop import async_env
+from tests.test_serve_stop import serving as serving_in_group
 
 
 def stored(app) -> list[Message]:
@@ -400,6 +407,54 @@ def test_a_restarted_server_answers_left_texts_before_any_new_text(
     inbound, outbound = stored(app)
     assert (inbound.id, inbound.status) == (inbound_id, "replied")
     assert (outbound.reply_to_id, outbound.status) == (inbound_id, "sent")
+
+
+def test_a_server_killed_at_the_model_answers_the_text_once_when_started_again(
+    tmp_path, personas, database, fake_openai, fake_twilio
+):
+    # The real crash: `kill -9` of every gunicorn process while the model works on a reply.
+    held = threading.Event()
+    fake_openai.responder = lambda body: held.wait(20) and echo(body)
+    with database.write() as session:
+        set_model(session, "Ada", "ft:ada", base_url=fake_openai.base_url)
+    # Idle for a second is "left" (not two minutes); texted on a second number of the account.
+    env = {**async_env(fake_twilio), "RECOVER_AFTER_S": "1"}
+    text = sms_params("hey how are you", "+15550100", To="+15550288")
+    with serving_in_group(tmp_path, env) as server:
+        assert post_signed(server.url, AUTH_TOKEN, text).status_code == 200
+        deadline = time.monotonic() + 10
+        while not fake_openai.chat_calls:  # the model is now working on the reply
+            assert time.monotonic() < deadline, "".join(server.output)
+            time.sleep(0.05)
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(timeout=5)
+    rows = [(m.direction, m.body, m.status) for m in stored_in(database)]
+    assert rows == [("in", "hey how are you", "processing")]  # stored before the model call
+    held.set()  # the model answers at once from now on
+    time.sleep(1.2)  # idle longer than RECOVER_AFTER_S before the restart's first sweep
+    with serving_in_group(tmp_path, env) as server:
+        deadline = time.monotonic() + 10
+        while [m.status for m in stored_in(database)] != ["replied", "sent"]:
+            assert time.monotonic() < deadline, "".join(server.output)
+            time.sleep(0.05)
+        time.sleep(0.5)  # time for the other worker's start-up sweep to send it again, if it could
+    sends = fake_twilio.calls("POST", "/Messages.json")
+    assert [(c.form["To"], c.form["From"], c.form["Body"]) for c in sends] == [
+        ("+15550100", "+15550288", "echo: hey how are you")
+    ]
+    inbound, reply = stored_in(database)
+    assert (inbound.error, reply.reply_to_id, reply.body) == (
+        None,
+        inbound.id,
+        "echo: hey how are you",
+    )
+    assert len(fake_openai.chat_calls) == 2  # the killed call, then the late answer's
+
+
+def stored_in(database) -> list[Message]:
+    """Every stored message, oldest first."""
+    with database.read() as session:
+        return list(session.scalars(sa.select(Message).order_by(Message.id)))
 
 
 def test_a_sweep_stops_resending_while_twilio_is_down(make_app, personas, fake_twilio, twilio_rest):
