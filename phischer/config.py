@@ -25,6 +25,8 @@ TWILIO_WEBHOOK_LIMIT_S = 15.0
 DEFAULT_FALLBACK_REPLY = "Sorry, I can't answer right now. Try again in a bit."
 # How long a text or reply a crash left stays idle before the recovery sweep takes it over.
 DEFAULT_RECOVER_AFTER_S = 120.0
+# A text older than this is too old to answer late, a reply too old to send (recovery.py).
+GIVE_UP_AFTER_S = 3600.0
 # What phischer creates in the instance folder (the database, the development token, the
 # tunnel's state) is this user's alone, whatever the umask: the database holds everyone's
 # texts and numbers. The mode is only the most a file gets; the umask can only narrow it.
@@ -327,6 +329,12 @@ class Settings:
             raise ConfigError(
                 f"REPLY_TIMEOUT_S={self.reply_timeout_s} must be between 0 and "
                 f"{TWILIO_WEBHOOK_LIMIT_S:g} (Twilio drops webhooks after 15 s, error 11205)"
+            )
+        if self.recover_after_s >= GIVE_UP_AFTER_S:
+            # The sweep would only find texts too old to answer: all marked failed, none sent.
+            raise ConfigError(
+                f"RECOVER_AFTER_S={self.recover_after_s:g} must be under {GIVE_UP_AFTER_S:g} "
+                "(an hour: a text the sweep finds later is too old to answer late)"
             )
         # Also checked here for overrides: build_thread turns NaN into "never split" silently.
         if not (math.isfinite(self.session_gap_hours) and self.session_gap_hours >= 0):

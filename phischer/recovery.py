@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from phischer.config import DEFAULT_RECOVER_AFTER_S
+from phischer.config import DEFAULT_RECOVER_AFTER_S, GIVE_UP_AFTER_S
 from phischer.models import utcnow
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECOVER_AFTER = dt.timedelta(seconds=DEFAULT_RECOVER_AFTER_S)
-GIVE_UP_AFTER = dt.timedelta(hours=1)  # a reply this late would make no sense any more
+GIVE_UP_AFTER = dt.timedelta(seconds=GIVE_UP_AFTER_S)  # a reply this late makes no sense
 SWEEP_EVERY_S = 60.0
 
 NO_REST = (

@@ -83,6 +83,7 @@ def test_parsing():
         ({"MAX_REPLY_CHARS": "2000"}, "MAX_REPLY_CHARS must be between 1 and 1600"),
         ({"DAILY_LIMIT": "-1"}, "DAILY_LIMIT='-1' must be at least 0"),
         ({"RECOVER_AFTER_S": "0"}, "RECOVER_AFTER_S='0' must be at least 0.001"),
+        ({"RECOVER_AFTER_S": "3600"}, "RECOVER_AFTER_S=3600 must be under 3600 (an hour"),
         ({"TRUST_PROXY": "maybe"}, "TRUST_PROXY='maybe' is not a boolean"),
         # float() takes these; build_thread then raised on every text (timedelta overflow).
         ({"SESSION_GAP_HOURS": "nan"}, "SESSION_GAP_HOURS='nan' is not a finite number"),
