@@ -239,6 +239,16 @@ def _short(exc: Exception) -> str:
         )
     code = _code(exc)
     if code is not None:  # TwilioRestException: the error code is what users look up
-        return f"Twilio error {code}: {getattr(exc, 'msg', '')}"[:300]
+        return _cut(f"Twilio error {code}: {getattr(exc, 'msg', '')}")
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    return _cut(text[0] if text else type(exc).__name__)
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    """`text` in at most `limit` characters, cut between words."""
+    if len(text) <= limit:
+        return text
+    # Not inside a word: a phone number cut to its first digits would no longer look like
+    # one, and the log's mask (phischer.redact) would let those digits through.
+    cut = text.rfind(" ", 0, limit + 1)
+    return text[: cut if cut > 0 else limit].rstrip() + "…"

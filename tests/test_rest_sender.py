@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -128,3 +129,17 @@ def test_a_number_twilio_quotes_in_its_error_is_masked_in_the_log(sender, fake_t
 )
 def test_mask_numbers_in(text, masked):
     assert mask_numbers_in(text) == masked
+
+
+@pytest.mark.parametrize("pad", range(240, 256))
+def test_a_number_at_the_cut_of_twilios_long_message_is_not_logged_in_part(
+    sender, fake_twilio, caplog, pad
+):
+    # The message is cut to 300 characters: a number straddling the cut kept its first
+    # digits, too few to look like a number to the log's mask, which let them through.
+    fake_twilio.fail_messages(400, 21211, "x" * pad + " +15550100199 is not a valid number")
+    with caplog.at_level("WARNING"), pytest.raises(SendError) as raised:
+        sender.send("+15550100", "hello")
+    assert len(str(raised.value)) <= 301
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "phischer.replies"]
+    assert re.search(r"\+\d", line) is None, line
