@@ -349,29 +349,10 @@ class Store:
         since: dt.datetime | None,
         limit: int,
         spoken: Sequence[str],
-        offset: int = 0,
     ) -> list[tuple[str, str, dt.datetime]]:
         """Newest-first (direction, body, created_at) of the chat turns with this persona."""
-        marks = ", ".join("?" * len(spoken))
-        query = (
-            "SELECT direction, body, created_at FROM messages "
-            "WHERE contact_id = ? AND persona_id = ? AND kind = 'chat' "
-            f"AND (direction = 'in' OR (status IN ({marks}) "
-            # a reply Twilio reported undelivered never reached the phone: the person
-            # did not read it, so the model should not think it was said
-            f"AND (delivery IS NULL OR delivery NOT IN {_NOT_DELIVERED_SQL})))"
-        )
-        params: list[Any] = [contact_id, persona_id, *spoken]
-        if since is not None:
-            query += " AND created_at >= ?"
-            params.append(self.ts(since))
-        # created_at then id: the walk goes backwards along ix_messages_contact_created (which
-        # ends in the rowid) and stops after `limit` rows; "ORDER BY id" alone made SQLite read
-        # and sort every message the number ever sent, slower the longer it texts.
-        query += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        params += [limit, offset]
-        cur.execute(self.sql(query), params)
-        return [(d, b, self.parse_ts(c)) for d, b, c in cur.fetchall()]
+        rows = self._history_rows(cur, contact_id, persona_id, since, limit, spoken, None)
+        return [(d, b, self.parse_ts(c)) for _, d, b, c in rows]
 
     def history_pages(
         self,
@@ -384,14 +365,55 @@ class Store:
     ) -> Iterator[tuple[str, str, dt.datetime]]:
         """`history`, newest first, `page` rows a query, for as long as the caller reads on."""
         # Nearly every thread fits the first page; a long run of texts (replies that failed)
-        # reads the next ones, so the thread never holds a turn cut in the middle.
-        offset = 0
+        # reads the next ones, so the thread never holds a turn cut in the middle. Each page
+        # starts below the last row read, not at an OFFSET: the pages are separate reads, and
+        # a text stored (or a reply sent or failed) in between would shift an OFFSET, which
+        # then reads a row twice or skips one.
+        before: tuple[Any, int] | None = None
         while True:
-            rows = self.history(cur, contact_id, persona_id, since, page, spoken, offset)
-            yield from rows
+            rows = self._history_rows(cur, contact_id, persona_id, since, page, spoken, before)
+            yield from ((d, b, self.parse_ts(c)) for _, d, b, c in rows)
             if len(rows) < page:
                 return
-            offset += page
+            last_id, _, _, last_at = rows[-1]
+            before = (last_at, last_id)
+
+    def _history_rows(
+        self,
+        cur: Any,
+        contact_id: int,
+        persona_id: int,
+        since: dt.datetime | None,
+        limit: int,
+        spoken: Sequence[str],
+        before: tuple[Any, int] | None,
+    ) -> list[tuple[int, str, str, Any]]:
+        """(id, direction, body, created_at as stored) of `history`, older than `before`."""
+        marks = ", ".join("?" * len(spoken))
+        query = (
+            "SELECT id, direction, body, created_at FROM messages "
+            "WHERE contact_id = ? AND persona_id = ? AND kind = 'chat' "
+            f"AND (direction = 'in' OR (status IN ({marks}) "
+            # a reply Twilio reported undelivered never reached the phone: the person
+            # did not read it, so the model should not think it was said
+            f"AND (delivery IS NULL OR delivery NOT IN {_NOT_DELIVERED_SQL})))"
+        )
+        params: list[Any] = [contact_id, persona_id, *spoken]
+        if since is not None:
+            query += " AND created_at >= ?"
+            params.append(self.ts(since))
+        if before is not None:
+            # Below the last row read, in the order below; created_at as stored, not parsed
+            # and formatted again, so the comparison is exact on both databases.
+            query += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            params += [before[0], before[0], before[1]]
+        # created_at then id: the walk goes backwards along ix_messages_contact_created (which
+        # ends in the rowid) and stops after `limit` rows; "ORDER BY id" alone made SQLite read
+        # and sort every message the number ever sent, slower the longer it texts.
+        query += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        cur.execute(self.sql(query), params)
+        return cur.fetchall()
 
     def replies_to(self, cur: Any, sid: str) -> tuple[str, str, list[tuple[str, int]]] | None:
         """(kind, status, inline replies as (body, id)) of an inbound MessageSid; None: none."""

@@ -119,3 +119,40 @@ def test_one_write_connection_per_process_many_threads(database):
         cur.execute("SELECT count(*) FROM messages WHERE message_sid LIKE 'SMthread%'")
         assert cur.fetchone()[0] == 64
         assert cur.connection is not used[0]  # reads keep their per-thread connections
+
+
+def test_history_pages_read_each_row_once_while_texts_arrive(database, personas):
+    from phischer.personas import get_persona
+
+    with database.read() as session:
+        persona = get_persona(session, "Ada").id
+    store = Store(database)
+    contact_id = add_contact(store)
+    start = dt.datetime(2026, 1, 1)
+    add_messages(store, contact_id, 10, start)
+    with store.write() as cur:
+        cur.execute("UPDATE messages SET persona_id = ?", (persona,))
+    conn = store._conn()
+    executed: list[str] = []
+    conn.set_trace_callback(executed.append)
+    with store.read() as cur:
+        pages = store.history_pages(cur, contact_id, persona, None, 4, SPOKEN)
+        first = [next(pages) for _ in range(4)]
+        # A newer text stored between two pages (the pages are separate reads), as the
+        # webhook does while the model answers a long run of texts.
+        with store.write() as wcur:
+            store.insert_message(
+                wcur, contact_id=contact_id, persona_id=persona, direction="in", kind="chat",
+                body="newer", message_sid="SMnewer", status="replied",
+                created_at=start + dt.timedelta(seconds=10),
+            )  # fmt: skip
+        rest = list(pages)
+    conn.set_trace_callback(None)
+    bodies = [body for _, body, _ in first + rest]
+    assert bodies == [f"text {i}" for i in range(9, -1, -1)]
+    # The later pages too walk the index backwards and stop at their limit.
+    statements = [s for s in executed if s.startswith("SELECT")]
+    assert len(statements) == 3
+    for statement in statements:
+        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
+        assert "ix_messages_contact_created" in plan and "TEMP B-TREE" not in plan, plan
