@@ -167,7 +167,7 @@ class SmsService:
         sweeper = self.sweeper.peek()
         if sweeper is not None:
             # Its daemon thread may be in a late answer: a sweep claims each row it takes,
-            # so one cut off is taken again RECOVER_AFTER later.
+            # so one cut off is taken again RECOVER_AFTER_S later.
             sweeper.stop(timeout=5.0 if timeout is None else 0.0)
         # A thread ends once its reply (model call, then storing and sending) is done.
         return self._executor.shutdown(timeout)
