@@ -151,7 +151,7 @@ def main() -> None:
     phases: Counter = Counter()
     timed(phases, "signature check", services.signatures, "is_valid")
     timed(phases, "transaction 1 (store text, commands, counter)", sms, "_record")
-    timed(phases, "history read", sms.store, "history")
+    timed(phases, "history read", sms.store, "_history_rows")
     timed(phases, "retrieval reply (BM25)", sms.backends.get("retrieval"), "reply")
     timed(phases, "transaction 2 (store reply)", sms, "_store")
     import phischer.inbound
