@@ -12,7 +12,7 @@ from phischer import personas
 from phischer.cli import Context, friendly_errors, pass_ctx
 from phischer.cli_options import Decorator, FiniteFloatRange, OrBlank
 from phischer.models import Persona
-from phischer.printing import pad
+from phischer.printing import pad, plural
 from phischer.redact import redact
 
 if TYPE_CHECKING:
@@ -259,9 +259,31 @@ def show(obj: Context, name: str) -> None:
 @pass_ctx
 def remove(obj: Context, name: str) -> None:
     """Remove a persona (its numbers fall back to the default persona)."""
+    preferred = obj.settings.default_persona
     with obj.write() as session:
-        p = personas.remove_persona(session, name)
+        before = personas.default_persona(session, preferred)
+        p = personas.get_persona(session, name)
+        numbers = personas.numbers_on(session, p)
+        was_preferred = _named_by(session, preferred) is p
+        personas.remove_persona(session, name)
+        after = personas.default_persona(session, preferred)
     click.echo(f"Removed persona {p.name}.")
+    # Where its texters and the numbers that never chose go now: said, not left to be found.
+    heir = f"{after.name} (#{after.keyword})" if after else None
+    if numbers:
+        where = f"the default persona, {heir}" if heir else "no persona: none is left"
+        verb = "talks" if numbers == 1 else "talk"
+        click.echo(f"Its {plural(numbers, 'number')} now {verb} to {where}.")
+    if was_preferred:
+        click.echo(
+            f"DEFAULT_PERSONA={preferred} no longer names a persona: numbers that never chose "
+            f"one get {heir or 'no persona'}; change it in .env and restart the server."
+        )
+    elif before is p and heir:
+        click.echo(
+            f"Numbers that never chose a persona now get {heir} (`phischer persona edit NAME "
+            "--default` picks another)."
+        )
 
 
 @persona_group.command("route")

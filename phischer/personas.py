@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -197,6 +198,9 @@ def check_name(personas: Sequence[Persona], name: str) -> str:
     stripped = name.strip()
     if not stripped:
         raise PersonaError('a persona needs a name, e.g. phischer persona add "Ada Lovelace" …')
+    if any(unicodedata.category(c) == "Cc" for c in stripped):
+        # A line break or tab would break `persona list`'s columns and the #who reply.
+        raise PersonaError(f"persona name {stripped!r} must be one line, without tabs")
     # Compared in Python, not with SQL lower(): SQLite lower-cases ASCII only ("ZOË").
     for taken in (p.name for p in personas):
         if taken == stripped:
@@ -301,6 +305,9 @@ def _checked(spec: PersonaSpec, others: Sequence[Persona], given: Collection[str
             system_prompt = dataset_system_prompt(path)
     if {"name", "keyword"} & set(given):
         check_unambiguous(others, name, keyword)
+    check_lengths(
+        {"name": name, **{f: getattr(spec, f) for f in MODEL_FIELDS}, "dataset": dataset}, given
+    )
     return {
         "name": name,
         "keyword": keyword,
@@ -317,6 +324,24 @@ def _checked(spec: PersonaSpec, others: Sequence[Persona], given: Collection[str
     }
 
 
+# How each length-limited field is given on the command line, for its refusal.
+FLAGS = {"name": "the persona name", "model": "--model", "base_url": "--base-url"}
+FLAGS |= {"api_key_env": "--api-key-env", "dataset": "--dataset (its full path)"}
+
+
+def check_lengths(values: Mapping[str, str | None], given: Collection[str]) -> None:
+    """Refuse a given value longer than its column holds (PostgreSQL would refuse the row)."""
+    # SQLite stores any length, so without this a database moved to PostgreSQL (or a
+    # PostgreSQL one) would fail with a traceback instead of a one-line error.
+    for field, value in values.items():
+        limit = Persona.__table__.c[field].type.length
+        if field in given and value is not None and len(value) > limit:
+            # Only the lengths: a value pasted into --api-key-env may be a key.
+            raise PersonaError(
+                f"{FLAGS[field]} is {len(value)} characters long: at most {limit} fit"
+            )
+
+
 def get_persona(session: Session, name: str) -> Persona:
     """Find a persona by name or keyword, or raise PersonaError listing the ones that exist."""
     found = list_personas(session)
@@ -330,6 +355,12 @@ def get_persona(session: Session, name: str) -> Persona:
 def list_personas(session: Session) -> list[Persona]:
     """Every persona, oldest first."""
     return list(session.scalars(sa.select(Persona).order_by(Persona.id)))
+
+
+def numbers_on(session: Session, persona: Persona) -> int:
+    """How many numbers talk to `persona` (routed to it or switched to it by #keyword)."""
+    query = sa.select(sa.func.count()).select_from(Contact)
+    return session.scalar(query.where(Contact.persona_id == persona.id)) or 0
 
 
 def remove_persona(session: Session, name: str) -> Persona:
