@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import Connection
 
 from phischer.config import ConfigError
 
@@ -18,6 +22,10 @@ _PACKAGE = Path(__file__).resolve().parent
 #    from the checkout (pytest's pythonpath, the Procfile) or an editable `pip install -e .`,
 #    where phischer/ is the checkout's own folder and has no _migrations.
 CANDIDATES = (_PACKAGE / "_migrations", _PACKAGE.parent / "migrations")
+# The PostgreSQL advisory lock migrations hold, so instances migrating one database at once
+# (a release phase and web processes starting together) take turns. Any fixed number will
+# do: it only has to be the same in every phischer.
+MIGRATION_LOCK = 0x70686973
 
 
 class MigrationsNotFound(ConfigError):
@@ -54,7 +62,7 @@ def upgrade(database_url: str, revision: str = "head") -> tuple[str | None, str 
     engine = make_engine(database_url)
     try:
         # One connection for the check and the migration (env.py takes it as given).
-        with engine.connect() as conn:
+        with engine.connect() as conn, _migrating_alone(conn):
             before = MigrationContext.configure(conn).get_current_revision()
             conn.commit()  # end the read: the migration runs its own transaction
             cfg = alembic_config(database_url)
@@ -64,3 +72,27 @@ def upgrade(database_url: str, revision: str = "head") -> tuple[str | None, str 
     finally:
         engine.dispose()
     return before, after
+
+
+@contextmanager
+def _migrating_alone(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, wait for any other migration of this database to end first.
+
+    Without it, processes that all found no schema would all create it, and all but one
+    would crash on tables that already exist. SQLite needs nothing: its writes queue on the
+    database file, and the second migration finds the schema done.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    # A session lock, held across the migration's own transaction; released at the end.
+    conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+    conn.commit()
+    try:
+        yield
+    finally:
+        # A lost connection has lost its lock too; the migration's own error is the news.
+        with suppress(sa.exc.DBAPIError):
+            conn.rollback()  # a failed migration leaves its transaction aborted
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+            conn.commit()

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -591,3 +592,20 @@ def test_two_servers_sweep_and_take_a_retry_as_one(
     ]  # fmt: skip
     assert len(fake_openai.chat_calls) == 8 + 1
     assert [m.message_sid for m in inbound_rows(app)].count("SMtwice-servers") == 1
+
+
+def test_instances_migrating_a_fresh_database_at_once_all_succeed(pg_url, tmp_path):
+    # A release phase and several web instances starting together each migrate first: one
+    # creates the schema, the others wait for it and find it done instead of crashing on it.
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    engine.dispose()
+    env = {**os.environ, "DATABASE_URL": pg_url, "INSTANCE_PATH": str(tmp_path)}
+    command = [sys.executable, "-m", "phischer", "db", "upgrade"]
+    runs = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(4)]  # fmt: skip
+    outputs = [run.communicate(timeout=60)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, outputs
+    assert sum("Database migrated from an empty database" in o for o in outputs) == 1, outputs
+    assert sum("Database is up to date." in o for o in outputs) == 3, outputs
