@@ -23,6 +23,10 @@ BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_EVERY_S = 1.0
 RESTART_FRAMES = 2000  # ~8 MB of WAL
 TRUNCATE_WAIT_S = 0.05
+# Seconds to wait for a database server to answer a new connection. libpq waits for good by
+# default: a server that takes the connection and says nothing (a dead host behind a proxy)
+# would hang `serve`'s start, `db upgrade` and /healthz. A `connect_timeout` in the URL wins.
+CONNECT_TIMEOUT_S = 10
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,16 @@ def make_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    return sa.create_engine(
+        url, pool_pre_ping=True, hide_parameters=True, connect_args=_connect_args(url)
+    )
+
+
+def _connect_args(url: str) -> dict[str, int]:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT_S}
 
 
 def _create_private(path: Path) -> None:

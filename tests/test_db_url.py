@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from contextlib import suppress
+
 import pytest
 from click.testing import CliRunner
 
+from phischer import db
 from phischer.cli import cli
 from phischer.config import ConfigError
 from phischer.db_url import normalize_database_url
+
+HANG_UP_S = 8
 
 
 @pytest.mark.parametrize(
@@ -63,3 +71,28 @@ def test_cli_refuses_a_bad_url_before_doing_anything(monkeypatch, tmp_path):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 1 and result.output.startswith("Error: DATABASE_URL is not")
     assert not (tmp_path / "instance").exists()
+
+
+def test_a_database_that_never_answers_is_one_line_within_the_connect_timeout(monkeypatch):
+    # A host that takes the connection and then says nothing (a dead server behind a proxy,
+    # a half-open firewall): without a connect timeout `serve`, `db upgrade` and /healthz
+    # would wait on it for good. This one hangs up after HANG_UP_S, well after the timeout.
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", 2)  # libpq's least
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held = []
+
+    def accept_and_say_nothing() -> None:
+        with suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    threading.Timer(HANG_UP_S, lambda: [s.close() for s in [listener, *held]]).start()
+    monkeypatch.setenv("DATABASE_URL", f"postgres://clone@127.0.0.1:{port}/phischer")
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert time.monotonic() - started < HANG_UP_S - 1
+    assert result.exit_code == 1
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: cannot reach the database") and "timeout" in line
