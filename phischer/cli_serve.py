@@ -56,7 +56,14 @@ _from = click.option(
     "--host on 127.0.0.1).",
 )
 @click.option(
-    "--workers", default=2, show_default=True, type=AT_LEAST_ONE, help="gunicorn workers."
+    "--workers",
+    default=2,
+    show_default=True,
+    type=AT_LEAST_ONE,
+    # Heroku-like platforms size WEB_CONCURRENCY to the machine, as gunicorn's own CLI reads.
+    envvar="WEB_CONCURRENCY",
+    show_envvar=True,
+    help="gunicorn workers.",
 )
 @click.option(
     "--threads", default=4, show_default=True, type=AT_LEAST_ONE, help="Threads per worker."

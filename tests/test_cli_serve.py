@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -868,7 +868,11 @@ def test_seed_adds_the_samples_once_and_says_how_big_they_are():
     [
         (["--port", "70000"], "Invalid value for '--port': 70000 is not in the range 1<=x<=65535."),
         (["--port", "0"], "Invalid value for '--port': 0 is not in the range 1<=x<=65535."),
-        (["--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1."),
+        (
+            ["--workers", "0"],
+            "Invalid value for '--workers' (env var: 'WEB_CONCURRENCY'): 0 is not in the range "
+            "x>=1.",
+        ),
         (["--threads", "0"], "Invalid value for '--threads': 0 is not in the range x>=1."),
     ],
 )
@@ -1139,3 +1143,31 @@ def test_serve_prints_a_line_per_text_with_the_number_masked(settings, personas,
         line.rstrip("\n"),
     ), line
     assert not [line for line in output if "0100114" in line]
+
+
+def test_serve_takes_its_worker_count_from_web_concurrency(tmp_path):
+    # Heroku-like platforms size WEB_CONCURRENCY to the machine; gunicorn's own CLI honours it.
+    port = free_port()
+    env = {**os.environ, "WEB_CONCURRENCY": "3", "INSTANCE_PATH": str(tmp_path)}
+    command = [sys.executable, "-m", "phischer", "serve", "--port", str(port), "--threads", "1"]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # not more than 3, either
+        assert len(_children(proc.pid)) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            # The parent's pid is the 2nd field after the ")" closing the command's name.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
