@@ -341,19 +341,6 @@ class Store:
             **values,
         )
 
-    def history(
-        self,
-        cur: Any,
-        contact_id: int,
-        persona_id: int,
-        since: dt.datetime | None,
-        limit: int,
-        spoken: Sequence[str],
-    ) -> list[tuple[str, str, dt.datetime]]:
-        """Newest-first (direction, body, created_at) of the chat turns with this persona."""
-        rows = self._history_rows(cur, contact_id, persona_id, since, limit, spoken, None)
-        return [(d, b, self.parse_ts(c)) for _, d, b, c in rows]
-
     def history_pages(
         self,
         cur: Any,
@@ -363,7 +350,10 @@ class Store:
         page: int,
         spoken: Sequence[str],
     ) -> Iterator[tuple[str, str, dt.datetime]]:
-        """`history`, newest first, `page` rows a query, for as long as the caller reads on."""
+        """Newest-first (direction, body, created_at) of the chat turns with this persona.
+
+        Read `page` rows a query, for as long as the caller reads on.
+        """
         # Nearly every thread fits the first page; a long run of texts (replies that failed)
         # reads the next ones, so the thread never holds a turn cut in the middle. Each page
         # starts below the last row read, not at an OFFSET: the pages are separate reads, and
@@ -388,7 +378,7 @@ class Store:
         spoken: Sequence[str],
         before: tuple[Any, int] | None,
     ) -> list[tuple[int, str, str, Any]]:
-        """(id, direction, body, created_at as stored) of `history`, older than `before`."""
+        """(id, direction, body, created_at as stored) of one page, older than `before`."""
         marks = ", ".join("?" * len(spoken))
         query = (
             "SELECT id, direction, body, created_at FROM messages "

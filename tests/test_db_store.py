@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from itertools import islice
 
 import phischer.db as dbmod
 from phischer.db import RESTART_FRAMES
@@ -83,8 +84,9 @@ def test_history_reads_the_newest_rows_without_sorting_everything(database, pers
     executed: list[str] = []
     conn.set_trace_callback(executed.append)  # the statements as run, values filled in
     with store.read() as cur:
-        rows = store.history(cur, contact_id, persona, None, 5, SPOKEN)
-        since = store.history(cur, contact_id, persona, start + dt.timedelta(seconds=27), 5, SPOKEN)
+        rows = list(islice(store.history_pages(cur, contact_id, persona, None, 5, SPOKEN), 5))
+        later = start + dt.timedelta(seconds=27)
+        since = list(store.history_pages(cur, contact_id, persona, later, 5, SPOKEN))
     conn.set_trace_callback(None)
     assert [body for _, body, _ in rows] == [f"text {i}" for i in (29, 28, 27, 26, 25)]
     assert [body for _, body, _ in since] == ["text 29", "text 28", "text 27"]

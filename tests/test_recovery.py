@@ -264,8 +264,10 @@ def test_a_reply_twilio_could_not_take_is_sent_by_a_later_sweep(
     )
     # Not something the persona has said (yet): the thread of a text now leaves it out.
     with service.store.read() as cur:
-        history = service.store.history(
-            cur, decision.contact_id, decision.persona.id, None, 9, SPOKEN
+        history = list(
+            service.store.history_pages(
+                cur, decision.contact_id, decision.persona.id, None, 9, SPOKEN
+            )
         )
     assert [(d, b) for d, b, _ in history] == [("in", "hi")]
     # Too soon for the sweep: the failure is fresh.
@@ -278,8 +280,10 @@ def test_a_reply_twilio_could_not_take_is_sent_by_a_later_sweep(
     assert (outbound.status, outbound.error) == ("sent", None)
     assert outbound.message_sid.startswith("SM")
     with service.store.read() as cur:
-        history = service.store.history(
-            cur, decision.contact_id, decision.persona.id, None, 9, SPOKEN
+        history = list(
+            service.store.history_pages(
+                cur, decision.contact_id, decision.persona.id, None, 9, SPOKEN
+            )
         )
     assert [(d, b) for d, b, _ in history] == [("out", "see you soon"), ("in", "hi")]
 
