@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from phischer.base_models import DEFAULT_BASE_MODEL
 from phischer.cli import friendly_errors
 from phischer.cli_options import base_model_option, epochs_option
-from phischer.dataset_check import DEFAULT_BASE_MODEL, check_file, plot_tokens, split_file
+from phischer.dataset_check import check_file, plot_tokens
+from phischer.dataset_split import split_file
 from phischer.plots import require_matplotlib
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TextIO
 
 from phischer.atomic import atomic_files
-from phischer.dataset_check import sidecar_path
+from phischer.dataset_split import sidecar_path
 from phischer.importers.base import Conversation, ImportErrorMessage, Message
 from phischer.surrogates import replace_lone_surrogates
 from phischer.thread import ends_session, join_texts

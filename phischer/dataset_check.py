@@ -1,4 +1,4 @@
-"""`dataset check` and `dataset split`: validate a chat fine-tuning JSONL and split it safely.
+"""`dataset check`: validate a chat fine-tuning JSONL and estimate its tokens, epochs and cost.
 
 The checks follow OpenAI's cookbook "Data preparation and analysis for chat model
 fine-tuning" (error keys in [brackets] are the cookbook's names) and add what it skips:
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import statistics
 import sys
 from collections.abc import Iterator, Sequence
@@ -17,56 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from phischer.atomic import atomic_files
+from phischer.base_models import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_CONTEXT_LIMIT,
+    MIN_EXAMPLES,
+    PRICES,
+    PRICES_AS_OF,
+    context_limit,
+    default_epochs,
+    estimate_cost,
+    price_per_million,
+)
 from phischer.chat_format import PART_ROLES, content_texts
 from phischer.printing import plural
 from phischer.surrogates import LONE_SURROGATE
 from phischer.tokens import count_messages_tokens, count_tokens, encoding_name_for
 
-DEFAULT_BASE_MODEL = "gpt-4.1-mini-2025-04-14"
-
-# OpenAI fine-tuning training prices, USD per 1M training tokens (supervised), as listed
-# on https://openai.com/api/pricing on the date below. Prices change: check before a big job.
-PRICES_AS_OF = "2025-06-01"
-PRICES: dict[str, float] = {
-    "gpt-4.1-2025-04-14": 25.00,
-    "gpt-4.1-mini-2025-04-14": 5.00,
-    "gpt-4.1-nano-2025-04-14": 1.50,
-    "gpt-4o-2024-08-06": 25.00,
-    "gpt-4o-mini-2024-07-18": 3.00,
-}
-# Undated aliases OpenAI accepts for fine-tuning, pointing at the snapshot they train
-# (gpt-3.5-turbo: its current snapshot, so its 16,385-token limit applies, not the default).
-ALIASES: dict[str, str] = {
-    "gpt-3.5-turbo": "gpt-3.5-turbo-0125",
-    "gpt-4.1": "gpt-4.1-2025-04-14",
-    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
-    "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
-    "gpt-4o": "gpt-4o-2024-08-06",
-    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
-}
-# Longest training example (tokens) per base model, from OpenAI's fine-tuning guide on the
-# same date; longer examples are truncated to this length (and billed only up to it).
-CONTEXT_LIMITS: dict[str, int] = {
-    "gpt-4.1-2025-04-14": 65_536,
-    "gpt-4.1-mini-2025-04-14": 65_536,
-    "gpt-4.1-nano-2025-04-14": 65_536,
-    "gpt-4o-2024-08-06": 65_536,
-    "gpt-4o-mini-2024-07-18": 65_536,
-    "gpt-3.5-turbo-0125": 16_385,
-    "gpt-3.5-turbo-1106": 16_385,
-    "gpt-3.5-turbo-0613": 4_096,
-}
-DEFAULT_CONTEXT_LIMIT = 65_536
-
-# The cookbook's default-epochs rule (what OpenAI picks when n_epochs is "auto").
-TARGET_EPOCHS = 3
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25_000
-MIN_DEFAULT_EPOCHS = 1
-MAX_DEFAULT_EPOCHS = 25
-
-MIN_EXAMPLES = 10  # OpenAI rejects training files with fewer examples.
 # Problems kept (with their line) per kind; the rest are only counted. More than --max-shown
 # lists by default, and memory stays bounded by the number of kinds, not of lines.
 KEPT_PER_KIND = 100
@@ -273,43 +238,6 @@ def percentile(values: Sequence[int], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def default_epochs(n_examples: int) -> int:
-    """Epochs OpenAI trains for by default: aim for 3 × n in [100, 25,000] example passes."""
-    if n_examples <= 0:
-        return TARGET_EPOCHS
-    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // n_examples)
-    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
-    return TARGET_EPOCHS
-
-
-def canonical_model(model: str) -> str:
-    """The dated base model behind an alias or a fine-tuned id (`ft:BASE:org::id`)."""
-    # OpenAI's model ids are lower case; the tokenizer reads "GPT-4o-mini" as gpt-4o-mini,
-    # so the price and limit must too.
-    name = model.strip().lower()
-    if name.startswith("ft:"):
-        name = name[3:].split(":", 1)[0]
-    return ALIASES.get(name, name)
-
-
-def price_per_million(model: str) -> float | None:
-    """Training USD per 1M tokens for a base model, or None when not in the table."""
-    return PRICES.get(canonical_model(model))
-
-
-def context_limit(model: str) -> int | None:
-    """The longest training example for a base model, or None when not in the table."""
-    return CONTEXT_LIMITS.get(canonical_model(model))
-
-
-def estimate_cost(billed_tokens: int, model: str) -> float | None:
-    """Training cost in USD for tokens already multiplied by epochs (None: unknown model)."""
-    price = price_per_million(model)
-    return None if price is None else billed_tokens * price / 1_000_000
-
-
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -493,7 +421,7 @@ def example_tokens(messages: list[dict[str, Any]], model: str) -> tuple[int, int
     return count_messages_tokens(plain, model) + part_tokens, images
 
 
-def _lines(path: Path, progress: bool = False) -> Iterator[tuple[int, bytes]]:
+def read_lines(path: Path, progress: bool = False) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, raw line without its newline), streamed with a progress bar."""
     from tqdm import tqdm
 
@@ -513,21 +441,21 @@ def _lines(path: Path, progress: bool = False) -> Iterator[tuple[int, bytes]]:
             yield number, raw.rstrip(b"\r\n")
 
 
-def _blank(raw: bytes) -> bool:
+def is_blank(raw: bytes) -> bool:
     """Whether a line holds only JSON whitespace: what `check` skips is what `split` skips."""
     # Not str.strip(): a line of U+00A0 or U+2028 is no JSON at all, and one rule for both
     # commands keeps a file that passes `check` from being refused by `split`.
     return not raw.strip(b" \t\r")
 
 
-def _open_checked(path: Path) -> None:
+def open_checked(path: Path) -> None:
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     if path.is_dir():
         raise DatasetError(f"{path}: is a folder, not a JSONL file")
 
 
-def _parse(number: int, raw: bytes) -> tuple[Any, Problem | None]:
+def parse_line(number: int, raw: bytes) -> tuple[Any, Problem | None]:
     """A line's JSON value, or the problem that stops it being one."""
     try:
         text = raw.decode("utf-8")
@@ -537,7 +465,7 @@ def _parse(number: int, raw: bytes) -> tuple[Any, Problem | None]:
         return None, Problem(
             number, "starts with a byte-order mark: save as UTF-8 without BOM [bom]"
         )
-    if _blank(raw):
+    if is_blank(raw):
         # Skipped by most JSONL readers, but strict ones reject it: worth removing.
         return None, Problem(number, "blank line, ignored (better removed) [blank_line]", "warning")
     try:
@@ -561,7 +489,7 @@ def check_file(
 ) -> CheckReport:
     """Check every line of a chat JSONL and compute token, epoch and cost estimates."""
     path = Path(path)
-    _open_checked(path)
+    open_checked(path)
     known_limit = context_limit(base_model)
     limit = known_limit or DEFAULT_CONTEXT_LIMIT
     findings = Findings()
@@ -570,8 +498,8 @@ def check_file(
     examples = 0
     over = 0
     images = 0
-    for number, raw in _lines(path, progress):
-        obj, problem = _parse(number, raw)
+    for number, raw in read_lines(path, progress):
+        obj, problem = parse_line(number, raw)
         if problem is not None:
             findings.add(problem)
             examples += problem.severity == "error"  # a blank line is no example
@@ -660,211 +588,3 @@ def plot_tokens(report: CheckReport, path: Path) -> str:
         f"{report.path.name}: tokens per example ({report.base_model}, {report.encoding})",
     )
     return f"Token histogram: {path}"
-
-
-# --- split ---------------------------------------------------------------------------
-
-
-@dataclass
-class SplitResult:
-    """Where `dataset split` wrote its two files and how many of what went where."""
-
-    train_path: Path
-    validation_path: Path
-    train_examples: int
-    validation_examples: int
-    train_conversations: int
-    validation_conversations: int
-    from_sidecar: bool = True
-
-    def format(self) -> str:
-        """The summary `dataset split` prints."""
-        how = (
-            "conversation ids from the .conversations file"
-            if self.from_sidecar
-            else "conversations inferred from overlapping examples (no .conversations file)"
-        )
-        lines = [
-            f"Split by {how}:",
-            f"  train:      {plural(self.train_examples, 'example')} from "
-            f"{plural(self.train_conversations, 'conversation')} -> {self.train_path}",
-            f"  validation: {plural(self.validation_examples, 'example')} from "
-            f"{plural(self.validation_conversations, 'conversation')} -> {self.validation_path}",
-        ]
-        if not self.from_sidecar:
-            lines.append(
-                "Note: windows of one chat that do not overlap cannot be linked without the "
-                ".conversations file `phischer import` writes; keep it next to the JSONL."
-            )
-        return "\n".join(lines)
-
-
-def sidecar_path(path: Path) -> Path:
-    """`OUT.jsonl.conversations`: one conversation id per example line."""
-    return path.with_name(path.name + ".conversations")
-
-
-def _turns(obj: Any) -> list[tuple[str, str]]:
-    messages = obj.get("messages") if isinstance(obj, dict) else None
-    if not isinstance(messages, list):
-        return []
-    return [
-        (str(m.get("role")), json.dumps(m.get("content"), ensure_ascii=False))
-        for m in messages
-        if isinstance(m, dict) and m.get("role") != "system"
-    ]
-
-
-def _continues(previous: list[tuple[str, str]], current: list[tuple[str, str]]) -> bool:
-    """Whether `current` is a window of the same conversation as `previous` (see infer_…)."""
-    if not previous or not current:
-        return False
-    if previous[0] == current[0]:
-        return True
-    n = len(previous)
-    return any(previous[j:] == current[: n - j] for j in range(n) if n - j <= len(current))
-
-
-def infer_conversations(path: Path) -> list[str]:
-    """Conversation ids for a JSONL with no sidecar, one per non-blank line.
-
-    Rule: an example continues the previous line's conversation when, ignoring system
-    messages, both start with the same message, or it starts with the tail of the previous
-    example (overlapping or growing windows of one thread). Anything else starts a new
-    conversation, except that an example written twice, anywhere in the file, joins the
-    two conversations: apart, one copy could train and the other validate. Wrongly merging
-    two threads only makes the split coarser; it never leaks.
-    """
-    runs: list[int] = []  # per line, the run of lines it was read in
-    parent: list[int] = []  # per run, a run it is joined to (itself when none)
-    first_run: dict[int, int] = {}  # an example's turns (hashed) -> the run it came in first
-    previous: list[tuple[str, str]] = []
-    for number, raw in _lines(path):
-        if _blank(raw):
-            continue
-        obj, problem = _parse(number, raw)
-        if problem is not None:
-            raise DatasetError(f"{path}: {problem}; run `phischer dataset check` first")
-        turns = _turns(obj)
-        if not _continues(previous, turns):
-            parent.append(len(parent))
-        run = len(parent) - 1
-        if turns:
-            # A hash, not the text: memory per line stays a few numbers. A collision only
-            # joins two runs, which never leaks.
-            _join(parent, first_run.setdefault(hash(tuple(turns)), run), run)
-        runs.append(run)
-        previous = turns
-    names: dict[int, str] = {}  # numbered by first line, as before any join
-    return [names.setdefault(_root(parent, r), f"run-{len(names) + 1:06d}") for r in runs]
-
-
-def _root(parent: list[int], run: int) -> int:
-    while parent[run] != run:
-        parent[run] = parent[parent[run]]  # halve the path: later look-ups stay short
-        run = parent[run]
-    return run
-
-
-def _join(parent: list[int], a: int, b: int) -> None:
-    ra, rb = _root(parent, a), _root(parent, b)
-    parent[max(ra, rb)] = min(ra, rb)
-
-
-def _read_ids(path: Path) -> tuple[list[str], bool]:
-    n_lines = sum(1 for _, raw in _lines(path) if not _blank(raw))
-    side = sidecar_path(path)
-    if not side.exists():
-        return infer_conversations(path), False
-    try:
-        text = side.read_bytes().decode("utf-8")  # not read_text: it turns "\r" into "\n"
-    except UnicodeDecodeError as exc:
-        raise DatasetError(
-            f"{side}: not UTF-8 text (byte {exc.start + 1}); re-run `phischer import` or delete "
-            "the .conversations file"
-        ) from None
-    # Lines end at "\n" only, as in the JSONL: an id may hold any other character (a "\r" or
-    # "\u2028" from a chat's name or id), which splitlines() would take for a line end.
-    ids = [line.rstrip("\r") for line in text.split("\n")]
-    if ids[-1] == "":
-        ids.pop()
-    if len(ids) != n_lines:
-        raise DatasetError(
-            f"{side}: {len(ids):,} conversation ids for {n_lines:,} examples in {path.name}; "
-            "re-run `phischer import` or delete the .conversations file"
-        )
-    return ids, True
-
-
-def choose_validation(sizes: dict[str, int], validation: float, seed: int) -> set[str]:
-    """Conversation ids for validation: seeded order, first fit up to the example share."""
-    order = sorted(sizes)
-    random.Random(seed).shuffle(order)
-    total = sum(sizes.values())
-    # 0.2 * 100 must mean 20, not 19 (the 1e-9); and a share near 1 (0.9999999999) must
-    # still leave training a conversation: never the whole total, at most all but the
-    # smallest conversation.
-    target = min(validation * total + 1e-9, total - min(sizes.values()))
-    chosen: list[str] = []
-    held = 0
-    for cid in order:
-        if held + sizes[cid] <= target:
-            chosen.append(cid)
-            held += sizes[cid]
-    if not chosen:
-        # Every conversation is bigger than the share asked for: take the smallest one so
-        # validation is never empty (train still keeps the others).
-        chosen.append(min(order, key=lambda cid: sizes[cid]))
-    return set(chosen)
-
-
-def _output_paths(path: Path, out_dir: Path | None) -> tuple[Path, Path]:
-    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
-    folder = out_dir if out_dir is not None else path.parent
-    return folder / f"{stem}.train.jsonl", folder / f"{stem}.validation.jsonl"
-
-
-def split_file(
-    path: Path, validation: float = 0.2, seed: int = 0, out_dir: Path | None = None
-) -> SplitResult:
-    """Split a JSONL into train/validation by conversation: no thread on both sides."""
-    path = Path(path)
-    _open_checked(path)
-    if not 0 < validation < 1:
-        raise DatasetError(f"--validation must be between 0 and 1 (exclusive), got {validation}")
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    ids, from_sidecar = _read_ids(path)
-    if not ids:
-        raise DatasetError(f"{path}: no examples to split")
-    sizes: dict[str, int] = {}
-    for cid in ids:
-        sizes[cid] = sizes.get(cid, 0) + 1
-    if len(sizes) < 2:
-        which = "the one example comes" if len(ids) == 1 else f"all {len(ids):,} examples come"
-        raise DatasetError(
-            f"{path}: {which} from one conversation; a split by conversation needs at least 2"
-        )
-    held_out = choose_validation(sizes, validation, seed)
-    train_path, validation_path = _output_paths(path, out_dir)
-    if path.resolve() in (train_path.resolve(), validation_path.resolve()):
-        raise DatasetError(f"{path}: output would overwrite the input; use -o DIR")
-    counts = {False: 0, True: 0}
-    targets = (train_path, validation_path, sidecar_path(train_path), sidecar_path(validation_path))
-    with atomic_files(*targets, mode="wb") as (train, val, train_ids, val_ids):
-        lines = (raw for _, raw in _lines(path) if not _blank(raw))
-        for raw, cid in zip(lines, ids, strict=True):
-            is_val = cid in held_out
-            (val if is_val else train).write(raw + b"\n")
-            (val_ids if is_val else train_ids).write(cid.encode("utf-8") + b"\n")
-            counts[is_val] += 1
-    return SplitResult(
-        train_path=train_path,
-        validation_path=validation_path,
-        train_examples=counts[False],
-        validation_examples=counts[True],
-        train_conversations=len(sizes) - len(held_out),
-        validation_conversations=len(held_out),
-        from_sidecar=from_sidecar,
-    )

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from phischer.dataset import BuildStats, build_examples, system_prompt, write_jsonl
-from phischer.dataset_check import sidecar_path
+from phischer.dataset_split import sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
 from phischer.importers.base import Conversation

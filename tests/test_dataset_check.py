@@ -9,16 +9,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from phischer.base_models import PRICES, PRICES_AS_OF, default_epochs, estimate_cost
 from phischer.cli import cli
 from phischer.dataset_check import (
     KEPT_PER_KIND,
-    PRICES,
-    PRICES_AS_OF,
     Problem,
     check_example,
     check_file,
-    default_epochs,
-    estimate_cost,
     percentile,
     whole,
 )

@@ -10,14 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from phischer.cli import cli
-from phischer.dataset_check import (
-    DatasetError,
-    check_file,
-    choose_validation,
-    infer_conversations,
-    sidecar_path,
-    split_file,
-)
+from phischer.dataset_check import DatasetError, check_file
+from phischer.dataset_split import choose_validation, infer_conversations, sidecar_path, split_file
 
 DATA = Path(__file__).parent / "fixtures" / "datasets"
 

@@ -147,7 +147,8 @@ def _check_command(request: StartRequest) -> str:
 def _check(
     path: Path, base_model: str, epochs: int | None, echo: Echo, *, training: bool = True
 ) -> Any:
-    from phischer.dataset_check import MIN_EXAMPLES, check_file
+    from phischer.base_models import MIN_EXAMPLES
+    from phischer.dataset_check import check_file
 
     _refuse_too_big(path)
     # A bar on big files (tens of MB take seconds to count), quiet when stderr is no terminal.
@@ -252,7 +253,7 @@ def start_openai(
     today: dt.date | None = None,
 ) -> FineTuneJob:
     """Check, upload, create the job and record it; returns the stored row."""
-    from phischer.dataset_check import DEFAULT_BASE_MODEL
+    from phischer.base_models import DEFAULT_BASE_MODEL
 
     refuse_after_jobs_end(today)
     # A missing key is known before any file is read: a cost estimate and the deadline notice
