@@ -119,12 +119,13 @@ def start(obj: Context, train: Path, provider: str, **options: object) -> None:
     with interrupted(), friendly_errors():
         _refuse_other_providers_flags(provider)
         if provider == "local":
-            from phischer.finetune import local
+            from phischer.finetune.local import start_local
+            from phischer.finetune.local_request import LocalRequest
 
-            row = local.start_local(
+            row = start_local(
                 obj.db,
                 obj.settings,
-                local.LocalRequest.from_options(train, **options),
+                LocalRequest.from_options(train, **options),
                 echo=click.echo,
             )
             click.echo(f"Job {row.job_id} {row.status}: adapter in {row.output_dir}")
@@ -169,7 +170,7 @@ def status(obj: Context, job_id: str, wait: bool, plot: Path | None) -> None:
             if row.status == "cancelled" and row.error:
                 click.echo(f"  {row.error}")  # interrupted: how to resume, as for OpenAI's
             if plot is not None:
-                from phischer.finetune.local import copy_loss_plot
+                from phischer.finetune.loss_plot import copy_loss_plot
 
                 click.echo(copy_loss_plot(row, plot))
             if row.status == "failed":

@@ -26,6 +26,20 @@ import transformers  # noqa: E402
 
 from phischer.db import Database  # noqa: E402
 from phischer.finetune import local, serving  # noqa: E402
+from phischer.finetune.checkpoints import (  # noqa: E402
+    adapter_rank,
+    finished_checkpoint,
+    same_base_model,
+)
+from phischer.finetune.encode import (  # noqa: E402
+    IGNORE,
+    PadCollator,
+    assistant_spans,
+    encode_example,
+    encode_file,
+    report_cuts,
+)
+from phischer.finetune.local_request import LocalRequest, LoraSettings, check_base_model  # noqa: E402
 from phischer.models import Persona  # noqa: E402
 from phischer.personas import PersonaSpec, add_persona  # noqa: E402
 from tests.conftest import jobs_in, persona_row, record_local_job, run, stderr_to  # noqa: E402
@@ -133,7 +147,7 @@ def _one_thread() -> Any:
     torch.set_num_threads(before)
 
 
-FAST = local.LoraSettings(
+FAST = LoraSettings(
     rank=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=2, max_steps=30, save_steps=10
 )
 
@@ -156,10 +170,10 @@ def two_exchanges() -> list[dict[str, str]]:
 
 def test_labels_cover_only_assistant_turns_and_their_end_marker(tiny_model: Path) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
-    feature = local.encode_example(tok, two_exchanges(), max_length=128)
+    feature = encode_example(tok, two_exchanges(), max_length=128)
     assert feature is not None
     learned = [
-        t if label != local.IGNORE else "_"
+        t if label != IGNORE else "_"
         for t, label in zip(tokens(tok, feature["input_ids"]), feature["labels"], strict=True)
     ]
     assert learned == [
@@ -191,7 +205,7 @@ def test_labels_cover_only_assistant_turns_and_their_end_marker(tiny_model: Path
     assert [
         i
         for i, label in zip(feature["input_ids"], feature["labels"], strict=True)
-        if label != local.IGNORE
+        if label != IGNORE
     ] == tok.convert_tokens_to_ids(
         ["hello", "dear", "friend", "<|end|>", "sleep", "well", "dear", "<|end|>"]
     )
@@ -200,7 +214,7 @@ def test_labels_cover_only_assistant_turns_and_their_end_marker(tiny_model: Path
 def test_long_examples_keep_their_end_and_hopeless_ones_are_dropped(tiny_model: Path) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
     messages = conversation("hi there", "hello dear friend")
-    kept = local.encode_example(tok, messages, max_length=6)
+    kept = encode_example(tok, messages, max_length=6)
     assert tokens(tok, kept["input_ids"]) == [
         "<|end|>",
         "<|assistant|>",
@@ -209,9 +223,9 @@ def test_long_examples_keep_their_end_and_hopeless_ones_are_dropped(tiny_model: 
         "friend",
         "<|end|>",
     ]
-    assert kept["labels"][:2] == [local.IGNORE, local.IGNORE]
+    assert kept["labels"][:2] == [IGNORE, IGNORE]
     no_reply = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
-    assert local.encode_example(tok, no_reply, max_length=64) is None
+    assert encode_example(tok, no_reply, max_length=64) is None
 
 
 def test_template_that_rewrites_history_falls_back_to_the_reply_text(tiny_model: Path) -> None:
@@ -220,12 +234,12 @@ def test_template_that_rewrites_history_falls_back_to_the_reply_text(tiny_model:
     tok.chat_template = "{{ messages|length }} " + CHAT_TEMPLATE
     tok.add_tokens(["1", "2", "3", "4"])
     messages = conversation("hi there", "hello dear friend")
-    full, spans = local.assistant_spans(tok, messages)
+    full, spans = assistant_spans(tok, messages)
     assert [full[a:b] for a, b in spans] == ["hello dear friend"]
 
 
 def test_padding_collator_masks_padding() -> None:
-    batch = local.PadCollator(pad_id=0)(
+    batch = PadCollator(pad_id=0)(
         [
             {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
             {"input_ids": [8], "labels": [8]},
@@ -500,7 +514,7 @@ class _SlowTokenizer:
 def test_slow_tokenizers_get_the_same_labels_from_prefix_lengths(tiny_model: Path) -> None:
     fast = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
     messages = two_exchanges()
-    assert local.encode_example(_SlowTokenizer(fast), messages, 128) == local.encode_example(
+    assert encode_example(_SlowTokenizer(fast), messages, 128) == encode_example(
         fast, messages, 128
     )
 
@@ -526,8 +540,8 @@ def test_from_options_maps_every_flag(tmp_path: Path) -> None:
         "lora_name": "ada-v2",
         "suffix": None,
     }
-    request = local.LocalRequest.from_options(tmp_path / "train.jsonl", **options)
-    assert request.lora == local.LoraSettings(
+    request = LocalRequest.from_options(tmp_path / "train.jsonl", **options)
+    assert request.lora == LoraSettings(
         rank=4,
         alpha=8,
         learning_rate=1e-4,
@@ -547,7 +561,7 @@ def test_from_options_maps_every_flag(tmp_path: Path) -> None:
         "ada-v2",
     )
     # No --epochs: three passes, as --help says.
-    default = local.LocalRequest.from_options(tmp_path / "t.jsonl", **{**options, "epochs": None})
+    default = LocalRequest.from_options(tmp_path / "t.jsonl", **{**options, "epochs": None})
     assert default.lora.epochs == 3
 
 
@@ -738,15 +752,15 @@ def test_finished_checkpoint_follows_max_steps_or_epochs(tmp_path: Path) -> None
         state = {"global_step": step, "epoch": epoch, "log_history": []}
         (folder / "trainer_state.json").write_text(json.dumps(state))
 
-    assert local.finished_checkpoint(tmp_path, local.LoraSettings(max_steps=1)) is None
+    assert finished_checkpoint(tmp_path, LoraSettings(max_steps=1)) is None
     checkpoint(9, 1.5)
     checkpoint(12, 2.0)  # the highest step is the last one, not the last name in order
     last = tmp_path / "checkpoints" / "checkpoint-12"
-    assert local.finished_checkpoint(tmp_path, local.LoraSettings(max_steps=12)) == (last, 12)
-    assert local.finished_checkpoint(tmp_path, local.LoraSettings(max_steps=10)) == (last, 12)
-    assert local.finished_checkpoint(tmp_path, local.LoraSettings(max_steps=13)) is None
-    assert local.finished_checkpoint(tmp_path, local.LoraSettings(epochs=2)) == (last, 12)
-    assert local.finished_checkpoint(tmp_path, local.LoraSettings(epochs=3)) is None
+    assert finished_checkpoint(tmp_path, LoraSettings(max_steps=12)) == (last, 12)
+    assert finished_checkpoint(tmp_path, LoraSettings(max_steps=10)) == (last, 12)
+    assert finished_checkpoint(tmp_path, LoraSettings(max_steps=13)) is None
+    assert finished_checkpoint(tmp_path, LoraSettings(epochs=2)) == (last, 12)
+    assert finished_checkpoint(tmp_path, LoraSettings(epochs=3)) is None
 
 
 NO_SUCH_FOLDER = (
@@ -787,7 +801,7 @@ def test_cli_local_refuses_a_base_model_that_is_no_model_folder(
 
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-1.5B-Instruct", "gpt2", "org/model.v1_2-x"])
 def test_hub_ids_still_pass_the_base_model_check(hub_id: str) -> None:
-    local.check_base_model(hub_id)  # README: a local folder or a hub id
+    check_base_model(hub_id)  # README: a local folder or a hub id
 
 
 # -- settings a checkpoint was trained with, names, contexts, truncation ----------------------
@@ -871,17 +885,17 @@ def test_same_base_model_by_folder_or_by_name(tmp_path: Path) -> None:
     a, b = tmp_path / "a" / "qwen", tmp_path / "b" / "qwen"
     a.mkdir(parents=True)
     b.mkdir(parents=True)
-    assert local.same_base_model(str(a), str(a / ".." / "qwen"))
-    assert not local.same_base_model(str(a), str(b))  # two folders there: two models
-    assert local.same_base_model(str(tmp_path / "moved" / "qwen"), str(b))  # gone: by its name
-    assert local.same_base_model("Qwen/Qwen2.5-1.5B-Instruct", "/models/Qwen2.5-1.5B-Instruct")
-    assert not local.same_base_model("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B")
+    assert same_base_model(str(a), str(a / ".." / "qwen"))
+    assert not same_base_model(str(a), str(b))  # two folders there: two models
+    assert same_base_model(str(tmp_path / "moved" / "qwen"), str(b))  # gone: by its name
+    assert same_base_model("Qwen/Qwen2.5-1.5B-Instruct", "/models/Qwen2.5-1.5B-Instruct")
+    assert not same_base_model("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B")
 
 
 def test_adapter_rank_is_the_saved_adapters_own(tmp_path: Path) -> None:
-    assert local.adapter_rank(tmp_path, 16) == 16  # nothing saved: the request's
+    assert adapter_rank(tmp_path, 16) == 16  # nothing saved: the request's
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16}))
-    assert local.adapter_rank(tmp_path, 16) == 8
+    assert adapter_rank(tmp_path, 16) == 8
 
 
 def test_cli_local_names_lora_name_for_a_persona_name_without_letters(
@@ -956,14 +970,14 @@ def fail_at_batch(
 ) -> Callable[..., Any]:
     """Make the collator raise `error` on batch `index` (from 0); returns the real collator."""
     batches = iter(range(100))
-    real = local.PadCollator.__call__
+    real = PadCollator.__call__
 
-    def failing(self: local.PadCollator, batch: list[dict[str, list[int]]]) -> Any:
+    def failing(self: PadCollator, batch: list[dict[str, list[int]]]) -> Any:
         if next(batches) == index:
             raise error
         return real(self, batch)
 
-    monkeypatch.setattr(local.PadCollator, "__call__", failing)
+    monkeypatch.setattr(PadCollator, "__call__", failing)
     return real
 
 
@@ -1040,11 +1054,11 @@ def test_encode_file_counts_the_examples_it_cut_and_the_ones_it_emptied(
     ]
     path = tmp_path / "cut.jsonl"
     path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
-    encoded = local.encode_file(tok, path, 16)
+    encoded = encode_file(tok, path, 16)
     assert (len(encoded.features), encoded.truncated, encoded.dropped) == (2, 1, 1)
     assert [len(f["input_ids"]) for f in encoded.features] == [15, 16]
     said: list[str] = []
-    local.report_cuts(path, encoded, 16, said.append)
+    report_cuts(path, encoded, 16, said.append)
     assert said == [
         "cut.jsonl: 1 example longer than --max-seq-length 16 was cut to its last 16 tokens "
         "(its start, system prompt included, is not seen in training).",
@@ -1125,7 +1139,7 @@ def test_cli_local_ctrl_c_cancels_the_job_and_says_how_to_resume(
         f"  interrupted: {hint}",
     ]
 
-    monkeypatch.setattr(local.PadCollator, "__call__", real)
+    monkeypatch.setattr(PadCollator, "__call__", real)
     again = start_local(train, "--base-model", str(tiny_model), *options)
     assert again.exit_code == 0, again.output
     assert f"Resuming from {out / 'checkpoints' / 'checkpoint-4'} (step 4)." in again.output
@@ -1150,15 +1164,15 @@ def test_cli_local_ctrl_c_before_training_records_nothing(
 
 def on_first_batch(monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> None:
     """Run `action` (another command, as from a second shell) while the first batch is made."""
-    real = local.PadCollator.__call__
+    real = PadCollator.__call__
     pending = [action]
 
-    def acting(self: local.PadCollator, batch: list[dict[str, list[int]]]) -> Any:
+    def acting(self: PadCollator, batch: list[dict[str, list[int]]]) -> Any:
         while pending:
             pending.pop()()
         return real(self, batch)
 
-    monkeypatch.setattr(local.PadCollator, "__call__", acting)
+    monkeypatch.setattr(PadCollator, "__call__", acting)
 
 
 def test_cli_local_switches_a_persona_renamed_while_it_trains(

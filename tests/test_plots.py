@@ -12,7 +12,8 @@ import pytest
 from phischer import dataset_check, plots
 from phischer.db import Database
 from phischer.finetune import jobs
-from phischer.finetune.local import TrainResult, copy_loss_plot, write_loss_plot
+from phischer.finetune.loss_plot import copy_loss_plot, write_loss_plot
+from phischer.finetune.train_result import TrainResult
 from tests.conftest import record_local_job, run
 from tests.plot_helpers import assert_png
 

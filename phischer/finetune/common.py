@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 from phischer.printing import plural
@@ -16,6 +17,8 @@ OPENAI_MODELS_END = dt.date(2027, 1, 14)
 SUFFIX_MAX = 64  # the API documents "a string of up to 64 characters"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 LOSS_PNG = "loss.png"  # the loss curve a local run writes next to its adapter
+
+Echo = Callable[[str], None]
 
 
 class FineTuneError(ValueError):
