@@ -14,10 +14,10 @@ from phischer.cli import Context, friendly_errors, pass_ctx
 from phischer.cli_options import Decorator, FiniteFloatRange, base_model_option, epochs_option
 from phischer.finetune import jobs
 from phischer.finetune.common import FineTuneError, Interrupted
+from phischer.finetune.local_request import DEFAULT_SERVE_URL
 from phischer.plots import require_matplotlib
 from phischer.printing import pad
 
-DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 _POSITIVE = click.IntRange(1)
 _POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C

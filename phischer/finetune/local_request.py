@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from phischer.finetune.common import FineTuneError, sanitize_suffix
+from phischer.finetune.serving import VLLM_URL
 
-DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_SERVE_URL = VLLM_URL  # the server SERVING.md names first
 
 # The served model name goes into `--lora-modules NAME=PATH`, `ollama create NAME` and the
 # default output folder: letters, digits, '.', '-' and '_' only, like an Ollama model name.

@@ -22,6 +22,7 @@ from phischer.db import Database
 from phischer.finetune import jobs
 from phischer.finetune.common import (
     FINAL_STATES,
+    Echo,
     FineTuneError,
     deadline_notice,
     format_errors_message,
@@ -48,7 +49,6 @@ MAX_POLL_FAILURES = 10
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 PAUSED = "paused"  # paused on OpenAI's side: it trains again only once someone resumes it
 
-Echo = Callable[[str], None]
 _sleep = time.sleep  # tests replace this to poll without waiting
 
 
