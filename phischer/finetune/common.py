@@ -1,4 +1,4 @@
-"""What both providers share: the error type, OpenAI's shutdown dates, and name sanitising."""
+"""What both providers share: errors, OpenAI's shutdown dates, the dataset check, model names."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import unicodedata
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from phischer.printing import plural
@@ -73,6 +74,18 @@ def format_errors_message(path: Any, report: Any, outcome: str) -> str:
         f"{path}: {plural(report.error_count, 'format error')} ({where}): fix them before "
         f"fine-tuning; {outcome}"
     )
+
+
+def check_dataset(path: Path, echo: Echo, outcome: str, **options: Any) -> Any:
+    """`dataset check` a file for fine-tuning; on format errors print them and refuse it."""
+    from phischer.dataset_check import check_file
+
+    # A bar on big files (tens of MB take seconds to count), quiet when stderr is no terminal.
+    report = check_file(path, progress=True, **options)
+    if report.errors:
+        echo(report.format())
+        raise FineTuneError(format_errors_message(path, report, outcome))
+    return report
 
 
 def sanitize_suffix(name: str, flag: str = "--suffix") -> str:

@@ -30,7 +30,7 @@ from phischer.finetune.common import (
     LOSS_PNG,
     Echo,
     FineTuneError,
-    format_errors_message,
+    check_dataset,
 )
 from phischer.finetune.encode import PadCollator, encode_file, report_cuts
 from phischer.finetune.local_jobs import JobRecorder, interrupted
@@ -363,8 +363,6 @@ def start_local(
     db: Database, settings: Settings, request: LocalRequest, *, echo: Echo
 ) -> FineTuneJob:
     """Check the data, train the adapter, write serving notes, and point the persona at it."""
-    from phischer.dataset_check import check_file
-
     with db.read() as session:
         persona = personas.get_persona(session, request.persona)
         persona_id, persona_name = persona.id, persona.name
@@ -375,10 +373,7 @@ def start_local(
     # Models come from a local folder (or the hub cache): a path that is not there is a typo.
     check_base_model(request.base_model)
     for path in filter(None, (request.train_path, request.validation_path)):
-        report = check_file(path, progress=True)
-        if report.errors:
-            echo(report.format())
-            raise FineTuneError(format_errors_message(path, report, "nothing was trained"))
+        check_dataset(path, echo, "nothing was trained")
     # Before the job is recorded: a missing extra is not a failed training run.
     require_train_extra()
     warning = vllm_rank_warning(request.lora.rank)

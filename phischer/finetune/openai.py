@@ -24,8 +24,8 @@ from phischer.finetune.common import (
     FINAL_STATES,
     Echo,
     FineTuneError,
+    check_dataset,
     deadline_notice,
-    format_errors_message,
     refuse_after_jobs_end,
     sanitize_suffix,
 )
@@ -148,14 +148,9 @@ def _check(
     path: Path, base_model: str, epochs: int | None, echo: Echo, *, training: bool = True
 ) -> Any:
     from phischer.base_models import MIN_EXAMPLES
-    from phischer.dataset_check import check_file
 
     _refuse_too_big(path)
-    # A bar on big files (tens of MB take seconds to count), quiet when stderr is no terminal.
-    report = check_file(path, base_model=base_model, epochs=epochs, progress=True)
-    if report.errors:
-        echo(report.format())
-        raise FineTuneError(format_errors_message(path, report, "nothing was uploaded"))
+    report = check_dataset(path, echo, "nothing was uploaded", base_model=base_model, epochs=epochs)
     if training and report.examples < MIN_EXAMPLES:
         # Only a warning for `dataset check` (a LoRA trains on fewer), but OpenAI would take
         # the upload and then fail the job: refuse before anything is sent.
