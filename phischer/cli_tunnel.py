@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from phischer import tunnel
+from phischer import tunnel, up
 from phischer.cli import Context, friendly_errors, pass_ctx
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,7 +70,7 @@ def up_command(obj: Context, port: int, public_url: str | None) -> None:
     instance folder.
     """
     with friendly_errors():
-        tunnel.run_up(obj.settings, port=port, public_url=public_url, echo=click.echo)
+        up.run_up(obj.settings, port=port, public_url=public_url, echo=click.echo)
 
 
 def register(cli: click.Group) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from phischer import tunnel
+from phischer import instance_lock, tunnel, webhook_registration
 from phischer.config import Settings
 from phischer.db import Database
 from phischer.migrate import upgrade
@@ -49,9 +49,9 @@ def test_the_database_token_and_tunnel_files_are_private(tmp_path: Path) -> None
             assert mode(path) == 0o600, path
     finally:
         db.dispose()
-    with tunnel.folder_lock(instance, "up"):
+    with instance_lock.folder_lock(instance, "up"):
         tunnel.write_public_url(instance, "https://x.ngrok.app")
-        tunnel._save_state(instance, {"pid": os.getpid()})
+        webhook_registration._save_state(instance, {"pid": os.getpid()})
         made = {p.name: mode(p) for p in instance.iterdir()}
     names = ["dev_auth_token", "phischer.db", "phischer.db.wlock", "public_url", "tunnel.lock"]
     assert made == dict.fromkeys([*names, "tunnel_state.json"], 0o600)

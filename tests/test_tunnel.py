@@ -30,7 +30,7 @@ import requests
 import yaml
 from twilio.base.exceptions import TwilioRestException
 
-from phischer import tunnel
+from phischer import ngrok_agent, stopping, tunnel, tunnel_types, up, webhook_registration
 from phischer.config import Settings
 from phischer.twilio_client import (
     TWILIO_HTTP_TIMEOUT_S,
@@ -68,9 +68,9 @@ class FakeNgrok:
         self.ports: list[int] = []
         self.closed = 0
 
-    def __call__(self, port: int) -> tunnel.Tunnel:
+    def __call__(self, port: int) -> tunnel_types.Tunnel:
         self.ports.append(port)
-        return tunnel.Tunnel(public_url=self.url, close=self._close)
+        return tunnel_types.Tunnel(public_url=self.url, close=self._close)
 
     def _close(self) -> None:
         self.closed += 1
@@ -109,7 +109,7 @@ def twilio_env(monkeypatch: pytest.MonkeyPatch, fake_twilio: FakeTwilio) -> None
 def ngrok(monkeypatch: pytest.MonkeyPatch) -> FakeNgrok:
     """Replace the pyngrok opener used by the CLI."""
     fake = FakeNgrok()
-    monkeypatch.setattr(tunnel, "open_ngrok", fake)
+    monkeypatch.setattr(ngrok_agent, "open_ngrok", fake)
     return fake
 
 
@@ -273,7 +273,7 @@ def test_tunnel_registers_then_restores_previous_url_and_method(
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
     assert ngrok.closed == 1
     assert not (instance() / "public_url").exists()
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
     assert f"Tunnel open: {TUNNEL_URL} → http://127.0.0.1:{serving}" in result.output
     assert f"Twilio will POST texts to {PHONE} to {TUNNEL_URL}/sms" in result.output
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
@@ -295,7 +295,7 @@ def test_tunnel_no_restore_leaves_our_url(
     assert ngrok.ports == [port]
     assert ngrok.closed == 1
     assert not (instance() / "public_url").exists()
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
     assert "Restored" not in result.output
     assert (
         f"Warning: nothing listens on 127.0.0.1:{port} yet: start `phischer serve --port {port}` "
@@ -341,7 +341,7 @@ def test_tunnel_no_restore_on_a_public_url_keeps_the_server_checking_against_it(
     )
 
     assert updates(fake_twilio, number) == [{"SmsUrl": f"{keep}/sms", "SmsMethod": "POST"}]
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
     # Twilio goes on calling the URL; the server goes on checking signatures against it, even
     # one started before PUBLIC_URL was in .env.
     assert (instance() / "public_url").read_text().strip() == keep
@@ -390,8 +390,8 @@ def test_up_on_the_whatsapp_sandbox_serves_and_says_where_to_paste_the_url(
     personas: Any,
 ) -> None:
     """Twilio's API cannot point the sandbox anywhere: serve, and say what to set by hand."""
-    monkeypatch.setenv("TWILIO_PHONE_NUMBER", tunnel.WHATSAPP_SANDBOX)
-    sandbox = tunnel.WHATSAPP_SANDBOX
+    monkeypatch.setenv("TWILIO_PHONE_NUMBER", webhook_registration.WHATSAPP_SANDBOX)
+    sandbox = webhook_registration.WHATSAPP_SANDBOX
     replies: list[list[str]] = []
 
     def check(exposure: tunnel.Exposure) -> None:
@@ -794,7 +794,7 @@ def press_ctrl_c_while_restoring(fake: FakeTwilio, number: dict[str, Any], press
             signal.pthread_kill(main, signal.SIGINT)
             deadline = time.monotonic() + 10
             # One at a time: two pending SIGINTs would reach the handler as one.
-            while tunnel._stop.presses == seen and seen + 1 < presses:
+            while stopping._stop.presses == seen and seen + 1 < presses:
                 assert time.monotonic() < deadline, "the handler never ran"
                 time.sleep(0.01)
 
@@ -819,8 +819,8 @@ def test_a_second_ctrl_c_while_restoring_does_not_cut_the_restore_short(
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
     assert ngrok.closed == 1
-    assert not (instance() / tunnel.STATE_FILE).exists()
-    assert capfd.readouterr().err == tunnel.STILL_STOPPING.decode()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+    assert capfd.readouterr().err == stopping.STILL_STOPPING.decode()
 
 
 def test_ctrl_c_pressed_on_quits_at_once_saying_what_to_set_by_hand(
@@ -845,7 +845,7 @@ def test_ctrl_c_pressed_on_quits_at_once_saying_what_to_set_by_hand(
     assert number["sms_url"] == f"{TUNNEL_URL}/sms"
     assert ngrok.closed == 1  # the rest of the shutdown still ran
     assert not (instance() / "public_url").exists()
-    assert (instance() / tunnel.STATE_FILE).exists()  # the next run restores from it
+    assert (instance() / webhook_registration.STATE_FILE).exists()  # the next run restores from it
 
 
 def test_a_stop_signal_swallowed_by_a_finalizer_is_not_lost(
@@ -856,14 +856,14 @@ def test_a_stop_signal_swallowed_by_a_finalizer_is_not_lost(
     monkeypatch.setattr(sys, "unraisablehook", dropped.append)
     before = dispositions()
 
-    with tunnel.sigterm_as_interrupt():
-        tunnel.stop_if_requested()  # nothing asked yet: startup goes on
+    with stopping.sigterm_as_interrupt():
+        stopping.stop_if_requested()  # nothing asked yet: startup goes on
         lose_a_signal()  # returns: the KeyboardInterrupt went nowhere
         with pytest.raises(KeyboardInterrupt):
-            tunnel.stop_if_requested()  # the next startup step stops
+            stopping.stop_if_requested()  # the next startup step stops
         signal.raise_signal(signal.SIGTERM)  # the stop is under way: a repeat must not cut it
 
-    with tunnel.sigterm_as_interrupt():
+    with stopping.sigterm_as_interrupt():
         lose_a_signal(signal.SIGHUP)
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGTERM)  # not ignored for good (it was SIG_IGN)
@@ -874,7 +874,7 @@ def test_a_stop_signal_swallowed_by_a_finalizer_is_not_lost(
     assert dispositions() == before
     assert sys.unraisablehook == dropped.append
     assert dropped == []  # no "Exception ignored in …" on the terminal
-    tunnel.stop_if_requested()  # nothing pending outside
+    stopping.stop_if_requested()  # nothing pending outside
 
 
 @pytest.mark.parametrize(
@@ -912,7 +912,7 @@ def test_a_stop_swallowed_during_startup_or_the_wait_still_stops_and_restores(
                 tunnel.run_tunnel(Settings.from_env(), opener=opener, echo=echo)
             else:
                 url = "https://walk.example.test"
-                tunnel.run_up(Settings.from_env(), port=0, public_url=url, echo=echo)
+                up.run_up(Settings.from_env(), port=0, public_url=url, echo=echo)
         except KeyboardInterrupt:
             aborted = True  # the CLI prints "Aborted!" and exits 1, as for Ctrl-C in startup
 
@@ -926,7 +926,7 @@ def test_a_stop_swallowed_during_startup_or_the_wait_still_stops_and_restores(
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
     assert opener.closed == len(opener.ports)
     assert not (instance() / "public_url").exists()
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
     assert dispositions() == before
     assert dropped == []
 
@@ -958,7 +958,7 @@ def test_ctrl_c_while_twilio_applies_the_change_still_restores(
     ]
     assert ngrok.closed == 1
     assert not (instance() / "public_url").exists()
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
 
 
 def test_a_refused_update_is_one_line_and_undoes_the_tunnel(
@@ -979,7 +979,7 @@ def test_a_refused_update_is_one_line_and_undoes_the_tunnel(
     assert fake_twilio.calls("GET", path) == []
     assert ngrok.closed == 1
     assert not (instance() / "public_url").exists()
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
 
 
 def test_a_refused_restore_fails_the_command_after_closing_and_the_next_run_repairs_it(
@@ -1007,7 +1007,7 @@ def test_a_refused_restore_fails_the_command_after_closing_and_the_next_run_repa
     assert ngrok.closed == 1
     assert not (instance() / "public_url").exists()
     assert number["sms_url"] == f"{TUNNEL_URL}/sms"
-    assert (instance() / tunnel.STATE_FILE).exists()
+    assert (instance() / webhook_registration.STATE_FILE).exists()
 
     run_live("tunnel")  # the next tunnel has another URL; it restores the original
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
@@ -1061,7 +1061,7 @@ def test_a_run_that_was_killed_is_repaired_by_the_next(
     dead = "https://dead0000.ngrok-free.app/sms"
     number = fake_twilio.add_number(PHONE, sms_url=dead, sms_method="POST")
     instance().mkdir(parents=True, exist_ok=True)
-    (instance() / tunnel.STATE_FILE).write_text(
+    (instance() / webhook_registration.STATE_FILE).write_text(
         json.dumps(
             {
                 "number_sid": number["sid"],
@@ -1090,7 +1090,7 @@ def test_a_run_deletes_only_its_own_record(
         "previous_method": "GET",
         "pid": os.getppid(),  # alive, and not us
     }
-    state = instance() / tunnel.STATE_FILE
+    state = instance() / webhook_registration.STATE_FILE
     ours: list[dict[str, Any]] = []
 
     def check(exposure: tunnel.Exposure) -> None:
@@ -1298,7 +1298,7 @@ def test_open_ngrok_gives_the_agent_its_token_in_a_private_file_not_argv(
     monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
 
     with caplog.at_level("DEBUG"):
-        opened = tunnel.open_ngrok(5001)
+        opened = ngrok_agent.open_ngrok(5001)
         try:
             seen = agent.record()
             # What `ps` shows to every local user: no token, no --authtoken.
@@ -1348,7 +1348,7 @@ def test_the_ngrok_token_reaches_the_agent_without_blanks_or_quotes_around_it(
     agent = fake_agent()
     monkeypatch.setenv("NGROK_AUTHTOKEN", raw)
 
-    opened = tunnel.open_ngrok(5004)
+    opened = ngrok_agent.open_ngrok(5004)
     try:
         config = agent.record()["config"]
         given = None if config is None else yaml.safe_load(config["text"])["authtoken"]
@@ -1363,7 +1363,7 @@ def test_open_ngrok_without_a_token_leaves_the_agent_its_own_config(
     agent = fake_agent()
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
 
-    opened = tunnel.open_ngrok(5002)
+    opened = ngrok_agent.open_ngrok(5002)
     try:
         seen = agent.record()
         assert seen["argv"] == ["start", "--none", "--log", "stdout"]
@@ -1381,8 +1381,8 @@ def test_open_ngrok_failure_leaves_no_agent_and_no_token(
     agent = fake_agent(fail=fail)
     monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
 
-    with pytest.raises(tunnel.TunnelError) as info:
-        tunnel.open_ngrok(5003)
+    with pytest.raises(tunnel_types.TunnelError) as info:
+        ngrok_agent.open_ngrok(5003)
 
     message = str(info.value)
     # The code, the first sentence, and what to do about that code in particular.
@@ -1391,29 +1391,29 @@ def test_open_ngrok_failure_leaves_no_agent_and_no_token(
         "auth": (
             "ERR_NGROK_105: authentication failed: The authtoken you specified does not look "
             "like a proper ngrok tunnel authtoken)",
-            tunnel.NGROK_CODE_FIXES["105"],
+            ngrok_agent.NGROK_CODE_FIXES["105"],
         ),
         "sessions": (
             "ERR_NGROK_108: authentication failed: Your account is limited to 1 simultaneous "
             "ngrok agent sessions)",
-            tunnel.NGROK_CODE_FIXES["108"],
+            ngrok_agent.NGROK_CODE_FIXES["108"],
         ),
         # One sentence, then the code after CRLFs: no "\\r" of the agent's escapes is left.
         "account": (
             "ERR_NGROK_4018: authentication failed: Usage of ngrok requires a verified account "
             "and authtoken)",
-            tunnel.NGROK_CODE_FIXES["4018"],
+            ngrok_agent.NGROK_CODE_FIXES["4018"],
         ),
         "outdated": (
             'ERR_NGROK_120: authentication failed: Your ngrok agent version "2.3.41" is no '
             "longer supported)",
-            tunnel.NGROK_CODE_FIXES["120"],
+            ngrok_agent.NGROK_CODE_FIXES["120"],
         ),
         # The agent's reason from its API's answer, not the JSON around it.
         "refuse": (
             f"ERR_NGROK_334: failed to start tunnel: The endpoint 'https://"
             f"{fake_ngrok.PUBLIC_HOST}' is already online)",
-            tunnel.NGROK_CODE_FIXES["334"],
+            ngrok_agent.NGROK_CODE_FIXES["334"],
         ),
     }[fail]
     assert message.startswith(f"Could not open an ngrok tunnel ({reason}"), message
@@ -1434,8 +1434,8 @@ def test_a_refused_token_the_agent_quotes_in_its_log_is_not_shown(
     token = "2bRealLooking_Token0123456789abcdef"  # ngrok tokens: letters, digits, _
     monkeypatch.setenv("NGROK_AUTHTOKEN", token)
 
-    with caplog.at_level("INFO"), pytest.raises(tunnel.TunnelError) as info:
-        tunnel.open_ngrok(5003)
+    with caplog.at_level("INFO"), pytest.raises(tunnel_types.TunnelError) as info:
+        ngrok_agent.open_ngrok(5003)
 
     (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "Your authtoken: <NGROK_AUTHTOKEN> ERR_NGROK_105" in line
@@ -1464,9 +1464,9 @@ def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
     monkeypatch.setattr(ngrok, "kill", lambda pyngrok_config: killed.append(True))
     # The agent stays up with its tunnel open: that failure is worth the caller's warning.
     monkeypatch.setattr(process, "is_process_running", lambda ngrok_path: True)
-    monkeypatch.setattr(tunnel, "AGENT_EXIT_WAIT_S", 0.1)
+    monkeypatch.setattr(ngrok_agent, "AGENT_EXIT_WAIT_S", 0.1)
 
-    opened = tunnel.open_ngrok(5001)
+    opened = ngrok_agent.open_ngrok(5001)
     assert opened.public_url == "https://abc.ngrok.io"
     assert [c.exists() for c in configs] == [False]  # deleted once the agent was up
     with pytest.raises(PyngrokNgrokError):
@@ -1481,7 +1481,7 @@ def test_closing_after_the_agent_got_the_ctrl_c_too_is_quiet(
     """Ctrl-C in a terminal reaches the agent too (one process group): no warning for that."""
     agent = fake_agent()
     monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
-    opened = tunnel.open_ngrok(5003)
+    opened = ngrok_agent.open_ngrok(5003)
     seen = agent.record()
 
     os.kill(seen["pid"], signal.SIGINT)
@@ -1533,8 +1533,10 @@ def test_ngrok_failure_is_one_line_with_both_fixes(
         "unexpected": "Error: Could not open an ngrok tunnel (JSONDecodeError: Expecting value: "
         "line 1 column 1 (char 0)): ",
     }[kind]
-    assert result.output == first + tunnel.NGROK_FIXES + "\n"
-    assert "NGROK_AUTHTOKEN" in tunnel.NGROK_FIXES and "--public-url" in tunnel.NGROK_FIXES
+    assert result.output == first + ngrok_agent.NGROK_FIXES + "\n"
+    assert (
+        "NGROK_AUTHTOKEN" in ngrok_agent.NGROK_FIXES and "--public-url" in ngrok_agent.NGROK_FIXES
+    )
     assert number["sms_url"] == OLD_URL
     assert not (instance() / "public_url").exists()
 
@@ -1577,8 +1579,8 @@ def test_pyngrok_own_ngrok_command_is_skipped_for_the_agent_further_down_path(
     monkeypatch.setenv("PATH", f"{tmp_path / 'venv-bin'}{os.pathsep}{os.environ['PATH']}")
     assert shutil.which("ngrok") == str(tmp_path / "venv-bin" / "ngrok")
 
-    assert tunnel.find_ngrok() == str(agent.path)
-    opened = tunnel.open_ngrok(5004)
+    assert ngrok_agent.find_ngrok() == str(agent.path)
+    opened = ngrok_agent.open_ngrok(5004)
     try:
         assert opened.public_url == f"https://{fake_ngrok.PUBLIC_HOST}"
     finally:
@@ -1611,7 +1613,7 @@ def test_with_only_pyngrok_own_ngrok_command_on_path_the_error_is_one_line(
 
     assert (result.exit_code, result.output) == (
         1,
-        f"Error: No ngrok binary, and it could not be downloaded: {tunnel.NGROK_FIXES}\n",
+        f"Error: No ngrok binary, and it could not be downloaded: {ngrok_agent.NGROK_FIXES}\n",
     )
     assert not marker.exists()
     assert "Traceback" not in capfd.readouterr().err
@@ -1825,7 +1827,7 @@ def test_up_in_a_real_process_stops_cleanly_on_sigterm_at_any_point(
     assert (f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines) == changed, output
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
     assert not (instance() / "public_url").exists()
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
     assert "Traceback" not in output and "Exception ignored" not in output
 
 
@@ -1855,7 +1857,7 @@ def test_up_in_a_real_process_exits_1_when_the_restore_fails_on_sigterm(
     assert "Traceback" not in output
     assert number["sms_url"] == f"{public}/sms"
     assert not (instance() / "public_url").exists()
-    assert (instance() / tunnel.STATE_FILE).exists()  # the next run restores from it
+    assert (instance() / webhook_registration.STATE_FILE).exists()  # the next run restores from it
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{local}/healthz", timeout=2)
 
@@ -1940,7 +1942,7 @@ def test_a_second_run_from_the_same_folder_is_refused_while_the_first_lives(
     first = "https://walk.example.test"
     with real_up(tmp_path, "--public-url", first) as (proc, lines):
         read_until(proc, lines, "Ctrl-C to stop")
-        state = (instance() / tunnel.STATE_FILE).read_text()
+        state = (instance() / webhook_registration.STATE_FILE).read_text()
         assert json.loads(state)["pid"] == proc.pid
         seen = len(fake_twilio.requests)
         busy = (
@@ -1953,13 +1955,13 @@ def test_a_second_run_from_the_same_folder_is_refused_while_the_first_lives(
         # Nothing touched: no Twilio call, the number, the record and the public URL as they were.
         assert len(fake_twilio.requests) == seen
         assert number["sms_url"] == f"{first}/sms"
-        assert (instance() / tunnel.STATE_FILE).read_text() == state
+        assert (instance() / webhook_registration.STATE_FILE).read_text() == state
         assert (instance() / "public_url").read_text().strip() == first
 
         proc.send_signal(signal.SIGTERM)
         assert finish(proc, lines) == 0, lines
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
 
     run_live("tunnel")  # the first is gone: its lock went with it
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
@@ -1972,7 +1974,7 @@ def test_the_record_of_a_run_killed_with_sigkill_is_restored_by_the_next(
         read_until(proc, lines, "Ctrl-C to stop")
         proc.kill()  # kill -9: no clean-up at all
         proc.wait(timeout=30)
-    state = json.loads((instance() / tunnel.STATE_FILE).read_text())
+    state = json.loads((instance() / webhook_registration.STATE_FILE).read_text())
     assert (state["pid"], state["previous_url"]) == (proc.pid, OLD_URL)
     assert number["sms_url"] == "https://walk.example.test/sms"
 
@@ -1980,7 +1982,7 @@ def test_the_record_of_a_run_killed_with_sigkill_is_restored_by_the_next(
 
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
-    assert not (instance() / tunnel.STATE_FILE).exists()
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
 
 
 def test_twilio_unreachable_is_one_line(
@@ -2172,7 +2174,7 @@ def test_tunnel_stops_when_ngrok_refuses_the_agent_its_session_back(
     assert lines[-1] == (
         "Error: ngrok closed this run's tunnel (ERR_NGROK_108: authentication failed: Your "
         "account is limited to 1 simultaneous ngrok agent sessions), so the run stopped: "
-        f"{tunnel.NGROK_CODE_FIXES['108']}"
+        f"{ngrok_agent.NGROK_CODE_FIXES['108']}"
     )
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in lines
     assert number["sms_url"] == OLD_URL
@@ -2184,7 +2186,7 @@ def test_a_session_the_agent_gets_back_by_itself_is_no_reason_to_stop() -> None:
     """A network error is retried by the agent and heals; the tunnel keeps its URL."""
     from pyngrok.log import NgrokLog
 
-    session = tunnel._AgentSession()
+    session = ngrok_agent._AgentSession()
     lost = [  # the real agent's lines (ngrok 3) for a dropped Wi-Fi, then its recovery
         't=2024-10-31T17:34:53-0400 lvl=eror msg="session closed, starting reconnect loop" '
         'obj=tunnels.session err="read EOF from remote peer"',
@@ -2205,7 +2207,7 @@ def test_a_session_the_agent_gets_back_by_itself_is_no_reason_to_stop() -> None:
     assert session.check(running=True) == (
         "ngrok closed this run's tunnel (ERR_NGROK_334: The tunnel 'tcp://0.tcp.ngrok.io:18899' "
         "is already bound to another tunnel session), so the run stopped: "
-        f"{tunnel.NGROK_CODE_FIXES['334']}"
+        f"{ngrok_agent.NGROK_CODE_FIXES['334']}"
     )
     # The refusal can pass (the other agent stopped): the agent is back on its own.
     session.saw(NgrokLog('lvl=info msg="client session established" obj=csess id=1c907e548f56'))
