@@ -47,8 +47,9 @@ def tunnel_command(obj: Context, port: int, public_url: str | None, no_restore: 
 
     Run `phischer serve` alongside. On exit (Ctrl-C, SIGTERM) the number's previous SMS URL is
     restored and the tunnel closed; exit code 1 if Twilio refused the restore. The same, with
-    exit code 1, if the ngrok agent stops meanwhile. One `tunnel` or `up` at a time per
-    instance folder.
+    exit code 1, if the ngrok agent stops meanwhile. If the server on PORT stops answering,
+    one line says so (and one more when it is back); the tunnel stays open. One `tunnel` or
+    `up` at a time per instance folder.
     """
     with friendly_errors():
         tunnel.run_tunnel(

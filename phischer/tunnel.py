@@ -6,7 +6,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from twilio.rest import Client
@@ -36,6 +36,9 @@ PUBLIC_URL_FILE = "public_url"
 STOP_HINT = "Ctrl-C to stop; the number's previous SMS URL is then restored."
 # How often the wait looks for a stop whose KeyboardInterrupt a finalizer swallowed.
 STOP_POLL_S = 0.5
+# How often `phischer tunnel` looks whether the server it exposes still answers: one loopback
+# connect a look, so a server that died is said within seconds, not by Twilio's error 11200.
+SERVER_POLL_S = 2.0
 
 
 class StoppedServing(TunnelError):
@@ -51,6 +54,8 @@ class Exposure:
     port: int
     registration: Registration | None  # None: a WhatsApp sender, whose webhook is set by hand
     watch: tuple[Check, ...] = ()  # what wait_for_shutdown polls (the tunnel, the server)
+    # Polled too, but to say a change rather than stop (the server `tunnel` does not run).
+    notices: tuple[Callable[[], None], ...] = ()
 
 
 def normalize_public_url(raw: str, source: str = "--public-url") -> str:
@@ -220,6 +225,8 @@ def wait_for_shutdown(exposure: Exposure) -> None:
             problem = check()
             if problem:
                 raise StoppedServing(problem)
+        for notice in exposure.notices:
+            notice()
         time.sleep(STOP_POLL_S)
 
 
@@ -247,6 +254,39 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _server_change(port: int, answering: bool) -> str:
+    """The line for the server on PORT starting or stopping to answer while `tunnel` runs."""
+    if answering:
+        return f"Server found on 127.0.0.1:{port}: texts reach it now."
+    return (
+        f"Warning: the server on 127.0.0.1:{port} stopped answering: texts now fail with Twilio "
+        f"error 11200. Start it again with `phischer serve --port {port}` in another terminal; "
+        f"this tunnel stays open."
+    )
+
+
+class _ServerWatch:
+    """Says once when the server `tunnel` exposes stops answering, and once when it answers again."""
+
+    def __init__(self, port: int, answering: bool, echo: Echo) -> None:
+        self.port = port
+        self.answering = answering  # what the last look found: a line only when it changes
+        self.echo = echo
+        self.next_look = time.monotonic() + SERVER_POLL_S
+
+    def __call__(self) -> None:
+        """Look at most every SERVER_POLL_S (the wait calls this twice a second)."""
+        # Not a reason to stop: the user may restart the server, and the tunnel and the
+        # number's registration are still good for it.
+        if time.monotonic() < self.next_look:
+            return
+        answering = _listening(self.port)
+        self.next_look = time.monotonic() + SERVER_POLL_S
+        if answering != self.answering:
+            self.answering = answering
+            self.echo(_server_change(self.port, answering))
 
 
 def run_tunnel(
@@ -277,7 +317,8 @@ def run_tunnel(
         if exposure.registration is not None:
             echo(f"Twilio will POST texts to {settings.twilio_phone_number} to {exposure.sms_url}")
         shared = settings.instance_path / PUBLIC_URL_FILE
-        if _listening(port):
+        answering = _listening(port)
+        if answering:
             echo(
                 f"Server found on 127.0.0.1:{port}; if it runs from this folder it reads the "
                 f"public URL from {shared} (else set PUBLIC_URL where it runs)."
@@ -290,4 +331,5 @@ def run_tunnel(
         hint = STOP_HINT if restore else "Ctrl-C to stop (--no-restore: the number keeps this URL)."
         if exposure.registration is None:
             hint = "Ctrl-C to stop."  # a WhatsApp webhook: nothing was changed to put back
-        wait_until_stopped(wait, exposure, echo, hint)
+        watched = replace(exposure, notices=(_ServerWatch(port, answering, echo),))
+        wait_until_stopped(wait, watched, echo, hint)

@@ -2214,6 +2214,78 @@ def test_a_session_the_agent_gets_back_by_itself_is_no_reason_to_stop() -> None:
     assert session.check(running=True) is None
 
 
+def listening_on(port: int) -> socket.socket:
+    """A socket listening on 127.0.0.1:PORT, standing in for `phischer serve`."""
+    sock = socket.socket()
+    # The port a closed one left behind is taken again at once, as a restarted server does.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(8)
+    return sock
+
+
+def server_down(port: int) -> str:
+    """What `tunnel` says when the server it exposes stops answering."""
+    return (
+        f"Warning: the server on 127.0.0.1:{port} stopped answering: texts now fail with Twilio "
+        f"error 11200. Start it again with `phischer serve --port {port}` in another terminal; "
+        f"this tunnel stays open."
+    )
+
+
+@pytest.mark.parametrize("at_start", [True, False], ids=["dies-and-returns", "starts-late"])
+def test_tunnel_says_once_when_its_server_stops_answering_and_once_when_it_is_back(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    at_start: bool,
+) -> None:
+    """The real wait and a real port: each change is said once, and the run goes on until Ctrl-C."""
+    monkeypatch.setattr(tunnel, "SERVER_POLL_S", 0.1)  # a look at every turn of the wait
+    port = free_port()
+    servers = [listening_on(port)] if at_start else []
+    back = f"Server found on 127.0.0.1:{port}: texts reach it now."
+    main = threading.main_thread().ident
+    assert main is not None
+    lines: list[str] = []
+
+    def later(action: Callable[[], object]) -> None:
+        # Left as it is for a few looks (the wait turns twice a second): still one line.
+        threading.Timer(1.2, action).start()
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line == tunnel.STOP_HINT:
+            if servers:
+                servers[-1].close()  # the server dies while the tunnel serves it
+            else:
+                later(lambda: servers.append(listening_on(port)))
+        elif line == server_down(port):
+            later(lambda: servers.append(listening_on(port)))
+        elif line == back:
+            later(lambda: signal.pthread_kill(main, signal.SIGINT))  # Ctrl-C
+
+    opener = FakeNgrok()
+    try:
+        with watchdog(10) as barked:
+            tunnel.run_tunnel(Settings.from_env(), port=port, opener=opener, echo=echo)
+    finally:
+        for server in servers:
+            server.close()
+
+    assert not barked, lines
+    waiting = lines.index(tunnel.STOP_HINT)
+    said = [server_down(port), back] if at_start else [back]
+    assert lines[waiting + 1 :] == [
+        *said,
+        "Shutting down…",
+        f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET).",
+    ]
+    # Nothing stopped while the server was away: still registered, the tunnel still open.
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [f"{TUNNEL_URL}/sms", OLD_URL]
+    assert opener.closed == 1
+
+
 def test_up_stops_and_restores_when_its_web_server_dies(
     fake_twilio: FakeTwilio,
     number: dict[str, Any],
