@@ -195,6 +195,14 @@ def test_no_reply_explanations():
     assert no_reply.explain("\x1b[31mred", "+1") == "(no reply in the webhook response)"
 
 
+def test_readme_names_every_no_reply_word():
+    from phischer import no_reply
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    item = next(p for p in readme.split("\n- ") if p.startswith("A `POST /sms` answer without"))
+    assert set(no_reply.EXPLAINED) <= set(re.findall(r"`([a-z-]+)`", item))
+
+
 def test_text_server_down_is_one_line_exit_1():
     result = run("text", "--url", "http://127.0.0.1:9/sms", "hi")
     assert result.exit_code == 1
