@@ -164,7 +164,7 @@ def status(obj: Context, job_id: str, wait: bool, plot: Path | None) -> None:
 
     with interrupted(), friendly_errors():
         with obj.db.read() as session:
-            row = jobs.find_job(session, job_id)
+            row = jobs.find_job_here(session, job_id)
         if row is not None and row.provider == "local":
             click.echo(f"{row.job_id}: {row.status} (local LoRA in {row.output_dir})")
             if row.status == "cancelled" and row.error:

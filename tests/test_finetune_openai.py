@@ -1439,3 +1439,16 @@ def test_status_plot_without_matplotlib_fails_before_polling(
     assert result.output == "Error: plots need matplotlib: pip install -e '.[plot]'\n"
     assert len(fake_ft.requests) == before  # nothing polled
     assert not (tmp_path / "l.png").exists()
+
+
+@pytest.mark.parametrize("command", ["status", "cancel"])
+def test_an_unknown_local_job_is_not_looked_up_on_openai(
+    ada: Path, database: Database, fake_ft: Any, command: str
+) -> None:
+    # A key is set and the fake OpenAI answers: the error must still come from here.
+    result = run("finetune", command, "local-20261122-999999")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: no fine-tuning job 'local-20261122-999999' here (see `phischer finetune list`)"
+    ]
+    assert fake_ft.requests == []

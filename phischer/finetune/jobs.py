@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from phischer.finetune.common import FINAL_STATES, FineTuneError
 from phischer.models import FineTuneJob, Persona, utcnow
 
+LOCAL_PREFIX = "local-"  # local runs' job ids; OpenAI's start with "ftjob-"
+
 
 @dataclass(frozen=True)
 class JobUpdate:
@@ -58,8 +60,22 @@ def get_job(session: Session, job_id: str, server: str | None = None) -> FineTun
     """The stored row for a job id (as `find_job`), or a one-line error naming `finetune list`."""
     job = find_job(session, job_id, server)
     if job is None:
-        raise FineTuneError(f"no fine-tuning job {job_id!r} here (see `phischer finetune list`)")
+        raise _unknown(job_id)
     return job
+
+
+def find_job_here(session: Session, job_id: str) -> FineTuneJob | None:
+    """`find_job`, but a local job id that is not stored is an error, not OpenAI's to look up."""
+    job = find_job(session, job_id)
+    if job is None and job_id.startswith(LOCAL_PREFIX):
+        # Only this database knows local runs: asking OpenAI would fail on a missing key, or
+        # say "not found" about a job that was never theirs.
+        raise _unknown(job_id)
+    return job
+
+
+def _unknown(job_id: str) -> FineTuneError:
+    return FineTuneError(f"no fine-tuning job {job_id!r} here (see `phischer finetune list`)")
 
 
 def list_jobs(session: Session) -> list[tuple[FineTuneJob, str | None]]:

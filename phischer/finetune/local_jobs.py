@@ -18,7 +18,7 @@ from phischer.models import FineTuneJob, utcnow
 
 
 def _new_job_id(session: Any) -> str:
-    base = f"local-{utcnow():%Y%m%d-%H%M%S}"
+    base = f"{jobs.LOCAL_PREFIX}{utcnow():%Y%m%d-%H%M%S}"
     job_id, n = base, 1
     while jobs.find_job(session, job_id) is not None:
         n += 1

@@ -569,7 +569,7 @@ def plot_loss(client: openai.OpenAI, job_id: str, path: Path, title: str) -> str
 def cancel(db: Database, settings: Settings, job_id: str) -> str:
     """Ask OpenAI to cancel a job and store the new status."""
     with db.read() as session:
-        row = jobs.find_job(session, job_id)
+        row = jobs.find_job_here(session, job_id)
     # Before the API key is needed: a local job is not OpenAI's to cancel, key or no key.
     if row is not None and row.provider != "openai":
         if row.status in FINAL_STATES:  # not running anywhere: no Ctrl-C to press
