@@ -230,7 +230,7 @@ class SmsService:
         now = stamp(clock, before.latest_at)
         # The day by the clock, not by `now`: a number whose messages a clock once set far
         # ahead stamped would otherwise keep that day's count until the clock got there.
-        kind, status, text, persona = self._classify(msg, command, contact, now, clock.date())
+        kind, status, text, persona = self._classify(cur, msg, command, contact, now, clock.date())
         inbound_id = store.insert_message(
             cur,
             contact_id=contact.id,
@@ -263,7 +263,13 @@ class SmsService:
         return decision
 
     def _classify(
-        self, msg: Inbound, command: Command, contact: ContactRow, now: Any, today: dt.date
+        self,
+        cur: Any,
+        msg: Inbound,
+        command: Command,
+        contact: ContactRow,
+        now: Any,
+        today: dt.date,
     ) -> tuple[str, str, str, PersonaView | None]:
         """Decide (kind, status, reply text, persona) for a text; may change `contact`.
 
@@ -310,10 +316,17 @@ class SmsService:
         limit = self.settings.daily_limit
         contact.replies_today += 1  # reserved now, so concurrent texts cannot overshoot
         if contact.replies_today > limit:
-            # The first text over the limit gets one notice; later ones get silence.
-            notice = LIMIT_TEXT if contact.replies_today == limit + 1 else ""
-            return "refused", "limited", notice, persona
+            return "refused", "limited", self._limit_notice(cur, contact, today), persona
         return "chat", "processing", "", persona
+
+    def _limit_notice(self, cur: Any, contact: ContactRow, today: dt.date) -> str:
+        """The notice for a text over DAILY_LIMIT: once a day per number, then silence."""
+        # Asked of the stored notices, not told by the count: a DAILY_LIMIT lowered by a
+        # restart leaves numbers already past it, whose first text over it is not limit + 1.
+        # The contact row is locked (see Store.contact), so two texts cannot both send it.
+        if self.store.limit_notice_sent(cur, contact.id, today):
+            return ""
+        return LIMIT_TEXT
 
     def _command(self, contact: ContactRow, command: Command, now: Any) -> str:
         if command.action == "optout":

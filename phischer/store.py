@@ -509,6 +509,19 @@ class Store:
         )
         return cur.fetchone() is not None
 
+    def limit_notice_sent(self, cur: Any, contact_id: int, day: dt.date) -> bool:
+        """Whether this number got the DAILY_LIMIT notice on `day` (UTC) or later."""
+        # The notice is the only reply of kind "refused" (texts from outside ALLOWED_NUMBERS
+        # get none). Read through ix_messages_contact_created: that number's texts of the day.
+        cur.execute(
+            self.sql(
+                "SELECT 1 FROM messages WHERE contact_id = ? AND created_at >= ? "
+                "AND direction = 'out' AND kind = 'refused' LIMIT 1"
+            ),
+            (contact_id, self.ts(dt.datetime.combine(day, dt.time()))),
+        )
+        return cur.fetchone() is not None
+
     def moved_on(self, cur: Any, message_id: int) -> tuple[bool, int | None]:
         """(whether its number sent #reset or STOP after message `message_id`, its persona)."""
         # opted_out_at is kept by START: a STOP since the message ended its conversation.

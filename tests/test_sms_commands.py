@@ -236,6 +236,32 @@ def test_daily_limit_notices_once_then_silence(make_app, personas, twilio_post):
     assert twilio_post("good night", from_="+15550177", target=app).replies
 
 
+def limit_answers(app, twilio_post, texts: int) -> list[str]:
+    """What each of `texts` texts got: "reply", "notice" (DAILY_LIMIT's) or "nothing"."""
+    notice = ["That's all I can answer today. Talk tomorrow!"]
+    got = [twilio_post("good night", target=app).replies for _ in range(texts)]
+    return ["nothing" if not r else "notice" if r == notice else "reply" for r in got]
+
+
+@pytest.mark.parametrize(
+    ("before_restart", "after_restart"),
+    [
+        # Two replies under DAILY_LIMIT=3, then a restart with 1: the number is past the new
+        # limit, and its next text is the first it sends over it.
+        (["reply", "reply"], ["notice", "nothing"]),
+        # Told already under the old limit: still one notice that day.
+        (["reply", "reply", "reply", "notice"], ["nothing", "nothing"]),
+    ],
+)
+def test_a_lowered_daily_limit_still_notices_once_a_day(
+    make_app, personas, twilio_post, before_restart, after_restart
+):
+    app = make_app(daily_limit=3)
+    assert limit_answers(app, twilio_post, len(before_restart)) == before_restart
+    app = make_app(daily_limit=1)  # the operator restarts with a smaller DAILY_LIMIT
+    assert limit_answers(app, twilio_post, len(after_restart)) == after_restart
+
+
 def test_daily_limit_resets_next_day(make_app, personas, twilio_post):
     import datetime as dt
 
