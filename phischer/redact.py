@@ -29,15 +29,39 @@ WORD_SECRET_CHARS = 16
 _SEPARATOR = r"[ \t\u00a0().\-\u2010-\u2015]"
 # A phone number inside free text (Twilio quotes it: "The 'To' number +15553330001 is not a
 # valid phone number"; a URL carries it %2B-encoded; an export's sender column writes it
-# "+1 (555) 010-0199"); not a run of digits inside a SID or a word, nor a fraction (a
+# "+1 (555) 010-0199"); not a run of digits inside a SID, a UUID or a word, nor a fraction (a
 # timestamp's microseconds), nor a five-digit error code. Without its + a number has 10
 # digits or more, run together or grouped as North America writes them (555-010-0199):
 # shorter runs are our own ids and counts ("Reply 1234567 not sent"), which every log line
-# now passes through, and other groupings are dates and times (2026-11-30 10).
+# now passes through. Other national groupings are `_GROUPED_RUN`'s.
 _NUMBER_IN_TEXT = re.compile(
-    rf"(?<![\w+%.])(?:(?:\+|%2[Bb])\d(?:{_SEPARATOR}{{0,2}}\d){{6,14}}|\d{{10,}}"
-    rf"|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}})(?!\w)"
+    rf"(?<![\w+%.])(?<!\w[\-\u2010-\u2015])(?:(?:\+|%2[Bb])\d(?:{_SEPARATOR}{{0,2}}\d){{6,14}}"
+    rf"|\d{{10,}}|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}})(?!\w)"
 )
+# A national number or a card as people write them: digit groups joined by single spaces,
+# dashes or dots ("07911 123456", "06 12 34 56 78", "0151-2345 6789", "4111 1111 1111 1111"),
+# the first maybe in parentheses ("(030) 12345678"). Always the whole run, never a piece of
+# it: it neither starts nor ends next to another group, so "2026-11-30 12:43:50" (its last
+# group ends at a colon) is no run at all, nor any part of it, and the end of "+44 (0)20
+# 7946 0958" is left to the whole number's pattern. `_grouped_number` then tells numbers
+# from the dates, IP addresses, versions and decimals that are such runs too.
+_GROUP_SEPARATOR = r"[ .\-\u00a0\u2010-\u2015]"
+_GROUPED_RUN = re.compile(
+    rf"(?<![\w+%./:])(?<!\w[\-\u2010-\u2015])(?<!\d{_SEPARATOR})(?<!\d{_SEPARATOR}{_SEPARATOR})"
+    rf"(?:\(\d{{2,5}}\)|\d+)(?:{_GROUP_SEPARATOR}\d{{2,}})+"
+    rf"(?!\w|{_GROUP_SEPARATOR}\d|[,:/]\d)"
+)
+# 8 digits for the shortest national numbers (030 1234567 has 10, but 0800 1111 and Europe's
+# smaller towns have 8 or 9), 19 for the longest card.
+_GROUPED_DIGITS = range(8, 20)
+# Runs that are no number: one that starts with a date (2026-11-30, 30.11.2026, "2026-11-30
+# 10" of a log line), an HTTP status and a Twilio error code ("400 21211").
+_NOT_A_NUMBER = re.compile(
+    r"(?:19|20)\d\d([-./ ])\d\d\1\d\d|\d\d([-./])\d\d\2(?:19|20)\d\d|[1-5]\d\d \d{5}$"
+)
+# Dots alone, from a 0 and in three groups or more, are a national number (06.12.34.56.78);
+# other dotted runs are IP addresses, versions and decimals (192.168.100.200, 0.12345678).
+_DOTTED_NUMBER = re.compile(r"0\d*(?:\.\d+){2,}")
 
 # Secrets phischer never held but text can still carry, by their shape. None matches a
 # "<NAME>" a known secret was already replaced with.
@@ -53,11 +77,11 @@ _SECRET_SHAPES = (
     (re.compile(r"\bsk-[\w*-]{8,}"), "sk-***"),
 )
 
-# What every pattern above must contain: 6 digits, a + before a digit or 3 and 4 digits
-# apart (a number), or the fixed part of a secret's shape. Every log record is redacted,
-# and most hold none of these (nor a known secret): one search then clears the text
-# instead of a substitution per pattern.
-_CANDIDATES = rf"\d{{6}}|\+\d|%2[Bb]\d|\d{{3}}{_SEPARATOR}\d{{4}}|://|Bearer |sk-|(?i:authtoken)"
+# What every pattern above must contain: 6 digits, a + before a digit or a digit, one or
+# two separators and two digits (a number), or the fixed part of a secret's shape. Every log
+# record is redacted, and most hold none of these (nor a known secret): one search then
+# clears the text instead of a substitution per pattern.
+_CANDIDATES = rf"\d(?:\d{{5}}|{_SEPARATOR}{{1,2}}\d\d)|\+\d|%2[Bb]\d|://|Bearer |sk-|(?i:authtoken)"
 
 
 class _Secrets(NamedTuple):
@@ -84,7 +108,19 @@ def mask_number(number: str | None) -> str:
 
 def mask_numbers_in(text: str) -> str:
     """`text` with every phone number in it masked as `mask_number` does."""
+    # Grouped runs first and whole: "4111 1111 1111 1111" would otherwise keep some groups.
+    text = _GROUPED_RUN.sub(_grouped_number, text)
     return _NUMBER_IN_TEXT.sub(lambda m: mask_number(m.group()), text)
+
+
+def _grouped_number(m: re.Match[str]) -> str:
+    """A run of digit groups masked if it is a national number or a card, else as it was."""
+    run = m.group()
+    if sum(c.isdigit() for c in run) not in _GROUPED_DIGITS or _NOT_A_NUMBER.match(run):
+        return run
+    if "." in run and not _DOTTED_NUMBER.fullmatch(run):
+        return run
+    return mask_number(run)
 
 
 def add_secret(value: str | None, name: str) -> None:

@@ -104,6 +104,48 @@ def test_a_short_secret_is_hidden_only_where_it_stands_alone() -> None:
     assert redact("password 'postgres' refused") == "password '<DATABASE_URL password>' refused"
 
 
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        # National numbers as people write them: the whole run goes, not a piece of it.
+        ("The 'To' number 07911 123456 is not valid", "The 'To' number …56 is not valid"),
+        ("to 020 7946 0958.", "to …58."),
+        ("06 12 34 56 78 and 06.12.34.56.78", "…78 and …78"),
+        ("Key (phone)=(030 12345678) exists", "Key (phone)=(…78) exists"),
+        ("0151-2345 6789, (030) 1234 5678", "…89, …78"),
+        ("call 1-555-010-0199\u00a0now", "call …99\u00a0now"),
+        ("0800\u00a01111", "…11"),
+        ("call (0301) 1234", "call …34"),
+        # Cards, wholly.
+        ("card 4111 1111 1111 1111 declined", "card …11 declined"),
+        ("card 4111-1111-1111-1111", "card …11"),
+        ("amex 3782 822463 10005", "amex …05"),
+    ],
+)
+def test_a_number_written_in_groups_is_masked_whole(text: str, clean: str) -> None:
+    assert redact(text) == clean
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # What log lines carry that is made of digit groups too.
+        "at 2026-11-30 12:43:50 and 12:43:50.123, 2026-11-30T10:22:50Z",
+        "on 2026-11-30, 30.11.2026 and 2026-11-30 10 texts",
+        "replied in 123.4 ms, 0.12345678 s",
+        "twilio 9.3.7, build 10.0.19041.1234",
+        "1,697 tests, 1,234,567 rows, 1 234 567,89 EUR",
+        "HTTP 404, HTTP 400 21610: the number opted out",
+        "Twilio error 21610 for SM5f0c2a9e8d7b6a5f4e3d2c1b0a998877",
+        "listening on 127.0.0.1:5000 and 192.168.100.200 port 8080",
+        "job 550e8400-e29b-41d4-a716-446655440000 and 12345678-1234-1234-1234-123456789012",
+        "Reply 1234567 not sent, 123 456 left",
+    ],
+)
+def test_other_numbers_in_groups_stay(text: str) -> None:
+    assert redact(text) == text
+
+
 def test_our_own_ids_are_not_taken_for_numbers() -> None:
     assert redact("Reply 1234567 not sent") == "Reply 1234567 not sent"
     assert redact("call 5553330001 back") == "call …01 back"
@@ -113,7 +155,7 @@ def test_our_own_ids_are_not_taken_for_numbers() -> None:
 PIECES = (
     "+", "%2B", "%2b", "1234567890", "555", "0199", "\u0663" * 6, "(", ")", "-", "\u2011", "x://", "bob:", "pw@", "Bearer ",
     "sk-", "****", "AuthToken", "authtoken", ": ", "=", "'", '"', "abcdefgh", " ", ".", "/", "<", "x",
-    TOKEN, TOKEN[:20], "postgres", "p%40ss%2Fw0rd",
+    TOKEN, TOKEN[:20], "postgres", "p%40ss%2Fw0rd", "07911", "12", "030", "12345", ":", "\u00a0",
 )  # fmt: skip
 
 

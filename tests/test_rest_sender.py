@@ -117,6 +117,14 @@ def test_a_number_twilio_quotes_in_its_error_is_masked_in_the_log(sender, fake_t
     assert "+15553330001" in str(raised.value)
 
 
+def test_a_national_number_twilio_quotes_is_masked_in_the_log(sender, fake_twilio, caplog):
+    fake_twilio.fail_messages(400, 21211, "The 'To' number 07911 123456 is not a valid number.")
+    with caplog.at_level("INFO"), pytest.raises(SendError):
+        sender.send("+447911123456", "hello")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "phischer.replies"]
+    assert line.endswith("The 'To' number …56 is not a valid number."), line
+
+
 @pytest.mark.parametrize(
     ("text", "masked"),
     [
