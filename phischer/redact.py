@@ -123,6 +123,19 @@ def _grouped_number(m: re.Match[str]) -> str:
     return mask_number(run)
 
 
+def shorten(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters (and an ellipsis), cut between words."""
+    if len(text) <= limit:
+        return text
+    # Not inside a word, nor between two groups of digits: a phone number cut to its first
+    # digits ("+1555", "020 7946") would no longer look like one to `mask_numbers_in`, which
+    # would let those digits through.
+    cut = text.rfind(" ", 0, limit + 1)
+    while cut > 0 and text[cut - 1].isdigit() and text[cut + 1 : cut + 2].isdigit():
+        cut = text.rfind(" ", 0, cut)
+    return text[: cut if cut > 0 else limit].rstrip() + "…"
+
+
 def add_secret(value: str | None, name: str) -> None:
     """Never show `value` (the secret in variable `name`): `redact` writes <name> instead."""
     global _known

@@ -14,7 +14,7 @@ from urllib3.exceptions import ConnectTimeoutError
 
 from phischer.config import Settings
 from phischer.models import ADDRESS_MAX
-from phischer.redact import mask_number
+from phischer.redact import mask_number, shorten
 from phischer.surrogates import replace_lone_surrogates
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ def sendable(text: str, limit: int) -> str:
 # Where Twilio reports what became of a reply (its status callback). Relative in the TwiML:
 # Twilio resolves it against the webhook's own URL, so it works behind any public URL.
 STATUS_PATH = "sms/status"
+# A Twilio error as a reply records it and the log shows it: its first line, this long at most.
+TWILIO_ERROR_CHARS = 300
 
 
 def twiml_replies(replies: Sequence[tuple[str, int]]) -> str:
@@ -239,16 +241,6 @@ def _short(exc: Exception) -> str:
         )
     code = _code(exc)
     if code is not None:  # TwilioRestException: the error code is what users look up
-        return _cut(f"Twilio error {code}: {getattr(exc, 'msg', '')}")
+        return shorten(f"Twilio error {code}: {getattr(exc, 'msg', '')}", TWILIO_ERROR_CHARS)
     text = str(exc).strip().splitlines()
-    return _cut(text[0] if text else type(exc).__name__)
-
-
-def _cut(text: str, limit: int = 300) -> str:
-    """`text` in at most `limit` characters, cut between words."""
-    if len(text) <= limit:
-        return text
-    # Not inside a word: a phone number cut to its first digits would no longer look like
-    # one, and the log's mask (phischer.redact) would let those digits through.
-    cut = text.rfind(" ", 0, limit + 1)
-    return text[: cut if cut > 0 else limit].rstrip() + "…"
+    return shorten(text[0] if text else type(exc).__name__, TWILIO_ERROR_CHARS)

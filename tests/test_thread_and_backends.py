@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 import threading
 import time
@@ -187,6 +188,21 @@ def test_a_400_for_anything_else_is_a_recorded_failure_not_a_loop(
     assert len(fake_openai.chat_calls) == 1
     inbound = [m for m in stored(app) if m.direction == "in"]
     assert inbound[-1].error == "model server error 400: messages: too long"
+
+
+@pytest.mark.parametrize("pad", range(186, 200))
+def test_a_number_at_the_cut_of_a_long_model_error_is_not_kept_in_part(
+    llm_app, fake_openai, twilio_post, pad
+):
+    # The server's message is cut to 200 characters: cut inside a number, its first groups
+    # ("020 7946") would be too few for the mask and stay in the error and the log.
+    message = "x" * pad + " 020 7946 0958 is not allowed"
+    fake_openai.fail("POST", "/v1/chat/completions", 400, message)
+    app = llm_app()
+    twilio_post("hi", target=app)
+    (error,) = [m.error for m in stored(app) if m.direction == "in"]
+    assert error.startswith("model server error 400: xxx")
+    assert re.search(r"\d\d \d\d", error) is None, error
 
 
 def test_persona_api_key_env(llm_app, fake_openai, database, twilio_post, monkeypatch):

@@ -13,7 +13,7 @@ import openai
 
 from phischer.backends.base import BackendError, PersonaView, Reply
 from phischer.ports import is_local_host, url_host
-from phischer.redact import add_secret, redact
+from phischer.redact import add_secret, redact, shorten
 
 OPENAI_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, llama.cpp, vLLM without --api-key) accept any key, but the SDK
@@ -26,6 +26,8 @@ KEY_HINT = (
 )
 # Another attempt is only worth starting with at least this much of the deadline left.
 MIN_ATTEMPT_S = 0.5
+# A server's error message or refusal is recorded and logged this long at most.
+SHOWN_CHARS = 200
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 # What OpenAI's reasoning models (o-series, gpt-5…) refuse with a 400 naming the parameter,
 # and what the call does instead: the length cap has a new name, the temperature must go.
@@ -191,7 +193,7 @@ def _no_text(message: Any, finish: object, reasoned: bool, persona: PersonaView)
     """Why a completion holds nothing to text, as precisely as it shows."""
     refusal = getattr(message, "refusal", None)
     if isinstance(refusal, str) and refusal.strip():
-        return f"model refused to answer: {refusal.strip()[:200]}"
+        return f"model refused to answer: {shorten(refusal.strip(), SHOWN_CHARS)}"
     if finish == "length":
         cap = f"--max-tokens {persona.max_tokens}" if persona.max_tokens else "its length cap"
         return (
@@ -340,5 +342,5 @@ def _detail(exc: openai.APIStatusError) -> str:
     if isinstance(body, dict):
         message = body.get("message") or (body.get("error") or {}).get("message")
         if message:
-            return str(message)[:200]
-    return str(exc)[:200]
+            return shorten(str(message), SHOWN_CHARS)
+    return shorten(str(exc), SHOWN_CHARS)
