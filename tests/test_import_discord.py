@@ -594,3 +594,112 @@ def test_a_message_of_only_a_link_is_dropped_as_a_link(tmp_path: Path) -> None:
     )
     assert [m.text for m in conv.messages] == ["hi river", "hello amy"]
     assert conv.dropped == {"link": 1}
+
+
+def _data_package(root: Path, messages: str = "Messages") -> Path:
+    """A small Discord data package ("Request all of my data") unpacked in `root`."""
+    channels = root / messages
+    (channels / "c111").mkdir(parents=True)
+    (channels / "c222").mkdir()
+    (root / "Account").mkdir()
+    (root / "Servers" / "333").mkdir(parents=True)
+    (channels / "index.json").write_text('{"111": "Direct Message with amy.pond", "222": null}')
+    (channels / "c111" / "channel.json").write_text(
+        '{"id": "111", "type": 1, "recipients": ["1", "2"]}'
+    )
+    (channels / "c111" / "messages.json").write_text(
+        '[\n  {"ID": 5, "Timestamp": "2024-03-01 20:00:00", "Contents": "hello sweetie",'
+        ' "Attachments": ""}\n]'
+    )
+    (channels / "c222" / "channel.json").write_text(
+        '{"id": "222", "type": 0, "name": "general", "guild": {"id": "333", "name": "Whovians"}}'
+    )
+    # older packages: messages.csv instead of messages.json
+    (channels / "c222" / "messages.csv").write_text(
+        "ID,Timestamp,Contents,Attachments\n6,2020-08-25 22:54:05.726000+00:00,spoilers,\n"
+    )
+    (root / "Account" / "user.json").write_text('{"id": "1", "username": "river.song"}')
+    (root / "Servers" / "index.json").write_text('{"333": "Whovians"}')
+    (root / "Servers" / "333" / "guild.json").write_text('{"id": "333", "name": "Whovians"}')
+    return root
+
+
+PACKAGE_WHY = (
+    'Discord\'s own data package ("Request all of my data") holds only your side of each '
+    "chat, so it cannot train replies: "
+)
+
+
+def _import_error(path: Path) -> str:
+    """What `phischer import discord PATH` prints, asserting it fails with exit 1."""
+    result = CliRunner().invoke(
+        cli, ["import", "discord", str(path), "--me", "river.song", "-o", "out.jsonl"]
+    )
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not Path("out.jsonl").exists()
+    return result.output
+
+
+@pytest.mark.parametrize(
+    ("given", "evidence"),
+    [
+        ("package", "package/Messages/c111/messages.json"),  # the unzipped folder
+        ("package/Messages", "package/Messages/c111/messages.json"),
+        ("package/Messages/c111", "package/Messages/c111/messages.json"),  # one channel
+        ("package/Messages/c111/messages.json", "package/Messages/c111/messages.json"),
+        ("package/Messages/c222/messages.csv", "package/Messages/c222/messages.csv"),
+    ],
+)
+def test_discords_own_data_package_is_refused_saying_why(
+    tmp_path: Path, given: str, evidence: str
+) -> None:
+    _data_package(tmp_path / "package")
+    assert _import_error(tmp_path / given) == (
+        f"Error: {tmp_path / evidence}: {PACKAGE_WHY}"
+        "export the DMs and channels with DiscordChatExporter instead\n"
+    )
+
+
+@pytest.mark.parametrize("messages", ["Messages", "messages"])  # newer and older packages
+def test_discords_own_data_package_zip_is_refused_saying_why(tmp_path: Path, messages: str) -> None:
+    package = _zip_folder(_data_package(tmp_path / "package", messages), tmp_path / "package.zip")
+    assert _import_error(package) == (
+        f"Error: {messages}/c111/messages.json (in {package}): {PACKAGE_WHY}"
+        "export the DMs and channels with DiscordChatExporter instead\n"
+    )
+
+
+def test_a_data_package_beside_discord_chat_exporter_exports_is_refused(tmp_path: Path) -> None:
+    # Decided: the whole import stops, naming the package to move out, rather than skipping
+    # it (its Account/, Servers/, … JSON cannot be told from stray files).
+    folder = tmp_path / "discord"
+    _data_package(folder / "package")
+    shutil.copy(GENERAL, folder / GENERAL.name)
+    assert _import_error(folder) == (
+        f"Error: {folder / 'package/Messages/c111/messages.json'}: {PACKAGE_WHY}"
+        f"move it out of {folder} and import the DiscordChatExporter exports there\n"
+    )
+
+
+def test_an_export_named_like_a_package_file_is_still_an_export(tmp_path: Path) -> None:
+    # Known by its shape, not its name: a DiscordChatExporter export saved as messages.json
+    # (even beside a channel.json) is imported.
+    folder = tmp_path / "c999"
+    folder.mkdir()
+    (folder / "channel.json").write_text('{"id": "999", "type": 0}')
+    shutil.copy(GENERAL, folder / "messages.json")
+    shutil.copy(GENERAL_2, folder / "messages [part 2].json")
+    (conv,) = import_discord(folder / "messages.json")
+    assert rows(conv) == GENERAL_ROWS[:4]
+    (folder / "channel.json").unlink()  # not an export: it would be refused as one
+    (conv,) = import_discord(folder)
+    assert rows(conv) == GENERAL_ROWS
+
+
+def _zip_folder(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(folder).as_posix())
+    return target

@@ -68,6 +68,18 @@ _CSV_SYSTEM = re.compile(
 # `localdates` as WhatsApp's are.
 _NAMED_MONTH = re.compile(r"^\d{1,2}-[A-Za-z]{3}-\d{2,4} \d{1,2}:\d{2}(?::\d{2})?(?: [AP]M)?$")
 _NUMERIC = re.compile(rf"^(?P<date>{DATE})[,\u060cT ]+(?P<time>.+)$")
+# Discord's own data package ("Request all of my data"): Messages/ (messages/ in older
+# packages) holds a folder c<channel id>/ per channel with a channel.json beside the
+# messages.json (a list of {"ID", "Timestamp", "Contents", "Attachments"}) or, in older
+# packages, messages.csv with those columns. Only the owner's messages are in it.
+_PACKAGE_CHANNEL = re.compile(r"(?:^|/)c\d+/[^/]+$")
+_PACKAGE_JSON = re.compile(rb"^(?:\xef\xbb\xbf)?\s*\[\s*\{")
+_PACKAGE_KEYS = (b'"ID"', b'"Timestamp"', b'"Contents"')
+_PACKAGE_CSV = re.compile(rb"^(?:\xef\xbb\xbf)?ID,Timestamp,Contents\b")
+# How DiscordChatExporter's own files begin: JSON with "guild" first, CSV with its header.
+_EXPORT_HEAD = re.compile(
+    rb'^(?:\xef\xbb\xbf)?\s*\{\s*"guild"\s*:|^(?:\xef\xbb\xbf)?AuthorID,Author,'
+)
 
 
 @register("discord")
@@ -377,7 +389,9 @@ def _members(export: Export) -> list[str]:
                 f"{export.path}: expected a DiscordChatExporter .json or .csv export, "
                 "a zip or a folder of them"
             )
+        _refuse_data_package(export)
         return export.names()
+    _refuse_data_package(export)
     names = [
         n
         for n in export.names()
@@ -388,3 +402,46 @@ def _members(export: Export) -> list[str]:
     if not names:
         raise ImportErrorMessage(f"No DiscordChatExporter .json or .csv file in {export.path}")
     return names
+
+
+def _refuse_data_package(export: Export) -> None:
+    """Stop with one clear line when `export` is, or holds, Discord's own data package."""
+    # Without this the package fails on its first file, "not a DiscordChatExporter export",
+    # and nothing says why. Beside DiscordChatExporter exports it is refused too, rather
+    # than skipped: its other folders (Account/, Servers/, Activity/, …) are JSON that no
+    # rule tells from a stray file, and the user learns why it is of no use.
+    names = export.names()
+    found = next((n for n in names if _is_package_messages(export, n)), None)
+    if found is None:
+        return
+    why = (
+        f'{export.where(found)}: Discord\'s own data package ("Request all of my data") holds '
+        "only your side of each chat, so it cannot train replies: "
+    )
+    # Files in the package's channel folders (channel.json) need not be looked at.
+    others = (n for n in names if not _PACKAGE_CHANNEL.search(n))
+    if any(_is_chat_exporter_file(export, n) for n in others):
+        raise ImportErrorMessage(
+            f"{why}move it out of {export.path} and import the DiscordChatExporter exports there"
+        )
+    raise ImportErrorMessage(f"{why}export the DMs and channels with DiscordChatExporter instead")
+
+
+def _is_package_messages(export: Export, name: str) -> bool:
+    """Whether `name` is a channel's messages of Discord's own data package, by its content."""
+    # A DiscordChatExporter export saved as messages.json is still an export: the name only
+    # spares reading the head of every other file.
+    base = name.rpartition("/")[2].lower()
+    if export.kind != "file" and base not in ("messages.json", "messages.csv"):
+        return False
+    head = export.read_head(name)
+    if _PACKAGE_JSON.match(head):
+        return all(key in head for key in _PACKAGE_KEYS)
+    return _PACKAGE_CSV.match(head) is not None
+
+
+def _is_chat_exporter_file(export: Export, name: str) -> bool:
+    """Whether `name` begins as a DiscordChatExporter JSON or CSV export does."""
+    if not name.lower().endswith((".json", ".csv")):
+        return False
+    return _EXPORT_HEAD.match(export.read_head(name, 512)) is not None
