@@ -263,6 +263,14 @@ def test_parallel_parsing_reports_a_broken_file(
         ("Sam Rivera sent a photo.", "Priya Nair", None),  # not her own notice
         ("check https://example.com/x it's great", "Sam Rivera", None),
         ("You are the best", "Sam Rivera", None),
+        # Instagram's DMs (the same export format)
+        ("Liked a message", "Sam Rivera", "reaction"),
+        ("Sam Rivera started an audio call", "Sam Rivera", "call"),
+        ("You missed a video chat", "Zoë Martín", "call"),
+        ("Sam Rivera shared a story.", "Sam Rivera", "link"),
+        ("You shared a reel", "Zoë Martín", "link"),
+        ("Sam Rivera shared a story about you lol", "Sam Rivera", None),
+        ("I Liked a message of yours", "Sam Rivera", None),
     ],
 )
 def test_notice_and_link_detection(text: str, sender: str, reason: str | None) -> None:
@@ -351,3 +359,74 @@ def test_poll_notice_detection(sender: str, notice: str, typed: str) -> None:
     assert _text_reason(typed, sender, shared=False) is None
     if notice.startswith(sender):  # the same words from someone else are not their notice
         assert _text_reason(notice, "Priya Nair", shared=False) is None
+
+
+def _mojibake(value: object) -> object:
+    # Meta writes each UTF-8 byte as its own \u00XX escape, Instagram as Facebook.
+    return value.encode("utf-8").decode("latin-1") if isinstance(value, str) else value
+
+
+def _instagram_zip(target: Path) -> Path:
+    """An Instagram "Download your information" JSON zip with one DM thread."""
+    sam, inbox = "Sam Rivera", "your_instagram_activity/messages/inbox/samrivera_17841"
+
+    def msg(sender: str, minute: int, content: str | None = None, **extra: object) -> dict:
+        m = {"sender_name": sender, "timestamp_ms": 1709283600000 + minute * 60000}
+        m |= {"content": content} if content is not None else {}
+        m |= extra | {"is_geoblocked_for_viewer": False}  # on every Instagram message
+        return {k: _mojibake(v) for k, v in m.items()}
+
+    story = {"link": "https://www.instagram.com/stories/zoe.m/3311/", "original_content_owner": "zoe.m"}  # fmt: skip
+    messages = [
+        msg(sam, 0, "hey! saw your story from lisbon 😍"),
+        msg(ZOE, 1, "Liked a message"),
+        msg(ZOE, 2, "it was amazing, café every morning"),
+        msg(sam, 3, "Reacted ❤️ to your message "),
+        msg(sam, 4, f"{sam} sent an attachment.",
+            share={"link": "https://www.instagram.com/reel/C1abc/", "original_content_owner": "x"}),
+        msg(ZOE, 5, f"{ZOE} shared a story.", share=story),
+        msg(sam, 6, f"{sam} shared a story."),  # its link gone (the story expired)
+        msg(sam, 7, f"{sam} started an audio call"),
+        msg(ZOE, 8, f"{ZOE} missed a video chat"),
+        msg(ZOE, 9, "You sent an attachment.", share={"link": "https://www.instagram.com/p/x/"}),
+        msg(ZOE, 10, photos=[{"uri": f"{inbox}/photos/1.jpg", "creation_timestamp": 1709284200}]),
+        msg(sam, 11, "next time take me with you"),
+        msg(ZOE, 12, "deal 🤝"),
+    ]  # fmt: skip
+    thread = {
+        "participants": [{"name": _mojibake(sam)}, {"name": _mojibake(ZOE)}],
+        "messages": messages[::-1],  # newest first, as Meta writes them
+        "title": _mojibake(sam),
+        "is_still_participant": True,
+        "thread_path": "inbox/samrivera_17841",
+        "magic_words": [],
+    }
+    with zipfile.ZipFile(target, "w") as zf:
+        zf.writestr(f"{inbox}/message_1.json", json.dumps(thread, indent=2))
+        zf.writestr("personal_information/personal_information/personal_information.json", "{}")
+    return target
+
+
+def test_instagram_dms_import_as_messenger_without_instagrams_notices(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    export = _instagram_zip(tmp_path / "instagram-zoe.m-2024-03-05.zip")
+    result = CliRunner().invoke(
+        cli, ["import", "messenger", str(export), "--me", ZOE, "-o", "zoe.jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Dropped: 9  (media 3, reaction 2, link 2, call 2)" in result.output
+    lines = (tmp_path / "zoe.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["messages"][1:] for line in lines] == [
+        [
+            {"role": "user", "content": "hey! saw your story from lisbon 😍"},
+            {"role": "assistant", "content": "it was amazing, café every morning"},
+            {"role": "user", "content": "next time take me with you"},
+            {"role": "assistant", "content": "deal 🤝"},
+        ]
+    ]
+    assert (tmp_path / "zoe.jsonl.conversations").read_text() == (
+        "inbox/samrivera_17841#2024-03-01T09:00:00\n"
+    )

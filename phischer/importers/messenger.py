@@ -10,6 +10,9 @@ requests you did answer are your voice like any other chat.
 E2EE export ("Download end-to-end encrypted chats"): one JSON per thread with camelCase
 fields (`participants` as strings, `threadName`, `messages[senderName, text, timestamp,
 type, isUnsent, media, reactions]`). Both layouts may sit in the same folder or zip.
+
+Instagram's DMs ("Download your information", JSON) are the legacy layout under
+`your_instagram_activity/messages/`, with a few notices of their own ("Liked a message").
 """
 
 from __future__ import annotations
@@ -50,8 +53,12 @@ _NOTICE = re.compile(
     r" (?:"
     r"(?P<media>sent (?:an? )?(?:attachment|photo|video|GIF|gif|sticker|voice message|"
     r"audio clip|file|location|live location)|sent \d+ (?:photos|videos|attachments))"
-    r"|(?P<call>(?:started|joined|ended) (?:a |the )?(?:video |audio )?(?:call|chat)|"
-    r"missed (?:a|your) (?:video |audio )?call|called (?:you|the group))"
+    # Instagram's DMs (the same export) say "started an audio call", "missed a video chat"
+    r"|(?P<call>(?:started|joined|ended) (?:an? |the )?(?:video |audio )?(?:call|chat)|"
+    r"missed (?:an?|your) (?:video |audio )?(?:call|chat)|called (?:you|the group))"
+    # Instagram: a story, post or reel shared, the whole line ("Sam shared a story."), also
+    # when the share's link is gone from the export
+    r"|(?P<link>shared an? (?:story|post|reel)(?=\.?$))"
     r"|(?P<unsent>unsent a message)"
     r"|(?P<system>named the group|changed the group photo|removed the group name|"
     r"left the group|created the group|added .{1,300} to the group|"
@@ -81,10 +88,10 @@ _CONSTANT_NOTICES = {
 }
 # "Alice reacted ❤ to your message" arrives as a message of its own in some exports.
 # Newer exports write it without the name, as the reactor's own message: "Reacted 😂 to your
-# message".
+# message"; Instagram's a double-tap on a message as "Liked a message", the whole text.
 _REACTION = re.compile(
-    r"(?:(?:^|\s)[Rr]eacted .{1,24} to (?:your|a|an|their|his|her) message|liked a message)"
-    r"\.?\s*$",
+    r"(?:(?:^|\s)[Rr]eacted .{1,24} to (?:your|a|an|their|his|her) message|liked a message"
+    r"|^Liked a message)\.?\s*$",
     re.S,
 )
 
@@ -122,7 +129,7 @@ def _text_reason(text: str, sender: str, shared: bool) -> str | None:
     kind = _CONSTANT_NOTICES.get(text)
     if kind:
         return kind
-    if ("eacted " in text or "liked a message" in text) and _REACTION.search(text):
+    if ("eacted " in text or "iked a message" in text) and _REACTION.search(text):
         return "reaction"
     rest = None
     if sender and text.startswith(sender):
