@@ -14,7 +14,8 @@ from phischer.dataset import build_examples
 from phischer.import_run import run_import
 from phischer.importers import ImportErrorMessage, load
 from phischer.importers.senders import one_name_per_sender
-from phischer.importers.twitter import PROMPT_SENDER, key_phrases, topic_prompt
+from phischer.importers.topic_prompt import key_phrases, topic_prompt
+from phischer.importers.twitter import PROMPT_SENDER
 
 ARCHIVE = Path(__file__).parent / "fixtures" / "twitter"
 ZOE = "Zoë Martín"
