@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,6 +187,15 @@ def write_dataset(path: Path, pairs: list[tuple[str, str]], system: str = "You a
             ]
             fh.write(json.dumps({"messages": messages}) + "\n")
     return path
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    """Zip every file under `folder` at its path relative to it, in name order."""
+    with zipfile.ZipFile(target, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder).as_posix())
+    return target
 
 
 def free_port() -> int:

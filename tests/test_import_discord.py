@@ -15,7 +15,7 @@ from phischer.cli import cli
 from phischer.importers import IMPORTERS
 from phischer.importers.base import Conversation, ImportErrorMessage
 from phischer.importers.discord import import_discord
-from tests.conftest import peak_memory
+from tests.conftest import peak_memory, zip_folder
 
 FIX = Path(__file__).parent / "fixtures" / "discord"
 GENERAL = FIX / "json" / "Fictional Guild - Text Channels - general [222000000000000001].json"
@@ -663,7 +663,7 @@ def test_discords_own_data_package_is_refused_saying_why(
 
 @pytest.mark.parametrize("messages", ["Messages", "messages"])  # newer and older packages
 def test_discords_own_data_package_zip_is_refused_saying_why(tmp_path: Path, messages: str) -> None:
-    package = _zip_folder(_data_package(tmp_path / "package", messages), tmp_path / "package.zip")
+    package = zip_folder(_data_package(tmp_path / "package", messages), tmp_path / "package.zip")
     assert _import_error(package) == (
         f"Error: {messages}/c111/messages.json (in {package}): {PACKAGE_WHY}"
         "export the DMs and channels with DiscordChatExporter instead\n"
@@ -695,11 +695,3 @@ def test_an_export_named_like_a_package_file_is_still_an_export(tmp_path: Path) 
     (folder / "channel.json").unlink()  # not an export: it would be refused as one
     (conv,) = import_discord(folder)
     assert rows(conv) == GENERAL_ROWS
-
-
-def _zip_folder(folder: Path, target: Path) -> Path:
-    with zipfile.ZipFile(target, "w") as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                zf.write(f, f.relative_to(folder).as_posix())
-    return target

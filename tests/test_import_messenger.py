@@ -12,6 +12,7 @@ import pytest
 
 from phischer.importers import ImportErrorMessage, load
 from phischer.importers.messenger import fix_mojibake
+from tests.conftest import zip_folder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEGACY = FIXTURES / "messenger"
@@ -21,14 +22,6 @@ ZOE = "Zoë Martín"
 
 def _threads(path: Path) -> dict[str, object]:
     return {c.id: c for c in load("messenger", path)}
-
-
-def _zip(folder: Path, target: Path) -> Path:
-    with zipfile.ZipFile(target, "w") as zf:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                zf.write(p, p.relative_to(folder).as_posix())
-    return target
 
 
 def test_legacy_thread_merges_files_in_time_order_and_fixes_mojibake() -> None:
@@ -86,7 +79,7 @@ def test_group_thread_drops_system_notices_and_keeps_senders() -> None:
 
 
 def test_zip_reads_the_same_as_the_folder(tmp_path: Path) -> None:
-    archive = _zip(LEGACY, tmp_path / "facebook-zoe.zip")
+    archive = zip_folder(LEGACY, tmp_path / "facebook-zoe.zip")
     from_zip = _threads(archive)
     from_folder = _threads(LEGACY)
     assert from_zip.keys() == from_folder.keys()
@@ -206,7 +199,7 @@ def test_parallel_parsing_gives_the_same_conversations(
     monkeypatch.setattr(messenger, "_workers", lambda: 1)
     monkeypatch.setattr(messenger, "_BATCH_BYTES", batch_bytes)
     monkeypatch.setattr(messenger, "_AHEAD_BYTES", ahead_bytes)
-    archive = _zip(LEGACY, tmp_path / "fb.zip")
+    archive = zip_folder(LEGACY, tmp_path / "fb.zip")
     for path in (LEGACY, archive):
         parallel = _threads(path)
         assert list(parallel) == list(serial)
