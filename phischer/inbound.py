@@ -316,11 +316,15 @@ class SmsService:
         limit = self.settings.daily_limit
         contact.replies_today += 1  # reserved now, so concurrent texts cannot overshoot
         if contact.replies_today > limit:
-            return "refused", "limited", self._limit_notice(cur, contact, today), persona
+            return "refused", "limited", self._limit_notice(cur, contact, now, today), persona
         return "chat", "processing", "", persona
 
-    def _limit_notice(self, cur: Any, contact: ContactRow, today: dt.date) -> str:
+    def _limit_notice(self, cur: Any, contact: ContactRow, now: Any, today: dt.date) -> str:
         """The notice for a text over DAILY_LIMIT: once a day per number, then silence."""
+        if now.date() > today:
+            # Stamped after a message a clock once set ahead stamped (see stamp()): the stored
+            # times say nothing of the clock's day, so the count decides, as it did before.
+            return LIMIT_TEXT if contact.replies_today == self.settings.daily_limit + 1 else ""
         # Asked of the stored notices, not told by the count: a DAILY_LIMIT lowered by a
         # restart leaves numbers already past it, whose first text over it is not limit + 1.
         # The contact row is locked (see Store.contact), so two texts cannot both send it.

@@ -237,3 +237,19 @@ def test_a_clock_once_a_year_ahead_does_not_hold_the_daily_count(
     assert twilio_post("good night", target=app).replies != [LIMIT_TEXT]
     clock.at = today
     assert twilio_post("good night", target=app).replies != [LIMIT_TEXT]
+
+
+def test_a_clock_once_a_year_ahead_does_not_hold_the_daily_limit_notice(
+    make_app, personas, twilio_post, clock
+):
+    # The notice of a day is stamped after the "next year" message too: the next day by the
+    # clock, the first text over the limit still gets its notice.
+    app = make_app(daily_limit=1)
+    today = clock.at
+    clock.at = today + dt.timedelta(days=365)
+    twilio_post("good night", target=app)
+    got = []
+    for day in (today, today + dt.timedelta(days=1)):
+        clock.at = day
+        got += [twilio_post("good night", target=app).replies == [LIMIT_TEXT] for _ in range(3)]
+    assert got == [False, True, False, False, True, False]
