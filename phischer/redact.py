@@ -35,8 +35,10 @@ _SEPARATOR = r"[ \t\u00a0().\-\u2010-\u2015]"
 # shorter runs are our own ids and counts ("Reply 1234567 not sent"), which every log line
 # now passes through. Other national groupings are `_GROUPED_RUN`'s.
 _NUMBER_IN_TEXT = re.compile(
-    rf"(?<![\w+%.])(?<!\w[\-\u2010-\u2015])(?:(?:\+|%2[Bb])\d(?:{_SEPARATOR}{{0,2}}\d){{6,14}}"
-    rf"|\d{{10,}}|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}})(?!\w)"
+    rf"(?<![\w+%.])(?:(?:\+|%2[Bb])\d(?:{_SEPARATOR}{{0,2}}\d){{6,14}}"
+    # Bare digits after "word-" are a UUID's tail; a + is never in one ("chat-+15550100").
+    rf"|(?<!\w[\-\u2010-\u2015])"
+    rf"(?:\d{{10,}}|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}}))(?!\w)"
 )
 # A national number or a card as people write them: digit groups joined by single spaces,
 # dashes or dots ("07911 123456", "06 12 34 56 78", "0151-2345 6789", "4111 1111 1111 1111"),

@@ -151,6 +151,11 @@ def test_our_own_ids_are_not_taken_for_numbers() -> None:
     assert redact("call 5553330001 back") == "call …01 back"
 
 
+def test_a_number_with_its_plus_after_a_word_and_a_dash_is_masked() -> None:
+    # Not a UUID's tail (the bare digits after "word-" that stay): a UUID holds no +.
+    assert redact("chat-+15553330001 and Sam\u2013+44 7911 123456") == "chat-…01 and Sam\u2013…56"
+
+
 # Pieces of what the patterns look for, and of what they must not take, to shuffle together.
 PIECES = (
     "+", "%2B", "%2b", "1234567890", "555", "0199", "\u0663" * 6, "(", ")", "-", "\u2011", "x://", "bob:", "pw@", "Bearer ",
