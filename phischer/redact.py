@@ -36,8 +36,9 @@ _SEPARATOR = r"[ \t\u00a0().\-\u2010-\u2015]"
 # now passes through. Other national groupings are `_GROUPED_RUN`'s.
 _NUMBER_IN_TEXT = re.compile(
     rf"(?<![\w+%.])(?:(?:\+|%2[Bb])\d(?:{_SEPARATOR}{{0,2}}\d){{6,14}}"
-    # Bare digits after "word-" are a UUID's tail; a + is never in one ("chat-+15550100").
-    rf"|(?<!\w[\-\u2010-\u2015])"
+    # Not a UUID's tail (12 digits after 8-4-4-4 hex groups); other bare digits after a dash
+    # are a number (sms-15550100199.json) like any other.
+    rf"|(?<!-[0-9A-Fa-f]{{4}}-)"
     rf"(?:\d{{10,}}|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}}))(?!\w)"
 )
 # A national number or a card as people write them: digit groups joined by single spaces,

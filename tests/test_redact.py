@@ -140,6 +140,7 @@ def test_a_number_written_in_groups_is_masked_whole(text: str, clean: str) -> No
         "listening on 127.0.0.1:5000 and 192.168.100.200 port 8080",
         "job 550e8400-e29b-41d4-a716-446655440000 and 12345678-1234-1234-1234-123456789012",
         "Reply 1234567 not sent, 123 456 left",
+        "job 550E8400-E29B-41D4-A716-446655440000, run-550e8400-e29b-41d4-a716-446655440000.log",
     ],
 )
 def test_other_numbers_in_groups_stay(text: str) -> None:
@@ -149,6 +150,12 @@ def test_other_numbers_in_groups_stay(text: str) -> None:
 def test_our_own_ids_are_not_taken_for_numbers() -> None:
     assert redact("Reply 1234567 not sent") == "Reply 1234567 not sent"
     assert redact("call 5553330001 back") == "call …01 back"
+
+
+def test_bare_digits_after_a_word_and_a_dash_are_masked_unless_a_uuids_tail() -> None:
+    assert redact("sms-15551234567.json, chat\u20135553330001") == "sms-…67.json, chat\u2013…01"
+    uuid = "123e4567-e89b-12d3-a456-426614174000"
+    assert redact(f"job {uuid}") == f"job {uuid}"
 
 
 def test_a_number_with_its_plus_after_a_word_and_a_dash_is_masked() -> None:
