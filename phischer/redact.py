@@ -26,7 +26,8 @@ WORD_SECRET_CHARS = 16
 
 # What people (and WhatsApp's export, with its no-break spaces and hyphens) put between a
 # number's digits: spaces, dots, dashes and the parentheses around an area code.
-_SEPARATOR = r"[ \t\u00a0().\-\u2010-\u2015]"
+_SEPARATOR_CHARS = r" \t\u00a0().\-\u2010-\u2015"
+_SEPARATOR = f"[{_SEPARATOR_CHARS}]"
 # A phone number inside free text (Twilio quotes it: "The 'To' number +15553330001 is not a
 # valid phone number"; a URL carries it %2B-encoded; an export's sender column writes it
 # "+1 (555) 010-0199"); not a run of digits inside a SID, a UUID or a word, nor a fraction (a
@@ -41,30 +42,41 @@ _NUMBER_IN_TEXT = re.compile(
     rf"|(?<!-[0-9A-Fa-f]{{4}}-)"
     rf"(?:\d{{10,}}|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}}))(?!\w)"
 )
-# A national number or a card as people write them: digit groups joined by single spaces,
-# dashes or dots ("07911 123456", "06 12 34 56 78", "0151-2345 6789", "4111 1111 1111 1111"),
-# the first maybe in parentheses ("(030) 12345678"). Always the whole run, never a piece of
-# it: it neither starts nor ends next to another group, so "2026-11-30 12:43:50" (its last
-# group ends at a colon) is no run at all, nor any part of it, and the end of "+44 (0)20
-# 7946 0958" is left to the whole number's pattern. `_grouped_number` then tells numbers
-# from the dates, IP addresses, versions and decimals that are such runs too.
-_GROUP_SEPARATOR = r"[ .\-\u00a0\u2010-\u2015]"
+# A national number or a card as people write them: digit groups joined by a space, a dash
+# or a dot, maybe doubled or spaced ("07911 123456", "06 12 34 56 78", "0151-2345 6789",
+# "07911  123456", "07911 - 123456", "4111 1111 1111 1111"), the first maybe in parentheses
+# ("(030) 12345678") or before a slash ("030/1234567", as Germany writes its area codes).
+# Always the whole run, never a piece of it: it neither starts nor ends next to another
+# group, so "2026-11-30 12:43:50" (its last group ends at a colon) is no run at all, nor any
+# part of it, and the end of "+44 (0)20 7946 0958" is left to the whole number's pattern.
+# After a colon only where a word ends there (tel:07911 123456), not in a time or an
+# address. `_grouped_number` then tells numbers from the dates, IP addresses, versions,
+# decimals and fractions that are such runs too.
+_SPACE = r"[ \u00a0]"
+_GROUP_SEPARATOR = rf"(?:{_SPACE}?[/\-\u2010-\u2015]{_SPACE}?|{_SPACE}{{1,2}}|\.)"
+_GAP = f"[{_SEPARATOR_CHARS}/]"  # any character of a separator, parentheses included
 _GROUPED_RUN = re.compile(
-    rf"(?<![\w+%./:])(?<!\w[\-\u2010-\u2015])(?<!\d{_SEPARATOR})(?<!\d{_SEPARATOR}{_SEPARATOR})"
+    rf"(?<![\w+%./])(?<![^A-Za-z]:)(?<!\w[\-\u2010-\u2015])"
+    rf"(?<!\d{_GAP})(?<!\d{_GAP}{{2}})(?<!\d{_GAP}{{3}})"
     rf"(?:\(\d{{2,5}}\)|\d+)(?:{_GROUP_SEPARATOR}\d{{2,}})+"
-    rf"(?!\w|{_GROUP_SEPARATOR}\d|[,:/]\d)"
+    rf"(?!\w|{_GROUP_SEPARATOR}\d|[,:]\d)"
 )
 # 8 digits for the shortest national numbers (030 1234567 has 10, but 0800 1111 and Europe's
 # smaller towns have 8 or 9), 19 for the longest card.
 _GROUPED_DIGITS = range(8, 20)
-# Runs that are no number: one that starts with a date (2026-11-30, 30.11.2026, "2026-11-30
-# 10" of a log line), an HTTP status and a Twilio error code ("400 21211").
-_NOT_A_NUMBER = re.compile(
-    r"(?:19|20)\d\d([-./ ])\d\d\1\d\d|\d\d([-./])\d\d\2(?:19|20)\d\d|[1-5]\d\d \d{5}$"
-)
+# A run that starts with a date (2026-11-30, 30.11.2026, 30/11/2026) is the date and what
+# follows it ("2026-11-30 10" of a log line, or "2026-11-30 - 07911 123456"): only the rest
+# can be a number.
+_DATE = re.compile(rf"(?:(?:19|20)\d\d([-./ ])\d\d\1\d\d|\d\d([-./])\d\d\2(?:19|20)\d\d){_GAP}*")
+# Runs that are no number: a range of years (2024-2025), an HTTP status and a Twilio error
+# code ("400 21211").
+_NOT_A_NUMBER = re.compile(rf"(?:(?:19|20)\d\d{_GAP}+(?:19|20)\d\d|[1-5]\d\d{_GAP}+\d{{5}})$")
 # Dots alone, from a 0 and in three groups or more, are a national number (06.12.34.56.78);
 # other dotted runs are IP addresses, versions and decimals (192.168.100.200, 0.12345678).
 _DOTTED_NUMBER = re.compile(r"0\d*(?:\.\d+){2,}")
+# One slash, after an area code from its 0 (0151/23456789); others are fractions and counts
+# (page 2/10, step 1200/3000).
+_SLASHED_NUMBER = re.compile(rf"0\d{{1,4}}{_SPACE}?/[^/]*")
 
 # Secrets phischer never held but text can still carry, by their shape. None matches a
 # "<NAME>" a known secret was already replaced with.
@@ -80,11 +92,11 @@ _SECRET_SHAPES = (
     (re.compile(r"\bsk-[\w*-]{8,}"), "sk-***"),
 )
 
-# What every pattern above must contain: 6 digits, a + before a digit or a digit, one or
-# two separators and two digits (a number), or the fixed part of a secret's shape. Every log
-# record is redacted, and most hold none of these (nor a known secret): one search then
-# clears the text instead of a substitution per pattern.
-_CANDIDATES = rf"\d(?:\d{{5}}|{_SEPARATOR}{{1,2}}\d\d)|\+\d|%2[Bb]\d|://|Bearer |sk-|(?i:authtoken)"
+# What every pattern above must contain: 6 digits, a + before a digit or a digit, one to
+# four separator characters ("0) - 12") and two digits (a number), or the fixed part of a
+# secret's shape. Every log record is redacted, and most hold none of these (nor a known
+# secret): one search then clears the text instead of a substitution per pattern.
+_CANDIDATES = rf"\d(?:\d{{5}}|{_GAP}{{1,4}}\d\d)|\+\d|%2[Bb]\d|://|Bearer |sk-|(?i:authtoken)"
 
 
 class _Secrets(NamedTuple):
@@ -119,11 +131,19 @@ def mask_numbers_in(text: str) -> str:
 def _grouped_number(m: re.Match[str]) -> str:
     """A run of digit groups masked if it is a national number or a card, else as it was."""
     run = m.group()
+    date = _DATE.match(run)
+    start = date.end() if date else 0
+    rest = run[start:]
+    return run[:start] + (mask_number(rest) if _is_grouped_number(rest) else rest)
+
+
+def _is_grouped_number(run: str) -> bool:
+    """Whether a run of digit groups is a national number or a card (see _GROUPED_RUN)."""
     if sum(c.isdigit() for c in run) not in _GROUPED_DIGITS or _NOT_A_NUMBER.match(run):
-        return run
+        return False
     if "." in run and not _DOTTED_NUMBER.fullmatch(run):
-        return run
-    return mask_number(run)
+        return False
+    return "/" not in run or _SLASHED_NUMBER.fullmatch(run) is not None
 
 
 def shorten(text: str, limit: int) -> str:
@@ -131,12 +151,23 @@ def shorten(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     # Not inside a word, nor between two groups of digits: a phone number cut to its first
-    # digits ("+1555", "020 7946") would no longer look like one to `mask_numbers_in`, which
-    # would let those digits through.
+    # digits ("+1555", "020 7946", "07911 - ") would no longer look like one to
+    # `mask_numbers_in`, which would let those digits through.
     cut = text.rfind(" ", 0, limit + 1)
-    while cut > 0 and text[cut - 1].isdigit() and text[cut + 1 : cut + 2].isdigit():
+    while cut > 0 and _between_groups(text, cut):
         cut = text.rfind(" ", 0, cut)
     return text[: cut if cut > 0 else limit].rstrip() + "…"
+
+
+# A space with a group of digits on either side, as far as a separator reaches: "0) - 1".
+_GROUP_BEFORE = re.compile(rf"\d{_GAP}{{0,3}}\Z")
+_GROUP_AFTER = re.compile(rf"{_GAP}{{0,3}}\d")
+
+
+def _between_groups(text: str, space: int) -> bool:
+    """Whether the space at `space` separates two groups of one number's digits."""
+    before = _GROUP_BEFORE.search(text, max(0, space - 4), space)
+    return before is not None and _GROUP_AFTER.match(text, space + 1) is not None
 
 
 def add_secret(value: str | None, name: str) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 
 import pytest
 
 from phischer import redact as redaction
 from phischer.config import Settings
-from phischer.redact import add_secret, redact
+from phischer.redact import add_secret, redact, shorten
 
 log = logging.getLogger("phischer.test_redact")
 
@@ -120,6 +121,15 @@ def test_a_short_secret_is_hidden_only_where_it_stands_alone() -> None:
         ("card 4111 1111 1111 1111 declined", "card …11 declined"),
         ("card 4111-1111-1111-1111", "card …11"),
         ("amex 3782 822463 10005", "amex …05"),
+        # After a URI's scheme, a German area code's slash, doubled or spaced separators.
+        ("tel:07911 123456, sms:+15550100123", "tel:…56, sms:…23"),
+        ("<tel:+447911123456>", "<tel:…56>"),
+        ("030/1234567 or 0151 / 2345 6789", "…67 or …89"),
+        ("07911  123456 and 07911 - 123456", "…56 and …56"),
+        ("(030) - 1234 5678, 0800\u00a0\u2013 1111", "…78, …11"),
+        # After a date, which stays: the run starts with it.
+        ("on 2026-11-30 07911 123456", "on 2026-11-30 …56"),
+        ("2026-11-30 - 07911 123456, 30/11/2026 030/1234567", "2026-11-30 - …56, 30/11/2026 …67"),
     ],
 )
 def test_a_number_written_in_groups_is_masked_whole(text: str, clean: str) -> None:
@@ -140,6 +150,13 @@ def test_a_number_written_in_groups_is_masked_whole(text: str, clean: str) -> No
         "listening on 127.0.0.1:5000 and 192.168.100.200 port 8080",
         "job 550e8400-e29b-41d4-a716-446655440000 and 12345678-1234-1234-1234-123456789012",
         "Reply 1234567 not sent, 123 456 left",
+        # Ranges, fractions and counts, with slashes and spaced dashes.
+        "2024-2025, 2024 - 2025, 1999/2000",
+        "HTTP/1.1 200, HTTP 400 - 21211, GET /v1/12345678/2345 HTTP/1.1",
+        "open 12:00-13:00 and 12:00 - 13:00, 10:22:54 - 12:43:50",
+        "1/2, 3/4 done, page 2/10, 50/50, step 1200/3000, 10000 / 20000 tokens",
+        "on 30/11/2026, 11/30/2026 10, 2026/11/30",
+        "Location: tel:, at 10:22:50 12345678, ::1 8080",
         "job 550E8400-E29B-41D4-A716-446655440000, run-550e8400-e29b-41d4-a716-446655440000.log",
     ],
 )
@@ -156,6 +173,14 @@ def test_bare_digits_after_a_word_and_a_dash_are_masked_unless_a_uuids_tail() ->
     assert redact("sms-15551234567.json, chat\u20135553330001") == "sms-…67.json, chat\u2013…01"
     uuid = "123e4567-e89b-12d3-a456-426614174000"
     assert redact(f"job {uuid}") == f"job {uuid}"
+
+
+@pytest.mark.parametrize("number", ["07911  123456", "07911 - 123456", "(0301) - 1234 5678"])
+def test_a_long_text_is_not_cut_between_a_numbers_spaced_groups(number: str) -> None:
+    # Cut between "07911" and "- 123456", the first group is too short for the mask.
+    for pad in range(len(number) + 3):
+        text = "x" * pad + f" {number} is not valid"
+        assert re.search(r"\d{3}", redact(shorten(text, pad + len(number)))) is None, pad
 
 
 def test_a_number_with_its_plus_after_a_word_and_a_dash_is_masked() -> None:
