@@ -31,7 +31,8 @@ CONNECT_TIMEOUT_S = 10
 log = logging.getLogger(__name__)
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for another database or an in-memory one."""
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -45,7 +46,7 @@ def make_engine(url: str) -> sa.Engine:
     they hold phone numbers and message bodies that a log or a traceback must not show.
     """
     url = normalize_database_url(url)
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         ensure_folder(path.parent, "the SQLite database")
         _create_private(path)
@@ -205,7 +206,7 @@ class Database:
         self.url = url = normalize_database_url(url)
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
         self.write_lock = WriteLock(path)
         # Only the webhook's own connections (Store) hand their checkpoints to this thread;
         # CLI commands keep SQLite's automatic ones, so the WAL never grows without a server.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -11,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
 
-from phischer.config import ConfigError
+from phischer.config import PRIVATE_FILE, ConfigError
 
 _PACKAGE = Path(__file__).resolve().parent
 # Where the Alembic scripts (env.py, script.py.mako, versions/) can be, in the order tried.
@@ -76,12 +78,17 @@ def upgrade(database_url: str, revision: str = "head") -> tuple[str | None, str 
 
 @contextmanager
 def _migrating_alone(conn: Connection) -> Iterator[None]:
-    """On PostgreSQL, wait for any other migration of this database to end first.
+    """Wait for any other migration of this database to end first.
 
     Without it, processes that all found no schema would all create it, and all but one
-    would crash on tables that already exist. SQLite needs nothing: its writes queue on the
-    database file, and the second migration finds the schema done.
+    would crash on tables that already exist. SQLite too: Python's sqlite3 runs DDL outside
+    a transaction, so four `phischer db upgrade` started together on a new file failed in
+    three (one round in five, in all four, on a constraint another had already renamed).
     """
+    if conn.dialect.name == "sqlite":
+        with _sqlite_alone(conn):
+            yield
+        return
     if conn.dialect.name != "postgresql":
         yield
         return
@@ -96,3 +103,21 @@ def _migrating_alone(conn: Connection) -> Iterator[None]:
             conn.rollback()  # a failed migration leaves its transaction aborted
             conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
             conn.commit()
+
+
+@contextmanager
+def _sqlite_alone(conn: Connection) -> Iterator[None]:
+    """Hold a flock on a side file of the SQLite database while migrating it."""
+    from phischer.db import sqlite_path
+
+    path = sqlite_path(conn.engine.url.render_as_string(hide_password=False))
+    if path is None:  # in memory: no other process can see it
+        yield
+        return
+    # Its own file, not the writers' .wlock: a server of this process may hold that one.
+    fd = os.open(path.with_name(path.name + ".migrating"), os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close, also if the process dies
+        yield
+    finally:
+        os.close(fd)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -102,3 +107,24 @@ def test_jobs_stored_before_0006_are_kept_and_found_on_any_server(settings):
         assert jobs.find_job(session, "ftjob-1", "http://127.0.0.1:8000/v1").server is not None
         assert jobs.find_job(session, "ftjob-1", "https://api.openai.com/v1").id == old.id
     db.dispose()
+
+
+def test_processes_migrating_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # `make run` in two terminals, or `phischer up` beside `phischer serve`: each migrates
+    # first. SQLite runs the DDL outside a transaction, so without the lock the others
+    # crashed (tracebacks) on tables and constraints the first was creating. Three rounds:
+    # a race lost in one round in five or so still fails here.
+    command = [sys.executable, "-m", "phischer", "db", "upgrade"]
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'round{round_}.db'}"
+        env = {**os.environ, "DATABASE_URL": url, "INSTANCE_PATH": str(tmp_path / "instance")}
+        runs = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for _ in range(4)]  # fmt: skip
+        outputs = [run.communicate(timeout=60)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0] * 4, outputs
+        assert sum("Database migrated from an empty database" in o for o in outputs) == 1, outputs
+        assert sum("Database is up to date." in o for o in outputs) == 3, outputs
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        engine.dispose()
