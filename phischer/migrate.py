@@ -115,7 +115,13 @@ def _sqlite_alone(conn: Connection) -> Iterator[None]:
         yield
         return
     # Its own file, not the writers' .wlock: a server of this process may hold that one.
-    fd = os.open(path.with_name(path.name + ".migrating"), os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        fd = os.open(path.with_name(path.name + ".migrating"), os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    except OSError:
+        # A folder this process cannot write in: SQLite cannot write the database there
+        # either, and says so in the migration's own one-line error.
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close, also if the process dies
         yield
