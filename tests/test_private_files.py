@@ -53,7 +53,8 @@ def test_the_database_token_and_tunnel_files_are_private(tmp_path: Path) -> None
         tunnel.write_public_url(instance, "https://x.ngrok.app")
         webhook_registration._save_state(instance, {"pid": os.getpid()})
         made = {p.name: mode(p) for p in instance.iterdir()}
-    names = ["dev_auth_token", "phischer.db", "phischer.db.wlock", "public_url", "tunnel.lock"]
+    names = ["dev_auth_token", "phischer.db", "phischer.db.wlock", "phischer.db.migrating"]
+    names += ["public_url", "tunnel.lock"]
     assert made == dict.fromkeys([*names, "tunnel_state.json"], 0o600)
     assert mode(instance) == 0o700
 
