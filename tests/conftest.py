@@ -189,6 +189,16 @@ def write_dataset(path: Path, pairs: list[tuple[str, str]], system: str = "You a
     return path
 
 
+def phischer_at_once(n: int, *args: str, cwd: Path, **env: str) -> list[tuple[int, str]]:
+    """Start `n` `phischer ARGS` processes together; each one's (exit code, output)."""
+    environ = {**os.environ, **env}
+    command = [sys.executable, "-m", "phischer", *args]
+    runs = [subprocess.Popen(command, env=environ, cwd=cwd, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    return [(run.returncode, out) for run, out in zip(runs, outputs, strict=True)]
+
+
 def zip_folder(folder: Path, target: Path) -> Path:
     """Zip every file under `folder` at its path relative to it, in name order."""
     with zipfile.ZipFile(target, "w") as zf:

@@ -24,7 +24,7 @@ from phischer.cli import cli
 from phischer.models import Contact, Persona
 from phischer.ports import PortBusyError, host_port, http_url, listen
 from phischer.printing import display_width
-from tests.conftest import free_port, post_signed, run, serving, sms_params
+from tests.conftest import free_port, phischer_at_once, post_signed, run, serving, sms_params
 
 # The smallest dataset the retrieval backend can answer from.
 PAIR = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
@@ -874,15 +874,11 @@ def test_seed_adds_the_samples_once_and_says_how_big_they_are():
 def test_seeds_started_together_add_the_samples_once_and_all_succeed(tmp_path: Path) -> None:
     # `make run` in two terminals: every seed found no persona, and all but one crashed
     # (a traceback) on a sample another had just added.
-    command = [sys.executable, "-m", "phischer", "seed"]
     for round_ in range(3):  # without the one transaction, nearly always lost in one of them
         instance = tmp_path / f"round{round_}"
-        env = {**os.environ, "INSTANCE_PATH": str(instance)}
-        env.pop("DATABASE_URL", None)
-        runs = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for _ in range(6)]  # fmt: skip
-        outputs = [r.communicate(timeout=120)[0] for r in runs]
-        assert [r.returncode for r in runs] == [0] * 6, outputs
+        runs = phischer_at_once(6, "seed", cwd=tmp_path, INSTANCE_PATH=str(instance))
+        assert [code for code, _ in runs] == [0] * 6, runs
+        outputs = [out for _, out in runs]
         assert sum("Seeded sample persona Dex Varga" in o for o in outputs) == 1, outputs
         assert sum(o == "Personas already exist; nothing seeded.\n" for o in outputs) == 5
         engine = sa.create_engine(f"sqlite:///{instance / 'phischer.db'}")

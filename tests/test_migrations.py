@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from phischer.db import Database, make_engine
 from phischer.finetune import jobs
 from phischer.migrate import alembic_config, upgrade
 from phischer.models import Base
+from tests.conftest import phischer_at_once
 
 
 def test_upgrade_from_empty_matches_models(settings):
@@ -114,14 +112,13 @@ def test_processes_migrating_a_new_sqlite_file_at_once_all_succeed(tmp_path: Pat
     # first. SQLite runs the DDL outside a transaction, so without the lock the others
     # crashed (tracebacks) on tables and constraints the first was creating. Three rounds:
     # a race lost in one round in five or so still fails here.
-    command = [sys.executable, "-m", "phischer", "db", "upgrade"]
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'round{round_}.db'}"
-        env = {**os.environ, "DATABASE_URL": url, "INSTANCE_PATH": str(tmp_path / "instance")}
-        runs = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for _ in range(4)]  # fmt: skip
-        outputs = [run.communicate(timeout=60)[0] for run in runs]
-        assert [run.returncode for run in runs] == [0] * 4, outputs
+        runs = phischer_at_once(
+            4, "db", "upgrade", cwd=tmp_path, DATABASE_URL=url, INSTANCE_PATH=str(tmp_path / "i")
+        )
+        assert [code for code, _ in runs] == [0] * 4, runs
+        outputs = [out for _, out in runs]
         assert sum("Database migrated from an empty database" in o for o in outputs) == 1, outputs
         assert sum("Database is up to date." in o for o in outputs) == 3, outputs
         engine = make_engine(url)

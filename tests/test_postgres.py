@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ from werkzeug.serving import make_server
 from phischer import create_app
 from phischer.migrate import upgrade
 from phischer.models import Contact, Message
-from tests.conftest import post_signed, sms_params, twiml_bodies, write_dataset
+from tests.conftest import phischer_at_once, post_signed, sms_params, twiml_bodies, write_dataset
 
 T = TypeVar("T")
 BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -601,11 +600,10 @@ def test_instances_migrating_a_fresh_database_at_once_all_succeed(pg_url, tmp_pa
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     engine.dispose()
-    env = {**os.environ, "DATABASE_URL": pg_url, "INSTANCE_PATH": str(tmp_path)}
-    command = [sys.executable, "-m", "phischer", "db", "upgrade"]
-    runs = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True) for _ in range(4)]  # fmt: skip
-    outputs = [run.communicate(timeout=60)[0] for run in runs]
-    assert [run.returncode for run in runs] == [0] * 4, outputs
+    runs = phischer_at_once(
+        4, "db", "upgrade", cwd=tmp_path, DATABASE_URL=pg_url, INSTANCE_PATH=str(tmp_path)
+    )
+    assert [code for code, _ in runs] == [0] * 4, runs
+    outputs = [out for _, out in runs]
     assert sum("Database migrated from an empty database" in o for o in outputs) == 1, outputs
     assert sum("Database is up to date." in o for o in outputs) == 3, outputs
