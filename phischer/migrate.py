@@ -82,8 +82,8 @@ def _migrating_alone(conn: Connection) -> Iterator[None]:
 
     Without it, processes that all found no schema would all create it, and all but one
     would crash on tables that already exist. SQLite too: Python's sqlite3 runs DDL outside
-    a transaction, so four `phischer db upgrade` started together on a new file failed in
-    three (one round in five, in all four, on a constraint another had already renamed).
+    a transaction: of four `phischer db upgrade` started together on a new file, three
+    failed (sometimes all four, on a constraint another had already renamed).
     """
     if conn.dialect.name == "sqlite":
         with _sqlite_alone(conn):

@@ -72,7 +72,10 @@ def seed_samples(settings: Settings, db: Database) -> list[Seeded]:
             for persona in specs:
                 add_persona(session, persona)
     except (PersonaError, sa.exc.IntegrityError):
-        return []  # another process seeded them meanwhile
+        with db.read() as session:
+            if _any_persona(session):
+                return []  # another process seeded them meanwhile
+        raise
     return seeded
 
 
