@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from phischer.config import Settings
-from phischer.db import make_engine
+from phischer.migrate import migration_engine
 from phischer.models import Base
 
 config = context.config
@@ -32,7 +32,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(_url())
+    engine = migration_engine(_url())
     with engine.connect() as conn:
         _run(conn)
     engine.dispose()
@@ -44,6 +44,9 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         render_as_batch=True,
         compare_type=True,
+        # One transaction for the whole upgrade, on SQLite too (see migration_engine): Alembic
+        # would otherwise commit SQLite's DDL as it goes.
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -59,9 +60,7 @@ def upgrade(database_url: str, revision: str = "head") -> tuple[str | None, str 
     """Bring the database schema up to `revision`; returns its revision before and after."""
     from alembic.runtime.migration import MigrationContext
 
-    from phischer.db import make_engine
-
-    engine = make_engine(database_url)
+    engine = migration_engine(database_url)
     try:
         # One connection for the check and the migration (env.py takes it as given).
         with engine.connect() as conn, _migrating_alone(conn):
@@ -74,6 +73,31 @@ def upgrade(database_url: str, revision: str = "head") -> tuple[str | None, str 
     finally:
         engine.dispose()
     return before, after
+
+
+def migration_engine(database_url: str) -> sa.Engine:
+    """An engine for migrating: on SQLite, each transaction a real one, DDL included."""
+    from phischer.db import make_engine
+
+    engine = make_engine(database_url)
+    if engine.dialect.name == "sqlite":
+        # Python's sqlite3 begins a transaction only before INSERT/UPDATE/DELETE, so each
+        # CREATE, DROP and ALTER committed on its own: a migration killed halfway (Ctrl-C,
+        # a crash) left tables without their alembic_version row, and every later command
+        # failed on "table personas already exists". With sqlite3's own BEGIN off and
+        # SQLAlchemy's BEGIN sent as one, a migration is all or nothing. IMMEDIATE: it
+        # takes the write lock at once, so a server writing meanwhile cannot stale its read.
+        sa.event.listen(engine, "connect", _sqlite_autocommit)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_autocommit(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager

@@ -125,3 +125,25 @@ def test_processes_migrating_a_new_sqlite_file_at_once_all_succeed(tmp_path: Pat
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         engine.dispose()
+
+
+def test_a_migration_that_fails_halfway_leaves_nothing_behind(settings):
+    # A migration cut off halfway (Ctrl-C, a crash, or as here a statement that fails) must
+    # leave the database as it found it: before, SQLite kept each CREATE as it ran, and
+    # every later command failed on "table personas already exists".
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        # Index names are global in SQLite: this one makes 0001's last statement fail,
+        # after it created every table.
+        conn.exec_driver_sql("CREATE TABLE squatter (a)")
+        conn.exec_driver_sql("CREATE INDEX ix_messages_reply_to_id ON squatter (a)")
+    with pytest.raises(sa.exc.OperationalError, match="ix_messages_reply_to_id already exists"):
+        upgrade(settings.database_url)
+    with engine.begin() as conn:
+        assert sa.inspect(conn).get_table_names() == ["squatter"]
+        conn.exec_driver_sql("DROP TABLE squatter")
+    head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
+    assert upgrade(settings.database_url) == (None, head)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()
