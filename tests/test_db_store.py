@@ -69,7 +69,8 @@ def test_checkpoint_copies_a_short_wal_and_truncates_a_long_one(database, monkey
     assert count == 80
 
 
-def test_history_reads_the_newest_rows_without_sorting_everything(database, personas):
+def traced_history(database, n: int) -> tuple[Store, int, int, dt.datetime, list[str]]:
+    """A number with `n` texts to Ada a second apart, and the list its statements go to."""
     from phischer.personas import get_persona
 
     with database.read() as session:
@@ -77,12 +78,25 @@ def test_history_reads_the_newest_rows_without_sorting_everything(database, pers
     store = Store(database)
     contact_id = add_contact(store)
     start = dt.datetime(2026, 1, 1)
-    add_messages(store, contact_id, 30, start)
+    add_messages(store, contact_id, n, start)
     with store.write() as cur:
         cur.execute("UPDATE messages SET persona_id = ?", (persona,))
-    conn = store._conn()
     executed: list[str] = []
-    conn.set_trace_callback(executed.append)  # the statements as run, values filled in
+    store._conn().set_trace_callback(executed.append)  # the statements as run, values filled in
+    return store, contact_id, persona, start, executed
+
+
+def assert_walks_the_index_backwards(conn, statements: list[str]) -> None:
+    """Each history read walks (contact_id, created_at) backwards and stops at its limit."""
+    # A temp b-tree would mean reading and sorting every message of the number.
+    for statement in statements:
+        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
+        assert "ix_messages_contact_created" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_history_reads_the_newest_rows_without_sorting_everything(database, personas):
+    store, contact_id, persona, start, executed = traced_history(database, 30)
+    conn = store._conn()
     with store.read() as cur:
         rows = list(islice(store.history_pages(cur, contact_id, persona, None, 5, SPOKEN), 5))
         later = start + dt.timedelta(seconds=27)
@@ -90,11 +104,7 @@ def test_history_reads_the_newest_rows_without_sorting_everything(database, pers
     conn.set_trace_callback(None)
     assert [body for _, body, _ in rows] == [f"text {i}" for i in (29, 28, 27, 26, 25)]
     assert [body for _, body, _ in since] == ["text 29", "text 28", "text 27"]
-    # The plan walks the (contact_id, created_at) index backwards and stops at the limit;
-    # a temp b-tree would mean reading and sorting every message of the number.
-    for statement in [s for s in executed if s.startswith("SELECT")]:
-        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
-        assert "ix_messages_contact_created" in plan and "TEMP B-TREE" not in plan, plan
+    assert_walks_the_index_backwards(conn, [s for s in executed if s.startswith("SELECT")])
 
 
 def test_one_write_connection_per_process_many_threads(database):
@@ -124,19 +134,8 @@ def test_one_write_connection_per_process_many_threads(database):
 
 
 def test_history_pages_read_each_row_once_while_texts_arrive(database, personas):
-    from phischer.personas import get_persona
-
-    with database.read() as session:
-        persona = get_persona(session, "Ada").id
-    store = Store(database)
-    contact_id = add_contact(store)
-    start = dt.datetime(2026, 1, 1)
-    add_messages(store, contact_id, 10, start)
-    with store.write() as cur:
-        cur.execute("UPDATE messages SET persona_id = ?", (persona,))
+    store, contact_id, persona, start, executed = traced_history(database, 10)
     conn = store._conn()
-    executed: list[str] = []
-    conn.set_trace_callback(executed.append)
     with store.read() as cur:
         pages = store.history_pages(cur, contact_id, persona, None, 4, SPOKEN)
         first = [next(pages) for _ in range(4)]
@@ -155,6 +154,4 @@ def test_history_pages_read_each_row_once_while_texts_arrive(database, personas)
     # The later pages too walk the index backwards and stop at their limit.
     statements = [s for s in executed if s.startswith("SELECT")]
     assert len(statements) == 3
-    for statement in statements:
-        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
-        assert "ix_messages_contact_created" in plan and "TEMP B-TREE" not in plan, plan
+    assert_walks_the_index_backwards(conn, statements)
