@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -465,6 +466,9 @@ def ensure_folder(folder: Path, what: str) -> None:
         ) from None
 
 
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
 def existing_dev_auth_token(instance_path: Path) -> str | None:
     """The local development token if one was generated in `instance_path`, else None."""
     try:
@@ -479,18 +483,34 @@ def dev_auth_token(instance_path: Path) -> str:
     token = existing_dev_auth_token(instance_path)
     if token:
         return token
+    ensure_folder(instance_path, "the local development token")
     token = secrets.token_hex(16)
-    # Create exclusively so two processes starting together agree on one token.
+    # Written whole under a temp name, then linked into place: a link is never made over an
+    # existing file, so two processes starting together agree on one token, and one that
+    # reads it never finds the file there but still empty.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
-        ensure_folder(instance_path, "the local development token")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-    except FileExistsError:
-        return path.read_text().strip()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            existing = existing_dev_auth_token(instance_path)
+            if existing:
+                return existing
+            # Empty: left by a process stopped between creating and writing it (as versions
+            # before this one could be); an empty key would refuse every signature.
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            os.replace(tmp, path)  # a file system without hard links (FAT, some mounts)
     except OSError as exc:
         raise ConfigError(
             f"cannot write {path} ({exc.strerror}): set INSTANCE_PATH to a folder you can write"
         ) from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("Generated a local development Twilio token in %s", path)
     return token

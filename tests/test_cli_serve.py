@@ -1196,3 +1196,28 @@ def _children(pid: int) -> list[int]:
             if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
                 found.append(int(stat.parent.name))
     return found
+
+
+def test_dev_token_file_left_empty_is_written_again(tmp_path):
+    from phischer.config import Settings
+
+    # A process stopped between creating the file and writing the token left it empty: an
+    # empty key would make every signature check fail until someone deleted the file.
+    (tmp_path / "instance").mkdir()
+    token_file = tmp_path / "instance" / "dev_auth_token"
+    token_file.write_text("")
+    token = Settings.from_env().auth_token()
+    assert len(token) == 32 and token_file.read_text() == token
+    assert Settings.from_env().auth_token() == token
+    assert sorted(p.name for p in token_file.parent.iterdir()) == ["dev_auth_token"]
+
+
+def test_processes_starting_together_share_one_dev_token(tmp_path):
+    script = "from phischer.config import Settings; print(Settings.from_env().auth_token())"
+    for round_ in range(3):
+        env = {**os.environ, "INSTANCE_PATH": str(tmp_path / str(round_))}
+        procs = [subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for _ in range(6)]  # fmt: skip
+        tokens = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+        assert len(tokens) == 1 and len(tokens.pop()) == 32, tokens
