@@ -101,5 +101,7 @@ def healthz() -> Response:
         _services().db.ping()
     except Exception as exc:
         log.error("Health check failed: %s", type(exc).__name__)
-        return Response('{"status": "error"}', status=503, mimetype="application/json")
+        response = jsonify(status="error")
+        response.status_code = 503
+        return response
     return jsonify(status="ok")

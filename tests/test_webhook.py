@@ -302,6 +302,7 @@ def test_healthz_reports_a_broken_database(app):
     db_path.mkdir()  # a directory where the database file was: SQLite cannot open it
     r = app.test_client().get("/healthz")
     assert r.status_code == 503
+    assert (r.mimetype, r.get_json()) == ("application/json", {"status": "error"})
 
 
 def test_logs_above_debug_hold_no_numbers_or_tokens(
