@@ -15,7 +15,8 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 - POST /v1/fine_tuning/jobs/{id}/cancel
 
 and records every request in `requests`. `fail()` answers the next matching requests with an
-OpenAI-style error, `drop()` closes their connection without an answer; with `valid_key` set,
+OpenAI-style error, `drop()` closes their connection without an answer, `stall()` does the
+work but answers too late (after the client timed out); with `valid_key` set,
 any other API key gets a 401 (quoting it with `echo_key`); `restart()` forgets every file and
 job, as a server without storage that was restarted.
 """
@@ -141,6 +142,9 @@ class FakeOpenAI:
         # (method, path prefix, status, error body), each served once before normal answers;
         # a None body drops the connection instead.
         self.errors: list[tuple[str, str, int, dict[str, Any] | None]] = []
+        # (method, path prefix, body part, seconds): the request is served, its answer held
+        # back this long.
+        self.stalls: list[tuple[str, str, bytes, float]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         fake = self
@@ -182,6 +186,21 @@ class FakeOpenAI:
     def drop(self, method: str, prefix: str, times: int = 1) -> None:
         """Drop the connection of the next `times` matching requests, answering nothing."""
         self.errors.extend([(method, prefix, 0, None)] * times)
+
+    def stall(
+        self, method: str, prefix: str, seconds: float, times: int = 1, body: bytes = b""
+    ) -> None:
+        """Serve the next `times` matching requests (with `body` in theirs), answering late."""
+        self.stalls.extend([(method, prefix, body, seconds)] * times)
+
+    def stalled(self, rec: Recorded) -> float:
+        """How long to hold back the answer to `rec` (0: answer at once)."""
+        with self._lock:
+            for i, (method, prefix, body, seconds) in enumerate(self.stalls):
+                if method == rec.method and rec.path.startswith(prefix) and body in rec.body:
+                    del self.stalls[i]
+                    return seconds
+        return 0.0
 
     def calls(self, method: str | None = None, prefix: str = "") -> list[Recorded]:
         """Recorded requests, optionally filtered by method and path prefix."""
@@ -448,6 +467,7 @@ class _Handler(FakeApiHandler):
             body,
         )
         answer = self.state.answer(rec)
+        time.sleep(self.state.stalled(rec))  # the work is done; the client may have left
         if answer is None:
             self.close_connection = True
             self.connection.shutdown(2)

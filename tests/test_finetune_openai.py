@@ -419,6 +419,74 @@ def test_a_failed_validation_upload_deletes_the_training_upload(
     assert fake_ft.files == {} and fake_ft.calls("POST", "/v1/fine_tuning") == []
 
 
+@pytest.fixture
+def quick_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Requests time out after 0.3 s, with no retry; the seconds a stalled answer takes."""
+    monkeypatch.setattr(ft, "TIMEOUT_S", 0.3)
+    monkeypatch.setattr(ft, "MAX_RETRIES", 0)
+    return 1.5
+
+
+def test_a_timed_out_validation_upload_deletes_the_training_upload(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    validation: Path,
+    database: Database,
+    quick_timeout: float,
+) -> None:
+    # No job can read the training file then: it was left on the account without a word.
+    fake_ft.stall("POST", "/v1/files", quick_timeout, body=b'filename="val.jsonl"')
+    result = start(train, "--validation", str(validation))
+    assert result.exit_code == 1
+    assert "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account." in (
+        result.output.splitlines()
+    )
+    assert "file-0001" not in fake_ft.files
+    assert fake_ft.calls("POST", "/v1/fine_tuning") == [] and jobs_in(database) == []
+
+
+def test_a_job_created_by_a_timed_out_request_is_recorded(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    quick_timeout: float,
+    sleeps: list[float],
+) -> None:
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    fake_ft.stall("POST", "/v1/fine_tuning/jobs", quick_timeout)  # created, answered late
+    result = start(train)
+    assert result.exit_code == 0, result.output
+    (job_id,) = fake_ft.jobs
+    assert f"Note: OpenAI answered too late, but created the job {job_id} all the same." in (
+        result.output
+    )
+    assert f"Started fine-tuning job {job_id} (validating_files)." in result.output
+    assert list(fake_ft.files) == ["file-0001"] and fake_ft.calls("DELETE") == []
+    assert stored_job(database)["training_file_id"] == "file-0001"
+    # Recorded like any job: its success switches the persona.
+    assert run("finetune", "status", job_id, "--wait").exit_code == 0
+    assert persona_row(database).model == FT_MODEL
+
+
+def test_a_timed_out_job_request_without_a_job_keeps_the_upload_and_says_so(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, quick_timeout: float
+) -> None:
+    fake_ft.fail("POST", "/v1/fine_tuning/jobs", 503, "overloaded")
+    fake_ft.stall("POST", "/v1/fine_tuning/jobs", quick_timeout)
+    result = start(train)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2:] == [
+        "Kept the uploaded file-0001 (train.jsonl) on the account: OpenAI may still create the "
+        "job. If `phischer finetune list` shows no job reading it in a few minutes, delete it "
+        "and start again.",
+        f"Error: cannot reach {fake_ft.base_url}/ while creating the fine-tuning job (Request "
+        "timed out.): check your network or OPENAI_BASE_URL",
+    ]
+    assert list(fake_ft.files) == ["file-0001"] and jobs_in(database) == []
+
+
 def test_an_upload_that_cannot_be_deleted_is_named(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
 ) -> None:

@@ -239,6 +239,24 @@ def _delete_uploads(client: openai.OpenAI, uploaded: dict[str, str], echo: Echo)
         echo(f"Could not delete the uploaded {line}: delete it yourself.")
 
 
+def _job_created_anyway(client: openai.OpenAI, training_file_id: str) -> Any | None:
+    """The account's job training on `training_file_id`, which a timed-out request created."""
+    try:
+        recent = list_remote(client)
+    except FineTuneError:  # the account cannot be read either: say the files were kept
+        return None
+    return next((job for job in recent if job.training_file == training_file_id), None)
+
+
+def _kept_after_timeout(uploaded: dict[str, str]) -> str:
+    files = ", ".join(f"{file_id} ({name})" for file_id, name in uploaded.items())
+    return (
+        f"Kept the uploaded {files} on the account: OpenAI may still create the job. If "
+        "`phischer finetune list` shows no job reading it in a few minutes, delete it and "
+        "start again."
+    )
+
+
 def start_openai(
     db: Database,
     settings: Settings,
@@ -269,6 +287,7 @@ def start_openai(
     uploaded = {training_file_id: request.train_path.name}
     validation_file_id = None
     hyper = {"n_epochs": request.epochs if request.epochs is not None else "auto"}
+    creating = False
     try:
         if request.validation_path is not None:
             validation_file_id = _upload(client, request.validation_path, echo)
@@ -276,6 +295,7 @@ def start_openai(
         extra: dict[str, Any] = {}
         if validation_file_id:
             extra["validation_file"] = validation_file_id
+        creating = True
         with api_errors(client, "creating the fine-tuning job"):
             remote = client.fine_tuning.jobs.create(
                 model=base_model,
@@ -285,11 +305,17 @@ def start_openai(
                 **extra,
             )
     except FineTuneError as exc:
-        # api_errors keeps the SDK error as the context: after a timeout the job may exist
-        # all the same, reading these files, so they stay.
-        if not isinstance(exc.__context__, openai.APITimeoutError):
+        # api_errors keeps the SDK error as the context. Only a job request that timed out
+        # may have created the job all the same (reading these files); a timed-out upload
+        # created nothing, and what it left is deleted like after any other failure.
+        if not (creating and isinstance(exc.__context__, openai.APITimeoutError)):
             _delete_uploads(client, uploaded, echo)
-        raise
+            raise
+        remote = _job_created_anyway(client, training_file_id)
+        if remote is None:
+            echo(_kept_after_timeout(uploaded))
+            raise
+        echo(f"Note: OpenAI answered too late, but created the job {remote.id} all the same.")
     server = server_of(client)
     with db.write() as session:
         # A server restarted (or a second one once at this URL) can reuse an id: both rows
