@@ -1273,6 +1273,20 @@ def test_list_without_key_shows_only_stored_jobs(
     assert fake_ft.requests == []
 
 
+def test_list_without_key_marks_no_job_of_this_server_as_elsewhere(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = start_job(train)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    result = run("finetune", "list")
+    assert result.exit_code == 0
+    line = next(x for x in result.output.splitlines() if x.startswith(job_id))
+    assert line.endswith("gpt-4.1-mini-2025-04-14")  # not "… at http://127.0.0.1:…/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # another server: named
+    moved = run("finetune", "list")
+    assert f"gpt-4.1-mini-2025-04-14  at {fake_ft.base_url}" in moved.output
+
+
 def test_list_lines_up_jobs_of_cjk_and_accented_personas_by_terminal_columns(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

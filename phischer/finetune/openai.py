@@ -81,6 +81,13 @@ def server_of(client: openai.OpenAI) -> str:
     return str(client.base_url).rstrip("/")
 
 
+def server_here(settings: Settings) -> str:
+    """The server (as `server_of` names it) that OPENAI_BASE_URL points at, key or no key."""
+    # A client only to read its base URL as the SDK normalises it (it sends no request).
+    base_url = settings.openai_base_url or OPENAI_URL
+    return server_of(openai.OpenAI(api_key="unused", base_url=base_url))
+
+
 def _api_message(exc: openai.APIStatusError) -> str:
     # The SDK puts the body's "error" object in .body; its "message" is the useful part.
     body = exc.body
