@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 
-from phischer.commands import parse
+from phischer.commands import parse, starts_hash
 
 # Outbound statuses that mean the persona really said it (fallbacks are kind "fallback").
 SPOKEN = ("replied", "queued", "sent")
@@ -31,8 +31,9 @@ def split_turn(turn: str) -> list[str]:
 
 def chat_text(body: str) -> str:
     """The part of an inbound body the persona answers ("#ada hi" -> "hi")."""
-    if not body.lstrip().startswith("#"):
-        return body.strip()  # the common case, without a full parse per history row
+    stripped = body.strip()
+    if not starts_hash(stripped):
+        return stripped  # the common case, without a full parse per history row
     command = parse(body)
     return command.text if command.action in ("chat", "switch") else ""
 

@@ -51,6 +51,14 @@ def messages(app) -> list[Message]:
         ("#ada\thi there", "switch", "ada", "hi there"),
         ("#ada\nhello\nagain", "switch", "ada", "hello\nagain"),
         ("# ada", "chat", None, "# ada"),
+        # A full-width keyboard (Japanese, Chinese) types the same commands; the words after
+        # a keyword stay as typed.
+        ("ＳＴＯＰ", "optout", None, ""),
+        ("Ｓｔｏｐ。", "optout", None, ""),
+        ("ｈｅｌｐ！", "help", None, ""),
+        ("＃ｌｉｓｔ", "list", None, ""),
+        ("＃ＡＤＡ　ｈｉ", "switch", "ada", "ｈｉ"),
+        ("＃ ada", "chat", None, "＃ ada"),
     ],
 )
 def test_parse(body, action, keyword, text):
@@ -127,6 +135,13 @@ def test_opt_in_words_are_ordinary_texts_unless_opted_out(app, twilio_post, word
     assert twilio_post("STOP").replies == []
     assert twilio_post(word).replies == [OPT_IN_TEXT]
     assert contact(app).opted_out is False
+
+
+def test_a_full_width_stop_opts_out_and_a_full_width_keyword_switches(app, twilio_post):
+    # "ＳＴＯＰ" from a phone in full-width mode means STOP: the clone must not chat back.
+    assert twilio_post("ＳＴＯＰ", from_="+15550111").replies == []
+    assert contact(app, "+15550111").opted_out is True
+    assert twilio_post("＃ｂｏ").replies == ["You're now texting Bo."]
 
 
 def test_info_is_help(app, twilio_post):

@@ -79,6 +79,16 @@ def test_history_isolated_between_numbers_and_personas(llm_app, fake_openai, twi
     ]
 
 
+def test_a_full_width_switch_sends_only_its_text_to_the_model(llm_app, fake_openai, twilio_post):
+    # "＃ＡＤＡ　…" (a full-width keyboard) is #ada: the keyword is a command, not the words.
+    app = llm_app()
+    twilio_post("#bo", target=app)
+    assert twilio_post("＃ＡＤＡ　hello there", target=app).replies == ["echo: hello there"]
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [
+        {"role": "user", "content": "hello there"}
+    ]
+
+
 def test_reset_starts_a_fresh_thread(llm_app, fake_openai, twilio_post):
     app = llm_app()
     twilio_post("remember the password is swordfish", target=app)
