@@ -617,8 +617,9 @@ class SmsService:
         ended, chosen = self.store.moved_on(cur, message_id)
         if ended:
             return True
-        current = self.personas.for_contact(chosen)
-        if persona_id is not None and current is not None and current.id != persona_id:
+        # No choice (None) is not a move: `persona remove` of the persona answering sets it
+        # so, and its reply still goes out; nor is a new default the texter never saw.
+        if persona_id is not None and chosen is not None and chosen != persona_id:
             return True
         return newer and self.store.newer_inbound(cur, contact_id, message_id)
 

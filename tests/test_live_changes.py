@@ -133,6 +133,39 @@ def test_a_persona_removed_while_it_answers_still_gets_its_reply_out(
     assert (reply.body, reply.persona_id, reply.model) == ("still here", None, "gpt-test")
 
 
+@pytest.mark.parametrize("mode", ["inline", "async"])
+def test_a_persona_removed_while_it_answers_slowly_still_gets_its_reply_out(
+    make_app, personas, database, twilio_post, fake_openai, fake_twilio, twilio_rest, mode
+):
+    # Slower than a second (inline) or sent by REST, the reply is checked against what the
+    # number did meanwhile: a removal is not the texter moving on to another persona.
+    with database.write() as session:
+        add_persona(
+            session, PersonaSpec(name="Oz", keyword="oz", backend="openai", model="gpt-test")
+        )
+    app = make_app(openai_base_url=fake_openai.base_url, reply_mode=mode, **twilio_rest)
+    twilio_post("#oz", target=app)
+
+    def remove_then_answer(body: dict[str, Any]) -> str:
+        with database.write() as session:  # `persona remove Oz` while the model works
+            remove_persona(session, "Oz")
+        time.sleep(1.1)  # past QUICK_MS: an inline reply is checked too
+        return "still here"
+
+    fake_openai.responder = remove_then_answer
+    r = twilio_post("hello", target=app)
+    app.extensions["phischer"].sms.shutdown()  # the REST send is done
+    sent = [req.form["Body"] for req in fake_twilio.requests if req.path.endswith("/Messages.json")]
+    assert (r.replies, sent) == ((["still here"], []) if mode == "inline" else ([], ["still here"]))
+    with database.read() as session:
+        reply = session.scalars(sa.select(Message).where(Message.direction == "out")).all()[-1]
+    assert (reply.body, reply.status, reply.error) == (
+        "still here",
+        "replied" if mode == "inline" else "sent",
+        None,
+    )
+
+
 def test_a_default_moved_while_serving_applies_within_a_second(workers, twilio_post, tmp_path):
     add_cy(tmp_path, "--default")
     for app in workers:
