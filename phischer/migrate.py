@@ -87,6 +87,9 @@ def migration_engine(database_url: str) -> sa.Engine:
         # failed on "table personas already exists". With sqlite3's own BEGIN off and
         # SQLAlchemy's BEGIN sent as one, a migration is all or nothing. IMMEDIATE: it
         # takes the write lock at once, so a server writing meanwhile cannot stale its read.
+        # Foreign keys off: batch mode rebuilds a table (copy, DROP, rename), and with them on
+        # the DROP's implicit DELETE fired ON DELETE actions on the copy: every reply's
+        # reply_to_id was cleared (SET NULL), and a CASCADE would delete the rows.
         sa.event.listen(engine, "connect", _sqlite_autocommit)
         sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
@@ -94,6 +97,9 @@ def migration_engine(database_url: str) -> sa.Engine:
 
 def _sqlite_autocommit(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
+    # Runs after make_engine's pragmas (listeners run in order); outside a transaction,
+    # where SQLite takes it (inside one it is a no-op).
+    dbapi_connection.execute("PRAGMA foreign_keys=OFF")
 
 
 def _sqlite_begin(conn: Connection) -> None:

@@ -147,3 +147,34 @@ def test_a_migration_that_fails_halfway_leaves_nothing_behind(settings):
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     engine.dispose()
+
+
+def _revisions_before_head() -> list[str]:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return [r.revision for r in script.walk_revisions() if r.revision != script.get_current_head()]
+
+
+@pytest.mark.parametrize("revision", _revisions_before_head())
+def test_upgrading_from_any_revision_keeps_which_text_each_reply_answers(settings, revision):
+    # Batch mode rebuilds `messages` on SQLite (copy, DROP, rename). With foreign keys on,
+    # the DROP deleted every row first, and ON DELETE SET NULL cleared each copied reply's
+    # reply_to_id: a retried MessageSid no longer found its reply.
+    message = (
+        "INSERT INTO messages (contact_id, direction, kind, body, message_sid, status, "
+        "num_media, created_at, reply_to_id) VALUES (1, ?, 'chat', ?, ?, 'replied', 0, "
+        "'2026-01-01 00:00:00.000000', ?)"
+    )
+    upgraded_from(
+        settings,
+        revision,
+        ("INSERT INTO contacts (phone, opted_out, replies_today, created_at) "
+         "VALUES ('+15550100', 0, 0, '2026-01-01 00:00:00.000000')", ()),
+        (message, ("in", "hi", "SMin", None)),
+        (message, ("out", "hello", None, 1)),
+    )  # fmt: skip
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, body, reply_to_id FROM messages ORDER BY id")
+        assert rows.fetchall() == [(1, "hi", None), (2, "hello", 1)]
+        assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+    engine.dispose()
