@@ -75,20 +75,24 @@ def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: 
     from phischer.ports import PortBusyError, http_url, listen
     from phischer.server import serve as run
 
-    # A busy port is one line here, before gunicorn retries it for seconds. Not in the
-    # reloader's child (--dev): its parent already holds the port and hands it over.
-    if os.environ.get("WERKZEUG_RUN_MAIN") != "true":
-        try:
-            listen(host, port).close()
-        except PortBusyError as exc:
-            raise click.ClickException(str(exc)) from None
     obj.db  # noqa: B018  (migrates before the workers start)
     app = create_app(obj.settings)
+    # A busy port is one line here, before gunicorn retries it for seconds. The socket is
+    # handed to gunicorn: closed and bound again, a second `serve` started at the same time
+    # passed this check too, said it was answering, then failed after gunicorn's five
+    # retries. Bound last, so that until the server runs a connection is refused, not held
+    # unanswered. Not in the reloader's child (--dev): its parent holds the port already.
+    sock = None
+    if os.environ.get("WERKZEUG_RUN_MAIN") != "true":
+        try:
+            sock = listen(host, port)
+        except PortBusyError as exc:
+            raise click.ClickException(str(exc)) from None
     url = f"{http_url(host, port)}/sms"
     click.echo(f"phischer is answering texts at {url}")
     click.echo(f'Try it in another terminal:  {text_hint(url)} "hey, how are you?"')
     click.echo("Text #list to see the personas, #<keyword> to switch. Ctrl-C stops.")
-    run(app, host, port, dev=dev, workers=workers, threads=threads)
+    run(app, host, port, dev=dev, workers=workers, threads=threads, sock=sock)
 
 
 @click.command("seed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from contextlib import suppress
@@ -173,10 +174,18 @@ def _post_fork(_server: Any, worker: Any) -> None:
         services.sms.sweeper.get()
 
 
-def gunicorn_options(host: str, port: int, workers: int = WORKERS, threads: int = THREADS) -> dict:
-    """The settings `phischer serve` and the benchmark use."""
+def gunicorn_options(
+    host: str,
+    port: int,
+    workers: int = WORKERS,
+    threads: int = THREADS,
+    fd: int | None = None,
+) -> dict:
+    """The settings `phischer serve` and the benchmark use (`fd`: a listening socket to serve on)."""
+    # gunicorn takes an IPv6 address only in brackets.
+    bind = f"fd://{fd}" if fd is not None else host_port(host, port)
     return {
-        "bind": host_port(host, port),  # gunicorn takes an IPv6 address only in brackets
+        "bind": bind,
         "workers": workers,
         "threads": threads,
         "worker_class": Worker,
@@ -199,12 +208,17 @@ def serve(
     dev: bool = False,
     workers: int = WORKERS,
     threads: int = THREADS,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted; on `sock` when given (bound and listening on host:port)."""
     if dev:
+        if sock is not None:
+            sock.close()  # werkzeug's reloader binds the port itself and hands it to its child
         # Without Werkzeug's interactive debugger: Twilio never sees its pages (every error is
         # TwiML), while its /console runs Python for whoever has the PIN it logs, on a port a
         # tunnel may expose. Debug mode and the reloader stay.
         app.run(host=bare_host(host), port=port, debug=True, use_reloader=True, use_debugger=False)
         return
-    GunicornServer(app, gunicorn_options(host, port, workers, threads)).run()
+    # Detached: gunicorn closes the descriptor it is given, so the socket must not own it.
+    fd = sock.detach() if sock is not None else None
+    GunicornServer(app, gunicorn_options(host, port, workers, threads, fd)).run()

@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy as sa
 from click.testing import CliRunner
 from werkzeug.serving import make_server
@@ -744,6 +745,38 @@ def test_serve_on_a_busy_port_is_one_line(tmp_path):
         f"Error: Cannot listen on 127.0.0.1:{port} (Address already in use): stop the program "
         "using it or pass --port N"
     ]
+
+
+def test_two_serves_started_together_on_one_port_one_serves_the_other_says_so(tmp_path):
+    # `make run` in two terminals: both found the port free, the loser said "phischer is
+    # answering texts at …", then logged gunicorn's "Connection in use" for five seconds.
+    port = free_port()
+    command = [sys.executable, "-m", "phischer", "serve", "--port", str(port)]
+    # Migrated first: the two meet at the port, not at the migration lock.
+    subprocess.run([*command[:3], "db", "upgrade"], cwd=tmp_path, check=True, capture_output=True)
+    procs = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        loser = next(p for p in procs if p.poll() is not None)
+        winner = next(p for p in procs if p is not loser)
+        assert loser.communicate(timeout=10)[0].splitlines() == [
+            f"Error: Cannot listen on 127.0.0.1:{port} (Address already in use): stop the "
+            "program using it or pass --port N"
+        ]
+        assert loser.returncode == 1
+        assert winner.poll() is None
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.communicate(timeout=30)
 
 
 def _has_ipv6_loopback() -> bool:
