@@ -157,7 +157,17 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, verbose: bool) -> None:
     """phischer: text a clone of a real person over SMS."""
     configure_logging(verbose)
+    unset_blank_web_concurrency()
     ctx.ensure_object(Context)
+
+
+def unset_blank_web_concurrency() -> None:
+    """Drop a blank WEB_CONCURRENCY (after .env is loaded): blank means unset, for gunicorn too."""
+    # `serve --workers` takes it blank as unset, but gunicorn reads it with int() as its
+    # config module is imported (by serve, and by `up` as it stops): `WEB_CONCURRENCY=` in
+    # .env, or docker compose's `${WEB_CONCURRENCY}` with it unset, was a traceback.
+    if os.environ.get("WEB_CONCURRENCY") == "":
+        del os.environ["WEB_CONCURRENCY"]
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

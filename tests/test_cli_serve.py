@@ -1254,3 +1254,13 @@ def test_processes_starting_together_share_one_dev_token(tmp_path):
                  for _ in range(6)]  # fmt: skip
         tokens = {proc.communicate(timeout=60)[0].strip() for proc in procs}
         assert len(tokens) == 1 and len(tokens.pop()) == 32, tokens
+
+
+def test_serve_takes_a_blank_web_concurrency_for_unset(tmp_path):
+    # `WEB_CONCURRENCY=` in .env (or compose's ${WEB_CONCURRENCY} with it unset): --workers
+    # took it as unset, but gunicorn's int() on import was a traceback.
+    (tmp_path / ".env").write_text("WEB_CONCURRENCY=\n")
+    output: list[str] = []
+    with serving(tmp_path, output=output) as base:
+        assert requests.get(base + "/healthz", timeout=10).json() == {"status": "ok"}
+    assert "Traceback" not in "".join(output)
