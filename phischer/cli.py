@@ -57,7 +57,9 @@ class Context:
 
 def migrate_or_explain(database_url: str) -> tuple[str | None, str | None]:
     """Migrate to head, returning the revision before and after; unreachable: one line."""
-    from sqlalchemy.exc import OperationalError
+    import sqlite3
+
+    from sqlalchemy.exc import DatabaseError, OperationalError
 
     from phischer.db_url import normalize_database_url, shown
     from phischer.migrate import upgrade
@@ -65,7 +67,11 @@ def migrate_or_explain(database_url: str) -> tuple[str | None, str | None]:
     url = normalize_database_url(database_url)
     try:
         return upgrade(url)
-    except OperationalError as exc:
+    except DatabaseError as exc:
+        # SQLite's "file is not a database" (DATABASE_URL names some other file) is a bare
+        # DatabaseError, not an OperationalError; other DatabaseErrors are bugs to show whole.
+        if not isinstance(exc, OperationalError) and type(exc.orig) is not sqlite3.DatabaseError:
+            raise
         reason = " ".join(str(exc.orig).split())[:200]
         raise click.ClickException(f"cannot reach the database {shown(url)}: {reason}") from None
 

@@ -39,6 +39,13 @@ def normalize_database_url(raw: str) -> str:
             "DATABASE_URL has an @ in its password or user name: write it as %40 "
             "(postgresql://user:p%40ss@host/dbname)"
         )
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        # Each connection gets a database of its own: the migration's tables were gone
+        # before the first command read one ("no such table: personas", a traceback).
+        raise ConfigError(
+            f"DATABASE_URL={raw} is an in-memory SQLite database, which no other "
+            "connection or process sees: give a file, e.g. sqlite:///instance/phischer.db"
+        )
     if url.drivername == "postgresql":
         for driver, module in PG_DRIVERS:
             if importlib.util.find_spec(module) is not None:

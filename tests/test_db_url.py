@@ -45,6 +45,9 @@ def test_urls_are_normalised(raw, expected):
         ("mysql://u:hunter2@h/d", "DATABASE_URL=mysql://u:***@h/d needs the MySQLdb driver"),
         # The part after a bare @ would be taken for the host and shown in every error.
         ("postgresql://u:hun@ter2@h/d", "DATABASE_URL has an @ in its password or user name"),
+        # Each connection its own empty database: the migrated tables were never seen.
+        ("sqlite://", "DATABASE_URL=sqlite:// is an in-memory SQLite database"),
+        ("sqlite:///:memory:", "DATABASE_URL=sqlite:///:memory: is an in-memory SQLite database"),
     ],
 )
 def test_unusable_urls_are_one_line(raw, message):
@@ -96,3 +99,27 @@ def test_a_database_that_never_answers_is_one_line_within_the_connect_timeout(mo
     assert result.exit_code == 1
     (line,) = result.output.splitlines()
     assert line.startswith("Error: cannot reach the database") and "timeout" in line
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_cli_refuses_an_in_memory_database_in_one_line(monkeypatch, url):
+    monkeypatch.setenv("DATABASE_URL", url)
+    result = CliRunner().invoke(cli, ["seed"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: DATABASE_URL={url} is an in-memory SQLite database, which no other connection "
+        "or process sees: give a file, e.g. sqlite:///instance/phischer.db"
+    ]
+
+
+def test_cli_names_a_file_that_is_not_a_database(monkeypatch, tmp_path):
+    # DATABASE_URL pointed at some other file (a typo, a backup's archive): a traceback before.
+    other = tmp_path / "notes.db"
+    other.write_text("not a database\n" * 100)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{other}")
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: cannot reach the database sqlite:///{other}: file is not a database"
+    ]
+    assert other.read_text() == "not a database\n" * 100
