@@ -237,7 +237,19 @@ def load_env_file() -> None:
     usecwd: python-dotenv otherwise searches from this file's folder, so a project's `.env`
     was only found when phischer ran from a source checkout next to it.
     """
-    load_dotenv(find_dotenv(usecwd=True), override=False)
+    path = find_dotenv(usecwd=True)
+    try:
+        load_dotenv(path, override=False)
+    except UnicodeDecodeError as exc:
+        # An editor that saved it in Latin-1 or Windows-1252 (an accent in FALLBACK_REPLY):
+        # python-dotenv reads UTF-8 only, and its error was a traceback.
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path} is not UTF-8 (byte {exc.object[exc.start]:#04x} on line {line}): save it "
+            "as UTF-8 in your editor"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror}): fix or remove it") from None
 
 
 # The environment variables Settings reads (DESIGN §3, .env.example) and the field each sets.

@@ -415,3 +415,18 @@ def test_twilio_phone_number_copied_as_a_whatsapp_address_names_the_bare_number(
         f"TWILIO_PHONE_NUMBER={raw.strip()!r} is a sender address: set the bare number "
         "+14155550100; texters on whatsapp are answered from whatsapp:+14155550100 automatically"
     )
+
+
+def test_a_dotenv_saved_in_another_encoding_is_one_line_naming_it(tmp_path):
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    # Windows-1252, as an editor may save an accented FALLBACK_REPLY: a traceback before.
+    (tmp_path / ".env").write_bytes("DAILY_LIMIT=5\nFALLBACK_REPLY=Désolé\n".encode("cp1252"))
+    result = CliRunner().invoke(cli, ["persona", "list"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: {tmp_path / '.env'} is not UTF-8 (byte 0xe9 on line 2): save it as UTF-8 in "
+        "your editor"
+    ]
