@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from phischer.backends.retrieval import load_pairs
-from phischer.config import Settings
+from phischer.config import Settings, ensure_folder
 from phischer.dataset import build_examples, write_jsonl
 from phischer.db import Database
 from phischer.importers import load
@@ -41,7 +41,7 @@ def seed_samples(settings: Settings, db: Database) -> list[Seeded]:
         if _any_persona(session):
             return []
     out_dir = settings.instance_path / "samples"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out_dir, "the sample datasets")  # or one line saying why not
     specs: list[PersonaSpec] = []
     seeded: list[Seeded] = []
     for i, spec in enumerate(sample_specs()):

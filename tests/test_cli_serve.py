@@ -904,6 +904,20 @@ def test_seed_adds_the_samples_once_and_says_how_big_they_are():
     )
 
 
+def test_seed_into_an_instance_path_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    # The database elsewhere, INSTANCE_PATH a file: the samples' folder was a traceback.
+    (tmp_path / "taken").write_text("")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'phischer.db'}")
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "taken"))
+    result = CliRunner().invoke(cli, ["seed"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: cannot create {tmp_path / 'taken' / 'samples'} for the sample datasets (Not a "
+        "directory): set INSTANCE_PATH (or DATABASE_URL) to a folder you can write"
+    ]
+    assert run("persona", "list").output.startswith("No personas yet")
+
+
 def test_seeds_started_together_add_the_samples_once_and_all_succeed(tmp_path: Path) -> None:
     # `make run` in two terminals: every seed found no persona, and all but one crashed
     # (a traceback) on a sample another had just added.
