@@ -31,8 +31,9 @@ NGROK_CODE_FIXES = {
     "107": "that ngrok authtoken was reset or revoked: copy the current one from "
     "dashboard.ngrok.com → Your Authtoken into NGROK_AUTHTOKEN",
     "108": "this ngrok account already has an agent online (another `phischer up` or "
-    "`phischer tunnel`, or ngrok on another terminal or machine; dashboard.ngrok.com/agents "
-    "lists them): stop it, or pass --public-url with the https URL it serves",
+    "`phischer tunnel`, ngrok on another terminal or machine, or the agent of a run that was "
+    "killed (`pgrep -a ngrok`); dashboard.ngrok.com/agents lists them): stop it, or pass "
+    "--public-url with the https URL it serves",
     "334": "this ngrok endpoint is already online through another agent: stop it, or pass "
     "--public-url with the https URL it serves",
     "4018": "ngrok needs a (free) account: set NGROK_AUTHTOKEN (dashboard.ngrok.com → Your "
