@@ -8,6 +8,13 @@ import click
 
 from phischer.cli import friendly_errors
 from phischer.import_run import run_import
+from phischer.stopping import sigterm_as_interrupt
+
+# A second Ctrl-C while a stopped import cleans up: the cleanup takes a moment at most.
+_STILL_STOPPING = (
+    b"Still stopping (removing the unfinished output, ending the worker processes); press "
+    b"Ctrl-C again to quit at once.\n"
+)
 
 
 @click.command("import")
@@ -46,8 +53,10 @@ from phischer.import_run import run_import
 def import_command(fmt: str, path: Path, me: str, out: Path, **options: object) -> None:
     """Turn a chat export (zip, folder or file) into a fine-tuning JSONL."""
     # ImportErrorMessage and other bad input are ValueErrors: friendly_errors makes them
-    # one line and exit 1.
-    with friendly_errors():
+    # one line and exit 1. SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal) stop
+    # the import like Ctrl-C: left at their default they killed this process alone, leaving
+    # its temp output files behind and its worker processes waiting on it forever.
+    with friendly_errors(), sigterm_as_interrupt(_STILL_STOPPING):
         try:
             result = run_import(fmt, path, me, out, **options)  # type: ignore[arg-type]
         except OSError as exc:  # e.g. the output folder is not writable

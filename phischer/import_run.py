@@ -19,6 +19,7 @@ from phischer.importers.base import Conversation
 from phischer.importers.progress import PROGRESS_DELAY_S
 from phischer.importers.senders import one_name_per_sender
 from phischer.printing import plural
+from phischer.stopping import stop_if_requested
 
 
 @dataclass
@@ -83,7 +84,8 @@ def _progress(
     conversations: Iterator[Conversation], label: str, total: int | None = None
 ) -> Iterator[Conversation]:
     # Per thread, on stderr; appears only when the import takes more than PROGRESS_DELAY_S
-    # and stderr is a terminal, so small imports and pipes stay quiet.
+    # and stderr is a terminal, so small imports and pipes stay quiet. Each thread is also
+    # where a stop signal whose KeyboardInterrupt a finalizer swallowed stops the import.
     with tqdm(
         conversations,
         desc=label,
@@ -93,7 +95,9 @@ def _progress(
         disable=None,
         leave=False,
     ) as bar:
-        yield from bar
+        for conversation in bar:
+            stop_if_requested()
+            yield conversation
 
 
 @contextmanager

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from phischer.dataset import Example
+from phischer.stopping import fork_pool
 
 # Counting tokens exactly runs a pure-Python BPE over every example (~15 µs per message):
 # on a million-message export that is most of the import. Past this many examples the
@@ -63,7 +64,7 @@ class TokenCounter:
         import phischer.tokens  # noqa: F401
 
         if "fork" in mp.get_all_start_methods():
-            self._helper = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
+            self._helper = fork_pool(1)
         self._flush()
 
     def _flush(self) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -495,3 +501,92 @@ def test_overlapping_exports_of_one_chat_split_cleanly(tmp_path: Path) -> None:
     ]
     assert not sides[0] & sides[1]
     assert len(sides[0] | sides[1]) == 15
+
+
+def big_messenger_export(root: Path, threads: int = 200, per_thread: int = 750) -> Path:
+    """A Messenger export big enough for the parsing workers and the token helper."""
+    for t in range(threads):
+        folder = root / "messages" / "inbox" / f"sam_{t}"
+        folder.mkdir(parents=True)
+        start = 1_700_000_000_000 + t * 10**9
+        messages = [
+            {
+                "sender_name": ("Zoe", "Sam")[i % 2],
+                "timestamp_ms": start + i * 60_000,
+                "content": f"message {i} of thread {t}",
+            }
+            for i in reversed(range(per_thread))  # newest first, as Facebook writes them
+        ]
+        data = {"participants": [{"name": "Zoe"}, {"name": "Sam"}], "messages": messages}
+        (folder / "message_1.json").write_text(json.dumps(data), encoding="utf-8")
+    return root
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    # Whether every process of the import's group (it, its workers) has ended.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize(
+    ("sig", "to_group"),
+    [
+        (signal.SIGTERM, False),  # `kill PID`, `timeout`: the import process alone
+        (signal.SIGHUP, True),  # the terminal closed: every process of the job
+        (signal.SIGTERM, True),  # a supervisor stopping the job (systemd)
+        (signal.SIGINT, True),  # Ctrl-C: every process of the job
+    ],
+    ids=["term-alone", "hup-group", "term-group", "ctrl-c"],
+)
+def test_a_stopped_import_leaves_no_files_and_no_processes(
+    tmp_path: Path, sig: signal.Signals, to_group: bool
+) -> None:
+    """A stop signal ends an import whole: temp files removed, workers ended, no traceback."""
+    export = big_messenger_export(tmp_path / "export")
+    out_dir = tmp_path / "out"
+    command = [sys.executable, "-m", "phischer", "import", "messenger", str(export)]
+    proc = subprocess.Popen(
+        [*command, "--me", "Zoe", "-o", str(out_dir / "zoe.jsonl")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # The first 1,000 examples written: the workers parse, the token helper counts.
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size for p in out_dir.glob(".zoe.jsonl.*.tmp")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        (os.killpg if to_group else os.kill)(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, (proc.returncode, out, err)  # click's "Aborted!"
+        assert err.strip() == "Aborted!"
+        assert list(out_dir.iterdir()) == []
+        assert _group_gone(proc.pid, timeout=10), "worker processes left running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def test_a_stop_a_finalizer_swallowed_ends_the_import_at_the_next_thread() -> None:
+    """A stop whose KeyboardInterrupt Python dropped is not lost: the next thread raises it."""
+    from phischer.import_run import _progress
+    from phischer.importers.base import Conversation
+    from phischer.stopping import sigterm_as_interrupt
+    from tests.test_tunnel import lose_a_signal
+
+    threads = (Conversation(id=str(i), title=str(i), participants=[]) for i in range(3))
+    with sigterm_as_interrupt():
+        progress = _progress(threads, "Importing")
+        assert next(progress).id == "0"
+        lose_a_signal()  # returns: the KeyboardInterrupt went nowhere
+        with pytest.raises(KeyboardInterrupt):
+            next(progress)

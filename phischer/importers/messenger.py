@@ -24,7 +24,7 @@ import re
 import sys
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import attrgetter, le, truediv
@@ -39,6 +39,7 @@ from phischer.importers.base import (
     register,
 )
 from phischer.importers.files import Export, open_export
+from phischer.stopping import fork_pool
 
 _LEGACY_FILE = re.compile(r"(?:^|/)message_(\d+)\.json$")
 # The folders between the export root and the box ("inbox/…") carry no meaning for ids.
@@ -497,7 +498,7 @@ def _parallel_threads(
     ordered = [(folder, _oldest_first(files)) for folder, files in jobs]
     batches = iter(_batches(export, [name for _, names in ordered for name in names]))
     path = str(export.path)
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+    pool = fork_pool(workers)
     try:
         pending: deque[tuple[Future[list[_Part]], int]] = deque()
         ahead = 0
