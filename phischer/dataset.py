@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -107,7 +108,9 @@ def names_a_person(name: str) -> bool:
 
 
 def _norm(name: str) -> str:
-    return " ".join(name.split()).casefold()
+    # NFC: "ë" typed or pasted on a Mac often comes as "e" and a combining diaeresis (NFD),
+    # which looks the same as the export's one-character "ë" but compares unequal.
+    return unicodedata.normalize("NFC", " ".join(name.split()).casefold())
 
 
 def match_me(message: Message, me: str) -> bool:

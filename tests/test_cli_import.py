@@ -590,3 +590,13 @@ def test_a_stop_a_finalizer_swallowed_ends_the_import_at_the_next_thread() -> No
         lose_a_signal()  # returns: the KeyboardInterrupt went nowhere
         with pytest.raises(KeyboardInterrupt):
             next(progress)
+
+
+def test_me_matches_a_name_typed_with_combining_accents(tmp_path: Path) -> None:
+    """A Mac's 'Zoë' is often e + U+0308 (NFD): it names the export's 'Zoë' all the same."""
+    out = tmp_path / "zoe.jsonl"
+    decomposed = "Zoe\u0308 Marti\u0301n"
+    result = run("messenger", str(MESSENGER), "--me", decomposed, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "Messages kept: 19  (yours: 8)" in result.stdout
+    assert "System prompt: You are Zoë Martín. " in result.stdout  # spelled as the export does
