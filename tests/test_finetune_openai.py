@@ -658,6 +658,47 @@ def test_wait_polls_with_backoff_and_switches_the_persona(
     ]
 
 
+def test_two_waits_on_one_job_each_show_every_event_and_the_switch(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two terminals wait on the job: the second starts waiting between the first's polls
+    # and sees the job through (its events stored, the persona switched) before it polls again.
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    job_id = start_job(train)
+    other: list[Result] = []
+
+    def other_terminal_waits(seconds: float) -> None:
+        monkeypatch.setattr(ft, "_sleep", lambda s: None)  # once: not for its own sleeps
+        other.append(run("finetune", "status", job_id, "--wait"))
+
+    monkeypatch.setattr(ft, "_sleep", other_terminal_waits)
+    first = run("finetune", "status", job_id, "--wait")
+    (second,) = other
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    messages = [
+        f"Created fine-tuning job: {job_id}",
+        "Fine-tuning job started",
+        "Step 1/3: training loss=2.10",
+        "Step 3/3: training loss=0.90",
+        "New fine-tuned model created",
+        "The job has successfully completed",
+    ]
+    shown = [m for line in first.output.splitlines() for m in messages if line.endswith(m)]
+    assert shown == messages  # each once, in order, though the other wait stored them too
+    assert "Step 3/3" in second.output and "Fine-tuning job started" not in second.output
+    outcome = [
+        f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}",
+        f"Persona Ada Lovelace now answers with {FT_MODEL}.",
+    ]
+    assert first.output.splitlines()[-2:] == outcome and second.output.splitlines()[-2:] == outcome
+    assert persona_row(database).model == FT_MODEL
+    assert jobs_in(database)[0].last_event_id == fake_ft.events[job_id][0]["id"]
+
+
 def test_status_of_a_job_whose_persona_was_removed_says_how_to_serve_its_model(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
 ) -> None:

@@ -98,11 +98,16 @@ def removed_while_trained(persona: str, job_id: str, where: str, flags: str) -> 
     )
 
 
-def switch_persona(session: Session, job: FineTuneJob, base_url: str | None) -> Persona | None:
-    """Point the job's persona at its model served at `base_url`; None if it was removed."""
+def persona_of(session: Session, job: FineTuneJob) -> Persona | None:
+    """The persona the job trains for; None if it was removed."""
     # By id, not by name: `persona edit --name` while the job trains keeps the id (a removal
     # sets persona_id to NULL, so the id never names a persona added since).
-    persona = session.get(Persona, job.persona_id) if job.persona_id is not None else None
+    return session.get(Persona, job.persona_id) if job.persona_id is not None else None
+
+
+def switch_persona(session: Session, job: FineTuneJob, base_url: str | None) -> Persona | None:
+    """Point the job's persona at its model served at `base_url`; None if it was removed."""
+    persona = persona_of(session, job)
     if persona is None:
         return None
     persona.backend, persona.model, persona.base_url = "openai", job.fine_tuned_model, base_url

@@ -385,19 +385,25 @@ class StatusResult:
     persona_switched: str | None = None
     persona_removed: bool = False  # it succeeded just now, and its persona is gone
     tracked: bool = True
+    last_event_id: str | None = None  # the last event shown by now: where the next check pages to
 
 
 def check_status(
-    db: Database, client: openai.OpenAI, job_id: str, seen: str | None = None
+    db: Database, client: openai.OpenAI, job_id: str, previous: StatusResult | None = None
 ) -> StatusResult:
     """Fetch the job and its new events, store them, and switch the persona on success.
 
-    `seen` is the last event shown of a job not stored here (a stored job keeps its own).
+    `previous` is this process's last check of the job (`status --wait`); without one, the
+    events and status stored with the job say what was shown before.
     """
     server = server_of(client)
     with db.read() as session:
         row = jobs.find_job(session, job_id, server)
-        last_event_id = row.last_event_id if row is not None else seen
+        last_event_id = row.last_event_id if row is not None else None
+    if previous is not None:
+        # A wait pages from what it showed itself: the stored event (for the next `status`)
+        # moves on under a second `status --wait` of the job, whose events this one missed.
+        last_event_id = previous.last_event_id
     if row is not None and row.provider != "openai":
         raise FineTuneError(f"{job_id} is a {row.provider} job: it has no remote status")
     with api_errors(client, f"checking {job_id}"):
@@ -416,6 +422,7 @@ def check_status(
         estimated_finish=getattr(remote, "estimated_finish", None),
         older_events_cut=cut,
         tracked=row is not None,
+        last_event_id=events[-1].id if events else last_event_id,
     )
     if row is None:
         return result
@@ -428,13 +435,20 @@ def check_status(
     )
     with db.write() as session:
         stored = jobs.get_job(session, job_id, server)
-        succeeds_now = remote.status == "succeeded" and stored.status != "succeeded"
-        switched = jobs.apply_update(session, stored, update)
-        if switched is not None:
-            result.persona_switched = switched.name
-        elif succeeds_now and stored.fine_tuned_model:  # no persona left to switch
-            result.persona_removed = True
+        was = previous.status if previous is not None else stored.status
+        jobs.apply_update(session, stored, update)
+        if remote.status == "succeeded" and was != "succeeded" and stored.fine_tuned_model:
+            # Switched once, by whichever check stored the success first; every wait that
+            # saw the job train says so, as the run that made the switch does.
+            _say_switch(result, jobs.persona_of(session, stored), stored.fine_tuned_model)
     return result
+
+
+def _say_switch(result: StatusResult, persona: Any, model: str) -> None:
+    if persona is None:
+        result.persona_removed = True
+    elif persona.model == model:  # not when edited by hand since: that edit stands
+        result.persona_switched = persona.name
 
 
 def describe_event(event: Any) -> str:
@@ -514,14 +528,14 @@ def wait_for(
     sleep = sleep or _sleep
     interval = POLL_FIRST_S
     bar = None
-    seen: str | None = None  # a job not stored here keeps its last event only in memory
+    result: StatusResult | None = None  # this wait's last check: what it has shown
     failures = 0
     try:
         while True:
             # tqdm.write keeps the bar below the log instead of tearing it.
             write = tqdm.write if bar is not None else echo
             try:
-                result = check_status(db, client, job_id, seen)
+                result = check_status(db, client, job_id, result)
             except TransientApiError as exc:
                 failures += 1
                 if failures >= MAX_POLL_FAILURES:
@@ -529,7 +543,6 @@ def wait_for(
                 write(f"Warning: {exc}; checking again in {interval:g} s")
             else:
                 failures = 0
-                seen = result.events[-1].id if result.events else seen
                 bar = _progress(bar, result.events)
                 for line in describe_status(result):
                     (tqdm.write if bar is not None else echo)(line)
