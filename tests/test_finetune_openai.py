@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -485,6 +489,75 @@ def test_a_timed_out_job_request_without_a_job_keeps_the_upload_and_says_so(
         "timed out.): check your network or OPENAI_BASE_URL",
     ]
     assert list(fake_ft.files) == ["file-0001"] and jobs_in(database) == []
+
+
+# `phischer finetune start` in a process of its own, on the date the fake_ft fixture pins.
+START_PINNED = (
+    "import datetime as dt, sys; from phischer.finetune import common; "
+    "common._today = lambda: dt.date(2026, 11, 22); from phischer.cli import main; "
+    "sys.argv[0] = 'phischer'; main()"
+)
+
+
+def ctrl_c_start(fake: FakeOpenAI, pending: str, *args: str) -> tuple[int, str, str]:
+    """`finetune start ARGS` in a real process, SIGINT once OpenAI got the `pending` request
+    (POST /v1/files or /v1/fine_tuning/jobs, held back by a stall); (exit code, out, err)."""
+    env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": VALID_KEY}
+    command = [sys.executable, "-c", START_PINNED, "finetune", "start", *args]
+    proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not fake.calls("POST", pending):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_during_the_validation_upload_deletes_the_training_upload(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, validation: Path, database: Database
+) -> None:
+    fake_ft.stall("POST", "/v1/files", 60, body=b'filename="val.jsonl"')
+    code, out, err = ctrl_c_start(
+        fake_ft, "/v1/files", str(train), "--persona", "ada", "--validation", str(validation)
+    )
+    assert code == 130, out + err
+    assert out.splitlines()[-1] == (
+        "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account."
+    )
+    assert err == (
+        "Interrupted while uploading val.jsonl: no job was created; if val.jsonl shows up in "
+        "the account's files all the same, delete it there.\n"
+    )  # not click's "Aborted!", nor a traceback
+    # The validation upload reached the fake whole; its id never came back to be deleted.
+    assert [f["filename"] for f in fake_ft.files.values()] == ["val.jsonl"]
+    assert fake_ft.calls("POST", "/v1/fine_tuning") == [] and jobs_in(database) == []
+
+
+def test_ctrl_c_during_the_job_request_keeps_the_upload_and_says_so(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    fake_ft.stall("POST", "/v1/fine_tuning/jobs", 60)  # created, the answer held back
+    code, out, err = ctrl_c_start(fake_ft, "/v1/fine_tuning/jobs", str(train), "--persona", "ada")
+    assert code == 130, out + err
+    assert out.splitlines()[-1] == (
+        "Kept the uploaded file-0001 (train.jsonl) on the account: OpenAI may still create the "
+        "job. If `phischer finetune list` shows no job reading it in a few minutes, delete it "
+        "and start again."
+    )
+    assert err == (
+        "Interrupted while OpenAI was creating the job: if it did, it is not recorded here and "
+        "switches no persona (`phischer finetune list` shows it, `phischer finetune cancel JOB` "
+        "stops it).\n"
+    )
+    assert list(fake_ft.files) == ["file-0001"] and fake_ft.calls("DELETE") == []
+    assert len(fake_ft.jobs) == 1 and jobs_in(database) == []
 
 
 def test_an_upload_that_cannot_be_deleted_is_named(

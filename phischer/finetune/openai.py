@@ -24,6 +24,7 @@ from phischer.finetune.common import (
     FINAL_STATES,
     Echo,
     FineTuneError,
+    Interrupted,
     check_dataset,
     deadline_notice,
     refuse_after_jobs_end,
@@ -255,12 +256,76 @@ def _job_created_anyway(client: openai.OpenAI, training_file_id: str) -> Any | N
     return next((job for job in recent if job.training_file == training_file_id), None)
 
 
-def _kept_after_timeout(uploaded: dict[str, str]) -> str:
+def _kept_uploads(uploaded: dict[str, str]) -> str:
     files = ", ".join(f"{file_id} ({name})" for file_id, name in uploaded.items())
     return (
         f"Kept the uploaded {files} on the account: OpenAI may still create the job. If "
         "`phischer finetune list` shows no job reading it in a few minutes, delete it and "
         "start again."
+    )
+
+
+JOB_REQUEST = "the job request"  # what `start` sends after the uploads
+
+
+def _upload_and_create(
+    client: openai.OpenAI, request: StartRequest, job: dict[str, Any], echo: Echo
+) -> tuple[Any, str, str | None]:
+    """Upload the files and create the job; after a failure or Ctrl-C, delete what none reads.
+
+    Returns the job as OpenAI answered and the ids of the training and validation uploads.
+    """
+    uploaded: dict[str, str] = {}  # file id: name, of every upload so far
+    sending = ""  # what a Ctrl-C would cut short: a file's name, or JOB_REQUEST
+    validation_file_id = None
+    try:
+        sending = request.train_path.name
+        training_file_id = _upload(client, request.train_path, echo)
+        uploaded[training_file_id] = sending
+        if request.validation_path is not None:
+            sending = request.validation_path.name
+            validation_file_id = _upload(client, request.validation_path, echo)
+            uploaded[validation_file_id] = sending
+            job = {**job, "validation_file": validation_file_id}
+        sending = JOB_REQUEST
+        with api_errors(client, "creating the fine-tuning job"):
+            remote = client.fine_tuning.jobs.create(training_file=training_file_id, **job)
+    except FineTuneError as exc:
+        # api_errors keeps the SDK error as the context. Only a job request that timed out
+        # may have created the job all the same (reading these files); a timed-out upload
+        # created nothing, and what it left is deleted like after any other failure.
+        if not (sending == JOB_REQUEST and isinstance(exc.__context__, openai.APITimeoutError)):
+            _delete_uploads(client, uploaded, echo)
+            raise
+        remote = _job_created_anyway(client, training_file_id)
+        if remote is None:
+            echo(_kept_uploads(uploaded))
+            raise
+        echo(f"Note: OpenAI answered too late, but created the job {remote.id} all the same.")
+    except KeyboardInterrupt:
+        raise _interrupted(client, uploaded, sending, echo) from None
+    return remote, training_file_id, validation_file_id
+
+
+def _interrupted(
+    client: openai.OpenAI, uploaded: dict[str, str], sending: str, echo: Echo
+) -> Interrupted:
+    """What a Ctrl-C while `sending` left of the uploads (said), and the line to end on."""
+    if sending == JOB_REQUEST:
+        # Like a timed-out job request: OpenAI may create the job all the same, reading the
+        # uploads, so they stay. Before it, no job can read them: they are deleted.
+        echo(_kept_uploads(uploaded))
+        return Interrupted(
+            "Interrupted while OpenAI was creating the job: if it did, it is not recorded here "
+            "and switches no persona (`phischer finetune list` shows it, `phischer finetune "
+            "cancel JOB` stops it)."
+        )
+    _delete_uploads(client, uploaded, echo)
+    # The upload cut short may have reached OpenAI whole (its answer was what was pending):
+    # its id never came back, so it cannot be deleted from here.
+    return Interrupted(
+        f"Interrupted while uploading {sending}: no job was created; if {sending} shows up "
+        "in the account's files all the same, delete it there."
     )
 
 
@@ -290,39 +355,13 @@ def start_openai(
     echo(_cost_line(report))
     echo(deadline_notice(today))
 
-    training_file_id = _upload(client, request.train_path, echo)
-    uploaded = {training_file_id: request.train_path.name}
-    validation_file_id = None
     hyper = {"n_epochs": request.epochs if request.epochs is not None else "auto"}
-    creating = False
-    try:
-        if request.validation_path is not None:
-            validation_file_id = _upload(client, request.validation_path, echo)
-            uploaded[validation_file_id] = request.validation_path.name
-        extra: dict[str, Any] = {}
-        if validation_file_id:
-            extra["validation_file"] = validation_file_id
-        creating = True
-        with api_errors(client, "creating the fine-tuning job"):
-            remote = client.fine_tuning.jobs.create(
-                model=base_model,
-                training_file=training_file_id,
-                suffix=suffix,
-                method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
-                **extra,
-            )
-    except FineTuneError as exc:
-        # api_errors keeps the SDK error as the context. Only a job request that timed out
-        # may have created the job all the same (reading these files); a timed-out upload
-        # created nothing, and what it left is deleted like after any other failure.
-        if not (creating and isinstance(exc.__context__, openai.APITimeoutError)):
-            _delete_uploads(client, uploaded, echo)
-            raise
-        remote = _job_created_anyway(client, training_file_id)
-        if remote is None:
-            echo(_kept_after_timeout(uploaded))
-            raise
-        echo(f"Note: OpenAI answered too late, but created the job {remote.id} all the same.")
+    job = {
+        "model": base_model,
+        "suffix": suffix,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+    }
+    remote, training_file_id, validation_file_id = _upload_and_create(client, request, job, echo)
     server = server_of(client)
     with db.write() as session:
         # A server restarted (or a second one once at this URL) can reuse an id: both rows
