@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import sys
 from collections.abc import Iterator, Sequence
@@ -455,6 +456,30 @@ def open_checked(path: Path) -> None:
         raise DatasetError(f"{path}: is a folder, not a JSONL file")
 
 
+class _NotJsonNumber(ValueError):
+    """NaN, Infinity or -Infinity in a line: Python's json reads them, RFC 8259 and OpenAI do not."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJsonNumber(name)
+
+
+# A JSON string, escapes included: blanked out before looking for a constant outside them.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_CONSTANT = re.compile(r"-?Infinity|NaN")
+
+
+def _column_of_constant(text: str) -> int:
+    """The 1-based column of a line's first NaN or Infinity (the json module gives none)."""
+    # The parser stops at the first one, so the first outside a string is the one it refused.
+    match = _CONSTANT.search(_JSON_STRING.sub(lambda m: " " * len(m.group()), text))
+    return match.start() + 1 if match else 1
+
+
 def parse_line(number: int, raw: bytes) -> tuple[Any, Problem | None]:
     """A line's JSON value, or the problem that stops it being one."""
     try:
@@ -469,7 +494,13 @@ def parse_line(number: int, raw: bytes) -> tuple[Any, Problem | None]:
         # Skipped by most JSONL readers, but strict ones reject it: worth removing.
         return None, Problem(number, "blank line, ignored (better removed) [blank_line]", "warning")
     try:
-        return json.loads(text), None
+        return json.loads(text, parse_constant=_refuse_constant), None
+    except _NotJsonNumber as exc:
+        return None, Problem(
+            number,
+            f"invalid JSON: {exc.name} at column {_column_of_constant(text)} (JSON has no "
+            "NaN or Infinity: write a number or null) [invalid_json]",
+        )
     except json.JSONDecodeError as exc:
         return None, Problem(
             number, f"invalid JSON: {exc.msg} at column {exc.colno} [invalid_json]"

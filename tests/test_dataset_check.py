@@ -341,6 +341,29 @@ def test_cli_check_errors_exit_1_naming_lines() -> None:
     assert result.output.rstrip().endswith("FAILED: 14 errors; fix them before fine-tuning.")
 
 
+def test_nan_and_infinity_are_not_json(tmp_path: Path) -> None:
+    # Python's json reads them (and writes them, unless told not to); OpenAI's parser refuses.
+    good = json.dumps(chat("hi", "hello"))
+    weighted = '{"messages": [{"role": "user", "content": "NaN \\" Infinity"}, '
+    path = tmp_path / "odd.jsonl"
+    lines = [
+        good,
+        weighted + '{"role": "assistant", "content": "ok", "weight": NaN}]}',
+        weighted + '{"role": "assistant", "content": "ok", "weight": Infinity}]}',
+        '{"messages": [], "score": -Infinity}',
+        good,
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path)])
+    assert result.exit_code == 1
+    fix = "(JSON has no NaN or Infinity: write a number or null) [invalid_json]"
+    for line, constant, column in [(2, "NaN", 112), (3, "Infinity", 112), (4, "-Infinity", 27)]:
+        assert f"  line {line}: invalid JSON: {constant} at column {column} {fix}\n" in (
+            result.output
+        )
+    assert result.output.rstrip().endswith("FAILED: 3 errors; fix them before fine-tuning.")
+
+
 def test_cli_caps_listed_problems(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(f"oops {i}\n" for i in range(25)), encoding="utf-8")

@@ -229,6 +229,17 @@ def test_fallback_needs_valid_json(tmp_path: Path) -> None:
     )
 
 
+def test_fallback_refuses_nan_like_other_invalid_json(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"messages": []}\n{"messages": [], "w": NaN}\n', encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        split_file(path)
+    assert str(err.value) == (
+        f"{path}: line 2: invalid JSON: NaN at column 23 (JSON has no NaN or Infinity: write a "
+        "number or null) [invalid_json]; run `phischer dataset check` first"
+    )
+
+
 def test_cli_split_reports_counts(tmp_path: Path) -> None:
     path = tmp_path / "sam.jsonl"
     make_dataset(path, {f"c{i}": 1 for i in range(10)})
