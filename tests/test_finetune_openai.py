@@ -499,16 +499,19 @@ START_PINNED = (
 )
 
 
-def ctrl_c_start(fake: FakeOpenAI, pending: str, *args: str) -> tuple[int, str, str]:
+def ctrl_c_start(
+    fake: FakeOpenAI, pending: str, *args: str, body: bytes = b""
+) -> tuple[int, str, str]:
     """`finetune start ARGS` in a real process, SIGINT once OpenAI got the `pending` request
-    (POST /v1/files or /v1/fine_tuning/jobs, held back by a stall); (exit code, out, err)."""
+    (POST /v1/files or /v1/fine_tuning/jobs with `body` in it, held back by a stall);
+    (exit code, out, err)."""
     env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": VALID_KEY}
     command = [sys.executable, "-c", START_PINNED, "finetune", "start", *args]
     proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not fake.calls("POST", pending):
+        while not any(body in call.body for call in fake.calls("POST", pending)):
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -525,8 +528,9 @@ def test_ctrl_c_during_the_validation_upload_deletes_the_training_upload(
 ) -> None:
     fake_ft.stall("POST", "/v1/files", 60, body=b'filename="val.jsonl"')
     code, out, err = ctrl_c_start(
-        fake_ft, "/v1/files", str(train), "--persona", "ada", "--validation", str(validation)
-    )
+        fake_ft, "/v1/files", str(train), "--persona", "ada", "--validation", str(validation),
+        body=b'filename="val.jsonl"',
+    )  # fmt: skip
     assert code == 130, out + err
     assert out.splitlines()[-1] == (
         "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account."
