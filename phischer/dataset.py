@@ -254,15 +254,14 @@ def _turns(
         # Fast path for 1:1 chats (most of a big export): runs of one role joined in C.
         texts = list(map(_by_text, islice(messages, i, None)))
         for me, run in groupby(zip(mine[i:], texts, strict=True), key=itemgetter(0)):
-            content = join_texts(map(itemgetter(1), run))
-            turns.append({"role": "assistant" if me else "user", "content": content})
+            turns.append(_turn("assistant" if me else "user", map(itemgetter(1), run)))
         return turns, openers
     for m, me in zip(messages[i:], mine[i:], strict=True):
         text = _masked(m.text, mask)
         r = "assistant" if me else "user"
         if r != role:
             if parts:
-                turns.append({"role": role, "content": join_texts(parts)})
+                turns.append(_turn(role, parts))
             parts = []
             role = r
             speaker = None
@@ -272,8 +271,21 @@ def _turns(
             speaker = m.sender
         parts.append(text)
     if parts:
-        turns.append({"role": role, "content": join_texts(parts)})
+        turns.append(_turn(role, parts))
     return turns, openers
+
+
+def _turn(role: str, texts: Iterable[str]) -> dict[str, str]:
+    """One turn of texts sent in a row, its line breaks all written "\\n"."""
+    content = join_texts(texts)
+    # A message written on Windows breaks its lines with "\r\n" in every format that keeps
+    # them as typed (a quoted DiscordChatExporter CSV cell, a JSON string of Telegram,
+    # Messenger or X), old Macs with "\r"; the rest of the dataset uses "\n" (texts in a
+    # row are joined with it), and a clone should not learn two ways to break a line.
+    # Checked per turn, not per message: most turns have none. One place for every format.
+    if "\r" in content:
+        content = content.replace("\r\n", "\n").replace("\r", "\n")
+    return {"role": role, "content": content}
 
 
 def _ends_session(gap_hours: float) -> Callable[[dt.timedelta], bool]:

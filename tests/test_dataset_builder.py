@@ -464,6 +464,18 @@ def test_the_same_words_twice_in_one_session_are_two_examples() -> None:
     assert stats.duplicates == 0
 
 
+@pytest.mark.parametrize(("group", "mask"), [(False, False), (True, False), (False, True)])
+def test_line_breaks_written_on_windows_or_old_macs_are_newlines(group: bool, mask: bool) -> None:
+    # Any format can hold them (a JSON string of Telegram, Messenger or X keeps what was
+    # typed): one rule, on the 1:1 fast path and on the group / --mask-pii path alike.
+    c = conv(
+        (0, "Bo", "hi\r\nthere"), (1, "Bo", "you\rok?"), (2, "Ana", "yes\r\n\r\nyou?"), group=group
+    )
+    (ex,) = build_examples([c], "Ana", mask_pii=mask)
+    bo = "Bo: " if group else ""
+    assert turns(ex) == [("user", f"{bo}hi\nthere\nyou\nok?"), ("assistant", "yes\n\nyou?")]
+
+
 @pytest.mark.parametrize("system", ["", "   "])
 def test_a_blank_system_prompt_is_refused(system: str) -> None:
     with pytest.raises(ImportErrorMessage, match="--system is blank"):

@@ -282,6 +282,30 @@ def test_two_copies_of_a_channel_are_one_conversation(tmp_path: Path) -> None:
     assert "Duplicates: 1 example left out" in result.output
 
 
+def test_a_csv_written_on_windows_breaks_lines_in_a_message_with_newlines(
+    tmp_path: Path,
+) -> None:
+    # DiscordChatExporter on Windows ends every line with CRLF, those inside a quoted
+    # multi-line message too: the csv module keeps them, the dataset has "\n" only.
+    rows = [
+        '"222","amy.pond","3/1/2024 8:00 PM","dinner?\r\nor lunch","",""',
+        '"111","river.song","3/1/2024 8:01 PM","lunch\r\nat 1\rsharp","",""',
+    ]
+    path = tmp_path / "Direct Messages - amy.pond [9].csv"
+    path.write_bytes(
+        "\r\n".join(["AuthorID,Author,Date,Content,Attachments,Reactions", *rows, ""]).encode()
+    )
+    result = CliRunner().invoke(
+        cli, ["import", "discord", str(path), "--me", "river.song", "-o", "out.jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    (line,) = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["messages"][1:] == [
+        {"role": "user", "content": "dinner?\nor lunch"},
+        {"role": "assistant", "content": "lunch\nat 1\nsharp"},
+    ]
+
+
 def test_csv_dates_in_each_locale_dotnet_writes(tmp_path: Path) -> None:
     # DiscordChatExporter writes the exporting machine's short date and time ("g"): here
     # 1 March 2024 20:00 and 14 March 2024 20:02 as each locale writes them.
