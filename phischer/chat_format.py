@@ -16,6 +16,21 @@ PART_ROLES: dict[str, tuple[str, ...]] = {
 TEXT_PARTS = ("text", "refusal")
 
 
+def json_kind(value: Any) -> str:
+    """What a decoded JSON value is, as JSON names it: "a number", "an array", "null", …"""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 def content_texts(content: Any) -> list[str] | None:
     """The texts a message's content holds, in order; None when it cannot be read as text.
 

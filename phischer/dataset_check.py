@@ -28,7 +28,7 @@ from phischer.base_models import (
     estimate_cost,
     price_per_million,
 )
-from phischer.chat_format import PART_ROLES, content_texts
+from phischer.chat_format import PART_ROLES, content_texts, json_kind
 from phischer.printing import plural
 from phischer.surrogates import LONE_SURROGATE
 from phischer.tokens import count_messages_tokens, count_tokens, encoding_name_for
@@ -239,20 +239,6 @@ def percentile(values: Sequence[int], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _quoted(value: Any) -> str:
     # A key or role as JSON: one line whatever it holds, and printable (a lone surrogate from
     # a "\\ud83d" escape stays an escape; stdout cannot encode it).
@@ -273,7 +259,7 @@ def _content_problems(i: int, role: Any, content: Any, calls: Any) -> list[str]:
         return []
     if isinstance(content, list) and role != "function":
         return _parts_problems(i, role, content, calls)
-    return [f"message {i}: content is {_kind(content)}, not a string [missing_content]"]
+    return [f"message {i}: content is {json_kind(content)}, not a string [missing_content]"]
 
 
 def _parts_problems(i: int, role: Any, parts: list[Any], calls: Any) -> list[str]:
@@ -283,7 +269,7 @@ def _parts_problems(i: int, role: Any, parts: list[Any], calls: Any) -> list[str
     for j, part in enumerate(parts, 1):
         where = f"message {i}: content part {j}"
         if not isinstance(part, dict):
-            found.append(f"{where}: not a JSON object but {_kind(part)} [invalid_content_part]")
+            found.append(f"{where}: not a JSON object but {json_kind(part)} [invalid_content_part]")
             continue
         kind = part.get("type")
         if not isinstance(kind, str) or kind not in PART_ROLES:
@@ -309,7 +295,7 @@ def _parts_problems(i: int, role: Any, parts: list[Any], calls: Any) -> list[str
                 found.append(f'{where}: no "{kind}" string in the part [invalid_content_part]')
             elif not isinstance(value, str):
                 found.append(
-                    f'{where}: "{kind}" is {_kind(value)}, not a string [invalid_content_part]'
+                    f'{where}: "{kind}" is {json_kind(value)}, not a string [invalid_content_part]'
                 )
             elif LONE_SURROGATE.search(value):
                 found.append(f"{where}: {HALF_EMOJI} [invalid_utf8]")
@@ -323,12 +309,14 @@ def _parts_problems(i: int, role: Any, parts: list[Any], calls: Any) -> list[str
 def check_example(obj: Any) -> list[tuple[str, Severity]]:
     """The cookbook's format checks (plus a few) on one parsed line: (message, severity)."""
     if not isinstance(obj, dict):
-        return [(f"not a JSON object but {_kind(obj)} [data_type]", "error")]
+        return [(f"not a JSON object but {json_kind(obj)} [data_type]", "error")]
     messages = obj.get("messages")
     if messages is None:
         return [('no "messages" list [missing_messages_list]', "error")]
     if not isinstance(messages, list):
-        return [(f'"messages" is {_kind(messages)}, not a list [missing_messages_list]', "error")]
+        return [
+            (f'"messages" is {json_kind(messages)}, not a list [missing_messages_list]', "error")
+        ]
     if not messages:
         return [('"messages" is empty [missing_messages_list]', "error")]
     found: list[tuple[str, Severity]] = []
@@ -336,7 +324,7 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
     for i, message in enumerate(messages, 1):
         if not isinstance(message, dict):
             found.append(
-                (f"message {i}: not a JSON object but {_kind(message)} [data_type]", "error")
+                (f"message {i}: not a JSON object but {json_kind(message)} [data_type]", "error")
             )
             continue
         role = message.get("role")
@@ -357,7 +345,10 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
             value = message.get(key)
             if value is not None and not isinstance(value, kind):
                 found.append(
-                    (f'message {i}: "{key}" is {_kind(value)}, not {wanted} [data_type]', "error")
+                    (
+                        f'message {i}: "{key}" is {json_kind(value)}, not {wanted} [data_type]',
+                        "error",
+                    )
                 )
         unknown = [
             k
@@ -378,7 +369,7 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
             found.append((f"message {i}: unrecognized role {shown} [unrecognized_role]", "error"))
         refusal = message.get("refusal") if role == "assistant" else None
         if refusal is not None and not isinstance(refusal, str):
-            shown = _kind(refusal)
+            shown = json_kind(refusal)
             found.append((f"message {i}: refusal is {shown}, not a string [data_type]", "error"))
         if "content" in message:
             problems = _content_problems(i, role, message["content"], calls)

@@ -105,7 +105,7 @@ def test_flatten_text_strings_and_entities() -> None:
     assert flatten_text("plain") == "plain"
     assert flatten_text(["a ", {"type": "bold", "text": "b"}, {"type": "text_link", "text": "c",
                          "href": "https://example.org"}]) == "a bc"  # fmt: skip
-    assert flatten_text(None) == ""
+    assert flatten_text(None) == ""  # null: no text, as when the key is absent
     assert flatten_text([{"type": "custom_emoji", "text": "🧗", "document_id": "1"}]) == "🧗"
 
 
@@ -157,6 +157,38 @@ def test_another_apps_chat_is_not_telegram(tmp_path: Path, other: str) -> None:
     assert result.exit_code == 1
     assert "is not a Telegram Desktop export" in result.output
     assert "use the format name that matches the export" in result.output
+
+
+@pytest.mark.parametrize(
+    ("index", "text", "said"),
+    [
+        (2, 42, "a number"),
+        (3, {"type": "bold", "text": "hi"}, "an object"),
+        (0, True, "a boolean"),  # a service message's text is read before its type
+    ],
+)
+def test_a_text_that_is_neither_a_string_nor_a_list_is_refused_naming_the_message(
+    tmp_path: Path, index: int, text: object, said: str
+) -> None:
+    # An export edited by a tool: dropping the message as empty hid that the file is broken.
+    chat = json.loads(SINGLE.read_text(encoding="utf-8"))
+    chat["messages"][index]["text"] = text
+    (tmp_path / "result.json").write_text(json.dumps(chat), encoding="utf-8")
+    args = [
+        "import",
+        "telegram",
+        str(tmp_path / "result.json"),
+        "--me",
+        "Leo Hart",
+        "-o",
+        "o.jsonl",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {tmp_path / 'result.json'}: chat 'Priya Nair', message {index + 1} is "
+        f'malformed ("text" is {said}, not a string or a list)\n'
+    )
 
 
 def test_folder_with_several_chat_exports(tmp_path: Path) -> None:

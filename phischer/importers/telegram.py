@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
+from phischer.chat_format import json_kind
 from phischer.importers.base import (
     MALFORMED,
     Conversation,
@@ -219,7 +220,7 @@ def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
         from_id = m.get("from_id")
         sender = m.get("from") or _deleted_account(from_id)
         if not isinstance(sender, str):
-            raise TypeError(f'"from" is a {type(sender).__name__}, not a string')
+            raise TypeError(f'"from" is {json_kind(sender)}, not a string')
         # from_id is "user123456789" (or "channel…" for channel posts); --me may give the number.
         aliases = (from_id[4:],) if isinstance(from_id, str) and from_id.startswith("user") else ()
         if sender not in conv.participants:
@@ -259,7 +260,11 @@ def flatten_text(text: Any) -> str:
             for part in text
             if isinstance(part, str | dict)
         )
-    return ""
+    if text is None:  # as if the key were absent: no words
+        return ""
+    # A number or an object (an export edited by a tool) is no text Telegram writes: dropping
+    # the message as empty would hide that the file is broken. The caller names the message.
+    raise TypeError(f'"text" is {json_kind(text)}, not a string or a list')
 
 
 def _timestamp(m: dict[str, Any]) -> dt.datetime:
