@@ -12,6 +12,12 @@ from phischer.cli_options import base_model_option, epochs_option
 from phischer.dataset_check import check_file, plot_tokens
 from phischer.dataset_split import split_file
 from phischer.plots import require_matplotlib
+from phischer.stopping import sigterm_as_interrupt
+
+# A second Ctrl-C while a stopped split removes its unfinished files (a moment at most).
+_STILL_STOPPING = (
+    b"Still stopping (removing the unfinished output files); press Ctrl-C again to quit at once.\n"
+)
 
 
 @click.group("dataset")
@@ -86,7 +92,9 @@ def split(file: Path, validation: float, seed: int, output_dir: Path | None) -> 
     Writes FILE.train.jsonl and FILE.validation.jsonl (with .conversations files); no
     conversation ends up on both sides, and the same --seed gives the same split.
     """
-    with friendly_errors():
+    # SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal) stop it like Ctrl-C, so its
+    # temp output files are removed: left at their default they killed it with them behind.
+    with friendly_errors(), sigterm_as_interrupt(_STILL_STOPPING):
         result = split_file(file, validation=validation, seed=seed, out_dir=output_dir)
     click.echo(result.format())
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -340,3 +346,58 @@ def test_a_line_of_unicode_blanks_is_not_skipped_as_blank(tmp_path: Path) -> Non
         f"{path}: line 2: invalid JSON: Expecting value at column 1 [invalid_json]; "
         "run `phischer dataset check` first"
     )
+
+
+def _feed_fifo(fifo: Path, data: bytes, proc: subprocess.Popen[str]) -> None:
+    """Write `data` to `fifo` once the split opens it for reading, then close it."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # no reader yet: ENXIO
+            break
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO, exc
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+    try:
+        os.set_blocking(fd, True)
+        os.write(fd, data)  # a few hundred bytes: within a pipe's buffer
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_a_split_stopped_by_kill_or_a_closed_terminal_leaves_no_files(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """`kill` or a hang-up while the output is written ends the split like Ctrl-C: no temp files."""
+    path = tmp_path / "ex.jsonl"
+    make_dataset(path, {"a": 2, "b": 2, "c": 2})
+    data = path.read_bytes()
+    path.unlink()
+    # The input is a pipe: the split reads it once to count its lines, then, with its temp
+    # output files open, opens it again and waits there for as long as the test wants.
+    os.mkfifo(path)
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phischer", "dataset", "split", str(path), "-o", str(out_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _feed_fifo(path, data, proc)
+        deadline = time.monotonic() + 60
+        while len(list(out_dir.glob(".*.tmp"))) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, (proc.returncode, out, err)  # click's "Aborted!"
+        assert err.strip() == "Aborted!"
+        assert list(out_dir.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
