@@ -230,7 +230,7 @@ def list_(obj: Context) -> None:
         click.echo("(remote OpenAI jobs not listed: no OPENAI_API_KEY)")
         return
     try:
-        remote = ft.list_remote(client)
+        remote, more = ft.list_remote(client)
     except FineTuneError as exc:
         # The jobs stored here are what `list` is for: an account it cannot reach is a note.
         click.echo(f"(remote OpenAI jobs not listed: {exc})")
@@ -243,6 +243,12 @@ def list_(obj: Context) -> None:
             click.echo(JOB_HEADER)
     for j in others:
         click.echo(_job_line(j.id, "openai", j.status, "-", j.model, j.fine_tuned_model or ""))
+    if more:
+        # One page is read: an account with hundreds of jobs would take a request per page.
+        click.echo(
+            f"(only the account's {len(remote)} most recent jobs were read; it has older "
+            "ones: `phischer finetune status JOB` shows any job)"
+        )
 
 
 def _job_line(

@@ -1333,6 +1333,20 @@ def test_list_of_account_jobs_only_has_its_header(fake_ft: FakeOpenAI, train: Pa
     assert lines[3].split()[0] == other and len(lines) == 4
 
 
+def test_list_says_when_the_account_has_older_jobs_than_it_read(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    started = start_job(train)
+    others = [job_on_account(fake_ft, train, "gpt-4o-mini-2024-07-18") for _ in range(20)]
+    lines = run("finetune", "list").output.splitlines()
+    # One page of 20, newest first: the job started here is the 21st, not on it.
+    assert [line.split()[0] for line in lines[1:2] + lines[3:-1]] == [started, *others[::-1]]
+    assert lines[-1] == (
+        "(only the account's 20 most recent jobs were read; it has older ones: "
+        "`phischer finetune status JOB` shows any job)"
+    )
+
+
 def test_list_api_error_is_a_note_after_the_stored_jobs(
     fake_ft: FakeOpenAI, ada: Path, train: Path
 ) -> None:

@@ -250,7 +250,7 @@ def _delete_uploads(client: openai.OpenAI, uploaded: dict[str, str], echo: Echo)
 def _job_created_anyway(client: openai.OpenAI, training_file_id: str) -> Any | None:
     """The account's job training on `training_file_id`, which a timed-out request created."""
     try:
-        recent = list_remote(client)
+        recent, _ = list_remote(client)
     except FineTuneError:  # the account cannot be read either: say the files were kept
         return None
     return next((job for job in recent if job.training_file == training_file_id), None)
@@ -670,10 +670,11 @@ def cancel(db: Database, settings: Settings, job_id: str) -> str:
     return remote.status
 
 
-def list_remote(client: openai.OpenAI, limit: int = 20) -> list[Any]:
-    """The most recent jobs on the account (newest first)."""
+def list_remote(client: openai.OpenAI, limit: int = 20) -> tuple[list[Any], bool]:
+    """The `limit` most recent jobs on the account (newest first), and whether it has more."""
     with api_errors(client, "listing fine-tuning jobs"):
-        return list(client.fine_tuning.jobs.list(limit=limit).data)
+        page = client.fine_tuning.jobs.list(limit=limit)
+        return list(page.data), bool(page.has_more)
 
 
 def hyperparameters_text(row: FineTuneJob) -> str:
