@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -53,17 +54,25 @@ def parse(body: str) -> Command:
     if word in HELP_WORDS:
         return Command("help")
     if starts_hash(stripped) and len(stripped) > 1 and not stripped[1].isspace():
-        # The keyword ends at any whitespace: "#ada hi", "#ada\nhi" and "#ada\thi" alike.
-        head, *tail = stripped[1:].split(None, 1)
-        rest = tail[0] if tail else ""
-        # "#who?", "#dex!": punctuation after the keyword is the sentence's, not the name's.
-        keyword = _folded(head).rstrip(".!?,;:").lower()
+        # The keyword ends at any whitespace ("#ada hi", "#ada\nhi", "#ada\thi") or at the
+        # sentence's punctuation, which no keyword holds: "#who?", "#dex!", and "#dex,hi"
+        # typed without a space, which is "#dex hi". Other characters stay in it ("#ada's",
+        # "#café"): an unknown keyword, named whole in the reply, not a guess at a persona.
+        end = _KEYWORD_END.search(stripped, 1)
+        keyword = _folded(stripped[1 : end.start() if end else None]).lower()
         if keyword in HASH_COMMANDS:
             # "#list please", "#who is this": the command; the words after it ask nothing more.
             return Command(keyword)
         if keyword:
+            rest = stripped[end.end() :] if end else ""
             return Command("switch", keyword=keyword, text=rest.strip())
     return Command("chat", text=stripped)
+
+
+# Where a keyword ends: whitespace, or a run of sentence punctuation (ASCII, the full-width
+# forms a CJK keyboard types, 。 and 、, an ellipsis), which is dropped with it.
+_SENTENCE_MARKS = ".!?,;:\uff0e\uff01\uff1f\uff0c\uff1b\uff1a\u3002\u3001\u2026"
+_KEYWORD_END = re.compile(rf"[{re.escape(_SENTENCE_MARKS)}]+|\s")
 
 
 def starts_hash(text: str) -> bool:

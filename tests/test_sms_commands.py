@@ -47,6 +47,15 @@ def messages(app) -> list[Message]:
         ("#Reset!", "reset", None, ""),
         ("#ada!", "switch", "ada", ""),
         ("#ada, hi", "switch", "ada", "hi"),
+        # Typed without a space: the punctuation still ends the keyword.
+        ("#ada,hi", "switch", "ada", "hi"),
+        ("#ada?!what", "switch", "ada", "what"),
+        ("#ada...hi there", "switch", "ada", "hi there"),
+        ("#list,please", "list", None, ""),
+        ("#ada ?", "switch", "ada", "?"),  # punctuation after a space is the text's
+        ("#ada's", "switch", "ada's", ""),  # no keyword holds it: unknown, shown whole
+        ("#,hi", "chat", None, "#,hi"),
+        ("＃ａｄａ，ｈｉ", "switch", "ada", "ｈｉ"),
         ("#ada?!", "switch", "ada", ""),
         ("#ada\thi there", "switch", "ada", "hi there"),
         ("#ada\nhello\nagain", "switch", "ada", "hello\nagain"),
@@ -92,6 +101,14 @@ def test_command_replies_fit_one_sms(make_app, personas, twilio_post):
 def test_switch_with_text_answers_as_new_persona(app, twilio_post):
     assert twilio_post("#bo what do you do for work").replies == ["bike courier. legs of steel"]
     assert twilio_post("#who").replies == ["You're texting Bo (#bo)."]
+
+
+def test_a_switch_typed_without_a_space_after_its_comma_answers_as_the_new_persona(
+    app, twilio_post
+):
+    assert twilio_post("#bo,what do you do for work").replies == ["bike courier. legs of steel"]
+    assert twilio_post("#who").replies == ["You're texting Bo (#bo)."]
+    assert twilio_post("#nobody,hi").replies == ["No #nobody. Personas: #ada, #bo"]
 
 
 def test_unknown_keyword_lists_keywords(app, twilio_post):

@@ -89,6 +89,19 @@ def test_a_full_width_switch_sends_only_its_text_to_the_model(llm_app, fake_open
     ]
 
 
+def test_a_switch_with_a_comma_sends_only_the_words_after_it(llm_app, fake_openai, twilio_post):
+    # "#ada,hello there" is "#ada hello there": the keyword is a command, in the history too.
+    app = llm_app()
+    twilio_post("#bo", target=app)
+    assert twilio_post("#ADA,hello there", target=app).replies == ["echo: hello there"]
+    assert twilio_post("and again", target=app).replies == ["echo: and again"]
+    assert [m["content"] for m in fake_openai.chat_calls[-1]["messages"][1:]] == [
+        "hello there",
+        "echo: hello there",
+        "and again",
+    ]
+
+
 def test_reset_starts_a_fresh_thread(llm_app, fake_openai, twilio_post):
     app = llm_app()
     twilio_post("remember the password is swordfish", target=app)
