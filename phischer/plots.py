@@ -67,11 +67,14 @@ def _axes() -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    from phischer.atomic import atomic_files
+
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # format="png" whatever the name: `--plot out` must not become a PDF or an error.
-        fig.savefig(path, format="png", dpi=DPI)
+        # Whole or not at all: a run stopped mid-save (Ctrl-C, `kill`) left a cut PNG.
+        with atomic_files(path, mode="wb") as (fh,):
+            # format="png" whatever the name: `--plot out` must not become a PDF or an error.
+            fig.savefig(fh, format="png", dpi=DPI)
     except OSError as exc:
         raise PlotError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -302,3 +302,20 @@ def test_status_plot_of_a_local_job_copies_its_loss_png(tmp_path: Path, database
         f"(nothing written to {tmp_path / 'b.png'})."
     )
     assert not (tmp_path / "b.png").exists()
+
+
+class _CutShort:
+    """A figure whose save is stopped halfway (Ctrl-C or `kill` while the PNG is written)."""
+
+    def savefig(self, fh: Any, **kwargs: Any) -> None:
+        fh.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 1000)
+        raise KeyboardInterrupt
+
+
+def test_a_plot_stopped_while_saved_leaves_no_cut_file(tmp_path: Path) -> None:
+    from phischer.plots import _save
+
+    target = tmp_path / "plots" / "tokens.png"
+    with pytest.raises(KeyboardInterrupt):
+        _save(_CutShort(), target)
+    assert list(target.parent.iterdir()) == []
