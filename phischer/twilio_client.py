@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
+from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -15,6 +19,15 @@ from phischer.config import ConfigError, Settings
 # twilio's HTTP client waits forever by default; a webhook registration or a reply send
 # that hangs would hang `phischer up` or a reply worker with it.
 TWILIO_HTTP_TIMEOUT_S = 10.0
+
+# Twilio's SDK never retries. A request that may be repeated (a read, setting a number's SMS
+# URL) is tried again after a 429, a 5xx or a connection error: the restore on Ctrl-C uses
+# this, so the waits are short and bounded, and the user waits seconds, not a minute.
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+RETRY_BUDGET_S = 5.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _WHERE = {
     "TWILIO_ACCOUNT_SID": "the Account SID (AC…) from console.twilio.com → Account info",
@@ -38,7 +51,21 @@ class TwilioConfigError(ConfigError):
     """A Twilio variable needed for REST calls is missing; the message names it."""
 
 
-class RebasingHttpClient(TwilioHttpClient):
+class _HttpClient(TwilioHttpClient):
+    """A TwilioHttpClient that logs at DEBUG and keeps its last response (for Retry-After)."""
+
+    def __init__(self, timeout: float = TWILIO_HTTP_TIMEOUT_S) -> None:
+        super().__init__(timeout=timeout, logger=_HTTP_LOG)  # type: ignore[arg-type]
+        self.last_response: Response | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]
+        """Send the request; remember its response (None after a connection error)."""
+        self.last_response = None
+        self.last_response = super().request(*args, **kwargs)
+        return self.last_response
+
+
+class RebasingHttpClient(_HttpClient):
     """A TwilioHttpClient that sends every *.twilio.com request to one base URL.
 
     `client.api.base_url` only covers api.twilio.com; messaging.twilio.com and the absolute
@@ -47,7 +74,7 @@ class RebasingHttpClient(TwilioHttpClient):
     """
 
     def __init__(self, base_url: str, timeout: float = TWILIO_HTTP_TIMEOUT_S) -> None:
-        super().__init__(timeout=timeout, logger=_HTTP_LOG)  # type: ignore[arg-type]
+        super().__init__(timeout)
         parts = urlsplit(base_url.rstrip("/"))
         self._scheme, self._netloc, self._prefix = parts.scheme, parts.netloc, parts.path
 
@@ -89,11 +116,7 @@ def make_twilio_client(settings: Settings, timeout_s: float = TWILIO_HTTP_TIMEOU
     """A twilio REST Client from Settings, with a request timeout and the optional test base URL."""
     require_twilio(settings)
     base_url = settings.twilio_api_base_url
-    http_client = (
-        RebasingHttpClient(base_url, timeout_s)
-        if base_url
-        else TwilioHttpClient(timeout=timeout_s, logger=_HTTP_LOG)  # type: ignore[arg-type]
-    )
+    http_client = RebasingHttpClient(base_url, timeout_s) if base_url else _HttpClient(timeout_s)
     client = Client(
         settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client
     )
@@ -104,3 +127,42 @@ def make_twilio_client(settings: Settings, timeout_s: float = TWILIO_HTTP_TIMEOU
         client.edge = None
         client.region = None
     return client
+
+
+def _retry_after_s(client: Client) -> float | None:
+    """The seconds of the last response's Retry-After header, if it gave a number of them."""
+    response = getattr(client.http_client, "last_response", None)
+    try:
+        return max(0.0, float((getattr(response, "headers", None) or {})["Retry-After"]))
+    except (KeyError, ValueError):  # none, or an HTTP date: the usual backoff then
+        return None
+
+
+def _retry_wait(client: Client, exc: Exception, backoff: float) -> float | None:
+    """How long to wait before sending `exc`'s request again; None: again would not help."""
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return backoff
+    if isinstance(exc, TwilioRestException) and (exc.status == 429 or exc.status >= 500):
+        # Twilio asks to come back later: not sooner than it says.
+        return max(backoff, _retry_after_s(client) or 0.0)
+    return None
+
+
+def idempotent(client: Client, call: Callable[[], T], deadline: float | None = None) -> T:
+    """`call()`, a request that may be repeated, retried after a 429, a 5xx or a connection error.
+
+    No retry starts after `deadline` (time.monotonic(); default RETRY_BUDGET_S from now), so a
+    Retry-After longer than the time left ends the tries at once. The last error is raised.
+    """
+    if deadline is None:
+        deadline = time.monotonic() + RETRY_BUDGET_S
+    for backoff in RETRY_DELAYS_S:
+        try:
+            return call()
+        except (TwilioRestException, requests.RequestException) as exc:
+            wait = _retry_wait(client, exc, backoff)
+            if wait is None or time.monotonic() + wait > deadline:
+                raise
+            log.debug("Twilio request failed (%s); trying again in %.1f s", exc, wait)
+            time.sleep(wait)
+    return call()

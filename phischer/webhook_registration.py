@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from twilio.rest import Client
 from phischer.atomic import atomic_files
 from phischer.redact import mask_number
 from phischer.tunnel_types import Echo, TunnelError
+from phischer.twilio_client import RETRY_BUDGET_S, idempotent
 
 log = logging.getLogger(__name__)
 
@@ -279,23 +281,40 @@ def apply_registration(client: Client, registration: Registration, instance_path
     log.debug("Registered the SMS URL of %s", mask_number(phone))
 
 
+def _current_url(client: Client, registration: Registration, deadline: float) -> str:
+    """The number's SMS URL now (read again after a 429, a 5xx or a connection error)."""
+    number = client.incoming_phone_numbers(registration.number_sid)
+    with twilio_errors(f"read the SMS URL of {registration.phone_number}"):
+        return idempotent(client, number.fetch, deadline).sms_url or ""
+
+
+def _put_back(client: Client, registration: Registration, deadline: float) -> None:
+    """Set the previous SMS URL and method again (retried as for reading: it is idempotent)."""
+    number = client.incoming_phone_numbers(registration.number_sid)
+    with twilio_errors(f"restore the SMS URL of {registration.phone_number}"):
+        idempotent(
+            client,
+            lambda: number.update(
+                sms_url=registration.previous_url, sms_method=registration.previous_method
+            ),
+            deadline,
+        )
+
+
 def restore_webhook(client: Client, registration: Registration, instance_path: Path) -> str | None:
     """Put the previous SMS URL back (unless someone changed it meanwhile); say what happened."""
     if registration.refused:
         return None
     phone = registration.phone_number
-    with twilio_errors(f"read the SMS URL of {phone}"):
-        current = client.incoming_phone_numbers(registration.number_sid).fetch()
-    now = current.sms_url or ""
+    # One budget for both requests: the user waits for this after Ctrl-C.
+    deadline = time.monotonic() + RETRY_BUDGET_S
+    now = _current_url(client, registration, deadline)
     if now != registration.sms_url:
         _forget_state(instance_path)
         if now == registration.previous_url:  # interrupted before Twilio applied the change
             return f"The SMS URL of {phone} was not changed ({now or '(empty)'})."
         return f"Left the SMS URL of {phone} as is: it was changed to {now!r} meanwhile."
-    with twilio_errors(f"restore the SMS URL of {phone}"):
-        client.incoming_phone_numbers(registration.number_sid).update(
-            sms_url=registration.previous_url, sms_method=registration.previous_method
-        )
+    _put_back(client, registration, deadline)
     _forget_state(instance_path)
     if registration.dies_with_run and registration.previous_url == registration.sms_url:
         return f"Warning: {stays_dead(phone, now, ', as before this run')}"

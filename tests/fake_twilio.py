@@ -13,7 +13,8 @@ Point the SDK at it with TWILIO_API_BASE_URL=fake.url (see phischer.twilio_clien
 and records every request (method, path, query, form) for assertions. Messages.json can be
 scripted to fail: `fake.fail_messages(400, 21610, "unsubscribed")` answers the next send so.
 Any endpoint can be scripted too: `fake.fail_next("GET", "/v1/Services", 403, 20003, "…")`
-refuses the next such request, and `fake.after_next("POST", "/PN….json", fn)` calls `fn()` once
+refuses the next such request (`times=3`: the next three; `retry_after=1`: with that
+Retry-After header), and `fake.after_next("POST", "/PN….json", fn)` calls `fn()` once
 that request has been applied, before it is answered (a Ctrl-C while the SDK waits), and
 `fake.hang_up_next("POST", "/Messages.json")` applies the next such request, then closes the
 connection without an answer (a reset after Twilio created the message).
@@ -27,6 +28,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +49,7 @@ class Scripted:
     method: str
     path_suffix: str
     error: tuple[int, int, str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # sent with the error
     then: Callable[[], None] | None = None
     hang_up: bool = False  # apply it, then close the connection without an answer
 
@@ -59,6 +62,7 @@ class Recorded:
     path: str
     query: dict[str, str]
     form: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
 
 
 def incoming_number(
@@ -161,10 +165,24 @@ class FakeTwilio:
             self.fail_next("POST", "/Messages.json", status, code, message)
 
     def fail_next(
-        self, method: str, path_suffix: str, status: int, code: int, message: str
+        self,
+        method: str,
+        path_suffix: str,
+        status: int,
+        code: int,
+        message: str,
+        times: int = 1,
+        retry_after: float | None = None,
     ) -> None:
-        """Refuse the next `method` request whose path ends with `path_suffix` (nothing applied)."""
-        self._scripts.append(Scripted(method, path_suffix, error=(status, code, message)))
+        """Refuse the next `times` `method` requests whose path ends with `path_suffix`.
+
+        Nothing is applied; `retry_after` is sent as the Retry-After header.
+        """
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        for _ in range(times):
+            self._scripts.append(
+                Scripted(method, path_suffix, error=(status, code, message), headers=headers)
+            )
 
     def after_next(self, method: str, path_suffix: str, then: Callable[[], None]) -> None:
         """Call `then()` once the next matching request is applied, before it is answered."""
@@ -214,8 +232,8 @@ class FakeTwilio:
         query: dict[str, str],
         form: dict[str, str],
         authorization: str | None,
-    ) -> tuple[int, dict[str, Any]] | None:
-        """Answer one request: (status, JSON body), or None to hang up without an answer."""
+    ) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+        """Answer one request: (status, JSON body, headers), or None to hang up unanswered."""
         with self._lock:
             self.requests.append(Recorded(method, path, query, form))
             expected = (
@@ -223,7 +241,7 @@ class FakeTwilio:
                 + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
             )
             if authorization != expected:
-                return _error(401, 20003, "Authenticate")
+                return (*_error(401, 20003, "Authenticate"), {})
             script = next(
                 (s for s in self._scripts if s.method == method and path.endswith(s.path_suffix)),
                 None,
@@ -231,11 +249,11 @@ class FakeTwilio:
             if script is not None:
                 self._scripts.remove(script)
                 if script.error is not None:
-                    return _error(*script.error)
+                    return (*_error(*script.error), script.headers)
             answer = self._route(method, path, query, form)
         if script is not None and script.then is not None:
             script.then()  # outside the lock: it may make more requests
-        return None if script is not None and script.hang_up else answer
+        return None if script is not None and script.hang_up else (*answer, {})
 
     def _route(
         self, method: str, path: str, query: dict[str, str], form: dict[str, str]
@@ -376,5 +394,5 @@ class _Handler(FakeApiHandler):
         if answer is None:
             self.close_connection = True  # the client reads an end of stream, no status line
             return
-        status, body = answer
-        self.respond(status, json.dumps(body).encode())
+        status, body, headers = answer
+        self.respond(status, json.dumps(body).encode(), headers=headers)

@@ -33,6 +33,7 @@ from twilio.base.exceptions import TwilioRestException
 from phischer import ngrok_agent, stopping, tunnel, tunnel_types, up, webhook_registration
 from phischer.config import Settings
 from phischer.twilio_client import (
+    RETRY_DELAYS_S,
     TWILIO_HTTP_TIMEOUT_S,
     RebasingHttpClient,
     TwilioConfigError,
@@ -55,6 +56,8 @@ PHONE = "+15550001111"
 OLD_URL = "https://old.example.com/sms"
 TUNNEL_URL = "https://abc123.ngrok-free.app"
 ROOT = Path(__file__).resolve().parent.parent
+# A restore gets this many tries: a failure that lasts is scripted for each of them.
+RESTORE_TRIES = len(RETRY_DELAYS_S) + 1
 
 # Every test runs with the fake's Twilio credentials in the environment, as in a user's .env.
 pytestmark = pytest.mark.usefixtures("twilio_env")
@@ -991,10 +994,18 @@ def test_a_refused_restore_fails_the_command_after_closing_and_the_next_run_repa
 ) -> None:
     """Exit 1, so a supervisor sees the number was left on a closed tunnel; one line says why."""
     path = f"/IncomingPhoneNumbers/{number['sid']}.json"
-    stop(lambda exposure: fake_twilio.fail_next("POST", path, 503, 20503, "Unavailable"))
+    stop(
+        lambda exposure: fake_twilio.fail_next(
+            "POST", path, 503, 20503, "Unavailable", times=RESTORE_TRIES
+        )
+    )
     result = run("tunnel")
 
     assert result.exit_code == 1
+    # Tried a few times within seconds (the stop stays prompt), then given up.
+    tries = fake_twilio.calls("POST", path)[1:]
+    assert len(tries) == RESTORE_TRIES
+    assert tries[-1].at - tries[0].at < 5
     assert result.output.splitlines()[-2:] == [
         "Shutting down…",
         f"Error: Twilio refused to restore the SMS URL of {PHONE} (HTTP 503, error 20503: "
@@ -1022,7 +1033,7 @@ def test_a_restore_failing_during_an_abort_is_a_warning_before_aborted(
     path = f"/IncomingPhoneNumbers/{number['sid']}.json"
 
     def interrupt_then_refuse() -> None:
-        fake_twilio.fail_next("POST", path, 503, 20503, "Unavailable")
+        fake_twilio.fail_next("POST", path, 503, 20503, "Unavailable", times=RESTORE_TRIES)
         signal.pthread_kill(main, signal.SIGTERM)
 
     fake_twilio.after_next("POST", path, interrupt_then_refuse)
@@ -1038,6 +1049,107 @@ def test_a_restore_failing_during_an_abort_is_a_warning_before_aborted(
         "Aborted!",
     ]
     assert ngrok.closed == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"),
+    [(429, 1.5), (429, None), (500, None), (503, None)],
+    ids=["429-retry-after", "429", "500", "503"],
+)
+def test_a_restore_twilio_refuses_a_few_times_is_retried(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    run_live: Callable[..., Any],
+    status: int,
+    retry_after: float | None,
+) -> None:
+    """Twilio busy (429) or failing (5xx) for a moment while stopping: the number still gets
+    its URL back, and a short Retry-After is waited for."""
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+
+    def busy(exposure: tunnel.Exposure) -> None:
+        fake_twilio.fail_next("POST", path, status, 20429, "Busy", times=2, retry_after=retry_after)
+
+    result = run_live("tunnel", check=busy)
+
+    assert result.output.splitlines()[-1] == (
+        f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)."
+    )
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+    tries = fake_twilio.calls("POST", path)[1:]  # the first registered the tunnel
+    assert [t.form for t in tries] == [{"SmsUrl": OLD_URL, "SmsMethod": "GET"}] * 3
+    gaps = [b.at - a.at for a, b in zip(tries, tries[1:], strict=False)]
+    assert gaps[0] >= (retry_after or RETRY_DELAYS_S[0])
+    assert sum(gaps) < 5
+
+
+def test_reading_the_number_before_restoring_is_retried_too(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+
+    def failing(exposure: tunnel.Exposure) -> None:
+        fake_twilio.fail_next("GET", path, 500, 20500, "Internal Server Error", times=2)
+
+    result = run_live("tunnel", check=failing)
+
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
+    assert len(fake_twilio.calls("GET", path)) == 3
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+
+
+def test_a_restore_whose_connection_drops_is_sent_again(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    """Setting the URL is idempotent: a request that may or may not have landed is repeated."""
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    result = run_live("tunnel", check=lambda exposure: fake_twilio.hang_up_next("POST", path))
+
+    assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [
+        f"{TUNNEL_URL}/sms",
+        OLD_URL,
+        OLD_URL,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "retry_after", "reason"),
+    [
+        (429, 20429, 60, "Too Many Requests"),  # longer than a stop may take: not waited for
+        (400, 21502, None, "Invalid SmsUrl"),  # a refusal: asking again gets the same
+    ],
+    ids=["long-retry-after", "400"],
+)
+def test_a_restore_that_waiting_cannot_help_fails_at_once(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    status: int,
+    code: int,
+    retry_after: float | None,
+    reason: str,
+) -> None:
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    stop(
+        lambda exposure: fake_twilio.fail_next(
+            "POST", path, status, code, reason, retry_after=retry_after
+        )
+    )
+    started = time.monotonic()
+    result = run("tunnel")
+
+    assert time.monotonic() - started < 3
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"Error: Twilio refused to restore the SMS URL of {PHONE} (HTTP {status}, error {code}: "
+        f"Unable to update record: {reason}): set it back to {OLD_URL} (GET) in the Twilio "
+        f"console (Phone Numbers → Active numbers → {PHONE}), or run `phischer tunnel` again: "
+        f"it repairs it"
+    )
+    assert len(updates(fake_twilio, number)) == 2  # registered, one try to restore
 
 
 def test_restore_leaves_a_url_someone_changed_meanwhile(
@@ -1840,7 +1952,12 @@ def test_up_in_a_real_process_exits_1_when_the_restore_fails_on_sigterm(
         read_until(proc, lines, "Ctrl-C to stop")
         local = next(line for line in lines if line.startswith("Serving")).split()[1]
         fake_twilio.fail_next(
-            "POST", f"/IncomingPhoneNumbers/{number['sid']}.json", 503, 20503, "Unavailable"
+            "POST",
+            f"/IncomingPhoneNumbers/{number['sid']}.json",
+            503,
+            20503,
+            "Unavailable",
+            times=RESTORE_TRIES,
         )
         proc.send_signal(signal.SIGTERM)
         code = finish(proc, lines)
@@ -1982,6 +2099,27 @@ def test_the_record_of_a_run_killed_with_sigkill_is_restored_by_the_next(
 
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+
+
+def test_up_in_a_real_process_restores_through_a_moment_of_twilio_errors_on_sigterm(
+    fake_twilio: FakeTwilio, number: dict[str, Any], tmp_path: Path
+) -> None:
+    """Twilio busy, then failing, as the supervisor stops `up`: restored all the same, exit 0."""
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    with real_up(tmp_path, "--public-url", "https://sms.example.com") as (proc, lines):
+        read_until(proc, lines, "Ctrl-C to stop")
+        fake_twilio.fail_next("POST", path, 429, 20429, "Too Many Requests", retry_after=1)
+        fake_twilio.fail_next("POST", path, 500, 20500, "Internal Server Error")
+        proc.send_signal(signal.SIGTERM)
+        code = finish(proc, lines)
+
+    output = "\n".join(lines)
+    assert code == 0, output
+    assert lines[-1] == f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET).", output
+    assert "Traceback" not in output and "Warning" not in output
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert len(fake_twilio.calls("POST", path)) == 4  # registered, then three tries
     assert not (instance() / webhook_registration.STATE_FILE).exists()
 
 
