@@ -31,7 +31,7 @@ def _folder_owner(fd: int) -> str:
 
 
 @contextmanager
-def folder_lock(instance_path: Path, command: str) -> Iterator[None]:
+def folder_lock(instance_path: Path, command: str) -> Iterator[bool]:
     """Be the only `up`/`tunnel` of this instance folder while the block runs, else TunnelError.
 
     The folder's one state file is what remembers the number's original SMS URL if a run is
@@ -39,6 +39,9 @@ def folder_lock(instance_path: Path, command: str) -> Iterator[None]:
     kernel drops the lock when its holder dies, even by SIGKILL, so a dead run never blocks the
     next one (which restores what it left). The file stays: removing it would let two runs
     each lock a file of their own.
+
+    Yields whether the lock is held (False on a file system without locks): only then is
+    every record in the state file, but the holder's own, a dead run's.
     """
     path = instance_path / LOCK_FILE
     try:
@@ -56,9 +59,10 @@ def folder_lock(instance_path: Path, command: str) -> Iterator[None]:
             ) from None
         except OSError as exc:  # a file system without locks: run unguarded, as before
             log.debug("Cannot lock %s (%s); not guarding against a second run", path, exc)
-        else:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command}).encode(), 0)
-        yield
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command}).encode(), 0)
+        yield True
     finally:
         os.close(fd)  # releases the lock

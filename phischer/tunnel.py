@@ -25,6 +25,7 @@ from phischer.webhook_registration import (
     find_number,
     forget_unless_refused,
     plan_registration,
+    restore_left_behind,
     restoring,
     stays_dead,
 )
@@ -138,9 +139,14 @@ def exposed(
     public_url: str | None = None,
     opener: TunnelOpener | None = None,
     restore: bool = True,
+    guarded: bool = False,
     echo: Echo = print,
 ) -> Iterator[Exposure]:
-    """Open the tunnel (unless `public_url`), share and register its URL; undo all on exit."""
+    """Open the tunnel (unless `public_url`), share and register its URL; undo all on exit.
+
+    `guarded`: the caller holds the folder lock, so numbers that killed runs here left on
+    their URLs are restored first (else only said).
+    """
     assert settings.twilio_phone_number, "make_twilio_client() checks TWILIO_PHONE_NUMBER first"
     instance = settings.instance_path
     # Look the number up first: a wrong TWILIO_PHONE_NUMBER should not cost a tunnel.
@@ -149,6 +155,8 @@ def exposed(
     except WhatsAppSender as exc:
         # Serving is still of use: the user pastes the URL in the Console (said below).
         number, whatsapp = None, exc
+    # TWILIO_PHONE_NUMBER may have changed since a run was killed: its number comes first.
+    restore_left_behind(client, instance, number.sid if number else None, guarded, echo)
     stop_if_requested()
     with ExitStack() as stack:
         watch: tuple[Check, ...] = ()  # a URL of the user's own: nothing here to watch
@@ -308,10 +316,17 @@ def run_tunnel(
             f"it checks signatures against PUBLIC_URL and will answer 403"
         )
     with (
-        folder_lock(settings.instance_path, "tunnel"),
+        folder_lock(settings.instance_path, "tunnel") as guarded,
         sigterm_as_interrupt(),
         exposed(
-            settings, client, port=port, public_url=base, opener=opener, restore=restore, echo=echo
+            settings,
+            client,
+            port=port,
+            public_url=base,
+            opener=opener,
+            restore=restore,
+            guarded=guarded,
+            echo=echo,
         ) as exposure,
     ):
         if exposure.registration is not None:

@@ -138,7 +138,7 @@ def run_up(
     client = make_twilio_client(settings)  # names a missing variable before any tunnel opens
     base = resolve_public_url(public_url, settings)
     # Locked first: a second `up` here is refused before it migrates, listens or calls Twilio.
-    with folder_lock(settings.instance_path, "up"), ExitStack() as stack:
+    with folder_lock(settings.instance_path, "up") as guarded, ExitStack() as stack:
         migrate_or_explain(settings.database_url)
         # With a fixed URL the app gets it directly; with ngrok it reads <instance>/public_url,
         # which exposed() writes before Twilio is told about the tunnel.
@@ -168,7 +168,7 @@ def run_up(
         bound = int(server.server_address[1])  # the real port when --port 0
         local_url = http_url(host, bound)
         with exposed(
-            settings, client, port=bound, public_url=base, opener=opener, echo=echo
+            settings, client, port=bound, public_url=base, opener=opener, guarded=guarded, echo=echo
         ) as exposure:
             for line in text_now_banner(settings, exposure, local_url):
                 echo(line)

@@ -69,6 +69,16 @@ class Registration:
     refused: bool = False  # Twilio refused the change: there is nothing to restore
     # The URL is the ngrok tunnel this run opened: it stops working when the run stops.
     dies_with_run: bool = False
+    # The run that made the change (the state file's "pid"): only its own record is dropped.
+    pid: int | None = field(default_factory=os.getpid)
+
+
+class TwilioRefused(TunnelError):
+    """Twilio answered a request with an error (`status`); the message says which and why."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _twilio_reason(exc: Exception) -> tuple[int | None, str]:
@@ -96,7 +106,9 @@ def twilio_errors(action: str) -> Iterator[None]:
             401: ": check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
             403: ": the credentials lack permission (use the account's own SID and token)",
         }.get(status or 0, "")
-        raise TunnelError(f"Twilio refused to {action} (HTTP {status}, {reason}){hint}") from None
+        raise TwilioRefused(
+            f"Twilio refused to {action} (HTTP {status}, {reason}){hint}", status
+        ) from None
     except requests.RequestException as exc:
         raise TunnelError(
             f"Could not reach Twilio to {action} ({type(exc).__name__}): check your network"
@@ -186,23 +198,43 @@ def handled_elsewhere(client: Client, number: Any, sms_url: str) -> list[str]:
     return warnings
 
 
-def _load_state(instance_path: Path) -> dict[str, Any]:
+# What a record holds. The file maps number SIDs to records (before, it held one record alone).
+_RECORD_KEYS = ("number_sid", "phone_number", "sms_url", "previous_url", "previous_method")
+
+
+def _load_records(instance_path: Path) -> dict[str, dict[str, Any]]:
+    """The state file's records of changed SMS URLs, by number SID ({} without a readable file)."""
     try:
-        return json.loads((instance_path / STATE_FILE).read_text())
+        state = json.loads((instance_path / STATE_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(state, dict):
+        return {}
+    records = {state.get("number_sid"): state} if "number_sid" in state else state
+    return {
+        sid: r
+        for sid, r in records.items()
+        if isinstance(r, dict) and all(isinstance(r.get(k), str) for k in _RECORD_KEYS)
+    }
 
 
-def _save_state(instance_path: Path, state: dict[str, Any]) -> None:
+def _save_records(instance_path: Path, records: dict[str, dict[str, Any]]) -> None:
+    if not records:
+        (instance_path / STATE_FILE).unlink(missing_ok=True)
+        return
     # Whole or not at all: a half-written record would lose the URL it exists to keep.
     with atomic_files(instance_path / STATE_FILE, private=True) as (fh,):
-        fh.write(json.dumps(state))
+        fh.write(json.dumps(records))
 
 
-def _forget_state(instance_path: Path) -> None:
-    # Only our own record: one another run wrote is the only copy of the URL it must restore.
-    if _load_state(instance_path).get("pid") == os.getpid():
-        (instance_path / STATE_FILE).unlink(missing_ok=True)
+def _forget(instance_path: Path, registration: Registration) -> None:
+    """Drop the record `registration` wrote, and no other."""
+    # Another run's record (even of this number) is the only copy of the URL it must restore.
+    records = _load_records(instance_path)
+    record = records.get(registration.number_sid)
+    if record is not None and record.get("pid") == registration.pid:
+        del records[registration.number_sid]
+        _save_records(instance_path, records)
 
 
 # Where ngrok's agents get their public addresses (free, paid and legacy domains).
@@ -225,8 +257,8 @@ def plan_registration(
     warnings = handled_elsewhere(client, number, sms_url)
     previous_url, previous_method = number.sms_url or "", number.sms_method or "POST"
     # A run killed with SIGKILL could not restore; its record says what the URL was before it.
-    state = _load_state(instance_path)
-    if state.get("number_sid") == number.sid and state.get("sms_url") == previous_url:
+    state = _load_records(instance_path).get(number.sid, {})
+    if state.get("sms_url") == previous_url:
         previous_url, previous_method = state["previous_url"], state["previous_method"]
         log.debug("Previous run of %s did not restore; using its saved URL", mask_number(phone))
     if previous_url != sms_url and _ngrok_host(previous_url):
@@ -258,13 +290,14 @@ def plan_registration(
 
 def apply_registration(client: Client, registration: Registration, instance_path: Path) -> None:
     """Point the number's SMS URL at `registration.sms_url` (POST), recorded in the state file first."""
-    phone = registration.phone_number
-    prior = _load_state(instance_path)
+    phone, sid = registration.phone_number, registration.number_sid
+    records = _load_records(instance_path)
+    prior = records.get(sid)
     # Recorded before the request: a run killed or interrupted while Twilio applies it
     # (the change may or may not have landed) still knows the URL to put back.
     transient = ("warnings", "refused", "dies_with_run")
-    record = {k: v for k, v in asdict(registration).items() if k not in transient}
-    _save_state(instance_path, {**record, "pid": os.getpid()})
+    records[sid] = {k: v for k, v in asdict(registration).items() if k not in transient}
+    _save_records(instance_path, records)
     try:
         with twilio_errors(f"update the SMS URL of {phone}"):
             client.incoming_phone_numbers(registration.number_sid).update(
@@ -274,9 +307,9 @@ def apply_registration(client: Client, registration: Registration, instance_path
         registration.refused = True
         # Nothing changed: keep what an earlier, killed run recorded.
         if prior:
-            _save_state(instance_path, prior)
+            _save_records(instance_path, {**_load_records(instance_path), sid: prior})
         else:
-            _forget_state(instance_path)
+            _forget(instance_path, registration)
         raise
     log.debug("Registered the SMS URL of %s", mask_number(phone))
 
@@ -310,28 +343,86 @@ def restore_webhook(client: Client, registration: Registration, instance_path: P
     deadline = time.monotonic() + RETRY_BUDGET_S
     now = _current_url(client, registration, deadline)
     if now != registration.sms_url:
-        _forget_state(instance_path)
+        _forget(instance_path, registration)
         if now == registration.previous_url:  # interrupted before Twilio applied the change
             return f"The SMS URL of {phone} was not changed ({now or '(empty)'})."
         return f"Left the SMS URL of {phone} as is: it was changed to {now!r} meanwhile."
     _put_back(client, registration, deadline)
-    _forget_state(instance_path)
+    _forget(instance_path, registration)
     if registration.dies_with_run and registration.previous_url == registration.sms_url:
         return f"Warning: {stays_dead(phone, now, ', as before this run')}"
     shown = registration.previous_url or "(empty)"
     return f"Restored the SMS URL of {phone} to {shown} ({registration.previous_method})."
 
 
+def restore_left_behind(
+    client: Client, instance_path: Path, keep_sid: str | None, guarded: bool, echo: Echo
+) -> None:
+    """Restore the numbers other than `keep_sid` that killed runs here left on their URLs.
+
+    A run killed with SIGKILL while TWILIO_PHONE_NUMBER was another number left that number
+    on its dead URL, and its record is the only copy of the URL before. `guarded` (this run
+    holds the folder lock) means no live run owns such a record: it is restored as that run
+    would have. The record stays while trying again can help; the user is told the URL
+    before whenever it was not restored.
+    """
+    for sid, record in _load_records(instance_path).items():
+        if sid == keep_sid:
+            continue  # this run's number: plan_registration takes that record over
+        left = Registration(**{k: record[k] for k in _RECORD_KEYS}, pid=record.get("pid"))
+        if not guarded:  # a file system without locks: the record may be a live run's
+            why = "this folder cannot be locked, so that run may still be live, and phischer leaves it"
+            echo(f"Warning: {left_behind(left, why, again=False)}")
+            continue
+        line = _restore_left(client, left, instance_path)
+        if line:
+            echo(line)
+
+
+def _restore_left(client: Client, left: Registration, instance_path: Path) -> str | None:
+    """Restore one number a killed run left; the line to say (None: it had not changed it)."""
+    deadline = time.monotonic() + RETRY_BUDGET_S
+    try:
+        now = _current_url(client, left, deadline)
+        if now == left.sms_url:
+            _put_back(client, left, deadline)
+    except TunnelError as exc:
+        # 404: the number is no longer on the account (released, or another account's).
+        gone = isinstance(exc, TwilioRefused) and exc.status == 404
+        if gone:
+            _forget(instance_path, left)
+        return f"Warning: {left_behind(left, str(exc), again=not gone)}"
+    _forget(instance_path, left)
+    if now == left.previous_url:  # killed before Twilio applied its change
+        log.debug("%s was not changed by the run that was killed", mask_number(left.phone_number))
+        return None
+    if now != left.sms_url:
+        why = f"it was changed to {now!r} since, so phischer leaves it"
+        return f"Warning: {left_behind(left, why, again=False)}"
+    shown = left.previous_url or "(empty)"
+    return (
+        f"Restored the SMS URL of {left.phone_number} to {shown} ({left.previous_method}), "
+        f"which a run from this folder that was killed had left on {left.sms_url}."
+    )
+
+
+def left_behind(left: Registration, why: str, *, again: bool) -> str:
+    """A killed run's number, not restored: `why`, and how to put back its URL before that run."""
+    return (
+        f"a run from this folder that was killed left {left.phone_number} on {left.sms_url}; "
+        f"{why}: {_by_hand(left, again)}"
+    )
+
+
 def forget_unless_refused(registration: Registration, instance_path: Path) -> None:
     """--no-restore: drop the record, unless the change was refused (then it is an older run's)."""
     if not registration.refused:
-        _forget_state(instance_path)
+        _forget(instance_path, registration)
 
 
 def restore_failure(registration: Registration, exc: Exception | None) -> str:
     """One line for a restore that failed (None: was cut short): why, and what to set by hand."""
     phone = registration.phone_number
-    previous = registration.previous_url
     # A TunnelError already says what was tried ("Twilio refused to restore the SMS URL of …").
     if exc is None:
         reason = f"quit before the SMS URL of {phone} was restored"
@@ -339,11 +430,17 @@ def restore_failure(registration: Registration, exc: Exception | None) -> str:
         reason = str(exc)
     else:
         reason = f"could not restore the SMS URL of {phone} ({type(exc).__name__}: {exc})"
+    return f"{reason}: {_by_hand(registration, again=True)}"
+
+
+def _by_hand(registration: Registration, again: bool) -> str:
+    """What to set in the Twilio console; `again`: a next run would also do it."""
+    previous, phone = registration.previous_url, registration.phone_number
     back = f"set it back to {previous} ({registration.previous_method})" if previous else "clear it"
-    return (
-        f"{reason}: {back} in the Twilio console (Phone Numbers → Active numbers → {phone}), "
-        f"or run `phischer tunnel` again: it repairs it"
-    )
+    where = f"{back} in the Twilio console (Phone Numbers → Active numbers → {phone})"
+    if again:
+        return f"{where}, or run `phischer tunnel` again: it repairs it"
+    return f"to give it the URL it had before that run, {where}"
 
 
 def restoring(

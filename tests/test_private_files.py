@@ -51,7 +51,7 @@ def test_the_database_token_and_tunnel_files_are_private(tmp_path: Path) -> None
         db.dispose()
     with instance_lock.folder_lock(instance, "up"):
         tunnel.write_public_url(instance, "https://x.ngrok.app")
-        webhook_registration._save_state(instance, {"pid": os.getpid()})
+        webhook_registration._save_records(instance, {"PN0": {"pid": os.getpid()}})
         made = {p.name: mode(p) for p in instance.iterdir()}
     names = ["dev_auth_token", "phischer.db", "phischer.db.wlock", "phischer.db.migrating"]
     names += ["public_url", "tunnel.lock"]

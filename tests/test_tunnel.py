@@ -203,6 +203,11 @@ def instance() -> Path:
     return Path(os.environ["INSTANCE_PATH"])
 
 
+def record_of(number: dict[str, Any]) -> dict[str, Any]:
+    """The state file's record of `number` (what the run that changed it keeps)."""
+    return json.loads((instance() / webhook_registration.STATE_FILE).read_text())[number["sid"]]
+
+
 def dispositions() -> dict[int, Any]:
     """The current handlers of SIGTERM and SIGHUP."""
     return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -1206,7 +1211,7 @@ def test_a_run_deletes_only_its_own_record(
     ours: list[dict[str, Any]] = []
 
     def check(exposure: tunnel.Exposure) -> None:
-        ours.append(json.loads(state.read_text()))
+        ours.append(record_of(number))
         # What a second run does if the folder lock cannot stop it (a file system without
         # locks, a deleted lock file): it re-points the number and records it.
         state.write_text(json.dumps(other))
@@ -2060,7 +2065,7 @@ def test_a_second_run_from_the_same_folder_is_refused_while_the_first_lives(
     with real_up(tmp_path, "--public-url", first) as (proc, lines):
         read_until(proc, lines, "Ctrl-C to stop")
         state = (instance() / webhook_registration.STATE_FILE).read_text()
-        assert json.loads(state)["pid"] == proc.pid
+        assert record_of(number)["pid"] == proc.pid
         seen = len(fake_twilio.requests)
         busy = (
             f"Error: another `phischer up` (pid {proc.pid}) serves this number from this "
@@ -2091,7 +2096,7 @@ def test_the_record_of_a_run_killed_with_sigkill_is_restored_by_the_next(
         read_until(proc, lines, "Ctrl-C to stop")
         proc.kill()  # kill -9: no clean-up at all
         proc.wait(timeout=30)
-    state = json.loads((instance() / webhook_registration.STATE_FILE).read_text())
+    state = record_of(number)
     assert (state["pid"], state["previous_url"]) == (proc.pid, OLD_URL)
     assert number["sms_url"] == "https://walk.example.test/sms"
 
@@ -2121,6 +2126,155 @@ def test_up_in_a_real_process_restores_through_a_moment_of_twilio_errors_on_sigt
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
     assert len(fake_twilio.calls("POST", path)) == 4  # registered, then three tries
     assert not (instance() / webhook_registration.STATE_FILE).exists()
+
+
+# -- a number a killed run left, when TWILIO_PHONE_NUMBER has changed since ------------------
+
+OTHER = "+15550002222"
+OTHER_OLD = "https://other-old.example.com/sms"
+KILLED_URL = "https://walk.example.test/sms"
+
+
+def killed_run_left(fake: FakeTwilio, now: str = KILLED_URL, **number: Any) -> dict[str, Any]:
+    """Number OTHER, which a run killed here pointed at KILLED_URL (its record kept), now at `now`."""
+    other = fake.add_number(OTHER, sms_url=now, sms_method="POST", **number)
+    record = {
+        "number_sid": other["sid"],
+        "phone_number": OTHER,
+        "sms_url": KILLED_URL,
+        "previous_url": OTHER_OLD,
+        "previous_method": "GET",
+        "pid": 2**22 + 1,  # above any pid_max: that run is gone
+    }
+    instance().mkdir(parents=True, exist_ok=True)
+    (instance() / webhook_registration.STATE_FILE).write_text(json.dumps({other["sid"]: record}))
+    return other
+
+
+def test_a_number_a_killed_run_left_is_restored_by_a_run_for_another_number(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    tmp_path: Path,
+    run_live: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kill -9, then TWILIO_PHONE_NUMBER changed: the first number is not left on a dead URL."""
+    other = fake_twilio.add_number(OTHER, sms_url=OTHER_OLD)
+    with real_up(tmp_path, "--public-url", "https://walk.example.test") as (proc, lines):
+        read_until(proc, lines, "Ctrl-C to stop")
+        proc.kill()  # kill -9: no clean-up at all
+        proc.wait(timeout=30)
+    assert number["sms_url"] == KILLED_URL
+
+    monkeypatch.setenv("TWILIO_PHONE_NUMBER", OTHER)
+    result = run_live("tunnel")
+
+    assert result.output.splitlines()[0] == (
+        f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET), which a run from this folder "
+        f"that was killed had left on {KILLED_URL}."
+    )
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    # The run's own number was registered and put back as usual.
+    assert [u["SmsUrl"] for u in updates(fake_twilio, other)] == [f"{TUNNEL_URL}/sms", OTHER_OLD]
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+
+
+def test_a_left_number_someone_changed_since_is_left_as_is_and_its_old_url_said(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    other = killed_run_left(fake_twilio, now="https://someone.example/sms")
+    result = run_live("tunnel")
+
+    assert warnings(result.output)[0] == (
+        f"Warning: a run from this folder that was killed left {OTHER} on {KILLED_URL}; it was "
+        f"changed to 'https://someone.example/sms' since, so phischer leaves it: to give it the URL "
+        f"it had before that run, set it back to {OTHER_OLD} (GET) in the Twilio console (Phone "
+        f"Numbers → Active numbers → {OTHER})"
+    )
+    assert updates(fake_twilio, other) == []
+    assert not (instance() / webhook_registration.STATE_FILE).exists()  # said: nothing to keep
+
+
+def test_a_left_number_twilio_will_not_restore_keeps_its_record_for_the_next_run(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    other = killed_run_left(fake_twilio)
+    path = f"/IncomingPhoneNumbers/{other['sid']}.json"
+    fake_twilio.fail_next("POST", path, 503, 20503, "Unavailable", times=RESTORE_TRIES)
+    result = run_live("tunnel")
+
+    assert warnings(result.output)[0] == (
+        f"Warning: a run from this folder that was killed left {OTHER} on {KILLED_URL}; Twilio "
+        f"refused to restore the SMS URL of {OTHER} (HTTP 503, error 20503: Unable to update "
+        f"record: Unavailable): set it back to {OTHER_OLD} (GET) in the Twilio console (Phone "
+        f"Numbers → Active numbers → {OTHER}), or run `phischer tunnel` again: it repairs it"
+    )
+    assert other["sms_url"] == KILLED_URL
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")  # this run's, as usual
+    assert record_of(other)["previous_url"] == OTHER_OLD
+
+    again = run_live("tunnel")
+    assert f"Restored the SMS URL of {OTHER} to {OTHER_OLD} (GET)" in again.output
+    assert (other["sms_url"], other["sms_method"]) == (OTHER_OLD, "GET")
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+
+
+def test_a_left_number_no_longer_on_the_account_is_said_once(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    other = killed_run_left(fake_twilio)
+    fake_twilio.numbers.remove(other)  # released since
+    result = run_live("tunnel")
+
+    line = warnings(result.output)[0]
+    assert line.startswith(
+        f"Warning: a run from this folder that was killed left {OTHER} on {KILLED_URL}; Twilio "
+        f"refused to read the SMS URL of {OTHER} (HTTP 404, "
+    )
+    assert line.endswith(
+        f"set it back to {OTHER_OLD} (GET) in the Twilio console (Phone "
+        f"Numbers → Active numbers → {OTHER})"
+    )
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+
+
+def test_a_left_number_the_killed_run_never_changed_is_dropped_quietly(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    """Killed while Twilio applied its change, which never landed: nothing to say or undo."""
+    other = killed_run_left(fake_twilio, now=OTHER_OLD)
+    result = run_live("tunnel")
+
+    assert OTHER not in result.output
+    assert updates(fake_twilio, other) == []
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+
+
+def test_a_left_number_is_only_said_where_the_folder_cannot_be_locked(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    run_live: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the lock, the record may be a live run's (another number, this folder)."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    other = killed_run_left(fake_twilio)
+    result = run_live("tunnel")
+
+    assert warnings(result.output)[0] == (
+        f"Warning: a run from this folder that was killed left {OTHER} on {KILLED_URL}; this "
+        f"folder cannot be locked, so that run may still be live, and phischer leaves it: to give "
+        f"it the URL it had before that run, set it back to {OTHER_OLD} (GET) in the Twilio console (Phone "
+        f"Numbers → Active numbers → {OTHER})"
+    )
+    assert updates(fake_twilio, other) == []
+    assert record_of(other)["previous_url"] == OTHER_OLD
 
 
 def test_twilio_unreachable_is_one_line(
