@@ -85,8 +85,13 @@ _SECRET_SHAPES = (
     (re.compile(r"(\w://[^\s/:@]*:)(?!<)[^\s/]+@"), r"\1***@"),
     # An Authorization header a server or an SDK's debug output echoes.
     (re.compile(r"\bBearer [\w.~+/=-]{8,}"), "Bearer ***"),
-    # ngrok quotes a refused token ("Your authtoken: …"); ngrok.yml holds "authtoken: …".
-    (re.compile(r"(?i)(authtoken[\"']?\s*[:=]\s*[\"']?)(?!<)[^\s\"',]+"), r"\1***"),
+    # ngrok quotes a refused token ("Your authtoken: …"); ngrok.yml holds "authtoken: …". A
+    # token has 8 characters or more, digits among them: "not an ngrok authtoken: copy yours
+    # again" (phischer's own hint) goes on with a word, which stays.
+    (
+        re.compile(r"(?i)(authtoken[\"']?\s*[:=]\s*[\"']?)(?!<)(?=[^\s\"',]*\d)[^\s\"',]{8,}"),
+        r"\1***",
+    ),
     # An OpenAI-style key from somewhere else than phischer's settings, or as OpenAI's 401
     # quotes one it refused: its first characters and last four around asterisks.
     (re.compile(r"\bsk-[\w*-]{8,}"), "sk-***"),

@@ -37,6 +37,8 @@ TOKEN = "b7e3c0ffee0123456789abcdef012345"
         # Secrets phischer never held, by their shape.
         ("postgresql://bob:hunter22@db.example.com/x", "postgresql://bob:***@db.example.com/x"),
         ("Your authtoken: 2abcDEF_ghiJKL123", "Your authtoken: ***"),
+        # phischer's own hint after ERR_NGROK_105 goes on with a word, not a token.
+        ("not an ngrok authtoken: copy yours again", None),
         ("Authorization: Bearer abcdefgh12345678", "Authorization: Bearer ***"),
         ("Incorrect API key provided: sk-proj-abcdefgh1234", "Incorrect API key provided: sk-***"),
         (
