@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from phischer.config import ConfigError, Settings
-from phischer.redact import redact
+from phischer.redact import install_output, redact
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only by commands that use the database
     from sqlalchemy.orm import Session
@@ -230,6 +230,9 @@ def db_upgrade(obj: Context) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # What phischer prints goes through the log records' redaction too, secrets hidden and
+    # numbers kept: a note with a server's words in it, a traceback Python prints itself.
+    install_output()
     try:
         cli(prog_name="phischer")
     except KeyboardInterrupt:

@@ -4,7 +4,8 @@ phischer passes other programs' words along: an SDK's exception (Twilio quotes t
 number, an OpenAI-compatible server may quote the key it refused), the ngrok agent's log
 lines (which quote a refused authtoken), a database's error (PostgreSQL's DETAIL quotes the
 row, numbers included). `redact` cleans such text, and `install` puts every log record
-through it, traceback included, whichever logger (ours, gunicorn's, pyngrok's) made it.
+through it, traceback included, whichever logger (ours, gunicorn's, pyngrok's) made it;
+`install_output` puts what the phischer command prints through it too, numbers kept.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import threading
-from typing import NamedTuple
+from typing import Any, NamedTuple, TextIO
 from urllib.parse import quote
 
 # Shorter values are not worth hiding (and would mangle unrelated text): real tokens and
@@ -254,3 +256,40 @@ def redact_record(record: logging.LogRecord) -> None:
         # Formatted now, as a handler would, so every handler prints this redacted copy.
         trace = logging.Formatter().formatException(record.exc_info)
         record.exc_text = redact(trace, numbers=numbers)
+
+
+class RedactedOutput:
+    """A text stream (stdout, stderr) that writes what it is given through `redact`.
+
+    Numbers stay: what phischer prints at the terminal is the user's own. Secrets go, in what
+    no log record carries: a note or an event line a server's words are part of, a traceback
+    Python prints itself, an `Error:` line of a command run outside the `phischer` group.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        """Write `text` without its secrets; the count is of `text`, as its writer expects."""
+        self._stream.write(redact(text, numbers=False) if isinstance(text, str) else text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        """Write each line as `write` does."""
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        # No binary buffer: click writes bytes, and text it finds no encoding for, straight to
+        # the buffer of a text stream, which would go around `write`.
+        if name == "buffer":
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
+def install_output() -> None:
+    """Put what this program prints on stdout and stderr through `redact` (numbers kept)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, RedactedOutput):
+            setattr(sys, name, RedactedOutput(stream))

@@ -1392,6 +1392,25 @@ def test_a_key_the_server_quotes_back_is_not_printed(
     assert key not in result.output
 
 
+def test_list_does_not_print_a_key_the_server_quotes_back(
+    fake_ft: FakeOpenAI, tmp_path: Path
+) -> None:
+    # The refusal is a note on stdout, not an `Error:` line: as `phischer` prints it.
+    key = "wrongKey0123456789abcdefghij"
+    fake_ft.echo_key = True
+    done = subprocess.run(
+        [sys.executable, "-m", "phischer", "finetune", "list"],
+        env={**os.environ, "OPENAI_API_KEY": key},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(401: Incorrect API key provided: <OPENAI_API_KEY>)" in done.stdout
+    assert key not in done.stdout + done.stderr
+
+
 def test_list_without_key_shows_only_stored_jobs(
     fake_ft: FakeOpenAI, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

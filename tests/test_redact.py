@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import re
+import subprocess
+import sys
 
+import click
 import pytest
 
 from phischer import redact as redaction
 from phischer.config import Settings
-from phischer.redact import add_secret, redact, shorten
+from phischer.redact import RedactedOutput, add_secret, redact, shorten
 
 log = logging.getLogger("phischer.test_redact")
 
@@ -220,3 +224,28 @@ def test_a_secret_added_again_changes_nothing() -> None:
     add_secret("f00dfeed-known-key-0123456789", "GPU_KEY")
     assert redaction._known is known
     assert redact("key f00dfeed-known-key-0123456789") == "key <GPU_KEY>"
+
+
+def test_what_the_command_prints_hides_secrets_and_keeps_numbers() -> None:
+    """install_output: a line no log record carries, and a traceback Python prints itself."""
+    code = (
+        "from phischer.redact import add_secret, install_output\n"
+        f"add_secret({TOKEN!r}, 'TWILIO_AUTH_TOKEN')\n"
+        "install_output()\n"
+        f"print('(not listed: key {TOKEN} refused for {NUMBER})')\n"
+        f"raise RuntimeError('refused {TOKEN}')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout == f"(not listed: key <TWILIO_AUTH_TOKEN> refused for {NUMBER})\n"
+    assert "RuntimeError: refused <TWILIO_AUTH_TOKEN>" in done.stderr
+    assert TOKEN not in done.stderr
+
+
+def test_click_cannot_write_around_the_redacted_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a stream it takes for misconfigured (ASCII), click writes to its binary buffer.
+    add_secret(TOKEN, "TWILIO_AUTH_TOKEN")
+    raw = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", RedactedOutput(raw))
+    click.echo(f"key {TOKEN}")
+    raw.flush()
+    assert raw.buffer.getvalue() == b"key <TWILIO_AUTH_TOKEN>\n"

@@ -1812,6 +1812,26 @@ def test_script_wrapper_runs_the_same_command(tmp_path: Path) -> None:
     assert verbose.stderr.strip().splitlines()[-1] == result.stderr.strip()
 
 
+def test_the_script_wrappers_error_lines_show_no_secret(
+    fake_twilio: FakeTwilio, number: dict[str, Any], twilio_env: None, tmp_path: Path
+) -> None:
+    # Its errors do not pass the `phischer` group, which hides what a server quotes back.
+    token = fake_twilio.auth_token
+    fake_twilio.fail_next(
+        "POST", f"/IncomingPhoneNumbers/{number['sid']}.json", 400, 21211, f"bad key {token}"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "tunnel.py"), "--public-url", "https://x.test"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].endswith("bad key <TWILIO_AUTH_TOKEN>)")
+    assert token not in done.stdout + done.stderr
+
+
 # -- the Twilio client factory and the fake ------------------------------------------------
 
 
