@@ -103,7 +103,8 @@ _SECRET_SHAPES = (
 # four separator characters ("0) - 12") and two digits (a number), or the fixed part of a
 # secret's shape. Every log record is redacted, and most hold none of these (nor a known
 # secret): one search then clears the text instead of a substitution per pattern.
-_CANDIDATES = rf"\d(?:\d{{5}}|{_GAP}{{1,4}}\d\d)|\+\d|%2[Bb]\d|://|Bearer |sk-|(?i:authtoken)"
+_SECRET_CANDIDATES = r"://|Bearer |sk-|(?i:authtoken)"  # the secret shapes' fixed parts
+_CANDIDATES = rf"\d(?:\d{{5}}|{_GAP}{{1,4}}\d\d)|\+\d|%2[Bb]\d|{_SECRET_CANDIDATES}"
 
 
 class _Secrets(NamedTuple):
@@ -112,11 +113,14 @@ class _Secrets(NamedTuple):
     names: dict[str, str]  # each form of each secret: its variable's name
     pattern: re.Pattern[str] | None  # every form, longest first (none half replaced)
     candidate: re.Pattern[str]  # every form and _CANDIDATES: a text without it stays as is
+    # Every form and _SECRET_CANDIDATES: the same, when numbers are kept. Printed lines start
+    # with a time (a log line's "2026-11-30 16:07"), which the number candidates all match.
+    secret_candidate: re.Pattern[str]
 
 
 # Replaced whole, never changed in place: a log line reads it while another thread adds a
 # secret, and must see names and patterns that go together.
-_known = _Secrets({}, None, re.compile(_CANDIDATES))
+_known = _Secrets({}, None, re.compile(_CANDIDATES), re.compile(_SECRET_CANDIDATES))
 _lock = threading.Lock()
 _installed = False
 
@@ -194,7 +198,12 @@ def add_secret(value: str | None, name: str) -> None:
             names.setdefault(form, name)
         longest_first = sorted(names, key=len, reverse=True)
         pattern = "|".join(_secret_pattern(form) for form in longest_first)
-        _known = _Secrets(names, re.compile(pattern), re.compile(f"{pattern}|{_CANDIDATES}"))
+        _known = _Secrets(
+            names,
+            re.compile(pattern),
+            re.compile(f"{pattern}|{_CANDIDATES}"),
+            re.compile(f"{pattern}|{_SECRET_CANDIDATES}"),
+        )
 
 
 def _secret_pattern(form: str) -> str:
@@ -207,7 +216,7 @@ def _secret_pattern(form: str) -> str:
 def redact(text: str, *, numbers: bool = True) -> str:
     """`text` without secrets (known ones named, others by shape); phone numbers masked too."""
     known = _known  # one consistent set (see _known)
-    if known.candidate.search(text) is None:
+    if (known.candidate if numbers else known.secret_candidate).search(text) is None:
         return text  # nothing any pattern could replace
     return _redact_all(text, numbers, known)
 
