@@ -80,8 +80,13 @@ def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
         row = store.delivery_of(cur, reply_id)
         if row is None:
             return False
-        if row[0] is not None and STATUS_ORDER.get(row[0], -1) > rank:
-            return False
+        delivery, sent = row
+        if sent == "send_failed":
+            # Twilio reports on it, so Twilio has it: the send whose answer was lost ("may or
+            # may not have been sent"), or that a sweep gave up on, reached Twilio after all.
+            store.mark_sent(cur, reply_id, None, utcnow())
+        if delivery is not None and STATUS_ORDER.get(delivery, -1) > rank:
+            return sent == "send_failed"
         error = describe_failure(status, code) if status in NOT_DELIVERED else None
         store.set_delivery(cur, reply_id, status, error)
         if error is not None:

@@ -659,7 +659,13 @@ class SmsService:
                 else "send_failed"
             )
             with self.store.write() as cur:
-                self.store.update_message(cur, out_id, now, status=status, error=str(exc))
+                if not self.store.update_message(
+                    cur, out_id, now, "delivery IS NULL", status=status, error=str(exc)
+                ):
+                    # A status callback came first: Twilio took the reply, and only its
+                    # answer to the send was lost (a dropped connection, a read timeout).
+                    self.store.mark_sent(cur, out_id, None, now)
+                    return "sent"
                 record_refusal(self.store, cur, out_id, exc.code)
             return status
         with self.store.write() as cur:

@@ -420,27 +420,31 @@ class Store:
         )
         return row[1], row[2], [(body, rid) for body, rid in cur.fetchall()]
 
-    def delivery_of(self, cur: Any, message_id: int) -> tuple[str | None] | None:
-        """(delivery,) of an outbound message, or None (PostgreSQL: locked until commit)."""
+    def delivery_of(self, cur: Any, message_id: int) -> tuple[str | None, str] | None:
+        """(delivery, status) of an outbound message, or None (PostgreSQL: locked until commit)."""
         # Callbacks for one reply can reach two workers or instances at once ("undelivered"
         # and a late "sent"); unlocked, both read the old status and the later commit won,
         # so "sent" could erase the failure. Locked, the second reads what the first wrote.
         cur.execute(
             self.sql(
-                "SELECT delivery FROM messages WHERE id = ? AND direction = 'out'"
+                "SELECT delivery, status FROM messages WHERE id = ? AND direction = 'out'"
                 + self._for_update
             ),
             (message_id,),
         )
         return cur.fetchone()
 
-    def mark_sent(self, cur: Any, message_id: int, sid: str, now: dt.datetime) -> None:
-        """Record that Twilio took a REST reply, keeping a failure its callback already told."""
+    def mark_sent(self, cur: Any, message_id: int, sid: str | None, now: dt.datetime) -> None:
+        """Record that Twilio took a REST reply, keeping a failure its callback already told.
+
+        `sid`: Twilio's id of the message (None: keep the one stored, if any).
+        """
         # The status callback can beat this update (Twilio answers the send, then the phone
         # network rejects at once); clearing `error` blindly would erase why it failed.
         cur.execute(
             self.sql(
-                "UPDATE messages SET status = 'sent', message_sid = ?, updated_at = ?, "
+                "UPDATE messages SET status = 'sent', message_sid = COALESCE(?, message_sid), "
+                "updated_at = ?, "
                 f"error = CASE WHEN delivery IN {_NOT_DELIVERED_SQL} THEN error END "
                 "WHERE id = ?"
             ),

@@ -17,7 +17,8 @@ refuses the next such request (`times=3`: the next three; `retry_after=1`: with 
 Retry-After header), and `fake.after_next("POST", "/PN….json", fn)` calls `fn()` once
 that request has been applied, before it is answered (a Ctrl-C while the SDK waits), and
 `fake.hang_up_next("POST", "/Messages.json")` applies the next such request, then closes the
-connection without an answer (a reset after Twilio created the message).
+connection without an answer (a reset after Twilio created the message; `then=fn` calls `fn()`
+before that).
 """
 
 from __future__ import annotations
@@ -188,9 +189,11 @@ class FakeTwilio:
         """Call `then()` once the next matching request is applied, before it is answered."""
         self._scripts.append(Scripted(method, path_suffix, then=then))
 
-    def hang_up_next(self, method: str, path_suffix: str) -> None:
-        """Apply the next matching request, then close its connection without answering."""
-        self._scripts.append(Scripted(method, path_suffix, hang_up=True))
+    def hang_up_next(
+        self, method: str, path_suffix: str, then: Callable[[], None] | None = None
+    ) -> None:
+        """Apply the next matching request (then call `then()`), and close without answering."""
+        self._scripts.append(Scripted(method, path_suffix, then=then, hang_up=True))
 
     def calls(self, method: str, path_suffix: str) -> list[Recorded]:
         """Recorded requests with this method whose path ends with `path_suffix`."""

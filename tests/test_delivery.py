@@ -285,3 +285,37 @@ def test_every_twilio_status_is_ordered(app, twilio_post, sequence, delivery, er
         assert callback(app, reply.id, status).status_code == 200
     (reply,) = [m for m in rows(app) if m.direction == "out"]
     assert (reply.delivery, reply.error) == (delivery, error)
+
+
+@pytest.mark.parametrize("callback_first", [False, True])
+def test_a_send_whose_answer_was_lost_is_sent_once_twilio_reports_on_it(
+    slow_app, fake_twilio, fake_openai, twilio_post, callback_first
+):
+    """Twilio took the reply, but the connection dropped before its answer: its callbacks,
+    before or after phischer records the doubtful send, show the reply went out."""
+    app = slow_app(public_url="https://clone.example.com")
+
+    def report(status: str) -> None:
+        (reply,) = [m for m in rows(app) if m.direction == "out"]
+        base = "https://clone.example.com/sms/status"
+        assert callback(app, reply.id, status, base=base).status_code == 200
+
+    fake_twilio.hang_up_next(
+        "POST", "/Messages.json", then=(lambda: report("delivered")) if callback_first else None
+    )
+    twilio_post("hi", url="https://clone.example.com/sms", target=app)
+    app.extensions["phischer"].sms.shutdown()  # wait for the REST send
+    if not callback_first:
+        report("delivered")
+    assert len(fake_twilio.messages) == 1
+    (reply,) = [m for m in rows(app) if m.direction == "out"]
+    assert (reply.status, reply.delivery, reply.error) == ("sent", "delivered", None)
+    # the person read it, so the model sees it said (the next text, to a fresh server)
+    again = slow_app(public_url="https://clone.example.com")
+    twilio_post("you there?", url="https://clone.example.com/sms", target=again)
+    again.extensions["phischer"].sms.shutdown()
+    assert fake_openai.chat_calls[-1]["messages"][1:] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "echo: hi"},
+        {"role": "user", "content": "you there?"},
+    ]
