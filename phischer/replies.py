@@ -220,8 +220,13 @@ def _maybe_sent(exc: Exception) -> bool:
         return False
     # A connection refused, unresolved or timed out before it was made (urllib3 wraps those
     # in a MaxRetryError whose reason is a ConnectTimeoutError, NewConnectionError included)
-    # carried nothing. Anything else (a reset or an end of stream instead of the answer)
-    # may have come after Twilio created the message: a retry could text it twice.
+    # carried nothing; nor did one through a proxy that could not be reached or refused the
+    # tunnel to Twilio (a CONNECT answered 502): urllib3 raises its ProxyError, which requests
+    # turns into this one, only before the request got through the proxy. Anything else (a
+    # reset or an end of stream instead of the answer) may have come after Twilio created
+    # the message: a retry could text it twice.
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return False
     reason = getattr(exc.args[0] if exc.args else None, "reason", None)
     return not isinstance(reason, ConnectTimeoutError)
 

@@ -153,3 +153,28 @@ def test_a_number_at_the_cut_of_twilios_long_message_is_not_logged_in_part(
     assert len(str(raised.value)) <= 301
     (line,) = [r.getMessage() for r in caplog.records if r.name == "phischer.replies"]
     assert re.search(r"\+\d|\d\d[ .]\d\d", line) is None, line
+
+
+def test_an_unreachable_proxy_is_transient(settings, twilio_rest, fake_twilio, monkeypatch):
+    # The proxy refused the connection: nothing reached Twilio, so a later try may pass and
+    # cannot text twice, as when Twilio itself is unreachable.
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    sender = RestSender(settings.with_overrides(**twilio_rest), retry_delays_s=(0.01,))
+    with pytest.raises(SendError) as unreachable:
+        sender.send("+15550100", "hello")
+    assert unreachable.value.transient
+    assert "may or may not" not in str(unreachable.value)
+    assert fake_twilio.requests == []
+
+
+def test_a_proxy_refusing_the_tunnel_to_twilio_is_transient(settings, twilio_rest, proxy_env):
+    # HTTPS goes through the proxy's CONNECT tunnel; one it refuses (502) carried nothing.
+    overrides = {**twilio_rest, "twilio_api_base_url": "https://api.twilio.example.invalid"}
+    sender = RestSender(settings.with_overrides(**overrides), retry_delays_s=(0.01,))
+    with pytest.raises(SendError) as unreachable:
+        sender.send("+15550100", "hello")
+    assert unreachable.value.transient
+    assert "may or may not" not in str(unreachable.value)
+    assert [method for method, _ in proxy_env] == ["CONNECT", "CONNECT"]
