@@ -1162,6 +1162,29 @@ def test_cli_local_ctrl_c_before_training_records_nothing(
     assert jobs_in(database) == []
 
 
+def test_cli_local_rerun_skips_a_checkpoint_cut_short_while_it_was_saved(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    out = tmp_path / "out"
+    options = ("--max-steps", "6", "--save-steps", "3", "--output-dir", str(out))
+    train = write_train(tmp_path / "train.jsonl")
+    killed = start_local(train, "--base-model", str(tiny_model), "--max-steps", "4", *options[2:])
+    assert killed.exit_code == 0, killed.output
+    # What a run killed while it saved checkpoint-6 leaves: the Trainer writes the adapter and
+    # the optimizer first and trainer_state.json last, so the folder has no state yet.
+    cut = out / "checkpoints" / "checkpoint-6"
+    shutil.copytree(out / "checkpoints" / "checkpoint-3", cut)
+    (cut / "trainer_state.json").unlink()
+    (cut / "optimizer.pt").write_bytes(b"PK\x03")  # cut short
+
+    result = start_local(train, "--base-model", str(tiny_model), *options)
+    assert result.exit_code == 0, result.output
+    assert f"Resuming from {out / 'checkpoints' / 'checkpoint-4'} (step 4)." in result.output
+    assert [j.status for j in jobs_in(database)] == ["succeeded", "succeeded"]
+    state = json.loads((cut / "trainer_state.json").read_text())  # saved whole this time
+    assert state["global_step"] == 6
+
+
 def on_first_batch(monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> None:
     """Run `action` (another command, as from a second shell) while the first batch is made."""
     real = PadCollator.__call__

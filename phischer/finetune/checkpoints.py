@@ -17,7 +17,7 @@ CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")  # the folders the Trainer saves
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The highest-numbered checkpoint-N folder in checkpoints, as the Trainer resumes it."""
+    """The highest-numbered complete checkpoint-N folder in checkpoints, to resume from."""
     if not checkpoints.is_dir():
         return None
     found = [
@@ -25,7 +25,12 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
         for p in checkpoints.iterdir()
         if (m := CHECKPOINT_RE.fullmatch(p.name)) and p.is_dir()
     ]
-    return max(found)[1] if found else None
+    # Highest first, skipping any a run stopped while it saved (killed, power lost): the
+    # Trainer writes trainer_state.json last, and resuming from a folder without it fails.
+    for _, path in sorted(found, reverse=True):
+        if isinstance(checkpoint_state(path).get("global_step"), int):
+            return path
+    return None
 
 
 def read_json(path: Path) -> dict[str, Any]:
