@@ -1185,6 +1185,50 @@ def test_cli_local_rerun_skips_a_checkpoint_cut_short_while_it_was_saved(
     assert state["global_step"] == 6
 
 
+def test_cli_local_ctrl_c_while_the_adapter_is_written_leaves_the_served_one_whole(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import peft.peft_model
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    weights = out / "adapter_model.safetensors"
+    train = write_train(tmp_path / "train.jsonl")
+    options = ("--base-model", str(tiny_model), "--save-steps", "3", "--output-dir", str(out))
+    assert start_local(train, "--max-steps", "3", *options).exit_code == 0
+    served = weights.read_bytes()  # what a server loads from the folder meanwhile
+
+    real = peft.peft_model.safe_save_file
+
+    def cut_short(tensors: Any, filename: str, **kwargs: Any) -> None:
+        if "checkpoints" in Path(filename).parts:
+            return real(tensors, filename, **kwargs)
+        real(tensors, filename, **kwargs)
+        data = Path(filename).read_bytes()
+        Path(filename).write_bytes(data[: len(data) // 2])
+        raise KeyboardInterrupt  # Ctrl-C half way through the final adapter
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", cut_short)
+    stopped = start_local(train, "--max-steps", "6", *options)
+    assert stopped.exit_code == 130
+    assert "rerun the same command to resume from checkpoint-6 (step 6)" in stopped.stderr
+    assert weights.read_bytes() == served  # the earlier adapter, whole
+    assert not (out / ".saving").exists()
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", real)
+    again = start_local(train, "--max-steps", "6", *options)
+    assert again.exit_code == 0, again.output
+    assert "Already complete: checkpoint-6 reached step 6" in again.output
+    # The rerun serves the weights of step 6, not the adapter of the run before.
+    final = out / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors"
+    assert weights.read_bytes() == final.read_bytes() != served
+    assert load_file(weights).keys() == load_file(final).keys()
+
+
 def on_first_batch(monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> None:
     """Run `action` (another command, as from a second shell) while the first batch is made."""
     real = PadCollator.__call__

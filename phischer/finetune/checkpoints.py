@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from phischer.finetune.train_result import TrainResult, history_of
 from phischer.printing import plural
 
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")  # the folders the Trainer saves
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the adapter's weights, what servers load
+STAGING = ".saving"  # where save_adapter writes an adapter before moving it into place
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
@@ -31,6 +35,26 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
         if isinstance(checkpoint_state(path).get("global_step"), int):
             return path
     return None
+
+
+def save_adapter(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Put the files `write` saves into a folder in output_dir whole, the weights last.
+
+    A server may read the folder (or a rerun find it finished) at any time: saving in
+    place, a run stopped mid-write would leave a cut adapter_model.safetensors there that
+    a rerun calls complete and serves. So `write` saves beside it, then each file is renamed
+    into place, the weights last: weights there means the whole adapter is.
+    """
+    staging = output_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while it saved
+    staging.mkdir(parents=True)
+    try:
+        write(staging)
+        saved = sorted(staging.iterdir(), key=lambda p: p.name == ADAPTER_WEIGHTS)
+        for path in saved:
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -134,13 +158,16 @@ def finished_result(
         f"adapter is in {output_dir}. To train again, delete {output_dir / 'checkpoints'} "
         "or pass another --output-dir."
     )
-    if not (output_dir / "adapter_model.safetensors").is_file():
-        # Stopped between the last checkpoint and the final save: the checkpoint has it.
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copyfile(checkpoint / name, output_dir / name)
-        from transformers import AutoTokenizer
+    # The last checkpoint holds the final weights. The adapter in output_dir may be older: a
+    # run stopped between its last checkpoint and its final save left the one before it.
+    from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(base_model).save_pretrained(str(output_dir))
+    def copy(folder: Path) -> None:
+        for name in ("adapter_config.json", ADAPTER_WEIGHTS):
+            shutil.copyfile(checkpoint / name, folder / name)
+        AutoTokenizer.from_pretrained(base_model).save_pretrained(str(folder))
+
+    save_adapter(output_dir, copy)
     history = checkpoint_state(checkpoint).get("log_history") or []
     return TrainResult(
         adapter_dir=output_dir,

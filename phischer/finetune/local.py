@@ -25,6 +25,7 @@ from phischer.finetune.checkpoints import (
     finished_result,
     last_checkpoint,
     read_json,
+    save_adapter,
 )
 from phischer.finetune.common import (
     LOSS_PNG,
@@ -304,8 +305,12 @@ def _train(
         # The Trainer skips on_train_end when training raises (or Ctrl-C): without this the
         # error would be printed on the bar's line.
         bar.close()
-    model.save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+
+    save_adapter(output_dir, write)
     losses = [
         float(entry["loss"])
         for entry in trainer.state.log_history
