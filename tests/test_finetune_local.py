@@ -1263,6 +1263,30 @@ def test_cli_local_switches_a_persona_renamed_while_it_trains(
     assert "Persona Ada King now uses model ada-lovelace at " in result.output
 
 
+def test_cli_local_refuses_a_second_run_into_the_folder_one_trains_into(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out"
+    seconds: list[Any] = []
+    # Another terminal starts the same command (into the same folder) while the first trains.
+    on_first_batch(monkeypatch, lambda: seconds.append(short_run(tiny_model, tmp_path)))
+    first = short_run(tiny_model, tmp_path)
+    assert first.exit_code == 0, first.output
+    assert seconds[0].exit_code == 1
+    assert seconds[0].output == (
+        f"Error: another `phischer finetune start` (pid {os.getpid()}) is training into "
+        f"{out}: wait for it to end, or pass another --output-dir\n"
+    )
+    (job,) = jobs_in(database)  # the first run's, not closed as a killed run's
+    assert (job.status, job.error) == ("succeeded", None)
+    # Once it has ended, the folder is free again.
+    assert short_run(tiny_model, tmp_path).exit_code == 0
+
+
 def test_cli_local_says_in_one_line_that_the_persona_was_removed_while_it_trained(
     tiny_model: Path,
     ada: Path,

@@ -34,7 +34,7 @@ from phischer.finetune.common import (
     check_dataset,
 )
 from phischer.finetune.encode import PadCollator, encode_file, report_cuts
-from phischer.finetune.local_jobs import JobRecorder, interrupted
+from phischer.finetune.local_jobs import JobRecorder, interrupted, training_lock
 from phischer.finetune.local_request import LocalRequest, LoraSettings, check_base_model, lora_name
 from phischer.finetune.loss_plot import write_loss_plot
 from phischer.finetune.serving import (
@@ -364,6 +364,30 @@ def _write_serving_notes(request: LocalRequest, output_dir: Path, name: str, ran
     return guide
 
 
+def _run_recorded(
+    request: LocalRequest, output_dir: Path, recorder: JobRecorder, echo: Echo
+) -> TrainResult:
+    # train_lora, its end stored in the job the recorder made: failed, or cancelled by Ctrl-C.
+    try:
+        return train_lora(
+            request.base_model,
+            request.train_path,
+            output_dir,
+            request.lora,
+            validation_path=request.validation_path,
+            echo=echo,
+            on_start=recorder,
+        )
+    except KeyboardInterrupt:
+        raise interrupted(recorder, output_dir) from None
+    except Exception as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        recorder.end("failed", message)
+        if isinstance(exc, FineTuneError):
+            raise
+        raise FineTuneError(f"local training failed: {message}") from exc
+
+
 def start_local(
     db: Database, settings: Settings, request: LocalRequest, *, echo: Echo
 ) -> FineTuneJob:
@@ -384,67 +408,51 @@ def start_local(
     warning = vllm_rank_warning(request.lora.rank)
     if warning is not None:
         echo(f"Warning: {warning}.")
-    recorder = JobRecorder(db, request, output_dir, persona_id, name)
-    try:
-        result = train_lora(
-            request.base_model,
-            request.train_path,
-            output_dir,
-            request.lora,
-            validation_path=request.validation_path,
-            echo=echo,
-            on_start=recorder,
-        )
-    except KeyboardInterrupt:
-        raise interrupted(recorder, output_dir) from None
-    except Exception as exc:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        recorder.end("failed", message)
-        if isinstance(exc, FineTuneError):
-            raise
-        raise FineTuneError(f"local training failed: {message}") from exc
-    assert recorder.job_id is not None  # train_lora calls on_start before it returns
+    with training_lock(output_dir):
+        recorder = JobRecorder(db, request, output_dir, persona_id, name)
+        result = _run_recorded(request, output_dir, recorder, echo)
+        assert recorder.job_id is not None  # train_lora calls on_start before it returns
 
-    # The adapter's own rank: that is what the servers must be started for.
-    rank = adapter_rank(output_dir, request.lora.rank)
-    guide = _write_serving_notes(request, output_dir, name, rank)
-    if result.losses:
-        echo(
-            f"Loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
-            f"over {plural(result.steps_this_run, 'step')}."
-        )
-    if result.eval_loss is not None:
-        echo(f"Validation loss: {result.eval_loss:.3f}")
-    base_name = Path(request.base_model).name or request.base_model
-    plot = output_dir / LOSS_PNG
-    if result.already_complete and plot.is_file():
-        echo(f"Loss curve: {plot}")  # drawn by the run that trained it (with validation)
-    else:
-        title = f"{name}: rank-{rank} LoRA on {base_name}"
-        echo(write_loss_plot(result, plot, title))
-    with db.write() as session:
-        stored = jobs.get_job(session, recorder.job_id)
-        jobs.apply_update(
-            session,
-            stored,
-            jobs.JobUpdate(status="succeeded", trained_tokens=result.tokens_seen or None),
-        )
-        stored.fine_tuned_model = name
-        switched = jobs.switch_persona(session, stored, request.serve_url)
-        switched_name, row = switched.name if switched else None, stored
-    echo(guide)
-    notes = output_dir / "SERVING.md"
-    if switched_name is None:
-        raise FineTuneError(
-            jobs.removed_while_trained(
-                f"persona {persona_name!r}",
-                recorder.job_id,
-                f"the adapter is in {output_dir} (serving notes: {notes})",
-                f"--model {name} --base-url {request.serve_url}",
+        # The adapter's own rank: that is what the servers must be started for.
+        rank = adapter_rank(output_dir, request.lora.rank)
+        guide = _write_serving_notes(request, output_dir, name, rank)
+        if result.losses:
+            echo(
+                f"Loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
+                f"over {plural(result.steps_this_run, 'step')}."
             )
+        if result.eval_loss is not None:
+            echo(f"Validation loss: {result.eval_loss:.3f}")
+        base_name = Path(request.base_model).name or request.base_model
+        plot = output_dir / LOSS_PNG
+        if result.already_complete and plot.is_file():
+            echo(f"Loss curve: {plot}")  # drawn by the run that trained it (with validation)
+        else:
+            title = f"{name}: rank-{rank} LoRA on {base_name}"
+            echo(write_loss_plot(result, plot, title))
+        with db.write() as session:
+            stored = jobs.get_job(session, recorder.job_id)
+            jobs.apply_update(
+                session,
+                stored,
+                jobs.JobUpdate(status="succeeded", trained_tokens=result.tokens_seen or None),
+            )
+            stored.fine_tuned_model = name
+            switched = jobs.switch_persona(session, stored, request.serve_url)
+            switched_name, row = switched.name if switched else None, stored
+        echo(guide)
+        notes = output_dir / "SERVING.md"
+        if switched_name is None:
+            raise FineTuneError(
+                jobs.removed_while_trained(
+                    f"persona {persona_name!r}",
+                    recorder.job_id,
+                    f"the adapter is in {output_dir} (serving notes: {notes})",
+                    f"--model {name} --base-url {request.serve_url}",
+                )
+            )
+        echo(
+            f"Persona {switched_name} now uses model {name} at {request.serve_url} "
+            f"(serving notes: {notes})."
         )
-    echo(
-        f"Persona {switched_name} now uses model {name} at {request.serve_url} "
-        f"(serving notes: {notes})."
-    )
-    return row
+        return row

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,10 +16,15 @@ import sqlalchemy as sa
 from phischer.db import Database
 from phischer.finetune import jobs
 from phischer.finetune.checkpoints import checkpoint_state, last_checkpoint
-from phischer.finetune.common import Interrupted
+from phischer.finetune.common import FineTuneError, Interrupted
 from phischer.finetune.local_request import LocalRequest
 from phischer.finetune.serving import resolve_base
 from phischer.models import FineTuneJob, utcnow
+
+log = logging.getLogger(__name__)
+
+# Held by the run training into a folder; the kernel drops it when the run dies, SIGKILL too.
+LOCK_FILE = ".training.lock"
 
 
 def _new_job_id(session: Any) -> str:
@@ -126,3 +136,40 @@ def interrupted(recorder: JobRecorder, output_dir: Path) -> Interrupted:
     hint = _resume_hint(output_dir)
     recorder.end("cancelled", f"interrupted: {hint}")
     return Interrupted(f"Interrupted: {recorder.job_id} is cancelled; {hint}.")
+
+
+def _lock_owner(fd: int) -> str:
+    # The pid the holder wrote into the lock file (not there yet while it is writing it).
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+@contextmanager
+def training_lock(output_dir: Path) -> Iterator[None]:
+    """Be the only run training into output_dir while the block runs, else a one-line error.
+
+    Two runs in one folder would share its checkpoints (each deleting the other's old ones)
+    and write one adapter over the other; the second would also close the first's job as a
+    killed run's. The lock file stays: removing it would let two runs each lock their own.
+    """
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise FineTuneError(f"cannot write to {output_dir} ({exc.strerror}): check it") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FineTuneError(
+                f"another `phischer finetune start`{_lock_owner(fd)} is training into "
+                f"{output_dir}: wait for it to end, or pass another --output-dir"
+            ) from None
+        except OSError as exc:  # a file system without locks: train unguarded
+            log.debug("Cannot lock %s (%s); not guarding against a second run", output_dir, exc)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
