@@ -17,12 +17,16 @@ from phischer.finetune.common import FineTuneError, Interrupted
 from phischer.finetune.local_request import DEFAULT_SERVE_URL
 from phischer.plots import require_matplotlib
 from phischer.printing import pad
+from phischer.stopping import sigterm_as_interrupt
 
 _POSITIVE = click.IntRange(1)
 _POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 _LOCAL_ONLY: list[str] = []  # filled by _local: the flags `--provider openai` refuses
 _OPENAI_ONLY = ["--suffix"]
+_STILL_STOPPING = (
+    b"Still stopping (recording where the local run stopped); press Ctrl-C again to quit at once.\n"
+)
 
 
 @contextmanager
@@ -122,12 +126,15 @@ def start(obj: Context, train: Path, provider: str, **options: object) -> None:
             from phischer.finetune.local import start_local
             from phischer.finetune.local_request import LocalRequest
 
-            row = start_local(
-                obj.db,
-                obj.settings,
-                LocalRequest.from_options(train, **options),
-                echo=click.echo,
-            )
+            # SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal) stop it like Ctrl-C:
+            # at their default they killed it with its job left `running` for good.
+            with sigterm_as_interrupt(_STILL_STOPPING):
+                row = start_local(
+                    obj.db,
+                    obj.settings,
+                    LocalRequest.from_options(train, **options),
+                    echo=click.echo,
+                )
             click.echo(f"Job {row.job_id} {row.status}: adapter in {row.output_dir}")
             return
         from phischer.finetune import openai as ft

@@ -7,6 +7,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable
@@ -1143,6 +1145,36 @@ def test_cli_local_ctrl_c_cancels_the_job_and_says_how_to_resume(
     again = start_local(train, "--base-model", str(tiny_model), *options)
     assert again.exit_code == 0, again.output
     assert f"Resuming from {out / 'checkpoints' / 'checkpoint-4'} (step 4)." in again.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_cli_local_stopped_by_kill_or_a_closed_terminal_ends_like_ctrl_c(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database, sig: signal.Signals
+) -> None:
+    train = write_train(tmp_path / "train.jsonl")
+    command = [sys.executable, "-m", "phischer", "finetune", "start", str(train)]
+    options = ["--persona", "ada", "--provider", "local", "--base-model", str(tiny_model)]
+    proc = subprocess.Popen(
+        [*command, *options, "--max-steps", "100000", "--output-dir", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # said once the job is recorded, before the first step
+        assert line.startswith("Training a rank-16 LoRA on "), (line, proc.communicate())
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    (job,) = jobs_in(database)
+    assert proc.returncode == 130, (out, err)
+    assert err.splitlines()[-1] == f"Interrupted: {job.job_id} is cancelled; {job.error[13:]}."
+    assert job.status == "cancelled" and job.error.startswith("interrupted: ")
 
 
 def test_cli_local_ctrl_c_before_training_records_nothing(
