@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -1341,6 +1342,20 @@ def test_cli_local_says_in_one_line_that_the_persona_was_removed_while_it_traine
     # The training itself succeeded: the job says so, and the adapter is there to serve.
     assert job.status == "succeeded" and job.persona_id is None
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_a_hub_id_while_offline_is_one_line_not_the_hubs_retry_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What huggingface_hub logs for each retry of each request while offline (45 lines
+    # before the one-line error); logged here, since the real retries take 50 s.
+    hub_http = logging.getLogger("huggingface_hub.utils._http")
+    with local.quiet_library(local_model=False):
+        hub_http.warning("'[Errno 111] Connection refused' thrown while requesting HEAD …")
+        hub_http.warning("Retrying in 1s [Retry 1/5].")
+    assert caplog.records == []
+    hub_http.warning("after the training call")  # its verbosity is given back
+    assert [r.getMessage() for r in caplog.records] == ["after the training call"]
 
 
 # -- serving notes for each kind of base model ------------------------------------------------

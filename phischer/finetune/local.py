@@ -101,24 +101,29 @@ def base_model_type(base_model: str) -> str | None:
 def quiet_library(local_model: bool) -> Iterator[None]:
     """Keep transformers' own console output out of a training call; restore it after.
 
-    Its info/warning log lines are raised to errors only, the library warnings in
-    LIBRARY_WARNINGS are filtered, and for a local folder (nothing to download) its
-    "Loading weights" bars are hidden; a hub download keeps its progress bars.
+    Its (and huggingface_hub's) info/warning log lines are raised to errors only, the library
+    warnings in LIBRARY_WARNINGS are filtered, and for a local folder (nothing to download)
+    its "Loading weights" bars are hidden; a hub download keeps its progress bars.
     """
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, hub_verbosity = hf_logging.get_verbosity(), hub_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     with warnings.catch_warnings():
         for message, category, module in LIBRARY_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category, module=module)
         hf_logging.set_verbosity_error()
+        # A hub id while offline: every retry of every request is a warning (45 lines) before
+        # the one-line error that says the model could not be loaded.
+        hub_logging.set_verbosity_error()
         if local_model:
             hf_logging.disable_progress_bar()
         try:
             yield
         finally:
             hf_logging.set_verbosity(verbosity)
+            hub_logging.set_verbosity(hub_verbosity)
             if bars and local_model:
                 hf_logging.enable_progress_bar()
 
