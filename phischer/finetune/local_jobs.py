@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +17,8 @@ from phischer.finetune.checkpoints import checkpoint_state, last_checkpoint
 from phischer.finetune.common import FineTuneError, Interrupted
 from phischer.finetune.local_request import LocalRequest
 from phischer.finetune.serving import resolve_base
+from phischer.instance_lock import LockHeld, exclusive, holder
 from phischer.models import FineTuneJob, utcnow
-
-log = logging.getLogger(__name__)
 
 # Held by the run training into a folder; the kernel drops it when the run dies, SIGKILL too.
 LOCK_FILE = ".training.lock"
@@ -138,19 +135,13 @@ def interrupted(recorder: JobRecorder, output_dir: Path) -> Interrupted:
     return Interrupted(f"Interrupted: {recorder.job_id} is cancelled; {hint}.")
 
 
-def _lock_owner(fd: int) -> str:
-    # The pid the holder wrote into the lock file (not there yet while it is writing it).
-    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    return f" (pid {pid})" if pid.isdigit() else ""
-
-
 @contextmanager
 def training_lock(output_dir: Path) -> Iterator[None]:
     """Be the only run training into output_dir while the block runs, else a one-line error.
 
     Two runs in one folder would share its checkpoints (each deleting the other's old ones)
     and write one adapter over the other; the second would also close the first's job as a
-    killed run's. The lock file stays: removing it would let two runs each lock their own.
+    killed run's.
     """
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -158,18 +149,10 @@ def training_lock(output_dir: Path) -> Iterator[None]:
     except OSError as exc:
         raise FineTuneError(f"cannot write to {output_dir} ({exc.strerror}): check it") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FineTuneError(
-                f"another `phischer finetune start`{_lock_owner(fd)} is training into "
-                f"{output_dir}: wait for it to end, or pass another --output-dir"
-            ) from None
-        except OSError as exc:  # a file system without locks: train unguarded
-            log.debug("Cannot lock %s (%s); not guarding against a second run", output_dir, exc)
-        else:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        with exclusive(fd, "finetune start"):
+            yield
+    except LockHeld as exc:
+        raise FineTuneError(
+            f"another {holder(exc.owner, '`phischer finetune start`')} is training into "
+            f"{output_dir}: wait for it to end, or pass another --output-dir"
+        ) from None
