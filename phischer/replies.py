@@ -20,18 +20,36 @@ from phischer.surrogates import replace_lone_surrogates
 log = logging.getLogger(__name__)
 
 
+def sms_length(text: str) -> int:
+    """`text`'s length as Twilio counts it against its 1,600-character body limit."""
+    # In UTF-16 code units: an emoji (outside the Basic Multilingual Plane) counts twice, so
+    # 1,600 Python characters of emoji were refused (error 21617, "exceeds the 1600 character
+    # limit"), or the TwiML reply was not sent.
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
 def fit_sms(text: str, limit: int) -> str:
-    """Cut text to at most `limit` characters at a word boundary, marking the cut with '…'."""
+    """Cut text to `limit` characters as Twilio counts them, at a word boundary, marked "…"."""
     text = text.strip()
-    if len(text) <= limit:
+    if len(text) <= limit and sms_length(text) <= limit:
         return text
-    cut = text[: limit - 1]
+    cut = _first_units(text, limit - 1)
     space = max(cut.rfind(" "), cut.rfind("\n"))
     # Only back up to a word boundary when one is reasonably near; a single 1,600-char
     # "word" (a URL, say) is cut hard instead of being dropped.
-    if space >= limit // 2:
+    if space >= len(cut) // 2:
         cut = cut[:space]
     return cut.rstrip() + "…"
+
+
+def _first_units(text: str, units: int) -> str:
+    """The longest start of `text` of at most `units` UTF-16 code units, no emoji split."""
+    if text.isascii():
+        return text[:units]
+    head = text.encode("utf-16-le")[: 2 * units]
+    if head and 0xD8 <= head[-1] <= 0xDB:  # the first half of a pair: its emoji is left out
+        head = head[:-2]
+    return head.decode("utf-16-le")
 
 
 # XML 1.0 cannot carry most C0 controls, lone surrogates or U+FFFE/U+FFFF. A reply may hold

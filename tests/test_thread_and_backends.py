@@ -591,6 +591,19 @@ def test_fit_sms_edges():
     assert len(fit_sms("é" * 2000, 1600)) == 1600
 
 
+def test_fit_sms_counts_an_emoji_twice_as_twilio_does():
+    from phischer.replies import fit_sms, sms_length
+
+    # Twilio counts UTF-16 code units against its 1,600 limit: 1,600 emoji were refused.
+    assert sms_length("😀" * 800) == 1600 and sms_length("hé😀") == 4
+    assert fit_sms("😀" * 800, 1600) == "😀" * 800
+    cut = fit_sms("😀" * 801, 1600)
+    assert cut == "😀" * 799 + "…" and sms_length(cut) == 1599
+    # A cut never splits an emoji in two, and words still end where a space is near.
+    assert fit_sms("a" + "😀" * 10, 6) == "a😀😀…"
+    assert fit_sms("ok 😀😀😀 and more words", 12) == "ok 😀😀😀…"
+
+
 @pytest.mark.parametrize(
     "texts",
     [
