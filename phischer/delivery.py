@@ -42,6 +42,9 @@ ERROR_HINTS = {
     "30008": "the carrier reported an unknown error",
     "21610": "the texter opted out (STOP)",
     "21408": "SMS to that country is not enabled in the Twilio geo permissions",
+    # WhatsApp takes a free-form message only within 24 hours of the texter's last one; a
+    # REST reply sent later (a sweep answering late) needs an approved template instead.
+    "63016": "WhatsApp allows a free-form reply only within 24 hours of the texter's last message",
 }
 
 

@@ -84,6 +84,12 @@ def test_delivery_is_recorded_and_never_goes_backwards(app, twilio_post):
             "30005",
             "Twilio 30005 (failed): the number does not exist or is no longer in service",
         ),
+        (
+            "failed",
+            "63016",
+            "Twilio 63016 (failed): WhatsApp allows a free-form reply only within 24 hours of "
+            "the texter's last message",
+        ),
         ("undelivered", "39999", "Twilio 39999 (undelivered)"),
         ("failed", "", "Twilio: failed"),
         ("failed", "12\nforged log line", "Twilio: failed"),
