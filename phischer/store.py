@@ -14,13 +14,13 @@ import logging
 import os
 import select
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
 from phischer.config import from_number
-from phischer.db import Database
+from phischer.db import BUSY_TIMEOUT_MS, Database
 from phischer.per_process import PerProcess
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,14 @@ NOT_DELIVERED = ("undelivered", "failed", "canceled")
 _NOT_DELIVERED_SQL = "(" + ", ".join(f"'{status}'" for status in NOT_DELIVERED) + ")"
 # The finest step a stored timestamp keeps (SQLite's text and PostgreSQL's timestamp alike).
 TICK = dt.timedelta(microseconds=1)
+# PostgreSQL: connections one process keeps for texts. Each is lent for one transaction of a
+# few milliseconds (never across a model call or a REST send), so a few serve every thread;
+# a connection per thread held ~14 per gunicorn worker for good, and a small plan's limit
+# (20 connections) was then full after one burst: every other text got FALLBACK_REPLY,
+# unstored, until a restart.
+PG_CONNECTIONS = 3
+# How long a transaction waits for a free one: as long as SQLite waits for its write lock.
+CONNECTION_WAIT_S = BUSY_TIMEOUT_MS / 1000
 
 
 def stamp(now: dt.datetime, latest: dt.datetime | None) -> dt.datetime:
@@ -100,8 +108,14 @@ class Store:
         # SQLite: one write connection per process, used under the write lock's thread lock.
         # Each connection's page cache is dropped whenever another connection commits, so
         # per-thread writers re-read their pages on nearly every transaction; a shared one
-        # only after the other process wrote. (Other databases: per-thread connections.)
+        # only after the other process wrote; readers keep one per thread (a file, no
+        # server to count them). Other databases: a few per process, lent per transaction.
         self._writer = PerProcess(self._new_conn) if self.sqlite else None
+        self._pool = (
+            None
+            if self.sqlite
+            else PerProcess(lambda: ConnectionPool(self._new_conn, PG_CONNECTIONS))
+        )
         self._insert_message = self.sql(
             f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})"
@@ -121,18 +135,23 @@ class Store:
 
     # -- connections and transactions --------------------------------------------------------
 
+    @contextmanager
+    def _lend(self, write: bool) -> Iterator[Any]:
+        """A connection for one transaction (SQLite: the writer, or this thread's reader)."""
+        if self._pool is not None:
+            with self._pool.get().lend() as conn:
+                yield conn
+        elif write:
+            yield self._writer.get()  # type: ignore[union-attr]
+        else:
+            yield self._conn()
+
     def _conn(self) -> Any:
+        """This thread's SQLite reader connection."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():  # never reuse a parent's connection
             local.conn = self._new_conn()
             local.pid = os.getpid()
-        elif not self.sqlite and _lost(local.conn):
-            # PostgreSQL restarted or failed over, or a proxy closed the idle connection.
-            # Kept out of the pool, nothing else would replace it: every text on this
-            # thread would get the fallback, unstored, until the server was restarted.
-            log.warning("Lost a database connection; opening a new one")
-            _close_quietly(local.conn)
-            local.conn = self._new_conn()
         return local.conn
 
     def _new_conn(self) -> Any:
@@ -151,8 +170,7 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Any]:
         """A short write transaction under the database's write lock; yields a cursor."""
-        with self.db.write_lock.hold():
-            conn = self._writer.get() if self._writer is not None else self._conn()
+        with self.db.write_lock.hold(), self._lend(write=True) as conn:
             cur = conn.cursor()
             try:
                 yield cur
@@ -166,16 +184,16 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Any]:
         """A cursor for reads (no lock); the read transaction is closed afterwards."""
-        conn = self._conn()
-        cur = conn.cursor()
-        try:
-            yield cur
-        finally:
-            cur.close()
-            if not self.sqlite:
-                # psycopg opened a transaction for the SELECTs: end it, or the connection
-                # sits idle in it. sqlite3 opens none for reads (nothing to end per text).
-                self._rollback(conn)
+        with self._lend(write=False) as conn:
+            cur = conn.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+                if not self.sqlite:
+                    # psycopg opened a transaction for the SELECTs: end it, or the connection
+                    # sits idle in it. sqlite3 opens none for reads (nothing to end per text).
+                    self._rollback(conn)
 
     def _rollback(self, conn: Any) -> None:
         # A connection the server dropped mid-statement is closed: rolling it back would
@@ -575,6 +593,65 @@ class Store:
         """The highest message id so far (0 for none)."""
         cur.execute("SELECT max(id) FROM messages")
         return cur.fetchone()[0] or 0
+
+
+class ConnectionTimeout(Exception):
+    """No pooled connection became free in time (every one is stuck in a transaction)."""
+
+
+class ConnectionPool:
+    """At most `size` database connections of one process, each lent for one transaction.
+
+    Not SQLAlchemy's pool: its checkout (and the pre-ping round trip the engine's does) costs
+    more than the statements of a text. The last one given back is lent first, so the
+    others stay idle and a quiet process keeps them, never more than `size`.
+    """
+
+    def __init__(
+        self, connect: Callable[[], Any], size: int, wait_s: float = CONNECTION_WAIT_S
+    ) -> None:
+        self._connect = connect
+        self._size = size
+        self._wait_s = wait_s
+        self._idle: list[Any] = []
+        self._open = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def lend(self) -> Iterator[Any]:
+        """A connection of the pool for the duration of the block (waits for a free one)."""
+        conn = self._take()
+        try:
+            yield conn
+        finally:
+            with self._changed:
+                self._idle.append(conn)  # a closed one too: the next _take replaces it
+                self._changed.notify()
+
+    def _take(self) -> Any:
+        with self._changed:
+            free = lambda: self._idle or self._open < self._size  # noqa: E731
+            if not self._changed.wait_for(free, self._wait_s):
+                raise ConnectionTimeout(
+                    f"no database connection free within {self._wait_s:g} s "
+                    f"(all {self._size} of this process are in transactions)"
+                )
+            if self._idle:
+                conn = self._idle.pop()
+                if not _lost(conn):
+                    return conn
+                # PostgreSQL restarted or failed over, or a proxy closed the idle connection.
+                log.warning("Lost a database connection; opening a new one")
+                _close_quietly(conn)
+            else:
+                self._open += 1
+        try:
+            return self._connect()  # outside the lock: connecting takes a round trip or more
+        except BaseException:
+            with self._changed:
+                self._open -= 1
+                self._changed.notify()
+            raise
 
 
 def _lost(conn: Any) -> bool:

@@ -75,7 +75,7 @@ def make_pg_app(pg_url, settings, tmp_path):
     def factory(*, fresh: bool = True, **overrides):
         # fresh=False: one more instance on the database as it is (multi-instance tests).
         if not fresh:
-            app = create_app(settings.with_overrides(database_url=pg_url, **overrides))
+            app = create_app(settings.with_overrides(**{"database_url": pg_url, **overrides}))
             apps.append(app)
             return app
         engine = sa.create_engine(pg_url)
@@ -607,3 +607,38 @@ def test_instances_migrating_a_fresh_database_at_once_all_succeed(pg_url, tmp_pa
     outputs = [out for _, out in runs]
     assert sum("Database migrated from an empty database" in o for o in outputs) == 1, outputs
     assert sum("Database is up to date." in o for o in outputs) == 3, outputs
+
+
+def connection_limited(pg_url: str, limit: int) -> str:
+    """The URL of a role allowed `limit` connections, as a small hosted plan allows."""
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:  # superusers are exempt from limits: a role of its own
+        conn.exec_driver_sql("DROP ROLE IF EXISTS limited")
+        conn.exec_driver_sql(f"CREATE ROLE limited LOGIN CONNECTION LIMIT {limit}")
+        conn.exec_driver_sql("GRANT USAGE ON SCHEMA public TO limited")
+        conn.exec_driver_sql("GRANT ALL ON ALL TABLES IN SCHEMA public TO limited")
+        conn.exec_driver_sql("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO limited")
+    engine.dispose()
+    return pg_url.replace("//postgres@", "//limited@")
+
+
+def test_a_burst_on_one_instance_leaves_connections_for_the_others(
+    make_pg_app, pg_url, fake_openai, fake_twilio, twilio_rest
+):
+    # Each thread kept a connection of its own for good: after one burst of slow replies an
+    # instance held one per reply thread, a plan's limit was full, and every text the other
+    # instance (or this one) could not store got the fallback, until a restart.
+    on_model(make_pg_app(**twilio_rest), fake_openai.base_url)
+    url = connection_limited(pg_url, 12)
+    apps = [make_pg_app(fresh=False, database_url=url, reply_timeout_s=0.05, **twilio_rest)
+            for _ in range(2)]  # fmt: skip
+    fake_openai.behaviour, fake_openai.delay = "slow", 0.5  # answered by REST
+    burst = [(0, sms_params(f"burst {i}", f"+1555095{i:02d}")) for i in range(24)]
+    later = [(1, sms_params(f"later {i}", f"+1555096{i:02d}")) for i in range(4)]
+    sends = lambda: sorted(c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json"))  # noqa: E731
+    for texts in (burst, later):  # the second instance's texts after the burst's
+        # Stored and answered by REST: no fallback in the TwiML.
+        responses = post_to_instances(apps, texts, workers=12)
+        assert [twiml_bodies(r.content) for r in responses] == [[]] * len(texts)
+    until(lambda: len(sends()) == 28)
+    assert sends() == sorted(f"echo: {t['Body']}" for _, t in burst + later)
