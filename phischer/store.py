@@ -40,8 +40,14 @@ TICK = dt.timedelta(microseconds=1)
 # (20 connections) was then full after one burst: every other text got FALLBACK_REPLY,
 # unstored, until a restart.
 PG_CONNECTIONS = 3
-# How long a transaction waits for a free one: as long as SQLite waits for its write lock.
-CONNECTION_WAIT_S = BUSY_TIMEOUT_MS / 1000
+# How long a statement waits for a row lock: as long as SQLite waits for its write lock. Our
+# transactions hold one for milliseconds; a transaction left open elsewhere (a psql session,
+# an instance cut off mid-text) held a number's texts for good, and with them the
+# connections every other text needs. Such a text gets FALLBACK_REPLY, not Twilio's timeout.
+LOCK_TIMEOUT_MS = BUSY_TIMEOUT_MS
+# How long a transaction waits for a free connection: longer than a lock wait, so the
+# connections texts stuck on a locked row hold come back first.
+CONNECTION_WAIT_S = LOCK_TIMEOUT_MS / 1000 + 1.0
 
 
 def stamp(now: dt.datetime, latest: dt.datetime | None) -> dt.datetime:
@@ -161,6 +167,11 @@ class Store:
         pooled.detach()
         if self.db.checkpointer is not None:
             self.db.checkpointer.disable_auto(conn)
+        if not self.sqlite:
+            cur = conn.cursor()
+            cur.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")  # for the session
+            cur.close()
+            conn.commit()
         return conn
 
     def sql(self, statement: str) -> str:

@@ -28,6 +28,7 @@ from werkzeug.serving import make_server
 from phischer import create_app
 from phischer.migrate import upgrade
 from phischer.models import Contact, Message
+from phischer.store import PG_CONNECTIONS
 from tests.conftest import phischer_at_once, post_signed, sms_params, twiml_bodies, write_dataset
 
 T = TypeVar("T")
@@ -642,3 +643,38 @@ def test_a_burst_on_one_instance_leaves_connections_for_the_others(
         assert [twiml_bodies(r.content) for r in responses] == [[]] * len(texts)
     until(lambda: len(sends()) == 28)
     assert sends() == sorted(f"echo: {t['Body']}" for _, t in burst + later)
+
+
+def lock_waits(engine: sa.Engine) -> int:
+    """How many sessions wait for a lock (read in a transaction of its own: a fresh count)."""
+    with engine.connect() as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        return conn.exec_driver_sql(query).scalar()
+
+
+def test_a_contact_locked_elsewhere_holds_up_its_own_texts_only(make_pg_app, pg_url):
+    # A transaction left open on a contact's row (a psql session, an instance cut off from
+    # the network mid-text) made that number's texts wait on it for good, each on one of the
+    # process's connections: once they were all taken, no other text could be stored.
+    app = make_pg_app()
+    token = app.extensions["phischer"].settings.auth_token()
+    post = lambda url, body, phone: post_signed(url, token, sms_params(body, phone))  # noqa: E731
+    engine = sa.create_engine(pg_url)
+    with served(app) as (url,), ThreadPoolExecutor(4) as pool, engine.connect() as locker:
+        assert post(url, "good night", "+15550920").status_code == 200
+        locker.exec_driver_sql("SELECT 1 FROM contacts FOR UPDATE")
+        stuck = [pool.submit(post, url, f"hi {i}", "+15550920") for i in range(PG_CONNECTIONS)]
+        until(lambda: lock_waits(engine) == PG_CONNECTIONS)
+        other = pool.submit(post, url, "hey how are you", "+15550921")
+        assert twiml_bodies(other.result(timeout=30).content) == [
+            "Splendid, thank you! Knitting a scarf for the cat."
+        ]
+        # The locked number's texts end with the fallback, not with Twilio's timeout.
+        fallback = ["Sorry, I can't answer right now. Try again in a bit."]
+        replies = [twiml_bodies(f.result(timeout=30).content) for f in stuck]
+        assert replies == [fallback] * len(stuck)
+        locker.rollback()
+        assert twiml_bodies(post(url, "hey how are you", "+15550920").content) == [
+            "Splendid, thank you! Knitting a scarf for the cat."
+        ]
+    engine.dispose()
