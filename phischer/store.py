@@ -15,7 +15,7 @@ import os
 import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -141,16 +141,12 @@ class Store:
 
     # -- connections and transactions --------------------------------------------------------
 
-    @contextmanager
-    def _lend(self, write: bool) -> Iterator[Any]:
+    def _lend(self, write: bool) -> AbstractContextManager[Any]:
         """A connection for one transaction (SQLite: the writer, or this thread's reader)."""
         if self._pool is not None:
-            with self._pool.get().lend() as conn:
-                yield conn
-        elif write:
-            yield self._writer.get()  # type: ignore[union-attr]
-        else:
-            yield self._conn()
+            return self._pool.get().lend()
+        # SQLite's are kept, not lent: a plain holder, cheaper per text than a generator's.
+        return _Kept(self._writer.get() if write else self._conn())  # type: ignore[union-attr]
 
     def _conn(self) -> Any:
         """This thread's SQLite reader connection."""
@@ -604,6 +600,21 @@ class Store:
         """The highest message id so far (0 for none)."""
         cur.execute("SELECT max(id) FROM messages")
         return cur.fetchone()[0] or 0
+
+
+class _Kept:
+    """A connection kept for good, handed out as `with` gives a lent one."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Any:
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class ConnectionTimeout(Exception):
