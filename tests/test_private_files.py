@@ -84,3 +84,29 @@ def test_git_ignores_secrets_and_personal_data_but_not_the_example(tmp_path: Pat
         text=True,
     )
     assert checked.stdout.splitlines() == private
+
+
+def test_git_ignores_every_file_a_database_at_the_top_of_the_checkout_brings(
+    tmp_path: Path,
+) -> None:
+    # DATABASE_URL=sqlite:///phischer.db puts the database beside the code: whatever files
+    # phischer makes next to it (journals, locks) hold or reveal texts and must stay out too.
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / ".gitignore").write_text((root / ".gitignore").read_text())
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    url = f"sqlite:///{tmp_path / 'phischer.db'}"
+    upgrade(url)
+    db = Database(url)
+    try:
+        with db.write() as session:  # the write lock, and a WAL while a connection is open
+            session.execute(sa.text("CREATE TABLE t (x)"))
+        made = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("phischer.db"))
+        checked = subprocess.run(
+            ["git", "-C", str(tmp_path), "check-ignore", "--no-index", *made],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        db.dispose()
+    assert "phischer.db.migrating" in made
+    assert checked.stdout.splitlines() == made
