@@ -56,3 +56,15 @@ class OrBlank(click.ParamType):
 
     def __repr__(self) -> str:
         return f"OrBlank({self.inner!r})"
+
+
+class OrBlankOption(click.Option):
+    """An option typed OrBlank whose --help still shows its inner range, as `persona add`'s."""
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        """click's help extras, plus the inner type's range (click looks at the outer type)."""
+        extra = super().get_help_extra(ctx)
+        inner = getattr(self.type, "inner", None)
+        if isinstance(inner, click.IntRange | click.FloatRange):
+            extra["range"] = inner._describe_range()
+        return extra

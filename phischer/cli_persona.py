@@ -10,7 +10,7 @@ import click
 
 from phischer import personas
 from phischer.cli import Context, friendly_errors, pass_ctx
-from phischer.cli_options import Decorator, FiniteFloatRange, OrBlank
+from phischer.cli_options import Decorator, FiniteFloatRange, OrBlank, OrBlankOption
 from phischer.models import Persona
 from phischer.printing import pad, plural
 from phischer.redact import redact
@@ -68,6 +68,7 @@ def persona_options(edit: bool) -> Decorator:
     """The options of `persona add`; for `persona edit`, none required and blank clears one."""
     # edit: None is "not given", so only what is given changes.
     numbers = OrBlank if edit else (lambda t: t)
+    number_option = OrBlankOption if edit else click.Option
     options = [
         click.option(
             "--keyword",
@@ -109,12 +110,14 @@ def persona_options(edit: bool) -> Decorator:
         click.option(
             "--temperature",
             type=numbers(FiniteFloatRange(personas.TEMPERATURE_MIN, personas.TEMPERATURE_MAX)),
+            cls=number_option,
             help="Sampling temperature (openai backend; kept on a retrieval persona for its "
             "fine-tune).",
         ),
         click.option(
             "--max-tokens",
             type=numbers(click.IntRange(min=personas.MAX_TOKENS_MIN)),
+            cls=number_option,
             help="Reply length cap in tokens (openai backend; kept on a retrieval persona for "
             "its fine-tune).",
         ),

@@ -414,3 +414,12 @@ def test_show_and_list_hide_a_password_in_the_base_url(vee):
         assert shown in output and "hunter2" not in output
     edited = run("persona", "edit", "vee", "--base-url", "http://127.0.0.1:8000/v1").output
     assert f"base url     {shown} → http://127.0.0.1:8000/v1" in edited
+
+
+def test_help_shows_the_ranges_persona_add_shows() -> None:
+    # A blank value clears the field, so edit's type is not click's range type: its --help
+    # lost the [0.0<=x<=2.0] and [x>=1] that `persona add --help` shows for the same check.
+    ranges = ("[0.0<=x<=2.0]", "[x>=1]")
+    for command in ("add", "edit"):
+        shown = " ".join(run("persona", command, "--help").output.split())
+        assert all(r in shown for r in ranges), (command, shown)
