@@ -489,6 +489,8 @@ def test_one_word_written_two_ways_is_one_token(plain, written):
         ("l’été", ["lete", "ete"]),  # folded before the elision is looked for
         ("你吃饭了没有", ["你吃", "吃饭", "饭了", "了没", "没有"]),
         ("今日は元気?", ["今日", "日は", "は元", "元気"]),
+        ("밥 먹었어?", ["밥", "먹었", "었어"]),  # Hangul too: a word carries its endings
+        ("ㅋㅋㅋ", ["ᄏᄏ", "ᄏᄏ"]),  # compatibility jamo, as NFKC writes them
         ("สวัสดีครับ", ["สวั", "วัส", "สดี", "ดีค", "ครั", "รับ"]),  # a letter keeps its marks
         ("😂😂 ok", ["😂", "😂", "ok"]),
         ("❤️ 👍🏽", ["❤", "👍"]),  # no U+FE0F, no skin tone
@@ -575,6 +577,9 @@ def test_a_text_without_apostrophes_or_accents_finds_the_key_with_them(tmp_path,
     [
         ("你今天吃饭了没有", "吃饭了吗"),
         ("今日はお元気ですか", "元気?"),
+        ("밥은 먹었어요?", "밥 먹었어?"),  # Korean: particles and endings on the word
+        ("밥 먹었어?", "밥먹었어?"),  # and the spaces texters drop
+        ("ㅋㅋㅋㅋ", "ㅋㅋ"),
         ("مرحبا كيف حالك", "مَرْحَبًا"),
         ("😂😂😂", "😂"),
         ("👍", "👍🏽"),

@@ -49,9 +49,13 @@ Stamp = tuple[int, int, int]
 # Scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): a run
 # of them is a phrase, not a word, so it is cut into overlapping pairs of characters (what
 # search engines do for CJK): "吃饭了吗" and "你吃饭了没有" then share 吃饭 and 饭了.
+# Hangul too, as search engines cut it: Korean puts spaces between phrases, but a word
+# carries its particles and endings ("밥은", "먹었어요"), and texters often drop the spaces
+# ("밥먹었어"), so whole runs left "밥 먹었어?" and "밥은 먹었어요?" without a token in common.
 UNSPACED = (
-    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff"
-    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
+    "\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3005-\u3007\u3040-\u30ff"
+    "\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
+    "\U00020000-\U0003ffff"
 )
 # Vowel points Arabic and Hebrew writers mostly leave out, and the Arabic stretching stroke
 # (tatweel): dropped, so "مَرْحَبًا" and "مرحبــا" read as the usual "مرحبا".
