@@ -372,8 +372,7 @@ class SmsService:
             return self._answered(who, decision, failure)
         assert backend is not None
         mode = self.settings.reply_mode
-        if getattr(backend, "local", False) or mode == "inline":
-            # A local backend answers in well under a millisecond: no thread hop needed.
+        if mode == "inline" or _answers_at_once(backend, decision.persona):
             return self._answered(who, decision, self.generate(decision, backend))
         try:
             future: Future[Result] = self._executor.submit(self.generate, decision, backend)
@@ -718,6 +717,18 @@ def _silence(kind: str, status: str, command: Command) -> str:
     if command.action == "optout":
         return no_reply.OPT_OUT
     return no_reply.TWILIO_ANSWERED if command.answered else ""
+
+
+def _answers_at_once(backend: Backend, persona: PersonaView) -> bool:
+    """Whether `backend` answers `persona` in well under a millisecond (no thread hop needed)."""
+    if not getattr(backend, "local", False):
+        return False
+    # A local backend still building the persona's index (the first text after the start,
+    # to a big dataset: seconds, a minute for millions of exchanges) is waited for as a model
+    # is: up to REPLY_TIMEOUT_S, then by REST, so Twilio (which gives up at 15 s) never
+    # drops the reply.
+    built = getattr(backend, "built", None)
+    return built is None or built(persona)
 
 
 def _no_rest(why: str) -> str:

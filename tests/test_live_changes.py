@@ -6,9 +6,10 @@ and retrieval indexes); the last test runs the real server.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -283,6 +284,56 @@ def test_a_text_during_the_build_ahead_waits_for_it_and_gets_cy(
     text.join(10)
     assert answers == [["cy here, all good"]]
     assert [p.name for p in builds] == ["cy.jsonl"]  # built once
+
+
+@pytest.fixture
+def unreadable_yet(personas: dict[str, Path]) -> Iterator[Callable[[], None]]:
+    """Ada's dataset as a named pipe: its build waits until `release()` writes the dataset."""
+    # A build slower than REPLY_TIMEOUT_S (millions of exchanges, a slow disk), made by the
+    # file itself: reading it blocks until a writer comes.
+    ada = personas["ada"]
+    content = ada.read_bytes()
+    ada.unlink()
+    os.mkfifo(ada)
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            ada.write_bytes(content)  # blocks until the build opens it: it is waiting
+
+    yield release
+    release()  # a failing test must not leave the build (and the app's shutdown) waiting
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["fallback", "by REST"])
+def test_a_text_while_the_index_builds_longer_than_reply_timeout_is_not_held(
+    make_app, personas, unreadable_yet, twilio_post, request, rest
+):
+    overrides = request.getfixturevalue("twilio_rest") if rest else {}
+    app = make_app(reply_timeout_s=0.3, **overrides)
+    answers: list[Any] = []
+    text = threading.Thread(target=lambda: answers.append(twilio_post("good night", target=app)))
+    text.start()
+    text.join(5)
+    assert not text.is_alive()  # answered after REPLY_TIMEOUT_S, not held past Twilio's 15 s
+    (response,) = answers
+    services = app.extensions["phischer"]
+    if rest:
+        assert response.replies == []  # the reply goes by REST once the index is built
+        unreadable_yet()
+        services.sms.shutdown()
+        fake = request.getfixturevalue("fake_twilio")
+        (send,) = fake.calls("POST", "/Messages.json")
+        assert send.form["Body"] == "Sleep well, dear. Dream of engines."
+    else:
+        assert response.replies == [services.settings.fallback_reply]
+        unreadable_yet()
+        assert built_within(retrieval_of(app), view_of(app, "ada"))
+        # Built: answered in the webhook again.
+        assert twilio_post("good night", "+15550102", target=app).replies == [
+            "Sleep well, dear. Dream of engines."
+        ]
 
 
 def test_each_gunicorn_worker_builds_the_indexes_after_its_fork(make_app, personas):
