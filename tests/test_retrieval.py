@@ -44,6 +44,17 @@ def test_pairs_key_each_assistant_turn_by_the_user_turn_before(tmp_path):
     assert answers == ["astronaut", "yes"]
 
 
+@pytest.mark.parametrize(
+    "said", ["Émilie: on se voit ce soir?", "Łukasz Nowak: on se voit ce soir?", "Саша: привет"]
+)
+def test_a_speaker_capitalised_in_any_script_is_not_part_of_the_key(tmp_path, said):
+    # Group chats prefix each speaker's turn with their name (DESIGN §7), Émilie's as Emma's.
+    path = write(tmp_path / "d.jsonl", [[{"role": "user", "content": said},
+                                         {"role": "assistant", "content": "yes"}]])  # fmt: skip
+    keys, _ = load_pairs(path)
+    assert keys == [said.split(": ", 1)[1]]
+
+
 def test_scores_equal_bm25s(tmp_path):
     from tests.conftest import ADA_PAIRS, write_dataset
 

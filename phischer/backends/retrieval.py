@@ -33,9 +33,6 @@ from phischer.thread import join_texts, split_turn
 logging.getLogger("bm25s").setLevel(logging.NOTSET)
 log = logging.getLogger(__name__)
 
-# Group-chat turns carry a "Name: " prefix (dataset rule); names are not what a text is about.
-# Only capitalised one-to-three-word names count, so "pineapple on pizza: yes?" stays whole.
-SPEAKER_RE = re.compile(r"^[A-Z][\w'.-]*(?: [A-Z][\w'.-]*){0,2}: ", re.MULTILINE)
 CANDIDATES = 10
 # Past this many matching keys, a partition before the sort is cheaper than sorting them all
 # (measured: 6.1 µs against 5.4 at 300 keys, 7.5 against 18 at 1,000, 31 against 770 at 10k).
@@ -64,7 +61,7 @@ OPTIONAL_MARKS_RE = re.compile(
 )
 
 
-def _char_class(category: str) -> str:
+def _char_class(category: str | tuple[str, ...]) -> str:
     """A regex class of the BMP characters whose Unicode category starts with `category`."""
     # From Python's own Unicode tables, so no hand-kept list goes stale. BMP only: a class
     # reaching past it is matched range by range, several times slower.
@@ -79,6 +76,11 @@ def _char_class(category: str) -> str:
 
 
 _MARKS = _char_class("M")
+# Group-chat turns carry a "Name: " prefix (dataset rule); names are not what a text is about.
+# Only capitalised one-to-three-word names count, so "pineapple on pizza: yes?" stays whole;
+# capitalised in any cased script ("Émilie: ", "Łukasz: ", "Саша: "), not only in ASCII.
+_CAPITAL = f"[{_char_class(('Lu', 'Lt'))}][\\w'.-]*"
+SPEAKER_RE = re.compile(f"^{_CAPITAL}(?: {_CAPITAL}){{0,2}}: ", re.MULTILINE)
 # Apostrophes other than ASCII's that keyboards type: the typographic ones autocorrect puts
 # in, the modifier letter (a letter to Unicode, which kept "donʼt" one odd word), and the
 # grave and acute accents, which keyboards whose apostrophe key is hard to find get typed
