@@ -179,6 +179,63 @@ def test_thread_json_of_the_wrong_shape(tmp_path: Path) -> None:
         list(load("messenger", tmp_path))
 
 
+HIKING = "your_facebook_activity/messages/inbox/hikingcrew_2002/message_1.json"
+
+
+def _import_cli(path: Path) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["import", "messenger", str(path), "--me", ZOE, "-o", "o.jsonl"]
+    )
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [(42, "a number"), (["hi"], "an array"), ({"text": "hi"}, "an object"), (True, "a boolean")],
+)
+def test_a_content_that_is_not_a_string_is_refused_naming_the_message(
+    tmp_path: Path, content: object, said: str
+) -> None:
+    # An export edited by a tool: dropping the message as empty hid that the file is broken.
+    shutil.copytree(LEGACY, tmp_path / "export")
+    thread = tmp_path / "export" / HIKING
+    data = json.loads(thread.read_text(encoding="utf-8"))
+    data["messages"][6]["content"] = content
+    thread.write_text(json.dumps(data), encoding="utf-8")
+    assert _import_cli(tmp_path / "export") == (
+        1,
+        f'Error: {thread}: message 7 is malformed ("content" is {said}, not a string)\n',
+    )
+
+
+def test_a_null_content_is_dropped_as_empty_as_a_missing_one(tmp_path: Path) -> None:
+    shutil.copytree(LEGACY, tmp_path / "export")
+    thread = tmp_path / "export" / HIKING
+    data = json.loads(thread.read_text(encoding="utf-8"))
+    before = _threads(tmp_path / "export")["inbox/hikingcrew_2002"].dropped.get("empty", 0)
+    data["messages"][6]["content"] = None
+    thread.write_text(json.dumps(data), encoding="utf-8")
+    conv = _threads(tmp_path / "export")["inbox/hikingcrew_2002"]
+    assert conv.dropped["empty"] == before + 1
+    assert "if it doesn't rain" not in [m.text for m in conv.messages]
+
+
+def test_an_e2ee_text_that_is_not_a_string_is_refused_naming_the_message(tmp_path: Path) -> None:
+    shutil.copytree(E2EE, tmp_path / "export")
+    thread = tmp_path / "export" / "Sam Rivera_40.json"
+    data = json.loads(thread.read_text(encoding="utf-8"))
+    data["messages"][0]["text"] = 7
+    thread.write_text(json.dumps(data), encoding="utf-8")
+    assert _import_cli(tmp_path / "export") == (
+        1,
+        f'Error: {thread}: message 1 is malformed ("text" is a number, not a string)\n',
+    )
+
+
 def test_threads_are_loaded_one_at_a_time() -> None:
     # The importer is lazy: the first thread comes out before the next file is read.
     conversations = load("messenger", LEGACY)

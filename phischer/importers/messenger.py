@@ -31,6 +31,7 @@ from operator import attrgetter, le, truediv
 from pathlib import Path
 from typing import Any
 
+from phischer.chat_format import json_kind
 from phischer.importers.base import (
     Conversation,
     ImportErrorMessage,
@@ -200,7 +201,17 @@ _NOTICE_STARTS = ("You ", "The ", "This poll", "Say hi", "http", "www.")
 _REACTION_ENDS = ("message", "message.")
 
 
-def _legacy_messages(raw: list[Any], part: _Part) -> None:
+def _not_text(where: str, raw: list[Any], m: dict[str, Any], key: str) -> ImportErrorMessage:
+    # A text of a type Facebook never writes (the file was edited by a tool): dropping the
+    # message as empty would hide that the file is broken. The hot loop has no index: the
+    # message is found by identity (an equal message elsewhere must not be named instead).
+    n = next(i for i, x in enumerate(raw, 1) if x is m)
+    return ImportErrorMessage(
+        f'{where}: message {n} is malformed ("{key}" is {json_kind(m[key])}, not a string)'
+    )
+
+
+def _legacy_messages(raw: list[Any], part: _Part, where: str) -> None:
     # The hot loop of a big import (one pass per message): cheap checks first, and the
     # rare kinds of message decided in _legacy_reason. Appends to plain lists (cheap to
     # send back from a worker process); Messages are made in _legacy_thread.
@@ -222,6 +233,8 @@ def _legacy_messages(raw: list[Any], part: _Part) -> None:
         text = m.get("content")
         ts = m.get("timestamp_ms")
         if type(text) is not str or (type(ts) is not int and type(ts) is not float):
+            if text is not None and type(text) is not str:  # null or absent: a photo, …
+                raise _not_text(where, raw, m, "content")
             dropped["empty"] = dropped.get("empty", 0) + 1
             continue
         if not text.isascii():  # fix_mojibake, inlined: it runs for most texts
@@ -265,6 +278,8 @@ def _e2ee_messages(raw: list[Any], conv: Conversation, where: str) -> list[Messa
         text = m.get("text")
         ts = m.get("timestamp")
         if type(text) is not str or not text.strip() or not isinstance(ts, int | float):
+            if text is not None and type(text) is not str:
+                raise _not_text(where, raw, m, "text")
             conv.drop("empty")
             continue
         sender = m.get("senderName") or ""
@@ -307,13 +322,14 @@ class _Part:
 
 
 def _legacy_part(export: Export, name: str) -> _Part:
+    where = export.where(name)
     data = export.load_json(name)
-    raw = _messages(data, export.where(name))
+    raw = _messages(data, where)
     part = _Part(data.get("participants"), data.get("title"), data.get("thread_type"))
     try:
-        _legacy_messages(raw, part)
+        _legacy_messages(raw, part, where)
     except (TypeError, AttributeError) as exc:  # a sender_name that is not a string
-        raise ImportErrorMessage(f"{export.where(name)}: a message is malformed ({exc})") from None
+        raise ImportErrorMessage(f"{where}: a message is malformed ({exc})") from None
     return part
 
 
