@@ -191,6 +191,40 @@ def test_a_text_that_is_neither_a_string_nor_a_list_is_refused_naming_the_messag
     )
 
 
+@pytest.mark.parametrize(
+    ("part", "said"),
+    [
+        (7, "a number"),
+        (None, "null"),
+        (["hi"], "an array"),
+        ({"type": "bold", "text": 5}, 'an object whose "text" is a number'),
+        ({"type": "bold"}, 'an object without "text"'),
+    ],
+)
+def test_a_text_part_that_is_neither_a_string_nor_an_entity_is_refused_naming_the_message(
+    tmp_path: Path, part: object, said: str
+) -> None:
+    # Skipping it cut words out of the message without a word.
+    chat = json.loads(SINGLE.read_text(encoding="utf-8"))
+    chat["messages"][2]["text"] = ["see you ", {"type": "bold", "text": "at 8"}, part]
+    (tmp_path / "result.json").write_text(json.dumps(chat), encoding="utf-8")
+    args = [
+        "import",
+        "telegram",
+        str(tmp_path / "result.json"),
+        "--me",
+        "Leo Hart",
+        "-o",
+        "o.jsonl",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {tmp_path / 'result.json'}: chat 'Priya Nair', message 3 is malformed (part 3 "
+        f'of "text" is {said}, not a string or an object with a "text" string)\n'
+    )
+
+
 def test_folder_with_several_chat_exports(tmp_path: Path) -> None:
     shutil.copytree(SINGLE.parent, tmp_path / "ChatExport_2024-02-11")
     shutil.copytree(FULL.parent, tmp_path / "DataExport_2024-03-05")

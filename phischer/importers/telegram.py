@@ -255,16 +255,29 @@ def flatten_text(text: Any) -> str:
     if isinstance(text, str):
         return text
     if isinstance(text, list):
-        return "".join(
-            part if isinstance(part, str) else str(part.get("text", ""))
-            for part in text
-            if isinstance(part, str | dict)
-        )
+        return "".join(_part_text(part, j) for j, part in enumerate(text, 1))
     if text is None:  # as if the key were absent: no words
         return ""
     # A number or an object (an export edited by a tool) is no text Telegram writes: dropping
     # the message as empty would hide that the file is broken. The caller names the message.
     raise TypeError(f'"text" is {json_kind(text)}, not a string or a list')
+
+
+def _part_text(part: Any, j: int) -> str:
+    # A run of plain text, or an entity (bold, link, mention, …), which always holds its text.
+    if isinstance(part, str):
+        return part
+    if isinstance(part, dict) and isinstance(part.get("text"), str):
+        return part["text"]
+    # Anything else was written by a tool, not Telegram: skipping it would cut words out of
+    # the message without a word. The caller names the message.
+    if not isinstance(part, dict):
+        what = json_kind(part)
+    elif "text" in part:
+        what = f'an object whose "text" is {json_kind(part["text"])}'
+    else:
+        what = 'an object without "text"'
+    raise TypeError(f'part {j} of "text" is {what}, not a string or an object with a "text" string')
 
 
 def _timestamp(m: dict[str, Any]) -> dt.datetime:
