@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -815,12 +816,66 @@ def test_texts_are_answered_from_the_old_index_while_a_new_one_builds(tmp_path):
     first = backend.index(persona(path))
     write_dataset(path, BO_PAIRS)
     got: list = []
-    with backend._lock:  # another request is building (seconds, for a big dataset)
+    with backend._lock_of(str(path)):  # another request is building (seconds, if big)
         reader = threading.Thread(target=lambda: got.append(backend.index(persona(path))))
         reader.start()
         reader.join(timeout=5)
         assert got == [first]  # not queued behind the build
     assert backend.index(persona(path)).answers == [a for _, a in BO_PAIRS]
+
+
+@pytest.fixture
+def unreadable_yet(tmp_path):
+    """A dataset that is a named pipe: building its index waits until `release()` writes it."""
+    import os
+
+    from tests.conftest import ADA_PAIRS, write_dataset
+
+    content = write_dataset(tmp_path / "content.jsonl", ADA_PAIRS).read_bytes()
+    pipe = tmp_path / "slow.jsonl"
+    os.mkfifo(pipe)
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            pipe.write_bytes(content)  # blocks until the build opens it: it is waiting
+
+    release.path = pipe
+    yield release
+    release()  # a failing test must not leave a build thread waiting
+
+
+def in_thread(call) -> tuple[threading.Thread, list]:
+    """`call()` started in a thread, and the list its result goes into."""
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(call()), daemon=True)
+    thread.start()
+    return thread, got
+
+
+def test_a_build_does_not_hold_up_another_datasets_index(tmp_path, unreadable_yet, monkeypatch):
+    from tests.conftest import ADA_PAIRS, BO_PAIRS, write_dataset
+
+    builds: list = []
+    real_build = RetrievalBackend._build
+    monkeypatch.setattr(
+        RetrievalBackend, "_build", lambda self, path: builds.append(path) or real_build(self, path)
+    )
+    backend = RetrievalBackend()
+    slow = persona(unreadable_yet.path)  # a big dataset, seconds to index
+    first, got_first = in_thread(lambda: backend.index(slow))
+    second, got_second = in_thread(lambda: backend.index(slow))
+    other, got_other = in_thread(
+        lambda: backend.index(persona(write_dataset(tmp_path / "b.jsonl", BO_PAIRS)))
+    )
+    other.join(5)
+    assert got_other and got_other[0].answers == [a for _, a in BO_PAIRS]  # not queued
+    assert first.is_alive() and second.is_alive()
+    unreadable_yet()
+    first.join(5), second.join(5)
+    assert got_first[0] is got_second[0] and got_first[0].answers == [a for _, a in ADA_PAIRS]
+    assert builds.count(unreadable_yet.path) == 1  # the one asked for twice: built once
 
 
 def test_a_dataset_that_is_a_folder_is_a_backend_error(tmp_path):

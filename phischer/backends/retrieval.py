@@ -504,11 +504,14 @@ class RetrievalBackend:
         # dataset never built -> the Stamp that failed and why: every text to the persona
         # fails with that reason until the file changes, without reading it again.
         self._broken: dict[str, tuple[Stamp, str]] = {}
-        self._lock = threading.Lock()
+        # dataset -> the lock its builds take: one per file, so a text to one persona never
+        # waits for another persona's build.
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()  # only to create those
         self._recheck_s = recheck_s
         self._checked: dict[str, tuple[float, Index]] = {}  # dataset -> (when, index)
         # Builds ahead of the first text (`warm`): one thread, made in each process, since a
-        # thread does not survive gunicorn's fork (nor may a build hold _lock across it).
+        # thread does not survive gunicorn's fork (nor may a build hold a lock across it).
         self._builder = PerProcess(lambda: DaemonPool(max_workers=1, name="phischer-index"))
 
     def index(self, persona: PersonaView) -> Index:
@@ -523,6 +526,14 @@ class RetrievalBackend:
         index = self._current(persona)
         self._checked[persona.dataset] = (now, index)
         return index
+
+    def _lock_of(self, name: str) -> threading.Lock:
+        """The lock that builds of dataset `name` take (made once, whoever asks first)."""
+        lock = self._locks.get(name)
+        if lock is None:
+            with self._locks_lock:  # two threads making one each would build it twice
+                lock = self._locks.setdefault(name, threading.Lock())
+        return lock
 
     def _current(self, persona: PersonaView) -> Index:
         """The index of the dataset as it is on disk now, or the last good one while it is not.
@@ -551,7 +562,8 @@ class RetrievalBackend:
             raise BackendError(broken[1])
         # While another request builds (seconds, for 100k examples), answer from the old index
         # rather than queue every text behind it; with no old index there is nothing else.
-        if not self._lock.acquire(blocking=built is None):
+        lock = self._lock_of(name)
+        if not lock.acquire(blocking=built is None):
             assert built is not None
             return built[1]
         try:
@@ -570,7 +582,7 @@ class RetrievalBackend:
             self._broken.pop(name, None)
             return index
         finally:
-            self._lock.release()
+            lock.release()
 
     def _stale(self, name: str, stamp: Stamp | None, index: Index, why: str) -> Index:
         """The last good index, with one warning per version of the file that fails to load."""
@@ -593,7 +605,7 @@ class RetrievalBackend:
 
     def warm(self, persona: PersonaView) -> None:
         """Start building the persona's index in a daemon thread, unless it is built; return at once."""
-        # A text arriving meanwhile waits for this same build on _lock (see _current), then
+        # A text arriving meanwhile waits for this same build on its lock (_current), then
         # finds it done: the index is never built twice.
         if persona.dataset and persona.dataset not in self._indexes:
             self._builder.get().submit(self._build_ahead, persona)
