@@ -109,8 +109,11 @@ class SmsService:
         self.store = Store(db)
         self.backends = backends
         # Each persona the cache finds new gets its backend prepared (a retrieval index
-        # built) in the background, so its first text does not wait for it.
-        self.personas = PersonaDirectory(db, settings.default_persona, on_new=self._warm)
+        # built) in the background, so its first text does not wait for it; an index no
+        # persona uses any more is dropped.
+        self.personas = PersonaDirectory(
+            db, settings.default_persona, on_new=self._warm, on_change=backends.personas_changed
+        )
         self.sender = RestSender(settings)
         # Daemon threads: one still at the model when the process stops must not hold its exit.
         self._executor = DaemonPool(max_workers=8, name="phischer-reply")

@@ -451,7 +451,9 @@ class PersonaDirectory:
     saves a query per text, and a change made elsewhere is seen within `ttl_s`. A persona
     the cache does not know yet is looked up at once (`reload`, `for_contact`). `on_new` is
     called with each persona a read finds new or changed (every one, on the first read), so
-    what it needs can be prepared before its first text.
+    what it needs can be prepared before its first text; `on_change` first, with all the
+    personas, when a read finds any added, changed or removed, so what only the old ones
+    needed can be let go.
     """
 
     def __init__(
@@ -460,9 +462,11 @@ class PersonaDirectory:
         preferred_default: str | None,
         ttl_s: float = PERSONA_TTL_S,
         on_new: Callable[[PersonaView], None] | None = None,
+        on_change: Callable[[list[PersonaView]], None] | None = None,
     ) -> None:
         self.db = db
         self.on_new = on_new
+        self.on_change = on_change
         self.preferred_default = preferred_default
         self.ttl_s = ttl_s
         self._loaded_at = -1e18
@@ -482,6 +486,9 @@ class PersonaDirectory:
                 rows = list_personas(session)
                 views = [PersonaView.of(p) for p in rows]
                 default = pick_default(rows, self.preferred_default)
+            # Before on_new: what it starts preparing must count as in use once it is ready.
+            if self.on_change is not None and {v.id: v for v in views} != self._by_id:
+                self.on_change(views)
             if self.on_new is not None:
                 for view in views:  # a few personas, once per ttl_s at most
                     if self._by_id.get(view.id) != view:

@@ -347,3 +347,17 @@ def test_each_gunicorn_worker_builds_the_indexes_after_its_fork(make_app, person
     _post_fork(None, SimpleNamespace(app=SimpleNamespace(application=fresh)))
     assert built_within(backend, ada)
     assert built_within(backend, view_of(fresh, "bo"))
+
+
+def test_an_index_no_persona_uses_any_more_is_let_go(workers, twilio_post, tmp_path):
+    app = workers[0]
+    backend = retrieval_of(app)
+    ada, bo = view_of(app, "ada"), view_of(app, "bo")
+    assert built_within(backend, ada) and built_within(backend, bo)
+    cy = write_dataset(tmp_path / "cy.jsonl", [("hey how are you", "cy here, all good")])
+    assert run("persona", "edit", "ada", "--dataset", str(cy)).exit_code == 0
+    assert run("persona", "remove", "Bo").exit_code == 0
+    edited = view_of(app, "ada")  # read again, as a text does within PERSONA_TTL_S
+    assert not backend.built(ada) and not backend.built(bo)  # a server runs for months
+    assert built_within(backend, edited)
+    assert twilio_post("hey how are you", target=app).replies == ["cy here, all good"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -876,6 +878,34 @@ def test_a_build_does_not_hold_up_another_datasets_index(tmp_path, unreadable_ye
     first.join(5), second.join(5)
     assert got_first[0] is got_second[0] and got_first[0].answers == [a for _, a in ADA_PAIRS]
     assert builds.count(unreadable_yet.path) == 1  # the one asked for twice: built once
+
+
+def test_indexes_no_persona_uses_are_dropped(tmp_path):
+    from tests.conftest import ADA_PAIRS, BO_PAIRS, write_dataset
+
+    ada, bo = (persona(write_dataset(tmp_path / f"{n}.jsonl", p)) for n, p in
+               (("ada", ADA_PAIRS), ("bo", BO_PAIRS)))  # fmt: skip
+    backend = RetrievalBackend()
+    index = backend.index(ada)
+    backend.index(bo)
+    backend.forget_unused([ada])  # Bo removed, or edited onto another dataset
+    assert backend.built(ada) and not backend.built(bo)
+    assert backend.index(ada) is index  # still cached: not built again
+    openai = dataclasses.replace(ada, backend="openai")
+    backend.forget_unused([openai])  # `persona edit --backend openai`: the index is unused
+    assert not backend.built(ada)
+
+
+def test_an_index_built_for_a_text_as_its_dataset_is_dropped_is_not_kept(unreadable_yet):
+    backend = RetrievalBackend()
+    old = persona(unreadable_yet.path)  # the persona as the text took it: on the old dataset
+    text, got = in_thread(lambda: backend.index(old))
+    time.sleep(0.1)  # building, as `persona edit --dataset` is read
+    backend.forget_unused([dataclasses.replace(old, dataset="/elsewhere.jsonl")])
+    unreadable_yet()
+    text.join(5)
+    assert got and got[0].best("hey how are you", set(), 0)  # the text gets its answer
+    assert not backend.built(old)  # but the old index is not held for good
 
 
 def test_a_dataset_that_is_a_folder_is_a_backend_error(tmp_path):

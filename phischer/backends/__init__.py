@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 
-from phischer.backends.base import Backend, BackendError
+from phischer.backends.base import Backend, BackendError, PersonaView
 from phischer.config import Settings
 
 # Model calls in auto/async mode may outlive the webhook: give them longer than
@@ -39,6 +39,14 @@ class Backends:
                 backend = self._made.get(name) or self._make(name)
                 self._made[name] = backend
         return backend
+
+    def personas_changed(self, personas: list[PersonaView]) -> None:
+        """Let go of what only personas no longer there, or changed since, needed."""
+        # Only retrieval keeps anything per persona (an index per dataset). Not made yet:
+        # it has nothing to drop.
+        retrieval = self._made.get("retrieval")
+        if retrieval is not None:
+            retrieval.forget_unused(personas)  # type: ignore[attr-defined]
 
     def _make(self, name: str) -> Backend:
         if name == "retrieval":

@@ -16,7 +16,7 @@ import threading
 import time
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -505,9 +505,12 @@ class RetrievalBackend:
         # fails with that reason until the file changes, without reading it again.
         self._broken: dict[str, tuple[Stamp, str]] = {}
         # dataset -> the lock its builds take: one per file, so a text to one persona never
-        # waits for another persona's build.
+        # waits for another persona's build. Kept when the index is dropped (a few dozen
+        # bytes), so a build still running then and a new one never hold different locks.
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()  # only to create those
+        # Datasets the personas use (`forget_unused`); None: not told, every index is kept.
+        self._in_use: frozenset[str] | None = None
         self._recheck_s = recheck_s
         self._checked: dict[str, tuple[float, Index]] = {}  # dataset -> (when, index)
         # Builds ahead of the first text (`warm`): one thread, made in each process, since a
@@ -520,12 +523,38 @@ class RetrievalBackend:
             raise BackendError(f"persona {persona.name} has no --dataset for the retrieval backend")
         # The file is looked at once every recheck_s, not on every text.
         now = time.monotonic()
-        checked = self._checked.get(persona.dataset)
+        name = persona.dataset
+        checked = self._checked.get(name)
         if checked is not None and now - checked[0] < self._recheck_s:
             return checked[1]
-        index = self._current(persona)
-        self._checked[persona.dataset] = (now, index)
+        try:
+            index = self._current(persona)
+            self._checked[name] = (now, index)
+        finally:
+            # A text that took its persona before `persona edit --dataset` was read may
+            # build the old file after forget_unused dropped it: it answers from that
+            # index, which is not kept. Stored, then checked: forget_unused sets _in_use,
+            # then drops, so one of the two sees the other's change.
+            if self._in_use is not None and name not in self._in_use:
+                self._forget(name)
         return index
+
+    def forget_unused(self, personas: Iterable[PersonaView]) -> None:
+        """Drop the indexes of datasets none of `personas` (all there are) answers from."""
+        # Called when the personas are re-read and changed (at most once per PERSONA_TTL_S),
+        # never per text. A text already holding a dropped index answers from it all the same.
+        in_use = frozenset(p.dataset for p in personas if p.backend == "retrieval" and p.dataset)
+        self._in_use = in_use
+        for name in self._indexes.copy().keys() | self._broken.copy().keys():
+            if name not in in_use:
+                self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """Drop what is kept of one dataset (its index, its failures), but not its lock."""
+        self._checked.pop(name, None)
+        self._indexes.pop(name, None)
+        self._failed.pop(name, None)
+        self._broken.pop(name, None)
 
     def _lock_of(self, name: str) -> threading.Lock:
         """The lock that builds of dataset `name` take (made once, whoever asks first)."""
