@@ -8,6 +8,7 @@ import shutil
 import zipfile
 from datetime import datetime as D
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -159,18 +160,8 @@ def test_another_apps_chat_is_not_telegram(tmp_path: Path, other: str) -> None:
     assert "use the format name that matches the export" in result.output
 
 
-@pytest.mark.parametrize(
-    ("index", "text", "said"),
-    [
-        (2, 42, "a number"),
-        (3, {"type": "bold", "text": "hi"}, "an object"),
-        (0, True, "a boolean"),  # a service message's text is read before its type
-    ],
-)
-def test_a_text_that_is_neither_a_string_nor_a_list_is_refused_naming_the_message(
-    tmp_path: Path, index: int, text: object, said: str
-) -> None:
-    # An export edited by a tool: dropping the message as empty hid that the file is broken.
+def import_with_text(tmp_path: Path, index: int, text: object) -> Any:
+    """`phischer import telegram` of the single-chat fixture with message `index`'s text set."""
     chat = json.loads(SINGLE.read_text(encoding="utf-8"))
     chat["messages"][index]["text"] = text
     (tmp_path / "result.json").write_text(json.dumps(chat), encoding="utf-8")
@@ -183,7 +174,22 @@ def test_a_text_that_is_neither_a_string_nor_a_list_is_refused_naming_the_messag
         "-o",
         "o.jsonl",
     ]
-    result = CliRunner().invoke(cli, args)
+    return CliRunner().invoke(cli, args)
+
+
+@pytest.mark.parametrize(
+    ("index", "text", "said"),
+    [
+        (2, 42, "a number"),
+        (3, {"type": "bold", "text": "hi"}, "an object"),
+        (0, True, "a boolean"),  # a service message's text is read before its type
+    ],
+)
+def test_a_text_that_is_neither_a_string_nor_a_list_is_refused_naming_the_message(
+    tmp_path: Path, index: int, text: object, said: str
+) -> None:
+    # An export edited by a tool: dropping the message as empty hid that the file is broken.
+    result = import_with_text(tmp_path, index, text)
     assert result.exit_code == 1
     assert result.output == (
         f"Error: {tmp_path / 'result.json'}: chat 'Priya Nair', message {index + 1} is "
@@ -205,19 +211,7 @@ def test_a_text_part_that_is_neither_a_string_nor_an_entity_is_refused_naming_th
     tmp_path: Path, part: object, said: str
 ) -> None:
     # Skipping it cut words out of the message without a word.
-    chat = json.loads(SINGLE.read_text(encoding="utf-8"))
-    chat["messages"][2]["text"] = ["see you ", {"type": "bold", "text": "at 8"}, part]
-    (tmp_path / "result.json").write_text(json.dumps(chat), encoding="utf-8")
-    args = [
-        "import",
-        "telegram",
-        str(tmp_path / "result.json"),
-        "--me",
-        "Leo Hart",
-        "-o",
-        "o.jsonl",
-    ]
-    result = CliRunner().invoke(cli, args)
+    result = import_with_text(tmp_path, 2, ["see you ", {"type": "bold", "text": "at 8"}, part])
     assert result.exit_code == 1
     assert result.output == (
         f"Error: {tmp_path / 'result.json'}: chat 'Priya Nair', message 3 is malformed (part 3 "
