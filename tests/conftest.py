@@ -199,6 +199,28 @@ def phischer_at_once(n: int, *args: str, cwd: Path, **env: str) -> list[tuple[in
     return [(run.returncode, out) for run, out in zip(runs, outputs, strict=True)]
 
 
+@contextmanager
+def held_dataset(path: Path, content: bytes) -> Iterator[Callable[[], None]]:
+    """`path` as a named pipe: an index build reading it waits until `release()` writes `content`.
+
+    A build slower than REPLY_TIMEOUT_S (millions of exchanges, a slow disk), made by the
+    file itself. Released on exit too: a failing test must not leave a build waiting.
+    """
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            path.write_bytes(content)  # blocks until the build opens it: it is waiting
+
+    try:
+        yield release
+    finally:
+        release()
+
+
 def zip_folder(folder: Path, target: Path) -> Path:
     """Zip every file under `folder` at its path relative to it, in name order."""
     with zipfile.ZipFile(target, "w") as zf:

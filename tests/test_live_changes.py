@@ -6,7 +6,6 @@ and retrieval indexes); the last test runs the real server.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from phischer.personas import (
 )
 from phischer.server import _post_fork
 from tests.conftest import (
+    held_dataset,
     post_signed,
     run,
     serving,
@@ -289,21 +289,9 @@ def test_a_text_during_the_build_ahead_waits_for_it_and_gets_cy(
 @pytest.fixture
 def unreadable_yet(personas: dict[str, Path]) -> Iterator[Callable[[], None]]:
     """Ada's dataset as a named pipe: its build waits until `release()` writes the dataset."""
-    # A build slower than REPLY_TIMEOUT_S (millions of exchanges, a slow disk), made by the
-    # file itself: reading it blocks until a writer comes.
     ada = personas["ada"]
-    content = ada.read_bytes()
-    ada.unlink()
-    os.mkfifo(ada)
-    released = threading.Event()
-
-    def release() -> None:
-        if not released.is_set():
-            released.set()
-            ada.write_bytes(content)  # blocks until the build opens it: it is waiting
-
-    yield release
-    release()  # a failing test must not leave the build (and the app's shutdown) waiting
+    with held_dataset(ada, ada.read_bytes()) as release:
+        yield release
 
 
 @pytest.mark.parametrize("rest", [False, True], ids=["fallback", "by REST"])

@@ -829,23 +829,13 @@ def test_texts_are_answered_from_the_old_index_while_a_new_one_builds(tmp_path):
 @pytest.fixture
 def unreadable_yet(tmp_path):
     """A dataset that is a named pipe: building its index waits until `release()` writes it."""
-    import os
-
-    from tests.conftest import ADA_PAIRS, write_dataset
+    from tests.conftest import ADA_PAIRS, held_dataset, write_dataset
 
     content = write_dataset(tmp_path / "content.jsonl", ADA_PAIRS).read_bytes()
     pipe = tmp_path / "slow.jsonl"
-    os.mkfifo(pipe)
-    released = threading.Event()
-
-    def release() -> None:
-        if not released.is_set():
-            released.set()
-            pipe.write_bytes(content)  # blocks until the build opens it: it is waiting
-
-    release.path = pipe
-    yield release
-    release()  # a failing test must not leave a build thread waiting
+    with held_dataset(pipe, content) as release:
+        release.path = pipe  # type: ignore[attr-defined]
+        yield release
 
 
 def in_thread(call) -> tuple[threading.Thread, list]:
