@@ -236,6 +236,120 @@ def test_an_e2ee_text_that_is_not_a_string_is_refused_naming_the_message(tmp_pat
     )
 
 
+def _edit_hiking(tmp_path: Path, edit) -> Path:
+    # A copy of the legacy fixture whose hiking thread `edit` changed; returns that file.
+    shutil.copytree(LEGACY, tmp_path / "export")
+    thread = tmp_path / "export" / HIKING
+    data = json.loads(thread.read_text(encoding="utf-8"))
+    edit(data["messages"])
+    thread.write_text(json.dumps(data), encoding="utf-8")
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("timestamp_ms", "1712772000000", "a string, not a number"),
+        ("timestamp_ms", [1712772000000], "an array, not a number"),
+        ("timestamp_ms", True, "a boolean, not a number"),
+        ("sender_name", 7, "a number, not a string"),
+        ("sender_name", ["Sam Rivera"], "an array, not a string"),
+        ("sender_name", {"name": "Sam Rivera"}, "an object, not a string"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_refused_naming_the_message(
+    tmp_path: Path, key: str, value: object, said: str
+) -> None:
+    # A wrongly typed time dropped the message as if it were empty; a wrongly typed sender
+    # gave Python's own words and no message number.
+    thread = _edit_hiking(tmp_path, lambda msgs: msgs[6].__setitem__(key, value))
+    assert _import_cli(tmp_path / "export") == (
+        1,
+        f'Error: {thread}: message 7 is malformed ("{key}" is {said})\n',
+    )
+
+
+@pytest.mark.parametrize("missing", ["absent", "null"])
+def test_a_message_without_a_time_keeps_its_place_in_the_file(tmp_path: Path, missing: str) -> None:
+    def edit(msgs: list[dict[str, object]]) -> None:
+        # message 7 is "if it doesn't rain" (Sam), between "me!" and "count me in 🙌"
+        if missing == "absent":
+            del msgs[6]["timestamp_ms"]
+        else:
+            msgs[6]["timestamp_ms"] = None
+
+    before = _threads(LEGACY)["inbox/hikingcrew_2002"].messages
+    _edit_hiking(tmp_path, edit)
+    after = _threads(tmp_path / "export")["inbox/hikingcrew_2002"].messages
+    assert [(m.sender, m.text) for m in after] == [(m.sender, m.text) for m in before]
+    kept = next(i for i, m in enumerate(after) if m.text == "if it doesn't rain")
+    assert after[kept].timestamp == after[kept - 1].timestamp  # the message before it
+
+
+def test_a_thread_whose_first_message_has_no_time_takes_the_next_ones(tmp_path: Path) -> None:
+    def edit(msgs: list[dict[str, object]]) -> None:
+        del msgs[-2]["timestamp_ms"]  # the oldest text ("who's in for saturday?")
+
+    _edit_hiking(tmp_path, edit)
+    messages = _threads(tmp_path / "export")["inbox/hikingcrew_2002"].messages
+    assert messages[0].text == "who's in for saturday?"
+    assert messages[0].timestamp == messages[1].timestamp
+
+
+def test_a_thread_without_any_time_is_refused(tmp_path: Path) -> None:
+    def edit(msgs: list[dict[str, object]]) -> None:
+        for m in msgs:
+            m.pop("timestamp_ms", None)
+
+    thread = _edit_hiking(tmp_path, edit)
+    assert _import_cli(tmp_path / "export") == (
+        1,
+        f'Error: {thread.parent}: no message has a "timestamp_ms": the times are missing\n',
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(10**30, "10000000000000000000…"), (-(10**17), "-100000000000000000")]
+)
+def test_an_impossible_time_is_quoted(tmp_path: Path, value: int, shown: str) -> None:
+    thread = _edit_hiking(tmp_path, lambda msgs: msgs[6].__setitem__("timestamp_ms", value))
+    assert _import_cli(tmp_path / "export") == (
+        1,
+        f'Error: {thread.parent}: a "timestamp_ms" of {shown} is not a possible time\n',
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("timestamp", "1712772000000", "a string, not a number"),
+        ("senderName", 7, "a number, not a string"),
+    ],
+)
+def test_an_e2ee_field_of_the_wrong_type_is_refused_naming_the_message(
+    tmp_path: Path, key: str, value: object, said: str
+) -> None:
+    shutil.copytree(E2EE, tmp_path / "export")
+    thread = tmp_path / "export" / "Sam Rivera_40.json"
+    data = json.loads(thread.read_text(encoding="utf-8"))
+    data["messages"][0][key] = value
+    thread.write_text(json.dumps(data), encoding="utf-8")
+    assert _import_cli(tmp_path / "export") == (
+        1,
+        f'Error: {thread}: message 1 is malformed ("{key}" is {said})\n',
+    )
+
+
+def test_an_e2ee_message_without_a_time_is_kept(tmp_path: Path) -> None:
+    shutil.copytree(E2EE, tmp_path / "export")
+    thread = tmp_path / "export" / "Sam Rivera_40.json"
+    data = json.loads(thread.read_text(encoding="utf-8"))
+    before = [m.text for m in _threads(E2EE)["e2ee/Sam Rivera_40"].messages]
+    del data["messages"][0]["timestamp"]
+    thread.write_text(json.dumps(data), encoding="utf-8")
+    assert [m.text for m in _threads(tmp_path / "export")["e2ee/Sam Rivera_40"].messages] == before
+
+
 def test_threads_are_loaded_one_at_a_time() -> None:
     # The importer is lazy: the first thread comes out before the next file is read.
     conversations = load("messenger", LEGACY)

@@ -201,13 +201,16 @@ _NOTICE_STARTS = ("You ", "The ", "This poll", "Say hi", "http", "www.")
 _REACTION_ENDS = ("message", "message.")
 
 
-def _not_text(where: str, raw: list[Any], m: dict[str, Any], key: str) -> ImportErrorMessage:
-    # A text of a type Facebook never writes (the file was edited by a tool): dropping the
-    # message as empty would hide that the file is broken. The hot loop has no index: the
-    # message is found by identity (an equal message elsewhere must not be named instead).
+def _malformed(
+    where: str, raw: list[Any], m: dict[str, Any], key: str, wanted: str
+) -> ImportErrorMessage:
+    """The error for a field of a type Facebook never writes (the file was edited by a tool)."""
+    # Dropping the message as empty would hide that the file is broken. The hot loop has
+    # no index: the message is found by identity (an equal message elsewhere must not be
+    # named instead).
     n = next(i for i, x in enumerate(raw, 1) if x is m)
     return ImportErrorMessage(
-        f'{where}: message {n} is malformed ("{key}" is {json_kind(m[key])}, not a string)'
+        f'{where}: message {n} is malformed ("{key}" is {json_kind(m[key])}, not {wanted})'
     )
 
 
@@ -231,12 +234,16 @@ def _legacy_messages(raw: list[Any], part: _Part, where: str) -> None:
                 continue
             shared = "share" in m
         text = m.get("content")
-        ts = m.get("timestamp_ms")
-        if type(text) is not str or (type(ts) is not int and type(ts) is not float):
-            if text is not None and type(text) is not str:  # null or absent: a photo, …
-                raise _not_text(where, raw, m, "content")
+        if type(text) is not str:
+            if text is not None:  # null or absent: a photo, …
+                raise _malformed(where, raw, m, "content", "a string")
             dropped["empty"] = dropped.get("empty", 0) + 1
             continue
+        ts = m.get("timestamp_ms")
+        if type(ts) is not int and type(ts) is not float:
+            if ts is not None:
+                raise _malformed(where, raw, m, "timestamp_ms", "a number")
+            part.undated = True
         if not text.isascii():  # fix_mojibake, inlined: it runs for most texts
             try:  # noqa: SIM105 - contextlib.suppress costs a context manager per text
                 text = text.encode("latin-1").decode("utf-8")
@@ -247,8 +254,13 @@ def _legacy_messages(raw: list[Any], part: _Part, where: str) -> None:
             dropped["empty"] = dropped.get("empty", 0) + 1
             continue
         raw_sender = m.get("sender_name")
-        known = names.get(raw_sender)
+        try:
+            known = names.get(raw_sender)
+        except TypeError:  # unhashable: an array or object
+            raise _malformed(where, raw, m, "sender_name", "a string") from None
         if known is None:
+            if raw_sender is not None and type(raw_sender) is not str:
+                raise _malformed(where, raw, m, "sender_name", "a string")
             sender = fix_mojibake(raw_sender or "")
             known = names[raw_sender] = (sender, (sender, *_NOTICE_STARTS))
         sender, starts = known
@@ -262,43 +274,49 @@ def _legacy_messages(raw: list[Any], part: _Part, where: str) -> None:
         stamps.append(ts)
 
 
-def _e2ee_messages(raw: list[Any], conv: Conversation, where: str) -> list[Message]:
-    out: list[Message] = []
+def _e2ee_messages(raw: list[Any], part: _Part, where: str) -> None:
+    dropped = part.dropped
     for i, m in enumerate(raw, 1):
         if type(m) is not dict:
             continue
         kind = m.get("type")
         # "placeholder" is what is left of a message that was unsent or failed to decrypt.
         if m.get("isUnsent") or kind == "placeholder":
-            conv.drop("unsent")
-            continue
-        if m.get("media") or kind == "media":
-            conv.drop("media")
-            continue
-        text = m.get("text")
-        ts = m.get("timestamp")
-        if type(text) is not str or not text.strip() or not isinstance(ts, int | float):
-            if text is not None and type(text) is not str:
-                raise _not_text(where, raw, m, "text")
-            conv.drop("empty")
-            continue
-        sender = m.get("senderName") or ""
-        if not isinstance(sender, str):
-            raise ImportErrorMessage(f"{where}: message {i}: senderName is not a string")
-        try:
-            stamp = _naive_utc(ts)
-        except (ValueError, OverflowError, OSError):
-            raise ImportErrorMessage(
-                f"{where}: message {i}: timestamp {ts!r} is not a possible time"
-            ) from None
-        sender = fix_mojibake(sender)
-        text = fix_mojibake(text).strip()
-        reason = _text_reason(text, sender, kind == "link")
+            reason = "unsent"
+        elif m.get("media") or kind == "media":
+            reason = "media"
+        else:
+            reason = _e2ee_text(raw, m, i, part, where)
         if reason:
-            conv.drop(reason)
-            continue
-        out.append(Message(sender, text, stamp))
-    return out
+            dropped[reason] = dropped.get(reason, 0) + 1
+
+
+def _e2ee_text(raw: list[Any], m: dict[str, Any], i: int, part: _Part, where: str) -> str | None:
+    # Appends message i (a text) to part, or says why it is dropped.
+    text = m.get("text")
+    if type(text) is not str:
+        if text is not None:
+            raise _malformed(where, raw, m, "text", "a string")
+        return "empty"
+    ts = m.get("timestamp")
+    if type(ts) is not int and type(ts) is not float:
+        if ts is not None:
+            raise _malformed(where, raw, m, "timestamp", "a number")
+        part.undated = True
+    sender = m.get("senderName") or ""
+    if not isinstance(sender, str):
+        raise _malformed(where, raw, m, "senderName", "a string")
+    sender = fix_mojibake(sender)
+    text = fix_mojibake(text).strip()
+    if not text:
+        return "empty"
+    reason = _text_reason(text, sender, m.get("type") == "link")
+    if reason:
+        return reason
+    part.senders.append(sender)
+    part.texts.append(text)
+    part.stamps.append(ts)
+    return None
 
 
 def _messages(data: Any, where: str) -> list[Any]:
@@ -318,7 +336,9 @@ class _Part:
     dropped: dict[str, int] = field(default_factory=dict)
     senders: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-    stamps: list[float] = field(default_factory=list)  # ms since the epoch, UTC
+    # ms since the epoch, UTC; None for a message without one (see _times)
+    stamps: list[float | None] = field(default_factory=list)
+    undated: bool = False  # whether any stamp is None
 
 
 def _legacy_part(export: Export, name: str) -> _Part:
@@ -326,10 +346,7 @@ def _legacy_part(export: Export, name: str) -> _Part:
     data = export.load_json(name)
     raw = _messages(data, where)
     part = _Part(data.get("participants"), data.get("title"), data.get("thread_type"))
-    try:
-        _legacy_messages(raw, part, where)
-    except (TypeError, AttributeError) as exc:  # a sender_name that is not a string
-        raise ImportErrorMessage(f"{where}: a message is malformed ({exc})") from None
+    _legacy_messages(raw, part, where)
     return part
 
 
@@ -347,7 +364,8 @@ def _legacy_thread(folder: str, parts: list[_Part], where: str) -> Conversation:
     dropped: dict[str, int] = {}
     senders: list[str] = []
     texts: list[str] = []
-    stamps: list[float] = []
+    stamps: list[float | None] = []
+    undated = False
     for part in parts:
         if not participants:
             if not isinstance(part.participants, list | None) or not isinstance(
@@ -368,23 +386,66 @@ def _legacy_thread(folder: str, parts: list[_Part], where: str) -> Conversation:
         senders += part.senders
         texts += part.texts
         stamps += part.stamps
+        undated = undated or part.undated
+    if undated:
+        _date_undated(stamps, where, "timestamp_ms")
+    return Conversation(
+        id=_ID_PREFIX.sub("", folder),
+        title=title or ", ".join(participants),
+        participants=participants,
+        messages=_in_time_order(senders, texts, stamps, where, "timestamp_ms"),
+        is_group=thread_type == "RegularGroup" or len(participants) > 2,
+        dropped=dropped,
+    )
+
+
+def _date_undated(stamps: list[float | None], where: str, key: str) -> None:
+    """Give each message without a time (None) the time of the one before it, in place."""
+    # Facebook writes a time on every message; a tool that edited the file may leave one
+    # out. Its place in the file still says when it was sent: next to the message before
+    # it (the one after it, at the start of a thread).
+    last = next((s for s in stamps if s is not None), None)
+    if last is None:
+        raise ImportErrorMessage(f'{where}: no message has a "{key}": the times are missing')
+    for i, stamp in enumerate(stamps):
+        if stamp is None:
+            stamps[i] = last
+        else:
+            last = stamp
+
+
+def _newest_first(stamps: list[float | None]) -> bool:
+    """Whether a file lists its messages newest first (as Facebook writes them)."""
+    first = next((s for s in stamps if s is not None), None)
+    last = next((s for s in reversed(stamps) if s is not None), None)
+    return first is not None and last is not None and first > last
+
+
+def _in_time_order(
+    senders: list[str], texts: list[str], stamps: list[Any], where: str, key: str
+) -> list[Message]:
+    """Messages from parallel columns (stamps in ms since the epoch, UTC), oldest first."""
     # One C-level pass per column instead of a Python call per message (a million
     # messages make that show).
     try:
         times = _naive_utcs(stamps)
     except (ValueError, OverflowError, OSError):
-        raise ImportErrorMessage(f"{where}: a timestamp_ms is not a possible time") from None
+        bad = repr(next(s for s in stamps if not _possible(s)))
+        if len(bad) > 24:  # a number of hundreds of digits
+            bad = bad[:20] + "…"
+        raise ImportErrorMessage(f'{where}: a "{key}" of {bad} is not a possible time') from None
     messages = list(map(Message, senders, texts, times))
     if not _is_sorted(times):  # checking is cheaper than sorting, and exports are in order
         messages.sort(key=_by_time)
-    return Conversation(
-        id=_ID_PREFIX.sub("", folder),
-        title=title or ", ".join(participants),
-        participants=participants,
-        messages=messages,
-        is_group=thread_type == "RegularGroup" or len(participants) > 2,
-        dropped=dropped,
-    )
+    return messages
+
+
+def _possible(stamp: float) -> bool:
+    try:
+        _naive_utc(stamp)
+    except (ValueError, OverflowError, OSError):
+        return False
+    return True
 
 
 def _is_sorted(values: list[Any]) -> bool:
@@ -406,12 +467,21 @@ def _e2ee_thread(export: Export, name: str, data: dict[str, Any]) -> Conversatio
     participants = [fix_mojibake(str(p)) for p in participants if p]
     # threadName is "<Name>_<n>"; the suffix only keeps file names unique.
     title = re.sub(r"_\d+$", "", fix_mojibake(thread_name))
-    conv = Conversation(id=f"e2ee/{stem}", title=title, participants=participants)
-    collected = _e2ee_messages(_messages(data, where), conv, where)
-    collected.sort(key=_by_time)
-    conv.messages = collected
-    conv.is_group = len(participants) > 2
-    return conv
+    part = _Part()
+    _e2ee_messages(_messages(data, where), part, where)
+    if part.undated:
+        if _newest_first(part.stamps):  # a time is taken from the message before it
+            for column in (part.senders, part.texts, part.stamps):
+                column.reverse()
+        _date_undated(part.stamps, where, "timestamp")
+    return Conversation(
+        id=f"e2ee/{stem}",
+        title=title,
+        participants=participants,
+        messages=_in_time_order(part.senders, part.texts, part.stamps, where, "timestamp"),
+        is_group=len(participants) > 2,
+        dropped=part.dropped,
+    )
 
 
 def _e2ee_candidates(export: Export, legacy_folders: set[str]) -> list[str]:
