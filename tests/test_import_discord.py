@@ -196,6 +196,24 @@ def test_wrong_file_type(tmp_path: Path) -> None:
         list(import_discord(txt))
 
 
+@pytest.mark.parametrize(("value", "said"), [(0, "a number"), (["Default"], "an array")])
+def test_a_message_type_that_is_not_a_string_is_refused_naming_the_message(
+    tmp_path: Path, value: object, said: str
+) -> None:
+    # It was dropped as a system message: an edited file lost a message without a word.
+    channel = json.loads(GENERAL.read_text(encoding="utf-8"))
+    channel["messages"][1]["type"] = value
+    (tmp_path / "general.json").write_text(json.dumps(channel), encoding="utf-8")
+    result = CliRunner().invoke(
+        cli, ["import", "discord", str(tmp_path / "general.json"), "--me", "River", "-o", "o"]
+    )
+    assert (result.exit_code, result.output) == (
+        1,
+        f'Error: {tmp_path / "general.json"}: message 2 is malformed ("type" is {said}, '
+        "not a string)\n",
+    )
+
+
 @pytest.mark.parametrize("me", ["River", "river.song", RIVER])
 def test_cli_end_to_end_me_by_nickname_name_or_id(tmp_path: Path, me: str) -> None:
     result = CliRunner().invoke(

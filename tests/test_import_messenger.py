@@ -340,6 +340,30 @@ def test_an_e2ee_field_of_the_wrong_type_is_refused_naming_the_message(
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("isUnsent", "false", "a string, not true or false"),
+        ("isUnsent", 0, "a number, not true or false"),
+        ("media", {"uri": "x.jpg"}, "an object, not an array"),
+        ("media", True, "a boolean, not an array"),
+    ],
+)
+def test_an_e2ee_flag_of_the_wrong_type_is_refused_naming_the_message(
+    tmp_path: Path, key: str, value: object, said: str
+) -> None:
+    # Read by its truth, "false" dropped the message as unsent without a word.
+    shutil.copytree(E2EE, tmp_path / "export")
+    thread = tmp_path / "export" / "Sam Rivera_40.json"
+    data = json.loads(thread.read_text(encoding="utf-8"))
+    data["messages"][0][key] = value
+    thread.write_text(json.dumps(data), encoding="utf-8")
+    assert _import_cli(tmp_path / "export") == (
+        1,
+        f'Error: {thread}: message 1 is malformed ("{key}" is {said})\n',
+    )
+
+
 def test_an_e2ee_message_without_a_time_is_kept(tmp_path: Path) -> None:
     shutil.copytree(E2EE, tmp_path / "export")
     thread = tmp_path / "export" / "Sam Rivera_40.json"

@@ -160,10 +160,10 @@ def test_another_apps_chat_is_not_telegram(tmp_path: Path, other: str) -> None:
     assert "use the format name that matches the export" in result.output
 
 
-def import_with_text(tmp_path: Path, index: int, text: object) -> Any:
+def import_with_text(tmp_path: Path, index: int, text: object, key: str = "text") -> Any:
     """`phischer import telegram` of the single-chat fixture with message `index`'s text set."""
     chat = json.loads(SINGLE.read_text(encoding="utf-8"))
-    chat["messages"][index]["text"] = text
+    chat["messages"][index][key] = text
     (tmp_path / "result.json").write_text(json.dumps(chat), encoding="utf-8")
     args = [
         "import",
@@ -194,6 +194,40 @@ def test_a_text_that_is_neither_a_string_nor_a_list_is_refused_naming_the_messag
     assert result.output == (
         f"Error: {tmp_path / 'result.json'}: chat 'Priya Nair', message {index + 1} is "
         f'malformed ("text" is {said}, not a string or a list)\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("index", "key", "value", "said"),
+    [
+        (1, "type", 1, "a number"),  # was dropped as a service message
+        (0, "type", ["service"], "an array"),
+        (5, "media_type", True, "a boolean"),  # was kept or dropped by its truth
+    ],
+)
+def test_a_kind_that_is_not_a_string_is_refused_naming_the_message(
+    tmp_path: Path, index: int, key: str, value: object, said: str
+) -> None:
+    result = import_with_text(tmp_path, index, value, key)
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: {tmp_path / 'result.json'}: chat 'Priya Nair', message {index + 1} is "
+        f'malformed ("{key}" is {said}, not a string)\n',
+    )
+
+
+def test_a_chat_type_that_is_not_a_string_is_refused_naming_the_chat(tmp_path: Path) -> None:
+    # A bot's chat whose "type" was a number was imported as a person's.
+    export = json.loads(FULL.read_text(encoding="utf-8"))
+    export["chats"]["list"][2]["type"] = 3
+    (tmp_path / "result.json").write_text(json.dumps(export), encoding="utf-8")
+    result = CliRunner().invoke(
+        cli, ["import", "telegram", str(tmp_path / "result.json"), "--me", "Leo Hart", "-o", "o"]
+    )
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: {tmp_path / 'result.json'}: chat 'WeatherBot' is malformed "
+        '("type" is a number, not a string)\n',
     )
 
 

@@ -444,6 +444,24 @@ def test_a_note_that_does_not_continue_the_post_is_not_used(tmp_path: Path) -> N
     assert _post_texts(tmp_path)["twitter/300"].endswith("…")
 
 
+@pytest.mark.parametrize(
+    ("item", "said"), [(7, "it is a number"), ({"tweet": "gm"}, '"tweet" is a string')]
+)
+def test_a_post_that_is_not_an_object_is_a_located_error(
+    tmp_path: Path, item: object, said: str
+) -> None:
+    # It was skipped without a word, as if the archive did not hold it.
+    shutil.copytree(ARCHIVE, tmp_path / "archive")
+    tweets = tmp_path / "archive" / "data" / "tweets.js"
+    prefix, _, body = tweets.read_text(encoding="utf-8").partition("=")
+    posts = json.loads(body)
+    posts[1] = item
+    tweets.write_text(f"{prefix}= {json.dumps(posts)}", encoding="utf-8")
+    with pytest.raises(ImportErrorMessage) as err:
+        _convs(tmp_path / "archive")
+    assert str(err.value) == f"{tweets}: post 2 is malformed ({said}, not an object)"
+
+
 def test_a_malformed_note_is_a_located_error(tmp_path: Path) -> None:
     _long_post_archive(tmp_path, [LONG_NOTE, {"noteTweetId": "902", "core": {"text": "x"}}])
     with pytest.raises(ImportErrorMessage) as err:

@@ -7,6 +7,9 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from phischer.chat_format import json_kind
 
 
 class ImportErrorMessage(ValueError):
@@ -17,6 +20,19 @@ class ImportErrorMessage(ValueError):
 # the wrong type, an impossible value (a date past year 9999 overflows). Importers turn
 # these into an ImportErrorMessage naming the record.
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+def string_field(record: dict[str, Any], key: str, default: str) -> str:
+    """record[key] when it is a string, `default` when absent or null; else a TypeError."""
+    # A field that says what a record is ("type", "media_type") decides whether it is kept:
+    # read as it is when of another type (an edited file), it silently dropped the message
+    # (or kept a bot's chat). The importer names the record around the TypeError's words.
+    value = record.get(key)
+    if value is None:
+        return default
+    if type(value) is not str:
+        raise TypeError(f'"{key}" is {json_kind(value)}, not a string')
+    return value
 
 
 # A link as chat texts hold one (with or without its scheme).

@@ -17,6 +17,7 @@ from phischer.importers.base import (
     Message,
     only_links,
     register,
+    string_field,
 )
 from phischer.importers.files import Export, open_export
 from phischer.importers.json_stream import JsonStream
@@ -183,7 +184,7 @@ def _add_json_messages(
 def _add_json_message(conv: Conversation, m: dict[str, Any], here: tuple[str, str]) -> None:
     author = m.get("author") or {}
     content = (m.get("content") or "").strip()
-    if m.get("type", "Default") not in _KEPT_TYPES:
+    if string_field(m, "type", "Default") not in _KEPT_TYPES:
         conv.drop("system")
     elif author.get("isBot"):
         conv.drop("bot")

@@ -280,10 +280,16 @@ def _e2ee_messages(raw: list[Any], part: _Part, where: str) -> None:
         if type(m) is not dict:
             continue
         kind = m.get("type")
+        unsent, media = m.get("isUnsent"), m.get("media")
+        # Read as true or false whatever their type, they silently dropped the message.
+        if type(unsent) is not bool and unsent is not None:
+            raise _malformed(where, raw, m, "isUnsent", "true or false")
+        if type(media) is not list and media is not None:
+            raise _malformed(where, raw, m, "media", "an array")
         # "placeholder" is what is left of a message that was unsent or failed to decrypt.
-        if m.get("isUnsent") or kind == "placeholder":
+        if unsent or kind == "placeholder":
             reason = "unsent"
-        elif m.get("media") or kind == "media":
+        elif media or kind == "media":
             reason = "media"
         else:
             reason = _e2ee_text(raw, m, i, part, where)

@@ -15,6 +15,7 @@ from phischer.importers.base import (
     Message,
     only_links,
     register,
+    string_field,
 )
 from phischer.importers.files import Export, open_export
 from phischer.importers.json_stream import JsonStream
@@ -119,10 +120,16 @@ _UNNAMED = {"saved_messages": "Saved Messages", "replies": "Replies"}
 
 def parse_chat(chat: dict[str, Any], where: str) -> list[Conversation]:
     """A chat (`name`, `type`, `id`, `messages`) as its Conversation, or one per forum topic."""
-    kind = chat.get("type", "")
-    title = chat.get("name") or (isinstance(kind, str) and _UNNAMED.get(kind)) or "Telegram chat"
+    try:
+        kind = string_field(chat, "type", "")
+    except TypeError as exc:
+        name = chat.get("name")
+        raise ImportErrorMessage(
+            f"{where}: chat {name if isinstance(name, str) else '?'!r} is malformed ({exc})"
+        ) from None
+    title = chat.get("name") or _UNNAMED.get(kind) or "Telegram chat"
     chat_id = chat.get("id", title)
-    is_group = isinstance(kind, str) and kind in _GROUP_TYPES
+    is_group = kind in _GROUP_TYPES
     messages = chat.get("messages") or []
     if not isinstance(messages, list):
         raise ImportErrorMessage(f'{where}: chat {title!r} has no "messages" list')
@@ -204,9 +211,9 @@ def _forum_topics(messages: list[Any]) -> dict[Any, tuple[str, str]]:
 
 def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
     text = flatten_text(m.get("text", "")).strip()
-    if m.get("type", "message") != "message":
+    if string_field(m, "type", "message") != "message":
         conv.drop("service")  # joins, pins, calls, title/photo changes, …
-    elif m.get("media_type") == "sticker":
+    elif string_field(m, "media_type", "") == "sticker":
         conv.drop("sticker")
     elif "forwarded_from" in m or "forwarded_from_id" in m:
         # Someone else's words. The key is there even when its value is null: Telegram

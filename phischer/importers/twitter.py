@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from phischer.chat_format import json_kind
 from phischer.importers.base import (
     LINK,
     MALFORMED,
@@ -318,9 +319,11 @@ Edits = dict[str, dict[str, dt.datetime | None]]
 
 def _keep(item: Any, dropped: dict[str, int], kept: Kept, notes: Notes, edits: Edits) -> None:
     # One item of a tweets file: kept as (time, text, tweet) under its id, or counted as dropped.
-    tweet = item.get("tweet", item) if isinstance(item, dict) else None
+    if not isinstance(item, dict):
+        raise TypeError(f"it is {json_kind(item)}, not an object")
+    tweet = item.get("tweet", item)
     if not isinstance(tweet, dict):
-        return
+        raise TypeError(f'"tweet" is {json_kind(tweet)}, not an object')
     for key in ("in_reply_to_status_id_str", "in_reply_to_screen_name"):
         if not isinstance(tweet.get(key), str | None):
             raise TypeError(f"{key} is not a string")
