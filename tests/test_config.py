@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from phischer.cli import log_level
-from phischer.config import ConfigError, Settings, from_number, sender_number
+from phischer.cli_serve import serve
+from phischer.config import ENV_VARS, ConfigError, Settings, from_number, sender_number
 from phischer.redact import mask_number
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,27 @@ def test_env_example_lists_every_variable():
     read = set(re.findall(r'"([A-Z][A-Z_]+)"', (ROOT / "phischer" / "config.py").read_text()))
     assert listed >= DESIGN_VARS
     assert read - {"INFO"} <= listed
+
+
+# Read by phischer but not settings of it: the search path for the ngrok binary, and the
+# flag Werkzeug's reloader sets for the server process it restarts.
+NOT_SETTINGS = {"PATH", "WERKZEUG_RUN_MAIN"}
+
+
+def _variables_read() -> set[str]:
+    """Every environment variable phischer reads by name, wherever in the package."""
+    source = "\n".join(p.read_text() for p in (ROOT / "phischer").rglob("*.py"))
+    named = re.findall(r'(?:environ\.get\(|environ\[|getenv\(|envvar=)"([A-Z][A-Z0-9_]*)"', source)
+    return (set(named) | ENV_VARS) - NOT_SETTINGS
+
+
+def test_every_variable_phischer_reads_is_in_env_example_and_readme():
+    # Not only config.py's: `serve --workers` takes WEB_CONCURRENCY, the CLI LOG_LEVEL.
+    read = _variables_read()
+    assert {"WEB_CONCURRENCY", "LOG_LEVEL", "NGROK_AUTHTOKEN"} <= read
+    listed = set(re.findall(r"^# ([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert read - listed == set()
+    assert read - set(_readme_config_defaults()) == set()
 
 
 def _readme_config_defaults() -> dict[str, str]:
@@ -46,6 +68,11 @@ def test_readme_env_example_and_settings_agree_on_variables_and_defaults():
     assert readme["FALLBACK_REPLY"] == f'"{example["FALLBACK_REPLY"]}"'
     # ... and that value is what phischer uses when the variable is unset.
     assert log_level("") == literal.pop("LOG_LEVEL")
+    workers = next(p for p in serve.params if p.name == "workers")
+    assert (workers.envvar, str(workers.default)) == (
+        "WEB_CONCURRENCY",
+        literal.pop("WEB_CONCURRENCY"),
+    )
     env = literal | {"FALLBACK_REPLY": example["FALLBACK_REPLY"]}
     assert Settings.from_env(env) == Settings.from_env({})
 
