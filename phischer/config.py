@@ -298,6 +298,14 @@ def _env_text(value: Any) -> str | None:
     return str(value)
 
 
+# Variables of .env.example that the `phischer` command reads, not create_app: what to do instead.
+COMMAND_ONLY = {
+    "LOG_LEVEL": "set the level in your own program (logging.basicConfig(level=...))",
+    "WEB_CONCURRENCY": "the program that serves the app chooses its workers (gunicorn -w)",
+    "NGROK_AUTHTOKEN": "`phischer up` and scripts/tunnel.py open the tunnel",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of DESIGN §3, plus a few operational ones."""
@@ -404,13 +412,13 @@ class Settings:
         the fields (`reply_mode`, taken as they are); any other key is a ConfigError naming it.
         """
         known = {f.name for f in fields(cls)}
-        if "LOG_LEVEL" in config:
-            # .env.example lists it, but it is the `phischer` command's: an app leaves the
-            # logging of the program it runs in alone.
-            raise ConfigError(
-                "LOG_LEVEL is read by the phischer command, not create_app: set the level "
-                "in your own program (logging.basicConfig(level=...))"
-            )
+        # .env.example lists these, but they are the `phischer` command's: an app leaves the
+        # logging, the workers and the tunnel of the program it runs in alone.
+        for var, instead in COMMAND_ONLY.items():
+            if var in config:
+                raise ConfigError(
+                    f"{var} is read by the phischer command, not create_app: {instead}"
+                )
         unknown = sorted(str(k) for k in config if k not in ENV_VARS and k not in known)
         if unknown:
             raise ConfigError(

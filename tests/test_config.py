@@ -423,6 +423,8 @@ def test_create_app_takes_a_mapping_of_env_names_fields_and_flask_keys(tmp_path,
         ({"REPLY_MODE": "fast"}, "REPLY_MODE='fast': use one of inline, async, auto"),
         ({"DAILY_LIMIT": "lots"}, "DAILY_LIMIT='lots' is not a number"),
         ({"LOG_LEVEL": "DEBUG"}, "LOG_LEVEL is read by the phischer command, not create_app"),
+        ({"WEB_CONCURRENCY": "4"}, "WEB_CONCURRENCY is read by the phischer command"),
+        ({"NGROK_AUTHTOKEN": "x1"}, "NGROK_AUTHTOKEN is read by the phischer command"),
     ],
 )
 def test_create_app_names_a_bad_key_or_value(tmp_path, config, message):
