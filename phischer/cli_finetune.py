@@ -15,6 +15,7 @@ from phischer.cli_options import Decorator, FiniteFloatRange, base_model_option,
 from phischer.finetune import jobs
 from phischer.finetune.common import FineTuneError, Interrupted
 from phischer.finetune.local_request import DEFAULT_SERVE_URL
+from phischer.models import FineTuneJob
 from phischer.plots import require_matplotlib
 from phischer.printing import pad
 from phischer.stopping import sigterm_as_interrupt
@@ -173,28 +174,15 @@ def status(obj: Context, job_id: str, wait: bool, plot: Path | None) -> None:
         with obj.db.read() as session:
             row = jobs.find_job_here(session, job_id)
         if row is not None and row.provider == "local":
-            click.echo(f"{row.job_id}: {row.status} (local LoRA in {row.output_dir})")
-            if row.status == "cancelled" and row.error:
-                click.echo(f"  {row.error}")  # interrupted: how to resume, as for OpenAI's
-            if plot is not None:
-                from phischer.finetune.loss_plot import copy_loss_plot
-
-                click.echo(copy_loss_plot(row, plot))
-            if row.status == "failed":
-                raise FineTuneError(f"{row.job_id} failed: {row.error or 'no reason recorded'}")
+            _local_status(obj, row, wait, plot)
             return
         if plot is not None:
             # Before polling: a --wait can last an hour, and failing after it would waste it.
             require_matplotlib()
         client = ft.make_client(obj.settings)
         if wait:
-            try:
+            with _waiting(job_id, "keeps running on OpenAI (Ctrl-C does not cancel it)"):
                 result = ft.wait_for(obj.db, client, job_id, echo=click.echo)
-            except KeyboardInterrupt:
-                raise Interrupted(
-                    f"Stopped waiting: {job_id} keeps running on OpenAI (Ctrl-C does not cancel "
-                    f"it). Wait again with: phischer finetune status {job_id} --wait"
-                ) from None
         else:
             result = ft.check_status(obj.db, client, job_id)
             for line in ft.describe_status(result):
@@ -205,6 +193,41 @@ def status(obj: Context, job_id: str, wait: bool, plot: Path | None) -> None:
             raise FineTuneError(
                 f"{job_id} failed: {result.error or 'no reason given'} (persona unchanged)"
             )
+
+
+@contextmanager
+def _waiting(job_id: str, goes_on: str) -> Iterator[None]:
+    """A `status --wait` that Ctrl-C, SIGTERM or SIGHUP end, saying the job `goes_on`."""
+    # Only the waiting stops: the job is left as it is, wherever it runs.
+    try:
+        with sigterm_as_interrupt(b""):
+            yield
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"Stopped waiting: {job_id} {goes_on}. Wait again with: "
+            f"phischer finetune status {job_id} --wait"
+        ) from None
+
+
+def _local_status(obj: Context, row: FineTuneJob, wait: bool, plot: Path | None) -> None:
+    """`finetune status` of a local job: as stored, or (--wait) once its run has ended."""
+    from phischer.finetune import local_status
+
+    if wait:
+        goes_on = "keeps training in its `phischer finetune start` (Ctrl-C there stops it)"
+        with _waiting(row.job_id, goes_on):
+            row = local_status.wait_local(obj.db, row, echo=click.echo)
+    for line in local_status.status_lines(row):
+        click.echo(line)
+    dead = local_status.stopped_hard(row)
+    if dead is not None:
+        click.echo(f"  {dead}")
+    if plot is not None:
+        from phischer.finetune.loss_plot import copy_loss_plot
+
+        click.echo(copy_loss_plot(row, plot))
+    if row.status == "failed":
+        raise FineTuneError(f"{row.job_id} failed: {row.error or 'no reason recorded'}")
 
 
 @finetune_group.command("list")

@@ -672,6 +672,15 @@ def short_run(tiny_model: Path, tmp_path: Path, *options: str) -> Any:
     )  # fmt: skip
 
 
+def test_cli_local_keeps_its_step_in_the_progress_file_status_wait_reads(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database
+) -> None:
+    assert short_run(tiny_model, tmp_path).exit_code == 0
+    progress = json.loads((tmp_path / "out" / ".progress.json").read_text())
+    assert (progress["step"], progress["total_steps"]) == (3, 3)
+    assert isinstance(progress["loss"], float) and progress["loss"] > 0
+
+
 def test_cli_local_prints_our_bar_and_summary_not_the_trainers_logs(
     tiny_model: Path, ada: Path, tmp_path: Path, database: Database
 ) -> None:

@@ -22,6 +22,7 @@ from phischer import plots
 from phischer.db import Database
 from phischer.finetune import common
 from phischer.finetune import openai as ft
+from phischer.finetune.local_jobs import training_lock
 from phischer.models import FineTuneJob, Persona
 from phischer.personas import PersonaSpec, add_persona
 from phischer.printing import display_width
@@ -1077,6 +1078,32 @@ def test_ctrl_c_while_waiting_says_the_job_goes_on(
     assert jobs_in(database)[0].status == "running"
 
 
+def test_kill_while_waiting_says_the_job_goes_on(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    # SIGTERM (`kill`, `timeout`) ends the wait as Ctrl-C does, in a process of its own.
+    job_id = start_job(train)
+    command = [sys.executable, "-m", "phischer", "finetune", "status", job_id, "--wait"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}/events"):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # during the first 5 s between polls
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert err == (
+        f"Stopped waiting: {job_id} keeps running on OpenAI (Ctrl-C does not cancel it). "
+        f"Wait again with: phischer finetune status {job_id} --wait\n"
+    )
+    assert fake_ft.calls("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel") == []
+
+
 def test_wait_backs_off_to_once_a_minute(
     fake_ft: FakeOpenAI, ada: Path, train: Path, sleeps: list[float]
 ) -> None:
@@ -1221,7 +1248,8 @@ def test_local_jobs_are_never_sent_to_openai(
         persona_id=persona_row(database).id,
         training_file=str(tmp_path / "train.jsonl"),
     )
-    status = run("finetune", "status", "local-20261122-101010")
+    with training_lock(tmp_path / "adapter"):  # its run trains there now
+        status = run("finetune", "status", "local-20261122-101010")
     assert status.exit_code == 0
     assert status.output.splitlines() == [
         f"local-20261122-101010: running (local LoRA in {tmp_path / 'adapter'})"

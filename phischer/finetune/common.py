@@ -22,6 +22,20 @@ LOSS_PNG = "loss.png"  # the loss curve a local run writes next to its adapter
 Echo = Callable[[str], None]
 
 
+def step_bar(bar: Any, step: int, total: int, loss: float | None = None) -> Any:
+    """The training bar of a wait (made on the first step seen) moved to `step` of `total`."""
+    # One bar for `status --wait` of either provider: on a terminal only, as the uploads'.
+    if bar is None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="training", unit="step", disable=None)
+    bar.n = step
+    if loss is not None:
+        bar.set_postfix(loss=f"{loss:.3f}")
+    bar.refresh()
+    return bar
+
+
 class FineTuneError(ValueError):
     """A fine-tuning step cannot go on; the message says what is wrong and how to fix it."""
 

@@ -34,7 +34,7 @@ from phischer.finetune.common import (
     check_dataset,
 )
 from phischer.finetune.encode import PadCollator, encode_file, report_cuts
-from phischer.finetune.local_jobs import JobRecorder, interrupted, training_lock
+from phischer.finetune.local_jobs import PROGRESS_FILE, JobRecorder, interrupted, training_lock
 from phischer.finetune.local_request import LocalRequest, LoraSettings, check_base_model, lora_name
 from phischer.finetune.loss_plot import write_loss_plot
 from phischer.finetune.serving import (
@@ -44,7 +44,7 @@ from phischer.finetune.serving import (
     vllm_rank_warning,
 )
 from phischer.finetune.train_result import TrainResult, history_of
-from phischer.finetune.trainer_callbacks import progress_bar, step_counter
+from phischer.finetune.trainer_callbacks import progress_bar, progress_file, step_counter
 from phischer.models import FineTuneJob
 from phischer.printing import plural
 
@@ -287,13 +287,14 @@ def _train(
 
     counter = step_counter(TrainerCallback)
     bar = progress_bar(TrainerCallback, show=progress)
+    progress_out = progress_file(TrainerCallback, output_dir / PROGRESS_FILE)
     trainer = Trainer(
         model=model,
         args=args,
         data_collator=PadCollator(pad_id),
         train_dataset=features,
         eval_dataset=eval_features or None,
-        callbacks=[counter, bar],
+        callbacks=[counter, bar, progress_out],
     )
     # The Trainer prints every log dict ({'loss': '3.042', ...}) through one of these.
     trainer.remove_callback(PrinterCallback)

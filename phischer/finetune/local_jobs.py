@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from phischer.models import FineTuneJob, utcnow
 
 # Held by the run training into a folder; the kernel drops it when the run dies, SIGKILL too.
 LOCK_FILE = ".training.lock"
+# Where that run keeps its step, for `finetune status --wait` in another terminal.
+PROGRESS_FILE = ".progress.json"
 
 
 def _new_job_id(session: Any) -> str:
@@ -156,3 +159,23 @@ def training_lock(output_dir: Path) -> Iterator[None]:
             f"another {holder(exc.owner, '`phischer finetune start`')} is training into "
             f"{output_dir}: wait for it to end, or pass another --output-dir"
         ) from None
+
+
+def training_runs(output_dir: Path) -> bool | None:
+    """Whether a run holds output_dir's training lock now; None where locks cannot tell."""
+    try:
+        fd = os.open(output_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # no run ever trained here (or the folder was deleted)
+    except OSError:
+        return None
+    try:
+        # A shared lock for an instant, not the run's exclusive one: taken, no run holds it.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without locks: no run is guarded, none can be seen
+        return None
+    finally:
+        os.close(fd)  # releases the probe's lock
+    return False

@@ -29,6 +29,7 @@ from phischer.finetune.common import (
     deadline_notice,
     refuse_after_jobs_end,
     sanitize_suffix,
+    step_bar,
 )
 from phischer.models import FineTuneJob
 from phischer.plots import LossSeries
@@ -541,12 +542,8 @@ def _progress(bar: tqdm | None, events: list[Any]) -> tqdm | None:
         data = event.data if isinstance(event.data, dict) else {}
         if "step" not in data or "total_steps" not in data:
             continue
-        if bar is None:
-            bar = tqdm(total=int(data["total_steps"]), desc="training", unit="step", disable=None)
-        bar.n = int(data["step"])
-        if "train_loss" in data:
-            bar.set_postfix(loss=f"{float(data['train_loss']):.3f}")
-        bar.refresh()
+        loss = float(data["train_loss"]) if "train_loss" in data else None
+        bar = step_bar(bar, int(data["step"]), int(data["total_steps"]), loss)
     return bar
 
 
