@@ -1126,6 +1126,22 @@ def test_cli_local_caps_max_seq_length_at_the_models_context(
     assert "ollama create" not in serving_md and not (out / "Modelfile").exists()
 
 
+def test_cli_local_keeps_a_key_in_a_training_error_out_of_the_job_and_the_output(
+    tiny_model: Path, ada: Path, tmp_path: Path, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A library's exception quoting the key (OPENAI_API_KEY, set for every test) or a token.
+    key = os.environ["OPENAI_API_KEY"]
+    fail_at_batch(monkeypatch, 1, RuntimeError(f"hub said: Bearer hf_0123456789abcdef, {key}"))
+    result = short_run(tiny_model, tmp_path)
+    assert result.exit_code == 1
+    clean = "hub said: Bearer ***, <OPENAI_API_KEY>"
+    assert result.output.splitlines()[-1] == f"Error: local training failed: {clean}"
+    (job,) = jobs_in(database)
+    assert (job.status, job.error) == ("failed", clean)
+    status = run("finetune", "status", job.job_id)
+    assert status.output.splitlines()[-1] == f"Error: {job.job_id} failed: {clean}"
+
+
 def test_cli_local_ctrl_c_cancels_the_job_and_says_how_to_resume(
     tiny_model: Path,
     ada: Path,

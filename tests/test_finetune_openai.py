@@ -838,6 +838,22 @@ def test_failed_job_prints_the_error_and_changes_nothing(
     assert row.status == "failed" and row.error == reason and row.fine_tuned_model is None
 
 
+def test_a_key_or_token_in_a_jobs_error_is_neither_stored_nor_printed(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    # A server behind OPENAI_BASE_URL quoting what it was sent in the job's error.
+    reason = f"Upstream refused key {VALID_KEY} (Authorization: Bearer tok_0123456789abcdef)"
+    fake_ft.default_script = [Step("failed", error={"code": "x", "message": reason})]
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 1
+    clean = "Upstream refused key <OPENAI_API_KEY> (Authorization: Bearer ***)"
+    assert error_lines(result) == [f"Error: {job_id} failed: {clean} (persona unchanged)"]
+    assert jobs_in(database)[0].error == clean
+    again = run("finetune", "status", job_id)  # what is stored, shown later
+    assert VALID_KEY not in again.output and "tok_0123" not in again.output
+
+
 def test_cancel_then_wait_ends_cancelled(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
 ) -> None:

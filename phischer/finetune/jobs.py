@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from phischer.finetune.common import FINAL_STATES, FineTuneError
 from phischer.models import FineTuneJob, Persona, utcnow
+from phischer.redact import redact
 
 LOCAL_PREFIX = "local-"  # local runs' job ids; OpenAI's start with "ftjob-"
 
@@ -131,6 +132,11 @@ def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Perso
         value = getattr(update, attr)
         if value is not None:
             setattr(job, attr, value)
+    if update.error is not None:
+        # Another program's words (OpenAI's job error, a library's exception) can quote a key
+        # or a token: stored, it would be shown by every later `status`. Numbers stay, as
+        # at the terminal: a dataset's own are the user's.
+        job.error = redact(update.error, numbers=False)
     if update.status in FINAL_STATES and job.finished_at is None:
         job.finished_at = utcnow()
     switched = None
