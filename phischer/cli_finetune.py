@@ -240,7 +240,7 @@ def list_(obj: Context) -> None:
         rows = jobs.list_jobs(session)
     client = ft.make_client(obj.settings) if obj.settings.openai_api_key else None
     # Without a key too: a job on the server OPENAI_BASE_URL names is not "at" another one.
-    here = ft.server_here(obj.settings)
+    here = ft.server_of(client) if client is not None else ft.server_here(obj.settings)
     if not rows:
         click.echo("No fine-tuning jobs yet: `phischer finetune start TRAIN.jsonl --persona NAME`.")
     else:
