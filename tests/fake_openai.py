@@ -6,6 +6,7 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
                                             failures: "status", "slow", "empty", "drop", …;
                                             `finish_reason` and `refusal` shape it
 - POST /v1/files                            multipart upload, kept in `files`
+- GET  /v1/files[?purpose=&limit=]          list, newest first
 - DELETE /v1/files/{id}                     removes it from `files` (404 if unknown)
 - POST /v1/fine_tuning/jobs                 create (its progress script is `default_script`)
 - GET  /v1/fine_tuning/jobs[?limit=]        list, newest first
@@ -323,6 +324,8 @@ class FakeOpenAI:
         method, path = rec.method, rec.path
         if method == "POST" and path == "/v1/files":
             return 200, self._upload(rec)
+        if method == "GET" and path == "/v1/files":
+            return 200, self._list_files(rec.query)
         if method == "DELETE" and path.startswith("/v1/files/"):
             file_id = path.rsplit("/", 1)[1]
             del self.files[file_id]  # KeyError: 404, as for any unknown object
@@ -388,16 +391,26 @@ class FakeOpenAI:
             "filename": filename,
             "purpose": fields.get("purpose"),
             "content": content,
+            "created_at": int(time.time()),
         }
+        return self._file_object(file_id)
+
+    def _file_object(self, file_id: str) -> dict[str, Any]:
+        kept = self.files[file_id]
         return {
             "id": file_id,
             "object": "file",
-            "bytes": len(content),
-            "created_at": int(time.time()),
-            "filename": filename,
-            "purpose": fields.get("purpose"),
+            "bytes": len(kept["content"]),
+            "created_at": kept["created_at"],
+            "filename": kept["filename"],
+            "purpose": kept["purpose"],
             "status": "processed",
         }
+
+    def _list_files(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        purpose = query.get("purpose", [None])[0]
+        ids = [i for i, f in self.files.items() if purpose in (None, f["purpose"])]
+        return _page([self._file_object(i) for i in reversed(ids)], query)  # newest first
 
 
 def _reasoning_refusal(body: dict[str, Any]) -> dict[str, Any] | None:

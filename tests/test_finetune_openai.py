@@ -451,6 +451,49 @@ def test_a_timed_out_validation_upload_deletes_the_training_upload(
     assert fake_ft.calls("POST", "/v1/fine_tuning") == [] and jobs_in(database) == []
 
 
+def test_a_timed_out_upload_names_the_files_openai_kept_anyway(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    quick_timeout: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stored, answered too late; the retry too: neither id came back. An older upload of
+    # the same file and one of another file are not named.
+    fake_ft.files["file-0000"] = {
+        "filename": "train.jsonl", "purpose": "fine-tune", "content": train.read_bytes(),
+        "created_at": int(time.time()) - 3600,
+    }  # fmt: skip
+    fake_ft.files["file-9999"] = {**fake_ft.files["file-0000"], "created_at": int(time.time())}
+    fake_ft.files["file-9999"]["filename"] = "other.jsonl"
+    monkeypatch.setattr(ft, "MAX_RETRIES", 1)
+    fake_ft.stall("POST", "/v1/files", quick_timeout, times=2)
+    result = start(train)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2:] == [
+        "OpenAI answered too late, but may have kept train.jsonl: file-0002, file-0001 on the "
+        "account have its name and size and were uploaded just now; unless another `finetune "
+        f"start` uploaded them, delete them with DELETE {fake_ft.base_url}/files/ID.",
+        f"Error: cannot reach {fake_ft.base_url}/ while uploading train.jsonl (Request timed "
+        "out.): check your network or OPENAI_BASE_URL",
+    ]
+    assert len(fake_ft.files) == 4 and fake_ft.calls("DELETE") == []  # named, not deleted
+
+
+def test_a_timed_out_upload_openai_kept_nothing_of_says_where_to_look(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, quick_timeout: float
+) -> None:
+    fake_ft.drop("GET", "/v1/files")  # the account's files cannot be listed either
+    fake_ft.stall("POST", "/v1/files", quick_timeout)
+    result = start(train)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2] == (
+        "OpenAI answered too late, but may have kept train.jsonl: if it shows up in the "
+        "account's files, delete it there."
+    )
+
+
 def test_a_job_created_by_a_timed_out_request_is_recorded(
     fake_ft: FakeOpenAI,
     ada: Path,

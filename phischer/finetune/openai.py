@@ -49,6 +49,9 @@ MAX_EVENTS = 200  # a first `status` of a long job would otherwise print every m
 MAX_POLL_FAILURES = 10
 # OpenAI's files API takes files of up to 512 MB: a bigger one would upload for minutes, then fail.
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+# A timed-out upload's file is looked for among those created since it began, by the server's
+# clock: this much earlier too, for a clock that is behind ours.
+CLOCK_SLACK_S = 300
 PAUSED = "paused"  # paused on OpenAI's side: it trains again only once someone resumes it
 
 _sleep = time.sleep  # tests replace this to poll without waiting
@@ -224,11 +227,50 @@ def _upload(client: openai.OpenAI, path: Path, echo: Echo) -> str:
     bar = tqdm(
         total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", leave=False, disable=None
     )
-    with api_errors(client, f"uploading {path.name}"), path.open("rb") as fh, bar:
-        reader = _ProgressReader(fh, bar)
-        uploaded = client.files.create(file=(path.name, reader), purpose="fine-tune")
+    started = time.time()
+    try:
+        with api_errors(client, f"uploading {path.name}"), path.open("rb") as fh, bar:
+            reader = _ProgressReader(fh, bar)
+            uploaded = client.files.create(file=(path.name, reader), purpose="fine-tune")
+    except FineTuneError as exc:
+        if isinstance(exc.__context__, openai.APITimeoutError):
+            echo(_kept_anyway(client, path.name, size, started))
+        raise
     echo(f"Uploaded {path.name} ({size:,} bytes) as {uploaded.id}")
     return uploaded.id
+
+
+def _kept_anyway(client: openai.OpenAI, name: str, size: int, since: float) -> str:
+    """What a timed-out upload may have left on the account: the files that look like it."""
+    # The server may have stored the file (each of the SDK's retries too) and only answered
+    # late: its id never came back. They are named, not deleted: a file of the same name and
+    # size uploaded meanwhile may be another `finetune start`'s, about to be trained on.
+    try:
+        with api_errors(client, "listing files"):
+            page = client.files.list(purpose="fine-tune", order="desc", limit=100)
+        found = [
+            f.id
+            for f in page.data
+            if f.filename == name and f.bytes == size and f.created_at >= since - CLOCK_SLACK_S
+        ]
+    except FineTuneError:
+        found = []
+    if not found:
+        return (
+            f"OpenAI answered too late, but may have kept {name}: if it shows up in the "
+            "account's files, delete it there."
+        )
+    where = (
+        "at https://platform.openai.com/storage/files"
+        if server_of(client) == OPENAI_URL
+        else f"with DELETE {server_of(client)}/files/ID"
+    )
+    it, has, was = ("it", "has", "was") if len(found) == 1 else ("them", "have", "were")
+    return (
+        f"OpenAI answered too late, but may have kept {name}: {', '.join(found)} on the "
+        f"account {has} its name and size and {was} uploaded just now; unless another "
+        f"`finetune start` uploaded {it}, delete {it} {where}."
+    )
 
 
 def _delete_uploads(client: openai.OpenAI, uploaded: dict[str, str], echo: Echo) -> None:
