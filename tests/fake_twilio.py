@@ -7,6 +7,8 @@ Point the SDK at it with TWILIO_API_BASE_URL=fake.url (see phischer.twilio_clien
              GET  /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers/{PN}.json
              POST /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers/{PN}.json  (SmsUrl, SmsMethod, …)
              POST /2010-04-01/Accounts/{AC}/Messages.json                   (201 + SM sid)
+             GET  /2010-04-01/Accounts/{AC}/Messages.json[?To=…&From=…&DateSent>=…]
+                  (the messages it took, newest first, paged as Twilio pages: PageSize, Page)
 - messaging: GET  /v1/Services   and   GET /v1/Services/{MG}/PhoneNumbers
              GET  /v2/Channels/Senders?Channel=whatsapp                    (WhatsApp senders)
 
@@ -25,15 +27,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import json
+import operator
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from tests.fake_http import FakeApiHandler, FakeServer
 
@@ -306,6 +311,7 @@ class FakeTwilio:
                     "Invalid From and To pair. From and To should be of the same channel",
                 )
             sid = "SM" + secrets.token_hex(16)
+            now = format_datetime(dt.datetime.now(dt.UTC), usegmt=True)  # as Twilio dates them
             message = {
                 "sid": sid,
                 "account_sid": self.account_sid,
@@ -316,11 +322,51 @@ class FakeTwilio:
                 "status": "queued",
                 "num_segments": "1",
                 "direction": "outbound-api",
+                "date_created": now,
+                "date_sent": None,
+                "error_code": None,
                 "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
             }
-            self.messages.append(message)
+            # Handed on at once: listed from now on as sent, at the time it was created.
+            self.messages.append({**message, "status": "sent", "date_sent": now})
             return 201, message
+        if rest == "Messages.json" and method == "GET":
+            return 200, self._messages_page(query)
         return _error(404, 20404, f"The requested resource {rest} was not found")
+
+    def _messages_page(self, query: dict[str, str]) -> dict[str, Any]:
+        """One page of the messages matching `query`'s filters, newest first, as Twilio lists."""
+        found = [
+            m
+            for m in self.messages
+            if query.get("To", m["to"]) == m["to"]
+            and query.get("From", m["from"]) == m["from"]
+            and _sent_on(m, query)
+        ]
+        # Newest first by the time sent (stable: of two sent in one second, the later taken).
+        found = sorted(reversed(found), key=lambda m: _when(m["date_sent"]), reverse=True)
+        size, page = int(query.get("PageSize", 50)), int(query.get("Page", 0))
+        items = found[page * size : (page + 1) * size]
+        base = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json?"
+        filters = {k: v for k, v in query.items() if k not in ("Page", "PageSize", "PageToken")}
+
+        def uri(number: int) -> str:
+            return base + urlencode({**filters, "PageSize": size, "Page": number})
+
+        more = (page + 1) * size < len(found)
+        return {
+            "messages": items,
+            "start": page * size,
+            "end": page * size + max(len(items) - 1, 0),
+            "page": page,
+            "page_size": size,
+            "uri": uri(page),
+            "first_page_uri": uri(0),
+            "next_page_uri": uri(page + 1) + f"&PageToken=PA{secrets.token_hex(8)}"
+            if more
+            else None,
+            "previous_page_uri": uri(page - 1) if page else None,
+        }
 
     def _messaging(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
         if method != "GET":
@@ -331,6 +377,25 @@ class FakeTwilio:
         if m and m[1] in self.service_numbers:
             return 200, _v1_page("phone_numbers", self.service_numbers[m[1]], self.url + path)
         return _error(404, 20404, f"The requested resource {path} was not found")
+
+
+def _when(rfc2822: str | None) -> dt.datetime:
+    """A Twilio date as a datetime (none, as for a message not sent yet: the earliest)."""
+    return parsedate_to_datetime(rfc2822) if rfc2822 else dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _sent_on(message: dict[str, Any], query: dict[str, str]) -> bool:
+    """Whether `message` passes the DateSent filters, which Twilio applies by the day (GMT)."""
+    tests = {"DateSent": operator.eq, "DateSent>": operator.ge, "DateSent<": operator.le}
+    # The SDK sends a datetime ("2024-05-01T12:00:00Z"): Twilio reads its date. A message not
+    # sent yet has no date_sent, so no DateSent filter lets it through.
+    wanted = [(test, query[key][:10]) for key, test in tests.items() if key in query]
+    if not wanted:
+        return True
+    if not message["date_sent"]:
+        return False
+    day = _when(message["date_sent"]).date()
+    return all(test(day, dt.date.fromisoformat(value)) for test, value in wanted)
 
 
 def _channel(address: str) -> str:
