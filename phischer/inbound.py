@@ -18,12 +18,13 @@ from phischer.commands import Command, parse, twilio_keyword
 from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number
 from phischer.daemon_pool import DaemonPool
 from phischer.db import Database
-from phischer.delivery import record_refusal
+from phischer.delivery import record_refusal, record_status
 from phischer.in_flight import InFlight
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
 from phischer.recovery import (
+    CLOCK_MARGIN,
     OPTED_OUT,
     SEND_OPTED_OUT,
     SEND_SUPERSEDED,
@@ -641,6 +642,7 @@ class SmsService:
         text: str,
         created_at: dt.datetime | None = None,
         sender: str | None = None,
+        check_first: bool = False,
     ) -> str:
         """Send a stored ("queued") reply by REST; record sent, send_failed, or a later retry.
 
@@ -650,29 +652,61 @@ class SmsService:
         When Twilio could not be reached (or was busy) the row becomes "send_retry" with the
         reason in `error`, and the recovery sweep tries again every few minutes until the
         reply is an hour old (`recovery.retry_send`). Returns the status recorded.
+
+        With `check_first` (the recovery sweep's sends) Twilio is asked first whether it has
+        the reply already: a process that died after Twilio took it, before it recorded
+        that, left it "queued" (or "send_retry", when Twilio took a send it answered with an
+        error). Then it is recorded "sent" with that message's sid and returns "already_sent".
         """
         try:
+            if check_first and self._taken_already(phone, out_id, text, created_at, sender):
+                return "already_sent"
             sid = self.sender.send(phone, text, reply_id=out_id, from_=sender)
         except SendError as exc:
-            now = utcnow()
-            status = (
-                "send_retry"
-                if exc.transient and retry_send(created_at or now, now, self.settings)
-                else "send_failed"
-            )
-            with self.store.write() as cur:
-                if not self.store.update_message(
-                    cur, out_id, now, "delivery IS NULL", status=status, error=str(exc)
-                ):
-                    # A status callback came first: Twilio took the reply, and only its
-                    # answer to the send was lost (a dropped connection, a read timeout).
-                    self.store.mark_sent(cur, out_id, None, now)
-                    return "sent"
-                record_refusal(self.store, cur, out_id, exc.code)
-            return status
+            return self._not_sent(out_id, created_at, exc)
         with self.store.write() as cur:
             self.store.mark_sent(cur, out_id, sid, utcnow())
         return "sent"
+
+    def _taken_already(
+        self, phone: str, out_id: int, text: str, created_at: dt.datetime | None, sender: str | None
+    ) -> bool:
+        """Whether Twilio already has reply `out_id`; if so it is recorded sent, with its sid."""
+        since = (created_at or utcnow()) - CLOCK_MARGIN
+        taken = self.sender.sent_since(phone, text, since, sender)
+        if not taken:
+            return False
+        with self.store.write() as cur:
+            # The oldest that no other row has: an earlier reply with the same words is that
+            # row's message (so is one another reply left unrecorded was matched with first).
+            found = next((t for t in taken if not self.store.sid_known(cur, t.sid)), None)
+            if found is None:
+                return False
+            self.store.mark_sent(cur, out_id, found.sid, utcnow())
+        log.info("Reply %d: Twilio already had it (%s); not sent again", out_id, found.sid)
+        # What became of it, as its status callback (which may never come) would say.
+        code = "" if found.error_code is None else str(found.error_code)
+        record_status(self.store, out_id, {"MessageStatus": found.status, "ErrorCode": code})
+        return True
+
+    def _not_sent(self, out_id: int, created_at: dt.datetime | None, exc: SendError) -> str:
+        """Record that reply `out_id` did not go out (`exc` says why); return the status recorded."""
+        now = utcnow()
+        status = (
+            "send_retry"
+            if exc.transient and retry_send(created_at or now, now, self.settings)
+            else "send_failed"
+        )
+        with self.store.write() as cur:
+            if not self.store.update_message(
+                cur, out_id, now, "delivery IS NULL", status=status, error=str(exc)
+            ):
+                # A status callback came first: Twilio took the reply, and only its
+                # answer to the send was lost (a dropped connection, a read timeout).
+                self.store.mark_sent(cur, out_id, None, now)
+                return "sent"
+            record_refusal(self.store, cur, out_id, exc.code)
+        return status
 
 
 # What the log line says for a text answered without the model, by (kind, status).

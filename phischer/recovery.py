@@ -6,6 +6,9 @@ sweeps for rows idle longer than RECOVER_AFTER_S (two minutes: no reply takes th
 replies give up at REPLY_TIMEOUT_S, async ones at 60 s) and claims each one with a conditional
 UPDATE, so two processes never answer the same text. A reply whose REST send failed
 because Twilio was unreachable or busy is left "send_retry", and is sent again the same way.
+Before a reply is sent again Twilio is asked whether it already has it (same number, sender
+and words, created since the reply was stored, not a message another row has): a process can
+die after Twilio took a send and before it recorded that. Then it is only recorded as sent.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 RECOVER_AFTER = dt.timedelta(seconds=DEFAULT_RECOVER_AFTER_S)
 GIVE_UP_AFTER = dt.timedelta(seconds=GIVE_UP_AFTER_S)  # a reply this late makes no sense
 SWEEP_EVERY_S = 60.0
+# How much earlier than a reply's stored time Twilio may date its message: Twilio dates to
+# the second, and this host's clock may be a little off Twilio's.
+CLOCK_MARGIN = dt.timedelta(minutes=2)
 
 NO_REST = (
     "interrupted before the reply; set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and "
@@ -66,6 +72,7 @@ class SweepResult:
 
     answered: int = 0
     resent: int = 0
+    already_sent: int = 0  # replies Twilio had taken before a crash: recorded, not sent again
     failed: int = 0
     retrying: int = 0  # replies Twilio still could not take (tried again at a later sweep)
 
@@ -86,6 +93,7 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
                 # A status callback came for it: Twilio took the reply, and the process
                 # died before it recorded the send. Sending it again would text it twice.
                 store.update_message(cur, row.id, now, status="sent")
+                result.already_sent += 1
                 continue
             failure = _why_not(service, cur, row, now)
             if failure:
@@ -97,9 +105,15 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
             _answer_late(service, row, claimed_at=now)
             result.answered += 1
             continue
-        sent = service.send_stored(row.phone, row.id, row.body, row.created_at, row.our_address)
+        # Twilio is asked first whether it has the reply: the process that sent it may have
+        # died after Twilio took it, before it recorded that. Sending again would text it twice.
+        sent = service.send_stored(
+            row.phone, row.id, row.body, row.created_at, row.our_address, check_first=True
+        )
         if sent == "sent":
             result.resent += 1
+        elif sent == "already_sent":
+            result.already_sent += 1
         elif sent == "send_failed":
             result.failed += 1
         else:
@@ -107,11 +121,11 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
             # Twilio is still unreachable or failing: each further send would wait out the
             # same retries (up to half a minute each). The rest wait for the next sweep.
             break
-    if result.answered or result.resent or result.failed or result.retrying:
+    if result.answered or result.resent or result.already_sent or result.failed or result.retrying:
         log.info(
-            "Recovered interrupted texts: %d answered late, %d re-sent, %d recorded as failed, "
-            "%d still waiting for Twilio",
-            result.answered, result.resent, result.failed, result.retrying,
+            "Recovered interrupted texts: %d answered late, %d re-sent, %d already sent (not "
+            "sent again), %d recorded as failed, %d still waiting for Twilio",
+            result.answered, result.resent, result.already_sent, result.failed, result.retrying,
         )  # fmt: skip
     return result
 

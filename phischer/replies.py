@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import re
 import time
+import unicodedata
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import requests
 from twilio.twiml.messaging_response import MessagingResponse
@@ -135,7 +138,17 @@ class RestSender:
         self.retry_delays_s = retry_delays_s
         self.timeout_s = timeout_s
         self.public_url = PublicUrl(settings)
-        self._client = None
+        self._client: Any = None
+
+    def _rest_client(self) -> Any:
+        """The twilio REST client, made on first use (it is heavy to import)."""
+        from phischer.twilio_client import TWILIO_HTTP_TIMEOUT_S, make_twilio_client
+
+        if self._client is None:
+            self._client = make_twilio_client(
+                self.settings, self.timeout_s or TWILIO_HTTP_TIMEOUT_S
+            )
+        return self._client
 
     def status_callback(self, reply_id: int) -> str | None:
         """The absolute status-callback URL for a reply, when the server has a public URL."""
@@ -156,21 +169,15 @@ class RestSender:
         at all: the connection dropped): it may have sent the SMS, and a retry could send it
         twice.
         """
-        # The twilio REST client is heavy: imported on the first send only.
-        from phischer.twilio_client import TWILIO_HTTP_TIMEOUT_S, make_twilio_client
-
         from_ = from_ or reply_from(to, self.settings.twilio_phone_number)
         for delay in (*self.retry_delays_s, None):
             try:
-                if self._client is None:
-                    self._client = make_twilio_client(
-                        self.settings, self.timeout_s or TWILIO_HTTP_TIMEOUT_S
-                    )
+                client = self._rest_client()
                 extra = {}
                 callback = self.status_callback(reply_id) if reply_id is not None else None
                 if callback:
                     extra["status_callback"] = callback
-                message = self._client.messages.create(
+                message = client.messages.create(
                     to=to,
                     from_=from_,
                     body=body,
@@ -184,6 +191,95 @@ class RestSender:
                     raise SendError(_short(exc), transient, _code(exc)) from None
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def sent_since(
+        self, to: str, body: str, since: dt.datetime, from_: str | None = None
+    ) -> list[Taken]:
+        """REST messages with `body` Twilio took for `to` from `from_` since `since`, oldest first.
+
+        `since` is naive UTC. Raises SendError (transient: Twilio was unreachable or busy) when
+        Twilio cannot tell.
+        """
+        from phischer.twilio_client import idempotent
+
+        from_ = from_ or reply_from(to, self.settings.twilio_phone_number)
+        try:
+            client = self._rest_client()
+            # A read: repeated after a 429, a 5xx or a lost connection, for a few seconds.
+            listed = idempotent(client, lambda: _listed_since(client, to, from_, since))
+        except Exception as exc:  # TwilioException, requests' errors, config errors
+            raise _lookup_failed(exc) from None
+        wanted = _comparable(body)
+        return [
+            Taken(m.sid, m.status or "", m.error_code)
+            for m in reversed(listed)  # Twilio lists newest first
+            # "outbound-api": sent by REST, as replies the sweep sends are (a TwiML reply,
+            # "outbound-reply", with the same words is another message).
+            if m.direction == "outbound-api" and _comparable(m.body or "") == wanted
+        ]
+
+
+class Taken(NamedTuple):
+    """A message Twilio has: its sid, its status, and its error code if it failed."""
+
+    sid: str
+    status: str
+    error_code: int | None
+
+
+# The most messages to a number one look-up reads: the newest come first, so it stops long
+# before, at the first one older than it looks for (this bounds it should Twilio's order differ).
+LOOKUP_MAX = 500
+LOOKUP_PAGE = 50
+
+
+def _listed_since(client: Any, to: str, from_: str | None, since: dt.datetime) -> list[Any]:
+    """Messages from `from_` to `to` Twilio created since `since`, as listed (newest first)."""
+    # No DateSent filter: Twilio documents it to the day only, and a message it still holds
+    # in its queue has no date_sent yet, so the filter would hide the very message wanted.
+    since = since.replace(tzinfo=dt.UTC)
+    found = []
+    for message in client.messages.stream(
+        to=to, from_=from_, limit=LOOKUP_MAX, page_size=LOOKUP_PAGE
+    ):
+        created = message.date_created
+        # Listed by date sent, newest first; a message is sent after it is created.
+        if (message.date_sent or created or since) < since:
+            break
+        if created is not None and created >= since:
+            found.append(message)
+    return found
+
+
+def _lookup_failed(exc: Exception) -> SendError:
+    """The SendError for a look-up of sent messages that failed with `exc`."""
+    from twilio.base.exceptions import TwilioException
+
+    from phischer.twilio_client import twilio_reason
+
+    if isinstance(exc, TwilioException):
+        status, reason = twilio_reason(exc)
+        # No status: an answer the SDK could not read (a proxy's page?), worth another try.
+        transient = status is None or status == 429 or status >= 500
+        reason = f"Twilio {reason}"
+    elif isinstance(exc, requests.RequestException):
+        transient, reason = True, f"Twilio did not answer ({type(exc).__name__})"
+    else:  # TwilioConfigError: final, as for a send
+        transient, reason = False, _short(exc)
+    reason = shorten(f"could not check whether Twilio has it already: {reason}", TWILIO_ERROR_CHARS)
+    return SendError(reason, transient)
+
+
+# Twilio's Smart Encoding (a Messaging Service option) sends these as their GSM look-alikes,
+# and lists the message as sent.
+_SMART = str.maketrans(
+    {"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u2013": "-", "\u2014": "-"}
+)
+
+
+def _comparable(text: str) -> str:
+    """`text` as two bodies are compared: NFKC, GSM look-alikes, whitespace runs as one space."""
+    return " ".join(unicodedata.normalize("NFKC", text).translate(_SMART).split())
 
 
 def reply_from(to: str, number: str | None) -> str | None:

@@ -476,6 +476,11 @@ class Store:
             (sid, self.ts(now), message_id),
         )
 
+    def sid_known(self, cur: Any, sid: str) -> bool:
+        """Whether a stored message has Twilio's message `sid`."""
+        cur.execute(self.sql("SELECT 1 FROM messages WHERE message_sid = ?"), (sid,))
+        return cur.fetchone() is not None
+
     def set_delivery(self, cur: Any, message_id: int, delivery: str, error: str | None) -> None:
         """Record Twilio's delivery status on a reply (and why it failed, if it did)."""
         # A failure's error goes when a later status says the reply arrived after all

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -138,11 +139,35 @@ def _retry_after_s(client: Client) -> float | None:
         return None
 
 
+def http_status(exc: Exception) -> int | None:
+    """The HTTP status of Twilio's answer that `exc` reports (None: no answer, or not Twilio's)."""
+    if isinstance(exc, TwilioRestException):
+        return exc.status
+    if isinstance(exc, TwilioException):
+        # A list page Twilio refused raises a bare TwilioException("Unable to fetch page", response).
+        response = exc.args[1] if len(exc.args) > 1 else None
+        return getattr(response, "status_code", None)
+    return None
+
+
+def twilio_reason(exc: TwilioException) -> tuple[int | None, str]:
+    """(HTTP status, short reason) from the SDK's two exception shapes."""
+    if isinstance(exc, TwilioRestException):
+        return exc.status, f"error {exc.code}: {exc.msg}" if exc.code else str(exc.msg)
+    response = exc.args[1] if len(exc.args) > 1 else None
+    try:
+        body = json.loads(getattr(response, "text", "") or "{}")
+        return http_status(exc), f"error {body['code']}: {body['message']}"
+    except (ValueError, KeyError, TypeError):
+        return http_status(exc), str(exc.args[0]) if exc.args else type(exc).__name__
+
+
 def _retry_wait(client: Client, exc: Exception, backoff: float) -> float | None:
     """How long to wait before sending `exc`'s request again; None: again would not help."""
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return backoff
-    if isinstance(exc, TwilioRestException) and (exc.status == 429 or exc.status >= 500):
+    status = http_status(exc)
+    if status is not None and (status == 429 or status >= 500):
         # Twilio asks to come back later: not sooner than it says.
         return max(backoff, _retry_after_s(client) or 0.0)
     return None
@@ -159,7 +184,7 @@ def idempotent(client: Client, call: Callable[[], T], deadline: float | None = N
     for backoff in RETRY_DELAYS_S:
         try:
             return call()
-        except (TwilioRestException, requests.RequestException) as exc:
+        except (TwilioException, requests.RequestException) as exc:
             wait = _retry_wait(client, exc, backoff)
             if wait is None or time.monotonic() + wait > deadline:
                 raise

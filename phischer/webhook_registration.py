@@ -14,13 +14,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.base.exceptions import TwilioException
 from twilio.rest import Client
 
 from phischer.atomic import atomic_files
 from phischer.redact import mask_number
 from phischer.tunnel_types import Echo, TunnelError
-from phischer.twilio_client import RETRY_BUDGET_S, idempotent
+from phischer.twilio_client import RETRY_BUDGET_S, idempotent, twilio_reason
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +81,13 @@ class TwilioRefused(TunnelError):
         self.status = status
 
 
-def _twilio_reason(exc: Exception) -> tuple[int | None, str]:
-    """(HTTP status, short reason) from the SDK's two exception shapes."""
-    if isinstance(exc, TwilioRestException):
-        return exc.status, f"error {exc.code}: {exc.msg}" if exc.code else str(exc.msg)
-    # List pages raise a bare TwilioException("Unable to fetch page", response).
-    response = exc.args[1] if len(exc.args) > 1 else None
-    status = getattr(response, "status_code", None)
-    try:
-        body = json.loads(getattr(response, "text", "") or "{}")
-        return status, f"error {body['code']}: {body['message']}"
-    except (ValueError, KeyError, TypeError):
-        return status, str(exc.args[0]) if exc.args else type(exc).__name__
-
-
 @contextmanager
 def twilio_errors(action: str) -> Iterator[None]:
     """Turn Twilio SDK and network failures into one-line TunnelErrors."""
     try:
         yield
     except TwilioException as exc:
-        status, reason = _twilio_reason(exc)
+        status, reason = twilio_reason(exc)
         hint = {
             401: ": check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
             403: ": the credentials lack permission (use the account's own SID and token)",

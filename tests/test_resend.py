@@ -1,0 +1,193 @@
+"""A reply Twilio took before a crash is recorded as sent by the recovery sweep, not sent twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import time
+from email.utils import format_datetime
+
+import pytest
+import sqlalchemy as sa
+
+from phischer.models import Message, utcnow
+from phischer.recovery import GIVE_UP_AFTER, RECOVER_AFTER, sweep
+from tests.conftest import post_signed, set_model, sms_params
+from tests.fake_twilio import AUTH_TOKEN
+from tests.test_recovery import backdate, queued_reply, stored, stored_in
+from tests.test_serve_stop import async_env
+from tests.test_serve_stop import serving as serving_in_group
+
+LOOKUP_FAILED = "could not check whether Twilio has it already: Twilio error "
+
+
+def test_a_server_killed_after_twilio_took_the_reply_does_not_send_it_again(
+    tmp_path, personas, database, fake_openai, fake_twilio
+):
+    # The real crash: `kill -9` of the server once Twilio has created the message, before
+    # its answer reaches the server (which would record the reply "sent").
+    with database.write() as session:
+        set_model(session, "Ada", "ft:ada", base_url=fake_openai.base_url)
+    env = {**async_env(fake_twilio), "RECOVER_AFTER_S": "1"}
+    with serving_in_group(tmp_path, env) as server:
+        fake_twilio.after_next(
+            "POST", "/Messages.json", lambda: os.killpg(server.proc.pid, signal.SIGKILL)
+        )
+        post_signed(server.url, AUTH_TOKEN, sms_params("hey how are you", "+15550100"))
+        server.proc.wait(timeout=10)
+    assert [(m.direction, m.status) for m in stored_in(database)] == [
+        ("in", "replied"),
+        ("out", "queued"),  # Twilio has it; the server did not live to record that
+    ]
+    (taken,) = fake_twilio.messages
+    time.sleep(1.2)  # idle longer than RECOVER_AFTER_S before the restart's first sweep
+    with serving_in_group(tmp_path, env) as server:
+        deadline = time.monotonic() + 10
+        while stored_in(database)[1].status != "sent":
+            assert time.monotonic() < deadline, "".join(server.output)
+            time.sleep(0.05)
+        time.sleep(0.5)  # time for another sweep to send it, if one could
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+    reply = stored_in(database)[1]
+    assert (reply.status, reply.message_sid, reply.delivery) == ("sent", taken["sid"], "sent")
+
+
+@pytest.mark.parametrize("left", ["queued", "send_retry"])
+def test_a_reply_twilio_took_is_recorded_sent_not_sent_again(
+    make_app, personas, fake_twilio, twilio_rest, left, caplog
+):
+    # "queued": the process died (or its database write failed) after Twilio took the
+    # reply. "send_retry": Twilio took a send it answered with an error (a 504 from its edge).
+    caplog.set_level(logging.INFO, logger="phischer")
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMtook")
+    assert service.send_stored("+15550100", out_id, "hello") == "sent"
+    (taken,) = fake_twilio.messages
+    error = "Twilio error 20504: Gateway timeout" if left == "send_retry" else None
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(
+            sa.update(Message)
+            .where(Message.id == out_id)
+            .values(status=left, message_sid=None, error=error)
+        )
+    backdate(app, out_id, dt.timedelta(minutes=3))
+    result = sweep(service)
+    assert (result.resent, result.already_sent) == (0, 1)
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.message_sid, reply.error) == ("sent", taken["sid"], None)
+    (lookup,) = fake_twilio.calls("GET", "/Messages.json")
+    assert (lookup.query["To"], lookup.query["From"]) == ("+15550100", "+15550199")
+    assert "0 re-sent, 1 already sent (not sent again)" in caplog.text
+    assert "+15550100" not in caplog.text  # the look-up logs no number
+
+
+def test_a_reply_that_never_reached_twilio_is_sent_by_the_sweep(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    app = make_app(**twilio_rest)
+    out_id, _ = queued_reply(app, "SMnever")
+    backdate(app, out_id, dt.timedelta(minutes=3))
+    result = sweep(app.extensions["phischer"].sms)
+    assert (result.resent, result.already_sent) == (1, 0)
+    assert len(fake_twilio.calls("GET", "/Messages.json")) == 1  # asked first
+    (sent,) = fake_twilio.calls("POST", "/Messages.json")
+    assert sent.form["Body"] == "hello"
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.message_sid) == ("sent", fake_twilio.messages[0]["sid"])
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_an_earlier_reply_with_the_same_words_does_not_count_as_this_one(
+    make_app, personas, fake_twilio, twilio_rest, recorded
+):
+    # The persona said "hello" before, and Twilio has that message; this "hello" never got
+    # there. Recorded: the earlier one's row has its sid. Not recorded (its sid lost too):
+    # Twilio created it well before this reply was stored.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    first, _ = queued_reply(app, "SMfirst")
+    assert service.send_stored("+15550100", first, "hello") == "sent"
+    if not recorded:
+        with app.extensions["phischer"].db.write() as session:
+            session.execute(sa.update(Message).where(Message.id == first).values(message_sid=None))
+        earlier = format_datetime(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), usegmt=True)
+        fake_twilio.messages[0].update(date_created=earlier, date_sent=earlier)
+    second, _ = queued_reply(app, "SMsecond")
+    backdate(app, second, dt.timedelta(minutes=5))
+    result = sweep(service)
+    assert (result.resent, result.already_sent) == (1, 0)
+    assert [c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json")] == ["hello"] * 2
+    reply = {m.id: m for m in stored(app)}[second]
+    assert (reply.status, reply.message_sid) == ("sent", fake_twilio.messages[1]["sid"])
+
+
+def test_a_lookup_twilio_cannot_answer_leaves_the_reply_for_the_next_sweep(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMbusy")
+    backdate(app, out_id, dt.timedelta(minutes=3))
+    # Busy, back in a minute: longer than a look-up waits, so it fails at once.
+    fake_twilio.fail_next("GET", "/Messages.json", 429, 20429, "Too Many Requests", retry_after=60)
+    assert sweep(service).retrying == 1
+    assert fake_twilio.calls("POST", "/Messages.json") == []  # not sent unchecked
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert reply.status == "send_retry"
+    assert reply.error.startswith(LOOKUP_FAILED + "20429")
+    assert sweep(service).retrying == 0  # too soon: the failure is fresh
+    assert sweep(service, now=utcnow() + RECOVER_AFTER).resent == 1
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+    assert {m.id: m for m in stored(app)}[out_id].status == "sent"
+
+
+def test_a_lookup_failing_near_the_hour_gives_the_reply_up(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    app = make_app(**twilio_rest)
+    out_id, _ = queued_reply(app, "SMlate")
+    backdate(app, out_id, GIVE_UP_AFTER - dt.timedelta(minutes=1))
+    fake_twilio.fail_next("GET", "/Messages.json", 503, 20503, "Unavailable", retry_after=60)
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert reply.status == "send_failed" and reply.error.startswith(LOOKUP_FAILED + "20503")
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_a_lookup_twilio_refuses_gives_the_reply_up(make_app, personas, fake_twilio, twilio_rest):
+    # Wrong credentials (or no right to read messages): the same credentials could not send
+    # either, and a send unchecked might text the reply twice.
+    app = make_app(**twilio_rest)
+    out_id, _ = queued_reply(app, "SMrefused")
+    backdate(app, out_id, dt.timedelta(minutes=3))
+    fake_twilio.fail_next("GET", "/Messages.json", 401, 20003, "Authenticate")
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.error) == ("send_failed", LOOKUP_FAILED + "20003: Authenticate")
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_a_reply_twilio_lists_in_plainer_characters_is_still_found(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    # Smart Encoding (a Messaging Service option) sends curly quotes and dashes as their GSM
+    # look-alikes, and Twilio lists what it sent.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMsmart")
+    text = "It’s late — sleep well…"
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(sa.update(Message).where(Message.id == out_id).values(body=text))
+    assert service.send_stored("+15550100", out_id, text) == "sent"
+    fake_twilio.messages[0]["body"] = "It's late - sleep  well..."
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(
+            sa.update(Message).where(Message.id == out_id).values(status="queued", message_sid=None)
+        )
+    backdate(app, out_id, dt.timedelta(minutes=3))
+    assert sweep(service).already_sent == 1
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
