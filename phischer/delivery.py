@@ -84,12 +84,13 @@ def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
         if row is None:
             return False
         delivery, sent = row
-        if sent == "send_failed":
+        unsent = sent in ("send_retry", "send_failed")
+        if unsent:
             # Twilio reports on it, so Twilio has it: the send whose answer was lost ("may or
             # may not have been sent"), or that a sweep gave up on, reached Twilio after all.
             store.mark_sent(cur, reply_id, None, utcnow())
         if delivery is not None and STATUS_ORDER.get(delivery, -1) > rank:
-            return sent == "send_failed"
+            return unsent
         error = describe_failure(status, code) if status in NOT_DELIVERED else None
         store.set_delivery(cur, reply_id, status, error)
         if error is not None:

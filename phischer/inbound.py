@@ -642,36 +642,34 @@ class SmsService:
         text: str,
         created_at: dt.datetime | None = None,
         sender: str | None = None,
-        check_first: bool = False,
     ) -> str:
         """Send a stored ("queued") reply by REST; record sent, send_failed, or a later retry.
 
         It goes out from `sender`, the number or sender the text was sent to (None, when
         that is not known: TWILIO_PHONE_NUMBER on the texter's channel).
 
-        When Twilio could not be reached (or was busy) the row becomes "send_retry" with the
-        reason in `error`, and the recovery sweep tries again every few minutes until the
-        reply is an hour old (`recovery.retry_send`). Returns the status recorded.
-
-        With `check_first` (the recovery sweep's sends) Twilio is asked first whether it has
-        the reply already: a process that died after Twilio took it, before it recorded
-        that, left it "queued" (or "send_retry", when Twilio took a send it answered with an
-        error). Then it is recorded "sent" with that message's sid and returns "already_sent".
+        When Twilio could not be reached (or was busy), or may have taken the send without
+        answering, the row becomes "send_retry" with the reason in `error`, and the recovery
+        sweep (which first asks Twilio whether it has it) tries again every few minutes until
+        the reply is an hour old (`recovery.retry_send`). Returns the status recorded.
         """
         try:
-            if check_first and self._taken_already(phone, out_id, text, created_at, sender):
-                return "already_sent"
             sid = self.sender.send(phone, text, reply_id=out_id, from_=sender)
         except SendError as exc:
-            return self._not_sent(out_id, created_at, exc)
+            return self.record_unsent(out_id, created_at, exc)
         with self.store.write() as cur:
             self.store.mark_sent(cur, out_id, sid, utcnow())
         return "sent"
 
-    def _taken_already(
+    def taken_already(
         self, phone: str, out_id: int, text: str, created_at: dt.datetime | None, sender: str | None
     ) -> bool:
-        """Whether Twilio already has reply `out_id`; if so it is recorded sent, with its sid."""
+        """Whether Twilio already has reply `out_id`; if so it is recorded sent, with its sid.
+
+        A process that died after Twilio took a send, before it recorded that, left the reply
+        "queued" (or "send_retry", when Twilio took a send it did not answer). Raises
+        SendError when Twilio cannot tell.
+        """
         since = (created_at or utcnow()) - CLOCK_MARGIN
         taken = self.sender.sent_since(phone, text, since, sender)
         if not taken:
@@ -689,8 +687,8 @@ class SmsService:
         record_status(self.store, out_id, {"MessageStatus": found.status, "ErrorCode": code})
         return True
 
-    def _not_sent(self, out_id: int, created_at: dt.datetime | None, exc: SendError) -> str:
-        """Record that reply `out_id` did not go out (`exc` says why); return the status recorded."""
+    def record_unsent(self, out_id: int, created_at: dt.datetime | None, exc: SendError) -> str:
+        """Record that reply `out_id`'s send failed (`exc` says why); return the status recorded."""
         now = utcnow()
         status = (
             "send_retry"

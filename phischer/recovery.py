@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from phischer.config import DEFAULT_RECOVER_AFTER_S, GIVE_UP_AFTER_S
 from phischer.models import utcnow
+from phischer.replies import SendError
 
 if TYPE_CHECKING:
     from phischer.config import Settings
@@ -95,26 +96,22 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
                 store.update_message(cur, row.id, now, status="sent")
                 result.already_sent += 1
                 continue
-            failure = _why_not(service, cur, row, now)
-            if failure:
-                status = "failed" if row.direction == "in" else "send_failed"
-                store.update_message(cur, row.id, now, status=status, error=failure)
-                result.failed += 1
-                continue
+            if row.direction == "in":
+                failure = _why_not(service, cur, row, now)
+                if failure:
+                    store.update_message(cur, row.id, now, status="failed", error=failure)
+                    result.failed += 1
+                    continue
         if row.direction == "in":
             _answer_late(service, row, claimed_at=now)
             result.answered += 1
             continue
-        # Twilio is asked first whether it has the reply: the process that sent it may have
-        # died after Twilio took it, before it recorded that. Sending again would text it twice.
-        sent = service.send_stored(
-            row.phone, row.id, row.body, row.created_at, row.our_address, check_first=True
-        )
-        if sent == "sent":
+        outcome = _settle_reply(service, row, now)
+        if outcome == "sent":
             result.resent += 1
-        elif sent == "already_sent":
+        elif outcome == "already_sent":
             result.already_sent += 1
-        elif sent == "send_failed":
+        elif outcome == "send_failed":
             result.failed += 1
         else:
             result.retrying += 1
@@ -128,6 +125,32 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
             result.answered, result.resent, result.already_sent, result.failed, result.retrying,
         )  # fmt: skip
     return result
+
+
+def _settle_reply(service: SmsService, row: PendingRow, now: dt.datetime) -> str:
+    """Send a claimed reply row, or record why not; the status recorded ("already_sent" too)."""
+    store = service.store
+    checked: SendError | None = None
+    # Twilio is asked first whether it has the reply: the process that sent it may have died
+    # after Twilio took it, before it recorded that (or Twilio took a send it never answered).
+    # Asked before the reasons not to send too: a reply the texter read is part of the thread
+    # even if they have texted since. Not past the hour: such a row is not sent again anyway,
+    # and the look-up reads every message to the number since it was stored.
+    if service.settings.can_send_sms and now - row.created_at <= GIVE_UP_AFTER:
+        try:
+            if service.taken_already(row.phone, row.id, row.body, row.created_at, row.our_address):
+                return "already_sent"
+        except SendError as exc:
+            checked = exc
+    with store.write() as cur:
+        failure = _why_not(service, cur, row, now)
+        if failure:
+            store.update_message(cur, row.id, now, status="send_failed", error=failure)
+            return "send_failed"
+    if checked is not None:
+        # Sending without knowing could text it twice: it waits for a sweep Twilio answers.
+        return service.record_unsent(row.id, row.created_at, checked)
+    return service.send_stored(row.phone, row.id, row.body, row.created_at, row.our_address)
 
 
 def _why_not(service: SmsService, cur: object, row: PendingRow, now: dt.datetime) -> str | None:

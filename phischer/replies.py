@@ -117,8 +117,9 @@ class SendError(Exception):
 
     def __init__(self, reason: str, transient: bool = False, code: int | None = None) -> None:
         super().__init__(reason)
-        # Transient: Twilio was unreachable or busy and created no message, so the recovery
-        # sweep may try again later; otherwise (a refusal, missing credentials) it is final.
+        # Transient: Twilio was unreachable or busy, or did not answer, so the recovery sweep
+        # may try again later (asking Twilio first whether it has the message); otherwise (a
+        # refusal, missing credentials) it is final.
         self.transient = transient
         self.code = code  # Twilio's error code of a refusal (21610: the number opted out)
 
@@ -165,9 +166,10 @@ class RestSender:
 
         Connection errors, 429 and 5xx are retried (Twilio creates no message then, so a
         retry cannot double-send); any other refusal (21610 opted out, 21211 bad number, …)
-        is final. So is a request Twilio may have received but did not answer (in time, or
-        at all: the connection dropped): it may have sent the SMS, and a retry could send it
-        twice.
+        is final. A request Twilio may have received but did not answer (in time, or at
+        all: the connection dropped) is not retried here: it may have sent the SMS. Its
+        SendError is transient all the same: the recovery sweep asks Twilio whether it has
+        the message before it sends it again.
         """
         from_ = from_ or reply_from(to, self.settings.twilio_phone_number)
         for delay in (*self.retry_delays_s, None):
@@ -187,7 +189,7 @@ class RestSender:
             except Exception as exc:  # TwilioRestException, requests' errors, config errors
                 log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
                 transient = _transient(exc)
-                if delay is None or not transient:
+                if delay is None or not transient or _maybe_sent(exc):
                     raise SendError(_short(exc), transient, _code(exc)) from None
                 time.sleep(delay)
         raise AssertionError("unreachable")
@@ -320,10 +322,12 @@ def _channel(address: str) -> str:
 
 
 def _transient(exc: Exception) -> bool:
+    """Whether a failed send may be tried again later: Twilio did not refuse it."""
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status == 429 or status >= 500
-    return isinstance(exc, requests.ConnectionError) and not _maybe_sent(exc)
+    # Also a send Twilio may have taken (_maybe_sent): the sweep asks Twilio before sending.
+    return isinstance(exc, requests.ConnectionError | requests.Timeout)
 
 
 def _maybe_sent(exc: Exception) -> bool:

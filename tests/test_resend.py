@@ -191,3 +191,45 @@ def test_a_reply_twilio_lists_in_plainer_characters_is_still_found(
     backdate(app, out_id, dt.timedelta(minutes=3))
     assert sweep(service).already_sent == 1
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+
+
+def test_a_send_twilio_took_without_answering_waits_for_the_sweep_which_finds_it(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    # The connection dropped after Twilio created the message: not sent again at once (it
+    # may have gone out), nor given up (it may not have): the sweep asks Twilio.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMcut")
+    fake_twilio.hang_up_next("POST", "/Messages.json")
+    assert service.send_stored("+15550100", out_id, "hello") == "send_retry"
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert "may or may not have been sent" in reply.error
+    backdate(app, out_id, dt.timedelta(minutes=3))
+    assert sweep(service).already_sent == 1
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.message_sid, reply.error) == (
+        "sent",
+        fake_twilio.messages[0]["sid"],
+        None,
+    )
+
+
+def test_a_reply_twilio_took_counts_as_sent_though_the_texter_moved_on(
+    make_app, personas, fake_twilio, twilio_rest, twilio_post
+):
+    # The texter read it (Twilio sent it) before texting again: it is part of the thread,
+    # not a reply "not sent" because a newer text came.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMread")
+    fake_twilio.hang_up_next("POST", "/Messages.json")
+    assert service.send_stored("+15550100", out_id, "hello") == "send_retry"
+    assert twilio_post("and then?", target=app).status_code == 200
+    service.shutdown()  # no background sweep from here on
+    backdate(app, out_id, dt.timedelta(minutes=5))
+    assert sweep(service).already_sent == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.error) == ("sent", None)
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1

@@ -81,14 +81,15 @@ def test_unreachable_twilio_is_transient(settings, twilio_rest):
 
 def test_an_unanswered_send_is_not_retried(settings, twilio_rest, fake_twilio):
     # Twilio took the request (the message exists) but the answer never came in time: a
-    # retry could text the same reply twice, so the failure is final and says so.
+    # retry could text the same reply twice, so it is not retried here and says so (the
+    # recovery sweep asks Twilio whether it has it before sending it again).
     fake_twilio.after_next("POST", "/Messages.json", lambda: time.sleep(1.0))
     sender = RestSender(
         settings.with_overrides(**twilio_rest), retry_delays_s=(0.01, 0.01), timeout_s=0.3
     )
     with pytest.raises(SendError, match="may or may not have been sent") as unanswered:
         sender.send("+15550100", "hello")
-    assert not unanswered.value.transient
+    assert unanswered.value.transient
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
 
 
@@ -98,7 +99,7 @@ def test_a_send_cut_off_after_twilio_took_it_is_not_retried(sender, fake_twilio)
     fake_twilio.hang_up_next("POST", "/Messages.json")
     with pytest.raises(SendError, match="may or may not have been sent") as cut_off:
         sender.send("+15550100", "hello")
-    assert not cut_off.value.transient
+    assert cut_off.value.transient
     assert len(fake_twilio.messages) == 1
 
 
