@@ -896,6 +896,45 @@ def test_a_think_block_is_never_texted_nor_remembered(llm_app, fake_openai, twil
 
 
 @pytest.mark.parametrize(
+    ("content", "sent"),
+    [
+        ("Ada: hey you!", "hey you!"),  # a chat model labels its reply as the thread's lines
+        ("ada:hey you!", "hey you!"),
+        ("Assistant: hey you!", "hey you!"),
+        ("hey you!\nAda: how's it going", "hey you!\nhow's it going"),  # two texts, labelled
+        ("hey you!\nUser: good, you?\nAda: great", "hey you!"),  # it writes the texter's turn
+        ("hey you!\n\nHuman: good", "hey you!"),
+        ("hey you!<|im_end|>\n<|im_start|>user\ngood", "hey you!"),  # a local server's template
+        ("Adam: hey you!", "Adam: hey you!"),  # someone else's name is what Ada says
+        ("meet at 12:30?\nsee you", "meet at 12:30?\nsee you"),
+    ],
+)
+def test_a_reply_is_texted_and_remembered_without_speaker_labels(
+    llm_app, fake_openai, twilio_post, content, sent
+):
+    app = llm_app()
+    fake_openai.responder = lambda body: content
+    assert twilio_post("hi", target=app).replies == [sent]
+    assert stored(app)[1].body == sent
+    fake_openai.responder = echo
+    twilio_post("and?", target=app)
+    assert fake_openai.chat_calls[-1]["messages"][2] == {"role": "assistant", "content": sent}
+
+
+def test_a_reply_that_is_only_a_label_is_a_failure_that_says_so(llm_app, fake_openai, twilio_post):
+    app = llm_app(model_retries=0)
+    fake_openai.responder = lambda body: "Ada:\nUser: hi"
+    assert twilio_post("hi", target=app).replies == [
+        "Sorry, I can't answer right now. Try again in a bit."
+    ]
+    inbound, outbound = stored(app)
+    assert (
+        inbound.error == "model wrote only a speaker label or another's turn, no reply of its own"
+    )
+    assert outbound.kind == "fallback"
+
+
+@pytest.mark.parametrize(
     ("content", "finish", "refusal", "behaviour", "error"),
     [
         # A reasoning model that thought through all of its max_tokens: nothing left to say.

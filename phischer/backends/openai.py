@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -37,6 +39,11 @@ ADAPTATIONS = {"max_tokens": "max_completion_tokens", "temperature": None}
 # server that ignores max_completion_tokens would then answer with no cap at all.
 UNSUPPORTED_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Who opens a turn, in a chat transcript a model writes instead of its reply, that is not its own.
+OTHER_ROLES = ("user", "system", "human")
+# A chat template's special token ("<|im_end|>", "<|eot_id|>") that a local server with the
+# wrong template leaves in the text: what follows it is not the reply.
+SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]{1,40}\|>")
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +180,14 @@ def _reply_of(completion: Any, persona: PersonaView) -> Reply:
     choice = completion.choices[0]
     message = choice.message
     content = _content_text(message.content if message else None)
-    text = strip_reasoning(content)
+    answer = strip_reasoning(content)
+    text = own_words(answer, persona.name)
     finish = choice.finish_reason
     if finish == "content_filter":
         # What got past the filter is cut short at best: not sent as the persona's words.
         raise BackendError("the model server's content filter stopped the reply")
     if not text:
-        raise BackendError(_no_text(message, finish, bool(content.strip()), persona))
+        raise BackendError(_no_text(message, finish, content, answer, persona))
     usage = completion.usage
     return Reply(
         text=text,
@@ -189,7 +197,7 @@ def _reply_of(completion: Any, persona: PersonaView) -> Reply:
     )
 
 
-def _no_text(message: Any, finish: object, reasoned: bool, persona: PersonaView) -> str:
+def _no_text(message: Any, finish: object, content: str, answer: str, persona: PersonaView) -> str:
     """Why a completion holds nothing to text, as precisely as it shows."""
     refusal = getattr(message, "refusal", None)
     if isinstance(refusal, str) and refusal.strip():
@@ -201,7 +209,9 @@ def _no_text(message: Any, finish: object, reasoned: bool, persona: PersonaView)
             "reasoning model spends them thinking first): raise it with `phischer persona "
             f"edit {persona.keyword} --max-tokens N`"
         )
-    if reasoned:
+    if answer:
+        return "model wrote only a speaker label or another's turn, no reply of its own"
+    if content.strip():
         return "model returned only its reasoning (a <think> block), no reply"
     return "model returned an empty reply"
 
@@ -238,6 +248,33 @@ def strip_reasoning(text: str) -> str:
     if end >= 0 and (opened or THINK_OPEN not in text[:end]):
         return text[end + len(THINK_CLOSE) :].strip()
     return "" if opened else text
+
+
+def own_words(text: str, name: str) -> str:
+    """`text` without speaker labels ("Ada: hi") or the turns a model wrote for others."""
+    # A chat model shown a group chat's "Bo: " lines, or one served with the wrong template,
+    # may label its own reply or go on to write the texter's next turn ("\nUser: …"). The
+    # persona's training turns carry no label, and a labelled reply kept in the thread
+    # teaches the model to label the next one: so its labels go and the transcript is cut.
+    token = SPECIAL_TOKEN.search(text)
+    if token:
+        text = text[: token.start()]
+    own, other = _labels(name)
+    turn = other.search(text)
+    if turn:
+        text = text[: turn.start()]
+    return own.sub("", text).strip()
+
+
+@functools.lru_cache(maxsize=64)
+def _labels(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Patterns for a line's own label ("Ada:", "assistant:") and a line opening another's turn."""
+    names = {name.strip(), name.strip().split(" ")[0], "assistant"} - {""}
+    own = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return (
+        re.compile(rf"^[ \t]*(?:{own})[ \t]*:[ \t]*", re.IGNORECASE | re.MULTILINE),
+        re.compile(rf"\n[ \t]*(?:{'|'.join(OTHER_ROLES)})[ \t]*:", re.IGNORECASE),
+    )
 
 
 def sdk_client(base_url: str, api_key: str, *, timeout_s: float, max_retries: int) -> openai.OpenAI:
