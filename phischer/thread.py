@@ -15,6 +15,11 @@ TURN_JOINER = "\n"
 # while a script keeps texting) would otherwise all go into one prompt. Past it, the oldest
 # turn (which may be cut) is left out, or, when it is the only one, keeps its newest texts.
 MAX_THREAD_TEXTS = 500
+# The most characters of history one thread reads (about 4,000 tokens of English): HISTORY_TURNS
+# of long texts (a burst sent while the model was down, each up to Twilio's 1,600) would
+# overflow a small model's context, and the number would get the fallback until #reset. A
+# chat of SMS never comes near it. Past it, as past MAX_THREAD_TEXTS, the oldest turn goes.
+MAX_THREAD_CHARS = 16_000
 
 
 def join_texts(texts: Iterable[str]) -> str:
@@ -84,7 +89,7 @@ def build_thread(
     # (a run of texts longer than the rows fetched so far is not cut in the middle).
     turns: list[tuple[str, list[str]]] = []
     newer: dt.datetime | None = None
-    read = 0
+    read = chars = 0
     for direction, body, created_at in rows:
         if newer is not None and ends(newer - created_at):
             break
@@ -98,6 +103,13 @@ def build_thread(
         if not text:
             continue
         role = "user" if direction == "in" else "assistant"
+        chars += len(text)
+        if chars > MAX_THREAD_CHARS and turns:
+            # The oldest turn read so far is cut if this text belongs to it (it keeps its
+            # newest texts when it is the only one), whole if this one starts another.
+            if turns[-1][0] == role and len(turns) > 1:
+                turns.pop()
+            break
         if turns and turns[-1][0] == role:
             turns[-1][1].append(text)
         elif len(turns) == wanted:

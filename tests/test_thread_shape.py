@@ -334,3 +334,25 @@ def test_a_run_of_texts_past_the_thread_bound_keeps_only_whole_turns(monkeypatch
     only = [("in", f"t {i}", at - i * SECOND) for i in range(50)]
     thread = build_thread(iter(only), system_prompt=None, history_turns=20, gap_hours=6)
     assert thread == [{"role": "user", "content": "\n".join(f"t {i}" for i in range(9, -1, -1))}]
+
+
+def test_a_thread_of_long_texts_keeps_the_newest_whole_turns_within_its_size():
+    from phischer.thread import MAX_THREAD_CHARS
+
+    at = dt.datetime(2024, 3, 13, 9)
+    long = "x" * 1500  # near Twilio's 1,600: a burst sent while the model was down
+    # Newest first, alternating: 20 turns of 1,500 characters would overflow a small model.
+    rows = [("in" if i % 2 == 0 else "out", f"{i:02} {long}", at - i * SECOND) for i in range(20)]
+    thread = build_thread(iter(rows), system_prompt="sys", history_turns=20, gap_hours=6)
+    kept = [m["content"][:2] for m in thread[1:]]
+    assert kept == [f"{i:02}" for i in range(8, -1, -1)]  # the newest, oldest a user's
+    assert sum(len(m["content"]) for m in thread[1:]) <= MAX_THREAD_CHARS
+    # A run too long for it is left out whole, with the reply it got.
+    run_rows = [("in", "new", at), ("out", "reply", at - SECOND)]
+    run_rows += [("in", f"old {long}", at - (2 + i) * SECOND) for i in range(20)]
+    thread = build_thread(iter(run_rows), system_prompt=None, history_turns=20, gap_hours=6)
+    assert thread == [{"role": "user", "content": "new"}]
+    # A run that is the only turn keeps its newest texts.
+    only = [("in", f"{i:02} {long}", at - i * SECOND) for i in range(20)]
+    (turn,) = build_thread(iter(only), system_prompt=None, history_turns=20, gap_hours=6)
+    assert [t[:2] for t in turn["content"].split("\n")] == [f"{i:02}" for i in range(9, -1, -1)]
