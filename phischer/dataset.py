@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from typing import TextIO
 
 from phischer.atomic import atomic_files
 from phischer.dataset_split import sidecar_path
-from phischer.importers.base import Conversation, ImportErrorMessage, Message
+from phischer.importers.base import Conversation, ImportErrorMessage, Message, name_key
 from phischer.surrogates import replace_lone_surrogates
 from phischer.thread import ends_session, join_texts
 
@@ -103,22 +102,18 @@ def names_a_person(name: str) -> bool:
     # The default prompt names the person as the export does; "You are me." or "You are
     # 4242." says nothing, so those get NEUTRAL_SYSTEM (an X archive without account.js
     # names its owner "me"; a WhatsApp contact never saved is its phone number).
-    word = _norm(name)
+    word = name_key(name)
     return not (word in _STAND_INS or _ID_LIKE.fullmatch(word) or _PLACEHOLDERS.fullmatch(word))
-
-
-def _norm(name: str) -> str:
-    # NFC: "ë" typed or pasted on a Mac often comes as "e" and a combining diaeresis (NFD),
-    # which looks the same as the export's one-character "ë" but compares unequal.
-    return unicodedata.normalize("NFC", " ".join(name.split()).casefold())
 
 
 def match_me(message: Message, me: str) -> bool:
     """True when `me` names this message's sender: name, alias or sender id (case-insensitive)."""
-    want = _norm(me)
-    if _norm(message.sender) == want or (message.sender_id and _norm(message.sender_id) == want):
+    want = name_key(me)
+    if name_key(message.sender) == want or (
+        message.sender_id and name_key(message.sender_id) == want
+    ):
         return True
-    return any(_norm(a) == want for a in message.aliases)
+    return any(name_key(a) == want for a in message.aliases)
 
 
 class _MeMatcher:

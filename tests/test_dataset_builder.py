@@ -535,3 +535,106 @@ def test_mask_pii_leaves_other_numbers(text: str) -> None:
 )
 def test_mask_pii_masks_numbers_and_urls_as_written(text: str, masked: str) -> None:
     assert mask_pii(text) == masked
+
+
+def _discord_dm(names: list[tuple[str, str, str]]) -> dict:
+    # DiscordChatExporter's JSON for a DM: (author id, username, text) per message.
+    return {
+        "guild": {"id": "0", "name": "Direct Messages"},
+        "channel": {"id": "1", "type": "DirectTextChat", "category": "Private", "name": "kai"},
+        "messages": [
+            {
+                "id": str(i),
+                "type": "Default",
+                "timestamp": f"2024-03-02T10:0{i}:00+00:00",
+                "content": text,
+                "author": {"id": sid, "name": name, "nickname": None, "isBot": False},
+                "attachments": [],
+                "embeds": [],
+                "stickers": [],
+                "mentions": [],
+            }
+            for i, (sid, name, text) in enumerate(names)
+        ],
+    }
+
+
+def _telegram_chat(names: list[tuple[str, str, str]]) -> dict:
+    # A Telegram Desktop personal chat: (from_id, from, text) per message.
+    return {
+        "name": "Priya",
+        "type": "personal_chat",
+        "id": 1,
+        "messages": [
+            {
+                "id": i,
+                "type": "message",
+                "date": f"2024-02-10T10:0{i}:00",
+                "date_unixtime": str(1707559200 + 60 * i),
+                "from": name,
+                "from_id": sid,
+                "text": text,
+                "text_entities": [],
+            }
+            for i, (sid, name, text) in enumerate(names)
+        ],
+    }
+
+
+# One-to-one chats whose other person (or you) is written under two names: one person each.
+RENAMED = {
+    # The contact renamed between messages: Telegram writes each message's name of the time.
+    "telegram": (
+        "result.json",
+        json.dumps(
+            _telegram_chat(
+                [
+                    ("user1", "Priya", "hi"),
+                    ("user2", "Leo", "hey"),
+                    ("user1", "Priya Nair", "new name"),
+                    ("user2", "Leo", "nice"),
+                ]
+            )
+        ),
+        "Leo",
+    ),
+    # A username changed between the two exports of one DM (its parts read together).
+    "discord": (
+        "Direct Messages - Private - kai [1].json",
+        json.dumps(
+            _discord_dm(
+                [
+                    ("11", "kai_m", "hi"),
+                    ("22", "leo", "hey"),
+                    ("11", "kai.m", "new name"),
+                    ("22", "leo", "nice"),
+                ]
+            )
+        ),
+        "leo",
+    ),
+    # Your name typed with a combining diaeresis on one phone (NFD) and as one letter (NFC).
+    "whatsapp": (
+        "WhatsApp Chat with Priya.txt",
+        "01/03/2024, 10:00 - Priya: hi\n"
+        "01/03/2024, 10:01 - Zoe\u0308: hey\n"
+        "01/03/2024, 10:02 - Priya: new name\n"
+        "01/03/2024, 10:03 - Zo\u00eb: nice\n",
+        "Zoë",
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(RENAMED))
+def test_a_one_to_one_chat_under_two_names_is_not_a_group(tmp_path: Path, fmt: str) -> None:
+    # Counted by name it had three "people", so the other person's turns were prefixed
+    # "Priya Nair: " as in a group, a shape the served (one-to-one) thread never has.
+    name, text, me = RENAMED[fmt]
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    (ex,) = build_examples(load(fmt, tmp_path / name), me)
+    assert turns(ex) == [
+        ("user", "hi"),
+        ("assistant", "hey"),
+        ("user", "new name"),
+        ("assistant", "nice"),
+    ]

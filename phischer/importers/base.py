@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterator
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,26 @@ class Conversation:
     def drop(self, reason: str, n: int = 1) -> None:
         """Count a message dropped for `reason`."""
         self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+def name_key(name: str) -> str:
+    """A sender's name as `--me` compares it: case, spacing and Unicode form left out."""
+    # NFC: "ë" typed or pasted on a Mac often comes as "e" and a combining diaeresis (NFD),
+    # which looks the same as the export's one-character "ë" but compares unequal.
+    return unicodedata.normalize("NFC", " ".join(name.split()).casefold())
+
+
+_identity = attrgetter("sender_id", "sender")
+
+
+def people(messages: Iterable[Message]) -> int:
+    """How many people wrote `messages`: one per sender id, else one per name_key."""
+    # A chat is a group (other speakers' turns prefixed `Name: `) when more than two people
+    # write in it, not more than two names: a Telegram contact renamed, a Discord username
+    # changed or a name spelt in two Unicode forms is still the one other person of a
+    # one-to-one chat, which the served thread never prefixes.
+    senders = set(map(_identity, messages))  # C-level: this sees every message of a chat
+    return len({("id", sid) if sid else ("name", name_key(name)) for sid, name in senders})
 
 
 # An importer takes the export's path (zip, folder or single file) and yields conversations

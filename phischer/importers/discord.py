@@ -16,6 +16,7 @@ from phischer.importers.base import (
     ImportErrorMessage,
     Message,
     only_links,
+    people,
     register,
     string_field,
 )
@@ -102,7 +103,7 @@ def import_discord(path: Path) -> Iterator[Conversation]:
             if conv is not None:
                 conv.messages.sort(key=lambda m: m.timestamp)  # `--reverse` runs newest-first
                 conv.participants = list(dict.fromkeys(m.sender for m in conv.messages))
-                conv.is_group = conv.is_group or len(conv.participants) > 2
+                conv.is_group = conv.is_group or people(conv.messages) > 2
                 yield conv
 
 

@@ -14,6 +14,7 @@ from phischer.importers.base import (
     ImportErrorMessage,
     Message,
     only_links,
+    people,
     register,
     string_field,
 )
@@ -169,7 +170,7 @@ def parse_chat(chat: dict[str, Any], where: str) -> list[Conversation]:
         )
     for conv in convs.values():
         conv.messages.sort(key=lambda msg: msg.timestamp)
-        conv.is_group = conv.is_group or len(conv.participants) > 2
+        conv.is_group = conv.is_group or people(conv.messages) > 2
     return list(convs.values())
 
 

@@ -14,6 +14,7 @@ from phischer.importers.base import (
     ImportErrorMessage,
     Message,
     only_links,
+    people,
     register,
 )
 from phischer.importers.files import Export, open_export
@@ -223,7 +224,7 @@ def parse_chat(
                 f"{where}: line {header.lineno}: impossible date {header.date} {header.time}"
             ) from None
         _add_message(conv, header, "\n".join(lines), stamp)
-    conv.is_group = len(conv.participants) > 2
+    conv.is_group = people(conv.messages) > 2
     return conv
 
 
