@@ -16,8 +16,10 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 - POST /v1/fine_tuning/jobs/{id}/cancel
 
 and records every request in `requests`. `fail()` answers the next matching requests with an
-OpenAI-style error, `drop()` closes their connection without an answer, `stall()` does the
-work but answers too late (after the client timed out); with `valid_key` set,
+OpenAI-style error, `reply()` with any body and headers (a proxy's HTML page, cut-off JSON, a
+Retry-After), `drop()` closes their connection without an answer, `stall()` does the work but
+answers too late (after the client timed out), `reset()` does it and closes the connection
+without an answer (a response lost on the way); with `valid_key` set,
 any other API key gets a 401 (quoting it with `echo_key`); `restart()` forgets every file and
 job, as a server without storage that was restarted.
 """
@@ -140,12 +142,15 @@ class FakeOpenAI:
         self.events: dict[str, list[dict[str, Any]]] = {}  # newest first, as the API lists
         self.scripts: dict[str, list[Step]] = {}
         self.default_script: list[Step] = [Step("running")]
-        # (method, path prefix, status, error body), each served once before normal answers;
-        # a None body drops the connection instead.
-        self.errors: list[tuple[str, str, int, dict[str, Any] | None]] = []
+        # What an upload's answer says of it: ("error", details) for a file OpenAI cannot read.
+        self.upload_status: tuple[str, str | None] = ("processed", None)
+        # (method, path prefix, status, body, headers), each served once before normal
+        # answers; a None body drops the connection instead.
+        self.errors: list[tuple[str, str, int, dict[str, Any] | bytes | None, dict[str, str]]] = []
         # (method, path prefix, body part, seconds): the request is served, its answer held
         # back this long.
         self.stalls: list[tuple[str, str, bytes, float]] = []
+        self.resets: list[tuple[str, str]] = []  # (method, path prefix): served, answer lost
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         fake = self
@@ -180,13 +185,38 @@ class FakeOpenAI:
         param: str | None = None,
     ) -> None:
         """Answer the next `times` matching requests with an OpenAI-style error."""
-        for _ in range(times):
-            err = error_body(message, param=param, code=code)
-            self.errors.append((method, prefix, status, err))
+        # A 1 ms Retry-After keeps the SDK's own retries fast in tests.
+        err = error_body(message, param=param, code=code)
+        self.reply(method, prefix, status, err, {"retry-after-ms": "1"}, times)
+
+    def reply(
+        self,
+        method: str,
+        prefix: str,
+        status: int,
+        body: dict[str, Any] | bytes,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next `times` matching requests with this body (bytes: as they are)."""
+        self.errors.extend([(method, prefix, status, body, headers or {})] * times)
 
     def drop(self, method: str, prefix: str, times: int = 1) -> None:
         """Drop the connection of the next `times` matching requests, answering nothing."""
-        self.errors.extend([(method, prefix, 0, None)] * times)
+        self.errors.extend([(method, prefix, 0, None, {})] * times)
+
+    def reset(self, method: str, prefix: str, times: int = 1) -> None:
+        """Serve the next `times` matching requests, then close the connection unanswered."""
+        self.resets.extend([(method, prefix)] * times)
+
+    def was_reset(self, rec: Recorded) -> bool:
+        """Whether the answer to `rec` is to be lost (see `reset`)."""
+        with self._lock:
+            for i, (method, prefix) in enumerate(self.resets):
+                if method == rec.method and rec.path.startswith(prefix):
+                    del self.resets[i]
+                    return True
+        return False
 
     def stall(
         self, method: str, prefix: str, seconds: float, times: int = 1, body: bytes = b""
@@ -271,13 +301,10 @@ class FakeOpenAI:
                 given = (rec.auth or "").removeprefix("Bearer ") if self.echo_key else ""
                 message = f"Incorrect API key provided: {given}".rstrip(": ")
                 return 401, error_body(message, code="invalid_api_key"), {}
-            for i, (method, prefix, status, err) in enumerate(self.errors):
+            for i, (method, prefix, status, err, headers) in enumerate(self.errors):
                 if method == rec.method and rec.path.startswith(prefix):
                     del self.errors[i]
-                    if err is None:
-                        return None
-                    # A 1 ms Retry-After keeps the SDK's own retries fast in tests.
-                    return status, err, {"retry-after-ms": "1"}
+                    return None if err is None else (status, err, headers)
             if not (rec.method == "POST" and rec.path == CHAT_PATH):
                 try:
                     status, payload = self._fine_tuning(rec)
@@ -404,7 +431,8 @@ class FakeOpenAI:
             "created_at": kept["created_at"],
             "filename": kept["filename"],
             "purpose": kept["purpose"],
-            "status": "processed",
+            "status": self.upload_status[0],
+            "status_details": self.upload_status[1],
         }
 
     def _list_files(self, query: dict[str, list[str]]) -> dict[str, Any]:
@@ -481,7 +509,7 @@ class _Handler(FakeApiHandler):
         )
         answer = self.state.answer(rec)
         time.sleep(self.state.stalled(rec))  # the work is done; the client may have left
-        if answer is None:
+        if answer is None or self.state.was_reset(rec):
             self.close_connection = True
             self.connection.shutdown(2)
             return
