@@ -25,6 +25,9 @@ _POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 _LOCAL_ONLY: list[str] = []  # filled by _local: the flags `--provider openai` refuses
 _OPENAI_ONLY = ["--suffix"]
+_STILL_STOPPING_OPENAI = (
+    b"Still stopping (deleting the uploads); press Ctrl-C again to quit at once.\n"
+)
 _STILL_STOPPING = (
     b"Still stopping (recording where the local run stopped); press Ctrl-C again to quit at once.\n"
 )
@@ -148,7 +151,10 @@ def start(obj: Context, train: Path, provider: str, **options: object) -> None:
             suffix=options["suffix"],  # type: ignore[arg-type]
             epochs=options["epochs"],  # type: ignore[arg-type]
         )
-        row = ft.start_openai(obj.db, obj.settings, request, echo=click.echo)
+        # SIGTERM and SIGHUP too: at their default they left the uploads (or an unrecorded
+        # job) behind without a word.
+        with sigterm_as_interrupt(_STILL_STOPPING_OPENAI):
+            row = ft.start_openai(obj.db, obj.settings, request, echo=click.echo)
     click.echo(f"Started fine-tuning job {row.job_id} ({row.status}).")
     click.echo(f"Follow it with: phischer finetune status {row.job_id} --wait")
 
@@ -192,6 +198,12 @@ def status(obj: Context, job_id: str, wait: bool, plot: Path | None) -> None:
         if result.status == "failed":
             raise FineTuneError(
                 f"{job_id} failed: {result.error or 'no reason given'} (persona unchanged)"
+            )
+        if result.status == "succeeded" and not result.fine_tuned_model and wait:
+            # A wait ends on success: `&& phischer text …` after it must not run on the old model.
+            raise FineTuneError(
+                f"{job_id} succeeded, but OpenAI named no model (persona unchanged): check "
+                f"again later with: phischer finetune status {job_id}"
             )
 
 

@@ -507,9 +507,7 @@ def test_a_job_created_by_a_timed_out_request_is_recorded(
     result = start(train)
     assert result.exit_code == 0, result.output
     (job_id,) = fake_ft.jobs
-    assert f"Note: OpenAI answered too late, but created the job {job_id} all the same." in (
-        result.output
-    )
+    assert f"Note: OpenAI's answer was lost, but it created the job {job_id}." in result.output
     assert f"Started fine-tuning job {job_id} (validating_files)." in result.output
     assert list(fake_ft.files) == ["file-0001"] and fake_ft.calls("DELETE") == []
     assert stored_job(database)["training_file_id"] == "file-0001"
@@ -544,10 +542,10 @@ START_PINNED = (
 
 
 def ctrl_c_start(
-    fake: FakeOpenAI, pending: str, *args: str, body: bytes = b""
+    fake: FakeOpenAI, pending: str, *args: str, body: bytes = b"", sig: int = signal.SIGINT
 ) -> tuple[int, str, str]:
-    """`finetune start ARGS` in a real process, SIGINT once OpenAI got the `pending` request
-    (POST /v1/files or /v1/fine_tuning/jobs with `body` in it, held back by a stall);
+    """`finetune start ARGS` in a real process, `sig` (Ctrl-C) once OpenAI got the `pending`
+    request (POST /v1/files or /v1/fine_tuning/jobs with `body` in it, held back by a stall);
     (exit code, out, err)."""
     env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": VALID_KEY}
     command = [sys.executable, "-c", START_PINNED, "finetune", "start", *args]
@@ -558,7 +556,7 @@ def ctrl_c_start(
         while not any(body in call.body for call in fake.calls("POST", pending)):
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -606,6 +604,115 @@ def test_ctrl_c_during_the_job_request_keeps_the_upload_and_says_so(
     )
     assert list(fake_ft.files) == ["file-0001"] and fake_ft.calls("DELETE") == []
     assert len(fake_ft.jobs) == 1 and jobs_in(database) == []
+
+
+def test_kill_during_the_upload_stops_like_ctrl_c(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, validation: Path, database: Database
+) -> None:
+    # SIGTERM (`kill`, `timeout`) killed it outright: the training upload was left behind.
+    fake_ft.stall("POST", "/v1/files", 60, body=b'filename="val.jsonl"')
+    code, out, err = ctrl_c_start(
+        fake_ft, "/v1/files", str(train), "--persona", "ada", "--validation", str(validation),
+        body=b'filename="val.jsonl"', sig=signal.SIGTERM,
+    )  # fmt: skip
+    assert code == 130, out + err
+    assert out.splitlines()[-1] == (
+        "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account."
+    )
+    assert err.startswith("Interrupted while uploading val.jsonl: no job was created")
+    assert "file-0001" not in fake_ft.files and jobs_in(database) == []
+
+
+def test_a_job_request_whose_answer_is_lost_makes_one_job_and_records_it(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    # OpenAI made the job, then the connection was reset: the SDK sent the request again
+    # (a second paid job, then a third), recorded none and deleted the file they train on.
+    fake_ft.reset("POST", "/v1/fine_tuning/jobs", times=3)
+    result = start(train)
+    assert result.exit_code == 0, result.output
+    (job_id,) = fake_ft.jobs
+    assert len(fake_ft.calls("POST", "/v1/fine_tuning/jobs")) == 1
+    assert f"Note: OpenAI's answer was lost, but it created the job {job_id}." in result.output
+    assert stored_job(database)["job_id"] == job_id
+    assert list(fake_ft.files) == ["file-0001"] and fake_ft.calls("DELETE") == []
+
+
+PROXY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+
+
+def test_a_garbled_answer_to_the_job_request_is_retried_once_no_job_came_of_it(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    fake_ft.reply("POST", "/v1/fine_tuning/jobs", 200, PROXY_PAGE)  # the job was not made
+    result = start(train)
+    assert result.exit_code == 0, result.output
+    (job_id,) = fake_ft.jobs
+    assert stored_job(database)["job_id"] == job_id
+    assert "answered something that is not OpenAI's API while creating the fine-tuning job" in (
+        result.output
+    )
+    assert sleeps == [0.5] and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "body", [PROXY_PAGE, b'{"id": "ftjob-0002", "status": ', b"[1, 2]", b'{"id": "x"}']
+)
+def test_a_garbled_answer_to_a_status_check_is_one_line_and_keeps_the_job(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, body: bytes
+) -> None:
+    job_id = start_job(train)
+    before = stored_job(database)
+    fake_ft.reply("GET", f"/v1/fine_tuning/jobs/{job_id}", 200, body)
+    result = run("finetune", "status", job_id)
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: {fake_ft.base_url} answered something that is not OpenAI's API while checking "
+        f"{job_id} (a proxy's error page, or a cut-off answer): try again, or check "
+        "OPENAI_BASE_URL"
+    ]
+    assert stored_job(database) == before
+
+
+def test_list_with_a_garbled_account_listing_still_shows_the_stored_jobs(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    job_id = start_job(train)
+    fake_ft.reply("GET", "/v1/fine_tuning/jobs", 200, PROXY_PAGE)
+    result = run("finetune", "list")
+    assert result.exit_code == 0
+    assert job_id in result.output.splitlines()[1]
+    assert result.output.splitlines()[-1].startswith("(remote OpenAI jobs not listed: ")
+
+
+def test_events_a_server_garbled_are_shown_without_a_traceback(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    bad_step = {"step": "3", "total_steps": None, "train_loss": "low"}
+    fake_ft.default_script = [
+        Step("running", [{"message": "odd numbers", "type": "metrics", "data": bad_step},
+                         {"message": "a list", "data": [1, 2]},
+                         {"message": "no level", "level": None}]),
+    ]  # fmt: skip
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id)
+    assert result.exit_code == 0, result.output
+    shown = [line.split(" ", 4)[-1] for line in result.output.splitlines()[1:4]]
+    assert shown == ["odd numbers", "a list", "no level"]
+    assert result.output.splitlines()[-1] == f"{job_id}: running"
+
+
+def test_an_upload_openai_could_not_process_is_deleted_and_refused(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    fake_ft.upload_status = ("error", "Invalid file format: line 3 is not JSON")
+    result = start(train)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2:] == [
+        "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account.",
+        "Error: OpenAI could not process train.jsonl: Invalid file format: line 3 is not JSON",
+    ]
+    assert fake_ft.files == {} and fake_ft.jobs == {} and jobs_in(database) == []
 
 
 def test_an_upload_that_cannot_be_deleted_is_named(
@@ -840,6 +947,27 @@ def test_status_of_a_job_whose_persona_was_removed_says_how_to_serve_its_model(
     assert again.output.strip().splitlines() == [
         f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}"
     ]
+
+
+def test_a_success_named_without_its_model_switches_the_persona_once_it_has_one(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    # The first check that said "succeeded" had no model: no later check switched the persona.
+    fake_ft.default_script = [Step("succeeded")]
+    job_id = start_job(train)
+    waited = run("finetune", "status", job_id, "--wait")
+    assert waited.exit_code == 1
+    assert error_lines(waited) == [
+        f"Error: {job_id} succeeded, but OpenAI named no model (persona unchanged): check "
+        f"again later with: phischer finetune status {job_id}"
+    ]
+    assert persona_row(database).backend == "retrieval"
+    fake_ft.jobs[job_id]["fine_tuned_model"] = FT_MODEL
+    later = run("finetune", "status", job_id)
+    assert later.exit_code == 0
+    assert later.output.splitlines()[-1] == f"Persona Ada Lovelace now answers with {FT_MODEL}."
+    assert persona_row(database).model == FT_MODEL
+    assert "Persona" not in run("finetune", "status", job_id).output  # switched once
 
 
 def test_status_without_wait_shows_new_events_once(

@@ -122,11 +122,13 @@ def switch_persona(session: Session, job: FineTuneJob, base_url: str | None) -> 
 def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Persona | None:
     """Store a status update; on the first `succeeded`, point the persona at the new model.
 
-    Returns the persona that was switched, if any. A job that was already `succeeded` does
-    not switch the persona again, so a later `persona edit` by hand is not overwritten
+    Returns the persona that was switched, if any. A job that was already `succeeded` with
+    its model does not switch the persona again, so a later `persona edit` by hand is not overwritten
     by a repeated `finetune status`.
     """
-    was = job.status
+    # Succeeded with its model is when the switch was made: OpenAI may name the model only
+    # on a later check than the first to say "succeeded".
+    switched_before = job.status == "succeeded" and job.fine_tuned_model
     job.status = update.status
     for attr in ("fine_tuned_model", "trained_tokens", "error", "last_event_id"):
         value = getattr(update, attr)
@@ -140,7 +142,7 @@ def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Perso
     if update.status in FINAL_STATES and job.finished_at is None:
         job.finished_at = utcnow()
     switched = None
-    if update.status == "succeeded" and was != "succeeded" and job.fine_tuned_model:
+    if update.status == "succeeded" and not switched_before and job.fine_tuned_model:
         # The model lives where the job ran (OPENAI_BASE_URL, OPENAI_API_KEY's account),
         # not on a server the persona may have pointed at before (e.g. a local vLLM for an
         # earlier LoRA, with its own key variable).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import shlex
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from openai.types import FileObject
+from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from tqdm import tqdm
 
 from phischer import personas, plots
@@ -39,6 +42,7 @@ OPENAI_URL = "https://api.openai.com/v1"
 # Explicit, not the SDK's 600 s / 2 retries: a stuck upload or poll should fail in a minute.
 TIMEOUT_S = 60.0
 MAX_RETRIES = 2
+MAX_RETRY_AFTER_S = 60.0  # a job request's Retry-After is waited for up to this long
 # `status --wait` polls after 5 s, then backs off by 1.5x up to once a minute.
 POLL_FIRST_S = 5.0
 POLL_MAX_S = 60.0
@@ -105,6 +109,26 @@ class TransientApiError(FineTuneError):
     """An API error that may pass by itself: no network, a rate limit, a server error."""
 
 
+class NoAnswer(TransientApiError):
+    """A request whose answer never came, or came garbled: what it asked for may be done."""
+
+
+def _garbled(client: openai.OpenAI, doing: str) -> NoAnswer:
+    return NoAnswer(
+        f"{server_of(client)} answered something that is not OpenAI's API while {doing} (a "
+        "proxy's error page, or a cut-off answer): try again, or check OPENAI_BASE_URL"
+    )
+
+
+def _expect(client: openai.OpenAI, obj: Any, kind: type, doing: str, *fields: str) -> Any:
+    """`obj` if the SDK made a `kind` of it whose `fields` are strings, else a NoAnswer."""
+    # The SDK does not validate: an HTML page or another JSON shape comes back as a str, a
+    # list or an object missing its fields, which would fail far from here with a traceback.
+    if isinstance(obj, kind) and all(isinstance(getattr(obj, f, None), str) for f in fields):
+        return obj
+    raise _garbled(client, doing)
+
+
 def _is_transient(exc: openai.APIError) -> bool:
     # A 429 for an exhausted quota stays until someone pays: waiting does not help.
     if isinstance(exc, openai.RateLimitError):
@@ -141,9 +165,19 @@ def api_errors(client: openai.OpenAI, doing: str) -> Iterator[None]:
     """
     try:
         yield
+    except openai.APITimeoutError as exc:
+        raise NoAnswer(_api_error_message(client, exc, doing)) from None
     except (openai.APIStatusError, openai.APIConnectionError) as exc:
         kind = TransientApiError if _is_transient(exc) else FineTuneError
+        if isinstance(exc, openai.APIConnectionError):
+            kind = NoAnswer  # dropped after the request went out, maybe: it may be done
         raise kind(_api_error_message(client, exc, doing)) from None
+    except FineTuneError:
+        raise
+    except (openai.APIResponseValidationError, ValueError, AttributeError, TypeError):
+        # What the SDK raises parsing a body that is not JSON or not the API's shape (a
+        # ValueError is json's JSONDecodeError); only SDK calls run inside this block.
+        raise _garbled(client, doing) from None
 
 
 def _check_command(request: StartRequest) -> str:
@@ -228,14 +262,21 @@ def _upload(client: openai.OpenAI, path: Path, echo: Echo) -> str:
         total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", leave=False, disable=None
     )
     started = time.time()
+    doing = f"uploading {path.name}"
     try:
-        with api_errors(client, f"uploading {path.name}"), path.open("rb") as fh, bar:
+        with api_errors(client, doing), path.open("rb") as fh, bar:
             reader = _ProgressReader(fh, bar)
             uploaded = client.files.create(file=(path.name, reader), purpose="fine-tune")
+        uploaded = _expect(client, uploaded, FileObject, doing, "id")
     except FineTuneError as exc:
-        if isinstance(exc.__context__, openai.APITimeoutError):
+        if isinstance(exc, NoAnswer):  # OpenAI may have stored it all the same
             echo(_kept_anyway(client, path.name, size, started))
         raise
+    if uploaded.status == "error":
+        # A job on it would only fail: say OpenAI's reason, and take the file off the account.
+        _delete_uploads(client, {uploaded.id: path.name}, echo)
+        reason = uploaded.status_details or "no reason given"
+        raise FineTuneError(f"OpenAI could not process {path.name}: {reason}")
     echo(f"Uploaded {path.name} ({size:,} bytes) as {uploaded.id}")
     return uploaded.id
 
@@ -291,12 +332,63 @@ def _delete_uploads(client: openai.OpenAI, uploaded: dict[str, str], echo: Echo)
 
 
 def _job_created_anyway(client: openai.OpenAI, training_file_id: str) -> Any | None:
-    """The account's job training on `training_file_id`, which a timed-out request created."""
+    """The account's job training on `training_file_id`, made by a request whose answer was lost."""
+    # The upload is this start's own: no other job reads it.
     try:
         recent, _ = list_remote(client)
     except FineTuneError:  # the account cannot be read either: say the files were kept
         return None
     return next((job for job in recent if job.training_file == training_file_id), None)
+
+
+def _retry_after(exc: FineTuneError, attempt: int) -> float:
+    """Seconds before sending the job request again: the server's Retry-After, or a backoff."""
+    response = getattr(exc.__context__, "response", None)
+    headers = response.headers if response is not None else {}
+    try:
+        if "retry-after-ms" in headers:
+            return min(MAX_RETRY_AFTER_S, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is not None:
+            seconds = float(value) if value.strip().isdigit() else _seconds_until(value)
+            return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+    except (TypeError, ValueError):
+        pass  # a header no one can read: back off as without one
+    return 0.5 * 2 ** (attempt - 1)
+
+
+def _seconds_until(http_date: str) -> float:
+    return email.utils.parsedate_to_datetime(http_date).timestamp() - time.time()
+
+
+def _create_job(
+    client: openai.OpenAI, training_file_id: str, job: dict[str, Any], echo: Echo
+) -> Any:
+    """Create the job once: a request whose answer was lost is sent again only if no job came of it.
+
+    The SDK's own retries would send it blind: each lost answer (a reset connection, a proxy's
+    502 after OpenAI made the job) would start one more paid job that nothing records.
+    """
+    doing = "creating the fine-tuning job"
+    once = client.with_options(max_retries=0)
+    for attempt in range(1, MAX_RETRIES + 2):
+        try:
+            with api_errors(client, doing):
+                remote = once.fine_tuning.jobs.create(training_file=training_file_id, **job)
+            return _expect(client, remote, FineTuningJob, doing, "id", "status")
+        except TransientApiError as exc:
+            failed = exc
+        if not isinstance(failed.__context__, openai.RateLimitError):  # a 429 made nothing
+            found = _job_created_anyway(client, training_file_id)
+            if found is not None:
+                echo(f"Note: OpenAI's answer was lost, but it created the job {found.id}.")
+                return found
+        if attempt > MAX_RETRIES:
+            raise failed
+        delay = _retry_after(failed, attempt)
+        echo(f"Warning: {failed}; trying again in {delay:g} s")
+        _sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _kept_uploads(uploaded: dict[str, str]) -> str:
@@ -331,20 +423,16 @@ def _upload_and_create(
             uploaded[validation_file_id] = sending
             job = {**job, "validation_file": validation_file_id}
         sending = JOB_REQUEST
-        with api_errors(client, "creating the fine-tuning job"):
-            remote = client.fine_tuning.jobs.create(training_file=training_file_id, **job)
+        remote = _create_job(client, training_file_id, job, echo)
     except FineTuneError as exc:
-        # api_errors keeps the SDK error as the context. Only a job request that timed out
-        # may have created the job all the same (reading these files); a timed-out upload
-        # created nothing, and what it left is deleted like after any other failure.
-        if not (sending == JOB_REQUEST and isinstance(exc.__context__, openai.APITimeoutError)):
-            _delete_uploads(client, uploaded, echo)
-            raise
-        remote = _job_created_anyway(client, training_file_id)
-        if remote is None:
+        # Only a job request that got no answer may still create the job (reading these
+        # files); an upload without one created nothing, and what it left is deleted like
+        # after any other failure.
+        if sending == JOB_REQUEST and isinstance(exc, NoAnswer):
             echo(_kept_uploads(uploaded))
-            raise
-        echo(f"Note: OpenAI answered too late, but created the job {remote.id} all the same.")
+        else:
+            _delete_uploads(client, uploaded, echo)
+        raise
     except KeyboardInterrupt:
         raise _interrupted(client, uploaded, sending, echo) from None
     return remote, training_file_id, validation_file_id
@@ -488,9 +576,14 @@ def check_status(
         last_event_id = previous.last_event_id
     if row is not None and row.provider != "openai":
         raise FineTuneError(f"{job_id} is a {row.provider} job: it has no remote status")
-    with api_errors(client, f"checking {job_id}"):
+    doing = f"checking {job_id}"
+    with api_errors(client, doing):
         remote = client.fine_tuning.jobs.retrieve(job_id)
+    remote = _expect(client, remote, FineTuningJob, doing, "id", "status")
+    with api_errors(client, doing):
         events, cut = _new_events(client, job_id, last_event_id)
+    for event in events:
+        _expect(client, event, FineTuningJobEvent, doing, "id")
     error = None
     if remote.error is not None and remote.error.message:
         error = remote.error.message
@@ -517,9 +610,10 @@ def check_status(
     )
     with db.write() as session:
         stored = jobs.get_job(session, job_id, server)
-        was = previous.status if previous is not None else stored.status
+        was = previous if previous is not None else stored
+        switched_before = was.status == "succeeded" and was.fine_tuned_model
         jobs.apply_update(session, stored, update)
-        if remote.status == "succeeded" and was != "succeeded" and stored.fine_tuned_model:
+        if remote.status == "succeeded" and not switched_before and stored.fine_tuned_model:
             # Switched once, by whichever check stored the success first; every wait that
             # saw the job train says so, as the run that made the switch does.
             _say_switch(result, jobs.persona_of(session, stored), stored.fine_tuned_model)
@@ -535,9 +629,13 @@ def _say_switch(result: StatusResult, persona: Any, model: str) -> None:
 
 def describe_event(event: Any) -> str:
     """One event as a log line: time, level (if not info) and message."""
-    when = dt.datetime.fromtimestamp(event.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    level = "" if event.level == "info" else f"{event.level.upper()} "
-    return f"  {when} {level}{event.message}"
+    # A server's event may lack a field or have one of another type: shown as it can be.
+    try:
+        when = dt.datetime.fromtimestamp(event.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        when = "????-??-?? ??:??:??"
+    level = event.level if isinstance(event.level, str) and event.level != "info" else ""
+    return f"  {when} {level.upper() + ' ' if level else ''}{event.message}"
 
 
 def describe_status(result: StatusResult) -> list[str]:
@@ -557,6 +655,11 @@ def describe_status(result: StatusResult) -> list[str]:
         finish = dt.datetime.fromtimestamp(result.estimated_finish, dt.UTC)
         head += f", estimated to finish {finish:%Y-%m-%d %H:%M} UTC"
     lines.append(head)
+    if result.status == "succeeded" and not result.fine_tuned_model:
+        lines.append(
+            f"  OpenAI named no fine-tuned model yet: nothing switched; `phischer finetune "
+            f"status {result.job_id}` switches the persona once it does"
+        )
     if result.status == PAUSED:
         lines.append(
             f"  It trains again once resumed on OpenAI (its fine-tuning dashboard, or the API's "
@@ -582,10 +685,10 @@ def _progress(bar: tqdm | None, events: list[Any]) -> tqdm | None:
     # Metrics events carry {"step", "total_steps", "train_loss"}: enough for a real bar.
     for event in events:
         data = event.data if isinstance(event.data, dict) else {}
-        if "step" not in data or "total_steps" not in data:
-            continue
-        loss = float(data["train_loss"]) if "train_loss" in data else None
-        bar = step_bar(bar, int(data["step"]), int(data["total_steps"]), loss)
+        step, total = _number(data.get("step")), _number(data.get("total_steps"))
+        if step is None or total is None or not 0 <= step <= total < 1e9:
+            continue  # not a step of a bar (or a server's odd numbers: no bar is better)
+        bar = step_bar(bar, int(step), int(total), _number(data.get("train_loss")))
     return bar
 
 
@@ -644,16 +747,18 @@ def all_events(client: openai.OpenAI, job_id: str) -> list[Any]:
     """Every event of a job, oldest first (pages through the whole list)."""
     events = []
     bar = tqdm(desc="reading events", unit="event", leave=False, disable=None)
-    with api_errors(client, f"reading the events of {job_id}"), bar:
+    doing = f"reading the events of {job_id}"
+    with api_errors(client, doing), bar:
         # Newest first, paged backwards by the SDK's auto-pagination (see _new_events).
         for event in client.fine_tuning.jobs.list_events(job_id, limit=50):
-            events.append(event)
+            events.append(_expect(client, event, FineTuningJobEvent, doing, "id"))
             bar.update()
     events.reverse()
     return events
 
 
-def _loss(value: Any) -> float | None:
+def _number(value: Any) -> float | None:
+    # A number a server sent as a string, a bool or null is no number to draw.
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
@@ -669,9 +774,10 @@ def loss_series(events: list[Any]) -> LossSeries:
     by_step: dict[int, tuple[float | None, float | None]] = {}
     for event in events:
         data = event.data if isinstance(event.data, dict) else None
-        if getattr(event, "type", None) != "metrics" or not data or "step" not in data:
+        step = _number(data.get("step")) if data else None
+        if getattr(event, "type", None) != "metrics" or step is None or not 0 <= step < 1e9:
             continue
-        by_step[int(data["step"])] = (_loss(data.get("train_loss")), _loss(data.get("valid_loss")))
+        by_step[int(step)] = (_number(data.get("train_loss")), _number(data.get("valid_loss")))
     steps = sorted(by_step)
     valid = [by_step[s][1] for s in steps]
     return LossSeries(
@@ -700,8 +806,10 @@ def cancel(db: Database, settings: Settings, job_id: str) -> str:
             raise FineTuneError(f"{job_id} is a {row.provider} job that already {row.status}")
         raise FineTuneError(f"{job_id} is a {row.provider} job: stop it with Ctrl-C where it runs")
     client = make_client(settings)
-    with api_errors(client, f"cancelling {job_id}"):
+    doing = f"cancelling {job_id}"
+    with api_errors(client, doing):
         remote = client.fine_tuning.jobs.cancel(job_id)
+    remote = _expect(client, remote, FineTuningJob, doing, "status")
     with db.write() as session:
         stored = jobs.find_job(session, job_id, server_of(client))
         if stored is not None:
@@ -711,9 +819,11 @@ def cancel(db: Database, settings: Settings, job_id: str) -> str:
 
 def list_remote(client: openai.OpenAI, limit: int = 20) -> tuple[list[Any], bool]:
     """The `limit` most recent jobs on the account (newest first), and whether it has more."""
-    with api_errors(client, "listing fine-tuning jobs"):
+    doing = "listing fine-tuning jobs"
+    with api_errors(client, doing):
         page = client.fine_tuning.jobs.list(limit=limit)
-        return list(page.data), bool(page.has_more)
+        found, more = list(page.data), bool(page.has_more)
+    return [_expect(client, j, FineTuningJob, doing, "id", "status") for j in found], more
 
 
 def hyperparameters_text(row: FineTuneJob) -> str:
