@@ -565,13 +565,15 @@ def ctrl_c_start(
     return proc.returncode, out, err
 
 
+# SIGTERM (`kill`, `timeout`) and SIGHUP killed it outright: the training upload was left.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_ctrl_c_during_the_validation_upload_deletes_the_training_upload(
-    fake_ft: FakeOpenAI, ada: Path, train: Path, validation: Path, database: Database
+    fake_ft: FakeOpenAI, ada: Path, train: Path, validation: Path, database: Database, sig: int
 ) -> None:
     fake_ft.stall("POST", "/v1/files", 60, body=b'filename="val.jsonl"')
     code, out, err = ctrl_c_start(
         fake_ft, "/v1/files", str(train), "--persona", "ada", "--validation", str(validation),
-        body=b'filename="val.jsonl"',
+        body=b'filename="val.jsonl"', sig=sig,
     )  # fmt: skip
     assert code == 130, out + err
     assert out.splitlines()[-1] == (
@@ -604,23 +606,6 @@ def test_ctrl_c_during_the_job_request_keeps_the_upload_and_says_so(
     )
     assert list(fake_ft.files) == ["file-0001"] and fake_ft.calls("DELETE") == []
     assert len(fake_ft.jobs) == 1 and jobs_in(database) == []
-
-
-def test_kill_during_the_upload_stops_like_ctrl_c(
-    fake_ft: FakeOpenAI, ada: Path, train: Path, validation: Path, database: Database
-) -> None:
-    # SIGTERM (`kill`, `timeout`) killed it outright: the training upload was left behind.
-    fake_ft.stall("POST", "/v1/files", 60, body=b'filename="val.jsonl"')
-    code, out, err = ctrl_c_start(
-        fake_ft, "/v1/files", str(train), "--persona", "ada", "--validation", str(validation),
-        body=b'filename="val.jsonl"', sig=signal.SIGTERM,
-    )  # fmt: skip
-    assert code == 130, out + err
-    assert out.splitlines()[-1] == (
-        "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account."
-    )
-    assert err.startswith("Interrupted while uploading val.jsonl: no job was created")
-    assert "file-0001" not in fake_ft.files and jobs_in(database) == []
 
 
 def test_a_job_request_whose_answer_is_lost_makes_one_job_and_records_it(
