@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,7 @@ ERROR_HINTS = {
 # Twilio's refusal to text a number that opted out (STOP to this sender, which Twilio keeps
 # whether or not phischer saw that STOP): every later reply would be refused the same way.
 OPTED_OUT_CODE = 21610
+_SID = re.compile(r"(?:SM|MM)[0-9a-f]{32}")  # Twilio's message sids
 
 
 def record_refusal(store: Store, cur: Any, reply_id: int, code: int | None) -> None:
@@ -83,7 +85,12 @@ def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
         row = store.delivery_of(cur, reply_id)
         if row is None:
             return False
-        delivery, sent = row
+        delivery, sent, stored_sid = row
+        sid = form.get("MessageSid", "")
+        if stored_sid is None and _SID.fullmatch(sid):
+            # A send whose answer was lost left the reply without it: kept, a sweep's look-up
+            # of what Twilio has cannot take this message for another reply with its words.
+            store.adopt_sid(cur, reply_id, sid)
         unsent = sent in ("send_retry", "send_failed")
         if unsent:
             # Twilio reports on it, so Twilio has it: the send whose answer was lost ("may or

@@ -445,19 +445,29 @@ class Store:
         )
         return row[1], row[2], [(body, rid) for body, rid in cur.fetchall()]
 
-    def delivery_of(self, cur: Any, message_id: int) -> tuple[str | None, str] | None:
-        """(delivery, status) of an outbound message, or None (PostgreSQL: locked until commit)."""
+    def delivery_of(self, cur: Any, message_id: int) -> tuple[str | None, str, str | None] | None:
+        """(delivery, status, sid) of an outbound message, or None (PostgreSQL: locked till commit)."""
         # Callbacks for one reply can reach two workers or instances at once ("undelivered"
         # and a late "sent"); unlocked, both read the old status and the later commit won,
         # so "sent" could erase the failure. Locked, the second reads what the first wrote.
         cur.execute(
             self.sql(
-                "SELECT delivery, status FROM messages WHERE id = ? AND direction = 'out'"
+                "SELECT delivery, status, message_sid FROM messages WHERE id = ? AND direction = 'out'"
                 + self._for_update
             ),
             (message_id,),
         )
         return cur.fetchone()
+
+    def adopt_sid(self, cur: Any, message_id: int, sid: str) -> None:
+        """Give a reply stored without Twilio's message sid this one, unless another row has it."""
+        cur.execute(
+            self.sql(
+                "UPDATE messages SET message_sid = ? WHERE id = ? AND message_sid IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM messages WHERE message_sid = ?)"
+            ),
+            (sid, message_id, sid),
+        )
 
     def mark_sent(self, cur: Any, message_id: int, sid: str | None, now: dt.datetime) -> None:
         """Record that Twilio took a REST reply, keeping a failure its callback already told.

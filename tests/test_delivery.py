@@ -23,11 +23,18 @@ def actions(data: bytes) -> list[str | None]:
 
 
 def callback(
-    app, reply_id: int | str, status: str, code: str = "", *, signature=None, base=STATUS_URL
+    app,
+    reply_id: int | str,
+    status: str,
+    code: str = "",
+    *,
+    signature=None,
+    base=STATUS_URL,
+    sid="SM" + "f" * 32,
 ):
     """POST a status callback as Twilio does for the reply's <Message action>."""
     params = {
-        "MessageSid": "SM" + "f" * 32,
+        "MessageSid": sid,
         "AccountSid": "AC" + "0" * 32,
         "MessageStatus": status,
         "To": "+15550100",
@@ -304,7 +311,8 @@ def test_a_send_whose_answer_was_lost_is_sent_once_twilio_reports_on_it(
     def report(status: str) -> None:
         (reply,) = [m for m in rows(app) if m.direction == "out"]
         base = "https://clone.example.com/sms/status"
-        assert callback(app, reply.id, status, base=base).status_code == 200
+        sid = fake_twilio.messages[0]["sid"]
+        assert callback(app, reply.id, status, base=base, sid=sid).status_code == 200
 
     fake_twilio.hang_up_next(
         "POST", "/Messages.json", then=(lambda: report("delivered")) if callback_first else None
@@ -316,6 +324,8 @@ def test_a_send_whose_answer_was_lost_is_sent_once_twilio_reports_on_it(
     assert len(fake_twilio.messages) == 1
     (reply,) = [m for m in rows(app) if m.direction == "out"]
     assert (reply.status, reply.delivery, reply.error) == ("sent", "delivered", None)
+    # The callback's sid is kept: the answer that would have brought it was lost.
+    assert reply.message_sid == fake_twilio.messages[0]["sid"]
     # the person read it, so the model sees it said (the next text, to a fresh server)
     again = slow_app(public_url="https://clone.example.com")
     twilio_post("you there?", url="https://clone.example.com/sms", target=again)
