@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,8 +43,11 @@ def atomic_files(*targets: Path, mode: str = "w", private: bool = False) -> Iter
         for tmp, target in zip(temps, targets, strict=True):
             os.replace(tmp, target)
     except BaseException:
+        # Closing flushes what is still buffered, which fails again on a full disk: the
+        # first error is the one to report, and the temp files must go whatever happens.
         for fh in files:
-            fh.close()
+            with suppress(OSError):
+                fh.close()
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise

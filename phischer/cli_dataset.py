@@ -94,8 +94,15 @@ def split(file: Path, validation: float, seed: int, output_dir: Path | None) -> 
     """
     # SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal) stop it like Ctrl-C, so its
     # temp output files are removed: left at their default they killed it with them behind.
-    with friendly_errors(), sigterm_as_interrupt(_STILL_STOPPING):
-        result = split_file(file, validation=validation, seed=seed, out_dir=output_dir)
+    try:
+        with friendly_errors(), sigterm_as_interrupt(_STILL_STOPPING):
+            result = split_file(file, validation=validation, seed=seed, out_dir=output_dir)
+    except OSError as exc:
+        # A full disk, an unwritable or impossible -o: the unfinished files are gone already.
+        # A failed write names no file: all four go to one folder, which is named instead.
+        folder = output_dir if output_dir is not None else file.parent
+        where = exc.filename or f"the split files in {folder}"
+        raise click.ClickException(f"cannot write {where}: {exc.strerror or exc}") from None
     click.echo(result.format())
 
 
