@@ -30,6 +30,18 @@ CONNECT_TIMEOUT_S = 10
 
 log = logging.getLogger(__name__)
 
+# SQLite's result codes for a database file that cannot take a write (a full disk, a file
+# made read-only, deleted or replaced, an I/O error): unlike a busy or locked database, a
+# moment's wait does not get the write through.
+_SQLITE_STORAGE = {
+    sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB,
+}  # fmt: skip
+# PostgreSQL's: SQLSTATE class 53 (disk full, out of memory), 58 (I/O error), and a
+# read-only transaction (a standby, or default_transaction_read_only).
+_PG_STORAGE_CLASSES = ("53", "58")
+_PG_READ_ONLY = "25006"
+
 
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL; None for another database or an in-memory one."""
@@ -85,6 +97,16 @@ def _create_private(path: Path) -> None:
     """
     with suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+
+
+def storage_fault(exc: BaseException) -> bool:
+    """Whether a database error says the database cannot store anything now (disk full, …)."""
+    exc = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_STORAGE
+    # psycopg (3) names it sqlstate, psycopg2 pgcode.
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or ""
+    return state[:2] in _PG_STORAGE_CLASSES or state == _PG_READ_ONLY
 
 
 class WriteLock:

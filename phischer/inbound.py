@@ -17,7 +17,7 @@ from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
 from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number
 from phischer.daemon_pool import DaemonPool
-from phischer.db import Database
+from phischer.db import Database, storage_fault
 from phischer.delivery import record_refusal, record_status
 from phischer.in_flight import InFlight
 from phischer.models import utcnow
@@ -61,6 +61,10 @@ class Stored(NamedTuple):
     id: int
     kind: str
     unsent: str = ""  # stored "send_failed" with this error: it must not go out
+
+
+class NotStored(Exception):
+    """The database could not store the text (disk full, read-only, …): it must not be answered."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,12 @@ class SmsService:
         command = twilio_keyword(msg.body, msg.opt_out_type) or parse(msg.body)
         self._refresh_personas(command)
         with self.recording.one():
-            decision = self._record(msg, command)
+            try:
+                decision = self._record(msg, command)
+            except Exception as exc:
+                if not storage_fault(exc):
+                    raise
+                raise NotStored(_reason(exc)) from exc
         if isinstance(decision, tuple):  # a retry of a MessageSid we already have
             kind, status, answers = decision
             outcome = "Twilio's retry of a stored text, answered as before"
@@ -776,3 +785,8 @@ def _no_rest(why: str) -> str:
 
 def _ms(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own words for a database error, on one line (never its parameters)."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]

@@ -10,8 +10,9 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from phischer import no_reply
 from phischer.delivery import record_status
-from phischer.inbound import Inbound
+from phischer.inbound import Inbound, NotStored
 from phischer.models import PHONE_MAX, SID_MAX
+from phischer.redact import mask_number
 from phischer.replies import our_address, twiml, twiml_replies
 from phischer.security import form_params
 
@@ -73,7 +74,15 @@ def sms() -> Response:
         # The number or sender texted: REST replies must come from it, as TwiML ones do.
         to=our_address(form.get("To", ""), phone),
     )
-    handled = services.sms.handle(inbound)
+    try:
+        handled = services.sms.handle(inbound)
+    except NotStored as exc:
+        # Not a 200: TwiML would tell Twilio the text was taken, and the fallback reply
+        # the texter that it was heard. A 503 shows in Twilio's debugger (11200), makes
+        # Twilio call the number's fallback URL, and lets a retry (the same MessageSid)
+        # store it once the database takes writes again.
+        log.error("text from %s not stored, answered 503: %s", mask_number(phone), exc)
+        return xml(twiml(), status=503)
     response = xml(twiml_replies(handled.answers))
     if handled.no_reply:
         # For `phischer text`/`chat`, which see only this answer: why it holds no message

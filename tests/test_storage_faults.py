@@ -11,9 +11,76 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from tests.conftest import write_dataset
+import sqlalchemy as sa
+
+from phischer.models import Message
+from tests.conftest import post_signed, serving, sms_params, twiml_bodies, write_dataset
+
+
+def server_pids(port: int) -> list[int]:
+    """The `phischer serve --port PORT` processes: gunicorn's arbiter and its workers."""
+    wanted = f"serve\0--port\0{port}\0".encode()
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if wanted in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # ended meanwhile
+            continue
+    return pids
+
+
+@contextmanager
+def disk_full(pids: list[int]) -> Iterator[None]:
+    """No file of these processes may grow (or be written) until the block ends."""
+    before = {pid: resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+              for pid in pids}  # fmt: skip
+    try:
+        yield
+    finally:
+        for pid, limits in before.items():
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, limits)
+
+
+def test_a_text_the_database_cannot_store_is_not_acknowledged_and_its_retry_is(
+    settings, personas, database, tmp_path
+):
+    # A full disk made the webhook answer 200 with the fallback ("Try again in a bit"): Twilio
+    # took the text as handled (no debugger error, no fallback URL, no retry) and it was lost.
+    output: list[str] = []
+    token = settings.auth_token()
+    with serving(tmp_path, {"INSTANCE_PATH": str(settings.instance_path)}, output) as base:
+        url = base + "/sms"
+        assert post_signed(url, token, sms_params("good night", "+15550100114")).status_code == 200
+        lost = sms_params("hey how are you", "+15550100114")
+        with disk_full(server_pids(urlsplit(base).port)):
+            refused = post_signed(url, token, lost)
+            # The database still answers reads: /healthz cannot tell (see the README).
+        assert refused.status_code == 503
+        assert refused.headers["Content-Type"].startswith("text/xml")
+        assert twiml_bodies(refused.content) == []
+        # Twilio's retry of the same MessageSid, once the disk has room: stored and answered.
+        retried = post_signed(url, token, lost)
+        assert retried.status_code == 200
+        assert twiml_bodies(retried.content) == [
+            "Splendid, thank you! Knitting a scarf for the cat."
+        ]
+        time.sleep(0.2)  # the log line of the retry
+    with database.read() as s:
+        bodies = s.scalars(sa.select(Message.body).where(Message.direction == "in")).all()
+    assert bodies == ["good night", "hey how are you"]
+    log = "".join(output)
+    (line,) = [line for line in log.splitlines() if "not stored" in line]
+    assert line.endswith(
+        "ERROR phischer.webhook: text from …14 not stored, answered 503: disk I/O error"
+    )
+    assert "Traceback" not in log and "0100114" not in log
 
 
 def run_limited(*args: str, cwd: Path, max_bytes: int) -> subprocess.CompletedProcess[str]:
