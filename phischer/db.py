@@ -99,8 +99,23 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
 
 
+class DatabaseFileGone(Exception):
+    """The SQLite file a server process opened was deleted or replaced while it ran."""
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None if there is none at `path`."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def storage_fault(exc: BaseException) -> bool:
     """Whether a database error says the database cannot store anything now (disk full, …)."""
+    if isinstance(exc, DatabaseFileGone):
+        return True
     exc = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
     if isinstance(exc, sqlite3.Error):
         return getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_STORAGE
@@ -228,7 +243,7 @@ class Database:
         self.url = url = normalize_database_url(url)
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        path = sqlite_path(url)
+        self.path = path = sqlite_path(url)
         self.write_lock = WriteLock(path)
         # Only the webhook's own connections (Store) hand their checkpoints to this thread;
         # CLI commands keep SQLite's automatic ones, so the WAL never grows without a server.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from phischer.config import from_number
-from phischer.db import BUSY_TIMEOUT_MS, Database
+from phischer.db import BUSY_TIMEOUT_MS, Database, DatabaseFileGone, file_identity
 from phischer.per_process import PerProcess
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,11 @@ class Store:
         # only after the other process wrote; readers keep one per thread (a file, no
         # server to count them). Other databases: a few per process, lent per transaction.
         self._writer = PerProcess(self._new_conn) if self.sqlite else None
+        # The SQLite file as this process's writer found it: deleted (`make clean`, `rm`) or
+        # replaced (a backup moved over it) while serving, the open connection would go on
+        # committing texts into a file no one will read again.
+        self._file = db.path
+        self._opened = PerProcess(lambda: file_identity(db.path))
         self._pool = (
             None
             if self.sqlite
@@ -181,12 +186,26 @@ class Store:
             cur = conn.cursor()
             try:
                 yield cur
+                if self._file is not None:
+                    self.check_file()
                 conn.commit()
             except BaseException:
                 self._rollback(conn)
                 raise
             finally:
                 cur.close()
+
+    def check_file(self) -> None:
+        """Raise DatabaseFileGone if the SQLite file is no longer the one this process opened."""
+        path = self._file
+        if path is None:
+            return
+        opened = self._opened.get()  # recorded at this process's first check
+        if opened is None or file_identity(path) != opened:
+            raise DatabaseFileGone(
+                f"the database file {path} was deleted or replaced while phischer served it: "
+                "restart `phischer serve`"
+            )
 
     @contextmanager
     def read(self) -> Iterator[Any]:

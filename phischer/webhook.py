@@ -106,8 +106,10 @@ def sms_status() -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     """Liveness and database check."""
+    services = _services()
     try:
-        _services().db.ping()
+        services.sms.store.check_file()
+        services.db.ping()
     except Exception as exc:
         log.error("Health check failed: %s", type(exc).__name__)
         response = jsonify(status="error")

@@ -8,7 +8,9 @@ SIGXFSZ, so the write fails instead of killing the process.)
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+import requests
 import sqlalchemy as sa
 
 from phischer.models import Message
@@ -111,3 +115,33 @@ def test_a_split_the_disk_cannot_hold_says_so_in_one_line_and_leaves_the_old_fil
     assert result.returncode == 1
     assert result.stderr == f"Error: cannot write the split files in {tmp_path}: File too large\n"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_file_deleted_or_replaced_while_serving_takes_no_more_texts(
+    settings, personas, database, tmp_path, how
+):
+    # `make clean` (or `rm`) under a running server, or a backup moved over the file: the
+    # open connections went on committing texts into the old file, and said 200.
+    output: list[str] = []
+    token = settings.auth_token()
+    path = database.path
+    backup = path.with_name("backup.db")
+    with serving(tmp_path, {"INSTANCE_PATH": str(settings.instance_path)}, output) as base:
+        url = base + "/sms"
+        assert post_signed(url, token, sms_params("good night", "+15550100114")).status_code == 200
+        if how == "deleted":
+            for name in (path.name, path.name + "-wal", path.name + "-shm"):
+                path.with_name(name).unlink(missing_ok=True)
+        else:
+            shutil.copyfile(path, backup)
+            os.replace(backup, path)
+        refused = post_signed(url, token, sms_params("hey how are you", "+15550100114"))
+        assert refused.status_code == 503
+        assert requests.get(base + "/healthz", timeout=10).status_code == 503
+        time.sleep(0.2)  # the log line
+    (line,) = [line for line in "".join(output).splitlines() if "not stored" in line]
+    assert line.endswith(
+        f"text from …14 not stored, answered 503: the database file {path} was deleted or "
+        "replaced while phischer served it: restart `phischer serve`"
+    )
