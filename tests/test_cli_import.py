@@ -328,6 +328,20 @@ def test_a_binary_file_is_not_json_by_its_first_bytes(
     )
 
 
+@pytest.mark.parametrize(("fmt", "member", "prefix"), NOT_JSON[:2])
+@pytest.mark.parametrize(("encoding", "said"), [("utf-16", "UTF-16"), ("utf-32", "UTF-32")])
+def test_a_json_file_saved_as_utf16_or_32_says_so(
+    tmp_path: Path, fmt: str, member: str, prefix: str, encoding: str, said: str
+) -> None:
+    # An editor saved it again: "it begins with bytes ff fe 7b 00" said nothing of why. (The
+    # Messenger importer reads it: json.loads takes UTF-16 and UTF-32 bytes as they are.)
+    target, result = import_one_file(tmp_path, fmt, member, '{"messages": []}'.encode(encoding))
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: {target} is {said} text, not UTF-8: save it as UTF-8 (or export it again)\n",
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
     [

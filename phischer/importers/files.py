@@ -239,10 +239,24 @@ def looks_like_json(data: str | bytes) -> bool:
     return _JSON_START.match(head) is not None
 
 
+# Byte-order marks of the wide encodings, longest first (UTF-32's begin like UTF-16's).
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
 def not_json(where: str, text: str | bytes, line: int = 1) -> ImportErrorMessage:
     """The error for a file that is not JSON at all, quoting how it begins."""
     if isinstance(text, bytes):
         raw, text = text, text[:200].decode("utf-8", "replace")
+        wide = next((name for bom, name in _WIDE_BOMS if raw.startswith(bom)), None)
+        if wide:  # an editor saved it again, in another encoding than the exporter's
+            return ImportErrorMessage(
+                f"{where} is {wide} text, not UTF-8: save it as UTF-8 (or export it again)"
+            )
         if "\ufffd" in text[:100]:  # binary: its first bytes say more than garbled text
             return ImportErrorMessage(
                 f"{where} is not JSON: it begins with bytes {raw[:8].hex(' ')}"
