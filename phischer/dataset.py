@@ -24,6 +24,11 @@ Decisions where the contract is silent:
 - Your messages that open a session before anyone else wrote (nothing to answer) are not
   in any example: an example must start with a user turn, as every served reply does. They
   are counted as `openers` in the stats.
+- Length: OpenAI cuts an example over its token limit (MAX_EXAMPLE_TOKENS) from the end,
+  which loses the replies there while still billing the limit every epoch. So an example
+  over it loses its oldest user/assistant pairs until it fits (it still starts with a user
+  turn and ends with a reply, and is the end of a served thread); one whose last message
+  and reply alone are over is left out (`too_long`).
 """
 
 from __future__ import annotations
@@ -40,10 +45,20 @@ from pathlib import Path
 from typing import TextIO
 
 from phischer.atomic import atomic_files
+from phischer.base_models import DEFAULT_CONTEXT_LIMIT
 from phischer.dataset_split import sidecar_path
 from phischer.importers.base import Conversation, ImportErrorMessage, Message, name_key
 from phischer.surrogates import replace_lone_surrogates
 from phischer.thread import ends_session, join_texts
+from phischer.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, count_message_tokens
+
+# The longest example OpenAI trains on whole: 65,536 tokens for every current fine-tunable
+# model (base_models.CONTEXT_LIMITS), counted with o200k_base as `dataset check` counts.
+MAX_EXAMPLE_TOKENS = DEFAULT_CONTEXT_LIMIT
+# A token is at least one UTF-8 byte and a character at most four, so an example under a
+# quarter of the limit in characters fits without being tokenised (nearly every one). Not
+# one token per character: a rare character such as U+13000 is four tokens.
+_MAX_TOKENS_PER_CHAR = 4
 
 # Why a thread with no text message left (all media, all service notices, …) is skipped.
 NO_TEXT = "no text"
@@ -88,6 +103,8 @@ class BuildStats:
     examples: int = 0
     repaired: int = 0  # examples written with U+FFFD for half an emoji (see write_jsonl)
     duplicates: int = 0  # examples left out because the same one was already written
+    shortened: int = 0  # examples written without their oldest turns, to fit the token limit
+    too_long: int = 0  # examples left out: their last message and reply alone are over it
 
 
 def system_prompt(me: str, system: str | None = None) -> str:
@@ -138,6 +155,7 @@ class _MeMatcher:
 _NO_TIME = dt.datetime.min
 _by_time = attrgetter("timestamp")
 _role_content = itemgetter("role", "content")
+_content = itemgetter("content")
 _by_sender = attrgetter("sender")
 _by_text = attrgetter("text")
 _by_sender_id = attrgetter("sender_id")
@@ -310,6 +328,7 @@ def build_examples(
     gap_hours: float = 6,
     max_turns: int = 12,
     mask_pii: bool = False,
+    max_tokens: int = MAX_EXAMPLE_TOKENS,
     stats: BuildStats | None = None,
 ) -> Iterator[Example]:
     """Yield chat examples for `me`; raises ImportErrorMessage at the end if `me` never spoke."""
@@ -377,7 +396,12 @@ def build_examples(
             # export again later) then agree on the id, and `dataset split` keeps it whole.
             session_id = f"{conv.id}#{times[a].isoformat(timespec='seconds')}"
             for i in range(0, len(turns), size):
-                chunk = turns[i : i + size]
+                whole = turns[i : i + size]
+                chunk = _fit(whole, sys_msg, max_tokens)
+                if not chunk:
+                    stats.too_long += 1
+                    continue
+                stats.shortened += len(chunk) < len(whole)
                 # The same chat exported twice (or a .txt beside its zip): its examples come
                 # again with the same session id and words; training on them twice would
                 # only double their weight and cost.
@@ -392,11 +416,33 @@ def build_examples(
                 yield Example(session_id, [sys_msg, *chunk])
     if stats.me_messages == 0:
         raise ImportErrorMessage(_not_found(me, stats.senders))
+    if stats.examples == 0 and stats.too_long:
+        raise ImportErrorMessage(
+            f"No examples: every one is over OpenAI's {max_tokens:,}-token limit for an "
+            "example, even its last message and reply alone"
+        )
     if stats.examples == 0:
         raise ImportErrorMessage(
             f"No examples: {me} never replied to anyone within --gap-hours {gap_hours:g} "
             "(every example ends with one of their replies)"
         )
+
+
+def _fit(chunk: list[dict[str, str]], system: dict[str, str], limit: int) -> list[dict[str, str]]:
+    """`chunk` less its oldest user/assistant pairs until it fits `limit` tokens, or []."""
+    # [] when even the last pair is over: an example must end with a reply, and OpenAI
+    # would cut that reply off (see the module docstring).
+    overhead = REPLY_PRIMING + TOKENS_PER_MESSAGE * (len(chunk) + 1)
+    chars = len(system["content"]) + sum(map(len, map(_content, chunk)))
+    if chars * _MAX_TOKENS_PER_CHAR + overhead <= limit:
+        return chunk
+    sizes = list(map(count_message_tokens, chunk))
+    total = REPLY_PRIMING + count_message_tokens(system) + sum(sizes)
+    start = 0
+    while total > limit and start + 2 < len(chunk):
+        total -= sizes[start] + sizes[start + 1]
+        start += 2
+    return chunk[start:] if total <= limit else []
 
 
 def _not_found(me: str, senders: Counter[str]) -> str:

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from phischer.dataset import BuildStats, build_examples, system_prompt, write_jsonl
+from phischer.dataset import (
+    MAX_EXAMPLE_TOKENS,
+    BuildStats,
+    build_examples,
+    system_prompt,
+    write_jsonl,
+)
 from phischer.dataset_split import sidecar_path
 from phischer.import_tokens import TokenCounter
 from phischer.importers import load
@@ -56,6 +62,16 @@ class ImportResult:
             lines.append(
                 f"Duplicates: {plural(s.duplicates, 'example')} left out, already written from "
                 "another copy of the same chat in the export"
+            )
+        if s.shortened:
+            lines.append(
+                f"Shortened: {plural(s.shortened, 'example')} over OpenAI's "
+                f"{MAX_EXAMPLE_TOKENS:,}-token limit, written without their oldest messages"
+            )
+        if s.too_long:
+            lines.append(
+                f"Too long: {plural(s.too_long, 'example')} left out, over OpenAI's "
+                f"{MAX_EXAMPLE_TOKENS:,}-token limit with only the last message and reply"
             )
         if s.openers:
             lines.append(

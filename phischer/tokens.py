@@ -165,15 +165,22 @@ def _value_text(value: Any) -> str | None:
 def count_messages_tokens(messages: list[dict[str, Any]], model: str | None = None) -> int:
     """Tokens in a chat example by OpenAI's rule: 3 per message, 1 per name, 3 priming."""
     encoding = encoding_name_for(model)
-    total = REPLY_PRIMING
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
-        for key, value in message.items():
-            if key == "weight":  # a training flag, never part of the prompt
-                continue
-            text = _value_text(value)
-            if text is not None:
-                total += _count(encoding, text)
-            if key == "name":
-                total += TOKENS_PER_NAME
+    return REPLY_PRIMING + sum(_message_tokens(encoding, message) for message in messages)
+
+
+def count_message_tokens(message: dict[str, Any], model: str | None = None) -> int:
+    """One message's share of an example's tokens: its texts, 3, and 1 for a name."""
+    return _message_tokens(encoding_name_for(model), message)
+
+
+def _message_tokens(encoding: str, message: dict[str, Any]) -> int:
+    total = TOKENS_PER_MESSAGE
+    for key, value in message.items():
+        if key == "weight":  # a training flag, never part of the prompt
+            continue
+        text = _value_text(value)
+        if text is not None:
+            total += _count(encoding, text)
+        if key == "name":
+            total += TOKENS_PER_NAME
     return total

@@ -614,3 +614,38 @@ def test_me_matches_a_name_typed_with_combining_accents(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Messages kept: 19  (yours: 8)" in result.stdout
     assert "System prompt: You are Zoë Martín. " in result.stdout  # spelled as the export does
+
+
+def test_examples_over_openais_token_limit_are_cut_to_fit_or_left_out(tmp_path: Path) -> None:
+    """OpenAI would cut them from the end, losing the reply, and bill the limit anyway."""
+    over = "word " * 70_000  # 70,000 tokens: over the 65,536 of every current model
+    half = "word " * 40_000
+    sessions = [
+        ("12/01/23", [("Sam", over), ("Alex", "lost")]),
+        ("12/03/23", [("Sam", half), ("Alex", "first"), ("Sam", half), ("Alex", "second")]),
+        ("12/05/23", [("Sam", "hi"), ("Alex", "hey")]),
+    ]
+    lines = [
+        f"{day}, 9:{15 + i} PM - {who}: {text}"
+        for day, texts in sessions
+        for i, (who, text) in enumerate(texts)
+    ]
+    chat = tmp_path / "WhatsApp Chat with Sam.txt"
+    chat.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "alex.jsonl"
+    result = run("whatsapp", str(chat), "--me", "Alex", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert (
+        "Shortened: 1 example over OpenAI's 65,536-token limit, written without their oldest "
+        "messages" in result.output
+    )
+    assert (
+        "Too long: 1 example left out, over OpenAI's 65,536-token limit with only the last "
+        "message and reply" in result.output
+    )
+    assert [[(m["role"], m["content"]) for m in ex[1:]] for ex in examples(out)] == [
+        [("user", half.strip()), ("assistant", "second")],
+        [("user", "hi"), ("assistant", "hey")],
+    ]
+    check = CliRunner().invoke(cli, ["dataset", "check", str(out)])
+    assert "Over the 65,536-token limit: 0 examples" in check.output

@@ -445,6 +445,66 @@ def test_a_chat_exported_twice_is_written_once_under_stable_ids() -> None:
     assert len(list(build_examples([again], "Ana"))) == 2
 
 
+def pairs(*texts: str) -> Conversation:
+    """A 1:1 chat of Bo's and Ana's texts in turn, a minute apart."""
+    return conv(*[(i, "Bo" if i % 2 == 0 else "Ana", t) for i, t in enumerate(texts)])
+
+
+def tokens_of(example: Example) -> int:
+    from phischer.tokens import count_messages_tokens
+
+    return count_messages_tokens(example.messages)
+
+
+def test_an_example_over_the_token_limit_loses_its_oldest_pairs() -> None:
+    long = "word " * 300  # 300 tokens
+    stats = BuildStats()
+    (ex,) = build_examples(
+        [pairs(long, "a1", long, "a2", "short", "a3")], "Ana", max_tokens=500, stats=stats
+    )
+    # Both long turns would be 600+ tokens: the oldest pair goes, the rest still starts with
+    # a user turn and ends with the reply, and fits.
+    assert turns(ex) == [
+        ("user", long),
+        ("assistant", "a2"),
+        ("user", "short"),
+        ("assistant", "a3"),
+    ]
+    assert tokens_of(ex) <= 500
+    assert (stats.examples, stats.shortened, stats.too_long) == (1, 1, 0)
+
+
+def test_an_example_whose_last_pair_alone_is_over_the_limit_is_left_out() -> None:
+    stats = BuildStats()
+    big = pairs("word " * 600, "a1")
+    small = conv((0, "Bo", "hi"), (1, "Ana", "hey"), cid="c2")
+    (ex,) = build_examples([big, small], "Ana", max_tokens=500, stats=stats)
+    assert turns(ex) == [("user", "hi"), ("assistant", "hey")]
+    assert (stats.examples, stats.shortened, stats.too_long) == (1, 0, 1)
+    with pytest.raises(ImportErrorMessage, match="every one is over OpenAI's 500-token limit"):
+        list(build_examples([big], "Ana", max_tokens=500))
+
+
+def test_characters_of_several_tokens_each_are_counted_not_assumed() -> None:
+    # U+13000 is four tokens: 200 of them are 800 tokens in 200 characters, so a bound of
+    # one token per character would let this example through whole.
+    glyphs = "\U00013000" * 200
+    stats = BuildStats()
+    (ex,) = build_examples([pairs(glyphs, "a1", "q", "a2")], "Ana", max_tokens=500, stats=stats)
+    assert turns(ex) == [("user", "q"), ("assistant", "a2")]
+    assert stats.shortened == 1
+
+
+def test_an_example_just_within_the_limit_is_kept_whole() -> None:
+    stats = BuildStats()
+    (whole,) = build_examples([pairs("word " * 300, "a1", "q", "a2")], "Ana", stats=stats)
+    limit = tokens_of(whole)
+    (ex,) = build_examples([pairs("word " * 300, "a1", "q", "a2")], "Ana", max_tokens=limit)
+    assert ex.messages == whole.messages
+    (cut,) = build_examples([pairs("word " * 300, "a1", "q", "a2")], "Ana", max_tokens=limit - 1)
+    assert turns(cut) == [("user", "q"), ("assistant", "a2")]
+
+
 def test_the_same_words_twice_in_one_session_are_two_examples() -> None:
     stats = BuildStats()
     c = conv(
