@@ -29,6 +29,8 @@ Decisions where the contract is silent:
   over it loses its oldest user/assistant pairs until it fits (it still starts with a user
   turn and ends with a reply, and is the end of a served thread); one whose last message
   and reply alone are over is left out (`too_long`).
+- Duplicates: the same session id, place and turns, whitespace at the ends of the texts
+  and of their lines aside (see `_dedupe_key`).
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ class _MeMatcher:
 
 _NO_TIME = dt.datetime.min
 _by_time = attrgetter("timestamp")
-_role_content = itemgetter("role", "content")
+_role = itemgetter("role")
 _content = itemgetter("content")
 _by_sender = attrgetter("sender")
 _by_text = attrgetter("text")
@@ -402,12 +404,7 @@ def build_examples(
                     stats.too_long += 1
                     continue
                 stats.shortened += len(chunk) < len(whole)
-                # The same chat exported twice (or a .txt beside its zip): its examples come
-                # again with the same session id and words; training on them twice would
-                # only double their weight and cost.
-                # The chunk's place is part of it: the same words twice in one session
-                # ("ok" / "ok") are two examples, in a copy they come at the same place.
-                key = hash((session_id, i, *map(_role_content, chunk)))
+                key = _dedupe_key(session_id, i, chunk)
                 if key in seen:
                     stats.duplicates += 1
                     continue
@@ -443,6 +440,25 @@ def _fit(chunk: list[dict[str, str]], system: dict[str, str], limit: int) -> lis
         total -= sizes[start] + sizes[start + 1]
         start += 2
     return chunk[start:] if total <= limit else []
+
+
+# Whitespace that ends a line inside a text: a hint found with `in` first, then removed.
+_LINE_END_BLANKS = re.compile(r"[ \t]+\n")
+
+
+def _dedupe_key(session_id: str, place: int, chunk: list[dict[str, str]]) -> int:
+    """What makes two examples the same: session, place, and turns as read (see below)."""
+    # The same chat exported twice (or a .txt beside its zip): its examples come again with
+    # the same session id and words; training on them twice would only double their weight
+    # and cost. The chunk's place is part of it: the same words twice in one session
+    # ("ok" / "ok") are two examples, in a copy they come at the same place. Copies can
+    # differ in blanks alone (a tool or editor trimmed the spaces ending a text or a line;
+    # "\r\n" is already "\n", see _turn): those are ignored, not the spaces between words.
+    texts = list(map(str.strip, map(_content, chunk)))
+    joined = "".join(texts)
+    if " \n" in joined or "\t\n" in joined:  # rare: the regex only then
+        texts = [_LINE_END_BLANKS.sub("\n", text) for text in texts]
+    return hash((session_id, place, *map(_role, chunk), *texts))
 
 
 def _not_found(me: str, senders: Counter[str]) -> str:

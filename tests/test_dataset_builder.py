@@ -445,6 +445,31 @@ def test_a_chat_exported_twice_is_written_once_under_stable_ids() -> None:
     assert len(list(build_examples([again], "Ana"))) == 2
 
 
+@pytest.mark.parametrize(
+    ("bo", "ana"),
+    [
+        ("see you  \nat 8", "ok "),  # spaces ending a line, or the text
+        ("see you\r\nat 8", "\tok"),  # a Windows line break, a tab before the text
+        (" see you \t\nat 8\n", "ok\n"),
+    ],
+)
+def test_copies_that_differ_only_in_blanks_around_lines_are_duplicates(bo: str, ana: str) -> None:
+    stats = BuildStats()
+    one = conv((0, "Bo", "see you\nat 8"), (1, "Ana", "ok"))
+    other = conv((0, "Bo", bo), (1, "Ana", ana))
+    (kept,) = build_examples([one, other], "Ana", stats=stats)
+    assert turns(kept) == [("user", "see you\nat 8"), ("assistant", "ok")]
+    assert stats.duplicates == 1
+
+
+def test_spaces_between_words_still_make_another_example() -> None:
+    # Spacing inside a line is what someone typed; only blanks that end a line are trimmed
+    # by tools and editors. Same session and place, so only the words tell them apart.
+    one = conv((0, "Bo", "see you at 8"), (1, "Ana", "ok"))
+    other = conv((0, "Bo", "see  you at 8"), (1, "Ana", "ok"))
+    assert len(list(build_examples([one, other], "Ana"))) == 2
+
+
 def pairs(*texts: str) -> Conversation:
     """A 1:1 chat of Bo's and Ana's texts in turn, a minute apart."""
     return conv(*[(i, "Bo" if i % 2 == 0 else "Ana", t) for i, t in enumerate(texts)])
