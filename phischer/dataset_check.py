@@ -53,6 +53,8 @@ TYPED_KEYS: dict[str, tuple[type, str]] = {
     "tool_calls": (list, "an array"),
     "function_call": (dict, "an object"),
 }
+# `dataset split` names its held-out file so; OpenAI's example minimum is for training only.
+VALIDATION_SUFFIX = ".validation.jsonl"
 # Content lists: the part types and roles are in chat_format.PART_ROLES.
 PART_HINT = 'use "text" parts, and "image_url" parts in user messages'
 
@@ -395,6 +397,11 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
     return found
 
 
+def is_validation_file(path: Path) -> bool:
+    """Whether `path` is named as `dataset split` names a validation file."""
+    return path.name.endswith(VALIDATION_SUFFIX)
+
+
 def example_tokens(messages: list[dict[str, Any]], model: str) -> tuple[int, int]:
     """(tokens, images) of a valid example: content lists count their text, not images."""
     # Counted as plain messages, a list would be JSON text: its keys, and an image's URL
@@ -508,9 +515,17 @@ def check_file(
     epochs: int | None = None,
     *,
     progress: bool = False,
+    validation: bool | None = None,
 ) -> CheckReport:
-    """Check every line of a chat JSONL and compute token, epoch and cost estimates."""
+    """Check every line of a chat JSONL and compute token, epoch and cost estimates.
+
+    `validation`: the file is a validation file (None: when named like one, see
+    is_validation_file), which OpenAI takes with fewer than MIN_EXAMPLES examples.
+    """
     path = Path(path)
+    by_name = validation is None
+    if validation is None:
+        validation = is_validation_file(path)
     open_checked(path)
     known_limit = context_limit(base_model)
     limit = known_limit or DEFAULT_CONTEXT_LIMIT
@@ -548,7 +563,7 @@ def check_file(
             )
     if examples == 0:
         findings.add(Problem(0, "no examples in the file [no_examples]"))
-    elif examples < MIN_EXAMPLES:
+    elif examples < MIN_EXAMPLES and not validation:
         findings.add(
             Problem(
                 0,
@@ -558,6 +573,13 @@ def check_file(
             )
         )
     notes: list[str] = []
+    if validation and 0 < examples < MIN_EXAMPLES:
+        # Said, so that a training file named like a validation file is not waved through.
+        why = f" (its name ends {VALIDATION_SUFFIX})" if by_name else ""
+        notes.append(
+            f"checked as a validation file{why}: OpenAI's minimum of {MIN_EXAMPLES} examples "
+            "is for the training file"
+        )
     if known_limit is None:
         notes.append(
             f"no example limit known for {base_model}; assumed {DEFAULT_CONTEXT_LIMIT:,} tokens"

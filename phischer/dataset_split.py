@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from phischer.atomic import atomic_files
-from phischer.dataset_check import DatasetError, is_blank, open_checked, parse_line, read_lines
+from phischer.dataset_check import (
+    VALIDATION_SUFFIX,
+    DatasetError,
+    is_blank,
+    open_checked,
+    parse_line,
+    read_lines,
+)
 from phischer.printing import plural
 
 
@@ -169,7 +176,7 @@ def choose_validation(sizes: dict[str, int], validation: float, seed: int) -> se
 def _output_paths(path: Path, out_dir: Path | None) -> tuple[Path, Path]:
     stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
     folder = out_dir if out_dir is not None else path.parent
-    return folder / f"{stem}.train.jsonl", folder / f"{stem}.validation.jsonl"
+    return folder / f"{stem}.train.jsonl", folder / f"{stem}{VALIDATION_SUFFIX}"
 
 
 def split_file(

@@ -572,6 +572,24 @@ def test_weight_only_on_assistant_messages() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("name", "warned"), [("sam.validation.jsonl", False), ("sam.train.jsonl", True)]
+)
+def test_too_few_examples_is_for_training_files_only(
+    tmp_path: Path, name: str, warned: bool
+) -> None:
+    """OpenAI's 10-example minimum is for the training file; a validation file may be small."""
+    path = write(tmp_path / name, [chat("hey", "hi")] * 3)
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert ("only 3 examples: OpenAI requires at least 10" in result.output) is warned
+    said = "checked as a validation file (its name ends .validation.jsonl)"
+    assert (said in result.output) is not warned
+    # Said whatever the name: finetune start checks a --validation file by this flag.
+    assert check_file(path, validation=True).warning_count == 0
+    assert check_file(path, validation=False).warning_count == 1
+
+
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
