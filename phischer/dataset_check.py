@@ -53,6 +53,13 @@ TYPED_KEYS: dict[str, tuple[type, str]] = {
     "tool_calls": (list, "an array"),
     "function_call": (dict, "an object"),
 }
+# What a line may hold beside "messages" (OpenAI's per-line format for supervised chat
+# fine-tuning) and the JSON type of each (null: as if absent).
+EXAMPLE_KEYS: dict[str, tuple[type, str]] = {
+    "tools": (list, "an array"),
+    "parallel_tool_calls": (bool, "true or false"),
+    "functions": (list, "an array"),
+}
 # `dataset split` names its held-out file so; OpenAI's example minimum is for training only.
 VALIDATION_SUFFIX = ".validation.jsonl"
 # Content lists: the part types and roles are in chat_format.PART_ROLES.
@@ -321,7 +328,7 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
         ]
     if not messages:
         return [('"messages" is empty [missing_messages_list]', "error")]
-    found: list[tuple[str, Severity]] = []
+    found = _example_key_problems(obj)
     roles = set()
     for i, message in enumerate(messages, 1):
         if not isinstance(message, dict):
@@ -386,14 +393,44 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
                         "error",
                     )
                 )
-            elif isinstance(message["weight"], bool) or message["weight"] not in (0, 1):
-                found.append((f"message {i}: weight must be 0 or 1 [invalid_weight]", "error"))
+            elif type(message["weight"]) is not int or message["weight"] not in (0, 1):
+                # OpenAI's format says an integer: 1.0 (a float, as pandas writes it) and
+                # true are refused, though Python compares them equal to 1.
+                shown = _quoted(message["weight"])
+                found.append(
+                    (
+                        f"message {i}: weight is {shown}, must be the integer 0 or 1 "
+                        "[invalid_weight]",
+                        "error",
+                    )
+                )
     if "assistant" not in roles:
         found.append(("no assistant message [example_missing_assistant_message]", "error"))
     if "system" not in roles:
         found.append(("no system message [missing_system]", "warning"))
     if "user" not in roles:
         found.append(("no user message [missing_user]", "warning"))
+    return found
+
+
+def _example_key_problems(obj: dict[str, Any]) -> list[tuple[str, Severity]]:
+    """Errors in a line's keys beside "messages": unknown ones, known ones of the wrong type."""
+    found: list[tuple[str, Severity]] = []
+    unknown = [k for k in obj if k != "messages" and k not in EXAMPLE_KEYS]
+    if unknown:
+        keys = ", ".join(_quoted(k) for k in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        allowed = ", ".join(f'"{k}"' for k in ("messages", *EXAMPLE_KEYS))
+        found.append(
+            (
+                f"unrecognized key{plural} {keys} (a line holds {allowed}) [unrecognized_key]",
+                "error",
+            )
+        )
+    for key, (kind, wanted) in EXAMPLE_KEYS.items():
+        value = obj.get(key)
+        if value is not None and not isinstance(value, kind):
+            found.append((f'"{key}" is {json_kind(value)}, not {wanted} [data_type]', "error"))
     return found
 
 

@@ -36,7 +36,7 @@ ERRORS = [
     (9, "message 2: empty content [missing_content]"),
     (10, "no assistant message [example_missing_assistant_message]"),
     (11, "message 1: content is a number, not a string [missing_content]"),
-    (12, "message 2: weight must be 0 or 1 [invalid_weight]"),
+    (12, "message 2: weight is 2, must be the integer 0 or 1 [invalid_weight]"),
     (13, "message 2: not a JSON object but a string [data_type]"),
     (13, "no assistant message [example_missing_assistant_message]"),
     (17, "not a JSON object but a string [data_type]"),
@@ -569,6 +569,33 @@ def test_weight_only_on_assistant_messages() -> None:
     assert check_example(example) == [
         ("message 1: weight is only for assistant messages [invalid_weight]", "error"),
         ("message 2: weight is only for assistant messages [invalid_weight]", "error"),
+    ]
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.0, True, "1"])
+def test_weight_is_the_integer_0_or_1_as_openai_documents_it(weight: object) -> None:
+    # Python compares 1.0 and true equal to 1; OpenAI's format says an integer.
+    example: Any = chat("hey", "hi")
+    example["messages"][2]["weight"] = weight
+    shown = json.dumps(weight)
+    assert check_example(example) == [
+        (f"message 3: weight is {shown}, must be the integer 0 or 1 [invalid_weight]", "error")
+    ]
+    example["messages"][2]["weight"] = int(weight)  # type: ignore[call-overload]
+    assert check_example(example) == []
+
+
+def test_a_line_holds_only_the_keys_of_openais_format() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    valid = {**chat("hey", "hi"), "tools": tools, "parallel_tool_calls": False, "functions": None}
+    assert check_example(valid) == []
+    assert errors({**chat("hey", "hi"), "prompt": "hey", "id": 7}) == [
+        'unrecognized keys "prompt", "id" (a line holds "messages", "tools", '
+        '"parallel_tool_calls", "functions") [unrecognized_key]'
+    ]
+    assert errors({**chat("hey", "hi"), "tools": {}, "parallel_tool_calls": "yes"}) == [
+        '"tools" is an object, not an array [data_type]',
+        '"parallel_tool_calls" is a string, not true or false [data_type]',
     ]
 
 
