@@ -394,14 +394,16 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
                     )
                 )
             elif type(message["weight"]) is not int or message["weight"] not in (0, 1):
-                # OpenAI's format says an integer: 1.0 (a float, as pandas writes it) and
-                # true are refused, though Python compares them equal to 1.
-                shown = _quoted(message["weight"])
+                # OpenAI's format says an integer: true is refused, though Python compares
+                # it equal to 1. 1.0 (a float, as pandas writes it) may pass OpenAI's own
+                # check or not (it documents none): a warning, so an upload is not blocked.
+                weight = message["weight"]
+                near = type(weight) is float and weight in (0, 1)
                 found.append(
                     (
-                        f"message {i}: weight is {shown}, must be the integer 0 or 1 "
+                        f"message {i}: weight is {_quoted(weight)}, must be the integer 0 or 1 "
                         "[invalid_weight]",
-                        "error",
+                        "warning" if near else "error",
                     )
                 )
     if "assistant" not in roles:
@@ -424,7 +426,8 @@ def _example_key_problems(obj: dict[str, Any]) -> list[tuple[str, Severity]]:
         found.append(
             (
                 f"unrecognized key{plural} {keys} (a line holds {allowed}) [unrecognized_key]",
-                "error",
+                # OpenAI documents no other keys, nor what it does with them: a warning.
+                "warning",
             )
         )
     for key, (kind, wanted) in EXAMPLE_KEYS.items():

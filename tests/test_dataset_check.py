@@ -572,14 +572,17 @@ def test_weight_only_on_assistant_messages() -> None:
     ]
 
 
-@pytest.mark.parametrize("weight", [1.0, 0.0, True, "1"])
-def test_weight_is_the_integer_0_or_1_as_openai_documents_it(weight: object) -> None:
-    # Python compares 1.0 and true equal to 1; OpenAI's format says an integer.
+@pytest.mark.parametrize(
+    ("weight", "severity"), [(1.0, "warning"), (0.0, "warning"), (True, "error"), ("1", "error")]
+)
+def test_weight_is_the_integer_0_or_1_as_openai_documents_it(weight: object, severity: str) -> None:
+    # Python compares 1.0 and true equal to 1; OpenAI's format says an integer. A float
+    # of the right value is only warned of: OpenAI documents no check that refuses it.
     example: Any = chat("hey", "hi")
     example["messages"][2]["weight"] = weight
     shown = json.dumps(weight)
     assert check_example(example) == [
-        (f"message 3: weight is {shown}, must be the integer 0 or 1 [invalid_weight]", "error")
+        (f"message 3: weight is {shown}, must be the integer 0 or 1 [invalid_weight]", severity)
     ]
     example["messages"][2]["weight"] = int(weight)  # type: ignore[call-overload]
     assert check_example(example) == []
@@ -589,9 +592,13 @@ def test_a_line_holds_only_the_keys_of_openais_format() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     valid = {**chat("hey", "hi"), "tools": tools, "parallel_tool_calls": False, "functions": None}
     assert check_example(valid) == []
-    assert errors({**chat("hey", "hi"), "prompt": "hey", "id": 7}) == [
-        'unrecognized keys "prompt", "id" (a line holds "messages", "tools", '
-        '"parallel_tool_calls", "functions") [unrecognized_key]'
+    # A warning: OpenAI documents no other keys, nor that it refuses them.
+    assert check_example({**chat("hey", "hi"), "prompt": "hey", "id": 7}) == [
+        (
+            'unrecognized keys "prompt", "id" (a line holds "messages", "tools", '
+            '"parallel_tool_calls", "functions") [unrecognized_key]',
+            "warning",
+        )
     ]
     assert errors({**chat("hey", "hi"), "tools": {}, "parallel_tool_calls": "yes"}) == [
         '"tools" is an object, not an array [data_type]',
