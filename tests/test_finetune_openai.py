@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import os
 import signal
@@ -1082,6 +1083,69 @@ def test_retried_rate_limit_then_success(
     result = run("finetune", "status", job_id)
     assert result.exit_code == 0
     assert result.output.splitlines()[-1] == f"{job_id}: running"
+
+
+RATE_LIMITED = {"error": {"message": "slow down", "type": "requests", "code": "rate_limit"}}
+
+
+@pytest.mark.parametrize("request_", ["upload", "status"])
+def test_a_rate_limit_the_sdk_waits_out_is_said(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, request_: str
+) -> None:
+    # The SDK waits out a Retry-After of up to 2 minutes per retry: it did so in silence.
+    job_id = start_job(train) if request_ == "status" else "-"
+    path = "/v1/files" if request_ == "upload" else f"/v1/fine_tuning/jobs/{job_id}"
+    fake_ft.reply("POST" if request_ == "upload" else "GET", path, 429, RATE_LIMITED,
+                  {"retry-after": "1"})  # fmt: skip
+    result = start(train) if request_ == "upload" else run("finetune", "status", job_id)
+    assert result.exit_code == 0, result.output
+    assert "OpenAI is rate-limiting (429); waiting 1 s before trying again" in (
+        result.output.splitlines()
+    )
+
+
+@pytest.mark.parametrize("path", ["/v1/fine_tuning/jobs/ftjob-0002", "/v1/fine_tuning/jobs"])
+def test_a_rate_limit_asking_for_longer_than_two_minutes_says_how_long(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, path: str
+) -> None:
+    # An HTTP date 10 minutes ahead: the SDK does not wait that long, and phischer said
+    # "wait a minute". The job request (phischer's own retries) does not try again early.
+    later = email.utils.formatdate(time.time() + 600, usegmt=True)
+    method = "GET" if path.endswith("0002") else "POST"
+    if method == "GET":
+        start_job(train)
+    fake_ft.reply(method, path, 429, RATE_LIMITED, {"retry-after": later})
+    result = run("finetune", "status", "ftjob-0002") if method == "GET" else start(train)
+    assert result.exit_code == 1
+    doing = "checking ftjob-0002" if method == "GET" else "creating the fine-tuning job"
+    assert error_lines(result) == [
+        f"Error: OpenAI rate limit or quota hit while {doing} (429: slow down): OpenAI asks to "
+        "wait 10 min before the next try"
+    ]
+    assert len(fake_ft.calls(method, path)) == 1  # not tried again
+
+
+@pytest.mark.parametrize(
+    ("status", "what"),
+    [
+        (502, "502 Bad Gateway while checking {job}: a gateway or proxy error (the API behind "
+              "it did not answer): try again in a while, or check OPENAI_BASE_URL"),
+        (403, "403 Forbidden while checking {job}, not as OpenAI's API answers (a proxy or "
+              "another server): check OPENAI_BASE_URL"),
+    ],
+)  # fmt: skip
+def test_an_error_page_says_who_answered_and_what_it_means(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, status: int, what: str
+) -> None:
+    # It said only "Error code: 502"; the page itself is not shown.
+    job_id = start_job(train)
+    page = f"<html><title>{status}</title><body><h1>{status}</h1>nginx</body></html>".encode()
+    fake_ft.reply("GET", f"/v1/fine_tuning/jobs/{job_id}", status, page, times=3)
+    result = run("finetune", "status", job_id)
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: {fake_ft.base_url} answered " + what.format(job=job_id)
+    ]
 
 
 def test_connection_refused_is_one_line(

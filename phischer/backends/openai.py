@@ -277,8 +277,15 @@ def _labels(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     )
 
 
-def sdk_client(base_url: str, api_key: str, *, timeout_s: float, max_retries: int) -> openai.OpenAI:
-    """An SDK client on `base_url` that reaches a server on this machine or network directly."""
+def sdk_client(
+    base_url: str,
+    api_key: str,
+    *,
+    timeout_s: float,
+    max_retries: int,
+    client_class: type[openai.OpenAI] = openai.OpenAI,
+) -> openai.OpenAI:
+    """An SDK client (a `client_class`) on `base_url` that reaches a local server directly."""
     host = urlsplit(base_url.strip()).hostname
     http_client = None
     if host and is_local_host(host):
@@ -287,7 +294,7 @@ def sdk_client(base_url: str, api_key: str, *, timeout_s: float, max_retries: in
         # Ollama or vLLM on this machine (or the LAN), and would answer every text with a 502.
         # A mount of None makes the host's requests skip the environment's proxy.
         http_client = openai.DefaultHttpxClient(mounts={f"all://{url_host(host)}": None})
-    return openai.OpenAI(
+    return client_class(
         base_url=base_url,
         api_key=api_key,
         timeout=timeout_s,

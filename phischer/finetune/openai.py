@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import http
 import json
 import shlex
 import time
@@ -42,7 +43,13 @@ OPENAI_URL = "https://api.openai.com/v1"
 # Explicit, not the SDK's 600 s / 2 retries: a stuck upload or poll should fail in a minute.
 TIMEOUT_S = 60.0
 MAX_RETRIES = 2
-MAX_RETRY_AFTER_S = 60.0  # a job request's Retry-After is waited for up to this long
+# A job request's Retry-After is waited for up to this long, as the SDK waits for any other
+# request's: a longer one fails at once, saying how long OpenAI asked to wait.
+MAX_RETRY_AFTER_S = 120.0
+# The SDK waits out a Retry-After of up to 2 minutes in silence: one of this long or more is said.
+NOTICE_WAIT_S = 1.0
+# Statuses a gateway or proxy in front of the API answers with when what is behind it failed.
+GATEWAY_STATUSES = (502, 504)
 # `status --wait` polls after 5 s, then backs off by 1.5x up to once a minute.
 POLL_FIRST_S = 5.0
 POLL_MAX_S = 60.0
@@ -73,6 +80,25 @@ class StartRequest:
     epochs: int | None = None
 
 
+class _SaysItsWaits(openai.OpenAI):
+    """The SDK's client, saying when it waits before a retry as a Retry-After asks."""
+
+    # The SDK's own hook (keyword arguments only, as the SDK calls it): it sleeps up to two
+    # minutes per retry, on an upload or a status check, with no line and no bar moving.
+    def _sleep_for_retry(self, *, response: Any = None, **kwargs: Any) -> None:
+        asked = retry_after_s(response.headers) if response is not None else None
+        if asked is not None and asked >= NOTICE_WAIT_S:
+            # tqdm.write: above an upload's bar instead of through it.
+            tqdm.write(_waiting_line(server_of(self), response.status_code, asked))
+        super()._sleep_for_retry(response=response, **kwargs)
+
+
+def _waiting_line(server: str, status: int, seconds: float) -> str:
+    if status == 429:
+        return f"OpenAI is rate-limiting (429); waiting {_duration(seconds)} before trying again"
+    return f"{server} answered {status}; waiting {_duration(seconds)} before trying again"
+
+
 def make_client(settings: Settings, no_key_hint: str = "") -> openai.OpenAI:
     """An SDK client on OPENAI_API_KEY / OPENAI_BASE_URL with explicit timeout and retries."""
     if not settings.openai_api_key:
@@ -82,7 +108,34 @@ def make_client(settings: Settings, no_key_hint: str = "") -> openai.OpenAI:
         settings.openai_api_key,
         timeout_s=TIMEOUT_S,
         max_retries=MAX_RETRIES,
+        client_class=_SaysItsWaits,
     )
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """The seconds a response's retry-after-ms or Retry-After (number or HTTP date) asks for."""
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = _seconds_until(value)
+        return max(0.0, seconds)
+    except (TypeError, ValueError, OverflowError):
+        return None  # a header no one can read: as without one
+
+
+def _duration(seconds: float) -> str:
+    """A wait as people say it: "45 s", "10 min", "3 h"."""
+    if seconds < 120:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 2 * 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds / 3600)} h"
 
 
 def server_of(client: openai.OpenAI) -> str:
@@ -145,15 +198,37 @@ def _api_error_message(client: openai.OpenAI, exc: openai.APIError, doing: str) 
             "check OPENAI_API_KEY in .env"
         )
     if isinstance(exc, openai.RateLimitError):
-        return (
-            f"OpenAI rate limit or quota hit while {doing} (429: {_api_message(exc)}): "
-            "wait a minute and retry, or check your plan's billing"
-        )
+        asked = retry_after_s(exc.response.headers)
+        what = f"OpenAI rate limit or quota hit while {doing} (429: {_api_message(exc)})"
+        if asked is not None and asked >= NOTICE_WAIT_S:
+            return f"{what}: OpenAI asks to wait {_duration(asked)} before the next try"
+        return f"{what}: wait a minute and retry, or check your plan's billing"
     if isinstance(exc, openai.APIStatusError):
+        if not isinstance(exc.body, dict):  # not the API's error JSON: a page, text, nothing
+            return _not_the_api(client, exc.status_code, doing)
         return f"OpenAI answered {exc.status_code} while {doing}: {_api_message(exc)}"
     return (
         f"cannot reach {client.base_url} while {doing} ({exc.message}): "
         "check your network or OPENAI_BASE_URL"
+    )
+
+
+def _not_the_api(client: openai.OpenAI, status: int, doing: str) -> str:
+    """An error status whose body is not the API's JSON: who answered, and what it means."""
+    # Its body (often a proxy's HTML page) says nothing a terminal line can use: not shown.
+    try:
+        answered = f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        answered = str(status)
+    if status in GATEWAY_STATUSES:
+        return (
+            f"{server_of(client)} answered {answered} while {doing}: a gateway or proxy error "
+            "(the API behind it did not answer): try again in a while, or check OPENAI_BASE_URL"
+        )
+    again = "try again in a while, or " if status >= 500 else ""
+    return (
+        f"{server_of(client)} answered {answered} while {doing}, not as OpenAI's API answers "
+        f"(a proxy or another server): {again}check OPENAI_BASE_URL"
     )
 
 
@@ -341,20 +416,16 @@ def _job_created_anyway(client: openai.OpenAI, training_file_id: str) -> Any | N
     return next((job for job in recent if job.training_file == training_file_id), None)
 
 
-def _retry_after(exc: FineTuneError, attempt: int) -> float:
-    """Seconds before sending the job request again: the server's Retry-After, or a backoff."""
+def _retry_after(exc: FineTuneError, attempt: int) -> float | None:
+    """Seconds before sending the job request again: the server's Retry-After, or a backoff.
+
+    None when the server asks for longer than MAX_RETRY_AFTER_S: the error says how long.
+    """
     response = getattr(exc.__context__, "response", None)
-    headers = response.headers if response is not None else {}
-    try:
-        if "retry-after-ms" in headers:
-            return min(MAX_RETRY_AFTER_S, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if value is not None:
-            seconds = float(value) if value.strip().isdigit() else _seconds_until(value)
-            return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
-    except (TypeError, ValueError):
-        pass  # a header no one can read: back off as without one
-    return 0.5 * 2 ** (attempt - 1)
+    asked = retry_after_s(response.headers) if response is not None else None
+    if asked is None:
+        return 0.5 * 2 ** (attempt - 1)
+    return asked if asked <= MAX_RETRY_AFTER_S else None
 
 
 def _seconds_until(http_date: str) -> float:
@@ -383,9 +454,9 @@ def _create_job(
             if found is not None:
                 echo(f"Note: OpenAI's answer was lost, but it created the job {found.id}.")
                 return found
-        if attempt > MAX_RETRIES:
-            raise failed
         delay = _retry_after(failed, attempt)
+        if attempt > MAX_RETRIES or delay is None:
+            raise failed
         echo(f"Warning: {failed}; trying again in {delay:g} s")
         _sleep(delay)
     raise AssertionError("unreachable")
