@@ -1446,6 +1446,26 @@ def test_two_servers_numbering_their_jobs_alike_keep_both(
     assert statuses == {fake_ft.base_url: "cancelled", other.base_url: "succeeded"}
 
 
+@pytest.mark.parametrize("command", ["status", "cancel"])
+def test_a_job_of_the_server_openai_base_url_named_before_says_how_to_reach_it(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database,
+    monkeypatch: pytest.MonkeyPatch, command: str,
+) -> None:  # fmt: skip
+    # It said only "OpenAI answered 404 …: No such object".
+    job_id = start_job(train)
+    with FakeOpenAI() as other:
+        other.valid_key = VALID_KEY
+        monkeypatch.setenv("OPENAI_BASE_URL", other.base_url)
+        result = run("finetune", command, job_id)
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        f"Error: {job_id} was started on {fake_ft.base_url}, not on {other.base_url} (where "
+        f"OPENAI_BASE_URL points now): to reach it, set OPENAI_BASE_URL={fake_ft.base_url} and "
+        "that account's OPENAI_API_KEY (in .env, or before the command)"
+    ]
+    assert stored_job(database)["status"] == "validating_files"
+
+
 def test_a_restarted_server_reusing_a_job_id_keeps_both_and_follows_the_new_job(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
 ) -> None:

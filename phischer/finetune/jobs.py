@@ -57,6 +57,15 @@ def find_job(session: Session, job_id: str, server: str | None = None) -> FineTu
     ).first()
 
 
+def stored_elsewhere(session: Session, job_id: str, server: str) -> str | None:
+    """The server other than `server` a job id is stored for (the newest such row), or None."""
+    return session.scalars(
+        sa.select(FineTuneJob.server)
+        .where(FineTuneJob.job_id == job_id, FineTuneJob.server != server)
+        .order_by(FineTuneJob.id.desc())
+    ).first()
+
+
 def get_job(session: Session, job_id: str, server: str | None = None) -> FineTuneJob:
     """The stored row for a job id (as `find_job`), or a one-line error naming `finetune list`."""
     job = find_job(session, job_id, server)

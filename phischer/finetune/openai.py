@@ -648,7 +648,7 @@ def check_status(
     if row is not None and row.provider != "openai":
         raise FineTuneError(f"{job_id} is a {row.provider} job: it has no remote status")
     doing = f"checking {job_id}"
-    with api_errors(client, doing):
+    with _started_elsewhere(db, client, job_id, row), api_errors(client, doing):
         remote = client.fine_tuning.jobs.retrieve(job_id)
     remote = _expect(client, remote, FineTuningJob, doing, "id", "status")
     with api_errors(client, doing):
@@ -689,6 +689,27 @@ def check_status(
             # saw the job train says so, as the run that made the switch does.
             _say_switch(result, jobs.persona_of(session, stored), stored.fine_tuned_model)
     return result
+
+
+@contextmanager
+def _started_elsewhere(
+    db: Database, client: openai.OpenAI, job_id: str, row: FineTuneJob | None
+) -> Iterator[None]:
+    """A 404 for a job stored for another server (OPENAI_BASE_URL changed since) names that one."""
+    try:
+        yield
+    except FineTuneError as exc:
+        if row is not None or not isinstance(exc.__context__, openai.NotFoundError):
+            raise
+        with db.read() as session:
+            there = jobs.stored_elsewhere(session, job_id, server_of(client))
+        if there is None:
+            raise
+        raise FineTuneError(
+            f"{job_id} was started on {there}, not on {server_of(client)} (where "
+            f"OPENAI_BASE_URL points now): to reach it, set OPENAI_BASE_URL={there} and that "
+            "account's OPENAI_API_KEY (in .env, or before the command)"
+        ) from None
 
 
 def _say_switch(result: StatusResult, persona: Any, model: str) -> None:
@@ -878,7 +899,7 @@ def cancel(db: Database, settings: Settings, job_id: str) -> str:
         raise FineTuneError(f"{job_id} is a {row.provider} job: stop it with Ctrl-C where it runs")
     client = make_client(settings)
     doing = f"cancelling {job_id}"
-    with api_errors(client, doing):
+    with _started_elsewhere(db, client, job_id, row), api_errors(client, doing):
         remote = client.fine_tuning.jobs.cancel(job_id)
     remote = _expect(client, remote, FineTuningJob, doing, "status")
     with db.write() as session:
