@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from phischer.db import Database  # noqa: E402
-from phischer.finetune import local, serving  # noqa: E402
+from phischer.finetune import jobs, local, serving  # noqa: E402
 from phischer.finetune.checkpoints import (  # noqa: E402
     adapter_rank,
     finished_checkpoint,
@@ -42,7 +42,12 @@ from phischer.finetune.encode import (  # noqa: E402
     encode_file,
     report_cuts,
 )
-from phischer.finetune.local_request import LocalRequest, LoraSettings, check_base_model  # noqa: E402
+from phischer.finetune.local_request import (  # noqa: E402
+    DEFAULT_SERVE_URL,
+    LocalRequest,
+    LoraSettings,
+    check_base_model,
+)
 from phischer.models import Persona  # noqa: E402
 from phischer.personas import PersonaSpec, add_persona  # noqa: E402
 from tests.conftest import jobs_in, persona_row, record_local_job, run, stderr_to  # noqa: E402
@@ -1319,6 +1324,40 @@ def test_cli_local_switches_a_persona_renamed_while_it_trains(
     assert (p.name, p.backend, p.model) == ("Ada King", "openai", "ada-lovelace")
     assert job.status == "succeeded" and job.persona_id == p.id
     assert "Persona Ada King now uses model ada-lovelace at " in result.output
+
+
+def test_cli_local_success_keeps_the_model_of_a_job_started_after_it(
+    tiny_model: Path,
+    ada: Path,
+    tmp_path: Path,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An OpenAI job started while it trained, and succeeded first: the run switched it back.
+    def newer_job_succeeds() -> None:
+        with database.write() as session:
+            job = jobs.record_job(
+                session, job_id="ftjob-9", provider="openai", persona_id=persona_row(database).id,
+                base_model="gpt-4.1-mini", status="running",
+            )  # fmt: skip
+            jobs.apply_update(session, job, jobs.JobUpdate("succeeded", fine_tuned_model="ft:x"))
+
+    with database.write() as session:  # and one still running from before: said at start
+        jobs.record_job(session, job_id="ftjob-1", provider="openai", status="running",
+                        persona_id=persona_row(database).id, base_model="gpt-4.1-mini")  # fmt: skip
+    on_first_batch(monkeypatch, newer_job_succeeds)
+    result = short_run(tiny_model, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "Warning: Ada Lovelace already has a fine-tuning job that has not ended: ftjob-1 " in (
+        result.output
+    )
+    assert persona_row(database).model == "ft:x"
+    local_id = next(j.job_id for j in jobs_in(database) if j.provider == "local")
+    assert result.output.splitlines()[-2] == (
+        f"Persona Ada Lovelace keeps ft:x of ftjob-9, started after {local_id}: to answer with "
+        "this one, `phischer persona edit 'Ada Lovelace' --backend openai --model ada-lovelace "
+        f"--base-url {DEFAULT_SERVE_URL}`."
+    )
 
 
 def test_cli_local_refuses_a_second_run_into_the_folder_one_trains_into(

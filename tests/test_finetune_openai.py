@@ -956,6 +956,38 @@ def test_a_success_named_without_its_model_switches_the_persona_once_it_has_one(
     assert "Persona" not in run("finetune", "status", job_id).output  # switched once
 
 
+def test_a_second_start_warns_and_an_older_jobs_success_keeps_the_newer_model(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    # Two jobs for one persona: whichever succeeded last set its model, the older one too.
+    fake_ft.default_script = [Step("running"), Step("succeeded", fine_tuned_model="ft:older")]
+    older = start_job(train)
+    fake_ft.default_script = [Step("succeeded", fine_tuned_model=FT_MODEL)]
+    second = start(train)
+    assert second.exit_code == 0, second.output
+    assert (
+        f"Warning: Ada Lovelace already has a fine-tuning job that has not ended: {older} "
+        "(validating_files when last checked). If this new job succeeds, the persona answers "
+        "with its model, whichever ends first (an older job's success does not switch it "
+        f"back); `phischer finetune cancel {older}` stops it."
+    ) in second.output.splitlines()
+    newer = second.output.splitlines()[-2].split()[3]
+    assert run("finetune", "status", newer).output.splitlines()[-1] == (
+        f"Persona Ada Lovelace now answers with {FT_MODEL}."
+    )
+    assert run("finetune", "status", older).exit_code == 0  # running
+    result = run("finetune", "status", older)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2:] == [
+        f"{older}: succeeded, model ft:older",
+        f"Persona Ada Lovelace keeps {FT_MODEL} of {newer}, started after {older}: to answer "
+        "with this one, `phischer persona edit 'Ada Lovelace' --backend openai --model "
+        "ft:older --base-url '' --api-key-env ''`.",
+    ]
+    assert persona_row(database).model == FT_MODEL
+    assert "already has" not in start(train).output  # both ended: nothing to warn of
+
+
 def test_status_without_wait_shows_new_events_once(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
 ) -> None:

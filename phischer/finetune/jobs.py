@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from phischer.finetune.common import FINAL_STATES, FineTuneError
+from phischer.db import Database
+from phischer.finetune.common import FINAL_STATES, Echo, FineTuneError
 from phischer.models import FineTuneJob, Persona, utcnow
 from phischer.redact import redact
 
@@ -98,6 +100,68 @@ def list_jobs(session: Session) -> list[tuple[FineTuneJob, str | None]]:
     return [(job, name) for job, name in rows]
 
 
+def unfinished_of(session: Session, persona_id: int) -> list[FineTuneJob]:
+    """The persona's stored jobs that have not ended (as last checked), oldest first."""
+    return list(
+        session.scalars(
+            sa.select(FineTuneJob)
+            .where(FineTuneJob.persona_id == persona_id, FineTuneJob.status.not_in(FINAL_STATES))
+            .order_by(FineTuneJob.id)
+        )
+    )
+
+
+def warn_unfinished(db: Database, persona_id: int, name: str, echo: Echo) -> None:
+    """Say which of the persona's jobs have not ended: the newest to succeed gets the persona."""
+    from phischer.finetune.local_status import stopped_hard
+
+    with db.read() as session:
+        # A local run killed hard stays "running" for good: it trains no more.
+        pending = unfinished_of(session, persona_id)
+    pending = [j for j in pending if j.provider != "local" or not stopped_hard(j)]
+    if not pending:
+        return
+    listed = ", ".join(f"{j.job_id} ({j.status} when last checked)" for j in pending)
+    if len(pending) > 1:
+        stop = "`phischer finetune cancel JOB` stops an OpenAI one"
+    elif pending[0].provider == "local":
+        stop = "Ctrl-C where it trains stops it"
+    else:
+        stop = f"`phischer finetune cancel {pending[0].job_id}` stops it"
+    echo(
+        f"Warning: {name} already has a fine-tuning job that has not ended: {listed}. If this "
+        "new job succeeds, the persona answers with its model, whichever ends first (an older "
+        f"job's success does not switch it back); {stop}."
+    )
+
+
+def newer_success(session: Session, job: FineTuneJob) -> FineTuneJob | None:
+    """The latest job of `job`'s persona, started after it, that succeeded with its model."""
+    # That one switched the persona: an older job ending after it must not switch it back.
+    if job.persona_id is None:
+        return None
+    return session.scalars(
+        sa.select(FineTuneJob)
+        .where(
+            FineTuneJob.persona_id == job.persona_id,
+            FineTuneJob.id > job.id,
+            FineTuneJob.status == "succeeded",
+            FineTuneJob.fine_tuned_model.is_not(None),
+        )
+        .order_by(FineTuneJob.id.desc())
+    ).first()
+
+
+def kept_newer(persona: str, newer: FineTuneJob, job_id: str, flags: str) -> str:
+    """Why a job that just succeeded switched nothing: a job started after it already had."""
+    # One wording for the local and the OpenAI path; `flags` are what serve this job's model.
+    return (
+        f"Persona {persona} keeps {newer.fine_tuned_model} of {newer.job_id}, started after "
+        f"{job_id}: to answer with this one, `phischer persona edit {shlex.quote(persona)} "
+        f"--backend openai {flags}`."
+    )
+
+
 def removed_while_trained(persona: str, job_id: str, where: str, flags: str) -> str:
     """Why a trained model serves no persona (removed meanwhile), and how to serve it."""
     # One wording for the local and the OpenAI path; `flags` are what serve the model.
@@ -133,7 +197,7 @@ def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Perso
 
     Returns the persona that was switched, if any. A job that was already `succeeded` with
     its model does not switch the persona again, so a later `persona edit` by hand is not overwritten
-    by a repeated `finetune status`.
+    by a repeated `finetune status`; nor does one older than a job that already switched it.
     """
     # Succeeded with its model is when the switch was made: OpenAI may name the model only
     # on a later check than the first to say "succeeded".
@@ -151,7 +215,8 @@ def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Perso
     if update.status in FINAL_STATES and job.finished_at is None:
         job.finished_at = utcnow()
     switched = None
-    if update.status == "succeeded" and not switched_before and job.fine_tuned_model:
+    first_success = update.status == "succeeded" and not switched_before
+    if first_success and job.fine_tuned_model and newer_success(session, job) is None:
         # The model lives where the job ran (OPENAI_BASE_URL, OPENAI_API_KEY's account),
         # not on a server the persona may have pointed at before (e.g. a local vLLM for an
         # earlier LoRA, with its own key variable).

@@ -415,6 +415,8 @@ def start_local(
     if warning is not None:
         echo(f"Warning: {warning}.")
     with training_lock(output_dir):
+        # Inside the lock: a run refused for the folder starts no second job to warn of.
+        jobs.warn_unfinished(db, persona_id, persona_name, echo)
         recorder = JobRecorder(db, request, output_dir, persona_id, name)
         result = _run_recorded(request, output_dir, recorder, echo)
         assert recorder.job_id is not None  # train_lora calls on_start before it returns
@@ -436,6 +438,7 @@ def start_local(
         else:
             title = f"{name}: rank-{rank} LoRA on {base_name}"
             echo(write_loss_plot(result, plot, title))
+        serve_flags = f"--model {name} --base-url {request.serve_url}"
         with db.write() as session:
             stored = jobs.get_job(session, recorder.job_id)
             jobs.apply_update(
@@ -444,17 +447,24 @@ def start_local(
                 jobs.JobUpdate(status="succeeded", trained_tokens=result.tokens_seen or None),
             )
             stored.fine_tuned_model = name
-            switched = jobs.switch_persona(session, stored, request.serve_url)
+            # A job of the persona started after this one and already succeeded has switched
+            # it: that newer model stays (as an older OpenAI job's success leaves it too).
+            newer = jobs.newer_success(session, stored)
+            kept = newer and jobs.kept_newer(persona_name, newer, stored.job_id, serve_flags)
+            switched = None if kept else jobs.switch_persona(session, stored, request.serve_url)
             switched_name, row = switched.name if switched else None, stored
         echo(guide)
         notes = output_dir / "SERVING.md"
+        if kept:
+            echo(kept)
+            return row
         if switched_name is None:
             raise FineTuneError(
                 jobs.removed_while_trained(
                     f"persona {persona_name!r}",
                     recorder.job_id,
                     f"the adapter is in {output_dir} (serving notes: {notes})",
-                    f"--model {name} --base-url {request.serve_url}",
+                    serve_flags,
                 )
             )
         echo(

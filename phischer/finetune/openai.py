@@ -556,6 +556,7 @@ def start_openai(
         _check(request.validation_path, base_model, request.epochs, echo, training=False)
     echo(_cost_line(report))
     echo(deadline_notice(today))
+    jobs.warn_unfinished(db, persona_id, persona_name, echo)
 
     hyper = {"n_epochs": request.epochs if request.epochs is not None else "auto"}
     job = {
@@ -625,6 +626,7 @@ class StatusResult:
     older_events_cut: bool = False  # more new events than MAX_EVENTS: only the latest shown
     persona_switched: str | None = None
     persona_removed: bool = False  # it succeeded just now, and its persona is gone
+    kept_newer: str | None = None  # it succeeded, but a newer job had switched the persona
     tracked: bool = True
     last_event_id: str | None = None  # the last event shown by now: where the next check pages to
 
@@ -687,7 +689,7 @@ def check_status(
         if remote.status == "succeeded" and not switched_before and stored.fine_tuned_model:
             # Switched once, by whichever check stored the success first; every wait that
             # saw the job train says so, as the run that made the switch does.
-            _say_switch(result, jobs.persona_of(session, stored), stored.fine_tuned_model)
+            _say_switch(result, session, stored)
     return result
 
 
@@ -712,10 +714,17 @@ def _started_elsewhere(
         ) from None
 
 
-def _say_switch(result: StatusResult, persona: Any, model: str) -> None:
+def _say_switch(result: StatusResult, session: Any, job: FineTuneJob) -> None:
+    persona = jobs.persona_of(session, job)
+    newer = jobs.newer_success(session, job)
     if persona is None:
         result.persona_removed = True
-    elif persona.model == model:  # not when edited by hand since: that edit stands
+    elif newer is not None:
+        # The model lives at OPENAI_BASE_URL: a base URL or key variable kept from a newer
+        # local job's switch is cleared.
+        flags = f"--model {job.fine_tuned_model} --base-url '' --api-key-env ''"
+        result.kept_newer = jobs.kept_newer(persona.name, newer, job.job_id, flags)
+    elif persona.model == job.fine_tuned_model:  # not when edited by hand since: that stands
         result.persona_switched = persona.name
 
 
@@ -763,6 +772,8 @@ def describe_status(result: StatusResult) -> list[str]:
         lines.append(
             f"Persona {result.persona_switched} now answers with {result.fine_tuned_model}."
         )
+    if result.kept_newer:
+        lines.append(result.kept_newer)
     if result.persona_removed:
         model = result.fine_tuned_model
         lines.append(
