@@ -26,7 +26,8 @@ INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 _LOCAL_ONLY: list[str] = []  # filled by _local: the flags `--provider openai` refuses
 _OPENAI_ONLY = ["--suffix"]
 _STILL_STOPPING_OPENAI = (
-    b"Still stopping (deleting the uploads); press Ctrl-C again to quit at once.\n"
+    b"Still stopping (deleting the uploads, or looking for the job OpenAI may have made); "
+    b"press Ctrl-C again to quit at once.\n"
 )
 _STILL_STOPPING = (
     b"Still stopping (recording where the local run stopped); press Ctrl-C again to quit at once.\n"

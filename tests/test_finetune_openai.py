@@ -543,11 +543,16 @@ START_PINNED = (
 
 
 def ctrl_c_start(
-    fake: FakeOpenAI, pending: str, *args: str, body: bytes = b"", sig: int = signal.SIGINT
+    fake: FakeOpenAI,
+    pending: str,
+    *args: str,
+    body: bytes = b"",
+    sig: int = signal.SIGINT,
+    again_at: str = "",
 ) -> tuple[int, str, str]:
     """`finetune start ARGS` in a real process, `sig` (Ctrl-C) once OpenAI got the `pending`
-    request (POST /v1/files or /v1/fine_tuning/jobs with `body` in it, held back by a stall);
-    (exit code, out, err)."""
+    request (POST /v1/files or /v1/fine_tuning/jobs with `body` in it, held back by a stall),
+    and Ctrl-C twice more once it GETs `again_at` (if given); (exit code, out, err)."""
     env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": VALID_KEY}
     command = [sys.executable, "-c", START_PINNED, "finetune", "start", *args]
     proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
@@ -558,6 +563,12 @@ def ctrl_c_start(
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(sig)
+        while again_at and not fake.calls("GET", again_at):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        for _ in range(2 if again_at else 0):
+            time.sleep(0.3)  # one signal at a time: two pending ones are handled as one
+            proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -589,24 +600,65 @@ def test_ctrl_c_during_the_validation_upload_deletes_the_training_upload(
     assert fake_ft.calls("POST", "/v1/fine_tuning") == [] and jobs_in(database) == []
 
 
+NOT_FOUND_AFTER_CTRL_C = (
+    "Interrupted while OpenAI was creating the job, and no job reading the upload was found: if "
+    "OpenAI makes it all the same, it is not recorded here and switches no persona (`phischer "
+    "finetune list` shows it, `phischer finetune cancel JOB` stops it).\n"
+)
+
+
+@pytest.mark.parametrize("quit_at_once", [False, True])
 def test_ctrl_c_during_the_job_request_keeps_the_upload_and_says_so(
-    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, quit_at_once: bool
 ) -> None:
-    fake_ft.stall("POST", "/v1/fine_tuning/jobs", 60)  # created, the answer held back
-    code, out, err = ctrl_c_start(fake_ft, "/v1/fine_tuning/jobs", str(train), "--persona", "ada")
+    # No job was made (yet): the answer, a 503, is held back.
+    fake_ft.reply("POST", "/v1/fine_tuning/jobs", 503, {"error": {"message": "busy"}})
+    fake_ft.stall("POST", "/v1/fine_tuning/jobs", 60)
+    if quit_at_once:  # the look for the job hangs: a Ctrl-C after "Still stopping" ends it
+        fake_ft.stall("GET", "/v1/fine_tuning/jobs", 60)
+    again_at = "/v1/fine_tuning/jobs" if quit_at_once else ""
+    began = time.monotonic()
+    code, out, err = ctrl_c_start(
+        fake_ft, "/v1/fine_tuning/jobs", str(train), "--persona", "ada", again_at=again_at
+    )
     assert code == 130, out + err
+    assert time.monotonic() - began < 30  # neither stall was waited out
     assert out.splitlines()[-1] == (
         "Kept the uploaded file-0001 (train.jsonl) on the account: OpenAI may still create the "
         "job. If `phischer finetune list` shows no job reading it in a few minutes, delete it "
         "and start again."
     )
-    assert err == (
-        "Interrupted while OpenAI was creating the job: if it did, it is not recorded here and "
-        "switches no persona (`phischer finetune list` shows it, `phischer finetune cancel JOB` "
-        "stops it).\n"
+    still = (
+        "Still stopping (deleting the uploads, or looking for the job OpenAI may have made); "
+        "press Ctrl-C again to quit at once.\n"
     )
+    assert err == (still if quit_at_once else "") + NOT_FOUND_AFTER_CTRL_C
+    assert len(fake_ft.calls("GET", "/v1/fine_tuning/jobs")) == 1  # looked once
     assert list(fake_ft.files) == ["file-0001"] and fake_ft.calls("DELETE") == []
-    assert len(fake_ft.jobs) == 1 and jobs_in(database) == []
+    assert fake_ft.jobs == {} and jobs_in(database) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_job_made_by_a_request_ctrl_c_cut_short_is_recorded(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float], sig: int
+) -> None:
+    # OpenAI made it, its answer held back: it was left unrecorded, switching no persona.
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    fake_ft.stall("POST", "/v1/fine_tuning/jobs", 60)
+    code, out, err = ctrl_c_start(
+        fake_ft, "/v1/fine_tuning/jobs", str(train), "--persona", "ada", sig=sig
+    )
+    assert code == 130, out + err
+    (job_id,) = fake_ft.jobs
+    assert err == (
+        f"Interrupted while OpenAI was creating the job: it did, as {job_id}, recorded here like "
+        f"any start. Follow it with: phischer finetune status {job_id} --wait (`phischer "
+        f"finetune cancel {job_id}` stops it).\n"
+    )
+    assert "Kept the uploaded" not in out and fake_ft.calls("DELETE") == []
+    assert stored_job(database)["training_file_id"] == "file-0001"
+    assert run("finetune", "status", job_id, "--wait").exit_code == 0
+    assert persona_row(database).model == FT_MODEL
 
 
 def test_a_job_request_whose_answer_is_lost_makes_one_job_and_records_it(

@@ -63,6 +63,9 @@ MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 # A timed-out upload's file is looked for among those created since it began, by the server's
 # clock: this much earlier too, for a clock that is behind ours.
 CLOCK_SLACK_S = 300
+# After a Ctrl-C cut the job request short, the one look for the job it may have made takes
+# at most this long: the user asked to stop.
+LOOK_AFTER_STOP_S = 5.0
 PAUSED = "paused"  # paused on OpenAI's side: it trains again only once someone resumes it
 
 _sleep = time.sleep  # tests replace this to poll without waiting
@@ -474,12 +477,22 @@ def _kept_uploads(uploaded: dict[str, str]) -> str:
 JOB_REQUEST = "the job request"  # what `start` sends after the uploads
 
 
+@dataclass(frozen=True)
+class _Created:
+    """The job OpenAI made, the ids of the uploads it reads, and whether a Ctrl-C came first."""
+
+    remote: Any
+    training_file_id: str
+    validation_file_id: str | None
+    interrupted: bool = False
+
+
 def _upload_and_create(
     client: openai.OpenAI, request: StartRequest, job: dict[str, Any], echo: Echo
-) -> tuple[Any, str, str | None]:
+) -> _Created:
     """Upload the files and create the job; after a failure or Ctrl-C, delete what none reads.
 
-    Returns the job as OpenAI answered and the ids of the training and validation uploads.
+    A Ctrl-C while the job request was pending returns the job it made all the same, if any.
     """
     uploaded: dict[str, str] = {}  # file id: name, of every upload so far
     sending = ""  # what a Ctrl-C would cut short: a file's name, or JOB_REQUEST
@@ -505,8 +518,22 @@ def _upload_and_create(
             _delete_uploads(client, uploaded, echo)
         raise
     except KeyboardInterrupt:
+        if sending == JOB_REQUEST:
+            found = _job_after_interrupt(client, training_file_id)
+            if found is not None:
+                return _Created(found, training_file_id, validation_file_id, interrupted=True)
         raise _interrupted(client, uploaded, sending, echo) from None
-    return remote, training_file_id, validation_file_id
+    return _Created(remote, training_file_id, validation_file_id)
+
+
+def _job_after_interrupt(client: openai.OpenAI, training_file_id: str) -> Any | None:
+    """The job a job request cut short by Ctrl-C made all the same: one brief look, else None."""
+    # OpenAI may have made it (the request went out): unrecorded, it would switch no persona.
+    brief = client.with_options(timeout=LOOK_AFTER_STOP_S, max_retries=0)
+    try:
+        return _job_created_anyway(brief, training_file_id)
+    except KeyboardInterrupt:  # pressed again: quit at once, as the Ctrl-C asked
+        return None
 
 
 def _interrupted(
@@ -518,9 +545,9 @@ def _interrupted(
         # uploads, so they stay. Before it, no job can read them: they are deleted.
         echo(_kept_uploads(uploaded))
         return Interrupted(
-            "Interrupted while OpenAI was creating the job: if it did, it is not recorded here "
-            "and switches no persona (`phischer finetune list` shows it, `phischer finetune "
-            "cancel JOB` stops it)."
+            "Interrupted while OpenAI was creating the job, and no job reading the upload was "
+            "found: if OpenAI makes it all the same, it is not recorded here and switches no "
+            "persona (`phischer finetune list` shows it, `phischer finetune cancel JOB` stops it)."
         )
     _delete_uploads(client, uploaded, echo)
     # The upload cut short may have reached OpenAI whole (its answer was what was pending):
@@ -564,7 +591,8 @@ def start_openai(
         "suffix": suffix,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
     }
-    remote, training_file_id, validation_file_id = _upload_and_create(client, request, job, echo)
+    created = _upload_and_create(client, request, job, echo)
+    remote = created.remote
     server = server_of(client)
     with db.write() as session:
         # A server restarted (or a second one once at this URL) can reuse an id: both rows
@@ -588,10 +616,16 @@ def start_openai(
             validation_file=(
                 str(request.validation_path.resolve()) if request.validation_path else None
             ),
-            training_file_id=training_file_id,
-            validation_file_id=validation_file_id,
+            training_file_id=created.training_file_id,
+            validation_file_id=created.validation_file_id,
             suffix=suffix,
             hyperparameters=hyper,
+        )
+    if created.interrupted:
+        raise Interrupted(
+            f"Interrupted while OpenAI was creating the job: it did, as {remote.id}, recorded "
+            f"here like any start. Follow it with: phischer finetune status {remote.id} --wait "
+            f"(`phischer finetune cancel {remote.id}` stops it)."
         )
     return row
 
