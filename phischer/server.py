@@ -193,6 +193,12 @@ def gunicorn_options(
         "post_fork": _post_fork,
         # A request may wait REPLY_TIMEOUT_S on the model; never kill it before Twilio gives up.
         "timeout": int(TWILIO_WEBHOOK_LIMIT_S * 2),
+        # gunicorn believes X-Forwarded-Proto, X-Forwarded-Ssl and SCRIPT_NAME/PATH_INFO
+        # headers from 127.0.0.1, where ngrok's agent or a local proxy passes on whatever a
+        # client sent: they changed the URL the signature is checked against (a bad
+        # SCRIPT_NAME was a 500) even with TRUST_PROXY=false. Forwarded headers are the app's
+        # to read, and only under TRUST_PROXY=true (ProxyFix).
+        "forwarded_allow_ips": "",
         "graceful_timeout": 20,
         "accesslog": None,
         "errorlog": "-",
