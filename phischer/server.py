@@ -28,6 +28,9 @@ QUIT_GRACE_S = 1.0
 # A text not stored yet (waiting for the write lock) is not cut off at QUIT_GRACE_S: it would
 # be lost, as Twilio does not retry a failed webhook. It gets as long as SQLite would wait.
 RECORD_GRACE_S = BUSY_TIMEOUT_MS / 1000
+# How long a request may take to arrive once its connection is queued for a thread (see
+# ReadDeadline): Twilio sends its few KB at once.
+READ_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,13 @@ class Worker(ThreadWorker):
             self.stop_started = time.monotonic()
         super().handle_exit(sig, frame)
 
+    def enqueue_req(self, conn: Any) -> None:
+        """Queue a connection for a thread: its request must have arrived READ_S from now."""
+        if not isinstance(conn.sock, ReadDeadline):
+            conn.sock = ReadDeadline(conn.sock)
+        conn.sock.start()
+        super().enqueue_req(conn)
+
     def handle_request(self, req: Any, conn: Any) -> bool:
         """Serve one request, counted so a quick stop can give it a moment to finish."""
         with self.requests.one():
@@ -127,6 +137,44 @@ class Worker(ThreadWorker):
             return now + QUIT_GRACE_S
         # The arbiter SIGKILLs graceful_timeout after its SIGTERM; keep a second's margin.
         return max(self.stop_started + self.cfg.graceful_timeout - 1.0, now)
+
+
+class ReadDeadline:
+    """A client socket whose reads end (as if the client had gone) READ_S after it was queued.
+
+    gthread reads a request's headers and body in one of the worker's few threads, blocking:
+    eight clients sending a byte every few seconds held every thread of the default server
+    indefinitely, and Twilio's texts waited past its 15 s and were lost. Past the deadline a
+    read takes only what has already arrived, then returns b"", which gunicorn and werkzeug
+    take for a client that went away: the connection is closed and the thread is free. The
+    deadline runs from when the connection was queued, so slow clients queued behind busy
+    threads end at once, while a request that arrived whole is read whole whatever its wait.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._deadline = 0.0
+
+    def start(self) -> None:
+        """A request is coming: its deadline is READ_S from now."""
+        self._deadline = time.monotonic() + READ_S
+
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes, waiting for them until the deadline (then b"")."""
+        left = max(self._deadline - time.monotonic(), 0.0)
+        prior = self._sock.gettimeout()  # gunicorn bounds its drain of an unread body with one
+        self._sock.settimeout(left if prior is None else min(prior, left))
+        try:
+            return self._sock.recv(size)
+        except (TimeoutError, BlockingIOError):
+            if prior is not None and prior < left:
+                raise  # gunicorn's own timeout, which it handles
+            return b""
+        finally:
+            self._sock.settimeout(prior)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def finish_in_time(app: Any, requests: InFlight, deadline: float) -> None:

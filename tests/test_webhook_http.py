@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from contextlib import ExitStack, suppress
+
 import requests
 
+from phischer.server import READ_S
 from tests.conftest import post_signed, serving, sign, sms_params
 
 
@@ -30,3 +36,36 @@ def test_forwarded_headers_from_loopback_are_ignored_without_trust_proxy(
             )
             assert posted.status_code == 403, headers
         assert post_signed(base + "/sms", token, sms_params("hi")).status_code == 200
+
+
+def test_clients_sending_slowly_do_not_hold_texts_up(settings, personas, tmp_path):
+    # Eight connections trickling a body (every thread of the default 2 workers x 4) held
+    # the server until they stopped: Twilio gives up on a text after 15 s.
+    stop = threading.Event()
+    with serving(tmp_path) as base, ExitStack() as stack:
+        port = int(base.rsplit(":", 1)[1])
+        slow = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(8)
+        ]
+        for sock in slow:
+            sock.sendall(b"POST /sms HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nBody=")
+        trickle = threading.Thread(target=_trickle, args=(slow, stop))
+        trickle.start()
+        try:
+            time.sleep(0.5)
+            started = time.monotonic()
+            posted = post_signed(base + "/sms", settings.auth_token(), sms_params("hi"))
+            waited = time.monotonic() - started
+        finally:
+            stop.set()
+            trickle.join()
+    assert posted.status_code == 200
+    assert waited < READ_S + 3
+
+
+def _trickle(socks: list[socket.socket], stop: threading.Event) -> None:
+    """A byte on each socket every half second until `stop` (or the socket is closed)."""
+    while not stop.wait(0.5):
+        for sock in socks:
+            with suppress(OSError):  # the server has closed it
+                sock.send(b"x")
