@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from contextlib import ExitStack, suppress
+from urllib.parse import urlencode
 
 import requests
 
@@ -36,6 +37,25 @@ def test_forwarded_headers_from_loopback_are_ignored_without_trust_proxy(
             )
             assert posted.status_code == 403, headers
         assert post_signed(base + "/sms", token, sms_params("hi")).status_code == 200
+
+
+def test_a_chunked_body_past_the_limit_is_413_not_cut_short(settings, personas, tmp_path):
+    # Without a Content-Length werkzeug stopped at 64 KB and handed over a truncated form.
+    with serving(tmp_path) as base:
+        url = base + "/sms"
+        for text, status in [("hi", 200), ("x" * 100_000, 413)]:
+            params = sms_params(text)
+            body = urlencode(params).encode()
+            posted = requests.post(
+                url,
+                data=iter([body[:50], body[50:]]),  # an iterator: sent chunked
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "X-Twilio-Signature": sign(settings.auth_token(), url, params),
+                },
+                timeout=30,
+            )
+            assert posted.status_code == status
 
 
 def test_clients_sending_slowly_do_not_hold_texts_up(settings, personas, tmp_path):
