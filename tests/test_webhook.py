@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 import pytest
@@ -429,3 +431,18 @@ def test_refused_and_limited_texts_get_their_line_too(make_app, personas, twilio
         "text from …14 → persona 'Ada' (retrieval) replied",
         "text from …14 → over DAILY_LIMIT",
     ]
+
+
+def test_a_json_body_must_match_the_bodysha256_it_was_signed_with(app):
+    # Twilio signs a JSON post as its URL with ?bodySHA256=…; the body itself was not checked.
+    token = app.extensions["phischer"].settings.auth_token()
+    body = json.dumps({"MessageSid": "SM1", "MessageStatus": "delivered"})
+    path = f"/sms/status?reply=1&bodySHA256={hashlib.sha256(body.encode()).hexdigest()}"
+    signature = sign(token, "http://localhost" + path, {})
+    for sent, status in [(body, 200), (body.replace("delivered", "failed"), 403)]:
+        r = app.test_client().post(
+            path,
+            data=sent,
+            headers={"Content-Type": "application/json", "X-Twilio-Signature": signature},
+        )
+        assert r.status_code == status
