@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from xml.etree import ElementTree
 
 import requests
@@ -39,10 +39,26 @@ class SimResult:
 
 def signed_for(url: str, public_url: str | None) -> str:
     """The URL to sign: what the server validates against (its public URL, if it has one)."""
-    if not public_url:
+    if not public_url or _under(url, public_url):
+        # Posted through the public URL itself: its proxy takes off the path prefix, and the
+        # server puts it back (https://host/clone/sms was signed as …/clone/clone/sms).
         return url
     parts = urlsplit(url)
     return public_url + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _under(url: str, base: str) -> bool:
+    """Whether `url` is on `base`'s scheme, host and port, under its path (ports defaulted)."""
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme.lower(), a.hostname, _port(a)) == (
+        b.scheme.lower(),
+        b.hostname,
+        _port(b),
+    ) and a.path.startswith(b.path.rstrip("/") + "/")
+
+
+def _port(parts: SplitResult) -> int | None:
+    return parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
 
 
 def send_text(

@@ -5,13 +5,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from contextlib import ExitStack, suppress
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlencode
 
 import requests
 
 from phischer.server import READ_S
-from tests.conftest import post_signed, serving, sign, sms_params
+from tests.conftest import post_signed, run, serving, sign, sms_params, twiml_bodies
+from tests.fake_http import FakeServer
 
 
 def test_forwarded_headers_from_loopback_are_ignored_without_trust_proxy(
@@ -89,3 +92,57 @@ def _trickle(socks: list[socket.socket], stop: threading.Event) -> None:
         for sock in socks:
             with suppress(OSError):  # the server has closed it
                 sock.send(b"x")
+
+
+class PrefixProxy(BaseHTTPRequestHandler):
+    """A reverse proxy serving the server at `target` under /clone (the prefix taken off)."""
+
+    target = ""  # the server's base URL
+    public = ""  # the proxy's, with the prefix
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        answer = requests.post(
+            self.target + self.path.removeprefix("/clone"), data=body, headers=headers, timeout=30
+        )
+        self.send_response(answer.status_code)
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@contextmanager
+def prefix_proxy() -> Iterator[type[PrefixProxy]]:
+    """PrefixProxy on a loopback port; yields its class, whose `public` is its base URL."""
+    handler = type("Proxy", (PrefixProxy,), {})
+    server = FakeServer(("127.0.0.1", 0), handler)
+    handler.public = f"http://127.0.0.1:{server.server_port}/clone"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield handler
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_text_through_a_proxy_serving_it_under_a_path_prefix(
+    settings, personas, tmp_path, monkeypatch
+):
+    # PUBLIC_URL=https://host/clone: `text --url https://host/clone/sms` was signed for
+    # …/clone/clone/sms, and the server answered 403.
+    with prefix_proxy() as proxy:
+        monkeypatch.setenv("PUBLIC_URL", proxy.public)  # for the server and for `text`
+        with serving(tmp_path) as base:
+            proxy.target = base
+            for url, sender in [(proxy.public + "/sms", "+15550101"), (base + "/sms", "+15550102")]:
+                result = run("text", "--url", url, "--from", sender, "good night")
+                assert result.exit_code == 0, result.output
+                assert result.output.strip() == "Sleep well, dear. Dream of engines."
+            params = sms_params("good night", "+15550103")
+            posted = post_signed(proxy.public + "/sms", settings.auth_token(), params)
+            assert twiml_bodies(posted.content) == ["Sleep well, dear. Dream of engines."]
