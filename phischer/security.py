@@ -54,7 +54,8 @@ def form_params(request: Request) -> Mapping[str, Any]:
 def whole_body(request: Request) -> str:
     """The request's body as text, or 413 when it is longer than MAX_CONTENT_LENGTH."""
     body = request.get_data(as_text=True)
-    if request.content_length is None:
+    environ = request.environ  # not request.content_length: it parses the header, per text
+    if environ.get("HTTP_TRANSFER_ENCODING") or not environ.get("CONTENT_LENGTH"):
         # A chunked body has no length to refuse up front: werkzeug stops reading it at the
         # limit and hands over what it read, a form cut short (a 403 for its signature, or
         # a truncated text with signatures off). One more byte tells a longer body apart.
@@ -86,7 +87,12 @@ def signed_params(request: Request, form: Mapping[str, Any]) -> Mapping[str, Any
     Twilio signs a JSON body as its URL with ?bodySHA256=<the body's SHA-256> and no
     parameters; checked as a form (empty), any body passed under a signed URL.
     """
-    if "bodySHA256" in request.args and request.mimetype not in (FORM_TYPE, MULTIPART_TYPE):
+    # The raw query first: parsing it into request.args costs more than the check, per text.
+    if (
+        b"bodySHA256" in request.query_string
+        and "bodySHA256" in request.args
+        and request.mimetype not in (FORM_TYPE, MULTIPART_TYPE)
+    ):
         return whole_body(request)
     return form
 
