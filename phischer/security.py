@@ -54,8 +54,8 @@ def form_params(request: Request) -> Mapping[str, Any]:
 def whole_body(request: Request) -> str:
     """The request's body as text, or 413 when it is longer than MAX_CONTENT_LENGTH."""
     body = request.get_data(as_text=True)
-    environ = request.environ  # not request.content_length: it parses the header, per text
-    if environ.get("HTTP_TRANSFER_ENCODING") or not environ.get("CONTENT_LENGTH"):
+    wsgi = request.environ  # not request.content_length: it parses the header, per text
+    if wsgi.get("HTTP_TRANSFER_ENCODING") or not wsgi.get("CONTENT_LENGTH"):
         # A chunked body has no length to refuse up front: werkzeug stops reading it at the
         # limit and hands over what it read, a form cut short (a 403 for its signature, or
         # a truncated text with signatures off). One more byte tells a longer body apart.
