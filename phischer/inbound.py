@@ -134,14 +134,17 @@ class SmsService:
         start = time.perf_counter()
         self.sweeper.get()
         command = twilio_keyword(msg.body, msg.opt_out_type) or parse(msg.body)
-        self._refresh_personas(command)
         with self.recording.one():
             try:
+                self._refresh_personas(command)
                 decision = self._record(msg, command)
             except Exception as exc:
-                if not storage_fault(exc):
+                # A worker's first connection to a deleted database made a new empty file:
+                # its reads fail ("no such table") before a commit would tell.
+                fault = exc if storage_fault(exc) else self.store.file_gone()
+                if fault is None:
                     raise
-                raise NotStored(_reason(exc)) from exc
+                raise NotStored(_reason(fault)) from exc
         if isinstance(decision, tuple):  # a retry of a MessageSid we already have
             kind, status, answers = decision
             outcome = "Twilio's retry of a stored text, answered as before"

@@ -120,8 +120,10 @@ class Store:
         # The SQLite file as this process's writer found it: deleted (`make clean`, `rm`) or
         # replaced (a backup moved over it) while serving, the open connection would go on
         # committing texts into a file no one will read again.
+        # Taken now, before gunicorn forks its workers: a worker's first connection would
+        # make a new empty file where the deleted one was, and take that for the database.
         self._file = db.path
-        self._opened = PerProcess(lambda: file_identity(db.path))
+        self._opened = None if db.path is None else file_identity(db.path)
         self._pool = (
             None
             if self.sqlite
@@ -197,15 +199,19 @@ class Store:
 
     def check_file(self) -> None:
         """Raise DatabaseFileGone if the SQLite file is no longer the one this process opened."""
+        gone = self.file_gone()
+        if gone is not None:
+            raise gone
+
+    def file_gone(self) -> DatabaseFileGone | None:
+        """The error to raise if the SQLite file is no longer the one the server opened."""
         path = self._file
-        if path is None:
-            return
-        opened = self._opened.get()  # recorded at this process's first check
-        if opened is None or file_identity(path) != opened:
-            raise DatabaseFileGone(
-                f"the database file {path} was deleted or replaced while phischer served it: "
-                "restart `phischer serve`"
-            )
+        if path is None or (self._opened is not None and file_identity(path) == self._opened):
+            return None
+        return DatabaseFileGone(
+            f"the database file {path} was deleted or replaced while phischer served it: "
+            "restart `phischer serve`"
+        )
 
     @contextmanager
     def read(self) -> Iterator[Any]:

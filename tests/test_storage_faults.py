@@ -136,12 +136,16 @@ def test_a_database_file_deleted_or_replaced_while_serving_takes_no_more_texts(
         else:
             shutil.copyfile(path, backup)
             os.replace(backup, path)
-        refused = post_signed(url, token, sms_params("hey how are you", "+15550100114"))
-        assert refused.status_code == 503
+        # Several: each worker must refuse, the one that has not written yet too (its first
+        # connection makes a new empty file where the old one was).
+        for i in range(6):
+            refused = post_signed(url, token, sms_params(f"hey {i}", "+15550100114"))
+            assert refused.status_code == 503, "".join(output)
         assert requests.get(base + "/healthz", timeout=10).status_code == 503
-        time.sleep(0.2)  # the log line
-    (line,) = [line for line in "".join(output).splitlines() if "not stored" in line]
-    assert line.endswith(
+        time.sleep(0.2)  # the log lines
+    lines = [line for line in "".join(output).splitlines() if "not stored" in line]
+    assert len(lines) == 6
+    assert lines[0].endswith(
         f"text from …14 not stored, answered 503: the database file {path} was deleted or "
         "replaced while phischer served it: restart `phischer serve`"
     )
