@@ -857,6 +857,18 @@ def test_sanitize_suffix_refuses_names_without_letters() -> None:
 # -- status --------------------------------------------------------------------------------
 
 
+def success_events(job_id: str) -> list[str]:
+    """The event messages a job run by SUCCESS_SCRIPT shows, in order."""
+    return [
+        f"Created fine-tuning job: {job_id}",
+        "Fine-tuning job started",
+        "Step 1/3: training loss=2.10",
+        "Step 3/3: training loss=0.90",
+        "New fine-tuned model created",
+        "The job has successfully completed",
+    ]
+
+
 SUCCESS_SCRIPT = [
     Step(
         "running",
@@ -895,14 +907,7 @@ def test_wait_polls_with_backoff_and_switches_the_persona(
     assert result.exit_code == 0, result.output
 
     assert sleeps == [5.0, 7.5]  # three polls: backoff x1.5 between them
-    messages = [
-        f"Created fine-tuning job: {job_id}",
-        "Fine-tuning job started",
-        "Step 1/3: training loss=2.10",
-        "Step 3/3: training loss=0.90",
-        "New fine-tuned model created",
-        "The job has successfully completed",
-    ]
+    messages = success_events(job_id)
     positions = [result.output.index(m) for m in messages]
     assert positions == sorted(positions)
     assert all(result.output.count(m) == 1 for m in messages)  # each event shown once
@@ -945,14 +950,7 @@ def test_two_waits_on_one_job_each_show_every_event_and_the_switch(
     first = run("finetune", "status", job_id, "--wait")
     (second,) = other
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
-    messages = [
-        f"Created fine-tuning job: {job_id}",
-        "Fine-tuning job started",
-        "Step 1/3: training loss=2.10",
-        "Step 3/3: training loss=0.90",
-        "New fine-tuned model created",
-        "The job has successfully completed",
-    ]
+    messages = success_events(job_id)
     shown = [m for line in first.output.splitlines() for m in messages if line.endswith(m)]
     assert shown == messages  # each once, in order, though the other wait stored them too
     assert "Step 3/3" in second.output and "Fine-tuning job started" not in second.output
