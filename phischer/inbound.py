@@ -141,10 +141,8 @@ class SmsService:
             except Exception as exc:
                 # A worker's first connection to a deleted database made a new empty file:
                 # its reads fail ("no such table") before a commit would tell.
-                fault = exc if storage_fault(exc) else self.store.file_gone()
-                if fault is None:
-                    raise
-                raise NotStored(_reason(fault)) from exc
+                self._raise_if_not_stored(exc)
+                raise
         if isinstance(decision, tuple):  # a retry of a MessageSid we already have
             kind, status, answers = decision
             outcome = "Twilio's retry of a stored text, answered as before"
@@ -154,11 +152,23 @@ class SmsService:
         elif decision.persona is None:
             answers, outcome, silence = decision.replies, decision.outcome, decision.silence
         else:
-            answers, outcome, silence = self._answer(msg, decision)
+            try:
+                answers, outcome, silence = self._answer(msg, decision)
+            except Exception as exc:
+                # The file deleted or replaced while the model wrote: the text went into the
+                # old file, and a 200 (the fallback) would have Twilio never send it again.
+                self._raise_if_not_stored(exc)
+                raise
         # One line per text, so `phischer serve` shows what it does. The number is masked
         # (personal data) and the body never logged; no query, just what is already known.
         log.info("text from %s → %s in %d ms", mask_number(msg.phone), outcome, _ms(start))
         return Handled(answers, "" if answers else silence)
+
+    def _raise_if_not_stored(self, exc: Exception) -> None:
+        """Raise NotStored if `exc` (or the SQLite file's state) says the database cannot store."""
+        fault = exc if storage_fault(exc) else self.store.file_gone()
+        if fault is not None:
+            raise NotStored(_reason(fault)) from exc
 
     def _refresh_personas(self, command: Command) -> None:
         """Re-read the personas once a second, and at once for #list or an unknown #keyword."""

@@ -149,3 +149,26 @@ def test_a_database_file_deleted_or_replaced_while_serving_takes_no_more_texts(
         f"text from …14 not stored, answered 503: the database file {path} was deleted or "
         "replaced while phischer served it: restart `phischer serve`"
     )
+
+
+def test_a_database_file_replaced_while_the_model_writes_is_not_acknowledged(
+    app, twilio_post, settings, monkeypatch
+):
+    # The text was committed to the file before the model ran; the file replaced meanwhile
+    # made the reply's write fail, answered 200 with the fallback: Twilio never sent it again,
+    # and the text was only in the old file, which no one reads.
+    from phischer.backends.retrieval import RetrievalBackend
+
+    db_file = settings.instance_path / "phischer.db"
+    reply = RetrievalBackend.reply
+
+    def reply_then_replace(self, persona, messages):
+        made = reply(self, persona, messages)
+        os.replace(db_file, f"{db_file}.old")  # a backup moved over it, in effect
+        shutil.copy(f"{db_file}.old", db_file)
+        return made
+
+    monkeypatch.setattr(RetrievalBackend, "reply", reply_then_replace)
+    response = twilio_post("hey how are you")
+    assert response.status_code == 503
+    assert response.replies == []
