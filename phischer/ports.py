@@ -1,4 +1,4 @@
-"""Binding the server's port ourselves, so a busy port is one clear line, not a log storm."""
+"""Binding the server's port ourselves (a busy port is one clear line), and host/URL helpers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class PortBusyError(ValueError):
@@ -92,3 +93,20 @@ def is_local_host(host: str) -> bool:
     except ValueError:  # a name: only DNS knows where it is, and the proxy may be the way there
         return False
     return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+def same_server(url: str, other: str | None) -> bool:
+    """Whether two base URLs name the same server (scheme, host and port)."""
+    if not other:
+        return False
+    a, b = urlsplit(url.strip()), urlsplit(other.strip())
+    try:
+        ports = (a.port, b.port)
+    except ValueError:  # not a port number: no server to match
+        return False
+    defaults = {"http": 80, "https": 443}
+    return (a.scheme.lower(), a.hostname, ports[0] or defaults.get(a.scheme.lower())) == (
+        b.scheme.lower(),
+        b.hostname,
+        ports[1] or defaults.get(b.scheme.lower()),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import requests
@@ -13,7 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from phischer import no_reply
 from phischer.config import Settings
-from phischer.ports import is_local_host
+from phischer.ports import is_local_host, same_server
 
 DEFAULT_URL = "http://127.0.0.1:5000/sms"
 DEFAULT_FROM = "+15550100"
@@ -48,17 +48,10 @@ def signed_for(url: str, public_url: str | None) -> str:
 
 
 def _under(url: str, base: str) -> bool:
-    """Whether `url` is on `base`'s scheme, host and port, under its path (ports defaulted)."""
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme.lower(), a.hostname, _port(a)) == (
-        b.scheme.lower(),
-        b.hostname,
-        _port(b),
-    ) and a.path.startswith(b.path.rstrip("/") + "/")
-
-
-def _port(parts: SplitResult) -> int | None:
-    return parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    """Whether `url` is on `base`'s server (scheme, host and port), under its path."""
+    return same_server(url, base) and urlsplit(url).path.startswith(
+        urlsplit(base).path.rstrip("/") + "/"
+    )
 
 
 def send_text(

@@ -859,7 +859,7 @@ def test_a_reply_only_xml_cannot_carry_is_a_failure_not_an_empty_sms(
     ],
 )
 def test_same_server_compares_scheme_host_and_port(url, other, same):
-    from phischer.backends.openai import same_server
+    from phischer.ports import same_server
 
     assert same_server(url, other) is same
 

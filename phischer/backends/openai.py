@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import openai
 
 from phischer.backends.base import BackendError, PersonaView, Reply
-from phischer.ports import is_local_host, url_host
+from phischer.ports import is_local_host, same_server, url_host
 from phischer.redact import add_secret, redact, shorten
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -300,23 +300,6 @@ def sdk_client(
         timeout=timeout_s,
         max_retries=max_retries,
         http_client=http_client,
-    )
-
-
-def same_server(url: str, other: str | None) -> bool:
-    """Whether two base URLs name the same server (scheme, host and port)."""
-    if not other:
-        return False
-    a, b = urlsplit(url.strip()), urlsplit(other.strip())
-    try:
-        ports = (a.port, b.port)
-    except ValueError:  # not a port number: no server to match
-        return False
-    defaults = {"http": 80, "https": 443}
-    return (a.scheme.lower(), a.hostname, ports[0] or defaults.get(a.scheme.lower())) == (
-        b.scheme.lower(),
-        b.hostname,
-        ports[1] or defaults.get(b.scheme.lower()),
     )
 
 
