@@ -37,10 +37,18 @@ _SQLITE_STORAGE = {
     sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT,
     sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB,
 }  # fmt: skip
-# PostgreSQL's: SQLSTATE class 53 (disk full, out of memory), 58 (I/O error), and a
-# read-only transaction (a standby, or default_transaction_read_only).
-_PG_STORAGE_CLASSES = ("53", "58")
-_PG_READ_ONLY = "25006"
+# PostgreSQL's, by SQLSTATE class: 53 (disk full, out of memory), 58 (I/O error), and 08
+# (connection exception: the server cannot be reached)...
+_PG_STORAGE_CLASSES = ("53", "58", "08")
+# ... and by code: a read-only transaction (a standby, or default_transaction_read_only), the
+# server shutting down, crashed or still starting (57P01-57P03), and a statement cut off by
+# statement_timeout (57014: a server too slow to take the text). Not 55P03: a row another
+# transaction holds locked is one number's trouble (its text gets the fallback), not the
+# database's.
+_PG_STORAGE_CODES = ("25006", "57P01", "57P02", "57P03", "57014")
+# DB-API error classes a driver raises without a SQLSTATE when the server is not there to
+# give one: connection refused, the connection lost mid-statement, or already closed.
+_DBAPI_CONNECTION_ERRORS = ("OperationalError", "InterfaceError")
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -119,9 +127,22 @@ def storage_fault(exc: BaseException) -> bool:
     exc = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
     if isinstance(exc, sqlite3.Error):
         return getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_STORAGE
-    # psycopg (3) names it sqlstate, psycopg2 pgcode.
+    # psycopg (3) names it sqlstate, psycopg2 pgcode; either has the attribute, maybe None.
+    if not hasattr(exc, "sqlstate") and not hasattr(exc, "pgcode"):
+        return False  # not a PostgreSQL driver's error
     state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or ""
-    return state[:2] in _PG_STORAGE_CLASSES or state == _PG_READ_ONLY
+    if not state:
+        return any(cls.__name__ in _DBAPI_CONNECTION_ERRORS for cls in type(exc).__mro__)
+    return state[:2] in _PG_STORAGE_CLASSES or state in _PG_STORAGE_CODES
+
+
+def error_reason(exc: BaseException) -> str:
+    """The driver's own words for a database error, on one line (never its parameters)."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+
+
+class ReadOnlyDatabase(Exception):
+    """The database takes reads but no writes (a PostgreSQL standby, or set read-only)."""
 
 
 class WriteLock:
@@ -266,10 +287,27 @@ class Database:
                 session.rollback()
                 raise
 
-    def ping(self) -> None:
-        """Raise if the database cannot answer a trivial query."""
-        with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+    def check_writable(self) -> None:
+        """Raise if the database cannot take a write now (for /healthz, never per text).
+
+        A read alone said ok while every text got 503: a full disk, or a database that became
+        read-only, still answers SELECTs.
+        """
+        if self.engine.dialect.name != "sqlite":
+            # One round trip, as SELECT 1 was. A standby or default_transaction_read_only
+            # says so here; a full PostgreSQL disk only when a row is written (see README).
+            with self.engine.connect() as conn:
+                if conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
+                    raise ReadOnlyDatabase("the database is read-only")
+            return
+        # SQLite: a real committed write, one WAL frame: the header's user_version (unused
+        # by phischer) set to what it is. A write rolled back never reaches the disk, so it
+        # would not tell a full disk or a file that cannot be written. Under the write lock,
+        # like the webhook's writers, so it queues with them instead of meeting busy_timeout.
+        with self.write_lock.hold(), self.engine.connect() as conn:
+            version = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+            conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+            conn.commit()
 
     def dispose(self) -> None:
         """Close pooled connections and stop this process's checkpoints (after fork, at shutdown)."""

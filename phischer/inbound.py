@@ -17,7 +17,7 @@ from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
 from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number
 from phischer.daemon_pool import DaemonPool
-from phischer.db import Database, storage_fault
+from phischer.db import Database, error_reason, storage_fault
 from phischer.delivery import record_refusal, record_status
 from phischer.in_flight import InFlight
 from phischer.models import utcnow
@@ -168,7 +168,7 @@ class SmsService:
         """Raise NotStored if `exc` (or the SQLite file's state) says the database cannot store."""
         fault = exc if storage_fault(exc) else self.store.file_gone()
         if fault is not None:
-            raise NotStored(_reason(fault)) from exc
+            raise NotStored(error_reason(fault)) from exc
 
     def _refresh_personas(self, command: Command) -> None:
         """Re-read the personas once a second, and at once for #list or an unknown #keyword."""
@@ -798,8 +798,3 @@ def _no_rest(why: str) -> str:
 
 def _ms(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's own words for a database error, on one line (never its parameters)."""
-    return " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from phischer import no_reply
+from phischer.db import error_reason
 from phischer.delivery import record_status
 from phischer.inbound import Inbound, NotStored
 from phischer.models import PHONE_MAX, SID_MAX
@@ -105,13 +106,13 @@ def sms_status() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """Liveness and database check."""
+    """Liveness, and whether the database takes writes (as each text needs)."""
     services = _services()
     try:
         services.sms.store.check_file()
-        services.db.ping()
+        services.db.check_writable()
     except Exception as exc:
-        log.error("Health check failed: %s", type(exc).__name__)
+        log.error("Health check failed: %s: %s", type(exc).__name__, error_reason(exc))
         response = jsonify(status="error")
         response.status_code = 503
         return response

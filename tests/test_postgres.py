@@ -33,6 +33,7 @@ from tests.conftest import phischer_at_once, post_signed, sms_params, twiml_bodi
 
 T = TypeVar("T")
 BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+BINDIR = os.path.dirname(BINARIES[-1]) if BINARIES else ""
 
 
 def _run(args: list[str], cwd: str) -> None:
@@ -46,26 +47,43 @@ def _run(args: list[str], cwd: str) -> None:
 def pg_url():
     if not BINARIES:
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    bindir = os.path.dirname(BINARIES[-1])
     # Not under pytest's tmp folder: it is private to root, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="phischer-pg-"))
-    data = root / "data"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-    _run([f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], str(root))
-    _run([f"{bindir}/pg_ctl", "-D", str(data), "-w", "-l", str(root / "log"),
-          "-o", f"'-p {port} -k {root} -c listen_addresses='''", "start"], str(root))  # fmt: skip
+    _run([f"{BINDIR}/initdb", "-D", str(root / "data"), "-A", "trust", "-U", "postgres"], str(root))
     base = f"postgresql+psycopg2://postgres@/postgres?host={root}&port={port}"
+    pg_ctl(base, "start")
     engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.exec_driver_sql("CREATE DATABASE phischer")
     engine.dispose()
     yield f"postgresql+psycopg2://postgres@/phischer?host={root}&port={port}"
-    _run([f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], str(root))
+    pg_ctl(base, "stop", "-m", "immediate")
     shutil.rmtree(root, ignore_errors=True)
+
+
+def pg_ctl(pg_url: str, action: str, *options: str) -> None:
+    """Start or stop the throwaway cluster `pg_url` is on (its data is beside its socket)."""
+    url = sa.engine.make_url(pg_url)
+    root, port = url.query["host"], url.query["port"]
+    if action == "start":
+        quote = "'''"  # an empty listen_addresses, through pg_ctl's shell: Unix socket only
+        options = ("-l", f"{root}/log", "-o", f"'-p {port} -k {root} -c listen_addresses={quote}")
+    _run([f"{BINDIR}/pg_ctl", "-D", f"{root}/data", "-w", *options, action], root)
+
+
+@contextmanager
+def server_stopped(pg_url: str) -> Iterator[None]:
+    """The PostgreSQL server really stopped during the block, as for a restart or an upgrade."""
+    pg_ctl(pg_url, "stop", "-m", "fast")  # ends every session at once
+    try:
+        yield
+    finally:
+        pg_ctl(pg_url, "start")
 
 
 @pytest.fixture
@@ -533,24 +551,100 @@ def test_a_connection_dropped_mid_text_costs_that_text_only(
     with engine.connect() as locker, ThreadPoolExecutor(1) as pool:
         # The text waits on the contact's row lock; then its session ends under it.
         locker.exec_driver_sql("SELECT 1 FROM contacts FOR UPDATE")
-        waiting = pool.submit(twilio_post, "hello", "+15550910", target=app)
+        waiting = pool.submit(twilio_post, "hey how are you", "+15550910", sid="SMcut", target=app)
         until(
             lambda: locker.exec_driver_sql(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE wait_event_type = 'Lock' AND datname = current_database()"
             ).scalar()
         )
-        assert waiting.result(timeout=10).replies == [
-            "Sorry, I can't answer right now. Try again in a bit."
-        ]
+        # Not stored: a 503, not the fallback's 200 that told Twilio it was handled.
+        cut = waiting.result(timeout=10)
+        assert (cut.status_code, cut.replies) == (503, [])
     engine.dispose()
     # The log says why (not "connection already closed" from rolling back a dead one) ...
-    assert "server closed the connection" in caplog.text
+    assert "not stored, answered 503: server closed the connection" in caplog.text
     assert "already closed" not in caplog.text
-    # ... and the next text on that thread has a connection again.
-    assert twilio_post("hey how are you", "+15550911", target=app).replies == [
-        "Splendid, thank you! Knitting a scarf for the cat."
-    ]
+    # ... and the next text on that thread has a connection again: Twilio's retry, say.
+    answer = ["Splendid, thank you! Knitting a scarf for the cat."]
+    assert twilio_post("hey how are you", "+15550910", sid="SMcut", target=app).replies == answer
+
+
+def text_and_health(
+    app, twilio_post, sid: str, phone: str = "+15550100114"
+) -> tuple[int, list[str], int]:
+    """POST a text (SID `sid`), then GET /healthz: (its status, its replies, health's status)."""
+    text = twilio_post("hey how are you", phone, sid=sid, target=app)
+    return text.status_code, text.replies, app.test_client().get("/healthz").status_code
+
+
+SPLENDID = ["Splendid, thank you! Knitting a scarf for the cat."]
+ANSWERED = (200, SPLENDID, 200)  # the text answered, and /healthz ok
+
+
+def test_a_text_while_the_database_server_is_down_is_not_acknowledged_and_its_retry_is(
+    pg_app, pg_url, twilio_post, caplog
+):
+    # PostgreSQL stopped (restarting, upgraded, failing over): each text got 200 with the
+    # fallback and a traceback in the log, so Twilio took it as handled and it was lost.
+    assert text_and_health(pg_app, twilio_post, "SMbefore", "+15550100100") == ANSWERED
+    with server_stopped(pg_url):
+        assert text_and_health(pg_app, twilio_post, "SMdown") == (503, [], 503)
+    # Back: the connections it held are dead, and are replaced without a restart of phischer.
+    assert text_and_health(pg_app, twilio_post, "SMdown") == ANSWERED
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert lines[0].startswith("text from …14 not stored, answered 503: connection to server on ")
+    assert lines[1].startswith("Health check failed: OperationalError: connection to server on ")
+    assert len(lines) == 2 and "0100114" not in caplog.text
+
+
+def test_a_text_cut_off_by_statement_timeout_is_not_acknowledged(make_pg_app, pg_url, twilio_post):
+    # A server too slow to store the text within its statement_timeout (a hosted plan's):
+    # the fallback's 200 lost the text. Here a row held locked makes the statement wait.
+    make_pg_app()
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("DROP ROLE IF EXISTS hurried")
+        conn.exec_driver_sql("CREATE ROLE hurried LOGIN SUPERUSER")
+        conn.exec_driver_sql("ALTER ROLE hurried SET statement_timeout = '500ms'")
+    engine.dispose()
+    app = make_pg_app(fresh=False, database_url=pg_url.replace("//postgres@", "//hurried@"))
+    assert twilio_post("good night", "+15550100114", target=app).status_code == 200
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as locker:
+        locker.exec_driver_sql("SELECT 1 FROM contacts FOR UPDATE")
+        # Cut off after 0.5 s, before the 5 s lock_timeout (which gets the fallback).
+        assert text_and_health(app, twilio_post, "SMslow") == (503, [], 200)
+    engine.dispose()
+    assert text_and_health(app, twilio_post, "SMslow") == ANSWERED
+
+
+@contextmanager
+def read_only(pg_url: str) -> Iterator[None]:
+    """The database read-only for sessions opened during the block (as on a standby)."""
+    admin_url = pg_url.replace("/phischer?", "/postgres?")  # ALTER DATABASE is a write too
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("ALTER DATABASE phischer SET default_transaction_read_only = on")
+    try:
+        drop_connections(pg_url)  # the setting holds for new sessions
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql("ALTER DATABASE phischer RESET default_transaction_read_only")
+        admin.dispose()
+        drop_connections(pg_url)
+
+
+def test_a_read_only_database_fails_its_texts_and_health_check(pg_app, pg_url, twilio_post, caplog):
+    # A standby after a failover, or a plan over its quota made read-only: every text got
+    # 503, and /healthz still said ok (it only read).
+    assert text_and_health(pg_app, twilio_post, "SMbefore", "+15550100100") == ANSWERED
+    with read_only(pg_url):
+        assert text_and_health(pg_app, twilio_post, "SMreadonly") == (503, [], 503)
+    assert "answered 503: cannot execute SELECT FOR UPDATE in a read-only " in caplog.text
+    assert "Health check failed: ReadOnlyDatabase: the database is read-only" in caplog.text
+    assert text_and_health(pg_app, twilio_post, "SMreadonly") == ANSWERED
 
 
 def test_two_servers_sweep_and_take_a_retry_as_one(

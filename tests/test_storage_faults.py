@@ -65,7 +65,10 @@ def test_a_text_the_database_cannot_store_is_not_acknowledged_and_its_retry_is(
         lost = sms_params("hey how are you", "+15550100114")
         with disk_full(server_pids(urlsplit(base).port)):
             refused = post_signed(url, token, lost)
-            # The database still answers reads: /healthz cannot tell (see the README).
+            # It said ok: the database still answered its read.
+            health = requests.get(base + "/healthz", timeout=10)
+        assert health.status_code == 503
+        assert requests.get(base + "/healthz", timeout=10).status_code == 200
         assert refused.status_code == 503
         assert refused.headers["Content-Type"].startswith("text/xml")
         assert twiml_bodies(refused.content) == []
@@ -84,6 +87,7 @@ def test_a_text_the_database_cannot_store_is_not_acknowledged_and_its_retry_is(
     assert line.endswith(
         "ERROR phischer.webhook: text from …14 not stored, answered 503: disk I/O error"
     )
+    assert "ERROR phischer.webhook: Health check failed: OperationalError: disk I/O error" in log
     assert "Traceback" not in log and "0100114" not in log
 
 
