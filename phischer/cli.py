@@ -76,6 +76,21 @@ def migrate_or_explain(database_url: str) -> tuple[str | None, str | None]:
         raise click.ClickException(f"cannot reach the database {shown(url)}: {reason}") from None
 
 
+def storage_error(ctx: click.Context, exc: Exception) -> click.ClickException | None:
+    """`Error: …` for a database that cannot be used now (disk full, …); None for other errors."""
+    if "phischer.db" not in sys.modules:  # the command never touched a database
+        return None
+    from phischer.db import error_reason, storage_fault
+    from phischer.db_url import normalize_database_url, shown
+
+    if not storage_fault(exc):
+        return None
+    obj = ctx.find_object(Context)
+    settings = None if obj is None else obj._settings  # read: the database was used
+    where = "" if settings is None else f" {shown(normalize_database_url(settings.database_url))}"
+    return click.ClickException(f"cannot use the database{where}: {error_reason(exc)}")
+
+
 @contextmanager
 def friendly_errors() -> Iterator[None]:
     """Turn our ValueError subclasses (bad input) into `Error: …` with exit code 1."""
@@ -149,6 +164,13 @@ class LazyGroup(click.Group):
                 raise click.ClickException(str(exc)) from None
             except UnicodeEncodeError as exc:
                 raise click.ClickException(not_utf8(exc)) from None
+            except Exception as exc:
+                # A database that cannot store now (a full disk, read-only, its server down
+                # or restarting) fails whichever command writes: the user's to fix, not a bug.
+                error = storage_error(ctx, exc)
+                if error is None:
+                    raise
+                raise error from None
         except click.ClickException as exc:
             # Every `Error: …` line passes here, with what an SDK or server said inside it
             # (a 401 that quotes the key it refused). Numbers stay: at the terminal they

@@ -147,11 +147,12 @@ def add(obj: Context, name: str, **options: object) -> None:
     """Add a persona NAME."""
     with obj.write() as session:
         p = personas.add_persona(session, personas.PersonaSpec(name=name, **options))  # type: ignore[arg-type]
-        click.echo(f"Added persona {p.name} (#{p.keyword}, {p.backend}).")
-        if p.system_prompt and options.get("system_prompt") is None:
-            click.echo(f"System prompt (from the dataset): {p.system_prompt}")
-        note_kept_sampling(p)
-        note_unset_key(p)
+    # Once committed: a commit that fails (a full disk) must not follow "Added persona".
+    click.echo(f"Added persona {p.name} (#{p.keyword}, {p.backend}).")
+    if p.system_prompt and options.get("system_prompt") is None:
+        click.echo(f"System prompt (from the dataset): {p.system_prompt}")
+    note_kept_sampling(p)
+    note_unset_key(p)
 
 
 @persona_group.command("edit")
@@ -171,22 +172,24 @@ def edit(obj: Context, name: str, new_name: str | None, **options: object) -> No
     with obj.write() as session:
         was_preferred = _named_by(session, preferred)
         p, changed = personas.edit_persona(session, name, changes)
-        if not changed:
-            click.echo(f"Persona {p.name} unchanged: it already has these values.")
-            return
-        click.echo(f"Edited persona {p.name} (#{p.keyword}):")
-        for field, (old, new) in changed.items():
-            click.echo(describe_change(field, old, new))
-        if changed.keys() & {"backend", "temperature", "max_tokens"}:
-            note_kept_sampling(p)
-        if "api_key_env" in changed:
-            note_unset_key(p)
-        if was_preferred is p and _named_by(session, preferred) is not p:
-            # Renamed or re-keyed: numbers that never chose would get another persona.
-            click.echo(
-                f"DEFAULT_PERSONA={preferred} no longer names this persona: set it to "
-                f"{p.keyword} (in .env) and restart the server."
-            )
+        # Renamed or re-keyed: numbers that never chose would get another persona.
+        unnamed = was_preferred is p and _named_by(session, preferred) is not p
+    # Said once committed, as `add` does.
+    if not changed:
+        click.echo(f"Persona {p.name} unchanged: it already has these values.")
+        return
+    click.echo(f"Edited persona {p.name} (#{p.keyword}):")
+    for field, (old, new) in changed.items():
+        click.echo(describe_change(field, old, new))
+    if changed.keys() & {"backend", "temperature", "max_tokens"}:
+        note_kept_sampling(p)
+    if "api_key_env" in changed:
+        note_unset_key(p)
+    if unnamed:
+        click.echo(
+            f"DEFAULT_PERSONA={preferred} no longer names this persona: set it to "
+            f"{p.keyword} (in .env) and restart the server."
+        )
 
 
 def _named_by(session: Session, word: str | None) -> Persona | None:
@@ -298,7 +301,7 @@ def route(obj: Context, number: str, name: str) -> None:
     with obj.write() as session:
         contact = personas.route_number(session, number, name)
         persona = personas.get_persona(session, name)
-        click.echo(f"{contact.phone} now talks to {persona.name}.")
+    click.echo(f"{contact.phone} now talks to {persona.name}.")  # once committed
 
 
 def register(cli: click.Group) -> None:

@@ -647,6 +647,35 @@ def test_a_read_only_database_fails_its_texts_and_health_check(pg_app, pg_url, t
     assert text_and_health(pg_app, twilio_post, "SMreadonly") == ANSWERED
 
 
+def test_cli_writes_to_a_read_only_database_fail_in_one_line(pg_url, monkeypatch, tmp_path):
+    # `persona add` ended in a traceback quoting its INSERT; `db upgrade` with a migration to
+    # run, in one quoting its CREATE TABLE.
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+    from phischer.db_url import shown
+
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    data = str(write_dataset(tmp_path / "cy.jsonl", [("hi", "hello")]))
+    add = ["persona", "add", "Cy", "--keyword", "cy", "--dataset", data]
+    refused = f"Error: cannot use the database {shown(pg_url)}: cannot execute"
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)  # read_only ends sessions
+    for migrated in (True, False):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        if migrated:
+            upgrade(pg_url)
+        with read_only(pg_url):
+            added, upgraded = (CliRunner().invoke(cli, args) for args in (add, ["db", "upgrade"]))
+        if migrated:
+            expected = [(1, f"{refused} INSERT in a read-only transaction\n"),
+                        (0, "Database is up to date.\n")]  # fmt: skip
+        else:
+            expected = [(1, f"{refused} CREATE TABLE in a read-only transaction\n")] * 2
+        assert [(r.exit_code, r.output) for r in (added, upgraded)] == expected
+    engine.dispose()
+
+
 def test_two_servers_sweep_and_take_a_retry_as_one(
     make_pg_app, pg_url, fake_openai, fake_twilio, twilio_rest, settings, tmp_path
 ):

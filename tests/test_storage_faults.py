@@ -176,3 +176,21 @@ def test_a_database_file_replaced_while_the_model_writes_is_not_acknowledged(
     response = twilio_post("hey how are you")
     assert response.status_code == 503
     assert response.replies == []
+
+
+def test_a_persona_the_disk_cannot_hold_is_one_line_and_not_added(tmp_path):
+    # A full disk ended `persona add` (any command that writes the database) in a traceback,
+    # after "Added persona Cy".
+    data = write_dataset(tmp_path / "cy.jsonl", [("hi", "hello")], system="You are Cy. " * 5000)
+    add = ("persona", "add", "Cy", "--keyword", "cy", "--dataset", str(data))
+    assert run_limited("db", "upgrade", cwd=tmp_path, max_bytes=2**30).returncode == 0
+
+    # Room for SQLite's 32 KiB shared-memory file, not for the write-ahead log of a 60 KB row.
+    result = run_limited(*add, cwd=tmp_path, max_bytes=32768)
+
+    assert (result.returncode, result.stdout) == (1, "")
+    db = tmp_path / "instance" / "phischer.db"
+    assert result.stderr == f"Error: cannot use the database sqlite:///{db}: disk I/O error\n"
+    listed = run_limited("persona", "list", cwd=tmp_path, max_bytes=2**30)
+    assert "Cy" not in listed.stdout
+    assert run_limited(*add, cwd=tmp_path, max_bytes=2**30).returncode == 0  # room again
