@@ -9,6 +9,7 @@ from xml.etree import ElementTree
 
 import requests
 import urllib3
+from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 from twilio.request_validator import RequestValidator
 
 from phischer import no_reply
@@ -80,7 +81,7 @@ def send_text(
     try:
         signed_url = signed_for(url, settings.tunnel_public_url())
     except ValueError as exc:  # urlsplit refuses e.g. http://[::1
-        raise SimulatorError(f"cannot post to {url}: {exc}") from None
+        raise SimulatorError(_not_postable(url, str(exc))) from None
     token = settings.signing_token()
     # Without a token the post still goes out (unsigned), so a server that is down says so
     # first; a running one answers 403, explained below.
@@ -98,7 +99,9 @@ def send_text(
         raise SimulatorError(_connection_error(url, exc)) from None
     except requests.Timeout:
         raise SimulatorError(f"{url} did not answer within {timeout_s:g} s") from None
-    except requests.RequestException as exc:  # not a URL (no scheme, bad host), bad answer
+    except (MissingSchema, InvalidSchema, InvalidURL) as exc:  # no http://, a bad host or port
+        raise SimulatorError(_not_postable(url, " ".join(str(exc).split()))) from None
+    except requests.RequestException as exc:  # an answer requests could not read
         raise SimulatorError(f"cannot post to {url}: {' '.join(str(exc).split())}") from None
     if response.status_code == 403 and token is None:
         raise SimulatorError(
@@ -119,6 +122,13 @@ def send_text(
         replies=parse_twiml(response.content),
         no_reply=response.headers.get(no_reply.HEADER),
     )
+
+
+def _not_postable(url: str, why: str) -> str:
+    """The error for a --url requests cannot post to, with the form it wants."""
+    # requests' own words ("No connection adapters were found for …") do not say that the
+    # usual cause is a missing http://, so the line ends with a URL that works.
+    return f"cannot post to {url}: {why}; pass the full webhook URL, e.g. --url {DEFAULT_URL}"
 
 
 def _direct_if_local(url: str) -> dict[str, str | None] | None:

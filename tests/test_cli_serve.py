@@ -968,6 +968,8 @@ def test_text_to_a_bad_url_is_one_line_exit_1(url, reason):
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()
     assert line.startswith(f"Error: cannot post to {url}: ") and reason in line
+    # requests' words do not say what to do: the line ends with a URL that works.
+    assert line.endswith("; pass the full webhook URL, e.g. --url http://127.0.0.1:5000/sms")
     assert "Traceback" not in result.output
 
 
@@ -976,7 +978,10 @@ def test_text_to_a_bad_url_signed_for_a_public_url_is_one_line(monkeypatch):
     monkeypatch.setenv("PUBLIC_URL", "https://clone.example.ngrok.app")
     result = run("text", "--url", "http://[::1", "hi")
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: cannot post to http://[::1: Invalid IPv6 URL"
+    assert result.output.strip() == (
+        "Error: cannot post to http://[::1: Invalid IPv6 URL; "
+        "pass the full webhook URL, e.g. --url http://127.0.0.1:5000/sms"
+    )
 
 
 def test_chat_to_a_bad_url_is_one_line_exit_1():
