@@ -229,7 +229,7 @@ def list_(obj: Context) -> None:
         found = personas.list_personas(session)
         default = personas.default_persona(session, obj.settings.default_persona)
     if not found:
-        click.echo("No personas yet: `phischer persona add NAME --keyword KW --dataset FILE`.")
+        click.echo(f"No personas yet: {personas.ADD_PERSONA_HINT}.")
         return
     click.echo(_list_line(" ", "NAME", "KEYWORD", "BACKEND", "ANSWERS FROM"))
     for p in found:

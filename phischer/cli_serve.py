@@ -72,10 +72,14 @@ _from = click.option(
 def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: int) -> None:
     """Serve the webhook (POST /sms, POST /sms/status, GET /healthz) under gunicorn."""
     from phischer import create_app
+    from phischer.inbound import NO_PERSONA_TEXT
+    from phischer.personas import ADD_PERSONA_HINT, list_personas
     from phischer.ports import PortBusyError, http_url, listen
     from phischer.server import serve as run
 
-    obj.db  # noqa: B018  (migrates before the workers start)
+    with obj.db.read() as session:  # migrates first, before the workers start
+        no_persona = not list_personas(session)
+    obj.db.dispose()  # no pooled connection for gunicorn's workers to inherit
     app = create_app(obj.settings)
     # A busy port is one line here, before gunicorn retries it for seconds. The socket is
     # handed to gunicorn: closed and bound again, a second `serve` started at the same time
@@ -92,6 +96,12 @@ def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: 
     click.echo(f"phischer is answering texts at {url}")
     click.echo(f'Try it in another terminal:  {text_hint(url)} "hey, how are you?"')
     click.echo("Text #list to see the personas, #<keyword> to switch. Ctrl-C stops.")
+    if no_persona:
+        # `phischer serve` alone (the README's "another port") seeds nothing, unlike `make run`.
+        click.echo(
+            f'No personas yet, so every text gets "{NO_PERSONA_TEXT}": {ADD_PERSONA_HINT} '
+            "(no restart needed)."
+        )
     run(app, host, port, dev=dev, workers=workers, threads=threads, sock=sock)
 
 

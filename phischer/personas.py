@@ -32,6 +32,12 @@ MAX_TOKENS_MIN = 1
 # How long the webhook's persona cache is trusted: a change from the CLI (or a finished
 # fine-tune) reaches every worker within this, without a restart.
 PERSONA_TTL_S = 1.0
+# What to do about having no persona, said by `persona list`, `serve` and `up`: a server
+# started with `phischer serve` instead of `make run` has not seeded the samples.
+ADD_PERSONA_HINT = (
+    "add the bundled samples with `phischer seed` (as `make run` does), or your own with "
+    "`phischer persona add NAME --keyword KW --dataset FILE`"
+)
 
 
 class PersonaError(ValueError):

@@ -84,7 +84,7 @@ def _stop_app(app: Any, in_flight: InFlight) -> None:
 def text_now_banner(settings: Settings, exposure: Exposure, local_url: str) -> list[str]:
     """The lines `phischer up` prints once everything is live."""
     from phischer.db import Database
-    from phischer.personas import default_persona, list_personas
+    from phischer.personas import ADD_PERSONA_HINT, default_persona, list_personas
 
     db = Database(settings.database_url)
     try:
@@ -106,8 +106,7 @@ def text_now_banner(settings: Settings, exposure: Exposure, local_url: str) -> l
     ]
     if who is None:
         lines.append(
-            f"{text} — but there is no persona yet: add one with "
-            f"`phischer persona add NAME --keyword KW --dataset FILE` (no restart needed)."
+            f"{text} — but there is no persona yet: {ADD_PERSONA_HINT} (no restart needed)."
         )
     else:
         lines.append(f"{text}: you are talking to {who}.")

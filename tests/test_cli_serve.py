@@ -1107,6 +1107,29 @@ def test_add_persona_checks_the_same_for_every_caller(database, field, value, me
         assert list_personas(session) == []
 
 
+def test_serve_on_a_database_without_personas_says_how_to_add_them(tmp_path):
+    # The README's "another port" is `phischer serve --port`, which seeds nothing, unlike
+    # `make run`: without a word, every text gets "No clone is set up yet" and the user
+    # does not know the samples are one command away.
+    hint = (
+        "add the bundled samples with `phischer seed` (as `make run` does), or your own with "
+        "`phischer persona add NAME --keyword KW --dataset FILE`"
+    )
+    output: list[str] = []
+    with serving(tmp_path, output=output):
+        pass
+    assert (
+        f'No personas yet, so every text gets "No clone is set up yet. Add one with '
+        f'`phischer persona add`.": {hint} (no restart needed).\n'
+    ) in output
+    assert run("persona", "list").output == f"No personas yet: {hint}.\n"
+    assert run("seed").exit_code == 0
+    output.clear()
+    with serving(tmp_path, output=output):
+        pass
+    assert not [line for line in output if "No personas yet" in line]
+
+
 # -- the banner's "Try it in another terminal" command ------------------------------------
 
 

@@ -1329,7 +1329,8 @@ def test_up_without_personas_says_how_to_add_one_and_needs_no_restart(
     result = run_live("up", "--port", "0", check=check)
 
     assert (
-        f"Text {PHONE} now — but there is no persona yet: add one with "
+        f"Text {PHONE} now — but there is no persona yet: add the bundled samples with "
+        "`phischer seed` (as `make run` does), or your own with "
         "`phischer persona add NAME --keyword KW --dataset FILE` (no restart needed)."
     ) in result.output.splitlines()
     assert replies == [["Splendid, thank you! Knitting a scarf for the cat."]]
