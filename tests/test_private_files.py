@@ -76,8 +76,19 @@ def test_git_ignores_secrets_and_personal_data_but_not_the_example(tmp_path: Pat
     (tmp_path / ".gitignore").write_text((root / ".gitignore").read_text())
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     private = [".env", ".env.local", "instance/phischer.db", "phischer.db", "phischer.db-wal",
-               "phischer.db-shm", "phischer.db.wlock", "chats.jsonl", "export.zip"]  # fmt: skip
-    names = [*private, ".env.example", "phischer/sample/personas.json"]
+               "phischer.db-shm", "phischer.db.wlock", "chats.jsonl", "export.zip",
+               # The README's import examples, and exports as the apps name them, unpacked
+               # at the top of the checkout.
+               "discord-export/general [1].json", "DataExport_2024-03-05/result.json",
+               "ChatExport_2024-03-05/result.json", "result.json",
+               "Fictional Guild - general [222].csv", "WhatsApp Chat with Sam Rivera.txt",
+               "Chat de WhatsApp con Sam.txt", "_chat.txt", "data/tweets.js",
+               "your_facebook_activity/messages/inbox/sam_1/message_1.json",
+               "messages/inbox/sam_1/message_1.json"]  # fmt: skip
+    kept = [".env.example", "phischer/sample/personas.json", "requirements.txt",
+            "constraints.txt", "pyproject.toml", "tests/fixtures/telegram/full/result.json",
+            "scripts/sample_source/dex.txt"]  # fmt: skip
+    names = [*private, *kept]
     checked = subprocess.run(
         ["git", "-C", str(tmp_path), "check-ignore", "--no-index", *names],
         capture_output=True,
