@@ -34,7 +34,9 @@ EXPLAINED = {
     REST_ASYNC: "REPLY_MODE=async: " + _BY_REST,
     REST_SLOW: "the model took longer than REPLY_TIMEOUT_S, so " + _BY_REST,
     REST_LATE: "the model was so slow that the recovery sweep took this text over, so " + _BY_REST,
-    OPT_OUT: "STOP opted {number} out; its later texts are ignored until it sends START",
+    # Not "STOP": the word may have been QUIT or END, typed into `phischer chat` to leave it.
+    OPT_OUT: "that is an opt-out word (STOP, QUIT, END, CANCEL, …), so it opted {number} out; "
+    "its later texts are ignored until it sends START",
     OPTED_OUT: "{number} opted out (STOP), so its texts are ignored until it sends START",
     NOT_ALLOWED: "{number} is not on the server's ALLOWED_NUMBERS",
     DAILY_LIMIT: "{number} is over the server's DAILY_LIMIT for today",

@@ -152,11 +152,17 @@ def test_text_no_reply_is_said_with_why(live):
     result = run("text", "--url", live, "STOP")
     assert (result.exit_code, result.output) == (
         0,
-        "(no reply in the webhook response: STOP opted +15550100 out; its later texts are "
-        "ignored until it sends START)\n",
+        "(no reply in the webhook response: that is an opt-out word (STOP, QUIT, END, CANCEL, "
+        "…), so it opted +15550100 out; its later texts are ignored until it sends START)\n",
     )
     chat = run("chat", "--url", live, "--from", "+15550100", input="hello?\n/quit\n")
     assert "clone> (no reply in the webhook response: +15550100 opted out (STOP)" in chat.output
+    # `quit` typed to leave a chat (it is `/quit`) is an opt-out word: say so, not "STOP".
+    chat = run("chat", "--url", live, "--from", "+15550101", input="quit\n/quit\n")
+    assert (
+        "clone> (no reply in the webhook response: that is an opt-out word (STOP, QUIT, END, "
+        "CANCEL, …), so it opted +15550101 out;"
+    ) in chat.output
 
 
 def test_text_says_a_reply_by_rest_went_elsewhere(
