@@ -905,6 +905,13 @@ def test_a_think_block_is_never_texted_nor_remembered(llm_app, fake_openai, twil
         ("hey you!\nUser: good, you?\nAda: great", "hey you!"),  # it writes the texter's turn
         ("hey you!\n\nHuman: good", "hey you!"),
         ("hey you!<|im_end|>\n<|im_start|>user\ngood", "hey you!"),  # a local server's template
+        ("User: hi Ada\nAda: hey you!", "hey you!"),  # the texter's turn comes first
+        ("Human: hi\nhow are you?\n\nAssistant: hey you!\n", "hey you!"),
+        ("Sam: hi\nAda: hey you!\nSam: good, you?", "hey you!"),  # a group's transcript
+        ("Ada: hey you!\nMary Ann: hi", "hey you!"),
+        ("Ada\uff1a hey you!", "hey you!"),  # the fullwidth colon of CJK text
+        ("\u200bAda: hey you!", "hey you!"),  # an invisible mark before the label
+        ("hey you!\r\nuser\uff1a good", "hey you!"),
         ("Adam: hey you!", "Adam: hey you!"),  # someone else's name is what Ada says
         ("meet at 12:30?\nsee you", "meet at 12:30?\nsee you"),
     ],
@@ -921,9 +928,20 @@ def test_a_reply_is_texted_and_remembered_without_speaker_labels(
     assert fake_openai.chat_calls[-1]["messages"][2] == {"role": "assistant", "content": sent}
 
 
-def test_a_reply_that_is_only_a_label_is_a_failure_that_says_so(llm_app, fake_openai, twilio_post):
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Ada:\nUser: hi",
+        "User: hi Ada, how are you?",  # the model answers as the texter
+        "Human: hi\nhow are you?",
+        "Sam: hi\nAda:",
+    ],
+)
+def test_a_reply_that_is_only_a_label_is_a_failure_that_says_so(
+    llm_app, fake_openai, twilio_post, content
+):
     app = llm_app(model_retries=0)
-    fake_openai.responder = lambda body: "Ada:\nUser: hi"
+    fake_openai.responder = lambda body: content
     assert twilio_post("hi", target=app).replies == [
         "Sorry, I can't answer right now. Try again in a bit."
     ]

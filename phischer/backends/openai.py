@@ -41,6 +41,19 @@ UNSUPPORTED_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Who opens a turn, in a chat transcript a model writes instead of its reply, that is not its own.
 OTHER_ROLES = ("user", "system", "human")
+# What a line may open with before its label: blanks, and the invisible marks a model or a
+# right-to-left text puts first (zero-width spaces and joiners, bidi marks, embeddings and
+# isolates, a BOM), which would otherwise hide "\u200bAda: hey"'s label.
+LABEL_LEAD = "^[ \t\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]*"
+# A label's colon: ASCII, or the fullwidth one (and its small form) of CJK text: "Ada： hey".
+LABEL_COLON = "[ \t]*[:\uff1a\ufe55][ \t]*"
+# Who else a line of a transcript can be labelled as: a name of one or two words ("Sam:",
+# "Mary Ann:"). Only read as a speaker in a reply that also holds a label of the persona's or
+# a role's: alone, "Sam: hey" is as likely Ada's words as "Note: bring wine" or "Re: dinner".
+OTHER_NAME = re.compile(
+    LABEL_LEAD + r"([^\W\d_][\w'’.-]{0,30}(?: [^\W\d_][\w'’.-]{0,30})?)" + LABEL_COLON
+)
+ROLE_LABEL = re.compile(LABEL_LEAD + f"(?:{'|'.join(OTHER_ROLES)})" + LABEL_COLON, re.IGNORECASE)
 # A chat template's special token ("<|im_end|>", "<|eot_id|>") that a local server with the
 # wrong template leaves in the text: what follows it is not the reply.
 SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]{1,40}\|>")
@@ -253,28 +266,52 @@ def strip_reasoning(text: str) -> str:
 def own_words(text: str, name: str) -> str:
     """`text` without speaker labels ("Ada: hi") or the turns a model wrote for others."""
     # A chat model shown a group chat's "Bo: " lines, or one served with the wrong template,
-    # may label its own reply or go on to write the texter's next turn ("\nUser: …"). The
-    # persona's training turns carry no label, and a labelled reply kept in the thread
-    # teaches the model to label the next one: so its labels go and the transcript is cut.
+    # may label its own reply or write a transcript: the texter's turn first ("User: hi\n
+    # Ada: hey"), or next ("hey\nUser: …"). The persona's training turns carry no label, and
+    # a labelled reply kept in the thread teaches the model to label the next one: so its
+    # labels go, turns of others before its own are skipped and the transcript is cut at
+    # the first one after.
     token = SPECIAL_TOKEN.search(text)
     if token:
         text = text[: token.start()]
-    own, other = _labels(name)
-    turn = other.search(text)
-    if turn:
-        text = text[: turn.start()]
-    return own.sub("", text).strip()
+    own = _own_label(name)
+    lines = text.splitlines(keepends=True)
+    owned = [own.match(line) for line in lines]
+    # A transcript: a role's or the persona's label shows the model writes turns as "Who: ".
+    transcript = any(owned) or any(map(ROLE_LABEL.match, lines))
+    kept: list[str] = []
+    others_first = False  # the reply opened with another's turn: skipped up to its own
+    for line, label in zip(lines, owned, strict=True):
+        if label:
+            others_first = False
+            kept.append(line[label.end() :])
+        elif _others_turn(line, transcript):
+            if "".join(kept).strip():
+                break  # the model goes on to write someone else's turn: its reply ends
+            others_first = True
+        elif not others_first:
+            kept.append(line)
+    return "".join(kept).strip()
+
+
+def _others_turn(line: str, transcript: bool) -> bool:
+    """Whether `line` opens a turn not the persona's: "User: …", or "Sam: …" in a transcript."""
+    if ROLE_LABEL.match(line):
+        return True
+    other = OTHER_NAME.match(line) if transcript else None
+    if other is None:
+        return False
+    # A name starts with a capital; an abbreviation in capitals ("PS:", "FYI:") is a note.
+    label = other.group(1)
+    return label[0].isupper() and not (len(label) > 1 and label.isupper())
 
 
 @functools.lru_cache(maxsize=64)
-def _labels(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """Patterns for a line's own label ("Ada:", "assistant:") and a line opening another's turn."""
+def _own_label(name: str) -> re.Pattern[str]:
+    """The pattern of a line's own label: the persona's name, its first word, or "assistant"."""
     names = {name.strip(), name.strip().split(" ")[0], "assistant"} - {""}
     own = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    return (
-        re.compile(rf"^[ \t]*(?:{own})[ \t]*:[ \t]*", re.IGNORECASE | re.MULTILINE),
-        re.compile(rf"\n[ \t]*(?:{'|'.join(OTHER_ROLES)})[ \t]*:", re.IGNORECASE),
-    )
+    return re.compile(f"{LABEL_LEAD}(?:{own}){LABEL_COLON}", re.IGNORECASE)
 
 
 def sdk_client(
