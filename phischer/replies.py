@@ -80,11 +80,24 @@ def _xml_text(body: str) -> str:
     return NOT_XML.sub("", body)
 
 
+# A character a phone shows: not a blank, nor an invisible mark (zero-width spaces and
+# joiners, bidi marks, embeddings and isolates, a soft hyphen, variation selectors, a BOM,
+# the Hangul fillers).
+VISIBLE = re.compile(
+    "[^\\s\u00ad\u034f\u061c\u115f\u1160\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
+)
+
+
 def sendable(text: str, limit: int) -> str:
-    """`text` as an SMS can carry it: no characters XML cannot hold, cut to `limit`."""
+    """`text` as an SMS can carry it: no characters XML cannot hold, cut to `limit`.
+
+    Empty when nothing in it would show: invisible marks alone are no reply to send.
+    """
     # Lone surrogates first become U+FFFD (shown, as any UTF-8 decoder would); the C0
     # controls and U+FFFE/U+FFFF that remain are dropped, so the row says what was sent.
-    return fit_sms(_xml_text(replace_lone_surrogates(text)), limit)
+    text = _xml_text(replace_lone_surrogates(text))
+    return fit_sms(text, limit) if VISIBLE.search(text) else ""
 
 
 # Where Twilio reports what became of a reply (its status callback). Relative in the TwiML:

@@ -826,11 +826,21 @@ def test_half_an_emoji_from_the_model_is_stored_and_sent_as_u_fffd(
     assert stored(app)[1].body == "see you \ufffd"
 
 
-def test_a_reply_only_xml_cannot_carry_is_a_failure_not_an_empty_sms(
-    llm_app, fake_openai, twilio_post
+@pytest.mark.parametrize(
+    ("nothing", "fallback", "kept"),
+    [
+        # Characters XML cannot carry (dropped; a fallback made of them too).
+        ("\x01\x02\x03", "\x07\x08", "hi\x01 there"),
+        # Zero-width spaces and bidi marks: XML holds them and Twilio sends them, so the
+        # texter got a blank SMS, recorded as the persona's answer (a blank fallback too).
+        ("\u202e\u200b \u200f\u2060", "\u200b\ufeff", "\u05e9\u05dc\u05d5\u05dd \u200fhey"),
+    ],
+)
+def test_a_reply_with_nothing_an_sms_shows_is_a_failure_not_an_empty_sms(
+    llm_app, fake_openai, twilio_post, nothing, fallback, kept
 ):
-    app = llm_app(fallback_reply="\x07\x08")  # a fallback made of nothing sendable too
-    fake_openai.responder = lambda body: "\x01\x02\x03"
+    app = llm_app(fallback_reply=fallback)
+    fake_openai.responder = lambda body: nothing
     assert twilio_post("hello?", target=app).replies == [
         "Sorry, I can't answer right now. Try again in a bit."
     ]
@@ -840,10 +850,12 @@ def test_a_reply_only_xml_cannot_carry_is_a_failure_not_an_empty_sms(
         "model reply has no characters an SMS can carry",
     )
     assert outbound.kind == "fallback"
-    # what can be sent is, and the row holds exactly that
-    fake_openai.responder = lambda body: "hi\x01 there"
-    assert twilio_post("again", target=app).replies == ["hi there"]
-    assert stored(app)[-1].body == "hi there"
+    # What can be sent is (marks beside visible text are its own: a right-to-left name's),
+    # and the row holds exactly that.
+    sent = kept.replace("\x01", "")
+    fake_openai.responder = lambda body: kept
+    assert twilio_post("again", target=app).replies == [sent]
+    assert stored(app)[-1].body == sent
 
 
 @pytest.mark.parametrize(
