@@ -1018,6 +1018,35 @@ def test_a_completion_without_a_reply_says_why(
     assert outbound.kind == "fallback"
 
 
+def test_a_tool_call_instead_of_a_reply_says_so(llm_app, fake_openai, twilio_post):
+    # phischer offers no tools, but a proxy or a server's template can add some.
+    app = llm_app(model_retries=0)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "web_search", "arguments": "{}"},
+    }
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    choice = {"index": 0, "finish_reason": "tool_calls", "message": message}
+    completion = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [choice],
+    }
+    fake_openai.reply("POST", "/v1/chat/completions", 200, completion)
+    assert twilio_post("hi", target=app).replies == [
+        "Sorry, I can't answer right now. Try again in a bit."
+    ]
+    inbound, outbound = stored(app)
+    assert (
+        inbound.error
+        == "model called a tool (web_search) instead of replying; phischer offers it none"
+    )
+    assert outbound.kind == "fallback"
+
+
 def test_a_reasoning_models_cut_answer_is_sent_without_its_thinking(
     llm_app, fake_openai, twilio_post
 ):

@@ -215,6 +215,12 @@ def _no_text(message: Any, finish: object, content: str, answer: str, persona: P
     refusal = getattr(message, "refusal", None)
     if isinstance(refusal, str) and refusal.strip():
         return f"model refused to answer: {shorten(refusal.strip(), SHOWN_CHARS)}"
+    calls = getattr(message, "tool_calls", None)
+    if calls:
+        # phischer offers no tools: the server or a proxy in front of it added some.
+        names = sorted({str(getattr(getattr(c, "function", None), "name", "?")) for c in calls})
+        tools = shorten(", ".join(names), SHOWN_CHARS)
+        return f"model called a tool ({tools}) instead of replying; phischer offers it none"
     if finish == "length":
         cap = f"--max-tokens {persona.max_tokens}" if persona.max_tokens else "its length cap"
         return (
