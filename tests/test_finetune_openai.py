@@ -443,6 +443,7 @@ def test_a_timed_out_validation_upload_deletes_the_training_upload(
 ) -> None:
     # No job can read the training file then: it was left on the account without a word.
     fake_ft.stall("POST", "/v1/files", quick_timeout, body=b'filename="val.jsonl"')
+    fake_ft.drop("GET", "/v1/files")  # nor can the account show whether val.jsonl was kept
     result = start(train, "--validation", str(validation))
     assert result.exit_code == 1
     assert "No job was created: deleted the uploaded file-0001 (train.jsonl) from the account." in (
@@ -452,7 +453,7 @@ def test_a_timed_out_validation_upload_deletes_the_training_upload(
     assert fake_ft.calls("POST", "/v1/fine_tuning") == [] and jobs_in(database) == []
 
 
-def test_a_timed_out_upload_names_the_files_openai_kept_anyway(
+def test_a_timed_out_upload_openai_kept_is_used_not_sent_again(
     fake_ft: FakeOpenAI,
     ada: Path,
     train: Path,
@@ -460,8 +461,8 @@ def test_a_timed_out_upload_names_the_files_openai_kept_anyway(
     quick_timeout: float,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Stored, answered too late; the retry too: neither id came back. An older upload of
-    # the same file and one of another file are not named.
+    # Stored, answered too late: its id never came back. Sent again, it left a second copy
+    # on the account. An older upload of the same file and one of another file are not it.
     fake_ft.files["file-0000"] = {
         "filename": "train.jsonl", "purpose": "fine-tune", "content": train.read_bytes(),
         "created_at": int(time.time()) - 3600,
@@ -469,17 +470,48 @@ def test_a_timed_out_upload_names_the_files_openai_kept_anyway(
     fake_ft.files["file-9999"] = {**fake_ft.files["file-0000"], "created_at": int(time.time())}
     fake_ft.files["file-9999"]["filename"] = "other.jsonl"
     monkeypatch.setattr(ft, "MAX_RETRIES", 1)
-    fake_ft.stall("POST", "/v1/files", quick_timeout, times=2)
+    fake_ft.stall("POST", "/v1/files", quick_timeout)
     result = start(train)
-    assert result.exit_code == 1
-    assert result.output.splitlines()[-2:] == [
-        "OpenAI answered too late, but may have kept train.jsonl: file-0002, file-0001 on the "
-        "account have its name and size and were uploaded just now; unless another `finetune "
-        f"start` uploaded them, delete them with DELETE {fake_ft.base_url}/files/ID.",
-        f"Error: cannot reach {fake_ft.base_url}/ while uploading train.jsonl (Request timed "
-        "out.): check your network or OPENAI_BASE_URL",
-    ]
-    assert len(fake_ft.files) == 4 and fake_ft.calls("DELETE") == []  # named, not deleted
+    assert result.exit_code == 0, result.output
+    assert (
+        "Note: OpenAI's answer was lost, but it kept train.jsonl as file-0001: using it rather "
+        "than uploading it again."
+    ) in result.output.splitlines()
+    assert len(fake_ft.calls("POST", "/v1/files")) == 1 and fake_ft.calls("DELETE") == []
+    assert sorted(fake_ft.files) == ["file-0000", "file-0001", "file-9999"]
+    assert stored_job(database)["training_file_id"] == "file-0001"
+
+
+def test_an_upload_whose_answer_was_lost_leaves_no_second_copy(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    # The SDK's own retry uploaded it again after the connection closed unanswered: the
+    # first copy stayed on the account, named nowhere.
+    fake_ft.reset("POST", "/v1/files")
+    result = start(train)
+    assert result.exit_code == 0, result.output
+    assert "Uploaded train.jsonl (2,092 bytes) as file-0001" in result.output.splitlines()
+    assert list(fake_ft.files) == ["file-0001"]
+    assert fake_ft.calls("POST", "/v1/fine_tuning/jobs")[0].json()["training_file"] == "file-0001"
+
+
+def test_an_upload_found_beside_another_copy_names_the_other(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database
+) -> None:
+    # A copy uploaded just before may be another `finetune start`'s: named, not deleted.
+    fake_ft.files["file-0000"] = {
+        "filename": "train.jsonl", "purpose": "fine-tune", "content": train.read_bytes(),
+        "created_at": int(time.time()),
+    }  # fmt: skip
+    fake_ft.reset("POST", "/v1/files")
+    result = start(train)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[lines.index("Uploaded train.jsonl (2,092 bytes) as file-0001") - 1] == (
+        "Also file-0000 on the account has its name and size and was uploaded just now: unless "
+        f"another `finetune start` uploaded it, delete it with DELETE {fake_ft.base_url}/files/ID."
+    )
+    assert sorted(fake_ft.files) == ["file-0000", "file-0001"] and fake_ft.calls("DELETE") == []
 
 
 def test_a_timed_out_upload_openai_kept_nothing_of_says_where_to_look(

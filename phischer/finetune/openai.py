@@ -336,19 +336,35 @@ class _ProgressReader:
 
 def _upload(client: openai.OpenAI, path: Path, echo: Echo) -> str:
     size = path.stat().st_size
-    bar = tqdm(
-        total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", leave=False, disable=None
-    )
     started = time.time()
     doing = f"uploading {path.name}"
-    try:
+
+    def send(once: openai.OpenAI) -> Any:
+        # A bar per attempt: closed, it leaves the lines said between attempts whole.
+        bar = tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=f"upload {path.name}",
+            leave=False,
+            disable=None,
+        )
         with api_errors(client, doing), path.open("rb") as fh, bar:
             reader = _ProgressReader(fh, bar)
-            uploaded = client.files.create(file=(path.name, reader), purpose="fine-tune")
-        uploaded = _expect(client, uploaded, FileObject, doing, "id")
-    except FineTuneError as exc:
-        if isinstance(exc, NoAnswer):  # OpenAI may have stored it all the same
-            echo(_kept_anyway(client, path.name, size, started))
+            uploaded = once.files.create(file=(path.name, reader), purpose="fine-tune")
+        return _expect(client, uploaded, FileObject, doing, "id")
+
+    def made_anyway() -> Any | None:
+        return _stored_anyway(client, path.name, size, started, echo)
+
+    try:
+        uploaded = _made_once(client, send, made_anyway, echo)
+    except NoAnswer:
+        # Each look after a lost answer found nothing: OpenAI may still list the file later.
+        echo(
+            f"OpenAI answered too late, but may have kept {path.name}: if it shows up in the "
+            "account's files, delete it there."
+        )
         raise
     if uploaded.status == "error":
         # A job on it would only fail: say OpenAI's reason, and take the file off the account.
@@ -359,37 +375,84 @@ def _upload(client: openai.OpenAI, path: Path, echo: Echo) -> str:
     return uploaded.id
 
 
-def _kept_anyway(client: openai.OpenAI, name: str, size: int, since: float) -> str:
-    """What a timed-out upload may have left on the account: the files that look like it."""
-    # The server may have stored the file (each of the SDK's retries too) and only answered
-    # late: its id never came back. They are named, not deleted: a file of the same name and
-    # size uploaded meanwhile may be another `finetune start`'s, about to be trained on.
+def _stored_anyway(
+    client: openai.OpenAI, name: str, size: int, since: float, echo: Echo
+) -> Any | None:
+    """The file an upload whose answer was lost stored all the same, if the account lists one."""
+    # Its name and size, uploaded since this upload began (by the server's clock, which may
+    # be behind ours): the file this upload sent, whose id never came back. Used rather than
+    # sent again, which would leave the first copy on the account with nothing reading it.
     try:
         with api_errors(client, "listing files"):
             page = client.files.list(purpose="fine-tune", order="desc", limit=100)
-        found = [
-            f.id
-            for f in page.data
-            if f.filename == name and f.bytes == size and f.created_at >= since - CLOCK_SLACK_S
-        ]
-    except FineTuneError:
-        found = []
+            found = [
+                f
+                for f in page.data
+                if f.filename == name and f.bytes == size and f.created_at >= since - CLOCK_SLACK_S
+            ]
+    except FineTuneError:  # the account cannot be read: the upload is tried again
+        return None
     if not found:
-        return (
-            f"OpenAI answered too late, but may have kept {name}: if it shows up in the "
-            "account's files, delete it there."
+        return None
+    newest, *others = found  # listed newest first
+    echo(
+        f"Note: OpenAI's answer was lost, but it kept {name} as {newest.id}: using it "
+        "rather than uploading it again."
+    )
+    if others:
+        # Not deleted: a file of the same name and size uploaded meanwhile may be another
+        # `finetune start`'s, about to be trained on.
+        ids = ", ".join(f.id for f in others)
+        it, has, was = ("it", "has", "was") if len(others) == 1 else ("them", "have", "were")
+        echo(
+            f"Also {ids} on the account {has} its name and size and {was} uploaded just now: "
+            f"unless another `finetune start` uploaded {it}, delete {it} {_where_files(client)}."
         )
-    where = (
-        "at https://platform.openai.com/storage/files"
-        if server_of(client) == OPENAI_URL
-        else f"with DELETE {server_of(client)}/files/ID"
-    )
-    it, has, was = ("it", "has", "was") if len(found) == 1 else ("them", "have", "were")
-    return (
-        f"OpenAI answered too late, but may have kept {name}: {', '.join(found)} on the "
-        f"account {has} its name and size and {was} uploaded just now; unless another "
-        f"`finetune start` uploaded {it}, delete {it} {where}."
-    )
+    return newest
+
+
+def _where_files(client: openai.OpenAI) -> str:
+    """Where the user deletes a file of the account: OpenAI's page, or the server's API."""
+    if server_of(client) == OPENAI_URL:
+        return "at https://platform.openai.com/storage/files"
+    return f"with DELETE {server_of(client)}/files/ID"
+
+
+def _made_once(
+    client: openai.OpenAI,
+    send: Callable[[openai.OpenAI], Any],
+    made_anyway: Callable[[], Any | None],
+    echo: Echo,
+) -> Any:
+    """What `send` makes (an upload, a job), sent again only if a lost answer made nothing.
+
+    The SDK's own retries would send it blind: each lost answer (a reset connection, a
+    proxy's 502 after OpenAI acted) would leave one more file on the account, or start one
+    more paid job, that nothing records. `send` gets a client without retries;
+    `made_anyway` finds (and says) what a failed request made all the same, else None.
+    """
+    once = client.with_options(max_retries=0)
+    for attempt in range(1, MAX_RETRIES + 2):
+        try:
+            return send(once)
+        except TransientApiError as exc:
+            failed = exc
+        limited = isinstance(failed.__context__, openai.RateLimitError)
+        if not limited:  # a 429 made nothing
+            found = made_anyway()
+            if found is not None:
+                return found
+        delay = _retry_after(failed, attempt)
+        if attempt > MAX_RETRIES or delay is None:
+            raise failed
+        # A 429 is said as the SDK's own waits are (see _SaysItsWaits).
+        echo(
+            _waiting_line(server_of(client), 429, delay)
+            if limited
+            else f"Warning: {failed}; trying again in {delay:g} s"
+        )
+        _sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _delete_uploads(client: openai.OpenAI, uploaded: dict[str, str], echo: Echo) -> None:
@@ -438,31 +501,21 @@ def _seconds_until(http_date: str) -> float:
 def _create_job(
     client: openai.OpenAI, training_file_id: str, job: dict[str, Any], echo: Echo
 ) -> Any:
-    """Create the job once: a request whose answer was lost is sent again only if no job came of it.
-
-    The SDK's own retries would send it blind: each lost answer (a reset connection, a proxy's
-    502 after OpenAI made the job) would start one more paid job that nothing records.
-    """
+    """Create the job once: a request whose answer was lost is sent again only if no job came of it."""
     doing = "creating the fine-tuning job"
-    once = client.with_options(max_retries=0)
-    for attempt in range(1, MAX_RETRIES + 2):
-        try:
-            with api_errors(client, doing):
-                remote = once.fine_tuning.jobs.create(training_file=training_file_id, **job)
-            return _expect(client, remote, FineTuningJob, doing, "id", "status")
-        except TransientApiError as exc:
-            failed = exc
-        if not isinstance(failed.__context__, openai.RateLimitError):  # a 429 made nothing
-            found = _job_created_anyway(client, training_file_id)
-            if found is not None:
-                echo(f"Note: OpenAI's answer was lost, but it created the job {found.id}.")
-                return found
-        delay = _retry_after(failed, attempt)
-        if attempt > MAX_RETRIES or delay is None:
-            raise failed
-        echo(f"Warning: {failed}; trying again in {delay:g} s")
-        _sleep(delay)
-    raise AssertionError("unreachable")
+
+    def send(once: openai.OpenAI) -> Any:
+        with api_errors(client, doing):
+            remote = once.fine_tuning.jobs.create(training_file=training_file_id, **job)
+        return _expect(client, remote, FineTuningJob, doing, "id", "status")
+
+    def made_anyway() -> Any | None:
+        found = _job_created_anyway(client, training_file_id)
+        if found is not None:
+            echo(f"Note: OpenAI's answer was lost, but it created the job {found.id}.")
+        return found
+
+    return _made_once(client, send, made_anyway, echo)
 
 
 def _kept_uploads(uploaded: dict[str, str]) -> str:
