@@ -129,6 +129,8 @@ class CheckReport:
     epochs_from_rule: bool = True
     price_per_million: float | None = None
     notes: list[str] = field(default_factory=list)
+    # A validation file: evaluated during the job, not trained on, and not billed.
+    validation: bool = False
 
     @property
     def errors(self) -> list[Problem]:
@@ -184,23 +186,7 @@ class CheckReport:
                 f"Over the {self.context_limit:,}-token limit: {plural(self.over_limit, 'example')}"
                 + (" (truncated in training)" if self.over_limit else "")
             )
-            how = (
-                f"default rule for {plural(valid, 'example')}"
-                if self.epochs_from_rule
-                else "--epochs"
-            )
-            out.append(f"Epochs: {self.epochs} ({how})")
-            out.append(
-                f"Billed tokens: {self.billed_tokens:,} "
-                f"({self.tokens_per_epoch:,} per epoch × {self.epochs})"
-            )
-            if self.estimated_cost_usd is not None:
-                out.append(
-                    f"Estimated training cost: {_usd(self.estimated_cost_usd)} "
-                    f"(${self.price_per_million:.2f} per 1M tokens, prices as of {PRICES_AS_OF})"
-                )
-            else:
-                out.append("Estimated training cost: unknown")
+            out.extend(self._cost_lines(valid))
         out.extend(f"Note: {n}" for n in self.notes)
         if self.error_count:
             out.append(f"FAILED: {plural(self.error_count, 'error')}; fix them before fine-tuning.")
@@ -209,6 +195,32 @@ class CheckReport:
         else:
             out.append("OK: no format errors; ready for fine-tuning.")
         return "\n".join(out)
+
+    def _cost_lines(self, valid: int) -> list[str]:
+        """The report's epochs, billed tokens and cost; a validation file's, said to be none."""
+        if self.validation:
+            # OpenAI bills the training file's tokens, once per epoch; a validation file is
+            # only evaluated ("we don't charge for tokens used for training validation").
+            return [
+                f"Tokens: {self.tokens_per_epoch:,} (evaluated during the job, not trained on)",
+                "Estimated training cost: none (OpenAI does not bill a validation file's tokens)",
+            ]
+        how = (
+            f"default rule for {plural(valid, 'example')}" if self.epochs_from_rule else "--epochs"
+        )
+        out = [
+            f"Epochs: {self.epochs} ({how})",
+            f"Billed tokens: {self.billed_tokens:,} "
+            f"({self.tokens_per_epoch:,} per epoch × {self.epochs})",
+        ]
+        if self.estimated_cost_usd is not None:
+            out.append(
+                f"Estimated training cost: {_usd(self.estimated_cost_usd)} "
+                f"(${self.price_per_million:.2f} per 1M tokens, prices as of {PRICES_AS_OF})"
+            )
+        else:
+            out.append("Estimated training cost: unknown")
+        return out
 
     def _listed(self, title: str, severity: Severity, max_problems: int) -> list[str]:
         """The report's lines for one severity: a count, the first problems, then the rest."""
@@ -613,13 +625,14 @@ def check_file(
             )
         )
     notes: list[str] = []
-    if validation and 0 < examples < MIN_EXAMPLES:
-        # Said, so that a training file named like a validation file is not waved through.
+    if validation:
+        # Said, so that a training file named like a validation file is not waved through
+        # (nor shown as costing nothing).
         why = f" (its name ends {VALIDATION_SUFFIX})" if by_name else ""
-        notes.append(
-            f"checked as a validation file{why}: OpenAI's minimum of {MIN_EXAMPLES} examples "
-            "is for the training file"
-        )
+        few = ""
+        if 0 < examples < MIN_EXAMPLES:
+            few = f": OpenAI's minimum of {MIN_EXAMPLES} examples is for the training file"
+        notes.append(f"checked as a validation file{why}{few}")
     if known_limit is None:
         notes.append(
             f"no example limit known for {base_model}; assumed {DEFAULT_CONTEXT_LIMIT:,} tokens"
@@ -632,9 +645,9 @@ def check_file(
             "and detail; token counts, billed tokens and cost cover the text only"
         )
     n_epochs = epochs if epochs is not None else default_epochs(len(token_counts))
-    billed = sum(min(n, limit) for n in token_counts) * n_epochs
+    billed = 0 if validation else sum(min(n, limit) for n in token_counts) * n_epochs
     price = price_per_million(base_model)
-    if price is None:
+    if price is None and not validation:
         known = ", ".join(PRICES)
         notes.append(f"no training price for {base_model} (known: {known}); cost not estimated")
     return CheckReport(
@@ -654,6 +667,7 @@ def check_file(
         epochs_from_rule=epochs is None,
         price_per_million=price,
         notes=notes,
+        validation=validation,
     )
 
 

@@ -624,6 +624,27 @@ def test_too_few_examples_is_for_training_files_only(
     assert check_file(path, validation=False).warning_count == 1
 
 
+def test_a_validation_file_is_not_priced_as_training(tmp_path: Path) -> None:
+    """OpenAI bills the training file's tokens per epoch; a validation file's are not billed."""
+    # It printed epochs, billed tokens and a training cost for a file nothing trains on.
+    path = write(tmp_path / "sam.validation.jsonl", [chat("hey", "hi")] * 12)
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path), "--epochs", "4"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    tokens = check_file(path, validation=False).tokens_per_epoch
+    assert lines[4:7] == [
+        f"Tokens: {tokens:,} (evaluated during the job, not trained on)",
+        "Estimated training cost: none (OpenAI does not bill a validation file's tokens)",
+        "Note: checked as a validation file (its name ends .validation.jsonl)",
+    ]
+    assert not any(line.startswith(("Epochs:", "Billed tokens:")) for line in lines)
+    report = check_file(path, validation=True)
+    assert (report.billed_tokens, report.estimated_cost_usd) == (0, 0.0)
+    # The same examples as a training file are priced as before.
+    training = check_file(path, epochs=4, validation=False)
+    assert training.billed_tokens == 4 * tokens and training.estimated_cost_usd > 0
+
+
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
