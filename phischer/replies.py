@@ -177,12 +177,13 @@ class RestSender:
         `from_` is the number or sender the texter wrote to (see `our_address`); None:
         TWILIO_PHONE_NUMBER on the texter's channel.
 
-        Connection errors, 429 and 5xx are retried (Twilio creates no message then, so a
-        retry cannot double-send); any other refusal (21610 opted out, 21211 bad number, …)
-        is final. A request Twilio may have received but did not answer (in time, or at
-        all: the connection dropped) is not retried here: it may have sent the SMS. Its
-        SendError is transient all the same: the recovery sweep asks Twilio whether it has
-        the message before it sends it again.
+        A connection that was never made and a 429 are retried (Twilio created no message
+        then, so a retry cannot double-send); any other refusal (21610 opted out, 21211 bad
+        number, …) is final. A request Twilio may have taken is not retried here: a 5xx (its
+        edge or a proxy may give up while the message is being created, and Twilio does not
+        promise that a 5xx created nothing), or no answer (in time, or at all: the connection
+        dropped). Its SendError is transient all the same: the recovery sweep, minutes later
+        when such a request has long ended, asks Twilio whether it has the message first.
         """
         from_ = from_ or reply_from(to, self.settings.twilio_phone_number)
         for delay in (*self.retry_delays_s, None):
@@ -336,15 +337,26 @@ def _channel(address: str) -> str:
 
 def _transient(exc: Exception) -> bool:
     """Whether a failed send may be tried again later: Twilio did not refuse it."""
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
+    status = _status(exc)
+    if status is not None:
         return status == 429 or status >= 500
     # Also a send Twilio may have taken (_maybe_sent): the sweep asks Twilio before sending.
     return isinstance(exc, requests.ConnectionError | requests.Timeout)
 
 
+def _status(exc: Exception) -> int | None:
+    """The HTTP status of Twilio's (or a proxy's) answer to the send, if one came."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
 def _maybe_sent(exc: Exception) -> bool:
-    """Whether the request may have reached Twilio: it failed after the connection was made."""
+    """Whether Twilio may have created the message: a 5xx, or no answer after the request."""
+    status = _status(exc)
+    if status is not None:
+        # A 500 can come after the write; a 502/504 from an edge or proxy that gave up on a
+        # backend still creating it. Only a 429 (and a 4xx refusal) says nothing was made.
+        return status >= 500
     if isinstance(exc, requests.ReadTimeout):
         return True
     if not isinstance(exc, requests.ConnectionError):
@@ -368,15 +380,19 @@ def _code(exc: Exception) -> int | None:
     return code if isinstance(code, int) else None
 
 
+MAYBE_SENT = "the SMS may or may not have been sent"
+
+
 def _short(exc: Exception) -> str:
     if isinstance(exc, requests.ReadTimeout):
-        return "Twilio did not answer in time; the SMS may or may not have been sent"
-    if _maybe_sent(exc):
-        return (
-            "Twilio closed the connection before answering; the SMS may or may not have been sent"
-        )
+        return f"Twilio did not answer in time; {MAYBE_SENT}"
+    if _status(exc) is None and _maybe_sent(exc):
+        return f"Twilio closed the connection before answering; {MAYBE_SENT}"
     code = _code(exc)
     if code is not None:  # TwilioRestException: the error code is what users look up
-        return shorten(f"Twilio error {code}: {getattr(exc, 'msg', '')}", TWILIO_ERROR_CHARS)
-    text = str(exc).strip().splitlines()
-    return shorten(text[0] if text else type(exc).__name__, TWILIO_ERROR_CHARS)
+        short = shorten(f"Twilio error {code}: {getattr(exc, 'msg', '')}", TWILIO_ERROR_CHARS)
+    else:
+        text = str(exc).strip().splitlines()
+        short = shorten(text[0] if text else type(exc).__name__, TWILIO_ERROR_CHARS)
+    # A 5xx: said after Twilio's own words, which are what users look up.
+    return f"{short}; {MAYBE_SENT}" if _maybe_sent(exc) else short

@@ -16,7 +16,8 @@ and records every request (method, path, query, form) for assertions. Messages.j
 scripted to fail: `fake.fail_messages(400, 21610, "unsubscribed")` answers the next send so.
 Any endpoint can be scripted too: `fake.fail_next("GET", "/v1/Services", 403, 20003, "…")`
 refuses the next such request (`times=3`: the next three; `retry_after=1`: with that
-Retry-After header), and `fake.after_next("POST", "/PN….json", fn)` calls `fn()` once
+Retry-After header; `applied=True`: applied all the same, as a 5xx Twilio answers after it
+created the message), and `fake.after_next("POST", "/PN….json", fn)` calls `fn()` once
 that request has been applied, before it is answered (a Ctrl-C while the SDK waits), and
 `fake.hang_up_next("POST", "/Messages.json")` applies the next such request, then closes the
 connection without an answer (a reset after Twilio created the message; `then=fn` calls `fn()`
@@ -58,6 +59,7 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)  # sent with the error
     then: Callable[[], None] | None = None
     hang_up: bool = False  # apply it, then close the connection without an answer
+    applied: bool = False  # apply it, then answer with `error`
 
 
 @dataclass
@@ -179,15 +181,22 @@ class FakeTwilio:
         message: str,
         times: int = 1,
         retry_after: float | None = None,
+        applied: bool = False,
     ) -> None:
         """Refuse the next `times` `method` requests whose path ends with `path_suffix`.
 
-        Nothing is applied; `retry_after` is sent as the Retry-After header.
+        Nothing is applied unless `applied`; `retry_after` is sent as the Retry-After header.
         """
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
         for _ in range(times):
             self._scripts.append(
-                Scripted(method, path_suffix, error=(status, code, message), headers=headers)
+                Scripted(
+                    method,
+                    path_suffix,
+                    error=(status, code, message),
+                    headers=headers,
+                    applied=applied,
+                )
             )
 
     def after_next(self, method: str, path_suffix: str, then: Callable[[], None]) -> None:
@@ -256,9 +265,11 @@ class FakeTwilio:
             )
             if script is not None:
                 self._scripts.remove(script)
-                if script.error is not None:
+                if script.error is not None and not script.applied:
                     return (*_error(*script.error), script.headers)
             answer = self._route(method, path, query, form)
+            if script is not None and script.error is not None:
+                return (*_error(*script.error), script.headers)
         if script is not None and script.then is not None:
             script.then()  # outside the lock: it may make more requests
         return None if script is not None and script.hang_up else (*answer, {})

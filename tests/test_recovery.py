@@ -255,12 +255,12 @@ def test_a_reply_twilio_could_not_take_is_sent_by_a_later_sweep(
     service = app.extensions["phischer"].sms
     service.sender.retry_delays_s = (0.01, 0.01)
     decision = service._record(Inbound(phone="+15550100", sid="SMbusy", body="hi"), parse("hi"))
-    fake_twilio.fail_messages(503, 20503, "Service unavailable", times=3)
+    fake_twilio.fail_messages(429, 20429, "Too Many Requests", times=3)
     service.deliver_later("+15550100", decision, (Reply(text="see you soon"), None, 900))
     outbound = stored(app)[1]
     assert (outbound.status, outbound.error) == (  # kept for a retry, the reason recorded
         "send_retry",
-        "Twilio error 20503: Unable to create record: Service unavailable",
+        "Twilio error 20429: Unable to create record: Too Many Requests",
     )
     # Not something the persona has said (yet): the thread of a text now leaves it out.
     with service.store.read() as cur:
@@ -339,7 +339,8 @@ def test_reply_retries_stop_after_an_hour(make_app, personas, fake_twilio, twili
     service.send_stored("+15550100", out_id, "hello", created_at=late)
     assert (stored(app)[1].status, stored(app)[1].error) == (
         "send_failed",
-        "Twilio error 20503: Unable to create record: Service unavailable",
+        "Twilio error 20503: Unable to create record: Service unavailable; the SMS may or "
+        "may not have been sent",
     )
     # A reply still waiting after failed tries, found past the hour: the last failure is kept.
     out_id, _ = queued_reply(app, "SMhour2", error="Twilio error 20429: Too many")

@@ -233,3 +233,29 @@ def test_a_reply_twilio_took_counts_as_sent_though_the_texter_moved_on(
     reply = {m.id: m for m in stored(app)}[out_id]
     assert (reply.status, reply.error) == ("sent", None)
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_a_server_error_waits_for_the_sweep_which_asks_twilio_first(
+    make_app, personas, fake_twilio, twilio_rest, created
+):
+    # A 5xx does not say Twilio created nothing: the send is not repeated at once (that
+    # texted the reply twice when it had), but left for the sweep, which asks Twilio first.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SM5xx")
+    fake_twilio.fail_next("POST", "/Messages.json", 502, 20502, "Bad gateway", applied=created)
+    assert service.send_stored("+15550100", out_id, "hello") == "send_retry"
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert reply.error.startswith("Twilio error 20502")
+    assert "may or may not have been sent" in reply.error
+    backdate(app, out_id, dt.timedelta(minutes=3))
+    result = sweep(service)
+    assert (result.already_sent, result.resent) == ((1, 0) if created else (0, 1))
+    assert len(fake_twilio.messages) == 1  # texted once either way
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.message_sid, reply.error) == (
+        "sent",
+        fake_twilio.messages[0]["sid"],
+        None,
+    )
