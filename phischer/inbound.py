@@ -712,11 +712,10 @@ class SmsService:
     def record_unsent(self, out_id: int, created_at: dt.datetime | None, exc: SendError) -> str:
         """Record that reply `out_id`'s send failed (`exc` says why); return the status recorded."""
         now = utcnow()
-        status = (
-            "send_retry"
-            if exc.transient and retry_send(created_at or now, now, self.settings)
-            else "send_failed"
-        )
+        # One Twilio may have taken waits for the sweep to ask, however late: given up at
+        # once, a reply the texter got would be "send_failed" and left out of the thread.
+        wait = exc.maybe_sent or retry_send(created_at or now, now, self.settings)
+        status = "send_retry" if exc.transient and wait else "send_failed"
         with self.store.write() as cur:
             if not self.store.update_message(
                 cur, out_id, now, "delivery IS NULL", status=status, error=str(exc)

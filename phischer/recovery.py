@@ -134,9 +134,10 @@ def _settle_reply(service: SmsService, row: PendingRow, now: dt.datetime) -> str
     # Twilio is asked first whether it has the reply: the process that sent it may have died
     # after Twilio took it, before it recorded that (or Twilio took a send it never answered).
     # Asked before the reasons not to send too: a reply the texter read is part of the thread
-    # even if they have texted since. Not past the hour: such a row is not sent again anyway,
-    # and the look-up reads every message to the number since it was stored.
-    if service.settings.can_send_sms and now - row.created_at <= GIVE_UP_AFTER:
+    # even if they have texted since. Past the hour as well (a server down overnight): such
+    # a row is never sent again, but one Twilio has is "sent", not "send_failed", so the
+    # model sees what the texter read. (The look-up reads at most LOOKUP_MAX messages.)
+    if service.settings.can_send_sms:
         try:
             if service.taken_already(row.phone, row.id, row.body, row.created_at, row.our_address):
                 return "already_sent"

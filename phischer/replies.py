@@ -128,13 +128,21 @@ def _twiml_parts(texts: tuple[str, ...]) -> tuple[str, tuple[tuple[int, str], ..
 class SendError(Exception):
     """The REST send failed; the message row records why."""
 
-    def __init__(self, reason: str, transient: bool = False, code: int | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        transient: bool = False,
+        code: int | None = None,
+        maybe_sent: bool = False,
+    ) -> None:
         super().__init__(reason)
         # Transient: Twilio was unreachable or busy, or did not answer, so the recovery sweep
         # may try again later (asking Twilio first whether it has the message); otherwise (a
         # refusal, missing credentials) it is final.
         self.transient = transient
         self.code = code  # Twilio's error code of a refusal (21610: the number opted out)
+        # Twilio may have created the message (a 5xx, no answer): only a look-up can tell.
+        self.maybe_sent = maybe_sent
 
 
 class RestSender:
@@ -202,9 +210,9 @@ class RestSender:
                 return str(message.sid)
             except Exception as exc:  # TwilioRestException, requests' errors, config errors
                 log.warning("REST send to %s failed: %s", mask_number(to), _short(exc))
-                transient = _transient(exc)
-                if delay is None or not transient or _maybe_sent(exc):
-                    raise SendError(_short(exc), transient, _code(exc)) from None
+                transient, maybe_sent = _transient(exc), _maybe_sent(exc)
+                if delay is None or not transient or maybe_sent:
+                    raise SendError(_short(exc), transient, _code(exc), maybe_sent) from None
                 time.sleep(delay)
         raise AssertionError("unreachable")
 

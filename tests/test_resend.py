@@ -7,13 +7,13 @@ import logging
 import os
 import signal
 import time
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 import sqlalchemy as sa
 
 from phischer.models import Message, utcnow
-from phischer.recovery import GIVE_UP_AFTER, RECOVER_AFTER, sweep
+from phischer.recovery import GIVE_UP_AFTER, RECOVER_AFTER, SEND_INTERRUPTED, sweep
 from tests.conftest import post_signed, set_model, sms_params
 from tests.fake_twilio import AUTH_TOKEN
 from tests.test_recovery import backdate, queued_reply, stored, stored_in
@@ -23,11 +23,13 @@ from tests.test_serve_stop import serving as serving_in_group
 LOOKUP_FAILED = "could not check whether Twilio has it already: Twilio error "
 
 
+@pytest.mark.parametrize("down", [dt.timedelta(0), dt.timedelta(hours=8)])
 def test_a_server_killed_after_twilio_took_the_reply_does_not_send_it_again(
-    tmp_path, personas, database, fake_openai, fake_twilio
+    tmp_path, personas, database, fake_openai, fake_twilio, down
 ):
     # The real crash: `kill -9` of the server once Twilio has created the message, before
-    # its answer reaches the server (which would record the reply "sent").
+    # its answer reaches the server (which would record the reply "sent"). Started again at
+    # once, or the next morning: the texter got the reply either way, so it is "sent".
     with database.write() as session:
         set_model(session, "Ada", "ft:ada", base_url=fake_openai.base_url)
     env = {**async_env(fake_twilio), "RECOVER_AFTER_S": "1"}
@@ -42,6 +44,12 @@ def test_a_server_killed_after_twilio_took_the_reply_does_not_send_it_again(
         ("out", "queued"),  # Twilio has it; the server did not live to record that
     ]
     (taken,) = fake_twilio.messages
+    if down:
+        with database.write() as session:
+            for message in session.scalars(sa.select(Message)):
+                message.created_at -= down
+        moved = format_datetime(parsedate_to_datetime(taken["date_created"]) - down, usegmt=True)
+        taken.update(date_created=moved, date_sent=moved)
     time.sleep(1.2)  # idle longer than RECOVER_AFTER_S before the restart's first sweep
     with serving_in_group(tmp_path, env) as server:
         deadline = time.monotonic() + 10
@@ -259,3 +267,59 @@ def test_a_server_error_waits_for_the_sweep_which_asks_twilio_first(
         fake_twilio.messages[0]["sid"],
         None,
     )
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_a_reply_left_for_hours_is_looked_up_and_never_sent(
+    make_app, personas, fake_twilio, twilio_rest, taken
+):
+    # The server died mid-send and stayed down overnight. Too late to send now (the texter
+    # has long moved on), but whether Twilio took it decides what the row says: "sent" (the
+    # texter read it, and the model sees it in the thread) or "send_failed".
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMnight")
+    if taken:
+        assert service.send_stored("+15550100", out_id, "hello") == "sent"
+        with app.extensions["phischer"].db.write() as session:
+            session.execute(
+                sa.update(Message)
+                .where(Message.id == out_id)
+                .values(status="queued", message_sid=None)
+            )
+        night = format_datetime(dt.datetime.now(dt.UTC) - dt.timedelta(hours=8), usegmt=True)
+        fake_twilio.messages[0].update(date_created=night, date_sent=night)
+    backdate(app, out_id, dt.timedelta(hours=8))
+    result = sweep(service)
+    assert (result.already_sent, result.failed, result.resent) == (
+        (1, 0, 0) if taken else (0, 1, 0)
+    )
+    assert len(fake_twilio.calls("GET", "/Messages.json")) == 1  # asked
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == (1 if taken else 0)
+    reply = {m.id: m for m in stored(app)}[out_id]
+    if taken:
+        assert (reply.status, reply.message_sid, reply.error) == (
+            "sent",
+            fake_twilio.messages[0]["sid"],
+            None,
+        )
+    else:
+        assert (reply.status, reply.error) == ("send_failed", SEND_INTERRUPTED)
+
+
+def test_a_send_that_may_have_gone_out_near_the_hour_is_looked_up_not_given_up(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    # The sweep's last try, minutes before the hour, got a 504 after Twilio created the
+    # message: not "send_failed" at once (the texter got it), but left for the sweep to ask.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    out_id, _ = queued_reply(app, "SMedge")
+    fake_twilio.fail_next("POST", "/Messages.json", 504, 20504, "Gateway timeout", applied=True)
+    late = utcnow() - GIVE_UP_AFTER + RECOVER_AFTER / 2
+    assert service.send_stored("+15550100", out_id, "hello", created_at=late) == "send_retry"
+    backdate(app, out_id, GIVE_UP_AFTER + dt.timedelta(minutes=1))
+    assert sweep(service).already_sent == 1
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.message_sid) == ("sent", fake_twilio.messages[0]["sid"])
