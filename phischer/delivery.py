@@ -95,7 +95,7 @@ def record_status(store: Store, reply_id: int, form: Mapping[str, str]) -> bool:
         if unsent:
             # Twilio reports on it, so Twilio has it: the send whose answer was lost ("may or
             # may not have been sent"), or that a sweep gave up on, reached Twilio after all.
-            store.mark_sent(cur, reply_id, None, utcnow())
+            store.mark_sent(cur, reply_id, utcnow())
         if delivery is not None and STATUS_ORDER.get(delivery, -1) > rank:
             return unsent
         error = describe_failure(status, code) if status in NOT_DELIVERED else None

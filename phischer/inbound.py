@@ -680,7 +680,12 @@ class SmsService:
         except SendError as exc:
             return self.record_unsent(out_id, created_at, exc)
         with self.store.write() as cur:
-            self.store.mark_sent(cur, out_id, sid, utcnow())
+            self.store.mark_sent(cur, out_id, utcnow())
+            kept = self.store.adopt_sid(cur, out_id, sid)
+        if not kept:
+            # A sweep's look-up took this message for an earlier reply with the same words
+            # while Twilio's answer was on its way: the texter got those words once.
+            log.warning("Reply %d: Twilio's message %s is recorded on another reply", out_id, sid)
         return "sent"
 
     def taken_already(
@@ -698,11 +703,12 @@ class SmsService:
             return False
         with self.store.write() as cur:
             # The oldest that no other row has: an earlier reply with the same words is that
-            # row's message (so is one another reply left unrecorded was matched with first).
-            found = next((t for t in taken if not self.store.sid_known(cur, t.sid)), None)
+            # row's message (so is one another reply left unrecorded was matched with first,
+            # or whose callback or send recorded it meanwhile).
+            found = next((t for t in taken if self.store.adopt_sid(cur, out_id, t.sid)), None)
             if found is None:
                 return False
-            self.store.mark_sent(cur, out_id, found.sid, utcnow())
+            self.store.mark_sent(cur, out_id, utcnow())
         log.info("Reply %d: Twilio already had it (%s); not sent again", out_id, found.sid)
         # What became of it, as its status callback (which may never come) would say.
         code = "" if found.error_code is None else str(found.error_code)
@@ -722,7 +728,7 @@ class SmsService:
             ):
                 # A status callback came first: Twilio took the reply, and only its
                 # answer to the send was lost (a dropped connection, a read timeout).
-                self.store.mark_sent(cur, out_id, None, now)
+                self.store.mark_sent(cur, out_id, now)
                 return "sent"
             record_refusal(self.store, cur, out_id, exc.code)
         return status

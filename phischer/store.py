@@ -484,37 +484,49 @@ class Store:
         )
         return cur.fetchone()
 
-    def adopt_sid(self, cur: Any, message_id: int, sid: str) -> None:
-        """Give a reply stored without Twilio's message sid this one, unless another row has it."""
-        cur.execute(
-            self.sql(
-                "UPDATE messages SET message_sid = ? WHERE id = ? AND message_sid IS NULL "
-                "AND NOT EXISTS (SELECT 1 FROM messages WHERE message_sid = ?)"
-            ),
-            (sid, message_id, sid),
-        )
+    def adopt_sid(self, cur: Any, message_id: int, sid: str) -> bool:
+        """Give a reply with no message sid Twilio's `sid`, unless another row has it.
 
-    def mark_sent(self, cur: Any, message_id: int, sid: str | None, now: dt.datetime) -> None:
-        """Record that Twilio took a REST reply, keeping a failure its callback already told.
-
-        `sid`: Twilio's id of the message (None: keep the one stored, if any).
+        Returns whether the reply has `sid` now. The send's answer, its status callback and a
+        sweep's look-up (which cannot tell two replies with the same words apart) may each
+        bring a sid: the first to record one keeps it, and the others change nothing.
         """
+        statement = self.sql(
+            "UPDATE messages SET message_sid = ? WHERE id = ? AND (message_sid = ? OR "
+            "(message_sid IS NULL AND NOT EXISTS (SELECT 1 FROM messages WHERE message_sid = ?)))"
+        )
+        params = (sid, message_id, sid, sid)
+        if self.sqlite:
+            # The write lock serialises whole transactions: nothing can take the sid between
+            # this statement's check and the commit.
+            cur.execute(statement, params)
+            return cur.rowcount == 1
+        # PostgreSQL (READ COMMITTED): another transaction may have given the sid to another
+        # row and not committed yet, so the check passes; the unique index then makes this
+        # update wait for it, and fail once it commits. The savepoint keeps that failure from
+        # undoing the rest of the transaction (a callback's delivery status, say).
+        cur.execute("SAVEPOINT adopt_sid")
+        try:
+            cur.execute(statement, params)
+        except self.IntegrityError:
+            cur.execute("ROLLBACK TO SAVEPOINT adopt_sid")
+            return False
+        adopted = cur.rowcount == 1
+        cur.execute("RELEASE SAVEPOINT adopt_sid")
+        return adopted
+
+    def mark_sent(self, cur: Any, message_id: int, now: dt.datetime) -> None:
+        """Record that Twilio took a REST reply, keeping a failure its callback already told."""
         # The status callback can beat this update (Twilio answers the send, then the phone
         # network rejects at once); clearing `error` blindly would erase why it failed.
         cur.execute(
             self.sql(
-                "UPDATE messages SET status = 'sent', message_sid = COALESCE(?, message_sid), "
-                "updated_at = ?, "
+                "UPDATE messages SET status = 'sent', updated_at = ?, "
                 f"error = CASE WHEN delivery IN {_NOT_DELIVERED_SQL} THEN error END "
                 "WHERE id = ?"
             ),
-            (sid, self.ts(now), message_id),
+            (self.ts(now), message_id),
         )
-
-    def sid_known(self, cur: Any, sid: str) -> bool:
-        """Whether a stored message has Twilio's message `sid`."""
-        cur.execute(self.sql("SELECT 1 FROM messages WHERE message_sid = ?"), (sid,))
-        return cur.fetchone() is not None
 
     def set_delivery(self, cur: Any, message_id: int, delivery: str, error: str | None) -> None:
         """Record Twilio's delivery status on a reply (and why it failed, if it did)."""

@@ -801,3 +801,81 @@ def test_a_contact_locked_elsewhere_holds_up_its_own_texts_only(make_pg_app, pg_
             "Splendid, thank you! Knitting a scarf for the cat."
         ]
     engine.dispose()
+
+
+# -- one Twilio message sid, two rows racing for it -------------------------------------------
+# Two replies with the same words to one number: Twilio's message for one of them can be
+# claimed by the other's sweep look-up (it cannot tell them apart) while the status callback
+# of its own reply, on another instance, records its sid. Neither commits before the other
+# checks, so both saw the sid free; the unique index made the second fail (a 500 to Twilio's
+# callback, or a sweep that raised and left the reply to be looked up again).
+
+SID = "SM" + "ab" * 16
+
+
+def two_hellos(pg_url, make_pg_app, twilio_rest):
+    """An app on PostgreSQL with two stored "hello" replies to one number, and an engine."""
+    from tests.test_recovery import queued_reply
+
+    app = make_pg_app(**twilio_rest)
+    first, _ = queued_reply(app, "SMhello1")
+    second, _ = queued_reply(app, "SMhello2")
+    return app, first, second, sa.create_engine(pg_url)
+
+
+@contextmanager
+def sid_written_elsewhere(engine: sa.Engine, message_id: int, sid: str) -> Iterator[None]:
+    """Another instance's transaction that gave `message_id` the `sid`, committed on exit."""
+    with engine.begin() as conn:
+        conn.execute(sa.update(Message).where(Message.id == message_id).values(message_sid=sid))
+        yield
+
+
+def test_a_callback_racing_a_sweep_for_its_sid_is_recorded_on_postgres(
+    pg_url, make_pg_app, twilio_rest
+):
+    from tests.test_delivery import callback
+    from tests.test_recovery import stored
+
+    app, first, second, engine = two_hellos(pg_url, make_pg_app, twilio_rest)
+    with ThreadPoolExecutor(1) as pool:
+        with sid_written_elsewhere(engine, second, SID):
+            answer = pool.submit(callback, app, first, "delivered", sid=SID)
+            until(lambda: lock_waits(engine) == 1)  # it waits on the other's sid
+        assert answer.result(timeout=10).status_code == 200
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[first].delivery, by_id[first].message_sid) == ("delivered", None)
+    assert by_id[second].message_sid == SID
+    engine.dispose()
+
+
+def test_a_sweep_racing_a_callback_for_a_sid_sends_its_own_reply_on_postgres(
+    pg_url, make_pg_app, fake_twilio, twilio_rest
+):
+    import datetime as dt
+
+    from phischer.recovery import sweep
+    from tests.test_recovery import backdate, stored
+
+    app, first, second, engine = two_hellos(pg_url, make_pg_app, twilio_rest)
+    service = app.extensions["phischer"].sms
+    service.shutdown()  # no background sweep
+    assert service.send_stored("+15550100", first, "hello") == "sent"
+    (taken,) = fake_twilio.messages
+    with engine.begin() as conn:  # its answer lost: the callback below brings the sid
+        conn.execute(sa.update(Message).where(Message.id == first).values(message_sid=None))
+    backdate(app, second, dt.timedelta(minutes=5))
+    with ThreadPoolExecutor(1) as pool:
+        with sid_written_elsewhere(engine, first, taken["sid"]):
+            swept = pool.submit(sweep, service)
+            until(lambda: lock_waits(engine) == 1)
+        result = swept.result(timeout=10)
+    # The look-up's only match is the first reply's message: the second was never sent.
+    assert (result.already_sent, result.resent) == (0, 1)
+    by_id = {m.id: m for m in stored(app)}
+    assert by_id[first].message_sid == taken["sid"]
+    assert (by_id[second].status, by_id[second].message_sid) == (
+        "sent",
+        fake_twilio.messages[1]["sid"],
+    )
+    engine.dispose()

@@ -323,3 +323,30 @@ def test_a_send_that_may_have_gone_out_near_the_hour_is_looked_up_not_given_up(
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
     reply = {m.id: m for m in stored(app)}[out_id]
     assert (reply.status, reply.message_sid) == ("sent", fake_twilio.messages[0]["sid"])
+
+
+def test_a_send_answered_after_a_sweep_took_its_message_for_another_reply_is_sent_once(
+    make_app, personas, fake_twilio, twilio_rest, caplog
+):
+    # Two "hello" replies to one number: the first never reached Twilio and waits for the
+    # sweep; the second is being sent. The sweep's look-up, while Twilio's answer to the
+    # second is on its way, finds the second's message and takes it for the first's (it
+    # cannot tell them apart). The second's sid then failed the unique index: its send
+    # raised, it stayed "queued", and a later sweep, finding that message taken, texted it
+    # again.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    service.shutdown()  # no background sweep: the one below runs mid-send
+    first, _ = queued_reply(app, "SMhello1")
+    backdate(app, first, dt.timedelta(minutes=5))
+    second, _ = queued_reply(app, "SMhello2")
+    fake_twilio.after_next("POST", "/Messages.json", lambda: sweep(service))
+    assert service.send_stored("+15550100", second, "hello") == "sent"
+    (taken,) = fake_twilio.messages
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[first].status, by_id[first].message_sid) == ("sent", taken["sid"])
+    assert (by_id[second].status, by_id[second].message_sid) == ("sent", None)
+    assert "is recorded on another reply" in caplog.text
+    later = sweep(service, now=utcnow() + RECOVER_AFTER)
+    assert (later.resent, later.already_sent) == (0, 0)
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
