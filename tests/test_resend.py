@@ -350,3 +350,31 @@ def test_a_send_answered_after_a_sweep_took_its_message_for_another_reply_is_sen
     later = sweep(service, now=utcnow() + RECOVER_AFTER)
     assert (later.resent, later.already_sent) == (0, 0)
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+
+
+def test_a_server_answered_5xx_after_twilio_took_the_reply_texts_it_once(
+    tmp_path, personas, database, fake_openai, fake_twilio
+):
+    # The real server: Twilio creates the message and answers 500. It is not sent again at
+    # once; the sweep of the next start (Twilio is asked first) records it sent.
+    with database.write() as session:
+        set_model(session, "Ada", "ft:ada", base_url=fake_openai.base_url)
+    env = {**async_env(fake_twilio), "RECOVER_AFTER_S": "1"}
+    fake_twilio.fail_next("POST", "/Messages.json", 500, 20500, "Internal error", applied=True)
+
+    def until_reply(status: str, server) -> None:
+        deadline = time.monotonic() + 10
+        while len(rows := stored_in(database)) < 2 or rows[1].status != status:
+            assert time.monotonic() < deadline, "".join(server.output)
+            time.sleep(0.05)
+
+    with serving_in_group(tmp_path, env) as server:
+        post_signed(server.url, AUTH_TOKEN, sms_params("hey how are you", "+15550100"))
+        until_reply("send_retry", server)
+    time.sleep(1.2)  # idle longer than RECOVER_AFTER_S before the restart's first sweep
+    with serving_in_group(tmp_path, env) as server:
+        until_reply("sent", server)
+        time.sleep(0.5)  # time for another sweep to send it, if one could
+    (taken,) = fake_twilio.messages
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
+    assert stored_in(database)[1].message_sid == taken["sid"]
