@@ -23,6 +23,30 @@ from tests.test_serve_stop import serving as serving_in_group
 LOOKUP_FAILED = "could not check whether Twilio has it already: Twilio error "
 
 
+def forget_the_send(app, out_id: int, **values) -> None:
+    """Undo the record of a send Twilio took (its sid; "queued" unless `values` say), as a crash."""
+    with app.extensions["phischer"].db.write() as session:
+        session.execute(
+            sa.update(Message)
+            .where(Message.id == out_id)
+            .values(**{"status": "queued", "message_sid": None, **values})
+        )
+
+
+def taken_unrecorded(app, fake_twilio, out_id: int, age=dt.timedelta(0), **values) -> dict:
+    """Twilio's message for reply `out_id`, sent `age` ago; the send's record then undone."""
+    assert app.extensions["phischer"].sms.send_stored("+15550100", out_id, "hello") == "sent"
+    forget_the_send(app, out_id, **values)
+    twilio_dated(fake_twilio.messages[-1], age)
+    return fake_twilio.messages[-1]
+
+
+def twilio_dated(message: dict, age: dt.timedelta) -> None:
+    """Date a message the fake Twilio has `age` earlier (its creation and its sending)."""
+    when = format_datetime(parsedate_to_datetime(message["date_created"]) - age, usegmt=True)
+    message.update(date_created=when, date_sent=when)
+
+
 @pytest.mark.parametrize("down", [dt.timedelta(0), dt.timedelta(hours=8)])
 def test_a_server_killed_after_twilio_took_the_reply_does_not_send_it_again(
     tmp_path, personas, database, fake_openai, fake_twilio, down
@@ -48,8 +72,7 @@ def test_a_server_killed_after_twilio_took_the_reply_does_not_send_it_again(
         with database.write() as session:
             for message in session.scalars(sa.select(Message)):
                 message.created_at -= down
-        moved = format_datetime(parsedate_to_datetime(taken["date_created"]) - down, usegmt=True)
-        taken.update(date_created=moved, date_sent=moved)
+        twilio_dated(taken, down)
     time.sleep(1.2)  # idle longer than RECOVER_AFTER_S before the restart's first sweep
     with serving_in_group(tmp_path, env) as server:
         deadline = time.monotonic() + 10
@@ -72,15 +95,8 @@ def test_a_reply_twilio_took_is_recorded_sent_not_sent_again(
     app = make_app(**twilio_rest)
     service = app.extensions["phischer"].sms
     out_id, _ = queued_reply(app, "SMtook")
-    assert service.send_stored("+15550100", out_id, "hello") == "sent"
-    (taken,) = fake_twilio.messages
     error = "Twilio error 20504: Gateway timeout" if left == "send_retry" else None
-    with app.extensions["phischer"].db.write() as session:
-        session.execute(
-            sa.update(Message)
-            .where(Message.id == out_id)
-            .values(status=left, message_sid=None, error=error)
-        )
+    taken = taken_unrecorded(app, fake_twilio, out_id, status=left, error=error)
     backdate(app, out_id, dt.timedelta(minutes=3))
     result = sweep(service)
     assert (result.resent, result.already_sent) == (0, 1)
@@ -118,12 +134,10 @@ def test_an_earlier_reply_with_the_same_words_does_not_count_as_this_one(
     app = make_app(**twilio_rest)
     service = app.extensions["phischer"].sms
     first, _ = queued_reply(app, "SMfirst")
-    assert service.send_stored("+15550100", first, "hello") == "sent"
-    if not recorded:
-        with app.extensions["phischer"].db.write() as session:
-            session.execute(sa.update(Message).where(Message.id == first).values(message_sid=None))
-        earlier = format_datetime(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), usegmt=True)
-        fake_twilio.messages[0].update(date_created=earlier, date_sent=earlier)
+    if recorded:
+        assert service.send_stored("+15550100", first, "hello") == "sent"
+    else:
+        taken_unrecorded(app, fake_twilio, first, dt.timedelta(minutes=10), status="sent")
     second, _ = queued_reply(app, "SMsecond")
     backdate(app, second, dt.timedelta(minutes=5))
     result = sweep(service)
@@ -192,10 +206,7 @@ def test_a_reply_twilio_lists_in_plainer_characters_is_still_found(
         session.execute(sa.update(Message).where(Message.id == out_id).values(body=text))
     assert service.send_stored("+15550100", out_id, text) == "sent"
     fake_twilio.messages[0]["body"] = "It's late - sleep  well..."
-    with app.extensions["phischer"].db.write() as session:
-        session.execute(
-            sa.update(Message).where(Message.id == out_id).values(status="queued", message_sid=None)
-        )
+    forget_the_send(app, out_id)
     backdate(app, out_id, dt.timedelta(minutes=3))
     assert sweep(service).already_sent == 1
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
@@ -280,15 +291,7 @@ def test_a_reply_left_for_hours_is_looked_up_and_never_sent(
     service = app.extensions["phischer"].sms
     out_id, _ = queued_reply(app, "SMnight")
     if taken:
-        assert service.send_stored("+15550100", out_id, "hello") == "sent"
-        with app.extensions["phischer"].db.write() as session:
-            session.execute(
-                sa.update(Message)
-                .where(Message.id == out_id)
-                .values(status="queued", message_sid=None)
-            )
-        night = format_datetime(dt.datetime.now(dt.UTC) - dt.timedelta(hours=8), usegmt=True)
-        fake_twilio.messages[0].update(date_created=night, date_sent=night)
+        taken_unrecorded(app, fake_twilio, out_id, dt.timedelta(hours=8))
     backdate(app, out_id, dt.timedelta(hours=8))
     result = sweep(service)
     assert (result.already_sent, result.failed, result.resent) == (
