@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from phischer.config import DEFAULT_RECOVER_AFTER_S, GIVE_UP_AFTER_S
+from phischer.db import error_reason, storage_fault
 from phischer.models import utcnow
 from phischer.replies import SendError
 
@@ -218,6 +219,7 @@ class Sweeper:
         self.marks: list[tuple[dt.datetime, int]] = []  # (sweep time, last id then)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="phischer-recovery", daemon=True)
+        self.database_down = False  # the last sweep met a database that could not be used
 
     def start(self) -> None:
         """Start sweeping."""
@@ -253,8 +255,27 @@ class Sweeper:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # a sweep must never take the server down; try again later
-                log.exception("Recovery sweep failed")
+            self.sweep_logged()
             self._stop.wait(self.every_s)
+
+    def sweep_logged(self) -> None:
+        """One sweep whose failure is logged, never raised: a sweep must not stop the server."""
+        try:
+            self.run_once()
+        except Exception as exc:
+            if not storage_fault(exc):
+                log.exception("Recovery sweep failed")
+                return
+            # A database that is down (a PostgreSQL restart, a full disk) is said once per
+            # outage, in one line: a traceback every minute would bury what the texts say.
+            if not self.database_down:
+                log.warning(
+                    "Recovery sweep: the database cannot be used (%s); trying again every %g s",
+                    error_reason(exc),
+                    self.every_s,
+                )
+            self.database_down = True
+            return
+        if self.database_down:
+            log.warning("Recovery sweep: the database is back; swept")
+            self.database_down = False

@@ -598,6 +598,24 @@ def test_a_text_while_the_database_server_is_down_is_not_acknowledged_and_its_re
     assert len(lines) == 2 and "0100114" not in caplog.text
 
 
+def test_the_recovery_sweep_says_a_database_outage_once_and_when_it_is_over(pg_app, pg_url, caplog):
+    # A traceback every minute while PostgreSQL restarted buried the lines that mattered.
+    from phischer.recovery import Sweeper
+
+    sweeper = Sweeper(pg_app.extensions["phischer"].sms, every_s=60)  # driven by hand
+    with server_stopped(pg_url):
+        for _ in range(3):
+            sweeper.sweep_logged()
+    sweeper.sweep_logged()
+    sweeper.sweep_logged()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "phischer.recovery"]
+    assert [level for level, _ in lines] == ["WARNING", "WARNING"]
+    assert lines[0][1].startswith("Recovery sweep: the database cannot be used (connection to ")
+    assert lines[0][1].endswith("; trying again every 60 s")
+    assert lines[1][1] == "Recovery sweep: the database is back; swept"
+    assert "Traceback" not in caplog.text
+
+
 def test_a_text_cut_off_by_statement_timeout_is_not_acknowledged(make_pg_app, pg_url, twilio_post):
     # A server too slow to store the text within its statement_timeout (a hosted plan's):
     # the fallback's 200 lost the text. Here a row held locked makes the statement wait.
