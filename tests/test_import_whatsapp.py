@@ -872,3 +872,56 @@ def test_a_message_of_only_a_link_is_dropped_as_a_link(tmp_path: Path) -> None:
         ("Alex", "this one https://youtu.be/dQw4w9WgXcQ", D(2023, 12, 30, 21, 17)),
     ]
     assert conv.dropped == {"link": 3}
+
+
+def test_android_export_with_media_drops_files_places_and_the_old_notice() -> None:
+    # "Include media": a document's name under its "(file attached)" line is not a caption,
+    # uploaded audio has no extension, a place is three lines, a live location one; the
+    # encryption notice as worded before 2020. A photo's caption is still the message.
+    conv = one(FIX / "with_media_android")
+    assert rows(conv) == [
+        ("Noor Haddad", "morning! sending the plan", D(2019, 2, 3, 9, 1)),
+        ("Noor Haddad", "the view from the ferry", D(2019, 2, 3, 9, 6)),
+        ("Kit Moreau", "looks great, see you at the café", D(2019, 2, 3, 9, 10)),
+    ]
+    assert conv.dropped == {"system": 1, "media": 4}
+
+
+def test_ios_export_with_media_drops_documents_places_and_the_old_notice() -> None:
+    # Before WhatsApp marked its own lines with U+200E the notice came "from" the contact;
+    # a document is its name and pages, then the file, with or without marks.
+    conv = one(FIX / "with_media_ios")
+    assert rows(conv) == [
+        ("Noor Haddad", "morning! sending the plan", D(2019, 2, 3, 9, 1)),
+        ("Kit Moreau", "looks great, see you at the café", D(2019, 2, 3, 9, 10)),
+    ]
+    assert conv.dropped == {"system": 1, "media": 4}
+
+
+def test_iphone_export_from_before_2018_without_brackets(tmp_path: Path) -> None:
+    conv = one(FIX / "old_ios")
+    # A line of a message that only looks like a date is text: the time ends with ": ".
+    assert rows(conv) == [
+        ("Noor Haddad", "are you coming saturday?", D(2017, 6, 13, 21, 25, 15)),
+        ("Kit Moreau", "yes!\nbringing the cake", D(2017, 6, 13, 21, 30, 41)),
+        ("Kit Moreau", "14.06.17 08:00:00 was too early for this", D(2017, 6, 14, 8, 2)),
+    ]
+    assert conv.dropped == {"system": 1, "media": 1}
+    # Without a colon, in the US locale's 12-hour clock, and with no separator at all
+    # (Croatian: "13. 6. 2018. 21:25:15 Name: text").
+    for line, when in [
+        ("6/13/17, 9:25:15 PM: Noor: hi", D(2017, 6, 13, 21, 25, 15)),
+        ("13. 6. 2018. 21:25:15 Noor: hi", D(2018, 6, 13, 21, 25, 15)),
+    ]:
+        chat = tmp_path / "chat.txt"
+        chat.write_text(line + "\n", encoding="utf-8")
+        assert rows(one(chat)) == [("Noor", "hi", when)]
+    # Only a file that begins in the old form is read in it: in today's exports a line
+    # written that way is part of someone's message.
+    chat.write_text(
+        "[13/06/2017, 21:25:15] Noor: pasting the old log\n13.06.17 21:25:15: Kit: hi\n",
+        encoding="utf-8",
+    )
+    assert rows(one(chat)) == [
+        ("Noor", "pasting the old log\n13.06.17 21:25:15: Kit: hi", D(2017, 6, 13, 21, 25, 15))
+    ]

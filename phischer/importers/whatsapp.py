@@ -43,6 +43,11 @@ _AT = rf"(?:{MARK}[,\u060c]?\s{MARK}|\sklo\s)"
 _ANDROID = re.compile(rf"^(?P<date>{DATE}){_AT}(?P<time>{TIME}){MARK}\s[-\u2013]\s(?P<rest>.*)$")
 # iOS: "[31/12/2023, 21:15:02] Name: text"
 _IOS = re.compile(rf"^\[(?P<date>{DATE}){_AT}(?P<time>{TIME}){MARK}\]\s(?P<rest>.*)$")
+# iOS before brackets (exports from 2015-2018 are still in people's backups): the time
+# ends with ":" ("13.06.18 21.25.15: Name: text"), or nothing in some locales ("13. 6.
+# 2018. 21:25:15 Name: text"). Tried only in a file whose first message line is written so
+# (see `parse_chat`): in any other file such a line is someone's text.
+_OLD_IOS = re.compile(rf"^(?P<date>{DATE}),?\s(?P<time>{TIME}):?\s(?P<rest>.*)$")
 
 # What WhatsApp writes in place of what "Export chat → Without media" left out. It writes in
 # the phone's language: iOS marks its own lines with U+200E (dropped whatever the language,
@@ -51,17 +56,33 @@ _IOS = re.compile(rf"^\[(?P<date>{DATE}){_AT}(?P<time>{TIME}){MARK}\]\s(?P<rest>
 _MEDIA = re.compile(
     r"^<(?:[^<>]*omitted|Multimedia omitido|Medien ausgeschlossen|Médias omis"
     r"|Arquivo de mídia oculto|Mídia oculta|Media omessi|Media weggelaten)>$"  # Android
-    r"|^<attached: [^<>]*>$"  # iOS, when exported with media
-    # Android, when exported with media: "IMG-….jpg (file attached)"
-    r"|^\S.*\.\w{2,5} \((?:file attached|Datei angehängt|fichier joint|archivo adjunto"
-    r"|arquivo anexado)\)$"
     r"|^(?:image|video|audio|sticker|GIF|Contact card|video note) omitted$"  # iOS
     r"|^.+ document omitted$"  # iOS: "Report.pdf • 3 pages document omitted"
     r"|^(?:location|Standort|ubicación): https?://\S+$"  # a map link, not words
+    r"|^live location shared$"  # Android
     # Android writes "null" for what it cannot export: a view-once photo, video or voice
     # message (only that word, in lower case, in any language).
     r"|^(?-i:null)$",
     re.IGNORECASE,
+)
+# What an export "with media" writes for a file, always at the end of the text (so tested only
+# on a text ending in ")" or ">", which skips this scan for nearly every message).
+_FILE = re.compile(
+    # iOS: "<attached: 00000001-PHOTO-2019-01-01-12-00-00.jpg>", after a document's name and
+    # pages ("Report • 2 pages <attached: 00000002-Report.pdf>"); before 2018
+    # "2015-08-04-PHOTO-00004762.jpg <attached>"
+    r"^(?:.+ )?<attached: [^<>]*>$|^\S.*\.\w{2,5} <attached>$"
+    # Android: "IMG-….jpg (file attached)"; uploaded audio has no extension
+    # ("AUD-20190101-WA0000. (file attached)")
+    r"|^\S.*\.(?:\w{2,5})? \((?:file attached|Datei angehängt|fichier joint|archivo adjunto"
+    r"|arquivo anexado)\)$",
+    re.IGNORECASE,
+)
+# A shared place: iOS writes "Helsinki (Helsinki): <map link>", Android the place's name and
+# address on lines of their own, then "location: <map link>" in the phone's language. Tested
+# on the last line of a text holding a map link, whose coordinates no one types.
+_PLACE = re.compile(
+    r"(?:^|\n)(?:[^\n]* \([^\n()]*\)|[^\s:]+): https?://maps\.google\.com/\?q=[-\d.]+,[-\d.]+$"
 )
 _DELETED = re.compile(
     r"^(?:This message was deleted(?: by .+)?|You deleted this message"
@@ -87,8 +108,9 @@ _EDITED = re.compile(
 )
 # iOS puts a U+200E mark before a notice it appends to a message ("qué tal \u200e<Se editó
 # este mensaje.>"), in any language: cut while the mark still shows where it starts. Only
-# after the text itself: a line that is nothing but "\u200e<attached: …>" stays media.
-_IOS_NOTE = re.compile(r"(?<=[^\s\u200e])\s*\u200e<[^<>\n]*>\s*$")
+# after the text itself: a line that is nothing but "\u200e<attached: …>" stays media, and so
+# does a document's "Report • 2 pages \u200e<attached: …>" (in English: see _FILE).
+_IOS_NOTE = re.compile(r"(?<=[^\s\u200e])\s*\u200e<(?!attached: )[^<>\n]*>\s*$")
 # Android polls: the question under "POLL:", then "OPTION: … (2 votes)" lines, in the phone's
 # language (SONDAGEM is Portugal's word, ENQUETE Brazil's).
 _POLL = re.compile(
@@ -99,7 +121,10 @@ _POLL = re.compile(
 # The encryption notice and its relatives; on iOS they come as a message "from" the chat's name.
 _NOTICE = re.compile(
     r"^(?:Messages and calls are end-to-end encrypted"
-    r"|Messages to this (?:group|chat) are now secured with end-to-end encryption"
+    # before 2020: "Messages to this chat and calls are now secured …", and in 2016
+    # "Messages you send to this group are now secured …"
+    r"|Messages (?:you send )?to this (?:group|chat)(?: and calls)? are now secured with "
+    r"end-to-end encryption"
     r"|Your security code with .+ changed|.+'s security code changed"
     r"|Disappearing messages were turned (?:on|off)"
     r"|Waiting for this message\. (?:This may take a while|Check your phone)\.)"
@@ -200,9 +225,13 @@ def parse_chat(
     entries: list[tuple[_Header, list[str]]] = []
     lines = text.lstrip("\ufeff").split("\n")
     # Finding the message lines is about a quarter of the work, making the messages the rest.
+    old_ios = False  # the file's first message line is in the pre-2018 iOS form
     for lineno, raw in enumerate(progress.through(lines, 0.0, 0.25), start=1):
         line = raw.rstrip("\r")
-        header = _match_header(line, lineno)
+        header = _match_header(line, lineno, old_ios)
+        if header is None and not entries:
+            header = _match_header(line, lineno, True)
+            old_ios = header is not None
         if header is not None:
             entries.append((header, [header.rest]))
         elif entries:
@@ -257,10 +286,12 @@ def _no_message_lines(text: str, where: str) -> _NoMessageLines:
     )
 
 
-def _match_header(line: str, lineno: int) -> _Header | None:
+def _match_header(line: str, lineno: int, old_ios: bool) -> _Header | None:
     marked = line.startswith("\u200e")
     stripped = line.lstrip("\u200e\u200f")
     m = _IOS.match(stripped) or _ANDROID.match(stripped)
+    if m is None and old_ios:
+        m = _OLD_IOS.match(stripped)
     if m is None:
         return None
     return _Header(m["date"], m["time"], m["rest"], lineno, marked)
@@ -294,7 +325,7 @@ def _add_message(conv: Conversation, header: _Header, body: str, stamp: dt.datet
         conv.drop("system")
     elif ":\n" in text and _POLL.match(text):
         conv.drop("poll")
-    elif _MEDIA.match(text):
+    elif _is_media(text):
         conv.drop("media")
     elif _DELETED.match(text):
         conv.drop("deleted")
@@ -320,8 +351,23 @@ def _caption(text: str) -> str | None:
     # caption on the lines below it (Android; "<Media omitted>" when exported without
     # media). Only the placeholder is media: the caption is what the sender wrote.
     first, _, rest = text.partition("\n")
-    rest = rest.strip()
-    return rest if rest and _MEDIA.match(first.strip()) else None
+    first, rest = first.strip(), rest.strip()
+    if not rest or not _is_media(first):
+        return None
+    # Android writes a document's name again under "Report.pdf (file attached)", as if it
+    # were a caption: the placeholder alone then, which is media.
+    return first if first.startswith(rest + ".") else rest
+
+
+def _is_media(text: str) -> bool:
+    """Whether a text is what WhatsApp writes for media: a placeholder, a file, a place."""
+    if _MEDIA.match(text):
+        return True
+    if text.endswith((")", ">")) and _FILE.match(text):
+        return True
+    # A place is at most three lines (Android's name, address and link): a longer text ending
+    # in a map link is someone writing about the place.
+    return "maps.google.com/" in text and text.count("\n") < 3 and _PLACE.search(text) is not None
 
 
 def _is_system(sender: str, text: str) -> bool:
