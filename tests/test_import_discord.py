@@ -339,6 +339,7 @@ def test_csv_dates_in_each_locale_dotnet_writes(tmp_path: Path) -> None:
         "ar-EG": ("١\u200f/٣\u200f/٢٠٢٤ ٨:٠٠ م", "١٤\u200f/٣\u200f/٢٠٢٤ ٨:٠٢ م"),
         "bn-BD": ("১/৩/২০২৪ ৮:০০ PM", "১৪/৩/২০২৪ ৮:০২ PM"),
         "fi-FI-klo": ("1.3.2024 klo 20.00", "14.3.2024 klo 20.02"),
+        "el-GR": ("1/3/2024 8:00 μ.μ.", "14/3/2024 8:02 μ.μ."),  # μ.μ.: PM
         # forms read before
         "en-US": ("3/1/2024 8:00 PM", "3/14/2024 8:02 PM"),
         "en-US-icu": ("3/1/2024 8:00\u202fPM", "3/14/2024 8:02\u202fPM"),

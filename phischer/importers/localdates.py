@@ -22,10 +22,10 @@ DATE = (
     r"(?:(?<=\d)\.|(?<=\d) BE)?"
 )
 # The 12-hour marker after the time: English "PM", "pm", "p.m.", Spanish "p. m." (often with
-# a no-break space inside), Arabic "م"/"ص", Persian "ب.ظ"/"ق.ظ". Chinese, Japanese and Korean
-# put theirs before the time ("下午9:15", "午後9:15", "오후 9:15").
+# a no-break space inside), Arabic "م"/"ص", Persian "ب.ظ"/"ق.ظ", Greek "μ.μ."/"π.μ.". Chinese,
+# Japanese and Korean put theirs before the time ("下午9:15", "午後9:15", "오후 9:15").
 _LATIN_AM_PM = r"[AaPp]\.?\s?[Mm]\.?"
-_AFTER = rf"(?:{_LATIN_AM_PM}|[صم]|[قب]\.ظ\.?)"
+_AFTER = rf"(?:{_LATIN_AM_PM}|[صم]|[قب]\.ظ\.?|[πμ]\.\s?μ\.)"
 _BEFORE = r"(?:上午|下午|午前|午後|오전|오후)"
 _PM = frozenset({"م", "ب.ظ", "ب.ظ.", "下午", "午後", "오후"})
 # Seconds come from iOS; a time may be dotted ("21.15": Finnish, Danish, Indonesian).
@@ -133,6 +133,6 @@ def _time_fields(time: str) -> tuple[int, int, int]:
     hour, minute, second = int(t[2]), int(t[3]), int(t[4] or 0)
     marker = t[1] or t[5]
     if marker:
-        pm = marker in _PM or marker[0] in "Pp"
+        pm = marker in _PM or marker[0] in "Ppμ"  # Latin "PM", Greek "μ.μ."
         hour = hour % 12 + (12 if pm else 0)
     return hour, minute, second
