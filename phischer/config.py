@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 REPLY_MODES = ("inline", "async", "auto")
 # Twilio gives a webhook 15 s in all (error 11205); leave room for our own work.
 TWILIO_WEBHOOK_LIMIT_S = 15.0
+# Twilio's limit on a message body (error 21617 above it), in UTF-16 code units.
+SMS_BODY_MAX = 1600
 DEFAULT_FALLBACK_REPLY = "Sorry, I can't answer right now. Try again in a bit."
 # How long a text or reply a crash left stays idle before the recovery sweep takes it over.
 DEFAULT_RECOVER_AFTER_S = 120.0
@@ -327,7 +329,7 @@ class Settings:
     reply_timeout_s: float = 10.0
     history_turns: int = 20
     session_gap_hours: float = 6.0
-    max_reply_chars: int = 1600
+    max_reply_chars: int = SMS_BODY_MAX
     daily_limit: int = 200
     fallback_reply: str = DEFAULT_FALLBACK_REPLY
     model_retries: int = 1
@@ -363,8 +365,10 @@ class Settings:
                 f"SESSION_GAP_HOURS={self.session_gap_hours} must be a finite number of hours, "
                 "0 or more (0: never start a new thread)"
             )
-        if self.max_reply_chars < 1 or self.max_reply_chars > 1600:
-            raise ConfigError("MAX_REPLY_CHARS must be between 1 and 1600 (Twilio's body limit)")
+        if self.max_reply_chars < 1 or self.max_reply_chars > SMS_BODY_MAX:
+            raise ConfigError(
+                f"MAX_REPLY_CHARS must be between 1 and {SMS_BODY_MAX} (Twilio's body limit)"
+            )
         if self.public_url:
             # Signatures are checked against it: a malformed one would 403 every text.
             object.__setattr__(self, "public_url", public_base_url(self.public_url))

@@ -15,7 +15,7 @@ from phischer import no_reply
 from phischer.backends import Backends
 from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
-from phischer.config import DEFAULT_FALLBACK_REPLY, Settings, from_number
+from phischer.config import DEFAULT_FALLBACK_REPLY, SMS_BODY_MAX, Settings, from_number
 from phischer.daemon_pool import DaemonPool
 from phischer.db import Database, error_reason, storage_fault
 from phischer.delivery import record_refusal, record_status
@@ -278,8 +278,10 @@ class SmsService:
         if status == "processing":
             decision.persona, decision.reset_at = persona, contact.thread_reset_at
         elif text:
-            # A command's reply too must fit one Twilio message (a long persona list would not).
-            text = sendable(text, self.settings.max_reply_chars)
+            # phischer's own replies (HELP, #list, START's confirmation, …) are not cut to
+            # MAX_REPLY_CHARS: carriers want HELP to say how to stop, so a small limit must
+            # not lose that. They still must fit one Twilio message (a long persona list).
+            text = sendable(text, SMS_BODY_MAX)
             reply_id = store.insert_reply(
                 cur, inbound_id, contact.id, contact.persona_id, kind, text, "replied", now,
                 our_address=msg.to,
@@ -329,6 +331,8 @@ class SmsService:
             contact.persona_id, persona = target.id, target
             if not command.text:
                 greeting = (target.greeting or "").strip() or f"You're now texting {target.name}."
+                # The persona's words, as its replies are: cut to MAX_REPLY_CHARS.
+                greeting = sendable(greeting, self.settings.max_reply_chars)
                 return "command", "replied", greeting, target
         if not command.text:
             if msg.attachment or msg.num_media:

@@ -90,12 +90,33 @@ def test_commands_with_punctuation_or_extra_words_are_still_commands(app, twilio
     assert twilio_post("#nobody?").replies == ["No #nobody. Personas: #ada, #bo"]
 
 
-def test_command_replies_fit_one_sms(make_app, personas, twilio_post):
+def test_command_replies_fit_one_sms(make_app, personas, database, twilio_post):
+    # 40 keywords of 50 letters: a list longer than one Twilio message (1,600 characters).
+    with database.write() as session:
+        for i in range(40):
+            keyword = f"{i:02d}" + "k" * 48
+            spec = PersonaSpec(name=f"P{i}", keyword=keyword, dataset=str(personas["bo"]))
+            add_persona(session, spec)
     app = make_app(max_reply_chars=60)
     (reply,) = twilio_post("#" + "a" * 5000, target=app).replies
-    assert reply.startswith("No #" + "a" * 30 + "…. Personas:")
-    assert len(reply) <= 60  # the persona list too is cut to MAX_REPLY_CHARS
+    assert reply.startswith("No #" + "a" * 30 + "…. Personas: #ada, #bo, #00kkk")
+    assert len(reply) <= 1600 and reply.endswith("…")
+    (listed,) = twilio_post("#list", target=app).replies
+    assert len(listed) <= 1600 and listed.startswith("Personas: #ada, #bo, #00kkk")
+
+
+def test_a_small_max_reply_chars_keeps_phischers_own_replies_whole(make_app, personas, twilio_post):
+    # Carriers want HELP to say how to stop: MAX_REPLY_CHARS cuts what personas say, not
+    # phischer's answers to commands.
+    app = make_app(max_reply_chars=20)
+    assert twilio_post("HELP", target=app).replies == [HELP_TEXT]
     assert twilio_post("#list", target=app).replies == ["Personas: #ada, #bo"]
+    assert twilio_post("#who", target=app).replies == ["You're texting Ada (#ada)."]
+    assert twilio_post("#nobody", target=app).replies == ["No #nobody. Personas: #ada, #bo"]
+    assert twilio_post("STOP", target=app).replies == []
+    assert twilio_post("START", target=app).replies == [OPT_IN_TEXT]
+    # A greeting is the persona's words: cut as its replies are.
+    assert twilio_post("#bo", target=app).replies == ["You're now texting…"]
 
 
 def test_switch_with_text_answers_as_new_persona(app, twilio_post):
