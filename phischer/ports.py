@@ -95,6 +95,17 @@ def is_local_host(host: str) -> bool:
     return ip.is_loopback or ip.is_private or ip.is_link_local
 
 
+def url_origin(url: str) -> str:
+    """The server a base URL names, as scheme://host[:port]: no path, query or credentials."""
+    # Shown in errors and logs: a query string (?api-key=…) or user:password@ may hold a secret.
+    parts = urlsplit(url.strip())
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a port number: the host alone still says which server
+        port = ""
+    return f"{parts.scheme.lower()}://{url_host(parts.hostname or '')}{port}"
+
+
 def same_server(url: str, other: str | None) -> bool:
     """Whether two base URLs name the same server (scheme, host and port)."""
     if not other:

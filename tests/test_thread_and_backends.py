@@ -345,13 +345,20 @@ def test_client_errors_are_not_retried(llm_app, fake_openai, twilio_post):
     assert len(fake_openai.chat_calls) == 1
 
 
-def test_connection_refused(make_app, personas, database, twilio_post):
+def test_connection_refused(make_app, personas, database, twilio_post, caplog):
+    # The error names the server (each persona may have its own), never its path, query
+    # string or credentials, where a key may be.
+    url = "http://someone:pass-word-1@127.0.0.1:9/v1?api-key=query-key-1"
     with database.write() as session:
-        set_model(session, "Ada", "m", base_url="http://127.0.0.1:9/v1")
+        set_model(session, "Ada", "m", base_url=url)
     app = make_app(model_retries=0)
-    r = twilio_post("hi", target=app)
+    with caplog.at_level("INFO"):
+        r = twilio_post("hi", target=app)
     assert r.replies == ["Sorry, I can't answer right now. Try again in a bit."]
-    assert "cannot reach the model server" in stored(app)[0].error
+    error = "cannot reach the model server at http://127.0.0.1:9: Connection error."
+    assert stored(app)[0].error == error
+    assert f"Persona Ada failed to answer: {error}" in caplog.messages
+    assert "pass-word-1" not in caplog.text and "query-key-1" not in caplog.text
 
 
 def test_inline_timeout(llm_app, fake_openai, twilio_post):
@@ -1134,3 +1141,18 @@ def test_a_model_server_elsewhere_still_goes_through_the_proxy(
 )
 def test_is_local_host(host, local):
     assert is_local_host(host) is local
+
+
+@pytest.mark.parametrize(
+    ("url", "server"),
+    [
+        ("https://api.openai.com/v1", "https://api.openai.com"),
+        ("HTTP://Gpu.Local:8000/v1/?api-key=k", "http://gpu.local:8000"),
+        ("http://user:pw@[::1]:11434/v1", "http://[::1]:11434"),
+        ("https://api.openai.com:99999/v1", "https://api.openai.com"),
+    ],
+)
+def test_a_server_is_shown_by_scheme_host_and_port_only(url, server):
+    from phischer.ports import url_origin
+
+    assert url_origin(url) == server

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import openai
 
 from phischer.backends.base import BackendError, PersonaView, Reply
-from phischer.ports import is_local_host, same_server, url_host
+from phischer.ports import is_local_host, same_server, url_host, url_origin
 from phischer.redact import add_secret, redact, shorten
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -160,14 +160,14 @@ class OpenAIBackend:
             except openai.BadRequestError as exc:
                 param = _unsupported(exc)
                 if param not in kwargs:
-                    raise _describe(exc) from None
+                    raise _describe(exc, key[0]) from None
                 # Not a retry: the same request in the form this model takes, at once.
                 _adapt(kwargs, param)
                 with self._lock:
                     self._refused[key] = self._refused.get(key, frozenset()) | {param}
                 log.info("Model %s refuses %s: %s", persona.model, param, _detail(exc))
             except openai.OpenAIError as exc:
-                error = _describe(exc)
+                error = _describe(exc, key[0])
                 if isinstance(exc, openai.AuthenticationError) and (
                     client.api_key == LOCAL_PLACEHOLDER_KEY
                 ):
@@ -373,14 +373,16 @@ def _adapt(kwargs: dict[str, object], param: str) -> None:
         kwargs[renamed] = value
 
 
-def _describe(exc: openai.OpenAIError) -> BackendError:
+def _describe(exc: openai.OpenAIError, base_url: str) -> BackendError:
     """The one-line error recorded on the message for a failed call (secrets redacted)."""
-    return BackendError(redact(_said(exc)))
+    return BackendError(redact(_said(exc, base_url)))
 
 
-def _said(exc: openai.OpenAIError) -> str:
+def _said(exc: openai.OpenAIError, base_url: str) -> str:
     if isinstance(exc, openai.APIConnectionError):
-        return f"cannot reach the model server: {exc}"
+        # Which server: personas may each have their own (--base-url), and the SDK's
+        # "Connection error." names none of them.
+        return f"cannot reach the model server at {url_origin(base_url)}: {exc}"
     if isinstance(exc, openai.RateLimitError):
         return f"rate limited (429): {_detail(exc)}"
     if isinstance(exc, openai.APIStatusError):
