@@ -17,7 +17,7 @@ from phischer.finetune.common import FineTuneError, Interrupted
 from phischer.finetune.local_request import DEFAULT_SERVE_URL
 from phischer.models import FineTuneJob
 from phischer.plots import require_matplotlib
-from phischer.printing import pad
+from phischer.printing import table
 from phischer.stopping import sigterm_as_interrupt
 
 _POSITIVE = click.IntRange(1)
@@ -254,38 +254,37 @@ def list_(obj: Context) -> None:
     client = ft.make_client(obj.settings) if obj.settings.openai_api_key else None
     # Without a key too: a job on the server OPENAI_BASE_URL names is not "at" another one.
     here = ft.server_of(client) if client is not None else ft.server_here(obj.settings)
+    stored = [_stored_job_row(job, persona, here) for job, persona in rows]
+    # The account's jobs are read before anything is printed: one table, lined up as a whole.
+    remote, more, note = [], False, "(remote OpenAI jobs not listed: no OPENAI_API_KEY)"
+    if client is not None:
+        try:
+            remote, more = ft.list_remote(client)
+            note = ""
+        except FineTuneError as exc:
+            # The jobs stored here are what `list` is for: an account it cannot reach is a note.
+            note = f"(remote OpenAI jobs not listed: {exc})"
+    known = {job.job_id for job, _ in rows if job.server in (None, here)}
+    others = [
+        (j.id, "openai", j.status, "-", j.model, j.fine_tuned_model or "")
+        for j in remote
+        if j.id not in known
+    ]
+    header, *lines = table([JOB_HEADER, *stored, *others])
     if not rows:
         click.echo("No fine-tuning jobs yet: `phischer finetune start TRAIN.jsonl --persona NAME`.")
     else:
-        click.echo(JOB_HEADER)
-    for job, persona in rows:
-        # A local job's result is its adapter folder (what a server loads, where SERVING.md
-        # is), whatever its status; its fine_tuned_model is only the name it is served under.
-        result = (job.output_dir if job.provider == "local" else job.fine_tuned_model) or ""
-        if job.server not in (None, here):
-            # Two servers can number their jobs alike: name the one this job lives on when
-            # OPENAI_BASE_URL points elsewhere (where `finetune status` would not find it).
-            result = f"{result} at {job.server}".lstrip()
-        click.echo(
-            _job_line(job.job_id, job.provider, job.status, persona or "-", job.base_model, result)
-        )
-    if client is None:
-        click.echo("(remote OpenAI jobs not listed: no OPENAI_API_KEY)")
-        return
-    try:
-        remote, more = ft.list_remote(client)
-    except FineTuneError as exc:
-        # The jobs stored here are what `list` is for: an account it cannot reach is a note.
-        click.echo(f"(remote OpenAI jobs not listed: {exc})")
-        return
-    known = {job.job_id for job, _ in rows if job.server in (None, here)}
-    others = [j for j in remote if j.id not in known]
+        click.echo(header)
+    for line in lines[: len(stored)]:
+        click.echo(line)
     if others:
         click.echo("On the OpenAI account (not started here):")
         if not rows:  # else the header above the stored jobs already names the columns
-            click.echo(JOB_HEADER)
-    for j in others:
-        click.echo(_job_line(j.id, "openai", j.status, "-", j.model, j.fine_tuned_model or ""))
+            click.echo(header)
+    for line in lines[len(stored) :]:
+        click.echo(line)
+    if note:
+        click.echo(note)
     if more:
         # One page is read: an account with hundreds of jobs would take a request per page.
         click.echo(
@@ -294,15 +293,19 @@ def list_(obj: Context) -> None:
         )
 
 
-def _job_line(
-    job_id: str, provider: str, status: str, persona: str, base_model: str, result: str
-) -> str:
-    """One line of `finetune list` (its header too), in fixed columns."""
-    columns = (pad(job_id, 32), pad(provider, 8), pad(status, 16), pad(persona, 16))
-    return f"{' '.join(columns)} {base_model}  {result}".rstrip()
+def _stored_job_row(job: FineTuneJob, persona: str | None, here: str) -> tuple[str, ...]:
+    """The cells of `finetune list` for a job stored here, whose server is `here` or not."""
+    # A local job's result is its adapter folder (what a server loads, where SERVING.md
+    # is), whatever its status; its fine_tuned_model is only the name it is served under.
+    result = (job.output_dir if job.provider == "local" else job.fine_tuned_model) or ""
+    if job.server not in (None, here):
+        # Two servers can number their jobs alike: name the one this job lives on when
+        # OPENAI_BASE_URL points elsewhere (where `finetune status` would not find it).
+        result = f"{result} at {job.server}".lstrip()
+    return (job.job_id, job.provider, job.status, persona or "-", job.base_model, result)
 
 
-JOB_HEADER = _job_line("JOB", "PROVIDER", "STATUS", "PERSONA", "BASE MODEL", "RESULT")
+JOB_HEADER = ("JOB", "PROVIDER", "STATUS", "PERSONA", "BASE MODEL", "RESULT")
 
 
 @finetune_group.command("cancel")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 
 # Marks drawn on the character before them (combining accents, enclosing marks) and
 # format characters (zero-width joiner and space, direction marks) take no column.
@@ -28,3 +29,11 @@ def _char_width(char: str) -> int:
 def pad(text: str, width: int) -> str:
     """`text` and spaces up to `width` terminal columns, as str.ljust pads by characters."""
     return text + " " * max(0, width - display_width(text))
+
+
+def table(rows: Sequence[Sequence[str]], gap: str = "  ") -> list[str]:
+    """`rows` as lines in columns as wide as their widest cell (terminal columns), `gap` apart."""
+    # Widths come from the rows: a fixed width let a long model name or persona push the
+    # rest of its line out of its column.
+    widths = [max(map(display_width, column)) for column in zip(*rows, strict=True)]
+    return [gap.join(map(pad, row, widths)).rstrip() for row in rows]

@@ -1166,7 +1166,14 @@ def test_cancel_then_wait_ends_cancelled(
             "wait a minute and retry, or check your plan's billing",
         ),
         (500, 3, "OpenAI answered 500 while checking {job}: nope"),
-        (404, 1, "OpenAI answered 404 while checking {job}: nope"),
+        # Started here, on this server: the account it asks has no such job.
+        (
+            404,
+            1,
+            "{job} was started here, but the account at {server} does not have it (404: "
+            "nope): is OPENAI_API_KEY another account's now? `phischer finetune list` shows "
+            "the account's recent jobs",
+        ),
     ],
 )
 def test_api_errors_are_one_line_and_keep_the_job(
@@ -1183,7 +1190,8 @@ def test_api_errors_are_one_line_and_keep_the_job(
     fake_ft.fail("GET", f"/v1/fine_tuning/jobs/{job_id}", status, "nope", times=times)
     result = run("finetune", "status", job_id)
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == ["Error: " + expected.format(job=job_id)]
+    expected = expected.format(job=job_id, server=fake_ft.base_url)
+    assert result.output.strip().splitlines() == ["Error: " + expected]
     assert len(fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}")) == times
     assert stored_job(database) == before
 
@@ -1561,6 +1569,21 @@ def test_two_servers_numbering_their_jobs_alike_keep_both(
 
 
 @pytest.mark.parametrize("command", ["status", "cancel"])
+def test_a_job_the_account_does_not_have_says_so_and_names_finetune_list(
+    fake_ft: FakeOpenAI, database: Database, command: str
+) -> None:
+    # It said only "OpenAI answered 404 while checking ftjob-nope: No such object: …".
+    result = run("finetune", command, "ftjob-nope")
+    assert result.exit_code == 1
+    path = "/v1/fine_tuning/jobs/ftjob-nope" + ("/cancel" if command == "cancel" else "")
+    assert error_lines(result) == [
+        f"Error: ftjob-nope is not a fine-tuning job of the account at {fake_ft.base_url} "
+        f"(404: No such object: {path}): `phischer finetune list` shows the jobs started "
+        "here and the account's recent ones"
+    ]
+
+
+@pytest.mark.parametrize("command", ["status", "cancel"])
 def test_a_job_of_the_server_openai_base_url_named_before_says_how_to_reach_it(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database,
     monkeypatch: pytest.MonkeyPatch, command: str,
@@ -1694,9 +1717,7 @@ def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train
     assert result.exit_code == 0
     lines = result.output.splitlines()
     # One header, in the columns of the rows under it (the account's jobs too).
-    assert lines[0] == (
-        f"{'JOB':<32} {'PROVIDER':<8} {'STATUS':<16} {'PERSONA':<16} BASE MODEL  RESULT"
-    )
+    assert lines[0].split() == ["JOB", "PROVIDER", "STATUS", "PERSONA", "BASE", "MODEL", "RESULT"]
     assert lines[1].split() == [
         job_id,
         "openai",
@@ -1718,6 +1739,28 @@ def test_list_shows_stored_and_remote_jobs(fake_ft: FakeOpenAI, ada: Path, train
         "gpt-4o-mini-2024-07-18",
     ]
     assert len(lines) == 4
+
+
+def test_list_lines_up_columns_however_long_a_base_model_or_persona_is(
+    fake_ft: FakeOpenAI, database: Database, tmp_path: Path, train: Path
+) -> None:
+    # Fixed widths let a long cell push the rest of its line along: a local model folder
+    # under BASE MODEL moved RESULT, a persona over 16 characters moved BASE MODEL.
+    data = write_jsonl(tmp_path / "d.jsonl", [example("hi", "Hello, dear.")])
+    with database.write() as session:
+        spec = PersonaSpec(name="Marguerite Okafor-Lindqvist", keyword="m", dataset=str(data))
+        persona_id = add_persona(session, spec).id
+    long_base = "/home/someone/models/Meta-Llama-3.1-8B-Instruct"
+    record_local_job(database, "local-1", tmp_path / "a1", base_model=long_base)
+    record_local_job(database, "local-2", tmp_path / "a2", persona_id=persona_id)
+    job_on_account(fake_ft, train, "gpt-4o-mini-2024-07-18")
+    lines = run("finetune", "list").output.splitlines()
+    header, rows = lines[0], [line for line in lines[1:] if not line.startswith("On the")]
+    assert len(rows) == 3
+    for column, cell in (("BASE MODEL", "/models/tiny"), ("RESULT", str(tmp_path / "a1"))):
+        starts = {row.find(cell) for row in rows if cell in row}
+        assert starts == {header.index(column)}, column
+    assert rows[2].index("gpt-4o-mini") == header.index("BASE MODEL")
 
 
 def test_list_of_account_jobs_only_has_its_header(fake_ft: FakeOpenAI, train: Path) -> None:

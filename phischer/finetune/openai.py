@@ -784,20 +784,36 @@ def check_status(
 def _started_elsewhere(
     db: Database, client: openai.OpenAI, job_id: str, row: FineTuneJob | None
 ) -> Iterator[None]:
-    """A 404 for a job stored for another server (OPENAI_BASE_URL changed since) names that one."""
+    """A 404 for a job: where it was started, if stored for another server, else that the
+    account does not have it (OPENAI_BASE_URL changed since, or an id mistyped)."""
     try:
         yield
     except FineTuneError as exc:
-        if row is not None or not isinstance(exc.__context__, openai.NotFoundError):
+        missing = exc.__context__
+        # Only the API's own 404 (its JSON): a proxy's page is another server answering.
+        if not (isinstance(missing, openai.NotFoundError) and isinstance(missing.body, dict)):
             raise
-        with db.read() as session:
-            there = jobs.stored_elsewhere(session, job_id, server_of(client))
-        if there is None:
-            raise
+        server = server_of(client)
+        if row is None:
+            with db.read() as session:
+                there = jobs.stored_elsewhere(session, job_id, server)
+            if there is not None:
+                raise FineTuneError(
+                    f"{job_id} was started on {there}, not on {server} (where "
+                    f"OPENAI_BASE_URL points now): to reach it, set OPENAI_BASE_URL={there} "
+                    "and that account's OPENAI_API_KEY (in .env, or before the command)"
+                ) from None
+        account = "this OpenAI account" if server == OPENAI_URL else f"the account at {server}"
+        said = f"(404: {_api_message(missing)})"
+        if row is not None:  # started here, on this server: the key may be another account's
+            raise FineTuneError(
+                f"{job_id} was started here, but {account} does not have it {said}: is "
+                "OPENAI_API_KEY another account's now? `phischer finetune list` shows the "
+                "account's recent jobs"
+            ) from None
         raise FineTuneError(
-            f"{job_id} was started on {there}, not on {server_of(client)} (where "
-            f"OPENAI_BASE_URL points now): to reach it, set OPENAI_BASE_URL={there} and that "
-            "account's OPENAI_API_KEY (in .env, or before the command)"
+            f"{job_id} is not a fine-tuning job of {account} {said}: `phischer finetune "
+            "list` shows the jobs started here and the account's recent ones"
         ) from None
 
 
