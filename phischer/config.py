@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from dotenv import find_dotenv, load_dotenv
@@ -50,17 +50,50 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
 
 
-def _number(name: str, raw: str, kind: type, minimum: float) -> Any:
+def _number(name: str, raw: str, kind: type) -> Any:
+    """`raw` read as the setting `name`'s kind of number (its range is Settings' to check)."""
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        whole = kind is int and _finite_float(raw)  # "1.5" is a number, not a count
+        raise ConfigError(f"{name}={raw!r} is not {'a whole' if whole else 'a'} number") from None
     # float() accepts "nan", "inf" and "1e999" (inf); none of them is a usable setting.
     if not math.isfinite(value):
         raise ConfigError(f"{name}={raw!r} is not a finite number")
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def _finite_float(raw: str) -> bool:
+    """Whether `raw` reads as a finite float."""
+    try:
+        return math.isfinite(float(raw))
+    except ValueError:
+        return False
+
+
+def _typed(value: float) -> str:
+    """A number as a user types it: 0 and 15, not 0.0 and 15.0; 0.5 stays 0.5."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _check_range(name: str, value: float, limits: NumberRange) -> None:
+    """Refuse a setting's value outside its range, in one line saying the range."""
+    if not math.isfinite(value):  # an override (create_app, with_overrides) may be NaN
+        raise ConfigError(f"{name}={value} is not a finite number")
+    low, high, exclusive, why = limits
+    if high is None:
+        inside = low < value if exclusive else low <= value
+        bounds = f"{'more than' if exclusive else 'at least'} {_typed(low)}"
+    elif exclusive:
+        inside = low < value < high
+        bounds = f"more than {_typed(low)} and under {_typed(high)}"
+    else:
+        inside = low <= value <= high
+        bounds = f"between {_typed(low)} and {_typed(high)}"
+    if not inside:
+        raise ConfigError(f"{name}={_typed(value)} must be {bounds}{why}")
 
 
 # Twilio's From is E.164: "+", a country code that never starts with 0, at most 15 digits.
@@ -270,14 +303,53 @@ _BOOL_VARS = {
     "TWILIO_VALIDATE_SIGNATURE": "twilio_validate_signature",
     "TRUST_PROXY": "trust_proxy",
 }
-_NUMBER_VARS = {
-    "REPLY_TIMEOUT_S": ("reply_timeout_s", float, 0.001),
-    "HISTORY_TURNS": ("history_turns", int, 0),
-    "SESSION_GAP_HOURS": ("session_gap_hours", float, 0.0),
-    "MAX_REPLY_CHARS": ("max_reply_chars", int, 1),
-    "DAILY_LIMIT": ("daily_limit", int, 0),
-    "MODEL_RETRIES": ("model_retries", int, 0),
-    "RECOVER_AFTER_S": ("recover_after_s", float, 0.001),
+
+
+class NumberRange(NamedTuple):
+    """The values a numeric setting takes: from `low` to `high` (None: no limit)."""
+
+    low: float
+    high: float | None = None
+    exclusive: bool = False  # the bounds are not in it: more than `low` and under `high`
+    why: str = ""  # said after the range, e.g. " (Twilio's body limit)"
+
+
+# The numeric variables: the field each sets, its kind, and its range.
+_NUMBER_VARS: dict[str, tuple[str, type, NumberRange]] = {
+    "REPLY_TIMEOUT_S": (
+        "reply_timeout_s",
+        float,
+        NumberRange(
+            0,
+            TWILIO_WEBHOOK_LIMIT_S,
+            exclusive=True,
+            why=" (Twilio drops webhooks after 15 s, error 11205)",
+        ),
+    ),
+    "HISTORY_TURNS": ("history_turns", int, NumberRange(0)),
+    "SESSION_GAP_HOURS": (
+        "session_gap_hours",
+        float,
+        NumberRange(0, why=" hours (0: never start a new thread)"),
+    ),
+    "MAX_REPLY_CHARS": (
+        "max_reply_chars",
+        int,
+        NumberRange(1, SMS_BODY_MAX, why=" (Twilio's body limit)"),
+    ),
+    "DAILY_LIMIT": ("daily_limit", int, NumberRange(0)),
+    "MODEL_RETRIES": ("model_retries", int, NumberRange(0)),
+    # The sweep would only find texts too old to answer: all marked failed, none sent.
+    "RECOVER_AFTER_S": (
+        "recover_after_s",
+        float,
+        NumberRange(
+            0,
+            GIVE_UP_AFTER_S,
+            exclusive=True,
+            why=" (an hour: a text the sweep finds later is too old to answer late)",
+        ),
+    ),
 }
 # Credentials and the number: read without the quotes and blanks around them (env_unquoted).
 _UNQUOTED_VARS = frozenset({"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_PHONE_NUMBER"})
@@ -348,27 +420,10 @@ class Settings:
             raise ConfigError(
                 f"REPLY_MODE={self.reply_mode!r}: use one of {', '.join(REPLY_MODES)}"
             )
-        if not 0 < self.reply_timeout_s < TWILIO_WEBHOOK_LIMIT_S:
-            raise ConfigError(
-                f"REPLY_TIMEOUT_S={self.reply_timeout_s} must be between 0 and "
-                f"{TWILIO_WEBHOOK_LIMIT_S:g} (Twilio drops webhooks after 15 s, error 11205)"
-            )
-        if self.recover_after_s >= GIVE_UP_AFTER_S:
-            # The sweep would only find texts too old to answer: all marked failed, none sent.
-            raise ConfigError(
-                f"RECOVER_AFTER_S={self.recover_after_s:g} must be under {GIVE_UP_AFTER_S:g} "
-                "(an hour: a text the sweep finds later is too old to answer late)"
-            )
-        # Also checked here for overrides: build_thread turns NaN into "never split" silently.
-        if not (math.isfinite(self.session_gap_hours) and self.session_gap_hours >= 0):
-            raise ConfigError(
-                f"SESSION_GAP_HOURS={self.session_gap_hours} must be a finite number of hours, "
-                "0 or more (0: never start a new thread)"
-            )
-        if self.max_reply_chars < 1 or self.max_reply_chars > SMS_BODY_MAX:
-            raise ConfigError(
-                f"MAX_REPLY_CHARS must be between 1 and {SMS_BODY_MAX} (Twilio's body limit)"
-            )
+        # Checked here, not where the environment is read, so overrides are checked too
+        # (build_thread turned a NaN SESSION_GAP_HOURS into "never split" silently).
+        for var, (attr, _, limits) in _NUMBER_VARS.items():
+            _check_range(var, getattr(self, attr), limits)
         if self.public_url:
             # Signatures are checked against it: a malformed one would 403 every text.
             object.__setattr__(self, "public_url", public_base_url(self.public_url))
@@ -400,9 +455,9 @@ class Settings:
         for var, attr in _BOOL_VARS.items():
             if (v := get(var)) is not None:
                 kw[attr] = _bool(var, v)
-        for var, (attr, kind, minimum) in _NUMBER_VARS.items():
+        for var, (attr, kind, _) in _NUMBER_VARS.items():
             if (v := get(var)) is not None:
-                kw[attr] = _number(var, v, kind, minimum)
+                kw[attr] = _number(var, v, kind)
         if (v := get("ALLOWED_NUMBERS")) is not None:
             kw["allowed_numbers"] = _allowed_numbers(v)
         kw.update(overrides)

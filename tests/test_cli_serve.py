@@ -709,7 +709,7 @@ def test_bad_setting_is_one_line(monkeypatch):
     monkeypatch.setenv("REPLY_TIMEOUT_S", "30")
     result = run("persona", "list")
     assert result.exit_code == 1
-    assert "REPLY_TIMEOUT_S=30.0 must be between 0 and 15" in result.output
+    assert "REPLY_TIMEOUT_S=30 must be more than 0 and under 15" in result.output
 
 
 def test_dev_token_is_generated_once_and_shared(tmp_path):

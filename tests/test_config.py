@@ -105,12 +105,25 @@ def test_parsing():
     ("env", "message"),
     [
         ({"REPLY_MODE": "sometimes"}, "REPLY_MODE='sometimes': use one of inline, async, auto"),
-        ({"REPLY_TIMEOUT_S": "15"}, "must be between 0 and 15"),
+        (
+            {"REPLY_TIMEOUT_S": "15"},
+            "REPLY_TIMEOUT_S=15 must be more than 0 and under 15 (Twilio drops webhooks",
+        ),
+        ({"REPLY_TIMEOUT_S": "0"}, "REPLY_TIMEOUT_S=0 must be more than 0 and under 15"),
         ({"REPLY_TIMEOUT_S": "soon"}, "REPLY_TIMEOUT_S='soon' is not a number"),
-        ({"MAX_REPLY_CHARS": "2000"}, "MAX_REPLY_CHARS must be between 1 and 1600"),
-        ({"DAILY_LIMIT": "-1"}, "DAILY_LIMIT='-1' must be at least 0"),
-        ({"RECOVER_AFTER_S": "0"}, "RECOVER_AFTER_S='0' must be at least 0.001"),
-        ({"RECOVER_AFTER_S": "3600"}, "RECOVER_AFTER_S=3600 must be under 3600 (an hour"),
+        ({"MAX_REPLY_CHARS": "2000"}, "MAX_REPLY_CHARS=2000 must be between 1 and 1600"),
+        ({"DAILY_LIMIT": "-1"}, "DAILY_LIMIT=-1 must be at least 0"),
+        # Bounds as a user types them: not "at least 0.0", nor the 0.001 that stood for "> 0".
+        (
+            {"SESSION_GAP_HOURS": "-1"},
+            "SESSION_GAP_HOURS=-1 must be at least 0 hours (0: never start a new thread)",
+        ),
+        ({"RECOVER_AFTER_S": "0"}, "RECOVER_AFTER_S=0 must be more than 0 and under 3600"),
+        (
+            {"RECOVER_AFTER_S": "3600"},
+            "RECOVER_AFTER_S=3600 must be more than 0 and under 3600 (an hour",
+        ),
+        ({"HISTORY_TURNS": "1.5"}, "HISTORY_TURNS='1.5' is not a whole number"),
         ({"TRUST_PROXY": "maybe"}, "TRUST_PROXY='maybe' is not a boolean"),
         # float() takes these; build_thread then raised on every text (timedelta overflow).
         ({"SESSION_GAP_HOURS": "nan"}, "SESSION_GAP_HOURS='nan' is not a finite number"),
@@ -168,8 +181,12 @@ def test_session_gap_overrides_are_checked_too(tmp_path):
     base = Settings.from_env({}, instance_path=tmp_path)
     assert base.with_overrides(session_gap_hours=0).session_gap_hours == 0  # 0: never split
     assert base.with_overrides(session_gap_hours=1e300).session_gap_hours == 1e300
-    for bad in (float("nan"), float("inf"), -1.0):
-        with pytest.raises(ConfigError, match="SESSION_GAP_HOURS=.* must be a finite number"):
+    for bad, said in (
+        (float("nan"), "SESSION_GAP_HOURS=nan is not a finite number"),
+        (float("inf"), "SESSION_GAP_HOURS=inf is not a finite number"),
+        (-1.0, "SESSION_GAP_HOURS=-1 must be at least 0 hours"),
+    ):
+        with pytest.raises(ConfigError, match=said):
             base.with_overrides(session_gap_hours=bad)
 
 
