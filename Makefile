@@ -27,6 +27,8 @@ $(STAMP): $(RUN_STAMP)
 
 setup: $(STAMP)
 
+# An error about the port or address then says PORT=N or HOST=…, as make takes them.
+run: export PHISCHER_MAKE_RUN := 1
 run: $(RUN_STAMP)
 	$(BIN)/phischer db upgrade
 	$(BIN)/phischer seed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,11 +35,22 @@ def http_url(host: str, port: int) -> str:
     return f"http://{host_port(host, port)}"
 
 
+# Set by the Makefile's `make run`, whose user gives the address as HOST=… and PORT=….
+MAKE_RUN_VAR = "PHISCHER_MAKE_RUN"
+
+
+def _give(option: str, value: str) -> str:
+    """How to start the server with `--option value`: as `make run` takes it, if it ran this."""
+    if os.environ.get(MAKE_RUN_VAR):
+        return f"run `make run {option.upper()}={value}`"
+    return f"pass --{option} {value}"
+
+
 def _not_here(host: str) -> str:
     """The fix for a host this machine cannot listen on."""
     return (
-        f"{bare_host(host)} is not an address of this machine: pass --host "
-        f"127.0.0.1 (or [::1] for IPv6)"
+        f"{bare_host(host)} is not an address of this machine: {_give('host', '127.0.0.1')} "
+        "(or [::1] for IPv6)"
     )
 
 
@@ -72,9 +84,9 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         # Only a busy port is another program's doing; anything else is this host or port.
         if exc.errno == errno.EADDRINUSE:
-            fix = "stop the program using it or pass --port N"
+            fix = f"stop the program using it or {_give('port', 'N')}"
         elif exc.errno == errno.EACCES:
-            fix = "no permission for this port (below 1024 needs root): pass --port N"
+            fix = f"no permission for this port (below 1024 needs root): {_give('port', 'N')}"
         else:
             fix = _not_here(host)
         raise PortBusyError(f"Cannot listen on {shown} ({exc.strerror}): {fix}") from None

@@ -753,6 +753,28 @@ def test_serve_on_a_busy_port_is_one_line(tmp_path):
     ]
 
 
+def test_make_run_on_a_busy_port_says_the_make_variable(tmp_path):
+    # It said "pass --port N": `make run --port N` is make's own option, and fails.
+    root = Path(__file__).resolve().parent.parent
+    venv = Path(sys.prefix)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        # The real Makefile, run in tmp_path with this interpreter's venv as installed.
+        done = subprocess.run(
+            ["make", "-s", "-f", str(root / "Makefile"), "-C", str(tmp_path), f"VENV={venv}",
+             "-o", f"{venv}/.installed-run", "run", f"PORT={port}"],
+            env={**os.environ, "PYTHONPATH": str(root)},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode != 0
+    assert (
+        f"Error: Cannot listen on 127.0.0.1:{port} (Address already in use): stop the "
+        "program using it or run `make run PORT=N`"
+    ) in done.stderr.splitlines()
+
+
 def test_two_serves_started_together_on_one_port_one_serves_the_other_says_so(tmp_path):
     # `make run` in two terminals: both found the port free, the loser said "phischer is
     # answering texts at …", then logged gunicorn's "Connection in use" for five seconds.
