@@ -12,7 +12,7 @@ from phischer import personas
 from phischer.cli import Context, friendly_errors, pass_ctx
 from phischer.cli_options import Decorator, FiniteFloatRange, OrBlank, OrBlankOption
 from phischer.models import Persona
-from phischer.printing import pad, plural
+from phischer.printing import pad, plural, table
 from phischer.redact import redact
 
 if TYPE_CHECKING:
@@ -231,15 +231,13 @@ def list_(obj: Context) -> None:
     if not found:
         click.echo(f"No personas yet: {personas.ADD_PERSONA_HINT}.")
         return
-    click.echo(_list_line(" ", "NAME", "KEYWORD", "BACKEND", "ANSWERS FROM"))
+    rows = [("  NAME", "KEYWORD", "BACKEND", "ANSWERS FROM")]
     for p in found:
         mark = "*" if default is not None and p.id == default.id else " "
-        click.echo(_list_line(mark, p.name, f"#{p.keyword}", p.backend, answers_from(p)))
-
-
-def _list_line(mark: str, name: str, keyword: str, backend: str, source: str) -> str:
-    """One line of `persona list` (its header too), in fixed columns."""
-    return f"{mark} {pad(name, 20)} {pad(keyword, 13)} {pad(backend, 10)} {source}".rstrip()
+        rows.append((f"{mark} {p.name}", f"#{p.keyword}", p.backend, answers_from(p)))
+    # Columns as wide as their longest entry: a long name no longer pushes the rest along.
+    for line in table(rows):
+        click.echo(line)
 
 
 def answers_from(p: Persona) -> str:

@@ -630,11 +630,18 @@ def test_persona_list_has_a_header_and_shows_where_each_answers_from(tmp_path):
     run("persona", "add", "Ada (OpenAI)", "--keyword", "ada2", "--backend", "openai",
         "--model", "ft:gpt-4.1-mini:acme:ada:AbC", "--dataset", str(dataset))  # fmt: skip
     assert run("persona", "list").output.splitlines() == [
-        "  NAME                 KEYWORD       BACKEND    ANSWERS FROM",
-        f"* Ada Lovelace         #ada          retrieval  {dataset.resolve()}",
-        "  Ada (local)          #adal         openai     ada-lora at http://127.0.0.1:8000/v1",
-        "  Ada (OpenAI)         #ada2         openai     ft:gpt-4.1-mini:acme:ada:AbC",
+        "  NAME          KEYWORD  BACKEND    ANSWERS FROM",
+        f"* Ada Lovelace  #ada     retrieval  {dataset.resolve()}",
+        "  Ada (local)   #adal    openai     ada-lora at http://127.0.0.1:8000/v1",
+        "  Ada (OpenAI)  #ada2    openai     ft:gpt-4.1-mini:acme:ada:AbC",
     ]
+    # A name longer than any fixed column (20 wide before) moves the columns, not its line.
+    run("persona", "add", "Augusta Ada King, Countess of Lovelace", "--keyword", "countess",
+        "--dataset", str(dataset))  # fmt: skip
+    lines = run("persona", "list").output.splitlines()
+    assert {line.index("#") for line in lines[1:]} == {lines[0].index("KEYWORD")}
+    assert {line.index("retrieval" if "#ada " in line or "#countess" in line else "openai")
+            for line in lines[1:]} == {lines[0].index("BACKEND")}  # fmt: skip
 
 
 def test_persona_list_lines_up_cjk_and_accented_names_by_terminal_columns(tmp_path):
