@@ -80,6 +80,8 @@ _DOTTED_NUMBER = re.compile(r"0\d*(?:\.\d+){2,}")
 # (page 2/10, step 1200/3000).
 _SLASHED_NUMBER = re.compile(rf"0\d{{1,4}}{_SPACE}?/[^/]*")
 
+# A query parameter whose value is a secret, by its name.
+_QUERY_KEY = r"(?i:api[-_]?key|key|(?:access[-_]|auth[-_])?token|secret|password|sig|signature)"
 # Secrets phischer never held but text can still carry, by their shape. None matches a
 # "<NAME>" a known secret was already replaced with.
 _SECRET_SHAPES = (
@@ -97,13 +99,16 @@ _SECRET_SHAPES = (
     # An OpenAI-style key from somewhere else than phischer's settings, or as OpenAI's 401
     # quotes one it refused: its first characters and last four around asterisks.
     (re.compile(r"\bsk-[\w*-]{8,}"), "sk-***"),
+    # A key in a URL's query string (a gateway's "?api-key=…" or "&token=…" in a persona's
+    # --base-url, or in a URL an error quotes).
+    (re.compile(rf"([?&]{_QUERY_KEY}=)(?!\*\*\*)[^&\s#\"']+"), r"\1***"),
 )
 
 # What every pattern above must contain: 6 digits, a + before a digit or a digit, one to
 # four separator characters ("0) - 12") and two digits (a number), or the fixed part of a
 # secret's shape. Every log record is redacted, and most hold none of these (nor a known
 # secret): one search then clears the text instead of a substitution per pattern.
-_SECRET_CANDIDATES = r"://|Bearer |sk-|(?i:authtoken)"  # the secret shapes' fixed parts
+_SECRET_CANDIDATES = rf"://|Bearer |sk-|(?i:authtoken)|[?&]{_QUERY_KEY}="  # fixed parts
 _CANDIDATES = rf"\d(?:\d{{5}}|{_GAP}{{1,4}}\d\d)|\+\d|%2[Bb]\d|{_SECRET_CANDIDATES}"
 
 

@@ -416,6 +416,16 @@ def test_show_and_list_hide_a_password_in_the_base_url(vee):
     assert f"base url     {shown} → http://127.0.0.1:8000/v1" in edited
 
 
+def test_show_and_list_hide_a_key_in_the_base_urls_query(vee):
+    # A gateway that takes its key in the query string: the key is not printed either.
+    url = "https://gw.example.com/v1?api-key=gw-key-0123456789&region=eu"
+    assert run("persona", "edit", "vee", "--base-url", url).exit_code == 0
+    for command in (["show", "vee"], ["list"]):
+        output = run("persona", *command).output
+        assert "https://gw.example.com/v1?api-key=***&region=eu" in output
+        assert "0123456789" not in output
+
+
 def test_help_shows_the_ranges_persona_add_shows() -> None:
     # A blank value clears the field, so edit's type is not click's range type: its --help
     # lost the [0.0<=x<=2.0] and [x>=1] that `persona add --help` shows for the same check.

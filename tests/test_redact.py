@@ -49,6 +49,14 @@ TOKEN = "b7e3c0ffee0123456789abcdef012345"
             "Incorrect API key provided: sk-proj-****************wxyz. You can find",
             "Incorrect API key provided: sk-***. You can find",
         ),
+        # A key in a URL's query string (a gateway's --base-url), whatever else it holds.
+        ("http://gpu.lan:8000/v1?api-key=abcd1234efgh", "http://gpu.lan:8000/v1?api-key=***"),
+        (
+            "https://h/v1?v=2&access_token=zzz&x=1 refused",
+            "https://h/v1?v=2&access_token=***&x=1 refused",
+        ),
+        ("https://h/v1?Key=abc#part", "https://h/v1?Key=***#part"),
+        ("a monkey=3, ?keys=4&tokens=5", None),
         # What is neither stays.
         ("Twilio error 21211 for SM0123456789abcdef", "Twilio error 21211 for SM0123456789abcdef"),
         ("basic authentication failed", "basic authentication failed"),
@@ -197,7 +205,7 @@ def test_a_number_with_its_plus_after_a_word_and_a_dash_is_masked() -> None:
 # Pieces of what the patterns look for, and of what they must not take, to shuffle together.
 PIECES = (
     "+", "%2B", "%2b", "1234567890", "555", "0199", "\u0663" * 6, "(", ")", "-", "\u2011", "x://", "bob:", "pw@", "Bearer ",
-    "sk-", "****", "AuthToken", "authtoken", ": ", "=", "'", '"', "abcdefgh", " ", ".", "/", "<", "x",
+    "sk-", "****", "AuthToken", "authtoken", "?api-key", "&Token", ": ", "=", "'", '"', "abcdefgh", " ", ".", "/", "<", "x",
     TOKEN, TOKEN[:20], "postgres", "p%40ss%2Fw0rd", "07911", "12", "030", "12345", ":", "\u00a0",
 )  # fmt: skip
 
