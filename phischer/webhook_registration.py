@@ -284,12 +284,18 @@ def apply_registration(client: Client, registration: Registration, instance_path
     transient = ("warnings", "refused", "dies_with_run")
     records[sid] = {k: v for k, v in asdict(registration).items() if k not in transient}
     _save_records(instance_path, records)
+    number = client.incoming_phone_numbers(registration.number_sid)
     try:
         with twilio_errors(f"update the SMS URL of {phone}"):
-            client.incoming_phone_numbers(registration.number_sid).update(
-                sms_url=registration.sms_url, sms_method="POST"
+            # Setting a URL is idempotent: a moment of trouble at Twilio is sent again.
+            idempotent(
+                client, lambda: number.update(sms_url=registration.sms_url, sms_method="POST")
             )
-    except TunnelError:
+    except TunnelError as exc:
+        if not _surely_refused(exc):
+            # A 5xx or a lost answer may come after Twilio applied it: the record stays, and
+            # the restore step looks at the number (restore_webhook) and puts it back.
+            raise
         registration.refused = True
         # Nothing changed: keep what an earlier, killed run recorded.
         if prior:
@@ -298,6 +304,12 @@ def apply_registration(client: Client, registration: Registration, instance_path
             _forget(instance_path, registration)
         raise
     log.debug("Registered the SMS URL of %s", mask_number(phone))
+
+
+def _surely_refused(exc: TunnelError) -> bool:
+    """Whether Twilio answered that it did not apply a request (4xx): not a 5xx, nor no answer."""
+    status = exc.status if isinstance(exc, TwilioRefused) else None
+    return status is not None and 400 <= status < 500
 
 
 def _current_url(client: Client, registration: Registration, deadline: float) -> str:

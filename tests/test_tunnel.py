@@ -990,6 +990,82 @@ def test_a_refused_update_is_one_line_and_undoes_the_tunnel(
     assert not (instance() / webhook_registration.STATE_FILE).exists()
 
 
+def test_a_registration_whose_answer_is_lost_is_sent_again(
+    fake_twilio: FakeTwilio, number: dict[str, Any], run_live: Callable[..., Any]
+) -> None:
+    """Twilio applied the change but the connection dropped before its answer: setting the URL
+    is idempotent, so it is sent again and the run goes on (it was an error, and the number
+    stayed on the tunnel with no record of its URL before)."""
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    fake_twilio.hang_up_next("POST", path)
+
+    result = run_live("tunnel")
+
+    assert result.output.splitlines()[-1] == f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)."
+    assert [u["SmsUrl"] for u in updates(fake_twilio, number)] == [
+        f"{TUNNEL_URL}/sms",
+        f"{TUNNEL_URL}/sms",
+        OLD_URL,
+    ]
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+
+
+@pytest.mark.parametrize("status", [503, None], ids=["503", "connection"])
+def test_a_registration_that_may_have_landed_is_undone_when_it_fails(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    stop: Callable[..., Stop],
+    status: int | None,
+) -> None:
+    """Twilio applied the change, then failed each try (a 5xx, a dropped connection): the run
+    fails, but puts the number back first instead of leaving it on the closed tunnel."""
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    for _ in range(RESTORE_TRIES):
+        if status is None:
+            fake_twilio.hang_up_next("POST", path)
+        else:
+            fake_twilio.fail_next("POST", path, status, 20503, "Unavailable", applied=True)
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    failed = (
+        f"Error: Twilio refused to update the SMS URL of {PHONE} (HTTP 503, error 20503: "
+        f"Unable to update record: Unavailable)"
+        if status
+        else f"Error: Could not reach Twilio to update the SMS URL of {PHONE} (ConnectionError): "
+        f"check your network"
+    )
+    assert result.output.splitlines()[1:] == [
+        f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET).",
+        failed,
+    ]
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert ngrok.closed == 1
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+
+
+def test_a_registration_twilio_never_got_leaves_the_number_as_it_was(
+    fake_twilio: FakeTwilio, number: dict[str, Any], ngrok: FakeNgrok, stop: Callable[..., Stop]
+) -> None:
+    """A 5xx that applied nothing: the number is looked at, found unchanged, and said so."""
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    fake_twilio.fail_next("POST", path, 500, 20500, "Internal Server Error", times=RESTORE_TRIES)
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    assert result.output.splitlines()[1:] == [
+        f"The SMS URL of {PHONE} was not changed ({OLD_URL}).",
+        f"Error: Twilio refused to update the SMS URL of {PHONE} (HTTP 500, error 20500: "
+        f"Unable to update record: Internal Server Error)",
+    ]
+    assert len(updates(fake_twilio, number)) == RESTORE_TRIES  # no restore was needed
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
+
+
 def test_a_refused_restore_fails_the_command_after_closing_and_the_next_run_repairs_it(
     fake_twilio: FakeTwilio,
     number: dict[str, Any],
