@@ -28,6 +28,7 @@ from phischer.webhook_registration import (
     restore_left_behind,
     restoring,
     stays_dead,
+    taking_over,
 )
 
 # `phischer tunnel` and `phischer up` both go through `exposed()`. The public URL is shared with
@@ -157,8 +158,14 @@ def exposed(
         number, whatsapp = None, exc
     # TWILIO_PHONE_NUMBER may have changed since a run was killed: its number comes first.
     restore_left_behind(client, instance, number.sid if number else None, guarded, echo)
-    stop_if_requested()
     with ExitStack() as stack:
+        if number is not None and guarded:
+            # Last on the way out: put back what a killed run left, if this run never took over.
+            step = taking_over(client, number, instance, restore, echo)
+            stack.callback(
+                cleanup_step, echo, f"restore the SMS URL of {number.phone_number}", step
+            )
+        stop_if_requested()
         watch: tuple[Check, ...] = ()  # a URL of the user's own: nothing here to watch
         if public_url:
             base = public_url

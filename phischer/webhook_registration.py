@@ -377,6 +377,46 @@ def restore_left_behind(
             echo(line)
 
 
+def taking_over(
+    client: Client, number: Any, instance_path: Path, restore: bool, echo: Echo
+) -> Callable[[], str | None]:
+    """Say that a killed run left this run's number on its URL; the exit step for that record.
+
+    Call only while holding the folder lock (else the record may be a live run's). This run
+    takes the record over once Twilio applies its own change (plan_registration). The step
+    returned restores the number as the killed run would have if this run stops before
+    that (the tunnel would not open, a stop during startup, Twilio refused the change):
+    otherwise the number stays on a dead URL, and only the next run would mend it.
+    """
+    record = _load_records(instance_path).get(number.sid)
+    if (
+        record is None
+        or record.get("pid") == os.getpid()
+        or record["sms_url"] != (number.sms_url or "")
+    ):
+        # No record, or the killed run had not changed the number (or someone changed it
+        # since): plan_registration then uses the number's own URL, as without a record.
+        return lambda: None
+    left = Registration(**{k: record[k] for k in _RECORD_KEYS}, pid=record.get("pid"))
+    before = f"{left.previous_url or '(empty)'} ({left.previous_method})"
+    then = (
+        f"this run puts back {before}, its SMS URL before that run, when it stops"
+        if restore
+        else f"its SMS URL before that run was {before}, which --no-restore does not put back"
+    )
+    echo(
+        f"A run from this folder that was killed left {left.phone_number} on {left.sms_url}: {then}."
+    )
+
+    def restore_if_not_taken() -> str | None:
+        still = _load_records(instance_path).get(left.number_sid)
+        if still is None or still.get("pid") != left.pid:  # taken over: this run restores
+            return None
+        return _restore_left(client, left, instance_path)
+
+    return restore_if_not_taken
+
+
 def _restore_left(client: Client, left: Registration, instance_path: Path) -> str | None:
     """Restore one number a killed run left; the line to say (None: it had not changed it)."""
     deadline = time.monotonic() + RETRY_BUDGET_S

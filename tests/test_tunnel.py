@@ -2199,6 +2199,11 @@ def test_the_record_of_a_run_killed_with_sigkill_is_restored_by_the_next(
 
     result = run_live("tunnel")  # not refused: the kernel released the dead run's lock
 
+    # Said at the start, before anything opens: the run knows the number was left on a dead URL.
+    assert result.output.splitlines()[0] == (
+        f"A run from this folder that was killed left {PHONE} on https://walk.example.test/sms: "
+        f"this run puts back {OLD_URL} (GET), its SMS URL before that run, when it stops."
+    )
     assert f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET)." in result.output
     assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
     assert not (instance() / webhook_registration.STATE_FILE).exists()
@@ -2235,17 +2240,66 @@ KILLED_URL = "https://walk.example.test/sms"
 def killed_run_left(fake: FakeTwilio, now: str = KILLED_URL, **number: Any) -> dict[str, Any]:
     """Number OTHER, which a run killed here pointed at KILLED_URL (its record kept), now at `now`."""
     other = fake.add_number(OTHER, sms_url=now, sms_method="POST", **number)
+    record_left(other, OTHER_OLD)
+    return other
+
+
+def record_left(number: dict[str, Any], previous_url: str) -> None:
+    """The state file as a run killed here left it, having moved `number` to KILLED_URL."""
     record = {
-        "number_sid": other["sid"],
-        "phone_number": OTHER,
+        "number_sid": number["sid"],
+        "phone_number": number["phone_number"],
         "sms_url": KILLED_URL,
-        "previous_url": OTHER_OLD,
+        "previous_url": previous_url,
         "previous_method": "GET",
         "pid": 2**22 + 1,  # above any pid_max: that run is gone
     }
     instance().mkdir(parents=True, exist_ok=True)
-    (instance() / webhook_registration.STATE_FILE).write_text(json.dumps({other["sid"]: record}))
-    return other
+    (instance() / webhook_registration.STATE_FILE).write_text(json.dumps({number["sid"]: record}))
+
+
+def no_tunnel(port: int) -> tunnel_types.Tunnel:
+    """An opener whose agent is refused, as when the killed run's agent still holds the session."""
+    raise tunnel_types.TunnelError("Could not open an ngrok tunnel (ERR_NGROK_108: …): stop it")
+
+
+@pytest.mark.parametrize("how", ["no-tunnel", "refused", "ctrl-c"])
+def test_a_run_that_stops_before_taking_over_a_killed_runs_number_restores_it(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    stop: Callable[..., Stop],
+    how: str,
+) -> None:
+    """kill -9, then a run that fails or is stopped before it registers: the number is put back
+    as the killed run would have, not left on its dead URL until some later run."""
+    number["sms_url"], number["sms_method"] = KILLED_URL, "POST"
+    record_left(number, OLD_URL)
+    path = f"/IncomingPhoneNumbers/{number['sid']}.json"
+    main = threading.main_thread().ident
+    assert main is not None
+    monkeypatch.setattr(ngrok_agent, "open_ngrok", no_tunnel if how == "no-tunnel" else FakeNgrok())
+    if how == "refused":
+        fake_twilio.fail_next("POST", path, 400, 21502, "Invalid SmsUrl")
+    elif how == "ctrl-c":  # while Messaging Services are checked, before the change
+        fake_twilio.after_next(
+            "GET", "/v1/Services", lambda: signal.pthread_kill(main, signal.SIGINT)
+        )
+    stop()
+    result = run("tunnel")
+
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line]
+    assert lines[0] == (
+        f"A run from this folder that was killed left {PHONE} on {KILLED_URL}: this run puts "
+        f"back {OLD_URL} (GET), its SMS URL before that run, when it stops."
+    )
+    assert lines[-2] == (
+        f"Restored the SMS URL of {PHONE} to {OLD_URL} (GET), which a run from this folder "
+        f"that was killed had left on {KILLED_URL}."
+    ), result.output
+    assert (number["sms_url"], number["sms_method"]) == (OLD_URL, "GET")
+    assert not (instance() / webhook_registration.STATE_FILE).exists()
 
 
 def test_a_number_a_killed_run_left_is_restored_by_a_run_for_another_number(
