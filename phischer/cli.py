@@ -204,6 +204,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure_logging(verbose: bool) -> None:
     """LOG_LEVEL (from the environment or .env), or DEBUG with -v; libraries kept quiet."""
     from phischer.config import load_env_file
+    from phischer.ngrok_agent import AGENT_LOG
 
     load_env_file()  # so a LOG_LEVEL in .env counts too
     level = "DEBUG" if verbose else log_level(os.environ.get("LOG_LEVEL", ""))
@@ -217,6 +218,10 @@ def configure_logging(verbose: bool) -> None:
     # quiet unless asked.
     for noisy in ("alembic", "openai", "httpx", "httpx2", "pyngrok"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # The ngrok agent's own log, relayed by pyngrok at the agent's levels: an agent refused at
+    # startup printed its logfmt line on top of phischer's one-line error, and a dropped
+    # session a line per retry; phischer.ngrok_agent says each in one line of its own.
+    logging.getLogger(AGENT_LOG).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -47,6 +47,8 @@ NGROK_CODE_FIXES["120"] = NGROK_CODE_FIXES["121"] = (
     "or tunnel"
 )
 NGROK_CODE = re.compile(r"ERR_NGROK_(\d+)")
+# The logger pyngrok relays the agent's own log lines to (cli keeps it quiet without -v).
+AGENT_LOG = "pyngrok.process.ngrok"
 # Line breaks as the agent's logfmt escapes them; its errors end in CRLFs.
 LOGFMT_NEWLINE = re.compile(r"\\r\\n|\\n|\\r")
 # How long closing the tunnel waits for an agent that is already stopping (a Ctrl-C it got too).
@@ -201,17 +203,30 @@ class _AgentSession:
 
     def __init__(self) -> None:
         self.refused: str | None = None  # the agent's error, while ngrok refuses the session
+        self.up = False  # the session was established (a failure before is open_ngrok's error)
+        self.lost = False  # it dropped since, and the agent is reconnecting
 
     def saw(self, line: Any) -> None:
         """Note one pyngrok NgrokLog line (called from pyngrok's monitor thread)."""
         message = line.msg or ""
         if message in ("client session established", "tunnel session started"):
-            self.refused = None
+            if self.lost:
+                log.info("The ngrok agent is connected again: texts reach this run again")
+            self.refused, self.up, self.lost = None, True, False
         elif line.lvl == "ERROR" and "session" in message and NGROK_CODE.search(line.err or ""):
             # A lost session the agent retries by itself: a network error heals, and the
             # tunnel comes back at its URL. One that ngrok refuses with an ERR_NGROK code
             # (another agent took the account's session, the token was revoked) never does.
             self.refused = line.err
+        elif line.lvl == "ERROR" and "session" in message and self.up and not self.lost:
+            # Said once a drop (the agent logs each retry): the user sees why texts fail.
+            self.lost = True
+            reason, _ = _ngrok_problem(redact(line.err or message, numbers=False))
+            log.warning(
+                "The ngrok agent lost its connection to ngrok (%s): texts fail with Twilio error "
+                "11200 until it is back (it reconnects by itself)",
+                reason,
+            )
 
     def check(self, *, running: bool) -> str | None:
         """What stopped the tunnel, given whether the agent still runs; None if nothing did."""

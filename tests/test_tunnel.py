@@ -1623,17 +1623,43 @@ def test_a_refused_token_the_agent_quotes_in_its_log_is_not_shown(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """pyngrok logs the agent's error lines at ERROR, past the CLI's WARNING for pyngrok."""
+    """pyngrok logs the agent's error lines at ERROR, shown with `phischer -v`."""
     fake_agent(fail="auth")
     token = "2bRealLooking_Token0123456789abcdef"  # ngrok tokens: letters, digits, _
     monkeypatch.setenv("NGROK_AUTHTOKEN", token)
 
-    with caplog.at_level("INFO"), pytest.raises(tunnel_types.TunnelError) as info:
+    with (
+        caplog.at_level("DEBUG", logger=ngrok_agent.AGENT_LOG),
+        pytest.raises(tunnel_types.TunnelError) as info,
+    ):
         ngrok_agent.open_ngrok(5003)
 
     (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "Your authtoken: <NGROK_AUTHTOKEN> ERR_NGROK_105" in line
     assert token not in caplog.text and token not in str(info.value)
+
+
+@pytest.mark.parametrize("fail", ["auth", "sessions"])
+def test_an_agent_refused_at_startup_is_one_line_in_a_real_run(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    tmp_path: Path,
+    fail: str,
+) -> None:
+    """The agent's own logfmt error line (pyngrok relays it at ERROR) was printed above
+    phischer's one-line error, which says the same and what to do."""
+    fake_agent(fail=fail)
+    monkeypatch.setenv("NGROK_AUTHTOKEN", NGROK_TOKEN)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the agent's private config file
+    with real_up(tmp_path) as (proc, lines):
+        code = finish(proc, lines)
+
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("Error: Could not open an ngrok tunnel (ERR_NGROK_1"), lines
+    assert number["sms_url"] == OLD_URL
 
 
 def test_closing_stops_the_ngrok_agent_even_when_disconnect_fails(
@@ -2625,7 +2651,9 @@ def test_tunnel_stops_when_ngrok_refuses_the_agent_its_session_back(
     assert gone(agent.record()["pid"])
 
 
-def test_a_session_the_agent_gets_back_by_itself_is_no_reason_to_stop() -> None:
+def test_a_session_the_agent_gets_back_by_itself_is_no_reason_to_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A network error is retried by the agent and heals; the tunnel keeps its URL."""
     from pyngrok.log import NgrokLog
 
@@ -2637,9 +2665,24 @@ def test_a_session_the_agent_gets_back_by_itself_is_no_reason_to_stop() -> None:
         'obj=tunnels.session err="failed to dial ngrok server with address '
         '\\"connect.ngrok-agent.com:443\\": dial tcp: i/o timeout"',
     ]
-    for line in lost:
-        session.saw(NgrokLog(line))
-    assert session.check(running=True) is None
+    session.saw(NgrokLog('lvl=info msg="client session established" obj=csess id=1c907e548f56'))
+    with caplog.at_level("INFO", logger="phischer.ngrok_agent"):
+        for line in lost + lost[1:]:  # the agent says each retry; phischer, the drop once
+            session.saw(NgrokLog(line))
+        assert session.check(running=True) is None
+        said = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert said == [
+            (
+                "WARNING",
+                "The ngrok agent lost its connection to ngrok (read EOF from remote peer): texts "
+                "fail with Twilio error 11200 until it is back (it reconnects by itself)",
+            )
+        ]
+        session.saw(NgrokLog('lvl=info msg="tunnel session started" obj=tunnels.session'))
+        session.saw(NgrokLog('lvl=info msg="client session established" obj=csess id=1c9'))
+        assert [r.getMessage() for r in caplog.records][1:] == [
+            "The ngrok agent is connected again: texts reach this run again"
+        ]
 
     refused = (
         't=2023-11-18T09:56:08-0600 lvl=eror msg="failed to reconnect session" '
