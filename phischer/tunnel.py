@@ -24,6 +24,7 @@ from phischer.webhook_registration import (
     apply_registration,
     find_number,
     forget_unless_refused,
+    ngrok_host,
     plan_registration,
     restore_left_behind,
     restoring,
@@ -170,6 +171,9 @@ def exposed(
         if public_url:
             base = public_url
             echo(f"Using the public URL {base} (no ngrok).")
+            if ngrok_host(base):
+                # Often a URL from an earlier run kept in .env: no agent of ours serves it.
+                echo(f"Warning: {_by_hand_ngrok(base, port)}")
         else:
             tunnel = (opener or ngrok_agent.open_ngrok)(port)
             watch = (tunnel.check,)
@@ -218,6 +222,17 @@ def exposed(
             registration=registration,
             watch=watch,
         )
+
+
+def _by_hand_ngrok(base: str, port: int) -> str:
+    """A public URL on ngrok given instead of a tunnel: only an agent run by hand serves it."""
+    return (
+        f"{base} is an ngrok address, and with a public URL (--public-url or PUBLIC_URL) "
+        f"phischer opens no tunnel: texts reach this run only while an ngrok agent you started "
+        f"serves that address to 127.0.0.1:{port}, else Twilio gets ngrok's 'endpoint offline' "
+        f"(error 11200). To have phischer open the tunnel, unset PUBLIC_URL and leave out "
+        f"--public-url"
+    )
 
 
 def _whatsapp_left_on(phone: str, sms_url: str) -> str:

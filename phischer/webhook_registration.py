@@ -227,7 +227,8 @@ def _forget(instance_path: Path, registration: Registration) -> None:
 NGROK_DOMAINS = ("ngrok-free.app", "ngrok-free.dev", "ngrok.app", "ngrok.dev", "ngrok.io")
 
 
-def _ngrok_host(url: str) -> bool:
+def ngrok_host(url: str) -> bool:
+    """Whether `url` is an address an ngrok agent serves (a laptop's, while its agent runs)."""
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:  # whatever the console let someone type
@@ -247,7 +248,7 @@ def plan_registration(
     if state.get("sms_url") == previous_url:
         previous_url, previous_method = state["previous_url"], state["previous_method"]
         log.debug("Previous run of %s did not restore; using its saved URL", mask_number(phone))
-    if previous_url != sms_url and _ngrok_host(previous_url):
+    if previous_url != sms_url and ngrok_host(previous_url):
         # ngrok addresses are a laptop's, for a session: most likely another phischer run
         # (another folder or machine), live or long gone. Either way the user should know.
         warnings.append(

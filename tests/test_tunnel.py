@@ -612,10 +612,36 @@ def test_tunnel_uses_public_url_from_environment_instead_of_ngrok(
     run_live: Callable[..., Any],
 ) -> None:
     monkeypatch.setenv("PUBLIC_URL", "https://mine.example.net")
-    run_live("tunnel")
+    result = run_live("tunnel")
 
     assert ngrok.ports == []
     assert updates(fake_twilio, number)[0]["SmsUrl"] == "https://mine.example.net/sms"
+    assert "ngrok address" not in result.output
+
+
+@pytest.mark.parametrize("command", ["tunnel", "up"])
+def test_a_public_url_on_ngrok_warns_that_no_tunnel_is_opened_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    ngrok: FakeNgrok,
+    run_live: Callable[..., Any],
+    personas: Any,
+    command: str,
+) -> None:
+    """PUBLIC_URL kept from an earlier tunnel: phischer starts no agent, and Twilio was told a
+    URL nobody serves while the banner said "Text … now", with nothing to say why."""
+    monkeypatch.setenv("PUBLIC_URL", TUNNEL_URL)
+    result = run_live(command, "--port", "5123")
+
+    assert ngrok.ports == []
+    assert warnings(result.output)[0] == (
+        f"Warning: {TUNNEL_URL} is an ngrok address, and with a public URL (--public-url or "
+        f"PUBLIC_URL) phischer opens no tunnel: texts reach this run only while an ngrok agent "
+        f"you started serves that address to 127.0.0.1:5123, else Twilio gets ngrok's "
+        f"'endpoint offline' (error 11200). To have phischer open the tunnel, unset PUBLIC_URL "
+        f"and leave out --public-url"
+    )
 
 
 @pytest.mark.parametrize("command", ["tunnel", "up"])
