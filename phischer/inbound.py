@@ -15,7 +15,13 @@ from phischer import no_reply
 from phischer.backends import Backends
 from phischer.backends.base import Backend, BackendError, PersonaView, Reply
 from phischer.commands import Command, parse, twilio_keyword
-from phischer.config import DEFAULT_FALLBACK_REPLY, SMS_BODY_MAX, Settings, from_number
+from phischer.config import (
+    DEFAULT_FALLBACK_REPLY,
+    SMS_BODY_MAX,
+    TWILIO_WEBHOOK_LIMIT_S,
+    Settings,
+    from_number,
+)
 from phischer.daemon_pool import DaemonPool
 from phischer.db import Database, error_reason, storage_fault
 from phischer.delivery import record_refusal, record_status
@@ -49,6 +55,9 @@ OPT_IN_TEXT = "You're back in. Text HELP for commands, STOP to opt out."
 RESET_TEXT = "Fresh start: I've forgotten this conversation."
 KEYWORD_SHOWN = 30  # characters of an unknown #keyword echoed in "No #…"
 QUICK_MS = 1000  # an inline reply made faster than this is not checked for a STOP since
+# Twilio gives up on a webhook 15 s after sending it, and some of that went on the way (a
+# tunnel, TLS): a TwiML reply must be out this long after the text reached the server.
+ANSWER_WITHIN_S = TWILIO_WEBHOOK_LIMIT_S - 2.0
 
 Result = tuple[Reply | None, str | None, int]  # (reply, error, latency in ms)
 Answer = tuple[str, int]  # a reply for the TwiML: (text, id of its stored row)
@@ -86,6 +95,7 @@ class Inbound:
     opt_out_type: str = ""  # Twilio's OptOutType: STOP, START or HELP (Advanced Opt-Out)
     attachment: bool = False  # it carries more than text: media, or a shared location
     to: str | None = None  # the number or sender it was sent to (replies.our_address)
+    arrived: float | None = None  # time.monotonic() when it reached the server (None: now)
 
 
 @dataclass
@@ -132,6 +142,9 @@ class SmsService:
     def handle(self, msg: Inbound) -> Handled:
         """Process a webhook call; return the replies for the TwiML (maybe none, and why)."""
         start = time.perf_counter()
+        # Counted from its arrival: a text that waited for a free thread (every one busy on a
+        # slow model) has less of Twilio's 15 s left. TwiML sent after them is lost.
+        arrived = time.monotonic() if msg.arrived is None else msg.arrived
         self.sweeper.get()
         command = twilio_keyword(msg.body, msg.opt_out_type) or parse(msg.body)
         with self.recording.one():
@@ -153,7 +166,7 @@ class SmsService:
             answers, outcome, silence = decision.replies, decision.outcome, decision.silence
         else:
             try:
-                answers, outcome, silence = self._answer(msg, decision)
+                answers, outcome, silence = self._answer(msg, decision, arrived)
             except Exception as exc:
                 # The file deleted or replaced while the model wrote: the text went into the
                 # old file, and a 200 (the fallback) would have Twilio never send it again.
@@ -393,8 +406,15 @@ class SmsService:
 
     # -- the model call and transaction 2 --------------------------------------------------
 
-    def _answer(self, msg: Inbound, decision: Decision) -> tuple[list[Answer], str, str]:
-        """Ask the persona; return the replies for the TwiML, what happened and why none."""
+    def _answer(
+        self, msg: Inbound, decision: Decision, arrived: float
+    ) -> tuple[list[Answer], str, str]:
+        """Ask the persona; return the replies for the TwiML, what happened and why none.
+
+        `arrived` (time.monotonic()) is when the text reached the server: Twilio reads the
+        webhook's answer until ANSWER_WITHIN_S after it.
+        """
+        answer_by = arrived + ANSWER_WITHIN_S
         assert decision.persona is not None
         who = f"persona {decision.persona.name!r} ({decision.persona.backend})"
         backend, failure = self._backend_for(decision)
@@ -403,14 +423,33 @@ class SmsService:
         assert backend is not None
         mode = self.settings.reply_mode
         if mode == "inline" or _answers_at_once(backend, decision.persona):
-            return self._answered(who, decision, self.generate(decision, backend))
+            result = self.generate(decision, backend)
+            if not (self.settings.can_send_sms and time.monotonic() > answer_by):
+                # (Without the Twilio settings the TwiML is all there is: a retry of the
+                # same MessageSid, if Twilio makes one, gets the stored reply.)
+                return self._answered(who, decision, result)
+            # The text waited for a thread, then the model: Twilio has stopped waiting, and
+            # TwiML now would be lost while the reply was stored as "replied".
+            self.deliver_later(msg.phone, decision, result)
+            late = (
+                f"done {time.monotonic() - arrived:.1f} s after the text came: too late for TwiML"
+            )
+            return [], f"{who} answers by REST ({late})", no_reply.REST_SLOW
         try:
             future: Future[Result] = self._executor.submit(self.generate, decision, backend)
         except RuntimeError:  # cannot schedule new futures after shutdown
             return self._stopping(who, decision)
+        why = "slower than REPLY_TIMEOUT_S"
         if mode == "auto":
+            timeout = self.settings.reply_timeout_s
+            left = answer_by - time.monotonic()
+            if left < timeout:
+                # What the text spent waiting for a thread comes off REPLY_TIMEOUT_S.
+                waited = ANSWER_WITHIN_S - left
+                why = f"the text waited {waited:.1f} s for a free thread; Twilio waits 15 s"
+                timeout = max(left, 0.0)
             try:
-                result = future.result(timeout=self.settings.reply_timeout_s)
+                result = future.result(timeout=timeout)
             except CancelledError:  # dropped by shutdown(timeout) before it started
                 return self._stopping(who, decision)
             except FutureTimeout:
@@ -419,8 +458,10 @@ class SmsService:
                     # drop the model call if it is still queued behind others (no tokens
                     # spent on an answer nobody would receive).
                     future.cancel()
-                    timeout = self.settings.reply_timeout_s
-                    error = _no_rest(f"model slower than REPLY_TIMEOUT_S={timeout:g}")
+                    limit = self.settings.reply_timeout_s
+                    error = _no_rest(f"model slower than REPLY_TIMEOUT_S={limit:g}")
+                    if timeout < limit:
+                        error = _no_rest(f"no reply in time ({why})")
                     return self._answered(who, decision, (None, error, int(timeout * 1000)))
             else:
                 return self._answered(who, decision, result)
@@ -429,7 +470,7 @@ class SmsService:
             lambda f: f.cancelled() or self.deliver_later(msg.phone, decision, f.result())
         )
         if mode == "auto":
-            return [], f"{who} answers by REST (slower than REPLY_TIMEOUT_S)", no_reply.REST_SLOW
+            return [], f"{who} answers by REST ({why})", no_reply.REST_SLOW
         return [], f"{who} answers by REST", no_reply.REST_ASYNC
 
     def _stopping(self, who: str, decision: Decision) -> tuple[list[Answer], str, str]:

@@ -13,7 +13,7 @@ import re
 HEADER = "X-Phischer-No-Reply"
 
 REST_ASYNC = "rest-async"  # REPLY_MODE=async: the reply goes by Twilio's REST API
-REST_SLOW = "rest-slow"  # REPLY_MODE=auto and slower than REPLY_TIMEOUT_S: the same
+REST_SLOW = "rest-slow"  # slower than REPLY_TIMEOUT_S, or than Twilio's 15 s: the same
 REST_LATE = "rest-late"  # the recovery sweep took the text over; it answers by REST
 OPT_OUT = "opt-out"  # this text opted the number out
 OPTED_OUT = "opted-out"  # the number had opted out already
@@ -32,7 +32,8 @@ _BY_REST = (
 )
 EXPLAINED = {
     REST_ASYNC: "REPLY_MODE=async: " + _BY_REST,
-    REST_SLOW: "the model took longer than REPLY_TIMEOUT_S, so " + _BY_REST,
+    REST_SLOW: "the model took longer than REPLY_TIMEOUT_S (or the text waited for a free "
+    "thread until Twilio's 15 s were nearly up), so " + _BY_REST,
     REST_LATE: "the model was so slow that the recovery sweep took this text over, so " + _BY_REST,
     # Not "STOP": the word may have been QUIT or END, typed into `phischer chat` to leave it.
     OPT_OUT: "that is an opt-out word (STOP, QUIT, END, CANCEL, …), so it opted {number} out; "

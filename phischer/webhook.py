@@ -74,6 +74,8 @@ def sms() -> Response:
         attachment=bool(num_media or "Latitude" in form or "MediaUrl0" in form),
         # The number or sender texted: REST replies must come from it, as TwiML ones do.
         to=our_address(form.get("To", ""), phone),
+        # When gunicorn queued the request for a thread (server.ReadDeadline); None elsewhere.
+        arrived=getattr(request.environ.get("gunicorn.socket"), "queued_at", None),
     )
     try:
         handled = services.sms.handle(inbound)

@@ -239,16 +239,19 @@ def free_port() -> int:
 
 @contextmanager
 def serving(
-    cwd: Path, env: dict[str, str] | None = None, output: list[str] | None = None
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    output: list[str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """`phischer serve` (gunicorn) on a free port, healthy; yields its base URL, then stops it.
+    """`phischer serve [ARGS]` (gunicorn) on a free port, healthy; yields its base URL, then stops it.
 
     The server's output is read as it comes (a full pipe would block its log calls) and
     appended, line by line, to `output` when given.
     """
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "phischer", "serve", "--port", str(port)],
+        [sys.executable, "-m", "phischer", "serve", "--port", str(port), *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

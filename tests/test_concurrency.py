@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 import sqlalchemy as sa
 
+from phischer.config import TWILIO_WEBHOOK_LIMIT_S
 from phischer.models import Contact, Message
-from tests.conftest import post_signed, serving, sms_params, twiml_bodies
+from tests.conftest import post_signed, serving, set_model, sign, sms_params, twiml_bodies
+from tests.fake_twilio import AUTH_TOKEN
+from tests.test_serve_stop import async_env
 
 
 @pytest.fixture
@@ -45,3 +50,50 @@ def test_concurrent_texts_from_many_numbers(gunicorn, settings, database):
     assert outbound == len(jobs)
     assert len(contacts) == len(numbers)
     assert sum(c.replies_today for c in contacts) == len(jobs)
+
+
+@pytest.mark.parametrize("mode", ["auto", "inline"])
+def test_a_text_that_waited_for_a_free_thread_gets_its_reply_by_rest(
+    mode, tmp_path, personas, database, fake_openai, fake_twilio
+):
+    # Every thread busy on a slow model: the next text waits for one, then for its own
+    # model. REPLY_TIMEOUT_S counted only from then, so its TwiML went out after Twilio's
+    # 15 s, when Twilio had hung up: the reply was lost, stored as "replied".
+    fake_openai.stall("POST", "/v1/chat/completions", 9.0, body=b"first")
+    fake_openai.stall("POST", "/v1/chat/completions", 6.5, body=b"second")
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    env = {**async_env(fake_twilio), "REPLY_MODE": mode}
+    with serving(tmp_path, env, args=("--workers", "1", "--threads", "1")) as base:
+        url = base + "/sms"
+        answers = {}
+        first = threading.Thread(
+            target=lambda: answers.update(
+                first=post_signed(url, AUTH_TOKEN, sms_params("first", "+15550101"))
+            )
+        )
+        first.start()
+        while not fake_openai.chat_calls:  # the one thread is now waiting on the model
+            time.sleep(0.05)
+        params = sms_params("second", "+15550102")
+        signature = {"X-Twilio-Signature": sign(AUTH_TOKEN, url, params)}
+        try:
+            # As Twilio does, it waits 15 s for the answer (ReadTimeout past them).
+            second = requests.post(
+                url, data=params, headers=signature, timeout=TWILIO_WEBHOOK_LIMIT_S
+            )
+        except requests.ReadTimeout:
+            second = None  # inline waits for the model: Twilio hung up first
+        first.join()
+        deadline = time.monotonic() + 15
+        while not fake_twilio.calls("POST", "/Messages.json") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert twiml_bodies(answers["first"].content) == ["echo: first"]  # in time: TwiML
+    if mode == "auto":  # within Twilio's 15 s, without the reply
+        assert (second.status_code, twiml_bodies(second.content)) == (200, [])
+        assert second.headers["X-Phischer-No-Reply"] == "rest-slow"
+    sent = fake_twilio.calls("POST", "/Messages.json")
+    assert [(r.form["To"], r.form["Body"]) for r in sent] == [("+15550102", "echo: second")]
+    with database.read() as s:
+        reply = s.scalars(sa.select(Message).where(Message.body == "echo: second")).one()
+    assert (reply.status, reply.message_sid) == ("sent", fake_twilio.messages[0]["sid"])
