@@ -343,9 +343,12 @@ class SmsService:
                 return "command", "replied", f"No #{shown}. {self._keywords()}", None
             contact.persona_id, persona = target.id, target
             if not command.text:
-                greeting = (target.greeting or "").strip() or f"You're now texting {target.name}."
-                # The persona's words, as its replies are: cut to MAX_REPLY_CHARS.
-                greeting = sendable(greeting, self.settings.max_reply_chars)
+                # The persona's words, as its replies are: cut to MAX_REPLY_CHARS. One an SMS
+                # shows nothing of (blanks, a zero-width space) gets the default, not silence.
+                limit = self.settings.max_reply_chars
+                greeting = sendable((target.greeting or "").strip(), limit) or sendable(
+                    f"You're now texting {target.name}.", limit
+                )
                 return "command", "replied", greeting, target
         if not command.text:
             if msg.attachment or msg.num_media:

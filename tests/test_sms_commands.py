@@ -420,11 +420,14 @@ def test_default_persona_rule():
     assert pick_default([], "Ada") is None
 
 
-def test_a_blank_greeting_is_no_greeting(make_app, personas, database, twilio_post):
+# A zero-width space is not blank to str.strip, and an SMS shows nothing of it: such a
+# greeting left the switch unanswered, as if the keyword had gone unread.
+@pytest.mark.parametrize("greeting", ["  \n ", "\u200b"])
+def test_a_blank_greeting_is_no_greeting(greeting, make_app, personas, database, twilio_post):
     with database.write() as session:
         add_persona(
             session,
-            PersonaSpec(name="Cy", keyword="cy", dataset=str(personas["bo"]), greeting="  \n "),
+            PersonaSpec(name="Cy", keyword="cy", dataset=str(personas["bo"]), greeting=greeting),
         )
     app = make_app()
     assert twilio_post("#cy", target=app).replies == ["You're now texting Cy."]
