@@ -63,7 +63,10 @@ def test_a_text_that_waited_for_a_free_thread_gets_its_reply_by_rest(
     fake_openai.stall("POST", "/v1/chat/completions", 6.5, body=b"second")
     with database.write() as session:
         set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
-    env = {**async_env(fake_twilio), "REPLY_MODE": mode}
+    # REPLY_TIMEOUT_S=12: the first text's 9 s model is well inside it on a busy machine
+    # (at the default 10 a second of load sent it by REST too); the second, which waits 9 s
+    # for the thread, still has only 13 - 9 s left for its 6.5 s model.
+    env = {**async_env(fake_twilio), "REPLY_MODE": mode, "REPLY_TIMEOUT_S": "12"}
     with serving(tmp_path, env, args=("--workers", "1", "--threads", "1")) as base:
         url = base + "/sms"
         answers = {}
