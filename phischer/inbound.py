@@ -449,7 +449,12 @@ class SmsService:
             if left < timeout:
                 # What the text spent waiting for a thread comes off REPLY_TIMEOUT_S.
                 waited = ANSWER_WITHIN_S - left
-                why = f"the text waited {waited:.1f} s for a free thread; Twilio waits 15 s"
+                why = (
+                    f"the text waited {waited:.1f} s for a free thread; Twilio waits 15 s"
+                    if waited >= 0.1
+                    # Not a wait: REPLY_TIMEOUT_S is past what Twilio leaves the reply.
+                    else f"Twilio waits 15 s, so no reply waits past {ANSWER_WITHIN_S:g} s"
+                )
                 timeout = max(left, 0.0)
             try:
                 result = future.result(timeout=timeout)
