@@ -408,6 +408,9 @@ def taking_over(
     echo(
         f"A run from this folder that was killed left {left.phone_number} on {left.sms_url}: {then}."
     )
+    if not restore:
+        # As said: left as it is (the record stays, for a later run that restores).
+        return lambda: None
 
     def restore_if_not_taken() -> str | None:
         still = _load_records(instance_path).get(left.number_sid)

@@ -2354,6 +2354,31 @@ def test_a_run_that_stops_before_taking_over_a_killed_runs_number_restores_it(
     assert not (instance() / webhook_registration.STATE_FILE).exists()
 
 
+def test_a_no_restore_run_that_stops_before_taking_over_leaves_the_number_as_it_says(
+    fake_twilio: FakeTwilio,
+    number: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    stop: Callable[..., Stop],
+) -> None:
+    """--no-restore says it does not put back the killed run's URL: it does not, even when it
+    stops before taking the number over."""
+    number["sms_url"], number["sms_method"] = KILLED_URL, "POST"
+    record_left(number, OLD_URL)
+    monkeypatch.setattr(ngrok_agent, "open_ngrok", no_tunnel)
+    stop()
+    result = run("tunnel", "--no-restore")
+
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line]
+    assert lines[0] == (
+        f"A run from this folder that was killed left {PHONE} on {KILLED_URL}: its SMS URL "
+        f"before that run was {OLD_URL} (GET), which --no-restore does not put back."
+    )
+    assert not any(line.startswith("Restored") for line in lines), result.output
+    assert (number["sms_url"], number["sms_method"]) == (KILLED_URL, "POST")
+    assert (instance() / webhook_registration.STATE_FILE).exists()  # for a run that restores
+
+
 def test_a_number_a_killed_run_left_is_restored_by_a_run_for_another_number(
     fake_twilio: FakeTwilio,
     number: dict[str, Any],
