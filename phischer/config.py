@@ -523,11 +523,12 @@ class Settings:
 
     def tunnel_public_url(self) -> str | None:
         """PUBLIC_URL, else the URL a running `phischer tunnel`/`up` wrote to the instance folder."""
-        if self.public_url:
-            return self.public_url
-        path = self.instance_path / "public_url"
+        return self.public_url or self.public_url_file()
+
+    def public_url_file(self) -> str | None:
+        """The URL a `phischer tunnel`/`up` wrote to the instance folder, even under PUBLIC_URL."""
         try:
-            value = path.read_text().strip()
+            value = (self.instance_path / "public_url").read_text().strip()
         except OSError:
             return None
         return value.rstrip("/") or None

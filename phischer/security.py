@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from flask import Request
 from twilio.request_validator import (
@@ -24,6 +24,7 @@ from twilio.request_validator import (
 from werkzeug.datastructures import MultiDict
 
 from phischer.config import Settings
+from phischer.signature_hints import rejection_hint, without_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +134,19 @@ class PublicUrl:
         return self._value
 
 
+def url_tail(request: Request) -> str:
+    """The request's path and query: what Twilio signed after the base URL."""
+    query = request.query_string.decode("latin-1")
+    return request.path + (f"?{query}" if query else "")
+
+
 def signed_url(request: Request, public_url: str | None) -> str:
     """The URL Twilio signed: public base + path + query, else the request's own URL.
 
     Without a public URL, request.url is used; it reflects X-Forwarded-Proto/Host only when
     the app was created with TRUST_PROXY=true (ProxyFix), so a client cannot forge them.
     """
-    query = request.query_string.decode("latin-1")
-    tail = request.path + (f"?{query}" if query else "")
+    tail = url_tail(request)
     if public_url:
         return public_url + tail
     # request.url would re-encode the URL as an IRI: ~0.1 ms a request for the same string.
@@ -149,20 +155,11 @@ def signed_url(request: Request, public_url: str | None) -> str:
     return f"{env['wsgi.url_scheme']}://{host}{request.root_path}{tail}"
 
 
-def _without_userinfo(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # a Host header urlsplit refuses ("[::1"): the client's, not a secret
-        return url
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
 class SignatureChecker:
     """Validates X-Twilio-Signature with twilio's RequestValidator."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.enabled = settings.twilio_validate_signature
         self.validator = RequestValidator(settings.auth_token())
         self.public_url = PublicUrl(settings)
@@ -185,12 +182,23 @@ class SignatureChecker:
             # A tunnel may have written a new public URL since the last look: look again.
             fresh = self.public_url.get(force=True)
             if fresh != base:
-                url = signed_url(request, fresh)
+                base, url = fresh, signed_url(request, fresh)
                 ok = self._matches(url, form, signature, algorithm)
         if not ok:
+            # A 403 is the commonest trouble: the line says why, worked out only here.
+            hint = rejection_hint(
+                request,
+                url,
+                url_tail(request),
+                base,
+                self.settings,
+                lambda other: self._fits(other, form, signature, algorithm),
+            )
             # Our own endpoint, minus any user:password a PUBLIC_URL might carry.
             log.warning(
-                "Rejected a request with a bad Twilio signature for %s", _without_userinfo(url)
+                "Rejected a request with a bad Twilio signature for %s: %s",
+                without_userinfo(url),
+                hint,
             )
         return ok
 
@@ -205,6 +213,17 @@ class SignatureChecker:
         data = url + "".join([name + value for name, value in sorted(form.items())])
         digest = hmac.new(self.validator.token, data.encode("utf-8"), hash_function).digest()
         return base64.b64encode(digest).decode("ascii")
+
+    def _fits(
+        self, url: str, form: Mapping[str, Any] | str, signature: str, algorithm: Any
+    ) -> bool:
+        """Whether the signature is the one for exactly `url` (for a raw body, `url` give or take its port)."""
+        if isinstance(form, str):
+            return self._matches(url, form, signature, algorithm)
+        try:
+            return hmac.compare_digest(self.signature(url, form, algorithm), signature)
+        except ValueError:  # an algorithm twilio does not know
+            return False
 
     def _matches(
         self, url: str, form: Mapping[str, Any] | str, signature: str, algorithm: Any
