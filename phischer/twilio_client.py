@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +28,9 @@ TWILIO_HTTP_TIMEOUT_S = 10.0
 # this, so the waits are short and bounded, and the user waits seconds, not a minute.
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 RETRY_BUDGET_S = 5.0
+# Under a deadline (within_deadline) each request still gets this long when the budget is
+# spent: the restore's second request (putting the URL back) is always tried.
+LAST_REQUEST_S = 1.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,9 +63,17 @@ class _HttpClient(TwilioHttpClient):
     def __init__(self, timeout: float = TWILIO_HTTP_TIMEOUT_S) -> None:
         super().__init__(timeout=timeout, logger=_HTTP_LOG)  # type: ignore[arg-type]
         self.last_response: Response | None = None
+        # The deadline (time.monotonic()) of this thread's requests, set by within_deadline:
+        # per thread, as a reply worker may send on the same client meanwhile.
+        self.local = threading.local()
 
     def request(self, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]
         """Send the request; remember its response (None after a connection error)."""
+        deadline = getattr(self.local, "deadline", None)
+        if deadline is not None:
+            # A Twilio that hangs would hold the stop for the whole timeout (10 s) per try.
+            left = max(deadline - time.monotonic(), LAST_REQUEST_S)
+            kwargs["timeout"] = min(kwargs.get("timeout") or self.timeout, left)
         self.last_response = None
         self.last_response = super().request(*args, **kwargs)
         return self.last_response
@@ -130,6 +143,22 @@ def make_twilio_client(settings: Settings, timeout_s: float = TWILIO_HTTP_TIMEOU
     return client
 
 
+@contextmanager
+def within_deadline(client: Client, deadline: float) -> Iterator[None]:
+    """Make each Twilio request sent in the block wait no later than `deadline` for its answer.
+
+    The wait is requests' timeout (per connect and per read): a Twilio that hangs is given
+    up on at the deadline, or after LAST_REQUEST_S for a request sent once it has passed.
+    """
+    http = client.http_client
+    local = http.local if isinstance(http, _HttpClient) else threading.local()
+    local.deadline = deadline
+    try:
+        yield
+    finally:
+        local.deadline = None
+
+
 def _retry_after_s(client: Client) -> float | None:
     """The seconds of the last response's Retry-After header, if it gave a number of them."""
     response = getattr(client.http_client, "last_response", None)
@@ -178,9 +207,17 @@ def idempotent(client: Client, call: Callable[[], T], deadline: float | None = N
 
     No retry starts after `deadline` (time.monotonic(); default RETRY_BUDGET_S from now), so a
     Retry-After longer than the time left ends the tries at once. The last error is raised.
+    A deadline given also bounds each try's wait for an answer (within_deadline): the restore
+    on Ctrl-C passes one, as the user waits for it.
     """
-    if deadline is None:
-        deadline = time.monotonic() + RETRY_BUDGET_S
+    if deadline is not None:
+        with within_deadline(client, deadline):
+            return _tries(client, call, deadline)
+    return _tries(client, call, time.monotonic() + RETRY_BUDGET_S)
+
+
+def _tries(client: Client, call: Callable[[], T], deadline: float) -> T:
+    """`call()`, tried again as idempotent() says until `deadline`."""
     for backoff in RETRY_DELAYS_S:
         try:
             return call()

@@ -33,6 +33,7 @@ from twilio.base.exceptions import TwilioRestException
 from phischer import ngrok_agent, stopping, tunnel, tunnel_types, up, webhook_registration
 from phischer.config import Settings
 from phischer.twilio_client import (
+    LAST_REQUEST_S,
     RETRY_DELAYS_S,
     TWILIO_HTTP_TIMEOUT_S,
     RebasingHttpClient,
@@ -1975,6 +1976,33 @@ def test_client_factory_sets_timeout_and_base_url(fake_twilio: FakeTwilio) -> No
     assert not isinstance(real.http_client, RebasingHttpClient)
     assert real.http_client.timeout == TWILIO_HTTP_TIMEOUT_S
     assert real.api.base_url == "https://api.twilio.com"
+
+
+def test_a_restore_twilio_does_not_answer_gives_up_at_its_deadline(
+    fake_twilio: FakeTwilio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each request used to wait the whole TWILIO_HTTP_TIMEOUT_S (10 s) for an answer, so a
+    # hanging Twilio held a stop twice as long as the restore's budget, or more.
+    monkeypatch.setattr(webhook_registration, "RETRY_BUDGET_S", 0.1)
+    number = fake_twilio.add_number(PHONE, sms_url="https://t.ngrok-free.app/sms")
+    answer = threading.Event()
+    fake_twilio.after_next("GET", f"/{number['sid']}.json", lambda: answer.wait(10))
+    # Answered well before the 10 s timeout, but after the 0.1 s budget (and the one second
+    # a request sent past it still gets).
+    release = threading.Timer(LAST_REQUEST_S + 2, answer.set)
+    release.start()
+    registration = webhook_registration.Registration(
+        number["sid"], PHONE, "https://t.ngrok-free.app/sms", OLD_URL, "GET"
+    )
+    try:
+        with pytest.raises(tunnel_types.TunnelError, match=r"\(ReadTimeout\)"):
+            webhook_registration.restore_webhook(
+                make_twilio_client(fake_settings(fake_twilio)), registration, tmp_path
+            )
+    finally:
+        answer.set()
+        release.cancel()
+    assert number["sms_url"] == "https://t.ngrok-free.app/sms"  # not put back: not reached
 
 
 def test_client_factory_error_is_a_value_error_naming_the_variable() -> None:
