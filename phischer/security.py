@@ -28,6 +28,8 @@ from phischer.signature_hints import rejection_hint, without_userinfo
 
 log = logging.getLogger(__name__)
 
+UNSIGNED_LOG_EVERY_S = 60.0
+
 RECHECK_S = 1.0
 FORM_TYPE = "application/x-www-form-urlencoded"
 MULTIPART_TYPE = "multipart/form-data"
@@ -163,6 +165,7 @@ class SignatureChecker:
         self.enabled = settings.twilio_validate_signature
         self.validator = RequestValidator(settings.auth_token())
         self.public_url = PublicUrl(settings)
+        self._unsigned_quiet_until = 0.0  # time.monotonic() until which _unsigned logs at debug
 
     def is_valid(self, request: Request, form: Mapping[str, Any]) -> bool:
         """True when the request carries a valid signature (or checking is switched off)."""
@@ -172,6 +175,7 @@ class SignatureChecker:
         # A signature is base64: anything else (non-ASCII bytes included, which the constant-
         # time compare refuses with a TypeError) is a forgery, not a server error.
         if not signature or not signature.isascii():
+            self._unsigned(signature)
             return False
         algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
         form = signed_params(request, form)
@@ -213,6 +217,22 @@ class SignatureChecker:
         data = url + "".join([name + value for name, value in sorted(form.items())])
         digest = hmac.new(self.validator.token, data.encode("utf-8"), hash_function).digest()
         return base64.b64encode(digest).decode("ascii")
+
+    def _unsigned(self, signature: str | None) -> None:
+        """Log a post with no usable signature: once a minute, as anyone can send them."""
+        now = time.monotonic()
+        # Without a line a user whose proxy drops the header saw 403s and a silent log;
+        # with one per request, a scanner posting to a public /sms would fill it.
+        level = logging.WARNING if now >= self._unsigned_quiet_until else logging.DEBUG
+        if level == logging.WARNING:
+            self._unsigned_quiet_until = now + UNSIGNED_LOG_EVERY_S
+        what = "no X-Twilio-Signature header" if not signature else "a signature that is not base64"
+        log.log(
+            level,
+            "Rejected a request with %s: not from Twilio, or a proxy in front of phischer drops "
+            "the header (such requests are logged once a minute)",
+            what,
+        )
 
     def _fits(
         self, url: str, form: Mapping[str, Any] | str, signature: str, algorithm: Any

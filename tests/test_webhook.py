@@ -46,6 +46,20 @@ def test_missing_signature_is_403(app):
     assert rows(app) == []
 
 
+def test_posts_without_a_signature_are_logged_once_a_minute(app, caplog):
+    # A proxy that drops X-Twilio-Signature gave 403s and a silent log; a scanner posting to
+    # a public /sms must not fill it either.
+    caplog.set_level("DEBUG", logger="phischer.security")
+    for _ in range(3):
+        assert app.test_client().post("/sms", data=sms_params("hi")).status_code == 403
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "phischer.security"]
+    assert [level for level, _ in lines] == ["WARNING", "DEBUG", "DEBUG"]
+    assert lines[0][1] == (
+        "Rejected a request with no X-Twilio-Signature header: not from Twilio, or a proxy in "
+        "front of phischer drops the header (such requests are logged once a minute)"
+    )
+
+
 def test_signature_for_other_token_is_403(app, twilio_post):
     params = sms_params("hi", sid="SMforged")
     forged = sign("some-other-token", "http://localhost/sms", params)
