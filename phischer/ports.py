@@ -9,6 +9,9 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+# The port a URL without one is on, by its scheme.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
 
 class PortBusyError(ValueError):
     """The port cannot be listened on (another program has it, or no permission)."""
@@ -127,9 +130,8 @@ def same_server(url: str, other: str | None) -> bool:
         ports = (a.port, b.port)
     except ValueError:  # not a port number: no server to match
         return False
-    defaults = {"http": 80, "https": 443}
-    return (a.scheme.lower(), a.hostname, ports[0] or defaults.get(a.scheme.lower())) == (
+    return (a.scheme.lower(), a.hostname, ports[0] or DEFAULT_PORTS.get(a.scheme.lower())) == (
         b.scheme.lower(),
         b.hostname,
-        ports[1] or defaults.get(b.scheme.lower()),
+        ports[1] or DEFAULT_PORTS.get(b.scheme.lower()),
     )

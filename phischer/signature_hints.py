@@ -8,8 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import Request
 
 from phischer.config import Settings
+from phischer.ports import DEFAULT_PORTS, is_local_host
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
 TOKEN_HINT = (
     "the signature fits no other scheme, port or host for it, so if that is the number's "
     "SMS URL, TWILIO_AUTH_TOKEN may be another account's, or a rotated or secondary token "
@@ -57,11 +57,13 @@ def last_value(request: Request, header: str) -> str | None:
     return value.rpartition(",")[2].strip() or None if value else None
 
 
-def is_loopback(host: str) -> bool:
-    """Whether a Host header names this machine (localhost, 127.x, [::1]), with or without a port."""
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]").lower()
-    return name in ("localhost", "::1") or name.startswith("127.")
+def local_host_header(host: str) -> bool:
+    """Whether a Host header (with or without a port) names this machine or a private network."""
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:  # "[::1": not a host Twilio could have signed either
+        return True
+    return is_local_host(name)
 
 
 def rejection_hint(
@@ -124,8 +126,8 @@ def rejection_hint(
                     f"{without_userinfo(candidate[: len(candidate) - len(tail)])}{proxy_fix}"
                 )
         # A proxy or tunnel on this machine may rewrite Host to where it forwards: Twilio
-        # never signs a loopback URL, so such a host hints at nothing.
-        if not hints and not is_loopback(host):
+        # never signs a loopback or private URL (it cannot reach one), so it hints at nothing.
+        if not hints and not local_host_header(host):
             hints.append(
                 f"it was checked for {without_userinfo(url)}, but sent to host {host} "
                 f"({header}): Twilio signs the SMS URL set on the number, which that host hints "
