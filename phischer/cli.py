@@ -61,6 +61,7 @@ def migrate_or_explain(database_url: str) -> tuple[str | None, str | None]:
 
     from sqlalchemy.exc import DatabaseError, OperationalError
 
+    from phischer.db import error_reason
     from phischer.db_url import normalize_database_url, shown
     from phischer.migrate import upgrade
 
@@ -72,7 +73,7 @@ def migrate_or_explain(database_url: str) -> tuple[str | None, str | None]:
         # DatabaseError, not an OperationalError; other DatabaseErrors are bugs to show whole.
         if not isinstance(exc, OperationalError) and type(exc.orig) is not sqlite3.DatabaseError:
             raise
-        reason = " ".join(str(exc.orig).split())[:200]
+        reason = error_reason(exc)
         raise click.ClickException(f"cannot reach the database {shown(url)}: {reason}") from None
 
 

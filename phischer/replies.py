@@ -80,13 +80,15 @@ def _xml_text(body: str) -> str:
     return NOT_XML.sub("", body)
 
 
-# A character a phone shows: not a blank, nor an invisible mark (zero-width spaces and
-# joiners, bidi marks, embeddings and isolates, a soft hyphen, variation selectors, a BOM,
-# the Hangul fillers).
-VISIBLE = re.compile(
-    "[^\\s\u00ad\u034f\u061c\u115f\u1160\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
+# The marks a phone shows nothing of (zero-width spaces and joiners, bidi marks, embeddings
+# and isolates, a soft hyphen, variation selectors, a BOM, the Hangul fillers), as the body
+# of a regex character class.
+INVISIBLE = (
+    "\u00ad\u034f\u061c\u115f\u1160\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
 )
+# A character a phone shows: not a blank, nor an invisible mark.
+VISIBLE = re.compile(f"[^\\s{INVISIBLE}]")
 
 
 def sendable(text: str, limit: int) -> str:

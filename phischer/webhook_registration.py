@@ -354,6 +354,11 @@ def restore_webhook(client: Client, registration: Registration, instance_path: P
     return f"Restored the SMS URL of {phone} to {shown} ({registration.previous_method})."
 
 
+def _recorded(record: dict[str, Any]) -> Registration:
+    """The registration a run's record (instance state file) holds."""
+    return Registration(**{k: record[k] for k in _RECORD_KEYS}, pid=record.get("pid"))
+
+
 def restore_left_behind(
     client: Client, instance_path: Path, keep_sid: str | None, guarded: bool, echo: Echo
 ) -> None:
@@ -368,7 +373,7 @@ def restore_left_behind(
     for sid, record in _load_records(instance_path).items():
         if sid == keep_sid:
             continue  # this run's number: plan_registration takes that record over
-        left = Registration(**{k: record[k] for k in _RECORD_KEYS}, pid=record.get("pid"))
+        left = _recorded(record)
         if not guarded:  # a file system without locks: the record may be a live run's
             why = "this folder cannot be locked, so that run may still be live, and phischer leaves it"
             echo(f"Warning: {left_behind(left, why, again=False)}")
@@ -398,7 +403,7 @@ def taking_over(
         # No record, or the killed run had not changed the number (or someone changed it
         # since): plan_registration then uses the number's own URL, as without a record.
         return lambda: None
-    left = Registration(**{k: record[k] for k in _RECORD_KEYS}, pid=record.get("pid"))
+    left = _recorded(record)
     before = f"{left.previous_url or '(empty)'} ({left.previous_method})"
     then = (
         f"this run puts back {before}, its SMS URL before that run, when it stops"

@@ -16,6 +16,7 @@ import openai
 from phischer.backends.base import BackendError, PersonaView, Reply
 from phischer.ports import is_local_host, same_server, url_host, url_origin
 from phischer.redact import add_secret, redact, shorten
+from phischer.replies import INVISIBLE
 
 OPENAI_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, llama.cpp, vLLM without --api-key) accept any key, but the SDK
@@ -42,9 +43,9 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Who opens a turn, in a chat transcript a model writes instead of its reply, that is not its own.
 OTHER_ROLES = ("user", "system", "human")
 # What a line may open with before its label: blanks, and the invisible marks a model or a
-# right-to-left text puts first (zero-width spaces and joiners, bidi marks, embeddings and
-# isolates, a BOM), which would otherwise hide "\u200bAda: hey"'s label.
-LABEL_LEAD = "^[ \t\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]*"
+# right-to-left text puts first (replies.INVISIBLE: zero-width spaces, bidi marks, a BOM),
+# which would otherwise hide "\u200bAda: hey"'s label.
+LABEL_LEAD = f"^[ \t{INVISIBLE}]*"
 # A label's colon: ASCII, or the fullwidth one (and its small form) of CJK text: "Ada： hey".
 LABEL_COLON = "[ \t]*[:\uff1a\ufe55][ \t]*"
 # Who else a line of a transcript can be labelled as: a name of one or two words ("Sam:",
