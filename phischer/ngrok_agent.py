@@ -122,7 +122,7 @@ def open_ngrok(port: int) -> Tunnel:
     # `ngrok config add-authtoken` put the token.
     config = conf.PyngrokConfig(ngrok_path=find_ngrok())
     config.auth_token = None  # PyngrokConfig falls back to $NGROK_AUTHTOKEN by itself
-    session = _AgentSession()
+    session = _AgentSession(config.ngrok_path)
     config.log_event_callback = session.saw  # pyngrok's monitor thread hands it every line
     private_dir: str | None = None
     ready = False
@@ -159,6 +159,8 @@ def open_ngrok(port: int) -> Tunnel:
         # Anything else pyngrok raises is one line too, never a traceback; -v shows it whole.
         log.debug("pyngrok failed", exc_info=True)
         text = _agent_says(exc)
+        if text == str(exc):  # no line of the agent's says why: it may be one pyngrok left
+            text = session.unread_error() or text
         if not isinstance(exc, (PyngrokError, OSError)):  # its message alone may not say what
             text = f"{type(exc).__name__}: {text}"
         # ngrok quotes a rejected token back ("Your authtoken: …"), the one in its own
@@ -201,13 +203,21 @@ def open_ngrok(port: int) -> Tunnel:
 class _AgentSession:
     """The agent's link to ngrok's service, as its log lines tell it: refused back, or not."""
 
-    def __init__(self) -> None:
+    def __init__(self, ngrok_path: str) -> None:
+        self.ngrok_path = ngrok_path
         self.refused: str | None = None  # the agent's error, while ngrok refuses the session
         self.up = False  # the session was established (a failure before is open_ngrok's error)
         self.lost = False  # it dropped since, and the agent is reconnecting
+        self.agent: Any = None  # pyngrok's record of the starting agent (its Popen in .proc)
 
     def saw(self, line: Any) -> None:
         """Note one pyngrok NgrokLog line (called from pyngrok's monitor thread)."""
+        if self.agent is None:
+            # Kept from the agent's first line, while pyngrok still holds it: pyngrok drops
+            # the record of an agent that failed to start (see unread_error).
+            from pyngrok import process
+
+            self.agent = getattr(process, "_current_processes", {}).get(self.ngrok_path)
         message = line.msg or ""
         if message in ("client session established", "tunnel session started"):
             if self.lost:
@@ -227,6 +237,34 @@ class _AgentSession:
                 "11200 until it is back (it reconnects by itself)",
                 reason,
             )
+
+    def unread_error(self) -> str | None:
+        """The error line of an agent that exited at startup, from what pyngrok left unread.
+
+        pyngrok stops reading the agent's output as soon as it sees the agent has exited,
+        which a quick exit (a refused token) can beat: its error line, with the ERR_NGROK code
+        that says what to do, is then still in the pipe. It is read here, and logged as
+        pyngrok logs the agent's lines (shown with -v).
+        """
+        from pyngrok.log import NgrokLog
+
+        proc = getattr(self.agent, "proc", None)
+        if proc is None or proc.stdout is None or proc.poll() is None:
+            return None  # still running (pyngrok gave up waiting): reading would block
+        try:
+            unread = proc.stdout.read()  # to EOF: the agent is gone
+        except (OSError, ValueError):  # a pipe pyngrok closed
+            return None
+        error = None
+        for text in unread.splitlines():
+            line = NgrokLog(text)
+            if not line.line:
+                continue
+            level = line.lvl if line.lvl != "NOTSET" else "INFO"
+            logging.getLogger(AGENT_LOG).log(getattr(logging, level, logging.INFO), line.line)
+            if level in ("ERROR", "CRITICAL") and error is None:
+                error = line.err or line.msg
+        return error
 
     def check(self, *, running: bool) -> str | None:
         """What stopped the tunnel, given whether the agent still runs; None if nothing did."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import signal
@@ -1666,6 +1667,62 @@ def test_a_refused_token_the_agent_quotes_in_its_log_is_not_shown(
     assert token not in caplog.text and token not in str(info.value)
 
 
+class _HoldUntilExited(logging.Handler):
+    """Holds pyngrok on the agent's first line until the agent has exited (a slow reader)."""
+
+    def __init__(self, agent: fake_ngrok.FakeAgent) -> None:
+        super().__init__()
+        self.agent = agent
+        self.held = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held:
+            return
+        self.held = True
+        pid = self.agent.record()["pid"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not exited(pid):
+            time.sleep(0.01)
+
+
+def exited(pid: int) -> bool:
+    """Whether process PID has exited (a zombie not yet reaped counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_a_refused_token_is_explained_when_the_agent_exits_before_pyngrok_reads_why(
+    fake_agent: Callable[..., fake_ngrok.FakeAgent],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pyngrok stops reading at the agent's exit: its ERR_NGROK line is read from the pipe."""
+    agent = fake_agent(fail="auth")
+    token = "2bRealLooking_Token0123456789abcdef"
+    monkeypatch.setenv("NGROK_AUTHTOKEN", token)
+    slow_reader = _HoldUntilExited(agent)
+    agent_log = logging.getLogger(ngrok_agent.AGENT_LOG)
+    agent_log.addHandler(slow_reader)
+    try:
+        with (
+            caplog.at_level("DEBUG", logger=ngrok_agent.AGENT_LOG),
+            pytest.raises(tunnel_types.TunnelError) as info,
+        ):
+            ngrok_agent.open_ngrok(5003)
+    finally:
+        agent_log.removeHandler(slow_reader)
+
+    assert slow_reader.held
+    message = str(info.value)
+    assert message.startswith("Could not open an ngrok tunnel (ERR_NGROK_105: "), message
+    assert message.endswith(ngrok_agent.NGROK_CODE_FIXES["105"]) and "\n" not in message
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "Your authtoken: <NGROK_AUTHTOKEN> ERR_NGROK_105" in line
+    assert token not in caplog.text and token not in message
+
+
 @pytest.mark.parametrize("fail", ["auth", "sessions"])
 def test_an_agent_refused_at_startup_is_one_line_in_a_real_run(
     fake_agent: Callable[..., fake_ngrok.FakeAgent],
@@ -2736,7 +2793,7 @@ def test_a_session_the_agent_gets_back_by_itself_is_no_reason_to_stop(
     """A network error is retried by the agent and heals; the tunnel keeps its URL."""
     from pyngrok.log import NgrokLog
 
-    session = ngrok_agent._AgentSession()
+    session = ngrok_agent._AgentSession("ngrok")
     lost = [  # the real agent's lines (ngrok 3) for a dropped Wi-Fi, then its recovery
         't=2024-10-31T17:34:53-0400 lvl=eror msg="session closed, starting reconnect loop" '
         'obj=tunnels.session err="read EOF from remote peer"',
