@@ -425,11 +425,15 @@ class SmsService:
             return self._answered(who, decision, failure)
         assert backend is not None
         mode = self.settings.reply_mode
-        if mode == "inline" or _answers_at_once(backend, decision.persona):
+        # (Without the Twilio settings the TwiML is all there is: a retry of the same
+        # MessageSid, if Twilio makes one, gets the stored reply.)
+        rest = self.settings.can_send_sms
+        at_once = mode == "inline" or _answers_at_once(backend, decision.persona)
+        # A text that already waited past the deadline for a thread is not answered on this
+        # one: Twilio has stopped waiting, and the texts queued behind it have not.
+        if at_once and not (rest and time.monotonic() > answer_by):
             result = self.generate(decision, backend)
-            if not (self.settings.can_send_sms and time.monotonic() > answer_by):
-                # (Without the Twilio settings the TwiML is all there is: a retry of the
-                # same MessageSid, if Twilio makes one, gets the stored reply.)
+            if not (rest and time.monotonic() > answer_by):
                 return self._answered(who, decision, result)
             # The text waited for a thread, then the model: Twilio has stopped waiting, and
             # TwiML now would be lost while the reply was stored as "replied".
@@ -443,14 +447,16 @@ class SmsService:
         except RuntimeError:  # cannot schedule new futures after shutdown
             return self._stopping(who, decision)
         why = "slower than REPLY_TIMEOUT_S"
-        if mode == "auto":
+        if at_once:  # past the deadline before the model was asked
+            why = _waited(time.monotonic() - arrived)
+        elif mode == "auto":
             timeout = self.settings.reply_timeout_s
             left = answer_by - time.monotonic()
             if left < timeout:
                 # What the text spent waiting for a thread comes off REPLY_TIMEOUT_S.
                 waited = ANSWER_WITHIN_S - left
                 why = (
-                    f"the text waited {waited:.1f} s for a free thread; Twilio waits 15 s"
+                    _waited(waited)
                     if waited >= 0.1
                     # Not a wait: REPLY_TIMEOUT_S is past what Twilio leaves the reply.
                     else f"Twilio waits 15 s, so no reply waits past {ANSWER_WITHIN_S:g} s"
@@ -477,7 +483,7 @@ class SmsService:
             # Cancelled: dropped at shutdown before it started; the text stays "processing".
             lambda f: f.cancelled() or self.deliver_later(msg.phone, decision, f.result())
         )
-        if mode == "auto":
+        if at_once or mode == "auto":
             return [], f"{who} answers by REST ({why})", no_reply.REST_SLOW
         return [], f"{who} answers by REST", no_reply.REST_ASYNC
 
@@ -844,6 +850,11 @@ def _answers_at_once(backend: Backend, persona: PersonaView) -> bool:
     # drops the reply.
     built = getattr(backend, "built", None)
     return built is None or built(persona)
+
+
+def _waited(seconds: float) -> str:
+    """Why a text's reply goes by REST when it waited `seconds` for a free thread."""
+    return f"the text waited {seconds:.1f} s for a free thread; Twilio waits 15 s"
 
 
 def _no_rest(why: str) -> str:

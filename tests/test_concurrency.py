@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -100,3 +101,67 @@ def test_a_text_that_waited_for_a_free_thread_gets_its_reply_by_rest(
     with database.read() as s:
         reply = s.scalars(sa.select(Message).where(Message.body == "echo: second")).one()
     assert (reply.status, reply.message_sid) == ("sent", fake_twilio.messages[0]["sid"])
+
+
+def post_after_a_wait(app, body: str, waited_s: float):
+    """POST a signed text as gunicorn hands one over that waited `waited_s` s for a thread."""
+    params = sms_params(body, "+15550100")
+    signature = sign(AUTH_TOKEN, "http://localhost/sms", params)
+    # server.ReadDeadline notes when the request reached the worker; the webhook reads it there.
+    queued = SimpleNamespace(queued_at=time.monotonic() - waited_s)
+    return app.test_client().post(
+        "/sms",
+        data=params,
+        headers={"X-Twilio-Signature": signature},
+        environ_base={"gunicorn.socket": queued},
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "model", "reply"),
+    [
+        ("inline", "openai", "echo: so what do you do for work?"),
+        # The retrieval backend answers at once: inline in auto mode too.
+        ("auto", "retrieval", "I compute Bernoulli numbers, mostly by candlelight."),
+    ],
+)
+def test_a_text_past_twilios_wait_does_not_hold_its_thread(
+    mode, model, reply, make_app, personas, database, fake_openai, fake_twilio, twilio_rest
+):
+    # A text that already waited past ANSWER_WITHIN_S for a free thread: Twilio has hung up,
+    # so nothing is gained by making (and sending) its reply on the request thread, which
+    # the texts queued behind it wait for. It answers at once; the reply goes by REST.
+    if model == "openai":
+        with database.write() as session:
+            set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    app = make_app(reply_mode=mode, **twilio_rest)
+    first = post_after_a_wait(app, "hey how are you", 0.0)  # in time: TwiML (index built)
+    assert len(twiml_bodies(first.data)) == 1
+    held = threading.Event()
+    fake_twilio.after_next("POST", "/Messages.json", lambda: held.wait(20))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            late = pool.submit(post_after_a_wait, app, "so what do you do for work?", 14.0)
+            # Answered while Twilio still holds the REST send of its reply.
+            answer = late.result(timeout=10)
+    finally:
+        held.set()
+    assert (answer.status_code, twiml_bodies(answer.data)) == (200, [])
+    assert answer.headers["X-Phischer-No-Reply"] == "rest-slow"
+    app.extensions["phischer"].sms.shutdown()  # wait for the REST reply
+    sent = fake_twilio.calls("POST", "/Messages.json")
+    assert [(r.form["To"], r.form["Body"]) for r in sent] == [("+15550100", reply)]
+    with database.read() as s:
+        rows = s.scalars(sa.select(Message).order_by(Message.id)).all()
+    assert [(m.direction, m.status) for m in rows[2:]] == [("in", "replied"), ("out", "sent")]
+
+
+def test_without_twilio_credentials_a_late_text_still_gets_its_twiml(
+    make_app, personas, database, fake_openai
+):
+    # TwiML is all there is then: Twilio may still read it, or its retry gets the stored reply.
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
+    app = make_app(reply_mode="inline", twilio_auth_token=AUTH_TOKEN)
+    answer = post_after_a_wait(app, "so what do you do for work?", 14.0)
+    assert twiml_bodies(answer.data) == ["echo: so what do you do for work?"]
