@@ -4,7 +4,8 @@ A text is "processing" while its reply is made and an outbound reply "queued" un
 REST send returns. A process that dies in between leaves them so. Each serving process
 sweeps for rows idle longer than RECOVER_AFTER_S (two minutes: no reply takes that long, inline
 replies give up at REPLY_TIMEOUT_S, async ones at 60 s) and claims each one with a conditional
-UPDATE, so two processes never answer the same text. A reply whose REST send failed
+UPDATE, so two processes never answer the same text (each text is claimed when its late
+answer starts; LATE_ANSWERS of them are answered at once). A reply whose REST send failed
 because Twilio was unreachable or busy is left "send_retry", and is sent again the same way.
 Before a reply is sent again Twilio is asked whether it already has it (same number, sender
 and words, created since the reply was stored, not a message another row has): a process can
@@ -16,10 +17,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from phischer.config import DEFAULT_RECOVER_AFTER_S, GIVE_UP_AFTER_S
+from phischer.daemon_pool import DaemonPool
 from phischer.db import error_reason, storage_fault
 from phischer.models import utcnow
 from phischer.replies import SendError
@@ -34,6 +39,9 @@ log = logging.getLogger(__name__)
 RECOVER_AFTER = dt.timedelta(seconds=DEFAULT_RECOVER_AFTER_S)
 GIVE_UP_AFTER = dt.timedelta(seconds=GIVE_UP_AFTER_S)  # a reply this late makes no sense
 SWEEP_EVERY_S = 60.0
+# Texts a sweep answers at once: one by one, N texts left by a kill -9 took N model calls'
+# time. A few, not all: each is a model call, which the webhook's new texts also wait for.
+LATE_ANSWERS = 4
 # How much earlier than a reply's stored time Twilio may date its message: Twilio dates to
 # the second, and this host's clock may be a little off Twilio's.
 CLOCK_MARGIN = dt.timedelta(minutes=2)
@@ -87,38 +95,35 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
     result = SweepResult()
     with store.read() as cur:
         rows = store.pending(cur, idle_since, after_id)
-    for row in rows:
-        with store.write() as cur:
-            if not store.claim(cur, row.id, idle_since, now):
-                continue  # another process took it, or it finished meanwhile
-            if row.direction == "out" and row.delivery is not None:
-                # A status callback came for it: Twilio took the reply, and the process
-                # died before it recorded the send. Sending it again would text it twice.
-                store.update_message(cur, row.id, now, status="sent")
-                result.already_sent += 1
-                continue
+    clock = _clock(now)
+    # Texts are answered LATE_ANSWERS at a time, on daemon threads (a stopping server does
+    # not wait for a model call); the replies Twilio could not take are sent from here, one
+    # by one, so the `break` below can stop them while Twilio is still failing.
+    pool = DaemonPool(max_workers=LATE_ANSWERS, name="phischer-late")
+    late: list[Future[str]] = []
+    try:
+        for row in rows:
             if row.direction == "in":
-                failure = _why_not(service, cur, row, now)
-                if failure:
-                    store.update_message(cur, row.id, now, status="failed", error=failure)
-                    result.failed += 1
-                    continue
-        if row.direction == "in":
-            _answer_late(service, row, claimed_at=now)
-            result.answered += 1
-            continue
-        outcome = _settle_reply(service, row, now)
-        if outcome == "sent":
-            result.resent += 1
-        elif outcome == "already_sent":
-            result.already_sent += 1
-        elif outcome == "send_failed":
-            result.failed += 1
-        else:
-            result.retrying += 1
-            # Twilio is still unreachable or failing: each further send would wait out the
-            # same retries (up to half a minute each). The rest wait for the next sweep.
-            break
+                late.append(pool.submit(_take_text, service, row, idle_since, clock))
+                continue
+            outcome = _take_reply(service, row, idle_since, clock())
+            if outcome == "sent":
+                result.resent += 1
+            elif outcome == "already_sent":
+                result.already_sent += 1
+            elif outcome == "send_failed":
+                result.failed += 1
+            elif outcome:
+                result.retrying += 1
+                # Twilio is still unreachable or failing: each further send would wait out the
+                # same retries (up to half a minute each). The rest wait for the next sweep.
+                break
+    finally:
+        pool.shutdown()  # never under the write lock: the late answers need it to finish
+    for future in late:
+        outcome = future.result()
+        result.answered += outcome == "answered"
+        result.failed += outcome == "failed"
     if result.answered or result.resent or result.already_sent or result.failed or result.retrying:
         log.info(
             "Recovered interrupted texts: %d answered late, %d re-sent, %d already sent (not "
@@ -126,6 +131,48 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
             result.answered, result.resent, result.already_sent, result.failed, result.retrying,
         )  # fmt: skip
     return result
+
+
+def _clock(now: dt.datetime) -> Callable[[], dt.datetime]:
+    """The sweep's time: `now`, moving on as the sweep does."""
+    # A row is claimed with it when its turn comes: claimed with the sweep's start, a text
+    # that waited minutes behind slow ones would look idle to another process's sweep, which
+    # would take it over and ask the model again.
+    started = time.monotonic()
+    return lambda: now + dt.timedelta(seconds=time.monotonic() - started)
+
+
+def _take_text(
+    service: SmsService, row: PendingRow, idle_since: dt.datetime, clock: Callable[[], dt.datetime]
+) -> str:
+    """Claim a left text and answer it late, or record why not: "answered", "failed" or ""."""
+    now = clock()
+    store = service.store
+    with store.write() as cur:
+        if not store.claim(cur, row.id, idle_since, now):
+            return ""  # another process took it, or it finished meanwhile
+        failure = _why_not(service, cur, row, now)
+        if failure:
+            store.update_message(cur, row.id, now, status="failed", error=failure)
+            return "failed"
+    _answer_late(service, row, claimed_at=now)
+    return "answered"
+
+
+def _take_reply(
+    service: SmsService, row: PendingRow, idle_since: dt.datetime, now: dt.datetime
+) -> str:
+    """Claim a left reply and send it (`_settle_reply`); "" if another process had it."""
+    store = service.store
+    with store.write() as cur:
+        if not store.claim(cur, row.id, idle_since, now):
+            return ""
+        if row.delivery is not None:
+            # A status callback came for it: Twilio took the reply, and the process
+            # died before it recorded the send. Sending it again would text it twice.
+            store.update_message(cur, row.id, now, status="sent")
+            return "already_sent"
+    return _settle_reply(service, row, now)
 
 
 def _settle_reply(service: SmsService, row: PendingRow, now: dt.datetime) -> str:

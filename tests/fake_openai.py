@@ -15,7 +15,8 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 - GET  /v1/fine_tuning/jobs/{id}/events     newest first, paged with after/limit
 - POST /v1/fine_tuning/jobs/{id}/cancel
 
-and records every request in `requests`. `fail()` answers the next matching requests with an
+and records every request in `requests` (`most_chats`: the most chat completions it was
+answering at once). `fail()` answers the next matching requests with an
 OpenAI-style error, `reply()` with any body and headers (a proxy's HTML page, cut-off JSON, a
 Retry-After), `drop()` closes their connection without an answer, `stall()` does the work but
 answers too late (after the client timed out), `reset()` does it and closes the connection
@@ -151,6 +152,9 @@ class FakeOpenAI:
         # back this long.
         self.stalls: list[tuple[str, str, bytes, float]] = []
         self.resets: list[tuple[str, str]] = []  # (method, path prefix): served, answer lost
+        # Chat completions being answered now, and the most there ever were at once.
+        self.chats_now = 0
+        self.most_chats = 0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         fake = self
@@ -311,8 +315,14 @@ class FakeOpenAI:
                 except KeyError:
                     status, payload = 404, error_body(f"No such object: {rec.path}")
                 return status, payload, {}
-        # Outside the lock, so a "slow" reply does not hold up other requests.
-        return self._chat(rec)
+            self.chats_now += 1
+            self.most_chats = max(self.most_chats, self.chats_now)
+        try:
+            # Outside the lock, so a "slow" reply does not hold up other requests.
+            return self._chat(rec)
+        finally:
+            with self._lock:
+                self.chats_now -= 1
 
     def _chat(self, rec: Recorded) -> Answer | None:
         if self.behaviour == "drop":

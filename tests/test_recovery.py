@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ from phischer.inbound import Inbound
 from phischer.models import Message, utcnow
 from phischer.recovery import (
     GIVE_UP_AFTER,
+    LATE_ANSWERS,
     NO_REST,
     OPTED_OUT,
     RECOVER_AFTER,
@@ -729,3 +731,66 @@ def test_a_reply_twilio_reported_on_is_not_sent_again(make_app, personas, fake_t
     sweep(app.extensions["phischer"].sms)
     assert fake_twilio.calls("POST", "/Messages.json") == []
     assert {m.id: m.status for m in stored(app)}[out_id] == "sent"
+
+
+def leftovers(app, count: int) -> list[int]:
+    """`count` texts, each from its own number, a crash left "processing" five minutes ago."""
+    return [
+        interrupted(app, f"joke {i}?", f"SMleft{i}", dt.timedelta(minutes=5), f"+1555011{i:02d}")
+        for i in range(count)
+    ]
+
+
+def answer_once(fake_openai, at_once: int):
+    """Make the fake model answer each chat once `at_once` were asked together (or after 3 s)."""
+
+    def respond(body):
+        deadline = time.monotonic() + 3
+        while fake_openai.most_chats < at_once and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return echo(body)
+
+    fake_openai.responder = respond
+
+
+@pytest.fixture
+def slow_ada(make_app, personas, database, fake_openai, twilio_rest):
+    """An app whose Ada is a model on the fake OpenAI server, sending REST replies to the fake."""
+    with database.write() as session:
+        set_model(session, "Ada", "ft:ada", base_url=fake_openai.base_url)
+    return lambda: make_app(**twilio_rest)
+
+
+def assert_each_answered_once(app, fake_twilio, texts: list[int]) -> None:
+    """Each text got one reply, sent once by REST."""
+    sends = sorted(c.form["Body"] for c in fake_twilio.calls("POST", "/Messages.json"))
+    assert sends == sorted(f"echo: joke {i}?" for i in range(len(texts)))
+    rows = stored(app)
+    assert {m.id: m.status for m in rows if m.direction == "in"} == dict.fromkeys(texts, "replied")
+    replies = [(m.reply_to_id, m.status) for m in rows if m.direction == "out"]
+    assert sorted(replies) == [(i, "sent") for i in texts]
+
+
+def test_leftover_texts_are_answered_a_few_at_a_time(slow_ada, fake_openai, fake_twilio):
+    # After a kill -9 with N texts at a model taking T s each, one by one took N x T.
+    app = slow_ada()
+    texts = leftovers(app, LATE_ANSWERS + 2)
+    answer_once(fake_openai, LATE_ANSWERS)
+    result = sweep(app.extensions["phischer"].sms)
+    # Together, and never more than LATE_ANSWERS at once.
+    assert fake_openai.most_chats == LATE_ANSWERS
+    assert (result.answered, result.failed, result.retrying) == (len(texts), 0, 0)
+    assert_each_answered_once(app, fake_twilio, texts)
+
+
+def test_two_processes_sweeping_at_once_answer_each_text_once(slow_ada, fake_openai, fake_twilio):
+    # Two gunicorn workers start and sweep together: each text is claimed by one of them.
+    apps = [slow_ada(), slow_ada()]
+    texts = leftovers(apps[0], 2 * LATE_ANSWERS)
+    answer_once(fake_openai, LATE_ANSWERS)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda app: sweep(app.extensions["phischer"].sms), apps))
+    assert LATE_ANSWERS <= fake_openai.most_chats <= 2 * LATE_ANSWERS
+    assert sum(r.answered for r in results) == len(texts)
+    assert len(fake_openai.chat_calls) == len(texts)
+    assert_each_answered_once(apps[0], fake_twilio, texts)
