@@ -8,7 +8,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,6 +29,9 @@ from phischer.signature_hints import rejection_hint, without_userinfo
 log = logging.getLogger(__name__)
 
 UNSIGNED_LOG_EVERY_S = 60.0
+# A refused signature is explained (rejection_hint) at most this often: anyone can post
+# forgeries to a public /sms, and each explanation costs a few dozen HMACs and a file read.
+EXPLAIN_EVERY_S = 60.0
 
 RECHECK_S = 1.0
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -157,6 +160,22 @@ def signed_url(request: Request, public_url: str | None) -> str:
     return f"{env['wsgi.url_scheme']}://{host}{request.root_path}{tail}"
 
 
+class Every:
+    """Whether something done at most once per `seconds` (a log line) is due now."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0  # time.monotonic() before which it is not due
+
+    def due(self) -> bool:
+        """True at most once per `seconds` (two threads at the same moment may both get it)."""
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
+
+
 class SignatureChecker:
     """Validates X-Twilio-Signature with twilio's RequestValidator."""
 
@@ -165,7 +184,8 @@ class SignatureChecker:
         self.enabled = settings.twilio_validate_signature
         self.validator = RequestValidator(settings.auth_token())
         self.public_url = PublicUrl(settings)
-        self._unsigned_quiet_until = 0.0  # time.monotonic() until which _unsigned logs at debug
+        self._unsigned_due = Every(UNSIGNED_LOG_EVERY_S)  # else _unsigned logs at debug
+        self._explain_due = Every(EXPLAIN_EVERY_S)  # else _refused logs at debug, unexplained
 
     def is_valid(self, request: Request, form: Mapping[str, Any]) -> bool:
         """True when the request carries a valid signature (or checking is switched off)."""
@@ -189,22 +209,27 @@ class SignatureChecker:
                 base, url = fresh, signed_url(request, fresh)
                 ok = self._matches(url, form, signature, algorithm)
         if not ok:
-            # A 403 is the commonest trouble: the line says why, worked out only here.
-            hint = rejection_hint(
-                request,
-                url,
-                url_tail(request),
-                base,
-                self.settings,
-                lambda other: self._fits(other, form, signature, algorithm),
-            )
-            # Our own endpoint, minus any user:password a PUBLIC_URL might carry.
-            log.warning(
-                "Rejected a request with a bad Twilio signature for %s: %s",
-                without_userinfo(url),
-                hint,
+            self._refused(
+                request, url, base, lambda other: self._fits(other, form, signature, algorithm)
             )
         return ok
+
+    def _refused(
+        self, request: Request, url: str, base: str | None, fits: Callable[[str], bool]
+    ) -> None:
+        """Log a refused signature checked for `url`, with why once a minute."""
+        # Our own endpoint, minus any user:password a PUBLIC_URL might carry.
+        shown = without_userinfo(url)
+        if not self._explain_due.due():
+            # A flood of forged posts must not make each 403 cost the explanation.
+            log.debug(
+                "Rejected a request with a bad Twilio signature for %s (explained once a minute)",
+                shown,
+            )
+            return
+        # A 403 is the commonest trouble: the line says why, worked out only here.
+        hint = rejection_hint(request, url, url_tail(request), base, self.settings, fits)
+        log.warning("Rejected a request with a bad Twilio signature for %s: %s", shown, hint)
 
     def signature(self, url: str, form: Mapping[str, Any], algorithm: str) -> str:
         """The signature Twilio sends for a post of `form` to `url` (ValueError: no such algorithm)."""
@@ -220,12 +245,9 @@ class SignatureChecker:
 
     def _unsigned(self, signature: str | None) -> None:
         """Log a post with no usable signature: once a minute, as anyone can send them."""
-        now = time.monotonic()
         # Without a line a user whose proxy drops the header saw 403s and a silent log;
         # with one per request, a scanner posting to a public /sms would fill it.
-        level = logging.WARNING if now >= self._unsigned_quiet_until else logging.DEBUG
-        if level == logging.WARNING:
-            self._unsigned_quiet_until = now + UNSIGNED_LOG_EVERY_S
+        level = logging.WARNING if self._unsigned_due.due() else logging.DEBUG
         what = "no X-Twilio-Signature header" if not signature else "a signature that is not base64"
         log.log(
             level,

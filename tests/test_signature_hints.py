@@ -128,3 +128,34 @@ def test_a_signature_no_url_fits_suspects_the_token(make_app, personas, caplog):
         "that owns the number)"
     )
     assert other not in line
+
+
+def test_a_flood_of_forged_posts_is_explained_once_a_minute(make_app, personas, caplog):
+    # Anyone can post to a public /sms: working out why each was refused (a few dozen HMACs
+    # and a file read) made every forged post expensive. The first is explained, for the user
+    # whose PUBLIC_URL is wrong; the rest of the minute's are refused without it.
+    app = make_app(public_url="https://clone.example.com")
+    write_tunnel_url(app, "https://abc.ngrok-free.app")
+    other = "0123456789abcdef0123456789abcdef"
+    client = app.test_client()
+    caplog.set_level(logging.DEBUG, logger="phischer.security")
+    statuses = []
+    for i in range(20):
+        params = sms_params(f"forged {i}", "+15551234567")
+        signature = sign(other, "https://clone.example.com/sms", params)
+        r = client.post("/sms", data=params, headers={"X-Twilio-Signature": signature})
+        statuses.append(r.status_code)
+    assert statuses == [403] * 20
+    with app.extensions["phischer"].db.read() as session:
+        assert list(session.scalars(sa.select(Message))) == []
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "phischer.security"]
+    assert [level for level, _ in lines] == ["WARNING"] + ["DEBUG"] * 19
+    assert lines[0][1].startswith(PREFIX + "https://clone.example.com/sms: it was checked for ")
+    assert lines[0][1].endswith(
+        "TWILIO_AUTH_TOKEN may be another account's, or a rotated or "
+        "secondary token (use the primary Auth Token of the account "
+        "that owns the number)"
+    )
+    assert {text for _, text in lines[1:]} == {
+        PREFIX + "https://clone.example.com/sms (explained once a minute)"
+    }
