@@ -26,11 +26,11 @@ from phischer.daemon_pool import DaemonPool
 from phischer.db import Database, error_reason, storage_fault
 from phischer.delivery import record_refusal, record_status
 from phischer.in_flight import InFlight
+from phischer.lookups import CLOCK_MARGIN, Lookups, match
 from phischer.models import utcnow
 from phischer.per_process import PerProcess
 from phischer.personas import PersonaDirectory
 from phischer.recovery import (
-    CLOCK_MARGIN,
     OPTED_OUT,
     SEND_OPTED_OUT,
     SEND_SUPERSEDED,
@@ -38,7 +38,7 @@ from phischer.recovery import (
     retry_send,
 )
 from phischer.redact import mask_number
-from phischer.replies import RestSender, SendError, sendable
+from phischer.replies import RestSender, SendError, same_words, sendable
 from phischer.store import ContactRow, Store, stamp
 from phischer.thread import SPOKEN, build_thread, rows_needed
 
@@ -748,24 +748,34 @@ class SmsService:
         return "sent"
 
     def taken_already(
-        self, phone: str, out_id: int, text: str, created_at: dt.datetime | None, sender: str | None
+        self,
+        phone: str,
+        out_id: int,
+        text: str,
+        created_at: dt.datetime,
+        sender: str | None,
+        lookups: Lookups | None = None,
     ) -> bool:
         """Whether Twilio already has reply `out_id`; if so it is recorded sent, with its sid.
 
         A process that died after Twilio took a send, before it recorded that, left the reply
-        "queued" (or "send_retry", when Twilio took a send it did not answer). Raises
-        SendError when Twilio cannot tell.
+        "queued" (or "send_retry", when Twilio took a send it did not answer). `lookups`: the
+        sweep's listings, shared by its replies. Raises SendError when Twilio cannot tell.
         """
-        since = (created_at or utcnow()) - CLOCK_MARGIN
-        taken = self.sender.sent_since(phone, text, since, sender)
-        if not taken:
+        listed = (lookups or Lookups(self.sender)).sent(phone, sender, created_at)
+        listed = [t for t in listed if same_words(text, t.body)]
+        if not listed:
             return False
         with self.store.write() as cur:
-            # The oldest that no other row has: an earlier reply with the same words is that
-            # row's message (so is one another reply left unrecorded was matched with first,
-            # or whose callback or send recorded it meanwhile).
-            found = next((t for t in taken if self.store.adopt_sid(cur, out_id, t.sid)), None)
-            if found is None:
+            # Not simply the oldest message with its words: one an earlier reply with the same
+            # words never recorded, or a newer one's (Twilio took only that), would be taken
+            # for this one, and the reply it is would be texted again.
+            rivals = self.store.unsent_alike(cur, out_id, created_at - CLOCK_MARGIN)
+            recorded = self.store.recorded_sids(cur, [t.sid for t in listed])
+            found = match(out_id, listed, rivals, recorded)
+            # The sid can still be another row's: a callback or a send of another process
+            # recorded it since (PostgreSQL: not committed when `recorded` was read).
+            if found is None or not self.store.adopt_sid(cur, out_id, found.sid):
                 return False
             self.store.mark_sent(cur, out_id, utcnow())
         log.info("Reply %d: Twilio already had it (%s); not sent again", out_id, found.sid)

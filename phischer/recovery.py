@@ -8,8 +8,9 @@ UPDATE, so two processes never answer the same text (each text is claimed when i
 answer starts; LATE_ANSWERS of them are answered at once). A reply whose REST send failed
 because Twilio was unreachable or busy is left "send_retry", and is sent again the same way.
 Before a reply is sent again Twilio is asked whether it already has it (same number, sender
-and words, created since the reply was stored, not a message another row has): a process can
-die after Twilio took a send and before it recorded that. Then it is only recorded as sent.
+and words, created since the reply was stored, not a message another row has or that is
+another unsent reply's: see lookups): a process can die after Twilio took a send and before
+it recorded that. Then it is only recorded as sent.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from phischer.config import DEFAULT_RECOVER_AFTER_S, GIVE_UP_AFTER_S
 from phischer.daemon_pool import DaemonPool
 from phischer.db import error_reason, storage_fault
+from phischer.lookups import Lookups
 from phischer.models import utcnow
 from phischer.replies import SendError
 
@@ -42,9 +44,6 @@ SWEEP_EVERY_S = 60.0
 # Texts a sweep answers at once: one by one, N texts left by a kill -9 took N model calls'
 # time. A few, not all: each is a model call, which the webhook's new texts also wait for.
 LATE_ANSWERS = 4
-# How much earlier than a reply's stored time Twilio may date its message: Twilio dates to
-# the second, and this host's clock may be a little off Twilio's.
-CLOCK_MARGIN = dt.timedelta(minutes=2)
 
 NO_REST = (
     "interrupted before the reply; set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and "
@@ -95,6 +94,10 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
     result = SweepResult()
     with store.read() as cur:
         rows = store.pending(cur, idle_since, after_id)
+    lookups = Lookups(service.sender)  # each number's messages listed once for its replies
+    for row in rows:
+        if row.direction == "out":
+            lookups.need(row.phone, row.our_address, row.created_at)
     clock = _clock(now)
     # Texts are answered LATE_ANSWERS at a time, on daemon threads (a stopping server does
     # not wait for a model call); the replies Twilio could not take are sent from here, one
@@ -106,7 +109,7 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
             if row.direction == "in":
                 late.append(pool.submit(_take_text, service, row, idle_since, clock))
                 continue
-            outcome = _take_reply(service, row, idle_since, clock())
+            outcome = _take_reply(service, row, idle_since, clock(), lookups)
             if outcome == "sent":
                 result.resent += 1
             elif outcome == "already_sent":
@@ -160,7 +163,11 @@ def _take_text(
 
 
 def _take_reply(
-    service: SmsService, row: PendingRow, idle_since: dt.datetime, now: dt.datetime
+    service: SmsService,
+    row: PendingRow,
+    idle_since: dt.datetime,
+    now: dt.datetime,
+    lookups: Lookups,
 ) -> str:
     """Claim a left reply and send it (`_settle_reply`); "" if another process had it."""
     store = service.store
@@ -172,10 +179,10 @@ def _take_reply(
             # died before it recorded the send. Sending it again would text it twice.
             store.update_message(cur, row.id, now, status="sent")
             return "already_sent"
-    return _settle_reply(service, row, now)
+    return _settle_reply(service, row, now, lookups)
 
 
-def _settle_reply(service: SmsService, row: PendingRow, now: dt.datetime) -> str:
+def _settle_reply(service: SmsService, row: PendingRow, now: dt.datetime, lookups: Lookups) -> str:
     """Send a claimed reply row, or record why not; the status recorded ("already_sent" too)."""
     store = service.store
     checked: SendError | None = None
@@ -187,7 +194,9 @@ def _settle_reply(service: SmsService, row: PendingRow, now: dt.datetime) -> str
     # model sees what the texter read. (The look-up reads at most LOOKUP_MAX messages.)
     if service.settings.can_send_sms:
         try:
-            if service.taken_already(row.phone, row.id, row.body, row.created_at, row.our_address):
+            if service.taken_already(
+                row.phone, row.id, row.body, row.created_at, row.our_address, lookups
+            ):
                 return "already_sent"
         except SendError as exc:
             checked = exc

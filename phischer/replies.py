@@ -218,10 +218,8 @@ class RestSender:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def sent_since(
-        self, to: str, body: str, since: dt.datetime, from_: str | None = None
-    ) -> list[Taken]:
-        """REST messages with `body` Twilio took for `to` from `from_` since `since`, oldest first.
+    def sent_since(self, to: str, since: dt.datetime, from_: str | None = None) -> list[Taken]:
+        """REST messages Twilio took for `to` from `from_` since `since`, oldest first.
 
         `since` is naive UTC. Raises SendError (transient: Twilio was unreachable or busy) when
         Twilio cannot tell.
@@ -235,22 +233,28 @@ class RestSender:
             listed = idempotent(client, lambda: _listed_since(client, to, from_, since))
         except Exception as exc:  # TwilioException, requests' errors, config errors
             raise _lookup_failed(exc) from None
-        wanted = _comparable(body)
         return [
-            Taken(m.sid, m.status or "", m.error_code)
+            Taken(m.sid, m.status or "", m.error_code, m.body or "", _naive(m.date_created))
             for m in reversed(listed)  # Twilio lists newest first
             # "outbound-api": sent by REST, as replies the sweep sends are (a TwiML reply,
             # "outbound-reply", with the same words is another message).
-            if m.direction == "outbound-api" and _comparable(m.body or "") == wanted
+            if m.direction == "outbound-api"
         ]
 
 
 class Taken(NamedTuple):
-    """A message Twilio has: its sid, its status, and its error code if it failed."""
+    """A message Twilio has: its sid, status, error code if it failed, words and creation time."""
 
     sid: str
     status: str
     error_code: int | None
+    body: str
+    created: dt.datetime  # naive UTC, as our rows' times
+
+
+def _naive(when: dt.datetime) -> dt.datetime:
+    """An aware time as naive UTC."""
+    return when.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 # The most messages to a number one look-up reads: the newest come first, so it stops long
@@ -301,6 +305,11 @@ def _lookup_failed(exc: Exception) -> SendError:
 _SMART = str.maketrans(
     {"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u2013": "-", "\u2014": "-"}
 )
+
+
+def same_words(ours: str, listed: str) -> bool:
+    """Whether Twilio's `listed` body is our `ours` as sent (NFKC, GSM look-alikes, spacing)."""
+    return _comparable(ours) == _comparable(listed)
 
 
 def _comparable(text: str) -> str:

@@ -515,6 +515,38 @@ class Store:
         cur.execute("RELEASE SAVEPOINT adopt_sid")
         return adopted
 
+    def unsent_alike(
+        self, cur: Any, message_id: int, since: dt.datetime
+    ) -> list[tuple[int, dt.datetime]]:
+        """(id, created_at) of the replies since `since` a message with `message_id`'s words may be.
+
+        Those with its words, number and sender that wait for a send with no sid recorded
+        (itself included): Twilio's message with those words may be any one of them.
+        """
+        # Through ix_messages_contact_created: the number's messages since `since`.
+        cur.execute(
+            self.sql(
+                "SELECT o.id, o.created_at FROM messages m JOIN messages o ON "
+                "o.contact_id = m.contact_id AND o.body = m.body AND (o.our_address = "
+                "m.our_address OR (o.our_address IS NULL AND m.our_address IS NULL)) "
+                "WHERE m.id = ? AND o.created_at >= ? AND o.direction = 'out' "
+                f"AND o.message_sid IS NULL AND o.status IN {PENDING}"
+            ),
+            (message_id, self.ts(since)),
+        )
+        return [(i, self.parse_ts(at)) for i, at in cur.fetchall()]  # type: ignore[misc]
+
+    def recorded_sids(self, cur: Any, sids: Sequence[str]) -> set[str]:
+        """Those of `sids` some message row has."""
+        if not sids:
+            return set()
+        marks = ", ".join("?" * len(sids))
+        cur.execute(
+            self.sql(f"SELECT message_sid FROM messages WHERE message_sid IN ({marks})"),
+            tuple(sids),
+        )
+        return {sid for (sid,) in cur.fetchall()}
+
     def mark_sent(self, cur: Any, message_id: int, now: dt.datetime) -> None:
         """Record that Twilio took a REST reply, keeping a failure its callback already told."""
         # The status callback can beat this update (Twilio answers the send, then the phone

@@ -897,3 +897,11 @@ def test_a_sweep_racing_a_callback_for_a_sid_sends_its_own_reply_on_postgres(
         fake_twilio.messages[1]["sid"],
     )
     engine.dispose()
+
+
+def test_a_newer_reply_with_the_same_words_is_credited_to_itself_on_postgres(
+    make_pg_app, fake_twilio, twilio_rest
+):
+    from tests.test_resend import assert_newer_hello_credited_to_itself
+
+    assert_newer_hello_credited_to_itself(make_pg_app(**twilio_rest), fake_twilio)

@@ -13,7 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 from phischer.models import Message, utcnow
-from phischer.recovery import GIVE_UP_AFTER, RECOVER_AFTER, SEND_INTERRUPTED, sweep
+from phischer.recovery import (
+    GIVE_UP_AFTER,
+    RECOVER_AFTER,
+    SEND_INTERRUPTED,
+    SEND_SUPERSEDED,
+    sweep,
+)
 from tests.conftest import post_signed, set_model, sms_params
 from tests.fake_twilio import AUTH_TOKEN
 from tests.test_recovery import backdate, queued_reply, stored, stored_in
@@ -333,10 +339,10 @@ def test_a_send_answered_after_a_sweep_took_its_message_for_another_reply_is_sen
 ):
     # Two "hello" replies to one number: the first never reached Twilio and waits for the
     # sweep; the second is being sent. The sweep's look-up, while Twilio's answer to the
-    # second is on its way, finds the second's message and takes it for the first's (it
-    # cannot tell them apart). The second's sid then failed the unique index: its send
-    # raised, it stayed "queued", and a later sweep, finding that message taken, texted it
-    # again.
+    # second is on its way, finds the second's message. Once it took that for the first's
+    # (and the second's sid then failed the unique index: its send raised, it stayed
+    # "queued", and a later sweep, finding that message taken, texted it again); now the
+    # message is the second's, the reply stored closest before it.
     app = make_app(**twilio_rest)
     service = app.extensions["phischer"].sms
     service.shutdown()  # no background sweep: the one below runs mid-send
@@ -347,9 +353,9 @@ def test_a_send_answered_after_a_sweep_took_its_message_for_another_reply_is_sen
     assert service.send_stored("+15550100", second, "hello") == "sent"
     (taken,) = fake_twilio.messages
     by_id = {m.id: m for m in stored(app)}
-    assert (by_id[first].status, by_id[first].message_sid) == ("sent", taken["sid"])
-    assert (by_id[second].status, by_id[second].message_sid) == ("sent", None)
-    assert "is recorded on another reply" in caplog.text
+    assert (by_id[first].status, by_id[first].error) == ("send_failed", SEND_SUPERSEDED)
+    assert (by_id[second].status, by_id[second].message_sid) == ("sent", taken["sid"])
+    assert "is recorded on another reply" not in caplog.text
     later = sweep(service, now=utcnow() + RECOVER_AFTER)
     assert (later.resent, later.already_sent) == (0, 0)
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
@@ -381,3 +387,53 @@ def test_a_server_answered_5xx_after_twilio_took_the_reply_texts_it_once(
     (taken,) = fake_twilio.messages
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
     assert stored_in(database)[1].message_sid == taken["sid"]
+
+
+def test_a_newer_reply_with_the_same_words_is_not_credited_to_an_older_one(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    assert_newer_hello_credited_to_itself(make_app(**twilio_rest), fake_twilio)
+
+
+def assert_newer_hello_credited_to_itself(app, fake_twilio) -> None:
+    """Of two unrecorded "hello" replies Twilio took only the newer: a sweep credits that one."""
+    # The older one's look-up took that message for its own: it was then "sent", and the
+    # newer one, finding its message taken, was texted a second time.
+    service = app.extensions["phischer"].sms
+    service.shutdown()  # no background sweep
+    older, _ = queued_reply(app, "SMolder")
+    backdate(app, older, dt.timedelta(minutes=10))
+    newer, _ = queued_reply(app, "SMnewer")
+    taken = taken_unrecorded(app, fake_twilio, newer, dt.timedelta(minutes=5))
+    backdate(app, newer, dt.timedelta(minutes=5))
+    result = sweep(service)
+    assert (result.already_sent, result.resent, result.failed) == (1, 0, 1)
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1  # texted once
+    by_id = {m.id: m for m in stored(app)}
+    assert (by_id[older].status, by_id[older].error) == ("send_failed", SEND_SUPERSEDED)
+    assert (by_id[newer].status, by_id[newer].message_sid) == ("sent", taken["sid"])
+
+
+def test_a_sweep_lists_a_numbers_messages_once_for_all_its_replies(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    # After a long outage many replies to one busy number are stale: each looked up on its
+    # own read the same pages again (up to ten requests a reply).
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    service.shutdown()
+    now = format_datetime(dt.datetime.now(dt.UTC), usegmt=True)
+    for n in range(120):  # inline (TwiML) replies since: listed too, but not REST replies
+        fake_twilio.messages.append(
+            {"sid": f"SM{n:032x}", "to": "+15550100", "from": "+15550199", "body": "hi",
+             "status": "delivered", "direction": "outbound-reply", "date_created": now,
+             "date_sent": now, "error_code": None}
+        )  # fmt: skip
+    replies = []
+    for n in range(4):
+        out_id, _ = queued_reply(app, f"SMbusy{n}")
+        backdate(app, out_id, dt.timedelta(minutes=20 - n))
+        replies.append(out_id)
+    result = sweep(service)
+    assert (result.resent, result.failed) == (1, 3)  # the older three were superseded
+    assert len(fake_twilio.calls("GET", "/Messages.json")) == 3  # one listing: three pages
