@@ -784,12 +784,17 @@ class SmsService:
         record_status(self.store, out_id, {"MessageStatus": found.status, "ErrorCode": code})
         return True
 
-    def record_unsent(self, out_id: int, created_at: dt.datetime | None, exc: SendError) -> str:
-        """Record that reply `out_id`'s send failed (`exc` says why); return the status recorded."""
+    def record_unsent(
+        self, out_id: int, created_at: dt.datetime | None, exc: SendError, wait: bool = False
+    ) -> str:
+        """Record that reply `out_id`'s send failed (`exc` says why); return the status recorded.
+
+        `wait`: a transient failure leaves it "send_retry" however old it is.
+        """
         now = utcnow()
         # One Twilio may have taken waits for the sweep to ask, however late: given up at
         # once, a reply the texter got would be "send_failed" and left out of the thread.
-        wait = exc.maybe_sent or retry_send(created_at or now, now, self.settings)
+        wait = wait or exc.maybe_sent or retry_send(created_at or now, now, self.settings)
         status = "send_retry" if exc.transient and wait else "send_failed"
         with self.store.write() as cur:
             if not self.store.update_message(

@@ -10,7 +10,8 @@ because Twilio was unreachable or busy is left "send_retry", and is sent again t
 Before a reply is sent again Twilio is asked whether it already has it (same number, sender
 and words, created since the reply was stored, not a message another row has or that is
 another unsent reply's: see lookups): a process can die after Twilio took a send and before
-it recorded that. Then it is only recorded as sent.
+it recorded that. Then it is only recorded as sent. A reply Twilio cannot be asked about
+waits for a later look-up, up to a day, however old it is: it is never sent unchecked.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from phischer.config import DEFAULT_RECOVER_AFTER_S, GIVE_UP_AFTER_S
@@ -59,6 +60,10 @@ SEND_INTERRUPTED = "interrupted before the REST send"
 SEND_SUPERSEDED = f"not sent; {MOVED_ON}"
 SEND_OPTED_OUT = "not sent; the number opted out"
 SEND_GAVE_UP = "not sent within an hour; last try: "
+# How long a reply Twilio could not be asked about waits for a look-up that works: one an
+# earlier try may have got to the texter is not "send_failed" on the look-up's word alone.
+LOOKUP_GIVE_UP_AFTER = dt.timedelta(days=1)
+LOOKUP_GAVE_UP = "not sent; unknown whether an earlier try reached Twilio (no look-up for a day): "
 
 
 def recover_after(settings: Settings) -> dt.timedelta:
@@ -84,6 +89,9 @@ class SweepResult:
     already_sent: int = 0  # replies Twilio had taken before a crash: recorded, not sent again
     failed: int = 0
     retrying: int = 0  # replies Twilio still could not take (tried again at a later sweep)
+    # (id, created_at) of the replies left for a later look-up: Twilio could not say whether
+    # it has them. Kept for up to a day, so the Sweeper reads back that far (after_id).
+    unchecked: list[tuple[int, dt.datetime]] = field(default_factory=list)
 
 
 def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0) -> SweepResult:
@@ -110,6 +118,8 @@ def sweep(service: SmsService, now: dt.datetime | None = None, after_id: int = 0
                 late.append(pool.submit(_take_text, service, row, idle_since, clock))
                 continue
             outcome = _take_reply(service, row, idle_since, clock(), lookups)
+            if outcome == UNCHECKED:
+                result.unchecked.append((row.id, row.created_at))
             if outcome == "sent":
                 result.resent += 1
             elif outcome == "already_sent":
@@ -182,8 +192,12 @@ def _take_reply(
     return _settle_reply(service, row, now, lookups)
 
 
+# _settle_reply's outcome for a reply left "send_retry" until Twilio can be asked about it.
+UNCHECKED = "unchecked"
+
+
 def _settle_reply(service: SmsService, row: PendingRow, now: dt.datetime, lookups: Lookups) -> str:
-    """Send a claimed reply row, or record why not; the status recorded ("already_sent" too)."""
+    """Send a claimed reply row, or record why not; the status recorded ("already_sent", UNCHECKED)."""
     store = service.store
     checked: SendError | None = None
     # Twilio is asked first whether it has the reply: the process that sent it may have died
@@ -200,13 +214,23 @@ def _settle_reply(service: SmsService, row: PendingRow, now: dt.datetime, lookup
                 return "already_sent"
         except SendError as exc:
             checked = exc
+    if checked is not None and checked.transient:
+        # Twilio could not say (unreachable, busy). Not sent unchecked: that could text it
+        # twice. Nor "send_failed", however old, or although the texter moved on: an earlier
+        # try (a 5xx, a crash mid-send) may have reached them, and they would read what the
+        # model is told was never said. It waits for a look-up, up to LOOKUP_GIVE_UP_AFTER.
+        if now - row.created_at <= LOOKUP_GIVE_UP_AFTER:
+            status = service.record_unsent(row.id, row.created_at, checked, wait=True)
+            return UNCHECKED if status == "send_retry" else status
+        gave_up = SendError(LOOKUP_GAVE_UP + str(checked))  # not transient: final
+        return service.record_unsent(row.id, row.created_at, gave_up)
     with store.write() as cur:
         failure = _why_not(service, cur, row, now)
         if failure:
             store.update_message(cur, row.id, now, status="send_failed", error=failure)
             return "send_failed"
     if checked is not None:
-        # Sending without knowing could text it twice: it waits for a sweep Twilio answers.
+        # Twilio refused to say (401, 403: wrong credentials): final, as a refused send is.
         return service.record_unsent(row.id, row.created_at, checked)
     return service.send_stored(row.phone, row.id, row.body, row.created_at, row.our_address)
 
@@ -273,6 +297,7 @@ class Sweeper:
         self.service = service
         self.every_s = every_s
         self.marks: list[tuple[dt.datetime, int]] = []  # (sweep time, last id then)
+        self.unchecked: dict[int, dt.datetime] = {}  # replies left for a look-up: created_at
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="phischer-recovery", daemon=True)
         self.database_down = False  # the last sweep met a database that could not be used
@@ -295,19 +320,25 @@ class Sweeper:
             last_id = store.last_message_id(cur)
         result = sweep(self.service, now, after_id=self.after_id(now))
         self.marks.append((now, last_id))
+        self.unchecked.update(result.unchecked)
         return result
 
     def after_id(self, now: dt.datetime) -> int:
         """The id below which every message was already swept while stale (0: sweep all)."""
         # The margin covers a reply whose last REST retry (see retry_send) failed just
         # before GIVE_UP_AFTER: it turns idle RECOVER_AFTER_S later, and a sweep must see it.
-        horizon = now - GIVE_UP_AFTER - 3 * recover_after(self.service.settings)
+        margin = 3 * recover_after(self.service.settings)
+        horizon = now - GIVE_UP_AFTER - margin
         old = [i for t, i in self.marks if t <= horizon]
-        if old:
-            # Only the newest old mark matters from now on.
-            self.marks = [(t, i) for t, i in self.marks if t > horizon or i == old[-1]]
-            return old[-1]
-        return 0
+        if not old:
+            return 0
+        # Only the newest old mark matters from now on.
+        self.marks = [(t, i) for t, i in self.marks if t > horizon or i == old[-1]]
+        # A reply left for a look-up stays pending for up to a day: read back to the oldest
+        # until then (one another process settled meanwhile too: such a sweep reads more).
+        kept = now - LOOKUP_GIVE_UP_AFTER - margin
+        self.unchecked = {i: at for i, at in self.unchecked.items() if at > kept}
+        return min([old[-1], *(i - 1 for i in self.unchecked)])
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -15,11 +15,14 @@ import sqlalchemy as sa
 from phischer.models import Message, utcnow
 from phischer.recovery import (
     GIVE_UP_AFTER,
+    LOOKUP_GAVE_UP,
+    LOOKUP_GIVE_UP_AFTER,
     RECOVER_AFTER,
     SEND_INTERRUPTED,
     SEND_SUPERSEDED,
     sweep,
 )
+from phischer.replies import MAYBE_SENT
 from tests.conftest import post_signed, set_model, sms_params
 from tests.fake_twilio import AUTH_TOKEN
 from tests.test_recovery import backdate, queued_reply, stored, stored_in
@@ -173,16 +176,19 @@ def test_a_lookup_twilio_cannot_answer_leaves_the_reply_for_the_next_sweep(
     assert {m.id: m for m in stored(app)}[out_id].status == "sent"
 
 
-def test_a_lookup_failing_near_the_hour_gives_the_reply_up(
+def test_a_lookup_failing_near_the_hour_keeps_the_reply_for_a_later_one(
     make_app, personas, fake_twilio, twilio_rest
 ):
+    # Too late for another send by the next sweep, but not given up unchecked: it was left
+    # "queued", and the process may have died after Twilio took it.
     app = make_app(**twilio_rest)
     out_id, _ = queued_reply(app, "SMlate")
     backdate(app, out_id, GIVE_UP_AFTER - dt.timedelta(minutes=1))
     fake_twilio.fail_next("GET", "/Messages.json", 503, 20503, "Unavailable", retry_after=60)
-    assert sweep(app.extensions["phischer"].sms).failed == 1
+    result = sweep(app.extensions["phischer"].sms)
+    assert (result.failed, result.retrying, result.unchecked[0][0]) == (0, 1, out_id)
     reply = {m.id: m for m in stored(app)}[out_id]
-    assert reply.status == "send_failed" and reply.error.startswith(LOOKUP_FAILED + "20503")
+    assert reply.status == "send_retry" and reply.error.startswith(LOOKUP_FAILED + "20503")
     assert fake_twilio.calls("POST", "/Messages.json") == []
 
 
@@ -387,6 +393,68 @@ def test_a_server_answered_5xx_after_twilio_took_the_reply_texts_it_once(
     (taken,) = fake_twilio.messages
     assert len(fake_twilio.calls("POST", "/Messages.json")) == 1
     assert stored_in(database)[1].message_sid == taken["sid"]
+
+
+def test_a_lookup_failing_past_the_hour_keeps_a_reply_twilio_may_have_for_a_later_one(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    # Twilio took the sweep's last try minutes before the hour and answered 504; the next
+    # sweep's look-up, past the hour, fails too. Recorded "send_failed" then, the reply the
+    # texter got dropped out of the thread for good: it waits for a look-up that works.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    service.shutdown()  # no background sweep
+    out_id, _ = queued_reply(app, "SMwait")
+    fake_twilio.fail_next("POST", "/Messages.json", 504, 20504, "Gateway timeout", applied=True)
+    late = utcnow() - GIVE_UP_AFTER + RECOVER_AFTER / 2
+    assert service.send_stored("+15550100", out_id, "hello", created_at=late) == "send_retry"
+    backdate(app, out_id, GIVE_UP_AFTER + dt.timedelta(minutes=1))
+    fake_twilio.fail_next("GET", "/Messages.json", 503, 20503, "Unavailable", retry_after=60)
+    assert sweep(service).retrying == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.message_sid) == ("send_retry", None)
+    assert reply.error.startswith(LOOKUP_FAILED + "20503")
+    assert sweep(service, now=utcnow() + RECOVER_AFTER).already_sent == 1
+    assert len(fake_twilio.calls("POST", "/Messages.json")) == 1  # never sent again
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.message_sid) == ("sent", fake_twilio.messages[0]["sid"])
+
+
+def test_a_reply_twilio_cannot_be_asked_about_for_a_day_is_given_up_as_unknown(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    app = make_app(**twilio_rest)
+    out_id, _ = queued_reply(app, "SMday", error="Twilio error 20500: oops; " + MAYBE_SENT)
+    backdate(app, out_id, LOOKUP_GIVE_UP_AFTER + dt.timedelta(minutes=1))
+    fake_twilio.fail_next("GET", "/Messages.json", 503, 20503, "Unavailable", retry_after=60)
+    assert sweep(app.extensions["phischer"].sms).failed == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert reply.status == "send_failed"
+    assert reply.error.startswith(LOOKUP_GAVE_UP + LOOKUP_FAILED + "20503")
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+
+
+def test_a_long_running_sweeper_looks_up_a_kept_reply_again_after_the_hour(
+    make_app, personas, fake_twilio, twilio_rest
+):
+    # Later sweeps read only the last hour or so of rows (Sweeper.after_id); a reply kept
+    # for a look-up is older than that, and must not be left "send_retry" for good.
+    from phischer.recovery import Sweeper
+
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    service.shutdown()
+    sweeper = Sweeper(service)  # driven by hand
+    out_id, _ = queued_reply(app, "SMkept")
+    taken_unrecorded(app, fake_twilio, out_id, GIVE_UP_AFTER - dt.timedelta(minutes=5))
+    backdate(app, out_id, GIVE_UP_AFTER - dt.timedelta(minutes=5))
+    t0 = utcnow()
+    fake_twilio.fail_next("GET", "/Messages.json", 503, 20503, "Unavailable", retry_after=60)
+    assert sweeper.run_once(t0).retrying == 1
+    assert sweeper.run_once(t0 + RECOVER_AFTER).retrying == 0  # too soon: the failure is fresh
+    assert sweeper.run_once(t0 + GIVE_UP_AFTER + 4 * RECOVER_AFTER).already_sent == 1
+    reply = {m.id: m for m in stored(app)}[out_id]
+    assert (reply.status, reply.message_sid) == ("sent", fake_twilio.messages[0]["sid"])
 
 
 def test_a_newer_reply_with_the_same_words_is_not_credited_to_an_older_one(
