@@ -305,6 +305,21 @@ _BOOL_VARS = {
 }
 
 
+# The API base URLs and an example of each: the SDKs append their paths to them, so one
+# without a scheme or host ("127.0.0.1:11434/v1") failed every model call (or REST send)
+# with a connection error that blamed the network, not the setting.
+_API_URL_VARS = {
+    "OPENAI_BASE_URL": "https://api.openai.com/v1 or http://127.0.0.1:11434/v1",
+    "TWILIO_API_BASE_URL": "http://127.0.0.1:8080",
+}
+
+
+def _check_api_url(var: str, url: str | None, example: str) -> None:
+    """Refuse an API base URL the SDK could not call (no http(s) scheme or no host)."""
+    if url is not None and not is_http_url(url):
+        raise ConfigError(f"{var}={url!r} must be an http(s) URL, e.g. {example}")
+
+
 class NumberRange(NamedTuple):
     """The values a numeric setting takes: from `low` to `high` (None: no limit)."""
 
@@ -427,6 +442,8 @@ class Settings:
         if self.public_url:
             # Signatures are checked against it: a malformed one would 403 every text.
             object.__setattr__(self, "public_url", public_base_url(self.public_url))
+        for var, example in _API_URL_VARS.items():
+            _check_api_url(var, getattr(self, _TEXT_VARS[var]), example)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

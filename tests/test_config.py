@@ -158,6 +158,15 @@ def test_parsing():
         ({"PUBLIC_URL": "https://x.example.com:0"}, "has an impossible port"),
         ({"PUBLIC_URL": "https://x.example.com:https/clone"}, "has an impossible port"),
         ({"TWILIO_PHONE_NUMBER": "abc"}, "TWILIO_PHONE_NUMBER='abc' is not a Twilio number"),
+        # The SDKs append their paths to these: without a scheme every model call (or REST
+        # send) failed with a connection error blaming the network.
+        (
+            {"OPENAI_BASE_URL": "127.0.0.1:11434/v1"},
+            "OPENAI_BASE_URL='127.0.0.1:11434/v1' must be an http(s) URL, e.g. "
+            "https://api.openai.com/v1 or http://127.0.0.1:11434/v1",
+        ),
+        ({"OPENAI_BASE_URL": "ftp://models.example.com/v1"}, "must be an http(s) URL"),
+        ({"TWILIO_API_BASE_URL": "twilio"}, "TWILIO_API_BASE_URL='twilio' must be an http(s) URL"),
     ],
 )
 def test_invalid_values_say_what_to_fix(env, message):
@@ -310,6 +319,29 @@ def test_a_bad_log_level_is_one_line(tmp_path, monkeypatch, raw):
     assert result.output == (
         f"Error: LOG_LEVEL={raw!r} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL\n"
     )
+
+
+def test_a_bad_openai_base_url_stops_every_command_in_one_line(monkeypatch):
+    """Not a fallback on every text, nor a finetune upload retried against `notaurl/`."""
+    from click.testing import CliRunner
+
+    from phischer.cli import cli
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "localhost:8000/v1")
+    for command in (["persona", "list"], ["finetune", "list"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1, result.output
+        assert result.output == (
+            "Error: OPENAI_BASE_URL='localhost:8000/v1' must be an http(s) URL, e.g. "
+            "https://api.openai.com/v1 or http://127.0.0.1:11434/v1\n"
+        )
+
+
+def test_api_base_urls_of_any_http_server_are_taken():
+    s = Settings.from_env(
+        {"OPENAI_BASE_URL": "http://[::1]:8000/v1/", "TWILIO_API_BASE_URL": "https://h.test"}
+    )
+    assert (s.openai_base_url, s.twilio_api_base_url) == ("http://[::1]:8000/v1/", "https://h.test")
 
 
 @pytest.mark.parametrize(
