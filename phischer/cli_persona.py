@@ -47,9 +47,26 @@ def shown(field: str, value: object) -> str | None:
     return "yes" if value is True else str(value)
 
 
-def describe(p: Persona) -> str:
-    """A persona on a few lines, as `persona show` prints it."""
-    rows = ((label, shown(field, getattr(p, field))) for field, label in LABELS.items())
+def describe(p: Persona, default: Persona | None, preferred: str | None) -> str:
+    """A persona on a few lines, as `persona show` prints it.
+
+    `default` is the persona numbers that never chose get (DEFAULT_PERSONA `preferred`, else
+    the --default one, else the first), the one `persona list` stars.
+    """
+    fields = {f: label for f, label in LABELS.items() if f != "is_default"}
+    rows = [(label, shown(field, getattr(p, field))) for field, label in fields.items()]
+    # Which persona answers is what `default` tells a user, not the stored --default flag:
+    # under DEFAULT_PERSONA=dex, "default yes" on another persona said the opposite of list.
+    if default is not None and p.id == default.id:
+        rows.append((LABELS["is_default"], "yes"))
+    elif p.is_default and default is not None:
+        rows.append(
+            (
+                LABELS["is_default"],
+                f"no: DEFAULT_PERSONA={preferred} picks {default.name} instead (this "
+                "persona has --default)",
+            )
+        )
     return "\n".join(f"{pad(k, 12)} {v}" for k, v in rows if v is not None)
 
 
@@ -254,8 +271,11 @@ def answers_from(p: Persona) -> str:
 @pass_ctx
 def show(obj: Context, name: str) -> None:
     """Show one persona (by name or keyword)."""
+    preferred = obj.settings.default_persona
     with obj.db.read() as session, friendly_errors():
-        click.echo(describe(personas.get_persona(session, name)))
+        p = personas.get_persona(session, name)
+        default = personas.default_persona(session, preferred)
+    click.echo(describe(p, default, preferred))
 
 
 @persona_group.command("remove")

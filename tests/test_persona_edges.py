@@ -56,6 +56,30 @@ def test_removing_the_persona_default_persona_names_points_at_the_setting(person
     ])  # fmt: skip
 
 
+def default_line(name: str) -> str | None:
+    """The `default` line of `persona show NAME`, if it has one."""
+    shown = run("persona", "show", name).output.splitlines()
+    return next((line for line in shown if line.startswith("default ")), None)
+
+
+def test_show_names_the_default_persona_list_stars(personas, monkeypatch):
+    # Ada was added with --default: she is the default while DEFAULT_PERSONA is unset.
+    assert (default_line("ada"), default_line("bo")) == ("default      yes", None)
+    # DEFAULT_PERSONA wins over --default: `list` stars Bo, and `show` must not call Ada it.
+    monkeypatch.setenv("DEFAULT_PERSONA", "bo")
+    assert "* Bo" in run("persona", "list").output
+    assert default_line("bo") == "default      yes"
+    assert default_line("ada") == (
+        "default      no: DEFAULT_PERSONA=bo picks Bo instead (this persona has --default)"
+    )
+
+
+def test_show_calls_the_first_persona_the_default_when_none_has_the_flag(personas):
+    assert run("persona", "edit", "ada", "--no-default").exit_code == 0
+    assert "* Ada" in run("persona", "list").output  # the first one answers
+    assert (default_line("ada"), default_line("bo")) == ("default      yes", None)
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
