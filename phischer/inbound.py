@@ -54,7 +54,6 @@ NO_PERSONA_TEXT = "No clone is set up yet. Add one with `phischer persona add`."
 OPT_IN_TEXT = "You're back in. Text HELP for commands, STOP to opt out."
 RESET_TEXT = "Fresh start: I've forgotten this conversation."
 KEYWORD_SHOWN = 30  # characters of an unknown #keyword echoed in "No #…"
-QUICK_MS = 1000  # an inline reply made faster than this is not checked for a STOP since
 # Twilio gives up on a webhook 15 s after sending it, and some of that went on the way (a
 # tunnel, TLS): a TwiML reply must be out this long after the text reached the server.
 ANSWER_WITHIN_S = TWILIO_WEBHOOK_LIMIT_S - 2.0
@@ -613,7 +612,7 @@ class SmsService:
         via_rest: bool,
     ) -> Stored | None:
         """`_store`'s transaction: the text's outcome and the reply `out` (kind, text, model)."""
-        reply, error, latency = result
+        reply, _, latency = result
         kind, text, model = out
         now = stamp(utcnow(), decision.at)
         store = self.store
@@ -622,23 +621,24 @@ class SmsService:
             # stored meanwhile is seen. An inline reply answers the webhook call itself, so
             # it arrives in order and a newer text leaves it wanted; but not after STOP
             # (Twilio blocks that on SMS, not on WhatsApp) or "Fresh start", in a thread
-            # that would begin with it. One made within QUICK_MS leaves no time for another
-            # text from the phone: the hot path (a local backend) skips the queries.
-            checked = via_rest or latency >= QUICK_MS
-            unwanted = self._unwanted(cur, decision, newer=via_rest) if checked else None
+            # that would begin with it. However quick the model, Twilio may post the
+            # number's next text to another thread meanwhile: every reply is checked.
+            owned = False
+            if via_rest:
+                unwanted = self._unwanted(cur, decision)
+            else:
+                # The text's outcome is stored with the check in one statement (the hot
+                # path: a local backend answers every text so); only a refusal asks why.
+                assert decision.persona is not None
+                wanted_from = decision.persona.id  # also when a removal left persona_id None
+                owned = self._finish(cur, decision, now, result, wanted_from=wanted_from)
+                unwanted = None if owned else self._unwanted(cur, decision, newer=False)
             # A sweep's late answer is dropped with the text's own error; a webhook's slow
             # reply is stored, as not sent, with why (it is what the persona said).
             dropped = unwanted[0] if unwanted and decision.claimed_at is not None else None
             unsent = unwanted[1] if unwanted and dropped is None else None
-            owned = store.finish_inbound(
-                cur,
-                decision.inbound_id,
-                now,
-                decision.claimed_at,
-                status="failed" if dropped or not reply else "replied",
-                error=dropped or error,
-                latency_ms=latency,
-            )
+            if not owned:  # not stored yet: a REST reply, or an inline one no longer wanted
+                owned = self._finish(cur, decision, now, result, dropped=dropped)
             if not owned:
                 log.warning(
                     "Text %d was taken over by the recovery sweep; this late result is dropped",
@@ -667,6 +667,28 @@ class SmsService:
         if unsent:
             log.info("Reply %d not sent: %s", out_id, unsent)
         return Stored(text, out_id, kind, unsent or "")
+
+    def _finish(
+        self,
+        cur: Any,
+        decision: Decision,
+        now: dt.datetime,
+        result: Result,
+        dropped: str | None = None,
+        wanted_from: int | None = None,
+    ) -> bool:
+        """Store the text's outcome, if it is still this caller's (see Store.finish_inbound)."""
+        reply, error, latency = result
+        return self.store.finish_inbound(
+            cur,
+            decision.inbound_id,
+            now,
+            decision.claimed_at,
+            wanted_from,
+            status="failed" if dropped or not reply else "replied",
+            error=dropped or error,
+            latency_ms=latency,
+        )
 
     def _unwanted(self, cur: Any, decision: Decision, newer: bool = True) -> tuple[str, str] | None:
         """Why a reply to this text must not go out, as (text error, reply error), or None.

@@ -371,25 +371,35 @@ class Store:
         return cur.rowcount == 1
 
     def finish_inbound(
-        self, cur: Any, message_id: int, now: dt.datetime, claimed_at: Any, **values: Any
+        self,
+        cur: Any,
+        message_id: int,
+        now: dt.datetime,
+        claimed_at: Any,
+        wanted_from: int | None = None,
+        **values: Any,
     ) -> bool:
         """Record a text's outcome if it is still the caller's to answer (see `claim`).
 
         The process that stored the text owns it while its updated_at is NULL; a recovery
-        sweep that claimed it owns it with updated_at = the claim's time.
+        sweep that claimed it owns it with updated_at = the claim's time. With `wanted_from`
+        (a persona id), only if its number still wants that persona's reply too: it has not
+        opted out, nor sent #reset or STOP since the text, nor chosen another persona.
         """
         if claimed_at is None:
-            return self.update_message(
-                cur, message_id, now, "status = 'processing' AND updated_at IS NULL", **values
+            condition, params = "status = 'processing' AND updated_at IS NULL", ()
+        else:
+            condition, params = "status = 'processing' AND updated_at = ?", (self.ts(claimed_at),)
+        if wanted_from is not None:
+            # In the same statement: the webhook's inline replies need no query more for it.
+            # (No choice, a NULL persona_id, is no move: see SmsService.superseded.)
+            condition += (
+                " AND NOT EXISTS (SELECT 1 FROM contacts c WHERE c.id = messages.contact_id "
+                "AND (c.opted_out = ? OR c.thread_reset_at > messages.created_at "
+                "OR c.opted_out_at > messages.created_at OR c.persona_id <> ?))"
             )
-        return self.update_message(
-            cur,
-            message_id,
-            now,
-            "status = 'processing' AND updated_at = ?",
-            (self.ts(claimed_at),),
-            **values,
-        )
+            params += (True, wanted_from)
+        return self.update_message(cur, message_id, now, condition, params, **values)
 
     def history_pages(
         self,

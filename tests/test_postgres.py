@@ -483,6 +483,32 @@ def test_persona_switch_and_reset_are_seen_by_the_other_instance_at_once(
     assert user_turns() == ["after the reset", "echo: after the reset", "and now?"]
 
 
+@pytest.mark.parametrize("command", ["STOP", "#reset"])
+def test_a_quick_reply_is_not_sent_after_a_command_through_the_other_instance(
+    make_pg_app, fake_openai, twilio_post, command
+):
+    # The model answers at once, and while it does the number's next text reaches the other
+    # instance: the reply checks the contact as PostgreSQL has it (timestamps included).
+    from phischer.recovery import SEND_OPTED_OUT, SEND_SUPERSEDED
+    from tests.test_recovery import command_while_answering, stored
+
+    apps = instances(make_pg_app)
+    on_model(apps[0], fake_openai.base_url)
+    during = command_while_answering(
+        fake_openai, lambda body: twilio_post(body, target=apps[1]), command
+    )
+    assert twilio_post("hello", target=apps[0]).replies == []
+    assert during == (
+        [] if command == "STOP" else ["Fresh start: I've forgotten this conversation."]
+    )
+    (reply,) = [m for m in stored(apps[0]) if m.body == "echo: hello"]
+    error = SEND_OPTED_OUT if command == "STOP" else SEND_SUPERSEDED
+    assert (reply.status, reply.error) == ("send_failed", error)
+    assert twilio_post("#who" if command == "STOP" else "anyone?", target=apps[0]).replies == (
+        [] if command == "STOP" else ["echo: anyone?"]
+    )
+
+
 def test_status_callbacks_racing_on_two_instances_keep_the_latest_status(make_pg_app, twilio_post):
     # Twilio's callbacks for one reply come in any order and can reach two instances at
     # once: a late "sent" must never replace "undelivered" (nor erase why it failed).

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from phischer import no_reply
 from phischer.commands import parse
-from phischer.inbound import Inbound
+from phischer.inbound import RESET_TEXT, Inbound
 from phischer.models import Message, utcnow
 from phischer.recovery import (
     GIVE_UP_AFTER,
@@ -625,6 +625,83 @@ def test_an_inline_reply_made_across_a_reset_stays_out_of_the_new_thread(
     twilio_post("what do you do for work", target=app)
     thread = fake_openai.requests[-1].json()["messages"]
     assert [m["role"] for m in thread] == ["system", "user"]
+
+
+def command_while_answering(fake_openai, post, command: str) -> list[str]:
+    """Have the model send `command` (a text of its own, once) while it answers; the replies."""
+    answers: list[str] = []
+
+    def responder(body):
+        if not answers:  # the first text only: the command's own text may ask the model too
+            answers.extend(post(command).replies)
+        return echo(body)
+
+    fake_openai.responder = responder
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("command", "silence", "error"),
+    [
+        ("STOP", no_reply.OPTED_OUT, SEND_OPTED_OUT),
+        ("#reset", no_reply.SUPERSEDED, SEND_SUPERSEDED),
+        ("#bo", no_reply.SUPERSEDED, SEND_SUPERSEDED),
+    ],
+)
+def test_a_quick_inline_reply_is_not_sent_after_a_command_that_came_meanwhile(
+    make_app, personas, database, fake_openai, twilio_post, command, silence, error
+):
+    # A model that answers in well under a second (a loopback fake here, a small local model
+    # for real) still leaves time for another text: Twilio posts a number's texts as they
+    # come, to any worker. Not checked, the reply went out after STOP (on WhatsApp, Twilio
+    # does not block it), after "Fresh start", or from Ada after "You're now texting Bo".
+    set_ada_on(database, fake_openai)
+    app = make_app()
+    phone = "whatsapp:+15550100"
+    during = command_while_answering(
+        fake_openai, lambda body: twilio_post(body, phone, target=app), command
+    )
+    answered = twilio_post("hey how are you", phone, target=app)
+    switched = {"STOP": [], "#reset": [RESET_TEXT], "#bo": ["You're now texting Bo."]}
+    assert during == switched[command]
+    assert answered.replies == []
+    assert answered.headers[no_reply.HEADER] == silence
+    reply = [m for m in stored(app) if m.body == "echo: hey how are you"]
+    assert [(m.status, m.error) for m in reply] == [("send_failed", error)]
+
+
+def test_a_quick_inline_reply_across_a_reset_stays_out_of_the_new_thread(
+    make_app, personas, database, fake_openai, twilio_post
+):
+    # The text before #reset is answered only after a text sent after it: stored as "replied",
+    # that answer was part of the new thread, the one turn #reset must forget.
+    set_ada_on(database, fake_openai)
+    app = make_app()
+    texted = []
+
+    def responder(body):
+        said = body["messages"][-1]["content"]
+        if said == "before the reset":
+            texted.append(twilio_post("#reset", target=app).replies)
+            texted.append(twilio_post("after the reset", target=app).replies)
+        return echo(body)
+
+    fake_openai.responder = responder
+    assert twilio_post("before the reset", target=app).replies == []
+    assert texted == [[RESET_TEXT], ["echo: after the reset"]]
+    twilio_post("and now?", target=app)
+    thread = fake_openai.requests[-1].json()["messages"]
+    assert [(m["role"], m["content"]) for m in thread[1:]] == [
+        ("user", "after the reset"),
+        ("assistant", "echo: after the reset"),
+        ("user", "and now?"),
+    ]
+
+
+def set_ada_on(database, fake_openai) -> None:
+    """Ada answers from the fake OpenAI (at once, unless a test slows it)."""
+    with database.write() as session:
+        set_model(session, "Ada", "ft:gpt-4.1-mini:ada", base_url=fake_openai.base_url)
 
 
 def test_an_inline_reply_to_an_earlier_text_is_still_sent(slow_inline, fake_openai, twilio_post):
