@@ -732,6 +732,9 @@ class SmsService:
     def deliver_later(self, phone: str, decision: Decision, result: Result) -> None:
         """Store a slow reply and send it through Twilio's REST API; record the outcome."""
         try:
+            # Before the reply is checked and stored: a process's first client takes tens of
+            # ms to make (twilio's imports), and a STOP recorded in between was not seen.
+            self.sender.warm()
             stored = self._store(decision, result, via_rest=True)
             if stored is not None and not stored.unsent:
                 self.send_stored(phone, stored.id, stored.text, sender=decision.our_address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -173,6 +174,12 @@ class RestSender:
                 self.settings, self.timeout_s or TWILIO_HTTP_TIMEOUT_S
             )
         return self._client
+
+    def warm(self) -> None:
+        """Make the REST client now, so a send that follows goes out at once."""
+        # Missing credentials and the like: the send itself says so.
+        with contextlib.suppress(Exception):
+            self._rest_client()
 
     def status_callback(self, reply_id: int) -> str | None:
         """The absolute status-callback URL for a reply, when the server has a public URL."""

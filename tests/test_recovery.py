@@ -575,6 +575,32 @@ def test_a_slow_reply_is_not_sent_after_stop(make_app, personas, fake_twilio, tw
     )
 
 
+def test_a_stop_while_the_first_rest_client_is_made_stops_the_reply(
+    make_app, personas, fake_twilio, twilio_rest, monkeypatch
+):
+    from phischer import twilio_client
+    from phischer.backends.base import Reply
+
+    # A process's first REST send builds twilio's client (its imports: tens of ms on a busy
+    # machine). Built after the reply was checked and stored, a STOP could be recorded in
+    # between, and the reply still went out: on the real server, 2 of 30 numbers that texted
+    # STOP just as their slow reply came got it 35-78 ms after their STOP was answered.
+    app = make_app(**twilio_rest)
+    service = app.extensions["phischer"].sms
+    decision = service._record(Inbound(phone="+15550100", sid="SMfirst", body="hi"), parse("hi"))
+    made = twilio_client.make_twilio_client
+
+    def stop_meanwhile(*args, **kwargs):
+        text_now(app, "STOP")  # the number's STOP, stored by another thread meanwhile
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(twilio_client, "make_twilio_client", stop_meanwhile)
+    service.deliver_later("+15550100", decision, (Reply(text="too late"), None, 20_000))
+    assert fake_twilio.calls("POST", "/Messages.json") == []
+    reply = stored(app)[-1]
+    assert (reply.body, reply.status, reply.error) == ("too late", "send_failed", SEND_OPTED_OUT)
+
+
 def inline_reply_after(app, fake_openai, twilio_post, command: str, phone: str):
     """Text the slow model, send `command` while it works; the text's webhook response."""
     from concurrent.futures import ThreadPoolExecutor
