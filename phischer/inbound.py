@@ -594,14 +594,25 @@ class SmsService:
             kind, model = "fallback", persona.model_label
             text = sendable(self.settings.fallback_reply, limit) or DEFAULT_FALLBACK_REPLY
         result, out = (reply, error, latency), (kind, text, model)
-        try:
-            return self._store_reply(decision, result, out, persona.id, via_rest)
-        except self.store.IntegrityError:
-            # The persona was removed while it answered (`persona remove` in another
-            # terminal): the reply still goes out, stored without a persona, as the removal
-            # leaves the replies it made before.
-            log.info("Persona %s was removed while it answered", persona.name)
-            return self._store_reply(decision, result, out, None, via_rest)
+        persona_id: int | None = persona.id
+        for attempt in (1, 2, 3):
+            try:
+                return self._store_reply(decision, result, out, persona_id, via_rest)
+            except self.store.IntegrityError:
+                if persona_id is None:
+                    raise
+                # The persona was removed while it answered (`persona remove` in another
+                # terminal): the reply still goes out, stored without a persona, as the
+                # removal leaves the replies it made before.
+                log.info("Persona %s was removed while it answered", persona.name)
+                persona_id = None
+            except self.store.Deadlock:
+                # PostgreSQL ended this transaction to break a deadlock (with `persona
+                # remove`, say): nothing was stored, and the other side has gone on.
+                if attempt == 3:
+                    raise
+                log.info("Text %d: storing its reply again after a deadlock", decision.inbound_id)
+        raise AssertionError("unreachable")
 
     def _store_reply(
         self,

@@ -20,7 +20,7 @@ from phischer.backends.base import PersonaView
 from phischer.commands import HASH_COMMANDS, RESERVED_WORDS
 from phischer.config import international_number, is_http_url, not_international
 from phischer.db import Database
-from phischer.models import Contact, Persona
+from phischer.models import Contact, Message, Persona
 from phischer.redact import MIN_SECRET_CHARS
 
 BACKENDS = ("openai", "retrieval")
@@ -374,6 +374,17 @@ def remove_persona(session: Session, name: str) -> Persona:
     persona = get_persona(session, name)
     session.execute(
         sa.update(Contact).where(Contact.persona_id == persona.id).values(persona_id=None)
+    )
+    # What ON DELETE SET NULL would do, but before the delete: a text being answered holds its
+    # row while it stores the reply, which then waits for the persona's row. Deleted first,
+    # the persona's row made the cascade wait for that text's: a deadlock on PostgreSQL, and
+    # the text got the fallback. Waiting here holds no row the reply needs.
+    session.execute(
+        sa.update(Message)
+        .where(Message.persona_id == persona.id)
+        # updated_at as it was (not the ORM's onupdate): a text still being answered is
+        # its webhook's while NULL, and a sweep's claim is its time (Store.finish_inbound).
+        .values(persona_id=None, updated_at=Message.updated_at)
     )
     session.delete(persona)
     session.flush()

@@ -108,6 +108,12 @@ class Store:
         dialect = db.engine.dialect
         self.sqlite = dialect.name == "sqlite"
         self.IntegrityError = dialect.dbapi.IntegrityError
+        # PostgreSQL ends one of two transactions that wait for each other's rows (a
+        # deadlock); the other goes on, so the one ended can simply run again. SQLite's
+        # writers never wait for each other: one holds the write lock at a time.
+        self.Deadlock: type[Exception] = getattr(
+            getattr(dialect.dbapi, "extensions", None), "TransactionRollbackError", _Never
+        )
         # Statements are written with "?" (sqlite's style); pyformat drivers want "%s".
         self._placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
         self._local = threading.local()
@@ -694,6 +700,10 @@ class Store:
         """The highest message id so far (0 for none)."""
         cur.execute("SELECT max(id) FROM messages")
         return cur.fetchone()[0] or 0
+
+
+class _Never(Exception):
+    """An error no driver raises (a database that has no such failure)."""
 
 
 class _Kept:

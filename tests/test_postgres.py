@@ -509,7 +509,65 @@ def test_a_quick_reply_is_not_sent_after_a_command_through_the_other_instance(
     )
 
 
-def test_status_callbacks_racing_on_two_instances_keep_the_latest_status(make_pg_app, twilio_post):
+def waiting_on_locks(pg_url: str, count: int) -> None:
+    """Return once `count` sessions of the test database wait for a lock."""
+    engine = sa.create_engine(pg_url)
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    try:
+        with engine.connect() as conn:
+            deadline = time.monotonic() + 20
+            while conn.exec_driver_sql(query).scalar() < count:
+                assert time.monotonic() < deadline, f"fewer than {count} sessions wait"
+                time.sleep(0.02)
+    finally:
+        engine.dispose()
+
+
+def test_persona_remove_while_its_reply_is_stored_deadlocks_neither(
+    pg_url, make_pg_app, fake_openai, twilio_post
+):
+    # `persona remove` deleted the persona, and PostgreSQL's ON DELETE SET NULL then needed
+    # every message row of it, the text being answered included; the webhook, having updated
+    # that text, waited for the persona's row to insert the reply: a deadlock, and PostgreSQL
+    # cancelled one of them. Seen as "Unhandled error on /sms" while `persona remove` ran
+    # under load: the texter got the fallback, and the text was left "processing" for the
+    # recovery sweep to answer again by REST. The order is set here by a session holding the
+    # persona's row (as `persona edit --keyword` does for a moment): remove first, then the
+    # reply, wait on it.
+    from phischer.personas import remove_persona
+
+    app = make_pg_app()
+    on_model(app, fake_openai.base_url)
+    db = app.extensions["phischer"].db
+    answering, answer = threading.Event(), threading.Event()
+
+    def responder(body):
+        answering.set()
+        answer.wait(timeout=20)
+        return "still here"
+
+    fake_openai.responder = responder
+    holder = sa.create_engine(pg_url)
+    with ThreadPoolExecutor(2) as pool, holder.connect() as hold:
+        texted = pool.submit(twilio_post, "hello", target=app)
+        assert answering.wait(timeout=20)
+        hold.exec_driver_sql("SELECT 1 FROM personas WHERE name = 'Ada' FOR UPDATE")
+
+        def remove() -> None:
+            with db.write() as session:
+                remove_persona(session, "Ada")
+
+        removed = pool.submit(remove)
+        waiting_on_locks(pg_url, 1)  # the removal, on the held row
+        answer.set()
+        waiting_on_locks(pg_url, 2)  # and the webhook storing the reply
+        hold.rollback()
+        removed.result(timeout=20)
+        answered = texted.result(timeout=20)
+    holder.dispose()
+    assert answered.replies == ["still here"]
+    (text,) = inbound_rows(app)
+    assert (text.status, text.persona_id) == ("replied", None)
     # Twilio's callbacks for one reply come in any order and can reach two instances at
     # once: a late "sent" must never replace "undelivered" (nor erase why it failed).
     from tests.test_delivery import callback, rows
