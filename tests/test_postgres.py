@@ -568,6 +568,9 @@ def test_persona_remove_while_its_reply_is_stored_deadlocks_neither(
     assert answered.replies == ["still here"]
     (text,) = inbound_rows(app)
     assert (text.status, text.persona_id) == ("replied", None)
+
+
+def test_status_callbacks_racing_on_two_instances_keep_the_latest_status(make_pg_app, twilio_post):
     # Twilio's callbacks for one reply come in any order and can reach two instances at
     # once: a late "sent" must never replace "undelivered" (nor erase why it failed).
     from tests.test_delivery import callback, rows
