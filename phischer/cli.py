@@ -78,17 +78,24 @@ def migrate_or_explain(database_url: str) -> tuple[str | None, str | None]:
 
 
 def storage_error(ctx: click.Context, exc: Exception) -> click.ClickException | None:
-    """`Error: …` for a database that cannot be used now (disk full, …); None for other errors."""
+    """`Error: …` for a database that cannot be used now (disk full, a deadlock, …); else None."""
     if "phischer.db" not in sys.modules:  # the command never touched a database
         return None
-    from phischer.db import error_reason, storage_fault
+    from phischer.db import ended_by_conflict, error_reason, storage_fault
     from phischer.db_url import normalize_database_url, shown
 
-    if not storage_fault(exc):
+    conflict = ended_by_conflict(exc)
+    if not (conflict or storage_fault(exc)):
         return None
     obj = ctx.find_object(Context)
     settings = None if obj is None else obj._settings  # read: the database was used
     where = "" if settings is None else f" {shown(normalize_database_url(settings.database_url))}"
+    if conflict:
+        # Another writer (a text being answered) and this command waited for each other.
+        return click.ClickException(
+            f"the database{where} undid this change, which clashed with another made at the "
+            f"same moment ({error_reason(exc, brief=True)}): run the command again"
+        )
     return click.ClickException(f"cannot use the database{where}: {error_reason(exc)}")
 
 

@@ -127,18 +127,38 @@ def storage_fault(exc: BaseException) -> bool:
     exc = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
     if isinstance(exc, sqlite3.Error):
         return getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_STORAGE
-    # psycopg (3) names it sqlstate, psycopg2 pgcode; either has the attribute, maybe None.
-    if not hasattr(exc, "sqlstate") and not hasattr(exc, "pgcode"):
+    state = _sqlstate(exc)
+    if state is None:
         return False  # not a PostgreSQL driver's error
-    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or ""
     if not state:
         return any(cls.__name__ in _DBAPI_CONNECTION_ERRORS for cls in type(exc).__mro__)
     return state[:2] in _PG_STORAGE_CLASSES or state in _PG_STORAGE_CODES
 
 
-def error_reason(exc: BaseException) -> str:
-    """The driver's own words for a database error, on one line (never its parameters)."""
-    return " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+def ended_by_conflict(exc: BaseException) -> bool:
+    """Whether PostgreSQL ended the transaction to break a deadlock or serialization conflict."""
+    # SQLSTATE class 40 (40P01, 40001): the other transaction went on, and this one, rolled
+    # back whole, succeeds when run again.
+    return (_sqlstate(getattr(exc, "orig", None) or exc) or "").startswith("40")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """A PostgreSQL driver error's SQLSTATE ("" if it has none); None for other errors."""
+    # psycopg (3) names it sqlstate, psycopg2 pgcode; either has the attribute, maybe None.
+    if not hasattr(exc, "sqlstate") and not hasattr(exc, "pgcode"):
+        return None
+    return getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or ""
+
+
+def error_reason(exc: BaseException, brief: bool = False) -> str:
+    """The driver's own words for a database error, on one line (never its parameters).
+
+    `brief`: its first line only, without PostgreSQL's DETAIL and HINT lines.
+    """
+    words = str(getattr(exc, "orig", None) or exc)
+    if brief:
+        words = words.strip().split("\n", 1)[0]
+    return " ".join(words.split())[:200]
 
 
 class ReadOnlyDatabase(Exception):

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -511,7 +512,8 @@ def test_a_quick_reply_is_not_sent_after_a_command_through_the_other_instance(
 
 def waiting_on_locks(pg_url: str, count: int) -> None:
     """Return once `count` sessions of the test database wait for a lock."""
-    engine = sa.create_engine(pg_url)
+    # Autocommit: within one transaction pg_stat_activity is the snapshot its first read took.
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
     query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
     try:
         with engine.connect() as conn:
@@ -568,6 +570,44 @@ def test_persona_remove_while_its_reply_is_stored_deadlocks_neither(
     assert answered.replies == ["still here"]
     (text,) = inbound_rows(app)
     assert (text.status, text.persona_id) == ("replied", None)
+
+
+def test_a_cli_change_postgres_ends_in_a_deadlock_is_one_line_saying_to_run_it_again(
+    pg_url, make_pg_app, twilio_post, tmp_path
+):
+    # PostgreSQL ends one of two transactions that wait for each other (a text being
+    # answered, say): `persona remove` ended in a traceback quoting its UPDATE.
+    app = make_pg_app()
+    assert twilio_post("#ada", target=app).replies == ["Ada here!"]  # the number chose Ada
+    holder = sa.create_engine(pg_url)
+    env = {**os.environ, "DATABASE_URL": pg_url, "INSTANCE_PATH": str(tmp_path / "instance")}
+    with holder.connect() as hold:
+        # Holds the texts of Ada's that `persona remove` clears (as a reply being stored does)...
+        hold.exec_driver_sql("SELECT 1 FROM messages WHERE persona_id IS NOT NULL FOR UPDATE")
+        removing = subprocess.Popen(
+            [sys.executable, "-m", "phischer", "persona", "remove", "Ada"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            waiting_on_locks(pg_url, 1)  # the removal, having cleared the number's choice
+            # ... then waits for the number's row the removal holds: PostgreSQL's deadlock
+            # check ends the removal, which waited first.
+            hold.exec_driver_sql("UPDATE contacts SET replies_today = replies_today")
+            output, _ = removing.communicate(timeout=30)
+        finally:
+            removing.kill()
+        hold.rollback()
+    holder.dispose()
+    assert removing.returncode == 1, output
+    assert output.startswith("Error: the database ") and output.count("\n") == 1, output
+    assert "moment (deadlock detected): run the command again" in output
+    assert "UPDATE" not in output and "Traceback" not in output
+    with app.extensions["phischer"].db.read() as session:  # nothing of it was kept
+        assert session.scalar(sa.select(sa.func.count()).select_from(Contact).where(
+            Contact.persona_id.is_not(None))) == 1  # fmt: skip
 
 
 def test_status_callbacks_racing_on_two_instances_keep_the_latest_status(make_pg_app, twilio_post):
