@@ -23,7 +23,7 @@ from phischer.config import (
     from_number,
 )
 from phischer.daemon_pool import DaemonPool
-from phischer.db import Database, error_reason, storage_fault
+from phischer.db import Database, ended_by_conflict, error_reason, storage_fault
 from phischer.delivery import record_refusal, record_status
 from phischer.in_flight import InFlight
 from phischer.lookups import CLOCK_MARGIN, Lookups, match
@@ -154,6 +154,10 @@ class SmsService:
                 # A worker's first connection to a deleted database made a new empty file:
                 # its reads fail ("no such table") before a commit would tell.
                 self._raise_if_not_stored(exc)
+                if ended_by_conflict(exc):
+                    # PostgreSQL undid the text's transaction (a deadlock): not stored, and
+                    # Twilio's retry of it goes through.
+                    raise NotStored(error_reason(exc, brief=True)) from exc
                 raise
         if isinstance(decision, tuple):  # a retry of a MessageSid we already have
             kind, status, answers = decision

@@ -709,6 +709,27 @@ SPLENDID = ["Splendid, thank you! Knitting a scarf for the cat."]
 ANSWERED = (200, SPLENDID, 200)  # the text answered, and /healthz ok
 
 
+def test_a_text_postgres_undoes_to_break_a_deadlock_is_not_acknowledged_and_its_retry_is(
+    pg_app, pg_url, twilio_post, caplog
+):
+    # Storing a text PostgreSQL ended for a deadlock (40P01, here raised by a trigger, as the
+    # server raises it for a real one) got 200 and the fallback: not stored, and Twilio, told
+    # it was handled, never sent it again. Run again, the same transaction goes through.
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION clash() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+            "'deadlock detected' USING ERRCODE = '40P01'; END $$ LANGUAGE plpgsql; "
+            "CREATE TRIGGER clash BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION clash()"
+        )
+        assert text_and_health(pg_app, twilio_post, "SMclash") == (503, [], 200)
+        assert not inbound_rows(pg_app)
+        conn.exec_driver_sql("DROP TRIGGER clash ON messages; DROP FUNCTION clash()")
+    engine.dispose()
+    assert "not stored, answered 503: deadlock detected" in caplog.text
+    assert text_and_health(pg_app, twilio_post, "SMclash") == ANSWERED
+
+
 def test_a_text_while_the_database_server_is_down_is_not_acknowledged_and_its_retry_is(
     pg_app, pg_url, twilio_post, caplog
 ):
