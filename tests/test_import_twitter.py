@@ -555,6 +555,42 @@ def test_direct_messages_are_conversations_with_the_people_in_them(tmp_path: Pat
     assert group.dropped == {"system": 1}
 
 
+def test_an_older_archive_names_its_dm_files_in_the_singular(tmp_path: Path) -> None:
+    # Older archives write direct-message.js, direct-message-group.js (window.YTD.
+    # direct_message.part0 = …) and direct-message-partN.js, with the same content; beside
+    # them direct-message-headers.js holds ids and times only. Their DMs were left out: an
+    # archive of only DMs stopped with "No tweets or direct messages".
+    new = [(c.id, c.messages, c.is_group) for c in _convs(_dm_archive(tmp_path / "new").parent)]
+    data = _dm_archive(tmp_path / "old", tweets=False)
+    for kind in ("", "_group"):
+        plural = data / f"direct-messages{kind.replace('_', '-')}.js"
+        text = plural.read_text().replace("direct_messages", "direct_message")
+        plural.unlink()
+        (data / f"direct-message{kind.replace('_', '-')}.js").write_text(text)
+    (data / "direct-message-headers.js").write_text(
+        "window.YTD.direct_message_headers.part0 = "
+        + json.dumps(
+            [
+                {
+                    "dmConversation": {
+                        "conversationId": "55-4242",
+                        "messages": [_dm(1002, "55", "", "2023-05-02T18:00:00.000Z")],
+                    }
+                }
+            ]
+        )
+    )
+    old = [(c.id, c.messages, c.is_group) for c in _convs(tmp_path / "old")]
+    assert [cid for cid, _, _ in old] == ["twitter/dm/55-4242", "twitter/dm/g-1"]
+    assert [(cid, group) for cid, _, group in old] == [(cid, g) for cid, _, g in new[-2:]]
+    # no posts here: 55 has no handle, so compare texts and times
+    assert [[(m.text, m.timestamp) for m in msgs] for _, msgs, _ in old] == [
+        [(m.text, m.timestamp) for m in msgs] for _, msgs, _ in new[-2:]
+    ]
+    # the file given alone stands for the archive, as direct-messages.js does
+    assert [c.id for c in _convs(data / "direct-message.js")] == [cid for cid, _, _ in old]
+
+
 def test_a_photo_sent_in_a_dm_is_media_and_its_caption_is_kept(tmp_path: Path) -> None:
     # The archive writes a DM's photo, video or GIF as a t.co link in the text whose `urls`
     # entry expands to the DM media page (twitter.com/messages/media/<id>, x.com in newer

@@ -3,7 +3,8 @@
 Posts made in X Communities are in `data/community-tweet.js` instead, written like tweets.js:
 they are read as posts like any other.
 
-Direct messages (`direct-messages.js`, `direct-messages-group.js`) are real conversations and
+Direct messages (`direct-messages.js`, `direct-messages-group.js`; older archives:
+`direct-message.js`, `direct-message-group.js`) are real conversations and
 become ordinary chats; people appear by account id, or by @handle when a post of yours
 mentioned or answered them (`_handles`).
 
@@ -66,7 +67,15 @@ _DM_FILES = (
     "direct-messages-part*.js",
     "direct-messages-group.js",
     "direct-messages-group-part*.js",
+    # Older archives name them in the singular, with the same content; their
+    # direct-message-headers.js (ids and times, no text) is not matched.
+    "direct-message.js",
+    "direct-message-part*.js",
+    "direct-message-group.js",
+    "direct-message-group-part*.js",
 )
+# The group chats' files, in either naming.
+_GROUP_DM_FILES = ("direct-messages-group*.js", "direct-message-group*.js")
 _YTD_PREFIX = re.compile(r"^\s*window\.YTD\.[\w.]+\s*=\s*")
 _REPLY_PREFIX = re.compile(r"^(?:\.?@\w{1,50}[\s,:]+)+")
 _TRAILING_TCO = re.compile(r"(?:\s*https?://t\.co/\w+)+\s*$")
@@ -116,6 +125,12 @@ def _data_files(export: Export, patterns: tuple[str, ...]) -> list[tuple[Export,
     ]
 
 
+def _is_group_file(name: str) -> bool:
+    """Whether a DM data file holds group chats (direct-messages-group.js, …)."""
+    base = name.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(base, p) for p in _GROUP_DM_FILES)
+
+
 def _owner(export: Export) -> Message | None:
     """The archive's owner as data/account.js names them; None without it."""
     found = _data_files(export, ("account.js",))
@@ -157,7 +172,7 @@ def _dm_pairs(export: Export) -> set[str] | None:
     """The ids in every one-to-one DM conversation ("<id>-<id>"); None if there is none."""
     common: set[str] | None = None
     for source, name in _data_files(export, _DM_FILES):
-        if fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], "direct-messages-group*.js"):
+        if _is_group_file(name):
             continue
         for item in _load_ytd(source, name):
             dm = item.get("dmConversation") if isinstance(item, dict) else None
@@ -536,7 +551,7 @@ def _dm_file(
     maybe_owner: frozenset[str] = frozenset(),
 ) -> Iterator[Conversation]:
     """The conversations of one direct-messages file."""
-    group = fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], "direct-messages-group*.js")
+    group = _is_group_file(name)
     for i, item in enumerate(_load_ytd(source, name), 1):
         try:
             conv = _dm_conversation(item, owner, handles, group, maybe_owner)
