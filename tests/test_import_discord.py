@@ -511,6 +511,32 @@ def test_me_is_every_message_of_the_same_author_id_in_every_channel(
     assert examples[0][0]["content"].startswith("You are riversong_. ")
 
 
+def test_an_old_json_export_takes_me_as_name_and_discriminator(tmp_path: Path) -> None:
+    # JSON exports from before Discord dropped discriminators (2023) write the "1987" of
+    # river.song#1987 apart, with no nickname; --me "river.song#1987" matched nobody there
+    # although it names River in a CSV of the same time. A "0000" is no one's tag.
+    old = {"id": "111", "name": "river.song", "discriminator": "1987", "isBot": False}
+    amy = {"id": "222", "name": "amy.pond", "discriminator": "0000", "isBot": False}
+    _json(
+        tmp_path / "Direct Messages - amy.pond [9].json",
+        {"id": "9", "type": "DirectTextChat", "name": "amy.pond"},
+        {"id": "1", "type": "Default", "timestamp": "2020-09-28T17:48:32.1234567+00:00",
+         "author": amy, "content": "raid tonight?"},
+        {"id": "2", "type": "Default", "timestamp": "2020-09-28T17:49:00+00:00",
+         "author": old, "content": "yeah 9pm"},
+    )  # fmt: skip
+    args = ["import", "discord", str(tmp_path), "-o", "o.jsonl", "--me"]
+    refused = CliRunner().invoke(cli, [*args, "amy.pond#0000"])
+    assert refused.exit_code == 1
+    assert refused.output.startswith("Error: --me 'amy.pond#0000' matches no sender")
+    result = CliRunner().invoke(cli, [*args, "river.song#1987"])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["messages"][1:] for line in lines] == [
+        [{"role": "user", "content": "raid tonight?"}, {"role": "assistant", "content": "yeah 9pm"}]
+    ]
+
+
 def _reordered(path: Path, order: list[str]) -> Path:
     """GENERAL's channel written at `path` with its top-level keys in `order` (the rest after)."""
     data = json.loads(GENERAL.read_bytes())

@@ -53,6 +53,9 @@ _MARKUP = re.compile(
     r"|t:(?P<unix>-?\d{1,12})(?::(?P<style>[tTdDfFR]))?)>"
 )
 _EPOCH = dt.datetime(1970, 1, 1)
+# A JSON author's "discriminator" from before 2023 (the 1987 of river.song#1987); "0000"
+# is what DiscordChatExporter writes for a user with a new-style username.
+_DISCRIMINATOR = re.compile(r"(?!0000)\d{4}")
 # How a <t:…> timestamp is written, by its style: date only, time only, else both.
 _STAMP_FORMATS = {"d": "%Y-%m-%d", "D": "%Y-%m-%d", "t": "%H:%M UTC", "T": "%H:%M:%S UTC"}
 # CSV has no message type column: system notices appear as DiscordChatExporter's fallback
@@ -197,6 +200,7 @@ def _add_json_message(conv: Conversation, m: dict[str, Any], here: tuple[str, st
             stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
         name = author.get("name") or author.get("nickname") or "Unknown"
         nickname = author.get("nickname")
+        discriminator = author.get("discriminator")
         if not isinstance(name, str) or not isinstance(nickname, str | None):
             raise TypeError("the author's name is not a string")
         if "<" in content:
@@ -215,7 +219,7 @@ def _add_json_message(conv: Conversation, m: dict[str, Any], here: tuple[str, st
                 text=content,
                 timestamp=stamp,
                 sender_id=str(author["id"]) if author.get("id") else None,
-                aliases=(nickname,) if nickname and nickname != name else (),
+                aliases=_json_aliases(name, nickname, discriminator),
             ),
         )
     elif m.get("attachments"):
@@ -226,6 +230,16 @@ def _add_json_message(conv: Conversation, m: dict[str, Any], here: tuple[str, st
         conv.drop("forwarded")
     else:
         conv.drop("empty")  # embeds only (link previews) or nothing at all
+
+
+def _json_aliases(name: str, nickname: str | None, discriminator: Any) -> tuple[str, ...]:
+    """The other names --me may give for a JSON author: nickname, and the old `name#1234`."""
+    aliases = (nickname,) if nickname and nickname != name else ()
+    # Before 2023 a user was "name#1234", and JSON writes the number apart; a CSV export
+    # writes it whole (see _without_discriminator), so either export takes that --me.
+    if isinstance(discriminator, str) and _DISCRIMINATOR.fullmatch(discriminator):
+        aliases += (f"{name}#{discriminator}",)
+    return aliases
 
 
 def _parse_csv(
