@@ -422,6 +422,39 @@ def test_deleted_accounts_are_told_apart_by_their_id(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("me", ["user5500998877", "5500998877", "Leo Hart"])
+def test_an_older_export_with_numeric_from_ids(tmp_path: Path, me: str) -> None:
+    # Older Telegram Desktop wrote "from_id": 5500998877 (a number) and only "date" (local
+    # time). The same person is "user5500998877" in a newer export: the old chat and a newer
+    # one imported together are one Leo (--me user5500998877 found none of the old messages),
+    # and a deleted account in the old chat keeps its id in its name.
+    old = {"name": "Mia Chen", "type": "personal_chat", "id": 5500000001, "messages": [
+        {"id": 1, "type": "message", "date": "2019-03-01T20:00:00", "from": "Mia Chen",
+         "from_id": 5500000001, "text": "are you around tonight?"},
+        {"id": 2, "type": "message", "date": "2019-03-01T20:01:00", "from": "Leo Hart",
+         "from_id": 5500998877, "text": ["yes, ", {"type": "bold", "text": "after 8"}]},
+    ]}  # fmt: skip
+    group = {"name": "Climbing", "type": "private_group", "id": 7, "messages": [
+        {"id": 1, "type": "message", "date": "2019-03-02T10:00:00", "from": None,
+         "from_id": 111, "text": "rope?"},
+        _said(2, 1_551_521_000, "Leo Hart", LEO, "got it"),
+    ]}  # fmt: skip
+    export = tmp_path / "result.json"
+    export.write_text(json.dumps({"chats": {"list": [old, group]}}), encoding="utf-8")
+    convs = list(import_telegram(export))
+    assert [(m.sender, m.sender_id) for c in convs for m in c.messages] == [
+        ("Mia Chen", "user5500000001"),
+        ("Leo Hart", LEO),
+        ("Deleted Account 111", "user111"),
+        ("Leo Hart", LEO),
+    ]
+    result = CliRunner().invoke(
+        cli, ["import", "telegram", str(export), "--me", me, "-o", "o.jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Messages kept: 4  (yours: 2)" in result.output
+
+
 def test_inline_bot_results_are_dropped_as_bot(tmp_path: Path) -> None:
     path = _chat(tmp_path, [
         _msg(1, "Mia Chen", "user5500000001", "Cat: The cat (Felis catus) is a domestic "

@@ -226,6 +226,11 @@ def _add_message(conv: Conversation, m: dict[str, Any]) -> None:
         conv.drop("link")
     elif text:
         from_id = m.get("from_id")
+        if type(from_id) is int:
+            # Older exports write a user's id as a bare number; newer ones as
+            # "user<id>". One person in both (two exports of one chat, imported together)
+            # is one person, and --me takes "user<id>" from either.
+            from_id = f"user{from_id}"
         sender = m.get("from") or _deleted_account(from_id)
         if not isinstance(sender, str):
             raise TypeError(f'"from" is {json_kind(sender)}, not a string')
