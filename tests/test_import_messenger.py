@@ -140,6 +140,34 @@ def test_folder_without_threads(tmp_path: Path) -> None:
         list(load("messenger", tmp_path))
 
 
+def test_an_html_export_says_to_request_json(tmp_path: Path) -> None:
+    # Facebook's "Download your information" is HTML unless JSON is picked: the threads
+    # are message_1.html, which the generic "No Messenger threads" left the user to guess.
+    thread = tmp_path / "your_facebook_activity" / "messages" / "inbox" / "samrivera_1001"
+    thread.mkdir(parents=True)
+    (thread / "message_1.html").write_text("<html><body>Sam Rivera</body></html>")
+    for path in (tmp_path, thread / "message_1.html"):
+        with pytest.raises(ImportErrorMessage) as info:
+            list(load("messenger", path))
+        assert str(info.value) == (
+            f"{path} holds Facebook's HTML export (message_1.html): request it again with "
+            "'Format: JSON' (Download your information) and import that"
+        )
+
+
+def test_a_folder_of_the_export_zips_says_to_unzip_them(tmp_path: Path) -> None:
+    # A big export is downloaded as several zips; the folder holding them has no thread.
+    for n in (1, 2):
+        with zipfile.ZipFile(tmp_path / f"facebook-zoe-2025-01-10-part{n}.zip", "w") as zf:
+            zf.writestr(f"your_facebook_activity/messages/inbox/sam_{n}/message_1.json", "{}")
+    with pytest.raises(ImportErrorMessage) as info:
+        list(load("messenger", tmp_path))
+    assert str(info.value) == (
+        f"No Messenger threads in {tmp_path}, only zip files (2): unzip them all into one "
+        "folder and pass that folder"
+    )
+
+
 def test_truncated_json_names_the_file(tmp_path: Path) -> None:
     thread = tmp_path / "messages" / "inbox" / "bob_1"
     thread.mkdir(parents=True)

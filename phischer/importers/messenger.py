@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import attrgetter, le, truediv
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from phischer.chat_format import json_kind
 from phischer.importers.base import (
@@ -514,11 +514,7 @@ def import_messenger(path: Path) -> Iterator[Conversation]:
                 threads.setdefault(folder, []).append((int(m.group(1)), name))
         e2ee = _e2ee_candidates(export, set(threads))
         if not threads and not e2ee:
-            raise ImportErrorMessage(
-                f"No Messenger threads in {path}: expected messages/inbox/<thread>/message_1.json "
-                "(JSON format of 'Download your information') or the end-to-end encrypted "
-                "chats export"
-            )
+            _no_threads(export)
         workers = _workers()
         if workers and len(threads) >= PARALLEL_MIN_THREADS and export.kind != "file":
             yield from _parallel_threads(export, list(threads.items()), workers)
@@ -534,6 +530,30 @@ def import_messenger(path: Path) -> Iterator[Conversation]:
             if not isinstance(data, dict):
                 raise ImportErrorMessage(f"{export.where(name)} is not a Messenger thread")
             yield _e2ee_thread(export, name, data)
+
+
+def _no_threads(export: Export) -> NoReturn:
+    """Stop with what the export holds instead of threads, when that says what to do."""
+    path = export.path
+    # "Download your information" is HTML unless JSON is picked, and the threads are then
+    # message_1.html: the most common way to end up here.
+    if export.members("message_*.html"):
+        raise ImportErrorMessage(
+            f"{path} holds Facebook's HTML export (message_1.html): request it again with "
+            "'Format: JSON' (Download your information) and import that"
+        )
+    # A big export comes as several zips; the folder they were downloaded to holds them.
+    zips = export.members("*.zip") if export.kind == "folder" else []
+    if zips:
+        raise ImportErrorMessage(
+            f"No Messenger threads in {path}, only zip files ({len(zips)}): unzip them all "
+            "into one folder and pass that folder"
+        )
+    raise ImportErrorMessage(
+        f"No Messenger threads in {path}: expected messages/inbox/<thread>/message_1.json "
+        "(JSON format of 'Download your information') or the end-to-end encrypted "
+        "chats export"
+    )
 
 
 # Parsing and cleaning is about half the work of an import, building and writing examples
