@@ -77,6 +77,39 @@ def test_json_direct_messages_reversed_export_is_sorted() -> None:
     assert dm.participants == ["river.song", "kai_m"]
 
 
+def test_a_semicolon_csv_from_discord_chat_exporter_2(tmp_path: Path) -> None:
+    # DiscordChatExporter 2.x wrote "Author;Date;Content;Attachments;": ";" between fields
+    # and after the last, no author id, names with their discriminator, dates in its default
+    # "dd-MMM-yy hh:mm tt". It was refused as "not a DiscordChatExporter CSV export".
+    path = tmp_path / "Whovians - general.csv"
+    path.write_bytes(
+        "\r\n".join([
+            "\ufeffAuthor;Date;Content;Attachments;",
+            '"amy.pond#0427";"01-Mar-19 08:00 PM";"anyone up for a raid?";"";',
+            '"river.song#1987";"01-Mar-19 08:01 PM";"spoilers; but yes";"";',
+            '"amy.pond#0427";"01-Mar-19 08:02 PM";"";"https://cdn.example/pic.png";',
+            '"amy.pond#0427";"01-Mar-19 08:03 PM";"ok\nsee you at 9";"";',
+            '"river.song#1987";"01-Mar-19 08:04 PM";"bring ""potions""";"";',
+            "",
+        ]).encode()
+    )  # fmt: skip
+    (conv,) = import_discord(path)
+    assert [(m.sender, m.text, m.timestamp, m.sender_id, m.aliases) for m in conv.messages] == [
+        ("amy.pond", "anyone up for a raid?", D(2019, 3, 1, 20, 0), None, ("amy.pond#0427",)),
+        ("river.song", "spoilers; but yes", D(2019, 3, 1, 20, 1), None, ("river.song#1987",)),
+        ("amy.pond", "ok\nsee you at 9", D(2019, 3, 1, 20, 3), None, ("amy.pond#0427",)),
+        ("river.song", 'bring "potions"', D(2019, 3, 1, 20, 4), None, ("river.song#1987",)),
+    ]
+    assert conv.dropped == {"attachment": 1}
+    assert (conv.id, conv.title) == ("discord:Whovians - general", "Whovians - general")
+    # A row cut short names its line, as in the newer CSV.
+    path.write_text('Author;Date;Content;Attachments;\n"amy.pond#0427";"01-Mar-19"\n')
+    with pytest.raises(
+        ImportErrorMessage, match=r"general\.csv: line 2: expected 4 columns, got 2$"
+    ):
+        list(import_discord(path))
+
+
 def test_single_json_file() -> None:
     (conv,) = import_discord(GENERAL)
     assert rows(conv) == GENERAL_ROWS[:4]

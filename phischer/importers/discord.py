@@ -36,6 +36,9 @@ from phischer.importers.progress import FileProgress
 # ChannelPinnedMessage, RecipientAdd, Call, ThreadCreated, GuildBoost, …) is a system notice.
 _KEPT_TYPES = {"Default", "Reply"}
 _CSV_COLUMNS = ("AuthorID", "Author", "Date", "Content", "Attachments", "Reactions")
+# DiscordChatExporter 2.x (2018-2019) wrote ";"-separated CSV, each field followed by ";",
+# without the author's id: "Author;Date;Content;Attachments;".
+_OLD_CSV_COLUMNS = ("Author", "Date", "Content", "Attachments")
 # `--partition` splits one channel into "NAME.json", "NAME [part 2].json", …
 _PART = re.compile(r" \[part (\d+)\]$")
 # The default output name (ExportRequest.GetDefaultOutputFileName): "Guild - Channel [id]",
@@ -83,7 +86,7 @@ _PACKAGE_KEYS = (b'"ID"', b'"Timestamp"', b'"Contents"')
 _PACKAGE_CSV = re.compile(rb"^(?:\xef\xbb\xbf)?ID,Timestamp,Contents\b")
 # How DiscordChatExporter's own files begin: JSON with "guild" first, CSV with its header.
 _EXPORT_HEAD = re.compile(
-    rb'^(?:\xef\xbb\xbf)?\s*\{\s*"guild"\s*:|^(?:\xef\xbb\xbf)?AuthorID,Author,'
+    rb'^(?:\xef\xbb\xbf)?\s*\{\s*"guild"\s*:|^(?:\xef\xbb\xbf)?(?:AuthorID,Author,|Author;Date;)'
 )
 
 
@@ -245,22 +248,7 @@ def _json_aliases(name: str, nickname: str | None, discriminator: Any) -> tuple[
 def _parse_csv(
     text: str, where: str, member: str, conv: Conversation | None, progress: FileProgress
 ) -> Conversation:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if header is None or tuple(header[: len(_CSV_COLUMNS)]) != _CSV_COLUMNS:
-        raise ImportErrorMessage(
-            f"{where}: not a DiscordChatExporter CSV export (expected the header "
-            f"{','.join(_CSV_COLUMNS)})"
-        )
-    rows: list[tuple[int, list[str]]] = []
-    line = reader.line_num + 1
-    for row in reader:  # quoted Content may span lines: number rows by their first line
-        if row:
-            rows.append((line, row))
-        line = reader.line_num + 1
-    for n, row in rows:
-        if len(row) < len(_CSV_COLUMNS):
-            raise ImportErrorMessage(f"{where}: line {n}: expected 6 columns, got {len(row)}")
+    rows = _csv_rows(text, where)
     # Dates are written in the exporting machine's locale: decide day/month order per file.
     numeric = [m["date"] for _, row in rows if (m := _NUMERIC.match(_clean_date(row[2])))]
     twelve = any(latin_am_pm(_clean_date(row[2])) for _, row in rows[:50])
@@ -315,6 +303,31 @@ def _parse_csv(
         else:
             conv.drop("empty")  # stickers and embeds leave Content empty in CSV
     return conv
+
+
+def _csv_rows(text: str, where: str) -> list[tuple[int, list[str]]]:
+    """(line number, [author id, author, date, content, attachments, …]) for each row."""
+    old = text.startswith(";".join(_OLD_CSV_COLUMNS) + ";")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=";" if old else ",")
+    header = next(reader, None)
+    if not old and (header is None or tuple(header[: len(_CSV_COLUMNS)]) != _CSV_COLUMNS):
+        raise ImportErrorMessage(
+            f"{where}: not a DiscordChatExporter CSV export (expected the header "
+            f"{','.join(_CSV_COLUMNS)})"
+        )
+    wanted = len(_OLD_CSV_COLUMNS if old else _CSV_COLUMNS)
+    rows: list[tuple[int, list[str]]] = []
+    line = reader.line_num + 1
+    for row in reader:  # quoted Content may span lines: number rows by their first line
+        if row:
+            if len(row) < wanted:
+                raise ImportErrorMessage(
+                    f"{where}: line {line}: expected {wanted} columns, got {len(row)}"
+                )
+            # An old row has no author id: the author is known by name alone.
+            rows.append((line, ["", *row[:wanted], ""] if old else row))
+        line = reader.line_num + 1
+    return rows
 
 
 def _without_discriminator(author: str) -> str:
