@@ -127,6 +127,23 @@ def test_html_export_says_how_to_fix(tmp_path: Path) -> None:
         list(import_telegram(tmp_path))
 
 
+def test_a_full_export_without_chats_says_to_tick_them(tmp_path: Path) -> None:
+    # "Export Telegram data" with chats unticked writes a result.json of account data only;
+    # it was called "not a Telegram Desktop export" and the user told to pick another format.
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({
+        "about": "Here is the data you requested.",
+        "personal_information": {"user_id": 5500998877, "first_name": "Leo", "last_name": "Hart"},
+        "contacts": {"about": "This is your contact list.", "list": []},
+    }))  # fmt: skip
+    with pytest.raises(ImportErrorMessage) as info:
+        list(import_telegram(tmp_path))
+    assert str(info.value) == (
+        f"{path} is a Telegram export without chats: export again with 'Personal chats' (and "
+        "the groups you want) ticked, format 'Machine-readable JSON'"
+    )
+
+
 def test_zip_without_result_json(tmp_path: Path) -> None:
     zpath = tmp_path / "export.zip"
     with zipfile.ZipFile(zpath, "w") as zf:

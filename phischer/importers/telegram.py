@@ -100,6 +100,13 @@ def stream_chats(
             top[key] = stream.value()  # "about", "personal_information", … or one chat's keys
     stream.end()
     if not full:
+        if "personal_information" in top and "messages" not in top:
+            # "Export Telegram data" with only account information, contacts or sessions
+            # ticked: a Telegram export, but not of any chat.
+            raise ImportErrorMessage(
+                f"{where} is a Telegram export without chats: export again with 'Personal "
+                "chats' (and the groups you want) ticked, format 'Machine-readable JSON'"
+            )
         # A DiscordChatExporter file or a Messenger thread holds a "messages" list too; only
         # Telegram's chat says its "type" (personal_chat, private_group, saved_messages, …).
         if not isinstance(top.get("messages"), list) or "type" not in top:
