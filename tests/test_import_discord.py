@@ -229,6 +229,22 @@ def test_wrong_file_type(tmp_path: Path) -> None:
         list(import_discord(txt))
 
 
+def test_html_exports_say_to_export_again_as_json(tmp_path: Path) -> None:
+    # HTML is DiscordChatExporter's default format: a folder of those got only "No
+    # DiscordChatExporter .json or .csv file", which did not say what to do.
+    page = tmp_path / "Direct Messages - amy.pond [9].html"
+    page.write_text("<html></html>")
+    hint = " (HTML and TXT exports are not read: export the channels again as JSON)"
+    for path, said in [
+        (tmp_path, f"No DiscordChatExporter .json or .csv file in {tmp_path}{hint}"),
+        (page, f"{page}: expected a DiscordChatExporter .json or .csv export, a zip or a "
+               f"folder of them{hint}"),
+    ]:  # fmt: skip
+        with pytest.raises(ImportErrorMessage) as info:
+            list(import_discord(path))
+        assert str(info.value) == said
+
+
 @pytest.mark.parametrize(("value", "said"), [(0, "a number"), (["Default"], "an array")])
 def test_a_message_type_that_is_not_a_string_is_refused_naming_the_message(
     tmp_path: Path, value: object, said: str

@@ -416,7 +416,7 @@ def _members(export: Export) -> list[str]:
         if export.path.suffix.lower() not in (".json", ".csv"):
             raise ImportErrorMessage(
                 f"{export.path}: expected a DiscordChatExporter .json or .csv export, "
-                "a zip or a folder of them"
+                f"a zip or a folder of them{_format_hint([export.path.name])}"
             )
         _refuse_data_package(export)
         return export.names()
@@ -429,8 +429,20 @@ def _members(export: Export) -> list[str]:
         and not any(part.endswith("_Files") for part in n.split("/")[:-1])
     ]
     if not names:
-        raise ImportErrorMessage(f"No DiscordChatExporter .json or .csv file in {export.path}")
+        raise ImportErrorMessage(
+            f"No DiscordChatExporter .json or .csv file in {export.path}"
+            f"{_format_hint(export.names())}"
+        )
     return names
+
+
+def _format_hint(names: list[str]) -> str:
+    """What to do, for an error about `names` holding no export phischer reads; or ""."""
+    # DiscordChatExporter's default format is HTML (also PlainText, .txt): neither is read,
+    # and the user only needs to export again, so the error says so when it finds one.
+    if any(n.lower().endswith((".html", ".htm", ".txt")) for n in names):
+        return " (HTML and TXT exports are not read: export the channels again as JSON)"
+    return ""
 
 
 def _refuse_data_package(export: Export) -> None:
