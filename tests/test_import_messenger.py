@@ -140,6 +140,13 @@ def test_folder_without_threads(tmp_path: Path) -> None:
         list(load("messenger", tmp_path))
 
 
+def _refusal(path: Path) -> str:
+    """The one line `import messenger` stops with on `path`."""
+    with pytest.raises(ImportErrorMessage) as info:
+        list(load("messenger", path))
+    return str(info.value)
+
+
 def test_an_html_export_says_to_request_json(tmp_path: Path) -> None:
     # Facebook's "Download your information" is HTML unless JSON is picked: the threads
     # are message_1.html, which the generic "No Messenger threads" left the user to guess.
@@ -147,9 +154,7 @@ def test_an_html_export_says_to_request_json(tmp_path: Path) -> None:
     thread.mkdir(parents=True)
     (thread / "message_1.html").write_text("<html><body>Sam Rivera</body></html>")
     for path in (tmp_path, thread / "message_1.html"):
-        with pytest.raises(ImportErrorMessage) as info:
-            list(load("messenger", path))
-        assert str(info.value) == (
+        assert _refusal(path) == (
             f"{path} holds Facebook's HTML export (message_1.html): request it again with "
             "'Format: JSON' (Download your information) and import that"
         )
@@ -160,9 +165,7 @@ def test_a_folder_of_the_export_zips_says_to_unzip_them(tmp_path: Path) -> None:
     for n in (1, 2):
         with zipfile.ZipFile(tmp_path / f"facebook-zoe-2025-01-10-part{n}.zip", "w") as zf:
             zf.writestr(f"your_facebook_activity/messages/inbox/sam_{n}/message_1.json", "{}")
-    with pytest.raises(ImportErrorMessage) as info:
-        list(load("messenger", tmp_path))
-    assert str(info.value) == (
+    assert _refusal(tmp_path) == (
         f"No Messenger threads in {tmp_path}, only zip files (2): unzip them all into one "
         "folder and pass that folder"
     )
