@@ -788,12 +788,21 @@ def test_discords_own_data_package_zip_is_refused_saying_why(tmp_path: Path, mes
     )
 
 
-def test_a_data_package_beside_discord_chat_exporter_exports_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old_csv", [False, True])
+def test_a_data_package_beside_discord_chat_exporter_exports_is_refused(
+    tmp_path: Path, old_csv: bool
+) -> None:
     # Decided: the whole import stops, naming the package to move out, rather than skipping
-    # it (its Account/, Servers/, … JSON cannot be told from stray files).
+    # it (its Account/, Servers/, … JSON cannot be told from stray files). A 2.x CSV
+    # ("Author;Date;…") is one of the exports too.
     folder = tmp_path / "discord"
     _data_package(folder / "package")
-    shutil.copy(GENERAL, folder / GENERAL.name)
+    if old_csv:
+        (folder / "Whovians - general.csv").write_text(
+            'Author;Date;Content;Attachments;\n"amy#0427";"01-Mar-19 08:00 PM";"hi";"";\n'
+        )
+    else:
+        shutil.copy(GENERAL, folder / GENERAL.name)
     assert _import_error(folder) == (
         f"Error: {folder / 'package/Messages/c111/messages.json'}: {PACKAGE_WHY}"
         f"move it out of {folder} and import the DiscordChatExporter exports there\n"
