@@ -46,6 +46,8 @@ MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 
 MIN_EXAMPLES = 10  # OpenAI rejects training files with fewer examples.
+# OpenAI's files API takes files of up to 512 MB: a bigger one would upload for minutes, then fail.
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 
 def default_epochs(n_examples: int) -> int:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from phischer.base_models import (
     DEFAULT_BASE_MODEL,
     DEFAULT_CONTEXT_LIMIT,
+    MAX_UPLOAD_BYTES,
     MIN_EXAMPLES,
     PRICES,
     PRICES_AS_OF,
@@ -63,6 +64,10 @@ EXAMPLE_KEYS: dict[str, tuple[type, str]] = {
 # `dataset split` names its held-out file so; OpenAI's example minimum is for training only.
 VALIDATION_SUFFIX = ".validation.jsonl"
 # Content lists: the part types and roles are in chat_format.PART_ROLES.
+# How a UTF-16 (or UTF-32) file starts: what Windows PowerShell 5's `>` and Notepad's
+# "Unicode" write. None of its lines is UTF-8 text, so the check says so once, and stops.
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+UTF16 = "utf16"
 PART_HINT = 'use "text" parts, and "image_url" parts in user messages'
 
 Severity = Literal["error", "warning"]
@@ -535,6 +540,10 @@ def parse_line(number: int, raw: bytes) -> tuple[Any, Problem | None]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        if number == 1 and raw.startswith(UTF16_BOMS):
+            return None, Problem(
+                number, f"the file is UTF-16, not UTF-8: save it as UTF-8 without BOM [{UTF16}]"
+            )
         return None, Problem(number, f"not valid UTF-8 (byte {exc.start + 1}) [invalid_utf8]")
     if number == 1 and text.startswith("\ufeff"):
         return None, Problem(
@@ -582,6 +591,19 @@ def check_file(
     known_limit = context_limit(base_model)
     limit = known_limit or DEFAULT_CONTEXT_LIMIT
     findings = Findings()
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        # A warning, listed first: a local LoRA trains on it, but `finetune start --provider
+        # openai` refuses it before uploading (OpenAI's files API would, after minutes).
+        findings.add(
+            Problem(
+                0,
+                f"{size / 2**20:,.0f} MB, and OpenAI takes files of up to "
+                f"{MAX_UPLOAD_BYTES // 2**20} MB: train on fewer examples, or with --provider "
+                "local [file_too_large]",
+                "warning",
+            )
+        )
     token_counts: list[int] = []
     messages_per_example: list[int] = []
     examples = 0
@@ -591,6 +613,10 @@ def check_file(
         obj, problem = parse_line(number, raw)
         if problem is not None:
             findings.add(problem)
+            if problem.kind == UTF16:
+                # Every line after would be "invalid JSON" (UTF-16 text read as UTF-8): the
+                # one line already says what to do, and the file holds no example to count.
+                break
             examples += problem.severity == "error"  # a blank line is no example
             continue
         examples += 1
@@ -613,7 +639,9 @@ def check_file(
                     "warning",
                 )
             )
-    if examples == 0:
+    if findings.counts.get(("error", UTF16)):
+        pass  # no line was read: nothing to count
+    elif examples == 0:
         findings.add(Problem(0, "no examples in the file [no_examples]"))
     elif examples < MIN_EXAMPLES and not validation:
         findings.add(

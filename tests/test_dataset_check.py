@@ -285,6 +285,45 @@ def test_bad_bytes_and_bom(tmp_path: Path) -> None:
     assert report.token_counts == [count_tokens_chat()]
 
 
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be"])
+def test_a_utf16_file_is_one_error_saying_to_save_it_as_utf8(tmp_path: Path, codec: str) -> None:
+    """What Windows PowerShell 5's `>` writes: one line says so, not one error per line."""
+    # It said "not valid UTF-8 (byte 1)" on line 1, then "invalid JSON: Expecting value at
+    # column 1" on every other line, which reads as JSON in an editor.
+    path = tmp_path / "ps.jsonl"
+    bom = "\ufeff" if codec == "utf-16-be" else ""  # the "utf-16" codec writes its own
+    text = "".join(json.dumps(chat("hey", "hi")) + "\n" for _ in range(12))
+    path.write_bytes((bom + text).encode(codec))
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{path}: 0 examples, base model gpt-4.1-mini-2025-04-14 (o200k_base)",
+        "Errors (1):",
+        "  line 1: the file is UTF-16, not UTF-8: save it as UTF-8 without BOM [utf16]",
+        "FAILED: 1 error; fix them before fine-tuning.",
+    ]
+
+
+def test_a_file_over_openais_upload_limit_is_warned_of_first(tmp_path: Path) -> None:
+    """OpenAI's files API takes up to 512 MB: the check said such a file was ready."""
+    path = tmp_path / "big.jsonl"
+    with path.open("wb") as fh:
+        fh.write(("".join(json.dumps(chat("hey", "hi")) + "\n" for _ in range(10))).encode())
+        # Sparse: 513 MB on paper and next to nothing on disk, in lines of 4 MB of NULs
+        # (each invalid JSON) so no line is held whole in memory.
+        for mb in range(4, 513, 4):
+            fh.seek(mb * 2**20)
+            fh.write(b"\n")
+        fh.truncate(513 * 2**20)
+    report = check_file(path)
+    assert str(report.warnings[0]) == (
+        "file: 513 MB, and OpenAI takes files of up to 512 MB: train on fewer examples, or "
+        "with --provider local [file_too_large]"
+    )
+    assert report.warning_count == 1
+    assert report.token_counts == [count_tokens_chat()] * 10
+
+
 def test_half_an_emoji_is_an_error_at_its_message(tmp_path: Path) -> None:
     # "\ud83d" without its pair is valid JSON but not text: the check says so, by message.
     path = tmp_path / "half.jsonl"

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from phischer import personas, plots
 from phischer.backends.openai import sdk_client
+from phischer.base_models import MAX_UPLOAD_BYTES
 from phischer.config import Settings
 from phischer.db import Database
 from phischer.finetune import jobs
@@ -58,8 +59,6 @@ MAX_EVENTS = 200  # a first `status` of a long job would otherwise print every m
 # `status --wait` rides out this many failed checks in a row (network, 429, 5xx, each after
 # the SDK's own retries) before it gives up: on the backoff above, 6 minutes or more.
 MAX_POLL_FAILURES = 10
-# OpenAI's files API takes files of up to 512 MB: a bigger one would upload for minutes, then fail.
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 # A timed-out upload's file is looked for among those created since it began, by the server's
 # clock: this much earlier too, for a clock that is behind ours.
 CLOCK_SLACK_S = 300
