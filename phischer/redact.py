@@ -36,13 +36,16 @@ _SEPARATOR = f"[{_SEPARATOR_CHARS}]"
 # timestamp's microseconds), nor a five-digit error code. Without its + a number has 10
 # digits or more, run together or grouped as North America writes them (555-010-0199):
 # shorter runs are our own ids and counts ("Reply 1234567 not sent"), which every log line
-# now passes through. Other national groupings are `_GROUPED_RUN`'s.
+# now passes through. Other national groupings are `_GROUPED_RUN`'s. An underscore is no
+# letter or digit here: a file named after a contact (mom_+15550100199.jsonl, a persona's
+# dataset) is in the server's warnings whenever it cannot be read.
+_NOT_IN_A_WORD = r"(?<![^\W_])"  # after no letter or digit (an underscore may come before)
 _NUMBER_IN_TEXT = re.compile(
-    rf"(?<![\w+%.])(?:(?:\+|%2[Bb])\d(?:{_SEPARATOR}{{0,2}}\d){{6,14}}"
+    rf"{_NOT_IN_A_WORD}(?<![+%.])(?:(?:\+|%2[Bb])\d(?:{_SEPARATOR}{{0,2}}\d){{6,14}}"
     # Not a UUID's tail (12 digits after 8-4-4-4 hex groups); other bare digits after a dash
     # are a number (sms-15550100199.json) like any other.
     rf"|(?<!-[0-9A-Fa-f]{{4}}-)"
-    rf"(?:\d{{10,}}|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}}))(?!\w)"
+    rf"(?:\d{{10,}}|\(?\d{{3}}\)?{_SEPARATOR}{{1,2}}\d{{3}}{_SEPARATOR}\d{{4}}))(?![^\W_])"
 )
 # A national number or a card as people write them: digit groups joined by a space, a dash
 # or a dot, maybe doubled or spaced ("07911 123456", "06 12 34 56 78", "0151-2345 6789",
@@ -58,10 +61,10 @@ _SPACE = r"[ \u00a0]"
 _GROUP_SEPARATOR = rf"(?:{_SPACE}?[/\-\u2010-\u2015]{_SPACE}?|{_SPACE}{{1,2}}|\.)"
 _GAP = f"[{_SEPARATOR_CHARS}/]"  # any character of a separator, parentheses included
 _GROUPED_RUN = re.compile(
-    rf"(?<![\w+%./])(?<![^A-Za-z]:)(?<!\w[\-\u2010-\u2015])"
+    rf"{_NOT_IN_A_WORD}(?<![+%./])(?<![^A-Za-z]:)(?<!\w[\-\u2010-\u2015])"
     rf"(?<!\d{_GAP})(?<!\d{_GAP}{{2}})(?<!\d{_GAP}{{3}})"
     rf"(?:\(\d{{2,5}}\)|\d+)(?:{_GROUP_SEPARATOR}\d{{2,}})+"
-    rf"(?!\w|{_GROUP_SEPARATOR}\d|[,:]\d)"
+    rf"(?![^\W_]|{_GROUP_SEPARATOR}\d|[,:]\d)"
 )
 # 8 digits for the shortest national numbers (030 1234567 has 10, but 0800 1111 and Europe's
 # smaller towns have 8 or 9), 19 for the longest card.

@@ -197,6 +197,16 @@ def test_a_long_text_is_not_cut_between_a_numbers_spaced_groups(number: str) -> 
         assert re.search(r"\d{3}", redact(shorten(text, pad + len(number)))) is None, pad
 
 
+def test_a_number_in_a_snake_case_file_name_is_masked() -> None:
+    # A persona's dataset named after the contact: the server's warnings name the file.
+    assert redact("Dataset /data/mom_+15553330001.jsonl: skipped 1 malformed line") == (
+        "Dataset /data/mom_…01.jsonl: skipped 1 malformed line"
+    )
+    assert redact("dad_15553330001_old.jsonl, aunt_07911 123456.txt") == (
+        "dad_…01_old.jsonl, aunt_…56.txt"
+    )
+
+
 def test_a_number_with_its_plus_after_a_word_and_a_dash_is_masked() -> None:
     # Not a UUID's tail (the bare digits after "word-" that stay): a UUID holds no +.
     assert redact("chat-+15553330001 and Sam\u2013+44 7911 123456") == "chat-…01 and Sam\u2013…56"
