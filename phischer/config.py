@@ -255,6 +255,15 @@ def database_password(url: str) -> str | None:
     return unquote(password) if password else None
 
 
+def hide_secrets(
+    twilio_auth_token: str | None, openai_api_key: str | None, database_url: str
+) -> None:
+    """Have logs and output name these secrets (`redact.add_secret`) instead of showing them."""
+    add_secret(twilio_auth_token, "TWILIO_AUTH_TOKEN")
+    add_secret(openai_api_key, "OPENAI_API_KEY")
+    add_secret(database_password(database_url), "DATABASE_URL password")
+
+
 def env_unquoted(raw: str) -> str:
     """`raw` without the blanks, and one pair of matching quotes, an env file can leave around it."""
     # Tokens, SIDs and numbers never hold a quote or end in a blank: those are artefacts of
@@ -428,9 +437,7 @@ class Settings:
                 self, "database_url", f"sqlite:///{(self.instance_path / 'phischer.db').resolve()}"
             )
         # Whatever these are handed to may quote them back in an error: logs never show them.
-        add_secret(self.twilio_auth_token, "TWILIO_AUTH_TOKEN")
-        add_secret(self.openai_api_key, "OPENAI_API_KEY")
-        add_secret(database_password(self.database_url), "DATABASE_URL password")
+        hide_secrets(self.twilio_auth_token, self.openai_api_key, self.database_url)
         if self.reply_mode not in REPLY_MODES:
             raise ConfigError(
                 f"REPLY_MODE={self.reply_mode!r}: use one of {', '.join(REPLY_MODES)}"
@@ -459,6 +466,10 @@ class Settings:
                 value = env_unquoted(value)
             return value if value is not None and value.strip() else None
 
+        # Before any value is checked: the error for a bad one quotes it, and it may be a
+        # secret pasted into the wrong variable too (the token where the number goes).
+        hide_secrets(get("TWILIO_AUTH_TOKEN"), get("OPENAI_API_KEY"), get("DATABASE_URL") or "")
+        add_secret(env_unquoted(env.get("NGROK_AUTHTOKEN", "")), "NGROK_AUTHTOKEN")
         kw: dict[str, Any] = {}
         if (v := get("INSTANCE_PATH")) is not None:
             kw["instance_path"] = Path(v)

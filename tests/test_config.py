@@ -11,6 +11,7 @@ from phischer.cli import log_level
 from phischer.cli_serve import serve
 from phischer.config import ENV_VARS, ConfigError, Settings, from_number, sender_number
 from phischer.redact import mask_number
+from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN_VARS = {
@@ -508,3 +509,28 @@ def test_a_dotenv_saved_in_another_encoding_is_one_line_naming_it(tmp_path):
         f"Error: {tmp_path / '.env'} is not UTF-8 (byte 0xe9 on line 2): save it as UTF-8 in "
         "your editor"
     ]
+
+
+@pytest.mark.parametrize(
+    ("secret_var", "secret", "checked_var"),
+    [
+        # Pasted twice from the console: the token also where the number goes.
+        ("TWILIO_AUTH_TOKEN", "c0ffee" + "a1" * 13, "TWILIO_PHONE_NUMBER"),
+        ("OPENAI_API_KEY", "vllm-local-key-4a7e9c1b2d", "REPLY_TIMEOUT_S"),
+        ("NGROK_AUTHTOKEN", "2abcNgrokTok3nQ9w8e7r6t5", "ALLOWED_NUMBERS"),
+        ("DATABASE_URL", "postgresql://u:PgPassw0rd-7f3e@db/x", "HISTORY_TURNS"),
+    ],
+)
+def test_a_secret_in_another_variable_is_hidden_in_that_variables_error(
+    monkeypatch: pytest.MonkeyPatch, secret_var: str, secret: str, checked_var: str
+) -> None:
+    """Settings quote a value they refuse: a secret pasted there too is named, never shown."""
+    monkeypatch.setenv(secret_var, secret)
+    value = secret.split(":")[-1].split("@")[0]  # DATABASE_URL's password
+    monkeypatch.setenv(checked_var, value)
+    result = run("persona", "list")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {checked_var}")
+    assert value not in result.output
+    shown = "DATABASE_URL password" if secret_var == "DATABASE_URL" else secret_var
+    assert f"<{shown}>" in result.output
