@@ -156,6 +156,30 @@ def check_env_name(name: str) -> None:
                 f"--api-key-env takes a variable's name, and this is the value of {holder}: "
                 f"give --api-key-env {holder} (without a $, which puts the value there)"
             )
+        if looks_like_a_key(name):
+            # A key pasted from the provider's page (not set here): stored, the server would
+            # log it at WARNING on every text ("gsk_… is not set"), and `persona show` print it.
+            raise PersonaError(
+                "--api-key-env takes a variable's name, and this looks like a key itself: put "
+                "the key in a variable where the server runs (GPU_KEY=… in .env) and give its "
+                "name, e.g. --api-key-env GPU_KEY"
+            )
+
+
+# A run this long between underscores is no word of a variable's name.
+KEY_RUN_CHARS = 20
+
+
+def looks_like_a_key(name: str) -> bool:
+    """Whether a variable name reads as a key: a long run of small letters with capitals or digits."""
+    # Variables are words, mostly in capitals (OPENROUTER_API_KEY_2); keys are random runs
+    # (gsk_aB3d…, hf_QwEr…, Together's 64 hex digits).
+    return any(
+        len(run) >= KEY_RUN_CHARS
+        and any(c.islower() for c in run)
+        and any(c.isupper() or c.isdigit() for c in run)
+        for run in name.split("_")
+    )
 
 
 def _check_answerable(path: Path) -> None:

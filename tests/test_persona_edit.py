@@ -389,18 +389,25 @@ def test_an_api_key_env_that_is_not_set_is_stored_with_a_note(database, vee, mon
         assert "sk-set-secret" not in result.output
 
 
-def test_a_key_the_shell_put_for_its_name_is_refused_and_never_shown(vee, database, monkeypatch):
-    # `--api-key-env $GPU_KEY`: the shell expands it, and a Groq-style key is a valid name.
-    key = "gsk_0123456789abcdefghijklmnopqrstuvwxyz"
-    monkeypatch.setenv("GPU_KEY", key)
+def refusals(key: str) -> set[str]:
+    """What `persona add` and `persona edit` print for `--api-key-env KEY`, both refusing it."""
+    outputs = set()
     for command in (["add", "Gus", "--keyword", "gus", "--backend", "openai", "--model", "m"],
                     ["edit", "vee"]):  # fmt: skip
         result = run("persona", *command, "--api-key-env", key)
         assert result.exit_code == 1
-        assert result.output == (
-            "Error: --api-key-env takes a variable's name, and this is the value of GPU_KEY: "
-            "give --api-key-env GPU_KEY (without a $, which puts the value there)\n"
-        )
+        outputs.add(result.output)
+    return outputs
+
+
+def test_a_key_the_shell_put_for_its_name_is_refused_and_never_shown(vee, database, monkeypatch):
+    # `--api-key-env $GPU_KEY`: the shell expands it, and a Groq-style key is a valid name.
+    key = "gsk_0123456789abcdefghijklmnopqrstuvwxyz"
+    monkeypatch.setenv("GPU_KEY", key)
+    assert refusals(key) == {
+        "Error: --api-key-env takes a variable's name, and this is the value of GPU_KEY: "
+        "give --api-key-env GPU_KEY (without a $, which puts the value there)\n"
+    }
     assert rows(database) == vee
     assert run("persona", "edit", "vee", "--api-key-env", "GPU_KEY").exit_code == 0
 
@@ -433,3 +440,29 @@ def test_help_shows_the_ranges_persona_add_shows() -> None:
     for command in ("add", "edit"):
         shown = " ".join(run("persona", command, "--help").output.split())
         assert all(r in shown for r in ranges), (command, shown)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "gsk_" + "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7" * 2,  # Groq: letters of both cases and digits
+        "hf_" + "QwErTyUiOpAsDfGhJkLzXcVbNmQwErTyUi",  # Hugging Face: letters of both cases
+        "a4f9" * 16,  # Together: 64 hex digits
+    ],
+)
+def test_a_key_pasted_for_its_variables_name_is_refused_and_never_shown(
+    vee, database, monkeypatch, key
+):
+    # Not in the environment (copied from the provider's page): stored, the server logged it
+    # on every text ("… is not set") and `persona show` printed it.
+    assert refusals(key) == {
+        "Error: --api-key-env takes a variable's name, and this looks like a key itself: "
+        "put the key in a variable where the server runs (GPU_KEY=… in .env) and give its "
+        "name, e.g. --api-key-env GPU_KEY\n"
+    }
+    assert rows(database) == vee
+    # Names of words stay names, however long, and so does a key-like one that is set here.
+    monkeypatch.setenv(key, "the-key")
+    for name in ("MY_OPENROUTER_API_KEY_FOR_THE_GPU_BOX", "OPENROUTERAPIKEYPRODUCTION2", key):
+        assert run("persona", "edit", "vee", "--api-key-env", name).exit_code == 0
+    assert rows(database)["vee"]["api_key_env"] == key
