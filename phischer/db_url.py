@@ -32,6 +32,11 @@ def normalize_database_url(raw: str) -> str:
             "DATABASE_URL is not a database URL: use e.g. sqlite:///instance/phischer.db "
             "or postgresql://user:password@host/dbname"
         ) from None
+    except ValueError:  # SQLAlchemy's int() of the port, which it does not wrap
+        raise ConfigError(
+            "DATABASE_URL has a port that is not a number: use e.g. "
+            "postgresql://user:password@host:5432/dbname"
+        ) from None
     if url.host and "@" in url.host:
         # A password with a bare @ ends at the first one: the rest would be taken for the
         # host, and error messages (which hide only the password) would show it.

@@ -45,6 +45,8 @@ def test_urls_are_normalised(raw, expected):
         ("mysql://u:hunter2@h/d", "DATABASE_URL=mysql://u:***@h/d needs the MySQLdb driver"),
         # The part after a bare @ would be taken for the host and shown in every error.
         ("postgresql://u:hun@ter2@h/d", "DATABASE_URL has an @ in its password or user name"),
+        # SQLAlchemy's own ValueError, a traceback.
+        ("postgresql://u:hunter2@h:5432x/d", "DATABASE_URL has a port that is not a number"),
         # Each connection its own empty database: the migrated tables were never seen.
         ("sqlite://", "DATABASE_URL=sqlite:// is an in-memory SQLite database"),
         ("sqlite:///:memory:", "DATABASE_URL=sqlite:///:memory: is an in-memory SQLite database"),
