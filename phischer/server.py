@@ -14,6 +14,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
+from phischer.access_log import PathOnlyRequestHandler
 from phischer.config import TWILIO_WEBHOOK_LIMIT_S
 from phischer.db import BUSY_TIMEOUT_MS
 from phischer.in_flight import InFlight
@@ -276,7 +277,14 @@ def serve(
         # Without Werkzeug's interactive debugger: Twilio never sees its pages (every error is
         # TwiML), while its /console runs Python for whoever has the PIN it logs, on a port a
         # tunnel may expose. Debug mode and the reloader stay.
-        app.run(host=bare_host(host), port=port, debug=True, use_reloader=True, use_debugger=False)
+        app.run(
+            host=bare_host(host),
+            port=port,
+            debug=True,
+            use_reloader=True,
+            use_debugger=False,
+            request_handler=PathOnlyRequestHandler,  # a GET text's number and words: not logged
+        )
         return
     # Detached: gunicorn closes the descriptor it is given, so the socket must not own it.
     fd = sock.detach() if sock is not None else None

@@ -131,6 +131,7 @@ def run_up(
     from werkzeug.serving import make_server
 
     from phischer import create_app
+    from phischer.access_log import PathOnlyRequestHandler
     from phischer.cli import migrate_or_explain
     from phischer.in_flight import InFlight
 
@@ -156,7 +157,14 @@ def run_up(
                 return app(environ, start_response)
 
         # werkzeug wants "::1", not the URL form "[::1]" that ports.listen also takes.
-        server = make_server(bare_host(host), port, counted, threaded=True, fd=sock.fileno())
+        server = make_server(
+            bare_host(host),
+            port,
+            counted,
+            threaded=True,
+            request_handler=PathOnlyRequestHandler,  # a GET text's number and words: not logged
+            fd=sock.fileno(),
+        )
         thread = _ServerThread(server)
         thread.start()
         # What a crash or restart left unanswered goes out now, not at the next text.

@@ -84,6 +84,9 @@ def test_serve_dev_runs_the_app_under_the_reloader(
         wait_until(lambda: healthy(url), "GET /healthz did not answer 200", log)
         # No interactive debugger: its console runs Python for whoever has the PIN.
         assert requests.get(f"{url}/console", timeout=10).status_code == 404
+        # A text sent by GET (an SMS URL set to HTTP GET): its request line keeps no query.
+        query = "From=%2B44+7911+123456&Body=my+pin+is+4242"
+        assert requests.get(f"{url}/sms?{query}", timeout=10).status_code == 405
         # The reloader is the process we started; the app is served by the child it runs.
         (first,) = wait_until(lambda: children(proc.pid), "no reloader child", log)
         assert proc.poll() is None
@@ -117,4 +120,6 @@ def test_serve_dev_runs_the_app_under_the_reloader(
     assert "Debugger" not in output  # neither "is active!" nor its PIN
     assert f" * Detected change in '{watched}', reloading" in output
     assert f"phischer is answering texts at {url}/sms" in output
+    assert "GET /sms?… HTTP/1.1" in output
+    assert "7911" not in output and "pin" not in output
     assert "Traceback" not in output

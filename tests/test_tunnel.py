@@ -2218,6 +2218,23 @@ def test_up_in_a_real_process_exits_1_when_the_restore_fails_on_sigterm(
         requests.get(f"{local}/healthz", timeout=2)
 
 
+def test_up_logs_a_requests_path_never_its_query(
+    fake_twilio: FakeTwilio, number: dict[str, Any], tmp_path: Path
+) -> None:
+    """A text sent by GET (the number's SMS URL set to HTTP GET): its number and words stay out."""
+    query = "From=%2B44+7911+123456&Body=my+pin+is+4242&To=%2B15550001111"
+    with real_up(tmp_path, "--public-url", "https://sms.example.com") as (proc, lines):
+        read_until(proc, lines, "Ctrl-C to stop")
+        local = next(line for line in lines if line.startswith("Serving")).split()[1]
+        assert requests.get(f"{local}/sms?{query}", timeout=10).status_code == 405
+        proc.send_signal(signal.SIGTERM)
+        assert finish(proc, lines) == 0
+
+    output = "\n".join(lines)
+    assert "GET /sms?… HTTP/1.1" in output, output
+    assert "7911" not in output and "pin" not in output
+
+
 # `phischer serve` stops this soon too (test_serve_stop); `up` waited for the model's minute.
 STOPPED_WITHIN_S = 10
 
