@@ -56,7 +56,7 @@ class Step:
     events: list[str | dict[str, Any]] = field(default_factory=list)
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
-    error: dict[str, Any] | None = None
+    error: dict[str, Any] | str | None = None  # a str: as some OpenAI-compatible servers send it
     estimated_finish: int | None = None
 
 

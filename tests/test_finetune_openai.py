@@ -6,6 +6,7 @@ import datetime as dt
 import email.utils
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1109,6 +1110,43 @@ def test_failed_job_prints_the_error_and_changes_nothing(
     assert row.status == "failed" and row.error == reason and row.fine_tuned_model is None
 
 
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        # OpenAI's message quoting the lines of the file it refused: the `Error:` line ran
+        # over several lines.
+        ({"code": "invalid_training_file", "param": "training_file",
+          "message": "The file has problems:\n  line 3: no assistant message\n\nline 7: empty"},
+         "The file has problems: line 3: no assistant message line 7: empty"),
+        # No message, only the code: it said "no reason given".
+        ({"code": "invalid_training_file", "message": "", "param": "training_file"},
+         "OpenAI gave no message, only the code invalid_training_file (training_file)"),
+        ({"code": "server_error", "message": "  ", "param": None},
+         "OpenAI gave no message, only the code server_error"),
+        # A server behind OPENAI_BASE_URL sending the error as a bare string: a traceback.
+        ("CUDA out of memory\nTried to allocate 2 GiB", "CUDA out of memory Tried to allocate 2 GiB"),
+    ],
+)  # fmt: skip
+def test_a_failed_jobs_error_is_one_line_whatever_its_shape(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    sleeps: list[float],
+    error: Any,
+    reason: str,
+) -> None:
+    fake_ft.default_script = [Step("failed", error=error)]
+    job_id = start_job(train)
+    for result in (run("finetune", "status", job_id, "--wait"), run("finetune", "status", job_id)):
+        assert result.exit_code == 1
+        assert result.output.splitlines()[-1] == (
+            f"Error: {job_id} failed: {reason} (persona unchanged)"
+        )
+    assert jobs_in(database)[0].error == reason
+    assert persona_row(database).backend == "retrieval"
+
+
 def test_a_key_or_token_in_a_jobs_error_is_neither_stored_nor_printed(
     fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
 ) -> None:
@@ -1409,6 +1447,24 @@ def test_status_shows_when_openai_expects_the_job_to_finish(
     done = run("finetune", "status", job_id)  # a finished job has no estimate to give
     assert f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}\n" in done.output
     assert "estimated" not in done.output
+
+
+def test_status_of_a_job_with_an_estimate_or_events_a_server_garbled_is_lines_as_usual(
+    fake_ft: FakeOpenAI, ada: Path, train: Path
+) -> None:
+    # Milliseconds, not seconds: a traceback (year out of range). An event's message over
+    # several lines tore the log's layout, and one of null printed "None".
+    fake_ft.default_script = [
+        Step("running", [{"message": "Validation failed:\n  line 3\n  line 7", "level": "warn"},
+                         {"message": None}], estimated_finish=1_795_000_000_000),
+    ]  # fmt: skip
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id)
+    assert result.exit_code == 0, result.output
+    created, warned, empty, status = result.output.splitlines()
+    assert warned.endswith(" WARN Validation failed: line 3 line 7")
+    assert re.fullmatch(r"  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", empty)  # no "None"
+    assert status == f"{job_id}: running"
 
 
 def test_ctrl_c_while_waiting_says_the_job_goes_on(

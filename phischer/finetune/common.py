@@ -36,6 +36,14 @@ def step_bar(bar: Any, step: int, total: int, loss: float | None = None) -> Any:
     return bar
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    """`text` with every run of whitespace (newlines too) made one space, cut at `limit`."""
+    # Another program's words (OpenAI's job error, an event, a library's exception) may run
+    # over several lines: an `Error:` line or a log line is one line.
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
 class FineTuneError(ValueError):
     """A fine-tuning step cannot go on; the message says what is wrong and how to fix it."""
 

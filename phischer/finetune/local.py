@@ -32,6 +32,7 @@ from phischer.finetune.common import (
     Echo,
     FineTuneError,
     check_dataset,
+    one_line,
 )
 from phischer.finetune.encode import PadCollator, encode_file, report_cuts
 from phischer.finetune.local_jobs import PROGRESS_FILE, JobRecorder, interrupted, training_lock
@@ -132,8 +133,7 @@ def _one_line(exc: BaseException, limit: int = 400) -> str:
     """The whole message of `exc` on one line, cut at `limit` characters."""
     # Not just its first line: transformers' "Couldn't instantiate the backend tokenizer
     # from one of:" puts what is missing on the lines after it.
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    return one_line(str(exc), limit) or type(exc).__name__
 
 
 def _load(base_model: str) -> tuple[Any, Any]:

@@ -32,6 +32,7 @@ from phischer.finetune.common import (
     Interrupted,
     check_dataset,
     deadline_notice,
+    one_line,
     refuse_after_jobs_end,
     sanitize_suffix,
     step_bar,
@@ -743,9 +744,7 @@ def check_status(
         events, cut = _new_events(client, job_id, last_event_id)
     for event in events:
         _expect(client, event, FineTuningJobEvent, doing, "id")
-    error = None
-    if remote.error is not None and remote.error.message:
-        error = remote.error.message
+    error = job_error(remote.error)
     result = StatusResult(
         job_id=job_id,
         status=remote.status,
@@ -777,6 +776,21 @@ def check_status(
             # saw the job train says so, as the run that made the switch does.
             _say_switch(result, session, stored)
     return result
+
+
+def job_error(error: Any) -> str | None:
+    """A job's `error` ({code, message, param}) as one line; None if it says nothing."""
+    if isinstance(error, str):  # not OpenAI's object: a server behind OPENAI_BASE_URL's text
+        return one_line(error) or None
+    message, code, param = (getattr(error, f, None) for f in ("message", "code", "param"))
+    if isinstance(message, str) and message.strip():
+        # OpenAI's message may quote the file's lines, one per line: the `Error:` is one line.
+        return one_line(message)
+    if isinstance(code, str) and code.strip():
+        # An empty message with a code (invalid_training_file…) still says what went wrong.
+        about = f" ({one_line(param)})" if isinstance(param, str) and param.strip() else ""
+        return f"OpenAI gave no message, only the code {one_line(code)}{about}"
+    return None
 
 
 @contextmanager
@@ -833,12 +847,22 @@ def _say_switch(result: StatusResult, session: Any, job: FineTuneJob) -> None:
 def describe_event(event: Any) -> str:
     """One event as a log line: time, level (if not info) and message."""
     # A server's event may lack a field or have one of another type: shown as it can be.
-    try:
-        when = dt.datetime.fromtimestamp(event.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        when = "????-??-?? ??:??:??"
+    at = _utc(event.created_at)
+    when = f"{at:%Y-%m-%d %H:%M:%S}" if at is not None else "????-??-?? ??:??:??"
     level = event.level if isinstance(event.level, str) and event.level != "info" else ""
-    return f"  {when} {level.upper() + ' ' if level else ''}{event.message}"
+    # One log line per event, whatever lines its message has; a null one is no "None".
+    message = one_line(event.message, limit=2000) if isinstance(event.message, str) else ""
+    return f"  {when} {level.upper() + ' ' if level else ''}{message}".rstrip()
+
+
+def _utc(timestamp: Any) -> dt.datetime | None:
+    """A Unix time in seconds as a UTC datetime; None for what is none (ms, a string, null)."""
+    if isinstance(timestamp, bool):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def describe_status(result: StatusResult) -> list[str]:
@@ -854,8 +878,8 @@ def describe_status(result: StatusResult) -> list[str]:
         head += f", {result.trained_tokens:,} trained tokens"
     if result.fine_tuned_model:
         head += f", model {result.fine_tuned_model}"
-    if result.estimated_finish and result.status not in FINAL_STATES:
-        finish = dt.datetime.fromtimestamp(result.estimated_finish, dt.UTC)
+    finish = _utc(result.estimated_finish) if result.estimated_finish else None
+    if finish is not None and result.status not in FINAL_STATES:
         head += f", estimated to finish {finish:%Y-%m-%d %H:%M} UTC"
     lines.append(head)
     if result.status == "succeeded" and not result.fine_tuned_model:
