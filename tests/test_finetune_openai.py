@@ -1390,6 +1390,41 @@ def test_wait_rides_out_a_blip_and_still_switches_the_persona(
     assert persona_row(database).model == FT_MODEL
 
 
+@pytest.mark.parametrize(
+    ("status", "asked", "waited", "said"),
+    [
+        (429, "600", 600.0, "10 min"),
+        (503, "300", 300.0, "5 min"),
+        (429, "86400", 3600.0, "60 min"),  # a day: an hour at most, then asked again
+    ],
+)
+def test_wait_waits_as_long_as_a_retry_after_asks_then_goes_on(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    sleeps: list[float],
+    status: int,
+    asked: str,
+    waited: float,
+    said: str,
+) -> None:
+    # Longer than the SDK waits (2 minutes): the next check came 5 s later all the same, under
+    # a line saying OpenAI asked for 10 min, and a rate limit of 10 min ended the wait.
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    job_id = start_job(train)
+    body = {"error": {"message": "slow down", "type": "requests", "code": None}}
+    fake_ft.reply("GET", f"/v1/fine_tuning/jobs/{job_id}", status, body, {"retry-after": asked})
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("Warning: ") and first.endswith(f"; checking again in {said}")
+    assert sleeps == [waited, 7.5, 11.25]  # then the usual backoff, from where it was
+    polls = [c for c in fake_ft.calls("GET") if c.path == f"/v1/fine_tuning/jobs/{job_id}"]
+    assert len(polls) == 4  # the refused one (no retry sooner), then the three checks
+    assert persona_row(database).model == FT_MODEL
+
+
 def test_wait_stops_at_once_on_an_exhausted_quota(
     fake_ft: FakeOpenAI, ada: Path, train: Path, sleeps: list[float]
 ) -> None:

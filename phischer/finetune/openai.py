@@ -60,6 +60,9 @@ MAX_EVENTS = 200  # a first `status` of a long job would otherwise print every m
 # `status --wait` rides out this many failed checks in a row (network, 429, 5xx, each after
 # the SDK's own retries) before it gives up: on the backoff above, 6 minutes or more.
 MAX_POLL_FAILURES = 10
+# A Retry-After longer than the backoff is waited out, but for an hour at most: a server's
+# "a day" (or a typo) would leave the wait silent for that long before its next check.
+MAX_POLL_WAIT_S = 3600.0
 # A timed-out upload's file is looked for among those created since it began, by the server's
 # clock: this much earlier too, for a clock that is behind ours.
 CLOCK_SLACK_S = 300
@@ -950,7 +953,11 @@ def wait_for(
                 failures += 1
                 if failures >= MAX_POLL_FAILURES:
                     raise TransientApiError(_gave_up(exc, job_id, failures)) from None
-                write(f"Warning: {exc}; checking again in {interval:g} s")
+                # A Retry-After longer than the SDK waits is waited out: checking sooner only
+                # meets the same answer, and ten of them would end a wait it said how to ride out.
+                pause = max(interval, _asked_wait(exc) or 0.0)
+                when = f"{interval:g} s" if pause == interval else _duration(pause)
+                write(f"Warning: {exc}; checking again in {when}")
             else:
                 failures = 0
                 bar = _progress(bar, result.events)
@@ -958,11 +965,19 @@ def wait_for(
                     (tqdm.write if bar is not None else echo)(line)
                 if result.status in FINAL_STATES or result.status == PAUSED:
                     return result
-            sleep(interval)
+                pause = interval
+            sleep(pause)
             interval = min(POLL_MAX_S, interval * POLL_FACTOR)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _asked_wait(exc: FineTuneError) -> float | None:
+    """The Retry-After of the answer behind `exc` (a 429, a 503), at most MAX_POLL_WAIT_S."""
+    response = getattr(exc.__context__, "response", None)
+    asked = retry_after_s(response.headers) if response is not None else None
+    return min(asked, MAX_POLL_WAIT_S) if asked is not None else None
 
 
 def _gave_up(exc: FineTuneError, job_id: str, failures: int) -> str:
