@@ -104,7 +104,9 @@ _SECRET_SHAPES = (
     (re.compile(r"\bsk-[\w*-]{8,}"), "sk-***"),
     # A key in a URL's query string (a gateway's "?api-key=…" or "&token=…" in a persona's
     # --base-url, or in a URL an error quotes).
-    (re.compile(rf"([?&]{_QUERY_KEY}=)(?!\*\*\*)[^&\s#\"']+"), r"\1***"),
+    # The value ends before a closing bracket, or a sentence's mark after it: an error's
+    # "…?token=…: start the server" keeps its colon.
+    (re.compile(rf"([?&]{_QUERY_KEY}=)(?!\*\*\*)[^&\s#\"'()<>]*[^&\s#\"'()<>.,:;!?]"), r"\1***"),
 )
 
 # What every pattern above must contain: 6 digits, a + before a digit or a digit, one to

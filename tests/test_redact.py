@@ -56,6 +56,9 @@ TOKEN = "b7e3c0ffee0123456789abcdef012345"
             "https://h/v1?v=2&access_token=***&x=1 refused",
         ),
         ("https://h/v1?Key=abc#part", "https://h/v1?Key=***#part"),
+        # The words after a URL stay (its value ends at a closing bracket or a sentence's mark).
+        ("at http://x/sms?token=abcd1234: start it", "at http://x/sms?token=***: start it"),
+        ("(see http://x/?key=abcd1234). Then", "(see http://x/?key=***). Then"),
         ("a monkey=3, ?keys=4&tokens=5", None),
         # What is neither stays.
         ("Twilio error 21211 for SM0123456789abcdef", "Twilio error 21211 for SM0123456789abcdef"),
