@@ -32,7 +32,12 @@ from phischer.base_models import (
 from phischer.chat_format import PART_ROLES, content_texts, json_kind
 from phischer.printing import plural
 from phischer.surrogates import LONE_SURROGATE
-from phischer.tokens import count_messages_tokens, count_tokens, encoding_name_for
+from phischer.tokens import (
+    count_messages_tokens,
+    count_tokens,
+    count_tools_tokens,
+    encoding_name_for,
+)
 
 # Problems kept (with their line) per kind; the rest are only counted. More than --max-shown
 # lists by default, and memory stays bounded by the number of kinds, not of lines.
@@ -459,6 +464,11 @@ def is_validation_file(path: Path) -> bool:
     return path.name.endswith(VALIDATION_SUFFIX)
 
 
+def definitions(obj: dict[str, Any]) -> list[Any]:
+    """A valid example's function definitions: its `tools`, then its `functions` (if any)."""
+    return [d for key in ("tools", "functions") for d in obj.get(key) or ()]
+
+
 def example_tokens(messages: list[dict[str, Any]], model: str) -> tuple[int, int]:
     """(tokens, images) of a valid example: content lists count their text, not images."""
     # Counted as plain messages, a list would be JSON text: its keys, and an image's URL
@@ -626,6 +636,8 @@ def check_file(
         if any(severity == "error" for _, severity in found):
             continue
         tokens, example_images = example_tokens(obj["messages"], base_model)
+        # OpenAI bills an example's function definitions as part of its input.
+        tokens += count_tools_tokens(definitions(obj), base_model)
         images += example_images
         token_counts.append(tokens)
         messages_per_example.append(len(obj["messages"]))

