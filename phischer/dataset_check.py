@@ -430,11 +430,27 @@ def check_example(obj: Any) -> list[tuple[str, Severity]]:
                 )
     if "assistant" not in roles:
         found.append(("no assistant message [example_missing_assistant_message]", "error"))
+    elif all(
+        _untrained(m) for m in messages if isinstance(m, dict) and m.get("role") == "assistant"
+    ):
+        # Billed, but no reply of it is learnt from; OpenAI documents no error for it.
+        found.append(
+            (
+                "every assistant message has weight 0: nothing to train on [nothing_to_train]",
+                "warning",
+            )
+        )
     if "system" not in roles:
         found.append(("no system message [missing_system]", "warning"))
     if "user" not in roles:
         found.append(("no user message [missing_user]", "warning"))
     return found
+
+
+def _untrained(message: dict[str, Any]) -> bool:
+    """Whether an assistant message is left out of training: weight 0 (or the 0.0 warned of)."""
+    weight = message.get("weight")
+    return type(weight) in (int, float) and weight == 0
 
 
 def _example_key_problems(obj: dict[str, Any]) -> list[tuple[str, Severity]]:

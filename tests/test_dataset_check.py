@@ -24,6 +24,7 @@ from phischer.tokens import count_tokens
 from tests.conftest import peak_memory
 
 DATA = Path(__file__).parent / "fixtures" / "datasets"
+NOTHING_TO_TRAIN = "every assistant message has weight 0: nothing to train on [nothing_to_train]"
 
 ERRORS = [
     (2, "invalid JSON: Expecting ',' delimiter at column 89 [invalid_json]"),
@@ -608,6 +609,7 @@ def test_weight_only_on_assistant_messages() -> None:
     assert check_example(example) == [
         ("message 1: weight is only for assistant messages [invalid_weight]", "error"),
         ("message 2: weight is only for assistant messages [invalid_weight]", "error"),
+        (NOTHING_TO_TRAIN, "warning"),
     ]
 
 
@@ -620,11 +622,14 @@ def test_weight_is_the_integer_0_or_1_as_openai_documents_it(weight: object, sev
     example: Any = chat("hey", "hi")
     example["messages"][2]["weight"] = weight
     shown = json.dumps(weight)
+    # The one reply left out of training (0.0 as 0): nothing to train on, said too.
+    untrained = [(NOTHING_TO_TRAIN, "warning")] if weight == 0 else []
     assert check_example(example) == [
-        (f"message 3: weight is {shown}, must be the integer 0 or 1 [invalid_weight]", severity)
+        (f"message 3: weight is {shown}, must be the integer 0 or 1 [invalid_weight]", severity),
+        *untrained,
     ]
     example["messages"][2]["weight"] = int(weight)  # type: ignore[call-overload]
-    assert check_example(example) == []
+    assert check_example(example) == untrained
 
 
 def test_a_line_holds_only_the_keys_of_openais_format() -> None:
@@ -795,3 +800,25 @@ def test_function_definitions_are_counted_in_the_example(tmp_path: Path) -> None
     assert report.over_limit == 2
     assert [p.line for p in report.warnings if p.kind == "over_token_limit"] == [1, 2]
     assert report.tokens_per_epoch == 4_096 * 2 + messages
+
+
+def test_an_example_with_every_reply_weighted_0_is_warned_of(tmp_path: Path) -> None:
+    """Nothing in it is trained on, yet it is billed: a warning naming its line."""
+    untrained: Any = chat("hey", "hi", "sup", "nm")
+    for message in untrained["messages"][2::2]:
+        message["weight"] = 0
+    partly: Any = chat("hey", "hi", "sup", "nm")
+    partly["messages"][2]["weight"] = 0  # one reply still trained on: fine
+    path = write(tmp_path / "w.jsonl", [partly, untrained, *[untrained] * 4, *[partly] * 6])
+    result = CliRunner().invoke(cli, ["dataset", "check", str(path), "--max-shown", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1:5] == [
+        "Warnings (5):",
+        f"  line 2: {NOTHING_TO_TRAIN}",
+        f"  line 3: {NOTHING_TO_TRAIN}",
+        "  … and 3 more (in all: nothing_to_train 5)",
+    ]
+    assert lines[-1] == "OK: no format errors (5 warnings above)."
+    report = check_file(path)
+    assert len(report.token_counts) == 12  # still billed, so still counted
