@@ -126,11 +126,38 @@ def _join(parent: list[int], a: int, b: int) -> None:
     parent[max(ra, rb)] = min(ra, rb)
 
 
-def _read_ids(path: Path) -> tuple[list[str], bool]:
-    n_lines = sum(1 for _, raw in read_lines(path) if not is_blank(raw))
+def _example_key(number: int, raw: bytes) -> int:
+    """What makes two lines one example: their turns (system aside, as inferred), else bytes."""
+    obj, problem = parse_line(number, raw)
+    turns = _turns(obj) if problem is None else []
+    # A hash, as in infer_conversations: a collision only joins two conversations.
+    return hash(tuple(turns)) if turns else hash(raw)
+
+
+def join_copies(ids: list[str], keys: list[int]) -> list[str]:
+    """Each line's conversation, conversations that share an example joined into one.
+
+    A `.conversations` file may give one example two ids (a chat exported twice, files
+    concatenated): apart, one copy could train and the other validate. A joined group is
+    named by its smallest id, so the split does not depend on the order of the lines.
+    """
+    names = sorted(set(ids))
+    index = {cid: i for i, cid in enumerate(names)}
+    parent = list(range(len(names)))
+    first: dict[int, int] = {}  # an example's key -> the conversation it came in first
+    for cid, key in zip(ids, keys, strict=True):
+        _join(parent, first.setdefault(key, index[cid]), index[cid])
+    return [names[_root(parent, index[cid])] for cid in ids]
+
+
+def _read_ids(path: Path) -> tuple[list[str], list[str], bool]:
+    """(each line's id, each line's conversation group, whether the ids came from a sidecar)."""
     side = sidecar_path(path)
     if not side.exists():
-        return infer_conversations(path), False
+        ids = infer_conversations(path)  # copies already joined
+        return ids, ids, False
+    keys = [_example_key(n, raw) for n, raw in read_lines(path) if not is_blank(raw)]
+    n_lines = len(keys)
     try:
         text = side.read_bytes().decode("utf-8")  # not read_text: it turns "\r" into "\n"
     except UnicodeDecodeError as exc:
@@ -148,7 +175,7 @@ def _read_ids(path: Path) -> tuple[list[str], bool]:
             f"{side}: {len(ids):,} conversation ids for {n_lines:,} examples in {path.name}; "
             "re-run `phischer import` or delete the .conversations file"
         )
-    return ids, True
+    return ids, join_copies(ids, keys), True
 
 
 def choose_validation(sizes: dict[str, int], validation: float, seed: int) -> set[str]:
@@ -190,12 +217,12 @@ def split_file(
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-    ids, from_sidecar = _read_ids(path)
+    ids, groups, from_sidecar = _read_ids(path)
     if not ids:
         raise DatasetError(f"{path}: no examples to split")
     sizes: dict[str, int] = {}
-    for cid in ids:
-        sizes[cid] = sizes.get(cid, 0) + 1
+    for group in groups:
+        sizes[group] = sizes.get(group, 0) + 1
     if len(sizes) < 2:
         which = "the one example comes" if len(ids) == 1 else f"all {len(ids):,} examples come"
         raise DatasetError(
@@ -209,8 +236,9 @@ def split_file(
     targets = (train_path, validation_path, sidecar_path(train_path), sidecar_path(validation_path))
     with atomic_files(*targets, mode="wb") as (train, val, train_ids, val_ids):
         lines = (raw for _, raw in read_lines(path) if not is_blank(raw))
-        for raw, cid in zip(lines, ids, strict=True):
-            is_val = cid in held_out
+        for raw, cid, group in zip(lines, ids, groups, strict=True):
+            # Each line keeps its own id; its side is its group's.
+            is_val = group in held_out
             (val if is_val else train).write(raw + b"\n")
             (val_ids if is_val else train_ids).write(cid.encode("utf-8") + b"\n")
             counts[is_val] += 1

@@ -401,3 +401,32 @@ def test_a_split_stopped_by_kill_or_a_closed_terminal_leaves_no_files(
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_an_example_the_sidecar_gives_two_ids_stays_on_one_side(tmp_path: Path) -> None:
+    """Two exports of one chat (or files joined): the same example under two ids leaked."""
+    path = tmp_path / "twice.jsonl"
+    ids = make_dataset(path, {f"c{i}": 2 for i in range(10)}, interleave=False)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    # Conversation c9 is c0 again, written with other spacing and the system prompt changed.
+    again = [json.loads(line) for line in lines[:2]]
+    for example in again:
+        example["messages"].insert(0, {"role": "system", "content": "another prompt"})
+    lines[18:] = [json.dumps(e, indent=None, separators=(",", ":")) for e in again]
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    for seed in range(10):  # without the join, seeds 2 and 9 put a copy on each side
+        result = split_file(path, validation=0.2, seed=seed, out_dir=tmp_path / str(seed))
+        train = {_turns_of(line) for line in result.train_path.read_text().splitlines()}
+        validation = {_turns_of(line) for line in result.validation_path.read_text().splitlines()}
+        assert train.isdisjoint(validation), seed
+        # c0 and c9 count as one conversation; each line keeps the id the sidecar gave it.
+        assert result.train_conversations + result.validation_conversations == 9
+        written = [
+            *sidecar_path(result.train_path).read_text().splitlines(),
+            *sidecar_path(result.validation_path).read_text().splitlines(),
+        ]
+        assert sorted(written) == sorted(ids)
+
+
+def _turns_of(line: str) -> str:
+    return json.dumps([m for m in json.loads(line)["messages"] if m["role"] != "system"])
