@@ -73,6 +73,9 @@ VALIDATION_SUFFIX = ".validation.jsonl"
 # "Unicode" write. None of its lines is UTF-8 text, so the check says so once, and stops.
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 UTF16 = "utf16"
+# Old Mac OS line endings: a "\r" alone ends each line, so the file reads as one line of
+# several examples; said once, as what it is, not as "invalid JSON: Extra data".
+CR_ONLY = "cr_line_endings"
 PART_HINT = 'use "text" parts, and "image_url" parts in user messages'
 
 Severity = Literal["error", "warning"]
@@ -561,6 +564,20 @@ def _column_of_constant(text: str) -> int:
     return match.start() + 1 if match else 1
 
 
+def _ends_in_cr(text: str) -> bool:
+    """Whether a line that is not JSON is examples joined by lone CRs (old Mac endings)."""
+    # A "\r" inside a JSON line is whitespace: only a line that fails to parse, whose text
+    # up to its first CR is JSON and which has more after it, is taken for CR endings.
+    first, cr, rest = text.partition("\r")
+    if not cr or not rest.strip(" \t\r"):
+        return False
+    try:
+        json.loads(first)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 def parse_line(number: int, raw: bytes) -> tuple[Any, Problem | None]:
     """A line's JSON value, or the problem that stops it being one."""
     try:
@@ -587,6 +604,10 @@ def parse_line(number: int, raw: bytes) -> tuple[Any, Problem | None]:
             "NaN or Infinity: write a number or null) [invalid_json]",
         )
     except json.JSONDecodeError as exc:
+        if _ends_in_cr(text):
+            return None, Problem(
+                number, f"lines end in CR only: save with LF line endings [{CR_ONLY}]"
+            )
         return None, Problem(
             number, f"invalid JSON: {exc.msg} at column {exc.colno} [invalid_json]"
         )
@@ -643,6 +664,8 @@ def check_file(
                 # Every line after would be "invalid JSON" (UTF-16 text read as UTF-8): the
                 # one line already says what to do, and the file holds no example to count.
                 break
+            if problem.kind == CR_ONLY:
+                continue  # several examples in one "line": not one to count
             examples += problem.severity == "error"  # a blank line is no example
             continue
         examples += 1
@@ -667,8 +690,8 @@ def check_file(
                     "warning",
                 )
             )
-    if findings.counts.get(("error", UTF16)):
-        pass  # no line was read: nothing to count
+    if findings.counts.get(("error", UTF16)) or findings.counts.get(("error", CR_ONLY)):
+        pass  # no line was read, or not as lines: nothing to count
     elif examples == 0:
         findings.add(Problem(0, "no examples in the file [no_examples]"))
     elif examples < MIN_EXAMPLES and not validation:

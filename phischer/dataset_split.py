@@ -10,6 +10,7 @@ from typing import Any
 
 from phischer.atomic import atomic_files
 from phischer.dataset_check import (
+    CR_ONLY,
     VALIDATION_SUFFIX,
     DatasetError,
     is_blank,
@@ -126,9 +127,12 @@ def _join(parent: list[int], a: int, b: int) -> None:
     parent[max(ra, rb)] = min(ra, rb)
 
 
-def _example_key(number: int, raw: bytes) -> int:
+def _example_key(path: Path, number: int, raw: bytes) -> int:
     """What makes two lines one example: their turns (system aside, as inferred), else bytes."""
     obj, problem = parse_line(number, raw)
+    if problem is not None and problem.kind == CR_ONLY:
+        # Read as one line, the file would be "N conversation ids for 1 example".
+        raise DatasetError(f"{path}: {problem}")
     turns = _turns(obj) if problem is None else []
     # A hash, as in infer_conversations: a collision only joins two conversations.
     return hash(tuple(turns)) if turns else hash(raw)
@@ -156,7 +160,7 @@ def _read_ids(path: Path) -> tuple[list[str], list[str], bool]:
     if not side.exists():
         ids = infer_conversations(path)  # copies already joined
         return ids, ids, False
-    keys = [_example_key(n, raw) for n, raw in read_lines(path) if not is_blank(raw)]
+    keys = [_example_key(path, n, raw) for n, raw in read_lines(path) if not is_blank(raw)]
     n_lines = len(keys)
     try:
         text = side.read_bytes().decode("utf-8")  # not read_text: it turns "\r" into "\n"

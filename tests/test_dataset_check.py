@@ -295,12 +295,19 @@ def test_a_utf16_file_is_one_error_saying_to_save_it_as_utf8(tmp_path: Path, cod
     bom = "\ufeff" if codec == "utf-16-be" else ""  # the "utf-16" codec writes its own
     text = "".join(json.dumps(chat("hey", "hi")) + "\n" for _ in range(12))
     path.write_bytes((bom + text).encode(codec))
+    assert_one_error_on_line_1(
+        path, "the file is UTF-16, not UTF-8: save it as UTF-8 without BOM [utf16]"
+    )
+
+
+def assert_one_error_on_line_1(path: Path, error: str) -> None:
+    """`dataset check` reports only `error`, on line 1, reads no example, and exits 1."""
     result = CliRunner().invoke(cli, ["dataset", "check", str(path)])
     assert result.exit_code == 1
     assert result.output.splitlines() == [
         f"{path}: 0 examples, base model gpt-4.1-mini-2025-04-14 (o200k_base)",
         "Errors (1):",
-        "  line 1: the file is UTF-16, not UTF-8: save it as UTF-8 without BOM [utf16]",
+        f"  line 1: {error}",
         "FAILED: 1 error; fix them before fine-tuning.",
     ]
 
@@ -800,6 +807,24 @@ def test_function_definitions_are_counted_in_the_example(tmp_path: Path) -> None
     assert report.over_limit == 2
     assert [p.line for p in report.warnings if p.kind == "over_token_limit"] == [1, 2]
     assert report.tokens_per_epoch == 4_096 * 2 + messages
+
+
+def test_a_file_with_cr_only_line_endings_is_one_error_saying_so(tmp_path: Path) -> None:
+    """Old Mac line endings: the file read as one line of "invalid JSON: Extra data"."""
+    path = tmp_path / "mac.jsonl"
+    path.write_bytes(b"".join(json.dumps(chat("hey", "hi")).encode() + b"\r" for _ in range(12)))
+    assert_one_error_on_line_1(
+        path, "lines end in CR only: save with LF line endings [cr_line_endings]"
+    )
+    # A CR inside a line is JSON whitespace, and CRLF endings are read as they always were.
+    crlf = tmp_path / "crlf.jsonl"
+    inner = json.dumps(chat("hey", "hi")).replace(", ", ",\r", 1).encode()
+    crlf.write_bytes(inner + b"\r\n" + b"".join(inner + b"\r\n" for _ in range(11)))
+    assert check_file(crlf).problems == []
+    # Broken JSON with a CR in it is still invalid JSON, not a line-ending problem.
+    bad = tmp_path / "bad2.jsonl"
+    bad.write_bytes(b'{"messages": [\r{"role": "user"}\r')
+    assert [p.kind for p in check_file(bad).errors] == ["invalid_json"]
 
 
 def test_an_example_with_every_reply_weighted_0_is_warned_of(tmp_path: Path) -> None:

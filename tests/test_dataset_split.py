@@ -430,3 +430,19 @@ def test_an_example_the_sidecar_gives_two_ids_stays_on_one_side(tmp_path: Path) 
 
 def _turns_of(line: str) -> str:
     return json.dumps([m for m in json.loads(line)["messages"] if m["role"] != "system"])
+
+
+@pytest.mark.parametrize("with_sidecar", [True, False])
+def test_a_file_with_cr_only_line_endings_says_so(tmp_path: Path, with_sidecar: bool) -> None:
+    # Read as one line: "4 conversation ids for 1 example", or "invalid JSON: Extra data".
+    path = tmp_path / "mac.jsonl"
+    make_dataset(path, {"a": 2, "b": 2})
+    if not with_sidecar:
+        sidecar_path(path).unlink()
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r"))
+    result = CliRunner().invoke(cli, ["dataset", "split", str(path)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1].endswith(
+        "line 1: lines end in CR only: save with LF line endings [cr_line_endings]"
+        + ("" if with_sidecar else "; run `phischer dataset check` first")
+    )
