@@ -316,8 +316,9 @@ def cancel(obj: Context, job_id: str) -> None:
     from phischer.finetune import openai as ft
 
     with friendly_errors():
-        new_status = ft.cancel(obj.db, obj.settings, job_id)
-    click.echo(f"{job_id}: {new_status}")
+        lines = ft.cancel(obj.db, obj.settings, job_id)
+    for line in lines:
+        click.echo(line)
 
 
 def register(cli: click.Group) -> None:

@@ -164,6 +164,9 @@ class FineTuneJob(Base):
     output_dir: Mapped[str | None] = mapped_column(sa.String(1000))
     trained_tokens: Mapped[int | None] = mapped_column(sa.Integer)
     last_event_id: Mapped[str | None] = mapped_column(sa.String(100))
+    # JSON list of the ids of the newest events (up to a page) when last shown: a server may
+    # list an event late, below one already shown, or swap two of one second (revision 0009).
+    shown_event_ids: Mapped[str | None] = mapped_column(sa.Text)
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

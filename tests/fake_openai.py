@@ -12,7 +12,8 @@ Point the SDK at `fake.base_url` (OPENAI_BASE_URL, or base_url=). It serves
 - GET  /v1/fine_tuning/jobs[?limit=]        list, newest first
 - GET  /v1/fine_tuning/jobs/{id}            retrieve; each GET applies the job's next `Step`,
                                             so a test decides how many polls a job takes
-- GET  /v1/fine_tuning/jobs/{id}/events     newest first, paged with after/limit
+- GET  /v1/fine_tuning/jobs/{id}/events     newest first, paged with after/limit (or
+                                            `events_status`, a server without events)
 - POST /v1/fine_tuning/jobs/{id}/cancel
 
 and records every request in `requests` (`most_chats`: the most chat completions it was
@@ -143,6 +144,9 @@ class FakeOpenAI:
         self.events: dict[str, list[dict[str, Any]]] = {}  # newest first, as the API lists
         self.scripts: dict[str, list[Step]] = {}
         self.default_script: list[Step] = [Step("running")]
+        # The status the events endpoint answers with, if not 200: an OpenAI-compatible server
+        # without one (404, 405, 501).
+        self.events_status: int | None = None
         # What an upload's answer says of it: ("error", details) for a file OpenAI cannot read.
         self.upload_status: tuple[str, str | None] = ("processed", None)
         # (method, path prefix, status, body, headers), each served once before normal
@@ -381,6 +385,8 @@ class FakeOpenAI:
         if method == "GET" and len(rest) == 1:
             self.advance(job_id)
             return 200, job
+        if method == "GET" and rest[1:] == ["events"] and self.events_status is not None:
+            return self.events_status, {"detail": "Not Found"}
         if method == "GET" and rest[1:] == ["events"]:
             events = self.events[job_id]
             after = rec.query.get("after", [None])[0]

@@ -1168,23 +1168,60 @@ def test_cancel_then_wait_ends_cancelled(
 ) -> None:
     fake_ft.default_script = [Step("running")] * 5
     job_id = start_job(train)
+    # A 400 while the job runs is OpenAI's reason, as it gave it.
+    fake_ft.fail("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel", 400, "not now")
+    refused = run("finetune", "cancel", job_id)
+    assert refused.exit_code == 1
+    assert error_lines(refused) == [
+        f"Error: OpenAI answered 400 while cancelling {job_id}: not now"
+    ]
     result = run("finetune", "cancel", job_id)
     assert result.exit_code == 0
     assert result.output.strip() == f"{job_id}: cancelled"
-    assert len(fake_ft.calls("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")) == 1
+    assert len(fake_ft.calls("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")) == 2
     assert jobs_in(database)[0].status == "cancelled"
     waited = run("finetune", "status", job_id, "--wait")
     assert waited.exit_code == 0
     assert "Fine-tuning job cancelled" in waited.output
     assert sleeps == []
     assert persona_row(database).backend == "retrieval"
-    # Cancelling a finished job is OpenAI's 400: one line, state kept.
+    # Cancelling a finished job is OpenAI's 400: said as the job's state, which is kept.
     again = run("finetune", "cancel", job_id)
-    assert again.exit_code == 1
-    assert error_lines(again) == [
-        f"Error: OpenAI answered 400 while cancelling {job_id}: Job {job_id} has already completed"
-    ]
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[-1] == f"{job_id} already cancelled; nothing to cancel"
     assert jobs_in(database)[0].status == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("ended", "said", "model"),
+    [
+        (Step("succeeded", fine_tuned_model=FT_MODEL, trained_tokens=4321), "succeeded", FT_MODEL),
+        (Step("failed", error={"code": "x", "message": "bad file"}), "failed (bad file)", None),
+    ],
+)
+def test_cancelling_a_job_that_ended_unseen_records_how_it_ended(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    ended: Step,
+    said: str,
+    model: str | None,
+) -> None:
+    # The job ended at OpenAI after the last `status`: the stored row still said running.
+    fake_ft.default_script = [Step("running"), ended]
+    job_id = start_job(train)
+    assert run("finetune", "status", job_id).exit_code == 0
+    fake_ft.advance(job_id)
+    result = run("finetune", "cancel", job_id)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"{job_id} already {said}; nothing to cancel"
+    (row,) = jobs_in(database)
+    assert row.status == ended.status and row.finished_at is not None
+    # A success is stored as `status` stores it: the persona switches, as said.
+    assert persona_row(database).model == model
+    assert (f"Persona Ada Lovelace now answers with {FT_MODEL}." in result.output) == bool(model)
+    assert "Persona" not in run("finetune", "status", job_id).output  # switched once
 
 
 @pytest.mark.parametrize(
@@ -1598,7 +1635,8 @@ def test_status_of_a_job_not_started_here_switches_nothing(
     result = run("finetune", "status", other, "--wait")
     assert result.exit_code == 0, result.output
     assert f"{other}: succeeded, 4,321 trained tokens, model {FT_MODEL}" in result.output
-    assert "  (not started from here: no persona will be switched)" in result.output
+    # Said once, not after every poll.
+    assert result.output.count("(not started from here: no persona will be switched)") == 1
     # Nothing stored keeps its last event: each poll still shows only the new ones.
     for message in ("Fine-tuning job started", "Step 1/3", "New fine-tuned model created"):
         assert result.output.count(message) == 1
@@ -2022,6 +2060,68 @@ def test_signed_sms_reaches_the_fine_tuned_model(
     body = chat.json()
     assert body["model"] == FT_MODEL
     assert body["messages"][-1] == {"role": "user", "content": "how are you?"}
+
+
+@pytest.mark.parametrize("answer", [404, 405, 501])
+def test_a_server_without_events_still_reports_the_status_and_switches(
+    fake_ft: FakeOpenAI,
+    ada: Path,
+    train: Path,
+    database: Database,
+    sleeps: list[float],
+    answer: int,
+) -> None:
+    # An OpenAI-compatible server without the events endpoint failed every `status`: a
+    # succeeded job never switched the persona.
+    fake_ft.default_script = list(SUCCESS_SCRIPT)
+    fake_ft.events_status = answer
+    job_id = start_job(train)
+    result = run("finetune", "status", job_id, "--wait")
+    assert result.exit_code == 0, result.output
+    note = f"  ({fake_ft.base_url} gives no events for its jobs: only the status is shown)"
+    assert result.output.splitlines().count(note) == 1
+    assert f"{job_id}: succeeded, 4,321 trained tokens, model {FT_MODEL}" in result.output
+    assert result.output.splitlines()[-1] == f"Persona Ada Lovelace now answers with {FT_MODEL}."
+    assert persona_row(database).model == FT_MODEL
+    (row,) = jobs_in(database)
+    assert row.status == "succeeded" and row.trained_tokens == 4321
+    # Asked once in the wait (a 501 retried by the SDK as any 5xx), not at every poll.
+    tries = 3 if answer >= 500 else 1
+    assert len(fake_ft.calls("GET", f"/v1/fine_tuning/jobs/{job_id}/events")) == tries
+
+
+def test_events_listed_out_of_order_are_each_shown_once(
+    fake_ft: FakeOpenAI, ada: Path, train: Path, database: Database, sleeps: list[float]
+) -> None:
+    fake_ft.default_script = [Step("running", ["one", "two", "three"])] + [Step("running")] * 5
+    job_id = start_job(train)
+    first = run("finetune", "status", job_id)
+    assert [m for m in ("one", "two", "three") if f" {m}\n" in first.output] == [
+        "one",
+        "two",
+        "three",
+    ]
+    listed = fake_ft.events[job_id]  # newest first
+    # "two" and "three" of one second swap places; "late" is listed below the newest one
+    # shown (an earlier created_at), and "four" comes on top.
+    listed[0], listed[1] = listed[1], listed[0]
+    fake_ft.add_event(job_id, "late")
+    listed.insert(2, listed.pop(0))
+    fake_ft.add_event(job_id, "four")
+    second = run("finetune", "status", job_id)
+    assert second.exit_code == 0, second.output
+    shown = [line.split(" ", 4)[-1] for line in second.output.splitlines()[:-1]]
+    assert shown == ["late", "four"]
+    assert run("finetune", "status", job_id).output.splitlines() == [f"{job_id}: running"]
+    # A wait compares with what it showed itself, the same way.
+    fake_ft.default_script = []
+    fake_ft.add_event(job_id, "five")
+    listed.insert(3, listed.pop(0))
+    fake_ft.jobs[job_id]["status"] = "cancelled"
+    waited = run("finetune", "status", job_id, "--wait")
+    assert waited.exit_code == 0, waited.output
+    assert waited.output.splitlines() == [waited.output.splitlines()[0], f"{job_id}: cancelled"]
+    assert waited.output.splitlines()[0].endswith(" five")
 
 
 def test_new_events_span_several_pages(

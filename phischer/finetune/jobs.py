@@ -27,6 +27,7 @@ class JobUpdate:
     trained_tokens: int | None = None
     error: str | None = None
     last_event_id: str | None = None
+    shown_event_ids: str | None = None  # JSON list, newest first
 
 
 def record_job(session: Session, **fields: Any) -> FineTuneJob:
@@ -203,7 +204,13 @@ def apply_update(session: Session, job: FineTuneJob, update: JobUpdate) -> Perso
     # on a later check than the first to say "succeeded".
     switched_before = job.status == "succeeded" and job.fine_tuned_model
     job.status = update.status
-    for attr in ("fine_tuned_model", "trained_tokens", "error", "last_event_id"):
+    for attr in (
+        "fine_tuned_model",
+        "trained_tokens",
+        "error",
+        "last_event_id",
+        "shown_event_ids",
+    ):
         value = getattr(update, attr)
         if value is not None:
             setattr(job, attr, value)

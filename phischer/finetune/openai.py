@@ -10,7 +10,7 @@ import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,11 @@ POLL_FIRST_S = 5.0
 POLL_MAX_S = 60.0
 POLL_FACTOR = 1.5
 MAX_EVENTS = 200  # a first `status` of a long job would otherwise print every metrics step
+# The ids of this many newest events are kept as shown: one listed late, below them, is caught.
+EVENT_WINDOW = 50
+# What an OpenAI-compatible server without the events endpoint answers it with: events are
+# a nicety, the status and the switch are what `status` is for.
+NO_EVENTS_STATUSES = (404, 405, 501)
 # `status --wait` rides out this many failed checks in a row (network, 429, 5xx, each after
 # the SDK's own retries) before it gives up: on the backoff above, 6 minutes or more.
 MAX_POLL_FAILURES = 10
@@ -687,19 +692,52 @@ def start_openai(
 
 
 def _new_events(
-    client: openai.OpenAI, job_id: str, last_event_id: str | None
-) -> tuple[list[Any], bool]:
-    """The events after the last one shown, oldest first, and whether older new ones were cut."""
-    # The API lists events newest first and pages backwards (`after` = older than), so walk
-    # until the last event already shown, then flip to chronological order.
+    client: openai.OpenAI, job_id: str, shown: list[str]
+) -> tuple[list[Any], bool, list[str]]:
+    """The events not shown yet, oldest first; whether older new ones were cut; the ids of
+    the newest EVENT_WINDOW events now (all shown once these are)."""
+    # The API lists events newest first and pages backwards (`after` = older than). An
+    # event may be listed late, below one already shown (an earlier created_at), and two of
+    # one second may swap places: so every id down to the oldest of the newest ones shown
+    # last time is compared with those, not only the last one shown.
+    seen, oldest = set(shown), shown[-1] if shown else None
     fresh: list[Any] = []
+    newest: list[str] = []
     for event in client.fine_tuning.jobs.list_events(job_id, limit=50):
-        if event.id == last_event_id:
+        if len(newest) < EVENT_WINDOW:
+            newest.append(event.id)
+        if event.id == oldest:
             break
+        if event.id in seen:
+            continue
         if len(fresh) >= MAX_EVENTS:
-            return fresh[::-1], True
+            return fresh[::-1], True, newest
         fresh.append(event)
-    return fresh[::-1], False
+    return fresh[::-1], False, newest
+
+
+def _stored_shown(row: FineTuneJob | None) -> list[str]:
+    """The ids of the events a stored job's last check showed, newest first."""
+    if row is None:
+        return []
+    try:
+        shown = json.loads(row.shown_event_ids) if row.shown_event_ids else None
+    except ValueError:
+        shown = None
+    if isinstance(shown, list) and all(isinstance(i, str) for i in shown):
+        return shown
+    # Stored before the ids were (revision 0009): only the last event shown is known.
+    return [row.last_event_id] if row.last_event_id else []
+
+
+def _no_events_here(exc: FineTuneError) -> bool:
+    """Whether `exc` is a server saying it has no events endpoint (404, 405 or 501)."""
+    answer = exc.__context__
+    return isinstance(answer, openai.APIStatusError) and answer.status_code in NO_EVENTS_STATUSES
+
+
+def _no_events_line(client: openai.OpenAI) -> str:
+    return f"  ({server_of(client)} gives no events for its jobs: only the status is shown)"
 
 
 @dataclass
@@ -717,8 +755,10 @@ class StatusResult:
     persona_switched: str | None = None
     persona_removed: bool = False  # it succeeded just now, and its persona is gone
     kept_newer: str | None = None  # it succeeded, but a newer job had switched the persona
-    tracked: bool = True
-    last_event_id: str | None = None  # the last event shown by now: where the next check pages to
+    # The ids of the newest events, all shown by now: what the next check compares with.
+    shown_event_ids: list[str] = field(default_factory=list)
+    no_events: bool = False  # the server has no events endpoint: not asked again in a wait
+    notes: list[str] = field(default_factory=list)  # said once, by the check that found them
 
 
 def check_status(
@@ -732,19 +772,30 @@ def check_status(
     server = server_of(client)
     with db.read() as session:
         row = jobs.find_job(session, job_id, server)
-        last_event_id = row.last_event_id if row is not None else None
+        shown = _stored_shown(row)
     if previous is not None:
-        # A wait pages from what it showed itself: the stored event (for the next `status`)
-        # moves on under a second `status --wait` of the job, whose events this one missed.
-        last_event_id = previous.last_event_id
+        # A wait compares with what it showed itself: the stored ids (for the next `status`)
+        # move on under a second `status --wait` of the job, whose events this one missed.
+        shown = previous.shown_event_ids
     if row is not None and row.provider != "openai":
         raise FineTuneError(f"{job_id} is a {row.provider} job: it has no remote status")
     doing = f"checking {job_id}"
     with _started_elsewhere(db, client, job_id, row), api_errors(client, doing):
         remote = client.fine_tuning.jobs.retrieve(job_id)
     remote = _expect(client, remote, FineTuningJob, doing, "id", "status")
-    with api_errors(client, doing):
-        events, cut = _new_events(client, job_id, last_event_id)
+    events: list[Any] = []
+    cut, no_events, notes = False, previous is not None and previous.no_events, []
+    if previous is None and row is None:
+        notes.append("  (not started from here: no persona will be switched)")
+    if not no_events:
+        try:
+            with api_errors(client, doing):
+                events, cut, shown = _new_events(client, job_id, shown)
+        except FineTuneError as exc:
+            if not _no_events_here(exc):
+                raise
+            no_events = True
+            notes.append(_no_events_line(client))
     for event in events:
         _expect(client, event, FineTuningJobEvent, doing, "id")
     error = job_error(remote.error)
@@ -757,8 +808,9 @@ def check_status(
         error=error,
         estimated_finish=getattr(remote, "estimated_finish", None),
         older_events_cut=cut,
-        tracked=row is not None,
-        last_event_id=events[-1].id if events else last_event_id,
+        shown_event_ids=shown,
+        no_events=no_events,
+        notes=notes,
     )
     if row is None:
         return result
@@ -767,7 +819,8 @@ def check_status(
         fine_tuned_model=remote.fine_tuned_model,
         trained_tokens=remote.trained_tokens,
         error=error,
-        last_event_id=events[-1].id if events else None,
+        last_event_id=shown[0] if shown else None,
+        shown_event_ids=json.dumps(shown) if shown else None,
     )
     with db.write() as session:
         stored = jobs.get_job(session, job_id, server)
@@ -895,8 +948,7 @@ def describe_status(result: StatusResult) -> list[str]:
             f"  It trains again once resumed on OpenAI (its fine-tuning dashboard, or the API's "
             f"resume); then follow it with: phischer finetune status {result.job_id} --wait"
         )
-    if not result.tracked:
-        lines.append("  (not started from here: no persona will be switched)")
+    lines += result.notes
     if result.persona_switched:
         lines.append(
             f"Persona {result.persona_switched} now answers with {result.fine_tuned_model}."
@@ -1040,8 +1092,12 @@ def plot_loss(client: openai.OpenAI, job_id: str, path: Path, title: str) -> str
     return f"Loss curve: {path}"
 
 
-def cancel(db: Database, settings: Settings, job_id: str) -> str:
-    """Ask OpenAI to cancel a job and store the new status."""
+def cancel(db: Database, settings: Settings, job_id: str) -> list[str]:
+    """Ask OpenAI to cancel a job and store the new status; returns the lines to print.
+
+    A job that had already ended is checked instead: its real final state is stored (and a
+    success switches the persona, as `status` would) and said, with nothing to cancel.
+    """
     with db.read() as session:
         row = jobs.find_job_here(session, job_id)
     # Before the API key is needed: a local job is not OpenAI's to cancel, key or no key.
@@ -1051,14 +1107,40 @@ def cancel(db: Database, settings: Settings, job_id: str) -> str:
         raise FineTuneError(f"{job_id} is a {row.provider} job: stop it with Ctrl-C where it runs")
     client = make_client(settings)
     doing = f"cancelling {job_id}"
-    with _started_elsewhere(db, client, job_id, row), api_errors(client, doing):
-        remote = client.fine_tuning.jobs.cancel(job_id)
+    try:
+        with _started_elsewhere(db, client, job_id, row), api_errors(client, doing):
+            remote = client.fine_tuning.jobs.cancel(job_id)
+    except FineTuneError as exc:
+        # OpenAI's 400 for a job that has ended ("already completed"): the stored status
+        # may still say running, and would go on saying so.
+        if not isinstance(exc.__context__, openai.BadRequestError):
+            raise
+        return _ended_before_cancel(db, client, job_id, exc)
     remote = _expect(client, remote, FineTuningJob, doing, "status")
     with db.write() as session:
         stored = jobs.find_job(session, job_id, server_of(client))
         if stored is not None:
             jobs.apply_update(session, stored, jobs.JobUpdate(remote.status))
-    return remote.status
+    return [f"{job_id}: {remote.status}"]
+
+
+def _ended_before_cancel(
+    db: Database, client: openai.OpenAI, job_id: str, refused: FineTuneError
+) -> list[str]:
+    """The lines for a job whose cancel was refused because it had ended; else `refused`."""
+    try:
+        with api_errors(client, f"checking {job_id}"):
+            ended = client.fine_tuning.jobs.retrieve(job_id).status in FINAL_STATES
+        # Refused for another reason (OpenAI's words say which): nothing to store or show.
+        result = check_status(db, client, job_id) if ended else None
+    except FineTuneError:
+        result = None  # the job cannot be read either: the cancel's answer stands
+    if result is None or result.status not in FINAL_STATES:
+        raise refused
+    said = f"{job_id} already {result.status}"
+    if result.status == "failed" and result.error:
+        said += f" ({result.error})"
+    return [*describe_status(result), f"{said}; nothing to cancel"]
 
 
 def list_remote(client: openai.OpenAI, limit: int = 20) -> tuple[list[Any], bool]:
