@@ -562,36 +562,55 @@ class Settings:
         return value.rstrip("/") or None
 
 
-def ensure_folder(folder: Path, what: str) -> None:
+WRITABLE_FOLDER = "set INSTANCE_PATH (or DATABASE_URL) to a folder you can write"
+# A host's read-only or throwaway file system (Heroku, Render, Fly) cannot keep the generated
+# token, and Twilio never signs with it: the real token is the fix there, not another folder.
+SET_AUTH_TOKEN = (
+    "set TWILIO_AUTH_TOKEN (your Twilio account's Auth Token, which Twilio's texts need "
+    "anyway), or INSTANCE_PATH to a folder you can write"
+)
+
+
+def ensure_folder(folder: Path, what: str, fix: str = WRITABLE_FOLDER) -> None:
     """Create `folder` (private, and parents), or raise ConfigError saying what needed it and why not."""
     try:
         # An existing folder is left as it is: its owner may have opened it on purpose.
         folder.mkdir(PRIVATE_FOLDER, parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot create {folder} for {what} ({exc.strerror}): set INSTANCE_PATH (or "
-            "DATABASE_URL) to a folder you can write"
-        ) from None
+        raise ConfigError(f"cannot create {folder} for {what} ({exc.strerror}): {fix}") from None
 
 
 NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
+def dev_token_path(instance_path: Path) -> Path:
+    """Where the local development token is (or would be) generated."""
+    return instance_path / "dev_auth_token"
+
+
+def no_auth_token(settings: Settings) -> str:
+    """What checking signatures without TWILIO_AUTH_TOKEN means, for a warning or a 403's log line."""
+    return (
+        "TWILIO_AUTH_TOKEN is not set, so signatures are checked with the development token "
+        f"in {dev_token_path(settings.instance_path)}"
+    )
+
+
 def existing_dev_auth_token(instance_path: Path) -> str | None:
     """The local development token if one was generated in `instance_path`, else None."""
     try:
-        return (instance_path / "dev_auth_token").read_text().strip() or None
+        return dev_token_path(instance_path).read_text().strip() or None
     except OSError:
         return None
 
 
 def dev_auth_token(instance_path: Path) -> str:
     """Read (or create once) the local development token shared by serve, text and chat."""
-    path = instance_path / "dev_auth_token"
+    path = dev_token_path(instance_path)
     token = existing_dev_auth_token(instance_path)
     if token:
         return token
-    ensure_folder(instance_path, "the local development token")
+    ensure_folder(instance_path, "the local development token", SET_AUTH_TOKEN)
     token = secrets.token_hex(16)
     # Written whole under a temp name, then linked into place: a link is never made over an
     # existing file, so two processes starting together agree on one token, and one that
@@ -615,9 +634,7 @@ def dev_auth_token(instance_path: Path) -> str:
                 raise
             os.replace(tmp, path)  # a file system without hard links (FAT, some mounts)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot write {path} ({exc.strerror}): set INSTANCE_PATH to a folder you can write"
-        ) from None
+        raise ConfigError(f"cannot write {path} ({exc.strerror}): {SET_AUTH_TOKEN}") from None
     finally:
         tmp.unlink(missing_ok=True)
     log.info("Generated a local development Twilio token in %s", path)

@@ -11,6 +11,13 @@ from urllib.parse import urlsplit
 
 # The port a URL without one is on, by its scheme.
 DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORT_SUFFIX = {scheme: f":{port}" for scheme, port in DEFAULT_PORTS.items()}
+
+
+def without_default_port(scheme: str, host: str) -> str:
+    """A Host header minus the port `scheme` implies ("app.example.com:443" for https)."""
+    default = DEFAULT_PORT_SUFFIX.get(scheme)
+    return host[: -len(default)] if default and host.endswith(default) else host
 
 
 class PortBusyError(ValueError):

@@ -24,6 +24,7 @@ from twilio.request_validator import (
 from werkzeug.datastructures import MultiDict
 
 from phischer.config import Settings
+from phischer.ports import without_default_port
 from phischer.signature_hints import rejection_hint, without_userinfo
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,14 @@ def signed_url(request: Request, public_url: str | None) -> str:
         return public_url + tail
     # request.url would re-encode the URL as an IRI: ~0.1 ms a request for the same string.
     env = request.environ
+    scheme = env["wsgi.url_scheme"]
     host = env.get("HTTP_HOST") or f"{env['SERVER_NAME']}:{env['SERVER_PORT']}"
-    return f"{env['wsgi.url_scheme']}://{host}{request.root_path}{tail}"
+    # Platform routers (Heroku, Fly, Render) send X-Forwarded-Port: 443, which ProxyFix puts
+    # into Host: Twilio signs the number's URL as set, without it. Checked for
+    # "https://app.example.com:443/sms", every text missed the one-HMAC exact match, and a
+    # refused one was told to set the number's SMS URL to that odd URL.
+    host = without_default_port(scheme, host)
+    return f"{scheme}://{host}{request.root_path}{tail}"
 
 
 class Every:

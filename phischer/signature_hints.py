@@ -7,14 +7,26 @@ from urllib.parse import urlsplit, urlunsplit
 
 from flask import Request
 
-from phischer.config import Settings
-from phischer.ports import DEFAULT_PORTS, is_local_host
+from phischer.config import Settings, no_auth_token
+from phischer.ports import DEFAULT_PORTS, is_local_host, without_default_port
 
 TOKEN_HINT = (
     "the signature fits no other scheme, port or host for it, so if that is the number's "
     "SMS URL, TWILIO_AUTH_TOKEN may be another account's, or a rotated or secondary token "
     "(use the primary Auth Token of the account that owns the number)"
 )
+
+
+def token_hint(settings: Settings) -> str:
+    """What to suspect when no URL fits: the token, or that there is none but the development one."""
+    if settings.twilio_auth_token:
+        return TOKEN_HINT
+    # No TWILIO_AUTH_TOKEN (a platform's config vars without it): "may be another account's"
+    # sent users hunting for a token they had never set.
+    return (
+        f"{no_auth_token(settings)}, which only `phischer text`/`chat` sign with: set "
+        "TWILIO_AUTH_TOKEN to the Auth Token of the account that owns the number"
+    )
 
 
 def without_userinfo(url: str) -> str:
@@ -110,12 +122,13 @@ def rejection_hint(
     try:
         checked = urlsplit(own_base)
     except ValueError:  # a Host header urlsplit refuses ("[::1"): no host of Twilio's
-        return TOKEN_HINT
+        return token_hint(settings)
     hints = []
     seen = {checked.netloc.rpartition("@")[2].lower()}
     for header in ("X-Forwarded-Host", "Host"):
         host = last_value(request, header)
-        if not host or host.lower() in seen:
+        # Behind a platform router Host carries X-Forwarded-Port (":443"): the same host.
+        if not host or without_default_port(checked.scheme, host.lower()) in seen:
             continue
         seen.add(host.lower())
         for candidate in variants(f"{checked.scheme}://{host}{checked.path}{tail}"):
@@ -145,4 +158,4 @@ def rejection_hint(
             f"{' and '.join(forwarded)} {'are' if len(forwarded) > 1 else 'is'} ignored while "
             "TRUST_PROXY is off: set TRUST_PROXY=true (only behind a proxy you run) or PUBLIC_URL"
         )
-    return "; ".join([*hints, TOKEN_HINT])
+    return "; ".join([*hints, token_hint(settings)])

@@ -118,7 +118,7 @@ def test_the_other_scheme_or_port_is_named_but_refused(make_app, personas, caplo
 
 
 def test_a_signature_no_url_fits_suspects_the_token(make_app, personas, caplog):
-    app = make_app(public_url="https://clone.example.com")
+    app = make_app(public_url="https://clone.example.com", twilio_auth_token="f" * 32)
     other = "0123456789abcdef0123456789abcdef"
     line = refused(app, "https://clone.example.com/sms", caplog, {"Host": "localhost"}, other)
     assert line == (
@@ -134,7 +134,7 @@ def test_a_flood_of_forged_posts_is_explained_once_a_minute(make_app, personas, 
     # Anyone can post to a public /sms: working out why each was refused (a few dozen HMACs
     # and a file read) made every forged post expensive. The first is explained, for the user
     # whose PUBLIC_URL is wrong; the rest of the minute's are refused without it.
-    app = make_app(public_url="https://clone.example.com")
+    app = make_app(public_url="https://clone.example.com", twilio_auth_token="f" * 32)
     write_tunnel_url(app, "https://abc.ngrok-free.app")
     other = "0123456789abcdef0123456789abcdef"
     client = app.test_client()
@@ -159,3 +159,42 @@ def test_a_flood_of_forged_posts_is_explained_once_a_minute(make_app, personas, 
     assert {text for _, text in lines[1:]} == {
         PREFIX + "https://clone.example.com/sms (explained once a minute)"
     }
+
+
+# What Heroku's router (and Fly's, Render's) sends after terminating TLS: the public Host
+# as it was, and the scheme and port it took the request on.
+PLATFORM_ROUTER = {
+    "Host": "clone.herokuapp.com",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Port": "443",
+    "X-Forwarded-For": "203.0.113.7",
+}
+
+
+def test_behind_a_platform_router_the_url_checked_has_no_default_port(make_app, personas, caplog):
+    # ProxyFix put X-Forwarded-Port into Host: the line named https://clone.herokuapp.com:443
+    # and told the user to set the number's SMS URL to it.
+    app = make_app(trust_proxy=True)
+    line = refused(app, "http://clone.herokuapp.com/sms", caplog, PLATFORM_ROUTER)
+    assert line == (
+        PREFIX + "https://clone.herokuapp.com/sms: it fits http://clone.herokuapp.com/sms "
+        "(another scheme or port): Twilio signs the SMS URL exactly as it is set on the number, "
+        "so set PUBLIC_URL=http://clone.herokuapp.com, or set the number's SMS URL to "
+        "https://clone.herokuapp.com/sms"
+    )
+
+
+def test_without_twilio_auth_token_a_refusal_says_to_set_it(make_app, personas, caplog):
+    # A platform deploy with the token left out of its config vars: the server checks with
+    # a development token it generated, and "TWILIO_AUTH_TOKEN may be another account's"
+    # sent the user looking for a mistyped token they had never set.
+    app = make_app(trust_proxy=True)
+    real = "0123456789abcdef0123456789abcdef"
+    line = refused(app, "https://clone.herokuapp.com/sms", caplog, PLATFORM_ROUTER, real)
+    instance = app.extensions["phischer"].settings.instance_path
+    assert line == (
+        PREFIX + "https://clone.herokuapp.com/sms: TWILIO_AUTH_TOKEN is not set, so signatures "
+        f"are checked with the development token in {instance / 'dev_auth_token'}, which only "
+        "`phischer text`/`chat` sign with: set TWILIO_AUTH_TOKEN to the Auth Token of the "
+        "account that owns the number"
+    )
