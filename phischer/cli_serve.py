@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import shutil
@@ -10,7 +11,8 @@ import sys
 import click
 
 from phischer.cli import Context, not_utf8, pass_ctx
-from phischer.config import not_international, twilio_from
+from phischer.config import Settings, no_auth_token, not_international, twilio_from
+from phischer.ports import bare_host
 from phischer.printing import plural
 from phischer.simulator import DEFAULT_FROM, DEFAULT_URL, SimResult, SimulatorError, send_text
 
@@ -93,6 +95,14 @@ def serve(obj: Context, host: str, port: int, dev: bool, workers: int, threads: 
         except PortBusyError as exc:
             raise click.ClickException(str(exc)) from None
     url = f"{http_url(host, port)}/sms"
+    if reachable_from_outside(host) and uses_dev_token(obj.settings):
+        # On a host's platform (Procfile: --host 0.0.0.0) the generated token goes unnoticed
+        # until Twilio's first text is refused; say it before that.
+        click.echo(
+            f"Warning: {no_auth_token(obj.settings)}: Twilio's texts get 403. Set "
+            "TWILIO_AUTH_TOKEN to your Twilio account's Auth Token.",
+            err=True,
+        )
     click.echo(f"phischer is answering texts at {url}")
     click.echo(f'Try it in another terminal:  {text_hint(url)} "hey, how are you?"')
     click.echo("Text #list to see the personas, #<keyword> to switch. Ctrl-C stops.")
@@ -157,6 +167,22 @@ def chat(obj: Context, url: str, from_: str) -> None:
             continue
         for reply in result.replies or [result.silence(from_)]:
             click.echo(f"clone> {reply}")
+
+
+def reachable_from_outside(host: str) -> bool:
+    """Whether `--host` listens beyond this machine (0.0.0.0, ::, a LAN or public address)."""
+    name = bare_host(host).lower()
+    if name == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name: it may well resolve to a public address
+        return True
+
+
+def uses_dev_token(settings: Settings) -> bool:
+    """Whether signatures are checked with the generated development token, not Twilio's."""
+    return settings.twilio_validate_signature and not settings.twilio_auth_token
 
 
 def text_hint(url: str) -> str:

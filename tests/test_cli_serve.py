@@ -1341,3 +1341,48 @@ def test_serve_takes_a_blank_web_concurrency_for_unset(tmp_path):
     with serving(tmp_path, output=output) as base:
         assert requests.get(base + "/healthz", timeout=10).json() == {"status": "ok"}
     assert "Traceback" not in "".join(output)
+
+
+def test_serve_without_a_token_on_a_read_only_instance_says_to_set_it(tmp_path, monkeypatch):
+    # A platform's read-only (or throwaway) file system: the development token cannot be
+    # written, and "set INSTANCE_PATH (or DATABASE_URL)" pointed at the wrong fix: Twilio
+    # signs with the account's Auth Token, never with a token generated there.
+    (tmp_path / "read-only").write_text("")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'phischer.db'}")
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "read-only" / "instance"))
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["serve", "--port", "1"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"Error: cannot create {tmp_path / 'read-only' / 'instance'} for the local development "
+        "token (Not a directory): set TWILIO_AUTH_TOKEN (your Twilio account's Auth Token, which "
+        "Twilio's texts need anyway), or INSTANCE_PATH to a folder you can write"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [
+        ("0.0.0.0", None, True),
+        ("0.0.0.0", "0123456789abcdef0123456789abcdef", False),
+        ("127.0.0.1", None, False),
+    ],
+)
+def test_serving_beyond_this_machine_without_a_token_warns(
+    tmp_path, monkeypatch, host, token, warned
+):
+    # The Procfile's `serve --host 0.0.0.0` on a platform whose config vars lack the token:
+    # it started as if all was well, and only Twilio's first text (a 403) told. `make run`
+    # on 127.0.0.1 uses the development token on purpose and is not warned.
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    output: list[str] = []
+    env = {"TWILIO_AUTH_TOKEN": token} if token else {}
+    with serving(tmp_path, env, output, args=("--host", host)):
+        pass
+    instance = Path(os.environ.get("INSTANCE_PATH", "instance"))
+    warning = (
+        "Warning: TWILIO_AUTH_TOKEN is not set, so signatures are checked with the development "
+        f"token in {instance / 'dev_auth_token'}: Twilio's texts get 403. Set "
+        "TWILIO_AUTH_TOKEN to your Twilio account's Auth Token.\n"
+    )
+    assert (warning in output) is warned, "".join(output)
