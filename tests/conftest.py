@@ -43,6 +43,20 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(autouse=True)
+def _environ_restored() -> Iterator[None]:
+    """Leave os.environ as the test found it, whatever wrote to it (load_dotenv does).
+
+    Set up before monkeypatch (first autouse fixture, no dependencies), so torn down after
+    it: monkeypatch.delenv of a variable .env had set records that value, and its undo put
+    LOG_LEVEL=WARNING back for every later test (and the servers they start).
+    """
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep every test away from the developer's .env, instance folder and real services."""
     for var in (
@@ -66,6 +80,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "NGROK_AUTHTOKEN",
         "FALLBACK_REPLY",
         "MODEL_RETRIES",
+        "LOG_LEVEL",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "instance"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -284,7 +285,8 @@ def test_dotenv_is_read_from_the_current_folder(tmp_path, monkeypatch):
         assert settings.reply_timeout_s == 7 and settings.daily_limit == 9
     finally:
         for var in ("REPLY_TIMEOUT_S", "LOG_LEVEL"):  # load_dotenv wrote them to os.environ
-            monkeypatch.delenv(var, raising=False)
+            # Not monkeypatch.delenv: its undo would put back the value .env gave.
+            os.environ.pop(var, None)
 
 
 def test_log_level_from_dotenv_quiets_the_cli(tmp_path, monkeypatch):
@@ -305,7 +307,7 @@ def test_log_level_from_dotenv_quiets_the_cli(tmp_path, monkeypatch):
         assert root.level == logging.WARNING
         assert logging.getLogger("openai").level == logging.WARNING
     finally:
-        monkeypatch.delenv("LOG_LEVEL", raising=False)
+        os.environ.pop("LOG_LEVEL", None)  # not monkeypatch.delenv: its undo restores .env's
 
 
 @pytest.mark.parametrize("raw", ["LOUD", "verbose", "10"])
